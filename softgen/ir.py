@@ -1,0 +1,248 @@
+"""softgen IR: a dataflow graph (networkx DiGraph) of row-level primitives.
+
+A *program* computes one output row y from one input row x. Values have a shape: ``row`` (one value
+per element), ``scalar`` (one value per row, e.g. a reduction result) or ``pair`` (a two-scalar
+reduction result, read with ``item``). Map ops broadcast scalars over rows. The IR says *what* is
+computed; how many sweeps over memory that takes, and how each sweep is vectorised, is decided by
+``softgen.passes`` and the backends.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .errors import SoftgenError
+
+ROW, SCALAR, PAIR = "row", "scalar", "pair"
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    arity: int
+    kind: str  # input | const | map | reduce | item | materialize | output | guard
+    doc: str
+    result: str = ""  # fixed result shape; map ops derive theirs from their arguments
+
+
+OPS: dict[str, OpSpec] = {
+    "input": OpSpec(0, "input", "the input row x", ROW),
+    "const": OpSpec(0, "const", "a scalar constant (attr value)", SCALAR),
+    "add": OpSpec(2, "map", "a + b"),
+    "sub": OpSpec(2, "map", "a - b"),
+    "mul": OpSpec(2, "map", "a * b"),
+    "div": OpSpec(2, "map", "a / b"),
+    "max": OpSpec(2, "map", "max(a, b)"),
+    "min": OpSpec(2, "map", "min(a, b)"),
+    "neg": OpSpec(1, "map", "-a"),
+    "abs": OpSpec(1, "map", "|a|"),
+    "exp": OpSpec(1, "map", "e^a"),
+    "log": OpSpec(1, "map", "natural log"),
+    "recip": OpSpec(1, "map", "1 / a"),
+    "finite_or_nan": OpSpec(1, "map", "a if a is finite else NaN (poisons a row, section 0)"),
+    "exp_shift2": OpSpec(2, "map", "e^u * 2^-E in extended-exponent form: no overflow for any u"),
+    "sub_ln2": OpSpec(2, "map", "u - E*ln2 with ln2 split in two constants (exact product)"),
+    "reduce_max": OpSpec(1, "reduce", "max over the row", SCALAR),
+    "reduce_sum": OpSpec(1, "reduce", "sum over the row (blocked, compensated)", SCALAR),
+    "reduce_extexp": OpSpec(1, "reduce", "(V, E) with sum(e^u) = V * 2^E", PAIR),
+    "reduce_online": OpSpec(1, "reduce", "(m, d): m = max x, d = sum e^(s(x-m)); attr scale", PAIR),
+    "item": OpSpec(1, "item", "component attr index of a pair", SCALAR),
+    "materialize": OpSpec(1, "materialize", "store a row value to y; later sweeps reload it", ROW),
+    "guard": OpSpec(1, "guard", "run program.fallback on the row unless |a| <= attr limit", SCALAR),
+    "output": OpSpec(1, "output", "the output row y", ROW),
+}
+ROOT_KINDS = ("output", "guard")
+
+
+class IRError(SoftgenError):
+    """An ill-formed IR program."""
+
+
+class Program:
+    """One normalisation as a DAG. Node ids are ints; node data: op, args (ordered), shape, attrs."""
+
+    def __init__(self, name: str, params: dict | None = None):
+        self.name = name
+        self.params = dict(params or {})
+        self.g = nx.DiGraph()
+        self.fallback: Program | None = None
+        self.notes: list[str] = []  # rewrites applied, for explain
+        self._next = 0
+
+    # -- construction -------------------------------------------------------------------------
+    def add(self, op: str, *args: int, **attrs) -> int:
+        spec = OPS.get(op)
+        if spec is None:
+            raise IRError(f"unknown IR op {op!r}")
+        if len(args) != spec.arity:
+            raise IRError(f"{op} takes {spec.arity} arguments, got {len(args)}")
+        for a in args:
+            if a not in self.g:
+                raise IRError(f"{op}: argument %{a} does not exist")
+        if spec.kind == "map":
+            shape = ROW if any(self.shape(a) == ROW for a in args) else SCALAR
+        else:
+            shape = spec.result
+        v = self._next
+        self._next += 1
+        self.g.add_node(v, op=op, args=tuple(args), shape=shape, attrs=dict(attrs))
+        for a in args:
+            self.g.add_edge(a, v)
+        return v
+
+    def const(self, value: float) -> int:
+        return self.add("const", value=float(value))
+
+    def input(self) -> "Value":
+        return Value(self, self.add("input"))
+
+    # -- queries ------------------------------------------------------------------------------
+    def op(self, v: int) -> str:
+        return self.g.nodes[v]["op"]
+
+    def args(self, v: int) -> tuple[int, ...]:
+        return self.g.nodes[v]["args"]
+
+    def shape(self, v: int) -> str:
+        return self.g.nodes[v]["shape"]
+
+    def attrs(self, v: int) -> dict:
+        return self.g.nodes[v]["attrs"]
+
+    def kind(self, v: int) -> str:
+        return OPS[self.op(v)].kind
+
+    def users(self, v: int) -> list[int]:
+        return sorted(self.g.successors(v))
+
+    def nodes(self, op: str | None = None) -> list[int]:
+        return [v for v in self.topo() if op is None or self.op(v) == op]
+
+    def topo(self) -> list[int]:
+        return list(nx.lexicographical_topological_sort(self.g))
+
+    def roots(self) -> list[int]:
+        return [v for v in self.g if self.kind(v) in ROOT_KINDS]
+
+    def const_value(self, v: int) -> float | None:
+        return self.attrs(v)["value"] if self.op(v) == "const" else None
+
+    # -- mutation (for rewrites) --------------------------------------------------------------
+    def set_args(self, v: int, args: tuple[int, ...]) -> None:
+        for a in self.args(v):
+            self.g.remove_edge(a, v) if self.g.has_edge(a, v) else None
+        self.g.nodes[v]["args"] = tuple(args)
+        for a in args:
+            self.g.add_edge(a, v)
+
+    def replace_uses(self, old: int, new: int, only: set[int] | None = None) -> None:
+        for u in self.users(old):
+            if u != new and (only is None or u in only):
+                self.set_args(u, tuple(new if a == old else a for a in self.args(u)))
+
+    def remove_dead(self) -> None:
+        live = set()
+        for r in self.roots():
+            live |= nx.ancestors(self.g, r) | {r}
+        self.g.remove_nodes_from([v for v in list(self.g) if v not in live])
+
+    def copy(self, name: str | None = None) -> "Program":
+        p = Program(name or self.name, self.params)
+        p.g = self.g.copy()
+        for v in p.g:
+            p.g.nodes[v]["attrs"] = dict(p.g.nodes[v]["attrs"])
+        p.fallback, p.notes, p._next = self.fallback, list(self.notes), self._next
+        return p
+
+    # -- checking and printing ----------------------------------------------------------------
+    def validate(self) -> "Program":
+        g = self.g
+        if not nx.is_directed_acyclic_graph(g):
+            raise IRError(f"{self.name}: the graph has a cycle")
+        inputs = [v for v in g if self.op(v) == "input"]
+        outputs = [v for v in g if self.op(v) == "output"]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise IRError(f"{self.name}: needs exactly one input and one output "
+                          f"(has {len(inputs)} and {len(outputs)})")
+        for v in g:
+            op, args, spec = self.op(v), self.args(v), OPS[self.op(v)]
+            if len(args) != spec.arity or set(args) != set(g.predecessors(v)):
+                raise IRError(f"{self.name}: %{v} ({op}) arguments disagree with the graph edges")
+            shapes = [self.shape(a) for a in args]
+            if spec.kind in ("reduce", "materialize", "output") and shapes[0] != ROW:
+                raise IRError(f"{self.name}: %{v} {op} needs a row argument, got {shapes[0]}")
+            if spec.kind == "item" and (shapes[0] != PAIR or self.attrs(v).get("index") not in (0, 1)):
+                raise IRError(f"{self.name}: %{v} item needs a pair and index 0 or 1")
+            if spec.kind in ("map", "guard") and PAIR in shapes:
+                raise IRError(f"{self.name}: %{v} {op} cannot take a pair; use item")
+            if spec.kind == "guard" and (shapes[0] != SCALAR or self.fallback is None):
+                raise IRError(f"{self.name}: %{v} guard needs a scalar and a fallback program")
+            if op == "const" and not math.isfinite(self.attrs(v)["value"]):
+                raise IRError(f"{self.name}: %{v} constant {self.attrs(v)['value']} is not finite")
+        if not nx.has_path(g, inputs[0], outputs[0]):
+            raise IRError(f"{self.name}: the output does not depend on the input")
+        live = set()
+        for r in self.roots():
+            live |= nx.ancestors(g, r) | {r}
+        dead = sorted(set(g) - live)
+        if dead:
+            raise IRError(f"{self.name}: nodes {dead} reach no output")
+        return self
+
+    def __str__(self) -> str:
+        ps = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        lines = [f"program {self.name}({ps})"]
+        for v in self.topo():
+            op, a = self.op(v), self.attrs(v)
+            args = " ".join(f"%{x}" for x in self.args(v))
+            extra = " ".join(f"{k}={val}" for k, val in a.items() if k != "value")
+            if op == "const":
+                args = repr(a["value"])
+            lines.append(f"  %{v:<3} = {op:<14} {args:<12} {extra:<20} : {self.shape(v)}".rstrip())
+        if self.fallback is not None:
+            lines.append(f"  fallback: {self.fallback.name}")
+        return "\n".join(lines)
+
+
+class Value:
+    """Builder handle: lets op definitions read like math (``(x - x.max()) * s``)."""
+
+    __slots__ = ("p", "id")
+
+    def __init__(self, p: Program, id: int):
+        self.p, self.id = p, id
+
+    def _v(self, other) -> int:
+        if isinstance(other, Value):
+            return other.id
+        if isinstance(other, (int, float)):
+            return self.p.const(other)
+        raise IRError(f"cannot use {type(other).__name__} in an IR expression")
+
+    def _op(self, op, *others, **attrs) -> "Value":
+        return Value(self.p, self.p.add(op, self.id, *[self._v(o) for o in others], **attrs))
+
+    def _rop(self, op, other) -> "Value":
+        return Value(self.p, self.p.add(op, self._v(other), self.id))
+
+    __add__ = lambda s, o: s._op("add", o)
+    __radd__ = lambda s, o: s._rop("add", o)
+    __sub__ = lambda s, o: s._op("sub", o)
+    __rsub__ = lambda s, o: s._rop("sub", o)
+    __mul__ = lambda s, o: s._op("mul", o)
+    __rmul__ = lambda s, o: s._rop("mul", o)
+    __truediv__ = lambda s, o: s._op("div", o)
+    __rtruediv__ = lambda s, o: s._rop("div", o)
+    __neg__ = lambda s: s._op("neg")
+
+    def exp(self): return self._op("exp")
+    def log(self): return self._op("log")
+    def abs(self): return self._op("abs")
+    def recip(self): return self._op("recip")
+    def finite_or_nan(self): return self._op("finite_or_nan")
+    def maximum(self, o): return self._op("max", o)
+    def minimum(self, o): return self._op("min", o)
+    def max(self): return self._op("reduce_max")
+    def sum(self): return self._op("reduce_sum")
+    def item(self, k): return self._op("item", index=k)

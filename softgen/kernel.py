@@ -1,0 +1,227 @@
+"""The Python API: ``compile`` an op into a ``Kernel`` callable on NumPy arrays."""
+from __future__ import annotations
+
+import keyword
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ops as _ops
+from . import passes
+from .backends import c as cbackend
+from .errors import TargetNotSupportedError, UsageError
+from .ir import Program
+from .schedule import AUTO_ALGORITHM, Schedule, default_schedule
+from .targets import Target, get_target, host_target
+
+BACKENDS = ("c",)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float
+for goto if inline int long register restrict return short signed sizeof static struct switch typedef
+union unsigned void volatile while _Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic
+_Noreturn _Static_assert _Thread_local bool true false main""".split())
+_ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the row",
+           3: "rows * stride overflows the address space"}
+
+
+def check_name(name: str) -> str:
+    """A kernel name becomes a C symbol and a file name: it must be a plain C identifier."""
+    if not isinstance(name, str) or not _IDENT.match(name) or name in _C_KEYWORDS \
+            or name.startswith(("sg_", "__")) or keyword.iskeyword(name):
+        raise UsageError(f"invalid kernel name {name!r}: use a C identifier of at most 64 "
+                         f"characters ([A-Za-z_][A-Za-z0-9_]*), not a C keyword, not starting "
+                         f"with 'sg_' or '__'")
+    return name
+
+
+def choose_algorithm(program: Program, target: str, algorithm: str) -> str:
+    algorithm = passes.ALIASES.get(algorithm, algorithm)
+    applicable = passes.applicable_algorithms(program)
+    if algorithm == "auto":
+        prefs = AUTO_ALGORITHM.get(target, ("two-pass", "online", "three-pass-recompute"))
+        return next(a for a in prefs + tuple(applicable) if a in applicable)
+    if algorithm not in passes.ALGORITHMS:
+        raise UsageError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(passes.ALGORITHMS)}")
+    if algorithm not in applicable:
+        raise UsageError(f"algorithm {algorithm!r} does not apply to op {program.name!r}; "
+                         f"it has: {', '.join(applicable)}")
+    return algorithm
+
+
+@dataclass
+class Kernel:
+    """A generated kernel: ``y = k(x)`` normalises the last axis of a float32 array."""
+
+    op: str
+    algorithm: str
+    target: Target
+    schedule: Schedule
+    name: str
+    params: dict
+    program: Program            # the IR after the algorithm's rewrite
+    source: str                 # the generated C
+    backend: str = "c"
+    _fn: object = field(default=None, repr=False)
+    _emu_fn: object = field(default=None, repr=False)
+
+    @property
+    def plan(self) -> passes.Plan:
+        return passes.plan(self.program)
+
+    @property
+    def runnable(self) -> bool:
+        """Whether this CPU can execute the kernel natively."""
+        return self.target.runnable
+
+    def __repr__(self) -> str:
+        ps = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return (f"<softgen.Kernel {self.name}: {self.op}({ps}) algorithm={self.algorithm} "
+                f"target={self.target.name} {self.schedule}>")
+
+    # -- execution ------------------------------------------------------------------------------
+    def _entry(self, emulate: bool):
+        from .runtime import build_shared, load_entry
+        if emulate:
+            if self._emu_fn is None:
+                self._emu_fn = load_entry(build_shared(self.source, self.target, emulate=True), self.name)
+            return self._emu_fn
+        if self._fn is None:
+            if not self.runnable:
+                raise TargetNotSupportedError(
+                    f"kernel {self.name} needs target {self.target.name}, which this CPU cannot run "
+                    f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
+                    f"another machine, call run_emulated(), or compile for target='host'")
+            self._fn = load_entry(build_shared(self.source, self.target), self.name)
+        return self._fn
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self._run(self._fn or self._entry(False), x, out)
+
+    def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Run through an emulator instead of the CPU: SIMDe for x86 ISAs. For testing kernels
+        whose ISA this machine lacks; much slower than a native call."""
+        return self._run(self._entry(True), x, out)
+
+    def _run(self, fn, x, out):
+        if type(x) is not np.ndarray:
+            if not isinstance(x, np.ndarray):
+                raise TypeError(f"{self.name} takes a numpy.ndarray of float32, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise TypeError(f"{self.name} takes float32 arrays, got {x.dtype} (use x.astype(np.float32))")
+        if x.ndim == 0:
+            raise ValueError(f"{self.name} needs an array with at least one axis, got a 0-d array")
+        n = x.shape[-1]
+        if out is None:
+            y = np.empty(x.shape, np.float32)
+            ly = (y.ctypes.data, n)
+        else:
+            y = out
+            ly = _out_layout(x, y, self.name)
+        if x.size == 0:
+            return y
+        rows = x.size // n
+        lx = _layout(x)
+        if lx is None or (out is not None and lx != ly and np.may_share_memory(x, y)
+                          and np.shares_memory(x, y)):
+            # Last axis not contiguous, rows not evenly strided, misaligned, or x overlaps out
+            # without being it: work on a contiguous copy (documented).
+            x = np.ascontiguousarray(x).copy() if lx is not None else np.ascontiguousarray(x)
+            if not x.flags.aligned:
+                x = x.copy()
+            lx = (x.ctypes.data, n)
+        if ly is None:  # misaligned out: compute into a temporary, then copy
+            tmp = self._run(fn, x, None)
+            np.copyto(y, tmp)
+            return y
+        rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1])
+        if rc:
+            raise RuntimeError(f"{self.name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
+        return y
+
+    # -- products -------------------------------------------------------------------------------
+    def asm(self, cc: str | None = None) -> str:
+        from .runtime import assembly
+        return assembly(self.source, self.target, cc)
+
+    def export(self, directory, name: str | None = None, cc: str | None = None) -> dict:
+        """Write lib<name>.so, <name>.h, <name>.json (and <name>.c) into ``directory``."""
+        from .export import export
+        return export(self, directory, name=name, cc=cc)
+
+    def renamed(self, name: str) -> "Kernel":
+        return compile(self.op, algorithm=self.algorithm, target=self.target.name, name=name,
+                       schedule=self.schedule, **self.params)
+
+
+def _layout(a: np.ndarray):
+    """(data pointer, row stride in elements) if ``a``'s rows can be addressed as base + r*ld with
+    a contiguous last axis; None if a copy is needed."""
+    n, item = a.shape[-1], a.itemsize
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a.ctypes.data, n
+    if not a.flags.aligned or (n > 1 and a.strides[-1] != item):
+        return None
+    shape = [(s, st) for s, st in zip(a.shape[:-1], a.strides[:-1]) if s != 1]
+    if not shape:
+        return a.ctypes.data, n
+    for (s0, st0), (s1, st1) in zip(shape, shape[1:]):
+        if st0 != st1 * s1:
+            return None
+    ld, rem = divmod(shape[-1][1], item)
+    if rem or ld < n:
+        return None
+    return a.ctypes.data, ld
+
+
+def _out_layout(x: np.ndarray, y, name: str):
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name}: out must be a numpy.ndarray, got {type(y).__name__}")
+    if y.dtype != np.float32:
+        raise TypeError(f"{name}: out must be float32, got {y.dtype}")
+    if y.shape != x.shape:
+        raise ValueError(f"{name}: out has shape {y.shape}, expected {x.shape}")
+    if not y.flags.writeable:
+        raise ValueError(f"{name}: out is read-only")
+    if not y.flags.aligned:
+        return None
+    lay = _layout(y)
+    if lay is None:
+        raise ValueError(f"{name}: out must have a contiguous last axis and evenly strided rows "
+                         f"(got strides {y.strides})")
+    return lay
+
+
+def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host",
+            name: str | None = None, schedule: Schedule | dict | None = None, backend: str = "c",
+            **params) -> Kernel:
+    """Generate (but do not yet build) a kernel for ``op`` on ``target``.
+
+    ``algorithm``: auto | three-pass-recompute | three-pass-reload | two-pass | online.
+    ``target``: host | scalar | avx2 | avx512 (building for a target this CPU lacks works; calling
+    it raises TargetNotSupportedError). ``params``: the op's parameters (softmax: scale or
+    temperature), baked into the kernel. ``schedule``: a Schedule or a dict of its fields.
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    opdef = _ops.get_op(op)
+    t = get_target(target)
+    program = _ops.build_program(opdef.name, **params)
+    alg = choose_algorithm(program, t.name, algorithm)
+    if isinstance(schedule, Schedule):
+        sched = schedule.validate(t.lanes)
+    elif schedule is None or isinstance(schedule, dict):
+        sched = default_schedule(t.name, t.lanes, **(schedule or {}))
+    else:
+        raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
+    lowered = passes.apply_algorithm(program, alg)
+    kname = check_name(name) if name is not None else \
+        f"softgen_f32_{opdef.name}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}"
+    src = cbackend.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg,
+                            params=program.params)
+    return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
+                  params=dict(program.params), program=lowered, source=src, backend=backend)
+
+
+def host() -> str:
+    return host_target()

@@ -1,0 +1,95 @@
+"""The op library. An op is its IR definition and its float64 reference, side by side; every
+algorithm, target, backend, test and benchmark is derived from this table.
+
+To add an op: write a function that builds the IR from the input row (``x``, an ``ir.Value``) and
+the op's parameters, and register it with its reference and tolerances.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import reference as ref
+from .errors import UsageError
+from .ir import Program, Value
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    build: Callable[..., Value]        # (x, **params) -> output row value
+    reference: Callable                # float64 oracle: (x, **params) -> y
+    params: dict                       # parameter name -> default
+    doc: str
+    rtol: float = 2e-6                 # spec section 11
+    atol: float = 0.0
+    atol_rel_to_y: bool = False        # log-softmax: |err| <= atol * (1 + |y|)
+    sums_to_one: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(name: str, reference: Callable, **kw):
+    def deco(build):
+        params = kw.pop("params", {})
+        OPS[name] = OpDef(name=name, build=build, reference=reference, params=params,
+                          doc=(build.__doc__ or "").strip(), **kw)
+        return build
+    return deco
+
+
+def _scale(params: dict) -> float:
+    try:
+        return ref.resolve_scale(params.get("scale", 1.0), params.get("temperature"))
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
+@register("softmax", ref.softmax, params={"scale": 1.0, "temperature": None}, sums_to_one=True)
+def softmax(x: Value, scale: float) -> Value:
+    """y = exp(s x - max(s x)) / sum(...): max and scale commute for s > 0 (spec 0, 1)."""
+    z = (x - x.max()) * scale
+    e = z.exp()
+    return e * e.sum().finite_or_nan().recip()
+
+
+@register("log_softmax", ref.log_softmax, params={"scale": 1.0, "temperature": None},
+          rtol=0.0, atol=2e-6, atol_rel_to_y=True)
+def log_softmax(x: Value, scale: float) -> Value:
+    """y = (s x - M) - log sum exp(s x - M) (spec 4)."""
+    z = (x - x.max()) * scale
+    return z - z.exp().sum().log()
+
+
+def get_op(name: str) -> OpDef:
+    if not isinstance(name, str) or name not in OPS:
+        raise UsageError(f"unknown op {name!r}; known: {', '.join(OPS)}")
+    return OPS[name]
+
+
+def resolve_params(op: OpDef, given: dict) -> dict:
+    """Validated build-time parameters (baked into the kernel). Unknown names are errors."""
+    unknown = sorted(set(given) - set(op.params))
+    if unknown:
+        raise UsageError(f"op {op.name!r} has no parameter(s) {unknown}; it takes {sorted(op.params)}")
+    params = {**op.params, **{k: v for k, v in given.items() if v is not None}}
+    if "scale" in op.params:
+        s = _scale(params)
+        params = {k: v for k, v in params.items() if k not in ("scale", "temperature")}
+        params["scale"] = s
+    for k, v in params.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UsageError(f"parameter {k} must be a finite number, got {v!r}")
+    return params
+
+
+def build_program(name: str, **given) -> Program:
+    """The op's IR program with its parameters baked in, validated."""
+    op = get_op(name)
+    params = resolve_params(op, given)
+    p = Program(name, params)
+    p.add("output", op.build(p.input(), **params).id)
+    return p.validate()

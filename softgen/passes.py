@@ -1,0 +1,314 @@
+"""Passes over the IR: cleanup, algorithm rewrites, analyses and the memory-sweep planner.
+
+Algorithms are IR-to-IR rewrites of one op definition, not hand-written kernels:
+
+* ``three-pass-recompute``: the program as written. The planner recomputes row values in each
+  sweep that needs them: max | sum | write  ->  3R + 1W.
+* ``three-pass-reload``: the row value shared by the sum sweep and the output sweep is
+  *materialised* into y and reloaded  ->  3R + 2W.
+* ``two-pass``: (max, sum of exp) is replaced by the extended-exponent sum (V, E) of s*x; exp(z)
+  becomes exp(s x) 2^-E and z becomes s x - E ln2; a guard falls back to three-pass when |E| is
+  outside the f32 exp's accurate domain  ->  2R + 1W.
+* ``online``: (max, sum of exp) is replaced by the fused running (m, d) reduction  ->  2R + 1W.
+
+Each rewrite matches the *softmax normaliser motif* ``S = sum(exp((X - max X) * s))``, so any op
+containing it (softmax, log-softmax, and later LSE-based ops) gets every algorithm.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+from .ir import PAIR, ROW, SCALAR, Program
+
+# Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
+# 2^E, so |E| <= 2^17 log2(e) - 200 keeps them inside |x| <= 2^17, where the f32 exp reduction is
+# accurate (spec 2.4, EXTEXP_F32_DOMAIN). Rows outside are recomputed with three-pass.
+EXTEXP_F32_DOMAIN = 2.0 ** 17
+EXTEXP_GUARD_E = math.floor(EXTEXP_F32_DOMAIN / math.log(2.0)) - 200
+
+
+# -- cleanup ----------------------------------------------------------------------------------
+
+def simplify(p: Program) -> Program:
+    """Drop multiplications by 1 and fold scalar-constant arithmetic; remove dead nodes."""
+    for v in p.topo():
+        if v not in p.g:
+            continue
+        op, args = p.op(v), p.args(v)
+        consts = [p.const_value(a) for a in args]
+        if op == "mul" and 1.0 in consts:
+            keep = args[1] if consts[0] == 1.0 else args[0]
+            p.replace_uses(v, keep)
+        elif p.kind(v) == "map" and args and all(c is not None for c in consts):
+            val = _fold(op, consts)
+            if val is not None and math.isfinite(val):
+                p.replace_uses(v, p.const(val))
+    p.remove_dead()
+    return p
+
+
+def _fold(op, c):
+    try:
+        return {"add": lambda: c[0] + c[1], "sub": lambda: c[0] - c[1], "mul": lambda: c[0] * c[1],
+                "div": lambda: c[0] / c[1], "neg": lambda: -c[0], "recip": lambda: 1.0 / c[0],
+                "exp": lambda: math.exp(c[0]), "log": lambda: math.log(c[0])}[op]()
+    except (KeyError, ZeroDivisionError, ValueError, OverflowError):
+        return None
+
+
+# -- the motif ----------------------------------------------------------------------------------
+
+@dataclass
+class Motif:
+    X: int      # the row being normalised
+    M: int      # reduce_max(X)
+    D: int      # X - M
+    Z: int      # D * s (== D when s == 1)
+    E: int      # exp(Z)
+    S: int      # reduce_sum(E)
+    scale: float
+
+
+def find_motifs(p: Program) -> list[Motif]:
+    found = []
+    for S in p.nodes("reduce_sum"):
+        (E,) = p.args(S)
+        if p.op(E) != "exp":
+            continue
+        (Z,) = p.args(E)
+        scale, D = 1.0, Z
+        if p.op(Z) == "mul":
+            a, b = p.args(Z)
+            if p.const_value(b) is None or p.const_value(b) <= 0 or p.shape(a) != ROW:
+                continue
+            D, scale = a, p.const_value(b)
+        if p.op(D) != "sub":
+            continue
+        X, M = p.args(D)
+        if p.op(M) == "reduce_max" and p.args(M) == (X,) and p.shape(X) == ROW:
+            found.append(Motif(X, M, D, Z, E, S, scale))
+    return found
+
+
+# -- algorithm rewrites -------------------------------------------------------------------------
+
+def rewrite_online(p: Program) -> Program:
+    """(max, sum exp(s(x - max))) -> one fused (m, d) reduction; 2 sweeps."""
+    for m in find_motifs(p):
+        r = p.add("reduce_online", m.X, scale=m.scale)
+        p.replace_uses(m.M, p.add("item", r, index=0))
+        p.replace_uses(m.S, p.add("item", r, index=1))
+    p.notes.append("online: max and sum fused into a running (m, d) reduction")
+    p.remove_dead()
+    return p
+
+
+def rewrite_extexp(p: Program) -> Program:
+    """(max, sum exp(z)) -> extended-exponent sum (V, E) of u = s x; no max pass; 2 sweeps."""
+    fallback = p.copy(p.name)
+    for m in find_motifs(p):
+        if p.users(m.M) != [m.D] or (m.D != m.Z and p.users(m.D) != [m.Z]):
+            continue  # the max itself is used elsewhere: the rewrite would not remove its pass
+        u = m.X if m.scale == 1.0 else p.add("mul", m.X, p.const(m.scale))
+        r = p.add("reduce_extexp", u)
+        V, E = p.add("item", r, index=0), p.add("item", r, index=1)
+        others_e = set(p.users(m.E)) - {m.S}
+        if others_e:
+            p.replace_uses(m.E, p.add("exp_shift2", u, E), only=others_e)
+        others_z = set(p.users(m.Z)) - {m.E}
+        if others_z:
+            p.replace_uses(m.Z, p.add("sub_ln2", u, E), only=others_z)
+        p.replace_uses(m.S, V)
+        p.add("guard", E, limit=float(EXTEXP_GUARD_E))
+    p.fallback = fallback
+    p.notes.append(f"two-pass: extended-exponent sum; rows with |E| > {EXTEXP_GUARD_E} "
+                   f"(|x| beyond 2^17) fall back to three-pass-recompute")
+    p.remove_dead()
+    return p
+
+
+def rewrite_reload(p: Program) -> Program:
+    """Materialise the motif's row value that the output sweep needs, instead of recomputing it."""
+    for m in find_motifs(p):
+        links = [(m.E, m.S), (m.Z, m.E)] + ([(m.D, m.Z)] if m.D != m.Z else [])
+        for v, nxt in links:
+            others = set(p.users(v)) - {nxt}
+            if others:
+                p.replace_uses(v, p.add("materialize", v), only=others)
+                break
+    p.notes.append("three-pass-reload: the shared row value is stored to y and reloaded")
+    p.remove_dead()
+    return p
+
+
+ALGORITHMS = {
+    "three-pass-recompute": None,
+    "three-pass-reload": rewrite_reload,
+    "two-pass": rewrite_extexp,
+    "online": rewrite_online,
+}
+ALIASES = {"3p-recompute": "three-pass-recompute", "recompute": "three-pass-recompute",
+           "3p-reload": "three-pass-reload", "reload": "three-pass-reload",
+           "2p": "two-pass", "extexp": "two-pass", "two-pass-extexp": "two-pass"}
+SHORT = {"three-pass-recompute": "3pc", "three-pass-reload": "3pl", "two-pass": "2p",
+         "online": "online"}
+
+
+def applicable_algorithms(p: Program) -> list[str]:
+    """Algorithms that change this program's plan (all of them need the normaliser motif)."""
+    return list(ALGORITHMS) if find_motifs(p) else ["three-pass-recompute"]
+
+
+def apply_algorithm(p: Program, algorithm: str) -> Program:
+    algorithm = ALIASES.get(algorithm, algorithm)
+    if algorithm not in ALGORITHMS:
+        raise UsageError(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    if algorithm not in applicable_algorithms(p):
+        raise UsageError(f"algorithm {algorithm!r} does not apply to op {p.name!r}")
+    q = simplify(p.copy())
+    rewrite = ALGORITHMS[algorithm]
+    if rewrite is not None:
+        q = simplify(rewrite(q))
+    if q.fallback is not None:
+        q.fallback = annotate_ranges(simplify(q.fallback))
+    return annotate_ranges(q).validate()
+
+
+# -- analyses -------------------------------------------------------------------------------------
+
+def annotate_ranges(p: Program) -> Program:
+    """Mark exp nodes whose argument is provably <= 0 (or NaN): x - max(x), scaled by s > 0.
+    Backends use a cheaper exp there (no overflow path)."""
+    for v in p.nodes("exp"):
+        (a,) = p.args(v)
+        if p.op(a) == "mul" and (p.const_value(p.args(a)[1]) or 0) > 0:
+            a = p.args(a)[0]
+        nonpos = False
+        if p.op(a) == "sub":
+            x, m = p.args(a)
+            src = p.op(m)
+            if src == "reduce_max" and p.args(m) == (x,):
+                nonpos = True
+            elif src == "item" and p.attrs(m)["index"] == 0 and p.op(p.args(m)[0]) == "reduce_online":
+                nonpos = p.args(p.args(m)[0]) == (x,)
+        p.attrs(v)["nonpos"] = nonpos
+    return p
+
+
+# -- the memory-pass planner ----------------------------------------------------------------------
+
+@dataclass
+class Sweep:
+    index: int
+    compute: list[int]            # row nodes evaluated per element, in order
+    reductions: list[int]
+    stores: list[int]             # materialize nodes written to y
+    reloads: list[int]            # materialize nodes read back from y
+    output: int | None
+    reads_x: bool
+    scalars_after: list[int] = field(default_factory=list)
+
+    @property
+    def reads(self) -> int:
+        return int(self.reads_x) + len(self.reloads)
+
+    @property
+    def writes(self) -> int:
+        return len(self.stores) + (self.output is not None)
+
+
+@dataclass
+class Plan:
+    program: Program
+    sweeps: list[Sweep]
+    scalars_before: list[int]
+
+    @property
+    def reads(self) -> int:
+        return sum(s.reads for s in self.sweeps)
+
+    @property
+    def writes(self) -> int:
+        return sum(s.writes for s in self.sweeps)
+
+    @property
+    def bytes_per_element(self) -> int:
+        return 4 * (self.reads + self.writes)
+
+    def exps_per_element(self) -> int:
+        p, n = self.program, 0
+        for s in self.sweeps:
+            n += sum(p.op(v) in ("exp", "exp_shift2") for v in s.compute)
+            n += sum(p.op(v) in ("reduce_extexp", "reduce_online") for v in s.reductions)
+        return n
+
+    def traffic(self) -> dict:
+        return {"passes": len(self.sweeps), "reads": self.reads, "writes": self.writes,
+                "bytes_per_element": self.bytes_per_element, "exp_per_element": self.exps_per_element(),
+                "summary": f"{self.reads}R + {self.writes}W"}
+
+    def describe(self) -> str:
+        p = self.program
+        name = lambda v: f"%{v} {p.op(v)}"
+        out = []
+        for s in self.sweeps:
+            bufs = (["x"] if s.reads_x else []) + ["y (reload)"] * len(s.reloads)
+            wr = ["y (store)"] * len(s.stores) + (["y"] if s.output is not None else [])
+            out.append(f"sweep {s.index}: reads {', '.join(bufs) or '-'}; writes {', '.join(wr) or '-'}")
+            out.append(f"  per element: {', '.join(name(v) for v in s.compute) or '-'}")
+            if s.reductions:
+                out.append(f"  reduces: {', '.join(name(v) for v in s.reductions)}")
+            if s.scalars_after:
+                out.append(f"  then per row: {', '.join(name(v) for v in s.scalars_after)}")
+        t = self.traffic()
+        out.append(f"traffic: {t['summary']} = {t['bytes_per_element']} B/element (f32, no RFO), "
+                   f"{t['passes']} passes, {t['exp_per_element']} exp/element")
+        return "\n".join(out)
+
+
+def plan(p: Program) -> Plan:
+    """Group the program into sweeps over the row. A reduction's result is available after its
+    sweep; row values are recomputed in every sweep that needs them unless materialised."""
+    level: dict[int, int] = {}     # row nodes: the sweep that can first compute them
+    avail: dict[int, int] = {}     # scalars: available before sweep avail[v]
+    for v in p.topo():
+        kind, args = p.kind(v), p.args(v)
+        if kind == "input":
+            level[v] = 0
+        elif kind == "const":
+            avail[v] = 0
+        elif kind == "reduce":
+            avail[v] = level[args[0]] + 1
+        elif kind in ("item", "guard"):
+            avail[v] = avail[args[0]]
+        elif p.shape(v) == ROW:  # map, materialize, output
+            level[v] = max([level[a] for a in args if a in level] + [avail[a] for a in args if a in avail])
+        else:  # scalar map
+            avail[v] = max(avail[a] for a in args)
+    roots = [v for v in p.g if p.kind(v) in ("reduce", "materialize", "output")]
+    nsweeps = max(level[v] if v in level else level[p.args(v)[0]] for v in roots) + 1
+    sweeps = []
+    for k in range(nsweeps):
+        reds = [v for v in p.topo() if p.kind(v) == "reduce" and level[p.args(v)[0]] == k]
+        stores = [v for v in p.topo() if p.op(v) == "materialize" and level[v] == k]
+        outs = [v for v in p.topo() if p.op(v) == "output" and level[v] == k]
+        need, reloads, stack = set(), set(), [p.args(v)[0] for v in reds + stores + outs]
+        while stack:
+            v = stack.pop()
+            if v in need or p.shape(v) != ROW:
+                continue
+            if p.op(v) == "materialize" and level[v] < k:
+                reloads.add(v)
+                continue
+            need.add(v)
+            stack.extend(p.args(v))
+        compute = [v for v in p.topo() if v in need]
+        sweeps.append(Sweep(k, compute, reds, stores, sorted(reloads), outs[0] if outs else None,
+                            reads_x=any(p.op(v) == "input" for v in compute)))
+    scalars = [v for v in p.topo() if p.shape(v) in (SCALAR, PAIR) and p.kind(v) not in ("const", "reduce")]
+    for s in sweeps:
+        s.scalars_after = [v for v in scalars if avail[v] == s.index + 1]
+    before = [v for v in scalars if avail[v] == 0]
+    return Plan(p, sweeps, before)

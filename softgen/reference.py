@@ -1,0 +1,179 @@
+"""float64 oracles, written from ../shared/spec/ALGORITHMS.md (sections 0-4).
+
+``softmax``/``log_softmax`` are the definitions every kernel is tested against. The algorithmic
+oracles (``softmax_three_pass_*``, ``extexp_sum``/``softmax_two_pass``, ``online_normalizer``/
+``softmax_online``) follow the algorithms step by step in float64 so the algorithms themselves can be
+checked against the definition. All act on the last axis, accept any leading shape, and honour the
+edge-case contract of section 0.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)
+EXTEXP_F64_DOMAIN = 2.0 ** 50  # the f64 extexp oracle is exact below this |x|
+
+
+def resolve_scale(scale: float = 1.0, temperature: float | None = None) -> float:
+    """softmax(x; s) = softmax(s x); softmax(x; T) = softmax(x / T). s, T finite and > 0."""
+    if temperature is not None:
+        if scale != 1.0:
+            raise ValueError("give scale or temperature, not both")
+        t = float(temperature)
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+        s = 1.0 / t
+    else:
+        s = float(scale)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
+    return s
+
+
+def _rows(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def _shifted(x, scale, temperature):
+    """(z - M, S) with z = s*x, M = max z, S = sum exp(z - M); NaN propagates per the contract."""
+    z = resolve_scale(scale, temperature) * _rows(x)
+    if z.shape[-1] == 0:
+        return z, np.zeros(z.shape[:-1] + (1,))
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(z, axis=-1, keepdims=True)  # np.max propagates NaN
+        d = z - m                              # inf - inf = NaN for +inf and all--inf rows
+        s = np.sum(np.exp(d), axis=-1, keepdims=True)
+    return d, s
+
+
+def softmax(x, scale: float = 1.0, temperature: float | None = None) -> np.ndarray:
+    """y_i = exp(z_i - M) / sum_j exp(z_j - M), z = s x, M = max z."""
+    d, s = _shifted(x, scale, temperature)
+    with np.errstate(invalid="ignore"):
+        return np.exp(d) / s
+
+
+def log_softmax(x, scale: float = 1.0, temperature: float | None = None) -> np.ndarray:
+    """y_i = (z_i - M) - log S."""
+    d, s = _shifted(x, scale, temperature)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return d - np.log(s)
+
+
+# -- the algorithms, step by step --------------------------------------------------------------
+
+def softmax_three_pass_recompute(x, scale=1.0, temperature=None):
+    z = resolve_scale(scale, temperature) * _rows(x)
+    if z.shape[-1] == 0:
+        return z
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(z, axis=-1, keepdims=True)                        # pass 1
+        s = np.sum(np.exp(z - m), axis=-1, keepdims=True)            # pass 2
+        return np.exp(z - m) * (1.0 / s)                             # pass 3 (recompute exp)
+
+
+def softmax_three_pass_reload(x, scale=1.0, temperature=None):
+    z = resolve_scale(scale, temperature) * _rows(x)
+    if z.shape[-1] == 0:
+        return z
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(z, axis=-1, keepdims=True)                        # pass 1
+        y = np.exp(z - m)                                            # pass 2 stores exp
+        s = np.sum(y, axis=-1, keepdims=True)
+        return y * (1.0 / s)                                         # pass 3 reloads y
+
+
+def extexp_sum(x) -> tuple[np.ndarray, np.ndarray]:
+    """(V, E) with sum_i exp(x_i) = V * 2^E per row, never overflowing (section 2.2).
+
+    Each exp(x_i) = p_i * 2^n_i with n_i = round_half_even(x_i log2 e); accumulate with
+    e_max = max(acc_e, n), acc_v = acc_v 2^(acc_e - e_max) + p 2^(n - e_max).
+    """
+    x = _rows(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        n = np.rint(x * LOG2E)                     # np.rint rounds half to even
+        p = np.exp(x - n * LN2)
+        p = np.where(x == -np.inf, 0.0, p)         # exp(-inf) = 0 * 2^-inf
+        n = np.where(x == -np.inf, -np.inf, n)
+        e = np.max(n, axis=-1, keepdims=True) if x.shape[-1] else np.full(x.shape[:-1] + (1,), -np.inf)
+        scale = np.exp2(np.where(n == -np.inf, -np.inf, n - np.where(np.isneginf(e), 0.0, e)))
+        v = np.sum(p * scale, axis=-1, keepdims=True)
+    return v, e
+
+
+def softmax_two_pass(x, scale=1.0, temperature=None):
+    """Pass 1: (V, E) = extexp_sum(z); pass 2: y_i = (p_i / V) 2^(n_i - E). Above the f64 domain
+    the oracle falls back to the shifted softmax, as the spec says."""
+    z = resolve_scale(scale, temperature) * _rows(x)
+    if z.shape[-1] == 0:
+        return z
+    finite = np.where(np.isfinite(z), np.abs(z), 0.0)
+    if np.any(finite >= EXTEXP_F64_DOMAIN):
+        return softmax(z)
+    v, e = extexp_sum(z)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        n = np.rint(z * LOG2E)
+        p = np.where(z == -np.inf, 0.0, np.exp(z - n * LN2))
+        y = (p / v) * np.exp2(np.where(z == -np.inf, -np.inf, n) - e)
+        bad = ~np.isfinite(v) | (v == 0) | np.any(np.isnan(z) | (z == np.inf), axis=-1, keepdims=True)
+        return np.where(bad, np.nan, y)
+
+
+def online_normalizer(x, block: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(m, d) with d = sum exp(x - m), computed as the online recurrence of section 3, one block of
+    ``block`` elements at a time (block max first, one rescale per block). Guard: an update whose
+    new max is -inf is skipped, so an all -inf row ends with d = 0."""
+    x = _rows(x)
+    flat = x.reshape(-1, x.shape[-1])
+    ms, ds = np.full(flat.shape[0], -np.inf), np.zeros(flat.shape[0])
+    with np.errstate(invalid="ignore", over="ignore"):
+        for r, row in enumerate(flat):
+            m, d = -np.inf, 0.0
+            for j in range(0, row.size, block):
+                blk = row[j:j + block]
+                mn = max(m, float(np.max(blk)))
+                if np.isnan(blk).any():
+                    mn = math.nan
+                if mn == -np.inf:
+                    continue
+                d = d * math.exp(m - mn) + float(np.sum(np.exp(blk - mn)))
+                m = mn
+            ms[r], ds[r] = m, d
+    shape = x.shape[:-1] + (1,)
+    return ms.reshape(shape), ds.reshape(shape)
+
+
+def softmax_online(x, scale=1.0, temperature=None, block: int = 16):
+    z = resolve_scale(scale, temperature) * _rows(x)
+    if z.shape[-1] == 0:
+        return z
+    m, d = online_normalizer(z, block)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return np.exp(z - m) / d
+
+
+def exp_p5_f32(x) -> np.ndarray:
+    """The degree-5 "p5" exp of section 2.4, evaluated in float32 exactly as the kernels do
+    (magic-bias round, two-constant Cody-Waite reduction, Horner with FMAs emulated in f64)."""
+    f = np.float32
+    x = np.asarray(x, dtype=f)
+    log2e = f(float.fromhex("0x1.715476p+0"))
+    ln2_hi, ln2_lo = f(float.fromhex("0x1.62E43p-1")), f(-float.fromhex("0x1.05C61p-29"))
+    c = [f(float.fromhex(h)) for h in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3",
+                                        "0x1.FFFDC6p-2", "0x1.FFFFF6p-1")]
+
+    def fma(a, b, cc):
+        return (a.astype(np.float64) * b + cc).astype(f)
+
+    with np.errstate(all="ignore"):
+        n = np.rint(x.astype(np.float64) * log2e).astype(f)  # = fma(x, log2e, magic) - magic
+        t = fma(n, -ln2_hi, x)
+        t = fma(n, -ln2_lo, t)
+        p = c[0]
+        for ck in c[1:]:
+            p = fma(p, t, ck)
+        p = fma(p, t, f(1.0))
+        return (p.astype(np.float64) * np.exp2(n.astype(np.float64))).astype(f)

@@ -1,0 +1,127 @@
+"""Building and loading generated C: the system C compiler, a content-hash cache, ctypes.
+
+Built objects are cached under ``$SOFTGEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/softgen``, else
+``~/.cache/softgen``, keyed by a hash of the source, the compiler's identity and the flags, and
+written atomically (several processes may build the same kernel at once).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import BuildError
+from .targets import Target, host_arch
+
+BASE_CFLAGS = ("-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
+               "-fno-math-errno", "-Wall")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SOFTGEN_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(xdg) / "softgen")
+    path = Path(root) / f"v{__version__}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def compiler_for(target: Target, cc: str | None = None) -> list[str]:
+    """The C compiler command for ``target``: ``cc`` if given, else ``$CC_<arch>`` for a cross
+    target, else ``$CC``, else ``cc``. The command must resolve to an executable."""
+    cross = target.arch not in ("any", host_arch())
+    if cc is None:
+        cc = os.environ.get(f"CC_{target.arch}") if cross else None
+        cc = cc or (None if cross else os.environ.get("CC")) or ("" if cross else "cc")
+    if not cc:
+        raise BuildError(f"no C compiler for target {target.name} ({target.arch}) on this "
+                         f"{host_arch()} host: set CC_{target.arch} or pass cc=")
+    argv = shlex.split(cc)
+    if not argv or shutil.which(argv[0]) is None:
+        raise BuildError(f"C compiler {cc!r} not found (set $CC or pass cc=)")
+    return argv
+
+
+@functools.cache
+def _compiler_identity(cc: tuple[str, ...]) -> str:
+    try:
+        out = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60)
+        return out.stdout.splitlines()[0] if out.stdout else cc[0]
+    except (OSError, subprocess.SubprocessError):
+        return cc[0]
+
+
+def emulation_flags(target: Target) -> list[str]:
+    """Flags that compile an x86 target's intrinsics through SIMDe's portable implementation."""
+    try:
+        import simde_py
+    except ImportError:
+        raise BuildError("emulating x86 ISAs needs SIMDe headers: pip install simde-py") from None
+    if target.arch != "x86_64" or host_arch() != "x86_64":
+        raise BuildError(f"SIMDe emulation is available for x86 targets on x86 hosts, not {target.name}")
+    return ["-DSOFTGEN_SIMDE", f"-I{simde_py.get_include()}", "-Wno-psabi"]
+
+
+def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"{what} failed to run: {e}") from None
+    if res.returncode != 0:
+        raise BuildError(f"{what} failed ({' '.join(map(shlex.quote, argv))}):\n{res.stderr[-4000:]}")
+    return res
+
+
+def flags_for(target: Target, emulate: bool = False) -> list[str]:
+    return list(BASE_CFLAGS) + (emulation_flags(target) if emulate else list(target.cflags))
+
+
+def build_shared(source: str, target: Target, *, emulate: bool = False, cc: str | None = None,
+                 dest: Path | None = None) -> Path:
+    """Compile ``source`` to a shared library (cached); copy it to ``dest`` if given."""
+    argv0 = compiler_for(target, cc)
+    flags = flags_for(target, emulate) + ["-shared"]
+    key = hashlib.sha256("\0".join([source, _compiler_identity(tuple(argv0)), *argv0, *flags])
+                         .encode()).hexdigest()[:32]
+    lib = cache_dir() / f"{key}.so"
+    if not lib.exists():
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            src, out = Path(tmp) / "kernel.c", Path(tmp) / "kernel.so"
+            src.write_text(source)
+            _run([*argv0, *flags, "-o", str(out), str(src), "-lm"], "C compiler")
+            os.replace(out, lib)
+            shutil.copyfile(src, lib.with_suffix(".c"))
+    if dest is not None:
+        shutil.copyfile(lib, dest)
+        return dest
+    return lib
+
+
+def assembly(source: str, target: Target, cc: str | None = None) -> str:
+    """The assembly the C compiler emits for ``source`` (what the shipped library contains)."""
+    argv0 = compiler_for(target, cc)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.c"
+        src.write_text(source)
+        res = _run([*argv0, *flags_for(target), "-S", "-o", "-", str(src)], "C compiler")
+    return res.stdout
+
+
+_ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 4
+
+
+def load_entry(lib: Path, symbol: str):
+    """The C entry point ``int symbol(x, y, rows, n, ldx, ldy)`` of a built library."""
+    handle = ctypes.CDLL(str(lib))
+    fn = getattr(handle, symbol)
+    fn.argtypes, fn.restype = _ARGTYPES, ctypes.c_int
+    fn._softgen_handle = handle  # keep the library loaded as long as the function lives
+    return fn
