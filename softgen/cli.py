@@ -1,0 +1,175 @@
+"""Command line: ``softgen targets | ops | build | emit | explain``.
+
+Errors are one line on stderr: exit code 2 for usage errors (bad flags, unknown op/target/
+algorithm, invalid names or parameters), 1 for failures (compiler errors, unwritable output).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import SoftgenError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other usage error
+        sub = self.prog.partition(" ")[2]
+        raise UsageError(f"{sub}: {message}" if sub else message)
+
+
+def _kernel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--op", default="softmax", help="op to generate (default: softmax; see 'softgen ops')")
+    p.add_argument("--algorithm", default="auto",
+                   help="auto | three-pass-recompute | three-pass-reload | two-pass | online")
+    p.add_argument("--target", default="host", help="host | scalar | avx2 | avx512 (default: host)")
+    p.add_argument("--name", help="C symbol and file stem (a C identifier)")
+    p.add_argument("--scale", type=float, help="softmax(scale * x); scale > 0")
+    p.add_argument("--temperature", type=float, help="softmax(x / temperature); temperature > 0")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                   help="any op parameter (repeatable)")
+    p.add_argument("--unroll", type=int, help="schedule: vectors per main-loop iteration")
+    p.add_argument("--accumulators", type=int, help="schedule: independent accumulators")
+    p.add_argument("--block", type=int, help="schedule: elements per compensated reduction block")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="softgen", description="Generate softmax-family kernels for CPUs.")
+    ap.add_argument("--version", action="version", version=f"softgen {__version__}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    t = sub.add_parser("targets", help="list targets and whether this CPU runs them")
+    t.add_argument("--json", action="store_true", help="machine-readable output")
+    o = sub.add_parser("ops", help="list ops, their parameters and algorithms")
+    o.add_argument("--json", action="store_true", help="machine-readable output")
+    b = sub.add_parser("build", help="generate, compile and export lib<name>.so + <name>.h + <name>.json")
+    _kernel_args(b)
+    b.add_argument("-o", "--output", default="build", help="output directory (default: ./build)")
+    b.add_argument("--cc", help="C compiler command (default: $CC or cc)")
+    b.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    e = sub.add_parser("emit", help="print the generated C (or its assembly)")
+    _kernel_args(e)
+    e.add_argument("--asm", action="store_true", help="print the assembly the C compiler makes")
+    e.add_argument("--cc", help="C compiler command for --asm")
+    x = sub.add_parser("explain", help="show the IR, the rewrites, the pass plan and bytes moved")
+    _kernel_args(x)
+    x.add_argument("--json", action="store_true", help="machine-readable output")
+    return ap
+
+
+def _params(args) -> dict:
+    params = {}
+    for item in args.param:
+        key, sep, val = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            params[key] = float(val)
+        except ValueError:
+            raise UsageError(f"--param {key}: {val!r} is not a number") from None
+    for key in ("scale", "temperature"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    return params
+
+
+def _kernel(args):
+    from .kernel import compile
+    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block") if getattr(args, k) is not None}
+    return compile(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
+                   schedule=sched or None, **_params(args))
+
+
+def _cmd_targets(args) -> None:
+    from .targets import targets
+    rows = targets()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        mark = "runs here" + (" (host default)" if r["host_default"] else "") if r["runnable"] \
+            else "cross/emulated only: missing " + ", ".join(r["missing"])
+        print(f"{r['name']:<8} {r['lanes']:>2} lanes  {r['summary']:<58} {mark}")
+
+
+def _cmd_ops(args) -> None:
+    from . import ops, passes
+    rows = []
+    for op in ops.OPS.values():
+        prog = ops.build_program(op.name)
+        rows.append({"name": op.name, "params": op.params, "doc": op.doc,
+                     "algorithms": passes.applicable_algorithms(prog)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        ps = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        print(f"{r['name']}({ps})\n    {r['doc']}\n    algorithms: {', '.join(r['algorithms'])}")
+
+
+def _cmd_build(args) -> None:
+    k = _kernel(args)
+    try:
+        paths = k.export(args.output, cc=args.cc)
+    except OSError as e:
+        raise SoftgenError(f"cannot write to {args.output!r}: {e.strerror}") from None
+    if args.json:
+        print(paths["manifest"].read_text(), end="")
+        return
+    print(f"{k.name}: {k.op} / {k.algorithm} / {k.target.name} / {k.schedule}")
+    for key, p in paths.items():
+        print(f"  {key:<9} {p}")
+
+
+def _cmd_emit(args) -> None:
+    k = _kernel(args)
+    sys.stdout.write(k.asm(args.cc) if args.asm else k.source)
+
+
+def _cmd_explain(args) -> None:
+    from . import ops
+    k = _kernel(args)
+    original = ops.build_program(k.op, **k.params)
+    pl = k.plan
+    if args.json:
+        print(json.dumps({"op": k.op, "params": k.params, "algorithm": k.algorithm,
+                          "target": k.target.name, "schedule": k.schedule.as_dict(), "name": k.name,
+                          "ir": str(original), "rewritten_ir": str(k.program), "rewrites": k.program.notes,
+                          "plan": pl.describe().splitlines(), "traffic": pl.traffic()}, indent=2))
+        return
+    print(f"# {k.name}\n# target {k.target.name} ({k.target.lanes} lanes), schedule {k.schedule}\n")
+    print("## IR as defined\n" + str(original) + "\n")
+    print(f"## after the '{k.algorithm}' rewrite" + "".join(f"\n# {n}" for n in k.program.notes))
+    print(str(k.program) + "\n")
+    print("## pass plan\n" + pl.describe())
+
+
+COMMANDS = {"targets": _cmd_targets, "ops": _cmd_ops, "build": _cmd_build, "emit": _cmd_emit,
+            "explain": _cmd_explain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        COMMANDS[args.cmd](args)
+        return 0
+    except UsageError as e:
+        print(f"softgen: error: {e}", file=sys.stderr)
+        return 2
+    except SoftgenError as e:
+        msg = str(e).strip().splitlines() or [type(e).__name__]
+        more = " (set SOFTGEN_DEBUG=1 for details)" if len(msg) > 1 else ""
+        print(f"softgen: error: {msg[0]}{more}", file=sys.stderr)
+        if more and os.environ.get("SOFTGEN_DEBUG"):
+            print("\n".join(msg[1:]), file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""AOT export: ``lib<name>.so`` (plain C ABI, no Python dependency), ``<name>.h``, ``<name>.json``
+(op, algorithm, target, schedule, version, traffic, measured accuracy) and ``<name>.c``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .backends.c import _env
+from .errors import SoftgenError, UsageError
+from .kernel import Kernel, check_name
+from .ops import get_op
+from .runtime import build_shared, flags_for, compiler_for
+
+ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy)"
+
+
+def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
+    """Max errors against the float64 reference on a fixed suite: random rows of several lengths
+    and ranges (including ones where a naive f32 exp overflows). Needs the kernel to run here,
+    natively or emulated."""
+    run = k if k.runnable else k.run_emulated
+    op = get_op(k.op)
+    rng = np.random.default_rng(seed)
+    max_rel = max_abs = 0.0
+    for n in (1, 7, 64, 1000, 4099, 65536):
+        for lo, hi in ((-10, 10), (90, 100), (-1000, 1000)):
+            x = rng.uniform(lo, hi, (4, n)).astype(np.float32)
+            y = run(x).astype(np.float64)
+            r = op.reference(x, **k.params)
+            err = np.abs(y - r)
+            max_abs = max(max_abs, float(err.max()))
+            big = np.abs(r) > 1e-6 * np.abs(r).max(axis=-1, keepdims=True)
+            max_rel = max(max_rel, float((err[big] / np.abs(r[big])).max()))
+    return {"max_rel_error": max_rel, "max_abs_error": max_abs,
+            "suite": "rows of n in {1,7,64,1000,4099,65536} from U[-10,10], U[90,100], "
+                     "U[-1000,1000]; relative error over outputs >= 1e-6 * row max",
+            "executed": "native" if k.runnable else "emulated (SIMDe)"}
+
+
+def export(k: Kernel, directory, name: str | None = None, cc: str | None = None) -> dict:
+    """Write the library, header, manifest and source of ``k`` into ``directory``."""
+    if name is not None and name != k.name:
+        k = k.renamed(check_name(name))
+    out = Path(directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output directory {str(out)!r}: {e.strerror}") from None
+    paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
+             "manifest": out / f"{k.name}.json", "source": out / f"{k.name}.c"}
+    build_shared(k.source, k.target, cc=cc, dest=paths["library"])
+    params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
+    header = _env().get_template("header.h.j2").render(
+        name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
+        op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
+        target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule))
+    paths["header"].write_text(header)
+    paths["source"].write_text(k.source)
+    try:
+        accuracy = measure_accuracy(k)
+    except SoftgenError as e:
+        accuracy = {"max_rel_error": None, "reason": f"not measured: {e}"}
+    manifest = {
+        "softgen_version": __version__, "name": k.name, "symbol": k.name, "abi": ABI.replace("NAME", k.name),
+        "errors": {"0": "ok", "1": "NULL pointer with nonzero sizes", "2": "ldx < n or ldy < n",
+                   "3": "rows * stride overflows"},
+        "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": k.backend,
+        "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
+                   "arch": k.target.arch, "requires": list(k.target.requires)},
+        "compiler": {"command": compiler_for(k.target, cc), "flags": flags_for(k.target)},
+        "schedule": k.schedule.as_dict(), "traffic": k.plan.traffic(), "accuracy": accuracy,
+        "files": {key: p.name for key, p in paths.items()},
+    }
+    paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
+    return paths
