@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from . import reference as ref
 from .errors import UsageError
 from .ir import Program, Value
@@ -27,6 +29,23 @@ class OpDef:
     atol_rel_to_y: bool = False        # log-softmax: |err| <= atol * (1 + |y|)
     sums_to_one: bool = False
     extra: dict = field(default_factory=dict)
+
+    def tolerance(self, x, ref_y, params) -> "np.ndarray":
+        """Allowed |kernel - reference| per element for float32 kernels (spec section 11).
+
+        Relative ``rtol`` plus the conditioning of exp: rounding z = s(x - max) to f32 perturbs
+        e^z by |z| 2^-24 (twice: the subtraction and the scaling), an error every f32 kernel has;
+        for the outputs that matter (|z| <= 16) the bound stays at the spec's 2e-6. Outputs below
+        FLT_MIN may be flushed to zero.
+        """
+        y = np.abs(ref_y)
+        if self.atol_rel_to_y:
+            return self.atol * (1.0 + y)
+        x64 = np.asarray(x, np.float64) * params.get("scale", 1.0)
+        with np.errstate(invalid="ignore"):
+            z = np.abs(x64 - np.max(x64, axis=-1, keepdims=True)) if x64.shape[-1] else x64
+        z = np.where(np.isfinite(z), z, 0.0)
+        return (self.rtol + 2.0 ** -23 * z) * y + self.atol + 2.0 ** -126
 
 
 OPS: dict[str, OpDef] = {}
@@ -79,7 +98,11 @@ def resolve_params(op: OpDef, given: dict) -> dict:
     if "scale" in op.params:
         s = _scale(params)
         params = {k: v for k, v in params.items() if k not in ("scale", "temperature")}
-        params["scale"] = s
+        with np.errstate(over="ignore"):
+            s32 = float(np.float32(s))  # kernels bake the scale as a float32
+        if not (0.0 < s32 < math.inf):
+            raise UsageError(f"scale {s!r} is not representable as a positive finite float32")
+        params["scale"] = s32
     for k, v in params.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise UsageError(f"parameter {k} must be a finite number, got {v!r}")

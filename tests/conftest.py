@@ -1,0 +1,57 @@
+"""Shared helpers: run a kernel natively or, for an ISA this CPU lacks, through emulation; check a
+result against the op's float64 reference with the op's own tolerance and the edge-case contract."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import softgen
+from softgen.ops import get_op
+
+TARGETS = [t["name"] for t in softgen.targets()]
+ALGORITHMS = list(softgen.ALGORITHMS)
+OPS = list(softgen.OPS)
+
+
+@functools.cache
+def kernel(op: str, algorithm: str, target: str, **params) -> softgen.Kernel:
+    return softgen.compile(op, algorithm=algorithm, target=target, **params)
+
+
+def run(k: softgen.Kernel, x: np.ndarray, out=None) -> np.ndarray:
+    """Native call when the CPU has the ISA, emulated otherwise (the same generated source)."""
+    return k(x, out=out) if k.runnable else k.run_emulated(x, out=out)
+
+
+def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "") -> None:
+    """y must match the float64 reference of k's op within the op's tolerance; NaN exactly where
+    the reference is NaN; exact zeros where the reference is exactly 0."""
+    op = get_op(k.op)
+    r = op.reference(x, **k.params)
+    assert y.shape == x.shape and y.dtype == np.float32
+    where = f"{k.name} {what}"
+    nan_r, nan_y = np.isnan(r), np.isnan(y)
+    assert np.array_equal(nan_r, nan_y), f"{where}: NaN pattern differs at {np.argwhere(nan_r != nan_y)[:5]}"
+    ok = ~nan_r
+    exact = ok & ((r == 0) | np.isinf(r))
+    assert np.array_equal(y[exact], r[exact].astype(np.float32)), f"{where}: exact 0/inf entries differ"
+    tol = op.tolerance(x, r, k.params)
+    err = np.abs(y.astype(np.float64) - r)
+    bad = ok & ~exact & ~(err <= tol)
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        raise AssertionError(f"{where}: {bad.sum()} element(s) out of tolerance; first at {i}: "
+                             f"y={y[i]!r} ref={r[i]!r} err={err[i]:.3g} tol={tol[i]:.3g} "
+                             f"(max err/tol {np.max(err[ok & ~exact] / tol[ok & ~exact]):.3g})")
+    if op.sums_to_one:
+        finite_rows = ~np.any(nan_r, axis=-1)
+        if x.shape[-1] and finite_rows.any():
+            sums = y.astype(np.float64).sum(axis=-1)[finite_rows]
+            assert np.all(np.abs(sums - 1) <= 1e-5), f"{where}: row sums {sums.min()}..{sums.max()}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,153 @@
+"""Every op x algorithm x target against the float64 reference: random rows of every length up to
+3 vectors + 1 and across block edges, 2^20-element rows, ranges where a naive exp overflows, the
+edge-case contract of spec section 0, strided / unaligned / non-contiguous rows, in place.
+Targets this CPU lacks run the same generated source through SIMDe emulation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softgen
+from conftest import ALGORITHMS, OPS, TARGETS, check, kernel, run
+
+MATRIX = [(op, alg, t) for op in OPS for alg in ALGORITHMS for t in TARGETS]
+ids = ["-".join(m) for m in MATRIX]
+
+
+def lengths(k: softgen.Kernel) -> list[int]:
+    """Every length up to 3 vectors + 1, then around the unrolled step and the block size."""
+    lanes, step, block = k.target.lanes, k.schedule.step(k.target.lanes), k.schedule.block
+    edge = {step - 1, step, step + 1, 2 * step + lanes + 1, block - 1, block, block + 1,
+            2 * block + step + lanes + 3}
+    return sorted(set(range(1, 3 * lanes + 2)) | {n for n in edge if n > 0})
+
+
+@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
+def test_random_rows_every_length(op, alg, target, rng):
+    k = kernel(op, alg, target)
+    for n in lengths(k):
+        x = (rng.standard_normal((3, n)) * 4).astype(np.float32)
+        check(k, x, run(k, x), f"n={n}")
+
+
+@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
+@pytest.mark.parametrize("lo,hi", [(90, 100), (-1000, 1000), (-1e4, 1e4)])
+def test_ranges_that_overflow_naive_exp(op, alg, target, lo, hi, rng):
+    k = kernel(op, alg, target)
+    x = rng.uniform(lo, hi, (4, 3001)).astype(np.float32)
+    check(k, x, run(k, x), f"U[{lo},{hi}]")
+
+
+@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
+def test_long_row_2_pow_20(op, alg, target, rng):
+    """A single f32 running sum drifts to ~1e-4 here; blocked compensated sums keep 2e-6."""
+    k = kernel(op, alg, target)
+    x = rng.uniform(-2, 2, (1, 1 << 20)).astype(np.float32)  # many comparable terms: worst case
+    check(k, x, run(k, x), "n=2^20")
+
+
+def contract_rows(n: int, rng) -> dict[str, np.ndarray]:
+    """The spec's edge-case table, with specials placed in the unrolled loop, the single-vector
+    loop and the masked tail (positions 0, n//2, n-1)."""
+    base = rng.standard_normal(n).astype(np.float32)
+    rows = {}
+    for pos in sorted({0, n // 2, n - 1}):
+        for name, val in (("nan", np.nan), ("+inf", np.inf)):
+            r = base.copy()
+            r[pos] = val
+            rows[f"{name}@{pos}"] = r
+        r = base.copy()
+        r[pos] = -np.inf
+        rows[f"-inf@{pos}"] = r
+    rows["all -inf"] = np.full(n, -np.inf, np.float32)
+    some = base.copy()
+    some[::3] = -np.inf
+    rows["every 3rd -inf"] = some
+    huge = np.zeros(n, np.float32)
+    huge[n // 2] = 3e38
+    rows["3e38 and zeros"] = huge
+    rows["+-3e38"] = np.where(np.arange(n) % 2, 3e38, -3e38).astype(np.float32)
+    rows["tiny +-1e-38"] = np.where(np.arange(n) % 2, 1e-38, -1e-38).astype(np.float32)
+    rows["constant"] = np.full(n, 7.25, np.float32)
+    rows["beyond extexp domain 3e5"] = (3e5 + rng.uniform(-50, 50, n)).astype(np.float32)
+    rows["beyond extexp domain -3e5"] = (-3e5 + rng.uniform(-50, 50, n)).astype(np.float32)
+    rows["1e30 spread"] = rng.uniform(-1e30, 1e30, n).astype(np.float32)
+    return rows
+
+
+@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
+def test_edge_case_contract(op, alg, target, rng):
+    k = kernel(op, alg, target)
+    for n in (1, 2, k.target.lanes + 3, k.schedule.step(k.target.lanes) * 2 + 5):
+        rows = contract_rows(n, rng)
+        x = np.stack(list(rows.values()))
+        y = run(k, x)
+        for i, name in enumerate(rows):  # rows are independent: check each on its own
+            check(k, x[i:i + 1], y[i:i + 1], f"n={n} row '{name}'")
+        for i, name in enumerate(rows):
+            if name.startswith(("nan", "+inf", "all -inf")):
+                assert np.isnan(y[i]).all(), f"{name}: whole row must be NaN"
+
+
+@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
+def test_single_element_and_empty(op, alg, target):
+    k = kernel(op, alg, target)
+    for v in (0.0, -5.0, 1e30, -1e30, 3e5):
+        y = run(k, np.array([[v]], np.float32))
+        if op == "softmax":
+            assert 1.0 - 2 ** -23 <= y[0, 0] <= 1.0  # two-pass may be 1 ulp low
+        else:
+            assert abs(y[0, 0]) <= 2 ** -23
+    for shape in [(0,), (3, 0), (0, 5), (2, 0, 4)]:
+        y = run(k, np.zeros(shape, np.float32))
+        assert y.shape == shape
+
+
+@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
+def test_layouts_strided_unaligned_inplace(op, alg, target, rng):
+    k = kernel(op, alg, target)
+    n = 2 * k.target.lanes + 3
+    wide = (rng.standard_normal((5, n + 7)) * 3).astype(np.float32)
+    x = wide[:, 2:2 + n]                       # ldx > n, start not vector aligned
+    check(k, x, run(k, x), "strided")
+    xs = wide[:, ::2]                          # last axis not contiguous: copied
+    check(k, xs, run(k, xs), "non-contiguous")
+    x3 = (rng.standard_normal((2, 3, n)) * 3).astype(np.float32)
+    check(k, x3, run(k, x3), "3-d")
+    x3t = x3.transpose(1, 0, 2)                # leading axes not collapsible: copied
+    check(k, x3t, run(k, x3t), "3-d transposed")
+    buf = np.zeros(4 * n + 1, np.uint8)[1:].view(np.float32).reshape(1, n)  # byte-misaligned
+    buf[:] = x[:1]
+    check(k, buf, run(k, buf), "byte-misaligned")
+    ref = run(k, x.copy())
+    out = np.full((5, n + 5), 123.0, np.float32)
+    yv = run(k, x, out=out[:, 1:1 + n])        # strided, unaligned out
+    assert np.array_equal(yv, ref) and np.all(out[:, 0] == 123) and np.all(out[:, 1 + n:] == 123)
+    inplace = x.copy()
+    y = run(k, inplace, out=inplace)
+    assert y is inplace and np.array_equal(inplace, ref)
+    xw = wide.copy()                           # in place on a strided view
+    view = xw[:, 2:2 + n]
+    run(k, view, out=view)
+    assert np.array_equal(xw[:, 2:2 + n], ref) and np.array_equal(xw[:, :2], wide[:, :2])
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("params", [{"scale": 0.5}, {"scale": 3.0}, {"temperature": 0.7},
+                                    {"scale": 0.125}], ids=str)
+def test_scale_and_temperature(op, alg, params, rng):
+    k = kernel(op, alg, "host", **params)
+    x = rng.uniform(-30, 30, (3, 1000)).astype(np.float32)
+    check(k, x, run(k, x), str(params))
+
+
+def test_output_is_not_a_shifted_or_wrong_softmax(rng):
+    """Guards against a check that cannot fail: a deliberately wrong result must be rejected."""
+    k = kernel("softmax", "two-pass", "host")
+    x = rng.standard_normal((2, 100)).astype(np.float32)
+    y = run(k, x)
+    with pytest.raises(AssertionError):
+        check(k, x, y * np.float32(1 + 1e-5), "perturbed")
+    with pytest.raises(AssertionError):
+        check(k, x, np.roll(y, 1, axis=-1), "rolled")
