@@ -111,15 +111,16 @@ def rewrite_extexp(p: Program) -> Program:
     for m in find_motifs(p):
         if p.users(m.M) != [m.D] or (m.D != m.Z and p.users(m.D) != [m.Z]):
             continue  # the max itself is used elsewhere: the rewrite would not remove its pass
-        u = m.X if m.scale == 1.0 else p.add("mul", m.X, p.const(m.scale))
-        r = p.add("reduce_extexp", u)
+        # The scale stays an attribute of the exp-like nodes instead of a mul node: backends then
+        # carry s*x as an exact hi + lo pair (FMA), so no |s x| 2^-24 error enters e^(s x).
+        r = p.add("reduce_extexp", m.X, scale=m.scale)
         V, E = p.add("item", r, index=0), p.add("item", r, index=1)
         others_e = set(p.users(m.E)) - {m.S}
         if others_e:
-            p.replace_uses(m.E, p.add("exp_shift2", u, E), only=others_e)
+            p.replace_uses(m.E, p.add("exp_shift2", m.X, E, scale=m.scale), only=others_e)
         others_z = set(p.users(m.Z)) - {m.E}
         if others_z:
-            p.replace_uses(m.Z, p.add("sub_ln2", u, E), only=others_z)
+            p.replace_uses(m.Z, p.add("sub_ln2", m.X, E, scale=m.scale), only=others_z)
         p.replace_uses(m.S, V)
         p.add("guard", E, limit=float(EXTEXP_GUARD_E))
     p.fallback = fallback

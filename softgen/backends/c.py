@@ -18,7 +18,7 @@ from .. import __version__
 from .._data import data_dir
 from ..errors import BuildError
 from ..ir import PAIR, Program
-from ..passes import Plan, plan
+from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
 from ..schedule import Schedule
 from ..targets import OPTIONAL_ISA, VIRTUAL_ISA, Target
 
@@ -53,6 +53,10 @@ class Reduction:
     def fold(self, out: dict, acc: dict, sc: str | None) -> list[str]: ...
     def finish(self, out: dict, res: list[str], sc: str | None) -> list[str]: ...
 
+    def consts(self, r: int, scale: float) -> list[str]:
+        """Extra per-sweep constants of a scaled reduction."""
+        return []
+
     def outer_init(self, field: str) -> str:
         return "V_ZERO()" if field == "c" else self.init(field)
 
@@ -83,15 +87,24 @@ class ExtExpRed(Reduction):
 
     def init(self, f): return "V_ZERO()" if f == "v" else "V_SET1(SG_EXTEXP_E0)"
 
+    def consts(self, r: int, scale: float) -> list[str]:
+        return [f"const VEC lim{r} = V_SET1({flit(-EXTEXP_F32_DOMAIN / scale)});"]
+
     def update(self, st, vals, sc):
         v, e = st["v"], st["e"]
         lines = ["{"]
         for j, x in enumerate(vals):
-            lines += [f"    const VEC u{j} = sg_extexp_clamp({x});", f"    const VEC n{j} = sg_extexp_n(u{j});"]
+            if sc:
+                lim = "lim" + sc[2:]
+                lines += [f"    VEC l{j}, u{j} = sg_twoprod(V_MAX({lim}, {x}), {sc}, &l{j});"]
+            else:
+                lines += [f"    const VEC u{j} = sg_extexp_clamp({x});"]
+            lines.append(f"    const VEC n{j} = sg_extexp_n(u{j});")
         lines.append(f"    VEC em = V_MAX({e}, n0);")
         lines += [f"    em = V_MAX(em, n{j});" for j in range(1, len(vals))]
         lines.append(f"    {v} = V_SCALE2({v}, V_SUB({e}, em));")
-        lines += [f"    {v} = V_SCALE2_ADD({v}, sg_extexp_p(u{j}, n{j}), V_SUB(n{j}, em));"
+        p = "sg_extexp_p_lo(u{j}, n{j}, l{j})" if sc else "sg_extexp_p(u{j}, n{j})"
+        lines += [f"    {v} = V_SCALE2_ADD({v}, {p.format(j=j)}, V_SUB(n{j}, em));"
                   for j in range(len(vals))]
         return lines + [f"    {e} = em;", "}"]
 
@@ -145,6 +158,11 @@ VECTOR_C = {
     "div": "V_DIV({0}, {1})", "max": "V_MAX({0}, {1})", "min": "V_MIN({0}, {1})",
     "neg": "V_SUB(V_SET1(-0.0f), {0})", "abs": "V_ABS({0})", "recip": "V_DIV(V_SET1(1.0f), {0})",
     "exp": "sg_exp({0})", "exp_shift2": "sg_exp_shift2({0}, {1})", "sub_ln2": "sg_reduce_ln2({0}, {1})",
+}
+# Map ops with a scale attribute (from the two-pass rewrite): s x is kept exact as hi + lo.
+SCALED_C = {
+    "exp_shift2": "sg_exp_shift2_scaled({0}, {1}, V_SET1({s}), V_SET1({lim}))",
+    "sub_ln2": "sg_reduce_ln2_scaled({0}, {1}, V_SET1({s}))",
 }
 SCALAR_C = {
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
@@ -204,6 +222,9 @@ def _body(c: _Ctx, sw, u: int, tail: bool) -> list[str]:
             expr = args[0]
         elif op == "exp" and p.attrs(v).get("nonpos"):
             expr = f"sg_exp_nonpos({args[0]})"
+        elif op in SCALED_C and p.attrs(v).get("scale", 1.0) != 1.0:
+            sc = p.attrs(v)["scale"]
+            expr = SCALED_C[op].format(*args, s=flit(sc), lim=flit(-EXTEXP_F32_DOMAIN / sc))
         elif op in VECTOR_C:
             expr = VECTOR_C[op].format(*args)
         else:
@@ -228,6 +249,7 @@ def _sweep_block(c: _Ctx, sw) -> dict:
         red, sc = REDUCTIONS[p.op(r)], _scale_of(p, r)
         if sc:
             setup.append(f"const VEC {sc} = V_SET1({flit(p.attrs(r)['scale'])});")
+            setup += red.consts(r, p.attrs(r)["scale"])
         for k in range(A):
             setup += [f"VEC {n} = {red.init(f)};" for f, n in _acc(r, k, red).items()]
         out = {f: f"o{r}_{f}" for f in red.outer}
