@@ -73,6 +73,9 @@ def default_schedule(target: str, lanes: int, **overrides) -> Schedule:
     unknown = set(given) - {"unroll", "accumulators", "block"}
     if unknown:
         raise UsageError(f"unknown schedule parameter(s) {sorted(unknown)}")
+    for k, v in given.items():  # types first, before any arithmetic on them
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"schedule {k} must be a positive integer, got {v!r}")
     if "unroll" in given and "accumulators" not in given and given["unroll"] % base.accumulators:
         given["accumulators"] = 1
     sched = replace(base, **given)

@@ -1,0 +1,144 @@
+"""The Python API contract: input validation, clear errors, no SIGILL, kernel metadata."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import softgen
+from softgen.targets import get_target, host_supports
+from conftest import kernel, run
+
+
+@pytest.fixture(scope="module")
+def k():
+    return kernel("softmax", "two-pass", "host")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int32, np.complex64, bool])
+def test_other_dtypes_are_a_type_error(k, dtype):
+    with pytest.raises(TypeError, match="float32"):
+        k(np.ones((2, 3), dtype))
+
+
+def test_non_arrays_and_0d(k):
+    with pytest.raises(TypeError, match="ndarray"):
+        k([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="at least one axis"):
+        k(np.array(1.0, np.float32))
+
+
+def test_out_is_checked_and_left_untouched_on_error(k):
+    x = np.ones((2, 5), np.float32)
+    for bad, err in [(np.zeros((2, 4), np.float32), ValueError), (np.zeros((2, 5)), TypeError),
+                     (np.zeros((5, 2), np.float32).T, ValueError), ([0.0] * 10, TypeError)]:
+        before = np.array(bad, copy=True)
+        with pytest.raises(err):
+            k(x, out=bad)
+        assert np.array_equal(np.asarray(bad), before)
+    ro = np.zeros((2, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        k(x, out=ro)
+
+
+def test_overlapping_out_is_computed_from_a_copy(k):
+    buf = np.arange(12, dtype=np.float32)
+    x, y = buf[:10].reshape(2, 5), buf[2:12].reshape(2, 5)
+    expect = run(k, x.copy())
+    run(k, x, out=y)
+    assert np.array_equal(y, expect)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(op="softmaxx"), "unknown op"),
+    (dict(target="sse9"), "unknown target"),
+    (dict(algorithm="four-pass"), "unknown algorithm"),
+    (dict(backend="cuda"), "unknown backend"),
+    (dict(name="1abc"), "invalid kernel name"),
+    (dict(name="a-b"), "invalid kernel name"),
+    (dict(name="x);system(\"rm -rf /\""), "invalid kernel name"),
+    (dict(name="int"), "invalid kernel name"),
+    (dict(name="sg_exp"), "invalid kernel name"),
+    (dict(name="a" * 65), "invalid kernel name"),
+    (dict(scale=0.0), "scale"),
+    (dict(scale=-1.0), "scale"),
+    (dict(scale=float("nan")), "scale"),
+    (dict(scale=1e-50), "float32"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=2.0, scale=3.0), "not both"),
+    (dict(alpha=1.0), "no parameter"),
+    (dict(schedule={"unroll": 0}), "unroll"),
+    (dict(schedule={"unroll": 4, "accumulators": 3}), "divide"),
+    (dict(schedule={"block": 102}), "block"),
+    (dict(schedule={"unroll": 2.5}), "unroll"),
+    (dict(schedule={"vector": 3}), "unknown schedule"),
+    (dict(schedule="fast"), "schedule"),
+])
+def test_bad_arguments_raise_usage_errors(kw, match):
+    args = {"op": "softmax", "target": "scalar", **kw}
+    with pytest.raises(softgen.UsageError, match=match):
+        softgen.compile(args.pop("op"), **args)
+
+
+def test_usage_errors_are_value_errors():
+    assert issubclass(softgen.UsageError, ValueError)
+
+
+def test_targets_and_host():
+    names = [t["name"] for t in softgen.targets()]
+    assert {"scalar", "avx2", "avx512"} <= set(names)
+    host = softgen.host_target()
+    assert host in names and get_target("host").name == host
+    assert all(isinstance(t["runnable"], bool) for t in softgen.targets())
+    assert [t["name"] for t in softgen.targets() if t["host_default"]] == [host]
+    assert get_target("scalar").runnable
+
+
+@pytest.mark.skipif(host_supports(get_target("avx512")), reason="this CPU runs AVX512")
+def test_missing_isa_raises_instead_of_sigill(tmp_path):
+    """Run in a subprocess so that a SIGILL would show up as a signal, not kill the test run."""
+    code = """
+import numpy as np, softgen
+k = softgen.compile("softmax", algorithm="two-pass", target="avx512")
+assert "__m512" in k.source or "_mm512" in k.source
+k.export(%r)
+try:
+    k(np.ones((2, 33), np.float32))
+except softgen.TargetNotSupportedError as e:
+    print("refused:", e)
+""" % str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "refused:" in r.stdout and "avx512" in r.stdout
+    assert any(p.suffix == ".so" for p in tmp_path.iterdir())
+
+
+def test_kernel_metadata(k):
+    assert k.op == "softmax" and k.algorithm == "two-pass" and k.target.name == softgen.host_target()
+    assert k.plan.bytes_per_element == 12
+    head = k.source[:2000]
+    for word in ("softmax", "two-pass", k.target.name, str(k.schedule.unroll), softgen.__version__):
+        assert word in head
+    assert k.name in repr(k)
+    assert "ret" in k.asm() or "ret" in k.asm().lower()
+
+
+def test_auto_algorithm_and_default_name():
+    k = softgen.compile("softmax", target="scalar")
+    assert k.algorithm == "online" and k.name.startswith("softgen_f32_softmax_online__scalar_u")
+    k2 = softgen.compile("softmax", target="avx2")
+    assert k2.algorithm == "two-pass"
+
+
+def test_kernels_are_cached_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    k = softgen.compile("softmax", algorithm="online", target="scalar", name="cache_probe")
+    y = k(np.ones((1, 3), np.float32))
+    assert np.allclose(y, 1 / 3)
+    built = list(tmp_path.rglob("*.so"))
+    assert len(built) == 1
+    softgen.compile("softmax", algorithm="online", target="scalar", name="cache_probe")(np.ones((1, 3), np.float32))
+    assert list(tmp_path.rglob("*.so")) == built

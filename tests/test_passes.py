@@ -1,0 +1,163 @@
+"""IR construction and validation, the algorithm rewrites, and the pass planner's traffic table
+(spec section 1-3: 3R+1W, 3R+2W, 2R+1W, 2R+1W)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softgen
+from softgen import passes
+from softgen.ir import IRError, Program
+from softgen.ops import OPS, build_program, register
+from conftest import check, run
+
+SPEC_TRAFFIC = {  # algorithm: (passes, reads, writes, bytes per element)
+    "three-pass-recompute": (3, 3, 1, 16),
+    "three-pass-reload": (3, 3, 2, 20),
+    "two-pass": (2, 2, 1, 12),
+    "online": (2, 2, 1, 12),
+}
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("alg", list(SPEC_TRAFFIC))
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_rewrites_reproduce_spec_traffic_table(op, alg, scale):
+    p = passes.apply_algorithm(build_program(op, scale=scale), alg)
+    t = passes.plan(p).traffic()
+    assert (t["passes"], t["reads"], t["writes"], t["bytes_per_element"]) == SPEC_TRAFFIC[alg]
+
+
+def test_rewrites_change_the_graph_not_just_a_label():
+    base = build_program("softmax")
+    two = passes.apply_algorithm(base, "two-pass")
+    onl = passes.apply_algorithm(base, "online")
+    rel = passes.apply_algorithm(base, "three-pass-reload")
+    assert two.nodes("reduce_max") == [] and len(two.nodes("reduce_extexp")) == 1
+    assert len(two.nodes("exp_shift2")) == 1 and len(two.nodes("guard")) == 1
+    assert two.fallback is not None and two.fallback.nodes("reduce_max")  # the |E| guard's fallback
+    assert onl.nodes("reduce_max") == [] and onl.nodes("reduce_sum") == []
+    assert len(onl.nodes("reduce_online")) == 1
+    assert len(rel.nodes("materialize")) == 1
+    assert base.nodes("reduce_max") and base.nodes("reduce_sum")  # the input is not mutated
+    for p in (two, onl, rel):
+        p.validate()
+
+
+def test_scale_becomes_an_attribute_of_the_fused_reductions():
+    onl = passes.apply_algorithm(build_program("softmax", scale=0.25), "online")
+    (r,) = onl.nodes("reduce_online")
+    assert onl.attrs(r)["scale"] == 0.25
+    two = passes.apply_algorithm(build_program("softmax", scale=0.25), "two-pass")
+    (r,) = two.nodes("reduce_extexp")
+    assert two.attrs(r)["scale"] == 0.25 and two.nodes("mul") == [two.users(two.nodes("exp_shift2")[0])[0]]
+
+
+def test_log_softmax_two_pass_uses_sub_ln2_and_no_exp_on_the_output_path():
+    p = passes.apply_algorithm(build_program("log_softmax"), "two-pass")
+    assert len(p.nodes("sub_ln2")) == 1 and p.nodes("exp_shift2") == []
+
+
+def test_exp_of_max_shifted_values_is_marked_nonpositive():
+    p = passes.apply_algorithm(build_program("softmax", scale=2.0), "three-pass-recompute")
+    assert all(p.attrs(v)["nonpos"] for v in p.nodes("exp"))
+    q = Program("plain")
+    x = q.input()
+    q.add("output", (x.exp() * x.exp().sum().recip()).id)
+    q = passes.apply_algorithm(q.validate(), "three-pass-recompute")
+    assert not any(q.attrs(v)["nonpos"] for v in q.nodes("exp"))
+
+
+def test_explain_text_names_sweeps_and_traffic():
+    p = passes.apply_algorithm(build_program("softmax"), "three-pass-reload")
+    text = passes.plan(p).describe()
+    assert "sweep 0" in text and "sweep 2" in text and "3R + 2W = 20 B/element" in text
+    assert "reduce_max" in str(p) and "materialize" in str(p)
+
+
+# -- IR validation ------------------------------------------------------------------------------
+
+def test_ir_rejects_malformed_programs():
+    p = Program("bad")
+    with pytest.raises(IRError, match="unknown IR op"):
+        p.add("frobnicate")
+    x = p.input()
+    with pytest.raises(IRError, match="takes 2 arguments"):
+        p.add("add", x.id)
+    with pytest.raises(IRError, match="does not exist"):
+        p.add("exp", 99)
+    with pytest.raises(IRError, match="exactly one input and one output"):
+        p.validate()
+    r = x.max()
+    with pytest.raises(IRError):
+        p.add("reduce_sum", r.id)
+        p.add("output", x.id)
+        p.validate()                       # reduce of a scalar
+
+
+def test_ir_rejects_unreachable_nodes_and_constant_outputs():
+    p = Program("dead")
+    x = p.input()
+    x.exp()                                # computed, never used
+    p.add("output", x.id)
+    with pytest.raises(IRError, match="reach no output"):
+        p.validate()
+    q = Program("const")
+    q.input()
+    q.add("output", q.add("materialize", q.add("const", value=1.0)))
+    with pytest.raises(IRError):
+        q.validate()
+    c = Program("cycle")
+    a = c.input()
+    e = a.exp()
+    c.add("output", e.id)
+    c.g.add_edge(e.id, a.id)
+    with pytest.raises(IRError, match="cycle"):
+        c.validate()
+
+
+def test_pair_values_need_item():
+    p = Program("pair")
+    x = p.input()
+    r = p.add("reduce_online", x.id, scale=1.0)
+    with pytest.raises(IRError, match="pair"):
+        p.add("output", p.add("mul", x.id, r))
+        p.validate()
+
+
+def test_unknown_algorithm_and_inapplicable_rewrite():
+    with pytest.raises(softgen.UsageError, match="unknown algorithm"):
+        passes.apply_algorithm(build_program("softmax"), "four-pass")
+    q = Program("no_motif")
+    x = q.input()
+    q.add("output", (x * 2.0).id)
+    q.validate()
+    assert passes.applicable_algorithms(q) == ["three-pass-recompute"]
+    with pytest.raises(softgen.UsageError, match="does not apply"):
+        passes.apply_algorithm(q, "online")
+
+
+# -- extensibility: a new op is an IR definition + a float64 reference ------------------------
+
+@pytest.fixture
+def custom_op():
+    def ref(x, scale=1.0):
+        return 0.5 * softgen.reference.softmax(x, scale=scale)
+
+    @register("half_softmax_test", ref, params={"scale": 1.0, "temperature": None})
+    def half_softmax(x, scale):
+        """A softmax scaled by 1/2: any op containing the normaliser motif gets every algorithm."""
+        e = ((x - x.max()) * scale).exp()
+        return e * (e.sum().finite_or_nan().recip() * 0.5)
+
+    yield "half_softmax_test"
+    del OPS["half_softmax_test"]
+
+
+@pytest.mark.parametrize("alg", list(SPEC_TRAFFIC))
+def test_a_new_op_gets_every_algorithm_and_target(custom_op, alg, rng):
+    for target in ("scalar", "host"):
+        k = softgen.compile(custom_op, algorithm=alg, target=target, scale=0.75)
+        assert k.plan.bytes_per_element == SPEC_TRAFFIC[alg][3]
+        x = rng.uniform(-50, 50, (3, 77)).astype(np.float32)
+        check(k, x, run(k, x), alg)
