@@ -124,4 +124,5 @@ def load_entry(lib: Path, symbol: str):
     fn = getattr(handle, symbol)
     fn.argtypes, fn.restype = _ARGTYPES, ctypes.c_int
     fn._softgen_handle = handle  # keep the library loaded as long as the function lives
+    fn._softgen_ptr = ctypes.cast(fn, ctypes.c_void_p).value  # for softgen._fastcall
     return fn

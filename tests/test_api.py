@@ -142,3 +142,15 @@ def test_kernels_are_cached_by_content(tmp_path, monkeypatch):
     assert len(built) == 1
     softgen.compile("softmax", algorithm="online", target="scalar", name="cache_probe")(np.ones((1, 3), np.float32))
     assert list(tmp_path.rglob("*.so")) == built
+
+
+def test_fast_call_path_is_built_and_agrees_with_the_general_path(k, rng):
+    from softgen import kernel as kmod
+    assert kmod._fastcall is not None, "softgen._fastcall was not built (needs a C compiler and Python headers)"
+    x = rng.standard_normal((4, 37)).astype(np.float32)
+    fast = k(x)
+    slow = k._run(k._fn, x, None)
+    assert np.array_equal(fast, slow)
+    assert kmod._fastcall(k._fn._softgen_ptr, x, np.empty((4, 36), np.float32)) is NotImplemented
+    assert kmod._fastcall(k._fn._softgen_ptr, x.astype(np.float64), np.empty((4, 37))) is NotImplemented
+    assert kmod._fastcall(k._fn._softgen_ptr, x, x[:, ::-1]) is NotImplemented
