@@ -1,6 +1,7 @@
 """The Python API: ``compile`` an op into a ``Kernel`` callable on NumPy arrays."""
 from __future__ import annotations
 
+import contextlib
 import keyword
 import re
 from dataclasses import dataclass, field
@@ -89,7 +90,8 @@ class Kernel:
         from .runtime import build_shared, load_entry
         if emulate:
             if self._emu_fn is None:
-                self._emu_fn = load_entry(build_shared(self.source, self.target, emulate=True), self.name)
+                from .emulator import load_emulated
+                self._emu_fn = load_emulated(self.source, self.target, self.name)
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -114,9 +116,17 @@ class Kernel:
         return self._run(fn, x, out)
 
     def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Run through an emulator instead of the CPU: SIMDe for x86 ISAs. For testing kernels
-        whose ISA this machine lacks; much slower than a native call."""
+        """Run through an emulator instead of the CPU: SIMDe for x86 ISAs on an x86 host, qemu
+        user mode for other architectures (e.g. neon on x86). For testing kernels whose ISA this
+        machine lacks; much slower than a native call."""
         return self._run(self._entry(True), x, out)
+
+    def run_emulated_many(self, xs, outs=None) -> list[np.ndarray]:
+        """``run_emulated`` over many inputs, in one emulator process where that matters (qemu)."""
+        fn = self._entry(True)
+        outs = [None] * len(xs) if outs is None else outs
+        with getattr(fn, "batch", contextlib.nullcontext)():
+            return [self._run(fn, x, o) for x, o in zip(xs, outs)]
 
     def _run(self, fn, x, out):
         if type(x) is not np.ndarray:
@@ -147,6 +157,8 @@ class Kernel:
             lx = (x.ctypes.data, n)
         if ly is None:  # misaligned out: compute into a temporary, then copy
             tmp = self._run(fn, x, None)
+            if hasattr(fn, "flush"):  # a batching emulator: make tmp real before copying it
+                fn.flush()
             np.copyto(y, tmp)
             return y
         rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1])

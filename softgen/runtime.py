@@ -40,11 +40,17 @@ def compiler_for(target: Target, cc: str | None = None) -> list[str]:
     cross = target.arch not in ("any", host_arch())
     if cc is None:
         cc = os.environ.get(f"CC_{target.arch}") if cross else None
+        if cross and not cc:
+            cc = next((c for c in target.cross_cc if shutil.which(shlex.split(c)[0])), "")
         cc = cc or (None if cross else os.environ.get("CC")) or ("" if cross else "cc")
     if not cc:
-        raise BuildError(f"no C compiler for target {target.name} ({target.arch}) on this "
-                         f"{host_arch()} host: set CC_{target.arch} or pass cc=")
-    argv = shlex.split(cc)
+        hint = f" ({target.extra['cross_hint']})" if "cross_hint" in target.extra else ""
+        raise BuildError(f"no C cross compiler for target {target.name} ({target.arch}) on this "
+                         f"{host_arch()} host: install one{hint}, set CC_{target.arch} or pass cc=")
+    try:
+        argv = shlex.split(cc)
+    except ValueError as e:  # e.g. an unbalanced quote
+        raise BuildError(f"C compiler command {cc!r} cannot be parsed: {e}") from None
     if not argv or shutil.which(argv[0]) is None:
         raise BuildError(f"C compiler {cc!r} not found (set $CC or pass cc=)")
     return argv
@@ -84,25 +90,39 @@ def flags_for(target: Target, emulate: bool = False) -> list[str]:
     return list(BASE_CFLAGS) + (emulation_flags(target) if emulate else list(target.cflags))
 
 
+def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], suffix: str,
+                  libs: tuple[str, ...] = ("-lm",)) -> Path:
+    """Compile ``sources`` (file name -> text) with one compiler command; cached by content."""
+    key = hashlib.sha256("\0".join([*sources, *sources.values(), _compiler_identity(tuple(argv0)),
+                                    *argv0, *flags, *libs]).encode()).hexdigest()[:32]
+    product = cache_dir() / f"{key}{suffix}"
+    if not product.exists():
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            paths = []
+            for fname, text in sources.items():
+                paths.append(Path(tmp) / fname)
+                paths[-1].write_text(text)
+            out = Path(tmp) / f"out{suffix}"
+            _run([*argv0, *flags, "-o", str(out), *map(str, paths), *libs], "C compiler")
+            os.replace(out, product)
+            shutil.copyfile(paths[0], product.with_suffix(".c"))
+    return product
+
+
 def build_shared(source: str, target: Target, *, emulate: bool = False, cc: str | None = None,
                  dest: Path | None = None) -> Path:
     """Compile ``source`` to a shared library (cached); copy it to ``dest`` if given."""
-    argv0 = compiler_for(target, cc)
-    flags = flags_for(target, emulate) + ["-shared"]
-    key = hashlib.sha256("\0".join([source, _compiler_identity(tuple(argv0)), *argv0, *flags])
-                         .encode()).hexdigest()[:32]
-    lib = cache_dir() / f"{key}.so"
-    if not lib.exists():
-        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-            src, out = Path(tmp) / "kernel.c", Path(tmp) / "kernel.so"
-            src.write_text(source)
-            _run([*argv0, *flags, "-o", str(out), str(src), "-lm"], "C compiler")
-            os.replace(out, lib)
-            shutil.copyfile(src, lib.with_suffix(".c"))
+    lib = _cached_build({"kernel.c": source}, compiler_for(target, cc),
+                        flags_for(target, emulate) + ["-shared"], ".so")
     if dest is not None:
         shutil.copyfile(lib, dest)
         return dest
     return lib
+
+
+def build_executable(sources: dict[str, str], target: Target, cc: str | None = None) -> Path:
+    """A statically linked program for ``target`` (runs under a user-mode emulator)."""
+    return _cached_build(sources, compiler_for(target, cc), flags_for(target) + ["-static"], ".exe")
 
 
 def assembly(source: str, target: Target, cc: str | None = None) -> str:

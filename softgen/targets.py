@@ -52,6 +52,8 @@ class Target:
     types: dict
     isa: dict
     prelude: str = ""
+    cross_cc: tuple[str, ...] = ()   # compilers to try when the host is another architecture
+    emulator: tuple[str, ...] = ()   # user-mode emulators (qemu) to run it on another architecture
     extra: dict = field(default_factory=dict)
 
     @property
@@ -78,7 +80,9 @@ def _load(name: str, text: str) -> Target:
         return Target(name=d["name"], summary=d["summary"], arch=d["arch"], lanes=int(d["lanes"]),
                       requires=tuple(d["requires"]), cflags=tuple(d["cflags"]), header=d["header"],
                       simde_header=d["simde_header"], fma=d["fma"], llvm=dict(d["llvm"]),
-                      types=dict(d["types"]), isa=isa, prelude=d.get("prelude", {}).get("code", ""))
+                      types=dict(d["types"]), isa=isa, prelude=d.get("prelude", {}).get("code", ""),
+                      cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
+                      extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d})
     except KeyError as e:
         raise UsageError(f"target file {name}.toml lacks key {e}") from None
 

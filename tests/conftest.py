@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import softgen
+from softgen.emulator import emulation_available
 from softgen.ops import get_op
 
 TARGETS = [t["name"] for t in softgen.targets()]
@@ -20,9 +21,26 @@ def kernel(op: str, algorithm: str, target: str, **params) -> softgen.Kernel:
     return softgen.compile(op, algorithm=algorithm, target=target, **params)
 
 
+def _can_emulate(k: softgen.Kernel) -> None:
+    ok, need = emulation_available(k.target)
+    if not ok:
+        pytest.skip(f"target {k.target.name} cannot run here and emulating it needs {need}")
+
+
 def run(k: softgen.Kernel, x: np.ndarray, out=None) -> np.ndarray:
     """Native call when the CPU has the ISA, emulated otherwise (the same generated source)."""
-    return k(x, out=out) if k.runnable else k.run_emulated(x, out=out)
+    if k.runnable:
+        return k(x, out=out)
+    _can_emulate(k)
+    return k.run_emulated(x, out=out)
+
+
+def run_many(k: softgen.Kernel, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """``run`` over many inputs; emulated targets run them in one emulator process."""
+    if k.runnable:
+        return [k(x) for x in xs]
+    _can_emulate(k)
+    return k.run_emulated_many(xs)
 
 
 def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "") -> None:
