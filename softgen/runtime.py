@@ -125,13 +125,15 @@ def build_executable(sources: dict[str, str], target: Target, cc: str | None = N
     return _cached_build(sources, compiler_for(target, cc), flags_for(target) + ["-static"], ".exe")
 
 
-def assembly(source: str, target: Target, cc: str | None = None) -> str:
-    """The assembly the C compiler emits for ``source`` (what the shipped library contains)."""
+def assembly(source: str, target: Target, cc: str | None = None, mark_loops: bool = False) -> str:
+    """The assembly the C compiler emits for ``source`` (what the shipped library contains);
+    ``mark_loops`` brackets each main-loop body with ``softgen-mark`` comments, for analysis."""
     argv0 = compiler_for(target, cc)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.c"
         src.write_text(source)
-        res = _run([*argv0, *flags_for(target), "-S", "-o", "-", str(src)], "C compiler")
+        extra = ["-DSOFTGEN_MARK_LOOPS"] if mark_loops else []
+        res = _run([*argv0, *flags_for(target), *extra, "-S", "-o", "-", str(src)], "C compiler")
     return res.stdout
 
 
