@@ -3,6 +3,7 @@ result against the op's float64 reference with the op's own tolerance and the ed
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -21,10 +22,18 @@ def kernel(op: str, algorithm: str, target: str, **params) -> softgen.Kernel:
     return softgen.compile(op, algorithm=algorithm, target=target, **params)
 
 
-def _can_emulate(k: softgen.Kernel) -> None:
-    ok, need = emulation_available(k.target)
+# CI installs every emulator (.ci/run): there a missing one is a failure, not a skip.
+STRICT = os.environ.get("CI") == "true"
+
+
+def skip_unless_emulated(t) -> None:
+    ok, need = emulation_available(t)
     if not ok:
-        pytest.skip(f"target {k.target.name} cannot run here and emulating it needs {need}")
+        (pytest.fail if STRICT else pytest.skip)(f"target {t.name} cannot run here and emulating it needs {need}")
+
+
+def _can_emulate(k: softgen.Kernel) -> None:
+    skip_unless_emulated(k.target)
 
 
 def run(k: softgen.Kernel, x: np.ndarray, out=None) -> np.ndarray:

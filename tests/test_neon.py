@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 
 import softgen
-from softgen.emulator import emulation_available, find_emulator
+from softgen.emulator import find_emulator
 from softgen.runtime import compiler_for
 from softgen.targets import get_target, host_arch
-from conftest import check
+from conftest import check, skip_unless_emulated
 
 NEON = get_target("neon")
-pytestmark = [
-    pytest.mark.skipif(host_arch() == "aarch64", reason="neon is native on this host"),
-    pytest.mark.skipif(not emulation_available(NEON)[0],
-                       reason=f"neon checks need {emulation_available(NEON)[1]}"),
-]
+pytestmark = pytest.mark.skipif(host_arch() == "aarch64", reason="neon is native on this host")
+
+
+@pytest.fixture(autouse=True)
+def _emulator():
+    skip_unless_emulated(NEON)
 
 PROGRAM = r"""
 #include <stdio.h>
