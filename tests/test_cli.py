@@ -1,0 +1,300 @@
+"""The ``softgen`` command line, driven through subprocesses exactly as a user would run it.
+
+Contract (softgen/cli.py): usage errors print ONE line on stderr and exit 2, other failures print
+one line and exit 1; never a traceback, never output on stdout when failing, never files left
+behind by a failed build.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import softgen
+
+SUBCOMMANDS = ["targets", "ops", "build", "emit", "explain"]
+BYTES_PER_ELEMENT = {"three-pass-recompute": 16, "three-pass-reload": 20, "two-pass": 12, "online": 12}
+HOST = softgen.host_target()
+
+
+def sg(*args: str, cwd=None, exe=None) -> subprocess.CompletedProcess:
+    cmd = [exe] if exe else [sys.executable, "-m", "softgen"]
+    env = {k: v for k, v in os.environ.items() if k != "SOFTGEN_DEBUG"}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def ok(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, f"exit {res.returncode}; stderr:\n{res.stderr}"
+    assert "Traceback" not in res.stderr
+    return res.stdout
+
+
+def failed(res: subprocess.CompletedProcess, code: int) -> str:
+    """Exit ``code``, exactly one line on stderr starting with 'softgen: error:', stdout empty."""
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == code, f"exit {res.returncode}, expected {code}; stderr: {res.stderr!r}"
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}: {res.stderr!r}"
+    assert lines[0].startswith("softgen: error: "), lines[0]
+    assert res.stdout == "", f"stdout not empty: {res.stdout[:200]!r}"
+    return lines[0]
+
+
+# -- help and listings --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", [[], *([c] for c in SUBCOMMANDS)], ids=["top", *SUBCOMMANDS])
+def test_help_exits_zero(cmd):
+    out = ok(sg(*cmd, "--help"))
+    assert out.startswith("usage: softgen")
+    for word in (SUBCOMMANDS if not cmd else ["--help"]):
+        assert word in out
+
+
+def test_version():
+    assert ok(sg("--version")).strip() == f"softgen {softgen.__version__}"
+
+
+def test_console_script():
+    exe = shutil.which("softgen")
+    if exe is None:
+        pytest.skip("softgen console script not on PATH")
+    out = ok(sg("--help", exe=exe))
+    assert "usage: softgen" in out
+    failed(sg("build", "--op", "nope", exe=exe), 2)
+
+
+def test_targets_text():
+    out = ok(sg("targets"))
+    lines = {ln.split()[0]: ln for ln in out.splitlines()}
+    assert {"scalar", "avx2", "avx512"} <= set(lines)
+    assert "runs here (host default)" in lines[HOST]
+    assert "runs here" in lines["scalar"]
+    if HOST != "avx512":
+        assert "missing" in lines["avx512"] and "avx512f" in lines["avx512"]
+
+
+def test_targets_json():
+    rows = json.loads(ok(sg("targets", "--json")))
+    by = {r["name"]: r for r in rows}
+    assert {"scalar", "avx2", "avx512"} <= set(by)
+    for r in rows:
+        assert set(r) >= {"name", "lanes", "runnable", "missing", "host_default"}
+        assert r["runnable"] == (not r["missing"])
+    assert [r["name"] for r in rows if r["host_default"]] == [HOST]
+    assert by["scalar"]["runnable"] and by["scalar"]["lanes"] == 1
+    assert by["avx2"]["lanes"] == 8 and by["avx512"]["lanes"] == 16
+    assert by[HOST]["runnable"]
+    if HOST == "avx2":
+        assert not by["avx512"]["runnable"] and "avx512f" in by["avx512"]["missing"]
+
+
+def test_ops():
+    out = ok(sg("ops"))
+    assert out.startswith("softmax(") and "\nlog_softmax(" in out
+    for alg in BYTES_PER_ELEMENT:
+        assert alg in out
+    rows = json.loads(ok(sg("ops", "--json")))
+    assert [r["name"] for r in rows] == list(softgen.OPS)
+    for r in rows:
+        assert set(r["algorithms"]) == set(BYTES_PER_ELEMENT)
+        assert "scale" in r["params"]
+
+
+# -- build --------------------------------------------------------------------------------------
+
+def _manifest_ok(path: Path, op: str, algorithm: str, target: str) -> dict:
+    m = json.loads(path.read_text())
+    assert m["op"] == op and m["algorithm"] == algorithm
+    assert m["target"]["name"] == target
+    assert m["softgen_version"] == softgen.__version__
+    assert set(m["schedule"]) == {"unroll", "accumulators", "block"}
+    assert all(isinstance(v, int) and v > 0 for v in m["schedule"].values())
+    acc = m["accuracy"]
+    assert isinstance(acc["max_rel_error"], float) and 0 <= acc["max_rel_error"] < 1e-4
+    assert isinstance(acc["max_abs_error"], float) and 0 <= acc["max_abs_error"] < 1e-3
+    assert m["symbol"] == m["name"] == path.stem
+    return m
+
+
+def test_build_defaults(tmp_path):
+    out = ok(sg("build", cwd=tmp_path))
+    files = sorted(p.name for p in (tmp_path / "build").iterdir())
+    libs = [f for f in files if f.startswith("lib") and f.endswith(".so")]
+    assert len(libs) == 1
+    name = libs[0][3:-3]
+    assert {f"{name}.h", f"{name}.json", f"{name}.c"} <= set(files)
+    assert name.startswith("softgen_f32_softmax_") and f"__{HOST}_" in name
+    assert out.startswith(f"{name}: softmax / ")
+    assert f"build/lib{name}.so" in out
+    m = _manifest_ok(tmp_path / "build" / f"{name}.json", "softmax",
+                     softgen.compile("softmax", target="host").algorithm, HOST)
+    assert m["accuracy"]["executed"] == "native"
+
+
+def test_build_avx512_cross(tmp_path):
+    """avx512 builds (and its manifest is filled, emulated if need be) even where it cannot run."""
+    out = ok(sg("build", "--op", "softmax", "--algorithm", "two-pass", "--target", "avx512",
+                "--name", "my_softmax", "-o", "out/", cwd=tmp_path))
+    assert out.startswith("my_softmax: softmax / two-pass / avx512 / ")
+    d = tmp_path / "out"
+    assert sorted(p.name for p in d.iterdir()) == \
+        ["libmy_softmax.so", "my_softmax.c", "my_softmax.h", "my_softmax.json"]
+    m = _manifest_ok(d / "my_softmax.json", "softmax", "two-pass", "avx512")
+    assert m["target"]["lanes"] == 16
+    assert m["traffic"]["bytes_per_element"] == 12
+    assert "int my_softmax(const float *x, float *y" in (d / "my_softmax.h").read_text()
+    if HOST != "avx512":
+        assert m["accuracy"]["executed"].startswith("emulated")
+
+
+def test_build_json_and_options(tmp_path):
+    out = ok(sg("build", "--op", "log_softmax", "--algorithm", "three-pass-reload", "--target",
+                "scalar", "--temperature", "2", "--unroll", "2", "--accumulators", "2",
+                "--name", "lsm", "-o", "o", "--json", cwd=tmp_path))
+    m = json.loads(out)
+    assert m == json.loads((tmp_path / "o" / "lsm.json").read_text())
+    assert m["params"] == {"scale": 0.5}
+    assert m["schedule"]["unroll"] == 2 and m["schedule"]["accumulators"] == 2
+    _manifest_ok(tmp_path / "o" / "lsm.json", "log_softmax", "three-pass-reload", "scalar")
+
+
+# -- emit / explain -----------------------------------------------------------------------------
+
+def test_emit_c():
+    src = ok(sg("emit", "--op", "softmax", "--algorithm", "online", "--target", "avx2"))
+    head = src[:src.index("*/")]
+    assert src.startswith("/*")
+    assert "softgen_f32_softmax_online__avx2_" in head
+    assert f"generated by softgen {softgen.__version__}" in head
+    assert "op:        softmax(" in head
+    assert "algorithm: online" in head
+    assert "target:    avx2" in head
+    assert "schedule:  unroll=" in head
+    assert "__attribute__((visibility(\"default\")))" in src
+    assert "int softgen_f32_softmax_online__avx2_" in src
+
+
+def test_emit_asm_avx512():
+    asm = ok(sg("emit", "--op", "log_softmax", "--target", "avx512", "--asm"))
+    assert "%zmm" in asm
+    assert "softgen_f32_log_softmax_" in asm
+    c = ok(sg("emit", "--op", "log_softmax", "--target", "avx512"))
+    assert "%zmm" not in c and "__m512" in c
+
+
+def test_explain_text():
+    out = ok(sg("explain", "--op", "softmax", "--algorithm", "three-pass-reload"))
+    assert "## IR as defined" in out and "## pass plan" in out
+    assert "after the 'three-pass-reload' rewrite" in out
+    assert "materialize" in out
+    assert "3R + 2W = 20 B/element" in out
+
+
+@pytest.mark.parametrize("alg", list(BYTES_PER_ELEMENT))
+def test_explain_json_bytes_per_element(alg):
+    d = json.loads(ok(sg("explain", "--json", "--op", "softmax", "--algorithm", alg)))
+    assert d["algorithm"] == alg and d["op"] == "softmax" and d["target"] == HOST
+    assert d["traffic"]["bytes_per_element"] == BYTES_PER_ELEMENT[alg]
+    assert d["traffic"]["bytes_per_element"] == 4 * (d["traffic"]["reads"] + d["traffic"]["writes"])
+    assert isinstance(d["plan"], list) and d["plan"][-1].startswith("traffic:")
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+USAGE_ERRORS = {
+    "missing-subcommand": ([], "required"),
+    "unknown-subcommand": (["frobnicate"], "invalid choice"),
+    "unknown-flag": (["targets", "--bogus"], "unrecognized"),
+    "unknown-op": (["build", "--op", "softmaxx"], "unknown op"),
+    "unknown-op-emit": (["emit", "--op", "nope"], "unknown op"),
+    "unknown-op-explain": (["explain", "--op", "nope"], "unknown op"),
+    "unknown-target": (["build", "--target", "sse9"], "unknown target"),
+    "unknown-target-emit": (["emit", "--target", "AVX2"], "unknown target"),
+    "unknown-algorithm": (["build", "--algorithm", "four-pass"], "unknown algorithm"),
+    "unknown-algorithm-explain": (["explain", "--algorithm", "x"], "unknown algorithm"),
+    "name-digit": (["build", "--name", "1abc"], "invalid kernel name"),
+    "name-dash": (["build", "--name", "a-b"], "invalid kernel name"),
+    "name-shell": (["build", "--name", "x;rm -rf /"], "invalid kernel name"),
+    "name-empty": (["build", "--name", ""], "invalid kernel name"),
+    "name-path": (["build", "--name", "../evil"], "invalid kernel name"),
+    "name-keyword": (["emit", "--name", "int"], "invalid kernel name"),
+    "name-too-long": (["build", "--name", "a" * 65], "invalid kernel name"),
+    "param-no-equals": (["build", "--param", "scale"], "NAME=VALUE"),
+    "param-no-name": (["build", "-p", "=2"], "NAME=VALUE"),
+    "param-unknown": (["build", "--param", "alpha=1"], "no parameter"),
+    "param-non-numeric": (["build", "--param", "scale=abc"], "not a number"),
+    "param-inf": (["build", "--param", "scale=inf"], "scale"),
+    "param-nan": (["build", "--param", "scale=nan"], "scale"),
+    "param-temperature-nan": (["emit", "-p", "temperature=nan"], "temperature"),
+    "scale-zero": (["build", "--scale", "0"], "scale"),
+    "scale-negative": (["build", "--scale", "-1.5"], "scale"),
+    "scale-non-numeric": (["build", "--scale", "big"], "--scale"),
+    "scale-underflows-f32": (["build", "--scale", "1e-50"], "float32"),
+    "temperature-zero": (["build", "--temperature", "0"], "temperature"),
+    "scale-and-temperature": (["emit", "--scale", "2", "--temperature", "3"], "not both"),
+    "unroll-zero": (["build", "--unroll", "0"], "unroll"),
+    "unroll-float": (["build", "--unroll", "1.5"], "--unroll"),
+    "unroll-word": (["emit", "--unroll", "four"], "--unroll"),
+    "unroll-huge": (["emit", "--unroll", "1000"], "unroll"),
+    "accumulators-too-large": (["build", "--accumulators", "64"], "accumulators"),
+    "accumulators-zero": (["emit", "--accumulators", "0"], "accumulators"),
+    "block-bad": (["explain", "--block", "3"], "block"),
+}
+
+
+@pytest.fixture(scope="module")
+def usage_results(tmp_path_factory):
+    """All usage-error commands, run concurrently (each in an empty directory of its own):
+    {case: (result, directory)}. Each subprocess mostly waits on Python start-up."""
+    dirs = {case: tmp_path_factory.mktemp(case) for case in USAGE_ERRORS}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = {case: pool.submit(sg, *args, cwd=dirs[case])
+                   for case, (args, _) in USAGE_ERRORS.items()}
+        return {case: (f.result(), dirs[case]) for case, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", USAGE_ERRORS)
+def test_usage_errors_exit_2_with_one_line(usage_results, case):
+    res, cwd = usage_results[case]
+    line = failed(res, 2)
+    assert USAGE_ERRORS[case][1] in line
+    assert list(cwd.iterdir()) == [], "a usage error wrote files"
+
+
+def test_bad_compiler_exits_1_and_writes_nothing(tmp_path):
+    line = failed(sg("build", "--cc", "/nonexistent/cc", "-o", "out", cwd=tmp_path), 1)
+    assert "/nonexistent/cc" in line
+    assert not (tmp_path / "out").exists()
+    # an unparsable compiler command is a failure too, not a traceback
+    failed(sg("build", "--cc", '"gcc', "-o", "out", cwd=tmp_path), 1)
+    assert not (tmp_path / "out").exists()
+    failed(sg("emit", "--asm", "--cc", "/nonexistent/cc", cwd=tmp_path), 1)
+
+
+def test_failing_compiler_leaves_existing_directory_untouched(tmp_path):
+    """A compiler that runs but fails (multi-line diagnostics are folded into one line)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no 'false' command")
+    line = failed(sg("build", "--cc", false, "--target", "scalar", "-o", "out", cwd=tmp_path), 1)
+    assert "C compiler failed" in line
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("where", ["file/sub", "file"])
+def test_output_under_a_regular_file_exits_1(tmp_path, where):
+    (tmp_path / "file").write_text("not a directory")
+    line = failed(sg("build", "--target", "scalar", "-o", where, cwd=tmp_path), 1)
+    assert where in line
+    assert (tmp_path / "file").read_text() == "not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
