@@ -91,3 +91,15 @@ def test_exported_neon_library_links_and_runs_under_qemu(op, alg, tmp_path):
     y = np.array(r.stdout.split(), np.float32).reshape(3, 9)
     x = np.array([[((rr * 7 + i * 5) % 13) - 6.0 for i in range(11)] for rr in range(3)], np.float32)[:, :9]
     check(k, x, y, "exported, from C under qemu")
+
+
+def test_cli_builds_and_emits_neon(tmp_path):
+    import sys
+    r = subprocess.run([sys.executable, "-m", "softgen", "build", "--op", "softmax", "--algorithm",
+                        "two-pass", "--target", "neon", "-o", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (lib,) = tmp_path.glob("lib*.so")
+    assert struct.unpack("<H", lib.read_bytes()[18:20])[0] == 183
+    r = subprocess.run([sys.executable, "-m", "softgen", "emit", "--op", "softmax", "--target", "neon",
+                        "--asm"], capture_output=True, text=True)
+    assert r.returncode == 0 and "fmla" in r.stdout
