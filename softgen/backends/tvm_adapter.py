@@ -1,0 +1,270 @@
+"""The one module of softgen that imports TVM (lazily: softgen imports and works without it).
+
+Pinned pair: apache-tvm 0.27.0.post1 + apache-tvm-ffi 0.1.14.post1 (0.1.15.x crashes with 0.27);
+``pip install 'softgen[tvm]'``. In 0.27 the TIR dialect is ``tvm.tirx`` (``from tvm.script import
+tirx as T``), schedules are ``tvm.s_tir.Schedule`` (sblock TIR needs ``@T.prim_func(s_tir=True)``).
+
+What a PrimFunc becomes (x86_64 and aarch64, TVM's bundled LLVM 22):
+
+* ``tvm.compile`` of a public PrimFunc runs ``MakePackedAPI``: the only exported symbol is
+  ``int32_t __tvm_ffi_<name>(void *self, TVMFFIAny *args, int32_t nargs, TVMFFIAny *ret)`` (no
+  separate ``_compute_`` symbol; the body is inlined), arguments are DLTensors checked at run time,
+  and the object references ``TVMFFIErrorSetRaisedFromCStrParts`` (``nm -u``), i.e. libtvm_ffi.
+* **Plain C ABI (the route used here):** give the PrimFunc ``"calling_conv": 1`` (kCPackedFunc,
+  meaning "already lowered") and a ``global_symbol``; ``MakePackedAPI`` then skips it and the
+  LLVM codegen emits ``void <symbol>(<params>)`` with parameters in C order: ``T.handle("float32")``
+  -> ``float *``, ``T.int64`` -> ``int64_t``. Use pointer parameters and ``T.decl_buffer(shape,
+  data=ptr, strides=...)`` in the body (``T.match_buffer``/``T.Buffer`` parameters are DLTensors and
+  are rejected by :func:`as_c_abi`). The object then has **no undefined symbols** (math that LLVM
+  turns into libm calls would be the exception). Besides the symbol it defines weak
+  ``__tvm_ffi_main`` (a copy of the entry function) and weak ``__truncsfhf2``/``__extendhfsf2``: link
+  the .so with a version script exporting only the wrapper symbol (:func:`version_script`).
+  A hand-written C wrapper checks the arguments (NULL, strides, overflow) and calls it; the .so
+  depends on nothing (not even libtvm, check ``readelf -d``).
+* We lower ourselves (:func:`lower`): BindTarget -> the ``s_tir`` pipeline -> ``LowerIntrin`` ->
+  ``target.build.llvm``. ``LowerTVMBuiltin`` (the first host finalisation pass of ``tvm.compile``)
+  is skipped: without MakePackedAPI's device attributes it aborts on any ``T.alloc_buffer`` ("Unknown
+  device id in current IR"); it only matters for packed calls and workspaces, which a kernel must
+  not have (checked). Small local buffers become allocas that LLVM promotes to registers.
+
+TIR idioms that work (plain ``@T.prim_func``, no sblocks, inside ``for l in T.vectorized(8)``):
+
+* locals: ``v: T.let[T.float32] = X[i]`` -- a bare ``v = ...`` or ``v: T.float32 = ...`` is a
+  1-element *local buffer* in 0.27, and vectorizing through it silently broadcasts lane 0;
+* reinterpret: ``T.reinterpret("int32", v)`` / ``T.reinterpret("float32", b)`` (vectorizes to
+  int32x8); shifts: ``T.shift_left(b, 23)``, ``T.shift_right(b, 23)`` (arithmetic on int32),
+  ``T.bitwise_and``/``_or``/``_xor``;
+* fma: ``T.fma(a, b, c)`` lowers to ``llvm.fmuladd`` (fusion allowed, not required); a guaranteed
+  fused op is ``T.call_llvm_pure_intrin("float32", "llvm.fma", a, b, c)`` (vectorizes). Note LLVM
+  also contracts a plain ``a * b + c`` into fmuladd, so results may differ from an unfused C kernel;
+* select: ``T.Select(c, a, b)`` vectorizes (vblendvps / NEON bsl). ``T.if_then_else`` does not:
+  VectorizeLoop scalarises the loop and then fails on let-bound vector values -- use it in scalar code;
+* ``T.max``/``T.min`` become compare+select (x86 vmaxps, NEON fcmgt+bsl, not fmaxnm);
+* symbolic-length rows: main loop ``for i0 in range(n // 32)`` + ``T.unroll(4)`` + ``T.vectorized(8)``
+  and a scalar tail ``for i in range(n % 32)`` (LLVM vectorizes that too). A predicated split
+  (``sch.split`` of ``n`` with factor 8) is *scalarised* (the ``T.where`` guard kills vectorization)
+  and ``sch.loop_partition`` rejects dynamic extents; with sblocks write the two loops yourself and
+  split the main one (extent ``n // 32 * 32`` splits exactly). Masked vector tail::
+
+      base: T.let[T.int64] = n // 8 * 8
+      t: T.let[T.float32x8] = T.call_llvm_pure_intrin("float32x8", "llvm.masked.load",
+          T.address_of(X[base]), T.Ramp(T.int64(0), T.int64(1), 8) < T.Broadcast(n - base, 8),
+          T.Broadcast(T.float32(0), 8))            # LLVM 22: no alignment argument
+      T.evaluate(T.call_llvm_intrin("void", "llvm.masked.store", t, T.address_of(Y[base]), mask))
+
+* several accumulators: a ``T.alloc_buffer((A * 8,), "float32", scope="local")`` updated as
+  ``acc[j * 8 + l] = T.max(acc[j * 8 + l], X[...])`` under ``T.unroll(A)``/``T.vectorized(8)`` stays
+  in A registers; fold it after the loop (rfactor needs static extents; the manual form is simpler).
+* vectors wider than the ISA (``T.vectorized(8)`` on NEON) are split into 4-lane ops by LLVM.
+
+Compile time is ~30-70 ms per small kernel (lowering + LLVM O3), without the tvm import (~1 s).
+"""
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+INSTALL_HINT = "pip install 'softgen[tvm]'"
+TVM_VERSION = "0.27.0.post1"
+TVM_FFI_VERSION = "0.1.14.post1"
+
+CALLING_CONV_C = 1          # kCPackedFunc: tells MakePackedAPI the function is already lowered
+_TRIPLES = {"x86_64": "x86_64-unknown-linux-gnu", "aarch64": "aarch64-unknown-linux-gnu"}
+_C_TYPES = {"float32": "float", "float64": "double", "int64": "int64_t", "int32": "int32_t",
+            "uint64": "uint64_t", "uint32": "uint32_t", "int8": "int8_t", "uint8": "uint8_t",
+            "int16": "int16_t", "uint16": "uint16_t", "bool": "bool"}
+# Calls that would need the TVM runtime at load time.
+_RUNTIME_CALLS = re.compile(r"TVMBackend|tvm_call_packed|tvm_call_cpacked|tvm_throw_last_error|"
+                            r"tvm_struct_get|tvm_stack_")
+
+
+class TVMUnavailable(ImportError):
+    pass
+
+
+@cache
+def available() -> tuple[bool, str]:
+    """(True, "tvm <v> + tvm-ffi <v>") when the pinned pair imports and has the LLVM backend,
+    else (False, reason + install hint). Never raises."""
+    try:
+        import tvm_ffi
+        import tvm
+    except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+        return False, f"TVM is not importable ({type(e).__name__}: {e}); {INSTALL_HINT}"
+    tv, fv = str(getattr(tvm, "__version__", "?")), str(getattr(tvm_ffi, "__version__", "?"))
+    if not tv.startswith("0.27.") or not fv.startswith("0.1.14"):
+        return False, (f"unsupported TVM version pair tvm {tv} + tvm-ffi {fv} (need "
+                       f"{TVM_VERSION} + {TVM_FFI_VERSION}); {INSTALL_HINT}")
+    try:
+        if tvm.get_global_func("target.build.llvm", allow_missing=True) is None:
+            return False, f"this TVM build has no LLVM backend; {INSTALL_HINT}"
+        import tvm.s_tir  # noqa: F401 - registers the s_tir pipeline
+    except Exception as e:  # noqa: BLE001
+        return False, f"TVM is broken ({type(e).__name__}: {e}); {INSTALL_HINT}"
+    return True, f"tvm {tv} + tvm-ffi {fv}"
+
+
+def _tvm():
+    ok, why = available()
+    if not ok:
+        raise TVMUnavailable(why)
+    import tvm
+    import tvm.s_tir  # noqa: F401
+    return tvm
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+def llvm_target(target) -> dict:
+    """The TVM target dict for a softgen Target (or its name, or a dict shaped like a targets/*.toml
+    ``[llvm]`` table plus optional ``arch``). The triple is always explicit; an empty triple (the
+    ``scalar`` target) means the host's."""
+    if isinstance(target, str):
+        from ..targets import get_target
+        target = get_target(target)
+    if isinstance(target, dict):
+        llvm, arch = target, target.get("arch", "any")
+    else:
+        llvm, arch = target.llvm, target.arch
+    triple = llvm.get("triple") or ""
+    if not triple:
+        from ..targets import host_arch
+        a = host_arch() if arch in ("any", "", None) else arch
+        if a not in _TRIPLES:
+            raise ValueError(f"no LLVM triple for architecture {a!r}")
+        triple = _TRIPLES[a]
+    d = {"kind": "llvm", "mtriple": triple, "mcpu": llvm.get("cpu") or "generic"}
+    mattr = [f.strip() for f in (llvm.get("features") or "").split(",") if f.strip()]
+    if mattr:
+        d["mattr"] = mattr
+    return d
+
+
+def tvm_target(target):
+    """A ``tvm.target.Target`` for a softgen Target / name / dict / TVM target dict."""
+    tvm = _tvm()
+    if isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, dict) and target.get("kind") == "llvm":
+        return tvm.target.Target(target)
+    return tvm.target.Target(llvm_target(target))
+
+
+# -- functions -----------------------------------------------------------------------------------
+
+def parse_tir(source: str, s_tir: bool = False):
+    """TVMScript text (``@T.prim_func`` / ``@I.ir_module``, with ``T``/``I`` in scope) -> PrimFunc or
+    IRModule. Decorators need source code, so generated kernels go through this."""
+    tvm = _tvm()
+    return tvm.script.from_source(source, s_tir=s_tir)
+
+
+def as_c_abi(func, symbol: str | None = None):
+    """The PrimFunc with the plain C ABI (``calling_conv`` 1 and ``global_symbol``)."""
+    _tvm()
+    for p in func.params:
+        if type(p.ty).__name__ == "BufferType":
+            raise ValueError(f"parameter {p.name} is a buffer (a DLTensor in the packed ABI); use "
+                             "T.handle('float32') parameters and T.decl_buffer(..., data=ptr)")
+    symbol = symbol or (func.attrs.get("global_symbol") if func.attrs is not None else None)
+    if not symbol:
+        raise ValueError("a C-ABI function needs a symbol name")
+    return func.with_attrs({"calling_conv": CALLING_CONV_C, "global_symbol": str(symbol)})
+
+
+def _module(mod_or_func):
+    tvm = _tvm()
+    if isinstance(mod_or_func, tvm.tirx.PrimFunc):
+        f = mod_or_func
+        name = f.attrs.get("global_symbol") if f.attrs is not None else None
+        if not name:
+            raise ValueError("the PrimFunc has no global_symbol; use as_c_abi(func, symbol)")
+        mod_or_func = tvm.IRModule({str(name): f})
+    out = {}
+    for gv, f in mod_or_func.functions.items():
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "global_symbol" in f.attrs:
+            conv = f.attrs.get("calling_conv")
+            if conv is None or int(conv) != CALLING_CONV_C:
+                f = as_c_abi(f)
+        out[gv] = f
+    return tvm.IRModule(out, attrs=mod_or_func.attrs)
+
+
+def c_prototype(func, symbol: str | None = None) -> str:
+    """The C declaration of a C-ABI PrimFunc: ``void sym(float *x, float *y, int64_t n);``."""
+    tvm = _tvm()
+    symbol = symbol or str(func.attrs["global_symbol"])
+    args = []
+    for p in func.params:
+        t = p.ty
+        if isinstance(t, tvm.ir.PointerType):
+            el = str(t.element_type)
+            args.append(f"{_C_TYPES.get(el, 'void')} *{p.name}")
+        else:
+            args.append(f"{_C_TYPES[str(t)]} {p.name}")
+    return f"void {symbol}({', '.join(args) or 'void'});"
+
+
+def version_script(symbols) -> str:
+    """A GNU ld version script exporting only ``symbols`` (hides TVM's weak helper symbols)."""
+    return "{ global: " + " ".join(f"{s};" for s in symbols) + " local: *; };\n"
+
+
+# -- lowering and code generation ------------------------------------------------------------------
+
+def lower(mod_or_func, target, config: dict | None = None):
+    """Lowered TIR (an IRModule) ready for the LLVM codegen, every public function with the C ABI."""
+    tvm = _tvm()
+    tgt = tvm_target(target)
+    mod = _module(mod_or_func)
+    with tvm.transform.PassContext(opt_level=3, config=config or {}):
+        mod = tvm.tirx.transform.BindTarget(tgt)(mod)
+        pipeline, _, _ = tvm.tirx.get_tir_pipeline("s_tir")
+        mod = pipeline(mod)
+        mod = tvm.tirx.transform.LowerIntrin()(mod)
+    for gv, f in mod.functions.items():
+        if f.attrs is not None and "global_symbol" in f.attrs \
+                and int(f.attrs.get("calling_conv", 0)) != CALLING_CONV_C:
+            raise RuntimeError(f"{gv.name_hint}: MakePackedAPI rewrote it to the packed ABI")
+    text = mod.script()
+    m = _RUNTIME_CALLS.search(text)
+    if m:
+        raise RuntimeError(f"lowered TIR needs the TVM runtime ({m.group(0)}): keep local buffers "
+                           "small and constant-sized, and call no packed functions")
+    return mod
+
+
+def build(mod_or_func, target, config: dict | None = None):
+    """The LLVM runtime module (``write_to_file``/``inspect_source``) of the C-ABI functions."""
+    tvm = _tvm()
+    tgt = tvm_target(target)
+    mod = lower(mod_or_func, tgt, config)
+    with tvm.transform.PassContext(opt_level=3, config=config or {}):
+        return tvm.get_global_func("target.build.llvm")(mod, tgt)
+
+
+def compile_to_object(mod_or_func, target, out_path, config: dict | None = None) -> Path:
+    """Write an ELF relocatable object (.o) for the target (cross targets need no cross tools)."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build(mod_or_func, target, config).write_to_file(str(out))
+    return out
+
+
+def assembly(mod_or_func, target, config: dict | None = None) -> str:
+    return build(mod_or_func, target, config).inspect_source("asm")
+
+
+def llvm_ir(mod_or_func, target, config: dict | None = None) -> str:
+    return build(mod_or_func, target, config).inspect_source("ll")
+
+
+def tir_text(mod_or_func, target=None, lowered: bool = False, config: dict | None = None) -> str:
+    """TVMScript of the input (scheduled) TIR, or with ``lowered=True`` of what reaches LLVM."""
+    if lowered:
+        if target is None:
+            raise ValueError("lowered TIR needs a target")
+        return lower(mod_or_func, target, config).script()
+    _tvm()
+    return mod_or_func.script()
