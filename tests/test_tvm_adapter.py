@@ -280,10 +280,7 @@ def test_softgen_imports_without_tvm():
 def test_packed_abi_is_what_tvm_compile_gives(tmp_path):
     """Without calling_conv=1 the function is TVM-FFI packed and needs libtvm_ffi at load time."""
     import tvm
-    f = ta.parse_tir(IDIOMS)
-    f = f.with_attr("global_symbol", "idioms_body")
-    ex = tvm.compile(f.without_attr("calling_conv") if "calling_conv" in f.attrs else f,
-                     target=ta.llvm_target("avx2"))
+    ex = tvm.compile(ta.parse_tir(IDIOMS), target=ta.llvm_target("avx2"))
     o = tmp_path / "packed.o"
     ex.mod.write_to_file(str(o))
     nm = subprocess.run(["nm", str(o)], capture_output=True, text=True, check=True).stdout

@@ -57,7 +57,11 @@ TIR idioms that work (plain ``@T.prim_func``, no sblocks, inside ``for l in T.ve
   in A registers; fold it after the loop (rfactor needs static extents; the manual form is simpler).
 * vectors wider than the ISA (``T.vectorized(8)`` on NEON) are split into 4-lane ops by LLVM.
 
-Compile time is ~30-70 ms per small kernel (lowering + LLVM O3), without the tvm import (~1 s).
+Costs and other pitfalls: ``import tvm`` takes 1-3 s (do it lazily, once); parse + lower + LLVM for
+a small kernel takes 30-60 ms per target. TVMScript decorators need the source file, so generated
+TIR goes through :func:`parse_tir` (``tvm.script.from_source``). LLVM also auto-vectorizes plain
+scalar loops and contracts ``a * b + c`` into fmuladd (FMA on avx2/neon). The result is correct when
+y == x (the demos are tested in place), but partly overlapping x/y rows are not supported.
 """
 from __future__ import annotations
 
