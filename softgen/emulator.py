@@ -48,18 +48,21 @@ def emulation_available(t: Target) -> tuple[bool, str]:
     return True, find_emulator(t)[0]
 
 
-def load_emulated(source: str, t: Target, name: str):
-    """A callable ``fn(px, py, rows, n, ldx, ldy) -> int`` running the kernel emulated."""
+def load_emulated(sources: dict, t: Target, name: str, backend: str = "c"):
+    """A callable ``fn(px, py, rows, n, ldx, ldy) -> int`` running the kernel emulated.
+    ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
     ok, how = emulation_available(t)
+    if ok and how == "SIMDe" and backend != "c":
+        ok, how = False, "C source (SIMDe emulates intrinsics; the TVM backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(build_shared(source, t, emulate=True), name)
+        fn = load_entry(build_shared(sources, t, emulate=True), name)
         fn.how = "emulated (SIMDe)"
         return fn
     from .backends.c import _env
     driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name)
-    exe = build_executable({"kernel.c": source, "driver.c": driver}, t)
+    exe = build_executable({**sources, "driver.c": driver}, t)
     return QemuEntry(exe, find_emulator(t), name)
 
 

@@ -21,7 +21,7 @@ try:  # the C extension built at install time; without it calls go through ctype
 except ImportError:  # pragma: no cover - depends on the install
     _fastcall = None
 
-BACKENDS = ("c",)
+BACKENDS = ("c", "tvm")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float
 for goto if inline int long register restrict return short signed sizeof static struct switch typedef
@@ -66,8 +66,9 @@ class Kernel:
     name: str
     params: dict
     program: Program            # the IR after the algorithm's rewrite
-    source: str                 # the generated C
+    source: str                 # the generated C (backend "c") or TensorIR script (backend "tvm")
     backend: str = "c"
+    wrapper: str = ""           # backend "tvm": the C entry point around TVM's row functions
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
 
@@ -91,7 +92,7 @@ class Kernel:
         if emulate:
             if self._emu_fn is None:
                 from .emulator import load_emulated
-                self._emu_fn = load_emulated(self.source, self.target, self.name)
+                self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend)
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -99,7 +100,7 @@ class Kernel:
                     f"kernel {self.name} needs target {self.target.name}, which this CPU cannot run "
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
-            self._fn = load_entry(build_shared(self.source, self.target), self.name)
+            self._fn = load_entry(build_shared(self.sources(), self.target), self.name)
         return self._fn
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -167,7 +168,19 @@ class Kernel:
         return y
 
     # -- products -------------------------------------------------------------------------------
+    def sources(self) -> dict:
+        """What the C compiler links into the library: C text, and for TVM its object file."""
+        if self.backend == "tvm":
+            from .backends import tvm as tvmbackend
+            from .backends.tvm_adapter import version_script
+            return {**tvmbackend.sources(self.source, self.wrapper, self.target),
+                    "exports.map": version_script([self.name])}
+        return {"kernel.c": self.source}
+
     def asm(self, cc: str | None = None) -> str:
+        if self.backend == "tvm":
+            from .backends import tvm as tvmbackend
+            return tvmbackend.assembly(self.source, self.target)
         from .runtime import assembly
         return assembly(self.source, self.target, cc)
 
@@ -178,7 +191,7 @@ class Kernel:
 
     def renamed(self, name: str) -> "Kernel":
         return compile(self.op, algorithm=self.algorithm, target=self.target.name, name=name,
-                       schedule=self.schedule, **self.params)
+                       schedule=self.schedule, backend=self.backend, **self.params)
 
 
 def _layout(a: np.ndarray):
@@ -243,11 +256,18 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
     lowered = passes.apply_algorithm(program, alg)
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}"
-    src = cbackend.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg,
-                            params=program.params)
+        f"softgen_f32_{opdef.name}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}" + ("_tvm" if backend == "tvm" else "")
+    wrapper = ""
+    if backend == "tvm":
+        from .backends import tvm as tvmbackend
+        src, wrapper = tvmbackend.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg,
+                                           params=program.params)
+    else:
+        src = cbackend.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg,
+                                params=program.params)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
-                  params=dict(program.params), program=lowered, source=src, backend=backend)
+                  params=dict(program.params), program=lowered, source=src, backend=backend,
+                  wrapper=wrapper)
 
 
 def host() -> str:

@@ -93,27 +93,34 @@ def flags_for(target: Target, emulate: bool = False) -> list[str]:
 def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], suffix: str,
                   libs: tuple[str, ...] = ("-lm",)) -> Path:
     """Compile ``sources`` (file name -> text) with one compiler command; cached by content."""
-    key = hashlib.sha256("\0".join([*sources, *sources.values(), _compiler_identity(tuple(argv0)),
-                                    *argv0, *flags, *libs]).encode()).hexdigest()[:32]
+    blobs = [v.encode() if isinstance(v, str) else v for v in sources.values()]
+    key = hashlib.sha256(b"\0".join([*(k.encode() for k in sources), *blobs,
+                                     *(a.encode() for a in (_compiler_identity(tuple(argv0)),
+                                                             *argv0, *flags, *libs))])).hexdigest()[:32]
     product = cache_dir() / f"{key}{suffix}"
     if not product.exists():
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-            paths = []
-            for fname, text in sources.items():
-                paths.append(Path(tmp) / fname)
-                paths[-1].write_text(text)
+            paths, link = [], []
+            for fname, data in sources.items():  # C text, bytes (an object file), a version script
+                path = Path(tmp) / fname
+                path.write_bytes(data.encode() if isinstance(data, str) else data)
+                if fname.endswith(".map"):
+                    link.append(f"-Wl,--version-script={path}")
+                else:
+                    paths.append(path)
             out = Path(tmp) / f"out{suffix}"
-            _run([*argv0, *flags, "-o", str(out), *map(str, paths), *libs], "C compiler")
+            _run([*argv0, *flags, "-o", str(out), *map(str, paths), *link, *libs], "C compiler")
             os.replace(out, product)
             shutil.copyfile(paths[0], product.with_suffix(".c"))
     return product
 
 
-def build_shared(source: str, target: Target, *, emulate: bool = False, cc: str | None = None,
+def build_shared(source: str | dict, target: Target, *, emulate: bool = False, cc: str | None = None,
                  dest: Path | None = None) -> Path:
-    """Compile ``source`` to a shared library (cached); copy it to ``dest`` if given."""
-    lib = _cached_build({"kernel.c": source}, compiler_for(target, cc),
-                        flags_for(target, emulate) + ["-shared"], ".so")
+    """Compile ``source`` (C text, or a dict of file name -> C text / object bytes) to a shared
+    library (cached); copy it to ``dest`` if given."""
+    sources = {"kernel.c": source} if isinstance(source, str) else source
+    lib = _cached_build(sources, compiler_for(target, cc), flags_for(target, emulate) + ["-shared"], ".so")
     if dest is not None:
         shutil.copyfile(lib, dest)
         return dest
@@ -122,6 +129,7 @@ def build_shared(source: str, target: Target, *, emulate: bool = False, cc: str 
 
 def build_executable(sources: dict[str, str], target: Target, cc: str | None = None) -> Path:
     """A statically linked program for ``target`` (runs under a user-mode emulator)."""
+    sources = {k: v for k, v in sources.items() if not k.endswith(".map")}
     return _cached_build(sources, compiler_for(target, cc), flags_for(target) + ["-static"], ".exe")
 
 

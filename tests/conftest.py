@@ -9,21 +9,27 @@ import numpy as np
 import pytest
 
 import softgen
+from softgen.backends.tvm_adapter import available as tvm_available
 from softgen.emulator import emulation_available
 from softgen.ops import get_op
 
 TARGETS = [t["name"] for t in softgen.targets()]
 ALGORITHMS = list(softgen.ALGORITHMS)
 OPS = list(softgen.OPS)
+BACKENDS = ["c", "tvm"]
+# CI installs every emulator and TVM (.ci/run): there a missing one is a failure, not a skip.
+STRICT = os.environ.get("CI") == "true"
 
 
 @functools.cache
-def kernel(op: str, algorithm: str, target: str, **params) -> softgen.Kernel:
-    return softgen.compile(op, algorithm=algorithm, target=target, **params)
+def kernel(op: str, algorithm: str, target: str, backend: str = "c", **params) -> softgen.Kernel:
+    if backend == "tvm":
+        ok, why = tvm_available()
+        if not ok:
+            (pytest.fail if STRICT else pytest.skip)(f"TVM backend: {why}")
+    return softgen.compile(op, algorithm=algorithm, target=target, backend=backend, **params)
 
 
-# CI installs every emulator (.ci/run): there a missing one is a failure, not a skip.
-STRICT = os.environ.get("CI") == "true"
 
 
 def skip_unless_emulated(t) -> None:
@@ -33,6 +39,9 @@ def skip_unless_emulated(t) -> None:
 
 
 def _can_emulate(k: softgen.Kernel) -> None:
+    if k.backend == "tvm" and k.target.arch == "x86_64":
+        pytest.skip(f"TVM {k.target.name} kernels are machine code: they need a CPU with "
+                    f"{', '.join(k.target.missing_features())} (SIMDe emulates C intrinsics only)")
     skip_unless_emulated(k.target)
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import softgen
-from conftest import ALGORITHMS, OPS, TARGETS, check, kernel, run, run_many
+from softgen.ops import get_op
+from conftest import ALGORITHMS, BACKENDS, OPS, TARGETS, check, kernel, run, run_many
 
-MATRIX = [(op, alg, t) for op in OPS for alg in ALGORITHMS for t in TARGETS]
+MATRIX = [(op, alg, t, b) for b in BACKENDS for op in OPS for alg in ALGORITHMS for t in TARGETS]
 ids = ["-".join(m) for m in MATRIX]
 
 
@@ -23,26 +24,26 @@ def lengths(k: softgen.Kernel) -> list[int]:
     return sorted(set(range(1, 3 * lanes + 2)) | {n for n in edge if n > 0})
 
 
-@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
-def test_random_rows_every_length(op, alg, target, rng):
-    k = kernel(op, alg, target)
+@pytest.mark.parametrize("op,alg,target,backend", MATRIX, ids=ids)
+def test_random_rows_every_length(op, alg, target, backend, rng):
+    k = kernel(op, alg, target, backend)
     xs = [(rng.standard_normal((3, n)) * 4).astype(np.float32) for n in lengths(k)]
     for x, y in zip(xs, run_many(k, xs)):
         check(k, x, y, f"n={x.shape[-1]}")
 
 
-@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
+@pytest.mark.parametrize("op,alg,target,backend", MATRIX, ids=ids)
 @pytest.mark.parametrize("lo,hi", [(90, 100), (-1000, 1000), (-1e4, 1e4)])
-def test_ranges_that_overflow_naive_exp(op, alg, target, lo, hi, rng):
-    k = kernel(op, alg, target)
+def test_ranges_that_overflow_naive_exp(op, alg, target, backend, lo, hi, rng):
+    k = kernel(op, alg, target, backend)
     x = rng.uniform(lo, hi, (4, 3001)).astype(np.float32)
     check(k, x, run(k, x), f"U[{lo},{hi}]")
 
 
-@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
-def test_long_row_2_pow_20(op, alg, target, rng):
+@pytest.mark.parametrize("op,alg,target,backend", MATRIX, ids=ids)
+def test_long_row_2_pow_20(op, alg, target, backend, rng):
     """A single f32 running sum drifts to ~1e-4 here; blocked compensated sums keep 2e-6."""
-    k = kernel(op, alg, target)
+    k = kernel(op, alg, target, backend)
     x = rng.uniform(-2, 2, (1, 1 << 20)).astype(np.float32)  # many comparable terms: worst case
     check(k, x, run(k, x), "n=2^20")
 
@@ -76,9 +77,9 @@ def contract_rows(n: int, rng) -> dict[str, np.ndarray]:
     return rows
 
 
-@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
-def test_edge_case_contract(op, alg, target, rng):
-    k = kernel(op, alg, target)
+@pytest.mark.parametrize("op,alg,target,backend", MATRIX, ids=ids)
+def test_edge_case_contract(op, alg, target, backend, rng):
+    k = kernel(op, alg, target, backend)
     sizes = (1, 2, k.target.lanes + 3, k.schedule.step(k.target.lanes) * 2 + 5)
     cases = [contract_rows(n, rng) for n in sizes]
     xs = [np.stack(list(rows.values())) for rows in cases]
@@ -90,9 +91,9 @@ def test_edge_case_contract(op, alg, target, rng):
                 assert np.isnan(y[i]).all(), f"{name}: whole row must be NaN"
 
 
-@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
-def test_single_element_and_empty(op, alg, target):
-    k = kernel(op, alg, target)
+@pytest.mark.parametrize("op,alg,target,backend", MATRIX, ids=ids)
+def test_single_element_and_empty(op, alg, target, backend):
+    k = kernel(op, alg, target, backend)
     vals = (0.0, -5.0, 1e30, -1e30, 3e5)
     for y in run_many(k, [np.array([[v]], np.float32) for v in vals]):
         if op == "softmax":
@@ -104,9 +105,9 @@ def test_single_element_and_empty(op, alg, target):
         assert y.shape == shape
 
 
-@pytest.mark.parametrize("op,alg,target", MATRIX, ids=ids)
-def test_layouts_strided_unaligned_inplace(op, alg, target, rng):
-    k = kernel(op, alg, target)
+@pytest.mark.parametrize("op,alg,target,backend", MATRIX, ids=ids)
+def test_layouts_strided_unaligned_inplace(op, alg, target, backend, rng):
+    k = kernel(op, alg, target, backend)
     n = 2 * k.target.lanes + 3
     wide = (rng.standard_normal((5, n + 7)) * 3).astype(np.float32)
     x = wide[:, 2:2 + n]                       # ldx > n, start not vector aligned
@@ -137,8 +138,9 @@ def test_layouts_strided_unaligned_inplace(op, alg, target, rng):
 @pytest.mark.parametrize("alg", ALGORITHMS)
 @pytest.mark.parametrize("params", [{"scale": 0.5}, {"scale": 3.0}, {"temperature": 0.7},
                                     {"scale": 0.125}], ids=str)
-def test_scale_and_temperature(op, alg, params, rng):
-    k = kernel(op, alg, "host", **params)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scale_and_temperature(op, alg, params, backend, rng):
+    k = kernel(op, alg, "host", backend, **params)
     x = rng.uniform(-30, 30, (3, 1000)).astype(np.float32)
     check(k, x, run(k, x), str(params))
 
@@ -152,3 +154,16 @@ def test_output_is_not_a_shifted_or_wrong_softmax(rng):
         check(k, x, y * np.float32(1 + 1e-5), "perturbed")
     with pytest.raises(AssertionError):
         check(k, x, np.roll(y, 1, axis=-1), "rolled")
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("target", ["scalar", "host", "neon"])
+def test_backends_agree(op, alg, target, rng):
+    """The C and TVM kernels of one program: same algorithm, same exp, so they agree to within
+    a few ulps (both are also checked against the reference above)."""
+    kc, kt = kernel(op, alg, target, "c"), kernel(op, alg, target, "tvm")
+    xs = [rng.uniform(-40, 40, (2, n)).astype(np.float32) for n in (1, 13, 1000, 5003)]
+    for x, yc, yt in zip(xs, run_many(kc, xs), run_many(kt, xs)):
+        tol = get_op(op).tolerance(x, yc.astype(np.float64), kc.params)
+        assert np.all(np.abs(yc.astype(np.float64) - yt) <= tol), f"{kt.name} vs {kc.name}, n={x.shape[-1]}"

@@ -349,4 +349,4 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
-        functions=functions, lanes=t.lanes, entry_row=f"{name}__row")
+        functions=functions, lanes=t.lanes, entry_row=f"{name}__row", tvm=False)

@@ -1,0 +1,545 @@
+"""TVM backend: the same planned IR and schedule, lowered to TensorIR and compiled by TVM's LLVM.
+
+The algorithm rewrites and the sweep plan come from ``softgen.passes``, exactly as for the C
+backend; this module only spells each sweep in TIR. Each row function is TVMScript text parsed by
+TVM (``tvm_adapter.parse_tir``): per sweep, a loop over reduction blocks, a main loop whose body is
+one ``T.vectorized(lanes)`` loop holding ``unroll`` vector slots (the schedule), a scalar tail loop,
+and the block fold into compensated per-lane accumulators. Values are ``T.let``-bound per lane, so
+TVM's vectoriser turns every lane expression into one SIMD instruction. The vector math is the
+same p5 exp / extended-exponent arithmetic as ``templates/vmath.h.j2``, with the same constants,
+written here against TIR (reinterpret, shift_left, llvm.fma), so both backends share an accuracy
+profile; the parity tests compare them.
+
+TVM emits the row functions with a plain C ABI (``calling_conv`` 1, see ``tvm_adapter``); a
+generated C wrapper (``templates/entry.c.j2``, the C backend's entry point) checks arguments, loops
+over rows and dispatches the two-pass guard's fallback. The library needs no TVM at load time.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from functools import cache
+
+import numpy as np
+
+from .. import __version__
+from ..errors import BuildError
+from ..ir import PAIR, ROW, Program
+from ..passes import EXTEXP_F32_DOMAIN, plan
+from ..schedule import Schedule
+from ..targets import Target
+from . import tvm_adapter
+
+# The constants of templates/vmath.h.j2 (spec 2.4).
+_h = float.fromhex
+LOG2E, MAGIC = _h("0x1.715476p+0"), _h("0x1.8000FEp23")
+MINUS_LN2_HI, MINUS_LN2_LO = -_h("0x1.62E43p-1"), _h("0x1.05C61p-29")
+P5 = tuple(_h(c) for c in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3", "0x1.FFFDC6p-2",
+                          "0x1.FFFFF6p-1"))
+EXP_MIN, EXP_MAX, EXTEXP_E0 = -88.0, 88.75, -190000.0
+
+
+def f32(v: float) -> str:
+    """A TIR float32 literal denoting exactly float32(v)."""
+    f = float(np.float32(v))
+    if math.isnan(f):
+        return 'T.float32("nan")'
+    if math.isinf(f):
+        return 'T.float32("inf")' if f > 0 else 'T.float32("-inf")'
+    return f"T.float32({f!r})"
+
+
+class Emit:
+    """Appends ``T.let``-bound statements; every value gets a fresh name (TIR vars are SSA)."""
+
+    def __init__(self, counter: list[int]):
+        self.lines: list[str] = []
+        self._n = counter
+
+    def let(self, expr: str, dtype: str = "float32") -> str:
+        self._n[0] += 1
+        name = f"t{self._n[0]}"
+        self.lines.append(f"{name}: T.let[T.{dtype}] = {expr}")
+        return name
+
+    def stmt(self, line: str) -> None:
+        self.lines.append(line)
+
+    # the virtual ISA, per lane
+    def fma(self, a, b, c): return self.let(f'T.call_llvm_pure_intrin("float32", "llvm.fma", {a}, {b}, {c})')
+    def add(self, a, b): return self.let(f"({a} + {b})")
+    def sub(self, a, b): return self.let(f"({a} - {b})")
+    def mul(self, a, b): return self.let(f"({a} * {b})")
+    def max(self, a, b): return self.let(f"T.max({a}, {b})")  # NaN -> the 2nd operand or NaN
+    def select(self, m, a, b): return self.let(f"T.Select({m}, {a}, {b})")
+
+    def shl23(self, a):
+        return self.let(f'T.reinterpret("float32", T.shift_left(T.reinterpret("int32", {a}), 23))')
+
+    # -- vector math (templates/vmath.h.j2) ------------------------------------------------------
+    def p5(self, t):
+        p = self.fma(f32(P5[0]), t, f32(P5[1]))
+        for c in P5[2:]:
+            p = self.fma(p, t, f32(c))
+        return p
+
+    def reduce_ln2(self, x, n):
+        return self.fma(n, f32(MINUS_LN2_LO), self.fma(n, f32(MINUS_LN2_HI), x))
+
+    def exp_nonpos(self, x):
+        x = self.max(f32(EXP_MIN), x)
+        n = self.fma(x, f32(LOG2E), f32(MAGIC))
+        s = self.shl23(n)
+        t = self.reduce_ln2(x, self.sub(n, f32(MAGIC)))
+        return self.fma(self.mul(t, s), self.p5(t), s)
+
+    def exp(self, x):
+        x = self.max(f32(EXP_MIN), self.let(f"T.min({f32(EXP_MAX)}, {x})"))
+        n = self.fma(x, f32(LOG2E), f32(MAGIC))
+        top = self.let(f"({n} > {f32(MAGIC + 127.0)})", "bool")
+        s = self.shl23(self.let(f"T.min({f32(MAGIC + 127.0)}, {n})"))
+        t = self.reduce_ln2(x, self.sub(n, f32(MAGIC)))
+        y = self.fma(self.mul(t, s), self.p5(t), s)
+        return self.select(top, self.add(y, y), y)
+
+    def exp2_nonpos(self, d):
+        return self.shl23(self.add(self.max(d, f32(-127.0)), f32(MAGIC)))
+
+    def scale2(self, a, d): return self.mul(a, self.exp2_nonpos(d))
+    def scale2_add(self, acc, a, d): return self.fma(a, self.exp2_nonpos(d), acc)
+
+    def extexp_n(self, u): return self.sub(self.fma(u, f32(LOG2E), f32(MAGIC)), f32(MAGIC))
+
+    def extexp_p(self, u, n, lo=None):
+        t = self.reduce_ln2(u, n)
+        if lo is not None:
+            t = self.add(t, lo)
+        return self.fma(t, self.p5(t), f32(1.0))
+
+    def twoprod(self, x, s):
+        """s x = hi + lo exactly."""
+        hi = self.mul(x, s)
+        return hi, self.fma(x, s, self.sub(f32(-0.0), hi))
+
+    def extexp_terms(self, x, scale):
+        """(u, n, p) with e^(scale x) = p 2^n, clamped at -2^17 (NaN survives)."""
+        if scale == 1.0:
+            u = self.max(f32(-EXTEXP_F32_DOMAIN), x)
+            n = self.extexp_n(u)
+            return n, self.extexp_p(u, n)
+        u, lo = self.twoprod(self.max(f32(-EXTEXP_F32_DOMAIN / scale), x), f32(scale))
+        n = self.extexp_n(u)
+        return n, self.extexp_p(u, n, lo)
+
+    def exp_shift2(self, x, e, scale):
+        n, p = self.extexp_terms(x, scale)
+        return self.scale2(p, self.sub(n, e))
+
+    def sub_ln2(self, x, e, scale):
+        if scale == 1.0:
+            return self.reduce_ln2(x, e)
+        u, lo = self.twoprod(x, f32(scale))
+        lo = self.select(f"({lo} == {lo})", lo, f32(0.0))
+        return self.add(self.reduce_ln2(u, e), lo)
+
+    def kahan(self, s, c, b):
+        """(s, c) += b; returns the new (s, c) names."""
+        y = self.sub(b, c)
+        t = self.add(s, y)
+        return t, self.sub(self.sub(t, s), y)
+
+
+# -- reductions: per-lane state in local buffers ----------------------------------------------------
+
+class Red:
+    fields: tuple[str, ...] = ()
+    identity = "0.0"                 # neutral input (tail lanes never see it: tails are scalar)
+
+    def __init__(self, r: int, scale: float):
+        self.r, self.scale = r, scale
+        self.sc = f32(scale)
+
+    def buf(self, f: str) -> str: return f"a{self.r}_{f}"
+    def outer(self, f: str) -> str: return f"o{self.r}_{f}"
+    def init(self, f: str) -> str: return f32(0.0)
+    def outer_fields(self) -> tuple[str, ...]: return self.fields + ("c",)
+    def outer_init(self, f: str) -> str: return f32(0.0) if f == "c" else self.init(f)
+
+    def load(self, e: Emit, f: str, idx: str) -> str:
+        return e.let(f"{self.buf(f)}[{idx}]")
+
+    def update(self, e: Emit, idx: str, xs: list[str]) -> None: ...
+    def merge(self, e: Emit, dst: dict, src: dict) -> dict: ...
+    def fold(self, e: Emit, o: dict, a: dict) -> dict: ...
+    def finish(self, lanes: int) -> list[str]: ...
+
+
+class MaxRed(Red):
+    fields = ("m",)
+
+    def init(self, f): return f32(-math.inf)
+    def outer_fields(self): return ("m",)
+    def outer_init(self, f): return f32(-math.inf)
+
+    def update(self, e, idx, xs):
+        m = self.load(e, "m", idx)
+        for x in xs:
+            m = e.max(m, x)
+        e.stmt(f"{self.buf('m')}[{idx}] = {m}")
+
+    def merge(self, e, d, s): return {"m": e.max(d["m"], s["m"])}
+    def fold(self, e, o, a): return {"m": e.max(o["m"], a["m"])}
+
+    def finish(self, lanes):
+        o = self.outer("m")
+        return [f"res{self.r}[0] = {o}[0]", f"for l in range(1, {lanes}):",
+                f"    res{self.r}[0] = T.max(res{self.r}[0], {o}[l])", f"s{self.r}: T.let[T.float32] = res{self.r}[0]"]
+
+
+class SumRed(Red):
+    fields = ("s",)
+
+    def update(self, e, idx, xs):
+        s = self.load(e, "s", idx)
+        for x in xs:
+            s = e.add(s, x)
+        e.stmt(f"{self.buf('s')}[{idx}] = {s}")
+
+    def merge(self, e, d, s): return {"s": e.add(d["s"], s["s"])}
+
+    def fold(self, e, o, a):
+        s, c = e.kahan(o["s"], o["c"], a["s"])
+        return {"s": s, "c": c}
+
+    def finish(self, lanes):
+        o = self.outer
+        return [f"res{self.r}[0] = {f32(0.0)}", f"for l in range({lanes}):",
+                f"    res{self.r}[0] = res{self.r}[0] + ({o('s')}[l] - {o('c')}[l])",
+                f"s{self.r}: T.let[T.float32] = res{self.r}[0]"]
+
+
+class ExtExpRed(Red):
+    """(v, e): one exponent per lane and accumulator, one rescale per group of slots."""
+    fields = ("v", "e")
+
+    def init(self, f): return f32(0.0) if f == "v" else f32(EXTEXP_E0)
+
+    def update(self, e, idx, xs):
+        v, ex = self.load(e, "v", idx), self.load(e, "e", idx)
+        terms = [e.extexp_terms(x, self.scale) for x in xs]
+        em = ex
+        for n, _ in terms:
+            em = e.max(em, n)
+        v = e.scale2(v, e.sub(ex, em))
+        for n, p in terms:
+            v = e.scale2_add(v, p, e.sub(n, em))
+        e.stmt(f"{self.buf('v')}[{idx}] = {v}")
+        e.stmt(f"{self.buf('e')}[{idx}] = {em}")
+
+    def merge(self, e, d, s):
+        m = e.max(d["e"], s["e"])
+        v = e.add(e.scale2(d["v"], e.sub(d["e"], m)), e.scale2(s["v"], e.sub(s["e"], m)))
+        return {"v": v, "e": m}
+
+    def fold(self, e, o, a):
+        m = e.max(o["e"], a["e"])
+        d = e.sub(o["e"], m)
+        v, c = e.kahan(e.scale2(o["v"], d), e.scale2(o["c"], d), e.scale2(a["v"], e.sub(a["e"], m)))
+        return {"v": v, "e": m, "c": c}
+
+    def finish(self, lanes):
+        o, r = self.outer, self.r
+        return [f"res{r}[1] = {o('e')}[0]", f"for l in range(1, {lanes}):",
+                f"    res{r}[1] = T.max(res{r}[1], {o('e')}[l])",
+                f"s{r}_1: T.let[T.float32] = res{r}[1]",
+                f"res{r}[0] = {f32(0.0)}", f"for l in range({lanes}):",
+                f"    res{r}[0] = res{r}[0] + ({o('v')}[l] - {o('c')}[l]) * T.reinterpret(\"float32\", "
+                f"T.shift_left(T.reinterpret(\"int32\", T.max({o('e')}[l] - s{r}_1, {f32(-127.0)}) + "
+                f"{f32(MAGIC)}), 23))",
+                f"s{r}_0: T.let[T.float32] = res{r}[0]"]
+
+
+class OnlineRed(Red):
+    """(m, d), d = sum e^(s(x - m)); m starts at -FLT_MAX so (-inf) - m is -inf."""
+    fields = ("m", "d")
+
+    def init(self, f): return f32(-3.4028234663852886e38) if f == "m" else f32(0.0)
+
+    def _s(self, e, v): return v if self.scale == 1.0 else e.mul(v, self.sc)
+
+    def update(self, e, idx, xs):
+        m, d = self.load(e, "m", idx), self.load(e, "d", idx)
+        mn = m
+        for x in xs:
+            mn = e.max(mn, x)
+        d = e.mul(d, e.exp_nonpos(self._s(e, e.sub(m, mn))))
+        for x in xs:
+            d = e.add(d, e.exp_nonpos(self._s(e, e.sub(x, mn))))
+        e.stmt(f"{self.buf('m')}[{idx}] = {mn}")
+        e.stmt(f"{self.buf('d')}[{idx}] = {d}")
+
+    def merge(self, e, d, s):
+        mn = e.max(d["m"], s["m"])
+        fd = e.exp_nonpos(self._s(e, e.sub(d["m"], mn)))
+        fs = e.exp_nonpos(self._s(e, e.sub(s["m"], mn)))
+        return {"m": mn, "d": e.fma(d["d"], fd, e.mul(s["d"], fs))}
+
+    def fold(self, e, o, a):
+        mn = e.max(o["m"], a["m"])
+        f = e.exp_nonpos(self._s(e, e.sub(o["m"], mn)))
+        b = e.mul(a["d"], e.exp_nonpos(self._s(e, e.sub(a["m"], mn))))
+        d, c = e.kahan(e.mul(o["d"], f), e.mul(o["c"], f), b)
+        return {"m": mn, "d": d, "c": c}
+
+    def finish(self, lanes):
+        o, r = self.outer, self.r
+        lines = [f"res{r}[0] = {o('m')}[0]", f"for l in range(1, {lanes}):",
+                 f"    res{r}[0] = T.max(res{r}[0], {o('m')}[l])",
+                 f"s{r}_0: T.let[T.float32] = res{r}[0]",
+                 f"res{r}[1] = {f32(0.0)}", f"for l in range({lanes}):"]
+        e = Emit([10 ** 6 + 1000 * r])  # scalar code of its own: names cannot collide
+        z = e.sub(f"{o('m')}[l]", f"s{r}_0")
+        f = e.exp_nonpos(self._s(e, z))
+        e.stmt(f"res{r}[1] = res{r}[1] + ({o('d')}[l] - {o('c')}[l]) * {f}")
+        return lines + ["    " + ln for ln in e.lines] + [f"s{r}_1: T.let[T.float32] = res{r}[1]"]
+
+
+REDUCTIONS = {"reduce_max": MaxRed, "reduce_sum": SumRed, "reduce_extexp": ExtExpRed,
+              "reduce_online": OnlineRed}
+VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+          "max": "T.max({0}, {1})", "min": "T.min({0}, {1})", "neg": "(T.float32(-0.0) - {0})",
+          "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})"}
+SCALAR = {**VECTOR, "exp": "T.exp({0})", "log": "T.log({0})",
+          "finite_or_nan": 'T.Select(T.isfinite({0}), {0}, T.float32("nan"))'}
+
+
+def lowerable(p: Program) -> list[str]:
+    bad = []
+    for v in p.g:
+        op, kind, shape = p.op(v), p.kind(v), p.shape(v)
+        if kind == "map" and shape == ROW and op not in VECTOR and op not in ("exp", "exp_shift2", "sub_ln2"):
+            bad.append(f"{op} (row)")
+        if kind == "map" and shape != ROW and op not in SCALAR:
+            bad.append(f"{op} (scalar)")
+        if kind == "reduce" and op not in REDUCTIONS:
+            bad.append(op)
+    return sorted(set(bad))
+
+
+# -- lowering -------------------------------------------------------------------------------------
+
+def _scalar_name(p: Program, v: int) -> str:
+    c = p.const_value(v)
+    return f32(c) if c is not None else f"s{v}"
+
+
+def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
+    """Let-bind every row value of the sweep for element index ``i``; name per node."""
+    vals = {m: e.let(f"Y[{i}]") for m in sw.reloads}
+    arg = lambda a: vals[a] if p.shape(a) == ROW else _scalar_name(p, a)  # noqa: E731
+    for v in sw.compute:
+        op, args, at = p.op(v), [arg(a) for a in p.args(v)], p.attrs(v)
+        if op == "input":
+            vals[v] = e.let(f"X[{i}]")
+        elif op == "materialize":
+            vals[v] = args[0]
+        elif op == "exp":
+            vals[v] = e.exp_nonpos(args[0]) if at.get("nonpos") else e.exp(args[0])
+        elif op == "exp_shift2":
+            vals[v] = e.exp_shift2(args[0], args[1], at.get("scale", 1.0))
+        elif op == "sub_ln2":
+            vals[v] = e.sub_ln2(args[0], args[1], at.get("scale", 1.0))
+        else:
+            vals[v] = e.let(VECTOR[op].format(*args))
+    for v in sw.stores + ([sw.output] if sw.output is not None else []):
+        e.stmt(f"Y[{i}] = {vals[p.args(v)[0]]}")
+    return vals
+
+
+def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
+    L, U, A = t.lanes, s.unroll, s.accumulators
+    step = U * L
+    reds = [REDUCTIONS[p.op(r)](r, p.attrs(r).get("scale", 1.0)) for r in sw.reductions]
+    out = [f"# sweep {sw.index}"]
+    for red in reds:
+        for f in red.fields:
+            out.append(f'{red.buf(f)} = T.alloc_buffer(({A * L},), "float32", scope="local")')
+        for f in red.outer_fields():
+            out.append(f'{red.outer(f)} = T.alloc_buffer(({L},), "float32", scope="local")')
+        out.append(f'res{red.r} = T.alloc_buffer((2,), "float32", scope="local")')
+        for f in red.outer_fields():
+            out += [f"for l in T.vectorized({L}):" if L > 1 else "for l in range(1):",
+                    f"    {red.outer(f)}[l] = {red.outer_init(f)}"]
+
+    def reset(ind: str) -> list[str]:
+        lines = []
+        for red in reds:
+            for f in red.fields:
+                lines += [f"{ind}for l in T.vectorized({A * L}):" if A * L > 1 else f"{ind}for l in range(1):",
+                          f"{ind}    {red.buf(f)}[l] = {red.init(f)}"]
+        return lines
+
+    blocked = bool(reds)
+    B = s.block if blocked else None
+    body = []
+    if blocked:
+        body += [f"for blk in range((n + {B - 1}) // {B}):",
+                 f"    lo: T.let[T.int64] = blk * {B}",
+                 f"    cnt: T.let[T.int64] = T.min(n - lo, {B})"]
+        ind = "    "
+        body += reset(ind)
+    else:
+        body += ["lo: T.let[T.int64] = T.int64(0)", "cnt: T.let[T.int64] = n"]
+        ind = ""
+    # main loop: one vectorised lane loop holding U slots
+    e = Emit(counter)
+    slots = {}
+    for u in range(U):
+        i = e.let(f"lo + it * {step} + {u * L} + l", "int64")
+        slots[u] = _row_values(p, sw, e, i, u)
+    for red in reds:
+        (x,) = p.args(red.r)
+        for k in range(A):
+            xs = [slots[u][x] for u in range(U) if u % A == k]
+            red.update(e, f"{k * L} + l", xs)
+    lane_loop = f"for l in T.vectorized({L}):" if L > 1 else "for l in range(1):"
+    body += [f"{ind}for it in range(cnt // {step}):", f"{ind}    {lane_loop}"]
+    body += [f"{ind}        {ln}" for ln in e.lines]
+    # scalar tail, into lane 0 of accumulator 0
+    e = Emit(counter)
+    i = e.let(f"lo + cnt // {step} * {step} + j", "int64")
+    vals = _row_values(p, sw, e, i, 0)
+    for red in reds:
+        (x,) = p.args(red.r)
+        red.update(e, "0", [vals[x]])
+    body += [f"{ind}for j in range(cnt % {step}):"] + [f"{ind}    {ln}" for ln in e.lines]
+    if blocked:
+        e = Emit(counter)
+        for red in reds:
+            accs = [{f: red.load(e, f, f"{k * L} + l") for f in red.fields} for k in range(A)]
+            acc = accs[0]
+            for other in accs[1:]:
+                acc = red.merge(e, acc, other)
+            o = {f: e.let(f"{red.outer(f)}[l]") for f in red.outer_fields()}
+            new = red.fold(e, o, acc)
+            for f in red.outer_fields():
+                e.stmt(f"{red.outer(f)}[l] = {new[f]}")
+        body += [f"{ind}{lane_loop}"] + [f"{ind}    {ln}" for ln in e.lines]
+    out += body
+    for red in reds:
+        out += red.finish(L)
+    return out
+
+
+def _scalars(p: Program, nodes: list[int]) -> tuple[list[str], str | None]:
+    """Scalar statements; a guard returns its condition (the rest of the row runs under it)."""
+    lines, guard = [], None
+    for v in nodes:
+        op, args = p.op(v), [_scalar_name(p, a) for a in p.args(v)]
+        if op == "item":
+            (r,) = p.args(v)
+            lines.append(f"s{v}: T.let[T.float32] = s{r}_{p.attrs(v)['index']}")
+        elif op == "guard":
+            guard = f"T.fabs({args[0]}) <= {f32(p.attrs(v)['limit'])}"
+        else:
+            lines.append(f"s{v}: T.let[T.float32] = {SCALAR[op].format(*args)}")
+    return lines, guard
+
+
+def row_function(p: Program, t: Target, s: Schedule, symbol: str) -> str:
+    """TVMScript of ``void symbol(float *x, float *y, int64_t n, int32_t *status)``; status is set
+    to 1 when a guard sends the row to the fallback program."""
+    pl, counter = plan(p), [0]
+    body, _ = _scalars(p, pl.scalars_before)
+    nested: list[list[str]] = []   # statements after each guard go one level deeper
+    cur = body
+    for sw in pl.sweeps:
+        cur += _sweep(p, sw, t, s, counter)
+        lines, guard = _scalars(p, sw.scalars_after)
+        cur += lines
+        if guard is not None:
+            inner: list[str] = []
+            nested.append(inner)
+            cur.append(("guard", guard, inner))
+            cur = inner
+
+    def render(stmts, ind):
+        out = []
+        for st in stmts:
+            if isinstance(st, tuple):
+                _, cond, inner = st
+                out += [f"{ind}if {cond}:"] + (render(inner, ind + "    ") or [f"{ind}    T.evaluate(0)"])
+                out += [f"{ind}else:", f"{ind}    ST[0] = 1"]
+            else:
+                out.append(ind + st)
+        return out
+
+    head = [
+        "@T.prim_func",
+        f'def {symbol}(x: T.handle("float32"), y: T.handle("float32"), n: T.int64, status: T.handle("int32")):',
+        f'    T.func_attr({{"global_symbol": "{symbol}", "tir.noalias": False}})',
+        '    X = T.decl_buffer((n,), "float32", data=x)',
+        '    Y = T.decl_buffer((n,), "float32", data=y)',
+        '    ST = T.decl_buffer((1,), "int32", data=status)',
+    ]
+    return "\n".join(head + render(body, "    ")) + "\n"
+
+
+def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
+             params: dict) -> tuple[str, str]:
+    """(TVMScript of the row functions, C wrapper with the entry point)."""
+    bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
+    if bad:
+        raise BuildError(f"the TVM backend cannot lower {', '.join(bad)}")
+    pl = plan(p)
+    header = [f"# {name}: generated by softgen {__version__} (TVM backend). Do not edit.",
+              f"# op {op}({', '.join(f'{k}={v!r}' for k, v in params.items())}), algorithm {algorithm}, "
+              f"target {t.name} ({t.lanes} lanes), schedule {s} ({s.tag(t.lanes)})",
+              f"# {pl.traffic()['summary']} = {pl.traffic()['bytes_per_element']} B/element"]
+    header += ["# " + ln for ln in pl.describe().splitlines()]
+    funcs = [row_function(p, t, s, f"{name}__row")]
+    if p.fallback is not None:
+        funcs.append(row_function(p.fallback, t, s, f"{name}__fallback_row"))
+    tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs)
+    from .c import _env
+    wrapper = _env().get_template("tvm_wrapper.c.j2").render(
+        name=name, version=__version__, op=op, algorithm=algorithm, t=t,
+        schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True)
+    return tir, wrapper
+
+
+def _parse_all(tir: str):
+    import tvm
+    funcs = {}
+    for chunk in tir.split("@T.prim_func")[1:]:
+        f = tvm_adapter.parse_tir("@T.prim_func" + chunk)
+        funcs[str(f.attrs["global_symbol"])] = f
+    return tvm.IRModule(funcs)
+
+
+@cache
+def _object(tir: str, target_name: str) -> bytes:
+    """The ELF object of the row functions (TVM's bundled LLVM; no cross tools needed)."""
+    import tempfile
+    from pathlib import Path
+
+    from ..targets import get_target
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tvm_adapter.compile_to_object(_parse_all(tir), get_target(target_name), Path(tmp) / "k.o")
+        return path.read_bytes()
+
+
+def sources(tir: str, wrapper: str, target: Target) -> dict:
+    """Inputs of the C compiler/linker for this kernel: the wrapper and the TVM object."""
+    ok, why = tvm_adapter.available()
+    if not ok:
+        raise BuildError(f"the TVM backend is not available: {why}")
+    return {"kernel.c": wrapper, "kernel_tvm.o": _object(tir, target.name)}
+
+
+def assembly(tir: str, target: Target) -> str:
+    return tvm_adapter.assembly(_parse_all(tir), target)
+
+
+def key(tir: str) -> str:
+    return hashlib.sha256(tir.encode()).hexdigest()[:16]
