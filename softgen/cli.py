@@ -25,6 +25,7 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algorithm", default="auto",
                    help="auto | three-pass-recompute | three-pass-reload | two-pass | online")
     p.add_argument("--target", default="host", help="host | scalar | avx2 | avx512 (default: host)")
+    p.add_argument("--backend", default="c", help="c (Jinja-C templates, default) | tvm (TensorIR + LLVM)")
     p.add_argument("--name", help="C symbol and file stem (a C identifier)")
     p.add_argument("--scale", type=float, help="softmax(scale * x); scale > 0")
     p.add_argument("--temperature", type=float, help="softmax(x / temperature); temperature > 0")
@@ -49,9 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", default="build", help="output directory (default: ./build)")
     b.add_argument("--cc", help="C compiler command (default: $CC or cc)")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    e = sub.add_parser("emit", help="print the generated C (or its assembly)")
+    e = sub.add_parser("emit", help="print the generated C or TensorIR (or the assembly)")
     _kernel_args(e)
-    e.add_argument("--asm", action="store_true", help="print the assembly the C compiler makes")
+    e.add_argument("--asm", action="store_true", help="print the assembly the compiler makes")
+    e.add_argument("--tir", action="store_true", help="backend tvm: print the TensorIR script (the default)")
+    e.add_argument("--wrapper", action="store_true", help="backend tvm: print the C entry-point wrapper")
     e.add_argument("--cc", help="C compiler command for --asm")
     x = sub.add_parser("explain", help="show the IR, the rewrites, the pass plan and bytes moved")
     _kernel_args(x)
@@ -79,7 +82,7 @@ def _kernel(args):
     from .kernel import compile
     sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block") if getattr(args, k) is not None}
     return compile(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
-                   schedule=sched or None, **_params(args))
+                   schedule=sched or None, backend=args.backend, **_params(args))
 
 
 def _cmd_targets(args) -> None:
@@ -124,8 +127,12 @@ def _cmd_build(args) -> None:
 
 
 def _cmd_emit(args) -> None:
+    if (args.tir or args.wrapper) and args.backend != "tvm":
+        raise UsageError("--tir and --wrapper need --backend tvm")
+    if sum((args.asm, args.tir, args.wrapper)) > 1:
+        raise UsageError("give at most one of --asm, --tir, --wrapper")
     k = _kernel(args)
-    sys.stdout.write(k.asm(args.cc) if args.asm else k.source)
+    sys.stdout.write(k.asm(args.cc) if args.asm else k.wrapper if args.wrapper else k.source)
 
 
 def _cmd_explain(args) -> None:

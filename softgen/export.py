@@ -41,6 +41,13 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
+def _backend_info(k: Kernel):
+    if k.backend != "tvm":
+        return k.backend
+    from .backends.tvm_adapter import available
+    return {"name": "tvm", "version": available()[1], "codegen": "TensorIR -> LLVM object + C wrapper"}
+
+
 def export(k: Kernel, directory, name: str | None = None, cc: str | None = None) -> dict:
     """Write the library, header, manifest and source of ``k`` into ``directory``."""
     if name is not None and name != k.name:
@@ -48,9 +55,11 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
     out = Path(directory)
     paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
              "manifest": out / f"{k.name}.json", "source": out / f"{k.name}.c"}
+    if k.backend == "tvm":
+        paths["tir"] = out / f"{k.name}.tir.py"
     # Everything that can fail (compiler, accuracy run) happens before the output directory is
     # touched, so a failed export leaves nothing behind.
-    library = build_shared(k.source, k.target, cc=cc)
+    library = build_shared(k.sources(), k.target, cc=cc)
     params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
     header = _env().get_template("header.h.j2").render(
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
@@ -64,7 +73,7 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         "softgen_version": __version__, "name": k.name, "symbol": k.name, "abi": ABI.replace("NAME", k.name),
         "errors": {"0": "ok", "1": "NULL pointer with nonzero sizes", "2": "ldx < n or ldy < n",
                    "3": "rows * stride overflows"},
-        "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": k.backend,
+        "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": _backend_info(k),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},
         "compiler": {"command": compiler_for(k.target, cc), "flags": flags_for(k.target)},
@@ -75,6 +84,8 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(library, paths["library"])
     paths["header"].write_text(header)
-    paths["source"].write_text(k.source)
+    paths["source"].write_text(k.wrapper if k.backend == "tvm" else k.source)
+    if "tir" in paths:
+        paths["tir"].write_text(k.source)
     paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
     return paths

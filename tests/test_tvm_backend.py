@@ -1,0 +1,113 @@
+"""The TVM backend's products: exported libraries with softgen's plain C ABI and no TVM at load
+time (native and AArch64 under qemu), the CLI flags, and its TensorIR. Numerical correctness of
+every op x algorithm x target is in test_kernels.py (parametrised over both backends)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import softgen
+from softgen.backends.tvm_adapter import available
+from softgen.emulator import find_emulator
+from softgen.runtime import compiler_for
+from softgen.targets import get_target
+from conftest import STRICT, check, skip_unless_emulated
+
+if not available()[0]:
+    if STRICT:
+        raise RuntimeError(f"CI needs the TVM backend: {available()[1]}")
+    pytest.skip(available()[1], allow_module_level=True)
+
+PROGRAM = r"""
+#include <stdio.h>
+#include "%(name)s.h"
+int main(void) {
+    static float x[4][1030], y[4][1040];
+    for (int r = 0; r < 4; r++)
+        for (int i = 0; i < 1030; i++)
+            x[r][i] = (float)((r * 7919 + i * 104729) %% 2001) * 0.05f - 50.0f;
+    if (%(name)s(x[0], y[0], 4, 1027, 1030, 1040) != %(upper)s_OK) return 10;
+    if (%(name)s(x[0], NULL, 4, 1027, 1030, 1040) != %(upper)s_ENULL) return 11;
+    if (%(name)s(x[0], y[0], 4, 1027, 1000, 1040) != %(upper)s_ESTRIDE) return 12;
+    for (int r = 0; r < 4; r++)
+        for (int i = 0; i < 1027; i++)
+            printf("%%.9g\n", y[r][i]);
+    return 0;
+}
+"""
+
+
+def _x():
+    r, i = np.meshgrid(np.arange(4), np.arange(1030), indexing="ij")
+    return (((r * 7919 + i * 104729) % 2001).astype(np.float32) * np.float32(0.05) - np.float32(50.0))[:, :1027]
+
+
+def _deps(lib) -> list[str]:
+    out = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    return [ln.split("[")[1].rstrip("]") for ln in out.splitlines() if "(NEEDED)" in ln]
+
+
+@pytest.mark.parametrize("op,alg,target", [("softmax", "two-pass", "host"), ("log_softmax", "online", "host"),
+                                           ("softmax", "three-pass-reload", "neon")])
+def test_exported_tvm_library_has_the_c_abi_and_no_tvm_dependency(op, alg, target, tmp_path):
+    t = get_target(target)
+    if not t.runnable:
+        skip_unless_emulated(t)
+    name = f"tvm_{op}_{t.name}"
+    k = softgen.compile(op, algorithm=alg, target=target, backend="tvm", name=name)
+    paths = k.export(tmp_path)
+    manifest = json.loads(paths["manifest"].read_text())
+    assert manifest["backend"]["name"] == "tvm" and manifest["accuracy"]["max_rel_error"] < 1e-5
+    assert "@T.prim_func" in paths["tir"].read_text()
+    lib = paths["library"]
+    assert not [d for d in _deps(lib) if "tvm" in d or "python" in d], _deps(lib)
+    syms = subprocess.run(["readelf", "--dyn-syms", "-W", str(lib)], capture_output=True, text=True).stdout
+    exported = [ln.split()[-1] for ln in syms.splitlines() if " GLOBAL " in ln and " UND " not in ln]
+    assert exported == [name]
+    src = tmp_path / "prog.c"
+    src.write_text(PROGRAM % {"name": name, "upper": name.upper()})
+    exe = tmp_path / "prog"
+    subprocess.run([*compiler_for(t), "-std=c99", "-Wall", "-Werror", "-o", str(exe), str(src), f"-I{tmp_path}",
+                    f"-L{tmp_path}", f"-l{name}", f"-Wl,-rpath,{tmp_path}", "-lm"], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LD_", "PYTHON"))}
+    cmd = [str(exe)] if t.runnable else [*find_emulator(t), "-L", "/usr/aarch64-linux-gnu", str(exe)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    check(k, _x(), np.array(r.stdout.split(), np.float32).reshape(4, 1027), "exported, from C")
+
+
+def test_cli_tvm_backend(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "softgen", *a], capture_output=True, text=True)  # noqa: E731
+    r = run("emit", "--op", "softmax", "--target", "neon", "--backend", "tvm", "--asm")
+    assert r.returncode == 0 and "fmla" in r.stdout, r.stderr
+    r = run("emit", "--op", "softmax", "--algorithm", "online", "--backend", "tvm", "--tir")
+    assert r.returncode == 0 and "T.vectorized" in r.stdout and "@T.prim_func" in r.stdout
+    r = run("build", "--op", "softmax", "--algorithm", "two-pass", "--target", "avx512", "--backend", "tvm",
+            "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert len(list(tmp_path.glob("lib*_tvm.so"))) == 1
+    for bad in (["emit", "--backend", "cuda"], ["emit", "--tir"], ["emit", "--backend", "tvm", "--asm", "--tir"]):
+        r = run(*bad)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not r.stdout, (bad, r.stderr)
+
+
+def test_tvm_avx512_builds_but_is_refused_here():
+    k = softgen.compile("softmax", algorithm="two-pass", target="avx512", backend="tvm")
+    assert "zmm" in k.asm()
+    if not k.runnable:
+        with pytest.raises(softgen.TargetNotSupportedError):
+            k(np.ones((1, 4), np.float32))
+        with pytest.raises(softgen.TargetNotSupportedError, match="SIMDe"):
+            k.run_emulated(np.ones((1, 4), np.float32))
+
+
+def test_schedule_reaches_the_tensorir():
+    k = softgen.compile("softmax", algorithm="online", target="avx2", backend="tvm",
+                        schedule={"unroll": 2, "accumulators": 2, "block": 512})
+    assert "T.vectorized(8)" in k.source and "cnt // 16" in k.source and "// 512" in k.source
+    assert "unroll=2 accumulators=2 block=512" in k.source
