@@ -52,9 +52,10 @@ def f32(v: float) -> str:
 class Emit:
     """Appends ``T.let``-bound statements; every value gets a fresh name (TIR vars are SSA)."""
 
-    def __init__(self, counter: list[int]):
+    def __init__(self, counter: list[int], fused_fma: bool = True):
         self.lines: list[str] = []
         self._n = counter
+        self.fused_fma = fused_fma
 
     def let(self, expr: str, dtype: str = "float32") -> str:
         self._n[0] += 1
@@ -66,7 +67,13 @@ class Emit:
         self.lines.append(line)
 
     # the virtual ISA, per lane
-    def fma(self, a, b, c): return self.let(f'T.call_llvm_pure_intrin("float32", "llvm.fma", {a}, {b}, {c})')
+    def fma(self, a, b, c):
+        if self.fused_fma:
+            return self.let(f'T.call_llvm_pure_intrin("float32", "llvm.fma", {a}, {b}, {c})')
+        # no FMA unit (scalar target): exact product in double, one rounding, as the C backend's
+        # scalar table does; llvm.fma would become a libm call
+        return self.let(f'T.Cast("float32", T.Cast("float64", {a}) * T.Cast("float64", {b}) '
+                        f'+ T.Cast("float64", {c}))')
     def add(self, a, b): return self.let(f"({a} + {b})")
     def sub(self, a, b): return self.let(f"({a} - {b})")
     def mul(self, a, b): return self.let(f"({a} * {b})")
@@ -155,8 +162,8 @@ class Red:
     fields: tuple[str, ...] = ()
     identity = "0.0"                 # neutral input (tail lanes never see it: tails are scalar)
 
-    def __init__(self, r: int, scale: float):
-        self.r, self.scale = r, scale
+    def __init__(self, r: int, scale: float, fused: bool = True):
+        self.r, self.scale, self.fused = r, scale, fused
         self.sc = f32(scale)
 
     def buf(self, f: str) -> str: return f"a{self.r}_{f}"
@@ -297,7 +304,7 @@ class OnlineRed(Red):
                  f"    res{r}[0] = T.max(res{r}[0], {o('m')}[l])",
                  f"s{r}_0: T.let[T.float32] = res{r}[0]",
                  f"res{r}[1] = {f32(0.0)}", f"for l in range({lanes}):"]
-        e = Emit([10 ** 6 + 1000 * r])  # scalar code of its own: names cannot collide
+        e = Emit([10 ** 6 + 1000 * r], self.fused)  # scalar code of its own: names cannot collide
         z = e.sub(f"{o('m')}[l]", f"s{r}_0")
         f = e.exp_nonpos(self._s(e, z))
         e.stmt(f"res{r}[1] = res{r}[1] + ({o('d')}[l] - {o('c')}[l]) * {f}")
@@ -356,10 +363,14 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
     return vals
 
 
+def _fused_fma(t: Target) -> bool:
+    return t.fma == "native"
+
+
 def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     L, U, A = t.lanes, s.unroll, s.accumulators
     step = U * L
-    reds = [REDUCTIONS[p.op(r)](r, p.attrs(r).get("scale", 1.0)) for r in sw.reductions]
+    reds = [REDUCTIONS[p.op(r)](r, p.attrs(r).get("scale", 1.0), _fused_fma(t)) for r in sw.reductions]
     out = [f"# sweep {sw.index}"]
     for red in reds:
         for f in red.fields:
@@ -392,7 +403,7 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
         body += ["lo: T.let[T.int64] = T.int64(0)", "cnt: T.let[T.int64] = n"]
         ind = ""
     # main loop: one vectorised lane loop holding U slots
-    e = Emit(counter)
+    e = Emit(counter, _fused_fma(t))
     slots = {}
     for u in range(U):
         i = e.let(f"lo + it * {step} + {u * L} + l", "int64")
@@ -406,7 +417,7 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     body += [f"{ind}for it in range(cnt // {step}):", f"{ind}    {lane_loop}"]
     body += [f"{ind}        {ln}" for ln in e.lines]
     # scalar tail, into lane 0 of accumulator 0
-    e = Emit(counter)
+    e = Emit(counter, _fused_fma(t))
     i = e.let(f"lo + cnt // {step} * {step} + j", "int64")
     vals = _row_values(p, sw, e, i, 0)
     for red in reds:
@@ -414,7 +425,7 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
         red.update(e, "0", [vals[x]])
     body += [f"{ind}for j in range(cnt % {step}):"] + [f"{ind}    {ln}" for ln in e.lines]
     if blocked:
-        e = Emit(counter)
+        e = Emit(counter, _fused_fma(t))
         for red in reds:
             accs = [{f: red.load(e, f, f"{k * L} + l") for f in red.fields} for k in range(A)]
             acc = accs[0]
