@@ -175,6 +175,13 @@ class Red:
     def load(self, e: Emit, f: str, idx: str) -> str:
         return e.let(f"{self.buf(f)}[{idx}]")
 
+    def _chain(self, e: Emit, f: str, idx: str, xs: list[str], combine) -> None:
+        """acc[f][idx] = combine(...combine(acc, x0)..., xk) for the single-field reductions."""
+        v = self.load(e, f, idx)
+        for x in xs:
+            v = combine(v, x)
+        e.stmt(f"{self.buf(f)}[{idx}] = {v}")
+
     def update(self, e: Emit, idx: str, xs: list[str]) -> None: ...
     def merge(self, e: Emit, dst: dict, src: dict) -> dict: ...
     def fold(self, e: Emit, o: dict, a: dict) -> dict: ...
@@ -188,11 +195,7 @@ class MaxRed(Red):
     def outer_fields(self): return ("m",)
     def outer_init(self, f): return f32(-math.inf)
 
-    def update(self, e, idx, xs):
-        m = self.load(e, "m", idx)
-        for x in xs:
-            m = e.max(m, x)
-        e.stmt(f"{self.buf('m')}[{idx}] = {m}")
+    def update(self, e, idx, xs): self._chain(e, "m", idx, xs, e.max)
 
     def merge(self, e, d, s): return {"m": e.max(d["m"], s["m"])}
     def fold(self, e, o, a): return {"m": e.max(o["m"], a["m"])}
@@ -206,11 +209,7 @@ class MaxRed(Red):
 class SumRed(Red):
     fields = ("s",)
 
-    def update(self, e, idx, xs):
-        s = self.load(e, "s", idx)
-        for x in xs:
-            s = e.add(s, x)
-        e.stmt(f"{self.buf('s')}[{idx}] = {s}")
+    def update(self, e, idx, xs): self._chain(e, "s", idx, xs, e.add)
 
     def merge(self, e, d, s): return {"s": e.add(d["s"], s["s"])}
 
