@@ -61,7 +61,8 @@ def main() -> None:
                                                     "8192x128", "2048x1024", "512x4096"])
     ap.add_argument("--targets", nargs="+", default=["scalar", "avx2", "avx512"])
     ap.add_argument("--ops", nargs="+", default=["softmax"])
-    ap.add_argument("--algorithms", nargs="+", default=list(softgen.ALGORITHMS))
+    ap.add_argument("--algorithms", nargs="+", default=["three-pass-recompute", "three-pass-reload",
+                                                         "two-pass", "online"])
     ap.add_argument("--budget", type=float, default=0.4)
     ap.add_argument("--json")
     a = ap.parse_args()

@@ -11,13 +11,15 @@ import json
 
 import softgen
 from softgen.asmstats import hot_loops
+from softgen.ops import build_program
+from softgen.passes import applicable_algorithms
 from softgen.runtime import assembly
 
 
 def measure(ops, targets) -> list[dict]:
     rows = []
     for op in ops:
-        for alg in softgen.ALGORITHMS:
+        for alg in applicable_algorithms(build_program(op)):
             for t in targets:
                 k = softgen.compile(op, algorithm=alg, target=t)
                 loops = [lp for lp in hot_loops(assembly(k.source, k.target, mark_loops=True))

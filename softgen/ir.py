@@ -41,6 +41,7 @@ OPS: dict[str, OpSpec] = {
     "log": OpSpec(1, "map", "natural log"),
     "recip": OpSpec(1, "map", "1 / a"),
     "finite_or_nan": OpSpec(1, "map", "a if a is finite else NaN (poisons a row, section 0)"),
+    "where_lt": OpSpec(4, "map", "c if a < b else d (piecewise maps; NaN a takes d)"),
     "exp_shift2": OpSpec(2, "map", "e^(s u) * 2^-E in extended-exponent form (attr scale s, default 1): no overflow for any u"),
     "sub_ln2": OpSpec(2, "map", "s u - E*ln2 with ln2 split in two constants (attr scale s, default 1)"),
     "reduce_max": OpSpec(1, "reduce", "max over the row", SCALAR),
@@ -242,6 +243,7 @@ class Value:
     def recip(self): return self._op("recip")
     def finite_or_nan(self): return self._op("finite_or_nan")
     def maximum(self, o): return self._op("max", o)
+    def where_lt(self, b, then, other): return self._op("where_lt", b, then, other)
     def minimum(self, o): return self._op("min", o)
     def max(self): return self._op("reduce_max")
     def sum(self): return self._op("reduce_sum")

@@ -145,6 +145,7 @@ def rewrite_reload(p: Program) -> Program:
 
 
 ALGORITHMS = {
+    "direct": None,               # the program as written, for ops without the normaliser motif
     "three-pass-recompute": None,
     "three-pass-reload": rewrite_reload,
     "two-pass": rewrite_extexp,
@@ -153,13 +154,14 @@ ALGORITHMS = {
 ALIASES = {"3p-recompute": "three-pass-recompute", "recompute": "three-pass-recompute",
            "3p-reload": "three-pass-reload", "reload": "three-pass-reload",
            "2p": "two-pass", "extexp": "two-pass", "two-pass-extexp": "two-pass"}
-SHORT = {"three-pass-recompute": "3pc", "three-pass-reload": "3pl", "two-pass": "2p",
+SHORT = {"direct": "d", "three-pass-recompute": "3pc", "three-pass-reload": "3pl", "two-pass": "2p",
          "online": "online"}
 
 
 def applicable_algorithms(p: Program) -> list[str]:
-    """Algorithms that change this program's plan (all of them need the normaliser motif)."""
-    return list(ALGORITHMS) if find_motifs(p) else ["three-pass-recompute"]
+    """The softmax algorithms when the program has the normaliser motif (the program as written
+    is then ``three-pass-recompute``), else just ``direct``."""
+    return [a for a in ALGORITHMS if a != "direct"] if find_motifs(p) else ["direct"]
 
 
 def apply_algorithm(p: Program, algorithm: str) -> Program:

@@ -177,3 +177,24 @@ def exp_p5_f32(x) -> np.ndarray:
             p = fma(p, t, ck)
         p = fma(p, t, f(1.0))
         return (p.astype(np.float64) * np.exp2(n.astype(np.float64))).astype(f)
+
+
+# -- StableMax (section 8) -------------------------------------------------------------------------
+
+def stablemax_s(x) -> np.ndarray:
+    """s(x) = x + 1 for x >= 0, 1 / (1 - x + 1e-30) for x < 0 (the authors' code); s(-inf) = 0."""
+    x = _rows(x)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        return np.where(x >= 0, x + 1.0, 1.0 / (1.0 - x + 1e-30))
+
+
+def stablemax(x) -> np.ndarray:
+    """s(x_i) / sum_j s(x_j); no max shift (StableMax is not shift-invariant). A row with NaN or
+    +inf, or with a zero sum (all -inf), is NaN (section 0)."""
+    s = stablemax_s(x)
+    if s.shape[-1] == 0:
+        return s
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        tot = np.sum(s, axis=-1, keepdims=True)
+        bad = ~np.isfinite(tot) | (tot == 0)
+        return np.where(bad, np.nan, s / np.where(bad, 1.0, tot))

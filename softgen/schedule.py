@@ -60,10 +60,10 @@ DEFAULTS = {
 
 # target -> algorithm preference for algorithm="auto" (first one that applies to the op wins).
 AUTO_ALGORITHM = {
-    "scalar": ("online", "two-pass", "three-pass-recompute"),
-    "avx2": ("two-pass", "online", "three-pass-recompute"),
-    "avx512": ("two-pass", "online", "three-pass-recompute"),
-    "neon": ("two-pass", "online", "three-pass-recompute"),
+    "scalar": ("online", "two-pass", "three-pass-recompute", "direct"),
+    "avx2": ("two-pass", "online", "three-pass-recompute", "direct"),
+    "avx512": ("two-pass", "online", "three-pass-recompute", "direct"),
+    "neon": ("two-pass", "online", "three-pass-recompute", "direct"),
 }
 
 

@@ -102,9 +102,11 @@ def test_ops():
         assert alg in out
     rows = json.loads(ok(sg("ops", "--json")))
     assert [r["name"] for r in rows] == list(softgen.OPS)
-    for r in rows:
-        assert set(r["algorithms"]) == set(BYTES_PER_ELEMENT)
-        assert "scale" in r["params"]
+    by = {r["name"]: r for r in rows}
+    for name in ("softmax", "log_softmax"):
+        assert set(by[name]["algorithms"]) == set(BYTES_PER_ELEMENT)
+        assert "scale" in by[name]["params"]
+    assert by["stablemax"]["algorithms"] == ["direct"] and by["stablemax"]["params"] == {}
 
 
 # -- build --------------------------------------------------------------------------------------

@@ -314,7 +314,8 @@ REDUCTIONS = {"reduce_max": MaxRed, "reduce_sum": SumRed, "reduce_extexp": ExtEx
               "reduce_online": OnlineRed}
 VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
           "max": "T.max({0}, {1})", "min": "T.min({0}, {1})", "neg": "(T.float32(-0.0) - {0})",
-          "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})"}
+          "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})",
+          "where_lt": "T.Select({0} < {1}, {2}, {3})"}
 SCALAR = {**VECTOR, "exp": "T.exp({0})", "log": "T.log({0})",
           "finite_or_nan": 'T.Select(T.isfinite({0}), {0}, T.float32("nan"))'}
 
