@@ -103,6 +103,36 @@ def stablemax(x: Value) -> Value:
     return s * s.sum().finite_or_nan().recip()
 
 
+@register("log_stablemax", ref.log_stablemax, rtol=0.0, atol=2e-6, atol_rel_to_y=True,
+          exp_conditioned=False, f32_overflow=_stablemax_overflow)
+def log_stablemax(x: Value) -> Value:
+    """log(s(x) / sum s(x)) (spec 8), with stablemax's s. One log of the ratio where it is a
+    normal float (log s - log S would cancel two large logs); log s - log S only below FLT_MIN."""
+    s = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
+    total = s.sum().finite_or_nan()
+    w = s * total.recip()
+    return w.where_lt(float(np.finfo(np.float32).tiny), s.log() - total.log(), w.log())
+
+
+def _softplus_degenerate(x, scale=1.0) -> np.ndarray:
+    """Rows whose f32 softplus terms all flush to 0 (every s x below about -87) or whose f32 sum
+    overflows: the kernel gives a NaN row there, the float64 reference may not."""
+    sp = ref.softplus(scale * np.asarray(x, np.float64))
+    with np.errstate(over="ignore"):
+        tot = np.where(sp >= 2.0 ** -126, sp, 0.0).sum(axis=-1)
+    return (tot == 0) | (tot > np.finfo(np.float32).max)
+
+
+@register("softplus_l1", ref.softplus_l1, params={"scale": 1.0}, sums_to_one=True,
+          f32_overflow=_softplus_degenerate)
+def softplus_l1(x: Value, scale: float) -> Value:
+    """softplus(s x) / sum softplus(s x), softplus(z) = max(z, 0) + log1p(e^-|z|) (spec 5.1, row
+    form); no max pass."""
+    z = x * scale
+    sp = z.maximum(0.0) + (-z.abs()).exp().log1p()
+    return sp * sp.sum().finite_or_nan().recip()
+
+
 def get_op(name: str) -> OpDef:
     if not isinstance(name, str) or name not in OPS:
         raise UsageError(f"unknown op {name!r}; known: {', '.join(OPS)}")

@@ -182,13 +182,13 @@ def apply_algorithm(p: Program, algorithm: str) -> Program:
 # -- analyses -------------------------------------------------------------------------------------
 
 def annotate_ranges(p: Program) -> Program:
-    """Mark exp nodes whose argument is provably <= 0 (or NaN): x - max(x), scaled by s > 0.
+    """Mark exp nodes whose argument is provably <= 0 (or NaN): x - max(x) scaled by s > 0, -|z|.
     Backends use a cheaper exp there (no overflow path)."""
     for v in p.nodes("exp"):
         (a,) = p.args(v)
         if p.op(a) == "mul" and (p.const_value(p.args(a)[1]) or 0) > 0:
             a = p.args(a)[0]
-        nonpos = False
+        nonpos = p.op(a) == "neg" and p.op(p.args(a)[0]) == "abs"   # exp(-|z|)
         if p.op(a) == "sub":
             x, m = p.args(a)
             src = p.op(m)

@@ -198,3 +198,37 @@ def stablemax(x) -> np.ndarray:
         tot = np.sum(s, axis=-1, keepdims=True)
         bad = ~np.isfinite(tot) | (tot == 0)
         return np.where(bad, np.nan, s / np.where(bad, 1.0, tot))
+
+
+def log_stablemax(x) -> np.ndarray:
+    """log s(x_i) - log sum_j s(x_j) (spec 8); NaN rows as for stablemax; -inf entries -> -inf."""
+    s = stablemax_s(x)
+    if s.shape[-1] == 0:
+        return s
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        tot = np.sum(s, axis=-1, keepdims=True)
+        bad = ~np.isfinite(tot) | (tot == 0)
+        return np.where(bad, np.nan, np.log(s) - np.log(np.where(bad, 1.0, tot)))
+
+
+# -- softplus + l1 normalisation (section 5.1, row form) --------------------------------------------
+
+def softplus(z) -> np.ndarray:
+    """log(1 + e^z) = max(z, 0) + log1p(e^-|z|); softplus(-inf) = 0, softplus(+inf) = +inf."""
+    z = _rows(z)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.logaddexp(0.0, z)
+
+
+def softplus_l1(x, scale: float = 1.0) -> np.ndarray:
+    """softplus(s x_i) / sum_j softplus(s x_j); NaN rows per section 0 (NaN, +inf, zero sum)."""
+    s = float(scale)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"scale must be finite and > 0, got {scale!r}")
+    sp = softplus(s * _rows(x))
+    if sp.shape[-1] == 0:
+        return sp
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        tot = np.sum(sp, axis=-1, keepdims=True)
+        bad = ~np.isfinite(tot) | (tot == 0)
+        return np.where(bad, np.nan, sp / np.where(bad, 1.0, tot))

@@ -37,6 +37,8 @@ MINUS_LN2_HI, MINUS_LN2_LO = -_h("0x1.62E43p-1"), _h("0x1.05C61p-29")
 P5 = tuple(_h(c) for c in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3", "0x1.FFFDC6p-2",
                           "0x1.FFFFF6p-1"))
 EXP_MIN, EXP_MAX, EXTEXP_E0 = -88.0, 88.75, -190000.0
+LG = tuple(_h(c) for c in ("0x1.555554p-1", "0x1.999c26p-2", "0x1.23d3dcp-2", "0x1.f13c4cp-3"))
+LN2_HI, LN2_LO = _h("0x1.62e300p-1"), _h("0x1.2fefa2p-17")
 
 
 def f32(v: float) -> str:
@@ -103,11 +105,37 @@ class Emit:
     def exp(self, x):
         x = self.max(f32(EXP_MIN), self.let(f"T.min({f32(EXP_MAX)}, {x})"))
         n = self.fma(x, f32(LOG2E), f32(MAGIC))
-        top = self.let(f"({n} > {f32(MAGIC + 127.0)})", "bool")
+        top = f"({n} > {f32(MAGIC + 127.0)})"  # bool vectors cannot be let-bound in TIR
         s = self.shl23(self.let(f"T.min({f32(MAGIC + 127.0)}, {n})"))
         t = self.reduce_ln2(x, self.sub(n, f32(MAGIC)))
         y = self.fma(self.mul(t, s), self.p5(t), s)
         return self.select(top, self.add(y, y), y)
+
+    def log(self, x):
+        """templates/vmath.h.j2 sg_log: musl logf's reduction and polynomial, branch-free."""
+        tiny = f"({x} < {f32(1.1754943508222875e-38)})"  # bool vectors cannot be let-bound in TIR
+        xs = self.select(tiny, self.mul(x, f32(2.0 ** 25)), x)
+        # int32 values stay inline: let-bound integers make TVM's arithmetic analyser very slow
+        ix = f'(T.reinterpret("int32", {xs}) + T.int32({0x3f800000 - 0x3f3504f3}))'
+        k = self.sub(self.let(f'T.Cast("float32", T.shift_right({ix}, 23))'),
+                     self.select(tiny, f32(152.0), f32(127.0)))
+        m = self.let(f'T.reinterpret("float32", T.bitwise_and({ix}, T.int32({0x007fffff})) + T.int32({0x3f3504f3}))')
+        f = self.sub(m, f32(1.0))
+        s = self.let(f"({f} / ({f32(2.0)} + {f}))")
+        z = self.mul(s, s)
+        w = self.mul(z, z)
+        r = self.add(self.mul(z, self.fma(w, f32(LG[2]), f32(LG[0]))),
+                     self.mul(w, self.fma(w, f32(LG[3]), f32(LG[1]))))
+        hfsq = self.mul(f32(0.5), self.mul(f, f))
+        y = self.fma(s, self.add(hfsq, r), self.mul(k, f32(LN2_LO)))
+        y = self.fma(k, f32(LN2_HI), self.add(self.sub(y, hfsq), f))
+        y = self.select(f"({x} > {f32(0.0)})", y,
+                        self.select(f"({x} == {f32(0.0)})", f32(-math.inf), f32(math.nan)))
+        return self.select(f"({x} == {f32(math.inf)})", x, y)
+
+    def log1p(self, u):
+        v = self.add(f32(1.0), u)
+        return self.add(self.log(v), self.let(f"(({u} - ({v} - {f32(1.0)})) / {v})"))
 
     def exp2_nonpos(self, d):
         return self.shl23(self.add(self.max(d, f32(-127.0)), f32(MAGIC)))
@@ -316,7 +344,7 @@ VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div
           "max": "T.max({0}, {1})", "min": "T.min({0}, {1})", "neg": "(T.float32(-0.0) - {0})",
           "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})",
           "where_lt": "T.Select({0} < {1}, {2}, {3})"}
-SCALAR = {**VECTOR, "exp": "T.exp({0})", "log": "T.log({0})",
+SCALAR = {**VECTOR, "exp": "T.exp({0})", "log": "T.log({0})", "log1p": "T.log1p({0})",
           "finite_or_nan": 'T.Select(T.isfinite({0}), {0}, T.float32("nan"))'}
 
 
@@ -324,7 +352,8 @@ def lowerable(p: Program) -> list[str]:
     bad = []
     for v in p.g:
         op, kind, shape = p.op(v), p.kind(v), p.shape(v)
-        if kind == "map" and shape == ROW and op not in VECTOR and op not in ("exp", "exp_shift2", "sub_ln2"):
+        if kind == "map" and shape == ROW and op not in VECTOR and op not in ("exp", "exp_shift2", "sub_ln2",
+                                                                              "log", "log1p"):
             bad.append(f"{op} (row)")
         if kind == "map" and shape != ROW and op not in SCALAR:
             bad.append(f"{op} (scalar)")
@@ -354,6 +383,8 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
             vals[v] = e.exp_nonpos(args[0]) if at.get("nonpos") else e.exp(args[0])
         elif op == "exp_shift2":
             vals[v] = e.exp_shift2(args[0], args[1], at.get("scale", 1.0))
+        elif op in ("log", "log1p"):
+            vals[v] = getattr(e, op)(args[0])
         elif op == "sub_ln2":
             vals[v] = e.sub_ln2(args[0], args[1], at.get("scale", 1.0))
         else:
@@ -534,10 +565,21 @@ def _object(tir: str, target_name: str) -> bytes:
     import tempfile
     from pathlib import Path
 
+    import os
+
+    from ..runtime import cache_dir
     from ..targets import get_target
-    with tempfile.TemporaryDirectory() as tmp:
-        path = tvm_adapter.compile_to_object(_parse_all(tir), get_target(target_name), Path(tmp) / "k.o")
-        return path.read_bytes()
+    # cached on disk like the C builds: TVM's lowering of a long kernel takes seconds
+    key = hashlib.sha256("\0".join([tir, target_name, tvm_adapter.available()[1]]).encode()).hexdigest()[:32]
+    cached = cache_dir() / f"tvm-{key}.o"
+    if cached.exists():
+        return cached.read_bytes()
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        path = tvm_adapter.compile_to_object(_parse_all(tir), get_target(target_name), Path(tmp) / "k.o",
+                                             pipeline="lean")
+        data = path.read_bytes()
+        os.replace(path, cached)
+        return data
 
 
 def sources(tir: str, wrapper: str, target: Target) -> dict:
@@ -549,7 +591,7 @@ def sources(tir: str, wrapper: str, target: Target) -> dict:
 
 
 def assembly(tir: str, target: Target) -> str:
-    return tvm_adapter.assembly(_parse_all(tir), target)
+    return tvm_adapter.assembly(_parse_all(tir), target, pipeline="lean")
 
 
 def key(tir: str) -> str:

@@ -217,15 +217,30 @@ def version_script(symbols) -> str:
 
 # -- lowering and code generation ------------------------------------------------------------------
 
-def lower(mod_or_func, target, config: dict | None = None):
-    """Lowered TIR (an IRModule) ready for the LLVM codegen, every public function with the C ABI."""
+def _lean_pipeline(tvm):
+    """For TIR that is already scheduled by hand (explicit loops, vectorized/unrolled loop kinds,
+    no sblocks): only the passes that such code needs. The full s_tir pipeline's simplifiers
+    (HoistIfThenElse, StmtSimplify, ...) take minutes on long chains of let-bound vector math."""
+    s_tir, tirx = tvm.s_tir, tvm.tirx
+    return tvm.transform.Sequential([
+        s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(),
+        tirx.transform.VectorizeLoop(True), tirx.transform.StorageRewrite(),
+        tirx.transform.UnrollLoop(), tirx.transform.RemoveNoOp()])
+
+
+def lower(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir"):
+    """Lowered TIR (an IRModule) ready for the LLVM codegen, every public function with the C ABI.
+    ``pipeline``: "s_tir" (TVM's default, for sblock TIR and schedules) or "lean" (hand-scheduled
+    loops, as softgen's TVM backend emits)."""
     tvm = _tvm()
     tgt = tvm_target(target)
     mod = _module(mod_or_func)
     with tvm.transform.PassContext(opt_level=3, config=config or {}):
         mod = tvm.tirx.transform.BindTarget(tgt)(mod)
-        pipeline, _, _ = tvm.tirx.get_tir_pipeline("s_tir")
-        mod = pipeline(mod)
+        if pipeline == "lean":
+            mod = _lean_pipeline(tvm)(mod)
+        else:
+            mod = tvm.tirx.get_tir_pipeline("s_tir")[0](mod)
         mod = tvm.tirx.transform.LowerIntrin()(mod)
     for gv, f in mod.functions.items():
         if f.attrs is not None and "global_symbol" in f.attrs \
@@ -239,25 +254,25 @@ def lower(mod_or_func, target, config: dict | None = None):
     return mod
 
 
-def build(mod_or_func, target, config: dict | None = None):
+def build(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir"):
     """The LLVM runtime module (``write_to_file``/``inspect_source``) of the C-ABI functions."""
     tvm = _tvm()
     tgt = tvm_target(target)
-    mod = lower(mod_or_func, tgt, config)
+    mod = lower(mod_or_func, tgt, config, pipeline)
     with tvm.transform.PassContext(opt_level=3, config=config or {}):
         return tvm.get_global_func("target.build.llvm")(mod, tgt)
 
 
-def compile_to_object(mod_or_func, target, out_path, config: dict | None = None) -> Path:
+def compile_to_object(mod_or_func, target, out_path, config: dict | None = None, pipeline: str = "s_tir") -> Path:
     """Write an ELF relocatable object (.o) for the target (cross targets need no cross tools)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    build(mod_or_func, target, config).write_to_file(str(out))
+    build(mod_or_func, target, config, pipeline).write_to_file(str(out))
     return out
 
 
-def assembly(mod_or_func, target, config: dict | None = None) -> str:
-    return build(mod_or_func, target, config).inspect_source("asm")
+def assembly(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir") -> str:
+    return build(mod_or_func, target, config, pipeline).inspect_source("asm")
 
 
 def llvm_ir(mod_or_func, target, config: dict | None = None) -> str:
