@@ -188,27 +188,26 @@ def stablemax_s(x) -> np.ndarray:
         return np.where(x >= 0, x + 1.0, 1.0 / (1.0 - x + 1e-30))
 
 
-def stablemax(x) -> np.ndarray:
-    """s(x_i) / sum_j s(x_j); no max shift (StableMax is not shift-invariant). A row with NaN or
-    +inf, or with a zero sum (all -inf), is NaN (section 0)."""
-    s = stablemax_s(x)
-    if s.shape[-1] == 0:
-        return s
+def l1_normalize(w: np.ndarray, log: bool = False) -> np.ndarray:
+    """w_i / sum_j w_j (or its log) for non-negative weights; a row whose sum is not finite
+    (NaN, +inf) or is 0 (all weights 0, e.g. all -inf inputs) is NaN (section 0)."""
+    if w.shape[-1] == 0:
+        return w
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        tot = np.sum(s, axis=-1, keepdims=True)
+        tot = np.sum(w, axis=-1, keepdims=True)
         bad = ~np.isfinite(tot) | (tot == 0)
-        return np.where(bad, np.nan, s / np.where(bad, 1.0, tot))
+        tot = np.where(bad, 1.0, tot)
+        return np.where(bad, np.nan, np.log(w) - np.log(tot) if log else w / tot)
+
+
+def stablemax(x) -> np.ndarray:
+    """s(x_i) / sum_j s(x_j); no max shift (StableMax is not shift-invariant)."""
+    return l1_normalize(stablemax_s(x))
 
 
 def log_stablemax(x) -> np.ndarray:
-    """log s(x_i) - log sum_j s(x_j) (spec 8); NaN rows as for stablemax; -inf entries -> -inf."""
-    s = stablemax_s(x)
-    if s.shape[-1] == 0:
-        return s
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        tot = np.sum(s, axis=-1, keepdims=True)
-        bad = ~np.isfinite(tot) | (tot == 0)
-        return np.where(bad, np.nan, np.log(s) - np.log(np.where(bad, 1.0, tot)))
+    """log s(x_i) - log sum_j s(x_j) (spec 8); -inf entries -> -inf."""
+    return l1_normalize(stablemax_s(x), log=True)
 
 
 # -- softplus + l1 normalisation (section 5.1, row form) --------------------------------------------
@@ -225,10 +224,4 @@ def softplus_l1(x, scale: float = 1.0) -> np.ndarray:
     s = float(scale)
     if not (math.isfinite(s) and s > 0):
         raise ValueError(f"scale must be finite and > 0, got {scale!r}")
-    sp = softplus(s * _rows(x))
-    if sp.shape[-1] == 0:
-        return sp
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        tot = np.sum(sp, axis=-1, keepdims=True)
-        bad = ~np.isfinite(tot) | (tot == 0)
-        return np.where(bad, np.nan, sp / np.where(bad, 1.0, tot))
+    return l1_normalize(softplus(s * _rows(x)))
