@@ -48,20 +48,22 @@ def emulation_available(t: Target) -> tuple[bool, str]:
     return True, find_emulator(t)[0]
 
 
-def load_emulated(sources: dict, t: Target, name: str, backend: str = "c"):
-    """A callable ``fn(px, py, rows, n, ldx, ldy) -> int`` running the kernel emulated.
-    ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
+def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
+                  row_params: tuple[str, ...] = ()):
+    """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` running the kernel
+    emulated. ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
     ok, how = emulation_available(t)
     if ok and how == "SIMDe" and backend != "c":
         ok, how = False, "C source (SIMDe emulates intrinsics; the TVM backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(build_shared(sources, t, emulate=True), name)
+        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params))
         fn.how = "emulated (SIMDe)"
         return fn
     from .backends.c import _env
-    driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name)
+    driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
+                                                        row_params=row_params)
     exe = build_executable({**sources, "driver.c": driver}, t)
     return QemuEntry(exe, find_emulator(t), name)
 
@@ -75,12 +77,13 @@ class QemuEntry:
         self._pending: list[tuple] = []
         self._batching = False
 
-    def __call__(self, px: int, py: int, rows: int, n: int, ldx: int, ldy: int) -> int:
+    def __call__(self, px: int, py: int, rows: int, n: int, ldx: int, ldy: int, *row_params: int) -> int:
         nx = (rows - 1) * ldx + n
         inplace = px == py
         ny = 0 if inplace else (rows - 1) * ldy + n
         head = struct.pack("<8Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64)
         data = ctypes.string_at(px, 4 * nx) + (b"" if inplace else ctypes.string_at(py, 4 * ny))
+        data += b"".join(ctypes.string_at(pp, 4 * rows) for pp in row_params)
         self._pending.append((head + data, py, 4 * (ny or nx)))
         if self._batching:
             return 0

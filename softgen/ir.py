@@ -9,6 +9,7 @@ computed; how many sweeps over memory that takes, and how each sweep is vectoris
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import networkx as nx
@@ -21,7 +22,7 @@ ROW, SCALAR, PAIR = "row", "scalar", "pair"
 @dataclass(frozen=True)
 class OpSpec:
     arity: int
-    kind: str  # input | const | map | reduce | item | materialize | output | guard
+    kind: str  # input | const | param | map | reduce | item | materialize | output | guard
     doc: str
     result: str = ""  # fixed result shape; map ops derive theirs from their arguments
 
@@ -29,6 +30,8 @@ class OpSpec:
 OPS: dict[str, OpSpec] = {
     "input": OpSpec(0, "input", "the input row x", ROW),
     "const": OpSpec(0, "const", "a scalar constant (attr value)", SCALAR),
+    "param": OpSpec(0, "param", "a per-row scalar passed at call time (attr name): the kernel "
+                    "takes one float per row for it", SCALAR),
     "add": OpSpec(2, "map", "a + b"),
     "sub": OpSpec(2, "map", "a - b"),
     "mul": OpSpec(2, "map", "a * b"),
@@ -42,6 +45,9 @@ OPS: dict[str, OpSpec] = {
     "log1p": OpSpec(1, "map", "log(1 + a), accurate for small a"),
     "recip": OpSpec(1, "map", "1 / a"),
     "finite_or_nan": OpSpec(1, "map", "a if a is finite else NaN (poisons a row, section 0)"),
+    "fma": OpSpec(3, "map", "a * b + c with one rounding"),
+    "poison": OpSpec(2, "map", "a if b is finite else NaN (carries a row's bad state, section 0; "
+                     "unlike b * 0 no simplifier may fold it)"),
     "where_lt": OpSpec(4, "map", "c if a < b else d (piecewise maps; NaN a takes d)"),
     "exp_shift2": OpSpec(2, "map", "e^(s u) * 2^-E in extended-exponent form (attr scale s, default 1): no overflow for any u"),
     "sub_ln2": OpSpec(2, "map", "s u - E*ln2 with ln2 split in two constants (attr scale s, default 1)"),
@@ -55,6 +61,8 @@ OPS: dict[str, OpSpec] = {
     "output": OpSpec(1, "output", "the output row y", ROW),
 }
 ROOT_KINDS = ("output", "guard")
+_PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # becomes a C argument name
+_RESERVED = {"x", "y", "rows", "n", "ldx", "ldy", "ld", "r", "lo", "hi", "i", "k", "status"}
 
 
 class IRError(SoftgenError):
@@ -98,6 +106,17 @@ class Program:
 
     def input(self) -> "Value":
         return Value(self, self.add("input"))
+
+    def row_param(self, name: str) -> "Value":
+        """A per-row scalar the caller passes (one float per row), e.g. a per-query scale."""
+        for v in self.g:
+            if self.op(v) == "param" and self.attrs(v)["name"] == name:
+                return Value(self, v)
+        return Value(self, self.add("param", name=name))
+
+    def row_params(self) -> list[str]:
+        """Names of the per-row parameters, in the order of the kernel's arguments."""
+        return [self.attrs(v)["name"] for v in sorted(self.g) if self.op(v) == "param"]
 
     # -- queries ------------------------------------------------------------------------------
     def op(self, v: int) -> str:
@@ -180,6 +199,10 @@ class Program:
                 raise IRError(f"{self.name}: %{v} {op} cannot take a pair; use item")
             if spec.kind == "guard" and (shapes[0] != SCALAR or self.fallback is None):
                 raise IRError(f"{self.name}: %{v} guard needs a scalar and a fallback program")
+            if op == "param" and (not _PARAM_NAME.match(str(self.attrs(v).get("name")))
+                                  or self.attrs(v)["name"] in _RESERVED):
+                raise IRError(f"{self.name}: %{v} row parameter name {self.attrs(v).get('name')!r} "
+                              f"is not a lower-case identifier or is reserved")
             if op == "const" and not math.isfinite(self.attrs(v)["value"]):
                 raise IRError(f"{self.name}: %{v} constant {self.attrs(v)['value']} is not finite")
         if not nx.has_path(g, inputs[0], outputs[0]):
@@ -201,6 +224,8 @@ class Program:
             extra = " ".join(f"{k}={val}" for k, val in a.items() if k != "value")
             if op == "const":
                 args = repr(a["value"])
+            if op == "param":
+                args, extra = a["name"], ""
             lines.append(f"  %{v:<3} = {op:<14} {args:<12} {extra:<20} : {self.shape(v)}".rstrip())
         if self.fallback is not None:
             lines.append(f"  fallback: {self.fallback.name}")
@@ -244,8 +269,10 @@ class Value:
     def abs(self): return self._op("abs")
     def recip(self): return self._op("recip")
     def finite_or_nan(self): return self._op("finite_or_nan")
+    def poison(self, check): return self._op("poison", check)
     def maximum(self, o): return self._op("max", o)
     def where_lt(self, b, then, other): return self._op("where_lt", b, then, other)
+    def fma(self, b, c): return self._op("fma", b, c)
     def minimum(self, o): return self._op("min", o)
     def max(self): return self._op("reduce_max")
     def sum(self): return self._op("reduce_sum")

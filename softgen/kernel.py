@@ -77,6 +77,11 @@ class Kernel:
         return passes.plan(self.program)
 
     @property
+    def row_params(self) -> list[str]:
+        """Per-row parameters of the C entry point (after ``ldy``), one float per row each."""
+        return self.program.row_params()
+
+    @property
     def runnable(self) -> bool:
         """Whether this CPU can execute the kernel natively."""
         return self.target.runnable
@@ -92,7 +97,8 @@ class Kernel:
         if emulate:
             if self._emu_fn is None:
                 from .emulator import load_emulated
-                self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend)
+                self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend,
+                                             tuple(self.row_params))
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -100,11 +106,16 @@ class Kernel:
                     f"kernel {self.name} needs target {self.target.name}, which this CPU cannot run "
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
-            self._fn = load_entry(build_shared(self.sources(), self.target), self.name)
+            self._fn = load_entry(build_shared(self.sources(), self.target), self.name,
+                                  len(self.row_params))
         return self._fn
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
+        """y = op(x) along the last axis. ``call``: the op's call-time arguments (e.g. lssa's
+        ``n_attended``), from which the per-row parameters are computed."""
         fn = self._fn or self._entry(False)
+        if call or self.row_params:
+            return self._run(fn, x, out, call)
         if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
             # Fast path: float32 rows with one stride, x and y identical or disjoint. Anything
             # else comes back NotImplemented and takes the general path below.
@@ -116,20 +127,22 @@ class Kernel:
                 raise RuntimeError(f"{self.name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
         return self._run(fn, x, out)
 
-    def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
         """Run through an emulator instead of the CPU: SIMDe for x86 ISAs on an x86 host, qemu
         user mode for other architectures (e.g. neon on x86). For testing kernels whose ISA this
         machine lacks; much slower than a native call."""
-        return self._run(self._entry(True), x, out)
+        return self._run(self._entry(True), x, out, call)
 
-    def run_emulated_many(self, xs, outs=None) -> list[np.ndarray]:
-        """``run_emulated`` over many inputs, in one emulator process where that matters (qemu)."""
+    def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
+        """``run_emulated`` over many inputs, in one emulator process where that matters (qemu).
+        ``calls``: per input, a dict of call-time arguments."""
         fn = self._entry(True)
         outs = [None] * len(xs) if outs is None else outs
+        calls = [{}] * len(xs) if calls is None else calls
         with getattr(fn, "batch", contextlib.nullcontext)():
-            return [self._run(fn, x, o) for x, o in zip(xs, outs)]
+            return [self._run(fn, x, o, c) for x, o, c in zip(xs, outs, calls)]
 
-    def _run(self, fn, x, out):
+    def _run(self, fn, x, out, call=None):
         if type(x) is not np.ndarray:
             if not isinstance(x, np.ndarray):
                 raise TypeError(f"{self.name} takes a numpy.ndarray of float32, got {type(x).__name__}")
@@ -144,6 +157,7 @@ class Kernel:
         else:
             y = out
             ly = _out_layout(x, y, self.name)
+        rps = _ops.get_op(self.op).row_arguments(self.row_params, x.shape, self.params, call or {})
         if x.size == 0:
             return y
         rows = x.size // n
@@ -157,12 +171,12 @@ class Kernel:
                 x = x.copy()
             lx = (x.ctypes.data, n)
         if ly is None:  # misaligned out: compute into a temporary, then copy
-            tmp = self._run(fn, x, None)
+            tmp = self._run(fn, x, None, call)
             if hasattr(fn, "flush"):  # a batching emulator: make tmp real before copying it
                 fn.flush()
             np.copyto(y, tmp)
             return y
-        rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1])
+        rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1], *[a.ctypes.data for a in rps])
         if rc:
             raise RuntimeError(f"{self.name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
         return y

@@ -32,9 +32,36 @@ class OpDef:
     # rows where the float32 kernel's row sum overflows although float64's does not; the kernel
     # must give a NaN row there (section 0): (x, **params) -> bool mask over rows
     f32_overflow: Callable | None = None
+    # ops with per-row parameters: (shape, params, **call) -> {row param name: values per row},
+    # from the call-time arguments ``call_params`` (e.g. lssa's n_attended)
+    row_args: Callable | None = None
+    call_params: tuple[str, ...] = ()
+    # a tolerance of the op's own: (x, ref_y, params, call) -> allowed |error| per element
+    custom_tolerance: Callable | None = None
     extra: dict = field(default_factory=dict)
 
-    def tolerance(self, x, ref_y, params) -> "np.ndarray":
+    def row_arguments(self, names: list[str], shape: tuple, params: dict, call: dict) -> list:
+        """The kernel's per-row parameter arrays (float32, one per row, C order of the leading
+        axes) for input ``shape``; validates the call-time arguments."""
+        unknown = sorted(set(call) - set(self.call_params))
+        if unknown:
+            takes = f"; it takes {', '.join(self.call_params)}" if self.call_params else ""
+            raise TypeError(f"{self.name} has no call argument(s) {unknown}{takes}")
+        if not names and not call:
+            return []
+        given = self.row_args(tuple(shape), params, **call)
+        lead, out = tuple(shape[:-1]), []
+        for name in names:
+            a = np.asarray(given[name], np.float64)
+            try:
+                a = np.broadcast_to(a, lead)
+            except ValueError:
+                raise ValueError(f"{self.name}: {name} has shape {a.shape}, which does not "
+                                 f"broadcast to the {lead} rows of the input") from None
+            out.append(np.ascontiguousarray(a, np.float32).reshape(-1))
+        return out
+
+    def tolerance(self, x, ref_y, params, call=None) -> "np.ndarray":
         """Allowed |kernel - reference| per element for float32 kernels (spec section 11).
 
         Relative ``rtol`` plus the conditioning of exp: rounding z = s(x - max) to f32 perturbs
@@ -42,6 +69,8 @@ class OpDef:
         for the outputs that matter (|z| <= 16) the bound stays at the spec's 2e-6. Outputs below
         FLT_MIN may be flushed to zero.
         """
+        if self.custom_tolerance is not None:
+            return self.custom_tolerance(x, ref_y, params, call or {})
         y = np.abs(ref_y)
         if self.atol_rel_to_y:
             return self.atol * (1.0 + y)
@@ -89,7 +118,7 @@ def log_softmax(x: Value, scale: float) -> Value:
     return z - z.exp().sum().log()
 
 
-def _stablemax_overflow(x) -> np.ndarray:
+def _stablemax_overflow(x, **_) -> np.ndarray:
     with np.errstate(over="ignore"):
         return ref.stablemax_s(x).sum(axis=-1) > np.finfo(np.float32).max
 
@@ -114,7 +143,7 @@ def log_stablemax(x: Value) -> Value:
     return w.where_lt(float(np.finfo(np.float32).tiny), s.log() - total.log(), w.log())
 
 
-def _softplus_degenerate(x, scale=1.0) -> np.ndarray:
+def _softplus_degenerate(x, scale=1.0, **_) -> np.ndarray:
     """Rows whose f32 softplus terms all flush to 0 (every s x below about -87) or whose f32 sum
     overflows: the kernel gives a NaN row there, the float64 reference may not."""
     sp = ref.softplus(scale * np.asarray(x, np.float64))
@@ -123,14 +152,216 @@ def _softplus_degenerate(x, scale=1.0) -> np.ndarray:
     return (tot == 0) | (tot > np.finfo(np.float32).max)
 
 
+def _softplus(z: Value) -> Value:
+    return z.maximum(0.0) + (-z.abs()).exp().log1p()
+
+
 @register("softplus_l1", ref.softplus_l1, params={"scale": 1.0}, sums_to_one=True,
           f32_overflow=_softplus_degenerate)
 def softplus_l1(x: Value, scale: float) -> Value:
     """softplus(s x) / sum softplus(s x), softplus(z) = max(z, 0) + log1p(e^-|z|) (spec 5.1, row
     form); no max pass."""
-    z = x * scale
-    sp = z.maximum(0.0) + (-z.abs()).exp().log1p()
+    sp = _softplus(x * scale)
     return sp * sp.sum().finite_or_nan().recip()
+
+
+# -- LSSA / LSSAR (spec 5): per-row parameters -----------------------------------------------------
+
+F32_MAX = float(np.finfo(np.float32).max)
+_EPS = 2.0 ** -24
+
+
+def _flag(value, name: str) -> bool:
+    if value not in (0, 1):
+        raise UsageError(f"{name} must be 0 or 1, got {value!r}")
+    return bool(value)
+
+
+def _head_dim(d) -> float:
+    if not (d >= 1 and float(d).is_integer()):
+        raise UsageError(f"head_dim must be a positive integer, got {d!r}")
+    return math.log(d)
+
+
+def _power(p) -> float:
+    if not p > 0:
+        raise UsageError(f"p must be > 0, got {p!r}")
+    return float(p)
+
+
+def _attended(x: Value, count_keys: bool) -> Value:
+    """N_i: counted as the row's unmasked (> -inf) entries, or the caller's n_attended."""
+    if not count_keys:
+        return x.p.row_param("n_attended")
+    return x.where_lt(-F32_MAX, 0.0, 1.0).sum()
+
+
+def _lssa_weights(x: Value, log_d: float, n: Value) -> Value:
+    """softplus(log(d) log(N) c), and exactly 0 at masked (-inf) entries whatever the scale."""
+    return x.where_lt(-F32_MAX, 0.0, _softplus(x * (n.log() * log_d)))
+
+
+def _ipow(v: Value, p: float) -> Value:
+    """v^p: repeated squaring for integer p (x^15 = x x^2 x^4 x^8), else e^(p log v) (v >= 0)."""
+    if not (p.is_integer() and p <= 64):
+        return (v.log() * p).exp()
+    k, sq, acc = int(p), v, None
+    while k:
+        if k & 1:
+            acc = sq if acc is None else acc * sq
+        k >>= 1
+        if k:
+            sq = sq * sq
+    return acc
+
+
+def _reweight(a: Value, amax: Value, n: Value, p: float, check: Value) -> Value:
+    """W = q / sum q, q = (ReLU(N a - O) / max R)^p (spec 5.2): max R = ReLU(N max a - O) since
+    N > 0. An all-zero R gives zeros; a non-finite ``check`` (a row sum) makes the row NaN,
+    which ReLU and max() would otherwise drop."""
+    zero = Value(a.p, a.p.const(0.0))
+    neg_o = -a.p.row_param("offset")
+    r = a.fma(n, neg_o).maximum(0.0)
+    rmax = amax.fma(n, neg_o).maximum(0.0)
+    q = _ipow(r * zero.where_lt(rmax, rmax.recip(), 0.0), p)
+    total = q.sum()  # >= ~1 (the max term is 1) unless every R is 0; NaN must stay NaN
+    return q * total.where_lt(0.5, 0.0, total.recip()).poison(check)
+
+
+def _lssa_row_args(shape, params, n_attended=None) -> dict:
+    if params.get("count_keys", 1):
+        if n_attended is not None:
+            raise TypeError("this kernel counts the attended keys itself (count_keys=1); build it "
+                            "with count_keys=0 to pass n_attended")
+        out = {}
+    else:
+        if n_attended is None:
+            raise TypeError("n_attended is required: the kernel was built with count_keys=0")
+        n = np.asarray(n_attended, np.float64)
+        if n.size and not (np.all(n >= 1) and np.all(n <= 2 ** 24) and np.all(n == np.floor(n))):
+            raise ValueError("n_attended must hold integers in [1, 2^24]")
+        out = {"n_attended": n}
+    if "offset_free_rows" in params:
+        out["offset"] = ref.query_offsets(shape, params["offset_free_rows"])
+    return out
+
+
+def _lssa_tolerance(x, ref_y, params, call, inner=False):
+    """rtol plus the conditioning of softplus at z = lambda c: rounding lambda and z costs
+    |z| 2^-23 relative (the softmax term, with lambda as the scale)."""
+    c = np.asarray(x, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lam = math.log(params["head_dim"]) * np.log(ref.attended_keys(c, call.get("n_attended")))
+        z = np.abs(lam[..., None] * c)
+    z = np.where(np.isfinite(z), z, 0.0)
+    rel = 2e-6 + 2.0 ** -23 * z
+    return rel if inner else rel * np.abs(ref_y) + 2.0 ** -126
+
+
+def _reweight_tolerance(x, ref_y, params, call, a=None, a_rel=None, n=None):
+    """Error propagation through W = q / sum q, q = (r / r_max)^p, r = N a - O: relative error of
+    r is (eps_a N a + 2^-24 (N a + O)) / r (cancellation near the row mean), times p in q, plus
+    ~(p + 8) roundings; the sum spreads every q's error over the row."""
+    x64 = np.asarray(x, np.float64)
+    a = x64 if a is None else a
+    a_rel = np.zeros_like(a) if a_rel is None else a_rel
+    if n is None:
+        n = np.count_nonzero(a > 0, axis=-1).astype(np.float64) if call.get("n_attended") is None \
+            else np.broadcast_to(np.asarray(call["n_attended"], np.float64), a.shape[:-1])
+    o = ref.query_offsets(a.shape, params["offset_free_rows"])
+    p, y = params["p"], np.nan_to_num(np.abs(ref_y))
+    if not a.shape[-1]:
+        return y
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        na = np.abs(n[..., None] * a)
+        r = np.maximum(n[..., None] * a - o[..., None], 0.0)
+        dr = a_rel * na + 2 * _EPS * (na + o[..., None])    # absolute error of r
+        er = np.where(r > 0, dr / r, 0.0)
+        top = np.argmax(r, axis=-1)[..., None]
+        m, dm = np.take_along_axis(r, top, -1), np.take_along_axis(dr, top, -1)
+        eq = np.nan_to_num(p * (er + np.take_along_axis(er, top, -1)) + (p + 8) * _EPS, posinf=1.0)
+        # entries whose r is not known to 10% (r near 0 after cancellation): the linear bound
+        # does not hold; they may get up to ((r + dr) / (m - dm))^p, any value if m is not known
+        unc = np.where(dr >= 0.1 * r, np.minimum(1.0, ((r + dr) / np.maximum(m - dm, 0.0)) ** p), 0.0)
+        unc = np.nan_to_num(unc, nan=1.0)
+        row = np.sum(y * eq + unc, axis=-1, keepdims=True)
+    return (2e-6 + eq + row) * y + unc + 2.0 ** -126
+
+
+def _reweight_overflow(x, n_attended=None, **_):
+    """Rows where N a - O exceeds the f32 range although float64's does not (R = inf, then
+    R / max R = NaN): NaN in the kernel."""
+    a = np.asarray(x, np.float64)
+    n = np.count_nonzero(a > 0, axis=-1) if n_attended is None else n_attended
+    with np.errstate(invalid="ignore", over="ignore"):
+        big = a * np.asarray(n, np.float64)[..., None] > F32_MAX
+    return np.all(np.isfinite(a), axis=-1) & np.any(big, axis=-1)
+
+
+def _lssa_degenerate(x, head_dim=64, n_attended=None, **_) -> np.ndarray:
+    """Rows where lambda c overflows f32, the f32 sum overflows, or every softplus term flushes
+    to 0 in f32 although float64's does not: NaN rows in the kernel."""
+    c = np.asarray(x, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lam = math.log(head_dim) * np.log(ref.attended_keys(c, n_attended))
+        z = lam[..., None] * c
+        sp = np.where(c == -np.inf, 0.0, ref.softplus(z))
+        tot = np.where(sp >= 2.0 ** -126, sp, 0.0).sum(axis=-1)
+        big = np.any((np.abs(z) > F32_MAX) & np.isfinite(c), axis=-1)
+    return big | (tot == 0) | (tot > F32_MAX)
+
+
+LSSA_CALL = ("n_attended",)
+
+
+@register("lssa", ref.lssa, params={"head_dim": 64, "count_keys": 1}, sums_to_one=True,
+          f32_overflow=_lssa_degenerate, row_args=_lssa_row_args, call_params=LSSA_CALL, custom_tolerance=_lssa_tolerance)
+def lssa(x: Value, head_dim: float, count_keys: float) -> Value:
+    """softplus(lambda_i c) / sum, lambda_i = log(head_dim) log(N_i) (spec 5.1) on cosine scores c;
+    masked keys are -inf. N_i: counted in-kernel (count_keys=1, one extra sweep) or the caller's
+    per-row n_attended (count_keys=0)."""
+    a = _lssa_weights(x, _head_dim(head_dim), _attended(x, _flag(count_keys, "count_keys")))
+    return a * a.sum().finite_or_nan().recip()
+
+
+@register("reweight", ref.reweight, params={"p": 15, "offset_free_rows": 3, "count_keys": 1},
+          row_args=_lssa_row_args, call_params=LSSA_CALL, custom_tolerance=_reweight_tolerance,
+          f32_overflow=_reweight_overflow)
+def reweight(x: Value, p: float, offset_free_rows: float, count_keys: float) -> Value:
+    """LSSAR's sharpening of attention weights a (spec 5.2): ReLU(N_i a - O_i)^p / sum, overflow-
+    safe as (R / max R)^p; O_i = 0 for the first offset_free_rows query rows (axis -2), else 1;
+    an all-zero R row gives zeros. N_i: the row's nonzero weights, or the caller's n_attended."""
+    if not (offset_free_rows >= 0 and float(offset_free_rows).is_integer()):
+        raise UsageError(f"offset_free_rows must be a non-negative integer, got {offset_free_rows!r}")
+    if _flag(count_keys, "count_keys"):
+        n = Value(x.p, x.p.const(0.0)).where_lt(x, 1.0, 0.0).sum()
+    else:
+        n = x.p.row_param("n_attended")
+    # the check sums a 2^-100: finite a cannot overflow it, NaN and +-inf survive
+    return _reweight(x, x.max(), n, _power(p), (x * 2.0 ** -100).sum())
+
+
+def _lssar_tolerance(x, ref_y, params, call):
+    c = np.asarray(x, np.float64)
+    n = ref.attended_keys(c, call.get("n_attended"))
+    a = ref.lssa(c, params["head_dim"], n_attended=n)
+    return _reweight_tolerance(x, ref_y, params, call, a=a,
+                               a_rel=_lssa_tolerance(x, a, params, call, inner=True), n=n)
+
+
+@register("lssar", ref.lssar,
+          params={"head_dim": 64, "p": 15, "offset_free_rows": 3, "count_keys": 1},
+          row_args=_lssa_row_args, call_params=LSSA_CALL, custom_tolerance=_lssar_tolerance,
+          f32_overflow=_lssa_degenerate)
+def lssar(x: Value, head_dim: float, p: float, offset_free_rows: float, count_keys: float) -> Value:
+    """reweight(lssa(c)) fused (spec 5.1 + 5.2), one N_i for both stages: the lssa sum and the
+    max share a sweep, so 3R+1W (4R+1W when counting keys)."""
+    if not (offset_free_rows >= 0 and float(offset_free_rows).is_integer()):
+        raise UsageError(f"offset_free_rows must be a non-negative integer, got {offset_free_rows!r}")
+    n = _attended(x, _flag(count_keys, "count_keys"))
+    a = _lssa_weights(x, _head_dim(head_dim), n)
+    inv = a.sum().finite_or_nan().recip()
+    return _reweight(a * inv, a.max() * inv, n, _power(p), inv)
 
 
 def get_op(name: str) -> OpDef:

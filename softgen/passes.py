@@ -280,7 +280,7 @@ def plan(p: Program) -> Plan:
         kind, args = p.kind(v), p.args(v)
         if kind == "input":
             level[v] = 0
-        elif kind == "const":
+        elif kind in ("const", "param"):
             avail[v] = 0
         elif kind == "reduce":
             avail[v] = level[args[0]] + 1

@@ -225,3 +225,67 @@ def softplus_l1(x, scale: float = 1.0) -> np.ndarray:
     if not (math.isfinite(s) and s > 0):
         raise ValueError(f"scale must be finite and > 0, got {scale!r}")
     return l1_normalize(softplus(s * _rows(x)))
+
+
+# -- LSSA and LSSAR (section 5, attention-score form) -------------------------------------------------
+
+def attended_keys(scores, n_attended=None) -> np.ndarray:
+    """N_i: the number of keys row i attends to; by default the entries that are not masked
+    (-inf), which for a causally masked row i is i + 1."""
+    c = _rows(scores)
+    if n_attended is None:
+        return np.count_nonzero(c > -np.inf, axis=-1).astype(np.float64)
+    return np.broadcast_to(np.asarray(n_attended, np.float64), c.shape[:-1])
+
+
+def lssa_weights(cos_scores, head_dim: float, n_attended=None) -> np.ndarray:
+    """a_ij = softplus(lambda_i c_ij), lambda_i = log(d) log(N_i); masked (-inf) entries are 0."""
+    c = _rows(cos_scores)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lam = math.log(head_dim) * np.log(attended_keys(c, n_attended))
+        return np.where(c == -np.inf, 0.0, softplus(lam[..., None] * c))
+
+
+def lssa(cos_scores, head_dim: float = 64, count_keys: int = 1, n_attended=None) -> np.ndarray:
+    """A = a / sum_j a (5.1); a fully masked row is NaN. ``count_keys`` (the kernel's build
+    switch) only says where N comes from: counted when ``n_attended`` is None."""
+    return l1_normalize(lssa_weights(cos_scores, head_dim, n_attended))
+
+
+def query_offsets(shape, offset_free_rows: int = 3) -> np.ndarray:
+    """O_i = 0 for query rows i < offset_free_rows (axis -2), 1 after (5.2)."""
+    lq = shape[-2] if len(shape) >= 2 else 1
+    o = (np.arange(lq) >= offset_free_rows).astype(np.float64)
+    return np.broadcast_to(o if len(shape) >= 2 else o[0], tuple(shape[:-1]))
+
+
+def reweight_of(a: np.ndarray, n: np.ndarray, offset: np.ndarray, p: float) -> np.ndarray:
+    """W = R / sum R, R = ReLU(N a - O)^p, evaluated as (R / max R)^p so nothing overflows (5.2).
+    All-zero R gives an all-zero row (the spec's one exception); non-finite a gives NaN."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        r = np.maximum(n[..., None] * a - offset[..., None], 0.0)
+        m = np.max(r, axis=-1, keepdims=True) if a.shape[-1] else np.zeros(a.shape[:-1] + (1,))
+        q = np.where(m > 0, (r / np.where(m > 0, m, 1.0)) ** p, 0.0)
+        t = np.sum(q, axis=-1, keepdims=True)
+        w = np.where(t > 0, q / np.where(t > 0, t, 1.0), 0.0)
+        bad = ~np.all(np.isfinite(a), axis=-1, keepdims=True)
+    return np.where(bad, np.nan, w)
+
+
+def reweight(a, p: float = 15, offset_free_rows: int = 3, count_keys: int = 1,
+             n_attended=None) -> np.ndarray:
+    """LSSAR's re-weighting of attention weights ``a`` (5.2); N_i counts the nonzero weights of
+    the row unless given."""
+    a = _rows(a)
+    n = np.count_nonzero(a > 0, axis=-1).astype(np.float64) if n_attended is None else \
+        np.broadcast_to(np.asarray(n_attended, np.float64), a.shape[:-1])
+    return reweight_of(a, n, query_offsets(a.shape, offset_free_rows), float(p))
+
+
+def lssar(cos_scores, head_dim: float = 64, p: float = 15, offset_free_rows: int = 3,
+          count_keys: int = 1, n_attended=None) -> np.ndarray:
+    """reweight(lssa(...)) with the same N_i for both stages."""
+    c = _rows(cos_scores)
+    n = attended_keys(c, n_attended)
+    return reweight_of(lssa(c, head_dim, n_attended=n), n, query_offsets(c.shape, offset_free_rows),
+                       float(p))

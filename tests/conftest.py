@@ -48,47 +48,56 @@ def _can_emulate(k: softgen.Kernel) -> None:
     skip_unless_emulated(k.target)
 
 
-def run(k: softgen.Kernel, x: np.ndarray, out=None) -> np.ndarray:
+def run(k: softgen.Kernel, x: np.ndarray, out=None, **call) -> np.ndarray:
     """Native call when the CPU has the ISA, emulated otherwise (the same generated source)."""
     if k.runnable:
-        return k(x, out=out)
+        return k(x, out=out, **call)
     _can_emulate(k)
-    return k.run_emulated(x, out=out)
+    return k.run_emulated(x, out=out, **call)
 
 
-def run_many(k: softgen.Kernel, xs: list[np.ndarray]) -> list[np.ndarray]:
+def run_many(k: softgen.Kernel, xs: list[np.ndarray], calls=None) -> list[np.ndarray]:
     """``run`` over many inputs; emulated targets run them in one emulator process."""
+    calls = calls or [{}] * len(xs)
     if k.runnable:
-        return [k(x) for x in xs]
+        return [k(x, **c) for x, c in zip(xs, calls)]
     _can_emulate(k)
-    return k.run_emulated_many(xs)
+    return k.run_emulated_many(xs, calls=calls)
 
 
-def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "") -> None:
+def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_names=None,
+          **call) -> None:
     """y must match the float64 reference of k's op within the op's tolerance; NaN exactly where
-    the reference is NaN; exact results for infinite references and -inf inputs."""
+    the reference is NaN; exact results for infinite references and -inf inputs. ``call``: the
+    op's call-time arguments the kernel was given; ``row_names`` name the rows of a 2-d x in
+    failure messages."""
+    name = (lambda i: f" row {i[0]} '{row_names[i[0]]}'") if row_names else (lambda i: "")
     op = get_op(k.op)
-    r = op.reference(x, **k.params)
+    r = op.reference(x, **k.params, **call)
     if op.f32_overflow is not None:  # the f32 row sum overflows: the kernel must give a NaN row
-        over = op.f32_overflow(x, **k.params)
+        over = op.f32_overflow(x, **k.params, **call)
         assert np.isnan(y[over]).all(), f"{k.name} {what}: rows whose f32 sum overflows must be NaN"
         r = np.where(over[..., None], np.nan, r)
     assert y.shape == x.shape and y.dtype == np.float32
     where = f"{k.name} {what}"
     nan_r, nan_y = np.isnan(r), np.isnan(y)
-    assert np.array_equal(nan_r, nan_y), f"{where}: NaN pattern differs at {np.argwhere(nan_r != nan_y)[:5]}"
+    if not np.array_equal(nan_r, nan_y):
+        i = tuple(np.argwhere(nan_r != nan_y)[0])
+        raise AssertionError(f"{where}{name(i)}: NaN pattern differs at {i} (reference NaN: {nan_r[i]})")
     ok = ~nan_r
     with np.errstate(over="ignore"):
         r32 = r.astype(np.float32)                # |r| > FLT_MAX rounds to inf in f32
     exact = ok & (np.isinf(r32) | np.isneginf(x))  # -inf inputs give exact 0 (or -inf for logs)
-    assert np.array_equal(y[exact], r32[exact]), f"{where}: exact 0/inf entries differ"
-    tol = op.tolerance(x, r, k.params)
+    if not np.array_equal(y[exact], r32[exact]):
+        i = tuple(np.argwhere(exact & (y != r32))[0])
+        raise AssertionError(f"{where}{name(i)}: exact 0/inf entries differ at {i}")
+    tol = op.tolerance(x, r, k.params, call)
     with np.errstate(invalid="ignore"):
         err = np.abs(y.astype(np.float64) - r)
     bad = ok & ~exact & ~(err <= tol)
     if bad.any():
         i = tuple(np.argwhere(bad)[0])
-        raise AssertionError(f"{where}: {bad.sum()} element(s) out of tolerance; first at {i}: "
+        raise AssertionError(f"{where}{name(i)}: {bad.sum()} element(s) out of tolerance; first at {i}: "
                              f"y={y[i]!r} ref={r[i]!r} err={err[i]:.3g} tol={tol[i]:.3g} "
                              f"(max err/tol {np.max(err[ok & ~exact] / tol[ok & ~exact]):.3g})")
     if op.sums_to_one:

@@ -158,7 +158,7 @@ VECTOR_C = {
     "div": "V_DIV({0}, {1})", "max": "V_MAX({0}, {1})", "min": "V_MIN({0}, {1})",
     "neg": "V_SUB(V_SET1(-0.0f), {0})", "abs": "V_ABS({0})", "recip": "V_DIV(V_SET1(1.0f), {0})",
     "exp": "sg_exp({0})", "exp_shift2": "sg_exp_shift2({0}, {1})", "sub_ln2": "sg_reduce_ln2({0}, {1})",
-    "where_lt": "V_SELECT(V_CMPLT({0}, {1}), {2}, {3})", "log": "sg_log({0})", "log1p": "sg_log1p({0})",
+    "fma": "V_FMA({0}, {1}, {2})", "where_lt": "V_SELECT(V_CMPLT({0}, {1}), {2}, {3})", "log": "sg_log({0})", "log1p": "sg_log1p({0})",
 }
 # Map ops with a scale attribute (from the two-pass rewrite): s x is kept exact as hi + lo.
 SCALED_C = {
@@ -170,7 +170,7 @@ SCALAR_C = {
     "max": "({0} > {1} ? {0} : {1})", "min": "({0} < {1} ? {0} : {1})", "neg": "(-{0})",
     "abs": "fabsf({0})", "exp": "expf({0})", "log": "logf({0})", "recip": "(1.0f / {0})",
     "finite_or_nan": "(isfinite({0}) ? {0} : NAN)", "where_lt": "({0} < {1} ? {2} : {3})",
-    "log1p": "log1pf({0})",
+    "log1p": "log1pf({0})", "fma": "fmaf({0}, {1}, {2})", "poison": "(isfinite({1}) ? {0} : NAN)",
 }
 
 
@@ -193,6 +193,7 @@ class _Ctx:
     p: Program
     t: Target
     s: Schedule
+    row_params: list[str]   # the kernel's per-row parameters: every row function takes them all
 
 
 def _scalar(p: Program, v: int) -> str:
@@ -294,12 +295,15 @@ def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
     p, lines = c.p, []
     for v in nodes:
         op, args = p.op(v), [_scalar(p, a) for a in p.args(v)]
-        if op == "item":
+        if op == "param":
+            lines.append(f"const float s{v} = rp_{p.attrs(v)['name']};")
+        elif op == "item":
             (r,) = p.args(v)
             lines.append(f"const float s{v} = s{r}_{p.attrs(v)['index']};")
         elif op == "guard":
             lim = flit(p.attrs(v)["limit"])
-            lines.append(f"if (!(fabsf({args[0]}) <= {lim})) {{ {fallback}(x, y, n); return; }}")
+            rest = "".join(f", rp_{name}" for name in c.row_params)
+            lines.append(f"if (!(fabsf({args[0]}) <= {lim})) {{ {fallback}(x, y, n{rest}); return; }}")
         elif op in SCALAR_C:
             lines.append(f"const float s{v} = {SCALAR_C[op].format(*args)};")
         else:
@@ -307,8 +311,9 @@ def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
     return lines
 
 
-def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str | None) -> dict:
-    c, pl = _Ctx(p, t, s), plan(p)
+def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str | None,
+                  row_params: list[str]) -> dict:
+    c, pl = _Ctx(p, t, s, row_params), plan(p)
     blocks = [{"kind": "scalar", "lines": _scalar_lines(c, pl.scalars_before, fallback)}]
     for sw in pl.sweeps:
         decl = []
@@ -318,7 +323,12 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
         blocks.append(_sweep_block(c, sw))
         blocks.append({"kind": "scalar", "lines": _scalar_lines(c, sw.scalars_after, fallback)})
     return {"name": fname, "comment": f"{p.name}: {pl.traffic()['summary']}, {len(pl.sweeps)} sweeps",
-            "blocks": blocks}
+            "blocks": blocks, "args": "".join(f", float rp_{name}" for name in row_params)}
+
+
+def entry_row_args(row_params: list[str]) -> str:
+    """The per-row parameter arguments the entry point passes to a row function for row r."""
+    return "".join(f", {name}[r]" for name in row_params)
 
 
 def isa_header(t: Target) -> str:
@@ -337,12 +347,11 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
-    functions = []
-    fallback = None
+    functions, fallback, rps = [], None, p.row_params()
     if p.fallback is not None:
         fallback = f"{name}__fallback_row"
-        functions.append(_row_function(p.fallback, t, s, fallback, None))
-    functions.append(_row_function(p, t, s, f"{name}__row", fallback))
+        functions.append(_row_function(p.fallback, t, s, fallback, None, rps))
+    functions.append(_row_function(p, t, s, f"{name}__row", fallback, rps))
     pl = plan(p)
     plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()]
     if p.notes:
@@ -351,4 +360,5 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
-        functions=functions, lanes=t.lanes, entry_row=f"{name}__row", tvm=False)
+        functions=functions, lanes=t.lanes, entry_row=f"{name}__row", tvm=False, row_params=rps,
+        rp_args=entry_row_args(rps))

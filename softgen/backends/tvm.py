@@ -345,7 +345,9 @@ VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div
           "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})",
           "where_lt": "T.Select({0} < {1}, {2}, {3})"}
 SCALAR = {**VECTOR, "exp": "T.exp({0})", "log": "T.log({0})", "log1p": "T.log1p({0})",
-          "finite_or_nan": 'T.Select(T.isfinite({0}), {0}, T.float32("nan"))'}
+          "finite_or_nan": 'T.Select(T.isfinite({0}), {0}, T.float32("nan"))',
+          "poison": 'T.Select(T.isfinite({1}), {0}, T.float32("nan"))',
+          "fma": 'T.Cast("float32", T.Cast("float64", {0}) * T.Cast("float64", {1}) + T.Cast("float64", {2}))'}
 
 
 def lowerable(p: Program) -> list[str]:
@@ -353,7 +355,7 @@ def lowerable(p: Program) -> list[str]:
     for v in p.g:
         op, kind, shape = p.op(v), p.kind(v), p.shape(v)
         if kind == "map" and shape == ROW and op not in VECTOR and op not in ("exp", "exp_shift2", "sub_ln2",
-                                                                              "log", "log1p"):
+                                                                              "log", "log1p", "fma"):
             bad.append(f"{op} (row)")
         if kind == "map" and shape != ROW and op not in SCALAR:
             bad.append(f"{op} (scalar)")
@@ -385,6 +387,8 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
             vals[v] = e.exp_shift2(args[0], args[1], at.get("scale", 1.0))
         elif op in ("log", "log1p"):
             vals[v] = getattr(e, op)(args[0])
+        elif op == "fma":
+            vals[v] = e.fma(*args)
         elif op == "sub_ln2":
             vals[v] = e.sub_ln2(args[0], args[1], at.get("scale", 1.0))
         else:
@@ -478,7 +482,9 @@ def _scalars(p: Program, nodes: list[int]) -> tuple[list[str], str | None]:
     lines, guard = [], None
     for v in nodes:
         op, args = p.op(v), [_scalar_name(p, a) for a in p.args(v)]
-        if op == "item":
+        if op == "param":
+            lines.append(f"s{v}: T.let[T.float32] = rp_{p.attrs(v)['name']}")
+        elif op == "item":
             (r,) = p.args(v)
             lines.append(f"s{v}: T.let[T.float32] = s{r}_{p.attrs(v)['index']}")
         elif op == "guard":
@@ -488,9 +494,9 @@ def _scalars(p: Program, nodes: list[int]) -> tuple[list[str], str | None]:
     return lines, guard
 
 
-def row_function(p: Program, t: Target, s: Schedule, symbol: str) -> str:
-    """TVMScript of ``void symbol(float *x, float *y, int64_t n, int32_t *status)``; status is set
-    to 1 when a guard sends the row to the fallback program."""
+def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: list[str]) -> str:
+    """TVMScript of ``void symbol(float *x, float *y, int64_t n, float rp..., int32_t *status)``;
+    status is set to 1 when a guard sends the row to the fallback program."""
     pl, counter = plan(p), [0]
     body, _ = _scalars(p, pl.scalars_before)
     nested: list[list[str]] = []   # statements after each guard go one level deeper
@@ -518,7 +524,8 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str) -> str:
 
     head = [
         "@T.prim_func",
-        f'def {symbol}(x: T.handle("float32"), y: T.handle("float32"), n: T.int64, status: T.handle("int32")):',
+        f'def {symbol}(x: T.handle("float32"), y: T.handle("float32"), n: T.int64, '
+        + "".join(f"rp_{name}: T.float32, " for name in row_params) + 'status: T.handle("int32")):',
         f'    T.func_attr({{"global_symbol": "{symbol}", "tir.noalias": False}})',
         '    X = T.decl_buffer((n,), "float32", data=x)',
         '    Y = T.decl_buffer((n,), "float32", data=y)',
@@ -539,14 +546,17 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
               f"target {t.name} ({t.lanes} lanes), schedule {s} ({s.tag(t.lanes)})",
               f"# {pl.traffic()['summary']} = {pl.traffic()['bytes_per_element']} B/element"]
     header += ["# " + ln for ln in pl.describe().splitlines()]
-    funcs = [row_function(p, t, s, f"{name}__row")]
+    rps = p.row_params()
+    funcs = [row_function(p, t, s, f"{name}__row", rps)]
     if p.fallback is not None:
-        funcs.append(row_function(p.fallback, t, s, f"{name}__fallback_row"))
+        funcs.append(row_function(p.fallback, t, s, f"{name}__fallback_row", rps))
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs)
-    from .c import _env
+    from .c import _env, entry_row_args
     wrapper = _env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm, t=t,
-        schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True)
+        schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True,
+        row_params=rps, rp_args=entry_row_args(rps),
+        rp_decl="".join(f", float {name}" for name in rps))
     return tir, wrapper
 
 
