@@ -16,6 +16,10 @@ from .ops import get_op
 from .runtime import build_shared, flags_for, compiler_for
 
 ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy)"
+ROW_PARAM_DOCS = {  # what each per-row parameter of the ops means, for headers and manifests
+    "n_attended": "N_i, the number of keys query row r attends to (an integer >= 1)",
+    "offset": "O_i of the re-weighting, 0 for the first offset_free_rows query rows, else 1",
+}
 
 
 def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
@@ -26,11 +30,13 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     xs = [rng.uniform(lo, hi, (4, n)).astype(np.float32)
           for n in (1, 7, 64, 1000, 4099, 65536) for lo, hi in ((-10, 10), (90, 100), (-1000, 1000))]
-    ys = [k(x) for x in xs] if k.runnable else k.run_emulated_many(xs)  # one emulator start
+    calls = [op.sample_call(x.shape, k.params) if op.sample_call else {} for x in xs]
+    ys = [k(x, **c) for x, c in zip(xs, calls)] if k.runnable else k.run_emulated_many(xs, calls=calls)
     max_rel = max_abs = 0.0
-    for x, y in zip(xs, ys):
-        r = op.reference(x, **k.params)
-        err = np.abs(y.astype(np.float64) - r)
+    for x, y, c in zip(xs, ys, calls):
+        r = op.reference(x, **k.params, **c)
+        with np.errstate(invalid="ignore"):  # rows NaN in either (f32 overflow rules) are skipped
+            err = np.nan_to_num(np.abs(y.astype(np.float64) - r), nan=0.0)
         max_abs = max(max_abs, float(err.max()))
         big = np.abs(r) > 1e-6 * np.abs(r).max(axis=-1, keepdims=True)
         if big.any():  # log_softmax of a 1-element row is exactly 0: no relative error
@@ -64,13 +70,16 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
     header = _env().get_template("header.h.j2").render(
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
-        target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule))
+        target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
+        row_params=[(rp, ROW_PARAM_DOCS.get(rp, "")) for rp in k.row_params])
     try:
         accuracy = measure_accuracy(k)
     except SoftgenError as e:
         accuracy = {"max_rel_error": None, "reason": f"not measured: {e}"}
     manifest = {
-        "softgen_version": __version__, "name": k.name, "symbol": k.name, "abi": ABI.replace("NAME", k.name),
+        "softgen_version": __version__, "name": k.name, "symbol": k.name,
+        "abi": ABI.replace("NAME", k.name).replace(")", "".join(f", const float *{rp}" for rp in k.row_params) + ")"),
+        "row_params": {rp: ROW_PARAM_DOCS.get(rp, "") for rp in k.row_params},
         "errors": {"0": "ok", "1": "NULL pointer with nonzero sizes", "2": "ldx < n or ldy < n",
                    "3": "rows * stride overflows"},
         "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": _backend_info(k),

@@ -38,6 +38,8 @@ class OpDef:
     call_params: tuple[str, ...] = ()
     # a tolerance of the op's own: (x, ref_y, params, call) -> allowed |error| per element
     custom_tolerance: Callable | None = None
+    # call-time arguments for measurements on synthetic rows: (shape, params) -> call dict
+    sample_call: Callable | None = None
     extra: dict = field(default_factory=dict)
 
     def row_arguments(self, names: list[str], shape: tuple, params: dict, call: dict) -> list:
@@ -314,8 +316,14 @@ def _lssa_degenerate(x, head_dim=64, n_attended=None, **_) -> np.ndarray:
 LSSA_CALL = ("n_attended",)
 
 
+def _lssa_sample_call(shape, params) -> dict:
+    """Every key attended, for measurements on unmasked synthetic rows."""
+    return {} if params.get("count_keys", 1) else {"n_attended": max(shape[-1], 1)}
+
+
 @register("lssa", ref.lssa, params={"head_dim": 64, "count_keys": 1}, sums_to_one=True,
-          f32_overflow=_lssa_degenerate, row_args=_lssa_row_args, call_params=LSSA_CALL, custom_tolerance=_lssa_tolerance)
+          f32_overflow=_lssa_degenerate, row_args=_lssa_row_args, call_params=LSSA_CALL,
+          custom_tolerance=_lssa_tolerance, sample_call=_lssa_sample_call)
 def lssa(x: Value, head_dim: float, count_keys: float) -> Value:
     """softplus(lambda_i c) / sum, lambda_i = log(head_dim) log(N_i) (spec 5.1) on cosine scores c;
     masked keys are -inf. N_i: counted in-kernel (count_keys=1, one extra sweep) or the caller's
@@ -326,7 +334,7 @@ def lssa(x: Value, head_dim: float, count_keys: float) -> Value:
 
 @register("reweight", ref.reweight, params={"p": 15, "offset_free_rows": 3, "count_keys": 1},
           row_args=_lssa_row_args, call_params=LSSA_CALL, custom_tolerance=_reweight_tolerance,
-          f32_overflow=_reweight_overflow)
+          f32_overflow=_reweight_overflow, sample_call=_lssa_sample_call)
 def reweight(x: Value, p: float, offset_free_rows: float, count_keys: float) -> Value:
     """LSSAR's sharpening of attention weights a (spec 5.2): ReLU(N_i a - O_i)^p / sum, overflow-
     safe as (R / max R)^p; O_i = 0 for the first offset_free_rows query rows (axis -2), else 1;
@@ -352,7 +360,7 @@ def _lssar_tolerance(x, ref_y, params, call):
 @register("lssar", ref.lssar,
           params={"head_dim": 64, "p": 15, "offset_free_rows": 3, "count_keys": 1},
           row_args=_lssa_row_args, call_params=LSSA_CALL, custom_tolerance=_lssar_tolerance,
-          f32_overflow=_lssa_degenerate)
+          f32_overflow=_lssa_degenerate, sample_call=_lssa_sample_call)
 def lssar(x: Value, head_dim: float, p: float, offset_free_rows: float, count_keys: float) -> Value:
     """reweight(lssa(c)) fused (spec 5.1 + 5.2), one N_i for both stages: the lssa sum and the
     max share a sweep, so 3R+1W (4R+1W when counting keys)."""

@@ -1,0 +1,135 @@
+"""LSSA / LSSAR (spec 5) beyond the shared kernel matrix: per-row parameters given by the caller
+(natively and through both emulators), the re-weighting's degenerate rows and offsets, the power
+p, the fused lssar against its two stages, and bad arguments."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softgen
+from softgen import reference as ref
+from conftest import BACKENDS, check, kernel, run, run_many
+
+
+def causal_cos(rng, lq, lk, d=16):
+    """Cosine scores of random unit vectors, causally masked (bottom-right aligned) with -inf."""
+    q = rng.standard_normal((lq, d))
+    k = rng.standard_normal((lk, d))
+    c = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (k / np.linalg.norm(k, axis=1, keepdims=True)).T
+    keep = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + (lk - lq)
+    return np.where(keep, c, -np.inf).astype(np.float32), keep.sum(axis=1)
+
+
+@pytest.mark.parametrize("op", ["lssa", "lssar"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_counted_keys_equal_given_causal_counts(op, backend, rng):
+    """count_keys=1 counts the unmasked keys; for a causal mask that is i + 1 (+ L_k - L_q)."""
+    c, n = causal_cos(rng, 37, 45)
+    kc, kg = kernel(op, "direct", "host", backend), kernel(op, "direct", "host", backend, count_keys=0)
+    yc, yg = run(kc, c), run(kg, c, n_attended=n)
+    check(kc, c, yc, "counted")
+    check(kg, c, yg, "given", n_attended=n)
+    assert np.allclose(yc, yg, rtol=1e-6, atol=1e-30)
+    assert np.all(yc[0, 9:] == 0) and np.all(yc[-1] >= 0)   # row 0 attends keys 0..8 only
+    if op == "lssa":  # row 0: lambda = log d log 9 > 0, so not uniform
+        assert np.all(yc[0, :9] > 0) and np.ptp(yc[0, :9]) > 0 and np.all(yc[-1] > 0)
+
+
+@pytest.mark.parametrize("target", ["avx512", "neon"])
+def test_row_parameters_through_emulators(target, rng):
+    """The per-row parameter arrays reach SIMDe builds and the qemu driver row by row."""
+    k = kernel("lssar", "direct", target, "c", count_keys=0)
+    xs, calls = [], []
+    for lq, lk in ((5, 5), (9, 23), (3, 40)):
+        c, n = causal_cos(rng, lq, lk)
+        xs.append(c)
+        calls.append({"n_attended": n})
+    for x, c, y in zip(xs, calls, run_many(k, xs, calls)):
+        check(k, x, y, str(x.shape), **c)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uniform_rows_reweight_to_zero_after_the_offset_free_rows(backend):
+    """N a = 1 everywhere: R = ReLU(1 - O)^p is 0 for rows >= offset_free_rows (all-zero output,
+    the spec's one exception) and uniform for the first rows (O = 0)."""
+    n = 8
+    a = np.full((6, n), 1 / n, np.float32)
+    for ofr in (0, 3, 6):
+        k = kernel("reweight", "direct", "host", backend, offset_free_rows=ofr)
+        y = run(k, a)
+        assert np.all(y[ofr:] == 0) and np.allclose(y[:ofr], 1 / n, rtol=1e-6)
+        check(k, a, y, f"offset_free_rows={ofr}")
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 15, 2.5, 40])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_power_sweep(p, backend, rng):
+    """Integer p by repeated squaring, other p through exp(p log r); both against the oracle."""
+    c, _ = causal_cos(rng, 12, 300)
+    a = ref.lssa(c, 64).astype(np.float32)
+    k = kernel("reweight", "direct", "host", backend, p=p)
+    y = run(k, a)
+    check(k, a, y, f"p={p}")
+    live = y.sum(axis=1) > 0
+    assert np.allclose(y.sum(axis=1)[live], 1, atol=1e-5)
+
+
+def test_sharpening_grows_with_p(rng):
+    c, _ = causal_cos(rng, 8, 200)
+    a = ref.lssa(c, 64).astype(np.float32)
+    peaks = [run(kernel("reweight", "direct", "host", "c", p=p), a)[4:].max(axis=1) for p in (1, 3, 15)]
+    assert np.all(peaks[0] <= peaks[1] + 1e-7) and np.all(peaks[1] <= peaks[2] + 1e-7)
+
+
+def test_lssar_is_reweight_of_lssa(rng):
+    c, n = causal_cos(rng, 20, 64)
+    y = run(kernel("lssar", "direct", "host", "c", count_keys=0), c, n_attended=n)
+    a = run(kernel("lssa", "direct", "host", "c", count_keys=0), c, n_attended=n)
+    w = run(kernel("reweight", "direct", "host", "c", count_keys=0), a, n_attended=n)
+    assert np.allclose(y, w, rtol=1e-4, atol=1e-7)
+    assert np.allclose(y, ref.lssar(c, 64, n_attended=n), rtol=1e-4, atol=1e-7)
+
+
+def test_no_overflow_for_long_rows_with_one_dominant_weight():
+    """N = 8192 with one dominant weight: (N a)^15 is ~1e58 in a naive kernel."""
+    a = np.full((4, 8192), 0.1 / 8191, np.float32)
+    a[:, 17] = 0.9
+    y = run(kernel("reweight", "direct", "host", "c"), a)
+    assert np.all(np.isfinite(y)) and np.allclose(y[:, 17], 1.0)
+
+
+def test_bad_arguments():
+    k0 = softgen.compile("lssa", count_keys=0)
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(TypeError, match="n_attended is required"):
+        k0(x)
+    with pytest.raises(ValueError, match="integers in"):
+        k0(x, n_attended=[0, 3])
+    with pytest.raises(ValueError, match="does not broadcast"):
+        k0(x, n_attended=[1, 2, 3])
+    with pytest.raises(TypeError, match="counts the attended keys"):
+        softgen.compile("lssa")(x, n_attended=[1, 2])
+    with pytest.raises(TypeError, match="no call argument"):
+        softgen.compile("softmax")(x, n_attended=[1, 2])
+    for op, params, what in (("lssa", {"head_dim": 0}, "head_dim"), ("lssa", {"head_dim": 2.5}, "head_dim"),
+                             ("reweight", {"p": 0}, "p must"), ("reweight", {"p": -3}, "p must"),
+                             ("lssar", {"offset_free_rows": -1}, "offset_free_rows"),
+                             ("lssa", {"count_keys": 2}, "count_keys")):
+        with pytest.raises(softgen.UsageError, match=what):
+            softgen.compile(op, **params)
+
+
+def test_export_documents_and_checks_row_parameters(tmp_path):
+    import ctypes
+    import json
+    k = softgen.compile("lssa", count_keys=0)
+    paths = k.export(tmp_path)
+    header = paths["header"].read_text()
+    assert "const float *n_attended" in header and "N_i" in header
+    manifest = json.loads(paths["manifest"].read_text())
+    assert manifest["row_params"] == {"n_attended": manifest["row_params"]["n_attended"]}
+    assert manifest["abi"].endswith("const float *n_attended)")
+    fn = getattr(ctypes.CDLL(str(paths["library"])), k.name)
+    fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_size_t] * 4 + [ctypes.c_void_p]
+    x = np.zeros((2, 4), np.float32)
+    assert fn(x.ctypes.data, x.ctypes.data, 2, 4, 4, 4, None) == 1   # NULL row parameter
