@@ -1,4 +1,4 @@
-"""Row ops other than softmax (stablemax, log_stablemax, softplus_l1) against softgen's own
+"""Row ops other than softmax (stablemax, log_stablemax, softplus_l1, lssa, reweight, lssar) against softgen's own
 two-pass softmax on the same shape and target (issue 5's "within 1.3x") and against the
 straightforward NumPy a researcher would write, in one interleaved run.
 
@@ -24,11 +24,27 @@ def _stable_s(x):
     return np.where(x >= 0, x + 1, 1 / (1 - x))
 
 
-NUMPY = {  # what a researcher would write
-    "stablemax": lambda x: _stable_s(x) / _stable_s(x).sum(-1, keepdims=True),
-    "log_stablemax": lambda x: np.log(_stable_s(x) / _stable_s(x).sum(-1, keepdims=True)),
-    "softplus_l1": lambda x: np.logaddexp(0, x) / np.logaddexp(0, x).sum(-1, keepdims=True),
+def _lssa(c, n, d=64):
+    a = np.logaddexp(0, (np.log(d) * np.log(n))[:, None] * c)
+    return a / a.sum(-1, keepdims=True)
+
+
+def _reweight(a, n, offset_free_rows=3, p=15):
+    o = (np.arange(a.shape[0]) >= offset_free_rows)[:, None]
+    r = np.maximum(n[:, None] * a - o, 0)
+    r = (r / r.max(-1, keepdims=True)) ** p
+    return r / r.sum(-1, keepdims=True)
+
+
+NUMPY = {  # what a researcher would write; the lssa family gets n_attended = n (no mask)
+    "stablemax": lambda x, n: _stable_s(x) / _stable_s(x).sum(-1, keepdims=True),
+    "log_stablemax": lambda x, n: np.log(_stable_s(x) / _stable_s(x).sum(-1, keepdims=True)),
+    "softplus_l1": lambda x, n: np.logaddexp(0, x) / np.logaddexp(0, x).sum(-1, keepdims=True),
+    "lssa": _lssa,
+    "reweight": lambda x, n: _reweight(x, n),
+    "lssar": lambda x, n: _reweight(_lssa(x, n), n),
 }
+GIVEN_N = {"lssa", "reweight", "lssar"}  # built with count_keys=0: the caller passes N_i
 
 
 def main() -> None:
@@ -43,15 +59,23 @@ def main() -> None:
     for size in a.sizes:
         rows, n = parse_size(size)
         x = rng.standard_normal((rows, n), dtype=np.float32) * 4
+        cos = np.tanh(x / 4)                                 # scores in [-1, 1] for lssa
+        w = (np.exp(x / 4) / np.exp(x / 4).sum(-1, keepdims=True)).astype(np.float32)  # weights
+        inputs = {op: x for op in NUMPY} | {"lssa": cos, "lssar": cos, "reweight": w}
+        nn = np.full(rows, n, np.float32)
         for t in a.targets:
             for b in a.backends:
-                ks = {op: softgen.compile(op, target=t, backend=b) for op in NUMPY}
+                ks = {op: softgen.compile(op, target=t, backend=b,
+                                          **({"count_keys": 0} if op in GIVEN_N else {})) for op in NUMPY}
                 ks["softmax"] = softgen.compile("softmax", algorithm="two-pass", target=t, backend=b)
                 if not ks["softmax"].runnable:
                     continue
                 y = np.empty_like(x)
-                variants = {op: (lambda k=k: k(x, out=y)) for op, k in ks.items()}
-                variants.update({f"numpy {op}": (lambda f=f: f(x)) for op, f in NUMPY.items()})
+                variants = {op: (lambda k=k, op=op: k(inputs[op], out=y,
+                                                      **({"n_attended": nn} if op in GIVEN_N else {})))
+                            for op, k in ks.items() if op != "softmax"}
+                variants["softmax"] = lambda k=ks["softmax"]: k(x, out=y)
+                variants.update({f"numpy {op}": (lambda f=f, op=op: f(inputs[op], nn)) for op, f in NUMPY.items()})
                 tm = time_interleaved(variants, budget=a.budget)
                 for op in NUMPY:
                     t_op = tm[op].median
