@@ -154,3 +154,26 @@ def test_fast_call_path_is_built_and_agrees_with_the_general_path(k, rng):
     assert kmod._fastcall(k._fn._softgen_ptr, x, np.empty((4, 36), np.float32)) is NotImplemented
     assert kmod._fastcall(k._fn._softgen_ptr, x.astype(np.float64), np.empty((4, 37))) is NotImplemented
     assert kmod._fastcall(k._fn._softgen_ptr, x, x[:, ::-1]) is NotImplemented
+
+
+def test_one_function_per_op_compiles_once_and_matches_the_reference():
+    """softgen.<op>(x, ...) compiles for this CPU on first use and caches the kernel; giving a
+    call-time argument (n_attended) selects the variant that takes it."""
+    from softgen import reference as ref
+    from softgen.functional import _kernel
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (4, 50)).astype(np.float32)
+    for op in softgen.OPS:
+        assert callable(getattr(softgen, op)) and op in softgen.__all__
+    assert np.allclose(softgen.softmax(x, temperature=0.5), ref.softmax(x, temperature=0.5), rtol=2e-6)
+    hits = _kernel.cache_info().hits
+    softgen.softmax(x, temperature=0.5)
+    assert _kernel.cache_info().hits == hits + 1
+    n = np.array([50, 40, 30, 20])
+    assert np.allclose(softgen.lssa(x, 32, n_attended=n), ref.lssa(x, 32, n_attended=n), rtol=1e-5)
+    assert np.allclose(softgen.lssar(x, n_attended=n, p=3), ref.lssar(x, p=3, n_attended=n),
+                       rtol=1e-4, atol=1e-7)
+    with pytest.raises(softgen.UsageError, match="positional"):
+        softgen.lssa(x, 64, 1, 3)
+    with pytest.raises(softgen.UsageError, match="no parameter"):
+        softgen.stablemax(x, scale=2.0)

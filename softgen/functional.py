@@ -1,0 +1,53 @@
+"""One function per op, e.g. ``softgen.lssa(c, 64)``: compiles the op for this CPU on first use
+(cached per op, parameters, target and backend) and applies it to a NumPy array.
+
+Arguments are the op's build-time parameters (baked into the kernel; positional in the order
+``softgen ops`` lists them) and its call-time arguments (per row, e.g. ``n_attended``). Giving a
+call-time argument selects the kernel variant that takes it (``count_keys=0`` for the lssa family).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import ops as _ops
+from .errors import UsageError
+
+
+@functools.lru_cache(maxsize=256)
+def _kernel(op: str, target: str, backend: str, algorithm: str, params: tuple):
+    from .kernel import compile
+    return compile(op, target=target, backend=backend, algorithm=algorithm, **dict(params))
+
+
+def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: str = "host",
+          backend: str = "c", algorithm: str = "auto", **kwargs) -> np.ndarray:
+    """``op`` applied along the last axis of ``x``."""
+    opdef = _ops.get_op(op)
+    names = list(opdef.params)
+    if len(args) > len(names):
+        raise UsageError(f"{op} takes at most {len(names)} positional parameter(s) ({', '.join(names)})")
+    for name, value in zip(names, args):
+        if name in kwargs:
+            raise UsageError(f"{op}: parameter {name} given twice")
+        kwargs[name] = value
+    call = {k: v for k, v in kwargs.items() if k in opdef.call_params and v is not None}
+    build = {k: v for k, v in kwargs.items() if k not in opdef.call_params}
+    if "count_keys" in opdef.params and "count_keys" not in build:
+        build["count_keys"] = 0 if "n_attended" in call else 1
+    params = tuple(sorted(_ops.resolve_params(opdef, build).items()))
+    return _kernel(op, target, backend, algorithm, params)(np.asarray(x), out=out, **call)
+
+
+def _make(op: str):
+    def fn(x, *args, **kwargs):
+        return apply(op, x, *args, **kwargs)
+    opdef = _ops.get_op(op)
+    sig = ", ".join([f"{k}={v!r}" for k, v in opdef.params.items()] + [f"{c}=None" for c in opdef.call_params])
+    fn.__name__ = fn.__qualname__ = op
+    fn.__doc__ = f"{op}(x, {sig}, *, out=None, target='host', backend='c', algorithm='auto')\n\n{opdef.doc}"
+    return fn
+
+
+FUNCTIONS = {op: _make(op) for op in _ops.OPS}
