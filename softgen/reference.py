@@ -289,3 +289,102 @@ def lssar(cos_scores, head_dim: float = 64, p: float = 15, offset_free_rows: int
     n = attended_keys(c, n_attended)
     return reweight_of(lssa(c, head_dim, n_attended=n), n, query_offsets(c.shape, offset_free_rows),
                        float(p))
+
+
+# -- top-k softmax (section 9) ----------------------------------------------------------------------
+
+def topk_indices(x, k: int) -> np.ndarray:
+    """Indices of the min(k, n) largest entries per row, largest first; among equal values the
+    lower index wins (a stable descending sort)."""
+    x = _rows(x)
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k!r}")
+    order = np.argsort(-x, axis=-1, kind="stable")   # NaN sorts last; such rows are NaN anyway
+    return order[..., :min(int(k), x.shape[-1])]
+
+
+def topk_softmax_sparse(x, k: int, renormalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights) of the top-k gate (the MoE router form). renormalize: softmax over the
+    selected entries (Mixtral); else the full-softmax probabilities there (Switch/GShard). A row
+    with NaN or +inf, or only -inf, has NaN weights; -inf entries that are selected weigh 0."""
+    x = _rows(x)
+    idx = topk_indices(x, k)
+    sel = np.take_along_axis(x, idx, axis=-1)
+    w = softmax(sel) if renormalize else np.take_along_axis(softmax(x), idx, axis=-1)
+    bad = np.any(np.isnan(x) | (x == np.inf), axis=-1, keepdims=True) | np.all(x == -np.inf, axis=-1, keepdims=True)
+    return idx, np.where(bad, np.nan, w)
+
+
+def topk_softmax(x, k: int, renormalize: bool = True) -> np.ndarray:
+    """Dense form: the top-k weights at their positions, 0 elsewhere (NaN rows stay NaN)."""
+    x = _rows(x)
+    idx, w = topk_softmax_sparse(x, k, renormalize)
+    bad = np.isnan(w).any(axis=-1, keepdims=True)
+    y = np.zeros_like(x)
+    np.put_along_axis(y, idx, w, axis=-1)
+    return np.where(bad, np.nan, y)
+
+
+# -- Sinkhorn (section 7) -------------------------------------------------------------------------
+
+def _lse(m, axis):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mx = np.max(m, axis=axis, keepdims=True)
+        return (mx + np.log(np.sum(np.exp(m - mx), axis=axis, keepdims=True))).squeeze(axis)
+
+
+def sinkhorn(scores, n_iter: int = 3, eps: float = 1.0, output_scale: str = "n_k") -> np.ndarray:
+    """Log-domain Sinkhorn on the last two axes, rows first (Sinkformers): M = (C + u + v) / eps,
+    even t: u += eps (log mu - LSE_j M), odd t: v += eps (log nu - LSE_i M); returns exp(M) times
+    n_k (or n_q with output_scale="n_q"). n_iter = 1 is softmax(C / eps) n_k / n_q."""
+    c = _rows(scores)
+    if int(n_iter) < 1 or not (math.isfinite(eps) and eps > 0):
+        raise ValueError("n_iter must be >= 1 and eps finite and > 0")
+    nq, nk = c.shape[-2], c.shape[-1]
+    u = np.zeros(c.shape[:-1])
+    v = np.zeros(c.shape[:-2] + (nk,))
+    for t in range(int(n_iter)):
+        m = (c + u[..., :, None] + v[..., None, :]) / eps
+        if t % 2 == 0:
+            u = eps * (-math.log(nq) - _lse(m, -1)) + u
+        else:
+            v = eps * (-math.log(nk) - _lse(m, -2)) + v
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp((c + u[..., :, None] + v[..., None, :]) / eps)
+    return p * (nk if output_scale == "n_k" else nq)
+
+
+# -- SOFT (section 6) -----------------------------------------------------------------------------
+
+def gaussian_kernel(a, b, head_dim: int) -> np.ndarray:
+    """S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(d))) over the last two axes."""
+    a, b = _rows(a), _rows(b)
+    d2 = (a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] - 2.0 * a @ np.swapaxes(b, -1, -2)
+    return np.exp(-np.maximum(d2, 0.0) / (2.0 * math.sqrt(head_dim)))
+
+
+def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float = 0.9) -> np.ndarray:
+    """Newton-Schulz V <- 2V - V A V on the last two (square) axes. variant "soft" (SOFT/kernel/
+    inverse.py): P = A + 0.01 I, V0 = alpha P, alpha = alpha_factor 2 / (max row sum)^2 per
+    matrix; converges to (A + 0.01 I)^-1. variant "norm" (SOFT-Norm newton_inv): V0 = alpha A,
+    alpha = 2 / (max row sum)^2 over the whole tensor, halved while |I - A V0|_1 > 1.01 (at most
+    10 times); converges to A^+."""
+    a = _rows(a)
+    eye = np.eye(a.shape[-1])
+    if variant == "soft":
+        p = a + 0.01 * eye
+        alpha = alpha_factor * 2.0 / np.max(np.sum(np.abs(a), -1), -1)[..., None, None] ** 2
+        v = alpha * p
+        a = p
+    elif variant == "norm":
+        alpha = 2.0 / np.max(np.sum(np.abs(a), -1)) ** 2
+        for _ in range(10):
+            if np.max(np.sum(np.abs(eye - a @ (alpha * a)), axis=-2)) <= 1.01:
+                break
+            alpha /= 2
+        v = alpha * a
+    else:
+        raise ValueError(f"variant must be 'soft' or 'norm', got {variant!r}")
+    for _ in range(int(n_iter)):
+        v = 2 * v - v @ a @ v
+    return v

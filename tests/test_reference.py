@@ -70,3 +70,54 @@ def test_p5_exp_model_matches_libm_within_the_spec_bound():
     y = ref.exp_p5_f32(x).astype(np.float64)
     e = np.exp(x.astype(np.float64))
     assert np.max(np.abs(y - e) / e) < 2.5e-7
+
+
+def test_topk_softmax_reference():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 17))
+    for k in (1, 3, 17, 40):
+        y = ref.topk_softmax(x, k)
+        s = ref.softmax(x)
+        top = np.argsort(-x, axis=-1)[:, :min(k, 17)]
+        want = np.zeros_like(x)
+        np.put_along_axis(want, top, np.take_along_axis(s, top, -1) / np.take_along_axis(s, top, -1).sum(-1, keepdims=True), -1)
+        assert np.allclose(y, want, rtol=1e-12, atol=0)
+        assert np.allclose(ref.topk_softmax(x, k, renormalize=False)[want > 0], s[want > 0])
+    assert np.allclose(ref.topk_softmax(x, 17), ref.softmax(x))
+    ties = np.array([[1.0, 3.0, 3.0, 3.0, 0.0]])
+    idx, w = ref.topk_softmax_sparse(ties, 2)
+    assert idx.tolist() == [[1, 2]] and np.allclose(w, 0.5)       # lower index wins
+    masked = np.array([[0.0, -np.inf, -np.inf]])
+    assert np.array_equal(ref.topk_softmax(masked, 2), [[1.0, 0.0, 0.0]])
+    for bad in ([[np.nan, 1, 2]], [[np.inf, 1, 2]], [[-np.inf, -np.inf, -np.inf]]):
+        assert np.isnan(ref.topk_softmax(np.array(bad), 2)).all()
+    with pytest.raises(ValueError):
+        ref.topk_softmax(x, 0)
+
+
+def test_sinkhorn_reference_properties():
+    rng = np.random.default_rng(6)
+    c = rng.standard_normal((2, 8, 8))
+    assert np.allclose(ref.sinkhorn(c, 1), ref.softmax(c), rtol=1e-12)             # 1 iter = softmax
+    assert np.allclose(ref.sinkhorn(c, 1, eps=0.5), ref.softmax(c / 0.5), rtol=1e-12)
+    assert np.allclose(ref.sinkhorn(c[0, :5], 1), ref.softmax(c[0, :5]) * 8 / 5, rtol=1e-12)
+    errs = [np.abs(ref.sinkhorn(c, t).sum(-2) - 1).max() for t in (1, 3, 11, 51)]
+    assert errs[0] > errs[1] > errs[2] > errs[3] and errs[3] < 1e-8              # columns -> 1
+    assert np.allclose(ref.sinkhorn(c, 5).sum(-1), 1, rtol=1e-12)                  # after a row step
+    rect = rng.standard_normal((5, 12))
+    p = ref.sinkhorn(rect, 4)                                                       # ends on a column step
+    assert np.allclose(p.sum(-2), 1) and np.allclose(ref.sinkhorn(rect, 3).sum(-1), 12 / 5)
+
+
+def test_gaussian_kernel_and_newton_pinv_references():
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((20, 16))
+    s = ref.gaussian_kernel(q, q, 16)
+    assert np.allclose(np.diag(s), 1) and np.allclose(s, s.T) and np.all((s > 0) & (s <= 1))
+    direct = np.exp(-((q[:, None] - q[None]) ** 2).sum(-1) / (2 * 4.0))
+    assert np.allclose(s, direct, rtol=1e-12)
+    k2 = ref.gaussian_kernel(q[:6], q[:6], 16)
+    assert np.allclose(ref.newton_pinv(k2, 60, "norm"), np.linalg.pinv(k2), rtol=1e-6, atol=1e-8)
+    assert np.allclose(ref.newton_pinv(k2, 60, "soft"), np.linalg.inv(k2 + 0.01 * np.eye(6)), rtol=1e-6)
+    dup = ref.gaussian_kernel(np.repeat(q[:3], 2, 0), np.repeat(q[:3], 2, 0), 16)   # singular
+    assert np.allclose(ref.newton_pinv(dup, 80, "norm"), np.linalg.pinv(dup), atol=1e-6)
