@@ -183,7 +183,8 @@ def apply_algorithm(p: Program, algorithm: str) -> Program:
 
 def annotate_ranges(p: Program) -> Program:
     """Mark exp nodes whose argument is provably <= 0 (or NaN): x - max(x) scaled by s > 0, -|z|.
-    Backends use a cheaper exp there (no overflow path)."""
+    Backends use a cheaper exp there (no overflow path), and a cheaper log1p on such an exp's
+    result, which lies in [0, 1] (or is NaN): no reduction of 1 + u, no special cases."""
     for v in p.nodes("exp"):
         (a,) = p.args(v)
         if p.op(a) == "mul" and (p.const_value(p.args(a)[1]) or 0) > 0:
@@ -197,6 +198,9 @@ def annotate_ranges(p: Program) -> Program:
             elif src == "item" and p.attrs(m)["index"] == 0 and p.op(p.args(m)[0]) == "reduce_online":
                 nonpos = p.args(p.args(m)[0]) == (x,)
         p.attrs(v)["nonpos"] = nonpos
+    for v in p.nodes("log1p"):
+        (a,) = p.args(v)
+        p.attrs(v)["unit"] = p.op(a) == "exp" and p.attrs(a)["nonpos"]
     return p
 
 

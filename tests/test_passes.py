@@ -68,6 +68,17 @@ def test_exp_of_max_shifted_values_is_marked_nonpositive():
     assert not any(q.attrs(v)["nonpos"] for v in q.nodes("exp"))
 
 
+def test_log1p_of_a_nonpositive_exp_is_marked_unit():
+    p = passes.apply_algorithm(build_program("softplus_l1", scale=2.0), "direct")
+    (v,) = p.nodes("log1p")
+    assert p.attrs(v)["unit"]
+    q = Program("plain")
+    x = q.input()
+    q.add("output", (x.abs().log1p() * x.abs().log1p().sum().recip()).id)
+    q = passes.apply_algorithm(q.validate(), "direct")
+    assert not any(q.attrs(v)["unit"] for v in q.nodes("log1p"))
+
+
 def test_explain_text_names_sweeps_and_traffic():
     p = passes.apply_algorithm(build_program("softmax"), "three-pass-reload")
     text = passes.plan(p).describe()

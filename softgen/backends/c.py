@@ -224,6 +224,8 @@ def _body(c: _Ctx, sw, u: int, tail: bool) -> list[str]:
             expr = args[0]
         elif op == "exp" and p.attrs(v).get("nonpos"):
             expr = f"sg_exp_nonpos({args[0]})"
+        elif op == "log1p" and p.attrs(v).get("unit"):
+            expr = f"sg_log1p_unit({args[0]})"
         elif op in SCALED_C and p.attrs(v).get("scale", 1.0) != 1.0:
             sc = p.attrs(v)["scale"]
             expr = SCALED_C[op].format(*args, s=flit(sc), lim=flit(-EXTEXP_F32_DOMAIN / sc))

@@ -37,8 +37,14 @@ MINUS_LN2_HI, MINUS_LN2_LO = -_h("0x1.62E43p-1"), _h("0x1.05C61p-29")
 P5 = tuple(_h(c) for c in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3", "0x1.FFFDC6p-2",
                           "0x1.FFFFF6p-1"))
 EXP_MIN, EXP_MAX, EXTEXP_E0 = -88.0, 88.75, -190000.0
-LG = tuple(_h(c) for c in ("0x1.555554p-1", "0x1.999c26p-2", "0x1.23d3dcp-2", "0x1.f13c4cp-3"))
+LOG_P = tuple(_h(c) for c in ("-0x1.fffff8p-2", "0x1.555550p-2", "-0x1.000428p-2", "0x1.99a3fcp-3",
+                              "-0x1.542712p-3", "0x1.2270eap-3", "-0x1.0f3964p-3", "0x1.084cd2p-3",
+                              "-0x1.383114p-4"))
+LOG1P_Q = tuple(_h(c) for c in ("-0x1.ffffd2p-2", "0x1.554de2p-2", "-0x1.ff2616p-3", "0x1.9359c6p-3",
+                                "-0x1.3a74e6p-3", "0x1.b56d60p-4", "-0x1.d854b6p-5", "0x1.4b0142p-6",
+                                "-0x1.b2f536p-9"))
 LN2_HI, LN2_LO = _h("0x1.62e300p-1"), _h("0x1.2fefa2p-17")
+LOG_OFF = 0x3f800000 - 0x3f3504f3
 
 
 def f32(v: float) -> str:
@@ -111,31 +117,51 @@ class Emit:
         y = self.fma(self.mul(t, s), self.p5(t), s)
         return self.select(top, self.add(y, y), y)
 
-    def log(self, x):
-        """templates/vmath.h.j2 sg_log: musl logf's reduction and polynomial, branch-free."""
-        tiny = f"({x} < {f32(1.1754943508222875e-38)})"  # bool vectors cannot be let-bound in TIR
-        xs = self.select(tiny, self.mul(x, f32(2.0 ** 25)), x)
-        # int32 values stay inline: let-bound integers make TVM's arithmetic analyser very slow
-        ix = f'(T.reinterpret("int32", {xs}) + T.int32({0x3f800000 - 0x3f3504f3}))'
-        k = self.sub(self.let(f'T.Cast("float32", T.shift_right({ix}, 23))'),
-                     self.select(tiny, f32(152.0), f32(127.0)))
-        m = self.let(f'T.reinterpret("float32", T.bitwise_and({ix}, T.int32({0x007fffff})) + T.int32({0x3f3504f3}))')
-        f = self.sub(m, f32(1.0))
-        s = self.let(f"({f} / ({f32(2.0)} + {f}))")
-        z = self.mul(s, s)
-        w = self.mul(z, z)
-        r = self.add(self.mul(z, self.fma(w, f32(LG[2]), f32(LG[0]))),
-                     self.mul(w, self.fma(w, f32(LG[3]), f32(LG[1]))))
-        hfsq = self.mul(f32(0.5), self.mul(f, f))
-        y = self.fma(s, self.add(hfsq, r), self.mul(k, f32(LN2_LO)))
-        y = self.fma(k, f32(LN2_HI), self.add(self.sub(y, hfsq), f))
+    def estrin8(self, x, x2, x4, c):
+        p01, p23, p45, p67 = (self.fma(f32(c[i + 1]), x, f32(c[i])) for i in (0, 2, 4, 6))
+        p48 = self.fma(f32(c[8]), x4, self.fma(p67, x2, p45))
+        return self.fma(p48, x4, self.fma(p23, x2, p01))
+
+    def log_kf(self, k, f):
+        """k ln2 + log(1 + f) (templates/vmath.h.j2 sg_log_kf)."""
+        f2 = self.mul(f, f)
+        p = self.estrin8(f, f2, self.mul(f2, f2), LOG_P)
+        return self.fma(k, f32(LN2_HI), self.fma(f2, p, self.fma(k, f32(LN2_LO), f)))
+
+    def log_special(self, x, y):
         y = self.select(f"({x} > {f32(0.0)})", y,
                         self.select(f"({x} == {f32(0.0)})", f32(-math.inf), f32(math.nan)))
         return self.select(f"({x} == {f32(math.inf)})", x, y)
 
+    # int32 values stay inline: let-bound integers make TVM's arithmetic analyser very slow
+    def log_k(self, ix):
+        return self.sub(self.let(f'T.Cast("float32", T.shift_right({ix}, 23))'), f32(127.0))
+
+    def log_m1(self, ix):
+        return self.sub(self.let(f'T.reinterpret("float32", T.bitwise_and({ix}, T.int32({0x007fffff})) '
+                                 f'+ T.int32({0x3f3504f3}))'), f32(1.0))
+
+    def log(self, x):
+        """templates/vmath.h.j2 sg_log: subnormals scaled by 2^25 with 25 taken off the exponent."""
+        xs = self.let(f'T.reinterpret("float32", T.reinterpret("int32", {self.mul(x, f32(2.0 ** 25))}) '
+                      f'+ T.int32({-(25 << 23)}))')
+        xs = self.select(f"({x} < {f32(1.1754943508222875e-38)})", xs, x)
+        ix = f'(T.reinterpret("int32", {xs}) + T.int32({LOG_OFF}))'
+        return self.log_special(x, self.log_kf(self.log_k(ix), self.log_m1(ix)))
+
     def log1p(self, u):
+        """templates/vmath.h.j2 sg_log1p: the rounding of 1 + u goes back into f, times 2^-k."""
         v = self.add(f32(1.0), u)
-        return self.add(self.log(v), self.let(f"(({u} - ({v} - {f32(1.0)})) / {v})"))
+        ix = f'(T.reinterpret("int32", {v}) + T.int32({LOG_OFF}))'
+        scale = self.let(f'T.reinterpret("float32", T.int32({0x7f000000}) - '
+                         f'T.bitwise_and({ix}, T.int32({-0x800000})))')
+        f = self.fma(self.sub(u, self.sub(v, f32(1.0))), self.max(scale, f32(0.0)), self.log_m1(ix))
+        return self.log_special(v, self.log_kf(self.log_k(ix), f))
+
+    def log1p_unit(self, u):
+        """templates/vmath.h.j2 sg_log1p_unit: u in [0, 1] or NaN, one polynomial."""
+        u2 = self.mul(u, u)
+        return self.fma(u2, self.estrin8(u, u2, self.mul(u2, u2), LOG1P_Q), u)
 
     def exp2_nonpos(self, d):
         return self.shl23(self.add(self.max(d, f32(-127.0)), f32(MAGIC)))
@@ -383,6 +409,8 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
             vals[v] = e.exp_nonpos(args[0]) if at.get("nonpos") else e.exp(args[0])
         elif op == "exp_shift2":
             vals[v] = e.exp_shift2(args[0], args[1], at.get("scale", 1.0))
+        elif op == "log1p" and at.get("unit"):
+            vals[v] = e.log1p_unit(args[0])
         elif op in ("log", "log1p"):
             vals[v] = getattr(e, op)(args[0])
         elif op == "sub_ln2":
