@@ -159,6 +159,7 @@ VECTOR_C = {
     "neg": "V_SUB(V_SET1(-0.0f), {0})", "abs": "V_ABS({0})", "recip": "V_DIV(V_SET1(1.0f), {0})",
     "exp": "sg_exp({0})", "exp_shift2": "sg_exp_shift2({0}, {1})", "sub_ln2": "sg_reduce_ln2({0}, {1})",
     "where_lt": "V_SELECT(V_CMPLT({0}, {1}), {2}, {3})", "log": "sg_log({0})", "log1p": "sg_log1p({0})",
+    "log_ratio": "sg_log_ratio({0}, {1})",
 }
 # Map ops with a scale attribute (from the two-pass rewrite): s x is kept exact as hi + lo.
 SCALED_C = {
@@ -170,7 +171,7 @@ SCALAR_C = {
     "max": "({0} > {1} ? {0} : {1})", "min": "({0} < {1} ? {0} : {1})", "neg": "(-{0})",
     "abs": "fabsf({0})", "exp": "expf({0})", "log": "logf({0})", "recip": "(1.0f / {0})",
     "finite_or_nan": "(isfinite({0}) ? {0} : NAN)", "where_lt": "({0} < {1} ? {2} : {3})",
-    "log1p": "log1pf({0})",
+    "log1p": "log1pf({0})", "log_ratio": "(float)(log((double){0}) - log((double){1}))",
 }
 
 

@@ -122,11 +122,13 @@ class Emit:
         p48 = self.fma(f32(c[8]), x4, self.fma(p67, x2, p45))
         return self.fma(p48, x4, self.fma(p23, x2, p01))
 
+    def log_fc(self, f, c):
+        f2 = self.mul(f, f)
+        return self.fma(f2, self.estrin8(f, f2, self.mul(f2, f2), LOG_P), c)
+
     def log_kf(self, k, f):
         """k ln2 + log(1 + f) (templates/vmath.h.j2 sg_log_kf)."""
-        f2 = self.mul(f, f)
-        p = self.estrin8(f, f2, self.mul(f2, f2), LOG_P)
-        return self.fma(k, f32(LN2_HI), self.fma(f2, p, self.fma(k, f32(LN2_LO), f)))
+        return self.fma(k, f32(LN2_HI), self.log_fc(f, self.fma(k, f32(LN2_LO), f)))
 
     def log_special(self, x, y):
         y = self.select(f"({x} > {f32(0.0)})", y,
@@ -134,20 +136,33 @@ class Emit:
         return self.select(f"({x} == {f32(math.inf)})", x, y)
 
     # int32 values stay inline: let-bound integers make TVM's arithmetic analyser very slow
-    def log_k(self, ix):
-        return self.sub(self.let(f'T.Cast("float32", T.shift_right({ix}, 23))'), f32(127.0))
+    def log_e(self, ix):
+        """k + 127, from the top bits of ix."""
+        return self.let(f'T.Cast("float32", T.shift_right({ix}, 23))')
 
     def log_m1(self, ix):
         return self.sub(self.let(f'T.reinterpret("float32", T.bitwise_and({ix}, T.int32({0x007fffff})) '
                                  f'+ T.int32({0x3f3504f3}))'), f32(1.0))
 
-    def log(self, x):
-        """templates/vmath.h.j2 sg_log: subnormals scaled by 2^25 with 25 taken off the exponent."""
+    def log_reduce(self, x):
+        """(k + 127, f) with x = 2^k (1 + f); subnormals scaled by 2^25, 25 taken off the exponent."""
         xs = self.let(f'T.reinterpret("float32", T.reinterpret("int32", {self.mul(x, f32(2.0 ** 25))}) '
                       f'+ T.int32({-(25 << 23)}))')
         xs = self.select(f"({x} < {f32(1.1754943508222875e-38)})", xs, x)
         ix = f'(T.reinterpret("int32", {xs}) + T.int32({LOG_OFF}))'
-        return self.log_special(x, self.log_kf(self.log_k(ix), self.log_m1(ix)))
+        return self.log_e(ix), self.log_m1(ix)
+
+    def log(self, x):
+        """templates/vmath.h.j2 sg_log."""
+        e, f = self.log_reduce(x)
+        return self.log_special(x, self.log_kf(self.sub(e, f32(127.0)), f))
+
+    def log_ratio(self, a, b):
+        """templates/vmath.h.j2 sg_log_ratio: (ka - kb) ln2 + (log(1 + fa) - log(1 + fb))."""
+        (ea, fa), (eb, fb) = self.log_reduce(a), self.log_reduce(b)
+        d = self.sub(self.log_special(a, self.log_fc(fa, fa)), self.log_special(b, self.log_fc(fb, fb)))
+        k = self.sub(ea, eb)
+        return self.fma(k, f32(LN2_HI), self.fma(k, f32(LN2_LO), d))
 
     def log1p(self, u):
         """templates/vmath.h.j2 sg_log1p: the rounding of 1 + u goes back into f, times 2^-k."""
@@ -156,7 +171,7 @@ class Emit:
         scale = self.let(f'T.reinterpret("float32", T.int32({0x7f000000}) - '
                          f'T.bitwise_and({ix}, T.int32({-0x800000})))')
         f = self.fma(self.sub(u, self.sub(v, f32(1.0))), self.max(scale, f32(0.0)), self.log_m1(ix))
-        return self.log_special(v, self.log_kf(self.log_k(ix), f))
+        return self.log_special(v, self.log_kf(self.sub(self.log_e(ix), f32(127.0)), f))
 
     def log1p_unit(self, u):
         """templates/vmath.h.j2 sg_log1p_unit: u in [0, 1] or NaN, one polynomial."""
@@ -371,6 +386,7 @@ VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div
           "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})",
           "where_lt": "T.Select({0} < {1}, {2}, {3})"}
 SCALAR = {**VECTOR, "exp": "T.exp({0})", "log": "T.log({0})", "log1p": "T.log1p({0})",
+          "log_ratio": 'T.Cast("float32", T.log(T.Cast("float64", {0})) - T.log(T.Cast("float64", {1})))',
           "finite_or_nan": 'T.Select(T.isfinite({0}), {0}, T.float32("nan"))'}
 
 
@@ -379,7 +395,7 @@ def lowerable(p: Program) -> list[str]:
     for v in p.g:
         op, kind, shape = p.op(v), p.kind(v), p.shape(v)
         if kind == "map" and shape == ROW and op not in VECTOR and op not in ("exp", "exp_shift2", "sub_ln2",
-                                                                              "log", "log1p"):
+                                                                              "log", "log1p", "log_ratio"):
             bad.append(f"{op} (row)")
         if kind == "map" and shape != ROW and op not in SCALAR:
             bad.append(f"{op} (scalar)")
@@ -411,8 +427,8 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
             vals[v] = e.exp_shift2(args[0], args[1], at.get("scale", 1.0))
         elif op == "log1p" and at.get("unit"):
             vals[v] = e.log1p_unit(args[0])
-        elif op in ("log", "log1p"):
-            vals[v] = getattr(e, op)(args[0])
+        elif op in ("log", "log1p", "log_ratio"):
+            vals[v] = getattr(e, op)(*args)
         elif op == "sub_ln2":
             vals[v] = e.sub_ln2(args[0], args[1], at.get("scale", 1.0))
         else:
