@@ -281,7 +281,10 @@ def _sweep_block(c: _Ctx, sw) -> dict:
                 lines += red.update(_acc(r, k, red), vals, sc)
         return lines
 
-    main = [ln for u in range(U) for ln in _body(c, sw, u, False)] + updates(list(range(U)), False)
+    # Node-major: the unroll slots' copies of each row value sit side by side, so the slots' long
+    # per-element chains (softplus: exp, then log1p) overlap instead of queueing in the scheduler.
+    bodies = [_body(c, sw, u, False) for u in range(U)]
+    main = [ln for same in zip(*bodies) for ln in same] + updates(list(range(U)), False)
     single = _body(c, sw, 0, False) + updates([0], False)
     tail = (["const MASK tm = V_TAILMASK(k);"] if sw.reductions else []) + _body(c, sw, 0, True) \
         + updates([0], True)
