@@ -37,12 +37,10 @@ MINUS_LN2_HI, MINUS_LN2_LO = -_h("0x1.62E43p-1"), _h("0x1.05C61p-29")
 P5 = tuple(_h(c) for c in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3", "0x1.FFFDC6p-2",
                           "0x1.FFFFF6p-1"))
 EXP_MIN, EXP_MAX, EXTEXP_E0 = -88.0, 88.75, -190000.0
-LOG_P = tuple(_h(c) for c in ("-0x1.fffff8p-2", "0x1.555550p-2", "-0x1.000428p-2", "0x1.99a3fcp-3",
-                              "-0x1.542712p-3", "0x1.2270eap-3", "-0x1.0f3964p-3", "0x1.084cd2p-3",
-                              "-0x1.383114p-4"))
-LOG1P_Q = tuple(_h(c) for c in ("-0x1.ffffd2p-2", "0x1.554de2p-2", "-0x1.ff2616p-3", "0x1.9359c6p-3",
-                                "-0x1.3a74e6p-3", "0x1.b56d60p-4", "-0x1.d854b6p-5", "0x1.4b0142p-6",
-                                "-0x1.b2f536p-9"))
+LOG_P = tuple(_h(c) for c in ("-0x1.fffff8p-2", "0x1.5556fcp-2", "-0x1.0004dep-2", "0x1.98d0a6p-3",
+                              "-0x1.535502p-3", "0x1.319380p-3", "-0x1.252fb0p-3", "0x1.65c796p-4"))
+LOG1P_Q = tuple(_h(c) for c in ("-0x1.ffff10p-2", "0x1.5535a6p-2", "-0x1.fd10fcp-3", "0x1.883eb6p-3",
+                                "-0x1.19a5e8p-3", "0x1.446188p-4", "-0x1.ec8da6p-6", "0x1.5f9698p-8"))
 LN2_HI, LN2_LO = _h("0x1.62e300p-1"), _h("0x1.2fefa2p-17")
 LOG_OFF = 0x3f800000 - 0x3f3504f3
 
@@ -117,14 +115,13 @@ class Emit:
         y = self.fma(self.mul(t, s), self.p5(t), s)
         return self.select(top, self.add(y, y), y)
 
-    def estrin8(self, x, x2, x4, c):
+    def estrin7(self, x, x2, x4, c):
         p01, p23, p45, p67 = (self.fma(f32(c[i + 1]), x, f32(c[i])) for i in (0, 2, 4, 6))
-        p48 = self.fma(f32(c[8]), x4, self.fma(p67, x2, p45))
-        return self.fma(p48, x4, self.fma(p23, x2, p01))
+        return self.fma(self.fma(p67, x2, p45), x4, self.fma(p23, x2, p01))
 
     def log_fc(self, f, c):
         f2 = self.mul(f, f)
-        return self.fma(f2, self.estrin8(f, f2, self.mul(f2, f2), LOG_P), c)
+        return self.fma(f2, self.estrin7(f, f2, self.mul(f2, f2), LOG_P), c)
 
     def log_kf(self, k, f):
         """k ln2 + log(1 + f) (templates/vmath.h.j2 sg_log_kf)."""
@@ -176,7 +173,7 @@ class Emit:
     def log1p_unit(self, u):
         """templates/vmath.h.j2 sg_log1p_unit: u in [0, 1] or NaN, one polynomial."""
         u2 = self.mul(u, u)
-        return self.fma(u2, self.estrin8(u, u2, self.mul(u2, u2), LOG1P_Q), u)
+        return self.fma(u2, self.estrin7(u, u2, self.mul(u2, u2), LOG1P_Q), u)
 
     def exp2_nonpos(self, d):
         return self.shl23(self.add(self.max(d, f32(-127.0)), f32(MAGIC)))
