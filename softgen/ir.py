@@ -43,6 +43,7 @@ OPS: dict[str, OpSpec] = {
     "exp": OpSpec(1, "map", "e^a"),
     "log": OpSpec(1, "map", "natural log"),
     "log1p": OpSpec(1, "map", "log(1 + a), accurate for small a"),
+    "log_ratio": OpSpec(2, "map", "log(a / b) without forming a / b: no underflow, no cancelling logs"),
     "recip": OpSpec(1, "map", "1 / a"),
     "finite_or_nan": OpSpec(1, "map", "a if a is finite else NaN (poisons a row, section 0)"),
     "fma": OpSpec(3, "map", "a * b + c with one rounding"),
@@ -266,6 +267,7 @@ class Value:
     def exp(self): return self._op("exp")
     def log(self): return self._op("log")
     def log1p(self): return self._op("log1p")
+    def log_ratio(self, o): return self._op("log_ratio", o)
     def abs(self): return self._op("abs")
     def recip(self): return self._op("recip")
     def finite_or_nan(self): return self._op("finite_or_nan")

@@ -137,12 +137,10 @@ def stablemax(x: Value) -> Value:
 @register("log_stablemax", ref.log_stablemax, rtol=0.0, atol=2e-6, atol_rel_to_y=True,
           exp_conditioned=False, f32_overflow=_stablemax_overflow)
 def log_stablemax(x: Value) -> Value:
-    """log(s(x) / sum s(x)) (spec 8), with stablemax's s. One log of the ratio where it is a
-    normal float (log s - log S would cancel two large logs); log s - log S only below FLT_MIN."""
+    """log(s(x) / sum s(x)) (spec 8), with stablemax's s, as one log_ratio per element: s / S
+    underflows for s far below the sum, and log s - log S would cancel two large logs."""
     s = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
-    total = s.sum().finite_or_nan()
-    w = s * total.recip()
-    return w.where_lt(float(np.finfo(np.float32).tiny), s.log() - total.log(), w.log())
+    return s.log_ratio(s.sum().finite_or_nan())
 
 
 def _softplus_degenerate(x, scale=1.0, **_) -> np.ndarray:

@@ -144,8 +144,29 @@ def rewrite_reload(p: Program) -> Program:
     return p
 
 
+def rewrite_reload_direct(p: Program) -> Program:
+    """Motif-free programs: materialise each reduced row value that the output sweep needs, so
+    its per-element chain (e.g. softplus's exp and log1p) runs once instead of twice, for one
+    more write and read of y. Skipped where a later sweep still reads x (y may be x)."""
+    q = p.copy()
+    for r in q.nodes():
+        (v,) = q.args(r) if q.kind(r) == "reduce" else (None,)
+        others = set(q.users(v)) - {r} if v is not None and q.op(v) != "input" else set()
+        if others:
+            q.replace_uses(v, q.add("materialize", v), only=others)
+    q.remove_dead()
+    sweeps = plan(q).sweeps
+    first_store = min((s.index for s in sweeps if s.stores), default=len(sweeps))
+    if any(s.reads_x for s in sweeps[first_store + 1:]):
+        p.notes.append("direct-reload: a later sweep reads x, so nothing is materialised")
+        return p
+    q.notes.append("direct-reload: the summed row value is stored to y and reloaded")
+    return q
+
+
 ALGORITHMS = {
     "direct": None,               # the program as written, for ops without the normaliser motif
+    "direct-reload": rewrite_reload_direct,
     "three-pass-recompute": None,
     "three-pass-reload": rewrite_reload,
     "two-pass": rewrite_extexp,
@@ -154,14 +175,15 @@ ALGORITHMS = {
 ALIASES = {"3p-recompute": "three-pass-recompute", "recompute": "three-pass-recompute",
            "3p-reload": "three-pass-reload", "reload": "three-pass-reload",
            "2p": "two-pass", "extexp": "two-pass", "two-pass-extexp": "two-pass"}
-SHORT = {"direct": "d", "three-pass-recompute": "3pc", "three-pass-reload": "3pl", "two-pass": "2p",
+SHORT = {"direct": "d", "direct-reload": "dl", "three-pass-recompute": "3pc", "three-pass-reload": "3pl", "two-pass": "2p",
          "online": "online"}
 
 
 def applicable_algorithms(p: Program) -> list[str]:
     """The softmax algorithms when the program has the normaliser motif (the program as written
-    is then ``three-pass-recompute``), else just ``direct``."""
-    return [a for a in ALGORITHMS if a != "direct"] if find_motifs(p) else ["direct"]
+    is then ``three-pass-recompute``), else ``direct`` and ``direct-reload``."""
+    direct = ["direct", "direct-reload"]
+    return [a for a in ALGORITHMS if a not in direct] if find_motifs(p) else direct
 
 
 def apply_algorithm(p: Program, algorithm: str) -> Program:
@@ -183,7 +205,8 @@ def apply_algorithm(p: Program, algorithm: str) -> Program:
 
 def annotate_ranges(p: Program) -> Program:
     """Mark exp nodes whose argument is provably <= 0 (or NaN): x - max(x) scaled by s > 0, -|z|.
-    Backends use a cheaper exp there (no overflow path)."""
+    Backends use a cheaper exp there (no overflow path), and a cheaper log1p on such an exp's
+    result, which lies in [0, 1] (or is NaN): no reduction of 1 + u, no special cases."""
     for v in p.nodes("exp"):
         (a,) = p.args(v)
         if p.op(a) == "mul" and (p.const_value(p.args(a)[1]) or 0) > 0:
@@ -197,6 +220,9 @@ def annotate_ranges(p: Program) -> Program:
             elif src == "item" and p.attrs(m)["index"] == 0 and p.op(p.args(m)[0]) == "reduce_online":
                 nonpos = p.args(p.args(m)[0]) == (x,)
         p.attrs(v)["nonpos"] = nonpos
+    for v in p.nodes("log1p"):
+        (a,) = p.args(v)
+        p.attrs(v)["unit"] = p.op(a) == "exp" and p.attrs(a)["nonpos"]
     return p
 
 

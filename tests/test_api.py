@@ -131,6 +131,8 @@ def test_auto_algorithm_and_default_name():
     assert k.algorithm == "online" and k.name.startswith("softgen_f32_softmax_online__scalar_u")
     k2 = softgen.compile("softmax", target="avx2")
     assert k2.algorithm == "two-pass"
+    k3 = softgen.compile("softplus_l1", target="avx2")
+    assert k3.algorithm == "direct-reload" and "_dl__avx2_" in k3.name
 
 
 def test_kernels_are_cached_by_content(tmp_path, monkeypatch):

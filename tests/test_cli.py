@@ -106,7 +106,7 @@ def test_ops():
     for name in ("softmax", "log_softmax"):
         assert set(by[name]["algorithms"]) == set(BYTES_PER_ELEMENT)
         assert "scale" in by[name]["params"]
-    assert by["stablemax"]["algorithms"] == ["direct"] and by["stablemax"]["params"] == {}
+    assert by["stablemax"]["algorithms"] == ["direct", "direct-reload"] and by["stablemax"]["params"] == {}
 
 
 # -- build --------------------------------------------------------------------------------------

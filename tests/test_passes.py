@@ -68,6 +68,39 @@ def test_exp_of_max_shifted_values_is_marked_nonpositive():
     assert not any(q.attrs(v)["nonpos"] for v in q.nodes("exp"))
 
 
+def test_log1p_of_a_nonpositive_exp_is_marked_unit():
+    p = passes.apply_algorithm(build_program("softplus_l1", scale=2.0), "direct")
+    (v,) = p.nodes("log1p")
+    assert p.attrs(v)["unit"]
+    q = Program("plain")
+    x = q.input()
+    q.add("output", (x.abs().log1p() * x.abs().log1p().sum().recip()).id)
+    q = passes.apply_algorithm(q.validate(), "direct")
+    assert not any(q.attrs(v)["unit"] for v in q.nodes("log1p"))
+
+
+@pytest.mark.parametrize("op", ["softplus_l1", "stablemax", "log_stablemax"])
+def test_direct_reload_stores_the_summed_row_value(op):
+    """The summed value is stored in the sum sweep; the output sweep reads only y."""
+    p = passes.apply_algorithm(build_program(op), "direct-reload")
+    (m,) = p.nodes("materialize")
+    assert p.users(m) and p.args(m)[0] == p.args(p.nodes("reduce_sum")[0])[0]
+    plan = passes.plan(p)
+    assert plan.traffic()["summary"] == "2R + 2W" and not plan.sweeps[1].reads_x
+    if op == "softplus_l1":
+        assert [p.op(v) for v in plan.sweeps[1].compute] == ["mul"] and plan.sweeps[1].reloads == [m]
+
+
+def test_direct_reload_keeps_x_when_the_output_sweep_needs_it():
+    """y may be x: a sweep after the store must not read x, so nothing is materialised."""
+    q = Program("x_after_store")
+    x = q.input()
+    e = x.exp()
+    q.add("output", (e * e.sum().recip() + x).id)
+    p = passes.apply_algorithm(q.validate(), "direct-reload")
+    assert p.nodes("materialize") == [] and passes.plan(p).traffic()["summary"] == "2R + 1W"
+
+
 def test_explain_text_names_sweeps_and_traffic():
     p = passes.apply_algorithm(build_program("softmax"), "three-pass-reload")
     text = passes.plan(p).describe()
@@ -132,7 +165,7 @@ def test_unknown_algorithm_and_inapplicable_rewrite():
     x = q.input()
     q.add("output", (x * 2.0).id)
     q.validate()
-    assert passes.applicable_algorithms(q) == ["direct"]
+    assert passes.applicable_algorithms(q) == ["direct", "direct-reload"]
     with pytest.raises(softgen.UsageError, match="does not apply"):
         passes.apply_algorithm(q, "online")
 

@@ -158,7 +158,8 @@ VECTOR_C = {
     "div": "V_DIV({0}, {1})", "max": "V_MAX({0}, {1})", "min": "V_MIN({0}, {1})",
     "neg": "V_SUB(V_SET1(-0.0f), {0})", "abs": "V_ABS({0})", "recip": "V_DIV(V_SET1(1.0f), {0})",
     "exp": "sg_exp({0})", "exp_shift2": "sg_exp_shift2({0}, {1})", "sub_ln2": "sg_reduce_ln2({0}, {1})",
-    "fma": "V_FMA({0}, {1}, {2})", "where_lt": "V_SELECT(V_CMPLT({0}, {1}), {2}, {3})", "log": "sg_log({0})", "log1p": "sg_log1p({0})",
+    "fma": "V_FMA({0}, {1}, {2})", "where_lt": "V_SELECT(V_CMPLT({0}, {1}), {2}, {3})", "log": "sg_log({0})",
+    "log1p": "sg_log1p({0})", "log_ratio": "sg_log_ratio({0}, {1})",
 }
 # Map ops with a scale attribute (from the two-pass rewrite): s x is kept exact as hi + lo.
 SCALED_C = {
@@ -171,6 +172,7 @@ SCALAR_C = {
     "abs": "fabsf({0})", "exp": "expf({0})", "log": "logf({0})", "recip": "(1.0f / {0})",
     "finite_or_nan": "(isfinite({0}) ? {0} : NAN)", "where_lt": "({0} < {1} ? {2} : {3})",
     "log1p": "log1pf({0})", "fma": "fmaf({0}, {1}, {2})", "poison": "(isfinite({1}) ? {0} : NAN)",
+    "log_ratio": "(float)(log((double){0}) - log((double){1}))",
 }
 
 
@@ -225,6 +227,8 @@ def _body(c: _Ctx, sw, u: int, tail: bool) -> list[str]:
             expr = args[0]
         elif op == "exp" and p.attrs(v).get("nonpos"):
             expr = f"sg_exp_nonpos({args[0]})"
+        elif op == "log1p" and p.attrs(v).get("unit"):
+            expr = f"sg_log1p_unit({args[0]})"
         elif op in SCALED_C and p.attrs(v).get("scale", 1.0) != 1.0:
             sc = p.attrs(v)["scale"]
             expr = SCALED_C[op].format(*args, s=flit(sc), lim=flit(-EXTEXP_F32_DOMAIN / sc))
@@ -279,7 +283,10 @@ def _sweep_block(c: _Ctx, sw) -> dict:
                 lines += red.update(_acc(r, k, red), vals, sc)
         return lines
 
-    main = [ln for u in range(U) for ln in _body(c, sw, u, False)] + updates(list(range(U)), False)
+    # Node-major: the unroll slots' copies of each row value sit side by side, so the slots' long
+    # per-element chains (softplus: exp, then log1p) overlap instead of queueing in the scheduler.
+    bodies = [_body(c, sw, u, False) for u in range(U)]
+    main = [ln for same in zip(*bodies) for ln in same] + updates(list(range(U)), False)
     single = _body(c, sw, 0, False) + updates([0], False)
     tail = (["const MASK tm = V_TAILMASK(k);"] if sw.reductions else []) + _body(c, sw, 0, True) \
         + updates([0], True)

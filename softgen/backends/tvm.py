@@ -37,8 +37,12 @@ MINUS_LN2_HI, MINUS_LN2_LO = -_h("0x1.62E43p-1"), _h("0x1.05C61p-29")
 P5 = tuple(_h(c) for c in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3", "0x1.FFFDC6p-2",
                           "0x1.FFFFF6p-1"))
 EXP_MIN, EXP_MAX, EXTEXP_E0 = -88.0, 88.75, -190000.0
-LG = tuple(_h(c) for c in ("0x1.555554p-1", "0x1.999c26p-2", "0x1.23d3dcp-2", "0x1.f13c4cp-3"))
+LOG_P = tuple(_h(c) for c in ("-0x1.fffff8p-2", "0x1.5556fcp-2", "-0x1.0004dep-2", "0x1.98d0a6p-3",
+                              "-0x1.535502p-3", "0x1.319380p-3", "-0x1.252fb0p-3", "0x1.65c796p-4"))
+LOG1P_Q = tuple(_h(c) for c in ("-0x1.ffff10p-2", "0x1.5535a6p-2", "-0x1.fd10fcp-3", "0x1.883eb6p-3",
+                                "-0x1.19a5e8p-3", "0x1.446188p-4", "-0x1.ec8da6p-6", "0x1.5f9698p-8"))
 LN2_HI, LN2_LO = _h("0x1.62e300p-1"), _h("0x1.2fefa2p-17")
+LOG_OFF = 0x3f800000 - 0x3f3504f3
 
 
 def f32(v: float) -> str:
@@ -111,31 +115,65 @@ class Emit:
         y = self.fma(self.mul(t, s), self.p5(t), s)
         return self.select(top, self.add(y, y), y)
 
-    def log(self, x):
-        """templates/vmath.h.j2 sg_log: musl logf's reduction and polynomial, branch-free."""
-        tiny = f"({x} < {f32(1.1754943508222875e-38)})"  # bool vectors cannot be let-bound in TIR
-        xs = self.select(tiny, self.mul(x, f32(2.0 ** 25)), x)
-        # int32 values stay inline: let-bound integers make TVM's arithmetic analyser very slow
-        ix = f'(T.reinterpret("int32", {xs}) + T.int32({0x3f800000 - 0x3f3504f3}))'
-        k = self.sub(self.let(f'T.Cast("float32", T.shift_right({ix}, 23))'),
-                     self.select(tiny, f32(152.0), f32(127.0)))
-        m = self.let(f'T.reinterpret("float32", T.bitwise_and({ix}, T.int32({0x007fffff})) + T.int32({0x3f3504f3}))')
-        f = self.sub(m, f32(1.0))
-        s = self.let(f"({f} / ({f32(2.0)} + {f}))")
-        z = self.mul(s, s)
-        w = self.mul(z, z)
-        r = self.add(self.mul(z, self.fma(w, f32(LG[2]), f32(LG[0]))),
-                     self.mul(w, self.fma(w, f32(LG[3]), f32(LG[1]))))
-        hfsq = self.mul(f32(0.5), self.mul(f, f))
-        y = self.fma(s, self.add(hfsq, r), self.mul(k, f32(LN2_LO)))
-        y = self.fma(k, f32(LN2_HI), self.add(self.sub(y, hfsq), f))
+    def estrin7(self, x, x2, x4, c):
+        p01, p23, p45, p67 = (self.fma(f32(c[i + 1]), x, f32(c[i])) for i in (0, 2, 4, 6))
+        return self.fma(self.fma(p67, x2, p45), x4, self.fma(p23, x2, p01))
+
+    def log_fc(self, f, c):
+        f2 = self.mul(f, f)
+        return self.fma(f2, self.estrin7(f, f2, self.mul(f2, f2), LOG_P), c)
+
+    def log_kf(self, k, f):
+        """k ln2 + log(1 + f) (templates/vmath.h.j2 sg_log_kf)."""
+        return self.fma(k, f32(LN2_HI), self.log_fc(f, self.fma(k, f32(LN2_LO), f)))
+
+    def log_special(self, x, y):
         y = self.select(f"({x} > {f32(0.0)})", y,
                         self.select(f"({x} == {f32(0.0)})", f32(-math.inf), f32(math.nan)))
         return self.select(f"({x} == {f32(math.inf)})", x, y)
 
+    # int32 values stay inline: let-bound integers make TVM's arithmetic analyser very slow
+    def log_e(self, ix):
+        """k + 127, from the top bits of ix."""
+        return self.let(f'T.Cast("float32", T.shift_right({ix}, 23))')
+
+    def log_m1(self, ix):
+        return self.sub(self.let(f'T.reinterpret("float32", T.bitwise_and({ix}, T.int32({0x007fffff})) '
+                                 f'+ T.int32({0x3f3504f3}))'), f32(1.0))
+
+    def log_reduce(self, x):
+        """(k + 127, f) with x = 2^k (1 + f); subnormals scaled by 2^25, 25 taken off the exponent."""
+        xs = self.let(f'T.reinterpret("float32", T.reinterpret("int32", {self.mul(x, f32(2.0 ** 25))}) '
+                      f'+ T.int32({-(25 << 23)}))')
+        xs = self.select(f"({x} < {f32(1.1754943508222875e-38)})", xs, x)
+        ix = f'(T.reinterpret("int32", {xs}) + T.int32({LOG_OFF}))'
+        return self.log_e(ix), self.log_m1(ix)
+
+    def log(self, x):
+        """templates/vmath.h.j2 sg_log."""
+        e, f = self.log_reduce(x)
+        return self.log_special(x, self.log_kf(self.sub(e, f32(127.0)), f))
+
+    def log_ratio(self, a, b):
+        """templates/vmath.h.j2 sg_log_ratio: (ka - kb) ln2 + (log(1 + fa) - log(1 + fb))."""
+        (ea, fa), (eb, fb) = self.log_reduce(a), self.log_reduce(b)
+        d = self.sub(self.log_special(a, self.log_fc(fa, fa)), self.log_special(b, self.log_fc(fb, fb)))
+        k = self.sub(ea, eb)
+        return self.fma(k, f32(LN2_HI), self.fma(k, f32(LN2_LO), d))
+
     def log1p(self, u):
+        """templates/vmath.h.j2 sg_log1p: the rounding of 1 + u goes back into f, times 2^-k."""
         v = self.add(f32(1.0), u)
-        return self.add(self.log(v), self.let(f"(({u} - ({v} - {f32(1.0)})) / {v})"))
+        ix = f'(T.reinterpret("int32", {v}) + T.int32({LOG_OFF}))'
+        scale = self.let(f'T.reinterpret("float32", T.int32({0x7f000000}) - '
+                         f'T.bitwise_and({ix}, T.int32({-0x800000})))')
+        f = self.fma(self.sub(u, self.sub(v, f32(1.0))), self.max(scale, f32(0.0)), self.log_m1(ix))
+        return self.log_special(v, self.log_kf(self.sub(self.log_e(ix), f32(127.0)), f))
+
+    def log1p_unit(self, u):
+        """templates/vmath.h.j2 sg_log1p_unit: u in [0, 1] or NaN, one polynomial."""
+        u2 = self.mul(u, u)
+        return self.fma(u2, self.estrin7(u, u2, self.mul(u2, u2), LOG1P_Q), u)
 
     def exp2_nonpos(self, d):
         return self.shl23(self.add(self.max(d, f32(-127.0)), f32(MAGIC)))
@@ -345,6 +383,7 @@ VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div
           "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})",
           "where_lt": "T.Select({0} < {1}, {2}, {3})"}
 SCALAR = {**VECTOR, "exp": "T.exp({0})", "log": "T.log({0})", "log1p": "T.log1p({0})",
+          "log_ratio": 'T.Cast("float32", T.log(T.Cast("float64", {0})) - T.log(T.Cast("float64", {1})))',
           "finite_or_nan": 'T.Select(T.isfinite({0}), {0}, T.float32("nan"))',
           "poison": 'T.Select(T.isfinite({1}), {0}, T.float32("nan"))',
           "fma": 'T.Cast("float32", T.Cast("float64", {0}) * T.Cast("float64", {1}) + T.Cast("float64", {2}))'}
@@ -355,7 +394,7 @@ def lowerable(p: Program) -> list[str]:
     for v in p.g:
         op, kind, shape = p.op(v), p.kind(v), p.shape(v)
         if kind == "map" and shape == ROW and op not in VECTOR and op not in ("exp", "exp_shift2", "sub_ln2",
-                                                                              "log", "log1p", "fma"):
+                                                                              "log", "log1p", "log_ratio", "fma"):
             bad.append(f"{op} (row)")
         if kind == "map" and shape != ROW and op not in SCALAR:
             bad.append(f"{op} (scalar)")
@@ -385,10 +424,10 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
             vals[v] = e.exp_nonpos(args[0]) if at.get("nonpos") else e.exp(args[0])
         elif op == "exp_shift2":
             vals[v] = e.exp_shift2(args[0], args[1], at.get("scale", 1.0))
-        elif op in ("log", "log1p"):
-            vals[v] = getattr(e, op)(args[0])
-        elif op == "fma":
-            vals[v] = e.fma(*args)
+        elif op == "log1p" and at.get("unit"):
+            vals[v] = e.log1p_unit(args[0])
+        elif op in ("log", "log1p", "log_ratio", "fma"):
+            vals[v] = getattr(e, op)(*args)
         elif op == "sub_ln2":
             vals[v] = e.sub_ln2(args[0], args[1], at.get("scale", 1.0))
         else:
