@@ -480,14 +480,17 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     e = Emit(counter, _fused_fma(t))
     slots = {}
     for u in range(U):
-        i = e.let(f"lo + it * {step} + {u * L} + l", "int64")
+        # inline, not let-bound: VectorizeLoop then folds it into a Ramp (a contiguous vector
+        # load); a let-bound vector index stays opaque and the lean pipeline emits a gather
+        i = f"(l + (lo + it * {step} + {u * L}))"
         slots[u] = _row_values(p, sw, e, i, u)
     for red in reds:
         (x,) = p.args(red.r)
         for k in range(A):
             xs = [slots[u][x] for u in range(U) if u % A == k]
             red.update(e, f"{k * L} + l", xs)
-    lane_loop = f"for l in T.vectorized({L}):" if L > 1 else "for l in range(1):"
+    # an int64 lane variable: no Cast around the Ramp, so x[base + l] stays a contiguous load
+    lane_loop = f"for l in T.vectorized(T.int64({L})):" if L > 1 else "for l in range(T.int64(1)):"
     body += [f"{ind}for it in range(cnt // {step}):", f"{ind}    {lane_loop}"]
     body += [f"{ind}        {ln}" for ln in e.lines]
     # scalar tail, into lane 0 of accumulator 0
