@@ -60,8 +60,26 @@ OPS: dict[str, OpSpec] = {
     "materialize": OpSpec(1, "materialize", "store a row value to y; later sweeps reload it", ROW),
     "guard": OpSpec(1, "guard", "run program.fallback on the row unless |a| <= attr limit", SCALAR),
     "output": OpSpec(1, "output", "the output row y", ROW),
+    # matrix programs (softgen.matrix): phases over the rows of a matrix share per-row and
+    # per-column vectors through these
+    "colvec": OpSpec(0, "colvec", "element j of the per-column vector attr name", ROW),
+    "size": OpSpec(0, "size", "the matrix's row count (attr axis='rows') or row length "
+                   "(axis='cols') as a float", SCALAR),
+    "emit": OpSpec(1, "emit", "store a per-row scalar into the per-row vector attr name", SCALAR),
+    "colstore": OpSpec(1, "colstore", "store a row value into the per-column vector attr name", ROW),
+    "colreduce_max": OpSpec(1, "colreduce", "per-column max across the rows into vector "
+                            "<name>_m", ROW),
+    "colreduce_sum": OpSpec(1, "colreduce", "per-column sum across the rows into vector "
+                            "<name>_s", ROW),
+    "colreduce_online": OpSpec(1, "colreduce", "per-column running (m, d) across the rows, "
+                               "d = sum e^(s(x - m)), into vectors <name>_m, <name>_d; attr "
+                               "scale s", ROW),
 }
-ROOT_KINDS = ("output", "guard")
+ROOT_KINDS = ("output", "guard", "emit", "colstore", "colreduce")
+# the state vectors of each column reduction, as (field, initial value)
+COLREDUCE_FIELDS = {"colreduce_max": (("m", -math.inf),), "colreduce_sum": (("s", 0.0),),
+                    "colreduce_online": (("m", -3.4028234663852886e38), ("d", 0.0))}
+MATRIX_KINDS = ("colvec", "size", "emit", "colstore", "colreduce")
 _PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # becomes a C argument name
 _RESERVED = {"x", "y", "rows", "n", "ldx", "ldy", "ld", "r", "lo", "hi", "i", "k", "status"}
 
@@ -73,9 +91,10 @@ class IRError(SoftgenError):
 class Program:
     """One normalisation as a DAG. Node ids are ints; node data: op, args (ordered), shape, attrs."""
 
-    def __init__(self, name: str, params: dict | None = None):
+    def __init__(self, name: str, params: dict | None = None, phase: str | None = None):
         self.name = name
         self.params = dict(params or {})
+        self.phase = phase  # None: a row op; "rows" / "cols": a phase of a matrix program
         self.g = nx.DiGraph()
         self.fallback: Program | None = None
         self.notes: list[str] = []  # rewrites applied, for explain
@@ -114,6 +133,30 @@ class Program:
             if self.op(v) == "param" and self.attrs(v)["name"] == name:
                 return Value(self, v)
         return Value(self, self.add("param", name=name))
+
+    def colvec(self, name: str) -> "Value":
+        """Element j of a per-column vector of the matrix program (e.g. Sinkhorn's v)."""
+        for v in self.g:
+            if self.op(v) == "colvec" and self.attrs(v)["name"] == name:
+                return Value(self, v)
+        return Value(self, self.add("colvec", name=name))
+
+    def size(self, axis: str) -> "Value":
+        """The matrix's row count (``"rows"``) or row length (``"cols"``), as a float."""
+        return Value(self, self.add("size", axis=axis))
+
+    def vector_names(self) -> tuple[list[str], list[str]]:
+        """(per-row vectors, per-column vectors) this program reads or writes, sorted."""
+        rows, cols = set(), set()
+        for v in self.g:
+            op, a = self.op(v), self.attrs(v)
+            if op in ("param", "emit"):
+                rows.add(a["name"])
+            elif op in ("colvec", "colstore"):
+                cols.add(a["name"])
+            elif self.kind(v) == "colreduce":
+                cols |= {f"{a['name']}_{f}" for f, _ in COLREDUCE_FIELDS[op]}
+        return sorted(rows), sorted(cols)
 
     def row_params(self) -> list[str]:
         """Names of the per-row parameters, in the order of the kernel's arguments."""
@@ -170,7 +213,7 @@ class Program:
         self.g.remove_nodes_from([v for v in list(self.g) if v not in live])
 
     def copy(self, name: str | None = None) -> "Program":
-        p = Program(name or self.name, self.params)
+        p = Program(name or self.name, self.params, self.phase)
         p.g = self.g.copy()
         for v in p.g:
             p.g.nodes[v]["attrs"] = dict(p.g.nodes[v]["attrs"])
@@ -184,9 +227,13 @@ class Program:
             raise IRError(f"{self.name}: the graph has a cycle")
         inputs = [v for v in g if self.op(v) == "input"]
         outputs = [v for v in g if self.op(v) == "output"]
-        if len(inputs) != 1 or len(outputs) != 1:
+        if self.phase is None and (len(inputs) != 1 or len(outputs) != 1):
             raise IRError(f"{self.name}: needs exactly one input and one output "
                           f"(has {len(inputs)} and {len(outputs)})")
+        if self.phase is not None and (len(inputs) > (self.phase == "rows") or len(outputs) > 1
+                                       or not self.roots()):
+            raise IRError(f"{self.name}: a {self.phase} phase has at most "
+                          f"{int(self.phase == 'rows')} input, at most one output and a result")
         for v in g:
             op, args, spec = self.op(v), self.args(v), OPS[self.op(v)]
             if len(args) != spec.arity or set(args) != set(g.predecessors(v)):
@@ -204,9 +251,24 @@ class Program:
                                   or self.attrs(v)["name"] in _RESERVED):
                 raise IRError(f"{self.name}: %{v} row parameter name {self.attrs(v).get('name')!r} "
                               f"is not a lower-case identifier or is reserved")
+            if spec.kind in MATRIX_KINDS and self.phase is None:
+                raise IRError(f"{self.name}: %{v} {op} exists only in matrix programs")
+            if spec.kind in ("emit", "colstore", "colreduce", "colvec") and (
+                    not _PARAM_NAME.match(str(self.attrs(v).get("name")))
+                    or self.attrs(v)["name"] in _RESERVED):
+                raise IRError(f"{self.name}: %{v} vector name {self.attrs(v).get('name')!r} is not "
+                              f"a lower-case identifier or is reserved")
+            if spec.kind == "emit" and shapes[0] != SCALAR:
+                raise IRError(f"{self.name}: %{v} emit needs a scalar")
+            if spec.kind in ("colstore", "colreduce") and shapes[0] != ROW:
+                raise IRError(f"{self.name}: %{v} {op} needs a row value")
+            if spec.kind == "colreduce" and self.phase != "rows":
+                raise IRError(f"{self.name}: %{v} column reductions run in rows phases")
+            if op == "size" and self.attrs(v).get("axis") not in ("rows", "cols"):
+                raise IRError(f"{self.name}: %{v} size axis must be 'rows' or 'cols'")
             if op == "const" and not math.isfinite(self.attrs(v)["value"]):
                 raise IRError(f"{self.name}: %{v} constant {self.attrs(v)['value']} is not finite")
-        if not nx.has_path(g, inputs[0], outputs[0]):
+        if self.phase is None and not nx.has_path(g, inputs[0], outputs[0]):
             raise IRError(f"{self.name}: the output does not depend on the input")
         live = set()
         for r in self.roots():
@@ -225,7 +287,7 @@ class Program:
             extra = " ".join(f"{k}={val}" for k, val in a.items() if k != "value")
             if op == "const":
                 args = repr(a["value"])
-            if op == "param":
+            if op in ("param", "colvec"):
                 args, extra = a["name"], ""
             lines.append(f"  %{v:<3} = {op:<14} {args:<12} {extra:<20} : {self.shape(v)}".rstrip())
         if self.fallback is not None:
@@ -279,3 +341,12 @@ class Value:
     def max(self): return self._op("reduce_max")
     def sum(self): return self._op("reduce_sum")
     def item(self, k): return self._op("item", index=k)
+    def online(self, scale=1.0): return self._op("reduce_online", scale=float(scale))
+    def emit(self, name): return self._op("emit", name=name)
+    def colstore(self, name): return self._op("colstore", name=name)
+
+    def colreduce(self, kind: str, name: str, scale: float = 1.0) -> "Value":
+        """Accumulate this row value per column across the rows (kind: max, sum, online) into the
+        state vectors of ``name`` (see ``COLREDUCE_FIELDS``)."""
+        attrs = {"scale": float(scale)} if kind == "online" else {}
+        return self._op(f"colreduce_{kind}", name=name, **attrs)

@@ -13,6 +13,7 @@ from . import passes
 from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
 from .ir import Program
+from .matrix import MatrixProgram
 from .schedule import AUTO_ALGORITHM, Schedule, default_schedule
 from .targets import Target, get_target, host_target
 
@@ -28,7 +29,8 @@ for goto if inline int long register restrict return short signed sizeof static 
 union unsigned void volatile while _Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic
 _Noreturn _Static_assert _Thread_local bool true false main""".split())
 _ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the row",
-           3: "rows * stride overflows the address space"}
+           3: "rows * stride overflows the address space",
+           4: "the rows are not a whole number of matrices", 5: "out of memory for scratch vectors"}
 
 
 def check_name(name: str) -> str:
@@ -73,13 +75,18 @@ class Kernel:
     _emu_fn: object = field(default=None, repr=False)
 
     @property
-    def plan(self) -> passes.Plan:
-        return passes.plan(self.program)
+    def matrix(self) -> bool:
+        """Whether the kernel acts on matrices (the last two axes) rather than rows."""
+        return isinstance(self.program, MatrixProgram)
+
+    @property
+    def plan(self) -> passes.Plan | "MatrixPlan":
+        return MatrixPlan(self.program) if self.matrix else passes.plan(self.program)
 
     @property
     def row_params(self) -> list[str]:
         """Per-row parameters of the C entry point (after ``ldy``), one float per row each."""
-        return self.program.row_params()
+        return [] if self.matrix else self.program.row_params()
 
     @property
     def runnable(self) -> bool:
@@ -98,7 +105,7 @@ class Kernel:
             if self._emu_fn is None:
                 from .emulator import load_emulated
                 self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend,
-                                             tuple(self.row_params))
+                                             tuple(self.row_params), matrix=self.matrix)
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -107,14 +114,14 @@ class Kernel:
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
             self._fn = load_entry(build_shared(self.sources(), self.target), self.name,
-                                  len(self.row_params))
+                                  len(self.row_params), matrix=self.matrix)
         return self._fn
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
         """y = op(x) along the last axis. ``call``: the op's call-time arguments (e.g. lssa's
         ``n_attended``), from which the per-row parameters are computed."""
         fn = self._fn or self._entry(False)
-        if call or self.row_params:
+        if call or self.row_params or self.matrix:
             return self._run(fn, x, out, call)
         if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
             # Fast path: float32 rows with one stride, x and y identical or disjoint. Anything
@@ -148,8 +155,9 @@ class Kernel:
                 raise TypeError(f"{self.name} takes a numpy.ndarray of float32, got {type(x).__name__}")
         if x.dtype != np.float32:
             raise TypeError(f"{self.name} takes float32 arrays, got {x.dtype} (use x.astype(np.float32))")
-        if x.ndim == 0:
-            raise ValueError(f"{self.name} needs an array with at least one axis, got a 0-d array")
+        if x.ndim < 1 + self.matrix:
+            what = "two axes (..., m, n)" if self.matrix else "one axis"
+            raise ValueError(f"{self.name} needs an array with at least {what}, got shape {x.shape}")
         n = x.shape[-1]
         if out is None:
             y = np.empty(x.shape, np.float32)
@@ -176,7 +184,8 @@ class Kernel:
                 fn.flush()
             np.copyto(y, tmp)
             return y
-        rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1], *[a.ctypes.data for a in rps])
+        extra = [x.shape[-2]] if self.matrix else [a.ctypes.data for a in rps]
+        rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1], *extra)
         if rc:
             raise RuntimeError(f"{self.name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
         return y
@@ -206,6 +215,25 @@ class Kernel:
     def renamed(self, name: str) -> "Kernel":
         return compile(self.op, algorithm=self.algorithm, target=self.target.name, name=name,
                        schedule=self.schedule, backend=self.backend, **self.params)
+
+
+@dataclass
+class MatrixPlan:
+    """The plan of a lowered matrix program: its phases' sweeps and the traffic per element."""
+    program: MatrixProgram
+
+    def traffic(self) -> dict:
+        return cbackend.matrix_traffic(self.program)
+
+    def describe(self) -> str:
+        out = []
+        for k, ph in enumerate(self.program.phases):
+            out.append(f"phase {k} ({ph.kind}{', over the column vectors' if ph.kind == 'cols' else ''}):")
+            out += ["  " + ln for ln in passes.plan(ph.program).describe().splitlines()]
+        t = self.traffic()
+        out.append(f"matrix traffic: {t['summary']} = {t['bytes_per_element']} B/element from memory "
+                   f"(later sweeps of a row in a fused phase read it from cache), {t['passes']} sweeps")
+        return "\n".join(out)
 
 
 def _layout(a: np.ndarray):
@@ -261,13 +289,10 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     opdef = _ops.get_op(op)
     t = get_target(target)
     program = _ops.build_program(opdef.name, **params)
+    if opdef.kind == "matrix":
+        return _compile_matrix(opdef, program, t, algorithm, name, schedule, backend)
     alg = choose_algorithm(program, t.name, algorithm)
-    if isinstance(schedule, Schedule):
-        sched = schedule.validate(t.lanes)
-    elif schedule is None or isinstance(schedule, dict):
-        sched = default_schedule(t.name, t.lanes, **(schedule or {}))
-    else:
-        raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
+    sched = _schedule(t, schedule)
     lowered = passes.apply_algorithm(program, alg)
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}" + ("_tvm" if backend == "tvm" else "")
@@ -280,6 +305,35 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         src = cbackend.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg,
                                 params=program.params)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
+                  params=dict(program.params), program=lowered, source=src, backend=backend,
+                  wrapper=wrapper)
+
+
+def _schedule(t: Target, schedule) -> Schedule:
+    if isinstance(schedule, Schedule):
+        return schedule.validate(t.lanes)
+    if schedule is None or isinstance(schedule, dict):
+        return default_schedule(t.name, t.lanes, **(schedule or {}))
+    raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
+
+
+def _compile_matrix(opdef, program: MatrixProgram, t: Target, algorithm: str, name, schedule,
+                    backend: str) -> Kernel:
+    if algorithm not in ("auto", "direct"):
+        raise UsageError(f"matrix op {opdef.name!r} has one algorithm, 'direct' (its phases); "
+                         f"got {algorithm!r}")
+    sched = _schedule(t, schedule)
+    lowered = passes.lower_matrix(program)
+    kname = check_name(name) if name is not None else \
+        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}" + ("_tvm" if backend == "tvm" else "")
+    wrapper = ""
+    if backend == "tvm":
+        from .backends import tvm as tvmbackend
+        src, wrapper = tvmbackend.generate_matrix(lowered, t, sched, kname, op=opdef.name,
+                                                  params=program.params)
+    else:
+        src = cbackend.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params)
+    return Kernel(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=lowered, source=src, backend=backend,
                   wrapper=wrapper)
 

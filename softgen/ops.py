@@ -15,6 +15,7 @@ import numpy as np
 from . import reference as ref
 from .errors import UsageError
 from .ir import Program, Value
+from .matrix import MatrixProgram
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class OpDef:
     custom_tolerance: Callable | None = None
     # call-time arguments for measurements on synthetic rows: (shape, params) -> call dict
     sample_call: Callable | None = None
+    # "row": normalises the last axis; "matrix": acts on the last two axes (a matrix program)
+    kind: str = "row"
     extra: dict = field(default_factory=dict)
 
     def row_arguments(self, names: list[str], shape: tuple, params: dict, call: dict) -> list:
@@ -370,6 +373,76 @@ def lssar(x: Value, head_dim: float, p: float, offset_free_rows: float, count_ke
     return _reweight(a * inv, a.max() * inv, n, _power(p), inv)
 
 
+# -- Sinkhorn (spec 7): a matrix program -------------------------------------------------------
+
+def _potential(m: Value, d: Value, count: Value, eps: float) -> Value:
+    """-eps (log count + LSE) from an online (m, d) state, LSE = m / eps + log d; NaN where the
+    LSE is not finite (a NaN, +inf or all -inf row/column), as float64's LSE is."""
+    return (count.log() * -eps - m - d.log() * eps).finite_or_nan()
+
+
+def _iterations(n) -> int:
+    if not (isinstance(n, (int, float)) and float(n).is_integer() and 1 <= n <= 256):
+        raise UsageError(f"n_iter must be an integer in [1, 256], got {n!r}")
+    return int(n)
+
+
+def _eps(eps) -> float:
+    with np.errstate(over="ignore", divide="ignore"):
+        ok = eps > 0 and 0 < np.float32(1.0 / eps) < np.inf and np.float32(eps) > 0
+    if not ok:
+        raise UsageError(f"eps must be > 0 with eps and 1/eps finite in float32, got {eps!r}")
+    return float(eps)
+
+
+def _sinkhorn_tolerance(x, ref_y, params, call):
+    """Error propagation in units of M = (C + u + v) / eps: each half-step's f32 LSE is off by
+    the rounding of its inputs (|z| 2^-24 each, z up to Z = max (|C| + |u| + |v|) / eps), the
+    exp and log (a few ulp) and its sum; a column sum adds up to 1.5 ulp per row (sequential
+    across rows, one online rescale per row at worst). The output's error is y (e^dM - 1)."""
+    c = np.asarray(x, np.float64)
+    n_iter, eps = int(params["n_iter"]), params["eps"]
+    nq = c.shape[-2]
+    _, _, peak = ref.sinkhorn_potentials(c, n_iter, eps)
+    with np.errstate(invalid="ignore"):
+        z = np.nanmax(np.where(np.isfinite(c), np.abs(c), 0.0), initial=0.0) / eps + 2 * peak / eps
+    cols = n_iter // 2
+    dm = 2.0 ** -23 * (n_iter * (2 * z + 8) + cols * 1.5 * nq + z + 4)
+    return np.expm1(dm) * np.abs(np.nan_to_num(ref_y)) + 2.0 ** -126
+
+
+def _sinkhorn_call(x, n_iter=3, eps=1.0, **_):
+    return ref.sinkhorn(x, n_iter, eps)
+
+
+@register("sinkhorn", _sinkhorn_call, params={"n_iter": 3, "eps": 1.0}, kind="matrix",
+          custom_tolerance=_sinkhorn_tolerance)
+def sinkhorn(mp: MatrixProgram, n_iter: float, eps: float) -> None:
+    """Log-domain Sinkhorn over the last two axes, rows first (spec 7): n_iter half-steps
+    alternate row potentials u_i = -eps (log n_q + LSE_j (C_ij + v_j) / eps) and column
+    potentials v_j = -eps (log n_k + LSE_i (C_ij + u_i) / eps) (the spec's update with the old
+    potential cancelled); output exp((C + u + v) / eps) n_k. Column LSEs are online reductions
+    across the rows, vectorised over contiguous columns; the planner fuses each row step with the
+    next column step's accumulation (one read of the matrix for both)."""
+    n_iter, eps = _iterations(n_iter), _eps(eps)
+    inv = 1.0 / eps
+    for t in range(n_iter):
+        x = mp.rows()
+        p = x.p
+        if t % 2 == 0:   # row step
+            r = (x if t == 0 else x + p.colvec("v")).online(inv)
+            _potential(r.item(0), r.item(1), p.size("rows"), eps).emit("u")
+        else:            # column step: accumulate across the rows, then finish per column
+            (x + p.row_param("u")).colreduce("online", "lse", inv)
+            q = mp.cols()
+            _potential(q.colvec("lse_m"), q.colvec("lse_d"), q.size("cols"), eps).colstore("v")
+    x = mp.rows()
+    z = x + x.p.row_param("u")
+    if n_iter > 1:
+        z = z + x.p.colvec("v")
+    x.p.add("output", ((z * inv).exp() * x.p.size("cols")).id)
+
+
 def get_op(name: str) -> OpDef:
     if not isinstance(name, str) or name not in OPS:
         raise UsageError(f"unknown op {name!r}; known: {', '.join(OPS)}")
@@ -396,10 +469,14 @@ def resolve_params(op: OpDef, given: dict) -> dict:
     return params
 
 
-def build_program(name: str, **given) -> Program:
+def build_program(name: str, **given) -> Program | MatrixProgram:
     """The op's IR program with its parameters baked in, validated."""
     op = get_op(name)
     params = resolve_params(op, given)
+    if op.kind == "matrix":
+        mp = MatrixProgram(name, params)
+        op.build(mp, **params)
+        return mp.validate()
     p = Program(name, params)
     p.add("output", op.build(p.input(), **params).id)
     return p.validate()

@@ -238,6 +238,8 @@ class Sweep:
     output: int | None
     reads_x: bool
     scalars_after: list[int] = field(default_factory=list)
+    colreds: list[int] = field(default_factory=list)     # column reductions updated per element
+    colstores: list[int] = field(default_factory=list)   # per-column vectors written
 
     @property
     def reads(self) -> int:
@@ -289,6 +291,8 @@ class Plan:
             out.append(f"  per element: {', '.join(name(v) for v in s.compute) or '-'}")
             if s.reductions:
                 out.append(f"  reduces: {', '.join(name(v) for v in s.reductions)}")
+            if s.colreds or s.colstores:
+                out.append(f"  per column: {', '.join(name(v) for v in s.colreds + s.colstores)}")
             if s.scalars_after:
                 out.append(f"  then per row: {', '.join(name(v) for v in s.scalars_after)}")
         t = self.traffic()
@@ -304,26 +308,30 @@ def plan(p: Program) -> Plan:
     avail: dict[int, int] = {}     # scalars: available before sweep avail[v]
     for v in p.topo():
         kind, args = p.kind(v), p.args(v)
-        if kind == "input":
-            level[v] = 0
-        elif kind in ("const", "param"):
+        if kind in ("const", "param", "size"):
             avail[v] = 0
+        elif kind in ("input", "colvec"):
+            level[v] = 0
         elif kind == "reduce":
             avail[v] = level[args[0]] + 1
-        elif kind in ("item", "guard"):
+        elif kind in ("item", "guard", "emit"):
             avail[v] = avail[args[0]]
         elif p.shape(v) == ROW:  # map, materialize, output
             level[v] = max([level[a] for a in args if a in level] + [avail[a] for a in args if a in avail])
         else:  # scalar map
             avail[v] = max(avail[a] for a in args)
-    roots = [v for v in p.g if p.kind(v) in ("reduce", "materialize", "output")]
+    sinks = ("reduce", "materialize", "output", "colstore", "colreduce")
+    roots = [v for v in p.g if p.kind(v) in sinks]
     nsweeps = max(level[v] if v in level else level[p.args(v)[0]] for v in roots) + 1
     sweeps = []
     for k in range(nsweeps):
         reds = [v for v in p.topo() if p.kind(v) == "reduce" and level[p.args(v)[0]] == k]
         stores = [v for v in p.topo() if p.op(v) == "materialize" and level[v] == k]
         outs = [v for v in p.topo() if p.op(v) == "output" and level[v] == k]
-        need, reloads, stack = set(), set(), [p.args(v)[0] for v in reds + stores + outs]
+        colreds = [v for v in p.topo() if p.kind(v) == "colreduce" and level[v] == k]
+        colstores = [v for v in p.topo() if p.op(v) == "colstore" and level[v] == k]
+        need, reloads = set(), set()
+        stack = [p.args(v)[0] for v in reds + stores + outs + colreds + colstores]
         while stack:
             v = stack.pop()
             if v in need or p.shape(v) != ROW:
@@ -335,9 +343,62 @@ def plan(p: Program) -> Plan:
             stack.extend(p.args(v))
         compute = [v for v in p.topo() if v in need]
         sweeps.append(Sweep(k, compute, reds, stores, sorted(reloads), outs[0] if outs else None,
-                            reads_x=any(p.op(v) == "input" for v in compute)))
+                            reads_x=any(p.op(v) == "input" for v in compute),
+                            colreds=colreds, colstores=colstores))
     scalars = [v for v in p.topo() if p.shape(v) in (SCALAR, PAIR) and p.kind(v) not in ("const", "reduce")]
     for s in sweeps:
         s.scalars_after = [v for v in scalars if avail[v] == s.index + 1]
     before = [v for v in scalars if avail[v] == 0]
     return Plan(p, sweeps, before)
+
+
+# -- matrix programs ------------------------------------------------------------------------------
+
+def _fuse_into(a: Program, b: Program) -> Program:
+    """Program ``a`` followed by ``b`` on the same row: b's input is a's, b's reads of a per-row
+    vector a emits are a's scalar itself (no store and reload)."""
+    q = a.copy()
+    emitted = {q.attrs(v)["name"]: q.args(v)[0] for v in q.nodes("emit")}
+    (x,) = q.nodes("input") or (None,)
+    m: dict[int, int] = {}
+    for v in b.topo():
+        op, attrs = b.op(v), dict(b.attrs(v))
+        if op == "input" and x is not None:
+            m[v] = x
+        elif op == "param" and attrs["name"] in emitted:
+            m[v] = emitted[attrs["name"]]
+        elif op in ("param", "colvec"):
+            m[v] = (q.row_param if op == "param" else q.colvec)(attrs["name"]).id
+        else:
+            m[v] = q.add(op, *[m[u] for u in b.args(v)], **attrs)
+            if op == "input":
+                x = m[v]
+    q.notes = a.notes + b.notes
+    return q
+
+
+def lower_matrix(mp):
+    """Fuse consecutive rows phases (one read of each row from memory serves both: the second
+    sweep finds it in cache), drop per-row vectors no later phase reads, simplify and annotate
+    every phase. Phases that read a column vector the previous phase writes stay apart."""
+    from .matrix import MatrixProgram, Phase, written_by
+    mp.validate()
+    phases: list[Phase] = []
+    for ph in mp.phases:
+        prev = phases[-1] if phases else None
+        reads = {ph.program.attrs(v)["name"] for v in ph.program.nodes("colvec")}
+        if prev is not None and prev.kind == ph.kind == "rows" and not reads & written_by(prev.program):
+            phases[-1] = Phase("rows", _fuse_into(prev.program, ph.program))
+        else:
+            phases.append(Phase(ph.kind, ph.program.copy()))
+    for k, ph in enumerate(phases):
+        later = {q.program.attrs(v)["name"] for q in phases[k + 1:] for v in q.program.nodes("param")}
+        p = ph.program
+        for v in p.nodes("emit"):
+            if p.attrs(v)["name"] not in later:
+                p.g.remove_node(v)
+        ph.program = annotate_ranges(simplify(p))
+    out = MatrixProgram(mp.name, mp.params)
+    out.phases, out.notes = phases, mp.notes + [
+        f"{len(mp.phases)} phases -> {len(phases)} after fusing consecutive rows phases"]
+    return out.validate()

@@ -333,22 +333,35 @@ def _lse(m, axis):
         return (mx + np.log(np.sum(np.exp(m - mx), axis=axis, keepdims=True))).squeeze(axis)
 
 
-def sinkhorn(scores, n_iter: int = 3, eps: float = 1.0, output_scale: str = "n_k") -> np.ndarray:
-    """Log-domain Sinkhorn on the last two axes, rows first (Sinkformers): M = (C + u + v) / eps,
-    even t: u += eps (log mu - LSE_j M), odd t: v += eps (log nu - LSE_i M); returns exp(M) times
-    n_k (or n_q with output_scale="n_q"). n_iter = 1 is softmax(C / eps) n_k / n_q."""
+def sinkhorn_potentials(scores, n_iter: int = 3, eps: float = 1.0):
+    """(u, v, peak): the potentials after ``n_iter`` half-steps of ``sinkhorn`` (rows first) and
+    the largest |u|, |v| any step produced (for error bounds)."""
     c = _rows(scores)
     if int(n_iter) < 1 or not (math.isfinite(eps) and eps > 0):
         raise ValueError("n_iter must be >= 1 and eps finite and > 0")
     nq, nk = c.shape[-2], c.shape[-1]
     u = np.zeros(c.shape[:-1])
     v = np.zeros(c.shape[:-2] + (nk,))
+    peak = 0.0
     for t in range(int(n_iter)):
         m = (c + u[..., :, None] + v[..., None, :]) / eps
         if t % 2 == 0:
             u = eps * (-math.log(nq) - _lse(m, -1)) + u
         else:
             v = eps * (-math.log(nk) - _lse(m, -2)) + v
+        with np.errstate(invalid="ignore"):
+            peak = max(peak, np.nanmax(np.abs(u), initial=0.0), np.nanmax(np.abs(v), initial=0.0))
+    return u, v, peak
+
+
+def sinkhorn(scores, n_iter: int = 3, eps: float = 1.0, output_scale: str = "n_k") -> np.ndarray:
+    """Log-domain Sinkhorn on the last two axes, rows first (Sinkformers): M = (C + u + v) / eps,
+    even t: u += eps (log mu - LSE_j M), odd t: v += eps (log nu - LSE_i M); returns exp(M) times
+    n_k (or n_q with output_scale="n_q"). n_iter = 1 is softmax(C / eps) n_k / n_q. A row or
+    column LSE over NaN, +inf or only -inf is NaN, so such rows/columns poison what they touch."""
+    c = _rows(scores)
+    nq, nk = c.shape[-2], c.shape[-1]
+    u, v, _ = sinkhorn_potentials(c, n_iter, eps)
     with np.errstate(invalid="ignore", over="ignore"):
         p = np.exp((c + u[..., :, None] + v[..., None, :]) / eps)
     return p * (nk if output_scale == "n_k" else nq)

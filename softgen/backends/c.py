@@ -17,7 +17,7 @@ import jinja2
 from .. import __version__
 from .._data import data_dir
 from ..errors import BuildError
-from ..ir import PAIR, Program
+from ..ir import COLREDUCE_FIELDS, PAIR, Program
 from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
 from ..schedule import Schedule
 from ..targets import OPTIONAL_ISA, VIRTUAL_ISA, Target
@@ -160,6 +160,7 @@ VECTOR_C = {
     "exp": "sg_exp({0})", "exp_shift2": "sg_exp_shift2({0}, {1})", "sub_ln2": "sg_reduce_ln2({0}, {1})",
     "fma": "V_FMA({0}, {1}, {2})", "where_lt": "V_SELECT(V_CMPLT({0}, {1}), {2}, {3})", "log": "sg_log({0})",
     "log1p": "sg_log1p({0})", "log_ratio": "sg_log_ratio({0}, {1})",
+    "finite_or_nan": "V_SELECT(V_CMPLT(V_ABS({0}), V_SET1(INFINITY)), {0}, V_SET1(NAN))",
 }
 # Map ops with a scale attribute (from the two-pass rewrite): s x is kept exact as hi + lo.
 SCALED_C = {
@@ -184,6 +185,8 @@ def lowerable(p: Program) -> list[str]:
         if kind == "map" and op not in (VECTOR_C if shape == "row" else SCALAR_C):
             bad.append(f"{op} ({shape})")
         if kind == "reduce" and op not in REDUCTIONS:
+            bad.append(op)
+        if kind == "colreduce" and op.replace("colreduce_", "reduce_") not in REDUCTIONS:
             bad.append(op)
     return sorted(set(bad))
 
@@ -223,6 +226,8 @@ def _body(c: _Ctx, sw, u: int, tail: bool) -> list[str]:
         args = [_row_arg(p, a, u) for a in p.args(v)]
         if op == "input":
             expr = load("x")
+        elif op == "colvec":
+            expr = load(f"cv_{p.attrs(v)['name']}")
         elif op == "materialize":
             expr = args[0]
         elif op == "exp" and p.attrs(v).get("nonpos"):
@@ -237,10 +242,27 @@ def _body(c: _Ctx, sw, u: int, tail: bool) -> list[str]:
         else:
             raise BuildError(f"the C backend has no vector lowering for IR op {op!r}")
         lines.append(f"const VEC v{v}_{u} = {expr};")
-    for v in sw.stores + ([sw.output] if sw.output is not None else []):
+    for v in sw.stores + ([sw.output] if sw.output is not None else []) + sw.colstores:
         val = _row_arg(p, p.args(v)[0], u)
-        lines.append(f"V_STORE_PART(y + i, {val}, k);" if tail else f"V_STORE(y + {off}, {val});")
+        buf = f"cv_{p.attrs(v)['name']}" if p.op(v) == "colstore" else "y"
+        lines.append(f"V_STORE_PART({buf} + i, {val}, k);" if tail else f"V_STORE({buf} + {off}, {val});")
     return lines
+
+
+def _colreduce(c: _Ctx, r: int, u: int, tail: bool) -> list[str]:
+    """One vector of a column reduction: load the columns' state, update it, store it back.
+    Tail lanes are neither loaded nor stored, so their values do not matter."""
+    p, L = c.p, c.t.lanes
+    red, sc = REDUCTIONS[p.op(r).replace("colreduce_", "reduce_")], _scale_of(p, r)
+    off = "i" if u == 0 else f"i + {u * L}"
+    st = {f: f"c{r}_{u}_{f}" for f in red.fields}
+    buf = {f: f"cv_{p.attrs(r)['name']}_{f}" for f in red.fields}
+    load = (lambda b: f"V_LOAD_PART({b} + i, k)") if tail else (lambda b: f"V_LOAD({b} + {off})")
+    store = (lambda b, a: f"V_STORE_PART({b} + i, {a}, k);") if tail else \
+        (lambda b, a: f"V_STORE({b} + {off}, {a});")
+    lines = [f"VEC {st[f]} = {load(buf[f])};" for f in red.fields]
+    lines += red.update(st, [_row_arg(p, p.args(r)[0], u)], sc)
+    return ["{"] + ["    " + ln for ln in lines + [store(buf[f], st[f]) for f in red.fields]] + ["}"]
 
 
 def _acc(r: int, k: int, red: Reduction) -> dict:
@@ -252,6 +274,10 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     setup, fold, finish = [], [], []
     used = sorted({a for v in sw.compute for a in p.args(v) if p.shape(a) != "row"})
     setup += [f"const VEC b{a} = V_SET1({_scalar(p, a)});" for a in used]
+    for r in sw.colreds:
+        sc = _scale_of(p, r)
+        if sc:
+            setup.append(f"const VEC {sc} = V_SET1({flit(p.attrs(r)['scale'])});")
     for r in sw.reductions:
         red, sc = REDUCTIONS[p.op(r)], _scale_of(p, r)
         if sc:
@@ -281,6 +307,9 @@ def _sweep_block(c: _Ctx, sw) -> dict:
                 groups.setdefault(u % A, []).append(val)
             for k, vals in groups.items():
                 lines += red.update(_acc(r, k, red), vals, sc)
+        for r in sw.colreds:
+            for u in slots:
+                lines += _colreduce(c, r, u, tail)
         return lines
 
     # Node-major: the unroll slots' copies of each row value sit side by side, so the slots' long
@@ -290,10 +319,13 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     single = _body(c, sw, 0, False) + updates([0], False)
     tail = (["const MASK tm = V_TAILMASK(k);"] if sw.reductions else []) + _body(c, sw, 0, True) \
         + updates([0], True)
-    what = [f"{p.op(v)}" for v in sw.reductions] + (["store y"] if sw.stores else []) \
-        + (["write y"] if sw.output is not None else [])
+    what = [f"{p.op(v)}" for v in sw.reductions + sw.colreds] \
+        + (["store y"] if sw.stores else []) + (["write y"] if sw.output is not None else []) \
+        + [f"store {p.attrs(v)['name']}" for v in sw.colstores]
     reads = ("x" if sw.reads_x else "") + (" y" if sw.reloads else "")
-    return {"kind": "sweep", "index": sw.index, "comment": f"read {reads.strip()}; {', '.join(what)}",
+    vecs = sorted({p.attrs(v)["name"] for v in sw.compute if p.op(v) == "colvec"})
+    reads = (reads + "".join(f" {v}" for v in vecs)).strip() or "-"
+    return {"kind": "sweep", "index": sw.index, "comment": f"read {reads}; {', '.join(what)}",
             "setup": setup, "blocked": bool(sw.reductions), "block": c.s.block, "step": U * L,
             "main": main, "single": single, "tail": tail, "fold": fold, "finish": finish}
 
@@ -304,6 +336,10 @@ def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
         op, args = p.op(v), [_scalar(p, a) for a in p.args(v)]
         if op == "param":
             lines.append(f"const float s{v} = rp_{p.attrs(v)['name']};")
+        elif op == "size":
+            lines.append(f"const float s{v} = (float){'m' if p.attrs(v)['axis'] == 'rows' else 'n'};")
+        elif op == "emit":
+            lines.append(f"*em_{p.attrs(v)['name']} = {args[0]};")
         elif op == "item":
             (r,) = p.args(v)
             lines.append(f"const float s{v} = s{r}_{p.attrs(v)['index']};")
@@ -329,8 +365,70 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
         blocks.append({"kind": "scalar", "lines": decl})
         blocks.append(_sweep_block(c, sw))
         blocks.append({"kind": "scalar", "lines": _scalar_lines(c, sw.scalars_after, fallback)})
+    args = "".join(f", float rp_{name}" for name in row_params)
+    if p.phase is not None:   # a phase of a matrix program: its vectors (see matrix_entry.c.j2)
+        args = ", size_t m" + args + "".join(f", float *cv_{v}" for v in p.vector_names()[1]) \
+            + "".join(f", float *em_{p.attrs(v)['name']}" for v in p.nodes("emit"))
     return {"name": fname, "comment": f"{p.name}: {pl.traffic()['summary']}, {len(pl.sweeps)} sweeps",
-            "blocks": blocks, "args": "".join(f", float rp_{name}" for name in row_params)}
+            "blocks": blocks, "args": args}
+
+
+def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> str:
+    """C source of a matrix kernel ``int name(x, y, rows, n, ldx, ldy, m)``: one static function
+    per phase of the lowered matrix program ``mp``, and an entry point that runs the phases over
+    each m-row matrix with the per-row/per-column vectors in one scratch allocation."""
+    bad = sorted({b for ph in mp.phases for b in lowerable(ph.program)})
+    if bad:
+        raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
+    row_vecs, col_vecs = mp.vectors()
+    functions, phases = [], []
+    for k, ph in enumerate(mp.phases):
+        p, fname = ph.program, f"{name}__phase{k}"
+        rps = p.row_params()
+        functions.append(_row_function(p, t, s, fname, None, rps))
+        emits = [p.attrs(v)["name"] for v in p.nodes("emit")]
+        if ph.kind == "rows":
+            call = f"{fname}(xb + i * ldx, yb + i * ldy, n, m" + "".join(f", rv_{r}[i]" for r in rps)
+            call += "".join(f", cv_{v}" for v in p.vector_names()[1])
+            call += "".join(f", rv_{e} + i" for e in emits) + ");"
+        else:
+            call = f"{fname}(NULL, NULL, n, m" + "".join(f", cv_{v}" for v in p.vector_names()[1]) + ");"
+        inits = [(f"{p.attrs(v)['name']}_{f}", flit(init)) for v in p.nodes() if p.kind(v) == "colreduce"
+                 for f, init in COLREDUCE_FIELDS[p.op(v)]]
+        plan_ = plan(p)
+        phases.append({"kind": ph.kind, "index": k, "call": call, "inits": inits,
+                       "comment": f"{ph.kind} phase: {plan_.traffic()['summary']} per element, "
+                                  f"{len(plan_.sweeps)} sweep(s)"})
+    plan_lines = ["matrix plan:"]
+    for k, ph in enumerate(mp.phases):
+        plan_lines.append(f"  phase {k} ({ph.kind}):")
+        plan_lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]
+    plan_lines += ["rewrites:"] + ["  " + n for n in mp.notes]
+    traffic = matrix_traffic(mp)
+    return _env().get_template("kernel.c.j2").render(
+        name=name, version=__version__, op=op, algorithm="direct",
+        params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=traffic, t=t,
+        schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
+        functions=functions, lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
+        matrix={"phases": phases, "row_vecs": row_vecs, "col_vecs": col_vecs})
+
+
+def matrix_traffic(mp) -> dict:
+    """Memory traffic of a lowered matrix program per matrix element: sweeps of rows phases that
+    follow another sweep of the same row read it from cache, so only each phase's first read of
+    x and its writes count as memory traffic."""
+    reads = writes = passes = exps = 0
+    for ph in mp.phases:
+        if ph.kind != "rows":
+            continue
+        pl = plan(ph.program)
+        reads += any(s.reads_x for s in pl.sweeps) + sum(len(s.reloads) for s in pl.sweeps)
+        writes += pl.writes
+        passes += len(pl.sweeps)
+        exps += pl.exps_per_element()
+    return {"passes": passes, "reads": reads, "writes": writes,
+            "bytes_per_element": 4 * (reads + writes), "exp_per_element": exps,
+            "summary": f"{reads}R + {writes}W"}
 
 
 def entry_row_args(row_params: list[str]) -> str:
@@ -368,4 +466,4 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
         functions=functions, lanes=t.lanes, entry_row=f"{name}__row", tvm=False, row_params=rps,
-        rp_args=entry_row_args(rps))
+        rp_args=entry_row_args(rps), matrix=None)
