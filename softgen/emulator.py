@@ -49,39 +49,41 @@ def emulation_available(t: Target) -> tuple[bool, str]:
 
 
 def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
-                  row_params: tuple[str, ...] = ()):
-    """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` running the kernel
-    emulated. ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
+                  row_params: tuple[str, ...] = (), matrix: bool = False):
+    """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` (a matrix kernel's:
+    ``fn(px, py, rows, n, ldx, ldy, m)``) running the kernel emulated. ``sources``: the kernel's
+    compiler inputs (``Kernel.sources()``)."""
     ok, how = emulation_available(t)
     if ok and how == "SIMDe" and backend != "c":
         ok, how = False, "C source (SIMDe emulates intrinsics; the TVM backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params))
+        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), matrix)
         fn.how = "emulated (SIMDe)"
         return fn
     from .backends.c import _env
     driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
-                                                        row_params=row_params)
+                                                        row_params=row_params, matrix=matrix)
     exe = build_executable({**sources, "driver.c": driver}, t)
-    return QemuEntry(exe, find_emulator(t), name)
+    return QemuEntry(exe, find_emulator(t), name, matrix)
 
 
 class QemuEntry:
     """Calls a kernel inside a static driver program under a user-mode emulator."""
 
-    def __init__(self, exe: Path, emulator: list[str], name: str):
-        self.exe, self.emulator, self.name = exe, emulator, name
+    def __init__(self, exe: Path, emulator: list[str], name: str, matrix: bool = False):
+        self.exe, self.emulator, self.name, self.matrix = exe, emulator, name, matrix
         self.how = f"emulated ({emulator[0]})"
         self._pending: list[tuple] = []
         self._batching = False
 
-    def __call__(self, px: int, py: int, rows: int, n: int, ldx: int, ldy: int, *row_params: int) -> int:
+    def __call__(self, px: int, py: int, rows: int, n: int, ldx: int, ldy: int, *extra: int) -> int:
+        m, row_params = (extra[0], ()) if self.matrix else (0, extra)
         nx = (rows - 1) * ldx + n
         inplace = px == py
         ny = 0 if inplace else (rows - 1) * ldy + n
-        head = struct.pack("<8Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64)
+        head = struct.pack("<9Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64, m)
         data = ctypes.string_at(px, 4 * nx) + (b"" if inplace else ctypes.string_at(py, 4 * ny))
         data += b"".join(ctypes.string_at(pp, 4 * rows) for pp in row_params)
         self._pending.append((head + data, py, 4 * (ny or nx)))
