@@ -101,15 +101,17 @@ def _cmd_ops(args) -> None:
     from . import ops, passes
     rows = []
     for op in ops.OPS.values():
-        prog = ops.build_program(op.name)
-        rows.append({"name": op.name, "params": op.params, "doc": op.doc,
-                     "algorithms": passes.applicable_algorithms(prog)})
+        algs = ["direct"] if op.kind == "matrix" else \
+            passes.applicable_algorithms(ops.build_program(op.name))
+        rows.append({"name": op.name, "kind": op.kind, "params": op.params, "doc": op.doc,
+                     "algorithms": algs})
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
         ps = ", ".join(f"{k}={v}" for k, v in r["params"].items())
-        print(f"{r['name']}({ps})\n    {r['doc']}\n    algorithms: {', '.join(r['algorithms'])}")
+        axes = " [matrix op: the last two axes]" if r["kind"] == "matrix" else ""
+        print(f"{r['name']}({ps}){axes}\n    {r['doc']}\n    algorithms: {', '.join(r['algorithms'])}")
 
 
 def _cmd_build(args) -> None:

@@ -16,6 +16,10 @@ from .ops import get_op
 from .runtime import build_shared, flags_for, compiler_for
 
 ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy)"
+MATRIX_ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy, size_t m)"
+ERRORS = {"0": "ok", "1": "NULL pointer with nonzero sizes", "2": "ldx < n or ldy < n",
+          "3": "rows * stride overflows"}
+MATRIX_ERRORS = {"4": "m is 0 or does not divide rows", "5": "out of memory for the scratch vectors"}
 ROW_PARAM_DOCS = {  # what each per-row parameter of the ops means, for headers and manifests
     "n_attended": "N_i, the number of keys query row r attends to (an integer >= 1)",
     "offset": "O_i of the re-weighting, 0 for the first offset_free_rows query rows, else 1",
@@ -28,8 +32,10 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
     natively or emulated."""
     op = get_op(k.op)
     rng = np.random.default_rng(seed)
-    xs = [rng.uniform(lo, hi, (4, n)).astype(np.float32)
-          for n in (1, 7, 64, 1000, 4099, 65536) for lo, hi in ((-10, 10), (90, 100), (-1000, 1000))]
+    shapes = [(2, 1, 1), (2, 7, 9), (2, 64, 64), (1, 300, 1000), (1, 1000, 70)] if k.matrix else \
+        [(4, n) for n in (1, 7, 64, 1000, 4099, 65536)]
+    xs = [rng.uniform(lo, hi, shape).astype(np.float32)
+          for shape in shapes for lo, hi in ((-10, 10), (90, 100), (-1000, 1000))]
     calls = [op.sample_call(x.shape, k.params) if op.sample_call else {} for x in xs]
     ys = [k(x, **c) for x, c in zip(xs, calls)] if k.runnable else k.run_emulated_many(xs, calls=calls)
     max_rel = max_abs = 0.0
@@ -42,8 +48,9 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
         if big.any():  # log_softmax of a 1-element row is exactly 0: no relative error
             max_rel = max(max_rel, float((err[big] / np.abs(r[big])).max()))
     return {"max_rel_error": max_rel, "max_abs_error": max_abs,
-            "suite": "rows of n in {1,7,64,1000,4099,65536} from U[-10,10], U[90,100], "
-                     "U[-1000,1000]; relative error over outputs >= 1e-6 * row max",
+            "suite": ("matrices of shape " + ", ".join("x".join(map(str, s[1:])) for s in shapes)
+                      if k.matrix else "rows of n in {1,7,64,1000,4099,65536}")
+            + " from U[-10,10], U[90,100], U[-1000,1000]; relative error over outputs >= 1e-6 * row max",
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
@@ -71,17 +78,18 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
-        row_params=[(rp, ROW_PARAM_DOCS.get(rp, "")) for rp in k.row_params])
+        row_params=[(rp, ROW_PARAM_DOCS.get(rp, "")) for rp in k.row_params], matrix=k.matrix)
     try:
         accuracy = measure_accuracy(k)
     except SoftgenError as e:
         accuracy = {"max_rel_error": None, "reason": f"not measured: {e}"}
     manifest = {
         "softgen_version": __version__, "name": k.name, "symbol": k.name,
-        "abi": ABI.replace("NAME", k.name).replace(")", "".join(f", const float *{rp}" for rp in k.row_params) + ")"),
+        "abi": (MATRIX_ABI if k.matrix else ABI).replace("NAME", k.name).replace(
+            ")", "".join(f", const float *{rp}" for rp in k.row_params) + ")"),
+        "axes": "the last two (matrices of m x n)" if k.matrix else "the last (rows of n)",
         "row_params": {rp: ROW_PARAM_DOCS.get(rp, "") for rp in k.row_params},
-        "errors": {"0": "ok", "1": "NULL pointer with nonzero sizes", "2": "ldx < n or ldy < n",
-                   "3": "rows * stride overflows"},
+        "errors": {**ERRORS, **(MATRIX_ERRORS if k.matrix else {})},
         "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": _backend_info(k),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},

@@ -399,7 +399,8 @@ def _sinkhorn_tolerance(x, ref_y, params, call):
     """Error propagation in units of M = (C + u + v) / eps: each half-step's f32 LSE is off by
     the rounding of its inputs (|z| 2^-24 each, z up to Z = max (|C| + |u| + |v|) / eps), the
     exp and log (a few ulp) and its sum; a column sum adds up to 1.5 ulp per row (sequential
-    across rows, one online rescale per row at worst). The output's error is y (e^dM - 1)."""
+    across rows, one online rescale per row at worst). The output's error is y (e^dM - 1); e^M
+    below FLT_MIN may flush to 0 before the n_k scaling."""
     c = np.asarray(x, np.float64)
     n_iter, eps = int(params["n_iter"]), params["eps"]
     nq = c.shape[-2]
@@ -408,7 +409,7 @@ def _sinkhorn_tolerance(x, ref_y, params, call):
         z = np.nanmax(np.where(np.isfinite(c), np.abs(c), 0.0), initial=0.0) / eps + 2 * peak / eps
     cols = n_iter // 2
     dm = 2.0 ** -23 * (n_iter * (2 * z + 8) + cols * 1.5 * nq + z + 4)
-    return np.expm1(dm) * np.abs(np.nan_to_num(ref_y)) + 2.0 ** -126
+    return np.expm1(dm) * np.abs(np.nan_to_num(ref_y)) + 2.0 ** -126 * c.shape[-1]
 
 
 def _sinkhorn_call(x, n_iter=3, eps=1.0, **_):

@@ -273,6 +273,7 @@ class Plan:
         for s in self.sweeps:
             n += sum(p.op(v) in ("exp", "exp_shift2") for v in s.compute)
             n += sum(p.op(v) in ("reduce_extexp", "reduce_online") for v in s.reductions)
+            n += 2 * sum(p.op(v) == "colreduce_online" for v in s.colreds)
         return n
 
     def traffic(self) -> dict:

@@ -15,7 +15,8 @@ from softgen.ops import build_program, get_op
 from softgen.passes import applicable_algorithms
 
 TARGETS = [t["name"] for t in softgen.targets()]
-OPS = list(softgen.OPS)
+OPS = [op for op in softgen.OPS if get_op(op).kind == "row"]     # the row ops
+MATRIX_OPS = [op for op in softgen.OPS if get_op(op).kind == "matrix"]
 # op -> the algorithms that apply to it (the four softmax ones, or "direct")
 ALGORITHMS_OF = {op: applicable_algorithms(build_program(op)) for op in OPS}
 OP_ALGS = [(op, alg) for op in OPS for alg in ALGORITHMS_OF[op]]
