@@ -373,6 +373,43 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
             "blocks": blocks, "args": args}
 
 
+def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
+    """What ``templates/matrix_entry.c.j2`` needs: per phase of the lowered matrix program the
+    call of its function ``<name>__phase<k>`` (a TVM function also takes ``m`` as int64 and a
+    status pointer) and the column-reduction states to initialise; the vectors; prototypes."""
+    row_vecs, col_vecs = mp.vectors()
+    phases, protos = [], []
+    for k, ph in enumerate(mp.phases):
+        p, fname = ph.program, f"{name}__phase{k}"
+        rps, cols = p.row_params(), p.vector_names()[1]
+        emits = [p.attrs(v)["name"] for v in p.nodes("emit")]
+        if ph.kind == "rows":
+            xy = "(float *)(xb + i * ldx), yb + i * ldy" if tvm else "xb + i * ldx, yb + i * ldy"
+            args = [xy, "(int64_t)n, (int64_t)m" if tvm else "n, m"] + [f"rv_{r}[i]" for r in rps]
+        else:
+            args = ["NULL, NULL", "(int64_t)n, (int64_t)m" if tvm else "n, m"]
+        args += [f"cv_{v}" for v in cols] + [f"rv_{e} + i" for e in emits] + (["&status"] if tvm else [])
+        inits = [(f"{p.attrs(v)['name']}_{f}", flit(init)) for v in p.nodes() if p.kind(v) == "colreduce"
+                 for f, init in COLREDUCE_FIELDS[p.op(v)]]
+        pl = plan(p)
+        phases.append({"kind": ph.kind, "index": k, "call": f"{fname}({', '.join(args)});", "inits": inits,
+                       "comment": f"{ph.kind} phase: {pl.traffic()['summary']} per element, "
+                                  f"{len(pl.sweeps)} sweep(s)"})
+        protos.append(f"void {fname}(float *x, float *y, int64_t n, int64_t m"
+                      + "".join(f", float rp_{r}" for r in rps) + "".join(f", float *cv_{v}" for v in cols)
+                      + "".join(f", float *em_{e}" for e in emits) + ", int32_t *status);")
+    return {"phases": phases, "row_vecs": row_vecs, "col_vecs": col_vecs, "tvm": tvm,
+            "prototypes": protos}
+
+
+def matrix_plan_lines(mp) -> list[str]:
+    lines = ["matrix plan:"]
+    for k, ph in enumerate(mp.phases):
+        lines.append(f"  phase {k} ({ph.kind}):")
+        lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]
+    return lines + ["rewrites:"] + ["  " + n for n in mp.notes]
+
+
 def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> str:
     """C source of a matrix kernel ``int name(x, y, rows, n, ldx, ldy, m)``: one static function
     per phase of the lowered matrix program ``mp``, and an entry point that runs the phases over
@@ -380,37 +417,14 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     bad = sorted({b for ph in mp.phases for b in lowerable(ph.program)})
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
-    row_vecs, col_vecs = mp.vectors()
-    functions, phases = [], []
-    for k, ph in enumerate(mp.phases):
-        p, fname = ph.program, f"{name}__phase{k}"
-        rps = p.row_params()
-        functions.append(_row_function(p, t, s, fname, None, rps))
-        emits = [p.attrs(v)["name"] for v in p.nodes("emit")]
-        if ph.kind == "rows":
-            call = f"{fname}(xb + i * ldx, yb + i * ldy, n, m" + "".join(f", rv_{r}[i]" for r in rps)
-            call += "".join(f", cv_{v}" for v in p.vector_names()[1])
-            call += "".join(f", rv_{e} + i" for e in emits) + ");"
-        else:
-            call = f"{fname}(NULL, NULL, n, m" + "".join(f", cv_{v}" for v in p.vector_names()[1]) + ");"
-        inits = [(f"{p.attrs(v)['name']}_{f}", flit(init)) for v in p.nodes() if p.kind(v) == "colreduce"
-                 for f, init in COLREDUCE_FIELDS[p.op(v)]]
-        plan_ = plan(p)
-        phases.append({"kind": ph.kind, "index": k, "call": call, "inits": inits,
-                       "comment": f"{ph.kind} phase: {plan_.traffic()['summary']} per element, "
-                                  f"{len(plan_.sweeps)} sweep(s)"})
-    plan_lines = ["matrix plan:"]
-    for k, ph in enumerate(mp.phases):
-        plan_lines.append(f"  phase {k} ({ph.kind}):")
-        plan_lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]
-    plan_lines += ["rewrites:"] + ["  " + n for n in mp.notes]
-    traffic = matrix_traffic(mp)
+    functions = [_row_function(ph.program, t, s, f"{name}__phase{k}", None, ph.program.row_params())
+                 for k, ph in enumerate(mp.phases)]
     return _env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct",
-        params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=traffic, t=t,
-        schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
-        functions=functions, lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
-        matrix={"phases": phases, "row_vecs": row_vecs, "col_vecs": col_vecs})
+        params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
+        schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=matrix_plan_lines(mp), isa=isa_header(t),
+        vmath=vmath(), functions=functions, lanes=t.lanes, entry_row=None, tvm=False, row_params=[],
+        rp_args="", matrix=matrix_entry(mp, name))
 
 
 def matrix_traffic(mp) -> dict:

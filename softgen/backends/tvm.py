@@ -379,6 +379,7 @@ class OnlineRed(Red):
 REDUCTIONS = {"reduce_max": MaxRed, "reduce_sum": SumRed, "reduce_extexp": ExtExpRed,
               "reduce_online": OnlineRed}
 VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+          "finite_or_nan": 'T.Select(T.fabs({0}) < T.float32("inf"), {0}, T.float32("nan"))',
           "max": "T.max({0}, {1})", "min": "T.min({0}, {1})", "neg": "(T.float32(-0.0) - {0})",
           "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})",
           "where_lt": "T.Select({0} < {1}, {2}, {3})"}
@@ -400,6 +401,8 @@ def lowerable(p: Program) -> list[str]:
             bad.append(f"{op} (scalar)")
         if kind == "reduce" and op not in REDUCTIONS:
             bad.append(op)
+        if kind == "colreduce" and op.replace("colreduce_", "reduce_") not in REDUCTIONS:
+            bad.append(op)
     return sorted(set(bad))
 
 
@@ -418,6 +421,8 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
         op, args, at = p.op(v), [arg(a) for a in p.args(v)], p.attrs(v)
         if op == "input":
             vals[v] = e.let(f"X[{i}]")
+        elif op == "colvec":
+            vals[v] = e.let(f"CV_{at['name']}[{i}]")
         elif op == "materialize":
             vals[v] = args[0]
         elif op == "exp":
@@ -434,6 +439,13 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
             vals[v] = e.let(VECTOR[op].format(*args))
     for v in sw.stores + ([sw.output] if sw.output is not None else []):
         e.stmt(f"Y[{i}] = {vals[p.args(v)[0]]}")
+    for v in sw.colstores:
+        e.stmt(f"CV_{p.attrs(v)['name']}[{i}] = {vals[p.args(v)[0]]}")
+    for r in sw.colreds:   # the columns' state vectors are the accumulators, indexed like x
+        red = REDUCTIONS[p.op(r).replace("colreduce_", "reduce_")](r, p.attrs(r).get("scale", 1.0),
+                                                                   e.fused_fma)
+        red.buf = lambda f, name=p.attrs(r)["name"]: f"CV_{name}_{f}"
+        red.update(e, i, [vals[p.args(r)[0]]])
     return vals
 
 
@@ -526,6 +538,10 @@ def _scalars(p: Program, nodes: list[int]) -> tuple[list[str], str | None]:
         op, args = p.op(v), [_scalar_name(p, a) for a in p.args(v)]
         if op == "param":
             lines.append(f"s{v}: T.let[T.float32] = rp_{p.attrs(v)['name']}")
+        elif op == "size":
+            lines.append(f's{v}: T.let[T.float32] = T.Cast("float32", {"m" if p.attrs(v)["axis"] == "rows" else "n"})')
+        elif op == "emit":
+            lines.append(f"EM_{p.attrs(v)['name']}[0] = {args[0]}")
         elif op == "item":
             (r,) = p.args(v)
             lines.append(f"s{v}: T.let[T.float32] = s{r}_{p.attrs(v)['index']}")
@@ -564,15 +580,23 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
                 out.append(ind + st)
         return out
 
+    args = "".join(f"rp_{name}: T.float32, " for name in row_params)
+    bufs = []
+    if p.phase is not None:   # a phase of a matrix program: its vectors (matrix_entry.c.j2)
+        cols, emits = p.vector_names()[1], [p.attrs(v)["name"] for v in p.nodes("emit")]
+        args = "m: T.int64, " + args + "".join(f'cv_{c}: T.handle("float32"), ' for c in cols) \
+            + "".join(f'em_{e}: T.handle("float32"), ' for e in emits)
+        bufs = [f'    CV_{c} = T.decl_buffer((n,), "float32", data=cv_{c})' for c in cols]
+        bufs += [f'    EM_{e} = T.decl_buffer((1,), "float32", data=em_{e})' for e in emits]
     head = [
         "@T.prim_func",
         f'def {symbol}(x: T.handle("float32"), y: T.handle("float32"), n: T.int64, '
-        + "".join(f"rp_{name}: T.float32, " for name in row_params) + 'status: T.handle("int32")):',
+        + args + 'status: T.handle("int32")):',
         f'    T.func_attr({{"global_symbol": "{symbol}", "tir.noalias": False}})',
         '    X = T.decl_buffer((n,), "float32", data=x)',
         '    Y = T.decl_buffer((n,), "float32", data=y)',
         '    ST = T.decl_buffer((1,), "int32", data=status)',
-    ]
+    ] + bufs
     return "\n".join(head + render(body, "    ")) + "\n"
 
 
@@ -598,7 +622,28 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm, t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True,
         row_params=rps, rp_args=entry_row_args(rps),
-        rp_decl="".join(f", float {name}" for name in rps))
+        rp_decl="".join(f", float {name}" for name in rps), matrix=None)
+    return tir, wrapper
+
+
+def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> tuple[str, str]:
+    """(TVMScript of one function per phase of the lowered matrix program, C wrapper with the
+    entry point): the C backend's matrix entry, calling TVM's phase functions."""
+    bad = sorted({b for ph in mp.phases for b in lowerable(ph.program)})
+    if bad:
+        raise BuildError(f"the TVM backend cannot lower {', '.join(bad)}")
+    from .c import _env, matrix_entry, matrix_plan_lines
+    header = [f"# {name}: generated by softgen {__version__} (TVM backend). Do not edit.",
+              f"# op {op}({', '.join(f'{k}={v!r}' for k, v in params.items())}), matrix program, "
+              f"target {t.name} ({t.lanes} lanes), schedule {s} ({s.tag(t.lanes)})"]
+    header += ["# " + ln for ln in matrix_plan_lines(mp)]
+    funcs = [row_function(ph.program, t, s, f"{name}__phase{k}", ph.program.row_params())
+             for k, ph in enumerate(mp.phases)]
+    tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs)
+    wrapper = _env().get_template("tvm_wrapper.c.j2").render(
+        name=name, version=__version__, op=op, algorithm="direct (matrix program)", t=t,
+        schedule=f"{s} ({s.tag(t.lanes)})", fallback=False, tvm=True, row_params=[], rp_args="",
+        rp_decl="", matrix=matrix_entry(mp, name, tvm=True))
     return tir, wrapper
 
 
