@@ -1,0 +1,146 @@
+"""Calling generated GEMMs (``softgen.backends.gemm``) on NumPy arrays: natively through ctypes,
+or emulated (SIMDe for x86 ISAs, qemu user mode for neon through a generated static driver that
+runs a batch of calls per emulator start). Used by the tests and ``bench/gemm.py``."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .backends.c import _env
+from .backends.gemm import GemmCode, translation_unit
+from .emulator import emulation_available, find_emulator
+from .errors import TargetNotSupportedError, UsageError
+from .runtime import build_executable, build_shared
+
+_CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
+           "size_t": ctypes.c_size_t, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64}
+_NPTYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "size_t": np.uint64,
+            "int32_t": np.int32, "int64_t": np.int64}
+_PACK = {"float": "<f", "double": "<d", "int": "<i", "size_t": "<Q", "int32_t": "<i", "int64_t": "<q"}
+
+
+def _mat(x: np.ndarray, rows: int, cols: int, what: str) -> tuple[int, int, int]:
+    """(address, leading dimension, span in floats) of a 2-d float32 array with a contiguous last
+    axis (a view into a wider buffer gives ld > cols)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or x.shape != (rows, cols):
+        raise UsageError(f"{what} must be a float32 array of shape {(rows, cols)}")
+    if cols > 1 and x.strides[1] != 4 or x.strides[0] % 4 or x.strides[0] < 0:
+        raise UsageError(f"{what} needs a contiguous last axis and a positive row stride")
+    ld = max(x.strides[0] // 4, cols) if rows > 1 else cols
+    return x.ctypes.data, max(ld, 1), (rows - 1) * ld + cols if rows and cols else 0
+
+
+class GemmLibrary:
+    """The gemms of one target built into one library. ``lib(g, a, b, c, alpha, beta, *epi)``
+    runs gemm ``g`` (a GemmCode of the list, or its name) and writes ``c`` in place; ``emulate``:
+    None = natively when this CPU runs the target, else emulated."""
+
+    def __init__(self, codes: list[GemmCode], emulate: bool | None = None):
+        self.codes = {g.name: g for g in codes}
+        self.index = {g.name: i for i, g in enumerate(codes)}
+        self.target = codes[0].target
+        self.source = translation_unit(codes)
+        if emulate is None:
+            emulate = not self.target.runnable
+        self.how = "native"
+        self._qemu, self._pending, self._batching = None, [], False
+        if not emulate:
+            if not self.target.runnable:
+                raise TargetNotSupportedError(f"this CPU cannot run target {self.target.name}")
+            self._lib = ctypes.CDLL(str(build_shared(self.source, self.target)))
+            return
+        ok, how = emulation_available(self.target)
+        if not ok:
+            raise TargetNotSupportedError(f"cannot emulate target {self.target.name} here: needs {how}")
+        self.how = f"emulated ({how})"
+        if how == "SIMDe":
+            self._lib = ctypes.CDLL(str(build_shared(self.source, self.target, emulate=True)))
+            return
+        driver = _env().get_template("gemm_driver.c.j2").render(
+            version=__version__, t=self.target,
+            codes=[{"name": g.name, "params": ", ".join(g.params), "epi": g.epilogue is not None,
+                    "epi_params": g.epilogue.param_specs() if g.epilogue else []} for g in codes])
+        self._qemu = (build_executable({"gemm.c": self.source, "driver.c": driver}, self.target),
+                      find_emulator(self.target))
+
+    def _fn(self, g: GemmCode):
+        fn = getattr(self._lib, f"{g.name}_entry")
+        if fn.argtypes is None:
+            specs = g.epilogue.param_specs() if g.epilogue else []
+            S, P, F = ctypes.c_size_t, ctypes.c_void_p, ctypes.c_float
+            head = [S, S, S] + ([F] if g.epilogue is None else []) + [P, S, P, S] + \
+                ([F] if g.epilogue is None else []) + [P, S]
+            fn.argtypes = head + [P if p["pointer"] else _CTYPES[p["ctype"]] for p in specs]
+            fn.restype = ctypes.c_int
+        return fn
+
+    def __call__(self, g, a: np.ndarray, b: np.ndarray, c: np.ndarray, alpha: float = 1.0,
+                 beta: float = 0.0, *epi) -> int:
+        g = self.codes[g if isinstance(g, str) else g.name]
+        m, n = c.shape
+        k = a.shape[1]
+        pa, lda, na = _mat(a, m, k, "a")
+        pb, ldb, nb = _mat(b, *((k, n) if g.layout == "nn" else (n, k)), "b")
+        pc, ldc, nc = _mat(c, m, n, "c")
+        specs = g.epilogue.param_specs() if g.epilogue else []
+        if len(epi) != len(specs):
+            raise UsageError(f"{g.name} takes {len(specs)} epilogue argument(s), got {len(epi)}")
+        arrs = []
+        for p, v in zip(specs, epi):
+            if p["pointer"]:
+                v = np.ascontiguousarray(v, dtype=_NPTYPES[p["ctype"]])
+            arrs.append(v)
+        if self._qemu is None:
+            ab_ = ([alpha], [beta]) if g.epilogue is None else ([], [])
+            args = [m, n, k, *ab_[0], pa, lda, pb, ldb, *ab_[1], pc, ldc]
+            args += [v.ctypes.data if p["pointer"] else v for p, v in zip(specs, arrs)]
+            return self._fn(g)(*args)
+        blob = struct.pack("<10Q2f", self.index[g.name], m, n, k, lda, ldb, ldc, na, nb, nc, alpha, beta)
+        blob += ctypes.string_at(pa, 4 * na) + ctypes.string_at(pb, 4 * nb) + ctypes.string_at(pc, 4 * nc)
+        for p, v in zip(specs, arrs):
+            if p["pointer"]:
+                blob += struct.pack("<Q", v.size) + v.tobytes()
+            else:
+                blob += struct.pack(_PACK[p["ctype"]], v).ljust(8, b"\0")
+        self._pending.append((blob, pc, nc))
+        return 0 if self._batching else self._flush()[0]
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Under qemu: collect calls, run them in one emulator process when the block exits."""
+        self._batching = True
+        try:
+            yield self
+        finally:
+            self._batching = False
+        rcs = self._flush()
+        if any(rcs):
+            raise RuntimeError(f"gemm calls returned error codes {sorted(set(rcs) - {0})} in a batch")
+
+    def _flush(self) -> list[int]:
+        cases, self._pending = self._pending, []
+        if not cases:
+            return []
+        exe, emu = self._qemu
+        with tempfile.TemporaryDirectory() as tmp:
+            fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+            fin.write_bytes(b"".join(c[0] for c in cases))
+            res = subprocess.run([*emu, str(exe), str(fin), str(fout)], capture_output=True, text=True,
+                                 timeout=1800)
+            if res.returncode != 0:
+                raise RuntimeError(f"emulated gemm driver exited with {res.returncode}: {res.stderr[-2000:]}")
+            out = fout.read_bytes()
+        rcs, pos = [], 0
+        for _, pc, nc in cases:
+            (rc,) = struct.unpack_from("<q", out, pos)
+            ctypes.memmove(pc, out[pos + 8:pos + 8 + 4 * nc], 4 * nc)
+            rcs.append(rc)
+            pos += 8 + 4 * nc
+        return rcs
