@@ -31,10 +31,12 @@ def _mat(x: np.ndarray, rows: int, cols: int, what: str) -> tuple[int, int, int]
     axis (a view into a wider buffer gives ld > cols)."""
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or x.shape != (rows, cols):
         raise UsageError(f"{what} must be a float32 array of shape {(rows, cols)}")
-    if cols > 1 and x.strides[1] != 4 or x.strides[0] % 4 or x.strides[0] < 0:
-        raise UsageError(f"{what} needs a contiguous last axis and a positive row stride")
-    ld = max(x.strides[0] // 4, cols) if rows > 1 else cols
-    return x.ctypes.data, max(ld, 1), (rows - 1) * ld + cols if rows and cols else 0
+    if rows == 0 or cols == 0:
+        return x.ctypes.data, max(cols, 1), 0
+    if cols > 1 and x.strides[1] != 4 or rows > 1 and (x.strides[0] % 4 or x.strides[0] < 4 * cols):
+        raise UsageError(f"{what} needs a contiguous last axis and a row stride >= its row")
+    ld = x.strides[0] // 4 if rows > 1 else cols
+    return x.ctypes.data, ld, (rows - 1) * ld + cols
 
 
 class GemmLibrary:
