@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__
 from .backends.c import _env
-from .backends.gemm import GemmCode, translation_unit
+from .backends.gemm import translation_unit
 from .emulator import emulation_available, find_emulator
 from .errors import TargetNotSupportedError, UsageError
 from .runtime import build_executable, build_shared
@@ -44,11 +44,16 @@ class GemmLibrary:
     runs gemm ``g`` (a GemmCode of the list, or its name) and writes ``c`` in place; ``emulate``:
     None = natively when this CPU runs the target, else emulated."""
 
-    def __init__(self, codes: list[GemmCode], emulate: bool | None = None):
+    def __init__(self, codes: list, emulate: bool | None = None):
+        from .backends.tvm_gemm import TvmGemmCode
+        from .backends.tvm_gemm import sources as tvm_sources
         self.codes = {g.name: g for g in codes}
         self.index = {g.name: i for i, g in enumerate(codes)}
         self.target = codes[0].target
-        self.source = translation_unit(codes)
+        tvm = [isinstance(g, TvmGemmCode) for g in codes]
+        if any(tvm) and not all(tvm):
+            raise UsageError("one GemmLibrary holds C gemms or TVM gemms, not both")
+        self.sources = tvm_sources(codes) if all(tvm) else {"gemm.c": translation_unit(codes)}
         if emulate is None:
             emulate = not self.target.runnable
         self.how = "native"
@@ -56,20 +61,22 @@ class GemmLibrary:
         if not emulate:
             if not self.target.runnable:
                 raise TargetNotSupportedError(f"this CPU cannot run target {self.target.name}")
-            self._lib = ctypes.CDLL(str(build_shared(self.source, self.target)))
+            self._lib = ctypes.CDLL(str(build_shared(self.sources, self.target)))
             return
         ok, how = emulation_available(self.target)
+        if ok and how == "SIMDe" and all(tvm):
+            ok, how = False, "C source (SIMDe emulates intrinsics; TVM emits machine code)"
         if not ok:
             raise TargetNotSupportedError(f"cannot emulate target {self.target.name} here: needs {how}")
         self.how = f"emulated ({how})"
         if how == "SIMDe":
-            self._lib = ctypes.CDLL(str(build_shared(self.source, self.target, emulate=True)))
+            self._lib = ctypes.CDLL(str(build_shared(self.sources, self.target, emulate=True)))
             return
         driver = _env().get_template("gemm_driver.c.j2").render(
             version=__version__, t=self.target,
             codes=[{"name": g.name, "params": ", ".join(g.params), "epi": g.epilogue is not None,
                     "epi_params": g.epilogue.param_specs() if g.epilogue else []} for g in codes])
-        self._qemu = (build_executable({"gemm.c": self.source, "driver.c": driver}, self.target),
+        self._qemu = (build_executable({**self.sources, "driver.c": driver}, self.target),
                       find_emulator(self.target))
 
     def _fn(self, g: GemmCode):

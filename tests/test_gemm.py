@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from softgen.backends import gemm as G
+from softgen.backends import tvm_gemm as TG
+from softgen.backends.tvm_adapter import available as tvm_available
 from softgen.errors import UsageError
 from softgen.gemm_runtime import GemmLibrary
 from softgen.reference import gaussian_kernel
@@ -27,6 +29,12 @@ SENTINEL = np.float32(12345.0)
 
 def _library(codes):
     t = codes[0].target
+    if isinstance(codes[0], TG.TvmGemmCode):
+        ok, why = tvm_available()
+        if not ok:
+            (pytest.fail if STRICT else pytest.skip)(f"TVM backend: {why}")
+        if not t.runnable and t.arch == "x86_64":
+            pytest.skip(f"TVM {t.name} code is machine code; this CPU lacks {', '.join(t.missing_features())}")
     if not t.runnable:
         skip_unless_emulated(t)
     return GemmLibrary(codes)
@@ -97,8 +105,8 @@ def _check(g, m, n, k, alpha, beta, a, b, c0, c, cbuf):
     assert (pad == SENTINEL).all(), f"{where}: wrote outside C"
 
 
-def _run_and_check(g, cases):
-    lib = _library([g])
+def _run_and_check(g, cases, lib=None):
+    lib = lib or _library([g])
     outs = []
     with _batch(lib):
         for m, n, k, alpha, beta, a, b, c, cbuf in cases:
@@ -129,6 +137,29 @@ def test_c_gemm_small_blocks(target, layout):
     g = G.gemm(target, layout, schedule=_small(target))
     cases = [cs for cs in _cases(g, np.random.default_rng(11)) if cs[0] * cs[1] * cs[2] <= 300_000]
     _run_and_check(g, cases)
+
+
+@pytest.mark.parametrize("sched", ["default", "small"])
+@pytest.mark.parametrize("layout", ["nn", "nt"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_tvm_gemm_matches_float64(target, layout, sched):
+    g = TG.gemm(target, layout, schedule=None if sched == "default" else _small(target))
+    lib = _library([g])  # skips before any TVM work when the target cannot run here
+    cases = _cases(g, np.random.default_rng(13))
+    if sched == "small" or not g.target.runnable:
+        cases = [cs for cs in cases if cs[0] * cs[1] * cs[2] <= 300_000]
+    _run_and_check(g, cases, lib)
+
+
+def test_tvm_gemm_is_plain_c_abi():
+    if not tvm_available()[0]:
+        pytest.skip("TVM not available")
+    g = TG.gemm("avx2", "nt")
+    src = TG.sources([g])
+    assert set(src) == {"gemm.c", "gemm_tvm.o", "exports.map"} and src["gemm_tvm.o"][:4] == b"\x7fELF"
+    assert f"void {g.name}__tvm(int64_t m" in src["gemm.c"] and f"{g.name}_entry" in src["exports.map"]
+    asm = TG.assembly([g])
+    assert "vfmadd" in asm and "ymm" in asm
 
 
 def test_c_gemm_k_zero_and_empty():

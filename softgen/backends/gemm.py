@@ -104,7 +104,7 @@ class GemmSchedule:
 # target -> default schedule (bench/gemm.py; avx2 tuned on Zen 3, the others by register budget).
 DEFAULTS = {
     "scalar": GemmSchedule(mr=4, nv=4, kc=256, nc=64),
-    "avx2": GemmSchedule(mr=6, nv=2, kc=256, nc=64),
+    "avx2": GemmSchedule(mr=6, nv=2, kc=256, nc=64, ku=2),
     "avx512": GemmSchedule(mr=8, nv=2, kc=256, nc=128),
     "neon": GemmSchedule(mr=6, nv=2, kc=256, nc=64),
 }
@@ -213,6 +213,11 @@ class GemmCode:
         return [re.split(r"[ *]", p)[-1] for p in self.params]
 
     @property
+    def c_text(self) -> str:
+        """What a C translation unit includes for this gemm (the static functions)."""
+        return self.source
+
+    @property
     def mr(self) -> int:
         return self.schedule.mr
 
@@ -302,9 +307,10 @@ def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict
     return GemmCode(name, layout, t, s, epilogue, tuple(params), src)
 
 
-def translation_unit(codes: list[GemmCode]) -> str:
+def translation_unit(codes: list) -> str:
     """A complete C file: the ISA header of the (single) target, vmath if an epilogue needs it,
-    the gemms, and one exported wrapper per gemm, ``int <name>_entry(<same parameters>)``, which
+    the gemms (``GemmCode``, or ``tvm_gemm.TvmGemmCode``: its declaration and a C-typed
+    forwarder), and one exported wrapper per gemm, ``int <name>_entry(<same parameters>)``, which
     returns 1 for a NULL matrix with nonzero sizes, 2 for a leading dimension below its row
     length, and 0 after running the contraction."""
     if not codes:
