@@ -248,19 +248,12 @@ def _tile(name: str, t: Target, s: GemmSchedule, epi: Epilogue | None) -> dict:
         return lines
 
     main = [ln for u in range(s.ku) for ln in step(u)]
-    stores = []
-    for r in range(MR):
-        guard = f"if (mr > {r}) " if r else ""
-        args = "".join(f", {n}" for n in (epi.arg_names if epi else []))
-        calls = []
-        for v in range(NV):
-            rest = f"nr - {v * L}" if v else "nr"
-            call = f"{name}__store(cp + {r} * ldc + {v * L}, c_{r}_{v}, {rest}, alpha, beta"
-            call += f", final, i + {r}, j + {v * L}{args});" if epi else ");"
-            calls.append(call if v == 0 else f"if (nr > {v * L}) {call}")
-        stores.append(f"{guard}{{ " + " ".join(calls) + " }")
+    park = [f"V_STORE(acc + {r * s.nr(L) + v * L}, c_{r}_{v});" for r in range(MR) for v in range(NV)]
+    # whole tiles without an epilogue store straight from the registers (unrolled, no branches)
+    direct = [] if epi else [f"{name}__store(cp + {r} * ldc + {v * L}, c_{r}_{v}, SG_LANES, alpha, beta);"
+                             for r in range(MR) for v in range(NV)]
     return {"arows": arows, "accs": accs, "main": main, "single": step(0) if s.ku > 1 else [],
-            "stores": stores}
+            "park": park, "direct": direct}
 
 
 def _store_exprs(epi: Epilogue | None) -> dict:
