@@ -3,19 +3,15 @@ or emulated (SIMDe for x86 ISAs, qemu user mode for neon through a generated sta
 runs a batch of calls per emulator start). Used by the tests and ``bench/gemm.py``."""
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import struct
-import subprocess
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .backends.c import _env
 from .backends.gemm import translation_unit
-from .emulator import emulation_available, find_emulator
+from .emulator import BatchedCalls, emulation_available, find_emulator, run_driver
 from .errors import TargetNotSupportedError, UsageError
 from .runtime import build_executable, build_shared
 
@@ -39,7 +35,7 @@ def _mat(x: np.ndarray, rows: int, cols: int, what: str) -> tuple[int, int, int]
     return x.ctypes.data, ld, (rows - 1) * ld + cols
 
 
-class GemmLibrary:
+class GemmLibrary(BatchedCalls):
     """The gemms of one target built into one library. ``lib(g, a, b, c, alpha, beta, *epi)``
     runs gemm ``g`` (a GemmCode of the list, or its name) and writes ``c`` in place; ``emulate``:
     None = natively when this CPU runs the target, else emulated."""
@@ -47,6 +43,8 @@ class GemmLibrary:
     def __init__(self, codes: list, emulate: bool | None = None):
         from .backends.tvm_gemm import TvmGemmCode
         from .backends.tvm_gemm import sources as tvm_sources
+        super().__init__()
+        self.name = "gemm library"
         self.codes = {g.name: g for g in codes}
         self.index = {g.name: i for i, g in enumerate(codes)}
         self.target = codes[0].target
@@ -57,7 +55,7 @@ class GemmLibrary:
         if emulate is None:
             emulate = not self.target.runnable
         self.how = "native"
-        self._qemu, self._pending, self._batching = None, [], False
+        self._qemu = None
         if not emulate:
             if not self.target.runnable:
                 raise TargetNotSupportedError(f"this CPU cannot run target {self.target.name}")
@@ -118,34 +116,16 @@ class GemmLibrary:
                 blob += struct.pack("<Q", v.size) + v.tobytes()
             else:
                 blob += struct.pack(_PACK[p["ctype"]], v).ljust(8, b"\0")
-        self._pending.append((blob, pc, nc))
-        return 0 if self._batching else self._flush()[0]
+        return self._queue((blob, pc, nc))
 
-    @contextlib.contextmanager
-    def batch(self):
-        """Under qemu: collect calls, run them in one emulator process when the block exits."""
-        self._batching = True
-        try:
-            yield self
-        finally:
-            self._batching = False
-        rcs = self._flush()
-        if any(rcs):
-            raise RuntimeError(f"gemm calls returned error codes {sorted(set(rcs) - {0})} in a batch")
-
-    def _flush(self) -> list[int]:
+    def flush(self) -> list[int]:
+        if self._qemu is None:
+            return []
         cases, self._pending = self._pending, []
         if not cases:
             return []
         exe, emu = self._qemu
-        with tempfile.TemporaryDirectory() as tmp:
-            fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
-            fin.write_bytes(b"".join(c[0] for c in cases))
-            res = subprocess.run([*emu, str(exe), str(fin), str(fout)], capture_output=True, text=True,
-                                 timeout=1800)
-            if res.returncode != 0:
-                raise RuntimeError(f"emulated gemm driver exited with {res.returncode}: {res.stderr[-2000:]}")
-            out = fout.read_bytes()
+        out = run_driver(emu, exe, b"".join(c[0] for c in cases), "gemm")
         rcs, pos = [], 0
         for _, pc, nc in cases:
             (rc,) = struct.unpack_from("<q", out, pos)

@@ -193,8 +193,24 @@ def gaussian_epilogue(name: str = "gauss") -> Epilogue:
 
 # -- code generation --------------------------------------------------------------------------
 
+class TileShape:
+    """Tile geometry and argument names shared by the C and TVM gemm descriptions."""
+
+    @property
+    def mr(self) -> int:
+        return self.schedule.mr
+
+    @property
+    def nr(self) -> int:
+        return self.schedule.nr(self.target.lanes)
+
+    @property
+    def arg_names(self) -> list[str]:
+        return [re.split(r"[ *]", p)[-1] for p in self.params]
+
+
 @dataclass(frozen=True)
-class GemmCode:
+class GemmCode(TileShape):
     """Generated C of one contraction (see the module docstring)."""
     name: str
     layout: str
@@ -209,21 +225,9 @@ class GemmCode:
         return f"void {self.name}({', '.join(self.params)});"
 
     @property
-    def arg_names(self) -> list[str]:
-        return [re.split(r"[ *]", p)[-1] for p in self.params]
-
-    @property
     def c_text(self) -> str:
         """What a C translation unit includes for this gemm (the static functions)."""
         return self.source
-
-    @property
-    def mr(self) -> int:
-        return self.schedule.mr
-
-    @property
-    def nr(self) -> int:
-        return self.schedule.nr(self.target.lanes)
 
 
 def default_name(t: Target, layout: str, s: GemmSchedule, epilogue: Epilogue | None) -> str:

@@ -16,25 +16,22 @@ Epilogues are C-backend only.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 from .. import __version__
 from ..errors import BuildError, UsageError
 from ..targets import Target, get_target
 from . import tvm_adapter
-from .gemm import LAYOUTS, GemmSchedule, schedule_for
+from .tvm import _object as tvm_object
+from .tvm import assembly as tvm_assembly
+from .gemm import LAYOUTS, GemmSchedule, TileShape, schedule_for
 
 PARAMS = ("size_t m", "size_t n", "size_t k", "float alpha", "const float *a", "size_t lda",
           "const float *b", "size_t ldb", "float beta", "float *c", "size_t ldc")
 
 
 @dataclass(frozen=True)
-class TvmGemmCode:
+class TvmGemmCode(TileShape):
     """TVMScript of one contraction; attribute names match ``gemm.GemmCode``."""
     name: str
     layout: str
@@ -43,18 +40,6 @@ class TvmGemmCode:
     source: str                 # TVMScript
     epilogue: None = None
     params: tuple[str, ...] = PARAMS
-
-    @property
-    def mr(self) -> int:
-        return self.schedule.mr
-
-    @property
-    def nr(self) -> int:
-        return self.schedule.nr(self.target.lanes)
-
-    @property
-    def arg_names(self) -> list[str]:
-        return [p.split()[-1].lstrip("*") for p in self.params]
 
     @property
     def c_text(self) -> str:
@@ -175,27 +160,6 @@ def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict
     return TvmGemmCode(name, layout, t, s, tir_source(t, layout, s, name))
 
 
-@cache
-def _object(tir: str, target_name: str) -> bytes:
-    """The ELF object of the TIR functions (cached on disk like the C builds)."""
-    from ..runtime import cache_dir
-    key = hashlib.sha256("\0".join([tir, target_name, tvm_adapter.available()[1]]).encode()).hexdigest()[:32]
-    cached = cache_dir() / f"tvmgemm-{key}.o"
-    if cached.exists():
-        return cached.read_bytes()
-    import tvm
-    funcs = {}
-    for chunk in tir.split("@T.prim_func")[1:]:
-        f = tvm_adapter.parse_tir("@T.prim_func" + chunk)
-        funcs[str(f.attrs["global_symbol"])] = f
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        path = tvm_adapter.compile_to_object(tvm.IRModule(funcs), get_target(target_name), Path(tmp) / "k.o",
-                                             pipeline="lean")
-        data = path.read_bytes()
-        os.replace(path, cached)
-    return data
-
-
 def sources(codes: list[TvmGemmCode]) -> dict:
     """Compiler/linker inputs of a library of TVM gemms: the C wrappers, the TVM object, and a
     version script exporting only the ``<name>_entry`` wrappers."""
@@ -204,14 +168,9 @@ def sources(codes: list[TvmGemmCode]) -> dict:
         raise BuildError(f"the TVM backend is not available: {why}")
     from .gemm import translation_unit
     tir = "\n\n".join(g.source for g in codes)
-    return {"gemm.c": translation_unit(codes), "gemm_tvm.o": _object(tir, codes[0].target.name),
+    return {"gemm.c": translation_unit(codes), "gemm_tvm.o": tvm_object(tir, codes[0].target.name),
             "exports.map": tvm_adapter.version_script([f"{g.name}_entry" for g in codes])}
 
 
 def assembly(codes: list[TvmGemmCode]) -> str:
-    import tvm
-    funcs = {}
-    for g in codes:
-        f = tvm_adapter.parse_tir(g.source.split("# fmt: off", 1)[1])
-        funcs[str(f.attrs["global_symbol"])] = f
-    return tvm_adapter.assembly(tvm.IRModule(funcs), codes[0].target, pipeline="lean")
+    return tvm_assembly("\n\n".join(g.source for g in codes), codes[0].target)
