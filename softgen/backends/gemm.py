@@ -30,10 +30,12 @@ NC-column blocks of C and KC-deep blocks of k; each (KC x NC) block of B is pack
 stack buffer as NR-wide panels (zero padded: the tile always loads whole vectors), then every
 MR-row strip of A is multiplied with every panel by the MR x NR tile, which keeps MR * nv
 accumulator vectors in registers, loads nv vectors of the packed B row and broadcasts one A
-element per row per k step. Edge tiles run the same code: A row pointers past m are clamped to the
-last valid row (in-bounds, results discarded), C stores are guarded per row and use masked
-V_STORE_PART/V_LOAD_PART for the last partial vector, so nothing outside the matrices is touched.
-Later k blocks add to C (beta = 1).
+element per row per k step. Whole tiles without an epilogue store straight from the registers;
+edge tiles (and every tile with an epilogue) park the accumulators in a small aligned array and
+run one rolled copy of the store code over the valid rows, masking the last partial vector
+(V_STORE_PART/V_LOAD_PART). A row pointers past m are clamped to the last valid row (in bounds,
+results discarded), so nothing outside the matrices is read or written. Later k blocks add to C
+(beta = 1).
 
 Epilogue (:class:`Epilogue`): instead of the alpha/beta update, the caller may transform each
 output vector: ``C[i, j:j+L] = epi(acc, i, j)`` where acc is the vector of full dot products
