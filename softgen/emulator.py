@@ -7,6 +7,7 @@ runs them all when the block ends.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import shutil
@@ -69,27 +70,35 @@ def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
     return QemuEntry(exe, find_emulator(t), name, matrix)
 
 
-class QemuEntry:
-    """Calls a kernel inside a static driver program under a user-mode emulator."""
+def run_driver(emulator: list[str], exe: Path, payload: bytes, what: str) -> bytes:
+    """Run a generated static driver under ``emulator`` on one batch file; its output file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+        fin.write_bytes(payload)
+        try:
+            res = subprocess.run([*emulator, str(exe), str(fin), str(fout)],
+                                 capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise TargetNotSupportedError(f"{emulator[0]} failed to run: {e}") from None
+        if res.returncode != 0:
+            raise RuntimeError(f"emulated {what} driver exited with {res.returncode}: "
+                               f"{res.stderr.strip()[-2000:]}")
+        return fout.read_bytes()
 
-    def __init__(self, exe: Path, emulator: list[str], name: str, matrix: bool = False):
-        self.exe, self.emulator, self.name, self.matrix = exe, emulator, name, matrix
-        self.how = f"emulated ({emulator[0]})"
+
+class BatchedCalls(abc.ABC):
+    """Calls queued for an emulator process: ``with obj.batch(): ...`` runs them all when the
+    block exits; outside a batch every call runs at once. Subclasses implement ``flush()``
+    (run the pending cases, return their return codes) and set ``name``."""
+    name = "kernel"
+
+    def __init__(self):
         self._pending: list[tuple] = []
         self._batching = False
 
-    def __call__(self, px: int, py: int, rows: int, n: int, ldx: int, ldy: int, *extra: int) -> int:
-        m, row_params = (extra[0], ()) if self.matrix else (0, extra)
-        nx = (rows - 1) * ldx + n
-        inplace = px == py
-        ny = 0 if inplace else (rows - 1) * ldy + n
-        head = struct.pack("<9Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64, m)
-        data = ctypes.string_at(px, 4 * nx) + (b"" if inplace else ctypes.string_at(py, 4 * ny))
-        data += b"".join(ctypes.string_at(pp, 4 * rows) for pp in row_params)
-        self._pending.append((head + data, py, 4 * (ny or nx)))
-        if self._batching:
-            return 0
-        return self.flush()[0]
+    def _queue(self, case: tuple) -> int:
+        self._pending.append(case)
+        return 0 if self._batching else self.flush()[0]
 
     @contextlib.contextmanager
     def batch(self):
@@ -103,22 +112,34 @@ class QemuEntry:
         if any(rcs):
             raise RuntimeError(f"{self.name} returned error codes {sorted(set(rcs) - {0})} in a batch")
 
+    @abc.abstractmethod
+    def flush(self) -> list[int]:
+        """Run the pending cases; their return codes."""
+
+
+class QemuEntry(BatchedCalls):
+    """Calls a kernel inside a static driver program under a user-mode emulator."""
+
+    def __init__(self, exe: Path, emulator: list[str], name: str, matrix: bool = False):
+        super().__init__()
+        self.exe, self.emulator, self.name, self.matrix = exe, emulator, name, matrix
+        self.how = f"emulated ({emulator[0]})"
+
+    def __call__(self, px: int, py: int, rows: int, n: int, ldx: int, ldy: int, *extra: int) -> int:
+        m, row_params = (extra[0], ()) if self.matrix else (0, extra)
+        nx = (rows - 1) * ldx + n
+        inplace = px == py
+        ny = 0 if inplace else (rows - 1) * ldy + n
+        head = struct.pack("<9Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64, m)
+        data = ctypes.string_at(px, 4 * nx) + (b"" if inplace else ctypes.string_at(py, 4 * ny))
+        data += b"".join(ctypes.string_at(pp, 4 * rows) for pp in row_params)
+        return self._queue((head + data, py, 4 * (ny or nx)))
+
     def flush(self) -> list[int]:
         cases, self._pending = self._pending, []
         if not cases:
             return []
-        with tempfile.TemporaryDirectory() as tmp:
-            fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
-            fin.write_bytes(b"".join(c[0] for c in cases))
-            try:
-                res = subprocess.run([*self.emulator, str(self.exe), str(fin), str(fout)],
-                                     capture_output=True, text=True, timeout=1800)
-            except (OSError, subprocess.SubprocessError) as e:
-                raise TargetNotSupportedError(f"{self.emulator[0]} failed to run: {e}") from None
-            if res.returncode != 0:
-                raise RuntimeError(f"emulated {self.name} driver exited with {res.returncode}: "
-                                   f"{res.stderr.strip()[-2000:]}")
-            blob = fout.read_bytes()
+        blob = run_driver(self.emulator, self.exe, b"".join(c[0] for c in cases), self.name)
         rcs, pos = [], 0
         for _, py, nbytes in cases:
             (rc,) = struct.unpack_from("<q", blob, pos)
