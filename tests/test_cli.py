@@ -300,3 +300,16 @@ def test_output_under_a_regular_file_exits_1(tmp_path, where):
     assert where in line
     assert (tmp_path / "file").read_text() == "not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_matrix_op_build_explain_and_errors(tmp_path):
+    """A matrix op through the CLI: the library, a header with the matrix ABI, the explained
+    phases; a bad iteration count is a usage error."""
+    out = ok(sg("build", "--op", "sinkhorn", "-p", "n_iter=2", "-o", str(tmp_path), "--json"))
+    manifest = json.loads(out)
+    assert manifest["abi"].endswith("size_t ldy, size_t m)") and manifest["params"]["n_iter"] == 2
+    assert "size_t m);" in (tmp_path / manifest["files"]["header"]).read_text()
+    text = ok(sg("explain", "--op", "sinkhorn"))
+    assert "phase 1 (cols" in text and "colreduce_online" in text and "2R + 1W" in text
+    failed(sg("build", "--op", "sinkhorn", "-p", "n_iter=0", "-o", str(tmp_path / "x")), 2)
+    assert not (tmp_path / "x").exists()
