@@ -71,7 +71,10 @@ def _params(args) -> dict:
         try:
             params[key] = float(val)
         except ValueError:
-            raise UsageError(f"--param {key}: {val!r} is not a number") from None
+            from .ops import get_op
+            if key not in get_op(args.op).choices:   # string-valued (e.g. variant=norm): the op checks it
+                raise UsageError(f"--param {key}: {val!r} is not a number") from None
+            params[key] = val
     for key in ("scale", "temperature"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)

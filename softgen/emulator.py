@@ -50,20 +50,29 @@ def emulation_available(t: Target) -> tuple[bool, str]:
 
 
 def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
-                  row_params: tuple[str, ...] = (), matrix: bool = False):
+                  row_params: tuple[str, ...] = (), matrix: bool = False, abi=None):
     """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` (a matrix kernel's:
-    ``fn(px, py, rows, n, ldx, ldy, m)``) running the kernel emulated. ``sources``: the kernel's
-    compiler inputs (``Kernel.sources()``)."""
+    ``fn(px, py, rows, n, ldx, ldy, m)``, or the arguments of its general ABI ``abi``) running the
+    kernel emulated. ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
     ok, how = emulation_available(t)
     if ok and how == "SIMDe" and backend != "c":
         ok, how = False, "C source (SIMDe emulates intrinsics; the TVM backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), matrix)
+        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), matrix, abi)
         fn.how = "emulated (SIMDe)"
         return fn
     from .backends.c import _env
+    if abi is not None and abi.style == "general":
+        mats = [nm for nm, _ in abi.matrices]
+        args = [f"p[{k}]" for k in range(len(mats))] + ["h[0]"] + \
+            [f"h[{1 + k}]" for k in range(len(abi.dims))] + [f"mat[{3 * k}]" for k in range(len(mats))]
+        driver = _env().get_template("matrix_driver.c.j2").render(
+            name=name, version=__version__, target=t.name, signature=abi.signature(name),
+            dims=abi.dims, matrices=mats, outputs=[nm for nm, _ in abi.outputs], call_args=", ".join(args))
+        exe = build_executable({**sources, "driver.c": driver}, t)
+        return QemuMatrixEntry(exe, find_emulator(t), name, abi)
     driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
                                                         row_params=row_params, matrix=matrix)
     exe = build_executable({**sources, "driver.c": driver}, t)
@@ -146,4 +155,46 @@ class QemuEntry(BatchedCalls):
             ctypes.memmove(py, blob[pos + 8:pos + 8 + nbytes], nbytes)
             rcs.append(rc)
             pos += 8 + nbytes
+        return rcs
+
+
+class QemuMatrixEntry(BatchedCalls):
+    """Calls a matrix kernel with the general ABI (``fn(*pointers, batch, *dims, *lds)``) inside
+    its static driver (templates/matrix_driver.c.j2) under a user-mode emulator."""
+
+    def __init__(self, exe: Path, emulator: list[str], name: str, abi):
+        super().__init__()
+        self.exe, self.emulator, self.name, self.abi = exe, emulator, name, abi
+        self.how = f"emulated ({emulator[0]})"
+
+    def __call__(self, *args: int) -> int:
+        abi = self.abi
+        nmat, ndim = len(abi.matrices), len(abi.dims)
+        ptrs, batch = args[:nmat], args[nmat]
+        dims = dict(zip(abi.dims, args[nmat + 1:nmat + 1 + ndim]))
+        lds = args[nmat + 1 + ndim:]
+        head, data, outs = [batch, *dims.values()], b"", []
+        for k, ((_, (r, c)), p, ld) in enumerate(zip(abi.matrices, ptrs, lds)):
+            rows = batch * dims[r]
+            span = (rows - 1) * ld + dims[c] if rows and dims[c] else 0
+            head += [ld, span, p % 64]
+            data += ctypes.string_at(p, 4 * span) if span else b""
+            if k >= len(abi.inputs):
+                outs.append((p, 4 * span))
+        blob = struct.pack(f"<{len(head)}Q", *head) + data
+        return self._queue((blob, outs))
+
+    def flush(self) -> list[int]:
+        cases, self._pending = self._pending, []
+        if not cases:
+            return []
+        blob = run_driver(self.emulator, self.exe, b"".join(c[0] for c in cases), self.name)
+        rcs, pos = [], 0
+        for _, outs in cases:
+            (rc,) = struct.unpack_from("<q", blob, pos)
+            pos += 8
+            for p, nbytes in outs:
+                ctypes.memmove(p, blob[pos:pos + nbytes], nbytes)
+                pos += nbytes
+            rcs.append(rc)
         return rcs

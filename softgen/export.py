@@ -16,10 +16,30 @@ from .ops import get_op
 from .runtime import build_shared, flags_for, compiler_for
 
 ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy)"
-MATRIX_ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy, size_t m)"
-ERRORS = {"0": "ok", "1": "NULL pointer with nonzero sizes", "2": "ldx < n or ldy < n",
-          "3": "rows * stride overflows"}
-MATRIX_ERRORS = {"4": "m is 0 or does not divide rows", "5": "out of memory for the scratch vectors"}
+# header macro suffix and meaning of each return code
+CODES = {0: ("OK", "success"), 1: ("ENULL", "x or y is NULL while rows and n are nonzero"),
+         2: ("ESTRIDE", "ldx < n or ldy < n"), 3: ("EOVERFLOW", "rows * stride does not fit in the address space"),
+         4: ("EMATRIX", "m is 0 or does not divide rows"),
+         5: ("ENOMEM", "the scratch cannot be allocated"), 6: ("ESQUARE", "the matrices are not square (n != m)")}
+GENERAL_CODES = {1: "a pointer is NULL while its matrix is not empty", 2: "an ld is below its row length",
+                 3: "a matrix, or the scratch, does not fit in the address space"}
+
+
+def error_codes(k: Kernel) -> dict[int, tuple[str, str]]:
+    """The return codes of ``k``'s entry point: code -> (header macro suffix, meaning)."""
+    abi = k.abi
+    codes = [0, 1, 2, 3] + ([] if abi is None else [4, 5] if abi.style == "unary" else [5]) \
+        + ([6] if abi is not None and abi.square else [])
+    general = abi is not None and abi.style == "general"
+    return {c: (CODES[c][0], GENERAL_CODES.get(c, CODES[c][1]) if general else CODES[c][1]) for c in codes}
+
+
+def scratch_doc(k: Kernel) -> str:
+    mp = k.program
+    vecs = mp.vector_dims()
+    parts = [f"{len(vecs)} vector(s) of " + ", ".join(sorted(set(vecs.values()))) + " floats"] if vecs else []
+    parts += [f"{nm}: {r} x {c}" for nm, (r, c) in mp.scratch_mats.items()]
+    return "; ".join(parts) + " floats" * bool(mp.scratch_mats) if parts else "nothing"
 ROW_PARAM_DOCS = {  # what each per-row parameter of the ops means, for headers and manifests
     "n_attended": "N_i, the number of keys query row r attends to (an integer >= 1)",
     "offset": "O_i of the re-weighting, 0 for the first offset_free_rows query rows, else 1",
@@ -32,6 +52,8 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
     natively or emulated."""
     op = get_op(k.op)
     rng = np.random.default_rng(seed)
+    if op.samples is not None:
+        return _measure_samples(k, op, op.samples(rng, k.params))
     shapes = [(2, 1, 1), (2, 7, 9), (2, 64, 64), (1, 300, 1000), (1, 1000, 70)] if k.matrix else \
         [(4, n) for n in (1, 7, 64, 1000, 4099, 65536)]
     xs = [rng.uniform(lo, hi, shape).astype(np.float32)
@@ -51,6 +73,28 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
             "suite": ("matrices of shape " + ", ".join("x".join(map(str, s[1:])) for s in shapes)
                       if k.matrix else "rows of n in {1,7,64,1000,4099,65536}")
             + " from U[-10,10], U[90,100], U[-1000,1000]; relative error over outputs >= 1e-6 * row max",
+            "executed": "native" if k.runnable else k._entry(True).how}
+
+
+def _measure_samples(k: Kernel, op, inputs: list[tuple]) -> dict:
+    """measure_accuracy on the op's own sample inputs (tuples of arrays)."""
+    general = k.abi.style == "general"
+    if k.runnable:
+        ys = [k(*x) if general else k(*x) for x in inputs]
+    else:
+        ys = k.run_emulated_many(inputs if general else [x[0] for x in inputs])
+    max_rel = max_abs = 0.0
+    for x, y in zip(inputs, ys):
+        r = op.reference(*x, **k.params)
+        err = np.nan_to_num(np.abs(y.astype(np.float64) - r), nan=0.0)
+        max_abs = max(max_abs, float(err.max(initial=0.0)))
+        big = np.abs(r) > 1e-6 * np.abs(r).max(axis=(-2, -1), keepdims=True, initial=0.0)
+        if big.any():
+            max_rel = max(max_rel, float((err[big] / np.abs(r[big])).max()))
+    shapes = sorted({" ".join("x".join(map(str, a.shape)) for a in x) for x in inputs})
+    return {"max_rel_error": max_rel, "max_abs_error": max_abs,
+            "suite": f"{op.name}'s sample inputs: {'; '.join(shapes)}; relative error over outputs "
+                     f">= 1e-6 * matrix max",
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
@@ -78,18 +122,21 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
-        row_params=[(rp, ROW_PARAM_DOCS.get(rp, "")) for rp in k.row_params], matrix=k.matrix)
+        row_params=[(rp, ROW_PARAM_DOCS.get(rp, "")) for rp in k.row_params], matrix=k.matrix,
+        abi=k.abi, errors=[(c, suffix, doc) for c, (suffix, doc) in error_codes(k).items()],
+        scratch=scratch_doc(k) if k.matrix else "")
     try:
         accuracy = measure_accuracy(k)
     except SoftgenError as e:
         accuracy = {"max_rel_error": None, "reason": f"not measured: {e}"}
     manifest = {
         "softgen_version": __version__, "name": k.name, "symbol": k.name,
-        "abi": (MATRIX_ABI if k.matrix else ABI).replace("NAME", k.name).replace(
+        "abi": k.abi.signature(k.name) if k.matrix else ABI.replace("NAME", k.name).replace(
             ")", "".join(f", const float *{rp}" for rp in k.row_params) + ")"),
         "axes": "the last two (matrices of m x n)" if k.matrix else "the last (rows of n)",
+        **({"arguments": k.abi.arg_docs(), "abi_style": k.abi.style} if k.matrix else {}),
         "row_params": {rp: ROW_PARAM_DOCS.get(rp, "") for rp in k.row_params},
-        "errors": {**ERRORS, **(MATRIX_ERRORS if k.matrix else {})},
+        "errors": {str(c): doc for c, (_, doc) in error_codes(k).items()},
         "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": _backend_info(k),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},

@@ -23,8 +23,13 @@ def _kernel(op: str, target: str, backend: str, algorithm: str, params: tuple):
 
 def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: str = "host",
           backend: str = "c", algorithm: str = "auto", **kwargs) -> np.ndarray:
-    """``op`` applied along the last axis of ``x``."""
+    """``op`` applied along the last axis of ``x`` (the last two for matrix ops); an op with
+    several inputs (``gaussian_kernel(a, b, head_dim)``) takes them first."""
     opdef = _ops.get_op(op)
+    more = len(opdef.inputs) - 1
+    if len(args) < more:
+        raise TypeError(f"{op} takes {len(opdef.inputs)} arrays ({', '.join(opdef.inputs)}), got {1 + len(args)}")
+    inputs, args = (x, *args[:more]), args[more:]
     names = list(opdef.params)
     if len(args) > len(names):
         raise UsageError(f"{op} takes at most {len(names)} positional parameter(s) ({', '.join(names)})")
@@ -37,16 +42,20 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     if "count_keys" in opdef.params and "count_keys" not in build:
         build["count_keys"] = 0 if "n_attended" in call else 1
     params = tuple(sorted(_ops.resolve_params(opdef, build).items()))
-    return _kernel(op, target, backend, algorithm, params)(np.asarray(x), out=out, **call)
+    k = _kernel(op, target, backend, algorithm, params)
+    if more:
+        return k(*inputs, out=out)
+    return k(np.asarray(x), out=out, **call)
 
 
 def _make(op: str):
     def fn(x, *args, **kwargs):
         return apply(op, x, *args, **kwargs)
     opdef = _ops.get_op(op)
-    sig = ", ".join([f"{k}={v!r}" for k, v in opdef.params.items()] + [f"{c}=None" for c in opdef.call_params])
+    sig = ", ".join(list(opdef.inputs) + [f"{k}={v!r}" for k, v in opdef.params.items()]
+                    + [f"{c}=None" for c in opdef.call_params])
     fn.__name__ = fn.__qualname__ = op
-    fn.__doc__ = f"{op}(x, {sig}, *, out=None, target='host', backend='c', algorithm='auto')\n\n{opdef.doc}"
+    fn.__doc__ = f"{op}({sig}, *, out=None, target='host', backend='c', algorithm='auto')\n\n{opdef.doc}"
     return fn
 
 

@@ -74,14 +74,35 @@ OPS: dict[str, OpSpec] = {
     "colreduce_online": OpSpec(1, "colreduce", "per-column running (m, d) across the rows, "
                                "d = sum e^(s(x - m)), into vectors <name>_m, <name>_d; attr "
                                "scale s", ROW),
+    "row_index": OpSpec(0, "size", "the index i of the current row in its matrix, as a float "
+                        "(exact below 2^24 rows)", SCALAR),
+    "mscalar": OpSpec(0, "mscalar", "the per-matrix scalar attr name, written by an earlier phase",
+                      SCALAR),
+    "mreduce_max": OpSpec(1, "mreduce", "max of a per-row scalar across the phase's rows into the "
+                          "per-matrix scalar attr name (NaN propagates; a cols phase has one row: "
+                          "it stores the value)", SCALAR),
+    "mreduce_sum": OpSpec(1, "mreduce", "sum of a per-row scalar across the phase's rows into the "
+                          "per-matrix scalar attr name", SCALAR),
 }
-ROOT_KINDS = ("output", "guard", "emit", "colstore", "colreduce")
+ROOT_KINDS = ("output", "guard", "emit", "colstore", "colreduce", "mreduce")
+# the initial value of a per-matrix scalar reduction
+MREDUCE_INIT = {"mreduce_max": -math.inf, "mreduce_sum": 0.0}
 # the state vectors of each column reduction, as (field, initial value)
 COLREDUCE_FIELDS = {"colreduce_max": (("m", -math.inf),), "colreduce_sum": (("s", 0.0),),
                     "colreduce_online": (("m", -3.4028234663852886e38), ("d", 0.0))}
-MATRIX_KINDS = ("colvec", "size", "emit", "colstore", "colreduce")
+MATRIX_KINDS = ("colvec", "size", "emit", "colstore", "colreduce", "mscalar", "mreduce")
 _PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # becomes a C argument name
 _RESERVED = {"x", "y", "rows", "n", "ldx", "ldy", "ld", "r", "lo", "hi", "i", "k", "status"}
+C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float
+for goto if inline int long register restrict return short signed sizeof static struct switch typedef
+union unsigned void volatile while _Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic
+_Noreturn _Static_assert _Thread_local bool true false main""".split())
+
+
+def c_name_ok(name) -> bool:
+    """A lower-case identifier that can be pasted into C (after a prefix or alone)."""
+    return isinstance(name, str) and bool(_PARAM_NAME.match(name)) and name not in C_KEYWORDS \
+        and not name.startswith("sg_")
 
 
 class IRError(SoftgenError):
@@ -145,6 +166,20 @@ class Program:
         """The matrix's row count (``"rows"``) or row length (``"cols"``), as a float."""
         return Value(self, self.add("size", axis=axis))
 
+    def row_index(self) -> "Value":
+        """The index i of the current row in its matrix, as a float (one node per program)."""
+        for v in self.g:
+            if self.op(v) == "row_index":
+                return Value(self, v)
+        return Value(self, self.add("row_index"))
+
+    def mscalar(self, name: str) -> "Value":
+        """A per-matrix scalar an earlier phase wrote (``Value.mreduce``)."""
+        for v in self.g:
+            if self.op(v) == "mscalar" and self.attrs(v)["name"] == name:
+                return Value(self, v)
+        return Value(self, self.add("mscalar", name=name))
+
     def vector_names(self) -> tuple[list[str], list[str]]:
         """(per-row vectors, per-column vectors) this program reads or writes, sorted."""
         rows, cols = set(), set()
@@ -157,6 +192,12 @@ class Program:
             elif self.kind(v) == "colreduce":
                 cols |= {f"{a['name']}_{f}" for f, _ in COLREDUCE_FIELDS[op]}
         return sorted(rows), sorted(cols)
+
+    def mscalar_names(self) -> tuple[list[str], list[str]]:
+        """(per-matrix scalars read, per-matrix scalars written), sorted."""
+        read = {self.attrs(v)["name"] for v in self.g if self.op(v) == "mscalar"}
+        written = {self.attrs(v)["name"] for v in self.g if self.kind(v) == "mreduce"}
+        return sorted(read), sorted(written)
 
     def row_params(self) -> list[str]:
         """Names of the per-row parameters, in the order of the kernel's arguments."""
@@ -258,8 +299,11 @@ class Program:
                     or self.attrs(v)["name"] in _RESERVED):
                 raise IRError(f"{self.name}: %{v} vector name {self.attrs(v).get('name')!r} is not "
                               f"a lower-case identifier or is reserved")
-            if spec.kind == "emit" and shapes[0] != SCALAR:
-                raise IRError(f"{self.name}: %{v} emit needs a scalar")
+            if spec.kind in ("emit", "mreduce") and shapes[0] != SCALAR:
+                raise IRError(f"{self.name}: %{v} {op} needs a scalar")
+            if spec.kind in ("mscalar", "mreduce") and not c_name_ok(self.attrs(v).get("name")):
+                raise IRError(f"{self.name}: %{v} per-matrix scalar name {self.attrs(v).get('name')!r} "
+                              f"is not a lower-case identifier")
             if spec.kind in ("colstore", "colreduce") and shapes[0] != ROW:
                 raise IRError(f"{self.name}: %{v} {op} needs a row value")
             if spec.kind == "colreduce" and self.phase != "rows":
@@ -287,7 +331,7 @@ class Program:
             extra = " ".join(f"{k}={val}" for k, val in a.items() if k != "value")
             if op == "const":
                 args = repr(a["value"])
-            if op in ("param", "colvec"):
+            if op in ("param", "colvec", "mscalar"):
                 args, extra = a["name"], ""
             lines.append(f"  %{v:<3} = {op:<14} {args:<12} {extra:<20} : {self.shape(v)}".rstrip())
         if self.fallback is not None:
@@ -343,6 +387,11 @@ class Value:
     def item(self, k): return self._op("item", index=k)
     def online(self, scale=1.0): return self._op("reduce_online", scale=float(scale))
     def emit(self, name): return self._op("emit", name=name)
+
+    def mreduce(self, kind: str, name: str) -> "Value":
+        """Reduce this per-row scalar across the phase's rows (kind: max, sum) into the per-matrix
+        scalar ``name``, which later phases read with ``Program.mscalar``."""
+        return self._op(f"mreduce_{kind}", name=name)
     def colstore(self, name): return self._op("colstore", name=name)
 
     def colreduce(self, kind: str, name: str, scale: float = 1.0) -> "Value":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import keyword
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ from . import ops as _ops
 from . import passes
 from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
-from .ir import Program
+from .ir import C_KEYWORDS as _C_KEYWORDS, Program
 from .matrix import MatrixProgram
 from .schedule import AUTO_ALGORITHM, Schedule, default_schedule
 from .targets import Target, get_target, host_target
@@ -24,13 +25,10 @@ except ImportError:  # pragma: no cover - depends on the install
 
 BACKENDS = ("c", "tvm")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float
-for goto if inline int long register restrict return short signed sizeof static struct switch typedef
-union unsigned void volatile while _Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic
-_Noreturn _Static_assert _Thread_local bool true false main""".split())
 _ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the row",
            3: "rows * stride overflows the address space",
-           4: "the rows are not a whole number of matrices", 5: "out of memory for scratch vectors"}
+           4: "the rows are not a whole number of matrices", 5: "out of memory for scratch vectors",
+           6: "the matrices are not square"}
 
 
 def check_name(name: str) -> str:
@@ -84,6 +82,11 @@ class Kernel:
         return MatrixPlan(self.program) if self.matrix else passes.plan(self.program)
 
     @property
+    def abi(self):
+        """The C ABI of a matrix kernel (``matrix.MatrixABI``), None for a row kernel."""
+        return self.program.abi() if self.matrix else None
+
+    @property
     def row_params(self) -> list[str]:
         """Per-row parameters of the C entry point (after ``ldy``), one float per row each."""
         return [] if self.matrix else self.program.row_params()
@@ -105,7 +108,7 @@ class Kernel:
             if self._emu_fn is None:
                 from .emulator import load_emulated
                 self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend,
-                                             tuple(self.row_params), matrix=self.matrix)
+                                             tuple(self.row_params), matrix=self.matrix, abi=self.abi)
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -114,7 +117,7 @@ class Kernel:
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
             self._fn = load_entry(build_shared(self.sources(), self.target), self.name,
-                                  len(self.row_params), matrix=self.matrix)
+                                  len(self.row_params), matrix=self.matrix, abi=self.abi)
         return self._fn
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
@@ -158,6 +161,8 @@ class Kernel:
         if x.ndim < 1 + self.matrix:
             what = "two axes (..., m, n)" if self.matrix else "one axis"
             raise ValueError(f"{self.name} needs an array with at least {what}, got shape {x.shape}")
+        if self.matrix and self.abi.square and x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"{self.name} ({self.op}) needs square matrices (..., m, m), got shape {x.shape}")
         n = x.shape[-1]
         if out is None:
             y = np.empty(x.shape, np.float32)
@@ -226,14 +231,91 @@ class MatrixPlan:
         return cbackend.matrix_traffic(self.program)
 
     def describe(self) -> str:
-        out = []
-        for k, ph in enumerate(self.program.phases):
-            out.append(f"phase {k} ({ph.kind}{', over the column vectors' if ph.kind == 'cols' else ''}):")
-            out += ["  " + ln for ln in passes.plan(ph.program).describe().splitlines()]
+        out = cbackend.matrix_plan_lines(self.program)[1:]
+        out = [ln[2:] if ln.startswith("  ") else ln for ln in out]
         t = self.traffic()
         out.append(f"matrix traffic: {t['summary']} = {t['bytes_per_element']} B/element from memory "
                    f"(later sweeps of a row in a fused phase read it from cache), {t['passes']} sweeps")
         return "\n".join(out)
+
+
+class MatrixKernel(Kernel):
+    """A matrix kernel with the general ABI (``MatrixABI``, e.g. two inputs of different shapes):
+    ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
+
+    def __call__(self, *inputs, out=None) -> np.ndarray:
+        return self._run_inputs(self._fn or self._entry(False), inputs, out)
+
+    def run_emulated(self, *inputs, out=None) -> np.ndarray:
+        return self._run_inputs(self._entry(True), inputs, out)
+
+    def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
+        """``run_emulated`` over many tuples of inputs, in one emulator process (qemu)."""
+        fn = self._entry(True)
+        outs = [None] * len(xs) if outs is None else outs
+        with getattr(fn, "batch", contextlib.nullcontext)():
+            return [self._run_inputs(fn, x, o) for x, o in zip(xs, outs)]
+
+    def _run_inputs(self, fn, inputs, out):
+        abi, names = self.abi, [nm for nm, _ in self.abi.inputs]
+        if len(inputs) != len(names):
+            raise TypeError(f"{self.name} ({self.op}) takes {len(names)} arrays ({', '.join(names)}), "
+                            f"got {len(inputs)}")
+        dims: dict[str, int] = {}
+        lead = None
+        for (nm, shape), a in zip(abi.inputs, inputs):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{self.name}: {nm} must be a numpy.ndarray of float32, got {type(a).__name__}")
+            if a.dtype != np.float32:
+                raise TypeError(f"{self.name}: {nm} must be float32, got {a.dtype} (use .astype(np.float32))")
+            if a.ndim < 2:
+                raise ValueError(f"{self.name}: {nm} needs two axes (..., {', '.join(shape)}), got shape {a.shape}")
+            if lead is None:
+                lead = a.shape[:-2]
+            elif a.shape[:-2] != lead:
+                raise ValueError(f"{self.name}: the leading axes of the inputs must be equal (no "
+                                 f"broadcasting), got {lead} and {a.shape[:-2]} ({nm})")
+            for d, v in zip(shape, a.shape[-2:]):
+                if dims.setdefault(d, v) != v:
+                    raise ValueError(f"{self.name}: dimension {d} is {dims[d]} in one input and {v} in "
+                                     f"{nm} (shape {a.shape}; {self.op} takes "
+                                     + ", ".join(f"{n}{list(s)}" for n, s in abi.inputs) + ")")
+        (oname, (orow, ocol)), = abi.outputs
+        shape = lead + (dims[orow], dims[ocol])
+        if out is None:
+            y = np.empty(shape, np.float32)
+        else:
+            y = out
+            if not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.shape != shape:
+                raise ValueError(f"{self.name}: out must be a float32 array of shape {shape}")
+            if not y.flags.writeable:
+                raise ValueError(f"{self.name}: out is read-only")
+        batch = math.prod(lead)
+        if y.size == 0:
+            return y
+        ly = _layout(y) if y.flags.aligned else None
+        if ly is None or any(np.shares_memory(y, a) for a in inputs):
+            # out cannot be addressed with one row stride, is misaligned or overlaps an input:
+            # compute into a temporary, then copy
+            tmp = self._run_inputs(fn, inputs, None)
+            if hasattr(fn, "flush"):  # a batching emulator: make tmp real before copying it
+                fn.flush()
+            np.copyto(y, tmp)
+            return y
+        arrays, ptrs, lds = [], [], []
+        for a in inputs:
+            la = _layout(a) if a.size else (a.ctypes.data, a.shape[-1])
+            if la is None:   # rows not evenly strided or misaligned: a contiguous copy
+                a = np.ascontiguousarray(a)
+                a = a if a.flags.aligned else a.copy()
+                la = (a.ctypes.data, a.shape[-1])
+            arrays.append(a)   # alive across the call
+            ptrs.append(la[0])
+            lds.append(la[1])
+        rc = fn(*ptrs, ly[0], batch, *[dims[d] for d in abi.dims], *lds, ly[1])
+        if rc:
+            raise RuntimeError(f"{self.name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
+        return y
 
 
 def _layout(a: np.ndarray):
@@ -323,7 +405,12 @@ def _compile_matrix(opdef, program: MatrixProgram, t: Target, algorithm: str, na
         raise UsageError(f"matrix op {opdef.name!r} has one algorithm, 'direct' (its phases); "
                          f"got {algorithm!r}")
     sched = _schedule(t, schedule)
-    lowered = passes.lower_matrix(program)
+    if backend == "tvm":
+        from .backends import tvm as tvmbackend
+        epilogues = tvmbackend.GEMM_EPILOGUES
+    else:
+        epilogues = cbackend.GEMM_EPILOGUES
+    lowered = passes.lower_matrix(program, epilogues=epilogues)
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}" + ("_tvm" if backend == "tvm" else "")
     wrapper = ""
@@ -333,9 +420,10 @@ def _compile_matrix(opdef, program: MatrixProgram, t: Target, algorithm: str, na
                                                   params=program.params)
     else:
         src = cbackend.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params)
-    return Kernel(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
-                  params=dict(program.params), program=lowered, source=src, backend=backend,
-                  wrapper=wrapper)
+    cls = MatrixKernel if lowered.abi().style == "general" else Kernel
+    return cls(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
+               params=dict(program.params), program=lowered, source=src, backend=backend,
+               wrapper=wrapper)
 
 
 def host() -> str:

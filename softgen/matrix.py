@@ -1,25 +1,49 @@
-"""Matrix programs: ops over the last two axes of a batch of matrices (Sinkhorn, ...).
+"""Matrix programs: ops over the last two axes of a batch of matrices (Sinkhorn, SOFT's Gaussian
+kernel and Newton-Schulz pseudo-inverse, ...).
 
-A matrix program is a sequence of *phases*, each an ordinary row program (``ir.Program``) that
-the planner and backends already know how to sweep:
+A matrix program declares symbolic *dimensions* (``m``, ``n``, ``d``), named *matrices* with a
+shape in those dimensions (the op's inputs and outputs, and scratch matrices allocated once per
+call) and runs a sequence of *phases* per matrix of the batch:
 
-* a ``rows`` phase runs over every row of the matrix. Besides the row itself it can read per-row
-  vectors (``param``: element i, for row i) and per-column vectors (``colvec``: element j), store
-  a per-row scalar (``emit``), and accumulate per-column reductions across the rows
-  (``colreduce_*``: state vectors updated element-wise, vectorised across contiguous columns, so
-  column sums need no transpose). The last phase writes the output (``output``).
-* a ``cols`` phase runs once over the per-column vectors (a "row" of length n), e.g. to turn a
-  column reduction's state into a column potential (``colstore``).
+* ``rows``: an ordinary row program (``ir.Program``) that the planner and backends already know
+  how to sweep, run over every row of one matrix (``over``), optionally writing its output row to
+  a matrix of the same shape (``into``; it may be ``over`` itself). Besides the row it can read
+  per-row vectors (``param``: element i, for row i), per-column vectors (``colvec``: element j),
+  per-matrix scalars (``mscalar``) and the row index (``row_index``); it can store a per-row
+  scalar (``emit``), accumulate per-column reductions across the rows (``colreduce_*``, state
+  vectors updated element-wise, vectorised across contiguous columns, so column sums need no
+  transpose) and reduce a per-row scalar across the rows into a per-matrix scalar (``mreduce_*``).
+* ``cols``: a row program run once over the per-column vectors of a matrix (a "row" of its column
+  count), e.g. to turn a column reduction's state into a column potential (``colstore``) or a
+  per-matrix scalar (``mreduce``).
+* ``matmul``: a contraction ``dst = alpha * a @ b + beta * dst`` (``layout="nn"``) or
+  ``alpha * a @ b^T + beta * dst`` (``"nt"``) of named matrices; backends lower it to a
+  register-blocked GEMM (``backends.gemm`` / ``backends.tvm_gemm``).
+* ``loop``: a body of phases repeated a build-time number of times; ``swap`` pairs of scratch
+  matrices exchange roles after every iteration (ping-pong buffers, no copies).
 
-Vectors are named; a phase reads what earlier phases wrote. Iteration (Sinkhorn's half-steps) is
-unrolled at build time into phases. ``passes.lower_matrix`` fuses consecutive rows phases into one
-row program, so their sweeps of a row run back to back while the row is still in cache.
+Vectors and per-matrix scalars are named; a vector's length is a dimension (a rows phase's
+per-row vectors have its matrix's row count, its per-column vectors its column count). A phase
+reads what earlier phases wrote. ``passes.lower_matrix`` fuses consecutive rows phases over the
+same matrix into one row program (their sweeps of a row run back to back while the row is in
+cache) and, for backends with GEMM epilogues, an element-wise rows phase into the store of the
+contraction before it.
+
+The C ABI follows from the declarations (:class:`MatrixABI`): one input ``x`` and one output
+``y`` of the same shape keep the row-op-like ``(x, y, rows, n, ldx, ldy, m)`` (y may equal x);
+anything else takes ``(inputs..., outputs..., batch, dims..., ld<matrix>...)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import math
+from dataclasses import dataclass, field, replace
 
-from .ir import COLREDUCE_FIELDS, IRError, Program, Value
+from .ir import COLREDUCE_FIELDS, MREDUCE_INIT, IRError, Program, Value, c_name_ok
+
+LAYOUTS = ("nn", "nt")
+# names the generated entry point uses itself (besides its sg_/mat_/ld_/dim_ prefixed locals)
+_ENTRY_NAMES = {"batch", "rows", "status", "i", "j", "it"}
 
 
 def written_by(p: Program) -> set[str]:
@@ -34,67 +58,405 @@ def written_by(p: Program) -> set[str]:
     return out
 
 
+@dataclass(frozen=True)
+class MatMul:
+    """``dst = alpha * a @ b + beta * dst`` (nn) or ``alpha * a @ b^T + beta * dst`` (nt).
+    ``epilogue``: an element-wise rows program over dst fused into the store by
+    ``passes.lower_matrix`` (its input is the product ``alpha * a @ b``; then beta is 0)."""
+    dst: str
+    a: str
+    b: str
+    layout: str = "nn"
+    alpha: float = 1.0
+    beta: float = 0.0
+    epilogue: Program | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        prod = f"{self.a} @ {self.b}{'^T' if self.layout == 'nt' else ''}"
+        alpha = "" if self.alpha == 1.0 else f"{self.alpha!r} * "
+        beta = f" + {self.beta!r} * {self.dst}" if self.beta else ""
+        epi = f"  [epilogue: {self.epilogue.name}]" if self.epilogue is not None else ""
+        return f"{self.dst} = {alpha}{prod}{beta}{epi}"
+
+
 @dataclass
 class Phase:
-    kind: str          # "rows" | "cols"
-    program: Program
+    kind: str                       # "rows" | "cols" | "matmul" | "loop"
+    program: Program | None = None  # rows, cols
+    over: str = "x"                 # rows: the matrix swept; cols: whose columns
+    into: str | None = None         # rows: the matrix its output row goes to
+    mm: MatMul | None = None        # matmul
+    count: int = 0                  # loop: iterations
+    body: list["Phase"] = field(default_factory=list)              # loop
+    swaps: tuple[tuple[str, str], ...] = ()                        # loop
+
+    def writes_output(self) -> bool:
+        return self.kind == "rows" and bool(self.program.nodes("output"))
+
+    def matrices_read(self) -> set[str]:
+        if self.kind == "rows":
+            return {self.over}
+        if self.kind == "matmul":
+            return {self.mm.a, self.mm.b} | ({self.mm.dst} if self.mm.beta else set())
+        return set()
+
+    def matrices_written(self) -> set[str]:
+        if self.kind == "rows":
+            return {self.into} if self.writes_output() else set()
+        if self.kind == "matmul":
+            return {self.mm.dst}
+        return set()
+
+
+def walk(phases: list[Phase]):
+    """Every rows/cols/matmul phase, in execution order of one iteration (loop bodies once)."""
+    for ph in phases:
+        if ph.kind == "loop":
+            yield from walk(ph.body)
+        else:
+            yield ph
+
+
+@dataclass(frozen=True)
+class MatrixABI:
+    """The C entry point of a matrix program. ``unary``: ``int name(const float *x, float *y,
+    size_t rows, size_t n, size_t ldx, size_t ldy, size_t m)`` (rows = batch * m; a square
+    program checks n == m); ``general``: ``int name(const float *<input>..., float *<output>...,
+    size_t batch, size_t <dim>..., size_t ld<matrix>...)`` over inputs then outputs. Every
+    matrix is ``batch * rows`` rows with one row stride: matrix k's row i is row k * rows + i."""
+    style: str
+    inputs: tuple[tuple[str, tuple[str, str]], ...]
+    outputs: tuple[tuple[str, tuple[str, str]], ...]
+    dims: tuple[str, ...]
+
+    @property
+    def matrices(self) -> tuple[tuple[str, tuple[str, str]], ...]:
+        return self.inputs + self.outputs
+
+    @property
+    def square(self) -> bool:
+        """A unary program whose matrices are square (the entry checks n == m)."""
+        return self.style == "unary" and self.inputs[0][1][0] == self.inputs[0][1][1]
+
+    def params(self) -> list[tuple[str, str]]:
+        """(C type, name) of every argument, in order."""
+        if self.style == "unary":
+            return [("const float *", "x"), ("float *", "y")] + \
+                [("size_t", v) for v in ("rows", "n", "ldx", "ldy", "m")]
+        return [("const float *", nm) for nm, _ in self.inputs] + \
+            [("float *", nm) for nm, _ in self.outputs] + [("size_t", "batch")] + \
+            [("size_t", d) for d in self.dims] + [("size_t", f"ld{nm}") for nm, _ in self.matrices]
+
+    def signature(self, name: str) -> str:
+        return f"int {name}(" + ", ".join(f"{t}{'' if t.endswith('*') else ' '}{n}"
+                                          for t, n in self.params()) + ")"
+
+    def arg_docs(self) -> dict[str, str]:
+        """What each argument means, for headers and manifests."""
+        if self.style == "unary":
+            (x, (r, c)), = self.inputs
+            return {"x": f"input: rows / m matrices of m x n floats ({r} x {c}), row r at x + r*ldx",
+                    "y": "output, same layout with ldy; may equal x (in place, then ldy == ldx)",
+                    "rows": "total rows, batch * m", "n": "row length (floats per row)",
+                    "ldx": "row stride of x in elements (>= n)", "ldy": "row stride of y in elements (>= n)",
+                    "m": "rows per matrix" + (" (square: must equal n)" if self.square else "")}
+        docs = {}
+        for role, mats in (("input", self.inputs), ("output", self.outputs)):
+            for nm, (r, c) in mats:
+                docs[nm] = (f"{role}: batch matrices of {r} x {c} floats; row i of matrix k at "
+                            f"{nm} + (k*{r} + i)*ld{nm}" + ("; must not overlap the inputs"
+                                                             if role == "output" else ""))
+        docs["batch"] = "number of matrices (the product of the leading axes)"
+        for d in self.dims:
+            uses = [f"{('rows', 'columns')[ax]} of {nm}" for nm, shape in self.matrices
+                    for ax in (0, 1) if shape[ax] == d]
+            docs[d] = "the " + ", ".join(uses)
+        docs.update({f"ld{nm}": f"row stride of {nm} in elements (>= {c})" for nm, (_, c) in self.matrices})
+        return docs
 
 
 class MatrixProgram:
-    """The phases of one matrix op, with its build-time parameters."""
+    """The phases of one matrix op, with its build-time parameters and declarations."""
 
-    def __init__(self, name: str, params: dict | None = None):
+    def __init__(self, name: str, params: dict | None = None, dims=("m", "n"),
+                 inputs: dict | None = None, outputs: dict | None = None):
         self.name = name
         self.params = dict(params or {})
+        self.dims = tuple(dims)
+        self.inputs = dict(inputs if inputs is not None else {"x": ("m", "n")})
+        self.outputs = dict(outputs if outputs is not None else {"y": ("m", "n")})
+        self.scratch_mats: dict[str, tuple[str, str]] = {}
         self.phases: list[Phase] = []
         self.notes: list[str] = []
+        self._open = [self.phases]   # the phase list new phases go to (a loop body inside `loop`)
+
+    def like(self) -> "MatrixProgram":
+        """An empty program with the same name, parameters and declarations."""
+        mp = MatrixProgram(self.name, self.params, self.dims, self.inputs, self.outputs)
+        mp.scratch_mats = dict(self.scratch_mats)
+        return mp
 
     # -- construction -------------------------------------------------------------------------
-    def rows(self) -> Value:
-        """Start a rows phase; returns its input row."""
-        p = Program(f"{self.name}.{len(self.phases)}", self.params, phase="rows")
-        self.phases.append(Phase("rows", p))
+    def scratch(self, name: str, shape: tuple[str, str]) -> str:
+        """Declare a scratch matrix (allocated once per call, reused for every matrix)."""
+        self.scratch_mats[name] = tuple(shape)
+        return name
+
+    def _add(self, ph: Phase) -> Phase:
+        self._open[-1].append(ph)
+        return ph
+
+    def _program(self, phase: str) -> Program:
+        return Program(f"{self.name}.{sum(1 for _ in walk(self.phases))}", self.params, phase=phase)
+
+    def rows(self, over: str = "x", into: str | None = None) -> Value:
+        """Start a rows phase over matrix ``over``; returns its input row. Its output (if any)
+        goes to ``into`` (default: the program's output matrix when there is exactly one)."""
+        if into is None and len(self.outputs) == 1:
+            into = next(iter(self.outputs))
+        p = self._program("rows")
+        self._add(Phase("rows", p, over=over, into=into))
         return p.input()
 
-    def cols(self) -> Program:
-        """Start a cols phase (over the per-column vectors); read them with ``colvec``."""
-        p = Program(f"{self.name}.{len(self.phases)}", self.params, phase="cols")
-        self.phases.append(Phase("cols", p))
+    def cols(self, over: str = "x") -> Program:
+        """Start a cols phase over the per-column vectors of matrix ``over``; read them with
+        ``colvec``."""
+        p = self._program("cols")
+        self._add(Phase("cols", p, over=over))
         return p
 
+    def matmul(self, dst: str, a: str, b: str, layout: str = "nn", alpha: float = 1.0,
+               beta: float = 0.0) -> None:
+        """``dst = alpha * a @ b + beta * dst`` (``nn``) or ``alpha * a @ b^T + beta * dst``
+        (``nt``); ``beta == 0`` never reads dst."""
+        self._add(Phase("matmul", mm=MatMul(dst, a, b, layout, float(alpha), float(beta))))
+
+    @contextlib.contextmanager
+    def loop(self, count: int, swap=()):
+        """``with mp.loop(n, swap=[("v", "w")]): ...``: the phases added in the block run n
+        times; after each iteration the paired scratch matrices exchange roles."""
+        ph = self._add(Phase("loop", count=count, swaps=tuple(tuple(s) for s in swap)))
+        self._open.append(ph.body)
+        try:
+            yield ph
+        finally:
+            self._open.pop()
+
     # -- queries ------------------------------------------------------------------------------
-    def vectors(self) -> tuple[list[str], list[str]]:
-        """(per-row vectors, per-column vectors) of the whole program, sorted."""
-        rows, cols = set(), set()
+    def shape(self, name: str) -> tuple[str, str]:
+        for table in (self.inputs, self.outputs, self.scratch_mats):
+            if name in table:
+                return table[name]
+        raise IRError(f"{self.name}: no matrix named {name!r}")
+
+    def role(self, name: str) -> str:
+        return "input" if name in self.inputs else "output" if name in self.outputs else "scratch"
+
+    def leaves(self) -> list[Phase]:
+        """The rows/cols/matmul phases in order (loop bodies once): index k is phase k."""
+        return list(walk(self.phases))
+
+    def programs(self) -> list[tuple[Phase, Program, str]]:
+        """(phase, row program, matrix it runs over) of every rows/cols phase and epilogue."""
+        out = []
+        for ph in self.leaves():
+            if ph.kind in ("rows", "cols"):
+                out.append((ph, ph.program, ph.over))
+            elif ph.mm.epilogue is not None:
+                out.append((ph, ph.mm.epilogue, ph.mm.dst))
+        return out
+
+    def vector_dims(self) -> dict[str, str]:
+        """Every per-row/per-column vector and its length (a dimension)."""
+        dims: dict[str, str] = {}
+        for ph, p, over in self.programs():
+            r, c = self.shape(over)
+            rows, cols = p.vector_names()
+            for names, dim in ((rows, r), (cols, c)):
+                for v in names:
+                    if dims.setdefault(v, dim) != dim:
+                        raise IRError(f"{self.name}: vector {v!r} has length {dims[v]} in one phase "
+                                      f"and {dim} in another")
+        return dict(sorted(dims.items()))
+
+    def scalars(self) -> dict[str, float]:
+        """Every per-matrix scalar and the initial value of the reduction that writes it."""
+        out = {}
+        for _, p, _ in self.programs():
+            for v in p.nodes():
+                if p.kind(v) == "mreduce":
+                    out[p.attrs(v)["name"]] = MREDUCE_INIT[p.op(v)]
+        return dict(sorted(out.items()))
+
+    def abi(self) -> MatrixABI:
+        ins = tuple(self.inputs.items())
+        outs = tuple(self.outputs.items())
+        unary = len(ins) == len(outs) == 1 and ins[0][0] == "x" and outs[0][0] == "y" \
+            and ins[0][1] == outs[0][1]
+        return MatrixABI("unary" if unary else "general", ins, outs, self.dims)
+
+    # -- checking -----------------------------------------------------------------------------
+    def _check_names(self) -> None:
+        mats = {**self.inputs, **self.outputs, **self.scratch_mats}
+        if len(mats) != len(self.inputs) + len(self.outputs) + len(self.scratch_mats):
+            raise IRError(f"{self.name}: a matrix name is declared twice")
+        if not self.inputs or not self.outputs:
+            raise IRError(f"{self.name}: needs at least one input and one output matrix")
+        names = list(mats) + list(self.dims) + [f"ld{m}" for m in mats]
+        bad = [nm for nm in names if not c_name_ok(nm) or nm in _ENTRY_NAMES]
+        if bad or len(set(names)) != len(names):
+            raise IRError(f"{self.name}: matrix/dimension names must be distinct lower-case C "
+                          f"identifiers, not {sorted(_ENTRY_NAMES)}: {bad or names}")
+        for nm, shape in mats.items():
+            if len(shape) != 2 or any(d not in self.dims for d in shape):
+                raise IRError(f"{self.name}: matrix {nm} has shape {shape}, not two of the "
+                              f"dimensions {self.dims}")
+        unused = set(self.dims) - {d for s in mats.values() for d in s}
+        if unused:
+            raise IRError(f"{self.name}: dimensions {sorted(unused)} are not used")
+        abi = self.abi()
+        if abi.style == "unary" and (abi.inputs[0][1][0] not in self.dims or len(self.dims) > 2):
+            raise IRError(f"{self.name}: a unary program has at most the two dimensions of x")
+
+    def _check_phases(self, phases: list[Phase], mats: set, vecs: set, scalars: set) -> None:
+        for ph in phases:
+            if ph.kind == "loop":
+                if not (isinstance(ph.count, int) and ph.count >= 0):
+                    raise IRError(f"{self.name}: a loop count must be an integer >= 0, got {ph.count!r}")
+                m2, v2, s2 = set(mats), set(vecs), set(scalars)
+                self._check_phases(ph.body, m2, v2, s2)
+                for a, b in ph.swaps:
+                    if self.role(a) != "scratch" or self.role(b) != "scratch" or a == b \
+                            or self.shape(a) != self.shape(b):
+                        raise IRError(f"{self.name}: loop swaps distinct scratch matrices of one "
+                                      f"shape, not {a!r} and {b!r}")
+                    if not {a, b} <= m2:
+                        raise IRError(f"{self.name}: loop swaps {a!r} and {b!r}, which the body "
+                                      f"does not both write")
+                if ph.count:
+                    mats |= m2
+                    vecs |= v2
+                    scalars |= s2
+                continue
+            if ph.kind not in ("rows", "cols", "matmul"):
+                raise IRError(f"{self.name}: unknown phase kind {ph.kind!r}")
+            for nm in ph.matrices_read() | ph.matrices_written() | ({ph.over} if ph.kind != "matmul" else set()):
+                self.shape(nm)
+            missing = ph.matrices_read() - mats
+            if missing:
+                raise IRError(f"{self.name}: a {ph.kind} phase reads matrices {sorted(missing)} "
+                              f"before any phase writes them")
+            if ph.matrices_written() & set(self.inputs):
+                raise IRError(f"{self.name}: a {ph.kind} phase writes an input matrix")
+            if ph.kind == "matmul":
+                mm = ph.mm
+                if mm.layout not in LAYOUTS:
+                    raise IRError(f"{self.name}: matmul layout must be one of {LAYOUTS}, got {mm.layout!r}")
+                (ar, ak), (br, bc), (dr, dc) = self.shape(mm.a), self.shape(mm.b), self.shape(mm.dst)
+                bk, bn = (br, bc) if mm.layout == "nn" else (bc, br)
+                if ak != bk or (dr, dc) != (ar, bn):
+                    raise IRError(f"{self.name}: matmul {mm}: shapes {mm.a} {(ar, ak)}, {mm.b} "
+                                  f"{(br, bc)}, {mm.dst} {(dr, dc)} do not agree")
+                if mm.dst in (mm.a, mm.b):
+                    raise IRError(f"{self.name}: matmul {mm}: the destination is an operand")
+                if not all(isinstance(v, float) and math.isfinite(v) for v in (mm.alpha, mm.beta)):
+                    raise IRError(f"{self.name}: matmul alpha and beta must be finite floats")
+                p = mm.epilogue
+            else:
+                p = ph.program
+            if p is not None:
+                self._check_program(ph, p, vecs, scalars)
+            mats |= ph.matrices_written()
+
+    def _check_program(self, ph: Phase, p: Program, vecs: set, scalars: set) -> None:
+        p.validate()
+        if p.fallback is not None or p.nodes("guard"):
+            raise IRError(f"{self.name}: phases cannot have guards")
+        if p.phase == "cols" and (p.nodes("param") or p.nodes("emit") or p.nodes("row_index")
+                                  or p.nodes("output")):
+            raise IRError(f"{self.name}: a cols phase has no per-row vectors, row index or output")
+        if ph.kind == "rows" and ph.writes_output():
+            if ph.into is None:
+                raise IRError(f"{self.name}: a rows phase with an output needs into=")
+            if self.shape(ph.into) != self.shape(ph.over):
+                raise IRError(f"{self.name}: a rows phase over {ph.over} {self.shape(ph.over)} "
+                              f"writes {ph.into} {self.shape(ph.into)}")
+        reads = {p.attrs(v)["name"] for v in p.nodes() if p.op(v) in ("param", "colvec")}
+        missing = reads - vecs
+        if missing:
+            raise IRError(f"{self.name}: phase {p.name} reads {sorted(missing)} before any phase "
+                          f"writes them")
+        read_s, wrote_s = p.mscalar_names()
+        if set(read_s) - scalars:
+            raise IRError(f"{self.name}: phase {p.name} reads per-matrix scalars "
+                          f"{sorted(set(read_s) - scalars)} before any phase writes them")
+        if set(wrote_s) & (scalars | set(read_s)):
+            raise IRError(f"{self.name}: per-matrix scalars {sorted(set(wrote_s) & (scalars | set(read_s)))} "
+                          f"are written twice or read by the phase that writes them")
+        vecs |= written_by(p)
+        scalars |= set(wrote_s)
+
+    def _check_in_place(self) -> None:
+        """The unary ABI lets y be x: once a phase writes y, no phase may read x, except the rows
+        phase that writes y row by row from x. y is written outside loops only."""
         for ph in self.phases:
-            r, c = ph.program.vector_names()
-            rows |= set(r)
-            cols |= set(c)
-        return sorted(rows), sorted(cols)
+            if ph.kind == "loop" and any("y" in q.matrices_written() for q in walk(ph.body)):
+                raise IRError(f"{self.name}: y (which may be x) is written inside a loop")
+        seq = self.leaves()
+        first = next((k for k, ph in enumerate(seq) if "y" in ph.matrices_written()), len(seq))
+        for k, ph in enumerate(seq[first:], first):
+            row_local = k == first and ph.kind == "rows" and ph.into == "y"
+            if "x" in ph.matrices_read() and not row_local:
+                raise IRError(f"{self.name}: a phase reads x after y (which may be x) is written")
 
     def validate(self) -> "MatrixProgram":
-        if not self.phases or self.phases[-1].kind != "rows" or \
-                not self.phases[-1].program.nodes("output"):
-            raise IRError(f"{self.name}: the last phase must be a rows phase writing the output")
-        written: set[str] = set()
-        for k, ph in enumerate(self.phases):
-            p = ph.program.validate()
-            if p.nodes("output") and k != len(self.phases) - 1:
-                raise IRError(f"{self.name}: only the last phase writes the output")
-            if p.fallback is not None or p.nodes("guard"):
-                raise IRError(f"{self.name}: phases cannot have guards")
-            reads = {p.attrs(v)["name"] for v in p.nodes() if p.op(v) in ("param", "colvec")}
-            missing = reads - written
-            if missing:
-                raise IRError(f"{self.name}: phase {k} reads {sorted(missing)} before any phase "
-                              f"writes them")
-            written |= written_by(p)
+        if len(self._open) != 1:
+            raise IRError(f"{self.name}: a loop block is still open")
+        self._check_names()
+        mats, vecs, scalars = set(self.inputs), set(), set()
+        self._check_phases(self.phases, mats, vecs, scalars)
+        unwritten = set(self.outputs) - mats
+        if unwritten:
+            raise IRError(f"{self.name}: output matrices {sorted(unwritten)} are never written")
+        self.vector_dims()
+        if self.abi().style == "unary":
+            self._check_in_place()
         return self
 
     def __str__(self) -> str:
         ps = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        out = [f"matrix program {self.name}({ps})"]
-        for k, ph in enumerate(self.phases):
-            out.append(f" phase {k}: {ph.kind}")
-            out += ["  " + ln for ln in str(ph.program).splitlines()[1:]]
+        decl = lambda d: ", ".join(f"{k}[{']['.join(s)}]" for k, s in d.items())  # noqa: E731
+        out = [f"matrix program {self.name}({ps})",
+               f" dims {', '.join(self.dims)}; inputs {decl(self.inputs)}; outputs {decl(self.outputs)}"
+               + (f"; scratch {decl(self.scratch_mats)}" if self.scratch_mats else "")]
+        counter = [0]
+
+        def show(phases, ind):
+            for ph in phases:
+                if ph.kind == "loop":
+                    sw = "".join(f", swap {a} <-> {b}" for a, b in ph.swaps)
+                    out.append(f"{ind}loop {ph.count} times{sw}:")
+                    show(ph.body, ind + "  ")
+                    continue
+                k = counter[0]
+                counter[0] += 1
+                if ph.kind == "matmul":
+                    out.append(f"{ind}phase {k}: matmul {ph.mm}")
+                    p = ph.mm.epilogue
+                else:
+                    where = f" over {ph.over}" + (f" into {ph.into}" if ph.writes_output() else "")
+                    out.append(f"{ind}phase {k}: {ph.kind}{where}")
+                    p = ph.program
+                if p is not None:
+                    out.extend(f"{ind}  " + ln for ln in str(p).splitlines()[1:])
+        show(self.phases, " ")
         return "\n".join(out)
+
+
+def map_phases(phases: list[Phase], fn) -> list[Phase]:
+    """A copy of the phase tree with ``fn(list of leaf-level phases) -> list`` applied to every
+    phase list (the top level and each loop body)."""
+    out = []
+    for ph in phases:
+        out.append(replace(ph, body=map_phases(ph.body, fn)) if ph.kind == "loop" else ph)
+    return fn(out)

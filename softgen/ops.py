@@ -44,6 +44,18 @@ class OpDef:
     # "row": normalises the last axis; "matrix": acts on the last two axes (a matrix program)
     kind: str = "row"
     extra: dict = field(default_factory=dict)
+    # matrix ops: the program's declarations (MatrixProgram's dims, inputs, outputs), default
+    # one input x and one output y of m x n
+    matrices: dict = field(default_factory=dict)
+    # string-valued parameters: name -> the values it may take
+    choices: dict = field(default_factory=dict)
+    # inputs for measurements (export's accuracy suite): (rng, params) -> list of input tuples
+    samples: Callable | None = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Names of the arrays the op takes, in call order."""
+        return tuple(self.matrices.get("inputs", {"x": None}))
 
     def row_arguments(self, names: list[str], shape: tuple, params: dict, call: dict) -> list:
         """The kernel's per-row parameter arrays (float32, one per row, C order of the leading
@@ -444,6 +456,62 @@ def sinkhorn(mp: MatrixProgram, n_iter: float, eps: float) -> None:
     x.p.add("output", ((z * inv).exp() * x.p.size("cols")).id)
 
 
+# -- SOFT (spec 6): Gaussian kernel and Newton-Schulz pseudo-inverse, matrix programs with GEMMs ----
+
+U32 = 2.0 ** -24   # unit roundoff of float32
+EXP_REL = 2.5e-7   # the p5 exp's relative error (spec 11)
+
+
+def _head_dim_int(d) -> int:
+    if isinstance(d, bool) or not (isinstance(d, (int, float)) and float(d).is_integer()
+                                   and 1 <= d <= 2 ** 20):
+        raise UsageError(f"head_dim must be an integer in [1, 2^20], got {d!r}")
+    return int(d)
+
+
+def _gaussian_tolerance(inputs, ref_y, params, call):
+    """Error propagation: |a_i|^2 and |b_j|^2 are d-term f32 sums, G = a_i.b_j a d-term FMA chain
+    (|dG| <= d u |a_i||b_j| by Cauchy-Schwarz), then aa + bb - 2G (two roundings): |d(d2)| <=
+    (d + 3) 2u (aa + bb + 2 |a||b|) with u = 2^-24 (2u per term, as tests/test_gemm.py, covers
+    the k blocking). S = e^(-max(d2, 0) s): the clamp is 1-Lipschitz, rounding s and the product
+    cost 2u |z|, the exp EXP_REL; S below FLT_MIN may flush to 0."""
+    a, b = (np.asarray(v, np.float64) for v in inputs)
+    d = a.shape[-1]
+    aa, bb = (a * a).sum(-1)[..., :, None], (b * b).sum(-1)[..., None, :]
+    s = 1.0 / (2.0 * math.sqrt(params["head_dim"]))
+    dd2 = (d + 3) * 2 * U32 * (aa + bb + 2.0 * np.sqrt(aa * bb))
+    y = np.abs(ref_y)
+    with np.errstate(divide="ignore"):
+        z = -np.log(np.maximum(y, 1e-300))
+    return y * (np.expm1(s * dd2 + 2 * U32 * z) + EXP_REL) + 2.0 ** -126
+
+
+def _gaussian_samples(rng, params):
+    return [(rng.uniform(lo, hi, (2, n, d)).astype(np.float32), rng.uniform(lo, hi, (2, m, d)).astype(np.float32))
+            for n, m, d in ((1, 1, 1), (7, 9, 3), (64, 64, 64), (300, 17, 65)) for lo, hi in ((-1, 1), (-4, 4))]
+
+
+@register("gaussian_kernel", ref.gaussian_kernel, params={"head_dim": 64}, kind="matrix",
+          matrices={"dims": ("n", "m", "d"), "inputs": {"a": ("n", "d"), "b": ("m", "d")},
+                    "outputs": {"s": ("n", "m")}},
+          custom_tolerance=_gaussian_tolerance, samples=_gaussian_samples)
+def gaussian_kernel(mp: MatrixProgram, head_dim: float) -> None:
+    """SOFT's kernel S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(head_dim))) of
+    a (..., n, d) and b (..., m, d) -> (..., n, m) (spec 6): the squared norms are row sums, the
+    Gram product an NT GEMM, the rest an element-wise phase (fused into the GEMM's store by the C
+    backend). Entries in (0, 1]; exactly the clamp makes identical points give 1."""
+    s = 1.0 / (2.0 * math.sqrt(_head_dim_int(head_dim)))
+    b = mp.rows(over="b")
+    (b * b).sum().emit("bb")
+    a = mp.rows(over="a")
+    (a * a).sum().emit("aa")
+    mp.matmul("s", "a", "b", layout="nt")
+    g = mp.rows(over="s", into="s")
+    p = g.p
+    d2 = g.fma(-2.0, p.row_param("aa") + p.colvec("bb"))        # aa + bb - 2 G, one rounding
+    p.add("output", (d2.maximum(0.0) * -s).exp().id)
+
+
 def get_op(name: str) -> OpDef:
     if not isinstance(name, str) or name not in OPS:
         raise UsageError(f"unknown op {name!r}; known: {', '.join(OPS)}")
@@ -465,7 +533,11 @@ def resolve_params(op: OpDef, given: dict) -> dict:
             raise UsageError(f"scale {s!r} is not representable as a positive finite float32")
         params["scale"] = s32
     for k, v in params.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if k in op.choices:
+            if v not in op.choices[k]:
+                raise UsageError(f"parameter {k} must be one of {', '.join(map(repr, op.choices[k]))}, "
+                                 f"got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise UsageError(f"parameter {k} must be a finite number, got {v!r}")
     return params
 
@@ -475,7 +547,7 @@ def build_program(name: str, **given) -> Program | MatrixProgram:
     op = get_op(name)
     params = resolve_params(op, given)
     if op.kind == "matrix":
-        mp = MatrixProgram(name, params)
+        mp = MatrixProgram(name, params, **op.matrices)
         op.build(mp, **params)
         return mp.validate()
     p = Program(name, params)

@@ -211,7 +211,7 @@ def annotate_ranges(p: Program) -> Program:
         (a,) = p.args(v)
         if p.op(a) == "mul" and (p.const_value(p.args(a)[1]) or 0) > 0:
             a = p.args(a)[0]
-        nonpos = p.op(a) == "neg" and p.op(p.args(a)[0]) == "abs"   # exp(-|z|)
+        nonpos = _nonpos(p, a)                                       # exp(-|z|), exp(-max(z, 0) s)
         if p.op(a) == "sub":
             x, m = p.args(a)
             src = p.op(m)
@@ -224,6 +224,31 @@ def annotate_ranges(p: Program) -> Program:
         (a,) = p.args(v)
         p.attrs(v)["unit"] = p.op(a) == "exp" and p.attrs(a)["nonpos"]
     return p
+
+
+def _nonneg(p: Program, v: int) -> bool:
+    """v >= 0 or NaN, by construction: |z|, max(z, c >= 0), e^z, products of such, c >= 0."""
+    op, args = p.op(v), p.args(v)
+    c = p.const_value(v)
+    if c is not None:
+        return c >= 0
+    if op in ("abs", "exp"):
+        return True
+    if op == "max":
+        return any(p.const_value(a) is not None and p.const_value(a) >= 0 for a in args)
+    return op == "mul" and all(_nonneg(p, a) for a in args)
+
+
+def _nonpos(p: Program, v: int) -> bool:
+    """v <= 0 or NaN, by construction: -z and z * c (c <= 0) for z >= 0."""
+    op, args = p.op(v), p.args(v)
+    if op == "neg":
+        return _nonneg(p, args[0])
+    if op == "mul":
+        a, b = args
+        return (_nonneg(p, a) and (p.const_value(b) if p.const_value(b) is not None else 1.0) <= 0) \
+            or (_nonneg(p, b) and (p.const_value(a) if p.const_value(a) is not None else 1.0) <= 0)
+    return False
 
 
 # -- the memory-pass planner ----------------------------------------------------------------------
@@ -309,13 +334,13 @@ def plan(p: Program) -> Plan:
     avail: dict[int, int] = {}     # scalars: available before sweep avail[v]
     for v in p.topo():
         kind, args = p.kind(v), p.args(v)
-        if kind in ("const", "param", "size"):
+        if kind in ("const", "param", "size", "mscalar"):
             avail[v] = 0
         elif kind in ("input", "colvec"):
             level[v] = 0
         elif kind == "reduce":
             avail[v] = level[args[0]] + 1
-        elif kind in ("item", "guard", "emit"):
+        elif kind in ("item", "guard", "emit", "mreduce"):
             avail[v] = avail[args[0]]
         elif p.shape(v) == ROW:  # map, materialize, output
             level[v] = max([level[a] for a in args if a in level] + [avail[a] for a in args if a in avail])
@@ -378,28 +403,71 @@ def _fuse_into(a: Program, b: Program) -> Program:
     return q
 
 
-def lower_matrix(mp):
-    """Fuse consecutive rows phases (one read of each row from memory serves both: the second
-    sweep finds it in cache), drop per-row vectors no later phase reads, simplify and annotate
-    every phase. Phases that read a column vector the previous phase writes stay apart."""
-    from .matrix import MatrixProgram, Phase, written_by
-    mp.validate()
-    phases: list[Phase] = []
-    for ph in mp.phases:
-        prev = phases[-1] if phases else None
-        reads = {ph.program.attrs(v)["name"] for v in ph.program.nodes("colvec")}
-        if prev is not None and prev.kind == ph.kind == "rows" and not reads & written_by(prev.program):
-            phases[-1] = Phase("rows", _fuse_into(prev.program, ph.program))
+def _fusable_rows(a, b) -> bool:
+    """Whether rows phase ``b`` can run on each row right after ``a`` (one row program): same
+    matrix, b reads nothing a produces across the rows (column vectors, per-matrix scalars), and
+    at most one output, which does not overwrite the rows b still reads."""
+    from .matrix import written_by
+    if not (a.kind == b.kind == "rows" and a.over == b.over):
+        return False
+    pa, pb = a.program, b.program
+    if {pb.attrs(v)["name"] for v in pb.nodes("colvec")} & written_by(pa):
+        return False
+    if set(pb.mscalar_names()[0]) & set(pa.mscalar_names()[1]):
+        return False
+    return not (a.writes_output() and (b.writes_output() or a.into == a.over))
+
+
+EPILOGUE_KINDS = {"input", "const", "param", "colvec", "size", "mscalar", "map", "output"}
+
+
+def elementwise(p: Program) -> bool:
+    """A rows program that maps each element on its own (no reductions, no per-row or column
+    results): what a GEMM epilogue can compute while it stores the product."""
+    return bool(p.nodes("output")) and all(p.kind(v) in EPILOGUE_KINDS for v in p.g)
+
+
+def _fuse_phases(phases: list, epilogues: bool) -> list:
+    from .matrix import MatMul, Phase
+    out: list = []
+    for ph in phases:
+        prev = out[-1] if out else None
+        if prev is not None and epilogues and prev.kind == "matmul" and prev.mm.epilogue is None \
+                and prev.mm.beta == 0.0 and ph.kind == "rows" and ph.over == ph.into == prev.mm.dst \
+                and elementwise(ph.program):
+            mm: MatMul = prev.mm
+            out[-1] = Phase("matmul", mm=MatMul(mm.dst, mm.a, mm.b, mm.layout, mm.alpha, mm.beta,
+                                                ph.program.copy()))
+        elif prev is not None and _fusable_rows(prev, ph):
+            into = prev.into if prev.writes_output() else ph.into
+            out[-1] = Phase("rows", _fuse_into(prev.program, ph.program), over=ph.over, into=into)
+        elif ph.kind in ("rows", "cols"):
+            out.append(Phase(ph.kind, ph.program.copy(), over=ph.over, into=ph.into))
         else:
-            phases.append(Phase(ph.kind, ph.program.copy()))
-    for k, ph in enumerate(phases):
-        later = {q.program.attrs(v)["name"] for q in phases[k + 1:] for v in q.program.nodes("param")}
-        p = ph.program
+            out.append(ph)
+    return out
+
+
+def lower_matrix(mp, epilogues: bool = False):
+    """Fuse consecutive rows phases over one matrix (one read of each row from memory serves
+    both: the second sweep finds it in cache) and, when the backend's GEMMs take epilogues, an
+    element-wise rows phase over a contraction's result into the contraction's store (the
+    result is written once instead of written, read and written again); drop per-row vectors
+    no phase reads; simplify and annotate every row program. Phases that read a column vector or
+    per-matrix scalar the previous phase produces stay apart."""
+    from .matrix import map_phases
+    mp.validate()
+    out = mp.like()
+    out.phases = map_phases(mp.phases, lambda phs: _fuse_phases(phs, epilogues))
+    progs = out.programs()
+    read = {p.attrs(v)["name"] for _, p, _ in progs for v in p.nodes() if p.op(v) in ("param", "colvec")}
+    for _, p, _ in progs:
         for v in p.nodes("emit"):
-            if p.attrs(v)["name"] not in later:
+            if p.attrs(v)["name"] not in read:
                 p.g.remove_node(v)
-        ph.program = annotate_ranges(simplify(p))
-    out = MatrixProgram(mp.name, mp.params)
-    out.phases, out.notes = phases, mp.notes + [
-        f"{len(mp.phases)} phases -> {len(phases)} after fusing consecutive rows phases"]
+        annotate_ranges(simplify(p))
+    before, after = len(mp.leaves()), len(out.leaves())
+    fused = sum(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in out.leaves())
+    out.notes = mp.notes + [f"{before} phases -> {after} after fusing consecutive rows phases"
+                            + (f" ({fused} into GEMM epilogues)" if fused else "")]
     return out.validate()

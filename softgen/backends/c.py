@@ -215,8 +215,11 @@ def _scale_of(p: Program, r: int) -> str | None:
     return None if s == 1.0 else f"sc{r}"
 
 
-def _body(c: _Ctx, sw, u: int, tail: bool) -> list[str]:
-    """Statements computing one vector (unroll slot u) of every row value of a sweep."""
+def _body(c: _Ctx, sw, u: int, tail: bool, input_expr: str | None = None,
+          stores: bool = True) -> list[str]:
+    """Statements computing one vector (unroll slot u) of every row value of a sweep (and its
+    stores, unless ``stores`` is False). ``input_expr``: what the input leaf is instead of a load
+    of x (a GEMM epilogue's product)."""
     p, L = c.p, c.t.lanes
     off = "i" if u == 0 else f"i + {u * L}"
     load = (lambda buf: f"V_LOAD_PART({buf} + i, k)") if tail else (lambda buf: f"V_LOAD({buf} + {off})")
@@ -225,7 +228,7 @@ def _body(c: _Ctx, sw, u: int, tail: bool) -> list[str]:
         op = p.op(v)
         args = [_row_arg(p, a, u) for a in p.args(v)]
         if op == "input":
-            expr = load("x")
+            expr = load("x") if input_expr is None else input_expr
         elif op == "colvec":
             expr = load(f"cv_{p.attrs(v)['name']}")
         elif op == "materialize":
@@ -242,7 +245,7 @@ def _body(c: _Ctx, sw, u: int, tail: bool) -> list[str]:
         else:
             raise BuildError(f"the C backend has no vector lowering for IR op {op!r}")
         lines.append(f"const VEC v{v}_{u} = {expr};")
-    for v in sw.stores + ([sw.output] if sw.output is not None else []) + sw.colstores:
+    for v in (sw.stores + ([sw.output] if sw.output is not None else []) + sw.colstores) if stores else []:
         val = _row_arg(p, p.args(v)[0], u)
         buf = f"cv_{p.attrs(v)['name']}" if p.op(v) == "colstore" else "y"
         lines.append(f"V_STORE_PART({buf} + i, {val}, k);" if tail else f"V_STORE({buf} + {off}, {val});")
@@ -269,11 +272,15 @@ def _acc(r: int, k: int, red: Reduction) -> dict:
     return {f: f"a{r}_{k}_{f}" for f in red.fields}
 
 
+def _broadcasts(p: Program, sw) -> list[str]:
+    """The vectors of the scalars a sweep's row values use."""
+    used = sorted({a for v in sw.compute for a in p.args(v) if p.shape(a) != "row"})
+    return [f"const VEC b{a} = V_SET1({_scalar(p, a)});" for a in used]
+
+
 def _sweep_block(c: _Ctx, sw) -> dict:
     p, L, U, A = c.p, c.t.lanes, c.s.unroll, c.s.accumulators
-    setup, fold, finish = [], [], []
-    used = sorted({a for v in sw.compute for a in p.args(v) if p.shape(a) != "row"})
-    setup += [f"const VEC b{a} = V_SET1({_scalar(p, a)});" for a in used]
+    setup, fold, finish = _broadcasts(p, sw), [], []
     for r in sw.colreds:
         sc = _scale_of(p, r)
         if sc:
@@ -338,8 +345,17 @@ def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
             lines.append(f"const float s{v} = rp_{p.attrs(v)['name']};")
         elif op == "size":
             lines.append(f"const float s{v} = (float){'m' if p.attrs(v)['axis'] == 'rows' else 'n'};")
+        elif op == "row_index":
+            lines.append(f"const float s{v} = (float)row;")
+        elif op == "mscalar":
+            lines.append(f"const float s{v} = ms_{p.attrs(v)['name']};")
         elif op == "emit":
             lines.append(f"*em_{p.attrs(v)['name']} = {args[0]};")
+        elif op == "mreduce_max":   # NaN propagates: once the scalar is NaN it stays NaN
+            lines.append(f"if ({args[0]} > *mr_{p.attrs(v)['name']} || isnan({args[0]})) "
+                         f"*mr_{p.attrs(v)['name']} = {args[0]};")
+        elif op == "mreduce_sum":
+            lines.append(f"*mr_{p.attrs(v)['name']} += {args[0]};")
         elif op == "item":
             (r,) = p.args(v)
             lines.append(f"const float s{v} = s{r}_{p.attrs(v)['index']};")
@@ -366,73 +382,261 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
         blocks.append(_sweep_block(c, sw))
         blocks.append({"kind": "scalar", "lines": _scalar_lines(c, sw.scalars_after, fallback)})
     args = "".join(f", float rp_{name}" for name in row_params)
-    if p.phase is not None:   # a phase of a matrix program: its vectors (see matrix_entry.c.j2)
-        args = ", size_t m" + args + "".join(f", float *cv_{v}" for v in p.vector_names()[1]) \
-            + "".join(f", float *em_{p.attrs(v)['name']}" for v in p.nodes("emit"))
+    if p.phase is not None:   # a phase of a matrix program: see phase_args
+        args = "".join(f", {t}{'' if t.endswith('*') else ' '}{n}" for t, n, _ in phase_args(p)[1:])
     return {"name": fname, "comment": f"{p.name}: {pl.traffic()['summary']}, {len(pl.sweeps)} sweeps",
             "blocks": blocks, "args": args}
 
 
-def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
-    """What ``templates/matrix_entry.c.j2`` needs: per phase of the lowered matrix program the
-    call of its function ``<name>__phase<k>`` (a TVM function also takes ``m`` as int64 and a
-    status pointer) and the column-reduction states to initialise; the vectors; prototypes."""
-    row_vecs, col_vecs = mp.vectors()
-    phases, protos = [], []
-    for k, ph in enumerate(mp.phases):
-        p, fname = ph.program, f"{name}__phase{k}"
-        rps, cols = p.row_params(), p.vector_names()[1]
-        emits = [p.attrs(v)["name"] for v in p.nodes("emit")]
-        if ph.kind == "rows":
-            xy = "(float *)(xb + i * ldx), yb + i * ldy" if tvm else "xb + i * ldx, yb + i * ldy"
-            args = [xy, "(int64_t)n, (int64_t)m" if tvm else "n, m"] + [f"rv_{r}[i]" for r in rps]
+GEMM_EPILOGUES = True   # backends.gemm fuses element-wise phases into the contraction's store
+
+
+def phase_args(p: Program) -> list[tuple[str, str, tuple]]:
+    """The arguments of a matrix phase's row function after (x, y), as (C type, name, source):
+    n and m (its matrix's columns and rows), the row index, per-row vector elements (``rp_``),
+    per-matrix scalars read (``ms_``), per-column vectors (``cv_``), per-row vector slots it emits
+    into (``em_``), per-matrix scalars it reduces into (``mr_``). ``source`` tells the entry point
+    what to pass (see ``_phase_call``); the TVM backend declares the same list."""
+    read_s, wrote_s = p.mscalar_names()
+    return ([("size_t", "n", ("dim", 1)), ("size_t", "m", ("dim", 0)), ("size_t", "row", ("row",))]
+            + [("float", f"rp_{r}", ("rowvec", r)) for r in p.row_params()]
+            + [("float", f"ms_{m}", ("ms", m)) for m in read_s]
+            + [("float *", f"cv_{v}", ("vec", v)) for v in p.vector_names()[1]]
+            + [("float *", f"em_{p.attrs(v)['name']}", ("emit", p.attrs(v)["name"])) for v in p.nodes("emit")]
+            + [("float *", f"mr_{m}", ("mr", m)) for m in wrote_s])
+
+
+def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
+    """A GEMM epilogue computing the element-wise rows program ``p`` (``passes.elementwise``) on
+    the product ``alpha * A @ B``: the C text of an always-inline helper ``fname`` and the
+    ``gemm.Epilogue`` that calls it for each output vector. The helper's per-row vector
+    elements come from pointers indexed by the row, its column vectors are loaded at the
+    output columns (partially on an edge vector), exactly as a rows phase would."""
+    from .gemm import Epilogue
+    c, pl = _Ctx(p, t, s, []), plan(p)
+    (sw,) = pl.sweeps
+    rps, (read_s, _), cols = p.row_params(), p.mscalar_names(), p.vector_names()[1]
+    params = (["size_t e_rows", "size_t e_cols"] + [f"const float *rv_{r}" for r in rps]
+              + [f"float ms_{m}" for m in read_s] + [f"const float *cv_{v}" for v in cols])
+    decl = ", ".join(["VEC acc", "size_t row", "size_t i", "size_t k", "size_t m", "size_t n"]
+                     + params[2:])
+    acc = "acc" if alpha == 1.0 else f"V_MUL(V_SET1({flit(alpha)}), acc)"
+    (out,) = p.nodes("output")
+    res = _row_arg(p, p.args(out)[0], 0)
+    lines = [f"/* GEMM epilogue {p.name}: the rows phase computed on each output vector (columns i..,"
+             f" k of them) of row `row` */",
+             f"static inline __attribute__((always_inline)) VEC {fname}({decl})",
+             "{", "    (void)row; (void)m; (void)n;"]
+    lines += [f"    const float rp_{r} = rv_{r}[row];" for r in rps]
+    lines += ["    " + ln for ln in _scalar_lines(c, pl.scalars_before, None) + _broadcasts(p, sw)]
+    lines += ["    if (k >= SG_LANES) {"]
+    lines += ["        " + ln for ln in _body(c, sw, 0, False, acc, stores=False)]
+    lines += [f"        return {res};", "    }"]
+    lines += ["    " + ln for ln in _body(c, sw, 0, True, acc, stores=False)]
+    lines += [f"    return {res};", "}"]
+    names = [pp.split("*")[-1].split(" ")[-1] for pp in params]
+
+    def vector(a, i, j, count):
+        return f"{fname}({a}, {i}, {j}, {count or 'SG_LANES'}, {', '.join(names)})"
+    return "\n".join(lines), Epilogue(fname.rsplit("__", 1)[-1], tuple(params), vector, needs_vmath=True)
+
+
+def matrix_gemms(mp, name: str) -> dict[int, tuple[str, str, object]]:
+    """Per matmul phase index: (gemm function name, layout, epilogue program or None). Plain
+    contractions share one function per layout; each epilogue has its own."""
+    out = {}
+    for k, ph in enumerate(mp.leaves()):
+        if ph.kind == "matmul":
+            mm = ph.mm
+            fname = f"{name}__gemm_{mm.layout}" if mm.epilogue is None else f"{name}__gemm{k}_{mm.layout}_epi"
+            out[k] = (fname, mm.layout, mm.epilogue)
+    return out
+
+
+def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
+    """The C statements of one phase in the entry point's per-matrix body."""
+    if ph.kind == "matmul":
+        mm = ph.mm
+        (M, K), N = mp.shape(mm.a), mp.shape(mm.dst)[1]
+        fname = matrix_gemms(mp, name)[k][0]
+        head = [f"dim_{M}", f"dim_{N}", f"dim_{K}"]
+        ops = [f"mat_{mm.a}", f"ld_{mm.a}", f"mat_{mm.b}", f"ld_{mm.b}"]
+        dst = [f"mat_{mm.dst}", f"ld_{mm.dst}"]
+        if mm.epilogue is None:
+            args = head + [flit(mm.alpha)] + ops + [flit(mm.beta)] + dst
         else:
-            args = ["NULL, NULL", "(int64_t)n, (int64_t)m" if tvm else "n, m"]
-        args += [f"cv_{v}" for v in cols] + [f"rv_{e} + i" for e in emits] + (["&status"] if tvm else [])
-        inits = [(f"{p.attrs(v)['name']}_{f}", flit(init)) for v in p.nodes() if p.kind(v) == "colreduce"
-                 for f, init in COLREDUCE_FIELDS[p.op(v)]]
-        pl = plan(p)
-        phases.append({"kind": ph.kind, "index": k, "call": f"{fname}({', '.join(args)});", "inits": inits,
-                       "comment": f"{ph.kind} phase: {pl.traffic()['summary']} per element, "
-                                  f"{len(pl.sweeps)} sweep(s)"})
-        protos.append(f"void {fname}(float *x, float *y, int64_t n, int64_t m"
-                      + "".join(f", float rp_{r}" for r in rps) + "".join(f", float *cv_{v}" for v in cols)
-                      + "".join(f", float *em_{e}" for e in emits) + ", int32_t *status);")
-    return {"phases": phases, "row_vecs": row_vecs, "col_vecs": col_vecs, "tvm": tvm,
-            "prototypes": protos}
+            p = mm.epilogue
+            R, C = mp.shape(mm.dst)
+            args = head + ops + dst + [f"dim_{R}", f"dim_{C}"] + [f"vec_{r}" for r in p.row_params()] \
+                + [f"sg_ms[{scal[m]}]" for m in p.mscalar_names()[0]] + [f"vec_{v}" for v in p.vector_names()[1]]
+        return [f"{fname}({', '.join(args)});"]
+    p = ph.program
+    R, C = mp.shape(ph.over)
+    rows = ph.kind == "rows"
+    lines = []
+    for v in p.nodes():
+        if p.kind(v) == "colreduce":
+            for f, init in COLREDUCE_FIELDS[p.op(v)]:
+                lines.append(f"for (size_t j = 0; j < dim_{C}; j++) vec_{p.attrs(v)['name']}_{f}[j] = {flit(init)};")
+        elif p.kind(v) == "mreduce":
+            from ..ir import MREDUCE_INIT
+            lines.append(f"sg_ms[{scal[p.attrs(v)['name']]}] = {flit(MREDUCE_INIT[p.op(v)])};")
+    src = {"dim": lambda i: f"dim_{(R, C)[i]}", "row": lambda: "i" if rows else "0",
+           "rowvec": lambda r: f"vec_{r}[i]", "ms": lambda m: f"sg_ms[{scal[m]}]",
+           "vec": lambda v: f"vec_{v}", "emit": lambda e: f"vec_{e} + i", "mr": lambda m: f"&sg_ms[{scal[m]}]"}
+    args = [src[a[0]](*a[1:]) for _, _, a in phase_args(p)]
+    if rows:
+        x = f"mat_{ph.over} + i * ld_{ph.over}"
+        y = f"mat_{ph.into} + i * ld_{ph.into}" if ph.writes_output() else "NULL"
+    else:
+        x = y = "NULL"
+    if tvm:
+        x = f"(float *)({x})" if rows else x
+        args = [f"(int64_t)({a})" if t == "size_t" else a for (t, _, _), a in zip(phase_args(p), args)]
+        call = f"{{ int32_t status = 0; {name}__phase{k}({x}, {y}, {', '.join(args)}, &status); }}"
+    else:
+        call = f"{name}__phase{k}({x}, {y}, {', '.join(args)});"
+    if rows:
+        return lines + [f"for (size_t i = 0; i < dim_{R}; i++)", f"    {call}"]
+    return lines + [call]
+
+
+def _matrix_body(mp, phases, name: str, tvm: bool, scal: dict, index: list, depth: int = 0) -> list[str]:
+    out = []
+    for ph in phases:
+        if ph.kind == "loop":
+            it = f"it{depth}"
+            out.append(f"for (size_t {it} = 0; {it} < {ph.count}; {it}++) {{")
+            out += ["    " + ln for ln in _matrix_body(mp, ph.body, name, tvm, scal, index, depth + 1)]
+            for a, b in ph.swaps:
+                out.append(f"    {{ float *sg_t = mat_{a}; mat_{a} = mat_{b}; mat_{b} = sg_t; }}")
+            out.append("}")
+            continue
+        k = index[0]
+        index[0] += 1
+        what = f"matmul {ph.mm}" if ph.kind == "matmul" else \
+            f"{ph.kind} over {ph.over}" + (f" into {ph.into}" if ph.writes_output() else "")
+        out.append(f"/* phase {k}: {what} */")
+        out += _phase_call(mp, k, ph, name, tvm, scal)
+    return out
+
+
+def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
+    """What ``templates/matrix_entry.c.j2`` needs: the signature and argument checks of the
+    program's ABI (``MatrixABI``), the scratch (vectors and scratch matrices, one allocation),
+    the per-matrix pointers and the per-matrix body (each phase's calls, loops); for TVM also
+    the phase functions' prototypes (``m``/``n``/row as int64, a status pointer)."""
+    abi = mp.abi()
+    mats = abi.matrices
+    if abi.style == "unary":
+        (_, (R, C)), = abi.inputs
+        checks = [("rows == 0 || n == 0", 0, "there is nothing to do"),
+                  ("x == NULL || y == NULL", 1, "a pointer is NULL while its matrix is not empty"),
+                  ("ldx < n || ldy < n", 2, "a row stride is below its row length"),
+                  (f"!{name}__fits(1, rows, n, ldx) || !{name}__fits(1, rows, n, ldy)", 3,
+                   "the rows do not fit in the address space"),
+                  ("m == 0 || rows % m != 0", 4, "m is 0 or does not divide rows")]
+        if abi.square:
+            checks.append(("n != m", 6, "the matrices are not square (n != m)"))
+        before, after = [], [("batch", "rows / m"), (f"dim_{R}", "m")] + ([(f"dim_{C}", "n")] if C != R else [])
+        lds = {"x": "ldx", "y": "ldy"}
+    else:
+        before, after = [(f"dim_{d}", d) for d in abi.dims], []
+        outs = " && ".join(f"(dim_{r} == 0 || dim_{c} == 0)" for _, (r, c) in abi.outputs)
+        checks = [(f"batch == 0 || ({outs})", 0, "every output is empty: nothing to do")]
+        checks.append((" || ".join(f"(dim_{r} != 0 && dim_{c} != 0 && {nm} == NULL)" for nm, (r, c) in mats),
+                       1, "a pointer is NULL while its matrix is not empty"))
+        checks.append((" || ".join(f"ld{nm} < dim_{c}" for nm, (_, c) in mats), 2,
+                       "a row stride is below its row length"))
+        checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
+                       3, "a matrix does not fit in the address space"))
+        lds = {nm: f"ld{nm}" for nm, _ in mats}
+    scratch = [(f"vec_{v}", f"sg_off_vec_{v}", "sg_ld", "1", f"dim_{d}") for v, d in mp.vector_dims().items()]
+    scratch += [(f"mat_{nm}", f"sg_off_mat_{nm}", f"ld_{nm}", f"dim_{r}", f"dim_{c}")
+                for nm, (r, c) in mp.scratch_mats.items()]
+    scal = {nm: i for i, nm in enumerate(mp.scalars())}
+    per_matrix = [f"{'const ' if role == 'input' else ''}float *mat_{nm} = {nm} + sg_b * dim_{r} * {lds[nm]};"
+                  for (nm, (r, _)), role in zip(mats, ["input"] * len(abi.inputs) + ["output"] * len(abi.outputs))]
+    body = _matrix_body(mp, mp.phases, name, tvm, scal, [0])
+    protos = []
+    if tvm:
+        for k, ph in enumerate(mp.leaves()):
+            if ph.kind in ("rows", "cols"):
+                a = ", ".join(f"{'int64_t' if t == 'size_t' else t}{'' if t.endswith('*') else ' '}{n}"
+                              for t, n, _ in phase_args(ph.program))
+                protos.append(f"void {name}__phase{k}(float *x, float *y, {a}, int32_t *status);")
+    return {"signature": abi.signature(name), "checks": checks, "dims_before": before, "dims_after": after,
+            "lds": [(f"ld_{nm}", lds[nm]) for nm, _ in mats], "scratch": scratch,
+            "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body, "tvm": tvm,
+            "prototypes": protos, "vectors": len(mp.vector_dims()), "scratch_mats": len(mp.scratch_mats)}
 
 
 def matrix_plan_lines(mp) -> list[str]:
     lines = ["matrix plan:"]
-    for k, ph in enumerate(mp.phases):
-        lines.append(f"  phase {k} ({ph.kind}):")
+    for k, ph in enumerate(mp.leaves()):
+        if ph.kind == "matmul":
+            lines.append(f"  phase {k} (matmul): {ph.mm}")
+            if ph.mm.epilogue is not None:
+                lines.append(f"    fused epilogue (per output vector): "
+                             + ", ".join(f"%{v} {ph.mm.epilogue.op(v)}" for v in ph.mm.epilogue.topo()))
+            continue
+        lines.append(f"  phase {k} ({ph.kind} over {ph.over}"
+                     + (f" into {ph.into}" if ph.writes_output() else "") + "):")
         lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]
+    loops = [ph for ph in mp.phases if ph.kind == "loop"]
+    for ph in loops:
+        lines.append(f"  loop of {ph.count} iterations over the phases it holds"
+                     + "".join(f", swapping {a} and {b}" for a, b in ph.swaps))
     return lines + ["rewrites:"] + ["  " + n for n in mp.notes]
 
 
 def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> str:
-    """C source of a matrix kernel ``int name(x, y, rows, n, ldx, ldy, m)``: one static function
-    per phase of the lowered matrix program ``mp``, and an entry point that runs the phases over
-    each m-row matrix with the per-row/per-column vectors in one scratch allocation."""
-    bad = sorted({b for ph in mp.phases for b in lowerable(ph.program)})
+    """C source of a matrix kernel: one static function per rows/cols phase of the lowered
+    matrix program ``mp``, one register-blocked GEMM (``backends.gemm``) per contraction layout
+    and per fused epilogue, and the entry point of the program's ABI (``MatrixABI``)."""
+    from .gemm import gemm
+    bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
-    functions = [_row_function(ph.program, t, s, f"{name}__phase{k}", None, ph.program.row_params())
-                 for k, ph in enumerate(mp.phases)]
+    functions, gemms, done = [], [], set()
+    for k, ph in enumerate(mp.leaves()):
+        if ph.kind in ("rows", "cols"):
+            functions.append(_row_function(ph.program, t, s, f"{name}__phase{k}", None,
+                                           ph.program.row_params()))
+    for k, (fname, layout, epi) in matrix_gemms(mp, name).items():
+        if fname in done:
+            continue
+        done.add(fname)
+        if epi is None:
+            gemms.append(gemm(t, layout, name=fname).source)
+        else:
+            helper, e = epilogue_code(epi, t, s, f"{name}__epi{k}", mp.leaves()[k].mm.alpha)
+            gemms.append(helper + "\n" + gemm(t, layout, epilogue=e, name=fname).source)
     return _env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
-        schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=matrix_plan_lines(mp), isa=isa_header(t),
-        vmath=vmath(), functions=functions, lanes=t.lanes, entry_row=None, tvm=False, row_params=[],
-        rp_args="", matrix=matrix_entry(mp, name))
+        schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {gemm_schedule(t)}" if gemms else ""),
+        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(), functions=functions,
+        lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
+        matrix=matrix_entry(mp, name), gemms=gemms)
+
+
+def gemm_schedule(t: Target) -> str:
+    from .gemm import schedule_for
+    s = schedule_for(t)
+    return f"{s.mr}x{s.nr(t.lanes)} tile, {s}"
 
 
 def matrix_traffic(mp) -> dict:
-    """Memory traffic of a lowered matrix program per matrix element: sweeps of rows phases that
-    follow another sweep of the same row read it from cache, so only each phase's first read of
-    x and its writes count as memory traffic."""
+    """Memory traffic of a lowered matrix program's rows phases per element of the matrix each
+    sweeps: sweeps of rows phases that follow another sweep of the same row read it from cache,
+    so only each phase's first read of its matrix and its writes count (and a fused epilogue's
+    store). Contractions are counted in flops (``matrix_flops``), not here."""
     reads = writes = passes = exps = 0
-    for ph in mp.phases:
+    for ph in mp.leaves():
+        if ph.kind == "matmul" and ph.mm.epilogue is not None:   # its store of dst
+            writes += 1
+            exps += plan(ph.mm.epilogue).exps_per_element()
         if ph.kind != "rows":
             continue
         pl = plan(ph.program)
@@ -440,9 +644,30 @@ def matrix_traffic(mp) -> dict:
         writes += pl.writes
         passes += len(pl.sweeps)
         exps += pl.exps_per_element()
+    gemms = matrix_flops(mp)
     return {"passes": passes, "reads": reads, "writes": writes,
             "bytes_per_element": 4 * (reads + writes), "exp_per_element": exps,
-            "summary": f"{reads}R + {writes}W"}
+            "summary": f"{reads}R + {writes}W" + (f" + GEMMs of {gemms} flops" if gemms else ""),
+            **({"gemm_flops": gemms} if gemms else {})}
+
+
+def matrix_flops(mp, dims: dict | None = None):
+    """Flops of the contractions per matrix: a formula in the dimensions (``"40*m*m*m"``), or
+    its value for ``dims`` ({name: size})."""
+    terms: dict[tuple, int] = {}
+
+    def walk_(phases, times):
+        for ph in phases:
+            if ph.kind == "loop":
+                walk_(ph.body, times * ph.count)
+            elif ph.kind == "matmul" and times:
+                (M, K), N = mp.shape(ph.mm.a), mp.shape(ph.mm.dst)[1]
+                key = tuple(sorted((M, N, K)))
+                terms[key] = terms.get(key, 0) + 2 * times
+    walk_(mp.phases, 1)
+    if dims is not None:
+        return sum(c * math.prod(dims[d] for d in key) for key, c in terms.items())
+    return " + ".join(f"{c}*{'*'.join(key)}" for key, c in sorted(terms.items())) or ""
 
 
 def entry_row_args(row_params: list[str]) -> str:
@@ -480,4 +705,4 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
         functions=functions, lanes=t.lanes, entry_row=f"{name}__row", tvm=False, row_params=rps,
-        rp_args=entry_row_args(rps), matrix=None)
+        rp_args=entry_row_args(rps), matrix=None, gemms=[])

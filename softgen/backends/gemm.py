@@ -129,8 +129,9 @@ def schedule_for(t: Target, schedule: GemmSchedule | dict | None = None) -> Gemm
 
 # -- epilogues --------------------------------------------------------------------------------
 
-_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,31}$")
-_PARAM = re.compile(r"^(const )?(float|double|int|size_t|int32_t|int64_t)( ?\*)? ?([a-z_][a-z0-9_]{0,31})$")
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+_PARAM = re.compile(r"^(const )?(float|double|int|size_t|int32_t|int64_t)( ?\*)? ?([a-z_][a-z0-9_]{0,63})$")
+_FUNC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 def load_vec(ptr: str, count: str | None) -> str:
@@ -289,8 +290,8 @@ def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict
             raise UsageError(f"epilogue must be an Epilogue, got {type(epilogue).__name__}")
         epilogue.validate()
     name = name or default_name(t, layout, s, epilogue)
-    if not isinstance(name, str) or not re.match(r"^[a-z_][a-z0-9_]{0,63}$", name):
-        raise UsageError(f"gemm function name must be a lower-case C identifier, got {name!r}")
+    if not isinstance(name, str) or not _FUNC.match(name):
+        raise UsageError(f"gemm function name must be a C identifier, got {name!r}")
     b_shape = "k x n" if layout == "nn" else "n x k"
     params = ["size_t m", "size_t n", "size_t k"] + (["float alpha"] if epilogue is None else []) + \
         ["const float *a", "size_t lda", "const float *b", "size_t ldb"] + \

@@ -155,8 +155,8 @@ def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict
     if s.kc * s.nr(t.lanes) > 16384:
         raise UsageError(f"TVM gemm panel kc*NR ({s.kc}*{s.nr(t.lanes)}) exceeds 16384 floats of stack")
     name = name or f"sg_tvmgemm_{layout}_{s.mr}x{s.nr(t.lanes)}__{t.name}"
-    if not isinstance(name, str) or not re.match(r"^[a-z_][a-z0-9_]{0,63}$", name):
-        raise UsageError(f"gemm function name must be a lower-case C identifier, got {name!r}")
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", name):
+        raise UsageError(f"gemm function name must be a C identifier, got {name!r}")
     return TvmGemmCode(name, layout, t, s, tir_source(t, layout, s, name))
 
 

@@ -1,0 +1,189 @@
+"""SOFT (spec 6): the Gaussian kernel and the Newton-Schulz pseudo-inverse, matrix programs with
+contractions, on every target and backend against the float64 references with the ops' derived
+tolerances (softgen/ops.py), their properties, layouts, the two-input ABI and bad input."""
+import ctypes
+import json
+
+import numpy as np
+import pytest
+
+import softgen
+from softgen import reference as ref
+from softgen.ops import get_op
+from conftest import BACKENDS, TARGETS, kernel
+
+DIMS = (1, 3, 7, 17, 64, 65)
+# (n, m, d): every value of DIMS in every position, tile and vector edges included
+GAUSS_SHAPES = [(n, DIMS[(i + 2) % 6], DIMS[(i + 4) % 6]) for i, n in enumerate(DIMS)] + \
+    [(DIMS[(i + 3) % 6], DIMS[(i + 1) % 6], d) for i, d in enumerate(DIMS)] + [(130, 70, 5), (2, 2, 300)]
+
+
+def run_inputs(k, xs: list[tuple]) -> list[np.ndarray]:
+    """k on every tuple of inputs: natively, or emulated in one emulator process."""
+    from conftest import _can_emulate
+    if k.runnable:
+        return [k(*x) for x in xs]
+    _can_emulate(k)
+    return k.run_emulated_many(xs)
+
+
+def check_gauss(k, a, b, s, what=""):
+    r = ref.gaussian_kernel(a, b, k.params["head_dim"])
+    tol = get_op("gaussian_kernel").tolerance((a, b), r, k.params)
+    assert s.shape == r.shape and s.dtype == np.float32, what
+    err = np.abs(s.astype(np.float64) - r)
+    bad = ~(err <= tol)
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        raise AssertionError(f"{k.name} {what}: {bad.sum()} entries out of tolerance; first at {i}: "
+                             f"s={s[i]!r} ref={r[i]!r} err={err[i]:.3g} tol={tol[i]:.3g}")
+
+
+def _points(rng, shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_gaussian_matches_reference(target, backend, rng):
+    k = kernel("gaussian_kernel", "direct", target, backend, head_dim=64)
+    xs = [(_points(rng, (n, d)), _points(rng, (m, d))) for n, m, d in GAUSS_SHAPES]
+    xs += [(_points(rng, (2, 3, 9, 8), 0.5), _points(rng, (2, 3, 11, 8), 0.5)),   # batches
+           (_points(rng, (1, 40, 64), 0.2), _points(rng, (1, 64, 64), 0.2))]
+    for (a, b), s in zip(xs, run_inputs(k, xs)):
+        check_gauss(k, a, b, s, f"a {a.shape} b {b.shape}")
+
+
+@pytest.mark.parametrize("head_dim", [1, 16, 128])
+def test_gaussian_head_dims_and_ranges(head_dim, rng):
+    """head_dim is only the scale 1/(2 sqrt(d)); far-apart points underflow to 0 (never negative),
+    near ones stay in (0, 1]."""
+    k = kernel("gaussian_kernel", "direct", "host", head_dim=head_dim)
+    for scale in (0.01, 1.0, 30.0):
+        a, b = _points(rng, (33, 16), scale), _points(rng, (20, 16), scale)
+        s = k(a, b)
+        check_gauss(k, a, b, s, f"scale {scale}")
+        assert np.all(s >= 0) and np.all(s <= 1)
+        if scale <= 1:
+            assert np.all(s > 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gaussian_properties(backend, rng):
+    """Identical points give 1 (within the rounding of |a|^2 + |a|^2 - 2 a.a), a with itself is
+    symmetric, every entry lies in (0, 1]."""
+    k = kernel("gaussian_kernel", "direct", "host", backend, head_dim=64)
+    a = _points(rng, (3, 70, 64))
+    s = k(a, a)
+    check_gauss(k, a, a, s)
+    diag = np.diagonal(s, axis1=-2, axis2=-1)
+    assert np.all(diag <= 1) and np.all(diag >= 1 - 1e-5), diag.min()
+    np.testing.assert_array_equal(s, np.swapaxes(s, -1, -2))
+    assert np.all((s > 0) & (s <= 1))
+    z = np.zeros((5, 64), np.float32)
+    np.testing.assert_array_equal(k(z, z), np.ones((5, 5), np.float32))
+    one = np.ones((4, 64), np.float32)           # |a|^2 = 64 exactly: the clamp gives exact 1
+    np.testing.assert_array_equal(k(one, one[:2]), np.ones((4, 2), np.float32))
+
+
+def test_gaussian_layouts_and_out(rng):
+    """Strided rows (views into padded buffers with NaN padding), copies for views one stride
+    cannot address, out= (strided, or overlapping an input: computed aside), empty shapes."""
+    k = kernel("gaussian_kernel", "direct", "host", head_dim=64)
+    abuf = np.full((2, 19, 40), np.nan, np.float32)
+    bbuf = np.full((2, 13, 33), np.nan, np.float32)
+    a, b = abuf[:, :17, :30], bbuf[:, :11, :30]
+    a[...] = _points(rng, a.shape)
+    b[...] = _points(rng, b.shape)
+    want = k(a.copy(), b.copy())
+    np.testing.assert_array_equal(k(a, b), want)
+    check_gauss(k, a, b, want)
+    np.testing.assert_array_equal(k(a[:, ::2], b[:, ::3]), k(a[:, ::2].copy(), b[:, ::3].copy()))
+    at = np.ascontiguousarray(np.swapaxes(a, -1, -2))
+    np.testing.assert_array_equal(k(np.swapaxes(at, -1, -2), b), want)   # last axis strided: copied
+    obuf = np.full((2, 17, 20), 7.0, np.float32)
+    out = obuf[:, :, :11]
+    assert k(a, b, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    assert np.all(obuf[:, :, 11:] == 7.0)                                  # padding untouched
+    big = np.zeros((2, 17, 30), np.float32)
+    big[...] = a
+    res = k(big, b, out=big[:, :, :11])                                   # out overlaps a
+    np.testing.assert_array_equal(res, want)
+    assert k(np.zeros((0, 5, 3), np.float32), np.zeros((0, 4, 3), np.float32)).shape == (0, 5, 4)
+    assert k(np.zeros((5, 3), np.float32), np.zeros((0, 3), np.float32)).shape == (5, 0)
+    np.testing.assert_array_equal(k(np.zeros((5, 0), np.float32), np.zeros((4, 0), np.float32)),
+                                  np.ones((5, 4), np.float32))            # d = 0: distance 0
+
+
+def test_gaussian_bad_input():
+    k = kernel("gaussian_kernel", "direct", "host", head_dim=64)
+    a, b = np.zeros((4, 8), np.float32), np.zeros((3, 8), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        k(a.astype(np.float64), b)
+    with pytest.raises(TypeError, match="numpy"):
+        k(a.tolist(), b)
+    with pytest.raises(TypeError, match="2 arrays"):
+        k(a)
+    with pytest.raises(ValueError, match="two axes"):
+        k(a[0], b)
+    with pytest.raises(ValueError, match="dimension d"):
+        k(a, np.zeros((3, 7), np.float32))
+    with pytest.raises(ValueError, match="leading axes"):
+        k(np.zeros((2, 4, 8), np.float32), np.zeros((3, 3, 8), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        k(a, b, out=np.zeros((3, 4), np.float32))
+    for bad in (0, -1, 1.5, 2 ** 21, True, float("nan")):
+        with pytest.raises(softgen.UsageError):
+            softgen.compile("gaussian_kernel", head_dim=bad)
+    with pytest.raises(softgen.UsageError, match="direct"):
+        softgen.compile("gaussian_kernel", algorithm="online")
+
+
+def test_gaussian_export_abi_and_error_codes(tmp_path, rng):
+    k = softgen.compile("gaussian_kernel", head_dim=32, name="gk32")
+    paths = k.export(tmp_path)
+    h = paths["header"].read_text()
+    sig = ("int gk32(const float *a, const float *b, float *s, size_t batch, size_t n, size_t m, "
+           "size_t d, size_t lda, size_t ldb, size_t lds);")
+    assert sig in h and "GK32_ENOMEM 5" in h and "head_dim=32" in h and "lds" in h
+    m = json.loads(paths["manifest"].read_text())
+    assert m["abi"] + ";" == sig and set(m["arguments"]) == {"a", "b", "s", "batch", "n", "m", "d",
+                                                            "lda", "ldb", "lds"}
+    assert m["accuracy"]["max_rel_error"] < 1e-4 and m["abi_style"] == "general"
+    fn = ctypes.CDLL(str(paths["library"])).gk32
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_size_t] * 7
+    a, b = _points(rng, (2, 5, 6)), _points(rng, (2, 4, 6))
+    s = np.full((2, 5, 9), -1.0, np.float32)
+    assert fn(a.ctypes.data, b.ctypes.data, s.ctypes.data, 2, 5, 4, 6, 6, 6, 9) == 0
+    np.testing.assert_array_equal(s[..., :4], k(a, b))
+    assert np.all(s[..., 4:] == -1)
+    P = a.ctypes.data, b.ctypes.data, s.ctypes.data
+    assert fn(None, P[1], P[2], 2, 5, 4, 6, 6, 6, 9) == 1
+    assert fn(P[0], P[1], None, 2, 5, 4, 6, 6, 6, 9) == 1
+    assert fn(None, None, P[2], 2, 5, 4, 0, 0, 0, 9) == 0                # d = 0: inputs unread
+    assert fn(None, None, None, 0, 5, 4, 6, 6, 6, 9) == 0                # batch 0
+    assert fn(P[0], P[1], P[2], 2, 5, 4, 6, 5, 6, 9) == 2                # lda < d
+    assert fn(P[0], P[1], P[2], 2, 5, 4, 6, 6, 6, 3) == 2                # lds < m
+    assert fn(P[0], P[1], P[2], 2 ** 62, 5, 4, 6, 6, 6, 9) == 3          # does not fit
+
+
+def test_gaussian_functional_and_cli(tmp_path, rng):
+    import subprocess
+    import sys
+    a, b = _points(rng, (6, 16)), _points(rng, (5, 16))
+    np.testing.assert_allclose(softgen.gaussian_kernel(a, b, 16), ref.gaussian_kernel(a, b, 16),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(TypeError, match="2 arrays"):
+        softgen.gaussian_kernel(a)
+    env = {**__import__("os").environ}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "softgen", *args], capture_output=True,  # noqa: E731
+                                       text=True, env=env)
+    res = run("build", "--op", "gaussian_kernel", "-p", "head_dim=16", "-o", str(tmp_path), "--json")
+    assert res.returncode == 0, res.stderr
+    man = json.loads(res.stdout)
+    assert man["params"]["head_dim"] == 16 and "size_t lds)" in man["abi"]
+    res = run("explain", "--op", "gaussian_kernel")
+    assert res.returncode == 0 and "matmul s = a @ b^T" in res.stdout and "epilogue" in res.stdout
+    res = run("build", "--op", "gaussian_kernel", "-p", "head_dim=0", "-o", str(tmp_path / "x"))
+    assert res.returncode == 2 and "head_dim" in res.stderr
