@@ -376,28 +376,47 @@ def gaussian_kernel(a, b, head_dim: int) -> np.ndarray:
     return np.exp(-np.maximum(d2, 0.0) / (2.0 * math.sqrt(head_dim)))
 
 
-def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float = 0.9) -> np.ndarray:
+def newton_pinv_alpha(a, variant: str = "soft", alpha_factor: float = 0.9,
+                      alpha_scope: str | None = None) -> np.ndarray:
+    """The scale alpha of Newton-Schulz's start V0 = alpha P (see ``newton_pinv``): shape
+    (..., 1, 1) per matrix (alpha_scope "matrix") or () over the whole tensor ("tensor"). None:
+    as in the code, per matrix for "soft" (SOFT/kernel/inverse.py), over the tensor for "norm"
+    (SOFT-Norm newton_inv)."""
+    a = _rows(a)
+    scope = alpha_scope or ("matrix" if variant == "soft" else "tensor")
+    if scope not in ("matrix", "tensor"):
+        raise ValueError(f"alpha_scope must be 'matrix', 'tensor' or None, got {alpha_scope!r}")
+    if variant not in ("soft", "norm"):
+        raise ValueError(f"variant must be 'soft' or 'norm', got {variant!r}")
+    per = scope == "matrix"
+    top = lambda t: np.max(t, axis=-1)[..., None, None] if per else np.max(t)  # noqa: E731
+    rowsum = top(np.sum(np.abs(a), -1))
+    if variant == "soft":
+        return alpha_factor * 2.0 / rowsum ** 2
+    eye = np.eye(a.shape[-1])
+    alpha = 2.0 / rowsum ** 2
+    for _ in range(10):   # halve while |I - A (alpha A)|_1 > 1.01, at most 10 times
+        done = top(np.sum(np.abs(eye - a @ (alpha * a)), axis=-2)) <= 1.01
+        if np.all(done):
+            break
+        alpha = np.where(done, alpha, alpha / 2)
+    return alpha
+
+
+def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float = 0.9,
+                alpha_scope: str | None = None) -> np.ndarray:
     """Newton-Schulz V <- 2V - V A V on the last two (square) axes. variant "soft" (SOFT/kernel/
     inverse.py): P = A + 0.01 I, V0 = alpha P, alpha = alpha_factor 2 / (max row sum)^2 per
     matrix; converges to (A + 0.01 I)^-1. variant "norm" (SOFT-Norm newton_inv): V0 = alpha A,
     alpha = 2 / (max row sum)^2 over the whole tensor, halved while |I - A V0|_1 > 1.01 (at most
-    10 times); converges to A^+."""
+    10 times); converges to A^+. ``alpha_scope`` ("matrix" | "tensor" | None = as in the code,
+    see ``newton_pinv_alpha``) takes the max row sum (and the halving test) per matrix or over the
+    whole tensor: softgen's kernels treat every matrix on its own ("matrix")."""
     a = _rows(a)
-    eye = np.eye(a.shape[-1])
+    alpha = newton_pinv_alpha(a, variant, alpha_factor, alpha_scope)
     if variant == "soft":
-        p = a + 0.01 * eye
-        alpha = alpha_factor * 2.0 / np.max(np.sum(np.abs(a), -1), -1)[..., None, None] ** 2
-        v = alpha * p
-        a = p
-    elif variant == "norm":
-        alpha = 2.0 / np.max(np.sum(np.abs(a), -1)) ** 2
-        for _ in range(10):
-            if np.max(np.sum(np.abs(eye - a @ (alpha * a)), axis=-2)) <= 1.01:
-                break
-            alpha /= 2
-        v = alpha * a
-    else:
-        raise ValueError(f"variant must be 'soft' or 'norm', got {variant!r}")
+        a = a + 0.01 * np.eye(a.shape[-1])
+    v = alpha * a
     for _ in range(int(n_iter)):
         v = 2 * v - v @ a @ v
     return v

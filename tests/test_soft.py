@@ -187,3 +187,160 @@ def test_gaussian_functional_and_cli(tmp_path, rng):
     assert res.returncode == 0 and "matmul s = a @ b^T" in res.stdout and "epilogue" in res.stdout
     res = run("build", "--op", "gaussian_kernel", "-p", "head_dim=0", "-o", str(tmp_path / "x"))
     assert res.returncode == 2 and "head_dim" in res.stderr
+
+
+# -- Newton-Schulz pseudo-inverse ----------------------------------------------------------------
+
+def landmark_kernel(rng, batch, m, spread=0.3, d=64, dup=0):
+    """SOFT's K2 = kernel(Q~, Q~) of m landmarks in d dimensions (symmetric PSD, entries in (0, 1]);
+    ``dup`` landmarks repeated make it singular. ``spread`` sets the conditioning (smaller:
+    closer landmarks, worse)."""
+    q = rng.standard_normal((batch, m, d)) * spread
+    if dup:
+        q[:, m - dup:] = q[:, :dup]
+    return ref.gaussian_kernel(q, q, d).astype(np.float32)
+
+
+NEWTON_SIZES = (1, 3, 7, 17, 64, 65)
+
+
+@pytest.mark.parametrize("variant", ["soft", "norm"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_newton_matches_reference(target, backend, variant, rng):
+    """The same n_iter as the float64 reference (spec 11), per-matrix alpha, every size on the
+    tile edges; 0 iterations is alpha P itself."""
+    from conftest import check, run_many
+    for n_iter in (0, 1, 20):
+        k = kernel("newton_pinv", "direct", target, backend, n_iter=n_iter, variant=variant)
+        xs = [landmark_kernel(rng, 2, m) for m in NEWTON_SIZES] + [landmark_kernel(rng, 1, 49, 0.15)]
+        for x, y in zip(xs, run_many(k, xs)):
+            check(k, x, y, f"{variant} n_iter={n_iter} shape {x.shape}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_newton_converges_to_the_inverse(backend, rng):
+    """At >= 40 iterations on moderately conditioned K2 (spec 11): "norm" reaches
+    numpy.linalg.pinv, "soft" the regularised inverse (K2 + 0.01 I)^-1, within the kernel's
+    tolerance against the reference plus the reference's own distance to the limit."""
+    from conftest import check
+    x = landmark_kernel(rng, 3, 49, 0.4)
+    x64 = x.astype(np.float64)
+    for variant, limit in (("norm", np.linalg.pinv(x64)),
+                           ("soft", np.linalg.inv(x64 + 0.01 * np.eye(49)))):
+        k = kernel("newton_pinv", "direct", "host", backend, n_iter=40, variant=variant)
+        y = k(x)
+        check(k, x, y, variant)
+        r = get_op("newton_pinv").reference(x, **k.params)
+        tol = get_op("newton_pinv").tolerance(x, r, k.params)
+        assert np.all(np.abs(y - limit) <= tol + np.abs(r - limit)), variant
+        assert np.abs(y - limit).max() <= 1e-3 * np.abs(limit).max(), variant
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_newton_singular_landmarks(backend, rng):
+    """Duplicate landmarks make K2 singular: "norm" converges to the pseudo-inverse (it needs more
+    iterations), "soft" to the regularised inverse, which stays well conditioned."""
+    from conftest import check
+    x = landmark_kernel(rng, 2, 24, 0.5, dup=4)
+    x64 = x.astype(np.float64)
+    assert np.all(np.linalg.matrix_rank(x64, 1e-5) < 24)
+    for variant, n_iter, limit in (("norm", 80, np.linalg.pinv(x64, rcond=1e-5)),
+                                   ("soft", 40, np.linalg.inv(x64 + 0.01 * np.eye(24)))):
+        k = kernel("newton_pinv", "direct", "host", backend, n_iter=n_iter, variant=variant)
+        y = k(x)
+        check(k, x, y, f"{variant}, singular")
+        assert np.abs(y - limit).max() <= 1e-3 * np.abs(limit).max(), variant
+        if variant == "norm":   # the Moore-Penrose conditions A V A = A, V A V = V
+            a = x64[0]
+            v = y[0].astype(np.float64)
+            assert np.abs(a @ v @ a - a).max() < 1e-4 and np.abs(v @ a @ v - v).max() < 1e-3 * np.abs(v).max()
+
+
+def test_newton_alpha_per_matrix_and_halvings(rng):
+    """alpha is per matrix: a matrix's result does not depend on the others in its batch (the
+    reference's "tensor" scope couples them, with the same limit). A matrix with one dominant
+    column needs many halvings of the "norm" alpha; the kernel picks the reference's."""
+    a = landmark_kernel(rng, 1, 16)
+    batch = np.concatenate([a, 40 * a, a[:, ::-1, ::-1].copy()])
+    for variant in ("soft", "norm"):
+        k = kernel("newton_pinv", "direct", "host", n_iter=5, variant=variant)
+        both = k(batch)
+        np.testing.assert_array_equal(both[1], k(batch[1:2])[0])
+        np.testing.assert_array_equal(both[0], k(batch[:1])[0])
+        per = ref.newton_pinv(batch, 5, variant, alpha_scope="matrix")
+        whole = ref.newton_pinv(batch, 5, variant, alpha_scope="tensor")
+        assert not np.allclose(per[0], whole[0])                      # the scopes differ...
+        lim = [ref.newton_pinv(batch, 60, variant, alpha_scope=s) for s in ("matrix", "tensor")]
+        np.testing.assert_allclose(lim[0], lim[1], rtol=1e-6, atol=1e-9)   # ...not in the limit
+    np.testing.assert_array_equal(ref.newton_pinv(batch[:1], 5, "norm"),
+                                  ref.newton_pinv(batch[:1], 5, "norm", alpha_scope="matrix"))
+    col = np.zeros((1, 12, 12), np.float32)
+    col[0, :, 0] = 1.0                 # |I - alpha A A|_1 = |1 - alpha| + 11 alpha: 10 halvings
+    col[0] += 0.05 * np.eye(12, dtype=np.float32)
+    assert ref.newton_pinv_alpha(col, "norm", alpha_scope="matrix").item() < 2.0 ** -8
+    from conftest import check
+    for n_iter in (0, 3):
+        k = kernel("newton_pinv", "direct", "host", n_iter=n_iter, variant="norm")
+        check(k, col, k(col), f"halvings, n_iter={n_iter}")
+
+
+def test_newton_nan_layouts_and_in_place(rng):
+    k = kernel("newton_pinv", "direct", "host", n_iter=3, variant="soft")
+    x = landmark_kernel(rng, 3, 10)
+    want = k(x)
+    bad = x.copy()
+    bad[1, 2, 3] = np.nan
+    y = k(bad)
+    assert np.isnan(y[1]).all() and np.array_equal(y[[0, 2]], want[[0, 2]])   # matrices independent
+    buf = np.full((3, 10, 16), np.nan, np.float32)
+    buf[..., :10] = x
+    np.testing.assert_array_equal(k(buf[..., :10]), want)                   # strided rows
+    z = x.copy()
+    assert k(z, out=z) is z                                                 # in place
+    np.testing.assert_array_equal(z, want)
+    np.testing.assert_array_equal(k(np.swapaxes(x, -1, -2)), want)         # K2 is symmetric
+    assert k(np.zeros((0, 4, 4), np.float32)).shape == (0, 4, 4)
+
+
+def test_newton_bad_input_and_abi(tmp_path):
+    k = kernel("newton_pinv", "direct", "host", n_iter=2)
+    with pytest.raises(ValueError, match="square"):
+        k(np.zeros((3, 4), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        k(np.eye(3))
+    for bad in ({"n_iter": -1}, {"n_iter": 1001}, {"n_iter": 2.5}, {"variant": "pinv"},
+                {"variant": 1.0}, {"alpha_factor": 0.0}, {"alpha_factor": 1.5}, {"head_dim": 3}):
+        with pytest.raises(softgen.UsageError):
+            softgen.compile("newton_pinv", **bad)
+    k = softgen.compile("newton_pinv", n_iter=2, variant="norm", name="np2")
+    paths = k.export(tmp_path)
+    h = paths["header"].read_text()
+    assert "NP2_ESQUARE 6" in h and "size_t m);" in h and "variant='norm'" in h
+    assert json.loads(paths["manifest"].read_text())["errors"]["6"].startswith("the matrices are not square")
+    fn = ctypes.CDLL(str(paths["library"])).np2
+    fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_size_t] * 5
+    x = landmark_kernel(np.random.default_rng(5), 1, 4)[0]
+    y = np.empty((4, 4), np.float32)
+    assert fn(x.ctypes.data, y.ctypes.data, 4, 4, 4, 4, 4) == 0
+    np.testing.assert_allclose(y, ref.newton_pinv(x, 2, "norm"), rtol=1e-5)
+    assert fn(x.ctypes.data, y.ctypes.data, 4, 4, 4, 4, 2) == 6              # 2 x 4 matrices
+    assert fn(x.ctypes.data, y.ctypes.data, 4, 4, 4, 4, 3) == 4
+    np.testing.assert_allclose(softgen.newton_pinv(x, 2, "norm"), y)
+
+
+def test_newton_cli(tmp_path):
+    import subprocess
+    import sys
+    run = lambda *args: subprocess.run([sys.executable, "-m", "softgen", *args],  # noqa: E731
+                                       capture_output=True, text=True)
+    res = run("build", "--op", "newton_pinv", "-p", "variant=norm", "-p", "n_iter=7",
+              "-o", str(tmp_path), "--json")
+    assert res.returncode == 0, res.stderr
+    man = json.loads(res.stdout)
+    assert man["params"] == {"n_iter": 7, "variant": "norm", "alpha_factor": 0.9}
+    assert man["traffic"]["gemm_flops"].endswith("*m*m*m")
+    res = run("explain", "--op", "newton_pinv")
+    assert res.returncode == 0 and "loop of 20 iterations" in res.stdout and "matmul t = p @ v" in res.stdout
+    res = run("build", "--op", "newton_pinv", "-p", "variant=svd", "-o", str(tmp_path / "x"))
+    assert res.returncode == 2 and "variant" in res.stderr

@@ -633,17 +633,17 @@ def matrix_traffic(mp) -> dict:
     so only each phase's first read of its matrix and its writes count (and a fused epilogue's
     store). Contractions are counted in flops (``matrix_flops``), not here."""
     reads = writes = passes = exps = 0
-    for ph in mp.leaves():
+    for ph, times in _counted(mp.phases, 1):
         if ph.kind == "matmul" and ph.mm.epilogue is not None:   # its store of dst
-            writes += 1
-            exps += plan(ph.mm.epilogue).exps_per_element()
+            writes += times
+            exps += times * plan(ph.mm.epilogue).exps_per_element()
         if ph.kind != "rows":
             continue
         pl = plan(ph.program)
-        reads += any(s.reads_x for s in pl.sweeps) + sum(len(s.reloads) for s in pl.sweeps)
-        writes += pl.writes
-        passes += len(pl.sweeps)
-        exps += pl.exps_per_element()
+        reads += times * (any(s.reads_x for s in pl.sweeps) + sum(len(s.reloads) for s in pl.sweeps))
+        writes += times * pl.writes
+        passes += times * len(pl.sweeps)
+        exps += times * pl.exps_per_element()
     gemms = matrix_flops(mp)
     return {"passes": passes, "reads": reads, "writes": writes,
             "bytes_per_element": 4 * (reads + writes), "exp_per_element": exps,
@@ -651,20 +651,24 @@ def matrix_traffic(mp) -> dict:
             **({"gemm_flops": gemms} if gemms else {})}
 
 
+def _counted(phases, times: int):
+    """(leaf phase, how many times it runs per matrix), loop bodies times their counts."""
+    for ph in phases:
+        if ph.kind == "loop":
+            yield from _counted(ph.body, times * ph.count)
+        else:
+            yield ph, times
+
+
 def matrix_flops(mp, dims: dict | None = None):
     """Flops of the contractions per matrix: a formula in the dimensions (``"40*m*m*m"``), or
     its value for ``dims`` ({name: size})."""
     terms: dict[tuple, int] = {}
-
-    def walk_(phases, times):
-        for ph in phases:
-            if ph.kind == "loop":
-                walk_(ph.body, times * ph.count)
-            elif ph.kind == "matmul" and times:
-                (M, K), N = mp.shape(ph.mm.a), mp.shape(ph.mm.dst)[1]
-                key = tuple(sorted((M, N, K)))
-                terms[key] = terms.get(key, 0) + 2 * times
-    walk_(mp.phases, 1)
+    for ph, times in _counted(mp.phases, 1):
+        if ph.kind == "matmul" and times:
+            (M, K), N = mp.shape(ph.mm.a), mp.shape(ph.mm.dst)[1]
+            key = tuple(sorted((M, N, K)))
+            terms[key] = terms.get(key, 0) + 2 * times
     if dims is not None:
         return sum(c * math.prod(dims[d] for d in key) for key, c in terms.items())
     return " + ".join(f"{c}*{'*'.join(key)}" for key, c in sorted(terms.items())) or ""
