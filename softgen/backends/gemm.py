@@ -9,7 +9,7 @@ Interface::
 
     g = gemm(target, layout="nn" | "nt", schedule=None, epilogue=None, name=None)  # -> GemmCode
     g.source      # C text: the packing helper, the MR x NR tile and the driver, all static
-    g.name        # e.g. "sg_gemm_nt_6x16__avx2" (schedule defaults: DEFAULTS[target])
+    g.name        # e.g. "sg_gemm_nt_5x16__avx2" (schedule defaults: DEFAULTS[target])
     g.prototype   # the driver's C declaration
     translation_unit([g, ...])   # a complete C file (ISA header + gemms + exported wrappers),
                                  # for tests, benchmarks and AOT use
@@ -40,8 +40,10 @@ results discarded), so nothing outside the matrices is read or written. Later k 
 Epilogue (:class:`Epilogue`): instead of the alpha/beta update, the caller may transform each
 output vector: ``C[i, j:j+L] = epi(acc, i, j)`` where acc is the vector of full dot products
 (A @ B or A @ B^T, no alpha). The driver then has no alpha/beta parameters and takes the
-epilogue's parameters after ldc. With k > KC, the partial sums of earlier k blocks go through C,
-so the epilogue must not read C itself. See :func:`gaussian_epilogue` for the SOFT kernel
+epilogue's parameters after ldc. The tiles store the plain sums (earlier k blocks accumulate in
+C); after the last k block the epilogue runs over each finished MR-row strip of the NC-column
+block while it is in L1: contiguous columns, loop invariants hoisted, one streaming loop per row
+(applying it per tile from parked accumulators was slower than a separate pass). See :func:`gaussian_epilogue` for the SOFT kernel
 ``S_ij = exp(-max(aa_i + bb_j - 2 G_ij, 0) * s)``.
 """
 from __future__ import annotations
@@ -104,9 +106,12 @@ class GemmSchedule:
 
 
 # target -> default schedule (bench/gemm.py; avx2 tuned on Zen 3, the others by register budget).
+# avx2: 5x16 with the k loop left rolled. Standalone (bench/gemm.py --sweep) 6x16 ku2 is ~3% ahead,
+# but compiled inside matrix kernels (SOFT's Gaussian kernel, Newton-Schulz) gcc 12 spills its
+# accumulators in the k loop: 1.3-1.5x slower there, while 5x16 ku1 is the fastest tile in both.
 DEFAULTS = {
     "scalar": GemmSchedule(mr=4, nv=4, kc=256, nc=64),
-    "avx2": GemmSchedule(mr=6, nv=2, kc=256, nc=64, ku=2),
+    "avx2": GemmSchedule(mr=5, nv=2, kc=256, nc=64, ku=1),
     "avx512": GemmSchedule(mr=8, nv=2, kc=256, nc=128),
     "neon": GemmSchedule(mr=6, nv=2, kc=256, nc=64),
 }
@@ -238,7 +243,7 @@ def default_name(t: Target, layout: str, s: GemmSchedule, epilogue: Epilogue | N
     return f"sg_gemm_{layout}_{s.mr}x{s.nr(t.lanes)}{epi}__{t.name}"
 
 
-def _tile(name: str, t: Target, s: GemmSchedule, epi: Epilogue | None) -> dict:
+def _tile(name: str, t: Target, s: GemmSchedule) -> dict:
     """Statements of the MR x NR tile: row pointers, accumulators, k-step body, stores."""
     L, MR, NV = t.lanes, s.mr, s.nv
     arows = ["const float *a_0 = a;"] + [f"const float *a_{r} = mr > {r} ? a_{r - 1} + lda : a_{r - 1};"
@@ -256,24 +261,21 @@ def _tile(name: str, t: Target, s: GemmSchedule, epi: Epilogue | None) -> dict:
 
     main = [ln for u in range(s.ku) for ln in step(u)]
     park = [f"V_STORE(acc + {r * s.nr(L) + v * L}, c_{r}_{v});" for r in range(MR) for v in range(NV)]
-    # whole tiles without an epilogue store straight from the registers (unrolled, no branches)
-    direct = [] if epi else [f"{name}__store(cp + {r} * ldc + {v * L}, c_{r}_{v}, SG_LANES, alpha, beta);"
-                             for r in range(MR) for v in range(NV)]
+    # whole tiles store straight from the registers (unrolled, no branches)
+    direct = [f"{name}__store(cp + {r} * ldc + {v * L}, c_{r}_{v}, SG_LANES, alpha, beta);"
+              for r in range(MR) for v in range(NV)]
     return {"arows": arows, "accs": accs, "main": main, "single": step(0) if s.ku > 1 else [],
             "park": park, "direct": direct}
 
 
 def _store_exprs(epi: Epilogue | None) -> dict:
-    """The C update of one output vector ``acc`` at ``cp``: whole (``cnt >= lanes``) or partial."""
+    """The C update of one output vector ``acc`` at ``cp``, whole (``cnt >= lanes``) or partial;
+    and the epilogue of the finished sum at ``cp``, whole or the first ``cnt`` lanes."""
     out = {}
     for part, cnt in (("full", None), ("part", "cnt")):
         ld = load_vec("cp", cnt)
         upd = f"beta == 0.0f ? V_MUL(V_SET1(alpha), acc) : V_FMA(V_SET1(beta), {ld}, V_MUL(V_SET1(alpha), acc))"
-        if epi is not None:
-            summed = f"(beta == 0.0f ? acc : V_ADD(acc, {ld}))"
-            out[part] = {"partial": upd, "final": epi.vector(summed, "i", "j", cnt)}
-        else:
-            out[part] = {"partial": upd}
+        out[part] = {"partial": upd, "final": epi.vector(ld, "i", "j", cnt) if epi is not None else ""}
     return out
 
 
@@ -303,7 +305,7 @@ def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict
         name=name, version=__version__, t=t, s=s, layout=layout, what=what, nr=s.nr(t.lanes),
         lanes=t.lanes, params=", ".join(params), epi=epilogue, epi_params="".join(f", {p}" for p in epilogue.params) if epilogue else "",
         epi_args="".join(f", {n}" for n in epilogue.arg_names) if epilogue else "",
-        store=_store_exprs(epilogue), tile=_tile(name, t, s, epilogue))
+        store=_store_exprs(epilogue), tile=_tile(name, t, s))
     return GemmCode(name, layout, t, s, epilogue, tuple(params), src)
 
 
