@@ -344,3 +344,95 @@ def test_newton_cli(tmp_path):
     assert res.returncode == 0 and "loop of 20 iterations" in res.stdout and "matmul t = p @ v" in res.stdout
     res = run("build", "--op", "newton_pinv", "-p", "variant=svd", "-o", str(tmp_path / "x"))
     assert res.returncode == 2 and "variant" in res.stderr
+
+
+# -- the matrix-program IR in general form ---------------------------------------------------------
+
+@pytest.fixture
+def gram_softmax_op():
+    """A matrix op written only against the IR (no backend code): softmax over each row of
+    x x^T / sqrt(d), with x (..., n, d) -> (..., n, n); a contraction, a scratch-free rows phase
+    with the softmax motif (not element-wise: stays a phase), two inputs' worth of shapes."""
+    from softgen.ops import OPS, register
+
+    def reference(x, scale=1.0):
+        x = np.asarray(x, np.float64)
+        return ref.softmax(x @ np.swapaxes(x, -1, -2) * scale)
+
+    @register("gram_softmax_test", reference, params={"scale": 1.0}, kind="matrix",
+              matrices={"dims": ("n", "d"), "inputs": {"x": ("n", "d")}, "outputs": {"g": ("n", "n")}},
+              custom_tolerance=lambda x, r, params, call: 1e-5 * np.abs(r) + 1e-7)
+    def gram_softmax(mp, scale):
+        mp.matmul("g", "x", "x", layout="nt", alpha=scale)
+        g = mp.rows(over="g", into="g")
+        e = (g - g.max()).exp()
+        g.p.add("output", (e * e.sum().recip()).id)
+
+    yield "gram_softmax_test"
+    del OPS["gram_softmax_test"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_new_matrix_op_reuses_the_ir(gram_softmax_op, backend, rng):
+    k = kernel(gram_softmax_op, "direct", "host", backend, scale=0.25)
+    assert k.abi.style == "general" and "size_t ldg" in k.abi.signature("f")
+    x = _points(rng, (2, 37, 16))
+    y = k(x)
+    np.testing.assert_allclose(y, ref.softmax(x.astype(np.float64) @ np.swapaxes(x, -1, -2) * 0.25),
+                               rtol=1e-5, atol=1e-7)
+    assert "matmul g = 0.25 * x @ x^T" in str(k.program) and "epilogue" not in str(k.program)
+
+
+def test_matrix_program_validation():
+    """Ill-formed matrix programs are IR errors before any code is generated."""
+    from softgen.ir import IRError
+    from softgen.matrix import MatrixProgram
+
+    def prog(**decl):
+        return MatrixProgram("t", {}, **{"dims": ("m",), "inputs": {"x": ("m", "m")},
+                                         "outputs": {"y": ("m", "m")}, **decl})
+
+    def copy(mp, over, into):
+        r = mp.rows(over=over, into=into)
+        r.p.add("output", r.id)
+
+    cases = {}
+    mp = prog()
+    mp.scratch("t", ("m", "m"))
+    mp.matmul("y", "x", "t")                                        # t read before written
+    cases[r"reads matrices \['t'\] before"] = mp
+    mp = prog(dims=("m", "n"), inputs={"x": ("m", "n")}, outputs={"y": ("m", "n")})
+    mp.scratch("t", ("m", "m"))
+    mp.matmul("t", "x", "x")                                        # (m,n) @ (m,n)
+    copy(mp, "x", "y")
+    cases["do not agree"] = mp
+    mp = prog()
+    mp.matmul("x", "x", "x")
+    cases["writes an input|destination is an operand"] = mp
+    mp = prog()
+    mp.scratch("v", ("m", "m"))
+    mp.scratch("w", ("m", "m"))
+    copy(mp, "x", "v")
+    with mp.loop(3, swap=[("v", "w")]):
+        mp.matmul("y", "v", "v")                                    # w never written
+    cases["does not both write|written inside a loop"] = mp
+    mp = prog()
+    mp.scratch("t", ("m", "m"))
+    copy(mp, "x", "y")
+    mp.matmul("t", "x", "y")                                        # x read after y (may be x)
+    copy(mp, "t", "y")
+    cases["reads x after y"] = mp
+    mp = prog()
+    r = mp.rows(over="x")
+    r.p.add("output", (r * r.p.mscalar("s")).id)                     # scalar never written
+    cases["per-matrix scalars"] = mp
+    mp = prog()
+    mp.rows(over="x").p.row_index().emit("i")                        # a reserved vector name
+    copy(mp, "x", "y")
+    cases["vector name"] = mp
+    mp = prog(dims=("m", "k"))
+    copy(mp, "x", "y")
+    cases["not used"] = mp
+    for what, mp in cases.items():
+        with pytest.raises(IRError, match=what):
+            mp.validate()
