@@ -97,8 +97,10 @@ def run_driver(emulator: list[str], exe: Path, payload: bytes, what: str) -> byt
 
 class BatchedCalls(abc.ABC):
     """Calls queued for an emulator process: ``with obj.batch(): ...`` runs them all when the
-    block exits; outside a batch every call runs at once. Subclasses implement ``flush()``
-    (run the pending cases, return their return codes) and set ``name``."""
+    block exits; outside a batch every call runs at once. A case is ``(input bytes, outputs)``,
+    ``outputs`` the (address, byte count) the driver's result holds after the case's int64
+    return code, in order. Subclasses implement ``_run(payload) -> result bytes`` (one driver
+    run over the concatenated cases) and set ``name``."""
     name = "kernel"
 
     def __init__(self):
@@ -108,6 +110,26 @@ class BatchedCalls(abc.ABC):
     def _queue(self, case: tuple) -> int:
         self._pending.append(case)
         return 0 if self._batching else self.flush()[0]
+
+    @abc.abstractmethod
+    def _run(self, payload: bytes) -> bytes:
+        """Run the driver on the concatenated cases; its result file."""
+
+    def flush(self) -> list[int]:
+        """Run the pending cases, copy their outputs back; their return codes."""
+        cases, self._pending = self._pending, []
+        if not cases:
+            return []
+        blob = self._run(b"".join(c[0] for c in cases))
+        rcs, pos = [], 0
+        for _, outs in cases:
+            (rc,) = struct.unpack_from("<q", blob, pos)
+            pos += 8
+            for p, nbytes in outs:
+                ctypes.memmove(p, blob[pos:pos + nbytes], nbytes)
+                pos += nbytes
+            rcs.append(rc)
+        return rcs
 
     @contextlib.contextmanager
     def batch(self):
@@ -121,9 +143,6 @@ class BatchedCalls(abc.ABC):
         if any(rcs):
             raise RuntimeError(f"{self.name} returned error codes {sorted(set(rcs) - {0})} in a batch")
 
-    @abc.abstractmethod
-    def flush(self) -> list[int]:
-        """Run the pending cases; their return codes."""
 
 
 class QemuEntry(BatchedCalls):
@@ -142,30 +161,19 @@ class QemuEntry(BatchedCalls):
         head = struct.pack("<9Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64, m)
         data = ctypes.string_at(px, 4 * nx) + (b"" if inplace else ctypes.string_at(py, 4 * ny))
         data += b"".join(ctypes.string_at(pp, 4 * rows) for pp in row_params)
-        return self._queue((head + data, py, 4 * (ny or nx)))
+        return self._queue((head + data, [(py, 4 * (ny or nx))]))
 
-    def flush(self) -> list[int]:
-        cases, self._pending = self._pending, []
-        if not cases:
-            return []
-        blob = run_driver(self.emulator, self.exe, b"".join(c[0] for c in cases), self.name)
-        rcs, pos = [], 0
-        for _, py, nbytes in cases:
-            (rc,) = struct.unpack_from("<q", blob, pos)
-            ctypes.memmove(py, blob[pos + 8:pos + 8 + nbytes], nbytes)
-            rcs.append(rc)
-            pos += 8 + nbytes
-        return rcs
+    def _run(self, payload: bytes) -> bytes:
+        return run_driver(self.emulator, self.exe, payload, self.name)
 
 
-class QemuMatrixEntry(BatchedCalls):
+class QemuMatrixEntry(QemuEntry):
     """Calls a matrix kernel with the general ABI (``fn(*pointers, batch, *dims, *lds)``) inside
     its static driver (templates/matrix_driver.c.j2) under a user-mode emulator."""
 
     def __init__(self, exe: Path, emulator: list[str], name: str, abi):
-        super().__init__()
-        self.exe, self.emulator, self.name, self.abi = exe, emulator, name, abi
-        self.how = f"emulated ({emulator[0]})"
+        super().__init__(exe, emulator, name, matrix=True)
+        self.abi = abi
 
     def __call__(self, *args: int) -> int:
         abi = self.abi
@@ -184,17 +192,5 @@ class QemuMatrixEntry(BatchedCalls):
         blob = struct.pack(f"<{len(head)}Q", *head) + data
         return self._queue((blob, outs))
 
-    def flush(self) -> list[int]:
-        cases, self._pending = self._pending, []
-        if not cases:
-            return []
-        blob = run_driver(self.emulator, self.exe, b"".join(c[0] for c in cases), self.name)
-        rcs, pos = [], 0
-        for _, outs in cases:
-            (rc,) = struct.unpack_from("<q", blob, pos)
-            pos += 8
-            for p, nbytes in outs:
-                ctypes.memmove(p, blob[pos:pos + nbytes], nbytes)
-                pos += nbytes
-            rcs.append(rc)
-        return rcs
+    def _run(self, payload: bytes) -> bytes:
+        return run_driver(self.emulator, self.exe, payload, self.name)

@@ -116,20 +116,8 @@ class GemmLibrary(BatchedCalls):
                 blob += struct.pack("<Q", v.size) + v.tobytes()
             else:
                 blob += struct.pack(_PACK[p["ctype"]], v).ljust(8, b"\0")
-        return self._queue((blob, pc, nc))
+        return self._queue((blob, [(pc, 4 * nc)]))
 
-    def flush(self) -> list[int]:
-        if self._qemu is None:
-            return []
-        cases, self._pending = self._pending, []
-        if not cases:
-            return []
+    def _run(self, payload: bytes) -> bytes:
         exe, emu = self._qemu
-        out = run_driver(emu, exe, b"".join(c[0] for c in cases), "gemm")
-        rcs, pos = [], 0
-        for _, pc, nc in cases:
-            (rc,) = struct.unpack_from("<q", out, pos)
-            ctypes.memmove(pc, out[pos + 8:pos + 8 + 4 * nc], 4 * nc)
-            rcs.append(rc)
-            pos += 8 + 4 * nc
-        return rcs
+        return run_driver(emu, exe, payload, "gemm")

@@ -148,19 +148,20 @@ class Program:
     def input(self) -> "Value":
         return Value(self, self.add("input"))
 
+    def _leaf(self, op: str, **attrs) -> "Value":
+        """The program's leaf ``op`` with ``attrs`` (one node each), added if missing."""
+        for v in self.g:
+            if self.op(v) == op and self.attrs(v) == attrs:
+                return Value(self, v)
+        return Value(self, self.add(op, **attrs))
+
     def row_param(self, name: str) -> "Value":
         """A per-row scalar the caller passes (one float per row), e.g. a per-query scale."""
-        for v in self.g:
-            if self.op(v) == "param" and self.attrs(v)["name"] == name:
-                return Value(self, v)
-        return Value(self, self.add("param", name=name))
+        return self._leaf("param", name=name)
 
     def colvec(self, name: str) -> "Value":
         """Element j of a per-column vector of the matrix program (e.g. Sinkhorn's v)."""
-        for v in self.g:
-            if self.op(v) == "colvec" and self.attrs(v)["name"] == name:
-                return Value(self, v)
-        return Value(self, self.add("colvec", name=name))
+        return self._leaf("colvec", name=name)
 
     def size(self, axis: str) -> "Value":
         """The matrix's row count (``"rows"``) or row length (``"cols"``), as a float."""
@@ -168,17 +169,11 @@ class Program:
 
     def row_index(self) -> "Value":
         """The index i of the current row in its matrix, as a float (one node per program)."""
-        for v in self.g:
-            if self.op(v) == "row_index":
-                return Value(self, v)
-        return Value(self, self.add("row_index"))
+        return self._leaf("row_index")
 
     def mscalar(self, name: str) -> "Value":
         """A per-matrix scalar an earlier phase wrote (``Value.mreduce``)."""
-        for v in self.g:
-            if self.op(v) == "mscalar" and self.attrs(v)["name"] == name:
-                return Value(self, v)
-        return Value(self, self.add("mscalar", name=name))
+        return self._leaf("mscalar", name=name)
 
     def vector_names(self) -> tuple[list[str], list[str]]:
         """(per-row vectors, per-column vectors) this program reads or writes, sorted."""
