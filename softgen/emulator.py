@@ -49,23 +49,24 @@ def emulation_available(t: Target) -> tuple[bool, str]:
 
 
 def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
-                  row_params: tuple[str, ...] = ()):
+                  row_params: tuple[str, ...] = (), outputs: int = 1):
     """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` running the kernel
-    emulated. ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
+    emulated (``outputs=2``: ``fn(px, pindices, pweights, rows, n, ldx, ldo)``, a selected
+    output). ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
     ok, how = emulation_available(t)
     if ok and how == "SIMDe" and backend != "c":
         ok, how = False, "C source (SIMDe emulates intrinsics; the TVM backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params))
+        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), outputs)
         fn.how = "emulated (SIMDe)"
         return fn
     from .backends.c import _env
     driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
-                                                        row_params=row_params)
+                                                        row_params=row_params, sparse=outputs == 2)
     exe = build_executable({**sources, "driver.c": driver}, t)
-    return QemuEntry(exe, find_emulator(t), name)
+    return (QemuSelectedEntry if outputs == 2 else QemuEntry)(exe, find_emulator(t), name)
 
 
 class QemuEntry:
@@ -84,7 +85,11 @@ class QemuEntry:
         head = struct.pack("<8Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64)
         data = ctypes.string_at(px, 4 * nx) + (b"" if inplace else ctypes.string_at(py, 4 * ny))
         data += b"".join(ctypes.string_at(pp, 4 * rows) for pp in row_params)
-        self._pending.append((head + data, py, 4 * (ny or nx)))
+        return self._submit(head + data, [(py, 4 * (ny or nx))])
+
+    def _submit(self, case: bytes, outputs: list[tuple[int, int]]) -> int:
+        """Queue one case; ``outputs``: (address, bytes) of each output span the driver returns."""
+        self._pending.append((case, outputs))
         if self._batching:
             return 0
         return self.flush()[0]
@@ -118,9 +123,20 @@ class QemuEntry:
                                    f"{res.stderr.strip()[-2000:]}")
             blob = fout.read_bytes()
         rcs, pos = [], 0
-        for _, py, nbytes in cases:
+        for _, outputs in cases:
             (rc,) = struct.unpack_from("<q", blob, pos)
-            ctypes.memmove(py, blob[pos + 8:pos + 8 + nbytes], nbytes)
+            pos += 8
+            for ptr, nbytes in outputs:
+                ctypes.memmove(ptr, blob[pos:pos + nbytes], nbytes)
+                pos += nbytes
             rcs.append(rc)
-            pos += 8 + nbytes
         return rcs
+
+
+class QemuSelectedEntry(QemuEntry):
+    """The driver of a selected output: ``fn(px, pindices, pweights, rows, n, ldx, ldo)``."""
+
+    def __call__(self, px: int, pi: int, pw: int, rows: int, n: int, ldx: int, ldo: int) -> int:
+        nx = (rows - 1) * ldx + n
+        head = struct.pack("<8Q", rows, n, ldx, ldo, nx, 0, px % 64, 0)
+        return self._submit(head + ctypes.string_at(px, 4 * nx), [(pi, 8 * rows * ldo), (pw, 4 * rows * ldo)])

@@ -446,7 +446,7 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
         blocks.append({"kind": "scalar", "lines": _scalar_lines(c, sw.scalars_after, fallback)})
     return {"name": fname, "comment": f"{p.name}: {pl.traffic()['summary']}, {len(pl.sweeps)} sweeps",
             "blocks": blocks, "args": "".join(f", float rp_{name}" for name in row_params),
-            "outs": ", ".join(("float *y",) if len(row_outputs(p)) == 1 else ("int64_t *idx", "float *w"))}
+            "outs": abi(p, fname)["row_decl"]}
 
 
 def row_outputs(p: Program) -> tuple[str, ...]:
@@ -458,14 +458,18 @@ def abi(p: Program, name: str) -> dict:
     """The exported entry point of program p, for the templates, the header and the manifest."""
     rps = "".join(f", const float *{rp}" for rp in p.row_params())
     if p.op(p.output()) == "output_selected":
+        if rps:
+            raise BuildError(f"{p.name}: a selected output takes no per-row parameters")
         k = p.attrs(p.args(p.output())[0])["k"]
         width = f"(n < {k} ? n : {k})"
         return {"sparse": True, "k": k, "outs": "int64_t *indices, float *weights", "ld": "ldo",
+                "row_decl": "int64_t *idx, float *w",
                 "nulls": ["indices", "weights"], "width": width, "elem": "sizeof(int64_t)",
                 "row_outs": "indices + r * ldo, weights + r * ldo", "max_n": p.max_n(),
                 "signature": f"int {name}(const float *x, int64_t *indices, float *weights, "
                              f"size_t rows, size_t n, size_t ldx, size_t ldo{rps})"}
     return {"sparse": False, "outs": "float *y", "ld": "ldy", "nulls": ["y"], "width": "n",
+            "row_decl": "float *y",
             "elem": "sizeof(float)", "row_outs": "y + r * ldy", "max_n": p.max_n(),
             "signature": f"int {name}(const float *x, float *y, size_t rows, size_t n, size_t ldx, "
                          f"size_t ldy{rps})"}
