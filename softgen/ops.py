@@ -401,7 +401,8 @@ def topk_softmax(x: Value, k: float, renormalize: float, sparse: float) -> Value
     sel = x.topk(_topk_k(k))        # items: (t, jt) the k-th kept, m the max, d its sum
     if _flag(renormalize, "renormalize"):
         # d comes from the kept keys; NaN is never kept, so a row check makes NaN rows NaN
-        check = x.where_lt(-F32_MAX, 0.0, x * 0.0).sum()   # NaN iff the row has NaN or +inf
+        # not finite iff the row has NaN or +inf (x * 0 would do, but simplifiers fold it)
+        check = x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum()
         inv = sel.item(3).finite_or_nan().recip().poison(check)
         w = (x - sel.item(2)).exp() * inv
     else:

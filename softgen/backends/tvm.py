@@ -231,6 +231,10 @@ class Red:
     blocked = True                   # else: state across blocks, accumulators merged in finish
     places = 1                       # floats per lane and accumulator in each field's buffer
 
+    def scratch(self) -> list[str]:
+        """Buffers of its own besides the state (allocated once per sweep)."""
+        return []
+
     def __init__(self, r: int, scale: float, fused: bool = True, attrs: dict | None = None):
         self.r, self.scale, self.fused = r, scale, fused
         self.sc = f32(scale)
@@ -393,18 +397,28 @@ class TopKRed(Red):
 
     def init(self, f): return f32(-math.inf) if f == "v" else f32(math.inf)
 
+    def scratch(self) -> list[str]:
+        """The pair being inserted, per accumulator slot: carried in a buffer, not in let-bound
+        values, whose chain of Selects TVM's analysis takes minutes over (k = 8: 2^16 paths)."""
+        return [f'{self.carry(f)} = T.alloc_buffer(({self.q},), "float32", scope="local")' for f in self.fields]
+
+    def carry(self, f: str) -> str:
+        return f"c{self.r}_{f}"
+
     def update(self, e, idx, xs):
-        q = self.q
+        q, (av, aj), (cv, cj) = self.q, map(self.buf, self.fields), map(self.carry, self.fields)
         for x, j in xs:
-            cx, cj = x, j
+            e.stmt(f"{cv}[{idx}] = {x}")
+            e.stmt(f"{cj}[{idx}] = {j}")
             for i in range(self.k):
                 at = f"{i * q} + {idx}"
                 v, jj = self.load(e, "v", at), self.load(e, "j", at)
-                g = f"({cx} > {v})"   # bool vectors cannot be let-bound
-                e.stmt(f"{self.buf('v')}[{at}] = T.Select({g}, {cx}, {v})")
-                e.stmt(f"{self.buf('j')}[{at}] = T.Select({g}, {cj}, {jj})")
-                if i < self.k - 1:
-                    cx, cj = e.select(g, v, cx), e.select(g, jj, cj)
+                g = f"({cv}[{idx}] > {v})"   # bool vectors cannot be let-bound
+                e.stmt(f"{av}[{at}] = T.Select({g}, {cv}[{idx}], {v})")
+                e.stmt(f"{aj}[{at}] = T.Select({g}, {cj}[{idx}], {jj})")
+                if i < self.k - 1:   # the displaced pair moves down (carry j first: g reads cv)
+                    e.stmt(f"{cj}[{idx}] = T.Select({g}, {jj}, {cj}[{idx}])")
+                    e.stmt(f"{cv}[{idx}] = T.Select({g}, {v}, {cv}[{idx}])")
 
     def sel(self) -> tuple[str, str]:
         return f"sel{self.r}_v", f"sel{self.r}_j"
@@ -559,6 +573,7 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
             for f in red.outer_fields():
                 out.append(f'{red.outer(f)} = T.alloc_buffer(({L},), "float32", scope="local")')
         out.append(f'res{red.r} = T.alloc_buffer(({max(2, p.items(red.r))},), "float32", scope="local")')
+        out += red.scratch()
         if red.blocked:
             for f in red.outer_fields():
                 out += [f"for l in T.vectorized({L}):" if L > 1 else "for l in range(1):",
