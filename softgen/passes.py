@@ -278,7 +278,7 @@ class Plan:
 
     def exps_per_element(self) -> int:
         p, n = self.program, 0
-        for s in self.sweeps:
+        for s in (s for s in self.sweeps if s.selected is None):  # not per element
             n += sum(p.op(v) in ("exp", "exp_shift2") for v in s.compute)
             n += sum(p.op(v) in ("reduce_extexp", "reduce_online") for v in s.reductions)
         return n
