@@ -426,6 +426,11 @@ def resolve_params(op: OpDef, given: dict) -> dict:
     unknown = sorted(set(given) - set(op.params))
     if unknown:
         raise UsageError(f"op {op.name!r} has no parameter(s) {unknown}; it takes {sorted(op.params)}")
+    flags = {k for k, d in op.params.items() if type(d) is int and d in (0, 1)}  # e.g. sparse
+    given = {k: int(v) if isinstance(v, bool) and k in flags else v for k, v in given.items()}
+    # integer parameters given as integral floats (the CLI's --param k=2) stay integers
+    given = {k: int(v) if type(op.params.get(k)) is int and isinstance(v, float) and v.is_integer()
+             else v for k, v in given.items()}
     params = {**op.params, **{k: v for k, v in given.items() if v is not None}}
     if "scale" in op.params:
         s = _scale(params)

@@ -235,6 +235,10 @@ class Red:
         """Buffers of its own besides the state (allocated once per sweep)."""
         return []
 
+    def tail_slot(self, lanes: int) -> str:
+        """Where tail element j (a scalar loop) accumulates: lane 0 of accumulator 0."""
+        return "0"
+
     def __init__(self, r: int, scale: float, fused: bool = True, attrs: dict | None = None):
         self.r, self.scale, self.fused = r, scale, fused
         self.sc = f32(scale)
@@ -404,6 +408,12 @@ class TopKRed(Red):
 
     def carry(self, f: str) -> str:
         return f"c{self.r}_{f}"
+
+    def tail_slot(self, lanes):
+        """Lane j mod L, as in the C backend's masked tail: lane order stays index order, and no
+        select recurrence sits on one address (LLVM's vectorisation of such a tail loop, under
+        TVM's fast-math flags, broke ties between adjacent tail elements)."""
+        return f"(j % {lanes})"
 
     def update(self, e, idx, xs):
         q, (av, aj), (cv, cj) = self.q, map(self.buf, self.fields), map(self.carry, self.fields)
@@ -627,7 +637,7 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     i = e.let(f"lo + cnt // {step} * {step} + j", "int64")
     tail = _row_values(p, sw, e, i, 0)
     for red in reds:
-        red.update(e, "0", [vals(tail, red)])
+        red.update(e, red.tail_slot(L), [vals(tail, red)])
     body += [f"{ind}for j in range(cnt % {step}):"] + [f"{ind}    {ln}" for ln in e.lines]
     if any(red.blocked for red in reds):
         e = Emit(counter, _fused_fma(t))
