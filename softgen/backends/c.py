@@ -165,7 +165,7 @@ class OnlineRed(Reduction):
 class TopKRed(Reduction):
     """k sorted (key, index) registers per lane and accumulator, updated by a compare/blend
     insertion network. Strict >: a later equal key stays below, so the lower index wins ties
-    (each lane of each accumulator sees its elements in index order). A group of vectors skips
+    (each lane of each accumulator sees its elements in index order); displaced pairs shift. A group of vectors skips
     the network when no lane beats its lane's k-th key (V_ANY). Not blocked: there is no sum to
     compensate; the lanes of all accumulators are merged once per row, in scalar code."""
     identity, blocked = "-INFINITY", False
@@ -181,23 +181,20 @@ class TopKRed(Reduction):
     def decl(self): return [f"float {self.sel[0]}[{self.kp}], {self.sel[1]}[{self.kp}];"]
 
     def update(self, st, vals, sc):
+        # x ranks above place i iff x > v_i (x comes after every kept index); the places are
+        # sorted, so these masks are monotone in i and the list shifts down from the first:
+        # v_i' = m_i ? (m_(i-1) ? v_(i-1) : x) : v_i, bottom up so v_(i-1) is still the old one.
         k, last = self.k, st[f"v{self.k - 1}"]
         test = " || ".join(f"V_ANY(V_CMPGT({x}, {last}))" for x, _ in vals)
         lines = [f"if ({test}) {{"]
         for x, j in vals:
-            lines += ["    {", f"        VEC cx = {x}, cj = {j};"]
-            for i in range(k):
-                v, jj = st[f"v{i}"], st[f"j{i}"]
-                lines.append(f"        const MASK g{i} = V_CMPGT(cx, {v});")
-                if i < k - 1:  # the displaced pair moves down one place
-                    lines += [f"        const VEC pv{i} = {v}, pj{i} = {jj};",
-                              f"        {v} = V_SELECT(g{i}, cx, {v});",
-                              f"        {jj} = V_SELECT(g{i}, cj, {jj});",
-                              f"        cx = V_SELECT(g{i}, pv{i}, cx);",
-                              f"        cj = V_SELECT(g{i}, pj{i}, cj);"]
-                else:
-                    lines += [f"        {v} = V_SELECT(g{i}, cx, {v});",
-                              f"        {jj} = V_SELECT(g{i}, cj, {jj});"]
+            lines.append("    {")
+            lines += [f"        const MASK g{i} = V_CMPGT({x}, {st[f'v{i}']});" for i in range(k)]
+            for i in reversed(range(k)):
+                for f, new in (("v", x), ("j", j)):
+                    here = st[f"{f}{i}"]
+                    down = f"V_SELECT(g{i - 1}, {st[f'{f}{i - 1}']}, {new})" if i else new
+                    lines.append(f"        {here} = V_SELECT(g{i}, {down}, {here});")
             lines.append("    }")
         return lines + ["}"]
 

@@ -231,10 +231,6 @@ class Red:
     blocked = True                   # else: state across blocks, accumulators merged in finish
     places = 1                       # floats per lane and accumulator in each field's buffer
 
-    def scratch(self) -> list[str]:
-        """Buffers of its own besides the state (allocated once per sweep)."""
-        return []
-
     def tail_slot(self, lanes: int) -> str:
         """Where tail element j (a scalar loop) accumulates: lane 0 of accumulator 0."""
         return "0"
@@ -390,7 +386,7 @@ class OnlineRed(Red):
 class TopKRed(Red):
     """templates/select.h.j2 and c.TopKRed in TIR: k sorted (key, index) places per lane and
     accumulator, place i of accumulator slot q at [i * A L + q], updated by a select network
-    (strict >: the lower index wins ties). No early-out: a branch would scalarise the vectorised
+    (strict >: the lower index wins ties; displaced pairs shift down). No early-out: a branch would scalarise the vectorised
     lane loop. The lanes of all accumulators are merged once per row, in scalar TIR."""
     fields, blocked = ("v", "j"), False
 
@@ -401,14 +397,6 @@ class TopKRed(Red):
 
     def init(self, f): return f32(-math.inf) if f == "v" else f32(math.inf)
 
-    def scratch(self) -> list[str]:
-        """The pair being inserted, per accumulator slot: carried in a buffer, not in let-bound
-        values, whose chain of Selects TVM's analysis takes minutes over (k = 8: 2^16 paths)."""
-        return [f'{self.carry(f)} = T.alloc_buffer(({self.q},), "float32", scope="local")' for f in self.fields]
-
-    def carry(self, f: str) -> str:
-        return f"c{self.r}_{f}"
-
     def tail_slot(self, lanes):
         """Lane j mod L, as in the C backend's masked tail: lane order stays index order, and no
         select recurrence sits on one address (LLVM's vectorisation of such a tail loop, under
@@ -416,19 +404,18 @@ class TopKRed(Red):
         return f"(j % {lanes})"
 
     def update(self, e, idx, xs):
-        q, (av, aj), (cv, cj) = self.q, map(self.buf, self.fields), map(self.carry, self.fields)
+        # as c.TopKRed: masks x > v_i against the old places (monotone in i), then the list
+        # shifts down from the first set one. Every store reads only old places and x: no
+        # chain of Selects for TVM's analysis to expand.
+        q = self.q
         for x, j in xs:
-            e.stmt(f"{cv}[{idx}] = {x}")
-            e.stmt(f"{cj}[{idx}] = {j}")
-            for i in range(self.k):
-                at = f"{i * q} + {idx}"
-                v, jj = self.load(e, "v", at), self.load(e, "j", at)
-                g = f"({cv}[{idx}] > {v})"   # bool vectors cannot be let-bound
-                e.stmt(f"{av}[{at}] = T.Select({g}, {cv}[{idx}], {v})")
-                e.stmt(f"{aj}[{at}] = T.Select({g}, {cj}[{idx}], {jj})")
-                if i < self.k - 1:   # the displaced pair moves down (carry j first: g reads cv)
-                    e.stmt(f"{cj}[{idx}] = T.Select({g}, {jj}, {cj}[{idx}])")
-                    e.stmt(f"{cv}[{idx}] = T.Select({g}, {v}, {cv}[{idx}])")
+            at = [f"{i * q} + {idx}" for i in range(self.k)]
+            old = {f: [self.load(e, f, a) for a in at] for f in self.fields}
+            for i in reversed(range(self.k)):
+                g = f"({x} > {old['v'][i]})"   # bool vectors cannot be let-bound
+                for f, new in (("v", x), ("j", j)):
+                    down = f"T.Select(({x} > {old['v'][i - 1]}), {old[f][i - 1]}, {new})" if i else new
+                    e.stmt(f"{self.buf(f)}[{at[i]}] = T.Select({g}, {down}, {old[f][i]})")
 
     def sel(self) -> tuple[str, str]:
         return f"sel{self.r}_v", f"sel{self.r}_j"
@@ -583,7 +570,6 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
             for f in red.outer_fields():
                 out.append(f'{red.outer(f)} = T.alloc_buffer(({L},), "float32", scope="local")')
         out.append(f'res{red.r} = T.alloc_buffer(({max(2, p.items(red.r))},), "float32", scope="local")')
-        out += red.scratch()
         if red.blocked:
             for f in red.outer_fields():
                 out += [f"for l in T.vectorized({L}):" if L > 1 else "for l in range(1):",
