@@ -49,6 +49,9 @@ class Reduction:
     # blocked: per block, merge the accumulators and fold them into the compensated outer state;
     # else the state lives across blocks and ``finish_all`` merges the accumulators once per row
     blocked = True
+    # replicated: one state per schedule accumulator; else one state that every slot updates
+    # (a state of many registers, replicated, spills: top-k)
+    replicated = True
 
     def bind(self, r: int, attrs: dict, lanes: int) -> "Reduction":
         """The reduction for node r (reductions with attributes that shape their state)."""
@@ -168,7 +171,7 @@ class TopKRed(Reduction):
     (each lane of each accumulator sees its elements in index order); displaced pairs shift. A group of vectors skips
     the network when no lane beats its lane's k-th key (V_ANY). Not blocked: there is no sum to
     compensate; the lanes of all accumulators are merged once per row, in scalar code."""
-    identity, blocked = "-INFINITY", False
+    identity, blocked, replicated = "-INFINITY", False, False
 
     def __init__(self, r: int = 0, k: int = 1, lanes: int = 1):
         self.r, self.k, self.lanes = r, k, lanes
@@ -201,7 +204,7 @@ class TopKRed(Reduction):
     def finish_all(self, accs, res, sc):
         k, L, q = self.k, self.lanes, len(accs) * self.lanes
         sv, sj = self.sel
-        lines = ["{", f"    float kv[{k * q}], kj[{k * q}];", f"    int kh[{q}];"]
+        lines = ["{", f"    float kv[{(k + 1) * q}], kj[{(k + 1) * q}];", f"    int kh[{q}];"]
         for a, acc in enumerate(accs):   # list a*L + l holds its i-th pair at [i*q + a*L + l]
             for i in range(k):
                 lines += [f"    V_STORE(kv + {(i * len(accs) + a) * L}, {acc[f'v{i}']});",
@@ -211,7 +214,7 @@ class TopKRed(Reduction):
             lines += [f"    for (int q = {k}; q < {self.kp}; q++) {{",
                       f"        {sv}[q] = -INFINITY;", f"        {sj}[q] = 0.0f;", "    }"]
         return lines + ["}", f"{res[0]} = {sv}[{k - 1}];", f"{res[1]} = {sj}[{k - 1}];",
-                        f"{res[2]} = {sv}[0];", f"{res[3]} = sg_topk_expsum({sv}, {k});"]
+                        f"{res[2]} = {sv}[0];", f"{res[3]} = sg_topk_expsum({sv}, {self.kp});"]
 
 
 REDUCTIONS = {"reduce_max": MaxRed(), "reduce_sum": SumRed(), "reduce_extexp": ExtExpRed(),
@@ -347,10 +350,11 @@ def _sweep_block(c: _Ctx, sw) -> dict:
         if sc:
             setup.append(f"const VEC {sc} = V_SET1({flit(p.attrs(r)['scale'])});")
             setup += red.consts(r, p.attrs(r)["scale"])
-        for k in range(A):
+        for k in range(A if red.replicated else 1):
             setup += [f"VEC {n} = {red.init(f)};" for f, n in _acc(r, k, red).items()]
         if not red.blocked:
-            finish += red.finish_all([_acc(r, k, red) for k in range(A)], _results(p, r), sc)
+            finish += red.finish_all([_acc(r, k, red) for k in range(A if red.replicated else 1)],
+                                     _results(p, r), sc)
             continue
         out = {f: f"o{r}_{f}" for f in red.outer}
         setup += [f"VEC {n} = {red.outer_init(f)};" for f, n in out.items()]
@@ -370,7 +374,8 @@ def _sweep_block(c: _Ctx, sw) -> dict:
                 vals = [_row_arg(p, a, u) for a in args]
                 if tail:
                     vals[0] = f"V_SELECT(tm, {vals[0]}, V_SET1({red.identity}))"
-                groups.setdefault(u % A, []).append(vals[0] if len(vals) == 1 else tuple(vals))
+                groups.setdefault(u % A if red.replicated else 0, []).append(
+                    vals[0] if len(vals) == 1 else tuple(vals))
             for k, vals in groups.items():
                 lines += red.update(_acc(r, k, red), vals, sc)
         return lines

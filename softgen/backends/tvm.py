@@ -229,6 +229,7 @@ class Red:
     fields: tuple[str, ...] = ()
     identity = "0.0"                 # neutral input (tail lanes never see it: tails are scalar)
     blocked = True                   # else: state across blocks, accumulators merged in finish
+    replicated = True                # else: one state for all slots (c.Reduction.replicated)
     places = 1                       # floats per lane and accumulator in each field's buffer
 
     def tail_slot(self, lanes: int) -> str:
@@ -388,7 +389,7 @@ class TopKRed(Red):
     accumulator, place i of accumulator slot q at [i * A L + q], updated by a select network
     (strict >: the lower index wins ties; displaced pairs shift down). No early-out: a branch would scalarise the vectorised
     lane loop. The lanes of all accumulators are merged once per row, in scalar TIR."""
-    fields, blocked = ("v", "j"), False
+    fields, blocked, replicated = ("v", "j"), False, False
 
     def __init__(self, r, scale, fused=True, attrs=None):
         super().__init__(r, scale, fused)
@@ -524,7 +525,8 @@ def _fused_fma(t: Target) -> bool:
 
 def _reduction(p: Program, r: int, t: Target, A: int) -> Red:
     red = REDUCTIONS[p.op(r)](r, p.attrs(r).get("scale", 1.0), _fused_fma(t), p.attrs(r))
-    red.q = A * t.lanes
+    red.a = A if red.replicated else 1
+    red.q = red.a * t.lanes
     return red
 
 
@@ -565,7 +567,7 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     out = [f"# sweep {sw.index}"]
     for red in reds:
         for f in red.fields:
-            out.append(f'{red.buf(f)} = T.alloc_buffer(({red.places * A * L},), "float32", scope="local")')
+            out.append(f'{red.buf(f)} = T.alloc_buffer(({red.places * red.q},), "float32", scope="local")')
         if red.blocked:
             for f in red.outer_fields():
                 out.append(f'{red.outer(f)} = T.alloc_buffer(({L},), "float32", scope="local")')
@@ -581,7 +583,7 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
             if red.blocked != blocked:
                 continue
             for f in red.fields:
-                size = red.places * A * L
+                size = red.places * red.q
                 lines += [f"{ind}for l in T.vectorized({size}):" if size > 1 else f"{ind}for l in range(1):",
                           f"{ind}    {red.buf(f)}[l] = {red.init(f)}"]
         return lines
@@ -611,8 +613,8 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
         return args[0] if len(args) == 1 else tuple(args)
 
     for red in reds:
-        for k in range(A):
-            xs = [vals(slots[u], red) for u in range(U) if u % A == k]
+        for k in range(red.a):
+            xs = [vals(slots[u], red) for u in range(U) if u % red.a == k]
             red.update(e, f"{k * L} + l", xs)
     # an int64 lane variable: no Cast around the Ramp, so x[base + l] stays a contiguous load
     lane_loop = f"for l in T.vectorized(T.int64({L})):" if L > 1 else "for l in range(T.int64(1)):"
