@@ -187,8 +187,12 @@ class TopKRed(Reduction):
         # x ranks above place i iff x > v_i (x comes after every kept index); the places are
         # sorted, so these masks are monotone in i and the list shifts down from the first:
         # v_i' = m_i ? (m_(i-1) ? v_(i-1) : x) : v_i, bottom up so v_(i-1) is still the old one.
-        k, last = self.k, st[f"v{self.k - 1}"]
-        test = " || ".join(f"V_ANY(V_CMPGT({x}, {last}))" for x, _ in vals)
+        # Early-out: with the k-th places as filters, a group of G vectors (L lanes) needs the
+        # network with probability ~ L G k / m after m elements per lane (random rows); the test
+        # pays from there on, below i = 4 L^2 G k it mostly mispredicts, so the network just runs.
+        k, last, L = self.k, st[f"v{self.k - 1}"], self.lanes
+        test = " || ".join([f"i < {4 * L * L * len(vals) * k}"]
+                           + [f"V_ANY(V_CMPGT({x}, {last}))" for x, _ in vals])
         lines = [f"if ({test}) {{"]
         for x, j in vals:
             lines.append("    {")
