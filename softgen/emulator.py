@@ -50,9 +50,10 @@ def emulation_available(t: Target) -> tuple[bool, str]:
 
 
 def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
-                  row_params: tuple[str, ...] = (), matrix: bool = False):
-    """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` (a matrix kernel's:
-    ``fn(px, py, rows, n, ldx, ldy, m)``) running the kernel emulated. ``sources``: the kernel's
+                  row_params: tuple[str, ...] = (), outputs: int = 1, matrix: bool = False):
+    """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` running the kernel
+    emulated (``outputs=2``: ``fn(px, pindices, pweights, rows, n, ldx, ldo)``, a selected
+    output; a matrix kernel's: ``fn(px, py, rows, n, ldx, ldy, m)``). ``sources``: the kernel's
     compiler inputs (``Kernel.sources()``)."""
     ok, how = emulation_available(t)
     if ok and how == "SIMDe" and backend != "c":
@@ -60,13 +61,16 @@ def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), matrix)
+        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), outputs, matrix)
         fn.how = "emulated (SIMDe)"
         return fn
     from .backends.c import _env
     driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
-                                                        row_params=row_params, matrix=matrix)
+                                                        row_params=row_params, matrix=matrix,
+                                                        sparse=outputs == 2)
     exe = build_executable({**sources, "driver.c": driver}, t)
+    if outputs == 2:
+        return QemuSelectedEntry(exe, find_emulator(t), name)
     return QemuEntry(exe, find_emulator(t), name, matrix)
 
 
@@ -133,7 +137,7 @@ class QemuEntry(BatchedCalls):
         head = struct.pack("<9Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64, m)
         data = ctypes.string_at(px, 4 * nx) + (b"" if inplace else ctypes.string_at(py, 4 * ny))
         data += b"".join(ctypes.string_at(pp, 4 * rows) for pp in row_params)
-        return self._queue((head + data, py, 4 * (ny or nx)))
+        return self._queue((head + data, [(py, 4 * (ny or nx))]))
 
     def flush(self) -> list[int]:
         cases, self._pending = self._pending, []
@@ -141,9 +145,20 @@ class QemuEntry(BatchedCalls):
             return []
         blob = run_driver(self.emulator, self.exe, b"".join(c[0] for c in cases), self.name)
         rcs, pos = [], 0
-        for _, py, nbytes in cases:
+        for _, outputs in cases:   # outputs: (address, bytes) of each span the driver returns
             (rc,) = struct.unpack_from("<q", blob, pos)
-            ctypes.memmove(py, blob[pos + 8:pos + 8 + nbytes], nbytes)
+            pos += 8
+            for ptr, nbytes in outputs:
+                ctypes.memmove(ptr, blob[pos:pos + nbytes], nbytes)
+                pos += nbytes
             rcs.append(rc)
-            pos += 8 + nbytes
         return rcs
+
+
+class QemuSelectedEntry(QemuEntry):
+    """The driver of a selected output: ``fn(px, pindices, pweights, rows, n, ldx, ldo)``."""
+
+    def __call__(self, px: int, pi: int, pw: int, rows: int, n: int, ldx: int, ldo: int) -> int:
+        nx = (rows - 1) * ldx + n
+        head = struct.pack("<9Q", rows, n, ldx, ldo, nx, 0, px % 64, 0, 0)
+        return self._queue((head + ctypes.string_at(px, 4 * nx), [(pi, 8 * rows * ldo), (pw, 4 * rows * ldo)]))

@@ -9,17 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .backends.c import _env
+from .backends.c import _env, abi, matrix_abi
 from .errors import SoftgenError
 from .kernel import Kernel, check_name
 from .ops import get_op
 from .runtime import build_shared, flags_for, compiler_for
 
-ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy)"
-MATRIX_ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy, size_t m)"
-ERRORS = {"0": "ok", "1": "NULL pointer with nonzero sizes", "2": "ldx < n or ldy < n",
-          "3": "rows * stride overflows"}
-MATRIX_ERRORS = {"4": "m is 0 or does not divide rows", "5": "out of memory for the scratch vectors"}
+MATRIX_ERRORS = {"5": "m is 0 or does not divide rows", "6": "out of memory for the scratch vectors"}
 ROW_PARAM_DOCS = {  # what each per-row parameter of the ops means, for headers and manifests
     "n_attended": "N_i, the number of keys query row r attends to (an integer >= 1)",
     "offset": "O_i of the re-weighting, 0 for the first offset_free_rows query rows, else 1",
@@ -39,15 +35,20 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
     calls = [op.sample_call(x.shape, k.params) if op.sample_call else {} for x in xs]
     ys = [k(x, **c) for x, c in zip(xs, calls)] if k.runnable else k.run_emulated_many(xs, calls=calls)
     max_rel = max_abs = 0.0
+    wrong_indices = 0   # selected outputs: rows whose indices differ from the reference's
     for x, y, c in zip(xs, ys, calls):
         r = op.reference(x, **k.params, **c)
+        if k.selected:
+            (yi, y), (ri, r) = y, r
+            wrong_indices += int(np.sum(np.any(yi != ri, axis=-1)))
         with np.errstate(invalid="ignore"):  # rows NaN in either (f32 overflow rules) are skipped
             err = np.nan_to_num(np.abs(y.astype(np.float64) - r), nan=0.0)
         max_abs = max(max_abs, float(err.max()))
         big = np.abs(r) > 1e-6 * np.abs(r).max(axis=-1, keepdims=True)
         if big.any():  # log_softmax of a 1-element row is exactly 0: no relative error
             max_rel = max(max_rel, float((err[big] / np.abs(r[big])).max()))
-    return {"max_rel_error": max_rel, "max_abs_error": max_abs,
+    extra = {"rows_with_wrong_indices": wrong_indices} if k.selected else {}
+    return {"max_rel_error": max_rel, "max_abs_error": max_abs, **extra,
             "suite": ("matrices of shape " + ", ".join("x".join(map(str, s[1:])) for s in shapes)
                       if k.matrix else "rows of n in {1,7,64,1000,4099,65536}")
             + " from U[-10,10], U[90,100], U[-1000,1000]; relative error over outputs >= 1e-6 * row max",
@@ -74,7 +75,8 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
     # touched, so a failed export leaves nothing behind.
     library = build_shared(k.sources(), k.target, cc=cc)
     params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
-    header = _env().get_template("header.h.j2").render(
+    entry = matrix_abi(k.name) if k.matrix else abi(k.program, k.name)
+    header = _env().get_template("header.h.j2").render(abi=entry,
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
@@ -85,11 +87,18 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         accuracy = {"max_rel_error": None, "reason": f"not measured: {e}"}
     manifest = {
         "softgen_version": __version__, "name": k.name, "symbol": k.name,
-        "abi": (MATRIX_ABI if k.matrix else ABI).replace("NAME", k.name).replace(
-            ")", "".join(f", const float *{rp}" for rp in k.row_params) + ")"),
-        "axes": "the last two (matrices of m x n)" if k.matrix else "the last (rows of n)",
+        "abi": entry["signature"],
         "row_params": {rp: ROW_PARAM_DOCS.get(rp, "") for rp in k.row_params},
-        "errors": {**ERRORS, **(MATRIX_ERRORS if k.matrix else {})},
+        "errors": {"0": "ok", "1": "NULL pointer with nonzero sizes",
+                   "2": f"ldx < n or {entry['ld']} < {'min(k, n)' if entry['sparse'] else 'n'}",
+                   "3": "rows * stride overflows",
+                   **({"4": f"n > {entry['max_n']} (float32 element indices)"} if entry["max_n"] else {}),
+                   **(MATRIX_ERRORS if k.matrix else {})},
+        "axes": "the last two (matrices of m x n)" if k.matrix else "the last (rows of n)",
+        **({"outputs": {"indices": "int64, row r at indices[r*ldo ..], min(k, n) per row, largest "
+                                   "first, lower index first on ties",
+                        "weights": "float32, row r at weights[r*ldo ..], the weights of those entries"}}
+           if entry["sparse"] else {}),
         "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": _backend_info(k),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},
