@@ -1,8 +1,11 @@
 """Row ops other than softmax (stablemax, log_stablemax, softplus_l1, lssa, reweight, lssar) against softgen's own
 two-pass softmax on the same shape and target (issue 5's "within 1.3x") and against the
-straightforward NumPy a researcher would write, in one interleaved run.
+straightforward NumPy a researcher would write, in one interleaved run. Then top-k softmax
+(dense and sparse, per k) against the same softmax, NumPy (argpartition + argsort) and PyTorch
+(torch.topk + softmax, one thread) when importable.
 
     python bench/ops.py [--sizes 256K 1M 2048x1024] [--targets avx2] [--backends c tvm]
+    python bench/ops.py --only-topk [--topk-sizes 2048x1024 4096x64] [--topk-k 1 2 8]
 """
 from __future__ import annotations
 
@@ -47,13 +50,87 @@ NUMPY = {  # what a researcher would write; the lssa family gets n_attended = n 
 GIVEN_N = {"lssa", "reweight", "lssar"}  # built with count_keys=0: the caller passes N_i
 
 
+def numpy_topk_sparse(x, k):
+    """(indices, weights), largest first: argpartition, then sort the k (stable: lower index first
+    among equal values within the k), softmax over them."""
+    idx = np.argpartition(-x, k - 1, axis=-1)[..., :k]
+    v = np.take_along_axis(x, idx, -1)
+    order = np.argsort(-v, axis=-1, kind="stable")
+    idx, v = np.take_along_axis(idx, order, -1), np.take_along_axis(v, order, -1)
+    w = np.exp(v - v[..., :1])
+    return idx, w / w.sum(-1, keepdims=True)
+
+
+def numpy_topk_dense(x, k):
+    idx, w = numpy_topk_sparse(x, k)
+    y = np.zeros_like(x)
+    np.put_along_axis(y, idx, w, -1)
+    return y
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    return torch
+
+
+def bench_topk(sizes, ks, targets, backends, budget) -> None:
+    """ns/element of top-k softmax (renormalize=1), dense and sparse, per k and shape."""
+    torch, rng = _torch(), np.random.default_rng(0)
+    print(f"\n{'size':<10} {'target':<7} {'backend':<7} {'k':>2} {'form':<6} {'ns/el':>7} "
+          f"{'vs softmax 2p':>13} {'vs numpy':>9} {'vs torch':>9}")
+    for size in sizes:
+        rows, n = parse_size(size)
+        x = rng.standard_normal((rows, n), dtype=np.float32) * 4
+        xt = torch.from_numpy(x) if torch else None
+        for t in targets:
+            for b in backends:
+                sm = softgen.compile("softmax", algorithm="two-pass", target=t, backend=b)
+                if not sm.runnable:
+                    continue
+                y = np.empty_like(x)
+                variants = {"softmax": lambda: sm(x, out=y)}
+                for k in ks:
+                    kd = softgen.compile("topk_softmax", target=t, backend=b, k=k)
+                    kspar = softgen.compile("topk_softmax", target=t, backend=b, k=k, sparse=1)
+                    variants |= {f"dense {k}": lambda kd=kd: kd(x, out=y),
+                                 f"sparse {k}": lambda ks=kspar: ks(x),
+                                 f"numpy dense {k}": lambda k=k: numpy_topk_dense(x, k),
+                                 f"numpy sparse {k}": lambda k=k: numpy_topk_sparse(x, k)}
+                    if torch is not None:
+                        def t_sparse(k=k):
+                            v, i = torch.topk(xt, k, dim=-1)
+                            return i, torch.softmax(v, -1)
+
+                        def t_dense(k=k):
+                            i, w = t_sparse(k)
+                            return torch.zeros_like(xt).scatter_(-1, i, w)
+                        variants |= {f"torch dense {k}": t_dense, f"torch sparse {k}": t_sparse}
+                tm = time_interleaved(variants, budget=budget)
+                for k in ks:
+                    for form in ("dense", "sparse"):
+                        med = tm[f"{form} {k}"].median
+                        vs_torch = f"{tm[f'torch {form} {k}'].median / med:8.1f}x" if torch else "      n/a"
+                        print(f"{size:<10} {t:<7} {b:<7} {k:>2} {form:<6} {med / x.size * 1e9:7.3f} "
+                              f"{med / tm['softmax'].median:12.2f}x {tm[f'numpy {form} {k}'].median / med:8.1f}x "
+                              f"{vs_torch}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["256K", "1M", "16M", "2048x1024"])
     ap.add_argument("--targets", nargs="+", default=["avx2"])
     ap.add_argument("--backends", nargs="+", default=["c", "tvm"])
     ap.add_argument("--budget", type=float, default=0.4)
+    ap.add_argument("--topk-sizes", nargs="+", default=["2048x1024", "4096x64"])
+    ap.add_argument("--topk-k", nargs="+", type=int, default=[1, 2, 8])
+    ap.add_argument("--only-topk", action="store_true", help="only the top-k softmax table")
     a = ap.parse_args()
+    if a.only_topk:
+        return bench_topk(a.topk_sizes, a.topk_k, a.targets, a.backends, a.budget)
     rng = np.random.default_rng(0)
     print(f"{'size':<10} {'target':<7} {'backend':<7} {'op':<14} {'ns/el':>7} {'vs softmax 2p':>13} {'vs numpy':>9}")
     for size in a.sizes:
@@ -81,6 +158,7 @@ def main() -> None:
                     t_op = tm[op].median
                     print(f"{size:<10} {t:<7} {b:<7} {op:<14} {t_op / x.size * 1e9:7.3f} "
                           f"{t_op / tm['softmax'].median:12.2f}x {tm['numpy ' + op].median / t_op:8.1f}x")
+    bench_topk(a.topk_sizes, a.topk_k, a.targets, a.backends, a.budget)
 
 
 if __name__ == "__main__":

@@ -50,17 +50,19 @@ def emulation_available(t: Target) -> tuple[bool, str]:
 
 
 def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
-                  row_params: tuple[str, ...] = (), matrix: bool = False, abi=None):
-    """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` (a matrix kernel's:
-    ``fn(px, py, rows, n, ldx, ldy, m)``, or the arguments of its general ABI ``abi``) running the
-    kernel emulated. ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
+                  row_params: tuple[str, ...] = (), outputs: int = 1, matrix: bool = False,
+                  abi=None):
+    """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` running the kernel
+    emulated (``outputs=2``: ``fn(px, pindices, pweights, rows, n, ldx, ldo)``, a selected
+    output; a matrix kernel's: ``fn(px, py, rows, n, ldx, ldy, m)``, or the arguments of its
+    general ABI ``abi``). ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
     ok, how = emulation_available(t)
     if ok and how == "SIMDe" and backend != "c":
         ok, how = False, "C source (SIMDe emulates intrinsics; the TVM backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), matrix, abi)
+        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), outputs, matrix, abi)
         fn.how = "emulated (SIMDe)"
         return fn
     from .backends.c import _env
@@ -74,8 +76,11 @@ def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
         exe = build_executable({**sources, "driver.c": driver}, t)
         return QemuMatrixEntry(exe, find_emulator(t), name, abi)
     driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
-                                                        row_params=row_params, matrix=matrix)
+                                                        row_params=row_params, matrix=matrix,
+                                                        sparse=outputs == 2)
     exe = build_executable({**sources, "driver.c": driver}, t)
+    if outputs == 2:
+        return QemuSelectedEntry(exe, find_emulator(t), name)
     return QemuEntry(exe, find_emulator(t), name, matrix)
 
 
@@ -167,6 +172,15 @@ class QemuEntry(BatchedCalls):
         return run_driver(self.emulator, self.exe, payload, self.name)
 
 
+class QemuSelectedEntry(QemuEntry):
+    """The driver of a selected output: ``fn(px, pindices, pweights, rows, n, ldx, ldo)``."""
+
+    def __call__(self, px: int, pi: int, pw: int, rows: int, n: int, ldx: int, ldo: int) -> int:
+        nx = (rows - 1) * ldx + n
+        head = struct.pack("<9Q", rows, n, ldx, ldo, nx, 0, px % 64, 0, 0)
+        return self._queue((head + ctypes.string_at(px, 4 * nx), [(pi, 8 * rows * ldo), (pw, 4 * rows * ldo)]))
+
+
 class QemuMatrixEntry(QemuEntry):
     """Calls a matrix kernel with the general ABI (``fn(*pointers, batch, *dims, *lds)``) inside
     its static driver (templates/matrix_driver.c.j2) under a user-mode emulator."""
@@ -191,6 +205,3 @@ class QemuMatrixEntry(QemuEntry):
                 outs.append((p, 4 * span))
         blob = struct.pack(f"<{len(head)}Q", *head) + data
         return self._queue((blob, outs))
-
-    def _run(self, payload: bytes) -> bytes:
-        return run_driver(self.emulator, self.exe, payload, self.name)

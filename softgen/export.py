@@ -9,29 +9,37 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .backends.c import _env
+from .backends.c import _env, abi, matrix_abi
 from .errors import SoftgenError
 from .kernel import Kernel, check_name
 from .ops import get_op
 from .runtime import build_shared, flags_for, compiler_for
 
-ABI = "int NAME(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy)"
 # header macro suffix and meaning of each return code
 CODES = {0: ("OK", "success"), 1: ("ENULL", "x or y is NULL while rows and n are nonzero"),
          2: ("ESTRIDE", "ldx < n or ldy < n"), 3: ("EOVERFLOW", "rows * stride does not fit in the address space"),
-         4: ("EMATRIX", "m is 0 or does not divide rows"),
-         5: ("ENOMEM", "the scratch cannot be allocated"), 6: ("ESQUARE", "the matrices are not square (n != m)")}
+         4: ("ETOOLONG", "a row is longer than {max_n} elements: element indices are float32 in the kernel"),
+         5: ("EMATRIX", "m is 0 or does not divide rows"),
+         6: ("ENOMEM", "the scratch cannot be allocated"), 7: ("ESQUARE", "the matrices are not square (n != m)")}
 GENERAL_CODES = {1: "a pointer is NULL while its matrix is not empty", 2: "an ld is below its row length",
-                 3: "a matrix, or the scratch, does not fit in the address space"}
+                 3: "a matrix, or the scratch, does not fit in the address space",
+                 4: "a row or column index exceeds {max_n}: indices are float32 in the kernel"}
 
 
-def error_codes(k: Kernel) -> dict[int, tuple[str, str]]:
-    """The return codes of ``k``'s entry point: code -> (header macro suffix, meaning)."""
-    abi = k.abi
-    codes = [0, 1, 2, 3] + ([] if abi is None else [4, 5] if abi.style == "unary" else [5]) \
-        + ([6] if abi is not None and abi.square else [])
-    general = abi is not None and abi.style == "general"
-    return {c: (CODES[c][0], GENERAL_CODES.get(c, CODES[c][1]) if general else CODES[c][1]) for c in codes}
+def error_codes(k: Kernel, entry: dict) -> dict[int, tuple[str, str]]:
+    """The return codes of ``k``'s entry point (``entry``: its ``backends.c.abi``/``matrix_abi``):
+    code -> (header macro suffix, meaning)."""
+    mabi = k.abi
+    codes = [0, 1, 2, 3] + ([4] if entry["max_n"] else []) \
+        + ([] if mabi is None else [5, 6] if mabi.style == "unary" else [6]) \
+        + ([7] if mabi is not None and mabi.square else [])
+    docs = {c: CODES[c][1] for c in codes}
+    if mabi is not None and mabi.style == "general":
+        docs.update({c: d for c, d in GENERAL_CODES.items() if c in docs})
+    elif mabi is None:
+        docs[1] = f"{' or '.join(['x'] + entry['nulls'])} is NULL while rows and n are nonzero"
+        docs[2] = f"ldx < n or {entry['ld']} < {'min(k, n)' if entry['sparse'] else 'n'}"
+    return {c: (CODES[c][0], docs[c].format(max_n=entry["max_n"])) for c in codes}
 
 
 def scratch_doc(k: Kernel) -> str:
@@ -61,15 +69,20 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
     calls = [op.sample_call(x.shape, k.params) if op.sample_call else {} for x in xs]
     ys = [k(x, **c) for x, c in zip(xs, calls)] if k.runnable else k.run_emulated_many(xs, calls=calls)
     max_rel = max_abs = 0.0
+    wrong_indices = 0   # selected outputs: rows whose indices differ from the reference's
     for x, y, c in zip(xs, ys, calls):
         r = op.reference(x, **k.params, **c)
+        if k.selected:
+            (yi, y), (ri, r) = y, r
+            wrong_indices += int(np.sum(np.any(yi != ri, axis=-1)))
         with np.errstate(invalid="ignore"):  # rows NaN in either (f32 overflow rules) are skipped
             err = np.nan_to_num(np.abs(y.astype(np.float64) - r), nan=0.0)
         max_abs = max(max_abs, float(err.max()))
         big = np.abs(r) > 1e-6 * np.abs(r).max(axis=-1, keepdims=True)
         if big.any():  # log_softmax of a 1-element row is exactly 0: no relative error
             max_rel = max(max_rel, float((err[big] / np.abs(r[big])).max()))
-    return {"max_rel_error": max_rel, "max_abs_error": max_abs,
+    extra = {"rows_with_wrong_indices": wrong_indices} if k.selected else {}
+    return {"max_rel_error": max_rel, "max_abs_error": max_abs, **extra,
             "suite": ("matrices of shape " + ", ".join("x".join(map(str, s[1:])) for s in shapes)
                       if k.matrix else "rows of n in {1,7,64,1000,4099,65536}")
             + " from U[-10,10], U[90,100], U[-1000,1000]; relative error over outputs >= 1e-6 * row max",
@@ -118,12 +131,14 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
     # touched, so a failed export leaves nothing behind.
     library = build_shared(k.sources(), k.target, cc=cc)
     params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
-    header = _env().get_template("header.h.j2").render(
+    entry = matrix_abi(k.program, k.name) if k.matrix else abi(k.program, k.name)
+    errors = error_codes(k, entry)
+    header = _env().get_template("header.h.j2").render(abi=entry,
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
         row_params=[(rp, ROW_PARAM_DOCS.get(rp, "")) for rp in k.row_params], matrix=k.matrix,
-        abi=k.abi, errors=[(c, suffix, doc) for c, (suffix, doc) in error_codes(k).items()],
+        mabi=k.abi, errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
         scratch=scratch_doc(k) if k.matrix else "")
     try:
         accuracy = measure_accuracy(k)
@@ -131,12 +146,15 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         accuracy = {"max_rel_error": None, "reason": f"not measured: {e}"}
     manifest = {
         "softgen_version": __version__, "name": k.name, "symbol": k.name,
-        "abi": k.abi.signature(k.name) if k.matrix else ABI.replace("NAME", k.name).replace(
-            ")", "".join(f", const float *{rp}" for rp in k.row_params) + ")"),
+        "abi": entry["signature"],
         "axes": "the last two (matrices of m x n)" if k.matrix else "the last (rows of n)",
         **({"arguments": k.abi.arg_docs(), "abi_style": k.abi.style} if k.matrix else {}),
         "row_params": {rp: ROW_PARAM_DOCS.get(rp, "") for rp in k.row_params},
-        "errors": {str(c): doc for c, (_, doc) in error_codes(k).items()},
+        "errors": {str(c): doc for c, (_, doc) in errors.items()},
+        **({"outputs": {"indices": "int64, row r at indices[r*ldo ..], min(k, n) per row, largest "
+                                   "first, lower index first on ties",
+                        "weights": "float32, row r at weights[r*ldo ..], the weights of those entries"}}
+           if entry["sparse"] else {}),
         "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": _backend_info(k),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},

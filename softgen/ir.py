@@ -1,8 +1,8 @@
 """softgen IR: a dataflow graph (networkx DiGraph) of row-level primitives.
 
 A *program* computes one output row y from one input row x. Values have a shape: ``row`` (one value
-per element), ``scalar`` (one value per row, e.g. a reduction result) or ``pair`` (a two-scalar
-reduction result, read with ``item``). Map ops broadcast scalars over rows. The IR says *what* is
+per element), ``scalar`` (one value per row, e.g. a reduction result) or ``pair`` (a reduction
+result of several scalars, ``OpSpec.items`` of them, each read with ``item``). Map ops broadcast scalars over rows. The IR says *what* is
 computed; how many sweeps over memory that takes, and how each sweep is vectorised, is decided by
 ``softgen.passes`` and the backends.
 """
@@ -25,10 +25,13 @@ class OpSpec:
     kind: str  # input | const | param | map | reduce | item | materialize | output | guard
     doc: str
     result: str = ""  # fixed result shape; map ops derive theirs from their arguments
+    items: int = 0    # pair results: how many scalars ``item`` can read
 
 
 OPS: dict[str, OpSpec] = {
     "input": OpSpec(0, "input", "the input row x", ROW),
+    "index": OpSpec(0, "input", "the element index j of each row entry, as a float (exact for rows "
+                    "up to 2^24 elements, which kernels using it enforce)", ROW),
     "const": OpSpec(0, "const", "a scalar constant (attr value)", SCALAR),
     "param": OpSpec(0, "param", "a per-row scalar passed at call time (attr name): the kernel "
                     "takes one float per row for it", SCALAR),
@@ -52,14 +55,26 @@ OPS: dict[str, OpSpec] = {
     "where_lt": OpSpec(4, "map", "c if a < b else d (piecewise maps; NaN a takes d)"),
     "exp_shift2": OpSpec(2, "map", "e^(s u) * 2^-E in extended-exponent form (attr scale s, default 1): no overflow for any u"),
     "sub_ln2": OpSpec(2, "map", "s u - E*ln2 with ln2 split in two constants (attr scale s, default 1)"),
+    "where_ranked": OpSpec(6, "map", "c if (a, i) ranks at or above (t, it), i.e. a > t or (a == t "
+                           "and i <= it), the order of a stable descending sort; else d (NaN a takes "
+                           "d). Arguments a, i, t, it, c, d"),
     "reduce_max": OpSpec(1, "reduce", "max over the row", SCALAR),
     "reduce_sum": OpSpec(1, "reduce", "sum over the row (blocked, compensated)", SCALAR),
-    "reduce_extexp": OpSpec(1, "reduce", "(V, E) with sum(e^(s u)) = V * 2^E (attr scale s)", PAIR),
-    "reduce_online": OpSpec(1, "reduce", "(m, d): m = max x, d = sum e^(s(x-m)); attr scale", PAIR),
+    "reduce_extexp": OpSpec(1, "reduce", "(V, E) with sum(e^(s u)) = V * 2^E (attr scale s)", PAIR, 2),
+    "reduce_online": OpSpec(1, "reduce", "(m, d): m = max x, d = sum e^(s(x-m)); attr scale", PAIR, 2),
+    "reduce_topk": OpSpec(2, "reduce", "selection of the attr k largest keys a (arg 0) with their "
+                          "indices i (arg 1), larger a first, lower i first on ties; NaN keys are never "
+                          "selected, and keys of -inf only through the fill of an output_selected. "
+                          "Result (t, it, m, d): the k-th kept (key, index), (-inf, +inf) when fewer "
+                          "than k keys are above -inf; m = the largest key; d = sum over the kept keys "
+                          "of e^(a - m)", PAIR, 4),
     "item": OpSpec(1, "item", "component attr index of a pair", SCALAR),
     "materialize": OpSpec(1, "materialize", "store a row value to y; later sweeps reload it", ROW),
     "guard": OpSpec(1, "guard", "run program.fallback on the row unless |a| <= attr limit", SCALAR),
     "output": OpSpec(1, "output", "the output row y", ROW),
+    "output_selected": OpSpec(2, "output", "the sparse output of a reduce_topk (arg 0): per row the "
+                              "min(k, n) selected indices and the row value arg 1 evaluated at each "
+                              "of them (x and index replaced by the selected key and index)", ROW),
     # matrix programs (softgen.matrix): phases over the rows of a matrix share per-row and
     # per-column vectors through these
     "colvec": OpSpec(0, "colvec", "element j of the per-column vector attr name", ROW),
@@ -91,6 +106,8 @@ MREDUCE_INIT = {"mreduce_max": -math.inf, "mreduce_sum": 0.0}
 COLREDUCE_FIELDS = {"colreduce_max": (("m", -math.inf),), "colreduce_sum": (("s", 0.0),),
                     "colreduce_online": (("m", -3.4028234663852886e38), ("d", 0.0))}
 MATRIX_KINDS = ("colvec", "size", "emit", "colstore", "colreduce", "mscalar", "mreduce")
+TOPK_MAX = 64      # reduce_topk keeps k (key, index) registers per lane and accumulator
+INDEX_MAX_N = 2 ** 24  # float32 represents every integer up to here: the range of an index leaf
 _PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # becomes a C argument name
 _RESERVED = {"x", "y", "rows", "n", "ldx", "ldy", "ld", "r", "lo", "hi", "i", "k", "status"}
 C_KEYWORDS = set("""auto break case char const continue default do double else enum extern float
@@ -155,6 +172,10 @@ class Program:
                 return Value(self, v)
         return Value(self, self.add(op, **attrs))
 
+    def index(self) -> "Value":
+        """The element index row leaf (one node per program)."""
+        return self._leaf("index")
+
     def row_param(self, name: str) -> "Value":
         """A per-row scalar the caller passes (one float per row), e.g. a per-query scale."""
         return self._leaf("param", name=name)
@@ -214,6 +235,19 @@ class Program:
     def kind(self, v: int) -> str:
         return OPS[self.op(v)].kind
 
+    def items(self, v: int) -> int:
+        """How many scalars a pair-shaped node holds (0 for other shapes)."""
+        return OPS[self.op(v)].items if self.shape(v) == PAIR else 0
+
+    def output(self) -> int:
+        """The program's output node (kind output: a dense row or a selected output)."""
+        (o,) = [v for v in self.g if self.kind(v) == "output"]
+        return o
+
+    def max_n(self) -> int | None:
+        """The longest row kernels of this program handle (index leaves are float32), or None."""
+        return INDEX_MAX_N if any(self.op(v) == "index" for v in self.g) else None
+
     def users(self, v: int) -> list[int]:
         return sorted(self.g.successors(v))
 
@@ -262,7 +296,7 @@ class Program:
         if not nx.is_directed_acyclic_graph(g):
             raise IRError(f"{self.name}: the graph has a cycle")
         inputs = [v for v in g if self.op(v) == "input"]
-        outputs = [v for v in g if self.op(v) == "output"]
+        outputs = [v for v in g if self.kind(v) == "output"]
         if self.phase is None and (len(inputs) != 1 or len(outputs) != 1):
             raise IRError(f"{self.name}: needs exactly one input and one output "
                           f"(has {len(inputs)} and {len(outputs)})")
@@ -275,10 +309,20 @@ class Program:
             if len(args) != spec.arity or set(args) != set(g.predecessors(v)):
                 raise IRError(f"{self.name}: %{v} ({op}) arguments disagree with the graph edges")
             shapes = [self.shape(a) for a in args]
-            if spec.kind in ("reduce", "materialize", "output") and shapes[0] != ROW:
-                raise IRError(f"{self.name}: %{v} {op} needs a row argument, got {shapes[0]}")
-            if spec.kind == "item" and (shapes[0] != PAIR or self.attrs(v).get("index") not in (0, 1)):
-                raise IRError(f"{self.name}: %{v} item needs a pair and index 0 or 1")
+            rows = shapes[1:] if op == "output_selected" else shapes
+            if spec.kind in ("reduce", "materialize", "output") and any(s != ROW for s in rows):
+                raise IRError(f"{self.name}: %{v} {op} needs row arguments, got {', '.join(rows)}")
+            if op == "output_selected" and self.op(args[0]) != "reduce_topk":
+                raise IRError(f"{self.name}: %{v} output_selected needs a reduce_topk, got "
+                              f"{self.op(args[0])}")
+            if op == "reduce_topk" and not (isinstance(self.attrs(v).get("k"), int)
+                                            and 1 <= self.attrs(v)["k"] <= TOPK_MAX):
+                raise IRError(f"{self.name}: %{v} reduce_topk needs an integer k in [1, {TOPK_MAX}], "
+                              f"got {self.attrs(v).get('k')!r}")
+            if spec.kind == "item" and (shapes[0] != PAIR or
+                                        self.attrs(v).get("index") not in range(self.items(args[0]))):
+                raise IRError(f"{self.name}: %{v} item needs a pair and an index below its "
+                              f"{self.items(args[0]) if shapes[0] == PAIR else 0} items")
             if spec.kind in ("map", "guard") and PAIR in shapes:
                 raise IRError(f"{self.name}: %{v} {op} cannot take a pair; use item")
             if spec.kind == "guard" and (shapes[0] != SCALAR or self.fallback is None):
@@ -394,3 +438,9 @@ class Value:
         state vectors of ``name`` (see ``COLREDUCE_FIELDS``)."""
         attrs = {"scale": float(scale)} if kind == "online" else {}
         return self._op(f"colreduce_{kind}", name=name, **attrs)
+    def where_ranked(self, i, t, it, then, other): return self._op("where_ranked", i, t, it, then, other)
+
+    def topk(self, k: int) -> "Value":
+        """The (t, it, m, d) selection of the k largest entries of this row (reduce_topk); the
+        element index leaf is the tie-break key."""
+        return Value(self.p, self.p.add("reduce_topk", self.id, self.p.index().id, k=int(k)))

@@ -13,8 +13,8 @@ from . import ops as _ops
 from . import passes
 from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
-from .ir import C_KEYWORDS as _C_KEYWORDS, Program
 from .matrix import MatrixProgram
+from .ir import C_KEYWORDS as _C_KEYWORDS, INDEX_MAX_N, Program
 from .schedule import AUTO_ALGORITHM, Schedule, default_schedule
 from .targets import Target, get_target, host_target
 
@@ -27,8 +27,14 @@ BACKENDS = ("c", "tvm")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the row",
            3: "rows * stride overflows the address space",
-           4: "the rows are not a whole number of matrices", 5: "out of memory for scratch vectors",
-           6: "the matrices are not square"}
+           4: f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
+           5: "the rows are not a whole number of matrices", 6: "out of memory for scratch vectors",
+           7: "the matrices are not square"}
+
+
+def _failed(name: str, rc: int) -> Exception:
+    return (ValueError if rc in (4, 5, 7) else RuntimeError)(
+        f"{name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
 
 
 def check_name(name: str) -> str:
@@ -92,6 +98,12 @@ class Kernel:
         return [] if self.matrix else self.program.row_params()
 
     @property
+    def selected(self) -> bool:
+        """A selected (sparse) output: calls return (indices, weights) of the min(k, n) selected
+        entries per row instead of a row like x."""
+        return not self.matrix and self.program.op(self.program.output()) == "output_selected"
+
+    @property
     def runnable(self) -> bool:
         """Whether this CPU can execute the kernel natively."""
         return self.target.runnable
@@ -108,7 +120,8 @@ class Kernel:
             if self._emu_fn is None:
                 from .emulator import load_emulated
                 self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend,
-                                             tuple(self.row_params), matrix=self.matrix, abi=self.abi)
+                                             tuple(self.row_params), 2 if self.selected else 1,
+                                             matrix=self.matrix, abi=self.abi)
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -117,14 +130,15 @@ class Kernel:
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
             self._fn = load_entry(build_shared(self.sources(), self.target), self.name,
-                                  len(self.row_params), matrix=self.matrix, abi=self.abi)
+                                  len(self.row_params), 2 if self.selected else 1, matrix=self.matrix,
+                                  abi=self.abi)
         return self._fn
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
         """y = op(x) along the last axis. ``call``: the op's call-time arguments (e.g. lssa's
         ``n_attended``), from which the per-row parameters are computed."""
         fn = self._fn or self._entry(False)
-        if call or self.row_params or self.matrix:
+        if call or self.row_params or self.selected or self.matrix:
             return self._run(fn, x, out, call)
         if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
             # Fast path: float32 rows with one stride, x and y identical or disjoint. Anything
@@ -134,7 +148,7 @@ class Kernel:
             if rc == 0:
                 return y
             if rc is not NotImplemented:
-                raise RuntimeError(f"{self.name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
+                raise _failed(self.name, rc)
         return self._run(fn, x, out)
 
     def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
@@ -152,7 +166,7 @@ class Kernel:
         with getattr(fn, "batch", contextlib.nullcontext)():
             return [self._run(fn, x, o, c) for x, o, c in zip(xs, outs, calls)]
 
-    def _run(self, fn, x, out, call=None):
+    def _check_input(self, x) -> None:
         if type(x) is not np.ndarray:
             if not isinstance(x, np.ndarray):
                 raise TypeError(f"{self.name} takes a numpy.ndarray of float32, got {type(x).__name__}")
@@ -163,6 +177,34 @@ class Kernel:
             raise ValueError(f"{self.name} needs an array with at least {what}, got shape {x.shape}")
         if self.matrix and self.abi.square and x.shape[-1] != x.shape[-2]:
             raise ValueError(f"{self.name} ({self.op}) needs square matrices (..., m, m), got shape {x.shape}")
+
+    def _run_selected(self, fn, x, out, call):
+        """(indices int64, weights float32), shape x.shape[:-1] + (min(k, n),)."""
+        self._check_input(x)
+        if out is not None:
+            raise TypeError(f"{self.name} returns new (indices, weights) arrays; it takes no out=")
+        _ops.get_op(self.op).row_arguments([], x.shape, self.params, call or {})  # rejects call args
+        n = x.shape[-1]
+        k = self.program.attrs(self.program.args(self.program.output())[0])["k"]
+        m = min(k, n)
+        idx = np.empty(x.shape[:-1] + (m,), np.int64)
+        w = np.empty(x.shape[:-1] + (m,), np.float32)
+        if x.size == 0:
+            return idx, w
+        lx = _layout(x)
+        if lx is None:
+            x = np.ascontiguousarray(x)
+            x = x if x.flags.aligned else x.copy()
+            lx = (x.ctypes.data, n)
+        rc = fn(lx[0], idx.ctypes.data, w.ctypes.data, x.size // n, n, lx[1], m)
+        if rc:
+            raise _failed(self.name, rc)
+        return idx, w
+
+    def _run(self, fn, x, out, call=None):
+        if self.selected:
+            return self._run_selected(fn, x, out, call)
+        self._check_input(x)
         n = x.shape[-1]
         if out is None:
             y = np.empty(x.shape, np.float32)
@@ -192,7 +234,7 @@ class Kernel:
         extra = [x.shape[-2]] if self.matrix else [a.ctypes.data for a in rps]
         rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1], *extra)
         if rc:
-            raise RuntimeError(f"{self.name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
+            raise _failed(self.name, rc)
         return y
 
     # -- products -------------------------------------------------------------------------------
@@ -314,7 +356,7 @@ class MatrixKernel(Kernel):
             lds.append(la[1])
         rc = fn(*ptrs, ly[0], batch, *[dims[d] for d in abi.dims], *lds, ly[1])
         if rc:
-            raise RuntimeError(f"{self.name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
+            raise _failed(self.name, rc)
         return y
 
 
@@ -376,8 +418,10 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     alg = choose_algorithm(program, t.name, algorithm)
     sched = _schedule(t, schedule)
     lowered = passes.apply_algorithm(program, alg)
+    sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}" + ("_tvm" if backend == "tvm" else "")
+        f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}" \
+        + ("_tvm" if backend == "tvm" else "")
     wrapper = ""
     if backend == "tvm":
         from .backends import tvm as tvmbackend

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import reference as ref
 from .errors import UsageError
-from .ir import Program, Value
+from .ir import TOPK_MAX, Program, Value
 from .matrix import MatrixProgram
 
 
@@ -28,7 +28,7 @@ class OpDef:
     rtol: float = 2e-6                 # spec section 11
     atol: float = 0.0
     atol_rel_to_y: bool = False        # log-softmax: |err| <= atol * (1 + |y|)
-    sums_to_one: bool = False
+    sums_to_one: bool | Callable = False   # or (params) -> bool, when a parameter decides it
     exp_conditioned: bool = True       # outputs are e^(s(x - max)): see tolerance()
     # rows where the float32 kernel's row sum overflows although float64's does not; the kernel
     # must give a NaN row there (section 0): (x, **params) -> bool mask over rows
@@ -56,6 +56,10 @@ class OpDef:
     def inputs(self) -> tuple[str, ...]:
         """Names of the arrays the op takes, in call order."""
         return tuple(self.matrices.get("inputs", {"x": None}))
+
+    def normalised(self, params: dict) -> bool:
+        """Whether the kernel's finite output rows sum to 1 for these parameters."""
+        return bool(self.sums_to_one(params) if callable(self.sums_to_one) else self.sums_to_one)
 
     def row_arguments(self, names: list[str], shape: tuple, params: dict, call: dict) -> list:
         """The kernel's per-row parameter arrays (float32, one per row, C order of the leading
@@ -454,6 +458,45 @@ def sinkhorn(mp: MatrixProgram, n_iter: float, eps: float) -> None:
     if n_iter > 1:
         z = z + x.p.colvec("v")
     x.p.add("output", ((z * inv).exp() * x.p.size("cols")).id)
+# -- top-k softmax (spec 9): a selection reduction, dense or sparse output ------------------------
+
+def _topk_k(k) -> int:
+    if isinstance(k, bool) or not (isinstance(k, (int, float)) and float(k).is_integer()
+                                   and 1 <= k <= TOPK_MAX):
+        raise UsageError(f"k must be an integer in [1, {TOPK_MAX}] (the kernels keep k sorted "
+                         f"registers per lane), got {k!r}")
+    return int(k)
+
+
+def _topk_reference(x, k=2, renormalize=1, sparse=0):
+    """Dense ``reference.topk_softmax``, or the (indices, weights) of ``topk_softmax_sparse``."""
+    f = ref.topk_softmax_sparse if sparse else ref.topk_softmax
+    return f(x, int(k), bool(renormalize))
+
+
+@register("topk_softmax", _topk_reference, params={"k": 2, "renormalize": 1, "sparse": 0},
+          sums_to_one=lambda params: bool(params.get("renormalize", 1)))
+def topk_softmax(x: Value, k: float, renormalize: float, sparse: float) -> Value:
+    """Top-k gate (spec 9): the k largest entries (lower index first on ties) get
+    e^(x - max) / sum, summed over the k (renormalize=1, Mixtral) or over the whole row
+    (renormalize=0, Switch); the others 0. One selection sweep keeps k sorted (key, index)
+    registers per lane. sparse=1: the (indices, weights) of the min(k, n) selected entries,
+    largest first, instead of the dense row (the MoE router form, 1R + 2k writes per row)."""
+    sel = x.topk(_topk_k(k))        # items: (t, jt) the k-th kept, m the max, d its sum
+    if _flag(renormalize, "renormalize"):
+        # d comes from the kept keys; NaN is never kept, so a row check makes NaN rows NaN
+        # not finite iff the row has NaN or +inf (x * 0 would do, but simplifiers fold it)
+        check = x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum()
+        inv = sel.item(3).finite_or_nan().recip().poison(check)
+        w = (x - sel.item(2)).exp() * inv
+    else:
+        e = (x - x.max()).exp()      # the normaliser motif: every softmax algorithm applies
+        inv = e.sum().finite_or_nan().recip()
+        w = e * inv
+    if _flag(sparse, "sparse"):
+        return Value(x.p, x.p.add("output_selected", sel.id, w.id))
+    zero = Value(x.p, x.p.const(0.0)).poison(inv)   # a NaN row stays NaN off the selection too
+    return x.where_ranked(x.p.index(), sel.item(0), sel.item(1), w, zero)
 
 
 # -- SOFT (spec 6): Gaussian kernel and Newton-Schulz pseudo-inverse, matrix programs with GEMMs ----
@@ -533,9 +576,8 @@ def _alpha_factor(f) -> float:
 
 
 def _diagonal(p: Program, on: float, off: float) -> Value:
-    """``on`` at the row's diagonal element (column index == row index), ``off`` elsewhere."""
-    j = p.colvec("col_index")   # temporary: the row indices of a square matrix, as a column vector
-    return (j - p.row_index()).abs().where_lt(0.5, on, off)
+    """``on`` at the row's diagonal element (element index == row index), ``off`` elsewhere."""
+    return (p.index() - p.row_index()).abs().where_lt(0.5, on, off)
 
 
 def _newton_run(p: np.ndarray, v: np.ndarray, n_iter: int, noise=None) -> np.ndarray:
@@ -653,7 +695,6 @@ def newton_pinv(mp: MatrixProgram, n_iter: float, variant: str, alpha_factor: fl
     for name in ("t", "v", "w"):
         mp.scratch(name, ("m", "m"))
     x = mp.rows(over="x")
-    x.p.row_index().emit("col_index")
     x.abs().sum().mreduce("max", "rmax")                                       # max row sum |A|
     if variant == "soft":
         mp.scratch("p", ("m", "m"))
@@ -704,6 +745,11 @@ def resolve_params(op: OpDef, given: dict) -> dict:
     unknown = sorted(set(given) - set(op.params))
     if unknown:
         raise UsageError(f"op {op.name!r} has no parameter(s) {unknown}; it takes {sorted(op.params)}")
+    flags = {k for k, d in op.params.items() if type(d) is int and d in (0, 1)}  # e.g. sparse
+    given = {k: int(v) if isinstance(v, bool) and k in flags else v for k, v in given.items()}
+    # integer parameters given as integral floats (the CLI's --param k=2) stay integers
+    given = {k: int(v) if type(op.params.get(k)) is int and isinstance(v, float) and v.is_integer()
+             else v for k, v in given.items()}
     params = {**op.params, **{k: v for k, v in given.items() if v is not None}}
     if "scale" in op.params:
         s = _scale(params)
@@ -732,5 +778,7 @@ def build_program(name: str, **given) -> Program | MatrixProgram:
         op.build(mp, **params)
         return mp.validate()
     p = Program(name, params)
-    p.add("output", op.build(p.input(), **params).id)
+    out = op.build(p.input(), **params).id
+    if p.kind(out) != "output":   # ops with an output of their own (output_selected) give it
+        p.add("output", out)
     return p.validate()

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .ir import PAIR, ROW, SCALAR, Program
+from .ir import PAIR, ROW, SCALAR, IRError, Program
 
 # Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
 # 2^E, so |E| <= 2^17 log2(e) - 200 keeps them inside |x| <= 2^17, where the f32 exp reduction is
@@ -150,10 +150,13 @@ def rewrite_reload_direct(p: Program) -> Program:
     more write and read of y. Skipped where a later sweep still reads x (y may be x)."""
     q = p.copy()
     for r in q.nodes():
-        (v,) = q.args(r) if q.kind(r) == "reduce" else (None,)
-        others = set(q.users(v)) - {r} if v is not None and q.op(v) != "input" else set()
-        if others:
-            q.replace_uses(v, q.add("materialize", v), only=others)
+        for v in (q.args(r) if q.kind(r) == "reduce" else ()):
+            others = set(q.users(v)) - {r} if q.kind(v) != "input" else set()
+            if others:
+                q.replace_uses(v, q.add("materialize", v), only=others)
+    if not q.nodes("materialize"):
+        p.notes.append("direct-reload: no reduced row value is needed later; nothing to materialise")
+        return p
     q.remove_dead()
     sweeps = plan(q).sweeps
     first_store = min((s.index for s in sweeps if s.stores), default=len(sweeps))
@@ -183,7 +186,10 @@ def applicable_algorithms(p: Program) -> list[str]:
     """The softmax algorithms when the program has the normaliser motif (the program as written
     is then ``three-pass-recompute``), else ``direct`` and ``direct-reload``."""
     direct = ["direct", "direct-reload"]
-    return [a for a in ALGORITHMS if a not in direct] if find_motifs(p) else direct
+    algs = [a for a in ALGORITHMS if a not in direct] if find_motifs(p) else direct
+    if p.nodes("output_selected"):  # no output row to store into and reload from
+        algs = [a for a in algs if a not in ("direct-reload", "three-pass-reload")]
+    return algs
 
 
 def apply_algorithm(p: Program, algorithm: str) -> Program:
@@ -219,6 +225,8 @@ def annotate_ranges(p: Program) -> Program:
                 nonpos = True
             elif src == "item" and p.attrs(m)["index"] == 0 and p.op(p.args(m)[0]) == "reduce_online":
                 nonpos = p.args(p.args(m)[0]) == (x,)
+            elif src == "item" and p.attrs(m)["index"] == 2 and p.op(p.args(m)[0]) == "reduce_topk":
+                nonpos = p.args(p.args(m)[0])[0] == x   # m is the largest key
         p.attrs(v)["nonpos"] = nonpos
     for v in p.nodes("log1p"):
         (a,) = p.args(v)
@@ -265,6 +273,8 @@ class Sweep:
     scalars_after: list[int] = field(default_factory=list)
     colreds: list[int] = field(default_factory=list)     # column reductions updated per element
     colstores: list[int] = field(default_factory=list)   # per-column vectors written
+    # an output_selected sweep: runs over the k selected entries of the row, not over the row
+    selected: int | None = None   # its reduce_topk
 
     @property
     def reads(self) -> int:
@@ -272,7 +282,7 @@ class Sweep:
 
     @property
     def writes(self) -> int:
-        return len(self.stores) + (self.output is not None)
+        return len(self.stores) + (self.output is not None and self.selected is None)
 
 
 @dataclass
@@ -295,16 +305,25 @@ class Plan:
 
     def exps_per_element(self) -> int:
         p, n = self.program, 0
-        for s in self.sweeps:
+        for s in (s for s in self.sweeps if s.selected is None):  # not per element
             n += sum(p.op(v) in ("exp", "exp_shift2") for v in s.compute)
             n += sum(p.op(v) in ("reduce_extexp", "reduce_online") for v in s.reductions)
             n += 2 * sum(p.op(v) == "colreduce_online" for v in s.colreds)
         return n
 
+    @property
+    def writes_per_row(self) -> int:
+        """Writes per row independent of n: an index and a weight per selected entry."""
+        return sum(2 * self.program.attrs(s.selected)["k"] for s in self.sweeps if s.selected is not None)
+
     def traffic(self) -> dict:
-        return {"passes": len(self.sweeps), "reads": self.reads, "writes": self.writes,
-                "bytes_per_element": self.bytes_per_element, "exp_per_element": self.exps_per_element(),
-                "summary": f"{self.reads}R + {self.writes}W"}
+        t = {"passes": len(self.sweeps), "reads": self.reads, "writes": self.writes,
+             "bytes_per_element": self.bytes_per_element, "exp_per_element": self.exps_per_element(),
+             "summary": f"{self.reads}R + {self.writes}W"}
+        if self.writes_per_row:
+            t["writes_per_row"] = self.writes_per_row
+            t["summary"] = f"{self.reads}R + {self.writes}W + {self.writes_per_row} writes/row"
+        return t
 
     def describe(self) -> str:
         p = self.program
@@ -313,6 +332,9 @@ class Plan:
         for s in self.sweeps:
             bufs = (["x"] if s.reads_x else []) + ["y (reload)"] * len(s.reloads)
             wr = ["y (store)"] * len(s.stores) + (["y"] if s.output is not None else [])
+            if s.selected is not None:
+                k = p.attrs(s.selected)["k"]
+                bufs, wr = [f"the {k} selected entries"], [f"indices and weights ({k} each)"]
             out.append(f"sweep {s.index}: reads {', '.join(bufs) or '-'}; writes {', '.join(wr) or '-'}")
             out.append(f"  per element: {', '.join(name(v) for v in s.compute) or '-'}")
             if s.reductions:
@@ -353,11 +375,12 @@ def plan(p: Program) -> Plan:
     for k in range(nsweeps):
         reds = [v for v in p.topo() if p.kind(v) == "reduce" and level[p.args(v)[0]] == k]
         stores = [v for v in p.topo() if p.op(v) == "materialize" and level[v] == k]
-        outs = [v for v in p.topo() if p.op(v) == "output" and level[v] == k]
+        outs = [v for v in p.topo() if p.kind(v) == "output" and level[v] == k]
         colreds = [v for v in p.topo() if p.kind(v) == "colreduce" and level[v] == k]
         colstores = [v for v in p.topo() if p.op(v) == "colstore" and level[v] == k]
         need, reloads = set(), set()
-        stack = [p.args(v)[0] for v in reds + stores + outs + colreds + colstores]
+        stack = [a for v in reds + stores + outs + colreds + colstores for a in p.args(v)
+                 if p.shape(a) == ROW]
         while stack:
             v = stack.pop()
             if v in need or p.shape(v) != ROW:
@@ -368,9 +391,13 @@ def plan(p: Program) -> Plan:
             need.add(v)
             stack.extend(p.args(v))
         compute = [v for v in p.topo() if v in need]
+        selected = p.args(outs[0])[0] if outs and p.op(outs[0]) == "output_selected" else None
+        if selected is not None and (reds or stores or reloads):
+            raise IRError(f"{p.name}: sweep {k} evaluates a selected output over the selected "
+                          f"entries; it cannot also reduce, store or reload the row")
         sweeps.append(Sweep(k, compute, reds, stores, sorted(reloads), outs[0] if outs else None,
-                            reads_x=any(p.op(v) == "input" for v in compute),
-                            colreds=colreds, colstores=colstores))
+                            reads_x=selected is None and any(p.op(v) == "input" for v in compute),
+                            selected=selected, colreds=colreds, colstores=colstores))
     scalars = [v for v in p.topo() if p.shape(v) in (SCALAR, PAIR) and p.kind(v) not in ("const", "reduce")]
     for s in sweeps:
         s.scalars_after = [v for v in scalars if avail[v] == s.index + 1]
@@ -393,8 +420,8 @@ def _fuse_into(a: Program, b: Program) -> Program:
             m[v] = x
         elif op == "param" and attrs["name"] in emitted:
             m[v] = emitted[attrs["name"]]
-        elif op in ("param", "colvec"):
-            m[v] = (q.row_param if op == "param" else q.colvec)(attrs["name"]).id
+        elif op in ("param", "colvec", "mscalar", "index", "row_index"):   # leaves: one node each
+            m[v] = q._leaf(op, **attrs).id
         else:
             m[v] = q.add(op, *[m[u] for u in b.args(v)], **attrs)
             if op == "input":

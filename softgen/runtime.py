@@ -145,20 +145,19 @@ def assembly(source: str, target: Target, cc: str | None = None, mark_loops: boo
     return res.stdout
 
 
-_ARGTYPES = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 4
-
-
-def load_entry(lib: Path, symbol: str, row_params: int = 0, matrix: bool = False, abi=None):
+def load_entry(lib: Path, symbol: str, row_params: int = 0, outputs: int = 1, matrix: bool = False,
+               abi=None):
     """The C entry point ``int symbol(x, y, rows, n, ldx, ldy, *row_params)`` of a built library;
-    a matrix kernel's takes ``m`` (rows per matrix) after ``ldy`` instead, one with the general
-    matrix ABI (``abi``, a ``matrix.MatrixABI``) its own arguments."""
+    ``outputs=2``: a selected output's ``int symbol(x, indices, weights, rows, n, ldx, ldo)``;
+    a matrix kernel's takes ``size_t m`` (rows per matrix) after ``ldy`` instead, one with the
+    general matrix ABI (``abi``, a ``matrix.MatrixABI``) its own arguments."""
     handle = ctypes.CDLL(str(lib))
     fn = getattr(handle, symbol)
     if abi is not None and abi.style == "general":
         fn.argtypes = [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in abi.params()]
     else:
         extra = [ctypes.c_size_t] if matrix else [ctypes.c_void_p] * row_params
-        fn.argtypes = _ARGTYPES + extra
+        fn.argtypes = [ctypes.c_void_p] * (1 + outputs) + [ctypes.c_size_t] * 4 + extra
     fn.restype = ctypes.c_int
     fn._softgen_handle = handle  # keep the library loaded as long as the function lives
     fn._softgen_ptr = ctypes.cast(fn, ctypes.c_void_p).value  # for softgen._fastcall

@@ -21,7 +21,8 @@ from .errors import UsageError
 #   FMA(a,b,c) = a*b+c;  MAX/MIN: if an operand is NaN the result is NaN or the *second* operand
 #   (x86 maxps rule), so code that must keep a NaN passes the value second;  SELECT(m,a,b) = m?a:b;
 #   LOAD_PART fills lanes >= k with 0;  TAILMASK(k) has lanes [0,k) set;  SHL shifts int lanes;
-#   ISET1/IADD/ISUB/IAND/SRA act on int32 lanes (SRA: arithmetic shift right); CVT: int32 -> float.
+#   ISET1/IADD/ISUB/IAND/SRA act on int32 lanes (SRA: arithmetic shift right); CVT: int32 -> float;
+#   ANY(m): nonzero (an int) iff some lane of the mask m is set.
 VIRTUAL_ISA = {
     "LOAD": "p", "STORE": "p, a", "LOAD_PART": "p, k", "STORE_PART": "p, a, k",
     "SET1": "s", "ZERO": "",
@@ -30,7 +31,7 @@ VIRTUAL_ISA = {
     "CMPEQ": "a, b", "CMPGT": "a, b", "CMPLT": "a, b", "SELECT": "m, a, b", "TAILMASK": "k",
     "BITS": "a", "FROMBITS": "a", "SHL": "a, n",
     "ISET1": "s", "IADD": "a, b", "ISUB": "a, b", "IAND": "a, b", "SRA": "a, n", "CVT": "a",
-    "HSUM": "a", "HMAX": "a",
+    "HSUM": "a", "HMAX": "a", "ANY": "m",
 }
 OPTIONAL_ISA = {"SCALE2": "a, d"}  # a*2^d for integer-valued d <= 0; vmath has a generic fallback
 

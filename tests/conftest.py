@@ -101,7 +101,7 @@ def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_n
         raise AssertionError(f"{where}{name(i)}: {bad.sum()} element(s) out of tolerance; first at {i}: "
                              f"y={y[i]!r} ref={r[i]!r} err={err[i]:.3g} tol={tol[i]:.3g} "
                              f"(max err/tol {np.max(err[ok & ~exact] / tol[ok & ~exact]):.3g})")
-    if op.sums_to_one:
+    if op.normalised(k.params):
         finite_rows = ~np.any(nan_r, axis=-1)
         if x.shape[-1] and finite_rows.any():
             sums = y.astype(np.float64).sum(axis=-1)[finite_rows]

@@ -110,12 +110,12 @@ def test_export_header_and_error_codes(tmp_path, rng):
     k = softgen.compile("sinkhorn", n_iter=2, name="sk2")
     paths = k.export(tmp_path)
     h = paths["header"].read_text()
-    assert "size_t m);" in h and "SK2_EMATRIX 4" in h and "n_iter=2" in h
+    assert "size_t m);" in h and "SK2_EMATRIX 5" in h and "n_iter=2" in h
     fn = k._entry(False)
     x = rng.standard_normal((6, 5)).astype(np.float32)
     y = np.empty_like(x)
-    assert fn(x.ctypes.data, y.ctypes.data, 6, 5, 5, 5, 4) == 4       # 4 does not divide 6
-    assert fn(x.ctypes.data, y.ctypes.data, 6, 5, 5, 5, 0) == 4
+    assert fn(x.ctypes.data, y.ctypes.data, 6, 5, 5, 5, 4) == 5       # 4 does not divide 6
+    assert fn(x.ctypes.data, y.ctypes.data, 6, 5, 5, 5, 0) == 5
     assert fn(x.ctypes.data, None, 6, 5, 5, 5, 3) == 1
     assert fn(x.ctypes.data, y.ctypes.data, 6, 5, 5, 5, 3) == 0
     np.testing.assert_allclose(y.reshape(2, 3, 5), k(x.reshape(2, 3, 5)), rtol=0)

@@ -146,7 +146,7 @@ def test_gaussian_export_abi_and_error_codes(tmp_path, rng):
     h = paths["header"].read_text()
     sig = ("int gk32(const float *a, const float *b, float *s, size_t batch, size_t n, size_t m, "
            "size_t d, size_t lda, size_t ldb, size_t lds);")
-    assert sig in h and "GK32_ENOMEM 5" in h and "head_dim=32" in h and "lds" in h
+    assert sig in h and "GK32_ENOMEM 6" in h and "head_dim=32" in h and "lds" in h
     m = json.loads(paths["manifest"].read_text())
     assert m["abi"] + ";" == sig and set(m["arguments"]) == {"a", "b", "s", "batch", "n", "m", "d",
                                                             "lda", "ldb", "lds"}
@@ -316,16 +316,17 @@ def test_newton_bad_input_and_abi(tmp_path):
     k = softgen.compile("newton_pinv", n_iter=2, variant="norm", name="np2")
     paths = k.export(tmp_path)
     h = paths["header"].read_text()
-    assert "NP2_ESQUARE 6" in h and "size_t m);" in h and "variant='norm'" in h
-    assert json.loads(paths["manifest"].read_text())["errors"]["6"].startswith("the matrices are not square")
+    assert "NP2_ESQUARE 7" in h and "NP2_ETOOLONG 4" in h and "size_t m);" in h and "variant='norm'" in h
+    assert json.loads(paths["manifest"].read_text())["errors"]["7"].startswith("the matrices are not square")
     fn = ctypes.CDLL(str(paths["library"])).np2
     fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_size_t] * 5
     x = landmark_kernel(np.random.default_rng(5), 1, 4)[0]
     y = np.empty((4, 4), np.float32)
     assert fn(x.ctypes.data, y.ctypes.data, 4, 4, 4, 4, 4) == 0
     np.testing.assert_allclose(y, ref.newton_pinv(x, 2, "norm"), rtol=1e-5)
-    assert fn(x.ctypes.data, y.ctypes.data, 4, 4, 4, 4, 2) == 6              # 2 x 4 matrices
-    assert fn(x.ctypes.data, y.ctypes.data, 4, 4, 4, 4, 3) == 4
+    assert fn(x.ctypes.data, y.ctypes.data, 4, 4, 4, 4, 2) == 7              # 2 x 4 matrices
+    assert fn(x.ctypes.data, y.ctypes.data, 4, 4, 4, 4, 3) == 5
+    assert fn(x.ctypes.data, y.ctypes.data, 2 ** 25, 2 ** 25, 2 ** 25, 2 ** 25, 2 ** 25) == 4
     np.testing.assert_allclose(softgen.newton_pinv(x, 2, "norm"), y)
 
 

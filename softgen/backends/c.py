@@ -17,7 +17,7 @@ import jinja2
 from .. import __version__
 from .._data import data_dir
 from ..errors import BuildError
-from ..ir import COLREDUCE_FIELDS, PAIR, Program
+from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, PAIR, Program
 from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
 from ..schedule import Schedule
 from ..targets import OPTIONAL_ISA, VIRTUAL_ISA, Target
@@ -43,9 +43,25 @@ def flit(v: float) -> str:
 # -- reductions: state, per-iteration update, merges, horizontal finish -------------------------
 
 class Reduction:
-    identity = "0.0f"             # the neutral *input* value for masked tail lanes
+    identity = "0.0f"             # the neutral *input* value (of the first argument) for tail lanes
     fields: tuple[str, ...] = ()
     outer: tuple[str, ...] = ()
+    # blocked: per block, merge the accumulators and fold them into the compensated outer state;
+    # else the state lives across blocks and ``finish_all`` merges the accumulators once per row
+    blocked = True
+    # replicated: one state per schedule accumulator; else one state that every slot updates
+    # (a state of many registers, replicated, spills: top-k)
+    replicated = True
+
+    def bind(self, r: int, attrs: dict, lanes: int) -> "Reduction":
+        """The reduction for node r (reductions with attributes that shape their state)."""
+        return self
+
+    def decl(self) -> list[str]:
+        """Row-function-scope declarations besides the result scalars."""
+        return []
+
+    def finish_all(self, accs: list[dict], res: list[str], sc: str | None) -> list[str]: ...
 
     def init(self, field: str) -> str: ...
     def update(self, st: dict, vals: list[str], sc: str | None) -> list[str]: ...
@@ -149,8 +165,68 @@ class OnlineRed(Reduction):
                 f"{res[1]} = V_HSUM(V_MUL(V_SUB({o['d']}, {o['c']}), sg_exp_nonpos({shift})));"]
 
 
+class TopKRed(Reduction):
+    """k sorted (key, index) registers per lane and accumulator, updated by a compare/blend
+    insertion network. Strict >: a later equal key stays below, so the lower index wins ties
+    (each lane of each accumulator sees its elements in index order); displaced pairs shift. A group of vectors skips
+    the network when no lane beats its lane's k-th key (V_ANY). Not blocked: there is no sum to
+    compensate; the lanes of all accumulators are merged once per row, in scalar code."""
+    identity, blocked, replicated = "-INFINITY", False, False
+
+    def __init__(self, r: int = 0, k: int = 1, lanes: int = 1):
+        self.r, self.k, self.lanes = r, k, lanes
+        self.fields = tuple(f"v{i}" for i in range(k)) + tuple(f"j{i}" for i in range(k))
+        self.kp = -(-k // lanes) * lanes       # the selection, padded to whole vectors
+        self.sel = (f"sel{r}_v", f"sel{r}_j")  # the row's kept keys and indices, largest first
+
+    def bind(self, r, attrs, lanes): return TopKRed(r, attrs["k"], lanes)
+    def init(self, f): return "V_SET1(-INFINITY)" if f[0] == "v" else "V_SET1(INFINITY)"
+    def decl(self): return [f"float {self.sel[0]}[{self.kp}], {self.sel[1]}[{self.kp}];"]
+
+    def update(self, st, vals, sc):
+        # x ranks above place i iff x > v_i (x comes after every kept index); the places are
+        # sorted, so these masks are monotone in i and the list shifts down from the first:
+        # v_i' = m_i ? (m_(i-1) ? v_(i-1) : x) : v_i, bottom up so v_(i-1) is still the old one.
+        # Early-out: with the k-th places as filters, a group of G vectors (L lanes) needs the
+        # network with probability ~ L G k / m after m elements per lane (random rows); the test
+        # pays from there on, below i = 4 L^2 G k it mostly mispredicts, so the network just runs.
+        k, last, L = self.k, st[f"v{self.k - 1}"], self.lanes
+        test = " || ".join([f"i < {4 * L * L * len(vals) * k}"]
+                           + [f"V_ANY(V_CMPGT({x}, {last}))" for x, _ in vals])
+        lines = [f"if ({test}) {{"]
+        for x, j in vals:
+            lines.append("    {")
+            lines += [f"        const MASK g{i} = V_CMPGT({x}, {st[f'v{i}']});" for i in range(k)]
+            for i in reversed(range(k)):
+                for f, new in (("v", x), ("j", j)):
+                    here = st[f"{f}{i}"]
+                    down = f"V_SELECT(g{i - 1}, {st[f'{f}{i - 1}']}, {new})" if i else new
+                    lines.append(f"        {here} = V_SELECT(g{i}, {down}, {here});")
+            lines.append("    }")
+        return lines + ["}"]
+
+    def finish_all(self, accs, res, sc):
+        k, L, q = self.k, self.lanes, len(accs) * self.lanes
+        sv, sj = self.sel
+        lines = ["{", f"    float kv[{(k + 1) * q}], kj[{(k + 1) * q}];", f"    int kh[{q}];"]
+        for a, acc in enumerate(accs):   # list a*L + l holds its i-th pair at [i*q + a*L + l]
+            for i in range(k):
+                lines += [f"    V_STORE(kv + {(i * len(accs) + a) * L}, {acc[f'v{i}']});",
+                          f"    V_STORE(kj + {(i * len(accs) + a) * L}, {acc[f'j{i}']});"]
+        lines += [f"    sg_topk_merge(kv, kj, {q}, {k}, kh, {sv}, {sj});"]
+        if self.kp > k:
+            lines += [f"    for (int q = {k}; q < {self.kp}; q++) {{",
+                      f"        {sv}[q] = -INFINITY;", f"        {sj}[q] = 0.0f;", "    }"]
+        return lines + ["}", f"{res[0]} = {sv}[{k - 1}];", f"{res[1]} = {sj}[{k - 1}];",
+                        f"{res[2]} = {sv}[0];", f"{res[3]} = sg_topk_expsum({sv}, {self.kp});"]
+
+
 REDUCTIONS = {"reduce_max": MaxRed(), "reduce_sum": SumRed(), "reduce_extexp": ExtExpRed(),
-              "reduce_online": OnlineRed()}
+              "reduce_online": OnlineRed(), "reduce_topk": TopKRed()}
+
+
+def _red(c: "_Ctx", r: int) -> Reduction:
+    return REDUCTIONS[c.p.op(r)].bind(r, c.p.attrs(r), c.t.lanes)
 
 # Row (vector) and scalar lowerings of the map ops.
 VECTOR_C = {
@@ -161,6 +237,8 @@ VECTOR_C = {
     "fma": "V_FMA({0}, {1}, {2})", "where_lt": "V_SELECT(V_CMPLT({0}, {1}), {2}, {3})", "log": "sg_log({0})",
     "log1p": "sg_log1p({0})", "log_ratio": "sg_log_ratio({0}, {1})",
     "finite_or_nan": "V_SELECT(V_CMPLT(V_ABS({0}), V_SET1(INFINITY)), {0}, V_SET1(NAN))",
+    "where_ranked": "V_SELECT(V_CMPGT({0}, {2}), {4}, V_SELECT(V_CMPEQ({0}, {2}), "
+                    "V_SELECT(V_CMPGT({1}, {3}), {5}, {4}), {5}))",
 }
 # Map ops with a scale attribute (from the two-pass rewrite): s x is kept exact as hi + lo.
 SCALED_C = {
@@ -174,6 +252,7 @@ SCALAR_C = {
     "finite_or_nan": "(isfinite({0}) ? {0} : NAN)", "where_lt": "({0} < {1} ? {2} : {3})",
     "log1p": "log1pf({0})", "fma": "fmaf({0}, {1}, {2})", "poison": "(isfinite({1}) ? {0} : NAN)",
     "log_ratio": "(float)(log((double){0}) - log((double){1}))",
+    "where_ranked": "(({0} > {2} || ({0} == {2} && {1} <= {3})) ? {4} : {5})",
 }
 
 
@@ -215,12 +294,13 @@ def _scale_of(p: Program, r: int) -> str | None:
     return None if s == 1.0 else f"sc{r}"
 
 
-def _body(c: _Ctx, sw, u: int, tail: bool, input_expr: str | None = None,
-          stores: bool = True) -> list[str]:
+def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: bool = True) -> list[str]:
     """Statements computing one vector (unroll slot u) of every row value of a sweep (and its
-    stores, unless ``stores`` is False). ``input_expr``: what the input leaf is instead of a load
-    of x (a GEMM epilogue's product)."""
+    stores, unless ``stores`` is False). ``bufs``: what the input and index leaves load and where
+    the output goes (a selected-output sweep runs over the selection instead of the row); an
+    ``x_value`` entry is the input itself (a GEMM epilogue's product) instead of a load."""
     p, L = c.p, c.t.lanes
+    bufs = bufs or {"x": "x", "index": None, "y": "y"}
     off = "i" if u == 0 else f"i + {u * L}"
     load = (lambda buf: f"V_LOAD_PART({buf} + i, k)") if tail else (lambda buf: f"V_LOAD({buf} + {off})")
     lines = [f"const VEC v{m}_{u} = {load('y')};" for m in sw.reloads]
@@ -228,7 +308,9 @@ def _body(c: _Ctx, sw, u: int, tail: bool, input_expr: str | None = None,
         op = p.op(v)
         args = [_row_arg(p, a, u) for a in p.args(v)]
         if op == "input":
-            expr = load("x") if input_expr is None else input_expr
+            expr = bufs["x_value"] if bufs.get("x_value") else load(bufs["x"])
+        elif op == "index":
+            expr = load(bufs["index"]) if bufs["index"] else f"V_ADD(V_SET1((float)(int32_t)({off})), iota)"
         elif op == "colvec":
             expr = load(f"cv_{p.attrs(v)['name']}")
         elif op == "materialize":
@@ -246,9 +328,9 @@ def _body(c: _Ctx, sw, u: int, tail: bool, input_expr: str | None = None,
             raise BuildError(f"the C backend has no vector lowering for IR op {op!r}")
         lines.append(f"const VEC v{v}_{u} = {expr};")
     for v in (sw.stores + ([sw.output] if sw.output is not None else []) + sw.colstores) if stores else []:
-        val = _row_arg(p, p.args(v)[0], u)
-        buf = f"cv_{p.attrs(v)['name']}" if p.op(v) == "colstore" else "y"
-        lines.append(f"V_STORE_PART({buf} + i, {val}, k);" if tail else f"V_STORE({buf} + {off}, {val});")
+        val = _row_arg(p, p.args(v)[-1], u)
+        y = f"cv_{p.attrs(v)['name']}" if p.op(v) == "colstore" else bufs["y"]
+        lines.append(f"V_STORE_PART({y} + i, {val}, k);" if tail else f"V_STORE({y} + {off}, {val});")
     return lines
 
 
@@ -272,26 +354,36 @@ def _acc(r: int, k: int, red: Reduction) -> dict:
     return {f: f"a{r}_{k}_{f}" for f in red.fields}
 
 
-def _broadcasts(p: Program, sw) -> list[str]:
-    """The vectors of the scalars a sweep's row values use."""
+def _setup(c: _Ctx, sw) -> list[str]:
+    """Per-sweep broadcasts of the scalars its row values use (and the lane indices)."""
+    p = c.p
     used = sorted({a for v in sw.compute for a in p.args(v) if p.shape(a) != "row"})
-    return [f"const VEC b{a} = V_SET1({_scalar(p, a)});" for a in used]
+    iota = ["const VEC iota = sg_iota();"] if any(p.op(v) == "index" for v in sw.compute) else []
+    scales = [f"const VEC {_scale_of(p, r)} = V_SET1({flit(p.attrs(r)['scale'])});"
+              for r in sw.colreds if _scale_of(p, r)]
+    return [f"const VEC b{a} = V_SET1({_scalar(p, a)});" for a in used] + iota + scales
+
+
+def _results(p: Program, r: int) -> list[str]:
+    return [f"s{r}_{i}" for i in range(p.items(r))] if p.shape(r) == PAIR else [f"s{r}"]
 
 
 def _sweep_block(c: _Ctx, sw) -> dict:
+    if sw.selected is not None:
+        return _selected_block(c, sw)
     p, L, U, A = c.p, c.t.lanes, c.s.unroll, c.s.accumulators
-    setup, fold, finish = _broadcasts(p, sw), [], []
-    for r in sw.colreds:
-        sc = _scale_of(p, r)
-        if sc:
-            setup.append(f"const VEC {sc} = V_SET1({flit(p.attrs(r)['scale'])});")
+    setup, fold, finish = _setup(c, sw), [], []
     for r in sw.reductions:
-        red, sc = REDUCTIONS[p.op(r)], _scale_of(p, r)
+        red, sc = _red(c, r), _scale_of(p, r)
         if sc:
             setup.append(f"const VEC {sc} = V_SET1({flit(p.attrs(r)['scale'])});")
             setup += red.consts(r, p.attrs(r)["scale"])
-        for k in range(A):
+        for k in range(A if red.replicated else 1):
             setup += [f"VEC {n} = {red.init(f)};" for f, n in _acc(r, k, red).items()]
+        if not red.blocked:
+            finish += red.finish_all([_acc(r, k, red) for k in range(A if red.replicated else 1)],
+                                     _results(p, r), sc)
+            continue
         out = {f: f"o{r}_{f}" for f in red.outer}
         setup += [f"VEC {n} = {red.outer_init(f)};" for f, n in out.items()]
         for k in range(1, A):
@@ -299,19 +391,19 @@ def _sweep_block(c: _Ctx, sw) -> dict:
             fold += [f"{n} = {red.init(f)};" for f, n in _acc(r, k, red).items()]
         fold += red.fold(out, _acc(r, 0, red), sc)
         fold += [f"{n} = {red.init(f)};" for f, n in _acc(r, 0, red).items()]
-        res = [f"s{r}_0", f"s{r}_1"] if p.shape(r) == PAIR else [f"s{r}"]
-        finish += red.finish(out, res, sc)
+        finish += red.finish(out, _results(p, r), sc)
 
     def updates(slots: list[int], tail: bool) -> list[str]:
         lines = []
         for r in sw.reductions:
-            red, sc, (x,) = REDUCTIONS[p.op(r)], _scale_of(p, r), p.args(r)
+            red, sc, args = _red(c, r), _scale_of(p, r), p.args(r)
             groups = {}
             for u in slots:
-                val = _row_arg(p, x, u)
+                vals = [_row_arg(p, a, u) for a in args]
                 if tail:
-                    val = f"V_SELECT(tm, {val}, V_SET1({red.identity}))"
-                groups.setdefault(u % A, []).append(val)
+                    vals[0] = f"V_SELECT(tm, {vals[0]}, V_SET1({red.identity}))"
+                groups.setdefault(u % A if red.replicated else 0, []).append(
+                    vals[0] if len(vals) == 1 else tuple(vals))
             for k, vals in groups.items():
                 lines += red.update(_acc(r, k, red), vals, sc)
         for r in sw.colreds:
@@ -333,8 +425,27 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     vecs = sorted({p.attrs(v)["name"] for v in sw.compute if p.op(v) == "colvec"})
     reads = (reads + "".join(f" {v}" for v in vecs)).strip() or "-"
     return {"kind": "sweep", "index": sw.index, "comment": f"read {reads}; {', '.join(what)}",
-            "setup": setup, "blocked": bool(sw.reductions), "block": c.s.block, "step": U * L,
+            "setup": setup, "blocked": any(_red(c, r).blocked for r in sw.reductions),
+            "block": c.s.block, "step": U * L, "length": "n",
             "main": main, "single": single, "tail": tail, "fold": fold, "finish": finish}
+
+
+def _selected_block(c: _Ctx, sw) -> dict:
+    """The output sweep of an output_selected: the sweep's row values evaluated over the kept
+    (key, index) pairs of its reduce_topk, whole vectors over the padded selection, then the
+    min(k, n) indices and values written out."""
+    sel = _red(c, sw.selected)
+    (sv, sj), k, kp = sel.sel, sel.k, sel.kp
+    bufs = {"x": sv, "index": sj, "y": f"{sv[:-2]}_w"}
+    setup = _setup(c, sw) + [f"float {bufs['y']}[{kp}];", f"const size_t ns = n < {k} ? n : {k};",
+                             f"sg_topk_fill(x, n, {sv}, {sj}, ns);"]
+    body = _body(c, sw, 0, False, bufs)
+    finish = ["for (size_t q = 0; q < ns; q++) {", f"    idx[q] = (int64_t){sj}[q];",
+              f"    w[q] = {bufs['y']}[q];", "}"]
+    return {"kind": "sweep", "index": sw.index,
+            "comment": f"the {k} selected entries -> indices and weights", "setup": setup,
+            "blocked": False, "block": c.s.block, "step": c.t.lanes, "length": str(kp),
+            "main": body, "single": [], "tail": [], "fold": [], "finish": finish}
 
 
 def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
@@ -362,7 +473,8 @@ def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
         elif op == "guard":
             lim = flit(p.attrs(v)["limit"])
             rest = "".join(f", rp_{name}" for name in c.row_params)
-            lines.append(f"if (!(fabsf({args[0]}) <= {lim})) {{ {fallback}(x, y, n{rest}); return; }}")
+            outs = ", ".join(row_outputs(p))
+            lines.append(f"if (!(fabsf({args[0]}) <= {lim})) {{ {fallback}(x, {outs}, n{rest}); return; }}")
         elif op in SCALAR_C:
             lines.append(f"const float s{v} = {SCALAR_C[op].format(*args)};")
         else:
@@ -377,7 +489,7 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
     for sw in pl.sweeps:
         decl = []
         for r in sw.reductions:
-            decl += [f"float s{r}_0, s{r}_1;"] if p.shape(r) == PAIR else [f"float s{r};"]
+            decl += [f"float {', '.join(_results(p, r))};"] + _red(c, r).decl()
         blocks.append({"kind": "scalar", "lines": decl})
         blocks.append(_sweep_block(c, sw))
         blocks.append({"kind": "scalar", "lines": _scalar_lines(c, sw.scalars_after, fallback)})
@@ -385,7 +497,41 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
     if p.phase is not None:   # a phase of a matrix program: see phase_args
         args = "".join(f", {t}{'' if t.endswith('*') else ' '}{n}" for t, n, _ in phase_args(p)[1:])
     return {"name": fname, "comment": f"{p.name}: {pl.traffic()['summary']}, {len(pl.sweeps)} sweeps",
-            "blocks": blocks, "args": args}
+            "blocks": blocks, "args": args,
+            "outs": "float *y" if p.phase is not None else abi(p, fname)["row_decl"]}
+
+
+def matrix_abi(mp, name: str) -> dict:
+    """The exported entry point of matrix program ``mp`` (``matrix.MatrixABI``), in the form
+    ``abi`` gives a row program's (the kernel's header comment reads its signature)."""
+    return {"sparse": False, "matrix": True, "max_n": INDEX_MAX_N if index_dims(mp) else None,
+            "signature": mp.abi().signature(name)}
+
+
+def row_outputs(p: Program) -> tuple[str, ...]:
+    """The output pointers of a row function: y, or a selected output's indices and weights."""
+    return ("idx", "w") if p.op(p.output()) == "output_selected" else ("y",)
+
+
+def abi(p: Program, name: str) -> dict:
+    """The exported entry point of program p, for the templates, the header and the manifest."""
+    rps = "".join(f", const float *{rp}" for rp in p.row_params())
+    if p.op(p.output()) == "output_selected":
+        if rps:
+            raise BuildError(f"{p.name}: a selected output takes no per-row parameters")
+        k = p.attrs(p.args(p.output())[0])["k"]
+        width = f"(n < {k} ? n : {k})"
+        return {"sparse": True, "k": k, "outs": "int64_t *indices, float *weights", "ld": "ldo",
+                "row_decl": "int64_t *idx, float *w",
+                "nulls": ["indices", "weights"], "width": width, "elem": "sizeof(int64_t)",
+                "row_outs": "indices + r * ldo, weights + r * ldo", "max_n": p.max_n(),
+                "signature": f"int {name}(const float *x, int64_t *indices, float *weights, "
+                             f"size_t rows, size_t n, size_t ldx, size_t ldo{rps})"}
+    return {"sparse": False, "outs": "float *y", "ld": "ldy", "nulls": ["y"], "width": "n",
+            "row_decl": "float *y",
+            "elem": "sizeof(float)", "row_outs": "y + r * ldy", "max_n": p.max_n(),
+            "signature": f"int {name}(const float *x, float *y, size_t rows, size_t n, size_t ldx, "
+                         f"size_t ldy{rps})"}
 
 
 GEMM_EPILOGUES = True   # backends.gemm fuses element-wise phases into the contraction's store
@@ -428,17 +574,31 @@ def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
              f"static inline __attribute__((always_inline)) VEC {fname}({decl})",
              "{", "    (void)row; (void)m; (void)n;"]
     lines += [f"    const float rp_{r} = rv_{r}[row];" for r in rps]
-    lines += ["    " + ln for ln in _scalar_lines(c, pl.scalars_before, None) + _broadcasts(p, sw)]
+    lines += ["    " + ln for ln in _scalar_lines(c, pl.scalars_before, None) + _setup(c, sw)]
+    bufs = {"x": "x", "index": None, "y": "y", "x_value": acc}
     lines += ["    if (k >= SG_LANES) {"]
-    lines += ["        " + ln for ln in _body(c, sw, 0, False, acc, stores=False)]
+    lines += ["        " + ln for ln in _body(c, sw, 0, False, bufs, stores=False)]
     lines += [f"        return {res};", "    }"]
-    lines += ["    " + ln for ln in _body(c, sw, 0, True, acc, stores=False)]
+    lines += ["    " + ln for ln in _body(c, sw, 0, True, bufs, stores=False)]
     lines += [f"    return {res};", "}"]
     names = [pp.split("*")[-1].split(" ")[-1] for pp in params]
 
     def vector(a, i, j, count):
         return f"{fname}({a}, {i}, {j}, {count or 'SG_LANES'}, {', '.join(names)})"
     return "\n".join(lines), Epilogue(fname.rsplit("__", 1)[-1], tuple(params), vector, needs_vmath=True)
+
+
+def index_dims(mp) -> list[str]:
+    """The dimensions some phase indexes with a float32 element index (``index``: its matrix's
+    columns) or row index (``row_index``: its rows): the entry point checks them <= 2^24."""
+    dims = set()
+    for _, p, over in mp.programs():
+        r, c = mp.shape(over)
+        if p.nodes("index"):
+            dims.add(c)
+        if p.nodes("row_index"):
+            dims.add(r)
+    return sorted(dims)
 
 
 def matrix_gemms(mp, name: str) -> dict[int, tuple[str, str, object]]:
@@ -535,10 +695,11 @@ def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
                   ("ldx < n || ldy < n", 2, "a row stride is below its row length"),
                   (f"!{name}__fits(1, rows, n, ldx) || !{name}__fits(1, rows, n, ldy)", 3,
                    "the rows do not fit in the address space"),
-                  ("m == 0 || rows % m != 0", 4, "m is 0 or does not divide rows")]
+                  ("m == 0 || rows % m != 0", 5, "m is 0 or does not divide rows")]
         if abi.square:
-            checks.append(("n != m", 6, "the matrices are not square (n != m)"))
-        before, after = [], [("batch", "rows / m"), (f"dim_{R}", "m")] + ([(f"dim_{C}", "n")] if C != R else [])
+            checks.append(("n != m", 7, "the matrices are not square (n != m)"))
+        before = [(f"dim_{R}", "m")] + ([(f"dim_{C}", "n")] if C != R else [])
+        after = [("batch", "rows / m")]
         lds = {"x": "ldx", "y": "ldy"}
     else:
         before, after = [(f"dim_{d}", d) for d in abi.dims], []
@@ -551,6 +712,10 @@ def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
         checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
                        3, "a matrix does not fit in the address space"))
         lds = {nm: f"ld{nm}" for nm, _ in mats}
+    long_dims = index_dims(mp)
+    if long_dims:
+        checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), 4,
+                       f"a row or column index exceeds {INDEX_MAX_N} (float32 indices)"))
     scratch = [(f"vec_{v}", f"sg_off_vec_{v}", "sg_ld", "1", f"dim_{d}") for v, d in mp.vector_dims().items()]
     scratch += [(f"mat_{nm}", f"sg_off_mat_{nm}", f"ld_{nm}", f"dim_{r}", f"dim_{c}")
                 for nm, (r, c) in mp.scratch_mats.items()]
@@ -616,9 +781,10 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {gemm_schedule(t)}" if gemms else ""),
-        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(), functions=functions,
+        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(),
+        helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
-        matrix=matrix_entry(mp, name), gemms=gemms)
+        abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms)
 
 
 def gemm_schedule(t: Target) -> str:
@@ -679,6 +845,12 @@ def entry_row_args(row_params: list[str]) -> str:
     return "".join(f", {name}[r]" for name in row_params)
 
 
+def select_helpers(*programs: Program) -> str:
+    """Index and top-k helpers, for programs that use them."""
+    ops = {p.op(v) for p in programs for v in p.g}
+    return _env().get_template("select.h.j2").render() if ops & {"index", "reduce_topk"} else ""
+
+
 def isa_header(t: Target) -> str:
     specs = {**VIRTUAL_ISA, **OPTIONAL_ISA}
     macros = [(name, specs[name], body) for name, body in t.isa.items()]
@@ -708,5 +880,5 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
-        functions=functions, lanes=t.lanes, entry_row=f"{name}__row", tvm=False, row_params=rps,
-        rp_args=entry_row_args(rps), matrix=None, gemms=[])
+        helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
+        tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[])

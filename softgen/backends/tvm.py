@@ -29,6 +29,7 @@ from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..schedule import Schedule
 from ..targets import Target
 from . import tvm_adapter
+from .c import row_outputs
 
 # The constants of templates/vmath.h.j2 (spec 2.4).
 _h = float.fromhex
@@ -227,8 +228,15 @@ class Emit:
 class Red:
     fields: tuple[str, ...] = ()
     identity = "0.0"                 # neutral input (tail lanes never see it: tails are scalar)
+    blocked = True                   # else: state across blocks, accumulators merged in finish
+    replicated = True                # else: one state for all slots (c.Reduction.replicated)
+    places = 1                       # floats per lane and accumulator in each field's buffer
 
-    def __init__(self, r: int, scale: float, fused: bool = True):
+    def tail_slot(self, lanes: int) -> str:
+        """Where tail element j (a scalar loop) accumulates: lane 0 of accumulator 0."""
+        return "0"
+
+    def __init__(self, r: int, scale: float, fused: bool = True, attrs: dict | None = None):
         self.r, self.scale, self.fused = r, scale, fused
         self.sc = f32(scale)
 
@@ -376,13 +384,82 @@ class OnlineRed(Red):
         return lines + ["    " + ln for ln in e.lines] + [f"s{r}_1: T.let[T.float32] = res{r}[1]"]
 
 
+class TopKRed(Red):
+    """templates/select.h.j2 and c.TopKRed in TIR: k sorted (key, index) places per lane and
+    accumulator, place i of accumulator slot q at [i * A L + q], updated by a select network
+    (strict >: the lower index wins ties; displaced pairs shift down). No early-out: a branch would scalarise the vectorised
+    lane loop. The lanes of all accumulators are merged once per row, in scalar TIR."""
+    fields, blocked, replicated = ("v", "j"), False, False
+
+    def __init__(self, r, scale, fused=True, attrs=None):
+        super().__init__(r, scale, fused)
+        self.k = self.places = attrs["k"]
+        self.q = 0   # lists = accumulators * lanes, set by the sweep
+
+    def init(self, f): return f32(-math.inf) if f == "v" else f32(math.inf)
+
+    def tail_slot(self, lanes):
+        """Lane j mod L, as in the C backend's masked tail: lane order stays index order, and no
+        select recurrence sits on one address (LLVM's vectorisation of such a tail loop, under
+        TVM's fast-math flags, broke ties between adjacent tail elements)."""
+        return f"(j % {lanes})"
+
+    def update(self, e, idx, xs):
+        # as c.TopKRed: masks x > v_i against the old places (monotone in i), then the list
+        # shifts down from the first set one. Every store reads only old places and x: no
+        # chain of Selects for TVM's analysis to expand.
+        q = self.q
+        for x, j in xs:
+            at = [f"{i * q} + {idx}" for i in range(self.k)]
+            old = {f: [self.load(e, f, a) for a in at] for f in self.fields}
+            for i in reversed(range(self.k)):
+                g = f"({x} > {old['v'][i]})"   # bool vectors cannot be let-bound
+                for f, new in (("v", x), ("j", j)):
+                    down = f"T.Select(({x} > {old['v'][i - 1]}), {old[f][i - 1]}, {new})" if i else new
+                    e.stmt(f"{self.buf(f)}[{at[i]}] = T.Select({g}, {down}, {old[f][i]})")
+
+    def sel(self) -> tuple[str, str]:
+        return f"sel{self.r}_v", f"sel{self.r}_j"
+
+    def finish(self, lanes):
+        k, q, r = self.k, self.q, self.r
+        kp = -(-k // lanes) * lanes
+        (sv, sj), av, aj = self.sel(), self.buf("v"), self.buf("j")
+        return [
+            f'{sv} = T.alloc_buffer(({kp},), "float32", scope="local")',
+            f'{sj} = T.alloc_buffer(({kp},), "float32", scope="local")',
+            f'kh{r} = T.alloc_buffer(({q},), "int32", scope="local")',
+            f'kb{r} = T.alloc_buffer((1,), "int32", scope="local")',
+            f'kbv{r} = T.alloc_buffer((2,), "float32", scope="local")',
+            f"for c in range({q}):", f"    kh{r}[c] = 0",
+            f"for o in range({k}):",
+            f"    kb{r}[0] = -1", f"    kbv{r}[0] = {f32(-math.inf)}", f"    kbv{r}[1] = {f32(math.inf)}",
+            f"    for c in range({q}):",
+            f"        if kh{r}[c] < {k}:",
+            f"            if T.Or({av}[kh{r}[c] * {q} + c] > kbv{r}[0], T.And({av}[kh{r}[c] * {q} + c] == "
+            f"kbv{r}[0], {aj}[kh{r}[c] * {q} + c] < kbv{r}[1])):",
+            f"                kb{r}[0] = c",
+            f"                kbv{r}[0] = {av}[kh{r}[c] * {q} + c]",
+            f"                kbv{r}[1] = {aj}[kh{r}[c] * {q} + c]",
+            f"    {sv}[o] = kbv{r}[0]", f"    {sj}[o] = kbv{r}[1]",
+            f"    if kb{r}[0] >= 0:", f"        kh{r}[kb{r}[0]] = kh{r}[kb{r}[0]] + 1",
+            f"for o in range({k}, {kp}):", f"    {sv}[o] = {f32(-math.inf)}", f"    {sj}[o] = {f32(0.0)}",
+            f"res{r}[3] = {f32(0.0)}",
+            f"for o in range({k}):",
+            f'    res{r}[3] = res{r}[3] + T.Cast("float32", T.exp(T.Cast("float64", {sv}[o]) - '
+            f'T.Cast("float64", {sv}[0])))',
+            f"s{r}_0: T.let[T.float32] = {sv}[{k - 1}]", f"s{r}_1: T.let[T.float32] = {sj}[{k - 1}]",
+            f"s{r}_2: T.let[T.float32] = {sv}[0]", f"s{r}_3: T.let[T.float32] = res{r}[3]"]
+
+
 REDUCTIONS = {"reduce_max": MaxRed, "reduce_sum": SumRed, "reduce_extexp": ExtExpRed,
-              "reduce_online": OnlineRed}
+              "reduce_online": OnlineRed, "reduce_topk": TopKRed}
 VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
           "finite_or_nan": 'T.Select(T.fabs({0}) < T.float32("inf"), {0}, T.float32("nan"))',
           "max": "T.max({0}, {1})", "min": "T.min({0}, {1})", "neg": "(T.float32(-0.0) - {0})",
           "abs": "T.fabs({0})", "recip": "(T.float32(1.0) / {0})",
-          "where_lt": "T.Select({0} < {1}, {2}, {3})"}
+          "where_lt": "T.Select({0} < {1}, {2}, {3})",
+          "where_ranked": "T.Select(T.Or({0} > {2}, T.And({0} == {2}, {1} <= {3})), {4}, {5})"}
 SCALAR = {**VECTOR, "exp": "T.exp({0})", "log": "T.log({0})", "log1p": "T.log1p({0})",
           "log_ratio": 'T.Cast("float32", T.log(T.Cast("float64", {0})) - T.log(T.Cast("float64", {1})))',
           "finite_or_nan": 'T.Select(T.isfinite({0}), {0}, T.float32("nan"))',
@@ -413,14 +490,19 @@ def _scalar_name(p: Program, v: int) -> str:
     return f32(c) if c is not None else f"s{v}"
 
 
-def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
-    """Let-bind every row value of the sweep for element index ``i``; name per node."""
+def _row_values(p: Program, sw, e: Emit, i: str, slot: int, bufs: dict | None = None) -> dict:
+    """Let-bind every row value of the sweep for element index ``i``; name per node. ``bufs``:
+    what the input and index leaves read and where the output goes."""
+    bufs = bufs or {"x": "X", "index": None, "y": "Y"}
     vals = {m: e.let(f"Y[{i}]") for m in sw.reloads}
     arg = lambda a: vals[a] if p.shape(a) == ROW else _scalar_name(p, a)  # noqa: E731
     for v in sw.compute:
         op, args, at = p.op(v), [arg(a) for a in p.args(v)], p.attrs(v)
         if op == "input":
-            vals[v] = e.let(f"X[{i}]")
+            vals[v] = e.let(f"{bufs['x']}[{i}]")
+        elif op == "index":
+            vals[v] = e.let(f"{bufs['index']}[{i}]" if bufs["index"] else
+                            f'T.Cast("float32", T.Cast("int32", {i}))')
         elif op == "colvec":
             vals[v] = e.let(f"CV_{at['name']}[{i}]")
         elif op == "materialize":
@@ -438,7 +520,7 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int) -> dict:
         else:
             vals[v] = e.let(VECTOR[op].format(*args))
     for v in sw.stores + ([sw.output] if sw.output is not None else []):
-        e.stmt(f"Y[{i}] = {vals[p.args(v)[0]]}")
+        e.stmt(f"{bufs['y']}[{i}] = {vals[p.args(v)[-1]]}")
     for v in sw.colstores:
         e.stmt(f"CV_{p.attrs(v)['name']}[{i}] = {vals[p.args(v)[0]]}")
     for r in sw.colreds:   # the columns' state vectors are the accumulators, indexed like x
@@ -453,38 +535,80 @@ def _fused_fma(t: Target) -> bool:
     return t.fma == "native"
 
 
+def _reduction(p: Program, r: int, t: Target, A: int) -> Red:
+    red = REDUCTIONS[p.op(r)](r, p.attrs(r).get("scale", 1.0), _fused_fma(t), p.attrs(r))
+    red.a = A if red.replicated else 1
+    red.q = red.a * t.lanes
+    return red
+
+
+def _selected_sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
+    """The output sweep of an output_selected over its reduce_topk's kept pairs (c._selected_block)."""
+    L = t.lanes
+    sel = _reduction(p, sw.selected, t, s.accumulators)
+    (sv, sj), k = sel.sel(), sel.k
+    kp = -(-k // L) * L
+    wb, fb = f"sel{sel.r}_w", f"fill{sel.r}"
+    out = [f"# sweep {sw.index}: the {k} selected entries -> indices and weights",
+           f'{wb} = T.alloc_buffer(({kp},), "float32", scope="local")',
+           f'{fb} = T.alloc_buffer((1,), "int64", scope="local")',
+           f"ns: T.let[T.int64] = T.min(n, T.int64({k}))",
+           # places left empty (index +inf) take the -inf entries, then the NaN ones (sg_topk_fill)
+           f"{fb}[0] = T.int64(0)", f"for o in range({k}):",
+           f"    if {sj}[o] < {f32(math.inf)}:", f"        {fb}[0] = {fb}[0] + T.int64(1)",
+           f"if {fb}[0] < ns:",
+           "    for ps in range(2):", "        for j in range(n):",
+           f"            if T.And({fb}[0] < ns, T.Select(ps == 0, X[j] == {f32(-math.inf)}, T.isnan(X[j]))):",
+           f"                {sv}[{fb}[0]] = X[j]",
+           f'                {sj}[{fb}[0]] = T.Cast("float32", T.Cast("int32", j))',
+           f"                {fb}[0] = {fb}[0] + T.int64(1)"]
+    e = Emit(counter, _fused_fma(t))
+    _row_values(p, sw, e, f"(it * {L} + l)", 0, {"x": sv, "index": sj, "y": wb})
+    out += [f"for it in range({kp // L}):",
+            f"    for l in T.vectorized({L}):" if L > 1 else "    for l in range(1):"]
+    out += [f"        {ln}" for ln in e.lines]
+    return out + ["for o in range(ns):", f'    IDX[o] = T.Cast("int64", {sj}[o])', f"    W[o] = {wb}[o]"]
+
+
 def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
+    if sw.selected is not None:
+        return _selected_sweep(p, sw, t, s, counter)
     L, U, A = t.lanes, s.unroll, s.accumulators
     step = U * L
-    reds = [REDUCTIONS[p.op(r)](r, p.attrs(r).get("scale", 1.0), _fused_fma(t)) for r in sw.reductions]
+    reds = [_reduction(p, r, t, A) for r in sw.reductions]
     out = [f"# sweep {sw.index}"]
     for red in reds:
         for f in red.fields:
-            out.append(f'{red.buf(f)} = T.alloc_buffer(({A * L},), "float32", scope="local")')
-        for f in red.outer_fields():
-            out.append(f'{red.outer(f)} = T.alloc_buffer(({L},), "float32", scope="local")')
-        out.append(f'res{red.r} = T.alloc_buffer((2,), "float32", scope="local")')
-        for f in red.outer_fields():
-            out += [f"for l in T.vectorized({L}):" if L > 1 else "for l in range(1):",
-                    f"    {red.outer(f)}[l] = {red.outer_init(f)}"]
+            out.append(f'{red.buf(f)} = T.alloc_buffer(({red.places * red.q},), "float32", scope="local")')
+        if red.blocked:
+            for f in red.outer_fields():
+                out.append(f'{red.outer(f)} = T.alloc_buffer(({L},), "float32", scope="local")')
+        out.append(f'res{red.r} = T.alloc_buffer(({max(2, p.items(red.r))},), "float32", scope="local")')
+        if red.blocked:
+            for f in red.outer_fields():
+                out += [f"for l in T.vectorized({L}):" if L > 1 else "for l in range(1):",
+                        f"    {red.outer(f)}[l] = {red.outer_init(f)}"]
 
-    def reset(ind: str) -> list[str]:
+    def reset(ind: str, blocked: bool) -> list[str]:
         lines = []
         for red in reds:
+            if red.blocked != blocked:
+                continue
             for f in red.fields:
-                lines += [f"{ind}for l in T.vectorized({A * L}):" if A * L > 1 else f"{ind}for l in range(1):",
+                size = red.places * red.q
+                lines += [f"{ind}for l in T.vectorized({size}):" if size > 1 else f"{ind}for l in range(1):",
                           f"{ind}    {red.buf(f)}[l] = {red.init(f)}"]
         return lines
 
     blocked = bool(reds)
     B = s.block if blocked else None
-    body = []
+    body = reset("", False)
     if blocked:
         body += [f"for blk in range((n + {B - 1}) // {B}):",
                  f"    lo: T.let[T.int64] = blk * {B}",
                  f"    cnt: T.let[T.int64] = T.min(n - lo, {B})"]
         ind = "    "
-        body += reset(ind)
+        body += reset(ind, True)
     else:
         body += ["lo: T.let[T.int64] = T.int64(0)", "cnt: T.let[T.int64] = n"]
         ind = ""
@@ -496,10 +620,13 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
         # load); a let-bound vector index stays opaque and the lean pipeline emits a gather
         i = f"(l + (lo + it * {step} + {u * L}))"
         slots[u] = _row_values(p, sw, e, i, u)
+    def vals(slot: dict, red: Red):
+        args = [slot[a] for a in p.args(red.r)]
+        return args[0] if len(args) == 1 else tuple(args)
+
     for red in reds:
-        (x,) = p.args(red.r)
-        for k in range(A):
-            xs = [slots[u][x] for u in range(U) if u % A == k]
+        for k in range(red.a):
+            xs = [vals(slots[u], red) for u in range(U) if u % red.a == k]
             red.update(e, f"{k * L} + l", xs)
     # an int64 lane variable: no Cast around the Ramp, so x[base + l] stays a contiguous load
     lane_loop = f"for l in T.vectorized(T.int64({L})):" if L > 1 else "for l in range(T.int64(1)):"
@@ -508,14 +635,13 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     # scalar tail, into lane 0 of accumulator 0
     e = Emit(counter, _fused_fma(t))
     i = e.let(f"lo + cnt // {step} * {step} + j", "int64")
-    vals = _row_values(p, sw, e, i, 0)
+    tail = _row_values(p, sw, e, i, 0)
     for red in reds:
-        (x,) = p.args(red.r)
-        red.update(e, "0", [vals[x]])
+        red.update(e, red.tail_slot(L), [vals(tail, red)])
     body += [f"{ind}for j in range(cnt % {step}):"] + [f"{ind}    {ln}" for ln in e.lines]
-    if blocked:
+    if any(red.blocked for red in reds):
         e = Emit(counter, _fused_fma(t))
-        for red in reds:
+        for red in (red for red in reds if red.blocked):
             accs = [{f: red.load(e, f, f"{k * L} + l") for f in red.fields} for k in range(A)]
             acc = accs[0]
             for other in accs[1:]:
@@ -590,8 +716,12 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
                 out.append(ind + st)
         return out
 
+    if p.phase is not None or row_outputs(p) == ("y",):
+        outs, bufs = 'y: T.handle("float32"), ', ['    Y = T.decl_buffer((n,), "float32", data=y)']
+    else:
+        outs = 'idx: T.handle("int64"), w: T.handle("float32"), '
+        bufs = ['    IDX = T.decl_buffer((n,), "int64", data=idx)', '    W = T.decl_buffer((n,), "float32", data=w)']
     args = "".join(f"rp_{name}: T.float32, " for name in row_params)
-    bufs = []
     if p.phase is not None:   # a phase of a matrix program: the arguments of c.phase_args
         from .c import phase_args
         tir = {"size_t": "T.int64", "float": "T.float32", "float *": 'T.handle("float32")'}
@@ -603,13 +733,11 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
                             f'"float32", data={nm})')
     head = [
         "@T.prim_func",
-        f'def {symbol}(x: T.handle("float32"), y: T.handle("float32"), n: T.int64, '
-        + args + 'status: T.handle("int32")):',
+        f'def {symbol}(x: T.handle("float32"), {outs}n: T.int64, ' + args + 'status: T.handle("int32")):',
         f'    T.func_attr({{"global_symbol": "{symbol}", "tir.noalias": False}})',
-        '    X = T.decl_buffer((n,), "float32", data=x)',
-        '    Y = T.decl_buffer((n,), "float32", data=y)',
+        '    X = T.decl_buffer((n,), "float32", data=x)', *bufs,
         '    ST = T.decl_buffer((1,), "int32", data=status)',
-    ] + bufs
+    ]
     return "\n".join(head + render(body, "    ")) + "\n"
 
 
@@ -630,11 +758,11 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     if p.fallback is not None:
         funcs.append(row_function(p.fallback, t, s, f"{name}__fallback_row", rps))
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs)
-    from .c import _env, entry_row_args
+    from .c import _env, abi, entry_row_args
     wrapper = _env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm, t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True,
-        row_params=rps, rp_args=entry_row_args(rps),
+        row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name),
         rp_decl="".join(f", float {name}" for name in rps), matrix=None)
     return tir, wrapper
 
@@ -648,7 +776,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
     from . import tvm_gemm
-    from .c import _env, matrix_entry, matrix_gemms, matrix_plan_lines
+    from .c import _env, matrix_abi, matrix_entry, matrix_gemms, matrix_plan_lines
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if any(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
@@ -668,7 +796,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     wrapper = _env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct (matrix program)", t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=False, tvm=True, row_params=[], rp_args="",
-        rp_decl="", matrix=entry)
+        rp_decl="", abi=matrix_abi(mp, name), matrix=entry)
     return tir, wrapper
 
 
