@@ -153,6 +153,16 @@ class OnlineRed(Reduction):
         lines += [f"    {d} = V_ADD({d}, sg_exp_nonpos({self._s(f'V_SUB({x}, mn)', sc)}));" for x in vals]
         return lines + [f"    {m} = mn;", "}"]
 
+    def column_update(self, st, val, sc):
+        """One row's update of the columns' (m, d): a column's max rarely grows after the first
+        rows, so the rescale exp runs only when some lane's does (a NaN state stays NaN in d)."""
+        m, d = st["m"], st["d"]
+        return ["{", f"    const VEC mn = V_MAX({m}, {val});",
+                f"    if (V_ANY(V_CMPGT(mn, {m})))",
+                f"        {d} = V_MUL({d}, sg_exp_nonpos({self._s(f'V_SUB({m}, mn)', sc)}));",
+                f"    {d} = V_ADD({d}, sg_exp_nonpos({self._s(f'V_SUB({val}, mn)', sc)}));",
+                f"    {m} = mn;", "}"]
+
     def merge(self, d, s, sc):
         return [f"sg_online_merge(&{d['m']}, &{d['d']}, {s['m']}, {s['d']}, {sc or 'V_SET1(1.0f)'});"]
 
@@ -346,7 +356,8 @@ def _colreduce(c: _Ctx, r: int, u: int, tail: bool) -> list[str]:
     store = (lambda b, a: f"V_STORE_PART({b} + i, {a}, k);") if tail else \
         (lambda b, a: f"V_STORE({b} + {off}, {a});")
     lines = [f"VEC {st[f]} = {load(buf[f])};" for f in red.fields]
-    lines += red.update(st, [_row_arg(p, p.args(r)[0], u)], sc)
+    val = _row_arg(p, p.args(r)[0], u)
+    lines += red.column_update(st, val, sc) if hasattr(red, "column_update") else red.update(st, [val], sc)
     return ["{"] + ["    " + ln for ln in lines + [store(buf[f], st[f]) for f in red.fields]] + ["}"]
 
 
