@@ -12,25 +12,50 @@ import hashlib
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
 from . import __version__
-from .errors import BuildError
+from .errors import BuildError, CacheError
 from .targets import Target, host_arch
+
+CACHE_HINT = "set SOFTGEN_CACHE_DIR to a private directory of yours to use another one"
 
 BASE_CFLAGS = ("-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
                "-fno-math-errno", "-Wall")
 
 
-def cache_dir() -> Path:
+def _cache_root() -> Path:
     root = os.environ.get("SOFTGEN_CACHE_DIR")
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        root = str(Path(xdg) / "softgen")
-    path = Path(root) / f"v{__version__}"
-    path.mkdir(parents=True, exist_ok=True)
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "softgen"
+
+
+def _check_private(d: Path, st: os.stat_result) -> None:
+    """softgen dlopens what it finds in the cache: a directory another user can write to (or
+    owns, and so can chmod) lets that user run code in this process."""
+    why = ""
+    if st.st_uid != os.geteuid():
+        why = f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        why = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}; chmod go-w it)"
+    if why:
+        raise CacheError(f"refusing to use the softgen cache directory {d}: it {why}, so another "
+                         f"user could plant code that softgen would load; {CACHE_HINT}")
+
+
+def cache_dir() -> Path:
+    """The cache directory ``<root>/v<version>``: created private (0700); ``CacheError`` unless
+    both it and the root are owned by this user and not group/world-writable."""
+    root = _cache_root()
+    path = root / f"v{__version__}"
+    for d in (root, path):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_private(d, d.stat())
     return path
 
 
