@@ -6,6 +6,8 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -97,3 +99,116 @@ def test_an_unsafe_xdg_cache_is_refused(tmp_path, monkeypatch):
     (tmp_path / "softgen").chmod(0o777)
     with pytest.raises(softgen.CacheError, match=f"{tmp_path / 'softgen'}: it is writable by other users"):
         runtime.cache_dir()
+
+
+# -- damaged entries ----------------------------------------------------------------------------
+CHILD = """
+import numpy as np, softgen
+k = softgen.compile("softmax", algorithm="online", target="scalar", name="cache_probe")
+print(k(np.array([[0, 1, 2]], np.float32)).tolist())
+"""
+
+
+def _child() -> subprocess.CompletedProcess:
+    """The probe kernel run in a fresh process: a damaged library can kill its process."""
+    return subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=300)
+
+
+def _only(d, pattern):
+    (p,) = d.rglob(pattern)
+    return p
+
+
+def _damage(lib, how):
+    data = lib.read_bytes()
+    if how == "truncated":
+        lib.write_bytes(data[:len(data) // 2])
+    elif how == "flipped":
+        mid = len(data) // 3
+        lib.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 256]) + data[mid + 256:])
+    elif how == "stale":  # the library of another kernel with the same symbol: log_softmax
+        k = softgen.compile("log_softmax", algorithm="online", target="scalar", name="cache_probe")
+        other = runtime.build_shared(k.source, k.target)
+        shutil.copyfile(other, lib)
+    elif how == "unverified":  # an entry with no digest (e.g. from before digests were kept)
+        for side in lib.parent.glob(lib.stem + ".*"):
+            if side.suffix not in (".so", ".c"):
+                side.unlink()
+        lib.write_bytes(data[:100])
+    return lib.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "stale", "unverified"])
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path, monkeypatch, how):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    first = _child()
+    assert first.returncode == 0, first.stderr
+    lib = _only(tmp_path, "*.so")
+    damaged = _damage(lib, how)
+    again = _child()
+    assert again.returncode == 0, f"exit {again.returncode}: {again.stderr[-2000:]}"
+    assert again.stdout == first.stdout
+    assert lib.read_bytes() != damaged
+    assert runtime._intact(lib)
+
+
+def _plant(lib, data: bytes):
+    """Replace a cache entry together with whatever digest the cache keeps of it."""
+    old = _digest(lib)
+    lib.write_bytes(data)
+    for side in lib.parent.glob(lib.stem + ".*"):
+        if side.suffix not in (".so", ".c"):
+            side.write_text(side.read_text().replace(old, _digest(lib)))
+
+
+@pytest.mark.parametrize("how", ["load-error", "missing-symbol"])
+def test_a_cached_library_that_cannot_be_used_is_rebuilt(tmp_path, monkeypatch, how):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    k = _probe("cache_probe_2")
+    scalar = k.target
+    lib = runtime.build_shared(k.source, scalar)
+    other = runtime.build_shared(_probe("cache_probe_other").source, scalar).read_bytes()
+    _plant(lib, other[:64] if how == "load-error" else other)  # an ELF header only; another symbol
+    assert np.allclose(k(np.ones((1, 4), np.float32)), 0.25)
+    assert lib.read_bytes() != other
+
+
+def test_a_compiler_that_makes_no_shared_object_does_not_poison_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "cc -E")  # "compiles" to preprocessed C text
+    with pytest.raises(softgen.BuildError, match=r"C compiler \(cc -E\) did not produce a shared library"):
+        _probe()(np.ones((1, 3), np.float32))
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+    monkeypatch.delenv("CC")
+    assert np.allclose(_probe()(np.ones((1, 3), np.float32)), 1 / 3)
+
+
+def test_build_directories_of_killed_builds_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    d = runtime.cache_dir()
+    dead, live = d / "tmpdead", d / "tmplive"
+    for t in (dead, live):
+        t.mkdir()
+        (t / "kernel.c").write_text("/* a build in progress */")
+    old = time.time() - 2 * 3600
+    os.utime(dead, (old, old))
+    _probe()(np.ones((1, 3), np.float32))
+    assert not dead.exists() and live.exists()
+
+
+def test_a_damaged_tvm_object_is_rebuilt(tmp_path, monkeypatch):
+    from softgen.backends import tvm as tvm_backend
+    from softgen.backends.tvm_adapter import available
+    ok, why = available()
+    if not ok:
+        pytest.skip(f"TVM backend: {why}")
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    k = softgen.compile("softmax", algorithm="online", target="scalar", backend="tvm", name="cache_probe_tvm")
+    build = tvm_backend._object.__wrapped__  # the function behind its per-process memo
+    good = build(k.source, k.target.name)
+    obj = _only(tmp_path, "tvm-*.o")
+    assert good[:4] == b"\x7fELF" and good[16] == 1 and obj.read_bytes() == good  # ET_REL
+    obj.write_bytes(good[:len(good) // 2])
+    again = build(k.source, k.target.name)
+    assert len(again) > len(good) // 2 and obj.read_bytes() == again
+    assert runtime._intact(obj)
