@@ -35,8 +35,17 @@ def _cache_root() -> Path:
     root = os.environ.get("SOFTGEN_CACHE_DIR")
     if root:
         return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if not xdg:
+        try:
+            xdg = str(Path.home() / ".cache")
+        except RuntimeError:  # no $HOME and no passwd entry
+            raise CacheError(f"there is no home directory for the softgen cache; {CACHE_HINT}") from None
     return Path(xdg) / "softgen"
+
+
+def _unusable(d: Path, e: OSError) -> CacheError:
+    return CacheError(f"cannot use the softgen cache directory {d}: {e.strerror or e}; {CACHE_HINT}")
 
 
 def _check_private(d: Path, st: os.stat_result) -> None:
@@ -53,13 +62,22 @@ def _check_private(d: Path, st: os.stat_result) -> None:
 
 
 def cache_dir() -> Path:
-    """The cache directory ``<root>/v<version>``: created private (0700); ``CacheError`` unless
-    both it and the root are owned by this user and not group/world-writable."""
+    """The cache directory ``<root>/v<version>``, created private (0700). ``CacheError`` if it
+    cannot be, or unless both it and the root are owned by this user and not group/world-writable."""
     root = _cache_root()
     path = root / f"v{__version__}"
     for d in (root, path):
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _check_private(d, d.stat())
+        try:
+            try:
+                st = os.stat(d)
+            except FileNotFoundError:
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                st = os.stat(d)
+        except OSError as e:
+            raise _unusable(d, e) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise CacheError(f"the softgen cache directory {d} is not a directory; {CACHE_HINT}")
+        _check_private(d, st)
     return path
 
 
@@ -183,21 +201,24 @@ def _cached(entry: Path, make, what: str, rebuild: bool = False) -> Path:
     if not rebuild and _intact(entry):
         return entry
     _clean_stale_tmp(entry.parent)
-    with tempfile.TemporaryDirectory(dir=entry.parent, prefix="tmp") as tmp:
-        built, companions = make(Path(tmp))
-        data, version = _fsynced(built)
-        types, kind = _ELF_TYPES[entry.suffix]
-        if _elf_type(data) not in types:
-            raise BuildError(f"{what} did not produce {kind} (an ELF file of type "
-                             f"{'/'.join(map(str, types))}): it cannot be cached or loaded")
-        digest = Path(tmp) / "sha256"
-        digest.write_text(hashlib.sha256(data).hexdigest() + "\n")
-        _fsynced(digest)
-        os.replace(built, entry)
-        os.replace(digest, entry.with_suffix(".sha256"))
-        for suffix, path in companions.items():
-            os.replace(path, entry.with_suffix(suffix))
-        _verified[entry] = version
+    try:
+        with tempfile.TemporaryDirectory(dir=entry.parent, prefix="tmp") as tmp:
+            built, companions = make(Path(tmp))
+            data, version = _fsynced(built)
+            types, kind = _ELF_TYPES[entry.suffix]
+            if _elf_type(data) not in types:
+                raise BuildError(f"{what} did not produce {kind} (an ELF file of type "
+                                 f"{'/'.join(map(str, types))}): it cannot be cached or loaded")
+            digest = Path(tmp) / "sha256"
+            digest.write_text(hashlib.sha256(data).hexdigest() + "\n")
+            _fsynced(digest)
+            os.replace(built, entry)
+            os.replace(digest, entry.with_suffix(".sha256"))
+            for suffix, path in companions.items():
+                os.replace(path, entry.with_suffix(suffix))
+            _verified[entry] = version
+    except OSError as e:  # the compiler's own failures are BuildErrors: this is the directory's
+        raise _unusable(entry.parent, e) from None
     return entry
 
 

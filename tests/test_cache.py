@@ -212,3 +212,38 @@ def test_a_damaged_tvm_object_is_rebuilt(tmp_path, monkeypatch):
     again = build(k.source, k.target.name)
     assert len(again) > len(good) // 2 and obj.read_bytes() == again
     assert runtime._intact(obj)
+
+
+# -- unusable cache directories -----------------------------------------------------------------
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_invalid_cache_directory_is_a_softgen_error_naming_it(tmp_path, monkeypatch, where):
+    f = tmp_path / "f"
+    f.write_text("")
+    root = f if where == "a file" else f / "cache"
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(root))
+    with pytest.raises(softgen.SoftgenError, match=f"softgen cache directory {root}.*SOFTGEN_CACHE_DIR"):
+        _probe()(np.ones((1, 3), np.float32))
+
+
+def test_a_cache_entry_that_cannot_be_written_is_a_softgen_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    k = _probe()
+    lib = runtime.build_shared(k.source, k.target)
+    for p in lib.parent.glob(lib.stem + ".*"):
+        p.unlink()
+        if p != lib:  # a directory where the build must write a file
+            p.mkdir()
+    with pytest.raises(softgen.SoftgenError, match=f"softgen cache directory {lib.parent}: .*SOFTGEN_CACHE_DIR"):
+        k(np.ones((1, 3), np.float32))
+    assert [p.name for p in lib.parent.iterdir() if p.name.startswith("tmp")] == []
+
+
+def test_cli_blames_the_cache_directory_not_the_output(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("")
+    r = subprocess.run([sys.executable, "-m", "softgen", "build", "--target", "scalar", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "SOFTGEN_CACHE_DIR": str(f)})
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"softgen: error: the softgen cache directory {f} is not a directory")
+    assert "SOFTGEN_CACHE_DIR" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
