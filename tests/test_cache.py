@@ -247,3 +247,24 @@ def test_cli_blames_the_cache_directory_not_the_output(tmp_path):
     assert r.stderr.startswith(f"softgen: error: the softgen cache directory {f} is not a directory")
     assert "SOFTGEN_CACHE_DIR" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- the test suite's own cache -----------------------------------------------------------------
+def test_the_suite_builds_into_its_own_cache():
+    d = os.environ.get("SOFTGEN_CACHE_DIR")
+    assert d, "the tests would build into the user's ~/.cache/softgen"
+    _probe()(np.ones((1, 3), np.float32))
+    assert list(runtime.cache_dir().glob("*.so"))
+
+
+def test_a_test_run_leaves_the_users_cache_alone(tmp_path):
+    """A run without SOFTGEN_CACHE_DIR builds into a temporary cache and removes it at the end."""
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("SOFTGEN_CACHE_DIR", "XDG_CACHE_HOME")}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                        "-k", "test_the_suite_builds_into_its_own_cache"],
+                       capture_output=True, text=True, timeout=600, env={**env, "HOME": str(home), "TMPDIR": str(tmp)})
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert list(home.rglob("*")) == [] and list(tmp.iterdir()) == []
