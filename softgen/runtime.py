@@ -204,11 +204,11 @@ def _cached(entry: Path, make, what: str, rebuild: bool = False) -> Path:
     try:
         with tempfile.TemporaryDirectory(dir=entry.parent, prefix="tmp") as tmp:
             built, companions = make(Path(tmp))
-            data, version = _fsynced(built)
+            data, version = _fsynced(built) if built.is_file() else (b"", None)
             types, kind = _ELF_TYPES[entry.suffix]
             if _elf_type(data) not in types:
-                raise BuildError(f"{what} did not produce {kind} (an ELF file of type "
-                                 f"{'/'.join(map(str, types))}): it cannot be cached or loaded")
+                raise BuildError(f"{what} did not produce {kind} (ELF e_type "
+                                 f"{' or '.join(map(str, types))}); nothing was cached")
             digest = Path(tmp) / "sha256"
             digest.write_text(hashlib.sha256(data).hexdigest() + "\n")
             _fsynced(digest)

@@ -173,10 +173,11 @@ def test_a_cached_library_that_cannot_be_used_is_rebuilt(tmp_path, monkeypatch, 
     assert lib.read_bytes() != other
 
 
-def test_a_compiler_that_makes_no_shared_object_does_not_poison_the_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cc", ["cc -E", "true"])  # preprocessed C text; no output at all
+def test_a_compiler_that_makes_no_shared_object_does_not_poison_the_cache(tmp_path, monkeypatch, cc):
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", "cc -E")  # "compiles" to preprocessed C text
-    with pytest.raises(softgen.BuildError, match=r"C compiler \(cc -E\) did not produce a shared library"):
+    monkeypatch.setenv("CC", cc)
+    with pytest.raises(softgen.BuildError, match=rf"C compiler \({cc}\) did not produce a shared library"):
         _probe()(np.ones((1, 3), np.float32))
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
     monkeypatch.delenv("CC")
