@@ -7,7 +7,7 @@
 """
 __version__ = "0.1.0"
 
-from .errors import BuildError, SoftgenError, TargetNotSupportedError, UsageError  # noqa: E402
+from .errors import BuildError, CacheError, SoftgenError, TargetNotSupportedError, UsageError  # noqa: E402
 from .kernel import Kernel, compile  # noqa: E402
 from .ops import OPS  # noqa: E402
 from .passes import ALGORITHMS  # noqa: E402
@@ -18,4 +18,5 @@ from .functional import FUNCTIONS as _FUNCTIONS, apply  # noqa: E402
 globals().update(_FUNCTIONS)  # softgen.softmax(x), softgen.lssa(c, 64), ...: one per op
 
 __all__ = [*_FUNCTIONS, "apply", "compile", "Kernel", "Schedule", "targets", "host_target", "OPS", "ALGORITHMS",
-           "SoftgenError", "UsageError", "TargetNotSupportedError", "BuildError", "__version__"]
+           "SoftgenError", "UsageError", "TargetNotSupportedError", "BuildError", "CacheError",
+           "__version__"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import TargetNotSupportedError
-from .runtime import build_executable, build_shared, load_entry
+from .runtime import build_executable, load_entry, open_shared
 from .targets import Target, host_arch
 
 
@@ -62,7 +62,8 @@ def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(build_shared(sources, t, emulate=True), name, len(row_params), outputs, matrix, abi)
+        fn = load_entry(open_shared(sources, t, emulate=True, symbols=(name,)), name, len(row_params),
+                        outputs, matrix, abi)
         fn.how = "emulated (SIMDe)"
         return fn
     from .backends.c import _env

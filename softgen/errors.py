@@ -15,3 +15,8 @@ class TargetNotSupportedError(SoftgenError, RuntimeError):
 
 class BuildError(SoftgenError, RuntimeError):
     """The C compiler (or another toolchain step) failed."""
+
+
+class CacheError(SoftgenError, RuntimeError):
+    """The kernel cache directory cannot be used: not creatable or writable, or not private to
+    this user (another user could plant a library that softgen would load)."""

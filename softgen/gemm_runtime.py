@@ -13,7 +13,7 @@ from .backends.c import _env
 from .backends.gemm import translation_unit
 from .emulator import BatchedCalls, emulation_available, find_emulator, run_driver
 from .errors import TargetNotSupportedError, UsageError
-from .runtime import build_executable, build_shared
+from .runtime import build_executable, open_shared
 
 _CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
            "size_t": ctypes.c_size_t, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64}
@@ -52,6 +52,7 @@ class GemmLibrary(BatchedCalls):
         if any(tvm) and not all(tvm):
             raise UsageError("one GemmLibrary holds C gemms or TVM gemms, not both")
         self.sources = tvm_sources(codes) if all(tvm) else {"gemm.c": translation_unit(codes)}
+        symbols = tuple(f"{g.name}_entry" for g in codes)
         if emulate is None:
             emulate = not self.target.runnable
         self.how = "native"
@@ -59,7 +60,7 @@ class GemmLibrary(BatchedCalls):
         if not emulate:
             if not self.target.runnable:
                 raise TargetNotSupportedError(f"this CPU cannot run target {self.target.name}")
-            self._lib = ctypes.CDLL(str(build_shared(self.sources, self.target)))
+            self._lib = open_shared(self.sources, self.target, symbols=symbols)
             return
         ok, how = emulation_available(self.target)
         if ok and how == "SIMDe" and all(tvm):
@@ -68,7 +69,7 @@ class GemmLibrary(BatchedCalls):
             raise TargetNotSupportedError(f"cannot emulate target {self.target.name} here: needs {how}")
         self.how = f"emulated ({how})"
         if how == "SIMDe":
-            self._lib = ctypes.CDLL(str(build_shared(self.sources, self.target, emulate=True)))
+            self._lib = open_shared(self.sources, self.target, emulate=True, symbols=symbols)
             return
         driver = _env().get_template("gemm_driver.c.j2").render(
             version=__version__, t=self.target,

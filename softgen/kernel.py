@@ -115,7 +115,7 @@ class Kernel:
 
     # -- execution ------------------------------------------------------------------------------
     def _entry(self, emulate: bool):
-        from .runtime import build_shared, load_entry
+        from .runtime import load_entry, open_shared
         if emulate:
             if self._emu_fn is None:
                 from .emulator import load_emulated
@@ -129,9 +129,9 @@ class Kernel:
                     f"kernel {self.name} needs target {self.target.name}, which this CPU cannot run "
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
-            self._fn = load_entry(build_shared(self.sources(), self.target), self.name,
-                                  len(self.row_params), 2 if self.selected else 1, matrix=self.matrix,
-                                  abi=self.abi)
+            lib = open_shared(self.sources(), self.target, symbols=(self.name,))
+            self._fn = load_entry(lib, self.name, len(self.row_params), 2 if self.selected else 1,
+                                  matrix=self.matrix, abi=self.abi)
         return self._fn
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:

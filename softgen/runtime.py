@@ -1,36 +1,83 @@
 """Building and loading generated C: the system C compiler, a content-hash cache, ctypes.
 
 Built objects are cached under ``$SOFTGEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/softgen``, else
-``~/.cache/softgen``, keyed by a hash of the source, the compiler's identity and the flags, and
-written atomically (several processes may build the same kernel at once).
+``~/.cache/softgen`` (a directory private to the user: see ``cache_dir``), keyed by a hash of the
+source, the compiler's identity and the flags, written atomically (several processes may build
+the same kernel at once) with a SHA-256 sidecar. An entry that does not match its digest, does
+not load or lacks its symbol is rebuilt.
 """
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import functools
 import hashlib
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from . import __version__
-from .errors import BuildError
+from .errors import BuildError, CacheError
 from .targets import Target, host_arch
+
+CACHE_HINT = "set SOFTGEN_CACHE_DIR to a private directory of yours to use another one"
 
 BASE_CFLAGS = ("-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
                "-fno-math-errno", "-Wall")
 
 
-def cache_dir() -> Path:
+def _cache_root() -> Path:
     root = os.environ.get("SOFTGEN_CACHE_DIR")
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        root = str(Path(xdg) / "softgen")
-    path = Path(root) / f"v{__version__}"
-    path.mkdir(parents=True, exist_ok=True)
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if not xdg:
+        try:
+            xdg = str(Path.home() / ".cache")
+        except RuntimeError:  # no $HOME and no passwd entry
+            raise CacheError(f"there is no home directory for the softgen cache; {CACHE_HINT}") from None
+    return Path(xdg) / "softgen"
+
+
+def _unusable(d: Path, e: OSError) -> CacheError:
+    return CacheError(f"cannot use the softgen cache directory {d}: {e.strerror or e}; {CACHE_HINT}")
+
+
+def _check_private(d: Path, st: os.stat_result) -> None:
+    """softgen dlopens what it finds in the cache: a directory another user can write to (or
+    owns, and so can chmod) lets that user run code in this process."""
+    why = ""
+    if st.st_uid != os.geteuid():
+        why = f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        why = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}; chmod go-w it)"
+    if why:
+        raise CacheError(f"refusing to use the softgen cache directory {d}: it {why}, so another "
+                         f"user could plant code that softgen would load; {CACHE_HINT}")
+
+
+def cache_dir() -> Path:
+    """The cache directory ``<root>/v<version>``, created private (0700). ``CacheError`` if it
+    cannot be, or unless both it and the root are owned by this user and not group/world-writable."""
+    root = _cache_root()
+    path = root / f"v{__version__}"
+    for d in (root, path):
+        try:
+            try:
+                st = os.stat(d)
+            except FileNotFoundError:
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                st = os.stat(d)
+        except OSError as e:
+            raise _unusable(d, e) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise CacheError(f"the softgen cache directory {d} is not a directory; {CACHE_HINT}")
+        _check_private(d, st)
     return path
 
 
@@ -90,41 +137,146 @@ def flags_for(target: Target, emulate: bool = False) -> list[str]:
     return list(BASE_CFLAGS) + (emulation_flags(target) if emulate else list(target.cflags))
 
 
+# ELF e_type a cache entry must have, by suffix: ET_DYN; ET_EXEC or (static-pie) ET_DYN; ET_REL
+_ELF_TYPES = {".so": ((3,), "a shared library"), ".exe": ((2, 3), "an executable"),
+              ".o": ((1,), "an object file")}
+_STALE_TMP_SECONDS = 3600  # far longer than any build: a tmp* directory this old lost its builder
+_verified: dict[Path, tuple] = {}  # entry -> the file version (dev, ino, size, mtime) hashed here
+
+
+def _elf_type(data: bytes) -> int | None:
+    if len(data) < 18 or data[:4] != b"\x7fELF" or data[5] not in (1, 2):
+        return None
+    return int.from_bytes(data[16:18], "little" if data[5] == 1 else "big")
+
+
+def _version(f) -> tuple:
+    st = os.fstat(f.fileno())
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _intact(entry: Path) -> bool:
+    """Whether ``entry`` holds what was built for its key: its SHA-256 is the one in the sidecar
+    ``<key>.sha256`` written after it (a truncated, flipped or stale file is not)."""
+    try:
+        with open(entry, "rb") as f:
+            version = _version(f)
+            if _verified.get(entry) == version:
+                return True
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if entry.with_suffix(".sha256").read_text().strip() != digest:
+            return False
+    except (OSError, UnicodeDecodeError):
+        return False
+    _verified[entry] = version
+    return True
+
+
+def _clean_stale_tmp(d: Path) -> None:
+    """Remove the ``tmp*`` build directories of builds that were killed."""
+    cutoff = time.time() - _STALE_TMP_SECONDS
+    try:
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.startswith("tmp") and e.is_dir(follow_symlinks=False) \
+                        and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                    shutil.rmtree(e.path, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _fsynced(path: Path) -> tuple[bytes, tuple]:
+    """The contents and version of ``path``, on disk: a crash after the rename that publishes it
+    must not leave an entry whose blocks were never written."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        return f.read(), _version(f)
+
+
+def _cached(entry: Path, make, what: str, rebuild: bool = False) -> Path:
+    """The cache file ``entry``; unless it is intact (and not ``rebuild``), first made anew by
+    ``make(tmp) -> (file, {suffix: companion file})`` in a fresh temporary directory, checked to
+    be the ELF file its suffix names, and moved into place (a reader sees the old file or the
+    new one): the file, then its digest, then its companions."""
+    if not rebuild and _intact(entry):
+        return entry
+    _clean_stale_tmp(entry.parent)
+    try:
+        with tempfile.TemporaryDirectory(dir=entry.parent, prefix="tmp") as tmp:
+            built, companions = make(Path(tmp))
+            data, version = _fsynced(built) if built.is_file() else (b"", None)
+            types, kind = _ELF_TYPES[entry.suffix]
+            if _elf_type(data) not in types:
+                raise BuildError(f"{what} did not produce {kind} (ELF e_type "
+                                 f"{' or '.join(map(str, types))}); nothing was cached")
+            digest = Path(tmp) / "sha256"
+            digest.write_text(hashlib.sha256(data).hexdigest() + "\n")
+            _fsynced(digest)
+            os.replace(built, entry)
+            os.replace(digest, entry.with_suffix(".sha256"))
+            for suffix, path in companions.items():
+                os.replace(path, entry.with_suffix(suffix))
+            _verified[entry] = version
+    except OSError as e:  # the compiler's own failures are BuildErrors: this is the directory's
+        raise _unusable(entry.parent, e) from None
+    return entry
+
+
 def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], suffix: str,
-                  libs: tuple[str, ...] = ("-lm",)) -> Path:
+                  libs: tuple[str, ...] = ("-lm",), rebuild: bool = False) -> Path:
     """Compile ``sources`` (file name -> text) with one compiler command; cached by content."""
     blobs = [v.encode() if isinstance(v, str) else v for v in sources.values()]
     key = hashlib.sha256(b"\0".join([*(k.encode() for k in sources), *blobs,
                                      *(a.encode() for a in (_compiler_identity(tuple(argv0)),
                                                              *argv0, *flags, *libs))])).hexdigest()[:32]
-    product = cache_dir() / f"{key}{suffix}"
-    if not product.exists():
-        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-            paths, link = [], []
-            for fname, data in sources.items():  # C text, bytes (an object file), a version script
-                path = Path(tmp) / fname
-                path.write_bytes(data.encode() if isinstance(data, str) else data)
-                if fname.endswith(".map"):
-                    link.append(f"-Wl,--version-script={path}")
-                else:
-                    paths.append(path)
-            out = Path(tmp) / f"out{suffix}"
-            _run([*argv0, *flags, "-o", str(out), *map(str, paths), *link, *libs], "C compiler")
-            os.replace(out, product)
-            shutil.copyfile(paths[0], product.with_suffix(".c"))
-    return product
+
+    def make(tmp: Path):
+        paths, link = [], []
+        for fname, data in sources.items():  # C text, bytes (an object file), a version script
+            path = tmp / fname
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
+            if fname.endswith(".map"):
+                link.append(f"-Wl,--version-script={path}")
+            else:
+                paths.append(path)
+        out = tmp / f"out{suffix}"
+        _run([*argv0, *flags, "-o", str(out), *map(str, paths), *link, *libs], "C compiler")
+        return out, {".c": paths[0]}
+
+    what = f"the C compiler ({shlex.join(argv0)})"
+    return _cached(cache_dir() / f"{key}{suffix}", make, what, rebuild)
 
 
 def build_shared(source: str | dict, target: Target, *, emulate: bool = False, cc: str | None = None,
-                 dest: Path | None = None) -> Path:
+                 dest: Path | None = None, rebuild: bool = False) -> Path:
     """Compile ``source`` (C text, or a dict of file name -> C text / object bytes) to a shared
-    library (cached); copy it to ``dest`` if given."""
+    library (cached; ``rebuild``: even if cached); copy it to ``dest`` if given."""
     sources = {"kernel.c": source} if isinstance(source, str) else source
-    lib = _cached_build(sources, compiler_for(target, cc), flags_for(target, emulate) + ["-shared"], ".so")
+    lib = _cached_build(sources, compiler_for(target, cc), flags_for(target, emulate) + ["-shared"], ".so",
+                        rebuild=rebuild)
     if dest is not None:
         shutil.copyfile(lib, dest)
         return dest
     return lib
+
+
+def open_shared(source: str | dict, target: Target, *, emulate: bool = False, cc: str | None = None,
+                symbols: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """``build_shared`` and load the library, which must export ``symbols``; a cached library
+    that does not load or lacks one is rebuilt once."""
+    for rebuild in (False, True):
+        lib = build_shared(source, target, emulate=emulate, cc=cc, rebuild=rebuild)
+        try:
+            handle = ctypes.CDLL(str(lib))
+        except OSError as e:
+            why = str(e)
+            continue
+        missing = [s for s in symbols if not hasattr(handle, s)]
+        if not missing:
+            return handle
+        _ctypes.dlclose(handle._handle)  # else dlopen would return this library for the path again
+        why = f"it does not export {', '.join(missing)}"
+    raise BuildError(f"the library built for target {target.name} cannot be loaded ({lib}): {why}")
 
 
 def build_executable(sources: dict[str, str], target: Target, cc: str | None = None) -> Path:
@@ -145,13 +297,12 @@ def assembly(source: str, target: Target, cc: str | None = None, mark_loops: boo
     return res.stdout
 
 
-def load_entry(lib: Path, symbol: str, row_params: int = 0, outputs: int = 1, matrix: bool = False,
-               abi=None):
-    """The C entry point ``int symbol(x, y, rows, n, ldx, ldy, *row_params)`` of a built library;
+def load_entry(handle: ctypes.CDLL, symbol: str, row_params: int = 0, outputs: int = 1,
+               matrix: bool = False, abi=None):
+    """The C entry point ``int symbol(x, y, rows, n, ldx, ldy, *row_params)`` of a loaded library;
     ``outputs=2``: a selected output's ``int symbol(x, indices, weights, rows, n, ldx, ldo)``;
     a matrix kernel's takes ``size_t m`` (rows per matrix) after ``ldy`` instead, one with the
     general matrix ABI (``abi``, a ``matrix.MatrixABI``) its own arguments."""
-    handle = ctypes.CDLL(str(lib))
     fn = getattr(handle, symbol)
     if abi is not None and abi.style == "general":
         fn.argtypes = [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in abi.params()]

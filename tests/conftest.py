@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -23,6 +25,20 @@ OP_ALGS = [(op, alg) for op in OPS for alg in ALGORITHMS_OF[op]]
 BACKENDS = ["c", "tvm"]
 # CI installs every emulator and TVM (.ci/run): there a missing one is a failure, not a skip.
 STRICT = os.environ.get("CI") == "true"
+
+
+def pytest_configure(config):
+    """Build kernels into a cache for this run, not the user's, unless SOFTGEN_CACHE_DIR is set
+    for the run (e.g. to keep one across runs). In the environment, so that CLI subprocesses and
+    pytest-xdist workers (started later, by this controller) share the kernels built."""
+    if not os.environ.get("SOFTGEN_CACHE_DIR"):
+        config._softgen_cache = os.environ["SOFTGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="softgen-tests-")
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_softgen_cache", None):
+        shutil.rmtree(config._softgen_cache, ignore_errors=True)
+        del os.environ["SOFTGEN_CACHE_DIR"]
 
 
 @functools.cache

@@ -812,24 +812,16 @@ def _parse_all(tir: str):
 @cache
 def _object(tir: str, target_name: str) -> bytes:
     """The ELF object of the row functions (TVM's bundled LLVM; no cross tools needed)."""
-    import tempfile
-    from pathlib import Path
-
-    import os
-
-    from ..runtime import cache_dir
+    from ..runtime import _cached, cache_dir
     from ..targets import get_target
     # cached on disk like the C builds: TVM's lowering of a long kernel takes seconds
     key = hashlib.sha256("\0".join([tir, target_name, tvm_adapter.available()[1]]).encode()).hexdigest()[:32]
-    cached = cache_dir() / f"tvm-{key}.o"
-    if cached.exists():
-        return cached.read_bytes()
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        path = tvm_adapter.compile_to_object(_parse_all(tir), get_target(target_name), Path(tmp) / "k.o",
-                                             pipeline="lean")
-        data = path.read_bytes()
-        os.replace(path, cached)
-        return data
+
+    def make(tmp):
+        return tvm_adapter.compile_to_object(_parse_all(tir), get_target(target_name), tmp / "k.o",
+                                             pipeline="lean"), {}
+
+    return _cached(cache_dir() / f"tvm-{key}.o", make, "TVM").read_bytes()
 
 
 def sources(tir: str, wrapper: str, target: Target) -> dict:
