@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import keyword
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from . import passes
 from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
-from .ir import C_KEYWORDS as _C_KEYWORDS, INDEX_MAX_N, Program
+from .ir import INDEX_MAX_N, Program
 from .schedule import AUTO_ALGORITHM, Schedule, default_schedule
 from .targets import Target, get_target, host_target
 
@@ -24,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the install
     _fastcall = None
 
 BACKENDS = ("c", "tvm")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the row",
            3: "rows * stride overflows the address space",
            4: f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
@@ -38,12 +37,18 @@ def _failed(name: str, rc: int) -> Exception:
 
 
 def check_name(name: str) -> str:
-    """A kernel name becomes a C symbol and a file name: it must be a plain C identifier."""
-    if not isinstance(name, str) or not _IDENT.match(name) or name in _C_KEYWORDS \
-            or name.startswith(("sg_", "__")) or keyword.iskeyword(name):
+    """A kernel name becomes an exported C symbol, a file name and the stem of header macros: a
+    plain C identifier that collides with nothing a host program or the generated code declares
+    (``cnames``)."""
+    from .cnames import name_clash
+    from .export import CODES
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise UsageError(f"invalid kernel name {name!r}: use a C identifier of at most 64 "
-                         f"characters ([A-Za-z_][A-Za-z0-9_]*), not a C keyword, not starting "
-                         f"with 'sg_' or '__'")
+                         f"characters ([A-Za-z_][A-Za-z0-9_]*)")
+    why = name_clash(name, [suffix for suffix, _ in CODES.values()])
+    if why:
+        raise UsageError(f"invalid kernel name {name!r}: {why}; choose another name "
+                         f"(e.g. a prefix of your own)")
     return name
 
 

@@ -83,6 +83,37 @@ def test_bad_arguments_raise_usage_errors(kw, match):
         softgen.compile(args.pop("op"), **args)
 
 
+# Names that reached the C compiler as a BuildError, or built a library that breaks its host
+# program: an exported `puts` replaces libc's, `linux` is a predefined macro, `X_OK` (name `x`)
+# is unistd.h's.
+@pytest.mark.parametrize("name", [
+    "abc\n", "SG_LANES", "VEC", "IVEC", "MASK", "V_LOAD", "size_t", "NULL", "malloc", "expf",
+    "_mm256_add_ps", "puts", "printf", "errno", "stdin", "x", "y", "linux", "unix", "i386",
+    "class", "main", "W", "_Foo", "EINVAL", "vaddq_f32", "Sg_helper",
+])
+def test_names_colliding_with_c_are_usage_errors(name):
+    with pytest.raises(softgen.UsageError, match="invalid kernel name"):
+        softgen.compile("softmax", target="scalar", name=name)
+
+
+def test_names_the_generated_code_defines_are_refused_on_every_target():
+    """Derived, not hand-listed: every macro and typedef of every target's ISA header."""
+    import re
+    from softgen.backends.c import isa_header
+    from softgen.kernel import check_name
+    from softgen.targets import all_targets
+    for t in all_targets().values():
+        idents = re.findall(r"#define (\w+)|typedef [^;]*?(\w+);", isa_header(t))
+        for ident in {a or b for a, b in idents} - {""}:
+            with pytest.raises(softgen.UsageError):
+                check_name(ident)
+
+
+@pytest.mark.parametrize("name", ["my_softmax", "attn_probs", "exp_norm", "topk_router", "Softmax2"])
+def test_ordinary_names_are_accepted(name):
+    assert softgen.compile("softmax", target="scalar", name=name).name == name
+
+
 def test_usage_errors_are_value_errors():
     assert issubclass(softgen.UsageError, ValueError)
 
