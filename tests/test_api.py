@@ -114,6 +114,42 @@ def test_ordinary_names_are_accepted(name):
     assert softgen.compile("softmax", target="scalar", name=name).name == name
 
 
+def test_numpy_and_index_integers_are_accepted_as_parameters():
+    """Parameters normalise to Python numbers (and strings for choices) whatever their type."""
+    class Two:
+        def __index__(self):
+            return 2
+    for k in (np.int64(2), np.uint8(2), Two(), np.array(2), 2.0):
+        kd = softgen.compile("topk_softmax", target="scalar", k=k, sparse=np.True_)
+        assert kd.params == {"k": 2, "renormalize": 1, "sparse": 1} and type(kd.params["k"]) is int
+    assert softgen.compile("softmax", target="scalar", temperature=np.float32(2)).params == {"scale": 0.5}
+    assert softgen.compile("softmax", target="scalar", scale=np.array(2.0)).params == {"scale": 2.0}
+    assert softgen.compile("newton_pinv", target="scalar", variant=np.str_("norm")).params["variant"] == "norm"
+    assert softgen.compile("sinkhorn", target="scalar", n_iter=np.int32(2)).params["n_iter"] == 2
+    for sched in ({"unroll": np.int64(2), "block": np.int32(1024)},
+                  softgen.Schedule(unroll=np.int64(2), accumulators=np.int8(2), block=1024)):
+        s = softgen.compile("softmax", target="scalar", schedule=sched).schedule
+        assert (s.unroll, s.block) == (2, 1024) and type(s.unroll) is int and type(s.block) is int
+
+
+@pytest.mark.parametrize("op,kw,match", [
+    ("softmax", dict(scale=10 ** 400), "parameter scale must be finite"),
+    ("softmax", dict(scale=True), "parameter scale must be a real number, got True"),
+    ("softmax", dict(temperature="2"), "parameter temperature must be a real number, got '2'"),
+    ("softmax", dict(scale=np.array([2.0])), "parameter scale must be a real number"),
+    ("softmax", dict(scale=2 + 0j), "parameter scale must be a real number"),
+    ("newton_pinv", dict(variant=np.array(["norm"])), "parameter variant must be one of"),
+    ("newton_pinv", dict(variant=1), "parameter variant must be one of"),
+    ("topk_softmax", dict(k="2"), "parameter k must be a real number"),
+    ("topk_softmax", dict(k=10 ** 400), "parameter k must be finite"),
+    ("softmax", dict(schedule={"unroll": np.float64(2)}), "schedule unroll must be an integer"),
+    ("softmax", dict(schedule={"unroll": True}), "schedule unroll must be an integer"),
+])
+def test_bad_parameter_types_are_usage_errors_naming_the_parameter(op, kw, match):
+    with pytest.raises(softgen.UsageError, match=match):
+        softgen.compile(op, target="scalar", **kw)
+
+
 def test_usage_errors_are_value_errors():
     assert issubclass(softgen.UsageError, ValueError)
 

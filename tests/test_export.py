@@ -307,6 +307,26 @@ def test_error_code_through_the_runner(exported, tmp_path):
     assert np.all(np.frombuffer((tmp_path / "y.bin").read_bytes(), np.float32) == 5.0)
 
 
+def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A failure while writing (here: the manifest) removes what was written, and the
+    directories the export created."""
+    k = softgen.compile("softmax", algorithm="online", target="scalar", name="t_failing")
+    write_text = Path.write_text
+
+    def failing(self, *a, **kw):
+        if self.suffix == ".json":
+            raise OSError(28, "No space left on device")
+        return write_text(self, *a, **kw)
+    monkeypatch.setattr(Path, "write_text", failing)
+    with pytest.raises(OSError):
+        k.export(tmp_path / "new" / "out")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old").mkdir()
+    with pytest.raises(OSError):
+        k.export(tmp_path / "old")
+    assert list((tmp_path / "old").iterdir()) == []
+
+
 # -- the header is clean C and C++ --------------------------------------------------------------
 
 def test_header_is_clean_c_and_cpp(exported, tmp_path):
