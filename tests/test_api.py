@@ -30,10 +30,44 @@ def test_non_arrays_and_0d(k):
         k(np.array(1.0, np.float32))
 
 
+@pytest.mark.parametrize("layout", ["reversed-rows", "reversed-both", "transposed",
+                                    "strided-last-axis", "reversed-middle-axis"])
+def test_out_takes_any_strides_like_a_ufunc(k, layout, rng):
+    """out= need not be addressable by the C ABI (ld is a size_t, the last axis contiguous):
+    such an out gets the result through a temporary, as NumPy ufuncs accept any strides."""
+    x = rng.standard_normal((3, 4, 9)).astype(np.float32)
+    base = np.full((3, 4, 18), 7.0, np.float32)
+    out = {"reversed-rows": base[:, :, :9][:, ::-1][::-1],
+           "reversed-both": base[:, :, :9][..., ::-1, ::-1],
+           "transposed": np.full((9, 4, 3), 7.0, np.float32).T,
+           "strided-last-axis": base[:, :, ::2],
+           "reversed-middle-axis": base[:, ::-1, :9]}[layout]
+    y = run(k, x, out=out)
+    assert y is out and np.array_equal(out, run(k, x))
+    if layout == "strided-last-axis":
+        assert np.all(base[:, :, 1::2] == 7.0)   # only out's elements were written
+
+
+def test_numpy_scalars_behave_as_0d_arrays(k):
+    """softmax of a 0-d input is refused (issue #15 may revisit); a NumPy scalar gets exactly
+    the 0-d array's error, not 'got float32'."""
+    for scalar, err in ((np.float32(1.0), ValueError), (np.float64(1.0), TypeError)):
+        with pytest.raises(err) as as_scalar:
+            k(scalar)
+        with pytest.raises(err) as as_array:
+            k(np.array(scalar))
+        assert str(as_scalar.value) == str(as_array.value)
+    with pytest.raises(ValueError, match=r"got shape \(\) \(NumPy scalars and 0-d arrays have no axis\)"):
+        k(np.float32(1.0))
+    km = softgen.compile("sinkhorn", target="scalar")
+    with pytest.raises(ValueError, match="at least two axes"):
+        km(np.float32(1.0))
+
+
 def test_out_is_checked_and_left_untouched_on_error(k):
     x = np.ones((2, 5), np.float32)
     for bad, err in [(np.zeros((2, 4), np.float32), ValueError), (np.zeros((2, 5)), TypeError),
-                     (np.zeros((5, 2), np.float32).T, ValueError), ([0.0] * 10, TypeError)]:
+                     ([0.0] * 10, TypeError)]:
         before = np.array(bad, copy=True)
         with pytest.raises(err):
             k(x, out=bad)
