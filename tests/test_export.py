@@ -327,6 +327,23 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list((tmp_path / "old").iterdir()) == []
 
 
+@pytest.mark.parametrize("op,params,backend", [
+    ("softmax", {}, "tvm"), ("topk_softmax", {"sparse": 1}, "c"), ("sinkhorn", {}, "c"),
+    ("newton_pinv", {}, "c"), ("newton_pinv", {}, "tvm")])
+def test_library_exports_only_the_entry_point(op, params, backend):
+    """A library exports its entry and nothing else, whatever the backend (TVM objects are
+    linked with a version script) or the op (matrix ops link GEMM drivers)."""
+    if backend == "tvm":
+        from softgen.backends.tvm_adapter import available
+        if not available()[0]:
+            pytest.skip(available()[1])
+    from softgen.runtime import build_shared
+    k = softgen.compile(op, target="scalar", backend=backend, name="t_exports", **params)
+    nm = sh("nm", "-D", "--defined-only", build_shared(k.sources(), k.target)).stdout
+    defined = {ln.split()[-1] for ln in nm.splitlines() if ln.split() and ln.split()[-2] not in "UwvN"}
+    assert defined - LINKER_SYMBOLS == {"t_exports"}, nm
+
+
 # -- the header is clean C and C++ --------------------------------------------------------------
 
 def test_header_is_clean_c_and_cpp(exported, tmp_path):
