@@ -185,9 +185,9 @@ class Kernel:
             what = "two axes (..., m, n)" if self.matrix else "one axis"
             hint = " (NumPy scalars and 0-d arrays have no axis)" if x.ndim == 0 else ""
             raise ValueError(f"{self.name} needs an array with at least {what}, got shape {x.shape}{hint}")
-        return x
         if self.matrix and self.abi.square and x.shape[-1] != x.shape[-2]:
             raise ValueError(f"{self.name} ({self.op}) needs square matrices (..., m, m), got shape {x.shape}")
+        return x
 
     def _run_selected(self, fn, x, out, call):
         """(indices int64, weights float32), shape x.shape[:-1] + (min(k, n),)."""

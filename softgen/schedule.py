@@ -23,17 +23,17 @@ class Schedule:
     block: int = 2048
 
     def validate(self, lanes: int) -> "Schedule":
-        """This schedule with Python int fields (NumPy integers are accepted), checked."""
-        self = replace(self, **{k: _positive(k, getattr(self, k)) for k in ("unroll", "accumulators", "block")})
-        if self.unroll > 32:
-            raise UsageError(f"schedule unroll must be <= 32, got {self.unroll}")
-        if self.unroll % self.accumulators:
-            raise UsageError(f"schedule accumulators ({self.accumulators}) must divide unroll ({self.unroll})")
-        step = self.unroll * lanes
-        if self.block % step or self.block > 1 << 24:
-            raise UsageError(f"schedule block ({self.block}) must be a multiple of "
+        """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
+        s = replace(self, **{k: _positive(k, getattr(self, k)) for k in ("unroll", "accumulators", "block")})
+        if s.unroll > 32:
+            raise UsageError(f"schedule unroll must be <= 32, got {s.unroll}")
+        if s.unroll % s.accumulators:
+            raise UsageError(f"schedule accumulators ({s.accumulators}) must divide unroll ({s.unroll})")
+        step = s.unroll * lanes
+        if s.block % step or s.block > 1 << 24:
+            raise UsageError(f"schedule block ({s.block}) must be a multiple of "
                              f"unroll*lanes ({step}) and at most 2^24")
-        return self
+        return s
 
     def step(self, lanes: int) -> int:
         return self.unroll * lanes
