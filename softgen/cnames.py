@@ -1,6 +1,6 @@
 """Which names a generated kernel may take: its name is an exported C symbol, a file stem and
-the stem of its header's macros (``<NAME>_OK``, ...), so it must not collide
-with anything a C or C++ program around it declares.
+the stem of its header's macros (``<NAME>_OK``, ...), so it must not collide with anything a C
+or C++ program around it, or the generated code, declares.
 
 The check is pure Python, never a compiler run: whether a name is valid must not depend on the
 machine (a library is often built for another one), and a bad name is a usage error, not a
