@@ -20,6 +20,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{sub}: {message}" if sub else message)
 
 
+class _Once(argparse.Action):
+    """A parameter option given twice is a usage error, not 'the last one wins'."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"parameter {option_string} given twice")
+        setattr(namespace, self.dest, values)
+
+
 def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op", default="softmax", help="op to generate (default: softmax; see 'softgen ops')")
     p.add_argument("--algorithm", default="auto",
@@ -27,13 +36,13 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="host", help="host | scalar | avx2 | avx512 (default: host)")
     p.add_argument("--backend", default="c", help="c (Jinja-C templates, default) | tvm (TensorIR + LLVM)")
     p.add_argument("--name", help="C symbol and file stem (a C identifier)")
-    p.add_argument("--scale", type=float, help="softmax(scale * x); scale > 0")
-    p.add_argument("--temperature", type=float, help="softmax(x / temperature); temperature > 0")
+    p.add_argument("--scale", type=float, action=_Once, help="softmax(scale * x); scale > 0")
+    p.add_argument("--temperature", type=float, action=_Once, help="softmax(x / temperature); temperature > 0")
     p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                    help="any op parameter (repeatable)")
-    p.add_argument("--unroll", type=int, help="schedule: vectors per main-loop iteration")
-    p.add_argument("--accumulators", type=int, help="schedule: independent accumulators")
-    p.add_argument("--block", type=int, help="schedule: elements per compensated reduction block")
+    p.add_argument("--unroll", type=int, action=_Once, help="schedule: vectors per main-loop iteration")
+    p.add_argument("--accumulators", type=int, action=_Once, help="schedule: independent accumulators")
+    p.add_argument("--block", type=int, action=_Once, help="schedule: elements per compensated reduction block")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +77,8 @@ def _params(args) -> dict:
         key, sep, val = item.partition("=")
         if not sep or not key.isidentifier():
             raise UsageError(f"--param expects NAME=VALUE, got {item!r}")
+        if key in params:
+            raise UsageError(f"parameter {key} given twice (--param {key}=...)")
         try:
             params[key] = float(val)
         except ValueError:
@@ -77,6 +88,8 @@ def _params(args) -> dict:
             params[key] = val
     for key in ("scale", "temperature"):
         if getattr(args, key) is not None:
+            if key in params:
+                raise UsageError(f"parameter {key} given twice (--{key} and --param {key}=...)")
             params[key] = getattr(args, key)
     return params
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -163,12 +165,40 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         "schedule": k.schedule.as_dict(), "traffic": k.plan.traffic(), "accuracy": accuracy,
         "files": {key: p.name for key, p in paths.items()},
     }
-    # An unusable output path is a failure (OSError), not a usage error: the CLI exits 1.
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(library, paths["library"])
-    paths["header"].write_text(header)
-    paths["source"].write_text(k.wrapper if k.backend == "tvm" else k.source)
-    if "tir" in paths:
-        paths["tir"].write_text(k.source)
-    paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
+    files = {"library": library, "header": header, "source": k.wrapper if k.backend == "tvm" else k.source,
+             "tir": k.source, "manifest": json.dumps(manifest, indent=2) + "\n"}
+    # An unusable output path is a failure (OSError), not a usage error: the CLI exits 1. Files
+    # are written into a temporary directory next to their place and renamed into it when all
+    # are written, so a failed export leaves nothing behind.
+    missing = [p for p in (out, *out.parents) if not p.exists()]   # the directories this creates
+    tmp = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".softgen-export-", dir=out))
+        for key, path in paths.items():
+            if isinstance(files[key], Path):
+                shutil.copyfile(files[key], tmp / path.name)
+            else:
+                (tmp / path.name).write_text(files[key])
+        for path in paths.values():
+            os.replace(tmp / path.name, path)
+        tmp.rmdir()
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(out, missing[-1] if missing else None)
+        raise
     return paths
+
+
+def _remove_empty(out: Path, created: Path | None) -> None:
+    """Remove ``out`` and its parents up to ``created`` (the export made them) while empty."""
+    p = out
+    while created is not None:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == created:
+            return
+        p = p.parent

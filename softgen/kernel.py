@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import keyword
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from . import passes
 from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
-from .ir import C_KEYWORDS as _C_KEYWORDS, INDEX_MAX_N, Program
+from .ir import INDEX_MAX_N, Program
 from .schedule import AUTO_ALGORITHM, Schedule, default_schedule
 from .targets import Target, get_target, host_target
 
@@ -24,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the install
     _fastcall = None
 
 BACKENDS = ("c", "tvm")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the row",
            3: "rows * stride overflows the address space",
            4: f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
@@ -38,12 +37,18 @@ def _failed(name: str, rc: int) -> Exception:
 
 
 def check_name(name: str) -> str:
-    """A kernel name becomes a C symbol and a file name: it must be a plain C identifier."""
-    if not isinstance(name, str) or not _IDENT.match(name) or name in _C_KEYWORDS \
-            or name.startswith(("sg_", "__")) or keyword.iskeyword(name):
+    """A kernel name becomes an exported C symbol, a file name and the stem of header macros: a
+    plain C identifier that collides with nothing a host program or the generated code declares
+    (``cnames``)."""
+    from .cnames import name_clash
+    from .export import CODES
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise UsageError(f"invalid kernel name {name!r}: use a C identifier of at most 64 "
-                         f"characters ([A-Za-z_][A-Za-z0-9_]*), not a C keyword, not starting "
-                         f"with 'sg_' or '__'")
+                         f"characters ([A-Za-z_][A-Za-z0-9_]*)")
+    why = name_clash(name, [suffix for suffix, _ in CODES.values()])
+    if why:
+        raise UsageError(f"invalid kernel name {name!r}: {why}; choose another name "
+                         f"(e.g. a prefix of your own)")
     return name
 
 
@@ -166,21 +171,27 @@ class Kernel:
         with getattr(fn, "batch", contextlib.nullcontext)():
             return [self._run(fn, x, o, c) for x, o, c in zip(xs, outs, calls)]
 
-    def _check_input(self, x) -> None:
+    def _check_input(self, x) -> np.ndarray:
+        """``x`` as the array the kernel takes; a NumPy scalar counts as a 0-d array."""
         if type(x) is not np.ndarray:
-            if not isinstance(x, np.ndarray):
-                raise TypeError(f"{self.name} takes a numpy.ndarray of float32, got {type(x).__name__}")
+            if isinstance(x, np.generic):
+                x = np.asarray(x)
+            elif not isinstance(x, np.ndarray):
+                raise TypeError(f"{self.name} takes a numpy.ndarray of float32, got {type(x).__name__} "
+                                f"(use np.asarray(x, np.float32))")
         if x.dtype != np.float32:
             raise TypeError(f"{self.name} takes float32 arrays, got {x.dtype} (use x.astype(np.float32))")
         if x.ndim < 1 + self.matrix:
             what = "two axes (..., m, n)" if self.matrix else "one axis"
-            raise ValueError(f"{self.name} needs an array with at least {what}, got shape {x.shape}")
+            hint = " (NumPy scalars and 0-d arrays have no axis)" if x.ndim == 0 else ""
+            raise ValueError(f"{self.name} needs an array with at least {what}, got shape {x.shape}{hint}")
         if self.matrix and self.abi.square and x.shape[-1] != x.shape[-2]:
             raise ValueError(f"{self.name} ({self.op}) needs square matrices (..., m, m), got shape {x.shape}")
+        return x
 
     def _run_selected(self, fn, x, out, call):
         """(indices int64, weights float32), shape x.shape[:-1] + (min(k, n),)."""
-        self._check_input(x)
+        x = self._check_input(x)
         if out is not None:
             raise TypeError(f"{self.name} returns new (indices, weights) arrays; it takes no out=")
         _ops.get_op(self.op).row_arguments([], x.shape, self.params, call or {})  # rejects call args
@@ -204,7 +215,7 @@ class Kernel:
     def _run(self, fn, x, out, call=None):
         if self.selected:
             return self._run_selected(fn, x, out, call)
-        self._check_input(x)
+        x = self._check_input(x)
         n = x.shape[-1]
         if out is None:
             y = np.empty(x.shape, np.float32)
@@ -300,6 +311,7 @@ class MatrixKernel(Kernel):
 
     def _run_inputs(self, fn, inputs, out):
         abi, names = self.abi, [nm for nm, _ in self.abi.inputs]
+        inputs = tuple(np.asarray(a) if isinstance(a, np.generic) else a for a in inputs)
         if len(inputs) != len(names):
             raise TypeError(f"{self.name} ({self.op}) takes {len(names)} arrays ({', '.join(names)}), "
                             f"got {len(inputs)}")
@@ -389,13 +401,9 @@ def _out_layout(x: np.ndarray, y, name: str):
         raise ValueError(f"{name}: out has shape {y.shape}, expected {x.shape}")
     if not y.flags.writeable:
         raise ValueError(f"{name}: out is read-only")
-    if not y.flags.aligned:
-        return None
-    lay = _layout(y)
-    if lay is None:
-        raise ValueError(f"{name}: out must have a contiguous last axis and evenly strided rows "
-                         f"(got strides {y.strides})")
-    return lay
+    # None: the C ABI cannot address out (misaligned, a strided last axis, rows not one
+    # non-negative stride apart: ld is a size_t); the caller computes into a temporary and copies
+    return _layout(y) if y.flags.aligned else None
 
 
 def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host",

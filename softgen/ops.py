@@ -16,6 +16,7 @@ from . import reference as ref
 from .errors import UsageError
 from .ir import TOPK_MAX, Program, Value
 from .matrix import MatrixProgram
+from .values import number, show
 
 
 @dataclass(frozen=True)
@@ -740,16 +741,31 @@ def get_op(name: str) -> OpDef:
     return OPS[name]
 
 
+def _normalise(op: OpDef, key: str, value):
+    """One parameter as the kernel bakes it: a str for choice parameters, else a finite number
+    (``values.number``); 0/1 flags also take bools; integer parameters given as integral floats
+    (the CLI's --param k=2) stay integers."""
+    if value is None:
+        return None
+    if key in op.choices:
+        v = value[()] if isinstance(value, np.ndarray) and value.ndim == 0 else value
+        if not isinstance(v, str) or v not in op.choices[key]:
+            raise UsageError(f"parameter {key} must be one of {', '.join(map(repr, op.choices[key]))}, "
+                             f"got {show(value)}")
+        return str(v)
+    default = op.params.get(key)
+    if type(default) is int and default in (0, 1) and isinstance(value, (bool, np.bool_)):
+        return int(value)
+    v = number(f"parameter {key}", value)
+    return int(v) if type(default) is int and isinstance(v, float) and v.is_integer() else v
+
+
 def resolve_params(op: OpDef, given: dict) -> dict:
     """Validated build-time parameters (baked into the kernel). Unknown names are errors."""
     unknown = sorted(set(given) - set(op.params))
     if unknown:
         raise UsageError(f"op {op.name!r} has no parameter(s) {unknown}; it takes {sorted(op.params)}")
-    flags = {k for k, d in op.params.items() if type(d) is int and d in (0, 1)}  # e.g. sparse
-    given = {k: int(v) if isinstance(v, bool) and k in flags else v for k, v in given.items()}
-    # integer parameters given as integral floats (the CLI's --param k=2) stay integers
-    given = {k: int(v) if type(op.params.get(k)) is int and isinstance(v, float) and v.is_integer()
-             else v for k, v in given.items()}
+    given = {k: _normalise(op, k, v) for k, v in given.items()}
     params = {**op.params, **{k: v for k, v in given.items() if v is not None}}
     if "scale" in op.params:
         s = _scale(params)
@@ -759,13 +775,6 @@ def resolve_params(op: OpDef, given: dict) -> dict:
         if not (0.0 < s32 < math.inf):
             raise UsageError(f"scale {s!r} is not representable as a positive finite float32")
         params["scale"] = s32
-    for k, v in params.items():
-        if k in op.choices:
-            if v not in op.choices[k]:
-                raise UsageError(f"parameter {k} must be one of {', '.join(map(repr, op.choices[k]))}, "
-                                 f"got {v!r}")
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise UsageError(f"parameter {k} must be a finite number, got {v!r}")
     return params
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from .errors import UsageError
+from .values import number, show
 
 
 @dataclass(frozen=True)
@@ -22,19 +23,17 @@ class Schedule:
     block: int = 2048
 
     def validate(self, lanes: int) -> "Schedule":
-        for k in ("unroll", "accumulators", "block"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UsageError(f"schedule {k} must be a positive integer, got {v!r}")
-        if self.unroll > 32:
-            raise UsageError(f"schedule unroll must be <= 32, got {self.unroll}")
-        if self.unroll % self.accumulators:
-            raise UsageError(f"schedule accumulators ({self.accumulators}) must divide unroll ({self.unroll})")
-        step = self.unroll * lanes
-        if self.block % step or self.block > 1 << 24:
-            raise UsageError(f"schedule block ({self.block}) must be a multiple of "
+        """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
+        s = replace(self, **{k: _positive(k, getattr(self, k)) for k in ("unroll", "accumulators", "block")})
+        if s.unroll > 32:
+            raise UsageError(f"schedule unroll must be <= 32, got {s.unroll}")
+        if s.unroll % s.accumulators:
+            raise UsageError(f"schedule accumulators ({s.accumulators}) must divide unroll ({s.unroll})")
+        step = s.unroll * lanes
+        if s.block % step or s.block > 1 << 24:
+            raise UsageError(f"schedule block ({s.block}) must be a multiple of "
                              f"unroll*lanes ({step}) and at most 2^24")
-        return self
+        return s
 
     def step(self, lanes: int) -> int:
         return self.unroll * lanes
@@ -48,6 +47,13 @@ class Schedule:
 
     def __str__(self) -> str:
         return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}"
+
+
+def _positive(key: str, value) -> int:
+    v = number(f"schedule {key}", value, integer=True)
+    if v < 1:
+        raise UsageError(f"schedule {key} must be a positive integer, got {show(value)}")
+    return v
 
 
 # target -> default schedule. Chosen by bench/softmax.py on the development machine.
@@ -75,9 +81,7 @@ def default_schedule(target: str, lanes: int, **overrides) -> Schedule:
     unknown = set(given) - {"unroll", "accumulators", "block"}
     if unknown:
         raise UsageError(f"unknown schedule parameter(s) {sorted(unknown)}")
-    for k, v in given.items():  # types first, before any arithmetic on them
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise UsageError(f"schedule {k} must be a positive integer, got {v!r}")
+    given = {k: _positive(k, v) for k, v in given.items()}  # types first, before any arithmetic
     if "unroll" in given and "accumulators" not in given and given["unroll"] % base.accumulators:
         given["accumulators"] = 1
     sched = replace(base, **given)

@@ -30,10 +30,44 @@ def test_non_arrays_and_0d(k):
         k(np.array(1.0, np.float32))
 
 
+@pytest.mark.parametrize("layout", ["reversed-rows", "reversed-both", "transposed",
+                                    "strided-last-axis", "reversed-middle-axis"])
+def test_out_takes_any_strides_like_a_ufunc(k, layout, rng):
+    """out= need not be addressable by the C ABI (ld is a size_t, the last axis contiguous):
+    such an out gets the result through a temporary, as NumPy ufuncs accept any strides."""
+    x = rng.standard_normal((3, 4, 9)).astype(np.float32)
+    base = np.full((3, 4, 18), 7.0, np.float32)
+    out = {"reversed-rows": base[:, :, :9][:, ::-1][::-1],
+           "reversed-both": base[:, :, :9][..., ::-1, ::-1],
+           "transposed": np.full((9, 4, 3), 7.0, np.float32).T,
+           "strided-last-axis": base[:, :, ::2],
+           "reversed-middle-axis": base[:, ::-1, :9]}[layout]
+    y = run(k, x, out=out)
+    assert y is out and np.array_equal(out, run(k, x))
+    if layout == "strided-last-axis":
+        assert np.all(base[:, :, 1::2] == 7.0)   # only out's elements were written
+
+
+def test_numpy_scalars_behave_as_0d_arrays(k):
+    """softmax of a 0-d input is refused (issue #15 may revisit); a NumPy scalar gets exactly
+    the 0-d array's error, not 'got float32'."""
+    for scalar, err in ((np.float32(1.0), ValueError), (np.float64(1.0), TypeError)):
+        with pytest.raises(err) as as_scalar:
+            k(scalar)
+        with pytest.raises(err) as as_array:
+            k(np.array(scalar))
+        assert str(as_scalar.value) == str(as_array.value)
+    with pytest.raises(ValueError, match=r"got shape \(\) \(NumPy scalars and 0-d arrays have no axis\)"):
+        k(np.float32(1.0))
+    km = softgen.compile("sinkhorn", target="scalar")
+    with pytest.raises(ValueError, match="at least two axes"):
+        km(np.float32(1.0))
+
+
 def test_out_is_checked_and_left_untouched_on_error(k):
     x = np.ones((2, 5), np.float32)
     for bad, err in [(np.zeros((2, 4), np.float32), ValueError), (np.zeros((2, 5)), TypeError),
-                     (np.zeros((5, 2), np.float32).T, ValueError), ([0.0] * 10, TypeError)]:
+                     ([0.0] * 10, TypeError)]:
         before = np.array(bad, copy=True)
         with pytest.raises(err):
             k(x, out=bad)
@@ -81,6 +115,73 @@ def test_bad_arguments_raise_usage_errors(kw, match):
     args = {"op": "softmax", "target": "scalar", **kw}
     with pytest.raises(softgen.UsageError, match=match):
         softgen.compile(args.pop("op"), **args)
+
+
+# Names that reached the C compiler as a BuildError, or built a library that breaks its host
+# program: an exported `puts` replaces libc's, `linux` is a predefined macro, `X_OK` (name `x`)
+# is unistd.h's.
+@pytest.mark.parametrize("name", [
+    "abc\n", "SG_LANES", "VEC", "IVEC", "MASK", "V_LOAD", "size_t", "NULL", "malloc", "expf",
+    "_mm256_add_ps", "puts", "printf", "errno", "stdin", "x", "y", "linux", "unix", "i386",
+    "class", "main", "W", "_Foo", "EINVAL", "vaddq_f32", "Sg_helper",
+])
+def test_names_colliding_with_c_are_usage_errors(name):
+    with pytest.raises(softgen.UsageError, match="invalid kernel name"):
+        softgen.compile("softmax", target="scalar", name=name)
+
+
+def test_names_the_generated_code_defines_are_refused_on_every_target():
+    """Derived, not hand-listed: every macro and typedef of every target's ISA header."""
+    import re
+    from softgen.backends.c import isa_header
+    from softgen.kernel import check_name
+    from softgen.targets import all_targets
+    for t in all_targets().values():
+        idents = re.findall(r"#define (\w+)|typedef [^;]*?(\w+);", isa_header(t))
+        for ident in {a or b for a, b in idents} - {""}:
+            with pytest.raises(softgen.UsageError):
+                check_name(ident)
+
+
+@pytest.mark.parametrize("name", ["my_softmax", "attn_probs", "exp_norm", "topk_router", "Softmax2"])
+def test_ordinary_names_are_accepted(name):
+    assert softgen.compile("softmax", target="scalar", name=name).name == name
+
+
+def test_numpy_and_index_integers_are_accepted_as_parameters():
+    """Parameters normalise to Python numbers (and strings for choices) whatever their type."""
+    class Two:
+        def __index__(self):
+            return 2
+    for k in (np.int64(2), np.uint8(2), Two(), np.array(2), 2.0):
+        kd = softgen.compile("topk_softmax", target="scalar", k=k, sparse=np.True_)
+        assert kd.params == {"k": 2, "renormalize": 1, "sparse": 1} and type(kd.params["k"]) is int
+    assert softgen.compile("softmax", target="scalar", temperature=np.float32(2)).params == {"scale": 0.5}
+    assert softgen.compile("softmax", target="scalar", scale=np.array(2.0)).params == {"scale": 2.0}
+    assert softgen.compile("newton_pinv", target="scalar", variant=np.str_("norm")).params["variant"] == "norm"
+    assert softgen.compile("sinkhorn", target="scalar", n_iter=np.int32(2)).params["n_iter"] == 2
+    for sched in ({"unroll": np.int64(2), "block": np.int32(1024)},
+                  softgen.Schedule(unroll=np.int64(2), accumulators=np.int8(2), block=1024)):
+        s = softgen.compile("softmax", target="scalar", schedule=sched).schedule
+        assert (s.unroll, s.block) == (2, 1024) and type(s.unroll) is int and type(s.block) is int
+
+
+@pytest.mark.parametrize("op,kw,match", [
+    ("softmax", dict(scale=10 ** 400), "parameter scale must be finite"),
+    ("softmax", dict(scale=True), "parameter scale must be a real number, got True"),
+    ("softmax", dict(temperature="2"), "parameter temperature must be a real number, got '2'"),
+    ("softmax", dict(scale=np.array([2.0])), "parameter scale must be a real number"),
+    ("softmax", dict(scale=2 + 0j), "parameter scale must be a real number"),
+    ("newton_pinv", dict(variant=np.array(["norm"])), "parameter variant must be one of"),
+    ("newton_pinv", dict(variant=1), "parameter variant must be one of"),
+    ("topk_softmax", dict(k="2"), "parameter k must be a real number"),
+    ("topk_softmax", dict(k=10 ** 400), "parameter k must be finite"),
+    ("softmax", dict(schedule={"unroll": np.float64(2)}), "schedule unroll must be an integer"),
+    ("softmax", dict(schedule={"unroll": True}), "schedule unroll must be an integer"),
+])
+def test_bad_parameter_types_are_usage_errors_naming_the_parameter(op, kw, match):
+    with pytest.raises(softgen.UsageError, match=match):
+        softgen.compile(op, target="scalar", **kw)
 
 
 def test_usage_errors_are_value_errors():

@@ -307,6 +307,43 @@ def test_error_code_through_the_runner(exported, tmp_path):
     assert np.all(np.frombuffer((tmp_path / "y.bin").read_bytes(), np.float32) == 5.0)
 
 
+def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A failure while writing (here: the manifest) removes what was written, and the
+    directories the export created."""
+    k = softgen.compile("softmax", algorithm="online", target="scalar", name="t_failing")
+    write_text = Path.write_text
+
+    def failing(self, *a, **kw):
+        if self.suffix == ".json":
+            raise OSError(28, "No space left on device")
+        return write_text(self, *a, **kw)
+    monkeypatch.setattr(Path, "write_text", failing)
+    with pytest.raises(OSError):
+        k.export(tmp_path / "new" / "out")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old").mkdir()
+    with pytest.raises(OSError):
+        k.export(tmp_path / "old")
+    assert list((tmp_path / "old").iterdir()) == []
+
+
+@pytest.mark.parametrize("op,params,backend", [
+    ("softmax", {}, "tvm"), ("topk_softmax", {"sparse": 1}, "c"), ("sinkhorn", {}, "c"),
+    ("newton_pinv", {}, "c"), ("newton_pinv", {}, "tvm")])
+def test_library_exports_only_the_entry_point(op, params, backend):
+    """A library exports its entry and nothing else, whatever the backend (TVM objects are
+    linked with a version script) or the op (matrix ops link GEMM drivers)."""
+    if backend == "tvm":
+        from softgen.backends.tvm_adapter import available
+        if not available()[0]:
+            pytest.skip(available()[1])
+    from softgen.runtime import build_shared
+    k = softgen.compile(op, target="scalar", backend=backend, name="t_exports", **params)
+    nm = sh("nm", "-D", "--defined-only", build_shared(k.sources(), k.target)).stdout
+    defined = {ln.split()[-1] for ln in nm.splitlines() if ln.split() and ln.split()[-2] not in "UwvN"}
+    assert defined - LINKER_SYMBOLS == {"t_exports"}, nm
+
+
 # -- the header is clean C and C++ --------------------------------------------------------------
 
 def test_header_is_clean_c_and_cpp(exported, tmp_path):
