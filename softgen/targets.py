@@ -49,7 +49,7 @@ class Target:
     requires: tuple[str, ...]      # llvmlite host feature names
     cflags: tuple[str, ...]
     header: str
-    simde_header: str
+    simde_header: tuple[str, ...]   # SIMDe headers of the emulated build
     fma: str
     llvm: dict
     types: dict
@@ -70,6 +70,11 @@ class Target:
         return [f for f in self.requires if not feats.get(f, False)]
 
 
+def _strings(v) -> tuple[str, ...]:
+    """A TOML value that is one string or a list of them, as a tuple ("" is none)."""
+    return tuple(s for s in ([v] if isinstance(v, str) else v) if s)
+
+
 def _load(name: str, text: str) -> Target:
     d = tomllib.loads(text)
     try:
@@ -82,7 +87,7 @@ def _load(name: str, text: str) -> Target:
             raise UsageError(f"target file {name}.toml declares name {d['name']!r}")
         return Target(name=d["name"], summary=d["summary"], arch=d["arch"], lanes=int(d["lanes"]),
                       requires=tuple(d["requires"]), cflags=tuple(d["cflags"]), header=d["header"],
-                      simde_header=d["simde_header"], fma=d["fma"], llvm=dict(d["llvm"]),
+                      simde_header=_strings(d["simde_header"]), fma=d["fma"], llvm=dict(d["llvm"]),
                       types=dict(d["types"]), isa=isa, prelude=d.get("prelude", {}).get("code", ""),
                       cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
                       extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d})
