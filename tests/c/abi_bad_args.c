@@ -5,6 +5,7 @@
  * if any failed.
  *   abi_row:   softmax (row entry)           abi_topk:  topk_softmax, sparse, k = 3
  *   abi_sink:  sinkhorn (unary matrix entry) abi_gauss: gaussian_kernel (general matrix entry, GEMM)
+ *   abi_nocpu: softmax built for a target requiring a feature this CPU lacks (with -DABI_NOCPU)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +15,9 @@
 #include "abi_topk.h"
 #include "abi_sink.h"
 #include "abi_gauss.h"
+#ifdef ABI_NOCPU
+#include "abi_nocpu.h"
+#endif
 
 #define BIG ((size_t)-1)   /* what an `int n = -1` becomes */
 
@@ -33,6 +37,7 @@ static int64_t idx[64];
 
 static void row(void)
 {
+    EXPECT(abi_row_supported(), 1);
     EXPECT(abi_row(x, y, 0, 8, 8, 8), ABI_ROW_OK);            /* nothing to do */
     EXPECT(abi_row(x, y, 4, 0, 0, 0), ABI_ROW_OK);
     EXPECT(abi_row(NULL, y, 4, 8, 8, 8), ABI_ROW_ENULL);
@@ -61,6 +66,7 @@ static void topk(void)
 {
     for (int i = 0; i < 8; i++)
         x[i] = (float)i;
+    EXPECT(abi_topk_supported(), 1);
     EXPECT(abi_topk(NULL, idx, w, 1, 8, 8, 3), ABI_TOPK_ENULL);
     EXPECT(abi_topk(x, NULL, w, 1, 8, 8, 3), ABI_TOPK_ENULL);
     EXPECT(abi_topk(x, idx, NULL, 1, 8, 8, 3), ABI_TOPK_ENULL);
@@ -80,6 +86,7 @@ static void topk(void)
 
 static void sink(void)
 {
+    EXPECT(abi_sink_supported(), 1);
     EXPECT(abi_sink(NULL, y, 4, 4, 4, 4, 4), ABI_SINK_ENULL);
     EXPECT(abi_sink(x, y, 4, 4, 3, 4, 4), ABI_SINK_ESTRIDE);
     EXPECT(abi_sink(x, y, 1, BIG, BIG, BIG, 1), ABI_SINK_EOVERFLOW);
@@ -94,6 +101,7 @@ static void sink(void)
 static void gauss(void)
 {
     /* a: batch x n x d, b: batch x m x d, s: batch x n x m */
+    EXPECT(abi_gauss_supported(), 1);
     EXPECT(abi_gauss(x, x, y, 0, 4, 4, 8, 8, 8, 4), ABI_GAUSS_OK);
     EXPECT(abi_gauss(NULL, x, y, 1, 4, 4, 8, 8, 8, 4), ABI_GAUSS_ENULL);
     EXPECT(abi_gauss(x, x, NULL, 1, 4, 4, 8, 8, 8, 4), ABI_GAUSS_ENULL);
@@ -107,12 +115,25 @@ static void gauss(void)
     EXPECT(abi_gauss(x, x, y, 2, 4, 4, 8, 8, 8, 4), ABI_GAUSS_OK);
 }
 
+#ifdef ABI_NOCPU
+static void nocpu(void)
+{
+    EXPECT(abi_nocpu_supported(), 0);
+    EXPECT(abi_nocpu(x, y, 2, 8, 8, 8), ABI_NOCPU_ECPU);
+    EXPECT(abi_nocpu(NULL, NULL, 0, 0, 0, 0), ABI_NOCPU_ECPU);   /* before any argument check */
+    EXPECT(abi_nocpu_supported(), 0);                           /* cached, still 0 */
+}
+#endif
+
 int main(void)
 {
     row();
     topk();
     sink();
     gauss();
+#ifdef ABI_NOCPU
+    nocpu();
+#endif
     if (failures)
         printf("%d check(s) failed\n", failures);
     else
