@@ -22,7 +22,8 @@ CODES = {0: ("OK", "success"), 1: ("ENULL", "x or y is NULL while rows and n are
          2: ("ESTRIDE", "ldx < n or ldy < n"), 3: ("EOVERFLOW", "rows * stride does not fit in the address space"),
          4: ("ETOOLONG", "a row is longer than {max_n} elements: element indices are float32 in the kernel"),
          5: ("EMATRIX", "m is 0 or does not divide rows"),
-         6: ("ENOMEM", "the scratch cannot be allocated"), 7: ("ESQUARE", "the matrices are not square (n != m)")}
+         6: ("ENOMEM", "the scratch cannot be allocated"), 7: ("ESQUARE", "the matrices are not square (n != m)"),
+         8: ("ECPU", "the CPU lacks the target's instructions ({requires}): see {name}_supported()")}
 GENERAL_CODES = {1: "a pointer is NULL while its matrix is not empty", 2: "an ld is below its row length",
                  3: "a matrix, or the scratch, does not fit in the address space",
                  4: "a row or column index exceeds {max_n}: indices are float32 in the kernel"}
@@ -34,14 +35,17 @@ def error_codes(k: Kernel, entry: dict) -> dict[int, tuple[str, str]]:
     mabi = k.abi
     codes = [0, 1, 2, 3] + ([4] if entry["max_n"] else []) \
         + ([] if mabi is None else [5, 6] if mabi.style == "unary" else [6]) \
-        + ([7] if mabi is not None and mabi.square else [])
+        + ([7] if mabi is not None and mabi.square else []) + [8]
     docs = {c: CODES[c][1] for c in codes}
     if mabi is not None and mabi.style == "general":
         docs.update({c: d for c, d in GENERAL_CODES.items() if c in docs})
     elif mabi is None:
         docs[1] = f"{' or '.join(['x'] + entry['nulls'])} is NULL while rows and n are nonzero"
         docs[2] = f"ldx < n or {entry['ld']} < {'min(k, n)' if entry['sparse'] else 'n'}"
-    return {c: (CODES[c][0], docs[c].format(max_n=entry["max_n"])) for c in codes}
+    if not k.target.requires:
+        docs[8] = "never returned: the target needs no instruction-set extension"
+    return {c: (CODES[c][0], docs[c].format(max_n=entry["max_n"], requires=", ".join(k.target.requires),
+                                            name=k.name)) for c in codes}
 
 
 def scratch_doc(k: Kernel) -> str:
@@ -142,7 +146,8 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
         row_params=[(rp, ROW_PARAM_DOCS.get(rp, "")) for rp in k.row_params], matrix=k.matrix,
         mabi=k.abi, errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
-        scratch=scratch_doc(k) if k.matrix else "")
+        scratch=scratch_doc(k) if k.matrix else "",
+        requires=", ".join(k.target.requires) or "no instruction-set extension")
     try:
         accuracy = measure_accuracy(k)
     except SoftgenError as e:
@@ -154,6 +159,8 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         **({"arguments": k.abi.arg_docs(), "abi_style": k.abi.style} if k.matrix else {}),
         "row_params": {rp: ROW_PARAM_DOCS.get(rp, "") for rp in k.row_params},
         "errors": {str(c): doc for c, (_, doc) in errors.items()},
+        "cpu_check": {"symbol": f"{k.name}_supported", "requires": list(k.target.requires),
+                      "error": 8, "doc": "1 if this CPU runs the library, else 0 (and every call returns 8)"},
         **({"outputs": {"indices": "int64, row r at indices[r*ldo ..], min(k, n) per row, largest "
                                    "first, lower index first on ties",
                         "weights": "float32, row r at weights[r*ldo ..], the weights of those entries"}}

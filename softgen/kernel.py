@@ -28,12 +28,12 @@ _ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the
            3: "rows * stride overflows the address space",
            4: f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
            5: "the rows are not a whole number of matrices", 6: "out of memory for scratch vectors",
-           7: "the matrices are not square"}
+           7: "the matrices are not square", 8: "this CPU lacks the instructions of the kernel's target"}
 
 
 def _failed(name: str, rc: int) -> Exception:
-    return (ValueError if rc in (4, 5, 7) else RuntimeError)(
-        f"{name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
+    cls = TargetNotSupportedError if rc == 8 else ValueError if rc in (4, 5, 7) else RuntimeError
+    return cls(f"{name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
 
 
 def check_name(name: str) -> str:
@@ -255,7 +255,7 @@ class Kernel:
             from .backends import tvm as tvmbackend
             from .backends.tvm_adapter import version_script
             return {**tvmbackend.sources(self.source, self.wrapper, self.target),
-                    "exports.map": version_script([self.name])}
+                    "exports.map": version_script([self.name, f"{self.name}_supported"])}
         return {"kernel.c": self.source}
 
     def asm(self, cc: str | None = None) -> str:

@@ -147,9 +147,12 @@ class MatrixABI:
             [("float *", nm) for nm, _ in self.outputs] + [("size_t", "batch")] + \
             [("size_t", d) for d in self.dims] + [("size_t", f"ld{nm}") for nm, _ in self.matrices]
 
+    def param_list(self) -> str:
+        """The C parameter list, ``const float *x, ...``."""
+        return ", ".join(f"{t}{'' if t.endswith('*') else ' '}{n}" for t, n in self.params())
+
     def signature(self, name: str) -> str:
-        return f"int {name}(" + ", ".join(f"{t}{'' if t.endswith('*') else ' '}{n}"
-                                          for t, n in self.params()) + ")"
+        return f"int {name}({self.param_list()})"
 
     def arg_docs(self) -> dict[str, str]:
         """What each argument means, for headers and manifests."""

@@ -120,7 +120,9 @@ def emulation_flags(target: Target) -> list[str]:
         raise BuildError("emulating x86 ISAs needs SIMDe headers: pip install simde-py") from None
     if target.arch != "x86_64" or host_arch() != "x86_64":
         raise BuildError(f"SIMDe emulation is available for x86 targets on x86 hosts, not {target.name}")
-    return ["-DSOFTGEN_SIMDE", f"-I{simde_py.get_include()}", "-Wno-psabi"]
+    # -fwrapv: SIMDe's portable integer lane ops (e.g. add_epi32) add plain int32_t, which
+    # overflows where the instructions wrap (the exp's exponent arithmetic relies on wrapping).
+    return ["-DSOFTGEN_SIMDE", "-fwrapv", f"-I{simde_py.get_include()}", "-Wno-psabi"]
 
 
 def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:

@@ -49,7 +49,7 @@ class Target:
     requires: tuple[str, ...]      # llvmlite host feature names
     cflags: tuple[str, ...]
     header: str
-    simde_header: str
+    simde_header: tuple[str, ...]   # SIMDe headers of the emulated build
     fma: str
     llvm: dict
     types: dict
@@ -70,6 +70,30 @@ class Target:
         return [f for f in self.requires if not feats.get(f, False)]
 
 
+# How an exported library checks, once, that the CPU has its target's ``requires`` features
+# (``cpu_check``): on x86 with __builtin_cpu_supports (GCC and Clang take the LLVM feature
+# names), on AArch64 with the Linux hwcaps of these features.
+AARCH64_HWCAPS = {"neon": "HWCAP_ASIMD"}
+
+
+def cpu_check(t: "Target") -> dict:
+    """The C of a library's CPU check for ``t``: ``includes`` and ``expr``, an int expression,
+    nonzero iff this CPU has every feature of ``t.requires`` (``"1"`` when there are none)."""
+    if not t.requires:
+        return {"includes": [], "expr": "1"}
+    if t.arch == "x86_64":
+        return {"includes": [], "expr": " && ".join(f'__builtin_cpu_supports("{f}")' for f in t.requires)}
+    if t.arch == "aarch64":
+        bits = " | ".join(AARCH64_HWCAPS[f] for f in t.requires)
+        return {"includes": ["sys/auxv.h"], "expr": f"(getauxval(AT_HWCAP) & ({bits})) == ({bits})"}
+    raise UsageError(f"target {t.name}: no CPU check for features on arch {t.arch!r}")
+
+
+def _strings(v) -> tuple[str, ...]:
+    """A TOML value that is one string or a list of them, as a tuple ("" is none)."""
+    return tuple(s for s in ([v] if isinstance(v, str) else v) if s)
+
+
 def _load(name: str, text: str) -> Target:
     d = tomllib.loads(text)
     try:
@@ -80,14 +104,19 @@ def _load(name: str, text: str) -> Target:
             raise UsageError(f"target file {name}.toml: missing macros {missing}, unknown {unknown}")
         if d["name"] != name:
             raise UsageError(f"target file {name}.toml declares name {d['name']!r}")
-        return Target(name=d["name"], summary=d["summary"], arch=d["arch"], lanes=int(d["lanes"]),
-                      requires=tuple(d["requires"]), cflags=tuple(d["cflags"]), header=d["header"],
-                      simde_header=d["simde_header"], fma=d["fma"], llvm=dict(d["llvm"]),
-                      types=dict(d["types"]), isa=isa, prelude=d.get("prelude", {}).get("code", ""),
-                      cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
-                      extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d})
+        t = Target(name=d["name"], summary=d["summary"], arch=d["arch"], lanes=int(d["lanes"]),
+                   requires=tuple(d["requires"]), cflags=tuple(d["cflags"]), header=d["header"],
+                   simde_header=_strings(d["simde_header"]), fma=d["fma"], llvm=dict(d["llvm"]),
+                   types=dict(d["types"]), isa=isa, prelude=d.get("prelude", {}).get("code", ""),
+                   cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
+                   extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d})
     except KeyError as e:
         raise UsageError(f"target file {name}.toml lacks key {e}") from None
+    try:
+        cpu_check(t)   # a library must be able to check its features
+    except KeyError as e:
+        raise UsageError(f"target file {name}.toml: no CPU check for feature {e}") from None
+    return t
 
 
 @functools.cache

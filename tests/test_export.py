@@ -83,10 +83,10 @@ def test_files_symbols_and_manifest(exported, case):
         "source": f"{k.name}.c"}
     assert paths["source"].read_text() == k.source
 
-    # exactly one exported definition: the entry point (helpers are hidden/static)
+    # exactly two exported definitions: the entry point and its CPU query (helpers are hidden/static)
     nm = sh("nm", "-D", "--defined-only", paths["library"]).stdout
     defined = {ln.split()[-1] for ln in nm.splitlines() if ln.split() and ln.split()[-2] not in "UwvN"}
-    assert defined - LINKER_SYMBOLS == {k.name}, nm
+    assert defined - LINKER_SYMBOLS == {k.name, f"{k.name}_supported"}, nm
     assert re.search(rf"^[0-9a-f]+ T {k.name}$", nm, re.M), nm
 
     # no Python, no runtime beyond libc/libm
@@ -302,7 +302,7 @@ def test_error_code_through_the_runner(exported, tmp_path):
     out = sh(_runner(k, paths["library"].parent), tmp_path / "x.bin", tmp_path / "y.bin",
              2, 9, 8, 9).stdout
     codes = header_codes(k, paths["header"])
-    assert set(codes) == {"OK", "ENULL", "ESTRIDE", "EOVERFLOW"} and codes["OK"] == 0
+    assert set(codes) == {"OK", "ENULL", "ESTRIDE", "EOVERFLOW", "ECPU"} and codes["OK"] == 0
     assert out == f"rc={codes['ESTRIDE']}\n"
     assert np.all(np.frombuffer((tmp_path / "y.bin").read_bytes(), np.float32) == 5.0)
 

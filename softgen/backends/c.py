@@ -20,13 +20,15 @@ from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, PAIR, Program
 from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
 from ..schedule import Schedule
-from ..targets import OPTIONAL_ISA, VIRTUAL_ISA, Target
+from ..targets import OPTIONAL_ISA, VIRTUAL_ISA, Target, cpu_check
 
 
 @cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    env.globals["cpu_check"] = cpu_check   # templates/guard.h.j2
+    return env
 
 
 def flit(v: float) -> str:
@@ -516,7 +518,7 @@ def matrix_abi(mp, name: str) -> dict:
     """The exported entry point of matrix program ``mp`` (``matrix.MatrixABI``), in the form
     ``abi`` gives a row program's (the kernel's header comment reads its signature)."""
     return {"sparse": False, "matrix": True, "max_n": INDEX_MAX_N if index_dims(mp) else None,
-            "signature": mp.abi().signature(name)}
+            **_entry_params(name, mp.abi().param_list())}
 
 
 def row_outputs(p: Program) -> tuple[str, ...]:
@@ -536,13 +538,19 @@ def abi(p: Program, name: str) -> dict:
                 "row_decl": "int64_t *idx, float *w",
                 "nulls": ["indices", "weights"], "width": width, "elem": "sizeof(int64_t)",
                 "row_outs": "indices + r * ldo, weights + r * ldo", "max_n": p.max_n(),
-                "signature": f"int {name}(const float *x, int64_t *indices, float *weights, "
-                             f"size_t rows, size_t n, size_t ldx, size_t ldo{rps})"}
+                **_entry_params(name, "const float *x, int64_t *indices, float *weights, "
+                                      f"size_t rows, size_t n, size_t ldx, size_t ldo{rps}")}
     return {"sparse": False, "outs": "float *y", "ld": "ldy", "nulls": ["y"], "width": "n",
             "row_decl": "float *y",
             "elem": "sizeof(float)", "row_outs": "y + r * ldy", "max_n": p.max_n(),
-            "signature": f"int {name}(const float *x, float *y, size_t rows, size_t n, size_t ldx, "
-                         f"size_t ldy{rps})"}
+            **_entry_params(name, f"const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy{rps}")}
+
+
+def _entry_params(name: str, params: str) -> dict:
+    """An entry point's ``signature``, its parameter list ``params`` and ``args``, the names that
+    pass them on (to ``<name>__checked``, see templates/supported.c.j2)."""
+    args = ", ".join(p.split("*")[-1].split()[-1] for p in params.split(", "))
+    return {"signature": f"int {name}({params})", "params": params, "args": args}
 
 
 GEMM_EPILOGUES = True   # backends.gemm fuses element-wise phases into the contraction's store
