@@ -71,7 +71,7 @@ def test_ecpu_is_target_not_supported():
     k = nocpu_kernel("nocpu_py")
     lib = build_shared(k.sources(), k.target)
     assert ctypes.CDLL(str(lib)).nocpu_py_supported() == 0
-    k._fn = load_entry(lib, k.name)
+    k._fn = load_entry(ctypes.CDLL(str(lib)), k.name)
     with pytest.raises(softgen.TargetNotSupportedError, match="returned error 8"):
         k(np.ones((2, 8), np.float32))
 
@@ -173,7 +173,7 @@ def test_tvm_wrapper_overflow_and_cpu_check():
     host = softgen.host_target()
     k = softgen.compile("softmax", target=host, backend="tvm", name="tvm_ovf")
     lib = build_shared(k.sources(), k.target)
-    fn = load_entry(lib, k.name)
+    fn = load_entry(ctypes.CDLL(str(lib)), k.name)
     x = np.zeros(16, np.float32)
     big = ctypes.c_size_t(-1).value
     assert fn(x.ctypes.data, x.ctypes.data, 1, big, big, big) == 3
