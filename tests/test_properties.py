@@ -44,7 +44,10 @@ STRUCTURAL = {"topk_softmax": [{"renormalize": 1}, {"renormalize": 0}]}
 # (op, algorithm, structural params) for every row op and every algorithm that applies to it
 ROW_CASES = [(op, alg, fixed) for op in OPS for fixed in STRUCTURAL.get(op, [{}])
              for alg in applicable_algorithms(build_program(op, **fixed))]
-ROW_IDS = ["-".join([op, alg, *(f"{k}={v}" for k, v in fixed.items())]) for op, alg, fixed in ROW_CASES]
+def case_id(c):
+    return "-".join([c[0], c[1], *(f"{k}={v}" for k, v in c[2].items())])
+
+
 X86 = ["host", "avx2", "scalar"]        # run natively on any x86 CPU with AVX-512 (host here)
 
 NONFINITE = [np.nan, np.inf, -np.inf]
@@ -134,7 +137,7 @@ def call_args(draw, op: str, params: dict, x: np.ndarray) -> dict:
 
 
 def row_kernel(data, op, alg, fixed, target="host", backend="c"):
-    """The kernel for drawn parameters (from the op's small set) and its call arguments."""
+    """(kernel, parameters) for parameters drawn from the op's small set, plus ``fixed``."""
     params = {**data.draw(st.sampled_from(PARAMS.get(op, [{}])), label="params"), **fixed}
     return kernel(op, alg, target, backend, **params), params
 
@@ -258,12 +261,8 @@ TVM_CASES = [("softmax", "two-pass", {}), ("log_softmax", "online", {}),
              ("softplus_l1", "direct-reload", {}), ("topk_softmax", "direct", {"renormalize": 1})]
 
 
-def case_id(c):
-    return "-".join([c[0], c[1], *(f"{k}={v}" for k, v in c[2].items())])
-
-
 @pytest.mark.parametrize("target", X86)
-@pytest.mark.parametrize("op,alg,fixed", ROW_CASES, ids=ROW_IDS)
+@pytest.mark.parametrize("op,alg,fixed", ROW_CASES, ids=map(case_id, ROW_CASES))
 @FAST
 @given(data=st.data())
 def test_row_ops_match_float64(op, alg, fixed, target, data):
