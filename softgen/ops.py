@@ -319,15 +319,16 @@ def _reweight_overflow(x, n_attended=None, **_):
 
 
 def _lssa_degenerate(x, head_dim=64, n_attended=None, **_) -> np.ndarray:
-    """Rows where lambda c overflows f32, the f32 sum overflows, or every softplus term flushes
-    to 0 in f32 although float64's does not: NaN rows in the kernel."""
+    """Rows where lambda c overflows f32 upwards, the f32 sum overflows, or every softplus term
+    flushes to 0 in f32 although float64's does not: NaN rows in the kernel. (lambda c below
+    -FLT_MAX is -inf in f32, whose softplus is 0, as float64's e^(lambda c) is.)"""
     c = np.asarray(x, np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lam = math.log(head_dim) * np.log(ref.attended_keys(c, n_attended))
         z = lam[..., None] * c
         sp = np.where(c == -np.inf, 0.0, ref.softplus(z))
         tot = np.where(sp >= 2.0 ** -126, sp, 0.0).sum(axis=-1)
-        big = np.any((np.abs(z) > F32_MAX) & np.isfinite(c), axis=-1)
+        big = np.any((z > F32_MAX) & np.isfinite(c), axis=-1)
     return big | (tot == 0) | (tot > F32_MAX)
 
 

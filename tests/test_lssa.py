@@ -61,6 +61,18 @@ def test_uniform_rows_reweight_to_zero_after_the_offset_free_rows(backend):
         check(k, a, y, f"offset_free_rows={ofr}")
 
 
+@pytest.mark.parametrize("op", ["lssa", "lssar"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scores_whose_lambda_c_is_below_minus_flt_max_weigh_zero(op, backend):
+    """lambda c = 11.8 * -1.8e38 is -inf in f32 and softplus(-inf) = 0, as float64's
+    e^(lambda c): a finite row like the reference (the checker used to demand a NaN row)."""
+    x = np.array([[-1.78e38, 148.9, 7.9e29, -2.1, 9.6e29, -9.6e29, 0.5]], np.float32)
+    k = kernel(op, "direct", "host", backend)
+    y = run(k, x)
+    assert np.isfinite(y).all() and y[0, 0] == 0
+    check(k, x, y, "lambda c < -FLT_MAX")
+
+
 @pytest.mark.parametrize("p", [1, 2, 3, 15, 2.5, 40])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_power_sweep(p, backend, rng):
