@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import softgen
-from softgen.ops import get_op
+from softgen.ops import build_program, get_op
+from softgen.passes import applicable_algorithms
 from conftest import BACKENDS, OP_ALGS, OPS, TARGETS, check, kernel, run, run_many
 
 MATRIX = [(op, alg, t, b) for b in BACKENDS for op, alg in OP_ALGS for t in TARGETS]
@@ -136,6 +137,41 @@ def test_layouts_strided_unaligned_inplace(op, alg, target, backend, rng):
     view = xw[:, 2:2 + n]
     run(k, view, out=view)
     assert np.array_equal(xw[:, 2:2 + n], ref) and np.array_equal(xw[:, :2], wide[:, :2])
+
+
+# the parameter values that change a row op's program (and so its plan), besides the defaults
+PROGRAM_VARIANTS = {"topk_softmax": [{"k": 3, "renormalize": 1}, {"k": 3, "renormalize": 0}],
+                    **{op: [{"count_keys": 1}, {"count_keys": 0}] for op in ("lssa", "reweight", "lssar")}}
+IN_PLACE = [(op, alg, params) for op in OPS for params in PROGRAM_VARIANTS.get(op, [{}])
+            for alg in applicable_algorithms(build_program(op, **params))]
+
+
+@pytest.mark.parametrize("op,alg,params", IN_PLACE,
+                         ids=[f"{o}-{a}-{'-'.join(f'{k}={v}' for k, v in p.items())}" for o, a, p in IN_PLACE])
+def test_in_place_equals_out_of_place(op, alg, params, rng):
+    """y may be x (the header says so): every op, algorithm and program variant gives the same
+    bits in place as out of place (C, avx2). A plan that read x after storing into y (top-k's
+    membership test under three-pass-reload did) reads what it stored instead."""
+    k = kernel(op, alg, "avx2", "c", **params)
+    _same_in_place(k, rng)
+
+
+def _same_in_place(k: softgen.Kernel, rng) -> None:
+    opdef = get_op(k.op)
+    for n in (k.target.lanes + 3, 1000):
+        x = (rng.standard_normal((4, n)) * 3).astype(np.float32)
+        x[1, ::7] = -np.inf
+        call = opdef.sample_call(x.shape, k.params) if opdef.sample_call else {}
+        y = run(k, x, **call)
+        check(k, x, y, f"n={n}", **call)
+        z = x.copy()
+        assert run(k, z, out=z, **call) is z
+        assert np.array_equal(z, y, equal_nan=True), f"{k.name} n={n}: in place differs"
+
+
+def test_in_place_equals_out_of_place_tvm(rng):
+    """The same for the TVM backend, on the case the plan once got wrong."""
+    _same_in_place(kernel("topk_softmax", "three-pass-reload", "host", "tvm", k=3, renormalize=0), rng)
 
 
 @pytest.mark.parametrize("op,alg", [(o, a) for o, a in OP_ALGS if "scale" in get_op(o).params])

@@ -101,6 +101,27 @@ def test_direct_reload_keeps_x_when_the_output_sweep_needs_it():
     assert p.nodes("materialize") == [] and passes.plan(p).traffic()["summary"] == "2R + 1W"
 
 
+def test_plan_refuses_a_sweep_that_reads_x_after_y_was_written():
+    """y may be x: a plan whose later sweep reads x after a store into y is an error, whichever
+    rewrite produced it."""
+    q = Program("x_after_store")
+    x = q.input()
+    e = x.exp()
+    kept = q.add("materialize", e.id)
+    q.add("output", q.add("add", q.add("mul", kept, e.sum().recip().id), x.id))
+    with pytest.raises(IRError, match="sweep 1 reads x after sweep 0 wrote y"):
+        passes.plan(q.validate())
+    assert passes.plan(q, in_place=False).in_place_hazard()
+
+
+def test_three_pass_reload_keeps_x_for_the_topk_membership_test():
+    """Switch gating (renormalize=0) has the softmax motif, but its output sweep tests
+    membership on x: storing e^(x - max) into y (= x in place) would corrupt it."""
+    p = passes.apply_algorithm(build_program("topk_softmax", k=3, renormalize=0), "three-pass-reload")
+    assert p.nodes("materialize") == [] and "nothing is materialised" in p.notes[-1]
+    assert passes.plan(p).traffic()["summary"] == "3R + 1W"
+
+
 def test_explain_text_names_sweeps_and_traffic():
     p = passes.apply_algorithm(build_program("softmax"), "three-pass-reload")
     text = passes.plan(p).describe()
