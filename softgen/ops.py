@@ -123,11 +123,23 @@ def _scale(params: dict) -> float:
         raise UsageError(str(e)) from None
 
 
+TINY_SCALE = 2.0 ** -64
+
+
+def _shifted(x: Value, scale: float) -> Value:
+    """z = s (x - max x): max and scale commute for s > 0 (spec 0). Below TINY_SCALE the row is
+    scaled by 2^-64 first and s by 2^64: x - max x may overflow where s (x - max x) does not, and
+    the two-pass kernels clamp x at -2^17 / s, which then leaves the float32 range (the row came
+    out NaN). Powers of two are exact; results below 2^-126 lose bits z cannot see (< s 2^-86)."""
+    if scale < TINY_SCALE:
+        x, scale = x * TINY_SCALE, scale / TINY_SCALE
+    return (x - x.max()) * scale
+
+
 @register("softmax", ref.softmax, params={"scale": 1.0, "temperature": None}, sums_to_one=True)
 def softmax(x: Value, scale: float) -> Value:
     """y = exp(s x - max(s x)) / sum(...): max and scale commute for s > 0 (spec 0, 1)."""
-    z = (x - x.max()) * scale
-    e = z.exp()
+    e = _shifted(x, scale).exp()
     return e * e.sum().finite_or_nan().recip()
 
 
@@ -135,7 +147,7 @@ def softmax(x: Value, scale: float) -> Value:
           rtol=0.0, atol=2e-6, atol_rel_to_y=True)
 def log_softmax(x: Value, scale: float) -> Value:
     """y = (s x - M) - log sum exp(s x - M) (spec 4)."""
-    z = (x - x.max()) * scale
+    z = _shifted(x, scale)
     return z - z.exp().sum().log()
 
 

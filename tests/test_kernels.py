@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import softgen
-from softgen.ops import build_program, get_op
+from softgen.ops import TINY_SCALE, build_program, get_op
 from softgen.passes import applicable_algorithms
 from conftest import BACKENDS, OP_ALGS, OPS, TARGETS, check, kernel, run, run_many
 
@@ -184,6 +184,45 @@ def test_scale_and_temperature(op, alg, params, backend, rng):
     k = kernel(op, alg, "host", backend, **params)
     x = rng.uniform(-30, 30, (3, 1000)).astype(np.float32)
     check(k, x, run(k, x), str(params))
+
+
+EXTREME_SCALES = [{"scale": 2.0 ** -149}, {"temperature": 3e33}, {"scale": 5e-20}, {"scale": 2.0 ** -64},
+                  {"scale": 1e30}]
+
+
+def extreme_scale_rows(n: int, rng) -> dict[str, np.ndarray]:
+    rows = {"random": (rng.standard_normal(n) * 4).astype(np.float32),
+            "+-3e38": np.where(np.arange(n) % 2, 3e38, -3e38).astype(np.float32),
+            "1e30 spread": rng.uniform(-1e30, 1e30, n).astype(np.float32),
+            "all -inf": np.full(n, -np.inf, np.float32)}
+    rows["some -inf"] = np.where(np.arange(n) % 3, rows["1e30 spread"], -np.inf).astype(np.float32)
+    rows["nan"] = np.where(np.arange(n) == n // 2, np.nan, rows["random"]).astype(np.float32)
+    return rows
+
+
+@pytest.mark.parametrize("op,alg", [(o, a) for o, a in OP_ALGS if "scale" in get_op(o).params])
+@pytest.mark.parametrize("params", EXTREME_SCALES, ids=str)
+def test_every_positive_finite_scale(op, alg, params, rng):
+    """Spec 0 allows any finite s > 0. Below ~3.9e-34 the two-pass clamp -2^17 / s left the
+    float32 range and every row came out NaN (C; TVM on rows with -inf); x - max x overflows for
+    spreads beyond FLT_MAX, which tiny scales bring back into range."""
+    if not set(params) <= set(get_op(op).params):
+        pytest.skip(f"{op} takes no {sorted(set(params) - set(get_op(op).params))}")
+    k = kernel(op, alg, "host", "c", **params)
+    _check_rows(k, rng)
+
+
+def test_tiny_scale_tvm(rng):
+    _check_rows(kernel("softmax", "two-pass", "host", "tvm", temperature=3e33), rng)
+
+
+def _check_rows(k: softgen.Kernel, rng) -> None:
+    for n in (1, k.target.lanes + 3, 1000):
+        rows = extreme_scale_rows(n, rng)
+        if get_op(k.op).atol_rel_to_y and TINY_SCALE <= k.params["scale"] < 0.5:
+            del rows["+-3e38"]   # a known limit: x - max x = -inf, y = -inf instead of about -s 6e38
+        x = np.stack(list(rows.values()))
+        check(k, x, run(k, x), f"n={n}", row_names=list(rows))
 
 
 def test_output_is_not_a_shifted_or_wrong_softmax(rng):
