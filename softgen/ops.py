@@ -28,6 +28,7 @@ class OpDef:
     rtol: float = 2e-6                 # spec section 11
     atol: float = 0.0
     atol_rel_to_y: bool = False        # log-softmax: |err| <= atol * (1 + |y|)
+    log_probs: bool = False            # outputs are log-probabilities: never above 0
     sums_to_one: bool | Callable = False   # or (params) -> bool, when a parameter decides it
     exp_conditioned: bool = True       # outputs are e^(s(x - max)): see tolerance()
     # rows where the float32 kernel's row sum overflows although float64's does not; the kernel
@@ -144,7 +145,7 @@ def softmax(x: Value, scale: float) -> Value:
 
 
 @register("log_softmax", ref.log_softmax, params={"scale": 1.0, "temperature": None},
-          rtol=0.0, atol=2e-6, atol_rel_to_y=True)
+          rtol=0.0, atol=2e-6, atol_rel_to_y=True, log_probs=True)
 def log_softmax(x: Value, scale: float) -> Value:
     """y = (s x - M) - log sum exp(s x - M) (spec 4)."""
     z = _shifted(x, scale)
@@ -166,7 +167,7 @@ def stablemax(x: Value) -> Value:
 
 
 @register("log_stablemax", ref.log_stablemax, rtol=0.0, atol=2e-6, atol_rel_to_y=True,
-          exp_conditioned=False, f32_overflow=_stablemax_overflow)
+          log_probs=True, exp_conditioned=False, f32_overflow=_stablemax_overflow)
 def log_stablemax(x: Value) -> Value:
     """log(s(x) / sum s(x)) (spec 8), with stablemax's s, as one log_ratio per element: s / S
     underflows for s far below the sum, and log s - log S would cancel two large logs."""

@@ -58,6 +58,20 @@ def test_log_softmax_two_pass_uses_sub_ln2_and_no_exp_on_the_output_path():
     assert len(p.nodes("sub_ln2")) == 1 and p.nodes("exp_shift2") == []
 
 
+@pytest.mark.parametrize("alg", list(SPEC_TRAFFIC))
+def test_only_two_pass_clamps_log_probabilities(alg):
+    """z - log S <= 0 holds by construction (z <= 0, S >= 1); the extended form does not keep
+    it, so two-pass ends in min(0, .) and the other algorithms pay nothing."""
+    p = passes.apply_algorithm(build_program("log_softmax"), alg)
+    (out,) = p.nodes("output")
+    (y,) = p.args(out)
+    if alg == "two-pass":
+        assert p.op(y) == "min" and p.const_value(p.args(y)[0]) == 0.0   # 0 first: NaN survives
+        assert p.op(p.args(y)[1]) == "sub"
+    else:
+        assert p.nodes("min") == []
+
+
 def test_exp_of_max_shifted_values_is_marked_nonpositive():
     p = passes.apply_algorithm(build_program("softmax", scale=2.0), "three-pass-recompute")
     assert all(p.attrs(v)["nonpos"] for v in p.nodes("exp"))
