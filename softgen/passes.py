@@ -121,15 +121,18 @@ def rewrite_extexp(p: Program) -> Program:
         others_z = set(p.users(m.Z)) - {m.E}
         # log-probabilities z - log S are <= 0 by construction (z <= 0; S >= 1, one term is an
         # exact 1); their extended form s x - E ln2 - log V is not: e^t and log V round apart,
-        # by up to ~1.5e-7 (log_softmax([[5]]) was 8.9e-8). One min per element restores it;
+        # by up to ~1.5e-7 (log_softmax([[5]]) was 8.9e-8). One min per element restores it,
+        # paid for by taking - log V into sub_ln2's per-row scalar (one add fewer per element);
         # 0 first: a vector min returns its 2nd operand when either is NaN.
         log_probs = [u for u in others_z if p.op(u) == "sub" and p.args(u)[0] == m.Z
                      and p.op(p.args(u)[1]) == "log" and p.args(p.args(u)[1]) == (m.S,)]
-        if others_z:
-            p.replace_uses(m.Z, p.add("sub_ln2", m.X, E, scale=m.scale), only=others_z)
+        rest = others_z - set(log_probs)
+        if rest:
+            p.replace_uses(m.Z, p.add("sub_ln2", m.X, E, p.const(0.0), scale=m.scale), only=rest)
         p.replace_uses(m.S, V)
         for u in log_probs:
-            p.replace_uses(u, p.add("min", p.const(0.0), u))
+            c = p.add("neg", p.args(u)[1])                                    # - log V
+            p.replace_uses(u, p.add("min", p.const(0.0), p.add("sub_ln2", m.X, E, c, scale=m.scale)))
         p.add("guard", E, limit=float(EXTEXP_GUARD_E))
     p.fallback = fallback
     p.notes.append(f"two-pass: extended-exponent sum; rows with |E| > {EXTEXP_GUARD_E} "
