@@ -122,8 +122,8 @@ def rewrite_extexp(p: Program) -> Program:
         # log-probabilities z - log S are <= 0 by construction (z <= 0; S >= 1, one term is an
         # exact 1); their extended form s x - E ln2 - log V is not: e^t and log V round apart,
         # by up to ~1.5e-7 (log_softmax([[5]]) was 8.9e-8). One min per element restores it,
-        # paid for by taking - log V into sub_ln2's per-row scalar (one add fewer per element);
-        # 0 first: a vector min returns its 2nd operand when either is NaN.
+        # paid for by taking - log V into sub_ln2's row scalar c, where ln2's low-part FMA
+        # joins it outside the loop; 0 first: a vector min returns its 2nd operand on NaN.
         log_probs = [u for u in others_z if p.op(u) == "sub" and p.args(u)[0] == m.Z
                      and p.op(p.args(u)[1]) == "log" and p.args(p.args(u)[1]) == (m.S,)]
         rest = others_z - set(log_probs)
