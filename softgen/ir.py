@@ -54,7 +54,8 @@ OPS: dict[str, OpSpec] = {
                      "unlike b * 0 no simplifier may fold it)"),
     "where_lt": OpSpec(4, "map", "c if a < b else d (piecewise maps; NaN a takes d)"),
     "exp_shift2": OpSpec(2, "map", "e^(s u) * 2^-E in extended-exponent form (attr scale s, default 1): no overflow for any u"),
-    "sub_ln2": OpSpec(2, "map", "s u - E*ln2 with ln2 split in two constants (attr scale s, default 1)"),
+    "sub_ln2": OpSpec(3, "map", "s u - E*ln2 + c with ln2 split in two constants, the low part "
+                      "added to c, a scalar, so it leaves the loop (attr scale s, default 1)"),
     "where_ranked": OpSpec(6, "map", "c if (a, i) ranks at or above (t, it), i.e. a > t or (a == t "
                            "and i <= it), the order of a stable descending sort; else d (NaN a takes "
                            "d). Arguments a, i, t, it, c, d"),

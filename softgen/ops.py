@@ -29,6 +29,7 @@ class OpDef:
     rtol: float = 2e-6                 # spec section 11
     atol: float = 0.0
     atol_rel_to_y: bool = False        # log-softmax: |err| <= atol * (1 + |y|)
+    log_probs: bool = False            # outputs are log-probabilities: never above 0
     sums_to_one: bool | Callable = False   # or (params) -> bool, when a parameter decides it
     exp_conditioned: bool = True       # outputs are e^(s(x - max)): see tolerance()
     # rows where the float32 kernel's row sum overflows although float64's does not; the kernel
@@ -124,19 +125,31 @@ def _scale(params: dict) -> float:
         raise UsageError(str(e)) from None
 
 
+TINY_SCALE = 2.0 ** -64
+
+
+def _shifted(x: Value, scale: float) -> Value:
+    """z = s (x - max x): max and scale commute for s > 0 (spec 0). Below TINY_SCALE the row is
+    scaled by 2^-64 first and s by 2^64: x - max x may overflow where s (x - max x) does not, and
+    the two-pass kernels clamp x at -2^17 / s, which then leaves the float32 range (the row came
+    out NaN). Powers of two are exact; results below 2^-126 lose bits z cannot see (< s 2^-86)."""
+    if scale < TINY_SCALE:
+        x, scale = x * TINY_SCALE, scale / TINY_SCALE
+    return (x - x.max()) * scale
+
+
 @register("softmax", ref.softmax, params={"scale": 1.0, "temperature": None}, sums_to_one=True)
 def softmax(x: Value, scale: float) -> Value:
     """y = exp(s x - max(s x)) / sum(...): max and scale commute for s > 0 (spec 0, 1)."""
-    z = (x - x.max()) * scale
-    e = z.exp()
+    e = _shifted(x, scale).exp()
     return e * e.sum().finite_or_nan().recip()
 
 
 @register("log_softmax", ref.log_softmax, params={"scale": 1.0, "temperature": None},
-          rtol=0.0, atol=2e-6, atol_rel_to_y=True)
+          rtol=0.0, atol=2e-6, atol_rel_to_y=True, log_probs=True)
 def log_softmax(x: Value, scale: float) -> Value:
     """y = (s x - M) - log sum exp(s x - M) (spec 4)."""
-    z = (x - x.max()) * scale
+    z = _shifted(x, scale)
     return z - z.exp().sum().log()
 
 
@@ -155,7 +168,7 @@ def stablemax(x: Value) -> Value:
 
 
 @register("log_stablemax", ref.log_stablemax, rtol=0.0, atol=2e-6, atol_rel_to_y=True,
-          exp_conditioned=False, f32_overflow=_stablemax_overflow)
+          log_probs=True, exp_conditioned=False, f32_overflow=_stablemax_overflow)
 def log_stablemax(x: Value) -> Value:
     """log(s(x) / sum s(x)) (spec 8), with stablemax's s, as one log_ratio per element: s / S
     underflows for s far below the sum, and log s - log S would cancel two large logs."""

@@ -119,9 +119,20 @@ def rewrite_extexp(p: Program) -> Program:
         if others_e:
             p.replace_uses(m.E, p.add("exp_shift2", m.X, E, scale=m.scale), only=others_e)
         others_z = set(p.users(m.Z)) - {m.E}
-        if others_z:
-            p.replace_uses(m.Z, p.add("sub_ln2", m.X, E, scale=m.scale), only=others_z)
+        # log-probabilities z - log S are <= 0 by construction (z <= 0; S >= 1, one term is an
+        # exact 1); their extended form s x - E ln2 - log V is not: e^t and log V round apart,
+        # by up to ~1.5e-7 (log_softmax([[5]]) was 8.9e-8). One min per element restores it,
+        # paid for by taking - log V into sub_ln2's row scalar c, where ln2's low-part FMA
+        # joins it outside the loop; 0 first: a vector min returns its 2nd operand on NaN.
+        log_probs = [u for u in others_z if p.op(u) == "sub" and p.args(u)[0] == m.Z
+                     and p.op(p.args(u)[1]) == "log" and p.args(p.args(u)[1]) == (m.S,)]
+        rest = others_z - set(log_probs)
+        if rest:
+            p.replace_uses(m.Z, p.add("sub_ln2", m.X, E, p.const(0.0), scale=m.scale), only=rest)
         p.replace_uses(m.S, V)
+        for u in log_probs:
+            c = p.add("neg", p.args(u)[1])                                    # - log V
+            p.replace_uses(u, p.add("min", p.const(0.0), p.add("sub_ln2", m.X, E, c, scale=m.scale)))
         p.add("guard", E, limit=float(EXTEXP_GUARD_E))
     p.fallback = fallback
     p.notes.append(f"two-pass: extended-exponent sum; rows with |E| > {EXTEXP_GUARD_E} "
@@ -131,17 +142,17 @@ def rewrite_extexp(p: Program) -> Program:
 
 
 def rewrite_reload(p: Program) -> Program:
-    """Materialise the motif's row value that the output sweep needs, instead of recomputing it."""
-    for m in find_motifs(p):
+    """Materialise the motif's row value that the output sweep needs, instead of recomputing it.
+    Skipped where a later sweep still reads x (y may be x): top-k's membership test."""
+    q = p.copy()
+    for m in find_motifs(q):
         links = [(m.E, m.S), (m.Z, m.E)] + ([(m.D, m.Z)] if m.D != m.Z else [])
         for v, nxt in links:
-            others = set(p.users(v)) - {nxt}
+            others = set(q.users(v)) - {nxt}
             if others:
-                p.replace_uses(v, p.add("materialize", v), only=others)
+                q.replace_uses(v, q.add("materialize", v), only=others)
                 break
-    p.notes.append("three-pass-reload: the shared row value is stored to y and reloaded")
-    p.remove_dead()
-    return p
+    return _if_in_place_safe(p, q, "three-pass-reload: the shared row value is stored to y and reloaded")
 
 
 def rewrite_reload_direct(p: Program) -> Program:
@@ -151,19 +162,27 @@ def rewrite_reload_direct(p: Program) -> Program:
     q = p.copy()
     for r in q.nodes():
         for v in (q.args(r) if q.kind(r) == "reduce" else ()):
-            others = set(q.users(v)) - {r} if q.kind(v) != "input" else set()
+            stored = q.kind(v) == "input" or q.op(v) == "materialize"   # already in memory
+            others = set() if stored else set(q.users(v)) - {r}
             if others:
                 q.replace_uses(v, q.add("materialize", v), only=others)
+    return _if_in_place_safe(p, q, "direct-reload: the summed row value is stored to y and reloaded")
+
+
+def _if_in_place_safe(p: Program, q: Program, note: str) -> Program:
+    """``q`` (``p`` with row values materialised into y), unless that makes a sweep read x after
+    y was written: y may be x (in place), so that sweep would read the stored values instead.
+    Then ``p`` as written, which recomputes them."""
+    name = note.split(":")[0]
     if not q.nodes("materialize"):
-        p.notes.append("direct-reload: no reduced row value is needed later; nothing to materialise")
+        p.notes.append(f"{name}: no reduced row value is needed later; nothing to materialise")
         return p
     q.remove_dead()
-    sweeps = plan(q).sweeps
-    first_store = min((s.index for s in sweeps if s.stores), default=len(sweeps))
-    if any(s.reads_x for s in sweeps[first_store + 1:]):
-        p.notes.append("direct-reload: a later sweep reads x, so nothing is materialised")
+    clash = plan(q, in_place=False).in_place_hazard()
+    if clash:
+        p.notes.append(f"{name}: {clash}, so nothing is materialised (y may be x)")
         return p
-    q.notes.append("direct-reload: the summed row value is stored to y and reloaded")
+    q.notes.append(note)
     return q
 
 
@@ -311,6 +330,14 @@ class Plan:
             n += 2 * sum(p.op(v) == "colreduce_online" for v in s.colreds)
         return n
 
+    def in_place_hazard(self) -> str:
+        """Why running in place (y = x) would change the result, or "": a sweep that reads x
+        after an earlier sweep wrote y would read what was written instead of x."""
+        written = [s.index for s in self.sweeps
+                   if s.stores or (s.output is not None and s.selected is None)]
+        late = [s.index for s in self.sweeps if s.reads_x and written and s.index > written[0]]
+        return f"sweep {late[0]} reads x after sweep {written[0]} wrote y" if late else ""
+
     @property
     def writes_per_row(self) -> int:
         """Writes per row independent of n: an index and a weight per selected entry."""
@@ -349,9 +376,11 @@ class Plan:
         return "\n".join(out)
 
 
-def plan(p: Program) -> Plan:
+def plan(p: Program, in_place: bool = True) -> Plan:
     """Group the program into sweeps over the row. A reduction's result is available after its
-    sweep; row values are recomputed in every sweep that needs them unless materialised."""
+    sweep; row values are recomputed in every sweep that needs them unless materialised.
+    ``in_place``: refuse a plan whose result would change with y = x (``Plan.in_place_hazard``);
+    row kernels promise that y may be x."""
     level: dict[int, int] = {}     # row nodes: the sweep that can first compute them
     avail: dict[int, int] = {}     # scalars: available before sweep avail[v]
     for v in p.topo():
@@ -402,7 +431,11 @@ def plan(p: Program) -> Plan:
     for s in sweeps:
         s.scalars_after = [v for v in scalars if avail[v] == s.index + 1]
     before = [v for v in scalars if avail[v] == 0]
-    return Plan(p, sweeps, before)
+    pl = Plan(p, sweeps, before)
+    clash = pl.in_place_hazard() if in_place else ""
+    if clash:
+        raise IRError(f"{p.name}: {clash}, which may be x (in place)")
+    return pl
 
 
 # -- matrix programs ------------------------------------------------------------------------------

@@ -85,7 +85,8 @@ def run_many(k: softgen.Kernel, xs: list[np.ndarray], calls=None) -> list[np.nda
 def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_names=None,
           **call) -> None:
     """y must match the float64 reference of k's op within the op's tolerance; NaN exactly where
-    the reference is NaN; exact results for infinite references and -inf inputs. ``call``: the
+    the reference is NaN; exact results for infinite references and -inf inputs; log-probabilities
+    never above 0 (however close the reference is to 0). ``call``: the
     op's call-time arguments the kernel was given; ``row_names`` name the rows of a 2-d x in
     failure messages."""
     name = (lambda i: f" row {i[0]} '{row_names[i[0]]}'") if row_names else (lambda i: "")
@@ -108,6 +109,9 @@ def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_n
     if not np.array_equal(y[exact], r32[exact]):
         i = tuple(np.argwhere(exact & (y != r32))[0])
         raise AssertionError(f"{where}{name(i)}: exact 0/inf entries differ at {i}")
+    if op.log_probs and not np.all(y[~nan_y] <= 0):
+        i = tuple(np.argwhere(y > 0)[0])
+        raise AssertionError(f"{where}{name(i)}: log-probability {y[i]!r} > 0 at {i}")
     tol = op.tolerance(x, r, k.params, call)
     with np.errstate(invalid="ignore"):
         err = np.abs(y.astype(np.float64) - r)

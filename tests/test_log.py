@@ -134,7 +134,9 @@ def test_log_ratio(target):
     b = np.concatenate([rng.integers(1, 0x7F800000, n // 2, dtype=np.uint32).view(np.float32),
                         np.nextafter(a[n // 2:], np.float32(np.inf))])   # a ~ b: y ~ 0
     exact = np.log(a.astype(np.float64)) - np.log(b.astype(np.float64))
-    err = np.abs(vlog_ratio(target, a, b) - exact) / (2.0 ** -24 * np.maximum(np.abs(exact), 1.0))
+    y = vlog_ratio(target, a, b)
+    assert np.all(y[a <= b] <= 0), "log(a / b) > 0 for a <= b (log_stablemax's log p <= 0)"
+    err = np.abs(y - exact) / (2.0 ** -24 * np.maximum(np.abs(exact), 1.0))
     i = int(np.argmax(err))
     assert err[i] <= LOG_RATIO_MAX_ERR, f"{target}: {err[i]:.3f} at a={a[i]!r} b={b[i]!r}"
     sp = np.array([0.0, np.inf, np.nan, -1.0, 0.0, 1.0, 1.0, 1.0], np.float32)

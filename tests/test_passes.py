@@ -58,6 +58,20 @@ def test_log_softmax_two_pass_uses_sub_ln2_and_no_exp_on_the_output_path():
     assert len(p.nodes("sub_ln2")) == 1 and p.nodes("exp_shift2") == []
 
 
+@pytest.mark.parametrize("alg", list(SPEC_TRAFFIC))
+def test_only_two_pass_clamps_log_probabilities(alg):
+    """z - log S <= 0 holds by construction (z <= 0, S >= 1); the extended form does not keep
+    it, so two-pass ends in min(0, .) and the other algorithms pay nothing."""
+    p = passes.apply_algorithm(build_program("log_softmax"), alg)
+    (out,) = p.nodes("output")
+    (y,) = p.args(out)
+    if alg == "two-pass":
+        assert p.op(y) == "min" and p.const_value(p.args(y)[0]) == 0.0   # 0 first: NaN survives
+        assert p.op(p.args(y)[1]) == "sub_ln2" and p.nodes("sub") == []   # - log V: a row scalar
+    else:
+        assert p.nodes("min") == []
+
+
 def test_exp_of_max_shifted_values_is_marked_nonpositive():
     p = passes.apply_algorithm(build_program("softmax", scale=2.0), "three-pass-recompute")
     assert all(p.attrs(v)["nonpos"] for v in p.nodes("exp"))
@@ -99,6 +113,27 @@ def test_direct_reload_keeps_x_when_the_output_sweep_needs_it():
     q.add("output", (e * e.sum().recip() + x).id)
     p = passes.apply_algorithm(q.validate(), "direct-reload")
     assert p.nodes("materialize") == [] and passes.plan(p).traffic()["summary"] == "2R + 1W"
+
+
+def test_plan_refuses_a_sweep_that_reads_x_after_y_was_written():
+    """y may be x: a plan whose later sweep reads x after a store into y is an error, whichever
+    rewrite produced it."""
+    q = Program("x_after_store")
+    x = q.input()
+    e = x.exp()
+    kept = q.add("materialize", e.id)
+    q.add("output", q.add("add", q.add("mul", kept, e.sum().recip().id), x.id))
+    with pytest.raises(IRError, match="sweep 1 reads x after sweep 0 wrote y"):
+        passes.plan(q.validate())
+    assert passes.plan(q, in_place=False).in_place_hazard()
+
+
+def test_three_pass_reload_keeps_x_for_the_topk_membership_test():
+    """Switch gating (renormalize=0) has the softmax motif, but its output sweep tests
+    membership on x: storing e^(x - max) into y (= x in place) would corrupt it."""
+    p = passes.apply_algorithm(build_program("topk_softmax", k=3, renormalize=0), "three-pass-reload")
+    assert p.nodes("materialize") == [] and "nothing is materialised" in p.notes[-1]
+    assert passes.plan(p).traffic()["summary"] == "3R + 1W"
 
 
 def test_explain_text_names_sweeps_and_traffic():

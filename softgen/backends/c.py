@@ -245,7 +245,7 @@ VECTOR_C = {
     "add": "V_ADD({0}, {1})", "sub": "V_SUB({0}, {1})", "mul": "V_MUL({0}, {1})",
     "div": "V_DIV({0}, {1})", "max": "V_MAX({0}, {1})", "min": "V_MIN({0}, {1})",
     "neg": "V_SUB(V_SET1(-0.0f), {0})", "abs": "V_ABS({0})", "recip": "V_DIV(V_SET1(1.0f), {0})",
-    "exp": "sg_exp({0})", "exp_shift2": "sg_exp_shift2({0}, {1})", "sub_ln2": "sg_reduce_ln2({0}, {1})",
+    "exp": "sg_exp({0})", "exp_shift2": "sg_exp_shift2({0}, {1})", "sub_ln2": "sg_sub_ln2({0}, {1}, {2})",
     "fma": "V_FMA({0}, {1}, {2})", "where_lt": "V_SELECT(V_CMPLT({0}, {1}), {2}, {3})", "log": "sg_log({0})",
     "log1p": "sg_log1p({0})", "log_ratio": "sg_log_ratio({0}, {1})",
     "finite_or_nan": "V_SELECT(V_CMPLT(V_ABS({0}), V_SET1(INFINITY)), {0}, V_SET1(NAN))",
@@ -255,7 +255,7 @@ VECTOR_C = {
 # Map ops with a scale attribute (from the two-pass rewrite): s x is kept exact as hi + lo.
 SCALED_C = {
     "exp_shift2": "sg_exp_shift2_scaled({0}, {1}, V_SET1({s}), V_SET1({lim}))",
-    "sub_ln2": "sg_reduce_ln2_scaled({0}, {1}, V_SET1({s}))",
+    "sub_ln2": "sg_sub_ln2_scaled({0}, {1}, {2}, V_SET1({s}))",
 }
 SCALAR_C = {
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",

@@ -209,12 +209,13 @@ class Emit:
         n, p = self.extexp_terms(x, scale)
         return self.scale2(p, self.sub(n, e))
 
-    def sub_ln2(self, x, e, scale):
-        if scale == 1.0:
-            return self.reduce_ln2(x, e)
-        u, lo = self.twoprod(x, f32(scale))
-        lo = self.select(f"({lo} == {lo})", lo, f32(0.0))
-        return self.add(self.reduce_ln2(u, e), lo)
+    def sub_ln2(self, x, e, c, scale):
+        """vmath.h.j2 sg_sub_ln2(_scaled): s x - E ln2 + c, ln2's low part added to the scalar c."""
+        u, lo = (x, None) if scale == 1.0 else self.twoprod(x, f32(scale))
+        y = self.add(self.fma(e, f32(MINUS_LN2_HI), u), self.fma(e, f32(MINUS_LN2_LO), c))
+        if lo is None:
+            return y
+        return self.add(y, self.select(f"({lo} == {lo})", lo, f32(0.0)))
 
     def kahan(self, s, c, b):
         """(s, c) += b; returns the new (s, c) names."""
@@ -516,7 +517,7 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int, bufs: dict | None = 
         elif op in ("log", "log1p", "log_ratio", "fma"):
             vals[v] = getattr(e, op)(*args)
         elif op == "sub_ln2":
-            vals[v] = e.sub_ln2(args[0], args[1], at.get("scale", 1.0))
+            vals[v] = e.sub_ln2(args[0], args[1], args[2], at.get("scale", 1.0))
         else:
             vals[v] = e.let(VECTOR[op].format(*args))
     for v in sw.stores + ([sw.output] if sw.output is not None else []):
