@@ -524,9 +524,9 @@ def _gaussian_tolerance(inputs, ref_y, params, call):
     s = 1.0 / (2.0 * math.sqrt(params["head_dim"]))
     dd2 = (d + 3) * 2 * U32 * (aa + bb + 2.0 * np.sqrt(aa * bb))
     y = np.abs(ref_y)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         z = -np.log(np.maximum(y, 1e-300))
-    return y * (np.expm1(s * dd2 + 2 * U32 * z) + EXP_REL) + 2.0 ** -126
+        return np.where(y > 0, y * (np.expm1(s * dd2 + 2 * U32 * z) + EXP_REL), 0.0) + 2.0 ** -126
 
 
 def _gaussian_samples(rng, params):
@@ -542,17 +542,23 @@ def gaussian_kernel(mp: MatrixProgram, head_dim: float) -> None:
     """SOFT's kernel S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(head_dim))) of
     a (..., n, d) and b (..., m, d) -> (..., n, m) (spec 6): the squared norms are row sums, the
     Gram product an NT GEMM, the rest an element-wise phase (fused into the GEMM's store by the C
-    backend). Entries in (0, 1]; exactly the clamp makes identical points give 1."""
+    backend). Entries in (0, 1]; exactly the clamp makes identical points give 1. A point with a
+    non-finite coordinate gives NaN against every point; finite points with |a_i|^2 + |b_j|^2 >=
+    FLT_MAX give 0 (their distance is beyond float32: far apart, or identical huge points)."""
     s = 1.0 / (2.0 * math.sqrt(_head_dim_int(head_dim)))
-    b = mp.rows(over="b")
-    (b * b).sum().emit("bb")
-    a = mp.rows(over="a")
-    (a * a).sum().emit("aa")
+    for over in ("b", "a"):
+        x = mp.rows(over=over)
+        x = x.finite_or_nan()         # NaN norm for a non-finite point; +inf only by overflow
+        (x * x).sum().emit(over * 2)
     mp.matmul("s", "a", "b", layout="nt")
     g = mp.rows(over="s", into="s")
     p = g.p
-    d2 = g.fma(-2.0, p.row_param("aa") + p.colvec("bb"))        # aa + bb - 2 G, one rounding
-    p.add("output", (d2.maximum(0.0) * -s).exp().id)
+    q = p.row_param("aa") + p.colvec("bb")
+    d2 = g.fma(-2.0, q).maximum(0.0)                            # aa + bb - 2 G, one rounding
+    # max drops NaN, and G may be inf - inf once the norms overflow: q alone decides those pairs
+    # (NaN: a non-finite point; >= FLT_MAX: float32 cannot form the distance, counted as far)
+    d2 = q.where_lt(F32_MAX, d2, q)
+    p.add("output", (d2 * -s).exp().id)
 
 
 NEWTON_MAX_ITER = 1000

@@ -370,10 +370,14 @@ def sinkhorn(scores, n_iter: int = 3, eps: float = 1.0, output_scale: str = "n_k
 # -- SOFT (section 6) -----------------------------------------------------------------------------
 
 def gaussian_kernel(a, b, head_dim: int) -> np.ndarray:
-    """S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(d))) over the last two axes."""
+    """S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(d))) over the last two axes;
+    NaN where a_i or b_j has a non-finite coordinate (section 0: bad input is never a distance)."""
     a, b = _rows(a), _rows(b)
-    d2 = (a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] - 2.0 * a @ np.swapaxes(b, -1, -2)
-    return np.exp(-np.maximum(d2, 0.0) / (2.0 * math.sqrt(head_dim)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        d2 = (a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] - 2.0 * a @ np.swapaxes(b, -1, -2)
+        s = np.exp(-np.maximum(d2, 0.0) / (2.0 * math.sqrt(head_dim)))
+    ok = np.isfinite(a).all(-1)[..., :, None] & np.isfinite(b).all(-1)[..., None, :]
+    return np.where(ok, s, np.nan)
 
 
 def newton_pinv_alpha(a, variant: str = "soft", alpha_factor: float = 0.9,

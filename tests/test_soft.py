@@ -116,6 +116,39 @@ def test_gaussian_layouts_and_out(rng):
                                   np.ones((5, 4), np.float32))            # d = 0: distance 0
 
 
+def _special_points(rng, d):
+    """Rows: normal points, one with NaN, +inf, -inf, and finite ones whose |.|^2 overflows
+    float32 (alone, or against themselves)."""
+    x = _points(rng, (9, d))
+    x[1, d // 2], x[2, 0], x[3, -1] = np.nan, np.inf, -np.inf
+    x[4], x[5, 0], x[6, -1] = 1e20, 3e19, -2e30
+    return x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_gaussian_nonfinite_and_overflowing_points(target, backend, rng):
+    """A point with a non-finite coordinate gives NaN against every point (NaN used to be dropped
+    by max(d2, 0): 1.0, "identical"); finite points whose squared norms overflow float32 give 0
+    (the compensated norm sum used to turn the overflow into NaN, then 1.0), as the reference's
+    far points do; every other entry is unaffected."""
+    k = kernel("gaussian_kernel", "direct", target, backend, head_dim=64)
+    xs = [(_special_points(rng, d), _special_points(rng, d)[::-1].copy()) for d in (1, 2, 17, 70)]
+    xs += [(_special_points(rng, 5000), _points(rng, (3, 5000)))]        # several sum blocks
+    for (a, b), s in zip(xs, run_inputs(k, xs)):
+        r = ref.gaussian_kernel(a, b, 64)
+        bad = ~(np.isfinite(a).all(-1)[:, None] & np.isfinite(b).all(-1)[None, :])
+        np.testing.assert_array_equal(np.isnan(s), bad, f"NaN pattern, d {a.shape[-1]}")
+        aa, bb = ((v.astype(np.float64) ** 2).sum(-1) for v in (a, b))
+        huge = ~bad & (aa[:, None] + bb[None, :] >= np.finfo(np.float32).max)
+        # the reference's far points are 0; so are identical huge points here (README)
+        assert huge.any() and np.all(s[huge] == 0) and np.all(r[huge & (r < 1)] == 0), a.shape
+        ok = ~(bad | huge)
+        with np.errstate(invalid="ignore", over="ignore"):
+            tol = get_op("gaussian_kernel").tolerance((a, b), np.nan_to_num(r), k.params)
+        assert np.all(np.abs(s[ok] - r[ok]) <= tol[ok]), a.shape
+
+
 def test_gaussian_bad_input():
     k = kernel("gaussian_kernel", "direct", "host", head_dim=64)
     a, b = np.zeros((4, 8), np.float32), np.zeros((3, 8), np.float32)

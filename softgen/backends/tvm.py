@@ -217,10 +217,11 @@ class Emit:
         return self.add(self.reduce_ln2(u, e), lo)
 
     def kahan(self, s, c, b):
-        """(s, c) += b; returns the new (s, c) names."""
+        """(s, c) += b; returns the new (s, c) names. An overflowed t drops the compensation
+        (else inf - inf), as vmath.h's sg_kahan_add."""
         y = self.sub(b, c)
         t = self.add(s, y)
-        return t, self.sub(self.sub(t, s), y)
+        return t, self.select(f"(T.fabs({t}) < {f32(math.inf)})", self.sub(self.sub(t, s), y), f32(0.0))
 
 
 # -- reductions: per-lane state in local buffers ----------------------------------------------------
