@@ -235,7 +235,8 @@ def annotate_ranges(p: Program) -> Program:
 
 
 def _nonneg(p: Program, v: int) -> bool:
-    """v >= 0 or NaN, by construction: |z|, max(z, c >= 0), e^z, products of such, c >= 0."""
+    """v >= 0 or NaN, by construction: |z|, max(z, c >= 0), e^z, products of such, c >= 0, and
+    a < b ? z : a (b >= 0: a is taken only when a >= b or NaN) for such z."""
     op, args = p.op(v), p.args(v)
     c = p.const_value(v)
     if c is not None:
@@ -244,6 +245,10 @@ def _nonneg(p: Program, v: int) -> bool:
         return True
     if op == "max":
         return any(p.const_value(a) is not None and p.const_value(a) >= 0 for a in args)
+    if op == "where_lt":
+        a, b, then, other = args
+        b_min = p.const_value(b)
+        return _nonneg(p, then) and (_nonneg(p, other) or (other == a and b_min is not None and b_min >= 0))
     return op == "mul" and all(_nonneg(p, a) for a in args)
 
 
