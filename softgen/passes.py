@@ -363,7 +363,7 @@ def plan(p: Program) -> Plan:
         kind, args = p.kind(v), p.args(v)
         if kind in ("const", "param", "size", "mscalar"):
             avail[v] = 0
-        elif kind in ("input", "colvec"):
+        elif kind in ("input", "colvec", "matrow"):
             level[v] = 0
         elif kind == "reduce":
             avail[v] = level[args[0]] + 1
@@ -425,7 +425,7 @@ def _fuse_into(a: Program, b: Program) -> Program:
             m[v] = x
         elif op == "param" and attrs["name"] in emitted:
             m[v] = emitted[attrs["name"]]
-        elif op in ("param", "colvec", "mscalar", "index", "row_index"):   # leaves: one node each
+        elif op in ("param", "colvec", "mscalar", "index", "row_index", "matrow"):   # leaves: one node each
             m[v] = q._leaf(op, **attrs).id
         else:
             m[v] = q.add(op, *[m[u] for u in b.args(v)], **attrs)
@@ -445,12 +445,14 @@ def _fusable_rows(a, b) -> bool:
     pa, pb = a.program, b.program
     if {pb.attrs(v)["name"] for v in pb.nodes("colvec")} & written_by(pa):
         return False
+    if a.writes_output() and a.into in pb.matrices():
+        return False
     if set(pb.mscalar_names()[0]) & set(pa.mscalar_names()[1]):
         return False
     return not (a.writes_output() and (b.writes_output() or a.into == a.over))
 
 
-EPILOGUE_KINDS = {"input", "const", "param", "colvec", "size", "mscalar", "map", "output"}
+EPILOGUE_KINDS = {"input", "const", "param", "colvec", "size", "mscalar", "map", "output", "matrow"}
 
 
 def elementwise(p: Program) -> bool:
