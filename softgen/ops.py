@@ -580,8 +580,9 @@ def gaussian_kernel(mp: MatrixProgram, head_dim: float) -> None:
     s = 1.0 / (2.0 * math.sqrt(_head_dim_int(head_dim)))
     for over in ("b", "a"):
         x = mp.rows(over=over)
-        x = x.finite_or_nan()         # NaN norm for a non-finite point; +inf only by overflow
-        (x * x).sum().emit(over * 2)
+        # x - x is NaN exactly for NaN and +-inf: the norm is NaN for a non-finite point and
+        # +inf only by overflow (one op; a finite-or-NaN select took three)
+        x.fma(x, x - x).sum().emit(over * 2)
     mp.matmul("s", "a", "b", layout="nt")
     g = mp.rows(over="s", into="s")
     p = g.p
