@@ -90,6 +90,8 @@ OPS: dict[str, OpSpec] = {
     "colreduce_online": OpSpec(1, "colreduce", "per-column running (m, d) across the rows, "
                                "d = sum e^(s(x - m)), into vectors <name>_m, <name>_d; attr "
                                "scale s", ROW),
+    "matrow": OpSpec(0, "matrow", "element j of the current row of matrix attr name (another "
+                     "matrix of the swept matrix's shape, read element-wise)", ROW),
     "row_index": OpSpec(0, "size", "the index i of the current row in its matrix, as a float "
                         "(exact below 2^24 rows)", SCALAR),
     "mscalar": OpSpec(0, "mscalar", "the per-matrix scalar attr name, written by an earlier phase",
@@ -106,7 +108,7 @@ MREDUCE_INIT = {"mreduce_max": -math.inf, "mreduce_sum": 0.0}
 # the state vectors of each column reduction, as (field, initial value)
 COLREDUCE_FIELDS = {"colreduce_max": (("m", -math.inf),), "colreduce_sum": (("s", 0.0),),
                     "colreduce_online": (("m", -3.4028234663852886e38), ("d", 0.0))}
-MATRIX_KINDS = ("colvec", "size", "emit", "colstore", "colreduce", "mscalar", "mreduce")
+MATRIX_KINDS = ("colvec", "size", "emit", "colstore", "colreduce", "mscalar", "mreduce", "matrow")
 TOPK_MAX = 64      # reduce_topk keeps k (key, index) registers per lane and accumulator
 INDEX_MAX_N = 2 ** 24  # float32 represents every integer up to here: the range of an index leaf
 _PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # becomes a C argument name
@@ -188,6 +190,15 @@ class Program:
     def size(self, axis: str) -> "Value":
         """The matrix's row count (``"rows"``) or row length (``"cols"``), as a float."""
         return Value(self, self.add("size", axis=axis))
+
+    def matrow(self, name: str) -> "Value":
+        """Element j of row i of matrix ``name`` while this phase is at row i, element j (a matrix
+        of the same shape as the one swept: e.g. 2V - W in a GEMM epilogue over W)."""
+        return self._leaf("matrow", name=name)
+
+    def matrices(self) -> list[str]:
+        """Names of the matrices this program reads element-wise (``matrow``), sorted."""
+        return sorted({self.attrs(v)["name"] for v in self.g if self.op(v) == "matrow"})
 
     def row_index(self) -> "Value":
         """The index i of the current row in its matrix, as a float (one node per program)."""
@@ -341,8 +352,9 @@ class Program:
                               f"a lower-case identifier or is reserved")
             if spec.kind in ("emit", "mreduce") and shapes[0] != SCALAR:
                 raise IRError(f"{self.name}: %{v} {op} needs a scalar")
-            if spec.kind in ("mscalar", "mreduce") and not c_name_ok(self.attrs(v).get("name")):
-                raise IRError(f"{self.name}: %{v} per-matrix scalar name {self.attrs(v).get('name')!r} "
+            if spec.kind in ("mscalar", "mreduce", "matrow") and not c_name_ok(self.attrs(v).get("name")):
+                what = "matrix" if op == "matrow" else "per-matrix scalar"
+                raise IRError(f"{self.name}: %{v} {what} name {self.attrs(v).get('name')!r} "
                               f"is not a lower-case identifier")
             if spec.kind in ("colstore", "colreduce") and shapes[0] != ROW:
                 raise IRError(f"{self.name}: %{v} {op} needs a row value")
@@ -371,7 +383,7 @@ class Program:
             extra = " ".join(f"{k}={val}" for k, val in a.items() if k != "value")
             if op == "const":
                 args = repr(a["value"])
-            if op in ("param", "colvec", "mscalar"):
+            if op in ("param", "colvec", "mscalar", "matrow"):
                 args, extra = a["name"], ""
             lines.append(f"  %{v:<3} = {op:<14} {args:<12} {extra:<20} : {self.shape(v)}".rstrip())
         if self.fallback is not None:

@@ -9,7 +9,8 @@ call) and runs a sequence of *phases* per matrix of the batch:
   how to sweep, run over every row of one matrix (``over``), optionally writing its output row to
   a matrix of the same shape (``into``; it may be ``over`` itself). Besides the row it can read
   per-row vectors (``param``: element i, for row i), per-column vectors (``colvec``: element j),
-  per-matrix scalars (``mscalar``) and the row index (``row_index``); it can store a per-row
+  per-matrix scalars (``mscalar``), the row index (``row_index``) and the same element of another
+  matrix of its shape (``matrow``, e.g. V in a GEMM epilogue 2V - V T); it can store a per-row
   scalar (``emit``), accumulate per-column reductions across the rows (``colreduce_*``, state
   vectors updated element-wise, vectorised across contiguous columns, so column sums need no
   transpose) and reduce a per-row scalar across the rows into a per-matrix scalar (``mreduce_*``).
@@ -95,9 +96,10 @@ class Phase:
 
     def matrices_read(self) -> set[str]:
         if self.kind == "rows":
-            return {self.over}
+            return {self.over} | set(self.program.matrices())
         if self.kind == "matmul":
-            return {self.mm.a, self.mm.b} | ({self.mm.dst} if self.mm.beta else set())
+            epi = set(self.mm.epilogue.matrices()) if self.mm.epilogue is not None else set()
+            return {self.mm.a, self.mm.b} | ({self.mm.dst} if self.mm.beta else set()) | epi
         return set()
 
     def matrices_written(self) -> set[str]:
@@ -384,6 +386,12 @@ class MatrixProgram:
             if self.shape(ph.into) != self.shape(ph.over):
                 raise IRError(f"{self.name}: a rows phase over {ph.over} {self.shape(ph.over)} "
                               f"writes {ph.into} {self.shape(ph.into)}")
+        swept = ph.mm.dst if ph.kind == "matmul" else ph.over
+        for nm in p.matrices():
+            if p.phase != "rows" or self.shape(nm) != self.shape(swept) or nm in (swept, ph.into):
+                raise IRError(f"{self.name}: phase {p.name} reads matrix {nm!r} element-wise: only "
+                              f"a rows phase can, from a matrix of its shape other than the one it "
+                              f"sweeps or writes")
         reads = {p.attrs(v)["name"] for v in p.nodes() if p.op(v) in ("param", "colvec")}
         missing = reads - vecs
         if missing:

@@ -406,10 +406,21 @@ def lssar(x: Value, head_dim: float, p: float, offset_free_rows: float, count_ke
 
 # -- Sinkhorn (spec 7): a matrix program -------------------------------------------------------
 
-def _potential(m: Value, d: Value, count: Value, eps: float) -> Value:
-    """-eps (log count + LSE) from an online (m, d) state, LSE = m / eps + log d; NaN where the
-    LSE is not finite (a NaN, +inf or all -inf row/column), as float64's LSE is."""
-    return (count.log() * -eps - m - d.log() * eps).finite_or_nan()
+def _neg_lse(m: Value, d: Value, eps: float) -> Value:
+    """-eps LSE from an online (m, d) state, LSE = m / eps + log d: +inf exactly for a padded
+    row/column (only -inf entries: d = 0), NaN or -inf for NaN or +inf entries."""
+    return -m - d.log() * eps
+
+
+def _potential(raw: Value) -> Value:
+    """The potential from ``_neg_lse``: 0 for a padded row/column (it drops out of every LSE),
+    NaN where the LSE is not finite otherwise, as float64's LSE is."""
+    return (-raw).where_lt(-F32_MAX, 0.0, raw.finite_or_nan())
+
+
+def _unpadded(raw: Value) -> Value:
+    """1 for a row/column that is not padded, 0 for a padded one, from its ``_neg_lse``."""
+    return (-raw).where_lt(-F32_MAX, 0.0, 1.0)
 
 
 def _iterations(n) -> int:
@@ -431,11 +442,13 @@ def _sinkhorn_tolerance(x, ref_y, params, call):
     the rounding of its inputs (|z| 2^-24 each, z up to Z = max (|C| + |u| + |v|) / eps), the
     exp and log (a few ulp) and its sum; a column sum adds up to 1.5 ulp per row (sequential
     across rows, one online rescale per row at worst). The output's error is y (e^dM - 1); e^M
-    below FLT_MIN may flush to 0 before the n_k scaling."""
+    below FLT_MIN may flush to 0 before the n_k scaling. The kernel's potentials leave out the
+    reference's eps log n terms, so they may be that much larger."""
     c = np.asarray(x, np.float64)
     n_iter, eps = int(params["n_iter"]), params["eps"]
     nq = c.shape[-2]
     _, _, peak = ref.sinkhorn_potentials(c, n_iter, eps)
+    peak += eps * math.log(max(c.shape[-2:], default=1) or 1)
     with np.errstate(invalid="ignore"):
         z = np.nanmax(np.where(np.isfinite(c), np.abs(c), 0.0), initial=0.0) / eps + 2 * peak / eps
     cols = n_iter // 2
@@ -451,11 +464,15 @@ def _sinkhorn_call(x, n_iter=3, eps=1.0, **_):
           custom_tolerance=_sinkhorn_tolerance)
 def sinkhorn(mp: MatrixProgram, n_iter: float, eps: float) -> None:
     """Log-domain Sinkhorn over the last two axes, rows first (spec 7): n_iter half-steps
-    alternate row potentials u_i = -eps (log n_q + LSE_j (C_ij + v_j) / eps) and column
-    potentials v_j = -eps (log n_k + LSE_i (C_ij + u_i) / eps) (the spec's update with the old
-    potential cancelled); output exp((C + u + v) / eps) n_k. Column LSEs are online reductions
-    across the rows, vectorised over contiguous columns; the planner fuses each row step with the
-    next column step's accumulation (one read of the matrix for both)."""
+    alternate row potentials u_i = -eps LSE_j (C_ij + v_j) / eps and column potentials v_j = -eps
+    LSE_i (C_ij + u_i) / eps. The spec's marginal terms -eps log n_q, -eps log n_k only shift u
+    against v, so they are left out: after a column step exp((C + u + v) / eps) already is the
+    output (columns sum to 1), after a row step it is scaled by n_k' / n_q'. Padding: rows and
+    columns of only -inf get potential 0 and drop out of every LSE and of the counts n_q', n_k'
+    (per-matrix scalars), so they come out 0 and the rest equals the unpadded submatrix's
+    result. Column LSEs are online reductions across the rows, vectorised over contiguous
+    columns; the planner fuses each row step with the next column step's accumulation (one read
+    of the matrix for both)."""
     n_iter, eps = _iterations(n_iter), _eps(eps)
     inv = 1.0 / eps
     for t in range(n_iter):
@@ -463,16 +480,31 @@ def sinkhorn(mp: MatrixProgram, n_iter: float, eps: float) -> None:
         p = x.p
         if t % 2 == 0:   # row step
             r = (x if t == 0 else x + p.colvec("v")).online(inv)
-            _potential(r.item(0), r.item(1), p.size("rows"), eps).emit("u")
+            raw = _neg_lse(r.item(0), r.item(1), eps)
+            _potential(raw).emit("u")
+            if t == 0 and n_iter % 2:
+                _unpadded(raw).mreduce("sum", "nq")
+            if n_iter == 1:   # no column step counts the padded columns: a column max of "not -inf"
+                x.where_lt(-F32_MAX, 0.0, 1.0).colreduce("max", "live")
+                q = mp.cols()
+                q.colvec("live_m").sum().mreduce("sum", "nk")
         else:            # column step: accumulate across the rows, then finish per column
             (x + p.row_param("u")).colreduce("online", "lse", inv)
             q = mp.cols()
-            _potential(q.colvec("lse_m"), q.colvec("lse_d"), q.size("cols"), eps).colstore("v")
+            raw = _neg_lse(q.colvec("lse_m"), q.colvec("lse_d"), eps)
+            _potential(raw).colstore("v")
+            if t == 1 and n_iter % 2:
+                _unpadded(raw).sum().mreduce("sum", "nk")
     x = mp.rows()
     z = x + x.p.row_param("u")
     if n_iter > 1:
         z = z + x.p.colvec("v")
-    x.p.add("output", ((z * inv).exp() * x.p.size("cols")).id)
+    y = (z * inv).exp()
+    if n_iter % 2:   # rows sum to 1 after a row step; Sinkformers' scaling makes them n_k / n_q
+        y = y * (x.p.mscalar("nk") / x.p.mscalar("nq").maximum(1.0))
+    x.p.add("output", y.id)
+
+
 # -- top-k softmax (spec 9): a selection reduction, dense or sparse output ------------------------
 
 def _topk_k(k) -> int:
@@ -539,9 +571,9 @@ def _gaussian_tolerance(inputs, ref_y, params, call):
     s = 1.0 / (2.0 * math.sqrt(params["head_dim"]))
     dd2 = (d + 3) * 2 * U32 * (aa + bb + 2.0 * np.sqrt(aa * bb))
     y = np.abs(ref_y)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         z = -np.log(np.maximum(y, 1e-300))
-    return y * (np.expm1(s * dd2 + 2 * U32 * z) + EXP_REL) + 2.0 ** -126
+        return np.where(y > 0, y * (np.expm1(s * dd2 + 2 * U32 * z) + EXP_REL), 0.0) + 2.0 ** -126
 
 
 def _gaussian_samples(rng, params):
@@ -557,17 +589,24 @@ def gaussian_kernel(mp: MatrixProgram, head_dim: float) -> None:
     """SOFT's kernel S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(head_dim))) of
     a (..., n, d) and b (..., m, d) -> (..., n, m) (spec 6): the squared norms are row sums, the
     Gram product an NT GEMM, the rest an element-wise phase (fused into the GEMM's store by the C
-    backend). Entries in (0, 1]; exactly the clamp makes identical points give 1."""
+    backend). Entries in (0, 1]; exactly the clamp makes identical points give 1. A point with a
+    non-finite coordinate gives NaN against every point; finite points with |a_i|^2 + |b_j|^2 >=
+    FLT_MAX give 0 (their distance is beyond float32: far apart, or identical huge points)."""
     s = 1.0 / (2.0 * math.sqrt(_head_dim_int(head_dim)))
-    b = mp.rows(over="b")
-    (b * b).sum().emit("bb")
-    a = mp.rows(over="a")
-    (a * a).sum().emit("aa")
+    for over in ("b", "a"):
+        x = mp.rows(over=over)
+        # x - x is NaN exactly for NaN and +-inf: the norm is NaN for a non-finite point and
+        # +inf only by overflow (one op; a finite-or-NaN select took three)
+        x.fma(x, x - x).sum().emit(over * 2)
     mp.matmul("s", "a", "b", layout="nt")
     g = mp.rows(over="s", into="s")
     p = g.p
-    d2 = g.fma(-2.0, p.row_param("aa") + p.colvec("bb"))        # aa + bb - 2 G, one rounding
-    p.add("output", (d2.maximum(0.0) * -s).exp().id)
+    q = p.row_param("aa") + p.colvec("bb")
+    d2 = g.fma(-2.0, q).maximum(0.0)                            # aa + bb - 2 G, one rounding
+    # max drops NaN, and G may be inf - inf once the norms overflow: q alone decides those pairs
+    # (NaN: a non-finite point; >= FLT_MAX: float32 cannot form the distance, counted as far)
+    d2 = q.where_lt(F32_MAX, d2, q)
+    p.add("output", (d2 * -s).exp().id)
 
 
 NEWTON_MAX_ITER = 1000
@@ -596,19 +635,19 @@ def _diagonal(p: Program, on: float, off: float) -> Value:
 
 
 def _newton_run(p: np.ndarray, v: np.ndarray, n_iter: int, noise=None) -> np.ndarray:
-    """The kernel's iteration V <- V (2I - P V) in float64; ``noise(x, bound)`` perturbs each
+    """The kernel's iteration V <- 2V - V (P V) in float64; ``noise(x, bound)`` perturbs each
     rounded intermediate x by up to ``bound`` (the f32 kernel's rounding error bound)."""
     m = p.shape[-1]
-    eye, g = np.eye(m), (m + 2) * 2 * U32          # a GEMM: (k + 2) 2^-23 |A||B| (test_gemm)
+    g = (m + 2) * 2 * U32                          # a GEMM: (k + 2) 2^-23 |A||B| (test_gemm)
     for _ in range(n_iter):
         t = p @ v
         if noise:
             t = noise(t, g * (np.abs(p) @ np.abs(v)))
-        t = 2 * eye - t
-        if noise:
-            t = noise(t, 2 * U32 * np.abs(t))
         w = v @ t
-        v = noise(w, g * (np.abs(v) @ np.abs(t)) + 2 * U32 * np.abs(w)) if noise else w
+        if noise:
+            w = noise(w, g * (np.abs(v) @ np.abs(t)))
+        w = 2 * v - w
+        v = noise(w, 2 * U32 * np.abs(w)) if noise else w
     return v
 
 
@@ -699,9 +738,10 @@ def _newton_reference(x, n_iter=20, variant="soft", alpha_factor=0.9):
           custom_tolerance=lambda x, r, params, call: _newton_tolerance(x, r, params),
           samples=lambda rng, params: _newton_samples(rng))
 def newton_pinv(mp: MatrixProgram, n_iter: float, variant: str, alpha_factor: float) -> None:
-    """Newton-Schulz pseudo-inverse of square matrices (..., m, m) (spec 6): V <- V (2I - P V),
-    n_iter times (two GEMMs per iteration; 2I - PV is an element-wise phase, fused into the
-    first GEMM's store in C). variant "soft": P = A + 0.01 I, V0 = alpha P, alpha = alpha_factor
+    """Newton-Schulz pseudo-inverse of square matrices (..., m, m) (spec 6): V <- 2V - V (P V),
+    SOFT's own order, n_iter times (two GEMMs per iteration; 2V - W is an element-wise phase
+    reading V, fused into the second GEMM's store in C: rounding 2I - PV first, as V (2I - PV)
+    does, costs ~4x the accuracy in float32). variant "soft": P = A + 0.01 I, V0 = alpha P, alpha = alpha_factor
     2 / (max row sum |A|)^2 -> (A + 0.01 I)^-1. variant "norm": P = A, V0 = alpha A, alpha =
     2 / (max row sum)^2 halved while |I - A (alpha A)|_1 > 1.01 (at most 10 times; all candidates
     tested at once from G = A A, the first that passes taken) -> A^+. alpha is per matrix (the
@@ -742,9 +782,9 @@ def newton_pinv(mp: MatrixProgram, n_iter: float, variant: str, alpha_factor: fl
         raise UsageError(f"variant must be 'soft' or 'norm', got {variant!r}")
     with mp.loop(n_iter, swap=[("v", "w")]):
         mp.matmul("t", P, "v")                                                  # T = P V
-        t = mp.rows(over="t", into="t")
-        t.p.add("output", (_diagonal(t.p, 2.0, 0.0) - t).id)                    # T = 2I - T
         mp.matmul("w", "v", "t")                                                # W = V T
+        w = mp.rows(over="w", into="w")
+        w.p.add("output", (w.p.matrow("v") * 2.0 - w).id)                      # W = 2V - W
     y = mp.rows(over="v", into="y")
     y.p.add("output", y.id)
 

@@ -254,7 +254,8 @@ def annotate_ranges(p: Program) -> Program:
 
 
 def _nonneg(p: Program, v: int) -> bool:
-    """v >= 0 or NaN, by construction: |z|, max(z, c >= 0), e^z, products of such, c >= 0."""
+    """v >= 0 or NaN, by construction: |z|, max(z, c >= 0), e^z, products of such, c >= 0, and
+    a < b ? z : a (b >= 0: a is taken only when a >= b or NaN) for such z."""
     op, args = p.op(v), p.args(v)
     c = p.const_value(v)
     if c is not None:
@@ -263,6 +264,10 @@ def _nonneg(p: Program, v: int) -> bool:
         return True
     if op == "max":
         return any(p.const_value(a) is not None and p.const_value(a) >= 0 for a in args)
+    if op == "where_lt":
+        a, b, then, other = args
+        b_min = p.const_value(b)
+        return _nonneg(p, then) and (_nonneg(p, other) or (other == a and b_min is not None and b_min >= 0))
     return op == "mul" and all(_nonneg(p, a) for a in args)
 
 
@@ -387,7 +392,7 @@ def plan(p: Program, in_place: bool = True) -> Plan:
         kind, args = p.kind(v), p.args(v)
         if kind in ("const", "param", "size", "mscalar"):
             avail[v] = 0
-        elif kind in ("input", "colvec"):
+        elif kind in ("input", "colvec", "matrow"):
             level[v] = 0
         elif kind == "reduce":
             avail[v] = level[args[0]] + 1
@@ -453,7 +458,7 @@ def _fuse_into(a: Program, b: Program) -> Program:
             m[v] = x
         elif op == "param" and attrs["name"] in emitted:
             m[v] = emitted[attrs["name"]]
-        elif op in ("param", "colvec", "mscalar", "index", "row_index"):   # leaves: one node each
+        elif op in ("param", "colvec", "mscalar", "index", "row_index", "matrow"):   # leaves: one node each
             m[v] = q._leaf(op, **attrs).id
         else:
             m[v] = q.add(op, *[m[u] for u in b.args(v)], **attrs)
@@ -473,12 +478,14 @@ def _fusable_rows(a, b) -> bool:
     pa, pb = a.program, b.program
     if {pb.attrs(v)["name"] for v in pb.nodes("colvec")} & written_by(pa):
         return False
+    if a.writes_output() and a.into in pb.matrices():
+        return False
     if set(pb.mscalar_names()[0]) & set(pa.mscalar_names()[1]):
         return False
     return not (a.writes_output() and (b.writes_output() or a.into == a.over))
 
 
-EPILOGUE_KINDS = {"input", "const", "param", "colvec", "size", "mscalar", "map", "output"}
+EPILOGUE_KINDS = {"input", "const", "param", "colvec", "size", "mscalar", "map", "output", "matrow"}
 
 
 def elementwise(p: Program) -> bool:

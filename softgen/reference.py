@@ -333,23 +333,34 @@ def _lse(m, axis):
         return (mx + np.log(np.sum(np.exp(m - mx), axis=axis, keepdims=True))).squeeze(axis)
 
 
+def sinkhorn_padding(scores) -> tuple[np.ndarray, np.ndarray]:
+    """(padded rows (..., n_q), padded columns (..., n_k)): those whose entries are all -inf."""
+    c = _rows(scores)
+    masked = c == -np.inf
+    return masked.all(-1), masked.all(-2)
+
+
 def sinkhorn_potentials(scores, n_iter: int = 3, eps: float = 1.0):
     """(u, v, peak): the potentials after ``n_iter`` half-steps of ``sinkhorn`` (rows first) and
-    the largest |u|, |v| any step produced (for error bounds)."""
+    the largest |u|, |v| any step produced (for error bounds). Padded rows and columns (all
+    -inf, ``sinkhorn_padding``) are left out: their potential is 0 and the marginals are
+    1/n_q', 1/n_k' over the n_q' rows and n_k' columns that are not padded."""
     c = _rows(scores)
     if int(n_iter) < 1 or not (math.isfinite(eps) and eps > 0):
         raise ValueError("n_iter must be >= 1 and eps finite and > 0")
-    nq, nk = c.shape[-2], c.shape[-1]
+    prow, pcol = sinkhorn_padding(c)
+    log_nq = np.log(np.maximum((~prow).sum(-1), 1))[..., None]
+    log_nk = np.log(np.maximum((~pcol).sum(-1), 1))[..., None]
     u = np.zeros(c.shape[:-1])
-    v = np.zeros(c.shape[:-2] + (nk,))
+    v = np.zeros(c.shape[:-2] + (c.shape[-1],))
     peak = 0.0
     for t in range(int(n_iter)):
         m = (c + u[..., :, None] + v[..., None, :]) / eps
-        if t % 2 == 0:
-            u = eps * (-math.log(nq) - _lse(m, -1)) + u
-        else:
-            v = eps * (-math.log(nk) - _lse(m, -2)) + v
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
+            if t % 2 == 0:
+                u = np.where(prow, 0.0, eps * (-log_nq - _lse(m, -1)) + u)
+            else:
+                v = np.where(pcol, 0.0, eps * (-log_nk - _lse(m, -2)) + v)
             peak = max(peak, np.nanmax(np.abs(u), initial=0.0), np.nanmax(np.abs(v), initial=0.0))
     return u, v, peak
 
@@ -358,22 +369,30 @@ def sinkhorn(scores, n_iter: int = 3, eps: float = 1.0, output_scale: str = "n_k
     """Log-domain Sinkhorn on the last two axes, rows first (Sinkformers): M = (C + u + v) / eps,
     even t: u += eps (log mu - LSE_j M), odd t: v += eps (log nu - LSE_i M); returns exp(M) times
     n_k (or n_q with output_scale="n_q"). n_iter = 1 is softmax(C / eps) n_k / n_q. A row or
-    column LSE over NaN, +inf or only -inf is NaN, so such rows/columns poison what they touch."""
+    column LSE over NaN or +inf is NaN, so such rows/columns poison what they touch. Padding:
+    rows and columns that are entirely -inf are left out (``sinkhorn_potentials``) and come out
+    0; n_q and n_k count the others, so a padded matrix gives exactly what its unpadded
+    submatrix gives, with zeros around it (all -inf: all 0)."""
     c = _rows(scores)
-    nq, nk = c.shape[-2], c.shape[-1]
+    prow, pcol = sinkhorn_padding(c)
+    n = (~(prow if output_scale == "n_q" else pcol)).sum(-1)[..., None, None]
     u, v, _ = sinkhorn_potentials(c, n_iter, eps)
     with np.errstate(invalid="ignore", over="ignore"):
         p = np.exp((c + u[..., :, None] + v[..., None, :]) / eps)
-    return p * (nk if output_scale == "n_k" else nq)
+    return p * n
 
 
 # -- SOFT (section 6) -----------------------------------------------------------------------------
 
 def gaussian_kernel(a, b, head_dim: int) -> np.ndarray:
-    """S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(d))) over the last two axes."""
+    """S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(d))) over the last two axes;
+    NaN where a_i or b_j has a non-finite coordinate (section 0: bad input is never a distance)."""
     a, b = _rows(a), _rows(b)
-    d2 = (a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] - 2.0 * a @ np.swapaxes(b, -1, -2)
-    return np.exp(-np.maximum(d2, 0.0) / (2.0 * math.sqrt(head_dim)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        d2 = (a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] - 2.0 * a @ np.swapaxes(b, -1, -2)
+        s = np.exp(-np.maximum(d2, 0.0) / (2.0 * math.sqrt(head_dim)))
+    ok = np.isfinite(a).all(-1)[..., :, None] & np.isfinite(b).all(-1)[..., None, :]
+    return np.where(ok, s, np.nan)
 
 
 def newton_pinv_alpha(a, variant: str = "soft", alpha_factor: float = 0.9,

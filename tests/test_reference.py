@@ -107,6 +107,14 @@ def test_sinkhorn_reference_properties():
     rect = rng.standard_normal((5, 12))
     p = ref.sinkhorn(rect, 4)                                                       # ends on a column step
     assert np.allclose(p.sum(-2), 1) and np.allclose(ref.sinkhorn(rect, 3).sum(-1), 12 / 5)
+    pad = np.full((2, 7, 15), -np.inf)                  # padding: all -inf rows and columns drop out
+    pad[:, 1:6, 3:] = rect
+    for t in (1, 2, 3, 4):
+        for out_scale in ("n_k", "n_q"):
+            y = ref.sinkhorn(pad, t, output_scale=out_scale)
+            assert np.allclose(y[:, 1:6, 3:], ref.sinkhorn(rect, t, output_scale=out_scale), rtol=1e-12, atol=0)
+            assert np.all(y[:, [0, 6]] == 0) and np.all(y[..., :3] == 0)
+    assert np.all(ref.sinkhorn(np.full((3, 3), -np.inf), 3) == 0)
 
 
 def test_gaussian_kernel_and_newton_pinv_references():

@@ -46,7 +46,7 @@ def test_marginals_and_convergence(rng):
 
 def test_nan_inf_and_masks_follow_the_reference(rng):
     """A NaN or +inf poisons its row at the first row step, then every column; -inf entries
-    (key padding) give exact zeros; an all -inf column is infeasible (NaN)."""
+    give exact zeros; an all -inf column or row is padding (test_padding_...)."""
     base = rng.standard_normal((6, 10)).astype(np.float32)
     cases = {}
     for name, (i, j, v) in {"nan": (2, 3, np.nan), "+inf": (1, 0, np.inf), "-inf": (4, 7, -np.inf)}.items():
@@ -69,6 +69,44 @@ def test_nan_inf_and_masks_follow_the_reference(rng):
             check(k, x, k(x), f"{name}, n_iter={n_iter}")
     y = kernel("sinkhorn", "direct", "host", n_iter=3)(cases["-inf"])
     assert y[4, 7] == 0 and np.isfinite(y).all()
+
+
+def _padded(rng, c, rows, cols):
+    """c embedded in an all -inf matrix at the given row and column indices (padding)."""
+    x = np.full(c.shape[:-2] + (c.shape[-2] + len(rows), c.shape[-1] + len(cols)), -np.inf, np.float32)
+    keep_r = np.setdiff1d(np.arange(x.shape[-2]), rows)
+    keep_c = np.setdiff1d(np.arange(x.shape[-1]), cols)
+    x[..., keep_r[:, None], keep_c] = c
+    return x, keep_r, keep_c
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("n_iter", [1, 2, 3, 4, 5])
+def test_padding_equals_the_unpadded_submatrix(target, backend, n_iter, rng):
+    """Key (and query) padding: all -inf columns and rows are left out of the normalisation and
+    come out exactly 0; the other entries equal the unpadded submatrix's result (n_k, n_q count
+    what is not padded), whatever the padding. Before, one padded column made the whole output
+    NaN from n_iter = 3 on and a padded row was NaN."""
+    k = kernel("sinkhorn", "direct", target, backend, n_iter=n_iter)
+    cases = []
+    for shape, rows, cols in [((5, 7), [], [9, 7, 8]), ((6, 6), [0, 3], [2]), ((3, 20, 33), [20], [0, 5, 34]),
+                              ((2, 1, 1), [0, 2], [1, 2, 3])]:
+        c = (rng.standard_normal(shape) * 3).astype(np.float32)
+        c[..., 0, -1] = -np.inf                                      # an ordinary mask stays 0
+        cases.append((c,) + _padded(rng, c, rows, cols))
+    xs = [x for _, x, _, _ in cases] + [c for c, _, _, _ in cases] + [np.full((2, 3, 4), -np.inf, np.float32)]
+    ys = run_many(k, xs)
+    for (c, x, kr, kc), y, yc in zip(cases, ys, ys[len(cases):]):
+        what = f"{c.shape} padded to {x.shape}"
+        sub = y[..., kr[:, None], kc]
+        check(k, c, sub, what)                                        # the submatrix's reference
+        np.testing.assert_allclose(sub, yc, rtol=1e-5, atol=1e-30, err_msg=what)   # sums' order
+        pad = np.ones(x.shape, bool)
+        pad[..., kr[:, None], kc] = False
+        assert np.all(y[pad] == 0), what
+        check(k, x, y, what)                                          # and the padded reference
+    np.testing.assert_array_equal(ys[-1], np.zeros((2, 3, 4), np.float32))   # all padding: 0
 
 
 def test_layouts_batches_and_in_place(rng):

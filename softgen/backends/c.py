@@ -323,8 +323,8 @@ def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: boo
             expr = bufs["x_value"] if bufs.get("x_value") else load(bufs["x"])
         elif op == "index":
             expr = load(bufs["index"]) if bufs["index"] else f"V_ADD(V_SET1((float)(int32_t)({off})), iota)"
-        elif op == "colvec":
-            expr = load(f"cv_{p.attrs(v)['name']}")
+        elif op in ("colvec", "matrow"):
+            expr = load(f"{'cv' if op == 'colvec' else 'mx'}_{p.attrs(v)['name']}")
         elif op == "materialize":
             expr = args[0]
         elif op == "exp" and p.attrs(v).get("nonpos"):
@@ -435,7 +435,7 @@ def _sweep_block(c: _Ctx, sw) -> dict:
         + (["store y"] if sw.stores else []) + (["write y"] if sw.output is not None else []) \
         + [f"store {p.attrs(v)['name']}" for v in sw.colstores]
     reads = ("x" if sw.reads_x else "") + (" y" if sw.reloads else "")
-    vecs = sorted({p.attrs(v)["name"] for v in sw.compute if p.op(v) == "colvec"})
+    vecs = sorted({p.attrs(v)["name"] for v in sw.compute if p.op(v) in ("colvec", "matrow")})
     reads = (reads + "".join(f" {v}" for v in vecs)).strip() or "-"
     return {"kind": "sweep", "index": sw.index, "comment": f"read {reads}; {', '.join(what)}",
             "setup": setup, "blocked": any(_red(c, r).blocked for r in sw.reductions),
@@ -560,15 +560,17 @@ def phase_args(p: Program) -> list[tuple[str, str, tuple]]:
     """The arguments of a matrix phase's row function after (x, y), as (C type, name, source):
     n and m (its matrix's columns and rows), the row index, per-row vector elements (``rp_``),
     per-matrix scalars read (``ms_``), per-column vectors (``cv_``), per-row vector slots it emits
-    into (``em_``), per-matrix scalars it reduces into (``mr_``). ``source`` tells the entry point
-    what to pass (see ``_phase_call``); the TVM backend declares the same list."""
+    into (``em_``), per-matrix scalars it reduces into (``mr_``), the current row of each matrix
+    it reads element-wise (``mx_``). ``source`` tells the entry point what to pass (see
+    ``_phase_call``); the TVM backend declares the same list."""
     read_s, wrote_s = p.mscalar_names()
     return ([("size_t", "n", ("dim", 1)), ("size_t", "m", ("dim", 0)), ("size_t", "row", ("row",))]
             + [("float", f"rp_{r}", ("rowvec", r)) for r in p.row_params()]
             + [("float", f"ms_{m}", ("ms", m)) for m in read_s]
             + [("float *", f"cv_{v}", ("vec", v)) for v in p.vector_names()[1]]
             + [("float *", f"em_{p.attrs(v)['name']}", ("emit", p.attrs(v)["name"])) for v in p.nodes("emit")]
-            + [("float *", f"mr_{m}", ("mr", m)) for m in wrote_s])
+            + [("float *", f"mr_{m}", ("mr", m)) for m in wrote_s]
+            + [("const float *", f"mx_{nm}", ("matrow", nm)) for nm in p.matrices()])
 
 
 def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
@@ -581,8 +583,10 @@ def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
     c, pl = _Ctx(p, t, s, []), plan(p)
     (sw,) = pl.sweeps
     rps, (read_s, _), cols = p.row_params(), p.mscalar_names(), p.vector_names()[1]
+    mats = p.matrices()
     params = (["size_t e_rows", "size_t e_cols"] + [f"const float *rv_{r}" for r in rps]
-              + [f"float ms_{m}" for m in read_s] + [f"const float *cv_{v}" for v in cols])
+              + [f"float ms_{m}" for m in read_s] + [f"const float *cv_{v}" for v in cols]
+              + [q for nm in mats for q in (f"const float *mxb_{nm}", f"size_t ldmx_{nm}")])
     decl = ", ".join(["VEC acc", "size_t row", "size_t i", "size_t k", "size_t m", "size_t n"]
                      + params[2:])
     acc = "acc" if alpha == 1.0 else f"V_MUL(V_SET1({flit(alpha)}), acc)"
@@ -593,6 +597,7 @@ def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
              f"static inline __attribute__((always_inline)) VEC {fname}({decl})",
              "{", "    (void)row; (void)m; (void)n;"]
     lines += [f"    const float rp_{r} = rv_{r}[row];" for r in rps]
+    lines += [f"    const float *mx_{nm} = mxb_{nm} + row * ldmx_{nm};" for nm in mats]
     lines += ["    " + ln for ln in _scalar_lines(c, pl.scalars_before, None) + _setup(c, sw)]
     bufs = {"x": "x", "index": None, "y": "y", "x_value": acc}
     lines += ["    if (k >= SG_LANES) {"]
@@ -647,7 +652,8 @@ def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
             p = mm.epilogue
             R, C = mp.shape(mm.dst)
             args = head + ops + dst + [f"dim_{R}", f"dim_{C}"] + [f"vec_{r}" for r in p.row_params()] \
-                + [f"sg_ms[{scal[m]}]" for m in p.mscalar_names()[0]] + [f"vec_{v}" for v in p.vector_names()[1]]
+                + [f"sg_ms[{scal[m]}]" for m in p.mscalar_names()[0]] + [f"vec_{v}" for v in p.vector_names()[1]] \
+                + [a for nm in p.matrices() for a in (f"mat_{nm}", f"ld_{nm}")]
         return [f"{fname}({', '.join(args)});"]
     p = ph.program
     R, C = mp.shape(ph.over)
@@ -662,7 +668,8 @@ def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
             lines.append(f"sg_ms[{scal[p.attrs(v)['name']]}] = {flit(MREDUCE_INIT[p.op(v)])};")
     src = {"dim": lambda i: f"dim_{(R, C)[i]}", "row": lambda: "i" if rows else "0",
            "rowvec": lambda r: f"vec_{r}[i]", "ms": lambda m: f"sg_ms[{scal[m]}]",
-           "vec": lambda v: f"vec_{v}", "emit": lambda e: f"vec_{e} + i", "mr": lambda m: f"&sg_ms[{scal[m]}]"}
+           "vec": lambda v: f"vec_{v}", "emit": lambda e: f"vec_{e} + i", "mr": lambda m: f"&sg_ms[{scal[m]}]",
+           "matrow": lambda nm: f"{'(float *)' if tvm else ''}(mat_{nm} + i * ld_{nm})"}
     args = [src[a[0]](*a[1:]) for _, _, a in phase_args(p)]
     if rows:
         x = f"mat_{ph.over} + i * ld_{ph.over}"

@@ -218,10 +218,11 @@ class Emit:
         return self.add(y, self.select(f"({lo} == {lo})", lo, f32(0.0)))
 
     def kahan(self, s, c, b):
-        """(s, c) += b; returns the new (s, c) names."""
+        """(s, c) += b; returns the new (s, c) names. An overflowed t drops the compensation
+        (else inf - inf), as vmath.h's sg_kahan_add."""
         y = self.sub(b, c)
         t = self.add(s, y)
-        return t, self.sub(self.sub(t, s), y)
+        return t, self.select(f"(T.fabs({t}) < {f32(math.inf)})", self.sub(self.sub(t, s), y), f32(0.0))
 
 
 # -- reductions: per-lane state in local buffers ----------------------------------------------------
@@ -504,8 +505,8 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int, bufs: dict | None = 
         elif op == "index":
             vals[v] = e.let(f"{bufs['index']}[{i}]" if bufs["index"] else
                             f'T.Cast("float32", T.Cast("int32", {i}))')
-        elif op == "colvec":
-            vals[v] = e.let(f"CV_{at['name']}[{i}]")
+        elif op in ("colvec", "matrow"):
+            vals[v] = e.let(f"{'CV' if op == 'colvec' else 'MX'}_{at['name']}[{i}]")
         elif op == "materialize":
             vals[v] = args[0]
         elif op == "exp":
@@ -725,12 +726,13 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
     args = "".join(f"rp_{name}: T.float32, " for name in row_params)
     if p.phase is not None:   # a phase of a matrix program: the arguments of c.phase_args
         from .c import phase_args
-        tir = {"size_t": "T.int64", "float": "T.float32", "float *": 'T.handle("float32")'}
+        tir = {"size_t": "T.int64", "float": "T.float32", "float *": 'T.handle("float32")',
+               "const float *": 'T.handle("float32")'}
         args = "".join(f"{nm}: {tir[t]}, " for t, nm, _ in phase_args(p)[1:])
         for t, nm, _ in phase_args(p):
-            if t == "float *":
+            if t.endswith("*"):
                 big = nm[:2].upper() + nm[2:]
-                bufs.append(f'    {big} = T.decl_buffer(({"n" if nm.startswith("cv_") else 1},), '
+                bufs.append(f'    {big} = T.decl_buffer(({"n" if nm.startswith(("cv_", "mx_")) else 1},), '
                             f'"float32", data={nm})')
     head = [
         "@T.prim_func",
