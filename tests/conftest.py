@@ -128,6 +128,16 @@ def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_n
             assert np.all(np.abs(sums - 1) <= 1e-5), f"{where}: row sums {sums.min()}..{sums.max()}"
 
 
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests (exhaustive sweeps) run only with ``-m slow`` or SOFTGEN_SLOW=1."""
+    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("SOFTGEN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="exhaustive sweep: run with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -563,14 +563,6 @@ def test_extexp_scaled_worst_scales_found(target, s):
 
 # -- error sweeps: every float32 (-m slow) --------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request):
-    """Full sweeps run with ``-m slow`` (or SOFTGEN_SLOW=1), not in the default run."""
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or "") \
-            and os.environ.get("SOFTGEN_SLOW") != "1":
-        pytest.skip("full-domain sweep: run with -m slow")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("target", NATIVE)
 def test_exp_every_float32(target):
