@@ -128,13 +128,19 @@ def _scale(params: dict) -> float:
 TINY_SCALE = 2.0 ** -64
 
 
-def _shifted(x: Value, scale: float) -> Value:
+def _shifted(x: Value, scale: float, wide: bool = False) -> Value:
     """z = s (x - max x): max and scale commute for s > 0 (spec 0). Below TINY_SCALE the row is
     scaled by 2^-64 first and s by 2^64: x - max x may overflow where s (x - max x) does not, and
     the two-pass kernels clamp x at -2^17 / s, which then leaves the float32 range (the row came
-    out NaN). Powers of two are exact; results below 2^-126 lose bits z cannot see (< s 2^-86)."""
+    out NaN). Powers of two are exact; results below 2^-126 lose bits z cannot see (< s 2^-86).
+
+    ``wide``: z itself is an output (log-softmax), so a row spanning more than FLT_MAX must not
+    turn x - max x into -inf when s < 1 brings the result back into range: halve the row first
+    (one multiply per element, only for s < 1; exp(z) is 0 there either way, so softmax skips it)."""
     if scale < TINY_SCALE:
         x, scale = x * TINY_SCALE, scale / TINY_SCALE
+    elif wide and scale < 1.0:
+        x, scale = x * 0.5, scale * 2.0
     return (x - x.max()) * scale
 
 
@@ -149,7 +155,7 @@ def softmax(x: Value, scale: float) -> Value:
           rtol=0.0, atol=2e-6, atol_rel_to_y=True, log_probs=True)
 def log_softmax(x: Value, scale: float) -> Value:
     """y = (s x - M) - log sum exp(s x - M) (spec 4)."""
-    z = _shifted(x, scale)
+    z = _shifted(x, scale, wide=True)
     return z - z.exp().sum().log()
 
 

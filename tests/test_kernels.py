@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import softgen
-from softgen.ops import TINY_SCALE, build_program, get_op
+from softgen.ops import build_program, get_op
 from softgen.passes import applicable_algorithms
 from conftest import BACKENDS, OP_ALGS, OPS, TARGETS, check, kernel, run, run_many
 
@@ -187,7 +187,7 @@ def test_scale_and_temperature(op, alg, params, backend, rng):
 
 
 EXTREME_SCALES = [{"scale": 2.0 ** -149}, {"temperature": 3e33}, {"scale": 5e-20}, {"scale": 2.0 ** -64},
-                  {"scale": 1e30}]
+                  {"scale": 1e30}, {"temperature": 2.0}, {"scale": 0.75}]
 
 
 def extreme_scale_rows(n: int, rng) -> dict[str, np.ndarray]:
@@ -205,7 +205,7 @@ def extreme_scale_rows(n: int, rng) -> dict[str, np.ndarray]:
 def test_every_positive_finite_scale(op, alg, params, rng):
     """Spec 0 allows any finite s > 0. Below ~3.9e-34 the two-pass clamp -2^17 / s left the
     float32 range and every row came out NaN (C; TVM on rows with -inf); x - max x overflows for
-    spreads beyond FLT_MAX, which tiny scales bring back into range."""
+    spreads beyond FLT_MAX, which any s < 1 may bring back into range (log-softmax gave -inf)."""
     if not set(params) <= set(get_op(op).params):
         pytest.skip(f"{op} takes no {sorted(set(params) - set(get_op(op).params))}")
     k = kernel(op, alg, "host", "c", **params)
@@ -219,8 +219,6 @@ def test_tiny_scale_tvm(rng):
 def _check_rows(k: softgen.Kernel, rng) -> None:
     for n in (1, k.target.lanes + 3, 1000):
         rows = extreme_scale_rows(n, rng)
-        if get_op(k.op).atol_rel_to_y and TINY_SCALE <= k.params["scale"] < 0.5:
-            del rows["+-3e38"]   # a known limit: x - max x = -inf, y = -inf instead of about -s 6e38
         x = np.stack(list(rows.values()))
         check(k, x, run(k, x), f"n={n}", row_names=list(rows))
 
