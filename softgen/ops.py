@@ -756,14 +756,17 @@ def newton_pinv(mp: MatrixProgram, n_iter: float, variant: str, alpha_factor: fl
     for name in ("t", "v", "w"):
         mp.scratch(name, ("m", "m"))
     x = mp.rows(over="x")
-    x.abs().sum().mreduce("max", "rmax")                                       # max row sum |A|
+    rowsum = x.abs().sum()
+    rowsum.mreduce("max", "rmax")                                               # max row sum |A|
+    rowsum.mreduce("sum", "finite")   # NaN/inf anywhere: a NaN matrix, also at n_iter = 0
     if variant == "soft":
         mp.scratch("p", ("m", "m"))
         x = mp.rows(over="x", into="p")
         x.p.add("output", (x + _diagonal(x.p, REGULARISER, 0.0)).id)           # P = A + 0.01 I
         v = mp.rows(over="p", into="v")
         r = v.p.mscalar("rmax")
-        v.p.add("output", (v * (factor * 2.0 / (r * r))).id)                    # V0 = alpha P
+        alpha = (factor * 2.0 / (r * r)).poison(v.p.mscalar("finite"))
+        v.p.add("output", (v * alpha).id)                                       # V0 = alpha P
         P = "p"
     elif variant == "norm":
         mp.matmul("t", "x", "x")                                                # G = A A
@@ -782,7 +785,7 @@ def newton_pinv(mp: MatrixProgram, n_iter: float, variant: str, alpha_factor: fl
         limit = float(np.nextafter(np.float32(NORM_TEST), np.float32(np.inf)))   # norm <= 1.01 in f32
         for k in reversed(range(NORM_HALVINGS)):   # the first candidate that passes
             alpha = v.p.mscalar(f"norm{k}").where_lt(limit, alpha0 * 2.0 ** -k, alpha)
-        v.p.add("output", (v * alpha).id)                                       # V0 = alpha A
+        v.p.add("output", (v * alpha.poison(v.p.mscalar("finite"))).id)          # V0 = alpha A
         P = "x"
     else:
         raise UsageError(f"variant must be 'soft' or 'norm', got {variant!r}")

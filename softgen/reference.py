@@ -430,12 +430,17 @@ def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float 
     alpha = 2 / (max row sum)^2 over the whole tensor, halved while |I - A V0|_1 > 1.01 (at most
     10 times); converges to A^+. ``alpha_scope`` ("matrix" | "tensor" | None = as in the code,
     see ``newton_pinv_alpha``) takes the max row sum (and the halving test) per matrix or over the
-    whole tensor: softgen's kernels treat every matrix on its own ("matrix")."""
+    whole tensor: softgen's kernels treat every matrix on its own ("matrix"). Every entry
+    depends on the whole matrix (through alpha, and through the products from the first
+    iteration on), so a matrix with a NaN or infinite entry gives an all-NaN result, also at
+    n_iter = 0."""
     a = _rows(a)
     alpha = newton_pinv_alpha(a, variant, alpha_factor, alpha_scope)
+    bad = ~np.all(np.isfinite(a), axis=(-2, -1), keepdims=True)
     if variant == "soft":
         a = a + 0.01 * np.eye(a.shape[-1])
-    v = alpha * a
-    for _ in range(int(n_iter)):
-        v = 2 * v - v @ a @ v
-    return v
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = alpha * a
+        for _ in range(int(n_iter)):
+            v = 2 * v - v @ a @ v
+    return np.where(bad, np.nan, v)

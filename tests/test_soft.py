@@ -381,6 +381,21 @@ def test_newton_alpha_per_matrix_and_halvings(rng):
         check(k, col, k(col), f"halvings, n_iter={n_iter}")
 
 
+@pytest.mark.parametrize("variant", ["soft", "norm"])
+def test_newton_non_finite_matrix_is_nan_at_every_n_iter(variant, rng):
+    """Every entry depends on the whole matrix, so a NaN/inf entry gives an all-NaN matrix: the
+    reference's V0 = alpha P with alpha = 0 left finite entries at n_iter = 0 (the kernel's NaN
+    matrix was right)."""
+    from conftest import check
+    x = landmark_kernel(rng, 3, 6)
+    x[0, 0, 0], x[1, 2, 3] = np.inf, np.nan
+    for n_iter in (0, 1):
+        r = ref.newton_pinv(x, n_iter, variant, alpha_scope="matrix")
+        assert np.isnan(r[:2]).all() and np.isfinite(r[2]).all()
+        k = kernel("newton_pinv", "direct", "host", n_iter=n_iter, variant=variant)
+        check(k, x, k(x), f"n_iter={n_iter}")
+
+
 def test_newton_nan_layouts_and_in_place(rng):
     k = kernel("newton_pinv", "direct", "host", n_iter=3, variant="soft")
     x = landmark_kernel(rng, 3, 10)
