@@ -236,12 +236,15 @@ def _ipow(v: Value, p: float) -> Value:
 
 def _reweight(a: Value, amax: Value, n: Value, p: float, check: Value) -> Value:
     """W = q / sum q, q = (ReLU(N a - O) / max R)^p (spec 5.2): max R = ReLU(N max a - O) since
-    N > 0. An all-zero R gives zeros; a non-finite ``check`` (a row sum) makes the row NaN,
-    which ReLU and max() would otherwise drop."""
+    N > 0. A max R at or below ``reference.R_BOUND`` O, the f32 rounding bound of R (derived in
+    ``reference.reweight_of``), is 0, so uniform rows give zeros (a scalar test per row). An
+    all-zero R gives zeros; a non-finite ``check`` (a row sum) makes the row NaN, which ReLU and
+    max() would otherwise drop."""
     zero = Value(a.p, a.p.const(0.0))
-    neg_o = -a.p.row_param("offset")
-    r = a.fma(n, neg_o).maximum(0.0)
-    rmax = amax.fma(n, neg_o).maximum(0.0)
+    o = a.p.row_param("offset")
+    r = a.fma(n, -o).maximum(0.0)
+    rmax = amax.fma(n, -o)
+    rmax = (o * ref.R_BOUND).where_lt(rmax, rmax, 0.0)
     q = _ipow(r * zero.where_lt(rmax, rmax.recip(), 0.0), p)
     total = q.sum()  # >= ~1 (the max term is 1) unless every R is 0; NaN must stay NaN
     return q * total.where_lt(0.5, 0.0, total.recip()).poison(check)
@@ -300,8 +303,11 @@ def _reweight_tolerance(x, ref_y, params, call, a=None, a_rel=None, n=None):
         m, dm = np.take_along_axis(r, top, -1), np.take_along_axis(dr, top, -1)
         eq = np.nan_to_num(p * (er + np.take_along_axis(er, top, -1)) + (p + 8) * _EPS, posinf=1.0)
         # entries whose r is not known to 10% (r near 0 after cancellation): the linear bound
-        # does not hold; they may get up to ((r + dr) / (m - dm))^p, any value if m is not known
-        unc = np.where(dr >= 0.1 * r, np.minimum(1.0, ((r + dr) / np.maximum(m - dm, 0.0)) ** p), 0.0)
+        # does not hold; they may get up to ((r + dr) / (m - dm))^p, any value if m may be at or
+        # below R's bound (a zero row) or is not known
+        known = m - dm > ref.R_BOUND * o[..., None]
+        unc = np.where((dr >= 0.1 * r) | ~known,
+                       np.minimum(1.0, ((r + dr) / np.where(known, m - dm, 0.0)) ** p), 0.0)
         unc = np.nan_to_num(unc, nan=1.0)
         row = np.sum(y * eq + unc, axis=-1, keepdims=True)
     return (2e-6 + eq + row) * y + unc + 2.0 ** -126
