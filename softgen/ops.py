@@ -162,13 +162,11 @@ def log_stablemax(x: Value) -> Value:
     return s.log_ratio(s.sum().finite_or_nan())
 
 
-def _softplus_degenerate(x, scale=1.0, **_) -> np.ndarray:
-    """Rows whose f32 softplus terms all flush to 0 (every s x below about -87) or whose f32 sum
-    overflows: the kernel gives a NaN row there, the float64 reference may not."""
+def _softplus_overflow(x, scale=1.0, **_) -> np.ndarray:
+    """Rows whose f32 sum overflows although float64's does not: NaN rows in the kernel."""
     sp = ref.softplus(scale * np.asarray(x, np.float64))
     with np.errstate(over="ignore"):
-        tot = np.where(sp >= 2.0 ** -126, sp, 0.0).sum(axis=-1)
-    return (tot == 0) | (tot > np.finfo(np.float32).max)
+        return sp.sum(axis=-1) > np.finfo(np.float32).max
 
 
 def _softplus(z: Value) -> Value:
@@ -176,12 +174,22 @@ def _softplus(z: Value) -> Value:
 
 
 @register("softplus_l1", ref.softplus_l1, params={"scale": 1.0}, sums_to_one=True,
-          f32_overflow=_softplus_degenerate)
+          f32_overflow=_softplus_overflow)
 def softplus_l1(x: Value, scale: float) -> Value:
     """softplus(s x) / sum softplus(s x), softplus(z) = max(z, 0) + log1p(e^-|z|) (spec 5.1, row
-    form); no max pass."""
+    form); no max pass. A row whose every f32 softplus flushes to 0 (all s x below about -87)
+    would be 0/0: a guard sends it to softmax(s x), which softplus / sum is for z << 0 up to a
+    relative e^z (softplus(z) = e^z (1 - e^z / 2 + ...)). The kernel keeps v = softplus where it is
+    > 0, else x, so where the fallback runs v is x: direct-reload stores v and an in-place
+    fallback still finds its input."""
     sp = _softplus(x * scale)
-    return sp * sp.sum().finite_or_nan().recip()
+    total = sp.sum()
+    x.p.fallback = Program(x.p.name, x.p.params)
+    x.p.fallback.add("output", softmax(x.p.fallback.input(), scale).id)
+    zero_sum = Value(x.p, x.p.const(0.0)).where_lt(total, 0.0, total.where_lt(1.0, 1.0, 0.0))
+    x.p.add("guard", zero_sum.id, limit=0.5)    # 1 iff total == 0: a NaN total stays here
+    v = Value(x.p, x.p.const(0.0)).where_lt(sp, sp, x)
+    return v.maximum(0.0) * total.finite_or_nan().recip()   # NaN v: total is NaN
 
 
 # -- LSSA / LSSAR (spec 5): per-row parameters -----------------------------------------------------

@@ -220,11 +220,19 @@ def softplus(z) -> np.ndarray:
 
 
 def softplus_l1(x, scale: float = 1.0) -> np.ndarray:
-    """softplus(s x_i) / sum_j softplus(s x_j); NaN rows per section 0 (NaN, +inf, zero sum)."""
+    """softplus(s x_i) / sum_j softplus(s x_j); NaN rows per section 0 (NaN, +inf, all -inf).
+    Rows whose every s x is below -600 (where float64's softplus underflows, from -745) are
+    softmax(s x): softplus(z) = e^z (1 - e^z / 2 + ...), equal to e^z to a relative e^-600."""
     s = float(scale)
     if not (math.isfinite(s) and s > 0):
         raise ValueError(f"scale must be finite and > 0, got {scale!r}")
-    return l1_normalize(softplus(s * _rows(x)))
+    z = s * _rows(x)
+    y = l1_normalize(softplus(z))
+    if z.shape[-1] == 0:
+        return y
+    with np.errstate(invalid="ignore"):
+        tiny = (np.max(z, axis=-1, keepdims=True) < -600.0) & ~np.isnan(z).any(axis=-1, keepdims=True)
+    return np.where(tiny, softmax(z), y)
 
 
 # -- LSSA and LSSAR (section 5, attention-score form) -------------------------------------------------

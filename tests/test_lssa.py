@@ -209,3 +209,41 @@ def test_nearly_uniform_rows_keep_their_peaks(op, target, backend):
         peaks = y[3, [1, n - 2]]
         assert peaks.sum() > 0.999 and peaks[1] / peaks[0] == pytest.approx(r[3, n - 2] / r[3, 1], rel=0.05), \
             f"{k.name} {what}: {peaks} vs {r[3, [1, n - 2]]}"
+
+
+def _underflow_rows(rng, n):
+    """Rows whose every f32 softplus(s x) flushes to 0 (all s x < -104; for scale 2, x < -52)."""
+    rows = [rng.uniform(-500, -200, n), rng.uniform(-1e6, -1e6 + 30, n), np.full(n, -120.0),
+            rng.uniform(-300, -290, n)]
+    masked = rng.uniform(-400, -380, n)
+    masked[::2] = -np.inf
+    rows.append(masked)
+    return np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize("alg", ["direct", "direct-reload"])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softplus_l1_rows_that_underflow_f32(alg, target, backend, rng):
+    """Every softplus term flushes to 0 in f32: the sum is 0 and the row was 0/0 = NaN, where the
+    reference gives softmax(s x) (softplus(z) ~ e^z). A guard recomputes such rows as softmax; in
+    place too (direct-reload stores into x before the guard). Mixed with ordinary rows."""
+    for scale in (1.0, 2.0):
+        k = kernel("softplus_l1", alg, target, backend, scale=scale)
+        xs = [np.array([[-383.0]], np.float32)]
+        for n in (2, k.target.lanes + 3, 1000):
+            x = _underflow_rows(rng, n) / np.float32(scale)
+            xs.append(np.concatenate([x, rng.standard_normal((2, n)).astype(np.float32)]))
+        for x, y in zip(xs, run_many(k, xs)):
+            check(k, x, y, f"scale={scale} n={x.shape[-1]}")
+            assert np.all(np.isfinite(y)) and np.allclose(y.sum(-1), 1, atol=1e-5)
+        if k.runnable:
+            x = xs[-1].copy()
+            assert np.array_equal(k(x, out=x), k(xs[-1])), "in place"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softplus_l1_single_underflowing_element(backend):
+    """Issue #11's repro: n = 1, x = -383 gives [1.0] (it was NaN)."""
+    k = kernel("softplus_l1", "auto", "host", backend)
+    assert run(k, np.array([[-383.0]], np.float32))[0, 0] == 1.0
