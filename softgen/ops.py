@@ -182,13 +182,11 @@ def log_stablemax(x: Value) -> Value:
     return s.log_ratio(s.sum().finite_or_nan())
 
 
-def _softplus_degenerate(x, scale=1.0, **_) -> np.ndarray:
-    """Rows whose f32 softplus terms all flush to 0 (every s x below about -87) or whose f32 sum
-    overflows: the kernel gives a NaN row there, the float64 reference may not."""
+def _softplus_overflow(x, scale=1.0, **_) -> np.ndarray:
+    """Rows whose f32 sum overflows although float64's does not: NaN rows in the kernel."""
     sp = ref.softplus(scale * np.asarray(x, np.float64))
     with np.errstate(over="ignore"):
-        tot = np.where(sp >= 2.0 ** -126, sp, 0.0).sum(axis=-1)
-    return (tot == 0) | (tot > np.finfo(np.float32).max)
+        return sp.sum(axis=-1) > np.finfo(np.float32).max
 
 
 def _softplus(z: Value) -> Value:
@@ -196,12 +194,22 @@ def _softplus(z: Value) -> Value:
 
 
 @register("softplus_l1", ref.softplus_l1, params={"scale": 1.0}, sums_to_one=True,
-          f32_overflow=_softplus_degenerate)
+          f32_overflow=_softplus_overflow)
 def softplus_l1(x: Value, scale: float) -> Value:
     """softplus(s x) / sum softplus(s x), softplus(z) = max(z, 0) + log1p(e^-|z|) (spec 5.1, row
-    form); no max pass."""
+    form); no max pass. A row whose every f32 softplus flushes to 0 (all s x below about -87)
+    would be 0/0: a guard sends it to softmax(s x), which softplus / sum is for z << 0 up to a
+    relative e^z (softplus(z) = e^z (1 - e^z / 2 + ...)). The kernel keeps v = softplus where it is
+    > 0, else x, so where the fallback runs v is x: direct-reload stores v and an in-place
+    fallback still finds its input."""
     sp = _softplus(x * scale)
-    return sp * sp.sum().finite_or_nan().recip()
+    total = sp.sum()
+    x.p.fallback = Program(x.p.name, x.p.params)
+    x.p.fallback.add("output", softmax(x.p.fallback.input(), scale).id)
+    zero_sum = Value(x.p, x.p.const(0.0)).where_lt(total, 0.0, total.where_lt(1.0, 1.0, 0.0))
+    x.p.add("guard", zero_sum.id, limit=0.5)    # 1 iff total == 0: a NaN total stays here
+    v = Value(x.p, x.p.const(0.0)).where_lt(sp, sp, x)
+    return v.maximum(0.0) * total.finite_or_nan().recip()   # NaN v: total is NaN
 
 
 # -- LSSA / LSSAR (spec 5): per-row parameters -----------------------------------------------------
@@ -256,12 +264,15 @@ def _ipow(v: Value, p: float) -> Value:
 
 def _reweight(a: Value, amax: Value, n: Value, p: float, check: Value) -> Value:
     """W = q / sum q, q = (ReLU(N a - O) / max R)^p (spec 5.2): max R = ReLU(N max a - O) since
-    N > 0. An all-zero R gives zeros; a non-finite ``check`` (a row sum) makes the row NaN,
-    which ReLU and max() would otherwise drop."""
+    N > 0. A max R at or below ``reference.R_BOUND`` O, the f32 rounding bound of R (derived in
+    ``reference.reweight_of``), is 0, so uniform rows give zeros (a scalar test per row). An
+    all-zero R gives zeros; a non-finite ``check`` (a row sum) makes the row NaN, which ReLU and
+    max() would otherwise drop."""
     zero = Value(a.p, a.p.const(0.0))
-    neg_o = -a.p.row_param("offset")
-    r = a.fma(n, neg_o).maximum(0.0)
-    rmax = amax.fma(n, neg_o).maximum(0.0)
+    o = a.p.row_param("offset")
+    r = a.fma(n, -o).maximum(0.0)
+    rmax = amax.fma(n, -o)
+    rmax = (o * ref.R_BOUND).where_lt(rmax, rmax, 0.0)
     q = _ipow(r * zero.where_lt(rmax, rmax.recip(), 0.0), p)
     total = q.sum()  # >= ~1 (the max term is 1) unless every R is 0; NaN must stay NaN
     return q * total.where_lt(0.5, 0.0, total.recip()).poison(check)
@@ -320,8 +331,11 @@ def _reweight_tolerance(x, ref_y, params, call, a=None, a_rel=None, n=None):
         m, dm = np.take_along_axis(r, top, -1), np.take_along_axis(dr, top, -1)
         eq = np.nan_to_num(p * (er + np.take_along_axis(er, top, -1)) + (p + 8) * _EPS, posinf=1.0)
         # entries whose r is not known to 10% (r near 0 after cancellation): the linear bound
-        # does not hold; they may get up to ((r + dr) / (m - dm))^p, any value if m is not known
-        unc = np.where(dr >= 0.1 * r, np.minimum(1.0, ((r + dr) / np.maximum(m - dm, 0.0)) ** p), 0.0)
+        # does not hold; they may get up to ((r + dr) / (m - dm))^p, any value if m may be at or
+        # below R's bound (a zero row) or is not known
+        known = m - dm > ref.R_BOUND * o[..., None]
+        unc = np.where((dr >= 0.1 * r) | ~known,
+                       np.minimum(1.0, ((r + dr) / np.where(known, m - dm, 0.0)) ** p), 0.0)
         unc = np.nan_to_num(unc, nan=1.0)
         row = np.sum(y * eq + unc, axis=-1, keepdims=True)
     return (2e-6 + eq + row) * y + unc + 2.0 ** -126

@@ -158,12 +158,21 @@ def rewrite_reload(p: Program) -> Program:
 def rewrite_reload_direct(p: Program) -> Program:
     """Motif-free programs: materialise each reduced row value that the output sweep needs, so
     its per-element chain (e.g. softplus's exp and log1p) runs once instead of twice, for one
-    more write and read of y. Skipped where a later sweep still reads x (y may be x)."""
+    more write and read of y. Skipped where a later sweep still reads x (y may be x). A map of
+    the reduced value, x and constants alone is stored instead of the value (the later sweep
+    then needs no x): softplus_l1 stores "softplus where > 0, else x", so that its guard's
+    fallback, which reads x after the stores, finds x in y wherever it runs."""
     q = p.copy()
+    inputs = set(q.nodes("input"))
     for r in q.nodes():
         for v in (q.args(r) if q.kind(r) == "reduce" else ()):
             stored = q.kind(v) == "input" or q.op(v) == "materialize"   # already in memory
             others = set() if stored else set(q.users(v)) - {r}
+            for w in sorted(others):
+                if q.kind(w) == "map" and all(a == v or a in inputs or q.op(a) == "const"
+                                              for a in q.args(w)):
+                    q.replace_uses(w, q.add("materialize", w))
+                    others.discard(w)
             if others:
                 q.replace_uses(v, q.add("materialize", v), only=others)
     return _if_in_place_safe(p, q, "direct-reload: the summed row value is stored to y and reloaded")

@@ -220,11 +220,19 @@ def softplus(z) -> np.ndarray:
 
 
 def softplus_l1(x, scale: float = 1.0) -> np.ndarray:
-    """softplus(s x_i) / sum_j softplus(s x_j); NaN rows per section 0 (NaN, +inf, zero sum)."""
+    """softplus(s x_i) / sum_j softplus(s x_j); NaN rows per section 0 (NaN, +inf, all -inf).
+    Rows whose every s x is below -600 (where float64's softplus underflows, from -745) are
+    softmax(s x): softplus(z) = e^z (1 - e^z / 2 + ...), equal to e^z to a relative e^-600."""
     s = float(scale)
     if not (math.isfinite(s) and s > 0):
         raise ValueError(f"scale must be finite and > 0, got {scale!r}")
-    return l1_normalize(softplus(s * _rows(x)))
+    z = s * _rows(x)
+    y = l1_normalize(softplus(z))
+    if z.shape[-1] == 0:
+        return y
+    with np.errstate(invalid="ignore"):
+        tiny = (np.max(z, axis=-1, keepdims=True) < -600.0) & ~np.isnan(z).any(axis=-1, keepdims=True)
+    return np.where(tiny, softmax(z), y)
 
 
 # -- LSSA and LSSAR (section 5, attention-score form) -------------------------------------------------
@@ -259,12 +267,31 @@ def query_offsets(shape, offset_free_rows: int = 3) -> np.ndarray:
     return np.broadcast_to(o if len(shape) >= 2 else o[0], tuple(shape[:-1]))
 
 
+# R = N a - O at or below R_BOUND * O counts as 0: see reweight_of.
+R_BOUND = 2.0 ** -15
+
+
 def reweight_of(a: np.ndarray, n: np.ndarray, offset: np.ndarray, p: float) -> np.ndarray:
     """W = R / sum R, R = ReLU(N a - O)^p, evaluated as (R / max R)^p so nothing overflows (5.2).
-    All-zero R gives an all-zero row (the spec's one exception); non-finite a gives NaN."""
+    All-zero R gives an all-zero row (the spec's one exception); non-finite a gives NaN.
+
+    A row whose max R is at or below R_BOUND O is all zeros [ours]: float32 weights cannot
+    resolve R that small, and without the bound an exactly uniform row (R = 0 in exact
+    arithmetic) becomes (noise / max noise)^p, a full distribution, instead of zeros. The bound covers the float32 kernels' error of R near
+    R = 0, where N a ~ O: a = s_j / S in f32 is s_j / sum_j s_j times (1 + sigma) (1 + 2 delta),
+    |delta| <= u = 2^-24 (the reciprocal and the product), sigma the relative error of the
+    blocked row sum S of positive terms: each accumulator lane adds at most m terms per block in
+    sequence ((m - 1) u), then fewer than 20 merges (accumulators, the compensated fold of the
+    blocks, the lanes: ~u each). The default schedules give m <= 258 (scalar: 1024-element
+    blocks over 4 accumulators, + 3 tail terms; SIMD targets 128 + a tail), so |N a - N s_j /
+    sum s| <= N a (m + 22) u ~ 280 u O; the fma N a - O adds u |R|. 2^-15 = 512 u leaves a factor
+    ~2 (measured: <= 64 u on uniform rows of 1..65536 keys). The same bound holds for a given
+    weight row a that some f32 kernel normalised, e.g. fl(1/N): reweight(lssa(c)) and the fused
+    lssar agree. O = 0 rows keep R = N a > 0 unchanged."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         r = np.maximum(n[..., None] * a - offset[..., None], 0.0)
         m = np.max(r, axis=-1, keepdims=True) if a.shape[-1] else np.zeros(a.shape[:-1] + (1,))
+        m = np.where(m > R_BOUND * offset[..., None], m, 0.0)
         q = np.where(m > 0, (r / np.where(m > 0, m, 1.0)) ** p, 0.0)
         t = np.sum(q, axis=-1, keepdims=True)
         w = np.where(t > 0, q / np.where(t > 0, t, 1.0), 0.0)

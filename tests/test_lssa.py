@@ -8,7 +8,7 @@ import pytest
 
 import softgen
 from softgen import reference as ref
-from conftest import BACKENDS, check, kernel, run, run_many
+from conftest import BACKENDS, TARGETS, check, kernel, run, run_many
 
 
 def causal_cos(rng, lq, lk, d=16):
@@ -145,3 +145,117 @@ def test_export_documents_and_checks_row_parameters(tmp_path):
     fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_size_t] * 4 + [ctypes.c_void_p]
     x = np.zeros((2, 4), np.float32)
     assert fn(x.ctypes.data, x.ctypes.data, 2, 4, 4, 4, None) == 1   # NULL row parameter
+
+
+UNIFORM_N = (5, 12, 49, 300, 4099)
+
+
+def _uniform_cases(op):
+    """(name, x) pairs of exactly uniform rows of several lengths: 4 query rows, so row 3 has
+    O = 1. reweight gets fl(1/N) and lssa's f32 output (not bitwise 1/N); lssar equal scores."""
+    for n in UNIFORM_N:
+        if op == "lssar":
+            yield f"c=0.25 n={n}", np.full((4, n), 0.25, np.float32)
+        else:
+            yield f"1/n n={n}", np.full((4, n), 1 / n, np.float32)
+            yield f"lssa n={n}", softgen.lssa(np.full((4, n), -0.4, np.float32), 64)
+
+
+@pytest.mark.parametrize("op", ["reweight", "lssar"])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exactly_uniform_rows_give_zeros(op, target, backend):
+    """Spec 5.2: an exactly uniform row at query rows >= offset_free_rows gives zeros. N a - 1
+    rounds to +-(a few ulp) in f32; without R's rounding bound (R_BOUND) (R / max R)^p turned
+    that noise into a uniform row. The oracle accepts any value where max R is within its error,
+    so the zeros are asserted exactly. The causally masked repro of issue #11 is included."""
+    k = kernel(op, "direct", target, backend)
+    cases = list(_uniform_cases(op))
+    causal = np.where(np.tril(np.ones((12, 12), bool)), 0.25, -np.inf).astype(np.float32)
+    if op == "lssar":
+        cases.append(("causal c=0.25", causal))
+    else:
+        cases.append(("causal lssa", softgen.lssa(causal, 64)))
+    xs = [x for _, x in cases]
+    for (name, x), y in zip(cases, run_many(k, xs)):
+        assert np.all(y[3:] == 0), f"{k.name} {name}: uniform rows must give zeros, got {y[3:, :4]}"
+        live = x[:3] > 0 if op == "reweight" else x[:3] > -np.inf
+        assert np.allclose(y[:3][live], np.broadcast_to(1 / live.sum(1, keepdims=True), live.shape)[live],
+                           rtol=1e-5), name
+        check(k, x, y, name)
+
+
+def _nearly_uniform(op, n, delta):
+    """Row 3 (O = 1) uniform except keys 1 and n - 2, larger by delta and 0.9 delta (in R)."""
+    if op == "lssar":
+        c = np.full((4, n), 0.25, np.float32)
+        lam = np.log(64) * np.log(n)
+        z = lam * 0.25
+        dr = lam / (1 + np.exp(-z)) / np.logaddexp(0, z)   # d R / d c = d log softplus(lam c) / d c
+        c[3, 1] += delta / dr
+        c[3, n - 2] += 0.9 * delta / dr
+        return c
+    a = np.full((4, n), 1.0)
+    a[3, 1] += delta
+    a[3, n - 2] += 0.9 * delta
+    return (a / a.sum(1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", ["reweight", "lssar"])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nearly_uniform_rows_keep_their_peaks(op, target, backend):
+    """Uniform except two keys slightly larger, with the reference's R well above the rounding
+    bound (8x to 30x R_BOUND): the kernel must give the reference's non-zero answer, the two
+    keys with the ratio (R2 / R1)^p, as it did before the bound existed (the other keys' R is
+    rounding noise: (noise / max R)^p, at most ~1e-7 each here)."""
+    k = kernel(op, "direct", target, backend, p=3)
+    cases = [(n, delta) for n in (12, 300, 4099) for delta in (8 * ref.R_BOUND, 1e-3)]
+    xs = [_nearly_uniform(op, n, d) for n, d in cases]
+    for (n, delta), x, y in zip(cases, xs, run_many(k, xs)):
+        what = f"n={n} delta={delta:.2g}"
+        r = ref.reweight_of(ref.lssa(x, 64), np.full(4, float(n)), ref.query_offsets(x.shape), 3) \
+            if op == "lssar" else ref.reweight(x, p=3)
+        assert np.count_nonzero(r[3]) == 2 and r[3, 1] > 0 and r[3, n - 2] > 0, what
+        check(k, x, y, what)
+        peaks = y[3, [1, n - 2]]
+        assert peaks.sum() > 0.999 and peaks[1] / peaks[0] == pytest.approx(r[3, n - 2] / r[3, 1], rel=0.05), \
+            f"{k.name} {what}: {peaks} vs {r[3, [1, n - 2]]}"
+
+
+def _underflow_rows(rng, n):
+    """Rows whose every f32 softplus(s x) flushes to 0 (all s x < -104; for scale 2, x < -52)."""
+    rows = [rng.uniform(-500, -200, n), rng.uniform(-1e6, -1e6 + 30, n), np.full(n, -120.0),
+            rng.uniform(-300, -290, n)]
+    masked = rng.uniform(-400, -380, n)
+    masked[::2] = -np.inf
+    rows.append(masked)
+    return np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize("alg", ["direct", "direct-reload"])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softplus_l1_rows_that_underflow_f32(alg, target, backend, rng):
+    """Every softplus term flushes to 0 in f32: the sum is 0 and the row was 0/0 = NaN, where the
+    reference gives softmax(s x) (softplus(z) ~ e^z). A guard recomputes such rows as softmax; in
+    place too (direct-reload stores into x before the guard). Mixed with ordinary rows."""
+    for scale in (1.0, 2.0):
+        k = kernel("softplus_l1", alg, target, backend, scale=scale)
+        xs = [np.array([[-383.0]], np.float32)]
+        for n in (2, k.target.lanes + 3, 1000):
+            x = _underflow_rows(rng, n) / np.float32(scale)
+            xs.append(np.concatenate([x, rng.standard_normal((2, n)).astype(np.float32)]))
+        for x, y in zip(xs, run_many(k, xs)):
+            check(k, x, y, f"scale={scale} n={x.shape[-1]}")
+            assert np.all(np.isfinite(y)) and np.allclose(y.sum(-1), 1, atol=1e-5)
+        if k.runnable:
+            x = xs[-1].copy()
+            assert np.array_equal(k(x, out=x), k(xs[-1])), "in place"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softplus_l1_single_underflowing_element(backend):
+    """Issue #11's repro: n = 1, x = -383 gives [1.0] (it was NaN)."""
+    k = kernel("softplus_l1", "auto", "host", backend)
+    assert run(k, np.array([[-383.0]], np.float32))[0, 0] == 1.0
