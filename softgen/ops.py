@@ -267,12 +267,16 @@ def _reweight(a: Value, amax: Value, n: Value, p: float, check: Value) -> Value:
     N > 0. A max R at or below ``reference.R_BOUND`` O, the f32 rounding bound of R (derived in
     ``reference.reweight_of``), is 0, so uniform rows give zeros (a scalar test per row). An
     all-zero R gives zeros; a non-finite ``check`` (a row sum) makes the row NaN, which ReLU and
-    max() would otherwise drop."""
+    max() would otherwise drop. A max R below 2^-60 (offset-free rows of tiny weights) has no
+    float32 reciprocal: N and O are scaled by 2^100 for the row, which leaves R / max R as it is
+    and costs nothing per element."""
     zero = Value(a.p, a.p.const(0.0))
     o = a.p.row_param("offset")
-    r = a.fma(n, -o).maximum(0.0)
     rmax = amax.fma(n, -o)
     rmax = (o * ref.R_BOUND).where_lt(rmax, rmax, 0.0)
+    pre = rmax.where_lt(2.0 ** -60, 2.0 ** 100, 1.0)
+    r = a.fma(n * pre, -(o * pre)).maximum(0.0)
+    rmax = rmax * pre
     q = _ipow(r * zero.where_lt(rmax, rmax.recip(), 0.0), p)
     total = q.sum()  # >= ~1 (the max term is 1) unless every R is 0; NaN must stay NaN
     return q * total.where_lt(0.5, 0.0, total.recip()).poison(check)

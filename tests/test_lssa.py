@@ -185,6 +185,21 @@ def test_exactly_uniform_rows_give_zeros(op, target, backend):
         check(k, x, y, name)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_weights_in_offset_free_rows(target, backend):
+    """An offset-free row (O = 0) of weights whose max R is below 1 / FLT_MAX: 1 / max R
+    overflowed to inf and inf * 0 made the row NaN (subnormal weights, e.g. [[1e-45]])."""
+    k = kernel("reweight", "direct", target, backend)
+    x = np.zeros((3, 19), np.float32)
+    x[0, 0] = 1e-45
+    x[1, [2, 5, 18]] = 1e-40, 5e-41, 2e-39
+    x[2, ::3] = np.float32(1e-20) * np.arange(1, 8, dtype=np.float32)
+    y = run(k, x)
+    assert not np.isnan(y).any() and np.allclose(y.sum(-1), 1, atol=1e-6), y
+    check(k, x, y, "tiny weights")
+
+
 def _nearly_uniform(op, n, delta):
     """Row 3 (O = 1) uniform except keys 1 and n - 2, larger by delta and 0.9 delta (in R)."""
     if op == "lssar":
