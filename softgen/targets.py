@@ -48,6 +48,7 @@ OPTIONAL_ISA = {"SCALE2": "a, d"}  # a*2^d for integer-valued d <= 0; vmath has 
 
 ENV_PATH = "SOFTGEN_TARGETS_PATH"   # extra directories of target files
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_HWCAP_RE = re.compile(r"^HWCAP_[A-Z0-9_]{1,32}$")
 _MACHINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -73,6 +74,7 @@ class Target:
     prelude: str = ""
     cross_cc: tuple[str, ...] = ()   # compilers to try when the host is another architecture
     emulator: tuple[str, ...] = ()   # user-mode emulators (qemu) to run it on another architecture
+    hwcaps: dict = field(default_factory=dict)   # AArch64: feature -> Linux HWCAP_* macro
     extra: dict = field(default_factory=dict)
 
     @property
@@ -88,8 +90,8 @@ class Target:
 
 # How an exported library checks, once, that the CPU has its target's ``requires`` features
 # (``cpu_check``): on x86 with __builtin_cpu_supports (GCC and Clang take the LLVM feature
-# names), on AArch64 with the Linux hwcaps of these features.
-AARCH64_HWCAPS = {"neon": "HWCAP_ASIMD"}
+# names), on AArch64 with the Linux hwcap bit of each feature, named in the target file's
+# ``[hwcaps]`` table (feature = "HWCAP_...").
 
 
 def cpu_check(t: "Target") -> dict:
@@ -100,7 +102,7 @@ def cpu_check(t: "Target") -> dict:
     if t.arch == "x86_64":
         return {"includes": [], "expr": " && ".join(f'__builtin_cpu_supports("{f}")' for f in t.requires)}
     if t.arch == "aarch64":
-        bits = " | ".join(AARCH64_HWCAPS[f] for f in t.requires)
+        bits = " | ".join(t.hwcaps[f] for f in t.requires)
         return {"includes": ["sys/auxv.h"], "expr": f"(getauxval(AT_HWCAP) & ({bits})) == ({bits})"}
     raise UsageError(f"target {t.name}: no CPU check for features on arch {t.arch!r}")
 
@@ -142,6 +144,13 @@ def _algorithms(f: str, v) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _hwcaps(f: str, v) -> dict:
+    if not isinstance(v, dict) or not all(isinstance(c, str) and _HWCAP_RE.match(c) for c in v.values()):
+        raise UsageError(f"target file {f}: table [hwcaps] maps features to Linux HWCAP_* macro "
+                         f"names (e.g. neon = \"HWCAP_ASIMD\"), got {v!r}")
+    return dict(v)
+
+
 def _load(name: str, text: str, f: str | None = None) -> Target:
     """The target of TOML ``text`` (file ``f``, ``name.toml`` by default), validated: every error
     names the file and the key."""
@@ -174,6 +183,7 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    gemm=GemmSchedule(**_table(f, d, "gemm", ("mr", "nv", "kc", "nc", "ku"))),
                    prelude=d.get("prelude", {}).get("code", ""),
                    cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
+                   hwcaps=_hwcaps(f, d.get("hwcaps", {})),
                    extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d})
     except KeyError as e:
         raise UsageError(f"target file {f} lacks key {e}") from None
@@ -184,7 +194,8 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
     try:
         cpu_check(t)   # a library must be able to check its features
     except KeyError as e:
-        raise UsageError(f"target file {f}: no CPU check for feature {e}") from None
+        raise UsageError(f"target file {f}: no CPU check for feature {e} (on AArch64: name its "
+                         f"HWCAP_* bit in the [hwcaps] table)") from None
     return t
 
 
