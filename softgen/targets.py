@@ -218,9 +218,9 @@ def all_targets() -> dict[str, Target]:
         for entry in sorted(directory.glob("*.toml")):
             if entry.stem in where:
                 raise UsageError(f"target {entry.stem!r} is defined twice: {where[entry.stem]} and {entry}")
-            if not _NAME_RE.match(entry.stem):
+            if not _NAME_RE.match(entry.stem) or entry.stem == "host":
                 raise UsageError(f"target file {entry}: the name {entry.stem!r} is not a target name "
-                                 f"(lower case letters, digits and _, at most 32 characters)")
+                                 f"(lower case letters, digits and _, at most 32 characters; not 'host')")
             found[entry.stem] = _load(entry.stem, entry.read_text(), entry.name if i == 0 else str(entry))
             where[entry.stem] = entry
     return dict(sorted(found.items(), key=lambda kv: (-kv[1].host_rank, kv[0])))

@@ -116,3 +116,8 @@ def test_a_bad_target_file_names_the_file_and_the_key(extra_targets, edit, messa
 def test_a_target_defined_twice_is_an_error(extra_targets):
     with pytest.raises(softgen.UsageError, match="'avx2' is defined twice"):
         extra_targets({"avx2": _shipped("avx2")})
+
+
+def test_host_is_not_a_target_name(extra_targets):
+    with pytest.raises(softgen.UsageError, match="not a target name"):
+        extra_targets({"host": _variant("host")})
