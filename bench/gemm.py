@@ -151,7 +151,7 @@ def main(argv=None):
                 ("impl", "impl", "s"), ("us", "us/call", ".1f"), ("gflops", "GFLOP/s", ".1f"), ("best", "best", ".1f"),
                 ("vs_numpy", "vs numpy", ".2f"), ("iqr", "IQR", ".0%")]
         print(render_table(rows, cols, group="shape"))
-        print("\nschedules: " + "; ".join(f"{t}: {G.DEFAULTS[t]}" for t in args.targets))
+        print("\nschedules: " + "; ".join(f"{t}: {get_target(t).gemm}" for t in args.targets))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "args": vars(args), "rows": rows}, f, indent=1)

@@ -305,9 +305,9 @@ def sweep(config: Config | None = None) -> list[dict]:
     """unroll x accumulators for the sweep algorithms on ``sweep_target``, each size interleaved.
     Combinations the Schedule rejects (accumulators must divide unroll) are skipped."""
     cfg = config or Config()
-    from softgen.schedule import DEFAULTS
+    from softgen.targets import get_target
     t = cfg.sweep_target
-    default = DEFAULTS.get(t)
+    default = get_target(t).schedule
     rng = np.random.default_rng(cfg.seed)
     rows = []
     probe = softgen.compile("softmax", algorithm=cfg.sweep_algorithms[0], target=t)

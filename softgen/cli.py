@@ -33,7 +33,7 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op", default="softmax", help="op to generate (default: softmax; see 'softgen ops')")
     p.add_argument("--algorithm", default="auto",
                    help="auto | three-pass-recompute | three-pass-reload | two-pass | online")
-    p.add_argument("--target", default="host", help="host | scalar | avx2 | avx512 (default: host)")
+    p.add_argument("--target", default="host", help="host or a target from 'softgen targets' (default: host)")
     p.add_argument("--backend", default="c", help="c (Jinja-C templates, default) | tvm (TensorIR + LLVM)")
     p.add_argument("--name", help="C symbol and file stem (a C identifier)")
     p.add_argument("--scale", type=float, action=_Once, help="softmax(scale * x); scale > 0")

@@ -14,7 +14,7 @@ from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
 from .ir import INDEX_MAX_N, Program
-from .schedule import AUTO_ALGORITHM, Schedule, default_schedule
+from .schedule import Schedule, default_schedule
 from .targets import Target, get_target, host_target
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -56,7 +56,7 @@ def choose_algorithm(program: Program, target: str, algorithm: str) -> str:
     algorithm = passes.ALIASES.get(algorithm, algorithm)
     applicable = passes.applicable_algorithms(program)
     if algorithm == "auto":
-        prefs = AUTO_ALGORITHM.get(target, ("two-pass", "online", "three-pass-recompute"))
+        prefs = get_target(target).auto_algorithms   # the target file's preference
         return next(a for a in prefs + tuple(applicable) if a in applicable)
     if algorithm not in passes.ALGORITHMS:
         raise UsageError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(passes.ALGORITHMS)}")
@@ -447,7 +447,7 @@ def _schedule(t: Target, schedule) -> Schedule:
     if isinstance(schedule, Schedule):
         return schedule.validate(t.lanes)
     if schedule is None or isinstance(schedule, dict):
-        return default_schedule(t.name, t.lanes, **(schedule or {}))
+        return default_schedule(t.schedule, t.lanes, **(schedule or {}))
     raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
 
 

@@ -5,8 +5,11 @@
 ``block``         elements per reduction block; block partials fold into a compensated
                   accumulator, which keeps the f32 sums of 2^20-element rows within 2e-6
 
-Per-target defaults live in the one table below; the generated code's header comment and the
-export manifest record the schedule that was used.
+:class:`GemmSchedule` is the same kind of data for the register-blocked GEMM of matrix programs.
+
+Per-target defaults are data too: the ``[schedule]`` and ``[gemm]`` tables of ``targets/*.toml``
+(``Target.schedule``, ``Target.gemm``). The generated code's header comment and the export
+manifest record the schedule that was used.
 """
 from __future__ import annotations
 
@@ -56,27 +59,9 @@ def _positive(key: str, value) -> int:
     return v
 
 
-# target -> default schedule. Chosen by bench/softmax.py on the development machine.
-DEFAULTS = {
-    "scalar": Schedule(unroll=4, accumulators=4, block=1024),
-    "avx2": Schedule(unroll=4, accumulators=2, block=2048),
-    "avx512": Schedule(unroll=4, accumulators=2, block=4096),
-    "neon": Schedule(unroll=4, accumulators=2, block=1024),
-}
-
-# target -> algorithm preference for algorithm="auto" (first one that applies to the op wins).
-# Motif-free ops: direct-reload (bench/ops.py, avx2 and scalar: 3.3x faster for softplus_l1 at
-# 2048x1024, never slower for stablemax/log_stablemax, even at 16M elements).
-AUTO_ALGORITHM = {
-    "scalar": ("online", "two-pass", "three-pass-recompute", "direct-reload", "direct"),
-    "avx2": ("two-pass", "online", "three-pass-recompute", "direct-reload", "direct"),
-    "avx512": ("two-pass", "online", "three-pass-recompute", "direct-reload", "direct"),
-    "neon": ("two-pass", "online", "three-pass-recompute", "direct-reload", "direct"),
-}
-
-
-def default_schedule(target: str, lanes: int, **overrides) -> Schedule:
-    base = DEFAULTS.get(target, Schedule())
+def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
+    """``base`` (a target's default schedule, ``Target.schedule``) with the given fields
+    overridden, validated for ``lanes``."""
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - {"unroll", "accumulators", "block"}
     if unknown:
@@ -88,3 +73,47 @@ def default_schedule(target: str, lanes: int, **overrides) -> Schedule:
     if "block" not in given and sched.block % sched.step(lanes):
         sched = replace(sched, block=max(1, sched.block // sched.step(lanes)) * sched.step(lanes))
     return sched.validate(lanes)
+
+
+MAX_STACK_FLOATS = 32768   # the GEMM's packed-B buffer (KC * NC floats) lives on the stack: <= 128 KiB
+
+
+@dataclass(frozen=True)
+class GemmSchedule:
+    """``mr``: rows of C per tile; ``nv``: vectors per tile row (NR = nv * lanes); ``kc``: depth
+    of a packed B block; ``nc``: columns of a packed B block (a multiple of NR); ``ku``: k-loop
+    unroll of the tile (1 = leave it to the compiler)."""
+    mr: int = 4
+    nv: int = 2
+    kc: int = 256
+    nc: int = 64
+    ku: int = 1
+
+    def nr(self, lanes: int) -> int:
+        return self.nv * lanes
+
+    def validate(self, t) -> "GemmSchedule":
+        """This schedule, checked against target ``t`` (its ``lanes`` and ``vector_registers``)."""
+        for k in ("mr", "nv", "kc", "nc", "ku"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"gemm schedule {k} must be a positive integer, got {v!r}")
+        if self.mr > 16 or self.nv > 8 or self.ku > 16:
+            raise UsageError(f"gemm schedule mr <= 16, nv <= 8, ku <= 16 (got {self})")
+        regs = t.vector_registers
+        need = self.mr * self.nv + self.nv + 1
+        if need > regs:
+            raise UsageError(f"gemm tile {self.mr}x{self.nr(t.lanes)} on {t.name} needs {need} vector "
+                             f"registers (mr*nv accumulators + nv B vectors + 1), the target has {regs}")
+        nr = self.nr(t.lanes)
+        if self.nc % nr:
+            raise UsageError(f"gemm schedule nc ({self.nc}) must be a multiple of NR = nv*lanes ({nr})")
+        if self.kc % self.ku:
+            raise UsageError(f"gemm schedule ku ({self.ku}) must divide kc ({self.kc})")
+        if self.kc * self.nc > MAX_STACK_FLOATS:
+            raise UsageError(f"gemm schedule kc*nc ({self.kc}*{self.nc}) exceeds the packed-B stack "
+                             f"buffer limit of {MAX_STACK_FLOATS} floats")
+        return self
+
+    def __str__(self) -> str:
+        return f"mr={self.mr} nv={self.nv} kc={self.kc} nc={self.nc} ku={self.ku}"

@@ -1,12 +1,21 @@
 """Targets are data: one TOML file per ISA in ``targets/`` (vector width, compiler flags, LLVM
-triple/cpu/features, and the intrinsic spelling of every macro of softgen's virtual ISA).
-Host support is decided from the CPU *features* llvmlite reports, never from the CPU name."""
+triple/cpu/features, the intrinsic spelling of every macro of softgen's virtual ISA, and the
+per-target tuning knowledge: ``host_rank``, ``vector_registers``, ``auto_algorithms`` and the
+default ``[schedule]`` and ``[gemm]`` tables). No Python table is keyed by target name: a new
+TOML file is a new target, and "host" is the runnable target of highest ``host_rank``.
+Host support is decided from the CPU *features* llvmlite reports, never from the CPU name.
+
+Besides the shipped ``targets/`` directory, every directory named in the environment variable
+``SOFTGEN_TARGETS_PATH`` (``os.pathsep``-separated, read once per process; see
+``all_targets.cache_clear()``) is searched for ``*.toml`` target files."""
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 try:
     import tomllib
@@ -15,6 +24,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ._data import data_dir
 from .errors import UsageError
+from .passes import ALGORITHMS
+from .schedule import GemmSchedule, Schedule
 
 # The virtual ISA every target implements: macro name -> parameter list. Templates use only these
 # (as V_<NAME>), so a new ISA is a new data file. Semantics all targets must honour:
@@ -35,8 +46,9 @@ VIRTUAL_ISA = {
 }
 OPTIONAL_ISA = {"SCALE2": "a, d"}  # a*2^d for integer-valued d <= 0; vmath has a generic fallback
 
-# Preference order for "host": the widest ISA the CPU runs.
-PREFERENCE = ("avx512", "avx2", "neon", "scalar")
+ENV_PATH = "SOFTGEN_TARGETS_PATH"   # extra directories of target files
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_HWCAP_RE = re.compile(r"^HWCAP_[A-Z0-9_]{1,32}$")
 _MACHINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -54,9 +66,15 @@ class Target:
     llvm: dict
     types: dict
     isa: dict
+    host_rank: int                 # "host" = the runnable target with the highest rank
+    vector_registers: int          # architectural vector registers (bounds the GEMM tile)
+    auto_algorithms: tuple[str, ...]   # algorithm="auto": the first of these the op has
+    schedule: Schedule             # default row schedule
+    gemm: GemmSchedule             # default GEMM tile and blocking (matrix programs)
     prelude: str = ""
     cross_cc: tuple[str, ...] = ()   # compilers to try when the host is another architecture
     emulator: tuple[str, ...] = ()   # user-mode emulators (qemu) to run it on another architecture
+    hwcaps: dict = field(default_factory=dict)   # AArch64: feature -> Linux HWCAP_* macro
     extra: dict = field(default_factory=dict)
 
     @property
@@ -72,8 +90,8 @@ class Target:
 
 # How an exported library checks, once, that the CPU has its target's ``requires`` features
 # (``cpu_check``): on x86 with __builtin_cpu_supports (GCC and Clang take the LLVM feature
-# names), on AArch64 with the Linux hwcaps of these features.
-AARCH64_HWCAPS = {"neon": "HWCAP_ASIMD"}
+# names), on AArch64 with the Linux hwcap bit of each feature, named in the target file's
+# ``[hwcaps]`` table (feature = "HWCAP_...").
 
 
 def cpu_check(t: "Target") -> dict:
@@ -84,7 +102,7 @@ def cpu_check(t: "Target") -> dict:
     if t.arch == "x86_64":
         return {"includes": [], "expr": " && ".join(f'__builtin_cpu_supports("{f}")' for f in t.requires)}
     if t.arch == "aarch64":
-        bits = " | ".join(AARCH64_HWCAPS[f] for f in t.requires)
+        bits = " | ".join(t.hwcaps[f] for f in t.requires)
         return {"includes": ["sys/auxv.h"], "expr": f"(getauxval(AT_HWCAP) & ({bits})) == ({bits})"}
     raise UsageError(f"target {t.name}: no CPU check for features on arch {t.arch!r}")
 
@@ -94,41 +112,118 @@ def _strings(v) -> tuple[str, ...]:
     return tuple(s for s in ([v] if isinstance(v, str) else v) if s)
 
 
-def _load(name: str, text: str) -> Target:
-    d = tomllib.loads(text)
+def _table(f: str, d: dict, key: str, fields: tuple[str, ...]) -> dict:
+    """The ``[key]`` table of target file ``f``: exactly ``fields``, each a positive integer."""
+    tab = d[key]
+    if not isinstance(tab, dict):
+        raise UsageError(f"target file {f}: key {key!r} must be a table [{key}]")
+    missing = [k for k in fields if k not in tab]
+    unknown = [k for k in tab if k not in fields]
+    if missing or unknown:
+        raise UsageError(f"target file {f}: table [{key}] needs keys {list(fields)} "
+                         f"(missing {missing}, unknown {unknown})")
+    for k in fields:
+        _positive_int(f, f"{key}.{k}", tab[k])
+    return dict(tab)
+
+
+def _positive_int(f: str, key: str, v, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise UsageError(f"target file {f}: key {key!r} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _algorithms(f: str, v) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v or not all(isinstance(a, str) for a in v):
+        raise UsageError(f"target file {f}: key 'auto_algorithms' must be a non-empty list of "
+                         f"algorithm names, got {v!r}")
+    bad = [a for a in v if a not in ALGORITHMS]
+    if bad or len(set(v)) != len(v):
+        raise UsageError(f"target file {f}: key 'auto_algorithms': unknown or repeated algorithm(s) "
+                         f"{bad or v}; known: {', '.join(ALGORITHMS)}")
+    return tuple(v)
+
+
+def _hwcaps(f: str, v) -> dict:
+    if not isinstance(v, dict) or not all(isinstance(c, str) and _HWCAP_RE.match(c) for c in v.values()):
+        raise UsageError(f"target file {f}: table [hwcaps] maps features to Linux HWCAP_* macro "
+                         f"names (e.g. neon = \"HWCAP_ASIMD\"), got {v!r}")
+    return dict(v)
+
+
+def _load(name: str, text: str, f: str | None = None) -> Target:
+    """The target of TOML ``text`` (file ``f``, ``name.toml`` by default), validated: every error
+    names the file and the key."""
+    f = f or f"{name}.toml"
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"target file {f}: not valid TOML: {e}") from None
     try:
         isa = dict(d["isa"])
         missing = [k for k in VIRTUAL_ISA if k not in isa]
         unknown = [k for k in isa if k not in VIRTUAL_ISA and k not in OPTIONAL_ISA]
         if missing or unknown:
-            raise UsageError(f"target file {name}.toml: missing macros {missing}, unknown {unknown}")
+            raise UsageError(f"target file {f}: missing macros {missing}, unknown {unknown}")
         if d["name"] != name:
-            raise UsageError(f"target file {name}.toml declares name {d['name']!r}")
-        t = Target(name=d["name"], summary=d["summary"], arch=d["arch"], lanes=int(d["lanes"]),
+            raise UsageError(f"target file {f} declares name {d['name']!r}")
+        lanes = _positive_int(f, "lanes", d["lanes"])
+        sched = Schedule(**_table(f, d, "schedule", ("unroll", "accumulators", "block")))
+        try:
+            sched.validate(lanes)
+        except UsageError as e:
+            raise UsageError(f"target file {f}: table [schedule]: {e}") from None
+        t = Target(name=d["name"], summary=d["summary"], arch=d["arch"], lanes=lanes,
                    requires=tuple(d["requires"]), cflags=tuple(d["cflags"]), header=d["header"],
                    simde_header=_strings(d["simde_header"]), fma=d["fma"], llvm=dict(d["llvm"]),
-                   types=dict(d["types"]), isa=isa, prelude=d.get("prelude", {}).get("code", ""),
+                   types=dict(d["types"]), isa=isa,
+                   host_rank=_positive_int(f, "host_rank", d["host_rank"], lo=0),
+                   vector_registers=_positive_int(f, "vector_registers", d["vector_registers"]),
+                   auto_algorithms=_algorithms(f, d["auto_algorithms"]), schedule=sched,
+                   gemm=GemmSchedule(**_table(f, d, "gemm", ("mr", "nv", "kc", "nc", "ku"))),
+                   prelude=d.get("prelude", {}).get("code", ""),
                    cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
+                   hwcaps=_hwcaps(f, d.get("hwcaps", {})),
                    extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d})
     except KeyError as e:
-        raise UsageError(f"target file {name}.toml lacks key {e}") from None
+        raise UsageError(f"target file {f} lacks key {e}") from None
+    try:
+        t.gemm.validate(t)
+    except UsageError as e:
+        raise UsageError(f"target file {f}: table [gemm]: {e}") from None
     try:
         cpu_check(t)   # a library must be able to check its features
     except KeyError as e:
-        raise UsageError(f"target file {name}.toml: no CPU check for feature {e}") from None
+        raise UsageError(f"target file {f}: no CPU check for feature {e} (on AArch64: name its "
+                         f"HWCAP_* bit in the [hwcaps] table)") from None
     return t
+
+
+def target_dirs() -> list[Path]:
+    """Where target files are found: the shipped ``targets/``, then each directory of
+    ``$SOFTGEN_TARGETS_PATH``."""
+    extra = [Path(p) for p in os.environ.get(ENV_PATH, "").split(os.pathsep) if p]
+    for p in extra:
+        if not p.is_dir():
+            raise UsageError(f"{ENV_PATH}: {str(p)!r} is not a directory")
+    return [data_dir("targets"), *extra]
 
 
 @functools.cache
 def all_targets() -> dict[str, Target]:
-    found = {}
-    for entry in sorted(data_dir("targets").glob("*.toml")):
-        found[entry.stem] = _load(entry.stem, entry.read_text())
-    order = {n: i for i, n in enumerate(PREFERENCE)}
-    return dict(sorted(found.items(), key=lambda kv: order.get(kv[0], 99)))
-
-
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+    """Every target, by name, highest ``host_rank`` first (ties by name)."""
+    found: dict[str, Target] = {}
+    where: dict[str, Path] = {}
+    for i, directory in enumerate(target_dirs()):
+        for entry in sorted(directory.glob("*.toml")):
+            if entry.stem in where:
+                raise UsageError(f"target {entry.stem!r} is defined twice: {where[entry.stem]} and {entry}")
+            if not _NAME_RE.match(entry.stem) or entry.stem == "host":
+                raise UsageError(f"target file {entry}: the name {entry.stem!r} is not a target name "
+                                 f"(lower case letters, digits and _, at most 32 characters; not 'host')")
+            found[entry.stem] = _load(entry.stem, entry.read_text(), entry.name if i == 0 else str(entry))
+            where[entry.stem] = entry
+    return dict(sorted(found.items(), key=lambda kv: (-kv[1].host_rank, kv[0])))
 
 
 def get_target(name: str) -> Target:
@@ -163,10 +258,11 @@ def host_supports(t: Target) -> bool:
 
 
 def host_target() -> str:
+    """The runnable target of highest ``host_rank``."""
     for name, t in all_targets().items():
         if host_supports(t):
             return name
-    return "scalar"
+    raise UsageError("no target runs on this host (the shipped scalar target always should)")
 
 
 def targets() -> list[dict]:

@@ -120,7 +120,7 @@ def _run_and_check(g, cases, lib=None):
 # Default schedules (the shipped tiles), and small blocks that exercise the KC/NC loops, the
 # k-unroll remainder and more panels per block at small sizes.
 def _small(t):
-    nv = G.DEFAULTS[t].nv
+    nv = get_target(t).gemm.nv
     return {"kc": 8, "nc": 2 * nv * get_target(t).lanes, "ku": 4, "mr": 3}
 
 

@@ -9,7 +9,7 @@ Interface::
 
     g = gemm(target, layout="nn" | "nt", schedule=None, epilogue=None, name=None)  # -> GemmCode
     g.source      # C text: the packing helper, the MR x NR tile and the driver, all static
-    g.name        # e.g. "sg_gemm_nt_5x16__avx2" (schedule defaults: DEFAULTS[target])
+    g.name        # e.g. "sg_gemm_nt_5x16__avx2" (schedule defaults: target.gemm, its TOML)
     g.prototype   # the driver's C declaration
     translation_unit([g, ...])   # a complete C file (ISA header + gemms + exported wrappers),
                                  # for tests, benchmarks and AOT use
@@ -25,7 +25,8 @@ const float *b, size_t ldb, float beta, float *c, size_t ldc)``. ``beta == 0`` n
 C may hold garbage or NaN. Requires lda >= k, ldb >= n (nn) or >= k (nt), ldc >= n; C must not
 overlap A or B (the exported wrappers of :func:`translation_unit` check the strides).
 
-Blocking (:class:`GemmSchedule`, per-target defaults in :data:`DEFAULTS`): the driver loops over
+Blocking (:class:`GemmSchedule`; per-target defaults: the ``[gemm]`` table of ``targets/*.toml``,
+``Target.gemm``): the driver loops over
 NC-column blocks of C and KC-deep blocks of k; each (KC x NC) block of B is packed into an aligned
 stack buffer as NR-wide panels (zero padded: the tile always loads whole vectors), then every
 MR-row strip of A is multiplied with every panel by the MR x NR tile, which keeps MR * nv
@@ -54,72 +55,17 @@ from typing import Callable
 
 from .. import __version__
 from ..errors import UsageError
+from ..schedule import GemmSchedule
 from ..targets import Target, get_target
 from .c import _env, flit, isa_header, vmath
 
 LAYOUTS = {"nn": "C = alpha * A @ B + beta * C (A: m x k, B: k x n)",
            "nt": "C = alpha * A @ B^T + beta * C (A: m x k, B: n x k)"}
 
-# Architectural vector registers per target (scalar: a nominal budget; spills are harmless there).
-VECTOR_REGISTERS = {"scalar": 32, "avx2": 16, "avx512": 32, "neon": 32}
-MAX_STACK_FLOATS = 32768   # the packed-B buffer (KC * NC floats) lives on the stack: <= 128 KiB
-
-
-@dataclass(frozen=True)
-class GemmSchedule:
-    """``mr``: rows of C per tile; ``nv``: vectors per tile row (NR = nv * lanes); ``kc``: depth
-    of a packed B block; ``nc``: columns of a packed B block (a multiple of NR); ``ku``: k-loop
-    unroll of the tile (1 = leave it to the compiler)."""
-    mr: int = 4
-    nv: int = 2
-    kc: int = 256
-    nc: int = 64
-    ku: int = 1
-
-    def nr(self, lanes: int) -> int:
-        return self.nv * lanes
-
-    def validate(self, t: Target) -> "GemmSchedule":
-        for k in ("mr", "nv", "kc", "nc", "ku"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UsageError(f"gemm schedule {k} must be a positive integer, got {v!r}")
-        if self.mr > 16 or self.nv > 8 or self.ku > 16:
-            raise UsageError(f"gemm schedule mr <= 16, nv <= 8, ku <= 16 (got {self})")
-        regs = VECTOR_REGISTERS[t.name] if t.name in VECTOR_REGISTERS else 16
-        need = self.mr * self.nv + self.nv + 1
-        if need > regs:
-            raise UsageError(f"gemm tile {self.mr}x{self.nr(t.lanes)} on {t.name} needs {need} vector "
-                             f"registers (mr*nv accumulators + nv B vectors + 1), the target has {regs}")
-        nr = self.nr(t.lanes)
-        if self.nc % nr:
-            raise UsageError(f"gemm schedule nc ({self.nc}) must be a multiple of NR = nv*lanes ({nr})")
-        if self.kc % self.ku:
-            raise UsageError(f"gemm schedule ku ({self.ku}) must divide kc ({self.kc})")
-        if self.kc * self.nc > MAX_STACK_FLOATS:
-            raise UsageError(f"gemm schedule kc*nc ({self.kc}*{self.nc}) exceeds the packed-B stack "
-                             f"buffer limit of {MAX_STACK_FLOATS} floats")
-        return self
-
-    def __str__(self) -> str:
-        return f"mr={self.mr} nv={self.nv} kc={self.kc} nc={self.nc} ku={self.ku}"
-
-
-# target -> default schedule (bench/gemm.py; avx2 tuned on Zen 3, the others by register budget).
-# avx2: 5x16 with the k loop left rolled. Standalone (bench/gemm.py --sweep) 6x16 ku2 is ~3% ahead,
-# but compiled inside matrix kernels (SOFT's Gaussian kernel, Newton-Schulz) gcc 12 spills its
-# accumulators in the k loop: 1.3-1.5x slower there, while 5x16 ku1 is the fastest tile in both.
-DEFAULTS = {
-    "scalar": GemmSchedule(mr=4, nv=4, kc=256, nc=64),
-    "avx2": GemmSchedule(mr=5, nv=2, kc=256, nc=64, ku=1),
-    "avx512": GemmSchedule(mr=8, nv=2, kc=256, nc=128),
-    "neon": GemmSchedule(mr=6, nv=2, kc=256, nc=64),
-}
-
-
 def schedule_for(t: Target, schedule: GemmSchedule | dict | None = None) -> GemmSchedule:
-    """The default schedule of ``t`` with the given fields overridden, validated."""
-    base = DEFAULTS.get(t.name, GemmSchedule())
+    """The default schedule of ``t`` (``t.gemm``, from its TOML) with the given fields
+    overridden, validated."""
+    base = t.gemm
     if schedule is None:
         return base.validate(t)
     if isinstance(schedule, GemmSchedule):
