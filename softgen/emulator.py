@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import TargetNotSupportedError
 from .runtime import build_executable, load_entry, open_shared
 from .targets import Target, host_arch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .backends.c import _env, abi, matrix_abi
 from .errors import SoftgenError
 from .kernel import Kernel, check_name

@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .backends.c import _env
 from .backends.gemm import translation_unit
 from .emulator import BatchedCalls, emulation_available, find_emulator, run_driver

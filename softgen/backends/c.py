@@ -14,7 +14,7 @@ from functools import cache
 
 import jinja2
 
-from .. import __version__
+from .._version import __version__
 from .._data import data_dir
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, PAIR, Program

@@ -52,7 +52,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UsageError
 from ..targets import Target, get_target
 from .c import _env, flit, isa_header, vmath

@@ -22,7 +22,7 @@ from functools import cache
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import BuildError
 from ..ir import PAIR, ROW, Program
 from ..passes import EXTEXP_F32_DOMAIN, plan

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import __version__
+from .._version import __version__
 from ..errors import BuildError, UsageError
 from ..targets import Target, get_target
 from . import tvm_adapter
