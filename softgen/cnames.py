@@ -185,7 +185,7 @@ def generated_identifiers() -> frozenset[str]:
     removed) and in each target's rendered ISA header: the helpers, macros, typedefs and entry
     parameters a generated translation unit or header can contain."""
     from ._data import data_dir
-    from .backends.c import isa_header
+    from .render import isa_header
     from .targets import all_targets
     texts = [p.read_text() for p in sorted(data_dir("templates").glob("*.j2"))]
     texts += [isa_header(t) for t in all_targets().values()]

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .backends.c import _env, abi, matrix_abi
+from .backends.c import abi, matrix_abi
 from .errors import SoftgenError
 from .kernel import Kernel, check_name
 from .ops import get_op
+from .render import env
 from .runtime import build_shared, flags_for, compiler_for
 
 # header macro suffix and meaning of each return code
@@ -140,7 +141,7 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
     params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
     entry = matrix_abi(k.program, k.name) if k.matrix else abi(k.program, k.name)
     errors = error_codes(k, entry)
-    header = _env().get_template("header.h.j2").render(abi=entry,
+    header = env().get_template("header.h.j2").render(abi=entry,
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),

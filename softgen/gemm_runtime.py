@@ -9,10 +9,10 @@ import struct
 import numpy as np
 
 from ._version import __version__
-from .backends.c import _env
 from .backends.gemm import translation_unit
 from .emulator import BatchedCalls, emulation_available, find_emulator, run_driver
 from .errors import TargetNotSupportedError, UsageError
+from .render import env
 from .runtime import build_executable, open_shared
 
 _CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
@@ -71,7 +71,7 @@ class GemmLibrary(BatchedCalls):
         if how == "SIMDe":
             self._lib = open_shared(self.sources, self.target, emulate=True, symbols=symbols)
             return
-        driver = _env().get_template("gemm_driver.c.j2").render(
+        driver = env().get_template("gemm_driver.c.j2").render(
             version=__version__, t=self.target,
             codes=[{"name": g.name, "params": ", ".join(g.params), "epi": g.epilogue is not None,
                     "epi_params": g.epilogue.param_specs() if g.epilogue else []} for g in codes])

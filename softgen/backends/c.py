@@ -10,36 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
-
-import jinja2
 
 from .._version import __version__
-from .._data import data_dir
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, PAIR, Program
 from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
+from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import Schedule
-from ..targets import OPTIONAL_ISA, VIRTUAL_ISA, Target, cpu_check
-
-
-@cache
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
-    env.globals["cpu_check"] = cpu_check   # templates/guard.h.j2
-    return env
-
-
-def flit(v: float) -> str:
-    """A C float literal that denotes exactly float32(v)."""
-    import numpy as np
-    f = float(np.float32(v))
-    if math.isinf(f):
-        return "INFINITY" if f > 0 else "-INFINITY"
-    if f == int(f) and abs(f) < 2 ** 24:
-        return f"{f:.1f}f"
-    return f"{f.hex()}f"
+from ..targets import Target
 
 
 # -- reductions: state, per-iteration update, merges, horizontal finish -------------------------
@@ -803,7 +781,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         else:
             helper, e = epilogue_code(epi, t, s, f"{name}__epi{k}", mp.leaves()[k].mm.alpha)
             gemms.append(helper + "\n" + gemm(t, layout, epilogue=e, name=fname).source)
-    return _env().get_template("kernel.c.j2").render(
+    return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {gemm_schedule(t)}" if gemms else ""),
@@ -871,22 +849,6 @@ def entry_row_args(row_params: list[str]) -> str:
     return "".join(f", {name}[r]" for name in row_params)
 
 
-def select_helpers(*programs: Program) -> str:
-    """Index and top-k helpers, for programs that use them."""
-    ops = {p.op(v) for p in programs for v in p.g}
-    return _env().get_template("select.h.j2").render() if ops & {"index", "reduce_topk"} else ""
-
-
-def isa_header(t: Target) -> str:
-    specs = {**VIRTUAL_ISA, **OPTIONAL_ISA}
-    macros = [(name, specs[name], body) for name, body in t.isa.items()]
-    return _env().get_template("isa.h.j2").render(t=t, macros=macros)
-
-
-def vmath() -> str:
-    return _env().get_template("vmath.h.j2").render()
-
-
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
              params: dict) -> str:
     """C source of a kernel ``int name(x, y, rows, n, ldx, ldy)`` computing program ``p``."""
@@ -902,7 +864,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()]
     if p.notes:
         plan_lines += ["rewrites:"] + ["  " + n for n in p.notes]
-    return _env().get_template("kernel.c.j2").render(
+    return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),

@@ -26,6 +26,7 @@ from .._version import __version__
 from ..errors import BuildError
 from ..ir import PAIR, ROW, Program
 from ..passes import EXTEXP_F32_DOMAIN, plan
+from ..render import env
 from ..schedule import Schedule
 from ..targets import Target
 from . import tvm_adapter
@@ -761,8 +762,8 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     if p.fallback is not None:
         funcs.append(row_function(p.fallback, t, s, f"{name}__fallback_row", rps))
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs)
-    from .c import _env, abi, entry_row_args
-    wrapper = _env().get_template("tvm_wrapper.c.j2").render(
+    from .c import abi, entry_row_args
+    wrapper = env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm, t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True,
         row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name),
@@ -779,7 +780,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
     from . import tvm_gemm
-    from .c import _env, matrix_abi, matrix_entry, matrix_gemms, matrix_plan_lines
+    from .c import matrix_abi, matrix_entry, matrix_gemms, matrix_plan_lines
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if any(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
@@ -796,7 +797,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
     entry = matrix_entry(mp, name, tvm=True)
     entry["prototypes"] += [g.c_text for g in gemms.values()]
-    wrapper = _env().get_template("tvm_wrapper.c.j2").render(
+    wrapper = env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct (matrix program)", t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=False, tvm=True, row_params=[], rp_args="",
         rp_decl="", abi=matrix_abi(mp, name), matrix=entry)
