@@ -10,6 +10,7 @@ import numpy as np
 
 from . import ops as _ops
 from . import passes
+from .analysis import MatrixPlan
 from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
@@ -273,23 +274,6 @@ class Kernel:
     def renamed(self, name: str) -> "Kernel":
         return compile(self.op, algorithm=self.algorithm, target=self.target.name, name=name,
                        schedule=self.schedule, backend=self.backend, **self.params)
-
-
-@dataclass
-class MatrixPlan:
-    """The plan of a lowered matrix program: its phases' sweeps and the traffic per element."""
-    program: MatrixProgram
-
-    def traffic(self) -> dict:
-        return cbackend.matrix_traffic(self.program)
-
-    def describe(self) -> str:
-        out = cbackend.matrix_plan_lines(self.program)[1:]
-        out = [ln[2:] if ln.startswith("  ") else ln for ln in out]
-        t = self.traffic()
-        out.append(f"matrix traffic: {t['summary']} = {t['bytes_per_element']} B/element from memory "
-                   f"(later sweeps of a row in a fused phase read it from cache), {t['passes']} sweeps")
-        return "\n".join(out)
 
 
 class MatrixKernel(Kernel):

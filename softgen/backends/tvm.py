@@ -23,6 +23,7 @@ from functools import cache
 import numpy as np
 
 from .._version import __version__
+from ..analysis import matrix_plan_lines
 from ..errors import BuildError
 from ..ir import PAIR, ROW, Program
 from ..passes import EXTEXP_F32_DOMAIN, plan
@@ -780,7 +781,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
     from . import tvm_gemm
-    from .c import matrix_abi, matrix_entry, matrix_gemms, matrix_plan_lines
+    from .c import matrix_abi, matrix_entry, matrix_gemms
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if any(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
