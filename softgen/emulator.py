@@ -19,7 +19,7 @@ from pathlib import Path
 from ._version import __version__
 from .errors import TargetNotSupportedError
 from .render import env
-from .runtime import build_executable, load_entry, open_shared
+from .runtime import build_executable, compiler_for, load_entry, open_shared
 from .targets import Target, host_arch
 
 
@@ -42,7 +42,6 @@ def emulation_available(t: Target) -> tuple[bool, str]:
     if find_emulator(t) is None:
         return False, f"a user-mode emulator ({' or '.join(t.emulator) or 'none known'}; " \
                       f"{t.extra.get('emulator_hint', 'install qemu-user')})"
-    from .runtime import compiler_for
     try:
         compiler_for(t)
     except Exception as e:  # no cross compiler: the message says what to install

@@ -7,16 +7,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._version import __version__
 from .backends.c import abi, matrix_abi
+from .backends.tvm_adapter import available
 from .errors import SoftgenError
-from .kernel import Kernel, check_name
 from .ops import get_op
 from .render import env
 from .runtime import build_shared, flags_for, compiler_for
+
+if TYPE_CHECKING:   # export reads a Kernel; kernel imports export (Kernel.export)
+    from .kernel import Kernel
 
 # header macro suffix and meaning of each return code
 CODES = {0: ("OK", "success"), 1: ("ENULL", "x or y is NULL while rows and n are nonzero"),
@@ -122,14 +126,13 @@ def _measure_samples(k: Kernel, op, inputs: list[tuple]) -> dict:
 def _backend_info(k: Kernel):
     if k.backend != "tvm":
         return k.backend
-    from .backends.tvm_adapter import available
     return {"name": "tvm", "version": available()[1], "codegen": "TensorIR -> LLVM object + C wrapper"}
 
 
 def export(k: Kernel, directory, name: str | None = None, cc: str | None = None) -> dict:
     """Write the library, header, manifest and source of ``k`` into ``directory``."""
     if name is not None and name != k.name:
-        k = k.renamed(check_name(name))
+        k = k.renamed(name)   # compile checks the name (kernel.check_name)
     out = Path(directory)
     paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
              "manifest": out / f"{k.name}.json", "source": out / f"{k.name}.c"}

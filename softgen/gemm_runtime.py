@@ -10,6 +10,8 @@ import numpy as np
 
 from ._version import __version__
 from .backends.gemm import translation_unit
+from .backends.tvm_gemm import TvmGemmCode
+from .backends.tvm_gemm import sources as tvm_sources
 from .emulator import BatchedCalls, emulation_available, find_emulator, run_driver
 from .errors import TargetNotSupportedError, UsageError
 from .render import env
@@ -41,8 +43,6 @@ class GemmLibrary(BatchedCalls):
     None = natively when this CPU runs the target, else emulated."""
 
     def __init__(self, codes: list, emulate: bool | None = None):
-        from .backends.tvm_gemm import TvmGemmCode
-        from .backends.tvm_gemm import sources as tvm_sources
         super().__init__()
         self.name = "gemm library"
         self.codes = {g.name: g for g in codes}

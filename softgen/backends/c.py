@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from .._version import __version__
 from ..analysis import index_dims, matrix_plan_lines, matrix_traffic
 from ..errors import BuildError
-from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, PAIR, Program
+from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
 from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import Schedule
 from ..targets import Target
+from .gemm import Epilogue, gemm, schedule_for
 
 
 # -- reductions: state, per-iteration update, merges, horizontal finish -------------------------
@@ -557,7 +558,6 @@ def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
     ``gemm.Epilogue`` that calls it for each output vector. The helper's per-row vector
     elements come from pointers indexed by the row, its column vectors are loaded at the
     output columns (partially on an edge vector), exactly as a rows phase would."""
-    from .gemm import Epilogue
     c, pl = _Ctx(p, t, s, []), plan(p)
     (sw,) = pl.sweeps
     rps, (read_s, _), cols = p.row_params(), p.mscalar_names(), p.vector_names()[1]
@@ -629,7 +629,6 @@ def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
             for f, init in COLREDUCE_FIELDS[p.op(v)]:
                 lines.append(f"for (size_t j = 0; j < dim_{C}; j++) vec_{p.attrs(v)['name']}_{f}[j] = {flit(init)};")
         elif p.kind(v) == "mreduce":
-            from ..ir import MREDUCE_INIT
             lines.append(f"sg_ms[{scal[p.attrs(v)['name']]}] = {flit(MREDUCE_INIT[p.op(v)])};")
     src = {"dim": lambda i: f"dim_{(R, C)[i]}", "row": lambda: "i" if rows else "0",
            "rowvec": lambda r: f"vec_{r}[i]", "ms": lambda m: f"sg_ms[{scal[m]}]",
@@ -731,7 +730,6 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     """C source of a matrix kernel: one static function per rows/cols phase of the lowered
     matrix program ``mp``, one register-blocked GEMM (``backends.gemm``) per contraction layout
     and per fused epilogue, and the entry point of the program's ABI (``MatrixABI``)."""
-    from .gemm import gemm
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
@@ -760,7 +758,6 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
 
 
 def gemm_schedule(t: Target) -> str:
-    from .gemm import schedule_for
     s = schedule_for(t)
     return f"{s.mr}x{s.nr(t.lanes)} tile, {s}"
 

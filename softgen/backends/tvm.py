@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from functools import cache
 
 import numpy as np
 
@@ -30,8 +29,8 @@ from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
 from ..schedule import Schedule
 from ..targets import Target
-from . import tvm_adapter
-from .c import row_outputs
+from . import tvm_adapter, tvm_gemm
+from .c import abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
 
 # The constants of templates/vmath.h.j2 (spec 2.4).
 _h = float.fromhex
@@ -727,7 +726,6 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
         bufs = ['    IDX = T.decl_buffer((n,), "int64", data=idx)', '    W = T.decl_buffer((n,), "float32", data=w)']
     args = "".join(f"rp_{name}: T.float32, " for name in row_params)
     if p.phase is not None:   # a phase of a matrix program: the arguments of c.phase_args
-        from .c import phase_args
         tir = {"size_t": "T.int64", "float": "T.float32", "float *": 'T.handle("float32")',
                "const float *": 'T.handle("float32")'}
         args = "".join(f"{nm}: {tir[t]}, " for t, nm, _ in phase_args(p)[1:])
@@ -763,7 +761,6 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     if p.fallback is not None:
         funcs.append(row_function(p.fallback, t, s, f"{name}__fallback_row", rps))
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs)
-    from .c import abi, entry_row_args
     wrapper = env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm, t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True,
@@ -780,8 +777,6 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     ``tvm_gemm`` contraction per layout, C wrapper with the entry point): the C backend's
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
-    from . import tvm_gemm
-    from .c import matrix_abi, matrix_entry, matrix_gemms
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if any(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
@@ -805,40 +800,16 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     return tir, wrapper
 
 
-def _parse_all(tir: str):
-    import tvm
-    funcs = {}
-    for chunk in tir.split("@T.prim_func")[1:]:
-        f = tvm_adapter.parse_tir("@T.prim_func" + chunk)
-        funcs[str(f.attrs["global_symbol"])] = f
-    return tvm.IRModule(funcs)
-
-
-@cache
-def _object(tir: str, target_name: str) -> bytes:
-    """The ELF object of the row functions (TVM's bundled LLVM; no cross tools needed)."""
-    from ..runtime import _cached, cache_dir
-    from ..targets import get_target
-    # cached on disk like the C builds: TVM's lowering of a long kernel takes seconds
-    key = hashlib.sha256("\0".join([tir, target_name, tvm_adapter.available()[1]]).encode()).hexdigest()[:32]
-
-    def make(tmp):
-        return tvm_adapter.compile_to_object(_parse_all(tir), get_target(target_name), tmp / "k.o",
-                                             pipeline="lean"), {}
-
-    return _cached(cache_dir() / f"tvm-{key}.o", make, "TVM").read_bytes()
-
-
 def sources(tir: str, wrapper: str, target: Target) -> dict:
     """Inputs of the C compiler/linker for this kernel: the wrapper and the TVM object."""
     ok, why = tvm_adapter.available()
     if not ok:
         raise BuildError(f"the TVM backend is not available: {why}")
-    return {"kernel.c": wrapper, "kernel_tvm.o": _object(tir, target.name)}
+    return {"kernel.c": wrapper, "kernel_tvm.o": tvm_adapter.script_object(tir, target.name)}
 
 
 def assembly(tir: str, target: Target) -> str:
-    return tvm_adapter.assembly(_parse_all(tir), target, pipeline="lean")
+    return tvm_adapter.script_assembly(tir, target)
 
 
 def key(tir: str) -> str:
