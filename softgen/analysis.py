@@ -33,7 +33,7 @@ def matrix_plan_lines(mp: MatrixProgram) -> list[str]:
         if ph.kind == "matmul":
             lines.append(f"  phase {k} (matmul): {ph.mm}")
             if ph.mm.epilogue is not None:
-                lines.append(f"    fused epilogue (per output vector): "
+                lines.append("    fused epilogue (per output vector): "
                              + ", ".join(f"%{v} {ph.mm.epilogue.op(v)}" for v in ph.mm.epilogue.topo()))
             continue
         lines.append(f"  phase {k} ({ph.kind} over {ph.over}"

@@ -14,7 +14,7 @@ from .._version import __version__
 from ..analysis import index_dims, matrix_plan_lines, matrix_traffic
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
-from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
+from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import Schedule
 from ..targets import Target

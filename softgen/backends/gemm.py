@@ -55,7 +55,7 @@ from typing import Callable
 from .._version import __version__
 from ..errors import UsageError
 from ..targets import Target, get_target
-from ..render import env, flit, isa_header, vmath
+from ..render import env, isa_header, vmath
 
 LAYOUTS = {"nn": "C = alpha * A @ B + beta * C (A: m x k, B: k x n)",
            "nt": "C = alpha * A @ B^T + beta * C (A: m x k, B: n x k)"}

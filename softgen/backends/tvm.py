@@ -24,7 +24,7 @@ import numpy as np
 from .._version import __version__
 from ..analysis import matrix_plan_lines
 from ..errors import BuildError
-from ..ir import PAIR, ROW, Program
+from ..ir import ROW, Program
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
 from ..schedule import Schedule
