@@ -602,7 +602,22 @@ def matrix_gemms(mp, name: str) -> dict[int, tuple[str, str, object]]:
     return out
 
 
-def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
+@dataclass(frozen=True)
+class CallingConvention:
+    """How a matrix entry point (``matrix_entry``) calls its rows/cols phase functions. The
+    default is the C backend's: its own static functions, which take ``phase_args``' C types.
+    A backend whose phase functions are compiled elsewhere (``backends.tvm``: TVM's object file)
+    describes their ABI here instead of the entry point knowing the backend."""
+    size_type: str = "size_t"   # the C type of the n, m and row arguments
+    pointer_cast: str = ""      # cast of the row pointers passed (e.g. "(float *)": no const)
+    status: bool = False        # a trailing ``int32_t *status`` argument (its value is ignored)
+    declare: bool = False       # the entry's translation unit declares the phase functions
+
+
+C_CALLS = CallingConvention()
+
+
+def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) -> list[str]:
     """The C statements of one phase in the entry point's per-matrix body."""
     if ph.kind == "matmul":
         mm = ph.mm
@@ -633,16 +648,18 @@ def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
     src = {"dim": lambda i: f"dim_{(R, C)[i]}", "row": lambda: "i" if rows else "0",
            "rowvec": lambda r: f"vec_{r}[i]", "ms": lambda m: f"sg_ms[{scal[m]}]",
            "vec": lambda v: f"vec_{v}", "emit": lambda e: f"vec_{e} + i", "mr": lambda m: f"&sg_ms[{scal[m]}]",
-           "matrow": lambda nm: f"{'(float *)' if tvm else ''}(mat_{nm} + i * ld_{nm})"}
+           "matrow": lambda nm: f"{cc.pointer_cast}(mat_{nm} + i * ld_{nm})"}
     args = [src[a[0]](*a[1:]) for _, _, a in phase_args(p)]
     if rows:
         x = f"mat_{ph.over} + i * ld_{ph.over}"
         y = f"mat_{ph.into} + i * ld_{ph.into}" if ph.writes_output() else "NULL"
     else:
         x = y = "NULL"
-    if tvm:
-        x = f"(float *)({x})" if rows else x
-        args = [f"(int64_t)({a})" if t == "size_t" else a for (t, _, _), a in zip(phase_args(p), args)]
+    if rows and cc.pointer_cast:
+        x = f"{cc.pointer_cast}({x})"
+    if cc.size_type != "size_t":
+        args = [f"({cc.size_type})({a})" if t == "size_t" else a for (t, _, _), a in zip(phase_args(p), args)]
+    if cc.status:
         call = f"{{ int32_t status = 0; {name}__phase{k}({x}, {y}, {', '.join(args)}, &status); }}"
     else:
         call = f"{name}__phase{k}({x}, {y}, {', '.join(args)});"
@@ -651,13 +668,14 @@ def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
     return lines + [call]
 
 
-def _matrix_body(mp, phases, name: str, tvm: bool, scal: dict, index: list, depth: int = 0) -> list[str]:
+def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index: list,
+                 depth: int = 0) -> list[str]:
     out = []
     for ph in phases:
         if ph.kind == "loop":
             it = f"it{depth}"
             out.append(f"for (size_t {it} = 0; {it} < {ph.count}; {it}++) {{")
-            out += ["    " + ln for ln in _matrix_body(mp, ph.body, name, tvm, scal, index, depth + 1)]
+            out += ["    " + ln for ln in _matrix_body(mp, ph.body, name, cc, scal, index, depth + 1)]
             for a, b in ph.swaps:
                 out.append(f"    {{ float *sg_t = mat_{a}; mat_{a} = mat_{b}; mat_{b} = sg_t; }}")
             out.append("}")
@@ -667,15 +685,15 @@ def _matrix_body(mp, phases, name: str, tvm: bool, scal: dict, index: list, dept
         what = f"matmul {ph.mm}" if ph.kind == "matmul" else \
             f"{ph.kind} over {ph.over}" + (f" into {ph.into}" if ph.writes_output() else "")
         out.append(f"/* phase {k}: {what} */")
-        out += _phase_call(mp, k, ph, name, tvm, scal)
+        out += _phase_call(mp, k, ph, name, cc, scal)
     return out
 
 
-def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
+def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
     """What ``templates/matrix_entry.c.j2`` needs: the signature and argument checks of the
     program's ABI (``MatrixABI``), the scratch (vectors and scratch matrices, one allocation),
-    the per-matrix pointers and the per-matrix body (each phase's calls, loops); for TVM also
-    the phase functions' prototypes (``m``/``n``/row as int64, a status pointer)."""
+    the per-matrix pointers and the per-matrix body (each phase's calls, loops), and, if the
+    calling convention ``cc`` declares them, the phase functions' prototypes."""
     abi = mp.abi()
     mats = abi.matrices
     if abi.style == "unary":
@@ -712,17 +730,18 @@ def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
     scal = {nm: i for i, nm in enumerate(mp.scalars())}
     per_matrix = [f"{'const ' if role == 'input' else ''}float *mat_{nm} = {nm} + sg_b * dim_{r} * {lds[nm]};"
                   for (nm, (r, _)), role in zip(mats, ["input"] * len(abi.inputs) + ["output"] * len(abi.outputs))]
-    body = _matrix_body(mp, mp.phases, name, tvm, scal, [0])
+    body = _matrix_body(mp, mp.phases, name, cc, scal, [0])
     protos = []
-    if tvm:
+    if cc.declare:
         for k, ph in enumerate(mp.leaves()):
             if ph.kind in ("rows", "cols"):
-                a = ", ".join(f"{'int64_t' if t == 'size_t' else t}{'' if t.endswith('*') else ' '}{n}"
+                a = ", ".join(f"{cc.size_type if t == 'size_t' else t}{'' if t.endswith('*') else ' '}{n}"
                               for t, n, _ in phase_args(ph.program))
-                protos.append(f"void {name}__phase{k}(float *x, float *y, {a}, int32_t *status);")
+                protos.append(f"void {name}__phase{k}(float *x, float *y, {a}"
+                              f"{', int32_t *status' if cc.status else ''});")
     return {"signature": abi.signature(name), "checks": checks, "dims_before": before, "dims_after": after,
             "lds": [(f"ld_{nm}", lds[nm]) for nm, _ in mats], "scratch": scratch,
-            "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body, "tvm": tvm,
+            "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body,
             "prototypes": protos, "vectors": len(mp.vector_dims()), "scratch_mats": len(mp.scratch_mats)}
 
 

@@ -30,7 +30,8 @@ from ..render import env
 from ..schedule import Schedule
 from ..targets import Target
 from . import tvm_adapter, tvm_gemm
-from .c import abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
+from .c import (CallingConvention, abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args,
+                row_outputs)
 
 # The constants of templates/vmath.h.j2 (spec 2.4).
 _h = float.fromhex
@@ -770,6 +771,9 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
 
 
 GEMM_EPILOGUES = False   # tvm_gemm stores the plain product: element-wise phases stay phases
+# the phase functions TVM compiles (``row_function``): int64 sizes, non-const float * buffers, a
+# status pointer; declared in the C wrapper, defined in the TVM object
+TVM_CALLS = CallingConvention(size_type="int64_t", pointer_cast="(float *)", status=True, declare=True)
 
 
 def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> tuple[str, str]:
@@ -791,7 +795,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     gemms = {fname: tvm_gemm.gemm(t, layout, name=fname)
              for fname, layout, _ in matrix_gemms(mp, name).values()}
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
-    entry = matrix_entry(mp, name, tvm=True)
+    entry = matrix_entry(mp, name, TVM_CALLS)
     entry["prototypes"] += [g.c_text for g in gemms.values()]
     wrapper = env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct (matrix program)", t=t,
