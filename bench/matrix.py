@@ -110,7 +110,7 @@ def _k2(rng, heads, m):
 
 
 def bench_soft(a, torch, rng) -> None:
-    from softgen.backends.c import matrix_flops
+    from softgen.analysis import matrix_flops
     print(f"\n{'op':<14} {'shape':<22} {'backend':<7} {'us/call':>9} {'GFLOP/s':>8} {'vs numpy':>9} "
           f"{'vs torch':>9}")
     if "gaussian" in a.ops:

@@ -5,15 +5,14 @@
     y = k(np.random.randn(4, 1000).astype(np.float32))
     y = softgen.softmax(x)                      # or one call: compiled for this CPU, cached
 """
-__version__ = "0.1.0"
-
-from .errors import BuildError, CacheError, SoftgenError, TargetNotSupportedError, UsageError  # noqa: E402
-from .kernel import Kernel, compile  # noqa: E402
-from .ops import OPS  # noqa: E402
-from .passes import ALGORITHMS  # noqa: E402
-from .schedule import Schedule  # noqa: E402
-from .targets import host_target, targets  # noqa: E402
-from .functional import FUNCTIONS as _FUNCTIONS, apply  # noqa: E402
+from ._version import __version__
+from .errors import BuildError, CacheError, SoftgenError, TargetNotSupportedError, UsageError
+from .kernel import Kernel, compile
+from .ops import OPS
+from .passes import ALGORITHMS
+from .schedule import Schedule
+from .targets import host_target, targets
+from .functional import FUNCTIONS as _FUNCTIONS, apply
 
 globals().update(_FUNCTIONS)  # softgen.softmax(x), softgen.lssa(c, 64), ...: one per op
 

@@ -10,8 +10,11 @@ import json
 import os
 import sys
 
-from . import __version__
+from . import ops, passes
+from ._version import __version__
 from .errors import SoftgenError, UsageError
+from .kernel import compile as compile_kernel
+from .targets import host_arch, targets
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,8 +85,7 @@ def _params(args) -> dict:
         try:
             params[key] = float(val)
         except ValueError:
-            from .ops import get_op
-            if key not in get_op(args.op).choices:   # string-valued (e.g. variant=norm): the op checks it
+            if key not in ops.get_op(args.op).choices:   # string-valued (e.g. variant=norm): the op checks it
                 raise UsageError(f"--param {key}: {val!r} is not a number") from None
             params[key] = val
     for key in ("scale", "temperature"):
@@ -95,14 +97,12 @@ def _params(args) -> dict:
 
 
 def _kernel(args):
-    from .kernel import compile
     sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block") if getattr(args, k) is not None}
-    return compile(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
+    return compile_kernel(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
                    schedule=sched or None, backend=args.backend, **_params(args))
 
 
 def _cmd_targets(args) -> None:
-    from .targets import targets
     rows = targets()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -114,7 +114,6 @@ def _cmd_targets(args) -> None:
 
 
 def _cmd_ops(args) -> None:
-    from . import ops, passes
     rows = []
     for op in ops.OPS.values():
         algs = ["direct"] if op.kind == "matrix" else \
@@ -137,7 +136,6 @@ def _cmd_build(args) -> None:
     except OSError as e:
         raise SoftgenError(f"cannot write to {args.output!r}: {e.strerror}") from None
     if not k.runnable:   # one line on stderr (--json keeps stdout pure JSON)
-        from .targets import host_arch
         here = f"called here, {k.name}() returns {k.name.upper()}_ECPU (8)" \
             if k.target.arch in ("any", host_arch()) else f"lib{k.name}.so is an {k.target.arch} library"
         print(f"softgen: note: this machine can build target {k.target.name} but not run it (missing: "
@@ -160,7 +158,6 @@ def _cmd_emit(args) -> None:
 
 
 def _cmd_explain(args) -> None:
-    from . import ops
     k = _kernel(args)
     original = ops.build_program(k.op, **k.params)
     pl = k.plan

@@ -20,6 +20,10 @@ from __future__ import annotations
 import functools
 import re
 
+from ._data import data_dir
+from .render import isa_header
+from .targets import all_targets
+
 CPP_KEYWORDS = set("""alignas alignof and and_eq asm auto bitand bitor bool break case catch char
 char8_t char16_t char32_t class compl concept const consteval constexpr constinit const_cast continue
 co_await co_return co_yield decltype default delete do double dynamic_cast else enum explicit export
@@ -184,9 +188,6 @@ def generated_identifiers() -> frozenset[str]:
     """Every identifier in softgen's templates (Jinja tags, comments, strings and #include lines
     removed) and in each target's rendered ISA header: the helpers, macros, typedefs and entry
     parameters a generated translation unit or header can contain."""
-    from ._data import data_dir
-    from .backends.c import isa_header
-    from .targets import all_targets
     texts = [p.read_text() for p in sorted(data_dir("templates").glob("*.j2"))]
     texts += [isa_header(t) for t in all_targets().values()]
     ids: set[str] = set()

@@ -16,9 +16,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import TargetNotSupportedError
-from .runtime import build_executable, load_entry, open_shared
+from .render import env
+from .runtime import build_executable, compiler_for, load_entry, open_shared
 from .targets import Target, host_arch
 
 
@@ -41,7 +42,6 @@ def emulation_available(t: Target) -> tuple[bool, str]:
     if find_emulator(t) is None:
         return False, f"a user-mode emulator ({' or '.join(t.emulator) or 'none known'}; " \
                       f"{t.extra.get('emulator_hint', 'install qemu-user')})"
-    from .runtime import compiler_for
     try:
         compiler_for(t)
     except Exception as e:  # no cross compiler: the message says what to install
@@ -66,17 +66,16 @@ def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
                         outputs, matrix, abi)
         fn.how = "emulated (SIMDe)"
         return fn
-    from .backends.c import _env
     if abi is not None and abi.style == "general":
         mats = [nm for nm, _ in abi.matrices]
         args = [f"p[{k}]" for k in range(len(mats))] + ["h[0]"] + \
             [f"h[{1 + k}]" for k in range(len(abi.dims))] + [f"mat[{3 * k}]" for k in range(len(mats))]
-        driver = _env().get_template("matrix_driver.c.j2").render(
+        driver = env().get_template("matrix_driver.c.j2").render(
             name=name, version=__version__, target=t.name, signature=abi.signature(name),
             dims=abi.dims, matrices=mats, outputs=[nm for nm, _ in abi.outputs], call_args=", ".join(args))
         exe = build_executable({**sources, "driver.c": driver}, t)
         return QemuMatrixEntry(exe, find_emulator(t), name, abi)
-    driver = _env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
+    driver = env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
                                                         row_params=row_params, matrix=matrix,
                                                         sparse=outputs == 2)
     exe = build_executable({**sources, "driver.c": driver}, t)

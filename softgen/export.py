@@ -7,15 +7,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__
-from .backends.c import _env, abi, matrix_abi
+from ._version import __version__
+from .backends.c import abi, matrix_abi
+from .backends.tvm_adapter import available
 from .errors import SoftgenError
-from .kernel import Kernel, check_name
 from .ops import get_op
+from .render import env
 from .runtime import build_shared, flags_for, compiler_for
+
+if TYPE_CHECKING:   # export reads a Kernel; kernel imports export (Kernel.export)
+    from .kernel import Kernel
 
 # header macro suffix and meaning of each return code
 CODES = {0: ("OK", "success"), 1: ("ENULL", "x or y is NULL while rows and n are nonzero"),
@@ -121,14 +126,13 @@ def _measure_samples(k: Kernel, op, inputs: list[tuple]) -> dict:
 def _backend_info(k: Kernel):
     if k.backend != "tvm":
         return k.backend
-    from .backends.tvm_adapter import available
     return {"name": "tvm", "version": available()[1], "codegen": "TensorIR -> LLVM object + C wrapper"}
 
 
 def export(k: Kernel, directory, name: str | None = None, cc: str | None = None) -> dict:
     """Write the library, header, manifest and source of ``k`` into ``directory``."""
     if name is not None and name != k.name:
-        k = k.renamed(check_name(name))
+        k = k.renamed(name)   # compile checks the name (kernel.check_name)
     out = Path(directory)
     paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
              "manifest": out / f"{k.name}.json", "source": out / f"{k.name}.c"}
@@ -140,7 +144,7 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
     params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
     entry = matrix_abi(k.program, k.name) if k.matrix else abi(k.program, k.name)
     errors = error_codes(k, entry)
-    header = _env().get_template("header.h.j2").render(abi=entry,
+    header = env().get_template("header.h.j2").render(abi=entry,
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),

@@ -13,12 +13,12 @@ import numpy as np
 
 from . import ops as _ops
 from .errors import UsageError
+from .kernel import compile as _compile
 
 
 @functools.lru_cache(maxsize=256)
 def _kernel(op: str, target: str, backend: str, algorithm: str, params: tuple):
-    from .kernel import compile
-    return compile(op, target=target, backend=backend, algorithm=algorithm, **dict(params))
+    return _compile(op, target=target, backend=backend, algorithm=algorithm, **dict(params))
 
 
 def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: str = "host",

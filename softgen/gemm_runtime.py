@@ -8,11 +8,13 @@ import struct
 
 import numpy as np
 
-from . import __version__
-from .backends.c import _env
-from .backends.gemm import translation_unit
+from ._version import __version__
+from .backends.gemm import GemmCode, translation_unit
+from .backends.tvm_gemm import TvmGemmCode
+from .backends.tvm_gemm import sources as tvm_sources
 from .emulator import BatchedCalls, emulation_available, find_emulator, run_driver
 from .errors import TargetNotSupportedError, UsageError
+from .render import env
 from .runtime import build_executable, open_shared
 
 _CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
@@ -41,8 +43,6 @@ class GemmLibrary(BatchedCalls):
     None = natively when this CPU runs the target, else emulated."""
 
     def __init__(self, codes: list, emulate: bool | None = None):
-        from .backends.tvm_gemm import TvmGemmCode
-        from .backends.tvm_gemm import sources as tvm_sources
         super().__init__()
         self.name = "gemm library"
         self.codes = {g.name: g for g in codes}
@@ -71,7 +71,7 @@ class GemmLibrary(BatchedCalls):
         if how == "SIMDe":
             self._lib = open_shared(self.sources, self.target, emulate=True, symbols=symbols)
             return
-        driver = _env().get_template("gemm_driver.c.j2").render(
+        driver = env().get_template("gemm_driver.c.j2").render(
             version=__version__, t=self.target,
             codes=[{"name": g.name, "params": ", ".join(g.params), "epi": g.epilogue is not None,
                     "epi_params": g.epilogue.param_specs() if g.epilogue else []} for g in codes])

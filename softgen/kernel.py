@@ -8,13 +8,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import export as aot
 from . import ops as _ops
 from . import passes
+from .analysis import MatrixPlan
 from .backends import c as cbackend
+from .backends import tvm as tvmbackend
+from .backends.tvm_adapter import version_script
+from .cnames import name_clash
+from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
 from .ir import INDEX_MAX_N, Program
 from .schedule import Schedule, default_schedule
+from .runtime import assembly, load_entry, open_shared
 from .targets import Target, get_target, host_target
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -40,12 +47,10 @@ def check_name(name: str) -> str:
     """A kernel name becomes an exported C symbol, a file name and the stem of header macros: a
     plain C identifier that collides with nothing a host program or the generated code declares
     (``cnames``)."""
-    from .cnames import name_clash
-    from .export import CODES
     if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise UsageError(f"invalid kernel name {name!r}: use a C identifier of at most 64 "
                          f"characters ([A-Za-z_][A-Za-z0-9_]*)")
-    why = name_clash(name, [suffix for suffix, _ in CODES.values()])
+    why = name_clash(name, [suffix for suffix, _ in aot.CODES.values()])
     if why:
         raise UsageError(f"invalid kernel name {name!r}: {why}; choose another name "
                          f"(e.g. a prefix of your own)")
@@ -120,10 +125,8 @@ class Kernel:
 
     # -- execution ------------------------------------------------------------------------------
     def _entry(self, emulate: bool):
-        from .runtime import load_entry, open_shared
         if emulate:
             if self._emu_fn is None:
-                from .emulator import load_emulated
                 self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend,
                                              tuple(self.row_params), 2 if self.selected else 1,
                                              matrix=self.matrix, abi=self.abi)
@@ -252,44 +255,22 @@ class Kernel:
     def sources(self) -> dict:
         """What the C compiler links into the library: C text, and for TVM its object file."""
         if self.backend == "tvm":
-            from .backends import tvm as tvmbackend
-            from .backends.tvm_adapter import version_script
             return {**tvmbackend.sources(self.source, self.wrapper, self.target),
                     "exports.map": version_script([self.name, f"{self.name}_supported"])}
         return {"kernel.c": self.source}
 
     def asm(self, cc: str | None = None) -> str:
         if self.backend == "tvm":
-            from .backends import tvm as tvmbackend
             return tvmbackend.assembly(self.source, self.target)
-        from .runtime import assembly
         return assembly(self.source, self.target, cc)
 
     def export(self, directory, name: str | None = None, cc: str | None = None) -> dict:
         """Write lib<name>.so, <name>.h, <name>.json (and <name>.c) into ``directory``."""
-        from .export import export
-        return export(self, directory, name=name, cc=cc)
+        return aot.export(self, directory, name=name, cc=cc)
 
     def renamed(self, name: str) -> "Kernel":
         return compile(self.op, algorithm=self.algorithm, target=self.target.name, name=name,
                        schedule=self.schedule, backend=self.backend, **self.params)
-
-
-@dataclass
-class MatrixPlan:
-    """The plan of a lowered matrix program: its phases' sweeps and the traffic per element."""
-    program: MatrixProgram
-
-    def traffic(self) -> dict:
-        return cbackend.matrix_traffic(self.program)
-
-    def describe(self) -> str:
-        out = cbackend.matrix_plan_lines(self.program)[1:]
-        out = [ln[2:] if ln.startswith("  ") else ln for ln in out]
-        t = self.traffic()
-        out.append(f"matrix traffic: {t['summary']} = {t['bytes_per_element']} B/element from memory "
-                   f"(later sweeps of a row in a fused phase read it from cache), {t['passes']} sweeps")
-        return "\n".join(out)
 
 
 class MatrixKernel(Kernel):
@@ -432,7 +413,6 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         + ("_tvm" if backend == "tvm" else "")
     wrapper = ""
     if backend == "tvm":
-        from .backends import tvm as tvmbackend
         src, wrapper = tvmbackend.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg,
                                            params=program.params)
     else:
@@ -458,7 +438,6 @@ def _compile_matrix(opdef, program: MatrixProgram, t: Target, algorithm: str, na
                          f"got {algorithm!r}")
     sched = _schedule(t, schedule)
     if backend == "tvm":
-        from .backends import tvm as tvmbackend
         epilogues = tvmbackend.GEMM_EPILOGUES
     else:
         epilogues = cbackend.GEMM_EPILOGUES
@@ -467,7 +446,6 @@ def _compile_matrix(opdef, program: MatrixProgram, t: Target, algorithm: str, na
         f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}" + ("_tvm" if backend == "tvm" else "")
     wrapper = ""
     if backend == "tvm":
-        from .backends import tvm as tvmbackend
         src, wrapper = tvmbackend.generate_matrix(lowered, t, sched, kname, op=opdef.name,
                                                   params=program.params)
     else:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .ir import PAIR, ROW, SCALAR, IRError, Program
+from .matrix import MatMul, Phase, map_phases, written_by
 
 # Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
 # 2^E, so |E| <= 2^17 log2(e) - 200 keeps them inside |x| <= 2^17, where the f32 exp reduction is
@@ -481,7 +482,6 @@ def _fusable_rows(a, b) -> bool:
     """Whether rows phase ``b`` can run on each row right after ``a`` (one row program): same
     matrix, b reads nothing a produces across the rows (column vectors, per-matrix scalars), and
     at most one output, which does not overwrite the rows b still reads."""
-    from .matrix import written_by
     if not (a.kind == b.kind == "rows" and a.over == b.over):
         return False
     pa, pb = a.program, b.program
@@ -504,7 +504,6 @@ def elementwise(p: Program) -> bool:
 
 
 def _fuse_phases(phases: list, epilogues: bool) -> list:
-    from .matrix import MatMul, Phase
     out: list = []
     for ph in phases:
         prev = out[-1] if out else None
@@ -531,7 +530,6 @@ def lower_matrix(mp, epilogues: bool = False):
     result is written once instead of written, read and written again); drop per-row vectors
     no phase reads; simplify and annotate every row program. Phases that read a column vector or
     per-matrix scalar the previous phase produces stay apart."""
-    from .matrix import map_phases
     mp.validate()
     out = mp.like()
     out.phases = map_phases(mp.phases, lambda phs: _fuse_phases(phs, epilogues))

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import BuildError, CacheError
 from .targets import Target, host_arch
 

@@ -133,7 +133,7 @@ def test_names_colliding_with_c_are_usage_errors(name):
 def test_names_the_generated_code_defines_are_refused_on_every_target():
     """Derived, not hand-listed: every macro and typedef of every target's ISA header."""
     import re
-    from softgen.backends.c import isa_header
+    from softgen.render import isa_header
     from softgen.kernel import check_name
     from softgen.targets import all_targets
     for t in all_targets().values():

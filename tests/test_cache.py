@@ -198,14 +198,14 @@ def test_build_directories_of_killed_builds_are_removed(tmp_path, monkeypatch):
 
 
 def test_a_damaged_tvm_object_is_rebuilt(tmp_path, monkeypatch):
-    from softgen.backends import tvm as tvm_backend
+    from softgen.backends import tvm_adapter
     from softgen.backends.tvm_adapter import available
     ok, why = available()
     if not ok:
         pytest.skip(f"TVM backend: {why}")
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
     k = softgen.compile("softmax", algorithm="online", target="scalar", backend="tvm", name="cache_probe_tvm")
-    build = tvm_backend._object.__wrapped__  # the function behind its per-process memo
+    build = tvm_adapter.script_object.__wrapped__  # the function behind its per-process memo
     good = build(k.source, k.target.name)
     obj = _only(tmp_path, "tvm-*.o")
     assert good[:4] == b"\x7fELF" and good[16] == 1 and obj.read_bytes() == good  # ET_REL

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from softgen.backends.c import isa_header, vmath
+from softgen.render import isa_header, vmath
 from softgen.runtime import build_shared
 from softgen.targets import all_targets, get_target, host_arch
 

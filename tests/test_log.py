@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import pytest
 
-from softgen.backends.c import isa_header, vmath
+from softgen.render import isa_header, vmath
 from softgen.runtime import build_shared
 from softgen.targets import get_target
 

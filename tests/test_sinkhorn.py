@@ -6,7 +6,7 @@ import pytest
 
 import softgen
 from softgen import reference as ref
-from conftest import BACKENDS, TARGETS, check, kernel, run, run_many
+from conftest import BACKENDS, TARGETS, check, kernel, run_many
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (5, 7), (16, 16), (17, 33), (3, 40, 24), (2, 2, 8, 67)]
 

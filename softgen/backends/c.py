@@ -8,38 +8,17 @@ virtual ISA (``targets.VIRTUAL_ISA``), so a new target is a data file, not new c
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import cache
 
-import jinja2
-
-from .. import __version__
-from .._data import data_dir
+from .._version import __version__
+from ..analysis import index_dims, matrix_plan_lines, matrix_traffic
 from ..errors import BuildError
-from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, PAIR, Program
-from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
+from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
+from ..passes import EXTEXP_F32_DOMAIN, plan
+from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import Schedule
-from ..targets import OPTIONAL_ISA, VIRTUAL_ISA, Target, cpu_check
-
-
-@cache
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
-    env.globals["cpu_check"] = cpu_check   # templates/guard.h.j2
-    return env
-
-
-def flit(v: float) -> str:
-    """A C float literal that denotes exactly float32(v)."""
-    import numpy as np
-    f = float(np.float32(v))
-    if math.isinf(f):
-        return "INFINITY" if f > 0 else "-INFINITY"
-    if f == int(f) and abs(f) < 2 ** 24:
-        return f"{f:.1f}f"
-    return f"{f.hex()}f"
+from ..targets import Target
+from .gemm import Epilogue, gemm, schedule_for
 
 
 # -- reductions: state, per-iteration update, merges, horizontal finish -------------------------
@@ -579,7 +558,6 @@ def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
     ``gemm.Epilogue`` that calls it for each output vector. The helper's per-row vector
     elements come from pointers indexed by the row, its column vectors are loaded at the
     output columns (partially on an edge vector), exactly as a rows phase would."""
-    from .gemm import Epilogue
     c, pl = _Ctx(p, t, s, []), plan(p)
     (sw,) = pl.sweeps
     rps, (read_s, _), cols = p.row_params(), p.mscalar_names(), p.vector_names()[1]
@@ -612,19 +590,6 @@ def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
     return "\n".join(lines), Epilogue(fname.rsplit("__", 1)[-1], tuple(params), vector, needs_vmath=True)
 
 
-def index_dims(mp) -> list[str]:
-    """The dimensions some phase indexes with a float32 element index (``index``: its matrix's
-    columns) or row index (``row_index``: its rows): the entry point checks them <= 2^24."""
-    dims = set()
-    for _, p, over in mp.programs():
-        r, c = mp.shape(over)
-        if p.nodes("index"):
-            dims.add(c)
-        if p.nodes("row_index"):
-            dims.add(r)
-    return sorted(dims)
-
-
 def matrix_gemms(mp, name: str) -> dict[int, tuple[str, str, object]]:
     """Per matmul phase index: (gemm function name, layout, epilogue program or None). Plain
     contractions share one function per layout; each epilogue has its own."""
@@ -637,7 +602,22 @@ def matrix_gemms(mp, name: str) -> dict[int, tuple[str, str, object]]:
     return out
 
 
-def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
+@dataclass(frozen=True)
+class CallingConvention:
+    """How a matrix entry point (``matrix_entry``) calls its rows/cols phase functions. The
+    default is the C backend's: its own static functions, which take ``phase_args``' C types.
+    A backend whose phase functions are compiled elsewhere (``backends.tvm``: TVM's object file)
+    describes their ABI here instead of the entry point knowing the backend."""
+    size_type: str = "size_t"   # the C type of the n, m and row arguments
+    pointer_cast: str = ""      # cast of the row pointers passed (e.g. "(float *)": no const)
+    status: bool = False        # a trailing ``int32_t *status`` argument (its value is ignored)
+    declare: bool = False       # the entry's translation unit declares the phase functions
+
+
+C_CALLS = CallingConvention()
+
+
+def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) -> list[str]:
     """The C statements of one phase in the entry point's per-matrix body."""
     if ph.kind == "matmul":
         mm = ph.mm
@@ -664,21 +644,22 @@ def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
             for f, init in COLREDUCE_FIELDS[p.op(v)]:
                 lines.append(f"for (size_t j = 0; j < dim_{C}; j++) vec_{p.attrs(v)['name']}_{f}[j] = {flit(init)};")
         elif p.kind(v) == "mreduce":
-            from ..ir import MREDUCE_INIT
             lines.append(f"sg_ms[{scal[p.attrs(v)['name']]}] = {flit(MREDUCE_INIT[p.op(v)])};")
     src = {"dim": lambda i: f"dim_{(R, C)[i]}", "row": lambda: "i" if rows else "0",
            "rowvec": lambda r: f"vec_{r}[i]", "ms": lambda m: f"sg_ms[{scal[m]}]",
            "vec": lambda v: f"vec_{v}", "emit": lambda e: f"vec_{e} + i", "mr": lambda m: f"&sg_ms[{scal[m]}]",
-           "matrow": lambda nm: f"{'(float *)' if tvm else ''}(mat_{nm} + i * ld_{nm})"}
+           "matrow": lambda nm: f"{cc.pointer_cast}(mat_{nm} + i * ld_{nm})"}
     args = [src[a[0]](*a[1:]) for _, _, a in phase_args(p)]
     if rows:
         x = f"mat_{ph.over} + i * ld_{ph.over}"
         y = f"mat_{ph.into} + i * ld_{ph.into}" if ph.writes_output() else "NULL"
     else:
         x = y = "NULL"
-    if tvm:
-        x = f"(float *)({x})" if rows else x
-        args = [f"(int64_t)({a})" if t == "size_t" else a for (t, _, _), a in zip(phase_args(p), args)]
+    if rows and cc.pointer_cast:
+        x = f"{cc.pointer_cast}({x})"
+    if cc.size_type != "size_t":
+        args = [f"({cc.size_type})({a})" if t == "size_t" else a for (t, _, _), a in zip(phase_args(p), args)]
+    if cc.status:
         call = f"{{ int32_t status = 0; {name}__phase{k}({x}, {y}, {', '.join(args)}, &status); }}"
     else:
         call = f"{name}__phase{k}({x}, {y}, {', '.join(args)});"
@@ -687,13 +668,14 @@ def _phase_call(mp, k: int, ph, name: str, tvm: bool, scal: dict) -> list[str]:
     return lines + [call]
 
 
-def _matrix_body(mp, phases, name: str, tvm: bool, scal: dict, index: list, depth: int = 0) -> list[str]:
+def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index: list,
+                 depth: int = 0) -> list[str]:
     out = []
     for ph in phases:
         if ph.kind == "loop":
             it = f"it{depth}"
             out.append(f"for (size_t {it} = 0; {it} < {ph.count}; {it}++) {{")
-            out += ["    " + ln for ln in _matrix_body(mp, ph.body, name, tvm, scal, index, depth + 1)]
+            out += ["    " + ln for ln in _matrix_body(mp, ph.body, name, cc, scal, index, depth + 1)]
             for a, b in ph.swaps:
                 out.append(f"    {{ float *sg_t = mat_{a}; mat_{a} = mat_{b}; mat_{b} = sg_t; }}")
             out.append("}")
@@ -703,15 +685,15 @@ def _matrix_body(mp, phases, name: str, tvm: bool, scal: dict, index: list, dept
         what = f"matmul {ph.mm}" if ph.kind == "matmul" else \
             f"{ph.kind} over {ph.over}" + (f" into {ph.into}" if ph.writes_output() else "")
         out.append(f"/* phase {k}: {what} */")
-        out += _phase_call(mp, k, ph, name, tvm, scal)
+        out += _phase_call(mp, k, ph, name, cc, scal)
     return out
 
 
-def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
+def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
     """What ``templates/matrix_entry.c.j2`` needs: the signature and argument checks of the
     program's ABI (``MatrixABI``), the scratch (vectors and scratch matrices, one allocation),
-    the per-matrix pointers and the per-matrix body (each phase's calls, loops); for TVM also
-    the phase functions' prototypes (``m``/``n``/row as int64, a status pointer)."""
+    the per-matrix pointers and the per-matrix body (each phase's calls, loops), and, if the
+    calling convention ``cc`` declares them, the phase functions' prototypes."""
     abi = mp.abi()
     mats = abi.matrices
     if abi.style == "unary":
@@ -748,44 +730,25 @@ def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
     scal = {nm: i for i, nm in enumerate(mp.scalars())}
     per_matrix = [f"{'const ' if role == 'input' else ''}float *mat_{nm} = {nm} + sg_b * dim_{r} * {lds[nm]};"
                   for (nm, (r, _)), role in zip(mats, ["input"] * len(abi.inputs) + ["output"] * len(abi.outputs))]
-    body = _matrix_body(mp, mp.phases, name, tvm, scal, [0])
+    body = _matrix_body(mp, mp.phases, name, cc, scal, [0])
     protos = []
-    if tvm:
+    if cc.declare:
         for k, ph in enumerate(mp.leaves()):
             if ph.kind in ("rows", "cols"):
-                a = ", ".join(f"{'int64_t' if t == 'size_t' else t}{'' if t.endswith('*') else ' '}{n}"
+                a = ", ".join(f"{cc.size_type if t == 'size_t' else t}{'' if t.endswith('*') else ' '}{n}"
                               for t, n, _ in phase_args(ph.program))
-                protos.append(f"void {name}__phase{k}(float *x, float *y, {a}, int32_t *status);")
+                protos.append(f"void {name}__phase{k}(float *x, float *y, {a}"
+                              f"{', int32_t *status' if cc.status else ''});")
     return {"signature": abi.signature(name), "checks": checks, "dims_before": before, "dims_after": after,
             "lds": [(f"ld_{nm}", lds[nm]) for nm, _ in mats], "scratch": scratch,
-            "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body, "tvm": tvm,
+            "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body,
             "prototypes": protos, "vectors": len(mp.vector_dims()), "scratch_mats": len(mp.scratch_mats)}
-
-
-def matrix_plan_lines(mp) -> list[str]:
-    lines = ["matrix plan:"]
-    for k, ph in enumerate(mp.leaves()):
-        if ph.kind == "matmul":
-            lines.append(f"  phase {k} (matmul): {ph.mm}")
-            if ph.mm.epilogue is not None:
-                lines.append(f"    fused epilogue (per output vector): "
-                             + ", ".join(f"%{v} {ph.mm.epilogue.op(v)}" for v in ph.mm.epilogue.topo()))
-            continue
-        lines.append(f"  phase {k} ({ph.kind} over {ph.over}"
-                     + (f" into {ph.into}" if ph.writes_output() else "") + "):")
-        lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]
-    loops = [ph for ph in mp.phases if ph.kind == "loop"]
-    for ph in loops:
-        lines.append(f"  loop of {ph.count} iterations over the phases it holds"
-                     + "".join(f", swapping {a} and {b}" for a, b in ph.swaps))
-    return lines + ["rewrites:"] + ["  " + n for n in mp.notes]
 
 
 def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> str:
     """C source of a matrix kernel: one static function per rows/cols phase of the lowered
     matrix program ``mp``, one register-blocked GEMM (``backends.gemm``) per contraction layout
     and per fused epilogue, and the entry point of the program's ABI (``MatrixABI``)."""
-    from .gemm import gemm
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
@@ -803,7 +766,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         else:
             helper, e = epilogue_code(epi, t, s, f"{name}__epi{k}", mp.leaves()[k].mm.alpha)
             gemms.append(helper + "\n" + gemm(t, layout, epilogue=e, name=fname).source)
-    return _env().get_template("kernel.c.j2").render(
+    return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {gemm_schedule(t)}" if gemms else ""),
@@ -814,77 +777,13 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
 
 
 def gemm_schedule(t: Target) -> str:
-    from .gemm import schedule_for
     s = schedule_for(t)
     return f"{s.mr}x{s.nr(t.lanes)} tile, {s}"
-
-
-def matrix_traffic(mp) -> dict:
-    """Memory traffic of a lowered matrix program's rows phases per element of the matrix each
-    sweeps: sweeps of rows phases that follow another sweep of the same row read it from cache,
-    so only each phase's first read of its matrix and its writes count (and a fused epilogue's
-    store). Contractions are counted in flops (``matrix_flops``), not here."""
-    reads = writes = passes = exps = 0
-    for ph, times in _counted(mp.phases, 1):
-        if ph.kind == "matmul" and ph.mm.epilogue is not None:   # its store of dst
-            writes += times
-            exps += times * plan(ph.mm.epilogue).exps_per_element()
-        if ph.kind != "rows":
-            continue
-        pl = plan(ph.program)
-        reads += times * (any(s.reads_x for s in pl.sweeps) + sum(len(s.reloads) for s in pl.sweeps))
-        writes += times * pl.writes
-        passes += times * len(pl.sweeps)
-        exps += times * pl.exps_per_element()
-    gemms = matrix_flops(mp)
-    return {"passes": passes, "reads": reads, "writes": writes,
-            "bytes_per_element": 4 * (reads + writes), "exp_per_element": exps,
-            "summary": f"{reads}R + {writes}W" + (f" + GEMMs of {gemms} flops" if gemms else ""),
-            **({"gemm_flops": gemms} if gemms else {})}
-
-
-def _counted(phases, times: int):
-    """(leaf phase, how many times it runs per matrix), loop bodies times their counts."""
-    for ph in phases:
-        if ph.kind == "loop":
-            yield from _counted(ph.body, times * ph.count)
-        else:
-            yield ph, times
-
-
-def matrix_flops(mp, dims: dict | None = None):
-    """Flops of the contractions per matrix: a formula in the dimensions (``"40*m*m*m"``), or
-    its value for ``dims`` ({name: size})."""
-    terms: dict[tuple, int] = {}
-    for ph, times in _counted(mp.phases, 1):
-        if ph.kind == "matmul" and times:
-            (M, K), N = mp.shape(ph.mm.a), mp.shape(ph.mm.dst)[1]
-            key = tuple(sorted((M, N, K)))
-            terms[key] = terms.get(key, 0) + 2 * times
-    if dims is not None:
-        return sum(c * math.prod(dims[d] for d in key) for key, c in terms.items())
-    return " + ".join(f"{c}*{'*'.join(key)}" for key, c in sorted(terms.items())) or ""
 
 
 def entry_row_args(row_params: list[str]) -> str:
     """The per-row parameter arguments the entry point passes to a row function for row r."""
     return "".join(f", {name}[r]" for name in row_params)
-
-
-def select_helpers(*programs: Program) -> str:
-    """Index and top-k helpers, for programs that use them."""
-    ops = {p.op(v) for p in programs for v in p.g}
-    return _env().get_template("select.h.j2").render() if ops & {"index", "reduce_topk"} else ""
-
-
-def isa_header(t: Target) -> str:
-    specs = {**VIRTUAL_ISA, **OPTIONAL_ISA}
-    macros = [(name, specs[name], body) for name, body in t.isa.items()]
-    return _env().get_template("isa.h.j2").render(t=t, macros=macros)
-
-
-def vmath() -> str:
-    return _env().get_template("vmath.h.j2").render()
 
 
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
@@ -902,7 +801,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()]
     if p.notes:
         plan_lines += ["rewrites:"] + ["  " + n for n in p.notes]
-    return _env().get_template("kernel.c.j2").render(
+    return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),

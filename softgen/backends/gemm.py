@@ -2,8 +2,8 @@
 
 Other generators (matrix programs: SOFT's Gaussian kernel and Newton-Schulz pseudo-inverse) call
 this module to get the C text of one ``static`` function per contraction and paste it into their
-own translation unit, after the target's virtual-ISA header (``c.isa_header``) and, if their
-epilogue needs it, ``c.vmath()``.
+own translation unit, after the target's virtual-ISA header (``render.isa_header``) and, if their
+epilogue needs it, ``render.vmath()``.
 
 Interface::
 
@@ -53,11 +53,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UsageError
 from ..schedule import GemmSchedule
 from ..targets import Target, get_target
-from .c import _env, flit, isa_header, vmath
+from ..render import env, isa_header, vmath
 
 LAYOUTS = {"nn": "C = alpha * A @ B + beta * C (A: m x k, B: k x n)",
            "nt": "C = alpha * A @ B^T + beta * C (A: m x k, B: n x k)"}
@@ -102,7 +102,7 @@ class Epilogue:
     the accumulator vector ``acc`` (the dot products); ``count`` is None for a whole vector,
     else a C expression for the number of valid lanes (load per-column data with
     :func:`load_vec`; lanes past count are discarded). ``needs_vmath``: the expression calls
-    sg_exp & co. (the translation unit must include ``c.vmath()``)."""
+    sg_exp & co. (the translation unit must include ``render.vmath()``)."""
     name: str
     params: tuple[str, ...]
     vector: Callable[[str, str, str, str | None], str] = field(compare=False)
@@ -247,7 +247,7 @@ def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict
         list(epilogue.params if epilogue else ())
     what = LAYOUTS[layout] if epilogue is None else \
         f"C = {epilogue.name}(A @ {'B' if layout == 'nn' else 'B^T'}) (A: m x k, B: {b_shape})"
-    src = _env().get_template("gemm.c.j2").render(
+    src = env().get_template("gemm.c.j2").render(
         name=name, version=__version__, t=t, s=s, layout=layout, what=what, nr=s.nr(t.lanes),
         lanes=t.lanes, params=", ".join(params), epi=epilogue, epi_params="".join(f", {p}" for p in epilogue.params) if epilogue else "",
         epi_args="".join(f", {n}" for n in epilogue.arg_names) if epilogue else "",
@@ -268,6 +268,6 @@ def translation_unit(codes: list) -> str:
         raise UsageError("all gemms of one translation unit must have the same target")
     if len({g.name for g in codes}) != len(codes):
         raise UsageError("gemm names in one translation unit must be unique")
-    return _env().get_template("gemm_tu.c.j2").render(
+    return env().get_template("gemm_tu.c.j2").render(
         version=__version__, t=t, isa=isa_header(t), codes=codes,
         vmath=vmath() if any(g.epilogue and g.epilogue.needs_vmath for g in codes) else "")

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import math
-from functools import cache
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
+from ..analysis import matrix_plan_lines
 from ..errors import BuildError
-from ..ir import PAIR, ROW, Program
+from ..ir import ROW, Program
 from ..passes import EXTEXP_F32_DOMAIN, plan
+from ..render import env
 from ..schedule import Schedule
 from ..targets import Target
-from . import tvm_adapter
-from .c import row_outputs
+from . import tvm_adapter, tvm_gemm
+from .c import (CallingConvention, abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args,
+                row_outputs)
 
 # The constants of templates/vmath.h.j2 (spec 2.4).
 _h = float.fromhex
@@ -725,7 +727,6 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
         bufs = ['    IDX = T.decl_buffer((n,), "int64", data=idx)', '    W = T.decl_buffer((n,), "float32", data=w)']
     args = "".join(f"rp_{name}: T.float32, " for name in row_params)
     if p.phase is not None:   # a phase of a matrix program: the arguments of c.phase_args
-        from .c import phase_args
         tir = {"size_t": "T.int64", "float": "T.float32", "float *": 'T.handle("float32")',
                "const float *": 'T.handle("float32")'}
         args = "".join(f"{nm}: {tir[t]}, " for t, nm, _ in phase_args(p)[1:])
@@ -761,8 +762,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     if p.fallback is not None:
         funcs.append(row_function(p.fallback, t, s, f"{name}__fallback_row", rps))
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs)
-    from .c import _env, abi, entry_row_args
-    wrapper = _env().get_template("tvm_wrapper.c.j2").render(
+    wrapper = env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm, t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True,
         row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name),
@@ -771,6 +771,9 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
 
 
 GEMM_EPILOGUES = False   # tvm_gemm stores the plain product: element-wise phases stay phases
+# the phase functions TVM compiles (``row_function``): int64 sizes, non-const float * buffers, a
+# status pointer; declared in the C wrapper, defined in the TVM object
+TVM_CALLS = CallingConvention(size_type="int64_t", pointer_cast="(float *)", status=True, declare=True)
 
 
 def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> tuple[str, str]:
@@ -778,8 +781,6 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     ``tvm_gemm`` contraction per layout, C wrapper with the entry point): the C backend's
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
-    from . import tvm_gemm
-    from .c import _env, matrix_abi, matrix_entry, matrix_gemms, matrix_plan_lines
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if any(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
@@ -794,37 +795,13 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     gemms = {fname: tvm_gemm.gemm(t, layout, name=fname)
              for fname, layout, _ in matrix_gemms(mp, name).values()}
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
-    entry = matrix_entry(mp, name, tvm=True)
+    entry = matrix_entry(mp, name, TVM_CALLS)
     entry["prototypes"] += [g.c_text for g in gemms.values()]
-    wrapper = _env().get_template("tvm_wrapper.c.j2").render(
+    wrapper = env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct (matrix program)", t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=False, tvm=True, row_params=[], rp_args="",
         rp_decl="", abi=matrix_abi(mp, name), matrix=entry)
     return tir, wrapper
-
-
-def _parse_all(tir: str):
-    import tvm
-    funcs = {}
-    for chunk in tir.split("@T.prim_func")[1:]:
-        f = tvm_adapter.parse_tir("@T.prim_func" + chunk)
-        funcs[str(f.attrs["global_symbol"])] = f
-    return tvm.IRModule(funcs)
-
-
-@cache
-def _object(tir: str, target_name: str) -> bytes:
-    """The ELF object of the row functions (TVM's bundled LLVM; no cross tools needed)."""
-    from ..runtime import _cached, cache_dir
-    from ..targets import get_target
-    # cached on disk like the C builds: TVM's lowering of a long kernel takes seconds
-    key = hashlib.sha256("\0".join([tir, target_name, tvm_adapter.available()[1]]).encode()).hexdigest()[:32]
-
-    def make(tmp):
-        return tvm_adapter.compile_to_object(_parse_all(tir), get_target(target_name), tmp / "k.o",
-                                             pipeline="lean"), {}
-
-    return _cached(cache_dir() / f"tvm-{key}.o", make, "TVM").read_bytes()
 
 
 def sources(tir: str, wrapper: str, target: Target) -> dict:
@@ -832,11 +809,11 @@ def sources(tir: str, wrapper: str, target: Target) -> dict:
     ok, why = tvm_adapter.available()
     if not ok:
         raise BuildError(f"the TVM backend is not available: {why}")
-    return {"kernel.c": wrapper, "kernel_tvm.o": _object(tir, target.name)}
+    return {"kernel.c": wrapper, "kernel_tvm.o": tvm_adapter.script_object(tir, target.name)}
 
 
 def assembly(tir: str, target: Target) -> str:
-    return tvm_adapter.assembly(_parse_all(tir), target, pipeline="lean")
+    return tvm_adapter.script_assembly(tir, target)
 
 
 def key(tir: str) -> str:

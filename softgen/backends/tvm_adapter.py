@@ -65,9 +65,13 @@ y == x (the demos are tested in place), but partly overlapping x/y rows are not 
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import cache
 from pathlib import Path
+
+from ..runtime import _cached, cache_dir
+from ..targets import get_target, host_arch
 
 INSTALL_HINT = "pip install 'softgen[tvm]'"
 TVM_VERSION = "0.27.0.post1"
@@ -125,7 +129,6 @@ def llvm_target(target) -> dict:
     ``[llvm]`` table plus optional ``arch``). The triple is always explicit; an empty triple (the
     ``scalar`` target) means the host's."""
     if isinstance(target, str):
-        from ..targets import get_target
         target = get_target(target)
     if isinstance(target, dict):
         llvm, arch = target, target.get("arch", "any")
@@ -133,7 +136,6 @@ def llvm_target(target) -> dict:
         llvm, arch = target.llvm, target.arch
     triple = llvm.get("triple") or ""
     if not triple:
-        from ..targets import host_arch
         a = host_arch() if arch in ("any", "", None) else arch
         if a not in _TRIPLES:
             raise ValueError(f"no LLVM triple for architecture {a!r}")
@@ -273,6 +275,35 @@ def compile_to_object(mod_or_func, target, out_path, config: dict | None = None,
 
 def assembly(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir") -> str:
     return build(mod_or_func, target, config, pipeline).inspect_source("asm")
+
+
+# -- softgen's TVMScript kernels: every prim_func of a script in one module -------------------
+
+def script_module(tir: str):
+    """The IRModule of every ``@T.prim_func`` in the TVMScript text ``tir`` (softgen's backends
+    emit several functions per kernel)."""
+    tvm = _tvm()
+    funcs = {}
+    for chunk in tir.split("@T.prim_func")[1:]:
+        f = parse_tir("@T.prim_func" + chunk)
+        funcs[str(f.attrs["global_symbol"])] = f
+    return tvm.IRModule(funcs)
+
+
+@cache
+def script_object(tir: str, target_name: str) -> bytes:
+    """The ELF object of a TVMScript kernel's functions (TVM's bundled LLVM; no cross tools
+    needed), cached on disk like the C builds: TVM's lowering of a long kernel takes seconds."""
+    key = hashlib.sha256("\0".join([tir, target_name, available()[1]]).encode()).hexdigest()[:32]
+
+    def make(tmp):
+        return compile_to_object(script_module(tir), get_target(target_name), tmp / "k.o", pipeline="lean"), {}
+
+    return _cached(cache_dir() / f"tvm-{key}.o", make, "TVM").read_bytes()
+
+
+def script_assembly(tir: str, target) -> str:
+    return assembly(script_module(tir), target, pipeline="lean")
 
 
 def llvm_ir(mod_or_func, target, config: dict | None = None) -> str:

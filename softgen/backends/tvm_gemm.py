@@ -16,15 +16,14 @@ Epilogues are C-backend only.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from .. import __version__
+from .._version import __version__
 from ..errors import BuildError, UsageError
 from ..targets import Target, get_target
 from . import tvm_adapter
-from .tvm import _object as tvm_object
-from .tvm import assembly as tvm_assembly
-from .gemm import LAYOUTS, GemmSchedule, TileShape, schedule_for
+from .gemm import LAYOUTS, GemmSchedule, TileShape, schedule_for, translation_unit
 
 PARAMS = ("size_t m", "size_t n", "size_t k", "float alpha", "const float *a", "size_t lda",
           "const float *b", "size_t ldb", "float beta", "float *c", "size_t ldc")
@@ -147,7 +146,6 @@ def tir_source(t: Target, layout: str, s: GemmSchedule, name: str) -> str:
 def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict | None = None,
          name: str | None = None) -> TvmGemmCode:
     """TVMScript of a contraction (see the module docstring); arguments as ``gemm.gemm``."""
-    import re
     t = target if isinstance(target, Target) else get_target(target)
     if layout not in LAYOUTS:
         raise UsageError(f"gemm layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
@@ -166,11 +164,10 @@ def sources(codes: list[TvmGemmCode]) -> dict:
     ok, why = tvm_adapter.available()
     if not ok:
         raise BuildError(f"the TVM backend is not available: {why}")
-    from .gemm import translation_unit
     tir = "\n\n".join(g.source for g in codes)
-    return {"gemm.c": translation_unit(codes), "gemm_tvm.o": tvm_object(tir, codes[0].target.name),
+    return {"gemm.c": translation_unit(codes), "gemm_tvm.o": tvm_adapter.script_object(tir, codes[0].target.name),
             "exports.map": tvm_adapter.version_script([f"{g.name}_entry" for g in codes])}
 
 
 def assembly(codes: list[TvmGemmCode]) -> str:
-    return tvm_assembly("\n\n".join(g.source for g in codes), codes[0].target)
+    return tvm_adapter.script_assembly("\n\n".join(g.source for g in codes), codes[0].target)

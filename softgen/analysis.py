@@ -1,0 +1,110 @@
+"""Backend-neutral analyses of lowered programs: memory traffic, contraction flops and the plan
+text that kernels' header comments, ``Kernel.plan``, ``softgen explain`` and the benchmarks show.
+
+A low layer: it reads the IR (``ir``, ``matrix``) and the sweep planner (``passes``), and imports
+nothing from the backends, the runtime or the Python API. A row program's plan and traffic are
+``passes.plan(p)`` (``passes.Plan``); a matrix program's are here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .matrix import MatrixProgram
+from .passes import plan
+
+
+def index_dims(mp: MatrixProgram) -> list[str]:
+    """The dimensions some phase indexes with a float32 element index (``index``: its matrix's
+    columns) or row index (``row_index``: its rows): the entry point checks them <= 2^24."""
+    dims = set()
+    for _, p, over in mp.programs():
+        r, c = mp.shape(over)
+        if p.nodes("index"):
+            dims.add(c)
+        if p.nodes("row_index"):
+            dims.add(r)
+    return sorted(dims)
+
+
+def matrix_plan_lines(mp: MatrixProgram) -> list[str]:
+    lines = ["matrix plan:"]
+    for k, ph in enumerate(mp.leaves()):
+        if ph.kind == "matmul":
+            lines.append(f"  phase {k} (matmul): {ph.mm}")
+            if ph.mm.epilogue is not None:
+                lines.append("    fused epilogue (per output vector): "
+                             + ", ".join(f"%{v} {ph.mm.epilogue.op(v)}" for v in ph.mm.epilogue.topo()))
+            continue
+        lines.append(f"  phase {k} ({ph.kind} over {ph.over}"
+                     + (f" into {ph.into}" if ph.writes_output() else "") + "):")
+        lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]
+    loops = [ph for ph in mp.phases if ph.kind == "loop"]
+    for ph in loops:
+        lines.append(f"  loop of {ph.count} iterations over the phases it holds"
+                     + "".join(f", swapping {a} and {b}" for a, b in ph.swaps))
+    return lines + ["rewrites:"] + ["  " + n for n in mp.notes]
+
+
+def matrix_traffic(mp: MatrixProgram) -> dict:
+    """Memory traffic of a lowered matrix program's rows phases per element of the matrix each
+    sweeps: sweeps of rows phases that follow another sweep of the same row read it from cache,
+    so only each phase's first read of its matrix and its writes count (and a fused epilogue's
+    store). Contractions are counted in flops (``matrix_flops``), not here."""
+    reads = writes = passes = exps = 0
+    for ph, times in _counted(mp.phases, 1):
+        if ph.kind == "matmul" and ph.mm.epilogue is not None:   # its store of dst
+            writes += times
+            exps += times * plan(ph.mm.epilogue).exps_per_element()
+        if ph.kind != "rows":
+            continue
+        pl = plan(ph.program)
+        reads += times * (any(s.reads_x for s in pl.sweeps) + sum(len(s.reloads) for s in pl.sweeps))
+        writes += times * pl.writes
+        passes += times * len(pl.sweeps)
+        exps += times * pl.exps_per_element()
+    gemms = matrix_flops(mp)
+    return {"passes": passes, "reads": reads, "writes": writes,
+            "bytes_per_element": 4 * (reads + writes), "exp_per_element": exps,
+            "summary": f"{reads}R + {writes}W" + (f" + GEMMs of {gemms} flops" if gemms else ""),
+            **({"gemm_flops": gemms} if gemms else {})}
+
+
+def _counted(phases, times: int):
+    """(leaf phase, how many times it runs per matrix), loop bodies times their counts."""
+    for ph in phases:
+        if ph.kind == "loop":
+            yield from _counted(ph.body, times * ph.count)
+        else:
+            yield ph, times
+
+
+def matrix_flops(mp: MatrixProgram, dims: dict | None = None):
+    """Flops of the contractions per matrix: a formula in the dimensions (``"40*m*m*m"``), or
+    its value for ``dims`` ({name: size})."""
+    terms: dict[tuple, int] = {}
+    for ph, times in _counted(mp.phases, 1):
+        if ph.kind == "matmul" and times:
+            (M, K), N = mp.shape(ph.mm.a), mp.shape(ph.mm.dst)[1]
+            key = tuple(sorted((M, N, K)))
+            terms[key] = terms.get(key, 0) + 2 * times
+    if dims is not None:
+        return sum(c * math.prod(dims[d] for d in key) for key, c in terms.items())
+    return " + ".join(f"{c}*{'*'.join(key)}" for key, c in sorted(terms.items())) or ""
+
+
+@dataclass
+class MatrixPlan:
+    """The plan of a lowered matrix program: its phases' sweeps and the traffic per element."""
+    program: MatrixProgram
+
+    def traffic(self) -> dict:
+        return matrix_traffic(self.program)
+
+    def describe(self) -> str:
+        out = matrix_plan_lines(self.program)[1:]
+        out = [ln[2:] if ln.startswith("  ") else ln for ln in out]
+        t = self.traffic()
+        out.append(f"matrix traffic: {t['summary']} = {t['bytes_per_element']} B/element from memory "
+                   f"(later sweeps of a row in a fused phase read it from cache), {t['passes']} sweeps")
+        return "\n".join(out)

@@ -1,0 +1,54 @@
+"""The Jinja environment of softgen's C templates and the template helpers every C-emitting
+module shares: the C backend, the GEMM generator, the TVM backend's C wrapper, the emulator
+drivers, the GEMM runtime's driver and the exported header.
+
+A low layer of the code generators: it knows the templates and the targets' virtual ISA, nothing
+of programs' lowering, the runtime or the Python API.
+"""
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import jinja2
+import numpy as np
+
+from ._data import data_dir
+from .targets import OPTIONAL_ISA, VIRTUAL_ISA, Target, cpu_check
+
+
+@cache
+def env() -> jinja2.Environment:
+    """The one Jinja environment of ``templates/*.j2`` (strict: an undefined name is an error)."""
+    e = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))), undefined=jinja2.StrictUndefined,
+                           keep_trailing_newline=True, autoescape=False)
+    e.globals["cpu_check"] = cpu_check   # templates/guard.h.j2
+    return e
+
+
+def flit(v: float) -> str:
+    """A C float literal that denotes exactly float32(v)."""
+    f = float(np.float32(v))
+    if math.isinf(f):
+        return "INFINITY" if f > 0 else "-INFINITY"
+    if f == int(f) and abs(f) < 2 ** 24:
+        return f"{f:.1f}f"
+    return f"{f.hex()}f"
+
+
+def isa_header(t: Target) -> str:
+    """The target's virtual-ISA header: its ``V_*`` macros spelled in its intrinsics."""
+    specs = {**VIRTUAL_ISA, **OPTIONAL_ISA}
+    macros = [(name, specs[name], body) for name, body in t.isa.items()]
+    return env().get_template("isa.h.j2").render(t=t, macros=macros)
+
+
+def vmath() -> str:
+    """The vector math (exp, log, log1p, extended-exponent helpers) over the virtual ISA."""
+    return env().get_template("vmath.h.j2").render()
+
+
+def select_helpers(*programs) -> str:
+    """Index and top-k helpers, for programs (``ir.Program``) that use them."""
+    ops = {p.op(v) for p in programs for v in p.g}
+    return env().get_template("select.h.j2").render() if ops & {"index", "reduce_topk"} else ""
