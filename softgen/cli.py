@@ -11,6 +11,7 @@ import os
 import sys
 
 from . import __version__
+from .abi import ECPU
 from .errors import SoftgenError, UsageError
 
 
@@ -138,7 +139,7 @@ def _cmd_build(args) -> None:
         raise SoftgenError(f"cannot write to {args.output!r}: {e.strerror}") from None
     if not k.runnable:   # one line on stderr (--json keeps stdout pure JSON)
         from .targets import host_arch
-        here = f"called here, {k.name}() returns {k.name.upper()}_ECPU (8)" \
+        here = f"called here, {k.name}() returns {k.name.upper()}_{ECPU.suffix} ({ECPU})" \
             if k.target.arch in ("any", host_arch()) else f"lib{k.name}.so is an {k.target.arch} library"
         print(f"softgen: note: this machine can build target {k.target.name} but not run it (missing: "
               f"{', '.join(k.target.missing_features())}); {here}", file=sys.stderr)

@@ -10,10 +10,11 @@ import numpy as np
 
 from . import ops as _ops
 from . import passes
+from .abi import ERRORS, failure
 from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
-from .ir import INDEX_MAX_N, Program
+from .ir import Program
 from .schedule import AUTO_ALGORITHM, Schedule, default_schedule
 from .targets import Target, get_target, host_target
 
@@ -24,16 +25,6 @@ except ImportError:  # pragma: no cover - depends on the install
 
 BACKENDS = ("c", "tvm")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the row",
-           3: "rows * stride overflows the address space",
-           4: f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
-           5: "the rows are not a whole number of matrices", 6: "out of memory for scratch vectors",
-           7: "the matrices are not square", 8: "this CPU lacks the instructions of the kernel's target"}
-
-
-def _failed(name: str, rc: int) -> Exception:
-    cls = TargetNotSupportedError if rc == 8 else ValueError if rc in (4, 5, 7) else RuntimeError
-    return cls(f"{name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
 
 
 def check_name(name: str) -> str:
@@ -41,11 +32,10 @@ def check_name(name: str) -> str:
     plain C identifier that collides with nothing a host program or the generated code declares
     (``cnames``)."""
     from .cnames import name_clash
-    from .export import CODES
     if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise UsageError(f"invalid kernel name {name!r}: use a C identifier of at most 64 "
                          f"characters ([A-Za-z_][A-Za-z0-9_]*)")
-    why = name_clash(name, [suffix for suffix, _ in CODES.values()])
+    why = name_clash(name, [e.suffix for e in ERRORS])
     if why:
         raise UsageError(f"invalid kernel name {name!r}: {why}; choose another name "
                          f"(e.g. a prefix of your own)")
@@ -153,7 +143,7 @@ class Kernel:
             if rc == 0:
                 return y
             if rc is not NotImplemented:
-                raise _failed(self.name, rc)
+                raise failure(self.name, rc)
         return self._run(fn, x, out)
 
     def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
@@ -209,7 +199,7 @@ class Kernel:
             lx = (x.ctypes.data, n)
         rc = fn(lx[0], idx.ctypes.data, w.ctypes.data, x.size // n, n, lx[1], m)
         if rc:
-            raise _failed(self.name, rc)
+            raise failure(self.name, rc)
         return idx, w
 
     def _run(self, fn, x, out, call=None):
@@ -245,7 +235,7 @@ class Kernel:
         extra = [x.shape[-2]] if self.matrix else [a.ctypes.data for a in rps]
         rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1], *extra)
         if rc:
-            raise _failed(self.name, rc)
+            raise failure(self.name, rc)
         return y
 
     # -- products -------------------------------------------------------------------------------
@@ -368,7 +358,7 @@ class MatrixKernel(Kernel):
             lds.append(la[1])
         rc = fn(*ptrs, ly[0], batch, *[dims[d] for d in abi.dims], *lds, ly[1])
         if rc:
-            raise _failed(self.name, rc)
+            raise failure(self.name, rc)
         return y
 
 

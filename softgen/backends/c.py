@@ -16,6 +16,7 @@ import jinja2
 
 from .. import __version__
 from .._data import data_dir
+from ..abi import EMATRIX, ENULL, EOVERFLOW, ESQUARE, ESTRIDE, ETOOLONG, OK, err
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, PAIR, Program
 from ..passes import EXTEXP_F32_DOMAIN, Plan, plan
@@ -28,6 +29,7 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     env.globals["cpu_check"] = cpu_check   # templates/guard.h.j2
+    env.globals["err"] = err   # the return codes (softgen/abi.py): {{ err.ENULL }} is 1
     return env
 
 
@@ -716,31 +718,31 @@ def matrix_entry(mp, name: str, tvm: bool = False) -> dict:
     mats = abi.matrices
     if abi.style == "unary":
         (_, (R, C)), = abi.inputs
-        checks = [("rows == 0 || n == 0", 0, "there is nothing to do"),
-                  ("x == NULL || y == NULL", 1, "a pointer is NULL while its matrix is not empty"),
-                  ("ldx < n || ldy < n", 2, "a row stride is below its row length"),
-                  (f"!{name}__fits(1, rows, n, ldx) || !{name}__fits(1, rows, n, ldy)", 3,
+        checks = [("rows == 0 || n == 0", OK.code, "there is nothing to do"),
+                  ("x == NULL || y == NULL", ENULL.code, "a pointer is NULL while its matrix is not empty"),
+                  ("ldx < n || ldy < n", ESTRIDE.code, "a row stride is below its row length"),
+                  (f"!{name}__fits(1, rows, n, ldx) || !{name}__fits(1, rows, n, ldy)", EOVERFLOW.code,
                    "the rows do not fit in the address space"),
-                  ("m == 0 || rows % m != 0", 5, "m is 0 or does not divide rows")]
+                  ("m == 0 || rows % m != 0", EMATRIX.code, "m is 0 or does not divide rows")]
         if abi.square:
-            checks.append(("n != m", 7, "the matrices are not square (n != m)"))
+            checks.append(("n != m", ESQUARE.code, "the matrices are not square (n != m)"))
         before = [(f"dim_{R}", "m")] + ([(f"dim_{C}", "n")] if C != R else [])
         after = [("batch", "rows / m")]
         lds = {"x": "ldx", "y": "ldy"}
     else:
         before, after = [(f"dim_{d}", d) for d in abi.dims], []
         outs = " && ".join(f"(dim_{r} == 0 || dim_{c} == 0)" for _, (r, c) in abi.outputs)
-        checks = [(f"batch == 0 || ({outs})", 0, "every output is empty: nothing to do")]
+        checks = [(f"batch == 0 || ({outs})", OK.code, "every output is empty: nothing to do")]
         checks.append((" || ".join(f"(dim_{r} != 0 && dim_{c} != 0 && {nm} == NULL)" for nm, (r, c) in mats),
-                       1, "a pointer is NULL while its matrix is not empty"))
-        checks.append((" || ".join(f"ld{nm} < dim_{c}" for nm, (_, c) in mats), 2,
+                       ENULL.code, "a pointer is NULL while its matrix is not empty"))
+        checks.append((" || ".join(f"ld{nm} < dim_{c}" for nm, (_, c) in mats), ESTRIDE.code,
                        "a row stride is below its row length"))
         checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
-                       3, "a matrix does not fit in the address space"))
+                       EOVERFLOW.code, "a matrix does not fit in the address space"))
         lds = {nm: f"ld{nm}" for nm, _ in mats}
     long_dims = index_dims(mp)
     if long_dims:
-        checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), 4,
+        checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), ETOOLONG.code,
                        f"a row or column index exceeds {INDEX_MAX_N} (float32 indices)"))
     scratch = [(f"vec_{v}", f"sg_off_vec_{v}", "sg_ld", "1", f"dim_{d}") for v, d in mp.vector_dims().items()]
     scratch += [(f"mat_{nm}", f"sg_off_mat_{nm}", f"ld_{nm}", f"dim_{r}", f"dim_{c}")
