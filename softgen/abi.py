@@ -1,4 +1,9 @@
-"""The kernel ABI's return codes: the one table of what each exported entry point returns.
+"""The kernel ABI: the entry point's arguments (``KernelABI``) and the one table of its return codes.
+
+``KernelABI`` is the C entry point of a kernel, one type for every kind: a dense row kernel, a
+selected (top-k) row kernel, a unary or a general matrix kernel. It knows the C parameters and
+signature (the templates, the header and the manifest print them) and the ctypes argument types
+(``runtime.load_entry``); ``KernelABI.row``/``selected`` and ``MatrixProgram.abi`` build it.
 
 Every exported function (``<name>``, a GEMM library's ``<gemm>_entry``) returns an ``int``: 0, or
 one of the error codes below. This table is the only place their numbers and meanings are
@@ -12,15 +17,17 @@ written; everything else reads it:
 * ``Kernel`` raises ``failure(name, rc)`` for a nonzero code (the exception class and message of
   the code's row), and ``kernel.check_name`` keeps kernel names from clashing with the macros.
 
-A low layer: imports nothing of softgen but ``errors`` and ``ir``.
+A low layer: imports nothing of softgen but ``errors`` and ``ir``; ``KernelABI`` holds no backend
+knowledge beyond the C types of the exported signature.
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from .errors import TargetNotSupportedError
-from .ir import INDEX_MAX_N
+from .ir import INDEX_MAX_N, Program
 
 # The kinds of entry point (ABIs), by the arguments they take:
 ROW = "row"             # dense rows: (x, y, rows, n, ldx, ldy[, per-row parameters])
@@ -108,3 +115,112 @@ def error_docs(kind: str, *, name: str, max_n: int | None, requires=(), square: 
     if not requires:
         out[ECPU.code] = (ECPU.suffix, "never returned: the target needs no instruction-set extension")
     return out
+
+
+# -- the entry point's arguments ------------------------------------------------------------------
+Matrices = tuple[tuple[str, tuple[str, str]], ...]   # (name, (row dim, column dim)) per matrix
+
+
+@dataclass(frozen=True)
+class KernelABI:
+    """The C entry point of a kernel, by ``kind``:
+
+    * ``ROW``: ``int name(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy,
+      const float *<row param>...)``: rows of n floats, one float per row per row parameter;
+    * ``SELECTED``: ``int name(const float *x, int64_t *indices, float *weights, size_t rows,
+      size_t n, size_t ldx, size_t ldo)``: the min(k, n) selected entries of each row;
+    * ``UNARY``: ``int name(const float *x, float *y, size_t rows, size_t n, size_t ldx,
+      size_t ldy, size_t m)`` (rows = batch * m; a square program checks n == m);
+    * ``GENERAL``: ``int name(const float *<input>..., float *<output>..., size_t batch,
+      size_t <dim>..., size_t ld<matrix>...)`` over inputs then outputs.
+
+    A matrix kernel's every matrix is ``batch * rows`` rows with one row stride: matrix k's row
+    i is row k * rows + i."""
+    kind: str
+    inputs: Matrices = ()          # matrix kinds: the matrices' names and shapes
+    outputs: Matrices = ()
+    dims: tuple[str, ...] = ()     # matrix kinds: the dimension names
+    row_params: tuple[str, ...] = ()   # ROW: the per-row parameters, in argument order
+    k: int | None = None           # SELECTED: entries selected per row
+
+    @classmethod
+    def row(cls, row_params=()) -> "KernelABI":
+        return cls(ROW, row_params=tuple(row_params))
+
+    @classmethod
+    def selected(cls, k: int) -> "KernelABI":
+        return cls(SELECTED, k=k)
+
+    @classmethod
+    def of_rows(cls, p: Program) -> "KernelABI":
+        """The entry point of row program ``p``: selected if its output is, else dense rows."""
+        if p.op(p.output()) == "output_selected":
+            return cls.selected(p.attrs(p.args(p.output())[0])["k"])
+        return cls.row(p.row_params())
+
+    @property
+    def matrix(self) -> bool:
+        return self.kind in (UNARY, GENERAL)
+
+    @property
+    def style(self) -> str:
+        """A matrix kernel's kind, ``unary`` or ``general``."""
+        return self.kind
+
+    @property
+    def matrices(self) -> Matrices:
+        return self.inputs + self.outputs
+
+    @property
+    def square(self) -> bool:
+        """A unary program whose matrices are square (the entry checks n == m)."""
+        return self.kind == UNARY and self.inputs[0][1][0] == self.inputs[0][1][1]
+
+    def params(self) -> list[tuple[str, str]]:
+        """(C type, name) of every argument, in order."""
+        sizes = [("size_t", v) for v in ("rows", "n", "ldx")]
+        if self.kind == ROW:
+            return [("const float *", "x"), ("float *", "y")] + sizes + [("size_t", "ldy")] + \
+                [("const float *", rp) for rp in self.row_params]
+        if self.kind == SELECTED:
+            return [("const float *", "x"), ("int64_t *", "indices"), ("float *", "weights")] + sizes + \
+                [("size_t", "ldo")]
+        if self.kind == UNARY:
+            return [("const float *", "x"), ("float *", "y")] + sizes + [("size_t", "ldy"), ("size_t", "m")]
+        return [("const float *", nm) for nm, _ in self.inputs] + \
+            [("float *", nm) for nm, _ in self.outputs] + [("size_t", "batch")] + \
+            [("size_t", d) for d in self.dims] + [("size_t", f"ld{nm}") for nm, _ in self.matrices]
+
+    def param_list(self) -> str:
+        """The C parameter list, ``const float *x, ...``."""
+        return ", ".join(f"{t}{'' if t.endswith('*') else ' '}{n}" for t, n in self.params())
+
+    def signature(self, name: str) -> str:
+        return f"int {name}({self.param_list()})"
+
+    def argtypes(self) -> list:
+        """The ctypes argument types of the entry point (pointers are passed as addresses)."""
+        return [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in self.params()]
+
+    def arg_docs(self) -> dict[str, str]:
+        """What each argument of a matrix kernel means, for headers and manifests."""
+        if self.kind == UNARY:
+            (x, (r, c)), = self.inputs
+            return {"x": f"input: rows / m matrices of m x n floats ({r} x {c}), row r at x + r*ldx",
+                    "y": "output, same layout with ldy; may equal x (in place, then ldy == ldx)",
+                    "rows": "total rows, batch * m", "n": "row length (floats per row)",
+                    "ldx": "row stride of x in elements (>= n)", "ldy": "row stride of y in elements (>= n)",
+                    "m": "rows per matrix" + (" (square: must equal n)" if self.square else "")}
+        docs = {}
+        for role, mats in (("input", self.inputs), ("output", self.outputs)):
+            for nm, (r, c) in mats:
+                docs[nm] = (f"{role}: batch matrices of {r} x {c} floats; row i of matrix k at "
+                            f"{nm} + (k*{r} + i)*ld{nm}" + ("; must not overlap the inputs"
+                                                             if role == "output" else ""))
+        docs["batch"] = "number of matrices (the product of the leading axes)"
+        for d in self.dims:
+            uses = [f"{('rows', 'columns')[ax]} of {nm}" for nm, shape in self.matrices
+                    for ax in (0, 1) if shape[ax] == d]
+            docs[d] = "the " + ", ".join(uses)
+        docs.update({f"ld{nm}": f"row stride of {nm} in elements (>= {c})" for nm, (_, c) in self.matrices})
+        return docs

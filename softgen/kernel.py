@@ -10,7 +10,7 @@ import numpy as np
 
 from . import ops as _ops
 from . import passes
-from .abi import ERRORS, failure
+from .abi import ERRORS, KernelABI, failure
 from .backends import c as cbackend
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
@@ -84,8 +84,13 @@ class Kernel:
 
     @property
     def abi(self):
-        """The C ABI of a matrix kernel (``matrix.MatrixABI``), None for a row kernel."""
+        """The C ABI of a matrix kernel (``abi.KernelABI``), None for a row kernel."""
         return self.program.abi() if self.matrix else None
+
+    @property
+    def _abi(self) -> KernelABI:
+        """The C entry point, for every kind of kernel (``abi``: matrix kernels only, for callers)."""
+        return self.program.abi() if self.matrix else KernelABI.of_rows(self.program)
 
     @property
     def row_params(self) -> list[str]:
@@ -115,8 +120,7 @@ class Kernel:
             if self._emu_fn is None:
                 from .emulator import load_emulated
                 self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend,
-                                             tuple(self.row_params), 2 if self.selected else 1,
-                                             matrix=self.matrix, abi=self.abi)
+                                             self._abi)
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -125,8 +129,7 @@ class Kernel:
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
             lib = open_shared(self.sources(), self.target, symbols=(self.name,))
-            self._fn = load_entry(lib, self.name, len(self.row_params), 2 if self.selected else 1,
-                                  matrix=self.matrix, abi=self.abi)
+            self._fn = load_entry(lib, self.name, self._abi)
         return self._fn
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
@@ -283,7 +286,7 @@ class MatrixPlan:
 
 
 class MatrixKernel(Kernel):
-    """A matrix kernel with the general ABI (``MatrixABI``, e.g. two inputs of different shapes):
+    """A matrix kernel with the general ABI (``KernelABI``, e.g. two inputs of different shapes):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
     def __call__(self, *inputs, out=None) -> np.ndarray:
