@@ -12,6 +12,7 @@ import sys
 
 from . import ops, passes
 from ._version import __version__
+from .abi import ECPU
 from .errors import SoftgenError, UsageError
 from .kernel import compile as compile_kernel
 from .targets import host_arch, targets
@@ -136,7 +137,7 @@ def _cmd_build(args) -> None:
     except OSError as e:
         raise SoftgenError(f"cannot write to {args.output!r}: {e.strerror}") from None
     if not k.runnable:   # one line on stderr (--json keeps stdout pure JSON)
-        here = f"called here, {k.name}() returns {k.name.upper()}_ECPU (8)" \
+        here = f"called here, {k.name}() returns {k.name.upper()}_{ECPU.suffix} ({ECPU})" \
             if k.target.arch in ("any", host_arch()) else f"lib{k.name}.so is an {k.target.arch} library"
         print(f"softgen: note: this machine can build target {k.target.name} but not run it (missing: "
               f"{', '.join(k.target.missing_features())}); {here}", file=sys.stderr)

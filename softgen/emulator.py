@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ._version import __version__
+from .abi import GENERAL, SELECTED, UNARY, KernelABI
 from .errors import TargetNotSupportedError
 from .render import env
 from .runtime import build_executable, compiler_for, load_entry, open_shared
@@ -49,24 +50,20 @@ def emulation_available(t: Target) -> tuple[bool, str]:
     return True, find_emulator(t)[0]
 
 
-def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
-                  row_params: tuple[str, ...] = (), outputs: int = 1, matrix: bool = False,
-                  abi=None):
-    """A callable ``fn(px, py, rows, n, ldx, ldy, *row_param_ptrs) -> int`` running the kernel
-    emulated (``outputs=2``: ``fn(px, pindices, pweights, rows, n, ldx, ldo)``, a selected
-    output; a matrix kernel's: ``fn(px, py, rows, n, ldx, ldy, m)``, or the arguments of its
-    general ABI ``abi``). ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
+def load_emulated(sources: dict, t: Target, name: str, backend: str = "c", abi: KernelABI = KernelABI.row()):
+    """A callable ``fn(*args) -> int`` running the kernel emulated, taking the arguments of its
+    entry point ``abi`` (pointers as addresses; by default ``fn(px, py, rows, n, ldx, ldy)``).
+    ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
     ok, how = emulation_available(t)
     if ok and how == "SIMDe" and backend != "c":
         ok, how = False, "C source (SIMDe emulates intrinsics; the TVM backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(open_shared(sources, t, emulate=True, symbols=(name,)), name, len(row_params),
-                        outputs, matrix, abi)
+        fn = load_entry(open_shared(sources, t, emulate=True, symbols=(name,)), name, abi)
         fn.how = "emulated (SIMDe)"
         return fn
-    if abi is not None and abi.style == "general":
+    if abi.kind == GENERAL:
         mats = [nm for nm, _ in abi.matrices]
         args = [f"p[{k}]" for k in range(len(mats))] + ["h[0]"] + \
             [f"h[{1 + k}]" for k in range(len(abi.dims))] + [f"mat[{3 * k}]" for k in range(len(mats))]
@@ -76,12 +73,12 @@ def load_emulated(sources: dict, t: Target, name: str, backend: str = "c",
         exe = build_executable({**sources, "driver.c": driver}, t)
         return QemuMatrixEntry(exe, find_emulator(t), name, abi)
     driver = env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
-                                                        row_params=row_params, matrix=matrix,
-                                                        sparse=outputs == 2)
+                                                        row_params=abi.row_params, matrix=abi.kind == UNARY,
+                                                        sparse=abi.kind == SELECTED)
     exe = build_executable({**sources, "driver.c": driver}, t)
-    if outputs == 2:
+    if abi.kind == SELECTED:
         return QemuSelectedEntry(exe, find_emulator(t), name)
-    return QemuEntry(exe, find_emulator(t), name, matrix)
+    return QemuEntry(exe, find_emulator(t), name, abi.kind == UNARY)
 
 
 def run_driver(emulator: list[str], exe: Path, payload: bytes, what: str) -> bytes:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._version import __version__
+from .abi import ECPU, ROW, SELECTED, error_docs
 from .backends.c import abi, matrix_abi
 from .backends.tvm_adapter import available
 from .errors import SoftgenError
@@ -22,35 +23,16 @@ from .runtime import build_shared, flags_for, compiler_for
 if TYPE_CHECKING:   # export reads a Kernel; kernel imports export (Kernel.export)
     from .kernel import Kernel
 
-# header macro suffix and meaning of each return code
-CODES = {0: ("OK", "success"), 1: ("ENULL", "x or y is NULL while rows and n are nonzero"),
-         2: ("ESTRIDE", "ldx < n or ldy < n"), 3: ("EOVERFLOW", "rows * stride does not fit in the address space"),
-         4: ("ETOOLONG", "a row is longer than {max_n} elements: element indices are float32 in the kernel"),
-         5: ("EMATRIX", "m is 0 or does not divide rows"),
-         6: ("ENOMEM", "the scratch cannot be allocated"), 7: ("ESQUARE", "the matrices are not square (n != m)"),
-         8: ("ECPU", "the CPU lacks the target's instructions ({requires}): see {name}_supported()")}
-GENERAL_CODES = {1: "a pointer is NULL while its matrix is not empty", 2: "an ld is below its row length",
-                 3: "a matrix, or the scratch, does not fit in the address space",
-                 4: "a row or column index exceeds {max_n}: indices are float32 in the kernel"}
-
 
 def error_codes(k: Kernel, entry: dict) -> dict[int, tuple[str, str]]:
     """The return codes of ``k``'s entry point (``entry``: its ``backends.c.abi``/``matrix_abi``):
-    code -> (header macro suffix, meaning)."""
+    code -> (header macro suffix, meaning), from the one table (``abi``)."""
     mabi = k.abi
-    codes = [0, 1, 2, 3] + ([4] if entry["max_n"] else []) \
-        + ([] if mabi is None else [5, 6] if mabi.style == "unary" else [6]) \
-        + ([7] if mabi is not None and mabi.square else []) + [8]
-    docs = {c: CODES[c][1] for c in codes}
-    if mabi is not None and mabi.style == "general":
-        docs.update({c: d for c, d in GENERAL_CODES.items() if c in docs})
-    elif mabi is None:
-        docs[1] = f"{' or '.join(['x'] + entry['nulls'])} is NULL while rows and n are nonzero"
-        docs[2] = f"ldx < n or {entry['ld']} < {'min(k, n)' if entry['sparse'] else 'n'}"
-    if not k.target.requires:
-        docs[8] = "never returned: the target needs no instruction-set extension"
-    return {c: (CODES[c][0], docs[c].format(max_n=entry["max_n"], requires=", ".join(k.target.requires),
-                                            name=k.name)) for c in codes}
+    rows = {} if mabi is not None else {"nulls": ["x"] + entry["nulls"], "ld": entry["ld"],
+                                         "width": "min(k, n)" if entry["sparse"] else "n"}
+    kind = mabi.style if mabi is not None else SELECTED if entry["sparse"] else ROW
+    return error_docs(kind, name=k.name, max_n=entry["max_n"], requires=k.target.requires,
+                      square=mabi is not None and mabi.square, **rows)
 
 
 def scratch_doc(k: Kernel) -> str:
@@ -164,7 +146,8 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         "row_params": {rp: ROW_PARAM_DOCS.get(rp, "") for rp in k.row_params},
         "errors": {str(c): doc for c, (_, doc) in errors.items()},
         "cpu_check": {"symbol": f"{k.name}_supported", "requires": list(k.target.requires),
-                      "error": 8, "doc": "1 if this CPU runs the library, else 0 (and every call returns 8)"},
+                      "error": ECPU.code,
+                      "doc": f"1 if this CPU runs the library, else 0 (and every call returns {ECPU})"},
         **({"outputs": {"indices": "int64, row r at indices[r*ldo ..], min(k, n) per row, largest "
                                    "first, lower index first on ties",
                         "weights": "float32, row r at weights[r*ldo ..], the weights of those entries"}}

@@ -11,6 +11,7 @@ import numpy as np
 from . import export as aot
 from . import ops as _ops
 from . import passes
+from .abi import ERRORS, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import c as cbackend
 from .backends import tvm as tvmbackend
@@ -19,7 +20,7 @@ from .cnames import name_clash
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
-from .ir import INDEX_MAX_N, Program
+from .ir import Program
 from .schedule import Schedule, default_schedule
 from .runtime import assembly, load_entry, open_shared
 from .targets import Target, get_target, host_target
@@ -31,16 +32,6 @@ except ImportError:  # pragma: no cover - depends on the install
 
 BACKENDS = ("c", "tvm")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_ERRORS = {1: "NULL pointer with nonzero sizes", 2: "row stride smaller than the row",
-           3: "rows * stride overflows the address space",
-           4: f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
-           5: "the rows are not a whole number of matrices", 6: "out of memory for scratch vectors",
-           7: "the matrices are not square", 8: "this CPU lacks the instructions of the kernel's target"}
-
-
-def _failed(name: str, rc: int) -> Exception:
-    cls = TargetNotSupportedError if rc == 8 else ValueError if rc in (4, 5, 7) else RuntimeError
-    return cls(f"{name} returned error {rc}: {_ERRORS.get(rc, 'unknown')}")
 
 
 def check_name(name: str) -> str:
@@ -50,7 +41,7 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise UsageError(f"invalid kernel name {name!r}: use a C identifier of at most 64 "
                          f"characters ([A-Za-z_][A-Za-z0-9_]*)")
-    why = name_clash(name, [suffix for suffix, _ in aot.CODES.values()])
+    why = name_clash(name, [e.suffix for e in ERRORS])
     if why:
         raise UsageError(f"invalid kernel name {name!r}: {why}; choose another name "
                          f"(e.g. a prefix of your own)")
@@ -99,8 +90,13 @@ class Kernel:
 
     @property
     def abi(self):
-        """The C ABI of a matrix kernel (``matrix.MatrixABI``), None for a row kernel."""
+        """The C ABI of a matrix kernel (``abi.KernelABI``), None for a row kernel."""
         return self.program.abi() if self.matrix else None
+
+    @property
+    def _abi(self) -> KernelABI:
+        """The C entry point, for every kind of kernel (``abi``: matrix kernels only, for callers)."""
+        return self.program.abi() if self.matrix else KernelABI.of_rows(self.program)
 
     @property
     def row_params(self) -> list[str]:
@@ -128,8 +124,7 @@ class Kernel:
         if emulate:
             if self._emu_fn is None:
                 self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend,
-                                             tuple(self.row_params), 2 if self.selected else 1,
-                                             matrix=self.matrix, abi=self.abi)
+                                             self._abi)
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -138,8 +133,7 @@ class Kernel:
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
             lib = open_shared(self.sources(), self.target, symbols=(self.name,))
-            self._fn = load_entry(lib, self.name, len(self.row_params), 2 if self.selected else 1,
-                                  matrix=self.matrix, abi=self.abi)
+            self._fn = load_entry(lib, self.name, self._abi)
         return self._fn
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
@@ -156,7 +150,7 @@ class Kernel:
             if rc == 0:
                 return y
             if rc is not NotImplemented:
-                raise _failed(self.name, rc)
+                raise failure(self.name, rc)
         return self._run(fn, x, out)
 
     def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
@@ -212,7 +206,7 @@ class Kernel:
             lx = (x.ctypes.data, n)
         rc = fn(lx[0], idx.ctypes.data, w.ctypes.data, x.size // n, n, lx[1], m)
         if rc:
-            raise _failed(self.name, rc)
+            raise failure(self.name, rc)
         return idx, w
 
     def _run(self, fn, x, out, call=None):
@@ -248,7 +242,7 @@ class Kernel:
         extra = [x.shape[-2]] if self.matrix else [a.ctypes.data for a in rps]
         rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1], *extra)
         if rc:
-            raise _failed(self.name, rc)
+            raise failure(self.name, rc)
         return y
 
     # -- products -------------------------------------------------------------------------------
@@ -274,7 +268,7 @@ class Kernel:
 
 
 class MatrixKernel(Kernel):
-    """A matrix kernel with the general ABI (``MatrixABI``, e.g. two inputs of different shapes):
+    """A matrix kernel with the general ABI (``KernelABI``, e.g. two inputs of different shapes):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
     def __call__(self, *inputs, out=None) -> np.ndarray:
@@ -349,7 +343,7 @@ class MatrixKernel(Kernel):
             lds.append(la[1])
         rc = fn(*ptrs, ly[0], batch, *[dims[d] for d in abi.dims], *lds, ly[1])
         if rc:
-            raise _failed(self.name, rc)
+            raise failure(self.name, rc)
         return y
 
 

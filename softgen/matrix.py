@@ -30,7 +30,7 @@ same matrix into one row program (their sweeps of a row run back to back while t
 cache) and, for backends with GEMM epilogues, an element-wise rows phase into the store of the
 contraction before it.
 
-The C ABI follows from the declarations (:class:`MatrixABI`): one input ``x`` and one output
+The C ABI follows from the declarations (``abi.KernelABI``): one input ``x`` and one output
 ``y`` of the same shape keep the row-op-like ``(x, y, rows, n, ldx, ldy, m)`` (y may equal x);
 anything else takes ``(inputs..., outputs..., batch, dims..., ld<matrix>...)``.
 """
@@ -40,6 +40,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field, replace
 
+from .abi import GENERAL, UNARY, KernelABI
 from .ir import COLREDUCE_FIELDS, MREDUCE_INIT, IRError, Program, Value, c_name_ok
 
 LAYOUTS = ("nn", "nt")
@@ -117,67 +118,6 @@ def walk(phases: list[Phase]):
             yield from walk(ph.body)
         else:
             yield ph
-
-
-@dataclass(frozen=True)
-class MatrixABI:
-    """The C entry point of a matrix program. ``unary``: ``int name(const float *x, float *y,
-    size_t rows, size_t n, size_t ldx, size_t ldy, size_t m)`` (rows = batch * m; a square
-    program checks n == m); ``general``: ``int name(const float *<input>..., float *<output>...,
-    size_t batch, size_t <dim>..., size_t ld<matrix>...)`` over inputs then outputs. Every
-    matrix is ``batch * rows`` rows with one row stride: matrix k's row i is row k * rows + i."""
-    style: str
-    inputs: tuple[tuple[str, tuple[str, str]], ...]
-    outputs: tuple[tuple[str, tuple[str, str]], ...]
-    dims: tuple[str, ...]
-
-    @property
-    def matrices(self) -> tuple[tuple[str, tuple[str, str]], ...]:
-        return self.inputs + self.outputs
-
-    @property
-    def square(self) -> bool:
-        """A unary program whose matrices are square (the entry checks n == m)."""
-        return self.style == "unary" and self.inputs[0][1][0] == self.inputs[0][1][1]
-
-    def params(self) -> list[tuple[str, str]]:
-        """(C type, name) of every argument, in order."""
-        if self.style == "unary":
-            return [("const float *", "x"), ("float *", "y")] + \
-                [("size_t", v) for v in ("rows", "n", "ldx", "ldy", "m")]
-        return [("const float *", nm) for nm, _ in self.inputs] + \
-            [("float *", nm) for nm, _ in self.outputs] + [("size_t", "batch")] + \
-            [("size_t", d) for d in self.dims] + [("size_t", f"ld{nm}") for nm, _ in self.matrices]
-
-    def param_list(self) -> str:
-        """The C parameter list, ``const float *x, ...``."""
-        return ", ".join(f"{t}{'' if t.endswith('*') else ' '}{n}" for t, n in self.params())
-
-    def signature(self, name: str) -> str:
-        return f"int {name}({self.param_list()})"
-
-    def arg_docs(self) -> dict[str, str]:
-        """What each argument means, for headers and manifests."""
-        if self.style == "unary":
-            (x, (r, c)), = self.inputs
-            return {"x": f"input: rows / m matrices of m x n floats ({r} x {c}), row r at x + r*ldx",
-                    "y": "output, same layout with ldy; may equal x (in place, then ldy == ldx)",
-                    "rows": "total rows, batch * m", "n": "row length (floats per row)",
-                    "ldx": "row stride of x in elements (>= n)", "ldy": "row stride of y in elements (>= n)",
-                    "m": "rows per matrix" + (" (square: must equal n)" if self.square else "")}
-        docs = {}
-        for role, mats in (("input", self.inputs), ("output", self.outputs)):
-            for nm, (r, c) in mats:
-                docs[nm] = (f"{role}: batch matrices of {r} x {c} floats; row i of matrix k at "
-                            f"{nm} + (k*{r} + i)*ld{nm}" + ("; must not overlap the inputs"
-                                                             if role == "output" else ""))
-        docs["batch"] = "number of matrices (the product of the leading axes)"
-        for d in self.dims:
-            uses = [f"{('rows', 'columns')[ax]} of {nm}" for nm, shape in self.matrices
-                    for ax in (0, 1) if shape[ax] == d]
-            docs[d] = "the " + ", ".join(uses)
-        docs.update({f"ld{nm}": f"row stride of {nm} in elements (>= {c})" for nm, (_, c) in self.matrices})
-        return docs
 
 
 class MatrixProgram:
@@ -293,12 +233,14 @@ class MatrixProgram:
                     out[p.attrs(v)["name"]] = MREDUCE_INIT[p.op(v)]
         return dict(sorted(out.items()))
 
-    def abi(self) -> MatrixABI:
+    def abi(self) -> KernelABI:
+        """The exported entry point: unary (one input x, one output y of the same shape) or
+        general."""
         ins = tuple(self.inputs.items())
         outs = tuple(self.outputs.items())
         unary = len(ins) == len(outs) == 1 and ins[0][0] == "x" and outs[0][0] == "y" \
             and ins[0][1] == outs[0][1]
-        return MatrixABI("unary" if unary else "general", ins, outs, self.dims)
+        return KernelABI(UNARY if unary else GENERAL, ins, outs, self.dims)
 
     # -- checking -----------------------------------------------------------------------------
     def _check_names(self) -> None:

@@ -14,6 +14,7 @@ import jinja2
 import numpy as np
 
 from ._data import data_dir
+from .abi import err
 from .targets import OPTIONAL_ISA, VIRTUAL_ISA, Target, cpu_check
 
 
@@ -23,6 +24,7 @@ def env() -> jinja2.Environment:
     e = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))), undefined=jinja2.StrictUndefined,
                            keep_trailing_newline=True, autoescape=False)
     e.globals["cpu_check"] = cpu_check   # templates/guard.h.j2
+    e.globals["err"] = err   # the return codes (softgen/abi.py): {{ err.ENULL }} is 1
     return e
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ._version import __version__
+from .abi import KernelABI
 from .errors import BuildError, CacheError
 from .targets import Target, host_arch
 
@@ -299,18 +300,11 @@ def assembly(source: str, target: Target, cc: str | None = None, mark_loops: boo
     return res.stdout
 
 
-def load_entry(handle: ctypes.CDLL, symbol: str, row_params: int = 0, outputs: int = 1,
-               matrix: bool = False, abi=None):
-    """The C entry point ``int symbol(x, y, rows, n, ldx, ldy, *row_params)`` of a loaded library;
-    ``outputs=2``: a selected output's ``int symbol(x, indices, weights, rows, n, ldx, ldo)``;
-    a matrix kernel's takes ``size_t m`` (rows per matrix) after ``ldy`` instead, one with the
-    general matrix ABI (``abi``, a ``matrix.MatrixABI``) its own arguments."""
+def load_entry(handle: ctypes.CDLL, symbol: str, abi: KernelABI = KernelABI.row()):
+    """The C entry point ``symbol`` of a loaded library, whose arguments are ``abi``'s (by default
+    ``int symbol(x, y, rows, n, ldx, ldy)``, a row kernel's without per-row parameters)."""
     fn = getattr(handle, symbol)
-    if abi is not None and abi.style == "general":
-        fn.argtypes = [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in abi.params()]
-    else:
-        extra = [ctypes.c_size_t] if matrix else [ctypes.c_void_p] * row_params
-        fn.argtypes = [ctypes.c_void_p] * (1 + outputs) + [ctypes.c_size_t] * 4 + extra
+    fn.argtypes = abi.argtypes()
     fn.restype = ctypes.c_int
     fn._softgen_handle = handle  # keep the library loaded as long as the function lives
     fn._softgen_ptr = ctypes.cast(fn, ctypes.c_void_p).value  # for softgen._fastcall

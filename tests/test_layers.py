@@ -23,10 +23,10 @@ LAYERS = [
     # 0: no softgen imports but these
     {"softgen._version", "softgen._data", "softgen.errors", "softgen.values", "softgen.reference",
      "softgen.asmstats", "softgen._fastcall"},
-    # 1: the IR, targets, schedules, the sweep planner
-    {"softgen.targets", "softgen.schedule", "softgen.ir", "softgen.matrix", "softgen.passes"},
-    # 2: ops (IR definitions + float64 references), backend-neutral analyses, the kernel ABI
-    {"softgen.ops", "softgen.analysis", "softgen.abi"},
+    # 1: the IR, the kernel ABI (error codes, signatures), targets, schedules, the sweep planner
+    {"softgen.targets", "softgen.schedule", "softgen.ir", "softgen.abi", "softgen.matrix", "softgen.passes"},
+    # 2: ops (IR definitions + float64 references), backend-neutral analyses
+    {"softgen.ops", "softgen.analysis"},
     # 3: C text shared by every C emitter: the Jinja environment, the names generated C declares
     {"softgen.render", "softgen.cnames"},
     # 4: the toolchain: compiler, cache, loading shared objects; emulation (SIMDe, qemu)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._version import __version__
+from ..abi import KernelABI, err
 from ..analysis import index_dims, matrix_plan_lines, matrix_traffic
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
@@ -494,7 +495,7 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
 
 
 def matrix_abi(mp, name: str) -> dict:
-    """The exported entry point of matrix program ``mp`` (``matrix.MatrixABI``), in the form
+    """The exported entry point of matrix program ``mp`` (``abi.KernelABI``), in the form
     ``abi`` gives a row program's (the kernel's header comment reads its signature)."""
     return {"sparse": False, "matrix": True, "max_n": INDEX_MAX_N if index_dims(mp) else None,
             **_entry_params(name, mp.abi().param_list())}
@@ -517,12 +518,11 @@ def abi(p: Program, name: str) -> dict:
                 "row_decl": "int64_t *idx, float *w",
                 "nulls": ["indices", "weights"], "width": width, "elem": "sizeof(int64_t)",
                 "row_outs": "indices + r * ldo, weights + r * ldo", "max_n": p.max_n(),
-                **_entry_params(name, "const float *x, int64_t *indices, float *weights, "
-                                      f"size_t rows, size_t n, size_t ldx, size_t ldo{rps}")}
+                **_entry_params(name, KernelABI.selected(k).param_list())}
     return {"sparse": False, "outs": "float *y", "ld": "ldy", "nulls": ["y"], "width": "n",
             "row_decl": "float *y",
             "elem": "sizeof(float)", "row_outs": "y + r * ldy", "max_n": p.max_n(),
-            **_entry_params(name, f"const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy{rps}")}
+            **_entry_params(name, KernelABI.row(p.row_params()).param_list())}
 
 
 def _entry_params(name: str, params: str) -> dict:
@@ -691,38 +691,38 @@ def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index
 
 def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
     """What ``templates/matrix_entry.c.j2`` needs: the signature and argument checks of the
-    program's ABI (``MatrixABI``), the scratch (vectors and scratch matrices, one allocation),
+    program's ABI (``abi.KernelABI``), the scratch (vectors and scratch matrices, one allocation),
     the per-matrix pointers and the per-matrix body (each phase's calls, loops), and, if the
     calling convention ``cc`` declares them, the phase functions' prototypes."""
     abi = mp.abi()
     mats = abi.matrices
     if abi.style == "unary":
         (_, (R, C)), = abi.inputs
-        checks = [("rows == 0 || n == 0", 0, "there is nothing to do"),
-                  ("x == NULL || y == NULL", 1, "a pointer is NULL while its matrix is not empty"),
-                  ("ldx < n || ldy < n", 2, "a row stride is below its row length"),
-                  (f"!{name}__fits(1, rows, n, ldx) || !{name}__fits(1, rows, n, ldy)", 3,
+        checks = [("rows == 0 || n == 0", err.OK.code, "there is nothing to do"),
+                  ("x == NULL || y == NULL", err.ENULL.code, "a pointer is NULL while its matrix is not empty"),
+                  ("ldx < n || ldy < n", err.ESTRIDE.code, "a row stride is below its row length"),
+                  (f"!{name}__fits(1, rows, n, ldx) || !{name}__fits(1, rows, n, ldy)", err.EOVERFLOW.code,
                    "the rows do not fit in the address space"),
-                  ("m == 0 || rows % m != 0", 5, "m is 0 or does not divide rows")]
+                  ("m == 0 || rows % m != 0", err.EMATRIX.code, "m is 0 or does not divide rows")]
         if abi.square:
-            checks.append(("n != m", 7, "the matrices are not square (n != m)"))
+            checks.append(("n != m", err.ESQUARE.code, "the matrices are not square (n != m)"))
         before = [(f"dim_{R}", "m")] + ([(f"dim_{C}", "n")] if C != R else [])
         after = [("batch", "rows / m")]
         lds = {"x": "ldx", "y": "ldy"}
     else:
         before, after = [(f"dim_{d}", d) for d in abi.dims], []
         outs = " && ".join(f"(dim_{r} == 0 || dim_{c} == 0)" for _, (r, c) in abi.outputs)
-        checks = [(f"batch == 0 || ({outs})", 0, "every output is empty: nothing to do")]
+        checks = [(f"batch == 0 || ({outs})", err.OK.code, "every output is empty: nothing to do")]
         checks.append((" || ".join(f"(dim_{r} != 0 && dim_{c} != 0 && {nm} == NULL)" for nm, (r, c) in mats),
-                       1, "a pointer is NULL while its matrix is not empty"))
-        checks.append((" || ".join(f"ld{nm} < dim_{c}" for nm, (_, c) in mats), 2,
+                       err.ENULL.code, "a pointer is NULL while its matrix is not empty"))
+        checks.append((" || ".join(f"ld{nm} < dim_{c}" for nm, (_, c) in mats), err.ESTRIDE.code,
                        "a row stride is below its row length"))
         checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
-                       3, "a matrix does not fit in the address space"))
+                       err.EOVERFLOW.code, "a matrix does not fit in the address space"))
         lds = {nm: f"ld{nm}" for nm, _ in mats}
     long_dims = index_dims(mp)
     if long_dims:
-        checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), 4,
+        checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), err.ETOOLONG.code,
                        f"a row or column index exceeds {INDEX_MAX_N} (float32 indices)"))
     scratch = [(f"vec_{v}", f"sg_off_vec_{v}", "sg_ld", "1", f"dim_{d}") for v, d in mp.vector_dims().items()]
     scratch += [(f"mat_{nm}", f"sg_off_mat_{nm}", f"ld_{nm}", f"dim_{r}", f"dim_{c}")
@@ -748,7 +748,7 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
 def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> str:
     """C source of a matrix kernel: one static function per rows/cols phase of the lowered
     matrix program ``mp``, one register-blocked GEMM (``backends.gemm``) per contraction layout
-    and per fused epilogue, and the entry point of the program's ABI (``MatrixABI``)."""
+    and per fused epilogue, and the entry point of the program's ABI (``abi.KernelABI``)."""
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")

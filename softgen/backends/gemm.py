@@ -259,8 +259,9 @@ def translation_unit(codes: list) -> str:
     """A complete C file: the ISA header of the (single) target, vmath if an epilogue needs it,
     the gemms (``GemmCode``, or ``tvm_gemm.TvmGemmCode``: its declaration and a C-typed
     forwarder), and one exported wrapper per gemm, ``int <name>_entry(<same parameters>)``, which
-    returns 1 for a NULL matrix with nonzero sizes, 2 for a leading dimension below its row
-    length, and 0 after running the contraction."""
+    returns a code of the ``abi.GEMM`` kind (``softgen/abi.py``): ENULL for a NULL matrix with
+    nonzero sizes, ESTRIDE for a leading dimension below its row length, EOVERFLOW, ECPU, and OK
+    after running the contraction."""
     if not codes:
         raise UsageError("translation_unit needs at least one gemm")
     t = codes[0].target

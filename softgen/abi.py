@@ -1,0 +1,226 @@
+"""The kernel ABI: the entry point's arguments (``KernelABI``) and the one table of its return codes.
+
+``KernelABI`` is the C entry point of a kernel, one type for every kind: a dense row kernel, a
+selected (top-k) row kernel, a unary or a general matrix kernel. It knows the C parameters and
+signature (the templates, the header and the manifest print them) and the ctypes argument types
+(``runtime.load_entry``); ``KernelABI.row``/``selected`` and ``MatrixProgram.abi`` build it.
+
+Every exported function (``<name>``, a GEMM library's ``<gemm>_entry``) returns an ``int``: 0, or
+one of the error codes below. This table is the only place their numbers and meanings are
+written; everything else reads it:
+
+* the C templates (entry.c.j2, matrix_entry.c.j2, supported.c.j2, gemm_tu.c.j2, kernel.c.j2's
+  comment) get it as the Jinja global ``err`` (``return {{ err.ENULL }};`` renders ``return 1;``)
+  and ``backends.c.matrix_entry`` takes its check codes from it;
+* the exported header's ``#define <NAME>_<SUFFIX> <code>`` lines, their comments and the
+  manifest's ``errors`` come from ``error_docs``;
+* ``Kernel`` raises ``failure(name, rc)`` for a nonzero code (the exception class and message of
+  the code's row), and ``kernel.check_name`` keeps kernel names from clashing with the macros.
+
+A low layer: imports nothing of softgen but ``errors`` and ``ir``; ``KernelABI`` holds no backend
+knowledge beyond the C types of the exported signature.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from .errors import TargetNotSupportedError
+from .ir import INDEX_MAX_N, Program
+
+# The kinds of entry point (ABIs), by the arguments they take:
+ROW = "row"             # dense rows: (x, y, rows, n, ldx, ldy[, per-row parameters])
+SELECTED = "selected"   # selected (top-k) rows: (x, indices, weights, rows, n, ldx, ldo)
+UNARY = "unary"         # matrix op, one input: rows of x are a batch of m x n matrices (…, m)
+GENERAL = "general"     # matrix op, several matrices: (inputs, outputs, batch, dims, lds)
+GEMM = "gemm"           # a GEMM library's <gemm>_entry (backends/gemm.py)
+KINDS = (ROW, SELECTED, UNARY, GENERAL, GEMM)
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One return code. ``str()`` is the number, so templates write ``{{ err.ENULL }}``."""
+
+    code: int
+    suffix: str                       # the header macro: <NAME>_<suffix>
+    doc: str                          # its meaning in the header and manifest (str.format fields:
+                                      # max_n, requires, name, nulls, ld, width)
+    message: str = ""                 # what Kernel raises: "<name> returned error <code>: <message>"
+    exception: type[Exception] = RuntimeError
+    abis: frozenset = frozenset(KINDS)   # the kinds of entry point that can return it
+    docs: dict = field(default_factory=dict)   # kind -> doc, where a kind words it differently
+
+    def __str__(self) -> str:
+        return str(self.code)
+
+    def __int__(self) -> int:
+        return self.code
+
+    def describe(self, kind: str, **fields) -> str:
+        return self.docs.get(kind, self.doc).format(**fields)
+
+
+_ROWS = frozenset((ROW, SELECTED))
+_MATRIX = frozenset((UNARY, GENERAL))
+
+OK = ErrorCode(0, "OK", "success")
+ENULL = ErrorCode(1, "ENULL", "{nulls} is NULL while rows and n are nonzero", "NULL pointer with nonzero sizes",
+                  docs={GENERAL: "a pointer is NULL while its matrix is not empty"})
+ESTRIDE = ErrorCode(2, "ESTRIDE", "ldx < n or {ld} < {width}", "row stride smaller than the row",
+                    docs={GENERAL: "an ld is below its row length"})
+EOVERFLOW = ErrorCode(3, "EOVERFLOW", "rows * stride does not fit in the address space",
+                      "rows * stride overflows the address space",
+                      docs={GENERAL: "a matrix, or the scratch, does not fit in the address space"})
+ETOOLONG = ErrorCode(4, "ETOOLONG", "a row is longer than {max_n} elements: element indices are float32 in the kernel",
+                     f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
+                     ValueError, _ROWS | _MATRIX,
+                     docs={GENERAL: "a row or column index exceeds {max_n}: indices are float32 in the kernel"})
+EMATRIX = ErrorCode(5, "EMATRIX", "m is 0 or does not divide rows", "the rows are not a whole number of matrices",
+                    ValueError, frozenset((UNARY,)))
+ENOMEM = ErrorCode(6, "ENOMEM", "the scratch cannot be allocated", "out of memory for scratch vectors",
+                   RuntimeError, _MATRIX)
+ESQUARE = ErrorCode(7, "ESQUARE", "the matrices are not square (n != m)", "the matrices are not square",
+                    ValueError, frozenset((UNARY,)))
+ECPU = ErrorCode(8, "ECPU", "the CPU lacks the target's instructions ({requires}): see {name}_supported()",
+                 "this CPU lacks the instructions of the kernel's target", TargetNotSupportedError)
+
+ERRORS = (OK, ENULL, ESTRIDE, EOVERFLOW, ETOOLONG, EMATRIX, ENOMEM, ESQUARE, ECPU)
+BY_CODE = {e.code: e for e in ERRORS}
+err = SimpleNamespace(**{e.suffix: e for e in ERRORS})   # the templates' ``err``
+assert len(BY_CODE) == len(ERRORS) == len(vars(err))
+
+
+def failure(name: str, rc: int) -> Exception:
+    """The exception for entry point ``name`` having returned the nonzero code ``rc``."""
+    e = BY_CODE.get(rc) if rc else None
+    return (e.exception if e else RuntimeError)(f"{name} returned error {rc}: {e.message if e else 'unknown'}")
+
+
+def returned(kind: str, *, indexes: bool = False, square: bool = False) -> tuple[ErrorCode, ...]:
+    """The codes an entry point of ``kind`` can return, in order: ETOOLONG only if it indexes
+    elements (``indexes``), ESQUARE only if its matrices must be square."""
+    return tuple(e for e in ERRORS if kind in e.abis and (e is not ETOOLONG or indexes)
+                 and (e is not ESQUARE or square))
+
+
+def error_docs(kind: str, *, name: str, max_n: int | None, requires=(), square: bool = False,
+               nulls=("x", "y"), ld: str = "ldy", width: str = "n") -> dict[int, tuple[str, str]]:
+    """code -> (header macro suffix, meaning) for an entry point of ``kind``: the header's
+    ``#define`` lines and the manifest's ``errors``. ``nulls``, ``ld``, ``width``: the row
+    ABIs' pointers checked for NULL, output stride and output row width."""
+    fields = {"max_n": max_n, "requires": ", ".join(requires), "name": name,
+              "nulls": " or ".join(nulls), "ld": ld, "width": width}
+    out = {e.code: (e.suffix, e.describe(kind, **fields)) for e in returned(kind, indexes=bool(max_n), square=square)}
+    if not requires:
+        out[ECPU.code] = (ECPU.suffix, "never returned: the target needs no instruction-set extension")
+    return out
+
+
+# -- the entry point's arguments ------------------------------------------------------------------
+Matrices = tuple[tuple[str, tuple[str, str]], ...]   # (name, (row dim, column dim)) per matrix
+
+
+@dataclass(frozen=True)
+class KernelABI:
+    """The C entry point of a kernel, by ``kind``:
+
+    * ``ROW``: ``int name(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy,
+      const float *<row param>...)``: rows of n floats, one float per row per row parameter;
+    * ``SELECTED``: ``int name(const float *x, int64_t *indices, float *weights, size_t rows,
+      size_t n, size_t ldx, size_t ldo)``: the min(k, n) selected entries of each row;
+    * ``UNARY``: ``int name(const float *x, float *y, size_t rows, size_t n, size_t ldx,
+      size_t ldy, size_t m)`` (rows = batch * m; a square program checks n == m);
+    * ``GENERAL``: ``int name(const float *<input>..., float *<output>..., size_t batch,
+      size_t <dim>..., size_t ld<matrix>...)`` over inputs then outputs.
+
+    A matrix kernel's every matrix is ``batch * rows`` rows with one row stride: matrix k's row
+    i is row k * rows + i."""
+    kind: str
+    inputs: Matrices = ()          # matrix kinds: the matrices' names and shapes
+    outputs: Matrices = ()
+    dims: tuple[str, ...] = ()     # matrix kinds: the dimension names
+    row_params: tuple[str, ...] = ()   # ROW: the per-row parameters, in argument order
+    k: int | None = None           # SELECTED: entries selected per row
+
+    @classmethod
+    def row(cls, row_params=()) -> "KernelABI":
+        return cls(ROW, row_params=tuple(row_params))
+
+    @classmethod
+    def selected(cls, k: int) -> "KernelABI":
+        return cls(SELECTED, k=k)
+
+    @classmethod
+    def of_rows(cls, p: Program) -> "KernelABI":
+        """The entry point of row program ``p``: selected if its output is, else dense rows."""
+        if p.op(p.output()) == "output_selected":
+            return cls.selected(p.attrs(p.args(p.output())[0])["k"])
+        return cls.row(p.row_params())
+
+    @property
+    def matrix(self) -> bool:
+        return self.kind in (UNARY, GENERAL)
+
+    @property
+    def style(self) -> str:
+        """A matrix kernel's kind, ``unary`` or ``general``."""
+        return self.kind
+
+    @property
+    def matrices(self) -> Matrices:
+        return self.inputs + self.outputs
+
+    @property
+    def square(self) -> bool:
+        """A unary program whose matrices are square (the entry checks n == m)."""
+        return self.kind == UNARY and self.inputs[0][1][0] == self.inputs[0][1][1]
+
+    def params(self) -> list[tuple[str, str]]:
+        """(C type, name) of every argument, in order."""
+        sizes = [("size_t", v) for v in ("rows", "n", "ldx")]
+        if self.kind == ROW:
+            return [("const float *", "x"), ("float *", "y")] + sizes + [("size_t", "ldy")] + \
+                [("const float *", rp) for rp in self.row_params]
+        if self.kind == SELECTED:
+            return [("const float *", "x"), ("int64_t *", "indices"), ("float *", "weights")] + sizes + \
+                [("size_t", "ldo")]
+        if self.kind == UNARY:
+            return [("const float *", "x"), ("float *", "y")] + sizes + [("size_t", "ldy"), ("size_t", "m")]
+        return [("const float *", nm) for nm, _ in self.inputs] + \
+            [("float *", nm) for nm, _ in self.outputs] + [("size_t", "batch")] + \
+            [("size_t", d) for d in self.dims] + [("size_t", f"ld{nm}") for nm, _ in self.matrices]
+
+    def param_list(self) -> str:
+        """The C parameter list, ``const float *x, ...``."""
+        return ", ".join(f"{t}{'' if t.endswith('*') else ' '}{n}" for t, n in self.params())
+
+    def signature(self, name: str) -> str:
+        return f"int {name}({self.param_list()})"
+
+    def argtypes(self) -> list:
+        """The ctypes argument types of the entry point (pointers are passed as addresses)."""
+        return [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in self.params()]
+
+    def arg_docs(self) -> dict[str, str]:
+        """What each argument of a matrix kernel means, for headers and manifests."""
+        if self.kind == UNARY:
+            (x, (r, c)), = self.inputs
+            return {"x": f"input: rows / m matrices of m x n floats ({r} x {c}), row r at x + r*ldx",
+                    "y": "output, same layout with ldy; may equal x (in place, then ldy == ldx)",
+                    "rows": "total rows, batch * m", "n": "row length (floats per row)",
+                    "ldx": "row stride of x in elements (>= n)", "ldy": "row stride of y in elements (>= n)",
+                    "m": "rows per matrix" + (" (square: must equal n)" if self.square else "")}
+        docs = {}
+        for role, mats in (("input", self.inputs), ("output", self.outputs)):
+            for nm, (r, c) in mats:
+                docs[nm] = (f"{role}: batch matrices of {r} x {c} floats; row i of matrix k at "
+                            f"{nm} + (k*{r} + i)*ld{nm}" + ("; must not overlap the inputs"
+                                                             if role == "output" else ""))
+        docs["batch"] = "number of matrices (the product of the leading axes)"
+        for d in self.dims:
+            uses = [f"{('rows', 'columns')[ax]} of {nm}" for nm, shape in self.matrices
+                    for ax in (0, 1) if shape[ax] == d]
+            docs[d] = "the " + ", ".join(uses)
+        docs.update({f"ld{nm}": f"row stride of {nm} in elements (>= {c})" for nm, (_, c) in self.matrices})
+        return docs

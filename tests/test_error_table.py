@@ -1,0 +1,72 @@
+"""The one table of return codes (softgen/abi.py): everything that states a code reads it.
+
+The numbers are the C ABI, so they are also pinned here literally: renumbering a code is an ABI
+break, not a refactoring."""
+import re
+
+import pytest
+
+import softgen
+from softgen import abi
+from softgen._data import data_dir
+from softgen.backends.c import abi as row_abi
+from softgen.backends.c import matrix_abi
+from softgen.export import error_codes
+
+ABI_TEMPLATES = ["entry.c.j2", "matrix_entry.c.j2", "supported.c.j2", "gemm_tu.c.j2"]
+
+
+def test_table_numbers_and_names_are_the_abi():
+    assert [(e.code, e.suffix) for e in abi.ERRORS] == [
+        (0, "OK"), (1, "ENULL"), (2, "ESTRIDE"), (3, "EOVERFLOW"), (4, "ETOOLONG"), (5, "EMATRIX"),
+        (6, "ENOMEM"), (7, "ESQUARE"), (8, "ECPU")]
+    assert all(getattr(abi.err, e.suffix) is e and str(e) == str(e.code) for e in abi.ERRORS)
+
+
+@pytest.mark.parametrize("rc, cls", [(1, RuntimeError), (2, RuntimeError), (3, RuntimeError), (4, ValueError),
+                                     (5, ValueError), (6, RuntimeError), (7, ValueError),
+                                     (8, softgen.TargetNotSupportedError), (9, RuntimeError)])
+def test_failure_exception_types(rc, cls):
+    e = abi.failure("kern", rc)
+    assert type(e) is cls and str(e).startswith(f"kern returned error {rc}: ")
+    assert str(e).endswith("unknown") == (rc not in abi.BY_CODE)
+
+
+@pytest.mark.parametrize("kind, codes", [
+    (abi.ROW, [0, 1, 2, 3, 8]), (abi.SELECTED, [0, 1, 2, 3, 4, 8]), (abi.UNARY, [0, 1, 2, 3, 5, 6, 8]),
+    (abi.GENERAL, [0, 1, 2, 3, 6, 8]), (abi.GEMM, [0, 1, 2, 3, 8])])
+def test_codes_each_abi_returns(kind, codes):
+    assert [e.code for e in abi.returned(kind, indexes=kind == abi.SELECTED)] == codes
+    assert abi.ESQUARE in abi.returned(abi.UNARY, square=True)
+
+
+@pytest.mark.parametrize("template", ABI_TEMPLATES)
+def test_templates_write_no_code_numbers(template):
+    """Entry points return ``{{ err.X }}``; the only numeric returns left are the boolean helpers
+    of matrix_entry.c.j2 (``__fits``, ``__reserve``), ahead of its entry point."""
+    text = (data_dir("templates") / template).read_text()
+    if template == "matrix_entry.c.j2":
+        text = text[text.index("__checked"):]
+    assert not re.findall(r"return\s+\d", text)
+
+
+def _returns(source: str, fn: str) -> set[int]:
+    body = source[re.search(rf"^[^*\n]*\bint {fn}\(", source, re.M).start():]   # the definition
+    body = body[:body.index("\n}\n")]
+    return {int(v) for v in re.findall(r"return (\d+);", body)}
+
+
+@pytest.mark.parametrize("op, params, kind", [("softmax", {}, abi.ROW), ("topk_softmax", {"sparse": 1}, abi.SELECTED),
+                                              ("newton_pinv", {"variant": "norm"}, abi.UNARY),
+                                              ("gaussian_kernel", {}, abi.GENERAL)])
+def test_generated_entry_returns_what_the_header_documents(op, params, kind):
+    """Every code the generated entry point returns is one its header #defines (error_codes),
+    and that set is the table's for the ABI kind."""
+    k = softgen.compile(op, target="avx2", name=f"et_{kind}", **params)
+    entry = matrix_abi(k.program, k.name) if k.matrix else row_abi(k.program, k.name)
+    documented = error_codes(k, entry)
+    returned = _returns(k.source, f"{k.name}__checked") | _returns(k.source, k.name)
+    assert returned == set(documented)
+    assert set(documented) == {e.code for e in abi.returned(kind, indexes=bool(entry["max_n"]),
+                                                             square=k.abi is not None and k.abi.square)}
+    assert all(documented[e.code][0] == e.suffix for e in abi.ERRORS if e.code in documented)
