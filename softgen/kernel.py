@@ -23,7 +23,7 @@ from .matrix import MatrixProgram
 from .ir import Program
 from .schedule import Schedule, default_schedule
 from .runtime import assembly, load_entry, open_shared
-from .targets import Target, get_target, host_target
+from .targets import Target, get_target
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
     from ._fastcall import call as _fastcall
@@ -449,6 +449,3 @@ def _compile_matrix(opdef, program: MatrixProgram, t: Target, algorithm: str, na
                params=dict(program.params), program=lowered, source=src, backend=backend,
                wrapper=wrapper)
 
-
-def host() -> str:
-    return host_target()

@@ -16,7 +16,6 @@ over rows and dispatches the two-pass guard's fallback. The library needs no TVM
 """
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
@@ -815,6 +814,3 @@ def sources(tir: str, wrapper: str, target: Target) -> dict:
 def assembly(tir: str, target: Target) -> str:
     return tvm_adapter.script_assembly(tir, target)
 
-
-def key(tir: str) -> str:
-    return hashlib.sha256(tir.encode()).hexdigest()[:16]
