@@ -11,6 +11,7 @@ import json
 
 import softgen
 from softgen.asmstats import hot_loops
+from softgen.matrix import MatrixProgram
 from softgen.ops import build_program
 from softgen.passes import applicable_algorithms
 from softgen.runtime import assembly
@@ -19,7 +20,10 @@ from softgen.runtime import assembly
 def measure(ops, targets) -> list[dict]:
     rows = []
     for op in ops:
-        for alg in applicable_algorithms(build_program(op)):
+        program = build_program(op)
+        # a matrix op has one algorithm (its phases); its row phases and GEMMs are marked alike
+        algs = ["direct"] if isinstance(program, MatrixProgram) else applicable_algorithms(program)
+        for alg in algs:
             for t in targets:
                 k = softgen.compile(op, algorithm=alg, target=t)
                 loops = [lp for lp in hot_loops(assembly(k.source, k.target, mark_loops=True))
