@@ -13,6 +13,7 @@ import sys
 from . import ops, passes
 from ._version import __version__
 from .abi import ECPU
+from .backends import BACKENDS, get_backend
 from .errors import SoftgenError, UsageError
 from .kernel import compile as compile_kernel
 from .targets import host_arch, targets
@@ -38,7 +39,9 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algorithm", default="auto",
                    help="auto | three-pass-recompute | three-pass-reload | two-pass | online")
     p.add_argument("--target", default="host", help="host or a target from 'softgen targets' (default: host)")
-    p.add_argument("--backend", default="c", help="c (Jinja-C templates, default) | tvm (TensorIR + LLVM)")
+    default = "c"   # the registered backends (softgen.backends); compile rejects others, naming them
+    p.add_argument("--backend", default=default, metavar="{" + ",".join(BACKENDS) + "}", help=" | ".join(
+        f"{b.name} ({b.description}{', default' if b.name == default else ''})" for b in BACKENDS.values()))
     p.add_argument("--name", help="C symbol and file stem (a C identifier)")
     p.add_argument("--scale", type=float, action=_Once, help="softmax(scale * x); scale > 0")
     p.add_argument("--temperature", type=float, action=_Once, help="softmax(x / temperature); temperature > 0")
@@ -150,8 +153,9 @@ def _cmd_build(args) -> None:
 
 
 def _cmd_emit(args) -> None:
-    if (args.tir or args.wrapper) and args.backend != "tvm":
-        raise UsageError("--tir and --wrapper need --backend tvm")
+    if (args.tir or args.wrapper) and get_backend(args.backend).c_source:
+        raise UsageError("--tir and --wrapper need --backend "
+                         + " or ".join(b.name for b in BACKENDS.values() if not b.c_source))
     if sum((args.asm, args.tir, args.wrapper)) > 1:
         raise UsageError("give at most one of --asm, --tir, --wrapper")
     k = _kernel(args)

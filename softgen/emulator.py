@@ -50,13 +50,14 @@ def emulation_available(t: Target) -> tuple[bool, str]:
     return True, find_emulator(t)[0]
 
 
-def load_emulated(sources: dict, t: Target, name: str, backend: str = "c", abi: KernelABI = KernelABI.row()):
+def load_emulated(sources: dict, t: Target, name: str, simde: bool = True, abi: KernelABI = KernelABI.row()):
     """A callable ``fn(*args) -> int`` running the kernel emulated, taking the arguments of its
     entry point ``abi`` (pointers as addresses; by default ``fn(px, py, rows, n, ldx, ldy)``).
-    ``sources``: the kernel's compiler inputs (``Kernel.sources()``)."""
+    ``sources``: the kernel's compiler inputs (``Kernel.sources()``); ``simde``: whether they are
+    C that SIMDe can emulate (its backend's ``simde_emulable``; not machine code, e.g. TVM's)."""
     ok, how = emulation_available(t)
-    if ok and how == "SIMDe" and backend != "c":
-        ok, how = False, "C source (SIMDe emulates intrinsics; the TVM backend emits machine code)"
+    if ok and how == "SIMDe" and not simde:
+        ok, how = False, "C source (SIMDe emulates intrinsics; this kernel's backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":

@@ -14,7 +14,6 @@ import numpy as np
 from ._version import __version__
 from .abi import ECPU, ROW, SELECTED, error_docs
 from .backends.c import abi, matrix_abi
-from .backends.tvm_adapter import available
 from .errors import SoftgenError
 from .ops import get_op
 from .render import env
@@ -105,21 +104,15 @@ def _measure_samples(k: Kernel, op, inputs: list[tuple]) -> dict:
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
-def _backend_info(k: Kernel):
-    if k.backend != "tvm":
-        return k.backend
-    return {"name": "tvm", "version": available()[1], "codegen": "TensorIR -> LLVM object + C wrapper"}
-
-
 def export(k: Kernel, directory, name: str | None = None, cc: str | None = None) -> dict:
     """Write the library, header, manifest and source of ``k`` into ``directory``."""
     if name is not None and name != k.name:
         k = k.renamed(name)   # compile checks the name (kernel.check_name)
     out = Path(directory)
+    art = k.artifact   # what the backend generated: its source files ("source": <name>.c, ...)
+    texts = art.export_files()
     paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
-             "manifest": out / f"{k.name}.json", "source": out / f"{k.name}.c"}
-    if k.backend == "tvm":
-        paths["tir"] = out / f"{k.name}.tir.py"
+             "manifest": out / f"{k.name}.json", **{key: out / fname for key, (fname, _) in texts.items()}}
     # Everything that can fail (compiler, accuracy run) happens before the output directory is
     # touched, so a failed export leaves nothing behind.
     library = build_shared(k.sources(), k.target, cc=cc)
@@ -152,15 +145,15 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
                                    "first, lower index first on ties",
                         "weights": "float32, row r at weights[r*ldo ..], the weights of those entries"}}
            if entry["sparse"] else {}),
-        "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": _backend_info(k),
+        "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": art.info(),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},
         "compiler": {"command": compiler_for(k.target, cc), "flags": flags_for(k.target)},
         "schedule": k.schedule.as_dict(), "traffic": k.plan.traffic(), "accuracy": accuracy,
         "files": {key: p.name for key, p in paths.items()},
     }
-    files = {"library": library, "header": header, "source": k.wrapper if k.backend == "tvm" else k.source,
-             "tir": k.source, "manifest": json.dumps(manifest, indent=2) + "\n"}
+    files = {"library": library, "header": header, "manifest": json.dumps(manifest, indent=2) + "\n",
+             **{key: text for key, (_, text) in texts.items()}}
     # An unusable output path is a failure (OSError), not a usage error: the CLI exits 1. Files
     # are written into a temporary directory next to their place and renamed into it when all
     # are written, so a failed export leaves nothing behind.

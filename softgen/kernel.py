@@ -13,16 +13,14 @@ from . import ops as _ops
 from . import passes
 from .abi import ERRORS, KernelABI, failure
 from .analysis import MatrixPlan
-from .backends import c as cbackend
-from .backends import tvm as tvmbackend
-from .backends.tvm_adapter import version_script
+from .backends import Artifact, Backend, get_backend
 from .cnames import name_clash
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
 from .matrix import MatrixProgram
 from .ir import Program
 from .schedule import Schedule, default_schedule
-from .runtime import assembly, load_entry, open_shared
+from .runtime import load_entry, open_shared
 from .targets import Target, get_target
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -30,7 +28,6 @@ try:  # the C extension built at install time; without it calls go through ctype
 except ImportError:  # pragma: no cover - depends on the install
     _fastcall = None
 
-BACKENDS = ("c", "tvm")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -73,9 +70,9 @@ class Kernel:
     name: str
     params: dict
     program: Program            # the IR after the algorithm's rewrite
-    source: str                 # the generated C (backend "c") or TensorIR script (backend "tvm")
-    backend: str = "c"
-    wrapper: str = ""           # backend "tvm": the C entry point around TVM's row functions
+    source: str                 # what the backend generated: the C, or e.g. a TensorIR script (tvm)
+    backend: str = "c"          # the backend's name (softgen.backends.get_backend)
+    wrapper: str = ""           # when source is not C: the C entry point around it
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
 
@@ -123,8 +120,8 @@ class Kernel:
     def _entry(self, emulate: bool):
         if emulate:
             if self._emu_fn is None:
-                self._emu_fn = load_emulated(self.sources(), self.target, self.name, self.backend,
-                                             self._abi)
+                self._emu_fn = load_emulated(self.sources(), self.target, self.name,
+                                             get_backend(self.backend).simde_emulable, self._abi)
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -246,17 +243,17 @@ class Kernel:
         return y
 
     # -- products -------------------------------------------------------------------------------
+    @property
+    def artifact(self) -> Artifact:
+        """What the backend generated (``softgen.backends.Artifact``), from this kernel's fields."""
+        return Artifact(get_backend(self.backend), self.name, self.target, self.source, self.wrapper)
+
     def sources(self) -> dict:
-        """What the C compiler links into the library: C text, and for TVM its object file."""
-        if self.backend == "tvm":
-            return {**tvmbackend.sources(self.source, self.wrapper, self.target),
-                    "exports.map": version_script([self.name, f"{self.name}_supported"])}
-        return {"kernel.c": self.source}
+        """What the C compiler links into the library: C text, and e.g. for TVM its object file."""
+        return self.artifact.sources()
 
     def asm(self, cc: str | None = None) -> str:
-        if self.backend == "tvm":
-            return tvmbackend.assembly(self.source, self.target)
-        return assembly(self.source, self.target, cc)
+        return self.artifact.asm(cc)
 
     def export(self, directory, name: str | None = None, cc: str | None = None) -> dict:
         """Write lib<name>.so, <name>.h, <name>.json (and <name>.c) into ``directory``."""
@@ -390,31 +387,24 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     ``target``: host | scalar | avx2 | avx512 (building for a target this CPU lacks works; calling
     it raises TargetNotSupportedError). ``params``: the op's parameters (softmax: scale or
     temperature), baked into the kernel. ``schedule``: a Schedule or a dict of its fields.
+    ``backend``: a name from ``softgen.backends.names()`` (c, tvm).
     """
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    be = get_backend(backend)
     opdef = _ops.get_op(op)
     t = get_target(target)
-    program = _ops.build_program(opdef.name, **params)
+    program = _ops.build_program(opdef.name, **params)     # the op's IR, its parameters validated
     if opdef.kind == "matrix":
-        return _compile_matrix(opdef, program, t, algorithm, name, schedule, backend)
-    alg = choose_algorithm(program, t.name, algorithm)
+        return _compile_matrix(be, opdef, program, t, algorithm, name, schedule)
+    alg = choose_algorithm(program, t.name, algorithm)     # validated once, here
     sched = _schedule(t, schedule)
     lowered = passes.apply_algorithm(program, alg)
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}" \
-        + ("_tvm" if backend == "tvm" else "")
-    wrapper = ""
-    if backend == "tvm":
-        src, wrapper = tvmbackend.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg,
-                                           params=program.params)
-    else:
-        src = cbackend.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg,
-                                params=program.params)
+        f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+    art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
-                  params=dict(program.params), program=lowered, source=src, backend=backend,
-                  wrapper=wrapper)
+                  params=dict(program.params), program=lowered, source=art.source, backend=be.name,
+                  wrapper=art.wrapper)
 
 
 def _schedule(t: Target, schedule) -> Schedule:
@@ -425,27 +415,17 @@ def _schedule(t: Target, schedule) -> Schedule:
     raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
 
 
-def _compile_matrix(opdef, program: MatrixProgram, t: Target, algorithm: str, name, schedule,
-                    backend: str) -> Kernel:
+def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algorithm: str, name,
+                    schedule) -> Kernel:
     if algorithm not in ("auto", "direct"):
         raise UsageError(f"matrix op {opdef.name!r} has one algorithm, 'direct' (its phases); "
                          f"got {algorithm!r}")
     sched = _schedule(t, schedule)
-    if backend == "tvm":
-        epilogues = tvmbackend.GEMM_EPILOGUES
-    else:
-        epilogues = cbackend.GEMM_EPILOGUES
-    lowered = passes.lower_matrix(program, epilogues=epilogues)
+    lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}" + ("_tvm" if backend == "tvm" else "")
-    wrapper = ""
-    if backend == "tvm":
-        src, wrapper = tvmbackend.generate_matrix(lowered, t, sched, kname, op=opdef.name,
-                                                  params=program.params)
-    else:
-        src = cbackend.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params)
+        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+    art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params)
     cls = MatrixKernel if lowered.abi().style == "general" else Kernel
     return cls(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
-               params=dict(program.params), program=lowered, source=src, backend=backend,
-               wrapper=wrapper)
-
+               params=dict(program.params), program=lowered, source=art.source, backend=be.name,
+               wrapper=art.wrapper)

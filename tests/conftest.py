@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import softgen
+from softgen.backends import get_backend
 from softgen.backends.tvm_adapter import available as tvm_available
 from softgen.emulator import emulation_available
 from softgen.ops import build_program, get_op
@@ -59,8 +60,8 @@ def skip_unless_emulated(t) -> None:
 
 
 def _can_emulate(k: softgen.Kernel) -> None:
-    if k.backend == "tvm" and k.target.arch == "x86_64":
-        pytest.skip(f"TVM {k.target.name} kernels are machine code: they need a CPU with "
+    if not get_backend(k.backend).simde_emulable and k.target.arch == "x86_64":
+        pytest.skip(f"{k.backend} {k.target.name} kernels are machine code: they need a CPU with "
                     f"{', '.join(k.target.missing_features())} (SIMDe emulates C intrinsics only)")
     skip_unless_emulated(k.target)
 

@@ -19,6 +19,7 @@ from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import Schedule
 from ..targets import Target
+from .base import Artifact, Backend, register
 from .gemm import Epilogue, gemm, schedule_for
 
 
@@ -807,3 +808,26 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
         helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[])
+
+
+class CBackend(Backend):
+    """The Jinja-C backend in the registry (``softgen.backends.base``): ``generate`` and
+    ``generate_matrix`` above; its artifact is one C file."""
+
+    name = "c"
+    description = "Jinja-C templates"
+    gemm_epilogues = GEMM_EPILOGUES
+
+    def lowerable(self, program) -> list[str]:
+        return lowerable(program)
+
+    def generate(self, program, target, schedule, name, *, op, algorithm, params) -> Artifact:
+        return Artifact(self, name, target, generate(program, target, schedule, name, op=op,
+                                                     algorithm=algorithm, params=params))
+
+    def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
+        return Artifact(self, name, target, generate_matrix(program, target, schedule, name, op=op,
+                                                            params=params))
+
+
+register(CBackend())

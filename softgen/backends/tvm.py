@@ -29,6 +29,7 @@ from ..render import env
 from ..schedule import Schedule
 from ..targets import Target
 from . import tvm_adapter, tvm_gemm
+from .base import Artifact, Backend, register
 from .c import (CallingConvention, abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args,
                 row_outputs)
 
@@ -814,3 +815,45 @@ def sources(tir: str, wrapper: str, target: Target) -> dict:
 def assembly(tir: str, target: Target) -> str:
     return tvm_adapter.script_assembly(tir, target)
 
+
+
+class TvmBackend(Backend):
+    """The TVM backend in the registry (``softgen.backends.base``): ``Artifact.source`` is the
+    TensorIR script, ``wrapper`` the C entry point; the library links the wrapper with the object
+    LLVM makes of the script (machine code: SIMDe cannot emulate it). Registering it does not
+    import TVM (``tvm_adapter`` does, when a kernel is built)."""
+
+    name = "tvm"
+    description = "TensorIR + LLVM"
+    suffix = "_tvm"
+    gemm_epilogues = GEMM_EPILOGUES
+    simde_emulable = False
+    c_source = False
+
+    def lowerable(self, program) -> list[str]:
+        return lowerable(program)
+
+    def generate(self, program, target, schedule, name, *, op, algorithm, params) -> Artifact:
+        tir, wrapper = generate(program, target, schedule, name, op=op, algorithm=algorithm, params=params)
+        return Artifact(self, name, target, tir, wrapper)
+
+    def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
+        tir, wrapper = generate_matrix(program, target, schedule, name, op=op, params=params)
+        return Artifact(self, name, target, tir, wrapper)
+
+    def link_inputs(self, a: Artifact) -> dict:
+        return {**sources(a.source, a.wrapper, a.target),
+                "exports.map": tvm_adapter.version_script([a.name, f"{a.name}_supported"])}
+
+    def assembly(self, a: Artifact, cc: str | None = None) -> str:
+        return assembly(a.source, a.target)
+
+    def export_files(self, a: Artifact) -> dict[str, tuple[str, str]]:
+        return {"source": (f"{a.name}.c", a.wrapper), "tir": (f"{a.name}.tir.py", a.source)}
+
+    def manifest_info(self) -> dict:
+        return {"name": self.name, "version": tvm_adapter.available()[1],
+                "codegen": "TensorIR -> LLVM object + C wrapper"}
+
+
+register(TvmBackend())
