@@ -10,7 +10,7 @@ from .. import reference as ref
 from ..errors import UsageError
 from ..ir import Value
 from .base import F32_MAX, flag, register
-from .softmax import _softplus
+from .softmax import softplus
 
 _EPS = 2.0 ** -24
 
@@ -36,7 +36,7 @@ def _attended(x: Value, count_keys: bool) -> Value:
 
 def _lssa_weights(x: Value, log_d: float, n: Value) -> Value:
     """softplus(log(d) log(N) c), and exactly 0 at masked (-inf) entries whatever the scale."""
-    return x.where_lt(-F32_MAX, 0.0, _softplus(x * (n.log() * log_d)))
+    return x.where_lt(-F32_MAX, 0.0, softplus(x * (n.log() * log_d)))
 
 
 def _ipow(v: Value, p: float) -> Value:

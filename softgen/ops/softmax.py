@@ -72,7 +72,8 @@ def _softplus_overflow(x, scale=1.0, **_) -> np.ndarray:
         return sp.sum(axis=-1) > np.finfo(np.float32).max
 
 
-def _softplus(z: Value) -> Value:
+def softplus(z: Value) -> Value:
+    """max(z, 0) + log1p(e^-|z|): softplus without overflow (also lssa's weights)."""
     return z.maximum(0.0) + (-z.abs()).exp().log1p()
 
 
@@ -85,7 +86,7 @@ def softplus_l1(x: Value, scale: float) -> Value:
     relative e^z (softplus(z) = e^z (1 - e^z / 2 + ...)). The kernel keeps v = softplus where it is
     > 0, else x, so where the fallback runs v is x: direct-reload stores v and an in-place
     fallback still finds its input."""
-    sp = _softplus(x * scale)
+    sp = softplus(x * scale)
     total = sp.sum()
     x.p.fallback = Program(x.p.name, x.p.params)
     softmax(x.p.fallback.input(), scale).output()
