@@ -40,10 +40,6 @@ def scratch_doc(k: Kernel) -> str:
     parts = [f"{len(vecs)} vector(s) of " + ", ".join(sorted(set(vecs.values()))) + " floats"] if vecs else []
     parts += [f"{nm}: {r} x {c}" for nm, (r, c) in mp.scratch_mats.items()]
     return "; ".join(parts) + " floats" * bool(mp.scratch_mats) if parts else "nothing"
-ROW_PARAM_DOCS = {  # what each per-row parameter of the ops means, for headers and manifests
-    "n_attended": "N_i, the number of keys query row r attends to (an integer >= 1)",
-    "offset": "O_i of the re-weighting, 0 for the first offset_free_rows query rows, else 1",
-}
 
 
 def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
@@ -71,7 +67,7 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
             err = np.nan_to_num(np.abs(y.astype(np.float64) - r), nan=0.0)
         max_abs = max(max_abs, float(err.max()))
         big = np.abs(r) > 1e-6 * np.abs(r).max(axis=-1, keepdims=True)
-        if big.any():  # log_softmax of a 1-element row is exactly 0: no relative error
+        if big.any():  # log-probabilities of a 1-element row are exactly 0: no relative error
             max_rel = max(max_rel, float((err[big] / np.abs(r[big])).max()))
     extra = {"rows_with_wrong_indices": wrong_indices} if k.selected else {}
     return {"max_rel_error": max_rel, "max_abs_error": max_abs, **extra,
@@ -123,7 +119,7 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
-        row_params=[(rp, ROW_PARAM_DOCS.get(rp, "")) for rp in k.row_params], matrix=k.matrix,
+        row_params=[(rp, get_op(k.op).row_param_doc(rp)) for rp in k.row_params], matrix=k.matrix,
         mabi=k.abi, errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
         scratch=scratch_doc(k) if k.matrix else "",
         requires=", ".join(k.target.requires) or "no instruction-set extension")
@@ -136,7 +132,7 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         "abi": entry["signature"],
         "axes": "the last two (matrices of m x n)" if k.matrix else "the last (rows of n)",
         **({"arguments": k.abi.arg_docs(), "abi_style": k.abi.style} if k.matrix else {}),
-        "row_params": {rp: ROW_PARAM_DOCS.get(rp, "") for rp in k.row_params},
+        "row_params": {rp: get_op(k.op).row_param_doc(rp) for rp in k.row_params},
         "errors": {str(c): doc for c, (_, doc) in errors.items()},
         "cpu_check": {"symbol": f"{k.name}_supported", "requires": list(k.target.requires),
                       "error": ECPU.code,

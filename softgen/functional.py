@@ -3,7 +3,8 @@
 
 Arguments are the op's build-time parameters (baked into the kernel; positional in the order
 ``softgen ops`` lists them) and its call-time arguments (per row, e.g. ``n_attended``). Giving a
-call-time argument selects the kernel variant that takes it (``count_keys=0`` for the lssa family).
+call-time argument selects the kernel variant that takes it (the op's
+``OpDef.build_params_for_call``: e.g. ``count_keys=0`` for the lssa family).
 """
 from __future__ import annotations
 
@@ -38,9 +39,7 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
             raise UsageError(f"{op}: parameter {name} given twice")
         kwargs[name] = value
     call = {k: v for k, v in kwargs.items() if k in opdef.call_params and v is not None}
-    build = {k: v for k, v in kwargs.items() if k not in opdef.call_params}
-    if "count_keys" in opdef.params and "count_keys" not in build:
-        build["count_keys"] = 0 if "n_attended" in call else 1
+    build = opdef.build_params_for_call({k: v for k, v in kwargs.items() if k not in opdef.call_params}, call)
     params = tuple(sorted(_ops.resolve_params(opdef, build).items()))
     k = _kernel(op, target, backend, algorithm, params)
     if more:

@@ -440,6 +440,19 @@ class Value:
     def online(self, scale=1.0): return self._op("reduce_online", scale=float(scale))
     def emit(self, name): return self._op("emit", name=name)
 
+    def const(self, value: float) -> "Value":
+        """The constant ``value`` in this value's program (``x.const(0.0).where_lt(...)``)."""
+        return Value(self.p, self.p.const(value))
+
+    def output(self) -> "Value":
+        """Make this row value the program's output (the kernel writes it to y)."""
+        return self._op("output")
+
+    def output_selected(self, weights) -> "Value":
+        """Make this selection (``topk``) and its ``weights`` the program's output: the
+        (indices, weights) of the selected entries instead of a dense row."""
+        return self._op("output_selected", weights)
+
     def mreduce(self, kind: str, name: str) -> "Value":
         """Reduce this per-row scalar across the phase's rows (kind: max, sum) into the per-matrix
         scalar ``name``, which later phases read with ``Program.mscalar``."""

@@ -280,3 +280,57 @@ def test_one_function_per_op_compiles_once_and_matches_the_reference():
         softgen.lssa(x, 64, 1, 3)
     with pytest.raises(softgen.UsageError, match="no parameter"):
         softgen.stablemax(x, scale=2.0)
+
+
+@pytest.fixture
+def gain_softmax_op():
+    """An op with a call-time argument, defined only through the registry (no op names in
+    functional, kernel or export): softmax(g_i x) with a per-row gain g the caller passes."""
+    from softgen import reference as ref
+    from softgen.ops import OPS, register
+
+    def reference(x, per_row=0, gain=None):
+        g = np.ones(np.shape(x)[:-1]) if gain is None else np.asarray(gain, np.float64)
+        return ref.softmax(np.asarray(x, np.float64) * g[..., None])
+
+    def row_args(shape, params, gain=None):
+        if bool(params["per_row"]) != (gain is not None):
+            raise TypeError("gain goes with per_row=1")
+        return {"gain": gain} if gain is not None else {}
+
+    def call_build(build, call):
+        build.setdefault("per_row", int("gain" in call))
+        return build
+
+    @register("gain_softmax_test", reference, params={"per_row": 0}, call_params=("gain",),
+              row_args=row_args, row_param_docs={"gain": "g_i > 0, the gain of row r"},
+              call_build=call_build, sums_to_one=True,
+              sample_call=lambda shape, params: {"gain": 2.0} if params["per_row"] else {})
+    def gain_softmax(x, per_row):
+        g = x.p.row_param("gain") if per_row else x.const(1.0)
+        e = ((x - x.max()) * g).exp()
+        return e * e.sum().finite_or_nan().recip()
+
+    yield "gain_softmax_test"
+    del OPS["gain_softmax_test"]
+
+
+def test_an_op_owns_its_call_time_arguments(gain_softmax_op, tmp_path, rng):
+    """The op's metadata decides the kernel variant a call needs (``call_build``), the per-row
+    arrays (``row_args``) and their documentation in the header and manifest."""
+    import json
+    from softgen.functional import apply
+    from softgen.ops import get_op
+    op = get_op(gain_softmax_op)
+    assert op.build_params_for_call({}, {"gain": 1.0}) == {"per_row": 1}
+    assert op.build_params_for_call({"per_row": 0}, {}) == {"per_row": 0}
+    x = rng.uniform(-4, 4, (3, 37)).astype(np.float32)
+    g = np.array([0.5, 1.0, 3.0])
+    assert np.allclose(apply(gain_softmax_op, x, gain=g), op.reference(x, 1, g), rtol=1e-5)
+    assert np.allclose(apply(gain_softmax_op, x), op.reference(x), rtol=1e-5)
+    k = softgen.compile(gain_softmax_op, per_row=1, name="gain_softmax_k")
+    assert k.row_params == ["gain"]
+    k.export(tmp_path)
+    manifest = json.loads((tmp_path / "gain_softmax_k.json").read_text())
+    assert manifest["row_params"] == {"gain": "g_i > 0, the gain of row r"}
+    assert "g_i > 0, the gain of row r" in (tmp_path / "gain_softmax_k.h").read_text()

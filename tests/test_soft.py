@@ -1,6 +1,6 @@
 """SOFT (spec 6): the Gaussian kernel and the Newton-Schulz pseudo-inverse, matrix programs with
 contractions, on every target and backend against the float64 references with the ops' derived
-tolerances (softgen/ops.py), their properties, layouts, the two-input ABI and bad input."""
+tolerances (softgen/ops/soft.py), their properties, layouts, the two-input ABI and bad input."""
 import ctypes
 import json
 

@@ -44,8 +44,8 @@ output vector: ``C[i, j:j+L] = epi(acc, i, j)`` where acc is the vector of full 
 epilogue's parameters after ldc. The tiles store the plain sums (earlier k blocks accumulate in
 C); after the last k block the epilogue runs over each finished MR-row strip of the NC-column
 block while it is in L1: contiguous columns, loop invariants hoisted, one streaming loop per row
-(applying it per tile from parked accumulators was slower than a separate pass). See :func:`gaussian_epilogue` for the SOFT kernel
-``S_ij = exp(-max(aa_i + bb_j - 2 G_ij, 0) * s)``.
+(applying it per tile from parked accumulators was slower than a separate pass). tests/test_gemm.py's
+``gaussian_epilogue`` is an example: the SOFT kernel ``S_ij = exp(-max(aa_i + bb_j - 2 G_ij, 0) * s)``.
 """
 from __future__ import annotations
 
@@ -134,15 +134,6 @@ class Epilogue:
         """Per parameter: name, element C type (no const) and whether it is a pointer."""
         return [{"name": m.group(4), "ctype": m.group(2), "pointer": bool(m.group(3))}
                 for m in (_PARAM.match(p) for p in self.params)]
-
-
-def gaussian_epilogue(name: str = "gauss") -> Epilogue:
-    """SOFT's kernel from a Gram product G = a @ b.T: ``S_ij = exp(-max(aa_i + bb_j - 2 G_ij, 0) * s)``
-    with ``aa_i = |a_i|^2``, ``bb_j = |b_j|^2``, ``s = 1 / (2 sqrt(d))``. Parameters: aa, bb, s."""
-    def vector(acc, i, j, count):
-        d2 = f"V_FMA(V_SET1(-2.0f), {acc}, V_ADD(V_SET1(aa[{i}]), {load_vec(f'bb + {j}', count)}))"
-        return f"sg_exp_nonpos(V_MUL(V_MAX({d2}, V_ZERO()), V_SET1(-s)))"
-    return Epilogue(name, ("const float *aa", "const float *bb", "float s"), vector, needs_vmath=True)
 
 
 # -- code generation --------------------------------------------------------------------------

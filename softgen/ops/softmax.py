@@ -1,0 +1,96 @@
+"""The softmax family (spec 0-5, 8): softmax, log_softmax, stablemax, log_stablemax, softplus_l1:
+one normalisation of the last axis each, the shape every algorithm rewrite applies to."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import reference as ref
+from ..ir import Program, Value
+from .base import register
+
+TINY_SCALE = 2.0 ** -64
+
+
+def _shifted(x: Value, scale: float, wide: bool = False) -> Value:
+    """z = s (x - max x): max and scale commute for s > 0 (spec 0). Below TINY_SCALE the row is
+    scaled by 2^-64 first and s by 2^64: x - max x may overflow where s (x - max x) does not, and
+    the two-pass kernels clamp x at -2^17 / s, which then leaves the float32 range (the row came
+    out NaN). Powers of two are exact; results below 2^-126 lose bits z cannot see (< s 2^-86).
+
+    ``wide``: z itself is an output (log-softmax), so a row spanning more than FLT_MAX must not
+    turn x - max x into -inf when s < 1 brings the result back into range: halve the row first
+    (one multiply per element, only for s < 1; exp(z) is 0 there either way, so softmax skips it)."""
+    if scale < TINY_SCALE:
+        x, scale = x * TINY_SCALE, scale / TINY_SCALE
+    elif wide and scale < 1.0:
+        x, scale = x * 0.5, scale * 2.0
+    return (x - x.max()) * scale
+
+
+@register("softmax", ref.softmax, params={"scale": 1.0, "temperature": None}, sums_to_one=True)
+def softmax(x: Value, scale: float) -> Value:
+    """y = exp(s x - max(s x)) / sum(...): max and scale commute for s > 0 (spec 0, 1)."""
+    e = _shifted(x, scale).exp()
+    return e * e.sum().finite_or_nan().recip()
+
+
+@register("log_softmax", ref.log_softmax, params={"scale": 1.0, "temperature": None},
+          rtol=0.0, atol=2e-6, atol_rel_to_y=True, log_probs=True)
+def log_softmax(x: Value, scale: float) -> Value:
+    """y = (s x - M) - log sum exp(s x - M) (spec 4)."""
+    z = _shifted(x, scale, wide=True)
+    return z - z.exp().sum().log()
+
+
+def _stablemax_overflow(x, **_) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return ref.stablemax_s(x).sum(axis=-1) > np.finfo(np.float32).max
+
+
+@register("stablemax", ref.stablemax, sums_to_one=True, exp_conditioned=False,
+          f32_overflow=_stablemax_overflow)
+def stablemax(x: Value) -> Value:
+    """s(x) / sum s(x), s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0); no max shift (spec 8). The
+    authors' + 1e-30 is dropped: for x < 0, 1 - x >= 1 and adding 1e-30 rounds away in f32/f64."""
+    s = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
+    return s * s.sum().finite_or_nan().recip()
+
+
+@register("log_stablemax", ref.log_stablemax, rtol=0.0, atol=2e-6, atol_rel_to_y=True,
+          log_probs=True, exp_conditioned=False, f32_overflow=_stablemax_overflow)
+def log_stablemax(x: Value) -> Value:
+    """log(s(x) / sum s(x)) (spec 8), with stablemax's s, as one log_ratio per element: s / S
+    underflows for s far below the sum, and log s - log S would cancel two large logs."""
+    s = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
+    return s.log_ratio(s.sum().finite_or_nan())
+
+
+def _softplus_overflow(x, scale=1.0, **_) -> np.ndarray:
+    """Rows whose f32 sum overflows although float64's does not: NaN rows in the kernel."""
+    sp = ref.softplus(scale * np.asarray(x, np.float64))
+    with np.errstate(over="ignore"):
+        return sp.sum(axis=-1) > np.finfo(np.float32).max
+
+
+def softplus(z: Value) -> Value:
+    """max(z, 0) + log1p(e^-|z|): softplus without overflow (also lssa's weights)."""
+    return z.maximum(0.0) + (-z.abs()).exp().log1p()
+
+
+@register("softplus_l1", ref.softplus_l1, params={"scale": 1.0}, sums_to_one=True,
+          f32_overflow=_softplus_overflow)
+def softplus_l1(x: Value, scale: float) -> Value:
+    """softplus(s x) / sum softplus(s x), softplus(z) = max(z, 0) + log1p(e^-|z|) (spec 5.1, row
+    form); no max pass. A row whose every f32 softplus flushes to 0 (all s x below about -87)
+    would be 0/0: a guard sends it to softmax(s x), which softplus / sum is for z << 0 up to a
+    relative e^z (softplus(z) = e^z (1 - e^z / 2 + ...)). The kernel keeps v = softplus where it is
+    > 0, else x, so where the fallback runs v is x: direct-reload stores v and an in-place
+    fallback still finds its input."""
+    sp = softplus(x * scale)
+    total = sp.sum()
+    x.p.fallback = Program(x.p.name, x.p.params)
+    softmax(x.p.fallback.input(), scale).output()
+    zero_sum = x.const(0.0).where_lt(total, 0.0, total.where_lt(1.0, 1.0, 0.0))
+    x.p.add("guard", zero_sum.id, limit=0.5)    # 1 iff total == 0: a NaN total stays here
+    v = x.const(0.0).where_lt(sp, sp, x)
+    return v.maximum(0.0) * total.finite_or_nan().recip()   # NaN v: total is NaN
