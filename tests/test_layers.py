@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent / "softgen"
 LAYERS = [
     # 0: no softgen imports but these
     {"softgen._version", "softgen._data", "softgen.errors", "softgen.values", "softgen.reference",
-     "softgen.asmstats", "softgen._fastcall"},
+     "softgen.asmstats", "softgen._fastcall", "softgen.numerics", "softgen.numerics.constants"},
     # 1: the IR, the kernel ABI (error codes, signatures), targets, schedules, the sweep planner
     {"softgen.targets", "softgen.schedule", "softgen.ir", "softgen.abi", "softgen.matrix", "softgen.passes"},
     # 2: ops (IR definitions + float64 references), backend-neutral analyses

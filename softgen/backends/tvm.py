@@ -24,6 +24,8 @@ from .._version import __version__
 from ..analysis import matrix_plan_lines
 from ..errors import BuildError
 from ..ir import ROW, Program
+from ..numerics.constants import (EXP_MAX, EXP_MIN, EXTEXP_E0, LN2_HI, LN2_LO, LOG1P_Q, LOG2E, LOG_OFF, LOG_P, MAGIC,
+                                 MINUS_LN2_HI, MINUS_LN2_LO, P5, SQRT_HALF_BITS)
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
 from ..schedule import Schedule
@@ -32,19 +34,6 @@ from . import tvm_adapter, tvm_gemm
 from .c import (CallingConvention, abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args,
                 row_outputs)
 
-# The constants of templates/vmath.h.j2 (spec 2.4).
-_h = float.fromhex
-LOG2E, MAGIC = _h("0x1.715476p+0"), _h("0x1.8000FEp23")
-MINUS_LN2_HI, MINUS_LN2_LO = -_h("0x1.62E43p-1"), _h("0x1.05C61p-29")
-P5 = tuple(_h(c) for c in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3", "0x1.FFFDC6p-2",
-                          "0x1.FFFFF6p-1"))
-EXP_MIN, EXP_MAX, EXTEXP_E0 = -88.0, 88.75, -190000.0
-LOG_P = tuple(_h(c) for c in ("-0x1.fffff8p-2", "0x1.5556fcp-2", "-0x1.0004dep-2", "0x1.98d0a6p-3",
-                              "-0x1.535502p-3", "0x1.319380p-3", "-0x1.252fb0p-3", "0x1.65c796p-4"))
-LOG1P_Q = tuple(_h(c) for c in ("-0x1.ffff10p-2", "0x1.5535a6p-2", "-0x1.fd10fcp-3", "0x1.883eb6p-3",
-                                "-0x1.19a5e8p-3", "0x1.446188p-4", "-0x1.ec8da6p-6", "0x1.5f9698p-8"))
-LN2_HI, LN2_LO = _h("0x1.62e300p-1"), _h("0x1.2fefa2p-17")
-LOG_OFF = 0x3f800000 - 0x3f3504f3
 
 
 def f32(v: float) -> str:
@@ -141,7 +130,7 @@ class Emit:
 
     def log_m1(self, ix):
         return self.sub(self.let(f'T.reinterpret("float32", T.bitwise_and({ix}, T.int32({0x007fffff})) '
-                                 f'+ T.int32({0x3f3504f3}))'), f32(1.0))
+                                 f'+ T.int32({SQRT_HALF_BITS}))'), f32(1.0))
 
     def log_reduce(self, x):
         """(k + 127, f) with x = 2^k (1 + f); subnormals scaled by 2^25, 25 taken off the exponent."""
