@@ -26,7 +26,8 @@ LAYERS = [
     # 1: the IR, the kernel ABI (error codes, signatures), targets, schedules, the sweep planner
     {"softgen.targets", "softgen.schedule", "softgen.ir", "softgen.abi", "softgen.matrix", "softgen.passes"},
     # 2: ops (IR definitions + float64 references), backend-neutral analyses
-    {"softgen.ops", "softgen.analysis", "softgen.numerics.reductions"},
+    {"softgen.ops", "softgen.analysis", "softgen.numerics.reductions",
+     "softgen.numerics.scalars"},
     # 3: C text shared by every C emitter: the Jinja environment, the names generated C declares
     {"softgen.render", "softgen.cnames"},
     # 4: the toolchain: compiler, cache, loading shared objects; emulation (SIMDe, qemu)

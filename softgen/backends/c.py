@@ -19,6 +19,7 @@ from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
 from ..numerics.constants import EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
+from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import Schedule
@@ -399,38 +400,38 @@ def _selected_block(c: _Ctx, sw) -> dict:
             "main": body, "single": [], "tail": [], "fold": [], "finish": finish}
 
 
+class CScalars:
+    """``numerics.scalars.ScalarEmitter`` for C: ``const float`` row scalars; a guard returns from
+    the row function after running the fallback row function on the row."""
+    name, SCALAR = "C", SCALAR_C
+
+    def __init__(self, c: _Ctx, fallback: str | None):
+        self.c, self.fallback, self.lines = c, fallback, []
+
+    def literal(self, v): return flit(v)
+    def define(self, v, expr): self.lines.append(f"const float s{v} = {expr};")
+    def row_param(self, name): return f"rp_{name}"
+    def size(self, axis): return f"(float){'m' if axis == 'rows' else 'n'}"
+    def row_index(self): return "(float)row"
+    def mscalar(self, name): return f"ms_{name}"
+    def item(self, r, index): return f"s{r}_{index}"
+    def emit(self, name, a): self.lines.append(f"*em_{name} = {a};")
+
+    def mreduce_max(self, name, a):   # NaN propagates: once the scalar is NaN it stays NaN
+        self.lines.append(f"if ({a} > *mr_{name} || isnan({a})) *mr_{name} = {a};")
+
+    def mreduce_sum(self, name, a): self.lines.append(f"*mr_{name} += {a};")
+
+    def guard(self, a, limit):
+        rest = "".join(f", rp_{name}" for name in self.c.row_params)
+        outs = ", ".join(row_outputs(self.c.p))
+        self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)})) {{ {self.fallback}(x, {outs}, n{rest}); return; }}")
+
+
 def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
-    p, lines = c.p, []
-    for v in nodes:
-        op, args = p.op(v), [_scalar(p, a) for a in p.args(v)]
-        if op == "param":
-            lines.append(f"const float s{v} = rp_{p.attrs(v)['name']};")
-        elif op == "size":
-            lines.append(f"const float s{v} = (float){'m' if p.attrs(v)['axis'] == 'rows' else 'n'};")
-        elif op == "row_index":
-            lines.append(f"const float s{v} = (float)row;")
-        elif op == "mscalar":
-            lines.append(f"const float s{v} = ms_{p.attrs(v)['name']};")
-        elif op == "emit":
-            lines.append(f"*em_{p.attrs(v)['name']} = {args[0]};")
-        elif op == "mreduce_max":   # NaN propagates: once the scalar is NaN it stays NaN
-            lines.append(f"if ({args[0]} > *mr_{p.attrs(v)['name']} || isnan({args[0]})) "
-                         f"*mr_{p.attrs(v)['name']} = {args[0]};")
-        elif op == "mreduce_sum":
-            lines.append(f"*mr_{p.attrs(v)['name']} += {args[0]};")
-        elif op == "item":
-            (r,) = p.args(v)
-            lines.append(f"const float s{v} = s{r}_{p.attrs(v)['index']};")
-        elif op == "guard":
-            lim = flit(p.attrs(v)["limit"])
-            rest = "".join(f", rp_{name}" for name in c.row_params)
-            outs = ", ".join(row_outputs(p))
-            lines.append(f"if (!(fabsf({args[0]}) <= {lim})) {{ {fallback}(x, {outs}, n{rest}); return; }}")
-        elif op in SCALAR_C:
-            lines.append(f"const float s{v} = {SCALAR_C[op].format(*args)};")
-        else:
-            raise BuildError(f"the C backend has no scalar lowering for IR op {op!r}")
-    return lines
+    e = CScalars(c, fallback)
+    lower_scalars(c.p, nodes, e)
+    return e.lines
 
 
 def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str | None,

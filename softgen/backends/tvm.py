@@ -28,6 +28,7 @@ from ..ir import PAIR, ROW, Program
 from ..numerics.constants import (EXP_MAX, EXP_MIN, LN2_HI, LN2_LO, LOG1P_Q, LOG2E, LOG_OFF, LOG_P, MAGIC,
                                  MINUS_LN2_HI, MINUS_LN2_LO, P5, SQRT_HALF_BITS)
 from ..numerics.reductions import REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
+from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
 from ..schedule import Schedule
@@ -590,35 +591,35 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     return out
 
 
+class TirScalars:
+    """``numerics.scalars.ScalarEmitter`` for TIR: ``T.let`` row scalars; a guard's condition is
+    kept (the rest of the row runs under it)."""
+    name, SCALAR = "TVM", SCALAR
+
+    def __init__(self):
+        self.lines, self.cond = [], None
+
+    def literal(self, v): return f32(v)
+    def define(self, v, expr): self.lines.append(f"s{v}: T.let[T.float32] = {expr}")
+    def row_param(self, name): return f"rp_{name}"
+    def size(self, axis): return f'T.Cast("float32", {"m" if axis == "rows" else "n"})'
+    def row_index(self): return 'T.Cast("float32", row)'
+    def mscalar(self, name): return f"ms_{name}"
+    def item(self, r, index): return f"s{r}_{index}"
+    def emit(self, name, a): self.lines.append(f"EM_{name}[0] = {a}")
+
+    def mreduce_max(self, name, a):   # NaN propagates: once the scalar is NaN it stays NaN
+        self.lines.append(f"MR_{name}[0] = T.Select(({a} > MR_{name}[0]) | T.isnan({a}), {a}, MR_{name}[0])")
+
+    def mreduce_sum(self, name, a): self.lines.append(f"MR_{name}[0] = MR_{name}[0] + {a}")
+    def guard(self, a, limit): self.cond = f"T.fabs({a}) <= {f32(limit)}"
+
+
 def _scalars(p: Program, nodes: list[int]) -> tuple[list[str], str | None]:
     """Scalar statements; a guard returns its condition (the rest of the row runs under it)."""
-    lines, guard = [], None
-    for v in nodes:
-        op, args = p.op(v), [_scalar_name(p, a) for a in p.args(v)]
-        if op == "param":
-            lines.append(f"s{v}: T.let[T.float32] = rp_{p.attrs(v)['name']}")
-        elif op == "size":
-            lines.append(f's{v}: T.let[T.float32] = T.Cast("float32", {"m" if p.attrs(v)["axis"] == "rows" else "n"})')
-        elif op == "row_index":
-            lines.append(f's{v}: T.let[T.float32] = T.Cast("float32", row)')
-        elif op == "mscalar":
-            lines.append(f"s{v}: T.let[T.float32] = ms_{p.attrs(v)['name']}")
-        elif op == "emit":
-            lines.append(f"EM_{p.attrs(v)['name']}[0] = {args[0]}")
-        elif op == "mreduce_max":   # NaN propagates: once the scalar is NaN it stays NaN
-            buf = f"MR_{p.attrs(v)['name']}[0]"
-            lines.append(f"{buf} = T.Select(({args[0]} > {buf}) | T.isnan({args[0]}), {args[0]}, {buf})")
-        elif op == "mreduce_sum":
-            buf = f"MR_{p.attrs(v)['name']}[0]"
-            lines.append(f"{buf} = {buf} + {args[0]}")
-        elif op == "item":
-            (r,) = p.args(v)
-            lines.append(f"s{v}: T.let[T.float32] = s{r}_{p.attrs(v)['index']}")
-        elif op == "guard":
-            guard = f"T.fabs({args[0]}) <= {f32(p.attrs(v)['limit'])}"
-        else:
-            lines.append(f"s{v}: T.let[T.float32] = {SCALAR[op].format(*args)}")
-    return lines, guard
+    e = TirScalars()
+    lower_scalars(p, nodes, e)
+    return e.lines, e.cond
 
 
 def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: list[str]) -> str:
