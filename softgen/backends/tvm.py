@@ -241,6 +241,33 @@ class LaneFinish(Emit):
     def __init__(self, counter, fused_fma, r: int, lanes: int):
         super().__init__(counter, fused_fma)
         self.r, self.lanes, self.out = r, lanes, []
+        self.inline, self.lazy = True, []   # lazy: (text, expression) of the inline values, in order
+
+    def let(self, expr, dtype="float32"):
+        # arithmetic on the lanes stays one expression (as the finishes were first written: LLVM's
+        # fast-math contractions under TVM see the same trees); a transcendental is let-bound
+        if not self.inline:
+            return super().let(expr, dtype)
+        self.lazy.append((f"({expr})", expr))
+        return f"({expr})"
+
+    def _bind(self, x):
+        """Let-bind the inline value x and, first, the inline values it contains (in order)."""
+        names = {}
+        for text, expr in self.lazy:
+            if text in x:
+                for t, nm in names.items():
+                    expr = expr.replace(t, nm)
+                names[text] = super().let(expr)
+        return names.get(x, x)
+
+    def exp_nonpos(self, x):
+        x = self._bind(x)
+        self.inline = False
+        try:
+            return super().exp_nonpos(x)
+        finally:
+            self.inline = True
 
     def hmax(self, v): return ("max", v)
     def hsum(self, v): return ("sum", v)

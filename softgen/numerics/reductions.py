@@ -16,7 +16,11 @@ writes ``dst = expr;``) and spells the operations as ``V_*`` macros and the ``sg
 ``templates/vmath.h.j2``; the TVM emitter (``backends.tvm``) let-binds every value per lane (TIR
 is SSA: ``e.assign`` returns the new value) and its driver loads and stores the state from
 per-lane local buffers. So a step must use the values the emitter returns, never a state
-field after assigning it.
+field after assigning it. A value may be computed before it is used (a let-binding emitter
+evaluates it there, an expression emitter where it is used) as long as no step in between
+assigns its inputs; ``e.var`` pins it where it stands. The order of the steps is kept as the
+backends' compilers were first given it: GCC's register allocation (``bench/hotloops.py``) and
+LLVM's fast-math contractions under TVM (bitwise results) both follow it.
 
 Adding a reduction: a class here (and in ``REDUCTIONS``), its float64 reference in
 ``softgen/reference.py``, and the IR op (``softgen/ir.py``). The backends pick it up. Top-k is not
@@ -214,7 +218,7 @@ class OnlineRed(Reduction):
     def fold(self, e, o, a):
         mn = e.var(e.max(o["m"], a["m"]))
         f = e.var(self._exp(e, o["m"], mn))
-        b = e.var(e.mul(a["d"], self._exp(e, a["m"], mn)))
+        b = e.mul(a["d"], self._exp(e, a["m"], mn))   # no var: nothing below assigns its inputs
         d = e.assign(o["d"], e.mul(o["d"], f))
         c = e.assign(o["c"], e.mul(o["c"], f))
         d, c = e.kahan(d, c, b)
