@@ -2,8 +2,10 @@
 
 The templates hold the loop skeleton (blocks, unrolled main loop, single-vector loop, masked
 tail), the vector math and the per-target intrinsic tables; this module decides what goes in
-them: which values each sweep computes, how each reduction kind keeps and merges its state, and
-which scalars are computed between sweeps. Every emitted statement uses only the V_* macros of the
+them: which values each sweep computes, where each reduction keeps its state (vector registers,
+per accumulator) and which scalars are computed between sweeps. The reductions' steps and the
+scalar-op dispatch are written once for every backend (``softgen.numerics``); ``CEmit`` and
+``CScalars`` spell them in C. Every emitted statement uses only the V_* macros of the
 virtual ISA (``targets.VIRTUAL_ISA``), so a new target is a data file, not new code here.
 """
 from __future__ import annotations
