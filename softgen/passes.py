@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 from .ir import PAIR, ROW, SCALAR, IRError, Program
 from .matrix import MatMul, Phase, map_phases, written_by
+from .numerics.constants import EXTEXP_DOMAIN
 
 # Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
 # 2^E, so |E| <= 2^17 log2(e) - 200 keeps them inside |x| <= 2^17, where the f32 exp reduction is
 # accurate (spec 2.4, EXTEXP_F32_DOMAIN). Rows outside are recomputed with three-pass.
-EXTEXP_F32_DOMAIN = 2.0 ** 17
+EXTEXP_F32_DOMAIN = float(EXTEXP_DOMAIN)   # 2^17
 EXTEXP_GUARD_E = math.floor(EXTEXP_F32_DOMAIN / math.log(2.0)) - 200
 
 

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from .numerics import constants as K
+
 LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
 EXTEXP_F64_DOMAIN = 2.0 ** 50  # the f64 extexp oracle is exact below this |x|
@@ -160,10 +162,9 @@ def exp_p5_f32(x) -> np.ndarray:
     (magic-bias round, two-constant Cody-Waite reduction, Horner with FMAs emulated in f64)."""
     f = np.float32
     x = np.asarray(x, dtype=f)
-    log2e = f(float.fromhex("0x1.715476p+0"))
-    ln2_hi, ln2_lo = f(float.fromhex("0x1.62E43p-1")), f(-float.fromhex("0x1.05C61p-29"))
-    c = [f(float.fromhex(h)) for h in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3",
-                                        "0x1.FFFDC6p-2", "0x1.FFFFF6p-1")]
+    log2e = f(K.LOG2E)
+    ln2_hi, ln2_lo = f(-K.MINUS_LN2_HI), f(-K.MINUS_LN2_LO)
+    c = [f(ck) for ck in K.P5]
 
     def fma(a, b, cc):
         return (a.astype(np.float64) * b + cc).astype(f)

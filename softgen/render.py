@@ -15,6 +15,7 @@ import numpy as np
 
 from ._data import data_dir
 from .abi import err
+from .numerics import constants
 from .targets import OPTIONAL_ISA, VIRTUAL_ISA, Target, cpu_check
 
 
@@ -25,6 +26,7 @@ def env() -> jinja2.Environment:
                            keep_trailing_newline=True, autoescape=False)
     e.globals["cpu_check"] = cpu_check   # templates/guard.h.j2
     e.globals["err"] = err   # the return codes (softgen/abi.py): {{ err.ENULL }} is 1
+    e.globals["K"] = constants   # the vector math's constants: {{ K.LOG2E.c }} is 0x1.715476p+0f
     return e
 
 

@@ -22,13 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent / "softgen"
 LAYERS = [
     # 0: no softgen imports but these
     {"softgen._version", "softgen._data", "softgen.errors", "softgen.values", "softgen.reference",
-     "softgen.asmstats", "softgen._fastcall"},
+     "softgen.asmstats", "softgen._fastcall", "softgen.numerics", "softgen.numerics.constants"},
     # 1: the IR, the kernel ABI (error codes, signatures), targets, schedules, the sweep planner
     {"softgen.targets", "softgen.schedule", "softgen.ir", "softgen.abi", "softgen.matrix", "softgen.passes"},
     # 2: ops (IR definitions + float64 references; the registry in ops.base, one module per
     # family), backend-neutral analyses
     {"softgen.ops", "softgen.ops.base", "softgen.ops.softmax", "softgen.ops.lssa", "softgen.ops.sinkhorn",
-     "softgen.ops.topk", "softgen.ops.soft", "softgen.analysis"},
+     "softgen.ops.topk", "softgen.ops.soft", "softgen.analysis", "softgen.numerics.reductions",
+     "softgen.numerics.scalars"},
     # 3: C text shared by every C emitter: the Jinja environment, the names generated C declares
     {"softgen.render", "softgen.cnames"},
     # 4: the toolchain: compiler, cache, loading shared objects; emulation (SIMDe, qemu)

@@ -2,12 +2,16 @@
 
 The templates hold the loop skeleton (blocks, unrolled main loop, single-vector loop, masked
 tail), the vector math and the per-target intrinsic tables; this module decides what goes in
-them: which values each sweep computes, how each reduction kind keeps and merges its state, and
-which scalars are computed between sweeps. Every emitted statement uses only the V_* macros of the
+them: which values each sweep computes, where each reduction keeps its state (vector registers,
+per accumulator) and which scalars are computed between sweeps. The reductions' steps and the
+scalar-op dispatch are written once for every backend (``softgen.numerics``); ``CEmit`` and
+``CScalars`` spell them in C. Every emitted statement uses only the V_* macros of the
 virtual ISA (``targets.VIRTUAL_ISA``), so a new target is a data file, not new code here.
 """
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .._version import __version__
@@ -15,6 +19,9 @@ from ..abi import KernelABI, err
 from ..analysis import index_dims, matrix_plan_lines, matrix_traffic
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
+from ..numerics.constants import EXTEXP_E0
+from ..numerics.reductions import FLT_MAX, REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
+from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import Schedule
@@ -23,139 +30,90 @@ from .base import Artifact, Backend, register
 from .gemm import Epilogue, gemm, schedule_for
 
 
-# -- reductions: state, per-iteration update, merges, horizontal finish -------------------------
+# -- the C emitter of the shared numerics (softgen.numerics) ------------------------------------
 
-class Reduction:
-    identity = "0.0f"             # the neutral *input* value (of the first argument) for tail lanes
-    fields: tuple[str, ...] = ()
-    outer: tuple[str, ...] = ()
-    # blocked: per block, merge the accumulators and fold them into the compensated outer state;
-    # else the state lives across blocks and ``finish_all`` merges the accumulators once per row
-    blocked = True
-    # replicated: one state per schedule accumulator; else one state that every slot updates
-    # (a state of many registers, replicated, spills: top-k)
-    replicated = True
+class CEmit:
+    """``numerics.reductions.Emitter`` for C: values are expressions over the ``V_*`` macros and
+    the ``sg_*`` helpers of vmath.h.j2; the state lives in vector registers, assigned in place."""
 
-    def bind(self, r: int, attrs: dict, lanes: int) -> "Reduction":
-        """The reduction for node r (reductions with attributes that shape their state)."""
-        return self
+    _CONSTS = {0.0: "V_ZERO()", -math.inf: "V_SET1(-INFINITY)", float(EXTEXP_E0): "V_SET1(SG_EXTEXP_E0)",
+               -FLT_MAX: "V_SET1(-FLT_MAX)"}
 
-    def decl(self) -> list[str]:
-        """Row-function-scope declarations besides the result scalars."""
-        return []
+    def __init__(self):
+        self.lines: list[str] = []
+        self._n = 0
+        self._declared = False   # a temporary was declared: the statements need a scope
+        self._indent = ""
 
-    def finish_all(self, accs: list[dict], res: list[str], sc: str | None) -> list[str]: ...
+    def emit(self, line: str) -> None:
+        self.lines.append(self._indent + line)
 
-    def init(self, field: str) -> str: ...
-    def update(self, st: dict, vals: list[str], sc: str | None) -> list[str]: ...
-    def merge(self, dst: dict, src: dict, sc: str | None) -> list[str]: ...
-    def fold(self, out: dict, acc: dict, sc: str | None) -> list[str]: ...
-    def finish(self, out: dict, res: list[str], sc: str | None) -> list[str]: ...
+    def block(self) -> list[str]:
+        """The statements, in a scope of their own if they declared temporaries."""
+        return ["{"] + ["    " + ln for ln in self.lines] + ["}"] if self._declared else self.lines
 
-    def consts(self, r: int, scale: float) -> list[str]:
-        """Extra per-sweep constants of a scaled reduction."""
-        return []
+    @classmethod
+    def const(cls, v: float) -> str: return cls._CONSTS.get(v) or f"V_SET1({flit(v)})"
+    def scale(self, red) -> str: return f"sc{red.r}"
+    def splat(self, s: str) -> str: return f"V_SET1({s})"
+    def add(self, a, b): return f"V_ADD({a}, {b})"
+    def sub(self, a, b): return f"V_SUB({a}, {b})"
+    def mul(self, a, b): return f"V_MUL({a}, {b})"
+    def max(self, a, b): return f"V_MAX({a}, {b})"
+    def fma(self, a, b, c): return f"V_FMA({a}, {b}, {c})"
+    def exp_nonpos(self, x): return f"sg_exp_nonpos({x})"
+    def scale2(self, a, d): return f"V_SCALE2({a}, {d})"
+    def scale2_add(self, acc, a, d): return f"V_SCALE2_ADD({acc}, {a}, {d})"
+    def hmax(self, v): return f"V_HMAX({v})"
+    def hsum(self, v): return f"V_HSUM({v})"
 
-    def outer_init(self, field: str) -> str:
-        return "V_ZERO()" if field == "c" else self.init(field)
+    def extexp_terms(self, red, x: str, j: int) -> tuple[str, str]:
+        """u = s x clamped (with s x's low part l when scaled), n = round(u log2 e); p stays an
+        expression, evaluated where it is added."""
+        self._declared = True
+        if red.scale != 1.0:
+            self.emit(f"VEC l{j}, u{j} = sg_twoprod(V_MAX(lim{red.r}, {x}), sc{red.r}, &l{j});")
+            p = f"sg_extexp_p_lo(u{j}, n{j}, l{j})"
+        else:
+            self.emit(f"const VEC u{j} = sg_extexp_clamp({x});")
+            p = f"sg_extexp_p(u{j}, n{j})"
+        self.emit(f"const VEC n{j} = sg_extexp_n(u{j});")
+        return f"n{j}", p
 
+    def kahan(self, s: str, c: str, b: str) -> tuple[str, str]:
+        self.emit(f"sg_kahan_add(&{s}, &{c}, {b});")
+        return s, c
 
-class MaxRed(Reduction):
-    identity, fields, outer = "-INFINITY", ("m",), ("m",)
+    def var(self, expr: str, name: str | None = None, const: bool = True) -> str:
+        self._declared = True
+        if name is None:
+            self._n += 1
+            name = f"t{self._n}"
+        self.emit(f"{'const ' if const else ''}VEC {name} = {expr};")
+        return name
 
-    def init(self, f): return "V_SET1(-INFINITY)"
-    def update(self, st, vals, sc): return [f"{st['m']} = V_MAX({st['m']}, {v});" for v in vals]
-    def merge(self, d, s, sc): return [f"{d['m']} = V_MAX({d['m']}, {s['m']});"]
-    def fold(self, o, a, sc): return [f"{o['m']} = V_MAX({o['m']}, {a['m']});"]
-    def finish(self, o, res, sc): return [f"{res[0]} = V_HMAX({o['m']});"]
+    def assign(self, dst: str, expr: str) -> str:
+        self.emit(f"{dst} = {expr};")
+        return dst
 
+    @contextmanager
+    def if_any_gt(self, a: str, b: str):
+        self.emit(f"if (V_ANY(V_CMPGT({a}, {b})))")
+        at, self._indent = len(self.lines), self._indent + "    "
+        yield
+        self._indent = self._indent[:-4]
+        if len(self.lines) - at != 1:
+            self.lines[at:] = [self._indent + "{"] + self.lines[at:] + [self._indent + "}"]
 
-class SumRed(Reduction):
-    identity, fields, outer = "0.0f", ("s",), ("s", "c")
-
-    def init(self, f): return "V_ZERO()"
-    def update(self, st, vals, sc): return [f"{st['s']} = V_ADD({st['s']}, {v});" for v in vals]
-    def merge(self, d, s, sc): return [f"{d['s']} = V_ADD({d['s']}, {s['s']});"]
-    def fold(self, o, a, sc): return [f"sg_kahan_add(&{o['s']}, &{o['c']}, {a['s']});"]
-    def finish(self, o, res, sc): return [f"{res[0]} = V_HSUM(V_SUB({o['s']}, {o['c']}));"]
-
-
-class ExtExpRed(Reduction):
-    """(V, E): every lane keeps a value and an exponent; one e_max per group of vectors."""
-    identity, fields, outer = "-INFINITY", ("v", "e"), ("v", "e", "c")
-
-    def init(self, f): return "V_ZERO()" if f == "v" else "V_SET1(SG_EXTEXP_E0)"
-
-    def consts(self, r: int, scale: float) -> list[str]:
-        return [f"const VEC lim{r} = V_SET1({flit(-EXTEXP_F32_DOMAIN / scale)});"]
-
-    def update(self, st, vals, sc):
-        v, e = st["v"], st["e"]
-        lines = ["{"]
-        for j, x in enumerate(vals):
-            if sc:
-                lim = "lim" + sc[2:]
-                lines += [f"    VEC l{j}, u{j} = sg_twoprod(V_MAX({lim}, {x}), {sc}, &l{j});"]
-            else:
-                lines += [f"    const VEC u{j} = sg_extexp_clamp({x});"]
-            lines.append(f"    const VEC n{j} = sg_extexp_n(u{j});")
-        lines.append(f"    VEC em = V_MAX({e}, n0);")
-        lines += [f"    em = V_MAX(em, n{j});" for j in range(1, len(vals))]
-        lines.append(f"    {v} = V_SCALE2({v}, V_SUB({e}, em));")
-        p = "sg_extexp_p_lo(u{j}, n{j}, l{j})" if sc else "sg_extexp_p(u{j}, n{j})"
-        lines += [f"    {v} = V_SCALE2_ADD({v}, {p.format(j=j)}, V_SUB(n{j}, em));"
-                  for j in range(len(vals))]
-        return lines + [f"    {e} = em;", "}"]
-
-    def merge(self, d, s, sc): return [f"sg_extexp_merge(&{d['v']}, &{d['e']}, {s['v']}, {s['e']});"]
-
-    def fold(self, o, a, sc):
-        return [f"sg_extexp_fold(&{o['v']}, &{o['e']}, &{o['c']}, {a['v']}, {a['e']});"]
-
-    def finish(self, o, res, sc):
-        return [f"{res[1]} = V_HMAX({o['e']});",
-                f"{res[0]} = V_HSUM(V_SCALE2(V_SUB({o['v']}, {o['c']}), V_SUB({o['e']}, V_SET1({res[1]}))));"]
+    def result(self, res: list[str], i: int, value: str) -> None:
+        self.emit(f"{res[i]} = {value};")
 
 
-class OnlineRed(Reduction):
-    """(m, d) per lane: one rescale per group of vectors (the blocked form of spec 3). m starts at
-    -FLT_MAX, not -inf, so (-inf) - m is -inf and no -inf - -inf guard is needed."""
-    identity, fields, outer = "-INFINITY", ("m", "d"), ("m", "d", "c")
-
-    def init(self, f): return "V_SET1(-FLT_MAX)" if f == "m" else "V_ZERO()"
-
-    @staticmethod
-    def _s(e, sc): return f"V_MUL({e}, {sc})" if sc else e
-
-    def update(self, st, vals, sc):
-        m, d = st["m"], st["d"]
-        lines = ["{", f"    VEC mn = V_MAX({m}, {vals[0]});"]
-        lines += [f"    mn = V_MAX(mn, {x});" for x in vals[1:]]
-        rescale = self._s(f"V_SUB({m}, mn)", sc)
-        lines.append(f"    {d} = V_MUL({d}, sg_exp_nonpos({rescale}));")
-        lines += [f"    {d} = V_ADD({d}, sg_exp_nonpos({self._s(f'V_SUB({x}, mn)', sc)}));" for x in vals]
-        return lines + [f"    {m} = mn;", "}"]
-
-    def column_update(self, st, val, sc):
-        """One row's update of the columns' (m, d): a column's max rarely grows after the first
-        rows, so the rescale exp runs only when some lane's does (a NaN state stays NaN in d)."""
-        m, d = st["m"], st["d"]
-        return ["{", f"    const VEC mn = V_MAX({m}, {val});",
-                f"    if (V_ANY(V_CMPGT(mn, {m})))",
-                f"        {d} = V_MUL({d}, sg_exp_nonpos({self._s(f'V_SUB({m}, mn)', sc)}));",
-                f"    {d} = V_ADD({d}, sg_exp_nonpos({self._s(f'V_SUB({val}, mn)', sc)}));",
-                f"    {m} = mn;", "}"]
-
-    def merge(self, d, s, sc):
-        return [f"sg_online_merge(&{d['m']}, &{d['d']}, {s['m']}, {s['d']}, {sc or 'V_SET1(1.0f)'});"]
-
-    def fold(self, o, a, sc):
-        return [f"sg_online_fold(&{o['m']}, &{o['d']}, &{o['c']}, {a['m']}, {a['d']}, {sc or 'V_SET1(1.0f)'});"]
-
-    def finish(self, o, res, sc):
-        shift = self._s(f"V_SUB({o['m']}, V_SET1({res[0]}))", sc)
-        return [f"{res[0]} = V_HMAX({o['m']});",
-                f"{res[1]} = V_HSUM(V_MUL(V_SUB({o['d']}, {o['c']}), sg_exp_nonpos({shift})));"]
+def _c(step) -> list[str]:
+    """The C statements of a reduction step, ``step(emitter)``."""
+    e = CEmit()
+    step(e)
+    return e.block()
 
 
 class TopKRed(Reduction):
@@ -163,20 +121,21 @@ class TopKRed(Reduction):
     insertion network. Strict >: a later equal key stays below, so the lower index wins ties
     (each lane of each accumulator sees its elements in index order); displaced pairs shift. A group of vectors skips
     the network when no lane beats its lane's k-th key (V_ANY). Not blocked: there is no sum to
-    compensate; the lanes of all accumulators are merged once per row, in scalar code."""
-    identity, blocked, replicated = "-INFINITY", False, False
+    compensate; the lanes of all accumulators are merged once per row, in scalar code.
+    C only (the TVM backend has its own): see ``softgen.numerics.reductions``."""
+    op, identity, blocked, replicated = "reduce_topk", -math.inf, False, False
 
     def __init__(self, r: int = 0, k: int = 1, lanes: int = 1):
-        self.r, self.k, self.lanes = r, k, lanes
+        super().__init__(r)
+        self.k, self.lanes = k, lanes
         self.fields = tuple(f"v{i}" for i in range(k)) + tuple(f"j{i}" for i in range(k))
         self.kp = -(-k // lanes) * lanes       # the selection, padded to whole vectors
         self.sel = (f"sel{r}_v", f"sel{r}_j")  # the row's kept keys and indices, largest first
 
-    def bind(self, r, attrs, lanes): return TopKRed(r, attrs["k"], lanes)
-    def init(self, f): return "V_SET1(-INFINITY)" if f[0] == "v" else "V_SET1(INFINITY)"
+    def init(self, f): return -math.inf if f[0] == "v" else math.inf
     def decl(self): return [f"float {self.sel[0]}[{self.kp}], {self.sel[1]}[{self.kp}];"]
 
-    def update(self, st, vals, sc):
+    def update(self, e, st, vals):
         # x ranks above place i iff x > v_i (x comes after every kept index); the places are
         # sorted, so these masks are monotone in i and the list shifts down from the first:
         # v_i' = m_i ? (m_(i-1) ? v_(i-1) : x) : v_i, bottom up so v_(i-1) is still the old one.
@@ -196,7 +155,8 @@ class TopKRed(Reduction):
                     down = f"V_SELECT(g{i - 1}, {st[f'{f}{i - 1}']}, {new})" if i else new
                     lines.append(f"        {here} = V_SELECT(g{i}, {down}, {here});")
             lines.append("    }")
-        return lines + ["}"]
+        e.lines += lines + ["}"]
+        return st
 
     def finish_all(self, accs, res, sc):
         k, L, q = self.k, self.lanes, len(accs) * self.lanes
@@ -214,12 +174,13 @@ class TopKRed(Reduction):
                         f"{res[2]} = {sv}[0];", f"{res[3]} = sg_topk_expsum({sv}, {self.kp});"]
 
 
-REDUCTIONS = {"reduce_max": MaxRed(), "reduce_sum": SumRed(), "reduce_extexp": ExtExpRed(),
-              "reduce_online": OnlineRed(), "reduce_topk": TopKRed()}
+REDUCTIONS = {**SHARED_REDUCTIONS, "reduce_topk": TopKRed}
 
 
 def _red(c: "_Ctx", r: int) -> Reduction:
-    return REDUCTIONS[c.p.op(r)].bind(r, c.p.attrs(r), c.t.lanes)
+    if c.p.op(r) == "reduce_topk":
+        return TopKRed(r, c.p.attrs(r)["k"], c.t.lanes)
+    return reduction(c.p.op(r), r, c.p.attrs(r))
 
 # Row (vector) and scalar lowerings of the map ops.
 VECTOR_C = {
@@ -331,7 +292,7 @@ def _colreduce(c: _Ctx, r: int, u: int, tail: bool) -> list[str]:
     """One vector of a column reduction: load the columns' state, update it, store it back.
     Tail lanes are neither loaded nor stored, so their values do not matter."""
     p, L = c.p, c.t.lanes
-    red, sc = REDUCTIONS[p.op(r).replace("colreduce_", "reduce_")], _scale_of(p, r)
+    red = reduction(p.op(r), r, p.attrs(r))
     off = "i" if u == 0 else f"i + {u * L}"
     st = {f: f"c{r}_{u}_{f}" for f in red.fields}
     buf = {f: f"cv_{p.attrs(r)['name']}_{f}" for f in red.fields}
@@ -340,7 +301,7 @@ def _colreduce(c: _Ctx, r: int, u: int, tail: bool) -> list[str]:
         (lambda b, a: f"V_STORE({b} + {off}, {a});")
     lines = [f"VEC {st[f]} = {load(buf[f])};" for f in red.fields]
     val = _row_arg(p, p.args(r)[0], u)
-    lines += red.column_update(st, val, sc) if hasattr(red, "column_update") else red.update(st, [val], sc)
+    lines += _c(lambda e: red.column_update(e, st, val))
     return ["{"] + ["    " + ln for ln in lines + [store(buf[f], st[f]) for f in red.fields]] + ["}"]
 
 
@@ -371,35 +332,35 @@ def _sweep_block(c: _Ctx, sw) -> dict:
         red, sc = _red(c, r), _scale_of(p, r)
         if sc:
             setup.append(f"const VEC {sc} = V_SET1({flit(p.attrs(r)['scale'])});")
-            setup += red.consts(r, p.attrs(r)["scale"])
+            setup += [f"const VEC {nm}{r} = V_SET1({flit(v)});" for nm, v in red.constants()]
         for k in range(A if red.replicated else 1):
-            setup += [f"VEC {n} = {red.init(f)};" for f, n in _acc(r, k, red).items()]
+            setup += [f"VEC {n} = {CEmit.const(red.init(f))};" for f, n in _acc(r, k, red).items()]
         if not red.blocked:
             finish += red.finish_all([_acc(r, k, red) for k in range(A if red.replicated else 1)],
                                      _results(p, r), sc)
             continue
         out = {f: f"o{r}_{f}" for f in red.outer}
-        setup += [f"VEC {n} = {red.outer_init(f)};" for f, n in out.items()]
+        setup += [f"VEC {n} = {CEmit.const(red.outer_init(f))};" for f, n in out.items()]
         for k in range(1, A):
-            fold += red.merge(_acc(r, 0, red), _acc(r, k, red), sc)
-            fold += [f"{n} = {red.init(f)};" for f, n in _acc(r, k, red).items()]
-        fold += red.fold(out, _acc(r, 0, red), sc)
-        fold += [f"{n} = {red.init(f)};" for f, n in _acc(r, 0, red).items()]
-        finish += red.finish(out, _results(p, r), sc)
+            fold += _c(lambda e: red.merge(e, _acc(r, 0, red), _acc(r, k, red)))
+            fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in _acc(r, k, red).items()]
+        fold += _c(lambda e: red.fold(e, out, _acc(r, 0, red)))
+        fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in _acc(r, 0, red).items()]
+        finish += _c(lambda e: red.finish(e, out, _results(p, r)))
 
     def updates(slots: list[int], tail: bool) -> list[str]:
         lines = []
         for r in sw.reductions:
-            red, sc, args = _red(c, r), _scale_of(p, r), p.args(r)
+            red, args = _red(c, r), p.args(r)
             groups = {}
             for u in slots:
                 vals = [_row_arg(p, a, u) for a in args]
                 if tail:
-                    vals[0] = f"V_SELECT(tm, {vals[0]}, V_SET1({red.identity}))"
+                    vals[0] = f"V_SELECT(tm, {vals[0]}, V_SET1({flit(red.identity)}))"
                 groups.setdefault(u % A if red.replicated else 0, []).append(
                     vals[0] if len(vals) == 1 else tuple(vals))
             for k, vals in groups.items():
-                lines += red.update(_acc(r, k, red), vals, sc)
+                lines += _c(lambda e: red.update(e, _acc(r, k, red), vals))
         for r in sw.colreds:
             for u in slots:
                 lines += _colreduce(c, r, u, tail)
@@ -442,38 +403,38 @@ def _selected_block(c: _Ctx, sw) -> dict:
             "main": body, "single": [], "tail": [], "fold": [], "finish": finish}
 
 
+class CScalars:
+    """``numerics.scalars.ScalarEmitter`` for C: ``const float`` row scalars; a guard returns from
+    the row function after running the fallback row function on the row."""
+    name, SCALAR = "C", SCALAR_C
+
+    def __init__(self, c: _Ctx, fallback: str | None):
+        self.c, self.fallback, self.lines = c, fallback, []
+
+    def literal(self, v): return flit(v)
+    def define(self, v, expr): self.lines.append(f"const float s{v} = {expr};")
+    def row_param(self, name): return f"rp_{name}"
+    def size(self, axis): return f"(float){'m' if axis == 'rows' else 'n'}"
+    def row_index(self): return "(float)row"
+    def mscalar(self, name): return f"ms_{name}"
+    def item(self, r, index): return f"s{r}_{index}"
+    def emit(self, name, a): self.lines.append(f"*em_{name} = {a};")
+
+    def mreduce_max(self, name, a):   # NaN propagates: once the scalar is NaN it stays NaN
+        self.lines.append(f"if ({a} > *mr_{name} || isnan({a})) *mr_{name} = {a};")
+
+    def mreduce_sum(self, name, a): self.lines.append(f"*mr_{name} += {a};")
+
+    def guard(self, a, limit):
+        rest = "".join(f", rp_{name}" for name in self.c.row_params)
+        outs = ", ".join(row_outputs(self.c.p))
+        self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)})) {{ {self.fallback}(x, {outs}, n{rest}); return; }}")
+
+
 def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
-    p, lines = c.p, []
-    for v in nodes:
-        op, args = p.op(v), [_scalar(p, a) for a in p.args(v)]
-        if op == "param":
-            lines.append(f"const float s{v} = rp_{p.attrs(v)['name']};")
-        elif op == "size":
-            lines.append(f"const float s{v} = (float){'m' if p.attrs(v)['axis'] == 'rows' else 'n'};")
-        elif op == "row_index":
-            lines.append(f"const float s{v} = (float)row;")
-        elif op == "mscalar":
-            lines.append(f"const float s{v} = ms_{p.attrs(v)['name']};")
-        elif op == "emit":
-            lines.append(f"*em_{p.attrs(v)['name']} = {args[0]};")
-        elif op == "mreduce_max":   # NaN propagates: once the scalar is NaN it stays NaN
-            lines.append(f"if ({args[0]} > *mr_{p.attrs(v)['name']} || isnan({args[0]})) "
-                         f"*mr_{p.attrs(v)['name']} = {args[0]};")
-        elif op == "mreduce_sum":
-            lines.append(f"*mr_{p.attrs(v)['name']} += {args[0]};")
-        elif op == "item":
-            (r,) = p.args(v)
-            lines.append(f"const float s{v} = s{r}_{p.attrs(v)['index']};")
-        elif op == "guard":
-            lim = flit(p.attrs(v)["limit"])
-            rest = "".join(f", rp_{name}" for name in c.row_params)
-            outs = ", ".join(row_outputs(p))
-            lines.append(f"if (!(fabsf({args[0]}) <= {lim})) {{ {fallback}(x, {outs}, n{rest}); return; }}")
-        elif op in SCALAR_C:
-            lines.append(f"const float s{v} = {SCALAR_C[op].format(*args)};")
-        else:
-            raise BuildError(f"the C backend has no scalar lowering for IR op {op!r}")
-    return lines
+    e = CScalars(c, fallback)
+    lower_scalars(c.p, nodes, e)
+    return e.lines
 
 
 def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str | None,
@@ -483,7 +444,8 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
     for sw in pl.sweeps:
         decl = []
         for r in sw.reductions:
-            decl += [f"float {', '.join(_results(p, r))};"] + _red(c, r).decl()
+            red = _red(c, r)
+            decl += [f"float {', '.join(_results(p, r))};"] + (red.decl() if isinstance(red, TopKRed) else [])
         blocks.append({"kind": "scalar", "lines": decl})
         blocks.append(_sweep_block(c, sw))
         blocks.append({"kind": "scalar", "lines": _scalar_lines(c, sw.scalars_after, fallback)})

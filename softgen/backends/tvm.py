@@ -16,6 +16,7 @@ over rows and dispatches the two-pass guard's fallback. The library needs no TVM
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -23,7 +24,11 @@ import numpy as np
 from .._version import __version__
 from ..analysis import matrix_plan_lines
 from ..errors import BuildError
-from ..ir import ROW, Program
+from ..ir import PAIR, ROW, Program
+from ..numerics.constants import (EXP_MAX, EXP_MIN, LN2_HI, LN2_LO, LOG1P_Q, LOG2E, LOG_OFF, LOG_P, MAGIC,
+                                 MINUS_LN2_HI, MINUS_LN2_LO, P5, SQRT_HALF_BITS)
+from ..numerics.reductions import REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
+from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
 from ..schedule import Schedule
@@ -33,19 +38,6 @@ from .base import Artifact, Backend, register
 from .c import (CallingConvention, abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args,
                 row_outputs)
 
-# The constants of templates/vmath.h.j2 (spec 2.4).
-_h = float.fromhex
-LOG2E, MAGIC = _h("0x1.715476p+0"), _h("0x1.8000FEp23")
-MINUS_LN2_HI, MINUS_LN2_LO = -_h("0x1.62E43p-1"), _h("0x1.05C61p-29")
-P5 = tuple(_h(c) for c in ("0x1.0F9F9Cp-7", "0x1.573A1Ap-5", "0x1.555A80p-3", "0x1.FFFDC6p-2",
-                          "0x1.FFFFF6p-1"))
-EXP_MIN, EXP_MAX, EXTEXP_E0 = -88.0, 88.75, -190000.0
-LOG_P = tuple(_h(c) for c in ("-0x1.fffff8p-2", "0x1.5556fcp-2", "-0x1.0004dep-2", "0x1.98d0a6p-3",
-                              "-0x1.535502p-3", "0x1.319380p-3", "-0x1.252fb0p-3", "0x1.65c796p-4"))
-LOG1P_Q = tuple(_h(c) for c in ("-0x1.ffff10p-2", "0x1.5535a6p-2", "-0x1.fd10fcp-3", "0x1.883eb6p-3",
-                                "-0x1.19a5e8p-3", "0x1.446188p-4", "-0x1.ec8da6p-6", "0x1.5f9698p-8"))
-LN2_HI, LN2_LO = _h("0x1.62e300p-1"), _h("0x1.2fefa2p-17")
-LOG_OFF = 0x3f800000 - 0x3f3504f3
 
 
 def f32(v: float) -> str:
@@ -142,7 +134,7 @@ class Emit:
 
     def log_m1(self, ix):
         return self.sub(self.let(f'T.reinterpret("float32", T.bitwise_and({ix}, T.int32({0x007fffff})) '
-                                 f'+ T.int32({0x3f3504f3}))'), f32(1.0))
+                                 f'+ T.int32({SQRT_HALF_BITS}))'), f32(1.0))
 
     def log_reduce(self, x):
         """(k + 127, f) with x = 2^k (1 + f); subnormals scaled by 2^25, 25 taken off the exponent."""
@@ -197,7 +189,7 @@ class Emit:
         hi = self.mul(x, s)
         return hi, self.fma(x, s, self.sub(f32(-0.0), hi))
 
-    def extexp_terms(self, x, scale):
+    def _extexp_terms(self, x, scale):
         """(u, n, p) with e^(scale x) = p 2^n, clamped at -2^17 (NaN survives)."""
         if scale == 1.0:
             u = self.max(f32(-EXTEXP_F32_DOMAIN), x)
@@ -208,7 +200,7 @@ class Emit:
         return n, self.extexp_p(u, n, lo)
 
     def exp_shift2(self, x, e, scale):
-        n, p = self.extexp_terms(x, scale)
+        n, p = self._extexp_terms(x, scale)
         return self.scale2(p, self.sub(n, e))
 
     def sub_ln2(self, x, e, c, scale):
@@ -227,22 +219,87 @@ class Emit:
         return t, self.select(f"(T.fabs({t}) < {f32(math.inf)})", self.sub(self.sub(t, s), y), f32(0.0))
 
 
+    # -- numerics.reductions.Emitter: every value is let-bound per lane, so a state is a new name
+    def const(self, v): return f32(v)
+    def scale(self, red): return f32(red.scale)
+    def splat(self, s): return s
+
+    def extexp_terms(self, red, x, j):
+        return self._extexp_terms(x, red.scale)
+
+    def var(self, expr, name=None, const=True):
+        return expr if expr.isidentifier() else self.let(expr)
+
+    def assign(self, dst, expr): return expr
+    def if_any_gt(self, a, b): return contextlib.nullcontext()   # the update runs: a no-op there
+
+
+class LaneFinish(Emit):
+    """The emitter of a reduction's ``finish``: the outer state's lanes (``o_f[l]``) reduced by
+    scalar loops into ``res<r>[i]``, then let-bound as the row scalar ``res[i]``. Values computed
+    per lane go into the loop of the next lane sum."""
+
+    def __init__(self, counter, fused_fma, r: int, lanes: int):
+        super().__init__(counter, fused_fma)
+        self.r, self.lanes, self.out = r, lanes, []
+        self.inline, self.lazy = True, []   # lazy: (text, expression) of the inline values, in order
+
+    def let(self, expr, dtype="float32"):
+        # arithmetic on the lanes stays one expression (as the finishes were first written: LLVM's
+        # fast-math contractions under TVM see the same trees); a transcendental is let-bound
+        if not self.inline:
+            return super().let(expr, dtype)
+        self.lazy.append((f"({expr})", expr))
+        return f"({expr})"
+
+    def _bind(self, x):
+        """Let-bind the inline value x and, first, the inline values it contains (in order)."""
+        names = {}
+        for text, expr in self.lazy:
+            if text in x:
+                for t, nm in names.items():
+                    expr = expr.replace(t, nm)
+                names[text] = super().let(expr)
+        return names.get(x, x)
+
+    def exp_nonpos(self, x):
+        x = self._bind(x)
+        self.inline = False
+        try:
+            return super().exp_nonpos(x)
+        finally:
+            self.inline = True
+
+    def hmax(self, v): return ("max", v)
+    def hsum(self, v): return ("sum", v)
+
+    def result(self, res, i, value):
+        kind, v = value
+        b = f"res{self.r}[{i}]"
+        if kind == "max":   # of a state field: lane 0, then the others
+            assert not self.lines and v.endswith("[l]"), v
+            self.out += [f"{b} = {v[:-3]}[0]", f"for l in range(1, {self.lanes}):", f"    {b} = T.max({b}, {v})"]
+        else:
+            self.out += [f"{b} = {f32(0.0)}", f"for l in range({self.lanes}):"]
+            self.out += ["    " + ln for ln in self.lines] + [f"    {b} = {b} + {v}"]
+            self.lines = []
+        self.out.append(f"{res[i]}: T.let[T.float32] = {b}")
+
+
 # -- reductions: per-lane state in local buffers ----------------------------------------------------
 
 class Red:
     fields: tuple[str, ...] = ()
-    identity = "0.0"                 # neutral input (tail lanes never see it: tails are scalar)
     blocked = True                   # else: state across blocks, accumulators merged in finish
-    replicated = True                # else: one state for all slots (c.Reduction.replicated)
+    replicated = True                # else: one state for all slots (numerics.reductions)
     places = 1                       # floats per lane and accumulator in each field's buffer
 
     def tail_slot(self, lanes: int) -> str:
         """Where tail element j (a scalar loop) accumulates: lane 0 of accumulator 0."""
         return "0"
 
-    def __init__(self, r: int, scale: float, fused: bool = True, attrs: dict | None = None):
-        self.r, self.scale, self.fused = r, scale, fused
-        self.sc = f32(scale)
+    def __init__(self, r: int, fused: bool = True):
+        self.r, self.fused = r, fused
 
     def buf(self, f: str) -> str: return f"a{self.r}_{f}"
     def outer(self, f: str) -> str: return f"o{self.r}_{f}"
@@ -253,139 +310,38 @@ class Red:
     def load(self, e: Emit, f: str, idx: str) -> str:
         return e.let(f"{self.buf(f)}[{idx}]")
 
-    def _chain(self, e: Emit, f: str, idx: str, xs: list[str], combine) -> None:
-        """acc[f][idx] = combine(...combine(acc, x0)..., xk) for the single-field reductions."""
-        v = self.load(e, f, idx)
-        for x in xs:
-            v = combine(v, x)
-        e.stmt(f"{self.buf(f)}[{idx}] = {v}")
-
     def update(self, e: Emit, idx: str, xs: list[str]) -> None: ...
     def merge(self, e: Emit, dst: dict, src: dict) -> dict: ...
     def fold(self, e: Emit, o: dict, a: dict) -> dict: ...
-    def finish(self, lanes: int) -> list[str]: ...
+    def finish(self, lanes: int, counter: list[int]) -> list[str]: ...
 
 
-class MaxRed(Red):
-    fields = ("m",)
+class Lanes(Red):
+    """A reduction of ``softgen.numerics.reductions`` in TIR: its state per lane and accumulator
+    in local buffers (``a<r>_<f>``, ``o<r>_<f>`` for the outer state), loaded, updated by the
+    shared step and stored back."""
 
-    def init(self, f): return f32(-math.inf)
-    def outer_fields(self): return ("m",)
-    def outer_init(self, f): return f32(-math.inf)
+    def __init__(self, red: Reduction, fused: bool = True, res: list[str] | None = None):
+        super().__init__(red.r, fused)
+        self.red, self.fields, self.res = red, red.fields, res or [f"s{red.r}"]
 
-    def update(self, e, idx, xs): self._chain(e, "m", idx, xs, e.max)
-
-    def merge(self, e, d, s): return {"m": e.max(d["m"], s["m"])}
-    def fold(self, e, o, a): return {"m": e.max(o["m"], a["m"])}
-
-    def finish(self, lanes):
-        o = self.outer("m")
-        return [f"res{self.r}[0] = {o}[0]", f"for l in range(1, {lanes}):",
-                f"    res{self.r}[0] = T.max(res{self.r}[0], {o}[l])", f"s{self.r}: T.let[T.float32] = res{self.r}[0]"]
-
-
-class SumRed(Red):
-    fields = ("s",)
-
-    def update(self, e, idx, xs): self._chain(e, "s", idx, xs, e.add)
-
-    def merge(self, e, d, s): return {"s": e.add(d["s"], s["s"])}
-
-    def fold(self, e, o, a):
-        s, c = e.kahan(o["s"], o["c"], a["s"])
-        return {"s": s, "c": c}
-
-    def finish(self, lanes):
-        o = self.outer
-        return [f"res{self.r}[0] = {f32(0.0)}", f"for l in range({lanes}):",
-                f"    res{self.r}[0] = res{self.r}[0] + ({o('s')}[l] - {o('c')}[l])",
-                f"s{self.r}: T.let[T.float32] = res{self.r}[0]"]
-
-
-class ExtExpRed(Red):
-    """(v, e): one exponent per lane and accumulator, one rescale per group of slots."""
-    fields = ("v", "e")
-
-    def init(self, f): return f32(0.0) if f == "v" else f32(EXTEXP_E0)
+    def init(self, f): return f32(self.red.init(f))
+    def outer_fields(self): return self.red.outer
+    def outer_init(self, f): return f32(self.red.outer_init(f))
 
     def update(self, e, idx, xs):
-        v, ex = self.load(e, "v", idx), self.load(e, "e", idx)
-        terms = [e.extexp_terms(x, self.scale) for x in xs]
-        em = ex
-        for n, _ in terms:
-            em = e.max(em, n)
-        v = e.scale2(v, e.sub(ex, em))
-        for n, p in terms:
-            v = e.scale2_add(v, p, e.sub(n, em))
-        e.stmt(f"{self.buf('v')}[{idx}] = {v}")
-        e.stmt(f"{self.buf('e')}[{idx}] = {em}")
+        new = self.red.update(e, {f: self.load(e, f, idx) for f in self.fields}, xs)
+        for f in self.fields:
+            e.stmt(f"{self.buf(f)}[{idx}] = {new[f]}")
 
-    def merge(self, e, d, s):
-        m = e.max(d["e"], s["e"])
-        v = e.add(e.scale2(d["v"], e.sub(d["e"], m)), e.scale2(s["v"], e.sub(s["e"], m)))
-        return {"v": v, "e": m}
+    def merge(self, e, d, s): return self.red.merge(e, d, s)
+    def fold(self, e, o, a): return self.red.fold(e, o, a)
 
-    def fold(self, e, o, a):
-        m = e.max(o["e"], a["e"])
-        d = e.sub(o["e"], m)
-        v, c = e.kahan(e.scale2(o["v"], d), e.scale2(o["c"], d), e.scale2(a["v"], e.sub(a["e"], m)))
-        return {"v": v, "e": m, "c": c}
-
-    def finish(self, lanes):
-        o, r = self.outer, self.r
-        return [f"res{r}[1] = {o('e')}[0]", f"for l in range(1, {lanes}):",
-                f"    res{r}[1] = T.max(res{r}[1], {o('e')}[l])",
-                f"s{r}_1: T.let[T.float32] = res{r}[1]",
-                f"res{r}[0] = {f32(0.0)}", f"for l in range({lanes}):",
-                f"    res{r}[0] = res{r}[0] + ({o('v')}[l] - {o('c')}[l]) * T.reinterpret(\"float32\", "
-                f"T.shift_left(T.reinterpret(\"int32\", T.max({o('e')}[l] - s{r}_1, {f32(-127.0)}) + "
-                f"{f32(MAGIC)}), 23))",
-                f"s{r}_0: T.let[T.float32] = res{r}[0]"]
-
-
-class OnlineRed(Red):
-    """(m, d), d = sum e^(s(x - m)); m starts at -FLT_MAX so (-inf) - m is -inf."""
-    fields = ("m", "d")
-
-    def init(self, f): return f32(-3.4028234663852886e38) if f == "m" else f32(0.0)
-
-    def _s(self, e, v): return v if self.scale == 1.0 else e.mul(v, self.sc)
-
-    def update(self, e, idx, xs):
-        m, d = self.load(e, "m", idx), self.load(e, "d", idx)
-        mn = m
-        for x in xs:
-            mn = e.max(mn, x)
-        d = e.mul(d, e.exp_nonpos(self._s(e, e.sub(m, mn))))
-        for x in xs:
-            d = e.add(d, e.exp_nonpos(self._s(e, e.sub(x, mn))))
-        e.stmt(f"{self.buf('m')}[{idx}] = {mn}")
-        e.stmt(f"{self.buf('d')}[{idx}] = {d}")
-
-    def merge(self, e, d, s):
-        mn = e.max(d["m"], s["m"])
-        fd = e.exp_nonpos(self._s(e, e.sub(d["m"], mn)))
-        fs = e.exp_nonpos(self._s(e, e.sub(s["m"], mn)))
-        return {"m": mn, "d": e.fma(d["d"], fd, e.mul(s["d"], fs))}
-
-    def fold(self, e, o, a):
-        mn = e.max(o["m"], a["m"])
-        f = e.exp_nonpos(self._s(e, e.sub(o["m"], mn)))
-        b = e.mul(a["d"], e.exp_nonpos(self._s(e, e.sub(a["m"], mn))))
-        d, c = e.kahan(e.mul(o["d"], f), e.mul(o["c"], f), b)
-        return {"m": mn, "d": d, "c": c}
-
-    def finish(self, lanes):
-        o, r = self.outer, self.r
-        lines = [f"res{r}[0] = {o('m')}[0]", f"for l in range(1, {lanes}):",
-                 f"    res{r}[0] = T.max(res{r}[0], {o('m')}[l])",
-                 f"s{r}_0: T.let[T.float32] = res{r}[0]",
-                 f"res{r}[1] = {f32(0.0)}", f"for l in range({lanes}):"]
-        e = Emit([10 ** 6 + 1000 * r], self.fused)  # scalar code of its own: names cannot collide
-        z = e.sub(f"{o('m')}[l]", f"s{r}_0")
-        f = e.exp_nonpos(self._s(e, z))
-        e.stmt(f"res{r}[1] = res{r}[1] + ({o('d')}[l] - {o('c')}[l]) * {f}")
-        return lines + ["    " + ln for ln in e.lines] + [f"s{r}_1: T.let[T.float32] = res{r}[1]"]
+    def finish(self, lanes, counter):
+        # names of their own (t<10^6 + 1000 r>...): the sweep's lets keep their numbers
+        e = LaneFinish([10 ** 6 + 1000 * self.r], self.fused, self.r, lanes)
+        self.red.finish(e, {f: f"{self.outer(f)}[l]" for f in self.red.outer}, self.res)
+        return e.out
 
 
 class TopKRed(Red):
@@ -395,8 +351,8 @@ class TopKRed(Red):
     lane loop. The lanes of all accumulators are merged once per row, in scalar TIR."""
     fields, blocked, replicated = ("v", "j"), False, False
 
-    def __init__(self, r, scale, fused=True, attrs=None):
-        super().__init__(r, scale, fused)
+    def __init__(self, r, fused=True, attrs=None):
+        super().__init__(r, fused)
         self.k = self.places = attrs["k"]
         self.q = 0   # lists = accumulators * lanes, set by the sweep
 
@@ -425,7 +381,7 @@ class TopKRed(Red):
     def sel(self) -> tuple[str, str]:
         return f"sel{self.r}_v", f"sel{self.r}_j"
 
-    def finish(self, lanes):
+    def finish(self, lanes, counter):
         k, q, r = self.k, self.q, self.r
         kp = -(-k // lanes) * lanes
         (sv, sj), av, aj = self.sel(), self.buf("v"), self.buf("j")
@@ -456,8 +412,7 @@ class TopKRed(Red):
             f"s{r}_2: T.let[T.float32] = {sv}[0]", f"s{r}_3: T.let[T.float32] = res{r}[3]"]
 
 
-REDUCTIONS = {"reduce_max": MaxRed, "reduce_sum": SumRed, "reduce_extexp": ExtExpRed,
-              "reduce_online": OnlineRed, "reduce_topk": TopKRed}
+REDUCTIONS = {**SHARED_REDUCTIONS, "reduce_topk": TopKRed}
 VECTOR = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
           "finite_or_nan": 'T.Select(T.fabs({0}) < T.float32("inf"), {0}, T.float32("nan"))',
           "max": "T.max({0}, {1})", "min": "T.min({0}, {1})", "neg": "(T.float32(-0.0) - {0})",
@@ -528,8 +483,7 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int, bufs: dict | None = 
     for v in sw.colstores:
         e.stmt(f"CV_{p.attrs(v)['name']}[{i}] = {vals[p.args(v)[0]]}")
     for r in sw.colreds:   # the columns' state vectors are the accumulators, indexed like x
-        red = REDUCTIONS[p.op(r).replace("colreduce_", "reduce_")](r, p.attrs(r).get("scale", 1.0),
-                                                                   e.fused_fma)
+        red = Lanes(reduction(p.op(r), r, p.attrs(r)), e.fused_fma)
         red.buf = lambda f, name=p.attrs(r)["name"]: f"CV_{name}_{f}"
         red.update(e, i, [vals[p.args(r)[0]]])
     return vals
@@ -540,7 +494,11 @@ def _fused_fma(t: Target) -> bool:
 
 
 def _reduction(p: Program, r: int, t: Target, A: int) -> Red:
-    red = REDUCTIONS[p.op(r)](r, p.attrs(r).get("scale", 1.0), _fused_fma(t), p.attrs(r))
+    if p.op(r) == "reduce_topk":
+        red = TopKRed(r, _fused_fma(t), p.attrs(r))
+    else:
+        res = [f"s{r}_{i}" for i in range(p.items(r))] if p.shape(r) == PAIR else [f"s{r}"]
+        red = Lanes(reduction(p.op(r), r, p.attrs(r)), _fused_fma(t), res)
     red.a = A if red.replicated else 1
     red.q = red.a * t.lanes
     return red
@@ -657,39 +615,39 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
         body += [f"{ind}{lane_loop}"] + [f"{ind}    {ln}" for ln in e.lines]
     out += body
     for red in reds:
-        out += red.finish(L)
+        out += red.finish(L, counter)
     return out
+
+
+class TirScalars:
+    """``numerics.scalars.ScalarEmitter`` for TIR: ``T.let`` row scalars; a guard's condition is
+    kept (the rest of the row runs under it)."""
+    name, SCALAR = "TVM", SCALAR
+
+    def __init__(self):
+        self.lines, self.cond = [], None
+
+    def literal(self, v): return f32(v)
+    def define(self, v, expr): self.lines.append(f"s{v}: T.let[T.float32] = {expr}")
+    def row_param(self, name): return f"rp_{name}"
+    def size(self, axis): return f'T.Cast("float32", {"m" if axis == "rows" else "n"})'
+    def row_index(self): return 'T.Cast("float32", row)'
+    def mscalar(self, name): return f"ms_{name}"
+    def item(self, r, index): return f"s{r}_{index}"
+    def emit(self, name, a): self.lines.append(f"EM_{name}[0] = {a}")
+
+    def mreduce_max(self, name, a):   # NaN propagates: once the scalar is NaN it stays NaN
+        self.lines.append(f"MR_{name}[0] = T.Select(({a} > MR_{name}[0]) | T.isnan({a}), {a}, MR_{name}[0])")
+
+    def mreduce_sum(self, name, a): self.lines.append(f"MR_{name}[0] = MR_{name}[0] + {a}")
+    def guard(self, a, limit): self.cond = f"T.fabs({a}) <= {f32(limit)}"
 
 
 def _scalars(p: Program, nodes: list[int]) -> tuple[list[str], str | None]:
     """Scalar statements; a guard returns its condition (the rest of the row runs under it)."""
-    lines, guard = [], None
-    for v in nodes:
-        op, args = p.op(v), [_scalar_name(p, a) for a in p.args(v)]
-        if op == "param":
-            lines.append(f"s{v}: T.let[T.float32] = rp_{p.attrs(v)['name']}")
-        elif op == "size":
-            lines.append(f's{v}: T.let[T.float32] = T.Cast("float32", {"m" if p.attrs(v)["axis"] == "rows" else "n"})')
-        elif op == "row_index":
-            lines.append(f's{v}: T.let[T.float32] = T.Cast("float32", row)')
-        elif op == "mscalar":
-            lines.append(f"s{v}: T.let[T.float32] = ms_{p.attrs(v)['name']}")
-        elif op == "emit":
-            lines.append(f"EM_{p.attrs(v)['name']}[0] = {args[0]}")
-        elif op == "mreduce_max":   # NaN propagates: once the scalar is NaN it stays NaN
-            buf = f"MR_{p.attrs(v)['name']}[0]"
-            lines.append(f"{buf} = T.Select(({args[0]} > {buf}) | T.isnan({args[0]}), {args[0]}, {buf})")
-        elif op == "mreduce_sum":
-            buf = f"MR_{p.attrs(v)['name']}[0]"
-            lines.append(f"{buf} = {buf} + {args[0]}")
-        elif op == "item":
-            (r,) = p.args(v)
-            lines.append(f"s{v}: T.let[T.float32] = s{r}_{p.attrs(v)['index']}")
-        elif op == "guard":
-            guard = f"T.fabs({args[0]}) <= {f32(p.attrs(v)['limit'])}"
-        else:
-            lines.append(f"s{v}: T.let[T.float32] = {SCALAR[op].format(*args)}")
-    return lines, guard
+    e = TirScalars()
+    lower_scalars(p, nodes, e)
+    return e.lines, e.cond
 
 
 def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: list[str]) -> str:

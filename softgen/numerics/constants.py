@@ -1,0 +1,59 @@
+"""The float32 constants of softgen's vector math, in one place: the "p5" exp (spec 2.4), the
+extended exponent (spec 2.1), log and log1p. ``templates/vmath.h.j2`` spells them in C (a global
+``K`` of ``render.env()``: ``{{ K.LOG2E.c }}`` is ``0x1.715476p+0f``), the TVM backend's emitter
+writes them into TIR, and ``reference.exp_p5_f32`` evaluates the same p5 in float64-emulated
+float32. Layer 0: imports nothing of softgen.
+
+Each constant is an ``F32``: a float (its exact value) that also keeps the spelling written
+here (``.text``, and ``.c`` with the C ``f`` suffix), so the generated C does not change when a
+value is only re-spelled. Every value is exactly representable in float32.
+"""
+from __future__ import annotations
+
+
+class F32(float):
+    """A float32 constant: its value, and its source spelling (hex float or decimal)."""
+    text: str
+
+    def __new__(cls, text: str) -> "F32":
+        value = float.fromhex(text) if "0x" in text.lower() else float(text)
+        obj = super().__new__(cls, value)
+        obj.text = text
+        return obj
+
+    @property
+    def c(self) -> str:
+        """The C float literal (``0x1.715476p+0f``)."""
+        return self.text + "f"
+
+    def __repr__(self) -> str:
+        return f"F32({self.text!r})"
+
+
+# -- exp ("p5" of Dukhan & Ablavatski, spec 2.4) ---------------------------------------------------
+LOG2E = F32("0x1.715476p+0")
+MAGIC = F32("0x1.8000FEp23")           # 1.5 * 2^23 + 127: round to integer, 127 + n in the low bits
+MINUS_LN2_HI = F32("-0x1.62E43p-1")    # Cody-Waite: -ln2 = MINUS_LN2_HI + MINUS_LN2_LO
+MINUS_LN2_LO = F32("0x1.05C61p-29")
+# e^t - 1 over t for |t| <= ln2/2, highest degree first: c5, c4, c3, c2, c1
+P5 = (F32("0x1.0F9F9Cp-7"), F32("0x1.573A1Ap-5"), F32("0x1.555A80p-3"), F32("0x1.FFFDC6p-2"),
+      F32("0x1.FFFFF6p-1"))
+EXP_MIN = F32("-88.0")                 # rounds to n = -127, whose 2^n bits are +0
+EXP_MAX = F32("88.75")                 # above log(FLT_MAX): overflows to +inf
+
+# -- extended exponent (spec 2.1) -----------------------------------------------------------------
+EXTEXP_DOMAIN = F32("0x1p17")          # |u| where (p, n) stays accurate (passes.EXTEXP_F32_DOMAIN)
+EXTEXP_E0 = F32("-190000.0")           # initial exponent: below any clamped u * log2 e
+
+# -- log, log1p ------------------------------------------------------------------------------------
+# log(1 + f) = f + f^2 P(f) on [sqrt(1/2) - 1, sqrt(2) - 1]; log(1 + u) = u + u^2 Q(u) on [0, 1]
+# (degree-7 minimax fits, lowest degree first, evaluated by Estrin's scheme)
+LOG_P = tuple(F32(h) for h in ("-0x1.fffff8p-2", "0x1.5556fcp-2", "-0x1.0004dep-2", "0x1.98d0a6p-3",
+                               "-0x1.535502p-3", "0x1.319380p-3", "-0x1.252fb0p-3", "0x1.65c796p-4"))
+LOG1P_Q = tuple(F32(h) for h in ("-0x1.ffff10p-2", "0x1.5535a6p-2", "-0x1.fd10fcp-3", "0x1.883eb6p-3",
+                                 "-0x1.19a5e8p-3", "0x1.446188p-4", "-0x1.ec8da6p-6", "0x1.5f9698p-8"))
+LN2_HI = F32("0x1.62e300p-1")          # ln2 = LN2_HI + LN2_LO (k ln2 for |k| <= 149 is exact in hi)
+LN2_LO = F32("0x1.2fefa2p-17")
+ONE_BITS = 0x3f800000                  # bits(1.0f)
+SQRT_HALF_BITS = 0x3f3504f3            # bits(sqrt(1/2)): the reduction's mantissa range starts here
+LOG_OFF = ONE_BITS - SQRT_HALF_BITS
