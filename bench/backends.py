@@ -38,7 +38,7 @@ def run(sizes, targets, ops, algorithms, budget) -> list[dict]:
                     continue
                 variants, kernels = {}, {}
                 for alg in algorithms:
-                    for b in ("c", "tvm"):
+                    for b in softgen.backends.names():
                         k = softgen.compile(op, algorithm=alg, target=t, backend=b)
                         y = np.empty_like(x)
                         k(x, out=y)

@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--newton-m", nargs="+", type=int, default=[49, 64, 128])
     ap.add_argument("--target", default="host")
-    ap.add_argument("--backends", nargs="+", default=["c", "tvm"])
+    ap.add_argument("--backends", nargs="+", default=list(softgen.backends.names()))
     ap.add_argument("--budget", type=float, default=1.0)
     a = ap.parse_args()
     try:

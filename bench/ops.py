@@ -123,7 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["256K", "1M", "16M", "2048x1024"])
     ap.add_argument("--targets", nargs="+", default=["avx2"])
-    ap.add_argument("--backends", nargs="+", default=["c", "tvm"])
+    ap.add_argument("--backends", nargs="+", default=list(softgen.backends.names()))
     ap.add_argument("--budget", type=float, default=0.4)
     ap.add_argument("--topk-sizes", nargs="+", default=["2048x1024", "4096x64"])
     ap.add_argument("--topk-k", nargs="+", type=int, default=[1, 2, 8])
