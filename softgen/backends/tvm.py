@@ -24,6 +24,7 @@ from .._version import __version__
 from ..analysis import matrix_plan_lines
 from ..errors import BuildError
 from ..ir import ROW, Program
+from ..matrix import MatMulPhase, SweepPhase
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
 from ..schedule import Schedule
@@ -781,7 +782,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
-    if any(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in mp.leaves()):
+    if any(isinstance(ph, MatMulPhase) and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
     if bad:
         raise BuildError(f"the TVM backend cannot lower {', '.join(bad)}")
@@ -790,7 +791,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
               f"target {t.name} ({t.lanes} lanes), schedule {s} ({s.tag(t.lanes)})"]
     header += ["# " + ln for ln in matrix_plan_lines(mp)]
     funcs = [row_function(ph.program, t, s, f"{name}__phase{k}", ph.program.row_params())
-             for k, ph in enumerate(mp.leaves()) if ph.kind in ("rows", "cols")]
+             for k, ph in enumerate(mp.leaves()) if isinstance(ph, SweepPhase)]
     gemms = {fname: tvm_gemm.gemm(t, layout, name=fname)
              for fname, layout, _ in matrix_gemms(mp, name).values()}
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
