@@ -2,8 +2,10 @@
 
 ``KernelABI`` is the C entry point of a kernel, one type for every kind: a dense row kernel, a
 selected (top-k) row kernel, a unary or a general matrix kernel. It knows the C parameters and
-signature (the templates, the header and the manifest print them) and the ctypes argument types
-(``runtime.load_entry``); ``KernelABI.row``/``selected`` and ``MatrixProgram.abi`` build it.
+signature (the templates, the header and the manifest print them), the ctypes argument types
+(``runtime.load_entry``) and what each pointer of a call spans and which it writes (``buffers``,
+``written``: the emulator's generic driver, ``templates/driver.c.j2``); ``binding.bind`` binds
+NumPy arrays to it. ``KernelABI.row``/``selected`` and ``MatrixProgram.abi`` build it.
 
 Every exported function (``<name>``, a GEMM library's ``<gemm>_entry``) returns an ``int``: 0, or
 one of the error codes below. This table is the only place their numbers and meanings are
@@ -201,6 +203,35 @@ class KernelABI:
     def argtypes(self) -> list:
         """The ctypes argument types of the entry point (pointers are passed as addresses)."""
         return [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in self.params()]
+
+    @property
+    def written(self) -> tuple[str, ...]:
+        """The pointer arguments the kernel writes (its outputs)."""
+        if self.kind == SELECTED:
+            return ("indices", "weights")
+        if self.kind == GENERAL:
+            return tuple(nm for nm, _ in self.outputs)
+        return ("y",)
+
+    def buffers(self, args) -> list[tuple[int, bool] | None]:
+        """What each argument of the call ``args`` (the entry point's arguments, pointers as
+        addresses) spans: None for a size, else (bytes from the pointer that the kernel may read or
+        write, whether it writes them). The emulator drivers copy these in and out."""
+        names = [nm for _, nm in self.params()]
+        v = dict(zip(names, args))
+
+        def span(rows: int, ld: int, width: int, item: int = 4) -> int:
+            return item * ((rows - 1) * ld + width) if rows and width else 0
+
+        if self.kind == SELECTED:
+            sizes = {"x": span(v["rows"], v["ldx"], v["n"]), "indices": 8 * v["rows"] * v["ldo"],
+                     "weights": 4 * v["rows"] * v["ldo"]}
+        elif self.kind == GENERAL:
+            sizes = {nm: span(v["batch"] * v[r], v[f"ld{nm}"], v[c]) for nm, (r, c) in self.matrices}
+        else:
+            sizes = {"x": span(v["rows"], v["ldx"], v["n"]), "y": span(v["rows"], v["ldy"], v["n"])}
+            sizes.update({rp: 4 * v["rows"] for rp in self.row_params})
+        return [(sizes[nm], nm in self.written) if t.endswith("*") else None for t, nm in self.params()]
 
     def arg_docs(self) -> dict[str, str]:
         """What each argument of a matrix kernel means, for headers and manifests."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .matrix import MatrixProgram
+from .matrix import LoopPhase, MatMulPhase, MatrixProgram
 from .passes import plan
 
 
@@ -30,16 +30,15 @@ def index_dims(mp: MatrixProgram) -> list[str]:
 def matrix_plan_lines(mp: MatrixProgram) -> list[str]:
     lines = ["matrix plan:"]
     for k, ph in enumerate(mp.leaves()):
-        if ph.kind == "matmul":
+        if isinstance(ph, MatMulPhase):
             lines.append(f"  phase {k} (matmul): {ph.mm}")
             if ph.mm.epilogue is not None:
                 lines.append("    fused epilogue (per output vector): "
                              + ", ".join(f"%{v} {ph.mm.epilogue.op(v)}" for v in ph.mm.epilogue.topo()))
             continue
-        lines.append(f"  phase {k} ({ph.kind} over {ph.over}"
-                     + (f" into {ph.into}" if ph.writes_output() else "") + "):")
+        lines.append(f"  phase {k} ({ph.describe()}):")
         lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]
-    loops = [ph for ph in mp.phases if ph.kind == "loop"]
+    loops = [ph for ph in mp.phases if isinstance(ph, LoopPhase)]
     for ph in loops:
         lines.append(f"  loop of {ph.count} iterations over the phases it holds"
                      + "".join(f", swapping {a} and {b}" for a, b in ph.swaps))
@@ -52,17 +51,12 @@ def matrix_traffic(mp: MatrixProgram) -> dict:
     so only each phase's first read of its matrix and its writes count (and a fused epilogue's
     store). Contractions are counted in flops (``matrix_flops``), not here."""
     reads = writes = passes = exps = 0
-    for ph, times in _counted(mp.phases, 1):
-        if ph.kind == "matmul" and ph.mm.epilogue is not None:   # its store of dst
-            writes += times
-            exps += times * plan(ph.mm.epilogue).exps_per_element()
-        if ph.kind != "rows":
-            continue
-        pl = plan(ph.program)
-        reads += times * (any(s.reads_x for s in pl.sweeps) + sum(len(s.reloads) for s in pl.sweeps))
-        writes += times * pl.writes
-        passes += times * len(pl.sweeps)
-        exps += times * pl.exps_per_element()
+    for ph, times in _counted(mp.phases):
+        r, w, n, e = ph.traffic(plan)
+        reads += times * r
+        writes += times * w
+        passes += times * n
+        exps += times * e
     gemms = matrix_flops(mp)
     return {"passes": passes, "reads": reads, "writes": writes,
             "bytes_per_element": 4 * (reads + writes), "exp_per_element": exps,
@@ -70,23 +64,19 @@ def matrix_traffic(mp: MatrixProgram) -> dict:
             **({"gemm_flops": gemms} if gemms else {})}
 
 
-def _counted(phases, times: int):
+def _counted(phases):
     """(leaf phase, how many times it runs per matrix), loop bodies times their counts."""
     for ph in phases:
-        if ph.kind == "loop":
-            yield from _counted(ph.body, times * ph.count)
-        else:
-            yield ph, times
+        yield from ph.counted()
 
 
 def matrix_flops(mp: MatrixProgram, dims: dict | None = None):
     """Flops of the contractions per matrix: a formula in the dimensions (``"40*m*m*m"``), or
     its value for ``dims`` ({name: size})."""
     terms: dict[tuple, int] = {}
-    for ph, times in _counted(mp.phases, 1):
-        if ph.kind == "matmul" and times:
-            (M, K), N = mp.shape(ph.mm.a), mp.shape(ph.mm.dst)[1]
-            key = tuple(sorted((M, N, K)))
+    for ph, times in _counted(mp.phases):
+        key = ph.flops(mp.shape)
+        if key is not None and times:
             terms[key] = terms.get(key, 0) + 2 * times
     if dims is not None:
         return sum(c * math.prod(dims[d] for d in key) for key, c in terms.items())

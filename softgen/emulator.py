@@ -1,7 +1,8 @@
 """Running kernels this CPU cannot execute: SIMDe for x86 ISAs on an x86 host (the same source,
 intrinsics implemented in portable C), a user-mode emulator (qemu) for other architectures.
 
-qemu runs a generated static driver (``templates/driver.c.j2``) that reads a batch of cases from
+qemu runs a generated static driver (``templates/driver.c.j2``, written from the kernel's
+``KernelABI``: one driver for every kind of entry point) that reads a batch of cases from
 a file, so one emulator start covers many calls: ``with entry.batch(): ...`` collects calls and
 runs them all when the block ends.
 """
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ._version import __version__
-from .abi import GENERAL, SELECTED, UNARY, KernelABI
+from .abi import KernelABI
 from .errors import TargetNotSupportedError
 from .render import env
 from .runtime import build_executable, compiler_for, load_entry, open_shared
@@ -64,22 +65,9 @@ def load_emulated(sources: dict, t: Target, name: str, simde: bool = True, abi: 
         fn = load_entry(open_shared(sources, t, emulate=True, symbols=(name,)), name, abi)
         fn.how = "emulated (SIMDe)"
         return fn
-    if abi.kind == GENERAL:
-        mats = [nm for nm, _ in abi.matrices]
-        args = [f"p[{k}]" for k in range(len(mats))] + ["h[0]"] + \
-            [f"h[{1 + k}]" for k in range(len(abi.dims))] + [f"mat[{3 * k}]" for k in range(len(mats))]
-        driver = env().get_template("matrix_driver.c.j2").render(
-            name=name, version=__version__, target=t.name, signature=abi.signature(name),
-            dims=abi.dims, matrices=mats, outputs=[nm for nm, _ in abi.outputs], call_args=", ".join(args))
-        exe = build_executable({**sources, "driver.c": driver}, t)
-        return QemuMatrixEntry(exe, find_emulator(t), name, abi)
-    driver = env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name,
-                                                        row_params=abi.row_params, matrix=abi.kind == UNARY,
-                                                        sparse=abi.kind == SELECTED)
+    driver = env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name, abi=abi)
     exe = build_executable({**sources, "driver.c": driver}, t)
-    if abi.kind == SELECTED:
-        return QemuSelectedEntry(exe, find_emulator(t), name)
-    return QemuEntry(exe, find_emulator(t), name, abi.kind == UNARY)
+    return QemuEntry(exe, find_emulator(t), name, abi)
 
 
 def run_driver(emulator: list[str], exe: Path, payload: bytes, what: str) -> bytes:
@@ -147,59 +135,35 @@ class BatchedCalls(abc.ABC):
             raise RuntimeError(f"{self.name} returned error codes {sorted(set(rcs) - {0})} in a batch")
 
 
-
 class QemuEntry(BatchedCalls):
-    """Calls a kernel inside a static driver program under a user-mode emulator."""
+    """Calls a kernel inside its static driver (templates/driver.c.j2) under a user-mode emulator,
+    taking the arguments of its entry point ``abi`` (pointers as addresses); what each pointer
+    spans and which are written come from ``abi.buffers``, for every kind of entry point."""
 
-    def __init__(self, exe: Path, emulator: list[str], name: str, matrix: bool = False):
+    def __init__(self, exe: Path, emulator: list[str], name: str, abi: KernelABI):
         super().__init__()
-        self.exe, self.emulator, self.name, self.matrix = exe, emulator, name, matrix
+        self.exe, self.emulator, self.name, self.abi = exe, emulator, name, abi
         self.how = f"emulated ({emulator[0]})"
 
-    def __call__(self, px: int, py: int, rows: int, n: int, ldx: int, ldy: int, *extra: int) -> int:
-        m, row_params = (extra[0], ()) if self.matrix else (0, extra)
-        nx = (rows - 1) * ldx + n
-        inplace = px == py
-        ny = 0 if inplace else (rows - 1) * ldy + n
-        head = struct.pack("<9Q", rows, n, ldx, ldy, nx, ny, px % 64, py % 64, m)
-        data = ctypes.string_at(px, 4 * nx) + (b"" if inplace else ctypes.string_at(py, 4 * ny))
-        data += b"".join(ctypes.string_at(pp, 4 * rows) for pp in row_params)
-        return self._queue((head + data, [(py, 4 * (ny or nx))]))
+    def __call__(self, *args: int) -> int:
+        head, data, outs, own = [], [], [], {}
+        for k, (a, buf) in enumerate(zip(args, self.abi.buffers(args))):
+            if buf is None:            # a size
+                head += [a, 0, 0]
+                continue
+            nbytes, written = buf
+            if not a:                  # NULL
+                head += [0, 0, 2 ** 64 - 1]
+                continue
+            if a in own and nbytes <= own[a][1]:   # within an earlier argument's buffer (in place)
+                head += [nbytes, 0, own[a][0] + 1]
+            else:
+                own[a] = (k, nbytes)
+                head += [nbytes, a % 64, 0]
+                data.append(ctypes.string_at(a, nbytes) if nbytes else b"")
+            if written:
+                outs.append((a, nbytes))
+        return self._queue((struct.pack(f"<{len(head)}Q", *head) + b"".join(data), outs))
 
     def _run(self, payload: bytes) -> bytes:
         return run_driver(self.emulator, self.exe, payload, self.name)
-
-
-class QemuSelectedEntry(QemuEntry):
-    """The driver of a selected output: ``fn(px, pindices, pweights, rows, n, ldx, ldo)``."""
-
-    def __call__(self, px: int, pi: int, pw: int, rows: int, n: int, ldx: int, ldo: int) -> int:
-        nx = (rows - 1) * ldx + n
-        head = struct.pack("<9Q", rows, n, ldx, ldo, nx, 0, px % 64, 0, 0)
-        return self._queue((head + ctypes.string_at(px, 4 * nx), [(pi, 8 * rows * ldo), (pw, 4 * rows * ldo)]))
-
-
-class QemuMatrixEntry(QemuEntry):
-    """Calls a matrix kernel with the general ABI (``fn(*pointers, batch, *dims, *lds)``) inside
-    its static driver (templates/matrix_driver.c.j2) under a user-mode emulator."""
-
-    def __init__(self, exe: Path, emulator: list[str], name: str, abi):
-        super().__init__(exe, emulator, name, matrix=True)
-        self.abi = abi
-
-    def __call__(self, *args: int) -> int:
-        abi = self.abi
-        nmat, ndim = len(abi.matrices), len(abi.dims)
-        ptrs, batch = args[:nmat], args[nmat]
-        dims = dict(zip(abi.dims, args[nmat + 1:nmat + 1 + ndim]))
-        lds = args[nmat + 1 + ndim:]
-        head, data, outs = [batch, *dims.values()], b"", []
-        for k, ((_, (r, c)), p, ld) in enumerate(zip(abi.matrices, ptrs, lds)):
-            rows = batch * dims[r]
-            span = (rows - 1) * ld + dims[c] if rows and dims[c] else 0
-            head += [ld, span, p % 64]
-            data += ctypes.string_at(p, 4 * span) if span else b""
-            if k >= len(abi.inputs):
-                outs.append((p, 4 * span))
-        blob = struct.pack(f"<{len(head)}Q", *head) + data
-        return self._queue((blob, outs))

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from . import export as aot
 from . import ops as _ops
 from . import passes
-from .abi import ERRORS, KernelABI, failure
+from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
+from .binding import bind
 from .cnames import name_clash
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
@@ -88,23 +89,29 @@ class Kernel:
     @property
     def abi(self):
         """The C ABI of a matrix kernel (``abi.KernelABI``), None for a row kernel."""
-        return self.program.abi() if self.matrix else None
+        return self._abi if self.matrix else None
 
-    @property
+    @cached_property
     def _abi(self) -> KernelABI:
-        """The C entry point, for every kind of kernel (``abi``: matrix kernels only, for callers)."""
+        """The C entry point, for every kind of kernel (``abi``: matrix kernels only, for callers);
+        computed once per kernel (calls must not walk the IR)."""
         return self.program.abi() if self.matrix else KernelABI.of_rows(self.program)
+
+    @cached_property
+    def _plain(self) -> bool:
+        """Dense rows without per-row parameters: calls may take ``_fastcall``."""
+        return self._abi.kind == ROW and not self._abi.row_params
 
     @property
     def row_params(self) -> list[str]:
         """Per-row parameters of the C entry point (after ``ldy``), one float per row each."""
-        return [] if self.matrix else self.program.row_params()
+        return list(self._abi.row_params)
 
     @property
     def selected(self) -> bool:
         """A selected (sparse) output: calls return (indices, weights) of the min(k, n) selected
         entries per row instead of a row like x."""
-        return not self.matrix and self.program.op(self.program.output()) == "output_selected"
+        return self._abi.kind == SELECTED
 
     @property
     def runnable(self) -> bool:
@@ -137,8 +144,8 @@ class Kernel:
         """y = op(x) along the last axis. ``call``: the op's call-time arguments (e.g. lssa's
         ``n_attended``), from which the per-row parameters are computed."""
         fn = self._fn or self._entry(False)
-        if call or self.row_params or self.selected or self.matrix:
-            return self._run(fn, x, out, call)
+        if call or not self._plain:
+            return self._call(fn, (x,), out, call)
         if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
             # Fast path: float32 rows with one stride, x and y identical or disjoint. Anything
             # else comes back NotImplemented and takes the general path below.
@@ -148,13 +155,13 @@ class Kernel:
                 return y
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
-        return self._run(fn, x, out)
+        return self._call(fn, (x,), out, call)
 
     def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
         """Run through an emulator instead of the CPU: SIMDe for x86 ISAs on an x86 host, qemu
         user mode for other architectures (e.g. neon on x86). For testing kernels whose ISA this
         machine lacks; much slower than a native call."""
-        return self._run(self._entry(True), x, out, call)
+        return self._call(self._entry(True), (x,), out, call)
 
     def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
         """``run_emulated`` over many inputs, in one emulator process where that matters (qemu).
@@ -163,84 +170,33 @@ class Kernel:
         outs = [None] * len(xs) if outs is None else outs
         calls = [{}] * len(xs) if calls is None else calls
         with getattr(fn, "batch", contextlib.nullcontext)():
-            return [self._run(fn, x, o, c) for x, o, c in zip(xs, outs, calls)]
+            return [self._call(fn, self._inputs(x), o, c) for x, o, c in zip(xs, outs, calls)]
 
-    def _check_input(self, x) -> np.ndarray:
-        """``x`` as the array the kernel takes; a NumPy scalar counts as a 0-d array."""
-        if type(x) is not np.ndarray:
-            if isinstance(x, np.generic):
-                x = np.asarray(x)
-            elif not isinstance(x, np.ndarray):
-                raise TypeError(f"{self.name} takes a numpy.ndarray of float32, got {type(x).__name__} "
-                                f"(use np.asarray(x, np.float32))")
-        if x.dtype != np.float32:
-            raise TypeError(f"{self.name} takes float32 arrays, got {x.dtype} (use x.astype(np.float32))")
-        if x.ndim < 1 + self.matrix:
-            what = "two axes (..., m, n)" if self.matrix else "one axis"
-            hint = " (NumPy scalars and 0-d arrays have no axis)" if x.ndim == 0 else ""
-            raise ValueError(f"{self.name} needs an array with at least {what}, got shape {x.shape}{hint}")
-        if self.matrix and self.abi.square and x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"{self.name} ({self.op}) needs square matrices (..., m, m), got shape {x.shape}")
-        return x
-
-    def _run_selected(self, fn, x, out, call):
-        """(indices int64, weights float32), shape x.shape[:-1] + (min(k, n),)."""
-        x = self._check_input(x)
-        if out is not None:
-            raise TypeError(f"{self.name} returns new (indices, weights) arrays; it takes no out=")
-        _ops.get_op(self.op).row_arguments([], x.shape, self.params, call or {})  # rejects call args
-        n = x.shape[-1]
-        k = self.program.attrs(self.program.args(self.program.output())[0])["k"]
-        m = min(k, n)
-        idx = np.empty(x.shape[:-1] + (m,), np.int64)
-        w = np.empty(x.shape[:-1] + (m,), np.float32)
-        if x.size == 0:
-            return idx, w
-        lx = _layout(x)
-        if lx is None:
-            x = np.ascontiguousarray(x)
-            x = x if x.flags.aligned else x.copy()
-            lx = (x.ctypes.data, n)
-        rc = fn(lx[0], idx.ctypes.data, w.ctypes.data, x.size // n, n, lx[1], m)
-        if rc:
-            raise failure(self.name, rc)
-        return idx, w
+    def _inputs(self, x) -> tuple:
+        """One element of ``run_emulated_many``'s ``xs`` as the tuple of input arrays."""
+        return (x,)
 
     def _run(self, fn, x, out, call=None):
-        if self.selected:
-            return self._run_selected(fn, x, out, call)
-        x = self._check_input(x)
-        n = x.shape[-1]
-        if out is None:
-            y = np.empty(x.shape, np.float32)
-            ly = (y.ctypes.data, n)
-        else:
-            y = out
-            ly = _out_layout(x, y, self.name)
-        rps = _ops.get_op(self.op).row_arguments(self.row_params, x.shape, self.params, call or {})
-        if x.size == 0:
-            return y
-        rows = x.size // n
-        lx = _layout(x)
-        if lx is None or (out is not None and lx != ly and np.may_share_memory(x, y)
-                          and np.shares_memory(x, y)):
-            # Last axis not contiguous, rows not evenly strided, misaligned, or x overlaps out
-            # without being it: work on a contiguous copy (documented).
-            x = np.ascontiguousarray(x).copy() if lx is not None else np.ascontiguousarray(x)
-            if not x.flags.aligned:
-                x = x.copy()
-            lx = (x.ctypes.data, n)
-        if ly is None:  # misaligned out: compute into a temporary, then copy
-            tmp = self._run(fn, x, None, call)
-            if hasattr(fn, "flush"):  # a batching emulator: make tmp real before copying it
-                fn.flush()
-            np.copyto(y, tmp)
-            return y
-        extra = [x.shape[-2]] if self.matrix else [a.ctypes.data for a in rps]
-        rc = fn(lx[0], ly[0], rows, n, lx[1], ly[1], *extra)
+        """The general (checked) path of ``k(x, out=out, **call)`` through entry ``fn``."""
+        return self._call(fn, (x,), out, call)
+
+    def _call(self, fn, inputs: tuple, out, call=None):
+        """Bind ``inputs``, ``out`` and the call-time arguments to the entry point (``binding``),
+        call ``fn``, map a nonzero return code to its exception; one path for every kind."""
+        opdef, params = _ops.get_op(self.op), self.params
+        b = bind(self._abi, self.name, inputs, out,
+                 lambda names, shape: opdef.row_arguments(names, shape, params, call or {}), self.op)
+        if b.args is None:
+            return b.result
+        rc = fn(*b.args)
         if rc:
             raise failure(self.name, rc)
-        return y
+        if b.copy_to is None:
+            return b.result
+        if hasattr(fn, "flush"):  # a batching emulator: make the temporary real before copying it
+            fn.flush()
+        np.copyto(b.copy_to, b.result)
+        return b.copy_to
 
     # -- products -------------------------------------------------------------------------------
     @property
@@ -269,113 +225,17 @@ class MatrixKernel(Kernel):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
     def __call__(self, *inputs, out=None) -> np.ndarray:
-        return self._run_inputs(self._fn or self._entry(False), inputs, out)
+        return self._call(self._fn or self._entry(False), inputs, out)
 
     def run_emulated(self, *inputs, out=None) -> np.ndarray:
-        return self._run_inputs(self._entry(True), inputs, out)
+        return self._call(self._entry(True), inputs, out)
 
     def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
         """``run_emulated`` over many tuples of inputs, in one emulator process (qemu)."""
-        fn = self._entry(True)
-        outs = [None] * len(xs) if outs is None else outs
-        with getattr(fn, "batch", contextlib.nullcontext)():
-            return [self._run_inputs(fn, x, o) for x, o in zip(xs, outs)]
+        return super().run_emulated_many(xs, outs)
 
-    def _run_inputs(self, fn, inputs, out):
-        abi, names = self.abi, [nm for nm, _ in self.abi.inputs]
-        inputs = tuple(np.asarray(a) if isinstance(a, np.generic) else a for a in inputs)
-        if len(inputs) != len(names):
-            raise TypeError(f"{self.name} ({self.op}) takes {len(names)} arrays ({', '.join(names)}), "
-                            f"got {len(inputs)}")
-        dims: dict[str, int] = {}
-        lead = None
-        for (nm, shape), a in zip(abi.inputs, inputs):
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"{self.name}: {nm} must be a numpy.ndarray of float32, got {type(a).__name__}")
-            if a.dtype != np.float32:
-                raise TypeError(f"{self.name}: {nm} must be float32, got {a.dtype} (use .astype(np.float32))")
-            if a.ndim < 2:
-                raise ValueError(f"{self.name}: {nm} needs two axes (..., {', '.join(shape)}), got shape {a.shape}")
-            if lead is None:
-                lead = a.shape[:-2]
-            elif a.shape[:-2] != lead:
-                raise ValueError(f"{self.name}: the leading axes of the inputs must be equal (no "
-                                 f"broadcasting), got {lead} and {a.shape[:-2]} ({nm})")
-            for d, v in zip(shape, a.shape[-2:]):
-                if dims.setdefault(d, v) != v:
-                    raise ValueError(f"{self.name}: dimension {d} is {dims[d]} in one input and {v} in "
-                                     f"{nm} (shape {a.shape}; {self.op} takes "
-                                     + ", ".join(f"{n}{list(s)}" for n, s in abi.inputs) + ")")
-        (oname, (orow, ocol)), = abi.outputs
-        shape = lead + (dims[orow], dims[ocol])
-        if out is None:
-            y = np.empty(shape, np.float32)
-        else:
-            y = out
-            if not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.shape != shape:
-                raise ValueError(f"{self.name}: out must be a float32 array of shape {shape}")
-            if not y.flags.writeable:
-                raise ValueError(f"{self.name}: out is read-only")
-        batch = math.prod(lead)
-        if y.size == 0:
-            return y
-        ly = _layout(y) if y.flags.aligned else None
-        if ly is None or any(np.shares_memory(y, a) for a in inputs):
-            # out cannot be addressed with one row stride, is misaligned or overlaps an input:
-            # compute into a temporary, then copy
-            tmp = self._run_inputs(fn, inputs, None)
-            if hasattr(fn, "flush"):  # a batching emulator: make tmp real before copying it
-                fn.flush()
-            np.copyto(y, tmp)
-            return y
-        arrays, ptrs, lds = [], [], []
-        for a in inputs:
-            la = _layout(a) if a.size else (a.ctypes.data, a.shape[-1])
-            if la is None:   # rows not evenly strided or misaligned: a contiguous copy
-                a = np.ascontiguousarray(a)
-                a = a if a.flags.aligned else a.copy()
-                la = (a.ctypes.data, a.shape[-1])
-            arrays.append(a)   # alive across the call
-            ptrs.append(la[0])
-            lds.append(la[1])
-        rc = fn(*ptrs, ly[0], batch, *[dims[d] for d in abi.dims], *lds, ly[1])
-        if rc:
-            raise failure(self.name, rc)
-        return y
-
-
-def _layout(a: np.ndarray):
-    """(data pointer, row stride in elements) if ``a``'s rows can be addressed as base + r*ld with
-    a contiguous last axis; None if a copy is needed."""
-    n, item = a.shape[-1], a.itemsize
-    if a.flags.c_contiguous and a.flags.aligned:
-        return a.ctypes.data, n
-    if not a.flags.aligned or (n > 1 and a.strides[-1] != item):
-        return None
-    shape = [(s, st) for s, st in zip(a.shape[:-1], a.strides[:-1]) if s != 1]
-    if not shape:
-        return a.ctypes.data, n
-    for (s0, st0), (s1, st1) in zip(shape, shape[1:]):
-        if st0 != st1 * s1:
-            return None
-    ld, rem = divmod(shape[-1][1], item)
-    if rem or ld < n:
-        return None
-    return a.ctypes.data, ld
-
-
-def _out_layout(x: np.ndarray, y, name: str):
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"{name}: out must be a numpy.ndarray, got {type(y).__name__}")
-    if y.dtype != np.float32:
-        raise TypeError(f"{name}: out must be float32, got {y.dtype}")
-    if y.shape != x.shape:
-        raise ValueError(f"{name}: out has shape {y.shape}, expected {x.shape}")
-    if not y.flags.writeable:
-        raise ValueError(f"{name}: out is read-only")
-    # None: the C ABI cannot address out (misaligned, a strided last axis, rows not one
-    # non-negative stride apart: ld is a size_t); the caller computes into a temporary and copies
-    return _layout(y) if y.flags.aligned else None
+    def _inputs(self, x) -> tuple:
+        return tuple(x)
 
 
 def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host",

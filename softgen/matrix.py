@@ -23,6 +23,9 @@ call) and runs a sequence of *phases* per matrix of the batch:
 * ``loop``: a body of phases repeated a build-time number of times; ``swap`` pairs of scratch
   matrices exchange roles after every iteration (ping-pong buffers, no copies).
 
+Each kind is a class (``RowsPhase``, ``ColsPhase``, ``MatMulPhase``, ``LoopPhase``) that knows the
+matrices it reads and writes, the row programs it runs, its traffic and flops.
+
 Vectors and per-matrix scalars are named; a vector's length is a dimension (a rows phase's
 per-row vectors have its matrix's row count, its per-column vectors its column count). A phase
 reads what earlier phases wrote. ``passes.lower_matrix`` fuses consecutive rows phases over the
@@ -81,43 +84,166 @@ class MatMul:
         return f"{self.dst} = {alpha}{prod}{beta}{epi}"
 
 
-@dataclass
 class Phase:
-    kind: str                       # "rows" | "cols" | "matmul" | "loop"
-    program: Program | None = None  # rows, cols
-    over: str = "x"                 # rows: the matrix swept; cols: whose columns
-    into: str | None = None         # rows: the matrix its output row goes to
-    mm: MatMul | None = None        # matmul
-    count: int = 0                  # loop: iterations
-    body: list["Phase"] = field(default_factory=list)              # loop
-    swaps: tuple[tuple[str, str], ...] = ()                        # loop
+    """One step of a matrix program, one subclass per kind: ``RowsPhase``, ``ColsPhase`` (both
+    ``SweepPhase``: a row program over a matrix), ``MatMulPhase`` and ``LoopPhase``. Each kind
+    knows the matrices it reads and writes, the row programs it runs, its memory traffic and its
+    contraction flops; ``kind`` is only its name in plans, comments and messages."""
+
+    kind = ""
+    into: str | None = None   # a rows phase's output matrix (class attribute: None for the others)
+
+    def leaves(self):
+        """The rows/cols/matmul phases this phase runs, in order (a loop's body once)."""
+        yield self
+
+    def counted(self, times: int = 1):
+        """(leaf phase, how many times it runs per matrix), loop bodies times their counts."""
+        yield self, times
+
+    def programs(self) -> list[tuple[Program, str]]:
+        """(row program, matrix it runs over) of the row programs this leaf phase runs."""
+        return []
 
     def writes_output(self) -> bool:
-        return self.kind == "rows" and bool(self.program.nodes("output"))
+        return False
 
     def matrices_read(self) -> set[str]:
-        if self.kind == "rows":
-            return {self.over} | set(self.program.matrices())
-        if self.kind == "matmul":
-            epi = set(self.mm.epilogue.matrices()) if self.mm.epilogue is not None else set()
-            return {self.mm.a, self.mm.b} | ({self.mm.dst} if self.mm.beta else set()) | epi
         return set()
 
     def matrices_written(self) -> set[str]:
-        if self.kind == "rows":
-            return {self.into} if self.writes_output() else set()
-        if self.kind == "matmul":
-            return {self.mm.dst}
         return set()
+
+    def matrices_named(self) -> set[str]:
+        """Every matrix the phase names (each must be declared)."""
+        return self.matrices_read() | self.matrices_written()
+
+    def traffic(self, plan) -> tuple[int, int, int, int]:
+        """(reads, writes, sweeps, exps) per element of its matrix, one run; ``plan``: the sweep
+        planner (``passes.plan``). Contractions count in ``flops``, not here."""
+        return 0, 0, 0, 0
+
+    def flops(self, shape) -> tuple[str, ...] | None:
+        """A contraction's dimensions (2 * their product flops; ``shape``: a matrix's shape by
+        name), None for other phases."""
+        return None
+
+    def describe(self) -> str:
+        return self.kind
+
+
+@dataclass
+class SweepPhase(Phase):
+    """A row program run over the rows (``RowsPhase``) or the column vectors (``ColsPhase``) of
+    matrix ``over``."""
+    program: Program
+    over: str = "x"
+
+    def programs(self) -> list[tuple[Program, str]]:
+        return [(self.program, self.over)]
+
+    def matrices_named(self) -> set[str]:
+        return super().matrices_named() | {self.over}
+
+    @property
+    def swept(self) -> str:
+        """The matrix whose shape its row program runs over."""
+        return self.over
+
+    def describe(self) -> str:
+        return f"{self.kind} over {self.over}"
+
+
+@dataclass
+class RowsPhase(SweepPhase):
+    """A row program over every row of ``over``, its output row (if any) into ``into``."""
+    into: str | None = None
+    kind = "rows"
+
+    def writes_output(self) -> bool:
+        return bool(self.program.nodes("output"))
+
+    def matrices_read(self) -> set[str]:
+        return {self.over} | set(self.program.matrices())
+
+    def matrices_written(self) -> set[str]:
+        return {self.into} if self.writes_output() else set()
+
+    def traffic(self, plan) -> tuple[int, int, int, int]:
+        pl = plan(self.program)
+        return (any(s.reads_x for s in pl.sweeps) + sum(len(s.reloads) for s in pl.sweeps), pl.writes,
+                len(pl.sweeps), pl.exps_per_element())
+
+    def copy(self) -> "RowsPhase":
+        return RowsPhase(self.program.copy(), self.over, self.into)
+
+    def describe(self) -> str:
+        return super().describe() + (f" into {self.into}" if self.writes_output() else "")
+
+
+@dataclass
+class ColsPhase(SweepPhase):
+    """A row program run once over the per-column vectors of ``over`` (a "row" of its columns)."""
+    kind = "cols"
+
+    def copy(self) -> "ColsPhase":
+        return ColsPhase(self.program.copy(), self.over)
+
+
+@dataclass
+class MatMulPhase(Phase):
+    """A contraction (``MatMul``), with its fused epilogue if any."""
+    mm: MatMul
+    kind = "matmul"
+
+    def programs(self) -> list[tuple[Program, str]]:
+        return [(self.mm.epilogue, self.mm.dst)] if self.mm.epilogue is not None else []
+
+    def matrices_read(self) -> set[str]:
+        epi = set(self.mm.epilogue.matrices()) if self.mm.epilogue is not None else set()
+        return {self.mm.a, self.mm.b} | ({self.mm.dst} if self.mm.beta else set()) | epi
+
+    def matrices_written(self) -> set[str]:
+        return {self.mm.dst}
+
+    @property
+    def swept(self) -> str:
+        return self.mm.dst
+
+    def traffic(self, plan) -> tuple[int, int, int, int]:
+        if self.mm.epilogue is None:
+            return 0, 0, 0, 0
+        return 0, 1, 0, plan(self.mm.epilogue).exps_per_element()   # its store of dst
+
+    def flops(self, shape) -> tuple[str, ...]:
+        (M, K), N = shape(self.mm.a), shape(self.mm.dst)[1]
+        return tuple(sorted((M, N, K)))
+
+    def describe(self) -> str:
+        return f"matmul {self.mm}"
+
+
+@dataclass
+class LoopPhase(Phase):
+    """``body`` repeated ``count`` times; ``swaps``: pairs of scratch matrices exchanged after
+    every iteration."""
+    count: int = 0
+    body: list[Phase] = field(default_factory=list)
+    swaps: tuple[tuple[str, str], ...] = ()
+    kind = "loop"
+
+    def leaves(self):
+        yield from walk(self.body)
+
+    def counted(self, times: int = 1):
+        for ph in self.body:
+            yield from ph.counted(times * self.count)
 
 
 def walk(phases: list[Phase]):
     """Every rows/cols/matmul phase, in execution order of one iteration (loop bodies once)."""
     for ph in phases:
-        if ph.kind == "loop":
-            yield from walk(ph.body)
-        else:
-            yield ph
+        yield from ph.leaves()
 
 
 class MatrixProgram:
@@ -160,27 +286,27 @@ class MatrixProgram:
         if into is None and len(self.outputs) == 1:
             into = next(iter(self.outputs))
         p = self._program("rows")
-        self._add(Phase("rows", p, over=over, into=into))
+        self._add(RowsPhase(p, over=over, into=into))
         return p.input()
 
     def cols(self, over: str = "x") -> Program:
         """Start a cols phase over the per-column vectors of matrix ``over``; read them with
         ``colvec``."""
         p = self._program("cols")
-        self._add(Phase("cols", p, over=over))
+        self._add(ColsPhase(p, over=over))
         return p
 
     def matmul(self, dst: str, a: str, b: str, layout: str = "nn", alpha: float = 1.0,
                beta: float = 0.0) -> None:
         """``dst = alpha * a @ b + beta * dst`` (``nn``) or ``alpha * a @ b^T + beta * dst``
         (``nt``); ``beta == 0`` never reads dst."""
-        self._add(Phase("matmul", mm=MatMul(dst, a, b, layout, float(alpha), float(beta))))
+        self._add(MatMulPhase(MatMul(dst, a, b, layout, float(alpha), float(beta))))
 
     @contextlib.contextmanager
     def loop(self, count: int, swap=()):
         """``with mp.loop(n, swap=[("v", "w")]): ...``: the phases added in the block run n
         times; after each iteration the paired scratch matrices exchange roles."""
-        ph = self._add(Phase("loop", count=count, swaps=tuple(tuple(s) for s in swap)))
+        ph = self._add(LoopPhase(count=count, swaps=tuple(tuple(s) for s in swap)))
         self._open.append(ph.body)
         try:
             yield ph
@@ -203,13 +329,7 @@ class MatrixProgram:
 
     def programs(self) -> list[tuple[Phase, Program, str]]:
         """(phase, row program, matrix it runs over) of every rows/cols phase and epilogue."""
-        out = []
-        for ph in self.leaves():
-            if ph.kind in ("rows", "cols"):
-                out.append((ph, ph.program, ph.over))
-            elif ph.mm.epilogue is not None:
-                out.append((ph, ph.mm.epilogue, ph.mm.dst))
-        return out
+        return [(ph, p, over) for ph in self.leaves() for p, over in ph.programs()]
 
     def vector_dims(self) -> dict[str, str]:
         """Every per-row/per-column vector and its length (a dimension)."""
@@ -267,7 +387,7 @@ class MatrixProgram:
 
     def _check_phases(self, phases: list[Phase], mats: set, vecs: set, scalars: set) -> None:
         for ph in phases:
-            if ph.kind == "loop":
+            if isinstance(ph, LoopPhase):
                 if not (isinstance(ph.count, int) and ph.count >= 0):
                     raise IRError(f"{self.name}: a loop count must be an integer >= 0, got {ph.count!r}")
                 m2, v2, s2 = set(mats), set(vecs), set(scalars)
@@ -285,9 +405,9 @@ class MatrixProgram:
                     vecs |= v2
                     scalars |= s2
                 continue
-            if ph.kind not in ("rows", "cols", "matmul"):
+            if not isinstance(ph, (SweepPhase, MatMulPhase)):
                 raise IRError(f"{self.name}: unknown phase kind {ph.kind!r}")
-            for nm in ph.matrices_read() | ph.matrices_written() | ({ph.over} if ph.kind != "matmul" else set()):
+            for nm in ph.matrices_named():
                 self.shape(nm)
             missing = ph.matrices_read() - mats
             if missing:
@@ -295,7 +415,7 @@ class MatrixProgram:
                               f"before any phase writes them")
             if ph.matrices_written() & set(self.inputs):
                 raise IRError(f"{self.name}: a {ph.kind} phase writes an input matrix")
-            if ph.kind == "matmul":
+            if isinstance(ph, MatMulPhase):
                 mm = ph.mm
                 if mm.layout not in LAYOUTS:
                     raise IRError(f"{self.name}: matmul layout must be one of {LAYOUTS}, got {mm.layout!r}")
@@ -322,13 +442,13 @@ class MatrixProgram:
         if p.phase == "cols" and (p.nodes("param") or p.nodes("emit") or p.nodes("row_index")
                                   or p.nodes("output")):
             raise IRError(f"{self.name}: a cols phase has no per-row vectors, row index or output")
-        if ph.kind == "rows" and ph.writes_output():
+        if ph.writes_output():
             if ph.into is None:
                 raise IRError(f"{self.name}: a rows phase with an output needs into=")
             if self.shape(ph.into) != self.shape(ph.over):
                 raise IRError(f"{self.name}: a rows phase over {ph.over} {self.shape(ph.over)} "
                               f"writes {ph.into} {self.shape(ph.into)}")
-        swept = ph.mm.dst if ph.kind == "matmul" else ph.over
+        swept = ph.swept
         for nm in p.matrices():
             if p.phase != "rows" or self.shape(nm) != self.shape(swept) or nm in (swept, ph.into):
                 raise IRError(f"{self.name}: phase {p.name} reads matrix {nm!r} element-wise: only "
@@ -353,12 +473,12 @@ class MatrixProgram:
         """The unary ABI lets y be x: once a phase writes y, no phase may read x, except the rows
         phase that writes y row by row from x. y is written outside loops only."""
         for ph in self.phases:
-            if ph.kind == "loop" and any("y" in q.matrices_written() for q in walk(ph.body)):
+            if isinstance(ph, LoopPhase) and any("y" in q.matrices_written() for q in ph.leaves()):
                 raise IRError(f"{self.name}: y (which may be x) is written inside a loop")
         seq = self.leaves()
         first = next((k for k, ph in enumerate(seq) if "y" in ph.matrices_written()), len(seq))
         for k, ph in enumerate(seq[first:], first):
-            row_local = k == first and ph.kind == "rows" and ph.into == "y"
+            row_local = k == first and isinstance(ph, RowsPhase) and ph.into == "y"
             if "x" in ph.matrices_read() and not row_local:
                 raise IRError(f"{self.name}: a phase reads x after y (which may be x) is written")
 
@@ -386,21 +506,15 @@ class MatrixProgram:
 
         def show(phases, ind):
             for ph in phases:
-                if ph.kind == "loop":
+                if isinstance(ph, LoopPhase):
                     sw = "".join(f", swap {a} <-> {b}" for a, b in ph.swaps)
                     out.append(f"{ind}loop {ph.count} times{sw}:")
                     show(ph.body, ind + "  ")
                     continue
                 k = counter[0]
                 counter[0] += 1
-                if ph.kind == "matmul":
-                    out.append(f"{ind}phase {k}: matmul {ph.mm}")
-                    p = ph.mm.epilogue
-                else:
-                    where = f" over {ph.over}" + (f" into {ph.into}" if ph.writes_output() else "")
-                    out.append(f"{ind}phase {k}: {ph.kind}{where}")
-                    p = ph.program
-                if p is not None:
+                out.append(f"{ind}phase {k}: {ph.describe()}")
+                for p, _ in ph.programs():
                     out.extend(f"{ind}  " + ln for ln in str(p).splitlines()[1:])
         show(self.phases, " ")
         return "\n".join(out)
@@ -411,5 +525,5 @@ def map_phases(phases: list[Phase], fn) -> list[Phase]:
     phase list (the top level and each loop body)."""
     out = []
     for ph in phases:
-        out.append(replace(ph, body=map_phases(ph.body, fn)) if ph.kind == "loop" else ph)
+        out.append(replace(ph, body=map_phases(ph.body, fn)) if isinstance(ph, LoopPhase) else ph)
     return fn(out)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .ir import PAIR, ROW, SCALAR, IRError, Program
-from .matrix import MatMul, Phase, map_phases, written_by
+from .matrix import MatMul, MatMulPhase, RowsPhase, SweepPhase, map_phases, written_by
 from .numerics.constants import EXTEXP_DOMAIN
 
 # Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
@@ -483,7 +483,7 @@ def _fusable_rows(a, b) -> bool:
     """Whether rows phase ``b`` can run on each row right after ``a`` (one row program): same
     matrix, b reads nothing a produces across the rows (column vectors, per-matrix scalars), and
     at most one output, which does not overwrite the rows b still reads."""
-    if not (a.kind == b.kind == "rows" and a.over == b.over):
+    if not (isinstance(a, RowsPhase) and isinstance(b, RowsPhase) and a.over == b.over):
         return False
     pa, pb = a.program, b.program
     if {pb.attrs(v)["name"] for v in pb.nodes("colvec")} & written_by(pa):
@@ -508,17 +508,16 @@ def _fuse_phases(phases: list, epilogues: bool) -> list:
     out: list = []
     for ph in phases:
         prev = out[-1] if out else None
-        if prev is not None and epilogues and prev.kind == "matmul" and prev.mm.epilogue is None \
-                and prev.mm.beta == 0.0 and ph.kind == "rows" and ph.over == ph.into == prev.mm.dst \
+        if prev is not None and epilogues and isinstance(prev, MatMulPhase) and prev.mm.epilogue is None \
+                and prev.mm.beta == 0.0 and isinstance(ph, RowsPhase) and ph.over == ph.into == prev.mm.dst \
                 and elementwise(ph.program):
             mm: MatMul = prev.mm
-            out[-1] = Phase("matmul", mm=MatMul(mm.dst, mm.a, mm.b, mm.layout, mm.alpha, mm.beta,
-                                                ph.program.copy()))
+            out[-1] = MatMulPhase(MatMul(mm.dst, mm.a, mm.b, mm.layout, mm.alpha, mm.beta, ph.program.copy()))
         elif prev is not None and _fusable_rows(prev, ph):
             into = prev.into if prev.writes_output() else ph.into
-            out[-1] = Phase("rows", _fuse_into(prev.program, ph.program), over=ph.over, into=into)
-        elif ph.kind in ("rows", "cols"):
-            out.append(Phase(ph.kind, ph.program.copy(), over=ph.over, into=ph.into))
+            out[-1] = RowsPhase(_fuse_into(prev.program, ph.program), over=ph.over, into=into)
+        elif isinstance(ph, SweepPhase):
+            out.append(ph.copy())
         else:
             out.append(ph)
     return out
@@ -542,7 +541,7 @@ def lower_matrix(mp, epilogues: bool = False):
                 p.g.remove_node(v)
         annotate_ranges(simplify(p))
     before, after = len(mp.leaves()), len(out.leaves())
-    fused = sum(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in out.leaves())
+    fused = sum(isinstance(ph, MatMulPhase) and ph.mm.epilogue is not None for ph in out.leaves())
     out.notes = mp.notes + [f"{before} phases -> {after} after fusing consecutive rows phases"
                             + (f" ({fused} into GEMM epilogues)" if fused else "")]
     return out.validate()

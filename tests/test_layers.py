@@ -32,6 +32,8 @@ LAYERS = [
      "softgen.numerics.scalars"},
     # 3: C text shared by every C emitter: the Jinja environment, the names generated C declares
     {"softgen.render", "softgen.cnames"},
+    # binding NumPy arrays to a kernel's entry point (imports only abi; below runtime and kernel)
+    {"softgen.binding"},
     # 4: the toolchain: compiler, cache, loading shared objects; emulation (SIMDe, qemu)
     {"softgen.runtime"},
     {"softgen.emulator"},

@@ -19,6 +19,7 @@ from ..abi import KernelABI, err
 from ..analysis import index_dims, matrix_plan_lines, matrix_traffic
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
+from ..matrix import LoopPhase, MatMulPhase, RowsPhase, SweepPhase
 from ..numerics.constants import EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
@@ -558,7 +559,7 @@ def matrix_gemms(mp, name: str) -> dict[int, tuple[str, str, object]]:
     contractions share one function per layout; each epilogue has its own."""
     out = {}
     for k, ph in enumerate(mp.leaves()):
-        if ph.kind == "matmul":
+        if isinstance(ph, MatMulPhase):
             mm = ph.mm
             fname = f"{name}__gemm_{mm.layout}" if mm.epilogue is None else f"{name}__gemm{k}_{mm.layout}_epi"
             out[k] = (fname, mm.layout, mm.epilogue)
@@ -582,7 +583,7 @@ C_CALLS = CallingConvention()
 
 def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) -> list[str]:
     """The C statements of one phase in the entry point's per-matrix body."""
-    if ph.kind == "matmul":
+    if isinstance(ph, MatMulPhase):
         mm = ph.mm
         (M, K), N = mp.shape(mm.a), mp.shape(mm.dst)[1]
         fname = matrix_gemms(mp, name)[k][0]
@@ -600,7 +601,7 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
         return [f"{fname}({', '.join(args)});"]
     p = ph.program
     R, C = mp.shape(ph.over)
-    rows = ph.kind == "rows"
+    rows = isinstance(ph, RowsPhase)
     lines = []
     for v in p.nodes():
         if p.kind(v) == "colreduce":
@@ -635,7 +636,7 @@ def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index
                  depth: int = 0) -> list[str]:
     out = []
     for ph in phases:
-        if ph.kind == "loop":
+        if isinstance(ph, LoopPhase):
             it = f"it{depth}"
             out.append(f"for (size_t {it} = 0; {it} < {ph.count}; {it}++) {{")
             out += ["    " + ln for ln in _matrix_body(mp, ph.body, name, cc, scal, index, depth + 1)]
@@ -645,9 +646,7 @@ def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index
             continue
         k = index[0]
         index[0] += 1
-        what = f"matmul {ph.mm}" if ph.kind == "matmul" else \
-            f"{ph.kind} over {ph.over}" + (f" into {ph.into}" if ph.writes_output() else "")
-        out.append(f"/* phase {k}: {what} */")
+        out.append(f"/* phase {k}: {ph.describe()} */")
         out += _phase_call(mp, k, ph, name, cc, scal)
     return out
 
@@ -697,7 +696,7 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
     protos = []
     if cc.declare:
         for k, ph in enumerate(mp.leaves()):
-            if ph.kind in ("rows", "cols"):
+            if isinstance(ph, SweepPhase):
                 a = ", ".join(f"{cc.size_type if t == 'size_t' else t}{'' if t.endswith('*') else ' '}{n}"
                               for t, n, _ in phase_args(ph.program))
                 protos.append(f"void {name}__phase{k}(float *x, float *y, {a}"
@@ -717,7 +716,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
     functions, gemms, done = [], [], set()
     for k, ph in enumerate(mp.leaves()):
-        if ph.kind in ("rows", "cols"):
+        if isinstance(ph, SweepPhase):
             functions.append(_row_function(ph.program, t, s, f"{name}__phase{k}", None,
                                            ph.program.row_params()))
     for k, (fname, layout, epi) in matrix_gemms(mp, name).items():

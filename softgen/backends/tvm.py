@@ -28,6 +28,7 @@ from ..ir import PAIR, ROW, Program
 from ..numerics.constants import (EXP_MAX, EXP_MIN, LN2_HI, LN2_LO, LOG1P_Q, LOG2E, LOG_OFF, LOG_P, MAGIC,
                                  MINUS_LN2_HI, MINUS_LN2_LO, P5, SQRT_HALF_BITS)
 from ..numerics.reductions import REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
+from ..matrix import MatMulPhase, SweepPhase
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
@@ -740,7 +741,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
-    if any(ph.kind == "matmul" and ph.mm.epilogue is not None for ph in mp.leaves()):
+    if any(isinstance(ph, MatMulPhase) and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
     if bad:
         raise BuildError(f"the TVM backend cannot lower {', '.join(bad)}")
@@ -749,7 +750,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
               f"target {t.name} ({t.lanes} lanes), schedule {s} ({s.tag(t.lanes)})"]
     header += ["# " + ln for ln in matrix_plan_lines(mp)]
     funcs = [row_function(ph.program, t, s, f"{name}__phase{k}", ph.program.row_params())
-             for k, ph in enumerate(mp.leaves()) if ph.kind in ("rows", "cols")]
+             for k, ph in enumerate(mp.leaves()) if isinstance(ph, SweepPhase)]
     gemms = {fname: tvm_gemm.gemm(t, layout, name=fname)
              for fname, layout, _ in matrix_gemms(mp, name).values()}
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])

@@ -1,0 +1,217 @@
+"""Binding NumPy arrays to a kernel's entry point: ``bind(abi, name, inputs, out, row_arguments)``.
+
+One path for every kind of ``abi.KernelABI`` (dense rows, selected rows, unary and general
+matrix kernels): it checks the arrays (type, dtype, axes, shapes, ``out=``), decides which must be
+copied (a strided last axis, rows not one stride apart, misaligned, an input overlapping ``out``
+without being it) and returns a ``Bound``: the entry point's argument tuple, the result to return,
+and, when the C ABI cannot address ``out``, the array to copy the temporary result into.
+``Kernel.__call__``, ``run_emulated`` and ``run_emulated_many`` call it for every kind.
+
+A low layer: numpy and ``abi`` only (no runtime, backends or kernel); the per-row argument arrays
+come from the caller (``ops.Op.row_arguments``) through the ``row_arguments`` callable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .abi import GENERAL, SELECTED, UNARY, KernelABI
+
+
+@dataclass
+class Bound:
+    """A call bound to arrays. ``args``: the entry point's arguments (pointers as addresses),
+    None when there is nothing to compute (an empty array); ``result``: what the call returns
+    (``y``, or ``(indices, weights)``); ``keep``: arrays that must stay alive across the call;
+    ``copy_to``: None, or the ``out`` the C ABI cannot address: ``result`` is then a temporary
+    that the caller copies into ``copy_to`` after the call (and returns ``copy_to``)."""
+
+    args: tuple | None
+    result: object
+    keep: tuple = ()
+    copy_to: np.ndarray | None = None
+
+
+RowArguments = Callable[[list, tuple], list]   # (row parameter names, input shape) -> float32 arrays
+
+
+def bind(abi: KernelABI, name: str, inputs: tuple, out, row_arguments: RowArguments | None = None,
+         op: str = "") -> Bound:
+    """Check ``inputs`` (a tuple of arrays: one for row and unary kernels, the ABI's inputs for a
+    general one) and ``out`` against ``abi`` and bind them. ``name``: the kernel, for messages;
+    ``op``: its op, for the messages of matrix kernels. ``row_arguments(names, shape)``: the
+    per-row parameter arrays for an input of ``shape`` (it also rejects unknown call-time
+    arguments); called for row and unary kernels after the checks of ``x`` and ``out``."""
+    if abi.kind == GENERAL:
+        return _bind_general(abi, name, op, inputs, out)
+    (x,) = inputs
+    x = _check_input(abi, name, op, x)
+    if abi.kind == SELECTED:
+        return _bind_selected(abi, name, x, out, row_arguments)
+    n = x.shape[-1]
+    if out is None:
+        y = np.empty(x.shape, np.float32)
+        ly = (y.ctypes.data, n)
+    else:
+        y = out
+        ly = _out_layout(x, y, name)
+    rps = row_arguments(list(abi.row_params), x.shape) if row_arguments is not None else []
+    if x.size == 0:
+        return Bound(None, y)
+    lx = _layout(x)
+    if lx is None or (out is not None and lx != ly and np.may_share_memory(x, y)
+                      and np.shares_memory(x, y)):
+        # Last axis not contiguous, rows not evenly strided, misaligned, or x overlaps out
+        # without being it: work on a contiguous copy (documented).
+        x = np.ascontiguousarray(x).copy() if lx is not None else np.ascontiguousarray(x)
+        if not x.flags.aligned:
+            x = x.copy()
+        lx = (x.ctypes.data, n)
+    copy_to = None
+    if ly is None:  # misaligned out: compute into a temporary, then copy
+        copy_to, y = y, np.empty(x.shape, np.float32)
+        ly = (y.ctypes.data, n)
+    extra = (x.shape[-2],) if abi.kind == UNARY else tuple(a.ctypes.data for a in rps)
+    return Bound((lx[0], ly[0], x.size // n, n, lx[1], ly[1], *extra), y, (x, *rps), copy_to)
+
+
+def _bind_selected(abi: KernelABI, name: str, x: np.ndarray, out, row_arguments) -> Bound:
+    """(indices int64, weights float32), shape x.shape[:-1] + (min(k, n),)."""
+    if out is not None:
+        raise TypeError(f"{name} returns new (indices, weights) arrays; it takes no out=")
+    if row_arguments is not None:
+        row_arguments([], x.shape)   # rejects call-time arguments
+    n = x.shape[-1]
+    m = min(abi.k, n)
+    idx = np.empty(x.shape[:-1] + (m,), np.int64)
+    w = np.empty(x.shape[:-1] + (m,), np.float32)
+    if x.size == 0:
+        return Bound(None, (idx, w))
+    x, lx = _addressable(x)
+    return Bound((lx[0], idx.ctypes.data, w.ctypes.data, x.size // n, n, lx[1], m), (idx, w), (x,))
+
+
+def _bind_general(abi: KernelABI, name: str, op: str, inputs: tuple, out) -> Bound:
+    names = [nm for nm, _ in abi.inputs]
+    inputs = tuple(np.asarray(a) if isinstance(a, np.generic) else a for a in inputs)
+    if len(inputs) != len(names):
+        raise TypeError(f"{name} ({op}) takes {len(names)} arrays ({', '.join(names)}), "
+                        f"got {len(inputs)}")
+    dims: dict[str, int] = {}
+    lead = None
+    for (nm, shape), a in zip(abi.inputs, inputs):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: {nm} must be a numpy.ndarray of float32, got {type(a).__name__}")
+        if a.dtype != np.float32:
+            raise TypeError(f"{name}: {nm} must be float32, got {a.dtype} (use .astype(np.float32))")
+        if a.ndim < 2:
+            raise ValueError(f"{name}: {nm} needs two axes (..., {', '.join(shape)}), got shape {a.shape}")
+        if lead is None:
+            lead = a.shape[:-2]
+        elif a.shape[:-2] != lead:
+            raise ValueError(f"{name}: the leading axes of the inputs must be equal (no "
+                             f"broadcasting), got {lead} and {a.shape[:-2]} ({nm})")
+        for d, v in zip(shape, a.shape[-2:]):
+            if dims.setdefault(d, v) != v:
+                raise ValueError(f"{name}: dimension {d} is {dims[d]} in one input and {v} in "
+                                 f"{nm} (shape {a.shape}; {op} takes "
+                                 + ", ".join(f"{n}{list(s)}" for n, s in abi.inputs) + ")")
+    (oname, (orow, ocol)), = abi.outputs
+    shape = lead + (dims[orow], dims[ocol])
+    if out is None:
+        y = np.empty(shape, np.float32)
+    else:
+        y = out
+        if not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.shape != shape:
+            raise ValueError(f"{name}: out must be a float32 array of shape {shape}")
+        if not y.flags.writeable:
+            raise ValueError(f"{name}: out is read-only")
+    batch = math.prod(lead)
+    if y.size == 0:
+        return Bound(None, y)
+    ly = _layout(y) if y.flags.aligned else None
+    copy_to = None
+    if ly is None or any(np.shares_memory(y, a) for a in inputs):
+        # out cannot be addressed with one row stride, is misaligned or overlaps an input:
+        # compute into a temporary, then copy
+        copy_to, y = y, np.empty(shape, np.float32)
+        ly = (y.ctypes.data, shape[-1])
+    arrays, ptrs, lds = [], [], []
+    for a in inputs:
+        if a.size:
+            a, la = _addressable(a)
+        else:
+            la = (a.ctypes.data, a.shape[-1])
+        arrays.append(a)   # alive across the call
+        ptrs.append(la[0])
+        lds.append(la[1])
+    args = (*ptrs, ly[0], batch, *[dims[d] for d in abi.dims], *lds, ly[1])
+    return Bound(args, y, tuple(arrays), copy_to)
+
+
+def _check_input(abi: KernelABI, name: str, op: str, x) -> np.ndarray:
+    """``x`` as the array the kernel takes; a NumPy scalar counts as a 0-d array."""
+    if type(x) is not np.ndarray:
+        if isinstance(x, np.generic):
+            x = np.asarray(x)
+        elif not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} takes a numpy.ndarray of float32, got {type(x).__name__} "
+                            f"(use np.asarray(x, np.float32))")
+    if x.dtype != np.float32:
+        raise TypeError(f"{name} takes float32 arrays, got {x.dtype} (use x.astype(np.float32))")
+    matrix = abi.kind == UNARY
+    if x.ndim < 1 + matrix:
+        what = "two axes (..., m, n)" if matrix else "one axis"
+        hint = " (NumPy scalars and 0-d arrays have no axis)" if x.ndim == 0 else ""
+        raise ValueError(f"{name} needs an array with at least {what}, got shape {x.shape}{hint}")
+    if matrix and abi.square and x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"{name} ({op}) needs square matrices (..., m, m), got shape {x.shape}")
+    return x
+
+
+def _addressable(a: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """``a`` (or a contiguous aligned copy if its rows cannot be addressed as base + r*ld) and
+    its (data pointer, row stride in elements)."""
+    la = _layout(a)
+    if la is None:   # rows not evenly strided or misaligned: a contiguous copy
+        a = np.ascontiguousarray(a)
+        a = a if a.flags.aligned else a.copy()
+        la = (a.ctypes.data, a.shape[-1])
+    return a, la
+
+
+def _layout(a: np.ndarray):
+    """(data pointer, row stride in elements) if ``a``'s rows can be addressed as base + r*ld with
+    a contiguous last axis; None if a copy is needed."""
+    n, item = a.shape[-1], a.itemsize
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a.ctypes.data, n
+    if not a.flags.aligned or (n > 1 and a.strides[-1] != item):
+        return None
+    shape = [(s, st) for s, st in zip(a.shape[:-1], a.strides[:-1]) if s != 1]
+    if not shape:
+        return a.ctypes.data, n
+    for (s0, st0), (s1, st1) in zip(shape, shape[1:]):
+        if st0 != st1 * s1:
+            return None
+    ld, rem = divmod(shape[-1][1], item)
+    if rem or ld < n:
+        return None
+    return a.ctypes.data, ld
+
+
+def _out_layout(x: np.ndarray, y, name: str):
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name}: out must be a numpy.ndarray, got {type(y).__name__}")
+    if y.dtype != np.float32:
+        raise TypeError(f"{name}: out must be float32, got {y.dtype}")
+    if y.shape != x.shape:
+        raise ValueError(f"{name}: out has shape {y.shape}, expected {x.shape}")
+    if not y.flags.writeable:
+        raise ValueError(f"{name}: out is read-only")
+    # None: the C ABI cannot address out (misaligned, a strided last axis, rows not one
+    # non-negative stride apart: ld is a size_t); the caller computes into a temporary and copies
+    return _layout(y) if y.flags.aligned else None
