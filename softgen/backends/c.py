@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .._version import __version__
 from ..abi import KernelABI, err
-from ..analysis import index_dims, matrix_plan_lines, matrix_traffic
+from ..analysis import matrix_plan_lines, matrix_traffic
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
 from ..matrix import LoopPhase, MatMulPhase, RowsPhase, SweepPhase
@@ -461,8 +461,8 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
 def matrix_abi(mp, name: str) -> dict:
     """The exported entry point of matrix program ``mp`` (``abi.KernelABI``), in the form
     ``abi`` gives a row program's (the kernel's header comment reads its signature)."""
-    return {"sparse": False, "matrix": True, "max_n": INDEX_MAX_N if index_dims(mp) else None,
-            **_entry_params(name, mp.abi().param_list())}
+    kabi = mp.abi()
+    return {"sparse": False, "matrix": True, "max_n": kabi.max_n, **_entry_params(name, kabi.param_list())}
 
 
 def row_outputs(p: Program) -> tuple[str, ...]:
@@ -682,7 +682,7 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
         checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
                        err.EOVERFLOW.code, "a matrix does not fit in the address space"))
         lds = {nm: f"ld{nm}" for nm, _ in mats}
-    long_dims = index_dims(mp)
+    long_dims = mp.index_dims()
     if long_dims:
         checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), err.ETOOLONG.code,
                        f"a row or column index exceeds {INDEX_MAX_N} (float32 indices)"))
