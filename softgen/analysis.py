@@ -14,7 +14,6 @@ from .matrix import LoopPhase, MatMulPhase, MatrixProgram
 from .passes import plan
 
 
-
 def matrix_plan_lines(mp: MatrixProgram) -> list[str]:
     lines = ["matrix plan:"]
     for k, ph in enumerate(mp.leaves()):

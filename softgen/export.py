@@ -16,7 +16,7 @@ from .abi import ECPU, SELECTED
 from .errors import SoftgenError
 from .ops import get_op
 from .render import env
-from .runtime import build_shared, flags_for, compiler_for
+from .runtime import build_shared, compiler_for, flags_for
 
 if TYPE_CHECKING:   # export reads a Kernel; kernel imports export (Kernel.export)
     from .kernel import Kernel

@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from softgen.backends.c import CEmit
-from softgen.backends.tvm import Emit, Lanes, LaneFinish
+from softgen.backends.tvm import Emit, LaneFinish, Lanes
 from softgen.numerics import constants as K
 from softgen.numerics.reductions import REDUCTIONS, Reduction
 from softgen.render import vmath

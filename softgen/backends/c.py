@@ -30,7 +30,6 @@ from ..targets import Target
 from .base import Artifact, Backend, register
 from .gemm import Epilogue, gemm, schedule_for
 
-
 # -- the C emitter of the shared numerics (softgen.numerics) ------------------------------------
 
 class CEmit:

@@ -25,10 +25,23 @@ from .._version import __version__
 from ..analysis import matrix_plan_lines
 from ..errors import BuildError
 from ..ir import PAIR, ROW, Program
-from ..numerics.constants import (EXP_MAX, EXP_MIN, LN2_HI, LN2_LO, LOG1P_Q, LOG2E, LOG_OFF, LOG_P, MAGIC,
-                                 MINUS_LN2_HI, MINUS_LN2_LO, P5, SQRT_HALF_BITS)
-from ..numerics.reductions import REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
 from ..matrix import MatMulPhase, SweepPhase
+from ..numerics.constants import (
+    EXP_MAX,
+    EXP_MIN,
+    LN2_HI,
+    LN2_LO,
+    LOG1P_Q,
+    LOG2E,
+    LOG_OFF,
+    LOG_P,
+    MAGIC,
+    MINUS_LN2_HI,
+    MINUS_LN2_LO,
+    P5,
+    SQRT_HALF_BITS,
+)
+from ..numerics.reductions import REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
@@ -36,9 +49,7 @@ from ..schedule import Schedule
 from ..targets import Target
 from . import tvm_adapter, tvm_gemm
 from .base import Artifact, Backend, register
-from .c import (CallingConvention, abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args,
-                row_outputs)
-
+from .c import CallingConvention, abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
 
 
 def f32(v: float) -> str:

@@ -96,8 +96,8 @@ def available() -> tuple[bool, str]:
     """(True, "tvm <v> + tvm-ffi <v>") when the pinned pair imports and has the LLVM backend,
     else (False, reason + install hint). Never raises."""
     try:
-        import tvm_ffi
         import tvm
+        import tvm_ffi
     except Exception as e:  # noqa: BLE001 - any import failure means "not available"
         return False, f"TVM is not importable ({type(e).__name__}: {e}); {INSTALL_HINT}"
     tv, fv = str(getattr(tvm, "__version__", "?")), str(getattr(tvm_ffi, "__version__", "?"))
