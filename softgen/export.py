@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,17 +17,17 @@ from .ops import get_op
 from .render import env
 from .runtime import build_shared, compiler_for, flags_for
 
-if TYPE_CHECKING:   # export reads a Kernel; kernel imports export (Kernel.export)
-    from .kernel import Kernel
+# Every function here takes ``k``, a ``softgen.Kernel`` (duck-typed: kernel sits above export and
+# imports it for ``Kernel.export``, so export names no Kernel type).
 
 
-def error_codes(k: Kernel) -> dict[int, tuple[str, str]]:
+def error_codes(k) -> dict[int, tuple[str, str]]:
     """The return codes of ``k``'s entry point: code -> (header macro suffix, meaning), from the
     one table (``abi``)."""
     return k._abi.error_docs(k.name, k.target.requires)
 
 
-def scratch_doc(k: Kernel) -> str:
+def scratch_doc(k) -> str:
     mp = k.program
     vecs = mp.vector_dims()
     parts = [f"{len(vecs)} vector(s) of " + ", ".join(sorted(set(vecs.values()))) + " floats"] if vecs else []
@@ -36,7 +35,7 @@ def scratch_doc(k: Kernel) -> str:
     return "; ".join(parts) + " floats" * bool(mp.scratch_mats) if parts else "nothing"
 
 
-def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
+def measure_accuracy(k, seed: int = 0) -> dict:
     """Max errors against the float64 reference on a fixed suite: random rows of several lengths
     and ranges (including ones where a naive f32 exp overflows). Needs the kernel to run here,
     natively or emulated."""
@@ -71,7 +70,7 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
-def _measure_samples(k: Kernel, op, inputs: list[tuple]) -> dict:
+def _measure_samples(k, op, inputs: list[tuple]) -> dict:
     """measure_accuracy on the op's own sample inputs (tuples of arrays)."""
     general = k.abi.style == "general"
     if k.runnable:
@@ -94,7 +93,7 @@ def _measure_samples(k: Kernel, op, inputs: list[tuple]) -> dict:
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
-def export(k: Kernel, directory, name: str | None = None, cc: str | None = None) -> dict:
+def export(k, directory, name: str | None = None, cc: str | None = None) -> dict:
     """Write the library, header, manifest and source of ``k`` into ``directory``."""
     if name is not None and name != k.name:
         k = k.renamed(name)   # compile checks the name (kernel.check_name)
