@@ -7,12 +7,12 @@
 """
 from ._version import __version__
 from .errors import BuildError, CacheError, SoftgenError, TargetNotSupportedError, UsageError
+from .functional import FUNCTIONS as _FUNCTIONS, apply
 from .kernel import Kernel, compile
 from .ops import OPS
 from .passes import ALGORITHMS
 from .schedule import Schedule
 from .targets import host_target, targets
-from .functional import FUNCTIONS as _FUNCTIONS, apply
 
 globals().update(_FUNCTIONS)  # softgen.softmax(x), softgen.lssa(c, 64), ...: one per op
 

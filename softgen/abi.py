@@ -144,21 +144,22 @@ class KernelABI:
     dims: tuple[str, ...] = ()     # matrix kinds: the dimension names
     row_params: tuple[str, ...] = ()   # ROW: the per-row parameters, in argument order
     k: int | None = None           # SELECTED: entries selected per row
+    max_n: int | None = None       # the longest row (or indexed dimension) it takes: ETOOLONG beyond
 
     @classmethod
-    def row(cls, row_params=()) -> "KernelABI":
-        return cls(ROW, row_params=tuple(row_params))
+    def row(cls, row_params=(), max_n: int | None = None) -> "KernelABI":
+        return cls(ROW, row_params=tuple(row_params), max_n=max_n)
 
     @classmethod
-    def selected(cls, k: int) -> "KernelABI":
-        return cls(SELECTED, k=k)
+    def selected(cls, k: int, max_n: int | None = None) -> "KernelABI":
+        return cls(SELECTED, k=k, max_n=max_n)
 
     @classmethod
     def of_rows(cls, p: Program) -> "KernelABI":
         """The entry point of row program ``p``: selected if its output is, else dense rows."""
         if p.op(p.output()) == "output_selected":
-            return cls.selected(p.attrs(p.args(p.output())[0])["k"])
-        return cls.row(p.row_params())
+            return cls.selected(p.attrs(p.args(p.output())[0])["k"], p.max_n())
+        return cls.row(p.row_params(), p.max_n())
 
     @property
     def matrix(self) -> bool:
@@ -232,6 +233,17 @@ class KernelABI:
             sizes = {"x": span(v["rows"], v["ldx"], v["n"]), "y": span(v["rows"], v["ldy"], v["n"])}
             sizes.update({rp: 4 * v["rows"] for rp in self.row_params})
         return [(sizes[nm], nm in self.written) if t.endswith("*") else None for t, nm in self.params()]
+
+    def error_docs(self, name: str, requires=()) -> dict[int, tuple[str, str]]:
+        """code -> (header macro suffix, meaning) of the codes this entry point returns: the
+        header's ``#define`` lines and the manifest's ``errors`` (``error_docs``)."""
+        rows = {}
+        if self.kind == SELECTED:
+            rows = {"nulls": ("x", "indices", "weights"), "ld": "ldo", "width": "min(k, n)"}
+        elif self.kind == ROW:
+            rows = {"nulls": ("x", "y"), "ld": "ldy", "width": "n"}
+        return error_docs(self.kind, name=name, max_n=self.max_n, requires=requires,
+                          square=self.square, **rows)
 
     def arg_docs(self) -> dict[str, str]:
         """What each argument of a matrix kernel means, for headers and manifests."""

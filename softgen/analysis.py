@@ -14,19 +14,6 @@ from .matrix import LoopPhase, MatMulPhase, MatrixProgram
 from .passes import plan
 
 
-def index_dims(mp: MatrixProgram) -> list[str]:
-    """The dimensions some phase indexes with a float32 element index (``index``: its matrix's
-    columns) or row index (``row_index``: its rows): the entry point checks them <= 2^24."""
-    dims = set()
-    for _, p, over in mp.programs():
-        r, c = mp.shape(over)
-        if p.nodes("index"):
-            dims.add(c)
-        if p.nodes("row_index"):
-            dims.add(r)
-    return sorted(dims)
-
-
 def matrix_plan_lines(mp: MatrixProgram) -> list[str]:
     lines = ["matrix plan:"]
     for k, ph in enumerate(mp.leaves()):

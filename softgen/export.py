@@ -7,34 +7,27 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._version import __version__
-from .abi import ECPU, ROW, SELECTED, error_docs
-from .backends.c import abi, matrix_abi
+from .abi import ECPU, SELECTED
 from .errors import SoftgenError
 from .ops import get_op
 from .render import env
-from .runtime import build_shared, flags_for, compiler_for
+from .runtime import build_shared, compiler_for, flags_for
 
-if TYPE_CHECKING:   # export reads a Kernel; kernel imports export (Kernel.export)
-    from .kernel import Kernel
-
-
-def error_codes(k: Kernel, entry: dict) -> dict[int, tuple[str, str]]:
-    """The return codes of ``k``'s entry point (``entry``: its ``backends.c.abi``/``matrix_abi``):
-    code -> (header macro suffix, meaning), from the one table (``abi``)."""
-    mabi = k.abi
-    rows = {} if mabi is not None else {"nulls": ["x"] + entry["nulls"], "ld": entry["ld"],
-                                         "width": "min(k, n)" if entry["sparse"] else "n"}
-    kind = mabi.style if mabi is not None else SELECTED if entry["sparse"] else ROW
-    return error_docs(kind, name=k.name, max_n=entry["max_n"], requires=k.target.requires,
-                      square=mabi is not None and mabi.square, **rows)
+# Every function here takes ``k``, a ``softgen.Kernel`` (duck-typed: kernel sits above export and
+# imports it for ``Kernel.export``, so export names no Kernel type).
 
 
-def scratch_doc(k: Kernel) -> str:
+def error_codes(k) -> dict[int, tuple[str, str]]:
+    """The return codes of ``k``'s entry point: code -> (header macro suffix, meaning), from the
+    one table (``abi``)."""
+    return k._abi.error_docs(k.name, k.target.requires)
+
+
+def scratch_doc(k) -> str:
     mp = k.program
     vecs = mp.vector_dims()
     parts = [f"{len(vecs)} vector(s) of " + ", ".join(sorted(set(vecs.values()))) + " floats"] if vecs else []
@@ -42,7 +35,7 @@ def scratch_doc(k: Kernel) -> str:
     return "; ".join(parts) + " floats" * bool(mp.scratch_mats) if parts else "nothing"
 
 
-def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
+def measure_accuracy(k, seed: int = 0) -> dict:
     """Max errors against the float64 reference on a fixed suite: random rows of several lengths
     and ranges (including ones where a naive f32 exp overflows). Needs the kernel to run here,
     natively or emulated."""
@@ -77,7 +70,7 @@ def measure_accuracy(k: Kernel, seed: int = 0) -> dict:
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
-def _measure_samples(k: Kernel, op, inputs: list[tuple]) -> dict:
+def _measure_samples(k, op, inputs: list[tuple]) -> dict:
     """measure_accuracy on the op's own sample inputs (tuples of arrays)."""
     general = k.abi.style == "general"
     if k.runnable:
@@ -100,7 +93,7 @@ def _measure_samples(k: Kernel, op, inputs: list[tuple]) -> dict:
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
-def export(k: Kernel, directory, name: str | None = None, cc: str | None = None) -> dict:
+def export(k, directory, name: str | None = None, cc: str | None = None) -> dict:
     """Write the library, header, manifest and source of ``k`` into ``directory``."""
     if name is not None and name != k.name:
         k = k.renamed(name)   # compile checks the name (kernel.check_name)
@@ -113,14 +106,15 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
     # touched, so a failed export leaves nothing behind.
     library = build_shared(k.sources(), k.target, cc=cc)
     params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
-    entry = matrix_abi(k.program, k.name) if k.matrix else abi(k.program, k.name)
-    errors = error_codes(k, entry)
-    header = env().get_template("header.h.j2").render(abi=entry,
+    kabi = k._abi
+    sparse = kabi.kind == SELECTED
+    errors = error_codes(k)
+    header = env().get_template("header.h.j2").render(abi=kabi, signature=kabi.signature(k.name), sparse=sparse,
         name=k.name, upper=k.name.upper(), guard=f"SOFTGEN_{k.name.upper()}_H", version=__version__,
         op=k.op, params=params, algorithm=k.algorithm, traffic=k.plan.traffic(),
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
         row_params=[(rp, get_op(k.op).row_param_doc(rp)) for rp in k.row_params], matrix=k.matrix,
-        mabi=k.abi, errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
+        errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
         scratch=scratch_doc(k) if k.matrix else "",
         requires=", ".join(k.target.requires) or "no instruction-set extension")
     try:
@@ -129,7 +123,7 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         accuracy = {"max_rel_error": None, "reason": f"not measured: {e}"}
     manifest = {
         "softgen_version": __version__, "name": k.name, "symbol": k.name,
-        "abi": entry["signature"],
+        "abi": kabi.signature(k.name),
         "axes": "the last two (matrices of m x n)" if k.matrix else "the last (rows of n)",
         **({"arguments": k.abi.arg_docs(), "abi_style": k.abi.style} if k.matrix else {}),
         "row_params": {rp: get_op(k.op).row_param_doc(rp) for rp in k.row_params},
@@ -140,7 +134,7 @@ def export(k: Kernel, directory, name: str | None = None, cc: str | None = None)
         **({"outputs": {"indices": "int64, row r at indices[r*ldo ..], min(k, n) per row, largest "
                                    "first, lower index first on ties",
                         "weights": "float32, row r at weights[r*ldo ..], the weights of those entries"}}
-           if entry["sparse"] else {}),
+           if sparse else {}),
         "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": art.info(),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},

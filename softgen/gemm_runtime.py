@@ -10,8 +10,7 @@ import numpy as np
 
 from ._version import __version__
 from .backends.gemm import GemmCode, translation_unit
-from .backends.tvm_gemm import TvmGemmCode
-from .backends.tvm_gemm import sources as tvm_sources
+from .backends.tvm_gemm import TvmGemmCode, sources as tvm_sources
 from .emulator import BatchedCalls, emulation_available, find_emulator, run_driver
 from .errors import TargetNotSupportedError, UsageError
 from .render import env

@@ -8,9 +8,7 @@ from functools import cached_property
 
 import numpy as np
 
-from . import export as aot
-from . import ops as _ops
-from . import passes
+from . import export as aot, ops as _ops, passes
 from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
@@ -18,10 +16,10 @@ from .binding import bind
 from .cnames import name_clash
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
-from .matrix import MatrixProgram
 from .ir import Program
-from .schedule import Schedule, default_schedule
+from .matrix import MatrixProgram
 from .runtime import load_entry, open_shared
+from .schedule import Schedule, default_schedule
 from .targets import Target, get_target
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)

@@ -44,7 +44,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .abi import GENERAL, UNARY, KernelABI
-from .ir import COLREDUCE_FIELDS, MREDUCE_INIT, IRError, Program, Value, c_name_ok
+from .ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, IRError, Program, Value, c_name_ok
 
 LAYOUTS = ("nn", "nt")
 # names the generated entry point uses itself (besides its sg_/mat_/ld_/dim_ prefixed locals)
@@ -353,6 +353,18 @@ class MatrixProgram:
                     out[p.attrs(v)["name"]] = MREDUCE_INIT[p.op(v)]
         return dict(sorted(out.items()))
 
+    def index_dims(self) -> list[str]:
+        """The dimensions some phase indexes with a float32 element index (``index``: its matrix's
+        columns) or row index (``row_index``: its rows): the entry point checks them <= 2^24."""
+        dims = set()
+        for _, p, over in self.programs():
+            r, c = self.shape(over)
+            if p.nodes("index"):
+                dims.add(c)
+            if p.nodes("row_index"):
+                dims.add(r)
+        return sorted(dims)
+
     def abi(self) -> KernelABI:
         """The exported entry point: unary (one input x, one output y of the same shape) or
         general."""
@@ -360,7 +372,8 @@ class MatrixProgram:
         outs = tuple(self.outputs.items())
         unary = len(ins) == len(outs) == 1 and ins[0][0] == "x" and outs[0][0] == "y" \
             and ins[0][1] == outs[0][1]
-        return KernelABI(UNARY if unary else GENERAL, ins, outs, self.dims)
+        return KernelABI(UNARY if unary else GENERAL, ins, outs, self.dims,
+                         max_n=INDEX_MAX_N if self.index_dims() else None)
 
     # -- checking -----------------------------------------------------------------------------
     def _check_names(self) -> None:

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import kernel, run
 
 import softgen
 from softgen.targets import get_target, host_supports
-from conftest import kernel, run
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +133,9 @@ def test_names_colliding_with_c_are_usage_errors(name):
 def test_names_the_generated_code_defines_are_refused_on_every_target():
     """Derived, not hand-listed: every macro and typedef of every target's ISA header."""
     import re
-    from softgen.render import isa_header
+
     from softgen.kernel import check_name
+    from softgen.render import isa_header
     from softgen.targets import all_targets
     for t in all_targets().values():
         idents = re.findall(r"#define (\w+)|typedef [^;]*?(\w+);", isa_header(t))
@@ -319,6 +320,7 @@ def test_an_op_owns_its_call_time_arguments(gain_softmax_op, tmp_path, rng):
     """The op's metadata decides the kernel variant a call needs (``call_build``), the per-row
     arrays (``row_args``) and their documentation in the header and manifest."""
     import json
+
     from softgen.functional import apply
     from softgen.ops import get_op
     op = get_op(gain_softmax_op)

@@ -9,13 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import check
 
 import softgen
 from softgen import cli
 from softgen.backends import BACKENDS, Artifact, Backend, get_backend, names, register, unregister
 from softgen.ops import get_op
-
-from conftest import check
 
 BANNER = "/* toy backend: the C backend's kernel under a banner */\n"
 

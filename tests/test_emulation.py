@@ -7,12 +7,11 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import skip_unless_emulated
 
 import softgen
 from softgen.runtime import compiler_for, flags_for
 from softgen.targets import get_target, host_arch
-
-from conftest import skip_unless_emulated
 
 pytestmark = pytest.mark.skipif(host_arch() != "x86_64", reason="SIMDe emulation needs an x86 host")
 

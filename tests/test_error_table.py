@@ -9,8 +9,6 @@ import pytest
 import softgen
 from softgen import abi
 from softgen._data import data_dir
-from softgen.backends.c import abi as row_abi
-from softgen.backends.c import matrix_abi
 from softgen.export import error_codes
 
 ABI_TEMPLATES = ["entry.c.j2", "matrix_entry.c.j2", "supported.c.j2", "gemm_tu.c.j2"]
@@ -63,10 +61,9 @@ def test_generated_entry_returns_what_the_header_documents(op, params, kind):
     """Every code the generated entry point returns is one its header #defines (error_codes),
     and that set is the table's for the ABI kind."""
     k = softgen.compile(op, target="avx2", name=f"et_{kind}", **params)
-    entry = matrix_abi(k.program, k.name) if k.matrix else row_abi(k.program, k.name)
-    documented = error_codes(k, entry)
+    documented = error_codes(k)
     returned = _returns(k.source, f"{k.name}__checked") | _returns(k.source, k.name)
     assert returned == set(documented)
-    assert set(documented) == {e.code for e in abi.returned(kind, indexes=bool(entry["max_n"]),
+    assert set(documented) == {e.code for e in abi.returned(kind, indexes=bool(k._abi.max_n),
                                                              square=k.abi is not None and k.abi.square)}
     assert all(documented[e.code][0] == e.suffix for e in abi.ERRORS if e.code in documented)

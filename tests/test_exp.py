@@ -40,12 +40,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import skip_unless_emulated
 
 from softgen.render import isa_header, vmath
 from softgen.runtime import build_shared
 from softgen.targets import all_targets, get_target, host_arch
-
-from conftest import skip_unless_emulated
 
 # Bounds just above the exhaustive measurements (module docstring); the spec allows 2.5e-7.
 SPEC_MAX_REL_ERR = 2.5e-7

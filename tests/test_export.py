@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import check
 
 import softgen
-from conftest import check
 
 HOST = softgen.host_target()
 CC = shutil.which("gcc")

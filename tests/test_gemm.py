@@ -14,15 +14,14 @@ import math
 
 import numpy as np
 import pytest
+from conftest import STRICT, TARGETS, skip_unless_emulated
 
-from softgen.backends import gemm as G
-from softgen.backends import tvm_gemm as TG
+from softgen.backends import gemm as G, tvm_gemm as TG
 from softgen.backends.tvm_adapter import available as tvm_available
 from softgen.errors import UsageError
 from softgen.gemm_runtime import GemmLibrary
 from softgen.reference import gaussian_kernel
 from softgen.targets import get_target
-from conftest import STRICT, TARGETS, skip_unless_emulated
 
 SENTINEL = np.float32(12345.0)
 

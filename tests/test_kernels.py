@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, OP_ALGS, OPS, TARGETS, check, kernel, run, run_many
 
 import softgen
 from softgen.ops import build_program, get_op
 from softgen.passes import applicable_algorithms
-from conftest import BACKENDS, OP_ALGS, OPS, TARGETS, check, kernel, run, run_many
 
 MATRIX = [(op, alg, t, b) for b in BACKENDS for op, alg in OP_ALGS for t in TARGETS]
 ids = ["-".join(m) for m in MATRIX]

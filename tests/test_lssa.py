@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, TARGETS, check, kernel, run, run_many
 
 import softgen
 from softgen import reference as ref
-from conftest import BACKENDS, TARGETS, check, kernel, run, run_many
 
 
 def causal_cos(rng, lq, lk, d=16):

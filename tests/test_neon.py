@@ -10,12 +10,12 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import check, skip_unless_emulated
 
 import softgen
 from softgen.emulator import find_emulator
 from softgen.runtime import compiler_for
 from softgen.targets import get_target, host_arch
-from conftest import check, skip_unless_emulated
 
 NEON = get_target("neon")
 pytestmark = pytest.mark.skipif(host_arch() == "aarch64", reason="neon is native on this host")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import check, run
 
 import softgen
 from softgen import passes
 from softgen.ir import IRError, Program
 from softgen.ops import OPS, build_program, register
-from conftest import check, run
 
 SPEC_TRAFFIC = {  # algorithm: (passes, reads, writes, bytes per element)
     "three-pass-recompute": (3, 3, 1, 16),

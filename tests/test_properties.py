@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
-from hypothesis import strategies as st
+from conftest import MATRIX_OPS, OPS, check, kernel, run
+from hypothesis import HealthCheck, given, note, settings, strategies as st
 
 from softgen.ops import build_program, get_op
 from softgen.passes import applicable_algorithms
-from conftest import MATRIX_OPS, OPS, check, kernel, run
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -3,10 +3,10 @@
 convergence), the NaN/inf rules of the reference, layouts and bad input."""
 import numpy as np
 import pytest
+from conftest import BACKENDS, TARGETS, check, kernel, run_many
 
 import softgen
 from softgen import reference as ref
-from conftest import BACKENDS, TARGETS, check, kernel, run_many
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (5, 7), (16, 16), (17, 33), (3, 40, 24), (2, 2, 8, 67)]
 

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, TARGETS, kernel, run_many
 
 import softgen
 from softgen import reference as ref
 from softgen.ops import get_op
-from conftest import BACKENDS, TARGETS, kernel, run_many
 
 DIMS = (1, 3, 7, 17, 64, 65)
 # (n, m, d): every value of DIMS in every position, tile and vector edges included

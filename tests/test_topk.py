@@ -12,11 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, TARGETS, check, kernel, run, run_many
 
 import softgen
 from softgen import reference as ref
 from softgen.ops import get_op
-from conftest import BACKENDS, TARGETS, check, kernel, run, run_many
 
 OP = get_op("topk_softmax")
 

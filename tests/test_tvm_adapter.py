@@ -19,6 +19,30 @@ ok, why = ta.available()
 if not ok:
     pytest.skip(why, allow_module_level=True)
 
+# Exploration helpers: the C prototype, LLVM IR and TIR text of a function, for these tests only.
+_C_TYPES = {"float32": "float", "float64": "double", "int64": "int64_t", "int32": "int32_t"}
+
+
+def c_prototype(func) -> str:
+    """The C declaration of a C-ABI PrimFunc: ``void sym(float *x, float *y, int64_t n);``."""
+    tvm = ta._tvm()
+    args = []
+    for p in func.params:
+        if isinstance(p.ty, tvm.ir.PointerType):
+            args.append(f"{_C_TYPES[str(p.ty.element_type)]} *{p.name}")
+        else:
+            args.append(f"{_C_TYPES[str(p.ty)]} {p.name}")
+    return f"void {func.attrs['global_symbol']}({', '.join(args) or 'void'});"
+
+
+def llvm_ir(func, target) -> str:
+    return ta.build(func, target).inspect_source("ll")
+
+
+def lowered_tir(func, target) -> str:
+    """TVMScript of what reaches LLVM."""
+    return ta.lower(func, target).script()
+
 # x * 2 + 1 over strided rows, sblock TIR: main loop (n // 32 * 32, scheduled below) + scalar tail.
 AXPB = '''
 @T.prim_func(s_tir=True)
@@ -214,7 +238,7 @@ def _link(tmp_path, name: str, target: str):
     obj = ta.compile_to_object(func, target, tmp_path / f"{name}_{target}.o")
     src = tmp_path / f"{name}_wrap.c"
     sym = str(func.attrs["global_symbol"])
-    src.write_text(WRAPPER % {"proto": ta.c_prototype(func), "name": name, "call": call % sym})
+    src.write_text(WRAPPER % {"proto": c_prototype(func), "name": name, "call": call % sym})
     vs = tmp_path / f"{name}.map"
     vs.write_text(ta.version_script([name]))
     lib = tmp_path / f"lib{name}_{target}.so"
@@ -290,11 +314,11 @@ def test_packed_abi_is_what_tvm_compile_gives(tmp_path):
 
 def test_c_abi_prototype_and_lowering():
     f = maxshift()
-    assert ta.c_prototype(f) == ("void maxshift_body(float *x, float *y, int64_t rows, int64_t n, "
+    assert c_prototype(f) == ("void maxshift_body(float *x, float *y, int64_t rows, int64_t n, "
                                  "int64_t ldx, int64_t ldy);")
-    low = ta.tir_text(f, "avx2", lowered=True)
+    low = lowered_tir(f, "avx2")
     assert '"calling_conv": 1' in low and "TVMBackend" not in low
-    assert "T.Ramp" in ta.tir_text(axpb_scheduled(), "avx2", lowered=True)
+    assert "T.Ramp" in lowered_tir(axpb_scheduled(), "avx2")
     with pytest.raises(ValueError, match="buffer"):
         ta.as_c_abi(ta.parse_tir('''
 @T.prim_func
@@ -331,7 +355,7 @@ def test_vectorized_asm():
     n = ta.assembly(maxshift(), "neon")
     assert re.search(r"v\d+\.4s", n) and re.search(r"ldp\s+q\d+", n)
     assert re.search(r"fmla\s+v\d+\.4s|fmadd", ta.assembly(idioms(), "neon"))
-    ir = ta.llvm_ir(idioms(), "neon")
+    ir = llvm_ir(idioms(), "neon")
     assert "aarch64-unknown-linux-gnu" in ir and "<8 x float>" in ir          # legalised to 2 x 4s by the backend
 
 

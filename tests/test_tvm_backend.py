@@ -10,13 +10,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import STRICT, check, skip_unless_emulated
 
 import softgen
 from softgen.backends.tvm_adapter import available
 from softgen.emulator import find_emulator
 from softgen.runtime import compiler_for
 from softgen.targets import get_target
-from conftest import STRICT, check, skip_unless_emulated
 
 if not available()[0]:
     if STRICT:

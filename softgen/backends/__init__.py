@@ -5,7 +5,7 @@ this package does right here (after ``base``, which imports no backend: no cycle
 
     from softgen.backends import Backend, Artifact, register, get_backend
 """
+from . import c, tvm  # the built-in backends: importing them registers them
 from .base import BACKENDS, Artifact, Backend, get_backend, names, register, unregister
-from . import c, tvm   # the built-in backends: importing them registers them
 
 __all__ = ["BACKENDS", "Artifact", "Backend", "get_backend", "names", "register", "unregister", "c", "tvm"]

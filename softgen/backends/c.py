@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from .._version import __version__
 from ..abi import KernelABI, err
-from ..analysis import index_dims, matrix_plan_lines, matrix_traffic
+from ..analysis import matrix_plan_lines, matrix_traffic
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, PAIR, Program
 from ..matrix import LoopPhase, MatMulPhase, RowsPhase, SweepPhase
 from ..numerics.constants import EXTEXP_E0
-from ..numerics.reductions import FLT_MAX, REDUCTIONS as SHARED_REDUCTIONS, Reduction, reduction
+from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
@@ -29,7 +29,6 @@ from ..schedule import Schedule
 from ..targets import Target
 from .base import Artifact, Backend, register
 from .gemm import Epilogue, gemm, schedule_for
-
 
 # -- the C emitter of the shared numerics (softgen.numerics) ------------------------------------
 
@@ -175,9 +174,6 @@ class TopKRed(Reduction):
                         f"{res[2]} = {sv}[0];", f"{res[3]} = sg_topk_expsum({sv}, {self.kp});"]
 
 
-REDUCTIONS = {**SHARED_REDUCTIONS, "reduce_topk": TopKRed}
-
-
 def _red(c: "_Ctx", r: int) -> Reduction:
     if c.p.op(r) == "reduce_topk":
         return TopKRed(r, c.p.attrs(r)["k"], c.t.lanes)
@@ -218,9 +214,8 @@ def lowerable(p: Program) -> list[str]:
         op, kind, shape = p.op(v), p.kind(v), p.shape(v)
         if kind == "map" and op not in (VECTOR_C if shape == "row" else SCALAR_C):
             bad.append(f"{op} ({shape})")
-        if kind == "reduce" and op not in REDUCTIONS:
-            bad.append(op)
-        if kind == "colreduce" and op.replace("colreduce_", "reduce_") not in REDUCTIONS:
+        if kind in ("reduce", "colreduce") and op != "reduce_topk" and \
+                op.replace("colreduce_", "reduce_") not in REDUCTIONS:   # read now: one may be added
             bad.append(op)
     return sorted(set(bad))
 
@@ -461,8 +456,8 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
 def matrix_abi(mp, name: str) -> dict:
     """The exported entry point of matrix program ``mp`` (``abi.KernelABI``), in the form
     ``abi`` gives a row program's (the kernel's header comment reads its signature)."""
-    return {"sparse": False, "matrix": True, "max_n": INDEX_MAX_N if index_dims(mp) else None,
-            **_entry_params(name, mp.abi().param_list())}
+    kabi = mp.abi()
+    return {"sparse": False, "matrix": True, "max_n": kabi.max_n, **_entry_params(name, kabi.param_list())}
 
 
 def row_outputs(p: Program) -> tuple[str, ...]:
@@ -682,7 +677,7 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
         checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
                        err.EOVERFLOW.code, "a matrix does not fit in the address space"))
         lds = {nm: f"ld{nm}" for nm, _ in mats}
-    long_dims = index_dims(mp)
+    long_dims = mp.index_dims()
     if long_dims:
         checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), err.ETOOLONG.code,
                        f"a row or column index exceeds {INDEX_MAX_N} (float32 indices)"))

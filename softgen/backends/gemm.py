@@ -55,9 +55,9 @@ from typing import Callable
 
 from .._version import __version__
 from ..errors import UsageError
+from ..render import env, isa_header, vmath
 from ..schedule import GemmSchedule
 from ..targets import Target, get_target
-from ..render import env, isa_header, vmath
 
 LAYOUTS = {"nn": "C = alpha * A @ B + beta * C (A: m x k, B: k x n)",
            "nt": "C = alpha * A @ B^T + beta * C (A: m x k, B: n x k)"}

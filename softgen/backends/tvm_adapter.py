@@ -79,9 +79,6 @@ TVM_FFI_VERSION = "0.1.14.post1"
 
 CALLING_CONV_C = 1          # kCPackedFunc: tells MakePackedAPI the function is already lowered
 _TRIPLES = {"x86_64": "x86_64-unknown-linux-gnu", "aarch64": "aarch64-unknown-linux-gnu"}
-_C_TYPES = {"float32": "float", "float64": "double", "int64": "int64_t", "int32": "int32_t",
-            "uint64": "uint64_t", "uint32": "uint32_t", "int8": "int8_t", "uint8": "uint8_t",
-            "int16": "int16_t", "uint16": "uint16_t", "bool": "bool"}
 # Calls that would need the TVM runtime at load time.
 _RUNTIME_CALLS = re.compile(r"TVMBackend|tvm_call_packed|tvm_call_cpacked|tvm_throw_last_error|"
                             r"tvm_struct_get|tvm_stack_")
@@ -96,8 +93,8 @@ def available() -> tuple[bool, str]:
     """(True, "tvm <v> + tvm-ffi <v>") when the pinned pair imports and has the LLVM backend,
     else (False, reason + install hint). Never raises."""
     try:
-        import tvm_ffi
         import tvm
+        import tvm_ffi
     except Exception as e:  # noqa: BLE001 - any import failure means "not available"
         return False, f"TVM is not importable ({type(e).__name__}: {e}); {INSTALL_HINT}"
     tv, fv = str(getattr(tvm, "__version__", "?")), str(getattr(tvm_ffi, "__version__", "?"))
@@ -197,21 +194,6 @@ def _module(mod_or_func):
     return tvm.IRModule(out, attrs=mod_or_func.attrs)
 
 
-def c_prototype(func, symbol: str | None = None) -> str:
-    """The C declaration of a C-ABI PrimFunc: ``void sym(float *x, float *y, int64_t n);``."""
-    tvm = _tvm()
-    symbol = symbol or str(func.attrs["global_symbol"])
-    args = []
-    for p in func.params:
-        t = p.ty
-        if isinstance(t, tvm.ir.PointerType):
-            el = str(t.element_type)
-            args.append(f"{_C_TYPES.get(el, 'void')} *{p.name}")
-        else:
-            args.append(f"{_C_TYPES[str(t)]} {p.name}")
-    return f"void {symbol}({', '.join(args) or 'void'});"
-
-
 def version_script(symbols) -> str:
     """A GNU ld version script exporting only ``symbols`` (hides TVM's weak helper symbols)."""
     return "{ global: " + " ".join(f"{s};" for s in symbols) + " local: *; };\n"
@@ -304,17 +286,3 @@ def script_object(tir: str, target_name: str) -> bytes:
 
 def script_assembly(tir: str, target) -> str:
     return assembly(script_module(tir), target, pipeline="lean")
-
-
-def llvm_ir(mod_or_func, target, config: dict | None = None) -> str:
-    return build(mod_or_func, target, config).inspect_source("ll")
-
-
-def tir_text(mod_or_func, target=None, lowered: bool = False, config: dict | None = None) -> str:
-    """TVMScript of the input (scheduled) TIR, or with ``lowered=True`` of what reaches LLVM."""
-    if lowered:
-        if target is None:
-            raise ValueError("lowered TIR needs a target")
-        return lower(mod_or_func, target, config).script()
-    _tvm()
-    return mod_or_func.script()

@@ -18,7 +18,7 @@ arguments and their docs, ``call_build``).
 from __future__ import annotations
 
 # each family registers its ops on import; this order is OPS's (``softgen ops`` lists it)
-from . import softmax, lssa, sinkhorn, topk, soft  # noqa: F401
+from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
 from .base import OPS, OpDef, build_program, get_op, register, resolve_params
 
 __all__ = ["OPS", "OpDef", "build_program", "get_op", "register", "resolve_params"]

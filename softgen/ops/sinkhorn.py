@@ -11,6 +11,7 @@ from ..ir import Value
 from ..matrix import MatrixProgram
 from .base import F32_MAX, register
 
+
 def _neg_lse(m: Value, d: Value, eps: float) -> Value:
     """-eps LSE from an online (m, d) state, LSE = m / eps + log d: +inf exactly for a padded
     row/column (only -inf entries: d = 0), NaN or -inf for NaN or +inf entries."""

@@ -6,6 +6,7 @@ from ..errors import UsageError
 from ..ir import TOPK_MAX, Value
 from .base import F32_MAX, flag, register
 
+
 def _topk_k(k) -> int:
     if isinstance(k, bool) or not (isinstance(k, (int, float)) and float(k).is_integer()
                                    and 1 <= k <= TOPK_MAX):
