@@ -13,7 +13,7 @@ written; everything else reads it:
 
 * the C templates (entry.c.j2, matrix_entry.c.j2, supported.c.j2, gemm_tu.c.j2, kernel.c.j2's
   comment) get it as the Jinja global ``err`` (``return {{ err.ENULL }};`` renders ``return 1;``)
-  and ``backends.c.matrix_entry`` takes its check codes from it;
+  and ``backends.entry.matrix_entry`` takes its check codes from it;
 * the exported header's ``#define <NAME>_<SUFFIX> <code>`` lines, their comments and the
   manifest's ``errors`` come from ``error_docs``;
 * ``Kernel`` raises ``failure(name, rc)`` for a nonzero code (the exception class and message of

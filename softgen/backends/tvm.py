@@ -49,7 +49,16 @@ from ..schedule import Schedule
 from ..targets import Target
 from . import tvm_adapter, tvm_gemm
 from .base import Artifact, Backend, register
-from .c import CallingConvention, abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
+from .entry import (
+    CallingConvention,
+    abi,
+    entry_row_args,
+    matrix_abi,
+    matrix_entry,
+    matrix_gemms,
+    phase_args,
+    row_outputs,
+)
 
 
 def f32(v: float) -> str:

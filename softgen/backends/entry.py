@@ -1,0 +1,230 @@
+"""Entry points, the same for every backend whose kernels are called through C: the template
+view of a row kernel's entry (``abi``: its ``KernelABI`` spelled for ``entry.c.j2`` and
+``kernel.c.j2``), and a matrix program's entry (``matrix_entry``: argument checks, scratch,
+the per-matrix body that calls each phase in turn), which calls the phase functions through a
+``CallingConvention``: the C backend's own static functions by default, TVM's compiled row
+functions with ``backends.tvm.TVM_CALLS``. ``phase_args`` is the argument list both backends
+give a phase function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..abi import KernelABI, err
+from ..errors import BuildError
+from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, Program
+from ..matrix import LoopPhase, MatMulPhase, RowsPhase, SweepPhase
+from ..render import flit
+
+
+def matrix_abi(mp, name: str) -> dict:
+    """The exported entry point of matrix program ``mp`` (``abi.KernelABI``), in the form
+    ``abi`` gives a row program's (the kernel's header comment reads its signature)."""
+    kabi = mp.abi()
+    return {"sparse": False, "matrix": True, "max_n": kabi.max_n, **_entry_params(name, kabi.param_list())}
+
+
+def row_outputs(p: Program) -> tuple[str, ...]:
+    """The output pointers of a row function: y, or a selected output's indices and weights."""
+    return ("idx", "w") if p.op(p.output()) == "output_selected" else ("y",)
+
+
+def abi(p: Program, name: str) -> dict:
+    """The exported entry point of program p, for the templates, the header and the manifest."""
+    rps = "".join(f", const float *{rp}" for rp in p.row_params())
+    if p.op(p.output()) == "output_selected":
+        if rps:
+            raise BuildError(f"{p.name}: a selected output takes no per-row parameters")
+        k = p.attrs(p.args(p.output())[0])["k"]
+        width = f"(n < {k} ? n : {k})"
+        return {"sparse": True, "k": k, "outs": "int64_t *indices, float *weights", "ld": "ldo",
+                "row_decl": "int64_t *idx, float *w",
+                "nulls": ["indices", "weights"], "width": width, "elem": "sizeof(int64_t)",
+                "row_outs": "indices + r * ldo, weights + r * ldo", "max_n": p.max_n(),
+                **_entry_params(name, KernelABI.selected(k).param_list())}
+    return {"sparse": False, "outs": "float *y", "ld": "ldy", "nulls": ["y"], "width": "n",
+            "row_decl": "float *y",
+            "elem": "sizeof(float)", "row_outs": "y + r * ldy", "max_n": p.max_n(),
+            **_entry_params(name, KernelABI.row(p.row_params()).param_list())}
+
+
+def _entry_params(name: str, params: str) -> dict:
+    """An entry point's ``signature``, its parameter list ``params`` and ``args``, the names that
+    pass them on (to ``<name>__checked``, see templates/supported.c.j2)."""
+    args = ", ".join(p.split("*")[-1].split()[-1] for p in params.split(", "))
+    return {"signature": f"int {name}({params})", "params": params, "args": args}
+
+
+def phase_args(p: Program) -> list[tuple[str, str, tuple]]:
+    """The arguments of a matrix phase's row function after (x, y), as (C type, name, source):
+    n and m (its matrix's columns and rows), the row index, per-row vector elements (``rp_``),
+    per-matrix scalars read (``ms_``), per-column vectors (``cv_``), per-row vector slots it emits
+    into (``em_``), per-matrix scalars it reduces into (``mr_``), the current row of each matrix
+    it reads element-wise (``mx_``). ``source`` tells the entry point what to pass (see
+    ``_phase_call``); the TVM backend declares the same list."""
+    read_s, wrote_s = p.mscalar_names()
+    return ([("size_t", "n", ("dim", 1)), ("size_t", "m", ("dim", 0)), ("size_t", "row", ("row",))]
+            + [("float", f"rp_{r}", ("rowvec", r)) for r in p.row_params()]
+            + [("float", f"ms_{m}", ("ms", m)) for m in read_s]
+            + [("float *", f"cv_{v}", ("vec", v)) for v in p.vector_names()[1]]
+            + [("float *", f"em_{p.attrs(v)['name']}", ("emit", p.attrs(v)["name"])) for v in p.nodes("emit")]
+            + [("float *", f"mr_{m}", ("mr", m)) for m in wrote_s]
+            + [("const float *", f"mx_{nm}", ("matrow", nm)) for nm in p.matrices()])
+
+
+def matrix_gemms(mp, name: str) -> dict[int, tuple[str, str, object]]:
+    """Per matmul phase index: (gemm function name, layout, epilogue program or None). Plain
+    contractions share one function per layout; each epilogue has its own."""
+    out = {}
+    for k, ph in enumerate(mp.leaves()):
+        if isinstance(ph, MatMulPhase):
+            mm = ph.mm
+            fname = f"{name}__gemm_{mm.layout}" if mm.epilogue is None else f"{name}__gemm{k}_{mm.layout}_epi"
+            out[k] = (fname, mm.layout, mm.epilogue)
+    return out
+
+
+@dataclass(frozen=True)
+class CallingConvention:
+    """How a matrix entry point (``matrix_entry``) calls its rows/cols phase functions. The
+    default is the C backend's: its own static functions, which take ``phase_args``' C types.
+    A backend whose phase functions are compiled elsewhere (``backends.tvm``: TVM's object file)
+    describes their ABI here instead of the entry point knowing the backend."""
+    size_type: str = "size_t"   # the C type of the n, m and row arguments
+    pointer_cast: str = ""      # cast of the row pointers passed (e.g. "(float *)": no const)
+    status: bool = False        # a trailing ``int32_t *status`` argument (its value is ignored)
+    declare: bool = False       # the entry's translation unit declares the phase functions
+
+
+C_CALLS = CallingConvention()
+
+
+def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) -> list[str]:
+    """The C statements of one phase in the entry point's per-matrix body."""
+    if isinstance(ph, MatMulPhase):
+        mm = ph.mm
+        (M, K), N = mp.shape(mm.a), mp.shape(mm.dst)[1]
+        fname = matrix_gemms(mp, name)[k][0]
+        head = [f"dim_{M}", f"dim_{N}", f"dim_{K}"]
+        ops = [f"mat_{mm.a}", f"ld_{mm.a}", f"mat_{mm.b}", f"ld_{mm.b}"]
+        dst = [f"mat_{mm.dst}", f"ld_{mm.dst}"]
+        if mm.epilogue is None:
+            args = head + [flit(mm.alpha)] + ops + [flit(mm.beta)] + dst
+        else:
+            p = mm.epilogue
+            R, C = mp.shape(mm.dst)
+            args = head + ops + dst + [f"dim_{R}", f"dim_{C}"] + [f"vec_{r}" for r in p.row_params()] \
+                + [f"sg_ms[{scal[m]}]" for m in p.mscalar_names()[0]] + [f"vec_{v}" for v in p.vector_names()[1]] \
+                + [a for nm in p.matrices() for a in (f"mat_{nm}", f"ld_{nm}")]
+        return [f"{fname}({', '.join(args)});"]
+    p = ph.program
+    R, C = mp.shape(ph.over)
+    rows = isinstance(ph, RowsPhase)
+    lines = []
+    for v in p.nodes():
+        if p.kind(v) == "colreduce":
+            for f, init in COLREDUCE_FIELDS[p.op(v)]:
+                lines.append(f"for (size_t j = 0; j < dim_{C}; j++) vec_{p.attrs(v)['name']}_{f}[j] = {flit(init)};")
+        elif p.kind(v) == "mreduce":
+            lines.append(f"sg_ms[{scal[p.attrs(v)['name']]}] = {flit(MREDUCE_INIT[p.op(v)])};")
+    src = {"dim": lambda i: f"dim_{(R, C)[i]}", "row": lambda: "i" if rows else "0",
+           "rowvec": lambda r: f"vec_{r}[i]", "ms": lambda m: f"sg_ms[{scal[m]}]",
+           "vec": lambda v: f"vec_{v}", "emit": lambda e: f"vec_{e} + i", "mr": lambda m: f"&sg_ms[{scal[m]}]",
+           "matrow": lambda nm: f"{cc.pointer_cast}(mat_{nm} + i * ld_{nm})"}
+    args = [src[a[0]](*a[1:]) for _, _, a in phase_args(p)]
+    if rows:
+        x = f"mat_{ph.over} + i * ld_{ph.over}"
+        y = f"mat_{ph.into} + i * ld_{ph.into}" if ph.writes_output() else "NULL"
+    else:
+        x = y = "NULL"
+    if rows and cc.pointer_cast:
+        x = f"{cc.pointer_cast}({x})"
+    if cc.size_type != "size_t":
+        args = [f"({cc.size_type})({a})" if t == "size_t" else a for (t, _, _), a in zip(phase_args(p), args)]
+    if cc.status:
+        call = f"{{ int32_t status = 0; {name}__phase{k}({x}, {y}, {', '.join(args)}, &status); }}"
+    else:
+        call = f"{name}__phase{k}({x}, {y}, {', '.join(args)});"
+    if rows:
+        return lines + [f"for (size_t i = 0; i < dim_{R}; i++)", f"    {call}"]
+    return lines + [call]
+
+
+def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index: list,
+                 depth: int = 0) -> list[str]:
+    out = []
+    for ph in phases:
+        if isinstance(ph, LoopPhase):
+            it = f"it{depth}"
+            out.append(f"for (size_t {it} = 0; {it} < {ph.count}; {it}++) {{")
+            out += ["    " + ln for ln in _matrix_body(mp, ph.body, name, cc, scal, index, depth + 1)]
+            for a, b in ph.swaps:
+                out.append(f"    {{ float *sg_t = mat_{a}; mat_{a} = mat_{b}; mat_{b} = sg_t; }}")
+            out.append("}")
+            continue
+        k = index[0]
+        index[0] += 1
+        out.append(f"/* phase {k}: {ph.describe()} */")
+        out += _phase_call(mp, k, ph, name, cc, scal)
+    return out
+
+
+def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
+    """What ``templates/matrix_entry.c.j2`` needs: the signature and argument checks of the
+    program's ABI (``abi.KernelABI``), the scratch (vectors and scratch matrices, one allocation),
+    the per-matrix pointers and the per-matrix body (each phase's calls, loops), and, if the
+    calling convention ``cc`` declares them, the phase functions' prototypes."""
+    abi = mp.abi()
+    mats = abi.matrices
+    if abi.style == "unary":
+        (_, (R, C)), = abi.inputs
+        checks = [("rows == 0 || n == 0", err.OK.code, "there is nothing to do"),
+                  ("x == NULL || y == NULL", err.ENULL.code, "a pointer is NULL while its matrix is not empty"),
+                  ("ldx < n || ldy < n", err.ESTRIDE.code, "a row stride is below its row length"),
+                  (f"!{name}__fits(1, rows, n, ldx) || !{name}__fits(1, rows, n, ldy)", err.EOVERFLOW.code,
+                   "the rows do not fit in the address space"),
+                  ("m == 0 || rows % m != 0", err.EMATRIX.code, "m is 0 or does not divide rows")]
+        if abi.square:
+            checks.append(("n != m", err.ESQUARE.code, "the matrices are not square (n != m)"))
+        before = [(f"dim_{R}", "m")] + ([(f"dim_{C}", "n")] if C != R else [])
+        after = [("batch", "rows / m")]
+        lds = {"x": "ldx", "y": "ldy"}
+    else:
+        before, after = [(f"dim_{d}", d) for d in abi.dims], []
+        outs = " && ".join(f"(dim_{r} == 0 || dim_{c} == 0)" for _, (r, c) in abi.outputs)
+        checks = [(f"batch == 0 || ({outs})", err.OK.code, "every output is empty: nothing to do")]
+        checks.append((" || ".join(f"(dim_{r} != 0 && dim_{c} != 0 && {nm} == NULL)" for nm, (r, c) in mats),
+                       err.ENULL.code, "a pointer is NULL while its matrix is not empty"))
+        checks.append((" || ".join(f"ld{nm} < dim_{c}" for nm, (_, c) in mats), err.ESTRIDE.code,
+                       "a row stride is below its row length"))
+        checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
+                       err.EOVERFLOW.code, "a matrix does not fit in the address space"))
+        lds = {nm: f"ld{nm}" for nm, _ in mats}
+    long_dims = mp.index_dims()
+    if long_dims:
+        checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), err.ETOOLONG.code,
+                       f"a row or column index exceeds {INDEX_MAX_N} (float32 indices)"))
+    scratch = [(f"vec_{v}", f"sg_off_vec_{v}", "sg_ld", "1", f"dim_{d}") for v, d in mp.vector_dims().items()]
+    scratch += [(f"mat_{nm}", f"sg_off_mat_{nm}", f"ld_{nm}", f"dim_{r}", f"dim_{c}")
+                for nm, (r, c) in mp.scratch_mats.items()]
+    scal = {nm: i for i, nm in enumerate(mp.scalars())}
+    per_matrix = [f"{'const ' if role == 'input' else ''}float *mat_{nm} = {nm} + sg_b * dim_{r} * {lds[nm]};"
+                  for (nm, (r, _)), role in zip(mats, ["input"] * len(abi.inputs) + ["output"] * len(abi.outputs))]
+    body = _matrix_body(mp, mp.phases, name, cc, scal, [0])
+    protos = []
+    if cc.declare:
+        for k, ph in enumerate(mp.leaves()):
+            if isinstance(ph, SweepPhase):
+                a = ", ".join(f"{cc.size_type if t == 'size_t' else t}{'' if t.endswith('*') else ' '}{n}"
+                              for t, n, _ in phase_args(ph.program))
+                protos.append(f"void {name}__phase{k}(float *x, float *y, {a}"
+                              f"{', int32_t *status' if cc.status else ''});")
+    return {"signature": abi.signature(name), "checks": checks, "dims_before": before, "dims_after": after,
+            "lds": [(f"ld_{nm}", lds[nm]) for nm, _ in mats], "scratch": scratch,
+            "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body,
+            "prototypes": protos, "vectors": len(mp.vector_dims()), "scratch_mats": len(mp.scratch_mats)}
+
+
+def entry_row_args(row_params: list[str]) -> str:
+    """The per-row parameter arguments the entry point passes to a row function for row r."""
+    return "".join(f", {name}[r]" for name in row_params)
