@@ -171,3 +171,16 @@ def test_the_checker_sees_cycles_and_local_imports(tmp_path):
     p.write_text(src)
     got = sorted(_imports("softgen.probe", p))
     assert got == [("softgen.backends.c", 3, False), ("softgen.export", 7, True), ("softgen.ir", 2, False)]
+
+
+def test_every_package_is_shipped():
+    """``pip install .`` (not editable) installs only the packages pyproject.toml lists: a new
+    subpackage missing there breaks the README's first command while editable installs work."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:   # Python 3.10
+        import tomli as tomllib
+    repo = ROOT.parent
+    listed = set(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(repo).parts) for p in ROOT.rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
