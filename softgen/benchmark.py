@@ -582,6 +582,13 @@ def validate(cfg: BenchConfig) -> None:
     for rows, n in cfg.shapes:
         if rows < 1 or n < 1:
             raise UsageError(f"bench: shape {rows}x{n}: rows and n must be >= 1")
+    for t in cfg.targets:
+        target = get_target(t)               # an unknown name is a UsageError naming the known ones
+        if not target.runnable:
+            raise UsageError(f"bench: target {target.name} cannot run on this CPU (missing "
+                             f"{', '.join(target.missing_features())}); see 'softgen targets'")
+    if not cfg.targets or not cfg.backends:
+        raise UsageError("bench: need at least one target and one backend")
     bad = [p for p in cfg.against if p not in PEERS]
     if bad:
         raise UsageError(f"bench: unknown peer(s) {bad}; choose from {', '.join(PEERS)}")
@@ -615,9 +622,6 @@ def _softgen_variants(cfg: BenchConfig) -> list[_SG]:
     out = []
     for t in cfg.targets:
         target = get_target(t)
-        if not target.runnable:
-            raise UsageError(f"bench: target {target.name} cannot run on this CPU (missing "
-                             f"{', '.join(target.missing_features())}); see 'softgen targets'")
         for b in cfg.backends:
             auto = compile_kernel(cfg.op, algorithm="auto", target=target.name, backend=b)
             algs = passes.applicable_algorithms(program) if cfg.all else [auto.algorithm]
