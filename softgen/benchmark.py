@@ -197,6 +197,13 @@ def size_label(rows: int, n: int) -> str:
     return count_label(n) if rows == 1 else f"{rows}x{n}"
 
 
+def parse_size(tok: str) -> tuple[int, int]:
+    """One size or shape: '1K' -> (1, 1024); '8192x128' -> (8192, 128) (the bench/ scripts' form);
+    a ValueError names the allowed forms."""
+    r, sep, n = str(tok).strip().lower().rpartition("x")
+    return (parse_count(r) if sep else 1), parse_count(n)
+
+
 def _items(text: str) -> list[str]:
     return [t for t in re.split(r"[,\s]+", text.strip()) if t]
 
@@ -661,7 +668,7 @@ def _rotating(variants: list[tuple]) -> Variant:
     return call
 
 
-def _max_rel_err(y: np.ndarray, ref: np.ndarray, chunk: int = 1 << 20) -> float:
+def max_rel_err(y: np.ndarray, ref: np.ndarray, chunk: int = 1 << 20) -> float:
     """max |y - ref| / max |ref| over the array, chunked (no full-size temporaries); NaN if y has one."""
     a, b = y.reshape(-1), ref.reshape(-1)
     err = scale = 0.0
@@ -721,7 +728,7 @@ def run(cfg: BenchConfig | None = None, *, stream=None) -> dict:
                     y.fill(np.nan)
                     v = variants[name]
                     v() if callable(v) else eval(v[0], dict(v[1]))
-                    errs[name] = _max_rel_err(y, ref)
+                    errs[name] = max_rel_err(y, ref)
                     if not errs[name] <= 1e-4:
                         notes.append(f"{label}: {name} differs from NumPy's softmax (max rel err {errs[name]:.2e})")
                 del ref
