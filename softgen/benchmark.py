@@ -824,6 +824,8 @@ def format_report(res: dict) -> str:
                "of copy: GB/s / the best copy's GB/s at that size;")
     out.append("vs best peer: t(fastest peer) / t (> 1: faster than every peer); noise: interquartile "
                "range / median; fits: the cache level x and y fit in (DRAM: rotated buffers >= 2x LLC).")
+    out.append("of copy > 100%: the plan counts every sweep's reads as memory traffic, but a later sweep's "
+               "reads hit a closer cache (e.g. x fits L2 while x + y do not).")
     out.append("Times on a shared machine are noisy: compare ratios within one run (interleaved), not "
                "across runs.")
     out.extend(f"note: {t}" for t in res["notes"])
