@@ -804,7 +804,8 @@ def format_report(res: dict) -> str:
     out = [f"# softgen {res['softgen']} (commit {info.get('commit')}) bench --op {res['op']}, {info['date']}",
            f"# cpu: {m['describe']}",
            f"# {info.get('cc')}; python {info['python']}; 1 thread; samples >= {cfg['min_time'] * 1e3:.0f} ms, "
-           f"medians of {cfg['min_rounds']}-{cfg['max_rounds']} interleaved rounds; wall {res['wall_seconds']} s"]
+           f"medians of {cfg['min_rounds']}-{cfg['max_rounds']} interleaved rounds; wall {res['wall_seconds']} s"
+           + (f"; load average {info['loadavg'][0]:.2f}" if info.get("loadavg") else "")]
     for name, p in res["peers"]["used"].items():
         out.append(f"# peer {name} {p['version']}: threads {p['threads']}; traffic {p['traffic']}")
     for name, why in res["peers"]["skipped"].items():

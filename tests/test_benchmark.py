@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,34 @@ def test_cli_bench_target_that_cannot_run(capsys, monkeypatch):
     monkeypatch.setattr(B, "run", lambda *a, **k: pytest.fail("measured a target that cannot run"))
     assert cli.main(["bench", "--target", missing[0], "--quiet"]) == 2
     assert "cannot run on this CPU" in capsys.readouterr().err
+
+
+# -- the bench/ scripts use this machinery ------------------------------------------------------------------
+
+def test_bench_scripts_reuse_the_package(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from bench import common, softmax
+    for name in ("time_interleaved", "calibrate", "render_table", "machine_info", "gbps", "parse_size",
+                 "numpy_softmax", "CopyKernel"):
+        assert getattr(common, name) is getattr(B, name), name
+    assert softmax.parse_size("8192x128") == (8192, 128) and softmax.parse_size("1K") == (1, 1024)
+    cfg = softmax.Config(sizes=[(1, 1000)], algorithms=["two-pass"], targets=["scalar"], torch=False,
+                         overhead=False, min_time=0.001, budget=0.0, min_rounds=2, max_rounds=2, progress=False)
+    rows = softmax.run(cfg)
+    by = {r["impl"]: r for r in rows if r.get("kind") == "softmax"}
+    assert by.keys() == {"softgen", "numpy", "copy"}
+    assert by["copy"]["copies_per_call"] == B.CopyKernel.reps(1000) and by["copy"]["gbps"] > 0
+    assert by["softgen"]["vs_copy"] == pytest.approx(by["softgen"]["seconds"] / by["copy"]["seconds"])
+
+
+# -- backends ------------------------------------------------------------------------------------------------
+
+def test_bench_c_and_tvm_backends():
+    pytest.importorskip("tvm")
+    cfg = B.BenchConfig(shapes=[(1, 1000)], against=[], backends=["c", "tvm"], copy=False, **FAST)
+    res = B.run(cfg)
+    host = softgen.host_target()
+    names = [r["variant"] for r in res["rows"]]
+    assert len(names) == 2 and names[0].startswith(f"softgen {host}/c ") and names[1].startswith(f"softgen {host}/tvm ")
+    assert {v["backend"] for v in res["variants"]} == {"c", "tvm"}
+    assert all(r["max_rel_err"] < 1e-5 for r in res["rows"])
