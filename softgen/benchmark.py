@@ -34,6 +34,7 @@ import ctypes
 import datetime as _dt
 import importlib
 import itertools
+import json
 import math
 import os
 import platform
@@ -624,12 +625,14 @@ class _SG:
 
 
 def _softgen_variants(cfg: BenchConfig) -> list[_SG]:
-    multi = len(cfg.targets) > 1 or len(cfg.backends) > 1
+    targets = list(dict.fromkeys(get_target(t).name for t in cfg.targets))     # "host" and its name: once
+    backends = list(dict.fromkeys(cfg.backends))
+    multi = len(targets) > 1 or len(backends) > 1
     program = ops.build_program(cfg.op)
     out = []
-    for t in cfg.targets:
+    for t in targets:
         target = get_target(t)
-        for b in cfg.backends:
+        for b in backends:
             auto = compile_kernel(cfg.op, algorithm="auto", target=target.name, backend=b)
             algs = passes.applicable_algorithms(program) if cfg.all else [auto.algorithm]
             for a in algs:
@@ -831,6 +834,19 @@ def format_report(res: dict) -> str:
                "across runs.")
     out.extend(f"note: {t}" for t in res["notes"])
     return "\n".join(out)
+
+
+def to_json(res: dict) -> str:
+    """``res`` as strict JSON text: NaN and infinities (an unmeasurable ratio) become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(res), indent=1, default=str, allow_nan=False) + "\n"
 
 
 def check_output(path: str, what: str) -> Path:

@@ -234,7 +234,7 @@ def _cmd_bench(args) -> None:
     print(benchmark.format_report(res), flush=True)
     try:
         if json_path is not None:
-            json_path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+            json_path.write_text(benchmark.to_json(res))
         if plot_path is not None:
             benchmark.plot(res, plot_path)
     except OSError as e:

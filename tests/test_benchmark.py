@@ -178,6 +178,14 @@ def test_dram_sizes_rotate_buffers_beyond_the_llc(monkeypatch):
         assert "copy (non-temporal)" not in {r["variant"] for r in small}
 
 
+def test_targets_given_twice_are_timed_once_and_json_is_strict():
+    host = softgen.host_target()
+    res = B.run(B.BenchConfig(shapes=[(1, 64)], against=[], targets=["host", host], copy=False, **FAST))
+    assert [r["variant"] for r in res["rows"]] == [f"softgen {softgen.compile('softmax').algorithm} (auto)"]
+    res["rows"][0]["noise"] = float("nan")
+    assert json.loads(B.to_json(res))["rows"][0]["noise"] is None
+
+
 def test_progress_bar_without_tqdm(monkeypatch):
     monkeypatch.setattr(B, "_import", _missing("tqdm"))
     out = io.StringIO()
