@@ -634,7 +634,9 @@ def _softgen_variants(cfg: BenchConfig) -> list[_SG]:
         target = get_target(t)
         for b in backends:
             auto = compile_kernel(cfg.op, algorithm="auto", target=target.name, backend=b)
-            algs = passes.applicable_algorithms(program) if cfg.all else [auto.algorithm]
+            algs = passes.applicable_algorithms(program) if cfg.all else []
+            if auto.algorithm not in algs:      # auto's own entry is always timed
+                algs = [auto.algorithm, *algs]
             for a in algs:
                 k = auto if a == auto.algorithm else compile_kernel(cfg.op, algorithm=a, target=target.name,
                                                                     backend=b)
