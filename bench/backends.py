@@ -11,19 +11,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import gbps, machine_info, single_threaded, time_interleaved  # noqa: E402
+from common import gbps, machine_info, parse_size, single_threaded, time_interleaved  # noqa: E402,F401
 
 single_threaded()
 import numpy as np  # noqa: E402
 
 import softgen  # noqa: E402
-
-
-def parse_size(tok: str) -> tuple[int, int]:
-    mult = {"K": 1 << 10, "M": 1 << 20}
-    rows, _, n = tok.rpartition("x")
-    val = int(n[:-1]) * mult[n[-1]] if n[-1] in mult else int(n)
-    return (int(rows) if rows else 1), val
 
 
 def run(sizes, targets, ops, algorithms, budget) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Command line: ``softgen targets | ops | build | emit | explain``.
+"""Command line: ``softgen targets | ops | build | emit | explain | bench``.
 
 Errors are one line on stderr: exit code 2 for usage errors (bad flags, unknown op/target/
 algorithm, invalid names or parameters), 1 for failures (compiler errors, unwritable output).
@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from . import ops, passes
+from . import benchmark, ops, passes
 from ._version import __version__
 from .abi import ECPU
 from .backends import BACKENDS, get_backend
@@ -75,7 +75,29 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("explain", help="show the IR, the rewrites, the pass plan and bytes moved")
     _kernel_args(x)
     x.add_argument("--json", action="store_true", help="machine-readable output")
+    _bench_args(sub)
     return ap
+
+
+def _bench_args(sub) -> None:
+    bp = sub.add_parser("bench", help="time softgen's kernels against NumPy/PyTorch/ONNX Runtime and the copy bandwidth")
+    bp.add_argument("--op", default="softmax", help="row op to time (default: softmax; peers implement softmax)")
+    bp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {benchmark.DEFAULT_SIZES})")
+    bp.add_argument("--shapes", help=f"batches: {benchmark.SHAPES_FORM}")
+    bp.add_argument("--against", default=",".join(benchmark.PEERS),
+                    help=f"peers, comma-separated from {','.join(benchmark.PEERS)}, or none "
+                         "(default: all; those not installed are skipped, saying why)")
+    bp.add_argument("--all", action="store_true", help="every applicable algorithm, not only auto's choice")
+    bp.add_argument("--target", default="host", help="target(s), comma-separated (default: host)")
+    bp.add_argument("--backend", default="c", help="backend(s), comma-separated (default: c)")
+    bp.add_argument("--plot", metavar="PNG", help="ns/element vs size plot (needs matplotlib)")
+    bp.add_argument("--json", metavar="PATH", help="write everything (machine, config, rows) as JSON")
+    bp.add_argument("--budget", type=float, default=0.3, help="seconds per variant per size (default 0.3)")
+    bp.add_argument("--min-time", type=float, default=0.02, help="seconds per sample (default 0.02)")
+    bp.add_argument("--rounds", default="5-25", help="min-max interleaved rounds (default 5-25)")
+    bp.add_argument("--no-copy", action="store_true", help="skip the streaming-copy bandwidth measurement")
+    bp.add_argument("--no-check", action="store_true", help="skip the accuracy check against NumPy")
+    bp.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _params(args) -> dict:
@@ -179,8 +201,48 @@ def _cmd_explain(args) -> None:
     print("## pass plan\n" + pl.describe())
 
 
+def _bench_config(args) -> benchmark.BenchConfig:
+    shapes = (benchmark.parse_sizes(args.sizes) if args.sizes is not None else []) + \
+        (benchmark.parse_shapes(args.shapes) if args.shapes is not None else [])
+    lo, sep, hi = args.rounds.partition("-")
+    try:
+        rounds = (int(lo), int(hi or lo))
+    except ValueError:
+        raise UsageError(f"--rounds: {args.rounds!r} is not N or MIN-MAX (e.g. 5-25)") from None
+    names = [t for t in args.target.split(",") if t]
+    backends = [b for b in args.backend.split(",") if b]
+    for b in backends:
+        get_backend(b)                       # an unknown name is a UsageError naming the registered ones
+    if not names or not backends:
+        raise UsageError("bench: --target and --backend need at least one name")
+    return benchmark.BenchConfig(
+        op=args.op, shapes=shapes or benchmark.parse_sizes(benchmark.DEFAULT_SIZES),
+        against=benchmark.parse_against(args.against), all=args.all, targets=names, backends=backends,
+        copy=not args.no_copy, check=not args.no_check, min_time=args.min_time, budget=args.budget,
+        min_rounds=rounds[0], max_rounds=rounds[1], progress=not args.quiet)
+
+
+def _cmd_bench(args) -> None:
+    benchmark.single_threaded()              # before torch / onnxruntime are imported
+    cfg = _bench_config(args)
+    benchmark.validate(cfg)
+    json_path = benchmark.check_output(args.json, "--json") if args.json else None
+    plot_path = benchmark.check_output(args.plot, "--plot") if args.plot else None
+    if plot_path is not None:
+        benchmark.require_matplotlib()       # fail before measuring, not after
+    res = benchmark.run(cfg)
+    print(benchmark.format_report(res), flush=True)
+    try:
+        if json_path is not None:
+            json_path.write_text(benchmark.to_json(res))
+        if plot_path is not None:
+            benchmark.plot(res, plot_path)
+    except OSError as e:
+        raise SoftgenError(f"cannot write {e.filename!r}: {e.strerror}") from None
+
+
 COMMANDS = {"targets": _cmd_targets, "ops": _cmd_ops, "build": _cmd_build, "emit": _cmd_emit,
-            "explain": _cmd_explain}
+            "explain": _cmd_explain, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import pytest
 
 import softgen
 
-SUBCOMMANDS = ["targets", "ops", "build", "emit", "explain"]
+SUBCOMMANDS = ["targets", "ops", "build", "emit", "explain", "bench"]
 BYTES_PER_ELEMENT = {"three-pass-recompute": 16, "three-pass-reload": 20, "two-pass": 12, "online": 12}
 HOST = softgen.host_target()
 
@@ -255,6 +255,12 @@ USAGE_ERRORS = {
     "accumulators-too-large": (["build", "--accumulators", "64"], "accumulators"),
     "accumulators-zero": (["emit", "--accumulators", "0"], "accumulators"),
     "block-bad": (["explain", "--block", "3"], "block"),
+    "bench-bad-sizes": (["bench", "--sizes", "1K,lots"], "1K,64K,1M,16M"),
+    "bench-shape-as-size": (["bench", "--sizes", "4096x512"], "use --shapes"),
+    "bench-bad-shapes": (["bench", "--shapes", "4096by512"], "ROWSxN"),
+    "bench-bad-against": (["bench", "--against", "numpy,jax"], "numpy,torch,onnxruntime"),
+    "bench-matrix-op": (["bench", "--op", "sinkhorn"], "row ops"),
+    "bench-bad-target": (["bench", "--target", "sse9"], "unknown target"),
 }
 
 
@@ -320,3 +326,17 @@ def test_matrix_op_build_explain_and_errors(tmp_path):
     assert "phase 1 (cols" in text and "colreduce_online" in text and "2R + 1W" in text
     failed(sg("build", "--op", "sinkhorn", "-p", "n_iter=0", "-o", str(tmp_path / "x")), 2)
     assert not (tmp_path / "x").exists()
+
+
+# -- bench --------------------------------------------------------------------------------------
+
+def test_bench_table_and_progress():
+    res = sg("bench", "--sizes", "1K", "--shapes", "4x300", "--against", "numpy", "--min-time", "0.001",
+             "--budget", "0", "--rounds", "2")
+    out = ok(res)
+    header = next(line for line in out.splitlines() if line.startswith("size"))
+    for col in ("fits", "variant / peer", "ns/elem", "GB/s", "of copy", "vs best peer", "noise"):
+        assert col in header
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith(("1K ", "4x300 "))]
+    assert rows == ["1K"] * 3 + ["4x300"] * 3            # softgen auto, numpy, copy
+    assert "(auto)" in out and "ETA" in res.stderr

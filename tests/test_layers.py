@@ -45,6 +45,8 @@ LAYERS = [
     {"softgen.export", "softgen.gemm_runtime"},
     # 7: the Python API
     {"softgen.kernel"},
+    # 7b: benchmarking compiled kernels against peers and the copy bandwidth (softgen bench)
+    {"softgen.benchmark"},
     {"softgen.functional", "softgen.cli"},
     # 8: the front doors
     {"softgen", "softgen.__main__"},
