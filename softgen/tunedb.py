@@ -16,6 +16,7 @@ The API the tuner and the dispatcher use::
                   schedule={...}, threads=1, ns_per_element=..., noise=..., repetitions=...,
                   runners_up={"two-pass": 1.12})          # -> TuningRecord (replaces the same key)
     tunedb.lookup(op, params, target, backend, n, rows)   # -> TuningRecord | None
+    tunedb.table(op, params, target, backend)             # every usable record, by size class
 
 ``lookup`` returns only records of this machine (exact fingerprint), this compiler and the current
 softgen and kernel-source versions: imported records of other machines and stale records are kept
@@ -365,6 +366,21 @@ def lookup(op: str, params: dict | None, target, backend: str, n: int, rows: int
     if not found:
         return None
     return min(found, key=lambda r: ((r.n_max - r.n_min + 1) * (r.rows_max - r.rows_min + 1), -r.timestamp))
+
+
+def table(op: str, params: dict | None, target, backend: str, *, cc: str | None = None,
+          db: TuningDB | None = None) -> list[TuningRecord]:
+    """Every record ``lookup`` could return for this op, parameters, target and backend (this
+    machine, compiler and versions), by size class (``n_min``, then ``rows_min``): what a
+    dispatcher builds its thresholds from, in one query."""
+    tname = _target_name(target)
+    cur = _current(tname, cc)
+    found = (db or default()).select(
+        "WHERE op=? AND params=? AND target=? AND backend=? AND fingerprint=? AND compiler=? AND "
+        "compiler_version=? AND softgen_version=? AND source_version=?",
+        (op, _dumps(canonical_params(op, params)), tname, backend, cur["fingerprint"], cur["compiler"],
+         cur["compiler_version"], cur["softgen_version"], cur["source_version"]))
+    return sorted(found, key=lambda r: (r.n_min, r.rows_min, r.n_max, r.rows_max))
 
 
 def _filter(op=None, target=None, backend=None, machine_: str = "this", stale: bool | None = None) -> tuple[str, tuple]:

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -244,3 +245,43 @@ def test_import_errors_name_the_line(db, tmp_path, line, message):
     assert len(tunedb.records()) == 1     # all or nothing
     with pytest.raises(UsageError, match="no such file"):
         tunedb.import_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_table_lists_the_usable_records_by_size_class(db):
+    big = _rec(n=(65536, 1 << 26), algorithm="two-pass")
+    small = _rec(n=(1, 65535))
+    db.add(dataclasses.replace(small, fingerprint="0123456789abcdef"))
+    db.add(dataclasses.replace(small, source_version="0000000000000000", n_max=7))
+    _rec(n=(1, 65535), algorithm="online")   # same key as `small`: replaces it
+    assert [r.algorithm for r in tunedb.table("softmax", {}, "scalar", "c")] == ["online", big.algorithm]
+    assert tunedb.table("softmax", {"temperature": 3}, "scalar", "c") == []
+
+
+LOOP = """
+from softgen import tunedb
+i = 0
+while True:
+    tunedb.record("softmax", {}, "scalar", "c", n=(1 + 10 * i, 10 + 10 * i), rows=1, algorithm="online",
+                  schedule={"unroll": i % 4 + 1}, ns_per_element=1.0, noise=0.01, repetitions=5)
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_a_writer_killed_at_a_random_moment_loses_nothing_committed(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    for delay in (0.7, 1.1, 1.6):
+        child = subprocess.Popen([sys.executable, "-c", LOOP], stdout=subprocess.PIPE, text=True,
+                                 env=os.environ.copy())
+        committed = -1
+        try:
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline or committed < 0:
+                committed = int(child.stdout.readline())
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            child.wait(60)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            have = {r.n_min for r in tunedb.records()}
+        assert {1 + 10 * i for i in range(committed + 1)} <= have
