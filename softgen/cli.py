@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from . import machine, ops, passes, runtime, tunedb
 from ._version import __version__
@@ -284,7 +285,13 @@ CACHE_ACTIONS = {"list": _cache_list, "show": _cache_show, "clear": _cache_clear
 
 
 def _cmd_cache(args) -> None:
-    CACHE_ACTIONS[args.cache_cmd](args)
+    with warnings.catch_warnings(record=True) as caught:   # e.g. a damaged tuning database, recreated
+        warnings.simplefilter("always", tunedb.TuningDBWarning)
+        try:
+            CACHE_ACTIONS[args.cache_cmd](args)
+        finally:
+            for w in caught:
+                print(f"softgen: warning: {w.message}", file=sys.stderr)
 
 
 COMMANDS = {"targets": _cmd_targets, "ops": _cmd_ops, "build": _cmd_build, "emit": _cmd_emit,

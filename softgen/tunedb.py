@@ -36,6 +36,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import sqlite3
 import time
@@ -148,9 +149,26 @@ def _target_name(target) -> str:
     return get_target(target if isinstance(target, str) or target is None else target.name).name
 
 
+def _int(what: str, v) -> int:
+    """An integer >= 1 (NumPy integers too)."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        i = operator.index(v)
+    except TypeError:
+        raise UsageError(f"{what} must be an integer >= 1, got {v!r}") from None
+    if i < 1:
+        raise UsageError(f"{what} must be an integer >= 1, got {v!r}")
+    return int(i)
+
+
 def _range(what: str, v) -> tuple[int, int]:
-    lo, hi = (v, v) if isinstance(v, int) else tuple(v)
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi)) or not 1 <= lo <= hi:
+    try:
+        lo, hi = (v, v) if not isinstance(v, (tuple, list)) else v
+        lo, hi = _int(what, lo), _int(what, hi)
+    except (UsageError, ValueError):
+        lo, hi = 0, -1
+    if not 1 <= lo <= hi:
         raise UsageError(f"tuning record: {what} must be an int or a range (lo, hi) with 1 <= lo <= hi, got {v!r}")
     return lo, hi
 
@@ -344,8 +362,9 @@ def record(op: str, params: dict | None, target, backend: str, *, n, rows, algor
     (n_min, n_max), (rows_min, rows_max) = _range("n", n), _range("rows", rows)
     rec = TuningRecord(op=op, params=canonical_params(op, params), target=tname, backend=backend,
                        n_min=n_min, n_max=n_max, rows_min=rows_min, rows_max=rows_max,
-                       algorithm=algorithm, schedule=dict(schedule), threads=threads,
-                       ns_per_element=float(ns_per_element), noise=float(noise), repetitions=repetitions,
+                       algorithm=algorithm, schedule=dict(schedule), threads=_int("threads", threads),
+                       ns_per_element=float(ns_per_element), noise=float(noise),
+                       repetitions=_int("repetitions", repetitions),
                        runners_up={k: float(v) for k, v in (runners_up or {}).items()},
                        machine=machine.identity(), timestamp=time.time(), **_current(tname, cc))
     return (db or default()).add(rec)
@@ -356,6 +375,7 @@ def lookup(op: str, params: dict | None, target, backend: str, n: int, rows: int
     """The record for this machine, compiler and versions whose size class covers ``(n, rows)``
     (the smallest such class, then the newest), or None."""
     tname = _target_name(target)
+    n, rows = _int("n", n), _int("rows", rows)
     cur = _current(tname, cc)
     found = (db or default()).select(
         "WHERE op=? AND params=? AND target=? AND backend=? AND fingerprint=? AND compiler=? AND "

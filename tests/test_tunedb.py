@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import pytest
 
 from softgen import machine, tunedb
@@ -30,9 +31,9 @@ def db(tmp_path, monkeypatch):
     return d
 
 
-def _rec(n=(1024, 65535), rows=(1, 1), algorithm="three-pass-reload", ns=0.44, **kw):
+def _rec(n=(1024, 65535), rows=(1, 1), algorithm="three-pass-reload", ns=0.44, threads=1, **kw):
     return tunedb.record("softmax", {}, "scalar", "c", n=n, rows=rows, algorithm=algorithm, schedule=SCHED,
-                         threads=1, ns_per_element=ns, noise=0.02, repetitions=30,
+                         threads=threads, ns_per_element=ns, noise=0.02, repetitions=30,
                          runners_up={"two-pass": 1.4}, **kw)
 
 
@@ -66,7 +67,7 @@ def test_lookup_by_size_class(db):
     assert look(1) == small and look(65535) == small and look(1024) == small
     assert look(256) == inner and look(1023) == inner
     assert look(65536) == big and look(1 << 26) == big
-    assert look(512, 4096) == batch
+    assert look(512, 4096) == batch and look(np.int64(512), np.int32(4096)) == batch
     assert look((1 << 26) + 1) is None and look(65536, 2) is None
     again = _rec(n=(1, 65535), algorithm="online", ns=0.40)     # same key and class: replaces
     assert look(1) == again and len(tunedb.records()) == 4
@@ -111,6 +112,12 @@ def test_bad_records_are_usage_errors(db):
         _rec(ns=float("nan"))
     with pytest.raises(UsageError, match="unknown target"):
         tunedb.lookup("softmax", {}, "nope", "c", 1, 1)
+    with pytest.raises(UsageError, match="n must be an integer >= 1"):
+        tunedb.lookup("softmax", {}, "scalar", "c", 0, 1)
+    with pytest.raises(UsageError, match="rows must be an integer >= 1"):
+        tunedb.lookup("softmax", {}, "scalar", "c", 1, 2.5)
+    with pytest.raises(UsageError, match="threads must be"):
+        _rec(threads=0)
     assert tunedb.records(machine="any") == []
 
 
