@@ -277,7 +277,11 @@ class TuningDB:
             except sqlite3.DatabaseError as e:      # not a database, malformed
                 if attempt:
                     raise TuningDBError(f"cannot recreate the tuning database {path}: {e}") from None
-                self._recreate(path, e)
+                try:
+                    self._recreate(path, e)
+                except OSError as e2:   # the lock file
+                    raise TuningDBError(f"the tuning database {path} is damaged ({e}) and cannot be "
+                                        f"recreated: {e2.strerror or e2}") from None
 
     def _recreate(self, path: Path, why: Exception) -> None:
         """Move a damaged database aside (under a lock: only one process moves one file)."""
@@ -290,9 +294,7 @@ class TuningDB:
                         return
                 finally:
                     con.close()
-            except sqlite3.OperationalError:
-                pass
-            except sqlite3.DatabaseError:
+            except sqlite3.DatabaseError:   # still damaged (or locked: move it aside all the same)
                 pass
             aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             try:
