@@ -294,7 +294,9 @@ class TuningDB:
                         return
                 finally:
                     con.close()
-            except sqlite3.DatabaseError:   # still damaged (or locked: move it aside all the same)
+            except sqlite3.OperationalError as e:   # locked or unreadable: not known to be damaged
+                raise TuningDBError(f"cannot check the tuning database {path}: {e}") from None
+            except sqlite3.DatabaseError:           # still damaged
                 pass
             aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             try:
