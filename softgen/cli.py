@@ -1,4 +1,4 @@
-"""Command line: ``softgen targets | ops | build | emit | explain | bench``.
+"""Command line: ``softgen targets | ops | build | emit | explain | bench | cache``.
 
 Errors are one line on stderr: exit code 2 for usage errors (bad flags, unknown op/target/
 algorithm, invalid names or parameters), 1 for failures (compiler errors, unwritable output).
@@ -9,8 +9,9 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
-from . import benchmark, ops, passes
+from . import benchmark, machine, ops, passes, runtime, tunedb
 from ._version import __version__
 from .abi import ECPU
 from .backends import BACKENDS, get_backend
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     _kernel_args(x)
     x.add_argument("--json", action="store_true", help="machine-readable output")
     _bench_args(sub)
+    _cache_parser(sub)
     return ap
 
 
@@ -98,6 +100,33 @@ def _bench_args(sub) -> None:
     bp.add_argument("--no-copy", action="store_true", help="skip the streaming-copy bandwidth measurement")
     bp.add_argument("--no-check", action="store_true", help="skip the accuracy check against NumPy")
     bp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cache_parser(sub) -> None:
+    c = sub.add_parser("cache", help="the kernel cache and the tuning database: list, show, clear, prune, "
+                                     "export, import")
+    cs = c.add_subparsers(dest="cache_cmd", metavar="ACTION", parser_class=_Parser)
+    cs.required = True
+    cl = cs.add_parser("list", help="kernel cache entries, size and cap; tuning records per op/target/machine")
+    cl.add_argument("--json", action="store_true", help="machine-readable output")
+    sh = cs.add_parser("show", help="this machine's tuning records of an op, as a table")
+    sh.add_argument("op", help="op name (see 'softgen ops')")
+    sh.add_argument("--target", help="only this target")
+    sh.add_argument("--backend", help="only this backend")
+    sh.add_argument("--json", action="store_true", help="the records as JSON")
+    cc = cs.add_parser("clear", help="remove every kernel cache entry and every tuning record")
+    which = cc.add_mutually_exclusive_group()
+    which.add_argument("--kernels", action="store_true", help="only the kernel cache")
+    which.add_argument("--tuning", action="store_true", help="only the tuning database")
+    pr = cs.add_parser("prune", help="kernel cache down to its cap (SOFTGEN_CACHE_MAX_MB); tuning records "
+                                     "of other softgen or kernel-source versions")
+    pr.add_argument("--other-machines", action="store_true", help="also the tuning records of other machines")
+    ex = cs.add_parser("export", help="write the tuning records (every machine's) as JSON lines")
+    ex.add_argument("file", help="output file")
+    ex.add_argument("--op", help="only this op's records")
+    im = cs.add_parser("import", help="add the tuning records of a JSON-lines file (kept with their own "
+                                      "machine identity: another machine's are never used here)")
+    im.add_argument("file", help="a file written by 'softgen cache export'")
 
 
 def _params(args) -> dict:
@@ -241,8 +270,94 @@ def _cmd_bench(args) -> None:
         raise SoftgenError(f"cannot write {e.filename!r}: {e.strerror}") from None
 
 
+def _mib(nbytes: float) -> str:
+    return "unlimited" if nbytes == float("inf") else f"{nbytes / 2 ** 20:.1f} MiB"
+
+
+def _cache_list(args) -> None:
+    entries, cap = runtime.cache_entries(), runtime.cache_cap()
+    total = sum(e.size for e in entries)
+    db = tunedb.default()
+    summary = tunedb.summary(db)
+    if args.json:
+        print(json.dumps({"kernels": {"dir": str(runtime.cache_dir()), "entries": len(entries), "bytes": total,
+                                      "cap_bytes": None if cap == float("inf") else int(cap)},
+                          "tuning": {"path": str(db.path), "groups": summary}}, indent=2))
+        return
+    print(f"kernel cache {runtime.cache_dir()}: {len(entries)} entries, {_mib(total)} of {_mib(cap)} "
+          f"(cap: {runtime.CACHE_MAX_ENV})")
+    print(f"tuning database {db.path}: {sum(g['records'] for g in summary)} records")
+    if summary:
+        print(f"  {'op':<20} {'target':<8} {'backend':<7} {'records':>7} {'current':>7}  machine")
+    for g in summary:
+        here = " (this machine)" if g["this"] else ""
+        print(f"  {g['op']:<20} {g['target']:<8} {g['backend']:<7} {g['records']:>7} {g['current']:>7}  "
+              f"{g['fingerprint']} {g['model_name']}{here}")
+
+
+def _cache_show(args) -> None:
+    ops.get_op(args.op)   # an unknown op is a usage error naming the known ones
+    recs = tunedb.records(args.op, args.target, args.backend)
+    current = {"softgen_version": __version__, "source_version": tunedb.source_version()}
+    if args.json:
+        print(json.dumps([r.as_json() for r in recs], indent=2))
+        return
+    if not recs:
+        print(f"no tuning records of {args.op} for this machine ({machine.fingerprint()})")
+        return
+    print(f"{'target':<8} {'backend':<7} {'n':>19} {'rows':>15} {'algorithm':<22} {'threads':>7} "
+          f"{'ns/elem':>8} {'noise':>6} {'reps':>5}  schedule / params")
+    for r in sorted(recs, key=lambda r: (r.target, r.backend, r.n_min, r.rows_min)):
+        stale = "" if all(getattr(r, k) == v for k, v in current.items()) else "  [stale]"
+        sched = ",".join(f"{k}={v}" for k, v in sorted(r.schedule.items())) or "-"
+        params = ",".join(f"{k}={v}" for k, v in sorted(r.params.items()))
+        print(f"{r.target:<8} {r.backend:<7} {f'{r.n_min}..{r.n_max}':>19} {f'{r.rows_min}..{r.rows_max}':>15} "
+              f"{r.algorithm:<22} {r.threads:>7} {r.ns_per_element:>8.3f} {r.noise:>6.1%} {r.repetitions:>5}  "
+              f"{sched} / {params}{stale}")
+
+
+def _cache_clear(args) -> None:
+    if not args.tuning:
+        removed = runtime.prune_cache(cap=0)
+        print(f"kernel cache: removed {len(removed)} entries ({_mib(sum(e.size for e in removed))})")
+    if not args.kernels:
+        print(f"tuning database: removed {tunedb.clear()} records")
+
+
+def _cache_prune(args) -> None:
+    removed = runtime.prune_cache()
+    print(f"kernel cache: removed {len(removed)} least recently used entries "
+          f"({_mib(sum(e.size for e in removed))}; cap {_mib(runtime.cache_cap())})")
+    print(f"tuning database: removed {tunedb.prune(other_machines=args.other_machines)} records")
+
+
+def _cache_export(args) -> None:
+    if args.op is not None:
+        ops.get_op(args.op)
+    n = tunedb.export_jsonl(args.file, op=args.op)
+    print(f"wrote {n} tuning records to {args.file}")
+
+
+def _cache_import(args) -> None:
+    print(f"imported {tunedb.import_jsonl(args.file)} tuning records from {args.file}")
+
+
+CACHE_ACTIONS = {"list": _cache_list, "show": _cache_show, "clear": _cache_clear, "prune": _cache_prune,
+                 "export": _cache_export, "import": _cache_import}
+
+
+def _cmd_cache(args) -> None:
+    with warnings.catch_warnings(record=True) as caught:   # e.g. a damaged tuning database, recreated
+        warnings.simplefilter("always", tunedb.TuningDBWarning)
+        try:
+            CACHE_ACTIONS[args.cache_cmd](args)
+        finally:
+            for w in caught:
+                print(f"softgen: warning: {w.message}", file=sys.stderr)
+
+
 COMMANDS = {"targets": _cmd_targets, "ops": _cmd_ops, "build": _cmd_build, "emit": _cmd_emit,
-            "explain": _cmd_explain, "bench": _cmd_bench}
+            "explain": _cmd_explain, "bench": _cmd_bench, "cache": _cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,14 @@ Built objects are cached under ``$SOFTGEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/so
 source, the compiler's identity and the flags, written atomically (several processes may build
 the same kernel at once) with a SHA-256 sidecar. An entry that does not match its digest, does
 not load or lacks its symbol is rebuilt.
+
+The cache is capped (``SOFTGEN_CACHE_MAX_MB``, default 512 MiB): after each write, whole entries
+(``<key>.so`` with its ``<key>.sha256`` sidecar and ``<key>.c``) are removed least recently used
+first until the total fits (``prune_cache``). An entry's last use is the mtime of its sidecar,
+touched on every cache hit (file access times are unreliable: relatime/noatime mounts). Entries
+this process loaded or just built are never removed by it. Another process may remove an entry
+this one has dlopened: on Linux that only unlinks the name, the mapped library stays valid until
+it is closed, and a later load of that kernel rebuilds it (``open_shared`` retries once).
 """
 from __future__ import annotations
 
@@ -19,17 +27,22 @@ import stat
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._version import __version__
 from .abi import KernelABI
-from .errors import BuildError, CacheError
+from .errors import BuildError, CacheError, UsageError
 from .targets import Target, host_arch
 
 CACHE_HINT = "set SOFTGEN_CACHE_DIR to a private directory of yours to use another one"
 
 BASE_CFLAGS = ("-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
                "-fno-math-errno", "-Wall")
+
+
+DEFAULT_CACHE_MAX_MB = 512
+CACHE_MAX_ENV = "SOFTGEN_CACHE_MAX_MB"
 
 
 def _cache_root() -> Path:
@@ -62,12 +75,8 @@ def _check_private(d: Path, st: os.stat_result) -> None:
                          f"user could plant code that softgen would load; {CACHE_HINT}")
 
 
-def cache_dir() -> Path:
-    """The cache directory ``<root>/v<version>``, created private (0700). ``CacheError`` if it
-    cannot be, or unless both it and the root are owned by this user and not group/world-writable."""
-    root = _cache_root()
-    path = root / f"v{__version__}"
-    for d in (root, path):
+def _private_dirs(*dirs: Path) -> None:
+    for d in dirs:
         try:
             try:
                 st = os.stat(d)
@@ -79,6 +88,23 @@ def cache_dir() -> Path:
         if not stat.S_ISDIR(st.st_mode):
             raise CacheError(f"the softgen cache directory {d} is not a directory; {CACHE_HINT}")
         _check_private(d, st)
+
+
+def cache_root() -> Path:
+    """The cache root (``$SOFTGEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/softgen``, else
+    ``~/.cache/softgen``), created private (0700); ``CacheError`` as for ``cache_dir``. The
+    tuning database lives here, beside the per-version kernel directories."""
+    root = _cache_root()
+    _private_dirs(root)
+    return root
+
+
+def cache_dir() -> Path:
+    """The cache directory ``<root>/v<version>``, created private (0700). ``CacheError`` if it
+    cannot be, or unless both it and the root are owned by this user and not group/world-writable."""
+    root = _cache_root()
+    path = root / f"v{__version__}"
+    _private_dirs(root, path)
     return path
 
 
@@ -111,6 +137,13 @@ def _compiler_identity(cc: tuple[str, ...]) -> str:
         return out.stdout.splitlines()[0] if out.stdout else cc[0]
     except (OSError, subprocess.SubprocessError):
         return cc[0]
+
+
+def compiler_id(target: Target, cc: str | None = None) -> tuple[str, str]:
+    """The compiler ``compiler_for`` picks, as (command line, first line of its ``--version``):
+    what tuning records are keyed by."""
+    argv = compiler_for(target, cc)
+    return shlex.join(argv), _compiler_identity(tuple(argv))
 
 
 def emulation_flags(target: Target) -> list[str]:
@@ -196,12 +229,99 @@ def _fsynced(path: Path) -> tuple[bytes, tuple]:
         return f.read(), _version(f)
 
 
+# -- the size cap: least-recently-used pruning of whole entries ---------------------------------
+_in_use: set[str] = set()  # keys of the entries this process loaded: never pruned by it
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One kernel cache entry: the files ``<key>.*`` (library or object, sidecar, C source)."""
+
+    key: str
+    files: tuple[Path, ...]
+    size: int          # bytes, all files
+    last_used: float   # the latest mtime of its files (the sidecar is touched on each use)
+
+
+def cache_cap() -> float:
+    """The cache size cap in bytes, from ``SOFTGEN_CACHE_MAX_MB`` (default 512; ``inf``: none)."""
+    text = os.environ.get(CACHE_MAX_ENV, "").strip()
+    if not text:
+        return DEFAULT_CACHE_MAX_MB * 2.0 ** 20
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:   # also NaN
+        raise UsageError(f"{CACHE_MAX_ENV}={text!r} is not a size in MiB (a number >= 0, or inf)")
+    return mb * 2.0 ** 20
+
+
+def cache_entries(d: Path | None = None) -> list[CacheEntry]:
+    """The entries of the kernel cache directory ``d`` (default: ``cache_dir()``), least recently
+    used first; builds in progress (``tmp*`` directories) are not entries."""
+    d = cache_dir() if d is None else d
+    groups: dict[str, list[tuple[Path, os.stat_result]]] = {}
+    try:
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.startswith("tmp") or not e.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:   # pruned by another process meanwhile
+                    continue
+                groups.setdefault(e.name.split(".", 1)[0], []).append((Path(e.path), st))
+    except OSError as e:
+        raise _unusable(d, e) from None
+    out = [CacheEntry(key, tuple(sorted(p for p, _ in fs)), sum(st.st_size for _, st in fs),
+                      max(st.st_mtime for _, st in fs)) for key, fs in groups.items()]
+    return sorted(out, key=lambda c: (c.last_used, c.key))
+
+
+def prune_cache(cap: float | None = None, d: Path | None = None, keep: tuple[str, ...] = ()) -> list[CacheEntry]:
+    """Remove whole entries, least recently used first, until the cache holds at most ``cap``
+    bytes (default ``cache_cap()``; 0 removes every entry it may). Entries this process loaded
+    and the keys in ``keep`` are never removed. Returns the removed entries."""
+    cap = cache_cap() if cap is None else cap
+    entries = cache_entries(d)
+    total = sum(c.size for c in entries)
+    removed = []
+    for c in entries:
+        if total <= cap:
+            break
+        if c.key in _in_use or c.key in keep:
+            continue
+        # the sidecar first: a reader that still finds the library then sees it unverified and
+        # rebuilds it, never a library with a digest that is about to vanish
+        for p in sorted(c.files, key=lambda p: p.suffix != ".sha256"):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise _unusable(p.parent, e) from None
+            _verified.pop(p, None)
+        total -= c.size
+        removed.append(c)
+    return removed
+
+
+def _used(entry: Path) -> None:
+    """Record a use of ``entry`` (its sidecar's mtime: the LRU clock)."""
+    try:
+        os.utime(entry.with_suffix(".sha256"))
+    except OSError:
+        pass
+
+
 def _cached(entry: Path, make, what: str, rebuild: bool = False) -> Path:
     """The cache file ``entry``; unless it is intact (and not ``rebuild``), first made anew by
     ``make(tmp) -> (file, {suffix: companion file})`` in a fresh temporary directory, checked to
     be the ELF file its suffix names, and moved into place (a reader sees the old file or the
     new one): the file, then its digest, then its companions."""
     if not rebuild and _intact(entry):
+        _used(entry)
         return entry
     _clean_stale_tmp(entry.parent)
     try:
@@ -222,6 +342,7 @@ def _cached(entry: Path, make, what: str, rebuild: bool = False) -> Path:
             _verified[entry] = version
     except OSError as e:  # the compiler's own failures are BuildErrors: this is the directory's
         raise _unusable(entry.parent, e) from None
+    prune_cache(d=entry.parent, keep=(entry.name.split(".", 1)[0],))
     return entry
 
 
@@ -258,7 +379,13 @@ def build_shared(source: str | dict, target: Target, *, emulate: bool = False, c
     lib = _cached_build(sources, compiler_for(target, cc), flags_for(target, emulate) + ["-shared"], ".so",
                         rebuild=rebuild)
     if dest is not None:
-        shutil.copyfile(lib, dest)
+        try:
+            shutil.copyfile(lib, dest)
+        except FileNotFoundError:   # pruned by another process between the build and the copy?
+            if lib.is_file():
+                raise
+            shutil.copyfile(_cached_build(sources, compiler_for(target, cc), flags_for(target, emulate)
+                                          + ["-shared"], ".so", rebuild=True), dest)
         return dest
     return lib
 
@@ -276,6 +403,7 @@ def open_shared(source: str | dict, target: Target, *, emulate: bool = False, cc
             continue
         missing = [s for s in symbols if not hasattr(handle, s)]
         if not missing:
+            _in_use.add(lib.name.split(".", 1)[0])
             return handle
         _ctypes.dlclose(handle._handle)  # else dlopen would return this library for the path again
         why = f"it does not export {', '.join(missing)}"

@@ -14,6 +14,7 @@ import pytest
 
 import softgen
 from softgen import runtime
+from softgen.targets import get_target
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
@@ -269,3 +270,79 @@ def test_a_test_run_leaves_the_users_cache_alone(tmp_path):
                        capture_output=True, text=True, timeout=600, env={**env, "HOME": str(home), "TMPDIR": str(tmp)})
     assert r.returncode == 0, r.stdout[-3000:]
     assert list(home.rglob("*")) == [] and list(tmp.iterdir()) == []
+
+
+# -- the size cap: least-recently-used pruning --------------------------------------------------
+def _tiny(i: int) -> str:
+    """A small distinct library source (its own cache entry)."""
+    return f"int tiny_{i}(void) {{ return {i}; }}\nchar pad_{i}[{32 << 10}] = {{1}};\n"
+
+
+def _key(lib) -> str:
+    return lib.name.split(".", 1)[0]
+
+
+def test_lru_pruning_keeps_the_most_recently_used_entries_under_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_MAX_MB", "inf")
+    scalar = get_target("scalar")
+    libs = [runtime.build_shared(_tiny(i), scalar) for i in range(5)]
+    entries = {e.key: e for e in runtime.cache_entries()}
+    assert set(entries) == {_key(p) for p in libs}
+    assert all({p.suffix for p in e.files} == {".so", ".sha256", ".c"} for e in entries.values())
+    now = time.time()
+    for age, lib in zip([50, 40, 30, 20, 10], libs):   # 0 is the least recently used ...
+        for p in entries[_key(lib)].files:
+            os.utime(p, (now - age, now - age))
+    assert runtime.build_shared(_tiny(0), scalar) == libs[0]   # ... until a cache hit uses it again
+    assert [e.key for e in runtime.cache_entries()][-1] == _key(libs[0])
+    size = max(e.size for e in runtime.cache_entries())
+    monkeypatch.setenv("SOFTGEN_CACHE_MAX_MB", str(3.5 * size / 2 ** 20))   # room for three
+    new = runtime.build_shared(_tiny(5), scalar)                          # a write prunes
+    kept = [e.key for e in runtime.cache_entries()]
+    assert sorted(kept) == sorted(_key(p) for p in (libs[0], libs[4], new))
+    assert sum(e.size for e in runtime.cache_entries()) <= runtime.cache_cap()
+    assert not any(p.exists() for lib in libs[1:4] for p in lib.parent.glob(_key(lib) + ".*"))
+    again = runtime.build_shared(_tiny(1), scalar)   # a pruned entry is simply built again
+    assert runtime._intact(again)
+
+
+def test_pruning_never_removes_what_this_process_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    k = _probe()
+    assert np.allclose(k(np.ones((1, 4), np.float32)), 0.25)         # loaded: in use
+    other = runtime.build_shared(_tiny(7), k.target)                  # built, not loaded
+    removed = runtime.prune_cache(cap=0)
+    assert [e.key for e in removed] == [_key(other)] and not other.exists()
+    (entry,) = runtime.cache_entries()
+    assert entry.files[0].suffix in (".c", ".sha256", ".so") and runtime._intact(entry.files[0].with_suffix(".so"))
+    assert np.allclose(k(np.ones((1, 2), np.float32)), 0.5)
+
+
+def test_a_cache_removed_under_a_loaded_kernel_is_rebuilt_on_the_next_load(tmp_path, monkeypatch):
+    """What pruning relies on (Linux): unlinking a dlopened library leaves the mapping valid;
+    loading the kernel again afterwards finds no entry and builds it."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    k = _probe()
+    x = np.ones((1, 3), np.float32)
+    first = k(x)
+    for p in runtime.cache_dir().glob("*"):
+        if p.is_file():
+            p.unlink()
+    assert np.array_equal(k(x), first)                       # the mapping outlives the file
+    assert np.array_equal(_probe("cache_probe_again")(x), first)
+    assert runtime.cache_entries()
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "nan"])
+def test_a_bad_cache_cap_is_a_usage_error(monkeypatch, value):
+    monkeypatch.setenv("SOFTGEN_CACHE_MAX_MB", value)
+    with pytest.raises(softgen.UsageError, match=f"SOFTGEN_CACHE_MAX_MB={value!r} is not a size in MiB"):
+        runtime.cache_cap()
+
+
+def test_the_default_cache_cap(monkeypatch):
+    monkeypatch.delenv("SOFTGEN_CACHE_MAX_MB", raising=False)
+    assert runtime.cache_cap() == 512 << 20
+    monkeypatch.setenv("SOFTGEN_CACHE_MAX_MB", "inf")
+    assert runtime.cache_cap() == float("inf")

@@ -340,3 +340,91 @@ def test_bench_table_and_progress():
     rows = [line.split()[0] for line in out.splitlines() if line.startswith(("1K ", "4x300 "))]
     assert rows == ["1K"] * 3 + ["4x300"] * 3            # softgen auto, numpy, copy
     assert "(auto)" in out and "ETA" in res.stderr
+
+
+# -- softgen cache ------------------------------------------------------------------------------
+CACHE_ACTIONS = ["list", "show", "clear", "prune", "export", "import"]
+
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch):
+    """A cache of its own (sg() passes os.environ on), holding one kernel and two tuning records."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    import numpy as np
+
+    from softgen import tunedb
+    softgen.compile("softmax", algorithm="online", target="scalar", name="cli_cache_probe")(np.ones((1, 4), np.float32))
+    for n, alg in (((1, 65535), "three-pass-reload"), ((65536, 1 << 26), "two-pass")):
+        tunedb.record("softmax", {}, "scalar", "c", n=n, rows=1, algorithm=alg, schedule={"unroll": 2},
+                      ns_per_element=0.5, noise=0.01, repetitions=20)
+    return tmp_path
+
+
+def test_cache_help():
+    out = ok(sg("cache", "--help"))
+    assert out.startswith("usage: softgen cache") and all(a in out for a in CACHE_ACTIONS)
+    assert "cache" in ok(sg("--help"))
+
+
+def test_cache_list_show_export_import_clear(cache_env):
+    out = ok(sg("cache", "list"))
+    assert "kernel cache" in out and "entries" in out and "512.0 MiB" in out
+    assert "2 records" in out and "(this machine)" in out
+    listing = json.loads(ok(sg("cache", "list", "--json")))
+    assert listing["kernels"]["entries"] >= 1 and listing["kernels"]["cap_bytes"] == 512 << 20
+    assert listing["tuning"]["groups"][0]["records"] == 2
+    table = ok(sg("cache", "show", "softmax")).splitlines()
+    assert table[0].split()[:3] == ["target", "backend", "n"] and len(table) == 3
+    assert "three-pass-reload" in table[1] and "two-pass" in table[2] and "unroll=2" in table[1]
+    assert "no tuning records" in ok(sg("cache", "show", "log_softmax"))
+    assert len(json.loads(ok(sg("cache", "show", "softmax", "--json")))) == 2
+    f = cache_env / "records.jsonl"
+    assert "wrote 2 tuning records" in ok(sg("cache", "export", str(f)))
+    assert len(f.read_text().splitlines()) == 2
+    assert "removed 2 records" in ok(sg("cache", "clear", "--tuning"))
+    assert "kernel cache: removed 0" in ok(sg("cache", "prune"))     # under the cap: nothing to do
+    assert "imported 2 tuning records" in ok(sg("cache", "import", str(f)))
+    assert len(ok(sg("cache", "show", "softmax")).splitlines()) == 3
+    out = ok(sg("cache", "clear", "--kernels"))
+    assert "kernel cache: removed" in out and "tuning" not in out
+    assert json.loads(ok(sg("cache", "list", "--json")))["kernels"]["entries"] == 0
+    assert "removed 2 records" in ok(sg("cache", "clear"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["cache"], "cache: the following arguments are required: ACTION"),
+    (["cache", "nope"], "cache: argument ACTION: invalid choice: 'nope'"),
+    (["cache", "show"], "the following arguments are required: op"),
+    (["cache", "show", "nope"], "unknown op 'nope'"),
+    (["cache", "clear", "--kernels", "--tuning"], "not allowed with argument"),
+    (["cache", "import", "MISSING"], "MISSING: no such file"),
+    (["cache", "import", "BAD"], "BAD:2: not JSON"),
+    (["cache", "export", "OUT", "--op", "nope"], "unknown op 'nope'"),
+])
+def test_cache_usage_errors(cache_env, args, message):
+    bad = cache_env / "bad.jsonl"
+    bad.write_text("\n{oops\n")
+    paths = {"MISSING": str(cache_env / "missing.jsonl"), "BAD": str(bad), "OUT": str(cache_env / "out.jsonl")}
+    args = [paths.get(a, a) for a in args]
+    message = message.replace("MISSING", paths["MISSING"]).replace("BAD", paths["BAD"])
+    assert message in failed(sg(*args), 2)
+    assert not (cache_env / "out.jsonl").exists()
+
+
+def test_cache_errors_are_one_line_failures(cache_env, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_MAX_MB", "lots")
+    assert "SOFTGEN_CACHE_MAX_MB='lots'" in failed(sg("cache", "prune"), 2)
+    monkeypatch.delenv("SOFTGEN_CACHE_MAX_MB")
+    assert "cannot write" in failed(sg("cache", "export", str(cache_env / "no" / "dir" / "f.jsonl")), 1)
+
+
+def test_a_damaged_tuning_database_is_a_warning_not_a_failure(cache_env):
+    db = cache_env / "cache" / "tuning.sqlite"
+    db.write_bytes(b"garbage" * 1000)
+    for side in ("-wal", "-shm"):
+        db.with_name(db.name + side).unlink(missing_ok=True)
+    res = sg("cache", "list")
+    assert "0 records" in ok(res)
+    assert res.stderr.startswith("softgen: warning: the tuning database") and "was damaged" in res.stderr
+    assert len(res.stderr.splitlines()) == 1
+    assert list(db.parent.glob("tuning.sqlite.corrupt-*"))

@@ -38,6 +38,8 @@ LAYERS = [
     # 4: the toolchain: compiler, cache, loading shared objects; emulation (SIMDe, qemu)
     {"softgen.runtime"},
     {"softgen.emulator"},
+    # the tuning database (SQLite): keyed by machine, compiler (runtime) and kernel-source version
+    {"softgen.tunedb"},
     # 5: backends: lowered programs -> C / TensorIR
     {"softgen.backends", "softgen.backends.base", "softgen.backends.gemm", "softgen.backends.c",
      "softgen.backends.entry", "softgen.backends.tvm_adapter", "softgen.backends.tvm_gemm", "softgen.backends.tvm"},
