@@ -283,7 +283,11 @@ def prune_cache(cap: float | None = None, d: Path | None = None, keep: tuple[str
     """Remove whole entries, least recently used first, until the cache holds at most ``cap``
     bytes (default ``cache_cap()``; 0 removes every entry it may). Entries this process loaded
     and the keys in ``keep`` are never removed. Returns the removed entries."""
-    cap = cache_cap() if cap is None else cap
+    return _prune(cache_cap() if cap is None else cap, d, keep)[0]
+
+
+def _prune(cap: float, d: Path | None, keep: tuple[str, ...]) -> tuple[list[CacheEntry], int]:
+    """``prune_cache``, and the bytes the cache holds afterwards."""
     entries = cache_entries(d)
     total = sum(c.size for c in entries)
     removed = []
@@ -304,7 +308,7 @@ def prune_cache(cap: float | None = None, d: Path | None = None, keep: tuple[str
             _verified.pop(p, None)
         total -= c.size
         removed.append(c)
-    return removed
+    return removed, total
 
 
 def _used(entry: Path) -> None:
@@ -342,8 +346,24 @@ def _cached(entry: Path, make, what: str, rebuild: bool = False) -> Path:
             _verified[entry] = version
     except OSError as e:  # the compiler's own failures are BuildErrors: this is the directory's
         raise _unusable(entry.parent, e) from None
-    prune_cache(d=entry.parent, keep=(entry.name.split(".", 1)[0],))
+    _maybe_prune(entry)
     return entry
+
+
+# Bytes this process believes the cache holds: a scan's total plus what it wrote since. The
+# directory is scanned again only when that could exceed the cap (a scan of a thousand entries
+# takes ~0.1 s; a build writes ~50 KiB), so a process that builds many kernels pays one scan,
+# not one per build. Other processes' writes are theirs to prune.
+_estimate: dict[Path, int] = {}
+
+
+def _maybe_prune(entry: Path) -> None:
+    d, cap, key = entry.parent, cache_cap(), entry.name.split(".", 1)[0]
+    written = sum(p.stat().st_size for p in d.glob(key + ".*") if p.is_file())
+    if d in _estimate and _estimate[d] + written <= cap:
+        _estimate[d] += written
+        return
+    _estimate[d] = _prune(cap, d, (key,))[1]
 
 
 def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], suffix: str,
