@@ -137,6 +137,37 @@ class Kernel:
         """Whether the kernel picks one of several variants per call (``dispatch``)."""
         return bool(self.variants)
 
+    def explain(self, as_json: bool = False) -> str | dict:
+        """The IR as defined, each rewrite, the pass plan and bytes moved, and for
+        ``algorithm="auto"`` the dispatch table with why each entry was chosen ("model: ...", or
+        "measured: ..." once a tuning record supplies the table); a dispatcher shows every variant.
+        ``as_json``: the same as a dict (``rewritten_ir``, ``plan``, ``traffic``: of the first
+        variant; ``variants``: all of them; ``dispatch``: the table, or None)."""
+        original = _ops.build_program(self.op, **self.params)
+        parts = list(self.variants) or [self]
+        if as_json:
+            pl = self.plan
+            return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
+                    "target": self.target.name, "schedule": self.schedule.as_dict(), "name": self.name,
+                    "ir": str(original), "rewritten_ir": str(self.program), "rewrites": self.program.notes,
+                    "plan": pl.describe().splitlines(), "traffic": pl.traffic(),
+                    "dispatch": None if self.dispatch is None else {
+                        "source": self.dispatch.source, "basis": self.dispatch.basis,
+                        "entries": self.dispatch.as_list()},
+                    "variants": [{"name": v.name, "algorithm": v.algorithm, "rewritten_ir": str(v.program),
+                                  "rewrites": v.program.notes, "plan": v.plan.describe().splitlines(),
+                                  "traffic": v.plan.traffic()} for v in parts]}
+        out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}\n",
+               "## IR as defined\n" + str(original) + "\n"]
+        if self.dispatch is not None:
+            out.append("## " + self.explain_dispatch() + "\n")
+        for v in parts:
+            head = f"## variant {v.name}: " if self.dispatcher else "## "
+            out.append(f"{head}after the '{v.algorithm}' rewrite" + "".join(f"\n# {n}" for n in v.program.notes))
+            out.append(str(v.program) + "\n")
+            out.append("## pass plan\n" + v.plan.describe() + ("\n" if self.dispatcher else ""))
+        return "\n".join(out).rstrip("\n") + "\n"
+
     def explain_dispatch(self) -> str:
         """The dispatch table and why each entry was chosen ("" unless algorithm was auto)."""
         if self.dispatch is None:
