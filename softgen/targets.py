@@ -69,7 +69,7 @@ class Target:
     isa: dict
     host_rank: int                 # "host" = the runnable target with the highest rank
     vector_registers: int          # architectural vector registers (bounds the GEMM tile)
-    auto_algorithms: tuple[str, ...]   # algorithm="auto": the first of these the op has
+    auto_algorithms: tuple[str, ...]   # algorithm="auto": the dispatch model's candidates (no [cost]: the first the op has)
     schedule: Schedule             # default row schedule
     gemm: GemmSchedule             # default GEMM tile and blocking (matrix programs)
     prelude: str = ""
