@@ -199,3 +199,26 @@ def test_tvm_auto_is_one_kernel():
     # the tvm backend does not dispatch (yet): auto is the first applicable auto_algorithms entry
     k = _compile(ZEN3, "softmax", target="avx2", backend="tvm")
     assert k.algorithm == "two-pass" and not k.dispatcher
+
+
+def test_a_table_from_elsewhere_compiles_the_same_way(rng):
+    """The hook for the tuner: a dispatch table is data; one it measured (source "measured",
+    any number of entries, an algorithm used twice) builds through the same path."""
+    t = get_target(TARGETS[0])
+    sched = softgen.compile("softmax", algorithm="two-pass", target=t.name).schedule
+    E = costmodel.Entry
+    table = costmodel.DispatchTable((
+        E(1, 100, "three-pass-recompute", sched.as_dict(), 1, "measured: test"),
+        E(101, 1000, "online", sched.as_dict(), 1, "measured: test"),
+        E(1001, 3000, "three-pass-recompute", sched.as_dict(), 1, "measured: test"),
+        E(3001, None, "two-pass", sched.as_dict(), 1, "measured: test")), "measured", "a test")
+    k = softgen.kernel._compile_dispatcher(softgen.backends.get_backend("c"), get_op("log_softmax"),
+                                           build_program("log_softmax"), t, sched, table, "my_measured")
+    assert [v.algorithm for v in k.variants] == ["three-pass-recompute", "online", "two-pass"]
+    assert "dispatch (measured; a test)" in k.source and k.explain().count("why: measured: test") == 4
+    for n in (1, 99, 100, 101, 1000, 1001, 3000, 3001):
+        x = (rng.standard_normal((2, n)) * 5).astype(np.float32)
+        y = k(x)
+        check(k, x, y, f"n={n}")
+        want = softgen.compile("log_softmax", algorithm=_chosen(k, n), target=t.name, schedule=sched)
+        assert np.array_equal(y, want(x))
