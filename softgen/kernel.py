@@ -314,7 +314,10 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
             **params) -> Kernel:
     """Generate (but do not yet build) a kernel for ``op`` on ``target``.
 
-    ``algorithm``: auto | three-pass-recompute | three-pass-reload | two-pass | online.
+    ``algorithm``: auto | three-pass-recompute | three-pass-reload | two-pass | online. ``auto``:
+    the cost model's choice per row length over the target's ``auto_algorithms``
+    (``costmodel``); when it differs between sizes the kernel is a dispatcher holding each
+    variant behind the one entry point (``k.dispatcher``, ``k.dispatch``, ``k.explain()``).
     ``target``: host | scalar | avx2 | avx512 (building for a target this CPU lacks works; calling
     it raises TargetNotSupportedError). ``params``: the op's parameters (softmax: scale or
     temperature), baked into the kernel. ``schedule``: a Schedule or a dict of its fields.
