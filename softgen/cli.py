@@ -215,19 +215,10 @@ def _cmd_emit(args) -> None:
 
 def _cmd_explain(args) -> None:
     k = _kernel(args)
-    original = ops.build_program(k.op, **k.params)
-    pl = k.plan
     if args.json:
-        print(json.dumps({"op": k.op, "params": k.params, "algorithm": k.algorithm,
-                          "target": k.target.name, "schedule": k.schedule.as_dict(), "name": k.name,
-                          "ir": str(original), "rewritten_ir": str(k.program), "rewrites": k.program.notes,
-                          "plan": pl.describe().splitlines(), "traffic": pl.traffic()}, indent=2))
+        print(json.dumps(k.explain(as_json=True), indent=2))
         return
-    print(f"# {k.name}\n# target {k.target.name} ({k.target.lanes} lanes), schedule {k.schedule}\n")
-    print("## IR as defined\n" + str(original) + "\n")
-    print(f"## after the '{k.algorithm}' rewrite" + "".join(f"\n# {n}" for n in k.program.notes))
-    print(str(k.program) + "\n")
-    print("## pass plan\n" + pl.describe())
+    sys.stdout.write(k.explain())
 
 
 def _bench_config(args) -> benchmark.BenchConfig:

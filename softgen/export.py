@@ -1,5 +1,7 @@
 """AOT export: ``lib<name>.so`` (plain C ABI, no Python dependency), ``<name>.h``, ``<name>.json``
-(op, algorithm, target, schedule, version, traffic, measured accuracy) and ``<name>.c``."""
+(op, algorithm, target, schedule, version, traffic, measured accuracy; for algorithm="auto" the
+dispatch table) and ``<name>.c`` (a dispatcher: its dispatch translation unit, and each variant's
+source beside it)."""
 from __future__ import annotations
 
 import json
@@ -100,6 +102,10 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
     out = Path(directory)
     art = k.artifact   # what the backend generated: its source files ("source": <name>.c, ...)
     texts = art.export_files()
+    for v in getattr(k, "variants", ()):   # a dispatcher: every variant's files too
+        texts.update({f"{key}_{v.algorithm}": val for key, val in v.artifact.export_files().items()})
+    table = getattr(k, "dispatch", None)
+    dispatch = [] if table is None else table.as_list()
     paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
              "manifest": out / f"{k.name}.json", **{key: out / fname for key, (fname, _) in texts.items()}}
     # Everything that can fail (compiler, accuracy run) happens before the output directory is
@@ -116,6 +122,7 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         row_params=[(rp, get_op(k.op).row_param_doc(rp)) for rp in k.row_params], matrix=k.matrix,
         errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
         scratch=scratch_doc(k) if k.matrix else "",
+        dispatch=table.lines() if table is not None and k.variants else [],
         requires=", ".join(k.target.requires) or "no instruction-set extension")
     try:
         accuracy = measure_accuracy(k)
@@ -136,6 +143,8 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
                         "weights": "float32, row r at weights[r*ldo ..], the weights of those entries"}}
            if sparse else {}),
         "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": art.info(),
+        **({"dispatch": dispatch, "dispatch_source": table.source, "dispatch_basis": table.basis}
+           if table is not None else {}),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},
         "compiler": {"command": compiler_for(k.target, cc), "flags": flags_for(k.target)},

@@ -9,16 +9,20 @@ from functools import cached_property
 import numpy as np
 
 from . import export as aot, ops as _ops, passes
+from ._version import __version__
 from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
 from .binding import bind
 from .cnames import name_clash
+from .costmodel import DispatchTable, model_table
+from .dispatch import render_dispatch, variant_name, version_script
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
 from .ir import Program
+from .machine import caches
 from .matrix import MatrixProgram
-from .runtime import load_entry, open_shared
+from .runtime import assembly, load_entry, open_shared
 from .schedule import Schedule, default_schedule
 from .targets import Target, get_target
 
@@ -58,6 +62,18 @@ def choose_algorithm(program: Program, target: str, algorithm: str) -> str:
     return algorithm
 
 
+def auto_table(program: Program, target: Target, schedule: Schedule) -> DispatchTable | None:
+    """The untuned dispatch table of ``algorithm="auto"`` (``costmodel.model_table``) over the
+    algorithms of the target's ``auto_algorithms`` that apply (in that order: ties go to the
+    earlier); None when the target file has no ``[cost]`` hints or none of them applies."""
+    applicable = passes.applicable_algorithms(program)
+    candidates = [a for a in target.auto_algorithms if a in applicable]
+    if not target.cost or not candidates:
+        return None
+    plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in candidates}
+    return model_table(plans, target, caches(), schedule.as_dict())
+
+
 @dataclass
 class Kernel:
     """A generated kernel: ``y = k(x)`` normalises the last axis of a float32 array."""
@@ -72,6 +88,11 @@ class Kernel:
     source: str                 # what the backend generated: the C, or e.g. a TensorIR script (tvm)
     backend: str = "c"          # the backend's name (softgen.backends.get_backend)
     wrapper: str = ""           # when source is not C: the C entry point around it
+    # algorithm="auto": the dispatch table (ranges of n -> variant, and why); with ``variants``
+    # the kernel is a dispatcher (``source``: its dispatch translation unit), else the table's one
+    # algorithm is this kernel's
+    dispatch: DispatchTable | None = None
+    variants: tuple = ()        # a dispatcher's variants (Kernels), in the table's order of use
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
 
@@ -110,6 +131,51 @@ class Kernel:
         """A selected (sparse) output: calls return (indices, weights) of the min(k, n) selected
         entries per row instead of a row like x."""
         return self._abi.kind == SELECTED
+
+    @property
+    def dispatcher(self) -> bool:
+        """Whether the kernel picks one of several variants per call (``dispatch``)."""
+        return bool(self.variants)
+
+    def explain(self, as_json: bool = False) -> str | dict:
+        """The IR as defined, each rewrite, the pass plan and bytes moved, and for
+        ``algorithm="auto"`` the dispatch table with why each entry was chosen ("model: ...", or
+        "measured: ..." once a tuning record supplies the table); a dispatcher shows every variant.
+        ``as_json``: the same as a dict (``rewritten_ir``, ``plan``, ``traffic``: of the first
+        variant; ``variants``: all of them; ``dispatch``: the table, or None)."""
+        original = _ops.build_program(self.op, **self.params)
+        parts = list(self.variants) or [self]
+        if as_json:
+            pl = self.plan
+            return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
+                    "target": self.target.name, "schedule": self.schedule.as_dict(), "name": self.name,
+                    "ir": str(original), "rewritten_ir": str(self.program), "rewrites": self.program.notes,
+                    "plan": pl.describe().splitlines(), "traffic": pl.traffic(),
+                    "dispatch": None if self.dispatch is None else {
+                        "source": self.dispatch.source, "basis": self.dispatch.basis,
+                        "entries": self.dispatch.as_list()},
+                    "variants": [{"name": v.name, "algorithm": v.algorithm, "rewritten_ir": str(v.program),
+                                  "rewrites": v.program.notes, "plan": v.plan.describe().splitlines(),
+                                  "traffic": v.plan.traffic()} for v in parts]}
+        out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}\n",
+               "## IR as defined\n" + str(original) + "\n"]
+        if self.dispatch is not None:
+            out.append("## " + self.explain_dispatch() + "\n")
+        for v in parts:
+            head = f"## variant {v.name}: " if self.dispatcher else "## "
+            out.append(f"{head}after the '{v.algorithm}' rewrite" + "".join(f"\n# {n}" for n in v.program.notes))
+            out.append(str(v.program) + "\n")
+            out.append("## pass plan\n" + v.plan.describe() + ("\n" if self.dispatcher else ""))
+        return "\n".join(out).rstrip("\n") + "\n"
+
+    def explain_dispatch(self) -> str:
+        """The dispatch table and why each entry was chosen ("" unless algorithm was auto)."""
+        if self.dispatch is None:
+            return ""
+        lines = self.dispatch.lines()
+        if not self.dispatcher:
+            lines[0] += f" one variant wins at every size: a single {self.algorithm} kernel"
+        return "\n".join(lines)
 
     @property
     def runnable(self) -> bool:
@@ -203,11 +269,18 @@ class Kernel:
         return Artifact(get_backend(self.backend), self.name, self.target, self.source, self.wrapper)
 
     def sources(self) -> dict:
-        """What the C compiler links into the library: C text, and e.g. for TVM its object file."""
-        return self.artifact.sources()
+        """What the C compiler links into the library: C text, and e.g. for TVM its object file.
+        A dispatcher: every variant's (file names prefixed by the variant's name), the dispatch
+        translation unit and the version script exporting only its entry points."""
+        if not self.variants:
+            return self.artifact.sources()
+        out = {f"{v.name}_{f}": data for v in self.variants for f, data in v.sources().items()}
+        return {**out, f"{self.name}_dispatch.c": self.source, f"{self.name}.map": version_script(self.name)}
 
     def asm(self, cc: str | None = None) -> str:
-        return self.artifact.asm(cc)
+        if not self.variants:
+            return self.artifact.asm(cc)
+        return "\n".join([*(v.asm(cc) for v in self.variants), assembly(self.source, self.target, cc)])
 
     def export(self, directory, name: str | None = None, cc: str | None = None) -> dict:
         """Write lib<name>.so, <name>.h, <name>.json (and <name>.c) into ``directory``."""
@@ -241,7 +314,10 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
             **params) -> Kernel:
     """Generate (but do not yet build) a kernel for ``op`` on ``target``.
 
-    ``algorithm``: auto | three-pass-recompute | three-pass-reload | two-pass | online.
+    ``algorithm``: auto | three-pass-recompute | three-pass-reload | two-pass | online. ``auto``:
+    the cost model's choice per row length over the target's ``auto_algorithms``
+    (``costmodel``); when it differs between sizes the kernel is a dispatcher holding each
+    variant behind the one entry point (``k.dispatcher``, ``k.dispatch``, ``k.explain()``).
     ``target``: host | scalar | avx2 | avx512 (building for a target this CPU lacks works; calling
     it raises TargetNotSupportedError). ``params``: the op's parameters (softmax: scale or
     temperature), baked into the kernel. ``schedule``: a Schedule or a dict of its fields.
@@ -255,6 +331,12 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         return _compile_matrix(be, opdef, program, t, algorithm, name, schedule)
     alg = choose_algorithm(program, t.name, algorithm)     # validated once, here
     sched = _schedule(t, schedule)
+    table = auto_table(program, t, sched) \
+        if passes.ALIASES.get(algorithm, algorithm) == "auto" and be.dispatchable else None
+    if table is not None and len(table.algorithms) > 1:
+        return _compile_dispatcher(be, opdef, program, t, sched, table, name)
+    if table is not None:
+        alg = table.algorithms[0]
     lowered = passes.apply_algorithm(program, alg)
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
@@ -262,7 +344,36 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=lowered, source=art.source, backend=be.name,
-                  wrapper=art.wrapper)
+                  wrapper=art.wrapper, dispatch=table)
+
+
+def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: Schedule,
+                        table: DispatchTable, name: str | None) -> Kernel:
+    """An algorithm="auto" kernel over several variants: each generated exactly as
+    ``compile(algorithm=...)`` would, under the name ``<name>__<short>``; the dispatch
+    translation unit (``softgen.dispatch``) picks one per call by ``table``."""
+    sparse = "_sparse" if program.op(program.output()) == "output_selected" else ""
+    kname = check_name(name) if name is not None else \
+        f"softgen_f32_{opdef.name}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+    variants = []
+    for alg in table.algorithms:
+        lowered = passes.apply_algorithm(program, alg)
+        vname = variant_name(kname, passes.SHORT[alg])
+        art = be.generate(lowered, t, sched, vname, op=opdef.name, algorithm=alg, params=program.params)
+        variants.append(Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=vname,
+                               params=dict(program.params), program=lowered, source=art.source,
+                               backend=be.name, wrapper=art.wrapper))
+    table = table.with_symbols({v.algorithm: v.name for v in variants})
+    first = variants[0]
+    source = render_dispatch(
+        kname, first._abi, table,
+        [{"name": v.name, "algorithm": v.algorithm,
+          "traffic": v.plan.describe().splitlines()[-1]} for v in variants],
+        op=opdef.name, params=", ".join(f"{k}={v!r}" for k, v in program.params.items()),
+        target=f"{t.name} ({t.summary}), {t.lanes} lane(s); schedule {sched}", version=__version__)
+    return Kernel(op=opdef.name, algorithm="auto", target=t, schedule=sched, name=kname,
+                  params=dict(program.params), program=first.program, source=source, backend=be.name,
+                  dispatch=table, variants=tuple(variants))
 
 
 def _schedule(t: Target, schedule) -> Schedule:

@@ -24,6 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ._data import data_dir
 from .errors import UsageError
+from .ir import OPS
 from .passes import ALGORITHMS
 from .schedule import GemmSchedule, Schedule
 
@@ -68,7 +69,7 @@ class Target:
     isa: dict
     host_rank: int                 # "host" = the runnable target with the highest rank
     vector_registers: int          # architectural vector registers (bounds the GEMM tile)
-    auto_algorithms: tuple[str, ...]   # algorithm="auto": the first of these the op has
+    auto_algorithms: tuple[str, ...]   # algorithm="auto": the dispatch model's candidates (no [cost]: the first the op has)
     schedule: Schedule             # default row schedule
     gemm: GemmSchedule             # default GEMM tile and blocking (matrix programs)
     prelude: str = ""
@@ -76,6 +77,10 @@ class Target:
     emulator: tuple[str, ...] = ()   # user-mode emulators (qemu) to run it on another architecture
     hwcaps: dict = field(default_factory=dict)   # AArch64: feature -> Linux HWCAP_* macro
     extra: dict = field(default_factory=dict)
+    # [cost]: hints of the untuned dispatch model (softgen.costmodel): {"ipc": float,
+    # "instructions": {IR op kind or "default": per vector}, "bandwidth": {level: bytes/cycle}};
+    # empty: no model, algorithm="auto" takes the first applicable entry of auto_algorithms
+    cost: dict = field(default_factory=dict, compare=False)
 
     @property
     def runnable(self) -> bool:
@@ -144,6 +149,38 @@ def _algorithms(f: str, v) -> tuple[str, ...]:
     return tuple(v)
 
 
+COST_LEVELS = ("L1d", "L2", "L3", "DRAM")   # softgen.machine.LEVELS and beyond the last cache
+
+
+def _cost(f: str, v) -> dict:
+    """The ``[cost]`` table: ``ipc``, ``[cost.instructions]`` (IR op kind or ``default`` -> vector
+    instructions per vector, ``default`` required) and ``[cost.bandwidth]`` (every level of
+    ``COST_LEVELS`` -> bytes per cycle), all positive numbers."""
+    if not v:
+        return {}
+
+    def number(key, x):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0 or x != x or x == float("inf"):
+            raise UsageError(f"target file {f}: key 'cost.{key}' must be a positive number, got {x!r}")
+        return float(x)
+
+    if not isinstance(v, dict) or set(v) != {"ipc", "instructions", "bandwidth"} \
+            or not isinstance(v["instructions"], dict) or not isinstance(v["bandwidth"], dict):
+        raise UsageError(f"target file {f}: table [cost] needs exactly ipc, [cost.instructions] and "
+                         f"[cost.bandwidth], got {sorted(v) if isinstance(v, dict) else v!r}")
+    ins, bw = v["instructions"], v["bandwidth"]
+    unknown = [k for k in ins if k != "default" and k != "reload" and k not in OPS]
+    if unknown or "default" not in ins:
+        raise UsageError(f"target file {f}: table [cost.instructions]: unknown IR op kind(s) {unknown}"
+                         f"{'' if 'default' in ins else ', and no default'}")
+    if set(bw) != set(COST_LEVELS):
+        raise UsageError(f"target file {f}: table [cost.bandwidth] needs exactly the levels "
+                         f"{list(COST_LEVELS)}, got {list(bw)}")
+    return {"ipc": number("ipc", v["ipc"]),
+            "instructions": {k: number(f"instructions.{k}", x) for k, x in ins.items()},
+            "bandwidth": {k: number(f"bandwidth.{k}", bw[k]) for k in COST_LEVELS}}
+
+
 def _hwcaps(f: str, v) -> dict:
     if not isinstance(v, dict) or not all(isinstance(c, str) and _HWCAP_RE.match(c) for c in v.values()):
         raise UsageError(f"target file {f}: table [hwcaps] maps features to Linux HWCAP_* macro "
@@ -184,7 +221,8 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    prelude=d.get("prelude", {}).get("code", ""),
                    cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
                    hwcaps=_hwcaps(f, d.get("hwcaps", {})),
-                   extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d})
+                   extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d},
+                   cost=_cost(f, d.get("cost", {})))
     except KeyError as e:
         raise UsageError(f"target file {f} lacks key {e}") from None
     try:

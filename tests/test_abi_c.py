@@ -145,13 +145,19 @@ def test_cpu_check_path_has_no_target_instructions(op, params):
     <name>__checked, out of line, so the compiler cannot hoist its vector setup into them."""
     k = softgen.compile(op, target="avx512", name="asm_probe", **params)
     lib = build_shared(k.sources(), k.target)
-    fns = _functions(lib, {"asm_probe", "asm_probe_supported", "sg_cpu_probe"})
-    assert {"asm_probe", "asm_probe_supported", "sg_cpu_probe"} <= set(fns), sorted(fns)
+    # a dispatcher (algorithm="auto"): its entry and CPU query, and every variant's
+    checked = [v.name for v in k.variants] or ["asm_probe"]
+    want = {"sg_cpu_probe", "asm_probe", "asm_probe_supported", *checked, *(f"{c}_supported" for c in checked)}
+    fns = _functions(lib, want)
+    assert want <= set(fns), sorted(fns)
     bad = {f: [ln for ln in body if _ISA_INSN.match(ln)] for f, body in fns.items()}
     assert not any(bad.values()), bad
     # the hot path: a load of the cached result, a compare and a call of the work
-    entry = "\n".join(fns["asm_probe"])
-    assert "<sg_cpu_known>" in entry and "<asm_probe__checked" in entry, entry
+    for c in checked:
+        entry = "\n".join(fns[c])
+        assert "<sg_cpu_known>" in entry and f"<{c}__checked" in entry, entry
+    entry = "\n".join(fns["asm_probe"])   # a dispatcher: compares n and jumps to a variant
+    assert all(f"<{c}" in entry for c in checked), entry
 
 
 def test_cli_build_notes_it_cannot_run_here(tmp_path, monkeypatch, capsys):

@@ -228,11 +228,16 @@ def test_kernel_metadata(k):
     assert "ret" in k.asm() or "ret" in k.asm().lower()
 
 
-def test_auto_algorithm_and_default_name():
+def test_auto_algorithm_and_default_name(monkeypatch):
+    # algorithm="auto": the cost model (softgen.costmodel) over the target's auto_algorithms. One
+    # winner at every size is a plain kernel of that algorithm, named as if it had been asked for.
+    monkeypatch.setenv("SOFTGEN_CACHE_SIZES", "L1d=32K,L2=512K,L3=32M")
     k = softgen.compile("softmax", target="scalar")
-    assert k.algorithm == "online" and k.name.startswith("softgen_f32_softmax_online__scalar_u")
-    k2 = softgen.compile("softmax", target="avx2")
-    assert k2.algorithm == "two-pass"
+    assert k.algorithm == "three-pass-reload" and k.name.startswith("softgen_f32_softmax_3pl__scalar_u")
+    assert not k.dispatcher and [e.algorithm for e in k.dispatch.entries] == ["three-pass-reload"]
+    k2 = softgen.compile("softmax", target="avx2")   # several winners: a dispatcher
+    assert k2.algorithm == "auto" and k2.dispatcher and "_auto__avx2_" in k2.name
+    assert [v.algorithm for v in k2.variants] == ["three-pass-reload", "two-pass"]
     k3 = softgen.compile("softplus_l1", target="avx2")
     assert k3.algorithm == "direct-reload" and "_dl__avx2_" in k3.name
 

@@ -55,14 +55,18 @@ def test_emulated_build_has_no_signed_overflow(tmp_path, target):
     t = get_target(target)
     skip_unless_emulated(t)
     k = softgen.compile("log_stablemax", target=target, name="ub_probe")
-    (tmp_path / "kernel.c").write_text(k.source)
+    srcs = []   # the kernel's C files (a dispatcher: every variant's and the dispatch unit)
+    for fname, text in k.sources().items():
+        if fname.endswith(".c"):
+            (tmp_path / fname).write_text(text)
+            srcs.append(str(tmp_path / fname))
     (tmp_path / "main.c").write_text(MAIN % {"name": k.name})
     exe = tmp_path / "probe"
     cc = compiler_for(t)
     sanitize = ["-fsanitize=signed-integer-overflow", "-fno-sanitize-recover=all"]
     try:
         subprocess.run([*cc, *flags_for(t, emulate=True), *sanitize, "-o", str(exe),
-                        str(tmp_path / "kernel.c"), str(tmp_path / "main.c"), "-lm"],
+                        *srcs, str(tmp_path / "main.c"), "-lm"],
                        check=True, capture_output=True, text=True, timeout=600)
     except subprocess.CalledProcessError as e:
         if "sanitize" in e.stderr:

@@ -29,10 +29,10 @@ LAYERS = [
     # family), backend-neutral analyses
     {"softgen.ops", "softgen.ops.base", "softgen.ops.softmax", "softgen.ops.lssa", "softgen.ops.sinkhorn",
      "softgen.ops.topk", "softgen.ops.soft", "softgen.analysis", "softgen.machine",
-     "softgen.numerics.reductions",
+     "softgen.costmodel", "softgen.numerics.reductions",
      "softgen.numerics.scalars"},
     # 3: C text shared by every C emitter: the Jinja environment, the names generated C declares
-    {"softgen.render", "softgen.cnames"},
+    {"softgen.render", "softgen.cnames", "softgen.dispatch"},
     # binding NumPy arrays to a kernel's entry point (imports only abi; below runtime and kernel)
     {"softgen.binding"},
     # 4: the toolchain: compiler, cache, loading shared objects; emulation (SIMDe, qemu)

@@ -54,7 +54,8 @@ def test_shipped_targets_carry_their_tuning_data():
     assert list(all_targets()) == ["avx512", "avx2", "neon", "scalar"]
 
 
-def test_an_x86_variant_is_one_toml_file(extra_targets, rng):
+def test_an_x86_variant_is_one_toml_file(extra_targets, rng, monkeypatch):
+    monkeypatch.setenv("SOFTGEN_CACHE_SIZES", "L1d=32K,L2=512K,L3=32M")
     found = extra_targets({"avx2u8": _variant("avx2u8", unroll=8)})
     t = found["avx2u8"]
     assert t.schedule == Schedule(unroll=8, accumulators=2, block=2048)
@@ -62,7 +63,9 @@ def test_an_x86_variant_is_one_toml_file(extra_targets, rng):
     assert "avx2u8" in [d["name"] for d in softgen.targets()]
     k = softgen.compile("softmax", target="avx2u8")
     # The default schedule came from the TOML: 8 vectors of 8 lanes per main-loop iteration.
-    assert k.target.name == "avx2u8" and k.algorithm == "two-pass"
+    # auto: the [cost] hints (copied from avx2.toml) make it a dispatcher, as on avx2
+    assert k.target.name == "avx2u8" and k.algorithm == "auto"
+    assert [v.algorithm for v in k.variants] == ["three-pass-reload", "two-pass"]
     assert k.schedule == t.schedule and k.name.endswith("__avx2u8_u64_acc2")
     assert "unroll=8 accumulators=2 block=2048" in k.source
     if not host_supports(t):
@@ -85,12 +88,23 @@ def test_host_rank_alone_makes_a_variant_the_host(extra_targets):
     assert k.target.name == "avx2top" and k.schedule.unroll == 2
 
 
+def _no_cost(text: str) -> str:
+    return re.sub(r"(?ms)^\[cost\].*?^DRAM = \S+\n", "", text)
+
+
 def test_a_variant_can_prefer_another_auto_algorithm(extra_targets):
-    text = _variant("avx2on").replace('auto_algorithms = ["two-pass", "online"',
-                                      'auto_algorithms = ["online", "two-pass"', 1)
-    extra_targets({"avx2on": text})
-    assert softgen.compile("softmax", target="avx2on").algorithm == "online"
-    assert softgen.compile("softmax", target="avx2").algorithm == "two-pass"
+    # auto_algorithms are the candidates of the cost model: a target listing only online gets it
+    only = re.sub(r"(?m)^auto_algorithms = .*$", 'auto_algorithms = ["online", "direct-reload", "direct"]',
+                  _variant("avx2on"))
+    # without [cost] hints there is no model: the first applicable entry, as before issue 13
+    first = _no_cost(_variant("avx2nc").replace('auto_algorithms = ["two-pass", "three-pass-reload", "online"',
+                                                'auto_algorithms = ["online", "two-pass", "three-pass-reload"', 1))
+    extra_targets({"avx2on": only, "avx2nc": first, "avx2nc2": _no_cost(_variant("avx2nc2"))})
+    k = softgen.compile("softmax", target="avx2on")
+    assert k.algorithm == "online" and k.dispatch.entries[0].why.startswith("model: ")
+    k = softgen.compile("softmax", target="avx2nc")
+    assert k.algorithm == "online" and k.dispatch is None and not get_target("avx2nc").cost
+    assert softgen.compile("softmax", target="avx2nc2").algorithm == "two-pass"
 
 
 BAD = [
@@ -98,7 +112,12 @@ BAD = [
     (lambda s: re.sub(r"(?m)^host_rank = .*$", 'host_rank = "high"', s), r"bad\.toml: key 'host_rank'"),
     (lambda s: re.sub(r"(?m)^vector_registers = .*$", "vector_registers = 0", s),
      r"bad\.toml: key 'vector_registers'"),
-    (lambda s: s.replace('"two-pass", "online"', '"two-pass", "fast"', 1), r"bad\.toml: key 'auto_algorithms'.*'fast'"),
+    (lambda s: s.replace('"two-pass", "three-pass-reload"', '"two-pass", "fast"', 1),
+     r"bad\.toml: key 'auto_algorithms'.*'fast'"),
+    (lambda s: re.sub(r"(?m)^ipc = .*$", "ipc = 0", s), r"bad\.toml: key 'cost\.ipc' must be a positive"),
+    (lambda s: re.sub(r"(?m)^DRAM = .*\n", "", s), r"bad\.toml: table \[cost\.bandwidth\] needs exactly"),
+    (lambda s: s.replace("\nexp = ", "\nexpo = 3\nexp = ", 1), r"bad\.toml: table \[cost\.instructions\].*'expo'"),
+    (lambda s: re.sub(r"(?m)^exp = .*$", 'exp = "fast"', s), r"bad\.toml: key 'cost\.instructions\.exp'"),
     (lambda s: re.sub(r"(?m)^unroll = .*$", "unroll = 0", s), r"bad\.toml: key 'schedule\.unroll'"),
     (lambda s: re.sub(r"(?m)^accumulators = .*$", "accumulators = 3", s), r"bad\.toml: table \[schedule\].*divide"),
     (lambda s: re.sub(r"(?m)^ku = .*$", "ku = 1\nkv = 2", s), r"bad\.toml: table \[gemm\].*unknown \['kv'\]"),

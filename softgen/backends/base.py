@@ -75,6 +75,10 @@ class Backend(abc.ABC):
     gemm_epilogues: bool = False  # passes.lower_matrix may fuse element-wise phases into GEMM stores
     simde_emulable: bool = True   # link inputs are C with intrinsics (SIMDe can emulate them)
     c_source: bool = True         # Artifact.source is the C compiled; else wrapper is
+    # algorithm="auto" may link several variants (each under its own symbol prefix) into one
+    # library behind a dispatcher (softgen.dispatch); else auto is one kernel, the first
+    # applicable algorithm of the target's auto_algorithms
+    dispatchable: bool = True
 
     def lowerable(self, program) -> list[str]:
         """What in ``program`` (a row ``ir.Program``) this backend cannot lower; empty: all of

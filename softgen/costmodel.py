@@ -1,0 +1,145 @@
+"""The untuned dispatch model of ``algorithm="auto"`` (issue 13): which variant to run for a row
+of n elements, from the target file's cost hints, the host's caches and each variant's sweep plan.
+
+Per sweep of a variant's plan (``passes.plan``), per element:
+
+* compute: the vector instructions of the IR op kinds evaluated in the sweep (its per-element
+  nodes, reductions, stores, reloads and output; the target's ``[cost.instructions]``, counted per
+  vector and calibrated against ``bench/hotloops.py``'s per-sweep counts), divided by the lanes and
+  by ``[cost] ipc``;
+* memory: the sweep's bytes per element (``Sweep.reads``/``writes`` x 4, the plan's traffic)
+  divided by the ``[cost.bandwidth]`` of the level the row's working set falls in
+  (``machine.Caches.level_of``; the working set of a row is x and y, 8 bytes per element);
+
+and the sweep costs the larger of the two (a roofline per sweep); a variant costs the sum over
+its sweeps. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
+any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
+
+The result is a ``DispatchTable``: plain data (ranges of n, the variant of each, why), which a
+tuning record can replace (``source`` "measured" instead of "model"); threads are a column
+already (always 1 here).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ir import OPS
+from .machine import LEVELS, Caches
+from .passes import SHORT, Plan
+from .targets import Target
+
+BYTES_PER_N = 8          # a row's working set per element: x and y, float32 (out of place)
+ALL_LEVELS = (*LEVELS, "DRAM")
+_FREE = ("const", "param", "item")   # scalar kinds: not evaluated per element
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Rows of ``n_min <= n <= n_max`` (``n_max`` None: no upper bound) run ``algorithm`` with
+    ``schedule`` on ``threads`` threads; ``why``: "model: ..." (or "measured: ..." from a tuner)."""
+
+    n_min: int
+    n_max: int | None
+    algorithm: str
+    schedule: dict
+    threads: int = 1
+    why: str = ""
+    symbol: str = ""     # the variant's (hidden) entry point in a dispatcher's library
+
+    def as_dict(self) -> dict:
+        return {"n_min": self.n_min, "n_max": self.n_max, "algorithm": self.algorithm,
+                "schedule": dict(self.schedule), "threads": self.threads, "symbol": self.symbol,
+                "why": self.why}
+
+    def range(self) -> str:
+        if self.n_max is None:
+            return "any n" if self.n_min <= 1 else f"n >= {self.n_min}"
+        return f"n <= {self.n_max}" if self.n_min <= 1 else f"{self.n_min} <= n <= {self.n_max}"
+
+
+@dataclass(frozen=True)
+class DispatchTable:
+    """The entries cover n >= 1 in order, without gaps; ``source``: "model" (this module) or a
+    tuner's "measured"; ``basis``: what the choice rests on (caches, hints), one line."""
+
+    entries: tuple[Entry, ...]
+    source: str = "model"
+    basis: str = ""
+    costs: dict = field(default_factory=dict, compare=False)   # level -> {algorithm: cycles/el}
+
+    @property
+    def algorithms(self) -> list[str]:
+        """The distinct algorithms of the entries, in order of first use."""
+        return list(dict.fromkeys(e.algorithm for e in self.entries))
+
+    def with_symbols(self, symbols: dict[str, str]) -> "DispatchTable":
+        return DispatchTable(tuple(Entry(e.n_min, e.n_max, e.algorithm, e.schedule, e.threads, e.why,
+                                         symbols[e.algorithm]) for e in self.entries),
+                             self.source, self.basis, self.costs)
+
+    def as_list(self) -> list[dict]:
+        return [e.as_dict() for e in self.entries]
+
+    def lines(self) -> list[str]:
+        """The table as text (header comments, ``explain``)."""
+        out = [f"dispatch ({self.source}; {self.basis}):"]
+        for e in self.entries:
+            out.append(f"  {e.range():<24} {e.algorithm} ({SHORT[e.algorithm]}), threads={e.threads}")
+            out.append(f"    why: {e.why}")
+        return out
+
+
+def sweep_cycles(plan: Plan, target: Target, level: str) -> list[float]:
+    """Cycles per element of each sweep of ``plan`` on ``target`` with the row in ``level``."""
+    cost = target.cost
+    ins, ipc, bw = cost["instructions"], cost["ipc"], cost["bandwidth"][level]
+    p, out = plan.program, []
+    for s in plan.sweeps:
+        if s.selected is not None:   # runs over the k selected entries, not per element
+            continue
+        kinds = [p.op(v) for v in s.compute + s.reductions if OPS[p.op(v)].kind not in _FREE]
+        kinds += ["materialize"] * len(s.stores) + ["reload"] * len(s.reloads)
+        kinds += ["output"] * (s.output is not None)
+        compute = sum(ins.get(k, ins["default"]) for k in kinds) / target.lanes / ipc
+        memory = 4 * (s.reads + s.writes) / bw
+        out.append(max(compute, memory))
+    return out
+
+
+def cycles_per_element(plan: Plan, target: Target, level: str) -> float:
+    return sum(sweep_cycles(plan, target, level))
+
+
+def level_limits(caches: Caches) -> dict[str, int | None]:
+    """The longest row (n) whose working set fits each level; DRAM: None."""
+    return {**{lvl: size // BYTES_PER_N for lvl, size in caches.sizes().items()}, "DRAM": None}
+
+
+def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule: dict) -> DispatchTable:
+    """The cheapest of ``plans`` (algorithm -> plan, in preference order: ties go to the earlier)
+    per cache level, neighbouring levels with one winner merged into one entry."""
+    limits = level_limits(caches)
+    costs = {lvl: {a: cycles_per_element(pl, target, lvl) for a, pl in plans.items()} for lvl in ALL_LEVELS}
+    winners = {lvl: min(c, key=c.get) for lvl, c in costs.items()}   # min keeps the first of equals
+    entries, n_min, prev_max = [], 1, 0
+    spans: list[list[str]] = []
+    for lvl in ALL_LEVELS:
+        if limits[lvl] is not None and limits[lvl] <= prev_max:
+            continue   # a level no larger than the one below (misreported caches): nothing fits only there
+        if spans and winners[spans[-1][-1]] == winners[lvl]:
+            spans[-1].append(lvl)
+        else:
+            spans.append([lvl])
+        if limits[lvl] is not None:
+            prev_max = limits[lvl]
+    for span in spans:
+        alg, n_max = winners[span[0]], limits[span[-1]]
+        why = "model: " + "; ".join(
+            f"{lvl} " + ", ".join(f"{SHORT[a]} {c:.2f}" for a, c in sorted(costs[lvl].items(), key=lambda t: t[1]))
+            for lvl in span) + " cycles/element"
+        entries.append(Entry(n_min, n_max, alg, dict(schedule), 1, why))
+        n_min = (n_max or 0) + 1
+    sizes = ", ".join(f"{lvl} {v >> 10} KiB" for lvl, v in caches.sizes().items())
+    basis = (f"caches {sizes} ({caches.source}), working set {BYTES_PER_N} B x n, "
+             f"target {target.name} [cost] hints")
+    return DispatchTable(tuple(entries), "model", basis, costs)
