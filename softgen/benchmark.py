@@ -623,6 +623,16 @@ class _SG:
     bytes_per_element: int
     traffic: str
 
+    def at(self, n: int) -> tuple[str, int, str]:
+        """(algorithm, bytes per element, traffic) of a call on rows of n: a dispatcher's are its
+        variant's for that n (``Kernel.dispatch``)."""
+        k = self.kernel
+        if not getattr(k, "dispatcher", False):
+            return self.algorithm, self.bytes_per_element, self.traffic
+        alg = next(e.algorithm for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
+        tr = next(v for v in k.variants if v.algorithm == alg).plan.traffic()
+        return alg, tr["bytes_per_element"], tr["summary"]
+
 
 def _softgen_variants(cfg: BenchConfig) -> list[_SG]:
     targets = list(dict.fromkeys(get_target(t).name for t in cfg.targets))     # "host" and its name: once
@@ -635,7 +645,11 @@ def _softgen_variants(cfg: BenchConfig) -> list[_SG]:
         for b in backends:
             auto = compile_kernel(cfg.op, algorithm="auto", target=target.name, backend=b)
             algs = passes.applicable_algorithms(program) if cfg.all else []
-            if auto.algorithm not in algs:      # auto's own entry is always timed
+            if auto.dispatcher:                 # picks a variant per n: timed as itself
+                auto._entry(False)
+                label = f"{target.name}/{b} auto" if multi else "auto"
+                out.append(_SG(f"softgen {label}", auto, target.name, b, "auto", True, 0, "per size"))
+            elif auto.algorithm not in algs:    # auto's own entry is always timed
                 algs = [auto.algorithm, *algs]
             for a in algs:
                 k = auto if a == auto.algorithm else compile_kernel(cfg.op, algorithm=a, target=target.name,
@@ -711,8 +725,9 @@ def run(cfg: BenchConfig | None = None, *, stream=None) -> dict:
             meta: dict[str, dict] = {}
             for v in sg:
                 variants[v.name] = _rotating([("k(x, out=y)", {"k": v.kernel, "x": x, "y": y}) for x, y in bufs])
-                meta[v.name] = dict(kind="softgen", target=v.target, backend=v.backend, algorithm=v.algorithm,
-                                    auto=v.auto, bytes_per_element=v.bytes_per_element, traffic=v.traffic)
+                alg, nbytes, traffic = v.at(n)
+                meta[v.name] = dict(kind="softgen", target=v.target, backend=v.backend, algorithm=alg,
+                                    auto=v.auto, bytes_per_element=nbytes, traffic=traffic)
             for p in peers:
                 variants[p.name] = _rotating([p.variant(x, y) for x, y in bufs])
                 meta[p.name] = dict(kind="peer", bytes_per_element=p.bytes_per_element, traffic=p.traffic)
@@ -772,7 +787,8 @@ def run(cfg: BenchConfig | None = None, *, stream=None) -> dict:
                   "skipped": skipped},
         "variants": [{"name": v.name, "target": v.target, "backend": v.backend, "algorithm": v.algorithm,
                       "auto": v.auto, "kernel": v.kernel.name, "schedule": str(v.kernel.schedule),
-                      "bytes_per_element": v.bytes_per_element, "traffic": v.traffic} for v in sg],
+                      "bytes_per_element": v.bytes_per_element, "traffic": v.traffic,
+                      "dispatch": v.kernel.dispatch.as_list() if v.kernel.dispatcher else None} for v in sg],
         "copy_kernel": {"target": copier.target.name, "non_temporal": copier.streams} if copier else None,
         "rows": rows,
         "notes": notes,
@@ -816,6 +832,11 @@ def format_report(res: dict) -> str:
     for name, why in res["peers"]["skipped"].items():
         out.append(f"# peer {name} skipped: {why}")
     for v in res["variants"]:
+        if v.get("dispatch"):   # a dispatcher: its table (each row's traffic is its variant's)
+            table = "; ".join(f"{e['algorithm']} for {e['n_min']} <= n" + (f" <= {e['n_max']}" if e["n_max"] else "")
+                              for e in v["dispatch"])
+            out.append(f"# {v['name']}: {v['kernel']} ({v['schedule']}), dispatching: {table}")
+            continue
         out.append(f"# {v['name']}: {v['kernel']} ({v['schedule']}), traffic {v['traffic']} = "
                    f"{v['bytes_per_element']} B/elem")
     if res["copy_kernel"]:
@@ -882,12 +903,11 @@ def plot(res: dict, path: str | Path) -> Path:
         kind = rs[0]["kind"]
         style = {"softgen": "-o", "peer": "--s", "copy": ":^"}[kind]
         ax.plot([r["elements"] for r in rs], [r["ns_per_element"] for r in rs], style, label=name, ms=4)
-    auto = next((v for v in res["variants"] if v["auto"]), None)
-    bw = sorted({(r["elements"], r["copy_gbps"]) for r in rows if r["copy_gbps"]})
-    if auto and bw:
-        b = auto["bytes_per_element"]
-        ax.plot([e for e, _ in bw], [b / g for _, g in bw], "k-", lw=2, alpha=0.35,
-                label=f"copy-bandwidth bound ({b} B/elem at the measured copy GB/s)")
+    auto = [r for r in rows if r["kind"] == "softgen" and r["auto"] and r["copy_gbps"]]
+    if auto:   # auto's own traffic at each size (a dispatcher's: the variant it picks there)
+        pts = sorted({(r["elements"], r["bytes_per_element"] / r["copy_gbps"]) for r in auto})
+        ax.plot([e for e, _ in pts], [t for _, t in pts], "k-", lw=2, alpha=0.35,
+                label="copy-bandwidth bound of auto's traffic (at the measured copy GB/s)")
     for lvl, size in res["machine"]["caches"].items():
         if lvl in machine.LEVELS:
             e = size / 8
