@@ -18,6 +18,7 @@ from .backends import BACKENDS, get_backend
 from .errors import SoftgenError, UsageError
 from .kernel import compile as compile_kernel
 from .targets import host_arch, targets
+from .tune import DEFAULT_BUDGET, DEFAULT_SIZES, tune
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,8 +78,27 @@ def _parser() -> argparse.ArgumentParser:
     _kernel_args(x)
     x.add_argument("--json", action="store_true", help="machine-readable output")
     _bench_args(sub)
+    _tune_args(sub)
     _cache_parser(sub)
     return ap
+
+
+def _tune_args(sub) -> None:
+    tp = sub.add_parser("tune", help="measure the fastest variant per size class on this machine and "
+                                     "record it for algorithm=auto (the tuning database)")
+    tp.add_argument("--op", default="softmax", help="row op to tune (default: softmax)")
+    tp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {DEFAULT_SIZES})")
+    tp.add_argument("--shapes", help=f"batches: {benchmark.SHAPES_FORM}")
+    tp.add_argument("--budget", default=f"{DEFAULT_BUDGET:g}s",
+                    help=f"time for everything, compiling included: 60s, 2m or seconds (default {DEFAULT_BUDGET:g}s)")
+    tp.add_argument("--target", default="host", help="a runnable target (default: host)")
+    tp.add_argument("--backend", default="c", help="backend (default: c)")
+    tp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                    help="an op parameter (repeatable)")
+    tp.add_argument("--scale", type=float, action=_Once, help="softmax(scale * x); scale > 0")
+    tp.add_argument("--temperature", type=float, action=_Once, help="softmax(x / temperature); temperature > 0")
+    tp.add_argument("--json", action="store_true", help="print the records as JSON")
+    tp.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _bench_args(sub) -> None:
@@ -261,6 +281,18 @@ def _cmd_bench(args) -> None:
         raise SoftgenError(f"cannot write {e.filename!r}: {e.strerror}") from None
 
 
+def _cmd_tune(args) -> None:
+    res = tune(args.op, target=args.target, sizes=args.sizes, shapes=args.shapes, budget_s=args.budget,
+               backend=args.backend, progress=not args.quiet, **_params(args))
+    if args.json:
+        print(json.dumps({"interrupted": res.interrupted, "wall_seconds": round(res.wall_seconds, 2),
+                          "records": [r.as_json() for r in res.records], "notes": res.notes}, indent=2))
+    else:
+        print(res.report(), flush=True)
+    if res.interrupted:
+        raise KeyboardInterrupt
+
+
 def _mib(nbytes: float) -> str:
     return "unlimited" if nbytes == float("inf") else f"{nbytes / 2 ** 20:.1f} MiB"
 
@@ -348,7 +380,7 @@ def _cmd_cache(args) -> None:
 
 
 COMMANDS = {"targets": _cmd_targets, "ops": _cmd_ops, "build": _cmd_build, "emit": _cmd_emit,
-            "explain": _cmd_explain, "bench": _cmd_bench, "cache": _cmd_cache}
+            "explain": _cmd_explain, "bench": _cmd_bench, "tune": _cmd_tune, "cache": _cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -109,7 +110,11 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
     model decides). Each record's class of n becomes an entry; where the classes of records
     leave a gap or overlap (records of different tuning runs), the boundary is the geometric
     midpoint of the gap or the start of the later class; the first entry starts at n = 1, the
-    last has no upper bound. Neighbouring entries of one variant are merged."""
+    last has no upper bound. Neighbouring entries of one variant are merged.
+    ``SOFTGEN_USE_TUNING=0`` in the environment: always None (the model decides; the test suite
+    sets it, so that a machine's tuning records do not change what its tests build)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return None
     try:
         recs = tunedb.table(program.name, program.params, target, backend)
     except (tunedb.TuningDBError, UsageError):

@@ -277,6 +277,8 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     todo = _shapes(sizes, shapes)
     program = ops.build_program(opdef.name, **params)            # validates the parameters
     params = dict(program.params)
+    if program.op(program.output()) == "output_selected":
+        raise UsageError(f"tune: op {op!r} has a selected (sparse) output; only dense row ops are tuned")
     caches = machine.caches()
     classes = size_classes([n for _, n in todo], caches)
     algs = passes.applicable_algorithms(program)
