@@ -18,7 +18,7 @@ from .backends import BACKENDS, get_backend
 from .errors import SoftgenError, UsageError
 from .kernel import compile as compile_kernel
 from .targets import host_arch, targets
-from .tune import DEFAULT_BUDGET, DEFAULT_SIZES, tune
+from .tune import DEFAULT_BUDGET, DEFAULT_SIZES, N_MAX as TUNE_N_MAX, tune
 
 
 class _Parser(argparse.ArgumentParser):
@@ -334,7 +334,8 @@ def _cache_show(args) -> None:
         stale = "" if all(getattr(r, k) == v for k, v in current.items()) else "  [stale]"
         sched = ",".join(f"{k}={v}" for k, v in sorted(r.schedule.items())) or "-"
         params = ",".join(f"{k}={v}" for k, v in sorted(r.params.items()))
-        print(f"{r.target:<8} {r.backend:<7} {f'{r.n_min}..{r.n_max}':>19} {f'{r.rows_min}..{r.rows_max}':>15} "
+        n_hi, rows_hi = (("inf" if v >= TUNE_N_MAX else v) for v in (r.n_max, r.rows_max))   # softgen tune's open ends
+        print(f"{r.target:<8} {r.backend:<7} {f'{r.n_min}..{n_hi}':>19} {f'{r.rows_min}..{rows_hi}':>15} "
               f"{r.algorithm:<22} {r.threads:>7} {r.ns_per_element:>8.3f} {r.noise:>6.1%} {r.repetitions:>5}  "
               f"{sched} / {params}{stale}")
 
