@@ -18,6 +18,7 @@ from .backends import BACKENDS, get_backend
 from .errors import SoftgenError, UsageError
 from .kernel import compile as compile_kernel
 from .targets import host_arch, targets
+from .tune import DEFAULT_BUDGET, DEFAULT_SIZES, N_MAX as TUNE_N_MAX, tune
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,8 +78,27 @@ def _parser() -> argparse.ArgumentParser:
     _kernel_args(x)
     x.add_argument("--json", action="store_true", help="machine-readable output")
     _bench_args(sub)
+    _tune_args(sub)
     _cache_parser(sub)
     return ap
+
+
+def _tune_args(sub) -> None:
+    tp = sub.add_parser("tune", help="measure the fastest variant per size class on this machine and "
+                                     "record it for algorithm=auto (the tuning database)")
+    tp.add_argument("--op", default="softmax", help="row op to tune (default: softmax)")
+    tp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {DEFAULT_SIZES})")
+    tp.add_argument("--shapes", help=f"batches: {benchmark.SHAPES_FORM}")
+    tp.add_argument("--budget", default=f"{DEFAULT_BUDGET:g}s",
+                    help=f"time for everything, compiling included: 60s, 2m or seconds (default {DEFAULT_BUDGET:g}s)")
+    tp.add_argument("--target", default="host", help="a runnable target (default: host)")
+    tp.add_argument("--backend", default="c", help="backend (default: c)")
+    tp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                    help="an op parameter (repeatable)")
+    tp.add_argument("--scale", type=float, action=_Once, help="softmax(scale * x); scale > 0")
+    tp.add_argument("--temperature", type=float, action=_Once, help="softmax(x / temperature); temperature > 0")
+    tp.add_argument("--json", action="store_true", help="print the records as JSON")
+    tp.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _bench_args(sub) -> None:
@@ -261,6 +281,18 @@ def _cmd_bench(args) -> None:
         raise SoftgenError(f"cannot write {e.filename!r}: {e.strerror}") from None
 
 
+def _cmd_tune(args) -> None:
+    res = tune(args.op, target=args.target, sizes=args.sizes, shapes=args.shapes, budget_s=args.budget,
+               backend=args.backend, progress=not args.quiet, **_params(args))
+    if args.json:
+        print(json.dumps({"interrupted": res.interrupted, "wall_seconds": round(res.wall_seconds, 2),
+                          "records": [r.as_json() for r in res.records], "notes": res.notes}, indent=2))
+    else:
+        print(res.report(), flush=True)
+    if res.interrupted:
+        raise KeyboardInterrupt
+
+
 def _mib(nbytes: float) -> str:
     return "unlimited" if nbytes == float("inf") else f"{nbytes / 2 ** 20:.1f} MiB"
 
@@ -302,7 +334,8 @@ def _cache_show(args) -> None:
         stale = "" if all(getattr(r, k) == v for k, v in current.items()) else "  [stale]"
         sched = ",".join(f"{k}={v}" for k, v in sorted(r.schedule.items())) or "-"
         params = ",".join(f"{k}={v}" for k, v in sorted(r.params.items()))
-        print(f"{r.target:<8} {r.backend:<7} {f'{r.n_min}..{r.n_max}':>19} {f'{r.rows_min}..{r.rows_max}':>15} "
+        n_hi, rows_hi = (("inf" if v >= TUNE_N_MAX else v) for v in (r.n_max, r.rows_max))   # softgen tune's open ends
+        print(f"{r.target:<8} {r.backend:<7} {f'{r.n_min}..{n_hi}':>19} {f'{r.rows_min}..{rows_hi}':>15} "
               f"{r.algorithm:<22} {r.threads:>7} {r.ns_per_element:>8.3f} {r.noise:>6.1%} {r.repetitions:>5}  "
               f"{sched} / {params}{stale}")
 
@@ -348,7 +381,7 @@ def _cmd_cache(args) -> None:
 
 
 COMMANDS = {"targets": _cmd_targets, "ops": _cmd_ops, "build": _cmd_build, "emit": _cmd_emit,
-            "explain": _cmd_explain, "bench": _cmd_bench, "cache": _cmd_cache}
+            "explain": _cmd_explain, "bench": _cmd_bench, "tune": _cmd_tune, "cache": _cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,10 @@ ALL_LEVELS = (*LEVELS, "DRAM")
 _FREE = ("const", "param", "item")   # scalar kinds: not evaluated per element
 
 
+def variant_key(algorithm: str, schedule: dict) -> tuple:
+    return (algorithm, tuple(sorted(schedule.items())))
+
+
 @dataclass(frozen=True)
 class Entry:
     """Rows of ``n_min <= n <= n_max`` (``n_max`` None: no upper bound) run ``algorithm`` with
@@ -50,6 +54,12 @@ class Entry:
         return {"n_min": self.n_min, "n_max": self.n_max, "algorithm": self.algorithm,
                 "schedule": dict(self.schedule), "threads": self.threads, "symbol": self.symbol,
                 "why": self.why}
+
+    @property
+    def variant(self) -> tuple:
+        """What identifies the entry's variant: algorithm and schedule (a dispatcher compiles one
+        variant per distinct key: a tuned table may use one algorithm with two schedules)."""
+        return variant_key(self.algorithm, self.schedule)
 
     def range(self) -> str:
         if self.n_max is None:
@@ -72,9 +82,15 @@ class DispatchTable:
         """The distinct algorithms of the entries, in order of first use."""
         return list(dict.fromkeys(e.algorithm for e in self.entries))
 
-    def with_symbols(self, symbols: dict[str, str]) -> "DispatchTable":
+    @property
+    def variants(self) -> list[tuple]:
+        """The distinct variants (``Entry.variant``) of the entries, in order of first use."""
+        return list(dict.fromkeys(e.variant for e in self.entries))
+
+    def with_symbols(self, symbols: dict[tuple, str]) -> "DispatchTable":
+        """The table with each entry's ``symbol`` set from ``symbols`` (``Entry.variant`` -> name)."""
         return DispatchTable(tuple(Entry(e.n_min, e.n_max, e.algorithm, e.schedule, e.threads, e.why,
-                                         symbols[e.algorithm]) for e in self.entries),
+                                         symbols[e.variant]) for e in self.entries),
                              self.source, self.basis, self.costs)
 
     def as_list(self) -> list[dict]:
@@ -84,7 +100,8 @@ class DispatchTable:
         """The table as text (header comments, ``explain``)."""
         out = [f"dispatch ({self.source}; {self.basis}):"]
         for e in self.entries:
-            out.append(f"  {e.range():<24} {e.algorithm} ({SHORT[e.algorithm]}), threads={e.threads}")
+            sched = " ".join(f"{k}={v}" for k, v in sorted(e.schedule.items()) if k != "block")
+            out.append(f"  {e.range():<24} {e.algorithm} ({SHORT[e.algorithm]}), {sched}, threads={e.threads}")
             out.append(f"    why: {e.why}")
         return out
 

@@ -103,7 +103,8 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
     art = k.artifact   # what the backend generated: its source files ("source": <name>.c, ...)
     texts = art.export_files()
     for v in getattr(k, "variants", ()):   # a dispatcher: every variant's files too
-        texts.update({f"{key}_{v.algorithm}": val for key, val in v.artifact.export_files().items()})
+        for key, val in v.artifact.export_files().items():   # one algorithm, two schedules: by name
+            texts[f"{key}_{v.algorithm}" if f"{key}_{v.algorithm}" not in texts else f"{key}_{v.name}"] = val
     table = getattr(k, "dispatch", None)
     dispatch = [] if table is None else table.as_list()
     paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
@@ -143,7 +144,8 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
                         "weights": "float32, row r at weights[r*ldo ..], the weights of those entries"}}
            if sparse else {}),
         "op": k.op, "params": k.params, "algorithm": k.algorithm, "backend": art.info(),
-        **({"dispatch": dispatch, "dispatch_source": table.source, "dispatch_basis": table.basis}
+        **({"dispatch": dispatch, "dispatch_source": table.source, "dispatch_basis": table.basis,
+            "tuned": bool(getattr(k, "tuned", False))}
            if table is not None else {}),
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},

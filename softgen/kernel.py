@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from . import export as aot, ops as _ops, passes
+from . import export as aot, ops as _ops, passes, tunedb
 from ._version import __version__
 from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
 from .binding import bind
 from .cnames import name_clash
-from .costmodel import DispatchTable, model_table
+from .costmodel import DispatchTable, Entry, model_table
 from .dispatch import render_dispatch, variant_name, version_script
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
@@ -74,6 +75,81 @@ def auto_table(program: Program, target: Target, schedule: Schedule) -> Dispatch
     return model_table(plans, target, caches(), schedule.as_dict())
 
 
+def _tuned_entries(recs: list, program: Program, target: Target) -> list:
+    """Usable records (valid schedule, applicable algorithm), one per class of n (the smallest
+    rows class that covers one row, else the first), by n_min."""
+    applicable = passes.applicable_algorithms(program)
+    by_n: dict[tuple, object] = {}
+    for r in recs:
+        if r.algorithm not in applicable:
+            continue
+        try:
+            Schedule(**r.schedule).validate(target.lanes)
+        except (TypeError, UsageError):
+            continue
+        key = (r.n_min, r.n_max)
+        old = by_n.get(key)
+        if old is None or (r.rows_min <= 1 and not old.rows_min <= 1) or \
+                ((r.rows_min <= 1) == (old.rows_min <= 1) and r.timestamp > old.timestamp):
+            by_n[key] = r
+    return sorted(by_n.values(), key=lambda r: (r.n_min, r.n_max))
+
+
+def measured_why(r) -> str:
+    """An entry's ``why`` from its tuning record: its time, the next best variant and the noise."""
+    why = f"measured: {r.ns_per_element:.3g} ns/el"
+    if r.runners_up:
+        name, ratio = min(r.runners_up.items(), key=lambda t: t[1])
+        why += f", next best {name} {r.ns_per_element * ratio:.3g} ns/el ({ratio:.2f}x)"
+    return why + f", noise {100 * r.noise:.1f}% ({r.repetitions} samples)"
+
+
+def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable | None:
+    """The dispatch table of ``algorithm="auto"`` from this machine's tuning records
+    (``tunedb.table``), or None when there are none (or the database cannot be read: then the
+    model decides). Each record's class of n becomes an entry; where the classes of records
+    leave a gap or overlap (records of different tuning runs), the boundary is the geometric
+    midpoint of the gap or the start of the later class; the first entry starts at n = 1, the
+    last has no upper bound. Neighbouring entries of one variant are merged.
+    ``SOFTGEN_USE_TUNING=0`` in the environment: always None (the model decides; the test suite
+    sets it, so that a machine's tuning records do not change what its tests build)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return None
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return None
+    recs = _tuned_entries(recs, program, target)
+    if not recs:
+        return None
+    bounds = []   # (n_min, n_max) per record, tiling n >= 1
+    for i, r in enumerate(recs):
+        lo = 1 if i == 0 else bounds[-1][1] + 1
+        if i + 1 < len(recs):
+            nxt = recs[i + 1].n_min
+            hi = r.n_max if r.n_max < nxt else nxt - 1
+            if r.n_max + 1 < nxt:    # a gap: split it at its geometric midpoint
+                hi = max(r.n_max, int(((r.n_max + 1) * (nxt - 1)) ** 0.5))
+            hi = max(hi, lo)
+        else:
+            hi = None
+        bounds.append((lo, hi))
+    entries: list[Entry] = []
+    for r, (lo, hi) in zip(recs, bounds):
+        if hi is not None and hi < lo:
+            continue
+        sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
+        e = Entry(lo, hi, r.algorithm, sched, r.threads, measured_why(r))
+        if entries and entries[-1].variant == e.variant:
+            prev = entries.pop()
+            e = Entry(prev.n_min, hi, e.algorithm, sched, e.threads, prev.why + "; " + e.why)
+        entries.append(e)
+    first = recs[0]
+    basis = (f"{len(recs)} tuning record(s) of this machine ({first.machine.get('model_name') or first.fingerprint}), "
+             f"{first.compiler} {first.compiler_version}")
+    return DispatchTable(tuple(entries), "measured", basis)
+
+
 @dataclass
 class Kernel:
     """A generated kernel: ``y = k(x)`` normalises the last axis of a float32 array."""
@@ -93,6 +169,7 @@ class Kernel:
     # algorithm is this kernel's
     dispatch: DispatchTable | None = None
     variants: tuple = ()        # a dispatcher's variants (Kernels), in the table's order of use
+    tuned: bool = False         # algorithm="auto" whose table came from tuning records (softgen.tune)
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
 
@@ -149,15 +226,18 @@ class Kernel:
             pl = self.plan
             return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
                     "target": self.target.name, "schedule": self.schedule.as_dict(), "name": self.name,
+                    "tuned": self.tuned,
                     "ir": str(original), "rewritten_ir": str(self.program), "rewrites": self.program.notes,
                     "plan": pl.describe().splitlines(), "traffic": pl.traffic(),
                     "dispatch": None if self.dispatch is None else {
                         "source": self.dispatch.source, "basis": self.dispatch.basis,
                         "entries": self.dispatch.as_list()},
-                    "variants": [{"name": v.name, "algorithm": v.algorithm, "rewritten_ir": str(v.program),
+                    "variants": [{"name": v.name, "algorithm": v.algorithm, "schedule": v.schedule.as_dict(),
+                                  "rewritten_ir": str(v.program),
                                   "rewrites": v.program.notes, "plan": v.plan.describe().splitlines(),
                                   "traffic": v.plan.traffic()} for v in parts]}
-        out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}\n",
+        tuned = f"\n# tuned: {'yes (tuning database)' if self.tuned else 'no'}" if self.dispatch is not None else ""
+        out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}{tuned}\n",
                "## IR as defined\n" + str(original) + "\n"]
         if self.dispatch is not None:
             out.append("## " + self.explain_dispatch() + "\n")
@@ -288,7 +368,7 @@ class Kernel:
 
     def renamed(self, name: str) -> "Kernel":
         return compile(self.op, algorithm=self.algorithm, target=self.target.name, name=name,
-                       schedule=self.schedule, backend=self.backend, **self.params)
+                       schedule=None if self.tuned else self.schedule, backend=self.backend, **self.params)
 
 
 class MatrixKernel(Kernel):
@@ -331,12 +411,17 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         return _compile_matrix(be, opdef, program, t, algorithm, name, schedule)
     alg = choose_algorithm(program, t.name, algorithm)     # validated once, here
     sched = _schedule(t, schedule)
-    table = auto_table(program, t, sched) \
-        if passes.ALIASES.get(algorithm, algorithm) == "auto" and be.dispatchable else None
-    if table is not None and len(table.algorithms) > 1:
-        return _compile_dispatcher(be, opdef, program, t, sched, table, name)
+    table = None
+    if passes.ALIASES.get(algorithm, algorithm) == "auto" and be.dispatchable:
+        # tuning records of this machine first (unless the caller fixed the schedule), else the model
+        table = tuned_table(program, t, be.name) if schedule is None else None
+        table = table or auto_table(program, t, sched)
+    tuned = table is not None and table.source == "measured"
+    if table is not None and len(table.variants) > 1:
+        return _compile_dispatcher(be, opdef, program, t, sched, table, name, tuned)
     if table is not None:
         alg = table.algorithms[0]
+        sched = Schedule(**table.entries[0].schedule).validate(t.lanes)
     lowered = passes.apply_algorithm(program, alg)
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
@@ -344,26 +429,34 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=lowered, source=art.source, backend=be.name,
-                  wrapper=art.wrapper, dispatch=table)
+                  wrapper=art.wrapper, dispatch=table, tuned=tuned)
 
 
 def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: Schedule,
-                        table: DispatchTable, name: str | None) -> Kernel:
+                        table: DispatchTable, name: str | None, tuned: bool = False) -> Kernel:
     """An algorithm="auto" kernel over several variants: each generated exactly as
     ``compile(algorithm=...)`` would, under the name ``<name>__<short>``; the dispatch
     translation unit (``softgen.dispatch``) picks one per call by ``table``."""
     sparse = "_sparse" if program.op(program.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
-    variants = []
-    for alg in table.algorithms:
+    variants, symbols = [], {}
+    per_alg = {}
+    for alg, _ in table.variants:
+        per_alg[alg] = per_alg.get(alg, 0) + 1
+    for key in table.variants:
+        alg = key[0]
+        vsched = Schedule(**dict(key[1])).validate(t.lanes)
         lowered = passes.apply_algorithm(program, alg)
-        vname = variant_name(kname, passes.SHORT[alg])
-        art = be.generate(lowered, t, sched, vname, op=opdef.name, algorithm=alg, params=program.params)
-        variants.append(Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=vname,
+        # <name>__<short>, and the schedule's tag when one algorithm runs with several schedules
+        short = passes.SHORT[alg] + (f"_{vsched.tag(t.lanes)}" if per_alg[alg] > 1 else "")
+        vname = variant_name(kname, short)
+        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params)
+        variants.append(Kernel(op=opdef.name, algorithm=alg, target=t, schedule=vsched, name=vname,
                                params=dict(program.params), program=lowered, source=art.source,
                                backend=be.name, wrapper=art.wrapper))
-    table = table.with_symbols({v.algorithm: v.name for v in variants})
+        symbols[key] = vname
+    table = table.with_symbols(symbols)
     first = variants[0]
     source = render_dispatch(
         kname, first._abi, table,
@@ -373,7 +466,7 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
         target=f"{t.name} ({t.summary}), {t.lanes} lane(s); schedule {sched}", version=__version__)
     return Kernel(op=opdef.name, algorithm="auto", target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=first.program, source=source, backend=be.name,
-                  dispatch=table, variants=tuple(variants))
+                  dispatch=table, variants=tuple(variants), tuned=tuned)
 
 
 def _schedule(t: Target, schedule) -> Schedule:

@@ -32,6 +32,9 @@ def pytest_configure(config):
     """Build kernels into a cache for this run, not the user's, unless SOFTGEN_CACHE_DIR is set
     for the run (e.g. to keep one across runs). In the environment, so that CLI subprocesses and
     pytest-xdist workers (started later, by this controller) share the kernels built."""
+    # the model, not this machine's tuning records, decides algorithm="auto" in tests (test_tune
+    # turns the records back on where it means to)
+    os.environ["SOFTGEN_USE_TUNING"] = "0"
     if not os.environ.get("SOFTGEN_CACHE_DIR"):
         config._softgen_cache = os.environ["SOFTGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="softgen-tests-")
 

@@ -49,6 +49,9 @@ LAYERS = [
     {"softgen.kernel"},
     # 7b: benchmarking compiled kernels against peers and the copy bandwidth (softgen bench)
     {"softgen.benchmark"},
+    # 7c: the tuner (softgen tune): compiles candidates, times them with benchmark's machinery,
+    # records winners in tunedb
+    {"softgen.tune"},
     {"softgen.functional", "softgen.cli"},
     # 8: the front doors
     {"softgen", "softgen.__main__"},

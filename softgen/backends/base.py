@@ -79,6 +79,10 @@ class Backend(abc.ABC):
     # library behind a dispatcher (softgen.dispatch); else auto is one kernel, the first
     # applicable algorithm of the target's auto_algorithms
     dispatchable: bool = True
+    # the schedule knobs the tuner (softgen.tune) may vary, knob -> candidate values; each
+    # combination is applied over the target's default schedule and kept only if Schedule
+    # validates it. Empty: the tuner varies the algorithm only
+    tuning_knobs: MappingProxyType = MappingProxyType({})
 
     def lowerable(self, program) -> list[str]:
         """What in ``program`` (a row ``ir.Program``) this backend cannot lower; empty: all of

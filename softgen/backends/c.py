@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines, matrix_traffic
@@ -560,6 +561,8 @@ class CBackend(Backend):
     name = "c"
     description = "Jinja-C templates"
     gemm_epilogues = GEMM_EPILOGUES
+    # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2)
+    tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4)})
 
     def lowerable(self, program) -> list[str]:
         return lowerable(program)

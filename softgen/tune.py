@@ -1,0 +1,355 @@
+"""``softgen.tune`` / ``softgen tune``: measure which variant is fastest per size class on this
+machine and remember it in the tuning database (``tunedb``), where ``compile(algorithm="auto")``
+finds it (``kernel.tuned_table``).
+
+Per size class (one per requested size):
+
+1. *candidates*: the algorithms that apply to the op x the schedules the backend declares as
+   tunable (``Backend.tuning_knobs``, e.g. the C backend's unroll {2,4,8} x accumulators {1,2,4},
+   each applied over the target file's default schedule and kept only if ``Schedule`` validates
+   it). No per-target Python table: knobs are data on the backend, defaults data in the target file.
+2. *pruning by the model* (``costmodel``): an algorithm whose modelled cycles per element at the
+   size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed. The model
+   has no schedule term, so among one algorithm's schedules it keeps the ``keep`` nearest the
+   target's default (in log2 distance of each knob; the default first). The count pruned is
+   reported per class.
+3. *measurement* (``benchmark``'s samplers and buffers: x and y written before timing, rotated
+   beyond the last-level cache for DRAM sizes): calibration doubles as warm-up, then interleaved
+   rounds (rotated order) until the median's 95% confidence interval (1.57 IQR / sqrt(rounds),
+   the notch of a box plot) is within ``TOLERANCE`` of it for every candidate within 10% of the
+   best, or the class's share of the budget is spent (at least ``MIN_ROUNDS`` rounds).
+4. *finalists*: the best ``FINALISTS`` are re-measured in a fresh interleaved run (new
+   calibration); the winner is the fastest there. Its record holds its median ns/element, its
+   noise (IQR / median of the final run), the rounds, and each other candidate's time ratio to it
+   (finalists from the final run, the others from the first).
+
+Size classes: the classes of n tile n >= 1. Between two tuned sizes the boundary is the end of the
+smaller size's cache level when the two sizes' working sets (8 B x n) fall in different levels of
+``machine.caches()`` (time per element steps at level boundaries and is flat within one, so a
+measurement stands for its level), else the geometric midpoint (sizes are chosen on a log scale).
+The first class starts at 1, the last has no bound. Rows: a class covers every row count
+(the dispatcher picks by n); ``--shapes`` only sets the rows timed.
+
+Budget: ``budget_s`` covers compiling and timing; each class gets an equal share of what is left
+when it starts. Ctrl-C (KeyboardInterrupt) keeps the classes already recorded and returns.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+
+from . import costmodel, machine, ops, passes, tunedb
+from .backends import get_backend
+from .benchmark import (
+    Progress,
+    Timing,
+    Variant,
+    _buffers,
+    _quartiles,
+    _rotating,
+    calibrate,
+    count_label,
+    max_rel_err,
+    parse_shapes,
+    parse_sizes,
+    sampler,
+)
+from .errors import UsageError
+from .kernel import compile as compile_kernel
+from .schedule import Schedule, default_schedule
+from .targets import get_target
+
+DEFAULT_SIZES = "1K,64K,1M,16M"
+DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
+PRUNE_RATIO = 1.5           # the model's cost over the best one's beyond which an algorithm is not timed
+KEEP = 3                    # schedules per algorithm timed (the nearest the target's default)
+FINALISTS = 3
+TOLERANCE = 0.02            # relative half-width of the median's 95% CI at which rounds stop
+MIN_ROUNDS = 5
+MAX_ROUNDS = 60
+MIN_TIME = 0.01             # seconds per sample
+N_MAX = 1 << 62             # the last class's upper bound in its record
+ROWS_MAX = 1 << 62
+
+
+@dataclass
+class ClassResult:
+    """The outcome of one size class: its record and what was measured."""
+    rows: int
+    n: int
+    n_range: tuple
+    level: str
+    candidates: int
+    pruned: int
+    timed: list                     # (label, ns/element) of the first run, fastest first
+    record: object                  # tunedb.TuningRecord
+    seconds: float
+
+
+@dataclass
+class TuneResult:
+    op: str
+    params: dict
+    target: str
+    backend: str
+    budget_s: float
+    classes: list = field(default_factory=list)       # ClassResult, in size order
+    requested: int = 0
+    interrupted: bool = False
+    wall_seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+    @property
+    def records(self) -> list:
+        return [c.record for c in self.classes]
+
+    def report(self) -> str:
+        """The result as text (what ``softgen tune`` prints)."""
+        out = [f"tuned {self.op} for {self.target}/{self.backend} on {machine.describe()}: "
+               f"{len(self.classes)}/{self.requested} size classes in {self.wall_seconds:.1f} s "
+               f"(budget {self.budget_s:g} s)"]
+        for c in self.classes:
+            r = c.record
+            hi = "inf" if r.n_max >= N_MAX else str(r.n_max)
+            nxt = min(r.runners_up.items(), key=lambda t: t[1]) if r.runners_up else None
+            out.append(f"  {count_label(c.n):>5} ({c.level:<4}) n {r.n_min}..{hi}: {label(r.algorithm, r.schedule)} "
+                       f"{r.ns_per_element:.3f} ns/el, noise {100 * r.noise:.1f}%"
+                       + (f", next {nxt[0]} {nxt[1]:.2f}x" if nxt else "")
+                       + f"; timed {len(c.timed)} of {c.candidates} candidates ({c.pruned} pruned by the model), "
+                         f"{c.seconds:.1f} s")
+        out += [f"note: {n}" for n in self.notes]
+        if self.interrupted:
+            out.append(f"interrupted: kept the {len(self.classes)} completed size class(es)")
+        out.append(f"tuning database: {tunedb.default().path}")
+        return "\n".join(out)
+
+
+def label(algorithm: str, schedule: dict) -> str:
+    """A candidate's short name, e.g. ``3pl u4a2``."""
+    return f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"
+
+
+def schedules(backend, target) -> list[Schedule]:
+    """The target's default schedule, then every valid combination of the backend's knobs over it."""
+    base = default_schedule(target.schedule, target.lanes)
+    out = {base: None}
+    knobs = dict(backend.tuning_knobs)
+    for combo in product(*knobs.values()):
+        try:
+            out[default_schedule(target.schedule, target.lanes, **dict(zip(knobs, combo)))] = None
+        except UsageError:
+            continue
+    return list(out)
+
+
+def _distance(s: Schedule, base: Schedule) -> float:
+    return sum(abs(math.log2(getattr(s, k) / getattr(base, k))) for k in ("unroll", "accumulators", "block"))
+
+
+def size_classes(ns: list[int], caches: machine.Caches) -> list[tuple[int, int]]:
+    """The class of n of each of the sorted, distinct ``ns`` (see the module docstring)."""
+    limits = costmodel.level_limits(caches)
+    out: list[tuple[int, int]] = []
+    for i, n in enumerate(ns):
+        lo = 1 if i == 0 else out[-1][1] + 1
+        if i + 1 == len(ns):
+            out.append((lo, N_MAX))
+            continue
+        m = ns[i + 1]
+        lvl = caches.level_of(costmodel.BYTES_PER_N * n)
+        if lvl != caches.level_of(costmodel.BYTES_PER_N * m):
+            hi = limits[lvl]
+        else:
+            hi = math.isqrt(n * m)
+        out.append((lo, min(max(hi, n), m - 1)))
+    return out
+
+
+def _ci(xs: list[float]) -> float:
+    """Relative half-width of the median's 95% confidence interval (the box plot's notch)."""
+    q1, q3 = _quartiles(sorted(xs))
+    med = statistics.median(xs)
+    return 1.57 * (q3 - q1) / math.sqrt(len(xs)) / med if med > 0 else math.inf
+
+
+def measure(variants: dict[str, Variant], deadline: float, *, min_time: float = MIN_TIME,
+            tolerance: float = TOLERANCE, min_rounds: int = MIN_ROUNDS,
+            max_rounds: int = MAX_ROUNDS) -> dict[str, Timing]:
+    """Seconds per call of each variant: calibration (= warm-up), one more warm-up sample, then
+    interleaved rounds until the median's confidence is tight for the contenders (within 10% of
+    the best) or ``deadline`` (``time.monotonic()``) passes, ``min_rounds`` at least."""
+    names = list(variants)
+    samplers = {k: sampler(variants[k]) for k in names}
+    numbers = {k: calibrate(samplers[k], min_time)[0] for k in names}
+    for k in names:
+        samplers[k](numbers[k])
+    per: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(max_rounds):
+        start = r % len(names)
+        for k in names[start:] + names[:start]:
+            per[k].append(samplers[k](numbers[k]) / numbers[k])
+        if r + 1 >= min_rounds:
+            meds = {k: statistics.median(v) for k, v in per.items()}
+            best = min(meds.values())
+            if time.monotonic() >= deadline or \
+                    all(_ci(per[k]) <= tolerance for k in names if meds[k] <= 1.1 * best):
+                break
+    out = {}
+    for k, xs in per.items():
+        q1, q3 = _quartiles(sorted(xs))
+        out[k] = Timing(statistics.median(xs), min(xs), q1, q3, numbers[k], len(xs), xs)
+    return out
+
+
+def _parse_budget(budget) -> float:
+    if isinstance(budget, str):
+        text = budget.strip().lower()
+        mult = 60.0 if text.endswith("m") else 1.0
+        text = text[:-1] if text[-1:] in ("s", "m") else text
+        try:
+            budget = float(text) * mult
+        except ValueError:
+            raise UsageError(f"tune: budget {budget!r} is not a duration like 60s, 2m or 30") from None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) \
+            or budget <= 0:
+        raise UsageError(f"tune: budget must be a finite number of seconds > 0, got {budget!r}")
+    return float(budget)
+
+
+def _shapes(sizes, shapes) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    if sizes is None and shapes is None:
+        sizes = DEFAULT_SIZES
+    if isinstance(sizes, str):
+        out += parse_sizes(sizes)
+    elif sizes is not None:
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+                raise UsageError(f"tune: sizes must be element counts >= 1, got {s!r}")
+            out.append((1, int(s)))
+    if isinstance(shapes, str):
+        out += parse_shapes(shapes)
+    elif shapes is not None:
+        for s in shapes:
+            if not (isinstance(s, (tuple, list)) and len(s) == 2
+                    and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in s)):
+                raise UsageError(f"tune: shapes must be (rows, n) pairs of counts >= 1, got {s!r}")
+            out.append((int(s[0]), int(s[1])))
+    if not out:
+        raise UsageError("tune: no sizes or shapes")
+    by_n: dict[int, int] = {}
+    for rows, n in out:
+        if n in by_n:
+            raise UsageError(f"tune: row length {n} given twice (one size class per n)")
+        by_n[n] = rows
+    return sorted(((r, n) for n, r in by_n.items()), key=lambda t: t[1])
+
+
+def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT_BUDGET, backend: str = "c", *,
+         shapes=None, keep: int = KEEP, progress: bool = True, stream=None, seed: int = 0,
+         **params) -> TuneResult:
+    """Measure the fastest variant per size class of ``op`` on ``target`` and record it in the
+    tuning database (see the module docstring). ``sizes``: row lengths (ints, or text like
+    "1K,64K,1M,16M", the default); ``shapes``: (rows, n) pairs (or "4096x512,..."); ``budget_s``:
+    seconds for everything (or text like "60s", "2m"); ``params``: the op's parameters.
+    Returns a ``TuneResult`` (``.report()``, ``.records``)."""
+    t0 = time.monotonic()
+    opdef = ops.get_op(op)
+    if opdef.kind != "row" or opdef.call_params:
+        ok = [o.name for o in ops.OPS.values() if o.kind == "row" and not o.call_params]
+        raise UsageError(f"tune: op {op!r} cannot be tuned (row ops without call-time arguments: {', '.join(ok)})")
+    be = get_backend(backend)
+    t = get_target(target)
+    if not t.runnable:
+        raise UsageError(f"tune: target {t.name} cannot run on this CPU (missing "
+                         f"{', '.join(t.missing_features())}); tuning measures, so it needs a runnable target")
+    if not be.dispatchable:
+        raise UsageError(f"tune: backend {be.name} builds no dispatcher (algorithm='auto' would not use records)")
+    budget = _parse_budget(budget_s)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise UsageError(f"tune: keep must be an integer >= 1, got {keep!r}")
+    todo = _shapes(sizes, shapes)
+    program = ops.build_program(opdef.name, **params)            # validates the parameters
+    params = dict(program.params)
+    if program.op(program.output()) == "output_selected":
+        raise UsageError(f"tune: op {op!r} has a selected (sparse) output; only dense row ops are tuned")
+    caches = machine.caches()
+    classes = size_classes([n for _, n in todo], caches)
+    algs = passes.applicable_algorithms(program)
+    plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in algs}
+    base = default_schedule(t.schedule, t.lanes)
+    scheds = sorted(schedules(be, t), key=lambda s: _distance(s, base))
+    res = TuneResult(opdef.name, params, t.name, be.name, budget, requested=len(todo))
+    kernels: dict[tuple, object] = {}
+    rng = np.random.default_rng(seed)
+    stream = sys.stderr if stream is None else stream
+    bar = Progress(len(todo), desc=f"tune {opdef.name} {t.name}", enabled=progress, stream=stream)
+    try:
+        for i, ((rows, n), (lo, hi)) in enumerate(zip(todo, classes)):
+            c0 = time.monotonic()
+            deadline = c0 + max(0.0, (t0 + budget - c0) / (len(todo) - i))
+            level = caches.level_of(costmodel.BYTES_PER_N * n)
+            cost = {a: costmodel.cycles_per_element(pl, t, level) for a, pl in plans.items()} if t.cost else {}
+            best = min(cost.values()) if cost else 0.0
+            kept_algs = [a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best]
+            cands = [(a, s) for a in sorted(kept_algs, key=lambda a: cost.get(a, 0.0)) for s in scheds[:keep]]
+            total = len(algs) * len(scheds)
+            N = rows * n
+            ws = 2 * 4 * N
+            pairs = max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1
+            bufs = _buffers(rng, rows, n, pairs)
+            variants: dict[str, Variant] = {}
+            meta: dict[str, tuple] = {}
+            ref = None
+            for a, s in cands:
+                key = (a, s)
+                if key not in kernels:
+                    k = compile_kernel(opdef.name, algorithm=a, target=t.name, schedule=s, backend=be.name, **params)
+                    k._entry(False)                       # compile and load outside the timed region
+                    kernels[key] = k
+                k = kernels[key]
+                x, y = bufs[0]
+                got = k(x, out=np.empty_like(x))
+                if ref is None:
+                    ref = got
+                elif not max_rel_err(got, ref) <= 1e-4:   # never: each variant is tested
+                    res.notes.append(f"{count_label(n)}: {label(a, s.as_dict())} differs from "
+                                     f"{label(cands[0][0], cands[0][1].as_dict())}; not timed")
+                    continue
+                name = label(a, s.as_dict())
+                variants[name] = _rotating([("k(x, out=y)", {"k": k, "x": xx, "y": yy}) for xx, yy in bufs])
+                meta[name] = (a, s)
+            del ref
+            first = measure(variants, deadline - 0.3 * max(0.0, deadline - time.monotonic()))
+            ranked = sorted(first, key=lambda k: first[k].median)
+            finalists = ranked[:FINALISTS]
+            final = measure({k: variants[k] for k in finalists}, deadline) if len(finalists) > 1 else \
+                {k: first[k] for k in finalists}
+            win = min(final, key=lambda k: final[k].median)
+            runners = {k: final[k].median / final[win].median for k in finalists if k != win}
+            runners.update({k: first[k].median / first[win].median for k in ranked[FINALISTS:]})
+            a, s = meta[win]
+            rec = tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=(1, ROWS_MAX),
+                                algorithm=a, schedule=s.as_dict(), threads=1,
+                                ns_per_element=final[win].median / N * 1e9, noise=final[win].spread,
+                                repetitions=final[win].rounds, runners_up=runners)
+            res.classes.append(ClassResult(rows, n, (lo, hi), level, total, total - len(cands),
+                                           [(k, first[k].median / N * 1e9) for k in ranked], rec,
+                                           time.monotonic() - c0))
+            del bufs, variants
+            bar.update(f"{count_label(n)}: {win}")
+    except KeyboardInterrupt:
+        res.interrupted = True
+    finally:
+        bar.close()
+    res.wall_seconds = time.monotonic() - t0
+    if res.interrupted:
+        print(f"softgen tune: interrupted; kept {len(res.classes)} of {len(todo)} size class(es) "
+              f"(recorded in {tunedb.default().path})", file=stream)
+    return res

@@ -1,0 +1,183 @@
+"""The tuner (issue 13): softgen.tune fills the tuning database per size class, compile(auto)
+builds its dispatcher from the records of this machine (tuned=True, "measured" entries), falls
+back to the model without them, Ctrl-C keeps completed classes, the CLI reports and rejects.
+
+Fast: tiny sizes, a budget of a few seconds, one schedule per algorithm where possible, and a
+kernel cache + tuning database of this module's own (SOFTGEN_CACHE_DIR in a tmp dir)."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import check
+
+import softgen
+from softgen import machine, tunedb
+from softgen.targets import get_target
+
+tune_mod = importlib.import_module("softgen.tune")   # softgen.tune is the function
+HOST = get_target("host")
+SIZES = [300, 3000]
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    """An empty tuning database (and kernel cache) of this test, tuning records in use."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    return tunedb.default()
+
+
+def _tune(**kw):
+    kw = {"sizes": SIZES, "budget_s": 3, "keep": 1, "progress": False, **kw}
+    return softgen.tune("softmax", target=HOST.name, **kw)
+
+
+def test_size_classes_tile_n_at_cache_levels_or_log_midpoints():
+    c = machine.Caches(L1d=32 << 10, L2=1 << 20, L3=32 << 20, source="test")
+    cls = tune_mod.size_classes([1024, 2048, 65536, 1 << 20, 16 << 20], c)
+    assert cls[0] == (1, 1448)                                  # both in L1d: sqrt(1024*2048)
+    assert cls[1] == (1449, (32 << 10) // 8)                    # L1d -> L2: the end of L1d
+    assert cls[2] == (4097, (1 << 20) // 8)                     # L2 -> L3
+    assert cls[3] == ((1 << 17) + 1, (32 << 20) // 8)           # L3 -> DRAM
+    assert cls[4] == ((4 << 20) + 1, tune_mod.N_MAX)
+
+
+def test_candidates_come_from_the_backends_knobs():
+    be = softgen.backends.get_backend("c")
+    scheds = tune_mod.schedules(be, HOST)
+    assert scheds[0] == softgen.compile("softmax", algorithm="two-pass", target=HOST.name).schedule
+    assert {(s.unroll, s.accumulators) for s in scheds} >= {(2, 1), (2, 2), (4, 4), (8, 4)}
+    assert all(s.unroll % s.accumulators == 0 for s in scheds)     # Schedule validated each (2x4 is not)
+    assert not softgen.backends.get_backend("tvm").tuning_knobs    # algorithms only
+
+
+def test_tune_fills_the_db_and_auto_uses_it(db, rng):
+    res = _tune()
+    assert len(res.records) == 2 and not res.interrupted
+    recs = tunedb.table("softmax", {}, HOST.name, "c")
+    assert [(r.n_min, r.n_max) for r in recs] == [c.n_range for c in res.classes]
+    assert recs[0].n_min == 1 and recs[-1].n_max == tune_mod.N_MAX
+    for r, c in zip(recs, res.classes):
+        assert r.n_min <= c.n <= r.n_max and r.noise >= 0 and r.repetitions >= tune_mod.MIN_ROUNDS
+        assert c.pruned + len(c.timed) == c.candidates and len(c.timed) >= 2
+        assert r.runners_up and all(v > 0 for v in r.runners_up.values())
+    assert "size classes" in res.report() and "pruned by the model" in res.report()
+
+    k = softgen.compile("softmax", target=HOST.name)
+    assert k.tuned and k.dispatch.source == "measured"
+    assert all(e.why.startswith("measured: ") and "next best" in e.why and "noise" in e.why
+               for e in k.dispatch.entries)
+    assert k.explain(as_json=True)["tuned"] is True and "tuned: yes" in k.explain()
+    # the dispatcher is correct at its thresholds and bitwise equal to the chosen variant
+    edges = sorted({n for e in k.dispatch.entries if e.n_max is not None for n in (e.n_max, e.n_max + 1)})
+    for n in [1, 7, *SIZES, *edges]:
+        e = next(e for e in k.dispatch.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
+        x = (rng.standard_normal((3, n)) * 4).astype(np.float32)
+        y = k(x)
+        check(k, x, y, f"n={n}")
+        want = softgen.compile("softmax", algorithm=e.algorithm, target=HOST.name, schedule=e.schedule)
+        assert np.array_equal(y, want(x)), (n, e)
+    # with the tuning records off, or a fixed schedule: the model
+    assert not softgen.compile("softmax", target=HOST.name, schedule={"unroll": 4}).tuned
+
+
+def test_same_algorithm_two_schedules_get_unique_symbols(db, rng, tmp_path):
+    s1 = {"unroll": 2, "accumulators": 1}
+    s2 = {"unroll": 8, "accumulators": 4}
+    for n, s in ((300, s1), (3000, s2)):
+        sched = softgen.Schedule(**{**softgen.compile("softmax", algorithm="two-pass", target=HOST.name)
+                                    .schedule.as_dict(), **s}).validate(HOST.lanes)
+        tunedb.record("softmax", {}, HOST.name, "c", n=(1, 1000) if n == 300 else (1001, 1 << 40),
+                      rows=(1, 1 << 40), algorithm="two-pass", schedule=sched.as_dict(),
+                      ns_per_element=1.0, noise=0.01, repetitions=9, runners_up={"3pl u4a2": 1.1})
+    k = softgen.compile("softmax", target=HOST.name)
+    assert k.tuned and k.dispatcher and len(k.variants) == 2
+    assert len({v.name for v in k.variants}) == 2 and {v.schedule.unroll for v in k.variants} == {2, 8}
+    for n in (999, 1000, 1001, 1002):
+        x = rng.standard_normal((2, n)).astype(np.float32)
+        check(k, x, k(x), f"n={n}")
+    man = json.loads(Path(k.export(tmp_path / "out")["manifest"]).read_text())
+    assert man["tuned"] is True and man["dispatch_source"] == "measured"
+
+
+def test_no_records_or_another_machine_means_the_model(db):
+    assert not softgen.compile("softmax", target=HOST.name).tuned
+    rec = tunedb.record("softmax", {}, HOST.name, "c", n=(1, 1 << 40), rows=(1, 1 << 40),
+                        algorithm="online", schedule=softgen.compile("softmax", algorithm="online",
+                                                                     target=HOST.name).schedule.as_dict(),
+                        ns_per_element=1.0, noise=0.01, repetitions=9)
+    assert softgen.compile("softmax", target=HOST.name).tuned
+    tunedb.clear()
+    other = tunedb.TuningRecord(**{**rec.as_json(), "fingerprint": "0" * 16})
+    db.add(other)
+    k = softgen.compile("softmax", target=HOST.name)
+    assert not k.tuned and (k.dispatch is None or k.dispatch.source == "model")
+
+
+def test_ctrl_c_keeps_completed_classes(db, monkeypatch):
+    real = tune_mod.sampler
+    calls = {"n": 0}
+
+    def sampler(variant):
+        f = real(variant)
+
+        def timed(number):
+            if len(tune_mod_records()) >= 1:      # the first class is recorded: interrupt the second
+                raise KeyboardInterrupt
+            calls["n"] += 1
+            return f(number)
+        return timed
+
+    def tune_mod_records():
+        return tunedb.records("softmax")
+
+    monkeypatch.setattr(tune_mod, "sampler", sampler)
+    res = _tune()
+    assert res.interrupted and len(res.records) == 1 and calls["n"] > 0
+    assert len(tunedb.records("softmax")) == 1 and "interrupted" in res.report()
+
+
+def test_bad_arguments():
+    with pytest.raises(softgen.UsageError, match="budget"):
+        softgen.tune("softmax", sizes=[100], budget_s=0)
+    with pytest.raises(softgen.UsageError, match="budget"):
+        softgen.tune("softmax", sizes=[100], budget_s="soon")
+    with pytest.raises(softgen.UsageError, match="sizes"):
+        softgen.tune("softmax", sizes=[0])
+    with pytest.raises(softgen.UsageError, match="cannot be tuned"):
+        softgen.tune("lssa", sizes=[100])
+    with pytest.raises(softgen.UsageError, match="twice"):
+        softgen.tune("softmax", sizes=[100], shapes=[(4, 100)])
+    with pytest.raises(softgen.UsageError, match="unknown op"):
+        softgen.tune("nope")
+    with pytest.raises(softgen.UsageError, match="scale"):
+        softgen.tune("softmax", sizes=[100], scale=-1.0)
+
+
+def _cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "softgen", "tune", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_cli(tmp_path):
+    env = {**os.environ, "SOFTGEN_CACHE_DIR": str(tmp_path), "SOFTGEN_USE_TUNING": "1"}
+    r = _cli("--sizes", "500", "--budget", "2s", "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "1/1 size classes" in r.stdout and "pruned by the model" in r.stdout and "ns/el" in r.stdout
+    r = _cli("--shapes", "8x256", "--budget", "2", "--quiet", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(r.stdout)["records"]
+    assert len(recs) == 1 and recs[0]["n_min"] == 1 and recs[0]["op"] == "softmax"
+    for args, msg in ((("--sizes", "1K,x"), "--sizes"), (("--budget", "0s"), "budget"),
+                      (("--budget", "fast"), "budget"), (("--op", "nope"), "unknown op"),
+                      (("--op", "lssa"), "cannot be tuned"),
+                      (("--backend", "nope"), "unknown backend")):
+        r = _cli(*args, env=env)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
