@@ -41,6 +41,7 @@ common.single_threaded()
 import numpy as np  # noqa: E402
 
 import softgen  # noqa: E402
+from softgen.benchmark import _ns, _pct, _x  # noqa: E402  (the table cells of softgen bench)
 
 ALGORITHMS = ("three-pass-recompute", "three-pass-reload", "two-pass", "online")
 SHORT = {"three-pass-recompute": "3pc", "three-pass-reload": "3pl", "two-pass": "2p", "online": "online"}
@@ -332,20 +333,6 @@ def sweep(config: Config | None = None) -> list[dict]:
 
 
 # -- reporting -----------------------------------------------------------------------------------------
-
-def _x(v, row=None):
-    return "-" if v is None else f"{v:.2f}x"
-
-
-def _ns(v, row=None):
-    if v is None:
-        return "-"
-    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
-
-
-def _pct(v, row=None):
-    return "-" if v is None else f"{100 * v:.0f}%"
-
 
 def _err(v, row=None):
     return "-" if v is None else f"{v:.1e}"
