@@ -788,7 +788,8 @@ def run(cfg: BenchConfig | None = None, *, stream=None) -> dict:
         "variants": [{"name": v.name, "target": v.target, "backend": v.backend, "algorithm": v.algorithm,
                       "auto": v.auto, "kernel": v.kernel.name, "schedule": str(v.kernel.schedule),
                       "bytes_per_element": v.bytes_per_element, "traffic": v.traffic,
-                      "dispatch": v.kernel.dispatch.as_list() if v.kernel.dispatcher else None} for v in sg],
+                      "dispatch": v.kernel.dispatch.as_list() if v.kernel.dispatcher else None,
+                      "tuned": bool(getattr(v.kernel, "tuned", False))} for v in sg],
         "copy_kernel": {"target": copier.target.name, "non_temporal": copier.streams} if copier else None,
         "rows": rows,
         "notes": notes,
@@ -833,9 +834,11 @@ def format_report(res: dict) -> str:
         out.append(f"# peer {name} skipped: {why}")
     for v in res["variants"]:
         if v.get("dispatch"):   # a dispatcher: its table (each row's traffic is its variant's)
-            table = "; ".join(f"{e['algorithm']} for {e['n_min']} <= n" + (f" <= {e['n_max']}" if e["n_max"] else "")
-                              for e in v["dispatch"])
-            out.append(f"# {v['name']}: {v['kernel']} ({v['schedule']}), dispatching: {table}")
+            table = "; ".join(f"{e['algorithm']} (unroll={e['schedule'].get('unroll')}, accumulators="
+                              f"{e['schedule'].get('accumulators')}) for {e['n_min']} <= n"
+                              + (f" <= {e['n_max']}" if e["n_max"] else "") for e in v["dispatch"])
+            how = "tuned: measured on this machine" if v.get("tuned") else "untuned: the cost model"
+            out.append(f"# {v['name']}: {v['kernel']}, dispatching ({how}): {table}")
             continue
         out.append(f"# {v['name']}: {v['kernel']} ({v['schedule']}), traffic {v['traffic']} = "
                    f"{v['bytes_per_element']} B/elem")
