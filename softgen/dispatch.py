@@ -22,9 +22,11 @@ def variant_name(name: str, short: str) -> str:
     return f"{name}__{short}"
 
 
-def version_script(name: str) -> str:
-    """A linker version script exporting only the dispatcher's entry point and CPU check."""
-    return f"{{\n  global: {name}; {name}_supported;\n  local: *;\n}};\n"
+def version_script(name: str, threaded: bool = True) -> str:
+    """A linker version script exporting only the dispatcher's entry points (``<name>`` and, for
+    row kernels, ``<name>_mt`` with a thread count) and CPU check."""
+    mt = f" {name}_mt;" if threaded else ""
+    return f"{{\n  global: {name};{mt} {name}_supported;\n  local: *;\n}};\n"
 
 
 def render_dispatch(name: str, abi: KernelABI, table: DispatchTable, variants: list[dict], *, op: str,
@@ -33,6 +35,6 @@ def render_dispatch(name: str, abi: KernelABI, table: DispatchTable, variants: l
     (a one-line summary); ``table``'s entries name them by ``symbol``."""
     return env().get_template("dispatch.c.j2").render(
         name=name, version=version, op=op, params=params, target=target, table_lines=table.lines(),
-        variants=[{**v, "signature": abi.signature(v["name"])} for v in variants],
-        entries=table.entries, signature=abi.signature(name),
+        variants=[{**v, "signature": abi.signature(v["name"]), "params": abi.param_list()} for v in variants],
+        entries=table.entries, signature=abi.signature(name), mt_signature=abi.mt_signature(name),
         args=", ".join(n for _, n in abi.params()))

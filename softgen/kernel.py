@@ -16,7 +16,7 @@ from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
 from .binding import bind
 from .cnames import name_clash
-from .costmodel import DispatchTable, Entry, model_table
+from .costmodel import DispatchTable, Entry, ThreadPolicy, model_table, thread_policy
 from .dispatch import render_dispatch, variant_name, version_script
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
@@ -139,10 +139,13 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         if hi is not None and hi < lo:
             continue
         sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
-        e = Entry(lo, hi, r.algorithm, sched, r.threads, measured_why(r))
+        # the measured thread count caps auto; the model's grain decides below it (rows x n)
+        grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
+        e = Entry(lo, hi, r.algorithm, sched, r.threads, measured_why(r), grain=grain)
         if entries and entries[-1].variant == e.variant:
             prev = entries.pop()
-            e = Entry(prev.n_min, hi, e.algorithm, sched, e.threads, prev.why + "; " + e.why)
+            e = Entry(prev.n_min, hi, e.algorithm, sched, max(e.threads, prev.threads), prev.why + "; " + e.why,
+                      grain=grain)
         entries.append(e)
     first = recs[0]
     basis = (f"{len(recs)} tuning record(s) of this machine ({first.machine.get('model_name') or first.fingerprint}), "
@@ -172,6 +175,7 @@ class Kernel:
     tuned: bool = False         # algorithm="auto" whose table came from tuning records (softgen.tune)
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
+    _mt_fn: object = field(default=None, repr=False)
 
     @property
     def matrix(self) -> bool:
@@ -284,10 +288,43 @@ class Kernel:
             self._fn = load_entry(lib, self.name, self._abi)
         return self._fn
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
+    def _threaded(self, threads):
+        """The extended entry ``<name>_mt`` bound to the thread count ``threads`` (an int >= 0:
+        0 auto, N at most N; a negative one reaches C, which returns ETHREADS: a UsageError)."""
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+            raise UsageError(f"threads must be None or an int (0: auto, N: at most N threads), "
+                             f"got {threads!r}")
+        if not self._abi.threaded:
+            raise UsageError(f"kernel {self.name} ({self._abi.kind} ABI) runs on one thread: "
+                             f"only row kernels take threads=")
+        if self._mt_fn is None:
+            self._mt_fn = load_entry(self._entry(False)._softgen_handle, self.name, self._abi, mt=True)
+        mt, t = self._mt_fn, int(threads)
+        if not -2 ** 31 <= t < 2 ** 31:
+            raise UsageError(f"threads={t} does not fit a C int")
+
+        def fn(*args):
+            return mt(*args, t)
+        fn._softgen_ptr, fn.threads = mt._softgen_ptr, t
+        return fn
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None,
+                 **call) -> np.ndarray:
         """y = op(x) along the last axis. ``call``: the op's call-time arguments (e.g. lssa's
-        ``n_attended``), from which the per-row parameters are computed."""
+        ``n_attended``), from which the per-row parameters are computed. ``threads``: None or 0
+        auto (the kernel's thread policy, ``explain()``), N: rows split across at most N threads."""
         fn = self._fn or self._entry(False)
+        if threads is not None:
+            fn = self._threaded(threads)
+            if not call and self._plain and _fastcall is not None and type(x) is np.ndarray \
+                    and (out is None or type(out) is np.ndarray):
+                y = np.empty(x.shape, np.float32) if out is None else out
+                rc = _fastcall(fn._softgen_ptr, x, y, fn.threads)
+                if rc == 0:
+                    return y
+                if rc is not NotImplemented:
+                    raise failure(self.name, rc)
+            return self._call(fn, (x,), out, call)
         if call or not self._plain:
             return self._call(fn, (x,), out, call)
         if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
@@ -423,10 +460,13 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         alg = table.algorithms[0]
         sched = Schedule(**table.entries[0].schedule).validate(t.lanes)
     lowered = passes.apply_algorithm(program, alg)
+    # what threads=auto picks: the table's, else the model's for this variant
+    policy = table.entries[0].policy if table is not None else thread_policy(passes.plan(lowered), t)
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
-    art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params)
+    art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params,
+                      threads=policy)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=lowered, source=art.source, backend=be.name,
                   wrapper=art.wrapper, dispatch=table, tuned=tuned)
@@ -451,7 +491,9 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
         # <name>__<short>, and the schedule's tag when one algorithm runs with several schedules
         short = passes.SHORT[alg] + (f"_{vsched.tag(t.lanes)}" if per_alg[alg] > 1 else "")
         vname = variant_name(kname, short)
-        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params)
+        policy = next(e.policy for e in table.entries if e.variant == key)
+        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params,
+                          threads=policy)
         variants.append(Kernel(op=opdef.name, algorithm=alg, target=t, schedule=vsched, name=vname,
                                params=dict(program.params), program=lowered, source=art.source,
                                backend=be.name, wrapper=art.wrapper))

@@ -30,6 +30,7 @@ import abc
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from ..costmodel import ThreadPolicy
 from ..errors import UsageError
 from ..runtime import assembly
 from ..schedule import Schedule
@@ -91,8 +92,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, program, target: Target, schedule: Schedule, name: str, *, op: str,
-                 algorithm: str, params: dict) -> Artifact:
-        """The kernel ``name`` computing the row program ``program`` (after its algorithm's rewrite)."""
+                 algorithm: str, params: dict, threads: ThreadPolicy = ThreadPolicy()) -> Artifact:
+        """The kernel ``name`` computing the row program ``program`` (after its algorithm's rewrite);
+        its entry points split the rows across threads by ``threads`` (``costmodel.ThreadPolicy``:
+        what "auto" picks; default: one thread unless the caller asks)."""
 
     @abc.abstractmethod
     def generate_matrix(self, program, target: Target, schedule: Schedule, name: str, *, op: str,

@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines, matrix_traffic
+from ..costmodel import ThreadPolicy
 from ..errors import BuildError
 from ..ir import PAIR, Program
 from ..matrix import SweepPhase
@@ -532,7 +533,7 @@ def gemm_schedule(t: Target) -> str:
 
 
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
-             params: dict) -> str:
+             params: dict, threads: ThreadPolicy = ThreadPolicy()) -> str:
     """C source of a kernel ``int name(x, y, rows, n, ldx, ldy)`` computing program ``p``."""
     bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
     if bad:
@@ -551,7 +552,8 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
         helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
-        tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[])
+        tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
+        threads=threads)
 
 
 class CBackend(Backend):
@@ -567,9 +569,10 @@ class CBackend(Backend):
     def lowerable(self, program) -> list[str]:
         return lowerable(program)
 
-    def generate(self, program, target, schedule, name, *, op, algorithm, params) -> Artifact:
+    def generate(self, program, target, schedule, name, *, op, algorithm, params,
+                 threads: ThreadPolicy = ThreadPolicy()) -> Artifact:
         return Artifact(self, name, target, generate(program, target, schedule, name, op=op,
-                                                     algorithm=algorithm, params=params))
+                                                     algorithm=algorithm, params=params, threads=threads))
 
     def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
         return Artifact(self, name, target, generate_matrix(program, target, schedule, name, op=op,

@@ -23,6 +23,7 @@ import numpy as np
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines
+from ..costmodel import ThreadPolicy
 from ..errors import BuildError
 from ..ir import PAIR, ROW, Program
 from ..matrix import MatMulPhase, SweepPhase
@@ -723,7 +724,7 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
 
 
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
-             params: dict) -> tuple[str, str]:
+             params: dict, threads: ThreadPolicy = ThreadPolicy()) -> tuple[str, str]:
     """(TVMScript of the row functions, C wrapper with the entry point)."""
     bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
     if bad:
@@ -743,7 +744,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm, t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=p.fallback is not None, tvm=True,
         row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name),
-        rp_decl="".join(f", float {name}" for name in rps), matrix=None)
+        rp_decl="".join(f", float {name}" for name in rps), matrix=None, threads=threads)
     return tir, wrapper
 
 
@@ -813,8 +814,10 @@ class TvmBackend(Backend):
     def lowerable(self, program) -> list[str]:
         return lowerable(program)
 
-    def generate(self, program, target, schedule, name, *, op, algorithm, params) -> Artifact:
-        tir, wrapper = generate(program, target, schedule, name, op=op, algorithm=algorithm, params=params)
+    def generate(self, program, target, schedule, name, *, op, algorithm, params,
+                 threads: ThreadPolicy = ThreadPolicy()) -> Artifact:
+        tir, wrapper = generate(program, target, schedule, name, op=op, algorithm=algorithm, params=params,
+                                threads=threads)
         return Artifact(self, name, target, tir, wrapper)
 
     def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
