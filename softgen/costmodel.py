@@ -19,9 +19,9 @@ The result is a ``DispatchTable``: plain data (ranges of n, the variant of each,
 tuning record can replace (``source`` "measured" instead of "model").
 
 Threads (``ThreadPolicy``, per entry): a call's rows are split across threads when its work pays
-for them. The model's policy: one thread per ``grain`` elements of work (rows x n), ``grain`` the
-target's ``[cost] parallel_overhead_cycles`` (waking, joining and the cache traffic of a second
-thread, measured) over the variant's cheapest cycles/element (its L1 cost: the smallest, so the
+for them. The model's policy: one thread per ``grain`` elements of work (rows x n), ``grain`` twice
+the target's ``[cost] parallel_overhead_cycles`` (waking and joining a worker, measured) over the
+variant's cheapest cycles/element (its L1 cost: the smallest, so the
 largest grain: "never slower than one thread on small inputs"); at most the CPUs the process may
 run on (capped at run time in C, with ``SOFTGEN_NUM_THREADS``). A tuning record's thread count
 replaces ``most``. The variant is still chosen by n alone; the thread count by rows x n.
@@ -70,14 +70,15 @@ class ThreadPolicy:
 
 
 def thread_policy(plan: Plan, target: Target, most: int = 0) -> ThreadPolicy:
-    """The model's ``ThreadPolicy`` for a variant of ``plan`` on ``target``: ``grain`` = the
+    """The model's ``ThreadPolicy`` for a variant of ``plan`` on ``target``: ``grain`` = twice the
     target's ``parallel_overhead_cycles`` over the plan's cheapest cycles/element (over the cache
     levels); no hint (or no ``[cost]``): one thread unless asked."""
     overhead = target.cost.get("parallel_overhead_cycles") if target.cost else None
     if not overhead:
         return ThreadPolicy(most, 0)
     cheapest = min(cycles_per_element(plan, target, lvl) for lvl in ALL_LEVELS)
-    return ThreadPolicy(most, max(1, math.ceil(overhead / max(cheapest, 1e-3))))
+    # two threads at 2 x grain elements: work / 2 + overhead = 3/4 of one thread's time
+    return ThreadPolicy(most, max(1, math.ceil(2 * overhead / max(cheapest, 1e-3))))
 
 
 @dataclass(frozen=True)

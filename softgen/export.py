@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .abi import ECPU, SELECTED
+from .abi import ECPU, ETHREADS, SELECTED
 from .errors import SoftgenError
 from .ops import get_op
 from .render import env
@@ -124,7 +124,8 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
         scratch=scratch_doc(k) if k.matrix else "",
         dispatch=table.lines() if table is not None and k.variants else [],
-        requires=", ".join(k.target.requires) or "no instruction-set extension")
+        requires=", ".join(k.target.requires) or "no instruction-set extension",
+        mt_signature=kabi.mt_signature(k.name), threads_doc=k.explain_threads())
     try:
         accuracy = measure_accuracy(k)
     except SoftgenError as e:
@@ -136,6 +137,10 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         **({"arguments": k.abi.arg_docs(), "abi_style": k.abi.style} if k.matrix else {}),
         "row_params": {rp: get_op(k.op).row_param_doc(rp) for rp in k.row_params},
         "errors": {str(c): doc for c, (_, doc) in errors.items()},
+        **({"threads": {"symbol": f"{k.name}_mt", "abi": kabi.mt_signature(k.name),
+                        "doc": "the entry with a thread count last: 0 auto, N at most N threads "
+                               f"(rows split across the library's thread pool), < 0 returns {ETHREADS}",
+                        "auto": k.explain_threads(), "env": "SOFTGEN_NUM_THREADS"}} if kabi.threaded else {}),
         "cpu_check": {"symbol": f"{k.name}_supported", "requires": list(k.target.requires),
                       "error": ECPU.code,
                       "doc": f"1 if this CPU runs the library, else 0 (and every call returns {ECPU})"},

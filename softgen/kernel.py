@@ -173,6 +173,8 @@ class Kernel:
     dispatch: DispatchTable | None = None
     variants: tuple = ()        # a dispatcher's variants (Kernels), in the table's order of use
     tuned: bool = False         # algorithm="auto" whose table came from tuning records (softgen.tune)
+    # what threads=auto picks (row kernels; a dispatcher: per entry of ``dispatch``)
+    thread_policy: ThreadPolicy | None = None
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
     _mt_fn: object = field(default=None, repr=False)
@@ -231,6 +233,8 @@ class Kernel:
             return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
                     "target": self.target.name, "schedule": self.schedule.as_dict(), "name": self.name,
                     "tuned": self.tuned,
+                    "threads": None if self.matrix or self.dispatch is not None else
+                    (self.thread_policy or ThreadPolicy()).__dict__,
                     "ir": str(original), "rewritten_ir": str(self.program), "rewrites": self.program.notes,
                     "plan": pl.describe().splitlines(), "traffic": pl.traffic(),
                     "dispatch": None if self.dispatch is None else {
@@ -241,7 +245,9 @@ class Kernel:
                                   "rewrites": v.program.notes, "plan": v.plan.describe().splitlines(),
                                   "traffic": v.plan.traffic()} for v in parts]}
         tuned = f"\n# tuned: {'yes (tuning database)' if self.tuned else 'no'}" if self.dispatch is not None else ""
-        out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}{tuned}\n",
+        threads = f"\n# {self.explain_threads()}" if self.explain_threads() else ""
+        out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
+               f"{tuned}{threads}\n",
                "## IR as defined\n" + str(original) + "\n"]
         if self.dispatch is not None:
             out.append("## " + self.explain_dispatch() + "\n")
@@ -251,6 +257,15 @@ class Kernel:
             out.append(str(v.program) + "\n")
             out.append("## pass plan\n" + v.plan.describe() + ("\n" if self.dispatcher else ""))
         return "\n".join(out).rstrip("\n") + "\n"
+
+    def explain_threads(self) -> str:
+        """What ``threads=None``/0 (auto) does for this kernel, one line ("" for matrix kernels)."""
+        if self.matrix:
+            return ""
+        if self.dispatch is not None:
+            return "threads (auto): per dispatch entry, see its threads= column"
+        return f"threads (auto): {(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs " \
+            "and SOFTGEN_NUM_THREADS"
 
     def explain_dispatch(self) -> str:
         """The dispatch table and why each entry was chosen ("" unless algorithm was auto)."""
@@ -469,7 +484,7 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
                       threads=policy)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=lowered, source=art.source, backend=be.name,
-                  wrapper=art.wrapper, dispatch=table, tuned=tuned)
+                  wrapper=art.wrapper, dispatch=table, tuned=tuned, thread_policy=policy)
 
 
 def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: Schedule,
