@@ -139,9 +139,10 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         if hi is not None and hi < lo:
             continue
         sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
-        # the measured thread count caps auto; the model's grain decides below it (rows x n)
+        # a measured thread count (> 1: timed on a batch) caps auto; 1 (single rows, which run on
+        # one thread anyway) leaves the cap to the CPUs; the model's grain decides below it (rows x n)
         grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
-        e = Entry(lo, hi, r.algorithm, sched, r.threads, measured_why(r), grain=grain)
+        e = Entry(lo, hi, r.algorithm, sched, r.threads if r.threads > 1 else 0, measured_why(r), grain=grain)
         if entries and entries[-1].variant == e.variant:
             prev = entries.pop()
             e = Entry(prev.n_min, hi, e.algorithm, sched, max(e.threads, prev.threads), prev.why + "; " + e.why,

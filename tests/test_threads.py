@@ -237,3 +237,27 @@ def test_neon_threads_under_qemu():
         mp.setenv("SOFTGEN_NUM_THREADS", "1")
         one = k.run_emulated(x)
     assert np.array_equal(many, one, equal_nan=True)
+
+
+def test_per_op_functions_take_threads():
+    x = _rows(9, 40, seed=9)
+    one = softgen.softmax(x, threads=1)
+    assert np.array_equal(softgen.softmax(x, threads=3), one, equal_nan=True)
+    assert np.array_equal(softgen.log_softmax(x, threads=2), softgen.log_softmax(x), equal_nan=True)
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        softgen.softmax(x, threads=-1)
+
+
+def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
+    """softgen.tune times the winner at 1 .. cores threads on a batch shape and records the
+    fastest count; the tuned dispatch table caps auto by it (> 1) or leaves the CPUs (1)."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    monkeypatch.setattr(softgen.machine, "cores", lambda: 2)
+    res = softgen.tune("softmax", target="host", shapes=[(64, 512)], budget_s=3, keep=1, progress=False)
+    (cls,) = res.classes
+    rec = cls.record
+    assert rec.threads in (1, 2) and {"threads=1", "threads=2"} - {f"threads={rec.threads}"} <= set(rec.runners_up)
+    k = softgen.compile("softmax", target="host")
+    assert k.tuned and all(e.threads == (rec.threads if rec.threads > 1 else 0) and e.grain > 0
+                           for e in k.dispatch.entries)
