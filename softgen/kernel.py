@@ -478,11 +478,12 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     lowered = passes.apply_algorithm(program, alg)
     # what threads=auto picks: the table's, else the model's for this variant
     policy = table.entries[0].policy if table is not None else thread_policy(passes.plan(lowered), t)
+    tuned_policy = {"threads": policy} if tuned and be.thread_policy else {}   # else generate takes the model's
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params,
-                      threads=policy)
+                      **tuned_policy)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=lowered, source=art.source, backend=be.name,
                   wrapper=art.wrapper, dispatch=table, tuned=tuned, thread_policy=policy)
@@ -507,9 +508,8 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
         # <name>__<short>, and the schedule's tag when one algorithm runs with several schedules
         short = passes.SHORT[alg] + (f"_{vsched.tag(t.lanes)}" if per_alg[alg] > 1 else "")
         vname = variant_name(kname, short)
-        policy = next(e.policy for e in table.entries if e.variant == key)
-        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params,
-                          threads=policy)
+        # the dispatch unit resolves auto per entry; the variant's own auto (the model's) is unused
+        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params)
         variants.append(Kernel(op=opdef.name, algorithm=alg, target=t, schedule=vsched, name=vname,
                                params=dict(program.params), program=lowered, source=art.source,
                                backend=be.name, wrapper=art.wrapper))

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines, matrix_traffic
-from ..costmodel import ThreadPolicy
+from ..costmodel import ThreadPolicy, thread_policy
 from ..errors import BuildError
 from ..ir import PAIR, Program
 from ..matrix import SweepPhase
@@ -533,7 +533,7 @@ def gemm_schedule(t: Target) -> str:
 
 
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
-             params: dict, threads: ThreadPolicy = ThreadPolicy()) -> str:
+             params: dict, threads: ThreadPolicy | None = None) -> str:
     """C source of a kernel ``int name(x, y, rows, n, ldx, ldy)`` computing program ``p``."""
     bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
     if bad:
@@ -544,6 +544,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         functions.append(_row_function(p.fallback, t, s, fallback, None, rps))
     functions.append(_row_function(p, t, s, f"{name}__row", fallback, rps))
     pl = plan(p)
+    threads = threads or thread_policy(pl, t)   # what threads=auto takes: the model's unless given
     plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()]
     if p.notes:
         plan_lines += ["rewrites:"] + ["  " + n for n in p.notes]
@@ -563,6 +564,7 @@ class CBackend(Backend):
     name = "c"
     description = "Jinja-C templates"
     gemm_epilogues = GEMM_EPILOGUES
+    thread_policy = True
     # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2)
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4)})
 
@@ -570,7 +572,7 @@ class CBackend(Backend):
         return lowerable(program)
 
     def generate(self, program, target, schedule, name, *, op, algorithm, params,
-                 threads: ThreadPolicy = ThreadPolicy()) -> Artifact:
+                 threads: ThreadPolicy | None = None) -> Artifact:
         return Artifact(self, name, target, generate(program, target, schedule, name, op=op,
                                                      algorithm=algorithm, params=params, threads=threads))
 
