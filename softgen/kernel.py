@@ -304,10 +304,11 @@ class Kernel:
             self._fn = load_entry(lib, self.name, self._abi)
         return self._fn
 
-    def _threaded(self, threads):
-        """The extended entry ``<name>_mt`` bound to the thread count ``threads`` (an int >= 0:
-        0 auto, N at most N; a negative one reaches C, which returns ETHREADS: a UsageError)."""
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+    def _mt_entry(self, threads) -> tuple:
+        """(the extended entry ``<name>_mt``, ``threads`` as a C int): an int >= 0 is 0 auto, N
+        at most N; a negative one reaches C, which returns ETHREADS (a UsageError)."""
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
+                or not -2 ** 31 <= threads < 2 ** 31:
             raise UsageError(f"threads must be None or an int (0: auto, N: at most N threads), "
                              f"got {threads!r}")
         if not self._abi.threaded:
@@ -315,14 +316,7 @@ class Kernel:
                              f"only row kernels take threads=")
         if self._mt_fn is None:
             self._mt_fn = load_entry(self._entry(False)._softgen_handle, self.name, self._abi, mt=True)
-        mt, t = self._mt_fn, int(threads)
-        if not -2 ** 31 <= t < 2 ** 31:
-            raise UsageError(f"threads={t} does not fit a C int")
-
-        def fn(*args):
-            return mt(*args, t)
-        fn._softgen_ptr, fn.threads = mt._softgen_ptr, t
-        return fn
+        return self._mt_fn, int(threads)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None,
                  **call) -> np.ndarray:
@@ -331,16 +325,16 @@ class Kernel:
         auto (the kernel's thread policy, ``explain()``), N: rows split across at most N threads."""
         fn = self._fn or self._entry(False)
         if threads is not None:
-            fn = self._threaded(threads)
+            mt, threads = self._mt_entry(threads)
             if not call and self._plain and _fastcall is not None and type(x) is np.ndarray \
                     and (out is None or type(out) is np.ndarray):
                 y = np.empty(x.shape, np.float32) if out is None else out
-                rc = _fastcall(fn._softgen_ptr, x, y, fn.threads)
+                rc = _fastcall(mt._softgen_ptr, x, y, threads)
                 if rc == 0:
                     return y
                 if rc is not NotImplemented:
                     raise failure(self.name, rc)
-            return self._call(fn, (x,), out, call)
+            return self._call(lambda *args: mt(*args, threads), (x,), out, call)
         if call or not self._plain:
             return self._call(fn, (x,), out, call)
         if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):

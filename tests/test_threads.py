@@ -272,3 +272,16 @@ def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
     k = softgen.compile("softmax", target="host")
     assert k.tuned and all(e.threads == (rec.threads if rec.threads > 1 else 0) and e.grain > 0
                            for e in k.dispatch.entries)
+
+
+def test_tvm_entry_splits_rows_too():
+    from softgen.backends.tvm_adapter import available
+    if not available()[0]:
+        pytest.skip(available()[1])
+    k = softgen.compile("softmax", algorithm="two-pass", backend="tvm")
+    x = _rows(7, 45, seed=11)
+    one = k(x, threads=1)
+    check(k, x, one)
+    for t in COUNTS[1:]:
+        assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
+    assert k.thread_policy.grain > 0 and f"{k.thread_policy.grain}u" in k.wrapper

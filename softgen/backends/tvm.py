@@ -827,8 +827,9 @@ class TvmBackend(Backend):
         return Artifact(self, name, target, tir, wrapper)
 
     def link_inputs(self, a: Artifact) -> dict:
+        mt = [f"{a.name}_mt"] if f"int {a.name}_mt(" in a.wrapper else []   # row kernels: the thread-count entry
         return {**sources(a.source, a.wrapper, a.target),
-                "exports.map": tvm_adapter.version_script([a.name, f"{a.name}_supported"])}
+                "exports.map": tvm_adapter.version_script([a.name, f"{a.name}_supported", *mt])}
 
     def assembly(self, a: Artifact, cc: str | None = None) -> str:
         return assembly(a.source, a.target)
