@@ -33,7 +33,7 @@ from .machine import caches
 from .matrix import MatrixProgram
 from .runtime import assembly, load_entry, open_shared
 from .schedule import Schedule, default_schedule
-from .targets import Target, TargetGroup, all_targets, get_target, group_names, is_group_spec, target_group
+from .targets import Target, TargetGroup, all_targets, get_target, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
     from ._fastcall import call as _fastcall
@@ -472,8 +472,8 @@ class IsaKernel(Kernel):
         return "\n".join(parts)
 
     def renamed(self, name: str) -> "Kernel":
-        return compile(self.op, algorithm=self.algorithm, target=list(self.group.names) if "," in self.group.name
-                       or self.group.name not in group_names() else self.group.name, name=name,
+        target = self.group.name if is_group_spec(self.group.name) else list(self.group.names)
+        return compile(self.op, algorithm=self.algorithm, target=target, name=name,
                        schedule=self.schedule_arg, backend=self.backend, **self.params)
 
 
