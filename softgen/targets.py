@@ -402,6 +402,6 @@ def groups() -> list[dict]:
     for g in group_names():
         grp = target_group(g)
         runs = [t.name for t in grp.members if grp.arch == host_arch() and host_supports(t)]
-        out.append({"name": g, "arch": grp.arch, "members": list(grp.names),
-                    "runnable": bool(runs), "pick": runs[0] if runs else None})
+        out.append({"name": g, "arch": grp.arch, "members": list(grp.names), "runnable": bool(runs),
+                    "missing": [] if runs else grp.target.missing_features(), "pick": runs[0] if runs else None})
     return out
