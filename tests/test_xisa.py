@@ -197,6 +197,7 @@ def test_non_auto_and_matrix_ops(single):
     k = softgen.compile("log_softmax", target="avx2,scalar", algorithm="online")
     assert k.algorithm == "online" and all(m.algorithm == "online" and not m.dispatcher for m in k.members)
     assert np.array_equal(k(X), softgen.compile("log_softmax", target="avx2", algorithm="online")(X))
+    assert np.array_equal(softgen.log_softmax(X, target=["scalar", "avx2"], algorithm="online"), k(X))   # a list
     s = softgen.compile("sinkhorn", target="avx2,scalar")
     a = np.random.default_rng(1).standard_normal((2, 8, 8)).astype(np.float32)
     assert s.matrix and np.array_equal(s(a), softgen.compile("sinkhorn", target="avx2")(a))
