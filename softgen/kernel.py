@@ -33,7 +33,7 @@ from .machine import caches
 from .matrix import MatrixProgram
 from .runtime import assembly, load_entry, open_shared
 from .schedule import Schedule, default_schedule
-from .targets import Target, TargetGroup, all_targets, get_target, is_group_spec, target_group
+from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
     from ._fastcall import call as _fastcall
@@ -432,6 +432,11 @@ class IsaKernel(Kernel):
 
     def asm(self, cc: str | None = None) -> str:
         return "\n".join([*(m.asm(cc) for m in self.members), assembly(self.source, self.target, cc)])
+
+    @property
+    def runnable(self) -> bool:
+        """Whether this CPU runs some member natively (the library's arch, and a member's features)."""
+        return self.target.arch in ("any", host_arch()) and any(m.runnable for m in self.members)
 
     @property
     def isa(self) -> str | None:
