@@ -269,6 +269,10 @@ def get_target(name: str) -> Target:
     if name in (None, "host"):
         return all_targets()[host_target()]
     if not isinstance(name, str) or not _NAME_RE.match(name) or name not in all_targets():
+        if isinstance(name, str) and ("," in name or name in group_names()):
+            raise UsageError(f"target {name!r} is a group of targets (one library spanning ISAs: compile, "
+                             f"build, emit, explain, export); here give one target: {', '.join(all_targets())} "
+                             f"(or 'host')")
         raise UsageError(f"unknown target {name!r}; known: {', '.join(all_targets())} (or 'host')")
     return all_targets()[name]
 
