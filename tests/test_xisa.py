@@ -201,6 +201,9 @@ def test_non_auto_and_matrix_ops(single):
     s = softgen.compile("sinkhorn", target="avx2,scalar")
     a = np.random.default_rng(1).standard_normal((2, 8, 8)).astype(np.float32)
     assert s.matrix and np.array_equal(s(a), softgen.compile("sinkhorn", target="avx2")(a))
+    g = softgen.compile("gaussian_kernel", target="avx2,scalar")   # the general ABI: g(a, b)
+    q, kk = a[..., :6].copy(), a[:, :5, :6].copy()
+    assert np.array_equal(g(q, kk), softgen.compile("gaussian_kernel", target="avx2")(q, kk))
 
 
 def test_aarch64_group_under_qemu(monkeypatch):
