@@ -29,7 +29,7 @@ def _restore_thread_env(monkeypatch):
 
 def _missing(*names):
     """An ``_import`` for which ``names`` (and their submodules) are not installed."""
-    real = B._import
+    real = B.deps._import
 
     def imp(name):
         if name.split(".")[0] in names:
@@ -95,7 +95,7 @@ def test_parse_sizes_and_shapes():
 # -- peers -------------------------------------------------------------------------------------------------
 
 def test_missing_peers_are_skipped_with_the_reason(monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("torch", "onnxruntime"))
+    monkeypatch.setattr(B.deps, "_import", _missing("torch", "onnxruntime"))
     peers, skipped = B.load_peers(["numpy", "torch", "onnxruntime"])
     assert [p.name for p in peers] == ["numpy"]
     assert set(skipped) == {"torch", "onnxruntime"}
@@ -105,7 +105,7 @@ def test_missing_peers_are_skipped_with_the_reason(monkeypatch):
 
 def test_onnxruntime_without_onnx_is_skipped(monkeypatch):
     """onnxruntime importable but not onnx (which builds the one-node model): skipped, saying so."""
-    real = B._import
+    real = B.deps._import
 
     def imp(name):
         if name == "onnxruntime":
@@ -113,7 +113,7 @@ def test_onnxruntime_without_onnx_is_skipped(monkeypatch):
         if name == "onnx":
             raise ImportError("No module named 'onnx'")
         return real(name)
-    monkeypatch.setattr(B, "_import", imp)
+    monkeypatch.setattr(B.deps, "_import", imp)
     peers, skipped = B.load_peers(["onnxruntime"])
     assert peers == [] and "onnx is not installed" in skipped["onnxruntime"]
 
@@ -138,7 +138,7 @@ def test_installed_peer_matches_numpy(name):
 # -- the run, the table, the JSON -------------------------------------------------------------------------
 
 def test_run_rows_and_table(monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("torch", "onnxruntime"))
+    monkeypatch.setattr(B.deps, "_import", _missing("torch", "onnxruntime"))
     cfg = B.BenchConfig(shapes=[(1, 1000), (4, 257)], against=["numpy", "torch"], all=True, **FAST)
     res = B.run(cfg)
     algs = softgen.passes.applicable_algorithms(softgen.ops.build_program("softmax"))
@@ -197,7 +197,7 @@ def test_targets_given_twice_are_timed_once_and_json_is_strict():
 
 
 def test_progress_bar_without_tqdm(monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("tqdm"))
+    monkeypatch.setattr(B.deps, "_import", _missing("tqdm"))
     out = io.StringIO()
     bar = B.Progress(3, desc="bench", stream=out)
     for s in ("1K", "1M", "16M"):
@@ -210,7 +210,7 @@ def test_progress_bar_without_tqdm(monkeypatch):
 # -- the command line ---------------------------------------------------------------------------------------
 
 def test_cli_bench_json_schema(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("onnxruntime"))
+    monkeypatch.setattr(B.deps, "_import", _missing("onnxruntime"))
     out = tmp_path / "b.json"
     assert cli.main(["bench", "--sizes", "1K", "--shapes", "8x100", "--against", "numpy,onnxruntime",
                      "--json", str(out), *FAST_CLI]) == 0
@@ -230,7 +230,7 @@ def test_cli_bench_json_schema(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_plot_without_matplotlib_fails_before_measuring(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("matplotlib"))
+    monkeypatch.setattr(B.deps, "_import", _missing("matplotlib"))
     monkeypatch.setattr(B, "run", lambda *a, **k: pytest.fail("measured before checking --plot"))
     assert cli.main(["bench", "--sizes", "1K", "--plot", str(tmp_path / "p.png"), *FAST_CLI]) == 2
     err = capsys.readouterr().err
