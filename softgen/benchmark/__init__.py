@@ -76,17 +76,22 @@ from .parse import (  # noqa: F401
 from .peers import (  # noqa: F401
     _INSTALL,
     _PEER_LOADERS,
+    ONNX_OPSET,
     PEER_OPS,
+    PEER_TOL,
     PEERS,
     Peer,
+    PeerMismatch,
     _numpy_peer,
     _ort_peer,
+    _softmax64,
     _torch_peer,
     load_peers,
     max_rel_err,
     numpy_softmax,
     onnx_softmax_model,
     parse_against,
+    verify_peer,
 )
 from .plotting import (  # noqa: F401
     plot,

@@ -53,7 +53,10 @@ def _torch_peer() -> Peer:
                 f"{torch.get_num_threads()} (torch.set_num_threads(1))")
 
 
-def onnx_softmax_model(opset: int = 13) -> bytes:
+ONNX_OPSET = 13     # Softmax-13: normalises along one axis (here -1); earlier opsets flatten the trailing axes
+
+
+def onnx_softmax_model(opset: int = ONNX_OPSET) -> bytes:
     """A one-node ONNX model ``y = Softmax(x, axis=-1)`` over float [rows, n] (needs ``onnx``)."""
     onnx = deps._import("onnx")
     helper, tp = onnx.helper, onnx.TensorProto
@@ -85,7 +88,8 @@ def _ort_peer() -> Peer:
         io.bind_output("y", "cpu", 0, np.float32, list(y2.shape), y2.ctypes.data)
         return ("s.run_with_iobinding(io)", {"s": sess, "io": io, "keep": (x2, y2)})
     return Peer("onnxruntime", ort.__version__, 24, "4R + 2W (assumed: MLAS max, exp+sum, scale)", variant,
-                "1 (intra_op_num_threads=1, I/O binding)")
+                f"1 (intra_op_num_threads=1; Softmax opset {ONNX_OPSET}, axis=-1; I/O binding of x and a "
+                "preallocated y)")
 
 
 _PEER_LOADERS = {"numpy": _numpy_peer, "torch": _torch_peer, "onnxruntime": _ort_peer}
@@ -112,13 +116,48 @@ def load_peers(names: Sequence[str], op: str = "softmax") -> tuple[list[Peer], d
             skipped[name] = f"the peers implement {', '.join(PEER_OPS)} only, not {op}"
             continue
         try:
-            peers.append(_PEER_LOADERS[name]())
+            peer = _PEER_LOADERS[name]()
+            verify_peer(peer)
+            peers.append(peer)
         except ImportError as e:
             why = str(e) or f"{name} is not importable"
             skipped[name] = f"not installed ({why}; {_INSTALL.get(name, 'pip install ' + name)})"
+        except PeerMismatch as e:
+            skipped[name] = f"wrong results: {e}"
         except Exception as e:   # a broken install: skip it, saying why
             skipped[name] = f"failed to set up: {type(e).__name__}: {e}"
     return peers, skipped
+
+
+PEER_TOL = 1e-5     # max |y - softmax64(x)| / max softmax64(x), float32 arithmetic has ~1e-7
+
+
+class PeerMismatch(Exception):
+    """A peer's output differs from the float64 softmax (it is then skipped, not timed)."""
+
+
+def _softmax64(x: np.ndarray) -> np.ndarray:
+    z = x.astype(np.float64)
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def verify_peer(peer: Peer, seed: int = 0) -> None:
+    """Run ``peer`` through its timing variant (the path that is timed: preallocated ``y``, every
+    element written) on a single row and a batch whose rows include large values (an unshifted exp
+    would overflow), and raise ``PeerMismatch`` unless it matches the float64 softmax."""
+    rng = np.random.default_rng(seed)
+    for shape in ((1000,), (7, 130)):
+        x = rng.standard_normal(shape, dtype=np.float32)
+        x[..., ::17] *= 40.0
+        x.reshape(-1, shape[-1])[-1] += 200.0
+        y = np.full_like(x, np.nan)
+        v = peer.variant(x, y)
+        v() if callable(v) else eval(v[0], dict(v[1]))
+        err = max_rel_err(y, _softmax64(x))
+        if not err <= PEER_TOL:
+            raise PeerMismatch(f"{peer.name} on a {'x'.join(map(str, shape))} array: max rel err {err:.2e} "
+                               f"(> {PEER_TOL:.0e}) against the float64 softmax")
 
 
 def max_rel_err(y: np.ndarray, ref: np.ndarray, chunk: int = 1 << 20) -> float:
