@@ -294,12 +294,16 @@ def dram_rows(ks: Kernels, n: int, rng, caches, timing_kw) -> tuple[list[dict], 
     12 B/element bound at the non-temporal copy's bandwidth, all interleaved."""
     t = ks.target
     kern = {"two-pass": compile_kernel(OP, algorithm="two-pass", target=t.name)}
+    knobs = dict(get_backend("c").tuning_knobs)
     for knob in stream_knobs():
-        try:
-            kern[f"two-pass {knob}=True"] = compile_kernel(OP, algorithm="two-pass", target=t.name,
-                                                           schedule={knob: True})
-        except (UsageError, TypeError) as e:
-            log(f"issue13: two-pass with {knob}=True not built: {e}")
+        default = getattr(kern["two-pass"].schedule, knob)
+        # the backend's tuning values of the knob other than the default (else: switched on)
+        for value in [v for v in knobs.get(knob, (True,)) if v != default]:
+            try:
+                kern[f"two-pass {knob}={value}"] = compile_kernel(OP, algorithm="two-pass", target=t.name,
+                                                                  schedule={knob: value})
+            except (UsageError, TypeError) as e:
+                log(f"issue13: two-pass with {knob}={value} not built: {e}")
     copier = CopyKernel(t)
     bufs = _buffers(rng, 1, n, _pairs(caches, 1, n))
     v = {name: _rotating([_call(k, x, y) for x, y in bufs]) for name, k in kern.items()}
