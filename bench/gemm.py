@@ -25,7 +25,6 @@ from softgen.backends import gemm as G  # noqa: E402
 from softgen.gemm_runtime import GemmLibrary  # noqa: E402
 from softgen.targets import get_target  # noqa: E402
 
-
 def gaussian_epilogue(name: str = "gauss") -> G.Epilogue:
     """SOFT's kernel from a Gram product G = a @ b.T: ``S_ij = exp(-max(aa_i + bb_j - 2 G_ij, 0) * s)``
     with ``aa_i = |a_i|^2``, ``bb_j = |b_j|^2``, ``s = 1 / (2 sqrt(d))``. Parameters: aa, bb, s.

@@ -18,9 +18,9 @@ from common import single_threaded, time_interleaved  # noqa: E402
 
 single_threaded()
 import numpy as np  # noqa: E402
-from backends import parse_size  # noqa: E402
 
 import softgen  # noqa: E402
+from backends import parse_size  # noqa: E402
 
 
 def _stable_s(x):
