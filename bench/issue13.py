@@ -63,6 +63,7 @@ from softgen.benchmark import (  # noqa: E402
     parse_against,
     parse_shapes,
     parse_sizes,
+    plot,
     ratio,
     render_table,
     size_label,
@@ -189,8 +190,9 @@ def _pairs(caches, R: int, n: int) -> int:
     return max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1
 
 
-def measure_size(ks: Kernels, peers, R: int, n: int, rng, caches, timing_kw, notes) -> dict:
-    """One size: every softgen candidate and peer interleaved; returns their medians (s/call)."""
+def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing_kw, notes) -> dict:
+    """One size: every softgen candidate, peer and the copy kernel interleaved; returns their
+    medians (s/call; the copy's per call of ``reps`` copies) and the copy's best GB/s."""
     label = size_label(R, n)
     bufs = _buffers(rng, R, n, _pairs(caches, R, n))
     named: dict[str, Kernel] = {}
@@ -203,10 +205,16 @@ def measure_size(ks: Kernels, peers, R: int, n: int, rng, caches, timing_kw, not
     variants = {name: _rotating([_call(k, x, y) for x, y in bufs]) for name, k in named.items()}
     for p in peers:
         variants["peer " + p.name] = _rotating([p.variant(x, y) for x, y in bufs])
+    level = caches.level_of(2 * 4 * R * n)
+    for stream in [False] + ([True] if copier.streams and level == "DRAM" else []):
+        variants["copy (non-temporal)" if stream else "copy"] = \
+            _rotating([copier.variant(x, y, stream) for x, y in bufs])
     x, y = bufs[0]
     ref = numpy_softmax(x, np.empty_like(x))
     bad = []
     for name, v in variants.items():
+        if name.startswith("copy"):
+            continue
         y.fill(np.nan)
         _run_once(v)
         err = max_rel_err(y, ref)
@@ -218,7 +226,10 @@ def measure_size(ks: Kernels, peers, R: int, n: int, rng, caches, timing_kw, not
         variants.pop(name)
     tm = time_interleaved(variants, **timing_kw)
     del bufs
-    return {name: t.median for name, t in tm.items()} | {"_noise": {name: t.spread for name, t in tm.items()}}
+    reps = copier.reps(R * n)
+    copy_gbps = max(COPY_BYTES * R * n * reps / t.median / 1e9 for name, t in tm.items() if name.startswith("copy"))
+    return {name: t.median for name, t in tm.items()} | \
+        {"_noise": {name: t.spread for name, t in tm.items() if not name.startswith("copy")}, "_copy_gbps": copy_gbps}
 
 
 def auto_rows(ks: Kernels, results: dict) -> list[dict]:
@@ -330,6 +341,38 @@ DRAM_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ns", "ns/e
                 ("bound_ns", "bound ns/el", _ns), ("fraction", "of bound", _pct), ("noise", "noise", _pct)]
 
 
+def traffic_at(k: Kernel, n: int) -> int:
+    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there)."""
+    if k.dispatcher:
+        e = next(e for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
+        k = next(v for v in k.variants if v.algorithm == e.algorithm and v.schedule.as_dict() == dict(e.schedule))
+    return k.plan.traffic()["bytes_per_element"]
+
+
+def plot_rows(ks: Kernels, results: dict) -> list[dict]:
+    """``softgen bench``-style rows for ``softgen.benchmark.plot``: the autos, the sweep's best at
+    each size, the peers and the copy; auto (tuned, else model) carries the roofline's traffic."""
+    rows = []
+    main_auto = "tuned auto" if ks.tuned is not None else "model auto"
+    for (R, n), t in results.items():
+        N = R * n
+        sweep = {k: v for k, v in t.items() if k.startswith("sweep ")}
+        named = {k: v for k, v in t.items() if not k.startswith(("_", "sweep ", "copy"))}
+        if sweep:
+            named["best of the sweep"] = min(sweep.values())
+        for name, sec in named.items():
+            kind = "peer" if name.startswith("peer ") else "softgen"
+            k = {"tuned auto": ks.tuned, "model auto": ks.model}.get(name)
+            rows.append(dict(variant=name[5:] if kind == "peer" else name, kind=kind, rows=R, n=n, elements=N,
+                             size=size_label(R, n), ns_per_element=sec / N * 1e9, auto=name == main_auto,
+                             bytes_per_element=traffic_at(k, n) if k is not None else None,
+                             copy_gbps=t["_copy_gbps"]))
+        rows.append(dict(variant="copy", kind="copy", rows=R, n=n, elements=N, size=size_label(R, n),
+                         ns_per_element=COPY_BYTES / t["_copy_gbps"], auto=False, bytes_per_element=COPY_BYTES,
+                         copy_gbps=t["_copy_gbps"]))
+    return rows
+
+
 def describe_auto(k: Kernel) -> str:
     """An auto kernel's variants by n (a plain kernel: its algorithm and schedule)."""
     if not k.dispatcher:
@@ -384,11 +427,12 @@ def _main(args) -> int:
     ks = build(target.name, args.quick, args.seed)
     peers, skipped = load_peers(against, OP)
     all_shapes = sizes + shapes
+    copier = CopyKernel(ks.target)
     bar = Progress(len(all_shapes) + len(tshapes) + 1, desc="issue13")
     results: dict = {}
     try:
         for R, n in all_shapes:
-            results[(R, n)] = measure_size(ks, peers, R, n, rng, caches, timing_kw, notes)
+            results[(R, n)] = measure_size(ks, peers, copier, R, n, rng, caches, timing_kw, notes)
             bar.update(size_label(R, n))
         trows = thread_rows(ks, tshapes, rng, caches, timing_kw)
         for _ in tshapes:
@@ -456,6 +500,14 @@ def _main(args) -> int:
            "auto": arows, "threads": trows, "dram": {"rows": drows, **dram}, "peer_ratios": prows,
            "raw": {size_label(R, n): {k: v for k, v in t.items()} for (R, n), t in results.items()},
            "notes": notes, "wall_seconds": round(time.monotonic() - t0, 1)}
+    res["plot"] = None
+    try:
+        mres = {"rows": plot_rows(ks, results), "softgen": __version__, "op": OP,
+                "machine": {"caches": caches.sizes(), "identity": ident, "fingerprint": machine.fingerprint()}}
+        res["plot"] = str(plot(mres, out / f"{stem}.png"))
+        text += f"plot: {stem}.png (ns/element vs elements per call; open markers: batched shapes)\n"
+    except UsageError as e:      # matplotlib is not installed
+        text += f"plot: not drawn ({e})\n"
     (out / f"{stem}.txt").write_text(text)
     (out / f"{stem}.json").write_text(to_json(res))
     print(text, end="")

@@ -388,6 +388,11 @@ def test_issue13_quick(tmp_path, monkeypatch, capsys):
     assert [r["size"] for r in d["peer_ratios"]] == ["1K", "4x256"] and d["peer_ratios"][1]["numpy"] > 0
     for head in ("## (a)", "## (b)", "## (c)", "## (d)", "previous auto (before issue 13)"):
         assert head in txt
+    try:
+        B.require_matplotlib()
+        assert j.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" and d["plot"]
+    except UsageError:
+        assert "plot: not drawn" in txt and d["plot"] is None
     if issue13.threads_supported():
         assert [r["size"] for r in d["threads"]] == ["1K", "4K", "4x512"]
     else:
