@@ -89,6 +89,9 @@ THREAD_SIZES = "1K,256K,1M,4M,64M"
 THREAD_SHAPES = "4096x512"
 QUICK_SIZES, QUICK_SHAPES = "1K,4K", "16x128,4x512"
 QUICK_THREAD_SIZES, QUICK_THREAD_SHAPES = "1K,4K", "4x512"
+# max |y - NumPy's softmax| / max: softgen's kernels; the peers (ORT and torch sum long rows in float32
+# lanes: 3.3e-4 at 64M on Zen 4, a real difference but not a wrong kernel; still timed, with a note)
+SOFTGEN_TOL, PEER_TOL = 1e-4, 1e-3
 TWO_PASS_BYTES = 12          # read x twice, write y once (f32)
 OP = "softmax"
 # issue 13's targets against ONNX Runtime: tuned auto's speed-up on batches / single rows >= 16K
@@ -218,9 +221,13 @@ def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing
         y.fill(np.nan)
         _run_once(v)
         err = max_rel_err(y, ref)
-        if not err <= 1e-4:
+        tol = PEER_TOL if name.startswith("peer ") else SOFTGEN_TOL
+        if not err <= tol:
             bad.append(name)
-            notes.append(f"{label}: {name} differs from NumPy's softmax (max rel err {err:.2e}); not timed")
+            notes.append(f"{label}: {name} differs from NumPy's softmax (max rel err {err:.2e} > {tol:g}); not timed")
+        elif err > SOFTGEN_TOL:
+            notes.append(f"{label}: {name}: max rel err {err:.2e} against NumPy's softmax (timed; peers get "
+                         f"{PEER_TOL:g}: their float32 sums drift on long rows)")
     del ref
     for name in bad:
         variants.pop(name)
