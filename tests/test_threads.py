@@ -285,3 +285,21 @@ def test_tvm_entry_splits_rows_too():
     for t in COUNTS[1:]:
         assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
     assert k.thread_policy.grain > 0 and f"{k.thread_policy.grain}u" in k.wrapper
+
+
+def test_a_library_spanning_isas_has_one_baseline_pool():
+    """target="x86-64"-style groups: <name>_mt is forwarded to the picked ISA's kernel, and the
+    one pool is the top unit's (strong definitions, compiled without any ISA's flags)."""
+    k = softgen.compile("softmax", algorithm="two-pass", target=host_arch().replace("_", "-"))
+    if len(k.members) < 2:
+        pytest.skip(f"the {host_arch()} group has one ISA")
+    top = k.sources()[f"{k.name}_isa.c"]
+    assert "#define SG_POOL_STRONG 1" in top and f"{k.name}__" in top and f"int {k.name}_mt(" in top
+    assert all("SG_POOL_STRONG 1" not in m.source for m in k.members)
+    x = _rows(9, 70, seed=12)
+    one = k(x, threads=1)
+    check(k, x, one)
+    for t in COUNTS[1:]:
+        assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        k(x, threads=-1)
