@@ -303,3 +303,28 @@ def test_a_library_spanning_isas_has_one_baseline_pool():
         assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
     with pytest.raises(softgen.UsageError, match="negative thread count"):
         k(x, threads=-1)
+
+
+UNLOAD = textwrap.dedent("""
+    import _ctypes, ctypes, os, sys, numpy as np
+    tasks = lambda: len(os.listdir("/proc/self/task"))
+    lib = ctypes.CDLL(sys.argv[1])
+    mt = getattr(lib, sys.argv[2] + "_mt")
+    mt.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 4 + [ctypes.c_int]
+    x = np.ones((8, 64), np.float32); y = np.empty_like(x)
+    start = tasks()
+    assert mt(x.ctypes.data, y.ctypes.data, 8, 64, 64, 64, 3) == 0 and np.allclose(y, 1 / 64)
+    running = tasks()
+    _ctypes.dlclose(lib._handle)      # the destructor joins the workers before the unmap
+    print(start, running, tasks())
+""")
+
+
+def test_unloading_joins_the_workers():
+    k = softgen.compile("softmax", algorithm="online")
+    lib = softgen.runtime.build_shared(k.sources(), k.target)
+    r = subprocess.run([sys.executable, "-c", UNLOAD, str(lib), k.name], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    start, running, after = map(int, r.stdout.split())
+    assert running == start + 2 and after == start
