@@ -65,8 +65,8 @@ class ThreadPolicy:
     def describe(self) -> str:
         if self.grain <= 0:
             return "one thread" if self.most <= 1 else f"at most {self.most} threads, none by default"
-        most = f"at most {self.most}" if self.most > 0 else "up to the CPUs"
-        return f"one thread per {self.grain} elements of rows x n, {most}"
+        most = f", at most {self.most}" if self.most > 0 else ""
+        return f"one thread per {self.grain} elements of rows x n{most}"
 
 
 def thread_policy(plan: Plan, target: Target, most: int = 0) -> ThreadPolicy:

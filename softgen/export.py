@@ -130,7 +130,7 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         dispatch=table.lines() if table is not None and k.variants else [],
         requires=", ".join(k.target.requires) or "no instruction-set extension",
         isas=[_isa_doc(m) for m in members], arch=k.target.arch,
-        mt_signature=kabi.mt_signature(k.name), threads_doc=k.explain_threads(),
+        mt_signature=kabi.mt_signature(k.name), threads_doc=k.explain_threads().removeprefix("threads (auto): "),
         known=", ".join(t.name for t in all_targets().values() if t.arch in (k.target.arch, "any")))
     try:
         accuracy = measure_accuracy(k)
