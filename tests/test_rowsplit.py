@@ -20,6 +20,7 @@ from conftest import check, run_many
 
 import softgen
 from softgen.backends.c import SPLIT_MAX_CHUNKS, split_refusal
+from softgen.cli import main
 from softgen.errors import UsageError
 from softgen.ops import build_program
 from softgen.passes import applicable_algorithms, apply_algorithm
@@ -196,3 +197,12 @@ def test_split_zero_and_top_k_have_no_split_form():
     topk = apply_algorithm(build_program("topk_softmax"), "direct")
     assert "top-k" in split_refusal(topk)
     assert "__row_split" not in softgen.compile("topk_softmax", target="avx2").source
+
+
+def test_cli_takes_split_and_chunk(capsys):
+    assert main(["emit", "--op", "softmax", "--algorithm", "online", "--target", "avx2",
+                 "--split", "1000", "--chunk", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "rows of n >= 1000 run in the split form" in out and "chunk=4096" in out
+    assert main(["emit", "--op", "softmax", "--target", "avx2", "--chunk", "1000"]) == 2
+    assert "multiple of block" in capsys.readouterr().err
