@@ -206,3 +206,16 @@ def test_cli_takes_split_and_chunk(capsys):
     assert "rows of n >= 1000 run in the split form" in out and "chunk=4096" in out
     assert main(["emit", "--op", "softmax", "--target", "avx2", "--chunk", "1000"]) == 2
     assert "multiple of block" in capsys.readouterr().err
+
+
+def test_row_parameters_reach_the_split_form(rng):
+    """lssar with the caller's n_attended (and reweight's offset): per-row arguments of the split
+    form, read by the scalars between its sweeps."""
+    k = softgen.compile("lssar", algorithm="direct-reload", target="avx2", count_keys=0,
+                        schedule=small("avx2"))
+    assert "__row_split" in k.source and k.row_params == ["n_attended", "offset"]
+    n = 5 * k.schedule.chunk + 3
+    x = rng.uniform(-1, 1, (3, n)).astype(np.float32)
+    na = np.array([n, n // 2, 3], np.float32)
+    (y,) = run_many(k, [x], [{"n_attended": na}])
+    check(k, x, y, "n_attended", n_attended=na)
