@@ -1,7 +1,8 @@
 """The split form of a row (schedule split/chunk) against the unsplit row function, one thread:
 the same kernel compiled with split=1 (every row split) and split=0 (never), timed interleaved
-(softgen.benchmark.time_interleaved: medians of alternating rounds; read the ratio, not the
-absolute times, on a shared machine).
+(softgen.benchmark.time_interleaved: medians of alternating rounds, and the ratio of the
+fastest rounds, which other processes on a shared machine disturb least; read the ratios, not
+the absolute times, there).
 
     python bench/rowsplit.py [--target avx2] [--op softmax] [--sizes 1M 16M] [--budget 2]
 """
@@ -31,7 +32,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"{a.op} on {target}, one thread; split = every row in chunks, unsplit = split=0")
     print(f"{'n':>5s} {'algorithm':22s} {'unsplit ns/el':>13s} {'split ns/el':>11s} {'split/unsplit':>13s} "
-          f"{'noise':>6s}")
+          f"{'(min/min)':>9s} {'noise':>6s}")
     for label in a.sizes:
         n = parse_count(label)
         x = (rng.standard_normal((1, n)) * 4).astype(np.float32)
@@ -42,7 +43,7 @@ def main() -> None:
                                  budget=a.budget, min_rounds=9, max_rounds=61)
             noise = max(t[0].spread, t[1].spread)
             print(f"{label:>5s} {alg:22s} {t[0].median / n * 1e9:13.3f} {t[1].median / n * 1e9:11.3f} "
-                  f"{t[1].median / t[0].median:13.3f} {100 * noise:5.1f}%")
+                  f"{t[1].median / t[0].median:13.3f} {t[1].min / t[0].min:9.3f} {100 * noise:5.1f}%")
 
 
 if __name__ == "__main__":
