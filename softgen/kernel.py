@@ -609,8 +609,10 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
         # <name>__<short>, and the schedule's tag when one algorithm runs with several schedules
         short = passes.SHORT[alg] + (f"_{vsched.tag(t.lanes)}" if per_alg[alg] > 1 else "")
         vname = variant_name(kname, short)
-        # the dispatch unit resolves auto per entry; the variant's own auto (the model's) is unused
-        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params)
+        # threads=auto is each variant's own: its (first) entry's policy, tuned or the model's
+        policy = next(e.policy for e in table.entries if e.variant == key)
+        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params,
+                          **({"threads": policy} if tuned and be.thread_policy else {}))
         variants.append(Kernel(op=opdef.name, algorithm=alg, target=t, schedule=vsched, name=vname,
                                params=dict(program.params), program=lowered, source=art.source,
                                backend=be.name, wrapper=art.wrapper))

@@ -4,6 +4,13 @@
 ``accumulators``  independent reduction accumulators (each gets unroll / accumulators vectors)
 ``block``         elements per reduction block; block partials fold into a compensated
                   accumulator, which keeps the f32 sums of 2^20-element rows within 2e-6
+``split``         rows of n >= split elements run in the split form (C backend): the row is cut
+                  into chunks, each sweep runs per chunk (tasks of ``sg_parallel``), the chunks'
+                  reduction states merge in chunk order; 0 = never
+``chunk``         elements per chunk of the split form, a multiple of ``block`` (a row gets at
+                  most ``backends.c.SPLIT_MAX_CHUNKS`` chunks: longer rows get wider chunks,
+                  still whole blocks). Chunks depend on n and the schedule only, never on the
+                  thread count, so results do not either
 
 :class:`GemmSchedule` is the same kind of data for the register-blocked GEMM of matrix programs.
 
@@ -24,10 +31,13 @@ class Schedule:
     unroll: int = 4
     accumulators: int = 2
     block: int = 2048
+    split: int = 262144
+    chunk: int = 65536
 
     def validate(self, lanes: int) -> "Schedule":
         """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
-        s = replace(self, **{k: _positive(k, getattr(self, k)) for k in ("unroll", "accumulators", "block")})
+        s = replace(self, **{k: _positive(k, getattr(self, k)) for k in ("unroll", "accumulators", "block", "chunk")},
+                    split=_positive("split", self.split, lo=0))
         if s.unroll > 32:
             raise UsageError(f"schedule unroll must be <= 32, got {s.unroll}")
         if s.unroll % s.accumulators:
@@ -36,6 +46,11 @@ class Schedule:
         if s.block % step or s.block > 1 << 24:
             raise UsageError(f"schedule block ({s.block}) must be a multiple of "
                              f"unroll*lanes ({step}) and at most 2^24")
+        if s.chunk % s.block or s.chunk > 1 << 30:
+            raise UsageError(f"schedule chunk ({s.chunk}) must be a multiple of block ({s.block}) "
+                             f"and at most 2^30")
+        if s.split > 1 << 62:
+            raise UsageError(f"schedule split must be at most 2^62 (0: never), got {s.split}")
         return s
 
     def step(self, lanes: int) -> int:
@@ -52,26 +67,32 @@ class Schedule:
         return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}"
 
 
-def _positive(key: str, value) -> int:
+def _positive(key: str, value, lo: int = 1) -> int:
     v = number(f"schedule {key}", value, integer=True)
-    if v < 1:
-        raise UsageError(f"schedule {key} must be a positive integer, got {show(value)}")
+    if v < lo:
+        what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        raise UsageError(f"schedule {key} must be {what}, got {show(value)}")
     return v
+
+
+KNOBS = ("unroll", "accumulators", "block", "split", "chunk")
 
 
 def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
     """``base`` (a target's default schedule, ``Target.schedule``) with the given fields
     overridden, validated for ``lanes``."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(given) - {"unroll", "accumulators", "block"}
+    unknown = set(given) - set(KNOBS)
     if unknown:
         raise UsageError(f"unknown schedule parameter(s) {sorted(unknown)}")
-    given = {k: _positive(k, v) for k, v in given.items()}  # types first, before any arithmetic
+    given = {k: _positive(k, v, lo=0 if k == "split" else 1) for k, v in given.items()}  # types first
     if "unroll" in given and "accumulators" not in given and given["unroll"] % base.accumulators:
         given["accumulators"] = 1
     sched = replace(base, **given)
     if "block" not in given and sched.block % sched.step(lanes):
         sched = replace(sched, block=max(1, sched.block // sched.step(lanes)) * sched.step(lanes))
+    if "chunk" not in given and sched.chunk % sched.block:   # whole blocks, at least the default
+        sched = replace(sched, chunk=-(-sched.chunk // sched.block) * sched.block)
     return sched.validate(lanes)
 
 

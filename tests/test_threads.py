@@ -107,7 +107,9 @@ def test_dispatcher_threads_and_table(dispatcher):
         check(k, x, one)
         for t in COUNTS[1:]:
             assert np.array_equal(k(x, threads=t), one, equal_nan=True), (n, t)
-    assert "sg_threads(0, rows, n, " in k.source and f"{k.name}_mt" in k.sources()[f"{k.name}.map"]
+    assert f"{k.name}_mt" in k.sources()[f"{k.name}.map"]
+    for v, e in zip(k.variants, [next(e for e in k.dispatch.entries if e.symbol == v.name) for v in k.variants]):
+        assert f"{e.grain}u, {e.threads})" in v.source   # each variant bakes in its entry's policy
 
 
 def test_negative_threads_is_a_usage_error_and_the_c_code():
@@ -328,3 +330,16 @@ def test_unloading_joins_the_workers():
     assert r.returncode == 0, r.stderr
     start, running, after = map(int, r.stdout.split())
     assert running == start + 2 and after == start
+
+
+def test_long_rows_split_across_the_pool():
+    """The split form (schedule split/chunk: one long row in chunks) runs its chunk tasks on the
+    pool: every thread count, auto included, gives bitwise the one-thread result."""
+    k = softgen.compile("softmax", algorithm="two-pass", schedule={"block": 256, "chunk": 1024, "split": 4096})
+    assert "__row_split" in k.source
+    x = _rows(2, 9 * 1024 + 5, seed=13)
+    one = k(x, threads=1)
+    check(k, x, one)
+    for t in (0, *COUNTS[1:]):
+        assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
+    assert np.array_equal(k(x[:1]), one[:1], equal_nan=True)
