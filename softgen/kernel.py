@@ -333,17 +333,8 @@ class Kernel:
         ``n_attended``), from which the per-row parameters are computed. ``threads``: None or 0
         auto (the kernel's thread policy, ``explain()``), N: rows split across at most N threads."""
         fn = self._fn or self._entry(False)
-        if threads is not None:
-            mt, threads = self._mt_entry(threads)
-            if not call and self._plain and _fastcall is not None and type(x) is np.ndarray \
-                    and (out is None or type(out) is np.ndarray):
-                y = np.empty(x.shape, np.float32) if out is None else out
-                rc = _fastcall(mt._softgen_ptr, x, y, threads)
-                if rc == 0:
-                    return y
-                if rc is not NotImplemented:
-                    raise failure(self.name, rc)
-            return self._call(lambda *args: mt(*args, threads), (x,), out, call)
+        if threads is not None:   # (a method of its own: no closure here, no cost without threads)
+            return self._call_threads(x, out, threads, call)
         if call or not self._plain:
             return self._call(fn, (x,), out, call)
         if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
@@ -356,6 +347,19 @@ class Kernel:
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
         return self._call(fn, (x,), out, call)
+
+    def _call_threads(self, x, out, threads, call: dict):
+        """``k(x, out=out, threads=threads, **call)``: through ``<name>_mt``."""
+        mt, threads = self._mt_entry(threads)
+        if not call and self._plain and _fastcall is not None and type(x) is np.ndarray \
+                and (out is None or type(out) is np.ndarray):
+            y = np.empty(x.shape, np.float32) if out is None else out
+            rc = _fastcall(mt._softgen_ptr, x, y, threads)
+            if rc == 0:
+                return y
+            if rc is not NotImplemented:
+                raise failure(self.name, rc)
+        return self._call(lambda *args: mt(*args, threads), (x,), out, call)
 
     def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
         """Run through an emulator instead of the CPU: SIMDe for x86 ISAs on an x86 host, qemu
