@@ -6,10 +6,12 @@
  * and Python takes the general path, which copies or raises the proper error. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
 typedef int (*row_kernel)(const float *, float *, size_t, size_t, size_t, size_t);
+typedef int (*row_kernel_mt)(const float *, float *, size_t, size_t, size_t, size_t, int);
 
 /* rows, n and the row stride (elements) of a float32 buffer; 0 if it needs the general path. */
 static int layout(const Py_buffer *b, size_t *rows, size_t *n, size_t *ld) {
@@ -44,9 +46,20 @@ static int layout(const Py_buffer *b, size_t *rows, size_t *n, size_t *ld) {
 
 static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "call(fnptr, x, y)");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "call(fnptr, x, y[, threads])");
         return NULL;
+    }
+    int threads = 0;                                /* 4 arguments: fnptr is <name>_mt */
+    if (nargs == 4) {
+        long t = PyLong_AsLong(args[3]);
+        if (t == -1 && PyErr_Occurred())
+            return NULL;
+        if (t < INT_MIN || t > INT_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "threads does not fit a C int");
+            return NULL;
+        }
+        threads = (int)t;
     }
     void *fp = PyLong_AsVoidPtr(args[0]);
     if (fp == NULL && PyErr_Occurred())
@@ -75,10 +88,12 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (ok && rows && n) {
         if (rows * n >= 16384) {                     /* long calls let other threads run */
             Py_BEGIN_ALLOW_THREADS
-            rc = ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy);
+            rc = nargs == 4 ? ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, threads)
+                            : ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy);
             Py_END_ALLOW_THREADS
         } else {
-            rc = ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy);
+            rc = nargs == 4 ? ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, threads)
+                            : ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy);
         }
     }
     PyBuffer_Release(&by);
@@ -90,7 +105,8 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 
 static PyMethodDef methods[] = {
     {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL,
-     "call(fnptr, x, y) -> int return code, or NotImplemented for the general path"},
+     "call(fnptr, x, y[, threads]) -> int return code, or NotImplemented for the general path; "
+     "with threads, fnptr is the extended entry <name>_mt"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -28,7 +28,7 @@ import ctypes
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from .errors import TargetNotSupportedError
+from .errors import TargetNotSupportedError, UsageError
 from .ir import INDEX_MAX_N, Program
 
 # The kinds of entry point (ABIs), by the arguments they take:
@@ -87,7 +87,11 @@ ESQUARE = ErrorCode(7, "ESQUARE", "the matrices are not square (n != m)", "the m
 ECPU = ErrorCode(8, "ECPU", "the CPU lacks the target's instructions ({requires}): see {name}_supported()",
                  "this CPU lacks the instructions of the kernel's target", TargetNotSupportedError)
 
-ERRORS = (OK, ENULL, ESTRIDE, EOVERFLOW, ETOOLONG, EMATRIX, ENOMEM, ESQUARE, ECPU)
+ETHREADS = ErrorCode(9, "ETHREADS", "threads < 0 (a call of {name}_mt: 0 is auto, N at most N threads)",
+                     "a negative thread count (threads: 0 or None is auto, N at most N threads)",
+                     UsageError, _ROWS)
+
+ERRORS = (OK, ENULL, ESTRIDE, EOVERFLOW, ETOOLONG, EMATRIX, ENOMEM, ESQUARE, ECPU, ETHREADS)
 BY_CODE = {e.code: e for e in ERRORS}
 err = SimpleNamespace(**{e.suffix: e for e in ERRORS})   # the templates' ``err``
 assert len(BY_CODE) == len(ERRORS) == len(vars(err))
@@ -201,9 +205,21 @@ class KernelABI:
     def signature(self, name: str) -> str:
         return f"int {name}({self.param_list()})"
 
-    def argtypes(self) -> list:
-        """The ctypes argument types of the entry point (pointers are passed as addresses)."""
-        return [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in self.params()]
+    def argtypes(self, mt: bool = False) -> list:
+        """The ctypes argument types of the entry point (pointers are passed as addresses); ``mt``:
+        of the extended entry ``<name>_mt``, which takes an ``int threads`` last."""
+        return [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in self.params()] + \
+            ([ctypes.c_int] if mt else [])
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the kernel has the extended entry ``<name>_mt(..., int threads)``: row kinds
+        (rows split across the library's thread pool); matrix kernels run on one thread."""
+        return self.kind in _ROWS
+
+    def mt_signature(self, name: str) -> str:
+        """The extended entry point's signature: the entry's parameters, then ``int threads``."""
+        return f"int {name}_mt({self.param_list()}, int threads)"
 
     @property
     def written(self) -> tuple[str, ...]:

@@ -16,11 +16,19 @@ its sweeps. Per-op-kind hints rather than per-sweep measured counts: they compos
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
 The result is a ``DispatchTable``: plain data (ranges of n, the variant of each, why), which a
-tuning record can replace (``source`` "measured" instead of "model"); threads are a column
-already (always 1 here).
+tuning record can replace (``source`` "measured" instead of "model").
+
+Threads (``ThreadPolicy``, per entry): a call's rows are split across threads when its work pays
+for them. The model's policy: one thread per ``grain`` elements of work (rows x n), ``grain`` twice
+the target's ``[cost] parallel_overhead_cycles`` (waking and joining a worker, measured) over the
+variant's cheapest cycles/element (its L1 cost: the smallest, so the
+largest grain: "never slower than one thread on small inputs"); at most the CPUs the process may
+run on (capped at run time in C, with ``SOFTGEN_NUM_THREADS``). A tuning record's thread count
+replaces ``most``. The variant is still chosen by n alone; the thread count by rows x n.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .ir import OPS
@@ -38,6 +46,42 @@ def variant_key(algorithm: str, schedule: dict) -> tuple:
 
 
 @dataclass(frozen=True)
+class ThreadPolicy:
+    """How many threads a call of ``rows`` rows of ``n`` takes when the caller asks for "auto"
+    (``threads=0``/None): one per ``grain`` elements of rows x n, at least 1, at most ``most``
+    (0: no limit of its own), the CPUs and ``SOFTGEN_NUM_THREADS`` (C, at run time) and rows.
+    ``grain`` 0: always one thread. Generated entry points bake it in (``entry.c.j2``)."""
+
+    most: int = 0
+    grain: int = 0
+
+    def threads(self, rows: int, n: int, cap: int) -> int:
+        """The C entry's choice (``pool.h.j2`` ``sg_threads``) for a cap of ``cap`` threads."""
+        if rows < 2 or self.grain <= 0 or rows * n // self.grain < 2:
+            return 1
+        t = min(rows * n // self.grain, cap, rows)
+        return max(1, min(t, self.most) if self.most > 0 else t)
+
+    def describe(self) -> str:
+        if self.grain <= 0:
+            return "one thread" if self.most <= 1 else f"at most {self.most} threads, none by default"
+        most = f", at most {self.most}" if self.most > 0 else ""
+        return f"one thread per {self.grain} elements of rows x n{most}"
+
+
+def thread_policy(plan: Plan, target: Target, most: int = 0) -> ThreadPolicy:
+    """The model's ``ThreadPolicy`` for a variant of ``plan`` on ``target``: ``grain`` = twice the
+    target's ``parallel_overhead_cycles`` over the plan's cheapest cycles/element (over the cache
+    levels); no hint (or no ``[cost]``): one thread unless asked."""
+    overhead = target.cost.get("parallel_overhead_cycles") if target.cost else None
+    if not overhead:
+        return ThreadPolicy(most, 0)
+    cheapest = min(cycles_per_element(plan, target, lvl) for lvl in ALL_LEVELS)
+    # two threads at 2 x grain elements: work / 2 + overhead = 3/4 of one thread's time
+    return ThreadPolicy(most, max(1, math.ceil(2 * overhead / max(cheapest, 1e-3))))
+
+
+@dataclass(frozen=True)
 class Entry:
     """Rows of ``n_min <= n <= n_max`` (``n_max`` None: no upper bound) run ``algorithm`` with
     ``schedule`` on ``threads`` threads; ``why``: "model: ..." (or "measured: ..." from a tuner)."""
@@ -49,11 +93,17 @@ class Entry:
     threads: int = 1
     why: str = ""
     symbol: str = ""     # the variant's (hidden) entry point in a dispatcher's library
+    grain: int = 0       # auto threads: one per grain elements of rows x n (``ThreadPolicy``)
+
+    @property
+    def policy(self) -> ThreadPolicy:
+        """The entry's thread policy: at most ``threads`` (0: the CPUs), one per ``grain``."""
+        return ThreadPolicy(self.threads, self.grain)
 
     def as_dict(self) -> dict:
         return {"n_min": self.n_min, "n_max": self.n_max, "algorithm": self.algorithm,
-                "schedule": dict(self.schedule), "threads": self.threads, "symbol": self.symbol,
-                "why": self.why}
+                "schedule": dict(self.schedule), "threads": self.threads, "grain": self.grain,
+                "symbol": self.symbol, "why": self.why}
 
     @property
     def variant(self) -> tuple:
@@ -90,7 +140,7 @@ class DispatchTable:
     def with_symbols(self, symbols: dict[tuple, str]) -> "DispatchTable":
         """The table with each entry's ``symbol`` set from ``symbols`` (``Entry.variant`` -> name)."""
         return DispatchTable(tuple(Entry(e.n_min, e.n_max, e.algorithm, e.schedule, e.threads, e.why,
-                                         symbols[e.variant]) for e in self.entries),
+                                         symbols[e.variant], e.grain) for e in self.entries),
                              self.source, self.basis, self.costs)
 
     def as_list(self) -> list[dict]:
@@ -101,7 +151,8 @@ class DispatchTable:
         out = [f"dispatch ({self.source}; {self.basis}):"]
         for e in self.entries:
             sched = " ".join(f"{k}={v}" for k, v in sorted(e.schedule.items()) if k not in ("block", "split", "chunk"))
-            out.append(f"  {e.range():<24} {e.algorithm} ({SHORT[e.algorithm]}), {sched}, threads={e.threads}")
+            out.append(f"  {e.range():<24} {e.algorithm} ({SHORT[e.algorithm]}), {sched}, "
+                       f"threads={e.threads or 'auto'} (auto: {e.policy.describe()})")
             out.append(f"    why: {e.why}")
         return out
 
@@ -154,7 +205,8 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
         why = "model: " + "; ".join(
             f"{lvl} " + ", ".join(f"{SHORT[a]} {c:.2f}" for a, c in sorted(costs[lvl].items(), key=lambda t: t[1]))
             for lvl in span) + " cycles/element"
-        entries.append(Entry(n_min, n_max, alg, dict(schedule), 1, why))
+        entries.append(Entry(n_min, n_max, alg, dict(schedule), 0, why,
+                             grain=thread_policy(plans[alg], target).grain))
         n_min = (n_max or 0) + 1
     sizes = ", ".join(f"{lvl} {v >> 10} KiB" for lvl, v in caches.sizes().items())
     basis = (f"caches {sizes} ({caches.source}), working set {BYTES_PER_N} B x n, "

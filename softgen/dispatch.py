@@ -22,9 +22,11 @@ def variant_name(name: str, short: str) -> str:
     return f"{name}__{short}"
 
 
-def version_script(name: str) -> str:
-    """A linker version script exporting only the dispatcher's entry point and CPU check."""
-    return f"{{\n  global: {name}; {name}_supported;\n  local: *;\n}};\n"
+def version_script(name: str, threaded: bool = True) -> str:
+    """A linker version script exporting only the dispatcher's entry points (``<name>`` and, for
+    row kernels, ``<name>_mt`` with a thread count) and CPU check."""
+    mt = f" {name}_mt;" if threaded else ""
+    return f"{{\n  global: {name};{mt} {name}_supported;\n  local: *;\n}};\n"
 
 
 def render_dispatch(name: str, abi: KernelABI, table: DispatchTable, variants: list[dict], *, op: str,
@@ -33,8 +35,8 @@ def render_dispatch(name: str, abi: KernelABI, table: DispatchTable, variants: l
     (a one-line summary); ``table``'s entries name them by ``symbol``."""
     return env().get_template("dispatch.c.j2").render(
         name=name, version=version, op=op, params=params, target=target, table_lines=table.lines(),
-        variants=[{**v, "signature": abi.signature(v["name"])} for v in variants],
-        entries=table.entries, signature=abi.signature(name),
+        variants=[{**v, "signature": abi.signature(v["name"]), "params": abi.param_list()} for v in variants],
+        entries=table.entries, signature=abi.signature(name), mt_signature=abi.mt_signature(name),
         args=", ".join(n for _, n in abi.params()))
 
 
@@ -48,9 +50,11 @@ def isa_member_name(name: str, isa: str) -> str:
     return f"{name}__{isa}"
 
 
-def isa_version_script(name: str) -> str:
-    """Exports only the library's entry point, its CPU check and its ISA query."""
-    return f"{{\n  global: {name}; {name}_supported; {name}_isa;\n  local: *;\n}};\n"
+def isa_version_script(name: str, threaded: bool = True) -> str:
+    """Exports only the library's entry point(s) (``<name>`` and, for row kernels, ``<name>_mt``
+    with a thread count), its CPU check and its ISA query."""
+    mt = f" {name}_mt;" if threaded else ""
+    return f"{{\n  global: {name};{mt} {name}_supported; {name}_isa;\n  local: *;\n}};\n"
 
 
 def render_isa_dispatch(name: str, abi: KernelABI, members: list[dict], known: list[dict], *, op: str,
@@ -62,5 +66,6 @@ def render_isa_dispatch(name: str, abi: KernelABI, members: list[dict], known: l
     ecpu = next(e.code for e in ERRORS if e.suffix == "ECPU")
     return env().get_template("isa_dispatch.c.j2").render(
         name=name, version=version, op=op, params=params, algorithm=algorithm, group=group, arch=arch,
-        members=[{**m, "signature": abi.signature(m["symbol"])} for m in members], known=known,
+        members=[{**m, "signature": abi.signature(m["symbol"]), "mt_signature": abi.mt_signature(m["symbol"])}
+                 for m in members], known=known, threaded=abi.threaded, mt_signature=abi.mt_signature(name),
         signature=abi.signature(name), args=", ".join(n for _, n in abi.params()), ecpu=ecpu)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .abi import ECPU, SELECTED
+from .abi import ECPU, ETHREADS, SELECTED
 from .errors import SoftgenError
 from .ops import get_op
 from .render import env
@@ -130,6 +130,7 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         dispatch=table.lines() if table is not None and k.variants else [],
         requires=", ".join(k.target.requires) or "no instruction-set extension",
         isas=[_isa_doc(m) for m in members], arch=k.target.arch,
+        mt_signature=kabi.mt_signature(k.name), threads_doc=k.explain_threads().removeprefix("threads (auto): "),
         known=", ".join(t.name for t in all_targets().values() if t.arch in (k.target.arch, "any")))
     try:
         accuracy = measure_accuracy(k)
@@ -142,6 +143,10 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         **({"arguments": k.abi.arg_docs(), "abi_style": k.abi.style} if k.matrix else {}),
         "row_params": {rp: get_op(k.op).row_param_doc(rp) for rp in k.row_params},
         "errors": {str(c): doc for c, (_, doc) in errors.items()},
+        **({"threads": {"symbol": f"{k.name}_mt", "abi": kabi.mt_signature(k.name),
+                        "doc": "the entry with a thread count last: 0 auto, N at most N threads "
+                               f"(rows split across the library's thread pool), < 0 returns {ETHREADS}",
+                        "auto": k.explain_threads(), "env": "SOFTGEN_NUM_THREADS"}} if kabi.threaded else {}),
         "cpu_check": {"symbol": f"{k.name}_supported", "requires": list(k.target.requires),
                       "error": ECPU.code,
                       "doc": f"1 if this CPU runs the library, else 0 (and every call returns {ECPU})"},

@@ -23,9 +23,10 @@ def _kernel(op: str, target: str, backend: str, algorithm: str, params: tuple):
 
 
 def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: str = "host",
-          backend: str = "c", algorithm: str = "auto", **kwargs) -> np.ndarray:
+          backend: str = "c", algorithm: str = "auto", threads: int | None = None, **kwargs) -> np.ndarray:
     """``op`` applied along the last axis of ``x`` (the last two for matrix ops); an op with
-    several inputs (``gaussian_kernel(a, b, head_dim)``) takes them first."""
+    several inputs (``gaussian_kernel(a, b, head_dim)``) takes them first. ``threads``: row ops
+    only, None/0 auto, N at most N threads (``Kernel.__call__``)."""
     opdef = _ops.get_op(op)
     more = len(opdef.inputs) - 1
     if len(args) < more:
@@ -44,8 +45,10 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     # a list of targets (a library spanning ISAs) as a tuple: the kernel cache's key is hashed
     k = _kernel(op, tuple(target) if isinstance(target, list) else target, backend, algorithm, params)
     if more:
+        if threads is not None:
+            raise UsageError(f"{op} runs on one thread: only row ops take threads=")
         return k(*inputs, out=out)
-    return k(np.asarray(x), out=out, **call)
+    return k(np.asarray(x), out=out, threads=threads, **call)
 
 
 def _make(op: str):
@@ -55,7 +58,7 @@ def _make(op: str):
     sig = ", ".join(list(opdef.inputs) + [f"{k}={v!r}" for k, v in opdef.params.items()]
                     + [f"{c}=None" for c in opdef.call_params])
     fn.__name__ = fn.__qualname__ = op
-    fn.__doc__ = f"{op}({sig}, *, out=None, target='host', backend='c', algorithm='auto')\n\n{opdef.doc}"
+    fn.__doc__ = f"{op}({sig}, *, out=None, target='host', backend='c', algorithm='auto', threads=None)\n\n{opdef.doc}"
     return fn
 
 

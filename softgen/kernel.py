@@ -17,7 +17,7 @@ from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
 from .binding import bind
 from .cnames import name_clash
-from .costmodel import DispatchTable, Entry, model_table
+from .costmodel import DispatchTable, Entry, ThreadPolicy, model_table, thread_policy
 from .dispatch import (
     isa_member_name,
     isa_version_script,
@@ -147,10 +147,14 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         if hi is not None and hi < lo:
             continue
         sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
-        e = Entry(lo, hi, r.algorithm, sched, r.threads, measured_why(r))
+        # a measured thread count (> 1: timed on a batch) caps auto; 1 (single rows, which run on
+        # one thread anyway) leaves the cap to the CPUs; the model's grain decides below it (rows x n)
+        grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
+        e = Entry(lo, hi, r.algorithm, sched, r.threads if r.threads > 1 else 0, measured_why(r), grain=grain)
         if entries and entries[-1].variant == e.variant:
             prev = entries.pop()
-            e = Entry(prev.n_min, hi, e.algorithm, sched, e.threads, prev.why + "; " + e.why)
+            e = Entry(prev.n_min, hi, e.algorithm, sched, max(e.threads, prev.threads), prev.why + "; " + e.why,
+                      grain=grain)
         entries.append(e)
     first = recs[0]
     basis = (f"{len(recs)} tuning record(s) of this machine ({first.machine.get('model_name') or first.fingerprint}), "
@@ -178,8 +182,11 @@ class Kernel:
     dispatch: DispatchTable | None = None
     variants: tuple = ()        # a dispatcher's variants (Kernels), in the table's order of use
     tuned: bool = False         # algorithm="auto" whose table came from tuning records (softgen.tune)
+    # what threads=auto picks (row kernels; a dispatcher: per entry of ``dispatch``)
+    thread_policy: ThreadPolicy | None = None
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
+    _mt_fn: object = field(default=None, repr=False)
 
     @property
     def matrix(self) -> bool:
@@ -235,6 +242,8 @@ class Kernel:
             return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
                     "target": self.target.name, "schedule": self.schedule.as_dict(), "name": self.name,
                     "tuned": self.tuned,
+                    "threads": None if self.matrix or self.dispatch is not None else
+                    (self.thread_policy or ThreadPolicy()).__dict__,
                     "ir": str(original), "rewritten_ir": str(self.program), "rewrites": self.program.notes,
                     "plan": pl.describe().splitlines(), "traffic": pl.traffic(),
                     "dispatch": None if self.dispatch is None else {
@@ -245,7 +254,9 @@ class Kernel:
                                   "rewrites": v.program.notes, "plan": v.plan.describe().splitlines(),
                                   "traffic": v.plan.traffic()} for v in parts]}
         tuned = f"\n# tuned: {'yes (tuning database)' if self.tuned else 'no'}" if self.dispatch is not None else ""
-        out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}{tuned}\n",
+        threads = f"\n# {self.explain_threads()}" if self.explain_threads() else ""
+        out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
+               f"{tuned}{threads}\n",
                "## IR as defined\n" + str(original) + "\n"]
         if self.dispatch is not None:
             out.append("## " + self.explain_dispatch() + "\n")
@@ -255,6 +266,15 @@ class Kernel:
             out.append(str(v.program) + "\n")
             out.append("## pass plan\n" + v.plan.describe() + ("\n" if self.dispatcher else ""))
         return "\n".join(out).rstrip("\n") + "\n"
+
+    def explain_threads(self) -> str:
+        """What ``threads=None``/0 (auto) does for this kernel, one line ("" for matrix kernels)."""
+        if self.matrix:
+            return ""
+        if self.dispatch is not None:
+            return "threads (auto): per dispatch entry, see its threads= column"
+        return f"threads (auto): {(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs " \
+            "and SOFTGEN_NUM_THREADS"
 
     def explain_dispatch(self) -> str:
         """The dispatch table and why each entry was chosen ("" unless algorithm was auto)."""
@@ -293,10 +313,28 @@ class Kernel:
             self._fn = load_entry(lib, self.name, self._abi)
         return self._fn
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
+    def _mt_entry(self, threads) -> tuple:
+        """(the extended entry ``<name>_mt``, ``threads`` as a C int): an int >= 0 is 0 auto, N
+        at most N; a negative one reaches C, which returns ETHREADS (a UsageError)."""
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
+                or not -2 ** 31 <= threads < 2 ** 31:
+            raise UsageError(f"threads must be None or an int (0: auto, N: at most N threads), "
+                             f"got {threads!r}")
+        if not self._abi.threaded:
+            raise UsageError(f"kernel {self.name} ({self._abi.kind} ABI) runs on one thread: "
+                             f"only row kernels take threads=")
+        if self._mt_fn is None:
+            self._mt_fn = load_entry(self._entry(False)._softgen_handle, self.name, self._abi, mt=True)
+        return self._mt_fn, int(threads)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None,
+                 **call) -> np.ndarray:
         """y = op(x) along the last axis. ``call``: the op's call-time arguments (e.g. lssa's
-        ``n_attended``), from which the per-row parameters are computed."""
+        ``n_attended``), from which the per-row parameters are computed. ``threads``: None or 0
+        auto (the kernel's thread policy, ``explain()``), N: rows split across at most N threads."""
         fn = self._fn or self._entry(False)
+        if threads is not None:   # (a method of its own: no closure here, no cost without threads)
+            return self._call_threads(x, out, threads, call)
         if call or not self._plain:
             return self._call(fn, (x,), out, call)
         if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
@@ -309,6 +347,19 @@ class Kernel:
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
         return self._call(fn, (x,), out, call)
+
+    def _call_threads(self, x, out, threads, call: dict):
+        """``k(x, out=out, threads=threads, **call)``: through ``<name>_mt``."""
+        mt, threads = self._mt_entry(threads)
+        if not call and self._plain and _fastcall is not None and type(x) is np.ndarray \
+                and (out is None or type(out) is np.ndarray):
+            y = np.empty(x.shape, np.float32) if out is None else out
+            rc = _fastcall(mt._softgen_ptr, x, y, threads)
+            if rc == 0:
+                return y
+            if rc is not NotImplemented:
+                raise failure(self.name, rc)
+        return self._call(lambda *args: mt(*args, threads), (x,), out, call)
 
     def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
         """Run through an emulator instead of the CPU: SIMDe for x86 ISAs on an x86 host, qemu
@@ -424,7 +475,8 @@ class IsaKernel(Kernel):
         """Every member's translation units (file names prefixed by the member's name; their own
         version scripts dropped), the top unit and the version script exporting its three symbols."""
         out = {f: d for m in self.members for f, d in self._member_files(m).items()}
-        return {**out, f"{self.name}_isa.c": self.source, f"{self.name}.map": isa_version_script(self.name)}
+        return {**out, f"{self.name}_isa.c": self.source,
+                f"{self.name}.map": isa_version_script(self.name, self._abi.threaded)}
 
     def file_targets(self) -> dict:
         """Each member's C files -> that member's target (compiled with its ISA's flags)."""
@@ -432,6 +484,12 @@ class IsaKernel(Kernel):
 
     def asm(self, cc: str | None = None) -> str:
         return "\n".join([*(m.asm(cc) for m in self.members), assembly(self.source, self.target, cc)])
+
+    def explain_threads(self) -> str:
+        if self.matrix:
+            return ""
+        return "threads (auto): the picked ISA's kernel's (" + "; ".join(
+            f"{m.target.name}: {m.explain_threads().removeprefix('threads (auto): ')}" for m in self.members) + ")"
 
     @property
     def runnable(self) -> bool:
@@ -523,13 +581,17 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         alg = table.algorithms[0]
         sched = Schedule(**table.entries[0].schedule).validate(t.lanes)
     lowered = passes.apply_algorithm(program, alg)
+    # what threads=auto picks: the table's, else the model's for this variant
+    policy = table.entries[0].policy if table is not None else thread_policy(passes.plan(lowered), t)
+    tuned_policy = {"threads": policy} if tuned and be.thread_policy else {}   # else generate takes the model's
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
-    art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params)
+    art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params,
+                      **tuned_policy)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=lowered, source=art.source, backend=be.name,
-                  wrapper=art.wrapper, dispatch=table, tuned=tuned)
+                  wrapper=art.wrapper, dispatch=table, tuned=tuned, thread_policy=policy)
 
 
 def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: Schedule,
@@ -551,7 +613,10 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
         # <name>__<short>, and the schedule's tag when one algorithm runs with several schedules
         short = passes.SHORT[alg] + (f"_{vsched.tag(t.lanes)}" if per_alg[alg] > 1 else "")
         vname = variant_name(kname, short)
-        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params)
+        # threads=auto is each variant's own: its (first) entry's policy, tuned or the model's
+        policy = next(e.policy for e in table.entries if e.variant == key)
+        art = be.generate(lowered, t, vsched, vname, op=opdef.name, algorithm=alg, params=program.params,
+                          **({"threads": policy} if tuned and be.thread_policy else {}))
         variants.append(Kernel(op=opdef.name, algorithm=alg, target=t, schedule=vsched, name=vname,
                                params=dict(program.params), program=lowered, source=art.source,
                                backend=be.name, wrapper=art.wrapper))

@@ -37,7 +37,7 @@ from .targets import Target, host_arch
 
 CACHE_HINT = "set SOFTGEN_CACHE_DIR to a private directory of yours to use another one"
 
-BASE_CFLAGS = ("-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
+BASE_CFLAGS = ("-O2", "-std=c11", "-fPIC", "-pthread", "-fvisibility=hidden", "-ffp-contract=off",
                "-fno-math-errno", "-Wall")
 
 
@@ -477,11 +477,12 @@ def assembly(source: str, target: Target, cc: str | None = None, mark_loops: boo
     return res.stdout
 
 
-def load_entry(handle: ctypes.CDLL, symbol: str, abi: KernelABI = KernelABI.row()):
+def load_entry(handle: ctypes.CDLL, symbol: str, abi: KernelABI = KernelABI.row(), mt: bool = False):
     """The C entry point ``symbol`` of a loaded library, whose arguments are ``abi``'s (by default
-    ``int symbol(x, y, rows, n, ldx, ldy)``, a row kernel's without per-row parameters)."""
-    fn = getattr(handle, symbol)
-    fn.argtypes = abi.argtypes()
+    ``int symbol(x, y, rows, n, ldx, ldy)``, a row kernel's without per-row parameters); ``mt``:
+    its extended entry ``<symbol>_mt`` (the same arguments, then ``int threads``)."""
+    fn = getattr(handle, symbol + "_mt" if mt else symbol)
+    fn.argtypes = abi.argtypes(mt)
     fn.restype = ctypes.c_int
     fn._softgen_handle = handle  # keep the library loaded as long as the function lives
     fn._softgen_ptr = ctypes.cast(fn, ctypes.c_void_p).value  # for softgen._fastcall

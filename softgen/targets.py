@@ -158,7 +158,9 @@ COST_LEVELS = ("L1d", "L2", "L3", "DRAM")   # softgen.machine.LEVELS and beyond 
 
 
 def _cost(f: str, v) -> dict:
-    """The ``[cost]`` table: ``ipc``, ``[cost.instructions]`` (IR op kind or ``default`` -> vector
+    """The ``[cost]`` table: ``ipc``, optionally ``parallel_overhead_cycles`` (what one call split
+    across threads costs more than on one thread: the thread policy's ``costmodel.thread_policy``),
+    ``[cost.instructions]`` (IR op kind or ``default`` -> vector
     instructions per vector, ``default`` required) and ``[cost.bandwidth]`` (every level of
     ``COST_LEVELS`` -> bytes per cycle), all positive numbers."""
     if not v:
@@ -169,7 +171,7 @@ def _cost(f: str, v) -> dict:
             raise UsageError(f"target file {f}: key 'cost.{key}' must be a positive number, got {x!r}")
         return float(x)
 
-    if not isinstance(v, dict) or set(v) != {"ipc", "instructions", "bandwidth"} \
+    if not isinstance(v, dict) or set(v) - {"parallel_overhead_cycles"} != {"ipc", "instructions", "bandwidth"} \
             or not isinstance(v["instructions"], dict) or not isinstance(v["bandwidth"], dict):
         raise UsageError(f"target file {f}: table [cost] needs exactly ipc, [cost.instructions] and "
                          f"[cost.bandwidth], got {sorted(v) if isinstance(v, dict) else v!r}")
@@ -181,7 +183,9 @@ def _cost(f: str, v) -> dict:
     if set(bw) != set(COST_LEVELS):
         raise UsageError(f"target file {f}: table [cost.bandwidth] needs exactly the levels "
                          f"{list(COST_LEVELS)}, got {list(bw)}")
-    return {"ipc": number("ipc", v["ipc"]),
+    extra = {"parallel_overhead_cycles": number("parallel_overhead_cycles", v["parallel_overhead_cycles"])} \
+        if "parallel_overhead_cycles" in v else {}
+    return {**extra, "ipc": number("ipc", v["ipc"]),
             "instructions": {k: number(f"instructions.{k}", x) for k, x in ins.items()},
             "bandwidth": {k: number(f"bandwidth.{k}", bw[k]) for k in COST_LEVELS}}
 

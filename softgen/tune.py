@@ -30,6 +30,11 @@ measurement stands for its level), else the geometric midpoint (sizes are chosen
 The first class starts at 1, the last has no bound. Rows: a class covers every row count
 (the dispatcher picks by n); ``--shapes`` only sets the rows timed.
 
+Threads: for a batch shape (rows > 1), the winner is then timed at every thread count
+1 .. ``machine.cores()`` (interleaved, within the class's budget) and the fastest count is recorded
+(``threads``; ns/element at that count); it caps "auto" in the tuned dispatch table (the model's
+grain still decides below it, by rows x n). Single rows record 1: they run on one thread.
+
 Budget: ``budget_s`` covers compiling and timing; each class gets an equal share of what is left
 when it starts. Ctrl-C (KeyboardInterrupt) keeps the classes already recorded and returns.
 """
@@ -335,10 +340,20 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             runners = {k: final[k].median / final[win].median for k in finalists if k != win}
             runners.update({k: first[k].median / first[win].median for k in ranked[FINALISTS:]})
             a, s = meta[win]
+            threads, timing = 1, final[win]
+            if rows > 1 and machine.cores() > 1:     # the thread-count knob: the winner at 1 .. cores
+                k = kernels[(a, s)]
+                by_count = {f"threads={c}": _rotating([("k(x, out=y, threads=c)", {"k": k, "x": xx, "y": yy, "c": c})
+                                                       for xx, yy in bufs])
+                            for c in range(1, machine.cores() + 1)}
+                timed = measure(by_count, deadline)
+                best = min(timed, key=lambda k: timed[k].median)
+                threads, timing = int(best.split("=")[1]), timed[best]
+                runners.update({k: timed[k].median / timing.median for k in timed if k != best})
             rec = tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=(1, ROWS_MAX),
-                                algorithm=a, schedule=s.as_dict(), threads=1,
-                                ns_per_element=final[win].median / N * 1e9, noise=final[win].spread,
-                                repetitions=final[win].rounds, runners_up=runners)
+                                algorithm=a, schedule=s.as_dict(), threads=threads,
+                                ns_per_element=timing.median / N * 1e9, noise=timing.spread,
+                                repetitions=timing.rounds, runners_up=runners)
             res.classes.append(ClassResult(rows, n, (lo, hi), level, total, total - len(cands),
                                            [(k, first[k].median / N * 1e9) for k in ranked], rec,
                                            time.monotonic() - c0))

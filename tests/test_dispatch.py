@@ -62,7 +62,8 @@ def test_zen3_model_picks_reload_in_cache_and_two_pass_beyond_l3():
         assert _chosen(k, n) == "three-pass-reload"
     for n in (1 << 24, 1 << 26):
         assert _chosen(k, n) == "two-pass"
-    assert all(e.why.startswith("model: ") and e.threads == 1 for e in k.dispatch.entries)
+    # threads: 0 (up to the CPUs) and one thread per grain elements of rows x n (the model)
+    assert all(e.why.startswith("model: ") and e.threads == 0 and e.grain > 0 for e in k.dispatch.entries)
     assert k.dispatch.source == "model" and "SOFTGEN_CACHE_SIZES" in k.dispatch.basis
     # the model itself, without compiling: levels from the caches, costs from the [cost] hints
     t, p = get_target("avx2"), build_program("softmax")

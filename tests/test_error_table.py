@@ -17,13 +17,14 @@ ABI_TEMPLATES = ["entry.c.j2", "matrix_entry.c.j2", "supported.c.j2", "gemm_tu.c
 def test_table_numbers_and_names_are_the_abi():
     assert [(e.code, e.suffix) for e in abi.ERRORS] == [
         (0, "OK"), (1, "ENULL"), (2, "ESTRIDE"), (3, "EOVERFLOW"), (4, "ETOOLONG"), (5, "EMATRIX"),
-        (6, "ENOMEM"), (7, "ESQUARE"), (8, "ECPU")]
+        (6, "ENOMEM"), (7, "ESQUARE"), (8, "ECPU"), (9, "ETHREADS")]
     assert all(getattr(abi.err, e.suffix) is e and str(e) == str(e.code) for e in abi.ERRORS)
 
 
 @pytest.mark.parametrize("rc, cls", [(1, RuntimeError), (2, RuntimeError), (3, RuntimeError), (4, ValueError),
                                      (5, ValueError), (6, RuntimeError), (7, ValueError),
-                                     (8, softgen.TargetNotSupportedError), (9, RuntimeError)])
+                                     (8, softgen.TargetNotSupportedError), (9, softgen.UsageError),
+                                     (10, RuntimeError)])
 def test_failure_exception_types(rc, cls):
     e = abi.failure("kern", rc)
     assert type(e) is cls and str(e).startswith(f"kern returned error {rc}: ")
@@ -31,7 +32,7 @@ def test_failure_exception_types(rc, cls):
 
 
 @pytest.mark.parametrize("kind, codes", [
-    (abi.ROW, [0, 1, 2, 3, 8]), (abi.SELECTED, [0, 1, 2, 3, 4, 8]), (abi.UNARY, [0, 1, 2, 3, 5, 6, 8]),
+    (abi.ROW, [0, 1, 2, 3, 8, 9]), (abi.SELECTED, [0, 1, 2, 3, 4, 8, 9]), (abi.UNARY, [0, 1, 2, 3, 5, 6, 8]),
     (abi.GENERAL, [0, 1, 2, 3, 6, 8]), (abi.GEMM, [0, 1, 2, 3, 8])])
 def test_codes_each_abi_returns(kind, codes):
     assert [e.code for e in abi.returned(kind, indexes=kind == abi.SELECTED)] == codes

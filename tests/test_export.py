@@ -83,16 +83,18 @@ def test_files_symbols_and_manifest(exported, case):
         "source": f"{k.name}.c"}
     assert paths["source"].read_text() == k.source
 
-    # exactly two exported definitions: the entry point and its CPU query (helpers are hidden/static)
+    # exactly the entry point, its CPU query and, for row kernels, the entry with a thread count
+    # (helpers and the thread pool are hidden/static)
     nm = sh("nm", "-D", "--defined-only", paths["library"]).stdout
     defined = {ln.split()[-1] for ln in nm.splitlines() if ln.split() and ln.split()[-2] not in "UwvN"}
-    assert defined - LINKER_SYMBOLS == {k.name, f"{k.name}_supported"}, nm
+    mt = set() if k.matrix else {f"{k.name}_mt"}
+    assert defined - LINKER_SYMBOLS == {k.name, f"{k.name}_supported"} | mt, nm
     assert re.search(rf"^[0-9a-f]+ T {k.name}$", nm, re.M), nm
 
     # no Python, no runtime beyond libc/libm
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]",
                         sh("readelf", "-d", paths["library"]).stdout)
-    assert set(needed) <= {"libc.so.6", "libm.so.6"}, needed
+    assert set(needed) <= {"libc.so.6", "libm.so.6", "libpthread.so.0"}, needed   # pthread: glibc < 2.34
     ldd = subprocess.run(["ldd", str(paths["library"])], capture_output=True, text=True).stdout
     assert "python" not in ldd.lower()
 
@@ -302,7 +304,7 @@ def test_error_code_through_the_runner(exported, tmp_path):
     out = sh(_runner(k, paths["library"].parent), tmp_path / "x.bin", tmp_path / "y.bin",
              2, 9, 8, 9).stdout
     codes = header_codes(k, paths["header"])
-    assert set(codes) == {"OK", "ENULL", "ESTRIDE", "EOVERFLOW", "ECPU"} and codes["OK"] == 0
+    assert set(codes) == {"OK", "ENULL", "ESTRIDE", "EOVERFLOW", "ECPU", "ETHREADS"} and codes["OK"] == 0
     assert out == f"rc={codes['ESTRIDE']}\n"
     assert np.all(np.frombuffer((tmp_path / "y.bin").read_bytes(), np.float32) == 5.0)
 
@@ -341,7 +343,8 @@ def test_library_exports_only_the_entry_point(op, params, backend):
     k = softgen.compile(op, target="scalar", backend=backend, name="t_exports", **params)
     nm = sh("nm", "-D", "--defined-only", build_shared(k.sources(), k.target)).stdout
     defined = {ln.split()[-1] for ln in nm.splitlines() if ln.split() and ln.split()[-2] not in "UwvN"}
-    assert defined - LINKER_SYMBOLS == {"t_exports", "t_exports_supported"}, nm
+    mt = set() if k.matrix else {"t_exports_mt"}   # row kernels: the entry with a thread count
+    assert defined - LINKER_SYMBOLS == {"t_exports", "t_exports_supported"} | mt, nm
 
 
 # -- the header is clean C and C++ --------------------------------------------------------------

@@ -119,8 +119,8 @@ def test_structure(x86, single):
         want = single(m.target.name).renamed(m.name)
         assert m.sources() == want.sources()
     src = x86.sources()
-    assert src[f"{x86.name}.map"].split() == ["{", "global:", f"{x86.name};", f"{x86.name}_supported;",
-                                              f"{x86.name}_isa;", "local:", "*;", "};"]
+    assert src[f"{x86.name}.map"].split() == ["{", "global:", f"{x86.name};", f"{x86.name}_mt;",
+                                              f"{x86.name}_supported;", f"{x86.name}_isa;", "local:", "*;", "};"]
     assert sum(f.endswith(".map") for f in src) == 1   # the members' own version scripts are dropped
     ft = x86.file_targets()   # every member's C file, compiled with its ISA's flags
     assert sorted(ft) == sorted(f for f in src if f.endswith(".c") and f != f"{x86.name}_isa.c")
@@ -239,7 +239,7 @@ def test_export_and_link_from_c(x86, tmp_path):
     nm = subprocess.run(["nm", "-D", "--defined-only", str(paths["library"])], capture_output=True, text=True)
     if nm.returncode == 0:
         assert sorted(ln.split()[-1] for ln in nm.stdout.splitlines() if " T " in ln) == \
-            sorted([name, f"{name}_supported", f"{name}_isa"])
+            sorted([name, f"{name}_mt", f"{name}_supported", f"{name}_isa"])
     prog = tmp_path / "main.c"
     prog.write_text(f"""#include <stdio.h>
 #include "{name}.h"

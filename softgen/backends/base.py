@@ -30,6 +30,7 @@ import abc
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from ..costmodel import ThreadPolicy
 from ..errors import UsageError
 from ..runtime import assembly
 from ..schedule import Schedule
@@ -79,6 +80,9 @@ class Backend(abc.ABC):
     # library behind a dispatcher (softgen.dispatch); else auto is one kernel, the first
     # applicable algorithm of the target's auto_algorithms
     dispatchable: bool = True
+    # generate() takes threads= (a tuned costmodel.ThreadPolicy: what the entry's threads=auto
+    # picks); else it is never passed (a backend written before threads)
+    thread_policy: bool = False
     # the schedule knobs the tuner (softgen.tune) may vary, knob -> candidate values; each
     # combination is applied over the target's default schedule and kept only if Schedule
     # validates it. Empty: the tuner varies the algorithm only
@@ -91,8 +95,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, program, target: Target, schedule: Schedule, name: str, *, op: str,
-                 algorithm: str, params: dict) -> Artifact:
-        """The kernel ``name`` computing the row program ``program`` (after its algorithm's rewrite)."""
+                 algorithm: str, params: dict, threads: ThreadPolicy | None = None) -> Artifact:
+        """The kernel ``name`` computing the row program ``program`` (after its algorithm's rewrite);
+        its entry points split the rows across threads; ``threads`` (``costmodel.ThreadPolicy``,
+        what "auto" picks) is given only for a tuned policy and only to a backend that declares
+        ``thread_policy``; else the backend takes the model's (``costmodel.thread_policy``)."""
 
     @abc.abstractmethod
     def generate_matrix(self, program, target: Target, schedule: Schedule, name: str, *, op: str,

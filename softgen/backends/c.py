@@ -18,6 +18,7 @@ from types import MappingProxyType
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines, matrix_traffic
+from ..costmodel import ThreadPolicy, thread_policy
 from ..errors import BuildError
 from ..ir import PAIR, Program
 from ..matrix import SweepPhase
@@ -627,7 +628,7 @@ def gemm_schedule(t: Target) -> str:
 
 
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
-             params: dict) -> str:
+             params: dict, threads: ThreadPolicy | None = None) -> str:
     """C source of a kernel ``int name(x, y, rows, n, ldx, ldy)`` computing program ``p``."""
     bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
     if bad:
@@ -647,6 +648,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         functions += _split_functions(p, t, s, f"{name}__row", split["ctx"],
                                       fallback and f"{fallback}_split", rps)
     pl = plan(p)
+    threads = threads or thread_policy(pl, t)   # what threads=auto takes: the model's unless given
     plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()]
     if p.notes:
         plan_lines += ["rewrites:"] + ["  " + n for n in p.notes]
@@ -656,7 +658,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
         helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
-        split=split)
+        threads=threads, split=split)
 
 
 class CBackend(Backend):
@@ -666,15 +668,17 @@ class CBackend(Backend):
     name = "c"
     description = "Jinja-C templates"
     gemm_epilogues = GEMM_EPILOGUES
+    thread_policy = True
     # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2)
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4)})
 
     def lowerable(self, program) -> list[str]:
         return lowerable(program)
 
-    def generate(self, program, target, schedule, name, *, op, algorithm, params) -> Artifact:
+    def generate(self, program, target, schedule, name, *, op, algorithm, params,
+                 threads: ThreadPolicy | None = None) -> Artifact:
         return Artifact(self, name, target, generate(program, target, schedule, name, op=op,
-                                                     algorithm=algorithm, params=params))
+                                                     algorithm=algorithm, params=params, threads=threads))
 
     def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
         return Artifact(self, name, target, generate_matrix(program, target, schedule, name, op=op,

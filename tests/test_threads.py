@@ -1,0 +1,345 @@
+"""Threads in generated libraries (issue 13, "Threads"): the library's pool (templates/pool.h.j2),
+rows split across threads, the thread count API (``<name>_mt``, ``threads=``, ETHREADS,
+SOFTGEN_NUM_THREADS) and the thread policy (``costmodel.ThreadPolicy``).
+
+Rows are independent, so every thread count gives bitwise the result of one thread. Kernels are
+built once per module; sizes are small (the policy is exercised by explicit counts)."""
+import ctypes
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import check, skip_unless_emulated
+
+import softgen
+from softgen import costmodel
+from softgen.targets import get_target, host_arch
+
+COUNTS = (1, 2, 3, 4)   # more threads than cores is fine
+
+
+def _rows(rows: int, n: int, seed: int = 0, specials: bool = True) -> np.ndarray:
+    x = (np.random.default_rng(seed).standard_normal((rows, n)) * 4).astype(np.float32)
+    if specials and rows > 2:   # specials in a late row (the last thread's range)
+        x[-2, n // 2] = np.inf
+        x[-1, 1] = np.nan
+        x[-1, 3] = -np.inf
+    return x
+
+
+@pytest.fixture(scope="module", params=[
+    ("softmax", "three-pass-reload", {}), ("softmax", "two-pass", {}), ("softmax", "online", {}),
+    ("log_softmax", "auto", {}), ("softplus_l1", "auto", {})], ids=lambda p: f"{p[0]}-{p[1]}")
+def row_kernel(request):
+    op, alg, params = request.param
+    return softgen.compile(op, algorithm=alg, **params)
+
+
+@pytest.mark.parametrize("rows, n", [(3, 40), (7, 33), (64, 17)])   # rows < threads, not divisible
+def test_every_thread_count_is_bitwise_one_thread(row_kernel, rows, n):
+    x = _rows(rows, n)
+    one = row_kernel(x, threads=1)
+    check(row_kernel, x, one)
+    for t in COUNTS:
+        got = row_kernel(x, threads=t)
+        assert np.array_equal(got, one, equal_nan=True), (t, rows, n)
+    assert np.array_equal(row_kernel(x), one, equal_nan=True)           # auto
+    assert np.array_equal(row_kernel(x, threads=0), one, equal_nan=True)
+
+
+def test_strided_and_in_place(row_kernel):
+    big = _rows(29, 50, seed=1)
+    x = big[:, 3:40]                                       # ldx 50, n 37
+    one = row_kernel(np.ascontiguousarray(x), threads=1)
+    out = np.full((29, 45), 7.0, np.float32)
+    for t in COUNTS:
+        y = out[:, 2:39]                                   # ldy 45
+        row_kernel(x, out=y, threads=t)
+        assert np.array_equal(y, one, equal_nan=True), t
+        assert (out[:, :2] == 7).all() and (out[:, 39:] == 7).all()   # nothing outside the rows
+        inplace = big.copy()[:, 3:40]
+        assert row_kernel(inplace, out=inplace, threads=t) is inplace
+        assert np.array_equal(inplace, one, equal_nan=True), t
+
+
+def test_per_row_parameters_split_with_their_rows():
+    k = softgen.compile("lssa", count_keys=0)
+    x = _rows(11, 24, seed=2, specials=False)
+    na = np.arange(1, 12) * 2
+    one = k(x, n_attended=na, threads=1)
+    for t in COUNTS:
+        assert np.array_equal(k(x, n_attended=na, threads=t), one), t
+
+
+def test_topk_rows_split():
+    k = softgen.compile("topk_softmax", sparse=1, k=4)
+    x = _rows(9, 30, seed=3)
+    idx1, w1 = k(x, threads=1)
+    for t in COUNTS:
+        idx, w = k(x, threads=t)
+        assert np.array_equal(idx, idx1) and np.array_equal(w, w1, equal_nan=True), t
+
+
+@pytest.fixture(scope="module")
+def dispatcher():
+    """An auto dispatcher with thresholds at a few thousand elements (test_dispatch's SMALL)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOFTGEN_CACHE_SIZES", "L1d=4K,L2=16K,L3=64K")
+        k = softgen.compile("softmax", target="host")
+    if not k.dispatcher:
+        pytest.skip("the model picks one variant at every size on this target")
+    return k
+
+
+def test_dispatcher_threads_and_table(dispatcher):
+    k = dispatcher
+    for e in k.dispatch.entries:        # the model's policy: up to the CPUs, one per grain
+        assert e.threads == 0 and e.grain > 0 and "threads=auto" in "\n".join(k.dispatch.lines())
+    for n in (100, 3000, 9000):         # a row of each variant
+        x = _rows(5, n, seed=n)
+        one = k(x, threads=1)
+        check(k, x, one)
+        for t in COUNTS[1:]:
+            assert np.array_equal(k(x, threads=t), one, equal_nan=True), (n, t)
+    assert f"{k.name}_mt" in k.sources()[f"{k.name}.map"]
+    for v, e in zip(k.variants, [next(e for e in k.dispatch.entries if e.symbol == v.name) for v in k.variants]):
+        assert f"{e.grain}u, {e.threads})" in v.source   # each variant bakes in its entry's policy
+
+
+def test_negative_threads_is_a_usage_error_and_the_c_code():
+    k = softgen.compile("softmax", algorithm="two-pass")
+    x = _rows(4, 16)
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        k(x, threads=-1)
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        k(np.asfortranarray(x), threads=-2)          # the general (ctypes) path too
+    for bad in (1.5, True, "2"):
+        with pytest.raises(softgen.UsageError, match="threads must be"):
+            k(x, threads=bad)
+    lib = ctypes.CDLL(str(softgen.runtime.build_shared(k.sources(), k.target)))
+    mt = getattr(lib, f"{k.name}_mt")
+    mt.argtypes = k._abi.argtypes(mt=True)
+    y = np.empty_like(x)
+    args = (x.ctypes.data, y.ctypes.data, 4, 16, 16, 16)
+    assert mt(*args, -1) == softgen.abi.ETHREADS.code == 9
+    assert mt(*args, 3) == 0 and np.array_equal(y, k(x, threads=1), equal_nan=True)
+
+
+def test_matrix_kernels_take_no_thread_count():
+    k = softgen.compile("sinkhorn")
+    assert not k._abi.threaded and "_mt" not in k.source
+    with pytest.raises(softgen.UsageError, match="runs on one thread"):
+        k(np.ones((1, 4, 4), np.float32), threads=2)
+
+
+def test_concurrent_python_threads_share_one_kernel():
+    """Several Python threads call one kernel at once (the GIL is released for long calls): one
+    call at a time uses the pool, the others run their rows themselves; all results exact."""
+    k = softgen.compile("softmax", algorithm="three-pass-reload")
+    xs = [_rows(64, 300, seed=s, specials=False) for s in range(6)]
+    want = [k(x, threads=1) for x in xs]
+
+    def work(i):
+        for _ in range(15):
+            for t in (0, 2, 3):
+                if not np.array_equal(k(xs[i], threads=t), want[i]):
+                    return False
+        return True
+
+    with ThreadPoolExecutor(6) as ex:
+        assert all(ex.map(work, range(6)))
+
+
+def _child(q):
+    """In a forked child: a call that needs the pool (the parent's workers are not there)."""
+    k = softgen.compile("softmax", algorithm="three-pass-reload")
+    x = _rows(16, 64, seed=7)
+    q.put(bool(np.array_equal(k(x, threads=3), k(x, threads=1), equal_nan=True)))
+
+
+def test_fork_then_call_in_the_child():
+    k = softgen.compile("softmax", algorithm="three-pass-reload")
+    k(_rows(16, 64, seed=7), threads=3)              # the parent's pool exists
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    p.join(30)
+    if p.is_alive():     # a child waiting for workers it does not have: the bug this guards
+        p.kill()
+        p.join()
+    assert p.exitcode == 0 and q.get(timeout=5) is True
+
+
+PROBE = textwrap.dedent("""
+    import json, os, numpy as np, softgen
+    tasks = lambda: len(os.listdir("/proc/self/task"))
+    k = softgen.compile("softmax", algorithm="three-pass-reload")
+    other = softgen.compile("log_softmax", algorithm="three-pass-reload")
+    k(np.ones((1, 4), np.float32))                   # loads the library
+    out = {"start": tasks()}
+    k(np.ones((1, 1024), np.float32)); out["1x1K"] = tasks()
+    k(np.ones((64, 4096), np.float32)); out["auto_big"] = tasks()
+    k(np.ones((8, 64), np.float32), threads=3); out["three"] = tasks()
+    other(np.ones((8, 64), np.float32), threads=2); out["other_lib"] = tasks()
+    os.environ["SOFTGEN_CACHE_SIZES"] = "L1d=4K,L2=16K,L3=64K"    # a dispatcher of 2+ variants
+    d = softgen.compile("softmax")
+    out["dispatcher"] = len({e.symbol for e in d.dispatch.entries if d.dispatcher})
+    d(np.ones((8, 100), np.float32), threads=3); out["variant_a"] = tasks()
+    d(np.ones((8, 9000), np.float32), threads=3); out["variant_b"] = tasks()
+    print(json.dumps(out))
+""")
+
+
+def _probe(**env) -> dict:
+    e = {**os.environ, **env}
+    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=e, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def test_auto_thread_counts_and_the_env_cap():
+    """Threads the process runs (/proc/self/task): auto takes one for a 1x1K call, more for a
+    64x4K batch (this process may run on 2+ CPUs), none beyond SOFTGEN_NUM_THREADS=1; an explicit
+    count is not capped by it; a second library has its own (hidden) pool, and a dispatcher's
+    variants (translation units) share their library's one pool."""
+    cpus = len(os.sched_getaffinity(0))
+    free = _probe()
+    assert free["1x1K"] == free["start"]
+    assert free["auto_big"] == free["start"] + (1 if cpus >= 2 else 0)
+    assert free["three"] == free["start"] + 2
+    assert free["other_lib"] == free["three"] + 1
+    if free["dispatcher"] > 1:   # one pool per library: the second variant reuses the first's workers
+        assert free["variant_a"] == free["other_lib"] + 2 and free["variant_b"] == free["variant_a"]
+    capped = _probe(SOFTGEN_NUM_THREADS="1")
+    assert capped["auto_big"] == capped["start"] and capped["three"] == capped["start"] + 2
+
+
+def test_policy_model():
+    p = costmodel.ThreadPolicy(0, 20000)
+    assert p.threads(1, 1 << 20, 8) == 1                   # one row: the row split's business
+    assert p.threads(1, 1024, 8) == 1 and p.threads(20, 1024, 8) == 1    # 20K elements: below 2 grains
+    assert p.threads(4096, 512, 2) == 2 and p.threads(4096, 512, 64) == 64
+    assert p.threads(3, 1 << 20, 64) == 3                  # at most rows
+    assert costmodel.ThreadPolicy(2, 20000).threads(4096, 512, 64) == 2
+    assert costmodel.ThreadPolicy(0, 0).threads(4096, 512, 64) == 1
+    k = softgen.compile("softmax", algorithm="two-pass", target="avx2")
+    assert k.thread_policy.grain > 0 and f"{k.thread_policy.grain}u" in k.source
+    assert "threads (auto): one thread per" in k.explain()
+
+
+@pytest.mark.skipif(host_arch() == "aarch64", reason="neon is native on this host")
+def test_neon_threads_under_qemu():
+    """neon through qemu (the static driver calls the plain entry: auto threads): a batch big
+    enough for 2 threads, against the same batch with SOFTGEN_NUM_THREADS=1 (one thread)."""
+    t = get_target("neon")
+    skip_unless_emulated(t)
+    k = softgen.compile("softmax", algorithm="two-pass", target="neon")
+    rows, n = 16, max(64, 4 * k.thread_policy.grain // 16)
+    assert k.thread_policy.threads(rows, n, 2) == 2
+    x = _rows(rows, n, seed=5)
+    many = k.run_emulated(x)
+    check(k, x, many)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOFTGEN_NUM_THREADS", "1")
+        one = k.run_emulated(x)
+    assert np.array_equal(many, one, equal_nan=True)
+
+
+def test_per_op_functions_take_threads():
+    x = _rows(9, 40, seed=9)
+    one = softgen.softmax(x, threads=1)
+    assert np.array_equal(softgen.softmax(x, threads=3), one, equal_nan=True)
+    assert np.array_equal(softgen.log_softmax(x, threads=2), softgen.log_softmax(x), equal_nan=True)
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        softgen.softmax(x, threads=-1)
+
+
+def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
+    """softgen.tune times the winner at 1 .. cores threads on a batch shape and records the
+    fastest count; the tuned dispatch table caps auto by it (> 1) or leaves the CPUs (1)."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    monkeypatch.setattr(softgen.machine, "cores", lambda: 2)
+    res = softgen.tune("softmax", target="host", shapes=[(64, 512)], budget_s=3, keep=1, progress=False)
+    (cls,) = res.classes
+    rec = cls.record
+    assert rec.threads in (1, 2) and {"threads=1", "threads=2"} - {f"threads={rec.threads}"} <= set(rec.runners_up)
+    k = softgen.compile("softmax", target="host")
+    assert k.tuned and all(e.threads == (rec.threads if rec.threads > 1 else 0) and e.grain > 0
+                           for e in k.dispatch.entries)
+
+
+def test_tvm_entry_splits_rows_too():
+    from softgen.backends.tvm_adapter import available
+    if not available()[0]:
+        pytest.skip(available()[1])
+    k = softgen.compile("softmax", algorithm="two-pass", backend="tvm")
+    x = _rows(7, 45, seed=11)
+    one = k(x, threads=1)
+    check(k, x, one)
+    for t in COUNTS[1:]:
+        assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
+    assert k.thread_policy.grain > 0 and f"{k.thread_policy.grain}u" in k.wrapper
+
+
+def test_a_library_spanning_isas_has_one_baseline_pool():
+    """target="x86-64"-style groups: <name>_mt is forwarded to the picked ISA's kernel, and the
+    one pool is the top unit's (strong definitions, compiled without any ISA's flags)."""
+    k = softgen.compile("softmax", algorithm="two-pass", target=host_arch().replace("_", "-"))
+    if len(k.members) < 2:
+        pytest.skip(f"the {host_arch()} group has one ISA")
+    top = k.sources()[f"{k.name}_isa.c"]
+    assert "#define SG_POOL_STRONG 1" in top and f"{k.name}__" in top and f"int {k.name}_mt(" in top
+    assert all("SG_POOL_STRONG 1" not in m.source for m in k.members)
+    x = _rows(9, 70, seed=12)
+    one = k(x, threads=1)
+    check(k, x, one)
+    for t in COUNTS[1:]:
+        assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        k(x, threads=-1)
+
+
+UNLOAD = textwrap.dedent("""
+    import _ctypes, ctypes, os, sys, numpy as np
+    tasks = lambda: len(os.listdir("/proc/self/task"))
+    lib = ctypes.CDLL(sys.argv[1])
+    mt = getattr(lib, sys.argv[2] + "_mt")
+    mt.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 4 + [ctypes.c_int]
+    x = np.ones((8, 64), np.float32); y = np.empty_like(x)
+    start = tasks()
+    assert mt(x.ctypes.data, y.ctypes.data, 8, 64, 64, 64, 3) == 0 and np.allclose(y, 1 / 64)
+    running = tasks()
+    _ctypes.dlclose(lib._handle)      # the destructor joins the workers before the unmap
+    print(start, running, tasks())
+""")
+
+
+def test_unloading_joins_the_workers():
+    k = softgen.compile("softmax", algorithm="online")
+    lib = softgen.runtime.build_shared(k.sources(), k.target)
+    r = subprocess.run([sys.executable, "-c", UNLOAD, str(lib), k.name], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    start, running, after = map(int, r.stdout.split())
+    assert running == start + 2 and after == start
+
+
+def test_long_rows_split_across_the_pool():
+    """The split form (schedule split/chunk: one long row in chunks) runs its chunk tasks on the
+    pool: every thread count, auto included, gives bitwise the one-thread result."""
+    k = softgen.compile("softmax", algorithm="two-pass", schedule={"block": 256, "chunk": 1024, "split": 4096})
+    assert "__row_split" in k.source
+    x = _rows(2, 9 * 1024 + 5, seed=13)
+    one = k(x, threads=1)
+    check(k, x, one)
+    for t in (0, *COUNTS[1:]):
+        assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
+    assert np.array_equal(k(x[:1]), one[:1], equal_nan=True)
