@@ -23,7 +23,7 @@ import numpy as np
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines
-from ..errors import BuildError
+from ..errors import BuildError, UsageError
 from ..ir import PAIR, ROW, Program
 from ..matrix import MatMulPhase, SweepPhase
 from ..numerics.constants import (
@@ -722,9 +722,18 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
     return "\n".join(head + render(body, "    ")) + "\n"
 
 
+def _no_knobs(s: Schedule) -> None:
+    """The C backend's knobs (streaming stores, prefetch, exp variants) are not TVM's: TVM keeps
+    its exp and its own stores."""
+    if s.knobs():
+        raise UsageError(f"schedule {', '.join(f'{k}={v}' for k, v in s.knobs().items())}: a C-backend "
+                         f"knob; the TVM backend takes unroll, accumulators and block")
+
+
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
              params: dict) -> tuple[str, str]:
     """(TVMScript of the row functions, C wrapper with the entry point)."""
+    _no_knobs(s)
     bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
     if bad:
         raise BuildError(f"the TVM backend cannot lower {', '.join(bad)}")
@@ -758,6 +767,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     ``tvm_gemm`` contraction per layout, C wrapper with the entry point): the C backend's
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
+    _no_knobs(s)
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if any(isinstance(ph, MatMulPhase) and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
