@@ -7,7 +7,11 @@ Per size class (one per requested size):
 1. *candidates*: the algorithms that apply to the op x the schedules the backend declares as
    tunable (``Backend.tuning_knobs``, e.g. the C backend's unroll {2,4,8} x accumulators {1,2,4},
    each applied over the target file's default schedule and kept only if ``Schedule`` validates
-   it). No per-target Python table: knobs are data on the backend, defaults data in the target file.
+   it). Knobs bound to cache levels (``Backend.tuning_knob_levels``: the C backend's non-temporal
+   stores and prefetch distance for DRAM classes, exp variants in cache) are added per class over
+   the default schedule, on the ``KNOB_ALGORITHMS`` algorithms the model ranks first; a knob a
+   target lacks (``tuning_knob_requires``: stream needs ``[isa] STREAM``) is not offered.
+   No per-target Python table: knobs are data on the backend, defaults data in the target file.
 2. *pruning by the model* (``costmodel``): an algorithm whose modelled cycles per element at the
    size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed. The model
    has no schedule term, so among one algorithm's schedules it keeps the ``keep`` nearest the
@@ -62,6 +66,7 @@ from .benchmark import (
 )
 from .errors import UsageError
 from .kernel import compile as compile_kernel
+from .numerics.constants import EXP_DEFAULT
 from .schedule import Schedule, default_schedule
 from .targets import get_target
 
@@ -69,6 +74,8 @@ DEFAULT_SIZES = "1K,64K,1M,16M"
 DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
 PRUNE_RATIO = 1.5           # the model's cost over the best one's beyond which an algorithm is not timed
 KEEP = 3                    # schedules per algorithm timed (the nearest the target's default)
+KNOB_ALGORITHMS = 2         # the level-bound knobs (stream, prefetch, exp) are timed on this many
+                            # algorithms, the model's cheapest at the class's level
 FINALISTS = 3
 TOLERANCE = 0.02            # relative half-width of the median's 95% CI at which rounds stop
 MIN_ROUNDS = 5
@@ -131,20 +138,48 @@ class TuneResult:
 
 
 def label(algorithm: str, schedule: dict) -> str:
-    """A candidate's short name, e.g. ``3pl u4a2``."""
-    return f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"
+    """A candidate's short name, e.g. ``3pl u4a2``, ``2p u4a2 nt pf256``, ``3pl u4a2 p6c2``."""
+    extra = ("nt" if schedule.get("stream") else None,
+             f"pf{schedule['prefetch']}" if schedule.get("prefetch") else None,
+             schedule["exp"] if schedule.get("exp", EXP_DEFAULT) != EXP_DEFAULT else None)
+    return " ".join([f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"]
+                    + [e for e in extra if e])
+
+
+def _offered(backend, target, knob: str) -> bool:
+    req = backend.tuning_knob_requires.get(knob)
+    return req is None or bool(getattr(target, req))
 
 
 def schedules(backend, target) -> list[Schedule]:
-    """The target's default schedule, then every valid combination of the backend's knobs over it."""
+    """The target's default schedule, then every valid combination of the backend's knobs that
+    apply at every level (not in ``tuning_knob_levels``) over it."""
     base = default_schedule(target.schedule, target.lanes)
     out = {base: None}
-    knobs = dict(backend.tuning_knobs)
+    knobs = {k: v for k, v in backend.tuning_knobs.items()
+             if k not in backend.tuning_knob_levels and _offered(backend, target, k)}
     for combo in product(*knobs.values()):
         try:
             out[default_schedule(target.schedule, target.lanes, **dict(zip(knobs, combo)))] = None
         except UsageError:
             continue
+    return list(out)
+
+
+def level_schedules(backend, target, level: str, base: Schedule) -> list[Schedule]:
+    """The schedules a size class at cache ``level`` adds: every combination of the backend's
+    level-bound knobs (``tuning_knob_levels``) that apply at ``level`` (and on the target) over
+    ``base``, other than ``base`` itself (DRAM on avx2: stream x prefetch; in cache: the exp variants)."""
+    knobs = {k: v for k, v in backend.tuning_knobs.items()
+             if level in backend.tuning_knob_levels.get(k, ()) and _offered(backend, target, k)}
+    out: dict[Schedule, None] = {}
+    for combo in product(*knobs.values()):
+        try:
+            s = default_schedule(base, target.lanes, **dict(zip(knobs, combo)))
+        except UsageError:
+            continue
+        if s != base:
+            out[s] = None
     return list(out)
 
 
@@ -297,9 +332,12 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             level = caches.level_of(costmodel.BYTES_PER_N * n)
             cost = {a: costmodel.cycles_per_element(pl, t, level) for a, pl in plans.items()} if t.cost else {}
             best = min(cost.values()) if cost else 0.0
-            kept_algs = [a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best]
-            cands = [(a, s) for a in sorted(kept_algs, key=lambda a: cost.get(a, 0.0)) for s in scheds[:keep]]
-            total = len(algs) * len(scheds)
+            kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
+                               key=lambda a: cost.get(a, 0.0))
+            extra = level_schedules(be, t, level, base)
+            cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
+                + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in extra]
+            total = len(algs) * (len(scheds) + len(extra))
             N = rows * n
             ws = 2 * 4 * N
             pairs = max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1

@@ -20,7 +20,7 @@ from ..analysis import matrix_plan_lines, matrix_traffic
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import SweepPhase
-from ..numerics.constants import EXP_DEFAULT, EXTEXP_E0
+from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
@@ -610,8 +610,16 @@ class CBackend(Backend):
     name = "c"
     description = "Jinja-C templates"
     gemm_epilogues = GEMM_EPILOGUES
-    # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2)
-    tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4)})
+    # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2); then, per
+    # size class, non-temporal stores and prefetch distances (elements) for rows beyond the LLC
+    # (targets with [isa] STREAM only for stream), and the exp variants (all within the accuracy
+    # contract: tests/test_exp.py) for rows in cache, where the exp sweep is compute-bound
+    tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
+                                     "stream": (False, True), "prefetch": (0, 256, 1024),
+                                     "exp": tuple(EXP_VARIANTS)})
+    tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
+                                           "exp": ("L1d", "L2", "L3")})
+    tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:
         return lowerable(program)
