@@ -14,6 +14,7 @@ from ._version import __version__
 from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
+from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
 from .costmodel import DispatchTable, Entry, model_table
@@ -22,9 +23,9 @@ from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
 from .ir import Program
 from .machine import caches
-from .matrix import MatrixProgram
+from .matrix import MatMulPhase, MatrixProgram
 from .runtime import assembly, load_entry, open_shared
-from .schedule import Schedule, default_schedule
+from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule
 from .targets import Target, get_target
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -170,6 +171,10 @@ class Kernel:
     dispatch: DispatchTable | None = None
     variants: tuple = ()        # a dispatcher's variants (Kernels), in the table's order of use
     tuned: bool = False         # algorithm="auto" whose table came from tuning records (softgen.tune)
+    # a matrix kernel's GEMM tile and blocking when not its target's default ([gemm]): given in
+    # its schedule (mr, nv, kc, nc, ku) or from a tuning record (then ``tuned``; why: ``gemm_why``)
+    gemm: GemmSchedule | None = None
+    gemm_why: str = ""
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
 
@@ -226,7 +231,8 @@ class Kernel:
             pl = self.plan
             return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
                     "target": self.target.name, "schedule": self.schedule.as_dict(), "name": self.name,
-                    "tuned": self.tuned,
+                    "tuned": self.tuned, "gemm": None if self.gemm is None else {
+                        **self.gemm.as_dict(), "why": self.gemm_why or "given"},
                     "ir": str(original), "rewritten_ir": str(self.program), "rewrites": self.program.notes,
                     "plan": pl.describe().splitlines(), "traffic": pl.traffic(),
                     "dispatch": None if self.dispatch is None else {
@@ -237,6 +243,8 @@ class Kernel:
                                   "rewrites": v.program.notes, "plan": v.plan.describe().splitlines(),
                                   "traffic": v.plan.traffic()} for v in parts]}
         tuned = f"\n# tuned: {'yes (tuning database)' if self.tuned else 'no'}" if self.dispatch is not None else ""
+        if self.gemm is not None:
+            tuned += f"\n# gemm: {self.gemm} ({self.gemm_why or 'given'})"
         out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}{tuned}\n",
                "## IR as defined\n" + str(original) + "\n"]
         if self.dispatch is not None:
@@ -367,8 +375,11 @@ class Kernel:
         return aot.export(self, directory, name=name, cc=cc)
 
     def renamed(self, name: str) -> "Kernel":
+        sched = None if self.tuned else self.schedule
+        if self.gemm is not None and not self.tuned:
+            sched = {**self.schedule.as_dict(), **self.gemm.as_dict()}
         return compile(self.op, algorithm=self.algorithm, target=self.target.name, name=name,
-                       schedule=None if self.tuned else self.schedule, backend=self.backend, **self.params)
+                       schedule=sched, backend=self.backend, **self.params)
 
 
 class MatrixKernel(Kernel):
@@ -482,12 +493,44 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     if algorithm not in ("auto", "direct"):
         raise UsageError(f"matrix op {opdef.name!r} has one algorithm, 'direct' (its phases); "
                          f"got {algorithm!r}")
-    sched = _schedule(t, schedule)
+    given = {k: v for k, v in schedule.items() if k in GEMM_FIELDS} if isinstance(schedule, dict) else {}
+    sched = _schedule(t, {k: v for k, v in schedule.items() if k not in GEMM_FIELDS}
+                      if isinstance(schedule, dict) else schedule)
     lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
+    has_gemm = any(isinstance(ph, MatMulPhase) for ph in lowered.leaves())
+    gemm, why = None, ""
+    if given:
+        if not has_gemm:
+            raise UsageError(f"schedule {', '.join(sorted(given))}: GEMM fields, and {opdef.name} has no GEMM")
+        gemm = schedule_for(t, given)
+    elif has_gemm and schedule is None:
+        gemm, why = tuned_gemm(program, t, be.name)
+    tuned = bool(why)
+    gemm = None if gemm == t.gemm and not tuned else gemm
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
-    art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params)
+        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}" \
+        f"{'' if gemm is None or gemm == t.gemm else '_' + gemm.tag(t.lanes)}{be.suffix}"
+    art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params,
+                             **({} if gemm is None else {"gemm": gemm}))
     cls = MatrixKernel if lowered.abi().style == "general" else Kernel
     return cls(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
-               wrapper=art.wrapper)
+               wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why)
+
+
+def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[GemmSchedule | None, str]:
+    """The GEMM schedule of a matrix op from this machine's newest usable tuning record (``softgen
+    tune --op <matrix op>``: algorithm "direct", the schedule's fields mr, nv, kc, nc, ku), and
+    its ``why``; (None, "") without one (or with ``SOFTGEN_USE_TUNING=0``)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return None, ""
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return None, ""
+    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
+        try:
+            return schedule_for(target, GemmSchedule(**r.schedule)), measured_why(r)
+        except (TypeError, UsageError):
+            continue
+    return None, ""

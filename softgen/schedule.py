@@ -163,5 +163,15 @@ class GemmSchedule:
                              f"buffer limit of {MAX_STACK_FLOATS} floats")
         return self
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def tag(self, lanes: int) -> str:
+        """Suffix of a matrix kernel's name whose GEMM schedule is not its target's default."""
+        return f"g{self.mr}x{self.nr(lanes)}_kc{self.kc}_nc{self.nc}" + (f"_ku{self.ku}" if self.ku > 1 else "")
+
     def __str__(self) -> str:
         return f"mr={self.mr} nv={self.nv} kc={self.kc} nc={self.nc} ku={self.ku}"
+
+
+GEMM_FIELDS = ("mr", "nv", "kc", "nc", "ku")

@@ -104,7 +104,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate_matrix(self, program, target: Target, schedule: Schedule, name: str, *, op: str,
                         params: dict) -> Artifact:
-        """The kernel ``name`` computing the lowered matrix program ``program``."""
+        """The kernel ``name`` computing the lowered matrix program ``program``. A backend whose
+        GEMMs take a ``GemmSchedule`` accepts it as the keyword ``gemm`` (passed only when it is
+        not the target's default: a tuned or given tile)."""
 
     # -- what an artifact is made of; the defaults: ``source`` is one C file ----------------------
     def link_inputs(self, a: Artifact) -> dict:

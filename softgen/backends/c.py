@@ -25,7 +25,7 @@ from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
-from ..schedule import Schedule
+from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
 from .base import Artifact, Backend, register
 from .entry import abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
@@ -519,10 +519,13 @@ def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
     return "\n".join(lines), Epilogue(fname.rsplit("__", 1)[-1], tuple(params), vector, needs_vmath=True)
 
 
-def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> str:
+def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict,
+                    gemm_schedule: GemmSchedule | None = None) -> str:
     """C source of a matrix kernel: one static function per rows/cols phase of the lowered
     matrix program ``mp``, one register-blocked GEMM (``backends.gemm``) per contraction layout
-    and per fused epilogue, and the entry point of the program's ABI (``abi.KernelABI``)."""
+    and per fused epilogue, and the entry point of the program's ABI (``abi.KernelABI``).
+    ``gemm_schedule``: the GEMMs' tile and blocking (default: the target's ``[gemm]``)."""
+    g = schedule_for(t, gemm_schedule)
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
@@ -539,23 +542,22 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
             continue
         done.add(fname)
         if epi is None:
-            gemms.append(gemm(t, layout, name=fname).source)
+            gemms.append(gemm(t, layout, g, name=fname).source)
         else:
             helper, e = epilogue_code(epi, t, s, f"{name}__epi{k}", mp.leaves()[k].mm.alpha)
-            gemms.append(helper + "\n" + gemm(t, layout, epilogue=e, name=fname).source)
+            gemms.append(helper + "\n" + gemm(t, layout, g, epilogue=e, name=fname).source)
     return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
-        schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {gemm_schedule(t)}" if gemms else ""),
+        schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {_gemm_text(t, g)}" if gemms else ""),
         plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(),
         helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms)
 
 
-def gemm_schedule(t: Target) -> str:
-    s = schedule_for(t)
-    return f"{s.mr}x{s.nr(t.lanes)} tile, {s}"
+def _gemm_text(t: Target, s: GemmSchedule) -> str:
+    return f"{s.mr}x{s.nr(t.lanes)} tile, {s}" + ("" if s == t.gemm else " (not the target's default)")
 
 
 def check_schedule(t: Target, s: Schedule) -> None:
@@ -628,9 +630,9 @@ class CBackend(Backend):
         return Artifact(self, name, target, generate(program, target, schedule, name, op=op,
                                                      algorithm=algorithm, params=params))
 
-    def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
+    def generate_matrix(self, program, target, schedule, name, *, op, params, gemm=None) -> Artifact:
         return Artifact(self, name, target, generate_matrix(program, target, schedule, name, op=op,
-                                                            params=params))
+                                                            params=params, gemm_schedule=gemm))
 
 
 register(CBackend())

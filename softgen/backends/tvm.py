@@ -762,7 +762,8 @@ GEMM_EPILOGUES = False   # tvm_gemm stores the plain product: element-wise phase
 TVM_CALLS = CallingConvention(size_type="int64_t", pointer_cast="(float *)", status=True, declare=True)
 
 
-def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> tuple[str, str]:
+def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict,
+                    gemm_schedule=None) -> tuple[str, str]:
     """(TVMScript of one function per rows/cols phase of the lowered matrix program and one
     ``tvm_gemm`` contraction per layout, C wrapper with the entry point): the C backend's
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
@@ -779,7 +780,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     header += ["# " + ln for ln in matrix_plan_lines(mp)]
     funcs = [row_function(ph.program, t, s, f"{name}__phase{k}", ph.program.row_params())
              for k, ph in enumerate(mp.leaves()) if isinstance(ph, SweepPhase)]
-    gemms = {fname: tvm_gemm.gemm(t, layout, name=fname)
+    gemms = {fname: tvm_gemm.gemm(t, layout, gemm_schedule, name=fname)
              for fname, layout, _ in matrix_gemms(mp, name).values()}
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
     entry = matrix_entry(mp, name, TVM_CALLS)
@@ -827,8 +828,8 @@ class TvmBackend(Backend):
         tir, wrapper = generate(program, target, schedule, name, op=op, algorithm=algorithm, params=params)
         return Artifact(self, name, target, tir, wrapper)
 
-    def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
-        tir, wrapper = generate_matrix(program, target, schedule, name, op=op, params=params)
+    def generate_matrix(self, program, target, schedule, name, *, op, params, gemm=None) -> Artifact:
+        tir, wrapper = generate_matrix(program, target, schedule, name, op=op, params=params, gemm_schedule=gemm)
         return Artifact(self, name, target, tir, wrapper)
 
     def link_inputs(self, a: Artifact) -> dict:
