@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import check, run, skip_unless_emulated
 from test_kernels import contract_rows
+from test_soft import check_gauss
 
 import softgen
 from softgen import costmodel, machine, passes, tunedb
@@ -219,3 +220,54 @@ def test_tune_records_the_knobs_and_auto_builds_them(tmp_path, monkeypatch, rng)
     for n in (1, 63, 64, 65, 4096, 5000):
         x = (rng.standard_normal((2, n)) * 5).astype(np.float32)
         check(k, x, k(x), f"n={n}")
+
+
+# -- GEMM tiles of matrix ops ----------------------------------------------------------------------
+
+def test_gemm_candidates_stay_within_the_register_budget():
+    for name in ("avx2", "avx512", "scalar"):
+        t = get_target(name)
+        cands = tune_mod.gemm_candidates(t)
+        assert cands[0] == t.gemm and len(cands) == len(set(cands)) >= 5
+        for g in cands:
+            assert g.mr * g.nv + g.nv + 1 <= t.vector_registers and g.nc % g.nr(t.lanes) == 0
+        assert {g.mr for g in cands} >= {t.gemm.mr - 1, t.gemm.mr}
+
+
+def test_a_given_gemm_schedule_is_built_and_correct(rng):
+    k = softgen.compile("gaussian_kernel", target="host", schedule={"mr": 3, "kc": 64})
+    t = k.target
+    assert k.gemm.mr == 3 and k.gemm.kc == 64 and not k.tuned and k.name.endswith(f"_{k.gemm.tag(t.lanes)}")
+    assert f"gemm {3}x{k.gemm.nr(t.lanes)} tile, mr=3" in k.source and "(not the target's default)" in k.source
+    assert "# gemm: mr=3" in k.explain() and k.explain(as_json=True)["gemm"]["why"] == "given"
+    a, b = (rng.standard_normal((n, 70)).astype(np.float32) for n in (37, 29))   # d > kc: two k blocks
+    check_gauss(k, a, b, k(a, b))
+    same = softgen.compile("gaussian_kernel", target="host", schedule=t.gemm.as_dict())
+    assert same.gemm is None and same.source == softgen.compile("gaussian_kernel", target="host").source
+    with pytest.raises(UsageError, match="sinkhorn has no GEMM"):
+        softgen.compile("sinkhorn", target="host", schedule={"mr": 3})
+    with pytest.raises(UsageError, match="vector registers"):
+        softgen.compile("gaussian_kernel", target="avx2", schedule={"mr": 9})
+
+
+def test_tune_gemm_records_and_compile_uses_it(tmp_path, monkeypatch, rng):
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    t = get_target("host")
+    two = tune_mod.gemm_candidates(t)[:2]
+    monkeypatch.setattr(tune_mod, "gemm_candidates", lambda _t: two)
+    res = softgen.tune("gaussian_kernel", target=t.name, shapes="40x48x24", budget_s=2, progress=False)
+    (rec,) = res.records
+    assert rec.algorithm == "direct" and set(rec.schedule) == {"mr", "nv", "kc", "nc", "ku"}
+    assert len(rec.runners_up) == 1 and "gemm" in res.report()
+    k = softgen.compile("gaussian_kernel", target=t.name)
+    assert k.tuned and k.gemm.as_dict() == rec.schedule and k.gemm_why.startswith("measured: ")
+    assert "# gemm: " in k.explain() and k.explain(as_json=True)["tuned"] is True
+    a, b = rng.standard_normal((33, 20), dtype=np.float32), rng.standard_normal((17, 20), dtype=np.float32)
+    check_gauss(k, a, b, k(a, b))
+    with pytest.raises(UsageError, match="takes shapes"):
+        softgen.tune("gaussian_kernel", target=t.name, sizes=[64], progress=False)
+    with pytest.raises(UsageError, match="bad shape"):
+        softgen.tune("gaussian_kernel", target=t.name, shapes="12x3", progress=False)
+    with pytest.raises(UsageError, match="no GEMM to tune"):
+        softgen.tune("sinkhorn", target=t.name, shapes="8x8", progress=False)
