@@ -45,7 +45,7 @@ def isa_header(t: Target, stream: bool = False) -> str:
     non-temporal ``V_STREAM``/``V_FENCE`` only with ``stream``)."""
     specs = {**VIRTUAL_ISA, **OPTIONAL_ISA, **(STREAM_ISA if stream else {})}
     macros = [(name, specs[name], body) for name, body in t.isa.items() if name in specs]
-    return env().get_template("isa.h.j2").render(t=t, macros=macros)
+    return env().get_template("isa.h.j2").render(t=t, macros=macros, stream=stream and t.streams)
 
 
 def vmath(exp: str = constants.EXP_DEFAULT) -> str:

@@ -76,8 +76,8 @@ DEFAULT_SIZES = "1K,64K,1M,16M"
 DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
 PRUNE_RATIO = 1.5           # the model's cost over the best one's beyond which an algorithm is not timed
 KEEP = 3                    # schedules per algorithm timed (the nearest the target's default)
-KNOB_ALGORITHMS = 2         # the level-bound knobs (stream, prefetch, exp) are timed on this many
-                            # algorithms, the model's cheapest at the class's level
+KNOB_ALGORITHMS = 1         # the level-bound knobs (stream, prefetch, exp) are timed on this many
+                            # algorithms, the model's cheapest at the class's level (within the budget)
 FINALISTS = 3
 TOLERANCE = 0.02            # relative half-width of the median's 95% CI at which rounds stop
 MIN_ROUNDS = 5

@@ -617,7 +617,7 @@ class CBackend(Backend):
     # (targets with [isa] STREAM only for stream), and the exp variants (all within the accuracy
     # contract: tests/test_exp.py) for rows in cache, where the exp sweep is compute-bound
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
-                                     "stream": (False, True), "prefetch": (0, 256, 1024),
+                                     "stream": (False, True), "prefetch": (0, 1024),
                                      "exp": tuple(EXP_VARIANTS)})
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
                                            "exp": ("L1d", "L2", "L3")})
