@@ -85,7 +85,8 @@ def _tuned_entries(recs: list, program: Program, target: Target) -> list:
         if r.algorithm not in applicable:
             continue
         try:
-            Schedule(**r.schedule).validate(target.lanes)
+            if Schedule(**r.schedule).validate(target.lanes).stream and not target.streams:
+                continue   # e.g. an imported record: this target has no non-temporal stores
         except (TypeError, UsageError):
             continue
         key = (r.n_min, r.n_max)

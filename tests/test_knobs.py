@@ -269,3 +269,14 @@ def test_tune_gemm_records_and_compile_uses_it(tmp_path, monkeypatch, rng):
         softgen.tune("gaussian_kernel", target=t.name, shapes="12x3", progress=False)
     with pytest.raises(UsageError, match="no GEMM to tune"):
         softgen.tune("sinkhorn", target=t.name, shapes="8x8", progress=False)
+
+
+def test_records_with_knobs_a_target_lacks_are_not_used():
+    from types import SimpleNamespace
+
+    from softgen.kernel import _tuned_entries
+    rec = SimpleNamespace(algorithm="two-pass", n_min=1, n_max=100, rows_min=1, timestamp=0.0,
+                          schedule={**Schedule().as_dict(), "stream": True})
+    p = build_program("softmax")
+    assert _tuned_entries([rec], p, get_target("avx2")) == [rec]
+    assert _tuned_entries([rec], p, get_target("scalar")) == []       # would not build there
