@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import statistics
-import time
+import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np  # noqa: E402
+from common import count_label, parse_count, render_table, time_interleaved  # noqa: E402
 
-SIZES = {"256K": 1 << 18, "1M": 1 << 20, "4M": 1 << 22, "16M": 1 << 24, "64M": 1 << 26}
+DEFAULT_SIZES = ["256K", "1M", "64M"]
 
 
 def load(d: str, name: str):
@@ -28,33 +29,42 @@ def load(d: str, name: str):
     return f
 
 
+def _ns(v, row=None):
+    return f"{v:.3f}"
+
+
+COLUMNS = [("size", "size", "s"), ("kernel", "kernel", "s"), ("base", "base ns/el", _ns),
+           ("head", "head ns/el", _ns), ("ratio", "head/base", ".3f"), ("noise", "noise", ".0%")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("base")
     ap.add_argument("head")
-    ap.add_argument("--sizes", nargs="+", default=["256K", "1M", "64M"], choices=list(SIZES))
+    ap.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="element counts (1K = 1024)")
     a = ap.parse_args()
+    try:
+        sizes = [parse_count(s) for s in a.sizes]
+    except ValueError as e:
+        ap.error(str(e))
     rng = np.random.default_rng(0)
-    print(f"{'size':5s} {'kernel':36s} {'base ns/el':>10s} {'head ns/el':>10s} {'head/base':>9s}")
-    for label in a.sizes:
-        n = SIZES[label]
+    rows = []
+    for n in sizes:
         x = (rng.standard_normal(n) * 4).astype(np.float32)
         y = np.empty_like(x)
         px, py = x.ctypes.data, y.ctypes.data
-        reps = max(1, int(2e7 // n))
         for name in sorted(os.listdir(a.head)):
-            pair = load(a.base, name), load(a.head, name)
-            times: tuple[list, list] = ([], [])
-            for f in pair:   # warm-up, and both must succeed
+            pair = {"base": load(a.base, name), "head": load(a.head, name)}
+            for f in pair.values():   # both must succeed
                 assert f(px, py, 1, n, n, n) == 0
-            for _ in range(15 if n < 1 << 24 else 7):
-                for f, acc in zip(pair, times):
-                    t = time.perf_counter()
-                    for _ in range(reps):
-                        f(px, py, 1, n, n, n)
-                    acc.append((time.perf_counter() - t) / reps / n * 1e9)
-            mb, mh = (statistics.median(t) for t in times)
-            print(f"{label:5s} {name:36s} {mb:10.3f} {mh:10.3f} {mh / mb:9.3f}", flush=True)
+            # interleaved medians (softgen.benchmark.time_interleaved): calibrated samples, warm-up
+            tm = time_interleaved({k: ("f(px, py, 1, n, n, n)", {"f": f, "px": px, "py": py, "n": n})
+                                   for k, f in pair.items()}, min_rounds=7, max_rounds=15)
+            mb, mh = (tm[k].median / n * 1e9 for k in ("base", "head"))
+            rows.append(dict(size=count_label(n), kernel=name, base=mb, head=mh, ratio=mh / mb,
+                             noise=max(t.spread for t in tm.values())))
+            print(render_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+    print(render_table(rows, COLUMNS, group="size"))
 
 
 if __name__ == "__main__":

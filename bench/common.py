@@ -1,7 +1,7 @@
 """Op-independent benchmark helpers for the ``bench/<op>.py`` scripts: single-threading,
 interleaved median timing, bandwidth, size parsing, text tables, machine info.
 
-They live in the package (``softgen/benchmark.py``, the machinery of ``softgen bench``); this module
+They live in the package (``softgen/benchmark/``, the machinery of ``softgen bench``); this module
 re-exports them so the scripts keep their imports. See ``softgen.benchmark``'s docstring for the
 timing model (calibrate, warm up, interleaved rounds, medians with the IQR as the noise figure).
 

@@ -18,21 +18,27 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import softgen  # noqa: E402
-from bench.common import time_interleaved  # noqa: E402
+from bench.common import count_label, parse_count, render_table, time_interleaved  # noqa: E402
 from softgen import machine, passes  # noqa: E402
 from softgen.ops import build_program  # noqa: E402
 from softgen.targets import get_target  # noqa: E402
 
-SIZES = {"256K": 1 << 18, "1M": 1 << 20, "4M": 1 << 22, "16M": 1 << 24, "64M": 1 << 26}
+
+def _ns(v, row=None):
+    return f"{v:.3f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", nargs="+", default=["avx2", "avx512"])
-    ap.add_argument("--sizes", nargs="+", default=["256K", "1M", "16M", "64M"], choices=list(SIZES))
+    ap.add_argument("--sizes", nargs="+", default=["256K", "1M", "16M", "64M"], help="element counts (1K = 1024)")
     ap.add_argument("--op", default="softmax")
     ap.add_argument("--budget", type=float, default=0.5, help="seconds per variant per size (about)")
     a = ap.parse_args()
+    try:
+        sizes = [parse_count(s) for s in a.sizes]
+    except ValueError as e:
+        ap.error(str(e))
     print(f"# {machine.describe()}")
     rng = np.random.default_rng(0)
     program = build_program(a.op)
@@ -45,10 +51,12 @@ def main() -> None:
         print("\n".join(f"# {line}" for line in (auto.dispatch.lines() if auto.dispatch else ["no model"])))
         algs = [x for x in t.auto_algorithms if x in passes.applicable_algorithms(program)]
         ks = {alg: softgen.compile(a.op, algorithm=alg, target=tname) for alg in algs}
-        print(f"{'target':7s} {'size':5s} " + " ".join(f"{passes.SHORT[x]:>7s}" for x in algs)
-              + f" {'auto':>7s}  model  fastest  model/fastest  auto/model")
-        for label in a.sizes:
-            n = SIZES[label]
+        cols = [("target", "target", "s"), ("size", "size", "s")] + \
+            [(x, passes.SHORT[x], _ns) for x in algs] + \
+            [("auto", "auto", _ns), ("model", "model", "s"), ("fastest", "fastest", "s"),
+             ("model/fastest", "model/fastest", ".3f"), ("auto/model", "auto/model", ".3f")]
+        rows = []
+        for n in sizes:
             x = (rng.standard_normal((1, n)) * 4).astype(np.float32)
             y = np.empty_like(x)
             for k in [*ks.values(), auto]:   # first touch and load outside the timing
@@ -60,9 +68,11 @@ def main() -> None:
             chosen = auto.algorithm if not auto.dispatcher else next(
                 e.algorithm for e in auto.dispatch.entries if e.n_max is None or n <= e.n_max)
             best = min(algs, key=ns.get)
-            print(f"{tname:7s} {label:5s} " + " ".join(f"{ns[x]:7.3f}" for x in algs)
-                  + f" {ns['auto']:7.3f}  {passes.SHORT[chosen]:>5s}  {passes.SHORT[best]:>7s}  "
-                  f"{ns[chosen] / ns[best]:13.3f}  {ns['auto'] / ns[chosen]:10.3f}", flush=True)
+            rows.append({"target": tname, "size": count_label(n), **ns, "model": passes.SHORT[chosen],
+                         "fastest": passes.SHORT[best], "model/fastest": ns[chosen] / ns[best],
+                         "auto/model": ns["auto"] / ns[chosen]})
+            print(f"# {tname} {count_label(n)} done", file=sys.stderr, flush=True)
+        print(render_table(rows, cols), flush=True)
 
 
 if __name__ == "__main__":

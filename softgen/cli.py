@@ -17,7 +17,7 @@ from .abi import ECPU
 from .backends import BACKENDS, get_backend
 from .errors import SoftgenError, UsageError
 from .kernel import compile as compile_kernel
-from .targets import host_arch, targets
+from .targets import groups, host_arch, targets
 from .tune import DEFAULT_BUDGET, DEFAULT_SIZES, N_MAX as TUNE_N_MAX, tune
 
 
@@ -40,7 +40,10 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op", default="softmax", help="op to generate (default: softmax; see 'softgen ops')")
     p.add_argument("--algorithm", default="auto",
                    help="auto | three-pass-recompute | three-pass-reload | two-pass | online")
-    p.add_argument("--target", default="host", help="host or a target from 'softgen targets' (default: host)")
+    p.add_argument("--target", default="host", help=(
+        "host, a target from 'softgen targets', an architecture group (x86-64, aarch64: every ISA of "
+        "it in one library, picked at load; SOFTGEN_ISA caps the pick) or a comma list of targets of "
+        "one architecture (avx2,avx512) (default: host)"))
     default = "c"   # the registered backends (softgen.backends); compile rejects others, naming them
     p.add_argument("--backend", default=default, metavar="{" + ",".join(BACKENDS) + "}", help=" | ".join(
         f"{b.name} ({b.description}{', default' if b.name == default else ''})" for b in BACKENDS.values()))
@@ -181,13 +184,22 @@ def _kernel(args):
 
 def _cmd_targets(args) -> None:
     rows = targets()
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    grps = groups()
+    if args.json:   # groups: rows with "members" (best first) and "pick" (what a library picks here)
+        lanes = {r["name"]: r["lanes"] for r in rows}
+        print(json.dumps(rows + [{"name": g["name"], "summary": f"group: {', '.join(g['members'])} in one library",
+                                  "lanes": lanes[g["members"][0]], "arch": g["arch"], "runnable": g["runnable"],
+                                  "missing": g["missing"],
+                                  "host_default": False, "members": g["members"], "pick": g["pick"]}
+                                 for g in grps], indent=2))
         return
     for r in rows:
         mark = "runs here" + (" (host default)" if r["host_default"] else "") if r["runnable"] \
             else "cross/emulated only: missing " + ", ".join(r["missing"])
         print(f"{r['name']:<8} {r['lanes']:>2} lanes  {r['summary']:<58} {mark}")
+    for g in grps:   # --target <group>, or a comma list of targets of one architecture
+        mark = f"runs here, picks {g['pick']}" if g["runnable"] else "cross/emulated only"
+        print(f"{g['name']:<8} group     {', '.join(g['members']) + ' in one library, picked at load':<58} {mark}")
 
 
 def _cmd_ops(args) -> None:

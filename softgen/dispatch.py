@@ -12,7 +12,7 @@ variants' entry points stay inside the library.
 """
 from __future__ import annotations
 
-from .abi import KernelABI
+from .abi import ERRORS, KernelABI
 from .costmodel import DispatchTable
 from .render import env
 
@@ -36,3 +36,31 @@ def render_dispatch(name: str, abi: KernelABI, table: DispatchTable, variants: l
         variants=[{**v, "signature": abi.signature(v["name"])} for v in variants],
         entries=table.entries, signature=abi.signature(name),
         args=", ".join(n for _, n in abi.params()))
+
+
+# -- one library spanning ISAs (issue 13): a member per ISA, picked once at load ------------------
+# The thread pool's extended entry (<name>_mt) is not forwarded yet: when it lands, add it to
+# isa_version_script and to isa_dispatch.c.j2 (a switch like <name>'s).
+
+
+def isa_member_name(name: str, isa: str) -> str:
+    """The (hidden) entry point of ISA ``isa``'s kernel in a multi-ISA library ``name``."""
+    return f"{name}__{isa}"
+
+
+def isa_version_script(name: str) -> str:
+    """Exports only the library's entry point, its CPU check and its ISA query."""
+    return f"{{\n  global: {name}; {name}_supported; {name}_isa;\n  local: *;\n}};\n"
+
+
+def render_isa_dispatch(name: str, abi: KernelABI, members: list[dict], known: list[dict], *, op: str,
+                        params: str, algorithm: str, group: str, arch: str, version: str) -> str:
+    """The top translation unit of a multi-ISA library. ``members``, best first: per ISA ``isa``
+    (its target's name), ``symbol`` (its kernel's entry point), ``rank``, ``requires`` (text),
+    ``lines`` (its dispatch table or algorithm, for the comment); ``known``: ``name`` and
+    ``rank`` of every ISA of the architecture (what SOFTGEN_ISA may name)."""
+    ecpu = next(e.code for e in ERRORS if e.suffix == "ECPU")
+    return env().get_template("isa_dispatch.c.j2").render(
+        name=name, version=version, op=op, params=params, algorithm=algorithm, group=group, arch=arch,
+        members=[{**m, "signature": abi.signature(m["symbol"])} for m in members], known=known,
+        signature=abi.signature(name), args=", ".join(n for _, n in abi.params()), ecpu=ecpu)

@@ -51,22 +51,24 @@ def emulation_available(t: Target) -> tuple[bool, str]:
     return True, find_emulator(t)[0]
 
 
-def load_emulated(sources: dict, t: Target, name: str, simde: bool = True, abi: KernelABI = KernelABI.row()):
+def load_emulated(sources: dict, t: Target, name: str, simde: bool = True, abi: KernelABI = KernelABI.row(),
+                  file_targets: dict | None = None):
     """A callable ``fn(*args) -> int`` running the kernel emulated, taking the arguments of its
     entry point ``abi`` (pointers as addresses; by default ``fn(px, py, rows, n, ldx, ldy)``).
     ``sources``: the kernel's compiler inputs (``Kernel.sources()``); ``simde``: whether they are
-    C that SIMDe can emulate (its backend's ``simde_emulable``; not machine code, e.g. TVM's)."""
+    C that SIMDe can emulate (its backend's ``simde_emulable``; not machine code, e.g. TVM's);
+    ``file_targets``: per-file targets of a multi-ISA library (``Kernel.file_targets()``)."""
     ok, how = emulation_available(t)
     if ok and how == "SIMDe" and not simde:
         ok, how = False, "C source (SIMDe emulates intrinsics; this kernel's backend emits machine code)"
     if not ok:
         raise TargetNotSupportedError(f"cannot emulate target {t.name} here: needs {how}")
     if how == "SIMDe":
-        fn = load_entry(open_shared(sources, t, emulate=True, symbols=(name,)), name, abi)
+        fn = load_entry(open_shared(sources, t, emulate=True, symbols=(name,), file_targets=file_targets), name, abi)
         fn.how = "emulated (SIMDe)"
         return fn
     driver = env().get_template("driver.c.j2").render(name=name, version=__version__, target=t.name, abi=abi)
-    exe = build_executable({**sources, "driver.c": driver}, t)
+    exe = build_executable({**sources, "driver.c": driver}, t, file_targets=file_targets)
     return QemuEntry(exe, find_emulator(t), name, abi)
 
 

@@ -18,6 +18,7 @@ from .errors import SoftgenError
 from .ops import get_op
 from .render import env
 from .runtime import build_shared, compiler_for, flags_for
+from .targets import all_targets
 
 # Every function here takes ``k``, a ``softgen.Kernel`` (duck-typed: kernel sits above export and
 # imports it for ``Kernel.export``, so export names no Kernel type).
@@ -102,16 +103,19 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
     out = Path(directory)
     art = k.artifact   # what the backend generated: its source files ("source": <name>.c, ...)
     texts = art.export_files()
-    for v in getattr(k, "variants", ()):   # a dispatcher: every variant's files too
-        for key, val in v.artifact.export_files().items():   # one algorithm, two schedules: by name
-            texts[f"{key}_{v.algorithm}" if f"{key}_{v.algorithm}" not in texts else f"{key}_{v.name}"] = val
+    _variant_files(k, texts, "")
+    members = getattr(k, "members", ())   # a library spanning ISAs: every ISA's files, by ISA
+    for m in members:
+        for key, val in m.artifact.export_files().items():
+            texts[f"{key}_{m.target.name}"] = val
+        _variant_files(m, texts, f"_{m.target.name}")
     table = getattr(k, "dispatch", None)
     dispatch = [] if table is None else table.as_list()
     paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
              "manifest": out / f"{k.name}.json", **{key: out / fname for key, (fname, _) in texts.items()}}
     # Everything that can fail (compiler, accuracy run) happens before the output directory is
     # touched, so a failed export leaves nothing behind.
-    library = build_shared(k.sources(), k.target, cc=cc)
+    library = build_shared(k.sources(), k.target, cc=cc, file_targets=k.file_targets())
     params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
     kabi = k._abi
     sparse = kabi.kind == SELECTED
@@ -124,7 +128,9 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
         scratch=scratch_doc(k) if k.matrix else "",
         dispatch=table.lines() if table is not None and k.variants else [],
-        requires=", ".join(k.target.requires) or "no instruction-set extension")
+        requires=", ".join(k.target.requires) or "no instruction-set extension",
+        isas=[_isa_doc(m) for m in members], arch=k.target.arch,
+        known=", ".join(t.name for t in all_targets().values() if t.arch in (k.target.arch, "any")))
     try:
         accuracy = measure_accuracy(k)
     except SoftgenError as e:
@@ -150,6 +156,17 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         "target": {"name": k.target.name, "summary": k.target.summary, "lanes": k.target.lanes,
                    "arch": k.target.arch, "requires": list(k.target.requires)},
         "compiler": {"command": compiler_for(k.target, cc), "flags": flags_for(k.target)},
+        **({"isas": [{**_isa_doc(m), "compiler_flags": flags_for(m.target)[len(flags_for(k.target)):],
+                      "dispatch": None if m.dispatch is None else m.dispatch.as_list(),
+                      "dispatch_source": None if m.dispatch is None else m.dispatch.source,
+                      "tuned": bool(m.tuned)} for m in members],
+            "isa_pick": f"once per process, at the first call of {k.name}, {k.name}_supported or {k.name}_isa: "
+                        f"the first ISA of 'isas' (best first) whose CPU check passes and whose rank is at most "
+                        f"that of the ISA the environment variable SOFTGEN_ISA names (unset, or naming no ISA "
+                        f"of {k.target.arch}: no cap); none: every call returns {ECPU.code} (ECPU)",
+            "isa_query": {"symbol": f"{k.name}_isa", "doc": "the picked ISA's name (\"none\" if none), "
+                                                          "a static string"}}
+           if members else {}),
         "schedule": k.schedule.as_dict(), "traffic": k.plan.traffic(), "accuracy": accuracy,
         "files": {key: p.name for key, p in paths.items()},
     }
@@ -177,6 +194,26 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         _remove_empty(out, missing[-1] if missing else None)
         raise
     return paths
+
+
+def _variant_files(k, texts: dict, tag: str) -> None:
+    """A dispatcher's variants' export files into ``texts``, keyed ``<key><tag>_<algorithm>``
+    (one algorithm, two schedules: ``<key><tag>_<variant name>``)."""
+    for v in getattr(k, "variants", ()):
+        for key, val in v.artifact.export_files().items():
+            texts[f"{key}{tag}_{v.algorithm}" if f"{key}{tag}_{v.algorithm}" not in texts else f"{key}{tag}_{v.name}"] = val
+
+
+def _isa_doc(m) -> dict:
+    """One ISA of a multi-ISA library (header and manifest): its name, rank, entry point, needs,
+    and what it runs (its dispatch table, or its algorithm and schedule)."""
+    if m.dispatch is not None and m.dispatcher:
+        runs = m.dispatch.lines()
+    else:
+        runs = [f"{m.algorithm}, schedule {m.schedule}"
+                + (f" (auto, {m.dispatch.source}: one variant at every size)" if m.dispatch is not None else "")]
+    return {"isa": m.target.name, "rank": m.target.host_rank, "symbol": m.name,
+            "requires": list(m.target.requires), "runs": runs}
 
 
 def _remove_empty(out: Path, created: Path | None) -> None:

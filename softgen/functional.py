@@ -41,7 +41,8 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     call = {k: v for k, v in kwargs.items() if k in opdef.call_params and v is not None}
     build = opdef.build_params_for_call({k: v for k, v in kwargs.items() if k not in opdef.call_params}, call)
     params = tuple(sorted(_ops.resolve_params(opdef, build).items()))
-    k = _kernel(op, target, backend, algorithm, params)
+    # a list of targets (a library spanning ISAs) as a tuple: the kernel cache's key is hashed
+    k = _kernel(op, tuple(target) if isinstance(target, list) else target, backend, algorithm, params)
     if more:
         return k(*inputs, out=out)
     return k(np.asarray(x), out=out, **call)

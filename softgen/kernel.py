@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,7 +19,14 @@ from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
 from .costmodel import DispatchTable, Entry, model_table
-from .dispatch import render_dispatch, variant_name, version_script
+from .dispatch import (
+    isa_member_name,
+    isa_version_script,
+    render_dispatch,
+    render_isa_dispatch,
+    variant_name,
+    version_script,
+)
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
 from .ir import Program
@@ -26,7 +34,7 @@ from .machine import caches
 from .matrix import MatMulPhase, MatrixProgram
 from .runtime import assembly, load_entry, open_shared
 from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule
-from .targets import Target, get_target
+from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
     from ._fastcall import call as _fastcall
@@ -281,7 +289,8 @@ class Kernel:
         if emulate:
             if self._emu_fn is None:
                 self._emu_fn = load_emulated(self.sources(), self.target, self.name,
-                                             get_backend(self.backend).simde_emulable, self._abi)
+                                             get_backend(self.backend).simde_emulable, self._abi,
+                                             file_targets=self.file_targets())
             return self._emu_fn
         if self._fn is None:
             if not self.runnable:
@@ -289,7 +298,7 @@ class Kernel:
                     f"kernel {self.name} needs target {self.target.name}, which this CPU cannot run "
                     f"(missing: {', '.join(self.target.missing_features())}); build or export it for "
                     f"another machine, call run_emulated(), or compile for target='host'")
-            lib = open_shared(self.sources(), self.target, symbols=(self.name,))
+            lib = open_shared(self.sources(), self.target, symbols=(self.name,), file_targets=self.file_targets())
             self._fn = load_entry(lib, self.name, self._abi)
         return self._fn
 
@@ -366,6 +375,11 @@ class Kernel:
         out = {f"{v.name}_{f}": data for v in self.variants for f, data in v.sources().items()}
         return {**out, f"{self.name}_dispatch.c": self.source, f"{self.name}.map": version_script(self.name)}
 
+    def file_targets(self) -> dict:
+        """File name of ``sources()`` -> the ``Target`` whose flags compile it, where it is not
+        the kernel's own target (a multi-ISA library's members); empty for other kernels."""
+        return {}
+
     def asm(self, cc: str | None = None) -> str:
         if not self.variants:
             return self.artifact.asm(cc)
@@ -401,6 +415,90 @@ class MatrixKernel(Kernel):
         return tuple(x)
 
 
+@dataclass(repr=False)
+class IsaKernel(Kernel):
+    """A library spanning ISAs (``compile(target="x86-64")``, ``target="avx2,avx512"`` or a list):
+    per ISA the kernel ``compile(target=isa)`` builds, named ``<name>__<isa>`` (``members``, best
+    first), and a top translation unit (``source``) exporting ``<name>``, ``<name>_supported``
+    and ``<name>_isa``, which picks once per process the first member whose CPU check passes,
+    capped by ``SOFTGEN_ISA`` (``dispatch.render_isa_dispatch``). ``target`` is the library's
+    own (``targets.TargetGroup.target``: the group's arch, its least member's features)."""
+
+    members: tuple = ()            # per ISA, best first: the Kernel compile(target=isa) builds
+    group: TargetGroup | None = None
+    schedule_arg: object = None    # compile's schedule= (each member validates it for itself)
+
+    def _member_files(self, m: Kernel) -> dict:
+        return {(f if f.startswith(m.name) else f"{m.name}_{f}"): data
+                for f, data in m.sources().items() if not f.endswith(".map")}
+
+    def sources(self) -> dict:
+        """Every member's translation units (file names prefixed by the member's name; their own
+        version scripts dropped), the top unit and the version script exporting its three symbols."""
+        out = {f: d for m in self.members for f, d in self._member_files(m).items()}
+        return {**out, f"{self.name}_isa.c": self.source, f"{self.name}.map": isa_version_script(self.name)}
+
+    def file_targets(self) -> dict:
+        """Each member's C files -> that member's target (compiled with its ISA's flags)."""
+        return {f: m.target for m in self.members for f in self._member_files(m) if f.endswith(".c")}
+
+    def asm(self, cc: str | None = None) -> str:
+        return "\n".join([*(m.asm(cc) for m in self.members), assembly(self.source, self.target, cc)])
+
+    @property
+    def runnable(self) -> bool:
+        """Whether this CPU runs some member natively (the library's arch, and a member's features)."""
+        return self.target.arch in ("any", host_arch()) and any(m.runnable for m in self.members)
+
+    @property
+    def isa(self) -> str | None:
+        """The ISA the library picked in this process (``<name>_isa()``: "none" if no member runs
+        or SOFTGEN_ISA caps them all out); None when this machine cannot run the library natively."""
+        if not self.runnable:
+            return None
+        fn = self._fn or self._entry(False)
+        query = getattr(fn._softgen_handle, f"{self.name}_isa")
+        query.argtypes, query.restype = [], ctypes.c_char_p
+        return query().decode()
+
+    def _entry(self, emulate: bool):
+        if not emulate and self._fn is None and not self.runnable:
+            raise TargetNotSupportedError(
+                f"kernel {self.name} spans {', '.join(self.group.names)} ({self.group.arch}), none of which this "
+                f"CPU runs (missing: {', '.join(self.target.missing_features())}); build or export it for "
+                f"another machine, or call run_emulated()")
+        return super()._entry(emulate)
+
+    def explain(self, as_json: bool = False) -> str | dict:
+        """Per ISA its kernel's explanation (``dispatch`` table, model or tuned, for auto) and the
+        pick on this machine (``isa``)."""
+        pick = self.isa
+        rule = (f"the first ISA of {', '.join(self.group.names)} whose CPU check passes, at most "
+                f"SOFTGEN_ISA's rank when it names an ISA of {self.group.arch}")
+        if as_json:
+            return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
+                    "target": self.target.name, "name": self.name, "arch": self.group.arch,
+                    "isas": [{"isa": m.target.name, "symbol": m.name, "explain": m.explain(as_json=True)}
+                             for m in self.members],
+                    "pick_rule": rule, "isa": pick}
+        head = (f"# {self.name}\n# target {self.target.name}: one library over {', '.join(self.group.names)} "
+                f"({self.group.arch}), the ISA picked once at load: {rule}\n"
+                f"# picked here: {pick if pick is not None else '(this machine does not run it)'}"
+                f"{' (SOFTGEN_ISA=' + os.environ['SOFTGEN_ISA'] + ')' if 'SOFTGEN_ISA' in os.environ else ''}\n")
+        parts = [head] + [f"# ===== ISA {m.target.name}: {m.name} =====\n" + m.explain() for m in self.members]
+        return "\n".join(parts)
+
+    def renamed(self, name: str) -> "Kernel":
+        target = self.group.name if is_group_spec(self.group.name) else list(self.group.names)
+        return compile(self.op, algorithm=self.algorithm, target=target, name=name,
+                       schedule=self.schedule_arg, backend=self.backend, **self.params)
+
+
+@dataclass(repr=False)
+class IsaMatrixKernel(IsaKernel, MatrixKernel):
+    """A multi-ISA library of a matrix op with the general ABI (calls as ``MatrixKernel``)."""
+
+
 def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host",
             name: str | None = None, schedule: Schedule | dict | None = None, backend: str = "c",
             **params) -> Kernel:
@@ -417,6 +515,8 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     """
     be = get_backend(backend)
     opdef = _ops.get_op(op)
+    if is_group_spec(target):
+        return _compile_isa_group(be, opdef, target_group(target), algorithm, name, schedule, params)
     t = get_target(target)
     program = _ops.build_program(opdef.name, **params)     # the op's IR, its parameters validated
     if opdef.kind == "matrix":
@@ -535,3 +635,47 @@ def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[Ge
         except (TypeError, UsageError):
             continue
     return None, ""
+
+
+def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, name: str | None, schedule,
+                       params: dict) -> IsaKernel:
+    """One library over the ISAs of ``group``: per ISA exactly the kernel ``compile(op,
+    target=isa, algorithm=algorithm, schedule=schedule)`` builds, named ``<name>__<isa>``, and
+    the top translation unit picking one at load (``dispatch.render_isa_dispatch``)."""
+    if not be.c_source:
+        raise UsageError(f"backend {be.name!r} cannot build a library spanning ISAs ({group.name}): a multi-ISA "
+                         f"library compiles each ISA's C source with that ISA's flags, and {be.name} generates "
+                         f"machine code per target, not C; compile one target at a time")
+    gname = group.name.replace("-", "_").replace(",", "_")
+    program = _ops.build_program(opdef.name, **params)
+    sparse = "_sparse" if opdef.kind != "matrix" and program.op(program.output()) == "output_selected" else ""
+    short = "auto" if passes.ALIASES.get(algorithm, algorithm) == "auto" else passes.SHORT.get(
+        passes.ALIASES.get(algorithm, algorithm), algorithm.replace("-", "_"))
+    kname = check_name(name) if name is not None else f"softgen_f32_{opdef.name}{sparse}_{short}__{gname}{be.suffix}"
+    longest = max(group.names, key=len)
+    if len(isa_member_name(kname, longest)) > 64:
+        raise UsageError(f"kernel name {kname!r} is too long for a library spanning ISAs: its members are "
+                         f"named <name>__<isa> (e.g. {isa_member_name(kname, longest)!r}), at most 64 characters")
+    members = tuple(compile(opdef.name, algorithm=algorithm, target=t.name, name=isa_member_name(kname, t.name),
+                            schedule=schedule, backend=be.name, **params) for t in group.members)
+    first = members[0]
+    known = [{"name": t.name, "rank": t.host_rank} for t in all_targets().values() if t.arch in (group.arch, "any")]
+    infos = []
+    for m in members:
+        if m.dispatch is not None and m.dispatcher:
+            lines = m.dispatch.lines()
+        elif m.dispatch is not None:
+            lines = [f"auto ({m.dispatch.source}): {m.algorithm} at every size, schedule {m.schedule}"]
+        else:
+            lines = [f"{m.algorithm}, schedule {m.schedule}"]
+        infos.append({"isa": m.target.name, "symbol": m.name, "rank": m.target.host_rank,
+                      "requires": ", ".join(m.target.requires) or "nothing beyond the architecture", "lines": lines})
+    source = render_isa_dispatch(
+        kname, first._abi, infos, known, op=opdef.name,
+        params=", ".join(f"{k}={v!r}" for k, v in program.params.items()),
+        algorithm=passes.ALIASES.get(algorithm, algorithm), group=group.name, arch=group.arch, version=__version__)
+    cls = IsaMatrixKernel if isinstance(first, MatrixKernel) else IsaKernel
+    return cls(op=opdef.name, algorithm=first.algorithm if len({m.algorithm for m in members}) == 1 else "auto",
+               target=group.target, schedule=first.schedule, name=kname, params=dict(program.params),
+               program=first.program, source=source, backend=be.name, members=members, group=group,
+               schedule_arg=schedule, tuned=any(m.tuned for m in members))

@@ -367,10 +367,15 @@ def _maybe_prune(entry: Path) -> None:
 
 
 def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], suffix: str,
-                  libs: tuple[str, ...] = ("-lm",), rebuild: bool = False) -> Path:
-    """Compile ``sources`` (file name -> text) with one compiler command; cached by content."""
+                  libs: tuple[str, ...] = ("-lm",), rebuild: bool = False,
+                  file_flags: dict[str, list[str]] | None = None) -> Path:
+    """Compile ``sources`` (file name -> text) with one compiler command; cached by content.
+    ``file_flags``: extra flags of single C files (a multi-ISA library: each ISA's translation
+    units get that ISA's flags); then each C file is compiled on its own (``-c``) and linked."""
+    file_flags = {f: list(v) for f, v in (file_flags or {}).items() if f in sources}
     blobs = [v.encode() if isinstance(v, str) else v for v in sources.values()]
-    key = hashlib.sha256(b"\0".join([*(k.encode() for k in sources), *blobs,
+    per_file = [f"{f}={' '.join(v)}".encode() for f, v in sorted(file_flags.items())]
+    key = hashlib.sha256(b"\0".join([*(k.encode() for k in sources), *blobs, *per_file,
                                      *(a.encode() for a in (_compiler_identity(tuple(argv0)),
                                                              *argv0, *flags, *libs))])).hexdigest()[:32]
 
@@ -383,21 +388,43 @@ def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], s
                 link.append(f"-Wl,--version-script={path}")
             else:
                 paths.append(path)
+        first = paths[0]
+        if file_flags:   # each C file with its own flags, then one link
+            objs = []
+            for path in paths:
+                if path.suffix != ".c":
+                    objs.append(path)
+                    continue
+                obj = path.with_name(path.name + ".o")
+                _run([*argv0, *flags, *file_flags.get(path.name, ()), "-c", "-o", str(obj), str(path)],
+                     "C compiler")
+                objs.append(obj)
+            paths = objs
         out = tmp / f"out{suffix}"
         _run([*argv0, *flags, "-o", str(out), *map(str, paths), *link, *libs], "C compiler")
-        return out, {".c": paths[0]}
+        return out, {".c": first}
 
     what = f"the C compiler ({shlex.join(argv0)})"
     return _cached(cache_dir() / f"{key}{suffix}", make, what, rebuild)
 
 
+def file_flags_for(file_targets: dict | None, emulate: bool = False) -> dict[str, list[str]]:
+    """Per C file, the flags of its own target (a multi-ISA library, ``Kernel.file_targets()``):
+    the target's ``cflags``, or emulated (SIMDe) for an x86 target; a target of no particular
+    architecture (scalar) compiles the same either way."""
+    return {f: (emulation_flags(t) if emulate and t.arch != "any" else list(t.cflags))
+            for f, t in (file_targets or {}).items()}
+
+
 def build_shared(source: str | dict, target: Target, *, emulate: bool = False, cc: str | None = None,
-                 dest: Path | None = None, rebuild: bool = False) -> Path:
+                 dest: Path | None = None, rebuild: bool = False, file_targets: dict | None = None) -> Path:
     """Compile ``source`` (C text, or a dict of file name -> C text / object bytes) to a shared
-    library (cached; ``rebuild``: even if cached); copy it to ``dest`` if given."""
+    library (cached; ``rebuild``: even if cached); copy it to ``dest`` if given. ``file_targets``:
+    file name -> ``Target`` whose flags that file is compiled with (besides ``target``'s base)."""
     sources = {"kernel.c": source} if isinstance(source, str) else source
+    ff = file_flags_for(file_targets, emulate)
     lib = _cached_build(sources, compiler_for(target, cc), flags_for(target, emulate) + ["-shared"], ".so",
-                        rebuild=rebuild)
+                        rebuild=rebuild, file_flags=ff)
     if dest is not None:
         try:
             shutil.copyfile(lib, dest)
@@ -405,17 +432,17 @@ def build_shared(source: str | dict, target: Target, *, emulate: bool = False, c
             if lib.is_file():
                 raise
             shutil.copyfile(_cached_build(sources, compiler_for(target, cc), flags_for(target, emulate)
-                                          + ["-shared"], ".so", rebuild=True), dest)
+                                          + ["-shared"], ".so", rebuild=True, file_flags=ff), dest)
         return dest
     return lib
 
 
 def open_shared(source: str | dict, target: Target, *, emulate: bool = False, cc: str | None = None,
-                symbols: tuple[str, ...] = ()) -> ctypes.CDLL:
+                symbols: tuple[str, ...] = (), file_targets: dict | None = None) -> ctypes.CDLL:
     """``build_shared`` and load the library, which must export ``symbols``; a cached library
     that does not load or lacks one is rebuilt once."""
     for rebuild in (False, True):
-        lib = build_shared(source, target, emulate=emulate, cc=cc, rebuild=rebuild)
+        lib = build_shared(source, target, emulate=emulate, cc=cc, rebuild=rebuild, file_targets=file_targets)
         try:
             handle = ctypes.CDLL(str(lib))
         except OSError as e:
@@ -430,10 +457,12 @@ def open_shared(source: str | dict, target: Target, *, emulate: bool = False, cc
     raise BuildError(f"the library built for target {target.name} cannot be loaded ({lib}): {why}")
 
 
-def build_executable(sources: dict[str, str], target: Target, cc: str | None = None) -> Path:
+def build_executable(sources: dict[str, str], target: Target, cc: str | None = None,
+                     file_targets: dict | None = None) -> Path:
     """A statically linked program for ``target`` (runs under a user-mode emulator)."""
     sources = {k: v for k, v in sources.items() if not k.endswith(".map")}
-    return _cached_build(sources, compiler_for(target, cc), flags_for(target) + ["-static"], ".exe")
+    return _cached_build(sources, compiler_for(target, cc), flags_for(target) + ["-static"], ".exe",
+                         file_flags=file_flags_for(file_targets))
 
 
 def assembly(source: str, target: Target, cc: str | None = None, mark_loops: bool = False) -> str:

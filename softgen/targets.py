@@ -296,6 +296,10 @@ def get_target(name: str) -> Target:
     if name in (None, "host"):
         return all_targets()[host_target()]
     if not isinstance(name, str) or not _NAME_RE.match(name) or name not in all_targets():
+        if isinstance(name, str) and ("," in name or name in group_names()):
+            raise UsageError(f"target {name!r} is a group of targets (one library spanning ISAs: compile, "
+                             f"build, emit, explain, export); here give one target: {', '.join(all_targets())} "
+                             f"(or 'host')")
         raise UsageError(f"unknown target {name!r}; known: {', '.join(all_targets())} (or 'host')")
     return all_targets()[name]
 
@@ -335,3 +339,100 @@ def targets() -> list[dict]:
     return [{"name": t.name, "summary": t.summary, "lanes": t.lanes, "arch": t.arch,
              "runnable": host_supports(t), "missing": t.missing_features(),
              "host_default": t.name == host_target()} for t in all_targets().values()]
+
+
+# -- target groups: one library spanning ISAs (issue 13) -------------------------------------------
+# A group is data, derived from the target files: the group of an architecture (``x86-64``,
+# ``aarch64``: its name is the arch with "-" for "_") holds every target of that arch and every
+# arch-neutral one (scalar, compiled for the group's arch); a comma list (``avx2,avx512``) holds
+# exactly those. Members are ordered best first by ``host_rank`` (the order a library tries them).
+
+
+@dataclass(frozen=True)
+class TargetGroup:
+    name: str                       # "x86-64", "aarch64", or the members' names best first, comma-separated
+    arch: str                       # what every member compiles for
+    members: tuple[Target, ...]     # best first (host_rank, then name)
+    target: Target                  # the library's own: its arch, compiler, emulator; no ISA flags
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.members)
+
+
+def group_name(arch: str) -> str:
+    """The name of ``arch``'s group: ``x86_64`` -> ``x86-64``."""
+    return arch.replace("_", "-")
+
+
+def group_names() -> list[str]:
+    """The architecture groups the target files define (e.g. ``x86-64``, ``aarch64``)."""
+    return sorted({group_name(t.arch) for t in all_targets().values() if t.arch != "any"})
+
+
+def is_group_spec(spec) -> bool:
+    """Whether ``compile(target=spec)`` names a group rather than one target: a list or tuple, a
+    string with a comma, or an architecture group's name that is no target's name."""
+    if isinstance(spec, (list, tuple)):
+        return True
+    return isinstance(spec, str) and ("," in spec or (spec not in all_targets() and spec in group_names()))
+
+
+def _group_target(name: str, arch: str, members: tuple[Target, ...]) -> Target:
+    """The library's own target: the arch of the group, no ISA flags (the members' translation
+    units carry theirs), the features of its least member (the library runs iff that one does),
+    the cross compiler and emulator of a member of that arch."""
+    native = next((t for t in members if t.arch == arch), members[-1])
+    base = members[-1]
+    summary = f"one library over {', '.join(t.name for t in members)} ({arch}); the ISA is picked once at load"
+    return Target(name=name, summary=summary, arch=arch, lanes=members[0].lanes, requires=base.requires, cflags=(),
+                  header="", simde_header=(), fma=base.fma, llvm={}, types={}, isa={},
+                  host_rank=members[0].host_rank, vector_registers=base.vector_registers,
+                  auto_algorithms=members[0].auto_algorithms, schedule=members[0].schedule,
+                  gemm=base.gemm, cross_cc=native.cross_cc, emulator=native.emulator,
+                  hwcaps={**native.hwcaps, **base.hwcaps}, extra=dict(native.extra))
+
+
+def target_group(spec) -> TargetGroup:
+    """The group ``spec`` names: an architecture group (``"x86-64"``, ``"aarch64"``), a comma
+    list (``"avx2,avx512"``) or a list of target names. Every member must be a known target
+    (the error of an unknown target), named once, all of one architecture; arch-neutral targets
+    (scalar) join the arch of the others (the host's when all are neutral)."""
+    if isinstance(spec, str) and "," not in spec and spec in group_names() and spec not in all_targets():
+        arch = next(t.arch for t in all_targets().values() if group_name(t.arch) == spec)
+        members = tuple(t for t in all_targets().values() if t.arch in (arch, "any"))
+        return TargetGroup(spec, arch, members, _group_target(spec, arch, members))
+    names = spec.split(",") if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else None
+    if names is None:
+        raise UsageError(f"target must be a name, a comma-separated list or a list of names, got {spec!r}")
+    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+        raise UsageError(f"a target list needs one or more target names, no empty ones: got {spec!r} "
+                         f"(e.g. 'avx2,avx512'; groups: {', '.join(group_names())})")
+    names = [n.strip() for n in names]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise UsageError(f"target list {spec!r} names {', '.join(dups)} more than once")
+    if "host" in names:
+        raise UsageError(f"target list {spec!r}: 'host' is not allowed in a list (name the ISAs)")
+    members = [get_target(n) for n in names]   # an unknown name: get_target's error
+    arches = sorted({t.arch for t in members if t.arch != "any"})
+    if len(arches) > 1:
+        raise UsageError(f"target list {spec!r} mixes architectures ("
+                         + ", ".join(f"{t.name}: {t.arch}" for t in members if t.arch != "any")
+                         + "): one library holds code of one architecture")
+    arch = arches[0] if arches else host_arch()
+    members = tuple(sorted(members, key=lambda t: (-t.host_rank, t.name)))
+    name = ",".join(t.name for t in members)
+    return TargetGroup(name, arch, members, _group_target(name, arch, members))
+
+
+def groups() -> list[dict]:
+    """The architecture groups, each with its members (best first) and whether this host runs
+    the library (some member runs) and which member it would pick."""
+    out = []
+    for g in group_names():
+        grp = target_group(g)
+        runs = [t.name for t in grp.members if grp.arch == host_arch() and host_supports(t)]
+        out.append({"name": g, "arch": grp.arch, "members": list(grp.names), "runnable": bool(runs),
+                    "missing": [] if runs else grp.target.missing_features(), "pick": runs[0] if runs else None})
+    return out

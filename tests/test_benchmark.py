@@ -13,6 +13,7 @@ import pytest
 import softgen
 from softgen import benchmark as B, cli
 from softgen.errors import UsageError
+from softgen.targets import get_target
 
 RUNNABLE = [t["name"] for t in softgen.targets() if t["runnable"]]
 FAST = dict(min_time=0.001, budget=0.0, min_rounds=2, max_rounds=2, warmup=0, progress=False)
@@ -29,7 +30,7 @@ def _restore_thread_env(monkeypatch):
 
 def _missing(*names):
     """An ``_import`` for which ``names`` (and their submodules) are not installed."""
-    real = B._import
+    real = B.deps._import
 
     def imp(name):
         if name.split(".")[0] in names:
@@ -95,7 +96,7 @@ def test_parse_sizes_and_shapes():
 # -- peers -------------------------------------------------------------------------------------------------
 
 def test_missing_peers_are_skipped_with_the_reason(monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("torch", "onnxruntime"))
+    monkeypatch.setattr(B.deps, "_import", _missing("torch", "onnxruntime"))
     peers, skipped = B.load_peers(["numpy", "torch", "onnxruntime"])
     assert [p.name for p in peers] == ["numpy"]
     assert set(skipped) == {"torch", "onnxruntime"}
@@ -105,7 +106,7 @@ def test_missing_peers_are_skipped_with_the_reason(monkeypatch):
 
 def test_onnxruntime_without_onnx_is_skipped(monkeypatch):
     """onnxruntime importable but not onnx (which builds the one-node model): skipped, saying so."""
-    real = B._import
+    real = B.deps._import
 
     def imp(name):
         if name == "onnxruntime":
@@ -113,7 +114,7 @@ def test_onnxruntime_without_onnx_is_skipped(monkeypatch):
         if name == "onnx":
             raise ImportError("No module named 'onnx'")
         return real(name)
-    monkeypatch.setattr(B, "_import", imp)
+    monkeypatch.setattr(B.deps, "_import", imp)
     peers, skipped = B.load_peers(["onnxruntime"])
     assert peers == [] and "onnx is not installed" in skipped["onnxruntime"]
 
@@ -124,21 +125,51 @@ def test_peers_only_for_softmax():
 
 
 @pytest.mark.parametrize("name", ["torch", "onnxruntime"])
-def test_installed_peer_matches_numpy(name):
+@pytest.mark.parametrize("shape", [(100,), (3, 100)])
+def test_installed_peer_matches_numpy(name, shape):
+    """Single rows and batches, through the timed path (preallocated y; ORT: I/O binding)."""
     peers, skipped = B.load_peers([name])
     if not peers:
         pytest.skip(f"{name}: {skipped[name]}")
-    x = np.random.default_rng(0).standard_normal((3, 100), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     y = np.zeros_like(x)
     stmt, g = peers[0].variant(x, y)
     eval(stmt, dict(g))
     np.testing.assert_allclose(y, B.numpy_softmax(x, np.empty_like(x)), rtol=1e-5, atol=1e-7)
 
 
+def test_onnxruntime_peer_is_one_thread_opset_13_io_binding():
+    peers, skipped = B.load_peers(["onnxruntime"])
+    if not peers:
+        pytest.skip(f"onnxruntime: {skipped['onnxruntime']}")
+    assert B.ONNX_OPSET == 13 and "opset 13" in peers[0].threads and "I/O binding" in peers[0].threads
+    assert peers[0].threads.startswith("1 ")
+
+
+@pytest.mark.parametrize("bug", ["unshifted", "no-write", "wrong-axis"])
+def test_a_peer_with_wrong_results_is_skipped_not_timed(monkeypatch, bug):
+    """load_peers checks each peer against the float64 softmax on a single row and a batch with
+    large values before it is timed."""
+    def broken(x, out):
+        if bug == "unshifted":                        # exp overflows on the large values
+            with np.errstate(over="ignore", invalid="ignore"):
+                e = np.exp(x)
+                np.divide(e, e.sum(-1, keepdims=True), out=out)
+        elif bug == "wrong-axis":                     # normalises columns: right only for one row
+            m = x.max(0, keepdims=True) if x.ndim > 1 else x.max()
+            e = np.exp(x - m)
+            np.divide(e, e.sum(0, keepdims=True) if x.ndim > 1 else e.sum(), out=out)
+        return out                                    # "no-write": y keeps its NaNs
+    fake = B.Peer("numpy", "0", 32, "-", lambda x, y: ("f(x, y)", {"f": broken, "x": x, "y": y}), "1")
+    monkeypatch.setitem(B.peers._PEER_LOADERS, "numpy", lambda: fake)
+    peers, skipped = B.load_peers(["numpy"])
+    assert peers == [] and skipped["numpy"].startswith("wrong results: numpy on a ")
+
+
 # -- the run, the table, the JSON -------------------------------------------------------------------------
 
 def test_run_rows_and_table(monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("torch", "onnxruntime"))
+    monkeypatch.setattr(B.deps, "_import", _missing("torch", "onnxruntime"))
     cfg = B.BenchConfig(shapes=[(1, 1000), (4, 257)], against=["numpy", "torch"], all=True, **FAST)
     res = B.run(cfg)
     algs = softgen.passes.applicable_algorithms(softgen.ops.build_program("softmax"))
@@ -197,7 +228,7 @@ def test_targets_given_twice_are_timed_once_and_json_is_strict():
 
 
 def test_progress_bar_without_tqdm(monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("tqdm"))
+    monkeypatch.setattr(B.deps, "_import", _missing("tqdm"))
     out = io.StringIO()
     bar = B.Progress(3, desc="bench", stream=out)
     for s in ("1K", "1M", "16M"):
@@ -210,7 +241,7 @@ def test_progress_bar_without_tqdm(monkeypatch):
 # -- the command line ---------------------------------------------------------------------------------------
 
 def test_cli_bench_json_schema(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("onnxruntime"))
+    monkeypatch.setattr(B.deps, "_import", _missing("onnxruntime"))
     out = tmp_path / "b.json"
     assert cli.main(["bench", "--sizes", "1K", "--shapes", "8x100", "--against", "numpy,onnxruntime",
                      "--json", str(out), *FAST_CLI]) == 0
@@ -230,12 +261,35 @@ def test_cli_bench_json_schema(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_plot_without_matplotlib_fails_before_measuring(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(B, "_import", _missing("matplotlib"))
+    monkeypatch.setattr(B.deps, "_import", _missing("matplotlib"))
     monkeypatch.setattr(B, "run", lambda *a, **k: pytest.fail("measured before checking --plot"))
     assert cli.main(["bench", "--sizes", "1K", "--plot", str(tmp_path / "p.png"), *FAST_CLI]) == 2
     err = capsys.readouterr().err
     assert "--plot needs matplotlib" in err and "pip install" in err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_plot_draws_single_rows_as_lines_and_batches_as_points(tmp_path, monkeypatch):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)          # keep the figure to look at it
+
+    def row(variant, kind, rows, n, ns, auto=False):
+        return dict(variant=variant, kind=kind, rows=rows, n=n, elements=rows * n, size=B.size_label(rows, n),
+                    ns_per_element=ns, auto=auto, bytes_per_element=12, copy_gbps=50.0)
+    rows = [row("softgen auto", "softgen", 1, 1024, 0.5, True), row("softgen auto", "softgen", 1, 4096, 0.4, True),
+            row("softgen auto", "softgen", 64, 512, 0.45, True), row("onnxruntime", "peer", 1, 1024, 0.9),
+            row("onnxruntime", "peer", 1, 4096, 0.8), row("onnxruntime", "peer", 64, 512, 0.7)]
+    res = {"rows": rows, "softgen": "x", "op": "softmax", "machine": {
+        "caches": {"L1d": 32768, "L2": 1 << 20, "L3": 32 << 20}, "identity": {"arch": "x86_64"}, "fingerprint": "f"}}
+    p = B.plot(res, tmp_path / "p.png")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (ax,) = figs[0].axes
+    lines = [(tuple(ln.get_xdata()), ln.get_linestyle()) for ln in ax.lines]
+    assert ((1024, 4096), "-") in lines and ((1024, 4096), "--") in lines       # single rows: lines
+    assert ((64 * 512,), "None") in lines                                     # batches: points, no line
+    assert not any(64 * 512 in xs and len(xs) > 1 for xs, _ in lines)          # never joined to the rows
+    assert sum(1 for xs, ls in lines if xs == (64 * 512,) and ls == "None") == 3  # auto, ORT, roofline
 
 
 def test_cli_plot_with_matplotlib(tmp_path, capsys):
@@ -304,3 +358,42 @@ def test_bench_c_and_tvm_backends():
     assert len(names) == 2 and names[0].startswith(f"softgen {host}/c ") and names[1].startswith(f"softgen {host}/tvm ")
     assert {v["backend"] for v in res["variants"]} == {"c", "tvm"}
     assert all(r["max_rel_err"] < 1e-5 for r in res["rows"])
+
+
+# -- bench/issue13.py: the issue's closing tables --------------------------------------------------------
+
+def test_issue13_quick(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from bench import issue13
+    assert issue13.main(["--out", str(tmp_path / "nope")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert issue13.main(["--quick", "--target", "scalar", "--sizes", "1K", "--shapes", "4x256",
+                         "--against", "numpy", "--out", str(tmp_path)]) == 0
+    txt = capsys.readouterr().out
+    (j,) = tmp_path.glob("issue13-*-scalar-quick.json")
+    assert j.with_suffix(".txt").read_text() == txt
+    d = json.loads(j.read_text())
+    assert [r["size"] for r in d["auto"]] == ["1K", "4x256"] and d["commit"] and d["quick"]
+    prev = next(a for a in get_target("scalar").auto_algorithms
+                if a in softgen.passes.applicable_algorithms(softgen.ops.build_program("softmax")))
+    assert d["previous_auto"].startswith(prev + " ")
+    for r in d["auto"]:          # the sweep's best is the fastest candidate timed, auto no faster than it
+        raw = d["raw"][r["size"]]
+        assert r["best_ns"] == pytest.approx(min(v for k, v in raw.items() if k.startswith("sweep ")) /
+                                             (r["rows"] * r["n"]) * 1e9)
+        assert r["model_vs_best"] == pytest.approx(raw["model auto"] / raw["sweep " + r["best"]])
+    assert d["sweep_total"] > len(d["sweep"]) >= 2 * len(softgen.passes.applicable_algorithms(
+        softgen.ops.build_program("softmax")))
+    assert d["dram"]["rows"][0]["variant"] == "two-pass" and 0 < d["dram"]["rows"][0]["fraction"]
+    assert [r["size"] for r in d["peer_ratios"]] == ["1K", "4x256"] and d["peer_ratios"][1]["numpy"] > 0
+    for head in ("## (a)", "## (b)", "## (c)", "## (d)", "previous auto (before issue 13)"):
+        assert head in txt
+    try:
+        B.require_matplotlib()
+        assert j.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" and d["plot"]
+    except UsageError:
+        assert "plot: not drawn" in txt and d["plot"] is None
+    if issue13.threads_supported():
+        assert [r["size"] for r in d["threads"]] == ["1K", "4K", "4x512"]
+    else:
+        assert d["threads"] is None and "not available" in txt

@@ -48,6 +48,10 @@ LAYERS = [
     # 7: the Python API
     {"softgen.kernel"},
     # 7b: benchmarking compiled kernels against peers and the copy bandwidth (softgen bench)
+    {"softgen.benchmark.deps", "softgen.benchmark.parse"},
+    {"softgen.benchmark.timing", "softgen.benchmark.copykernel", "softgen.benchmark.peers"},
+    {"softgen.benchmark.report", "softgen.benchmark.plotting"},
+    {"softgen.benchmark.driver"},
     {"softgen.benchmark"},
     # 7c: the tuner (softgen tune): compiles candidates, times them with benchmark's machinery,
     # records winners in tunedb

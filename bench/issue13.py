@@ -1,0 +1,526 @@
+"""Issue 13's closing tables in one run, on one target (default: the host's best), 1 thread unless said.
+
+(a) auto: per single-row size (1K..64M) and batched shape (8192x128, 4096x512, 64x32768): tuned auto
+    (when this machine's tuning DB has records for the target), model auto (the untuned cost model's
+    dispatch table), the best variant of an exhaustive sweep (every applicable algorithm x every
+    combination of the C backend's ``tuning_knobs`` over the target's default schedule; ``--quick``
+    samples them) and the previous auto (what ``algorithm="auto"`` was before issue 13: the first
+    applicable entry of the target's ``auto_algorithms`` with the target's default schedule), with ratios.
+(b) threads: auto at 1 vs 2 threads (``Kernel.__call__(..., threads=)``; "not available" when the
+    kernel has no such argument).
+(c) DRAM: two-pass at the largest single row (64M) as a fraction of its traffic bound, 12 B/element
+    (read x twice, write y once) at the measured non-temporal copy bandwidth (the generated copy
+    kernel, ``templates/copy.c.j2``); also with a streaming-store schedule knob when the Schedule has one.
+(d) peers: ONNX Runtime, torch, NumPy vs tuned auto (model auto when there are no records), with
+    issue 13's targets (>= 1.2x on batches, >= 1.5x on single rows >= 16K).
+
+Every candidate of a size is timed interleaved with every other in one ``time_interleaved`` call
+(ratios within a size are meaningful on a shared machine; absolute times less so). Every output is
+checked against NumPy's softmax before timing. Text and JSON go to ``bench/results/<date>-<cpu>.{txt,json}``
+(``--out DIR``); progress to stderr.
+
+    python bench/issue13.py                      # the full run (~15-30 min on 2 cores)
+    python bench/issue13.py --quick              # tiny sizes, sampled sweep (seconds; a test runs it)
+    python bench/issue13.py --target avx2 --sizes 256K,1M --shapes 4096x512
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import inspect
+import math
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402,F401  (single-threads the math libraries before NumPy is imported)
+import numpy as np  # noqa: E402
+
+from softgen import machine, ops, passes, runtime  # noqa: E402
+from softgen._version import __version__  # noqa: E402
+from softgen.backends import get_backend  # noqa: E402
+from softgen.benchmark import (  # noqa: E402
+    COPY_BYTES,
+    CopyKernel,
+    Progress,
+    _buffers,
+    _ns,
+    _pct,
+    _rotating,
+    _x,
+    load_peers,
+    machine_info,
+    max_rel_err,
+    numpy_softmax,
+    parse_against,
+    parse_shapes,
+    parse_sizes,
+    plot,
+    ratio,
+    render_table,
+    size_label,
+    time_interleaved,
+    to_json,
+)
+from softgen.errors import UsageError  # noqa: E402
+from softgen.kernel import (  # noqa: E402
+    Kernel,
+    choose_algorithm,
+    compile as compile_kernel,  # noqa: E402
+)
+from softgen.schedule import Schedule  # noqa: E402
+from softgen.targets import get_target  # noqa: E402
+from softgen.tune import (
+    label as tune_label,  # noqa: E402
+    schedules as tune_schedules,  # noqa: E402
+)
+
+SIZES = "1K,4K,16K,64K,256K,1M,4M,16M,64M"
+SHAPES = "8192x128,4096x512,64x32768"
+THREAD_SIZES = "1K,256K,1M,4M,64M"
+THREAD_SHAPES = "4096x512"
+QUICK_SIZES, QUICK_SHAPES = "1K,4K", "16x128,4x512"
+QUICK_THREAD_SIZES, QUICK_THREAD_SHAPES = "1K,4K", "4x512"
+# max |y - NumPy's softmax| / max: softgen's kernels; the peers (ORT and torch sum long rows in float32
+# lanes: 3.3e-4 at 64M on Zen 4, a real difference but not a wrong kernel; still timed, with a note)
+SOFTGEN_TOL, PEER_TOL = 1e-4, 1e-3
+TWO_PASS_BYTES = 12          # read x twice, write y once (f32)
+OP = "softmax"
+# issue 13's targets against ONNX Runtime: tuned auto's speed-up on batches / single rows >= 16K
+ORT_BATCH_TARGET, ORT_ROW_TARGET, ORT_ROW_MIN = 1.2, 1.5, 16 << 10
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def tuning(enabled: bool):
+    """``SOFTGEN_USE_TUNING`` for the compiles inside (kernel.tuned_table reads it)."""
+    old = os.environ.get("SOFTGEN_USE_TUNING")
+    os.environ["SOFTGEN_USE_TUNING"] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SOFTGEN_USE_TUNING", None)
+        else:
+            os.environ["SOFTGEN_USE_TUNING"] = old
+
+
+def stream_knobs() -> list[str]:
+    """Schedule fields that ask for non-temporal (streaming) stores, if the Schedule has any."""
+    pat = re.compile(r"stream|non_?temporal|(^|_)nt($|_)")
+    return [f.name for f in dataclasses.fields(Schedule) if pat.search(f.name)]
+
+
+def threads_supported() -> bool:
+    """Whether ``Kernel.__call__`` takes ``threads=`` (slice 1 of issue 13 adds it)."""
+    return "threads" in inspect.signature(Kernel.__call__).parameters
+
+
+def sweep_label(alg: str, sched: Schedule, base: Schedule) -> str:
+    """e.g. ``3pl u4a2`` (+ any other knob that differs from the target's default)."""
+    d, b = sched.as_dict(), base.as_dict()
+    extra = "".join(f" {k}={v}" for k, v in d.items() if k not in ("unroll", "accumulators") and v != b.get(k))
+    return tune_label(alg, d) + extra
+
+
+@dataclasses.dataclass
+class Kernels:
+    target: object
+    tuned: Kernel | None          # None: no tuning records for this target on this machine
+    model: Kernel
+    previous: Kernel
+    previous_label: str
+    sweep: dict                   # label -> Kernel
+    sweep_total: int              # candidates before sampling
+
+
+def build(target_name: str, quick: bool, seed: int) -> Kernels:
+    t = get_target(target_name)
+    program = ops.build_program(OP)
+    with tuning(True):
+        tk = compile_kernel(OP, algorithm="auto", target=t.name)
+    with tuning(False):
+        mk = compile_kernel(OP, algorithm="auto", target=t.name)
+    tuned = tk if tk.tuned else None
+    prev_alg = choose_algorithm(program, t.name, "auto")     # the first applicable of auto_algorithms
+    be = get_backend("c")
+    scheds = tune_schedules(be, t)
+    base = scheds[0]                                          # the target's default schedule
+    cands = [(a, s) for a in passes.applicable_algorithms(program) for s in scheds]
+    total = len(cands)
+    if quick:   # every algorithm's default schedule and one other sampled combination
+        rng = random.Random(seed)
+        keep = []
+        for a in passes.applicable_algorithms(program):
+            mine = [c for c in cands if c[0] == a]
+            keep += [mine[0]] + rng.sample(mine[1:], min(1, len(mine) - 1))
+        cands = keep
+    sweep = {}
+    for i, (a, s) in enumerate(cands):
+        log(f"issue13: compiling sweep candidate {i + 1}/{len(cands)}: {sweep_label(a, s, base)}")
+        k = compile_kernel(OP, algorithm=a, target=t.name, schedule=s)
+        k._entry(False)
+        sweep[sweep_label(a, s, base)] = k
+    prev = sweep.get(sweep_label(prev_alg, base, base)) or compile_kernel(OP, algorithm=prev_alg, target=t.name)
+    for k in (tk, mk, prev):
+        k._entry(False)
+    return Kernels(t, tuned, mk, prev, f"{prev_alg} ({passes.SHORT[prev_alg]} default schedule)", sweep, total)
+
+
+def _call(k: Kernel, x, y, **kw) -> tuple:
+    if kw:
+        return ("k(x, out=y, threads=t)", {"k": k, "x": x, "y": y, "t": kw["threads"]})
+    return ("k(x, out=y)", {"k": k, "x": x, "y": y})
+
+
+def _run_once(v) -> None:
+    v() if callable(v) else eval(v[0], dict(v[1]))
+
+
+def _pairs(caches, R: int, n: int) -> int:
+    ws = 2 * 4 * R * n
+    return max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1
+
+
+def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing_kw, notes) -> dict:
+    """One size: every softgen candidate, peer and the copy kernel interleaved; returns their
+    medians (s/call; the copy's per call of ``reps`` copies) and the copy's best GB/s."""
+    label = size_label(R, n)
+    bufs = _buffers(rng, R, n, _pairs(caches, R, n))
+    named: dict[str, Kernel] = {}
+    if ks.tuned is not None:
+        named["tuned auto"] = ks.tuned
+    named["model auto"] = ks.model
+    named["previous auto"] = ks.previous
+    for lab, k in ks.sweep.items():
+        named["sweep " + lab] = k
+    variants = {name: _rotating([_call(k, x, y) for x, y in bufs]) for name, k in named.items()}
+    for p in peers:
+        variants["peer " + p.name] = _rotating([p.variant(x, y) for x, y in bufs])
+    level = caches.level_of(2 * 4 * R * n)
+    for stream in [False] + ([True] if copier.streams and level == "DRAM" else []):
+        variants["copy (non-temporal)" if stream else "copy"] = \
+            _rotating([copier.variant(x, y, stream) for x, y in bufs])
+    x, y = bufs[0]
+    ref = numpy_softmax(x, np.empty_like(x))
+    bad = []
+    for name, v in variants.items():
+        if name.startswith("copy"):
+            continue
+        y.fill(np.nan)
+        _run_once(v)
+        err = max_rel_err(y, ref)
+        tol = PEER_TOL if name.startswith("peer ") else SOFTGEN_TOL
+        if not err <= tol:
+            bad.append(name)
+            notes.append(f"{label}: {name} differs from NumPy's softmax (max rel err {err:.2e} > {tol:g}); not timed")
+        elif err > SOFTGEN_TOL:
+            notes.append(f"{label}: {name}: max rel err {err:.2e} against NumPy's softmax (timed; peers get "
+                         f"{PEER_TOL:g}: their float32 sums drift on long rows)")
+    del ref
+    for name in bad:
+        variants.pop(name)
+    tm = time_interleaved(variants, **timing_kw)
+    del bufs
+    reps = copier.reps(R * n)
+    copy_gbps = max(COPY_BYTES * R * n * reps / t.median / 1e9 for name, t in tm.items() if name.startswith("copy"))
+    return {name: t.median for name, t in tm.items()} | \
+        {"_noise": {name: t.spread for name, t in tm.items() if not name.startswith("copy")}, "_copy_gbps": copy_gbps}
+
+
+def auto_rows(ks: Kernels, results: dict) -> list[dict]:
+    rows = []
+    for (R, n), t in results.items():
+        N = R * n
+        sweep = {k[len("sweep "):]: v for k, v in t.items() if k.startswith("sweep ")}
+        best = min(sweep, key=sweep.get) if sweep else None
+        tb = sweep.get(best)
+        tt, tm, tp = t.get("tuned auto"), t.get("model auto"), t.get("previous auto")
+        rows.append(dict(size=size_label(R, n), rows=R, n=n, elements=N,
+                         tuned_ns=tt and tt / N * 1e9, model_ns=tm and tm / N * 1e9,
+                         best_ns=tb and tb / N * 1e9, best=best, previous_ns=tp and tp / N * 1e9,
+                         tuned_vs_best=ratio(tt, tb), model_vs_best=ratio(tm, tb),
+                         auto_vs_previous=ratio(tp, tt or tm),
+                         noise=max((v for k, v in t["_noise"].items()), default=None)))
+    return rows
+
+
+AUTO_COLUMNS = [("size", "size", "s"), ("tuned_ns", "tuned auto", _ns), ("model_ns", "model auto", _ns),
+                ("best_ns", "best", _ns), ("best", "best variant", "s"), ("previous_ns", "prev auto", _ns),
+                ("tuned_vs_best", "tuned/best", _x), ("model_vs_best", "model/best", _x),
+                ("auto_vs_previous", "prev/auto", _x), ("noise", "max noise", _pct)]
+
+
+def peer_rows(results: dict, peers) -> tuple[list[dict], str]:
+    rows, base_name = [], None
+    for (R, n), t in results.items():
+        base_name = "tuned auto" if "tuned auto" in t else "model auto"
+        tb = t[base_name]
+        row = dict(size=size_label(R, n), auto_ns=tb / (R * n) * 1e9)
+        for p in peers:
+            tp = t.get("peer " + p.name)
+            row[p.name + "_ns"] = tp and tp / (R * n) * 1e9
+            row[p.name] = ratio(tp, tb)
+        ort = row.get("onnxruntime")
+        goal = ORT_BATCH_TARGET if R > 1 else ORT_ROW_TARGET if n >= ORT_ROW_MIN else None
+        row["ort_goal"] = "-" if goal is None or ort is None else \
+            f">= {goal}x: {'met' if ort >= goal else 'NOT met'}"
+        rows.append(row)
+    return rows, base_name or "model auto"
+
+
+def peer_columns(peers) -> list:
+    cols = [("size", "size", "s"), ("auto_ns", "auto ns/el", _ns)]
+    for p in peers:
+        cols += [(p.name + "_ns", p.name, _ns), (p.name, f"{p.name}/auto", _x)]
+    return cols + [("ort_goal", "issue 13 goal vs ORT", "s")]
+
+
+def thread_rows(ks: Kernels, shapes, rng, caches, timing_kw) -> list[dict] | None:
+    if not threads_supported():
+        return None
+    k = ks.tuned or ks.model
+    rows = []
+    for (R, n) in shapes:
+        bufs = _buffers(rng, R, n, _pairs(caches, R, n))
+        v = {f"{t} thread(s)": _rotating([_call(k, x, y, threads=t) for x, y in bufs]) for t in (1, 2)}
+        tm = time_interleaved(v, **timing_kw)
+        t1, t2 = tm["1 thread(s)"].median, tm["2 thread(s)"].median
+        rows.append(dict(size=size_label(R, n), t1_ns=t1 / (R * n) * 1e9, t2_ns=t2 / (R * n) * 1e9,
+                         speedup=ratio(t1, t2), noise=max(tm["1 thread(s)"].spread, tm["2 thread(s)"].spread)))
+        del bufs
+    return rows
+
+
+THREAD_COLUMNS = [("size", "size", "s"), ("t1_ns", "1 thread ns/el", _ns), ("t2_ns", "2 threads ns/el", _ns),
+                  ("speedup", "speed-up", _x), ("noise", "noise", _pct)]
+
+
+def dram_rows(ks: Kernels, n: int, rng, caches, timing_kw) -> tuple[list[dict], dict]:
+    """Two-pass (default schedule, and each streaming-store knob on) at a single row of n vs the
+    12 B/element bound at the non-temporal copy's bandwidth, all interleaved."""
+    t = ks.target
+    kern = {"two-pass": compile_kernel(OP, algorithm="two-pass", target=t.name)}
+    knobs = dict(get_backend("c").tuning_knobs)
+    for knob in stream_knobs():
+        default = getattr(kern["two-pass"].schedule, knob)
+        # the backend's tuning values of the knob other than the default (else: switched on)
+        for value in [v for v in knobs.get(knob, (True,)) if v != default]:
+            try:
+                kern[f"two-pass {knob}={value}"] = compile_kernel(OP, algorithm="two-pass", target=t.name,
+                                                                  schedule={knob: value})
+            except (UsageError, TypeError) as e:
+                log(f"issue13: two-pass with {knob}={value} not built: {e}")
+    copier = CopyKernel(t)
+    bufs = _buffers(rng, 1, n, _pairs(caches, 1, n))
+    v = {name: _rotating([_call(k, x, y) for x, y in bufs]) for name, k in kern.items()}
+    v["copy"] = _rotating([copier.variant(x, y, False) for x, y in bufs])
+    if copier.streams:
+        v["copy (non-temporal)"] = _rotating([copier.variant(x, y, True) for x, y in bufs])
+    tm = time_interleaved(v, **timing_kw)
+    reps = copier.reps(n)
+    copy_gbps = {name: COPY_BYTES * n * reps / tm[name].median / 1e9 for name in v if name.startswith("copy")}
+    bound_name = "copy (non-temporal)" if "copy (non-temporal)" in copy_gbps else "copy"
+    bw = copy_gbps[bound_name]
+    rows = []
+    for name in kern:
+        s = tm[name].median
+        g = TWO_PASS_BYTES * n / s / 1e9
+        rows.append(dict(size=size_label(1, n), variant=name, ns=s / n * 1e9, gbps=g,
+                         bound_ns=TWO_PASS_BYTES / bw, fraction=g / bw, noise=tm[name].spread))
+    del bufs
+    return rows, {"copy_gbps": copy_gbps, "bound": bound_name, "level": caches.level_of(8 * n),
+                  "stream_knobs": stream_knobs()}
+
+
+DRAM_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ns", "ns/el", _ns), ("gbps", "GB/s @12B", ".2f"),
+                ("bound_ns", "bound ns/el", _ns), ("fraction", "of bound", _pct), ("noise", "noise", _pct)]
+
+
+def traffic_at(k: Kernel, n: int) -> int:
+    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there)."""
+    if k.dispatcher:
+        e = next(e for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
+        k = next(v for v in k.variants if v.algorithm == e.algorithm and v.schedule.as_dict() == dict(e.schedule))
+    return k.plan.traffic()["bytes_per_element"]
+
+
+def plot_rows(ks: Kernels, results: dict) -> list[dict]:
+    """``softgen bench``-style rows for ``softgen.benchmark.plot``: the autos, the sweep's best at
+    each size, the peers and the copy; auto (tuned, else model) carries the roofline's traffic."""
+    rows = []
+    main_auto = "tuned auto" if ks.tuned is not None else "model auto"
+    for (R, n), t in results.items():
+        N = R * n
+        sweep = {k: v for k, v in t.items() if k.startswith("sweep ")}
+        named = {k: v for k, v in t.items() if not k.startswith(("_", "sweep ", "copy"))}
+        if sweep:
+            named["best of the sweep"] = min(sweep.values())
+        for name, sec in named.items():
+            kind = "peer" if name.startswith("peer ") else "softgen"
+            k = {"tuned auto": ks.tuned, "model auto": ks.model}.get(name)
+            rows.append(dict(variant=name[5:] if kind == "peer" else name, kind=kind, rows=R, n=n, elements=N,
+                             size=size_label(R, n), ns_per_element=sec / N * 1e9, auto=name == main_auto,
+                             bytes_per_element=traffic_at(k, n) if k is not None else None,
+                             copy_gbps=t["_copy_gbps"]))
+        rows.append(dict(variant="copy", kind="copy", rows=R, n=n, elements=N, size=size_label(R, n),
+                         ns_per_element=COPY_BYTES / t["_copy_gbps"], auto=False, bytes_per_element=COPY_BYTES,
+                         copy_gbps=t["_copy_gbps"]))
+    return rows
+
+
+def describe_auto(k: Kernel) -> str:
+    """An auto kernel's variants by n (a plain kernel: its algorithm and schedule)."""
+    if not k.dispatcher:
+        return f"{k.algorithm} ({k.schedule}) at every n"
+    return "; ".join(f"{e.algorithm} u{e.schedule.get('unroll')}a{e.schedule.get('accumulators')} for n in "
+                     f"[{e.n_min}, {e.n_max if e.n_max is not None else 'inf'}]" for e in k.dispatch.entries)
+
+
+def cpu_slug(ident: dict) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", (ident.get("model_name") or ident.get("arch") or "cpu").lower()).strip("-")
+    return s or "cpu"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", default="host", help="one target (default: host, the best runnable)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, sampled sweep, few rounds (seconds)")
+    ap.add_argument("--sizes", help=f"single rows (default {SIZES}; quick {QUICK_SIZES})")
+    ap.add_argument("--shapes", help=f"batched shapes (default {SHAPES}; quick {QUICK_SHAPES})")
+    ap.add_argument("--against", default="onnxruntime,torch,numpy", help="peers (default onnxruntime,torch,numpy)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
+                    help="directory for <date>-<cpu>.{txt,json} (default bench/results)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        return _main(args)
+    except UsageError as e:
+        print(f"issue13: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    t0 = time.monotonic()
+    out = Path(args.out)
+    if not out.is_dir():
+        raise UsageError(f"--out: directory {str(out)!r} does not exist")
+    target = get_target(args.target)
+    if not target.runnable:
+        raise UsageError(f"target {target.name} cannot run on this CPU (missing {', '.join(target.missing_features())})")
+    sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else SIZES))
+    shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else SHAPES))
+    tshapes = parse_sizes(QUICK_THREAD_SIZES if args.quick else THREAD_SIZES) + \
+        parse_shapes(QUICK_THREAD_SHAPES if args.quick else THREAD_SHAPES)
+    against = parse_against(args.against)
+    timing_kw = dict(min_time=0.002, budget=0.01, min_rounds=3, max_rounds=3) if args.quick else \
+        dict(min_time=0.02, budget=0.3, min_rounds=7, max_rounds=25)
+    caches = machine.caches()
+    rng = np.random.default_rng(args.seed)
+    notes: list[str] = []
+    log(f"issue13: building kernels for {target.name}")
+    ks = build(target.name, args.quick, args.seed)
+    peers, skipped = load_peers(against, OP)
+    all_shapes = sizes + shapes
+    copier = CopyKernel(ks.target)
+    bar = Progress(len(all_shapes) + len(tshapes) + 1, desc="issue13")
+    results: dict = {}
+    try:
+        for R, n in all_shapes:
+            results[(R, n)] = measure_size(ks, peers, copier, R, n, rng, caches, timing_kw, notes)
+            bar.update(size_label(R, n))
+        trows = thread_rows(ks, tshapes, rng, caches, timing_kw)
+        for _ in tshapes:
+            bar.update("threads")
+        dram_n = max(n for R, n in sizes)
+        drows, dram = dram_rows(ks, dram_n, rng, caches, timing_kw)
+        bar.update("DRAM")
+    finally:
+        bar.close()
+    arows = auto_rows(ks, results)
+    prows, peer_base = peer_rows(results, peers)
+    info = machine_info()
+    ident = machine.identity()
+    date = _dt.date.today().isoformat()
+    stem = f"issue13-{date}-{cpu_slug(ident)}-{target.name}" + ("-quick" if args.quick else "")
+    txt = []
+    txt.append(f"# issue 13 closing tables: softgen {__version__} (commit {info.get('commit')}), {info['date']}")
+    txt.append(f"# cpu: {machine.describe()}")
+    txt.append(f"# target {target.name} ({target.summary}); {info.get('cc')} ({runtime.compiler_id(target)[0]}); "
+               f"python {info['python']}; load average "
+               + (f"{info['loadavg'][0]:.2f}" if info.get("loadavg") else "?"))
+    txt.append(f"# op {OP}; 1 thread unless said; per size every candidate timed interleaved (medians, "
+               f"{timing_kw['min_rounds']}-{timing_kw['max_rounds']} rounds, samples >= "
+               f"{timing_kw['min_time'] * 1e3:g} ms); wall {time.monotonic() - t0:.0f} s"
+               + ("; --quick: tiny sizes, sampled sweep, 3 rounds: NOT a measurement" if args.quick else ""))
+    txt.append("# Measured on a shared machine unless said otherwise: compare ratios within a row "
+               "(interleaved), not absolute times across runs.")
+    txt.append(f"# tuned auto: {ks.tuned.dispatch.basis if ks.tuned is not None and ks.tuned.dispatch else 'no tuning records for this target on this machine (run softgen tune): column empty'}")
+    txt.append(f"# model auto: {describe_auto(ks.model)}")
+    if ks.tuned is not None:
+        txt.append(f"# tuned auto: {describe_auto(ks.tuned)}")
+    txt.append(f"# previous auto (before issue 13): {ks.previous_label}")
+    txt.append(f"# sweep: {len(ks.sweep)} of {ks.sweep_total} candidates (algorithms x C backend knobs "
+               f"{dict(get_backend('c').tuning_knobs)})" + (" sampled" if len(ks.sweep) < ks.sweep_total else ""))
+    for name, p in ((p.name, p) for p in peers):
+        txt.append(f"# peer {name} {p.version}: threads {p.threads}")
+    for name, why in skipped.items():
+        txt.append(f"# peer {name} skipped: {why}")
+    txt += ["", "## (a) auto vs the best variant of the sweep vs the previous auto (ns/element)", "",
+            render_table(arows, AUTO_COLUMNS), "",
+            "tuned/best, model/best: time over the sweep's best (issue 13: <= 1.05x tuned, <= 1.15x model); "
+            "prev/auto: previous auto's time over auto's (tuned, else model; issue 13: >= 1.3x at 256K-1M on avx2)."]
+    txt += ["", "## (b) threads (auto: tuned, else model)", ""]
+    txt.append(render_table(trows, THREAD_COLUMNS) if trows is not None else
+               "not available: Kernel.__call__ has no threads= argument in this softgen (issue 13's thread pool "
+               "has not landed)")
+    txt += ["", f"## (c) DRAM: two-pass at a {size_label(1, dram_n)} row ({dram['level']}) vs "
+            f"{TWO_PASS_BYTES} B/element at the {dram['bound']} bandwidth", "",
+            render_table(drows, DRAM_COLUMNS), "",
+            "copy GB/s (8 B/element): " + ", ".join(f"{k} {v:.2f}" for k, v in dram["copy_gbps"].items())
+            + ("; streaming-store knobs of the Schedule: " + ", ".join(dram["stream_knobs"]) if dram["stream_knobs"]
+               else "; the Schedule has no streaming-store knob (two-pass default schedule only)")]
+    txt += ["", f"## (d) peers vs {peer_base} (peer time / auto time: > 1 = softgen faster)", "",
+            render_table(prows, peer_columns(peers)) if peers else "no peers installed"]
+    txt += [f"note: {n}" for n in notes]
+    text = "\n".join(txt) + "\n"
+    res = {"softgen": __version__, "commit": info.get("commit"), "target": target.name, "quick": args.quick,
+           "machine": {"describe": machine.describe(), "identity": ident, "fingerprint": machine.fingerprint(),
+                       "info": info},
+           "timing": timing_kw, "tuned": ks.tuned is not None,
+           "model_dispatch": ks.model.dispatch.as_list() if ks.model.dispatcher else None,
+           "tuned_dispatch": ks.tuned.dispatch.as_list() if ks.tuned is not None and ks.tuned.dispatcher else None,
+           "previous_auto": ks.previous_label, "sweep": list(ks.sweep), "sweep_total": ks.sweep_total,
+           "peers": {p.name: {"version": p.version, "threads": p.threads} for p in peers}, "skipped": skipped,
+           "auto": arows, "threads": trows, "dram": {"rows": drows, **dram}, "peer_ratios": prows,
+           "raw": {size_label(R, n): {k: v for k, v in t.items()} for (R, n), t in results.items()},
+           "notes": notes, "wall_seconds": round(time.monotonic() - t0, 1)}
+    res["plot"] = None
+    try:
+        mres = {"rows": plot_rows(ks, results), "softgen": __version__, "op": OP,
+                "machine": {"caches": caches.sizes(), "identity": ident, "fingerprint": machine.fingerprint()}}
+        res["plot"] = str(plot(mres, out / f"{stem}.png"))
+        text += f"plot: {stem}.png (ns/element vs elements per call; open markers: batched shapes)\n"
+    except UsageError as e:      # matplotlib is not installed
+        text += f"plot: not drawn ({e})\n"
+    (out / f"{stem}.txt").write_text(text)
+    (out / f"{stem}.json").write_text(to_json(res))
+    print(text, end="")
+    log(f"issue13: wrote {out / stem}.txt and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
