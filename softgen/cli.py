@@ -55,6 +55,9 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unroll", type=int, action=_Once, help="schedule: vectors per main-loop iteration")
     p.add_argument("--accumulators", type=int, action=_Once, help="schedule: independent accumulators")
     p.add_argument("--block", type=int, action=_Once, help="schedule: elements per compensated reduction block")
+    p.add_argument("--split", type=int, action=_Once,
+                   help="schedule: rows of n >= SPLIT run in chunks (the split form; 0: never)")
+    p.add_argument("--chunk", type=int, action=_Once, help="schedule: elements per chunk of a split row")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -177,7 +180,8 @@ def _params(args) -> dict:
 
 
 def _kernel(args):
-    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block") if getattr(args, k) is not None}
+    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block", "split", "chunk")
+             if getattr(args, k) is not None}
     return compile_kernel(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
                    schedule=sched or None, backend=args.backend, **_params(args))
 

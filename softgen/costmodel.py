@@ -101,7 +101,7 @@ class DispatchTable:
         """The table as text (header comments, ``explain``)."""
         out = [f"dispatch ({self.source}; {self.basis}):"]
         for e in self.entries:
-            sched = " ".join(f"{k}={v}" for k, v in sorted(e.schedule.items()) if k != "block")
+            sched = " ".join(f"{k}={v}" for k, v in sorted(e.schedule.items()) if k not in ("block", "split", "chunk"))
             out.append(f"  {e.range():<24} {e.algorithm} ({SHORT[e.algorithm]}), {sched}, threads={e.threads}")
             out.append(f"    why: {e.why}")
         return out

@@ -4,6 +4,13 @@
 ``accumulators``  independent reduction accumulators (each gets unroll / accumulators vectors)
 ``block``         elements per reduction block; block partials fold into a compensated
                   accumulator, which keeps the f32 sums of 2^20-element rows within 2e-6
+``split``         rows of n >= split elements run in the split form (C backend): the row is cut
+                  into chunks, each sweep runs per chunk (tasks of ``sg_parallel``), the chunks'
+                  reduction states merge in chunk order; 0 = never
+``chunk``         elements per chunk of the split form, a multiple of ``block`` (a row gets at
+                  most ``backends.c.SPLIT_MAX_CHUNKS`` chunks: longer rows get wider chunks,
+                  still whole blocks). Chunks depend on n and the schedule only, never on the
+                  thread count, so results do not either
 ``stream``        non-temporal (streaming) stores in the output sweep: y is peeled to the target's
                   store alignment, whole vectors bypass the caches, one fence ends the row (targets
                   with ``[isa] STREAM``/``FENCE`` and ``stream_align`` only: avx2, avx512); pays for
@@ -30,7 +37,7 @@ from .errors import UsageError
 from .numerics.constants import EXP_DEFAULT, EXP_VARIANTS
 from .values import number, show
 
-INT_FIELDS = ("unroll", "accumulators", "block")
+INT_FIELDS = ("unroll", "accumulators", "block", "split", "chunk")   # split may be 0 (never)
 KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_DEFAULT}   # omitted from as_dict at these
 FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 PREFETCH_MAX = 1 << 16      # elements ahead (256 KiB)
@@ -41,13 +48,15 @@ class Schedule:
     unroll: int = 4
     accumulators: int = 2
     block: int = 2048
+    split: int = 262144
+    chunk: int = 65536
     stream: bool = False
     prefetch: int = 0
     exp: str = EXP_DEFAULT
 
     def validate(self, lanes: int) -> "Schedule":
         """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
-        s = replace(self, **{k: _positive(k, getattr(self, k)) for k in INT_FIELDS},
+        s = replace(self, **{k: _positive(k, getattr(self, k), lo=0 if k == "split" else 1) for k in INT_FIELDS},
                     **{k: _knob(k, getattr(self, k)) for k in KNOB_DEFAULTS})
         if s.unroll > 32:
             raise UsageError(f"schedule unroll must be <= 32, got {s.unroll}")
@@ -57,6 +66,11 @@ class Schedule:
         if s.block % step or s.block > 1 << 24:
             raise UsageError(f"schedule block ({s.block}) must be a multiple of "
                              f"unroll*lanes ({step}) and at most 2^24")
+        if s.chunk % s.block or s.chunk > 1 << 30:
+            raise UsageError(f"schedule chunk ({s.chunk}) must be a multiple of block ({s.block}) "
+                             f"and at most 2^30")
+        if s.split > 1 << 62:
+            raise UsageError(f"schedule split must be at most 2^62 (0: never), got {s.split}")
         return s
 
     def step(self, lanes: int) -> int:
@@ -82,10 +96,11 @@ class Schedule:
             + "".join(f" {k}={v}" for k, v in self.knobs().items())
 
 
-def _positive(key: str, value) -> int:
+def _positive(key: str, value, lo: int = 1) -> int:
     v = number(f"schedule {key}", value, integer=True)
-    if v < 1:
-        raise UsageError(f"schedule {key} must be a positive integer, got {show(value)}")
+    if v < lo:
+        what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        raise UsageError(f"schedule {key} must be {what}, got {show(value)}")
     return v
 
 
@@ -106,6 +121,9 @@ def _knob(key: str, value):
     return value
 
 
+KNOBS = FIELDS   # every field default_schedule may override
+
+
 def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
     """``base`` (a target's default schedule, ``Target.schedule``) with the given fields
     overridden, validated for ``lanes``."""
@@ -114,12 +132,15 @@ def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
     if unknown:
         raise UsageError(f"unknown schedule parameter(s) {sorted(unknown)}")
     # types first, before any arithmetic
-    given = {k: _knob(k, v) if k in KNOB_DEFAULTS else _positive(k, v) for k, v in given.items()}
+    given = {k: _knob(k, v) if k in KNOB_DEFAULTS else _positive(k, v, lo=0 if k == "split" else 1)
+             for k, v in given.items()}
     if "unroll" in given and "accumulators" not in given and given["unroll"] % base.accumulators:
         given["accumulators"] = 1
     sched = replace(base, **given)
     if "block" not in given and sched.block % sched.step(lanes):
         sched = replace(sched, block=max(1, sched.block // sched.step(lanes)) * sched.step(lanes))
+    if "chunk" not in given and sched.chunk % sched.block:   # whole blocks, at least the default
+        sched = replace(sched, chunk=-(-sched.chunk // sched.block) * sched.block)
     return sched.validate(lanes)
 
 

@@ -127,18 +127,23 @@ def _strings(v) -> tuple[str, ...]:
     return tuple(s for s in ([v] if isinstance(v, str) else v) if s)
 
 
-def _table(f: str, d: dict, key: str, fields: tuple[str, ...]) -> dict:
-    """The ``[key]`` table of target file ``f``: exactly ``fields``, each a positive integer."""
+def _table(f: str, d: dict, key: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    """The ``[key]`` table of target file ``f``: exactly ``fields`` (and any of ``optional``, which
+    may be 0), each a positive integer."""
     tab = d[key]
     if not isinstance(tab, dict):
         raise UsageError(f"target file {f}: key {key!r} must be a table [{key}]")
     missing = [k for k in fields if k not in tab]
-    unknown = [k for k in tab if k not in fields]
+    unknown = [k for k in tab if k not in fields and k not in optional]
     if missing or unknown:
         raise UsageError(f"target file {f}: table [{key}] needs keys {list(fields)} "
-                         f"(missing {missing}, unknown {unknown})")
+                         f"(missing {missing}, unknown {unknown})"
+                         + (f"; optional: {list(optional)}" if optional else ""))
     for k in fields:
         _positive_int(f, f"{key}.{k}", tab[k])
+    for k in optional:
+        if k in tab:
+            _positive_int(f, f"{key}.{k}", tab[k], lo=0)
     return dict(tab)
 
 
@@ -232,7 +237,7 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
         if d["name"] != name:
             raise UsageError(f"target file {f} declares name {d['name']!r}")
         lanes = _positive_int(f, "lanes", d["lanes"])
-        sched = Schedule(**_table(f, d, "schedule", ("unroll", "accumulators", "block")))
+        sched = Schedule(**_table(f, d, "schedule", ("unroll", "accumulators", "block"), ("split", "chunk")))
         try:
             sched.validate(lanes)
         except UsageError as e:

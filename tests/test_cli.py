@@ -116,7 +116,7 @@ def _manifest_ok(path: Path, op: str, algorithm: str, target: str) -> dict:
     assert m["op"] == op and m["algorithm"] == algorithm
     assert m["target"]["name"] == target
     assert m["softgen_version"] == softgen.__version__
-    assert set(m["schedule"]) == {"unroll", "accumulators", "block"}
+    assert set(m["schedule"]) == {"unroll", "accumulators", "block", "split", "chunk"}
     assert all(isinstance(v, int) and v > 0 for v in m["schedule"].values())
     acc = m["accuracy"]
     assert isinstance(acc["max_rel_error"], float) and 0 <= acc["max_rel_error"] < 1e-4

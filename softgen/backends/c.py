@@ -11,6 +11,7 @@ virtual ISA (``targets.VIRTUAL_ISA``), so a new target is a data file, not new c
 from __future__ import annotations
 
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -400,7 +401,7 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     vecs = sorted({p.attrs(v)["name"] for v in sw.compute if p.op(v) in ("colvec", "matrow")})
     reads = (reads + "".join(f" {v}" for v in vecs)).strip() or "-"
     return {"kind": "sweep", "index": sw.index, "comment": f"read {reads}; {', '.join(what)}",
-            "setup": setup, "blocked": any(_red(c, r).blocked for r in sw.reductions),
+            "begin": "0", "end": "n", "setup": setup, "blocked": any(_red(c, r).blocked for r in sw.reductions),
             "block": c.s.block, "step": U * L, "length": "n",
             "main": main, "single": single, "tail": tail, "fold": fold, "finish": finish,
             "peel": tail if nt else [], "align": c.t.stream_align}
@@ -418,7 +419,7 @@ def _selected_block(c: _Ctx, sw) -> dict:
     body = _body(c, sw, 0, False, bufs)
     finish = ["for (size_t q = 0; q < ns; q++) {", f"    idx[q] = (int64_t){sj}[q];",
               f"    w[q] = {bufs['y']}[q];", "}"]
-    return {"kind": "sweep", "index": sw.index,
+    return {"kind": "sweep", "index": sw.index, "begin": "0", "end": "n",
             "comment": f"the {k} selected entries -> indices and weights", "setup": setup,
             "blocked": False, "block": c.s.block, "step": c.t.lanes, "length": str(kp),
             "main": body, "single": [], "tail": [], "fold": [], "finish": finish, "peel": [], "align": 0}
@@ -429,8 +430,9 @@ class CScalars:
     the row function after running the fallback row function on the row."""
     name, SCALAR = "C", SCALAR_C
 
-    def __init__(self, c: _Ctx, fallback: str | None):
+    def __init__(self, c: _Ctx, fallback: str | None, extra: str = ""):
         self.c, self.fallback, self.lines = c, fallback, []
+        self.extra = extra   # arguments the fallback takes after the row parameters (", threads")
 
     def literal(self, v): return flit(v)
     def define(self, v, expr): self.lines.append(f"const float s{v} = {expr};")
@@ -449,11 +451,12 @@ class CScalars:
     def guard(self, a, limit):
         rest = "".join(f", rp_{name}" for name in self.c.row_params)
         outs = ", ".join(row_outputs(self.c.p))
-        self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)})) {{ {self.fallback}(x, {outs}, n{rest}); return; }}")
+        self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)})) "
+                          f"{{ {self.fallback}(x, {outs}, n{rest}{self.extra}); return; }}")
 
 
-def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None) -> list[str]:
-    e = CScalars(c, fallback)
+def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None, extra: str = "") -> list[str]:
+    e = CScalars(c, fallback, extra)
     lower_scalars(c.p, nodes, e)
     return e.lines
 
@@ -476,6 +479,100 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
     return {"name": fname, "comment": f"{p.name}: {pl.traffic()['summary']}, {len(pl.sweeps)} sweeps",
             "blocks": blocks, "args": args,
             "outs": "float *y" if p.phase is not None else abi(p, fname)["row_decl"]}
+
+
+# -- the split form of a row function (schedule split / chunk) -------------------------------------
+
+SPLIT_MAX_CHUNKS = 64   # chunks of one row at most: their reduction states sit on the caller's stack
+
+
+def split_refusal(p: Program) -> str:
+    """Why row program ``p`` has no split form ("" when it has one)."""
+    if p.phase is not None:
+        return "a phase of a matrix program"
+    for sw in plan(p).sweeps:
+        if sw.selected is not None:
+            return "its output sweep runs over the top-k selection, not over the row"
+        if sw.colreds or sw.colstores:
+            return "it reduces columns"
+        for r in sw.reductions:
+            if p.op(r) == "reduce_topk" or not reduction(p.op(r), r, p.attrs(r)).blocked:
+                return f"{p.op(r)} has no merge of outer states (top-k: per-lane sorted lists)"
+    return ""
+
+
+def _sweep_scalars(c: _Ctx, sw) -> list[int]:
+    """The row scalars a sweep's row values read (``_setup`` broadcasts them), constants aside."""
+    p = c.p
+    return [a for a in sorted({a for v in sw.compute for a in p.args(v) if p.shape(a) != "row"})
+            if p.const_value(a) is None]
+
+
+def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
+                     fallback: str | None, row_params: list[str]) -> list[dict]:
+    """The split form of row function ``fname``: ``<fname>_split(x, y, n, row params, threads)``
+    and one task function per sweep, ``<fname>_split_s<k>(ctx, t)``, which runs the sweep over
+    chunk t, [t chunk, (t + 1) chunk) of the row (whole blocks: the blocks are the unsplit
+    sweep's), and stores its reductions' outer states in the chunk's slot. The caller runs each
+    sweep's tasks through ``sg_parallel``, merges the chunks' states in chunk order
+    (``Reduction.merge_outer``), finishes the row's scalars once and hands them to the next
+    sweep's tasks (``ctx``: struct ``ctx``, declared by kernel.c.j2). ``fallback``: the split form
+    the two-pass guard hands the row to."""
+    c, pl = _Ctx(p, t, s, row_params), plan(p)
+    name, M, B = f"{fname}_split", SPLIT_MAX_CHUNKS, s.block
+    nstate = max([sum(len(_red(c, r).outer) for r in sw.reductions) for sw in pl.sweeps] + [1])
+    nscal = max([len(_sweep_scalars(c, sw)) for sw in pl.sweeps] + [1])
+    lines = [f"size_t chunk = {s.chunk};",
+             f"if (n > (size_t){M} * {s.chunk}) /* at most {M} chunks: wider ones, whole blocks */",
+             f"    chunk = (n + {M * B - 1}) / {M * B} * {B};",
+             "const size_t nchunks = (n + chunk - 1) / chunk;",
+             f"float sg_s[{nscal}];   /* the row scalars the sweeps read */",
+             f"float sg_st[{M * nstate} * SG_LANES];   /* per chunk: its reductions' outer states */",
+             f"struct {ctx} sg = {{x, y, n, chunk, sg_s, sg_st}};"]
+    lines += _scalar_lines(c, pl.scalars_before, fallback, ", threads")
+    tasks = []
+    for sw in pl.sweeps:
+        task, scal = f"{name}_s{sw.index}", _sweep_scalars(c, sw)
+        blk = dict(_sweep_block(c, sw), begin="c_lo", end="c_hi", length="c_hi")
+        blk["comment"] += " (chunk t)"
+        stores, decl, loads, steps, fin, j = [], [], [], [], [], 0
+        for r in sw.reductions:
+            red = _red(c, r)
+            out = {f: f"o{r}_{f}" for f in red.outer}
+            q = {f: f"q{r}_{f}" for f in red.outer}
+            decl += [f"VEC {n} = {CEmit.const(red.outer_init(f))};" for f, n in out.items()]
+            for f in red.outer:
+                stores.append(f"V_STORE(sg->st + (t * {nstate} + {j}) * SG_LANES, {out[f]});")
+                loads.append(f"const VEC {q[f]} = V_LOAD(sg_st + (q * {nstate} + {j}) * SG_LANES);")
+                j += 1
+            steps += _c(lambda e: red.merge_outer(e, out, q))
+            fin += _c(lambda e: red.finish(e, out, _results(p, r)))
+            if re.search(rf"\bsc{r}\b", "\n".join(steps + fin)):   # online: e^(s (a - m))
+                decl.insert(0, f"const VEC sc{r} = V_SET1({flit(red.scale)});")
+        # a task's non-temporal stores are fenced by the thread that made them, before the task ends
+        blk["finish"] = stores + (["V_FENCE();   /* order this chunk's non-temporal stores */"]
+                                  if streams(c, sw) else [])
+        pro = [f"const struct {ctx} *sg = ctx;", "const float *x = sg->x;", "float *y = sg->y;",
+               "(void)x;", "(void)y;",
+               "const size_t c_lo = t * sg->chunk, "
+               "c_hi = sg->n - c_lo > sg->chunk ? c_lo + sg->chunk : sg->n;"]
+        pro += [f"const float s{a} = sg->s[{i}];" for i, a in enumerate(scal)]
+        tasks.append({"name": task, "signature": f"static void {task}(void *ctx, size_t t)",
+                      "comment": f"{p.name} split form, sweep {sw.index} over chunk t of the row",
+                      "blocks": [{"kind": "scalar", "lines": pro}, blk]})
+        lines += [f"float {', '.join(_results(p, r))};" for r in sw.reductions]
+        lines += [f"sg_s[{i}] = s{a};" for i, a in enumerate(scal)]
+        lines.append(f"sg_parallel(nchunks, threads, {task}, &sg);")
+        if sw.reductions:   # the chunks' states, merged in chunk order on the caller
+            lines += ["{"] + ["    " + ln for ln in decl] \
+                + ["    for (size_t q = 0; q < nchunks; q++) {"] + ["        " + ln for ln in loads + steps] \
+                + ["    }"] + ["    " + ln for ln in fin] + ["}"]
+        lines += _scalar_lines(c, sw.scalars_after, fallback, ", threads")
+    args = "".join(f", float rp_{n}" for n in row_params) + ", int threads"
+    caller = {"name": name, "args": args, "outs": "float *y", "blocks": [{"kind": "scalar", "lines": lines}],
+              "comment": f"{p.name}: the split form of {fname}: each sweep per chunk (sg_parallel), "
+                         f"the chunks' reduction states merged in chunk order"}
+    return tasks + [caller]
 
 
 GEMM_EPILOGUES = True   # backends.gemm fuses element-wise phases into the contraction's store
@@ -553,7 +650,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(),
         helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
-        abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms)
+        abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None)
 
 
 def _gemm_text(t: Target, s: GemmSchedule) -> str:
@@ -588,10 +685,19 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
     check_schedule(t, s)
     functions, fallback, rps = [], None, p.row_params()
+    split = None
+    if s.split and not split_refusal(p) and not (p.fallback and split_refusal(p.fallback)):
+        split = {"fn": f"{name}__row_split", "min_n": s.split, "chunk": s.chunk,
+                 "ctx": f"{name}__split", "max_chunks": SPLIT_MAX_CHUNKS}
     if p.fallback is not None:
         fallback = f"{name}__fallback_row"
         functions.append(_row_function(p.fallback, t, s, fallback, None, rps))
+        if split:
+            functions += _split_functions(p.fallback, t, s, fallback, split["ctx"], None, rps)
     functions.append(_row_function(p, t, s, f"{name}__row", fallback, rps))
+    if split:
+        functions += _split_functions(p, t, s, f"{name}__row", split["ctx"],
+                                      fallback and f"{fallback}_split", rps)
     pl = plan(p)
     plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()]
     if p.notes:
@@ -602,7 +708,8 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t), plan_lines=plan_lines,
         isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp),
         helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
-        tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[])
+        tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
+        split=split)
 
 
 class CBackend(Backend):

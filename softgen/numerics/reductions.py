@@ -2,12 +2,16 @@
 
 A reduction describes its state (``fields``: the per-lane, per-accumulator values; ``outer``: the
 compensated per-block state they fold into), the value of each field at the start (``init``), the
-neutral input (``identity``), and five steps in emitter terms:
+neutral input (``identity``), and six steps in emitter terms:
 
 - ``update(e, st, xs)``: the state ``st`` takes the inputs ``xs`` (one per unroll slot);
 - ``merge(e, d, s)``: accumulator ``s`` joins accumulator ``d`` (once per block);
 - ``fold(e, o, a)``: the merged accumulator ``a`` joins the outer state ``o`` (once per block);
 - ``finish(e, o, res)``: the outer state's lanes give the results ``res`` (once per row);
+- ``merge_outer(e, o, q)``: outer state ``q`` (a later chunk's, in the C backend's split form of
+  a row) joins outer state ``o``: ``fold`` of ``q``'s compensated value (its sum field minus its
+  compensation ``c``, the value ``finish`` reads), so merging chunk states in chunk order is
+  folding their blocks' partials in that order, up to the compensation's rounding;
 - ``column_update(e, st, x)``: one row's update of a column reduction's state.
 
 Each step returns the new state (field -> value). A backend's emitter owns the layout: the C
@@ -74,6 +78,7 @@ class Reduction:
     op = ""
     fields: tuple[str, ...] = ()
     outer: tuple[str, ...] = ()
+    compensated = ""               # the outer field whose compensation is ``c`` ("": none)
     identity = 0.0                 # the neutral input (masked tail lanes take it)
     blocked = True                 # per block: merge the accumulators, fold into the outer state
     replicated = True              # one state per schedule accumulator
@@ -99,6 +104,10 @@ class Reduction:
     def fold(self, e: Emitter, o: dict, a: dict) -> dict: ...
     def finish(self, e: Emitter, o: dict, res: list[str]) -> None: ...
 
+    def merge_outer(self, e: Emitter, o: dict, q: dict) -> dict:
+        a = {f: e.sub(q[f], q["c"]) if f == self.compensated else q[f] for f in self.fields}
+        return self.fold(e, o, a)
+
     def column_update(self, e: Emitter, st: dict, x: str) -> dict:
         return self.update(e, st, [x])
 
@@ -121,6 +130,7 @@ class MaxRed(Reduction):
 
 class SumRed(Reduction):
     op, fields, outer, identity = "reduce_sum", ("s",), ("s", "c"), 0.0
+    compensated = "s"
 
     def init(self, f): return 0.0
 
@@ -143,6 +153,7 @@ class ExtExpRed(Reduction):
     """sum e^(s x) as (v, e), e^(s x) = p 2^n summed as v 2^e (spec 2.1): every lane keeps a value
     and an exponent; one exponent max per group of slots."""
     op, fields, outer, identity = "reduce_extexp", ("v", "e"), ("v", "e", "c"), -math.inf
+    compensated = "v"
 
     def init(self, f): return 0.0 if f == "v" else EXTEXP_E0
 
@@ -182,6 +193,7 @@ class OnlineRed(Reduction):
     """(m, d), d = sum e^(s (x - m)): one rescale per group of slots (the blocked form of spec 3).
     m starts at -FLT_MAX, not -inf, so (-inf) - m is -inf and no -inf - -inf guard is needed."""
     op, fields, outer, identity = "reduce_online", ("m", "d"), ("m", "d", "c"), -math.inf
+    compensated = "d"
 
     def init(self, f): return -FLT_MAX if f == "m" else 0.0
 
