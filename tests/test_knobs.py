@@ -280,3 +280,19 @@ def test_records_with_knobs_a_target_lacks_are_not_used():
     p = build_program("softmax")
     assert _tuned_entries([rec], p, get_target("avx2")) == [rec]
     assert _tuned_entries([rec], p, get_target("scalar")) == []       # would not build there
+
+
+def test_stream_in_the_split_form(rng):
+    """Rows split into chunks (schedule split/chunk): each chunk's task streams its part of y and
+    fences its own stores (a pool thread's non-temporal stores are ordered by that thread)."""
+    k = softgen.compile("softmax", algorithm="two-pass", target="host",
+                        schedule={"stream": get_target("host").streams, "split": 1000, "chunk": 4096})
+    if k.target.streams:
+        task = k.source[k.source.index("__row_split_s1("):]
+        task = task[:task.index("\n}\n")]
+        assert "V_STREAM(y" in task and "V_FENCE();" in task
+    for n in (999, 1000, 4097, 9000):
+        x = (rng.standard_normal((2, n + 2)) * 5).astype(np.float32)[:, 1:n + 1]
+        check(k, x, k(x), f"n={n}")
+        xi = x.copy()
+        check(k, x, k(xi, out=xi), f"n={n} in place")
