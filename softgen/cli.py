@@ -92,9 +92,11 @@ def _parser() -> argparse.ArgumentParser:
 def _tune_args(sub) -> None:
     tp = sub.add_parser("tune", help="measure the fastest variant per size class on this machine and "
                                      "record it for algorithm=auto (the tuning database)")
-    tp.add_argument("--op", default="softmax", help="row op to tune (default: softmax)")
+    tp.add_argument("--op", default="softmax", help="row op to tune (default: softmax), or a matrix op "
+                                                    "with GEMMs (gaussian_kernel, newton_pinv): its GEMM tile")
     tp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {DEFAULT_SIZES})")
-    tp.add_argument("--shapes", help=f"batches: {benchmark.SHAPES_FORM}")
+    tp.add_argument("--shapes", help=f"batches: {benchmark.SHAPES_FORM}; matrix ops: the op's dims joined "
+                                     f"by x (gaussian_kernel n x m x d: 1024x1024x64; newton_pinv m: 256)")
     tp.add_argument("--budget", default=f"{DEFAULT_BUDGET:g}s",
                     help=f"time for everything, compiling included: 60s, 2m or seconds (default {DEFAULT_BUDGET:g}s)")
     tp.add_argument("--target", default="host", help="a runnable target (default: host)")

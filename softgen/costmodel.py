@@ -12,7 +12,8 @@ Per sweep of a variant's plan (``passes.plan``), per element:
   (``machine.Caches.level_of``; the working set of a row is x and y, 8 bytes per element);
 
 and the sweep costs the larger of the two (a roofline per sweep); a variant costs the sum over
-its sweeps. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
+its sweeps. Schedules: the given one, with non-temporal output stores for rows beyond the
+last-level cache on targets that have them (``level_schedule``). Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
 The result is a ``DispatchTable``: plain data (ranges of n, the variant of each, why), which a
@@ -183,18 +184,31 @@ def level_limits(caches: Caches) -> dict[str, int | None]:
     return {**{lvl: size // BYTES_PER_N for lvl, size in caches.sizes().items()}, "DRAM": None}
 
 
+def level_schedule(target: Target, level: str, schedule: dict, plan: Plan) -> dict:
+    """The schedule the model gives rows at cache ``level`` (with ``plan``): ``schedule``, with
+    non-temporal stores (``stream``) on where the row's working set (x and y, ``BYTES_PER_N`` x n)
+    is beyond the last-level cache ("DRAM"), the target has them and the plan writes a dense output:
+    y would only evict x's lines and cost a read for ownership (16 instead of 12 B/element for
+    two-pass) before going to memory anyway."""
+    dense = any(sw.output is not None and sw.selected is None for sw in plan.sweeps)
+    if level == "DRAM" and target.streams and dense and "stream" not in schedule:
+        return {**schedule, "stream": True}
+    return dict(schedule)
+
+
 def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule: dict) -> DispatchTable:
     """The cheapest of ``plans`` (algorithm -> plan, in preference order: ties go to the earlier)
     per cache level, neighbouring levels with one winner merged into one entry."""
     limits = level_limits(caches)
     costs = {lvl: {a: cycles_per_element(pl, target, lvl) for a, pl in plans.items()} for lvl in ALL_LEVELS}
     winners = {lvl: min(c, key=c.get) for lvl, c in costs.items()}   # min keeps the first of equals
+    scheds = {lvl: level_schedule(target, lvl, schedule, plans[winners[lvl]]) for lvl in ALL_LEVELS}
     entries, n_min, prev_max = [], 1, 0
     spans: list[list[str]] = []
     for lvl in ALL_LEVELS:
         if limits[lvl] is not None and limits[lvl] <= prev_max:
             continue   # a level no larger than the one below (misreported caches): nothing fits only there
-        if spans and winners[spans[-1][-1]] == winners[lvl]:
+        if spans and winners[spans[-1][-1]] == winners[lvl] and scheds[spans[-1][-1]] == scheds[lvl]:
             spans[-1].append(lvl)
         else:
             spans.append([lvl])
@@ -205,7 +219,9 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
         why = "model: " + "; ".join(
             f"{lvl} " + ", ".join(f"{SHORT[a]} {c:.2f}" for a, c in sorted(costs[lvl].items(), key=lambda t: t[1]))
             for lvl in span) + " cycles/element"
-        entries.append(Entry(n_min, n_max, alg, dict(schedule), 0, why,
+        if scheds[span[0]].get("stream") and not schedule.get("stream"):
+            why += "; non-temporal stores: the row's working set is beyond the last-level cache"
+        entries.append(Entry(n_min, n_max, alg, scheds[span[0]], 0, why,
                              grain=thread_policy(plans[alg], target).grain))
         n_min = (n_max or 0) + 1
     sizes = ", ".join(f"{lvl} {v >> 10} KiB" for lvl, v in caches.sizes().items())

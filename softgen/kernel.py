@@ -15,6 +15,7 @@ from ._version import __version__
 from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
+from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
 from .costmodel import DispatchTable, Entry, ThreadPolicy, model_table, thread_policy
@@ -30,9 +31,9 @@ from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
 from .ir import Program
 from .machine import caches
-from .matrix import MatrixProgram
+from .matrix import MatMulPhase, MatrixProgram
 from .runtime import assembly, load_entry, open_shared
-from .schedule import Schedule, default_schedule
+from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule
 from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -92,7 +93,8 @@ def _tuned_entries(recs: list, program: Program, target: Target) -> list:
         if r.algorithm not in applicable:
             continue
         try:
-            Schedule(**r.schedule).validate(target.lanes)
+            if Schedule(**r.schedule).validate(target.lanes).stream and not target.streams:
+                continue   # e.g. an imported record: this target has no non-temporal stores
         except (TypeError, UsageError):
             continue
         key = (r.n_min, r.n_max)
@@ -184,6 +186,10 @@ class Kernel:
     tuned: bool = False         # algorithm="auto" whose table came from tuning records (softgen.tune)
     # what threads=auto picks (row kernels; a dispatcher: per entry of ``dispatch``)
     thread_policy: ThreadPolicy | None = None
+    # a matrix kernel's GEMM tile and blocking when not its target's default ([gemm]): given in
+    # its schedule (mr, nv, kc, nc, ku) or from a tuning record (then ``tuned``; why: ``gemm_why``)
+    gemm: GemmSchedule | None = None
+    gemm_why: str = ""
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
     _mt_fn: object = field(default=None, repr=False)
@@ -244,6 +250,8 @@ class Kernel:
                     "tuned": self.tuned,
                     "threads": None if self.matrix or self.dispatch is not None else
                     (self.thread_policy or ThreadPolicy()).__dict__,
+                    "gemm": None if self.gemm is None else {
+                        **self.gemm.as_dict(), "why": self.gemm_why or "given"},
                     "ir": str(original), "rewritten_ir": str(self.program), "rewrites": self.program.notes,
                     "plan": pl.describe().splitlines(), "traffic": pl.traffic(),
                     "dispatch": None if self.dispatch is None else {
@@ -254,6 +262,8 @@ class Kernel:
                                   "rewrites": v.program.notes, "plan": v.plan.describe().splitlines(),
                                   "traffic": v.plan.traffic()} for v in parts]}
         tuned = f"\n# tuned: {'yes (tuning database)' if self.tuned else 'no'}" if self.dispatch is not None else ""
+        if self.gemm is not None:
+            tuned += f"\n# gemm: {self.gemm} ({self.gemm_why or 'given'})"
         threads = f"\n# {self.explain_threads()}" if self.explain_threads() else ""
         out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
                f"{tuned}{threads}\n",
@@ -432,8 +442,11 @@ class Kernel:
         return aot.export(self, directory, name=name, cc=cc)
 
     def renamed(self, name: str) -> "Kernel":
+        sched = None if self.tuned else self.schedule
+        if self.gemm is not None and not self.tuned:
+            sched = {**self.schedule.as_dict(), **self.gemm.as_dict()}
         return compile(self.op, algorithm=self.algorithm, target=self.target.name, name=name,
-                       schedule=None if self.tuned else self.schedule, backend=self.backend, **self.params)
+                       schedule=sched, backend=self.backend, **self.params)
 
 
 class MatrixKernel(Kernel):
@@ -647,15 +660,47 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     if algorithm not in ("auto", "direct"):
         raise UsageError(f"matrix op {opdef.name!r} has one algorithm, 'direct' (its phases); "
                          f"got {algorithm!r}")
-    sched = _schedule(t, schedule)
+    given = {k: v for k, v in schedule.items() if k in GEMM_FIELDS} if isinstance(schedule, dict) else {}
+    sched = _schedule(t, {k: v for k, v in schedule.items() if k not in GEMM_FIELDS}
+                      if isinstance(schedule, dict) else schedule)
     lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
+    has_gemm = any(isinstance(ph, MatMulPhase) for ph in lowered.leaves())
+    gemm, why = None, ""
+    if given:
+        if not has_gemm:
+            raise UsageError(f"schedule {', '.join(sorted(given))}: GEMM fields, and {opdef.name} has no GEMM")
+        gemm = schedule_for(t, given)
+    elif has_gemm and schedule is None:
+        gemm, why = tuned_gemm(program, t, be.name)
+    tuned = bool(why)
+    gemm = None if gemm == t.gemm and not tuned else gemm
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
-    art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params)
+        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}" \
+        f"{'' if gemm is None or gemm == t.gemm else '_' + gemm.tag(t.lanes)}{be.suffix}"
+    art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params,
+                             **({} if gemm is None else {"gemm": gemm}))
     cls = MatrixKernel if lowered.abi().style == "general" else Kernel
     return cls(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
-               wrapper=art.wrapper)
+               wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why)
+
+
+def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[GemmSchedule | None, str]:
+    """The GEMM schedule of a matrix op from this machine's newest usable tuning record (``softgen
+    tune --op <matrix op>``: algorithm "direct", the schedule's fields mr, nv, kc, nc, ku), and
+    its ``why``; (None, "") without one (or with ``SOFTGEN_USE_TUNING=0``)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return None, ""
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return None, ""
+    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
+        try:
+            return schedule_for(target, GemmSchedule(**r.schedule)), measured_why(r)
+        except (TypeError, UsageError):
+            continue
+    return None, ""
 
 
 def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, name: str | None, schedule,

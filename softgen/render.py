@@ -16,7 +16,7 @@ import numpy as np
 from ._data import data_dir
 from .abi import err
 from .numerics import constants
-from .targets import OPTIONAL_ISA, VIRTUAL_ISA, Target, cpu_check
+from .targets import OPTIONAL_ISA, STREAM_ISA, VIRTUAL_ISA, Target, cpu_check
 
 
 @cache
@@ -40,16 +40,20 @@ def flit(v: float) -> str:
     return f"{f.hex()}f"
 
 
-def isa_header(t: Target) -> str:
-    """The target's virtual-ISA header: its ``V_*`` macros spelled in its intrinsics."""
-    specs = {**VIRTUAL_ISA, **OPTIONAL_ISA}
-    macros = [(name, specs[name], body) for name, body in t.isa.items()]
-    return env().get_template("isa.h.j2").render(t=t, macros=macros)
+def isa_header(t: Target, stream: bool = False) -> str:
+    """The target's virtual-ISA header: its ``V_*`` macros spelled in its intrinsics (the
+    non-temporal ``V_STREAM``/``V_FENCE`` only with ``stream``)."""
+    specs = {**VIRTUAL_ISA, **OPTIONAL_ISA, **(STREAM_ISA if stream else {})}
+    macros = [(name, specs[name], body) for name, body in t.isa.items() if name in specs]
+    return env().get_template("isa.h.j2").render(t=t, macros=macros, stream=stream and t.streams)
 
 
-def vmath() -> str:
-    """The vector math (exp, log, log1p, extended-exponent helpers) over the virtual ISA."""
-    return env().get_template("vmath.h.j2").render()
+def vmath(exp: str = constants.EXP_DEFAULT) -> str:
+    """The vector math (exp, log, log1p, extended-exponent helpers) over the virtual ISA; ``exp``:
+    the variant of sg_exp / sg_exp_nonpos (``constants.EXP_VARIANTS``; the default spells p5)."""
+    xv = None if exp == constants.EXP_DEFAULT else constants.EXP_VARIANTS[exp]
+    return env().get_template("vmath.h.j2").render(
+        xv=xv, reduce="sg_xreduce" if xv else "sg_reduce_ln2", poly="sg_xpoly" if xv else "sg_p5")
 
 
 def select_helpers(*programs) -> str:

@@ -11,6 +11,17 @@
                   most ``backends.c.SPLIT_MAX_CHUNKS`` chunks: longer rows get wider chunks,
                   still whole blocks). Chunks depend on n and the schedule only, never on the
                   thread count, so results do not either
+``stream``        non-temporal (streaming) stores in the output sweep: y is peeled to the target's
+                  store alignment, whole vectors bypass the caches, one fence ends the row (targets
+                  with ``[isa] STREAM``/``FENCE`` and ``stream_align`` only: avx2, avx512); pays for
+                  rows beyond the last-level cache
+``prefetch``      software prefetch distance in elements (0 = none) of the sweeps' reads of x and y
+``exp``           the variant of the vectorised exp/exp_nonpos (``numerics.constants.EXP_VARIANTS``:
+                  polynomial degree and one- or two-constant range reduction); the extended-exponent
+                  pair of two-pass always uses the default (its n reaches 2^17 log2 e)
+
+``stream``, ``prefetch`` and ``exp`` are C-backend knobs; their defaults (off, 0, "p5c2") generate
+exactly the code of a schedule without them, and ``as_dict`` omits them at their defaults.
 
 :class:`GemmSchedule` is the same kind of data for the register-blocked GEMM of matrix programs.
 
@@ -23,7 +34,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from .errors import UsageError
+from .numerics.constants import EXP_DEFAULT, EXP_VARIANTS
 from .values import number, show
+
+INT_FIELDS = ("unroll", "accumulators", "block", "split", "chunk")   # split may be 0 (never)
+KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_DEFAULT}   # omitted from as_dict at these
+FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
+PREFETCH_MAX = 1 << 16      # elements ahead (256 KiB)
 
 
 @dataclass(frozen=True)
@@ -33,11 +50,14 @@ class Schedule:
     block: int = 2048
     split: int = 262144
     chunk: int = 65536
+    stream: bool = False
+    prefetch: int = 0
+    exp: str = EXP_DEFAULT
 
     def validate(self, lanes: int) -> "Schedule":
         """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
-        s = replace(self, **{k: _positive(k, getattr(self, k)) for k in ("unroll", "accumulators", "block", "chunk")},
-                    split=_positive("split", self.split, lo=0))
+        s = replace(self, **{k: _positive(k, getattr(self, k), lo=0 if k == "split" else 1) for k in INT_FIELDS},
+                    **{k: _knob(k, getattr(self, k)) for k in KNOB_DEFAULTS})
         if s.unroll > 32:
             raise UsageError(f"schedule unroll must be <= 32, got {s.unroll}")
         if s.unroll % s.accumulators:
@@ -57,14 +77,23 @@ class Schedule:
         return self.unroll * lanes
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields, without the knobs (stream, prefetch, exp) that are at their defaults."""
+        return {k: v for k, v in asdict(self).items() if KNOB_DEFAULTS.get(k, object()) != v}
+
+    def knobs(self) -> dict:
+        """The knobs that differ from their defaults (in field order)."""
+        return {k: getattr(self, k) for k, d in KNOB_DEFAULTS.items() if getattr(self, k) != d}
 
     def tag(self, lanes: int) -> str:
-        """XNNPACK-style suffix: elements per iteration and accumulators."""
-        return f"u{self.step(lanes)}_acc{self.accumulators}"
+        """XNNPACK-style suffix: elements per iteration and accumulators (then _nt for streaming
+        stores, _pf<distance>, _<exp variant> when not the defaults)."""
+        k = self.knobs()
+        return (f"u{self.step(lanes)}_acc{self.accumulators}" + ("_nt" if k.get("stream") else "")
+                + (f"_pf{k['prefetch']}" if "prefetch" in k else "") + (f"_{k['exp']}" if "exp" in k else ""))
 
     def __str__(self) -> str:
-        return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}"
+        return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}" \
+            + "".join(f" {k}={v}" for k, v in self.knobs().items())
 
 
 def _positive(key: str, value, lo: int = 1) -> int:
@@ -75,17 +104,36 @@ def _positive(key: str, value, lo: int = 1) -> int:
     return v
 
 
-KNOBS = ("unroll", "accumulators", "block", "split", "chunk")
+def _knob(key: str, value):
+    """A stream / prefetch / exp value, checked (types and ranges; target support is the backend's)."""
+    if key == "stream":
+        if not isinstance(value, (bool, int)) or value not in (0, 1):
+            raise UsageError(f"schedule stream must be true or false, got {show(value)}")
+        return bool(value)
+    if key == "prefetch":
+        v = number("schedule prefetch", value, integer=True)
+        if v < 0 or v > PREFETCH_MAX or v % 16:
+            raise UsageError(f"schedule prefetch must be 0 (none) or a multiple of 16 elements up to "
+                             f"{PREFETCH_MAX}, got {show(value)}")
+        return v
+    if not isinstance(value, str) or value not in EXP_VARIANTS:
+        raise UsageError(f"schedule exp must be one of {', '.join(EXP_VARIANTS)}, got {value!r}")
+    return value
+
+
+KNOBS = FIELDS   # every field default_schedule may override
 
 
 def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
     """``base`` (a target's default schedule, ``Target.schedule``) with the given fields
     overridden, validated for ``lanes``."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(given) - set(KNOBS)
+    unknown = set(given) - set(FIELDS)
     if unknown:
         raise UsageError(f"unknown schedule parameter(s) {sorted(unknown)}")
-    given = {k: _positive(k, v, lo=0 if k == "split" else 1) for k, v in given.items()}  # types first
+    # types first, before any arithmetic
+    given = {k: _knob(k, v) if k in KNOB_DEFAULTS else _positive(k, v, lo=0 if k == "split" else 1)
+             for k, v in given.items()}
     if "unroll" in given and "accumulators" not in given and given["unroll"] % base.accumulators:
         given["accumulators"] = 1
     sched = replace(base, **given)
@@ -136,5 +184,15 @@ class GemmSchedule:
                              f"buffer limit of {MAX_STACK_FLOATS} floats")
         return self
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def tag(self, lanes: int) -> str:
+        """Suffix of a matrix kernel's name whose GEMM schedule is not its target's default."""
+        return f"g{self.mr}x{self.nr(lanes)}_kc{self.kc}_nc{self.nc}" + (f"_ku{self.ku}" if self.ku > 1 else "")
+
     def __str__(self) -> str:
         return f"mr={self.mr} nv={self.nv} kc={self.kc} nc={self.nc} ku={self.ku}"
+
+
+GEMM_FIELDS = ("mr", "nv", "kc", "nc", "ku")

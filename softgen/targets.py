@@ -46,6 +46,10 @@ VIRTUAL_ISA = {
     "HSUM": "a", "HMAX": "a", "ANY": "m",
 }
 OPTIONAL_ISA = {"SCALE2": "a, d"}  # a*2^d for integer-valued d <= 0; vmath has a generic fallback
+# Non-temporal stores (schedule stream=True): STREAM(p, a) stores a whole vector at p, aligned to the
+# target's `stream_align` bytes (= 4 * lanes), bypassing the caches; FENCE() orders them before
+# later stores. A target has both and stream_align, or none; only kernels that stream define them.
+STREAM_ISA = {"STREAM": "p, a", "FENCE": ""}
 
 ENV_PATH = "SOFTGEN_TARGETS_PATH"   # extra directories of target files
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -81,6 +85,12 @@ class Target:
     # "instructions": {IR op kind or "default": per vector}, "bandwidth": {level: bytes/cycle}};
     # empty: no model, algorithm="auto" takes the first applicable entry of auto_algorithms
     cost: dict = field(default_factory=dict, compare=False)
+    stream_align: int = 0          # bytes V_STREAM's address must be aligned to (0: no STREAM)
+
+    @property
+    def streams(self) -> bool:
+        """Whether the target has non-temporal stores (``[isa] STREAM``, ``FENCE``)."""
+        return bool(self.stream_align)
 
     @property
     def runnable(self) -> bool:
@@ -197,6 +207,22 @@ def _hwcaps(f: str, v) -> dict:
     return dict(v)
 
 
+def _stream_align(f: str, d: dict, isa: dict) -> int:
+    """``stream_align`` (bytes): required with ``[isa] STREAM`` and ``FENCE``, and 4 * lanes (so
+    the peel to it is shorter than a vector); absent without them."""
+    has = [k for k in STREAM_ISA if k in isa]
+    if not has and "stream_align" not in d:
+        return 0
+    if len(has) != len(STREAM_ISA) or "stream_align" not in d:
+        raise UsageError(f"target file {f}: non-temporal stores need [isa] STREAM and FENCE and a "
+                         f"top-level stream_align, got {has or 'none'} and "
+                         f"stream_align {'present' if 'stream_align' in d else 'absent'}")
+    a = d["stream_align"]
+    if isinstance(a, bool) or a != 4 * d.get("lanes", 0):
+        raise UsageError(f"target file {f}: stream_align must be 4 * lanes bytes (one vector), got {a!r}")
+    return a
+
+
 def _load(name: str, text: str, f: str | None = None) -> Target:
     """The target of TOML ``text`` (file ``f``, ``name.toml`` by default), validated: every error
     names the file and the key."""
@@ -208,9 +234,10 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
     try:
         isa = dict(d["isa"])
         missing = [k for k in VIRTUAL_ISA if k not in isa]
-        unknown = [k for k in isa if k not in VIRTUAL_ISA and k not in OPTIONAL_ISA]
+        unknown = [k for k in isa if k not in VIRTUAL_ISA and k not in OPTIONAL_ISA and k not in STREAM_ISA]
         if missing or unknown:
             raise UsageError(f"target file {f}: missing macros {missing}, unknown {unknown}")
+        stream_align = _stream_align(f, d, isa)
         if d["name"] != name:
             raise UsageError(f"target file {f} declares name {d['name']!r}")
         lanes = _positive_int(f, "lanes", d["lanes"])
@@ -231,7 +258,7 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
                    hwcaps=_hwcaps(f, d.get("hwcaps", {})),
                    extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d},
-                   cost=_cost(f, d.get("cost", {})))
+                   cost=_cost(f, d.get("cost", {})), stream_align=stream_align)
     except KeyError as e:
         raise UsageError(f"target file {f} lacks key {e}") from None
     try:

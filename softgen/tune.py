@@ -7,7 +7,11 @@ Per size class (one per requested size):
 1. *candidates*: the algorithms that apply to the op x the schedules the backend declares as
    tunable (``Backend.tuning_knobs``, e.g. the C backend's unroll {2,4,8} x accumulators {1,2,4},
    each applied over the target file's default schedule and kept only if ``Schedule`` validates
-   it). No per-target Python table: knobs are data on the backend, defaults data in the target file.
+   it). Knobs bound to cache levels (``Backend.tuning_knob_levels``: the C backend's non-temporal
+   stores and prefetch distance for DRAM classes, exp variants in cache) are added per class over
+   the default schedule, on the ``KNOB_ALGORITHMS`` algorithms the model ranks first; a knob a
+   target lacks (``tuning_knob_requires``: stream needs ``[isa] STREAM``) is not offered.
+   No per-target Python table: knobs are data on the backend, defaults data in the target file.
 2. *pruning by the model* (``costmodel``): an algorithm whose modelled cycles per element at the
    size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed. The model
    has no schedule term, so among one algorithm's schedules it keeps the ``keep`` nearest the
@@ -44,7 +48,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 
 import numpy as np
@@ -61,19 +65,24 @@ from .benchmark import (
     calibrate,
     count_label,
     max_rel_err,
+    parse_count,
     parse_shapes,
     parse_sizes,
     sampler,
 )
 from .errors import UsageError
 from .kernel import compile as compile_kernel
-from .schedule import Schedule, default_schedule
+from .matrix import MatMulPhase
+from .numerics.constants import EXP_DEFAULT
+from .schedule import GemmSchedule, Schedule, default_schedule
 from .targets import get_target
 
 DEFAULT_SIZES = "1K,64K,1M,16M"
 DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
 PRUNE_RATIO = 1.5           # the model's cost over the best one's beyond which an algorithm is not timed
 KEEP = 3                    # schedules per algorithm timed (the nearest the target's default)
+KNOB_ALGORITHMS = 1         # the level-bound knobs (stream, prefetch, exp) are timed on this many
+                            # algorithms, the model's cheapest at the class's level (within the budget)
 FINALISTS = 3
 TOLERANCE = 0.02            # relative half-width of the median's 95% CI at which rounds stop
 MIN_ROUNDS = 5
@@ -136,20 +145,52 @@ class TuneResult:
 
 
 def label(algorithm: str, schedule: dict) -> str:
-    """A candidate's short name, e.g. ``3pl u4a2``."""
-    return f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"
+    """A candidate's short name, e.g. ``3pl u4a2``, ``2p u4a2 nt pf256``, ``3pl u4a2 p6c2``; a GEMM
+    schedule (matrix ops): ``gemm 5x2v kc256 nc64``."""
+    if "mr" in schedule:
+        return (f"gemm {schedule['mr']}x{schedule['nv']}v kc{schedule['kc']} nc{schedule['nc']}"
+                + (f" ku{schedule['ku']}" if schedule.get("ku", 1) > 1 else ""))
+    extra = ("nt" if schedule.get("stream") else None,
+             f"pf{schedule['prefetch']}" if schedule.get("prefetch") else None,
+             schedule["exp"] if schedule.get("exp", EXP_DEFAULT) != EXP_DEFAULT else None)
+    return " ".join([f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"]
+                    + [e for e in extra if e])
+
+
+def _offered(backend, target, knob: str) -> bool:
+    req = backend.tuning_knob_requires.get(knob)
+    return req is None or bool(getattr(target, req))
 
 
 def schedules(backend, target) -> list[Schedule]:
-    """The target's default schedule, then every valid combination of the backend's knobs over it."""
+    """The target's default schedule, then every valid combination of the backend's knobs that
+    apply at every level (not in ``tuning_knob_levels``) over it."""
     base = default_schedule(target.schedule, target.lanes)
     out = {base: None}
-    knobs = dict(backend.tuning_knobs)
+    knobs = {k: v for k, v in backend.tuning_knobs.items()
+             if k not in backend.tuning_knob_levels and _offered(backend, target, k)}
     for combo in product(*knobs.values()):
         try:
             out[default_schedule(target.schedule, target.lanes, **dict(zip(knobs, combo)))] = None
         except UsageError:
             continue
+    return list(out)
+
+
+def level_schedules(backend, target, level: str, base: Schedule) -> list[Schedule]:
+    """The schedules a size class at cache ``level`` adds: every combination of the backend's
+    level-bound knobs (``tuning_knob_levels``) that apply at ``level`` (and on the target) over
+    ``base``, other than ``base`` itself (DRAM on avx2: stream x prefetch; in cache: the exp variants)."""
+    knobs = {k: v for k, v in backend.tuning_knobs.items()
+             if level in backend.tuning_knob_levels.get(k, ()) and _offered(backend, target, k)}
+    out: dict[Schedule, None] = {}
+    for combo in product(*knobs.values()):
+        try:
+            s = default_schedule(base, target.lanes, **dict(zip(knobs, combo)))
+        except UsageError:
+            continue
+        if s != base:
+            out[s] = None
     return list(out)
 
 
@@ -266,6 +307,9 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     Returns a ``TuneResult`` (``.report()``, ``.records``)."""
     t0 = time.monotonic()
     opdef = ops.get_op(op)
+    if opdef.kind == "matrix":
+        return tune_gemm(opdef, target, sizes, budget_s, backend, shapes=shapes, progress=progress,
+                         stream=stream, seed=seed, t0=t0, **params)
     if opdef.kind != "row" or opdef.call_params:
         ok = [o.name for o in ops.OPS.values() if o.kind == "row" and not o.call_params]
         raise UsageError(f"tune: op {op!r} cannot be tuned (row ops without call-time arguments: {', '.join(ok)})")
@@ -302,9 +346,12 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             level = caches.level_of(costmodel.BYTES_PER_N * n)
             cost = {a: costmodel.cycles_per_element(pl, t, level) for a, pl in plans.items()} if t.cost else {}
             best = min(cost.values()) if cost else 0.0
-            kept_algs = [a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best]
-            cands = [(a, s) for a in sorted(kept_algs, key=lambda a: cost.get(a, 0.0)) for s in scheds[:keep]]
-            total = len(algs) * len(scheds)
+            kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
+                               key=lambda a: cost.get(a, 0.0))
+            extra = level_schedules(be, t, level, base)
+            cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
+                + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in extra]
+            total = len(algs) * (len(scheds) + len(extra))
             N = rows * n
             ws = 2 * 4 * N
             pairs = max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1
@@ -367,4 +414,157 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     if res.interrupted:
         print(f"softgen tune: interrupted; kept {len(res.classes)} of {len(todo)} size class(es) "
               f"(recorded in {tunedb.default().path})", file=stream)
+    return res
+
+
+# -- matrix ops: the GEMM tile and blocking ---------------------------------------------------------
+
+GEMM_CHECK = 1e-3    # candidates' results vs the default's (max |diff| / max |ref|): blocking reorders sums
+
+
+def gemm_candidates(t) -> list[GemmSchedule]:
+    """The target's default GEMM schedule (``[gemm]``), then one step from it in each field: mr
+    +-1 (+2), nv +-1 (nc kept a multiple of NR), kc and nc halved and doubled, ku 2; each kept only
+    if ``GemmSchedule.validate`` accepts it on ``t`` (the register budget of ``vector_registers``,
+    the packed-B stack buffer)."""
+    b = t.gemm
+    steps = [{"mr": b.mr - 1}, {"mr": b.mr + 1}, {"mr": b.mr + 2}, {"nv": b.nv - 1}, {"nv": b.nv + 1},
+             {"kc": b.kc // 2}, {"kc": b.kc * 2}, {"nc": b.nc // 2}, {"nc": b.nc * 2}, {"ku": 2}]
+    out = {b: None}
+    for st in steps:
+        g = replace(b, **st)
+        nr = g.nr(t.lanes)
+        if g.nc % nr:
+            g = replace(g, nc=max(nr, g.nc // nr * nr))
+        try:
+            out[g.validate(t)] = None
+        except UsageError:
+            continue
+    return list(out)
+
+
+def _matrix_shapes(opdef, sizes, shapes) -> list[tuple[int, ...]]:
+    dims = tuple(opdef.matrices.get("dims", ("m", "n")))
+    form = f"{opdef.name}'s dims {' x '.join(dims)}, e.g. {'x'.join(['256'] * len(dims))}"
+    if sizes is not None:
+        raise UsageError(f"tune: matrix op {opdef.name} takes shapes ({form}), not sizes")
+    if shapes is None:
+        raise UsageError(f"tune: matrix op {opdef.name} needs shapes ({form})")
+    items = [s.strip() for s in shapes.split(",") if s.strip()] if isinstance(shapes, str) else list(shapes)
+    out = []
+    for it in items:
+        try:
+            shape = tuple(parse_count(v) for v in it.lower().split("x")) if isinstance(it, str) else \
+                tuple(int(v) for v in it)
+        except (ValueError, TypeError):
+            raise UsageError(f"tune: bad shape {it!r}; give {form}") from None
+        if len(shape) != len(dims) or min(shape) < 1:
+            raise UsageError(f"tune: bad shape {it!r}; give {form}")
+        out.append(shape)
+    if not out:
+        raise UsageError(f"tune: no shapes; give {form}")
+    return out
+
+
+def _matrix_inputs(opdef, shape: tuple, rng) -> tuple:
+    """Inputs of a matrix op at ``shape`` (its dims): standard normal; a lone square input is
+    I + 0.1 N / sqrt(m) instead (well conditioned: Newton-Schulz converges)."""
+    dims = tuple(opdef.matrices.get("dims", ("m", "n")))
+    size = dict(zip(dims, shape))
+    decl = opdef.matrices.get("inputs", {"x": ("m", "n")})
+    out = []
+    for dd in decl.values():
+        s = tuple(size[d] for d in dd)
+        if len(decl) == 1 and len(s) == 2 and s[0] == s[1]:
+            x = np.eye(s[0], dtype=np.float32) + 0.1 / math.sqrt(s[0]) * rng.standard_normal(s, dtype=np.float32)
+        else:
+            x = rng.standard_normal(s, dtype=np.float32)
+        out.append(x)
+    return tuple(out)
+
+
+def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend: str = "c", *, shapes=None,
+              progress: bool = True, stream=None, seed: int = 0, t0: float | None = None, **params) -> TuneResult:
+    """``tune`` of a matrix op: its GEMMs' schedule (``gemm_candidates``) timed interleaved on each
+    shape, the finalists re-measured; the winner is the best geometric mean of time ratios to the
+    default over the shapes, recorded as one record for every size (algorithm "direct", the
+    schedule's GEMM fields), which ``compile`` of the op then uses (``k.tuned``, ``k.gemm``)."""
+    t0 = time.monotonic() if t0 is None else t0
+    be = get_backend(backend)
+    t = get_target(target)
+    if not t.runnable:
+        raise UsageError(f"tune: target {t.name} cannot run on this CPU (missing "
+                         f"{', '.join(t.missing_features())}); tuning measures, so it needs a runnable target")
+    budget = _parse_budget(budget_s)
+    todo = _matrix_shapes(opdef, sizes, shapes)
+    program = ops.build_program(opdef.name, **params)
+    params = dict(program.params)
+    lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
+    if not any(isinstance(ph, MatMulPhase) for ph in lowered.leaves()):
+        raise UsageError(f"tune: matrix op {opdef.name} has no GEMM to tune (only its rows/columns phases)")
+    cands = gemm_candidates(t)
+    res = TuneResult(opdef.name, params, t.name, be.name, budget, requested=1)
+    stream = sys.stderr if stream is None else stream
+    rng = np.random.default_rng(seed)
+    bar = Progress(len(todo) + 1, desc=f"tune {opdef.name} {t.name} gemm", enabled=progress, stream=stream)
+    ratios: dict[str, list[float]] = {}
+    last: dict[str, Timing] = {}
+    try:
+        kernels = {}
+        for g in cands:
+            k = compile_kernel(opdef.name, target=t.name, schedule=g.as_dict(), backend=be.name, **params)
+            k._entry(False)
+            kernels[label("direct", g.as_dict())] = (g, k)
+        bar.update("compiled")
+        names = list(kernels)
+        for i, shape in enumerate(todo):
+            c0 = time.monotonic()
+            deadline = c0 + max(0.0, (t0 + budget - c0) / (len(todo) - i))
+            xs = _matrix_inputs(opdef, shape, rng)
+            ref = kernels[names[0]][1](*xs)
+            ok = []
+            for nm in names:
+                got = kernels[nm][1](*xs)
+                if nm == names[0] or max_rel_err(got, ref) <= GEMM_CHECK:
+                    ok.append(nm)
+                else:
+                    res.notes.append(f"{'x'.join(map(str, shape))}: {nm} differs from {names[0]}; not timed")
+            variants = {nm: ("k(*xs, out=y)", {"k": kernels[nm][1], "xs": xs, "y": np.empty_like(ref)}) for nm in ok}
+            first = measure(variants, deadline - 0.3 * max(0.0, deadline - time.monotonic()))
+            fin = sorted(first, key=lambda k: first[k].median)[:FINALISTS]
+            final = measure({k: variants[k] for k in fin}, deadline) if len(fin) > 1 else {k: first[k] for k in fin}
+            # each time as a ratio to the default's in the first run; a finalist's through the
+            # final run's fastest (same run), scaled by that one's first-run ratio
+            top = min(final, key=lambda k: final[k].median)
+            for nm in ok:
+                r = first[nm].median if nm not in final else \
+                    final[nm].median / final[top].median * first[top].median
+                ratios.setdefault(nm, []).append(r / first[names[0]].median)
+            last = {**first, **final}
+            res.notes.append(f"{'x'.join(map(str, shape))}: " + ", ".join(
+                f"{nm} {last[nm].median * 1e6:.1f} us" for nm in sorted(ok, key=lambda k: last[k].median)[:3]))
+            bar.update("x".join(map(str, shape)))
+            del ref, xs, variants
+    except KeyboardInterrupt:
+        res.interrupted = True
+    finally:
+        bar.close()
+    full = {nm: r for nm, r in ratios.items() if len(r) == len(todo)} if not res.interrupted else {}
+    if full:
+        score = {nm: math.exp(sum(map(math.log, r)) / len(r)) for nm, r in full.items()}
+        win = min(score, key=score.get)
+        g = kernels[win][0]
+        shape = todo[-1]
+        out_elems = max(1, int(np.prod(np.asarray(kernels[win][1](*_matrix_inputs(opdef, shape, rng)).shape))))
+        rec = tunedb.record(opdef.name, params, t.name, be.name, n=(1, N_MAX), rows=(1, ROWS_MAX),
+                            algorithm="direct", schedule=g.as_dict(), threads=1,
+                            ns_per_element=last[win].median / out_elems * 1e9, noise=last[win].spread,
+                            repetitions=last[win].rounds,
+                            runners_up={nm: score[nm] / score[win] for nm in score if nm != win})
+        res.classes.append(ClassResult(shape[0], shape[-1], (1, N_MAX), "gemm", len(cands), 0,
+                                       sorted(((nm, score[nm]) for nm in score), key=lambda p: p[1]), rec,
+                                       time.monotonic() - t0))
+        res.notes.append(f"{win}: {score[names[0]] / score[win]:.3f}x the default "
+                         f"({label('direct', t.gemm.as_dict())}) over {len(todo)} shape(s)")
+    res.wall_seconds = time.monotonic() - t0
     return res

@@ -238,8 +238,10 @@ def test_auto_algorithm_and_default_name(monkeypatch):
     k2 = softgen.compile("softmax", target="avx2")   # several winners: a dispatcher
     assert k2.algorithm == "auto" and k2.dispatcher and "_auto__avx2_" in k2.name
     assert [v.algorithm for v in k2.variants] == ["three-pass-reload", "two-pass"]
-    k3 = softgen.compile("softplus_l1", target="avx2")
-    assert k3.algorithm == "direct-reload" and "_dl__avx2_" in k3.name
+    k3 = softgen.compile("softplus_l1", target="avx2")   # one algorithm; non-temporal stores beyond L3
+    assert {e.algorithm for e in k3.dispatch.entries} == {"direct-reload"}
+    assert [(v.algorithm, v.schedule.stream) for v in k3.variants] == [("direct-reload", False), ("direct-reload", True)]
+    assert [v.name.rsplit("__", 1)[1] for v in k3.variants] == ["dl_u32_acc2", "dl_u32_acc2_nt"]
 
 
 def test_kernels_are_cached_by_content(tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ import numpy as np
 import pytest
 from conftest import skip_unless_emulated
 
+from softgen.numerics.constants import EXP_DEFAULT, EXP_VARIANTS
 from softgen.render import isa_header, vmath
 from softgen.runtime import build_shared
 from softgen.targets import all_targets, get_target, host_arch
@@ -323,11 +324,11 @@ CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.
 
 
 @functools.cache
-def harness(name: str):
+def harness(name: str, exp: str = EXP_DEFAULT):
     t = get_target(name)
     if _mode(name) == "emulated":
         skip_unless_emulated(t)  # SIMDe headers (simde-py); a failure under CI=true
-    lib = ctypes.CDLL(str(build_shared(isa_header(t) + vmath() + HARNESS, t,
+    lib = ctypes.CDLL(str(build_shared(isa_header(t) + vmath(exp) + HARNESS, t,
                                        emulate=_mode(name) == "emulated")))
     st = ctypes.POINTER(_Stats)
     for f in ("sg_scan_exp", "sg_scan_exp_nonpos"):
@@ -342,10 +343,10 @@ def harness(name: str):
     return lib
 
 
-def scan(name: str, fn: str, ranges, stride: int = 1, *extra, what: str = "") -> Scan:
+def scan(name: str, fn: str, ranges, stride: int = 1, *extra, what: str = "", exp: str = EXP_DEFAULT) -> Scan:
     """``fn`` over the bit patterns ``lo, lo + stride, ... < hi`` of each ``(lo, hi)``, split into
-    chunks run on all CPUs (ctypes releases the GIL during the calls)."""
-    lib = harness(name)
+    chunks run on all CPUs (ctypes releases the GIL during the calls); ``exp``: the exp variant."""
+    lib = harness(name, exp)
     chunk = 1 << 24 if _mode(name) == "native" else 1 << 20  # work units shared by the threads
     jobs = []
     for lo, hi in ranges:
@@ -358,7 +359,7 @@ def scan(name: str, fn: str, ranges, stride: int = 1, *extra, what: str = "") ->
         getattr(lib, fn)(job[0], job[1], stride, *extra, ctypes.byref(st))
         return st
 
-    out = Scan(f"{name} {fn} {what}".strip())
+    out = Scan(f"{name} {fn} {what}{'' if exp == EXP_DEFAULT else ' exp ' + exp}".strip())
     with ThreadPoolExecutor(CPUS) as ex:
         for st in ex.map(one, jobs):
             out.add(st)
@@ -501,6 +502,38 @@ def test_exp_nonpos_binades_and_stride(target):
     r = scan(target, "sg_scan_exp_nonpos", [(0x80000000, 1 << 32)], STRIDE, what=f"stride {STRIDE}")
     check_exp(r)
     assert r.n_under_zero and r.n_under_sub and r.n_nan
+
+
+# -- exp variants (schedule exp; numerics.constants.EXP_VARIANTS): each held to the contract ------
+
+EXP_VARIANT_NAMES = [v for v in EXP_VARIANTS if v != EXP_DEFAULT]
+VARIANT_BINADES = [binade(1, 1), binade(1, 2), binade(1, 6), binade(0, 2), binade(0, 6)]
+VARIANT_STRIDE = 4099
+
+
+def check_variant(r: Scan, variant: str) -> None:
+    """Within the spec, within 5% of the error bench/fit_exp.py recorded, and the same ulp bound
+    as the default exp."""
+    check_exp(r, min(SPEC_MAX_REL_ERR, 1.05 * EXP_VARIANTS[variant].error), EXP_MAX_ULP)
+
+
+@pytest.mark.parametrize("variant", EXP_VARIANT_NAMES)
+@pytest.mark.parametrize("target", NATIVE[:2])
+def test_exp_variants_within_contract(target, variant):
+    for fn in ("sg_scan_exp", "sg_scan_exp_nonpos"):
+        ranges = VARIANT_BINADES if fn == "sg_scan_exp" else [b for b in VARIANT_BINADES if b[0] >> 31]
+        check_variant(scan(target, fn, ranges, what="binades", exp=variant), variant)
+        lo = 0 if fn == "sg_scan_exp" else 0x80000000
+        r = scan(target, fn, [(lo, 1 << 32)], VARIANT_STRIDE, what=f"stride {VARIANT_STRIDE}", exp=variant)
+        check_variant(r, variant)
+        assert r.n_nan and r.n_under_zero and r.n_under_sub and (fn != "sg_scan_exp" or r.n_over_inf)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", EXP_VARIANT_NAMES)
+@pytest.mark.parametrize("target", NATIVE)
+def test_exp_variants_every_float32(target, variant):
+    check_variant(scan(target, "sg_scan_exp", [(0, 1 << 32)], what="all 2^32", exp=variant), variant)
 
 
 @pytest.mark.parametrize("target", EMULATED)

@@ -87,6 +87,13 @@ class Backend(abc.ABC):
     # combination is applied over the target's default schedule and kept only if Schedule
     # validates it. Empty: the tuner varies the algorithm only
     tuning_knobs: MappingProxyType = MappingProxyType({})
+    # knob -> the cache levels (machine.Caches: "L1d", "L2", "L3", "DRAM") of the row's working set
+    # where the tuner tries it; a knob not listed is tried at every level. Knobs listed here are
+    # tried one value at a time over each kept schedule of the listed ones (not as a product).
+    tuning_knob_levels: MappingProxyType = MappingProxyType({})
+    # the knobs whose values also depend on the target: knob -> name of a Target property that must
+    # be true for the knob to be offered (e.g. the C backend's stream -> "streams")
+    tuning_knob_requires: MappingProxyType = MappingProxyType({})
 
     def lowerable(self, program) -> list[str]:
         """What in ``program`` (a row ``ir.Program``) this backend cannot lower; empty: all of
@@ -104,7 +111,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate_matrix(self, program, target: Target, schedule: Schedule, name: str, *, op: str,
                         params: dict) -> Artifact:
-        """The kernel ``name`` computing the lowered matrix program ``program``."""
+        """The kernel ``name`` computing the lowered matrix program ``program``. A backend whose
+        GEMMs take a ``GemmSchedule`` accepts it as the keyword ``gemm`` (passed only when it is
+        not the target's default: a tuned or given tile)."""
 
     # -- what an artifact is made of; the defaults: ``source`` is one C file ----------------------
     def link_inputs(self, a: Artifact) -> dict:

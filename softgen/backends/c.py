@@ -19,15 +19,15 @@ from types import MappingProxyType
 from .._version import __version__
 from ..analysis import matrix_plan_lines, matrix_traffic
 from ..costmodel import ThreadPolicy, thread_policy
-from ..errors import BuildError
+from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import SweepPhase
-from ..numerics.constants import EXTEXP_E0
+from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
-from ..schedule import Schedule
+from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
 from .base import Artifact, Backend, register
 from .entry import abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
@@ -247,11 +247,13 @@ def _scale_of(p: Program, r: int) -> str | None:
     return None if s == 1.0 else f"sc{r}"
 
 
-def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: bool = True) -> list[str]:
+def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: bool = True,
+          stream: bool = False) -> list[str]:
     """Statements computing one vector (unroll slot u) of every row value of a sweep (and its
     stores, unless ``stores`` is False). ``bufs``: what the input and index leaves load and where
     the output goes (a selected-output sweep runs over the selection instead of the row); an
-    ``x_value`` entry is the input itself (a GEMM epilogue's product) instead of a load."""
+    ``x_value`` entry is the input itself (a GEMM epilogue's product) instead of a load.
+    ``stream``: whole-vector stores to y are non-temporal (``V_STREAM``; y + i is aligned)."""
     p, L = c.p, c.t.lanes
     bufs = bufs or {"x": "x", "index": None, "y": "y"}
     off = "i" if u == 0 else f"i + {u * L}"
@@ -283,8 +285,26 @@ def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: boo
     for v in (sw.stores + ([sw.output] if sw.output is not None else []) + sw.colstores) if stores else []:
         val = _row_arg(p, p.args(v)[-1], u)
         y = f"cv_{p.attrs(v)['name']}" if p.op(v) == "colstore" else bufs["y"]
-        lines.append(f"V_STORE_PART({y} + i, {val}, k);" if tail else f"V_STORE({y} + {off}, {val});")
+        st = "V_STREAM" if stream and p.op(v) != "colstore" else "V_STORE"
+        lines.append(f"V_STORE_PART({y} + i, {val}, k);" if tail else f"{st}({y} + {off}, {val});")
     return lines
+
+
+def streams(c: _Ctx, sw) -> bool:
+    """Whether sweep ``sw`` gets non-temporal stores: the schedule's ``stream``, on the sweep that
+    writes the output (not a y it reloads later, which should stay in cache)."""
+    return c.s.stream and sw.output is not None and sw.selected is None
+
+
+def _prefetches(c: _Ctx, sw) -> list[str]:
+    """Software prefetches ``c.s.prefetch`` elements ahead of the main loop's reads (x, and y
+    when the sweep reloads it): one per 64-byte line the iteration covers."""
+    d = c.s.prefetch
+    if not d:
+        return []
+    bufs = (["x"] if sw.reads_x else []) + (["y"] if sw.reloads else [])
+    step = c.s.unroll * c.t.lanes
+    return [f"__builtin_prefetch({b} + i + {d + off});" for b in bufs for off in range(0, step, 16)]
 
 
 def _colreduce(c: _Ctx, r: int, u: int, tail: bool) -> list[str]:
@@ -367,11 +387,14 @@ def _sweep_block(c: _Ctx, sw) -> dict:
 
     # Node-major: the unroll slots' copies of each row value sit side by side, so the slots' long
     # per-element chains (softplus: exp, then log1p) overlap instead of queueing in the scheduler.
-    bodies = [_body(c, sw, u, False) for u in range(U)]
-    main = [ln for same in zip(*bodies) for ln in same] + updates(list(range(U)), False)
-    single = _body(c, sw, 0, False) + updates([0], False)
+    nt = streams(c, sw)
+    bodies = [_body(c, sw, u, False, stream=nt) for u in range(U)]
+    main = _prefetches(c, sw) + [ln for same in zip(*bodies) for ln in same] + updates(list(range(U)), False)
+    single = _body(c, sw, 0, False, stream=nt) + updates([0], False)
     tail = (["const MASK tm = V_TAILMASK(k);"] if sw.reductions else []) + _body(c, sw, 0, True) \
         + updates([0], True)
+    if nt:   # y + i aligned before the whole-vector stores (the peel is a tail); one fence per row
+        finish = finish + ["V_FENCE();   /* order the non-temporal stores before returning */"]
     what = [f"{p.op(v)}" for v in sw.reductions + sw.colreds] \
         + (["store y"] if sw.stores else []) + (["write y"] if sw.output is not None else []) \
         + [f"store {p.attrs(v)['name']}" for v in sw.colstores]
@@ -381,7 +404,8 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     return {"kind": "sweep", "index": sw.index, "comment": f"read {reads}; {', '.join(what)}",
             "begin": "0", "end": "n", "setup": setup, "blocked": any(_red(c, r).blocked for r in sw.reductions),
             "block": c.s.block, "step": U * L, "length": "n",
-            "main": main, "single": single, "tail": tail, "fold": fold, "finish": finish}
+            "main": main, "single": single, "tail": tail, "fold": fold, "finish": finish,
+            "peel": tail if nt else [], "align": c.t.stream_align}
 
 
 def _selected_block(c: _Ctx, sw) -> dict:
@@ -399,7 +423,7 @@ def _selected_block(c: _Ctx, sw) -> dict:
     return {"kind": "sweep", "index": sw.index, "begin": "0", "end": "n",
             "comment": f"the {k} selected entries -> indices and weights", "setup": setup,
             "blocked": False, "block": c.s.block, "step": c.t.lanes, "length": str(kp),
-            "main": body, "single": [], "tail": [], "fold": [], "finish": finish}
+            "main": body, "single": [], "tail": [], "fold": [], "finish": finish, "peel": [], "align": 0}
 
 
 class CScalars:
@@ -526,7 +550,9 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
             fin += _c(lambda e: red.finish(e, out, _results(p, r)))
             if re.search(rf"\bsc{r}\b", "\n".join(steps + fin)):   # online: e^(s (a - m))
                 decl.insert(0, f"const VEC sc{r} = V_SET1({flit(red.scale)});")
-        blk["finish"] = stores
+        # a task's non-temporal stores are fenced by the thread that made them, before the task ends
+        blk["finish"] = stores + (["V_FENCE();   /* order this chunk's non-temporal stores */"]
+                                  if streams(c, sw) else [])
         pro = [f"const struct {ctx} *sg = ctx;", "const float *x = sg->x;", "float *y = sg->y;",
                "(void)x;", "(void)y;",
                "const size_t c_lo = t * sg->chunk, "
@@ -591,13 +617,19 @@ def epilogue_code(p: Program, t: Target, s: Schedule, fname: str, alpha: float):
     return "\n".join(lines), Epilogue(fname.rsplit("__", 1)[-1], tuple(params), vector, needs_vmath=True)
 
 
-def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> str:
+def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict,
+                    gemm_schedule: GemmSchedule | None = None) -> str:
     """C source of a matrix kernel: one static function per rows/cols phase of the lowered
     matrix program ``mp``, one register-blocked GEMM (``backends.gemm``) per contraction layout
-    and per fused epilogue, and the entry point of the program's ABI (``abi.KernelABI``)."""
+    and per fused epilogue, and the entry point of the program's ABI (``abi.KernelABI``).
+    ``gemm_schedule``: the GEMMs' tile and blocking (default: the target's ``[gemm]``)."""
+    g = schedule_for(t, gemm_schedule)
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
+    if s.knobs():
+        raise UsageError(f"schedule {', '.join(s.knobs())}: row-kernel knobs; matrix ops take the "
+                         f"GEMM schedule (unroll, accumulators and block apply to their rows phases)")
     functions, gemms, done = [], [], set()
     for k, ph in enumerate(mp.leaves()):
         if isinstance(ph, SweepPhase):
@@ -608,23 +640,42 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
             continue
         done.add(fname)
         if epi is None:
-            gemms.append(gemm(t, layout, name=fname).source)
+            gemms.append(gemm(t, layout, g, name=fname).source)
         else:
             helper, e = epilogue_code(epi, t, s, f"{name}__epi{k}", mp.leaves()[k].mm.alpha)
-            gemms.append(helper + "\n" + gemm(t, layout, epilogue=e, name=fname).source)
+            gemms.append(helper + "\n" + gemm(t, layout, g, epilogue=e, name=fname).source)
     return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
-        schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {gemm_schedule(t)}" if gemms else ""),
+        schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {_gemm_text(t, g)}" if gemms else ""),
         plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(),
         helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None)
 
 
-def gemm_schedule(t: Target) -> str:
-    s = schedule_for(t)
-    return f"{s.mr}x{s.nr(t.lanes)} tile, {s}"
+def _gemm_text(t: Target, s: GemmSchedule) -> str:
+    return f"{s.mr}x{s.nr(t.lanes)} tile, {s}" + ("" if s == t.gemm else " (not the target's default)")
+
+
+def check_schedule(t: Target, s: Schedule) -> None:
+    """The schedule's knobs against the target: streaming stores need ``[isa] STREAM``."""
+    if s.stream and not t.streams:
+        raise UsageError(f"schedule stream=True: target {t.name} has no non-temporal stores "
+                         f"([isa] STREAM, FENCE and stream_align in its target file)")
+
+
+def _knob_note(s: Schedule, t: Target) -> str:
+    """What the header comment adds for the non-default knobs."""
+    notes = []
+    if s.stream:
+        notes.append(f"non-temporal stores in the output sweep (y peeled to {t.stream_align} bytes, "
+                     f"one fence per row)")
+    if s.prefetch:
+        notes.append(f"software prefetch {s.prefetch} elements ahead")
+    if s.exp != EXP_DEFAULT:
+        notes.append(f"exp variant {s.exp}")
+    return "".join(f"\n *            {n}" for n in notes)
 
 
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
@@ -633,6 +684,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
     if bad:
         raise BuildError(f"the C backend cannot lower {', '.join(bad)}")
+    check_schedule(t, s)
     functions, fallback, rps = [], None, p.row_params()
     split = None
     if s.split and not split_refusal(p) and not (p.fallback and split_refusal(p.fallback)):
@@ -655,7 +707,8 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
-        schedule=f"{s} ({s.tag(t.lanes)})", plan_lines=plan_lines, isa=isa_header(t), vmath=vmath(),
+        schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t), plan_lines=plan_lines,
+        isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp),
         helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
         threads=threads, split=split)
@@ -669,8 +722,16 @@ class CBackend(Backend):
     description = "Jinja-C templates"
     gemm_epilogues = GEMM_EPILOGUES
     thread_policy = True
-    # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2)
-    tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4)})
+    # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2); then, per
+    # size class, non-temporal stores and prefetch distances (elements) for rows beyond the LLC
+    # (targets with [isa] STREAM only for stream), and the exp variants (all within the accuracy
+    # contract: tests/test_exp.py) for rows in cache, where the exp sweep is compute-bound
+    tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
+                                     "stream": (False, True), "prefetch": (0, 1024),
+                                     "exp": tuple(EXP_VARIANTS)})
+    tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
+                                           "exp": ("L1d", "L2", "L3")})
+    tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:
         return lowerable(program)
@@ -680,9 +741,9 @@ class CBackend(Backend):
         return Artifact(self, name, target, generate(program, target, schedule, name, op=op,
                                                      algorithm=algorithm, params=params, threads=threads))
 
-    def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
+    def generate_matrix(self, program, target, schedule, name, *, op, params, gemm=None) -> Artifact:
         return Artifact(self, name, target, generate_matrix(program, target, schedule, name, op=op,
-                                                            params=params))
+                                                            params=params, gemm_schedule=gemm))
 
 
 register(CBackend())

@@ -24,7 +24,7 @@ import numpy as np
 from .._version import __version__
 from ..analysis import matrix_plan_lines
 from ..costmodel import ThreadPolicy, thread_policy
-from ..errors import BuildError
+from ..errors import BuildError, UsageError
 from ..ir import PAIR, ROW, Program
 from ..matrix import MatMulPhase, SweepPhase
 from ..numerics.constants import (
@@ -723,9 +723,18 @@ def row_function(p: Program, t: Target, s: Schedule, symbol: str, row_params: li
     return "\n".join(head + render(body, "    ")) + "\n"
 
 
+def _no_knobs(s: Schedule) -> None:
+    """The C backend's knobs (streaming stores, prefetch, exp variants) are not TVM's: TVM keeps
+    its exp and its own stores."""
+    if s.knobs():
+        raise UsageError(f"schedule {', '.join(f'{k}={v}' for k, v in s.knobs().items())}: a C-backend "
+                         f"knob; the TVM backend takes unroll, accumulators and block")
+
+
 def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorithm: str,
              params: dict, threads: ThreadPolicy | None = None) -> tuple[str, str]:
     """(TVMScript of the row functions, C wrapper with the entry point)."""
+    _no_knobs(s)
     bad = lowerable(p) + (lowerable(p.fallback) if p.fallback else [])
     if bad:
         raise BuildError(f"the TVM backend cannot lower {', '.join(bad)}")
@@ -755,11 +764,13 @@ GEMM_EPILOGUES = False   # tvm_gemm stores the plain product: element-wise phase
 TVM_CALLS = CallingConvention(size_type="int64_t", pointer_cast="(float *)", status=True, declare=True)
 
 
-def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict) -> tuple[str, str]:
+def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: dict,
+                    gemm_schedule=None) -> tuple[str, str]:
     """(TVMScript of one function per rows/cols phase of the lowered matrix program and one
     ``tvm_gemm`` contraction per layout, C wrapper with the entry point): the C backend's
     matrix entry, calling TVM's functions. Every loop and every flop is TVM-compiled code; the
     C wrapper only checks arguments, allocates the scratch and sequences the calls."""
+    _no_knobs(s)
     bad = sorted({b for _, p, _ in mp.programs() for b in lowerable(p)})
     if any(isinstance(ph, MatMulPhase) and ph.mm.epilogue is not None for ph in mp.leaves()):
         bad.append("GEMM epilogues (lower the program with epilogues=False)")
@@ -771,7 +782,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     header += ["# " + ln for ln in matrix_plan_lines(mp)]
     funcs = [row_function(ph.program, t, s, f"{name}__phase{k}", ph.program.row_params())
              for k, ph in enumerate(mp.leaves()) if isinstance(ph, SweepPhase)]
-    gemms = {fname: tvm_gemm.gemm(t, layout, name=fname)
+    gemms = {fname: tvm_gemm.gemm(t, layout, gemm_schedule, name=fname)
              for fname, layout, _ in matrix_gemms(mp, name).values()}
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
     entry = matrix_entry(mp, name, TVM_CALLS)
@@ -822,8 +833,8 @@ class TvmBackend(Backend):
                                 threads=threads)
         return Artifact(self, name, target, tir, wrapper)
 
-    def generate_matrix(self, program, target, schedule, name, *, op, params) -> Artifact:
-        tir, wrapper = generate_matrix(program, target, schedule, name, op=op, params=params)
+    def generate_matrix(self, program, target, schedule, name, *, op, params, gemm=None) -> Artifact:
+        tir, wrapper = generate_matrix(program, target, schedule, name, op=op, params=params, gemm_schedule=gemm)
         return Artifact(self, name, target, tir, wrapper)
 
     def link_inputs(self, a: Artifact) -> dict:

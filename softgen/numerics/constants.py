@@ -38,8 +38,36 @@ MINUS_LN2_LO = F32("0x1.05C61p-29")
 # e^t - 1 over t for |t| <= ln2/2, highest degree first: c5, c4, c3, c2, c1
 P5 = (F32("0x1.0F9F9Cp-7"), F32("0x1.573A1Ap-5"), F32("0x1.555A80p-3"), F32("0x1.FFFDC6p-2"),
       F32("0x1.FFFFF6p-1"))
+MINUS_LN2 = F32("-0x1.62E430p-1")       # one-constant reduction (c1): fl(-ln2), |error| 1.9e-9
 EXP_MIN = F32("-88.0")                 # rounds to n = -127, whose 2^n bits are +0
 EXP_MAX = F32("88.75")                 # above log(FLT_MAX): overflows to +inf
+
+
+
+class ExpVariant:
+    """A variant of sg_exp / sg_exp_nonpos: polynomial ``degree``, ``consts`` constants in the range
+    reduction (1: t = x - n fl(ln2), one FMA; 2: Cody-Waite hi/lo, two FMAs) and ``coeffs``
+    (highest degree first: c_d .. c_1 of e^t = 1 + t (c_1 + c_2 t + ...)). ``error``: max relative
+    error over sg_exp_nonpos's normal results (x in [-87.33, 0]), measured by bench/fit_exp.py."""
+
+    def __init__(self, name: str, degree: int, consts: int, coeffs: tuple, error: float):
+        assert len(coeffs) == degree and consts in (1, 2)
+        self.name, self.degree, self.consts, self.coeffs, self.error = name, degree, consts, coeffs, error
+
+
+# Degree 6: bench/fit_exp.py (minimax relative error on |t| <= 1.01 ln2/2, Lawson's algorithm,
+# rounded to float32); degree 5 is P5 above (Dukhan & Ablavatski's, which the same fit reproduces to
+# within a few float32 ulps). Only variants within the accuracy contract (relative error <= 2.5e-7)
+# are here; bench/fit_exp.py's float32 check of every candidate (x in [-87.33, 0], stride 61 + the
+# peak binades): p5c2 1.63e-7 (1.98 ulp), p6c2 8.9e-8 (1.06 ulp); rejected: p5c1 3.9e-7, p6c1 3.1e-7
+# (fl(ln2)'s 1.9e-9 times n up to 126), p4c2 3.0e-6. tests/test_exp.py measures the generated C.
+P6 = (F32("0x1.6AE0DEp-10"), F32("0x1.126E4Cp-7"), F32("0x1.555840p-5"), F32("0x1.55540Cp-3"),
+      F32("0x1.FFFFFCp-2"), F32("0x1.000000p+0"))
+EXP_DEFAULT = "p5c2"
+EXP_VARIANTS = {v.name: v for v in (
+    ExpVariant("p5c2", 5, 2, P5, 1.64e-7),
+    ExpVariant("p6c2", 6, 2, P6, 8.9e-8),
+)}
 
 # -- extended exponent (spec 2.1) -----------------------------------------------------------------
 EXTEXP_DOMAIN = F32("0x1p17")          # |u| where (p, n) stays accurate (passes.EXTEXP_F32_DOMAIN)
