@@ -648,7 +648,9 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
         [{"name": v.name, "algorithm": v.algorithm,
           "traffic": v.plan.describe().splitlines()[-1]} for v in variants],
         op=opdef.name, params=", ".join(f"{k}={v!r}" for k, v in program.params.items()),
-        target=f"{t.name} ({t.summary}), {t.lanes} lane(s); schedule {sched}", version=__version__)
+        target=f"{t.name} ({t.summary}), {t.lanes} lane(s); schedule {sched}", version=__version__,
+        backend="" if be.c_source else f"{be.name} ({be.description}): each variant is an object compiled by "
+                                       f"{be.name} and its C wrapper, whose entry point this unit calls")
     return Kernel(op=opdef.name, algorithm="auto", target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=first.program, source=source, backend=be.name,
                   dispatch=table, variants=tuple(variants), tuned=tuned)
