@@ -8,7 +8,6 @@ sits at a few thousand elements) is shared by the module; the tuned dispatcher's
 the same TensorIR, so TVM compiles each variant once per process (tvm_adapter.script_object)."""
 from __future__ import annotations
 
-import ctypes
 import json
 import re
 import shutil
@@ -130,7 +129,7 @@ def test_explain_and_manifest_list_the_table(disp, tmp_path):
 @pytest.mark.skipif(CC is None, reason="no C compiler")
 def test_export_links_from_c(disp, tmp_path):
     k = disp
-    paths = k.export(tmp_path)
+    k.export(tmp_path)
     edges = _edges(k)
     prog = tmp_path / "main.c"
     prog.write_text(f"""#include <stdio.h>
