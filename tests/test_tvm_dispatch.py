@@ -199,3 +199,16 @@ def test_records_with_c_only_knobs_are_not_used(tmp_path, monkeypatch):
                   schedule=sched, ns_per_element=0.5, noise=0.01, repetitions=9)
     k = softgen.compile("softmax", target=TARGET, backend="tvm")   # generation only: no TVM build
     assert not k.tuned and k.dispatch.source == "model"
+
+
+def test_tune_backend_tvm_records_what_auto_uses(tmp_path, monkeypatch):
+    """``softgen.tune(backend="tvm")`` (``softgen tune --backend tvm``): TVM records, which the TVM
+    auto then uses (the C backend's auto does not)."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    res = softgen.tune("softmax", target=TARGET, backend="tvm", sizes=[300], budget_s=3, keep=1, progress=False)
+    assert len(res.records) == 1 and res.records[0].backend == "tvm"
+    assert [r.backend for r in tunedb.records("softmax")] == ["tvm"]
+    k = softgen.compile("softmax", target=TARGET, backend="tvm")
+    assert k.tuned and k.algorithm == res.records[0].algorithm and k.dispatch.source == "measured"
+    assert not softgen.compile("softmax", target=TARGET).tuned
