@@ -9,9 +9,11 @@ the same TensorIR, so TVM compiles each variant once per process (tvm_adapter.sc
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -212,3 +214,23 @@ def test_tune_backend_tvm_records_what_auto_uses(tmp_path, monkeypatch):
     k = softgen.compile("softmax", target=TARGET, backend="tvm")
     assert k.tuned and k.algorithm == res.records[0].algorithm and k.dispatch.source == "measured"
     assert not softgen.compile("softmax", target=TARGET).tuned
+
+
+def test_cli_build_and_emit(disp, tmp_path):
+    """``softgen build --backend tvm`` exports the one dispatcher library; ``emit --tir``/``--wrapper``
+    print every variant's script/wrapper, plain ``emit`` the dispatch unit."""
+    k = disp
+    env = {**os.environ, "SOFTGEN_CACHE_SIZES": SMALL}
+
+    def cli(*argv):
+        res = subprocess.run([sys.executable, "-m", "softgen", *argv, "--target", TARGET, "--backend", "tvm",
+                              "--name", k.name], capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    cli("build", "-o", str(tmp_path))
+    assert [p.name for p in tmp_path.glob("*.so")] == [f"lib{k.name}.so"]
+    assert json.loads((tmp_path / f"{k.name}.json").read_text())["dispatch"] == k.dispatch.as_list()
+    assert cli("emit") == k.source
+    assert cli("emit", "--tir") == "\n".join(v.source for v in k.variants)
+    assert cli("emit", "--wrapper") == "\n".join(v.wrapper for v in k.variants)
