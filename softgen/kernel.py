@@ -33,7 +33,7 @@ from .ir import Program
 from .machine import caches
 from .matrix import MatMulPhase, MatrixProgram
 from .runtime import assembly, load_entry, open_shared
-from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule
+from .schedule import GEMM_FIELDS, KNOB_DEFAULTS, GemmSchedule, Schedule, default_schedule
 from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -85,7 +85,7 @@ def auto_table(program: Program, target: Target, schedule: Schedule, stream: boo
     return model_table(plans, target, caches(), schedule.as_dict(), stream)
 
 
-def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = ()) -> list:
+def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = tuple(KNOB_DEFAULTS)) -> list:
     """Usable records (valid schedule, applicable algorithm, no knob outside ``knobs``: what the
     backend lowers), one per class of n (the smallest rows class that covers one row, else the
     first), by n_min."""
