@@ -77,8 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("emit", help="print the generated C or TensorIR (or the assembly)")
     _kernel_args(e)
     e.add_argument("--asm", action="store_true", help="print the assembly the compiler makes")
-    e.add_argument("--tir", action="store_true", help="backend tvm: print the TensorIR script (the default)")
-    e.add_argument("--wrapper", action="store_true", help="backend tvm: print the C entry-point wrapper")
+    e.add_argument("--tir", action="store_true", help="backend tvm: print the TensorIR script (the default; "
+                   "an auto dispatcher prints its dispatch unit by default, every variant's script with --tir)")
+    e.add_argument("--wrapper", action="store_true", help="backend tvm: print the C entry-point wrapper "
+                   "(an auto dispatcher: every variant's)")
     e.add_argument("--cc", help="C compiler command for --asm")
     x = sub.add_parser("explain", help="show the IR, the rewrites, the pass plan and bytes moved")
     _kernel_args(x)
@@ -248,6 +250,9 @@ def _cmd_emit(args) -> None:
     if sum((args.asm, args.tir, args.wrapper)) > 1:
         raise UsageError("give at most one of --asm, --tir, --wrapper")
     k = _kernel(args)
+    if k.variants and (args.tir or args.wrapper):   # a dispatcher (source: its dispatch unit, C)
+        sys.stdout.write("\n".join(v.wrapper if args.wrapper else v.source for v in k.variants))
+        return
     sys.stdout.write(k.asm(args.cc) if args.asm else k.wrapper if args.wrapper else k.source)
 
 

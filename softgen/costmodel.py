@@ -184,25 +184,27 @@ def level_limits(caches: Caches) -> dict[str, int | None]:
     return {**{lvl: size // BYTES_PER_N for lvl, size in caches.sizes().items()}, "DRAM": None}
 
 
-def level_schedule(target: Target, level: str, schedule: dict, plan: Plan) -> dict:
+def level_schedule(target: Target, level: str, schedule: dict, plan: Plan, stream: bool = True) -> dict:
     """The schedule the model gives rows at cache ``level`` (with ``plan``): ``schedule``, with
     non-temporal stores (``stream``) on where the row's working set (x and y, ``BYTES_PER_N`` x n)
     is beyond the last-level cache ("DRAM"), the target has them and the plan writes a dense output:
     y would only evict x's lines and cost a read for ownership (16 instead of 12 B/element for
-    two-pass) before going to memory anyway."""
+    two-pass) before going to memory anyway. ``stream`` False: never (a backend without the knob)."""
     dense = any(sw.output is not None and sw.selected is None for sw in plan.sweeps)
-    if level == "DRAM" and target.streams and dense and "stream" not in schedule:
+    if level == "DRAM" and stream and target.streams and dense and "stream" not in schedule:
         return {**schedule, "stream": True}
     return dict(schedule)
 
 
-def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule: dict) -> DispatchTable:
+def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule: dict,
+                stream: bool = True) -> DispatchTable:
     """The cheapest of ``plans`` (algorithm -> plan, in preference order: ties go to the earlier)
-    per cache level, neighbouring levels with one winner merged into one entry."""
+    per cache level, neighbouring levels with one winner merged into one entry. ``stream``: whether
+    the backend lowers non-temporal stores (``level_schedule``)."""
     limits = level_limits(caches)
     costs = {lvl: {a: cycles_per_element(pl, target, lvl) for a, pl in plans.items()} for lvl in ALL_LEVELS}
     winners = {lvl: min(c, key=c.get) for lvl, c in costs.items()}   # min keeps the first of equals
-    scheds = {lvl: level_schedule(target, lvl, schedule, plans[winners[lvl]]) for lvl in ALL_LEVELS}
+    scheds = {lvl: level_schedule(target, lvl, schedule, plans[winners[lvl]], stream) for lvl in ALL_LEVELS}
     entries, n_min, prev_max = [], 1, 0
     spans: list[list[str]] = []
     for lvl in ALL_LEVELS:

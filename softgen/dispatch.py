@@ -30,11 +30,12 @@ def version_script(name: str, threaded: bool = True) -> str:
 
 
 def render_dispatch(name: str, abi: KernelABI, table: DispatchTable, variants: list[dict], *, op: str,
-                    params: str, target: str, version: str) -> str:
+                    params: str, target: str, version: str, backend: str = "") -> str:
     """The dispatch translation unit. ``variants``: per variant ``name``, ``algorithm``, ``traffic``
-    (a one-line summary); ``table``'s entries name them by ``symbol``."""
+    (a one-line summary); ``table``'s entries name them by ``symbol``. ``backend``: a line for the
+    header comment when the variants are not plain C units (TVM: an object and its C wrapper each)."""
     return env().get_template("dispatch.c.j2").render(
-        name=name, version=version, op=op, params=params, target=target, table_lines=table.lines(),
+        name=name, version=version, op=op, params=params, target=target, table_lines=table.lines(), backend=backend,
         variants=[{**v, "signature": abi.signature(v["name"]), "params": abi.param_list()} for v in variants],
         entries=table.entries, signature=abi.signature(name), mt_signature=abi.mt_signature(name),
         args=", ".join(n for _, n in abi.params()))

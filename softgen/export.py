@@ -102,7 +102,9 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         k = k.renamed(name)   # compile checks the name (kernel.check_name)
     out = Path(directory)
     art = k.artifact   # what the backend generated: its source files ("source": <name>.c, ...)
-    texts = art.export_files()
+    # a dispatcher's own source is its dispatch translation unit (C, whatever the backend); the
+    # backend's files are its variants' (below)
+    texts = {"source": (f"{k.name}.c", k.source)} if getattr(k, "variants", ()) else art.export_files()
     _variant_files(k, texts, "")
     members = getattr(k, "members", ())   # a library spanning ISAs: every ISA's files, by ISA
     for m in members:

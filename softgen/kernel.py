@@ -33,7 +33,7 @@ from .ir import Program
 from .machine import caches
 from .matrix import MatMulPhase, MatrixProgram
 from .runtime import assembly, load_entry, open_shared
-from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule
+from .schedule import GEMM_FIELDS, KNOB_DEFAULTS, GemmSchedule, Schedule, default_schedule
 from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -72,29 +72,34 @@ def choose_algorithm(program: Program, target: str, algorithm: str) -> str:
     return algorithm
 
 
-def auto_table(program: Program, target: Target, schedule: Schedule) -> DispatchTable | None:
+def auto_table(program: Program, target: Target, schedule: Schedule, stream: bool = True) -> DispatchTable | None:
     """The untuned dispatch table of ``algorithm="auto"`` (``costmodel.model_table``) over the
     algorithms of the target's ``auto_algorithms`` that apply (in that order: ties go to the
-    earlier); None when the target file has no ``[cost]`` hints or none of them applies."""
+    earlier); None when the target file has no ``[cost]`` hints or none of them applies.
+    ``stream``: whether the backend lowers non-temporal stores (``Backend.schedule_knobs``)."""
     applicable = passes.applicable_algorithms(program)
     candidates = [a for a in target.auto_algorithms if a in applicable]
     if not target.cost or not candidates:
         return None
     plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in candidates}
-    return model_table(plans, target, caches(), schedule.as_dict())
+    return model_table(plans, target, caches(), schedule.as_dict(), stream)
 
 
-def _tuned_entries(recs: list, program: Program, target: Target) -> list:
-    """Usable records (valid schedule, applicable algorithm), one per class of n (the smallest
-    rows class that covers one row, else the first), by n_min."""
+def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = tuple(KNOB_DEFAULTS)) -> list:
+    """Usable records (valid schedule, applicable algorithm, no knob outside ``knobs``: what the
+    backend lowers), one per class of n (the smallest rows class that covers one row, else the
+    first), by n_min."""
     applicable = passes.applicable_algorithms(program)
     by_n: dict[tuple, object] = {}
     for r in recs:
         if r.algorithm not in applicable:
             continue
         try:
-            if Schedule(**r.schedule).validate(target.lanes).stream and not target.streams:
+            rs = Schedule(**r.schedule).validate(target.lanes)
+            if rs.stream and not target.streams:
                 continue   # e.g. an imported record: this target has no non-temporal stores
+            if any(k not in knobs for k in rs.knobs()):
+                continue   # a knob this backend does not lower
         except (TypeError, UsageError):
             continue
         key = (r.n_min, r.n_max)
@@ -129,7 +134,7 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         recs = tunedb.table(program.name, program.params, target, backend)
     except (tunedb.TuningDBError, UsageError):
         return None
-    recs = _tuned_entries(recs, program, target)
+    recs = _tuned_entries(recs, program, target, get_backend(backend).schedule_knobs)
     if not recs:
         return None
     bounds = []   # (n_min, n_max) per record, tiling n >= 1
@@ -420,11 +425,13 @@ class Kernel:
 
     def sources(self) -> dict:
         """What the C compiler links into the library: C text, and e.g. for TVM its object file.
-        A dispatcher: every variant's (file names prefixed by the variant's name), the dispatch
-        translation unit and the version script exporting only its entry points."""
+        A dispatcher: every variant's (file names prefixed by the variant's name; their own version
+        scripts, e.g. TVM's, dropped), the dispatch translation unit and the version script
+        exporting only its entry points."""
         if not self.variants:
             return self.artifact.sources()
-        out = {f"{v.name}_{f}": data for v in self.variants for f, data in v.sources().items()}
+        out = {f"{v.name}_{f}": data for v in self.variants for f, data in v.sources().items()
+               if not f.endswith(".map")}
         return {**out, f"{self.name}_dispatch.c": self.source, f"{self.name}.map": version_script(self.name)}
 
     def file_targets(self) -> dict:
@@ -586,7 +593,7 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     if passes.ALIASES.get(algorithm, algorithm) == "auto" and be.dispatchable:
         # tuning records of this machine first (unless the caller fixed the schedule), else the model
         table = tuned_table(program, t, be.name) if schedule is None else None
-        table = table or auto_table(program, t, sched)
+        table = table or auto_table(program, t, sched, "stream" in be.schedule_knobs)
     tuned = table is not None and table.source == "measured"
     if table is not None and len(table.variants) > 1:
         return _compile_dispatcher(be, opdef, program, t, sched, table, name, tuned)
@@ -641,7 +648,9 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
         [{"name": v.name, "algorithm": v.algorithm,
           "traffic": v.plan.describe().splitlines()[-1]} for v in variants],
         op=opdef.name, params=", ".join(f"{k}={v!r}" for k, v in program.params.items()),
-        target=f"{t.name} ({t.summary}), {t.lanes} lane(s); schedule {sched}", version=__version__)
+        target=f"{t.name} ({t.summary}), {t.lanes} lane(s); schedule {sched}", version=__version__,
+        backend="" if be.c_source else f"{be.name} ({be.description}): each variant is an object compiled by "
+                                       f"{be.name} and its C wrapper, whose entry point this unit calls")
     return Kernel(op=opdef.name, algorithm="auto", target=t, schedule=sched, name=kname,
                   params=dict(program.params), program=first.program, source=source, backend=be.name,
                   dispatch=table, variants=tuple(variants), tuned=tuned)

@@ -33,7 +33,7 @@ from types import MappingProxyType
 from ..costmodel import ThreadPolicy
 from ..errors import UsageError
 from ..runtime import assembly
-from ..schedule import Schedule
+from ..schedule import KNOB_DEFAULTS, Schedule
 from ..targets import Target
 
 
@@ -80,6 +80,9 @@ class Backend(abc.ABC):
     # library behind a dispatcher (softgen.dispatch); else auto is one kernel, the first
     # applicable algorithm of the target's auto_algorithms
     dispatchable: bool = True
+    # the schedule knobs (schedule.KNOB_DEFAULTS: stream, prefetch, exp) generate() lowers; the
+    # model's table (non-temporal stores beyond the LLC) and tuning records use no others
+    schedule_knobs: tuple[str, ...] = tuple(KNOB_DEFAULTS)
     # generate() takes threads= (a tuned costmodel.ThreadPolicy: what the entry's threads=auto
     # picks); else it is never passed (a backend written before threads)
     thread_policy: bool = False

@@ -816,9 +816,14 @@ class TvmBackend(Backend):
     name = "tvm"
     description = "TensorIR + LLVM"
     suffix = "_tvm"
-    # not yet: the objects LLVM makes of two variants' scripts have not been checked for clashing
-    # global symbols; algorithm="auto" stays one kernel here
-    dispatchable = False
+    # algorithm="auto" is a dispatcher (softgen.dispatch) here too: each variant's object defines
+    # only its own <variant>__row/__fallback_row (prefixed by the variant's name), local constant
+    # pools and the weak half-float helpers __truncsfhf2/__extendhfsf2 (identical in every object:
+    # the linker keeps one); no TVM runtime symbol, nothing undefined (checked per build by
+    # tvm_adapter.lower, and by tests/test_tvm_dispatch.py on the linked library). The library's
+    # version script hides all but the dispatcher's entry points
+    dispatchable = True
+    schedule_knobs = ()   # TVM keeps its exp and its own stores (_no_knobs)
     gemm_epilogues = GEMM_EPILOGUES
     simde_emulable = False
     thread_policy = True
