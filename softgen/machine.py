@@ -127,17 +127,26 @@ def _cpuinfo() -> dict[str, str]:
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def identity() -> dict:
     """What a tuning record is keyed by: architecture, vendor, model string and numbers, the
     enabled ISA features, the caches and the usable cores."""
+    # the caches ($SOFTGEN_CACHE_SIZES) and the cores (affinity) are read on every call: a process
+    # that changes either must not key its records by what they were first
+    return _identity(tuple(caches().sizes().items()), cores())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu() -> dict:
     info = _cpuinfo()
     model = info.get("model name") or info.get("Model") or info.get("CPU part") or platform.processor()
     return {"arch": host_arch(), "vendor": info.get("vendor_id") or info.get("CPU implementer", ""),
             "model_name": model, "family": info.get("cpu family", ""), "model": info.get("model", ""),
             "stepping": info.get("stepping", ""),
-            "features": sorted(f for f, on in host_features().items() if on),
-            "caches": caches().sizes(), "cores": cores()}
+            "features": sorted(f for f, on in host_features().items() if on)}
+
+
+def _identity(cache_sizes: tuple, ncores: int) -> dict:
+    return {**_cpu(), "features": list(_cpu()["features"]), "caches": dict(cache_sizes), "cores": ncores}
 
 
 def fingerprint(ident: dict | None = None) -> str:

@@ -64,3 +64,15 @@ def test_this_machine():
     other = {**ident, "caches": {**ident["caches"], "L3": ident["caches"]["L3"] // 2}}
     assert machine.fingerprint(other) != machine.fingerprint()   # same name, other caches: another machine
     assert machine.fingerprint() in machine.describe()
+
+
+def test_the_fingerprint_follows_the_cache_sizes_within_a_process(monkeypatch):
+    """Records are keyed by the caches in effect now, not by those of the process's first call (a
+    test that faked SOFTGEN_CACHE_SIZES first once made later records look like another machine's)."""
+    monkeypatch.delenv("SOFTGEN_CACHE_SIZES", raising=False)
+    real = machine.fingerprint()
+    monkeypatch.setenv("SOFTGEN_CACHE_SIZES", "L1d=4K,L2=16K,L3=64K")
+    fake = machine.fingerprint()
+    assert fake != real and machine.identity()["caches"]["L3"] == 64 << 10
+    monkeypatch.delenv("SOFTGEN_CACHE_SIZES")
+    assert machine.fingerprint() == real
