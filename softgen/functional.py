@@ -25,8 +25,8 @@ def _kernel(op: str, target: str, backend: str, algorithm: str, params: tuple):
 def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: str = "host",
           backend: str = "c", algorithm: str = "auto", threads: int | None = None, **kwargs) -> np.ndarray:
     """``op`` applied along the last axis of ``x`` (the last two for matrix ops); an op with
-    several inputs (``gaussian_kernel(a, b, head_dim)``) takes them first. ``threads``: row ops
-    only, None/0 auto, N at most N threads (``Kernel.__call__``)."""
+    several inputs (``gaussian_kernel(a, b, head_dim)``) takes them first. ``threads``: None/0
+    auto, N at most N threads (rows, or a matrix op's batch of matrices: ``Kernel.__call__``)."""
     opdef = _ops.get_op(op)
     more = len(opdef.inputs) - 1
     if len(args) < more:
@@ -45,9 +45,7 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     # a list of targets (a library spanning ISAs) as a tuple: the kernel cache's key is hashed
     k = _kernel(op, tuple(target) if isinstance(target, list) else target, backend, algorithm, params)
     if more:
-        if threads is not None:
-            raise UsageError(f"{op} runs on one thread: only row ops take threads=")
-        return k(*inputs, out=out)
+        return k(*inputs, out=out, threads=threads)
     return k(np.asarray(x), out=out, threads=threads, **call)
 
 

@@ -18,7 +18,7 @@ from .backends import Artifact, Backend, get_backend
 from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
-from .costmodel import DispatchTable, Entry, ThreadPolicy, model_table, thread_policy
+from .costmodel import DispatchTable, Entry, ThreadPolicy, matrix_thread_policy, model_table, thread_policy
 from .dispatch import (
     isa_member_name,
     isa_version_script,
@@ -189,7 +189,8 @@ class Kernel:
     dispatch: DispatchTable | None = None
     variants: tuple = ()        # a dispatcher's variants (Kernels), in the table's order of use
     tuned: bool = False         # algorithm="auto" whose table came from tuning records (softgen.tune)
-    # what threads=auto picks (row kernels; a dispatcher: per entry of ``dispatch``)
+    # what threads=auto picks (a dispatcher: per entry of ``dispatch``; matrix kernels: a
+    # costmodel.MatrixThreadPolicy, the batch's matrices split across threads)
     thread_policy: ThreadPolicy | None = None
     # a matrix kernel's GEMM tile and blocking when not its target's default ([gemm]): given in
     # its schedule (mr, nv, kc, nc, ku) or from a tuning record (then ``tuned``; why: ``gemm_why``)
@@ -253,7 +254,7 @@ class Kernel:
             return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
                     "target": self.target.name, "schedule": self.schedule.as_dict(), "name": self.name,
                     "tuned": self.tuned,
-                    "threads": None if self.matrix or self.dispatch is not None else
+                    "threads": None if self.dispatch is not None else
                     (self.thread_policy or ThreadPolicy()).__dict__,
                     "gemm": None if self.gemm is None else {
                         **self.gemm.as_dict(), "why": self.gemm_why or "given"},
@@ -283,9 +284,11 @@ class Kernel:
         return "\n".join(out).rstrip("\n") + "\n"
 
     def explain_threads(self) -> str:
-        """What ``threads=None``/0 (auto) does for this kernel, one line ("" for matrix kernels)."""
+        """What ``threads=None``/0 (auto) does for this kernel, one line."""
         if self.matrix:
-            return ""
+            return f"threads (auto): the batch's matrices split across threads, " \
+                f"{(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs, " \
+                "SOFTGEN_NUM_THREADS and the batch (one matrix: one thread)"
         if self.dispatch is not None:
             return "threads (auto): per dispatch entry, see its threads= column"
         return f"threads (auto): {(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs " \
@@ -335,9 +338,6 @@ class Kernel:
                 or not -2 ** 31 <= threads < 2 ** 31:
             raise UsageError(f"threads must be None or an int (0: auto, N: at most N threads), "
                              f"got {threads!r}")
-        if not self._abi.threaded:
-            raise UsageError(f"kernel {self.name} ({self._abi.kind} ABI) runs on one thread: "
-                             f"only row kernels take threads=")
         if self._mt_fn is None:
             self._mt_fn = load_entry(self._entry(False)._softgen_handle, self.name, self._abi, mt=True)
         return self._mt_fn, int(threads)
@@ -460,7 +460,12 @@ class MatrixKernel(Kernel):
     """A matrix kernel with the general ABI (``KernelABI``, e.g. two inputs of different shapes):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
-    def __call__(self, *inputs, out=None) -> np.ndarray:
+    def __call__(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
+        """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices split
+        across at most N threads (bitwise the same results)."""
+        if threads is not None:
+            mt, threads = self._mt_entry(threads)
+            return self._call(lambda *args: mt(*args, threads), inputs, out)
         return self._call(self._fn or self._entry(False), inputs, out)
 
     def run_emulated(self, *inputs, out=None) -> np.ndarray:
@@ -506,8 +511,6 @@ class IsaKernel(Kernel):
         return "\n".join([*(m.asm(cc) for m in self.members), assembly(self.source, self.target, cc)])
 
     def explain_threads(self) -> str:
-        if self.matrix:
-            return ""
         return "threads (auto): the picked ISA's kernel's (" + "; ".join(
             f"{m.target.name}: {m.explain_threads().removeprefix('threads (auto): ')}" for m in self.members) + ")"
 
@@ -691,7 +694,8 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     cls = MatrixKernel if lowered.abi().style == "general" else Kernel
     return cls(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
-               wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why)
+               wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why,
+               thread_policy=matrix_thread_policy(lowered, t))
 
 
 def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[GemmSchedule | None, str]:

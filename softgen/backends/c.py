@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines, matrix_traffic
-from ..costmodel import ThreadPolicy, thread_policy
+from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import SweepPhase
@@ -651,7 +651,8 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(),
         helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
-        abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None)
+        abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
+        threads=matrix_thread_policy(mp, t))
 
 
 def _gemm_text(t: Target, s: GemmSchedule) -> str:

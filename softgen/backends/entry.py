@@ -219,7 +219,11 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
                               for t, n, _ in phase_args(ph.program))
                 protos.append(f"void {name}__phase{k}(float *x, float *y, {a}"
                               f"{', int32_t *status' if cc.status else ''});")
+    # the sizes a task of the batch (matrix_entry.c.j2's <name>__matrices) reads from the call
+    carried = list(dict.fromkeys([v for v, _ in before + after] + [f"ld_{nm}" for nm, _ in mats]
+                                 + [x for _, off, ld, _, _ in scratch for x in (off, ld)]))
     return {"signature": abi.signature(name), "checks": checks, "dims_before": before, "dims_after": after,
+            "carried": carried,
             "lds": [(f"ld_{nm}", lds[nm]) for nm, _ in mats], "scratch": scratch,
             "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body,
             "prototypes": protos, "vectors": len(mp.vector_dims()), "scratch_mats": len(mp.scratch_mats)}
