@@ -214,8 +214,9 @@ class KernelABI:
     @property
     def threaded(self) -> bool:
         """Whether the kernel has the extended entry ``<name>_mt(..., int threads)``: every kind
-        (row kinds: rows split across the library's thread pool; matrix kinds: the batch's matrices)."""
-        return True
+        (row kinds: rows split across the library's thread pool; matrix kinds: the batch's matrices),
+        not a GEMM library's entry."""
+        return self.kind in _ROWS | _MATRIX
 
     def mt_signature(self, name: str) -> str:
         """The extended entry point's signature: the entry's parameters, then ``int threads``."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -199,6 +200,7 @@ class Kernel:
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
     _mt_fn: object = field(default=None, repr=False)
+    _emu_mt_fn: object = field(default=None, repr=False)
 
     @property
     def matrix(self) -> bool:
@@ -334,10 +336,7 @@ class Kernel:
     def _mt_entry(self, threads) -> tuple:
         """(the extended entry ``<name>_mt``, ``threads`` as a C int): an int >= 0 is 0 auto, N
         at most N; a negative one reaches C, which returns ETHREADS (a UsageError)."""
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
-                or not -2 ** 31 <= threads < 2 ** 31:
-            raise UsageError(f"threads must be None or an int (0: auto, N: at most N threads), "
-                             f"got {threads!r}")
+        threads = _thread_count(threads)
         if self._mt_fn is None:
             self._mt_fn = load_entry(self._entry(False)._softgen_handle, self.name, self._abi, mt=True)
         return self._mt_fn, int(threads)
@@ -376,11 +375,26 @@ class Kernel:
                 raise failure(self.name, rc)
         return self._call(lambda *args: mt(*args, threads), (x,), out, call)
 
-    def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
+    def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None,
+                     **call) -> np.ndarray:
         """Run through an emulator instead of the CPU: SIMDe for x86 ISAs on an x86 host, qemu
         user mode for other architectures (e.g. neon on x86). For testing kernels whose ISA this
-        machine lacks; much slower than a native call."""
-        return self._call(self._entry(True), (x,), out, call)
+        machine lacks; much slower than a native call. ``threads``: as in ``__call__`` (the
+        emulated library's ``<name>_mt``; qemu-user runs its pthreads)."""
+        return self._call(self._emulated(threads), (x,), out, call)
+
+    def _emulated(self, threads):
+        """The emulated entry point; ``threads`` not None: one calling ``<name>_mt`` with it."""
+        fn = self._entry(True)
+        if threads is None:
+            return fn
+        threads = _thread_count(threads)
+        if hasattr(fn, "_softgen_handle"):   # SIMDe: a library loaded in this process
+            if self._emu_mt_fn is None:
+                self._emu_mt_fn = load_entry(fn._softgen_handle, self.name, self._abi, mt=True)
+            mt = self._emu_mt_fn
+            return lambda *args: mt(*args, threads)
+        return functools.partial(fn, threads=threads)   # qemu: its driver calls <name>_mt
 
     def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
         """``run_emulated`` over many inputs, in one emulator process where that matters (qemu).
@@ -468,8 +482,8 @@ class MatrixKernel(Kernel):
             return self._call(lambda *args: mt(*args, threads), inputs, out)
         return self._call(self._fn or self._entry(False), inputs, out)
 
-    def run_emulated(self, *inputs, out=None) -> np.ndarray:
-        return self._call(self._entry(True), inputs, out)
+    def run_emulated(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
+        return self._call(self._emulated(threads), inputs, out)
 
     def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
         """``run_emulated`` over many tuples of inputs, in one emulator process (qemu)."""
@@ -566,6 +580,15 @@ class IsaKernel(Kernel):
 @dataclass(repr=False)
 class IsaMatrixKernel(IsaKernel, MatrixKernel):
     """A multi-ISA library of a matrix op with the general ABI (calls as ``MatrixKernel``)."""
+
+
+def _thread_count(threads) -> int:
+    """A call's ``threads=`` as a C int: 0 auto, N at most N; a negative one reaches C, which
+    returns ETHREADS (a UsageError); anything else is a UsageError here."""
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
+            or not -2 ** 31 <= threads < 2 ** 31:
+        raise UsageError(f"threads must be None or an int (0: auto, N: at most N threads), got {threads!r}")
+    return int(threads)
 
 
 def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host",
