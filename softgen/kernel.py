@@ -120,6 +120,23 @@ def measured_why(r) -> str:
     return why + f", noise {100 * r.noise:.1f}% ({r.repetitions} samples)"
 
 
+def thread_cap(r, recs: list) -> tuple[int, str]:
+    """(the cap of auto threads for batches, 0 none; why) of the entry made from record ``r``:
+    a record's thread count applies to the rows it was measured on. The newest record measured on
+    batches (``rows_min`` >= 2, ``softgen.tune`` of a batch shape) whose class of n overlaps
+    ``r``'s caps it, 1 included (one thread was fastest); else ``r``'s own count when > 1 (an
+    older record: only a batch can have measured more than one thread); else none (a record of
+    single rows says nothing about batches: the model's policy, capped by the CPUs)."""
+    batch = [b for b in recs if b.rows_min >= 2 and b.n_min <= r.n_max and r.n_min <= b.n_max]
+    if batch:
+        b = max(batch, key=lambda b: b.timestamp)
+        return b.threads, (f"threads: at most {b.threads}, measured on batches (rows >= {b.rows_min}, "
+                           f"n {b.n_min}..{b.n_max})")
+    if r.threads > 1:
+        return r.threads, f"threads: at most {r.threads}, measured"
+    return 0, "threads: the model's (measured on single rows: no thread count for batches)"
+
+
 def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable | None:
     """The dispatch table of ``algorithm="auto"`` from this machine's tuning records
     (``tunedb.table``), or None when there are none (or the database cannot be read: then the
@@ -135,6 +152,7 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         recs = tunedb.table(program.name, program.params, target, backend)
     except (tunedb.TuningDBError, UsageError):
         return None
+    all_recs = recs
     recs = _tuned_entries(recs, program, target, get_backend(backend).schedule_knobs)
     if not recs:
         return None
@@ -155,14 +173,17 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         if hi is not None and hi < lo:
             continue
         sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
-        # a measured thread count (> 1: timed on a batch) caps auto; 1 (single rows, which run on
-        # one thread anyway) leaves the cap to the CPUs; the model's grain decides below it (rows x n)
+        # the cap of auto for batches: a thread count measured on batches; the model's grain
+        # decides below it (rows x n)
         grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
-        e = Entry(lo, hi, r.algorithm, sched, r.threads if r.threads > 1 else 0, measured_why(r), grain=grain)
+        most, twhy = thread_cap(r, all_recs)
+        e = Entry(lo, hi, r.algorithm, sched, most, f"{measured_why(r)}; {twhy}", grain=grain)
         if entries and entries[-1].variant == e.variant:
             prev = entries.pop()
-            e = Entry(prev.n_min, hi, e.algorithm, sched, max(e.threads, prev.threads), prev.why + "; " + e.why,
-                      grain=grain)
+            # one cap per variant (its entry point bakes it in): the larger measured one, else the
+            # one measured (0: no thread count measured on batches)
+            most = max(e.threads, prev.threads) if e.threads and prev.threads else e.threads or prev.threads
+            e = Entry(prev.n_min, hi, e.algorithm, sched, most, prev.why + " | " + e.why, grain=grain)
         entries.append(e)
     first = recs[0]
     basis = (f"{len(recs)} tuning record(s) of this machine ({first.machine.get('model_name') or first.fingerprint}), "
