@@ -26,6 +26,8 @@ variant's cheapest cycles/element (its L1 cost: the smallest, so the
 largest grain: "never slower than one thread on small inputs"); at most the CPUs the process may
 run on (capped at run time in C, with ``SOFTGEN_NUM_THREADS``). A tuning record's thread count
 replaces ``most``. The variant is still chosen by n alone; the thread count by rows x n.
+Matrix kernels (``MatrixThreadPolicy``): one thread per ``grain`` (2 x the overhead) modelled
+cycles of batch x cycles per matrix (``matrix_cycles``: a C expression in the dimensions).
 """
 from __future__ import annotations
 
