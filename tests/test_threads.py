@@ -430,6 +430,20 @@ def test_tvm_entry_splits_rows_too():
     assert k.thread_policy.grain > 0 and f"{k.thread_policy.grain}u" in k.wrapper
 
 
+def test_tvm_matrix_entry_splits_batches_too():
+    """The TVM backend's matrix entry is the same template: its batch splits across threads."""
+    from softgen.backends.tvm_adapter import available
+    if not available()[0]:
+        pytest.skip(available()[1])
+    k = softgen.compile("sinkhorn", backend="tvm")
+    assert f"int {k.name}_mt(" in k.wrapper and k.thread_policy.work in k.wrapper
+    x = (np.random.default_rng(15).standard_normal((5, 6, 7)) * 3).astype(np.float32)
+    one = k(x, threads=1)
+    assert np.allclose(one, softgen.compile("sinkhorn")(x), rtol=1e-4, atol=1e-6)
+    for t in (0, *COUNTS[1:]):
+        assert np.array_equal(k(x, threads=t), one), t
+
+
 def test_a_library_spanning_isas_has_one_baseline_pool():
     """target="x86-64"-style groups: <name>_mt is forwarded to the picked ISA's kernel, and the
     one pool is the top unit's (strong definitions, compiled without any ISA's flags)."""
