@@ -88,11 +88,12 @@ def thread_policy(plan: Plan, target: Target, most: int = 0) -> ThreadPolicy:
 @dataclass(frozen=True)
 class MatrixThreadPolicy(ThreadPolicy):
     """A matrix kernel's ``ThreadPolicy``: the batch's matrices are split across threads, one per
-    ``grain`` modelled cycles of batch x ``work`` (``work``: a C expression in the matrix
-    dimensions ``dim_*``, the model's cycles per matrix: ``matrix_thread_policy``). A batch of one
+    ``grain`` modelled cycles of batch x ``work`` (the model's cycles per matrix: a formula in the
+    matrix dimensions, ``matrix_cycles``; ``c_work``: the same in C, of ``dim_<d>``). A batch of one
     matrix always runs on the caller."""
 
     work: str = "0"
+    c_work: str = "0"
 
     def describe(self) -> str:
         if self.grain <= 0:
@@ -101,19 +102,19 @@ class MatrixThreadPolicy(ThreadPolicy):
         return f"one thread per {self.grain} modelled cycles of batch x ({self.work}) cycles per matrix{most}"
 
 
-def matrix_cycles(mp: MatrixProgram, target: Target) -> str:
-    """The model's cycles per matrix of lowered matrix program ``mp`` as a C expression in its
-    dimensions (``dim_<d>``): each rows phase's cheapest cycles/element (``cycles_per_element``
+def matrix_cycles(mp: MatrixProgram, target: Target) -> tuple[str, str]:
+    """The model's cycles per matrix of lowered matrix program ``mp`` as (a formula in its
+    dimensions, the same in C of ``dim_<d>``): each rows phase's cheapest cycles/element (``cycles_per_element``
     over the cache levels, its sweeps' instructions and traffic) x its matrix's elements, a cols
     phase's x its columns, each contraction's 2 M N K flops at 2 x lanes x ``ipc`` flops/cycle
     (one FMA per lane per instruction); loop bodies times their counts. "0" without ``[cost]``."""
     if not target.cost:
-        return "0"
+        return "0", "0"
     terms: dict[tuple, float] = {}
     flops_per_cycle = 2 * target.lanes * float(target.cost.get("ipc", 1.0))
     for ph, times in (leaf for top in mp.phases for leaf in top.counted()):
         if isinstance(ph, MatMulPhase):
-            key, c = ph.flops(mp.shape), 2 * times / flops_per_cycle
+            key, c = tuple(sorted(ph.flops(mp.shape))), 2 * times / flops_per_cycle
         elif isinstance(ph, SweepPhase):
             R, C = mp.shape(ph.swept)
             key = (C,) if isinstance(ph, ColsPhase) else (R, C)
@@ -122,11 +123,13 @@ def matrix_cycles(mp: MatrixProgram, target: Target) -> str:
             continue
         if ph.programs() and isinstance(ph, MatMulPhase):   # a fused epilogue: per element of dst
             R, C = mp.shape(ph.mm.dst)
-            terms[(R, C)] = terms.get((R, C), 0.0) + times * min(
+            terms[tuple(sorted((R, C)))] = terms.get(tuple(sorted((R, C))), 0.0) + times * min(
                 cycles_per_element(plan(ph.mm.epilogue), target, lvl) for lvl in ALL_LEVELS)
         terms[tuple(sorted(key))] = terms.get(tuple(sorted(key)), 0.0) + c
-    parts = [f"{c:.4g} * " + " * ".join(f"(double)dim_{d}" for d in key) for key, c in sorted(terms.items()) if c > 0]
-    return " + ".join(parts) or "0"
+    terms = sorted((key, c) for key, c in terms.items() if c > 0)
+    text = " + ".join(f"{c:.4g}*" + "*".join(key) for key, c in terms)
+    c_text = " + ".join(f"{c:.4g} * " + " * ".join(f"(double)dim_{d}" for d in key) for key, c in terms)
+    return text or "0", c_text or "0"
 
 
 def matrix_thread_policy(mp: MatrixProgram, target: Target, most: int = 0) -> MatrixThreadPolicy:
@@ -134,10 +137,10 @@ def matrix_thread_policy(mp: MatrixProgram, target: Target, most: int = 0) -> Ma
     ``parallel_overhead_cycles`` (two threads where the batch's modelled work, ``matrix_cycles``,
     is twice it: work / 2 + overhead = 3/4 of one thread's time); no hint: one thread unless asked."""
     overhead = target.cost.get("parallel_overhead_cycles") if target.cost else None
-    work = matrix_cycles(mp, target)
+    work, c_work = matrix_cycles(mp, target)
     if not overhead or work == "0":
-        return MatrixThreadPolicy(most, 0, work)
-    return MatrixThreadPolicy(most, max(1, math.ceil(2 * overhead)), work)
+        return MatrixThreadPolicy(most, 0, work, c_work)
+    return MatrixThreadPolicy(most, max(1, math.ceil(2 * overhead)), work, c_work)
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def test_matrix_auto_threads_and_workers():
     k = softgen.compile("sinkhorn", name="t_mt_matrix_workers")   # a library of its own
     tasks = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
     pol = k.thread_policy
-    assert isinstance(pol, costmodel.MatrixThreadPolicy) and pol.grain > 0 and pol.work in k.source
+    assert isinstance(pol, costmodel.MatrixThreadPolicy) and pol.grain > 0 and pol.c_work in k.source
     assert pol.threads(1, 10 ** 9, 64) == 1 and pol.threads(8, 10, 64) == 1 and pol.threads(8, 10 ** 6, 2) == 2
     start = tasks()
     k(_rows(64, 64, specials=False).reshape(1, 64, 64))
@@ -436,7 +436,7 @@ def test_tvm_matrix_entry_splits_batches_too():
     if not available()[0]:
         pytest.skip(available()[1])
     k = softgen.compile("sinkhorn", backend="tvm")
-    assert f"int {k.name}_mt(" in k.wrapper and k.thread_policy.work in k.wrapper
+    assert f"int {k.name}_mt(" in k.wrapper and k.thread_policy.c_work in k.wrapper
     x = (np.random.default_rng(15).standard_normal((5, 6, 7)) * 3).astype(np.float32)
     one = k(x, threads=1)
     assert np.allclose(one, softgen.compile("sinkhorn")(x), rtol=1e-4, atol=1e-6)
