@@ -207,7 +207,7 @@ def _cmd_targets(args) -> None:
 def _cmd_ops(args) -> None:
     rows = []
     for op in ops.OPS.values():
-        algs = ["direct"] if op.kind == "matrix" else \
+        algs = ["direct"] if op.kind != "row" else \
             passes.applicable_algorithms(ops.build_program(op.name))
         rows.append({"name": op.name, "kind": op.kind, "params": op.params, "doc": op.doc,
                      "algorithms": algs})

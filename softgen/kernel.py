@@ -507,7 +507,7 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         return _compile_isa_group(be, opdef, target_group(target), algorithm, name, schedule, params)
     t = get_target(target)
     program = _ops.build_program(opdef.name, **params)     # the op's IR, its parameters validated
-    if opdef.kind == "matrix":
+    if opdef.kind != "row":      # matrix programs ("matrix", "attention")
         return _compile_matrix(be, opdef, program, t, algorithm, name, schedule)
     alg = choose_algorithm(program, t.name, algorithm)     # validated once, here
     sched = _schedule(t, schedule)
@@ -604,7 +604,7 @@ def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, n
                          f"machine code per target, not C; compile one target at a time")
     gname = group.name.replace("-", "_").replace(",", "_")
     program = _ops.build_program(opdef.name, **params)
-    sparse = "_sparse" if opdef.kind != "matrix" and program.op(program.output()) == "output_selected" else ""
+    sparse = "_sparse" if opdef.kind == "row" and program.op(program.output()) == "output_selected" else ""
     short = "auto" if passes.ALIASES.get(algorithm, algorithm) == "auto" else passes.SHORT.get(
         passes.ALIASES.get(algorithm, algorithm), algorithm.replace("-", "_"))
     kname = check_name(name) if name is not None else f"softgen_f32_{opdef.name}{sparse}_{short}__{gname}{be.suffix}"
