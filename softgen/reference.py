@@ -537,7 +537,7 @@ def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=No
     s = _attention_scores(q, k, scale, causal, mask, kv_lengths)
     v = _repeat_kv(q, v)
     p = softmax(s)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         o = p @ v if s.shape[-1] else np.zeros(s.shape[:-1] + v.shape[-1:])
         if masked_rows == "zero":
             o = np.where(_masked_rows(s), 0.0, o)
@@ -565,7 +565,7 @@ def attention_online_softmax(q, k, v, scale: float | None = None, causal: bool =
     m = np.full(lead, -np.inf)
     l = np.zeros(lead)
     acc = np.zeros(lead + v.shape[-1:])
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for lo in range(0, lk, block):
             sb, vb = s[..., lo:lo + block], v[..., lo:lo + block, :]
             m2 = np.maximum(m, np.max(sb, axis=-1))          # NaN propagates

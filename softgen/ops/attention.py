@@ -47,10 +47,12 @@ def check_normalizer(normalizer: str) -> None:
                          f"rescaling, come next; then lssa, lssar, topk_softmax, sinkhorn, soft)")
 
 
-def _reference(q, k, v, mask=None, *, head_dim=64, scale=None, causal=0, normalizer="softmax", **_):
-    """The float64 oracle with the kernel's parameters (``mask``: the additive mask input)."""
+def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax"):
+    """The float64 oracle with the kernel's parameters and inputs (``additive``: the mask input of
+    a mask="additive" kernel)."""
     s = default_scale(head_dim) if scale is None else scale
-    return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=mask, normalizer=normalizer)
+    m = additive[0] if additive and additive[0] is not None else None
+    return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer)
 
 
 def _tolerance(inputs, ref_y, params, call):
@@ -68,12 +70,25 @@ def _tolerance(inputs, ref_y, params, call):
         return (2e-6 + 2 * ds + (lk + 2) * 2.0 ** -23) * pv + 2.0 ** -120
 
 
+def _samples(rng, params):
+    """export's accuracy suite: (q, k, v[, mask]) with Lq != Lk, d = head_dim, one decoding shape."""
+    d = params["head_dim"]
+    out = []
+    for lq, lk, dv in ((1, 1, 1), (7, 9, 3), (64, 64, 64), (4, 300, d), (1, 1000, 16)):
+        for sd in (1.0, 4.0):
+            xs = [rng.normal(0, sd, (2, lq, d)), rng.normal(0, sd, (2, lk, d)), rng.normal(0, 1, (2, lk, dv))]
+            if params.get("mask") == "additive":
+                xs.append(np.where(rng.random((2, lq, lk)) < 0.9, 0.0, -np.inf))
+            out.append(tuple(x.astype(np.float32) for x in xs))
+    return out
+
+
 @register("attention", _reference, kind="attention",
           params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax"},
           choices={"mask": MASKS, "normalizer": NORMALIZERS},
           matrices={"dims": DIMS, "inputs": {"q": ("lq", "d"), "k": ("lk", "d"), "v": ("lk", "dv")},
                     "outputs": {"o": ("lq", "dv")}},
-          custom_tolerance=_tolerance)
+          custom_tolerance=_tolerance, samples=_samples)
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
               normalizer: str) -> None:
     """O = normalize(s Q K^T + mask) V over the last two axes (spec 10): q (..., Lq, d),
