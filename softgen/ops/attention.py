@@ -26,6 +26,9 @@ import numpy as np
 from .. import reference as ref
 from ..errors import UsageError
 from ..matrix import MatrixProgram
+
+# the normalizer families register first: attention, which builds on them, comes last in OPS
+from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
 from .base import F32_MAX, register
 from .soft import _head_dim_int
 
