@@ -5,7 +5,7 @@ import contextlib
 import ctypes
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -32,7 +32,7 @@ from .ir import Program
 from .machine import caches
 from .matrix import MatrixProgram
 from .runtime import assembly, load_entry, open_shared
-from .schedule import Schedule, default_schedule
+from .schedule import ATTENTION_KNOBS, Schedule, default_schedule
 from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -577,18 +577,44 @@ def _schedule(t: Target, schedule) -> Schedule:
     raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
 
 
+def _attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, schedule) -> tuple:
+    """(algorithm, AttentionSchedule or None, the schedule without br/bc) of a matrix op: the
+    attention form's algorithms are "three-phase" (its phases as written) and "streaming"
+    (``passes.stream_attention``; auto picks it where it applies and the backend streams)."""
+    why = passes.streamable(program)
+    if why:
+        if algorithm not in ("auto", "direct"):
+            raise UsageError(f"matrix op {program.name!r} has one algorithm, 'direct' (its phases); "
+                             f"got {algorithm!r}")
+        return "direct", None, schedule
+    if algorithm not in ("auto", "three-phase", "streaming"):
+        raise UsageError(f"op {program.name!r} has the algorithms 'three-phase' and 'streaming' (auto: streaming); "
+                         f"got {algorithm!r}")
+    alg = "three-phase" if algorithm == "three-phase" else "streaming"
+    if alg == "streaming" and not be.streams_attention:
+        if algorithm == "streaming":
+            raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
+        alg = "three-phase"
+    given = dict(schedule.as_dict() if isinstance(schedule, Schedule) else schedule or {})
+    blocks = {k: given.pop(k) for k in ATTENTION_KNOBS if k in given}
+    return alg, blocks, (given or None) if not isinstance(schedule, Schedule) else schedule
+
+
 def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algorithm: str, name,
                     schedule) -> Kernel:
-    if algorithm not in ("auto", "direct"):
-        raise UsageError(f"matrix op {opdef.name!r} has one algorithm, 'direct' (its phases); "
-                         f"got {algorithm!r}")
+    alg, blocks, schedule = _attention_algorithm(be, program, algorithm, schedule)
     sched = _schedule(t, schedule)
-    lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
+    if alg == "streaming":
+        ablk = replace(t.attention, **blocks).validate()
+        lowered = passes.stream_attention(program, ablk.br, ablk.bc)
+    else:
+        lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
+    short = {"direct": "", "three-phase": "_3ph", "streaming": "_stream"}[alg]
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+        f"softgen_f32_{opdef.name}{short}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params)
     cls = MatrixKernel if lowered.abi().style == "general" else Kernel
-    return cls(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
+    return cls(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
                wrapper=art.wrapper)
 

@@ -79,6 +79,8 @@ class Backend(abc.ABC):
     # library behind a dispatcher (softgen.dispatch); else auto is one kernel, the first
     # applicable algorithm of the target's auto_algorithms
     dispatchable: bool = True
+    # lowers matrix.AttentionPhase (passes.stream_attention): compile("attention") streams
+    streams_attention: bool = False
     # the schedule knobs the tuner (softgen.tune) may vary, knob -> candidate values; each
     # combination is applied over the target's default schedule and kept only if Schedule
     # validates it. Empty: the tuner varies the algorithm only
