@@ -84,7 +84,10 @@ def test_oracle_conventions():
 # -- the kernel -----------------------------------------------------------------------------------
 
 TARGETS = ["scalar", "avx2", "avx512", "neon"]
-SHAPES = [(1, 1, 1, 1), (5, 9, 7, 7), (17, 64, 64, 65), (33, 16, 80, 1), (64, 129, 65, 64)]   # Lq, Lk, d, dv
+# Lq, Lk, d, dv; with the small blocks below (br=3, bc=16): 1 .. 3 key blocks + 1, Lq != Lk both ways
+SHAPES = [(1, 1, 1, 1), (5, 9, 7, 7), (17, 64, 64, 65), (33, 16, 80, 1), (64, 49, 65, 64), (2, 17, 7, 80)]
+SMALL = {"br": 3, "bc": 16}
+ALGS = [("three-phase", None), ("streaming", None), ("streaming", SMALL)]
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["full", "causal"])
@@ -97,20 +100,20 @@ def test_kernel_matches_the_oracle(target, causal):
     if target == "neon" and causal:
         pytest.skip("neon: one qemu run (non-causal) keeps the suite short; -m slow runs both")
     cases = [(f32(2, lq, d), f32(2, lk, d), f32(2, lk, dv)) for lq, lk, d, dv in SHAPES]
-    groups = {}
-    for c in cases:
-        groups.setdefault(c[0].shape[-1], []).append(c)
-    for d, cs in groups.items():
-        k = softgen.compile("attention", target=target, head_dim=d, causal=causal)
-        for c, o in zip(cs, run_many(k, cs)):
+    for alg, sched in ALGS:
+        # head_dim only sets the default scale (1/8 here): one kernel takes every d at run time
+        k = softgen.compile("attention", target=target, head_dim=64, causal=causal, algorithm=alg, schedule=sched)
+        assert k.algorithm == alg
+        for c, o in zip(cases, run_many(k, cases)):
             check(k, *c, o)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_kernel_matches_the_oracle_exhaustive(target, causal):
-    k = {d: softgen.compile("attention", target=target, head_dim=d, causal=causal) for d in (1, 7, 64, 65, 80, 128)}
-    for d, kd in k.items():
+    ks = [(d, softgen.compile("attention", target=target, head_dim=d, causal=causal, algorithm=alg, schedule=s))
+          for d in (1, 7, 64, 65, 80, 128) for alg, s in ALGS]
+    for d, kd in ks:
         cases = [(f32(3, lq, d, scale=s), f32(3, lk, d, scale=s), f32(3, lk, dv))
                  for lq in (1, 16, 63, 200) for lk in (1, 64, 193) for dv in (1, 7, 64, 65) for s in (1.0, 8.0)]
         for c, o in zip(cases, run_many(kd, cases)):
@@ -130,18 +133,56 @@ def test_non_finite_and_huge_scores():
     check(k, q2, kk[:, :3], v[:, :3], k(q2, kk[:, :3], v[:, :3]))
 
 
-def test_additive_mask_kernel_and_three_phase_equals_online_form():
-    k = softgen.compile("attention", head_dim=16, mask="additive", causal=True)
+@pytest.mark.parametrize("alg,sched", ALGS)
+def test_additive_mask_kernel_and_online_oracle(alg, sched):
+    k = softgen.compile("attention", head_dim=16, mask="additive", causal=True, algorithm=alg, schedule=sched)
     assert [n for n, _ in k._abi.inputs] == ["q", "k", "v", "mask"]
     q, kk, v = f32(3, 20, 16), f32(3, 50, 16), f32(3, 50, 24)
     m = np.where(RNG.random((3, 20, 50)) < 0.8, 0.0, -np.inf).astype(np.float32)
     m[1, 4] = -np.inf              # a fully masked row: NaN
+    m[2, :, :20] = -np.inf         # a whole first key block masked: the state starts later
     m[2] += f32(20, 50)            # a float bias
     o = k(q, kk, v, m)
     check(k, q, kk, v, o, m)
     on = ref.attention_online_softmax(q, kk, v, scale=0.25, causal=True, mask=m, block=7)
     assert np.array_equal(np.isnan(on), np.isnan(o))
     np.testing.assert_allclose(o[~np.isnan(o)], on[~np.isnan(on)], rtol=2e-5, atol=2e-6)
+
+
+def test_streaming_equals_three_phase_and_explain_shows_the_rewrite():
+    q, kk, v = f32(4, 40, 32), f32(4, 300, 32), f32(4, 300, 32)
+    outs = []
+    for alg, sched in ALGS:
+        k = softgen.compile("attention", head_dim=32, causal=True, algorithm=alg, schedule=sched)
+        outs.append(k(q, kk, v))
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-6)
+    k = softgen.compile("attention", head_dim=32, causal=True, schedule=SMALL)
+    assert k.algorithm == "streaming" and "_stream__" in k.name
+    text = k.explain()
+    assert "streaming: 3 phases" in text and "key blocks of 16" in text and "attention (streaming)" in text
+    src = "".join(v for f, v in k.sources().items() if f.endswith(".c"))
+    assert "BR = 3, BC = 16" in src and "s[lq][lk]" not in src and "sg_off_mat_s" not in src
+    three = softgen.compile("attention", head_dim=32, causal=True, algorithm="three-phase")
+    assert "sg_off_mat_s" in "".join(three.sources().values())
+
+
+def test_decoding_shape():
+    """Lq = 1 .. 16 against a long KV cache (Br small), causal (bottom-right: every key visible)."""
+    k = softgen.compile("attention", head_dim=64, causal=True)
+    for lq in (1, 3, 16):
+        q, kk, v = f32(2, lq, 64), f32(2, 4096, 64), f32(2, 4096, 64)
+        check(k, q, kk, v, k(q, kk, v))
+
+
+def test_attention_schedule_and_algorithm_errors():
+    for bad in ({"br": 0}, {"bc": 5000}, {"br": 64, "bc": 128}, {"br": 2.5}):
+        with pytest.raises(softgen.UsageError, match="attention schedule"):
+            softgen.compile("attention", schedule=bad)
+    with pytest.raises(softgen.UsageError, match="three-phase"):
+        softgen.compile("attention", algorithm="online")
+    with pytest.raises(softgen.UsageError, match="direct"):
+        softgen.compile("gaussian_kernel", algorithm="streaming")
 
 
 # -- softgen.attention ----------------------------------------------------------------------------
