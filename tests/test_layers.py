@@ -42,7 +42,7 @@ LAYERS = [
     {"softgen.tunedb"},
     # 5: backends: lowered programs -> C / TensorIR
     {"softgen.backends", "softgen.backends.base", "softgen.backends.gemm", "softgen.backends.c",
-     "softgen.backends.entry", "softgen.backends.tvm_adapter", "softgen.backends.tvm_gemm", "softgen.backends.tvm"},
+     "softgen.backends.entry", "softgen.backends.attention", "softgen.backends.tvm_adapter", "softgen.backends.tvm_gemm", "softgen.backends.tvm"},
     # 6: users of a backend's output: AOT export, the GEMM runtime
     {"softgen.export", "softgen.gemm_runtime"},
     # 7: the Python API
