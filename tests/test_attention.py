@@ -302,3 +302,31 @@ def test_exported_library_called_from_c(tmp_path):
     v = np.broadcast_to(np.arange(10.0).reshape(5, 2), (2, 5, 2))
     np.testing.assert_allclose(o, ref.attention(q, kk, v, causal=True, scale=0.5), rtol=1e-5, atol=1e-5)
     assert ctypes  # (the library is also loadable from Python: k(...) above uses the same build)
+
+
+def test_tvm_builds_the_three_phase_form():
+    from softgen.backends.tvm_adapter import available
+    ok, why = available()
+    if not ok:
+        pytest.skip(f"TVM backend: {why}")
+    k = softgen.compile("attention", backend="tvm", causal=True, head_dim=16)
+    assert k.algorithm == "three-phase"
+    q, kk, v = f32(2, 9, 16), f32(2, 12, 16), f32(2, 12, 5)
+    check(k, q, kk, v, k(q, kk, v))
+    with pytest.raises(softgen.UsageError, match="no streaming attention"):
+        softgen.compile("attention", backend="tvm", algorithm="streaming")
+
+
+def test_cli_emit_and_build(tmp_path):
+    import sys
+    run = [sys.executable, "-m", "softgen"]
+    emit = subprocess.run(run + ["emit", "--op", "attention", "--causal", "--target", "avx512", "--br", "8"],
+                          capture_output=True, text=True)
+    assert emit.returncode == 0, emit.stderr
+    assert "attention (streaming)" in emit.stdout and "BR = 8, BC = 64" in emit.stdout
+    b = subprocess.run(run + ["build", "--op", "attention", "--causal", "--target", "avx512", "--name", "att_cli",
+                              "-o", str(tmp_path)], capture_output=True, text=True)
+    assert b.returncode == 0, b.stderr
+    assert "causal=1" in (tmp_path / "att_cli.h").read_text()
+    bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "supports softmax today" in bad.stderr
