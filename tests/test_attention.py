@@ -167,6 +167,18 @@ def test_streaming_equals_three_phase_and_explain_shows_the_rewrite():
     assert "sg_off_mat_s" in "".join(three.sources().values())
 
 
+@pytest.mark.parametrize("alg,sched", ALGS)
+def test_empty_sizes(alg, sched):
+    k = softgen.compile("attention", head_dim=4, causal=True, algorithm=alg, schedule=sched)
+    for lq, lk, d, dv in ((3, 0, 4, 2), (0, 5, 4, 2), (3, 5, 4, 0), (3, 5, 0, 2)):
+        q, kk, v = f32(2, lq, d), f32(2, lk, d), f32(2, lk, dv)
+        o = k(q, kk, v)
+        r = get_op("attention").reference(q, kk, v, **k.params)
+        assert o.shape == (2, lq, dv)
+        np.testing.assert_array_equal(np.isnan(o), np.isnan(r))
+        np.testing.assert_allclose(o[~np.isnan(o)], r[~np.isnan(r)], atol=1e-6)
+
+
 def test_decoding_shape():
     """Lq = 1 .. 16 against a long KV cache (Br small), causal (bottom-right: every key visible)."""
     k = softgen.compile("attention", head_dim=64, causal=True)
