@@ -581,8 +581,7 @@ def _attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, sc
     """(algorithm, AttentionSchedule or None, the schedule without br/bc) of a matrix op: the
     attention form's algorithms are "three-phase" (its phases as written) and "streaming"
     (``passes.stream_attention``; auto picks it where it applies and the backend streams)."""
-    why = passes.streamable(program)
-    if why:
+    if passes.attention_form(program, softmax_rows=False) is None:
         if algorithm not in ("auto", "direct"):
             raise UsageError(f"matrix op {program.name!r} has one algorithm, 'direct' (its phases); "
                              f"got {algorithm!r}")
@@ -591,9 +590,13 @@ def _attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, sc
         raise UsageError(f"op {program.name!r} has the algorithms 'three-phase' and 'streaming' (auto: streaming); "
                          f"got {algorithm!r}")
     alg = "three-phase" if algorithm == "three-phase" else "streaming"
-    if alg == "streaming" and not be.streams_attention:
-        if algorithm == "streaming":
-            raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
+    why = passes.streamable(program)
+    if alg == "streaming" and why and algorithm == "streaming":
+        raise UsageError(f"{program.name}: no streaming form yet for this normalizer (the rewrite streams softmax: "
+                         f"{why}); use algorithm='three-phase'")
+    if alg == "streaming" and not be.streams_attention and algorithm == "streaming":
+        raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
+    if why or not be.streams_attention:
         alg = "three-phase"
     given = dict(schedule.as_dict() if isinstance(schedule, Schedule) else schedule or {})
     blocks = {k: given.pop(k) for k in ATTENTION_KNOBS if k in given}

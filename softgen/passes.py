@@ -563,9 +563,10 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
-def attention_form(mp):
-    """The three phases ``S = a * Q @ K^T`` (nt), a masked-softmax rows phase over S into S and
-    ``O = S @ V`` (nn), with S scratch: (first matmul, rows phase, second matmul), else None."""
+def attention_form(mp, softmax_rows: bool = True):
+    """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
+    a masked softmax, the form that streams today) and ``O = S @ V`` (nn), with S scratch:
+    (first matmul, rows phase, second matmul), else None."""
     ph = mp.phases
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
@@ -574,7 +575,7 @@ def attention_form(mp):
     s = a.mm.dst
     if not (a.mm.layout == "nt" and a.mm.beta == 0.0 and a.mm.epilogue is None and mp.role(s) == "scratch"
             and r.over == r.into == s and b.mm.layout == "nn" and b.mm.a == s and b.mm.beta == 0.0
-            and b.mm.epilogue is None and b.mm.dst in mp.outputs and _softmax_rows(r.program)
+            and b.mm.epilogue is None and b.mm.dst in mp.outputs and (not softmax_rows or _softmax_rows(r.program))
             and len(r.program.matrices()) <= 1):
         return None
     return a, r, b

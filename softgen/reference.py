@@ -476,7 +476,7 @@ def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float 
 
 # -- attention (section 10) -----------------------------------------------------------------------
 
-ATTENTION_NORMALIZERS = ("softmax",)   # the oracles' normalizers today (spec 10's others: next slices)
+ATTENTION_NORMALIZERS = ("softmax", "stablemax")   # the oracles' normalizers today (spec 10's others: next slices)
 
 
 def _attention_scores(q, k, scale, causal, mask, kv_lengths):
@@ -534,9 +534,11 @@ def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=No
         raise ValueError(f"attention normalizer {normalizer!r}: the oracle has {ATTENTION_NORMALIZERS}")
     if masked_rows not in ("nan", "zero"):
         raise ValueError(f"masked_rows must be 'nan' or 'zero', got {masked_rows!r}")
+    if return_lse and normalizer != "softmax":
+        raise ValueError("return_lse: the log-sum-exp is softmax's")
     s = _attention_scores(q, k, scale, causal, mask, kv_lengths)
     v = _repeat_kv(q, v)
-    p = softmax(s)
+    p = softmax(s) if normalizer == "softmax" else stablemax(s)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         o = p @ v if s.shape[-1] else np.zeros(s.shape[:-1] + v.shape[-1:])
         if masked_rows == "zero":

@@ -221,6 +221,26 @@ def test_api_gqa_masks_lengths_and_masked_rows():
     assert (o[0, :8] == 0).all() and np.isfinite(o).all()
 
 
+@pytest.mark.parametrize("target", ["avx2", "neon"])
+def test_stablemax_attention_three_phase(target):
+    """StableMax (spec 8): three-phase today (auto), the streaming form refuses it clearly."""
+    k = softgen.compile("attention", normalizer="stablemax", causal=True, head_dim=16, target=target)
+    assert k.algorithm == "three-phase"
+    cases = [(f32(2, lq, 16, scale=s), f32(2, lk, 16, scale=s), f32(2, lk, 5)) for lq, lk in ((7, 30), (30, 7), (1, 1))
+             for s in (1.0, 6.0)]
+    for c, o in zip(cases, run_many(k, cases)):
+        check(k, *c, o)
+    q, kk, v = f32(2, 3, 6, 16), f32(2, 1, 20, 16), f32(2, 1, 20, 8)
+    m = RNG.random((6, 20)) < 0.5
+    m[1] = False
+    if target == "avx2":
+        o = softgen.attention(q, kk, v, normalizer="stablemax", mask=m, masked_rows="zero")
+        r = _oracle(q, kk, v, normalizer="stablemax", mask=m, masked_rows="zero")
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6)
+    with pytest.raises(softgen.UsageError, match="no streaming form yet"):
+        softgen.compile("attention", normalizer="stablemax", algorithm="streaming")
+
+
 def test_api_strided_heads_and_out():
     x = f32(2, 30, 3, 3, 32)                       # (B, L, qkv, H, d): heads strided, not contiguous
     q, k, v = (x[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
@@ -236,8 +256,8 @@ def test_api_errors():
            ((q, k[..., :4], v), {}, "expected k"),
            ((q, k, v[:, :5]), {}, "expected k"),
            ((f32(3, 4, 8), k, v), {}, "multiple of Hkv"),
-           ((q, k, v), {"normalizer": "lssa"}, "supports softmax today"),
-           ((q, k, v), {"normalizer": "nope"}, "supports softmax today"),
+           ((q, k, v), {"normalizer": "lssa"}, "supports softmax, stablemax today"),
+           ((q, k, v), {"normalizer": "nope"}, "supports softmax, stablemax today"),
            ((q, k, v), {"masked_rows": "drop"}, "masked_rows"),
            ((q, k, v), {"mask": np.ones((3, 6), bool)}, "broadcast"),
            ((q, k, v), {"mask": np.ones((4, 6), np.int32)}, "boolean"),
@@ -248,7 +268,7 @@ def test_api_errors():
         with pytest.raises(softgen.UsageError, match=msg):
             softgen.attention(*args, **kw)
     with pytest.raises(softgen.UsageError, match="not built yet"):
-        softgen.compile("attention", normalizer="stablemax")
+        softgen.compile("attention", normalizer="softplus_l1")
     with pytest.raises(softgen.UsageError, match="head_dim"):
         softgen.compile("attention", head_dim=0)
 
@@ -341,4 +361,4 @@ def test_cli_emit_and_build(tmp_path):
     assert b.returncode == 0, b.stderr
     assert "causal=1" in (tmp_path / "att_cli.h").read_text()
     bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "supports softmax today" in bad.stderr
+    assert bad.returncode == 2 and "supports softmax, stablemax today" in bad.stderr

@@ -33,7 +33,7 @@ from .base import F32_MAX, register
 from .soft import _head_dim_int
 
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft")
-SUPPORTED = ("softmax",)
+SUPPORTED = ("softmax", "stablemax")
 MASKS = ("none", "additive")
 DIMS = ("lq", "lk", "d", "dv")
 
@@ -46,8 +46,8 @@ def default_scale(head_dim: int) -> float:
 def check_normalizer(normalizer: str) -> None:
     if normalizer not in SUPPORTED:
         raise UsageError(f"attention with normalizer {normalizer!r} is not built yet: attention supports "
-                         f"{', '.join(SUPPORTED)} today (stablemax and softplus_l1, which stream without "
-                         f"rescaling, come next; then lssa, lssar, topk_softmax, sinkhorn, soft)")
+                         f"{', '.join(SUPPORTED)} today (softplus_l1, which streams without rescaling, "
+                         f"comes next; then lssa, lssar, topk_softmax, sinkhorn, soft)")
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax"):
@@ -111,11 +111,16 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     p = x.p
     if mask == "additive":
         x = x + p.matrow("mask")
-    if causal:
+    off = p.index() - p.row_index() - (p.size("cols") - p.size("rows")) if causal else None
+    if normalizer == "stablemax":
+        # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), no max shift (spec 8); s(-inf) = 0
+        e = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
+        if causal:
+            e = off.where_lt(0.5, e, 0.0)
+    elif causal:
         # keep j <= i + (Lk - Lq): j - i - (Lk - Lq) < 0.5 (indices are exact float32 integers).
         # IR constants are finite: a dropped score is -FLT_MAX for the max and its weight a
         # select of 0, so a row with no kept key sums to 0 and 0 * (1/0) makes it NaN (spec 0)
-        off = p.index() - p.row_index() - (p.size("cols") - p.size("rows"))
         x = off.where_lt(0.5, x, -F32_MAX)
         e = off.where_lt(0.5, (x - x.max()).exp(), 0.0)
     else:
