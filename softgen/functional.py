@@ -79,9 +79,11 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
     broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
     the number of valid keys. Fully masked rows give NaN (spec 0), or 0 with masked_rows="zero".
-    ``normalizer``: softmax today (other names raise a UsageError naming what is supported).
+    ``normalizer``: softmax or stablemax today (other names raise a UsageError naming what is
+    supported). ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
+    three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
 
-    Today's kernel is the three-phase matrix program (``softgen/ops/attention.py``); GQA repeats
+    The kernel is the attention matrix program (``softgen/ops/attention.py``); GQA repeats
     k/v per query head, masks and kv_lengths become one float32 additive mask, and inputs that are
     not a stack of equally strided matrices are copied (all noted in the README)."""
     opdef = _ops.get_op("attention")

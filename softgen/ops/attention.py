@@ -12,8 +12,9 @@ element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x
 to the scores; a boolean keep-mask and key-padding lengths become one in ``softgen.attention``).
 Fully masked rows give NaN (spec 0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
-Normalizers: softmax today. The others of spec 10 (stablemax, softplus_l1, lssa, lssar,
-topk_softmax, sinkhorn, soft) are accepted names that raise a UsageError until they are built.
+Normalizers: softmax (three-phase and, by ``passes.stream_attention``, streaming) and stablemax
+(three-phase). The others of spec 10 (softplus_l1, lssa, lssar, topk_softmax, sinkhorn, soft) are
+accepted names that raise a UsageError until they are built.
 The op has its own kind, ``"attention"``: it takes three arrays (q, k, v) and its own front door
 (``functional.attention``), so the generic sweeps over row and matrix ops leave it out.
 """
