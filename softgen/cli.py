@@ -39,7 +39,7 @@ class _Once(argparse.Action):
 def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op", default="softmax", help="op to generate (default: softmax; see 'softgen ops')")
     p.add_argument("--algorithm", default="auto",
-                   help="auto | three-pass-recompute | three-pass-reload | two-pass | online")
+                   help="auto | three-pass-recompute | three-pass-reload | two-pass | online (attention: three-phase | streaming)")
     p.add_argument("--target", default="host", help=(
         "host, a target from 'softgen targets', an architecture group (x86-64, aarch64: every ISA of "
         "it in one library, picked at load; SOFTGEN_ISA caps the pick) or a comma list of targets of "
@@ -58,6 +58,10 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=int, action=_Once,
                    help="schedule: rows of n >= SPLIT run in chunks (the split form; 0: never)")
     p.add_argument("--chunk", type=int, action=_Once, help="schedule: elements per chunk of a split row")
+    p.add_argument("--causal", action="store_true", help="attention: bottom-right causal mask (param causal=1)")
+    p.add_argument("--normalizer", action=_Once, help="attention: the normalizer (softmax today)")
+    p.add_argument("--br", type=int, action=_Once, help="attention schedule: query rows per block (streaming)")
+    p.add_argument("--bc", type=int, action=_Once, help="attention schedule: keys per block (streaming)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,8 +177,12 @@ def _params(args) -> dict:
             if key not in ops.get_op(args.op).choices:   # string-valued (e.g. variant=norm): the op checks it
                 raise UsageError(f"--param {key}: {val!r} is not a number") from None
             params[key] = val
-    for key in ("scale", "temperature"):
-        if getattr(args, key) is not None:
+    if getattr(args, "causal", False):
+        if "causal" in params:
+            raise UsageError("parameter causal given twice (--causal and --param causal=...)")
+        params["causal"] = 1
+    for key in ("scale", "temperature", "normalizer"):
+        if getattr(args, key, None) is not None:
             if key in params:
                 raise UsageError(f"parameter {key} given twice (--{key} and --param {key}=...)")
             params[key] = getattr(args, key)
@@ -182,8 +190,8 @@ def _params(args) -> dict:
 
 
 def _kernel(args):
-    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block", "split", "chunk")
-             if getattr(args, k) is not None}
+    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block", "split", "chunk", "br", "bc")
+             if getattr(args, k, None) is not None}
     return compile_kernel(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
                    schedule=sched or None, backend=args.backend, **_params(args))
 
@@ -211,7 +219,7 @@ def _cmd_targets(args) -> None:
 def _cmd_ops(args) -> None:
     rows = []
     for op in ops.OPS.values():
-        algs = ["direct"] if op.kind == "matrix" else \
+        algs = ["direct"] if op.kind != "row" else \
             passes.applicable_algorithms(ops.build_program(op.name))
         rows.append({"name": op.name, "kind": op.kind, "params": op.params, "doc": op.doc,
                      "algorithms": algs})

@@ -21,7 +21,7 @@ from ..analysis import matrix_plan_lines, matrix_traffic
 from ..costmodel import ThreadPolicy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
-from ..matrix import SweepPhase
+from ..matrix import AttentionPhase, SweepPhase
 from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
@@ -29,6 +29,7 @@ from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
+from .attention import attention_function
 from .base import Artifact, Backend, register
 from .entry import abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
 from .gemm import Epilogue, gemm, schedule_for
@@ -635,6 +636,8 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         if isinstance(ph, SweepPhase):
             functions.append(_row_function(ph.program, t, s, f"{name}__phase{k}", None,
                                            ph.program.row_params()))
+        elif isinstance(ph, AttentionPhase):   # a self-contained C function, beside the GEMMs
+            gemms.append(attention_function(ph, f"{name}__attn{k}"))
     for k, (fname, layout, epi) in matrix_gemms(mp, name).items():
         if fname in done:
             continue
@@ -722,6 +725,7 @@ class CBackend(Backend):
     description = "Jinja-C templates"
     gemm_epilogues = GEMM_EPILOGUES
     thread_policy = True
+    streams_attention = True
     # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2); then, per
     # size class, non-temporal stores and prefetch distances (elements) for rows beyond the LLC
     # (targets with [isa] STREAM only for stream), and the exp variants (all within the accuracy

@@ -131,6 +131,8 @@ class OpDef:
 
 
 OPS: dict[str, OpDef] = {}
+# kinds whose IR is a MatrixProgram: "matrix" (generic inputs), "attention" (q, k, v; its own front door)
+MATRIX_KINDS = ("matrix", "attention")
 
 
 def register(name: str, reference: Callable, **kw):
@@ -181,7 +183,8 @@ def resolve_params(op: OpDef, given: dict) -> dict:
         raise UsageError(f"op {op.name!r} has no parameter(s) {unknown}; it takes {sorted(op.params)}")
     given = {k: _normalise(op, k, v) for k, v in given.items()}
     params = {**op.params, **{k: v for k, v in given.items() if v is not None}}
-    if "scale" in op.params:
+    if "scale" in op.params and not (op.params["scale"] is None and params["scale"] is None):
+        # (a default of None: the op derives it, e.g. attention's 1/sqrt(head_dim))
         s = _scale(params)
         params = {k: v for k, v in params.items() if k not in ("scale", "temperature")}
         with np.errstate(over="ignore"):
@@ -196,7 +199,7 @@ def build_program(name: str, **given) -> Program | MatrixProgram:
     """The op's IR program with its parameters baked in, validated."""
     op = get_op(name)
     params = resolve_params(op, given)
-    if op.kind == "matrix":
+    if op.kind in MATRIX_KINDS:
         mp = MatrixProgram(name, params, **op.matrices)
         op.build(mp, **params)
         return mp.validate()
