@@ -606,7 +606,7 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     tuned_policy = {"threads": policy} if tuned and be.thread_policy else {}   # else generate takes the model's
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params,
                       **tuned_policy)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
@@ -621,7 +621,7 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
     translation unit (``softgen.dispatch``) picks one per call by ``table``."""
     sparse = "_sparse" if program.op(program.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     variants, symbols = [], {}
     per_alg = {}
     for alg, _ in table.variants:
@@ -684,7 +684,7 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     tuned = bool(why)
     gemm = None if gemm == t.gemm and not tuned else gemm
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}" \
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}__{t.name}_{sched.tag(t.lanes)}" \
         f"{'' if gemm is None or gemm == t.gemm else '_' + gemm.tag(t.lanes)}{be.suffix}"
     art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params,
                              **({} if gemm is None else {"gemm": gemm}))
@@ -726,7 +726,7 @@ def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, n
     sparse = "_sparse" if opdef.kind != "matrix" and program.op(program.output()) == "output_selected" else ""
     short = "auto" if passes.ALIASES.get(algorithm, algorithm) == "auto" else passes.SHORT.get(
         passes.ALIASES.get(algorithm, algorithm), algorithm.replace("-", "_"))
-    kname = check_name(name) if name is not None else f"softgen_f32_{opdef.name}{sparse}_{short}__{gname}{be.suffix}"
+    kname = check_name(name) if name is not None else f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_{short}__{gname}{be.suffix}"
     longest = max(group.names, key=len)
     if len(isa_member_name(kname, longest)) > 64:
         raise UsageError(f"kernel name {kname!r} is too long for a library spanning ISAs: its members are "
