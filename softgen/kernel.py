@@ -444,9 +444,11 @@ class Kernel:
             return self.artifact.asm(cc)
         return "\n".join([*(v.asm(cc) for v in self.variants), assembly(self.source, self.target, cc)])
 
-    def export(self, directory, name: str | None = None, cc: str | None = None) -> dict:
-        """Write lib<name>.so, <name>.h, <name>.json (and <name>.c) into ``directory``."""
-        return aot.export(self, directory, name=name, cc=cc)
+    def export(self, directory, name: str | None = None, cc: str | None = None, *, static: bool = False,
+               overwrite: bool = True, progress=None) -> dict:
+        """Write lib<name>.so, <name>.h, <name>.json, <name>.c, <name>.pc and <name>Config.cmake
+        (+ ConfigVersion) into ``directory``; ``static``: lib<name>.a too (``export.export``)."""
+        return aot.export(self, directory, name=name, cc=cc, static=static, overwrite=overwrite, progress=progress)
 
     def renamed(self, name: str) -> "Kernel":
         sched = None if self.tuned else self.schedule

@@ -437,6 +437,37 @@ def build_shared(source: str | dict, target: Target, *, emulate: bool = False, c
     return lib
 
 
+
+def build_static(source: dict, target: Target, dest: Path, *, cc: str | None = None,
+                 file_targets: dict | None = None) -> Path:
+    """Compile the C files of ``source`` (file name -> C text / object bytes, as ``build_shared``
+    takes) each to an object with the flags ``build_shared`` uses (its file's own, for a
+    multi-ISA library), and archive them, with the object files given, into the static library
+    ``dest`` (``$AR``, else ``ar``). Version scripts have no meaning in an archive: dropped (the
+    archive's internal symbols carry the kernel's name, so they collide with nothing)."""
+    ar = shlex.split(os.environ.get("AR") or "ar")
+    if not ar or shutil.which(ar[0]) is None:
+        raise BuildError(f"no archiver for a static library: {ar[0] if ar else '$AR'} not found "
+                         f"(install binutils or set AR)")
+    argv0, flags = compiler_for(target, cc), flags_for(target)
+    ff = file_flags_for(file_targets)
+    with tempfile.TemporaryDirectory(prefix="softgen-static-") as tmp:
+        objs = []
+        for fname, data in source.items():
+            if fname.endswith(".map"):
+                continue
+            path = Path(tmp) / fname
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
+            if path.suffix == ".c":
+                obj = path.with_name(path.name + ".o")
+                _run([*argv0, *flags, *ff.get(fname, ()), "-c", "-o", str(obj), str(path)], "C compiler")
+                path = obj
+            objs.append(path)
+        out = Path(tmp) / dest.name
+        _run([*ar, "rcs", str(out), *map(str, objs)], "the archiver")
+        shutil.copyfile(out, dest)
+    return dest
+
 def open_shared(source: str | dict, target: Target, *, emulate: bool = False, cc: str | None = None,
                 symbols: tuple[str, ...] = (), file_targets: dict | None = None) -> ctypes.CDLL:
     """``build_shared`` and load the library, which must export ``symbols``; a cached library
