@@ -160,6 +160,26 @@ def test_static_archive_links_a_c_program(exported, tmp_path):
 
 
 @needs_cc
+def test_static_archives_export_only_entry_points_and_link_together(exported, tmp_path):
+    """One object per archive, only the entry points global: the thread pool's (weak, hidden)
+    symbols of two archives do not clash (a second library's pool would be a duplicate)."""
+    k, d = exported
+    nm = sh("nm", "-g", "--defined-only", d / f"lib{k.name}.a").stdout
+    defined = {ln.split()[-1] for ln in nm.splitlines() if len(ln.split()) == 3}
+    assert defined == {k.name, f"{k.name}_mt", f"{k.name}_supported"}, nm
+    k2 = softgen.compile("softmax", algorithm="two-pass", target="scalar", name="my_second")
+    k2.export(tmp_path, static=True)
+    src = tmp_path / "two.c"
+    src.write_text(_program(k.name).replace("int main(void)", "#include \"my_second.h\"\nint main(void)")
+                   .replace("return rc;", "return rc | my_second(x, y, 1, 8, 8, 8);"))
+    exe = tmp_path / "two"
+    sh(CC, "-std=c99", src, f"-I{d}", f"-I{tmp_path}", d / f"lib{k.name}.a", tmp_path / "libmy_second.a",
+       "-lpthread", "-lm", "-o", exe)
+    if k.runnable:
+        _check_output(sh(exe).stdout)
+
+
+@needs_cc
 @pytest.mark.skipif(PKG_CONFIG is None, reason="pkg-config not available")
 def test_pkg_config(exported, tmp_path):
     k, d = exported
