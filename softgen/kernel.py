@@ -728,8 +728,11 @@ def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, n
     sparse = "_sparse" if opdef.kind != "matrix" and program.op(program.output()) == "output_selected" else ""
     short = "auto" if passes.ALIASES.get(algorithm, algorithm) == "auto" else passes.SHORT.get(
         passes.ALIASES.get(algorithm, algorithm), algorithm.replace("-", "_"))
-    kname = check_name(name) if name is not None else f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_{short}__{gname}{be.suffix}"
     longest = max(group.names, key=len)
+    kname = check_name(name) if name is not None else next(   # members' names fit in 64: a hashed tag if need be
+        n for limit in (32, 0) for n in [f"softgen_f32_{opdef.name}{opdef.name_tag(program.params, limit)}{sparse}"
+                                         f"_{short}__{gname}{be.suffix}"]
+        if limit == 0 or len(isa_member_name(n, longest)) <= 64)
     if len(isa_member_name(kname, longest)) > 64:
         raise UsageError(f"kernel name {kname!r} is too long for a library spanning ISAs: its members are "
                          f"named <name>__<isa> (e.g. {isa_member_name(kname, longest)!r}), at most 64 characters")

@@ -100,6 +100,9 @@ def test_name_tags_never_collide():
     assert op.name_tag(dict(op.params)) == ""
     long_tag = get_op("lssar").name_tag({"head_dim": 128, "p": 13, "offset_free_rows": 17, "count_keys": 0})
     assert len(long_tag) == 12 and long_tag.startswith("_h")   # beyond 32 characters: hashed
+    # a multi-ISA library's members are <name>__<isa>, at most 64 characters: hashed if need be
+    g = softgen.compile("topk_softmax", target="x86-64", k=40, sparse=1, renormalize=0)
+    assert all(len(m.name) <= 64 for m in g.members) and "_h" in g.name
 
 
 # -- overwrite refusal -------------------------------------------------------------------------
