@@ -444,9 +444,11 @@ class Kernel:
             return self.artifact.asm(cc)
         return "\n".join([*(v.asm(cc) for v in self.variants), assembly(self.source, self.target, cc)])
 
-    def export(self, directory, name: str | None = None, cc: str | None = None) -> dict:
-        """Write lib<name>.so, <name>.h, <name>.json (and <name>.c) into ``directory``."""
-        return aot.export(self, directory, name=name, cc=cc)
+    def export(self, directory, name: str | None = None, cc: str | None = None, *, static: bool = False,
+               overwrite: bool = True, progress=None) -> dict:
+        """Write lib<name>.so, <name>.h, <name>.json, <name>.c, <name>.pc and <name>Config.cmake
+        (+ ConfigVersion) into ``directory``; ``static``: lib<name>.a too (``export.export``)."""
+        return aot.export(self, directory, name=name, cc=cc, static=static, overwrite=overwrite, progress=progress)
 
     def renamed(self, name: str) -> "Kernel":
         sched = None if self.tuned else self.schedule
@@ -606,7 +608,7 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     tuned_policy = {"threads": policy} if tuned and be.thread_policy else {}   # else generate takes the model's
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params,
                       **tuned_policy)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
@@ -621,7 +623,7 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
     translation unit (``softgen.dispatch``) picks one per call by ``table``."""
     sparse = "_sparse" if program.op(program.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     variants, symbols = [], {}
     per_alg = {}
     for alg, _ in table.variants:
@@ -713,7 +715,7 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     gemm = None if gemm == t.gemm and not tuned else gemm
     short = {"direct": "", "three-phase": "_3ph", "streaming": "_stream"}[alg]
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}{short}__{t.name}_{sched.tag(t.lanes)}" \
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{short}__{t.name}_{sched.tag(t.lanes)}" \
         f"{'' if gemm is None or gemm == t.gemm else '_' + gemm.tag(t.lanes)}{be.suffix}"
     art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params,
                              **({} if gemm is None else {"gemm": gemm}))
@@ -755,8 +757,11 @@ def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, n
     sparse = "_sparse" if opdef.kind == "row" and program.op(program.output()) == "output_selected" else ""
     short = "auto" if passes.ALIASES.get(algorithm, algorithm) == "auto" else passes.SHORT.get(
         passes.ALIASES.get(algorithm, algorithm), algorithm.replace("-", "_"))
-    kname = check_name(name) if name is not None else f"softgen_f32_{opdef.name}{sparse}_{short}__{gname}{be.suffix}"
     longest = max(group.names, key=len)
+    kname = check_name(name) if name is not None else next(   # members' names fit in 64: a hashed tag if need be
+        n for limit in (32, 0) for n in [f"softgen_f32_{opdef.name}{opdef.name_tag(program.params, limit)}{sparse}"
+                                         f"_{short}__{gname}{be.suffix}"]
+        if limit == 0 or len(isa_member_name(n, longest)) <= 64)
     if len(isa_member_name(kname, longest)) > 64:
         raise UsageError(f"kernel name {kname!r} is too long for a library spanning ISAs: its members are "
                          f"named <name>__<isa> (e.g. {isa_member_name(kname, longest)!r}), at most 64 characters")
