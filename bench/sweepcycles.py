@@ -89,12 +89,16 @@ def main() -> None:
     ap.add_argument("--algorithms", nargs="+", default=["three-pass-reload"])
     ap.add_argument("--sizes", default="16K,64K,1M")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--schedule", action="append", default=[], metavar="KNOB=VALUE",
+                    help="schedule knobs (repeatable), e.g. --schedule accumulators=4")
     a = ap.parse_args()
     sizes = [parse_size(s)[1] for s in a.sizes.split(",")]
+    schedule = {kv.split("=")[0]: int(kv.split("=")[1]) if kv.split("=")[1].isdigit() else kv.split("=")[1]
+                for kv in a.schedule}
     with tempfile.TemporaryDirectory() as d:
         for t in a.targets:
             for alg in a.algorithms:
-                k = softgen.compile(a.op, target=t, algorithm=alg)
+                k = softgen.compile(a.op, target=t, algorithm=alg, schedule=schedule or None)
                 nsweeps = len(re.findall(r"\n    /\* sweep \d+:", k.source.split(f"static void {k.name}__row(")[1].split("\n}\n")[0]))
                 exes = [build(k, keep, d) for keep in range(1, nsweeps + 1)]
                 for n in sizes:
@@ -108,7 +112,7 @@ def main() -> None:
                     mn = [min(r) for r in runs]
                     per = [med[0]] + [med[j] - med[j - 1] for j in range(1, len(med))]
                     per_min = [mn[0]] + [mn[j] - mn[j - 1] for j in range(1, len(mn))]
-                    print(f"{a.op} {alg:<18} {t:<7} n={size_label(1, n):>5}  ref-cycles/element per sweep (median): "
+                    print(f"{a.op} {alg:<18} {t:<7} {k.name.split('__')[-1]:<12} n={size_label(1, n):>5}  ref-cycles/element per sweep (median): "
                           + " + ".join(f"{v:.3f}" for v in per) + f" = {med[-1]:.3f}"
                           + "   (min: " + " + ".join(f"{v:.3f}" for v in per_min) + f" = {mn[-1]:.3f})", flush=True)
 
