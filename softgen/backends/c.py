@@ -26,7 +26,7 @@ from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
-from ..render import env, flit, isa_header, select_helpers, vmath
+from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
 from .base import Artifact, Backend, register
@@ -675,6 +675,8 @@ def _knob_note(s: Schedule, t: Target) -> str:
         notes.append(f"software prefetch {s.prefetch} elements ahead")
     if s.exp != EXP_DEFAULT:
         notes.append(f"exp variant {s.exp}")
+    if scaled_exp(t):
+        notes.append("exp of x <= 0 in the scaled form: (1 + t p) 2^n by V_SCALE2, n by V_ROUND")
     return "".join(f"\n *            {n}" for n in notes)
 
 
