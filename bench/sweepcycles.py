@@ -10,7 +10,7 @@ The prefixes are timed interleaved, round after round; medians and minima over r
     python bench/sweepcycles.py [--targets avx512 avx2] [--sizes 16K,64K,1M] [--algorithms three-pass-reload]
                                 [--rounds 15] [--op softmax]
 
-Noisy on a shared machine: compare within one run. Reference cycles (TSC) are at the base clock;
+x86-64 only (the TSC). Noisy on a shared machine: compare within one run. Reference cycles (TSC) are at the base clock;
 turbo makes core cycles a constant factor larger.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import tempfile
 
 import softgen
 from softgen.benchmark import parse_size, size_label
+from softgen.runtime import compiler_for, host_arch
 
 HARNESS = r"""
 #include <stdio.h>
@@ -77,7 +78,7 @@ def build(k, keep: int, d: str) -> str:
     path = os.path.join(d, f"{k.name}_{keep}")
     with open(path + ".c", "w") as f:
         f.write(HARNESS % {"kernel": src, "row": row})
-    subprocess.run(["cc", "-O3", "-w", *k.target.cflags, path + ".c", "-o", path, "-lm", "-lpthread"],
+    subprocess.run([*compiler_for(k.target), "-O3", "-w", *k.target.cflags, path + ".c", "-o", path, "-lm", "-lpthread"],
                    check=True)
     return path
 
@@ -92,6 +93,8 @@ def main() -> None:
     ap.add_argument("--schedule", action="append", default=[], metavar="KNOB=VALUE",
                     help="schedule knobs (repeatable), e.g. --schedule accumulators=4")
     a = ap.parse_args()
+    if host_arch() != "x86_64":
+        ap.error("the harness times with the x86 TSC (__rdtsc): x86-64 hosts only")
     sizes = [parse_size(s)[1] for s in a.sizes.split(",")]
     schedule = {kv.split("=")[0]: int(kv.split("=")[1]) if kv.split("=")[1].isdigit() else kv.split("=")[1]
                 for kv in a.schedule}
