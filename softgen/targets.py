@@ -47,7 +47,7 @@ VIRTUAL_ISA = {
 }
 # SCALE2: a*2^d for integer-valued d <= 0; vmath has a generic fallback. ROUND: a rounded to the
 # nearest integer (ties to even). A target with both gets vmath's scaled exp (render.vmath:
-# sg_exp_nonpos reconstructs e^x as (1 + t p) 2^n in one instruction, no magic-bias bit trick).
+# sg_exp_shifted reconstructs e^x as (1 + t p) 2^n in one instruction, no magic-bias bit trick).
 OPTIONAL_ISA = {"SCALE2": "a, d", "ROUND": "a"}
 # Non-temporal stores (schedule stream=True): STREAM(p, a) stores a whole vector at p, aligned to the
 # target's `stream_align` bytes (= 4 * lanes), bypassing the caches; FENCE() orders them before

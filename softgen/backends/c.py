@@ -25,7 +25,7 @@ from ..matrix import SweepPhase
 from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
-from ..passes import EXTEXP_F32_DOMAIN, plan
+from ..passes import EXTEXP_F32_DOMAIN, max_shifted, plan
 from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
@@ -271,7 +271,9 @@ def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: boo
         elif op == "materialize":
             expr = args[0]
         elif op == "exp" and p.attrs(v).get("nonpos"):
-            expr = f"sg_exp_nonpos({args[0]})"
+            # the scaled exp (one instruction fewer) where the sum of the terms is >= 1
+            shifted = scaled_exp(c.t) and max_shifted(p, v)
+            expr = f"sg_exp_{'shifted' if shifted else 'nonpos'}({args[0]})"
         elif op == "log1p" and p.attrs(v).get("unit"):
             expr = f"sg_log1p_unit({args[0]})"
         elif op in SCALED_C and p.attrs(v).get("scale", 1.0) != 1.0:
@@ -676,7 +678,7 @@ def _knob_note(s: Schedule, t: Target) -> str:
     if s.exp != EXP_DEFAULT:
         notes.append(f"exp variant {s.exp}")
     if scaled_exp(t):
-        notes.append("exp of x <= 0 in the scaled form: (1 + t p) 2^n by V_SCALE2, n by V_ROUND")
+        notes.append("exp of x - max x in the scaled form (sg_exp_shifted: (1 + t p) 2^n by V_SCALE2)")
     return "".join(f"\n *            {n}" for n in notes)
 
 
