@@ -10,7 +10,8 @@ The prefixes are timed interleaved, round after round; medians and minima over r
     python bench/sweepcycles.py [--targets avx512 avx2] [--sizes 16K,64K,1M] [--algorithms three-pass-reload]
                                 [--rounds 15] [--op softmax]
 
-x86-64 only (the TSC). Noisy on a shared machine: compare within one run. Reference cycles (TSC) are at the base clock;
+A sweep whose result is not a ``float sK`` scalar (the online pair) may be dropped by the compiler
+in its prefix build: then only the total is meaningful. x86-64 only (the TSC). Noisy on a shared machine: compare within one run. Reference cycles (TSC) are at the base clock;
 turbo makes core cycles a constant factor larger.
 """
 from __future__ import annotations
