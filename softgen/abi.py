@@ -262,6 +262,12 @@ class KernelABI:
         return error_docs(self.kind, name=name, max_n=self.max_n, requires=requires,
                           square=self.square, **rows)
 
+    @property
+    def matrix_index(self) -> str:
+        """The letter the docs use for a matrix of the batch: k, or b when a matrix is named k
+        (attention's keys)."""
+        return "b" if any(nm == "k" for nm, _ in self.matrices) else "k"
+
     def arg_docs(self) -> dict[str, str]:
         """What each argument of a matrix kernel means, for headers and manifests."""
         if self.kind == UNARY:
@@ -274,8 +280,9 @@ class KernelABI:
         docs = {}
         for role, mats in (("input", self.inputs), ("output", self.outputs)):
             for nm, (r, c) in mats:
-                docs[nm] = (f"{role}: batch matrices of {r} x {c} floats; row i of matrix k at "
-                            f"{nm} + (k*{r} + i)*ld{nm}" + ("; must not overlap the inputs"
+                b = self.matrix_index
+                docs[nm] = (f"{role}: batch matrices of {r} x {c} floats; row i of matrix {b} at "
+                            f"{nm} + ({b}*{r} + i)*ld{nm}" + ("; must not overlap the inputs"
                                                              if role == "output" else ""))
         docs["batch"] = "number of matrices (the product of the leading axes)"
         for d in self.dims:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .matrix import LoopPhase, MatMulPhase, MatrixProgram
+from .matrix import AttentionPhase, LoopPhase, MatMulPhase, MatrixProgram
 from .passes import plan
 
 
@@ -22,6 +22,10 @@ def matrix_plan_lines(mp: MatrixProgram) -> list[str]:
             if ph.mm.epilogue is not None:
                 lines.append("    fused epilogue (per output vector): "
                              + ", ".join(f"%{v} {ph.mm.epilogue.op(v)}" for v in ph.mm.epilogue.topo()))
+            continue
+        if isinstance(ph, AttentionPhase):
+            lines.append(f"  phase {k}: {ph.describe()}")
+            lines.append(f"    (replaces the rows phase: {', '.join(ph.program.op(v) for v in ph.program.topo())})")
             continue
         lines.append(f"  phase {k} ({ph.describe()}):")
         lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]

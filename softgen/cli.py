@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 
 from . import benchmark, machine, ops, passes, runtime, tunedb
@@ -39,7 +40,7 @@ class _Once(argparse.Action):
 def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op", default="softmax", help="op to generate (default: softmax; see 'softgen ops')")
     p.add_argument("--algorithm", default="auto",
-                   help="auto | three-pass-recompute | three-pass-reload | two-pass | online")
+                   help="auto | three-pass-recompute | three-pass-reload | two-pass | online (attention: three-phase | streaming)")
     p.add_argument("--target", default="host", help=(
         "host, a target from 'softgen targets', an architecture group (x86-64, aarch64: every ISA of "
         "it in one library, picked at load; SOFTGEN_ISA caps the pick) or a comma list of targets of "
@@ -58,6 +59,13 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=int, action=_Once,
                    help="schedule: rows of n >= SPLIT run in chunks (the split form; 0: never)")
     p.add_argument("--chunk", type=int, action=_Once, help="schedule: elements per chunk of a split row")
+    p.add_argument("--causal", action="store_true", help="attention: bottom-right causal mask (param causal=1)")
+    p.add_argument("--normalizer", action=_Once, help="attention: the normalizer (softmax today)")
+    p.add_argument("--br", type=int, action=_Once, help="attention schedule: query rows per block (streaming)")
+    p.add_argument("--bc", type=int, action=_Once, help="attention schedule: keys per block (streaming)")
+
+
+DEFAULT_OUTPUT = "softgen-out"   # softgen build's output directory (./build is setuptools')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,9 +77,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="machine-readable output")
     o = sub.add_parser("ops", help="list ops, their parameters and algorithms")
     o.add_argument("--json", action="store_true", help="machine-readable output")
-    b = sub.add_parser("build", help="generate, compile and export lib<name>.so + <name>.h + <name>.json")
+    b = sub.add_parser("build", help="generate, compile and export lib<name>.so + <name>.h + <name>.json "
+                                     "+ pkg-config and CMake package files",
+                       description="Export lib<name>.so, <name>.h, <name>.json, <name>.c, <name>.pc and "
+                                   "<name>Config.cmake/<name>ConfigVersion.cmake (imported target "
+                                   "softgen::<name>) into the output directory. The default name spells the "
+                                   "op, its parameters not at their defaults, the algorithm, target and schedule.",
+                       epilog="example: softgen build --op softmax --temperature 0.5 --static -o softgen-out/ "
+                              "&& PKG_CONFIG_PATH=softgen-out pkg-config --cflags --libs "
+                              "softgen_f32_softmax_scale2_auto__<target>_<schedule>")
     _kernel_args(b)
-    b.add_argument("-o", "--output", default="build", help="output directory (default: ./build)")
+    b.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
+                   help=f"output directory (default: ./{DEFAULT_OUTPUT}; not ./build, which setuptools uses)")
+    b.add_argument("--static", action="store_true", help="also write the static archive lib<name>.a "
+                   "(link it with -lpthread -lm; the CMake target softgen::<name>_static)")
+    b.add_argument("--force", action="store_true", help="replace a different kernel of the same name in the "
+                   "output directory (without it, build refuses; the same kernel again is always fine)")
     b.add_argument("--cc", help="C compiler command (default: $CC or cc)")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
     e = sub.add_parser("emit", help="print the generated C or TensorIR (or the assembly)")
@@ -173,8 +194,12 @@ def _params(args) -> dict:
             if key not in ops.get_op(args.op).choices:   # string-valued (e.g. variant=norm): the op checks it
                 raise UsageError(f"--param {key}: {val!r} is not a number") from None
             params[key] = val
-    for key in ("scale", "temperature"):
-        if getattr(args, key) is not None:
+    if getattr(args, "causal", False):
+        if "causal" in params:
+            raise UsageError("parameter causal given twice (--causal and --param causal=...)")
+        params["causal"] = 1
+    for key in ("scale", "temperature", "normalizer"):
+        if getattr(args, key, None) is not None:
             if key in params:
                 raise UsageError(f"parameter {key} given twice (--{key} and --param {key}=...)")
             params[key] = getattr(args, key)
@@ -182,8 +207,8 @@ def _params(args) -> dict:
 
 
 def _kernel(args):
-    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block", "split", "chunk")
-             if getattr(args, k) is not None}
+    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block", "split", "chunk", "br", "bc")
+             if getattr(args, k, None) is not None}
     return compile_kernel(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
                    schedule=sched or None, backend=args.backend, **_params(args))
 
@@ -211,7 +236,7 @@ def _cmd_targets(args) -> None:
 def _cmd_ops(args) -> None:
     rows = []
     for op in ops.OPS.values():
-        algs = ["direct"] if op.kind == "matrix" else \
+        algs = ["direct"] if op.kind != "row" else \
             passes.applicable_algorithms(ops.build_program(op.name))
         rows.append({"name": op.name, "kind": op.kind, "params": op.params, "doc": op.doc,
                      "algorithms": algs})
@@ -224,10 +249,29 @@ def _cmd_ops(args) -> None:
         print(f"{r['name']}({ps}){axes}\n    {r['doc']}\n    algorithms: {', '.join(r['algorithms'])}")
 
 
+def _progress():
+    """A stage printer for long builds when stderr is a terminal (``[  1.2s] stage`` lines),
+    else None (quiet: pipes, logs, CI)."""
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return None
+    if not tty:
+        return None
+    start = time.monotonic()
+
+    def say(line: str) -> None:
+        print(f"softgen: [{time.monotonic() - start:6.1f}s] {line}", file=sys.stderr, flush=True)
+    return say
+
+
 def _cmd_build(args) -> None:
+    say = _progress()
+    if say:
+        say(f"generating {args.op} for target {args.target} (backend {args.backend})")
     k = _kernel(args)
     try:
-        paths = k.export(args.output, cc=args.cc)
+        paths = k.export(args.output, cc=args.cc, static=args.static, overwrite=args.force, progress=say)
     except OSError as e:
         raise SoftgenError(f"cannot write to {args.output!r}: {e.strerror}") from None
     if not k.runnable:   # one line on stderr (--json keeps stdout pure JSON)
@@ -238,9 +282,11 @@ def _cmd_build(args) -> None:
     if args.json:
         print(paths["manifest"].read_text(), end="")
         return
+    if say:
+        say("done")
     print(f"{k.name}: {k.op} / {k.algorithm} / {k.target.name} / {k.schedule}")
     for key, p in paths.items():
-        print(f"  {key:<9} {p}")
+        print(f"  {key:<13} {p}")
 
 
 def _cmd_emit(args) -> None:

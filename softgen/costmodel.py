@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from .ir import OPS
 from .machine import LEVELS, Caches
-from .matrix import ColsPhase, MatMulPhase, MatrixProgram, SweepPhase
+from .matrix import AttentionPhase, ColsPhase, MatMulPhase, MatrixProgram, SweepPhase
 from .passes import SHORT, Plan, plan
 from .targets import Target
 
@@ -106,7 +106,7 @@ def matrix_cycles(mp: MatrixProgram, target: Target) -> tuple[str, str]:
     """The model's cycles per matrix of lowered matrix program ``mp`` as (a formula in its
     dimensions, the same in C of ``dim_<d>``): each rows phase's cheapest cycles/element (``cycles_per_element``
     over the cache levels, its sweeps' instructions and traffic) x its matrix's elements, a cols
-    phase's x its columns, each contraction's 2 M N K flops at 2 x lanes x ``ipc`` flops/cycle
+    phase's x its columns, each contraction's (an attention phase: its two) 2 M N K flops at 2 x lanes x ``ipc`` flops/cycle
     (one FMA per lane per instruction); loop bodies times their counts. "0" without ``[cost]``."""
     if not target.cost:
         return "0", "0"
@@ -115,6 +115,11 @@ def matrix_cycles(mp: MatrixProgram, target: Target) -> tuple[str, str]:
     for ph, times in (leaf for top in mp.phases for leaf in top.counted()):
         if isinstance(ph, MatMulPhase):
             key, c = tuple(sorted(ph.flops(mp.shape))), 2 * times / flops_per_cycle
+        elif isinstance(ph, AttentionPhase):   # its two products' flops (Q K^T, P V)
+            (LQ, D), (LK, _), DV = mp.shape(ph.q), mp.shape(ph.k), mp.shape(ph.v)[1]
+            pv = tuple(sorted((LQ, LK, DV)))
+            terms[pv] = terms.get(pv, 0.0) + 2 * times / flops_per_cycle
+            key, c = (LQ, LK, D), 2 * times / flops_per_cycle
         elif isinstance(ph, SweepPhase):
             R, C = mp.shape(ph.swept)
             key = (C,) if isinstance(ph, ColsPhase) else (R, C)

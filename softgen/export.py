@@ -14,10 +14,10 @@ import numpy as np
 
 from ._version import __version__
 from .abi import ECPU, ETHREADS, SELECTED
-from .errors import SoftgenError
+from .errors import SoftgenError, UsageError
 from .ops import get_op
 from .render import env
-from .runtime import build_shared, compiler_for, flags_for
+from .runtime import build_shared, build_static, compiler_for, flags_for
 from .targets import all_targets
 
 # Every function here takes ``k``, a ``softgen.Kernel`` (duck-typed: kernel sits above export and
@@ -96,11 +96,19 @@ def _measure_samples(k, op, inputs: list[tuple]) -> dict:
             "executed": "native" if k.runnable else k._entry(True).how}
 
 
-def export(k, directory, name: str | None = None, cc: str | None = None) -> dict:
-    """Write the library, header, manifest and source of ``k`` into ``directory``."""
+def export(k, directory, name: str | None = None, cc: str | None = None, *, static: bool = False,
+           overwrite: bool = True, progress=None) -> dict:
+    """Write the library, header, manifest, source, pkg-config file and CMake package config of
+    ``k`` into ``directory``; ``static``: the static archive ``lib<name>.a`` too. ``overwrite=False``
+    refuses (UsageError) to replace the files of a different kernel of the same name there (the
+    same kernel again is fine). ``progress``: called with a line per stage (compile, archive,
+    accuracy run), or None."""
     if name is not None and name != k.name:
         k = k.renamed(name)   # compile checks the name (kernel.check_name)
     out = Path(directory)
+    say = progress or (lambda line: None)
+    if not overwrite:
+        _check_replace(k, out)
     art = k.artifact   # what the backend generated: its source files ("source": <name>.c, ...)
     # a dispatcher's own source is its dispatch translation unit (C, whatever the backend); the
     # backend's files are its variants' (below)
@@ -113,10 +121,14 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         _variant_files(m, texts, f"_{m.target.name}")
     table = getattr(k, "dispatch", None)
     dispatch = [] if table is None else table.as_list()
-    paths = {"library": out / f"lib{k.name}.so", "header": out / f"{k.name}.h",
-             "manifest": out / f"{k.name}.json", **{key: out / fname for key, (fname, _) in texts.items()}}
+    paths = {"library": out / f"lib{k.name}.so", **({"static": out / f"lib{k.name}.a"} if static else {}),
+             "header": out / f"{k.name}.h", "manifest": out / f"{k.name}.json",
+             "pkgconfig": out / f"{k.name}.pc", "cmake": out / f"{k.name}Config.cmake",
+             "cmake_version": out / f"{k.name}ConfigVersion.cmake",
+             **{key: out / fname for key, (fname, _) in texts.items()}}
     # Everything that can fail (compiler, accuracy run) happens before the output directory is
     # touched, so a failed export leaves nothing behind.
+    say(f"compiling lib{k.name}.so ({len(k.sources())} file(s), target {k.target.name})")
     library = build_shared(k.sources(), k.target, cc=cc, file_targets=k.file_targets())
     params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
     kabi = k._abi
@@ -134,6 +146,8 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         isas=[_isa_doc(m) for m in members], arch=k.target.arch,
         mt_signature=kabi.mt_signature(k.name), threads_doc=k.explain_threads().removeprefix("threads (auto): "),
         known=", ".join(t.name for t in all_targets().values() if t.arch in (k.target.arch, "any")))
+    say("measuring accuracy against the float64 reference"
+        + ("" if k.runnable else " (emulated: this CPU cannot run the target; slow)"))
     try:
         accuracy = measure_accuracy(k)
     except SoftgenError as e:
@@ -179,7 +193,21 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         "files": {key: p.name for key, p in paths.items()},
     }
     files = {"library": library, "header": header, "manifest": json.dumps(manifest, indent=2) + "\n",
-             **{key: text for key, (_, text) in texts.items()}}
+             **_package_files(k, static), **{key: text for key, (_, text) in texts.items()}}
+    tmp = None
+    if static:   # archived in a temporary directory (removed whatever happens), then copied in
+        say(f"archiving lib{k.name}.a")
+        tmp = Path(tempfile.mkdtemp(prefix=".softgen-static-"))
+        try:
+            files["static"] = build_static(k.sources(), k.target, tmp / f"lib{k.name}.a", cc=cc,
+                                           file_targets=k.file_targets())
+            return _write(out, paths, files)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _write(out, paths, files)
+
+
+def _write(out: Path, paths: dict, files: dict) -> dict:
     # An unusable output path is a failure (OSError), not a usage error: the CLI exits 1. Files
     # are written into a temporary directory next to their place and renamed into it when all
     # are written, so a failed export leaves nothing behind.
@@ -202,6 +230,60 @@ def export(k, directory, name: str | None = None, cc: str | None = None) -> dict
         _remove_empty(out, missing[-1] if missing else None)
         raise
     return paths
+
+
+def _identity(op, params, algorithm, target, schedule, dispatch) -> dict:
+    return {"op": op, "params": params, "algorithm": algorithm, "target": target, "schedule": schedule,
+            "dispatch": dispatch}
+
+
+def _check_replace(k, out: Path) -> None:
+    """UsageError when ``out`` holds files of a kernel named ``k.name`` that is not ``k`` (another
+    op, parameters, algorithm, target, schedule or dispatch table, by its manifest), or holds
+    its library or header without a manifest (files of unknown origin)."""
+    manifest = out / f"{k.name}.json"
+    table = getattr(k, "dispatch", None)
+    mine = json.loads(json.dumps(_identity(k.op, k.params, k.algorithm, k.target.name, k.schedule.as_dict(),
+                                           None if table is None else table.as_list())))
+    if not manifest.exists():
+        there = [p.name for p in (out / f"lib{k.name}.so", out / f"lib{k.name}.a", out / f"{k.name}.h")
+                 if p.exists()]
+        if there:
+            raise UsageError(f"{out} already holds {', '.join(there)} without the manifest {manifest.name}: not "
+                             f"replacing files of unknown origin; pass --force (overwrite=True) to replace them")
+        return
+    try:
+        m = json.loads(manifest.read_text())
+        theirs = _identity(m["op"], m["params"], m["algorithm"], m["target"]["name"], m["schedule"],
+                           m.get("dispatch"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{manifest} exists and is not a softgen manifest ({type(e).__name__}: {e}); not "
+                         f"replacing it; pass --force (overwrite=True) to replace it") from None
+    if theirs != mine:
+        diff = "; ".join(f"{key}: {_short(theirs[key])} there, {_short(mine[key])} now" if key != "dispatch"
+                         else "its dispatch table differs" for key in mine if theirs[key] != mine[key])
+        raise UsageError(f"{out} already holds a different kernel named {k.name} ({diff}); pass --force "
+                         f"(overwrite=True) to replace it, or choose another --name or --output")
+
+
+def _short(v) -> str:
+    return ", ".join(f"{k}={x!r}" for k, x in v.items()) if isinstance(v, dict) else repr(v)
+
+
+_PROCESSORS = {"x86_64": "^(x86_64|AMD64|amd64|x64)$", "aarch64": "^(aarch64|arm64|ARM64)$"}
+
+
+def _package_files(k, static: bool) -> dict:
+    """The pkg-config file and the CMake package config (config and version files) of ``k``."""
+    params = ", ".join(f"{p}={v!r}" for p, v in k.params.items())
+    what = f"{k.op}({params}), algorithm {k.algorithm}, target {k.target.name}"
+    common = {"name": k.name, "version": __version__, "what": what, "static": static}
+    e = env()
+    return {"pkgconfig": e.get_template("pkgconfig.pc.j2").render(**common),
+            "cmake": e.get_template("cmake_config.cmake.j2").render(**common),
+            "cmake_version": e.get_template("cmake_version.cmake.j2").render(
+                **common, target=k.target.name, arch=k.target.arch, major=__version__.split(".")[0],
+                processors=_PROCESSORS.get(k.target.arch, ".*"))}
 
 
 def _variant_files(k, texts: dict, tag: str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from . import ops as _ops
 from .errors import UsageError
 from .kernel import compile as _compile
+from .ops.attention import check_normalizer
 
 
 @functools.lru_cache(maxsize=256)
@@ -60,4 +61,100 @@ def _make(op: str):
     return fn
 
 
+def _f32(name: str, a) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+        raise UsageError(f"attention: {name} must be a float32 NumPy array, got "
+                         f"{a.dtype if isinstance(a, np.ndarray) else type(a).__name__}")
+    if a.ndim < 2:
+        raise UsageError(f"attention: {name} must have at least 2 axes (..., L, d), got shape {a.shape}")
+    return a
+
+
+def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=None, scale=None,
+              kv_lengths=None, masked_rows: str = "nan", *, out: np.ndarray | None = None,
+              target: str = "host", backend: str = "c", algorithm: str = "auto", threads: int | None = None,
+              **params) -> np.ndarray:
+    """O = normalize(s Q K^T + mask) V (spec 10), float32: q (..., Hq, Lq, d), k (..., Hkv, Lk, d),
+    v (..., Hkv, Lk, dv) -> (..., Hq, Lq, dv); the leading axes are batch x heads (2-d arrays: one
+    head). Grouped-query attention: Hq a multiple of Hkv, query head h reads kv head
+    h // (Hq // Hkv). ``scale``: default 1/sqrt(d). ``causal``: bottom-right aligned (key j kept iff
+    j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
+    broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
+    the number of valid keys. Fully masked rows give NaN (spec 0), or 0 with masked_rows="zero".
+    ``normalizer``: softmax or stablemax today (other names raise a UsageError naming what is
+    supported). ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
+    three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
+    ``threads``: None/0 auto, N: the batch x heads matrices split across at most N threads.
+
+    The kernel is the attention matrix program (``softgen/ops/attention.py``); GQA repeats
+    k/v per query head, masks and kv_lengths become one float32 additive mask, and inputs that are
+    not a stack of equally strided matrices are copied (all noted in the README)."""
+    opdef = _ops.get_op("attention")
+    check_normalizer(normalizer)
+    if masked_rows not in ("nan", "zero"):
+        raise UsageError(f"attention: masked_rows must be 'nan' or 'zero', got {masked_rows!r}")
+    q, k, v = _f32("q", q), _f32("k", k), _f32("v", v)
+    if not (q.ndim == k.ndim == v.ndim):
+        raise UsageError(f"attention: q, k, v must have the same number of axes, got shapes {q.shape}, {k.shape}, "
+                         f"{v.shape}")
+    lq, d = q.shape[-2:]
+    lk = k.shape[-2]
+    if k.shape[-1] != d or v.shape[-2] != lk or k.shape[:-2] != v.shape[:-2]:
+        raise UsageError(f"attention: expected k (..., Lk, {d}) and v (..., Lk, dv) with the same leading axes, "
+                         f"got q {q.shape}, k {k.shape}, v {v.shape}")
+    if q.ndim >= 3:
+        hq, hkv = q.shape[-3], k.shape[-3]
+        if q.shape[:-3] != k.shape[:-3]:
+            raise UsageError(f"attention: q and k/v have different batch axes: {q.shape[:-3]} vs {k.shape[:-3]}")
+        if hkv == 0 or hq % hkv:
+            raise UsageError(f"attention: grouped-query attention needs Hq a multiple of Hkv, got Hq={hq}, "
+                             f"Hkv={hkv}")
+        if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
+            k, v = np.repeat(k, hq // hkv, axis=-3), np.repeat(v, hq // hkv, axis=-3)
+    elif kv_lengths is not None:
+        raise UsageError("attention: kv_lengths needs a heads axis (q of shape (..., H, Lq, d))")
+    lead, dv = q.shape[:-2], v.shape[-1]
+    add = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != bool and not np.issubdtype(m.dtype, np.floating):
+            raise UsageError(f"attention: mask must be boolean (True = keep) or float (additive), got {m.dtype}")
+        try:
+            m = np.broadcast_to(m, lead + (lq, lk))
+        except ValueError:
+            raise UsageError(f"attention: mask of shape {m.shape} does not broadcast to {lead + (lq, lk)}") from None
+        add = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == bool else m.astype(np.float32)
+    if kv_lengths is not None:
+        n = np.asarray(kv_lengths)
+        if not np.issubdtype(n.dtype, np.integer) or n.shape != q.shape[:-3] or (n < 0).any():
+            raise UsageError(f"attention: kv_lengths must be non-negative integers of shape {q.shape[:-3]} "
+                             f"(one per batch index), got {n.dtype} {n.shape}")
+        keep = np.arange(lk) < n.reshape(n.shape + (1, 1, 1))
+        pad = np.broadcast_to(np.where(keep, np.float32(0), np.float32(-np.inf)), lead + (lq, lk))
+        add = pad if add is None else add + pad
+    build = opdef.build_params_for_call(dict(params, head_dim=max(d, 1), scale=scale, causal=int(bool(causal)),
+                                             mask="none" if add is None else "additive", normalizer=normalizer), {})
+    kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
+                   tuple(sorted(_ops.resolve_params(opdef, build).items())))
+    nb = int(np.prod(lead, dtype=np.int64))
+    flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
+    if add is not None:
+        flat.append(np.ascontiguousarray(add).reshape((nb, lq, lk)))
+    o = kern(*flat, threads=threads).reshape(lead + (lq, dv))   # threads: the batch x heads split
+    if masked_rows == "zero":
+        dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
+        if causal:
+            dead = dead | (np.arange(lq) + (lk - lq) < 0)
+        if lk == 0:
+            dead[...] = True
+        o[dead] = 0.0
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.shape != o.shape or out.dtype != np.float32:
+            raise UsageError(f"attention: out must be a float32 array of shape {o.shape}")
+        np.copyto(out, o)
+        return out
+    return o
+
+
 FUNCTIONS = {op: _make(op) for op in _ops.OPS}
+FUNCTIONS["attention"] = attention

@@ -6,7 +6,7 @@ import ctypes
 import functools
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -34,7 +34,7 @@ from .ir import Program
 from .machine import caches
 from .matrix import MatMulPhase, MatrixProgram
 from .runtime import assembly, load_entry, open_shared
-from .schedule import GEMM_FIELDS, KNOB_DEFAULTS, GemmSchedule, Schedule, default_schedule
+from .schedule import ATTENTION_KNOBS, GEMM_FIELDS, KNOB_DEFAULTS, GemmSchedule, Schedule, default_schedule
 from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -479,9 +479,11 @@ class Kernel:
             return self.artifact.asm(cc)
         return "\n".join([*(v.asm(cc) for v in self.variants), assembly(self.source, self.target, cc)])
 
-    def export(self, directory, name: str | None = None, cc: str | None = None) -> dict:
-        """Write lib<name>.so, <name>.h, <name>.json (and <name>.c) into ``directory``."""
-        return aot.export(self, directory, name=name, cc=cc)
+    def export(self, directory, name: str | None = None, cc: str | None = None, *, static: bool = False,
+               overwrite: bool = True, progress=None) -> dict:
+        """Write lib<name>.so, <name>.h, <name>.json, <name>.c, <name>.pc and <name>Config.cmake
+        (+ ConfigVersion) into ``directory``; ``static``: lib<name>.a too (``export.export``)."""
+        return aot.export(self, directory, name=name, cc=cc, static=static, overwrite=overwrite, progress=progress)
 
     def renamed(self, name: str) -> "Kernel":
         sched = None if self.tuned else self.schedule
@@ -632,7 +634,7 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
         return _compile_isa_group(be, opdef, target_group(target), algorithm, name, schedule, params)
     t = get_target(target)
     program = _ops.build_program(opdef.name, **params)     # the op's IR, its parameters validated
-    if opdef.kind == "matrix":
+    if opdef.kind != "row":      # matrix programs ("matrix", "attention")
         return _compile_matrix(be, opdef, program, t, algorithm, name, schedule)
     alg = choose_algorithm(program, t.name, algorithm)     # validated once, here
     sched = _schedule(t, schedule)
@@ -653,7 +655,7 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     tuned_policy = {"threads": policy} if tuned and be.thread_policy else {}   # else generate takes the model's
     sparse = "_sparse" if lowered.op(lowered.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_{passes.SHORT[alg]}__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     art = be.generate(lowered, t, sched, kname, op=opdef.name, algorithm=alg, params=program.params,
                       **tuned_policy)
     return Kernel(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
@@ -668,7 +670,7 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
     translation unit (``softgen.dispatch``) picks one per call by ``table``."""
     sparse = "_sparse" if program.op(program.output()) == "output_selected" else ""
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     variants, symbols = [], {}
     per_alg = {}
     for alg, _ in table.variants:
@@ -711,15 +713,43 @@ def _schedule(t: Target, schedule) -> Schedule:
     raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
 
 
+def _attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, schedule) -> tuple:
+    """(algorithm, AttentionSchedule or None, the schedule without br/bc) of a matrix op: the
+    attention form's algorithms are "three-phase" (its phases as written) and "streaming"
+    (``passes.stream_attention``; auto picks it where it applies and the backend streams)."""
+    if passes.attention_form(program, softmax_rows=False) is None:
+        if algorithm not in ("auto", "direct"):
+            raise UsageError(f"matrix op {program.name!r} has one algorithm, 'direct' (its phases); "
+                             f"got {algorithm!r}")
+        return "direct", None, schedule
+    if algorithm not in ("auto", "three-phase", "streaming"):
+        raise UsageError(f"op {program.name!r} has the algorithms 'three-phase' and 'streaming' (auto: streaming); "
+                         f"got {algorithm!r}")
+    alg = "three-phase" if algorithm == "three-phase" else "streaming"
+    why = passes.streamable(program)
+    if alg == "streaming" and why and algorithm == "streaming":
+        raise UsageError(f"{program.name}: no streaming form yet for this normalizer (the rewrite streams softmax: "
+                         f"{why}); use algorithm='three-phase'")
+    if alg == "streaming" and not be.streams_attention and algorithm == "streaming":
+        raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
+    if why or not be.streams_attention:
+        alg = "three-phase"
+    given = dict(schedule.as_dict() if isinstance(schedule, Schedule) else schedule or {})
+    blocks = {k: given.pop(k) for k in ATTENTION_KNOBS if k in given}
+    return alg, blocks, (given or None) if not isinstance(schedule, Schedule) else schedule
+
+
 def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algorithm: str, name,
                     schedule) -> Kernel:
-    if algorithm not in ("auto", "direct"):
-        raise UsageError(f"matrix op {opdef.name!r} has one algorithm, 'direct' (its phases); "
-                         f"got {algorithm!r}")
+    alg, blocks, schedule = _attention_algorithm(be, program, algorithm, schedule)
     given = {k: v for k, v in schedule.items() if k in GEMM_FIELDS} if isinstance(schedule, dict) else {}
     sched = _schedule(t, {k: v for k, v in schedule.items() if k not in GEMM_FIELDS}
                       if isinstance(schedule, dict) else schedule)
-    lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
+    if alg == "streaming":
+        ablk = replace(t.attention, **blocks).validate()
+        lowered = passes.stream_attention(program, ablk.br, ablk.bc)
+    else:
+        lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
     has_gemm = any(isinstance(ph, MatMulPhase) for ph in lowered.leaves())
     gemm, why = None, ""
     if given:
@@ -730,13 +760,14 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
         gemm, why = tuned_gemm(program, t, be.name)
     tuned = bool(why)
     gemm = None if gemm == t.gemm and not tuned else gemm
+    short = {"direct": "", "three-phase": "_3ph", "streaming": "_stream"}[alg]
     kname = check_name(name) if name is not None else \
-        f"softgen_f32_{opdef.name}__{t.name}_{sched.tag(t.lanes)}" \
+        f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{short}__{t.name}_{sched.tag(t.lanes)}" \
         f"{'' if gemm is None or gemm == t.gemm else '_' + gemm.tag(t.lanes)}{be.suffix}"
     art = be.generate_matrix(lowered, t, sched, kname, op=opdef.name, params=program.params,
                              **({} if gemm is None else {"gemm": gemm}))
     cls = MatrixKernel if lowered.abi().style == "general" else Kernel
-    return cls(op=opdef.name, algorithm="direct", target=t, schedule=sched, name=kname,
+    return cls(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
                wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why,
                thread_policy=matrix_thread_policy(lowered, t))
@@ -771,11 +802,14 @@ def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, n
                          f"machine code per target, not C; compile one target at a time")
     gname = group.name.replace("-", "_").replace(",", "_")
     program = _ops.build_program(opdef.name, **params)
-    sparse = "_sparse" if opdef.kind != "matrix" and program.op(program.output()) == "output_selected" else ""
+    sparse = "_sparse" if opdef.kind == "row" and program.op(program.output()) == "output_selected" else ""
     short = "auto" if passes.ALIASES.get(algorithm, algorithm) == "auto" else passes.SHORT.get(
         passes.ALIASES.get(algorithm, algorithm), algorithm.replace("-", "_"))
-    kname = check_name(name) if name is not None else f"softgen_f32_{opdef.name}{sparse}_{short}__{gname}{be.suffix}"
     longest = max(group.names, key=len)
+    kname = check_name(name) if name is not None else next(   # members' names fit in 64: a hashed tag if need be
+        n for limit in (32, 0) for n in [f"softgen_f32_{opdef.name}{opdef.name_tag(program.params, limit)}{sparse}"
+                                         f"_{short}__{gname}{be.suffix}"]
+        if limit == 0 or len(isa_member_name(n, longest)) <= 64)
     if len(isa_member_name(kname, longest)) > 64:
         raise UsageError(f"kernel name {kname!r} is too long for a library spanning ISAs: its members are "
                          f"named <name>__<isa> (e.g. {isa_member_name(kname, longest)!r}), at most 64 characters")

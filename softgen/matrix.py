@@ -224,6 +224,44 @@ class MatMulPhase(Phase):
 
 
 @dataclass
+class AttentionPhase(Phase):
+    """The streaming (flash-style) form of ``S = scale * q @ k^T; rows of S normalised (masked
+    softmax); o = S @ v`` (``passes.stream_attention``): per block of ``br`` query rows, one sweep
+    over blocks of ``bc`` keys holding per-row state (running max m, sum l) and the br x dv
+    accumulator, rescaled by e^(m - m') when m grows (online softmax, spec 3 and 10); no Lq x Lk
+    matrix. ``program``: the rows program it replaces (the normalizer, kept for plans and
+    explain). ``causal``: keys above the bottom-right diagonal dropped (blocks entirely above it
+    are skipped); ``mask``: an additive mask matrix of S's shape, or None."""
+    q: str
+    k: str
+    v: str
+    o: str
+    scale: float
+    program: Program
+    causal: bool = False
+    mask: str | None = None
+    normalizer: str = "softmax"
+    br: int = 4
+    bc: int = 64
+    kind = "attention"
+
+    def matrices_read(self) -> set[str]:
+        return {self.q, self.k, self.v} | ({self.mask} if self.mask else set())
+
+    def matrices_written(self) -> set[str]:
+        return {self.o}
+
+    def traffic(self, plan) -> tuple[int, int, int, int]:
+        return 0, 0, 1, 1     # one sweep over the keys, one exp per score; its flops are the two GEMMs'
+
+    def describe(self) -> str:
+        masks = "".join([" + " + self.mask if self.mask else "", ", causal" if self.causal else ""])
+        return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
+                f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row m, l and a "
+                f"{self.br} x dv accumulator, rescaled by e^(m - m')")
+
+
+@dataclass
 class LoopPhase(Phase):
     """``body`` repeated ``count`` times; ``swaps``: pairs of scratch matrices exchanged after
     every iteration."""
@@ -418,7 +456,7 @@ class MatrixProgram:
                     vecs |= v2
                     scalars |= s2
                 continue
-            if not isinstance(ph, (SweepPhase, MatMulPhase)):
+            if not isinstance(ph, (SweepPhase, MatMulPhase, AttentionPhase)):
                 raise IRError(f"{self.name}: unknown phase kind {ph.kind!r}")
             for nm in ph.matrices_named():
                 self.shape(nm)
@@ -442,6 +480,8 @@ class MatrixProgram:
                 if not all(isinstance(v, float) and math.isfinite(v) for v in (mm.alpha, mm.beta)):
                     raise IRError(f"{self.name}: matmul alpha and beta must be finite floats")
                 p = mm.epilogue
+            elif isinstance(ph, AttentionPhase):
+                p = None      # its program is the rows phase it replaced, checked there
             else:
                 p = ph.program
             if p is not None:

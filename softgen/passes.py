@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .ir import PAIR, ROW, SCALAR, IRError, Program
-from .matrix import MatMul, MatMulPhase, RowsPhase, SweepPhase, map_phases, written_by
+from .matrix import AttentionPhase, MatMul, MatMulPhase, RowsPhase, SweepPhase, map_phases, written_by
 from .numerics.constants import EXTEXP_DOMAIN
 
 # Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
@@ -262,6 +262,23 @@ def annotate_ranges(p: Program) -> Program:
         (a,) = p.args(v)
         p.attrs(v)["unit"] = p.op(a) == "exp" and p.attrs(a)["nonpos"]
     return p
+
+
+def max_shifted(p: Program, v: int) -> bool:
+    """Whether exp node ``v`` is e^(s (x - max x)), s > 0, of its row x (the max from reduce_max
+    or the online pair's m): its largest term is exactly e^0 = 1, so a sum of its terms is >= 1
+    and its tiny terms may be subnormal (backends: vmath.h.j2 sg_exp_shifted) without making a
+    reciprocal of the sum overflow."""
+    (a,) = p.args(v)
+    if p.op(a) == "mul" and (p.const_value(p.args(a)[1]) or 0) > 0:
+        a = p.args(a)[0]
+    if p.op(a) != "sub":
+        return False
+    x, m = p.args(a)
+    if p.op(m) == "reduce_max":
+        return p.args(m) == (x,)
+    return (p.op(m) == "item" and p.attrs(m)["index"] == 0 and p.op(p.args(m)[0]) == "reduce_online"
+            and p.args(p.args(m)[0]) == (x,))
 
 
 def _nonneg(p: Program, v: int) -> bool:
@@ -544,4 +561,66 @@ def lower_matrix(mp, epilogues: bool = False):
     fused = sum(isinstance(ph, MatMulPhase) and ph.mm.epilogue is not None for ph in out.leaves())
     out.notes = mp.notes + [f"{before} phases -> {after} after fusing consecutive rows phases"
                             + (f" ({fused} into GEMM epilogues)" if fused else "")]
+    return out.validate()
+
+
+# -- attention: the three-phase form -> the streaming form ----------------------------------------
+
+MATRIX_ALGORITHMS = ("direct", "three-phase", "streaming")   # "direct" = a program's phases as written
+
+
+def _softmax_rows(p: Program) -> bool:
+    """Whether rows program ``p`` is a (masked) softmax: one reduce_max, one exp, one reduce_sum
+    and the multiply by its reciprocal, no other reduction, emitted value or column state. The
+    masks it may hold (matrow: an additive mask; row_index/index: the causal diagonal) are what
+    the streaming form applies to each score block."""
+    ops = [p.op(v) for v in p.nodes()]
+    reds = sorted(op for v, op in zip(p.nodes(), ops) if p.kind(v) in ("reduce", "colreduce", "mreduce", "emit"))
+    return reds == ["reduce_max", "reduce_sum"] and ops.count("exp") == 1 and "recip" in ops \
+        and p.op(p.args(p.output())[0]) == "mul"
+
+
+def attention_form(mp, softmax_rows: bool = True):
+    """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
+    a masked softmax, the form that streams today) and ``O = S @ V`` (nn), with S scratch:
+    (first matmul, rows phase, second matmul), else None."""
+    ph = mp.phases
+    if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
+                            and isinstance(ph[2], MatMulPhase)):
+        return None
+    a, r, b = ph
+    s = a.mm.dst
+    if not (a.mm.layout == "nt" and a.mm.beta == 0.0 and a.mm.epilogue is None and mp.role(s) == "scratch"
+            and r.over == r.into == s and b.mm.layout == "nn" and b.mm.a == s and b.mm.beta == 0.0
+            and b.mm.epilogue is None and b.mm.dst in mp.outputs and (not softmax_rows or _softmax_rows(r.program))
+            and len(r.program.matrices()) <= 1):
+        return None
+    return a, r, b
+
+
+def streamable(mp) -> str:
+    """Why the streaming rewrite does not apply to matrix program ``mp`` ("" if it does)."""
+    return "" if attention_form(mp) is not None else \
+        "not the three-phase attention form (S = a Q K^T; a masked softmax over S; O = S V)"
+
+
+def stream_attention(mp, br: int, bc: int):
+    """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax over
+    key blocks of ``bc``, query blocks of ``br``; spec 3, 10): the scratch S is gone. The masks
+    come from the rows program: its ``matrow`` matrix (additive mask), its ``row_index`` (the
+    causal diagonal). Other normalizers stream later through the same phase (its ``normalizer``)."""
+    form = attention_form(mp)
+    if form is None:
+        raise UsageError(f"{mp.name}: the streaming rewrite needs {streamable(mp)[4:]}")
+    a, r, b = form
+    p = r.program
+    out = mp.like()
+    del out.scratch_mats[a.mm.dst]
+    mask = (p.matrices() or [None])[0]
+    out.phases = [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
+                                 causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc)]
+    out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked softmax rows; "
+                            f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
+                            f"(query blocks of {br}): online softmax state m, l per row, the accumulator "
+                            f"rescaled by e^(m - m'); no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]
     return out.validate()

@@ -472,3 +472,114 @@ def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float 
         for _ in range(int(n_iter)):
             v = 2 * v - v @ a @ v
     return np.where(bad, np.nan, v)
+
+
+# -- attention (section 10) -----------------------------------------------------------------------
+
+ATTENTION_NORMALIZERS = ("softmax", "stablemax")   # the oracles' normalizers today (spec 10's others: next slices)
+
+
+def _attention_scores(q, k, scale, causal, mask, kv_lengths):
+    """s Q K^T with the masks applied as -inf (spec 0, 10), float64, shape (..., Hq, Lq, Lk).
+
+    q (..., Hq, Lq, d), k (..., Hkv, Lk, d) with Hq a multiple of Hkv: query head h reads kv head
+    h // (Hq // Hkv) (grouped-query attention, as torch). 2-d q/k: one head. ``causal``: query i
+    attends key j iff j <= i + Lk - Lq (bottom-right aligned). ``mask``: boolean keep-mask (True =
+    keep) or additive float mask, broadcastable to (..., Lq, Lk). ``kv_lengths``: per batch index
+    (q's leading axes before the head axis) the number of valid keys, keys j >= length masked."""
+    q, k = _rows(q), _rows(k)
+    if q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3]:
+        hq, hkv = q.shape[-3], k.shape[-3]
+        if hkv == 0 or hq % hkv:
+            raise ValueError(f"query heads {hq} are not a multiple of key/value heads {hkv}")
+        k = np.repeat(k, hq // hkv, axis=-3)
+    lq, lk = q.shape[-2], k.shape[-2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = scale * (q @ np.swapaxes(k, -1, -2))
+    if causal:
+        i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+        s = np.where(j <= i + (lk - lq), s, -np.inf)
+    if mask is not None:
+        m = np.asarray(mask)
+        with np.errstate(invalid="ignore"):
+            s = np.where(m, s, -np.inf) if m.dtype == bool else s + m.astype(np.float64)
+    if kv_lengths is not None:
+        n = np.asarray(kv_lengths).reshape(np.shape(kv_lengths) + (1,) * (s.ndim - np.ndim(kv_lengths)))
+        s = np.where(np.arange(lk) < n, s, -np.inf)
+    return s
+
+
+def _repeat_kv(q, v):
+    v = _rows(v)
+    if np.ndim(q) >= 3 and v.ndim >= 3 and np.shape(q)[-3] != v.shape[-3]:
+        v = np.repeat(v, np.shape(q)[-3] // v.shape[-3], axis=-3)
+    return v
+
+
+def _masked_rows(s) -> np.ndarray:
+    """Rows whose every score is -inf (fully masked), as (..., Lq, 1)."""
+    return np.all(s == -np.inf, axis=-1, keepdims=True)
+
+
+def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
+              normalizer: str = "softmax", kv_lengths=None, masked_rows: str = "nan",
+              return_lse: bool = False):
+    """O = normalize(s Q K^T + mask) V (spec 10), three-phase in float64; s = 1/sqrt(d) by default.
+    A fully masked row is NaN (spec 0), or 0 with ``masked_rows="zero"`` (the convention of fused
+    SDPA backends). ``return_lse``: also the per-row log-sum-exp of the masked scores
+    (M + log l; -inf for a fully masked row, NaN for a NaN row)."""
+    if normalizer not in ATTENTION_NORMALIZERS:
+        raise ValueError(f"attention normalizer {normalizer!r}: the oracle has {ATTENTION_NORMALIZERS}")
+    if masked_rows not in ("nan", "zero"):
+        raise ValueError(f"masked_rows must be 'nan' or 'zero', got {masked_rows!r}")
+    if return_lse and normalizer != "softmax":
+        raise ValueError("return_lse: the log-sum-exp is softmax's")
+    s = _attention_scores(q, k, scale, causal, mask, kv_lengths)
+    v = _repeat_kv(q, v)
+    p = softmax(s) if normalizer == "softmax" else stablemax(s)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        o = p @ v if s.shape[-1] else np.zeros(s.shape[:-1] + v.shape[-1:])
+        if masked_rows == "zero":
+            o = np.where(_masked_rows(s), 0.0, o)
+        if not return_lse:
+            return o
+        d, tot = _shifted(s, 1.0, None)
+        m = np.max(s, axis=-1) if s.shape[-1] else np.full(s.shape[:-1], -np.inf)
+        lse = np.where(m == -np.inf, -np.inf, m + np.log(tot[..., 0]))
+    return o, lse
+
+
+def attention_online_softmax(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
+                             kv_lengths=None, masked_rows: str = "nan", block: int = 16,
+                             return_lse: bool = False):
+    """The streaming (flash-style) form of ``attention`` with softmax (spec 3, 10), in float64:
+    per query row a running max m, sum l and accumulator acc[dv] over key blocks of ``block``,
+    acc <- acc e^{m - m'} + e^{s - m'} V_blk; O = acc / l. Equal to ``attention`` to 1e-12.
+    While every score so far is -inf (m' = -inf) the block adds nothing (its terms are e^{-inf}
+    = 0), so a row only becomes NaN from a NaN / +inf score or by being fully masked (l = 0)."""
+    if masked_rows not in ("nan", "zero"):
+        raise ValueError(f"masked_rows must be 'nan' or 'zero', got {masked_rows!r}")
+    s = _attention_scores(q, k, scale, causal, mask, kv_lengths)
+    v = _repeat_kv(q, v)
+    lead, lk = s.shape[:-1], s.shape[-1]
+    m = np.full(lead, -np.inf)
+    l = np.zeros(lead)
+    acc = np.zeros(lead + v.shape[-1:])
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for lo in range(0, lk, block):
+            sb, vb = s[..., lo:lo + block], v[..., lo:lo + block, :]
+            m2 = np.maximum(m, np.max(sb, axis=-1))          # NaN propagates
+            live = m2 != -np.inf                              # else: nothing seen yet
+            m2s = np.where(live, m2, 0.0)
+            alpha = np.where(live, np.exp(m - m2s), 1.0)
+            e = np.where(live[..., None], np.exp(sb - m2s[..., None]), 0.0)
+            l = l * alpha + e.sum(-1)
+            acc = acc * alpha[..., None] + e @ vb
+            m = m2
+        o = acc / l[..., None]
+        if masked_rows == "zero":
+            o = np.where((m == -np.inf)[..., None], 0.0, o)
+        lse = np.where(m == -np.inf, -np.inf, m + np.log(l))
+    return (o, lse) if return_lse else o

@@ -437,6 +437,50 @@ def build_shared(source: str | dict, target: Target, *, emulate: bool = False, c
     return lib
 
 
+
+def build_static(source: dict, target: Target, dest: Path, *, cc: str | None = None,
+                 file_targets: dict | None = None) -> Path:
+    """Compile the C files of ``source`` (file name -> C text / object bytes, as ``build_shared``
+    takes) each to an object with the flags ``build_shared`` uses (its file's own, for a
+    multi-ISA library), and archive them, with the object files given, into the static library
+    ``dest`` (``$AR``, else ``ar``). Version scripts have no meaning in an archive: dropped (the
+    archive holds one object, like the shared library one unit: the objects partially linked
+    (``cc -r``), then every symbol but the entry points made local (``objcopy --localize-hidden``,
+    and ``-G`` for each global of the version script): the thread pool's weak shared symbols and
+    the variants' entry points resolve inside the archive, so two softgen archives link into one
+    program without clashing, each with its own pool, as two shared libraries would."""
+    tools = {}
+    for tool, env_var in (("ar", "AR"), ("objcopy", "OBJCOPY")):
+        argv = shlex.split(os.environ.get(env_var) or tool)
+        if not argv or shutil.which(argv[0]) is None:
+            raise BuildError(f"no {tool} for a static library: {argv[0] if argv else '$' + env_var} not found "
+                             f"(install binutils or set {env_var})")
+        tools[tool] = argv
+    argv0, flags = compiler_for(target, cc), flags_for(target)
+    ff = file_flags_for(file_targets)
+    keep = []
+    with tempfile.TemporaryDirectory(prefix="softgen-static-") as tmp:
+        objs = []
+        for fname, data in source.items():
+            if fname.endswith(".map"):   # "{ global: a; b; local: *; };": the symbols kept global
+                text = data if isinstance(data, str) else data.decode()
+                keep += [s.strip() for s in text.split("global:", 1)[1].split("local:", 1)[0].split(";") if s.strip()]
+                continue
+            path = Path(tmp) / fname
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
+            if path.suffix == ".c":
+                obj = path.with_name(path.name + ".o")
+                _run([*argv0, *flags, *ff.get(fname, ()), "-c", "-o", str(obj), str(path)], "C compiler")
+                path = obj
+            objs.append(path)
+        one = Path(tmp) / (dest.name.removeprefix("lib").removesuffix(".a") + ".o")
+        _run([*argv0, "-r", "-nostdlib", "-o", str(one), *map(str, objs)], "C compiler (partial link)")
+        _run([*tools["objcopy"], "--localize-hidden", *(f"-G{s}" for s in keep), str(one)], "objcopy")
+        out = Path(tmp) / dest.name
+        _run([*tools["ar"], "rcs", str(out), str(one)], "the archiver")
+        shutil.copyfile(out, dest)
+    return dest
+
 def open_shared(source: str | dict, target: Target, *, emulate: bool = False, cc: str | None = None,
                 symbols: tuple[str, ...] = (), file_targets: dict | None = None) -> ctypes.CDLL:
     """``build_shared`` and load the library, which must export ``symbols``; a cached library

@@ -196,3 +196,28 @@ class GemmSchedule:
 
 
 GEMM_FIELDS = ("mr", "nv", "kc", "nc", "ku")
+ATTENTION_KNOBS = ("br", "bc")
+ATTENTION_MAX_BLOCK = 4096   # br * bc floats of scores live on the stack (16 KiB at most)
+
+
+@dataclass(frozen=True)
+class AttentionSchedule:
+    """The streaming attention form's blocks: ``br`` query rows per block (small for decoding,
+    Lq = 1..16), ``bc`` keys per block (the score block br x bc stays in L1). Per-target defaults
+    in ``targets/*.toml`` ``[attention]``; ``compile("attention", schedule={"br": .., "bc": ..})``
+    overrides them."""
+    br: int = 4
+    bc: int = 64
+
+    def validate(self) -> "AttentionSchedule":
+        for k in ATTENTION_KNOBS:
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= ATTENTION_MAX_BLOCK:
+                raise UsageError(f"attention schedule {k} must be an integer in [1, {ATTENTION_MAX_BLOCK}], got {v!r}")
+        if self.br * self.bc > ATTENTION_MAX_BLOCK:
+            raise UsageError(f"attention schedule br * bc ({self.br} * {self.bc}) exceeds {ATTENTION_MAX_BLOCK} floats "
+                             f"(the score block lives on the stack)")
+        return self
+
+    def __str__(self) -> str:
+        return f"br={self.br} bc={self.bc}"

@@ -26,7 +26,7 @@ from ._data import data_dir
 from .errors import UsageError
 from .ir import OPS
 from .passes import ALGORITHMS
-from .schedule import GemmSchedule, Schedule
+from .schedule import AttentionSchedule, GemmSchedule, Schedule
 
 # The virtual ISA every target implements: macro name -> parameter list. Templates use only these
 # (as V_<NAME>), so a new ISA is a new data file. Semantics all targets must honour:
@@ -45,7 +45,10 @@ VIRTUAL_ISA = {
     "ISET1": "s", "IADD": "a, b", "ISUB": "a, b", "IAND": "a, b", "SRA": "a, n", "CVT": "a",
     "HSUM": "a", "HMAX": "a", "ANY": "m",
 }
-OPTIONAL_ISA = {"SCALE2": "a, d"}  # a*2^d for integer-valued d <= 0; vmath has a generic fallback
+# SCALE2: a*2^d for integer-valued d <= 0; vmath has a generic fallback. ROUND: a rounded to the
+# nearest integer (ties to even). A target with both gets vmath's scaled exp (render.vmath:
+# sg_exp_shifted reconstructs e^x as (1 + t p) 2^n in one instruction, no magic-bias bit trick).
+OPTIONAL_ISA = {"SCALE2": "a, d", "ROUND": "a"}
 # Non-temporal stores (schedule stream=True): STREAM(p, a) stores a whole vector at p, aligned to the
 # target's `stream_align` bytes (= 4 * lanes), bypassing the caches; FENCE() orders them before
 # later stores. A target has both and stream_align, or none; only kernels that stream define them.
@@ -91,6 +94,8 @@ class Target:
     def streams(self) -> bool:
         """Whether the target has non-temporal stores (``[isa] STREAM``, ``FENCE``)."""
         return bool(self.stream_align)
+    # [attention] (optional): the streaming attention form's default blocks br, bc
+    attention: AttentionSchedule = field(default_factory=AttentionSchedule)
 
     @property
     def runnable(self) -> bool:
@@ -258,13 +263,16 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    cross_cc=tuple(d.get("cross_cc", ())), emulator=tuple(d.get("emulator", ())),
                    hwcaps=_hwcaps(f, d.get("hwcaps", {})),
                    extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d},
-                   cost=_cost(f, d.get("cost", {})), stream_align=stream_align)
+                   cost=_cost(f, d.get("cost", {})), stream_align=stream_align,
+                   attention=AttentionSchedule(**_table(f, d, "attention", ("br", "bc")))
+                   if "attention" in d else AttentionSchedule())
     except KeyError as e:
         raise UsageError(f"target file {f} lacks key {e}") from None
     try:
         t.gemm.validate(t)
+        t.attention.validate()
     except UsageError as e:
-        raise UsageError(f"target file {f}: table [gemm]: {e}") from None
+        raise UsageError(f"target file {f}: table [gemm] or [attention]: {e}") from None
     try:
         cpu_check(t)   # a library must be able to check its features
     except KeyError as e:
@@ -398,7 +406,7 @@ def _group_target(name: str, arch: str, members: tuple[Target, ...]) -> Target:
                   header="", simde_header=(), fma=base.fma, llvm={}, types={}, isa={},
                   host_rank=members[0].host_rank, vector_registers=base.vector_registers,
                   auto_algorithms=members[0].auto_algorithms, schedule=members[0].schedule,
-                  gemm=base.gemm, cross_cc=native.cross_cc, emulator=native.emulator,
+                  gemm=base.gemm, attention=members[0].attention, cross_cc=native.cross_cc, emulator=native.emulator,
                   hwcaps={**native.hwcaps, **base.hwcaps}, extra=dict(native.extra))
 
 

@@ -91,7 +91,7 @@ def test_the_cli_and_export_take_a_third_backend(toy, tmp_path, capsys):
     assert "need --backend tvm" in capsys.readouterr().err
     k = softgen.compile("softmax", algorithm="online", target="scalar", backend="toy", name="toy_sm")
     paths = k.export(tmp_path)
-    assert sorted(paths) == ["header", "library", "manifest", "source"]
+    assert sorted(paths) == ["cmake", "cmake_version", "header", "library", "manifest", "pkgconfig", "source"]
     manifest = json.loads(paths["manifest"].read_text())
     assert manifest["backend"] == "toy" and manifest["files"]["source"] == "toy_sm.c"
     assert paths["source"].read_text() == k.source

@@ -127,15 +127,16 @@ def _manifest_ok(path: Path, op: str, algorithm: str, target: str) -> dict:
 
 def test_build_defaults(tmp_path):
     out = ok(sg("build", cwd=tmp_path))
-    files = sorted(p.name for p in (tmp_path / "build").iterdir())
+    assert not (tmp_path / "build").exists()          # setuptools' directory: not softgen's default
+    files = sorted(p.name for p in (tmp_path / "softgen-out").iterdir())
     libs = [f for f in files if f.startswith("lib") and f.endswith(".so")]
     assert len(libs) == 1
     name = libs[0][3:-3]
     assert {f"{name}.h", f"{name}.json", f"{name}.c"} <= set(files)
     assert name.startswith("softgen_f32_softmax_") and f"__{HOST}_" in name
     assert out.startswith(f"{name}: softmax / ")
-    assert f"build/lib{name}.so" in out
-    m = _manifest_ok(tmp_path / "build" / f"{name}.json", "softmax",
+    assert f"softgen-out/lib{name}.so" in out
+    m = _manifest_ok(tmp_path / "softgen-out" / f"{name}.json", "softmax",
                      softgen.compile("softmax", target="host").algorithm, HOST)
     assert m["accuracy"]["executed"] == "native"
 
@@ -147,7 +148,8 @@ def test_build_avx512_cross(tmp_path):
     assert out.startswith("my_softmax: softmax / two-pass / avx512 / ")
     d = tmp_path / "out"
     assert sorted(p.name for p in d.iterdir()) == \
-        ["libmy_softmax.so", "my_softmax.c", "my_softmax.h", "my_softmax.json"]
+        ["libmy_softmax.so", "my_softmax.c", "my_softmax.h", "my_softmax.json", "my_softmax.pc",
+         "my_softmaxConfig.cmake", "my_softmaxConfigVersion.cmake"]
     m = _manifest_ok(d / "my_softmax.json", "softmax", "two-pass", "avx512")
     assert m["target"]["lanes"] == 16
     assert m["traffic"]["bytes_per_element"] == 12

@@ -77,10 +77,12 @@ def test_files_symbols_and_manifest(exported, case):
     k, paths = exported(*case)
     d = paths["library"].parent
     assert sorted(p.name for p in d.iterdir()) == \
-        sorted([f"lib{k.name}.so", f"{k.name}.h", f"{k.name}.json", f"{k.name}.c"])
+        sorted([f"lib{k.name}.so", f"{k.name}.h", f"{k.name}.json", f"{k.name}.c", f"{k.name}.pc",
+                f"{k.name}Config.cmake", f"{k.name}ConfigVersion.cmake"])
     assert {key: p.name for key, p in paths.items()} == {
         "library": f"lib{k.name}.so", "header": f"{k.name}.h", "manifest": f"{k.name}.json",
-        "source": f"{k.name}.c"}
+        "source": f"{k.name}.c", "pkgconfig": f"{k.name}.pc", "cmake": f"{k.name}Config.cmake",
+        "cmake_version": f"{k.name}ConfigVersion.cmake"}
     assert paths["source"].read_text() == k.source
 
     # exactly the entry point, its CPU query and the entry with a thread count (every kind)

@@ -28,7 +28,7 @@ LAYERS = [
     # 2: ops (IR definitions + float64 references; the registry in ops.base, one module per
     # family), backend-neutral analyses
     {"softgen.ops", "softgen.ops.base", "softgen.ops.softmax", "softgen.ops.lssa", "softgen.ops.sinkhorn",
-     "softgen.ops.topk", "softgen.ops.soft", "softgen.analysis", "softgen.machine",
+     "softgen.ops.topk", "softgen.ops.soft", "softgen.ops.attention", "softgen.analysis", "softgen.machine",
      "softgen.costmodel", "softgen.numerics.reductions",
      "softgen.numerics.scalars"},
     # 3: C text shared by every C emitter: the Jinja environment, the names generated C declares
@@ -42,7 +42,7 @@ LAYERS = [
     {"softgen.tunedb"},
     # 5: backends: lowered programs -> C / TensorIR
     {"softgen.backends", "softgen.backends.base", "softgen.backends.gemm", "softgen.backends.c",
-     "softgen.backends.entry", "softgen.backends.tvm_adapter", "softgen.backends.tvm_gemm", "softgen.backends.tvm"},
+     "softgen.backends.entry", "softgen.backends.attention", "softgen.backends.tvm_adapter", "softgen.backends.tvm_gemm", "softgen.backends.tvm"},
     # 6: users of a backend's output: AOT export, the GEMM runtime
     {"softgen.export", "softgen.gemm_runtime"},
     # 7: the Python API

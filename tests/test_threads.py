@@ -196,6 +196,16 @@ def test_matrix_threads_api(tmp_path):
     assert np.array_equal(softgen.gaussian_kernel(a, b, 8, threads=2), softgen.gaussian_kernel(a, b, 8))
 
 
+def test_attention_batch_x_heads_split():
+    """softgen.attention: the batch x heads matrices split across threads (a phase that allocates
+    its own memory reports through the call's return code), bitwise for every count."""
+    rng = np.random.default_rng(16)
+    q, k, v = (rng.standard_normal((3, 2, 9, 8)).astype(np.float32) for _ in range(3))
+    one = softgen.attention(q, k, v, causal=True, threads=1)
+    for t in (0, 2, 3, 4):
+        assert np.array_equal(softgen.attention(q, k, v, causal=True, threads=t), one, equal_nan=True), t
+
+
 def test_matrix_auto_threads_and_workers():
     """Auto on a matrix kernel: one matrix (any size) and a batch of small matrices run on the
     caller (no worker started); an explicit count starts the library's workers."""

@@ -86,6 +86,8 @@ class Backend(abc.ABC):
     # generate() takes threads= (a tuned costmodel.ThreadPolicy: what the entry's threads=auto
     # picks); else it is never passed (a backend written before threads)
     thread_policy: bool = False
+    # lowers matrix.AttentionPhase (passes.stream_attention): compile("attention") streams
+    streams_attention: bool = False
     # the schedule knobs the tuner (softgen.tune) may vary, knob -> candidate values; each
     # combination is applied over the target's default schedule and kept only if Schedule
     # validates it. Empty: the tuner varies the algorithm only

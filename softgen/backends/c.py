@@ -21,14 +21,15 @@ from ..analysis import matrix_plan_lines, matrix_traffic
 from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
-from ..matrix import SweepPhase
+from ..matrix import AttentionPhase, SweepPhase
 from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
-from ..passes import EXTEXP_F32_DOMAIN, plan
-from ..render import env, flit, isa_header, select_helpers, vmath
+from ..passes import EXTEXP_F32_DOMAIN, max_shifted, plan
+from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
+from .attention import attention_function
 from .base import Artifact, Backend, register
 from .entry import abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
 from .gemm import Epilogue, gemm, schedule_for
@@ -271,7 +272,9 @@ def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: boo
         elif op == "materialize":
             expr = args[0]
         elif op == "exp" and p.attrs(v).get("nonpos"):
-            expr = f"sg_exp_nonpos({args[0]})"
+            # the scaled exp (one instruction fewer) where the sum of the terms is >= 1
+            shifted = scaled_exp(c.t) and max_shifted(p, v)
+            expr = f"sg_exp_{'shifted' if shifted else 'nonpos'}({args[0]})"
         elif op == "log1p" and p.attrs(v).get("unit"):
             expr = f"sg_log1p_unit({args[0]})"
         elif op in SCALED_C and p.attrs(v).get("scale", 1.0) != 1.0:
@@ -635,6 +638,8 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         if isinstance(ph, SweepPhase):
             functions.append(_row_function(ph.program, t, s, f"{name}__phase{k}", None,
                                            ph.program.row_params()))
+        elif isinstance(ph, AttentionPhase):   # a self-contained C function, beside the GEMMs
+            gemms.append(attention_function(ph, f"{name}__attn{k}"))
     for k, (fname, layout, epi) in matrix_gemms(mp, name).items():
         if fname in done:
             continue
@@ -648,7 +653,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {_gemm_text(t, g)}" if gemms else ""),
-        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(),
+        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(t=t),
         helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
@@ -676,6 +681,8 @@ def _knob_note(s: Schedule, t: Target) -> str:
         notes.append(f"software prefetch {s.prefetch} elements ahead")
     if s.exp != EXP_DEFAULT:
         notes.append(f"exp variant {s.exp}")
+    if scaled_exp(t):
+        notes.append("exp of x - max x in the scaled form (sg_exp_shifted: (1 + t p) 2^n by V_SCALE2)")
     return "".join(f"\n *            {n}" for n in notes)
 
 
@@ -709,7 +716,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t), plan_lines=plan_lines,
-        isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp),
+        isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp, t),
         helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
         threads=threads, split=split)
@@ -723,6 +730,7 @@ class CBackend(Backend):
     description = "Jinja-C templates"
     gemm_epilogues = GEMM_EPILOGUES
     thread_policy = True
+    streams_attention = True
     # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2); then, per
     # size class, non-temporal stores and prefetch distances (elements) for rows beyond the LLC
     # (targets with [isa] STREAM only for stream), and the exp variants (all within the accuracy

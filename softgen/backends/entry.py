@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..abi import KernelABI, err
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, Program
-from ..matrix import LoopPhase, MatMulPhase, RowsPhase, SweepPhase
+from ..matrix import AttentionPhase, LoopPhase, MatMulPhase, RowsPhase, SweepPhase
 from ..render import flit
 
 
@@ -101,6 +101,12 @@ C_CALLS = CallingConvention()
 
 def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) -> list[str]:
     """The C statements of one phase in the entry point's per-matrix body."""
+    if isinstance(ph, AttentionPhase):
+        (LQ, D), (LK, _), DV = mp.shape(ph.q), mp.shape(ph.k), mp.shape(ph.v)[1]
+        mats = [ph.q, ph.k, ph.v] + ([ph.mask] if ph.mask else []) + [ph.o]
+        args = [f"dim_{LQ}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + [a for nm in mats for a in (f"mat_{nm}", f"ld_{nm}")]
+        return [f"if ({name}__attn{k}({', '.join(args)}) != 0)   /* its kt cannot be allocated */",
+                f"    return {err.ENOMEM};"]
     if isinstance(ph, MatMulPhase):
         mm = ph.mm
         (M, K), N = mp.shape(mm.a), mp.shape(mm.dst)[1]

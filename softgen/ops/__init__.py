@@ -9,6 +9,7 @@ The registry (``OpDef``, ``register``, ``get_op``, ``resolve_params``, ``build_p
 - ``sinkhorn``: sinkhorn (a matrix program)
 - ``topk``: topk_softmax (a selection reduction, dense or sparse output)
 - ``soft``: gaussian_kernel, newton_pinv (matrix programs with GEMMs)
+- ``attention``: attention (a matrix program of kind "attention": q, k, v; its own front door)
 
 To add an op: in its family's module (or a new one imported below), write a function that builds
 the IR from the input row (``x``, an ``ir.Value``) and the op's parameters, and ``register`` it
@@ -18,7 +19,7 @@ arguments and their docs, ``call_build``).
 from __future__ import annotations
 
 # each family registers its ops on import; this order is OPS's (``softgen ops`` lists it)
-from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
+from . import attention, lssa, sinkhorn, soft, softmax, topk  # noqa: F401
 from .base import OPS, OpDef, build_program, get_op, register, resolve_params
 
 __all__ = ["OPS", "OpDef", "build_program", "get_op", "register", "resolve_params"]

@@ -5,7 +5,10 @@ register into ``OPS`` when ``softgen.ops`` is imported.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,6 +29,17 @@ def flag(value, name: str) -> bool:
         raise UsageError(f"{name} must be 0 or 1, got {value!r}")
     return bool(value)
 
+
+
+def _value_token(value) -> str:
+    """A parameter value spelled with identifier characters (``OpDef.name_tag``)."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        text = str(int(value))
+    else:
+        text = repr(value) if isinstance(value, (int, float)) else str(value)
+    return text.replace("-", "m").replace("+", "").replace(".", "p")
 
 @dataclass(frozen=True)
 class OpDef:
@@ -76,6 +90,26 @@ class OpDef:
     def normalised(self, params: dict) -> bool:
         """Whether the kernel's finite output rows sum to 1 for these parameters."""
         return bool(self.sums_to_one(params) if callable(self.sums_to_one) else self.sums_to_one)
+
+    def name_tag(self, params: dict, limit: int = 32) -> str:
+        """The parameters of a kernel in its default name (``softgen_f32_<op><tag>_...``): ``""``
+        at the op's defaults, else ``_`` + one token per parameter not at its default, in the op's
+        order: the parameter's name without underscores, then its value (integers and floats in
+        their shortest round-trip spelling with ``.`` as ``p``, ``-`` as ``m``, ``e+`` as ``e``,
+        strings as they are), e.g. ``_scale2``, ``_k4_sparse1``, ``_niter5_eps0p1``. A tag
+        longer than ``limit`` characters (or a value that spells no C identifier) becomes ``_h``
+        + 10 hex digits of a hash of the parameters: two kernels of different parameters never
+        share a name."""
+        tokens = []
+        for key, default in self.params.items():
+            if key not in params or params[key] == default or params[key] is None:
+                continue
+            tokens.append(key.replace("_", "") + _value_token(params[key]))
+        tag = "_".join(tokens)
+        if len(tag) > limit or not re.fullmatch(r"[A-Za-z0-9_]*", tag):
+            blob = json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True).encode()
+            tag = "h" + hashlib.sha256(blob).hexdigest()[:10]
+        return "_" + tag if tag else ""
 
     def build_params_for_call(self, build: dict, call: dict) -> dict:
         """The build-time parameters of the kernel variant that takes the call-time arguments
@@ -131,6 +165,8 @@ class OpDef:
 
 
 OPS: dict[str, OpDef] = {}
+# kinds whose IR is a MatrixProgram: "matrix" (generic inputs), "attention" (q, k, v; its own front door)
+MATRIX_KINDS = ("matrix", "attention")
 
 
 def register(name: str, reference: Callable, **kw):
@@ -181,7 +217,8 @@ def resolve_params(op: OpDef, given: dict) -> dict:
         raise UsageError(f"op {op.name!r} has no parameter(s) {unknown}; it takes {sorted(op.params)}")
     given = {k: _normalise(op, k, v) for k, v in given.items()}
     params = {**op.params, **{k: v for k, v in given.items() if v is not None}}
-    if "scale" in op.params:
+    if "scale" in op.params and not (op.params["scale"] is None and params["scale"] is None):
+        # (a default of None: the op derives it, e.g. attention's 1/sqrt(head_dim))
         s = _scale(params)
         params = {k: v for k, v in params.items() if k not in ("scale", "temperature")}
         with np.errstate(over="ignore"):
@@ -196,7 +233,7 @@ def build_program(name: str, **given) -> Program | MatrixProgram:
     """The op's IR program with its parameters baked in, validated."""
     op = get_op(name)
     params = resolve_params(op, given)
-    if op.kind == "matrix":
+    if op.kind in MATRIX_KINDS:
         mp = MatrixProgram(name, params, **op.matrices)
         op.build(mp, **params)
         return mp.validate()

@@ -1,0 +1,109 @@
+"""Softmax attention: softgen (streaming and three-phase) against torch's
+``scaled_dot_product_attention``, one thread, interleaved runs (issue 14).
+
+    python bench/attention.py [--lengths 256 1024 4096] [--bh 8] [--d 64] [--decode 4096] [--json F]
+
+B*H = 8 heads of d = 64, Lq = Lk = L in {256, 1024, 4096}, causal and not, and decoding (Lq = 1
+against Lk = 4096). GFLOP/s count 4 Lq Lk d (QK^T and PV; causal: the visible half, 2 L (L + 1) d)
+for every implementation alike. Each implementation is checked against torch's result first
+(max |diff| printed). torch: ``torch.set_num_threads(1)``; softgen kernels are single-threaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import single_threaded, time_interleaved  # noqa: E402
+
+single_threaded()
+import numpy as np  # noqa: E402
+
+import softgen  # noqa: E402
+
+
+def flops(lq: int, lk: int, d: int, causal: bool) -> float:
+    if not causal:
+        return 4.0 * lq * lk * d
+    visible = sum(min(lk, i + 1 + lk - lq) for i in range(lq) if i + 1 + lk - lq > 0)
+    return 4.0 * visible * d
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--bh", type=int, default=8, help="batch x heads")
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--decode", type=int, default=4096, help="Lk of the decoding shape (Lq = 1); 0: skip")
+    ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape")
+    ap.add_argument("--json", help="write the rows here")
+    a = ap.parse_args(argv)
+    try:
+        import torch
+        torch.set_num_threads(1)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+    except ImportError:
+        torch = None
+        print("torch not installed: softgen alone")
+    rng = np.random.default_rng(0)
+    shapes = [(L, L, c) for L in a.lengths for c in (False, True)]
+    if a.decode:
+        shapes.append((1, a.decode, True))
+    kernels = {alg: {c: softgen.compile("attention", head_dim=a.d, causal=c, algorithm=alg) for c in (False, True)}
+               for alg in ("streaming", "three-phase")}
+    rows = []
+    for lq, lk, causal in shapes:
+        q = rng.standard_normal((a.bh, lq, a.d)).astype(np.float32)
+        k = rng.standard_normal((a.bh, lk, a.d)).astype(np.float32)
+        v = rng.standard_normal((a.bh, lk, a.d)).astype(np.float32)
+        out = np.empty((a.bh, lq, a.d), np.float32)
+        variants = {}
+        for alg, ks in kernels.items():
+            kern = ks[causal]
+            variants[f"softgen {alg}"] = (lambda kern=kern: kern(q, k, v, out=out))
+        ref = None
+        if torch is not None:
+            tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+            # torch's is_causal is top-left aligned; bottom-right (KV cache) is an explicit mask
+            mask = None
+            if causal:
+                i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+                mask = torch.from_numpy(j <= i + lk - lq)
+            with torch.no_grad():
+                ref = sdpa(tq, tk, tv, attn_mask=mask).numpy() if lq != lk or not causal else \
+                    sdpa(tq, tk, tv, is_causal=True).numpy()
+            if lq != lk or not causal:
+                variants["torch sdpa"] = (lambda: sdpa(tq, tk, tv, attn_mask=mask))
+            else:
+                variants["torch sdpa"] = (lambda: sdpa(tq, tk, tv, is_causal=True))
+        errs = {}
+        if ref is not None:
+            for name, fn in variants.items():
+                if name.startswith("softgen"):
+                    fn()
+                    errs[name] = float(np.abs(out - ref).max())
+        t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
+        fl = flops(lq, lk, a.d, causal) * a.bh
+        tt = t.get("torch sdpa")
+        for name, tm in t.items():
+            rows.append({"Lq": lq, "Lk": lk, "causal": causal, "impl": name, "ms": tm.median * 1e3,
+                         "gflops": fl / tm.median / 1e9, "spread": tm.spread,
+                         "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name)})
+    hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'impl':<22} {'ms':>9} {'GFLOP/s':>8} {'IQR':>6} {'x torch':>8} {'|diff|':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        vt = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
+        df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
+        print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {r['impl']:<22} {r['ms']:>9.3f} {r['gflops']:>8.2f} "
+              f"{r['spread']:>6.1%} {vt:>8} {df:>9}")
+    if a.json:
+        from common import machine_info
+        with open(a.json, "w") as f:
+            json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

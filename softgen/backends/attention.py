@@ -1,0 +1,31 @@
+"""The C of the streaming attention phase (``matrix.AttentionPhase``, from
+``passes.stream_attention``): one static function per phase, rendered from
+``templates/attention.c.j2`` over the target's virtual ISA (``V_*`` macros) and the vector exp of
+``vmath.h.j2``; the matrix entry point (``backends.entry``) calls it once per matrix of the batch.
+
+Why a dedicated micro-kernel rather than ``backends/gemm.py``'s tiles: the packed register-blocked
+GEMM pays for packing B per call, which a Br x Bc block (Br = 1..16 rows, decoding) never
+amortises, and its epilogue interface sees one tile at a time, while the online softmax needs the
+whole score row of the block (its max) before the exponentials and the P V update. So the score
+block S = s Q_blk K_blk^T is computed as dot products vectorised over d (two accumulators, a
+masked tail load), the row max / exp / sum run vectorised over the block's keys, and P V
+accumulates four keys per pass over each output row, vectorised over dv, straight into o's rows
+(the Br x dv accumulator is o itself: no allocation). Only softmax (online rescaling) streams
+today; ``AttentionPhase.normalizer`` is where stablemax and softplus_l1 (no rescaling) slot in.
+"""
+from __future__ import annotations
+
+from ..errors import BuildError
+from ..matrix import AttentionPhase
+from ..render import env, flit
+
+
+def attention_function(ph: AttentionPhase, fname: str) -> str:
+    """The C function ``fname(lq, lk, d, dv, q, ldq, k, ldk, v, ldv[, mask, ldmask], o, ldo)``."""
+    if ph.normalizer != "softmax":
+        raise BuildError(f"the C backend streams attention with softmax only, not {ph.normalizer!r}")
+    comment = (f"{fname}: {ph.describe()}. Causal blocks entirely above the bottom-right diagonal are skipped, "
+               f"the diagonal block masked as its scores are formed." if ph.causal else f"{fname}: {ph.describe()}.")
+    return env().get_template("attention.c.j2").render(
+        fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
+        mask=ph.mask is not None)
