@@ -149,6 +149,7 @@ class KernelABI:
     row_params: tuple[str, ...] = ()   # ROW: the per-row parameters, in argument order
     k: int | None = None           # SELECTED: entries selected per row
     max_n: int | None = None       # the longest row (or indexed dimension) it takes: ETOOLONG beyond
+    threads: bool = False          # a matrix kernel with ``<name>_mt`` (streaming attention)
 
     @classmethod
     def row(cls, row_params=(), max_n: int | None = None) -> "KernelABI":
@@ -214,8 +215,10 @@ class KernelABI:
     @property
     def threaded(self) -> bool:
         """Whether the kernel has the extended entry ``<name>_mt(..., int threads)``: row kinds
-        (rows split across the library's thread pool); matrix kernels run on one thread."""
-        return self.kind in _ROWS
+        (rows split across the library's thread pool) and matrix kernels built with ``threads``
+        (streaming attention: batch x query blocks across the pool); other matrix kernels run on
+        one thread."""
+        return self.kind in _ROWS or self.threads
 
     def mt_signature(self, name: str) -> str:
         """The extended entry point's signature: the entry's parameters, then ``int threads``."""

@@ -15,6 +15,7 @@ from ._version import __version__
 from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
+from .backends.attention import TASK_GRAIN, task_rows
 from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
@@ -283,9 +284,13 @@ class Kernel:
         return "\n".join(out).rstrip("\n") + "\n"
 
     def explain_threads(self) -> str:
-        """What ``threads=None``/0 (auto) does for this kernel, one line ("" for matrix kernels)."""
+        """What ``threads=None``/0 (auto) does for this kernel, one line ("" for matrix kernels
+        that run on one thread)."""
         if self.matrix:
-            return ""
+            ph = self.program.attention_tasks()
+            return "" if ph is None else \
+                f"threads (auto): the batch's (matrix, query chunk of {task_rows(ph)} rows) tasks, one thread " \
+                f"per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
         if self.dispatch is not None:
             return "threads (auto): per dispatch entry, see its threads= column"
         return f"threads (auto): {(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs " \
@@ -337,7 +342,7 @@ class Kernel:
                              f"got {threads!r}")
         if not self._abi.threaded:
             raise UsageError(f"kernel {self.name} ({self._abi.kind} ABI) runs on one thread: "
-                             f"only row kernels take threads=")
+                             f"only row kernels and streaming attention take threads=")
         if self._mt_fn is None:
             self._mt_fn = load_entry(self._entry(False)._softgen_handle, self.name, self._abi, mt=True)
         return self._mt_fn, int(threads)
@@ -462,7 +467,12 @@ class MatrixKernel(Kernel):
     """A matrix kernel with the general ABI (``KernelABI``, e.g. two inputs of different shapes):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
-    def __call__(self, *inputs, out=None) -> np.ndarray:
+    def __call__(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
+        """``threads`` (kernels with ``<name>_mt``, e.g. streaming attention): None or 0 auto,
+        N at most N threads of the library's pool; the results do not depend on it."""
+        if threads is not None:
+            mt, threads = self._mt_entry(threads)
+            return self._call(lambda *args: mt(*args, threads), inputs, out)
         return self._call(self._fn or self._entry(False), inputs, out)
 
     def run_emulated(self, *inputs, out=None) -> np.ndarray:
