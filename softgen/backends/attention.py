@@ -19,7 +19,6 @@ from ..errors import BuildError
 from ..matrix import AttentionPhase
 from ..render import env, flit
 
-
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
 # not depend on the thread count; each task transposes its matrix's K once (O(Lk d) against the
 # task's O(QCH Lk d) multiply-adds).
