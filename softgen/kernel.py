@@ -518,7 +518,7 @@ class IsaKernel(Kernel):
         return "\n".join([*(m.asm(cc) for m in self.members), assembly(self.source, self.target, cc)])
 
     def explain_threads(self) -> str:
-        if self.matrix:
+        if self.matrix and not self._abi.threaded:
             return ""
         return "threads (auto): the picked ISA's kernel's (" + "; ".join(
             f"{m.target.name}: {m.explain_threads().removeprefix('threads (auto): ')}" for m in self.members) + ")"
