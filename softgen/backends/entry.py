@@ -105,7 +105,7 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
         (LQ, D), (LK, _), DV = mp.shape(ph.q), mp.shape(ph.k), mp.shape(ph.v)[1]
         mats = [ph.q, ph.k, ph.v] + ([ph.mask] if ph.mask else []) + [ph.o]
         args = [f"dim_{LQ}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + [a for nm in mats for a in (f"mat_{nm}", f"ld_{nm}")]
-        args += ["0", f"dim_{LQ}"]
+        args += ["0", f"dim_{LQ}", "NULL"]
         return [f"if ({name}__attn{k}({', '.join(args)}) != 0) {{ free(sg_mem); return {err.ENOMEM}; }}"]
     if isinstance(ph, MatMulPhase):
         mm = ph.mm
