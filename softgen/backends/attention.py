@@ -32,7 +32,13 @@ def task_rows(ph: AttentionPhase) -> int:
     return -(-TASK_ROWS // ph.br) * ph.br
 
 
-def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False) -> str:
+def score_rows(vector_registers: int) -> int:
+    """Query rows of a score tile (x 4 vectors of keys): 4 where 4 x 4 accumulators, 4 K vectors
+    and a broadcast fit the register file (32 registers: avx512), else 2."""
+    return 4 if vector_registers >= 32 else 2
+
+
+def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16) -> str:
     """The C function ``fname(lq, lk, d, dv, q, ldq, k, ldk, v, ldv[, mask, ldmask], o, ldo, r0, r1)``
     (query rows [r0, r1) of one matrix); ``tasks``: also ``fname__all(batch, ..., o, ldo, threads)``,
     the whole batch split into (matrix, query chunk) tasks across the thread pool."""
@@ -42,4 +48,4 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False) -> s
                f"the diagonal block masked as its scores are formed." if ph.causal else f"{fname}: {ph.describe()}.")
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
-        mask=ph.mask is not None, tasks=tasks, qch=task_rows(ph), grain=TASK_GRAIN)
+        mask=ph.mask is not None, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN)

@@ -637,7 +637,8 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
             functions.append(_row_function(ph.program, t, s, f"{name}__phase{k}", None,
                                            ph.program.row_params()))
         elif isinstance(ph, AttentionPhase):   # a self-contained C function, beside the GEMMs
-            gemms.append(attention_function(ph, f"{name}__attn{k}", tasks=mp.attention_tasks() is ph))
+            gemms.append(attention_function(ph, f"{name}__attn{k}", tasks=mp.attention_tasks() is ph,
+                                            vector_registers=t.vector_registers))
     for k, (fname, layout, epi) in matrix_gemms(mp, name).items():
         if fname in done:
             continue
