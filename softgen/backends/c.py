@@ -29,7 +29,7 @@ from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env, flit, isa_header, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
-from .attention import TASK_GRAIN, attention_function, task_rows
+from .attention import TASK_GRAIN, attention_function, score_rows, task_rows
 from .base import Artifact, Backend, register
 from .entry import abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
 from .gemm import Epilogue, gemm, schedule_for
@@ -657,7 +657,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
         attention_tasks=None if mp.attention_tasks() is None else
-        {"qch": task_rows(mp.attention_tasks()), "grain": TASK_GRAIN})
+        {"qch": task_rows(mp.attention_tasks()), "grain": TASK_GRAIN, "sr": score_rows(t.vector_registers)})
 
 
 def _gemm_text(t: Target, s: GemmSchedule) -> str:
