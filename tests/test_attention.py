@@ -372,6 +372,17 @@ def test_threads_bitwise_and_oracle(threaded_kernels, causal_):
         k(q, kk, v, threads=1.5)
 
 
+def test_threads_with_a_mask_and_small_blocks():
+    """br = 3: tasks of 66 query rows (64 rounded up to br), a mask read at each task's offset."""
+    k = softgen.compile("attention", head_dim=16, causal=True, mask="additive", algorithm="streaming",
+                        schedule=SMALL)
+    q, kk, v = f32(2, 70, 16), f32(2, 75, 16), f32(2, 75, 9)
+    m = np.where(RNG.random((2, 70, 75)) < 0.8, 0.0, -np.inf).astype(np.float32)
+    one = k(q, kk, v, m, threads=1)
+    check(k, q, kk, v, one, m)
+    assert np.array_equal(k(q, kk, v, m, threads=3), one, equal_nan=True)
+
+
 def test_api_threads():
     q, kk, v = f32(2, 2, 70, 16), f32(2, 1, 90, 16), f32(2, 1, 90, 16)
     one = softgen.attention(q, kk, v, causal=True, threads=1)
