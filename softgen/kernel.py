@@ -270,6 +270,8 @@ class Kernel:
         tuned = f"\n# tuned: {'yes (tuning database)' if self.tuned else 'no'}" if self.dispatch is not None else ""
         if self.gemm is not None:
             tuned += f"\n# gemm: {self.gemm} ({self.gemm_why or 'given'})"
+        elif self.tuned and self.gemm_why:   # streaming attention: tuned blocks
+            tuned += f"\n# attention blocks: tuned ({self.gemm_why})"
         threads = f"\n# {self.explain_threads()}" if self.explain_threads() else ""
         out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
                f"{tuned}{threads}\n",
@@ -708,7 +710,10 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     given = {k: v for k, v in schedule.items() if k in GEMM_FIELDS} if isinstance(schedule, dict) else {}
     sched = _schedule(t, {k: v for k, v in schedule.items() if k not in GEMM_FIELDS}
                       if isinstance(schedule, dict) else schedule)
+    awhy = ""
     if alg == "streaming":
+        if not blocks and schedule is None:
+            blocks, awhy = tuned_attention(program, t, be.name)
         ablk = replace(t.attention, **blocks).validate()
         lowered = passes.stream_attention(program, ablk.br, ablk.bc)
     else:
@@ -723,6 +728,8 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
         gemm, why = tuned_gemm(program, t, be.name)
     tuned = bool(why)
     gemm = None if gemm == t.gemm and not tuned else gemm
+    if awhy:   # the streaming attention form's tuned blocks (it has no GEMM)
+        tuned, why = True, awhy
     short = {"direct": "", "three-phase": "_3ph", "streaming": "_stream"}[alg]
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{short}__{t.name}_{sched.tag(t.lanes)}" \
@@ -733,6 +740,26 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     return cls(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
                wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why)
+
+
+def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tuple[dict, str]:
+    """The streaming attention form's blocks {br, bc} from this machine's newest usable tuning
+    record (``softgen tune --op attention``: algorithm "streaming"), and its ``why``; ({}, "")
+    without one (or with ``SOFTGEN_USE_TUNING=0``)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return {}, ""
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return {}, ""
+    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
+        if r.algorithm != "streaming" or set(r.schedule) != set(ATTENTION_KNOBS):
+            continue
+        try:
+            return replace(target.attention, **r.schedule).validate().as_dict(), measured_why(r)
+        except (TypeError, UsageError):
+            continue
+    return {}, ""
 
 
 def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[GemmSchedule | None, str]:

@@ -16,6 +16,8 @@ from conftest import _can_emulate
 import softgen
 from softgen import reference as ref
 from softgen.ops import get_op
+from softgen.targets import get_target
+from softgen.tune import attention_candidates
 
 RNG = np.random.default_rng(14)
 
@@ -390,6 +392,26 @@ def test_api_threads():
     assert np.array_equal(softgen.attention(q, kk, v, causal=True, threads=3), one, equal_nan=True)
     with pytest.raises(softgen.UsageError, match="runs on one thread"):
         softgen.attention(q, kk, v, algorithm="three-phase", threads=2)
+
+
+def test_tune_attention_blocks(tmp_path, monkeypatch):
+    """softgen tune of attention: br/bc candidates timed, the winner recorded (algorithm
+    "streaming"); compile then takes it (k.tuned) unless br/bc are given."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    t = get_target("host")
+    cands = attention_candidates(t)
+    assert cands[0] == t.attention and len(cands) >= 3
+    res = softgen.tune("attention", target="host", shapes="40x40x16x16", budget_s=1.5, progress=False, head_dim=16)
+    rec, = res.records
+    assert rec.algorithm == "streaming" and set(rec.schedule) == {"br", "bc"}
+    k = softgen.compile("attention", head_dim=16, target="host")
+    ph = k.program.phases[0]
+    assert k.tuned and (ph.br, ph.bc) == (rec.schedule["br"], rec.schedule["bc"])
+    assert "attention blocks: tuned" in k.explain()
+    assert not softgen.compile("attention", head_dim=16, target="host", schedule={"br": 4, "bc": 32}).tuned
+    with pytest.raises(softgen.UsageError, match="mask='none'"):
+        softgen.tune("attention", target="host", shapes="8x8x4x4", budget_s=1, progress=False, mask="additive")
 
 
 def test_tvm_builds_the_three_phase_form():
