@@ -26,7 +26,7 @@ from .numerics.constants import EXTEXP_DOMAIN
 
 # Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
 # 2^E, so |E| <= 2^17 log2(e) - 200 keeps them inside |x| <= 2^17, where the f32 exp reduction is
-# accurate (spec 2.4, EXTEXP_F32_DOMAIN). Rows outside are recomputed with three-pass.
+# accurate (docs/ops.md §2.4, EXTEXP_F32_DOMAIN). Rows outside are recomputed with three-pass.
 EXTEXP_F32_DOMAIN = float(EXTEXP_DOMAIN)   # 2^17
 EXTEXP_GUARD_E = math.floor(EXTEXP_F32_DOMAIN / math.log(2.0)) - 200
 
@@ -605,7 +605,7 @@ def streamable(mp) -> str:
 
 def stream_attention(mp, br: int, bc: int):
     """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax over
-    key blocks of ``bc``, query blocks of ``br``; spec 3, 10): the scratch S is gone. The masks
+    key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3, 10): the scratch S is gone. The masks
     come from the rows program: its ``matrow`` matrix (additive mask), its ``row_index`` (the
     causal diagonal). Other normalizers stream later through the same phase (its ``normalizer``)."""
     form = attention_form(mp)

@@ -1,4 +1,4 @@
-"""float64 oracles, written from ../shared/spec/ALGORITHMS.md (sections 0-4).
+"""float64 oracles of every op, as defined in docs/ops.md.
 
 ``softmax``/``log_softmax`` are the definitions every kernel is tested against. The algorithmic
 oracles (``softmax_three_pass_*``, ``extexp_sum``/``softmax_two_pass``, ``online_normalizer``/
@@ -207,7 +207,7 @@ def stablemax(x) -> np.ndarray:
 
 
 def log_stablemax(x) -> np.ndarray:
-    """log s(x_i) - log sum_j s(x_j) (spec 8); -inf entries -> -inf."""
+    """log s(x_i) - log sum_j s(x_j) (docs/ops.md §8); -inf entries -> -inf."""
     return l1_normalize(stablemax_s(x), log=True)
 
 
@@ -274,7 +274,7 @@ R_BOUND = 2.0 ** -15
 
 def reweight_of(a: np.ndarray, n: np.ndarray, offset: np.ndarray, p: float) -> np.ndarray:
     """W = R / sum R, R = ReLU(N a - O)^p, evaluated as (R / max R)^p so nothing overflows (5.2).
-    All-zero R gives an all-zero row (the spec's one exception); non-finite a gives NaN.
+    All-zero R gives an all-zero row (the one exception of docs/ops.md §0); non-finite a gives NaN.
 
     A row whose max R is at or below R_BOUND O is all zeros [ours]: float32 weights cannot
     resolve R that small, and without the bound an exactly uniform row (R = 0 in exact
@@ -476,11 +476,11 @@ def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float 
 
 # -- attention (section 10) -----------------------------------------------------------------------
 
-ATTENTION_NORMALIZERS = ("softmax", "stablemax")   # the oracles' normalizers today (spec 10's others: next slices)
+ATTENTION_NORMALIZERS = ("softmax", "stablemax")   # the oracles' normalizers today (docs/ops.md §10's others: next slices)
 
 
 def _attention_scores(q, k, scale, causal, mask, kv_lengths):
-    """s Q K^T with the masks applied as -inf (spec 0, 10), float64, shape (..., Hq, Lq, Lk).
+    """s Q K^T with the masks applied as -inf (docs/ops.md §0, 10), float64, shape (..., Hq, Lq, Lk).
 
     q (..., Hq, Lq, d), k (..., Hkv, Lk, d) with Hq a multiple of Hkv: query head h reads kv head
     h // (Hq // Hkv) (grouped-query attention, as torch). 2-d q/k: one head. ``causal``: query i
@@ -526,8 +526,8 @@ def _masked_rows(s) -> np.ndarray:
 def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
               normalizer: str = "softmax", kv_lengths=None, masked_rows: str = "nan",
               return_lse: bool = False):
-    """O = normalize(s Q K^T + mask) V (spec 10), three-phase in float64; s = 1/sqrt(d) by default.
-    A fully masked row is NaN (spec 0), or 0 with ``masked_rows="zero"`` (the convention of fused
+    """O = normalize(s Q K^T + mask) V (docs/ops.md §10), three-phase in float64; s = 1/sqrt(d) by default.
+    A fully masked row is NaN (docs/ops.md §0), or 0 with ``masked_rows="zero"`` (the convention of fused
     SDPA backends). ``return_lse``: also the per-row log-sum-exp of the masked scores
     (M + log l; -inf for a fully masked row, NaN for a NaN row)."""
     if normalizer not in ATTENTION_NORMALIZERS:
@@ -554,7 +554,7 @@ def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=No
 def attention_online_softmax(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
                              kv_lengths=None, masked_rows: str = "nan", block: int = 16,
                              return_lse: bool = False):
-    """The streaming (flash-style) form of ``attention`` with softmax (spec 3, 10), in float64:
+    """The streaming (flash-style) form of ``attention`` with softmax (docs/ops.md §3, 10), in float64:
     per query row a running max m, sum l and accumulator acc[dv] over key blocks of ``block``,
     acc <- acc e^{m - m'} + e^{s - m'} V_blk; O = acc / l. Equal to ``attention`` to 1e-12.
     While every score so far is -inf (m' = -inf) the block adds nothing (its terms are e^{-inf}

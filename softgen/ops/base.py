@@ -147,7 +147,7 @@ class OpDef:
 
         Relative ``rtol`` plus the conditioning of exp: rounding z = s(x - max) to f32 perturbs
         e^z by |z| 2^-24 (twice: the subtraction and the scaling), an error every f32 kernel has;
-        for the outputs that matter (|z| <= 16) the bound stays at the spec's 2e-6. Outputs below
+        for the outputs that matter (|z| <= 16) the bound stays at the contract's 2e-6 (docs/accuracy.md). Outputs below
         FLT_MIN may be flushed to zero.
         """
         if self.custom_tolerance is not None:
