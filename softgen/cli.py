@@ -50,9 +50,8 @@ def _algorithm_help() -> str:
     """Every algorithm, from the registries (passes.ALGORITHMS, passes.MATRIX_ALGORITHMS)."""
     row = " | ".join(passes.ALGORITHMS)
     attention = " | ".join(a for a in passes.MATRIX_ALGORITHMS if a != "direct")
-    return (f"auto (default: a size-aware dispatcher) | {row}; which apply to an op: 'softgen ops' "
-            f"(softmax motif: the three-pass, two-pass and online ones; other row ops: direct, "
-            f"direct-reload; matrix ops: direct; attention: {attention})")
+    return (f"auto (default: a size-aware dispatcher) | {row} | attention: {attention}; "
+            "which apply to an op: 'softgen ops'")
 
 
 def _target_help() -> str:
