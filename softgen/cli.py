@@ -55,9 +55,14 @@ def _algorithm_help() -> str:
 
 
 def _target_help() -> str:
-    """Every target file (targets/*.toml and $SOFTGEN_TARGETS_PATH) and group, from the registry."""
-    return (f"host (the best target this CPU runs), a target ({', '.join(all_targets())}; see "
-            f"'softgen targets'), an architecture group ({', '.join(group_names())}: every ISA of it "
+    """Every target file (targets/*.toml and $SOFTGEN_TARGETS_PATH) and group, from the registry.
+    A target file that does not load is reported when a command uses targets, not by --help."""
+    try:
+        names, grps = ", ".join(all_targets()), ", ".join(group_names())
+    except SoftgenError as e:
+        names, grps = f"the target files do not load: {e}", "x86-64, aarch64"
+    return (f"host (the best target this CPU runs), a target ({names}; see "
+            f"'softgen targets'), an architecture group ({grps}: every ISA of it "
             "in one library, picked at load; SOFTGEN_ISA caps the pick) or a comma list of targets "
             "of one architecture (avx2,avx512) (default: host)")
 
