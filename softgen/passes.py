@@ -264,6 +264,23 @@ def annotate_ranges(p: Program) -> Program:
     return p
 
 
+def max_shifted(p: Program, v: int) -> bool:
+    """Whether exp node ``v`` is e^(s (x - max x)), s > 0, of its row x (the max from reduce_max
+    or the online pair's m): its largest term is exactly e^0 = 1, so a sum of its terms is >= 1
+    and its tiny terms may be subnormal (backends: vmath.h.j2 sg_exp_shifted) without making a
+    reciprocal of the sum overflow."""
+    (a,) = p.args(v)
+    if p.op(a) == "mul" and (p.const_value(p.args(a)[1]) or 0) > 0:
+        a = p.args(a)[0]
+    if p.op(a) != "sub":
+        return False
+    x, m = p.args(a)
+    if p.op(m) == "reduce_max":
+        return p.args(m) == (x,)
+    return (p.op(m) == "item" and p.attrs(m)["index"] == 0 and p.op(p.args(m)[0]) == "reduce_online"
+            and p.args(p.args(m)[0]) == (x,))
+
+
 def _nonneg(p: Program, v: int) -> bool:
     """v >= 0 or NaN, by construction: |z|, max(z, c >= 0), e^z, products of such, c >= 0, and
     a < b ? z : a (b >= 0: a is taken only when a >= b or NaN) for such z."""

@@ -40,6 +40,7 @@ P5 = (F32("0x1.0F9F9Cp-7"), F32("0x1.573A1Ap-5"), F32("0x1.555A80p-3"), F32("0x1
       F32("0x1.FFFFF6p-1"))
 MINUS_LN2 = F32("-0x1.62E430p-1")       # one-constant reduction (c1): fl(-ln2), |error| 1.9e-9
 EXP_MIN = F32("-88.0")                 # rounds to n = -127, whose 2^n bits are +0
+EXP_MIN_SCALED = F32("-104.0")         # the scaled exp's clamp: e^-104 < 2^-150, so q 2^n rounds to +0
 EXP_MAX = F32("88.75")                 # above log(FLT_MAX): overflows to +inf
 
 
