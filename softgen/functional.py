@@ -75,13 +75,13 @@ def _f32(name: str, a) -> np.ndarray:
 def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=None, scale=None,
               kv_lengths=None, masked_rows: str = "nan", *, out: np.ndarray | None = None,
               target: str = "host", backend: str = "c", algorithm: str = "auto", **params) -> np.ndarray:
-    """O = normalize(s Q K^T + mask) V (spec 10), float32: q (..., Hq, Lq, d), k (..., Hkv, Lk, d),
+    """O = normalize(s Q K^T + mask) V (docs/ops.md §10), float32: q (..., Hq, Lq, d), k (..., Hkv, Lk, d),
     v (..., Hkv, Lk, dv) -> (..., Hq, Lq, dv); the leading axes are batch x heads (2-d arrays: one
     head). Grouped-query attention: Hq a multiple of Hkv, query head h reads kv head
     h // (Hq // Hkv). ``scale``: default 1/sqrt(d). ``causal``: bottom-right aligned (key j kept iff
     j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
     broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
-    the number of valid keys. Fully masked rows give NaN (spec 0), or 0 with masked_rows="zero".
+    the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
     ``normalizer``: softmax or stablemax today (other names raise a UsageError naming what is
     supported). ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).

@@ -1,7 +1,7 @@
 """The one module of softgen that imports TVM (lazily: softgen imports and works without it).
 
 Pinned pair: apache-tvm 0.27.0.post1 + apache-tvm-ffi 0.1.14.post1 (0.1.15.x crashes with 0.27);
-``pip install 'softgen[tvm]'``. In 0.27 the TIR dialect is ``tvm.tirx`` (``from tvm.script import
+``pip install '.[tvm]'`` (in the source tree). In 0.27 the TIR dialect is ``tvm.tirx`` (``from tvm.script import
 tirx as T``), schedules are ``tvm.s_tir.Schedule`` (sblock TIR needs ``@T.prim_func(s_tir=True)``).
 
 What a PrimFunc becomes (x86_64 and aarch64, TVM's bundled LLVM 22):
@@ -73,7 +73,7 @@ from pathlib import Path
 from ..runtime import _cached, cache_dir
 from ..targets import get_target, host_arch
 
-INSTALL_HINT = "pip install 'softgen[tvm]'"
+INSTALL_HINT = "pip install '.[tvm]' in the softgen source tree"
 TVM_VERSION = "0.27.0.post1"
 TVM_FFI_VERSION = "0.1.14.post1"
 
