@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from . import export as aot, ops as _ops, passes, tunedb
+from . import arrays, export as aot, ops as _ops, passes, tunedb
 from ._version import __version__
 from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
 from .analysis import MatrixPlan
@@ -401,7 +401,16 @@ class Kernel:
 
     def _call(self, fn, inputs: tuple, out, call=None):
         """Bind ``inputs``, ``out`` and the call-time arguments to the entry point (``binding``),
-        call ``fn``, map a nonzero return code to its exception; one path for every kind."""
+        call ``fn``, map a nonzero return code to its exception; one path for every kind.
+        Arrays other than NumPy's (torch, JAX: DLPack) and ``axis=``/``dim=`` go through
+        ``arrays.prepare`` (zero-copy in, the caller's type out)."""
+        if call and ("axis" in call or "dim" in call) or (out is not None and type(out) is not np.ndarray) \
+                or any(type(a) is not np.ndarray for a in inputs):
+            return self._call_arrays(fn, inputs, out, call)
+        return self._call_np(fn, inputs, out, call)
+
+    def _call_np(self, fn, inputs: tuple, out, call=None):
+        """``_call`` on NumPy arrays (``binding`` checks and binds them)."""
         opdef, params = _ops.get_op(self.op), self.params
         b = bind(self._abi, self.name, inputs, out,
                  lambda names, shape: opdef.row_arguments(names, shape, params, call or {}), self.op)
@@ -416,6 +425,26 @@ class Kernel:
             fn.flush()
         np.copyto(b.copy_to, b.result)
         return b.copy_to
+
+    def _call_arrays(self, fn, inputs: tuple, out, call):
+        """``_call`` for torch/JAX arrays (DLPack) and ``axis=``/``dim=`` (``arrays.prepare``)."""
+        axis = None
+        if call:
+            call = dict(call)
+            if "axis" in call and "dim" in call:
+                raise UsageError(f"{self.name}: give axis= or dim=, not both")
+            axis = call.pop("axis", call.pop("dim", None))
+        xs, o, finish = arrays.prepare(inputs, out, self.name, axis=axis, selected=self.selected,
+                                       rows=self._abi.kind in (ROW, SELECTED))
+        if not call and fn is self._fn and self._plain and _fastcall is not None and len(xs) == 1 \
+                and type(xs[0]) is np.ndarray and (o is None or type(o) is np.ndarray):
+            y = np.empty(xs[0].shape, np.float32) if o is None else o   # as __call__'s fast path
+            rc = _fastcall(fn._softgen_ptr, xs[0], y)
+            if rc == 0:
+                return finish(y)
+            if rc is not NotImplemented:
+                raise failure(self.name, rc)
+        return finish(self._call_np(fn, xs, o, call))
 
     # -- products -------------------------------------------------------------------------------
     @property
