@@ -47,6 +47,8 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
                 _resolved.clear()
             _resolved[key] = hit
     k, more, call = hit
+    if not args and not kwargs and not more and target == "host" and backend == "c" and algorithm == "auto":
+        _plain[op] = k
     if not more and axis is None and type(x) is np.ndarray and x.ndim and \
             (out is None or type(out) is np.ndarray):   # NumPy along the last axis: straight in
         return k(x, out=out, threads=threads, **call)
@@ -89,9 +91,15 @@ def _resolve(op: str, args: tuple, kwargs: dict, target, backend: str, algorithm
     return k, more, call
 
 
+_plain: dict = {}   # op -> its kernel for a call with no parameters and no options (the common call)
+
+
 def _make(op: str):
-    def fn(x, *args, **kwargs):
-        return apply(op, x, *args, **kwargs)
+    def fn(x, *args, out=None, **kwargs):
+        k = _plain.get(op)
+        if k is not None and not args and not kwargs and type(x) is np.ndarray and x.ndim:
+            return k(x, out)   # softgen.softmax(x): no lookup beyond this (issue 15)
+        return apply(op, x, *args, out=out, **kwargs)
     opdef = _ops.get_op(op)
     sig = ", ".join(list(opdef.inputs) + [f"{k}={v!r}" for k, v in opdef.params.items()]
                     + [f"{c}=None" for c in opdef.call_params])

@@ -231,7 +231,7 @@ def test_call_path_does_not_touch_the_ir(sm, lssa, topk, sink, gauss, monkeypatc
     calls = [lambda: sm(x), lambda: sm(x, threads=2), lambda: lssa(x), lambda: topk(x), lambda: sink(m),
              lambda: gauss(a, b), lambda: disp(x), lambda: disp(x, threads=1),
              lambda: softgen.softmax(x, target="scalar"), lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar"),
-             lambda: sm(x, axis=0)]
+             lambda: sm(x, axis=0), lambda: softgen.softmax(x), lambda: softgen.softmax(x)]
     expect = [c() for c in calls]   # loads the libraries (may touch the IR) before the trap
 
     def trap(*a, **k):
