@@ -34,12 +34,19 @@ from .errors import UsageError
 _KDLCPU = 1   # DLPack's device type of host memory (kDLCPU)
 
 
+_TORCH_TYPES: set = set()   # torch.Tensor (and subclasses, e.g. Parameter) once seen
+
+
 def _host(a, name: str, what: str, writable: bool = False):
     """(``a`` as a NumPy array sharing its memory, the module to return results through or None).
     NumPy arrays and anything else without DLPack go through unchanged (``binding`` checks them)."""
-    if type(a).__module__.startswith("torch") and hasattr(a, "requires_grad"):
+    t = type(a)
+    if t in _TORCH_TYPES:
         return _torch(a, name, what)
-    if type(a) is np.ndarray or isinstance(a, (np.ndarray, np.generic)) or not hasattr(a, "__dlpack__"):
+    if t.__module__.startswith("torch") and hasattr(a, "requires_grad"):
+        _TORCH_TYPES.add(t)
+        return _torch(a, name, what)
+    if t is np.ndarray or isinstance(a, (np.ndarray, np.generic)) or not hasattr(a, "__dlpack__"):
         if not isinstance(a, (np.ndarray, np.generic)) and hasattr(a, "__array_interface__"):
             return np.asarray(a), None
         return a, None
@@ -67,6 +74,10 @@ def _host(a, name: str, what: str, writable: bool = False):
 def _torch(a, name: str, what: str):
     """A torch tensor: its NumPy view (``Tensor.numpy()``: zero-copy, cheaper than DLPack's
     exchange) and ``torch.from_numpy`` for results (zero-copy)."""
+    try:   # a tensor that requires grad or is not on the CPU raises: diagnosed below
+        return a.numpy(), sys.modules["torch"].from_numpy
+    except (RuntimeError, TypeError):
+        pass
     if a.requires_grad:
         raise UsageError(f"{name}: {what} requires grad; softgen kernels have no backward: pass "
                          f"{what}.detach() (results then carry no gradient)")

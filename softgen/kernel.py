@@ -369,6 +369,8 @@ class Kernel:
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
             return self._call(self._fn, (x,), out, call)
+        if ptr is not None and threads is None and not call:   # torch, DLPack: converted, then _fastcall
+            return self._call_arrays(self._fn, (x,), out, call)
         fn = self._fn or self._entry(False)
         if threads is not None:   # (a method of its own: no closure here, no cost without threads)
             return self._call_threads(x, out, threads, call)
