@@ -139,6 +139,11 @@ def test_dlpack_foreign_and_device(sm):
     x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
     y = sm(_Host(x))
     assert isinstance(y, np.ndarray) and np.allclose(y, ref_softmax(x), atol=1e-6)
+    o = np.zeros((2, 5), np.float32)
+    assert sm(x, out=_Host(o)) is not None and np.allclose(o, y)     # written in place
+    o.flags.writeable = False                                        # immutable (as JAX's)
+    with pytest.raises(UsageError, match="read-only"):
+        sm(x, out=_Host(o))
 
 
 def test_dlpack_input_is_not_copied(sm, monkeypatch):
@@ -267,3 +272,16 @@ def test_cached_tvm_kernel_loads_without_tvm(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     r = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_jax_arrays(sm):
+    """JAX arrays (immutable, DLPack): read zero-copy, results as JAX arrays, no out=."""
+    jnp = pytest.importorskip("jax.numpy")
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32))
+    y = sm(x)
+    assert type(y).__module__.split(".")[0] in ("jax", "jaxlib")
+    assert np.allclose(np.asarray(y), ref_softmax(np.asarray(x)), atol=1e-6)
+    assert np.allclose(np.asarray(softgen.softmax(x, axis=0, target="scalar")), ref_softmax(np.asarray(x), 0),
+                       atol=1e-6)
+    with pytest.raises(UsageError, match="read-only"):
+        sm(x, out=jnp.zeros((3, 6), jnp.float32))
