@@ -40,6 +40,10 @@ try:  # the C extension built at install time; without it calls go through ctype
     from ._fastcall import call as _fastcall
 except ImportError:  # pragma: no cover - depends on the install
     _fastcall = None
+try:  # its top-k form (issue 15); an extension built before it lacks it: ctypes then
+    from ._fastcall import selected as _fastsel
+except ImportError:  # pragma: no cover - depends on the install
+    _fastsel = None
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -201,6 +205,7 @@ class Kernel:
     # the loaded entry's address when calls may take _fastcall (dense rows, no per-row
     # parameters, the extension built): __call__'s one test for its fast path (issue 15)
     _fast: int | None = field(default=None, init=False, repr=False, compare=False)
+    _fast_sel: int | None = field(default=None, init=False, repr=False, compare=False)   # top-k: the same
 
     @property
     def matrix(self) -> bool:
@@ -331,6 +336,8 @@ class Kernel:
             self._fn = load_entry(lib, self.name, self._abi)
             if self._plain and _fastcall is not None:
                 self._fast = self._fn._softgen_ptr
+            elif self._abi.kind == SELECTED and _fastsel is not None:
+                self._fast_sel = self._fn._softgen_ptr
         return self._fn
 
     def _mt_entry(self, threads) -> tuple:
@@ -371,6 +378,15 @@ class Kernel:
             return self._call(self._fn, (x,), out, call)
         if ptr is not None and threads is None and not call:   # torch, DLPack: converted, then _fastcall
             return self._call_arrays(self._fn, (x,), out, call)
+        sel = self._fast_sel
+        if sel is not None and out is None and threads is None and not call and type(x) is np.ndarray and x.ndim:
+            shape = x.shape[:-1] + (min(self._abi.k, x.shape[-1]),)    # top-k: (indices, weights)
+            idx, w = np.empty(shape, np.int64), np.empty(shape, np.float32)
+            rc = _fastsel(sel, x, idx, w)
+            if rc == 0:
+                return idx, w
+            if rc is not NotImplemented:
+                raise failure(self.name, rc)
         fn = self._fn or self._entry(False)
         if threads is not None:   # (a method of its own: no closure here, no cost without threads)
             return self._call_threads(x, out, threads, call)

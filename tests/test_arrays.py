@@ -285,3 +285,22 @@ def test_jax_arrays(sm):
                        atol=1e-6)
     with pytest.raises(UsageError, match="read-only"):
         sm(x, out=jnp.zeros((3, 6), jnp.float32))
+
+
+def test_topk_fast_path_matches_the_general_path(topk):
+    """Top-k calls take _fastcall.selected (no ctypes, no binding); every layout it declines
+    (strided, Fortran, empty) falls back, and the results equal the general path's."""
+    from softgen import kernel as kmod
+    if kmod._fastsel is None:
+        pytest.skip("softgen._fastcall is not built")
+    x = np.random.default_rng(6).standard_normal((3, 40)).astype(np.float32)
+    topk(x)
+    assert topk._fast_sel is not None
+    ptr = topk._fast_sel
+    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int64), np.empty((3, 2), np.float32)) == 0
+    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int32), np.empty((3, 2), np.float32)) is NotImplemented
+    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int64), np.empty((2, 2), np.float32)) is NotImplemented
+    for a in (x, x[:, ::2], x[:, :1], x[:0], np.asfortranarray(x), x[1]):
+        fast = topk(a)
+        slow = topk._call_np(topk._fn, (a,), None)
+        assert all(u.shape == v.shape and np.array_equal(u, v) for u, v in zip(fast, slow))
