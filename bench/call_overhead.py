@@ -84,6 +84,32 @@ def main() -> None:
         cols = ("raw C", "Kernel", "Kernel/t", "per-op", "torch", "onnxrt", "numpy")
         print(f"{rows}x{n:<6} " + " ".join(f"{res[c].median * 1e6:9.2f}" if c in res else f"{'-':>9}"
                                             for c in cols))
+    other_kinds(args.budget)
+
+
+def other_kinds(budget: float) -> None:
+    """Top-k (sparse, k=4; raw: _fastcall.selected) and a matrix op (sinkhorn 1x32x32; raw:
+    the ctypes entry on pre-bound arguments), 1 row / 1 matrix."""
+    from softgen.binding import bind
+    from softgen.kernel import _fastsel
+    x = np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)
+    t = softgen.compile("topk_softmax", k=4, sparse=1)
+    t(x)
+    softgen.topk_softmax(x, 4, sparse=1)
+    idx, w = np.empty((1, 4), np.int64), np.empty((1, 4), np.float32)
+    v = {"raw C": lambda: _fastsel(t._fn._softgen_ptr, x, idx, w), "Kernel": lambda: t(x),
+         "per-op": lambda: softgen.topk_softmax(x, 4, sparse=1)}
+    res = time_interleaved(v, budget=budget)
+    print("topk_softmax(k=4, sparse=1) 1x1024: " + ", ".join(f"{c} {r.median * 1e6:.2f}" for c, r in res.items()))
+    m = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    s = softgen.compile("sinkhorn")
+    y = s(m)
+    softgen.sinkhorn(m)
+    b = bind(s._abi, s.name, (m,), y)
+    fn = s._fn
+    v = {"raw C": lambda: fn(*b.args), "Kernel": lambda: s(m, out=y), "per-op": lambda: softgen.sinkhorn(m, out=y)}
+    res = time_interleaved(v, budget=budget)
+    print("sinkhorn 1x32x32: " + ", ".join(f"{c} {r.median * 1e6:.2f}" for c, r in res.items()))
 
 
 if __name__ == "__main__":
