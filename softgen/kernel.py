@@ -12,7 +12,7 @@ import numpy as np
 
 from . import arrays, export as aot, ops as _ops, passes, tunedb
 from ._version import __version__
-from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
+from .abi import ERRORS, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
 from .backends.gemm import schedule_for
@@ -41,9 +41,9 @@ try:  # the C extension built at install time; without it calls go through ctype
 except ImportError:  # pragma: no cover - depends on the install
     _fastcall = None
 try:  # its top-k form (issue 15); an extension built before it lacks it: ctypes then
-    from ._fastcall import selected as _fastsel
+    from ._fastcall import selected as _fastsel, unary as _fastunary
 except ImportError:  # pragma: no cover - depends on the install
-    _fastsel = None
+    _fastsel = _fastunary = None
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -206,6 +206,7 @@ class Kernel:
     # parameters, the extension built): __call__'s one test for its fast path (issue 15)
     _fast: int | None = field(default=None, init=False, repr=False, compare=False)
     _fast_sel: int | None = field(default=None, init=False, repr=False, compare=False)   # top-k: the same
+    _fast_unary: int | None = field(default=None, init=False, repr=False, compare=False)  # unary matrix
 
     @property
     def matrix(self) -> bool:
@@ -338,6 +339,8 @@ class Kernel:
                 self._fast = self._fn._softgen_ptr
             elif self._abi.kind == SELECTED and _fastsel is not None:
                 self._fast_sel = self._fn._softgen_ptr
+            elif self._abi.kind == UNARY and _fastunary is not None:
+                self._fast_unary = self._fn._softgen_ptr
         return self._fn
 
     def _mt_entry(self, threads) -> tuple:
@@ -387,6 +390,12 @@ class Kernel:
                 return idx, w
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
+        uptr = self._fast_unary
+        if uptr is not None and threads is None and not call and type(x) is np.ndarray and x.ndim >= 2 \
+                and (out is None or type(out) is np.ndarray):   # a unary matrix kernel
+            y = np.empty(x.shape, np.float32) if out is None else out
+            if _fastunary(uptr, x, y) == 0:
+                return y   # else (a layout it declines, an error) the general path checks and raises
         fn = self._fn or self._entry(False)
         if threads is not None:   # (a method of its own: no closure here, no cost without threads)
             return self._call_threads(x, out, threads, call)

@@ -304,3 +304,22 @@ def test_topk_fast_path_matches_the_general_path(topk):
         fast = topk(a)
         slow = topk._call_np(topk._fn, (a,), None)
         assert all(u.shape == v.shape and np.array_equal(u, v) for u, v in zip(fast, slow))
+
+
+def test_unary_matrix_fast_path_matches_the_general_path(sink):
+    """Unary matrix calls (sinkhorn) take _fastcall.unary; declined layouts fall back; results
+    equal the general path's; a square kernel's non-square input keeps its ValueError."""
+    from softgen import kernel as kmod
+    if kmod._fastunary is None:
+        pytest.skip("softgen._fastcall is not built")
+    m = np.random.default_rng(7).random((3, 6, 6)).astype(np.float32)
+    sink(m)
+    assert sink._fast_unary is not None
+    assert kmod._fastunary(sink._fast_unary, m[0, 0], np.empty(6, np.float32)) is NotImplemented   # 1-d
+    for a in (m, m[:, :, :4], m[:, :4, :], m[:, :, ::2], np.asfortranarray(m), m[0], m[:0]):
+        assert np.array_equal(sink(a), sink._call_np(sink._fn, (a,), None))
+    y = m.copy()
+    assert sink(y, out=y) is y and np.array_equal(y, sink(m))
+    pinv = softgen.compile("newton_pinv", target="scalar")
+    with pytest.raises(ValueError, match="square"):
+        pinv(np.ones((2, 4, 5), np.float32))
