@@ -228,7 +228,7 @@ class AttentionPhase(Phase):
     """The streaming (flash-style) form of ``S = scale * q @ k^T; rows of S normalised (masked
     softmax); o = S @ v`` (``passes.stream_attention``): per block of ``br`` query rows, one sweep
     over blocks of ``bc`` keys holding per-row state (running max m, sum l) and the br x dv
-    accumulator, rescaled by e^(m - m') when m grows (online softmax, spec 3 and 10); no Lq x Lk
+    accumulator, rescaled by e^(m - m') when m grows (online softmax, docs/ops.md §3 and 10); no Lq x Lk
     matrix. ``program``: the rows program it replaces (the normalizer, kept for plans and
     explain). ``causal``: keys above the bottom-right diagonal dropped (blocks entirely above it
     are skipped); ``mask``: an additive mask matrix of S's shape, or None."""

@@ -26,7 +26,7 @@ from .numerics.constants import EXTEXP_DOMAIN
 
 # Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
 # 2^E, so |E| <= 2^17 log2(e) - 200 keeps them inside |x| <= 2^17, where the f32 exp reduction is
-# accurate (spec 2.4, EXTEXP_F32_DOMAIN). Rows outside are recomputed with three-pass.
+# accurate (docs/ops.md §2.4, EXTEXP_F32_DOMAIN). Rows outside are recomputed with three-pass.
 EXTEXP_F32_DOMAIN = float(EXTEXP_DOMAIN)   # 2^17
 EXTEXP_GUARD_E = math.floor(EXTEXP_F32_DOMAIN / math.log(2.0)) - 200
 
@@ -264,6 +264,23 @@ def annotate_ranges(p: Program) -> Program:
     return p
 
 
+def max_shifted(p: Program, v: int) -> bool:
+    """Whether exp node ``v`` is e^(s (x - max x)), s > 0, of its row x (the max from reduce_max
+    or the online pair's m): its largest term is exactly e^0 = 1, so a sum of its terms is >= 1
+    and its tiny terms may be subnormal (backends: vmath.h.j2 sg_exp_shifted) without making a
+    reciprocal of the sum overflow."""
+    (a,) = p.args(v)
+    if p.op(a) == "mul" and (p.const_value(p.args(a)[1]) or 0) > 0:
+        a = p.args(a)[0]
+    if p.op(a) != "sub":
+        return False
+    x, m = p.args(a)
+    if p.op(m) == "reduce_max":
+        return p.args(m) == (x,)
+    return (p.op(m) == "item" and p.attrs(m)["index"] == 0 and p.op(p.args(m)[0]) == "reduce_online"
+            and p.args(p.args(m)[0]) == (x,))
+
+
 def _nonneg(p: Program, v: int) -> bool:
     """v >= 0 or NaN, by construction: |z|, max(z, c >= 0), e^z, products of such, c >= 0, and
     a < b ? z : a (b >= 0: a is taken only when a >= b or NaN) for such z."""
@@ -367,6 +384,22 @@ class Plan:
             t["writes_per_row"] = self.writes_per_row
             t["summary"] = f"{self.reads}R + {self.writes}W + {self.writes_per_row} writes/row"
         return t
+
+    def __repr__(self) -> str:
+        """One line for the plan, then one per sweep: what it reads and writes, what it reduces."""
+        p, t = self.program, self.traffic()
+        out = [f"Plan({p.name}: {t['passes']} sweeps, {t['summary']} = {t['bytes_per_element']} B/element, "
+               f"{t['exp_per_element']} exp/element)"]
+        for s in self.sweeps:
+            bufs = (["x"] if s.reads_x else []) + ["y (reload)"] * len(s.reloads)
+            wr = ["y (store)"] * len(s.stores) + (["y"] if s.output is not None else [])
+            if s.selected is not None:
+                k = p.attrs(s.selected)["k"]
+                bufs, wr = [f"the {k} selected entries"], [f"indices and weights ({k} each)"]
+            red = f"; reduces {', '.join(p.op(v) for v in s.reductions + s.colreds)}" \
+                if s.reductions or s.colreds else ""
+            out.append(f"  sweep {s.index}: reads {', '.join(bufs) or '-'}; writes {', '.join(wr) or '-'}{red}")
+        return "\n".join(out)
 
     def describe(self) -> str:
         p = self.program
@@ -589,7 +622,7 @@ def streamable(mp) -> str:
 
 def stream_attention(mp, br: int, bc: int):
     """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax over
-    key blocks of ``bc``, query blocks of ``br``; spec 3, 10): the scratch S is gone. The masks
+    key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3, 10): the scratch S is gone. The masks
     come from the rows program: its ``matrow`` matrix (additive mask), its ``row_index`` (the
     causal diagonal). Other normalizers stream later through the same phase (its ``normalizer``)."""
     form = attention_form(mp)

@@ -48,12 +48,20 @@ def isa_header(t: Target, stream: bool = False) -> str:
     return env().get_template("isa.h.j2").render(t=t, macros=macros, stream=stream and t.streams)
 
 
-def vmath(exp: str = constants.EXP_DEFAULT) -> str:
+def vmath(exp: str = constants.EXP_DEFAULT, t: Target | None = None) -> str:
     """The vector math (exp, log, log1p, extended-exponent helpers) over the virtual ISA; ``exp``:
-    the variant of sg_exp / sg_exp_nonpos (``constants.EXP_VARIANTS``; the default spells p5)."""
+    the variant of sg_exp / sg_exp_nonpos (``constants.EXP_VARIANTS``; the default spells p5);
+    ``t``: the target, whose optional ``V_ROUND`` and native ``V_SCALE2`` (avx512) add the scaled
+    sg_exp_shifted (``scaled_exp``) for the exps of x - max x (``passes.max_shifted``)."""
     xv = None if exp == constants.EXP_DEFAULT else constants.EXP_VARIANTS[exp]
     return env().get_template("vmath.h.j2").render(
-        xv=xv, reduce="sg_xreduce" if xv else "sg_reduce_ln2", poly="sg_xpoly" if xv else "sg_p5")
+        xv=xv, reduce="sg_xreduce" if xv else "sg_reduce_ln2", poly="sg_xpoly" if xv else "sg_p5",
+        scaled=t is not None and scaled_exp(t))
+
+
+def scaled_exp(t: Target) -> bool:
+    """Whether ``t`` has the scaled sg_exp_shifted: n = V_ROUND(x log2 e), e^x = V_SCALE2(1 + t p, n)."""
+    return "ROUND" in t.isa and "SCALE2" in t.isa
 
 
 def select_helpers(*programs) -> str:

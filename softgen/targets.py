@@ -45,7 +45,10 @@ VIRTUAL_ISA = {
     "ISET1": "s", "IADD": "a, b", "ISUB": "a, b", "IAND": "a, b", "SRA": "a, n", "CVT": "a",
     "HSUM": "a", "HMAX": "a", "ANY": "m",
 }
-OPTIONAL_ISA = {"SCALE2": "a, d"}  # a*2^d for integer-valued d <= 0; vmath has a generic fallback
+# SCALE2: a*2^d for integer-valued d <= 0; vmath has a generic fallback. ROUND: a rounded to the
+# nearest integer (ties to even). A target with both gets vmath's scaled exp (render.vmath:
+# sg_exp_shifted reconstructs e^x as (1 + t p) 2^n in one instruction, no magic-bias bit trick).
+OPTIONAL_ISA = {"SCALE2": "a, d", "ROUND": "a"}
 # Non-temporal stores (schedule stream=True): STREAM(p, a) stores a whole vector at p, aligned to the
 # target's `stream_align` bytes (= 4 * lanes), bypassing the caches; FENCE() orders them before
 # later stores. A target has both and stream_align, or none; only kernels that stream define them.

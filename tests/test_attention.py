@@ -1,4 +1,4 @@
-"""Attention (issue 14, spec 10): the float64 oracles, the three-phase kernel against them (C
+"""Attention (issue 14, docs/ops.md §10): the float64 oracles, the three-phase kernel against them (C
 backend; scalar/avx2/avx512 natively or emulated, neon under qemu), softgen.attention's front door
 (GQA, masks, kv_lengths, masked rows, strided heads, bad input), torch SDPA where installed, the
 exported library called from C. Kernels are shared per module (one per target x causal x mask)."""
@@ -225,7 +225,7 @@ def test_api_gqa_masks_lengths_and_masked_rows():
 
 @pytest.mark.parametrize("target", ["avx2", "neon"])
 def test_stablemax_attention_three_phase(target):
-    """StableMax (spec 8): three-phase today (auto), the streaming form refuses it clearly."""
+    """StableMax (docs/ops.md §8): three-phase today (auto), the streaming form refuses it clearly."""
     k = softgen.compile("attention", normalizer="stablemax", causal=True, head_dim=16, target=target)
     assert k.algorithm == "three-phase"
     cases = [(f32(2, lq, 16, scale=s), f32(2, lk, 16, scale=s), f32(2, lk, 5)) for lq, lk in ((7, 30), (30, 7), (1, 1))

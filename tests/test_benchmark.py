@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,13 @@ def test_copy_kernel_repetitions_and_checks():
 
 
 # -- parsing ---------------------------------------------------------------------------------------------
+
+def test_single_threaded_caps_softgen_s_own_auto_threads(monkeypatch):
+    """The report says "1 thread": softgen's plain entry (auto threads) must not use the pool."""
+    monkeypatch.delenv("SOFTGEN_NUM_THREADS", raising=False)
+    B.single_threaded()
+    assert os.environ["SOFTGEN_NUM_THREADS"] == "1"
+
 
 def test_parse_sizes_and_shapes():
     assert B.parse_sizes("1K,64K, 1M 16M,1000") == [(1, 1024), (1, 65536), (1, 1 << 20), (1, 1 << 24), (1, 1000)]

@@ -42,12 +42,13 @@ import numpy as np
 import pytest
 from conftest import skip_unless_emulated
 
+import softgen
 from softgen.numerics.constants import EXP_DEFAULT, EXP_VARIANTS
-from softgen.render import isa_header, vmath
+from softgen.render import isa_header, scaled_exp, vmath
 from softgen.runtime import build_shared
 from softgen.targets import all_targets, get_target, host_arch
 
-# Bounds just above the exhaustive measurements (module docstring); the spec allows 2.5e-7.
+# Bounds just above the exhaustive measurements (module docstring); the contract (docs/accuracy.md) allows 2.5e-7.
 SPEC_MAX_REL_ERR = 2.5e-7
 EXP_MAX_REL_ERR = 1.7e-7       # sg_exp, sg_exp_nonpos: measured 1.6456e-7 over every float32
 EXP_MAX_ULP = 2.0              # measured 1.981 ulp
@@ -177,6 +178,12 @@ SG_EXPORT void NAME(uint32_t lo, uint64_t count, uint32_t stride, sg_stats *st) 
 }
 SG_SCAN_EXP(sg_scan_exp, sg_exp)
 SG_SCAN_EXP(sg_scan_exp_nonpos, sg_exp_nonpos)
+#ifdef SG_EXP_MIN_SCALED   /* the target has the scaled sg_exp_shifted (render.scaled_exp) */
+SG_SCAN_EXP(sg_scan_exp_shifted, sg_exp_shifted)
+#define SG_SHIFTED(v) sg_exp_shifted(v)
+#else
+#define SG_SHIFTED(v) sg_exp_nonpos(v)
+#endif
 
 /* mode 0: (p, n) of u = x; mode 1: of s x carried as sg_twoprod's hi + lo (sg_extexp_p_lo). */
 SG_EXPORT void sg_scan_extexp(uint32_t lo, uint64_t count, uint32_t stride, int mode, float s,
@@ -208,7 +215,8 @@ SG_EXPORT void sg_scan_extexp(uint32_t lo, uint64_t count, uint32_t stride, int 
 }
 
 /* Plain evaluation of an array (a partial last vector through a zero-padded buffer):
-   which 0: y = sg_exp(x); 1: sg_exp_nonpos(x); 2: (y, n) = (p, n) of u = x; 3: of s x, scaled. */
+   which 0: y = sg_exp(x); 1: sg_exp_nonpos(x); 2: (y, n) = (p, n) of u = x; 3: of s x, scaled;
+   4: sg_exp_shifted(x) (sg_exp_nonpos on targets without it). */
 SG_EXPORT void sg_eval(int which, const float *x, float *y, float *n, uint64_t count, float s) {
     float xs[SG_LANES], ys[SG_LANES], ns[SG_LANES];
     for (uint64_t i = 0; i < count; i += SG_LANES) {
@@ -219,6 +227,7 @@ SG_EXPORT void sg_eval(int which, const float *x, float *y, float *n, uint64_t c
         if (which == 0) r = sg_exp(v);
         else if (which == 1) r = sg_exp_nonpos(v);
         else if (which == 2) { e = sg_extexp_n(v); r = sg_extexp_p(v, e); }
+        else if (which == 4) r = SG_SHIFTED(v);
         else {
             VEC l, u = sg_twoprod(v, V_SET1(s), &l);
             e = sg_extexp_n(u);
@@ -328,10 +337,10 @@ def harness(name: str, exp: str = EXP_DEFAULT):
     t = get_target(name)
     if _mode(name) == "emulated":
         skip_unless_emulated(t)  # SIMDe headers (simde-py); a failure under CI=true
-    lib = ctypes.CDLL(str(build_shared(isa_header(t) + vmath(exp) + HARNESS, t,
+    lib = ctypes.CDLL(str(build_shared(isa_header(t) + vmath(exp, t) + HARNESS, t,
                                        emulate=_mode(name) == "emulated")))
     st = ctypes.POINTER(_Stats)
-    for f in ("sg_scan_exp", "sg_scan_exp_nonpos"):
+    for f in ("sg_scan_exp", "sg_scan_exp_nonpos") + (("sg_scan_exp_shifted",) if scaled_exp(t) else ()):
         getattr(lib, f).argtypes = [ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32, st]
         getattr(lib, f).restype = None
     lib.sg_scan_extexp.argtypes = [ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int,
@@ -504,6 +513,41 @@ def test_exp_nonpos_binades_and_stride(target):
     assert r.n_under_zero and r.n_under_sub and r.n_nan
 
 
+# -- the scaled exp of x - max x (render.scaled_exp: avx512's sg_exp_shifted) ---------------------
+
+SCALED = [t for t in NATIVE if scaled_exp(get_target(t))]
+
+
+@pytest.mark.parametrize("target", SCALED)
+def test_exp_shifted_binades_and_stride(target):
+    check_exp(scan(target, "sg_scan_exp_shifted", NONPOS_BINADES, what="binades"))
+    r = scan(target, "sg_scan_exp_shifted", [(0x80000000, 1 << 32)], STRIDE, what=f"stride {STRIDE}")
+    check_exp(r)
+    assert r.n_under_zero and r.n_under_sub and r.n_nan
+
+
+@pytest.mark.parametrize("target", SCALED)
+def test_exp_shifted_specials_and_bits(target):
+    """-inf, -FLT_MAX and x <= -104 give +0, NaN stays NaN, 0 gives 1; subnormal results down to
+    2^-149 within one subnormal ulp of e^x (sg_exp_nonpos flushes below -87.683); the same bits
+    as sg_exp_nonpos for results from 2^-124 up."""
+    xs = np.array([-0.0, -math.inf, -FLT_MAX, -1e10, -104.0, -103.0, -100.0, -95.0, -88.0, -87.69, -87.5]
+                  + NANS, np.float32)
+    y, _ = evaluate(target, 4, xs)
+    assert y[0] == 1.0 and np.all(np.isnan(y[11:]))
+    assert np.all(y[1:5] == 0.0) and not np.signbit(y[1:5]).any()
+    sub = y[5:11].astype(np.float64)
+    assert np.all((sub > 0) & (sub < FLT_MIN)), sub
+    assert np.all(np.abs(sub - np.exp(xs[5:11].astype(np.float64))) <= 2.0 ** -149), sub
+    x = -np.abs(np.array([flt(b) for b in range(0, 1 << 32, 65537 * 3)], np.float32))
+    a, _ = evaluate(target, 1, x)
+    b, _ = evaluate(target, 4, x)
+    keep = a >= 2.0 ** -124
+    assert np.array_equal(a[keep].view(np.uint32), b[keep].view(np.uint32))
+    assert np.all(np.abs(b[~keep & ~np.isnan(a)] - np.exp(x[~keep & ~np.isnan(a)].astype(np.float64)))
+                  <= 2.0 ** -149 + 2.0 ** -23 * np.exp(x[~keep & ~np.isnan(a)].astype(np.float64)))
+
+
 # -- exp variants (schedule exp; numerics.constants.EXP_VARIANTS): each held to the contract ------
 
 EXP_VARIANT_NAMES = [v for v in EXP_VARIANTS if v != EXP_DEFAULT]
@@ -631,3 +675,19 @@ def test_emulated_more_binades(target):
     check_exp(scan(target, "sg_scan_exp", EXP_BINADES, what="binades"))
     check_exp(scan(target, "sg_scan_exp_nonpos", NONPOS_BINADES, what="binades"))
     check_ext(scan(target, "sg_scan_extexp", EXT_BINADES, 1, 0, 1.0, what="binades"))
+
+
+@pytest.mark.skipif(not scaled_exp(get_target("avx512")), reason="avx512 has no scaled exp")
+def test_scaled_exp_only_for_max_shifted_sums():
+    """avx512 kernels call sg_exp_shifted for e^(x - max x) (softmax, online's output sweep, the
+    softmax limit of softplus_l1) and keep sg_exp_nonpos for other exps (softplus_l1's e^-|x|,
+    whose sum may be tiny: 1 / sum must stay finite); avx2 has no sg_exp_shifted."""
+    for alg in ("three-pass-reload", "online"):
+        src = softgen.compile("softmax", target="avx512", algorithm=alg).source
+        assert "sg_exp_shifted(v" in src and "sg_exp_nonpos(v" not in src, alg
+    k = softgen.compile("softplus_l1", target="avx512", algorithm="direct")
+    fallback, row = k.source.split(f"static void {k.name}__row(")
+    row = row.split("\n}\n")[0]
+    assert "sg_exp_nonpos(v" in row and "sg_exp_shifted(v" not in row
+    assert "sg_exp_shifted(v" in fallback.split(f"{k.name}__fallback_row(")[1]
+    assert "sg_exp_shifted" not in softgen.compile("softmax", target="avx2").source

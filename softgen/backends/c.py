@@ -25,8 +25,8 @@ from ..matrix import AttentionPhase, SweepPhase
 from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
-from ..passes import EXTEXP_F32_DOMAIN, plan
-from ..render import env, flit, isa_header, select_helpers, vmath
+from ..passes import EXTEXP_F32_DOMAIN, max_shifted, plan
+from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
 from .attention import TASK_GRAIN, attention_function, score_rows, task_rows
@@ -272,7 +272,9 @@ def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: boo
         elif op == "materialize":
             expr = args[0]
         elif op == "exp" and p.attrs(v).get("nonpos"):
-            expr = f"sg_exp_nonpos({args[0]})"
+            # the scaled exp (one instruction fewer) where the sum of the terms is >= 1
+            shifted = scaled_exp(c.t) and max_shifted(p, v)
+            expr = f"sg_exp_{'shifted' if shifted else 'nonpos'}({args[0]})"
         elif op == "log1p" and p.attrs(v).get("unit"):
             expr = f"sg_log1p_unit({args[0]})"
         elif op in SCALED_C and p.attrs(v).get("scale", 1.0) != 1.0:
@@ -652,7 +654,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {_gemm_text(t, g)}" if gemms else ""),
-        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(),
+        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(t=t),
         helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
@@ -681,6 +683,8 @@ def _knob_note(s: Schedule, t: Target) -> str:
         notes.append(f"software prefetch {s.prefetch} elements ahead")
     if s.exp != EXP_DEFAULT:
         notes.append(f"exp variant {s.exp}")
+    if scaled_exp(t):
+        notes.append("exp of x - max x in the scaled form (sg_exp_shifted: (1 + t p) 2^n by V_SCALE2)")
     return "".join(f"\n *            {n}" for n in notes)
 
 
@@ -714,7 +718,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t), plan_lines=plan_lines,
-        isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp),
+        isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp, t),
         helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
         threads=threads, split=split)

@@ -262,4 +262,4 @@ def translation_unit(codes: list) -> str:
         raise UsageError("gemm names in one translation unit must be unique")
     return env().get_template("gemm_tu.c.j2").render(
         version=__version__, t=t, isa=isa_header(t), codes=codes,
-        vmath=vmath() if any(g.epilogue and g.epilogue.needs_vmath for g in codes) else "")
+        vmath=vmath(t=t) if any(g.epilogue and g.epilogue.needs_vmath for g in codes) else "")

@@ -17,12 +17,17 @@ import numpy as np
 from . import deps
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+               "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS",
+               # softgen's own libraries: their "auto" thread count (the plain entry a bench
+               # times) is capped by it, so "1 thread" in the report holds for softgen too
+               "SOFTGEN_NUM_THREADS")
 
 
 def single_threaded() -> None:
-    """Force every threaded math library to one thread. Call before numpy/torch are imported
-    (the env vars are read at import); torch additionally needs ``torch.set_num_threads(1)``."""
+    """Force every threaded math library, softgen's generated ones included, to one thread. Call
+    before numpy/torch are imported (the env vars are read at import; a generated library reads
+    SOFTGEN_NUM_THREADS at its first auto call); torch additionally needs
+    ``torch.set_num_threads(1)``."""
     for v in THREAD_VARS:
         os.environ[v] = "1"
 

@@ -1,5 +1,5 @@
-"""The float32 constants of softgen's vector math, in one place: the "p5" exp (spec 2.4), the
-extended exponent (spec 2.1), log and log1p. ``templates/vmath.h.j2`` spells them in C (a global
+"""The float32 constants of softgen's vector math, in one place: the "p5" exp (docs/ops.md §2.4), the
+extended exponent (docs/ops.md §2.1), log and log1p. ``templates/vmath.h.j2`` spells them in C (a global
 ``K`` of ``render.env()``: ``{{ K.LOG2E.c }}`` is ``0x1.715476p+0f``), the TVM backend's emitter
 writes them into TIR, and ``reference.exp_p5_f32`` evaluates the same p5 in float64-emulated
 float32. Layer 0: imports nothing of softgen.
@@ -30,7 +30,7 @@ class F32(float):
         return f"F32({self.text!r})"
 
 
-# -- exp ("p5" of Dukhan & Ablavatski, spec 2.4) ---------------------------------------------------
+# -- exp ("p5" of Dukhan & Ablavatski, docs/ops.md §2.4) ---------------------------------------------------
 LOG2E = F32("0x1.715476p+0")
 MAGIC = F32("0x1.8000FEp23")           # 1.5 * 2^23 + 127: round to integer, 127 + n in the low bits
 MINUS_LN2_HI = F32("-0x1.62E43p-1")    # Cody-Waite: -ln2 = MINUS_LN2_HI + MINUS_LN2_LO
@@ -40,6 +40,7 @@ P5 = (F32("0x1.0F9F9Cp-7"), F32("0x1.573A1Ap-5"), F32("0x1.555A80p-3"), F32("0x1
       F32("0x1.FFFFF6p-1"))
 MINUS_LN2 = F32("-0x1.62E430p-1")       # one-constant reduction (c1): fl(-ln2), |error| 1.9e-9
 EXP_MIN = F32("-88.0")                 # rounds to n = -127, whose 2^n bits are +0
+EXP_MIN_SCALED = F32("-104.0")         # the scaled exp's clamp: e^-104 < 2^-150, so q 2^n rounds to +0
 EXP_MAX = F32("88.75")                 # above log(FLT_MAX): overflows to +inf
 
 
@@ -69,7 +70,7 @@ EXP_VARIANTS = {v.name: v for v in (
     ExpVariant("p6c2", 6, 2, P6, 8.9e-8),
 )}
 
-# -- extended exponent (spec 2.1) -----------------------------------------------------------------
+# -- extended exponent (docs/ops.md §2.1) -----------------------------------------------------------------
 EXTEXP_DOMAIN = F32("0x1p17")          # |u| where (p, n) stays accurate (passes.EXTEXP_F32_DOMAIN)
 EXTEXP_E0 = F32("-190000.0")           # initial exponent: below any clamped u * log2 e
 
