@@ -120,7 +120,8 @@ def _f32(name: str, a) -> np.ndarray:
 
 def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=None, scale=None,
               kv_lengths=None, masked_rows: str = "nan", *, out: np.ndarray | None = None,
-              target: str = "host", backend: str = "c", algorithm: str = "auto", **params) -> np.ndarray:
+              target: str = "host", backend: str = "c", algorithm: str = "auto", threads: int | None = None,
+              **params) -> np.ndarray:
     """O = normalize(s Q K^T + mask) V (docs/ops.md §10), float32: q (..., Hq, Lq, d), k (..., Hkv, Lk, d),
     v (..., Hkv, Lk, dv) -> (..., Hq, Lq, dv); the leading axes are batch x heads (2-d arrays: one
     head). Grouped-query attention: Hq a multiple of Hkv, query head h reads kv head
@@ -131,6 +132,9 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     ``normalizer``: softmax or stablemax today (other names raise a UsageError naming what is
     supported). ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
+    ``threads``: the streaming form splits batch x heads x query chunks across the library's
+    thread pool: None or 0 auto, N at most N threads; results do not depend on it (the
+    three-phase form runs on one thread and refuses threads=).
 
     The kernel is the attention matrix program (``softgen/ops/attention.py``); GQA repeats
     k/v per query head, masks and kv_lengths become one float32 additive mask, and inputs that are
@@ -186,7 +190,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
     if add is not None:
         flat.append(np.ascontiguousarray(add).reshape((nb, lq, lk)))
-    o = kern(*flat).reshape(lead + (lq, dv))
+    o = (kern(*flat) if threads is None else kern(*flat, threads=threads)).reshape(lead + (lq, dv))
     if masked_rows == "zero":
         dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
         if causal:

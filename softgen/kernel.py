@@ -15,6 +15,7 @@ from ._version import __version__
 from .abi import ERRORS, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
+from .backends.attention import TASK_GRAIN, task_rows
 from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
@@ -278,6 +279,8 @@ class Kernel:
         tuned = f"\n# tuned: {'yes (tuning database)' if self.tuned else 'no'}" if self.dispatch is not None else ""
         if self.gemm is not None:
             tuned += f"\n# gemm: {self.gemm} ({self.gemm_why or 'given'})"
+        elif self.tuned and self.gemm_why:   # streaming attention: tuned blocks
+            tuned += f"\n# attention blocks: tuned ({self.gemm_why})"
         threads = f"\n# {self.explain_threads()}" if self.explain_threads() else ""
         out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
                f"{tuned}{threads}\n",
@@ -292,9 +295,13 @@ class Kernel:
         return "\n".join(out).rstrip("\n") + "\n"
 
     def explain_threads(self) -> str:
-        """What ``threads=None``/0 (auto) does for this kernel, one line ("" for matrix kernels)."""
+        """What ``threads=None``/0 (auto) does for this kernel, one line ("" for matrix kernels
+        that run on one thread)."""
         if self.matrix:
-            return ""
+            ph = self.program.attention_tasks()
+            return "" if ph is None else \
+                f"threads (auto): the batch's (matrix, query chunk of {task_rows(ph)} rows) tasks, one thread " \
+                f"per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
         if self.dispatch is not None:
             return "threads (auto): per dispatch entry, see its threads= column"
         return f"threads (auto): {(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs " \
@@ -352,7 +359,7 @@ class Kernel:
                              f"got {threads!r}")
         if not self._abi.threaded:
             raise UsageError(f"kernel {self.name} ({self._abi.kind} ABI) runs on one thread: "
-                             f"only row kernels take threads=")
+                             f"only row kernels and streaming attention take threads=")
         if self._mt_fn is None:
             self._mt_fn = load_entry(self._entry(False)._softgen_handle, self.name, self._abi, mt=True)
         return self._mt_fn, int(threads)
@@ -540,7 +547,12 @@ class MatrixKernel(Kernel):
     """A matrix kernel with the general ABI (``KernelABI``, e.g. two inputs of different shapes):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
-    def __call__(self, *inputs, out=None) -> np.ndarray:
+    def __call__(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
+        """``threads`` (kernels with ``<name>_mt``, e.g. streaming attention): None or 0 auto,
+        N at most N threads of the library's pool; the results do not depend on it."""
+        if threads is not None:
+            mt, threads = self._mt_entry(threads)
+            return self._call(lambda *args: mt(*args, threads), inputs, out)
         return self._call(self._fn or self._entry(False), inputs, out)
 
     def run_emulated(self, *inputs, out=None) -> np.ndarray:
@@ -586,7 +598,7 @@ class IsaKernel(Kernel):
         return "\n".join([*(m.asm(cc) for m in self.members), assembly(self.source, self.target, cc)])
 
     def explain_threads(self) -> str:
-        if self.matrix:
+        if self.matrix and not self._abi.threaded:
             return ""
         return "threads (auto): the picked ISA's kernel's (" + "; ".join(
             f"{m.target.name}: {m.explain_threads().removeprefix('threads (auto): ')}" for m in self.members) + ")"
@@ -776,7 +788,10 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     given = {k: v for k, v in schedule.items() if k in GEMM_FIELDS} if isinstance(schedule, dict) else {}
     sched = _schedule(t, {k: v for k, v in schedule.items() if k not in GEMM_FIELDS}
                       if isinstance(schedule, dict) else schedule)
+    awhy = ""
     if alg == "streaming":
+        if not blocks and schedule is None:
+            blocks, awhy = tuned_attention(program, t, be.name)
         ablk = replace(t.attention, **blocks).validate()
         lowered = passes.stream_attention(program, ablk.br, ablk.bc)
     else:
@@ -791,6 +806,8 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
         gemm, why = tuned_gemm(program, t, be.name)
     tuned = bool(why)
     gemm = None if gemm == t.gemm and not tuned else gemm
+    if awhy:   # the streaming attention form's tuned blocks (it has no GEMM)
+        tuned, why = True, awhy
     short = {"direct": "", "three-phase": "_3ph", "streaming": "_stream"}[alg]
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{short}__{t.name}_{sched.tag(t.lanes)}" \
@@ -801,6 +818,26 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     return cls(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
                wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why)
+
+
+def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tuple[dict, str]:
+    """The streaming attention form's blocks {br, bc} from this machine's newest usable tuning
+    record (``softgen tune --op attention``: algorithm "streaming"), and its ``why``; ({}, "")
+    without one (or with ``SOFTGEN_USE_TUNING=0``)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return {}, ""
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return {}, ""
+    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
+        if r.algorithm != "streaming" or set(r.schedule) != set(ATTENTION_KNOBS):
+            continue
+        try:
+            return replace(target.attention, **r.schedule).validate().as_dict(), measured_why(r)
+        except (TypeError, UsageError):
+            continue
+    return {}, ""
 
 
 def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[GemmSchedule | None, str]:

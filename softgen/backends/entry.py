@@ -105,6 +105,7 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
         (LQ, D), (LK, _), DV = mp.shape(ph.q), mp.shape(ph.k), mp.shape(ph.v)[1]
         mats = [ph.q, ph.k, ph.v] + ([ph.mask] if ph.mask else []) + [ph.o]
         args = [f"dim_{LQ}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + [a for nm in mats for a in (f"mat_{nm}", f"ld_{nm}")]
+        args += ["0", f"dim_{LQ}", "NULL"]
         return [f"if ({name}__attn{k}({', '.join(args)}) != 0) {{ free(sg_mem); return {err.ENOMEM}; }}"]
     if isinstance(ph, MatMulPhase):
         mm = ph.mm
@@ -224,7 +225,15 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
                               for t, n, _ in phase_args(ph.program))
                 protos.append(f"void {name}__phase{k}(float *x, float *y, {a}"
                               f"{', int32_t *status' if cc.status else ''});")
-    return {"signature": abi.signature(name), "checks": checks, "dims_before": before, "dims_after": after,
+    tasks = None
+    ph = mp.attention_tasks()
+    if ph is not None:   # the whole batch at once, split across the thread pool (no scratch)
+        (LQ, D), (LK, _), DV = mp.shape(ph.q), mp.shape(ph.k), mp.shape(ph.v)[1]
+        mats_ = [ph.q, ph.k, ph.v] + ([ph.mask] if ph.mask else []) + [ph.o]
+        targs = ["batch", f"dim_{LQ}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + \
+            [a for nm in mats_ for a in (nm, f"ld_{nm}")] + ["threads"]
+        tasks = f"{name}__attn0__all({', '.join(targs)})"
+    return {"signature": abi.signature(name), "checks": checks, "tasks": tasks, "dims_before": before, "dims_after": after,
             "lds": [(f"ld_{nm}", lds[nm]) for nm, _ in mats], "scratch": scratch,
             "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body,
             "prototypes": protos, "vectors": len(mp.vector_dims()), "scratch_mats": len(mp.scratch_mats)}
