@@ -1,12 +1,17 @@
 """Softmax attention: softgen (streaming and three-phase) against torch's
 ``scaled_dot_product_attention``, one thread, interleaved runs (issue 14).
 
-    python bench/attention.py [--lengths 256 1024 4096] [--bh 8] [--d 64] [--decode 4096] [--json F]
+    python bench/attention.py [--lengths 256 1024 4096] [--bh 8] [--d 64] [--decode 4096] [--threads 1 2]
+                              [--json F]
 
 B*H = 8 heads of d = 64, Lq = Lk = L in {256, 1024, 4096}, causal and not, and decoding (Lq = 1
 against Lk = 4096). GFLOP/s count 4 Lq Lk d (QK^T and PV; causal: the visible half, 2 L (L + 1) d)
 for every implementation alike. Each implementation is checked against torch's result first
-(max |diff| printed). torch: ``torch.set_num_threads(1)``; softgen kernels are single-threaded.
+(max |diff| printed). Threads: for each count T of ``--threads``, softgen streaming runs with
+``threads=T`` (batch x heads x query chunks across the library's pool) and torch with
+``torch.set_num_threads(T)`` (set before each call); "x torch" compares against torch at the same
+T; the three-phase form runs on one thread. "% peak": GFLOP/s over T times the one-core FMA peak
+of the target's ISA, measured by bench/fmapeak.py (a loop of independent FMAs).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import single_threaded, time_interleaved  # noqa: E402
+from fmapeak import peak as fma_peak, supported as fma_supported  # noqa: E402
 
 single_threaded()
 import numpy as np  # noqa: E402
@@ -38,6 +44,7 @@ def main(argv=None) -> None:
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--decode", type=int, default=4096, help="Lk of the decoding shape (Lq = 1); 0: skip")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (softgen streaming, torch)")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
     try:
@@ -53,6 +60,10 @@ def main(argv=None) -> None:
         shapes.append((1, a.decode, True))
     kernels = {alg: {c: softgen.compile("attention", head_dim=a.d, causal=c, algorithm=alg) for c in (False, True)}
                for alg in ("streaming", "three-phase")}
+    isa = kernels["streaming"][False].target.name
+    peak = fma_peak(isa, 0.5) if isa in ("avx512", "avx2") and fma_supported(isa) else None
+    print(f"target {isa}; FMA peak {peak:.1f} GFLOP/s per core (bench/fmapeak.py)" if peak else
+          f"target {isa}: no FMA peak measured")
     rows = []
     for lq, lk, causal in shapes:
         q = rng.standard_normal((a.bh, lq, a.d)).astype(np.float32)
@@ -62,7 +73,11 @@ def main(argv=None) -> None:
         variants = {}
         for alg, ks in kernels.items():
             kern = ks[causal]
-            variants[f"softgen {alg}"] = (lambda kern=kern: kern(q, k, v, out=out))
+            if alg == "streaming":
+                for nt in a.threads:
+                    variants[f"softgen {alg} t{nt}"] = (lambda kern=kern, nt=nt: kern(q, k, v, out=out, threads=nt))
+            else:
+                variants[f"softgen {alg} t1"] = (lambda kern=kern: kern(q, k, v, out=out))
         ref = None
         if torch is not None:
             tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
@@ -74,10 +89,13 @@ def main(argv=None) -> None:
             with torch.no_grad():
                 ref = sdpa(tq, tk, tv, attn_mask=mask).numpy() if lq != lk or not causal else \
                     sdpa(tq, tk, tv, is_causal=True).numpy()
-            if lq != lk or not causal:
-                variants["torch sdpa"] = (lambda: sdpa(tq, tk, tv, attn_mask=mask))
-            else:
-                variants["torch sdpa"] = (lambda: sdpa(tq, tk, tv, is_causal=True))
+            for nt in a.threads:
+                if lq != lk or not causal:
+                    variants[f"torch sdpa t{nt}"] = (lambda nt=nt: (torch.set_num_threads(nt),
+                                                                    sdpa(tq, tk, tv, attn_mask=mask)))
+                else:
+                    variants[f"torch sdpa t{nt}"] = (lambda nt=nt: (torch.set_num_threads(nt),
+                                                                    sdpa(tq, tk, tv, is_causal=True)))
         errs = {}
         if ref is not None:
             for name, fn in variants.items():
@@ -86,23 +104,28 @@ def main(argv=None) -> None:
                     errs[name] = float(np.abs(out - ref).max())
         t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
         fl = flops(lq, lk, a.d, causal) * a.bh
-        tt = t.get("torch sdpa")
         for name, tm in t.items():
-            rows.append({"Lq": lq, "Lk": lk, "causal": causal, "impl": name, "ms": tm.median * 1e3,
-                         "gflops": fl / tm.median / 1e9, "spread": tm.spread,
+            nt = int(name.rsplit(" t", 1)[1])
+            tt = t.get(f"torch sdpa t{nt}")
+            gf = fl / tm.median / 1e9
+            rows.append({"Lq": lq, "Lk": lk, "causal": causal, "impl": name, "threads": nt, "ms": tm.median * 1e3,
+                         "gflops": gf, "peak_fraction": gf / (nt * peak) if peak else None, "spread": tm.spread,
                          "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name)})
-    hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'impl':<22} {'ms':>9} {'GFLOP/s':>8} {'IQR':>6} {'x torch':>8} {'|diff|':>9}"
+    hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'impl':<22} {'ms':>9} {'GFLOP/s':>8} {'% peak':>6} {'IQR':>6} " \
+          f"{'x torch':>8} {'|diff|':>9}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         vt = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
+        pk = f"{r['peak_fraction']:.1%}" if r["peak_fraction"] else "-"
         print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {r['impl']:<22} {r['ms']:>9.3f} {r['gflops']:>8.2f} "
-              f"{r['spread']:>6.1%} {vt:>8} {df:>9}")
+              f"{pk:>6} {r['spread']:>6.1%} {vt:>8} {df:>9}")
     if a.json:
         from common import machine_info
         with open(a.json, "w") as f:
-            json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d}, f, indent=1)
+            json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "target": isa,
+                       "fma_peak_gflops_per_core": peak, "threads": a.threads}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ products are exact in float64, the float64 sum rounded to float32 can double-rou
 so this check is a close estimate; tests/test_exp.py measures the C itself), against float64 exp,
 over every float32 in the binades where errors peak and a strided sweep of all x in [-88, 0]
 (sg_exp_nonpos's domain; sg_exp's positive half behaves alike) — relative error and ulp.
-The accuracy contract (shared spec, ALGORITHMS.md): relative error <= 2.5e-7.
+The accuracy contract (docs/accuracy.md): relative error <= 2.5e-7.
 
     python bench/fit_exp.py              # fit every degree 4..6, check each candidate (stride 61)
     python bench/fit_exp.py --stride 1   # every float32 x in [-87.33, 0] (about 1.1e9, minutes)

@@ -12,8 +12,8 @@ import json
 import softgen
 from softgen.asmstats import hot_loops
 from softgen.matrix import MatrixProgram
-from softgen.ops import build_program
-from softgen.passes import applicable_algorithms
+from softgen.ops import build_program, get_op
+from softgen.passes import MATRIX_ALGORITHMS, applicable_algorithms
 from softgen.runtime import assembly
 
 
@@ -21,8 +21,12 @@ def measure(ops, targets) -> list[dict]:
     rows = []
     for op in ops:
         program = build_program(op)
-        # a matrix op has one algorithm (its phases); its row phases and GEMMs are marked alike
-        algs = ["direct"] if isinstance(program, MatrixProgram) else applicable_algorithms(program)
+        # a matrix op has one algorithm (its phases), attention two (three-phase, streaming); row
+        # phases and GEMMs are marked alike
+        if get_op(op).kind == "attention":
+            algs = [a for a in MATRIX_ALGORITHMS if a != "direct"]
+        else:
+            algs = ["direct"] if isinstance(program, MatrixProgram) else applicable_algorithms(program)
         for alg in algs:
             for t in targets:
                 k = softgen.compile(op, algorithm=alg, target=t)
@@ -44,6 +48,9 @@ def main() -> None:
     rows = measure(a.ops, a.targets)
     print(f"{'op':<12} {'algorithm':<21} {'target':<7} {'elems/iter':>10}  instructions/element per sweep (total)")
     for r in rows:
+        if r["step"] is None:   # no marked sweep loop (e.g. streaming attention's micro-kernel)
+            print(f"{r['op']:<12} {r['algorithm']:<21} {r['target']:<7} {'-':>10}  no sweep loops")
+            continue
         sweeps = " + ".join(f"{v:.2f}" for v in r["per_sweep"])
         print(f"{r['op']:<12} {r['algorithm']:<21} {r['target']:<7} {r['step']:>10}  {sweeps} = {r['total_per_element']:.2f}")
     if a.json:

@@ -103,7 +103,121 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return PyLong_FromLong(rc);
 }
 
+typedef int (*unary_kernel)(const float *, float *, size_t, size_t, size_t, size_t, size_t);
+
+/* A unary matrix kernel (sinkhorn, newton_pinv...): x and y as for call(), at least two axes;
+ * rows = batch * m, m = x.shape[-2] (issue 15: matrix calls). */
+static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unary(fnptr, x, y)");
+        return NULL;
+    }
+    void *fp = PyLong_AsVoidPtr(args[0]);
+    if (fp == NULL && PyErr_Occurred())
+        return NULL;
+    Py_buffer bx, by;
+    if (PyObject_GetBuffer(args[1], &bx, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (PyObject_GetBuffer(args[2], &by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&bx);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    size_t rows, n, ldx, rows_y, n_y, ldy;
+    int ok = bx.ndim >= 2 && layout(&bx, &rows, &n, &ldx) && layout(&by, &rows_y, &n_y, &ldy)
+             && bx.ndim == by.ndim && memcmp(bx.shape, by.shape, sizeof(Py_ssize_t) * bx.ndim) == 0;
+    if (ok && bx.buf != by.buf && rows && n) {      /* partial overlap: general path copies */
+        const char *x0 = bx.buf, *x1 = x0 + 4 * ((rows - 1) * ldx + n);
+        const char *y0 = by.buf, *y1 = y0 + 4 * ((rows - 1) * ldy + n);
+        ok = x1 <= y0 || y1 <= x0;
+    }
+    if (ok && bx.buf == by.buf && ldx != ldy)
+        ok = 0;
+    size_t m = ok ? (size_t)bx.shape[bx.ndim - 2] : 0;
+    int rc = 0;
+    if (ok && rows && n) {
+        if (rows * n >= 16384) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = ((unary_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy, m);
+            Py_END_ALLOW_THREADS
+        } else {
+            rc = ((unary_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy, m);
+        }
+    }
+    PyBuffer_Release(&by);
+    PyBuffer_Release(&bx);
+    if (!ok)
+        Py_RETURN_NOTIMPLEMENTED;
+    return PyLong_FromLong(rc);
+}
+
+typedef int (*selected_kernel)(const float *, int64_t *, float *, size_t, size_t, size_t, size_t);
+
+/* A selected (top-k) kernel: x as for call(); indices (int64) and weights (float32) C-contiguous,
+ * of shape x.shape[:-1] + (m,), m = min(k, n) decided by the caller (issue 15: top-k calls). */
+static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "selected(fnptr, x, indices, weights)");
+        return NULL;
+    }
+    void *fp = PyLong_AsVoidPtr(args[0]);
+    if (fp == NULL && PyErr_Occurred())
+        return NULL;
+    Py_buffer bx, bi, bw;
+    if (PyObject_GetBuffer(args[1], &bx, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (PyObject_GetBuffer(args[2], &bi, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&bx);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (PyObject_GetBuffer(args[3], &bw, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&bi);
+        PyBuffer_Release(&bx);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    size_t rows = 0, n = 0, ldx = 0;
+    int ok = layout(&bx, &rows, &n, &ldx) && bi.itemsize == 8 && bi.format != NULL
+             && (strcmp(bi.format, "q") == 0 || strcmp(bi.format, "l") == 0)
+             && bw.itemsize == 4 && bw.format != NULL && strcmp(bw.format, "f") == 0
+             && bi.ndim == bx.ndim && bw.ndim == bx.ndim
+             && memcmp(bi.shape, bx.shape, sizeof(Py_ssize_t) * (bx.ndim - 1)) == 0
+             && memcmp(bw.shape, bx.shape, sizeof(Py_ssize_t) * (bx.ndim - 1)) == 0
+             && bi.shape[bx.ndim - 1] == bw.shape[bx.ndim - 1]
+             && ((uintptr_t)bi.buf & 7u) == 0 && ((uintptr_t)bw.buf & 3u) == 0;
+    size_t m = ok ? (size_t)bw.shape[bx.ndim - 1] : 0;
+    int rc = 0;
+    if (ok && rows && n && m) {
+        if (rows * n >= 16384) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = ((selected_kernel)fp)(bx.buf, bi.buf, bw.buf, rows, n, ldx, m);
+            Py_END_ALLOW_THREADS
+        } else {
+            rc = ((selected_kernel)fp)(bx.buf, bi.buf, bw.buf, rows, n, ldx, m);
+        }
+    }
+    PyBuffer_Release(&bw);
+    PyBuffer_Release(&bi);
+    PyBuffer_Release(&bx);
+    if (!ok)
+        Py_RETURN_NOTIMPLEMENTED;
+    return PyLong_FromLong(rc);
+}
+
 static PyMethodDef methods[] = {
+    {"unary", (PyCFunction)(void (*)(void))unary, METH_FASTCALL,
+     "unary(fnptr, x, y) -> int return code, or NotImplemented for the general path: a unary "
+     "matrix kernel on (..., m, n) arrays"},
+    {"selected", (PyCFunction)(void (*)(void))selected, METH_FASTCALL,
+     "selected(fnptr, x, indices, weights) -> int return code, or NotImplemented for the general "
+     "path: a top-k kernel; indices/weights C-contiguous of shape x.shape[:-1] + (min(k, n),)"},
     {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL,
      "call(fnptr, x, y[, threads]) -> int return code, or NotImplemented for the general path; "
      "with threads, fnptr is the extended entry <name>_mt"},

@@ -103,21 +103,25 @@ def failure(name: str, rc: int) -> Exception:
     return (e.exception if e else RuntimeError)(f"{name} returned error {rc}: {e.message if e else 'unknown'}")
 
 
-def returned(kind: str, *, indexes: bool = False, square: bool = False) -> tuple[ErrorCode, ...]:
+def returned(kind: str, *, indexes: bool = False, square: bool = False,
+             threads: bool = False) -> tuple[ErrorCode, ...]:
     """The codes an entry point of ``kind`` can return, in order: ETOOLONG only if it indexes
-    elements (``indexes``), ESQUARE only if its matrices must be square."""
-    return tuple(e for e in ERRORS if kind in e.abis and (e is not ETOOLONG or indexes)
-                 and (e is not ESQUARE or square))
+    elements (``indexes``), ESQUARE only if its matrices must be square, ETHREADS also for a
+    matrix kernel with ``<name>_mt`` (``threads``)."""
+    return tuple(e for e in ERRORS if (kind in e.abis or (e is ETHREADS and threads))
+                 and (e is not ETOOLONG or indexes) and (e is not ESQUARE or square))
 
 
 def error_docs(kind: str, *, name: str, max_n: int | None, requires=(), square: bool = False,
-               nulls=("x", "y"), ld: str = "ldy", width: str = "n") -> dict[int, tuple[str, str]]:
+               nulls=("x", "y"), ld: str = "ldy", width: str = "n",
+               threads: bool = False) -> dict[int, tuple[str, str]]:
     """code -> (header macro suffix, meaning) for an entry point of ``kind``: the header's
     ``#define`` lines and the manifest's ``errors``. ``nulls``, ``ld``, ``width``: the row
     ABIs' pointers checked for NULL, output stride and output row width."""
     fields = {"max_n": max_n, "requires": ", ".join(requires), "name": name,
               "nulls": " or ".join(nulls), "ld": ld, "width": width}
-    out = {e.code: (e.suffix, e.describe(kind, **fields)) for e in returned(kind, indexes=bool(max_n), square=square)}
+    out = {e.code: (e.suffix, e.describe(kind, **fields)) for e in returned(kind, indexes=bool(max_n), square=square,
+                                                                              threads=threads)}
     if not requires:
         out[ECPU.code] = (ECPU.suffix, "never returned: the target needs no instruction-set extension")
     return out
@@ -149,6 +153,7 @@ class KernelABI:
     row_params: tuple[str, ...] = ()   # ROW: the per-row parameters, in argument order
     k: int | None = None           # SELECTED: entries selected per row
     max_n: int | None = None       # the longest row (or indexed dimension) it takes: ETOOLONG beyond
+    threads: bool = False          # a matrix kernel with ``<name>_mt`` (streaming attention)
 
     @classmethod
     def row(cls, row_params=(), max_n: int | None = None) -> "KernelABI":
@@ -214,8 +219,8 @@ class KernelABI:
     @property
     def threaded(self) -> bool:
         """Whether the kernel has the extended entry ``<name>_mt(..., int threads)``: every kind
-        (row kinds: rows split across the library's thread pool; matrix kinds: the batch's matrices),
-        not a GEMM library's entry."""
+        (row kinds: rows split across the library's thread pool; matrix kinds: the batch's matrices,
+        streaming attention: batch x query blocks), not a GEMM library's entry."""
         return self.kind in _ROWS | _MATRIX
 
     def mt_signature(self, name: str) -> str:
@@ -260,7 +265,7 @@ class KernelABI:
         elif self.kind == ROW:
             rows = {"nulls": ("x", "y"), "ld": "ldy", "width": "n"}
         return error_docs(self.kind, name=name, max_n=self.max_n, requires=requires,
-                          square=self.square, **rows)
+                          square=self.square, threads=self.threads, **rows)
 
     @property
     def matrix_index(self) -> str:

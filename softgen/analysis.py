@@ -82,6 +82,21 @@ class MatrixPlan:
     def traffic(self) -> dict:
         return matrix_traffic(self.program)
 
+    def __repr__(self) -> str:
+        """One line for the plan, then one per phase's sweep (``describe`` has the details)."""
+        t = self.traffic()
+        out = [f"MatrixPlan({self.program.name}: {t['summary']} = {t['bytes_per_element']} B/element, "
+               f"{t['passes']} sweeps)"]
+        for k, ph in enumerate(self.program.leaves()):
+            if isinstance(ph, MatMulPhase):
+                out.append(f"  phase {k} (matmul): {ph.mm}")
+            elif isinstance(ph, AttentionPhase):
+                out.append(f"  phase {k}: {ph.describe()}")
+            else:
+                out.append(f"  phase {k} ({ph.describe()}):")
+                out += ["  " + ln for ln in repr(plan(ph.program)).splitlines()[1:]]
+        return "\n".join(out)
+
     def describe(self) -> str:
         out = matrix_plan_lines(self.program)[1:]
         out = [ln[2:] if ln.startswith("  ") else ln for ln in out]

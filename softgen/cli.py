@@ -18,7 +18,7 @@ from .abi import ECPU
 from .backends import BACKENDS, get_backend
 from .errors import SoftgenError, UsageError
 from .kernel import compile as compile_kernel
-from .targets import groups, host_arch, targets
+from .targets import all_targets, group_names, groups, host_arch, targets
 from .tune import DEFAULT_BUDGET, DEFAULT_SIZES, N_MAX as TUNE_N_MAX, tune
 
 
@@ -26,6 +26,45 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other usage error
         sub = self.prog.partition(" ")[2]
         raise UsageError(f"{sub}: {message}" if sub else message)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions and help as usual; keeps an epilog's example lines as written."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("example"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _examples(*lines: str) -> dict:
+    """The ``epilog`` of a subcommand: its examples, one command per line."""
+    head = "example:" if len(lines) == 1 else "examples:"
+    return {"epilog": head + "".join(f"\n  {ln}" for ln in lines), "formatter_class": _Formatter}
+
+
+DOCS = "docs/ops.md"   # in the repository: each op's definition, algorithms, edge cases, accuracy
+
+
+def _algorithm_help() -> str:
+    """Every algorithm, from the registries (passes.ALGORITHMS, passes.MATRIX_ALGORITHMS)."""
+    row = " | ".join(passes.ALGORITHMS)
+    attention = " | ".join(a for a in passes.MATRIX_ALGORITHMS if a != "direct")
+    return (f"auto (default: a size-aware dispatcher) | {row} | attention: {attention}; "
+            "which apply to an op: 'softgen ops'")
+
+
+def _target_help() -> str:
+    """Every target file (targets/*.toml and $SOFTGEN_TARGETS_PATH) and group, from the registry.
+    A target file that does not load is reported when a command uses targets, not by --help."""
+    try:
+        names, grps = ", ".join(all_targets()), ", ".join(group_names())
+    except SoftgenError as e:
+        names, grps = f"the target files do not load: {e}", "x86-64, aarch64"
+    return (f"host (the best target this CPU runs), a target ({names}; see "
+            f"'softgen targets'), an architecture group ({grps}: every ISA of it "
+            "in one library, picked at load; SOFTGEN_ISA caps the pick) or a comma list of targets "
+            "of one architecture (avx2,avx512) (default: host)")
 
 
 class _Once(argparse.Action):
@@ -39,12 +78,8 @@ class _Once(argparse.Action):
 
 def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op", default="softmax", help="op to generate (default: softmax; see 'softgen ops')")
-    p.add_argument("--algorithm", default="auto",
-                   help="auto | three-pass-recompute | three-pass-reload | two-pass | online (attention: three-phase | streaming)")
-    p.add_argument("--target", default="host", help=(
-        "host, a target from 'softgen targets', an architecture group (x86-64, aarch64: every ISA of "
-        "it in one library, picked at load; SOFTGEN_ISA caps the pick) or a comma list of targets of "
-        "one architecture (avx2,avx512) (default: host)"))
+    p.add_argument("--algorithm", default="auto", help=_algorithm_help())
+    p.add_argument("--target", default="host", help=_target_help())
     default = "c"   # the registered backends (softgen.backends); compile rejects others, naming them
     p.add_argument("--backend", default=default, metavar="{" + ",".join(BACKENDS) + "}", help=" | ".join(
         f"{b.name} ({b.description}{', default' if b.name == default else ''})" for b in BACKENDS.values()))
@@ -69,13 +104,21 @@ DEFAULT_OUTPUT = "softgen-out"   # softgen build's output directory (./build is 
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="softgen", description="Generate softmax-family kernels for CPUs.")
+    ap = _Parser(prog="softgen", description="Generate softmax-family kernels for CPUs. Each op's definition, "
+                 f"algorithms, edge cases and accuracy: {DOCS} in the softgen repository.",
+                 **_examples("softgen build                     # softmax, auto, this CPU -> ./softgen-out/",
+                             "softgen ops                       # the ops, their parameters and algorithms",
+                             "softgen <command> --help          # each command's options and an example"))
     ap.add_argument("--version", action="version", version=f"softgen {__version__}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    t = sub.add_parser("targets", help="list targets and whether this CPU runs them")
+    t = sub.add_parser("targets", help="list targets and whether this CPU runs them",
+                       **_examples("softgen targets --json"))
     t.add_argument("--json", action="store_true", help="machine-readable output")
-    o = sub.add_parser("ops", help="list ops, their parameters and algorithms")
+    o = sub.add_parser("ops", help="list ops, their parameters and algorithms",
+                       description=f"List the ops, their parameters and algorithms; each op's definition, "
+                                   f"edge cases and accuracy: {DOCS} in the softgen repository.",
+                       **_examples("softgen ops --json"))
     o.add_argument("--json", action="store_true", help="machine-readable output")
     b = sub.add_parser("build", help="generate, compile and export lib<name>.so + <name>.h + <name>.json "
                                      "+ pkg-config and CMake package files",
@@ -83,9 +126,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "<name>Config.cmake/<name>ConfigVersion.cmake (imported target "
                                    "softgen::<name>) into the output directory. The default name spells the "
                                    "op, its parameters not at their defaults, the algorithm, target and schedule.",
-                       epilog="example: softgen build --op softmax --temperature 0.5 --static -o softgen-out/ "
-                              "&& PKG_CONFIG_PATH=softgen-out pkg-config --cflags --libs "
-                              "softgen_f32_softmax_scale2_auto__<target>_<schedule>")
+                       **_examples("softgen build --op softmax --temperature 0.5 --static -o softgen-out/ "
+                                   "&& PKG_CONFIG_PATH=softgen-out pkg-config --cflags --libs "
+                                   "softgen_f32_softmax_scale2_auto__<target>_<schedule>",
+                                   "softgen build --op log_softmax --algorithm two-pass --target x86-64 "
+                                   "--name my_log_softmax"))
     _kernel_args(b)
     b.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
                    help=f"output directory (default: ./{DEFAULT_OUTPUT}; not ./build, which setuptools uses)")
@@ -95,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                    "output directory (without it, build refuses; the same kernel again is always fine)")
     b.add_argument("--cc", help="C compiler command (default: $CC or cc)")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    e = sub.add_parser("emit", help="print the generated C or TensorIR (or the assembly)")
+    e = sub.add_parser("emit", help="print the generated C or TensorIR (or the assembly)",
+                       **_examples("softgen emit --op softmax --algorithm online --target avx2",
+                                   "softgen emit --op log_softmax --target neon --asm"))
     _kernel_args(e)
     e.add_argument("--asm", action="store_true", help="print the assembly the compiler makes")
     e.add_argument("--tir", action="store_true", help="backend tvm: print the TensorIR script (the default; "
@@ -103,7 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--wrapper", action="store_true", help="backend tvm: print the C entry-point wrapper "
                    "(an auto dispatcher: every variant's)")
     e.add_argument("--cc", help="C compiler command for --asm")
-    x = sub.add_parser("explain", help="show the IR, the rewrites, the pass plan and bytes moved")
+    x = sub.add_parser("explain", help="show the IR, the rewrites, the pass plan and bytes moved",
+                       **_examples("softgen explain --op softmax --algorithm three-pass-reload",
+                                   "softgen explain --op attention --causal --json"))
     _kernel_args(x)
     x.add_argument("--json", action="store_true", help="machine-readable output")
     _bench_args(sub)
@@ -114,7 +163,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _tune_args(sub) -> None:
     tp = sub.add_parser("tune", help="measure the fastest variant per size class on this machine and "
-                                     "record it for algorithm=auto (the tuning database)")
+                                     "record it for algorithm=auto (the tuning database)",
+                        **_examples("softgen tune --op softmax --target avx2 --sizes 4K,256K --budget 20s",
+                                    "softgen tune --op gaussian_kernel --shapes 1024x1024x64"))
     tp.add_argument("--op", default="softmax", help="row op to tune (default: softmax), or a matrix op "
                                                     "with GEMMs (gaussian_kernel, newton_pinv): its GEMM tile")
     tp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {DEFAULT_SIZES})")
@@ -133,7 +184,9 @@ def _tune_args(sub) -> None:
 
 
 def _bench_args(sub) -> None:
-    bp = sub.add_parser("bench", help="time softgen's kernels against NumPy/PyTorch/ONNX Runtime and the copy bandwidth")
+    bp = sub.add_parser("bench", help="time softgen's kernels against NumPy/PyTorch/ONNX Runtime and the copy bandwidth",
+                        **_examples("softgen bench --op softmax --sizes 256K,1M,16M --all --against numpy,torch",
+                                    "softgen bench --shapes 4096x512 --target avx2,avx512 --json out.json"))
     bp.add_argument("--op", default="softmax", help="row op to time (default: softmax; peers implement softmax)")
     bp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {benchmark.DEFAULT_SIZES})")
     bp.add_argument("--shapes", help=f"batches: {benchmark.SHAPES_FORM}")
@@ -155,28 +208,35 @@ def _bench_args(sub) -> None:
 
 def _cache_parser(sub) -> None:
     c = sub.add_parser("cache", help="the kernel cache and the tuning database: list, show, clear, prune, "
-                                     "export, import")
+                                     "export, import",
+                       **_examples("softgen cache list", "softgen cache clear --kernels"))
     cs = c.add_subparsers(dest="cache_cmd", metavar="ACTION", parser_class=_Parser)
     cs.required = True
-    cl = cs.add_parser("list", help="kernel cache entries, size and cap; tuning records per op/target/machine")
+    cl = cs.add_parser("list", help="kernel cache entries, size and cap; tuning records per op/target/machine",
+                      **_examples("softgen cache list --json"))
     cl.add_argument("--json", action="store_true", help="machine-readable output")
-    sh = cs.add_parser("show", help="this machine's tuning records of an op, as a table")
+    sh = cs.add_parser("show", help="this machine's tuning records of an op, as a table",
+                      **_examples("softgen cache show softmax --target avx2"))
     sh.add_argument("op", help="op name (see 'softgen ops')")
     sh.add_argument("--target", help="only this target")
     sh.add_argument("--backend", help="only this backend")
     sh.add_argument("--json", action="store_true", help="the records as JSON")
-    cc = cs.add_parser("clear", help="remove every kernel cache entry and every tuning record")
+    cc = cs.add_parser("clear", help="remove every kernel cache entry and every tuning record",
+                      **_examples("softgen cache clear --tuning"))
     which = cc.add_mutually_exclusive_group()
     which.add_argument("--kernels", action="store_true", help="only the kernel cache")
     which.add_argument("--tuning", action="store_true", help="only the tuning database")
     pr = cs.add_parser("prune", help="kernel cache down to its cap (SOFTGEN_CACHE_MAX_MB); tuning records "
-                                     "of other softgen or kernel-source versions")
+                                     "of other softgen or kernel-source versions",
+                      **_examples("softgen cache prune --other-machines"))
     pr.add_argument("--other-machines", action="store_true", help="also the tuning records of other machines")
-    ex = cs.add_parser("export", help="write the tuning records (every machine's) as JSON lines")
+    ex = cs.add_parser("export", help="write the tuning records (every machine's) as JSON lines",
+                      **_examples("softgen cache export records.jsonl --op softmax"))
     ex.add_argument("file", help="output file")
     ex.add_argument("--op", help="only this op's records")
     im = cs.add_parser("import", help="add the tuning records of a JSON-lines file (kept with their own "
-                                      "machine identity: another machine's are never used here)")
+                                      "machine identity: another machine's are never used here)",
+                      **_examples("softgen cache import records.jsonl"))
     im.add_argument("file", help="a file written by 'softgen cache export'")
 
 
@@ -236,17 +296,24 @@ def _cmd_targets(args) -> None:
 def _cmd_ops(args) -> None:
     rows = []
     for op in ops.OPS.values():
-        algs = ["direct"] if op.kind != "row" else \
-            passes.applicable_algorithms(ops.build_program(op.name))
+        if op.kind == "row":
+            algs = passes.applicable_algorithms(ops.build_program(op.name))
+        elif op.kind == "attention":   # its phases as written, or the flash-style rewrite
+            algs = [a for a in passes.MATRIX_ALGORITHMS if a != "direct"]
+        else:
+            algs = ["direct"]
         rows.append({"name": op.name, "kind": op.kind, "params": op.params, "doc": op.doc,
-                     "algorithms": algs})
+                     "algorithms": algs, "docs": f"{DOCS}#{op.name}"})
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
         ps = ", ".join(f"{k}={v}" for k, v in r["params"].items())
-        axes = " [matrix op: the last two axes]" if r["kind"] == "matrix" else ""
-        print(f"{r['name']}({ps}){axes}\n    {r['doc']}\n    algorithms: {', '.join(r['algorithms'])}")
+        axes = " [matrix op: the last two axes]" if r["kind"] != "row" else ""
+        print(f"{r['name']}({ps}){axes}\n    {r['doc']}\n    algorithms: {', '.join(r['algorithms'])}"
+              f"\n    docs: {r['docs']}")
+    print(f"\nDefinitions, algorithms, edge cases, accuracy and papers: {DOCS} and docs/accuracy.md "
+          "in the softgen repository.")
 
 
 def _progress():

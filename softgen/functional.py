@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from . import ops as _ops
+from . import arrays, ops as _ops
 from .errors import UsageError
 from .kernel import compile as _compile
 from .ops.attention import check_normalizer
@@ -24,15 +24,56 @@ def _kernel(op: str, target: str, backend: str, algorithm: str, params: tuple):
 
 
 def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: str = "host",
-          backend: str = "c", algorithm: str = "auto", threads: int | None = None, **kwargs) -> np.ndarray:
+          backend: str = "c", algorithm: str = "auto", threads: int | None = None, axis: int | None = None,
+          dim: int | None = None, **kwargs) -> np.ndarray:
     """``op`` applied along the last axis of ``x`` (the last two for matrix ops); an op with
     several inputs (``gaussian_kernel(a, b, head_dim)``) takes them first. ``threads``: None/0
-    auto, N at most N threads (rows, or a matrix op's batch of matrices: ``Kernel.__call__``)."""
+    auto, N at most N threads (rows, or a matrix op's batch of matrices: ``Kernel.__call__``). ``axis``/``dim`` (row ops): the
+    axis to normalise, negative allowed. Arrays: NumPy, or anything speaking DLPack (torch, JAX;
+    zero-copy, results in the caller's type: ``softgen.arrays``); a 0-d input is one row of one
+    element (softmax gives 1.0, as torch) and gives a 0-d result."""
+    if axis is not None and dim is not None:
+        raise UsageError(f"{op}: give axis= or dim=, not both")
+    axis = dim if axis is None else axis
+    try:   # the kernel and call-time arguments of these arguments, looked up once (issue 15)
+        key = (op, args, tuple(kwargs.items()), target, backend, algorithm)
+        hit = _resolved.get(key)
+    except TypeError:   # unhashable arguments (arrays: more inputs, per-row call arguments)
+        key = hit = None
+    if hit is None:
+        hit = _resolve(op, args, kwargs, target, backend, algorithm)
+        if key is not None:
+            if len(_resolved) >= 1024:
+                _resolved.clear()
+            _resolved[key] = hit
+    k, more, call = hit
+    if not args and not kwargs and not more and target == "host" and backend == "c" and algorithm == "auto":
+        _plain[op] = k
+    if not more and axis is None and type(x) is np.ndarray and x.ndim and \
+            (out is None or type(out) is np.ndarray):   # NumPy along the last axis: straight in
+        return k(x, out=out, threads=threads, **call)
+    if len(args) < more:
+        raise TypeError(f"{op} takes {more + 1} arrays, got {1 + len(args)}")
+    inputs = (x, *args[:more])
+    xs, o, finish = arrays.prepare(inputs, out, op, axis=axis, selected=k.selected, rows=not k.matrix,
+                                   scalar=True)
+    if more:
+        return finish(k(*xs, out=o, threads=threads))
+    x = xs[0]
+    return finish(k(x if type(x) is np.ndarray else np.asarray(x), out=o, threads=threads, **call))
+
+
+_resolved: dict = {}   # apply's arguments -> (kernel, extra inputs, call-time arguments)
+
+
+def _resolve(op: str, args: tuple, kwargs: dict, target, backend: str, algorithm: str) -> tuple:
+    """(the kernel, how many inputs besides x, the call-time arguments) of ``apply``'s arguments."""
+    kwargs = dict(kwargs)
     opdef = _ops.get_op(op)
     more = len(opdef.inputs) - 1
     if len(args) < more:
         raise TypeError(f"{op} takes {len(opdef.inputs)} arrays ({', '.join(opdef.inputs)}), got {1 + len(args)}")
-    inputs, args = (x, *args[:more]), args[more:]
+    args = args[more:]
     names = list(opdef.params)
     if len(args) > len(names):
         raise UsageError(f"{op} takes at most {len(names)} positional parameter(s) ({', '.join(names)})")
@@ -45,19 +86,24 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     params = tuple(sorted(_ops.resolve_params(opdef, build).items()))
     # a list of targets (a library spanning ISAs) as a tuple: the kernel cache's key is hashed
     k = _kernel(op, tuple(target) if isinstance(target, list) else target, backend, algorithm, params)
-    if more:
-        return k(*inputs, out=out, threads=threads)
-    return k(np.asarray(x), out=out, threads=threads, **call)
+    return k, more, call
+
+
+_plain: dict = {}   # op -> its kernel for a call with no parameters and no options (the common call)
 
 
 def _make(op: str):
-    def fn(x, *args, **kwargs):
-        return apply(op, x, *args, **kwargs)
+    def fn(x, *args, out=None, **kwargs):
+        k = _plain.get(op)
+        if k is not None and not args and not kwargs and type(x) is np.ndarray and x.ndim:
+            return k(x, out)   # softgen.softmax(x): no lookup beyond this (issue 15)
+        return apply(op, x, *args, out=out, **kwargs)
     opdef = _ops.get_op(op)
     sig = ", ".join(list(opdef.inputs) + [f"{k}={v!r}" for k, v in opdef.params.items()]
                     + [f"{c}=None" for c in opdef.call_params])
     fn.__name__ = fn.__qualname__ = op
-    fn.__doc__ = f"{op}({sig}, *, out=None, target='host', backend='c', algorithm='auto', threads=None)\n\n{opdef.doc}"
+    fn.__doc__ = f"{op}({sig}, *, out=None, target='host', backend='c', algorithm='auto', threads=None, " \
+        f"axis=None, dim=None)\n\n{opdef.doc}"
     return fn
 
 
@@ -74,17 +120,19 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
               kv_lengths=None, masked_rows: str = "nan", *, out: np.ndarray | None = None,
               target: str = "host", backend: str = "c", algorithm: str = "auto", threads: int | None = None,
               **params) -> np.ndarray:
-    """O = normalize(s Q K^T + mask) V (spec 10), float32: q (..., Hq, Lq, d), k (..., Hkv, Lk, d),
+    """O = normalize(s Q K^T + mask) V (docs/ops.md §10), float32: q (..., Hq, Lq, d), k (..., Hkv, Lk, d),
     v (..., Hkv, Lk, dv) -> (..., Hq, Lq, dv); the leading axes are batch x heads (2-d arrays: one
     head). Grouped-query attention: Hq a multiple of Hkv, query head h reads kv head
     h // (Hq // Hkv). ``scale``: default 1/sqrt(d). ``causal``: bottom-right aligned (key j kept iff
     j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
     broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
-    the number of valid keys. Fully masked rows give NaN (spec 0), or 0 with masked_rows="zero".
+    the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
     ``normalizer``: softmax or stablemax today (other names raise a UsageError naming what is
     supported). ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
-    ``threads``: None/0 auto, N: the batch x heads matrices split across at most N threads.
+    ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
+    form: batch x heads x query chunks) split across the library's thread pool; results do not
+    depend on it.
 
     The kernel is the attention matrix program (``softgen/ops/attention.py``); GQA repeats
     k/v per query head, masks and kv_lengths become one float32 additive mask, and inputs that are
@@ -140,7 +188,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
     if add is not None:
         flat.append(np.ascontiguousarray(add).reshape((nb, lq, lk)))
-    o = kern(*flat, threads=threads).reshape(lead + (lq, dv))   # threads: the batch x heads split
+    o = (kern(*flat) if threads is None else kern(*flat, threads=threads)).reshape(lead + (lq, dv))
     if masked_rows == "zero":
         dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
         if causal:

@@ -11,11 +11,12 @@ from functools import cached_property
 
 import numpy as np
 
-from . import export as aot, ops as _ops, passes, tunedb
+from . import arrays, export as aot, ops as _ops, passes, tunedb
 from ._version import __version__
-from .abi import ERRORS, ROW, SELECTED, KernelABI, failure
+from .abi import ERRORS, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
 from .backends import Artifact, Backend, get_backend
+from .backends.attention import TASK_GRAIN, task_rows
 from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
@@ -41,6 +42,10 @@ try:  # the C extension built at install time; without it calls go through ctype
     from ._fastcall import call as _fastcall
 except ImportError:  # pragma: no cover - depends on the install
     _fastcall = None
+try:  # its top-k form (issue 15); an extension built before it lacks it: ctypes then
+    from ._fastcall import selected as _fastsel, unary as _fastunary
+except ImportError:  # pragma: no cover - depends on the install
+    _fastsel = _fastunary = None
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -222,6 +227,11 @@ class Kernel:
     _emu_fn: object = field(default=None, repr=False)
     _mt_fn: object = field(default=None, repr=False)
     _emu_mt_fn: object = field(default=None, repr=False)
+    # the loaded entry's address when calls may take _fastcall (dense rows, no per-row
+    # parameters, the extension built): __call__'s one test for its fast path (issue 15)
+    _fast: int | None = field(default=None, init=False, repr=False, compare=False)
+    _fast_sel: int | None = field(default=None, init=False, repr=False, compare=False)   # top-k: the same
+    _fast_unary: int | None = field(default=None, init=False, repr=False, compare=False)  # unary matrix
 
     @property
     def matrix(self) -> bool:
@@ -293,6 +303,8 @@ class Kernel:
         tuned = f"\n# tuned: {'yes (tuning database)' if self.tuned else 'no'}" if self.dispatch is not None else ""
         if self.gemm is not None:
             tuned += f"\n# gemm: {self.gemm} ({self.gemm_why or 'given'})"
+        elif self.tuned and self.gemm_why:   # streaming attention: tuned blocks
+            tuned += f"\n# attention blocks: tuned ({self.gemm_why})"
         threads = f"\n# {self.explain_threads()}" if self.explain_threads() else ""
         out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
                f"{tuned}{threads}\n",
@@ -309,6 +321,10 @@ class Kernel:
     def explain_threads(self) -> str:
         """What ``threads=None``/0 (auto) does for this kernel, one line."""
         if self.matrix:
+            ph = self.program.attention_tasks()
+            if ph is not None:
+                return f"threads (auto): the batch's (matrix, query chunk of {task_rows(ph)} rows) tasks, one " \
+                    f"thread per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
             return f"threads (auto): the batch's matrices split across threads, " \
                 f"{(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs, " \
                 "SOFTGEN_NUM_THREADS and the batch (one matrix: one thread)"
@@ -352,6 +368,12 @@ class Kernel:
                     f"another machine, call run_emulated(), or compile for target='host'")
             lib = open_shared(self.sources(), self.target, symbols=(self.name,), file_targets=self.file_targets())
             self._fn = load_entry(lib, self.name, self._abi)
+            if self._plain and _fastcall is not None:
+                self._fast = self._fn._softgen_ptr
+            elif self._abi.kind == SELECTED and _fastsel is not None:
+                self._fast_sel = self._fn._softgen_ptr
+            elif self._abi.kind == UNARY and _fastunary is not None:
+                self._fast_unary = self._fn._softgen_ptr
         return self._fn
 
     def _mt_entry(self, threads) -> tuple:
@@ -367,6 +389,40 @@ class Kernel:
         """y = op(x) along the last axis. ``call``: the op's call-time arguments (e.g. lssa's
         ``n_attended``), from which the per-row parameters are computed. ``threads``: None or 0
         auto (the kernel's thread policy, ``explain()``), N: rows split across at most N threads."""
+        ptr = self._fast
+        if ptr is not None and threads is None and not call and type(x) is np.ndarray:
+            # The fast path, kept short (issue 15: within 0.5 us of the raw C entry): float32
+            # rows with one stride, x and y identical or disjoint; anything else comes back
+            # NotImplemented and takes the paths below
+            if out is None:
+                y = np.empty(x.shape, np.float32)
+            elif type(out) is np.ndarray:
+                y = out
+            else:
+                return self._call(self._fn, (x,), out, call)
+            rc = _fastcall(ptr, x, y)
+            if rc == 0:
+                return y
+            if rc is not NotImplemented:
+                raise failure(self.name, rc)
+            return self._call(self._fn, (x,), out, call)
+        if ptr is not None and threads is None and not call:   # torch, DLPack: converted, then _fastcall
+            return self._call_arrays(self._fn, (x,), out, call)
+        sel = self._fast_sel
+        if sel is not None and out is None and threads is None and not call and type(x) is np.ndarray and x.ndim:
+            shape = x.shape[:-1] + (min(self._abi.k, x.shape[-1]),)    # top-k: (indices, weights)
+            idx, w = np.empty(shape, np.int64), np.empty(shape, np.float32)
+            rc = _fastsel(sel, x, idx, w)
+            if rc == 0:
+                return idx, w
+            if rc is not NotImplemented:
+                raise failure(self.name, rc)
+        uptr = self._fast_unary
+        if uptr is not None and threads is None and not call and type(x) is np.ndarray and x.ndim >= 2 \
+                and (out is None or type(out) is np.ndarray):   # a unary matrix kernel
+            y = np.empty(x.shape, np.float32) if out is None else out
+            if _fastunary(uptr, x, y) == 0:
+                return y   # else (a layout it declines, an error) the general path checks and raises
         fn = self._fn or self._entry(False)
         if threads is not None:   # (a method of its own: no closure here, no cost without threads)
             return self._call_threads(x, out, threads, call)
@@ -436,7 +492,16 @@ class Kernel:
 
     def _call(self, fn, inputs: tuple, out, call=None):
         """Bind ``inputs``, ``out`` and the call-time arguments to the entry point (``binding``),
-        call ``fn``, map a nonzero return code to its exception; one path for every kind."""
+        call ``fn``, map a nonzero return code to its exception; one path for every kind.
+        Arrays other than NumPy's (torch, JAX: DLPack) and ``axis=``/``dim=`` go through
+        ``arrays.prepare`` (zero-copy in, the caller's type out)."""
+        if call and ("axis" in call or "dim" in call) or (out is not None and type(out) is not np.ndarray) \
+                or any(type(a) is not np.ndarray for a in inputs):
+            return self._call_arrays(fn, inputs, out, call)
+        return self._call_np(fn, inputs, out, call)
+
+    def _call_np(self, fn, inputs: tuple, out, call=None):
+        """``_call`` on NumPy arrays (``binding`` checks and binds them)."""
         opdef, params = _ops.get_op(self.op), self.params
         b = bind(self._abi, self.name, inputs, out,
                  lambda names, shape: opdef.row_arguments(names, shape, params, call or {}), self.op)
@@ -451,6 +516,26 @@ class Kernel:
             fn.flush()
         np.copyto(b.copy_to, b.result)
         return b.copy_to
+
+    def _call_arrays(self, fn, inputs: tuple, out, call):
+        """``_call`` for torch/JAX arrays (DLPack) and ``axis=``/``dim=`` (``arrays.prepare``)."""
+        axis = None
+        if call:
+            call = dict(call)
+            if "axis" in call and "dim" in call:
+                raise UsageError(f"{self.name}: give axis= or dim=, not both")
+            axis = call.pop("axis", call.pop("dim", None))
+        xs, o, finish = arrays.prepare(inputs, out, self.name, axis=axis, selected=self.selected,
+                                       rows=self._abi.kind in (ROW, SELECTED))
+        if not call and fn is self._fn and self._plain and _fastcall is not None and len(xs) == 1 \
+                and type(xs[0]) is np.ndarray and (o is None or type(o) is np.ndarray):
+            y = np.empty(xs[0].shape, np.float32) if o is None else o   # as __call__'s fast path
+            rc = _fastcall(fn._softgen_ptr, xs[0], y)
+            if rc == 0:
+                return finish(y)
+            if rc is not NotImplemented:
+                raise failure(self.name, rc)
+        return finish(self._call_np(fn, xs, o, call))
 
     # -- products -------------------------------------------------------------------------------
     @property
@@ -498,8 +583,9 @@ class MatrixKernel(Kernel):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
     def __call__(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
-        """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices split
-        across at most N threads (bitwise the same results)."""
+        """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices (streaming
+        attention: its (matrix, query chunk) tasks) split across at most N threads of the library's
+        pool; the results do not depend on it."""
         if threads is not None:
             mt, threads = self._mt_entry(threads)
             return self._call(lambda *args: mt(*args, threads), inputs, out)
@@ -745,7 +831,10 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     given = {k: v for k, v in schedule.items() if k in GEMM_FIELDS} if isinstance(schedule, dict) else {}
     sched = _schedule(t, {k: v for k, v in schedule.items() if k not in GEMM_FIELDS}
                       if isinstance(schedule, dict) else schedule)
+    awhy = ""
     if alg == "streaming":
+        if not blocks and schedule is None:
+            blocks, awhy = tuned_attention(program, t, be.name)
         ablk = replace(t.attention, **blocks).validate()
         lowered = passes.stream_attention(program, ablk.br, ablk.bc)
     else:
@@ -760,6 +849,8 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
         gemm, why = tuned_gemm(program, t, be.name)
     tuned = bool(why)
     gemm = None if gemm == t.gemm and not tuned else gemm
+    if awhy:   # the streaming attention form's tuned blocks (it has no GEMM)
+        tuned, why = True, awhy
     short = {"direct": "", "three-phase": "_3ph", "streaming": "_stream"}[alg]
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{short}__{t.name}_{sched.tag(t.lanes)}" \
@@ -771,6 +862,26 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
                wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why,
                thread_policy=matrix_thread_policy(lowered, t))
+
+
+def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tuple[dict, str]:
+    """The streaming attention form's blocks {br, bc} from this machine's newest usable tuning
+    record (``softgen tune --op attention``: algorithm "streaming"), and its ``why``; ({}, "")
+    without one (or with ``SOFTGEN_USE_TUNING=0``)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return {}, ""
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return {}, ""
+    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
+        if r.algorithm != "streaming" or set(r.schedule) != set(ATTENTION_KNOBS):
+            continue
+        try:
+            return replace(target.attention, **r.schedule).validate().as_dict(), measured_why(r)
+        except (TypeError, UsageError):
+            continue
+    return {}, ""
 
 
 def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[GemmSchedule | None, str]:

@@ -228,7 +228,7 @@ class AttentionPhase(Phase):
     """The streaming (flash-style) form of ``S = scale * q @ k^T; rows of S normalised (masked
     softmax); o = S @ v`` (``passes.stream_attention``): per block of ``br`` query rows, one sweep
     over blocks of ``bc`` keys holding per-row state (running max m, sum l) and the br x dv
-    accumulator, rescaled by e^(m - m') when m grows (online softmax, spec 3 and 10); no Lq x Lk
+    accumulator, rescaled by e^(m - m') when m grows (online softmax, docs/ops.md §3 and 10); no Lq x Lk
     matrix. ``program``: the rows program it replaces (the normalizer, kept for plans and
     explain). ``causal``: keys above the bottom-right diagonal dropped (blocks entirely above it
     are skipped); ``mask``: an additive mask matrix of S's shape, or None."""
@@ -365,6 +365,16 @@ class MatrixProgram:
         """The rows/cols/matmul phases in order (loop bodies once): index k is phase k."""
         return list(walk(self.phases))
 
+    def attention_tasks(self) -> "AttentionPhase | None":
+        """The streaming attention phase when it is the whole program (no other phase, no scratch
+        matrix): its entry point then splits batch x query blocks across the thread pool
+        (``<name>_mt``); None for every other program (they run on one thread)."""
+        leaves = self.leaves()
+        if len(leaves) == 1 and len(self.phases) == 1 and isinstance(leaves[0], AttentionPhase) \
+                and not self.scratch_mats:
+            return leaves[0]
+        return None
+
     def programs(self) -> list[tuple[Phase, Program, str]]:
         """(phase, row program, matrix it runs over) of every rows/cols phase and epilogue."""
         return [(ph, p, over) for ph in self.leaves() for p, over in ph.programs()]
@@ -411,7 +421,8 @@ class MatrixProgram:
         unary = len(ins) == len(outs) == 1 and ins[0][0] == "x" and outs[0][0] == "y" \
             and ins[0][1] == outs[0][1]
         return KernelABI(UNARY if unary else GENERAL, ins, outs, self.dims,
-                         max_n=INDEX_MAX_N if self.index_dims() else None)
+                         max_n=INDEX_MAX_N if self.index_dims() else None,
+                         threads=self.attention_tasks() is not None)
 
     # -- checking -----------------------------------------------------------------------------
     def _check_names(self) -> None:

@@ -26,7 +26,7 @@ from .numerics.constants import EXTEXP_DOMAIN
 
 # Guard for the two-pass kernels: elements that contribute to the sum lie within ~128 binades of
 # 2^E, so |E| <= 2^17 log2(e) - 200 keeps them inside |x| <= 2^17, where the f32 exp reduction is
-# accurate (spec 2.4, EXTEXP_F32_DOMAIN). Rows outside are recomputed with three-pass.
+# accurate (docs/ops.md §2.4, EXTEXP_F32_DOMAIN). Rows outside are recomputed with three-pass.
 EXTEXP_F32_DOMAIN = float(EXTEXP_DOMAIN)   # 2^17
 EXTEXP_GUARD_E = math.floor(EXTEXP_F32_DOMAIN / math.log(2.0)) - 200
 
@@ -385,6 +385,22 @@ class Plan:
             t["summary"] = f"{self.reads}R + {self.writes}W + {self.writes_per_row} writes/row"
         return t
 
+    def __repr__(self) -> str:
+        """One line for the plan, then one per sweep: what it reads and writes, what it reduces."""
+        p, t = self.program, self.traffic()
+        out = [f"Plan({p.name}: {t['passes']} sweeps, {t['summary']} = {t['bytes_per_element']} B/element, "
+               f"{t['exp_per_element']} exp/element)"]
+        for s in self.sweeps:
+            bufs = (["x"] if s.reads_x else []) + ["y (reload)"] * len(s.reloads)
+            wr = ["y (store)"] * len(s.stores) + (["y"] if s.output is not None else [])
+            if s.selected is not None:
+                k = p.attrs(s.selected)["k"]
+                bufs, wr = [f"the {k} selected entries"], [f"indices and weights ({k} each)"]
+            red = f"; reduces {', '.join(p.op(v) for v in s.reductions + s.colreds)}" \
+                if s.reductions or s.colreds else ""
+            out.append(f"  sweep {s.index}: reads {', '.join(bufs) or '-'}; writes {', '.join(wr) or '-'}{red}")
+        return "\n".join(out)
+
     def describe(self) -> str:
         p = self.program
         name = lambda v: f"%{v} {p.op(v)}"
@@ -606,7 +622,7 @@ def streamable(mp) -> str:
 
 def stream_attention(mp, br: int, bc: int):
     """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax over
-    key blocks of ``bc``, query blocks of ``br``; spec 3, 10): the scratch S is gone. The masks
+    key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3, 10): the scratch S is gone. The masks
     come from the rows program: its ``matrow`` matrix (additive mask), its ``row_index`` (the
     causal diagonal). Other normalizers stream later through the same phase (its ``normalizer``)."""
     form = attention_form(mp)

@@ -1,10 +1,10 @@
-"""float64 oracles, written from ../shared/spec/ALGORITHMS.md (sections 0-4).
+"""float64 oracles of every op, as defined in docs/ops.md.
 
 ``softmax``/``log_softmax`` are the definitions every kernel is tested against. The algorithmic
 oracles (``softmax_three_pass_*``, ``extexp_sum``/``softmax_two_pass``, ``online_normalizer``/
 ``softmax_online``) follow the algorithms step by step in float64 so the algorithms themselves can be
 checked against the definition. All act on the last axis, accept any leading shape, and honour the
-edge-case contract of section 0.
+edge-case contract of docs/ops.md §0.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def softmax_three_pass_reload(x, scale=1.0, temperature=None):
 
 
 def extexp_sum(x) -> tuple[np.ndarray, np.ndarray]:
-    """(V, E) with sum_i exp(x_i) = V * 2^E per row, never overflowing (section 2.2).
+    """(V, E) with sum_i exp(x_i) = V * 2^E per row, never overflowing (docs/ops.md §2.2).
 
     Each exp(x_i) = p_i * 2^n_i with n_i = round_half_even(x_i log2 e); accumulate with
     e_max = max(acc_e, n), acc_v = acc_v 2^(acc_e - e_max) + p 2^(n - e_max).
@@ -108,7 +108,7 @@ def extexp_sum(x) -> tuple[np.ndarray, np.ndarray]:
 
 def softmax_two_pass(x, scale=1.0, temperature=None):
     """Pass 1: (V, E) = extexp_sum(z); pass 2: y_i = (p_i / V) 2^(n_i - E). Above the f64 domain
-    the oracle falls back to the shifted softmax, as the spec says."""
+    the oracle falls back to the shifted softmax (docs/ops.md §2.4)."""
     z = resolve_scale(scale, temperature) * _rows(x)
     if z.shape[-1] == 0:
         return z
@@ -125,7 +125,7 @@ def softmax_two_pass(x, scale=1.0, temperature=None):
 
 
 def online_normalizer(x, block: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(m, d) with d = sum exp(x - m), computed as the online recurrence of section 3, one block of
+    """(m, d) with d = sum exp(x - m), computed as the online recurrence of docs/ops.md §3, one block of
     ``block`` elements at a time (block max first, one rescale per block). Guard: an update whose
     new max is -inf is skipped, so an all -inf row ends with d = 0."""
     x = _rows(x)
@@ -158,7 +158,7 @@ def softmax_online(x, scale=1.0, temperature=None, block: int = 16):
 
 
 def exp_p5_f32(x) -> np.ndarray:
-    """The degree-5 "p5" exp of section 2.4, evaluated in float32 exactly as the kernels do
+    """The degree-5 "p5" exp of docs/ops.md §2.4, evaluated in float32 exactly as the kernels do
     (magic-bias round, two-constant Cody-Waite reduction, Horner with FMAs emulated in f64)."""
     f = np.float32
     x = np.asarray(x, dtype=f)
@@ -180,7 +180,7 @@ def exp_p5_f32(x) -> np.ndarray:
         return (p.astype(np.float64) * np.exp2(n.astype(np.float64))).astype(f)
 
 
-# -- StableMax (section 8) -------------------------------------------------------------------------
+# -- StableMax (docs/ops.md §8) -------------------------------------------------------------------------
 
 def stablemax_s(x) -> np.ndarray:
     """s(x) = x + 1 for x >= 0, 1 / (1 - x + 1e-30) for x < 0 (the authors' code); s(-inf) = 0."""
@@ -191,7 +191,7 @@ def stablemax_s(x) -> np.ndarray:
 
 def l1_normalize(w: np.ndarray, log: bool = False) -> np.ndarray:
     """w_i / sum_j w_j (or its log) for non-negative weights; a row whose sum is not finite
-    (NaN, +inf) or is 0 (all weights 0, e.g. all -inf inputs) is NaN (section 0)."""
+    (NaN, +inf) or is 0 (all weights 0, e.g. all -inf inputs) is NaN (docs/ops.md §0)."""
     if w.shape[-1] == 0:
         return w
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -207,11 +207,11 @@ def stablemax(x) -> np.ndarray:
 
 
 def log_stablemax(x) -> np.ndarray:
-    """log s(x_i) - log sum_j s(x_j) (spec 8); -inf entries -> -inf."""
+    """log s(x_i) - log sum_j s(x_j) (docs/ops.md §8); -inf entries -> -inf."""
     return l1_normalize(stablemax_s(x), log=True)
 
 
-# -- softplus + l1 normalisation (section 5.1, row form) --------------------------------------------
+# -- softplus + l1 normalisation (docs/ops.md §5.1, row form) --------------------------------------------
 
 def softplus(z) -> np.ndarray:
     """log(1 + e^z) = max(z, 0) + log1p(e^-|z|); softplus(-inf) = 0, softplus(+inf) = +inf."""
@@ -221,7 +221,7 @@ def softplus(z) -> np.ndarray:
 
 
 def softplus_l1(x, scale: float = 1.0) -> np.ndarray:
-    """softplus(s x_i) / sum_j softplus(s x_j); NaN rows per section 0 (NaN, +inf, all -inf).
+    """softplus(s x_i) / sum_j softplus(s x_j); NaN rows per docs/ops.md §0 (NaN, +inf, all -inf).
     Rows whose every s x is below -600 (where float64's softplus underflows, from -745) are
     softmax(s x): softplus(z) = e^z (1 - e^z / 2 + ...), equal to e^z to a relative e^-600."""
     s = float(scale)
@@ -236,7 +236,7 @@ def softplus_l1(x, scale: float = 1.0) -> np.ndarray:
     return np.where(tiny, softmax(z), y)
 
 
-# -- LSSA and LSSAR (section 5, attention-score form) -------------------------------------------------
+# -- LSSA and LSSAR (docs/ops.md §5, attention-score form) -------------------------------------------------
 
 def attended_keys(scores, n_attended=None) -> np.ndarray:
     """N_i: the number of keys row i attends to; by default the entries that are not masked
@@ -274,7 +274,7 @@ R_BOUND = 2.0 ** -15
 
 def reweight_of(a: np.ndarray, n: np.ndarray, offset: np.ndarray, p: float) -> np.ndarray:
     """W = R / sum R, R = ReLU(N a - O)^p, evaluated as (R / max R)^p so nothing overflows (5.2).
-    All-zero R gives an all-zero row (the spec's one exception); non-finite a gives NaN.
+    All-zero R gives an all-zero row (the one exception of docs/ops.md §0); non-finite a gives NaN.
 
     A row whose max R is at or below R_BOUND O is all zeros [ours]: float32 weights cannot
     resolve R that small, and without the bound an exactly uniform row (R = 0 in exact
@@ -319,7 +319,7 @@ def lssar(cos_scores, head_dim: float = 64, p: float = 15, offset_free_rows: int
                        float(p))
 
 
-# -- top-k softmax (section 9) ----------------------------------------------------------------------
+# -- top-k softmax (docs/ops.md §9) ----------------------------------------------------------------------
 
 def topk_indices(x, k: int) -> np.ndarray:
     """Indices of the min(k, n) largest entries per row, largest first; among equal values the
@@ -353,7 +353,7 @@ def topk_softmax(x, k: int, renormalize: bool = True) -> np.ndarray:
     return np.where(bad, np.nan, y)
 
 
-# -- Sinkhorn (section 7) -------------------------------------------------------------------------
+# -- Sinkhorn (docs/ops.md §7) -------------------------------------------------------------------------
 
 def _lse(m, axis):
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -410,11 +410,11 @@ def sinkhorn(scores, n_iter: int = 3, eps: float = 1.0, output_scale: str = "n_k
     return p * n
 
 
-# -- SOFT (section 6) -----------------------------------------------------------------------------
+# -- SOFT (docs/ops.md §6) -----------------------------------------------------------------------------
 
 def gaussian_kernel(a, b, head_dim: int) -> np.ndarray:
     """S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(d))) over the last two axes;
-    NaN where a_i or b_j has a non-finite coordinate (section 0: bad input is never a distance)."""
+    NaN where a_i or b_j has a non-finite coordinate (docs/ops.md §0: bad input is never a distance)."""
     a, b = _rows(a), _rows(b)
     with np.errstate(invalid="ignore", over="ignore"):
         d2 = (a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] - 2.0 * a @ np.swapaxes(b, -1, -2)
@@ -474,13 +474,13 @@ def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float 
     return np.where(bad, np.nan, v)
 
 
-# -- attention (section 10) -----------------------------------------------------------------------
+# -- attention (docs/ops.md §10) -----------------------------------------------------------------------
 
-ATTENTION_NORMALIZERS = ("softmax", "stablemax")   # the oracles' normalizers today (spec 10's others: next slices)
+ATTENTION_NORMALIZERS = ("softmax", "stablemax")   # the oracles' normalizers today (docs/ops.md §10's others: next slices)
 
 
 def _attention_scores(q, k, scale, causal, mask, kv_lengths):
-    """s Q K^T with the masks applied as -inf (spec 0, 10), float64, shape (..., Hq, Lq, Lk).
+    """s Q K^T with the masks applied as -inf (docs/ops.md §0, 10), float64, shape (..., Hq, Lq, Lk).
 
     q (..., Hq, Lq, d), k (..., Hkv, Lk, d) with Hq a multiple of Hkv: query head h reads kv head
     h // (Hq // Hkv) (grouped-query attention, as torch). 2-d q/k: one head. ``causal``: query i
@@ -526,8 +526,8 @@ def _masked_rows(s) -> np.ndarray:
 def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
               normalizer: str = "softmax", kv_lengths=None, masked_rows: str = "nan",
               return_lse: bool = False):
-    """O = normalize(s Q K^T + mask) V (spec 10), three-phase in float64; s = 1/sqrt(d) by default.
-    A fully masked row is NaN (spec 0), or 0 with ``masked_rows="zero"`` (the convention of fused
+    """O = normalize(s Q K^T + mask) V (docs/ops.md §10), three-phase in float64; s = 1/sqrt(d) by default.
+    A fully masked row is NaN (docs/ops.md §0), or 0 with ``masked_rows="zero"`` (the convention of fused
     SDPA backends). ``return_lse``: also the per-row log-sum-exp of the masked scores
     (M + log l; -inf for a fully masked row, NaN for a NaN row)."""
     if normalizer not in ATTENTION_NORMALIZERS:
@@ -554,7 +554,7 @@ def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=No
 def attention_online_softmax(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
                              kv_lengths=None, masked_rows: str = "nan", block: int = 16,
                              return_lse: bool = False):
-    """The streaming (flash-style) form of ``attention`` with softmax (spec 3, 10), in float64:
+    """The streaming (flash-style) form of ``attention`` with softmax (docs/ops.md §3, 10), in float64:
     per query row a running max m, sum l and accumulator acc[dv] over key blocks of ``block``,
     acc <- acc e^{m - m'} + e^{s - m'} V_blk; O = acc / l. Equal to ``attention`` to 1e-12.
     While every score so far is -inf (m' = -inf) the block adds nothing (its terms are e^{-inf}

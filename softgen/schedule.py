@@ -219,5 +219,8 @@ class AttentionSchedule:
                              f"(the score block lives on the stack)")
         return self
 
+    def as_dict(self) -> dict:
+        return {"br": self.br, "bc": self.bc}
+
     def __str__(self) -> str:
         return f"br={self.br} bc={self.bc}"

@@ -76,7 +76,7 @@ from .errors import UsageError
 from .kernel import compile as compile_kernel
 from .matrix import MatMulPhase
 from .numerics.constants import EXP_DEFAULT
-from .schedule import GemmSchedule, Schedule, default_schedule
+from .schedule import AttentionSchedule, GemmSchedule, Schedule, default_schedule
 from .targets import get_target
 
 DEFAULT_SIZES = "1K,64K,1M,16M"
@@ -149,6 +149,8 @@ class TuneResult:
 def label(algorithm: str, schedule: dict) -> str:
     """A candidate's short name, e.g. ``3pl u4a2``, ``2p u4a2 nt pf256``, ``3pl u4a2 p6c2``; a GEMM
     schedule (matrix ops): ``gemm 5x2v kc256 nc64``."""
+    if "br" in schedule:
+        return f"attn br{schedule['br']} bc{schedule['bc']}"
     if "mr" in schedule:
         return (f"gemm {schedule['mr']}x{schedule['nv']}v kc{schedule['kc']} nc{schedule['nc']}"
                 + (f" ku{schedule['ku']}" if schedule.get("ku", 1) > 1 else ""))
@@ -309,6 +311,9 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     Returns a ``TuneResult`` (``.report()``, ``.records``)."""
     t0 = time.monotonic()
     opdef = ops.get_op(op)
+    if opdef.kind == "attention":
+        return tune_gemm(opdef, target, sizes, budget_s, backend, shapes=shapes, progress=progress,
+                         stream=stream, seed=seed, t0=t0, attention=True, **params)
     if opdef.kind == "matrix":
         return tune_gemm(opdef, target, sizes, budget_s, backend, shapes=shapes, progress=progress,
                          stream=stream, seed=seed, t0=t0, **params)
@@ -448,6 +453,19 @@ def gemm_candidates(t) -> list[GemmSchedule]:
     return list(out)
 
 
+def attention_candidates(t) -> list[AttentionSchedule]:
+    """The streaming attention form's blocks: the target's default (``[attention]``), then br and
+    bc halved and doubled, each kept only if ``AttentionSchedule.validate`` accepts it."""
+    b = t.attention
+    out = {b: None}
+    for st in ({"br": b.br // 2}, {"br": b.br * 2}, {"bc": b.bc // 2}, {"bc": b.bc * 2}):
+        try:
+            out[replace(b, **st).validate()] = None
+        except UsageError:
+            continue
+    return list(out)
+
+
 def _matrix_shapes(opdef, sizes, shapes) -> list[tuple[int, ...]]:
     dims = tuple(opdef.matrices.get("dims", ("m", "n")))
     form = f"{opdef.name}'s dims {' x '.join(dims)}, e.g. {'x'.join(['256'] * len(dims))}"
@@ -489,11 +507,14 @@ def _matrix_inputs(opdef, shape: tuple, rng) -> tuple:
 
 
 def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend: str = "c", *, shapes=None,
-              progress: bool = True, stream=None, seed: int = 0, t0: float | None = None, **params) -> TuneResult:
+              progress: bool = True, stream=None, seed: int = 0, t0: float | None = None, attention: bool = False,
+              **params) -> TuneResult:
     """``tune`` of a matrix op: its GEMMs' schedule (``gemm_candidates``) timed interleaved on each
     shape, the finalists re-measured; the winner is the best geometric mean of time ratios to the
     default over the shapes, recorded as one record for every size (algorithm "direct", the
-    schedule's GEMM fields), which ``compile`` of the op then uses (``k.tuned``, ``k.gemm``)."""
+    schedule's GEMM fields), which ``compile`` of the op then uses (``k.tuned``, ``k.gemm``).
+    ``attention``: the streaming attention form's blocks instead (``attention_candidates``, one
+    thread), recorded as algorithm "streaming" with the schedule {br, bc} (``kernel.tuned_attention``)."""
     t0 = time.monotonic() if t0 is None else t0
     be = get_backend(backend)
     t = get_target(target)
@@ -504,22 +525,31 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
     todo = _matrix_shapes(opdef, sizes, shapes)
     program = ops.build_program(opdef.name, **params)
     params = dict(program.params)
-    lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
-    if not any(isinstance(ph, MatMulPhase) for ph in lowered.leaves()):
-        raise UsageError(f"tune: matrix op {opdef.name} has no GEMM to tune (only its rows/columns phases)")
-    cands = gemm_candidates(t)
+    if attention:
+        if params.get("mask", "none") != "none" or passes.streamable(program) or not be.streams_attention:
+            raise UsageError(f"tune: {opdef.name} tunes the streaming form's blocks br/bc, with mask='none', a "
+                             f"streaming normalizer (softmax) and a backend that streams (c)")
+        cands = attention_candidates(t)
+        alg, kind, default = "streaming", "attention", t.attention.as_dict()
+    else:
+        lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
+        if not any(isinstance(ph, MatMulPhase) for ph in lowered.leaves()):
+            raise UsageError(f"tune: matrix op {opdef.name} has no GEMM to tune (only its rows/columns phases)")
+        cands = gemm_candidates(t)
+        alg, kind, default = "direct", "gemm", t.gemm.as_dict()
     res = TuneResult(opdef.name, params, t.name, be.name, budget, requested=1)
     stream = sys.stderr if stream is None else stream
     rng = np.random.default_rng(seed)
-    bar = Progress(len(todo) + 1, desc=f"tune {opdef.name} {t.name} gemm", enabled=progress, stream=stream)
+    bar = Progress(len(todo) + 1, desc=f"tune {opdef.name} {t.name} {kind}", enabled=progress, stream=stream)
     ratios: dict[str, list[float]] = {}
     last: dict[str, Timing] = {}
     try:
         kernels = {}
         for g in cands:
-            k = compile_kernel(opdef.name, target=t.name, schedule=g.as_dict(), backend=be.name, **params)
+            k = compile_kernel(opdef.name, target=t.name, schedule=g.as_dict(), backend=be.name,
+                               **({"algorithm": "streaming"} if attention else {}), **params)
             k._entry(False)
-            kernels[label("direct", g.as_dict())] = (g, k)
+            kernels[label(alg, g.as_dict())] = (g, k)
         bar.update("compiled")
         names = list(kernels)
         for i, shape in enumerate(todo):
@@ -534,7 +564,8 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
                     ok.append(nm)
                 else:
                     res.notes.append(f"{'x'.join(map(str, shape))}: {nm} differs from {names[0]}; not timed")
-            variants = {nm: ("k(*xs, out=y)", {"k": kernels[nm][1], "xs": xs, "y": np.empty_like(ref)}) for nm in ok}
+            call = "k(*xs, out=y, threads=1)" if attention else "k(*xs, out=y)"
+            variants = {nm: (call, {"k": kernels[nm][1], "xs": xs, "y": np.empty_like(ref)}) for nm in ok}
             first = measure(variants, deadline - 0.3 * max(0.0, deadline - time.monotonic()))
             fin = sorted(first, key=lambda k: first[k].median)[:FINALISTS]
             final = measure({k: variants[k] for k in fin}, deadline) if len(fin) > 1 else {k: first[k] for k in fin}
@@ -562,14 +593,14 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
         shape = todo[-1]
         out_elems = max(1, int(np.prod(np.asarray(kernels[win][1](*_matrix_inputs(opdef, shape, rng)).shape))))
         rec = tunedb.record(opdef.name, params, t.name, be.name, n=(1, N_MAX), rows=(1, ROWS_MAX),
-                            algorithm="direct", schedule=g.as_dict(), threads=1,
+                            algorithm=alg, schedule=g.as_dict(), threads=1,
                             ns_per_element=last[win].median / out_elems * 1e9, noise=last[win].spread,
                             repetitions=last[win].rounds,
                             runners_up={nm: score[nm] / score[win] for nm in score if nm != win})
-        res.classes.append(ClassResult(shape[0], shape[-1], (1, N_MAX), "gemm", len(cands), 0,
+        res.classes.append(ClassResult(shape[0], shape[-1], (1, N_MAX), kind, len(cands), 0,
                                        sorted(((nm, score[nm]) for nm in score), key=lambda p: p[1]), rec,
                                        time.monotonic() - t0))
         res.notes.append(f"{win}: {score[names[0]] / score[win]:.3f}x the default "
-                         f"({label('direct', t.gemm.as_dict())}) over {len(todo)} shape(s)")
+                         f"({label(alg, default)}) over {len(todo)} shape(s)")
     res.wall_seconds = time.monotonic() - t0
     return res

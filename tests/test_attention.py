@@ -1,4 +1,4 @@
-"""Attention (issue 14, spec 10): the float64 oracles, the three-phase kernel against them (C
+"""Attention (issue 14, docs/ops.md §10): the float64 oracles, the three-phase kernel against them (C
 backend; scalar/avx2/avx512 natively or emulated, neon under qemu), softgen.attention's front door
 (GQA, masks, kv_lengths, masked rows, strided heads, bad input), torch SDPA where installed, the
 exported library called from C. Kernels are shared per module (one per target x causal x mask)."""
@@ -16,6 +16,8 @@ from conftest import _can_emulate
 import softgen
 from softgen import reference as ref
 from softgen.ops import get_op
+from softgen.targets import get_target
+from softgen.tune import attention_candidates
 
 RNG = np.random.default_rng(14)
 
@@ -223,7 +225,7 @@ def test_api_gqa_masks_lengths_and_masked_rows():
 
 @pytest.mark.parametrize("target", ["avx2", "neon"])
 def test_stablemax_attention_three_phase(target):
-    """StableMax (spec 8): three-phase today (auto), the streaming form refuses it clearly."""
+    """StableMax (docs/ops.md §8): three-phase today (auto), the streaming form refuses it clearly."""
     k = softgen.compile("attention", normalizer="stablemax", causal=True, head_dim=16, target=target)
     assert k.algorithm == "three-phase"
     cases = [(f32(2, lq, 16, scale=s), f32(2, lk, 16, scale=s), f32(2, lk, 5)) for lq, lk in ((7, 30), (30, 7), (1, 1))
@@ -294,6 +296,7 @@ def test_torch_sdpa_agrees():
 C_MAIN = r"""
 #include <stdio.h>
 #include <stddef.h>
+#include <string.h>
 #include "att.h"
 int main(void) {
     enum { B = 2, LQ = 3, LK = 5, D = 4, DV = 2 };
@@ -308,6 +311,15 @@ int main(void) {
     if (att(NULL, &k[0][0][0], &v[0][0][0], &o[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV) != ATT_ENULL) return 2;
     if (att(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o[0][0][0], B, LQ, LK, D, DV, D - 1, D, DV, DV) != ATT_ESTRIDE)
         return 3;
+    float o2[B][LQ][DV];
+    for (int t = 0; t <= 3; t++) {   /* att_mt: the same bits for every thread count */
+        if (att_mt(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o2[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV, t) != 0)
+            return 4;
+        if (memcmp(o, o2, sizeof o) != 0)
+            return 5;
+    }
+    if (att_mt(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o2[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV, -1) != ATT_ETHREADS)
+        return 6;
     for (int b = 0; b < B; b++) for (int i = 0; i < LQ; i++) for (int j = 0; j < DV; j++) printf("%.9g\n", o[b][i][j]);
     return 0;
 }
@@ -321,7 +333,7 @@ def test_exported_library_called_from_c(tmp_path):
     k = softgen.compile("attention", head_dim=4, causal=True, name="att", target="host")
     k.export(tmp_path)
     header = (tmp_path / "att.h").read_text()
-    assert "size_t lq" in header and "ldv" in header
+    assert "size_t lq" in header and "ldv" in header and "int att_mt(" in header
     (tmp_path / "main.c").write_text(C_MAIN)
     subprocess.run([cc, "-O1", "-o", str(tmp_path / "main"), str(tmp_path / "main.c"), f"-I{tmp_path}",
                     f"-L{tmp_path}", "-latt", f"-Wl,-rpath,{tmp_path}"], check=True)
@@ -334,6 +346,74 @@ def test_exported_library_called_from_c(tmp_path):
     v = np.broadcast_to(np.arange(10.0).reshape(5, 2), (2, 5, 2))
     np.testing.assert_allclose(o, ref.attention(q, kk, v, causal=True, scale=0.5), rtol=1e-5, atol=1e-5)
     assert ctypes  # (the library is also loadable from Python: k(...) above uses the same build)
+
+
+# -- threads: batch x query chunks across the pool ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def threaded_kernels():
+    return {c: softgen.compile("attention", head_dim=32, causal=c, algorithm="streaming") for c in (False, True)}
+
+
+@pytest.mark.parametrize("causal_", [False, True], ids=["full", "causal"])
+def test_threads_bitwise_and_oracle(threaded_kernels, causal_):
+    """Several query chunks per matrix (Lq = 150 > 64 rows per task), a batch of 3, a decoding
+    shape: every thread count gives the bits of the one-thread call, within the oracle."""
+    k = threaded_kernels[causal_]
+    assert k._abi.threaded and "query chunk" in k.explain_threads() and f"{k.name}_mt" in k.sources()["kernel.c"]
+    for lq, lk in ((150, 170), (1, 300)):
+        q, kk, v = f32(3, lq, 32), f32(3, lk, 32), f32(3, lk, 24)
+        one = k(q, kk, v, threads=1)
+        check(k, q, kk, v, one)
+        for t in (0, 2, 3, 4):
+            assert np.array_equal(k(q, kk, v, threads=t), one, equal_nan=True), (lq, t)
+        assert np.array_equal(k(q, kk, v), one, equal_nan=True)
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        k(q, kk, v, threads=-1)
+    with pytest.raises(softgen.UsageError, match="threads must be"):
+        k(q, kk, v, threads=1.5)
+
+
+def test_threads_with_a_mask_and_small_blocks():
+    """br = 3: tasks of 66 query rows (64 rounded up to br), a mask read at each task's offset."""
+    k = softgen.compile("attention", head_dim=16, causal=True, mask="additive", algorithm="streaming",
+                        schedule=SMALL)
+    q, kk, v = f32(2, 70, 16), f32(2, 75, 16), f32(2, 75, 9)
+    m = np.where(RNG.random((2, 70, 75)) < 0.8, 0.0, -np.inf).astype(np.float32)
+    one = k(q, kk, v, m, threads=1)
+    check(k, q, kk, v, one, m)
+    assert np.array_equal(k(q, kk, v, m, threads=3), one, equal_nan=True)
+
+
+def test_api_threads():
+    q, kk, v = f32(2, 2, 70, 16), f32(2, 1, 90, 16), f32(2, 1, 90, 16)
+    one = softgen.attention(q, kk, v, causal=True, threads=1)
+    np.testing.assert_allclose(one, _oracle(q, kk, v, causal=True), rtol=1e-4, atol=1e-5)
+    assert np.array_equal(softgen.attention(q, kk, v, causal=True, threads=3), one, equal_nan=True)
+    # the three-phase form splits its batch x heads matrices (issue 13): bitwise for any count
+    three = softgen.attention(q, kk, v, causal=True, algorithm="three-phase", threads=1)
+    assert np.array_equal(softgen.attention(q, kk, v, causal=True, algorithm="three-phase", threads=3), three,
+                          equal_nan=True)
+
+
+def test_tune_attention_blocks(tmp_path, monkeypatch):
+    """softgen tune of attention: br/bc candidates timed, the winner recorded (algorithm
+    "streaming"); compile then takes it (k.tuned) unless br/bc are given."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    t = get_target("host")
+    cands = attention_candidates(t)
+    assert cands[0] == t.attention and len(cands) >= 3
+    res = softgen.tune("attention", target="host", shapes="40x40x16x16", budget_s=1.5, progress=False, head_dim=16)
+    rec, = res.records
+    assert rec.algorithm == "streaming" and set(rec.schedule) == {"br", "bc"}
+    k = softgen.compile("attention", head_dim=16, target="host")
+    ph = k.program.phases[0]
+    assert k.tuned and (ph.br, ph.bc) == (rec.schedule["br"], rec.schedule["bc"])
+    assert "attention blocks: tuned" in k.explain()
+    assert not softgen.compile("attention", head_dim=16, target="host", schedule={"br": 4, "bc": 32}).tuned
+    with pytest.raises(softgen.UsageError, match="mask='none'"):
+        softgen.tune("attention", target="host", shapes="8x8x4x4", budget_s=1, progress=False, mask="additive")
 
 
 def test_tvm_builds_the_three_phase_form():

@@ -57,7 +57,8 @@ def _returns(source: str, fn: str) -> set[int]:
 
 @pytest.mark.parametrize("op, params, kind", [("softmax", {}, abi.ROW), ("topk_softmax", {"sparse": 1}, abi.SELECTED),
                                               ("newton_pinv", {"variant": "norm"}, abi.UNARY),
-                                              ("gaussian_kernel", {}, abi.GENERAL)])
+                                              ("gaussian_kernel", {}, abi.GENERAL),
+                                              ("attention", {"algorithm": "streaming"}, abi.GENERAL)])
 def test_generated_entry_returns_what_the_header_documents(op, params, kind):
     """Every code the generated entry point returns is one its header #defines (error_codes),
     and that set is the table's for the ABI kind. A dispatcher (algorithm="auto") returns what
@@ -68,5 +69,6 @@ def test_generated_entry_returns_what_the_header_documents(op, params, kind):
         returned = _returns(v.source, f"{v.name}__checked") | _returns(v.source, v.name)
         assert returned == set(documented), v.name
     assert set(documented) == {e.code for e in abi.returned(kind, indexes=bool(k._abi.max_n),
-                                                             square=k.abi is not None and k.abi.square)}
+                                                             square=k.abi is not None and k.abi.square,
+                                                             threads=k._abi.threads)}
     assert all(documented[e.code][0] == e.suffix for e in abi.ERRORS if e.code in documented)

@@ -1,6 +1,6 @@
 """Every op x algorithm x target against the float64 reference: random rows of every length up to
 3 vectors + 1 and across block edges, 2^20-element rows, ranges where a naive exp overflows, the
-edge-case contract of spec section 0, strided / unaligned / non-contiguous rows, in place.
+edge-case contract of docs/ops.md §0, strided / unaligned / non-contiguous rows, in place.
 Targets this CPU lacks run the same generated source emulated: SIMDe for x86 ISAs, qemu user
 mode for neon (batched: one emulator process per test)."""
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_long_row_2_pow_20(op, alg, target, backend, rng):
 
 
 def contract_rows(n: int, rng) -> dict[str, np.ndarray]:
-    """The spec's edge-case table, with specials placed in the unrolled loop, the single-vector
+    """The edge-case table of docs/ops.md §0, with specials placed in the unrolled loop, the single-vector
     loop and the masked tail (positions 0, n//2, n-1)."""
     base = rng.standard_normal(n).astype(np.float32)
     rows = {}
@@ -99,7 +99,7 @@ def test_single_element_and_empty(op, alg, target, backend):
     for x, y in zip(xs, run_many(k, xs)):
         degenerate = get_op(op).f32_overflow
         if degenerate is not None and degenerate(x, **k.params).all():
-            assert np.isnan(y).all()   # an f32 row sum that overflows (section 0)
+            assert np.isnan(y).all()   # an f32 row sum that overflows (docs/ops.md §0)
         elif get_op(op).normalised(k.params):
             assert 1.0 - 2 ** -23 <= y[0, 0] <= 1.0  # two-pass may be 1 ulp low
         elif get_op(op).log_probs:

@@ -33,8 +33,9 @@ LAYERS = [
      "softgen.numerics.scalars"},
     # 3: C text shared by every C emitter: the Jinja environment, the names generated C declares
     {"softgen.render", "softgen.cnames", "softgen.dispatch"},
-    # binding NumPy arrays to a kernel's entry point (imports only abi; below runtime and kernel)
-    {"softgen.binding"},
+    # binding NumPy arrays to a kernel's entry point (imports only abi; below runtime and kernel);
+    # the caller's arrays (torch, DLPack, axis=) to NumPy and back (imports only errors)
+    {"softgen.binding", "softgen.arrays"},
     # 4: the toolchain: compiler, cache, loading shared objects; emulation (SIMDe, qemu)
     {"softgen.runtime"},
     {"softgen.emulator"},

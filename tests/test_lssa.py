@@ -1,4 +1,4 @@
-"""LSSA / LSSAR (spec 5) beyond the shared kernel matrix: per-row parameters given by the caller
+"""LSSA / LSSAR (docs/ops.md §5) beyond the shared kernel matrix: per-row parameters given by the caller
 (natively and through both emulators), the re-weighting's degenerate rows and offsets, the power
 p, the fused lssar against its two stages, and bad arguments."""
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_row_parameters_through_emulators(target, rng):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_uniform_rows_reweight_to_zero_after_the_offset_free_rows(backend):
     """N a = 1 everywhere: R = ReLU(1 - O)^p is 0 for rows >= offset_free_rows (all-zero output,
-    the spec's one exception) and uniform for the first rows (O = 0)."""
+    the one exception of docs/ops.md §0) and uniform for the first rows (O = 0)."""
     n = 8
     a = np.full((6, n), 1 / n, np.float32)
     for ofr in (0, 3, 6):

@@ -1,5 +1,5 @@
 """IR construction and validation, the algorithm rewrites, and the pass planner's traffic table
-(spec section 1-3: 3R+1W, 3R+2W, 2R+1W, 2R+1W)."""
+(docs/ops.md §1-3: 3R+1W, 3R+2W, 2R+1W, 2R+1W)."""
 from __future__ import annotations
 
 import numpy as np

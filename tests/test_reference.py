@@ -1,5 +1,5 @@
-"""The float64 oracles: the algorithmic ones agree with the definitions (spec 1-4), the
-definitions agree with scipy, and the edge-case contract of spec section 0 holds."""
+"""The float64 oracles: the algorithmic ones agree with the definitions (docs/ops.md §1-4), the
+definitions agree with scipy, and the edge-case contract of docs/ops.md §0 holds."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Sinkhorn (spec 7), a matrix program: every target and backend against the float64 reference
+"""Sinkhorn (docs/ops.md §7), a matrix program: every target and backend against the float64 reference
 (iteration by iteration: the same n_iter), its properties (1 iteration = softmax, marginals,
 convergence), the NaN/inf rules of the reference, layouts and bad input."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""SOFT (spec 6): the Gaussian kernel and the Newton-Schulz pseudo-inverse, matrix programs with
+"""SOFT (docs/ops.md §6): the Gaussian kernel and the Newton-Schulz pseudo-inverse, matrix programs with
 contractions, on every target and backend against the float64 references with the ops' derived
 tolerances (softgen/ops/soft.py), their properties, layouts, the two-input ABI and bad input."""
 import ctypes
@@ -241,7 +241,7 @@ NEWTON_SIZES = (1, 3, 7, 17, 64, 65)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("target", TARGETS)
 def test_newton_matches_reference(target, backend, variant, rng):
-    """The same n_iter as the float64 reference (spec 11), per-matrix alpha, every size on the
+    """The same n_iter as the float64 reference (docs/ops.md §11), per-matrix alpha, every size on the
     tile edges; 0 iterations is alpha P itself."""
     from conftest import check, run_many
     for n_iter in (0, 1, 20):
@@ -285,7 +285,7 @@ def test_newton_as_accurate_as_softs_float32_formula(target, backend, variant, r
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_newton_converges_to_the_inverse(backend, rng):
-    """At >= 40 iterations on moderately conditioned K2 (spec 11): "norm" reaches
+    """At >= 40 iterations on moderately conditioned K2 (docs/ops.md §11): "norm" reaches
     numpy.linalg.pinv, "soft" the regularised inverse (K2 + 0.01 I)^-1, within the kernel's
     tolerance against the reference plus the reference's own distance to the limit."""
     from conftest import check

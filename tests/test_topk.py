@@ -1,4 +1,4 @@
-"""Top-k softmax (spec 9) beyond the shared kernel matrix: k swept against row lengths (k < n,
+"""Top-k softmax (docs/ops.md §9) beyond the shared kernel matrix: k swept against row lengths (k < n,
 k = n - 1, k = n, k > n, k not dividing the lanes), ties, -inf / NaN / +inf rows, both
 normalisations, the dense form against a scatter of the sparse form, every target and backend
 (avx512 through SIMDe, neon through qemu: one emulator run per kernel), layouts, the sparse C ABI
@@ -30,7 +30,7 @@ def ks_for(backend: str, target: str) -> tuple[int, ...]:
 
 def special_rows(n: int, rng) -> dict[str, np.ndarray]:
     """Rows that exercise selection: ties, monotone rows (the early-out always or never taken),
-    -inf entries fewer or more than k, the edge-case contract of spec 0."""
+    -inf entries fewer or more than k, the edge-case contract of docs/ops.md §0."""
     r = {"random": (rng.standard_normal(n) * 4).astype(np.float32),
          "ties": rng.integers(-2, 3, n).astype(np.float32),
          "constant": np.full(n, 1.5, np.float32),

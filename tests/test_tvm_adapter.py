@@ -295,7 +295,7 @@ def test_available_and_targets():
 def test_softgen_imports_without_tvm():
     code = ("import sys; sys.modules['tvm'] = None; sys.modules['tvm_ffi'] = None\n"
             "import softgen\nfrom softgen.backends import tvm_adapter as ta\n"
-            "ok, why = ta.available(); assert not ok and \"pip install 'softgen[tvm]'\" in why, why\n"
+            "ok, why = ta.available(); assert not ok and \"pip install '.[tvm]'\" in why, why\n"
             "try:\n    ta.tvm_target('avx2')\nexcept ta.TVMUnavailable:\n    print('unavailable')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and "unavailable" in r.stdout, r.stderr

@@ -19,13 +19,33 @@ from ..errors import BuildError
 from ..matrix import AttentionPhase
 from ..render import env, flit
 
+# Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
+# not depend on the thread count; each task transposes its matrix's K once (O(Lk d) against the
+# task's O(QCH Lk d) multiply-adds).
+TASK_ROWS = 64
+# threads=auto: one thread per this many multiply-adds of work (~0.1 ms at a few GFLOP/s)
+TASK_GRAIN = 1 << 19
 
-def attention_function(ph: AttentionPhase, fname: str) -> str:
-    """The C function ``fname(lq, lk, d, dv, q, ldq, k, ldk, v, ldv[, mask, ldmask], o, ldo)``."""
+
+def task_rows(ph: AttentionPhase) -> int:
+    """The query rows of one task of the threaded form: TASK_ROWS rounded up to a multiple of br."""
+    return -(-TASK_ROWS // ph.br) * ph.br
+
+
+def score_rows(vector_registers: int) -> int:
+    """Query rows of a score tile (x 4 vectors of keys): 4 where 4 x 4 accumulators, 4 K vectors
+    and a broadcast fit the register file (32 registers: avx512), else 2."""
+    return 4 if vector_registers >= 32 else 2
+
+
+def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16) -> str:
+    """The C function ``fname(lq, lk, d, dv, q, ldq, k, ldk, v, ldv[, mask, ldmask], o, ldo, r0, r1)``
+    (query rows [r0, r1) of one matrix); ``tasks``: also ``fname__all(batch, ..., o, ldo, threads)``,
+    the whole batch split into (matrix, query chunk) tasks across the thread pool."""
     if ph.normalizer != "softmax":
         raise BuildError(f"the C backend streams attention with softmax only, not {ph.normalizer!r}")
     comment = (f"{fname}: {ph.describe()}. Causal blocks entirely above the bottom-right diagonal are skipped, "
                f"the diagonal block masked as its scores are formed." if ph.causal else f"{fname}: {ph.describe()}.")
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
-        mask=ph.mask is not None)
+        mask=ph.mask is not None, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN)

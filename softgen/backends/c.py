@@ -29,7 +29,7 @@ from ..passes import EXTEXP_F32_DOMAIN, max_shifted, plan
 from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
-from .attention import attention_function
+from .attention import TASK_GRAIN, attention_function, score_rows, task_rows
 from .base import Artifact, Backend, register
 from .entry import abi, entry_row_args, matrix_abi, matrix_entry, matrix_gemms, phase_args, row_outputs
 from .gemm import Epilogue, gemm, schedule_for
@@ -639,7 +639,8 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
             functions.append(_row_function(ph.program, t, s, f"{name}__phase{k}", None,
                                            ph.program.row_params()))
         elif isinstance(ph, AttentionPhase):   # a self-contained C function, beside the GEMMs
-            gemms.append(attention_function(ph, f"{name}__attn{k}"))
+            gemms.append(attention_function(ph, f"{name}__attn{k}", tasks=mp.attention_tasks() is ph,
+                                            vector_registers=t.vector_registers))
     for k, (fname, layout, epi) in matrix_gemms(mp, name).items():
         if fname in done:
             continue
@@ -657,7 +658,9 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
-        threads=matrix_thread_policy(mp, t))
+        threads=matrix_thread_policy(mp, t),
+        attention_tasks=None if mp.attention_tasks() is None else
+        {"qch": task_rows(mp.attention_tasks()), "grain": TASK_GRAIN, "sr": score_rows(t.vector_registers)})
 
 
 def _gemm_text(t: Target, s: GemmSchedule) -> str:

@@ -795,8 +795,9 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
 
 
 def sources(tir: str, wrapper: str, target: Target) -> dict:
-    """Inputs of the C compiler/linker for this kernel: the wrapper and the TVM object."""
-    ok, why = tvm_adapter.available()
+    """Inputs of the C compiler/linker for this kernel: the wrapper and the TVM object. A cached
+    object is read without importing TVM (a new process calling a cached kernel never does)."""
+    ok, why = (True, "") if tvm_adapter.script_object_path(tir, target.name).exists() else tvm_adapter.available()
     if not ok:
         raise BuildError(f"the TVM backend is not available: {why}")
     return {"kernel.c": wrapper, "kernel_tvm.o": tvm_adapter.script_object(tir, target.name)}

@@ -1,7 +1,7 @@
 """The one module of softgen that imports TVM (lazily: softgen imports and works without it).
 
 Pinned pair: apache-tvm 0.27.0.post1 + apache-tvm-ffi 0.1.14.post1 (0.1.15.x crashes with 0.27);
-``pip install 'softgen[tvm]'``. In 0.27 the TIR dialect is ``tvm.tirx`` (``from tvm.script import
+``pip install '.[tvm]'`` (in the source tree). In 0.27 the TIR dialect is ``tvm.tirx`` (``from tvm.script import
 tirx as T``), schedules are ``tvm.s_tir.Schedule`` (sblock TIR needs ``@T.prim_func(s_tir=True)``).
 
 What a PrimFunc becomes (x86_64 and aarch64, TVM's bundled LLVM 22):
@@ -66,6 +66,7 @@ y == x (the demos are tested in place), but partly overlapping x/y rows are not 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import re
 from functools import cache
 from pathlib import Path
@@ -73,7 +74,7 @@ from pathlib import Path
 from ..runtime import _cached, cache_dir
 from ..targets import get_target, host_arch
 
-INSTALL_HINT = "pip install 'softgen[tvm]'"
+INSTALL_HINT = "pip install '.[tvm]' in the softgen source tree"
 TVM_VERSION = "0.27.0.post1"
 TVM_FFI_VERSION = "0.1.14.post1"
 
@@ -108,6 +109,18 @@ def available() -> tuple[bool, str]:
     except Exception as e:  # noqa: BLE001
         return False, f"TVM is broken ({type(e).__name__}: {e}); {INSTALL_HINT}"
     return True, f"tvm {tv} + tvm-ffi {fv}"
+
+
+@cache
+def installed() -> str:
+    """The installed TVM pair as a string for cache keys, read from the package metadata: cheap,
+    never imports TVM (or torch through it), so a cached kernel loads in a new process without
+    them (issue 15). Without metadata (e.g. a source build): ``available()``'s string."""
+    try:
+        return (f"tvm {importlib.metadata.version('apache-tvm')} + "
+                f"tvm-ffi {importlib.metadata.version('apache-tvm-ffi')}")
+    except importlib.metadata.PackageNotFoundError:
+        return available()[1]
 
 
 def _tvm():
@@ -276,12 +289,16 @@ def script_module(tir: str):
 def script_object(tir: str, target_name: str) -> bytes:
     """The ELF object of a TVMScript kernel's functions (TVM's bundled LLVM; no cross tools
     needed), cached on disk like the C builds: TVM's lowering of a long kernel takes seconds."""
-    key = hashlib.sha256("\0".join([tir, target_name, available()[1]]).encode()).hexdigest()[:32]
-
     def make(tmp):
         return compile_to_object(script_module(tir), get_target(target_name), tmp / "k.o", pipeline="lean"), {}
 
-    return _cached(cache_dir() / f"tvm-{key}.o", make, "TVM").read_bytes()
+    return _cached(script_object_path(tir, target_name), make, "TVM").read_bytes()
+
+
+def script_object_path(tir: str, target_name: str) -> Path:
+    """Where ``script_object`` caches its object; keyed without importing TVM (``installed``)."""
+    key = hashlib.sha256("\0".join([tir, target_name, installed()]).encode()).hexdigest()[:32]
+    return cache_dir() / f"tvm-{key}.o"
 
 
 def script_assembly(tir: str, target) -> str:

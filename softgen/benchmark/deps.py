@@ -18,6 +18,6 @@ def require_matplotlib():
         mpl = _import("matplotlib")
     except ImportError:
         raise UsageError("--plot needs matplotlib, which is not installed "
-                         "(pip install matplotlib, or pip install 'softgen[bench]')") from None
+                         "(pip install matplotlib, or pip install '.[bench]' in the softgen source tree)") from None
     mpl.use("Agg")
     return _import("matplotlib.pyplot")

@@ -1,5 +1,5 @@
-"""The float32 constants of softgen's vector math, in one place: the "p5" exp (spec 2.4), the
-extended exponent (spec 2.1), log and log1p. ``templates/vmath.h.j2`` spells them in C (a global
+"""The float32 constants of softgen's vector math, in one place: the "p5" exp (docs/ops.md §2.4), the
+extended exponent (docs/ops.md §2.1), log and log1p. ``templates/vmath.h.j2`` spells them in C (a global
 ``K`` of ``render.env()``: ``{{ K.LOG2E.c }}`` is ``0x1.715476p+0f``), the TVM backend's emitter
 writes them into TIR, and ``reference.exp_p5_f32`` evaluates the same p5 in float64-emulated
 float32. Layer 0: imports nothing of softgen.
@@ -30,7 +30,7 @@ class F32(float):
         return f"F32({self.text!r})"
 
 
-# -- exp ("p5" of Dukhan & Ablavatski, spec 2.4) ---------------------------------------------------
+# -- exp ("p5" of Dukhan & Ablavatski, docs/ops.md §2.4) ---------------------------------------------------
 LOG2E = F32("0x1.715476p+0")
 MAGIC = F32("0x1.8000FEp23")           # 1.5 * 2^23 + 127: round to integer, 127 + n in the low bits
 MINUS_LN2_HI = F32("-0x1.62E43p-1")    # Cody-Waite: -ln2 = MINUS_LN2_HI + MINUS_LN2_LO
@@ -70,7 +70,7 @@ EXP_VARIANTS = {v.name: v for v in (
     ExpVariant("p6c2", 6, 2, P6, 8.9e-8),
 )}
 
-# -- extended exponent (spec 2.1) -----------------------------------------------------------------
+# -- extended exponent (docs/ops.md §2.1) -----------------------------------------------------------------
 EXTEXP_DOMAIN = F32("0x1p17")          # |u| where (p, n) stays accurate (passes.EXTEXP_F32_DOMAIN)
 EXTEXP_E0 = F32("-190000.0")           # initial exponent: below any clamped u * log2 e
 

@@ -150,7 +150,7 @@ class SumRed(Reduction):
 
 
 class ExtExpRed(Reduction):
-    """sum e^(s x) as (v, e), e^(s x) = p 2^n summed as v 2^e (spec 2.1): every lane keeps a value
+    """sum e^(s x) as (v, e), e^(s x) = p 2^n summed as v 2^e (docs/ops.md §2.1): every lane keeps a value
     and an exponent; one exponent max per group of slots."""
     op, fields, outer, identity = "reduce_extexp", ("v", "e"), ("v", "e", "c"), -math.inf
     compensated = "v"
@@ -190,7 +190,7 @@ class ExtExpRed(Reduction):
 
 
 class OnlineRed(Reduction):
-    """(m, d), d = sum e^(s (x - m)): one rescale per group of slots (the blocked form of spec 3).
+    """(m, d), d = sum e^(s (x - m)): one rescale per group of slots (the blocked form of docs/ops.md §3).
     m starts at -FLT_MAX, not -inf, so (-inf) - m is -inf and no -inf - -inf guard is needed."""
     op, fields, outer, identity = "reduce_online", ("m", "d"), ("m", "d", "c"), -math.inf
     compensated = "d"

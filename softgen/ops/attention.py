@@ -1,4 +1,4 @@
-"""Attention (spec 10): ``O = normalize(s Q K^T + mask) V`` as a matrix program.
+"""Attention (docs/ops.md §10): ``O = normalize(s Q K^T + mask) V`` as a matrix program.
 
 The op's IR is the **three-phase** form every normalizer has: an NT GEMM ``S = s Q K^T`` into a
 scratch Lq x Lk matrix, a rows phase over S (the masks, then the normalizer: the same IR as the
@@ -10,10 +10,10 @@ and export, the header and the manifest follow from its general ABI
 Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - Lq, from the
 element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
 to the scores; a boolean keep-mask and key-padding lengths become one in ``softgen.attention``).
-Fully masked rows give NaN (spec 0); ``softgen.attention(masked_rows="zero")`` zeroes them.
+Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax (three-phase and, by ``passes.stream_attention``, streaming) and stablemax
-(three-phase). The others of spec 10 (softplus_l1, lssa, lssar, topk_softmax, sinkhorn, soft) are
+(three-phase). The others of docs/ops.md §10 (softplus_l1, lssa, lssar, topk_softmax, sinkhorn, soft) are
 accepted names that raise a UsageError until they are built.
 The op has its own kind, ``"attention"``: it takes three arrays (q, k, v) and its own front door
 (``functional.attention``), so the generic sweeps over row and matrix ops leave it out.
@@ -95,7 +95,7 @@ def _samples(rng, params):
           custom_tolerance=_tolerance, samples=_samples)
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
               normalizer: str) -> None:
-    """O = normalize(s Q K^T + mask) V over the last two axes (spec 10): q (..., Lq, d),
+    """O = normalize(s Q K^T + mask) V over the last two axes (docs/ops.md §10): q (..., Lq, d),
     k (..., Lk, d), v (..., Lk, dv) -> (..., Lq, dv); s = 1/sqrt(head_dim) unless scale is given;
     causal: key j kept iff j <= i + Lk - Lq (bottom-right); mask="additive": a float (..., Lq, Lk)
     input added to the scores. The three-phase form: S = s Q K^T, a rows phase (masks, softmax),
@@ -114,14 +114,14 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         x = x + p.matrow("mask")
     off = p.index() - p.row_index() - (p.size("cols") - p.size("rows")) if causal else None
     if normalizer == "stablemax":
-        # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), no max shift (spec 8); s(-inf) = 0
+        # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), no max shift (docs/ops.md §8); s(-inf) = 0
         e = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
         if causal:
             e = off.where_lt(0.5, e, 0.0)
     elif causal:
         # keep j <= i + (Lk - Lq): j - i - (Lk - Lq) < 0.5 (indices are exact float32 integers).
         # IR constants are finite: a dropped score is -FLT_MAX for the max and its weight a
-        # select of 0, so a row with no kept key sums to 0 and 0 * (1/0) makes it NaN (spec 0)
+        # select of 0, so a row with no kept key sums to 0 and 0 * (1/0) makes it NaN (docs/ops.md §0)
         x = off.where_lt(0.5, x, -F32_MAX)
         e = off.where_lt(0.5, (x - x.max()).exp(), 0.0)
     else:

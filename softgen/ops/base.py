@@ -48,14 +48,14 @@ class OpDef:
     reference: Callable                # float64 oracle: (x, **params) -> y
     params: dict                       # parameter name -> default
     doc: str
-    rtol: float = 2e-6                 # spec section 11
+    rtol: float = 2e-6                 # docs/ops.md §11
     atol: float = 0.0
     atol_rel_to_y: bool = False        # log-softmax: |err| <= atol * (1 + |y|)
     log_probs: bool = False            # outputs are log-probabilities: never above 0
     sums_to_one: bool | Callable = False   # or (params) -> bool, when a parameter decides it
     exp_conditioned: bool = True       # outputs are e^(s(x - max)): see tolerance()
     # rows where the float32 kernel's row sum overflows although float64's does not; the kernel
-    # must give a NaN row there (section 0): (x, **params) -> bool mask over rows
+    # must give a NaN row there (docs/ops.md §0): (x, **params) -> bool mask over rows
     f32_overflow: Callable | None = None
     # ops with per-row parameters: (shape, params, **call) -> {row param name: values per row},
     # from the call-time arguments ``call_params`` (e.g. lssa's n_attended)
@@ -143,11 +143,11 @@ class OpDef:
         return out
 
     def tolerance(self, x, ref_y, params, call=None) -> "np.ndarray":
-        """Allowed |kernel - reference| per element for float32 kernels (spec section 11).
+        """Allowed |kernel - reference| per element for float32 kernels (docs/ops.md §11).
 
         Relative ``rtol`` plus the conditioning of exp: rounding z = s(x - max) to f32 perturbs
         e^z by |z| 2^-24 (twice: the subtraction and the scaling), an error every f32 kernel has;
-        for the outputs that matter (|z| <= 16) the bound stays at the spec's 2e-6. Outputs below
+        for the outputs that matter (|z| <= 16) the bound stays at the contract's 2e-6 (docs/accuracy.md). Outputs below
         FLT_MIN may be flushed to zero.
         """
         if self.custom_tolerance is not None:

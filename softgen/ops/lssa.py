@@ -1,4 +1,4 @@
-"""LSSA and LSSAR (spec 5): lssa, reweight and their fusion lssar, ops with per-row parameters
+"""LSSA and LSSAR (docs/ops.md §5): lssa, reweight and their fusion lssar, ops with per-row parameters
 (n_attended, the caller's or counted in-kernel; offset, from offset_free_rows)."""
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _ipow(v: Value, p: float) -> Value:
 
 
 def _reweight(a: Value, amax: Value, n: Value, p: float, check: Value) -> Value:
-    """W = q / sum q, q = (ReLU(N a - O) / max R)^p (spec 5.2): max R = ReLU(N max a - O) since
+    """W = q / sum q, q = (ReLU(N a - O) / max R)^p (docs/ops.md §5.2): max R = ReLU(N max a - O) since
     N > 0. A max R at or below ``reference.R_BOUND`` O, the f32 rounding bound of R (derived in
     ``reference.reweight_of``), is 0, so uniform rows give zeros (a scalar test per row). An
     all-zero R gives zeros; a non-finite ``check`` (a row sum) makes the row NaN, which ReLU and
@@ -184,7 +184,7 @@ def _lssa_sample_call(shape, params) -> dict:
           custom_tolerance=_lssa_tolerance, sample_call=_lssa_sample_call,
           row_param_docs=N_ATTENDED_DOC, call_build=_lssa_call_build)
 def lssa(x: Value, head_dim: float, count_keys: float) -> Value:
-    """softplus(lambda_i c) / sum, lambda_i = log(head_dim) log(N_i) (spec 5.1) on cosine scores c;
+    """softplus(lambda_i c) / sum, lambda_i = log(head_dim) log(N_i) (docs/ops.md §5.1) on cosine scores c;
     masked keys are -inf. N_i: counted in-kernel (count_keys=1, one extra sweep) or the caller's
     per-row n_attended (count_keys=0)."""
     a = _lssa_weights(x, _head_dim(head_dim), _attended(x, flag(count_keys, "count_keys")))
@@ -196,7 +196,7 @@ def lssa(x: Value, head_dim: float, count_keys: float) -> Value:
           f32_overflow=_reweight_overflow, sample_call=_lssa_sample_call,
           row_param_docs=ROW_PARAM_DOCS, call_build=_lssa_call_build)
 def reweight(x: Value, p: float, offset_free_rows: float, count_keys: float) -> Value:
-    """LSSAR's sharpening of attention weights a (spec 5.2): ReLU(N_i a - O_i)^p / sum, overflow-
+    """LSSAR's sharpening of attention weights a (docs/ops.md §5.2): ReLU(N_i a - O_i)^p / sum, overflow-
     safe as (R / max R)^p; O_i = 0 for the first offset_free_rows query rows (axis -2), else 1;
     an all-zero R row gives zeros. N_i: the row's nonzero weights, or the caller's n_attended."""
     if not (offset_free_rows >= 0 and float(offset_free_rows).is_integer()):
@@ -223,7 +223,7 @@ def _lssar_tolerance(x, ref_y, params, call):
           f32_overflow=_lssa_degenerate, sample_call=_lssa_sample_call,
           row_param_docs=ROW_PARAM_DOCS, call_build=_lssa_call_build)
 def lssar(x: Value, head_dim: float, p: float, offset_free_rows: float, count_keys: float) -> Value:
-    """reweight(lssa(c)) fused (spec 5.1 + 5.2), one N_i for both stages: the lssa sum and the
+    """reweight(lssa(c)) fused (docs/ops.md §5.1 + 5.2), one N_i for both stages: the lssa sum and the
     max share a sweep, so 3R+1W (4R+1W when counting keys)."""
     if not (offset_free_rows >= 0 and float(offset_free_rows).is_integer()):
         raise UsageError(f"offset_free_rows must be a non-negative integer, got {offset_free_rows!r}")

@@ -1,4 +1,4 @@
-"""Sinkhorn (spec 7): log-domain Sinkhorn normalisation of matrices, a matrix program."""
+"""Sinkhorn (docs/ops.md §7): log-domain Sinkhorn normalisation of matrices, a matrix program."""
 from __future__ import annotations
 
 import math
@@ -69,9 +69,9 @@ def _sinkhorn_call(x, n_iter=3, eps=1.0, **_):
 @register("sinkhorn", _sinkhorn_call, params={"n_iter": 3, "eps": 1.0}, kind="matrix",
           custom_tolerance=_sinkhorn_tolerance)
 def sinkhorn(mp: MatrixProgram, n_iter: float, eps: float) -> None:
-    """Log-domain Sinkhorn over the last two axes, rows first (spec 7): n_iter half-steps
+    """Log-domain Sinkhorn over the last two axes, rows first (docs/ops.md §7): n_iter half-steps
     alternate row potentials u_i = -eps LSE_j (C_ij + v_j) / eps and column potentials v_j = -eps
-    LSE_i (C_ij + u_i) / eps. The spec's marginal terms -eps log n_q, -eps log n_k only shift u
+    LSE_i (C_ij + u_i) / eps. The marginal terms -eps log n_q, -eps log n_k only shift u
     against v, so they are left out: after a column step exp((C + u + v) / eps) already is the
     output (columns sum to 1), after a row step it is scaled by n_k' / n_q'. Padding: rows and
     columns of only -inf get potential 0 and drop out of every LSE and of the counts n_q', n_k'

@@ -1,4 +1,4 @@
-"""SOFT (spec 6): the Gaussian kernel and the Newton-Schulz pseudo-inverse, matrix programs with
+"""SOFT (docs/ops.md §6): the Gaussian kernel and the Newton-Schulz pseudo-inverse, matrix programs with
 GEMMs."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..matrix import MatrixProgram
 from .base import F32_MAX, register
 
 U32 = 2.0 ** -24   # unit roundoff of float32
-EXP_REL = 2.5e-7   # the p5 exp's relative error (spec 11)
+EXP_REL = 2.5e-7   # the p5 exp's relative error (docs/ops.md §11)
 
 
 def _head_dim_int(d) -> int:
@@ -51,7 +51,7 @@ def _gaussian_samples(rng, params):
           custom_tolerance=_gaussian_tolerance, samples=_gaussian_samples)
 def gaussian_kernel(mp: MatrixProgram, head_dim: float) -> None:
     """SOFT's kernel S_ij = exp(-max(|a_i|^2 + |b_j|^2 - 2 a_i.b_j, 0) / (2 sqrt(head_dim))) of
-    a (..., n, d) and b (..., m, d) -> (..., n, m) (spec 6): the squared norms are row sums, the
+    a (..., n, d) and b (..., m, d) -> (..., n, m) (docs/ops.md §6): the squared norms are row sums, the
     Gram product an NT GEMM, the rest an element-wise phase (fused into the GEMM's store by the C
     backend). Entries in (0, 1]; exactly the clamp makes identical points give 1. A point with a
     non-finite coordinate gives NaN against every point; finite points with |a_i|^2 + |b_j|^2 >=
@@ -202,7 +202,7 @@ def _newton_reference(x, n_iter=20, variant="soft", alpha_factor=0.9):
           custom_tolerance=lambda x, r, params, call: _newton_tolerance(x, r, params),
           samples=lambda rng, params: _newton_samples(rng))
 def newton_pinv(mp: MatrixProgram, n_iter: float, variant: str, alpha_factor: float) -> None:
-    """Newton-Schulz pseudo-inverse of square matrices (..., m, m) (spec 6): V <- 2V - V (P V),
+    """Newton-Schulz pseudo-inverse of square matrices (..., m, m) (docs/ops.md §6): V <- 2V - V (P V),
     SOFT's own order, n_iter times (two GEMMs per iteration; 2V - W is an element-wise phase
     reading V, fused into the second GEMM's store in C: rounding 2I - PV first, as V (2I - PV)
     does, costs ~4x the accuracy in float32). variant "soft": P = A + 0.01 I, V0 = alpha P, alpha = alpha_factor

@@ -1,4 +1,4 @@
-"""The softmax family (spec 0-5, 8): softmax, log_softmax, stablemax, log_stablemax, softplus_l1:
+"""The softmax family (docs/ops.md §0-5, 8): softmax, log_softmax, stablemax, log_stablemax, softplus_l1:
 one normalisation of the last axis each, the shape every algorithm rewrite applies to."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ TINY_SCALE = 2.0 ** -64
 
 
 def _shifted(x: Value, scale: float, wide: bool = False) -> Value:
-    """z = s (x - max x): max and scale commute for s > 0 (spec 0). Below TINY_SCALE the row is
+    """z = s (x - max x): max and scale commute for s > 0 (docs/ops.md §0). Below TINY_SCALE the row is
     scaled by 2^-64 first and s by 2^64: x - max x may overflow where s (x - max x) does not, and
     the two-pass kernels clamp x at -2^17 / s, which then leaves the float32 range (the row came
     out NaN). Powers of two are exact; results below 2^-126 lose bits z cannot see (< s 2^-86).
@@ -29,7 +29,7 @@ def _shifted(x: Value, scale: float, wide: bool = False) -> Value:
 
 @register("softmax", ref.softmax, params={"scale": 1.0, "temperature": None}, sums_to_one=True)
 def softmax(x: Value, scale: float) -> Value:
-    """y = exp(s x - max(s x)) / sum(...): max and scale commute for s > 0 (spec 0, 1)."""
+    """y = exp(s x - max(s x)) / sum(...): max and scale commute for s > 0 (docs/ops.md §0, 1)."""
     e = _shifted(x, scale).exp()
     return e * e.sum().finite_or_nan().recip()
 
@@ -37,7 +37,7 @@ def softmax(x: Value, scale: float) -> Value:
 @register("log_softmax", ref.log_softmax, params={"scale": 1.0, "temperature": None},
           rtol=0.0, atol=2e-6, atol_rel_to_y=True, log_probs=True)
 def log_softmax(x: Value, scale: float) -> Value:
-    """y = (s x - M) - log sum exp(s x - M) (spec 4)."""
+    """y = (s x - M) - log sum exp(s x - M) (docs/ops.md §4)."""
     z = _shifted(x, scale, wide=True)
     return z - z.exp().sum().log()
 
@@ -50,7 +50,7 @@ def _stablemax_overflow(x, **_) -> np.ndarray:
 @register("stablemax", ref.stablemax, sums_to_one=True, exp_conditioned=False,
           f32_overflow=_stablemax_overflow)
 def stablemax(x: Value) -> Value:
-    """s(x) / sum s(x), s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0); no max shift (spec 8). The
+    """s(x) / sum s(x), s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0); no max shift (docs/ops.md §8). The
     authors' + 1e-30 is dropped: for x < 0, 1 - x >= 1 and adding 1e-30 rounds away in f32/f64."""
     s = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
     return s * s.sum().finite_or_nan().recip()
@@ -59,7 +59,7 @@ def stablemax(x: Value) -> Value:
 @register("log_stablemax", ref.log_stablemax, rtol=0.0, atol=2e-6, atol_rel_to_y=True,
           log_probs=True, exp_conditioned=False, f32_overflow=_stablemax_overflow)
 def log_stablemax(x: Value) -> Value:
-    """log(s(x) / sum s(x)) (spec 8), with stablemax's s, as one log_ratio per element: s / S
+    """log(s(x) / sum s(x)) (docs/ops.md §8), with stablemax's s, as one log_ratio per element: s / S
     underflows for s far below the sum, and log s - log S would cancel two large logs."""
     s = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
     return s.log_ratio(s.sum().finite_or_nan())
@@ -80,7 +80,7 @@ def softplus(z: Value) -> Value:
 @register("softplus_l1", ref.softplus_l1, params={"scale": 1.0}, sums_to_one=True,
           f32_overflow=_softplus_overflow)
 def softplus_l1(x: Value, scale: float) -> Value:
-    """softplus(s x) / sum softplus(s x), softplus(z) = max(z, 0) + log1p(e^-|z|) (spec 5.1, row
+    """softplus(s x) / sum softplus(s x), softplus(z) = max(z, 0) + log1p(e^-|z|) (docs/ops.md §5.1, row
     form); no max pass. A row whose every f32 softplus flushes to 0 (all s x below about -87)
     would be 0/0: a guard sends it to softmax(s x), which softplus / sum is for z << 0 up to a
     relative e^z (softplus(z) = e^z (1 - e^z / 2 + ...)). The kernel keeps v = softplus where it is

@@ -1,4 +1,4 @@
-"""Top-k softmax (spec 9): a selection reduction, dense or sparse output."""
+"""Top-k softmax (docs/ops.md §9): a selection reduction, dense or sparse output."""
 from __future__ import annotations
 
 from .. import reference as ref
@@ -24,7 +24,7 @@ def _topk_reference(x, k=2, renormalize=1, sparse=0):
 @register("topk_softmax", _topk_reference, params={"k": 2, "renormalize": 1, "sparse": 0},
           sums_to_one=lambda params: bool(params.get("renormalize", 1)))
 def topk_softmax(x: Value, k: float, renormalize: float, sparse: float) -> Value:
-    """Top-k gate (spec 9): the k largest entries (lower index first on ties) get
+    """Top-k gate (docs/ops.md §9): the k largest entries (lower index first on ties) get
     e^(x - max) / sum, summed over the k (renormalize=1, Mixtral) or over the whole row
     (renormalize=0, Switch); the others 0. One selection sweep keeps k sorted (key, index)
     registers per lane. sparse=1: the (indices, weights) of the min(k, n) selected entries,

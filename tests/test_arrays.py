@@ -1,0 +1,325 @@
+"""Issue 15, "Arrays and conventions" and "Speed of a call": torch/DLPack arrays in and out
+(zero-copy, the caller's type, out= in place), axis=/dim=, 0-d inputs, a call path that never
+touches the IR, a cached TVM kernel loading without TVM. Kernels are built once per module
+(small sizes, target scalar where the ISA does not matter)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import softgen
+from softgen import arrays, ir, matrix
+from softgen.errors import UsageError
+
+try:
+    import torch
+except ImportError:   # the torch tests skip; the NumPy ones (axis, 0-d, IR) still run
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+
+def ref_softmax(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def sm():
+    return softgen.compile("softmax", target="scalar", algorithm="two-pass")
+
+
+@pytest.fixture(scope="module")
+def lssa():
+    return softgen.compile("lssa", target="scalar", algorithm="direct")
+
+
+@pytest.fixture(scope="module")
+def topk():
+    return softgen.compile("topk_softmax", target="scalar", k=2, sparse=1)
+
+
+@pytest.fixture(scope="module")
+def sink():
+    return softgen.compile("sinkhorn", target="scalar")
+
+
+@pytest.fixture(scope="module")
+def gauss():
+    return softgen.compile("gaussian_kernel", target="scalar", head_dim=4)
+
+
+# -- torch in, torch out --------------------------------------------------------------------------
+
+@needs_torch
+def test_torch_in_torch_out_zero_copy(sm):
+    x = torch.randn(3, 7)
+    y = sm(x)
+    assert type(y) is torch.Tensor and y.shape == x.shape
+    assert np.allclose(y.numpy(), ref_softmax(x.numpy()), atol=1e-6)
+    out = torch.full((3, 7), 5.0)
+    ptr = out.data_ptr()
+    r = sm(x, out=out)
+    assert r is out and out.data_ptr() == ptr            # written in place
+    assert torch.allclose(out, y)
+    # zero-copy in: x's memory is what the kernel reads (in place: out=x)
+    x2 = x.clone()
+    assert sm(x2, out=x2) is x2 and torch.allclose(x2, y)
+    # NumPy out with a torch input: NumPy out is returned as given
+    o = np.empty((3, 7), np.float32)
+    assert sm(x, out=o) is o and np.allclose(o, y.numpy())
+
+
+@needs_torch
+def test_torch_every_kind(lssa, topk, sink, gauss):
+    x = torch.rand(4, 6)
+    y = lssa(x)
+    assert type(y) is torch.Tensor and np.allclose(y.numpy(), lssa(x.numpy()))
+    idx, w = topk(x)
+    assert type(idx) is torch.Tensor and idx.dtype == torch.int64 and type(w) is torch.Tensor
+    ri, rw = topk(x.numpy())
+    assert np.array_equal(idx.numpy(), ri) and np.array_equal(w.numpy(), rw)
+    m = torch.rand(2, 4, 4)
+    s = sink(m)
+    assert type(s) is torch.Tensor and np.allclose(s.numpy(), sink(m.numpy()))
+    a, b = torch.rand(3, 4), torch.rand(5, 4)
+    g = gauss(a, b)
+    assert type(g) is torch.Tensor and g.shape == (3, 5) and np.allclose(g.numpy(), gauss(a.numpy(), b.numpy()))
+    og = torch.empty(3, 5)
+    assert gauss(a, b, out=og) is og and torch.allclose(og, g)
+    # the per-op functions too
+    f = softgen.topk_softmax(x, 2, sparse=1, target="scalar")
+    assert type(f[0]) is torch.Tensor and np.array_equal(f[0].numpy(), ri)
+    assert type(softgen.sinkhorn(m, target="scalar")) is torch.Tensor
+
+
+@needs_torch
+def test_torch_refusals(sm):
+    with pytest.raises(UsageError, match=r"requires grad.*\.detach\(\)"):
+        sm(torch.randn(2, 3, requires_grad=True))
+    with pytest.raises(UsageError, match=r"out requires grad"):
+        sm(torch.randn(2, 3), out=torch.empty(2, 3, requires_grad=True))
+    y = sm(torch.randn(2, 3, requires_grad=True).detach())
+    assert not y.requires_grad
+    with pytest.raises(TypeError, match="float32"):
+        sm(torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(UsageError, match="device meta"):
+        sm(torch.empty(2, 3, device="meta"))
+
+
+class _Dev:
+    """A DLPack array on a non-CPU device (CUDA), as CuPy presents one."""
+
+    def __dlpack__(self, stream=None):
+        raise AssertionError("must be refused before any exchange")
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+
+class _Host:
+    """A foreign host array speaking DLPack only (no torch, no array interface)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack__(self, **kw):
+        return self.a.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
+def test_dlpack_foreign_and_device(sm):
+    with pytest.raises(UsageError, match="device 2:0.*CPU"):
+        sm(_Dev())
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    y = sm(_Host(x))
+    assert isinstance(y, np.ndarray) and np.allclose(y, ref_softmax(x), atol=1e-6)
+    o = np.zeros((2, 5), np.float32)
+    assert sm(x, out=_Host(o)) is not None and np.allclose(o, y)     # written in place
+    o.flags.writeable = False                                        # immutable (as JAX's)
+    with pytest.raises(UsageError, match="read-only"):
+        sm(x, out=_Host(o))
+
+
+def test_dlpack_input_is_not_copied(sm, monkeypatch):
+    """Zero-copy: the kernel gets the caller's memory (its data pointer)."""
+    x = np.random.default_rng(1).standard_normal((2, 5)).astype(np.float32)
+    seen = []
+    real = arrays._host
+    monkeypatch.setattr(arrays, "_host", lambda a, *r, **k: seen.append(real(a, *r, **k)) or seen[-1])
+    sm(_Host(x))
+    assert seen and seen[0][0].ctypes.data == x.ctypes.data
+
+
+# -- axis= / dim= --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_axis_any(sm, layout):
+    x = np.asarray(np.random.default_rng(2).standard_normal((3, 4, 5)), np.float32, order=layout)
+    for ax in (0, 1, 2, -1, -2, -3):
+        y = sm(x, axis=ax)
+        assert y.shape == x.shape and np.allclose(y, ref_softmax(x, ax), atol=1e-6), ax
+        assert np.allclose(sm(x, dim=ax), y)
+        assert np.allclose(softgen.softmax(x, axis=ax, target="scalar"), y, atol=1e-6)
+    out = np.empty_like(x)
+    assert sm(x, axis=0, out=out) is out and np.allclose(out, ref_softmax(x, 0), atol=1e-6)
+    with pytest.raises(UsageError, match="out of range"):
+        sm(x, axis=3)
+    with pytest.raises(UsageError, match="not both"):
+        sm(x, axis=0, dim=0)
+    with pytest.raises(UsageError, match="must be an int"):
+        sm(x, axis=1.0)
+
+
+def test_axis_unit_stride_is_not_copied(sm, monkeypatch):
+    """axis 0 of a Fortran-ordered matrix has unit stride: the kernel reads x in place."""
+    x = np.asfortranarray(np.random.default_rng(3).standard_normal((6, 3)).astype(np.float32))
+    seen = []
+    real = softgen.kernel.bind
+    monkeypatch.setattr(softgen.kernel, "bind", lambda abi, name, inputs, *r: seen.append(
+        inputs[0].ctypes.data) or real(abi, name, inputs, *r))
+    y = sm(x, axis=0)
+    assert np.allclose(y, ref_softmax(x, 0), atol=1e-6)
+    assert seen == [x.ctypes.data]
+
+
+@needs_torch
+def test_axis_torch_and_selected(sm, topk, lssa):
+    x = torch.randn(5, 3)
+    assert torch.allclose(sm(x, dim=0), torch.softmax(x, 0), atol=1e-6)
+    assert torch.allclose(softgen.log_softmax(x, dim=0, target="scalar"), torch.log_softmax(x, 0), atol=1e-5)
+    idx, w = topk(x, dim=0)
+    assert idx.shape == (2, 3) and torch.equal(idx, torch.topk(x, 2, dim=0).indices)
+    y = lssa(x, dim=0)    # a row op with per-row parameters
+    assert type(y) is torch.Tensor and torch.allclose(y, lssa(x.T.contiguous()).T)
+
+
+def test_axis_refused_on_matrix_ops(sink):
+    with pytest.raises(UsageError, match="last two axes"):
+        sink(np.ones((2, 3, 3), np.float32), axis=0)
+    with pytest.raises(UsageError, match="last two axes"):
+        softgen.sinkhorn(np.ones((2, 3, 3), np.float32), axis=0, target="scalar")
+
+
+# -- 0-d -------------------------------------------------------------------------------------------
+
+def test_zero_d_per_op_functions():
+    """Per-op functions follow torch: a 0-d input is one element, softmax gives 1.0, 0-d out."""
+    y = softgen.softmax(np.float32(3.0), target="scalar")
+    assert isinstance(y, np.ndarray) and y.shape == () and y == 1.0
+    assert softgen.log_softmax(np.array(2.0, np.float32), target="scalar") == 0.0
+    assert softgen.softmax(np.array(-7.0, np.float32), axis=0, target="scalar") == 1.0
+    o = np.zeros((), np.float32)
+    assert softgen.softmax(np.float32(1.0), out=o, target="scalar") is o and o == 1.0
+    i, w = softgen.topk_softmax(np.float32(1.0), 2, sparse=1, target="scalar")
+    assert i.shape == w.shape == () and i == 0 and w == 1.0
+    if torch is not None:
+        t = softgen.softmax(torch.tensor(2.0), target="scalar")
+        assert type(t) is torch.Tensor and t.shape == () and t.item() == torch.softmax(torch.tensor(2.0), 0).item()
+
+
+# -- the call path never touches the IR ----------------------------------------------------------
+
+def test_call_path_does_not_touch_the_ir(sm, lssa, topk, sink, gauss, monkeypatch):
+    """Everything a call needs is fixed at compile time (issue 15): with the IR's accessors
+    raising, calls of every kind (row, row parameters, top-k, unary and general matrix, a
+    dispatcher, threads=, the per-op functions) still work."""
+    disp = softgen.compile("softmax", target="scalar")   # auto
+    x = np.random.default_rng(4).standard_normal((3, 8)).astype(np.float32)
+    a, b = np.random.rand(3, 4).astype(np.float32), np.random.rand(5, 4).astype(np.float32)
+    m = np.random.rand(2, 4, 4).astype(np.float32)
+    calls = [lambda: sm(x), lambda: sm(x, threads=2), lambda: lssa(x), lambda: topk(x), lambda: sink(m),
+             lambda: gauss(a, b), lambda: disp(x), lambda: disp(x, threads=1),
+             lambda: softgen.softmax(x, target="scalar"), lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar"),
+             lambda: sm(x, axis=0), lambda: softgen.softmax(x), lambda: softgen.softmax(x)]
+    expect = [c() for c in calls]   # loads the libraries (may touch the IR) before the trap
+
+    def trap(*a, **k):
+        raise AssertionError("a call touched the IR")
+    for cls in (ir.Program, matrix.MatrixProgram):
+        for nm in ("nodes", "topo", "op", "args", "attrs", "kind", "shape", "items", "users", "output",
+                   "max_n", "row_params", "matrices", "vector_names", "mscalar_names", "copy", "validate",
+                   "abi", "leaves", "programs", "role", "scalars", "vector_dims", "index_dims"):
+            if hasattr(cls, nm):
+                monkeypatch.setattr(cls, nm, property(trap) if isinstance(getattr(cls, nm), property) else trap)
+    for c, e in zip(calls, expect):
+        r = c()
+        for u, v in zip(r if isinstance(r, tuple) else (r,), e if isinstance(e, tuple) else (e,)):
+            assert np.array_equal(u, v)
+
+
+# -- a cached TVM kernel in a new process ---------------------------------------------------------
+
+def test_cached_tvm_kernel_loads_without_tvm(tmp_path):
+    """Compile a TVM kernel (cache warm), then in a fresh process compile and call it: neither
+    TVM nor torch is imported (the cache key comes from package metadata)."""
+    pytest.importorskip("tvm")
+    code = textwrap.dedent("""
+        import sys, numpy as np, softgen
+        k = softgen.compile("softmax", backend="tvm", algorithm="two-pass", target="scalar")
+        y = k(np.ones((2, 8), np.float32))
+        assert abs(float(y[0, 0]) - 0.125) < 1e-6
+        print(sorted(m for m in ("tvm", "tvm_ffi", "torch") if m in sys.modules))
+    """)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(softgen.__file__)),
+                                                    env.get("PYTHONPATH")) if p)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_jax_arrays(sm):
+    """JAX arrays (immutable, DLPack): read zero-copy, results as JAX arrays, no out=."""
+    jnp = pytest.importorskip("jax.numpy")
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32))
+    y = sm(x)
+    assert type(y).__module__.split(".")[0] in ("jax", "jaxlib")
+    assert np.allclose(np.asarray(y), ref_softmax(np.asarray(x)), atol=1e-6)
+    assert np.allclose(np.asarray(softgen.softmax(x, axis=0, target="scalar")), ref_softmax(np.asarray(x), 0),
+                       atol=1e-6)
+    with pytest.raises(UsageError, match="read-only"):
+        sm(x, out=jnp.zeros((3, 6), jnp.float32))
+
+
+def test_topk_fast_path_matches_the_general_path(topk):
+    """Top-k calls take _fastcall.selected (no ctypes, no binding); every layout it declines
+    (strided, Fortran, empty) falls back, and the results equal the general path's."""
+    from softgen import kernel as kmod
+    if kmod._fastsel is None:
+        pytest.skip("softgen._fastcall is not built")
+    x = np.random.default_rng(6).standard_normal((3, 40)).astype(np.float32)
+    topk(x)
+    assert topk._fast_sel is not None
+    ptr = topk._fast_sel
+    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int64), np.empty((3, 2), np.float32)) == 0
+    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int32), np.empty((3, 2), np.float32)) is NotImplemented
+    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int64), np.empty((2, 2), np.float32)) is NotImplemented
+    for a in (x, x[:, ::2], x[:, :1], x[:0], np.asfortranarray(x), x[1]):
+        fast = topk(a)
+        slow = topk._call_np(topk._fn, (a,), None)
+        assert all(u.shape == v.shape and np.array_equal(u, v) for u, v in zip(fast, slow))
+
+
+def test_unary_matrix_fast_path_matches_the_general_path(sink):
+    """Unary matrix calls (sinkhorn) take _fastcall.unary; declined layouts fall back; results
+    equal the general path's; a square kernel's non-square input keeps its ValueError."""
+    from softgen import kernel as kmod
+    if kmod._fastunary is None:
+        pytest.skip("softgen._fastcall is not built")
+    m = np.random.default_rng(7).random((3, 6, 6)).astype(np.float32)
+    sink(m)
+    assert sink._fast_unary is not None
+    assert kmod._fastunary(sink._fast_unary, m[0, 0], np.empty(6, np.float32)) is NotImplemented   # 1-d
+    for a in (m, m[:, :, :4], m[:, :4, :], m[:, :, ::2], np.asfortranarray(m), m[0], m[:0]):
+        assert np.array_equal(sink(a), sink._call_np(sink._fn, (a,), None))
+    y = m.copy()
+    assert sink(y, out=y) is y and np.array_equal(y, sink(m))
+    pinv = softgen.compile("newton_pinv", target="scalar")
+    with pytest.raises(ValueError, match="square"):
+        pinv(np.ones((2, 4, 5), np.float32))
