@@ -89,7 +89,7 @@ ECPU = ErrorCode(8, "ECPU", "the CPU lacks the target's instructions ({requires}
 
 ETHREADS = ErrorCode(9, "ETHREADS", "threads < 0 (a call of {name}_mt: 0 is auto, N at most N threads)",
                      "a negative thread count (threads: 0 or None is auto, N at most N threads)",
-                     UsageError, _ROWS)
+                     UsageError, _ROWS | _MATRIX)
 
 ERRORS = (OK, ENULL, ESTRIDE, EOVERFLOW, ETOOLONG, EMATRIX, ENOMEM, ESQUARE, ECPU, ETHREADS)
 BY_CODE = {e.code: e for e in ERRORS}
@@ -218,11 +218,10 @@ class KernelABI:
 
     @property
     def threaded(self) -> bool:
-        """Whether the kernel has the extended entry ``<name>_mt(..., int threads)``: row kinds
-        (rows split across the library's thread pool) and matrix kernels built with ``threads``
-        (streaming attention: batch x query blocks across the pool); other matrix kernels run on
-        one thread."""
-        return self.kind in _ROWS or self.threads
+        """Whether the kernel has the extended entry ``<name>_mt(..., int threads)``: every kind
+        (row kinds: rows split across the library's thread pool; matrix kinds: the batch's matrices,
+        streaming attention: batch x query blocks), not a GEMM library's entry."""
+        return self.kind in _ROWS | _MATRIX
 
     def mt_signature(self, name: str) -> str:
         """The extended entry point's signature: the entry's parameters, then ``int threads``."""

@@ -26,6 +26,8 @@ variant's cheapest cycles/element (its L1 cost: the smallest, so the
 largest grain: "never slower than one thread on small inputs"); at most the CPUs the process may
 run on (capped at run time in C, with ``SOFTGEN_NUM_THREADS``). A tuning record's thread count
 replaces ``most``. The variant is still chosen by n alone; the thread count by rows x n.
+Matrix kernels (``MatrixThreadPolicy``): one thread per ``grain`` (2 x the overhead) modelled
+cycles of batch x cycles per matrix (``matrix_cycles``: a C expression in the dimensions).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from dataclasses import dataclass, field
 
 from .ir import OPS
 from .machine import LEVELS, Caches
-from .passes import SHORT, Plan
+from .matrix import AttentionPhase, ColsPhase, MatMulPhase, MatrixProgram, SweepPhase
+from .passes import SHORT, Plan, plan
 from .targets import Target
 
 BYTES_PER_N = 8          # a row's working set per element: x and y, float32 (out of place)
@@ -80,6 +83,69 @@ def thread_policy(plan: Plan, target: Target, most: int = 0) -> ThreadPolicy:
     cheapest = min(cycles_per_element(plan, target, lvl) for lvl in ALL_LEVELS)
     # two threads at 2 x grain elements: work / 2 + overhead = 3/4 of one thread's time
     return ThreadPolicy(most, max(1, math.ceil(2 * overhead / max(cheapest, 1e-3))))
+
+
+@dataclass(frozen=True)
+class MatrixThreadPolicy(ThreadPolicy):
+    """A matrix kernel's ``ThreadPolicy``: the batch's matrices are split across threads, one per
+    ``grain`` modelled cycles of batch x ``work`` (the model's cycles per matrix: a formula in the
+    matrix dimensions, ``matrix_cycles``; ``c_work``: the same in C, of ``dim_<d>``). A batch of one
+    matrix always runs on the caller."""
+
+    work: str = "0"
+    c_work: str = "0"
+
+    def describe(self) -> str:
+        if self.grain <= 0:
+            return "one thread" if self.most <= 1 else f"at most {self.most} threads, none by default"
+        most = f", at most {self.most}" if self.most > 0 else ""
+        return f"one thread per {self.grain} modelled cycles of batch x ({self.work}) cycles per matrix{most}"
+
+
+def matrix_cycles(mp: MatrixProgram, target: Target) -> tuple[str, str]:
+    """The model's cycles per matrix of lowered matrix program ``mp`` as (a formula in its
+    dimensions, the same in C of ``dim_<d>``): each rows phase's cheapest cycles/element (``cycles_per_element``
+    over the cache levels, its sweeps' instructions and traffic) x its matrix's elements, a cols
+    phase's x its columns, each contraction's (an attention phase: its two) 2 M N K flops at 2 x lanes x ``ipc`` flops/cycle
+    (one FMA per lane per instruction); loop bodies times their counts. "0" without ``[cost]``."""
+    if not target.cost:
+        return "0", "0"
+    terms: dict[tuple, float] = {}
+    flops_per_cycle = 2 * target.lanes * float(target.cost.get("ipc", 1.0))
+    for ph, times in (leaf for top in mp.phases for leaf in top.counted()):
+        if isinstance(ph, MatMulPhase):
+            key, c = tuple(sorted(ph.flops(mp.shape))), 2 * times / flops_per_cycle
+        elif isinstance(ph, AttentionPhase):   # its two products' flops (Q K^T, P V)
+            (LQ, D), (LK, _), DV = mp.shape(ph.q), mp.shape(ph.k), mp.shape(ph.v)[1]
+            pv = tuple(sorted((LQ, LK, DV)))
+            terms[pv] = terms.get(pv, 0.0) + 2 * times / flops_per_cycle
+            key, c = (LQ, LK, D), 2 * times / flops_per_cycle
+        elif isinstance(ph, SweepPhase):
+            R, C = mp.shape(ph.swept)
+            key = (C,) if isinstance(ph, ColsPhase) else (R, C)
+            c = times * min(cycles_per_element(plan(ph.program), target, lvl) for lvl in ALL_LEVELS)
+        else:
+            continue
+        if ph.programs() and isinstance(ph, MatMulPhase):   # a fused epilogue: per element of dst
+            R, C = mp.shape(ph.mm.dst)
+            terms[tuple(sorted((R, C)))] = terms.get(tuple(sorted((R, C))), 0.0) + times * min(
+                cycles_per_element(plan(ph.mm.epilogue), target, lvl) for lvl in ALL_LEVELS)
+        terms[tuple(sorted(key))] = terms.get(tuple(sorted(key)), 0.0) + c
+    terms = sorted((key, c) for key, c in terms.items() if c > 0)
+    text = " + ".join(f"{c:.4g}*" + "*".join(key) for key, c in terms)
+    c_text = " + ".join(f"{c:.4g} * " + " * ".join(f"(double)dim_{d}" for d in key) for key, c in terms)
+    return text or "0", c_text or "0"
+
+
+def matrix_thread_policy(mp: MatrixProgram, target: Target, most: int = 0) -> MatrixThreadPolicy:
+    """The model's policy of a matrix kernel: ``grain`` twice the target's
+    ``parallel_overhead_cycles`` (two threads where the batch's modelled work, ``matrix_cycles``,
+    is twice it: work / 2 + overhead = 3/4 of one thread's time); no hint: one thread unless asked."""
+    overhead = target.cost.get("parallel_overhead_cycles") if target.cost else None
+    work, c_work = matrix_cycles(mp, target)
+    if not overhead or work == "0":
+        return MatrixThreadPolicy(most, 0, work, c_work)
+    return MatrixThreadPolicy(most, max(1, math.ceil(2 * overhead)), work, c_work)
 
 
 @dataclass(frozen=True)

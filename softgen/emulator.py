@@ -147,8 +147,10 @@ class QemuEntry(BatchedCalls):
         self.exe, self.emulator, self.name, self.abi = exe, emulator, name, abi
         self.how = f"emulated ({emulator[0]})"
 
-    def __call__(self, *args: int) -> int:
-        head, data, outs, own = [], [], [], {}
+    def __call__(self, *args: int, threads: int = 0) -> int:
+        """A call of the entry point with ``args``; ``threads`` (0 auto, N at most N): the driver
+        calls ``<name>_mt`` with it (qemu-user runs the library's pthreads)."""
+        head, data, outs, own = [threads % 2 ** 64], [], [], {}
         for k, (a, buf) in enumerate(zip(args, self.abi.buffers(args))):
             if buf is None:            # a size
                 head += [a, 0, 0]

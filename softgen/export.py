@@ -161,8 +161,8 @@ def export(k, directory, name: str | None = None, cc: str | None = None, *, stat
         "errors": {str(c): doc for c, (_, doc) in errors.items()},
         **({"threads": {"symbol": f"{k.name}_mt", "abi": kabi.mt_signature(k.name),
                         "doc": "the entry with a thread count last: 0 auto, N at most N threads "
-                               f"({'the batch (matrix, query chunk) tasks' if k.matrix else 'rows'} split across "
-                               f"the library's thread pool), < 0 returns {ETHREADS}",
+                               f"({'the batch of matrices (streaming attention: its (matrix, query chunk) tasks)' if k.matrix else 'rows'} "
+                               f"split across the library's thread pool), < 0 returns {ETHREADS}",
                         "auto": k.explain_threads(), "env": "SOFTGEN_NUM_THREADS"}} if kabi.threaded else {}),
         "cpu_check": {"symbol": f"{k.name}_supported", "requires": list(k.target.requires),
                       "error": ECPU.code,

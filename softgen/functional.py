@@ -27,8 +27,8 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
           backend: str = "c", algorithm: str = "auto", threads: int | None = None, axis: int | None = None,
           dim: int | None = None, **kwargs) -> np.ndarray:
     """``op`` applied along the last axis of ``x`` (the last two for matrix ops); an op with
-    several inputs (``gaussian_kernel(a, b, head_dim)``) takes them first. ``threads``: row ops
-    only, None/0 auto, N at most N threads (``Kernel.__call__``). ``axis``/``dim`` (row ops): the
+    several inputs (``gaussian_kernel(a, b, head_dim)``) takes them first. ``threads``: None/0
+    auto, N at most N threads (rows, or a matrix op's batch of matrices: ``Kernel.__call__``). ``axis``/``dim`` (row ops): the
     axis to normalise, negative allowed. Arrays: NumPy, or anything speaking DLPack (torch, JAX;
     zero-copy, results in the caller's type: ``softgen.arrays``); a 0-d input is one row of one
     element (softmax gives 1.0, as torch) and gives a 0-d result."""
@@ -58,9 +58,7 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     xs, o, finish = arrays.prepare(inputs, out, op, axis=axis, selected=k.selected, rows=not k.matrix,
                                    scalar=True)
     if more:
-        if threads is not None:
-            raise UsageError(f"{op} runs on one thread: only row ops take threads=")
-        return finish(k(*xs, out=o))
+        return finish(k(*xs, out=o, threads=threads))
     x = xs[0]
     return finish(k(x if type(x) is np.ndarray else np.asarray(x), out=o, threads=threads, **call))
 
@@ -132,9 +130,9 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     ``normalizer``: softmax or stablemax today (other names raise a UsageError naming what is
     supported). ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
-    ``threads``: the streaming form splits batch x heads x query chunks across the library's
-    thread pool: None or 0 auto, N at most N threads; results do not depend on it (the
-    three-phase form runs on one thread and refuses threads=).
+    ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
+    form: batch x heads x query chunks) split across the library's thread pool; results do not
+    depend on it.
 
     The kernel is the attention matrix program (``softgen/ops/attention.py``); GQA repeats
     k/v per query head, masks and kv_lengths become one float32 additive mask, and inputs that are

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ from .backends.attention import TASK_GRAIN, task_rows
 from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
-from .costmodel import DispatchTable, Entry, ThreadPolicy, model_table, thread_policy
+from .costmodel import DispatchTable, Entry, ThreadPolicy, matrix_thread_policy, model_table, thread_policy
 from .dispatch import (
     isa_member_name,
     isa_version_script,
@@ -124,6 +125,23 @@ def measured_why(r) -> str:
     return why + f", noise {100 * r.noise:.1f}% ({r.repetitions} samples)"
 
 
+def thread_cap(r, recs: list) -> tuple[int, str]:
+    """(the cap of auto threads for batches, 0 none; why) of the entry made from record ``r``:
+    a record's thread count applies to the rows it was measured on. The newest record measured on
+    batches (``rows_min`` >= 2, ``softgen.tune`` of a batch shape) whose class of n overlaps
+    ``r``'s caps it, 1 included (one thread was fastest); else ``r``'s own count when > 1 (an
+    older record: only a batch can have measured more than one thread); else none (a record of
+    single rows says nothing about batches: the model's policy, capped by the CPUs)."""
+    batch = [b for b in recs if b.rows_min >= 2 and b.n_min <= r.n_max and r.n_min <= b.n_max]
+    if batch:
+        b = max(batch, key=lambda b: b.timestamp)
+        return b.threads, (f"threads: at most {b.threads}, measured on batches (rows >= {b.rows_min}, "
+                           f"n {b.n_min}..{b.n_max})")
+    if r.threads > 1:
+        return r.threads, f"threads: at most {r.threads}, measured"
+    return 0, "threads: the model's (measured on single rows: no thread count for batches)"
+
+
 def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable | None:
     """The dispatch table of ``algorithm="auto"`` from this machine's tuning records
     (``tunedb.table``), or None when there are none (or the database cannot be read: then the
@@ -139,6 +157,7 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         recs = tunedb.table(program.name, program.params, target, backend)
     except (tunedb.TuningDBError, UsageError):
         return None
+    all_recs = recs
     recs = _tuned_entries(recs, program, target, get_backend(backend).schedule_knobs)
     if not recs:
         return None
@@ -159,14 +178,17 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         if hi is not None and hi < lo:
             continue
         sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
-        # a measured thread count (> 1: timed on a batch) caps auto; 1 (single rows, which run on
-        # one thread anyway) leaves the cap to the CPUs; the model's grain decides below it (rows x n)
+        # the cap of auto for batches: a thread count measured on batches; the model's grain
+        # decides below it (rows x n)
         grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
-        e = Entry(lo, hi, r.algorithm, sched, r.threads if r.threads > 1 else 0, measured_why(r), grain=grain)
+        most, twhy = thread_cap(r, all_recs)
+        e = Entry(lo, hi, r.algorithm, sched, most, f"{measured_why(r)}; {twhy}", grain=grain)
         if entries and entries[-1].variant == e.variant:
             prev = entries.pop()
-            e = Entry(prev.n_min, hi, e.algorithm, sched, max(e.threads, prev.threads), prev.why + "; " + e.why,
-                      grain=grain)
+            # one cap per variant (its entry point bakes it in): the larger measured one, else the
+            # one measured (0: no thread count measured on batches)
+            most = max(e.threads, prev.threads) if e.threads and prev.threads else e.threads or prev.threads
+            e = Entry(prev.n_min, hi, e.algorithm, sched, most, prev.why + " | " + e.why, grain=grain)
         entries.append(e)
     first = recs[0]
     basis = (f"{len(recs)} tuning record(s) of this machine ({first.machine.get('model_name') or first.fingerprint}), "
@@ -194,7 +216,8 @@ class Kernel:
     dispatch: DispatchTable | None = None
     variants: tuple = ()        # a dispatcher's variants (Kernels), in the table's order of use
     tuned: bool = False         # algorithm="auto" whose table came from tuning records (softgen.tune)
-    # what threads=auto picks (row kernels; a dispatcher: per entry of ``dispatch``)
+    # what threads=auto picks (a dispatcher: per entry of ``dispatch``; matrix kernels: a
+    # costmodel.MatrixThreadPolicy, the batch's matrices split across threads)
     thread_policy: ThreadPolicy | None = None
     # a matrix kernel's GEMM tile and blocking when not its target's default ([gemm]): given in
     # its schedule (mr, nv, kc, nc, ku) or from a tuning record (then ``tuned``; why: ``gemm_why``)
@@ -203,6 +226,7 @@ class Kernel:
     _fn: object = field(default=None, repr=False)
     _emu_fn: object = field(default=None, repr=False)
     _mt_fn: object = field(default=None, repr=False)
+    _emu_mt_fn: object = field(default=None, repr=False)
     # the loaded entry's address when calls may take _fastcall (dense rows, no per-row
     # parameters, the extension built): __call__'s one test for its fast path (issue 15)
     _fast: int | None = field(default=None, init=False, repr=False, compare=False)
@@ -263,7 +287,7 @@ class Kernel:
             return {"op": self.op, "params": self.params, "algorithm": self.algorithm,
                     "target": self.target.name, "schedule": self.schedule.as_dict(), "name": self.name,
                     "tuned": self.tuned,
-                    "threads": None if self.matrix or self.dispatch is not None else
+                    "threads": None if self.dispatch is not None else
                     (self.thread_policy or ThreadPolicy()).__dict__,
                     "gemm": None if self.gemm is None else {
                         **self.gemm.as_dict(), "why": self.gemm_why or "given"},
@@ -295,13 +319,15 @@ class Kernel:
         return "\n".join(out).rstrip("\n") + "\n"
 
     def explain_threads(self) -> str:
-        """What ``threads=None``/0 (auto) does for this kernel, one line ("" for matrix kernels
-        that run on one thread)."""
+        """What ``threads=None``/0 (auto) does for this kernel, one line."""
         if self.matrix:
             ph = self.program.attention_tasks()
-            return "" if ph is None else \
-                f"threads (auto): the batch's (matrix, query chunk of {task_rows(ph)} rows) tasks, one thread " \
-                f"per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
+            if ph is not None:
+                return f"threads (auto): the batch's (matrix, query chunk of {task_rows(ph)} rows) tasks, one " \
+                    f"thread per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
+            return f"threads (auto): the batch's matrices split across threads, " \
+                f"{(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs, " \
+                "SOFTGEN_NUM_THREADS and the batch (one matrix: one thread)"
         if self.dispatch is not None:
             return "threads (auto): per dispatch entry, see its threads= column"
         return f"threads (auto): {(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs " \
@@ -353,13 +379,7 @@ class Kernel:
     def _mt_entry(self, threads) -> tuple:
         """(the extended entry ``<name>_mt``, ``threads`` as a C int): an int >= 0 is 0 auto, N
         at most N; a negative one reaches C, which returns ETHREADS (a UsageError)."""
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
-                or not -2 ** 31 <= threads < 2 ** 31:
-            raise UsageError(f"threads must be None or an int (0: auto, N: at most N threads), "
-                             f"got {threads!r}")
-        if not self._abi.threaded:
-            raise UsageError(f"kernel {self.name} ({self._abi.kind} ABI) runs on one thread: "
-                             f"only row kernels and streaming attention take threads=")
+        threads = _thread_count(threads)
         if self._mt_fn is None:
             self._mt_fn = load_entry(self._entry(False)._softgen_handle, self.name, self._abi, mt=True)
         return self._mt_fn, int(threads)
@@ -432,11 +452,26 @@ class Kernel:
                 raise failure(self.name, rc)
         return self._call(lambda *args: mt(*args, threads), (x,), out, call)
 
-    def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, **call) -> np.ndarray:
+    def run_emulated(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None,
+                     **call) -> np.ndarray:
         """Run through an emulator instead of the CPU: SIMDe for x86 ISAs on an x86 host, qemu
         user mode for other architectures (e.g. neon on x86). For testing kernels whose ISA this
-        machine lacks; much slower than a native call."""
-        return self._call(self._entry(True), (x,), out, call)
+        machine lacks; much slower than a native call. ``threads``: as in ``__call__`` (the
+        emulated library's ``<name>_mt``; qemu-user runs its pthreads)."""
+        return self._call(self._emulated(threads), (x,), out, call)
+
+    def _emulated(self, threads):
+        """The emulated entry point; ``threads`` not None: one calling ``<name>_mt`` with it."""
+        fn = self._entry(True)
+        if threads is None:
+            return fn
+        threads = _thread_count(threads)
+        if hasattr(fn, "_softgen_handle"):   # SIMDe: a library loaded in this process
+            if self._emu_mt_fn is None:
+                self._emu_mt_fn = load_entry(fn._softgen_handle, self.name, self._abi, mt=True)
+            mt = self._emu_mt_fn
+            return lambda *args: mt(*args, threads)
+        return functools.partial(fn, threads=threads)   # qemu: its driver calls <name>_mt
 
     def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
         """``run_emulated`` over many inputs, in one emulator process where that matters (qemu).
@@ -548,15 +583,16 @@ class MatrixKernel(Kernel):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
     def __call__(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
-        """``threads`` (kernels with ``<name>_mt``, e.g. streaming attention): None or 0 auto,
-        N at most N threads of the library's pool; the results do not depend on it."""
+        """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices (streaming
+        attention: its (matrix, query chunk) tasks) split across at most N threads of the library's
+        pool; the results do not depend on it."""
         if threads is not None:
             mt, threads = self._mt_entry(threads)
             return self._call(lambda *args: mt(*args, threads), inputs, out)
         return self._call(self._fn or self._entry(False), inputs, out)
 
-    def run_emulated(self, *inputs, out=None) -> np.ndarray:
-        return self._call(self._entry(True), inputs, out)
+    def run_emulated(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
+        return self._call(self._emulated(threads), inputs, out)
 
     def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
         """``run_emulated`` over many tuples of inputs, in one emulator process (qemu)."""
@@ -598,8 +634,6 @@ class IsaKernel(Kernel):
         return "\n".join([*(m.asm(cc) for m in self.members), assembly(self.source, self.target, cc)])
 
     def explain_threads(self) -> str:
-        if self.matrix and not self._abi.threaded:
-            return ""
         return "threads (auto): the picked ISA's kernel's (" + "; ".join(
             f"{m.target.name}: {m.explain_threads().removeprefix('threads (auto): ')}" for m in self.members) + ")"
 
@@ -655,6 +689,15 @@ class IsaKernel(Kernel):
 @dataclass(repr=False)
 class IsaMatrixKernel(IsaKernel, MatrixKernel):
     """A multi-ISA library of a matrix op with the general ABI (calls as ``MatrixKernel``)."""
+
+
+def _thread_count(threads) -> int:
+    """A call's ``threads=`` as a C int: 0 auto, N at most N; a negative one reaches C, which
+    returns ETHREADS (a UsageError); anything else is a UsageError here."""
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
+            or not -2 ** 31 <= threads < 2 ** 31:
+        raise UsageError(f"threads must be None or an int (0: auto, N: at most N threads), got {threads!r}")
+    return int(threads)
 
 
 def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host",
@@ -817,7 +860,8 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     cls = MatrixKernel if lowered.abi().style == "general" else Kernel
     return cls(op=opdef.name, algorithm=alg, target=t, schedule=sched, name=kname,
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
-               wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why)
+               wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why,
+               thread_policy=matrix_thread_policy(lowered, t))
 
 
 def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tuple[dict, str]:

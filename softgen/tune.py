@@ -31,13 +31,15 @@ Size classes: the classes of n tile n >= 1. Between two tuned sizes the boundary
 smaller size's cache level when the two sizes' working sets (8 B x n) fall in different levels of
 ``machine.caches()`` (time per element steps at level boundaries and is flat within one, so a
 measurement stands for its level), else the geometric midpoint (sizes are chosen on a log scale).
-The first class starts at 1, the last has no bound. Rows: a class covers every row count
-(the dispatcher picks by n); ``--shapes`` only sets the rows timed.
+The first class starts at 1, the last has no bound. Rows: the variant of a class applies to
+every row count (the dispatcher picks by n); ``--shapes`` sets the rows timed.
 
 Threads: for a batch shape (rows > 1), the winner is then timed at every thread count
 1 .. ``machine.cores()`` (interleaved, within the class's budget) and the fastest count is recorded
-(``threads``; ns/element at that count); it caps "auto" in the tuned dispatch table (the model's
-grain still decides below it, by rows x n). Single rows record 1: they run on one thread.
+(``threads``; ns/element at that count) with the rows class 2.. ("measured on batches"); it caps
+"auto" for batches in the tuned dispatch table, 1 included (the model's grain still decides below
+it, by rows x n). Single rows record 1 with the rows class 1..: they run on one thread, and the
+record says nothing about batches (auto stays the model's). ``kernel.tuned_table`` applies this.
 
 Budget: ``budget_s`` covers compiling and timing; each class gets an equal share of what is left
 when it starts. Ctrl-C (KeyboardInterrupt) keeps the classes already recorded and returns.
@@ -402,7 +404,10 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
                 best = min(timed, key=lambda k: timed[k].median)
                 threads, timing = int(best.split("=")[1]), timed[best]
                 runners.update({k: timed[k].median / timing.median for k in timed if k != best})
-            rec = tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=(1, ROWS_MAX),
+            # the rows class says what the thread count was measured on: a batch (rows >= 2: it
+            # applies to batches, 1 included) or a single row (1: says nothing about batches)
+            batch = rows > 1 and machine.cores() > 1
+            rec = tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=(2 if batch else 1, ROWS_MAX),
                                 algorithm=a, schedule=s.as_dict(), threads=threads,
                                 ns_per_element=timing.median / N * 1e9, noise=timing.spread,
                                 repetitions=timing.rounds, runners_up=runners)

@@ -32,8 +32,8 @@ def test_failure_exception_types(rc, cls):
 
 
 @pytest.mark.parametrize("kind, codes", [
-    (abi.ROW, [0, 1, 2, 3, 8, 9]), (abi.SELECTED, [0, 1, 2, 3, 4, 8, 9]), (abi.UNARY, [0, 1, 2, 3, 5, 6, 8]),
-    (abi.GENERAL, [0, 1, 2, 3, 6, 8]), (abi.GEMM, [0, 1, 2, 3, 8])])
+    (abi.ROW, [0, 1, 2, 3, 8, 9]), (abi.SELECTED, [0, 1, 2, 3, 4, 8, 9]), (abi.UNARY, [0, 1, 2, 3, 5, 6, 8, 9]),
+    (abi.GENERAL, [0, 1, 2, 3, 6, 8, 9]), (abi.GEMM, [0, 1, 2, 3, 8])])
 def test_codes_each_abi_returns(kind, codes):
     assert [e.code for e in abi.returned(kind, indexes=kind == abi.SELECTED)] == codes
     assert abi.ESQUARE in abi.returned(abi.UNARY, square=True)

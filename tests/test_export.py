@@ -85,11 +85,11 @@ def test_files_symbols_and_manifest(exported, case):
         "cmake_version": f"{k.name}ConfigVersion.cmake"}
     assert paths["source"].read_text() == k.source
 
-    # exactly the entry point, its CPU query and, for row kernels, the entry with a thread count
+    # exactly the entry point, its CPU query and the entry with a thread count (every kind)
     # (helpers and the thread pool are hidden/static)
     nm = sh("nm", "-D", "--defined-only", paths["library"]).stdout
     defined = {ln.split()[-1] for ln in nm.splitlines() if ln.split() and ln.split()[-2] not in "UwvN"}
-    mt = set() if k.matrix else {f"{k.name}_mt"}
+    mt = {f"{k.name}_mt"}
     assert defined - LINKER_SYMBOLS == {k.name, f"{k.name}_supported"} | mt, nm
     assert re.search(rf"^[0-9a-f]+ T {k.name}$", nm, re.M), nm
 
@@ -345,7 +345,7 @@ def test_library_exports_only_the_entry_point(op, params, backend):
     k = softgen.compile(op, target="scalar", backend=backend, name="t_exports", **params)
     nm = sh("nm", "-D", "--defined-only", build_shared(k.sources(), k.target)).stdout
     defined = {ln.split()[-1] for ln in nm.splitlines() if ln.split() and ln.split()[-2] not in "UwvN"}
-    mt = set() if k.matrix else {"t_exports_mt"}   # row kernels: the entry with a thread count
+    mt = {"t_exports_mt"}   # every kind: the entry with a thread count
     assert defined - LINKER_SYMBOLS == {"t_exports", "t_exports_supported"} | mt, nm
 
 

@@ -19,7 +19,9 @@ from conftest import check, skip_unless_emulated
 
 import softgen
 from softgen import costmodel
+from softgen.kernel import MatrixKernel
 from softgen.targets import get_target, host_arch
+from softgen.tune import ROWS_MAX
 
 COUNTS = (1, 2, 3, 4)   # more threads than cores is fine
 
@@ -131,11 +133,128 @@ def test_negative_threads_is_a_usage_error_and_the_c_code():
     assert mt(*args, 3) == 0 and np.array_equal(y, k(x, threads=1), equal_nan=True)
 
 
-def test_matrix_kernels_take_no_thread_count():
+@pytest.fixture(scope="module", params=[("sinkhorn", {}), ("newton_pinv", {}), ("gaussian_kernel", {"head_dim": 8})],
+                ids=lambda p: p[0])
+def matrix_kernel(request):
+    op, params = request.param
+    return softgen.compile(op, **params)
+
+
+def _matrices(k, batch: int, seed: int, wide: int = 0) -> tuple:
+    """Inputs of matrix kernel ``k`` for a batch of ``batch`` (strided: rows ``wide`` floats
+    longer than the matrix, a view into a wider array)."""
+    rng = np.random.default_rng(seed)
+
+    def mat(rows, cols, scale=1.0, diag=0.0):
+        a = (rng.standard_normal((batch, rows, cols + wide)) * scale).astype(np.float32)
+        a[..., :cols] += diag * np.eye(rows, cols, dtype=np.float32)
+        return a[..., :cols]
+    if k.op == "gaussian_kernel":
+        return mat(5, 8), mat(6, 8)
+    if k.op == "newton_pinv":
+        return (mat(6, 6, diag=3.0),)
+    return (mat(5, 7, scale=3.0),)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 9])   # 1: never split; 3 < 4 threads; 9: uneven ranges
+def test_matrix_ops_bitwise_for_every_thread_count(matrix_kernel, batch):
+    """A batch of matrices split across threads (contiguous ranges, a scratch slot per task)
+    gives bitwise the one-thread result for every count, auto included, strided inputs and
+    outputs too."""
+    k = matrix_kernel
+    call = (lambda xs, **kw: k(*xs, **kw)) if isinstance(k, MatrixKernel) else \
+        (lambda xs, **kw: k(xs[0], **kw))
+    xs = _matrices(k, batch, seed=batch)
+    one = call(xs, threads=1)
+    assert np.array_equal(call(xs), one, equal_nan=True)
+    for t in (0, *COUNTS[1:], 7):
+        assert np.array_equal(call(xs, threads=t), one, equal_nan=True), t
+    strided = _matrices(k, batch, seed=batch, wide=3)
+    assert not strided[0].flags.c_contiguous
+    want = call(tuple(np.ascontiguousarray(a) for a in strided), threads=1)
+    out = np.full(one.shape[:-1] + (one.shape[-1] + 5,), np.nan, np.float32)[..., :one.shape[-1]]
+    for t in (1, 2, 4):
+        got = call(strided, out=out, threads=t)
+        assert got is out and np.array_equal(out, want, equal_nan=True), t
+
+
+def test_matrix_threads_api(tmp_path):
+    """<name>_mt for matrix kernels: in the header and the manifest, ETHREADS for a negative
+    count, threads= in the per-op functions (one and several inputs)."""
     k = softgen.compile("sinkhorn")
-    assert not k._abi.threaded and "_mt" not in k.source
-    with pytest.raises(softgen.UsageError, match="runs on one thread"):
-        k(np.ones((1, 4, 4), np.float32), threads=2)
+    paths = k.export(tmp_path)
+    h = open(paths["header"]).read()
+    assert f"int {k.name}_mt(" in h and "N splits the batch's matrices" in h
+    assert json.load(open(paths["manifest"]))["threads"]["symbol"] == f"{k.name}_mt"
+    assert k._abi.threaded and f"int {k.name}_mt(" in k.source and "scratch slot per task" in k.source
+    assert "the batch's matrices split across threads" in k.explain()
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        k(np.ones((2, 4, 4), np.float32), threads=-1)
+    x = (np.random.default_rng(3).standard_normal((5, 4, 4)) * 2).astype(np.float32)
+    assert np.array_equal(softgen.sinkhorn(x, threads=3), softgen.sinkhorn(x, threads=1))
+    a, b = _matrices(softgen.compile("gaussian_kernel", head_dim=8), 4, seed=4)
+    assert np.array_equal(softgen.gaussian_kernel(a, b, 8, threads=2), softgen.gaussian_kernel(a, b, 8))
+
+
+def test_attention_batch_x_heads_split():
+    """softgen.attention: the batch x heads matrices split across threads (a phase that allocates
+    its own memory reports through the call's return code), bitwise for every count."""
+    rng = np.random.default_rng(16)
+    q, k, v = (rng.standard_normal((3, 2, 9, 8)).astype(np.float32) for _ in range(3))
+    one = softgen.attention(q, k, v, causal=True, threads=1)
+    for t in (0, 2, 3, 4):
+        assert np.array_equal(softgen.attention(q, k, v, causal=True, threads=t), one, equal_nan=True), t
+
+
+def test_matrix_auto_threads_and_workers():
+    """Auto on a matrix kernel: one matrix (any size) and a batch of small matrices run on the
+    caller (no worker started); an explicit count starts the library's workers."""
+    k = softgen.compile("sinkhorn", name="t_mt_matrix_workers")   # a library of its own
+    tasks = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
+    pol = k.thread_policy
+    assert isinstance(pol, costmodel.MatrixThreadPolicy) and pol.grain > 0 and pol.c_work in k.source
+    assert pol.threads(1, 10 ** 9, 64) == 1 and pol.threads(8, 10, 64) == 1 and pol.threads(8, 10 ** 6, 2) == 2
+    start = tasks()
+    k(_rows(64, 64, specials=False).reshape(1, 64, 64))
+    k(_rows(8, 4, specials=False).reshape(2, 4, 4))
+    assert tasks() == start
+    k(_rows(12, 4, specials=False).reshape(3, 4, 4), threads=3)
+    assert tasks() == start + 2
+
+
+NOMEM = textwrap.dedent("""
+    import ctypes, resource, sys, numpy as np, softgen
+    libc = ctypes.CDLL(None)   # malloc: big blocks always mmapped, and unmapped when freed
+    assert libc.mallopt(-3, 1 << 16) == 1 and libc.mallopt(-1, 1 << 16) == 1   # M_MMAP_, M_TRIM_THRESHOLD
+    k = softgen.compile("sinkhorn")
+    n = 1 << 21                      # scratch: 3 vectors of n floats (24 MiB) per slot
+    x = np.random.default_rng(0).standard_normal((2, 1, n)).astype(np.float32)
+    y = np.empty_like(x)
+    one = k(x, threads=1).copy()
+    vm = lambda: int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm() + (36 << 20), hard))   # one slot fits, not two
+    k(x, out=y, threads=2)
+    fits = bool(np.array_equal(y, one))
+    resource.setrlimit(resource.RLIMIT_AS, (vm() + (8 << 20), hard))    # not even one slot
+    try:
+        k(x, out=y, threads=2)
+        err = "none"
+    except RuntimeError as e:
+        err = str(e)
+    print(fits, "|", err)
+""")
+
+
+def test_matrix_scratch_per_task_falls_back_then_enomem():
+    """The per-task scratch is one allocation made before any matrix is touched: when the slots
+    of two tasks do not fit, the call runs on one slot (the same result); when one does not
+    fit, it returns ENOMEM (a RuntimeError) and frees nothing twice."""
+    softgen.compile("sinkhorn")(np.ones((1, 2, 2), np.float32))   # built (and cached) here
+    r = subprocess.run([sys.executable, "-c", NOMEM], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    fits, err = r.stdout.strip().splitlines()[-1].split(" | ")
+    assert fits == "True" and "error 6" in err, r.stdout
 
 
 def test_concurrent_python_threads_share_one_kernel():
@@ -236,20 +355,28 @@ def test_policy_model():
 
 @pytest.mark.skipif(host_arch() == "aarch64", reason="neon is native on this host")
 def test_neon_threads_under_qemu():
-    """neon through qemu (the static driver calls the plain entry: auto threads): a batch big
-    enough for 2 threads, against the same batch with SOFTGEN_NUM_THREADS=1 (one thread)."""
+    """neon through qemu (qemu-user runs the library's pthreads): the static driver calls
+    <name>_mt with the thread count of run_emulated(threads=): 1 .. 4 bitwise equal, auto too
+    (a batch big enough for 2 threads), for rows and for a batch of matrices."""
     t = get_target("neon")
     skip_unless_emulated(t)
     k = softgen.compile("softmax", algorithm="two-pass", target="neon")
     rows, n = 16, max(64, 4 * k.thread_policy.grain // 16)
     assert k.thread_policy.threads(rows, n, 2) == 2
     x = _rows(rows, n, seed=5)
-    many = k.run_emulated(x)
-    check(k, x, many)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOFTGEN_NUM_THREADS", "1")
-        one = k.run_emulated(x)
-    assert np.array_equal(many, one, equal_nan=True)
+    one = k.run_emulated(x, threads=1)
+    check(k, x, one)
+    for c in (0, *COUNTS[1:]):
+        assert np.array_equal(k.run_emulated(x, threads=c), one, equal_nan=True), c
+    assert np.array_equal(k.run_emulated(x), one, equal_nan=True)
+    with pytest.raises(softgen.UsageError, match="negative thread count"):
+        k.run_emulated(x, threads=-1)
+    m = softgen.compile("sinkhorn", target="neon")
+    xm = (np.random.default_rng(6).standard_normal((5, 6, 7)) * 3).astype(np.float32)
+    mone = m.run_emulated(xm, threads=1)
+    for c in COUNTS[1:]:
+        assert np.array_equal(m.run_emulated(xm, threads=c), mone), c
+    assert np.allclose(mone, softgen.compile("sinkhorn", target="scalar")(xm), rtol=1e-4, atol=1e-6)
 
 
 def test_per_op_functions_take_threads():
@@ -263,7 +390,8 @@ def test_per_op_functions_take_threads():
 
 def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
     """softgen.tune times the winner at 1 .. cores threads on a batch shape and records the
-    fastest count; the tuned dispatch table caps auto by it (> 1) or leaves the CPUs (1)."""
+    fastest count with the rows class of batches (2..); the tuned dispatch table caps auto by it,
+    1 included."""
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     monkeypatch.setattr(softgen.machine, "cores", lambda: 2)
@@ -271,9 +399,32 @@ def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
     (cls,) = res.classes
     rec = cls.record
     assert rec.threads in (1, 2) and {"threads=1", "threads=2"} - {f"threads={rec.threads}"} <= set(rec.runners_up)
+    assert rec.rows_min == 2
     k = softgen.compile("softmax", target="host")
-    assert k.tuned and all(e.threads == (rec.threads if rec.threads > 1 else 0) and e.grain > 0
+    assert k.tuned and all(e.threads == rec.threads and e.grain > 0 and "measured on batches" in e.why
                            for e in k.dispatch.entries)
+
+
+def test_tuned_thread_counts_apply_to_the_rows_they_were_measured_on(tmp_path, monkeypatch):
+    """A record's thread count applies to its rows class: one thread measured on batches caps
+    auto at 1; a single-row record (threads 1) leaves auto to the model, also beside a batch
+    record of another class of n; explain says which applies."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    tdb, rows_max = softgen.tunedb, ROWS_MAX
+    common = dict(algorithm="two-pass", schedule={}, ns_per_element=1.0, noise=0.01, repetitions=5)
+    tdb.record("softmax", {}, "host", "c", n=(1, 1000), rows=(1, rows_max), threads=1, **common)
+    tdb.record("softmax", {}, "host", "c", n=(1001, 1 << 40), rows=(1, rows_max), threads=1, **common)
+    k = softgen.compile("softmax", target="host")
+    assert k.tuned and [e.threads for e in k.dispatch.entries] == [0]
+    assert "measured on single rows" in k.explain()
+    tdb.record("softmax", {}, "host", "c", n=(1001, 1 << 40), rows=(2, rows_max), threads=1, **common)
+    k = softgen.compile("softmax", target="host")
+    (e,) = k.dispatch.entries      # one variant: the classes merged; a capped class caps the merge
+    assert e.threads == 1 and "measured on batches" in e.why and "measured on batches" in k.explain()
+    assert ", 1);" in k.source or f"{e.grain}u, 1)" in k.source
+    x = _rows(64, 2000, seed=14)
+    assert np.array_equal(k(x), k(x, threads=1), equal_nan=True)
 
 
 def test_tvm_entry_splits_rows_too():
@@ -287,6 +438,20 @@ def test_tvm_entry_splits_rows_too():
     for t in COUNTS[1:]:
         assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
     assert k.thread_policy.grain > 0 and f"{k.thread_policy.grain}u" in k.wrapper
+
+
+def test_tvm_matrix_entry_splits_batches_too():
+    """The TVM backend's matrix entry is the same template: its batch splits across threads."""
+    from softgen.backends.tvm_adapter import available
+    if not available()[0]:
+        pytest.skip(available()[1])
+    k = softgen.compile("sinkhorn", backend="tvm")
+    assert f"int {k.name}_mt(" in k.wrapper and k.thread_policy.c_work in k.wrapper
+    x = (np.random.default_rng(15).standard_normal((5, 6, 7)) * 3).astype(np.float32)
+    one = k(x, threads=1)
+    assert np.allclose(one, softgen.compile("sinkhorn")(x), rtol=1e-4, atol=1e-6)
+    for t in (0, *COUNTS[1:]):
+        assert np.array_equal(k(x, threads=t), one), t
 
 
 def test_a_library_spanning_isas_has_one_baseline_pool():

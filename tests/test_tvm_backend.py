@@ -68,7 +68,7 @@ def test_exported_tvm_library_has_the_c_abi_and_no_tvm_dependency(op, alg, targe
     assert not [d for d in _deps(lib) if "tvm" in d or "python" in d], _deps(lib)
     syms = subprocess.run(["readelf", "--dyn-syms", "-W", str(lib)], capture_output=True, text=True).stdout
     exported = [ln.split()[-1] for ln in syms.splitlines() if " GLOBAL " in ln and " UND " not in ln]
-    mt = [] if k.matrix else [f"{name}_mt"]   # row kernels: the entry with a thread count
+    mt = [f"{name}_mt"]   # every kind: the entry with a thread count
     assert sorted(exported) == sorted([name, f"{name}_supported", *mt])
     src = tmp_path / "prog.c"
     src.write_text(PROGRAM % {"name": name, "upper": name.upper()})

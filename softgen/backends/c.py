@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines, matrix_traffic
-from ..costmodel import ThreadPolicy, thread_policy
+from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import AttentionPhase, SweepPhase
@@ -658,6 +658,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
+        threads=matrix_thread_policy(mp, t),
         attention_tasks=None if mp.attention_tasks() is None else
         {"qch": task_rows(mp.attention_tasks()), "grain": TASK_GRAIN, "sr": score_rows(t.vector_registers)})
 

@@ -106,7 +106,8 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
         mats = [ph.q, ph.k, ph.v] + ([ph.mask] if ph.mask else []) + [ph.o]
         args = [f"dim_{LQ}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + [a for nm in mats for a in (f"mat_{nm}", f"ld_{nm}")]
         args += ["0", f"dim_{LQ}", "NULL"]
-        return [f"if ({name}__attn{k}({', '.join(args)}) != 0) {{ free(sg_mem); return {err.ENOMEM}; }}"]
+        return [f"if ({name}__attn{k}({', '.join(args)}) != 0)   /* its kt cannot be allocated */",
+                f"    return {err.ENOMEM};"]
     if isinstance(ph, MatMulPhase):
         mm = ph.mm
         (M, K), N = mp.shape(mm.a), mp.shape(mm.dst)[1]
@@ -233,7 +234,11 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
         targs = ["batch", f"dim_{LQ}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + \
             [a for nm in mats_ for a in (nm, f"ld_{nm}")] + ["threads"]
         tasks = f"{name}__attn0__all({', '.join(targs)})"
+    # the sizes a task of the batch (matrix_entry.c.j2's <name>__matrices) reads from the call
+    carried = list(dict.fromkeys([v for v, _ in before + after] + [f"ld_{nm}" for nm, _ in mats]
+                                 + [x for _, off, ld, _, _ in scratch for x in (off, ld)]))
     return {"signature": abi.signature(name), "checks": checks, "tasks": tasks, "dims_before": before, "dims_after": after,
+            "carried": carried,
             "lds": [(f"ld_{nm}", lds[nm]) for nm, _ in mats], "scratch": scratch,
             "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body,
             "prototypes": protos, "vectors": len(mp.vector_dims()), "scratch_mats": len(mp.scratch_mats)}

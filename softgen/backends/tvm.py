@@ -23,7 +23,7 @@ import numpy as np
 
 from .._version import __version__
 from ..analysis import matrix_plan_lines
-from ..costmodel import ThreadPolicy, thread_policy
+from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, ROW, Program
 from ..matrix import MatMulPhase, SweepPhase
@@ -790,7 +790,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     wrapper = env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct (matrix program)", t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=False, tvm=True, row_params=[], rp_args="",
-        rp_decl="", abi=matrix_abi(mp, name), matrix=entry)
+        rp_decl="", abi=matrix_abi(mp, name), matrix=entry, threads=matrix_thread_policy(mp, t))
     return tir, wrapper
 
 
