@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 
+# softgen.benchmark.timing.THREAD_VARS, spelled here because it must be set before softgen (and
+# NumPy) is imported; checked equal below. SOFTGEN_NUM_THREADS caps the generated libraries' auto.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+               "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS", "SOFTGEN_NUM_THREADS")
 for _v in THREAD_VARS:
     os.environ[_v] = "1"
 
@@ -38,4 +40,8 @@ from softgen.benchmark import (  # noqa: E402,F401
     size_label,
     time_callable,
     time_interleaved,
+    timing as _timing,  # noqa: E402
 )
+
+if set(THREAD_VARS) != set(_timing.THREAD_VARS):
+    raise ImportError("bench/common.py THREAD_VARS differs from softgen.benchmark.timing.THREAD_VARS")

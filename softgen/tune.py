@@ -382,7 +382,9 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
                                      f"{label(cands[0][0], cands[0][1].as_dict())}; not timed")
                     continue
                 name = label(a, s.as_dict())
-                variants[name] = _rotating([("k(x, out=y)", {"k": k, "x": xx, "y": yy}) for xx, yy in bufs])
+                # one thread: the variant is chosen here, its thread count below (batches) or by the model
+                variants[name] = _rotating([("k(x, out=y, threads=1)", {"k": k, "x": xx, "y": yy})
+                                            for xx, yy in bufs])
                 meta[name] = (a, s)
             del ref
             first = measure(variants, deadline - 0.3 * max(0.0, deadline - time.monotonic()))
