@@ -44,6 +44,31 @@ static int layout(const Py_buffer *b, size_t *rows, size_t *n, size_t *ld) {
     return *ld >= *n;
 }
 
+/* x (args[1]) and y (args[2], writable) of a kernel taking (x, y, rows, n, ldx, ldy, ...): -1 when
+   they are not buffers (nothing held), else both held and 1 when the fast path may run (the same
+   shape of at least `min_ndim` axes, each with layout(), x and y identical or disjoint), 0 when not. */
+static int xy_pair(PyObject *const *args, Py_buffer *bx, Py_buffer *by, int min_ndim,
+                   size_t *rows, size_t *n, size_t *ldx, size_t *ldy) {
+    if (PyObject_GetBuffer(args[1], bx, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[2], by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(bx);
+        return -1;
+    }
+    size_t rows_y, n_y;
+    int ok = bx->ndim >= min_ndim && layout(bx, rows, n, ldx) && layout(by, &rows_y, &n_y, ldy)
+             && bx->ndim == by->ndim && memcmp(bx->shape, by->shape, sizeof(Py_ssize_t) * bx->ndim) == 0;
+    if (ok && bx->buf != by->buf && *rows && *n) {   /* partial overlap: general path copies */
+        const char *x0 = bx->buf, *x1 = x0 + 4 * ((*rows - 1) * *ldx + *n);
+        const char *y0 = by->buf, *y1 = y0 + 4 * ((*rows - 1) * *ldy + *n);
+        ok = x1 <= y0 || y1 <= x0;
+    }
+    return ok && !(bx->buf == by->buf && *ldx != *ldy);
+}
+
 static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 3 && nargs != 4) {
@@ -65,25 +90,10 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (fp == NULL && PyErr_Occurred())
         return NULL;
     Py_buffer bx, by;
-    if (PyObject_GetBuffer(args[1], &bx, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyErr_Clear();
+    size_t rows = 0, n = 0, ldx = 0, ldy = 0;
+    const int ok = xy_pair(args, &bx, &by, 1, &rows, &n, &ldx, &ldy);
+    if (ok < 0)
         Py_RETURN_NOTIMPLEMENTED;
-    }
-    if (PyObject_GetBuffer(args[2], &by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyErr_Clear();
-        PyBuffer_Release(&bx);
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    size_t rows, n, ldx, rows_y, n_y, ldy;
-    int ok = layout(&bx, &rows, &n, &ldx) && layout(&by, &rows_y, &n_y, &ldy)
-             && bx.ndim == by.ndim && memcmp(bx.shape, by.shape, sizeof(Py_ssize_t) * bx.ndim) == 0;
-    if (ok && bx.buf != by.buf && rows && n) {      /* partial overlap: general path copies */
-        const char *x0 = bx.buf, *x1 = x0 + 4 * ((rows - 1) * ldx + n);
-        const char *y0 = by.buf, *y1 = y0 + 4 * ((rows - 1) * ldy + n);
-        ok = x1 <= y0 || y1 <= x0;
-    }
-    if (ok && bx.buf == by.buf && ldx != ldy)
-        ok = 0;
     int rc = 0;
     if (ok && rows && n) {
         if (rows * n >= 16384) {                     /* long calls let other threads run */
@@ -117,25 +127,10 @@ static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     if (fp == NULL && PyErr_Occurred())
         return NULL;
     Py_buffer bx, by;
-    if (PyObject_GetBuffer(args[1], &bx, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyErr_Clear();
+    size_t rows = 0, n = 0, ldx = 0, ldy = 0;
+    const int ok = xy_pair(args, &bx, &by, 2, &rows, &n, &ldx, &ldy);
+    if (ok < 0)
         Py_RETURN_NOTIMPLEMENTED;
-    }
-    if (PyObject_GetBuffer(args[2], &by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyErr_Clear();
-        PyBuffer_Release(&bx);
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    size_t rows, n, ldx, rows_y, n_y, ldy;
-    int ok = bx.ndim >= 2 && layout(&bx, &rows, &n, &ldx) && layout(&by, &rows_y, &n_y, &ldy)
-             && bx.ndim == by.ndim && memcmp(bx.shape, by.shape, sizeof(Py_ssize_t) * bx.ndim) == 0;
-    if (ok && bx.buf != by.buf && rows && n) {      /* partial overlap: general path copies */
-        const char *x0 = bx.buf, *x1 = x0 + 4 * ((rows - 1) * ldx + n);
-        const char *y0 = by.buf, *y1 = y0 + 4 * ((rows - 1) * ldy + n);
-        ok = x1 <= y0 || y1 <= x0;
-    }
-    if (ok && bx.buf == by.buf && ldx != ldy)
-        ok = 0;
     size_t m = ok ? (size_t)bx.shape[bx.ndim - 2] : 0;
     int rc = 0;
     if (ok && rows && n) {

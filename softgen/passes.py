@@ -385,17 +385,21 @@ class Plan:
             t["summary"] = f"{self.reads}R + {self.writes}W + {self.writes_per_row} writes/row"
         return t
 
+    def _io(self, s) -> tuple[list[str], list[str]]:
+        """What sweep ``s`` reads and what it writes, in words."""
+        if s.selected is not None:
+            k = self.program.attrs(s.selected)["k"]
+            return [f"the {k} selected entries"], [f"indices and weights ({k} each)"]
+        return ((["x"] if s.reads_x else []) + ["y (reload)"] * len(s.reloads),
+                ["y (store)"] * len(s.stores) + (["y"] if s.output is not None else []))
+
     def __repr__(self) -> str:
         """One line for the plan, then one per sweep: what it reads and writes, what it reduces."""
         p, t = self.program, self.traffic()
         out = [f"Plan({p.name}: {t['passes']} sweeps, {t['summary']} = {t['bytes_per_element']} B/element, "
                f"{t['exp_per_element']} exp/element)"]
         for s in self.sweeps:
-            bufs = (["x"] if s.reads_x else []) + ["y (reload)"] * len(s.reloads)
-            wr = ["y (store)"] * len(s.stores) + (["y"] if s.output is not None else [])
-            if s.selected is not None:
-                k = p.attrs(s.selected)["k"]
-                bufs, wr = [f"the {k} selected entries"], [f"indices and weights ({k} each)"]
+            bufs, wr = self._io(s)
             red = f"; reduces {', '.join(p.op(v) for v in s.reductions + s.colreds)}" \
                 if s.reductions or s.colreds else ""
             out.append(f"  sweep {s.index}: reads {', '.join(bufs) or '-'}; writes {', '.join(wr) or '-'}{red}")
@@ -406,11 +410,7 @@ class Plan:
         name = lambda v: f"%{v} {p.op(v)}"
         out = []
         for s in self.sweeps:
-            bufs = (["x"] if s.reads_x else []) + ["y (reload)"] * len(s.reloads)
-            wr = ["y (store)"] * len(s.stores) + (["y"] if s.output is not None else [])
-            if s.selected is not None:
-                k = p.attrs(s.selected)["k"]
-                bufs, wr = [f"the {k} selected entries"], [f"indices and weights ({k} each)"]
+            bufs, wr = self._io(s)
             out.append(f"sweep {s.index}: reads {', '.join(bufs) or '-'}; writes {', '.join(wr) or '-'}")
             out.append(f"  per element: {', '.join(name(v) for v in s.compute) or '-'}")
             if s.reductions:
