@@ -593,7 +593,7 @@ def _softmax_rows(p: Program) -> bool:
     ops = [p.op(v) for v in p.nodes()]
     reds = sorted(op for v, op in zip(p.nodes(), ops) if p.kind(v) in ("reduce", "colreduce", "mreduce", "emit"))
     return reds == ["reduce_max", "reduce_sum"] and ops.count("exp") == 1 and "recip" in ops \
-        and p.op(p.args(p.output())[0]) == "mul"
+        and p.op(p.args(p.output())[0]) == "mul" and p.params.get("normalizer", "softmax") == "softmax"
 
 
 def attention_form(mp, softmax_rows: bool = True):

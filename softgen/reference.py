@@ -610,13 +610,13 @@ def _cosines(q, k) -> np.ndarray:
         return qn @ np.swapaxes(kn, -1, -2)
 
 
-def lssa_attention_weights(q, k, causal: bool = False, mask=None, kv_lengths=None):
+def lssa_attention_weights(q, k, causal: bool = False, mask=None, kv_lengths=None, head_dim=None):
     """(A, N, c): LSSA's attention weights A_ij = a_ij / sum_j a_ij, a_ij = softplus(lambda_i c_ij
     + m_ij) for kept keys and 0 for masked ones (5.1), lambda_i = log(d) log(N_i), N_i the number
     of keys query row i keeps (masks, causal, kv_lengths; bottom-right aligned, so causal row i
     keeps min(Lk, i + 1 + Lk - Lq)); m: the finite values of an additive mask. A row that keeps no
-    key is NaN."""
-    d = np.shape(q)[-1]
+    key is NaN. ``head_dim``: the d of lambda (default q's, as kernels built by softgen.attention)."""
+    d = np.shape(q)[-1] if head_dim is None else head_dim
     # the masks exactly as the other normalizers apply them: zero scores plus mask, -inf = dropped
     zq, zk = np.zeros(np.shape(q)[:-1] + (1,)), np.zeros(np.shape(k)[:-1] + (1,))
     m = _attention_scores(zq, zk, 1.0, causal, mask, kv_lengths)
@@ -637,10 +637,11 @@ def _finish(w, q, v, masked_rows):
         return w @ v if w.shape[-1] else np.zeros(w.shape[:-1] + v.shape[-1:])   # as softmax's Lk = 0
 
 
-def lssa_attention(q, k, v, causal: bool = False, mask=None, kv_lengths=None, masked_rows: str = "nan"):
+def lssa_attention(q, k, v, causal: bool = False, mask=None, kv_lengths=None, masked_rows: str = "nan",
+                   head_dim=None):
     """LSSA attention (docs/ops.md §5.1, §10): O = A V with A from ``lssa_attention_weights``
     (cosine scores, no 1/sqrt(d)); a fully masked row is NaN, or 0 with masked_rows="zero"."""
-    w, n, _ = lssa_attention_weights(q, k, causal, mask, kv_lengths)
+    w, n, _ = lssa_attention_weights(q, k, causal, mask, kv_lengths, head_dim)
     o = _finish(w, q, v, masked_rows)
     return np.where((n == 0)[..., None], 0.0, o) if masked_rows == "zero" else o
 
@@ -652,22 +653,22 @@ def lssar_offsets(lq: int, lk: int, offset_free_rows: int = 3) -> np.ndarray:
 
 
 def lssar_attention_weights(q, k, causal: bool = False, mask=None, kv_lengths=None, p: float = 15,
-                            offset_free_rows: int = 3) -> np.ndarray:
-    """W = reweight_of(A, N, O, p) (5.2) on LSSA's A and N_i, O_i from ``lssar_offsets``."""
+                            offset_free_rows: int = 3, head_dim=None) -> tuple[np.ndarray, np.ndarray]:
+    """(W, N): W = reweight_of(A, N, O, p) (5.2) on LSSA's A and N_i, O_i from ``lssar_offsets``."""
     if not p > 0:
         raise ValueError(f"p must be > 0, got {p!r}")
     if not (offset_free_rows >= 0 and float(offset_free_rows).is_integer()):
         raise ValueError(f"offset_free_rows must be a non-negative integer, got {offset_free_rows!r}")
-    a, n, _ = lssa_attention_weights(q, k, causal, mask, kv_lengths)
+    a, n, _ = lssa_attention_weights(q, k, causal, mask, kv_lengths, head_dim)
     o = np.broadcast_to(lssar_offsets(a.shape[-2], a.shape[-1], int(offset_free_rows)), a.shape[:-1])
     return reweight_of(a, n, o, float(p)), n
 
 
 def lssar_attention(q, k, v, causal: bool = False, mask=None, kv_lengths=None, masked_rows: str = "nan",
-                    p: float = 15, offset_free_rows: int = 3):
+                    p: float = 15, offset_free_rows: int = 3, head_dim=None):
     """LSSAR attention (docs/ops.md §5.2, §10): O = W V, W = ReLU(N_i A_ij - O_i)^p / sum_j (as
     (R / max R)^p); a row of all-zero R (e.g. uniform attention past the offset-free rows) gives
     0, a fully masked row NaN (0 with masked_rows="zero")."""
-    w, n = lssar_attention_weights(q, k, causal, mask, kv_lengths, p, offset_free_rows)
+    w, n = lssar_attention_weights(q, k, causal, mask, kv_lengths, p, offset_free_rows, head_dim)
     o = _finish(w, q, v, masked_rows)
     return np.where((n == 0)[..., None], 0.0, o) if masked_rows == "zero" else o
