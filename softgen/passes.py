@@ -599,8 +599,11 @@ def _softmax_rows(p: Program) -> bool:
 def attention_form(mp, softmax_rows: bool = True):
     """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
     a masked softmax, the form that streams today) and ``O = S @ V`` (nn), with S scratch:
-    (first matmul, rows phase, second matmul), else None."""
+    (first matmul, rows phase, second matmul), else None. Rows phases into scratch matrices may
+    come first (a prologue preparing the operands: lssa's unit q and k rows)."""
     ph = mp.phases
+    while len(ph) > 3 and isinstance(ph[0], RowsPhase) and ph[0].into is not None and mp.role(ph[0].into) == "scratch":
+        ph = ph[1:]
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
         return None
@@ -633,7 +636,7 @@ def stream_attention(mp, br: int, bc: int):
     out = mp.like()
     del out.scratch_mats[a.mm.dst]
     mask = (p.matrices() or [None])[0]
-    out.phases = [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
+    out.phases = list(mp.phases[:-3]) + [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
                                  causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc)]
     out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked softmax rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "

@@ -94,11 +94,16 @@ def _tolerance(inputs, ref_y, params, call):
     s = params.get("scale") or default_scale(params["head_dim"])
     qn = np.sqrt((q * q).sum(-1))[..., :, None]
     kn = np.sqrt((k * k).sum(-1))[..., None, :]
+    if params.get("normalizer") == "softplus_l1":
+        # an infinite score's weight is 0 (-inf) or its row NaN (+inf): only finite ones count
+        qk = qn * kn
+        ds = 1.5 * (d + 2) * 2.0 ** -23 * s * np.where(np.isfinite(qk), qk, 0.0).max(-1, keepdims=True, initial=0.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            tol = (2e-6 + 2 * ds + (lk + 2) * 2.0 ** -23) * np.abs(v).max(-2, keepdims=True, initial=0.0)
+        return np.nan_to_num(tol, nan=np.inf) + 2.0 ** -120
     ds = (d + 2) * 2.0 ** -23 * s * (qn * kn).max(-1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore"):
         pv = np.abs(v).max(-2, keepdims=True)
-        if params.get("normalizer") == "softplus_l1":
-            ds = 1.5 * ds
         return (2e-6 + 2 * ds + (lk + 2) * 2.0 ** -23) * pv + 2.0 ** -120
 
 
