@@ -814,8 +814,7 @@ def _attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, sc
     alg = "three-phase" if algorithm == "three-phase" else "streaming"
     why = passes.streamable(program)
     if alg == "streaming" and why and algorithm == "streaming":
-        raise UsageError(f"{program.name}: no streaming form yet for this normalizer (the rewrite streams softmax: "
-                         f"{why}); use algorithm='three-phase'")
+        raise UsageError(f"{program.name}: no streaming form yet for this normalizer ({why}); use algorithm='three-phase'")
     if alg == "streaming" and not be.streams_attention and algorithm == "streaming":
         raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
     if why or not be.streams_attention:

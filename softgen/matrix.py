@@ -256,9 +256,11 @@ class AttentionPhase(Phase):
 
     def describe(self) -> str:
         masks = "".join([" + " + self.mask if self.mask else "", ", causal" if self.causal else ""])
+        state = "m, l and a {} x dv accumulator, rescaled by e^(m - m')" if self.normalizer == "softmax" else \
+            "l and a {} x dv accumulator, no rescaling"
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
-                f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row m, l and a "
-                f"{self.br} x dv accumulator, rescaled by e^(m - m')")
+                f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row "
+                + state.format(self.br))
 
 
 @dataclass

@@ -596,9 +596,23 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul" and p.params.get("normalizer", "softmax") == "softmax"
 
 
+# normalizers whose attention streams with no rescaling: per row l and acc (docs/ops.md §10)
+STREAMS_PLAIN = ("softplus_l1", "lssa")
+
+
+def _streamed_normalizer(p: Program) -> str | None:
+    """The normalizer of attention rows program ``p`` if its streaming form exists: softmax (the
+    form ``_softmax_rows`` recognises), softplus_l1 and lssa (their rows programs as
+    ``ops/attention.py`` builds them, by its ``normalizer`` parameter), else None."""
+    norm = p.params.get("normalizer", "softmax")
+    if norm == "softmax":
+        return norm if _softmax_rows(p) else None
+    return norm if norm in STREAMS_PLAIN else None
+
+
 def attention_form(mp, softmax_rows: bool = True):
     """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
-    a masked softmax, the form that streams today) and ``O = S @ V`` (nn), with S scratch:
+    a normalizer that streams: ``_streamed_normalizer``) and ``O = S @ V`` (nn), with S scratch:
     (first matmul, rows phase, second matmul), else None. Rows phases into scratch matrices may
     come first (a prologue preparing the operands: lssa's unit q and k rows)."""
     ph = mp.phases
@@ -611,7 +625,7 @@ def attention_form(mp, softmax_rows: bool = True):
     s = a.mm.dst
     if not (a.mm.layout == "nt" and a.mm.beta == 0.0 and a.mm.epilogue is None and mp.role(s) == "scratch"
             and r.over == r.into == s and b.mm.layout == "nn" and b.mm.a == s and b.mm.beta == 0.0
-            and b.mm.epilogue is None and b.mm.dst in mp.outputs and (not softmax_rows or _softmax_rows(r.program))
+            and b.mm.epilogue is None and b.mm.dst in mp.outputs and (not softmax_rows or _streamed_normalizer(r.program) is not None)
             and len(r.program.matrices()) <= 1):
         return None
     return a, r, b
@@ -620,14 +634,16 @@ def attention_form(mp, softmax_rows: bool = True):
 def streamable(mp) -> str:
     """Why the streaming rewrite does not apply to matrix program ``mp`` ("" if it does)."""
     return "" if attention_form(mp) is not None else \
-        "not the three-phase attention form (S = a Q K^T; a masked softmax over S; O = S V)"
+        f"not the three-phase attention form (S = a Q K^T; a masked {', '.join(('softmax',) + STREAMS_PLAIN)} " \
+        f"over S; O = S V)"
 
 
 def stream_attention(mp, br: int, bc: int):
     """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax over
     key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3, 10): the scratch S is gone. The masks
     come from the rows program: its ``matrow`` matrix (additive mask), its ``row_index`` (the
-    causal diagonal). Other normalizers stream later through the same phase (its ``normalizer``)."""
+    causal diagonal). softplus_l1 and lssa stream with no rescaling (``AttentionPhase.normalizer``);
+    lssa's prologue (q and k normalised into scratch) stays before the phase."""
     form = attention_form(mp)
     if form is None:
         raise UsageError(f"{mp.name}: the streaming rewrite needs {streamable(mp)[4:]}")
@@ -636,10 +652,12 @@ def stream_attention(mp, br: int, bc: int):
     out = mp.like()
     del out.scratch_mats[a.mm.dst]
     mask = (p.matrices() or [None])[0]
+    norm = _streamed_normalizer(p)
+    state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" if norm == "softmax" else \
+        f"{norm} state l per row and the accumulator, no max and no rescaling"
     out.phases = list(mp.phases[:-3]) + [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
-                                 causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc)]
-    out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked softmax rows; "
+                                 causal=bool(p.nodes("row_index")), mask=mask, normalizer=norm, br=br, bc=bc)]
+    out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {norm} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
-                            f"(query blocks of {br}): online softmax state m, l per row, the accumulator "
-                            f"rescaled by e^(m - m'); no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]
+                            f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]
     return out.validate()

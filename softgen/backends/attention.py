@@ -10,13 +10,19 @@ whole score row of the block (its max) before the exponentials and the P V updat
 block S = s Q_blk K_blk^T is computed as dot products vectorised over d (two accumulators, a
 masked tail load), the row max / exp / sum run vectorised over the block's keys, and P V
 accumulates four keys per pass over each output row, vectorised over dv, straight into o's rows
-(the Br x dv accumulator is o itself: no allocation). Only softmax (online rescaling) streams
-today; ``AttentionPhase.normalizer`` is where stablemax and softplus_l1 (no rescaling) slot in.
+(the Br x dv accumulator is o itself: no allocation). softmax streams with online rescaling;
+softplus_l1 and lssa (``AttentionPhase.normalizer``) with none: P = softplus(S), l += sum P, alpha
+= 1 (lssa: S = lambda_i c + mask, lambda_i = log(d) log(N_i) from the row's kept keys, counted
+before its key blocks; softplus_l1: rows whose every kept score is below ``SOFTPLUS_TINY`` run a
+second pass weighted e^(S - max S), as the three-phase form).
 """
 from __future__ import annotations
 
+import math
+
 from ..errors import BuildError
 from ..matrix import AttentionPhase
+from ..ops.attention import SOFTPLUS_TINY
 from ..render import env, flit
 
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
@@ -42,10 +48,12 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
     """The C function ``fname(lq, lk, d, dv, q, ldq, k, ldk, v, ldv[, mask, ldmask], o, ldo, r0, r1)``
     (query rows [r0, r1) of one matrix); ``tasks``: also ``fname__all(batch, ..., o, ldo, threads)``,
     the whole batch split into (matrix, query chunk) tasks across the thread pool."""
-    if ph.normalizer != "softmax":
-        raise BuildError(f"the C backend streams attention with softmax only, not {ph.normalizer!r}")
+    if ph.normalizer not in ("softmax", "softplus_l1", "lssa"):
+        raise BuildError(f"the C backend streams attention with softmax, softplus_l1 and lssa, not {ph.normalizer!r}")
     comment = (f"{fname}: {ph.describe()}. Causal blocks entirely above the bottom-right diagonal are skipped, "
                f"the diagonal block masked as its scores are formed." if ph.causal else f"{fname}: {ph.describe()}.")
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
-        mask=ph.mask is not None, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN)
+        mask=ph.mask is not None, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
+        norm=ph.normalizer, tiny=flit(SOFTPLUS_TINY),
+        log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer == "lssa" else None)
