@@ -256,8 +256,10 @@ class AttentionPhase(Phase):
 
     def describe(self) -> str:
         masks = "".join([" + " + self.mask if self.mask else "", ", causal" if self.causal else ""])
-        state = "m, l and a {} x dv accumulator, rescaled by e^(m - m')" if self.normalizer == "softmax" else \
-            "l and a {} x dv accumulator, no rescaling"
+        state = {"softmax": "m, l and a {} x dv accumulator, rescaled by e^(m - m')",
+                 "lssar": "l (a first pass over the keys), then the running max r of R, the sum and a {} x dv "
+                          "accumulator rescaled by (r / r')^p"}.get(self.normalizer,
+                                                                   "l and a {} x dv accumulator, no rescaling")
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
                 f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row "
                 + state.format(self.br))

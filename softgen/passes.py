@@ -596,8 +596,9 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul" and p.params.get("normalizer", "softmax") == "softmax"
 
 
-# normalizers whose attention streams with no rescaling: per row l and acc (docs/ops.md §10)
-STREAMS_PLAIN = ("softplus_l1", "lssa")
+# normalizers whose attention streams with no rescaling: per row l and acc (docs/ops.md §10); lssar
+# streams in two passes over K (l_i, then the re-weighting with a running max rescaling by (r/r')^p)
+STREAMS_PLAIN = ("softplus_l1", "lssa", "lssar")
 
 
 def _streamed_normalizer(p: Program) -> str | None:
@@ -653,10 +654,14 @@ def stream_attention(mp, br: int, bc: int):
     del out.scratch_mats[a.mm.dst]
     mask = (p.matrices() or [None])[0]
     norm = _streamed_normalizer(p)
-    state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" if norm == "softmax" else \
-        f"{norm} state l per row and the accumulator, no max and no rescaling"
+    # the op's causal flag (lssar's rows program reads row_index for O_i whether causal or not)
+    causal = bool(p.params["causal"]) if "causal" in p.params else bool(p.nodes("row_index"))
+    state = {"softmax": "online softmax state m, l per row, the accumulator rescaled by e^(m - m')",
+             "lssar": "two passes over the keys: l per row, then the running max r of R, the sum and the "
+                      "accumulator rescaled by (r / r')^p"}.get(
+        norm, f"{norm} state l per row and the accumulator, no max and no rescaling")
     out.phases = list(mp.phases[:-3]) + [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
-                                 causal=bool(p.nodes("row_index")), mask=mask, normalizer=norm, br=br, bc=bc)]
+                                 causal=causal, mask=mask, normalizer=norm, br=br, bc=bc)]
     out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {norm} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
                             f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]

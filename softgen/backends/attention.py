@@ -22,7 +22,8 @@ import math
 
 from ..errors import BuildError
 from ..matrix import AttentionPhase
-from ..ops.attention import SOFTPLUS_TINY
+from ..ops.attention import SOFTPLUS_TINY, _lssar_params
+from ..reference import R_BOUND
 from ..render import env, flit
 
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
@@ -48,12 +49,39 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
     """The C function ``fname(lq, lk, d, dv, q, ldq, k, ldk, v, ldv[, mask, ldmask], o, ldo, r0, r1)``
     (query rows [r0, r1) of one matrix); ``tasks``: also ``fname__all(batch, ..., o, ldo, threads)``,
     the whole batch split into (matrix, query chunk) tasks across the thread pool."""
-    if ph.normalizer not in ("softmax", "softplus_l1", "lssa"):
-        raise BuildError(f"the C backend streams attention with softmax, softplus_l1 and lssa, not {ph.normalizer!r}")
+    if ph.normalizer not in ("softmax", "softplus_l1", "lssa", "lssar"):
+        raise BuildError(f"the C backend streams attention with softmax, softplus_l1, lssa and lssar, "
+                         f"not {ph.normalizer!r}")
+    pr = ph.program.params
     comment = (f"{fname}: {ph.describe()}. Causal blocks entirely above the bottom-right diagonal are skipped, "
                f"the diagonal block masked as its scores are formed." if ph.causal else f"{fname}: {ph.describe()}.")
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
         mask=ph.mask is not None, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
         norm=ph.normalizer, tiny=flit(SOFTPLUS_TINY),
-        log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer == "lssa" else None)
+        log_d=flit(math.log(pr["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,
+        **(_lssar(pr) if ph.normalizer == "lssar" else {}))
+
+
+def _lssar(params: dict) -> dict:
+    """lssar's template values: p, offset_free_rows, R_BOUND and the C of q = x^p (x in [0, 1]):
+    repeated squaring for integer p <= 64 in ``lssa._ipow``'s order, else e^(p log x)."""
+    lp = _lssar_params(params.get("p"), params.get("offset_free_rows"))
+    p = lp["p"]
+    if p.is_integer() and p <= 64:
+        lines, k, sq, acc, i = [], int(p), "x", None, 0
+        while k:
+            if k & 1:
+                if acc is None:
+                    acc = sq
+                else:
+                    lines.append(f"const VEC a{i} = V_MUL({acc}, {sq});")
+                    acc, i = f"a{i}", i + 1
+            k >>= 1
+            if k:
+                lines.append(f"const VEC s{i} = V_MUL({sq}, {sq});")
+                sq, i = f"s{i}", i + 1
+        lines.append(f"const VEC q = {acc};")
+    else:
+        lines = [f"const VEC q = sg_exp_nonpos(V_MUL(V_SET1({flit(p)}), sg_log(x)));"]
+    return {"power": flit(p), "ofr": f"{lp['offset_free_rows']}u", "rbound": flit(R_BOUND), "pow_lines": lines}
