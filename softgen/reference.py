@@ -612,18 +612,25 @@ def sinkhorn_attention(q, k, v, scale: float | None = None, mask=None, kv_length
 SOFT_LANDMARKS = 49   # SOFT's landmark count: 7 x 7 in each of its three stages (56^2/8^2, 28^2/4^2, 14^2/2^2)
 
 
-def soft_landmarks_avgpool(x, m: int) -> np.ndarray:
-    """m landmarks of the tokens x (..., n, d) by average pooling (docs/ops.md §6, learning-free):
-    landmark i is the mean of tokens floor(i n / m) <= j < ceil((i + 1) n / m), consecutive
-    groups of n / m when m divides n (the spec's rule) and overlapping by at most one token
-    otherwise (torch's adaptive_avg_pool1d), so any n >= 1 works."""
-    x = _rows(x)
-    n = x.shape[-2]
-    if int(m) < 1 or n < 1:
+def soft_landmark_segments(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi): landmark i pools tokens lo[i] <= j < hi[i], lo = floor(i n / m), hi = ceil((i + 1)
+    n / m): consecutive groups of n / m when m divides n (the spec's rule), else overlapping by
+    at most one token (torch's adaptive_avg_pool1d), never empty for n >= 1."""
+    if int(m) < 1 or int(n) < 1:
         raise ValueError(f"landmarks need m >= 1 and n >= 1 tokens, got m={m}, n={n}")
     i = np.arange(int(m))
-    lo, hi = (i * n) // m, -((-(i + 1) * n) // m)
-    return np.stack([x[..., a:b, :].mean(-2) for a, b in zip(lo, hi)], axis=-2)
+    return (i * n) // m, -((-(i + 1) * n) // m)
+
+
+def soft_landmarks_avgpool(x, m: int, dtype=np.float64) -> np.ndarray:
+    """m landmarks of the tokens x (..., n, d) by average pooling (docs/ops.md §6, the learning-free
+    choice) over ``soft_landmark_segments``, in ``dtype`` (softgen.attention pools float32)."""
+    x = np.asarray(x, dtype)
+    n, m = x.shape[-2], int(m)
+    lo, hi = soft_landmark_segments(n, m)
+    if n % m == 0:
+        return x.reshape(x.shape[:-2] + (m, n // m, x.shape[-1])).mean(-2, dtype=dtype)
+    return np.stack([x[..., a:b, :].mean(-2, dtype=dtype) for a, b in zip(lo, hi)], axis=-2)
 
 
 def soft_attention(q, k, v, landmarks=SOFT_LANDMARKS, n_iter: int = 20, variant: str = "soft",

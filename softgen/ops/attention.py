@@ -31,10 +31,12 @@ from ..matrix import MatrixProgram
 # the normalizer families register first: attention, which builds on them, comes last in OPS
 from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
 from .base import F32_MAX, register
-from .soft import _head_dim_int
+from .sinkhorn import _eps, _iterations, sinkhorn_phases
+from .soft import _head_dim_int, _newton_iter, gaussian_phases, newton_phases
 
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft")
-SUPPORTED = ("softmax", "stablemax")
+SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft")
+ITERATIVE = {"sinkhorn": 3, "soft": 20}   # n_iter's default per normalizer (None: this one)
 MASKS = ("none", "additive")
 DIMS = ("lq", "lk", "d", "dv")
 
@@ -51,11 +53,18 @@ def check_normalizer(normalizer: str) -> None:
                          f"comes next; then lssa, lssar, topk_softmax, sinkhorn, soft)")
 
 
-def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax"):
+def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
+               n_iter=None, eps=1.0):
     """The float64 oracle with the kernel's parameters and inputs (``additive``: the mask input of
-    a mask="additive" kernel)."""
+    a mask="additive" kernel; SOFT's landmarks)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
+    if normalizer == "sinkhorn":
+        return ref.sinkhorn_attention(q, k, v, scale=s, mask=m, n_iter=int(n_iter or ITERATIVE["sinkhorn"]),
+                                      eps=eps)
+    if normalizer == "soft":
+        return ref.soft_attention(q, k, v, landmarks=np.asarray(m, np.float64),
+                                  n_iter=int(ITERATIVE["soft"] if n_iter is None else n_iter), head_dim=head_dim)
     return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer)
 
 
@@ -88,22 +97,36 @@ def _samples(rng, params):
 
 
 @register("attention", _reference, kind="attention",
-          params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax"},
+          params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax",
+                  "n_iter": None, "eps": 1.0},
           choices={"mask": MASKS, "normalizer": NORMALIZERS},
           matrices={"dims": DIMS, "inputs": {"q": ("lq", "d"), "k": ("lk", "d"), "v": ("lk", "dv")},
                     "outputs": {"o": ("lq", "dv")}},
           custom_tolerance=_tolerance, samples=_samples)
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
-              normalizer: str) -> None:
+              normalizer: str, n_iter: float | None, eps: float) -> None:
     """O = normalize(s Q K^T + mask) V over the last two axes (docs/ops.md §10): q (..., Lq, d),
     k (..., Lk, d), v (..., Lk, dv) -> (..., Lq, dv); s = 1/sqrt(head_dim) unless scale is given;
     causal: key j kept iff j <= i + Lk - Lq (bottom-right); mask="additive": a float (..., Lq, Lk)
     input added to the scores. The three-phase form: S = s Q K^T, a rows phase (masks, softmax),
-    O = P V. Fully masked rows give NaN."""
+    O = P V. Fully masked rows give NaN. sinkhorn (n_iter, eps) and soft (n_iter): see
+    ``_sinkhorn`` and ``_soft``."""
     check_normalizer(normalizer)
     if causal not in (0, 1):
         raise UsageError(f"causal must be 0/1 (or a bool), got {causal!r}")
+    if n_iter is not None and normalizer not in ITERATIVE:
+        raise UsageError(f"attention: n_iter is a parameter of the sinkhorn and soft normalizers, not {normalizer!r}")
+    if eps != 1.0 and normalizer != "sinkhorn":
+        raise UsageError(f"attention: eps is a parameter of the sinkhorn normalizer, not {normalizer!r}")
+    # a normalizer's own parameters name (and head) only its kernels: the others' stay as they were
+    for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",))):
+        if normalizer not in owners:
+            mp.params.pop(key, None)
     s = default_scale(_head_dim_int(head_dim)) if scale is None else scale
+    if normalizer == "sinkhorn":
+        return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
+    if normalizer == "soft":
+        return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter)
     if mask == "additive":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -128,3 +151,51 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         e = (x - x.max()).exp()
     (e * e.sum().finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
+
+
+def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) -> None:
+    """Sinkhorn attention (docs/ops.md §7, 10), blocked: it cannot stream (each column step couples
+    every query), so S = s Q K^T is materialised once per (batch, head) in a scratch of Lq x Lk
+    floats, the additive mask is added in place (fused into the GEMM's store in C), the op
+    ``sinkhorn``'s phases (``sinkhorn_phases``: n_iter half-steps rows first, then exp(M) n_k)
+    run over it in place, and O = P V. Keys every query masks get weight 0 (the padding rule);
+    fully masked query rows are NaN. Not causal (the limit would be the identity)."""
+    if causal:
+        raise UsageError("attention: the sinkhorn normalizer is not causal (docs/ops.md §7: the only doubly "
+                         "stochastic lower-triangular matrix is the identity); use a mask for key padding")
+    n_iter, eps = _iterations(n_iter), _eps(eps)
+    if mask == "additive":
+        mp.inputs["mask"] = ("lq", "lk")
+    mp.scratch("s", ("lq", "lk"))
+    mp.matmul("s", "q", "k", layout="nt", alpha=s)
+    if mask == "additive":
+        x = mp.rows(over="s", into="s")
+        (x + x.p.matrow("mask")).output()
+    sinkhorn_phases(mp, n_iter, eps, over="s", into="s", pre="sk_", dead_rows=True).output()
+    mp.matmul("o", "s", "v", layout="nn")
+
+
+def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter) -> None:
+    """SOFT attention's linear global form (docs/ops.md §6, 10): with the landmarks L (an input
+    ``landmarks`` (m x d): ``softgen.attention`` pools them from k, the spec's learning-free
+    choice), K1 = kernel(Q, L) (Lq x m), K1k^T = kernel(L, K) (m x Lk), K2 = kernel(L, L) and
+    its Newton-Schulz inverse (``newton_phases``, SOFT's variant: (K2 + 0.01 I)^-1), then
+    O = K1 (K2^+ (K1k^T V)) right to left: scratch O((Lq + Lk + dv + m) m), never Lq x Lk; the
+    Gaussian kernel's phases are the op ``gaussian_kernel``'s (``gaussian_phases``). Not causal,
+    no masks, no scale (the kernel's is 1 / (2 sqrt(head_dim)))."""
+    if causal or mask != "none" or scale is not None:
+        raise UsageError("attention: the soft normalizer is a global linear form: no causal, no mask, no scale "
+                         "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
+    d, n_iter = _head_dim_int(head_dim), _newton_iter(n_iter)
+    mp.dims = mp.dims + ("m",)
+    mp.inputs["landmarks"] = ("m", "d")
+    for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
+                        ("w", ("m", "dv"))):
+        mp.scratch(name, shape)
+    gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
+    gaussian_phases(mp, "landmarks", "k", "k1kt", d, pre="gk_").output()
+    gaussian_phases(mp, "landmarks", "landmarks", "k2", d, pre="g2_").output()
+    k2p = newton_phases(mp, "k2", n_iter, "soft", 0.9, pre="nw_")
+    mp.matmul("kv", "k1kt", "v")                # K1k^T V   (m x dv)
+    mp.matmul("w", k2p, "kv")                   # K2^+ ...  (m x dv)
+    mp.matmul("o", "k1", "w")                   # K1 ...    (Lq x dv)

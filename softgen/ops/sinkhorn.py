@@ -60,8 +60,8 @@ def sinkhorn_phases(mp: MatrixProgram, n_iter: int, eps: float, over: str = "x",
             r = (x if t == 0 else x + p.colvec(v)).online(inv)
             raw = _neg_lse(r.item(0), r.item(1), eps)
             _potential(raw).emit(u)
-            if t == 0 and dead_rows:   # 0, or NaN where raw = +inf (a padded row) or NaN
-                (raw.finite_or_nan() * 0.0).emit(pre + "dead")
+            if t == 0 and dead_rows:   # 1, or NaN for a padded row (raw = +inf; selects: no x * 0 to fold)
+                raw.where_lt(F32_MAX, 1.0, raw.finite_or_nan()).emit(pre + "alive")
             if t == 0 and n_iter % 2:
                 _unpadded(raw).mreduce("sum", nq)
             if n_iter == 1:   # no column step counts the padded columns: a column max of "not -inf"
@@ -83,7 +83,7 @@ def sinkhorn_phases(mp: MatrixProgram, n_iter: int, eps: float, over: str = "x",
     if n_iter % 2:   # rows sum to 1 after a row step; Sinkformers' scaling makes them n_k / n_q
         y = y * (x.p.mscalar(nk) / x.p.mscalar(nq).maximum(1.0))
     if dead_rows:
-        y = y + x.p.row_param(pre + "dead")
+        y = y * x.p.row_param(pre + "alive")
     return y
 
 
