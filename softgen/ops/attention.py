@@ -31,8 +31,7 @@ from ..matrix import MatrixProgram
 # the normalizer families register first: attention, which builds on them, comes last in OPS
 from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
 from .base import F32_MAX, register
-from .sinkhorn import _eps, _iterations, sinkhorn_phases
-from .soft import _head_dim_int, _newton_iter, gaussian_phases, newton_phases
+from .soft import _head_dim_int
 
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft")
 SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft")
@@ -48,9 +47,9 @@ def default_scale(head_dim: int) -> float:
 
 def check_normalizer(normalizer: str) -> None:
     if normalizer not in SUPPORTED:
+        later = ", ".join(n for n in NORMALIZERS if n not in SUPPORTED)
         raise UsageError(f"attention with normalizer {normalizer!r} is not built yet: attention supports "
-                         f"{', '.join(SUPPORTED)} today (softplus_l1, which streams without rescaling, "
-                         f"comes next; then lssa, lssar, topk_softmax, sinkhorn, soft)")
+                         f"{', '.join(SUPPORTED)} today (not yet: {later})")
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
@@ -71,7 +70,12 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
 def _tolerance(inputs, ref_y, params, call):
     """|O - O64| <= (rtol + 2^-23 (d + 2) |s| max|q||k| terms) * sum_j p_ij |v_j| + tiny: the
     scores are d-term f32 dot products (their error |ds| <= (d + 2) 2^-24 s |q||k| enters
-    P through e^s, relatively), the softmax is within 2e-6, the P V GEMM adds Lk 2^-24 |P||V|."""
+    P through e^s, relatively), the softmax is within 2e-6, the P V GEMM adds Lk 2^-24 |P||V|.
+    Sinkhorn and SOFT: ``_sinkhorn_attention_tolerance``, ``_soft_attention_tolerance``."""
+    if params.get("normalizer") == "sinkhorn":
+        return _sinkhorn_attention_tolerance(inputs, params)
+    if params.get("normalizer") == "soft":
+        return _soft_attention_tolerance(inputs, params)
     q, k, v = (np.asarray(a, np.float64) for a in inputs[:3])
     d, lk = q.shape[-1], k.shape[-2]
     s = params.get("scale") or default_scale(params["head_dim"])
@@ -163,7 +167,7 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
     if causal:
         raise UsageError("attention: the sinkhorn normalizer is not causal (docs/ops.md §7: the only doubly "
                          "stochastic lower-triangular matrix is the identity); use a mask for key padding")
-    n_iter, eps = _iterations(n_iter), _eps(eps)
+    n_iter, eps = sinkhorn._iterations(n_iter), sinkhorn._eps(eps)
     if mask == "additive":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -171,7 +175,7 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
     if mask == "additive":
         x = mp.rows(over="s", into="s")
         (x + x.p.matrow("mask")).output()
-    sinkhorn_phases(mp, n_iter, eps, over="s", into="s", pre="sk_", dead_rows=True).output()
+    sinkhorn.sinkhorn_phases(mp, n_iter, eps, over="s", into="s", pre="sk_", dead_rows=True).output()
     mp.matmul("o", "s", "v", layout="nn")
 
 
@@ -186,16 +190,65 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter) ->
     if causal or mask != "none" or scale is not None:
         raise UsageError("attention: the soft normalizer is a global linear form: no causal, no mask, no scale "
                          "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
-    d, n_iter = _head_dim_int(head_dim), _newton_iter(n_iter)
+    d, n_iter = _head_dim_int(head_dim), soft._newton_iter(n_iter)
     mp.dims = mp.dims + ("m",)
     mp.inputs["landmarks"] = ("m", "d")
     for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
                         ("w", ("m", "dv"))):
         mp.scratch(name, shape)
-    gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
-    gaussian_phases(mp, "landmarks", "k", "k1kt", d, pre="gk_").output()
-    gaussian_phases(mp, "landmarks", "landmarks", "k2", d, pre="g2_").output()
-    k2p = newton_phases(mp, "k2", n_iter, "soft", 0.9, pre="nw_")
+    soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
+    soft.gaussian_phases(mp, "landmarks", "k", "k1kt", d, pre="gk_").output()
+    soft.gaussian_phases(mp, "landmarks", "landmarks", "k2", d, pre="g2_").output()
+    k2p = soft.newton_phases(mp, "k2", n_iter, "soft", 0.9, pre="nw_")
     mp.matmul("kv", "k1kt", "v")                # K1k^T V   (m x dv)
     mp.matmul("w", k2p, "kv")                   # K2^+ ...  (m x dv)
     mp.matmul("o", "k1", "w")                   # K1 ...    (Lq x dv)
+
+
+def _sinkhorn_attention_tolerance(inputs, params):
+    """The op ``sinkhorn``'s own f32 bound on P (``_sinkhorn_tolerance``, from the exact scores),
+    plus the scores' error: each is a d-term f32 dot product, |dC| <= (d + 2) 2^-23 s |q||k| (and
+    one rounding of the mask's addition), which moves every potential by at most the largest |dC|
+    per half-step, so M = (C + u + v) / eps by at most 2 (n_iter + 1) max|dC| / eps (P relatively by
+    e^that - 1); then P V adds (Lk + 2) 2^-23 |P||V|."""
+    q, k, v = (np.asarray(a, np.float64) for a in inputs[:3])
+    mask = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+    n_iter, eps = int(params.get("n_iter") or ITERATIVE["sinkhorn"]), float(params.get("eps", 1.0))
+    sc = params.get("scale") or default_scale(params["head_dim"])
+    c = ref._attention_scores(q, k, sc, False, mask, None)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.nan_to_num(ref.sinkhorn(c, n_iter, eps)) if c.size else np.zeros(c.shape)
+        qn, kn = np.sqrt((q * q).sum(-1)), np.sqrt((k * k).sum(-1))
+        fin = np.where(np.isfinite(c), np.abs(c), 0.0)
+        dc = (q.shape[-1] + 2) * 2.0 ** -23 * sc * qn.max(-1, initial=0.0) * kn.max(-1, initial=0.0) \
+            + 2.0 ** -24 * fin.max((-2, -1), initial=0.0)
+        dc = dc[..., None, None]
+        tp = (sinkhorn._sinkhorn_tolerance(c, p, {"n_iter": n_iter, "eps": eps}, {}) if c.size else 0.0) \
+            + p * np.expm1(2 * (n_iter + 1) * dc / eps)
+        av = np.abs(v)
+        return tp @ av + (k.shape[-2] + 2) * 2.0 ** -23 * (p @ av) + 2.0 ** -120
+
+
+def _soft_attention_tolerance(inputs, params):
+    """First-order propagation through O = K1 (K2^+ (K1k^T V)): the Gaussian kernels' own bounds
+    (``_gaussian_tolerance``) for K1, K1k, K2; Newton-Schulz's (``_newton_tolerance``: its f32
+    roundings, perturbed float64 runs) plus K2's error carried by the inverse (|K2^+| |dK2|
+    |K2^+|); each GEMM's (k + 2) 2^-23 |A||B|; doubled for the second-order terms."""
+    q, k, v, lm = (np.asarray(a, np.float64) for a in inputs[:4])
+    d, m = params["head_dim"], lm.shape[-2]
+    n_iter = int(ITERATIVE["soft"] if params.get("n_iter") is None else params["n_iter"])
+    g = {"head_dim": d}
+    k1, k1k, k2 = ref.gaussian_kernel(q, lm, d), ref.gaussian_kernel(k, lm, d), ref.gaussian_kernel(lm, lm, d)
+    d1, d1k, d2 = (soft._gaussian_tolerance(ab, y, g, {}) for ab, y in (((q, lm), k1), ((k, lm), k1k), ((lm, lm), k2)))
+    k2p = ref.newton_pinv(k2, n_iter, "soft", 0.9, alpha_scope="matrix")
+    with np.errstate(invalid="ignore", over="ignore"):
+        dk2p = soft._newton_tolerance(k2, k2p, {"n_iter": n_iter, "variant": "soft", "alpha_factor": 0.9}) \
+            + np.abs(k2p) @ d2 @ np.abs(k2p)
+        a1, a1k, ap, av = np.abs(k1), np.abs(k1k), np.abs(k2p), np.abs(v)
+        t = np.swapaxes(k1k, -1, -2) @ v
+        w = k2p @ t
+        at, aw = np.abs(t), np.abs(w)
+        dt = np.swapaxes(d1k, -1, -2) @ av + (k.shape[-2] + 2) * 2 * soft.U32 * (np.swapaxes(a1k, -1, -2) @ av)
+        dw = dk2p @ at + ap @ dt + (m + 2) * 2 * soft.U32 * (ap @ at)
+        do = d1 @ aw + a1 @ dw + (m + 2) * 2 * soft.U32 * (a1 @ aw)
+    return 2 * do + 2.0 ** -120
