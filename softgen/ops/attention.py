@@ -96,6 +96,8 @@ def _samples(rng, params):
             xs = [rng.normal(0, sd, (2, lq, d)), rng.normal(0, sd, (2, lk, d)), rng.normal(0, 1, (2, lk, dv))]
             if params.get("mask") == "additive":
                 xs.append(np.where(rng.random((2, lq, lk)) < 0.9, 0.0, -np.inf))
+            if params.get("normalizer") == "soft":   # its landmarks input, pooled from k
+                xs.append(ref.soft_landmarks_avgpool(xs[1], min(4, lk)))
             out.append(tuple(x.astype(np.float32) for x in xs))
     return out
 
