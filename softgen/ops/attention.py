@@ -178,6 +178,9 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
         x = mp.rows(over="s", into="s")
         (x + x.p.matrow("mask")).output()
     sinkhorn.sinkhorn_phases(mp, n_iter, eps, over="s", into="s", pre="sk_", dead_rows=True).output()
+    mp.notes.append(f"sinkhorn attention, blocked (it cannot stream: a column step couples every query): "
+                    f"S = s Q K^T materialised once per (batch, head) in the scratch s (lq x lk floats), "
+                    f"{n_iter} half-steps (rows first, eps {eps!r}) in place over it, then o = P v")
     mp.matmul("o", "s", "v", layout="nn")
 
 
@@ -205,6 +208,9 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter) ->
     mp.matmul("kv", "k1kt", "v")                # K1k^T V   (m x dv)
     mp.matmul("w", k2p, "kv")                   # K2^+ ...  (m x dv)
     mp.matmul("o", "k1", "w")                   # K1 ...    (Lq x dv)
+    mp.notes.append("soft attention, linear global form: K1 = kernel(q, landmarks) (lq x m), K1k^T = kernel("
+                    "landmarks, k) (m x lk), K2 = kernel(landmarks, landmarks), K2^+ by " + f"{n_iter} Newton-Schulz "
+                    "steps, o = K1 (K2^+ (K1k^T v)): scratch (lq + lk + 2 dv + 5 m) m floats, no lq x lk matrix")
 
 
 def _sinkhorn_attention_tolerance(inputs, params):
