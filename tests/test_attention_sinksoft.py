@@ -133,6 +133,31 @@ def test_sinkhorn_kernel_matches_the_oracle(n_iter):
             check(k, k(*c), *c)
 
 
+@pytest.mark.parametrize("n_iter", [1, 2, None])
+def test_sinkhorn_non_finite_and_huge_scores(n_iter):
+    """A NaN or +inf score poisons its row's potential; from the first column step on every
+    column (so the matrix) is NaN, as in float64; huge finite scores stay within the tolerance."""
+    k = sinkhorn_kernel(n_iter)
+    q, kk, v = f32(4, 9, 16), f32(4, 13, 16), f32(4, 13, 5)
+    q[1, 2, 0] = np.nan
+    kk[2, 5, 1] = np.inf
+    q[3, 0] = 1e30
+    c = (q, kk, v, np.zeros((4, 9, 13), np.float32))
+    o = k(*c)
+    check(k, o, *c)
+    assert np.isfinite(o[0]).all() and np.isnan(o[1, 2]).all()
+    assert np.isnan(o[1:3]).all() == (n_iter != 1)
+
+
+def test_soft_non_finite(soft_kernel):
+    c = soft_case(9, 13, 16, 5, 3, False)
+    c[0][1, 2, 0] = np.nan                  # one query: its row of K1
+    c[1][0, 5, 1] = np.inf                  # one key: K1k^T V, so every output of its matrix
+    o = soft_kernel(*c)
+    check(soft_kernel, o, *c)
+    assert np.isnan(o[1, 2]).all() and np.isfinite(o[1, [0, 1, 3]]).all() and np.isnan(o[0]).all()
+
+
 def test_sinkhorn_front_door():
     q, k, v = f32(2, 3, 7, 16), f32(2, 3, 11, 16), f32(2, 3, 11, 4)
     m = keep_mask(7, 11, dead_row=3, dead_key=2)

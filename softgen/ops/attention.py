@@ -226,7 +226,8 @@ def _sinkhorn_attention_tolerance(inputs, params):
     c = ref._attention_scores(q, k, sc, False, mask, None)
     with np.errstate(invalid="ignore", over="ignore"):
         p = np.nan_to_num(ref.sinkhorn(c, n_iter, eps)) if c.size else np.zeros(c.shape)
-        qn, kn = np.sqrt((q * q).sum(-1)), np.sqrt((k * k).sum(-1))
+        # non-finite inputs make their rows/matrices NaN, where the check compares NaN patterns
+        qn, kn = (np.nan_to_num(np.sqrt((x * x).sum(-1)), nan=0.0, posinf=0.0) for x in (q, k))
         fin = np.where(np.isfinite(c), np.abs(c), 0.0)
         dc = (q.shape[-1] + 2) * 2.0 ** -23 * sc * qn.max(-1, initial=0.0) * kn.max(-1, initial=0.0) \
             + 2.0 ** -24 * fin.max((-2, -1), initial=0.0)
@@ -234,7 +235,8 @@ def _sinkhorn_attention_tolerance(inputs, params):
         tp = (sinkhorn._sinkhorn_tolerance(c, p, {"n_iter": n_iter, "eps": eps}, {}) if c.size else 0.0) \
             + p * np.expm1(2 * (n_iter + 1) * dc / eps)
         av = np.abs(v)
-        return tp @ av + (k.shape[-2] + 2) * 2.0 ** -23 * (p @ av) + 2.0 ** -120
+        av = np.nan_to_num(av, posinf=0.0)
+        return np.nan_to_num(tp @ av + (k.shape[-2] + 2) * 2.0 ** -23 * (p @ av), nan=np.inf) + 2.0 ** -120
 
 
 def _soft_attention_tolerance(inputs, params):
@@ -259,4 +261,4 @@ def _soft_attention_tolerance(inputs, params):
         dt = np.swapaxes(d1k, -1, -2) @ av + (k.shape[-2] + 2) * 2 * soft.U32 * (np.swapaxes(a1k, -1, -2) @ av)
         dw = dk2p @ at + ap @ dt + (m + 2) * 2 * soft.U32 * (ap @ at)
         do = d1 @ aw + a1 @ dw + (m + 2) * 2 * soft.U32 * (a1 @ aw)
-    return 2 * do + 2.0 ** -120
+    return np.nan_to_num(2 * do, nan=np.inf) + 2.0 ** -120   # NaN: a non-finite input, a NaN output
