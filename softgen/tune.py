@@ -1,6 +1,6 @@
 """``softgen.tune`` / ``softgen tune``: measure which variant is fastest per size class on this
 machine and remember it in the tuning database (``tunedb``), where ``compile(algorithm="auto")``
-finds it (``kernel.tuned_table``).
+finds it (``autotable.tuned_table``).
 
 Per size class (one per requested size):
 
@@ -39,7 +39,7 @@ Threads: for a batch shape (rows > 1), the winner is then timed at every thread 
 (``threads``; ns/element at that count) with the rows class 2.. ("measured on batches"); it caps
 "auto" for batches in the tuned dispatch table, 1 included (the model's grain still decides below
 it, by rows x n). Single rows record 1 with the rows class 1..: they run on one thread, and the
-record says nothing about batches (auto stays the model's). ``kernel.tuned_table`` applies this.
+record says nothing about batches (auto stays the model's). ``autotable.tuned_table`` applies this.
 
 Budget: ``budget_s`` covers compiling and timing; each class gets an equal share of what is left
 when it starts. Ctrl-C (KeyboardInterrupt) keeps the classes already recorded and returns.
@@ -516,7 +516,7 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
     default over the shapes, recorded as one record for every size (algorithm "direct", the
     schedule's GEMM fields), which ``compile`` of the op then uses (``k.tuned``, ``k.gemm``).
     ``attention``: the streaming attention form's blocks instead (``attention_candidates``, one
-    thread), recorded as algorithm "streaming" with the schedule {br, bc} (``kernel.tuned_attention``)."""
+    thread), recorded as algorithm "streaming" with the schedule {br, bc} (``autotable.tuned_attention``)."""
     t0 = time.monotonic() if t0 is None else t0
     be = get_backend(backend)
     t = get_target(target)
