@@ -1,4 +1,5 @@
 /* softgen._fastcall: call a generated row kernel on two buffers with ~0.1 us of overhead.
+ * An array is a buffer (NumPy) or a (address, shape, strides, format) tuple (get_view).
  *
  * ctypes costs about 1 us per call plus the pointer look-ups; this does the layout checks of
  * Kernel._run for the common case (float32, rows addressable as base + r*ld, aligned, x and y
@@ -44,17 +45,65 @@ static int layout(const Py_buffer *b, size_t *rows, size_t *n, size_t *ld) {
     return *ld >= *n;
 }
 
+#define VIEW_MAXDIM 32
+
+/* An array argument: a buffer (NumPy), or a tuple (address, shape, strides in elements, format)
+ * that the caller built from an array it has checked (issue 15: torch tensors by data_ptr(),
+ * shape and stride(), without a NumPy view per call). A tuple's shape and strides go to
+ * `store` (2 * VIEW_MAXDIM); b->obj stays NULL, so PyBuffer_Release is a no-op for it.
+ * 0 and no error set when it is neither (the caller returns NotImplemented). */
+static int get_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
+    if (!PyTuple_CheckExact(o))
+        return PyObject_GetBuffer(o, b, flags) < 0 ? (PyErr_Clear(), 0) : 1;
+    if (PyTuple_GET_SIZE(o) != 4)
+        return 0;
+    PyObject *shape = PyTuple_GET_ITEM(o, 1), *strides = PyTuple_GET_ITEM(o, 2);
+    const char *format = PyUnicode_Check(PyTuple_GET_ITEM(o, 3)) ? PyUnicode_AsUTF8(PyTuple_GET_ITEM(o, 3)) : NULL;
+    if (!PyTuple_Check(shape) || !PyTuple_Check(strides) || format == NULL
+        || PyTuple_GET_SIZE(shape) != PyTuple_GET_SIZE(strides) || PyTuple_GET_SIZE(shape) > VIEW_MAXDIM) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t itemsize = strcmp(format, "f") == 0 ? 4 : strcmp(format, "q") == 0 ? 8 : 0;
+    void *buf = PyLong_AsVoidPtr(PyTuple_GET_ITEM(o, 0));
+    if (itemsize == 0 || PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    memset(b, 0, sizeof *b);
+    b->buf = buf;
+    b->ndim = (int)PyTuple_GET_SIZE(shape);
+    b->itemsize = itemsize;
+    b->format = (char *)format;
+    b->shape = store;
+    b->strides = store + VIEW_MAXDIM;
+    for (int i = 0; i < b->ndim; i++) {
+        b->shape[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
+        b->strides[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(strides, i)) * itemsize;
+        if (PyErr_Occurred() || b->shape[i] < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    if (flags & PyBUF_C_CONTIGUOUS) {   /* what GetBuffer would refuse for such a request */
+        Py_ssize_t expect = itemsize;
+        for (int i = b->ndim - 1; i >= 0; i--) {
+            if (b->shape[i] > 1 && b->strides[i] != expect)
+                return 0;
+            expect *= b->shape[i];
+        }
+    }
+    return 1;
+}
+
 /* x (args[1]) and y (args[2], writable) of a kernel taking (x, y, rows, n, ldx, ldy, ...): -1 when
    they are not buffers (nothing held), else both held and 1 when the fast path may run (the same
    shape of at least `min_ndim` axes, each with layout(), x and y identical or disjoint), 0 when not. */
 static int xy_pair(PyObject *const *args, Py_buffer *bx, Py_buffer *by, int min_ndim,
-                   size_t *rows, size_t *n, size_t *ldx, size_t *ldy) {
-    if (PyObject_GetBuffer(args[1], bx, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyErr_Clear();
+                   size_t *rows, size_t *n, size_t *ldx, size_t *ldy, Py_ssize_t *store) {
+    if (!get_view(args[1], bx, PyBUF_STRIDES | PyBUF_FORMAT, store))
         return -1;
-    }
-    if (PyObject_GetBuffer(args[2], by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyErr_Clear();
+    if (!get_view(args[2], by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE, store + 2 * VIEW_MAXDIM)) {
         PyBuffer_Release(bx);
         return -1;
     }
@@ -90,8 +139,9 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (fp == NULL && PyErr_Occurred())
         return NULL;
     Py_buffer bx, by;
+    Py_ssize_t store[4 * VIEW_MAXDIM];
     size_t rows = 0, n = 0, ldx = 0, ldy = 0;
-    const int ok = xy_pair(args, &bx, &by, 1, &rows, &n, &ldx, &ldy);
+    const int ok = xy_pair(args, &bx, &by, 1, &rows, &n, &ldx, &ldy, store);
     if (ok < 0)
         Py_RETURN_NOTIMPLEMENTED;
     int rc = 0;
@@ -127,8 +177,9 @@ static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     if (fp == NULL && PyErr_Occurred())
         return NULL;
     Py_buffer bx, by;
+    Py_ssize_t store[4 * VIEW_MAXDIM];
     size_t rows = 0, n = 0, ldx = 0, ldy = 0;
-    const int ok = xy_pair(args, &bx, &by, 2, &rows, &n, &ldx, &ldy);
+    const int ok = xy_pair(args, &bx, &by, 2, &rows, &n, &ldx, &ldy, store);
     if (ok < 0)
         Py_RETURN_NOTIMPLEMENTED;
     size_t m = ok ? (size_t)bx.shape[bx.ndim - 2] : 0;
@@ -163,17 +214,14 @@ static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t narg
     if (fp == NULL && PyErr_Occurred())
         return NULL;
     Py_buffer bx, bi, bw;
-    if (PyObject_GetBuffer(args[1], &bx, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyErr_Clear();
+    Py_ssize_t store[6 * VIEW_MAXDIM];
+    if (!get_view(args[1], &bx, PyBUF_STRIDES | PyBUF_FORMAT, store))
         Py_RETURN_NOTIMPLEMENTED;
-    }
-    if (PyObject_GetBuffer(args[2], &bi, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyErr_Clear();
+    if (!get_view(args[2], &bi, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE, store + 2 * VIEW_MAXDIM)) {
         PyBuffer_Release(&bx);
         Py_RETURN_NOTIMPLEMENTED;
     }
-    if (PyObject_GetBuffer(args[3], &bw, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyErr_Clear();
+    if (!get_view(args[3], &bw, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE, store + 4 * VIEW_MAXDIM)) {
         PyBuffer_Release(&bi);
         PyBuffer_Release(&bx);
         Py_RETURN_NOTIMPLEMENTED;

@@ -13,6 +13,7 @@ import functools
 import numpy as np
 
 from . import arrays, ops as _ops
+from .arrays import TORCH_TYPES
 from .errors import UsageError
 from .kernel import compile as _compile
 from .ops.attention import check_normalizer
@@ -49,9 +50,9 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     k, more, call = hit
     if not args and not kwargs and not more and target == "host" and backend == "c" and algorithm == "auto":
         _plain[op] = k
-    if not more and axis is None and type(x) is np.ndarray and x.ndim and \
-            (out is None or type(out) is np.ndarray):   # NumPy along the last axis: straight in
-        return k(x, out=out, threads=threads, **call)
+    if not more and axis is None and (type(x) is np.ndarray or type(x) in TORCH_TYPES) and x.ndim and \
+            (out is None or type(out) is np.ndarray or type(out) in TORCH_TYPES):
+        return k(x, out=out, threads=threads, **call)   # NumPy or torch along the last axis: straight in
     if len(args) < more:
         raise TypeError(f"{op} takes {more + 1} arrays, got {1 + len(args)}")
     inputs = (x, *args[:more])
@@ -95,7 +96,8 @@ _plain: dict = {}   # op -> its kernel for a call with no parameters and no opti
 def _make(op: str):
     def fn(x, *args, out=None, **kwargs):
         k = _plain.get(op)
-        if k is not None and not args and not kwargs and type(x) is np.ndarray and x.ndim:
+        if k is not None and not args and not kwargs and (type(x) is np.ndarray or type(x) in TORCH_TYPES) \
+                and x.ndim:
             return k(x, out)   # softgen.softmax(x): no lookup beyond this (issue 15)
         return apply(op, x, *args, out=out, **kwargs)
     opdef = _ops.get_op(op)

@@ -15,6 +15,7 @@ from . import arrays, export as aot, ops as _ops, passes
 from ._version import __version__
 from .abi import ERRORS, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
+from .arrays import TORCH_TYPES
 from .autotable import (  # noqa: F401 - public names of softgen.kernel before autotable split off
     attention_algorithm,
     auto_table,
@@ -283,7 +284,11 @@ class Kernel:
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
             return self._call(self._fn, (x,), out, call)
-        if ptr is not None and threads is None and not call:   # torch, DLPack: converted, then _fastcall
+        if type(x) in TORCH_TYPES and threads is None and not call:   # torch: straight to _fastcall
+            y = self._call_torch(x, out)
+            if y is not None:
+                return y
+        if ptr is not None and threads is None and not call:   # DLPack etc.: converted, then _fastcall
             return self._call_arrays(self._fn, (x,), out, call)
         sel = self._fast_sel
         if sel is not None and out is None and threads is None and not call and type(x) is np.ndarray and x.ndim:
@@ -315,6 +320,38 @@ class Kernel:
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
         return self._call(fn, (x,), out, call)
+
+    def _call_torch(self, x, out):
+        """``k(x, out=out)`` for a torch tensor ``x`` (``out``: None or a tensor) straight through
+        ``_fastcall`` on its address, shape and strides (``arrays.torch_args``); results made as
+        NumPy arrays come back through ``torch.from_numpy`` (both zero-copy). None where that does
+        not apply: the general path converts or refuses."""
+        xa = arrays.torch_args(x)
+        if xa is None:
+            return None
+        ptr, fast = (self._fast, _fastcall) if self._fast is not None else (self._fast_unary, _fastunary)
+        if ptr is not None and (fast is _fastcall or x.ndim >= 2):
+            if out is None:
+                y = np.empty(x.shape, np.float32)
+                rc = fast(ptr, xa, y)
+                y = arrays.torch_from_numpy(y)
+            else:
+                ya = arrays.torch_args(out) if type(out) in TORCH_TYPES else None
+                if ya is None:
+                    return None
+                rc, y = fast(ptr, xa, ya), out
+        elif self._fast_sel is not None and out is None and x.ndim:
+            shape = (*x.shape[:-1], min(self._abi.k, x.shape[-1]))    # top-k: (indices, weights)
+            idx, w = np.empty(shape, np.int64), np.empty(shape, np.float32)
+            rc = _fastsel(self._fast_sel, xa, idx, w)
+            y = (arrays.torch_from_numpy(idx), arrays.torch_from_numpy(w))
+        else:
+            return None
+        if rc == 0:
+            return y
+        if rc is NotImplemented or fast is _fastunary:   # the general path checks and raises
+            return None
+        raise failure(self.name, rc)
 
     def _call_threads(self, x, out, threads, call: dict):
         """``k(x, out=out, threads=threads, **call)``: through ``<name>_mt``."""

@@ -110,6 +110,49 @@ def test_torch_refusals(sm):
         sm(torch.empty(2, 3, device="meta"))
 
 
+@needs_torch
+def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, monkeypatch):
+    """Torch tensors of every fast kind (rows, top-k, unary matrix; Kernel and per-op function)
+    go to _fastcall on their address, shape and strides: no arrays.prepare, no Tensor.numpy()
+    (issue 15). Results equal NumPy's; layouts the fast path declines still work or are refused."""
+    from softgen import kernel as kmod
+    if kmod._fastcall is None:
+        pytest.skip("softgen._fastcall is not built")
+    x = torch.randn(3, 40)
+    m = torch.rand(2, 5, 5)
+    want = {"sm": sm(x.numpy()), "topk": topk(x.numpy()), "sink": sink(m.numpy()),
+            "f": softgen.softmax(x.numpy(), target="scalar")}
+    sm(x), topk(x), sink(m), softgen.softmax(x, target="scalar")   # load; torch's type seen once
+
+    def trap(*a, **k):
+        raise AssertionError("a torch call went through a NumPy view")
+
+    def _teq(t, a):   # (not through NumPy: Tensor.numpy is the trap)
+        return torch.equal(t, torch.from_numpy(np.ascontiguousarray(a)))
+    monkeypatch.setattr(torch.Tensor, "numpy", trap)
+    monkeypatch.setattr(arrays, "prepare", trap)
+    y = sm(x)
+    assert type(y) is torch.Tensor and y.dtype == torch.float32 and _teq(y, want["sm"])
+    out = torch.empty(3, 40)
+    assert sm(x, out=out) is out and _teq(out, want["sm"])
+    x2 = x.clone()
+    assert sm(x2, out=x2) is x2 and _teq(x2, want["sm"])          # in place
+    assert _teq(sm(x[1:, :]), want["sm"][1:])                      # a view: storage offset
+    idx, w = topk(x)
+    assert idx.dtype == torch.int64 and _teq(idx, want["topk"][0]) and _teq(w, want["topk"][1])
+    s = sink(m)
+    assert type(s) is torch.Tensor and _teq(s, want["sink"])
+    assert _teq(softgen.softmax(x, target="scalar"), want["f"])
+    monkeypatch.undo()
+    # declined by the fast path: the general path computes (strided rows) or refuses
+    xt = x.t().contiguous().t()                                              # unit stride across rows
+    assert np.allclose(sm(xt), ref_softmax(x.numpy()), atol=1e-6)
+    with pytest.raises(UsageError):
+        sm(torch._neg_view(x))         # its bits are x's, its values -x's: never read raw
+    with pytest.raises(ValueError):
+        sm(x, out=torch.empty(3, 41))
+
+
 class _Dev:
     """A DLPack array on a non-CPU device (CUDA), as CuPy presents one."""
 
@@ -285,6 +328,32 @@ def test_jax_arrays(sm):
                        atol=1e-6)
     with pytest.raises(UsageError, match="read-only"):
         sm(x, out=jnp.zeros((3, 6), jnp.float32))
+
+
+def test_jax_every_kind_zero_copy(sm, topk, sink, monkeypatch):
+    """JAX arrays in (DLPack: the kernel reads the JAX buffer itself), JAX arrays out, for rows,
+    top-k and a matrix op, through the Kernel and the per-op functions; out= refused (immutable)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((3, 40)).astype(np.float32))
+    m = jnp.asarray(np.random.default_rng(9).random((2, 5, 5)).astype(np.float32))
+    seen = []
+    real = np.from_dlpack
+    monkeypatch.setattr(np, "from_dlpack", lambda a, **k: seen.append(real(a, **k)) or seen[-1])
+    y = sm(x)
+    assert isinstance(y, jax.Array) and np.array_equal(np.asarray(y), sm(np.asarray(x)))
+    assert seen and seen[0].ctypes.data == x.unsafe_buffer_pointer()     # no copy in
+    idx, w = topk(x)
+    assert isinstance(idx, jax.Array) and isinstance(w, jax.Array)
+    ri, rw = topk(np.asarray(x))
+    assert np.array_equal(np.asarray(idx), ri) and np.array_equal(np.asarray(w), rw)
+    s = sink(m)
+    assert isinstance(s, jax.Array) and np.array_equal(np.asarray(s), sink(np.asarray(m)))
+    f = softgen.softmax(x, target="scalar")
+    assert isinstance(f, jax.Array) and np.array_equal(np.asarray(f), softgen.softmax(np.asarray(x), target="scalar"))
+    for call in (lambda o: sm(x, out=o), lambda o: softgen.softmax(x, out=o, target="scalar")):
+        with pytest.raises(UsageError, match="read-only.*without out="):
+            call(jnp.zeros((3, 40), jnp.float32))
 
 
 def test_topk_fast_path_matches_the_general_path(topk):
