@@ -254,7 +254,142 @@ static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLong(rc);
 }
 
+#define GENERAL_MAXIN 4
+#define GENERAL_MAXDIMS 6
+#define GENERAL_MAXARGS (2 * GENERAL_MAXIN + GENERAL_MAXDIMS + 3)
+typedef size_t z;   /* every argument of a general entry is a pointer or a size_t: one register class */
+
+/* The general matrix ABI's entry (inputs..., out, batch, dims..., ld inputs..., ld out) with `na`
+ * arguments, each passed as a size_t (pointers are 64-bit integers on every target softgen runs). */
+static int call_general(void *fp, int na, const z *a) {
+    switch (na) {
+    case 7: return ((int (*)(z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+    case 8: return ((int (*)(z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
+    case 9: return ((int (*)(z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]);
+    case 10: return ((int (*)(z, z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+                                                               a[8], a[9]);
+    case 11: return ((int (*)(z, z, z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+                                                                  a[8], a[9], a[10]);
+    case 12: return ((int (*)(z, z, z, z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5], a[6],
+                                                                     a[7], a[8], a[9], a[10], a[11]);
+    case 13: return ((int (*)(z, z, z, z, z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5], a[6],
+                                                                        a[7], a[8], a[9], a[10], a[11], a[12]);
+    case 14: return ((int (*)(z, z, z, z, z, z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5],
+                                                                           a[6], a[7], a[8], a[9], a[10], a[11],
+                                                                           a[12], a[13]);
+    case 15: return ((int (*)(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4], a[5],
+                                                                              a[6], a[7], a[8], a[9], a[10], a[11],
+                                                                              a[12], a[13], a[14]);
+    case 16: return ((int (*)(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4],
+                                                                                 a[5], a[6], a[7], a[8], a[9],
+                                                                                 a[10], a[11], a[12], a[13], a[14],
+                                                                                 a[15]);
+    case 17: return ((int (*)(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z))fp)(a[0], a[1], a[2], a[3], a[4],
+                                                                                    a[5], a[6], a[7], a[8], a[9],
+                                                                                    a[10], a[11], a[12], a[13],
+                                                                                    a[14], a[15], a[16]);
+    default: return -1;
+    }
+}
+
+/* A general matrix kernel (gaussian_kernel, attention...: several inputs, one output; issue 15:
+ * matrix calls). spec: (ndims, row dim, col dim of each input, then of the output), indices into
+ * the kernel's dims; inputs: a tuple of arrays; y: the output. Every array float32 with the same
+ * leading axes, its matrices' rows one stride apart, y disjoint from the inputs; else
+ * NotImplemented and the general path copies or raises. */
+static PyObject *general(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4 || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "general(fnptr, spec, inputs, y)");
+        return NULL;
+    }
+    void *fp = PyLong_AsVoidPtr(args[0]);
+    if (fp == NULL && PyErr_Occurred())
+        return NULL;
+    const Py_ssize_t nin = PyTuple_GET_SIZE(args[2]);
+    PyObject *spec = args[1];
+    if (nin < 1 || nin > GENERAL_MAXIN || PyTuple_GET_SIZE(spec) != 1 + 2 * (nin + 1))
+        Py_RETURN_NOTIMPLEMENTED;
+    const long nd = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
+    if (nd < 1 || nd > GENERAL_MAXDIMS) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    Py_buffer b[GENERAL_MAXIN + 1];
+    Py_ssize_t store[(GENERAL_MAXIN + 1) * 2 * VIEW_MAXDIM];
+    size_t dims[GENERAL_MAXDIMS], ld[GENERAL_MAXIN + 1], rows, n, total = 0;
+    char known[GENERAL_MAXDIMS] = {0};
+    int held = 0, ok = 1;
+    for (Py_ssize_t i = 0; i <= nin && ok; i++) {
+        PyObject *o = i < nin ? PyTuple_GET_ITEM(args[2], i) : args[3];
+        int flags = PyBUF_STRIDES | PyBUF_FORMAT | (i == nin ? PyBUF_WRITABLE : 0);
+        if (!get_view(o, &b[i], flags, store + i * 2 * VIEW_MAXDIM)) {
+            ok = 0;
+            break;
+        }
+        held++;
+        Py_buffer *v = &b[i];
+        ok = v->ndim >= 2 && v->ndim == b[0].ndim && layout(v, &rows, &n, &ld[i]) && rows && n
+             && memcmp(v->shape, b[0].shape, sizeof(Py_ssize_t) * (v->ndim - 2)) == 0;
+        for (int j = 0; j < 2 && ok; j++) {   /* its row and column dims agree with the others' */
+            long d = PyLong_AsLong(PyTuple_GET_ITEM(spec, 1 + 2 * i + j));
+            size_t size = (size_t)v->shape[v->ndim - 2 + j];
+            if (d < 0 || d >= nd) {
+                PyErr_Clear();
+                ok = 0;
+            } else if (known[d]) {
+                ok = dims[d] == size;
+            } else {
+                known[d] = 1;
+                dims[d] = size;
+            }
+        }
+        total += rows * n;
+    }
+    for (long d = 0; d < nd && ok; d++)
+        ok = known[d];
+    for (Py_ssize_t i = 0; i < nin && ok; i++) {   /* y overlapping an input: the general path copies */
+        size_t ri = (size_t)b[i].shape[b[i].ndim - 2], ro = (size_t)b[nin].shape[b[nin].ndim - 2];
+        size_t batch = 1;
+        for (int k = 0; k < b[0].ndim - 2; k++)
+            batch *= (size_t)b[0].shape[k];
+        const char *x0 = b[i].buf, *x1 = x0 + 4 * ((batch * ri - 1) * ld[i] + (size_t)b[i].shape[b[i].ndim - 1]);
+        const char *y0 = b[nin].buf, *y1 = y0 + 4 * ((batch * ro - 1) * ld[nin] + (size_t)b[nin].shape[b[nin].ndim - 1]);
+        ok = x1 <= y0 || y1 <= x0;
+    }
+    int rc = 0;
+    if (ok) {
+        z a[GENERAL_MAXARGS];
+        int na = 0;
+        size_t batch = 1;
+        for (int k = 0; k < b[0].ndim - 2; k++)
+            batch *= (size_t)b[0].shape[k];
+        for (Py_ssize_t i = 0; i <= nin; i++)
+            a[na++] = (z)(uintptr_t)b[i].buf;
+        a[na++] = batch;
+        for (long d = 0; d < nd; d++)
+            a[na++] = dims[d];
+        for (Py_ssize_t i = 0; i <= nin; i++)
+            a[na++] = ld[i];
+        if (total >= 16384) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = call_general(fp, na, a);
+            Py_END_ALLOW_THREADS
+        } else {
+            rc = call_general(fp, na, a);
+        }
+    }
+    for (int i = 0; i < held; i++)
+        PyBuffer_Release(&b[i]);
+    if (!ok)
+        Py_RETURN_NOTIMPLEMENTED;
+    return PyLong_FromLong(rc);
+}
+
 static PyMethodDef methods[] = {
+    {"general", (PyCFunction)(void (*)(void))general, METH_FASTCALL,
+     "general(fnptr, spec, inputs, y) -> int return code, or NotImplemented for the general path: "
+     "a general matrix kernel; spec = (ndims, row and column dim of each input, then of y)"},
     {"unary", (PyCFunction)(void (*)(void))unary, METH_FASTCALL,
      "unary(fnptr, x, y) -> int return code, or NotImplemented for the general path: a unary "
      "matrix kernel on (..., m, n) arrays"},

@@ -36,8 +36,11 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     if axis is not None and dim is not None:
         raise UsageError(f"{op}: give axis= or dim=, not both")
     axis = dim if axis is None else axis
+    more = _MORE.get(op)
+    if more is None:   # the op's inputs besides x: not part of the key (arrays are not hashable)
+        more = _MORE[op] = len(_ops.get_op(op).inputs) - 1
     try:   # the kernel and call-time arguments of these arguments, looked up once (issue 15)
-        key = (op, args, tuple(kwargs.items()), target, backend, algorithm)
+        key = (op, args[more:], tuple(kwargs.items()), target, backend, algorithm)
         hit = _resolved.get(key)
     except TypeError:   # unhashable arguments (arrays: more inputs, per-row call arguments)
         key = hit = None
@@ -53,6 +56,9 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     if not more and axis is None and (type(x) is np.ndarray or type(x) in TORCH_TYPES) and x.ndim and \
             (out is None or type(out) is np.ndarray or type(out) in TORCH_TYPES):
         return k(x, out=out, threads=threads, **call)   # NumPy or torch along the last axis: straight in
+    if more and axis is None and len(args) >= more and (out is None or _direct(out)) and _direct(x) \
+            and all(_direct(a) for a in args[:more]):
+        return k(x, *args[:more], out=out, threads=threads)   # NumPy or torch matrices: straight in
     if len(args) < more:
         raise TypeError(f"{op} takes {more + 1} arrays, got {1 + len(args)}")
     inputs = (x, *args[:more])
@@ -65,6 +71,12 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
 
 
 _resolved: dict = {}   # apply's arguments -> (kernel, extra inputs, call-time arguments)
+_MORE: dict = {}       # op -> how many inputs it takes besides x
+
+
+def _direct(a) -> bool:
+    """An array a kernel takes as it is (NumPy, or a torch tensor: ``Kernel`` checks both)."""
+    return type(a) is np.ndarray or type(a) in TORCH_TYPES
 
 
 def _resolve(op: str, args: tuple, kwargs: dict, target, backend: str, algorithm: str) -> tuple:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import arrays, export as aot, ops as _ops, passes
 from ._version import __version__
-from .abi import ERRORS, ROW, SELECTED, UNARY, KernelABI, failure
+from .abi import ERRORS, GENERAL, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
 from .arrays import TORCH_TYPES
 from .autotable import (  # noqa: F401 - public names of softgen.kernel before autotable split off
@@ -56,6 +56,10 @@ try:  # its top-k form (issue 15); an extension built before it lacks it: ctypes
     from ._fastcall import selected as _fastsel, unary as _fastunary
 except ImportError:  # pragma: no cover - depends on the install
     _fastsel = _fastunary = None
+try:  # its general matrix form (issue 15)
+    from ._fastcall import general as _fastgeneral
+except ImportError:  # pragma: no cover - depends on the install
+    _fastgeneral = None
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -110,6 +114,7 @@ class Kernel:
     _fast: int | None = field(default=None, init=False, repr=False, compare=False)
     _fast_sel: int | None = field(default=None, init=False, repr=False, compare=False)   # top-k: the same
     _fast_unary: int | None = field(default=None, init=False, repr=False, compare=False)  # unary matrix
+    _fast_general: int | None = field(default=None, init=False, repr=False, compare=False)  # general matrix
 
     @property
     def matrix(self) -> bool:
@@ -252,6 +257,9 @@ class Kernel:
                 self._fast_sel = self._fn._softgen_ptr
             elif self._abi.kind == UNARY and _fastunary is not None:
                 self._fast_unary = self._fn._softgen_ptr
+            elif self._abi.kind == GENERAL and _fastgeneral is not None and len(self._abi.outputs) == 1 \
+                    and len(self._abi.inputs) <= 4 and len(self._abi.dims) <= 6:
+                self._fast_general = self._fn._softgen_ptr
         return self._fn
 
     def _mt_entry(self, threads) -> tuple:
@@ -500,10 +508,61 @@ class MatrixKernel(Kernel):
         """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices (streaming
         attention: its (matrix, query chunk) tasks) split across at most N threads of the library's
         pool; the results do not depend on it."""
+        if self._fast_general is not None and threads is None:
+            y = self._call_general(inputs, out)
+            if y is not None:
+                return y
         if threads is not None:
             mt, threads = self._mt_entry(threads)
             return self._call(lambda *args: mt(*args, threads), inputs, out)
         return self._call(self._fn or self._entry(False), inputs, out)
+
+    @cached_property
+    def _general_spec(self) -> tuple:
+        """``_fastcall.general``'s spec (the number of dims, each matrix's row and column dim) and
+        where the output's rows and columns are read: (input, axis) each."""
+        abi = self._abi
+        dims = list(abi.dims)
+        mats = [*abi.inputs, *abi.outputs]
+        spec = (len(dims), *(dims.index(d) for _, shape in mats for d in shape))
+        where = [next((i, ax) for i, (_, shape) in enumerate(abi.inputs) for ax, dd in ((-2, shape[0]), (-1, shape[1]))
+                      if dd == d) for d in abi.outputs[0][1]]
+        return spec, len(abi.inputs), where[0], where[1]
+
+    def _call_general(self, inputs: tuple, out):
+        """``k(*inputs, out=out)`` through ``_fastcall.general`` (NumPy arrays and torch tensors, as
+        ``Kernel._call_torch``); None where it declines (the general path copies or raises)."""
+        spec, nin, (ri, ra), (ci, ca) = self._general_spec
+        if len(inputs) != nin:
+            return None
+        args, torch_in = [], False
+        for a in inputs:
+            if type(a) is np.ndarray:
+                args.append(a)
+            elif type(a) in TORCH_TYPES:
+                a = arrays.torch_args(a)
+                if a is None:
+                    return None
+                args.append(a)
+                torch_in = True
+            else:
+                return None
+            if len(a[1] if type(a) is tuple else a.shape) < 2:
+                return None
+        if out is None:
+            x0, xr, xc = inputs[0], inputs[ri], inputs[ci]
+            y = ya = np.empty((*x0.shape[:-2], xr.shape[ra], xc.shape[ca]), np.float32)
+        elif type(out) is np.ndarray:
+            y = ya = out
+        elif type(out) in TORCH_TYPES:
+            y, ya = out, arrays.torch_args(out)
+            if ya is None:
+                return None
+        else:
+            return None
+        if _fastgeneral(self._fast_general, spec, tuple(args), ya) != 0:
+            return None   # declined, or an error code: the general path checks and raises
+        return arrays.torch_from_numpy(y) if torch_in and out is None else y
 
     def run_emulated(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
         return self._call(self._emulated(threads), inputs, out)

@@ -375,6 +375,47 @@ def test_topk_fast_path_matches_the_general_path(topk):
         assert all(u.shape == v.shape and np.array_equal(u, v) for u, v in zip(fast, slow))
 
 
+def test_general_matrix_fast_path(gauss, monkeypatch):
+    """General matrix calls (gaussian_kernel: two inputs) take _fastcall.general, through the
+    Kernel and the per-op function, NumPy and torch, with no binding; every layout it declines
+    (strided rows, Fortran, out overlapping an input, a dims mismatch) takes the general path."""
+    from softgen import kernel as kmod
+    if kmod._fastgeneral is None:
+        pytest.skip("softgen._fastcall is not built")
+    rng = np.random.default_rng(10)
+    a, b = rng.random((2, 3, 4), np.float32), rng.random((2, 5, 4), np.float32)
+    want = gauss._call_np(gauss._entry(False), (a, b), None)
+    fn = softgen.gaussian_kernel
+    fn(a, b, 4, target="scalar")
+    if torch is not None:
+        gauss(torch.from_numpy(a), torch.from_numpy(b))   # torch's type seen once (arrays.TORCH_TYPES)
+    assert gauss._fast_general is not None
+
+    def trap(*args, **kw):
+        raise AssertionError("a general matrix call went through binding")
+    monkeypatch.setattr(kmod, "bind", trap)
+    assert np.array_equal(gauss(a, b), want)
+    o = np.empty((2, 3, 5), np.float32)
+    assert gauss(a, b, out=o) is o and np.array_equal(o, want)
+    assert np.array_equal(fn(a, b, 4, target="scalar"), fn(a, b, 4, target="scalar", out=o)) and \
+        np.array_equal(o, gauss(a, b))
+    if torch is not None:
+        g = gauss(torch.from_numpy(a), torch.from_numpy(b))
+        assert type(g) is torch.Tensor and np.array_equal(g.numpy(), want)
+        ot = torch.empty(2, 3, 5)
+        assert gauss(torch.from_numpy(a), torch.from_numpy(b), out=ot) is ot and np.array_equal(ot.numpy(), want)
+    monkeypatch.undo()
+    for x, y in ((a[:, :, ::2], b[:, :, ::2]), (np.asfortranarray(a), b), (a[:, :2], b[:, 1:])):
+        assert np.array_equal(gauss(x, y), gauss._call_np(gauss._fn, (x, y), None))
+    sq = rng.random((4, 4), np.float32)
+    over = sq.copy()
+    assert gauss(over, sq, out=over) is over and np.array_equal(over, gauss(sq, sq))   # out is input a
+    with pytest.raises(ValueError, match="dimension d"):
+        gauss(a, rng.random((2, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        gauss(a, b, out=np.empty((2, 3, 4), np.float32))
+
+
 def test_unary_matrix_fast_path_matches_the_general_path(sink):
     """Unary matrix calls (sinkhorn) take _fastcall.unary; declined layouts fall back; results
     equal the general path's; a square kernel's non-square input keeps its ValueError."""
