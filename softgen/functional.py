@@ -13,6 +13,7 @@ import functools
 import numpy as np
 
 from . import arrays, ops as _ops, reference as _ref
+from .arrays import TORCH_TYPES
 from .errors import UsageError
 from .kernel import compile as _compile
 from .ops.attention import check_normalizer
@@ -35,8 +36,11 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     if axis is not None and dim is not None:
         raise UsageError(f"{op}: give axis= or dim=, not both")
     axis = dim if axis is None else axis
+    more = _MORE.get(op)
+    if more is None:   # the op's inputs besides x: not part of the key (arrays are not hashable)
+        more = _MORE[op] = len(_ops.get_op(op).inputs) - 1
     try:   # the kernel and call-time arguments of these arguments, looked up once (issue 15)
-        key = (op, args, tuple(kwargs.items()), target, backend, algorithm)
+        key = (op, args[more:], tuple(kwargs.items()), target, backend, algorithm)
         hit = _resolved.get(key)
     except TypeError:   # unhashable arguments (arrays: more inputs, per-row call arguments)
         key = hit = None
@@ -49,9 +53,12 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     k, more, call = hit
     if not args and not kwargs and not more and target == "host" and backend == "c" and algorithm == "auto":
         _plain[op] = k
-    if not more and axis is None and type(x) is np.ndarray and x.ndim and \
-            (out is None or type(out) is np.ndarray):   # NumPy along the last axis: straight in
-        return k(x, out=out, threads=threads, **call)
+    if not more and axis is None and (type(x) is np.ndarray or type(x) in TORCH_TYPES) and x.ndim and \
+            (out is None or type(out) is np.ndarray or type(out) in TORCH_TYPES):
+        return k(x, out=out, threads=threads, **call)   # NumPy or torch along the last axis: straight in
+    if more and axis is None and len(args) >= more and (out is None or _direct(out)) and _direct(x) \
+            and all(_direct(a) for a in args[:more]):
+        return k(x, *args[:more], out=out, threads=threads)   # NumPy or torch matrices: straight in
     if len(args) < more:
         raise TypeError(f"{op} takes {more + 1} arrays, got {1 + len(args)}")
     inputs = (x, *args[:more])
@@ -64,6 +71,12 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
 
 
 _resolved: dict = {}   # apply's arguments -> (kernel, extra inputs, call-time arguments)
+_MORE: dict = {}       # op -> how many inputs it takes besides x
+
+
+def _direct(a) -> bool:
+    """An array a kernel takes as it is (NumPy, or a torch tensor: ``Kernel`` checks both)."""
+    return type(a) is np.ndarray or type(a) in TORCH_TYPES
 
 
 def _resolve(op: str, args: tuple, kwargs: dict, target, backend: str, algorithm: str) -> tuple:
@@ -95,7 +108,8 @@ _plain: dict = {}   # op -> its kernel for a call with no parameters and no opti
 def _make(op: str):
     def fn(x, *args, out=None, **kwargs):
         k = _plain.get(op)
-        if k is not None and not args and not kwargs and type(x) is np.ndarray and x.ndim:
+        if k is not None and not args and not kwargs and (type(x) is np.ndarray or type(x) in TORCH_TYPES) \
+                and x.ndim:
             return k(x, out)   # softgen.softmax(x): no lookup beyond this (issue 15)
         return apply(op, x, *args, out=out, **kwargs)
     opdef = _ops.get_op(op)
