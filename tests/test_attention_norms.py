@@ -258,5 +258,5 @@ def test_api_errors():
         softgen.compile("attention", normalizer="lssar", p=0)
     with pytest.raises(softgen.UsageError, match="offset_free_rows"):
         softgen.compile("attention", normalizer="lssar", offset_free_rows=1.5)
-    with pytest.raises(softgen.UsageError, match="topk_softmax, sinkhorn, soft come next"):
-        softgen.attention(q, q, q, normalizer="sinkhorn")
+    with pytest.raises(softgen.UsageError, match="lssar, sinkhorn, soft today"):
+        softgen.attention(q, q, q, normalizer="topk_softmax")

@@ -81,9 +81,6 @@ class OpDef:
     choices: dict = field(default_factory=dict)
     # inputs for measurements (export's accuracy suite): (rng, params) -> list of input tuples
     samples: Callable | None = None
-    # parameters (default None) left out of a kernel's parameters while not given: those only
-    # some variants take (attention's lssar p), so the others keep their names and headers
-    omit_none: tuple[str, ...] = ()
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -220,7 +217,6 @@ def resolve_params(op: OpDef, given: dict) -> dict:
         raise UsageError(f"op {op.name!r} has no parameter(s) {unknown}; it takes {sorted(op.params)}")
     given = {k: _normalise(op, k, v) for k, v in given.items()}
     params = {**op.params, **{k: v for k, v in given.items() if v is not None}}
-    params = {k: v for k, v in params.items() if not (v is None and k in op.omit_none)}
     if "scale" in op.params and not (op.params["scale"] is None and params["scale"] is None):
         # (a default of None: the op derives it, e.g. attention's 1/sqrt(head_dim))
         s = _scale(params)
