@@ -258,7 +258,7 @@ def test_api_errors():
            ((q, k[..., :4], v), {}, "expected k"),
            ((q, k, v[:, :5]), {}, "expected k"),
            ((f32(3, 4, 8), k, v), {}, "multiple of Hkv"),
-           ((q, k, v), {"normalizer": "lssa"}, "supports softmax, stablemax"),
+           ((q, k, v), {"normalizer": "topk_softmax"}, "supports softmax, stablemax"),
            ((q, k, v), {"normalizer": "nope"}, "supports softmax, stablemax"),
            ((q, k, v), {"masked_rows": "drop"}, "masked_rows"),
            ((q, k, v), {"mask": np.ones((3, 6), bool)}, "broadcast"),
@@ -270,7 +270,7 @@ def test_api_errors():
         with pytest.raises(softgen.UsageError, match=msg):
             softgen.attention(*args, **kw)
     with pytest.raises(softgen.UsageError, match="not built yet"):
-        softgen.compile("attention", normalizer="softplus_l1")
+        softgen.compile("attention", normalizer="topk_softmax")
     with pytest.raises(softgen.UsageError, match="head_dim"):
         softgen.compile("attention", head_dim=0)
 
@@ -440,5 +440,5 @@ def test_cli_emit_and_build(tmp_path):
                               "-o", str(tmp_path)], capture_output=True, text=True)
     assert b.returncode == 0, b.stderr
     assert "causal=1" in (tmp_path / "att_cli.h").read_text()
-    bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa"], capture_output=True, text=True)
+    bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "topk_softmax"], capture_output=True, text=True)
     assert bad.returncode == 2 and "supports softmax, stablemax" in bad.stderr
