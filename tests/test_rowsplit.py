@@ -13,6 +13,7 @@ runs every one on every target."""
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -187,6 +188,7 @@ def test_split_rows_are_bitwise_equal_on_1_to_4_threads(op, alg, target, rng):
     two-pass guard's fallback, itself split) in the first, a middle and the last chunk; in place
     too (a chunk run twice, or read after another thread wrote it, would change it)."""
     k = kernel(op, alg, target)
+    assert "sg_team_run(&sg_tm, nchunks" in k.source and "sg_parallel(nchunks" not in k.source
     c = k.schedule.chunk
     sx, _ = specials(5 * c + 9, c, rng)
     xs = [sx, (rng.standard_normal((2, 3 * c - 1)) * 4).astype(np.float32),
@@ -205,6 +207,22 @@ def test_split_rows_are_bitwise_equal_on_1_to_4_threads(op, alg, target, rng):
                 z = x.copy()
                 k(z, out=z, threads=t)
                 assert np.array_equal(z, ys[0], equal_nan=True), ("in place", x.shape, t)
+
+
+def test_concurrent_split_calls_share_the_pool(rng):
+    """Split rows called from several Python threads at once (the GIL released): one call holds
+    the pool's team region, the others find it busy and run alone; all give one thread's bits."""
+    k = kernel("softmax", "two-pass", "avx2")
+    if not k.runnable:
+        pytest.skip("needs an avx2 CPU")
+    c = k.schedule.chunk
+    xs = [(rng.standard_normal((2, 40 * c + 3)) * 4).astype(np.float32) for _ in range(3)]
+    want = [k(x, threads=1) for x in xs]
+
+    def calls(i):
+        return all(np.array_equal(k(xs[i], threads=2 + i % 2), want[i]) for _ in range(20))
+    with ThreadPoolExecutor(3) as ex:
+        assert all(ex.map(calls, range(3)))
 
 
 def test_split_is_a_validated_schedule_knob():
