@@ -168,7 +168,7 @@ def _tune_args(sub) -> None:
                                     "softgen tune --op gaussian_kernel --shapes 1024x1024x64"))
     tp.add_argument("--op", default="softmax", help="row op to tune (default: softmax), or a matrix op "
                                                     "with GEMMs (gaussian_kernel, newton_pinv): its GEMM tile")
-    tp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {DEFAULT_SIZES})")
+    tp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {DEFAULT_SIZES} and the L3 edge)")
     tp.add_argument("--shapes", help=f"batches: {benchmark.SHAPES_FORM}; matrix ops: the op's dims joined "
                                      f"by x (gaussian_kernel n x m x d: 1024x1024x64; newton_pinv m: 256)")
     tp.add_argument("--budget", default=f"{DEFAULT_BUDGET:g}s",

@@ -31,8 +31,10 @@ Size classes: the classes of n tile n >= 1. Between two tuned sizes the boundary
 smaller size's cache level when the two sizes' working sets (8 B x n) fall in different levels of
 ``machine.caches()`` (time per element steps at level boundaries and is flat within one, so a
 measurement stands for its level), else the geometric midpoint (sizes are chosen on a log scale).
-The first class starts at 1, the last has no bound. Rows: the variant of a class applies to
-every row count (the dispatcher picks by n); ``--shapes`` sets the rows timed.
+The first class starts at 1, the last has no bound. The default size list gains the last-level
+cache's edge (``edge_sizes``: n with 8 B x n = L3) when none of its sizes is near it. Rows: the
+variant of a class applies to every row count (the dispatcher picks by n); ``--shapes`` sets the
+rows timed.
 
 Threads: for a batch shape (rows > 1), the winner is then timed at every thread count
 1 .. ``machine.cores()`` (interleaved, within the class's budget) and the fastest count is recorded
@@ -253,6 +255,19 @@ def _distance(s: Schedule, base: Schedule) -> float:
     return sum(abs(math.log2(getattr(s, k) / getattr(base, k))) for k in ("unroll", "accumulators", "block"))
 
 
+def edge_sizes(ns: list[int], caches: machine.Caches) -> list[int]:
+    """Sizes to tune besides the sorted ``ns`` (the default list) so that no class spans the
+    last-level cache's edge: the model's last L3 row (its working set the whole L3) when no size
+    of ``ns`` has a working set in [L3 / 2, 2 L3]. A row there sees neither L3's nor DRAM's time
+    (the L3 is shared with y, other data, other cores), and without it the class of an in-L3 size
+    reaches up to the edge (on a 32 MB L3: 1M measured, used up to 4M)."""
+    l3 = caches.L3
+    if any(l3 // 2 <= costmodel.BYTES_PER_N * n <= 2 * l3 for n in ns):
+        return []
+    edge = costmodel.level_limits(caches)["L3"]
+    return [edge] if edge and edge not in ns else []
+
+
 def size_classes(ns: list[int], caches: machine.Caches) -> list[tuple[int, int]]:
     """The class of n of each of the sorted, distinct ``ns`` (see the module docstring)."""
     limits = costmodel.level_limits(caches)
@@ -391,6 +406,8 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     if program.op(program.output()) == "output_selected":
         raise UsageError(f"tune: op {op!r} has a selected (sparse) output; only dense row ops are tuned")
     caches = machine.caches()
+    if sizes is None and shapes is None:
+        todo = sorted(set(todo) | {(1, n) for n in edge_sizes([n for _, n in todo], caches)}, key=lambda t: t[1])
     classes = size_classes([n for _, n in todo], caches)
     algs = passes.applicable_algorithms(program)
     plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in algs}

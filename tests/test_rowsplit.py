@@ -13,10 +13,11 @@ runs every one on every target."""
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import check, run_many
+from conftest import check, run_many, skip_unless_emulated
 
 import softgen
 from softgen.backends.c import SPLIT_MAX_CHUNKS, split_refusal
@@ -174,6 +175,54 @@ def test_results_do_not_depend_on_task_order_or_threads(op, alg, rng):
         k(z, out=z)
         pooled(zp, out=zp)
         assert np.array_equal(zp, z, equal_nan=True)
+
+
+THREADED = [c for c in CASES if c.values[2] in ("avx2", "avx512")] + [
+    pytest.param("softmax", "online", "neon", id="softmax-online-neon")]   # neon: qemu, once
+
+
+@pytest.mark.parametrize("op,alg,target", THREADED)
+def test_split_rows_are_bitwise_equal_on_1_to_4_threads(op, alg, target, rng):
+    """The split form on the library's pool (one team region per row: each thread its range of
+    chunks, the rest stolen): 1 .. 4 threads give the same bits, specials (NaN, +-inf, huge: the
+    two-pass guard's fallback, itself split) in the first, a middle and the last chunk; in place
+    too (a chunk run twice, or read after another thread wrote it, would change it)."""
+    k = kernel(op, alg, target)
+    assert "sg_team_run(&sg_tm, nchunks" in k.source and "sg_parallel(nchunks" not in k.source
+    c = k.schedule.chunk
+    sx, _ = specials(5 * c + 9, c, rng)
+    xs = [sx, (rng.standard_normal((2, 3 * c - 1)) * 4).astype(np.float32),
+          (rng.standard_normal((1, SPLIT_MAX_CHUNKS * c + k.schedule.block + 5)) * 4).astype(np.float32)]
+    if not k.runnable:
+        if target != "neon":
+            pytest.skip(f"needs an {target} CPU")
+        skip_unless_emulated(k.target)
+        xs = xs[:1]
+    for x in xs:
+        ys = [k(x, threads=t) if k.runnable else k.run_emulated(x, threads=t) for t in (1, 2, 3, 4)]
+        for t, y in zip((2, 3, 4), ys[1:]):
+            assert np.array_equal(y, ys[0], equal_nan=True), (x.shape, t)
+        if k.runnable:
+            for t in (2, 4):
+                z = x.copy()
+                k(z, out=z, threads=t)
+                assert np.array_equal(z, ys[0], equal_nan=True), ("in place", x.shape, t)
+
+
+def test_concurrent_split_calls_share_the_pool(rng):
+    """Split rows called from several Python threads at once (the GIL released): one call holds
+    the pool's team region, the others find it busy and run alone; all give one thread's bits."""
+    k = kernel("softmax", "two-pass", "avx2")
+    if not k.runnable:
+        pytest.skip("needs an avx2 CPU")
+    c = k.schedule.chunk
+    xs = [(rng.standard_normal((2, 40 * c + 3)) * 4).astype(np.float32) for _ in range(3)]
+    want = [k(x, threads=1) for x in xs]
+
+    def calls(i):
+        return all(np.array_equal(k(xs[i], threads=2 + i % 2), want[i]) for _ in range(20))
+    with ThreadPoolExecutor(3) as ex:
+        assert all(ex.map(calls, range(3)))
 
 
 def test_split_is_a_validated_schedule_knob():

@@ -508,3 +508,38 @@ def test_long_rows_split_across_the_pool():
     for t in (0, *COUNTS[1:]):
         assert np.array_equal(k(x, threads=t), one, equal_nan=True), t
     assert np.array_equal(k(x[:1]), one[:1], equal_nan=True)
+
+
+LATE = textwrap.dedent("""
+    import sys, numpy as np, softgen
+    k = softgen.compile("softmax", algorithm="two-pass", schedule={"split": 4096, "chunk": 8192})
+    x = (np.random.default_rng(0).standard_normal((1, 120000)) * 4).astype(np.float32)
+    one = k(x, threads=1)
+    for _ in range(3):              # explicit counts are obeyed; each region: no worker arrives
+        assert np.array_equal(k(x, threads=2), one)
+    print("MARK explicit", file=sys.stderr, flush=True)
+    for _ in range(33):             # auto: 32 calls on one thread, then a probe (slow again)
+        assert np.array_equal(k(x), one)
+    print("ok")
+""")
+
+
+def test_loaded_machine_guard_drops_auto_to_one_thread():
+    """The pool's loaded-machine guard, made deterministic by SOFTGEN_POOL_DEBUG=late (workers
+    never arrive in a split row's team region: the caller steals every chunk, the results stay
+    the same): after 3 slow regions "auto" runs on one thread for 32 calls, then probes the
+    threads again and, slow again, backs off for 64 calls; explicit counts are not overridden."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("auto takes one thread on one CPU")
+    env = {k: v for k, v in os.environ.items() if k != "SOFTGEN_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-c", LATE], capture_output=True, text=True, timeout=120,
+                       env={**env, "SOFTGEN_POOL_DEBUG": "late"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    before, _, after = r.stderr.partition("MARK explicit")
+    slow = [ln for ln in before.splitlines() if ln.startswith("softgen pool: slow region (2 threads, 0 workers")]
+    assert len(slow) == 3 and "streak 3" in slow[-1], r.stderr
+    assert before.count("auto threads -> 1 for the next 32 calls") == 1
+    lines = [ln for ln in after.splitlines() if ln.startswith("softgen pool:")]
+    assert lines[0] == "softgen pool: auto threads probe again", r.stderr
+    assert lines[1].startswith("softgen pool: slow region") and "streak 3" in lines[1]
+    assert lines[2] == "softgen pool: auto threads -> 1 for the next 64 calls" and len(lines) == 3

@@ -49,6 +49,18 @@ def test_size_classes_tile_n_at_cache_levels_or_log_midpoints():
     assert cls[4] == ((4 << 20) + 1, tune_mod.N_MAX)
 
 
+def test_default_sizes_get_the_l3_edge_so_no_class_spans_it():
+    """The default list (1K..16M) has no size near a 32 MB L3: the edge (n = L3 / 8 B) joins it,
+    so the 1M measurement stops at L3 / 2 and the rows up to the edge have their own class."""
+    c = machine.Caches(L1d=32 << 10, L2=1 << 20, L3=32 << 20, source="test")
+    ns = [1024, 65536, 1 << 20, 16 << 20]
+    assert tune_mod.edge_sizes(ns, c) == [4 << 20]
+    cls = tune_mod.size_classes(sorted(ns + [4 << 20]), c)
+    assert cls[2] == ((1 << 17) + 1, 2 << 20) and cls[3] == ((2 << 20) + 1, 4 << 20)
+    assert tune_mod.edge_sizes([1024, 3 << 20], c) == []           # 24 MB: already near the edge
+    assert tune_mod.edge_sizes(ns, machine.Caches(L1d=32 << 10, L2=1 << 20, L3=96 << 20, source="t")) == []
+
+
 def test_candidates_come_from_the_backends_knobs():
     be = softgen.backends.get_backend("c")
     scheds = tune_mod.schedules(be, HOST)

@@ -434,9 +434,10 @@ class CScalars:
     the row function after running the fallback row function on the row."""
     name, SCALAR = "C", SCALAR_C
 
-    def __init__(self, c: _Ctx, fallback: str | None, extra: str = ""):
+    def __init__(self, c: _Ctx, fallback: str | None, extra: str = "", before: str = ""):
         self.c, self.fallback, self.lines = c, fallback, []
         self.extra = extra   # arguments the fallback takes after the row parameters (", threads")
+        self.before = before  # what the guard does before the fallback (the split form: end the team)
 
     def literal(self, v): return flit(v)
     def define(self, v, expr): self.lines.append(f"const float s{v} = {expr};")
@@ -456,11 +457,12 @@ class CScalars:
         rest = "".join(f", rp_{name}" for name in self.c.row_params)
         outs = ", ".join(row_outputs(self.c.p))
         self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)})) "
-                          f"{{ {self.fallback}(x, {outs}, n{rest}{self.extra}); return; }}")
+                          f"{{ {self.before}{self.fallback}(x, {outs}, n{rest}{self.extra}); return; }}")
 
 
-def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None, extra: str = "") -> list[str]:
-    e = CScalars(c, fallback, extra)
+def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None, extra: str = "",
+                  before: str = "") -> list[str]:
+    e = CScalars(c, fallback, extra, before)
     lower_scalars(c.p, nodes, e)
     return e.lines
 
@@ -517,8 +519,9 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
     """The split form of row function ``fname``: ``<fname>_split(x, y, n, row params, threads)``
     and one task function per sweep, ``<fname>_split_s<k>(ctx, t)``, which runs the sweep over
     chunk t, [t chunk, (t + 1) chunk) of the row (whole blocks: the blocks are the unsplit
-    sweep's), and stores its reductions' outer states in the chunk's slot. The caller runs each
-    sweep's tasks through ``sg_parallel``, merges the chunks' states in chunk order
+    sweep's), and stores its reductions' outer states in the chunk's slot. The caller opens one
+    team (``sg_team_begin``: one pool region for the row), runs each sweep's tasks through
+    ``sg_team_run`` (each thread its contiguous range of chunks first), merges the chunks' states in chunk order
     (``Reduction.merge_outer``), finishes the row's scalars once and hands them to the next
     sweep's tasks (``ctx``: struct ``ctx``, declared by kernel.c.j2). ``fallback``: the split form
     the two-pass guard hands the row to."""
@@ -534,6 +537,8 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
              f"float sg_st[{M * nstate} * SG_LANES];   /* per chunk: its reductions' outer states */",
              f"struct {ctx} sg = {{x, y, n, chunk, sg_s, sg_st}};"]
     lines += _scalar_lines(c, pl.scalars_before, fallback, ", threads")
+    lines += ["struct sg_team sg_tm;   /* one pool region for every sweep of the row */",
+              "sg_team_begin(&sg_tm, threads < (int)nchunks ? threads : (int)nchunks);"]
     tasks = []
     for sw in pl.sweeps:
         task, scal = f"{name}_s{sw.index}", _sweep_scalars(c, sw)
@@ -566,16 +571,17 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
                       "blocks": [{"kind": "scalar", "lines": pro}, blk]})
         lines += [f"float {', '.join(_results(p, r))};" for r in sw.reductions]
         lines += [f"sg_s[{i}] = s{a};" for i, a in enumerate(scal)]
-        lines.append(f"sg_parallel(nchunks, threads, {task}, &sg);")
+        lines.append(f"sg_team_run(&sg_tm, nchunks, {task}, &sg);")
         if sw.reductions:   # the chunks' states, merged in chunk order on the caller
             lines += ["{"] + ["    " + ln for ln in decl] \
                 + ["    for (size_t q = 0; q < nchunks; q++) {"] + ["        " + ln for ln in loads + steps] \
                 + ["    }"] + ["    " + ln for ln in fin] + ["}"]
-        lines += _scalar_lines(c, sw.scalars_after, fallback, ", threads")
+        lines += _scalar_lines(c, sw.scalars_after, fallback, ", threads", "sg_team_end(&sg_tm); ")
+    lines.append("sg_team_end(&sg_tm);")
     args = "".join(f", float rp_{n}" for n in row_params) + ", int threads"
     caller = {"name": name, "args": args, "outs": "float *y", "blocks": [{"kind": "scalar", "lines": lines}],
-              "comment": f"{p.name}: the split form of {fname}: each sweep per chunk (sg_parallel), "
-                         f"the chunks' reduction states merged in chunk order"}
+              "comment": f"{p.name}: the split form of {fname}: one team (pool region) for the row, "
+                         f"each sweep per chunk, the chunks' reduction states merged in chunk order"}
     return tasks + [caller]
 
 
