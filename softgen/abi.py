@@ -82,8 +82,10 @@ ETOOLONG = ErrorCode(4, "ETOOLONG", "a row is longer than {max_n} elements: elem
                      f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
                      ValueError, _ROWS | _MATRIX,
                      docs={GENERAL: "a row or column index exceeds {max_n}: indices are float32 in the kernel"})
-EMATRIX = ErrorCode(5, "EMATRIX", "m is 0 or does not divide rows", "the rows are not a whole number of matrices",
-                    ValueError, frozenset((UNARY,)))
+EMATRIX = ErrorCode(5, "EMATRIX", "m is 0 or does not divide rows",
+                   "the rows are not a whole number of matrices (attention: hkv is 0 or does not divide hq)",
+                   ValueError, frozenset((UNARY, ATTENTION)),
+                   docs={ATTENTION: "hkv is 0 or does not divide hq (grouped-query heads)"})
 ENOMEM = ErrorCode(6, "ENOMEM", "the scratch cannot be allocated", "out of memory for scratch vectors",
                    RuntimeError, _MATRIX, docs={ATTENTION: "K^T (the size of K, for Lq > 16) cannot be allocated"})
 ESQUARE = ErrorCode(7, "ESQUARE", "the matrices are not square (n != m)", "the matrices are not square",
@@ -285,8 +287,9 @@ class KernelABI:
             hq, hkv, lq, lk = v["hq"], v["hkv"], v["lq"], v["lk"]
             sizes = {"q": extent("q", hq, lq, v["d"]), "k": extent("k", hkv, lk, v["d"]),
                      "v": extent("v", hkv, lk, v["dv"]), "o": extent("o", hq, lq, v["dv"]),
-                     "lse": extent("lse", hq, lq, 1), "kv_lengths": 4 * v["batch"],
-                     "mask": extent("mask", hq, lq, lk, 1 if self.mask == "bool" else 4, "bhrc")}
+                     "lse": extent("lse", hq, lq, 1), "kv_lengths": 4 * v["batch"]}
+            if self.mask:
+                sizes["mask"] = extent("mask", hq, lq, lk, 1 if self.mask == "bool" else 4, "bhrc")
         else:
             sizes = {"x": span(v["rows"], v["ldx"], v["n"]), "y": span(v["rows"], v["ldy"], v["n"])}
             sizes.update({rp: 4 * v["rows"] for rp in self.row_params})

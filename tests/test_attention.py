@@ -225,8 +225,9 @@ def test_api_gqa_masks_lengths_and_masked_rows():
 
 @pytest.mark.parametrize("target", ["avx2", "neon"])
 def test_stablemax_attention_three_phase(target):
-    """StableMax (docs/ops.md §8): three-phase today (auto), the streaming form refuses it clearly."""
-    k = softgen.compile("attention", normalizer="stablemax", causal=True, head_dim=16, target=target)
+    """StableMax (docs/ops.md §8), three-phase (auto streams it: test_stablemax_streaming)."""
+    k = softgen.compile("attention", normalizer="stablemax", causal=True, head_dim=16, target=target,
+                        algorithm="three-phase")
     assert k.algorithm == "three-phase"
     cases = [(f32(2, lq, 16, scale=s), f32(2, lk, 16, scale=s), f32(2, lk, 5)) for lq, lk in ((7, 30), (30, 7), (1, 1))
              for s in (1.0, 6.0)]
@@ -236,11 +237,9 @@ def test_stablemax_attention_three_phase(target):
     m = RNG.random((6, 20)) < 0.5
     m[1] = False
     if target == "avx2":
-        o = softgen.attention(q, kk, v, normalizer="stablemax", mask=m, masked_rows="zero")
+        o = softgen.attention(q, kk, v, normalizer="stablemax", mask=m, masked_rows="zero", algorithm="three-phase")
         r = _oracle(q, kk, v, normalizer="stablemax", mask=m, masked_rows="zero")
         np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6)
-    with pytest.raises(softgen.UsageError, match="no streaming form yet"):
-        softgen.compile("attention", normalizer="stablemax", algorithm="streaming")
 
 
 def test_api_strided_heads_and_out():
@@ -294,32 +293,50 @@ def test_torch_sdpa_agrees():
 # -- export ---------------------------------------------------------------------------------------
 
 C_MAIN = r"""
+#include <math.h>
 #include <stdio.h>
 #include <stddef.h>
 #include <string.h>
 #include "att.h"
+/* batch 2, one head; then the same arrays as one batch of 2 query heads over 1 kv head (GQA) */
+enum { B = 2, LQ = 3, LK = 5, D = 4, DV = 2 };
+#define STRIDES LQ * D, 0, D, LK * D, 0, D, LK * DV, 0, DV, LQ * DV, 0, DV
 int main(void) {
-    enum { B = 2, LQ = 3, LK = 5, D = 4, DV = 2 };
-    float q[B][LQ][D], k[B][LK][D], v[B][LK][DV], o[B][LQ][DV];
+    float q[B][LQ][D], k[B][LK][D], v[B][LK][DV], o[B][LQ][DV], lse[B][LQ];
     for (int b = 0; b < B; b++) {
         for (int i = 0; i < LQ; i++) for (int j = 0; j < D; j++) q[b][i][j] = 0.1f * (i + j + b);
         for (int i = 0; i < LK; i++) for (int j = 0; j < D; j++) k[b][i][j] = 0.2f * (i - j);
         for (int i = 0; i < LK; i++) for (int j = 0; j < DV; j++) v[b][i][j] = (float)(i * DV + j);
     }
-    int rc = att(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV);
+    const float *Q = &q[0][0][0], *K = &k[0][0][0], *V = &v[0][0][0];
+    float *O = &o[0][0][0], *L = &lse[0][0];
+    int rc = att(Q, K, V, O, B, 1, 1, LQ, LK, D, DV, STRIDES, NULL, L, LQ, 0, 1);
     if (rc) { printf("rc %d\n", rc); return 1; }
-    if (att(NULL, &k[0][0][0], &v[0][0][0], &o[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV) != ATT_ENULL) return 2;
-    if (att(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o[0][0][0], B, LQ, LK, D, DV, D - 1, D, DV, DV) != ATT_ESTRIDE)
+    if (att(NULL, K, V, O, B, 1, 1, LQ, LK, D, DV, STRIDES, NULL, L, LQ, 0, 1) != ATT_ENULL) return 2;
+    if (att(Q, K, V, O, B, 1, 1, LQ, LK, D, DV, LQ * D, 0, -D, LK * D, 0, D, LK * DV, 0, DV, LQ * DV, 0, DV,
+            NULL, NULL, 0, 0, 0) != ATT_ESTRIDE)
         return 3;
+    if (att(Q, K, V, O, 1, 2, 3, LQ, LK, D, DV, STRIDES, NULL, NULL, 0, 0, 0) != ATT_EMATRIX)
+        return 7;
+    if (att(Q, K, V, O, 1, 2, 1, LQ, LK, D, DV, 0, LQ * D, D, 0, 0, D, 0, 0, DV, 0, (ptrdiff_t)1 << 62, DV,
+            NULL, NULL, 0, 0, 0) != ATT_EOVERFLOW)
+        return 8;
     float o2[B][LQ][DV];
     for (int t = 0; t <= 3; t++) {   /* att_mt: the same bits for every thread count */
-        if (att_mt(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o2[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV, t) != 0)
+        if (att_mt(Q, K, V, &o2[0][0][0], B, 1, 1, LQ, LK, D, DV, STRIDES, NULL, NULL, 0, 0, 0, t) != 0)
             return 4;
         if (memcmp(o, o2, sizeof o) != 0)
             return 5;
     }
-    if (att_mt(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o2[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV, -1) != ATT_ETHREADS)
+    if (att_mt(Q, K, V, O, B, 1, 1, LQ, LK, D, DV, STRIDES, NULL, NULL, 0, 0, 0, -1) != ATT_ETHREADS)
         return 6;
+    for (int b = 0; b < B; b++) for (int i = 0; i < LQ; i++) for (int j = 0; j < DV; j++) printf("%.9g\n", o[b][i][j]);
+    for (int b = 0; b < B; b++) for (int i = 0; i < LQ; i++) printf("%.9g\n", lse[b][i]);
+    /* GQA: q's two matrices as 2 query heads of one batch, reading kv head 0 (k/v's first matrix),
+       kv_lengths = 4: key 4 masked */
+    const int lens[1] = {4};
+    if (att(Q, K, V, O, 1, 2, 1, LQ, LK, D, DV, 0, LQ * D, D, 0, 0, D, 0, 0, DV, 0, LQ * DV, DV, lens, NULL, 0, 0, 0))
+        return 9;
     for (int b = 0; b < B; b++) for (int i = 0; i < LQ; i++) for (int j = 0; j < DV; j++) printf("%.9g\n", o[b][i][j]);
     return 0;
 }
@@ -333,18 +350,24 @@ def test_exported_library_called_from_c(tmp_path):
     k = softgen.compile("attention", head_dim=4, causal=True, name="att", target="host")
     k.export(tmp_path)
     header = (tmp_path / "att.h").read_text()
-    assert "size_t lq" in header and "ldv" in header and "int att_mt(" in header
+    assert "size_t hkv" in header and "ptrdiff_t q_sh" in header and "int att_mt(" in header
+    assert "kv_lengths" in header and "h / (hq / hkv)" in header
     (tmp_path / "main.c").write_text(C_MAIN)
     subprocess.run([cc, "-O1", "-o", str(tmp_path / "main"), str(tmp_path / "main.c"), f"-I{tmp_path}",
                     f"-L{tmp_path}", "-latt", f"-Wl,-rpath,{tmp_path}"], check=True)
     out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
-    o = np.array([float(s) for s in out.stdout.split()]).reshape(2, 3, 2)
+    vals = np.array([float(s) for s in out.stdout.split()])
+    o, lse, gqa = vals[:12].reshape(2, 3, 2), vals[12:18].reshape(2, 3), vals[18:].reshape(1, 2, 3, 2)
     b, i, j = np.meshgrid(np.arange(2), np.arange(3), np.arange(4), indexing="ij")
     q = 0.1 * (i + j + b)
     kk = np.broadcast_to(0.2 * (np.arange(5)[:, None] - np.arange(4)[None, :]), (2, 5, 4))
     v = np.broadcast_to(np.arange(10.0).reshape(5, 2), (2, 5, 2))
-    np.testing.assert_allclose(o, ref.attention(q, kk, v, causal=True, scale=0.5), rtol=1e-5, atol=1e-5)
+    r, rl = ref.attention(q, kk, v, causal=True, scale=0.5, return_lse=True)
+    np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lse, rl, rtol=1e-5, atol=1e-5)
+    rg = ref.attention(q[None], kk[None, :1], v[None, :1], causal=True, scale=0.5, kv_lengths=np.array([4]))
+    np.testing.assert_allclose(gqa, rg, rtol=1e-5, atol=1e-5)
     assert ctypes  # (the library is also loadable from Python: k(...) above uses the same build)
 
 
