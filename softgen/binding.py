@@ -229,7 +229,7 @@ def _bind_attention(abi: KernelABI, name: str, inputs: tuple, out, kv_lengths=No
         raise ValueError(f"{name}: out is read-only")
     lo = _heads(o, nb)
     if lo is None or (dv > 1 and lo[4] != 1) or (lq > 1 and lo[3] < dv) \
-            or any(np.shares_memory(o, a) for a in keep):
+            or (out is not None and any(np.may_share_memory(o, a) and np.shares_memory(o, a) for a in keep)):
         copy_to, o = o, np.empty(shape, np.float32)   # not addressable, or overlapping: a temporary
         lo = _heads(o, nb)
     ptrs = [x[0] for x in args] + [lo[0], batch, hq, hkv, lq, lk, d, dv]

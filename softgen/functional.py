@@ -175,6 +175,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         m = np.asarray(mask)
         if m.dtype != bool and not np.issubdtype(m.dtype, np.floating):
             raise UsageError(f"attention: mask must be boolean (True = keep) or float (additive), got {m.dtype}")
+        if m.dtype != bool and m.dtype != np.float32:
+            m = m.astype(np.float32)   # before broadcasting: the kernel reads a broadcast mask by stride 0
         try:
             m = np.broadcast_to(m, lead + (lq, lk))
         except ValueError:

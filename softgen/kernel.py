@@ -323,7 +323,7 @@ class Kernel:
         if self.matrix:
             ph = self.program.attention_tasks()
             if ph is not None:
-                return f"threads (auto): the batch's (matrix, query chunk of {task_rows(ph)} rows) tasks, one " \
+                return f"threads (auto): the (batch, head, query chunk of {task_rows(ph)} rows) tasks, one " \
                     f"thread per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
             return f"threads (auto): the batch's matrices split across threads, " \
                 f"{(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs, " \
