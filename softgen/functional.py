@@ -191,6 +191,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                                or out_np.dtype != np.float32):
         raise UsageError(f"attention: out must be a float32 array of shape {lead + (lq, dv)}")
     streams = algorithm != "three-phase" and get_backend(backend).streams_attention
+    if return_lse and not streams:
+        raise UsageError(f"attention: return_lse needs the streaming form (algorithm {algorithm!r}, backend {backend!r})")
     kind = "none" if m is None else "bool" if m.dtype == bool and streams else "additive"
     build = opdef.build_params_for_call(dict(params, head_dim=max(d, 1), scale=scale, causal=int(bool(causal)),
                                              mask=kind, normalizer=normalizer), {})
@@ -203,7 +205,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         if masked_rows == "zero":
             o[lse == -np.inf] = 0.0    # the rows with no kept key (a NaN row's lse is NaN)
         return finish((o, lse) if return_lse else o)
-    if return_lse:
+    if return_lse:   # auto built the three-phase form: this normalizer does not stream
         raise UsageError(f"attention: return_lse needs the streaming form (algorithm {kern.algorithm!r}, "
                          f"backend {backend!r})")
     if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
