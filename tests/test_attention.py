@@ -257,8 +257,8 @@ def test_api_errors():
            ((q, k[..., :4], v), {}, "expected k"),
            ((q, k, v[:, :5]), {}, "expected k"),
            ((f32(3, 4, 8), k, v), {}, "multiple of Hkv"),
-           ((q, k, v), {"normalizer": "lssa"}, "supports softmax, stablemax today"),
-           ((q, k, v), {"normalizer": "nope"}, "supports softmax, stablemax today"),
+           ((q, k, v), {"normalizer": "lssa"}, "supports softmax, stablemax"),
+           ((q, k, v), {"normalizer": "nope"}, "supports softmax, stablemax"),
            ((q, k, v), {"masked_rows": "drop"}, "masked_rows"),
            ((q, k, v), {"mask": np.ones((3, 6), bool)}, "broadcast"),
            ((q, k, v), {"mask": np.ones((4, 6), np.int32)}, "boolean"),
@@ -464,7 +464,7 @@ def test_cli_emit_and_build(tmp_path):
     assert b.returncode == 0, b.stderr
     assert "causal=1" in (tmp_path / "att_cli.h").read_text()
     bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "supports softmax, stablemax today" in bad.stderr
+    assert bad.returncode == 2 and "supports softmax, stablemax" in bad.stderr
 
 
 # -- the explicit-stride ABI of the streaming form (abi.ATTENTION) --------------------------------
@@ -581,6 +581,8 @@ def test_api_return_lse_views_and_torch():
     assert (o[:, :, 3] == 0).all()
     with pytest.raises(softgen.UsageError, match="return_lse needs the streaming form"):
         softgen.attention(q, kk, v, return_lse=True, algorithm="three-phase")
+    lens = {"kv_lengths": kw["kv_lengths"]}   # the three-phase form: lengths become an additive mask
+    _check_abi(softgen.attention(q, kk, v, algorithm="three-phase", **lens), _oracle(q, kk, v, **lens))
     torch = pytest.importorskip("torch")
     T = torch.from_numpy
     ot, lt = softgen.attention(T(x).transpose(1, 2)[:, :4], T(x).transpose(1, 2)[:, 4:5], T(x).transpose(1, 2)[:, 5:],
