@@ -596,10 +596,28 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
+STREAMING_NORMALIZERS = ("softmax", "stablemax")
+
+
+def _stablemax_rows(p: Program) -> bool:
+    """Whether rows program ``p`` is a (masked) StableMax: one reduce_sum (no max) and the
+    multiply by its reciprocal, no other reduction, exp, emitted value or column state."""
+    ops = [p.op(v) for v in p.nodes()]
+    reds = sorted(op for v, op in zip(p.nodes(), ops) if p.kind(v) in ("reduce", "colreduce", "mreduce", "emit"))
+    return reds == ["reduce_sum"] and "exp" not in ops and "recip" in ops and p.op(p.args(p.output())[0]) == "mul"
+
+
+def _streaming_rows(mp, p: Program) -> bool:
+    """Whether rows program ``p`` is the normalizer ``mp.params["normalizer"]`` in a form the
+    streaming phase computes (softmax: online rescaling; stablemax: no rescaling)."""
+    normalizer = mp.params.get("normalizer", "softmax")
+    return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p))
+
+
 def attention_form(mp, softmax_rows: bool = True):
     """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
-    a masked softmax, the form that streams today) and ``O = S @ V`` (nn), with S scratch:
-    (first matmul, rows phase, second matmul), else None."""
+    a masked normalizer that streams, ``STREAMING_NORMALIZERS``) and ``O = S @ V`` (nn), with S
+    scratch: (first matmul, rows phase, second matmul), else None."""
     ph = mp.phases
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
@@ -608,7 +626,8 @@ def attention_form(mp, softmax_rows: bool = True):
     s = a.mm.dst
     if not (a.mm.layout == "nt" and a.mm.beta == 0.0 and a.mm.epilogue is None and mp.role(s) == "scratch"
             and r.over == r.into == s and b.mm.layout == "nn" and b.mm.a == s and b.mm.beta == 0.0
-            and b.mm.epilogue is None and b.mm.dst in mp.outputs and (not softmax_rows or _softmax_rows(r.program))
+            and b.mm.epilogue is None and b.mm.dst in mp.outputs
+            and (not softmax_rows or _streaming_rows(mp, r.program))
             and len(r.program.matrices()) <= 1):
         return None
     return a, r, b
@@ -617,14 +636,15 @@ def attention_form(mp, softmax_rows: bool = True):
 def streamable(mp) -> str:
     """Why the streaming rewrite does not apply to matrix program ``mp`` ("" if it does)."""
     return "" if attention_form(mp) is not None else \
-        "not the three-phase attention form (S = a Q K^T; a masked softmax over S; O = S V)"
+        f"not the three-phase attention form (S = a Q K^T; a masked {'/'.join(STREAMING_NORMALIZERS)} over S; O = S V)"
 
 
 def stream_attention(mp, br: int, bc: int):
-    """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax over
-    key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3, 10): the scratch S is gone. The masks
-    come from the rows program: its ``matrow`` matrix (additive mask), its ``row_index`` (the
-    causal diagonal). Other normalizers stream later through the same phase (its ``normalizer``)."""
+    """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax, or
+    StableMax without rescaling, over key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3,
+    10): the scratch S is gone. The masks come from the rows program: its ``matrow`` matrix (the
+    mask; its kind from the op's ``mask`` parameter), its ``row_index`` (the causal diagonal).
+    Other normalizers stream through the same phase (its ``normalizer``)."""
     form = attention_form(mp)
     if form is None:
         raise UsageError(f"{mp.name}: the streaming rewrite needs {streamable(mp)[4:]}")
@@ -633,10 +653,13 @@ def stream_attention(mp, br: int, bc: int):
     out = mp.like()
     del out.scratch_mats[a.mm.dst]
     mask = (p.matrices() or [None])[0]
+    normalizer = mp.params.get("normalizer", "softmax")
     out.phases = [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
-                                 causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc)]
-    out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked softmax rows; "
+                                 causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc, normalizer=normalizer,
+                                 mask_kind="bool" if mp.params.get("mask") == "bool" else "additive")]
+    state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \
+        if normalizer == "softmax" else f"{normalizer} state l per row and the accumulator, no rescaling"
+    out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {normalizer} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
-                            f"(query blocks of {br}): online softmax state m, l per row, the accumulator "
-                            f"rescaled by e^(m - m'); no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]
+                            f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]
     return out.validate()

@@ -10,13 +10,21 @@ whole score row of the block (its max) before the exponentials and the P V updat
 block S = s Q_blk K_blk^T is computed as dot products vectorised over d (two accumulators, a
 masked tail load), the row max / exp / sum run vectorised over the block's keys, and P V
 accumulates four keys per pass over each output row, vectorised over dv, straight into o's rows
-(the Br x dv accumulator is o itself: no allocation). Only softmax (online rescaling) streams
-today; ``AttentionPhase.normalizer`` is where stablemax and softplus_l1 (no rescaling) slot in.
+(the Br x dv accumulator is o itself: no allocation). softmax (online rescaling) and stablemax
+(no rescaling) stream; the template's ``normalize_block`` macro holds each normalizer's per-block
+math, where the others (softplus_l1, lssa) slot in beside them.
+
+The threaded entry ``__all`` implements the explicit-stride ABI (``abi.ATTENTION``): heads and
+GQA (query head h reads kv head h / (hq / hkv)) in the kernel, a strided mask (uint8 keep-mask or
+float32 additive, fixed at compile time; stride 0 broadcasts), key-padding lengths (the blocks
+past a batch's length are skipped) and the optional log-sum-exp output.
 """
 from __future__ import annotations
 
+from ..abi import ATTENTION, KernelABI
 from ..errors import BuildError
 from ..matrix import AttentionPhase
+from ..passes import STREAMING_NORMALIZERS
 from ..render import env, flit
 
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
@@ -38,14 +46,22 @@ def score_rows(vector_registers: int) -> int:
     return 4 if vector_registers >= 32 else 2
 
 
-def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16) -> str:
-    """The C function ``fname(lq, lk, d, dv, q, ldq, k, ldk, v, ldv[, mask, ldmask], o, ldo, r0, r1)``
-    (query rows [r0, r1) of one matrix); ``tasks``: also ``fname__all(batch, ..., o, ldo, threads)``,
-    the whole batch split into (matrix, query chunk) tasks across the thread pool."""
-    if ph.normalizer != "softmax":
-        raise BuildError(f"the C backend streams attention with softmax only, not {ph.normalizer!r}")
+def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16,
+                       abi: KernelABI | None = None) -> str:
+    """The C function ``fname(lq, lk, klen, d, dv, q, ldq, k, ldk, v, ldv[, mask, msr, msc], o, ldo,
+    lse, lsr, r0, r1, kt)`` (query rows [r0, r1) of one (batch, head) matrix); ``tasks``: also
+    ``fname__all(<the parameters of abi, an abi.ATTENTION>, threads)``: the checks of the
+    explicit-stride ABI and the batch x heads x query chunks split into tasks across the thread pool."""
+    if ph.normalizer not in STREAMING_NORMALIZERS:
+        raise BuildError(f"the C backend streams attention with {', '.join(STREAMING_NORMALIZERS)}, "
+                         f"not {ph.normalizer!r}")
+    if tasks and (abi is None or abi.kind != ATTENTION):
+        raise BuildError(f"{fname}: the threaded form needs the attention ABI (abi.ATTENTION)")
     comment = (f"{fname}: {ph.describe()}. Causal blocks entirely above the bottom-right diagonal are skipped, "
                f"the diagonal block masked as its scores are formed." if ph.causal else f"{fname}: {ph.describe()}.")
+    strides = [] if abi is None else [nm for t, nm in abi.params() if t == "ptrdiff_t"]
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
-        mask=ph.mask is not None, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN)
+        mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
+        normalizer=ph.normalizer, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
+        params=abi.param_list() if abi is not None else "", strides=strides)

@@ -646,7 +646,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
                                            ph.program.row_params()))
         elif isinstance(ph, AttentionPhase):   # a self-contained C function, beside the GEMMs
             gemms.append(attention_function(ph, f"{name}__attn{k}", tasks=mp.attention_tasks() is ph,
-                                            vector_registers=t.vector_registers))
+                                            vector_registers=t.vector_registers, abi=mp.abi()))
     for k, (fname, layout, epi) in matrix_gemms(mp, name).items():
         if fname in done:
             continue

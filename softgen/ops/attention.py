@@ -9,12 +9,15 @@ and export, the header and the manifest follow from its general ABI
 
 Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - Lq, from the
 element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
-to the scores; a boolean keep-mask and key-padding lengths become one in ``softgen.attention``).
+to the scores). ``mask="bool"`` (a uint8 keep-mask) is the streaming form's only: its IR is the
+additive one (the mask input), the kernel reads the mask as bytes. The streaming form's ABI
+(``abi.ATTENTION``) also takes key-padding lengths and per-head strides; for the three-phase
+form ``softgen.attention`` turns a boolean mask and key-padding lengths into one additive mask.
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
-Normalizers: softmax (three-phase and, by ``passes.stream_attention``, streaming) and stablemax
-(three-phase). The others of docs/ops.md §10 (softplus_l1, lssa, lssar, topk_softmax, sinkhorn, soft) are
-accepted names that raise a UsageError until they are built.
+Normalizers: softmax and stablemax (three-phase and, by ``passes.stream_attention``, streaming),
+sinkhorn (blocked) and soft (its linear global form). The others of docs/ops.md §10 (softplus_l1,
+lssa, lssar, topk_softmax) are accepted names that raise a UsageError until they are built.
 The op has its own kind, ``"attention"``: it takes three arrays (q, k, v) and its own front door
 (``functional.attention``), so the generic sweeps over row and matrix ops leave it out.
 """
@@ -36,7 +39,7 @@ from .soft import _head_dim_int
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft")
 SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft")
 ITERATIVE = {"sinkhorn": 3, "soft": 20}   # n_iter's default per normalizer (None: this one)
-MASKS = ("none", "additive")
+MASKS = ("none", "additive", "bool")
 DIMS = ("lq", "lk", "d", "dv")
 
 
@@ -94,11 +97,13 @@ def _samples(rng, params):
     for lq, lk, dv in ((1, 1, 1), (7, 9, 3), (64, 64, 64), (4, 300, d), (1, 1000, 16)):
         for sd in (1.0, 4.0):
             xs = [rng.normal(0, sd, (2, lq, d)), rng.normal(0, sd, (2, lk, d)), rng.normal(0, 1, (2, lk, dv))]
+            keep = rng.random((2, lq, lk)) < 0.9
             if params.get("mask") == "additive":
-                xs.append(np.where(rng.random((2, lq, lk)) < 0.9, 0.0, -np.inf))
+                xs.append(np.where(keep, 0.0, -np.inf))
             if params.get("normalizer") == "soft":   # its landmarks input, pooled from k
                 xs.append(ref.soft_landmarks_avgpool(xs[1], min(4, lk)))
-            out.append(tuple(x.astype(np.float32) for x in xs))
+            xs = [x.astype(np.float32) for x in xs]
+            out.append(tuple(xs + [keep] if params.get("mask") == "bool" else xs))
     return out
 
 
@@ -129,17 +134,20 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         if normalizer not in owners:
             mp.params.pop(key, None)
     s = default_scale(_head_dim_int(head_dim)) if scale is None else scale
+    if mask == "bool" and normalizer in ITERATIVE:
+        raise UsageError(f"attention: mask='bool' (a uint8 keep-mask) is the streaming form's; the {normalizer} "
+                         f"normalizer takes mask='additive' (softgen.attention converts)")
     if normalizer == "sinkhorn":
         return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
     if normalizer == "soft":
         return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter)
-    if mask == "additive":
+    if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
     mp.matmul("s", "q", "k", layout="nt", alpha=s)
     x = mp.rows(over="s", into="s")
     p = x.p
-    if mask == "additive":
+    if mask != "none":
         x = x + p.matrow("mask")
     off = p.index() - p.row_index() - (p.size("cols") - p.size("rows")) if causal else None
     if normalizer == "stablemax":
