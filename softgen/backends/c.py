@@ -458,6 +458,13 @@ def _selected_block(c: _Ctx, sw) -> dict:
 RADIX_CHUNK = 64   # the sparse radix output computes its weights this many selected entries at a time
 
 
+def _radix_note(p: Program, t: Target) -> list[str]:
+    """The header's words for a radix top-k (it re-reads the row: the plan above does not count it)."""
+    return [f"top-k k={p.attrs(r)['k']} > {t.topk_network_max_k} (target topk_network_max_k): radix "
+            f"select (sg_topk_radix): 3 histogram reads of x + 1 exp-sum read + a tie scan, after the sweep"
+            for r in p.nodes("reduce_topk") if p.attrs(r)["k"] > t.topk_network_max_k]
+
+
 def _radix_selected_block(c: _Ctx, sw, sel: RadixTopKRed) -> dict:
     """The sparse output of a radix selection: ``sg_topk_collect`` writes the min(k, n) kept
     (key, index) pairs, sorted, to w and idx (the output is the scratch), then the sweep's row
@@ -712,7 +719,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {_gemm_text(t, g)}" if gemms else ""),
-        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(t=t),
+        plan_lines=matrix_plan_lines(mp) + [ln for _, p, _ in mp.programs() for ln in _radix_note(p, t)], isa=isa_header(t), vmath=vmath(t=t),
         helpers=select_helpers(*[p for _, p, _ in mp.programs()],
                                radix=any(radix_topk(p, t) for _, p, _ in mp.programs())), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
@@ -771,7 +778,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
                                       fallback and f"{fallback}_split", rps)
     pl = plan(p)
     threads = threads or thread_policy(pl, t)   # what threads=auto takes: the model's unless given
-    plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()]
+    plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()] + _radix_note(p, t)
     if p.notes:
         plan_lines += ["rewrites:"] + ["  " + n for n in p.notes]
     return env().get_template("kernel.c.j2").render(
