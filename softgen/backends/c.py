@@ -204,7 +204,13 @@ def radix_topk(p: Program, t: Target) -> bool:
 def _red(c: "_Ctx", r: int) -> Reduction:
     if c.p.op(r) == "reduce_topk":
         k = c.p.attrs(r)["k"]
-        return RadixTopKRed(r, k) if k > c.t.topk_network_max_k else TopKRed(r, k, c.t.lanes)
+        if k <= c.t.topk_network_max_k:
+            return TopKRed(r, k, c.t.lanes)
+        if c.p.op(c.p.args(r)[0]) != "input":
+            raise BuildError(f"{c.p.name}: radix select (top-k with k = {k} > {c.t.topk_network_max_k}) "
+                             f"reads its keys from the row: they must be the input row, got "
+                             f"%{c.p.args(r)[0]} {c.p.op(c.p.args(r)[0])}")
+        return RadixTopKRed(r, k)
     return reduction(c.p.op(r), r, c.p.attrs(r))
 
 # Row (vector) and scalar lowerings of the map ops.
