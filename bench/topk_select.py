@@ -3,7 +3,7 @@ and both against torch.topk + softmax, on the sparse router form (indices and we
 renormalized) and the dense form. Measures the crossover that targets/*.toml's topk_network_max_k
 records: the network for k up to it, radix select above.
 
-The radix variant is forced at small k through a copy of the target file with topk_network_max_k = 1
+The radix variant is forced at small k through a copy of the target file with topk_network_max_k = 0
 (SOFTGEN_TARGETS_PATH, a temporary directory): the same kernel otherwise. Medians of interleaved rounds
 (softgen.benchmark), one thread; on a shared machine the ratios, not the times, are what to read.
 
@@ -32,13 +32,13 @@ from softgen.targets import all_targets, get_target  # noqa: E402
 
 
 def radix_target(name: str, where: Path) -> str:
-    """A copy of target ``name`` whose top-k always takes radix select (k >= 2): its name."""
+    """A copy of target ``name`` whose top-k always takes radix select: its name."""
     text = (data_dir("targets") / f"{name}.toml").read_text()
     forced = f"{name}_radix"
-    lines = [f'name = "{forced}"' if ln.startswith("name = ") else ln for ln in text.splitlines()
-             if not ln.startswith("topk_network_max_k")]
+    lines = [f'name = "{forced}"' if ln.startswith("name = ") else "host_rank = 0" if ln.startswith("host_rank")
+             else ln for ln in text.splitlines() if not ln.startswith("topk_network_max_k")]
     at = next(i for i, ln in enumerate(lines) if ln.startswith("["))   # before the first table
-    lines.insert(at, "topk_network_max_k = 1")
+    lines.insert(at, "topk_network_max_k = 0")
     (where / f"{forced}.toml").write_text("\n".join(lines) + "\n")
     return forced
 

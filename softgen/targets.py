@@ -232,7 +232,7 @@ def _stream_align(f: str, d: dict, isa: dict) -> int:
 
 
 def _topk_network_max_k(f: str, d: dict) -> int:
-    k = _positive_int(f, "topk_network_max_k", d.get("topk_network_max_k", TOPK_MAX))
+    k = _positive_int(f, "topk_network_max_k", d.get("topk_network_max_k", TOPK_MAX), lo=0)   # 0: always radix
     if k > TOPK_MAX:
         raise UsageError(f"target file {f}: topk_network_max_k must be at most {TOPK_MAX} (the "
                          f"insertion network's registers), got {k}")
