@@ -6,6 +6,8 @@ avx2 / scalar / neon (qemu) once each; the TVM backend's refusal; top-k attentio
 oracle (Lq != Lk, causal, masks, GQA, fewer kept keys than k, fully masked rows)."""
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 from conftest import check, run
@@ -14,7 +16,7 @@ from test_topk import check_sparse, scatter, special_rows
 import softgen
 from softgen import reference as ref
 from softgen._data import data_dir
-from softgen.targets import ENV_PATH, all_targets, get_target
+from softgen.targets import ENV_PATH, _load, all_targets, get_target
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def radix():
     """The name of a copy of the host target whose top-k always takes radix select."""
     host = get_target("host")
     with pytest.MonkeyPatch.context() as mp:
-        d = __import__("tempfile").mkdtemp(prefix="sg-radix-")
+        d = tempfile.mkdtemp(prefix="sg-radix-")
         text = (data_dir("targets") / f"{host.name}.toml").read_text().splitlines()
         name = f"{host.name}_radix"
         lines = [f'name = "{name}"' if ln.startswith("name = ") else "host_rank = 0" if ln.startswith("host_rank")
@@ -109,7 +111,6 @@ def test_k_limits():
     with pytest.raises(softgen.UsageError, match="k must be"):
         softgen.compile("topk_softmax", k=2 ** 24 + 1)
     with pytest.raises(softgen.UsageError, match="topk_network_max_k"):
-        from softgen.targets import _load
         _load("bad", (data_dir("targets") / "scalar.toml").read_text()
               .replace('name = "scalar"', 'name = "bad"').replace("topk_network_max_k = 32",
                                                                   "topk_network_max_k = 65"))
