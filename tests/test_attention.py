@@ -258,8 +258,8 @@ def test_api_errors():
            ((q, k[..., :4], v), {}, "expected k"),
            ((q, k, v[:, :5]), {}, "expected k"),
            ((f32(3, 4, 8), k, v), {}, "multiple of Hkv"),
-           ((q, k, v), {"normalizer": "lssa"}, "supports softmax, stablemax today"),
-           ((q, k, v), {"normalizer": "nope"}, "supports softmax, stablemax today"),
+           ((q, k, v), {"normalizer": "lssa"}, "supports softmax, stablemax"),
+           ((q, k, v), {"normalizer": "nope"}, "supports softmax, stablemax"),
            ((q, k, v), {"masked_rows": "drop"}, "masked_rows"),
            ((q, k, v), {"mask": np.ones((3, 6), bool)}, "broadcast"),
            ((q, k, v), {"mask": np.ones((4, 6), np.int32)}, "boolean"),
@@ -441,4 +441,4 @@ def test_cli_emit_and_build(tmp_path):
     assert b.returncode == 0, b.stderr
     assert "causal=1" in (tmp_path / "att_cli.h").read_text()
     bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "supports softmax, stablemax today" in bad.stderr
+    assert bad.returncode == 2 and "supports softmax, stablemax" in bad.stderr

@@ -50,7 +50,7 @@ def check_normalizer(normalizer: str) -> None:
     if normalizer not in SUPPORTED:
         raise UsageError(f"attention with normalizer {normalizer!r} is not built yet: attention supports "
                          f"{', '.join(SUPPORTED)} today (softplus_l1, which streams without rescaling, "
-                         f"comes next; then lssa, lssar, topk_softmax, sinkhorn, soft)")
+                         f"comes next; then lssa, lssar, sinkhorn, soft)")
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
