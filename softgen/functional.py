@@ -127,7 +127,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
     broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
     the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
-    ``normalizer``: softmax or stablemax today (other names raise a UsageError naming what is
+    ``normalizer``: softmax, stablemax or topk_softmax (``top_k=K``, ``renormalize=1``: each query
+    attends to its K highest-scoring kept keys) today (other names raise a UsageError naming what is
     supported). ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
     ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
