@@ -467,7 +467,8 @@ RADIX_CHUNK = 64   # the sparse radix output computes its weights this many sele
 def _radix_note(p: Program, t: Target) -> list[str]:
     """The header's words for a radix top-k (it re-reads the row: the plan above does not count it)."""
     return [f"top-k k={p.attrs(r)['k']} > {t.topk_network_max_k} (target topk_network_max_k): radix "
-            f"select (sg_topk_radix): 3 histogram reads of x + 1 exp-sum read + a tie scan, after the sweep"
+            f"select (sg_topk_radix) after the sweep: a histogram pass over x, a vector filter (the top "
+            f"bucket's keys to the stack, a quickselect), a tie scan, an exp-sum pass"
             for r in p.nodes("reduce_topk") if p.attrs(r)["k"] > t.topk_network_max_k]
 
 
