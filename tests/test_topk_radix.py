@@ -16,6 +16,7 @@ from test_topk import check_sparse, scatter, special_rows
 import softgen
 from softgen import reference as ref
 from softgen._data import data_dir
+from softgen.ops import get_op
 from softgen.targets import ENV_PATH, _load, all_targets, get_target
 
 
@@ -154,6 +155,9 @@ def test_attention_topk_validation():
         softgen.attention(q, q, q, top_k=2)
     with pytest.raises(softgen.UsageError, match="k must be"):
         softgen.attention(q, q, q, normalizer="topk_softmax", top_k=0)
+    # the CLI's -p top_k=3 arrives as 3.0: export's accuracy suite calls the op's reference with it
+    r = get_op("attention").reference(q, q, q, head_dim=4, normalizer="topk_softmax", top_k=3.0)
+    assert np.allclose(r, ref.attention(q, q, q, normalizer="topk_softmax", top_k=3, scale=0.5))
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
     a mask="additive" kernel)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
-    sel = {"top_k": top_k, "renormalize": renormalize in (None, 1)} if normalizer == "topk_softmax" else {}
+    sel = {"top_k": int(top_k), "renormalize": renormalize in (None, 1)} if normalizer == "topk_softmax" else {}
     return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer, **sel)
 
 
