@@ -8,11 +8,16 @@ interleaved medians (softgen.benchmark.timing.time_interleaved) of
   torch      torch.softmax(xt, -1, out=yt)
   onnxrt     an ONNX Runtime session, Softmax(axis=-1), io binding to NumPy buffers
   numpy      exp(x - max) / sum, into y (out=)
+Then the other kinds, 1 row / 1 matrix: top-k (sparse, k=4; raw: _fastcall.selected), a unary
+matrix op (sinkhorn 1x32x32; raw: _fastcall.unary) and a general one (gaussian_kernel 1x16x16,
+d=16; raw: _fastcall.general), each through the Kernel and the per-op function, NumPy and torch.
 Single-threaded (OMP etc. = 1, torch.set_num_threads(1)). Absent peers are skipped.
 The targets (issue 15): Kernel within 0.5 us of raw C at 1x1K, and Kernel - raw <= half of
 torch's overhead (torch's time at 1x16 is nearly all overhead).
-Usage: python bench/call_overhead.py [--budget S]  (a shared machine: compare ratios only)"""
+Usage: python bench/call_overhead.py [--budget S]  (a shared machine: compare ratios only; the
+load average is printed with the table)"""
 import argparse
+import os
 
 from softgen.benchmark.timing import single_threaded, time_interleaved
 
@@ -21,6 +26,7 @@ single_threaded()
 import numpy as np  # noqa: E402
 
 import softgen  # noqa: E402
+from softgen import _fastcall as fc  # noqa: E402 - the C extension (built by pip install / setup.py)
 from softgen.kernel import _fastcall  # noqa: E402
 
 
@@ -52,7 +58,8 @@ def main() -> None:
     except ImportError:
         torch = None
     k = softgen.compile("softmax")
-    print(f"# {k.name}; median us per call, interleaved (noisy on a shared machine)")
+    print(f"# {k.name}; median us per call, interleaved (noisy on a shared machine); "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"{'shape':>8} " + " ".join(f"{c:>9}" for c in
                                       ("raw C", "Kernel", "Kernel/t", "per-op", "torch", "onnxrt", "numpy")))
     for rows, n in ((1, 16), (1, 1024), (64, 1024)):
@@ -88,28 +95,44 @@ def main() -> None:
 
 
 def other_kinds(budget: float) -> None:
-    """Top-k (sparse, k=4; raw: _fastcall.selected) and a matrix op (sinkhorn 1x32x32; raw:
-    the ctypes entry on pre-bound arguments), 1 row / 1 matrix."""
-    from softgen.binding import bind
-    from softgen.kernel import _fastsel
-    x = np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)
+    """Top-k, a unary and a general matrix op, 1 row / 1 matrix: raw _fastcall, the Kernel and the
+    per-op function on NumPy arrays (and the Kernel on torch tensors, "Kernel/t")."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 1024)).astype(np.float32)
     t = softgen.compile("topk_softmax", k=4, sparse=1)
     t(x)
     softgen.topk_softmax(x, 4, sparse=1)
     idx, w = np.empty((1, 4), np.int64), np.empty((1, 4), np.float32)
-    v = {"raw C": lambda: _fastsel(t._fn._softgen_ptr, x, idx, w), "Kernel": lambda: t(x),
-         "per-op": lambda: softgen.topk_softmax(x, 4, sparse=1)}
-    res = time_interleaved(v, budget=budget)
-    print("topk_softmax(k=4, sparse=1) 1x1024: " + ", ".join(f"{c} {r.median * 1e6:.2f}" for c, r in res.items()))
-    m = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    cases = [("topk_softmax(k=4, sparse=1) 1x1024", {
+        "raw C": lambda: fc.selected(t._fn._softgen_ptr, x, idx, w), "Kernel": lambda: t(x),
+        "per-op": lambda: softgen.topk_softmax(x, 4, sparse=1)}, (t, (x,), {}))]
+    m = rng.random((1, 32, 32)).astype(np.float32)
     s = softgen.compile("sinkhorn")
     y = s(m)
     softgen.sinkhorn(m)
-    b = bind(s._abi, s.name, (m,), y)
-    fn = s._fn
-    v = {"raw C": lambda: fn(*b.args), "Kernel": lambda: s(m, out=y), "per-op": lambda: softgen.sinkhorn(m, out=y)}
-    res = time_interleaved(v, budget=budget)
-    print("sinkhorn 1x32x32: " + ", ".join(f"{c} {r.median * 1e6:.2f}" for c, r in res.items()))
+    cases.append(("sinkhorn 1x32x32", {
+        "raw C": lambda: fc.unary(s._fn._softgen_ptr, m, y), "Kernel": lambda: s(m, out=y),
+        "per-op": lambda: softgen.sinkhorn(m, out=y)}, (s, (m,), {"out": y})))
+    a, b = rng.random((1, 16, 16), np.float32), rng.random((1, 16, 16), np.float32)
+    g = softgen.compile("gaussian_kernel", head_dim=16)
+    o = g(a, b)
+    softgen.gaussian_kernel(a, b, 16, out=o)
+    spec = g._general_spec[0]
+    cases.append(("gaussian_kernel 1x16x16 d=16", {
+        "raw C": lambda: fc.general(g._fn._softgen_ptr, spec, (a, b), o), "Kernel": lambda: g(a, b, out=o),
+        "per-op": lambda: softgen.gaussian_kernel(a, b, 16, out=o)}, (g, (a, b), {"out": o})))
+    for label, v, (kern, ins, kw) in cases:
+        if torch is not None:
+            tins = tuple(torch.from_numpy(i.copy()) for i in ins)
+            tkw = {"out": torch.from_numpy(kw["out"].copy())} if kw else {}
+            kern(*tins, **tkw)     # torch's type seen once
+            v["Kernel/t"] = lambda kern=kern, tins=tins, tkw=tkw: kern(*tins, **tkw)
+        res = time_interleaved(v, budget=budget)
+        print(f"{label}: " + ", ".join(f"{c} {r.median * 1e6:.2f}" for c, r in res.items()))
 
 
 if __name__ == "__main__":

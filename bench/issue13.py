@@ -104,7 +104,7 @@ def log(msg: str) -> None:
 
 @contextlib.contextmanager
 def tuning(enabled: bool):
-    """``SOFTGEN_USE_TUNING`` for the compiles inside (kernel.tuned_table reads it)."""
+    """``SOFTGEN_USE_TUNING`` for the compiles inside (autotable.tuned_table reads it)."""
     old = os.environ.get("SOFTGEN_USE_TUNING")
     os.environ["SOFTGEN_USE_TUNING"] = "1" if enabled else "0"
     try:

@@ -34,17 +34,41 @@ from .errors import UsageError
 _KDLCPU = 1   # DLPack's device type of host memory (kDLCPU)
 
 
-_TORCH_TYPES: set = set()   # torch.Tensor (and subclasses, e.g. Parameter) once seen
+TORCH_TYPES: set = set()   # torch.Tensor (and subclasses, e.g. Parameter) once seen
+_TORCH: list = []          # (torch.float32, torch.strided, torch.from_numpy) once torch is seen
+
+
+def torch_args(t):
+    """``_fastcall``'s form of a torch tensor, ``(data_ptr, shape, strides, "f")``, when it is a
+    plain float32 CPU tensor that needs no grad; else None, and the general path (``prepare``)
+    converts or refuses it. Its type must be in ``TORCH_TYPES``. No NumPy view is made: that
+    (``Tensor.numpy()``) costs more than the rest of a small call (issue 15)."""
+    f32, strided, _ = _TORCH[0]
+    if t.dtype is f32 and not t.requires_grad and t.is_cpu and t.layout is strided and not t.is_neg():
+        return t.data_ptr(), t.shape, t.stride(), "f"
+    return None
+
+
+def torch_from_numpy(a):
+    """``torch.from_numpy`` (zero-copy): a result made as a NumPy array, returned as a tensor."""
+    return _TORCH[0][2](a)
+
+
+def _seen_torch(t: type) -> None:
+    TORCH_TYPES.add(t)
+    if not _TORCH:
+        torch = sys.modules["torch"]
+        _TORCH.append((torch.float32, torch.strided, torch.from_numpy))
 
 
 def _host(a, name: str, what: str, writable: bool = False):
     """(``a`` as a NumPy array sharing its memory, the module to return results through or None).
     NumPy arrays and anything else without DLPack go through unchanged (``binding`` checks them)."""
     t = type(a)
-    if t in _TORCH_TYPES:
+    if t in TORCH_TYPES:
         return _torch(a, name, what)
     if t.__module__.startswith("torch") and hasattr(a, "requires_grad"):
-        _TORCH_TYPES.add(t)
+        _seen_torch(t)
         return _torch(a, name, what)
     if t is np.ndarray or isinstance(a, (np.ndarray, np.generic)) or not hasattr(a, "__dlpack__"):
         if not isinstance(a, (np.ndarray, np.generic)) and hasattr(a, "__array_interface__"):

@@ -173,7 +173,9 @@ def _tune_args(sub) -> None:
                                      f"by x (gaussian_kernel n x m x d: 1024x1024x64; newton_pinv m: 256)")
     tp.add_argument("--budget", default=f"{DEFAULT_BUDGET:g}s",
                     help=f"time for everything, compiling included: 60s, 2m or seconds (default {DEFAULT_BUDGET:g}s)")
-    tp.add_argument("--target", default="host", help="a runnable target (default: host)")
+    tp.add_argument("--target", default="host",
+                    help="a runnable target (default: host), or a group as 'softgen build' takes it (x86-64, "
+                         "aarch64, avx2,avx512): each member this CPU runs, the budget split between them")
     tp.add_argument("--backend", default="c", help="backend (default: c)")
     tp.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                     help="an op parameter (repeatable)")
@@ -194,7 +196,9 @@ def _bench_args(sub) -> None:
                     help=f"peers, comma-separated from {','.join(benchmark.PEERS)}, or none "
                          "(default: all; those not installed are skipped, saying why)")
     bp.add_argument("--all", action="store_true", help="every applicable algorithm, not only auto's choice")
-    bp.add_argument("--target", default="host", help="target(s), comma-separated (default: host)")
+    bp.add_argument("--target", default="host",
+                    help="target(s), comma-separated, timed side by side (default: host); a group name "
+                         "(x86-64, aarch64) times the group's library, which runs this CPU's best member")
     bp.add_argument("--backend", default="c", help="backend(s), comma-separated (default: c)")
     bp.add_argument("--plot", metavar="PNG", help="ns/element vs size plot (needs matplotlib)")
     bp.add_argument("--json", metavar="PATH", help="write everything (machine, config, rows) as JSON")

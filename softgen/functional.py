@@ -12,7 +12,8 @@ import functools
 
 import numpy as np
 
-from . import arrays, ops as _ops
+from . import arrays, ops as _ops, reference as _ref
+from .arrays import TORCH_TYPES
 from .errors import UsageError
 from .kernel import compile as _compile
 from .ops.attention import check_normalizer
@@ -35,8 +36,11 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     if axis is not None and dim is not None:
         raise UsageError(f"{op}: give axis= or dim=, not both")
     axis = dim if axis is None else axis
+    more = _MORE.get(op)
+    if more is None:   # the op's inputs besides x: not part of the key (arrays are not hashable)
+        more = _MORE[op] = len(_ops.get_op(op).inputs) - 1
     try:   # the kernel and call-time arguments of these arguments, looked up once (issue 15)
-        key = (op, args, tuple(kwargs.items()), target, backend, algorithm)
+        key = (op, args[more:], tuple(kwargs.items()), target, backend, algorithm)
         hit = _resolved.get(key)
     except TypeError:   # unhashable arguments (arrays: more inputs, per-row call arguments)
         key = hit = None
@@ -49,9 +53,12 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     k, more, call = hit
     if not args and not kwargs and not more and target == "host" and backend == "c" and algorithm == "auto":
         _plain[op] = k
-    if not more and axis is None and type(x) is np.ndarray and x.ndim and \
-            (out is None or type(out) is np.ndarray):   # NumPy along the last axis: straight in
-        return k(x, out=out, threads=threads, **call)
+    if not more and axis is None and (type(x) is np.ndarray or type(x) in TORCH_TYPES) and x.ndim and \
+            (out is None or type(out) is np.ndarray or type(out) in TORCH_TYPES):
+        return k(x, out=out, threads=threads, **call)   # NumPy or torch along the last axis: straight in
+    if more and axis is None and len(args) >= more and (out is None or _direct(out)) and _direct(x) \
+            and all(_direct(a) for a in args[:more]):
+        return k(x, *args[:more], out=out, threads=threads)   # NumPy or torch matrices: straight in
     if len(args) < more:
         raise TypeError(f"{op} takes {more + 1} arrays, got {1 + len(args)}")
     inputs = (x, *args[:more])
@@ -64,6 +71,12 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
 
 
 _resolved: dict = {}   # apply's arguments -> (kernel, extra inputs, call-time arguments)
+_MORE: dict = {}       # op -> how many inputs it takes besides x
+
+
+def _direct(a) -> bool:
+    """An array a kernel takes as it is (NumPy, or a torch tensor: ``Kernel`` checks both)."""
+    return type(a) is np.ndarray or type(a) in TORCH_TYPES
 
 
 def _resolve(op: str, args: tuple, kwargs: dict, target, backend: str, algorithm: str) -> tuple:
@@ -95,7 +108,8 @@ _plain: dict = {}   # op -> its kernel for a call with no parameters and no opti
 def _make(op: str):
     def fn(x, *args, out=None, **kwargs):
         k = _plain.get(op)
-        if k is not None and not args and not kwargs and type(x) is np.ndarray and x.ndim:
+        if k is not None and not args and not kwargs and (type(x) is np.ndarray or type(x) in TORCH_TYPES) \
+                and x.ndim:
             return k(x, out)   # softgen.softmax(x): no lookup beyond this (issue 15)
         return apply(op, x, *args, out=out, **kwargs)
     opdef = _ops.get_op(op)
@@ -127,9 +141,11 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
     broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
     the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
-    ``normalizer``: softmax, stablemax or topk_softmax (``top_k=K``, ``renormalize=1``: each query
-    attends to its K highest-scoring kept keys) today (other names raise a UsageError naming what is
-    supported). ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
+    ``normalizer``: softmax, stablemax, topk_softmax (``top_k=K``, ``renormalize=1``: each query
+    attends to its K highest-scoring kept keys), sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
+    (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by
+    ``reference.soft_landmarks_avgpool``, or the (..., m, d) landmarks; no causal, mask or scale);
+    other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
     ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
     form: batch x heads x query chunks) split across the library's thread pool; results do not
@@ -163,6 +179,9 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     elif kv_lengths is not None:
         raise UsageError("attention: kv_lengths needs a heads axis (q of shape (..., H, Lq, d))")
     lead, dv = q.shape[:-2], v.shape[-1]
+    landmarks = params.pop("landmarks", None)
+    if landmarks is not None and normalizer != "soft":
+        raise UsageError(f"attention: landmarks is a parameter of the soft normalizer, not {normalizer!r}")
     add = None
     if mask is not None:
         m = np.asarray(mask)
@@ -189,6 +208,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
     if add is not None:
         flat.append(np.ascontiguousarray(add).reshape((nb, lq, lk)))
+    if normalizer == "soft":
+        flat.append(_soft_landmarks(landmarks, flat[1], lead, d))
     o = (kern(*flat) if threads is None else kern(*flat, threads=threads)).reshape(lead + (lq, dv))
     if masked_rows == "zero":
         dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
@@ -203,6 +224,26 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         np.copyto(out, o)
         return out
     return o
+
+
+def _soft_landmarks(landmarks, k: np.ndarray, lead: tuple, d: int) -> np.ndarray:
+    """SOFT's landmarks for the kernel, (batch, m, d) float32: a count pools k (docs/ops.md §6),
+    an array is taken as it is (broadcast over the leading axes)."""
+    if landmarks is None or np.ndim(landmarks) == 0:
+        m = _ref.SOFT_LANDMARKS if landmarks is None else landmarks
+        if isinstance(m, (bool, np.bool_)) or not (isinstance(m, (int, np.integer)) and 1 <= m <= 4096):
+            raise UsageError(f"attention: landmarks must be a count in [1, 4096] or an array (..., m, d), got {m!r}")
+        if k.shape[-2] == 0:
+            raise UsageError("attention: soft pools its landmarks from the keys, and Lk is 0")
+        return _ref.soft_landmarks_avgpool(k, int(m), np.float32)
+    lm = _f32("landmarks", landmarks)
+    if lm.ndim < 2 or lm.shape[-1] != d or lm.shape[-2] < 1:
+        raise UsageError(f"attention: landmarks must be (..., m, {d}) with m >= 1, got {lm.shape}")
+    try:
+        lm = np.broadcast_to(lm, lead + lm.shape[-2:])
+    except ValueError:
+        raise UsageError(f"attention: landmarks of shape {lm.shape} do not broadcast to {lead + lm.shape[-2:]}") from None
+    return lm.reshape((-1,) + lm.shape[-2:])
 
 
 FUNCTIONS = {op: _make(op) for op in _ops.OPS}

@@ -11,16 +11,27 @@ from functools import cached_property
 
 import numpy as np
 
-from . import arrays, export as aot, ops as _ops, passes, tunedb
+from . import arrays, export as aot, ops as _ops, passes
 from ._version import __version__
-from .abi import ERRORS, ROW, SELECTED, UNARY, KernelABI, failure
+from .abi import ERRORS, GENERAL, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
+from .arrays import TORCH_TYPES
+from .autotable import (  # noqa: F401 - public names of softgen.kernel before autotable split off
+    attention_algorithm,
+    auto_table,
+    choose_algorithm,
+    measured_why,
+    thread_cap,
+    tuned_attention,
+    tuned_gemm,
+    tuned_table,
+)
 from .backends import Artifact, Backend, get_backend
 from .backends.attention import TASK_GRAIN, task_rows
 from .backends.gemm import schedule_for
 from .binding import bind
 from .cnames import name_clash
-from .costmodel import DispatchTable, Entry, ThreadPolicy, matrix_thread_policy, model_table, thread_policy
+from .costmodel import DispatchTable, ThreadPolicy, matrix_thread_policy, thread_policy
 from .dispatch import (
     isa_member_name,
     isa_version_script,
@@ -32,10 +43,9 @@ from .dispatch import (
 from .emulator import load_emulated
 from .errors import TargetNotSupportedError, UsageError
 from .ir import Program
-from .machine import caches
 from .matrix import MatMulPhase, MatrixProgram
 from .runtime import assembly, load_entry, open_shared
-from .schedule import ATTENTION_KNOBS, GEMM_FIELDS, KNOB_DEFAULTS, GemmSchedule, Schedule, default_schedule
+from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule
 from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -46,6 +56,10 @@ try:  # its top-k form (issue 15); an extension built before it lacks it: ctypes
     from ._fastcall import selected as _fastsel, unary as _fastunary
 except ImportError:  # pragma: no cover - depends on the install
     _fastsel = _fastunary = None
+try:  # its general matrix form (issue 15)
+    from ._fastcall import general as _fastgeneral
+except ImportError:  # pragma: no cover - depends on the install
+    _fastgeneral = None
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -62,138 +76,6 @@ def check_name(name: str) -> str:
         raise UsageError(f"invalid kernel name {name!r}: {why}; choose another name "
                          f"(e.g. a prefix of your own)")
     return name
-
-
-def choose_algorithm(program: Program, target: str, algorithm: str) -> str:
-    algorithm = passes.ALIASES.get(algorithm, algorithm)
-    applicable = passes.applicable_algorithms(program)
-    if algorithm == "auto":
-        prefs = get_target(target).auto_algorithms   # the target file's preference
-        return next(a for a in prefs + tuple(applicable) if a in applicable)
-    if algorithm not in passes.ALGORITHMS:
-        raise UsageError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(passes.ALGORITHMS)}")
-    if algorithm not in applicable:
-        raise UsageError(f"algorithm {algorithm!r} does not apply to op {program.name!r}; "
-                         f"it has: {', '.join(applicable)}")
-    return algorithm
-
-
-def auto_table(program: Program, target: Target, schedule: Schedule, stream: bool = True) -> DispatchTable | None:
-    """The untuned dispatch table of ``algorithm="auto"`` (``costmodel.model_table``) over the
-    algorithms of the target's ``auto_algorithms`` that apply (in that order: ties go to the
-    earlier); None when the target file has no ``[cost]`` hints or none of them applies.
-    ``stream``: whether the backend lowers non-temporal stores (``Backend.schedule_knobs``)."""
-    applicable = passes.applicable_algorithms(program)
-    candidates = [a for a in target.auto_algorithms if a in applicable]
-    if not target.cost or not candidates:
-        return None
-    plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in candidates}
-    return model_table(plans, target, caches(), schedule.as_dict(), stream)
-
-
-def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = tuple(KNOB_DEFAULTS)) -> list:
-    """Usable records (valid schedule, applicable algorithm, no knob outside ``knobs``: what the
-    backend lowers), one per class of n (the smallest rows class that covers one row, else the
-    first), by n_min."""
-    applicable = passes.applicable_algorithms(program)
-    by_n: dict[tuple, object] = {}
-    for r in recs:
-        if r.algorithm not in applicable:
-            continue
-        try:
-            rs = Schedule(**r.schedule).validate(target.lanes)
-            if rs.stream and not target.streams:
-                continue   # e.g. an imported record: this target has no non-temporal stores
-            if any(k not in knobs for k in rs.knobs()):
-                continue   # a knob this backend does not lower
-        except (TypeError, UsageError):
-            continue
-        key = (r.n_min, r.n_max)
-        old = by_n.get(key)
-        if old is None or (r.rows_min <= 1 and not old.rows_min <= 1) or \
-                ((r.rows_min <= 1) == (old.rows_min <= 1) and r.timestamp > old.timestamp):
-            by_n[key] = r
-    return sorted(by_n.values(), key=lambda r: (r.n_min, r.n_max))
-
-
-def measured_why(r) -> str:
-    """An entry's ``why`` from its tuning record: its time, the next best variant and the noise."""
-    why = f"measured: {r.ns_per_element:.3g} ns/el"
-    if r.runners_up:
-        name, ratio = min(r.runners_up.items(), key=lambda t: t[1])
-        why += f", next best {name} {r.ns_per_element * ratio:.3g} ns/el ({ratio:.2f}x)"
-    return why + f", noise {100 * r.noise:.1f}% ({r.repetitions} samples)"
-
-
-def thread_cap(r, recs: list) -> tuple[int, str]:
-    """(the cap of auto threads for batches, 0 none; why) of the entry made from record ``r``:
-    a record's thread count applies to the rows it was measured on. The newest record measured on
-    batches (``rows_min`` >= 2, ``softgen.tune`` of a batch shape) whose class of n overlaps
-    ``r``'s caps it, 1 included (one thread was fastest); else ``r``'s own count when > 1 (an
-    older record: only a batch can have measured more than one thread); else none (a record of
-    single rows says nothing about batches: the model's policy, capped by the CPUs)."""
-    batch = [b for b in recs if b.rows_min >= 2 and b.n_min <= r.n_max and r.n_min <= b.n_max]
-    if batch:
-        b = max(batch, key=lambda b: b.timestamp)
-        return b.threads, (f"threads: at most {b.threads}, measured on batches (rows >= {b.rows_min}, "
-                           f"n {b.n_min}..{b.n_max})")
-    if r.threads > 1:
-        return r.threads, f"threads: at most {r.threads}, measured"
-    return 0, "threads: the model's (measured on single rows: no thread count for batches)"
-
-
-def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable | None:
-    """The dispatch table of ``algorithm="auto"`` from this machine's tuning records
-    (``tunedb.table``), or None when there are none (or the database cannot be read: then the
-    model decides). Each record's class of n becomes an entry; where the classes of records
-    leave a gap or overlap (records of different tuning runs), the boundary is the geometric
-    midpoint of the gap or the start of the later class; the first entry starts at n = 1, the
-    last has no upper bound. Neighbouring entries of one variant are merged.
-    ``SOFTGEN_USE_TUNING=0`` in the environment: always None (the model decides; the test suite
-    sets it, so that a machine's tuning records do not change what its tests build)."""
-    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
-        return None
-    try:
-        recs = tunedb.table(program.name, program.params, target, backend)
-    except (tunedb.TuningDBError, UsageError):
-        return None
-    all_recs = recs
-    recs = _tuned_entries(recs, program, target, get_backend(backend).schedule_knobs)
-    if not recs:
-        return None
-    bounds = []   # (n_min, n_max) per record, tiling n >= 1
-    for i, r in enumerate(recs):
-        lo = 1 if i == 0 else bounds[-1][1] + 1
-        if i + 1 < len(recs):
-            nxt = recs[i + 1].n_min
-            hi = r.n_max if r.n_max < nxt else nxt - 1
-            if r.n_max + 1 < nxt:    # a gap: split it at its geometric midpoint
-                hi = max(r.n_max, int(((r.n_max + 1) * (nxt - 1)) ** 0.5))
-            hi = max(hi, lo)
-        else:
-            hi = None
-        bounds.append((lo, hi))
-    entries: list[Entry] = []
-    for r, (lo, hi) in zip(recs, bounds):
-        if hi is not None and hi < lo:
-            continue
-        sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
-        # the cap of auto for batches: a thread count measured on batches; the model's grain
-        # decides below it (rows x n)
-        grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
-        most, twhy = thread_cap(r, all_recs)
-        e = Entry(lo, hi, r.algorithm, sched, most, f"{measured_why(r)}; {twhy}", grain=grain)
-        if entries and entries[-1].variant == e.variant:
-            prev = entries.pop()
-            # one cap per variant (its entry point bakes it in): the larger measured one, else the
-            # one measured (0: no thread count measured on batches)
-            most = max(e.threads, prev.threads) if e.threads and prev.threads else e.threads or prev.threads
-            e = Entry(prev.n_min, hi, e.algorithm, sched, most, prev.why + " | " + e.why, grain=grain)
-        entries.append(e)
-    first = recs[0]
-    basis = (f"{len(recs)} tuning record(s) of this machine ({first.machine.get('model_name') or first.fingerprint}), "
-             f"{first.compiler} {first.compiler_version}")
-    return DispatchTable(tuple(entries), "measured", basis)
 
 
 @dataclass
@@ -232,6 +114,7 @@ class Kernel:
     _fast: int | None = field(default=None, init=False, repr=False, compare=False)
     _fast_sel: int | None = field(default=None, init=False, repr=False, compare=False)   # top-k: the same
     _fast_unary: int | None = field(default=None, init=False, repr=False, compare=False)  # unary matrix
+    _fast_general: int | None = field(default=None, init=False, repr=False, compare=False)  # general matrix
 
     @property
     def matrix(self) -> bool:
@@ -374,6 +257,9 @@ class Kernel:
                 self._fast_sel = self._fn._softgen_ptr
             elif self._abi.kind == UNARY and _fastunary is not None:
                 self._fast_unary = self._fn._softgen_ptr
+            elif self._abi.kind == GENERAL and _fastgeneral is not None and len(self._abi.outputs) == 1 \
+                    and len(self._abi.inputs) <= 4 and len(self._abi.dims) <= 6:
+                self._fast_general = self._fn._softgen_ptr
         return self._fn
 
     def _mt_entry(self, threads) -> tuple:
@@ -406,7 +292,11 @@ class Kernel:
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
             return self._call(self._fn, (x,), out, call)
-        if ptr is not None and threads is None and not call:   # torch, DLPack: converted, then _fastcall
+        if type(x) in TORCH_TYPES and threads is None and not call:   # torch: straight to _fastcall
+            y = self._call_torch(x, out)
+            if y is not None:
+                return y
+        if ptr is not None and threads is None and not call:   # DLPack etc.: converted, then _fastcall
             return self._call_arrays(self._fn, (x,), out, call)
         sel = self._fast_sel
         if sel is not None and out is None and threads is None and not call and type(x) is np.ndarray and x.ndim:
@@ -438,6 +328,38 @@ class Kernel:
             if rc is not NotImplemented:
                 raise failure(self.name, rc)
         return self._call(fn, (x,), out, call)
+
+    def _call_torch(self, x, out):
+        """``k(x, out=out)`` for a torch tensor ``x`` (``out``: None or a tensor) straight through
+        ``_fastcall`` on its address, shape and strides (``arrays.torch_args``); results made as
+        NumPy arrays come back through ``torch.from_numpy`` (both zero-copy). None where that does
+        not apply: the general path converts or refuses."""
+        xa = arrays.torch_args(x)
+        if xa is None:
+            return None
+        ptr, fast = (self._fast, _fastcall) if self._fast is not None else (self._fast_unary, _fastunary)
+        if ptr is not None and (fast is _fastcall or x.ndim >= 2):
+            if out is None:
+                y = np.empty(x.shape, np.float32)
+                rc = fast(ptr, xa, y)
+                y = arrays.torch_from_numpy(y)
+            else:
+                ya = arrays.torch_args(out) if type(out) in TORCH_TYPES else None
+                if ya is None:
+                    return None
+                rc, y = fast(ptr, xa, ya), out
+        elif self._fast_sel is not None and out is None and x.ndim:
+            shape = (*x.shape[:-1], min(self._abi.k, x.shape[-1]))    # top-k: (indices, weights)
+            idx, w = np.empty(shape, np.int64), np.empty(shape, np.float32)
+            rc = _fastsel(self._fast_sel, xa, idx, w)
+            y = (arrays.torch_from_numpy(idx), arrays.torch_from_numpy(w))
+        else:
+            return None
+        if rc == 0:
+            return y
+        if rc is NotImplemented or fast is _fastunary:   # the general path checks and raises
+            return None
+        raise failure(self.name, rc)
 
     def _call_threads(self, x, out, threads, call: dict):
         """``k(x, out=out, threads=threads, **call)``: through ``<name>_mt``."""
@@ -586,10 +508,61 @@ class MatrixKernel(Kernel):
         """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices (streaming
         attention: its (matrix, query chunk) tasks) split across at most N threads of the library's
         pool; the results do not depend on it."""
+        if self._fast_general is not None and threads is None:
+            y = self._call_general(inputs, out)
+            if y is not None:
+                return y
         if threads is not None:
             mt, threads = self._mt_entry(threads)
             return self._call(lambda *args: mt(*args, threads), inputs, out)
         return self._call(self._fn or self._entry(False), inputs, out)
+
+    @cached_property
+    def _general_spec(self) -> tuple:
+        """``_fastcall.general``'s spec (the number of dims, each matrix's row and column dim) and
+        where the output's rows and columns are read: (input, axis) each."""
+        abi = self._abi
+        dims = list(abi.dims)
+        mats = [*abi.inputs, *abi.outputs]
+        spec = (len(dims), *(dims.index(d) for _, shape in mats for d in shape))
+        where = [next((i, ax) for i, (_, shape) in enumerate(abi.inputs) for ax, dd in ((-2, shape[0]), (-1, shape[1]))
+                      if dd == d) for d in abi.outputs[0][1]]
+        return spec, len(abi.inputs), where[0], where[1]
+
+    def _call_general(self, inputs: tuple, out):
+        """``k(*inputs, out=out)`` through ``_fastcall.general`` (NumPy arrays and torch tensors, as
+        ``Kernel._call_torch``); None where it declines (the general path copies or raises)."""
+        spec, nin, (ri, ra), (ci, ca) = self._general_spec
+        if len(inputs) != nin:
+            return None
+        args, torch_in = [], False
+        for a in inputs:
+            if type(a) is np.ndarray:
+                args.append(a)
+            elif type(a) in TORCH_TYPES:
+                a = arrays.torch_args(a)
+                if a is None:
+                    return None
+                args.append(a)
+                torch_in = True
+            else:
+                return None
+            if len(a[1] if type(a) is tuple else a.shape) < 2:
+                return None
+        if out is None:
+            x0, xr, xc = inputs[0], inputs[ri], inputs[ci]
+            y = ya = np.empty((*x0.shape[:-2], xr.shape[ra], xc.shape[ca]), np.float32)
+        elif type(out) is np.ndarray:
+            y = ya = out
+        elif type(out) in TORCH_TYPES:
+            y, ya = out, arrays.torch_args(out)
+            if ya is None:
+                return None
+        else:
+            return None
+        if _fastgeneral(self._fast_general, spec, tuple(args), ya) != 0:
+            return None   # declined, or an error code: the general path checks and raises
+        return arrays.torch_from_numpy(y) if torch_in and out is None else y
 
     def run_emulated(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
         return self._call(self._emulated(threads), inputs, out)
@@ -799,35 +772,9 @@ def _schedule(t: Target, schedule) -> Schedule:
     raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
 
 
-def _attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, schedule) -> tuple:
-    """(algorithm, AttentionSchedule or None, the schedule without br/bc) of a matrix op: the
-    attention form's algorithms are "three-phase" (its phases as written) and "streaming"
-    (``passes.stream_attention``; auto picks it where it applies and the backend streams)."""
-    if passes.attention_form(program, softmax_rows=False) is None:
-        if algorithm not in ("auto", "direct"):
-            raise UsageError(f"matrix op {program.name!r} has one algorithm, 'direct' (its phases); "
-                             f"got {algorithm!r}")
-        return "direct", None, schedule
-    if algorithm not in ("auto", "three-phase", "streaming"):
-        raise UsageError(f"op {program.name!r} has the algorithms 'three-phase' and 'streaming' (auto: streaming); "
-                         f"got {algorithm!r}")
-    alg = "three-phase" if algorithm == "three-phase" else "streaming"
-    why = passes.streamable(program)
-    if alg == "streaming" and why and algorithm == "streaming":
-        raise UsageError(f"{program.name}: no streaming form yet for this normalizer (the rewrite streams softmax: "
-                         f"{why}); use algorithm='three-phase'")
-    if alg == "streaming" and not be.streams_attention and algorithm == "streaming":
-        raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
-    if why or not be.streams_attention:
-        alg = "three-phase"
-    given = dict(schedule.as_dict() if isinstance(schedule, Schedule) else schedule or {})
-    blocks = {k: given.pop(k) for k in ATTENTION_KNOBS if k in given}
-    return alg, blocks, (given or None) if not isinstance(schedule, Schedule) else schedule
-
-
 def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algorithm: str, name,
                     schedule) -> Kernel:
-    alg, blocks, schedule = _attention_algorithm(be, program, algorithm, schedule)
+    alg, blocks, schedule = attention_algorithm(be, program, algorithm, schedule)
     given = {k: v for k, v in schedule.items() if k in GEMM_FIELDS} if isinstance(schedule, dict) else {}
     sched = _schedule(t, {k: v for k, v in schedule.items() if k not in GEMM_FIELDS}
                       if isinstance(schedule, dict) else schedule)
@@ -862,44 +809,6 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
                params=dict(program.params), program=lowered, source=art.source, backend=be.name,
                wrapper=art.wrapper, tuned=tuned, gemm=gemm, gemm_why=why,
                thread_policy=matrix_thread_policy(lowered, t))
-
-
-def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tuple[dict, str]:
-    """The streaming attention form's blocks {br, bc} from this machine's newest usable tuning
-    record (``softgen tune --op attention``: algorithm "streaming"), and its ``why``; ({}, "")
-    without one (or with ``SOFTGEN_USE_TUNING=0``)."""
-    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
-        return {}, ""
-    try:
-        recs = tunedb.table(program.name, program.params, target, backend)
-    except (tunedb.TuningDBError, UsageError):
-        return {}, ""
-    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
-        if r.algorithm != "streaming" or set(r.schedule) != set(ATTENTION_KNOBS):
-            continue
-        try:
-            return replace(target.attention, **r.schedule).validate().as_dict(), measured_why(r)
-        except (TypeError, UsageError):
-            continue
-    return {}, ""
-
-
-def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[GemmSchedule | None, str]:
-    """The GEMM schedule of a matrix op from this machine's newest usable tuning record (``softgen
-    tune --op <matrix op>``: algorithm "direct", the schedule's fields mr, nv, kc, nc, ku), and
-    its ``why``; (None, "") without one (or with ``SOFTGEN_USE_TUNING=0``)."""
-    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
-        return None, ""
-    try:
-        recs = tunedb.table(program.name, program.params, target, backend)
-    except (tunedb.TuningDBError, UsageError):
-        return None, ""
-    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
-        try:
-            return schedule_for(target, GemmSchedule(**r.schedule)), measured_why(r)
-        except (TypeError, UsageError):
-            continue
-    return None, ""
 
 
 def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, name: str | None, schedule,

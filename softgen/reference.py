@@ -588,3 +588,74 @@ def attention_online_softmax(q, k, v, scale: float | None = None, causal: bool =
             o = np.where((m == -np.inf)[..., None], 0.0, o)
         lse = np.where(m == -np.inf, -np.inf, m + np.log(l))
     return (o, lse) if return_lse else o
+
+
+# -- Sinkhorn and SOFT attention (docs/ops.md §6, 7, 10) -------------------------------------------
+
+def sinkhorn_attention(q, k, v, scale: float | None = None, mask=None, kv_lengths=None, n_iter: int = 3,
+                       eps: float = 1.0, masked_rows: str = "nan", causal: bool = False) -> np.ndarray:
+    """Sinkformers' attention (docs/ops.md §7, 10): P = sinkhorn(s Q K^T + mask, n_iter, eps), rows
+    first, times n_k (the keys that are not padded), then O = P V; GQA and the masks as in
+    ``attention``. A key with no finite score (every query masks it) is excluded and gets weight 0
+    (the key-padding rule, ``sinkhorn``); a fully masked query row is NaN (docs/ops.md §0), or 0
+    with ``masked_rows="zero"``, and the other rows are those of the unmasked submatrix. Not
+    causal: the only doubly stochastic lower-triangular matrix is I (ValueError)."""
+    if causal:
+        raise ValueError("sinkhorn attention is not causal (docs/ops.md §7): the only doubly stochastic "
+                         "lower-triangular matrix is the identity")
+    if masked_rows not in ("nan", "zero"):
+        raise ValueError(f"masked_rows must be 'nan' or 'zero', got {masked_rows!r}")
+    s = _attention_scores(q, k, scale, False, mask, kv_lengths)
+    v = _repeat_kv(q, v)
+    dead = _masked_rows(s)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = sinkhorn(s, n_iter, eps) if s.size else np.zeros(s.shape)
+        o = p @ v if s.shape[-1] else np.zeros(s.shape[:-1] + v.shape[-1:])
+    return np.where(dead, 0.0 if masked_rows == "zero" else np.nan, o)
+
+
+SOFT_LANDMARKS = 49   # SOFT's landmark count: 7 x 7 in each of its three stages (56^2/8^2, 28^2/4^2, 14^2/2^2)
+
+
+def soft_landmark_segments(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi): landmark i pools tokens lo[i] <= j < hi[i], lo = floor(i n / m), hi = ceil((i + 1)
+    n / m): consecutive groups of n / m when m divides n (the spec's rule), else overlapping by
+    at most one token (torch's adaptive_avg_pool1d), never empty for n >= 1."""
+    if int(m) < 1 or int(n) < 1:
+        raise ValueError(f"landmarks need m >= 1 and n >= 1 tokens, got m={m}, n={n}")
+    i = np.arange(int(m))
+    return (i * n) // m, -((-(i + 1) * n) // m)
+
+
+def soft_landmarks_avgpool(x, m: int, dtype=np.float64) -> np.ndarray:
+    """m landmarks of the tokens x (..., n, d) by average pooling (docs/ops.md §6, the learning-free
+    choice) over ``soft_landmark_segments``, in ``dtype`` (softgen.attention pools float32)."""
+    x = np.asarray(x, dtype)
+    n, m = x.shape[-2], int(m)
+    lo, hi = soft_landmark_segments(n, m)
+    if n % m == 0:
+        return x.reshape(x.shape[:-2] + (m, n // m, x.shape[-1])).mean(-2, dtype=dtype)
+    return np.stack([x[..., a:b, :].mean(-2, dtype=dtype) for a, b in zip(lo, hi)], axis=-2)
+
+
+def soft_attention(q, k, v, landmarks=SOFT_LANDMARKS, n_iter: int = 20, variant: str = "soft",
+                   alpha_factor: float = 0.9, head_dim: int | None = None, causal: bool = False,
+                   mask=None) -> np.ndarray:
+    """SOFT's linear global form (docs/ops.md §6, 10): O = K1 (K2^+ (K1k^T V)) with the Gaussian
+    kernel of ``gaussian_kernel`` (head_dim: d by default), landmarks L (``landmarks``: a count m
+    for ``soft_landmarks_avgpool`` of k, or the (..., m, d) landmarks themselves), K1 = kernel(Q, L)
+    (Lq x m), K1k = kernel(K, L) (Lk x m), K2 = kernel(L, L) and K2^+ by ``newton_pinv`` (n_iter
+    iterations, per matrix). SOFT ties K = Q: with k = q this is the paper's form (K1k = K1); a
+    different k is the Nystrom approximation of kernel(Q, K) with landmarks from k [ours]. No row
+    normalisation; O(n m) memory, never n x n. Not causal, no masks (ValueError)."""
+    if causal or mask is not None:
+        raise ValueError("soft attention has no causal or masked form (docs/ops.md §6: a global, linear form)")
+    q, k, v = _rows(q), _rows(k), _repeat_kv(q, v)
+    if np.ndim(q) >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3]:
+        k = np.repeat(k, q.shape[-3] // k.shape[-3], axis=-3)
+    d = int(head_dim or q.shape[-1])
+    lm = soft_landmarks_avgpool(k, landmarks) if np.ndim(landmarks) == 0 else _rows(landmarks)
+    k1, k1k, k2 = gaussian_kernel(q, lm, d), gaussian_kernel(k, lm, d), gaussian_kernel(lm, lm, d)
+    k2p = newton_pinv(k2, n_iter, variant, alpha_factor, alpha_scope="matrix")
+    with np.errstate(invalid="ignore", over="ignore"):
+        return k1 @ (k2p @ (np.swapaxes(k1k, -1, -2) @ v))

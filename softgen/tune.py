@@ -1,6 +1,6 @@
 """``softgen.tune`` / ``softgen tune``: measure which variant is fastest per size class on this
 machine and remember it in the tuning database (``tunedb``), where ``compile(algorithm="auto")``
-finds it (``kernel.tuned_table``).
+finds it (``autotable.tuned_table``).
 
 Per size class (one per requested size):
 
@@ -39,7 +39,7 @@ Threads: for a batch shape (rows > 1), the winner is then timed at every thread 
 (``threads``; ns/element at that count) with the rows class 2.. ("measured on batches"); it caps
 "auto" for batches in the tuned dispatch table, 1 included (the model's grain still decides below
 it, by rows x n). Single rows record 1 with the rows class 1..: they run on one thread, and the
-record says nothing about batches (auto stays the model's). ``kernel.tuned_table`` applies this.
+record says nothing about batches (auto stays the model's). ``autotable.tuned_table`` applies this.
 
 Budget: ``budget_s`` covers compiling and timing; each class gets an equal share of what is left
 when it starts. Ctrl-C (KeyboardInterrupt) keeps the classes already recorded and returns.
@@ -77,7 +77,7 @@ from .kernel import compile as compile_kernel
 from .matrix import MatMulPhase
 from .numerics.constants import EXP_DEFAULT
 from .schedule import AttentionSchedule, GemmSchedule, Schedule, default_schedule
-from .targets import get_target
+from .targets import get_target, host_arch, is_group_spec, target_group
 
 DEFAULT_SIZES = "1K,64K,1M,16M"
 DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
@@ -144,6 +144,57 @@ class TuneResult:
             out.append(f"interrupted: kept the {len(self.classes)} completed size class(es)")
         out.append(f"tuning database: {tunedb.default().path}")
         return "\n".join(out)
+
+
+@dataclass
+class GroupTuneResult:
+    """``tune`` of a target group (``x86-64``, ``aarch64``, ``"avx2,avx512"`` or a list): one
+    ``TuneResult`` per member this CPU runs (the budget split evenly between them), and why the
+    others were skipped. Reads like a ``TuneResult`` (``records``, ``report()``, ``interrupted``)."""
+    op: str
+    target: str                                       # the group's name
+    budget_s: float
+    results: list = field(default_factory=list)       # TuneResult per member tuned, best member first
+    skipped: list = field(default_factory=list)       # a note per member not tuned
+    interrupted: bool = False
+    wall_seconds: float = 0.0
+
+    @property
+    def records(self) -> list:
+        return [r for res in self.results for r in res.records]
+
+    @property
+    def notes(self) -> list:
+        return self.skipped + [f"{res.target}: {n}" for res in self.results for n in res.notes]
+
+    def report(self) -> str:
+        head = (f"tuned {self.op} for the members of {self.target} this CPU runs "
+                f"({', '.join(r.target for r in self.results)}) in {self.wall_seconds:.1f} s "
+                f"(budget {self.budget_s:g} s, split evenly)")
+        return "\n".join([head, *(f"skipped: {n}" for n in self.skipped),
+                          *(r.report() for r in self.results)])
+
+
+def _tune_group(op: str, spec, budget_s, **kw) -> GroupTuneResult:
+    """``tune`` of each member of the group ``spec`` this CPU runs, with an equal share of the
+    budget; stops at a Ctrl-C (the members tuned so far are kept)."""
+    t0 = time.monotonic()
+    group, budget = target_group(spec), _parse_budget(budget_s)
+    res = GroupTuneResult(op, group.name, budget)
+    if group.arch not in ("any", host_arch()):
+        raise UsageError(f"tune: the {group.name} library ({group.arch}) does not run on this {host_arch()} "
+                         f"machine; tuning measures, so tune on a machine of that architecture")
+    runs = [t for t in group.members if t.runnable]
+    res.skipped = [f"{t.name}: this CPU cannot run it (missing {', '.join(t.missing_features())})"
+                   for t in group.members if not t.runnable]
+    for t in runs:
+        r = tune(op, target=t.name, budget_s=budget / len(runs), **kw)
+        res.results.append(r)
+        if r.interrupted:
+            res.interrupted = True
+            break
+    res.wall_seconds = time.monotonic() - t0
+    return res
 
 
 def label(algorithm: str, schedule: dict) -> str:
@@ -308,7 +359,11 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     tuning database (see the module docstring). ``sizes``: row lengths (ints, or text like
     "1K,64K,1M,16M", the default); ``shapes``: (rows, n) pairs (or "4096x512,..."); ``budget_s``:
     seconds for everything (or text like "60s", "2m"); ``params``: the op's parameters.
-    Returns a ``TuneResult`` (``.report()``, ``.records``)."""
+    Returns a ``TuneResult`` (``.report()``, ``.records``). ``target`` a group (``x86-64``,
+    ``"avx2,avx512"``, a list): each member this CPU runs, a ``GroupTuneResult``."""
+    if is_group_spec(target):
+        return _tune_group(op, target, budget_s, sizes=sizes, backend=backend, shapes=shapes, keep=keep,
+                           progress=progress, stream=stream, seed=seed, **params)
     t0 = time.monotonic()
     opdef = ops.get_op(op)
     if opdef.kind == "attention":
@@ -516,7 +571,7 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
     default over the shapes, recorded as one record for every size (algorithm "direct", the
     schedule's GEMM fields), which ``compile`` of the op then uses (``k.tuned``, ``k.gemm``).
     ``attention``: the streaming attention form's blocks instead (``attention_candidates``, one
-    thread), recorded as algorithm "streaming" with the schedule {br, bc} (``kernel.tuned_attention``)."""
+    thread), recorded as algorithm "streaming" with the schedule {br, bc} (``autotable.tuned_attention``)."""
     t0 = time.monotonic() if t0 is None else t0
     be = get_backend(backend)
     t = get_target(target)

@@ -110,6 +110,49 @@ def test_torch_refusals(sm):
         sm(torch.empty(2, 3, device="meta"))
 
 
+@needs_torch
+def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, monkeypatch):
+    """Torch tensors of every fast kind (rows, top-k, unary matrix; Kernel and per-op function)
+    go to _fastcall on their address, shape and strides: no arrays.prepare, no Tensor.numpy()
+    (issue 15). Results equal NumPy's; layouts the fast path declines still work or are refused."""
+    from softgen import kernel as kmod
+    if kmod._fastcall is None:
+        pytest.skip("softgen._fastcall is not built")
+    x = torch.randn(3, 40)
+    m = torch.rand(2, 5, 5)
+    want = {"sm": sm(x.numpy()), "topk": topk(x.numpy()), "sink": sink(m.numpy()),
+            "f": softgen.softmax(x.numpy(), target="scalar")}
+    sm(x), topk(x), sink(m), softgen.softmax(x, target="scalar")   # load; torch's type seen once
+
+    def trap(*a, **k):
+        raise AssertionError("a torch call went through a NumPy view")
+
+    def _teq(t, a):   # (not through NumPy: Tensor.numpy is the trap)
+        return torch.equal(t, torch.from_numpy(np.ascontiguousarray(a)))
+    monkeypatch.setattr(torch.Tensor, "numpy", trap)
+    monkeypatch.setattr(arrays, "prepare", trap)
+    y = sm(x)
+    assert type(y) is torch.Tensor and y.dtype == torch.float32 and _teq(y, want["sm"])
+    out = torch.empty(3, 40)
+    assert sm(x, out=out) is out and _teq(out, want["sm"])
+    x2 = x.clone()
+    assert sm(x2, out=x2) is x2 and _teq(x2, want["sm"])          # in place
+    assert _teq(sm(x[1:, :]), want["sm"][1:])                      # a view: storage offset
+    idx, w = topk(x)
+    assert idx.dtype == torch.int64 and _teq(idx, want["topk"][0]) and _teq(w, want["topk"][1])
+    s = sink(m)
+    assert type(s) is torch.Tensor and _teq(s, want["sink"])
+    assert _teq(softgen.softmax(x, target="scalar"), want["f"])
+    monkeypatch.undo()
+    # declined by the fast path: the general path computes (strided rows) or refuses
+    xt = x.t().contiguous().t()                                              # unit stride across rows
+    assert np.allclose(sm(xt), ref_softmax(x.numpy()), atol=1e-6)
+    with pytest.raises(UsageError):
+        sm(torch._neg_view(x))         # its bits are x's, its values -x's: never read raw
+    with pytest.raises(ValueError):
+        sm(x, out=torch.empty(3, 41))
+
+
 class _Dev:
     """A DLPack array on a non-CPU device (CUDA), as CuPy presents one."""
 
@@ -287,6 +330,32 @@ def test_jax_arrays(sm):
         sm(x, out=jnp.zeros((3, 6), jnp.float32))
 
 
+def test_jax_every_kind_zero_copy(sm, topk, sink, monkeypatch):
+    """JAX arrays in (DLPack: the kernel reads the JAX buffer itself), JAX arrays out, for rows,
+    top-k and a matrix op, through the Kernel and the per-op functions; out= refused (immutable)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((3, 40)).astype(np.float32))
+    m = jnp.asarray(np.random.default_rng(9).random((2, 5, 5)).astype(np.float32))
+    seen = []
+    real = np.from_dlpack
+    monkeypatch.setattr(np, "from_dlpack", lambda a, **k: seen.append(real(a, **k)) or seen[-1])
+    y = sm(x)
+    assert isinstance(y, jax.Array) and np.array_equal(np.asarray(y), sm(np.asarray(x)))
+    assert seen and seen[0].ctypes.data == x.unsafe_buffer_pointer()     # no copy in
+    idx, w = topk(x)
+    assert isinstance(idx, jax.Array) and isinstance(w, jax.Array)
+    ri, rw = topk(np.asarray(x))
+    assert np.array_equal(np.asarray(idx), ri) and np.array_equal(np.asarray(w), rw)
+    s = sink(m)
+    assert isinstance(s, jax.Array) and np.array_equal(np.asarray(s), sink(np.asarray(m)))
+    f = softgen.softmax(x, target="scalar")
+    assert isinstance(f, jax.Array) and np.array_equal(np.asarray(f), softgen.softmax(np.asarray(x), target="scalar"))
+    for call in (lambda o: sm(x, out=o), lambda o: softgen.softmax(x, out=o, target="scalar")):
+        with pytest.raises(UsageError, match="read-only.*without out="):
+            call(jnp.zeros((3, 40), jnp.float32))
+
+
 def test_topk_fast_path_matches_the_general_path(topk):
     """Top-k calls take _fastcall.selected (no ctypes, no binding); every layout it declines
     (strided, Fortran, empty) falls back, and the results equal the general path's."""
@@ -304,6 +373,47 @@ def test_topk_fast_path_matches_the_general_path(topk):
         fast = topk(a)
         slow = topk._call_np(topk._fn, (a,), None)
         assert all(u.shape == v.shape and np.array_equal(u, v) for u, v in zip(fast, slow))
+
+
+def test_general_matrix_fast_path(gauss, monkeypatch):
+    """General matrix calls (gaussian_kernel: two inputs) take _fastcall.general, through the
+    Kernel and the per-op function, NumPy and torch, with no binding; every layout it declines
+    (strided rows, Fortran, out overlapping an input, a dims mismatch) takes the general path."""
+    from softgen import kernel as kmod
+    if kmod._fastgeneral is None:
+        pytest.skip("softgen._fastcall is not built")
+    rng = np.random.default_rng(10)
+    a, b = rng.random((2, 3, 4), np.float32), rng.random((2, 5, 4), np.float32)
+    want = gauss._call_np(gauss._entry(False), (a, b), None)
+    fn = softgen.gaussian_kernel
+    fn(a, b, 4, target="scalar")
+    if torch is not None:
+        gauss(torch.from_numpy(a), torch.from_numpy(b))   # torch's type seen once (arrays.TORCH_TYPES)
+    assert gauss._fast_general is not None
+
+    def trap(*args, **kw):
+        raise AssertionError("a general matrix call went through binding")
+    monkeypatch.setattr(kmod, "bind", trap)
+    assert np.array_equal(gauss(a, b), want)
+    o = np.empty((2, 3, 5), np.float32)
+    assert gauss(a, b, out=o) is o and np.array_equal(o, want)
+    assert np.array_equal(fn(a, b, 4, target="scalar"), fn(a, b, 4, target="scalar", out=o)) and \
+        np.array_equal(o, gauss(a, b))
+    if torch is not None:
+        g = gauss(torch.from_numpy(a), torch.from_numpy(b))
+        assert type(g) is torch.Tensor and np.array_equal(g.numpy(), want)
+        ot = torch.empty(2, 3, 5)
+        assert gauss(torch.from_numpy(a), torch.from_numpy(b), out=ot) is ot and np.array_equal(ot.numpy(), want)
+    monkeypatch.undo()
+    for x, y in ((a[:, :, ::2], b[:, :, ::2]), (np.asfortranarray(a), b), (a[:, :2], b[:, 1:])):
+        assert np.array_equal(gauss(x, y), gauss._call_np(gauss._fn, (x, y), None))
+    sq = rng.random((4, 4), np.float32)
+    over = sq.copy()
+    assert gauss(over, sq, out=over) is over and np.array_equal(over, gauss(sq, sq))   # out is input a
+    with pytest.raises(ValueError, match="dimension d"):
+        gauss(a, rng.random((2, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        gauss(a, b, out=np.empty((2, 3, 4), np.float32))
 
 
 def test_unary_matrix_fast_path_matches_the_general_path(sink):

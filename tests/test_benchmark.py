@@ -337,6 +337,26 @@ def test_cli_bench_target_that_cannot_run(capsys, monkeypatch):
     assert "cannot run on this CPU" in capsys.readouterr().err
 
 
+def test_bench_a_group_times_its_library():
+    """A group (here a list of targets: the Python form of 'softgen build --target avx2,scalar')
+    is one library, timed as itself; its rows name the member it runs here."""
+    if "avx2" not in RUNNABLE:
+        pytest.skip("avx2 does not run here")
+    res = B.run(B.BenchConfig(shapes=[(1, 300)], against=[], targets=[["avx2", "scalar"]], copy=False, **FAST))
+    (row,) = res["rows"]
+    assert row["variant"].startswith("softgen ") and "auto" in row["variant"], row["variant"]
+    assert row["target"] == "avx2" and row["max_rel_err"] <= 1e-4
+    assert res["variants"][0]["kernel"].endswith("__avx2_scalar")
+
+
+def test_cli_bench_group_that_cannot_run(capsys, monkeypatch):
+    if softgen.host_target() == "neon":
+        pytest.skip("an aarch64 host runs the aarch64 group")
+    monkeypatch.setattr(B, "run", lambda *a, **k: pytest.fail("measured a library that cannot run"))
+    assert cli.main(["bench", "--target", "aarch64", "--quiet"]) == 2
+    assert "the aarch64 library (neon, scalar, aarch64) cannot run on this CPU" in capsys.readouterr().err
+
+
 # -- the bench/ scripts use this machinery ------------------------------------------------------------------
 
 def test_bench_scripts_reuse_the_package(monkeypatch):

@@ -275,7 +275,7 @@ def test_tune_gemm_records_and_compile_uses_it(tmp_path, monkeypatch, rng):
 def test_records_with_knobs_a_target_lacks_are_not_used():
     from types import SimpleNamespace
 
-    from softgen.kernel import _tuned_entries
+    from softgen.autotable import _tuned_entries
     rec = SimpleNamespace(algorithm="two-pass", n_min=1, n_max=100, rows_min=1, timestamp=0.0,
                           schedule={**Schedule().as_dict(), "stream": True})
     p = build_program("softmax")

@@ -46,6 +46,9 @@ LAYERS = [
      "softgen.backends.entry", "softgen.backends.attention", "softgen.backends.tvm_adapter", "softgen.backends.tvm_gemm", "softgen.backends.tvm"},
     # 6: users of a backend's output: AOT export, the GEMM runtime
     {"softgen.export", "softgen.gemm_runtime"},
+    # what algorithm="auto" resolves to (dispatch tables from the model or tuning records, tuned
+    # GEMM tiles and attention blocks): reads tunedb and the backends' knobs, generates nothing
+    {"softgen.autotable"},
     # 7: the Python API
     {"softgen.kernel"},
     # 7b: benchmarking compiled kernels against peers and the copy bandwidth (softgen bench)

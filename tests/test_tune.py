@@ -19,7 +19,7 @@ from conftest import check
 
 import softgen
 from softgen import machine, tunedb
-from softgen.targets import get_target
+from softgen.targets import get_target, host_arch
 
 tune_mod = importlib.import_module("softgen.tune")   # softgen.tune is the function
 HOST = get_target("host")
@@ -142,6 +142,29 @@ def test_ctrl_c_keeps_completed_classes(db, monkeypatch):
     res = _tune()
     assert res.interrupted and len(res.records) == 1 and calls["n"] > 0
     assert len(tunedb.records("softmax")) == 1 and "interrupted" in res.report()
+
+
+def test_a_group_tunes_each_member_this_cpu_runs(db, monkeypatch):
+    """target=<group>: each member this CPU runs, with an equal share of the budget (faked: the
+    CPU reports no features, so only scalar runs); a Ctrl-C in one member stops the rest."""
+    real, seen = tune_mod.tune, []
+
+    def member(op, target, budget_s, **kw):
+        seen.append((target, budget_s))
+        return tune_mod.TuneResult(op, {}, target, "c", budget_s, interrupted=len(seen) == 2)
+    monkeypatch.setattr(tune_mod, "tune", member)
+    if host_arch() != "x86_64" or not get_target("avx2").runnable:
+        pytest.skip("an x86-64 host with avx2")
+    res = real("softmax", target="avx2,scalar", sizes=SIZES, budget_s="6s", progress=False)
+    assert seen == [("avx2", 3.0), ("scalar", 3.0)] and res.interrupted and res.target == "avx2,scalar"
+    seen.clear()
+    monkeypatch.setattr(sys.modules["softgen.targets"], "host_features", lambda: {})
+    res = real("softmax", target="x86-64", sizes=SIZES, budget_s=6, progress=False)
+    assert seen == [("scalar", 6.0)] and not res.interrupted
+    assert [n.split(":")[0] for n in res.skipped] == ["avx512", "avx2"]
+    assert "skipped: avx512: this CPU cannot run it" in res.report() and res.records == []
+    with pytest.raises(softgen.UsageError, match="does not run on this"):
+        real("softmax", target="aarch64", sizes=SIZES, budget_s=6)
 
 
 def test_bad_arguments():

@@ -13,7 +13,7 @@ from .. import machine, ops, passes
 from .._version import __version__
 from ..errors import UsageError
 from ..kernel import compile as compile_kernel
-from ..targets import get_target
+from ..targets import get_target, host_arch, is_group_spec, target_group
 from .copykernel import COPY_BYTES, CopyKernel
 from .parse import parse_sizes, size_label
 from .peers import PEERS, load_peers, max_rel_err, numpy_softmax
@@ -31,6 +31,8 @@ class BenchConfig:
     shapes: list = field(default_factory=lambda: parse_sizes(DEFAULT_SIZES))   # (rows, n)
     against: list = field(default_factory=lambda: list(PEERS))
     all: bool = False                 # every applicable algorithm, not only auto's choice
+    # each a target (a name or "host") or a group (x86-64, aarch64, a list of names: one library,
+    # the ISA picked at load), timed side by side
     targets: list = field(default_factory=lambda: ["host"])
     backends: list = field(default_factory=lambda: ["c"])
     copy: bool = True                 # the generated streaming copy (the bandwidth bound)
@@ -61,10 +63,7 @@ def validate(cfg: BenchConfig) -> None:
         if rows < 1 or n < 1:
             raise UsageError(f"bench: shape {rows}x{n}: rows and n must be >= 1")
     for t in cfg.targets:
-        target = get_target(t)               # an unknown name is a UsageError naming the known ones
-        if not target.runnable:
-            raise UsageError(f"bench: target {target.name} cannot run on this CPU (missing "
-                             f"{', '.join(target.missing_features())}); see 'softgen targets'")
+        _bench_target(t)                     # an unknown name is a UsageError naming the known ones
     if not cfg.targets or not cfg.backends:
         raise UsageError("bench: need at least one target and one backend")
     bad = [p for p in cfg.against if p not in PEERS]
@@ -82,6 +81,24 @@ def validate(cfg: BenchConfig) -> None:
                          f"DRAM rotation), more than this machine's memory ({phys >> 20} MiB) allows")
 
 
+def _bench_target(spec) -> tuple[str, str]:
+    """(the name of what ``compile(target=...)`` gets, the runnable target that stands for it: the
+    copy kernel's) of one entry of ``BenchConfig.targets``; a UsageError if this CPU cannot run it.
+    A group's library runs the first member this CPU runs (its ISA check at load)."""
+    if not is_group_spec(spec):
+        target = get_target(spec)
+        if not target.runnable:
+            raise UsageError(f"bench: target {target.name} cannot run on this CPU (missing "
+                             f"{', '.join(target.missing_features())}); see 'softgen targets'")
+        return target.name, target.name
+    group = target_group(spec)
+    pick = next((t for t in group.members if t.runnable), None) if group.arch in ("any", host_arch()) else None
+    if pick is None:
+        raise UsageError(f"bench: the {group.name} library ({', '.join(group.names)}, {group.arch}) cannot run on "
+                         f"this CPU; see 'softgen targets'")
+    return group.name, pick.name
+
+
 @dataclass
 class _SG:
     name: str
@@ -97,6 +114,11 @@ class _SG:
         """(algorithm, bytes per element, traffic) of a call on rows of n: a dispatcher's are its
         variant's for that n (``Kernel.dispatch``)."""
         k = self.kernel
+        if getattr(k, "members", ()):           # a library over ISAs: the member it runs here
+            k = next(m for m in k.members if m.target.name == k.isa)
+            if not k.dispatcher:
+                tr = k.plan.traffic()
+                return k.algorithm, tr["bytes_per_element"], tr["summary"]
         if not getattr(k, "dispatcher", False):
             return self.algorithm, self.bytes_per_element, self.traffic
         alg = next(e.algorithm for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
@@ -105,31 +127,32 @@ class _SG:
 
 
 def _softgen_variants(cfg: BenchConfig) -> list[_SG]:
-    targets = list(dict.fromkeys(get_target(t).name for t in cfg.targets))     # "host" and its name: once
+    # "host" and its name: once; a group: (its name, the runnable target standing for it)
+    targets = list(dict.fromkeys(_bench_target(t) for t in cfg.targets))
     backends = list(dict.fromkeys(cfg.backends))
     multi = len(targets) > 1 or len(backends) > 1
     program = ops.build_program(cfg.op)
     out = []
-    for t in targets:
-        target = get_target(t)
+    for t, runs in targets:
         for b in backends:
-            auto = compile_kernel(cfg.op, algorithm="auto", target=target.name, backend=b)
+            auto = compile_kernel(cfg.op, algorithm="auto", target=t, backend=b)
             algs = passes.applicable_algorithms(program) if cfg.all else []
-            if auto.dispatcher:                 # picks a variant per n: timed as itself
+            # a dispatcher picks a variant per n, a group's library an ISA (and then maybe a
+            # variant per n): timed as itself
+            if auto.dispatcher or auto.algorithm == "auto":
                 auto._entry(False)
-                label = f"{target.name}/{b} auto" if multi else "auto"
-                out.append(_SG(f"softgen {label}", auto, target.name, b, "auto", True, 0, "per size"))
+                label = f"{t}/{b} auto" if multi else "auto"
+                out.append(_SG(f"softgen {label}", auto, runs, b, "auto", True, 0, "per size"))
             elif auto.algorithm not in algs:    # auto's own entry is always timed
                 algs = [auto.algorithm, *algs]
             for a in algs:
-                k = auto if a == auto.algorithm else compile_kernel(cfg.op, algorithm=a, target=target.name,
-                                                                    backend=b)
+                k = auto if a == auto.algorithm else compile_kernel(cfg.op, algorithm=a, target=t, backend=b)
                 k._entry(False)    # compile and load outside the timed region
                 tr = k.plan.traffic()
                 label = f"{a} (auto)" if a == auto.algorithm else a
                 if multi:
-                    label = f"{target.name}/{b} {label}"
-                out.append(_SG(f"softgen {label}", k, target.name, b, a, a == auto.algorithm,
+                    label = f"{t}/{b} {label}"
+                out.append(_SG(f"softgen {label}", k, runs, b, a, a == auto.algorithm,
                                tr["bytes_per_element"], tr["summary"]))
     return out
 

@@ -14,8 +14,9 @@ Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="z
 
 Normalizers: softmax (three-phase and, by ``passes.stream_attention``, streaming), stablemax and
 topk_softmax (``top_k=``, ``renormalize=``; three-phase: the rows phase is the row op's selection,
-radix select above the target's topk_network_max_k). The others of docs/ops.md §10 (softplus_l1, lssa, lssar, topk_softmax, sinkhorn, soft) are
-accepted names that raise a UsageError until they are built.
+radix select above the target's topk_network_max_k), sinkhorn and soft (``_sinkhorn``, ``_soft``). The
+others of docs/ops.md §10 (softplus_l1, lssa, lssar) are accepted names that raise a UsageError until
+they are built.
 The op has its own kind, ``"attention"``: it takes three arrays (q, k, v) and its own front door
 (``functional.attention``), so the generic sweeps over row and matrix ops leave it out.
 """
@@ -36,7 +37,8 @@ from .soft import _head_dim_int
 from .topk import _topk_k
 
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft")
-SUPPORTED = ("softmax", "stablemax", "topk_softmax")
+SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft", "topk_softmax")
+ITERATIVE = {"sinkhorn": 3, "soft": 20}   # n_iter's default per normalizer (None: this one)
 MASKS = ("none", "additive")
 DIMS = ("lq", "lk", "d", "dv")
 
@@ -48,17 +50,23 @@ def default_scale(head_dim: int) -> float:
 
 def check_normalizer(normalizer: str) -> None:
     if normalizer not in SUPPORTED:
+        later = ", ".join(n for n in NORMALIZERS if n not in SUPPORTED)
         raise UsageError(f"attention with normalizer {normalizer!r} is not built yet: attention supports "
-                         f"{', '.join(SUPPORTED)} today (softplus_l1, which streams without rescaling, "
-                         f"comes next; then lssa, lssar, sinkhorn, soft)")
+                         f"{', '.join(SUPPORTED)} today (not yet: {later})")
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
-               top_k=None, renormalize=None):
+               n_iter=None, eps=1.0, top_k=None, renormalize=None):
     """The float64 oracle with the kernel's parameters and inputs (``additive``: the mask input of
-    a mask="additive" kernel)."""
+    a mask="additive" kernel; SOFT's landmarks)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
+    if normalizer == "sinkhorn":
+        return ref.sinkhorn_attention(q, k, v, scale=s, mask=m, n_iter=int(n_iter or ITERATIVE["sinkhorn"]),
+                                      eps=eps)
+    if normalizer == "soft":
+        return ref.soft_attention(q, k, v, landmarks=np.asarray(m, np.float64),
+                                  n_iter=int(ITERATIVE["soft"] if n_iter is None else n_iter), head_dim=head_dim)
     sel = {"top_k": int(top_k), "renormalize": renormalize in (None, 1)} if normalizer == "topk_softmax" else {}
     return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer, **sel)
 
@@ -66,7 +74,12 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
 def _tolerance(inputs, ref_y, params, call):
     """|O - O64| <= (rtol + 2^-23 (d + 2) |s| max|q||k| terms) * sum_j p_ij |v_j| + tiny: the
     scores are d-term f32 dot products (their error |ds| <= (d + 2) 2^-24 s |q||k| enters
-    P through e^s, relatively), the softmax is within 2e-6, the P V GEMM adds Lk 2^-24 |P||V|."""
+    P through e^s, relatively), the softmax is within 2e-6, the P V GEMM adds Lk 2^-24 |P||V|.
+    Sinkhorn and SOFT: ``_sinkhorn_attention_tolerance``, ``_soft_attention_tolerance``."""
+    if params.get("normalizer") == "sinkhorn":
+        return _sinkhorn_attention_tolerance(inputs, params)
+    if params.get("normalizer") == "soft":
+        return _soft_attention_tolerance(inputs, params)
     q, k, v = (np.asarray(a, np.float64) for a in inputs[:3])
     d, lk = q.shape[-1], k.shape[-2]
     s = params.get("scale") or default_scale(params["head_dim"])
@@ -87,31 +100,48 @@ def _samples(rng, params):
             xs = [rng.normal(0, sd, (2, lq, d)), rng.normal(0, sd, (2, lk, d)), rng.normal(0, 1, (2, lk, dv))]
             if params.get("mask") == "additive":
                 xs.append(np.where(rng.random((2, lq, lk)) < 0.9, 0.0, -np.inf))
+            if params.get("normalizer") == "soft":   # its landmarks input, pooled from k
+                xs.append(ref.soft_landmarks_avgpool(xs[1], min(4, lk)))
             out.append(tuple(x.astype(np.float32) for x in xs))
     return out
 
 
 @register("attention", _reference, kind="attention",
           params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax",
-                  "top_k": None, "renormalize": None},
+                  "n_iter": None, "eps": 1.0, "top_k": None, "renormalize": None},
           choices={"mask": MASKS, "normalizer": NORMALIZERS},
           matrices={"dims": DIMS, "inputs": {"q": ("lq", "d"), "k": ("lk", "d"), "v": ("lk", "dv")},
                     "outputs": {"o": ("lq", "dv")}},
           custom_tolerance=_tolerance, samples=_samples)
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
-              normalizer: str, top_k: int | None = None, renormalize: int | None = None) -> None:
+              normalizer: str, n_iter: float | None, eps: float, top_k: int | None = None,
+              renormalize: int | None = None) -> None:
     """O = normalize(s Q K^T + mask) V over the last two axes (docs/ops.md §10): q (..., Lq, d),
     k (..., Lk, d), v (..., Lk, dv) -> (..., Lq, dv); s = 1/sqrt(head_dim) unless scale is given;
     causal: key j kept iff j <= i + Lk - Lq (bottom-right); mask="additive": a float (..., Lq, Lk)
     input added to the scores. The three-phase form: S = s Q K^T, a rows phase (masks, softmax),
-    O = P V. Fully masked rows give NaN. topk_softmax: top_k (required) and renormalize (default 1)
-    as the row op's k and renormalize; masked keys are never selected."""
+    O = P V. Fully masked rows give NaN. sinkhorn (n_iter, eps) and soft (n_iter): see
+    ``_sinkhorn`` and ``_soft``. topk_softmax: top_k (required) and renormalize (default 1) as the
+    row op's k and renormalize; masked keys are never selected (``_topk_rows``)."""
     check_normalizer(normalizer)
     if normalizer != "topk_softmax" and (top_k, renormalize) != (None, None):
         raise UsageError(f"attention: top_k and renormalize are topk_softmax's parameters, not {normalizer}'s")
     if causal not in (0, 1):
         raise UsageError(f"causal must be 0/1 (or a bool), got {causal!r}")
+    if n_iter is not None and normalizer not in ITERATIVE:
+        raise UsageError(f"attention: n_iter is a parameter of the sinkhorn and soft normalizers, not {normalizer!r}")
+    if eps != 1.0 and normalizer != "sinkhorn":
+        raise UsageError(f"attention: eps is a parameter of the sinkhorn normalizer, not {normalizer!r}")
+    # a normalizer's own parameters name (and head) only its kernels: the others' stay as they were
+    for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",)), ("top_k", ("topk_softmax",)),
+                        ("renormalize", ("topk_softmax",))):
+        if normalizer not in owners:
+            mp.params.pop(key, None)
     s = default_scale(_head_dim_int(head_dim)) if scale is None else scale
+    if normalizer == "sinkhorn":
+        return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
+    if normalizer == "soft":
+        return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter)
     if mask == "additive":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -176,3 +206,108 @@ def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
     if off is not None:
         w = off.where_lt(0.5, w, zero)
     x.where_ranked(p.index(), sel.item(0), sel.item(1), w, zero).output()
+
+
+def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) -> None:
+    """Sinkhorn attention (docs/ops.md §7, 10), blocked: it cannot stream (each column step couples
+    every query), so S = s Q K^T is materialised once per (batch, head) in a scratch of Lq x Lk
+    floats, the additive mask is added in place (fused into the GEMM's store in C), the op
+    ``sinkhorn``'s phases (``sinkhorn_phases``: n_iter half-steps rows first, then exp(M) n_k)
+    run over it in place, and O = P V. Keys every query masks get weight 0 (the padding rule);
+    fully masked query rows are NaN. Not causal (the limit would be the identity)."""
+    if causal:
+        raise UsageError("attention: the sinkhorn normalizer is not causal (docs/ops.md §7: the only doubly "
+                         "stochastic lower-triangular matrix is the identity); use a mask for key padding")
+    n_iter, eps = sinkhorn._iterations(n_iter), sinkhorn._eps(eps)
+    if mask == "additive":
+        mp.inputs["mask"] = ("lq", "lk")
+    mp.scratch("s", ("lq", "lk"))
+    mp.matmul("s", "q", "k", layout="nt", alpha=s)
+    if mask == "additive":
+        x = mp.rows(over="s", into="s")
+        (x + x.p.matrow("mask")).output()
+    sinkhorn.sinkhorn_phases(mp, n_iter, eps, over="s", into="s", pre="sk_", dead_rows=True).output()
+    mp.notes.append(f"sinkhorn attention, blocked (it cannot stream: a column step couples every query): "
+                    f"S = s Q K^T materialised once per (batch, head) in the scratch s (lq x lk floats), "
+                    f"{n_iter} half-steps (rows first, eps {eps!r}) in place over it, then o = P v")
+    mp.matmul("o", "s", "v", layout="nn")
+
+
+def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter) -> None:
+    """SOFT attention's linear global form (docs/ops.md §6, 10): with the landmarks L (an input
+    ``landmarks`` (m x d): ``softgen.attention`` pools them from k, the spec's learning-free
+    choice), K1 = kernel(Q, L) (Lq x m), K1k^T = kernel(L, K) (m x Lk), K2 = kernel(L, L) and
+    its Newton-Schulz inverse (``newton_phases``, SOFT's variant: (K2 + 0.01 I)^-1), then
+    O = K1 (K2^+ (K1k^T V)) right to left: scratch O((Lq + Lk + dv + m) m), never Lq x Lk; the
+    Gaussian kernel's phases are the op ``gaussian_kernel``'s (``gaussian_phases``). Not causal,
+    no masks, no scale (the kernel's is 1 / (2 sqrt(head_dim)))."""
+    if causal or mask != "none" or scale is not None:
+        raise UsageError("attention: the soft normalizer is a global linear form: no causal, no mask, no scale "
+                         "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
+    d, n_iter = _head_dim_int(head_dim), soft._newton_iter(n_iter)
+    mp.dims = mp.dims + ("m",)
+    mp.inputs["landmarks"] = ("m", "d")
+    for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
+                        ("w", ("m", "dv"))):
+        mp.scratch(name, shape)
+    soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
+    soft.gaussian_phases(mp, "landmarks", "k", "k1kt", d, pre="gk_").output()
+    soft.gaussian_phases(mp, "landmarks", "landmarks", "k2", d, pre="g2_").output()
+    k2p = soft.newton_phases(mp, "k2", n_iter, "soft", 0.9, pre="nw_")
+    mp.matmul("kv", "k1kt", "v")                # K1k^T V   (m x dv)
+    mp.matmul("w", k2p, "kv")                   # K2^+ ...  (m x dv)
+    mp.matmul("o", "k1", "w")                   # K1 ...    (Lq x dv)
+    mp.notes.append("soft attention, linear global form: K1 = kernel(q, landmarks) (lq x m), K1k^T = kernel("
+                    "landmarks, k) (m x lk), K2 = kernel(landmarks, landmarks), K2^+ by " + f"{n_iter} Newton-Schulz "
+                    "steps, o = K1 (K2^+ (K1k^T v)): scratch (lq + lk + 2 dv + 5 m) m floats, no lq x lk matrix")
+
+
+def _sinkhorn_attention_tolerance(inputs, params):
+    """The op ``sinkhorn``'s own f32 bound on P (``_sinkhorn_tolerance``, from the exact scores),
+    plus the scores' error: each is a d-term f32 dot product, |dC| <= (d + 2) 2^-23 s |q||k| (and
+    one rounding of the mask's addition), which moves every potential by at most the largest |dC|
+    per half-step, so M = (C + u + v) / eps by at most 2 (n_iter + 1) max|dC| / eps (P relatively by
+    e^that - 1); then P V adds (Lk + 2) 2^-23 |P||V|."""
+    q, k, v = (np.asarray(a, np.float64) for a in inputs[:3])
+    mask = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+    n_iter, eps = int(params.get("n_iter") or ITERATIVE["sinkhorn"]), float(params.get("eps", 1.0))
+    sc = params.get("scale") or default_scale(params["head_dim"])
+    c = ref._attention_scores(q, k, sc, False, mask, None)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.nan_to_num(ref.sinkhorn(c, n_iter, eps)) if c.size else np.zeros(c.shape)
+        # non-finite inputs make their rows/matrices NaN, where the check compares NaN patterns
+        qn, kn = (np.nan_to_num(np.sqrt((x * x).sum(-1)), nan=0.0, posinf=0.0) for x in (q, k))
+        fin = np.where(np.isfinite(c), np.abs(c), 0.0)
+        dc = (q.shape[-1] + 2) * 2.0 ** -23 * sc * qn.max(-1, initial=0.0) * kn.max(-1, initial=0.0) \
+            + 2.0 ** -24 * fin.max((-2, -1), initial=0.0)
+        dc = dc[..., None, None]
+        tp = (sinkhorn._sinkhorn_tolerance(c, p, {"n_iter": n_iter, "eps": eps}, {}) if c.size else 0.0) \
+            + p * np.expm1(2 * (n_iter + 1) * dc / eps)
+        av = np.abs(v)
+        av = np.nan_to_num(av, posinf=0.0)
+        return np.nan_to_num(tp @ av + (k.shape[-2] + 2) * 2.0 ** -23 * (p @ av), nan=np.inf) + 2.0 ** -120
+
+
+def _soft_attention_tolerance(inputs, params):
+    """First-order propagation through O = K1 (K2^+ (K1k^T V)): the Gaussian kernels' own bounds
+    (``_gaussian_tolerance``) for K1, K1k, K2; Newton-Schulz's (``_newton_tolerance``: its f32
+    roundings, perturbed float64 runs) plus K2's error carried by the inverse (|K2^+| |dK2|
+    |K2^+|); each GEMM's (k + 2) 2^-23 |A||B|; doubled for the second-order terms."""
+    q, k, v, lm = (np.asarray(a, np.float64) for a in inputs[:4])
+    d, m = params["head_dim"], lm.shape[-2]
+    n_iter = int(ITERATIVE["soft"] if params.get("n_iter") is None else params["n_iter"])
+    g = {"head_dim": d}
+    k1, k1k, k2 = ref.gaussian_kernel(q, lm, d), ref.gaussian_kernel(k, lm, d), ref.gaussian_kernel(lm, lm, d)
+    d1, d1k, d2 = (soft._gaussian_tolerance(ab, y, g, {}) for ab, y in (((q, lm), k1), ((k, lm), k1k), ((lm, lm), k2)))
+    k2p = ref.newton_pinv(k2, n_iter, "soft", 0.9, alpha_scope="matrix")
+    with np.errstate(invalid="ignore", over="ignore"):
+        dk2p = soft._newton_tolerance(k2, k2p, {"n_iter": n_iter, "variant": "soft", "alpha_factor": 0.9}) \
+            + np.abs(k2p) @ d2 @ np.abs(k2p)
+        a1, a1k, ap, av = np.abs(k1), np.abs(k1k), np.abs(k2p), np.abs(v)
+        t = np.swapaxes(k1k, -1, -2) @ v
+        w = k2p @ t
+        at, aw = np.abs(t), np.abs(w)
+        dt = np.swapaxes(d1k, -1, -2) @ av + (k.shape[-2] + 2) * 2 * soft.U32 * (np.swapaxes(a1k, -1, -2) @ av)
+        dw = dk2p @ at + ap @ dt + (m + 2) * 2 * soft.U32 * (ap @ at)
+        do = d1 @ aw + a1 @ dw + (m + 2) * 2 * soft.U32 * (a1 @ aw)
+    return np.nan_to_num(2 * do, nan=np.inf) + 2.0 ** -120   # NaN: a non-finite input, a NaN output

@@ -43,6 +43,50 @@ def _eps(eps) -> float:
     return float(eps)
 
 
+def sinkhorn_phases(mp: MatrixProgram, n_iter: int, eps: float, over: str = "x", into: str | None = None,
+                    pre: str = "", dead_rows: bool = False) -> Value:
+    """Append the Sinkhorn iterations over matrix ``over`` to ``mp`` (the phases of the op
+    ``sinkhorn``, written once: attention's Sinkhorn normalizer reuses them on its score scratch)
+    and return the final rows phase's value, whose ``output()`` goes to ``into``. ``pre``
+    prefixes the per-row/per-column vectors and per-matrix scalars (u, v, nq, nk, ...) so they
+    cannot clash with the caller's names. ``dead_rows``: a padded row (only -inf) comes out NaN
+    instead of 0 (attention's fully masked query rows, docs/ops.md §0)."""
+    inv = 1.0 / eps
+    u, v, nq, nk = pre + "u", pre + "v", pre + "nq", pre + "nk"
+    for t in range(n_iter):
+        x = mp.rows(over=over, into=into)
+        p = x.p
+        if t % 2 == 0:   # row step
+            r = (x if t == 0 else x + p.colvec(v)).online(inv)
+            raw = _neg_lse(r.item(0), r.item(1), eps)
+            _potential(raw).emit(u)
+            if t == 0 and dead_rows:   # 1, or NaN for a padded row (raw = +inf; selects: no x * 0 to fold)
+                raw.where_lt(F32_MAX, 1.0, raw.finite_or_nan()).emit(pre + "alive")
+            if t == 0 and n_iter % 2:
+                _unpadded(raw).mreduce("sum", nq)
+            if n_iter == 1:   # no column step counts the padded columns: a column max of "not -inf"
+                x.where_lt(-F32_MAX, 0.0, 1.0).colreduce("max", pre + "live")
+                q = mp.cols(over=over)
+                q.colvec(pre + "live_m").sum().mreduce("sum", nk)
+        else:            # column step: accumulate across the rows, then finish per column
+            (x + p.row_param(u)).colreduce("online", pre + "lse", inv)
+            q = mp.cols(over=over)
+            raw = _neg_lse(q.colvec(pre + "lse_m"), q.colvec(pre + "lse_d"), eps)
+            _potential(raw).colstore(v)
+            if t == 1 and n_iter % 2:
+                _unpadded(raw).sum().mreduce("sum", nk)
+    x = mp.rows(over=over, into=into)
+    z = x + x.p.row_param(u)
+    if n_iter > 1:
+        z = z + x.p.colvec(v)
+    y = (z * inv).exp()
+    if n_iter % 2:   # rows sum to 1 after a row step; Sinkformers' scaling makes them n_k / n_q
+        y = y * (x.p.mscalar(nk) / x.p.mscalar(nq).maximum(1.0))
+    if dead_rows:
+        y = y * x.p.row_param(pre + "alive")
+    return y
+
+
 def _sinkhorn_tolerance(x, ref_y, params, call):
     """Error propagation in units of M = (C + u + v) / eps: each half-step's f32 LSE is off by
     the rounding of its inputs (|z| 2^-24 each, z up to Z = max (|C| + |u| + |v|) / eps), the
@@ -79,33 +123,4 @@ def sinkhorn(mp: MatrixProgram, n_iter: float, eps: float) -> None:
     result. Column LSEs are online reductions across the rows, vectorised over contiguous
     columns; the planner fuses each row step with the next column step's accumulation (one read
     of the matrix for both)."""
-    n_iter, eps = _iterations(n_iter), _eps(eps)
-    inv = 1.0 / eps
-    for t in range(n_iter):
-        x = mp.rows()
-        p = x.p
-        if t % 2 == 0:   # row step
-            r = (x if t == 0 else x + p.colvec("v")).online(inv)
-            raw = _neg_lse(r.item(0), r.item(1), eps)
-            _potential(raw).emit("u")
-            if t == 0 and n_iter % 2:
-                _unpadded(raw).mreduce("sum", "nq")
-            if n_iter == 1:   # no column step counts the padded columns: a column max of "not -inf"
-                x.where_lt(-F32_MAX, 0.0, 1.0).colreduce("max", "live")
-                q = mp.cols()
-                q.colvec("live_m").sum().mreduce("sum", "nk")
-        else:            # column step: accumulate across the rows, then finish per column
-            (x + p.row_param("u")).colreduce("online", "lse", inv)
-            q = mp.cols()
-            raw = _neg_lse(q.colvec("lse_m"), q.colvec("lse_d"), eps)
-            _potential(raw).colstore("v")
-            if t == 1 and n_iter % 2:
-                _unpadded(raw).sum().mreduce("sum", "nk")
-    x = mp.rows()
-    z = x + x.p.row_param("u")
-    if n_iter > 1:
-        z = z + x.p.colvec("v")
-    y = (z * inv).exp()
-    if n_iter % 2:   # rows sum to 1 after a row step; Sinkformers' scaling makes them n_k / n_q
-        y = y * (x.p.mscalar("nk") / x.p.mscalar("nq").maximum(1.0))
-    y.output()
+    sinkhorn_phases(mp, _iterations(n_iter), _eps(eps)).output()

@@ -40,6 +40,28 @@ def _gaussian_tolerance(inputs, ref_y, params, call):
         return np.where(y > 0, y * (np.expm1(s * dd2 + 2 * U32 * z) + EXP_REL), 0.0) + 2.0 ** -126
 
 
+def gaussian_phases(mp: MatrixProgram, a: str, b: str, dst: str, head_dim: int, pre: str = "") -> Value:
+    """Append the Gaussian kernel's phases (squared norms of ``a``'s and ``b``'s rows into the
+    vectors ``<pre>aa``, ``<pre>bb``; the NT GEMM ``dst = a b^T``; its element-wise rows phase)
+    to ``mp`` and return that phase's value (the kernel), whose ``output()`` goes to ``dst``:
+    the op ``gaussian_kernel``, written once (SOFT attention reuses it for K1, K1k^T and K2)."""
+    s = 1.0 / (2.0 * math.sqrt(head_dim))
+    for over, vec in ((b, pre + "bb"), (a, pre + "aa")):
+        x = mp.rows(over=over)
+        # x - x is NaN exactly for NaN and +-inf: the norm is NaN for a non-finite point and
+        # +inf only by overflow (one op; a finite-or-NaN select took three)
+        x.fma(x, x - x).sum().emit(vec)
+    mp.matmul(dst, a, b, layout="nt")
+    g = mp.rows(over=dst, into=dst)
+    p = g.p
+    q = p.row_param(pre + "aa") + p.colvec(pre + "bb")
+    d2 = g.fma(-2.0, q).maximum(0.0)                            # aa + bb - 2 G, one rounding
+    # max drops NaN, and G may be inf - inf once the norms overflow: q alone decides those pairs
+    # (NaN: a non-finite point; >= FLT_MAX: float32 cannot form the distance, counted as far)
+    d2 = q.where_lt(F32_MAX, d2, q)
+    return (d2 * -s).exp()
+
+
 def _gaussian_samples(rng, params):
     return [(rng.uniform(lo, hi, (2, n, d)).astype(np.float32), rng.uniform(lo, hi, (2, m, d)).astype(np.float32))
             for n, m, d in ((1, 1, 1), (7, 9, 3), (64, 64, 64), (300, 17, 65)) for lo, hi in ((-1, 1), (-4, 4))]
@@ -56,21 +78,7 @@ def gaussian_kernel(mp: MatrixProgram, head_dim: float) -> None:
     backend). Entries in (0, 1]; exactly the clamp makes identical points give 1. A point with a
     non-finite coordinate gives NaN against every point; finite points with |a_i|^2 + |b_j|^2 >=
     FLT_MAX give 0 (their distance is beyond float32: far apart, or identical huge points)."""
-    s = 1.0 / (2.0 * math.sqrt(_head_dim_int(head_dim)))
-    for over in ("b", "a"):
-        x = mp.rows(over=over)
-        # x - x is NaN exactly for NaN and +-inf: the norm is NaN for a non-finite point and
-        # +inf only by overflow (one op; a finite-or-NaN select took three)
-        x.fma(x, x - x).sum().emit(over * 2)
-    mp.matmul("s", "a", "b", layout="nt")
-    g = mp.rows(over="s", into="s")
-    p = g.p
-    q = p.row_param("aa") + p.colvec("bb")
-    d2 = g.fma(-2.0, q).maximum(0.0)                            # aa + bb - 2 G, one rounding
-    # max drops NaN, and G may be inf - inf once the norms overflow: q alone decides those pairs
-    # (NaN: a non-finite point; >= FLT_MAX: float32 cannot form the distance, counted as far)
-    d2 = q.where_lt(F32_MAX, d2, q)
-    (d2 * -s).exp().output()
+    gaussian_phases(mp, "a", "b", "s", _head_dim_int(head_dim)).output()
 
 
 NEWTON_MAX_ITER = 1000
@@ -210,47 +218,59 @@ def newton_pinv(mp: MatrixProgram, n_iter: float, variant: str, alpha_factor: fl
     2 / (max row sum)^2 halved while |I - A (alpha A)|_1 > 1.01 (at most 10 times; all candidates
     tested at once from G = A A, the first that passes taken) -> A^+. alpha is per matrix (the
     reference's "tensor" scope couples the matrices of a batch; the limit is the same)."""
-    n_iter, factor = _newton_iter(n_iter), _alpha_factor(alpha_factor)
-    for name in ("t", "v", "w"):
-        mp.scratch(name, ("m", "m"))
-    x = mp.rows(over="x")
-    rowsum = x.abs().sum()
-    rowsum.mreduce("max", "rmax")                                               # max row sum |A|
-    rowsum.mreduce("sum", "finite")   # NaN/inf anywhere: a NaN matrix, also at n_iter = 0
+    newton_phases(mp, "x", _newton_iter(n_iter), variant, _alpha_factor(alpha_factor), into="y")
+
+
+def newton_phases(mp: MatrixProgram, x: str, n_iter: int, variant: str, factor: float,
+                  into: str | None = None, pre: str = "") -> str:
+    """Append Newton-Schulz's phases for the square matrix ``x`` to ``mp`` (the op
+    ``newton_pinv``, written once: SOFT attention reuses them on its K2) and return the matrix
+    holding the result: ``into`` (a last rows phase copies it there) or, without ``into``, the
+    iteration's scratch. ``pre`` prefixes its scratch matrices, vectors and scalars."""
+    t, v, w, pp = pre + "t", pre + "v", pre + "w", pre + "p"
+    rmax, finite = pre + "rmax", pre + "finite"
+    for name in (t, v, w):
+        mp.scratch(name, mp.shape(x))
+    xr = mp.rows(over=x)
+    rowsum = xr.abs().sum()
+    rowsum.mreduce("max", rmax)                                                 # max row sum |A|
+    rowsum.mreduce("sum", finite)     # NaN/inf anywhere: a NaN matrix, also at n_iter = 0
     if variant == "soft":
-        mp.scratch("p", ("m", "m"))
-        x = mp.rows(over="x", into="p")
-        (x + _diagonal(x.p, REGULARISER, 0.0)).output()                        # P = A + 0.01 I
-        v = mp.rows(over="p", into="v")
-        r = v.p.mscalar("rmax")
-        alpha = (factor * 2.0 / (r * r)).poison(v.p.mscalar("finite"))
-        (v * alpha).output()                                                    # V0 = alpha P
-        P = "p"
+        mp.scratch(pp, mp.shape(x))
+        xr = mp.rows(over=x, into=pp)
+        (xr + _diagonal(xr.p, REGULARISER, 0.0)).output()                      # P = A + 0.01 I
+        vr = mp.rows(over=pp, into=v)
+        r = vr.p.mscalar(rmax)
+        alpha = (factor * 2.0 / (r * r)).poison(vr.p.mscalar(finite))
+        (vr * alpha).output()                                                   # V0 = alpha P
+        P = pp
     elif variant == "norm":
-        mp.matmul("t", "x", "x")                                                # G = A A
-        g = mp.rows(over="t")
-        r = g.p.mscalar("rmax")
+        mp.matmul(t, x, x)                                                      # G = A A
+        g = mp.rows(over=t)
+        r = g.p.mscalar(rmax)
         alpha0, eye = 2.0 / (r * r), _diagonal(g.p, 1.0, 0.0)
         for k in range(NORM_HALVINGS):   # column abs-sums of I - alpha_k G, every candidate at once
-            (eye - g * (alpha0 * 2.0 ** -k)).abs().colreduce("sum", f"norm{k}")
-        q = mp.cols(over="t")
+            (eye - g * (alpha0 * 2.0 ** -k)).abs().colreduce("sum", f"{pre}norm{k}")
+        q = mp.cols(over=t)
         for k in range(NORM_HALVINGS):
-            q.colvec(f"norm{k}_s").max().mreduce("max", f"norm{k}")
-        v = mp.rows(over="x", into="v")
-        r = v.p.mscalar("rmax")
+            q.colvec(f"{pre}norm{k}_s").max().mreduce("max", f"{pre}norm{k}")
+        vr = mp.rows(over=x, into=v)
+        r = vr.p.mscalar(rmax)
         alpha0 = 2.0 / (r * r)
         alpha = alpha0 * 2.0 ** -NORM_HALVINGS
         limit = float(np.nextafter(np.float32(NORM_TEST), np.float32(np.inf)))   # norm <= 1.01 in f32
         for k in reversed(range(NORM_HALVINGS)):   # the first candidate that passes
-            alpha = v.p.mscalar(f"norm{k}").where_lt(limit, alpha0 * 2.0 ** -k, alpha)
-        (v * alpha.poison(v.p.mscalar("finite"))).output()                      # V0 = alpha A
-        P = "x"
+            alpha = vr.p.mscalar(f"{pre}norm{k}").where_lt(limit, alpha0 * 2.0 ** -k, alpha)
+        (vr * alpha.poison(vr.p.mscalar(finite))).output()                     # V0 = alpha A
+        P = x
     else:
         raise UsageError(f"variant must be 'soft' or 'norm', got {variant!r}")
-    with mp.loop(n_iter, swap=[("v", "w")]):
-        mp.matmul("t", P, "v")                                                  # T = P V
-        mp.matmul("w", "v", "t")                                                # W = V T
-        w = mp.rows(over="w", into="w")
-        (w.p.matrow("v") * 2.0 - w).output()                                   # W = 2V - W
-    y = mp.rows(over="v", into="y")
-    y.output()
+    with mp.loop(n_iter, swap=[(v, w)]):
+        mp.matmul(t, P, v)                                                      # T = P V
+        mp.matmul(w, v, t)                                                      # W = V T
+        wr = mp.rows(over=w, into=w)
+        (wr.p.matrow(v) * 2.0 - wr).output()                                   # W = 2V - W
+    if into is None:
+        return v
+    mp.rows(over=v, into=into).output()
+    return into

@@ -1,0 +1,219 @@
+"""What ``algorithm="auto"`` resolves to before anything is generated: the algorithm of a
+plain compile (``choose_algorithm``, ``attention_algorithm``), the dispatch table of a row op
+from the cost model (``auto_table``) or from this machine's tuning records (``tuned_table``,
+with the thread cap a record implies, ``thread_cap``), and a matrix op's tuned GEMM tile
+(``tuned_gemm``) or streaming attention blocks (``tuned_attention``). Plain data out
+(``costmodel.DispatchTable``, ``GemmSchedule``, dicts); ``kernel.compile`` generates from it."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from . import passes, tunedb
+from .backends import Backend, get_backend
+from .backends.gemm import schedule_for
+from .costmodel import DispatchTable, Entry, model_table, thread_policy
+from .errors import UsageError
+from .ir import Program
+from .machine import caches
+from .matrix import MatrixProgram
+from .schedule import ATTENTION_KNOBS, KNOB_DEFAULTS, GemmSchedule, Schedule
+from .targets import Target, get_target
+
+
+def choose_algorithm(program: Program, target: str, algorithm: str) -> str:
+    """The algorithm of a row op's compile, validated; auto: the first of the target file's
+    ``auto_algorithms`` that applies (the dispatch table, where there is one, overrides it)."""
+    algorithm = passes.ALIASES.get(algorithm, algorithm)
+    applicable = passes.applicable_algorithms(program)
+    if algorithm == "auto":
+        prefs = get_target(target).auto_algorithms   # the target file's preference
+        return next(a for a in prefs + tuple(applicable) if a in applicable)
+    if algorithm not in passes.ALGORITHMS:
+        raise UsageError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(passes.ALGORITHMS)}")
+    if algorithm not in applicable:
+        raise UsageError(f"algorithm {algorithm!r} does not apply to op {program.name!r}; "
+                         f"it has: {', '.join(applicable)}")
+    return algorithm
+
+
+def auto_table(program: Program, target: Target, schedule: Schedule, stream: bool = True) -> DispatchTable | None:
+    """The untuned dispatch table of ``algorithm="auto"`` (``costmodel.model_table``) over the
+    algorithms of the target's ``auto_algorithms`` that apply (in that order: ties go to the
+    earlier); None when the target file has no ``[cost]`` hints or none of them applies.
+    ``stream``: whether the backend lowers non-temporal stores (``Backend.schedule_knobs``)."""
+    applicable = passes.applicable_algorithms(program)
+    candidates = [a for a in target.auto_algorithms if a in applicable]
+    if not target.cost or not candidates:
+        return None
+    plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in candidates}
+    return model_table(plans, target, caches(), schedule.as_dict(), stream)
+
+
+def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = tuple(KNOB_DEFAULTS)) -> list:
+    """Usable records (valid schedule, applicable algorithm, no knob outside ``knobs``: what the
+    backend lowers), one per class of n (the smallest rows class that covers one row, else the
+    first), by n_min."""
+    applicable = passes.applicable_algorithms(program)
+    by_n: dict[tuple, object] = {}
+    for r in recs:
+        if r.algorithm not in applicable:
+            continue
+        try:
+            rs = Schedule(**r.schedule).validate(target.lanes)
+            if rs.stream and not target.streams:
+                continue   # e.g. an imported record: this target has no non-temporal stores
+            if any(k not in knobs for k in rs.knobs()):
+                continue   # a knob this backend does not lower
+        except (TypeError, UsageError):
+            continue
+        key = (r.n_min, r.n_max)
+        old = by_n.get(key)
+        if old is None or (r.rows_min <= 1 and not old.rows_min <= 1) or \
+                ((r.rows_min <= 1) == (old.rows_min <= 1) and r.timestamp > old.timestamp):
+            by_n[key] = r
+    return sorted(by_n.values(), key=lambda r: (r.n_min, r.n_max))
+
+
+def measured_why(r) -> str:
+    """An entry's ``why`` from its tuning record: its time, the next best variant and the noise."""
+    why = f"measured: {r.ns_per_element:.3g} ns/el"
+    if r.runners_up:
+        name, ratio = min(r.runners_up.items(), key=lambda t: t[1])
+        why += f", next best {name} {r.ns_per_element * ratio:.3g} ns/el ({ratio:.2f}x)"
+    return why + f", noise {100 * r.noise:.1f}% ({r.repetitions} samples)"
+
+
+def thread_cap(r, recs: list) -> tuple[int, str]:
+    """(the cap of auto threads for batches, 0 none; why) of the entry made from record ``r``:
+    a record's thread count applies to the rows it was measured on. The newest record measured on
+    batches (``rows_min`` >= 2, ``softgen.tune`` of a batch shape) whose class of n overlaps
+    ``r``'s caps it, 1 included (one thread was fastest); else ``r``'s own count when > 1 (an
+    older record: only a batch can have measured more than one thread); else none (a record of
+    single rows says nothing about batches: the model's policy, capped by the CPUs)."""
+    batch = [b for b in recs if b.rows_min >= 2 and b.n_min <= r.n_max and r.n_min <= b.n_max]
+    if batch:
+        b = max(batch, key=lambda b: b.timestamp)
+        return b.threads, (f"threads: at most {b.threads}, measured on batches (rows >= {b.rows_min}, "
+                           f"n {b.n_min}..{b.n_max})")
+    if r.threads > 1:
+        return r.threads, f"threads: at most {r.threads}, measured"
+    return 0, "threads: the model's (measured on single rows: no thread count for batches)"
+
+
+def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable | None:
+    """The dispatch table of ``algorithm="auto"`` from this machine's tuning records
+    (``tunedb.table``), or None when there are none (or the database cannot be read: then the
+    model decides). Each record's class of n becomes an entry; where the classes of records
+    leave a gap or overlap (records of different tuning runs), the boundary is the geometric
+    midpoint of the gap or the start of the later class; the first entry starts at n = 1, the
+    last has no upper bound. Neighbouring entries of one variant are merged.
+    ``SOFTGEN_USE_TUNING=0`` in the environment: always None (the model decides; the test suite
+    sets it, so that a machine's tuning records do not change what its tests build)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return None
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return None
+    all_recs = recs
+    recs = _tuned_entries(recs, program, target, get_backend(backend).schedule_knobs)
+    if not recs:
+        return None
+    bounds = []   # (n_min, n_max) per record, tiling n >= 1
+    for i, r in enumerate(recs):
+        lo = 1 if i == 0 else bounds[-1][1] + 1
+        if i + 1 < len(recs):
+            nxt = recs[i + 1].n_min
+            hi = r.n_max if r.n_max < nxt else nxt - 1
+            if r.n_max + 1 < nxt:    # a gap: split it at its geometric midpoint
+                hi = max(r.n_max, int(((r.n_max + 1) * (nxt - 1)) ** 0.5))
+            hi = max(hi, lo)
+        else:
+            hi = None
+        bounds.append((lo, hi))
+    entries: list[Entry] = []
+    for r, (lo, hi) in zip(recs, bounds):
+        if hi is not None and hi < lo:
+            continue
+        sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
+        # the cap of auto for batches: a thread count measured on batches; the model's grain
+        # decides below it (rows x n)
+        grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
+        most, twhy = thread_cap(r, all_recs)
+        e = Entry(lo, hi, r.algorithm, sched, most, f"{measured_why(r)}; {twhy}", grain=grain)
+        if entries and entries[-1].variant == e.variant:
+            prev = entries.pop()
+            # one cap per variant (its entry point bakes it in): the larger measured one, else the
+            # one measured (0: no thread count measured on batches)
+            most = max(e.threads, prev.threads) if e.threads and prev.threads else e.threads or prev.threads
+            e = Entry(prev.n_min, hi, e.algorithm, sched, most, prev.why + " | " + e.why, grain=grain)
+        entries.append(e)
+    first = recs[0]
+    basis = (f"{len(recs)} tuning record(s) of this machine ({first.machine.get('model_name') or first.fingerprint}), "
+             f"{first.compiler} {first.compiler_version}")
+    return DispatchTable(tuple(entries), "measured", basis)
+
+
+def attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, schedule) -> tuple:
+    """(algorithm, AttentionSchedule or None, the schedule without br/bc) of a matrix op: the
+    attention form's algorithms are "three-phase" (its phases as written) and "streaming"
+    (``passes.stream_attention``; auto picks it where it applies and the backend streams)."""
+    if passes.attention_form(program, softmax_rows=False) is None:
+        if algorithm not in ("auto", "direct"):
+            raise UsageError(f"matrix op {program.name!r} has one algorithm, 'direct' (its phases); "
+                             f"got {algorithm!r}")
+        return "direct", None, schedule
+    if algorithm not in ("auto", "three-phase", "streaming"):
+        raise UsageError(f"op {program.name!r} has the algorithms 'three-phase' and 'streaming' (auto: streaming); "
+                         f"got {algorithm!r}")
+    alg = "three-phase" if algorithm == "three-phase" else "streaming"
+    why = passes.streamable(program)
+    if alg == "streaming" and why and algorithm == "streaming":
+        raise UsageError(f"{program.name}: no streaming form yet for this normalizer (the rewrite streams softmax: "
+                         f"{why}); use algorithm='three-phase'")
+    if alg == "streaming" and not be.streams_attention and algorithm == "streaming":
+        raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
+    if why or not be.streams_attention:
+        alg = "three-phase"
+    given = dict(schedule.as_dict() if isinstance(schedule, Schedule) else schedule or {})
+    blocks = {k: given.pop(k) for k in ATTENTION_KNOBS if k in given}
+    return alg, blocks, (given or None) if not isinstance(schedule, Schedule) else schedule
+
+
+def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tuple[dict, str]:
+    """The streaming attention form's blocks {br, bc} from this machine's newest usable tuning
+    record (``softgen tune --op attention``: algorithm "streaming"), and its ``why``; ({}, "")
+    without one (or with ``SOFTGEN_USE_TUNING=0``)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return {}, ""
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return {}, ""
+    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
+        if r.algorithm != "streaming" or set(r.schedule) != set(ATTENTION_KNOBS):
+            continue
+        try:
+            return replace(target.attention, **r.schedule).validate().as_dict(), measured_why(r)
+        except (TypeError, UsageError):
+            continue
+    return {}, ""
+
+
+def tuned_gemm(program: MatrixProgram, target: Target, backend: str) -> tuple[GemmSchedule | None, str]:
+    """The GEMM schedule of a matrix op from this machine's newest usable tuning record (``softgen
+    tune --op <matrix op>``: algorithm "direct", the schedule's fields mr, nv, kc, nc, ku), and
+    its ``why``; (None, "") without one (or with ``SOFTGEN_USE_TUNING=0``)."""
+    if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
+        return None, ""
+    try:
+        recs = tunedb.table(program.name, program.params, target, backend)
+    except (tunedb.TuningDBError, UsageError):
+        return None, ""
+    for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
+        try:
+            return schedule_for(target, GemmSchedule(**r.schedule)), measured_why(r)
+        except (TypeError, UsageError):
+            continue
+    return None, ""

@@ -1,0 +1,262 @@
+"""Sinkhorn and SOFT attention (issue 14, docs/ops.md §6, 7, 10): the float64 oracles
+(``sinkhorn_attention``, ``soft_attention``), the kernels against them (C on the host; TVM and
+neon under qemu once each), the front door's masks, landmarks and refusals. Kernels are shared
+per module (one per normalizer x parameters)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import _can_emulate
+
+import softgen
+from softgen import reference as ref
+from softgen.errors import UsageError
+from softgen.ops import build_program, get_op
+
+RNG = np.random.default_rng(1414)
+OP = get_op("attention")
+
+
+def f32(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def check(k, o, *inputs):
+    """o within the op's tolerance of the float64 oracle with the kernel's parameters and inputs
+    (q, k, v[, mask or landmarks]); NaN exactly where the oracle's is."""
+    r = OP.reference(*inputs, **k.params)
+    assert o.shape == r.shape
+    nan = np.isnan(r)
+    assert np.array_equal(nan, np.isnan(o)), f"{k.name}: NaN pattern differs"
+    tol = OP.tolerance(inputs, r, k.params)
+    err = np.where(nan, 0.0, np.abs(o.astype(np.float64) - r))
+    assert (err <= tol).all(), f"{k.name}: max err/tol {np.max(err / tol):.3g}"
+    return np.max(err / tol, initial=0.0)
+
+
+def run_many(k, cases):
+    if k.runnable:
+        return [k(*c) for c in cases]
+    _can_emulate(k)
+    return k.run_emulated_many(cases)
+
+
+def keep_mask(lq, lk, dead_row=None, dead_key=None, p=0.75):
+    m = RNG.random((lq, lk)) < p
+    m[:, 0] = True
+    if dead_row is not None:
+        m[dead_row] = False
+    if dead_key is not None:
+        m[:, dead_key] = False
+    return m
+
+
+def additive(m, batch):
+    return np.broadcast_to(np.where(m, np.float32(0), np.float32(-np.inf)), (batch,) + m.shape).copy()
+
+
+# -- the oracles ----------------------------------------------------------------------------------
+
+def test_sinkhorn_oracle_conventions():
+    q, k, v = RNG.standard_normal((2, 3, 6, 4)), RNG.standard_normal((2, 3, 9, 4)), RNG.standard_normal((2, 3, 9, 5))
+    # one half-step is softmax(C) scaled by n_k / n_q (Sinkformers' x n_k output)
+    np.testing.assert_allclose(ref.sinkhorn_attention(q, k, v, n_iter=1), ref.attention(q, k, v) * 9 / 6, rtol=1e-12)
+    # three half-steps: P's columns summed after the last column step are 1, rows n_k / n_q after the row step
+    s = ref._attention_scores(q, k, None, False, None, None)
+    p = ref.sinkhorn(s, 2)
+    np.testing.assert_allclose(p.sum(-2), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(ref.sinkhorn_attention(q, k, v, n_iter=2), p @ v, rtol=1e-12)
+    # the padding rule: a key every query masks is left out (weight 0): the result is the unmasked
+    # submatrix's; a fully masked query row is NaN (or 0), the others the submatrix's
+    m = np.ones((6, 9), bool)
+    m[:, 4] = False
+    m[2] = False
+    o = ref.sinkhorn_attention(q, k, v, mask=m)
+    keep = [j for j in range(9) if j != 4]
+    rows = [i for i in range(6) if i != 2]
+    sub = ref.sinkhorn_attention(q[..., rows, :], k[..., keep, :], v[..., keep, :])
+    np.testing.assert_allclose(o[..., rows, :], sub, rtol=1e-12)
+    assert np.isnan(o[..., 2, :]).all()
+    assert (ref.sinkhorn_attention(q, k, v, mask=m, masked_rows="zero")[..., 2, :] == 0).all()
+    # kv_lengths: padding keys at the end, as the mask does
+    lens = np.array([9, 5])
+    o = ref.sinkhorn_attention(q, k, v, kv_lengths=lens)
+    np.testing.assert_allclose(o[1], ref.sinkhorn_attention(q[1], k[1, :, :5], v[1, :, :5]), rtol=1e-12)
+    with pytest.raises(ValueError, match="not causal"):
+        ref.sinkhorn_attention(q, k, v, causal=True)
+
+
+def test_soft_oracle_conventions():
+    x = RNG.standard_normal((2, 12, 3))
+    # m | n: consecutive groups of n / m (the spec's rule); else torch's adaptive pooling
+    np.testing.assert_allclose(ref.soft_landmarks_avgpool(x, 4), x.reshape(2, 4, 3, 3).mean(-2), rtol=1e-15)
+    lo, hi = ref.soft_landmark_segments(10, 4)
+    assert lo.tolist() == [0, 2, 5, 7] and hi.tolist() == [3, 5, 8, 10]
+    assert ref.soft_landmarks_avgpool(x[:, :3], 5).shape == (2, 5, 3)      # m > n: repeated tokens
+    # landmarks = the tokens (m = n, K = Q): O = K (K + 0.01 I)^-1 K V, SOFT's regularised Nystrom
+    q, v = RNG.standard_normal((3, 8, 4)) * 2, RNG.standard_normal((3, 8, 5))
+    kq = ref.gaussian_kernel(q, q, 4)
+    exact = kq @ np.linalg.solve(kq + 0.01 * np.eye(8), kq @ v)
+    np.testing.assert_allclose(ref.soft_attention(q, q, v, landmarks=8, n_iter=60), exact, rtol=1e-9, atol=1e-12)
+    # explicit landmarks equal pooled ones; k is q is the paper's tied form
+    lm = ref.soft_landmarks_avgpool(q, 2)
+    np.testing.assert_array_equal(ref.soft_attention(q, q, v, landmarks=2), ref.soft_attention(q, q, v, landmarks=lm))
+    for kw in ({"causal": True}, {"mask": np.ones((8, 8), bool)}):
+        with pytest.raises(ValueError, match="no causal or masked form"):
+            ref.soft_attention(q, q, v, **kw)
+
+
+# -- the kernels ----------------------------------------------------------------------------------
+
+# Lq, Lk, d, dv: Lq != Lk both ways, d and dv not multiples of any vector width
+SHAPES = [(1, 1, 1, 1), (6, 9, 7, 5), (33, 17, 20, 3), (17, 40, 65, 9)]
+
+
+def sinkhorn_kernel(n_iter=None, mask="additive"):
+    """head_dim=16 (scale 1/4 for every d); n_iter None: the default, 3, as softgen.attention's
+    d = 16 calls compile it (one build each, shared through the compile cache)."""
+    return softgen.compile("attention", normalizer="sinkhorn", head_dim=16, n_iter=n_iter, mask=mask)
+
+
+@pytest.mark.parametrize("n_iter", [1, 2, None])
+def test_sinkhorn_kernel_matches_the_oracle(n_iter):
+    masked = sinkhorn_kernel(n_iter)
+    kernels = [masked] + ([sinkhorn_kernel(n_iter, "none")] if n_iter is None else [])
+    assert masked.algorithm == "direct" and "s[lq][lk]" in str(masked.program)   # blocked: the score scratch
+    for lq, lk, d, dv in SHAPES:
+        c = (f32(2, lq, d, scale=2.0), f32(2, lk, d, scale=2.0), f32(2, lk, dv))
+        # a fully masked query row and a key every query masks (when there are enough)
+        m = keep_mask(lq, lk, dead_row=1 if lq > 2 else None, dead_key=lk - 1 if lk > 2 else None)
+        cm = c + (additive(m, 2),)
+        check(masked, masked(*cm), *cm)
+        for k in kernels[1:]:
+            check(k, k(*c), *c)
+
+
+@pytest.mark.parametrize("n_iter", [1, 2, None])
+def test_sinkhorn_non_finite_and_huge_scores(n_iter):
+    """A NaN or +inf score poisons its row's potential; from the first column step on every
+    column (so the matrix) is NaN, as in float64; huge finite scores stay within the tolerance."""
+    k = sinkhorn_kernel(n_iter)
+    q, kk, v = f32(4, 9, 16), f32(4, 13, 16), f32(4, 13, 5)
+    q[1, 2, 0] = np.nan
+    kk[2, 5, 1] = np.inf
+    q[3, 0] = 1e30
+    c = (q, kk, v, np.zeros((4, 9, 13), np.float32))
+    o = k(*c)
+    check(k, o, *c)
+    assert np.isfinite(o[0]).all() and np.isnan(o[1, 2]).all()
+    assert np.isnan(o[1:3]).all() == (n_iter != 1)
+
+
+def test_soft_non_finite(soft_kernel):
+    c = soft_case(9, 13, 16, 5, 3, False)
+    c[0][1, 2, 0] = np.nan                  # one query: its row of K1
+    c[1][0, 5, 1] = np.inf                  # one key: K1k^T V, so every output of its matrix
+    o = soft_kernel(*c)
+    check(soft_kernel, o, *c)
+    assert np.isnan(o[1, 2]).all() and np.isfinite(o[1, [0, 1, 3]]).all() and np.isnan(o[0]).all()
+
+
+def test_sinkhorn_front_door():
+    q, k, v = f32(2, 3, 7, 16), f32(2, 3, 11, 16), f32(2, 3, 11, 4)
+    m = keep_mask(7, 11, dead_row=3, dead_key=2)
+    o = softgen.attention(q, k, v, normalizer="sinkhorn", mask=m)
+    r = ref.sinkhorn_attention(q, k, v, mask=m)
+    assert np.array_equal(np.isnan(o), np.isnan(r)) and np.isnan(o[..., 3, :]).all()
+    np.testing.assert_allclose(o[..., [0, 1, 2, 4, 5, 6], :], r[..., [0, 1, 2, 4, 5, 6], :], rtol=1e-4, atol=1e-5)
+    z = softgen.attention(q, k, v, normalizer="sinkhorn", mask=m, masked_rows="zero")
+    assert (z[..., 3, :] == 0).all()
+    # kv_lengths (key padding) and GQA (2 kv heads for 4 query heads): the oracle's conventions
+    q4, k2, v2 = f32(2, 4, 5, 16), f32(2, 2, 9, 16), f32(2, 2, 9, 3)
+    lens = np.array([9, 4])
+    o = softgen.attention(q4, k2, v2, normalizer="sinkhorn", kv_lengths=lens, n_iter=2)
+    np.testing.assert_allclose(o, ref.sinkhorn_attention(q4, k2, v2, kv_lengths=lens, n_iter=2), rtol=1e-4, atol=1e-5)
+    assert np.isnan(softgen.attention(q4, k2, v2, normalizer="sinkhorn", kv_lengths=np.array([0, 3]))[0]).all()
+
+
+@pytest.fixture(scope="module")
+def soft_kernel():
+    return softgen.compile("attention", normalizer="soft", head_dim=16)
+
+
+def soft_case(lq, lk, d, dv, m, tied):
+    q = f32(2, lq, d, scale=2.0)
+    k = q if tied else f32(2, lk, d, scale=2.0)
+    v = f32(2, k.shape[1], dv)
+    return q, k, v, ref.soft_landmarks_avgpool(k, m, np.float32)
+
+
+def test_soft_kernel_matches_the_oracle(soft_kernel):
+    k = soft_kernel
+    assert k.params["n_iter"] is None and "landmarks[m][d]" in str(k.program)
+    shapes = {str(v) for v in k.program.scratch_mats.values()}
+    assert all("'lq', 'lk'" not in s for s in shapes)      # linear: no Lq x Lk matrix
+    worst = 0.0
+    for (lq, lk, d, dv), m, tied in zip(SHAPES + [(64, 64, 16, 16)], (1, 3, 4, 5, 8), (True, False, True, False, True)):
+        c = soft_case(lq, lk, d, dv, m, tied)
+        worst = max(worst, check(k, k(*c), *c))
+    assert worst > 1e-4    # the tolerance is not vacuous
+
+
+def test_soft_kernel_one_iteration():
+    k = softgen.compile("attention", normalizer="soft", head_dim=16, n_iter=1)
+    c = soft_case(20, 20, 8, 6, 4, True)
+    check(k, k(*c), *c)
+
+
+def test_soft_front_door():
+    q, v = f32(2, 2, 24, 16), f32(2, 2, 24, 8)
+    o = softgen.attention(q, q, v, normalizer="soft", landmarks=6)
+    r = ref.soft_attention(q, q, v, landmarks=6)
+    assert np.abs(o - r).max() <= 1e-3 * np.abs(r).max()
+    lm = ref.soft_landmarks_avgpool(q, 6, np.float32)
+    np.testing.assert_array_equal(softgen.attention(q, q, v, normalizer="soft", landmarks=lm), o)
+    one = softgen.attention(q, q, v, normalizer="soft", landmarks=lm[0, 0])      # (m, d): every head's
+    np.testing.assert_array_equal(one, softgen.attention(q, q, v, normalizer="soft",
+                                                         landmarks=np.broadcast_to(lm[0, 0], lm.shape).copy()))
+
+
+def test_refusals():
+    q, v = f32(1, 5, 4), f32(1, 5, 3)
+    with pytest.raises(UsageError, match="not causal"):
+        softgen.attention(q, q, v, normalizer="sinkhorn", causal=True)
+    for kw in ({"causal": True}, {"mask": np.ones((5, 5), bool)}, {"scale": 0.5}):
+        with pytest.raises(UsageError, match="global linear form"):
+            softgen.attention(q, q, v, normalizer="soft", **kw)
+    with pytest.raises(UsageError, match="n_iter is a parameter"):
+        build_program("attention", n_iter=2)
+    with pytest.raises(UsageError, match="eps is a parameter"):
+        build_program("attention", normalizer="soft", eps=0.5)
+    with pytest.raises(UsageError, match="landmarks is a parameter"):
+        softgen.attention(q, q, v, normalizer="sinkhorn", landmarks=2)
+    for bad in (0, 2.5, True, np.zeros((1, 2, 3), np.float32)):
+        with pytest.raises(UsageError, match="landmarks"):
+            softgen.attention(q, q, v, normalizer="soft", landmarks=bad)
+    with pytest.raises(UsageError, match="n_iter"):
+        build_program("attention", normalizer="sinkhorn", n_iter=0)
+    with pytest.raises(UsageError, match="eps"):
+        build_program("attention", normalizer="sinkhorn", eps=-1.0)
+
+
+# -- other backends and targets: once each ----------------------------------------------------------
+
+def test_tvm_sinkhorn_and_soft():
+    pytest.importorskip("tvm")
+    sk = softgen.compile("attention", normalizer="sinkhorn", head_dim=16, mask="additive", backend="tvm")
+    c = (f32(2, 6, 7, scale=2.0), f32(2, 9, 7, scale=2.0), f32(2, 9, 5))
+    cm = c + (additive(keep_mask(6, 9, dead_row=2, dead_key=3), 2),)
+    check(sk, sk(*cm), *cm)
+    so = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm")
+    c = soft_case(17, 40, 9, 5, 4, False)
+    check(so, so(*c), *c)
+
+
+def test_neon_sinkhorn_and_soft():
+    sk = softgen.compile("attention", normalizer="sinkhorn", head_dim=16, mask="additive", target="neon")
+    so = softgen.compile("attention", normalizer="soft", head_dim=16, target="neon")
+    c = (f32(2, 6, 7, scale=2.0), f32(2, 9, 7, scale=2.0), f32(2, 9, 5))
+    cm = c + (additive(keep_mask(6, 9, dead_row=2, dead_key=3), 2),)
+    check(sk, run_many(sk, [cm])[0], *cm)
+    cs = soft_case(17, 40, 9, 5, 4, False)
+    check(so, run_many(so, [cs])[0], *cs)
