@@ -9,6 +9,10 @@ The radix variant is forced at small k through a copy of the target file with to
 
     python bench/topk_select.py [--target avx512] [--rows 64] [--ns 256,1024,4096,32768]
                                 [--ks 16,32,64,128,256] [--json out.json]
+    python bench/topk_select.py --attention 1024 [--ks 16,32,128]   # top-k attention (B*H = 8, d = 64)
+
+--attention L: top-k attention (three-phase: S, the top-k rows phase, P V) against softmax attention
+(auto: streaming; and three-phase) and the torch composition (QK^T, topk, softmax, scatter, @ V).
 """
 from __future__ import annotations
 
@@ -43,6 +47,39 @@ def radix_target(name: str, where: Path) -> str:
     return forced
 
 
+def attention_bench(target: str, length: int, ks: list[int]) -> list[dict]:
+    """Top-k attention at B*H = 8, Lq = Lk = length, d = dv = 64, one thread."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((8, length, 64)).astype(np.float32) for _ in range(3))
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        torch = None
+    kernels = {"softmax (auto)": softgen.compile("attention", target=target),
+               "softmax three-phase": softgen.compile("attention", target=target, algorithm="three-phase")}
+    for kk in ks:
+        kernels[f"topk {kk}"] = softgen.compile("attention", normalizer="topk_softmax", top_k=kk, target=target)
+    variants = {name: (lambda kern=kern: kern(q, k, v)) for name, kern in kernels.items()}
+    if torch is not None:
+        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+        for kk in ks:
+            def composed(kk=kk):
+                s = (tq @ tk.transpose(-1, -2)) * 0.125
+                val, idx = torch.topk(s, kk, dim=-1)
+                return torch.zeros_like(s).scatter_(-1, idx, torch.softmax(val, -1)) @ tv
+            variants[f"torch topk {kk}"] = composed
+    t = time_interleaved(variants, budget=0.5)
+    base = t["softmax (auto)"].median
+    rows = [{"variant": name, "L": length, "ms": tm.median * 1e3, "vs softmax": tm.median / base,
+             "spread": tm.spread} for name, tm in t.items()]
+    for kk in ks:
+        if f"torch topk {kk}" in t:
+            rows.append({"variant": f"torch/softgen topk {kk}", "L": length,
+                         "vs softmax": t[f"torch topk {kk}"].median / t[f"topk {kk}"].median})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="host")
@@ -51,8 +88,20 @@ def main() -> None:
     ap.add_argument("--ks", default="16,32,64,128,256")
     ap.add_argument("--forms", default="sparse,dense")
     ap.add_argument("--json")
+    ap.add_argument("--attention", type=int, default=0, help="time top-k attention at this length instead")
     a = ap.parse_args()
     target = get_target(a.target).name
+    if a.attention:
+        rows = attention_bench(target, a.attention, [int(x) for x in a.ks.split(",")])
+        print(f"top-k attention, B*H = 8, Lq = Lk = {a.attention}, d = dv = 64, target {target}, one thread, "
+              f"interleaved medians (a shared machine: read the ratios)\n")
+        print(render_table(rows, [("variant", "variant", "s"), ("ms", "ms", ".2f"),
+                                  ("vs softmax", "/ softmax auto (torch: torch / softgen)", ".2f"),
+                                  ("spread", "noise", ".0%")]))
+        if a.json:
+            Path(a.json).write_text(json.dumps({"machine": machine_info(), "target": target, "results": rows},
+                                               indent=1))
+        return
     tmp = tempfile.TemporaryDirectory()
     os.environ["SOFTGEN_TARGETS_PATH"] = tmp.name
     all_targets.cache_clear()
