@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from conftest import check, run
+from conftest import STRICT, check, run, tvm_available
 from test_topk import check_sparse, scatter, special_rows
 
 import softgen
@@ -145,6 +145,18 @@ def test_attention_topk(top_k, renorm, causal, masked, rng):
         assert np.array_equal(np.isnan(o), np.isnan(r)), f"{lq}x{lk}"
         assert np.isnan(o).any() == (masked or (causal and lq > lk))
         assert np.allclose(o, r, rtol=1e-5, atol=1e-5, equal_nan=True), f"{lq}x{lk}"
+
+
+def test_attention_topk_tvm(rng):
+    """The TVM backend's top-k attention (the insertion network: top_k <= 64), causal, GQA."""
+    ok, why = tvm_available()
+    if not ok:
+        (pytest.fail if STRICT else pytest.skip)(f"TVM backend: {why}")
+    q, k = ints(rng, 2, 2, 9, 8), ints(rng, 2, 1, 12, 8)
+    v = rng.standard_normal((2, 1, 12, 5)).astype(np.float32)
+    kw = dict(normalizer="topk_softmax", top_k=5, causal=True, scale=0.25)
+    o = softgen.attention(q, k, v, backend="tvm", **kw)
+    assert np.allclose(o, ref.attention(q, k, v, **kw), rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 def test_attention_topk_validation():
