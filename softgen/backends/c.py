@@ -379,6 +379,8 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     if sw.selected is not None:
         return _selected_block(c, sw)
     p, L, U, A = c.p, c.t.lanes, c.s.unroll, c.s.accumulators
+    if (sw.stores or sw.output is not None) and any(isinstance(_red(c, r), RadixTopKRed) for r in sw.reductions):
+        raise BuildError(f"{p.name}: radix select re-reads x after its sweep, which writes y (y may be x)")
     setup, fold, finish = _setup(c, sw), [], []
     for r in sw.reductions:
         red, sc = _red(c, r), _scale_of(p, r)
