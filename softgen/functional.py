@@ -144,7 +144,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
     broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
     the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
-    ``normalizer``: softmax, stablemax, sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
+    ``normalizer``: softmax, stablemax, topk_softmax (``top_k=K``, ``renormalize=1``: each query
+    attends to its K highest-scoring kept keys), sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
     (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by
     ``reference.soft_landmarks_avgpool``, or the (..., m, d) landmarks; no causal, mask or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where

@@ -476,7 +476,7 @@ def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float 
 
 # -- attention (docs/ops.md §10) -----------------------------------------------------------------------
 
-ATTENTION_NORMALIZERS = ("softmax", "stablemax")   # the oracles' normalizers today (docs/ops.md §10's others: next slices)
+ATTENTION_NORMALIZERS = ("softmax", "stablemax", "topk_softmax")   # the oracles' normalizers today (docs/ops.md §10's others: next slices)
 
 
 def _attention_scores(q, k, scale, causal, mask, kv_lengths):
@@ -525,11 +525,13 @@ def _masked_rows(s) -> np.ndarray:
 
 def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
               normalizer: str = "softmax", kv_lengths=None, masked_rows: str = "nan",
-              return_lse: bool = False):
+              return_lse: bool = False, top_k: int | None = None, renormalize: bool = True):
     """O = normalize(s Q K^T + mask) V (docs/ops.md §10), three-phase in float64; s = 1/sqrt(d) by default.
     A fully masked row is NaN (docs/ops.md §0), or 0 with ``masked_rows="zero"`` (the convention of fused
     SDPA backends). ``return_lse``: also the per-row log-sum-exp of the masked scores
-    (M + log l; -inf for a fully masked row, NaN for a NaN row)."""
+    (M + log l; -inf for a fully masked row, NaN for a NaN row). topk_softmax (docs/ops.md §9, 10):
+    ``top_k`` and ``renormalize`` as ``topk_softmax``'s; masked keys (-inf) weigh 0 even when selected,
+    a row with fewer than top_k kept keys keeps them all."""
     if normalizer not in ATTENTION_NORMALIZERS:
         raise ValueError(f"attention normalizer {normalizer!r}: the oracle has {ATTENTION_NORMALIZERS}")
     if masked_rows not in ("nan", "zero"):
@@ -538,7 +540,10 @@ def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=No
         raise ValueError("return_lse: the log-sum-exp is softmax's")
     s = _attention_scores(q, k, scale, causal, mask, kv_lengths)
     v = _repeat_kv(q, v)
-    p = softmax(s) if normalizer == "softmax" else stablemax(s)
+    if normalizer == "topk_softmax" and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"topk_softmax attention needs an integer top_k >= 1, got {top_k!r}")
+    p = topk_softmax(s, top_k, renormalize) if normalizer == "topk_softmax" else \
+        softmax(s) if normalizer == "softmax" else stablemax(s)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         o = p @ v if s.shape[-1] else np.zeros(s.shape[:-1] + v.shape[-1:])
         if masked_rows == "zero":

@@ -64,7 +64,8 @@ def scaled_exp(t: Target) -> bool:
     return "ROUND" in t.isa and "SCALE2" in t.isa
 
 
-def select_helpers(*programs) -> str:
-    """Index and top-k helpers, for programs (``ir.Program``) that use them."""
+def select_helpers(*programs, radix: bool = False) -> str:
+    """Index and top-k helpers, for programs (``ir.Program``) that use them; ``radix``: with the
+    radix select of top-k for any k."""
     ops = {p.op(v) for p in programs for v in p.g}
-    return env().get_template("select.h.j2").render() if ops & {"index", "reduce_topk"} else ""
+    return env().get_template("select.h.j2").render(radix=radix) if ops & {"index", "reduce_topk"} else ""

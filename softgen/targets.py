@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ._data import data_dir
 from .errors import UsageError
-from .ir import OPS
+from .ir import OPS, TOPK_MAX
 from .passes import ALGORITHMS
 from .schedule import AttentionSchedule, GemmSchedule, Schedule
 
@@ -89,6 +89,9 @@ class Target:
     # empty: no model, algorithm="auto" takes the first applicable entry of auto_algorithms
     cost: dict = field(default_factory=dict, compare=False)
     stream_align: int = 0          # bytes V_STREAM's address must be aligned to (0: no STREAM)
+    # reduce_topk: the insertion network for k up to this, radix select above (C backend; measured
+    # by bench/topk_select.py; at most ir.TOPK_MAX)
+    topk_network_max_k: int = TOPK_MAX
 
     @property
     def streams(self) -> bool:
@@ -228,6 +231,14 @@ def _stream_align(f: str, d: dict, isa: dict) -> int:
     return a
 
 
+def _topk_network_max_k(f: str, d: dict) -> int:
+    k = _positive_int(f, "topk_network_max_k", d.get("topk_network_max_k", TOPK_MAX), lo=0)   # 0: always radix
+    if k > TOPK_MAX:
+        raise UsageError(f"target file {f}: topk_network_max_k must be at most {TOPK_MAX} (the "
+                         f"insertion network's registers), got {k}")
+    return k
+
+
 def _load(name: str, text: str, f: str | None = None) -> Target:
     """The target of TOML ``text`` (file ``f``, ``name.toml`` by default), validated: every error
     names the file and the key."""
@@ -264,6 +275,7 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    hwcaps=_hwcaps(f, d.get("hwcaps", {})),
                    extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d},
                    cost=_cost(f, d.get("cost", {})), stream_align=stream_align,
+                   topk_network_max_k=_topk_network_max_k(f, d),
                    attention=AttentionSchedule(**_table(f, d, "attention", ("br", "bc")))
                    if "attention" in d else AttentionSchedule())
     except KeyError as e:

@@ -16,8 +16,10 @@ form ``softgen.attention`` turns a boolean mask and key-padding lengths into one
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax and stablemax (three-phase and, by ``passes.stream_attention``, streaming),
-sinkhorn (blocked) and soft (its linear global form). The others of docs/ops.md §10 (softplus_l1,
-lssa, lssar, topk_softmax) are accepted names that raise a UsageError until they are built.
+topk_softmax (``top_k=``, ``renormalize=``; three-phase: the rows phase is the row op's selection,
+radix select above the target's topk_network_max_k), sinkhorn (blocked) and soft (its linear global
+form). The others of docs/ops.md §10 (softplus_l1, lssa, lssar) are accepted names that raise a
+UsageError until they are built.
 The op has its own kind, ``"attention"``: it takes three arrays (q, k, v) and its own front door
 (``functional.attention``), so the generic sweeps over row and matrix ops leave it out.
 """
@@ -33,11 +35,12 @@ from ..matrix import MatrixProgram
 
 # the normalizer families register first: attention, which builds on them, comes last in OPS
 from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
-from .base import F32_MAX, register
+from .base import F32_MAX, flag, register
 from .soft import _head_dim_int
+from .topk import _topk_k
 
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft")
-SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft")
+SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft", "topk_softmax")
 ITERATIVE = {"sinkhorn": 3, "soft": 20}   # n_iter's default per normalizer (None: this one)
 MASKS = ("none", "additive", "bool")
 DIMS = ("lq", "lk", "d", "dv")
@@ -56,7 +59,7 @@ def check_normalizer(normalizer: str) -> None:
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
-               n_iter=None, eps=1.0):
+               n_iter=None, eps=1.0, top_k=None, renormalize=None):
     """The float64 oracle with the kernel's parameters and inputs (``additive``: the mask input of
     a mask="additive" kernel; SOFT's landmarks)."""
     s = default_scale(head_dim) if scale is None else scale
@@ -67,7 +70,8 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
     if normalizer == "soft":
         return ref.soft_attention(q, k, v, landmarks=np.asarray(m, np.float64),
                                   n_iter=int(ITERATIVE["soft"] if n_iter is None else n_iter), head_dim=head_dim)
-    return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer)
+    sel = {"top_k": int(top_k), "renormalize": renormalize in (None, 1)} if normalizer == "topk_softmax" else {}
+    return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer, **sel)
 
 
 def _tolerance(inputs, ref_y, params, call):
@@ -109,20 +113,24 @@ def _samples(rng, params):
 
 @register("attention", _reference, kind="attention",
           params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax",
-                  "n_iter": None, "eps": 1.0},
+                  "n_iter": None, "eps": 1.0, "top_k": None, "renormalize": None},
           choices={"mask": MASKS, "normalizer": NORMALIZERS},
           matrices={"dims": DIMS, "inputs": {"q": ("lq", "d"), "k": ("lk", "d"), "v": ("lk", "dv")},
                     "outputs": {"o": ("lq", "dv")}},
           custom_tolerance=_tolerance, samples=_samples)
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
-              normalizer: str, n_iter: float | None, eps: float) -> None:
+              normalizer: str, n_iter: float | None, eps: float, top_k: int | None = None,
+              renormalize: int | None = None) -> None:
     """O = normalize(s Q K^T + mask) V over the last two axes (docs/ops.md §10): q (..., Lq, d),
     k (..., Lk, d), v (..., Lk, dv) -> (..., Lq, dv); s = 1/sqrt(head_dim) unless scale is given;
     causal: key j kept iff j <= i + Lk - Lq (bottom-right); mask="additive": a float (..., Lq, Lk)
     input added to the scores. The three-phase form: S = s Q K^T, a rows phase (masks, softmax),
     O = P V. Fully masked rows give NaN. sinkhorn (n_iter, eps) and soft (n_iter): see
-    ``_sinkhorn`` and ``_soft``."""
+    ``_sinkhorn`` and ``_soft``. topk_softmax: top_k (required) and renormalize (default 1) as the
+    row op's k and renormalize; masked keys are never selected (``_topk_rows``)."""
     check_normalizer(normalizer)
+    if normalizer != "topk_softmax" and (top_k, renormalize) != (None, None):
+        raise UsageError(f"attention: top_k and renormalize are topk_softmax's parameters, not {normalizer}'s")
     if causal not in (0, 1):
         raise UsageError(f"causal must be 0/1 (or a bool), got {causal!r}")
     if n_iter is not None and normalizer not in ITERATIVE:
@@ -130,7 +138,8 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     if eps != 1.0 and normalizer != "sinkhorn":
         raise UsageError(f"attention: eps is a parameter of the sinkhorn normalizer, not {normalizer!r}")
     # a normalizer's own parameters name (and head) only its kernels: the others' stay as they were
-    for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",))):
+    for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",)), ("top_k", ("topk_softmax",)),
+                        ("renormalize", ("topk_softmax",))):
         if normalizer not in owners:
             mp.params.pop(key, None)
     s = default_scale(_head_dim_int(head_dim)) if scale is None else scale
@@ -149,8 +158,17 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     p = x.p
     if mask != "none":
         x = x + p.matrow("mask")
-    off = p.index() - p.row_index() - (p.size("cols") - p.size("rows")) if causal else None
-    if normalizer == "stablemax":
+    off = _causal_offset(p) if causal else None
+    if normalizer == "topk_softmax":
+        if top_k is None:
+            raise UsageError("attention with normalizer 'topk_softmax' needs top_k=K (k is the keys)")
+        k, renorm = _topk_k(top_k), flag(1 if renormalize is None else renormalize, "renormalize")
+        if causal or mask != "none":   # the masked scores back to S: the selection's keys are its rows
+            (off.where_lt(0.5, x, -F32_MAX) if causal else x).output()
+            x = mp.rows(over="s", into="s")
+            off = _causal_offset(x.p) if causal else None
+        _topk_rows(x, off, mask != "none", k, renorm)
+    elif normalizer == "stablemax":
         # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), no max shift (docs/ops.md §8); s(-inf) = 0
         e = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
         if causal:
@@ -163,8 +181,39 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         e = off.where_lt(0.5, (x - x.max()).exp(), 0.0)
     else:
         e = (x - x.max()).exp()
-    (e * e.sum().finite_or_nan().recip()).output()
+    if normalizer != "topk_softmax":
+        (e * e.sum().finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
+
+
+def _causal_offset(p):
+    """j - i - (Lk - Lq): key j is kept iff it is < 0.5 (indices are exact float32 integers)."""
+    return p.index() - p.row_index() - (p.size("cols") - p.size("rows"))
+
+
+def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
+    """The top-k rows phase (docs/ops.md §9, 10): the row op's selection over the masked scores x
+    (the phase's input row: radix select reads its keys from memory), dense P. A causally dropped
+    key is -FLT_MAX (IR constants are finite) and its weight a select of 0; a row with no key
+    kept by the masks (counted) is NaN, as a fully masked softmax row."""
+    p = x.p
+    sel = x.topk(k)
+    if renormalize:
+        check = x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum()   # as ops/topk.py: NaN / +inf rows
+        inv = sel.item(3).finite_or_nan().recip().poison(check)
+        w = (x - sel.item(2)).exp() * inv
+    else:
+        e = (x - x.max()).exp()
+        inv = e.sum().finite_or_nan().recip()
+        w = e * inv
+    if off is not None or masked:   # kept keys: causal and above -inf; none: 1/0 poisons the row
+        kept = x.where_lt(-F32_MAX, 0.0, 1.0)
+        kept = off.where_lt(0.5, kept, 0.0) if off is not None else kept
+        inv = inv.poison(kept.sum().recip())
+    zero = x.const(0.0).poison(inv)
+    if off is not None:
+        w = off.where_lt(0.5, w, zero)
+    x.where_ranked(p.index(), sel.item(0), sel.item(1), w, zero).output()
 
 
 def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) -> None:
