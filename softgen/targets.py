@@ -49,6 +49,10 @@ VIRTUAL_ISA = {
 # nearest integer (ties to even). A target with both gets vmath's scaled exp (render.vmath:
 # sg_exp_shifted reconstructs e^x as (1 + t p) 2^n in one instruction, no magic-bias bit trick).
 OPTIONAL_ISA = {"SCALE2": "a, d", "ROUND": "a"}
+# TABLE32(tab, i): tab[i & 31] per lane (float tab[32], i an IVEC): the table exp variants' lookup,
+# defined by vmath.h.j2 only where a table variant is used (render.vmath; without it, vmath.h.j2
+# indexes the table per lane from memory)
+TABLE_ISA = {"TABLE32": "tab, i"}
 # Non-temporal stores (schedule stream=True): STREAM(p, a) stores a whole vector at p, aligned to the
 # target's `stream_align` bytes (= 4 * lanes), bypassing the caches; FENCE() orders them before
 # later stores. A target has both and stream_align, or none; only kernels that stream define them.
@@ -239,7 +243,8 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
     try:
         isa = dict(d["isa"])
         missing = [k for k in VIRTUAL_ISA if k not in isa]
-        unknown = [k for k in isa if k not in VIRTUAL_ISA and k not in OPTIONAL_ISA and k not in STREAM_ISA]
+        unknown = [k for k in isa if k not in VIRTUAL_ISA and k not in OPTIONAL_ISA and k not in STREAM_ISA
+                   and k not in TABLE_ISA]
         if missing or unknown:
             raise UsageError(f"target file {f}: missing macros {missing}, unknown {unknown}")
         stream_align = _stream_align(f, d, isa)
