@@ -570,7 +570,9 @@ def test_exp_variants_within_contract(target, variant):
         lo = 0 if fn == "sg_scan_exp" else 0x80000000
         r = scan(target, fn, [(lo, 1 << 32)], VARIANT_STRIDE, what=f"stride {VARIANT_STRIDE}", exp=variant)
         check_variant(r, variant)
-        assert r.n_nan and r.n_under_zero and r.n_under_sub and (fn != "sg_scan_exp" or r.n_over_inf)
+        # a table variant flushes to +0 below about FLT_MIN (subnormals only where floor(k/N) = -126)
+        assert r.n_nan and r.n_under_zero and (r.n_under_sub or EXP_VARIANTS[variant].table)
+        assert fn != "sg_scan_exp" or r.n_over_inf
 
 
 @pytest.mark.slow
