@@ -5,9 +5,10 @@ size on one thread (softgen's auto threads capped by bench/common.py, ORT intra_
     python bench/exp_ort.py --target avx512 --sizes 16K,64K,256K,1M --shapes 8192x128,4096x512,64x32768 \\
         --variants t32 [--algorithm three-pass-reload] [--budget 4]
 
-Prints ns/element, each variant's speed-up over p5c2 and ORT's time over each softgen kernel
-(> 1: softgen faster), the noise (IQR / median) and the load average before and after: the
-machine may be shared, so only ratios within a row mean anything.
+Prints ns/element (median and minimum over the interleaved rounds), each variant's speed-up over
+p5c2 and ORT's time over each softgen kernel (> 1: softgen faster), the noise (IQR / median) and
+the load average before and after: the machine may be shared, so only ratios within a row mean
+anything.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="8192x128,4096x512,64x32768")
     ap.add_argument("--variants", default="t32", help="exp variants besides the default, comma-separated")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per size")
+    ap.add_argument("--min-time", type=float, default=0.02, help="seconds per sample (shorter samples "
+                    "make the minimum more likely to catch an uncontended slice on a loaded machine)")
+    ap.add_argument("--rounds", type=int, default=41, help="at most this many interleaved rounds")
     a = ap.parse_args(argv)
     exps = [EXP_DEFAULT] + [v for v in a.variants.split(",") if v and v != EXP_DEFAULT]
     kernels = {e: softgen.compile("softmax", algorithm=a.algorithm, target=a.target, schedule={"exp": e})
@@ -42,25 +46,26 @@ def main(argv=None) -> int:
     print(f"# softmax {a.algorithm} on {kernels[EXP_DEFAULT].target.name} vs "
           f"{'onnxruntime ' + ort.version if ort else 'no ORT: ' + skipped.get('onnxruntime', '')}; "
           f"{machine.describe()}; load average {os.getloadavg()[0]:.2f}")
-    print("# interleaved medians, 1 thread; ratios within a row only (shared machine)")
-    head = f"{'size':>9}  " + "  ".join(f"{e + ' ns/el':>11}" for e in exps) \
-        + ("  ort ns/el" if ort else "") \
+    print("# interleaved rounds, 1 thread; per size: ns/element by the median and by the minimum over rounds")
+    print("# (on a loaded shared machine the minimum is the steadier estimate); ratios within a row only")
+    cols = exps + (["ort"] if ort else [])
+    head = f"{'size':>9}  stat  " + "  ".join(f"{c + ' ns/el':>11}" for c in cols) \
         + "".join(f"  {e}/{EXP_DEFAULT}" for e in exps[1:]) + "".join(f"  ort/{e}" for e in exps if ort) + "  noise"
     print(head)
     shapes = parse_sizes(a.sizes) + (parse_shapes(a.shapes) if a.shapes else [])
     for rows, n in shapes:
         (x, y), = _buffers(rng, rows, n, 1)
-        variants = {e: ("k(x, out=y)", {"k": k, "x": x, "y": y}) for e, k in kernels.items()}
+        variants = {e: ("k(x, out=y, threads=1)", {"k": k, "x": x, "y": y}) for e, k in kernels.items()}
         if ort:
             variants["ort"] = ort.variant(x, y.copy())
-        t = time_interleaved(variants, budget=a.budget, max_rounds=41, min_rounds=9)
-        ns = {k: v.median / (rows * n) * 1e9 for k, v in t.items()}
-        line = f"{size_label(rows, n):>9}  " + "  ".join(f"{ns[e]:11.3f}" for e in exps)
-        line += f"  {ns['ort']:9.3f}" if ort else ""
-        line += "".join(f"  {ns[EXP_DEFAULT] / ns[e]:>{len(e) + len(EXP_DEFAULT)}.3f}x" for e in exps[1:])
-        line += "".join(f"  {ns['ort'] / ns[e]:>{len(e) + 3}.3f}x" for e in exps if ort)
-        line += f"  {100 * max(v.spread for v in t.values()):4.1f}%"
-        print(line, flush=True)
+        t = time_interleaved(variants, budget=a.budget, min_time=a.min_time, max_rounds=a.rounds, min_rounds=9)
+        for stat in ("median", "min"):
+            ns = {k: getattr(v, stat) / (rows * n) * 1e9 for k, v in t.items()}
+            line = f"{size_label(rows, n):>9}  {stat:<4}  " + "  ".join(f"{ns[c]:11.3f}" for c in cols)
+            line += "".join(f"  {ns[EXP_DEFAULT] / ns[e]:>{len(e) + len(EXP_DEFAULT)}.3f}x" for e in exps[1:])
+            line += "".join(f"  {ns['ort'] / ns[e]:>{len(e) + 3}.3f}x" for e in exps if ort)
+            line += f"  {100 * max(v.spread for v in t.values()):4.1f}%" if stat == "median" else ""
+            print(line, flush=True)
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
     return 0
 
