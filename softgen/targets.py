@@ -25,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
 from ._data import data_dir
 from .errors import UsageError
 from .ir import OPS
+from .numerics.constants import EXP_VARIANTS
 from .passes import ALGORITHMS
 from .schedule import AttentionSchedule, GemmSchedule, Schedule
 
@@ -93,6 +94,9 @@ class Target:
     # empty: no model, algorithm="auto" takes the first applicable entry of auto_algorithms
     cost: dict = field(default_factory=dict, compare=False)
     stream_align: int = 0          # bytes V_STREAM's address must be aligned to (0: no STREAM)
+    # the exp variant of sg_exp_shifted (the exps of x - max x) under the default schedule exp;
+    # "" = the default's (p5); needs [isa] ROUND and SCALE2 (render.scaled_exp)
+    shifted_exp: str = ""
 
     @property
     def streams(self) -> bool:
@@ -216,6 +220,19 @@ def _hwcaps(f: str, v) -> dict:
     return dict(v)
 
 
+def _shifted_exp(f: str, d: dict, isa: dict) -> str:
+    """``shifted_exp`` (optional): an ``EXP_VARIANTS`` name for sg_exp_shifted, on targets with its
+    scaled form (``[isa] ROUND`` and ``SCALE2``)."""
+    v = d.get("shifted_exp", "")
+    if not v:
+        return ""
+    if not isinstance(v, str) or v not in EXP_VARIANTS:
+        raise UsageError(f"target file {f}: shifted_exp must be one of {', '.join(EXP_VARIANTS)}, got {v!r}")
+    if not ("ROUND" in isa and "SCALE2" in isa):
+        raise UsageError(f"target file {f}: shifted_exp needs the scaled exp's [isa] ROUND and SCALE2")
+    return v
+
+
 def _stream_align(f: str, d: dict, isa: dict) -> int:
     """``stream_align`` (bytes): required with ``[isa] STREAM`` and ``FENCE``, and 4 * lanes (so
     the peel to it is shorter than a vector); absent without them."""
@@ -269,6 +286,7 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    hwcaps=_hwcaps(f, d.get("hwcaps", {})),
                    extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d},
                    cost=_cost(f, d.get("cost", {})), stream_align=stream_align,
+                   shifted_exp=_shifted_exp(f, d, isa),
                    attention=AttentionSchedule(**_table(f, d, "attention", ("br", "bc")))
                    if "attention" in d else AttentionSchedule())
     except KeyError as e:

@@ -177,7 +177,11 @@ def test_t32_spelling_per_target():
     assert "_mm512_permutex2var_ps" in src["avx512"] and "sg_table32" not in src["avx512"]
     assert "_mm256_i32gather_ps" in src["avx2"]
     assert "sg_table32" in src["neon"] and "sg_table32" not in src["scalar"]
-    assert "sg_exp_tab" not in softgen.compile("softmax", target="avx512", algorithm="three-pass-reload").source
+    # default schedules: avx512's exps of x - max x are t32 (its target file's shifted_exp), avx2's p5
+    src = softgen.compile("softmax", target="avx512", algorithm="three-pass-reload").source
+    assert "sg_exp_shifted(v" in src and "_mm512_permutex2var_ps" in src and "the table exp t32" in src
+    assert "sg_exp_tab" not in softgen.compile("softmax", target="avx2", algorithm="three-pass-reload").source
+    assert get_target("avx512").shifted_exp == V and not get_target("avx2").shifted_exp
 
 
 def test_t32_is_a_tuning_candidate_in_cache():
