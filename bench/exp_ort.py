@@ -3,7 +3,10 @@
 size on one thread (softgen's auto threads capped by bench/common.py, ORT intra_op 1).
 
     python bench/exp_ort.py --target avx512 --sizes 16K,64K,256K,1M --shapes 8192x128,4096x512,64x32768 \\
-        --variants t32 [--algorithm three-pass-reload] [--budget 4]
+        --variants p5,t32 [--algorithm three-pass-reload] [--budget 4] [--min-time 0.002 --rounds 201]
+
+A variant is a schedule exp (numerics.constants.EXP_VARIANTS) or ``p5``: the default schedule on a
+copy of the target without its file's shifted_exp (avx512's exps of x - max x as p5, not t32).
 
 Prints ns/element (median and minimum over the interleaved rounds), each variant's speed-up over
 p5c2 and ORT's time over each softgen kernel (> 1: softgen faster), the noise (IQR / median) and
@@ -18,6 +21,7 @@ import sys
 
 import common  # noqa: F401  (single-threads BLAS and softgen's auto threads before NumPy)
 import numpy as np
+from sweepcycles import target_without_shifted_exp
 
 import softgen
 from softgen import machine
@@ -31,14 +35,17 @@ def main(argv=None) -> int:
     ap.add_argument("--algorithm", default="three-pass-reload")
     ap.add_argument("--sizes", default="16K,64K,256K,1M")
     ap.add_argument("--shapes", default="8192x128,4096x512,64x32768")
-    ap.add_argument("--variants", default="t32", help="exp variants besides the default, comma-separated")
+    ap.add_argument("--variants", default="p5,t32", help="exp variants besides the default, comma-separated "
+                    "(p5: the target without its shifted_exp)")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per size")
     ap.add_argument("--min-time", type=float, default=0.02, help="seconds per sample (shorter samples "
                     "make the minimum more likely to catch an uncontended slice on a loaded machine)")
     ap.add_argument("--rounds", type=int, default=41, help="at most this many interleaved rounds")
     a = ap.parse_args(argv)
     exps = [EXP_DEFAULT] + [v for v in a.variants.split(",") if v and v != EXP_DEFAULT]
-    kernels = {e: softgen.compile("softmax", algorithm=a.algorithm, target=a.target, schedule={"exp": e})
+    kernels = {e: softgen.compile("softmax", algorithm=a.algorithm,
+                                  target=target_without_shifted_exp(a.target) if e == "p5" else a.target,
+                                  schedule=None if e == "p5" else {"exp": e})
                for e in exps}
     peers, skipped = load_peers(["onnxruntime"])
     ort = peers[0] if peers else None
