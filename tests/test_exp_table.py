@@ -28,12 +28,14 @@ from test_exp import (
 
 import softgen
 from softgen import reference
+from softgen._data import data_dir
 from softgen.backends import get_backend
 from softgen.emulator import find_emulator
+from softgen.errors import UsageError
 from softgen.numerics.constants import EXP_VARIANTS
 from softgen.render import isa_header, scaled_exp, vmath
 from softgen.runtime import compiler_for
-from softgen.targets import get_target, host_arch
+from softgen.targets import _load, get_target, host_arch
 from softgen.tune import level_schedules
 
 V = "t32"
@@ -192,3 +194,14 @@ def test_t32_is_a_tuning_candidate_in_cache():
     assert not any(s.exp == V for s in level_schedules(be, t, "DRAM", base))
     with pytest.raises(softgen.UsageError, match="t32"):
         softgen.compile("softmax", target="avx2", schedule={"exp": "t33"})
+
+
+def test_shifted_exp_in_a_target_file_is_checked():
+    """shifted_exp must name a variant and needs the scaled exp's [isa] ROUND and SCALE2."""
+    avx512 = (data_dir("targets") / "avx512.toml").read_text()
+    assert _load("avx512", avx512).shifted_exp == V
+    with pytest.raises(UsageError, match="shifted_exp must be one of"):
+        _load("avx512", avx512.replace('shifted_exp = "t32"', 'shifted_exp = "t64"'))
+    avx2 = (data_dir("targets") / "avx2.toml").read_text()
+    with pytest.raises(UsageError, match="ROUND and SCALE2"):
+        _load("avx2", avx2.replace('stream_align = 32', 'stream_align = 32\nshifted_exp = "t32"'))
