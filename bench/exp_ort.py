@@ -56,6 +56,10 @@ def main(argv=None) -> int:
     print("# interleaved rounds, 1 thread; per size: ns/element by the median and by the minimum over rounds")
     print("# (on a loaded shared machine the minimum is the steadier estimate); ratios within a row only")
     cols = exps + (["ort"] if ort else [])
+    tgt = kernels[EXP_DEFAULT].target
+    print(f"# {EXP_DEFAULT}: the default schedule exp"
+          + (f" (sg_exp_shifted: {tgt.shifted_exp}, the target file's shifted_exp)" if tgt.shifted_exp else "")
+          + "; a/b: b's time over a's (> 1: a faster)")
     head = f"{'size':>9}  stat  " + "  ".join(f"{c + ' ns/el':>11}" for c in cols) \
         + "".join(f"  {e}/{EXP_DEFAULT}" for e in exps[1:]) + "".join(f"  ort/{e}" for e in exps if ort) + "  noise"
     print(head)
