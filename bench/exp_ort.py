@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     tgt = kernels[EXP_DEFAULT].target
     print(f"# {EXP_DEFAULT}: the default schedule exp"
           + (f" (sg_exp_shifted: {tgt.shifted_exp}, the target file's shifted_exp)" if tgt.shifted_exp else "")
-          + "; a/b: b's time over a's (> 1: a faster)")
+          + f"; v/{EXP_DEFAULT}: {EXP_DEFAULT}'s time over v's (> 1: v faster); ort/v: ORT's over v's (> 1: v faster)")
     head = f"{'size':>9}  stat  " + "  ".join(f"{c + ' ns/el':>11}" for c in cols) \
         + "".join(f"  {e}/{EXP_DEFAULT}" for e in exps[1:]) + "".join(f"  ort/{e}" for e in exps if ort) + "  noise"
     print(head)
