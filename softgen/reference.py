@@ -180,6 +180,44 @@ def exp_p5_f32(x) -> np.ndarray:
         return (p.astype(np.float64) * np.exp2(n.astype(np.float64))).astype(f)
 
 
+def exp_table_f32(x, variant: str = "t32", shifted: bool = False) -> np.ndarray:
+    """A table exp variant (``K.EXP_VARIANTS[variant]``, e.g. "t32", docs/ops.md §2.4) in float32 as
+    templates/vmath.h.j2 evaluates it: sg_exp over the whole range, or (``shifted``) avx512's
+    sg_exp_shifted (x <= 0, results down to 2^-149). k = N round(x log2e) by the magic bias (low
+    bits j = k mod N), r = x - (k/N) ln2 (Cody-Waite), m = T[j] + (T[j] r) p(r), then m 2^floor(k/N)
+    (sg_exp: 2^127 and a doubling in the top binade, +inf above FLT_MAX; +0 where floor(k/N) = -127).
+    FMAs are emulated in float64 (a product of two floats is exact there; the sum may round twice
+    in rare ties)."""
+    v = K.EXP_VARIANTS[variant]
+    f, u = np.float32, np.uint32
+    n_tab = len(v.table)
+    tab = np.array([float(c) for c in v.table], f)
+    x = np.asarray(x, dtype=f)
+
+    def fma(a, b, c):
+        return (np.asarray(a, np.float64) * b + c).astype(f)
+
+    with np.errstate(all="ignore"):
+        x = np.where(np.isnan(x), x, np.maximum(f(K.EXP_MIN_SCALED if shifted else K.EXP_MIN), x))
+        if not shifted:
+            x = np.where(np.isnan(x), x, np.minimum(f(K.EXP_MAX), x))
+        kf = fma(x, f(K.LOG2E), f(v.magic))
+        kq = (kf - f(v.magic)).astype(f)
+        tj = tab[kf.view(u) & u(n_tab - 1)]
+        r = fma(kq, f(K.MINUS_LN2_LO), fma(kq, f(K.MINUS_LN2_HI), x))
+        p = np.full_like(r, f(v.coeffs[0]))
+        for c in v.coeffs[1:]:
+            p = fma(p, r, f(c))
+        m = fma((tj * r).astype(f), p, tj)
+        if shifted:      # vscalefps: m 2^floor(kq), rounded once
+            return (m.astype(np.float64) * np.exp2(np.floor(kq.astype(np.float64)))).astype(f)
+        top = kf > f(v.top)
+        kc = np.where(top, f(v.top), kf)
+        scale = ((kc.view(u) & u(~(n_tab - 1) & 0xFFFFFFFF)) << u(v.shift)).astype(u).view(f)
+        y = (m * scale).astype(f)
+        return np.where(top, (y + y).astype(f), y)
+
+
 # -- StableMax (docs/ops.md §8) -------------------------------------------------------------------------
 
 def stablemax_s(x) -> np.ndarray:

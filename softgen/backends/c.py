@@ -765,7 +765,10 @@ def _knob_note(s: Schedule, t: Target) -> str:
         notes.append(f"software prefetch {s.prefetch} elements ahead")
     if s.exp != EXP_DEFAULT:
         notes.append(f"exp variant {s.exp}")
-    if scaled_exp(t):
+    if scaled_exp(t) and t.shifted_exp and s.exp == EXP_DEFAULT:
+        notes.append(f"exp of x - max x in the scaled form, the table exp {t.shifted_exp} "
+                     f"(sg_exp_shifted: T[j] (1 + r p) 2^n by V_SCALE2)")
+    elif scaled_exp(t):
         notes.append("exp of x - max x in the scaled form (sg_exp_shifted: (1 + t p) 2^n by V_SCALE2)")
     return "".join(f"\n *            {n}" for n in notes)
 
