@@ -37,7 +37,8 @@ SELECTED = "selected"   # selected (top-k) rows: (x, indices, weights, rows, n, 
 UNARY = "unary"         # matrix op, one input: rows of x are a batch of m x n matrices (…, m)
 GENERAL = "general"     # matrix op, several matrices: (inputs, outputs, batch, dims, lds)
 GEMM = "gemm"           # a GEMM library's <gemm>_entry (backends/gemm.py)
-KINDS = (ROW, SELECTED, UNARY, GENERAL, GEMM)
+ATTENTION = "attention"  # streaming attention: (q, k, v, o, dims, per-head strides[, mask], kv_lengths, lse)
+KINDS = (ROW, SELECTED, UNARY, GENERAL, GEMM, ATTENTION)
 
 
 @dataclass(frozen=True)
@@ -64,24 +65,29 @@ class ErrorCode:
 
 
 _ROWS = frozenset((ROW, SELECTED))
-_MATRIX = frozenset((UNARY, GENERAL))
+_MATRIX = frozenset((UNARY, GENERAL, ATTENTION))
 
 OK = ErrorCode(0, "OK", "success")
 ENULL = ErrorCode(1, "ENULL", "{nulls} is NULL while rows and n are nonzero", "NULL pointer with nonzero sizes",
-                  docs={GENERAL: "a pointer is NULL while its matrix is not empty"})
+                  docs={GENERAL: "a pointer is NULL while its matrix is not empty",
+                        ATTENTION: "q, k, v or o is NULL while its array is not empty"})
 ESTRIDE = ErrorCode(2, "ESTRIDE", "ldx < n or {ld} < {width}", "row stride smaller than the row",
-                    docs={GENERAL: "an ld is below its row length"})
+                    docs={GENERAL: "an ld is below its row length",
+                          ATTENTION: "a stride is negative, or o_sr < dv (o's rows would overlap)"})
 EOVERFLOW = ErrorCode(3, "EOVERFLOW", "rows * stride does not fit in the address space",
                       "rows * stride overflows the address space",
-                      docs={GENERAL: "a matrix, or the scratch, does not fit in the address space"})
+                      docs={GENERAL: "a matrix, or the scratch, does not fit in the address space",
+                            ATTENTION: "an array's extent (strides x counts) does not fit in the address space"})
 ETOOLONG = ErrorCode(4, "ETOOLONG", "a row is longer than {max_n} elements: element indices are float32 in the kernel",
                      f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
                      ValueError, _ROWS | _MATRIX,
                      docs={GENERAL: "a row or column index exceeds {max_n}: indices are float32 in the kernel"})
-EMATRIX = ErrorCode(5, "EMATRIX", "m is 0 or does not divide rows", "the rows are not a whole number of matrices",
-                    ValueError, frozenset((UNARY,)))
+EMATRIX = ErrorCode(5, "EMATRIX", "m is 0 or does not divide rows",
+                   "the rows are not a whole number of matrices (attention: hkv is 0 or does not divide hq)",
+                   ValueError, frozenset((UNARY, ATTENTION)),
+                   docs={ATTENTION: "hkv is 0 or does not divide hq (grouped-query heads)"})
 ENOMEM = ErrorCode(6, "ENOMEM", "the scratch cannot be allocated", "out of memory for scratch vectors",
-                   RuntimeError, _MATRIX)
+                   RuntimeError, _MATRIX, docs={ATTENTION: "K^T (the size of K, for Lq > 16) cannot be allocated"})
 ESQUARE = ErrorCode(7, "ESQUARE", "the matrices are not square (n != m)", "the matrices are not square",
                     ValueError, frozenset((UNARY,)))
 ECPU = ErrorCode(8, "ECPU", "the CPU lacks the target's instructions ({requires}): see {name}_supported()",
@@ -142,7 +148,11 @@ class KernelABI:
     * ``UNARY``: ``int name(const float *x, float *y, size_t rows, size_t n, size_t ldx,
       size_t ldy, size_t m)`` (rows = batch * m; a square program checks n == m);
     * ``GENERAL``: ``int name(const float *<input>..., float *<output>..., size_t batch,
-      size_t <dim>..., size_t ld<matrix>...)`` over inputs then outputs.
+      size_t <dim>..., size_t ld<matrix>...)`` over inputs then outputs;
+    * ``ATTENTION``: ``int name(const float *q, const float *k, const float *v, float *o, size_t
+      batch, hq, hkv, lq, lk, d, dv, ptrdiff_t <q, k, v, o>_s<b, h, r>...[, const float|uint8_t
+      *mask, ptrdiff_t mask_s<b, h, r, c>], const int32_t *kv_lengths, float *lse, ptrdiff_t
+      lse_s<b, h, r>)``: strides in elements, rows of q/k/v/o contiguous (``ATTENTION_ARGS``).
 
     A matrix kernel's every matrix is ``batch * rows`` rows with one row stride: matrix k's row
     i is row k * rows + i."""
@@ -154,6 +164,12 @@ class KernelABI:
     k: int | None = None           # SELECTED: entries selected per row
     max_n: int | None = None       # the longest row (or indexed dimension) it takes: ETOOLONG beyond
     threads: bool = False          # a matrix kernel with ``<name>_mt`` (streaming attention)
+    mask: str | None = None        # ATTENTION: the mask's kind, "additive" (float) or "bool" (uint8), or None
+
+    @classmethod
+    def attention(cls, inputs: Matrices, outputs: Matrices, dims, mask: str | None) -> "KernelABI":
+        """The streaming attention entry (``ATTENTION``): every dimension and stride explicit."""
+        return cls(ATTENTION, inputs, outputs, tuple(dims), threads=True, mask=mask)
 
     @classmethod
     def row(cls, row_params=(), max_n: int | None = None) -> "KernelABI":
@@ -172,12 +188,12 @@ class KernelABI:
 
     @property
     def matrix(self) -> bool:
-        return self.kind in (UNARY, GENERAL)
+        return self.kind in _MATRIX
 
     @property
     def style(self) -> str:
-        """A matrix kernel's kind, ``unary`` or ``general``."""
-        return self.kind
+        """A matrix kernel's kind, ``unary`` or ``general`` (attention's: general, several arrays)."""
+        return GENERAL if self.kind == ATTENTION else self.kind
 
     @property
     def matrices(self) -> Matrices:
@@ -199,6 +215,13 @@ class KernelABI:
                 [("size_t", "ldo")]
         if self.kind == UNARY:
             return [("const float *", "x"), ("float *", "y")] + sizes + [("size_t", "ldy"), ("size_t", "m")]
+        if self.kind == ATTENTION:
+            mtype = "const uint8_t *" if self.mask == "bool" else "const float *"
+            return [("const float *", a) for a in "qkv"] + [("float *", "o")] + \
+                [("size_t", d) for d in ATTENTION_DIMS] + \
+                [("ptrdiff_t", f"{a}_s{s}") for a in "qkvo" for s in "bhr"] + \
+                ([(mtype, "mask")] + [("ptrdiff_t", f"mask_s{s}") for s in "bhrc"] if self.mask else []) + \
+                [("const int32_t *", "kv_lengths"), ("float *", "lse")] + [("ptrdiff_t", f"lse_s{s}") for s in "bhr"]
         return [("const float *", nm) for nm, _ in self.inputs] + \
             [("float *", nm) for nm, _ in self.outputs] + [("size_t", "batch")] + \
             [("size_t", d) for d in self.dims] + [("size_t", f"ld{nm}") for nm, _ in self.matrices]
@@ -213,7 +236,8 @@ class KernelABI:
     def argtypes(self, mt: bool = False) -> list:
         """The ctypes argument types of the entry point (pointers are passed as addresses); ``mt``:
         of the extended entry ``<name>_mt``, which takes an ``int threads`` last."""
-        return [ctypes.c_void_p if t.endswith("*") else ctypes.c_size_t for t, _ in self.params()] + \
+        return [ctypes.c_void_p if t.endswith("*") else ctypes.c_ssize_t if t == "ptrdiff_t" else ctypes.c_size_t
+                for t, _ in self.params()] + \
             ([ctypes.c_int] if mt else [])
 
     @property
@@ -234,6 +258,8 @@ class KernelABI:
             return ("indices", "weights")
         if self.kind == GENERAL:
             return tuple(nm for nm, _ in self.outputs)
+        if self.kind == ATTENTION:
+            return ("o", "lse")
         return ("y",)
 
     def buffers(self, args) -> list[tuple[int, bool] | None]:
@@ -251,6 +277,19 @@ class KernelABI:
                      "weights": 4 * v["rows"] * v["ldo"]}
         elif self.kind == GENERAL:
             sizes = {nm: span(v["batch"] * v[r], v[f"ld{nm}"], v[c]) for nm, (r, c) in self.matrices}
+        elif self.kind == ATTENTION:
+            def extent(a, heads, rows, width, item=4, axes="bhr"):
+                counts = dict(zip(axes, (v["batch"], heads, rows, width)))
+                if not all(counts.values()):
+                    return 0
+                return item * (1 + sum((counts[x] - 1) * v[f"{a}_s{x}"] for x in axes)
+                               + (width - 1 if "c" not in axes else 0))
+            hq, hkv, lq, lk = v["hq"], v["hkv"], v["lq"], v["lk"]
+            sizes = {"q": extent("q", hq, lq, v["d"]), "k": extent("k", hkv, lk, v["d"]),
+                     "v": extent("v", hkv, lk, v["dv"]), "o": extent("o", hq, lq, v["dv"]),
+                     "lse": extent("lse", hq, lq, 1), "kv_lengths": 4 * v["batch"]}
+            if self.mask:
+                sizes["mask"] = extent("mask", hq, lq, lk, 1 if self.mask == "bool" else 4, "bhrc")
         else:
             sizes = {"x": span(v["rows"], v["ldx"], v["n"]), "y": span(v["rows"], v["ldy"], v["n"])}
             sizes.update({rp: 4 * v["rows"] for rp in self.row_params})
@@ -275,6 +314,8 @@ class KernelABI:
 
     def arg_docs(self) -> dict[str, str]:
         """What each argument of a matrix kernel means, for headers and manifests."""
+        if self.kind == ATTENTION:
+            return attention_arg_docs(self.mask)
         if self.kind == UNARY:
             (x, (r, c)), = self.inputs
             return {"x": f"input: rows / m matrices of m x n floats ({r} x {c}), row r at x + r*ldx",
@@ -296,3 +337,33 @@ class KernelABI:
             docs[d] = "the " + ", ".join(uses)
         docs.update({f"ld{nm}": f"row stride of {nm} in elements (>= {c})" for nm, (_, c) in self.matrices})
         return docs
+
+
+ATTENTION_DIMS = ("batch", "hq", "hkv", "lq", "lk", "d", "dv")
+
+
+def attention_arg_docs(mask: str | None) -> dict[str, str]:
+    """What each argument of the streaming attention entry (``ATTENTION``) means."""
+    docs = {"q": "input: query row i of head h of batch b at q + b*q_sb + h*q_sh + i*q_sr (d floats, contiguous)",
+            "k": "input: key row j of kv head g at k + b*k_sb + g*k_sh + j*k_sr (d floats, contiguous)",
+            "v": "input: value row j of kv head g at v + b*v_sb + g*v_sh + j*v_sr (dv floats, contiguous)",
+            "o": "output: row i of head h at o + b*o_sb + h*o_sh + i*o_sr (dv floats); must not overlap the "
+                 "inputs, nor its own rows",
+            "batch": "B, the batch", "hq": "query heads (of q and o)",
+            "hkv": "key/value heads; hkv divides hq: query head h reads kv head h / (hq / hkv) (GQA)",
+            "lq": "query rows per head", "lk": "key rows per head (causal: bottom-right aligned, "
+                                                "query i sees keys j <= i + lk - lq)",
+            "d": "the q/k row length", "dv": "the v/o row length"}
+    for a in "qkvo":
+        docs[f"{a}_sb"] = f"{a}'s strides in elements: batch ({a}_sb), head ({a}_sh), row ({a}_sr); >= 0 " \
+                          f"(0 broadcasts)"
+    if mask:
+        kind = "uint8 keep-mask (nonzero keeps the key)" if mask == "bool" else "float32 added to the scores"
+        docs["mask"] = f"optional (NULL: none): a {kind}; entry (b, h, i, j) at mask + b*mask_sb + h*mask_sh + " \
+                       f"i*mask_sr + j*mask_sc; strides >= 0, 0 broadcasts"
+    docs["kv_lengths"] = "optional (NULL: all lk keys): per batch b, keys j >= kv_lengths[b] are masked " \
+                         "(< 0 counts as 0, > lk as lk); key blocks past it are skipped"
+    docs["lse"] = "optional output (NULL: not wanted): per (b, h, i) at lse + b*lse_sb + h*lse_sh + " \
+                  "i*lse_sr the log-sum-exp of the row's masked scaled scores (softmax; stablemax: the log " \
+                  "of its weights' sum); -inf for a fully masked row, NaN for a NaN row"
+    return docs

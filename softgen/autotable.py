@@ -170,11 +170,16 @@ def attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, sch
     alg = "three-phase" if algorithm == "three-phase" else "streaming"
     why = passes.streamable(program)
     if alg == "streaming" and why and algorithm == "streaming":
-        raise UsageError(f"{program.name}: no streaming form yet for this normalizer ({why}); use algorithm='three-phase'")
+        raise UsageError(f"{program.name}: no streaming form yet for this normalizer (the rewrite streams "
+                         f"{', '.join(passes.STREAMING_NORMALIZERS)}: {why}); use algorithm='three-phase'")
     if alg == "streaming" and not be.streams_attention and algorithm == "streaming":
         raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
     if why or not be.streams_attention:
         alg = "three-phase"
+    if alg == "three-phase" and program.params.get("mask") == "bool":
+        raise UsageError(f"{program.name}: mask='bool' (a uint8 keep-mask) is the streaming form's; the three-phase "
+                         f"form{' of backend ' + repr(be.name) if not be.streams_attention else ''} takes "
+                         f"mask='additive' (softgen.attention converts)")
     given = dict(schedule.as_dict() if isinstance(schedule, Schedule) else schedule or {})
     blocks = {k: given.pop(k) for k in ATTENTION_KNOBS if k in given}
     return alg, blocks, (given or None) if not isinstance(schedule, Schedule) else schedule

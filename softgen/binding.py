@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .abi import GENERAL, SELECTED, UNARY, KernelABI
+from .abi import ATTENTION, GENERAL, SELECTED, UNARY, KernelABI
 
 
 @dataclass
@@ -39,13 +39,18 @@ RowArguments = Callable[[list, tuple], list]   # (row parameter names, input sha
 
 
 def bind(abi: KernelABI, name: str, inputs: tuple, out, row_arguments: RowArguments | None = None,
-         op: str = "") -> Bound:
+         op: str = "", call: dict | None = None) -> Bound:
     """Check ``inputs`` (a tuple of arrays: one for row and unary kernels, the ABI's inputs for a
     general one) and ``out`` against ``abi`` and bind them. ``name``: the kernel, for messages;
     ``op``: its op, for the messages of matrix kernels. ``row_arguments(names, shape)``: the
     per-row parameter arrays for an input of ``shape`` (it also rejects unknown call-time
-    arguments); called for row and unary kernels after the checks of ``x`` and ``out``."""
+    arguments); called for row and unary kernels after the checks of ``x`` and ``out``. ``call``:
+    the streaming attention entry's keywords (``kv_lengths``, ``return_lse``)."""
+    if abi.kind == ATTENTION:
+        return _bind_attention(abi, name, inputs, out, **(call or {}))
     if abi.kind == GENERAL:
+        if call:
+            raise TypeError(f"{name} ({op}) takes no keyword arguments {sorted(call)}")
         return _bind_general(abi, name, op, inputs, out)
     (x,) = inputs
     x = _check_input(abi, name, op, x)
@@ -150,6 +155,124 @@ def _bind_general(abi: KernelABI, name: str, op: str, inputs: tuple, out) -> Bou
         lds.append(la[1])
     args = (*ptrs, ly[0], batch, *[dims[d] for d in abi.dims], *lds, ly[1])
     return Bound(args, y, tuple(arrays), copy_to)
+
+
+def _heads(a: np.ndarray, nbatch: int):
+    """(ptr, batch, head, row, col strides in elements) of ``a`` (..., H, L, w) whose ``nbatch``
+    leading axes are the batch (one stride for all: they must collapse), or None when the ABI
+    cannot address it (misaligned, a negative or fractional stride, batch axes not evenly strided).
+    Strides of axes of size 1 are 0."""
+    item = a.itemsize
+    if not a.flags.aligned:
+        return None
+    st = [0 if n == 1 else s for n, s in zip(a.shape, a.strides)]
+    if any(s < 0 or s % item for s in st):
+        return None
+    st = [s // item for s in st]
+    sizes = a.shape
+    batch = [(n, s) for n, s in zip(sizes[:nbatch], st[:nbatch]) if n != 1]
+    for (_, s0), (n1, s1) in zip(batch, batch[1:]):
+        if s0 != s1 * n1:
+            return None
+    sb = batch[-1][1] if batch else 0
+    tail = st[nbatch:]
+    tail = [0] * (3 - len(tail)) + tail   # (H, L, w): a missing head axis is one head
+    return (a.ctypes.data, sb, *tail)
+
+
+def _bind_attention(abi: KernelABI, name: str, inputs: tuple, out, kv_lengths=None,
+                    return_lse: bool = False) -> Bound:
+    """q (..., Hq, Lq, d), k (..., Hkv, Lk, d), v (..., Hkv, Lk, dv)[, mask broadcastable to
+    (..., Hq, Lq, Lk)] -> o (..., Hq, Lq, dv) (and lse (..., Hq, Lq) with ``return_lse``): every
+    array passed as its strides (views, GQA heads, broadcast masks: no copy); copied only where
+    the ABI cannot address it (a strided last axis of q/k/v, negative strides, misalignment)."""
+    names = ["q", "k", "v"] + (["mask"] if abi.mask else [])
+    if len(inputs) == 3 and abi.mask:
+        inputs = (*inputs, None)
+    if len(inputs) != len(names):
+        raise TypeError(f"{name} (attention) takes {len(names)} arrays ({', '.join(names)}), got {len(inputs)}")
+    q, k, v = inputs[:3]
+    for nm, a in zip("qkv", (q, k, v)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            raise TypeError(f"{name}: {nm} must be a float32 numpy.ndarray, got "
+                            f"{a.dtype if isinstance(a, np.ndarray) else type(a).__name__}")
+    if not (q.ndim == k.ndim == v.ndim >= 2):
+        raise ValueError(f"{name}: q, k, v need the same number of axes (>= 2), got shapes {q.shape}, {k.shape}, "
+                         f"{v.shape}")
+    nb = max(q.ndim - 3, 0)
+    lq, d = q.shape[-2:]
+    lk, dv = k.shape[-2], v.shape[-1]
+    hq, hkv = (q.shape[-3], k.shape[-3]) if q.ndim >= 3 else (1, 1)
+    if k.shape[-1] != d or v.shape[-2] != lk or k.shape[:-2] != v.shape[:-2] or q.shape[:nb] != k.shape[:nb]:
+        raise ValueError(f"{name}: expected q (..., Hq, Lq, d), k (..., Hkv, Lk, d), v (..., Hkv, Lk, dv) with "
+                         f"equal batch axes, got {q.shape}, {k.shape}, {v.shape}")
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"{name}: grouped-query attention needs Hq a multiple of Hkv, got Hq={hq}, Hkv={hkv}")
+    lead = q.shape[:-1]
+    batch = math.prod(q.shape[:nb])
+    keep, args = [], []
+    for a in (q, k, v):
+        la = _heads(a, nb)
+        if la is None or (a.shape[-1] > 1 and la[4] != 1):   # rows must be contiguous: copy
+            a = np.ascontiguousarray(a)
+            a = a if a.flags.aligned else a.copy()
+            la = _heads(a, nb)
+        keep.append(a)
+        args.append(la)
+    shape = lead[:-1] + (lq, dv)
+    o, copy_to = out, None
+    if out is None:
+        o = np.empty(shape, np.float32)
+    elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+        raise ValueError(f"{name}: out must be a float32 array of shape {shape}")
+    elif not out.flags.writeable:
+        raise ValueError(f"{name}: out is read-only")
+    lo = _heads(o, nb)
+    if lo is None or (dv > 1 and lo[4] != 1) or (lq > 1 and lo[3] < dv) \
+            or (out is not None and any(np.may_share_memory(o, a) and np.shares_memory(o, a) for a in keep)):
+        copy_to, o = o, np.empty(shape, np.float32)   # not addressable, or overlapping: a temporary
+        lo = _heads(o, nb)
+    ptrs = [x[0] for x in args] + [lo[0], batch, hq, hkv, lq, lk, d, dv]
+    strides = [s for x in args + [lo] for s in x[1:4]]
+    mparts = []
+    if abi.mask:
+        m = inputs[3]
+        if m is None:
+            mparts = [None, 0, 0, 0, 0]
+        else:
+            m = np.asarray(m)
+            if abi.mask == "bool":
+                if m.dtype != np.bool_ and m.dtype != np.uint8:
+                    raise TypeError(f"{name}: mask must be a boolean keep-mask (this kernel's mask='bool'), "
+                                    f"got {m.dtype}")
+                m = m.view(np.uint8) if m.dtype == np.bool_ else m
+            elif m.dtype == np.bool_:
+                m = np.where(m, np.float32(0), np.float32(-np.inf))
+            elif m.dtype != np.float32:
+                m = m.astype(np.float32)
+            full = lead[:-1] + (lq, lk)
+            try:
+                mb = np.broadcast_to(m, full if q.ndim >= 3 else (lq, lk))
+            except ValueError:
+                raise ValueError(f"{name}: mask of shape {m.shape} does not broadcast to {full}") from None
+            lm = _heads(mb, nb)
+            if lm is None:   # e.g. a negative stride: a contiguous copy
+                mb = np.ascontiguousarray(mb)
+                lm = _heads(mb, nb)
+            keep.append(mb)
+            mparts = list(lm)
+    lens = None
+    if kv_lengths is not None:
+        n = np.asarray(kv_lengths)
+        if not np.issubdtype(n.dtype, np.integer) or n.shape != q.shape[:nb] or (n < 0).any():
+            raise ValueError(f"{name}: kv_lengths must be non-negative integers of shape {q.shape[:nb]} (one per "
+                             f"batch index), got {n.dtype} {n.shape}")
+        lens = np.ascontiguousarray(np.minimum(n, np.iinfo(np.int32).max), np.int32)
+        keep.append(lens)
+    lse = np.empty(lead, np.float32) if return_lse else None
+    ll = _heads(lse.reshape(lead + (1,)), nb) if return_lse else (None, 0, 0, 0, 0)
+    args = (*ptrs, *strides, *mparts, None if lens is None else lens.ctypes.data, *ll[:4])
+    return Bound(args, (o, lse) if return_lse else o, tuple(keep), copy_to)
 
 
 def _check_input(abi: KernelABI, name: str, op: str, x) -> np.ndarray:

@@ -95,7 +95,7 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
                    help="schedule: rows of n >= SPLIT run in chunks (the split form; 0: never)")
     p.add_argument("--chunk", type=int, action=_Once, help="schedule: elements per chunk of a split row")
     p.add_argument("--causal", action="store_true", help="attention: bottom-right causal mask (param causal=1)")
-    p.add_argument("--normalizer", action=_Once, help="attention: the normalizer (softmax today)")
+    p.add_argument("--normalizer", action=_Once, help="attention: the normalizer (softmax, stablemax)")
     p.add_argument("--br", type=int, action=_Once, help="attention schedule: query rows per block (streaming)")
     p.add_argument("--bc", type=int, action=_Once, help="attention schedule: keys per block (streaming)")
 

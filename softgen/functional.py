@@ -13,10 +13,13 @@ import functools
 import numpy as np
 
 from . import arrays, ops as _ops, reference as _ref
+from .abi import ATTENTION
 from .arrays import TORCH_TYPES
+from .backends import get_backend
 from .errors import UsageError
 from .kernel import compile as _compile
 from .ops.attention import check_normalizer
+from .passes import STREAMING_NORMALIZERS
 
 
 @functools.lru_cache(maxsize=256)
@@ -133,7 +136,7 @@ def _f32(name: str, a) -> np.ndarray:
 def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=None, scale=None,
               kv_lengths=None, masked_rows: str = "nan", *, out: np.ndarray | None = None,
               target: str = "host", backend: str = "c", algorithm: str = "auto", threads: int | None = None,
-              **params) -> np.ndarray:
+              return_lse: bool = False, **params):
     """O = normalize(s Q K^T + mask) V (docs/ops.md §10), float32: q (..., Hq, Lq, d), k (..., Hkv, Lk, d),
     v (..., Hkv, Lk, dv) -> (..., Hq, Lq, dv); the leading axes are batch x heads (2-d arrays: one
     head). Grouped-query attention: Hq a multiple of Hkv, query head h reads kv head
@@ -141,23 +144,32 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
     broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
     the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
-    ``normalizer``: softmax, stablemax, sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
+    ``normalizer``: softmax, stablemax, topk_softmax (``top_k=K``, ``renormalize=1``: each query
+    attends to its K highest-scoring kept keys), sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
     (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by
     ``reference.soft_landmarks_avgpool``, or the (..., m, d) landmarks; no causal, mask or scale);
-    other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where the normalizer streams: softmax), streaming,
+    other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
+    the normalizer and backend stream: softmax, stablemax on C), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
     ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
     form: batch x heads x query chunks) split across the library's thread pool; results do not
-    depend on it.
+    depend on it. ``return_lse``: (o, lse), lse (..., Hq, Lq) the per-row log-sum-exp of the
+    masked scaled scores (softmax; -inf for a fully masked row; the streaming form only).
+    NumPy arrays or torch tensors (and other DLPack arrays): results in the caller's type.
 
-    The kernel is the attention matrix program (``softgen/ops/attention.py``); GQA repeats
-    k/v per query head, masks and kv_lengths become one float32 additive mask, and inputs that are
-    not a stack of equally strided matrices are copied (all noted in the README)."""
+    The streaming form (``abi.ATTENTION``) takes the arrays as they are: strided heads (e.g. a
+    (B, L, H, d) view transposed to (B, H, L, d)), GQA heads, a boolean mask as bytes and a
+    broadcast mask through stride 0, kv_lengths per batch, no copies. The three-phase form (and
+    TVM's) has the general matrix ABI: GQA repeats k/v, masks and kv_lengths become one float32
+    additive mask, inputs that are not a stack of equally strided matrices are copied."""
     opdef = _ops.get_op("attention")
     check_normalizer(normalizer)
     if masked_rows not in ("nan", "zero"):
         raise UsageError(f"attention: masked_rows must be 'nan' or 'zero', got {masked_rows!r}")
-    q, k, v = _f32("q", q), _f32("k", k), _f32("v", v)
+    given = (q, k, v) if mask is None or isinstance(mask, (bool, int, float, np.generic)) else (q, k, v, mask)
+    xs, out_np, finish = arrays.prepare(given, out, "attention", rows=False)
+    q, k, v = _f32("q", xs[0]), _f32("k", xs[1]), _f32("v", xs[2])
+    mask = xs[3] if len(xs) > 3 else mask
     if not (q.ndim == k.ndim == v.ndim):
         raise UsageError(f"attention: q, k, v must have the same number of axes, got shapes {q.shape}, {k.shape}, "
                          f"{v.shape}")
@@ -166,6 +178,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     if k.shape[-1] != d or v.shape[-2] != lk or k.shape[:-2] != v.shape[:-2]:
         raise UsageError(f"attention: expected k (..., Lk, {d}) and v (..., Lk, dv) with the same leading axes, "
                          f"got q {q.shape}, k {k.shape}, v {v.shape}")
+    hq = hkv = 1
     if q.ndim >= 3:
         hq, hkv = q.shape[-3], k.shape[-3]
         if q.shape[:-3] != k.shape[:-3]:
@@ -173,36 +186,62 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         if hkv == 0 or hq % hkv:
             raise UsageError(f"attention: grouped-query attention needs Hq a multiple of Hkv, got Hq={hq}, "
                              f"Hkv={hkv}")
-        if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
-            k, v = np.repeat(k, hq // hkv, axis=-3), np.repeat(v, hq // hkv, axis=-3)
     elif kv_lengths is not None:
         raise UsageError("attention: kv_lengths needs a heads axis (q of shape (..., H, Lq, d))")
     lead, dv = q.shape[:-2], v.shape[-1]
     landmarks = params.pop("landmarks", None)
     if landmarks is not None and normalizer != "soft":
         raise UsageError(f"attention: landmarks is a parameter of the soft normalizer, not {normalizer!r}")
-    add = None
+    m = None
     if mask is not None:
         m = np.asarray(mask)
         if m.dtype != bool and not np.issubdtype(m.dtype, np.floating):
             raise UsageError(f"attention: mask must be boolean (True = keep) or float (additive), got {m.dtype}")
+        if m.dtype != bool and m.dtype != np.float32:
+            m = m.astype(np.float32)   # before broadcasting: the kernel reads a broadcast mask by stride 0
         try:
             m = np.broadcast_to(m, lead + (lq, lk))
         except ValueError:
             raise UsageError(f"attention: mask of shape {m.shape} does not broadcast to {lead + (lq, lk)}") from None
-        add = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == bool else m.astype(np.float32)
+    n = None
     if kv_lengths is not None:
         n = np.asarray(kv_lengths)
         if not np.issubdtype(n.dtype, np.integer) or n.shape != q.shape[:-3] or (n < 0).any():
             raise UsageError(f"attention: kv_lengths must be non-negative integers of shape {q.shape[:-3]} "
                              f"(one per batch index), got {n.dtype} {n.shape}")
+    if out_np is not None and (not isinstance(out_np, np.ndarray) or out_np.shape != lead + (lq, dv)
+                               or out_np.dtype != np.float32):
+        raise UsageError(f"attention: out must be a float32 array of shape {lead + (lq, dv)}")
+    streams = algorithm != "three-phase" and normalizer in STREAMING_NORMALIZERS and get_backend(backend).streams_attention
+    if return_lse and not streams:
+        raise UsageError(f"attention: return_lse needs the streaming form (algorithm {algorithm!r}, backend {backend!r})")
+    if streams:   # the kernel takes kv_lengths itself, and a boolean mask as bytes
+        kind = "none" if m is None else "bool" if m.dtype == bool else "additive"
+    else:         # kv_lengths become part of one additive mask
+        kind = "none" if m is None and n is None else "additive"
+    build = opdef.build_params_for_call(dict(params, head_dim=max(d, 1), scale=scale, causal=int(bool(causal)),
+                                             mask=kind, normalizer=normalizer), {})
+    kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
+                   tuple(sorted(_ops.resolve_params(opdef, build).items())))
+    if kern._abi.kind == ATTENTION:   # the explicit-stride entry: the arrays as they are
+        want = return_lse or masked_rows == "zero"
+        r = kern(q, k, v, *([] if m is None else [m]), out=out_np, threads=threads, kv_lengths=n, return_lse=want)
+        o, lse = r if want else (r, None)
+        if masked_rows == "zero":
+            o[lse == -np.inf] = 0.0    # the rows with no kept key (a NaN row's lse is NaN)
+        return finish((o, lse) if return_lse else o)
+    if return_lse:   # auto built the three-phase form: this normalizer does not stream
+        raise UsageError(f"attention: return_lse needs the streaming form (algorithm {kern.algorithm!r}, "
+                         f"backend {backend!r})")
+    if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
+        k, v = np.repeat(k, hq // hkv, axis=-3), np.repeat(v, hq // hkv, axis=-3)
+    add = None
+    if m is not None:
+        add = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == bool else m.astype(np.float32)
+    if n is not None:
         keep = np.arange(lk) < n.reshape(n.shape + (1, 1, 1))
         pad = np.broadcast_to(np.where(keep, np.float32(0), np.float32(-np.inf)), lead + (lq, lk))
         add = pad if add is None else add + pad
-    build = opdef.build_params_for_call(dict(params, head_dim=max(d, 1), scale=scale, causal=int(bool(causal)),
-                                             mask="none" if add is None else "additive", normalizer=normalizer), {})
-    kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
-                   tuple(sorted(_ops.resolve_params(opdef, build).items())))
     nb = int(np.prod(lead, dtype=np.int64))
     flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
     if add is not None:
@@ -217,12 +256,10 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         if lk == 0:
             dead[...] = True
         o[dead] = 0.0
-    if out is not None:
-        if not isinstance(out, np.ndarray) or out.shape != o.shape or out.dtype != np.float32:
-            raise UsageError(f"attention: out must be a float32 array of shape {o.shape}")
-        np.copyto(out, o)
-        return out
-    return o
+    if out_np is not None:
+        np.copyto(out_np, o)
+        o = out_np
+    return finish(o)
 
 
 def _soft_landmarks(landmarks, k: np.ndarray, lead: tuple, d: int) -> np.ndarray:

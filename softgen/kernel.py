@@ -206,7 +206,7 @@ class Kernel:
         if self.matrix:
             ph = self.program.attention_tasks()
             if ph is not None:
-                return f"threads (auto): the batch's (matrix, query chunk of {task_rows(ph)} rows) tasks, one " \
+                return f"threads (auto): the (batch, head, query chunk of {task_rows(ph)} rows) tasks, one " \
                     f"thread per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
             return f"threads (auto): the batch's matrices split across threads, " \
                 f"{(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs, " \
@@ -426,7 +426,7 @@ class Kernel:
         """``_call`` on NumPy arrays (``binding`` checks and binds them)."""
         opdef, params = _ops.get_op(self.op), self.params
         b = bind(self._abi, self.name, inputs, out,
-                 lambda names, shape: opdef.row_arguments(names, shape, params, call or {}), self.op)
+                 lambda names, shape: opdef.row_arguments(names, shape, params, call or {}), self.op, call)
         if b.args is None:
             return b.result
         rc = fn(*b.args)
@@ -436,6 +436,9 @@ class Kernel:
             return b.result
         if hasattr(fn, "flush"):  # a batching emulator: make the temporary real before copying it
             fn.flush()
+        if isinstance(b.result, tuple):   # attention's (o, lse): o went to a temporary
+            np.copyto(b.copy_to, b.result[0])
+            return (b.copy_to, *b.result[1:])
         np.copyto(b.copy_to, b.result)
         return b.copy_to
 
@@ -504,18 +507,19 @@ class MatrixKernel(Kernel):
     """A matrix kernel with the general ABI (``KernelABI``, e.g. two inputs of different shapes):
     ``s = k(a, b)`` takes its input arrays positionally, ``out=`` by keyword."""
 
-    def __call__(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
+    def __call__(self, *inputs, out=None, threads: int | None = None, **call) -> np.ndarray:
         """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices (streaming
-        attention: its (matrix, query chunk) tasks) split across at most N threads of the library's
-        pool; the results do not depend on it."""
-        if self._fast_general is not None and threads is None:
+        attention: its (batch, head, query chunk) tasks) split across at most N threads of the
+        library's pool; the results do not depend on it. ``call``: streaming attention's
+        ``kv_lengths=`` and ``return_lse=`` (``binding``)."""
+        if self._fast_general is not None and threads is None and not call:
             y = self._call_general(inputs, out)
             if y is not None:
                 return y
         if threads is not None:
             mt, threads = self._mt_entry(threads)
-            return self._call(lambda *args: mt(*args, threads), inputs, out)
-        return self._call(self._fn or self._entry(False), inputs, out)
+            return self._call(lambda *args: mt(*args, threads), inputs, out, call)
+        return self._call(self._fn or self._entry(False), inputs, out, call)
 
     @cached_property
     def _general_spec(self) -> tuple:
@@ -564,8 +568,8 @@ class MatrixKernel(Kernel):
             return None   # declined, or an error code: the general path checks and raises
         return arrays.torch_from_numpy(y) if torch_in and out is None else y
 
-    def run_emulated(self, *inputs, out=None, threads: int | None = None) -> np.ndarray:
-        return self._call(self._emulated(threads), inputs, out)
+    def run_emulated(self, *inputs, out=None, threads: int | None = None, **call) -> np.ndarray:
+        return self._call(self._emulated(threads), inputs, out, call)
 
     def run_emulated_many(self, xs, outs=None, calls=None) -> list[np.ndarray]:
         """``run_emulated`` over many tuples of inputs, in one emulator process (qemu)."""

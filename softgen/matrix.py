@@ -231,7 +231,9 @@ class AttentionPhase(Phase):
     accumulator, rescaled by e^(m - m') when m grows (online softmax, docs/ops.md §3 and 10); no Lq x Lk
     matrix. ``program``: the rows program it replaces (the normalizer, kept for plans and
     explain). ``causal``: keys above the bottom-right diagonal dropped (blocks entirely above it
-    are skipped); ``mask``: an additive mask matrix of S's shape, or None."""
+    are skipped); ``mask``: the mask matrix of S's shape, or None, of kind ``mask_kind``: "additive"
+    (float32 added to the scores) or "bool" (a uint8 keep-mask). ``normalizer``: "softmax" (online
+    rescaling) or "stablemax" (no max, no rescaling: per row l and the accumulator, spec §10)."""
     q: str
     k: str
     v: str
@@ -243,6 +245,7 @@ class AttentionPhase(Phase):
     normalizer: str = "softmax"
     br: int = 4
     bc: int = 64
+    mask_kind: str = "additive"
     kind = "attention"
 
     def matrices_read(self) -> set[str]:
@@ -255,11 +258,10 @@ class AttentionPhase(Phase):
         return 0, 0, 1, 1     # one sweep over the keys, one exp per score; its flops are the two GEMMs'
 
     def describe(self) -> str:
-        masks = "".join([" + " + self.mask if self.mask else "", ", causal" if self.causal else ""])
-        state = {"softmax": "m, l and a {} x dv accumulator, rescaled by e^(m - m')",
-                 "lssar": "l (a first pass over the keys), then the running max r of R, the sum and a {} x dv "
-                          "accumulator rescaled by (r / r')^p"}.get(self.normalizer,
-                                                                   "l and a {} x dv accumulator, no rescaling")
+        mask = (" + " if self.mask_kind == "additive" else " keep ") + self.mask if self.mask else ""
+        masks = "".join([mask, ", causal" if self.causal else ""])
+        state = "m, l and a {} x dv accumulator, rescaled by e^(m - m')" if self.normalizer == "softmax" else \
+            "l and a {} x dv accumulator, no rescaling"
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
                 f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row "
                 + state.format(self.br))
@@ -424,6 +426,9 @@ class MatrixProgram:
         outs = tuple(self.outputs.items())
         unary = len(ins) == len(outs) == 1 and ins[0][0] == "x" and outs[0][0] == "y" \
             and ins[0][1] == outs[0][1]
+        ph = self.attention_tasks()
+        if ph is not None:   # streaming attention: explicit heads and strides (abi.ATTENTION)
+            return KernelABI.attention(ins, outs, self.dims, ph.mask_kind if ph.mask else None)
         return KernelABI(UNARY if unary else GENERAL, ins, outs, self.dims,
                          max_n=INDEX_MAX_N if self.index_dims() else None,
                          threads=self.attention_tasks() is not None)

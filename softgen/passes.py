@@ -593,32 +593,39 @@ def _softmax_rows(p: Program) -> bool:
     ops = [p.op(v) for v in p.nodes()]
     reds = sorted(op for v, op in zip(p.nodes(), ops) if p.kind(v) in ("reduce", "colreduce", "mreduce", "emit"))
     return reds == ["reduce_max", "reduce_sum"] and ops.count("exp") == 1 and "recip" in ops \
-        and p.op(p.args(p.output())[0]) == "mul" and p.params.get("normalizer", "softmax") == "softmax"
+        and p.op(p.args(p.output())[0]) == "mul"
 
 
-# normalizers whose attention streams with no rescaling: per row l and acc (docs/ops.md §10); lssar
-# streams in two passes over K (l_i, then the re-weighting with a running max rescaling by (r/r')^p)
-STREAMS_PLAIN = ("softplus_l1", "lssa", "lssar")
+STREAMING_NORMALIZERS = ("softmax", "stablemax")
 
 
-def _streamed_normalizer(p: Program) -> str | None:
-    """The normalizer of attention rows program ``p`` if its streaming form exists: softmax (the
-    form ``_softmax_rows`` recognises), softplus_l1 and lssa (their rows programs as
-    ``ops/attention.py`` builds them, by its ``normalizer`` parameter), else None."""
-    norm = p.params.get("normalizer", "softmax")
-    if norm == "softmax":
-        return norm if _softmax_rows(p) else None
-    return norm if norm in STREAMS_PLAIN else None
+def _stablemax_rows(p: Program) -> bool:
+    """Whether rows program ``p`` is a (masked) StableMax: one reduce_sum (no max) and the
+    multiply by its reciprocal, no other reduction, exp, emitted value or column state."""
+    ops = [p.op(v) for v in p.nodes()]
+    reds = sorted(op for v, op in zip(p.nodes(), ops) if p.kind(v) in ("reduce", "colreduce", "mreduce", "emit"))
+    return reds == ["reduce_sum"] and "exp" not in ops and "recip" in ops and p.op(p.args(p.output())[0]) == "mul"
+
+
+def _streaming_rows(mp, p: Program) -> bool:
+    """Whether rows program ``p`` is the normalizer ``mp.params["normalizer"]`` in a form the
+    streaming phase computes (softmax: online rescaling; stablemax: no rescaling)."""
+    normalizer = mp.params.get("normalizer", "softmax")
+    return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p))
 
 
 def attention_form(mp, softmax_rows: bool = True):
     """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
-    a normalizer that streams: ``_streamed_normalizer``) and ``O = S @ V`` (nn), with S scratch:
-    (first matmul, rows phase, second matmul), else None. Rows phases into scratch matrices may
-    come first (a prologue preparing the operands: lssa's unit q and k rows)."""
+    a masked normalizer that streams, ``STREAMING_NORMALIZERS``) and ``O = S @ V`` (nn), with S
+    scratch: (first matmul, rows phase, second matmul), else None. Rows phases into scratch
+    matrices may come first (a prologue preparing the operands: lssa's unit q and k rows; such
+    forms are three-phase only, the rewrite refuses them)."""
     ph = mp.phases
+    prologue = False
     while len(ph) > 3 and isinstance(ph[0], RowsPhase) and ph[0].into is not None and mp.role(ph[0].into) == "scratch":
-        ph = ph[1:]
+        ph, prologue = ph[1:], True
+    if prologue and softmax_rows:
+        return None
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
         return None
@@ -626,7 +633,8 @@ def attention_form(mp, softmax_rows: bool = True):
     s = a.mm.dst
     if not (a.mm.layout == "nt" and a.mm.beta == 0.0 and a.mm.epilogue is None and mp.role(s) == "scratch"
             and r.over == r.into == s and b.mm.layout == "nn" and b.mm.a == s and b.mm.beta == 0.0
-            and b.mm.epilogue is None and b.mm.dst in mp.outputs and (not softmax_rows or _streamed_normalizer(r.program) is not None)
+            and b.mm.epilogue is None and b.mm.dst in mp.outputs
+            and (not softmax_rows or _streaming_rows(mp, r.program))
             and len(r.program.matrices()) <= 1):
         return None
     return a, r, b
@@ -635,16 +643,15 @@ def attention_form(mp, softmax_rows: bool = True):
 def streamable(mp) -> str:
     """Why the streaming rewrite does not apply to matrix program ``mp`` ("" if it does)."""
     return "" if attention_form(mp) is not None else \
-        f"not the three-phase attention form (S = a Q K^T; a masked {', '.join(('softmax',) + STREAMS_PLAIN)} " \
-        f"over S; O = S V)"
+        f"not the three-phase attention form (S = a Q K^T; a masked {'/'.join(STREAMING_NORMALIZERS)} over S; O = S V)"
 
 
 def stream_attention(mp, br: int, bc: int):
-    """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax over
-    key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3, 10): the scratch S is gone. The masks
-    come from the rows program: its ``matrow`` matrix (additive mask), its ``row_index`` (the
-    causal diagonal). softplus_l1 and lssa stream with no rescaling (``AttentionPhase.normalizer``);
-    lssa's prologue (q and k normalised into scratch) stays before the phase."""
+    """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax, or
+    StableMax without rescaling, over key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3,
+    10): the scratch S is gone. The masks come from the rows program: its ``matrow`` matrix (the
+    mask; its kind from the op's ``mask`` parameter), its ``row_index`` (the causal diagonal).
+    Other normalizers stream through the same phase (its ``normalizer``)."""
     form = attention_form(mp)
     if form is None:
         raise UsageError(f"{mp.name}: the streaming rewrite needs {streamable(mp)[4:]}")
@@ -653,16 +660,13 @@ def stream_attention(mp, br: int, bc: int):
     out = mp.like()
     del out.scratch_mats[a.mm.dst]
     mask = (p.matrices() or [None])[0]
-    norm = _streamed_normalizer(p)
-    # the op's causal flag (lssar's rows program reads row_index for O_i whether causal or not)
-    causal = bool(p.params["causal"]) if "causal" in p.params else bool(p.nodes("row_index"))
-    state = {"softmax": "online softmax state m, l per row, the accumulator rescaled by e^(m - m')",
-             "lssar": "two passes over the keys: l per row, then the running max r of R, the sum and the "
-                      "accumulator rescaled by (r / r')^p"}.get(
-        norm, f"{norm} state l per row and the accumulator, no max and no rescaling")
-    out.phases = list(mp.phases[:-3]) + [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
-                                 causal=causal, mask=mask, normalizer=norm, br=br, bc=bc)]
-    out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {norm} rows; "
+    normalizer = mp.params.get("normalizer", "softmax")
+    out.phases = [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
+                                 causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc, normalizer=normalizer,
+                                 mask_kind="bool" if mp.params.get("mask") == "bool" else "additive")]
+    state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \
+        if normalizer == "softmax" else f"{normalizer} state l per row and the accumulator, no rescaling"
+    out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {normalizer} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
                             f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]
     return out.validate()

@@ -180,6 +180,44 @@ def exp_p5_f32(x) -> np.ndarray:
         return (p.astype(np.float64) * np.exp2(n.astype(np.float64))).astype(f)
 
 
+def exp_table_f32(x, variant: str = "t32", shifted: bool = False) -> np.ndarray:
+    """A table exp variant (``K.EXP_VARIANTS[variant]``, e.g. "t32", docs/ops.md §2.4) in float32 as
+    templates/vmath.h.j2 evaluates it: sg_exp over the whole range, or (``shifted``) avx512's
+    sg_exp_shifted (x <= 0, results down to 2^-149). k = N round(x log2e) by the magic bias (low
+    bits j = k mod N), r = x - (k/N) ln2 (Cody-Waite), m = T[j] + (T[j] r) p(r), then m 2^floor(k/N)
+    (sg_exp: 2^127 and a doubling in the top binade, +inf above FLT_MAX; +0 where floor(k/N) = -127).
+    FMAs are emulated in float64 (a product of two floats is exact there; the sum may round twice
+    in rare ties)."""
+    v = K.EXP_VARIANTS[variant]
+    f, u = np.float32, np.uint32
+    n_tab = len(v.table)
+    tab = np.array([float(c) for c in v.table], f)
+    x = np.asarray(x, dtype=f)
+
+    def fma(a, b, c):
+        return (np.asarray(a, np.float64) * b + c).astype(f)
+
+    with np.errstate(all="ignore"):
+        x = np.where(np.isnan(x), x, np.maximum(f(K.EXP_MIN_SCALED if shifted else K.EXP_MIN), x))
+        if not shifted:
+            x = np.where(np.isnan(x), x, np.minimum(f(K.EXP_MAX), x))
+        kf = fma(x, f(K.LOG2E), f(v.magic))
+        kq = (kf - f(v.magic)).astype(f)
+        tj = tab[kf.view(u) & u(n_tab - 1)]
+        r = fma(kq, f(K.MINUS_LN2_LO), fma(kq, f(K.MINUS_LN2_HI), x))
+        p = np.full_like(r, f(v.coeffs[0]))
+        for c in v.coeffs[1:]:
+            p = fma(p, r, f(c))
+        m = fma((tj * r).astype(f), p, tj)
+        if shifted:      # vscalefps: m 2^floor(kq), rounded once
+            return (m.astype(np.float64) * np.exp2(np.floor(kq.astype(np.float64)))).astype(f)
+        top = kf > f(v.top)
+        kc = np.where(top, f(v.top), kf)
+        scale = ((kc.view(u) & u(~(n_tab - 1) & 0xFFFFFFFF)) << u(v.shift)).astype(u).view(f)
+        y = (m * scale).astype(f)
+        return np.where(top, (y + y).astype(f), y)
+
+
 # -- StableMax (docs/ops.md §8) -------------------------------------------------------------------------
 
 def stablemax_s(x) -> np.ndarray:
@@ -478,7 +516,7 @@ def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float 
 
 # the oracles' normalizers today (docs/ops.md §10's others: next slices); lssa and lssar score
 # with cosines, not s Q K^T: ``attention`` hands them to lssa_attention / lssar_attention
-ATTENTION_NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar")
+ATTENTION_NORMALIZERS = ("softmax", "stablemax", "topk_softmax", "softplus_l1", "lssa", "lssar")
 
 
 def _attention_scores(q, k, scale, causal, mask, kv_lengths):
@@ -527,13 +565,15 @@ def _masked_rows(s) -> np.ndarray:
 
 def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
               normalizer: str = "softmax", kv_lengths=None, masked_rows: str = "nan",
-              return_lse: bool = False, **lssa_params):
+              return_lse: bool = False, top_k: int | None = None, renormalize: bool = True, **lssa_params):
     """O = normalize(s Q K^T + mask) V (docs/ops.md §10), three-phase in float64; s = 1/sqrt(d) by default.
     softplus_l1: softplus(S) / sum softplus(S) (``softplus_l1``); lssa, lssar: ``lssa_attention``,
     ``lssar_attention`` (``lssa_params``: lssar's p, offset_free_rows).
     A fully masked row is NaN (docs/ops.md §0), or 0 with ``masked_rows="zero"`` (the convention of fused
     SDPA backends). ``return_lse``: also the per-row log-sum-exp of the masked scores
-    (M + log l; -inf for a fully masked row, NaN for a NaN row)."""
+    (M + log l; -inf for a fully masked row, NaN for a NaN row). topk_softmax (docs/ops.md §9, 10):
+    ``top_k`` and ``renormalize`` as ``topk_softmax``'s; masked keys (-inf) weigh 0 even when selected,
+    a row with fewer than top_k kept keys keeps them all."""
     if normalizer not in ATTENTION_NORMALIZERS:
         raise ValueError(f"attention normalizer {normalizer!r}: the oracle has {ATTENTION_NORMALIZERS}")
     if masked_rows not in ("nan", "zero"):
@@ -549,7 +589,10 @@ def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=No
         raise ValueError(f"{sorted(lssa_params)}: parameters of lssar attention, not of {normalizer}")
     s = _attention_scores(q, k, scale, causal, mask, kv_lengths)
     v = _repeat_kv(q, v)
-    p = {"softmax": softmax, "stablemax": stablemax, "softplus_l1": softplus_l1}[normalizer](s)
+    if normalizer == "topk_softmax" and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"topk_softmax attention needs an integer top_k >= 1, got {top_k!r}")
+    p = topk_softmax(s, top_k, renormalize) if normalizer == "topk_softmax" else \
+        {"softmax": softmax, "stablemax": stablemax, "softplus_l1": softplus_l1}[normalizer](s)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         o = p @ v if s.shape[-1] else np.zeros(s.shape[:-1] + v.shape[-1:])
         if masked_rows == "zero":

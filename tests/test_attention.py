@@ -225,8 +225,9 @@ def test_api_gqa_masks_lengths_and_masked_rows():
 
 @pytest.mark.parametrize("target", ["avx2", "neon"])
 def test_stablemax_attention_three_phase(target):
-    """StableMax (docs/ops.md §8): three-phase today (auto), the streaming form refuses it clearly."""
-    k = softgen.compile("attention", normalizer="stablemax", causal=True, head_dim=16, target=target)
+    """StableMax (docs/ops.md §8), three-phase (auto streams it: test_stablemax_streaming)."""
+    k = softgen.compile("attention", normalizer="stablemax", causal=True, head_dim=16, target=target,
+                        algorithm="three-phase")
     assert k.algorithm == "three-phase"
     cases = [(f32(2, lq, 16, scale=s), f32(2, lk, 16, scale=s), f32(2, lk, 5)) for lq, lk in ((7, 30), (30, 7), (1, 1))
              for s in (1.0, 6.0)]
@@ -236,11 +237,9 @@ def test_stablemax_attention_three_phase(target):
     m = RNG.random((6, 20)) < 0.5
     m[1] = False
     if target == "avx2":
-        o = softgen.attention(q, kk, v, normalizer="stablemax", mask=m, masked_rows="zero")
+        o = softgen.attention(q, kk, v, normalizer="stablemax", mask=m, masked_rows="zero", algorithm="three-phase")
         r = _oracle(q, kk, v, normalizer="stablemax", mask=m, masked_rows="zero")
         np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6)
-    with pytest.raises(softgen.UsageError, match="no streaming form yet"):
-        softgen.compile("attention", normalizer="stablemax", algorithm="streaming")
 
 
 def test_api_strided_heads_and_out():
@@ -258,7 +257,6 @@ def test_api_errors():
            ((q, k[..., :4], v), {}, "expected k"),
            ((q, k, v[:, :5]), {}, "expected k"),
            ((f32(3, 4, 8), k, v), {}, "multiple of Hkv"),
-           ((q, k, v), {"normalizer": "topk_softmax"}, "supports softmax, stablemax"),
            ((q, k, v), {"normalizer": "nope"}, "supports softmax, stablemax"),
            ((q, k, v), {"masked_rows": "drop"}, "masked_rows"),
            ((q, k, v), {"mask": np.ones((3, 6), bool)}, "broadcast"),
@@ -269,8 +267,8 @@ def test_api_errors():
     for args, kw, msg in bad:
         with pytest.raises(softgen.UsageError, match=msg):
             softgen.attention(*args, **kw)
-    with pytest.raises(softgen.UsageError, match="not built yet"):
-        softgen.compile("attention", normalizer="topk_softmax")
+    with pytest.raises(softgen.UsageError, match="normalizer"):
+        softgen.compile("attention", normalizer="nope")
     with pytest.raises(softgen.UsageError, match="head_dim"):
         softgen.compile("attention", head_dim=0)
 
@@ -294,32 +292,50 @@ def test_torch_sdpa_agrees():
 # -- export ---------------------------------------------------------------------------------------
 
 C_MAIN = r"""
+#include <math.h>
 #include <stdio.h>
 #include <stddef.h>
 #include <string.h>
 #include "att.h"
+/* batch 2, one head; then the same arrays as one batch of 2 query heads over 1 kv head (GQA) */
+enum { B = 2, LQ = 3, LK = 5, D = 4, DV = 2 };
+#define STRIDES LQ * D, 0, D, LK * D, 0, D, LK * DV, 0, DV, LQ * DV, 0, DV
 int main(void) {
-    enum { B = 2, LQ = 3, LK = 5, D = 4, DV = 2 };
-    float q[B][LQ][D], k[B][LK][D], v[B][LK][DV], o[B][LQ][DV];
+    float q[B][LQ][D], k[B][LK][D], v[B][LK][DV], o[B][LQ][DV], lse[B][LQ];
     for (int b = 0; b < B; b++) {
         for (int i = 0; i < LQ; i++) for (int j = 0; j < D; j++) q[b][i][j] = 0.1f * (i + j + b);
         for (int i = 0; i < LK; i++) for (int j = 0; j < D; j++) k[b][i][j] = 0.2f * (i - j);
         for (int i = 0; i < LK; i++) for (int j = 0; j < DV; j++) v[b][i][j] = (float)(i * DV + j);
     }
-    int rc = att(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV);
+    const float *Q = &q[0][0][0], *K = &k[0][0][0], *V = &v[0][0][0];
+    float *O = &o[0][0][0], *L = &lse[0][0];
+    int rc = att(Q, K, V, O, B, 1, 1, LQ, LK, D, DV, STRIDES, NULL, L, LQ, 0, 1);
     if (rc) { printf("rc %d\n", rc); return 1; }
-    if (att(NULL, &k[0][0][0], &v[0][0][0], &o[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV) != ATT_ENULL) return 2;
-    if (att(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o[0][0][0], B, LQ, LK, D, DV, D - 1, D, DV, DV) != ATT_ESTRIDE)
+    if (att(NULL, K, V, O, B, 1, 1, LQ, LK, D, DV, STRIDES, NULL, L, LQ, 0, 1) != ATT_ENULL) return 2;
+    if (att(Q, K, V, O, B, 1, 1, LQ, LK, D, DV, LQ * D, 0, -D, LK * D, 0, D, LK * DV, 0, DV, LQ * DV, 0, DV,
+            NULL, NULL, 0, 0, 0) != ATT_ESTRIDE)
         return 3;
+    if (att(Q, K, V, O, 1, 2, 3, LQ, LK, D, DV, STRIDES, NULL, NULL, 0, 0, 0) != ATT_EMATRIX)
+        return 7;
+    if (att(Q, K, V, O, 1, 2, 1, LQ, LK, D, DV, 0, LQ * D, D, 0, 0, D, 0, 0, DV, 0, (ptrdiff_t)1 << 62, DV,
+            NULL, NULL, 0, 0, 0) != ATT_EOVERFLOW)
+        return 8;
     float o2[B][LQ][DV];
     for (int t = 0; t <= 3; t++) {   /* att_mt: the same bits for every thread count */
-        if (att_mt(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o2[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV, t) != 0)
+        if (att_mt(Q, K, V, &o2[0][0][0], B, 1, 1, LQ, LK, D, DV, STRIDES, NULL, NULL, 0, 0, 0, t) != 0)
             return 4;
         if (memcmp(o, o2, sizeof o) != 0)
             return 5;
     }
-    if (att_mt(&q[0][0][0], &k[0][0][0], &v[0][0][0], &o2[0][0][0], B, LQ, LK, D, DV, D, D, DV, DV, -1) != ATT_ETHREADS)
+    if (att_mt(Q, K, V, O, B, 1, 1, LQ, LK, D, DV, STRIDES, NULL, NULL, 0, 0, 0, -1) != ATT_ETHREADS)
         return 6;
+    for (int b = 0; b < B; b++) for (int i = 0; i < LQ; i++) for (int j = 0; j < DV; j++) printf("%.9g\n", o[b][i][j]);
+    for (int b = 0; b < B; b++) for (int i = 0; i < LQ; i++) printf("%.9g\n", lse[b][i]);
+    /* GQA: q's two matrices as 2 query heads of one batch, reading kv head 0 (k/v's first matrix),
+       kv_lengths = 4: key 4 masked */
+    const int lens[1] = {4};
+    if (att(Q, K, V, O, 1, 2, 1, LQ, LK, D, DV, 0, LQ * D, D, 0, 0, D, 0, 0, DV, 0, LQ * DV, DV, lens, NULL, 0, 0, 0))
+        return 9;
     for (int b = 0; b < B; b++) for (int i = 0; i < LQ; i++) for (int j = 0; j < DV; j++) printf("%.9g\n", o[b][i][j]);
     return 0;
 }
@@ -333,18 +349,24 @@ def test_exported_library_called_from_c(tmp_path):
     k = softgen.compile("attention", head_dim=4, causal=True, name="att", target="host")
     k.export(tmp_path)
     header = (tmp_path / "att.h").read_text()
-    assert "size_t lq" in header and "ldv" in header and "int att_mt(" in header
+    assert "size_t hkv" in header and "ptrdiff_t q_sh" in header and "int att_mt(" in header
+    assert "kv_lengths" in header and "h / (hq / hkv)" in header
     (tmp_path / "main.c").write_text(C_MAIN)
     subprocess.run([cc, "-O1", "-o", str(tmp_path / "main"), str(tmp_path / "main.c"), f"-I{tmp_path}",
                     f"-L{tmp_path}", "-latt", f"-Wl,-rpath,{tmp_path}"], check=True)
     out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
-    o = np.array([float(s) for s in out.stdout.split()]).reshape(2, 3, 2)
+    vals = np.array([float(s) for s in out.stdout.split()])
+    o, lse, gqa = vals[:12].reshape(2, 3, 2), vals[12:18].reshape(2, 3), vals[18:].reshape(1, 2, 3, 2)
     b, i, j = np.meshgrid(np.arange(2), np.arange(3), np.arange(4), indexing="ij")
     q = 0.1 * (i + j + b)
     kk = np.broadcast_to(0.2 * (np.arange(5)[:, None] - np.arange(4)[None, :]), (2, 5, 4))
     v = np.broadcast_to(np.arange(10.0).reshape(5, 2), (2, 5, 2))
-    np.testing.assert_allclose(o, ref.attention(q, kk, v, causal=True, scale=0.5), rtol=1e-5, atol=1e-5)
+    r, rl = ref.attention(q, kk, v, causal=True, scale=0.5, return_lse=True)
+    np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lse, rl, rtol=1e-5, atol=1e-5)
+    rg = ref.attention(q[None], kk[None, :1], v[None, :1], causal=True, scale=0.5, kv_lengths=np.array([4]))
+    np.testing.assert_allclose(gqa, rg, rtol=1e-5, atol=1e-5)
     assert ctypes  # (the library is also loadable from Python: k(...) above uses the same build)
 
 
@@ -440,5 +462,146 @@ def test_cli_emit_and_build(tmp_path):
                               "-o", str(tmp_path)], capture_output=True, text=True)
     assert b.returncode == 0, b.stderr
     assert "causal=1" in (tmp_path / "att_cli.h").read_text()
-    bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "topk_softmax"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "supports softmax, stablemax" in bad.stderr
+    bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa", "--scale", "0.5"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "takes no scale" in bad.stderr
+
+
+# -- the explicit-stride ABI of the streaming form (abi.ATTENTION) --------------------------------
+
+@pytest.fixture(scope="module")
+def abi_kernels():
+    """Streaming kernels with small blocks (br=3, bc=16: several key blocks at small sizes)."""
+    mk = lambda **kw: softgen.compile("attention", head_dim=16, algorithm="streaming", schedule=SMALL, **kw)  # noqa: E731
+    return {"bool": mk(mask="bool"), "additive": mk(mask="additive", causal=True),
+            "stablemax": mk(mask="bool", normalizer="stablemax", causal=True)}
+
+
+def _check_abi(o, r, lse=None, rlse=None):
+    assert np.array_equal(np.isnan(o), np.isnan(r))
+    np.testing.assert_allclose(o[~np.isnan(o)], r[~np.isnan(r)], rtol=2e-5, atol=2e-6)
+    if lse is not None:
+        assert np.array_equal(np.isnan(lse), np.isnan(rlse)) and np.array_equal(np.isneginf(lse), np.isneginf(rlse))
+        fin = np.isfinite(rlse)
+        np.testing.assert_allclose(lse[fin], rlse[fin], rtol=1e-5, atol=1e-5)
+
+
+def test_abi_strided_views_are_not_copied(abi_kernels):
+    """q/k/v as (B, L, H, d) views transposed to (B, H, L, d), GQA k/v, a broadcast bool mask: the
+    entry gets the arrays' own pointers and strides (binding copies nothing)."""
+    from softgen.binding import bind
+    k = abi_kernels["bool"]
+    assert k._abi.kind == "attention" and k._abi.mask == "bool"
+    x = f32(2, 20, 4 + 2 + 2, 16)                                   # (B, L, heads of q|k|v, d)
+    q, kk, v = (x[:, :, a:b].transpose(0, 2, 1, 3) for a, b in ((0, 4), (4, 6), (6, 8)))
+    m = RNG.random((20, 20)) < 0.7
+    b = bind(k._abi, k.name, (q, kk, v, m), None, call={"return_lse": True})
+    args = dict(zip([nm for _, nm in k._abi.params()], b.args))
+    assert (args["q"], args["k"], args["v"], args["mask"]) == (q.ctypes.data, kk.ctypes.data, v.ctypes.data,
+                                                               m.ctypes.data)
+    assert (args["batch"], args["hq"], args["hkv"]) == (2, 4, 2)
+    assert (args["q_sb"], args["q_sh"], args["q_sr"]) == (20 * 8 * 16, 16, 8 * 16)
+    assert (args["mask_sb"], args["mask_sh"], args["mask_sr"], args["mask_sc"]) == (0, 0, 20, 1)
+    o, lse = k(q, kk, v, m, return_lse=True)
+    r, rl = ref.attention(q, kk, v, scale=0.25, mask=m, return_lse=True)
+    _check_abi(o, r, lse, rl)
+    mt = (RNG.random((20, 20)) < 0.7).T                             # column stride 20, row stride 1
+    _check_abi(k(q, kk, v, mt), ref.attention(q, kk, v, scale=0.25, mask=mt))
+    out = np.empty((2, 20, 4, 16), np.float32).transpose(0, 2, 1, 3)   # a strided out: written in place
+    assert k(q, kk, v, m, out=out) is out
+    _check_abi(out, r)
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 1), (4, 2), (2, 2)])
+def test_abi_gqa_masks_and_lengths(abi_kernels, hq, hkv):
+    """GQA in the kernel; bool masks broadcast (stride 0) and per head; kv_lengths 0, < Lk, > Lk;
+    lse with fully masked and NaN rows; every thread count gives the same bits."""
+    k = abi_kernels["bool"]
+    q, kk, v = f32(3, hq, 21, 16), f32(3, hkv, 37, 16), f32(3, hkv, 37, 5)
+    q[0, 0, 2, 0] = np.nan                                          # a NaN row
+    lens = np.array([37, 0, 100]) if hq == 4 else np.array([9, 40, 1])
+    for m in (RNG.random((21, 37)) < 0.6, RNG.random((3, hq, 21, 37)) < 0.6):
+        m[..., 4, :] = False                                        # a fully masked row
+        o, lse = k(q, kk, v, m, kv_lengths=lens, return_lse=True)
+        r, rl = ref.attention(q, kk, v, scale=0.25, mask=m, kv_lengths=lens, return_lse=True)
+        _check_abi(o, r, lse, rl)
+        assert np.isneginf(lse[..., 4]).all() and np.isnan(lse[0, 0, 2]) and np.isnan(o[0, 0, 2]).all()
+        for t in (1, 2, 3):
+            ot, lt = k(q, kk, v, m, kv_lengths=lens, return_lse=True, threads=t)
+            assert np.array_equal(ot, o, equal_nan=True) and np.array_equal(lt, lse, equal_nan=True), t
+
+
+def test_abi_additive_mask_causal_and_no_mask(abi_kernels):
+    """An additive per-head mask with causal; the same kernel with mask=None (NULL)."""
+    k = abi_kernels["additive"]
+    q, kk, v = f32(2, 2, 30, 16), f32(2, 1, 45, 16), f32(2, 1, 45, 8)
+    m = (np.where(RNG.random((2, 2, 30, 45)) < 0.8, 0.0, -np.inf) + RNG.standard_normal((2, 2, 30, 45))).astype(np.float32)
+    o, lse = k(q, kk, v, m, return_lse=True)
+    r, rl = ref.attention(q, kk, v, scale=0.25, causal=True, mask=m, return_lse=True)
+    _check_abi(o, r, lse, rl)
+    _check_abi(k(q, kk, v), ref.attention(q, kk, v, scale=0.25, causal=True))
+
+
+def test_stablemax_streaming(abi_kernels):
+    """StableMax streams (auto picks it): the streaming kernel against the three-phase oracle,
+    with GQA, a bool mask, kv_lengths and causal; its lse is the log of the weights' sum."""
+    k = abi_kernels["stablemax"]
+    assert k.algorithm == "streaming" and "stablemax" in k.explain() and "no rescaling" in k.explain()
+    assert softgen.compile("attention", normalizer="stablemax", head_dim=16).algorithm == "streaming"
+    q, kk, v = f32(2, 4, 19, 16, scale=3.0), f32(2, 2, 40, 16, scale=3.0), f32(2, 2, 40, 6)
+    m = RNG.random((2, 1, 19, 40)) < 0.7
+    m[..., 0, :] = False
+    lens = np.array([40, 13])
+    o, lse = k(q, kk, v, m, kv_lengths=lens, return_lse=True)
+    r = ref.attention(q, kk, v, scale=0.25, causal=True, mask=m, kv_lengths=lens, normalizer="stablemax")
+    _check_abi(o, r)
+    s = ref._attention_scores(q, kk, 0.25, True, m, lens)
+    with np.errstate(divide="ignore"):
+        rl = np.log(np.where(s >= 0, s + 1, 1 / (1 - s)).sum(-1))
+    _check_abi(o, r, lse, rl)
+    for t in (2, 3):
+        assert np.array_equal(k(q, kk, v, m, kv_lengths=lens, threads=t), o, equal_nan=True)
+    o2 = softgen.attention(q, kk, v, normalizer="stablemax", causal=True, mask=m, kv_lengths=lens, masked_rows="zero")
+    r2 = ref.attention(q, kk, v, causal=True, mask=m, kv_lengths=lens, normalizer="stablemax", masked_rows="zero",
+                       scale=0.25)
+    np.testing.assert_allclose(o2, r2, rtol=2e-5, atol=2e-6)
+
+
+def test_api_return_lse_views_and_torch():
+    """softgen.attention: strided views and GQA straight through, return_lse, masked_rows="zero"
+    from the kernel's lse; torch tensors (views) in and out; three-phase refuses return_lse."""
+    x = f32(2, 24, 6, 16)
+    q, kk, v = x[:, :, :4].transpose(0, 2, 1, 3), x[:, :, 4:5].transpose(0, 2, 1, 3), x[:, :, 5:].transpose(0, 2, 1, 3)
+    m = RNG.random((2, 1, 24, 24)) < 0.6
+    m[:, :, 3] = False
+    kw = {"mask": m, "kv_lengths": np.array([24, 5]), "causal": True}
+    o, lse = softgen.attention(q, kk, v, return_lse=True, masked_rows="zero", **kw)
+    r, rl = _oracle(q, kk, v, return_lse=True, masked_rows="zero", **kw)
+    _check_abi(o, r, lse, rl)
+    assert (o[:, :, 3] == 0).all()
+    with pytest.raises(softgen.UsageError, match="return_lse needs the streaming form"):
+        softgen.attention(q, kk, v, return_lse=True, algorithm="three-phase")
+    lens = {"kv_lengths": kw["kv_lengths"]}   # the three-phase form: lengths become an additive mask
+    _check_abi(softgen.attention(q, kk, v, algorithm="three-phase", **lens), _oracle(q, kk, v, **lens))
+    torch = pytest.importorskip("torch")
+    T = torch.from_numpy
+    ot, lt = softgen.attention(T(x).transpose(1, 2)[:, :4], T(x).transpose(1, 2)[:, 4:5], T(x).transpose(1, 2)[:, 5:],
+                               return_lse=True, masked_rows="zero", mask=T(m), kv_lengths=T(kw["kv_lengths"]),
+                               causal=True)
+    assert isinstance(ot, torch.Tensor) and isinstance(lt, torch.Tensor)
+    assert np.array_equal(ot.numpy(), o) and np.array_equal(lt.numpy(), lse)
+
+
+def test_abi_neon_under_qemu():
+    """The explicit-stride entry emulated (neon, qemu: the driver marshals NULL and strided
+    pointers from abi.buffers): GQA, a broadcast bool mask, kv_lengths, lse, threads."""
+    k = softgen.compile("attention", target="neon", head_dim=16, mask="bool", causal=True, schedule=SMALL)
+    _can_emulate(k)
+    x = f32(2, 20, 3, 16)
+    q, kk, v = x[:, :, :2].transpose(0, 2, 1, 3), x[:, :, 2:].transpose(0, 2, 1, 3), f32(2, 1, 20, 7)
+    m = RNG.random((20, 20)) < 0.7
+    lens = np.array([20, 6])
+    o, lse = k.run_emulated(q, kk, v, m, kv_lengths=lens, return_lse=True, threads=2)
+    r, rl = ref.attention(q, kk, v, scale=0.25, causal=True, mask=m, kv_lengths=lens, return_lse=True)
+    _check_abi(o, r, lse, rl)
+    _check_abi(k.run_emulated(q, kk, v), ref.attention(q, kk, v, scale=0.25, causal=True))

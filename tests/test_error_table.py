@@ -33,7 +33,7 @@ def test_failure_exception_types(rc, cls):
 
 @pytest.mark.parametrize("kind, codes", [
     (abi.ROW, [0, 1, 2, 3, 8, 9]), (abi.SELECTED, [0, 1, 2, 3, 4, 8, 9]), (abi.UNARY, [0, 1, 2, 3, 5, 6, 8, 9]),
-    (abi.GENERAL, [0, 1, 2, 3, 6, 8, 9]), (abi.GEMM, [0, 1, 2, 3, 8])])
+    (abi.GENERAL, [0, 1, 2, 3, 6, 8, 9]), (abi.GEMM, [0, 1, 2, 3, 8]), (abi.ATTENTION, [0, 1, 2, 3, 5, 6, 8, 9])])
 def test_codes_each_abi_returns(kind, codes):
     assert [e.code for e in abi.returned(kind, indexes=kind == abi.SELECTED)] == codes
     assert abi.ESQUARE in abi.returned(abi.UNARY, square=True)
@@ -58,7 +58,7 @@ def _returns(source: str, fn: str) -> set[int]:
 @pytest.mark.parametrize("op, params, kind", [("softmax", {}, abi.ROW), ("topk_softmax", {"sparse": 1}, abi.SELECTED),
                                               ("newton_pinv", {"variant": "norm"}, abi.UNARY),
                                               ("gaussian_kernel", {}, abi.GENERAL),
-                                              ("attention", {"algorithm": "streaming"}, abi.GENERAL)])
+                                              ("attention", {"algorithm": "streaming"}, abi.ATTENTION)])
 def test_generated_entry_returns_what_the_header_documents(op, params, kind):
     """Every code the generated entry point returns is one its header #defines (error_codes),
     and that set is the table's for the ABI kind. A dispatcher (algorithm="auto") returns what
@@ -67,6 +67,8 @@ def test_generated_entry_returns_what_the_header_documents(op, params, kind):
     documented = error_codes(k)
     for v in k.variants or (k,):
         returned = _returns(v.source, f"{v.name}__checked") | _returns(v.source, v.name)
+        if v._abi.kind == abi.ATTENTION:   # its explicit-stride checks sit beside the streaming phase
+            returned |= _returns(v.source, f"{v.name}__attn0__all")
         assert returned == set(documented), v.name
     assert set(documented) == {e.code for e in abi.returned(kind, indexes=bool(k._abi.max_n),
                                                              square=k.abi is not None and k.abi.square,

@@ -10,20 +10,21 @@ whole score row of the block (its max) before the exponentials and the P V updat
 block S = s Q_blk K_blk^T is computed as dot products vectorised over d (two accumulators, a
 masked tail load), the row max / exp / sum run vectorised over the block's keys, and P V
 accumulates four keys per pass over each output row, vectorised over dv, straight into o's rows
-(the Br x dv accumulator is o itself: no allocation). softmax streams with online rescaling;
-softplus_l1 and lssa (``AttentionPhase.normalizer``) with none: P = softplus(S), l += sum P, alpha
-= 1 (lssa: S = lambda_i c + mask, lambda_i = log(d) log(N_i) from the row's kept keys, counted
-before its key blocks; softplus_l1: rows whose every kept score is below ``SOFTPLUS_TINY`` run a
-second pass weighted e^(S - max S), as the three-phase form).
+(the Br x dv accumulator is o itself: no allocation). softmax (online rescaling) and stablemax
+(no rescaling) stream; the template's ``normalize_block`` macro holds each normalizer's per-block
+math, where the others (softplus_l1, lssa) slot in beside them.
+
+The threaded entry ``__all`` implements the explicit-stride ABI (``abi.ATTENTION``): heads and
+GQA (query head h reads kv head h / (hq / hkv)) in the kernel, a strided mask (uint8 keep-mask or
+float32 additive, fixed at compile time; stride 0 broadcasts), key-padding lengths (the blocks
+past a batch's length are skipped) and the optional log-sum-exp output.
 """
 from __future__ import annotations
 
-import math
-
+from ..abi import ATTENTION, KernelABI
 from ..errors import BuildError
 from ..matrix import AttentionPhase
-from ..ops.attention import SOFTPLUS_TINY, _lssar_params
-from ..reference import R_BOUND
+from ..passes import STREAMING_NORMALIZERS
 from ..render import env, flit
 
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
@@ -45,43 +46,22 @@ def score_rows(vector_registers: int) -> int:
     return 4 if vector_registers >= 32 else 2
 
 
-def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16) -> str:
-    """The C function ``fname(lq, lk, d, dv, q, ldq, k, ldk, v, ldv[, mask, ldmask], o, ldo, r0, r1)``
-    (query rows [r0, r1) of one matrix); ``tasks``: also ``fname__all(batch, ..., o, ldo, threads)``,
-    the whole batch split into (matrix, query chunk) tasks across the thread pool."""
-    if ph.normalizer not in ("softmax", "softplus_l1", "lssa", "lssar"):
-        raise BuildError(f"the C backend streams attention with softmax, softplus_l1, lssa and lssar, "
+def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16,
+                       abi: KernelABI | None = None) -> str:
+    """The C function ``fname(lq, lk, klen, d, dv, q, ldq, k, ldk, v, ldv[, mask, msr, msc], o, ldo,
+    lse, lsr, r0, r1, kt)`` (query rows [r0, r1) of one (batch, head) matrix); ``tasks``: also
+    ``fname__all(<the parameters of abi, an abi.ATTENTION>, threads)``: the checks of the
+    explicit-stride ABI and the batch x heads x query chunks split into tasks across the thread pool."""
+    if ph.normalizer not in STREAMING_NORMALIZERS:
+        raise BuildError(f"the C backend streams attention with {', '.join(STREAMING_NORMALIZERS)}, "
                          f"not {ph.normalizer!r}")
-    pr = ph.program.params
+    if tasks and (abi is None or abi.kind != ATTENTION):
+        raise BuildError(f"{fname}: the threaded form needs the attention ABI (abi.ATTENTION)")
     comment = (f"{fname}: {ph.describe()}. Causal blocks entirely above the bottom-right diagonal are skipped, "
                f"the diagonal block masked as its scores are formed." if ph.causal else f"{fname}: {ph.describe()}.")
+    strides = [] if abi is None else [nm for t, nm in abi.params() if t == "ptrdiff_t"]
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
-        mask=ph.mask is not None, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
-        norm=ph.normalizer, tiny=flit(SOFTPLUS_TINY),
-        log_d=flit(math.log(pr["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,
-        **(_lssar(pr) if ph.normalizer == "lssar" else {}))
-
-
-def _lssar(params: dict) -> dict:
-    """lssar's template values: p, offset_free_rows, R_BOUND and the C of q = x^p (x in [0, 1]):
-    repeated squaring for integer p <= 64 in ``lssa._ipow``'s order, else e^(p log x)."""
-    lp = _lssar_params(params.get("p"), params.get("offset_free_rows"))
-    p = lp["p"]
-    if p.is_integer() and p <= 64:
-        lines, k, sq, acc, i = [], int(p), "x", None, 0
-        while k:
-            if k & 1:
-                if acc is None:
-                    acc = sq
-                else:
-                    lines.append(f"const VEC a{i} = V_MUL({acc}, {sq});")
-                    acc, i = f"a{i}", i + 1
-            k >>= 1
-            if k:
-                lines.append(f"const VEC s{i} = V_MUL({sq}, {sq});")
-                sq, i = f"s{i}", i + 1
-        lines.append(f"const VEC q = {acc};")
-    else:
-        lines = [f"const VEC q = sg_exp_nonpos(V_MUL(V_SET1({flit(p)}), sg_log(x)));"]
-    return {"power": flit(p), "ofr": f"{lp['offset_free_rows']}u", "rbound": flit(R_BOUND), "pow_lines": lines}
+        mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
+        normalizer=ph.normalizer, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
+        params=abi.param_list() if abi is not None else "", strides=strides)

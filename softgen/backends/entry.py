@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..abi import KernelABI, err
+from ..abi import ATTENTION, KernelABI, err
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, Program
 from ..matrix import AttentionPhase, LoopPhase, MatMulPhase, RowsPhase, SweepPhase
@@ -104,8 +104,9 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
     if isinstance(ph, AttentionPhase):
         (LQ, D), (LK, _), DV = mp.shape(ph.q), mp.shape(ph.k), mp.shape(ph.v)[1]
         mats = [ph.q, ph.k, ph.v] + ([ph.mask] if ph.mask else []) + [ph.o]
-        args = [f"dim_{LQ}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + [a for nm in mats for a in (f"mat_{nm}", f"ld_{nm}")]
-        args += ["0", f"dim_{LQ}", "NULL"]
+        args = [f"dim_{LQ}", f"dim_{LK}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + \
+            [a for nm in mats for a in (f"mat_{nm}", f"ld_{nm}") + (("1",) if nm == ph.mask else ())]
+        args += ["NULL", "0", "0", f"dim_{LQ}", "NULL"]   # no lse; rows [0, lq); K transposed inside
         return [f"if ({name}__attn{k}({', '.join(args)}) != 0)   /* its kt cannot be allocated */",
                 f"    return {err.ENOMEM};"]
     if isinstance(ph, MatMulPhase):
@@ -182,6 +183,9 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
     the per-matrix pointers and the per-matrix body (each phase's calls, loops), and, if the
     calling convention ``cc`` declares them, the phase functions' prototypes."""
     abi = mp.abi()
+    if abi.kind == ATTENTION:   # one streaming attention phase: its explicit-stride entry checks and splits
+        return {"signature": abi.signature(name), "checks": [], "dims_before": [], "dims_after": [], "lds": [],
+                "tasks": f"{name}__attn0__all({', '.join(n for _, n in abi.params())}, threads)"}
     mats = abi.matrices
     if abi.style == "unary":
         (_, (R, C)), = abi.inputs
@@ -227,13 +231,6 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
                 protos.append(f"void {name}__phase{k}(float *x, float *y, {a}"
                               f"{', int32_t *status' if cc.status else ''});")
     tasks = None
-    ph = mp.attention_tasks()
-    if ph is not None:   # the whole batch at once, split across the thread pool (no scratch)
-        (LQ, D), (LK, _), DV = mp.shape(ph.q), mp.shape(ph.k), mp.shape(ph.v)[1]
-        mats_ = [ph.q, ph.k, ph.v] + ([ph.mask] if ph.mask else []) + [ph.o]
-        targs = ["batch", f"dim_{LQ}", f"dim_{LK}", f"dim_{D}", f"dim_{DV}"] + \
-            [a for nm in mats_ for a in (nm, f"ld_{nm}")] + ["threads"]
-        tasks = f"{name}__attn0__all({', '.join(targs)})"
     # the sizes a task of the batch (matrix_entry.c.j2's <name>__matrices) reads from the call
     carried = list(dict.fromkeys([v for v, _ in before + after] + [f"ld_{nm}" for nm, _ in mats]
                                  + [x for _, off, ld, _, _ in scratch for x in (off, ld)]))

@@ -9,15 +9,19 @@ and export, the header and the manifest follow from its general ABI
 
 Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - Lq, from the
 element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
-to the scores; a boolean keep-mask and key-padding lengths become one in ``softgen.attention``).
+to the scores). ``mask="bool"`` (a uint8 keep-mask) is the streaming form's only: its IR is the
+additive one (the mask input), the kernel reads the mask as bytes. The streaming form's ABI
+(``abi.ATTENTION``) also takes key-padding lengths and per-head strides; for the three-phase
+form ``softgen.attention`` turns a boolean mask and key-padding lengths into one additive mask.
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
-Normalizers: softmax (three-phase and, by ``passes.stream_attention``, streaming), stablemax,
-softplus_l1, lssa and lssar (three-phase and streaming but stablemax), sinkhorn and soft (their
-own phases). lssa and lssar (docs/ops.md §5) score with cosines: rows phases normalise q and k
-into scratch matrices before S = Q^ K^T, and the rows phase over S scales by log(d) log(N_i),
-N_i counted from the masks; lssar's O_i comes from the query's bottom-right aligned position.
-topk_softmax is an accepted name that raises a UsageError until it is built.
+Normalizers: softmax and stablemax (three-phase and, by ``passes.stream_attention``, streaming),
+topk_softmax (``top_k=``, ``renormalize=``; three-phase: the rows phase is the row op's selection,
+radix select above the target's topk_network_max_k), sinkhorn (blocked) and soft (its linear global
+form), softplus_l1, lssa and lssar (three-phase). lssa and lssar (docs/ops.md §5) score with
+cosines: rows phases normalise q and k into scratch matrices before S = Q^ K^T, and the rows phase
+over S scales by log(d) log(N_i), N_i counted from the masks; lssar's O_i comes from the query's
+bottom-right aligned position.
 The op has its own kind, ``"attention"``: it takes three arrays (q, k, v) and its own front door
 (``functional.attention``), so the generic sweeps over row and matrix ops leave it out.
 """
@@ -33,19 +37,20 @@ from ..matrix import MatrixProgram
 
 # the normalizer families register first: attention, which builds on them, comes last in OPS
 from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
-from .base import F32_MAX, register
+from .base import F32_MAX, flag, register
 from .soft import _head_dim_int
 from .softmax import softplus
+from .topk import _topk_k
 
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft")
-SUPPORTED = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "sinkhorn", "soft")
+SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft", "topk_softmax", "softplus_l1", "lssa", "lssar")
 ITERATIVE = {"sinkhorn": 3, "soft": 20}   # n_iter's default per normalizer (None: this one)
 COSINE = ("lssa", "lssar")          # scores are cosines times log(d) log(N_i): no scale
 LSSAR_DEFAULTS = {"p": 15, "offset_free_rows": 3}
 # softplus_l1 rows whose largest kept score is below this are weighted e^(x - max x): softplus(x)
 # = e^x (1 - e^x / 2 + ...) is e^x to 2^-29 there, and float32's softplus flushes to 0 below -87
 SOFTPLUS_TINY = -20.0
-MASKS = ("none", "additive")
+MASKS = ("none", "additive", "bool")
 DIMS = ("lq", "lk", "d", "dv")
 
 
@@ -57,12 +62,13 @@ def default_scale(head_dim: int) -> float:
 def check_normalizer(normalizer: str) -> None:
     if normalizer not in SUPPORTED:
         later = ", ".join(n for n in NORMALIZERS if n not in SUPPORTED)
-        raise UsageError(f"attention with normalizer {normalizer!r} is not built yet: attention supports "
-                         f"{', '.join(SUPPORTED)} today (not yet: {later})")
+        what = "is not built yet" if normalizer in NORMALIZERS else "is unknown"
+        raise UsageError(f"attention with normalizer {normalizer!r} {what}: attention supports "
+                         f"{', '.join(SUPPORTED)}" + (f" today (not yet: {later})" if later else ""))
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
-               n_iter=None, eps=1.0, p=None, offset_free_rows=None):
+               n_iter=None, eps=1.0, top_k=None, renormalize=None, p=None, offset_free_rows=None):
     """The float64 oracle with the kernel's parameters and inputs (``additive``: the mask input of
     a mask="additive" kernel; SOFT's landmarks)."""
     s = default_scale(head_dim) if scale is None else scale
@@ -77,7 +83,8 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
     if normalizer == "soft":
         return ref.soft_attention(q, k, v, landmarks=np.asarray(m, np.float64),
                                   n_iter=int(ITERATIVE["soft"] if n_iter is None else n_iter), head_dim=head_dim)
-    return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer)
+    sel = {"top_k": int(top_k), "renormalize": renormalize in (None, 1)} if normalizer == "topk_softmax" else {}
+    return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer, **sel)
 
 
 def _lssar_params(p, offset_free_rows) -> dict:
@@ -94,8 +101,8 @@ def _tolerance(inputs, ref_y, params, call):
     scores are d-term f32 dot products (their error |ds| <= (d + 2) 2^-24 s |q||k| enters
     P through e^s, relatively), the softmax is within 2e-6, the P V GEMM adds Lk 2^-24 |P||V|.
     softplus_l1: softplus's log-derivative sigmoid(z) / softplus(z) is below 1 / log 2, so the
-    score term counts 1.5 times; lssa, lssar: ``_cosine_tolerance``; Sinkhorn and SOFT:
-    ``_sinkhorn_attention_tolerance``, ``_soft_attention_tolerance``."""
+    score term counts 1.5 times; lssa, lssar: ``_cosine_tolerance``.
+    Sinkhorn and SOFT: ``_sinkhorn_attention_tolerance``, ``_soft_attention_tolerance``."""
     if params.get("normalizer") in COSINE:
         return _cosine_tolerance(inputs, ref_y, params)
     if params.get("normalizer") == "sinkhorn":
@@ -149,6 +156,7 @@ def _cosine_tolerance(inputs, ref_y, params):
     return np.nan_to_num(tol, nan=np.inf)
 
 
+
 def _samples(rng, params):
     """export's accuracy suite: (q, k, v[, mask]) with Lq != Lk, d = head_dim, one decoding shape."""
     d = params["head_dim"]
@@ -156,68 +164,88 @@ def _samples(rng, params):
     for lq, lk, dv in ((1, 1, 1), (7, 9, 3), (64, 64, 64), (4, 300, d), (1, 1000, 16)):
         for sd in (1.0, 4.0):
             xs = [rng.normal(0, sd, (2, lq, d)), rng.normal(0, sd, (2, lk, d)), rng.normal(0, 1, (2, lk, dv))]
+            keep = rng.random((2, lq, lk)) < 0.9
             if params.get("mask") == "additive":
-                xs.append(np.where(rng.random((2, lq, lk)) < 0.9, 0.0, -np.inf))
+                xs.append(np.where(keep, 0.0, -np.inf))
             if params.get("normalizer") == "soft":   # its landmarks input, pooled from k
                 xs.append(ref.soft_landmarks_avgpool(xs[1], min(4, lk)))
-            out.append(tuple(x.astype(np.float32) for x in xs))
+            xs = [x.astype(np.float32) for x in xs]
+            out.append(tuple(xs + [keep] if params.get("mask") == "bool" else xs))
     return out
 
 
 @register("attention", _reference, kind="attention",
           params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax",
-                  "n_iter": None, "eps": 1.0, "p": None, "offset_free_rows": None},
+                  "n_iter": None, "eps": 1.0, "top_k": None, "renormalize": None, "p": None,
+                  "offset_free_rows": None},
           choices={"mask": MASKS, "normalizer": NORMALIZERS},
           matrices={"dims": DIMS, "inputs": {"q": ("lq", "d"), "k": ("lk", "d"), "v": ("lk", "dv")},
                     "outputs": {"o": ("lq", "dv")}},
           custom_tolerance=_tolerance, samples=_samples)
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
-              normalizer: str, n_iter: float | None, eps: float, p: float | None = None,
-              offset_free_rows: int | None = None) -> None:
+              normalizer: str, n_iter: float | None, eps: float, top_k: int | None = None,
+              renormalize: int | None = None, p: float | None = None, offset_free_rows: int | None = None) -> None:
     """O = normalize(s Q K^T + mask) V over the last two axes (docs/ops.md §10): q (..., Lq, d),
     k (..., Lk, d), v (..., Lk, dv) -> (..., Lq, dv); s = 1/sqrt(head_dim) unless scale is given;
     causal: key j kept iff j <= i + Lk - Lq (bottom-right); mask="additive": a float (..., Lq, Lk)
     input added to the scores. The three-phase form: S = s Q K^T, a rows phase (masks, softmax),
     O = P V. Fully masked rows give NaN. sinkhorn (n_iter, eps) and soft (n_iter): see
-    ``_sinkhorn`` and ``_soft``; lssa, lssar: cosine scores (no scale), see ``_cosine_phases``;
-    p, offset_free_rows: lssar's (docs/ops.md §5.2)."""
+    ``_sinkhorn`` and ``_soft``. topk_softmax: top_k (required) and renormalize (default 1) as the
+    row op's k and renormalize; masked keys are never selected (``_topk_rows``). lssa, lssar:
+    cosine scores (no scale), see ``_cosine_phases``; p, offset_free_rows: lssar's (docs/ops.md §5.2)."""
     check_normalizer(normalizer)
+    if normalizer != "topk_softmax" and (top_k, renormalize) != (None, None):
+        raise UsageError(f"attention: top_k and renormalize are topk_softmax's parameters, not {normalizer}'s")
     if causal not in (0, 1):
         raise UsageError(f"causal must be 0/1 (or a bool), got {causal!r}")
     if n_iter is not None and normalizer not in ITERATIVE:
         raise UsageError(f"attention: n_iter is a parameter of the sinkhorn and soft normalizers, not {normalizer!r}")
     if eps != 1.0 and normalizer != "sinkhorn":
         raise UsageError(f"attention: eps is a parameter of the sinkhorn normalizer, not {normalizer!r}")
-    if normalizer != "lssar" and (p is not None or offset_free_rows is not None):
-        raise UsageError(f"p and offset_free_rows are lssar attention's parameters, not {normalizer}'s")
     # a normalizer's own parameters name (and head) only its kernels: the others' stay as they were
-    for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",))):
+    for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",)), ("top_k", ("topk_softmax",)),
+                        ("renormalize", ("topk_softmax",))):
         if normalizer not in owners:
             mp.params.pop(key, None)
+    if normalizer != "lssar" and (p is not None or offset_free_rows is not None):
+        raise UsageError(f"p and offset_free_rows are lssar attention's parameters, not {normalizer}'s")
     for key in ("p", "offset_free_rows"):   # lssar's, when given
         if mp.params.get(key) is None:
             mp.params.pop(key, None)
+    s = default_scale(_head_dim_int(head_dim)) if scale is None else scale
     if normalizer in COSINE:
         if scale is not None:
             raise UsageError(f"{normalizer} attention takes no scale: its scores are cosines times "
                              f"log(head_dim) log(N_i) (docs/ops.md §5.1)")
-        return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
-                              _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
-    s = default_scale(_head_dim_int(head_dim)) if scale is None else scale
+    if mask == "bool" and normalizer in (*ITERATIVE, "softplus_l1", *COSINE):
+        raise UsageError(f"attention: mask='bool' (a uint8 keep-mask) is the streaming form's; the {normalizer} "
+                         f"normalizer takes mask='additive' (softgen.attention converts)")
     if normalizer == "sinkhorn":
         return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
     if normalizer == "soft":
         return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter)
-    if mask == "additive":
+    if normalizer in COSINE:
+        return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
+                              _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
+    if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
     mp.matmul("s", "q", "k", layout="nt", alpha=s)
     x = mp.rows(over="s", into="s")
     p = x.p
-    if mask == "additive":
+    if mask != "none":
         x = x + p.matrow("mask")
-    off = p.index() - p.row_index() - (p.size("cols") - p.size("rows")) if causal else None
-    if normalizer == "softplus_l1":
+    off = _causal_offset(p) if causal else None
+    if normalizer == "topk_softmax":
+        if top_k is None:
+            raise UsageError("attention with normalizer 'topk_softmax' needs top_k=K (k is the keys)")
+        k, renorm = _topk_k(top_k), flag(1 if renormalize is None else renormalize, "renormalize")
+        if causal or mask != "none":   # the masked scores back to S: the selection's keys are its rows
+            (off.where_lt(0.5, x, -F32_MAX) if causal else x).output()
+            x = mp.rows(over="s", into="s")
+            off = _causal_offset(x.p) if causal else None
+        _topk_rows(x, off, mask != "none", k, renorm)
+    elif normalizer == "softplus_l1":
         # softplus(x) / sum without a max, except for rows whose largest kept score is below
         # SOFTPLUS_TINY: e^(x - max x) there (one exp either way: e^-|x - c|, c = 0 or max x)
         if causal:
@@ -240,8 +268,39 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         e = off.where_lt(0.5, (x - x.max()).exp(), 0.0)
     else:
         e = (x - x.max()).exp()
-    (e * e.sum().finite_or_nan().recip()).output()
+    if normalizer != "topk_softmax":
+        (e * e.sum().finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
+
+
+def _causal_offset(p):
+    """j - i - (Lk - Lq): key j is kept iff it is < 0.5 (indices are exact float32 integers)."""
+    return p.index() - p.row_index() - (p.size("cols") - p.size("rows"))
+
+
+def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
+    """The top-k rows phase (docs/ops.md §9, 10): the row op's selection over the masked scores x
+    (the phase's input row: radix select reads its keys from memory), dense P. A causally dropped
+    key is -FLT_MAX (IR constants are finite) and its weight a select of 0; a row with no key
+    kept by the masks (counted) is NaN, as a fully masked softmax row."""
+    p = x.p
+    sel = x.topk(k)
+    if renormalize:
+        check = x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum()   # as ops/topk.py: NaN / +inf rows
+        inv = sel.item(3).finite_or_nan().recip().poison(check)
+        w = (x - sel.item(2)).exp() * inv
+    else:
+        e = (x - x.max()).exp()
+        inv = e.sum().finite_or_nan().recip()
+        w = e * inv
+    if off is not None or masked:   # kept keys: causal and above -inf; none: 1/0 poisons the row
+        kept = x.where_lt(-F32_MAX, 0.0, 1.0)
+        kept = off.where_lt(0.5, kept, 0.0) if off is not None else kept
+        inv = inv.poison(kept.sum().recip())
+    zero = x.const(0.0).poison(inv)
+    if off is not None:
+        w = off.where_lt(0.5, w, zero)
+    x.where_ranked(p.index(), sel.item(0), sel.item(1), w, zero).output()
 
 
 def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) -> None:
