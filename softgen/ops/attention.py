@@ -257,8 +257,10 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, ti
     O = K1 (K2^+ (K1k^T V)) right to left: scratch O((Lq + Lk + dv + m) m), never Lq x Lk; the
     Gaussian kernel's phases are the op ``gaussian_kernel``'s (``gaussian_phases``). Not causal,
     no masks, no scale (the kernel's is 1 / (2 sqrt(head_dim))). ``tied``: the paper's form, keys
-    = queries: K1k = K1, so K1^T V is a "tn" GEMM over K1 and one L x m x d GEMM (and its exps)
-    goes; k keeps its place in the ABI (shape lq x d, as v lq x dv) but is not read."""
+    = queries: K1 = K1k, one L x m x d GEMM (and its exps) fewer. It keeps K1^T (m x L: the
+    GEMMs' rows are the m landmarks and their columns the L tokens, whole vectors for the
+    epilogue's exps, not m = 49 padded to 64) and computes O = (K1^T)^T W as a "tn" GEMM; k keeps
+    its place in the ABI (shape lq x d, as v lq x dv) but is not read."""
     if causal or mask != "none" or scale is not None:
         raise UsageError("attention: the soft normalizer is a global linear form: no causal, no mask, no scale "
                          "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
@@ -268,27 +270,25 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, ti
     if tied:   # one sequence: k and v have q's length (lk goes)
         mp.dims = tuple(x for x in mp.dims if x != "lk")
         mp.inputs["k"], mp.inputs["v"] = ("lq", "d"), ("lq", "dv")
-    for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
+    for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lq" if tied else "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
                         ("w", ("m", "dv"))):
-        if not (tied and name == "k1kt"):
+        if not (tied and name == "k1"):
             mp.scratch(name, shape)
-    soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
     if not tied:
-        soft.gaussian_phases(mp, "landmarks", "k", "k1kt", d, pre="gk_").output()
+        soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
+    soft.gaussian_phases(mp, "landmarks", "q" if tied else "k", "k1kt", d, pre="gk_").output()
     soft.gaussian_phases(mp, "landmarks", "landmarks", "k2", d, pre="g2_").output()
     k2p = soft.newton_phases(mp, "k2", n_iter, "soft", 0.9, pre="nw_")
-    if tied:
-        mp.matmul("kv", "k1", "v", layout="tn")   # K1^T V  (m x dv)
-    else:
-        mp.matmul("kv", "k1kt", "v")            # K1k^T V   (m x dv)
+    mp.matmul("kv", "k1kt", "v")                # K1k^T V   (m x dv)
     mp.matmul("w", k2p, "kv")                   # K2^+ ...  (m x dv)
-    mp.matmul("o", "k1", "w")                   # K1 ...    (Lq x dv)
     if tied:
-        mp.notes.append("soft attention, tied (k is q), linear global form: K1 = kernel(q, landmarks) (lq x m), "
+        mp.matmul("o", "k1kt", "w", layout="tn")   # (K1^T)^T ... (Lq x dv)
+        mp.notes.append("soft attention, tied (k is q), linear global form: K1^T = kernel(landmarks, q) (m x lq), "
                         "K2 = kernel(landmarks, landmarks), K2^+ by " + f"{n_iter} Newton-Schulz steps, "
-                        "o = K1 (K2^+ (K1^T v)) with K1^T v a tn GEMM: k is not read; scratch (lq + 2 dv + 5 m) m "
-                        "floats, no lq x lq matrix")
+                        "o = K1 (K2^+ (K1^T v)) with the last product a tn GEMM over K1^T: k is not read; "
+                        "scratch (lq + 2 dv + 5 m) m floats, no lq x lq matrix")
         return
+    mp.matmul("o", "k1", "w")                   # K1 ...    (Lq x dv)
     mp.notes.append("soft attention, linear global form: K1 = kernel(q, landmarks) (lq x m), K1k^T = kernel("
                     "landmarks, k) (m x lk), K2 = kernel(landmarks, landmarks), K2^+ by " + f"{n_iter} Newton-Schulz "
                     "steps, o = K1 (K2^+ (K1k^T v)): scratch (lq + lk + 2 dv + 5 m) m floats, no lq x lk matrix")
