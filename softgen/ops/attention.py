@@ -68,9 +68,9 @@ def check_normalizer(normalizer: str) -> None:
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
-               n_iter=None, eps=1.0, top_k=None, renormalize=None, p=None, offset_free_rows=None):
+               n_iter=None, eps=1.0, top_k=None, renormalize=None, p=None, offset_free_rows=None, tied=None):
     """The float64 oracle with the kernel's parameters and inputs (``additive``: the mask input of
-    a mask="additive" kernel; SOFT's landmarks)."""
+    a mask="additive" kernel; SOFT's landmarks; tied SOFT reads q as the keys, not k)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
     if normalizer in COSINE:
@@ -81,7 +81,7 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
         return ref.sinkhorn_attention(q, k, v, scale=s, mask=m, n_iter=int(n_iter or ITERATIVE["sinkhorn"]),
                                       eps=eps)
     if normalizer == "soft":
-        return ref.soft_attention(q, k, v, landmarks=np.asarray(m, np.float64),
+        return ref.soft_attention(q, q if tied else k, v, landmarks=np.asarray(m, np.float64),
                                   n_iter=int(ITERATIVE["soft"] if n_iter is None else n_iter), head_dim=head_dim)
     sel = {"top_k": int(top_k), "renormalize": renormalize in (None, 1)} if normalizer == "topk_softmax" else {}
     return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer, **sel)
@@ -163,7 +163,11 @@ def _samples(rng, params):
     out = []
     for lq, lk, dv in ((1, 1, 1), (7, 9, 3), (64, 64, 64), (4, 300, d), (1, 1000, 16)):
         for sd in (1.0, 4.0):
+            if params.get("tied"):   # SOFT's tied form: the keys are the queries
+                lk = lq
             xs = [rng.normal(0, sd, (2, lq, d)), rng.normal(0, sd, (2, lk, d)), rng.normal(0, 1, (2, lk, dv))]
+            if params.get("tied"):
+                xs[1] = xs[0]
             keep = rng.random((2, lq, lk)) < 0.9
             if params.get("mask") == "additive":
                 xs.append(np.where(keep, 0.0, -np.inf))
@@ -177,22 +181,24 @@ def _samples(rng, params):
 @register("attention", _reference, kind="attention",
           params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax",
                   "n_iter": None, "eps": 1.0, "top_k": None, "renormalize": None, "p": None,
-                  "offset_free_rows": None},
+                  "offset_free_rows": None, "tied": None},
           choices={"mask": MASKS, "normalizer": NORMALIZERS},
           matrices={"dims": DIMS, "inputs": {"q": ("lq", "d"), "k": ("lk", "d"), "v": ("lk", "dv")},
                     "outputs": {"o": ("lq", "dv")}},
           custom_tolerance=_tolerance, samples=_samples)
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
               normalizer: str, n_iter: float | None, eps: float, top_k: int | None = None,
-              renormalize: int | None = None, p: float | None = None, offset_free_rows: int | None = None) -> None:
+              renormalize: int | None = None, p: float | None = None, offset_free_rows: int | None = None,
+              tied: int | None = None) -> None:
     """O = normalize(s Q K^T + mask) V over the last two axes (docs/ops.md §10): q (..., Lq, d),
     k (..., Lk, d), v (..., Lk, dv) -> (..., Lq, dv); s = 1/sqrt(head_dim) unless scale is given;
     causal: key j kept iff j <= i + Lk - Lq (bottom-right); mask="additive": a float (..., Lq, Lk)
     input added to the scores. The three-phase form: S = s Q K^T, a rows phase (masks, softmax),
     O = P V. Fully masked rows give NaN. sinkhorn (n_iter, eps) and soft (n_iter): see
-    ``_sinkhorn`` and ``_soft``. topk_softmax: top_k (required) and renormalize (default 1) as the
-    row op's k and renormalize; masked keys are never selected (``_topk_rows``). lssa, lssar:
-    cosine scores (no scale), see ``_cosine_phases``; p, offset_free_rows: lssar's (docs/ops.md §5.2)."""
+    ``_sinkhorn`` and ``_soft`` (tied=1: SOFT's tied form, k is q). topk_softmax: top_k (required) and
+    renormalize (default 1) as the row op's k and renormalize; masked keys are never selected
+    (``_topk_rows``). lssa, lssar: cosine scores (no scale), see ``_cosine_phases``; p,
+    offset_free_rows: lssar's (docs/ops.md §5.2)."""
     check_normalizer(normalizer)
     if normalizer != "topk_softmax" and (top_k, renormalize) != (None, None):
         raise UsageError(f"attention: top_k and renormalize are topk_softmax's parameters, not {normalizer}'s")
@@ -203,8 +209,11 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     if eps != 1.0 and normalizer != "sinkhorn":
         raise UsageError(f"attention: eps is a parameter of the sinkhorn normalizer, not {normalizer!r}")
     # a normalizer's own parameters name (and head) only its kernels: the others' stay as they were
+    if tied not in (None, 0, 1) or normalizer != "soft" and tied is not None:
+        raise UsageError(f"attention: tied (0/1) is a parameter of the soft normalizer, got tied={tied!r} "
+                         f"with normalizer {normalizer!r}")
     for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",)), ("top_k", ("topk_softmax",)),
-                        ("renormalize", ("topk_softmax",))):
+                        ("renormalize", ("topk_softmax",)), ("tied", ("soft",) if tied else ())):
         if normalizer not in owners:
             mp.params.pop(key, None)
     if normalizer != "lssar" and (p is not None or offset_free_rows is not None):
@@ -223,7 +232,8 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     if normalizer == "sinkhorn":
         return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
     if normalizer == "soft":
-        return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter)
+        return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter,
+                     bool(tied))
     if normalizer in COSINE:
         return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
                               _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
@@ -328,29 +338,45 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
     mp.matmul("o", "s", "v", layout="nn")
 
 
-def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter) -> None:
+def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, tied: bool = False) -> None:
     """SOFT attention's linear global form (docs/ops.md §6, 10): with the landmarks L (an input
     ``landmarks`` (m x d): ``softgen.attention`` pools them from k, the spec's learning-free
     choice), K1 = kernel(Q, L) (Lq x m), K1k^T = kernel(L, K) (m x Lk), K2 = kernel(L, L) and
     its Newton-Schulz inverse (``newton_phases``, SOFT's variant: (K2 + 0.01 I)^-1), then
     O = K1 (K2^+ (K1k^T V)) right to left: scratch O((Lq + Lk + dv + m) m), never Lq x Lk; the
     Gaussian kernel's phases are the op ``gaussian_kernel``'s (``gaussian_phases``). Not causal,
-    no masks, no scale (the kernel's is 1 / (2 sqrt(head_dim)))."""
+    no masks, no scale (the kernel's is 1 / (2 sqrt(head_dim))). ``tied``: the paper's form, keys
+    = queries: K1 = K1k, one L x m x d GEMM (and its exps) fewer. It keeps K1^T (m x L: the
+    GEMMs' rows are the m landmarks and their columns the L tokens, whole vectors for the
+    epilogue's exps, not m = 49 padded to 64) and computes O = (K1^T)^T W as a "tn" GEMM; k keeps
+    its place in the ABI (shape lq x d, as v lq x dv) but is not read."""
     if causal or mask != "none" or scale is not None:
         raise UsageError("attention: the soft normalizer is a global linear form: no causal, no mask, no scale "
                          "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
     d, n_iter = _head_dim_int(head_dim), soft._newton_iter(n_iter)
     mp.dims = mp.dims + ("m",)
     mp.inputs["landmarks"] = ("m", "d")
-    for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
+    if tied:   # one sequence: k and v have q's length (lk goes)
+        mp.dims = tuple(x for x in mp.dims if x != "lk")
+        mp.inputs["k"], mp.inputs["v"] = ("lq", "d"), ("lq", "dv")
+    for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lq" if tied else "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
                         ("w", ("m", "dv"))):
-        mp.scratch(name, shape)
-    soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
-    soft.gaussian_phases(mp, "landmarks", "k", "k1kt", d, pre="gk_").output()
+        if not (tied and name == "k1"):
+            mp.scratch(name, shape)
+    if not tied:
+        soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
+    soft.gaussian_phases(mp, "landmarks", "q" if tied else "k", "k1kt", d, pre="gk_").output()
     soft.gaussian_phases(mp, "landmarks", "landmarks", "k2", d, pre="g2_").output()
     k2p = soft.newton_phases(mp, "k2", n_iter, "soft", 0.9, pre="nw_")
     mp.matmul("kv", "k1kt", "v")                # K1k^T V   (m x dv)
     mp.matmul("w", k2p, "kv")                   # K2^+ ...  (m x dv)
+    if tied:
+        mp.matmul("o", "k1kt", "w", layout="tn")   # (K1^T)^T ... (Lq x dv)
+        mp.notes.append("soft attention, tied (k is q), linear global form: K1^T = kernel(landmarks, q) (m x lq), "
+                        "K2 = kernel(landmarks, landmarks), K2^+ by " + f"{n_iter} Newton-Schulz steps, "
+                        "o = K1 (K2^+ (K1^T v)) with the last product a tn GEMM over K1^T: k is not read; "
+                        "scratch (lq + 2 dv + 5 m) m floats, no lq x lq matrix")
+        return
     mp.matmul("o", "k1", "w")                   # K1 ...    (Lq x dv)
     mp.notes.append("soft attention, linear global form: K1 = kernel(q, landmarks) (lq x m), K1k^T = kernel("
                     "landmarks, k) (m x lk), K2 = kernel(landmarks, landmarks), K2^+ by " + f"{n_iter} Newton-Schulz "
@@ -389,6 +415,7 @@ def _soft_attention_tolerance(inputs, params):
     roundings, perturbed float64 runs) plus K2's error carried by the inverse (|K2^+| |dK2|
     |K2^+|); each GEMM's (k + 2) 2^-23 |A||B|; doubled for the second-order terms."""
     q, k, v, lm = (np.asarray(a, np.float64) for a in inputs[:4])
+    k = q if params.get("tied") else k   # the tied kernel reads q as the keys
     d, m = params["head_dim"], lm.shape[-2]
     n_iter = int(ITERATIVE["soft"] if params.get("n_iter") is None else params["n_iter"])
     g = {"head_dim": d}
