@@ -21,7 +21,6 @@ import sys
 
 import common  # noqa: F401  (single-threads BLAS and softgen's auto threads before NumPy)
 import numpy as np
-from sweepcycles import target_without_shifted_exp
 
 import softgen
 from softgen import machine
@@ -44,8 +43,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     exps = [EXP_DEFAULT] + [v for v in a.variants.split(",") if v and v != EXP_DEFAULT]
     kernels = {e: softgen.compile("softmax", algorithm=a.algorithm,
-                                  target=target_without_shifted_exp(a.target) if e == "p5" else a.target,
-                                  schedule=None if e == "p5" else {"exp": e})
+                                  target=a.target,
+                                  schedule=None if e == EXP_DEFAULT else {"exp": "p5c2" if e == "p5" else e})
                for e in exps}
     peers, skipped = load_peers(["onnxruntime"])
     ort = peers[0] if peers else None

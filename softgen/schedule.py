@@ -18,9 +18,13 @@
 ``prefetch``      software prefetch distance in elements (0 = none) of the sweeps' reads of x and y
 ``exp``           the variant of the vectorised exp/exp_nonpos (``numerics.constants.EXP_VARIANTS``:
                   polynomial degree and one- or two-constant range reduction); the extended-exponent
-                  pair of two-pass always uses the default (its n reaches 2^17 log2 e)
+                  pair of two-pass always uses the default (its n reaches 2^17 log2 e). "" (the
+                  default): the target's choice, p5c2 and, for the exps of x - max x, the target
+                  file's ``shifted_exp`` (avx512: t32); a named variant replaces both, so "p5c2"
+                  names p5 for every exp (on a target without ``shifted_exp`` that is the default:
+                  ``default_schedule`` given the target's ``shifted_exp`` makes it "")
 
-``stream``, ``prefetch`` and ``exp`` are C-backend knobs; their defaults (off, 0, "p5c2") generate
+``stream``, ``prefetch`` and ``exp`` are C-backend knobs; their defaults (off, 0, "") generate
 exactly the code of a schedule without them, and ``as_dict`` omits them at their defaults.
 
 :class:`GemmSchedule` is the same kind of data for the register-blocked GEMM of matrix programs.
@@ -38,7 +42,8 @@ from .numerics.constants import EXP_DEFAULT, EXP_VARIANTS
 from .values import number, show
 
 INT_FIELDS = ("unroll", "accumulators", "block", "split", "chunk")   # split may be 0 (never)
-KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_DEFAULT}   # omitted from as_dict at these
+EXP_TARGET = ""   # schedule exp: the target's (p5c2, its shifted_exp for the exps of x - max x)
+KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_TARGET}   # omitted from as_dict at these
 FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 PREFETCH_MAX = 1 << 16      # elements ahead (256 KiB)
 
@@ -52,7 +57,7 @@ class Schedule:
     chunk: int = 65536
     stream: bool = False
     prefetch: int = 0
-    exp: str = EXP_DEFAULT
+    exp: str = EXP_TARGET
 
     def validate(self, lanes: int) -> "Schedule":
         """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
@@ -116,17 +121,19 @@ def _knob(key: str, value):
             raise UsageError(f"schedule prefetch must be 0 (none) or a multiple of 16 elements up to "
                              f"{PREFETCH_MAX}, got {show(value)}")
         return v
-    if not isinstance(value, str) or value not in EXP_VARIANTS:
-        raise UsageError(f"schedule exp must be one of {', '.join(EXP_VARIANTS)}, got {value!r}")
+    if not isinstance(value, str) or (value and value not in EXP_VARIANTS):
+        raise UsageError(f"schedule exp must be one of {', '.join(EXP_VARIANTS)} (or \"\": the target's), "
+                         f"got {value!r}")
     return value
 
 
 KNOBS = FIELDS   # every field default_schedule may override
 
 
-def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
+def default_schedule(base: Schedule, lanes: int, shifted_exp: str | None = None, **overrides) -> Schedule:
     """``base`` (a target's default schedule, ``Target.schedule``) with the given fields
-    overridden, validated for ``lanes``."""
+    overridden, validated for ``lanes``. ``shifted_exp``: the target's (``Target.shifted_exp``);
+    when given, an ``exp`` naming the variant the target uses anyway becomes the default ""."""
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - set(FIELDS)
     if unknown:
@@ -141,6 +148,8 @@ def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
         sched = replace(sched, block=max(1, sched.block // sched.step(lanes)) * sched.step(lanes))
     if "chunk" not in given and sched.chunk % sched.block:   # whole blocks, at least the default
         sched = replace(sched, chunk=-(-sched.chunk // sched.block) * sched.block)
+    if shifted_exp is not None and sched.exp == EXP_DEFAULT and not shifted_exp:
+        sched = replace(sched, exp=EXP_TARGET)   # p5c2 everywhere is what the target does anyway
     return sched.validate(lanes)
 
 

@@ -77,7 +77,6 @@ from .benchmark import (
 from .errors import UsageError
 from .kernel import compile as compile_kernel
 from .matrix import MatMulPhase
-from .numerics.constants import EXP_DEFAULT
 from .schedule import AttentionSchedule, GemmSchedule, Schedule, default_schedule
 from .targets import get_target, host_arch, is_group_spec, target_group
 
@@ -209,7 +208,7 @@ def label(algorithm: str, schedule: dict) -> str:
                 + (f" ku{schedule['ku']}" if schedule.get("ku", 1) > 1 else ""))
     extra = ("nt" if schedule.get("stream") else None,
              f"pf{schedule['prefetch']}" if schedule.get("prefetch") else None,
-             schedule["exp"] if schedule.get("exp", EXP_DEFAULT) != EXP_DEFAULT else None)
+             schedule.get("exp") or None)
     return " ".join([f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"]
                     + [e for e in extra if e])
 
@@ -222,13 +221,13 @@ def _offered(backend, target, knob: str) -> bool:
 def schedules(backend, target) -> list[Schedule]:
     """The target's default schedule, then every valid combination of the backend's knobs that
     apply at every level (not in ``tuning_knob_levels``) over it."""
-    base = default_schedule(target.schedule, target.lanes)
+    base = default_schedule(target.schedule, target.lanes, target.shifted_exp)
     out = {base: None}
     knobs = {k: v for k, v in backend.tuning_knobs.items()
              if k not in backend.tuning_knob_levels and _offered(backend, target, k)}
     for combo in product(*knobs.values()):
         try:
-            out[default_schedule(target.schedule, target.lanes, **dict(zip(knobs, combo)))] = None
+            out[default_schedule(target.schedule, target.lanes, target.shifted_exp, **dict(zip(knobs, combo)))] = None
         except UsageError:
             continue
     return list(out)
@@ -243,7 +242,7 @@ def level_schedules(backend, target, level: str, base: Schedule) -> list[Schedul
     out: dict[Schedule, None] = {}
     for combo in product(*knobs.values()):
         try:
-            s = default_schedule(base, target.lanes, **dict(zip(knobs, combo)))
+            s = default_schedule(base, target.lanes, target.shifted_exp, **dict(zip(knobs, combo)))
         except UsageError:
             continue
         if s != base:
@@ -411,7 +410,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     classes = size_classes([n for _, n in todo], caches)
     algs = passes.applicable_algorithms(program)
     plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in algs}
-    base = default_schedule(t.schedule, t.lanes)
+    base = default_schedule(t.schedule, t.lanes, t.shifted_exp)
     scheds = sorted(schedules(be, t), key=lambda s: _distance(s, base))
     res = TuneResult(opdef.name, params, t.name, be.name, budget, requested=len(todo))
     kernels: dict[tuple, object] = {}

@@ -22,7 +22,7 @@ from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import AttentionPhase, SweepPhase
-from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
+from ..numerics.constants import EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, max_shifted, plan
@@ -763,9 +763,9 @@ def _knob_note(s: Schedule, t: Target) -> str:
                      f"one fence per row)")
     if s.prefetch:
         notes.append(f"software prefetch {s.prefetch} elements ahead")
-    if s.exp != EXP_DEFAULT:
+    if s.exp:
         notes.append(f"exp variant {s.exp}")
-    if scaled_exp(t) and t.shifted_exp and s.exp == EXP_DEFAULT:
+    if scaled_exp(t) and t.shifted_exp and not s.exp:
         notes.append(f"exp of x - max x in the scaled form, the table exp {t.shifted_exp} "
                      f"(sg_exp_shifted: T[j] (1 + r p) 2^n by V_SCALE2)")
     elif scaled_exp(t):
