@@ -208,7 +208,7 @@ def label(algorithm: str, schedule: dict) -> str:
                 + (f" ku{schedule['ku']}" if schedule.get("ku", 1) > 1 else ""))
     extra = ("nt" if schedule.get("stream") else None,
              f"pf{schedule['prefetch']}" if schedule.get("prefetch") else None,
-             schedule.get("exp") or None)
+             schedule.get("exp") or None, f"r{schedule['rows']}" if schedule.get("rows", 1) > 1 else None)
     return " ".join([f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"]
                     + [e for e in extra if e])
 
@@ -233,10 +233,11 @@ def schedules(backend, target) -> list[Schedule]:
     return list(out)
 
 
-def level_schedules(backend, target, level: str, base: Schedule) -> list[Schedule]:
+def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1) -> list[Schedule]:
     """The schedules a size class at cache ``level`` adds: every combination of the backend's
     level-bound knobs (``tuning_knob_levels``) that apply at ``level`` (and on the target) over
-    ``base``, other than ``base`` itself (DRAM on avx2: stream x prefetch; in cache: the exp variants)."""
+    ``base``, other than ``base`` itself (DRAM on avx2: stream x prefetch; in cache: the exp variants;
+    for calls of ``rows`` rows, L1d and L2 rows: R rows at once, R <= rows)."""
     knobs = {k: v for k, v in backend.tuning_knobs.items()
              if level in backend.tuning_knob_levels.get(k, ()) and _offered(backend, target, k)}
     out: dict[Schedule, None] = {}
@@ -245,7 +246,7 @@ def level_schedules(backend, target, level: str, base: Schedule) -> list[Schedul
             s = default_schedule(base, target.lanes, target.shifted_exp, **dict(zip(knobs, combo)))
         except UsageError:
             continue
-        if s != base:
+        if s != base and s.rows <= rows:
             out[s] = None
     return list(out)
 
@@ -426,7 +427,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             best = min(cost.values()) if cost else 0.0
             kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
                                key=lambda a: cost.get(a, 0.0))
-            extra = level_schedules(be, t, level, base)
+            extra = level_schedules(be, t, level, base, rows)
             cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
                 + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in extra]
             total = len(algs) * (len(scheds) + len(extra))

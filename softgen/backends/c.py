@@ -892,9 +892,10 @@ class CBackend(Backend):
     # contract: tests/test_exp.py) for rows in cache, where the exp sweep is compute-bound
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
                                      "stream": (False, True), "prefetch": (0, 1024),
-                                     "exp": tuple(EXP_VARIANTS)})
+                                     "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4)})
+    # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows)
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
-                                           "exp": ("L1d", "L2", "L3")})
+                                           "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:
