@@ -6,7 +6,7 @@ per row and the speed-up of each R over R = 1 (within one run only: the machine 
 
     python bench/shortrows.py [--target avx512] [--algorithms three-pass-reload online]
                               [--shapes 8192x128,4096x512,64x32768] [--rows 1,2,4] [--rounds 15]
-                              [--pad 0]
+                              [--pad 0] [--schedule prefetch=1024]
 
 ``--pad``: floats between rows (ld = n + pad), e.g. 16 to move rows off a 4 KiB stride.
 x86-64 only (the TSC).
@@ -64,15 +64,19 @@ def main() -> None:
     ap.add_argument("--rows", default="1,2,4")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--pad", type=int, default=0)
+    ap.add_argument("--schedule", action="append", default=[], metavar="KNOB=VALUE",
+                    help="other schedule knobs for every R (repeatable), e.g. --schedule prefetch=1024")
     a = ap.parse_args()
     if host_arch() != "x86_64":
         ap.error("the harness times with the x86 TSC (__rdtsc): x86-64 hosts only")
     rs = [int(r) for r in a.rows.split(",")]
-    print(f"# softmax on {a.target}, 1 thread, ld = n + {a.pad}; reference cycles per row (TSC), median and min "
+    extra = {kv.split("=")[0]: int(kv.split("=")[1]) if kv.split("=")[1].isdigit() else kv.split("=")[1]
+             for kv in a.schedule}
+    print(f"# softmax on {a.target} {extra or ''}, 1 thread, ld = n + {a.pad}; reference cycles per row (TSC), median and min "
           f"over {a.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as d:
         for alg in a.algorithms:
-            exes = {r: build(softgen.compile("softmax", target=a.target, algorithm=alg, schedule={"rows": r}), d)
+            exes = {r: build(softgen.compile("softmax", target=a.target, algorithm=alg, schedule={**extra, "rows": r}), d)
                     for r in rs}
             for rows, n in parse_shapes(a.shapes):
                 reps = max(3, int(5e7 // (rows * n)))
