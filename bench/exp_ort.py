@@ -5,8 +5,11 @@ size on one thread (softgen's auto threads capped by bench/common.py, ORT intra_
     python bench/exp_ort.py --target avx512 --sizes 16K,64K,256K,1M --shapes 8192x128,4096x512,64x32768 \\
         --variants p5,t32 [--algorithm three-pass-reload] [--budget 4] [--min-time 0.002 --rounds 201]
 
-A variant is a schedule exp (numerics.constants.EXP_VARIANTS) or ``p5``: the default schedule on a
-copy of the target without its file's shifted_exp (avx512's exps of x - max x as p5, not t32).
+A variant is a schedule exp (numerics.constants.EXP_VARIANTS), ``p5`` (schedule exp="p5c2": p5 for
+every exp, also avx512's exps of x - max x, t32 by default) or ``r<R>`` (schedule rows=R: R rows at
+once), or several joined by ``+`` (``t32+r2``). Short rows of batches vs ORT (schedule rows):
+
+    python bench/exp_ort.py --target avx512 --sizes "" --variants r2,r4 [--algorithm online]
 
 Prints ns/element (median and minimum over the interleaved rounds), each variant's speed-up over
 p5c2 and ORT's time over each softgen kernel (> 1: softgen faster), the noise (IQR / median) and
@@ -21,12 +24,22 @@ import sys
 
 import common  # noqa: F401  (single-threads BLAS and softgen's auto threads before NumPy)
 import numpy as np
-from sweepcycles import target_without_shifted_exp
 
 import softgen
 from softgen import machine
 from softgen.benchmark import _buffers, load_peers, parse_shapes, parse_sizes, size_label, time_interleaved
 from softgen.numerics.constants import EXP_DEFAULT
+
+
+def variant_schedule(spec: str) -> dict:
+    """The schedule knobs of a variant: ``p5``, an exp variant, ``r<R>``, joined by ``+``."""
+    out = {}
+    for part in spec.split("+"):
+        if part[:1] == "r" and part[1:].isdigit():
+            out["rows"] = int(part[1:])
+        else:
+            out["exp"] = "p5c2" if part == "p5" else part
+    return out
 
 
 def main(argv=None) -> int:
@@ -35,17 +48,16 @@ def main(argv=None) -> int:
     ap.add_argument("--algorithm", default="three-pass-reload")
     ap.add_argument("--sizes", default="16K,64K,256K,1M")
     ap.add_argument("--shapes", default="8192x128,4096x512,64x32768")
-    ap.add_argument("--variants", default="p5,t32", help="exp variants besides the default, comma-separated "
-                    "(p5: the target without its shifted_exp)")
+    ap.add_argument("--variants", default="p5,t32", help="variants besides the default, comma-separated: "
+                    "exp variants, p5 (exp=p5c2), r<R> (rows=R), joined by + (t32+r2)")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per size")
     ap.add_argument("--min-time", type=float, default=0.02, help="seconds per sample (shorter samples "
                     "make the minimum more likely to catch an uncontended slice on a loaded machine)")
     ap.add_argument("--rounds", type=int, default=41, help="at most this many interleaved rounds")
     a = ap.parse_args(argv)
     exps = [EXP_DEFAULT] + [v for v in a.variants.split(",") if v and v != EXP_DEFAULT]
-    kernels = {e: softgen.compile("softmax", algorithm=a.algorithm,
-                                  target=target_without_shifted_exp(a.target) if e == "p5" else a.target,
-                                  schedule=None if e == "p5" else {"exp": e})
+    kernels = {e: softgen.compile("softmax", algorithm=a.algorithm, target=a.target,
+                                  schedule=None if e == EXP_DEFAULT else variant_schedule(e))
                for e in exps}
     peers, skipped = load_peers(["onnxruntime"])
     ort = peers[0] if peers else None
@@ -63,7 +75,7 @@ def main(argv=None) -> int:
     head = f"{'size':>9}  stat  " + "  ".join(f"{c + ' ns/el':>11}" for c in cols) \
         + "".join(f"  {e}/{EXP_DEFAULT}" for e in exps[1:]) + "".join(f"  ort/{e}" for e in exps if ort) + "  noise"
     print(head)
-    shapes = parse_sizes(a.sizes) + (parse_shapes(a.shapes) if a.shapes else [])
+    shapes = (parse_sizes(a.sizes) if a.sizes else []) + (parse_shapes(a.shapes) if a.shapes else [])
     for rows, n in shapes:
         (x, y), = _buffers(rng, rows, n, 1)
         variants = {e: ("k(x, out=y, threads=1)", {"k": k, "x": x, "y": y}) for e, k in kernels.items()}

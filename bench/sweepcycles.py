@@ -12,9 +12,8 @@ The prefixes are timed interleaved, round after round; medians and minima over r
 
 ``--exp``: exp variants (schedule exp, numerics.constants.EXP_VARIANTS) compared in one run: every
 variant's prefixes are timed in the same rounds (interleaved), so their ratios are comparable.
-``p5`` is the default schedule on a copy of the target without its file's ``shifted_exp`` (avx512's
-exps of x - max x are t32 by default; ``p5`` times them as the p5 polynomial):
-``--exp p5,t32`` compares the two.
+``p5`` (or ``p5c2``) is schedule exp="p5c2", p5 for every exp (avx512's exps of x - max x are t32
+by default, the target file's ``shifted_exp``): ``--exp p5,t32`` compares the two.
 
 A sweep whose result is not a ``float sK`` scalar (the online pair) may be dropped by the compiler
 in its prefix build: then only the total is meaningful. x86-64 only (the TSC). Noisy on a shared machine: compare within one run. Reference cycles (TSC) are at the base clock;
@@ -30,10 +29,8 @@ import subprocess
 import tempfile
 
 import softgen
-from softgen._data import data_dir
 from softgen.benchmark import parse_size, size_label
 from softgen.runtime import compiler_for, host_arch
-from softgen.targets import ENV_PATH, all_targets, get_target
 
 HARNESS = r"""
 #include <stdio.h>
@@ -57,25 +54,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def target_without_shifted_exp(name: str) -> str:
-    """The name of a copy of target ``name`` whose file has no ``shifted_exp`` (so its exps of
-    x - max x are the default p5), written to a temporary directory on ``SOFTGEN_TARGETS_PATH``."""
-    t = get_target(name)
-    if not t.shifted_exp:
-        return t.name
-    src = (data_dir("targets") / f"{t.name}.toml").read_text()
-    copy = f"{t.name}_p5"
-    d = tempfile.mkdtemp(prefix="softgen-p5-")
-    text = re.sub(r'(?m)^shifted_exp = .*$', "", src)
-    text = re.sub(r'(?m)^name = "[^"]*"', f'name = "{copy}"', text)
-    text = re.sub(r"(?m)^host_rank = (\d+)", lambda m: f"host_rank = {int(m.group(1)) - 1}", text)
-    with open(os.path.join(d, f"{copy}.toml"), "w") as f:
-        f.write(text)
-    os.environ[ENV_PATH] = os.pathsep.join(filter(None, [os.environ.get(ENV_PATH), d]))
-    all_targets.cache_clear()
-    return copy
 
 
 def prefix_source(src: str, row: str, keep: int) -> str:
@@ -133,9 +111,8 @@ def main() -> None:
             for alg in a.algorithms:
                 builds = []
                 for xv in variants:
-                    tt = target_without_shifted_exp(t) if xv == "p5" else t
-                    sch = {**schedule, **({"exp": xv} if xv and xv != "p5" else {})}
-                    k = softgen.compile(a.op, target=tt, algorithm=alg, schedule=sch or None)
+                    sch = {**schedule, **({"exp": "p5c2" if xv == "p5" else xv} if xv else {})}
+                    k = softgen.compile(a.op, target=t, algorithm=alg, schedule=sch or None)
                     body = k.source.split(f"static void {k.name}__row(")[1].split("\n}\n")[0]
                     nsweeps = len(re.findall(r"\n    /\* sweep \d+:", body))
                     builds.append((k, [build(k, keep, d) for keep in range(1, nsweeps + 1)]))

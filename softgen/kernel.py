@@ -772,7 +772,7 @@ def _schedule(t: Target, schedule) -> Schedule:
     if isinstance(schedule, Schedule):
         return schedule.validate(t.lanes)
     if schedule is None or isinstance(schedule, dict):
-        return default_schedule(t.schedule, t.lanes, **(schedule or {}))
+        return default_schedule(t.schedule, t.lanes, t.shifted_exp, **(schedule or {}))
     raise UsageError(f"schedule must be a Schedule or a dict, got {type(schedule).__name__}")
 
 

@@ -48,18 +48,19 @@ def isa_header(t: Target, stream: bool = False) -> str:
     return env().get_template("isa.h.j2").render(t=t, macros=macros, stream=stream and t.streams)
 
 
-def vmath(exp: str = constants.EXP_DEFAULT, t: Target | None = None) -> str:
+def vmath(exp: str = "", t: Target | None = None) -> str:
     """The vector math (exp, log, log1p, extended-exponent helpers) over the virtual ISA; ``exp``:
     the variant of sg_exp / sg_exp_nonpos (``constants.EXP_VARIANTS``; the default spells p5);
     ``t``: the target, whose optional ``V_ROUND`` and native ``V_SCALE2`` (avx512) add the scaled
     sg_exp_shifted (``scaled_exp``) for the exps of x - max x (``passes.max_shifted``), in the
-    target file's ``shifted_exp`` variant (avx512: the table exp t32) when ``exp`` is the default,
+    target file's ``shifted_exp`` variant (avx512: the table exp t32) when ``exp`` is the default ""
+    (a named variant, "p5c2" too, replaces it),
     and its ``[isa] TABLE32`` lookup for a table variant (``targets.TABLE_ISA``)."""
-    xv = None if exp == constants.EXP_DEFAULT else constants.EXP_VARIANTS[exp]
+    xv = None if exp in ("", constants.EXP_DEFAULT) else constants.EXP_VARIANTS[exp]
     scaled = t is not None and scaled_exp(t)
     # the table variant in use: the schedule's, else the target's default for sg_exp_shifted
     tv = xv if xv is not None and xv.table else None
-    if xv is None and scaled and t.shifted_exp:
+    if not exp and scaled and t.shifted_exp:
         tv = constants.EXP_VARIANTS[t.shifted_exp]
     return env().get_template("vmath.h.j2").render(
         xv=xv, tv=tv, reduce="sg_xreduce" if xv else "sg_reduce_ln2", poly="sg_xpoly" if xv else "sg_p5",

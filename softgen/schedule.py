@@ -18,9 +18,20 @@
 ``prefetch``      software prefetch distance in elements (0 = none) of the sweeps' reads of x and y
 ``exp``           the variant of the vectorised exp/exp_nonpos (``numerics.constants.EXP_VARIANTS``:
                   polynomial degree and one- or two-constant range reduction); the extended-exponent
-                  pair of two-pass always uses the default (its n reaches 2^17 log2 e)
+                  pair of two-pass always uses the default (its n reaches 2^17 log2 e). "" (the
+                  default): the target's choice, p5c2 and, for the exps of x - max x, the target
+                  file's ``shifted_exp`` (avx512: t32); a named variant replaces both, so "p5c2"
+                  names p5 for every exp (on a target without ``shifted_exp`` that is the default:
+                  ``default_schedule`` given the target's ``shifted_exp`` makes it "")
 
-``stream``, ``prefetch`` and ``exp`` are C-backend knobs; their defaults (off, 0, "p5c2") generate
+``rows``          rows per call of the row function (C backend): the entry runs R rows at once through
+                  ``<name>__row_batch<R>``, each sweep's loop shared by the R rows (same n) with
+                  their independent chains side by side, so the latency of a short row's horizontal
+                  reductions, reciprocal and loop overhead overlaps across rows; rows left over
+                  (rows mod R) run one at a time. 1 = one row at a time. Results are bitwise those of
+                  the one-row form (the same code per row)
+
+``stream``, ``prefetch``, ``exp`` and ``rows`` are C-backend knobs; their defaults (off, 0, "", 1) generate
 exactly the code of a schedule without them, and ``as_dict`` omits them at their defaults.
 
 :class:`GemmSchedule` is the same kind of data for the register-blocked GEMM of matrix programs.
@@ -38,9 +49,11 @@ from .numerics.constants import EXP_DEFAULT, EXP_VARIANTS
 from .values import number, show
 
 INT_FIELDS = ("unroll", "accumulators", "block", "split", "chunk")   # split may be 0 (never)
-KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_DEFAULT}   # omitted from as_dict at these
+EXP_TARGET = ""   # schedule exp: the target's (p5c2, its shifted_exp for the exps of x - max x)
+KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_TARGET, "rows": 1}   # omitted from as_dict at these
 FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 PREFETCH_MAX = 1 << 16      # elements ahead (256 KiB)
+ROWS_MAX = 8                # schedule rows: rows at once (each its accumulators in registers)
 
 
 @dataclass(frozen=True)
@@ -52,7 +65,8 @@ class Schedule:
     chunk: int = 65536
     stream: bool = False
     prefetch: int = 0
-    exp: str = EXP_DEFAULT
+    exp: str = EXP_TARGET
+    rows: int = 1
 
     def validate(self, lanes: int) -> "Schedule":
         """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
@@ -86,10 +100,11 @@ class Schedule:
 
     def tag(self, lanes: int) -> str:
         """XNNPACK-style suffix: elements per iteration and accumulators (then _nt for streaming
-        stores, _pf<distance>, _<exp variant> when not the defaults)."""
+        stores, _pf<distance>, _<exp variant>, _r<rows> when not the defaults)."""
         k = self.knobs()
         return (f"u{self.step(lanes)}_acc{self.accumulators}" + ("_nt" if k.get("stream") else "")
-                + (f"_pf{k['prefetch']}" if "prefetch" in k else "") + (f"_{k['exp']}" if "exp" in k else ""))
+                + (f"_pf{k['prefetch']}" if "prefetch" in k else "") + (f"_{k['exp']}" if "exp" in k else "")
+                + (f"_r{k['rows']}" if "rows" in k else ""))
 
     def __str__(self) -> str:
         return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}" \
@@ -105,28 +120,35 @@ def _positive(key: str, value, lo: int = 1) -> int:
 
 
 def _knob(key: str, value):
-    """A stream / prefetch / exp value, checked (types and ranges; target support is the backend's)."""
+    """A stream / prefetch / exp / rows value, checked (types and ranges; target support is the backend's)."""
     if key == "stream":
         if not isinstance(value, (bool, int)) or value not in (0, 1):
             raise UsageError(f"schedule stream must be true or false, got {show(value)}")
         return bool(value)
+    if key == "rows":
+        v = number("schedule rows", value, integer=True)
+        if not 1 <= v <= ROWS_MAX:
+            raise UsageError(f"schedule rows must be an integer in [1, {ROWS_MAX}], got {show(value)}")
+        return v
     if key == "prefetch":
         v = number("schedule prefetch", value, integer=True)
         if v < 0 or v > PREFETCH_MAX or v % 16:
             raise UsageError(f"schedule prefetch must be 0 (none) or a multiple of 16 elements up to "
                              f"{PREFETCH_MAX}, got {show(value)}")
         return v
-    if not isinstance(value, str) or value not in EXP_VARIANTS:
-        raise UsageError(f"schedule exp must be one of {', '.join(EXP_VARIANTS)}, got {value!r}")
+    if not isinstance(value, str) or (value and value not in EXP_VARIANTS):
+        raise UsageError(f"schedule exp must be one of {', '.join(EXP_VARIANTS)} (or \"\": the target's), "
+                         f"got {value!r}")
     return value
 
 
 KNOBS = FIELDS   # every field default_schedule may override
 
 
-def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
+def default_schedule(base: Schedule, lanes: int, shifted_exp: str | None = None, **overrides) -> Schedule:
     """``base`` (a target's default schedule, ``Target.schedule``) with the given fields
-    overridden, validated for ``lanes``."""
+    overridden, validated for ``lanes``. ``shifted_exp``: the target's (``Target.shifted_exp``);
+    when given, an ``exp`` naming the variant the target uses anyway becomes the default ""."""
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - set(FIELDS)
     if unknown:
@@ -141,6 +163,8 @@ def default_schedule(base: Schedule, lanes: int, **overrides) -> Schedule:
         sched = replace(sched, block=max(1, sched.block // sched.step(lanes)) * sched.step(lanes))
     if "chunk" not in given and sched.chunk % sched.block:   # whole blocks, at least the default
         sched = replace(sched, chunk=-(-sched.chunk // sched.block) * sched.block)
+    if shifted_exp is not None and sched.exp == EXP_DEFAULT and not shifted_exp:
+        sched = replace(sched, exp=EXP_TARGET)   # p5c2 everywhere is what the target does anyway
     return sched.validate(lanes)
 
 

@@ -77,7 +77,6 @@ from .benchmark import (
 from .errors import UsageError
 from .kernel import compile as compile_kernel
 from .matrix import MatMulPhase
-from .numerics.constants import EXP_DEFAULT
 from .schedule import AttentionSchedule, GemmSchedule, Schedule, default_schedule
 from .targets import get_target, host_arch, is_group_spec, target_group
 
@@ -209,7 +208,7 @@ def label(algorithm: str, schedule: dict) -> str:
                 + (f" ku{schedule['ku']}" if schedule.get("ku", 1) > 1 else ""))
     extra = ("nt" if schedule.get("stream") else None,
              f"pf{schedule['prefetch']}" if schedule.get("prefetch") else None,
-             schedule["exp"] if schedule.get("exp", EXP_DEFAULT) != EXP_DEFAULT else None)
+             schedule.get("exp") or None, f"r{schedule['rows']}" if schedule.get("rows", 1) > 1 else None)
     return " ".join([f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"]
                     + [e for e in extra if e])
 
@@ -222,31 +221,32 @@ def _offered(backend, target, knob: str) -> bool:
 def schedules(backend, target) -> list[Schedule]:
     """The target's default schedule, then every valid combination of the backend's knobs that
     apply at every level (not in ``tuning_knob_levels``) over it."""
-    base = default_schedule(target.schedule, target.lanes)
+    base = default_schedule(target.schedule, target.lanes, target.shifted_exp)
     out = {base: None}
     knobs = {k: v for k, v in backend.tuning_knobs.items()
              if k not in backend.tuning_knob_levels and _offered(backend, target, k)}
     for combo in product(*knobs.values()):
         try:
-            out[default_schedule(target.schedule, target.lanes, **dict(zip(knobs, combo)))] = None
+            out[default_schedule(target.schedule, target.lanes, target.shifted_exp, **dict(zip(knobs, combo)))] = None
         except UsageError:
             continue
     return list(out)
 
 
-def level_schedules(backend, target, level: str, base: Schedule) -> list[Schedule]:
+def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1) -> list[Schedule]:
     """The schedules a size class at cache ``level`` adds: every combination of the backend's
     level-bound knobs (``tuning_knob_levels``) that apply at ``level`` (and on the target) over
-    ``base``, other than ``base`` itself (DRAM on avx2: stream x prefetch; in cache: the exp variants)."""
+    ``base``, other than ``base`` itself (DRAM on avx2: stream x prefetch; in cache: the exp variants;
+    for calls of ``rows`` rows, L1d and L2 rows: R rows at once, R <= rows)."""
     knobs = {k: v for k, v in backend.tuning_knobs.items()
              if level in backend.tuning_knob_levels.get(k, ()) and _offered(backend, target, k)}
     out: dict[Schedule, None] = {}
     for combo in product(*knobs.values()):
         try:
-            s = default_schedule(base, target.lanes, **dict(zip(knobs, combo)))
+            s = default_schedule(base, target.lanes, target.shifted_exp, **dict(zip(knobs, combo)))
         except UsageError:
             continue
-        if s != base:
+        if s != base and s.rows <= rows:
             out[s] = None
     return list(out)
 
@@ -411,7 +411,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     classes = size_classes([n for _, n in todo], caches)
     algs = passes.applicable_algorithms(program)
     plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in algs}
-    base = default_schedule(t.schedule, t.lanes)
+    base = default_schedule(t.schedule, t.lanes, t.shifted_exp)
     scheds = sorted(schedules(be, t), key=lambda s: _distance(s, base))
     res = TuneResult(opdef.name, params, t.name, be.name, budget, requested=len(todo))
     kernels: dict[tuple, object] = {}
@@ -427,7 +427,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             best = min(cost.values()) if cost else 0.0
             kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
                                key=lambda a: cost.get(a, 0.0))
-            extra = level_schedules(be, t, level, base)
+            extra = level_schedules(be, t, level, base, rows)
             cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
                 + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in extra]
             total = len(algs) * (len(scheds) + len(extra))

@@ -185,13 +185,30 @@ def test_tuner_offers_the_knobs_per_level():
     base = Schedule()
     dram = tune_mod.level_schedules(be, get_target("avx2"), "DRAM", base)
     assert {(s.stream, s.prefetch) for s in dram} == {(False, 1024), (True, 0), (True, 1024)}
-    assert all(s.exp == EXP_DEFAULT for s in dram)
+    assert all(s.exp == "" for s in dram)
     assert {s.prefetch for s in tune_mod.level_schedules(be, get_target("scalar"), "DRAM", base)} == {1024}
     assert not any(s.stream for s in tune_mod.level_schedules(be, get_target("scalar"), "DRAM", base))
     l2 = tune_mod.level_schedules(be, get_target("avx2"), "L2", base)
     assert [s.exp for s in l2] == [v for v in EXP_VARIANTS if v != EXP_DEFAULT]
+    # avx512's default exps of x - max x are its shifted_exp (t32): p5 is a candidate of its own there
+    l2 = tune_mod.level_schedules(be, get_target("avx512"), "L2", base)
+    assert [s.exp for s in l2] == list(EXP_VARIANTS) and len(set(l2)) == len(l2)
     assert all(not s.knobs().keys() - {"exp"} for s in tune_mod.schedules(be, get_target("avx2")))
     assert tune_mod.label("two-pass", {"unroll": 4, "accumulators": 2, "stream": True, "prefetch": 256}) == "2p u4a2 nt pf256"
+
+
+def test_schedule_exp_p5_is_choosable_where_the_target_defaults_to_a_table():
+    """exp="p5c2" on avx512 is p5 for the exps of x - max x too (its default there is t32); on
+    avx2 (no shifted_exp) it is the default itself, the same kernel."""
+    def src(t, **kw):
+        return softgen.compile("softmax", algorithm="three-pass-reload", target=t,
+                               schedule={"split": 0, **kw}).source
+    assert src("avx2", exp=EXP_DEFAULT) == src("avx2")
+    default, p5, t32 = src("avx512"), src("avx512", exp=EXP_DEFAULT), src("avx512", exp="t32")
+    assert "sg_tpoly" in default and "sg_tpoly" in t32 and "sg_tpoly" not in p5
+    assert "exp variant p5c2" in p5 and "exp variant" not in default
+    with pytest.raises(softgen.UsageError, match="exp must be one of"):
+        softgen.compile("softmax", target="avx512", schedule={"exp": "p5"})
 
 
 def test_tune_records_the_knobs_and_auto_builds_them(tmp_path, monkeypatch, rng):

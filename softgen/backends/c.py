@@ -22,7 +22,7 @@ from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import AttentionPhase, SweepPhase
-from ..numerics.constants import EXP_DEFAULT, EXP_VARIANTS, EXTEXP_E0
+from ..numerics.constants import EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, max_shifted, plan
@@ -561,6 +561,66 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
             "outs": "float *y" if p.phase is not None else abi(p, fname)["row_decl"]}
 
 
+# -- R rows at once (schedule rows) -----------------------------------------------------------------
+
+# The identifiers of one row in a row function's body: row scalars s<v>, accumulators a<r>_<k>_<f>,
+# outer states o<r>_<f>, broadcasts b<v>, row values v<v>_<u>, scales sc<r>, the tail mask, lane
+# indices, the row's buffers. Each row of a batch gets its copies, prefixed r<j>_.
+_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|tm|iota|x|y)\b")
+
+
+def rows_refusal(p: Program, s: Schedule) -> str:
+    """Why row program ``p`` has no R-rows form under ``s`` ("" when it has one)."""
+    if p.phase is not None:
+        return "a phase of a matrix program"
+    if p.row_params():
+        return "it has per-row parameters"
+    if s.stream:
+        return "non-temporal stores peel each row to its own alignment"
+    if abi(p, "_")["row_decl"] != "float *y":
+        return "its output is not a dense row"
+    for sw in plan(p).sweeps:
+        if sw.selected is not None or sw.colreds or sw.colstores:
+            return "a sweep over a selection or columns"
+        if any(p.op(r) == "reduce_topk" for r in sw.reductions):
+            return "top-k keeps per-lane sorted lists"
+    return ""
+
+
+def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
+    """The R-rows form of a row function (``one``, from ``_row_function``): the same blocks, each
+    sweep's loop shared by the rows (one n), every section (setup, main, single, tail, folds,
+    finish) and scalar line once per row, row j's identifiers prefixed r<j>_. Each row runs the
+    one-row code, so results are bitwise the one-row form's. A guard (two-pass out of the exp
+    domain) is taken before any sweep writes y: the rows restart one at a time in the one-row
+    function, which takes the row's own fallback."""
+    def per_row(lines: list[str]) -> list[str]:
+        out = []
+        for j in range(rows):
+            out += [_ROW_NAMES.sub(lambda m: f"r{j}_{m.group(1)}", ln) for ln in lines]
+        return out
+
+    restart = "".join(f"{one['name']}(r{j}_x, r{j}_y, n); " for j in range(rows))
+    blocks = [{"kind": "scalar", "lines": [
+        "const float " + ", ".join(f"*r{j}_x = x{f' + {j} * ldx' if j else ''}" for j in range(rows)) + ";",
+        "float " + ", ".join(f"*r{j}_y = y{f' + {j} * ldy' if j else ''}" for j in range(rows)) + ";"]}]
+    for blk in one["blocks"]:
+        if blk["kind"] == "scalar":
+            lines = blk["lines"]
+            if fallback:   # per_row renames x, y: the guard's call becomes the restart afterwards
+                lines = [ln.replace(f"{fallback}(x, y, n); return;", "SG_RESTART; return;") for ln in lines]
+            blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart)
+                                                        for ln in per_row(lines)]})
+        else:
+            blocks.append({**blk, **{k: per_row(blk[k]) for k in ("setup", "main", "single", "tail",
+                                                                     "fold", "finish", "peel")}})
+    return {"name": f"{one['name']}_batch{rows}", "blocks": blocks,
+            "comment": f"{one['comment']}; {rows} rows at once (schedule rows={rows}): rows x + j ldx -> "
+                       f"y + j ldy, j < {rows}, each sweep's loop shared, each row's code its own (r<j>_)",
+            "signature": f"static void {one['name']}_batch{rows}(const float *x, float *y, size_t n, "
+                         f"size_t ldx, size_t ldy)"}
+
+
 # -- the split form of a row function (schedule split / chunk) -------------------------------------
 
 SPLIT_MAX_CHUNKS = 64   # chunks of one row at most: their reduction states sit on the caller's stack
@@ -755,7 +815,7 @@ def check_schedule(t: Target, s: Schedule) -> None:
                          f"([isa] STREAM, FENCE and stream_align in its target file)")
 
 
-def _knob_note(s: Schedule, t: Target) -> str:
+def _knob_note(s: Schedule, t: Target, p: Program) -> str:
     """What the header comment adds for the non-default knobs."""
     notes = []
     if s.stream:
@@ -763,9 +823,13 @@ def _knob_note(s: Schedule, t: Target) -> str:
                      f"one fence per row)")
     if s.prefetch:
         notes.append(f"software prefetch {s.prefetch} elements ahead")
-    if s.exp != EXP_DEFAULT:
+    if s.exp:
         notes.append(f"exp variant {s.exp}")
-    if scaled_exp(t) and t.shifted_exp and s.exp == EXP_DEFAULT:
+    if s.rows > 1:
+        why = rows_refusal(p, s)
+        notes.append(f"rows={s.rows}: " + (f"one row at a time ({why})" if why else
+                                           f"{s.rows} rows at once (the row function's _batch{s.rows} form)"))
+    if scaled_exp(t) and t.shifted_exp and not s.exp:
         notes.append(f"exp of x - max x in the scaled form, the table exp {t.shifted_exp} "
                      f"(sg_exp_shifted: T[j] (1 + r p) 2^n by V_SCALE2)")
     elif scaled_exp(t):
@@ -791,6 +855,10 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         if split:
             functions += _split_functions(p.fallback, t, s, fallback, split["ctx"], None, rps)
     functions.append(_row_function(p, t, s, f"{name}__row", fallback, rps))
+    batch = None
+    if s.rows > 1 and not rows_refusal(p, s):
+        functions.append(_rows_function(functions[-1], s.rows, fallback))
+        batch = {"fn": functions[-1]["name"], "rows": s.rows}
     if split:
         functions += _split_functions(p, t, s, f"{name}__row", split["ctx"],
                                       fallback and f"{fallback}_split", rps)
@@ -802,11 +870,11 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
-        schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t), plan_lines=plan_lines,
+        schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t, p), plan_lines=plan_lines,
         isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp, t),
         helpers=select_helpers(p, radix=radix_topk(p, t)), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
-        threads=threads, split=split)
+        threads=threads, split=split, batch=batch)
 
 
 class CBackend(Backend):
@@ -824,9 +892,10 @@ class CBackend(Backend):
     # contract: tests/test_exp.py) for rows in cache, where the exp sweep is compute-bound
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
                                      "stream": (False, True), "prefetch": (0, 1024),
-                                     "exp": tuple(EXP_VARIANTS)})
+                                     "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4)})
+    # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows)
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
-                                           "exp": ("L1d", "L2", "L3")})
+                                           "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:
