@@ -193,8 +193,9 @@ def main(argv=None) -> None:
                          "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name)})
     hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'impl':<22} {'ms':>9} {'GFLOP/s':>8} {'% peak':>6} {'IQR':>6} " \
           f"{'x torch':>8} {'|diff|':>9}"
-    print(hdr if rows else "")
-    print("-" * len(hdr) if rows else "", end="\n" if rows else "")
+    if rows:
+        print(hdr)
+        print("-" * len(hdr))
     for r in rows:
         vt = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
