@@ -2,7 +2,7 @@
 ``scaled_dot_product_attention``, one thread, interleaved runs (issue 14).
 
     python bench/attention.py [--lengths 256 1024 4096] [--bh 8] [--d 64] [--decode 4096] [--threads 1 2]
-                              [--json F] [--normalizers softplus_l1 lssa lssar]
+                              [--rss 8192] [--rss-bh 1] [--json F] [--normalizers softplus_l1 lssa lssar]
 
 B*H = 8 heads of d = 64, Lq = Lk = L in {256, 1024, 4096}, causal and not, and decoding (Lq = 1
 against Lk = 4096). GFLOP/s count 4 Lq Lk d (QK^T and PV; causal: the visible half, 2 L (L + 1) d)
@@ -12,6 +12,14 @@ for every implementation alike. Each implementation is checked against torch's r
 ``torch.set_num_threads(T)`` (set before each call); "x torch" compares against torch at the same
 T; the three-phase form runs on one thread. "% peak": GFLOP/s over T times the one-core FMA peak
 of the target's ISA, measured by bench/fmapeak.py (a loop of independent FMAs).
+
+Memory (``--rss``, Lq = Lk = L per length, ``--rss-bh`` heads, not causal): one fresh subprocess
+per implementation and length, each allocating q, k, v, then calling the implementation once on
+one thread: "RSS before" the call, "call peak" the resident high-water mark during the call (reset
+just before it), "call MiB" their difference (what the call held at its peak), against the L x L
+score matrix of the heads ("S MiB"); "maxrss" the process's ru_maxrss (imports and compiling
+included). softgen streaming allocates only the packed K^T (O(L d)); the
+torch composition (Q K^T, softmax, . V) holds two L x L matrices; SDPA's CPU kernel is flash-style.
 
 ``--normalizers``: instead, those normalizers (softplus_l1, lssa, lssar) on the same shapes, one
 thread: softgen's kernel (auto: the form it builds today), softgen's softmax attention on the same
@@ -43,14 +51,85 @@ def flops(lq: int, lk: int, d: int, causal: bool) -> float:
     return 4.0 * visible * d
 
 
+RSS_IMPLS = ("softgen streaming", "torch composition", "torch sdpa")
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def rss_child(impl: str, L: int, bh: int, d: int) -> None:
+    """One memory measurement (run in a fresh process by ``rss``): prints a JSON line. The call's
+    peak is VmHWM after the call, the high-water mark reset just before it (/proc/self/clear_refs,
+    Linux): imports and the compile step, which can peak higher than the call, do not mask it."""
+    import resource
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((bh, L, d)).astype(np.float32) for _ in range(3))
+    if impl == "softgen streaming":
+        kern = softgen.compile("attention", head_dim=d, algorithm="streaming")
+        out = np.empty_like(q)
+        fn = lambda: kern(q, k, v, out=out, threads=1)  # noqa: E731
+    else:
+        import torch
+        torch.set_num_threads(1)
+        tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+        if impl == "torch sdpa":
+            fn = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)  # noqa: E731
+        else:
+            fn = lambda: torch.softmax(tq @ tk.transpose(-1, -2) * d ** -0.5, dim=-1) @ tv  # noqa: E731
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mib("VmRSS")
+    fn()
+    peak = _status_mib("VmHWM")
+    print(json.dumps({"impl": impl, "L": L, "bh": bh, "rss_before_mib": before, "call_peak_mib": peak,
+                      "call_mib": peak - before,
+                      "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+
+
+def rss(lengths, bh: int, d: int, have_torch: bool) -> list[dict]:
+    """Peak RSS per implementation and length, one subprocess each (ru_maxrss is a high-water mark)."""
+    import subprocess
+    rows = []
+    for L in lengths:
+        for impl in RSS_IMPLS:
+            if impl.startswith("torch") and not have_torch:
+                continue
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", impl, str(L), str(bh), str(d)],
+                               capture_output=True, text=True)
+            if r.returncode:
+                print(f"{impl} L={L}: failed: {r.stderr.strip().splitlines()[-1:]}")
+                continue
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+            row["s_mib"] = bh * L * L * 4 / 2 ** 20
+            rows.append(row)
+    if rows:
+        print(f"\nmemory: {bh} head(s), d {d}, Lq = Lk, not causal, 1 thread, a fresh process per row")
+        hdr = f"{'L':>6}  {'impl':<20} {'RSS before':>10} {'call peak':>9} {'call MiB':>9} {'S MiB':>7} {'maxrss':>7}"
+        print(hdr)
+        print("-" * len(hdr))
+        for r in rows:
+            print(f"{r['L']:>6}  {r['impl']:<20} {r['rss_before_mib']:>10.1f} {r['call_peak_mib']:>9.1f} "
+                  f"{r['call_mib']:>9.1f} {r['s_mib']:>7.1f} {r['maxrss_mib']:>7.1f}")
+    return rows
+
+
 def main(argv=None) -> None:
+    if argv is None and len(sys.argv) == 6 and sys.argv[1] == "--rss-child":
+        return rss_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--lengths", type=int, nargs="*", default=[256, 1024, 4096])
     ap.add_argument("--bh", type=int, default=8, help="batch x heads")
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--decode", type=int, default=4096, help="Lk of the decoding shape (Lq = 1); 0: skip")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (softgen streaming, torch)")
+    ap.add_argument("--rss", type=int, nargs="*", default=[8192], help="lengths of the memory measurement (none: skip)")
+    ap.add_argument("--rss-bh", type=int, default=1, help="heads of the memory measurement")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--normalizers", nargs="+", choices=list(COMPOSED), help="bench these normalizers instead")
     a = ap.parse_args(argv)
@@ -74,6 +153,7 @@ def main(argv=None) -> None:
     print(f"target {isa}; FMA peak {peak:.1f} GFLOP/s per core (bench/fmapeak.py)" if peak else
           f"target {isa}: no FMA peak measured")
     rows = []
+    mem = rss(a.rss, a.rss_bh, a.d, torch is not None) if a.rss else []
     for lq, lk, causal in shapes:
         q = rng.standard_normal((a.bh, lq, a.d)).astype(np.float32)
         k = rng.standard_normal((a.bh, lk, a.d)).astype(np.float32)
@@ -122,8 +202,9 @@ def main(argv=None) -> None:
                          "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name)})
     hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'impl':<22} {'ms':>9} {'GFLOP/s':>8} {'% peak':>6} {'IQR':>6} " \
           f"{'x torch':>8} {'|diff|':>9}"
-    print(hdr)
-    print("-" * len(hdr))
+    if rows:
+        print(hdr)
+        print("-" * len(hdr))
     for r in rows:
         vt = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
@@ -134,7 +215,8 @@ def main(argv=None) -> None:
         from common import machine_info
         with open(a.json, "w") as f:
             json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "target": isa,
-                       "fma_peak_gflops_per_core": peak, "threads": a.threads}, f, indent=1)
+                       "fma_peak_gflops_per_core": peak, "threads": a.threads,
+                       "memory": mem, "rss_bh": a.rss_bh}, f, indent=1)
 
 
 # -- softplus_l1, lssa, lssar (docs/ops.md §5, §10) against softmax attention and torch compositions --------

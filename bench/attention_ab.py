@@ -1,0 +1,79 @@
+"""A/B of the streaming softmax attention kernel of two softgen trees, interleaved in one process
+(before/after a change of templates/attention.c.j2; the timing noise of a shared machine hits
+both alike).
+
+    python bench/attention_ab.py --old /path/to/old/tree [--new .] [--lengths 1024 4096] [--bh 8]
+                                 [--d 64] [--threads 1]
+
+Each tree exports ``--op attention --algorithm streaming`` (``python -m softgen build`` with the
+tree on PYTHONPATH, its own cache), once causal and once not; both libraries are called through
+ctypes on the same q, k, v (B*H heads, Lq = Lk = L); the outputs must agree within 1e-5.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import single_threaded, time_interleaved  # noqa: E402
+
+single_threaded()
+import numpy as np  # noqa: E402
+
+
+def export(tree: str, name: str, d: int, causal: bool, out: str) -> ctypes.CDLL:
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), SOFTGEN_CACHE_DIR=os.path.join(out, "cache-" + name))
+    cmd = [sys.executable, "-m", "softgen", "build", "--op", "attention", "--algorithm", "streaming",
+           "--param", f"head_dim={d}", "--name", name, "-o", out] + (["--causal"] if causal else [])
+    subprocess.run(cmd, check=True, env=env, cwd=os.path.abspath(tree), capture_output=True)
+    lib = ctypes.CDLL(os.path.join(out, f"lib{name}.so"))
+    fn = getattr(lib, name + "_mt")
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def call(fn, q, k, v, o, threads: int) -> int:
+    bh, lq, d = q.shape
+    lk, dv = v.shape[1], v.shape[2]
+    P, S = ctypes.c_void_p, ctypes.c_size_t
+    st = lambda a: [0, a.strides[0] // 4, a.strides[1] // 4]  # noqa: E731
+    args = [P(q.ctypes.data), P(k.ctypes.data), P(v.ctypes.data), P(o.ctypes.data), S(1), S(bh), S(bh), S(lq), S(lk),
+            S(d), S(dv)] + [ctypes.c_ssize_t(x) for a in (q, k, v, o) for x in st(a)] + \
+           [P(None), P(None), ctypes.c_ssize_t(0), ctypes.c_ssize_t(0), ctypes.c_ssize_t(0), ctypes.c_int(threads)]
+    return fn(*args)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", required=True, help="the other softgen tree (e.g. a `git worktree add` of main)")
+    ap.add_argument("--new", default=".", help="this tree")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--bh", type=int, default=8)
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=1.0)
+    a = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="attab-") as out:
+        fns = {(tag, c): export(tree, f"att_{tag}_{int(c)}", a.d, c, out)
+               for tag, tree in (("old", a.old), ("new", a.new)) for c in (False, True)}
+        print(f"{'L':>6} {'causal':>6} {'old ms':>9} {'new ms':>9} {'old/new':>8} {'IQR old':>8} {'IQR new':>8}")
+        for L in a.lengths:
+            q, k, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(3))
+            for c in (False, True):
+                outs = {tag: np.empty((a.bh, L, a.d), np.float32) for tag in ("old", "new")}
+                for tag in outs:
+                    assert call(fns[tag, c], q, k, v, outs[tag], a.threads) == 0
+                np.testing.assert_allclose(outs["new"], outs["old"], rtol=1e-5, atol=1e-5)
+                t = time_interleaved({tag: (lambda tag=tag: call(fns[tag, c], q, k, v, outs[tag], a.threads))
+                                      for tag in outs}, budget=a.budget, min_rounds=7, max_rounds=21)
+                print(f"{L:>6} {str(c):>6} {t['old'].median * 1e3:>9.3f} {t['new'].median * 1e3:>9.3f} "
+                      f"{t['old'].median / t['new'].median:>8.3f} {t['old'].spread:>8.1%} {t['new'].spread:>8.1%}")
+
+
+if __name__ == "__main__":
+    main()
