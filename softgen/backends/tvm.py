@@ -44,7 +44,7 @@ from ..numerics.constants import (
 )
 from ..numerics.reductions import REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
-from ..passes import EXTEXP_F32_DOMAIN, plan
+from ..passes import EXTEXP_F32_DOMAIN, STREAMING_NORMALIZERS, plan
 from ..render import env
 from ..schedule import Schedule
 from ..targets import Target
@@ -790,8 +790,9 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     if attn and (len(attn) > 1 or mp.attention_tasks() is None):
         raise BuildError("the TVM backend lowers a streaming attention phase only as the whole program")
     if attn:
-        header.append(f"# {attn[0][1].describe()}: TensorIR per (batch, head) rows; the C wrapper's "
-                      "explicit-stride entry splits (batch, head, query chunk) tasks")
+        header.append(f"# streaming attention (algorithm auto streams {', '.join(STREAMING_NORMALIZERS)} on this backend too): "
+                      f"{attn[0][0]}__tvm is the TensorIR of a (batch, head) matrix's query rows; the C "
+                      f"wrapper's explicit-stride entry checks and splits (batch, head, query chunk) tasks")
     funcs += [tvm_attention.phase_function(ph, fname, t, Emit, f32) for fname, ph in attn]
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
     entry = matrix_entry(mp, name, TVM_CALLS)
