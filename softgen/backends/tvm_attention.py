@@ -41,6 +41,13 @@ def _emit(Emit, t: Target, counter: list[int], build) -> tuple[list[str], str]:
     return e.lines, r
 
 
+def _tree(terms: list[str]) -> str:
+    """The sum of ``terms``, pairwise (depth log2 n rather than a chain of n)."""
+    while len(terms) > 1:
+        terms = [f"({a} + {b})" for a, b in zip(terms[::2], terms[1::2])] + ([terms[-1]] if len(terms) % 2 else [])
+    return terms[0]
+
+
 def _indent(lines: list[str], ind: str) -> list[str]:
     return [ind + ln for ln in lines]
 
@@ -81,7 +88,7 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
         f'    L = T.alloc_buffer(({BR},), "float32", scope="local")',
         f'    AL = T.alloc_buffer(({BR},), "float32", scope="local")',
         f'    LIVE = T.alloc_buffer(({BR},), "int32", scope="local")',
-        f'    PS = T.alloc_buffer(({W},), "float32", scope="local")',
+        f'    PS = T.alloc_buffer(({4 * W},), "float32", scope="local")',
         '    SC = T.alloc_buffer((1,), "float32", scope="local")',
         f'    ACC = T.alloc_buffer(({CW},), "float32", scope="local")',
     ]
@@ -100,23 +107,32 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
            f"    j0: T.let[T.int64] = jb * T.int64({BC})",
            f"    bc: T.let[T.int64] = T.min(kend - j0, T.int64({BC}))"]
     # scores: S = scale Q_blk K_blk^T (dot products over d in lanes), the mask, the diagonal, -inf padding
+    # raw dot products over d's whole vectors, 4 keys at a time (4 independent FMA chains sharing
+    # each q load), lanes summed pairwise; then d's tail, the scale, the mask and the diagonal
+    KG = 4
+    dot = _fma(t, f"Q[qo + t0 * T.int64({W}) + l]", f"K[(j0 + c0 + u) * ldk + t0 * T.int64({W}) + l]",
+               f"PS[u * T.int64({W}) + l]")
     score = ["for r in range(br):",
              "    qo: T.let[T.int64] = (i0 + r) * ldq",
              f"    for c in range(T.int64({BCP})):",
-             f"        S[r * T.int64({BCP}) + c] = {NEG_INF}",
-             "    for c in range(bc):",
-             "        ko: T.let[T.int64] = (j0 + c) * ldk",
-             "        " + _vec(W, "l"),
-             "            PS[l] = T.float32(0)",
-             f"        for t0 in range(d // T.int64({W})):",
-             "            " + _vec(W, "l"),
-             f"                PS[l] = {_fma(t, f'Q[qo + t0 * T.int64({W}) + l]', f'K[ko + t0 * T.int64({W}) + l]', 'PS[l]')}",
-             "        SC[0] = T.float32(0)",
-             f"        for tt in range(d // T.int64({W}) * T.int64({W}), d):",
-             f"            SC[0] = {_fma(t, 'Q[qo + tt]', 'K[ko + tt]', 'SC[0]')}",
-             f"        for l in range(T.int64({W})):",
-             "            SC[0] = SC[0] + PS[l]",
-             f"        sv: T.let[T.float32] = {f32(ph.scale)} * SC[0]"]
+             f"        S[r * T.int64({BCP}) + c] = {NEG_INF}"]
+    for keys, start, count in ((KG, f"cg * T.int64({KG})", f"bc // T.int64({KG})"), (1, f"bc // T.int64({KG}) * T.int64({KG}) + cg", f"bc % T.int64({KG})")):
+        score += [f"    for cg in range({count}):",
+                  f"        c0: T.let[T.int64] = {start}",
+                  f"        for u in T.unroll(T.int64({keys})):",
+                  "            " + _vec(W, "l"),
+                  f"                PS[u * T.int64({W}) + l] = T.float32(0)",
+                  f"        for t0 in range(d // T.int64({W})):",
+                  f"            for u in T.unroll(T.int64({keys})):",
+                  "                " + _vec(W, "l"),
+                  f"                    PS[u * T.int64({W}) + l] = {dot}",
+                  f"        for u in T.unroll(T.int64({keys})):",
+                  f"            S[r * T.int64({BCP}) + c0 + u] = {_tree([f'PS[u * T.int64({W}) + T.int64({i})]' for i in range(W)])}"]
+    score += ["    for c in range(bc):",
+              f"        SC[0] = S[r * T.int64({BCP}) + c]",
+              f"        for tt in range(d // T.int64({W}) * T.int64({W}), d):",
+              f"            SC[0] = {_fma(t, 'Q[qo + tt]', 'K[(j0 + c) * ldk + tt]', 'SC[0]')}",
+              f"        sv: T.let[T.float32] = {f32(ph.scale)} * SC[0]"]
     val = "sv"
     if ph.mask:
         mk = "MK[(i0 + r) * msr + (j0 + c) * msc]"
@@ -150,9 +166,7 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
                                                 "            " + _vec(W, "l")]
         norm += _indent(ex_lines, "                ") + [f"                {srow} = {ex}",
                                                          f"                PS[l] = PS[l] + {ex}",
-                                                         "        SC[0] = T.float32(0)",
-                                                         f"        for l in range(T.int64({W})):",
-                                                         "            SC[0] = SC[0] + PS[l]",
+                                                         f"        SC[0] = {_tree([f'PS[{i}]' for i in range(W)])}",
                                                          "        M[r] = mx",
                                                          "        L[r] = L[r] * AL[r] + SC[0]"]
     else:   # stablemax: s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0); -inf weighs 0, NaN stays NaN
