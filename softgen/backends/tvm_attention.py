@@ -90,7 +90,7 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
         f'    LIVE = T.alloc_buffer(({BR},), "int32", scope="local")',
         f'    PS = T.alloc_buffer(({4 * W},), "float32", scope="local")',
         '    SC = T.alloc_buffer((1,), "float32", scope="local")',
-        f'    ACC = T.alloc_buffer(({CW},), "float32", scope="local")',
+        f'    ACC = T.alloc_buffer(({4 * CW},), "float32", scope="local")',
     ]
     body = [f"for ib in range((r1 - r0 + T.int64({BR - 1})) // T.int64({BR})):",
             f"    i0: T.let[T.int64] = r0 + ib * T.int64({BR})",
@@ -183,25 +183,40 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
                 "    L[r] = L[r] + SC[0]"]
     blk += _indent(norm, "    ")
     # acc = alpha acc + P_blk V_blk, acc = o's rows, in chunks of CW columns held in ACC; keys in order
-    pv = ["for r in range(br):",
-          "    if LIVE[r] != 0:",
-          "        oo: T.let[T.int64] = (i0 + r) * ldo",
-          f"        for t0 in range(dv // T.int64({CW})):",
-          f"            to: T.let[T.int64] = oo + t0 * T.int64({CW})",
-          "            " + _vec(CW, "l"),
-          "                ACC[l] = O[to + l] * AL[r]",
-          "            for c in range(bc):",
-          f"                pp: T.let[T.float32] = S[r * T.int64({BCP}) + c]",
-          f"                vo: T.let[T.int64] = (j0 + c) * ldv + t0 * T.int64({CW})",
-          "                " + _vec(CW, "l"),
-          f"                    ACC[l] = {_fma(t, 'pp', 'V[vo + l]', 'ACC[l]')}",
-          "            " + _vec(CW, "l"),
-          "                O[to + l] = ACC[l]",
-          f"        for tt in range(dv // T.int64({CW}) * T.int64({CW}), dv):",
-          "            SC[0] = O[oo + tt] * AL[r]",
-          "            for c in range(bc):",
-          f"                SC[0] = {_fma(t, f'S[r * T.int64({BCP}) + c]', 'V[(j0 + c) * ldv + tt]', 'SC[0]')}",
-          "            O[oo + tt] = SC[0]"]
+    R = 4 if t.vector_registers >= 32 else 2   # rows sharing each V load (R x CW accumulators in registers)
+
+    def pv_rows(rows: list[str]) -> list[str]:
+        """acc = alpha acc + P V for the given rows (all live): CW-column chunks of every row in ACC,
+        each V load shared by the rows; keys in order (a row's bits do not depend on its mates)."""
+        out = [f"for t0 in range(dv // T.int64({CW})):"]
+        for u, r in enumerate(rows):
+            out += ["    " + _vec(CW, "l"),
+                    f"        ACC[{u * CW} + l] = O[({r}) * ldo + t0 * T.int64({CW}) + l] * AL[{r} - i0]"]
+        out += ["    for c in range(bc):",
+                f"        vo: T.let[T.int64] = (j0 + c) * ldv + t0 * T.int64({CW})"]
+        for u, r in enumerate(rows):
+            out += ["        " + _vec(CW, "l"),
+                    f"            ACC[{u * CW} + l] = "
+                    f"{_fma(t, f'S[({r} - i0) * T.int64({BCP}) + c]', 'V[vo + l]', f'ACC[{u * CW} + l]')}"]
+        for u, r in enumerate(rows):
+            out += ["    " + _vec(CW, "l"), f"        O[({r}) * ldo + t0 * T.int64({CW}) + l] = ACC[{u * CW} + l]"]
+        out += [f"for tt in range(dv // T.int64({CW}) * T.int64({CW}), dv):"]
+        for r in rows:
+            out += [f"    SC[0] = O[({r}) * ldo + tt] * AL[{r} - i0]",
+                    "    for c in range(bc):",
+                    f"        SC[0] = {_fma(t, f'S[({r} - i0) * T.int64({BCP}) + c]', 'V[(j0 + c) * ldv + tt]', 'SC[0]')}",
+                    f"    O[({r}) * ldo + tt] = SC[0]"]
+        return out
+
+    group = [f"i0 + rg * T.int64({R}) + T.int64({u})" for u in range(R)]
+    live = " & ".join(f"(LIVE[rg * T.int64({R}) + T.int64({u})] != 0)" for u in range(R))
+    pv = [f"for rg in range(br // T.int64({R})):",
+          f"    if {live}:"] + _indent(pv_rows(group), "        ") + [
+          "    else:",
+          f"        for u in range(T.int64({R})):",
+          f"            if LIVE[rg * T.int64({R}) + u] != 0:"] + _indent(pv_rows([f"i0 + rg * T.int64({R}) + u"]), "                ") + [
+          f"for rr in range(br // T.int64({R}) * T.int64({R}), br):",
+          "    if LIVE[rr] != 0:"] + _indent(pv_rows(["i0 + rr"]), "        ")
     blk += _indent(pv, "    ")
     body += _indent(blk, "    ")
     # O = acc / l: a row with no kept key is NaN; no keys at all (lk = 0): the empty sum 0. lse:
