@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import STRICT
+from conftest import STRICT, _can_emulate
 
 import softgen
 from softgen import reference as ref
@@ -131,3 +131,14 @@ def test_front_door_decoding_without_adaptation():
                           masked_rows="zero")
     _close(o, r, lse, rl)
     assert (o[1] == 0).all()
+
+
+def test_neon_under_qemu():
+    """The TVM object for aarch64 behind the same C entry, emulated: GQA, a bool mask, kv_lengths, causal."""
+    k = softgen.compile("attention", backend="tvm", target="neon", causal=True, head_dim=D, mask="bool", schedule=SMALL)
+    _can_emulate(k)
+    q, kk, v = f32(2, 4, 21, D), f32(2, 2, 40, D), f32(2, 2, 40, 7)
+    m = RNG.random((21, 40)) < 0.7
+    lens = np.array([40, 9])
+    o = k.run_emulated(q, kk, v, m, kv_lengths=lens)
+    _close(o, ref.attention(q, kk, v, scale=float(np.float32(D ** -0.5)), causal=True, mask=m, kv_lengths=lens))
