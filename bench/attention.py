@@ -2,7 +2,7 @@
 ``scaled_dot_product_attention``, one thread, interleaved runs (issue 14).
 
     python bench/attention.py [--lengths 256 1024 4096] [--bh 8] [--d 64] [--decode 4096] [--threads 1 2]
-                              [--backend c tvm] [--json F]
+                              [--backend c tvm] [--json F] [--normalizers softplus_l1 lssa lssar]
 
 B*H = 8 heads of d = 64, Lq = Lk = L in {256, 1024, 4096}, causal and not, and decoding (Lq = 1
 against Lk = 4096). GFLOP/s count 4 Lq Lk d (QK^T and PV; causal: the visible half, 2 L (L + 1) d)
@@ -14,6 +14,12 @@ T; the three-phase form runs on one thread. "% peak": GFLOP/s over T times the o
 of the target's ISA, measured by bench/fmapeak.py (a loop of independent FMAs). ``--backend``: the
 softgen backends timed (default c; "softgen[tvm]" rows are the TVM backend's, "x c" their speed
 over the C backend's streaming form at the same thread count, interleaved in the same rounds).
+
+``--normalizers``: instead, those normalizers (softplus_l1, lssa, lssar) on the same shapes, one
+thread: softgen's kernel (auto: the form it builds today), softgen's softmax attention on the same
+shape ("/ softmax": time over softmax's; the issue aims at <= 1.3) and, with torch, the same
+formula composed of torch ops (QK^T, the normalizer, @V; "x torch": its time over softgen's, the
+issue aims at >= 5), each checked against the composition first.
 """
 from __future__ import annotations
 
@@ -49,7 +55,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (softgen streaming, torch)")
     ap.add_argument("--backend", nargs="+", default=["c"], choices=["c", "tvm"], help="softgen backends")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--normalizers", nargs="+", choices=list(COMPOSED), help="bench these normalizers instead")
     a = ap.parse_args(argv)
+    if a.normalizers:
+        return normalizers(a)
     try:
         import torch
         torch.set_num_threads(1)
@@ -134,6 +143,98 @@ def main(argv=None) -> None:
         with open(a.json, "w") as f:
             json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "target": isa,
                        "fma_peak_gflops_per_core": peak, "threads": a.threads, "backends": a.backend}, f, indent=1)
+
+
+# -- softplus_l1, lssa, lssar (docs/ops.md §5, §10) against softmax attention and torch compositions --------
+
+def _softplus_l1_torch(torch, q, k, v, keep, p, ofr):
+    s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    w = torch.nn.functional.softplus(s.masked_fill(~keep, -float("inf")))
+    return (w / w.sum(-1, keepdim=True)) @ v
+
+
+def _lssa_weights_torch(torch, q, k, keep):
+    fn = torch.nn.functional
+    c = fn.normalize(q, dim=-1) @ fn.normalize(k, dim=-1).transpose(-1, -2)
+    n = keep.sum(-1, keepdim=True).to(q.dtype)
+    a = fn.softplus(c * (np.log(q.shape[-1]) * torch.log(n))) * keep
+    return a / a.sum(-1, keepdim=True), n
+
+
+def _lssa_torch(torch, q, k, v, keep, p, ofr):
+    return _lssa_weights_torch(torch, q, k, keep)[0] @ v
+
+
+def _lssar_torch(torch, q, k, v, keep, p, ofr):
+    a, n = _lssa_weights_torch(torch, q, k, keep)
+    lq, lk = keep.shape[-2:]
+    o = torch.from_numpy((np.arange(lq) + lk - lq >= ofr).astype(np.float32))[:, None]
+    r = torch.relu(n * a - o)
+    rmax = r.amax(-1, keepdim=True)
+    r = torch.where(rmax > 0, r / rmax, torch.zeros_like(r)) ** p
+    tot = r.sum(-1, keepdim=True)
+    return torch.where(tot > 0, r / tot, torch.zeros_like(r)) @ v
+
+
+COMPOSED = {"softplus_l1": _softplus_l1_torch, "lssa": _lssa_torch, "lssar": _lssar_torch}
+
+
+def normalizers(a) -> None:
+    """The --normalizers table (one thread)."""
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        torch = None
+        print("torch not installed: no torch compositions")
+    rng = np.random.default_rng(0)
+    shapes = [(L, L, c) for L in a.lengths for c in (False, True)] + ([(1, a.decode, True)] if a.decode else [])
+    soft = {c: softgen.compile("attention", head_dim=a.d, causal=c) for c in (False, True)}
+    kern = {(nm, c): softgen.compile("attention", normalizer=nm, head_dim=a.d, causal=c)
+            for nm in a.normalizers for c in (False, True)}
+    print(f"target {soft[False].target.name}; one thread; B*H = {a.bh}, d = dv = {a.d}; "
+          f"softmax attention: {soft[False].algorithm}")
+    rows = []
+    for lq, lk, causal in shapes:
+        q, k, v = (rng.standard_normal((a.bh, n, a.d)).astype(np.float32) for n in (lq, lk, lk))
+        out = np.empty((a.bh, lq, a.d), np.float32)
+        keep = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + lk - lq if causal else np.ones((lq, lk), bool)
+        variants = {"softmax": lambda: soft[causal](q, k, v, out=out, threads=1)}
+        errs = {}
+        for nm in a.normalizers:
+            kn = kern[(nm, causal)]
+            variants[nm] = (lambda kn=kn: kn(q, k, v, out=out, threads=1)) if kn.algorithm == "streaming" else \
+                (lambda kn=kn: kn(q, k, v, out=out))
+            if torch is not None:
+                tq, tk, tv, tkeep = (torch.from_numpy(x) for x in (q, k, v, keep))
+                fn = COMPOSED[nm]
+                ref = fn(torch, tq, tk, tv, tkeep, 15.0, 3).numpy()
+                variants[nm]()
+                errs[nm] = float(np.nanmax(np.abs(out - ref)))
+                variants[f"{nm} torch"] = (lambda fn=fn, tq=tq, tk=tk, tv=tv, tkeep=tkeep:
+                                           fn(torch, tq, tk, tv, tkeep, 15.0, 3))
+        t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
+        for nm in a.normalizers:
+            tc = t.get(f"{nm} torch")
+            rows.append({"Lq": lq, "Lk": lk, "causal": causal, "normalizer": nm, "form": kern[(nm, causal)].algorithm,
+                         "ms": t[nm].median * 1e3, "spread": t[nm].spread, "softmax_ms": t["softmax"].median * 1e3,
+                         "over_softmax": t[nm].median / t["softmax"].median,
+                         "torch_ms": tc.median * 1e3 if tc else None,
+                         "vs_torch": tc.median / t[nm].median if tc else None, "max_abs_diff": errs.get(nm)})
+    hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'normalizer':<12} {'form':<11} {'ms':>9} {'IQR':>6} " \
+          f"{'softmax ms':>10} {'/ softmax':>9} {'torch ms':>9} {'x torch':>8} {'|diff|':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        tm = f"{r['torch_ms']:.3f}" if r["torch_ms"] else "-"
+        vt = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
+        df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
+        print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {r['normalizer']:<12} {r['form']:<11} {r['ms']:>9.3f} "
+              f"{r['spread']:>6.1%} {r['softmax_ms']:>10.3f} {r['over_softmax']:>9.2f} {tm:>9} {vt:>8} {df:>9}")
+    if a.json:
+        from common import machine_info
+        with open(a.json, "w") as f:
+            json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "threads": 1}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ P = exp(C + u + v) n_k; P V), as michaelsdr/sinkformers' sinkhorn.py writes it. 
 pooled from the tokens, 20 Newton-Schulz steps): softgen's linear kernel (plus the landmark
 pooling of softgen.attention) against SOFT's composition in torch (Gaussian kernels through
 |q|^2 + |l|^2 - 2 q.l, SOFT/kernel/inverse.py's iteration, K1 (K2^+ (K1^T V))), self-attention
-(k = q) as in the paper; "linear" is time(L) / time(L / 2) (2 for a linear cost). Each softgen
+(k = q) as in the paper: softgen's tied form (tied=1, what softgen.attention picks when k is q:
+one L x m x d GEMM fewer) and, for comparison, the untied one (k read as a separate input);
+"linear" is time(L) / time(L / 2) (2 for a linear cost). Each softgen
 result is checked against torch's first (max |diff| printed). The machine's other jobs make
 single runs noisy: read the ratios of one interleaved run, not the absolute times.
 """
@@ -86,6 +88,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     sk = softgen.compile("attention", normalizer="sinkhorn", head_dim=a.d, n_iter=a.n_iter)
     so = softgen.compile("attention", normalizer="soft", head_dim=a.d)
+    st = softgen.compile("attention", normalizer="soft", head_dim=a.d, tied=1)   # softgen.attention's for k is q
     print(f"target {sk.target.name}; B*H = {a.bh}, d = dv = {a.d}; one thread")
     rows = []
 
@@ -115,8 +118,10 @@ def main(argv=None) -> None:
     for L in a.soft_lengths:
         q, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(2))
         out = np.empty((a.bh, L, a.d), np.float32)
-        variants = {"softgen soft": lambda: so(q, q, v, ref.soft_landmarks_avgpool(q, a.landmarks, np.float32),
-                                               out=out)}
+        variants = {"softgen soft tied": lambda: st(q, q, v, ref.soft_landmarks_avgpool(q, a.landmarks, np.float32),
+                                                    out=out),
+                    "softgen soft untied": lambda: so(q, q, v, ref.soft_landmarks_avgpool(q, a.landmarks, np.float32),
+                                                      out=out)}
         check = None
         if torch is not None:
             tq, tv = torch.from_numpy(q), torch.from_numpy(v)
@@ -125,7 +130,7 @@ def main(argv=None) -> None:
             variants["torch"] = lambda: torch_soft(torch, tq, tv, a.landmarks)
         run(f"soft m={a.landmarks}", L, variants, check)
     prev = {}
-    hdr = f"{'op':<18} {'L':>6}  {'impl':<18} {'ms':>9} {'IQR':>6} {'x torch':>8} {'linear':>7} {'|diff|':>9}"
+    hdr = f"{'op':<18} {'L':>6}  {'impl':<20} {'ms':>9} {'IQR':>6} {'x torch':>8} {'linear':>7} {'|diff|':>9}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -136,7 +141,7 @@ def main(argv=None) -> None:
         vt = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
         lin = f"{r['vs_half_length']:.2f}" if r["vs_half_length"] else "-"
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
-        print(f"{r['op']:<18} {r['L']:>6}  {r['impl']:<18} {r['ms']:>9.2f} {r['spread']:>6.1%} {vt:>8} {lin:>7} {df:>9}")
+        print(f"{r['op']:<18} {r['L']:>6}  {r['impl']:<20} {r['ms']:>9.2f} {r['spread']:>6.1%} {vt:>8} {lin:>7} {df:>9}")
     if a.json:
         from common import machine_info
         with open(a.json, "w") as f:

@@ -17,8 +17,14 @@ over every float32 in the binades where errors peak and a strided sweep of all x
 (sg_exp_nonpos's domain; sg_exp's positive half behaves alike) — relative error and ulp.
 The accuracy contract (docs/accuracy.md): relative error <= 2.5e-7.
 
+Table variants ("t32": ``--table 32``): k = round(32 x log2 e) by a magic bias whose low mantissa
+bits hold k (its low 5 bits j = k mod 32 index a table of float32 2^(j/32)), r = x - (k/32) ln2 with
+the same Cody-Waite pair (|r| <= ln2/64), e^x = (T[j] + T[j] r p(r)) 2^floor(k/32) with p of degree 2
+fitted the same way on |r| <= 1.02 ln2/64; checked in float32 like the others.
+
     python bench/fit_exp.py              # fit every degree 4..6, check each candidate (stride 61)
     python bench/fit_exp.py --stride 1   # every float32 x in [-87.33, 0] (about 1.1e9, minutes)
+    python bench/fit_exp.py --table 32   # also fit and check the 32-entry table variant (t32)
 """
 from __future__ import annotations
 
@@ -74,8 +80,34 @@ def exp_nonpos(x: np.ndarray, coeffs, consts: int) -> np.ndarray:
     return fma32((t * s).astype(np.float32), p, s)
 
 
-def check(coeffs, consts: int, stride: int = 7) -> tuple[float, float, float]:
-    """(max relative error, its x, max ulp) over x in [-87.33, 0] (normal results)."""
+def exp_nonpos_table(x: np.ndarray, coeffs, table, magic) -> np.ndarray:
+    """sg_exp_nonpos of a table variant (N = len(table) entries), in float32 as vmath.h.j2 does it."""
+    log2e = np.float32(float.fromhex("0x1.715476p+0"))
+    hi, lo = np.float32(float.fromhex("-0x1.62E43p-1")), np.float32(float.fromhex("0x1.05C61p-29"))
+    shift = 23 - (len(table).bit_length() - 1)
+    x = np.maximum(np.float32(-88.0), x)
+    kf = fma32(x, log2e, np.float32(magic))
+    kb = kf.view(np.uint32)
+    tj = np.asarray(table, np.float32)[kb & (len(table) - 1)]
+    s = ((kb & np.uint32(~(len(table) - 1) & 0xFFFFFFFF)) << np.uint32(shift)).astype(np.uint32).view(np.float32)
+    kq = (kf - np.float32(magic)).astype(np.float32)
+    r = fma32(kq, lo, fma32(kq, hi, x))
+    p = np.full_like(r, coeffs[0])
+    for c in coeffs[1:]:
+        p = fma32(p, r, c)
+    # T (1 + r p) first, then the exact scaling by 2^n: no subnormal intermediate near FLT_MIN
+    return (fma32((tj * r).astype(np.float32), p, tj) * s).astype(np.float32)
+
+
+def table_magic(entries: int) -> float:
+    """1.5 * 2^(23 - log2 N) + 127: fma(x, log2e, magic) rounds x log2e to a multiple of 1/N, and
+    its low mantissa bits hold N (127 + x log2e) = 2^22 + 127 N + k."""
+    return 1.5 * 2.0 ** (23 - (entries.bit_length() - 1)) + 127
+
+
+def check(coeffs, consts: int, stride: int = 7, table=None) -> tuple[float, float, float]:
+    """(max relative error, its x, max ulp) over x in [-87.33, 0] (normal results); ``table``:
+    the 2^(j/N) entries of a table variant (``consts`` is then 2)."""
     lo_bits = np.float32(-87.33).view(np.uint32)
     bits = np.arange(0x80000001, int(lo_bits), stride, dtype=np.int64).astype(np.uint32)
     dense = [np.arange(np.float32(-b).view(np.uint32), np.float32(-2 * b).view(np.uint32), dtype=np.uint32)
@@ -83,7 +115,8 @@ def check(coeffs, consts: int, stride: int = 7) -> tuple[float, float, float]:
     worst, at, ulp = 0.0, 0.0, 0.0
     for chunk in [bits[i:i + (1 << 24)] for i in range(0, len(bits), 1 << 24)] + dense:
         x = chunk.view(np.float32)
-        y = exp_nonpos(x, coeffs, consts).astype(np.float64)
+        y = (exp_nonpos(x, coeffs, consts) if table is None
+             else exp_nonpos_table(x, coeffs, table, table_magic(len(table)))).astype(np.float64)
         e = np.exp(x.astype(np.float64))
         ok = e >= np.finfo(np.float32).tiny
         rel = np.abs(y - e)[ok] / e[ok]
@@ -99,7 +132,10 @@ def main(argv=None) -> int:
     import argparse
     ap = argparse.ArgumentParser(description="fit and check the exp variants")
     ap.add_argument("--stride", type=int, default=61, help="check every stride-th float32 bit pattern")
-    stride = ap.parse_args(argv).stride
+    ap.add_argument("--table", type=int, default=0, metavar="N",
+                    help="also fit and check table variants of N entries (32), degrees 2 and 3")
+    args = ap.parse_args(argv)
+    stride = args.stride
     from softgen.numerics.constants import EXP_VARIANTS, P5
     fitted = {}
     for degree in (4, 5, 6):
@@ -111,6 +147,17 @@ def main(argv=None) -> int:
             name = f"p{degree}c{consts}"
             rel, at, ulp = check(fitted[degree], consts, stride=stride)
             print(f"{name}: max rel {rel:.4e} at x = {at:.8g}, {ulp:.3f} ulp; "
+                  f"{'within' if rel <= SPEC else 'BEYOND'} the contract ({SPEC:g})"
+                  + ("; shipped (EXP_VARIANTS)" if name in EXP_VARIANTS else ""))
+    if args.table:
+        n = args.table
+        table = [np.float32(2.0 ** (j / n)) for j in range(n)]
+        for degree in (2, 3):
+            coeffs = [np.float32(v) for v in fit(degree, half=LN2 / (2 * n) * 1.02)[::-1]]
+            name = f"t{n}" + ("" if degree == 2 else f"p{degree}")
+            rel, at, ulp = check(coeffs, 2, stride=stride, table=table)
+            print(f"{name}: degree {degree} ({', '.join(float(v).hex() for v in coeffs)}), table of {n}: "
+                  f"max rel {rel:.4e} at x = {at:.8g}, {ulp:.3f} ulp; "
                   f"{'within' if rel <= SPEC else 'BEYOND'} the contract ({SPEC:g})"
                   + ("; shipped (EXP_VARIANTS)" if name in EXP_VARIANTS else ""))
     return 0

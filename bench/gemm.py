@@ -2,7 +2,8 @@
 tvm_gemm.py) against NumPy's single-threaded BLAS at SOFT's shapes: Newton-Schulz m x m x m
 products (m = 49, 64, 128, 256, NN) and the Gaussian-kernel Gram product a @ b.T with
 a: 4096 x 64, b: 64 x 64 (NT), plus the fused Gaussian kernel (NT + exp epilogue) against the
-NumPy formula. Medians of interleaved rounds after warm-up (bench/common.py).
+NumPy formula; and the four products of SOFT attention's tied form at L = 4096, m = 49 (the
+landmarks as rows; its last product O = (K1^T)^T W a TN GEMM). Medians of interleaved rounds after warm-up (bench/common.py).
 
     python bench/gemm.py [--targets avx2] [--backends c tvm] [--json out.json]
     python bench/gemm.py --sweep          # C tile sweep on avx2: (mr, nv) x ku
@@ -37,26 +38,31 @@ def gaussian_epilogue(name: str = "gauss") -> G.Epilogue:
 
 
 SHAPES = [("newton", "nn", 49, 49, 49), ("newton", "nn", 64, 64, 64), ("newton", "nn", 128, 128, 128),
-          ("newton", "nn", 256, 256, 256), ("gauss", "nt", 4096, 64, 64)]
+          ("newton", "nn", 256, 256, 256), ("gauss", "nt", 4096, 64, 64),
+          # SOFT attention's tied form at L = 4096, m = 49, d = dv = 64 (ops/attention.py _soft):
+          # K1^T = landmarks q^T, K1^T V, K2^+ (K1^T V), then O = (K1^T)^T W
+          ("soft K1^T", "nt", 49, 4096, 64), ("soft K1^T V", "nn", 49, 64, 4096), ("soft K2^+ W", "nn", 49, 64, 49),
+          ("soft O", "tn", 4096, 64, 49)]
 SWEEP = [(4, 2), (5, 2), (6, 2), (3, 3), (4, 3)]
 KU = (1, 2, 4)
 
 
 def _operands(layout, m, n, k, rng):
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((k, n) if layout == "nn" else (n, k)).astype(np.float32)
+    a = rng.standard_normal((k, m) if layout == "tn" else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if layout == "nt" else (k, n)).astype(np.float32)
     return a, b, np.empty((m, n), np.float32)
 
 
 def _call(lib, g, a, b, c):
     """A (stmt, globals) variant calling the gemm's C entry directly (no NumPy checks)."""
     m, n = c.shape
-    k = a.shape[1]
-    args = (m, n, k, 1.0, a.ctypes.data, k, b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)
+    k = a.shape[0] if g.layout == "tn" else a.shape[1]
+    args = (m, n, k, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)
     return ("fn(*args)", {"fn": lib._fn(g), "args": args, "keep": (a, b, c)})  # keep: arrays stay alive
 
 
 def _check(c, a, b, layout):
+    a = a.T if layout == "tn" else a
     ref = a.astype(np.float64) @ (b.T if layout == "nt" else b).astype(np.float64)
     bound = (a.shape[1] + 2) * 2.0 ** -23 * (np.abs(a) @ np.abs(b.T if layout == "nt" else b))
     assert (np.abs(c - ref) <= bound).all(), "benchmarked gemm gives wrong results"
@@ -72,14 +78,15 @@ def run(targets, backends, rng, budget):
         libs = {}
         for bk in backends:
             mod = G if bk == "c" else __import__("softgen.backends.tvm_gemm", fromlist=["gemm"])
-            codes = [mod.gemm(t, "nn"), mod.gemm(t, "nt")]
+            codes = [mod.gemm(t, "nn"), mod.gemm(t, "nt"), mod.gemm(t, "tn")]
             if bk == "c":
                 codes.append(G.gemm(t, "nt", epilogue=gaussian_epilogue()))
             libs[bk] = (GemmLibrary(codes), {g.layout if g.epilogue is None else "gauss": g for g in codes})
         for what, layout, m, n, k in SHAPES:
             a, b, c = _operands(layout, m, n, k, rng)
             bt = b.T if layout == "nt" else b
-            variants = {"numpy": ("mm(a, bt, out=c)", {"mm": np.matmul, "a": a, "bt": bt, "c": c})}
+            variants = {"numpy": ("mm(a, bt, out=c)", {"mm": np.matmul, "a": a.T if layout == "tn" else a,
+                                                       "bt": bt, "c": c})}
             outs = {}
             for bk, (lib, gs) in libs.items():
                 out = np.empty_like(c)
@@ -115,13 +122,14 @@ def sweep(rng, budget):
     cands = [(mr, nv, ku) for mr, nv in SWEEP for ku in KU]
     codes = []
     for mr, nv, ku in cands:
-        for layout in ("nn", "nt"):
+        for layout in ("nn", "nt", "tn"):
             codes.append(G.gemm(t, layout, schedule={"mr": mr, "nv": nv, "ku": ku, "nc": 4 * nv * t.lanes},
                                 name=f"g_{layout}_{mr}x{nv}_u{ku}"))
     lib = GemmLibrary(codes)
     for what, layout, m, n, k in SHAPES:
         a, b, c = _operands(layout, m, n, k, rng)
-        variants = {"numpy": ("mm(a, bt, out=c)", {"mm": np.matmul, "a": a, "bt": b.T if layout == "nt" else b, "c": c})}
+        variants = {"numpy": ("mm(a, bt, out=c)", {"mm": np.matmul, "a": a.T if layout == "tn" else a,
+                                                   "bt": b.T if layout == "nt" else b, "c": c})}
         for g in codes:
             if g.layout == layout:
                 variants[f"{g.mr}x{g.nr} ku{g.schedule.ku}"] = _call(lib, g, a, b, np.empty_like(c))

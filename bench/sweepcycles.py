@@ -8,7 +8,13 @@ previous prefix's (in cache the sweeps are independent loops, so the differences
 The prefixes are timed interleaved, round after round; medians and minima over rounds.
 
     python bench/sweepcycles.py [--targets avx512 avx2] [--sizes 16K,64K,1M] [--algorithms three-pass-reload]
-                                [--rounds 15] [--op softmax]
+                                [--rounds 15] [--op softmax] [--exp p5c2,t32]
+
+``--exp``: exp variants (schedule exp, numerics.constants.EXP_VARIANTS) compared in one run: every
+variant's prefixes are timed in the same rounds (interleaved), so their ratios are comparable.
+``p5`` is the default schedule on a copy of the target without its file's ``shifted_exp`` (avx512's
+exps of x - max x are t32 by default; ``p5`` times them as the p5 polynomial):
+``--exp p5,t32`` compares the two.
 
 A sweep whose result is not a ``float sK`` scalar (the online pair) may be dropped by the compiler
 in its prefix build: then only the total is meaningful. x86-64 only (the TSC). Noisy on a shared machine: compare within one run. Reference cycles (TSC) are at the base clock;
@@ -24,8 +30,10 @@ import subprocess
 import tempfile
 
 import softgen
+from softgen._data import data_dir
 from softgen.benchmark import parse_size, size_label
 from softgen.runtime import compiler_for, host_arch
+from softgen.targets import ENV_PATH, all_targets, get_target
 
 HARNESS = r"""
 #include <stdio.h>
@@ -49,6 +57,25 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+
+
+def target_without_shifted_exp(name: str) -> str:
+    """The name of a copy of target ``name`` whose file has no ``shifted_exp`` (so its exps of
+    x - max x are the default p5), written to a temporary directory on ``SOFTGEN_TARGETS_PATH``."""
+    t = get_target(name)
+    if not t.shifted_exp:
+        return t.name
+    src = (data_dir("targets") / f"{t.name}.toml").read_text()
+    copy = f"{t.name}_p5"
+    d = tempfile.mkdtemp(prefix="softgen-p5-")
+    text = re.sub(r'(?m)^shifted_exp = .*$', "", src)
+    text = re.sub(r'(?m)^name = "[^"]*"', f'name = "{copy}"', text)
+    text = re.sub(r"(?m)^host_rank = (\d+)", lambda m: f"host_rank = {int(m.group(1)) - 1}", text)
+    with open(os.path.join(d, f"{copy}.toml"), "w") as f:
+        f.write(text)
+    os.environ[ENV_PATH] = os.pathsep.join(filter(None, [os.environ.get(ENV_PATH), d]))
+    all_targets.cache_clear()
+    return copy
 
 
 def prefix_source(src: str, row: str, keep: int) -> str:
@@ -93,33 +120,44 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--schedule", action="append", default=[], metavar="KNOB=VALUE",
                     help="schedule knobs (repeatable), e.g. --schedule accumulators=4")
+    ap.add_argument("--exp", default="", help="exp variants to compare interleaved, e.g. p5,t32 (p5: the target without its shifted_exp)")
     a = ap.parse_args()
     if host_arch() != "x86_64":
         ap.error("the harness times with the x86 TSC (__rdtsc): x86-64 hosts only")
     sizes = [parse_size(s)[1] for s in a.sizes.split(",")]
     schedule = {kv.split("=")[0]: int(kv.split("=")[1]) if kv.split("=")[1].isdigit() else kv.split("=")[1]
                 for kv in a.schedule}
+    variants = a.exp.split(",") if a.exp else [schedule.get("exp")]
     with tempfile.TemporaryDirectory() as d:
         for t in a.targets:
             for alg in a.algorithms:
-                k = softgen.compile(a.op, target=t, algorithm=alg, schedule=schedule or None)
-                nsweeps = len(re.findall(r"\n    /\* sweep \d+:", k.source.split(f"static void {k.name}__row(")[1].split("\n}\n")[0]))
-                exes = [build(k, keep, d) for keep in range(1, nsweeps + 1)]
+                builds = []
+                for xv in variants:
+                    tt = target_without_shifted_exp(t) if xv == "p5" else t
+                    sch = {**schedule, **({"exp": xv} if xv and xv != "p5" else {})}
+                    k = softgen.compile(a.op, target=tt, algorithm=alg, schedule=sch or None)
+                    body = k.source.split(f"static void {k.name}__row(")[1].split("\n}\n")[0]
+                    nsweeps = len(re.findall(r"\n    /\* sweep \d+:", body))
+                    builds.append((k, [build(k, keep, d) for keep in range(1, nsweeps + 1)]))
                 for n in sizes:
                     reps = max(3, int(2e8 // (n * 20)))
-                    runs = [[] for _ in exes]
+                    runs = [[[] for _ in exes] for _, exes in builds]
                     for _ in range(a.rounds):
-                        for j, exe in enumerate(exes):
-                            out = subprocess.run([exe, str(n), str(reps)], capture_output=True, text=True, check=True)
-                            runs[j].append(float(out.stdout))
-                    med = [statistics.median(r) for r in runs]
-                    mn = [min(r) for r in runs]
-                    per = [med[0]] + [med[j] - med[j - 1] for j in range(1, len(med))]
-                    per_min = [mn[0]] + [mn[j] - mn[j - 1] for j in range(1, len(mn))]
-                    print(f"{a.op} {alg:<18} {t:<7} {k.name.split('__')[-1]:<12} n={size_label(1, n):>5}  ref-cycles/element per sweep (median): "
-                          + " + ".join(f"{v:.3f}" for v in per) + f" = {med[-1]:.3f}"
-                          + "   (min: " + " + ".join(f"{v:.3f}" for v in per_min) + f" = {mn[-1]:.3f})", flush=True)
-
+                        for (_, exes), rv in zip(builds, runs):
+                            for j, exe in enumerate(exes):
+                                out = subprocess.run([exe, str(n), str(reps)], capture_output=True, text=True,
+                                                     check=True)
+                                rv[j].append(float(out.stdout))
+                    for (k, _), rv in zip(builds, runs):
+                        med = [statistics.median(r) for r in rv]
+                        mn = [min(r) for r in rv]
+                        per = [med[0]] + [med[j] - med[j - 1] for j in range(1, len(med))]
+                        per_min = [mn[0]] + [mn[j] - mn[j - 1] for j in range(1, len(mn))]
+                        print(f"{a.op} {alg:<18} {t:<7} {k.name.split('__')[-1]:<12} n={size_label(1, n):>5}  "
+                              "ref-cycles/element per sweep (median): "
+                              + " + ".join(f"{v:.3f}" for v in per) + f" = {med[-1]:.3f}"
+                              + "   (min: " + " + ".join(f"{v:.3f}" for v in per_min) + f" = {mn[-1]:.3f})",
+                              flush=True)
 
 if __name__ == "__main__":
     main()

@@ -144,7 +144,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     j <= i + Lk - Lq). ``mask``: boolean keep-mask (True = keep) or additive float mask,
     broadcastable to (..., Hq, Lq, Lk). ``kv_lengths``: per batch index (the axes before the heads)
     the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
-    ``normalizer``: softmax, stablemax, sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
+    ``normalizer``: softmax, stablemax, topk_softmax (``top_k=K``, ``renormalize=1``: each query
+    attends to its K highest-scoring kept keys), sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
     (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by
     ``reference.soft_landmarks_avgpool``, or the (..., m, d) landmarks; no causal, mask or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
@@ -188,6 +189,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     elif kv_lengths is not None:
         raise UsageError("attention: kv_lengths needs a heads axis (q of shape (..., H, Lq, d))")
     lead, dv = q.shape[:-2], v.shape[-1]
+    if normalizer == "soft" and _soft_tied(q, k, params.pop("tied", None), given[0] is given[1]):
+        params["tied"] = 1
     landmarks = params.pop("landmarks", None)
     if landmarks is not None and normalizer != "soft":
         raise UsageError(f"attention: landmarks is a parameter of the soft normalizer, not {normalizer!r}")
@@ -259,6 +262,23 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         np.copyto(out_np, o)
         o = out_np
     return finish(o)
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    return a is b or (a.shape == b.shape and a.strides == b.strides
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def _soft_tied(q: np.ndarray, k: np.ndarray, tied, same: bool) -> bool:
+    """SOFT's tied form (keys = queries, one L x m x d GEMM fewer): the default when k is q (the
+    same object, or memory, shape and strides); tied=1 given for other arrays needs k equal to q."""
+    if tied is None:
+        return same or _same_array(q, k)
+    if tied not in (0, 1):
+        raise UsageError(f"attention: tied must be 0 or 1, got {tied!r}")
+    if tied and not _same_array(q, k) and not (q.shape == k.shape and np.array_equal(q, k)):
+        raise UsageError("attention: tied=1 (SOFT's tied form) reads q as the keys: k must be q")
+    return bool(tied)
 
 
 def _soft_landmarks(landmarks, k: np.ndarray, lead: tuple, d: int) -> np.ndarray:

@@ -92,9 +92,9 @@ class GemmLibrary(BatchedCalls):
                  beta: float = 0.0, *epi) -> int:
         g = self.codes[g if isinstance(g, str) else g.name]
         m, n = c.shape
-        k = a.shape[1]
-        pa, lda, na = _mat(a, m, k, "a")
-        pb, ldb, nb = _mat(b, *((k, n) if g.layout == "nn" else (n, k)), "b")
+        k = a.shape[0 if g.layout == "tn" else 1]
+        pa, lda, na = _mat(a, *((k, m) if g.layout == "tn" else (m, k)), "a")
+        pb, ldb, nb = _mat(b, *((n, k) if g.layout == "nt" else (k, n)), "b")
         pc, ldc, nc = _mat(c, m, n, "c")
         specs = g.epilogue.param_specs() if g.epilogue else []
         if len(epi) != len(specs):

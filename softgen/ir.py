@@ -109,7 +109,7 @@ MREDUCE_INIT = {"mreduce_max": -math.inf, "mreduce_sum": 0.0}
 COLREDUCE_FIELDS = {"colreduce_max": (("m", -math.inf),), "colreduce_sum": (("s", 0.0),),
                     "colreduce_online": (("m", -3.4028234663852886e38), ("d", 0.0))}
 MATRIX_KINDS = ("colvec", "size", "emit", "colstore", "colreduce", "mscalar", "mreduce", "matrow")
-TOPK_MAX = 64      # reduce_topk keeps k (key, index) registers per lane and accumulator
+TOPK_MAX = 64      # the insertion network keeps k (key, index) registers per lane and accumulator
 INDEX_MAX_N = 2 ** 24  # float32 represents every integer up to here: the range of an index leaf
 _PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # becomes a C argument name
 _RESERVED = {"x", "y", "rows", "n", "ldx", "ldy", "ld", "r", "lo", "hi", "i", "k", "status"}
@@ -328,8 +328,8 @@ class Program:
                 raise IRError(f"{self.name}: %{v} output_selected needs a reduce_topk, got "
                               f"{self.op(args[0])}")
             if op == "reduce_topk" and not (isinstance(self.attrs(v).get("k"), int)
-                                            and 1 <= self.attrs(v)["k"] <= TOPK_MAX):
-                raise IRError(f"{self.name}: %{v} reduce_topk needs an integer k in [1, {TOPK_MAX}], "
+                                            and 1 <= self.attrs(v)["k"] <= INDEX_MAX_N):
+                raise IRError(f"{self.name}: %{v} reduce_topk needs an integer k in [1, {INDEX_MAX_N}], "
                               f"got {self.attrs(v).get('k')!r}")
             if spec.kind == "item" and (shapes[0] != PAIR or
                                         self.attrs(v).get("index") not in range(self.items(args[0]))):

@@ -17,8 +17,9 @@ call) and runs a sequence of *phases* per matrix of the batch:
 * ``cols``: a row program run once over the per-column vectors of a matrix (a "row" of its column
   count), e.g. to turn a column reduction's state into a column potential (``colstore``) or a
   per-matrix scalar (``mreduce``).
-* ``matmul``: a contraction ``dst = alpha * a @ b + beta * dst`` (``layout="nn"``) or
-  ``alpha * a @ b^T + beta * dst`` (``"nt"``) of named matrices; backends lower it to a
+* ``matmul``: a contraction ``dst = alpha * a @ b + beta * dst`` (``layout="nn"``),
+  ``alpha * a @ b^T + beta * dst`` (``"nt"``) or ``alpha * a^T @ b + beta * dst`` (``"tn"``: a is
+  stored k x m, SOFT's tied K1^T V) of named matrices; backends lower it to a
   register-blocked GEMM (``backends.gemm`` / ``backends.tvm_gemm``).
 * ``loop``: a body of phases repeated a build-time number of times; ``swap`` pairs of scratch
   matrices exchange roles after every iteration (ping-pong buffers, no copies).
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from .abi import GENERAL, UNARY, KernelABI
 from .ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, IRError, Program, Value, c_name_ok
 
-LAYOUTS = ("nn", "nt")
+LAYOUTS = ("nn", "nt", "tn")
 # names the generated entry point uses itself (besides its sg_/mat_/ld_/dim_ prefixed locals)
 _ENTRY_NAMES = {"batch", "rows", "status", "i", "j", "it"}
 
@@ -65,7 +66,8 @@ def written_by(p: Program) -> set[str]:
 
 @dataclass(frozen=True)
 class MatMul:
-    """``dst = alpha * a @ b + beta * dst`` (nn) or ``alpha * a @ b^T + beta * dst`` (nt).
+    """``dst = alpha * a @ b + beta * dst`` (nn), ``alpha * a @ b^T + beta * dst`` (nt) or
+    ``alpha * a^T @ b + beta * dst`` (tn).
     ``epilogue``: an element-wise rows program over dst fused into the store by
     ``passes.lower_matrix`` (its input is the product ``alpha * a @ b``; then beta is 0)."""
     dst: str
@@ -77,7 +79,7 @@ class MatMul:
     epilogue: Program | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
-        prod = f"{self.a} @ {self.b}{'^T' if self.layout == 'nt' else ''}"
+        prod = f"{self.a}{'^T' if self.layout == 'tn' else ''} @ {self.b}{'^T' if self.layout == 'nt' else ''}"
         alpha = "" if self.alpha == 1.0 else f"{self.alpha!r} * "
         beta = f" + {self.beta!r} * {self.dst}" if self.beta else ""
         epi = f"  [epilogue: {self.epilogue.name}]" if self.epilogue is not None else ""
@@ -216,7 +218,8 @@ class MatMulPhase(Phase):
         return 0, 1, 0, plan(self.mm.epilogue).exps_per_element()   # its store of dst
 
     def flops(self, shape) -> tuple[str, ...]:
-        (M, K), N = shape(self.mm.a), shape(self.mm.dst)[1]
+        M, N = shape(self.mm.dst)
+        K = shape(self.mm.a)[0 if self.mm.layout == "tn" else 1]
         return tuple(sorted((M, N, K)))
 
     def describe(self) -> str:
@@ -342,8 +345,8 @@ class MatrixProgram:
 
     def matmul(self, dst: str, a: str, b: str, layout: str = "nn", alpha: float = 1.0,
                beta: float = 0.0) -> None:
-        """``dst = alpha * a @ b + beta * dst`` (``nn``) or ``alpha * a @ b^T + beta * dst``
-        (``nt``); ``beta == 0`` never reads dst."""
+        """``dst = alpha * a @ b + beta * dst`` (``nn``), ``alpha * a @ b^T + beta * dst``
+        (``nt``) or ``alpha * a^T @ b + beta * dst`` (``tn``); ``beta == 0`` never reads dst."""
         self._add(MatMulPhase(MatMul(dst, a, b, layout, float(alpha), float(beta))))
 
     @contextlib.contextmanager
@@ -491,7 +494,9 @@ class MatrixProgram:
                 if mm.layout not in LAYOUTS:
                     raise IRError(f"{self.name}: matmul layout must be one of {LAYOUTS}, got {mm.layout!r}")
                 (ar, ak), (br, bc), (dr, dc) = self.shape(mm.a), self.shape(mm.b), self.shape(mm.dst)
-                bk, bn = (br, bc) if mm.layout == "nn" else (bc, br)
+                if mm.layout == "tn":
+                    ar, ak = ak, ar
+                bk, bn = (bc, br) if mm.layout == "nt" else (br, bc)
                 if ak != bk or (dr, dc) != (ar, bn):
                     raise IRError(f"{self.name}: matmul {mm}: shapes {mm.a} {(ar, ak)}, {mm.b} "
                                   f"{(br, bc)}, {mm.dst} {(dr, dc)} do not agree")

@@ -617,8 +617,15 @@ def _streaming_rows(mp, p: Program) -> bool:
 def attention_form(mp, softmax_rows: bool = True):
     """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
     a masked normalizer that streams, ``STREAMING_NORMALIZERS``) and ``O = S @ V`` (nn), with S
-    scratch: (first matmul, rows phase, second matmul), else None."""
+    scratch: (first matmul, rows phase, second matmul), else None. Rows phases into scratch
+    matrices may come first (a prologue preparing the operands: lssa's unit q and k rows; such
+    forms are three-phase only, the rewrite refuses them)."""
     ph = mp.phases
+    prologue = False
+    while len(ph) > 3 and isinstance(ph[0], RowsPhase) and ph[0].into is not None and mp.role(ph[0].into) == "scratch":
+        ph, prologue = ph[1:], True
+    if prologue and softmax_rows:
+        return None
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
         return None

@@ -180,6 +180,44 @@ def exp_p5_f32(x) -> np.ndarray:
         return (p.astype(np.float64) * np.exp2(n.astype(np.float64))).astype(f)
 
 
+def exp_table_f32(x, variant: str = "t32", shifted: bool = False) -> np.ndarray:
+    """A table exp variant (``K.EXP_VARIANTS[variant]``, e.g. "t32", docs/ops.md §2.4) in float32 as
+    templates/vmath.h.j2 evaluates it: sg_exp over the whole range, or (``shifted``) avx512's
+    sg_exp_shifted (x <= 0, results down to 2^-149). k = N round(x log2e) by the magic bias (low
+    bits j = k mod N), r = x - (k/N) ln2 (Cody-Waite), m = T[j] + (T[j] r) p(r), then m 2^floor(k/N)
+    (sg_exp: 2^127 and a doubling in the top binade, +inf above FLT_MAX; +0 where floor(k/N) = -127).
+    FMAs are emulated in float64 (a product of two floats is exact there; the sum may round twice
+    in rare ties)."""
+    v = K.EXP_VARIANTS[variant]
+    f, u = np.float32, np.uint32
+    n_tab = len(v.table)
+    tab = np.array([float(c) for c in v.table], f)
+    x = np.asarray(x, dtype=f)
+
+    def fma(a, b, c):
+        return (np.asarray(a, np.float64) * b + c).astype(f)
+
+    with np.errstate(all="ignore"):
+        x = np.where(np.isnan(x), x, np.maximum(f(K.EXP_MIN_SCALED if shifted else K.EXP_MIN), x))
+        if not shifted:
+            x = np.where(np.isnan(x), x, np.minimum(f(K.EXP_MAX), x))
+        kf = fma(x, f(K.LOG2E), f(v.magic))
+        kq = (kf - f(v.magic)).astype(f)
+        tj = tab[kf.view(u) & u(n_tab - 1)]
+        r = fma(kq, f(K.MINUS_LN2_LO), fma(kq, f(K.MINUS_LN2_HI), x))
+        p = np.full_like(r, f(v.coeffs[0]))
+        for c in v.coeffs[1:]:
+            p = fma(p, r, f(c))
+        m = fma((tj * r).astype(f), p, tj)
+        if shifted:      # vscalefps: m 2^floor(kq), rounded once
+            return (m.astype(np.float64) * np.exp2(np.floor(kq.astype(np.float64)))).astype(f)
+        top = kf > f(v.top)
+        kc = np.where(top, f(v.top), kf)
+        scale = ((kc.view(u) & u(~(n_tab - 1) & 0xFFFFFFFF)) << u(v.shift)).astype(u).view(f)
+        y = (m * scale).astype(f)
+        return np.where(top, (y + y).astype(f), y)
+
+
 # -- StableMax (docs/ops.md §8) -------------------------------------------------------------------------
 
 def stablemax_s(x) -> np.ndarray:
@@ -476,7 +514,9 @@ def newton_pinv(a, n_iter: int = 20, variant: str = "soft", alpha_factor: float 
 
 # -- attention (docs/ops.md §10) -----------------------------------------------------------------------
 
-ATTENTION_NORMALIZERS = ("softmax", "stablemax")   # the oracles' normalizers today (docs/ops.md §10's others: next slices)
+# the oracles' normalizers today (docs/ops.md §10's others: next slices); lssa and lssar score
+# with cosines, not s Q K^T: ``attention`` hands them to lssa_attention / lssar_attention
+ATTENTION_NORMALIZERS = ("softmax", "stablemax", "topk_softmax", "softplus_l1", "lssa", "lssar")
 
 
 def _attention_scores(q, k, scale, causal, mask, kv_lengths):
@@ -525,20 +565,34 @@ def _masked_rows(s) -> np.ndarray:
 
 def attention(q, k, v, scale: float | None = None, causal: bool = False, mask=None,
               normalizer: str = "softmax", kv_lengths=None, masked_rows: str = "nan",
-              return_lse: bool = False):
+              return_lse: bool = False, top_k: int | None = None, renormalize: bool = True, **lssa_params):
     """O = normalize(s Q K^T + mask) V (docs/ops.md §10), three-phase in float64; s = 1/sqrt(d) by default.
+    softplus_l1: softplus(S) / sum softplus(S) (``softplus_l1``); lssa, lssar: ``lssa_attention``,
+    ``lssar_attention`` (``lssa_params``: lssar's p, offset_free_rows).
     A fully masked row is NaN (docs/ops.md §0), or 0 with ``masked_rows="zero"`` (the convention of fused
     SDPA backends). ``return_lse``: also the per-row log-sum-exp of the masked scores
-    (M + log l; -inf for a fully masked row, NaN for a NaN row)."""
+    (M + log l; -inf for a fully masked row, NaN for a NaN row). topk_softmax (docs/ops.md §9, 10):
+    ``top_k`` and ``renormalize`` as ``topk_softmax``'s; masked keys (-inf) weigh 0 even when selected,
+    a row with fewer than top_k kept keys keeps them all."""
     if normalizer not in ATTENTION_NORMALIZERS:
         raise ValueError(f"attention normalizer {normalizer!r}: the oracle has {ATTENTION_NORMALIZERS}")
     if masked_rows not in ("nan", "zero"):
         raise ValueError(f"masked_rows must be 'nan' or 'zero', got {masked_rows!r}")
     if return_lse and normalizer != "softmax":
         raise ValueError("return_lse: the log-sum-exp is softmax's")
+    if normalizer in ("lssa", "lssar"):
+        if scale is not None:
+            raise ValueError(f"{normalizer} attention scores with cosines times log(d) log(N_i): it takes no scale")
+        fn = lssa_attention if normalizer == "lssa" else lssar_attention
+        return fn(q, k, v, causal=causal, mask=mask, kv_lengths=kv_lengths, masked_rows=masked_rows, **lssa_params)
+    if lssa_params:
+        raise ValueError(f"{sorted(lssa_params)}: parameters of lssar attention, not of {normalizer}")
     s = _attention_scores(q, k, scale, causal, mask, kv_lengths)
     v = _repeat_kv(q, v)
-    p = softmax(s) if normalizer == "softmax" else stablemax(s)
+    if normalizer == "topk_softmax" and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"topk_softmax attention needs an integer top_k >= 1, got {top_k!r}")
+    p = topk_softmax(s, top_k, renormalize) if normalizer == "topk_softmax" else \
+        {"softmax": softmax, "stablemax": stablemax, "softplus_l1": softplus_l1}[normalizer](s)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         o = p @ v if s.shape[-1] else np.zeros(s.shape[:-1] + v.shape[-1:])
         if masked_rows == "zero":
@@ -583,6 +637,84 @@ def attention_online_softmax(q, k, v, scale: float | None = None, causal: bool =
             o = np.where((m == -np.inf)[..., None], 0.0, o)
         lse = np.where(m == -np.inf, -np.inf, m + np.log(l))
     return (o, lse) if return_lse else o
+
+
+# -- LSSA and LSSAR attention (docs/ops.md §5, §10) -----------------------------------------------------
+
+def _cosines(q, k) -> np.ndarray:
+    """c_ij = q_i.k_j / (|q_i| |k_j|) (GQA: k repeated per query head); a zero or non-finite
+    vector gives NaN cosines, as q / |q| does."""
+    q, k = _rows(q), _rows(k)
+    if q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3]:
+        k = np.repeat(k, q.shape[-3] // k.shape[-3], axis=-3)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        qn = q / np.linalg.norm(q, axis=-1, keepdims=True)
+        kn = k / np.linalg.norm(k, axis=-1, keepdims=True)
+        return qn @ np.swapaxes(kn, -1, -2)
+
+
+def lssa_attention_weights(q, k, causal: bool = False, mask=None, kv_lengths=None, head_dim=None):
+    """(A, N, c): LSSA's attention weights A_ij = a_ij / sum_j a_ij, a_ij = softplus(lambda_i c_ij
+    + m_ij) for kept keys and 0 for masked ones (5.1), lambda_i = log(d) log(N_i), N_i the number
+    of keys query row i keeps (masks, causal, kv_lengths; bottom-right aligned, so causal row i
+    keeps min(Lk, i + 1 + Lk - Lq)); m: the finite values of an additive mask. A row that keeps no
+    key is NaN. ``head_dim``: the d of lambda (default q's, as kernels built by softgen.attention)."""
+    d = np.shape(q)[-1] if head_dim is None else head_dim
+    # the masks exactly as the other normalizers apply them: zero scores plus mask, -inf = dropped
+    zq, zk = np.zeros(np.shape(q)[:-1] + (1,)), np.zeros(np.shape(k)[:-1] + (1,))
+    m = _attention_scores(zq, zk, 1.0, causal, mask, kv_lengths)
+    c = _cosines(q, k)
+    keep = m != -np.inf
+    n = np.count_nonzero(keep, axis=-1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lam = math.log(d) * np.log(n)
+        a = np.where(keep, softplus(lam[..., None] * c + np.where(keep, m, 0.0)), 0.0)
+    return l1_normalize(a), n, c
+
+
+def _finish(w, q, v, masked_rows):
+    if masked_rows not in ("nan", "zero"):
+        raise ValueError(f"masked_rows must be 'nan' or 'zero', got {masked_rows!r}")
+    v = _repeat_kv(q, v)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return w @ v if w.shape[-1] else np.zeros(w.shape[:-1] + v.shape[-1:])   # as softmax's Lk = 0
+
+
+def lssa_attention(q, k, v, causal: bool = False, mask=None, kv_lengths=None, masked_rows: str = "nan",
+                   head_dim=None):
+    """LSSA attention (docs/ops.md §5.1, §10): O = A V with A from ``lssa_attention_weights``
+    (cosine scores, no 1/sqrt(d)); a fully masked row is NaN, or 0 with masked_rows="zero"."""
+    w, n, _ = lssa_attention_weights(q, k, causal, mask, kv_lengths, head_dim)
+    o = _finish(w, q, v, masked_rows)
+    return np.where((n == 0)[..., None], 0.0, o) if masked_rows == "zero" else o
+
+
+def lssar_offsets(lq: int, lk: int, offset_free_rows: int = 3) -> np.ndarray:
+    """O_i for query rows at key positions i + Lk - Lq (bottom-right aligned): 0 for the first
+    offset_free_rows positions, 1 after (5.2): decoding rows of a long KV cache have O = 1."""
+    return (np.arange(lq) + (lk - lq) >= offset_free_rows).astype(np.float64)
+
+
+def lssar_attention_weights(q, k, causal: bool = False, mask=None, kv_lengths=None, p: float = 15,
+                            offset_free_rows: int = 3, head_dim=None) -> tuple[np.ndarray, np.ndarray]:
+    """(W, N): W = reweight_of(A, N, O, p) (5.2) on LSSA's A and N_i, O_i from ``lssar_offsets``."""
+    if not p > 0:
+        raise ValueError(f"p must be > 0, got {p!r}")
+    if not (offset_free_rows >= 0 and float(offset_free_rows).is_integer()):
+        raise ValueError(f"offset_free_rows must be a non-negative integer, got {offset_free_rows!r}")
+    a, n, _ = lssa_attention_weights(q, k, causal, mask, kv_lengths, head_dim)
+    o = np.broadcast_to(lssar_offsets(a.shape[-2], a.shape[-1], int(offset_free_rows)), a.shape[:-1])
+    return reweight_of(a, n, o, float(p)), n
+
+
+def lssar_attention(q, k, v, causal: bool = False, mask=None, kv_lengths=None, masked_rows: str = "nan",
+                    p: float = 15, offset_free_rows: int = 3, head_dim=None):
+    """LSSAR attention (docs/ops.md §5.2, §10): O = W V, W = ReLU(N_i A_ij - O_i)^p / sum_j (as
+    (R / max R)^p); a row of all-zero R (e.g. uniform attention past the offset-free rows) gives
+    0, a fully masked row NaN (0 with masked_rows="zero")."""
+    w, n = lssar_attention_weights(q, k, causal, mask, kv_lengths, p, offset_free_rows, head_dim)
+    o = _finish(w, q, v, masked_rows)
+    return np.where((n == 0)[..., None], 0.0, o) if masked_rows == "zero" else o
 
 
 # -- Sinkhorn and SOFT attention (docs/ops.md §6, 7, 10) -------------------------------------------

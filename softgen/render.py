@@ -52,11 +52,18 @@ def vmath(exp: str = constants.EXP_DEFAULT, t: Target | None = None) -> str:
     """The vector math (exp, log, log1p, extended-exponent helpers) over the virtual ISA; ``exp``:
     the variant of sg_exp / sg_exp_nonpos (``constants.EXP_VARIANTS``; the default spells p5);
     ``t``: the target, whose optional ``V_ROUND`` and native ``V_SCALE2`` (avx512) add the scaled
-    sg_exp_shifted (``scaled_exp``) for the exps of x - max x (``passes.max_shifted``)."""
+    sg_exp_shifted (``scaled_exp``) for the exps of x - max x (``passes.max_shifted``), in the
+    target file's ``shifted_exp`` variant (avx512: the table exp t32) when ``exp`` is the default,
+    and its ``[isa] TABLE32`` lookup for a table variant (``targets.TABLE_ISA``)."""
     xv = None if exp == constants.EXP_DEFAULT else constants.EXP_VARIANTS[exp]
+    scaled = t is not None and scaled_exp(t)
+    # the table variant in use: the schedule's, else the target's default for sg_exp_shifted
+    tv = xv if xv is not None and xv.table else None
+    if xv is None and scaled and t.shifted_exp:
+        tv = constants.EXP_VARIANTS[t.shifted_exp]
     return env().get_template("vmath.h.j2").render(
-        xv=xv, reduce="sg_xreduce" if xv else "sg_reduce_ln2", poly="sg_xpoly" if xv else "sg_p5",
-        scaled=t is not None and scaled_exp(t))
+        xv=xv, tv=tv, reduce="sg_xreduce" if xv else "sg_reduce_ln2", poly="sg_xpoly" if xv else "sg_p5",
+        scaled=scaled, table32=t is not None and t.isa.get("TABLE32"))
 
 
 def scaled_exp(t: Target) -> bool:
@@ -64,7 +71,8 @@ def scaled_exp(t: Target) -> bool:
     return "ROUND" in t.isa and "SCALE2" in t.isa
 
 
-def select_helpers(*programs) -> str:
-    """Index and top-k helpers, for programs (``ir.Program``) that use them."""
+def select_helpers(*programs, radix: bool = False) -> str:
+    """Index and top-k helpers, for programs (``ir.Program``) that use them; ``radix``: with the
+    radix select of top-k for any k."""
     ops = {p.op(v) for p in programs for v in p.g}
-    return env().get_template("select.h.j2").render() if ops & {"index", "reduce_topk"} else ""
+    return env().get_template("select.h.j2").render(radix=radix) if ops & {"index", "reduce_topk"} else ""

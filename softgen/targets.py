@@ -24,7 +24,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ._data import data_dir
 from .errors import UsageError
-from .ir import OPS
+from .ir import OPS, TOPK_MAX
+from .numerics.constants import EXP_VARIANTS
 from .passes import ALGORITHMS
 from .schedule import AttentionSchedule, GemmSchedule, Schedule
 
@@ -49,6 +50,10 @@ VIRTUAL_ISA = {
 # nearest integer (ties to even). A target with both gets vmath's scaled exp (render.vmath:
 # sg_exp_shifted reconstructs e^x as (1 + t p) 2^n in one instruction, no magic-bias bit trick).
 OPTIONAL_ISA = {"SCALE2": "a, d", "ROUND": "a"}
+# TABLE32(tab, i): tab[i & 31] per lane (float tab[32], i an IVEC): the table exp variants' lookup,
+# defined by vmath.h.j2 only where a table variant is used (render.vmath; without it, vmath.h.j2
+# indexes the table per lane from memory)
+TABLE_ISA = {"TABLE32": "tab, i"}
 # Non-temporal stores (schedule stream=True): STREAM(p, a) stores a whole vector at p, aligned to the
 # target's `stream_align` bytes (= 4 * lanes), bypassing the caches; FENCE() orders them before
 # later stores. A target has both and stream_align, or none; only kernels that stream define them.
@@ -89,6 +94,12 @@ class Target:
     # empty: no model, algorithm="auto" takes the first applicable entry of auto_algorithms
     cost: dict = field(default_factory=dict, compare=False)
     stream_align: int = 0          # bytes V_STREAM's address must be aligned to (0: no STREAM)
+    # reduce_topk: the insertion network for k up to this, radix select above (C backend; measured
+    # by bench/topk_select.py; at most ir.TOPK_MAX)
+    topk_network_max_k: int = TOPK_MAX
+    # the exp variant of sg_exp_shifted (the exps of x - max x) under the default schedule exp;
+    # "" = the default's (p5); needs [isa] ROUND and SCALE2 (render.scaled_exp)
+    shifted_exp: str = ""
 
     @property
     def streams(self) -> bool:
@@ -212,6 +223,19 @@ def _hwcaps(f: str, v) -> dict:
     return dict(v)
 
 
+def _shifted_exp(f: str, d: dict, isa: dict) -> str:
+    """``shifted_exp`` (optional): an ``EXP_VARIANTS`` name for sg_exp_shifted, on targets with its
+    scaled form (``[isa] ROUND`` and ``SCALE2``)."""
+    v = d.get("shifted_exp", "")
+    if not v:
+        return ""
+    if not isinstance(v, str) or v not in EXP_VARIANTS:
+        raise UsageError(f"target file {f}: shifted_exp must be one of {', '.join(EXP_VARIANTS)}, got {v!r}")
+    if not ("ROUND" in isa and "SCALE2" in isa):
+        raise UsageError(f"target file {f}: shifted_exp needs the scaled exp's [isa] ROUND and SCALE2")
+    return v
+
+
 def _stream_align(f: str, d: dict, isa: dict) -> int:
     """``stream_align`` (bytes): required with ``[isa] STREAM`` and ``FENCE``, and 4 * lanes (so
     the peel to it is shorter than a vector); absent without them."""
@@ -228,6 +252,14 @@ def _stream_align(f: str, d: dict, isa: dict) -> int:
     return a
 
 
+def _topk_network_max_k(f: str, d: dict) -> int:
+    k = _positive_int(f, "topk_network_max_k", d.get("topk_network_max_k", TOPK_MAX), lo=0)   # 0: always radix
+    if k > TOPK_MAX:
+        raise UsageError(f"target file {f}: topk_network_max_k must be at most {TOPK_MAX} (the "
+                         f"insertion network's registers), got {k}")
+    return k
+
+
 def _load(name: str, text: str, f: str | None = None) -> Target:
     """The target of TOML ``text`` (file ``f``, ``name.toml`` by default), validated: every error
     names the file and the key."""
@@ -239,7 +271,8 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
     try:
         isa = dict(d["isa"])
         missing = [k for k in VIRTUAL_ISA if k not in isa]
-        unknown = [k for k in isa if k not in VIRTUAL_ISA and k not in OPTIONAL_ISA and k not in STREAM_ISA]
+        unknown = [k for k in isa if k not in VIRTUAL_ISA and k not in OPTIONAL_ISA and k not in STREAM_ISA
+                   and k not in TABLE_ISA]
         if missing or unknown:
             raise UsageError(f"target file {f}: missing macros {missing}, unknown {unknown}")
         stream_align = _stream_align(f, d, isa)
@@ -264,6 +297,8 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    hwcaps=_hwcaps(f, d.get("hwcaps", {})),
                    extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d},
                    cost=_cost(f, d.get("cost", {})), stream_align=stream_align,
+                   topk_network_max_k=_topk_network_max_k(f, d),
+                   shifted_exp=_shifted_exp(f, d, isa),
                    attention=AttentionSchedule(**_table(f, d, "attention", ("br", "bc")))
                    if "attention" in d else AttentionSchedule())
     except KeyError as e:

@@ -257,7 +257,6 @@ def test_api_errors():
            ((q, k[..., :4], v), {}, "expected k"),
            ((q, k, v[:, :5]), {}, "expected k"),
            ((f32(3, 4, 8), k, v), {}, "multiple of Hkv"),
-           ((q, k, v), {"normalizer": "lssa"}, "supports softmax, stablemax"),
            ((q, k, v), {"normalizer": "nope"}, "supports softmax, stablemax"),
            ((q, k, v), {"masked_rows": "drop"}, "masked_rows"),
            ((q, k, v), {"mask": np.ones((3, 6), bool)}, "broadcast"),
@@ -268,8 +267,8 @@ def test_api_errors():
     for args, kw, msg in bad:
         with pytest.raises(softgen.UsageError, match=msg):
             softgen.attention(*args, **kw)
-    with pytest.raises(softgen.UsageError, match="not built yet"):
-        softgen.compile("attention", normalizer="softplus_l1")
+    with pytest.raises(softgen.UsageError, match="normalizer"):
+        softgen.compile("attention", normalizer="nope")
     with pytest.raises(softgen.UsageError, match="head_dim"):
         softgen.compile("attention", head_dim=0)
 
@@ -462,8 +461,9 @@ def test_cli_emit_and_build(tmp_path):
                               "-o", str(tmp_path)], capture_output=True, text=True)
     assert b.returncode == 0, b.stderr
     assert "causal=1" in (tmp_path / "att_cli.h").read_text()
-    bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "supports softmax, stablemax" in bad.stderr
+    bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa", "--scale", "0.5"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "takes no scale" in bad.stderr
 
 
 # -- the explicit-stride ABI of the streaming form (abi.ATTENTION) --------------------------------

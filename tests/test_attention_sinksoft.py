@@ -217,6 +217,45 @@ def test_soft_front_door():
                                                          landmarks=np.broadcast_to(lm[0, 0], lm.shape).copy()))
 
 
+@pytest.fixture(scope="module")
+def soft_tied():
+    return softgen.compile("attention", normalizer="soft", head_dim=16, tied=1)
+
+
+def test_soft_tied_matches_untied_and_the_oracle(soft_kernel, soft_tied):
+    """The tied form (k is q): K1 once, K1^T V a tn GEMM; k's place in the ABI is not read."""
+    assert "k1" not in soft_tied.program.scratch_mats and "'lk'" not in str(soft_tied.program.inputs)
+    assert "o = k1kt^T @ w" in str(soft_tied.program)
+    worst = 0.0
+    for (lq, d, dv), m in zip(((1, 16, 4), (7, 5, 3), (37, 16, 16), (130, 9, 20)), (1, 3, 5, 8)):
+        c = soft_case(lq, lq, d, dv, m, True)
+        o = soft_tied(*c)
+        worst = max(worst, check(soft_tied, o, *c))
+        ou = soft_kernel(*c)
+        tol = OP.tolerance(c, OP.reference(*c, **soft_kernel.params), soft_kernel.params)
+        assert (np.abs(o.astype(np.float64) - ou) <= 2 * tol).all()
+        garbage = (c[0], np.full_like(c[1], np.nan), c[2], c[3])
+        np.testing.assert_array_equal(soft_tied(*garbage), o)                  # k is not read
+    assert worst > 1e-4
+
+
+def test_soft_tied_front_door(soft_tied):
+    q, v = f32(2, 30, 16, scale=2.0), f32(2, 30, 6)
+    lm = ref.soft_landmarks_avgpool(q, 5, np.float32)
+    tied = soft_tied(q, q, v, lm)
+    np.testing.assert_array_equal(softgen.attention(q, q, v, normalizer="soft", landmarks=5), tied)  # k is q
+    kc = q.copy()
+    untied = softgen.attention(q, kc, v, normalizer="soft", landmarks=5)     # equal values, not k is q
+    np.testing.assert_array_equal(untied, softgen.compile("attention", normalizer="soft", head_dim=16)(q, kc, v, lm))
+    np.testing.assert_array_equal(softgen.attention(q, kc, v, normalizer="soft", landmarks=5, tied=1), tied)
+    np.testing.assert_array_equal(softgen.attention(q, q, v, normalizer="soft", landmarks=5, tied=0), untied)
+    with pytest.raises(UsageError, match="k must be q"):
+        softgen.attention(q, f32(2, 30, 16), v, normalizer="soft", landmarks=5, tied=1)
+    for kw in ({"normalizer": "sinkhorn", "tied": 1}, {"normalizer": "soft", "tied": 2}):
+        with pytest.raises(UsageError, match="tied"):
+            build_program("attention", head_dim=16, **kw)
+
+
 def test_refusals():
     q, v = f32(1, 5, 4), f32(1, 5, 3)
     with pytest.raises(UsageError, match="not causal"):
@@ -250,6 +289,9 @@ def test_tvm_sinkhorn_and_soft():
     so = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm")
     c = soft_case(17, 40, 9, 5, 4, False)
     check(so, so(*c), *c)
+    st = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm", tied=1)
+    c = soft_case(17, 17, 9, 5, 4, True)
+    check(st, st(*c), *c)
 
 
 def test_neon_sinkhorn_and_soft():

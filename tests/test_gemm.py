@@ -86,8 +86,8 @@ def _cases(g, rng):
         alpha, beta = SCALARS[idx % len(SCALARS)]
         pad = idx % 3  # 0: dense, else lda/ldb/ldc larger than the row (and extra rows)
         pr, pcol = (0, 0) if pad == 0 else (pad, 5 * pad + 2)
-        _, a = _padded(rng, m, k, pr, pcol, np.nan)
-        bshape = (k, n) if g.layout == "nn" else (n, k)
+        _, a = _padded(rng, *((k, m) if g.layout == "tn" else (m, k)), pr, pcol, np.nan)
+        bshape = (n, k) if g.layout == "nt" else (k, n)
         _, b = _padded(rng, *bshape, pr, pcol, np.nan)
         cbuf, c = _padded(rng, m, n, pr, pcol, SENTINEL)
         if beta == 0.0:
@@ -98,7 +98,8 @@ def _cases(g, rng):
 
 def _check(g, m, n, k, alpha, beta, a, b, c0, c, cbuf):
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    bb = b64 if g.layout == "nn" else b64.T
+    a64 = a64.T if g.layout == "tn" else a64
+    bb = b64.T if g.layout == "nt" else b64
     c064 = np.nan_to_num(c0.astype(np.float64)) if beta == 0.0 else c0.astype(np.float64)
     ref = alpha * (a64 @ bb) + (beta * c064 if beta != 0.0 else 0.0)
     bound = (k + 2) * 2.0 ** -23 * (abs(alpha) * (np.abs(a64) @ np.abs(bb)) + abs(beta) * np.abs(c064))
@@ -134,14 +135,14 @@ def _small(t):
     return {"kc": 8, "nc": 2 * nv * get_target(t).lanes, "ku": 4, "mr": 3}
 
 
-@pytest.mark.parametrize("layout", ["nn", "nt"])
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
 @pytest.mark.parametrize("target", TARGETS)
 def test_c_gemm_matches_float64(target, layout):
     g = G.gemm(target, layout)
     _run_and_check(g, _cases(g, np.random.default_rng(7)))
 
 
-@pytest.mark.parametrize("layout", ["nn", "nt"])
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
 @pytest.mark.parametrize("target", TARGETS)
 def test_c_gemm_small_blocks(target, layout):
     g = G.gemm(target, layout, schedule=_small(target))
@@ -150,7 +151,7 @@ def test_c_gemm_small_blocks(target, layout):
 
 
 @pytest.mark.parametrize("sched", ["default", "small"])
-@pytest.mark.parametrize("layout", ["nn", "nt"])
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
 @pytest.mark.parametrize("target", TARGETS)
 def test_tvm_gemm_matches_float64(target, layout, sched):
     g = TG.gemm(target, layout, schedule=None if sched == "default" else _small(target))
@@ -255,7 +256,7 @@ def test_schedule_validation(sched, match):
 
 def test_argument_validation():
     with pytest.raises(UsageError, match="layout"):
-        G.gemm("avx2", "tn")
+        G.gemm("avx2", "tt")
     with pytest.raises(UsageError, match="identifier"):
         G.gemm("avx2", "nn", name="bad name; system()")
     with pytest.raises(UsageError, match="target"):
@@ -311,7 +312,7 @@ class _GuardPage:
         return np.lib.stride_tricks.as_strided(flat, (rows, cols), (4 * ld, 4))
 
 
-@pytest.mark.parametrize("layout", ["nn", "nt"])
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
 @pytest.mark.parametrize("target", [t for t in TARGETS if get_target(t).runnable])
 def test_c_gemm_never_reads_past_operands(target, layout):
     rng = np.random.default_rng(5)
@@ -320,13 +321,14 @@ def test_c_gemm_never_reads_past_operands(target, layout):
         lib = _library([g])
         for m, n, k in [(1, 1, 1), (g.mr + 1, g.nr + 3, 5), (3, 2 * g.nr - 1, 19), (g.mr, 1, 7)]:
             gp = _GuardPage()
-            a = gp.array(m, k, k + 1, 0.0)
-            b = gp.array(*((k, n) if layout == "nn" else (n, k)), (n if layout == "nn" else k) + 2, 0.0)
+            a = gp.array(k, m, m + 1, 0.0) if layout == "tn" else gp.array(m, k, k + 1, 0.0)
+            b = gp.array(*((n, k) if layout == "nt" else (k, n)), (k if layout == "nt" else n) + 2, 0.0)
             c = gp.array(m, n, n, np.nan)
-            a[...] = rng.standard_normal((m, k))
+            a[...] = rng.standard_normal(a.shape)
             b[...] = rng.standard_normal(b.shape)
             assert lib(g, a, b, c, 1.0, 0.0) == 0
-            ref = a.astype(np.float64) @ (b.astype(np.float64) if layout == "nn" else b.T.astype(np.float64))
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            ref = (a64.T if layout == "tn" else a64) @ (b64.T if layout == "nt" else b64)
             assert np.allclose(c, ref, rtol=1e-5, atol=1e-5)
             c[...] = 1.0
             assert lib(g, a, b, c, 1.0, 1.0) == 0  # beta != 0: reads C up to its last element

@@ -178,9 +178,39 @@ class TopKRed(Reduction):
                         f"{res[2]} = {sv}[0];", f"{res[3]} = sg_topk_expsum({sv}, {self.kp});"]
 
 
+class RadixTopKRed(Reduction):
+    """reduce_topk for k above the target's ``topk_network_max_k``: no per-lane state; after the
+    sweep (whose other reductions it shares) ``sg_topk_radix`` (templates/select.h.j2) finds the
+    k-th largest key by radix select on the float bits, re-reading the row."""
+    op, identity, blocked, replicated = "reduce_topk", -math.inf, False, False
+
+    def __init__(self, r: int = 0, k: int = 1):
+        super().__init__(r)
+        self.k = k
+
+    def update(self, e, st, vals):
+        e.lines += [f"(void){j};   /* the index leaf: radix select counts its own */" for _, j in vals]
+        return st
+
+    def finish_all(self, accs, res, sc):
+        return [f"sg_topk_radix(x, n, {self.k}, &{res[0]}, &{res[1]}, &{res[2]}, &{res[3]});"]
+
+
+def radix_topk(p: Program, t: Target) -> bool:
+    """Whether ``p``'s top-k selections take radix select on target ``t`` (else the network)."""
+    return any(p.attrs(r)["k"] > t.topk_network_max_k for r in p.nodes("reduce_topk"))
+
+
 def _red(c: "_Ctx", r: int) -> Reduction:
     if c.p.op(r) == "reduce_topk":
-        return TopKRed(r, c.p.attrs(r)["k"], c.t.lanes)
+        k = c.p.attrs(r)["k"]
+        if k <= c.t.topk_network_max_k:
+            return TopKRed(r, k, c.t.lanes)
+        if c.p.op(c.p.args(r)[0]) != "input":
+            raise BuildError(f"{c.p.name}: radix select (top-k with k = {k} > {c.t.topk_network_max_k}) "
+                             f"reads its keys from the row: they must be the input row, got "
+                             f"%{c.p.args(r)[0]} {c.p.op(c.p.args(r)[0])}")
+        return RadixTopKRed(r, k)
     return reduction(c.p.op(r), r, c.p.attrs(r))
 
 # Row (vector) and scalar lowerings of the map ops.
@@ -349,6 +379,8 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     if sw.selected is not None:
         return _selected_block(c, sw)
     p, L, U, A = c.p, c.t.lanes, c.s.unroll, c.s.accumulators
+    if (sw.stores or sw.output is not None) and any(isinstance(_red(c, r), RadixTopKRed) for r in sw.reductions):
+        raise BuildError(f"{p.name}: radix select re-reads x after its sweep, which writes y (y may be x)")
     setup, fold, finish = _setup(c, sw), [], []
     for r in sw.reductions:
         red, sc = _red(c, r), _scale_of(p, r)
@@ -416,6 +448,8 @@ def _selected_block(c: _Ctx, sw) -> dict:
     (key, index) pairs of its reduce_topk, whole vectors over the padded selection, then the
     min(k, n) indices and values written out."""
     sel = _red(c, sw.selected)
+    if isinstance(sel, RadixTopKRed):
+        return _radix_selected_block(c, sw, sel)
     (sv, sj), k, kp = sel.sel, sel.k, sel.kp
     bufs = {"x": sv, "index": sj, "y": f"{sv[:-2]}_w"}
     setup = _setup(c, sw) + [f"float {bufs['y']}[{kp}];", f"const size_t ns = n < {k} ? n : {k};",
@@ -427,6 +461,46 @@ def _selected_block(c: _Ctx, sw) -> dict:
             "comment": f"the {k} selected entries -> indices and weights", "setup": setup,
             "blocked": False, "block": c.s.block, "step": c.t.lanes, "length": str(kp),
             "main": body, "single": [], "tail": [], "fold": [], "finish": finish, "peel": [], "align": 0}
+
+
+RADIX_CHUNK = 64   # the sparse radix output computes its weights this many selected entries at a time
+
+
+def _radix_note(p: Program, t: Target) -> list[str]:
+    """The header's words for a radix top-k (it re-reads the row: the plan above does not count it)."""
+    return [f"top-k k={p.attrs(r)['k']} > {t.topk_network_max_k} (target topk_network_max_k): radix "
+            f"select (sg_topk_radix) after the sweep: a histogram pass over x, a vector filter (the top "
+            f"bucket's keys to the stack, a quickselect), a tie scan, an exp-sum pass"
+            for r in p.nodes("reduce_topk") if p.attrs(r)["k"] > t.topk_network_max_k]
+
+
+def _radix_selected_block(c: _Ctx, sw, sel: RadixTopKRed) -> dict:
+    """The sparse output of a radix selection: ``sg_topk_collect`` writes the min(k, n) kept
+    (key, index) pairs, sorted, to w and idx (the output is the scratch), then the sweep's row
+    values run over them RADIX_CHUNK at a time (a stack copy, whole vectors) and replace the keys
+    in w by the weights."""
+    r, k, B = sel.r, sel.k, RADIX_CHUNK
+    t, jt = _results(c.p, r)[:2]
+    bufs = {"x": f"sel{r}_v", "index": f"sel{r}_j", "y": f"sel{r}_w"}
+    body = _body(c, sw, 0, False, bufs)
+    lines = _setup(c, sw) + [
+        f"float {bufs['x']}[{B}], {bufs['index']}[{B}], {bufs['y']}[{B}];",
+        f"const size_t ns = n < {k} ? n : {k};",
+        f"sg_topk_collect(x, n, {t}, {jt}, ns, w, idx);",
+        f"(void){bufs['index']};   /* read when the weights use the index */",
+        f"for (size_t q0 = 0; q0 < ns; q0 += {B}) {{",
+        f"    const size_t qn = ns - q0 < {B} ? ns - q0 : {B};",
+        f"    for (size_t q = 0; q < {B}; q++) {{   /* past qn: an empty place, as the network's */",
+        f"        {bufs['x']}[q] = q < qn ? w[q0 + q] : -INFINITY;",
+        f"        {bufs['index']}[q] = q < qn ? (float)idx[q0 + q] : 0.0f;",
+        "    }",
+        f"    for (size_t i = 0; i < {B}; i += SG_LANES) {{"]
+    lines += ["        " + ln for ln in body] + ["    }",
+                                                 "    for (size_t q = 0; q < qn; q++)",
+                                                 f"        w[q0 + q] = {bufs['y']}[q];", "}"]
+    return {"kind": "scalar", "lines": [f"/* sweep {sw.index}: the {k} selected entries (radix select) "
+                                        f"-> indices and weights */", "{"]
+            + ["    " + ln for ln in lines] + ["}"]}
 
 
 class CScalars:
@@ -660,8 +734,9 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {_gemm_text(t, g)}" if gemms else ""),
-        plan_lines=matrix_plan_lines(mp), isa=isa_header(t), vmath=vmath(t=t),
-        helpers=select_helpers(*[p for _, p, _ in mp.programs()]), functions=functions,
+        plan_lines=matrix_plan_lines(mp) + [ln for _, p, _ in mp.programs() for ln in _radix_note(p, t)], isa=isa_header(t), vmath=vmath(t=t),
+        helpers=select_helpers(*[p for _, p, _ in mp.programs()],
+                               radix=any(radix_topk(p, t) for _, p, _ in mp.programs())), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
         threads=matrix_thread_policy(mp, t),
@@ -690,7 +765,10 @@ def _knob_note(s: Schedule, t: Target) -> str:
         notes.append(f"software prefetch {s.prefetch} elements ahead")
     if s.exp != EXP_DEFAULT:
         notes.append(f"exp variant {s.exp}")
-    if scaled_exp(t):
+    if scaled_exp(t) and t.shifted_exp and s.exp == EXP_DEFAULT:
+        notes.append(f"exp of x - max x in the scaled form, the table exp {t.shifted_exp} "
+                     f"(sg_exp_shifted: T[j] (1 + r p) 2^n by V_SCALE2)")
+    elif scaled_exp(t):
         notes.append("exp of x - max x in the scaled form (sg_exp_shifted: (1 + t p) 2^n by V_SCALE2)")
     return "".join(f"\n *            {n}" for n in notes)
 
@@ -718,7 +796,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
                                       fallback and f"{fallback}_split", rps)
     pl = plan(p)
     threads = threads or thread_policy(pl, t)   # what threads=auto takes: the model's unless given
-    plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()]
+    plan_lines = ["plan:"] + ["  " + ln for ln in pl.describe().splitlines()] + _radix_note(p, t)
     if p.notes:
         plan_lines += ["rewrites:"] + ["  " + n for n in p.notes]
     return env().get_template("kernel.c.j2").render(
@@ -726,7 +804,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t), plan_lines=plan_lines,
         isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp, t),
-        helpers=select_helpers(p), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
+        helpers=select_helpers(p, radix=radix_topk(p, t)), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
         threads=threads, split=split)
 

@@ -111,7 +111,8 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
                 f"    return {err.ENOMEM};"]
     if isinstance(ph, MatMulPhase):
         mm = ph.mm
-        (M, K), N = mp.shape(mm.a), mp.shape(mm.dst)[1]
+        M, N = mp.shape(mm.dst)
+        K = mp.shape(mm.a)[0 if mm.layout == "tn" else 1]
         fname = matrix_gemms(mp, name)[k][0]
         head = [f"dim_{M}", f"dim_{N}", f"dim_{K}"]
         ops = [f"mat_{mm.a}", f"ld_{mm.a}", f"mat_{mm.b}", f"ld_{mm.b}"]

@@ -18,11 +18,13 @@ The driver computes, row-major with leading dimensions (elements) lda/ldb/ldc:
 
 * ``layout="nn"``: ``C = alpha * A @ B + beta * C``;  A: m x k, B: k x n, C: m x n;
 * ``layout="nt"``: ``C = alpha * A @ B^T + beta * C``; A: m x k, B: n x k (the Gram /
-  squared-distance case ``a @ b.T``).
+  squared-distance case ``a @ b.T``);
+* ``layout="tn"``: ``C = alpha * A^T @ B + beta * C``; A: k x m, B: k x n (SOFT's tied
+  ``K1^T V``: the tile broadcasts A's elements from a column, MR contiguous floats per k step).
 
 ``void name(size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
 const float *b, size_t ldb, float beta, float *c, size_t ldc)``. ``beta == 0`` never reads C, so
-C may hold garbage or NaN. Requires lda >= k, ldb >= n (nn) or >= k (nt), ldc >= n; C must not
+C may hold garbage or NaN. Requires lda >= k (m for tn), ldb >= n (nn, tn) or >= k (nt), ldc >= n; C must not
 overlap A or B (the exported wrappers of :func:`translation_unit` check the strides).
 
 Blocking (:class:`GemmSchedule`; per-target defaults: the ``[gemm]`` table of ``targets/*.toml``,
@@ -60,7 +62,8 @@ from ..schedule import GemmSchedule
 from ..targets import Target, get_target
 
 LAYOUTS = {"nn": "C = alpha * A @ B + beta * C (A: m x k, B: k x n)",
-           "nt": "C = alpha * A @ B^T + beta * C (A: m x k, B: n x k)"}
+           "nt": "C = alpha * A @ B^T + beta * C (A: m x k, B: n x k)",
+           "tn": "C = alpha * A^T @ B + beta * C (A: k x m, B: k x n)"}
 
 def schedule_for(t: Target, schedule: GemmSchedule | dict | None = None) -> GemmSchedule:
     """The default schedule of ``t`` (``t.gemm``, from its TOML) with the given fields
@@ -180,19 +183,21 @@ def default_name(t: Target, layout: str, s: GemmSchedule, epilogue: Epilogue | N
     return f"sg_gemm_{layout}_{s.mr}x{s.nr(t.lanes)}{epi}__{t.name}"
 
 
-def _tile(name: str, t: Target, s: GemmSchedule) -> dict:
+def _tile(name: str, t: Target, s: GemmSchedule, layout: str = "nn") -> dict:
     """Statements of the MR x NR tile: row pointers, accumulators, k-step body, stores."""
     L, MR, NV = t.lanes, s.mr, s.nv
-    arows = ["const float *a_0 = a;"] + [f"const float *a_{r} = mr > {r} ? a_{r - 1} + lda : a_{r - 1};"
+    # tn: row r of A^T is column r of A (stride lda per k step)
+    nxt, stride = ("1", " * lda") if layout == "tn" else ("lda", "")
+    arows = ["const float *a_0 = a;"] + [f"const float *a_{r} = mr > {r} ? a_{r - 1} + {nxt} : a_{r - 1};"
                                           for r in range(1, MR)]
     accs = [f"VEC c_{r}_{v} = V_ZERO();" for r in range(MR) for v in range(NV)]
 
     def step(u: int) -> list[str]:
-        q = f"p + {u}" if u else "p"
+        q = (f"(p + {u})" if stride else f"p + {u}") if u else "p"
         off = f"{u * s.nr(L)} + " if u else ""
         lines = [f"const VEC b_{u}_{v} = V_LOAD(bp + {off}{v * L});" for v in range(NV)]
         for r in range(MR):
-            lines.append(f"const VEC a_{u}_{r} = V_SET1(a_{r}[{q}]);")
+            lines.append(f"const VEC a_{u}_{r} = V_SET1(a_{r}[{q}{stride}]);")
             lines += [f"c_{r}_{v} = V_FMA(a_{u}_{r}, b_{u}_{v}, c_{r}_{v});" for v in range(NV)]
         return lines
 
@@ -231,18 +236,19 @@ def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict
     name = name or default_name(t, layout, s, epilogue)
     if not isinstance(name, str) or not _FUNC.match(name):
         raise UsageError(f"gemm function name must be a C identifier, got {name!r}")
-    b_shape = "k x n" if layout == "nn" else "n x k"
+    b_shape = "n x k" if layout == "nt" else "k x n"
     params = ["size_t m", "size_t n", "size_t k"] + (["float alpha"] if epilogue is None else []) + \
         ["const float *a", "size_t lda", "const float *b", "size_t ldb"] + \
         (["float beta"] if epilogue is None else []) + ["float *c", "size_t ldc"] + \
         list(epilogue.params if epilogue else ())
     what = LAYOUTS[layout] if epilogue is None else \
-        f"C = {epilogue.name}(A @ {'B' if layout == 'nn' else 'B^T'}) (A: m x k, B: {b_shape})"
+        f"C = {epilogue.name}(A{'^T' if layout == 'tn' else ''} @ {'B^T' if layout == 'nt' else 'B'}) " \
+        f"(A: {'k x m' if layout == 'tn' else 'm x k'}, B: {b_shape})"
     src = env().get_template("gemm.c.j2").render(
         name=name, version=__version__, t=t, s=s, layout=layout, what=what, nr=s.nr(t.lanes),
         lanes=t.lanes, params=", ".join(params), epi=epilogue, epi_params="".join(f", {p}" for p in epilogue.params) if epilogue else "",
         epi_args="".join(f", {n}" for n in epilogue.arg_names) if epilogue else "",
-        store=_store_exprs(epilogue), tile=_tile(name, t, s))
+        store=_store_exprs(epilogue), tile=_tile(name, t, s, layout))
     return GemmCode(name, layout, t, s, epilogue, tuple(params), src)
 
 

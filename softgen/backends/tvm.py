@@ -25,7 +25,7 @@ from .._version import __version__
 from ..analysis import matrix_plan_lines
 from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
-from ..ir import PAIR, ROW, Program
+from ..ir import PAIR, ROW, TOPK_MAX, Program
 from ..matrix import AttentionPhase, MatMulPhase, SweepPhase
 from ..numerics.constants import (
     EXP_MAX,
@@ -460,6 +460,9 @@ def lowerable(p: Program) -> list[str]:
         if kind in ("reduce", "colreduce") and op != "reduce_topk" and \
                 op.replace("colreduce_", "reduce_") not in REDUCTIONS:   # read now: one may be added
             bad.append(op)
+        if op == "reduce_topk" and p.attrs(v)["k"] > TOPK_MAX:
+            bad.append(f"reduce_topk with k > {TOPK_MAX} (the TVM backend's selection is the insertion "
+                       f"network; radix select for any k is the C backend's: backend='c')")
     return sorted(set(bad))
 
 

@@ -1,7 +1,7 @@
 """The GEMM contractions of ``softgen.backends.gemm`` as TensorIR, compiled by TVM's LLVM.
 
 Same semantics and driver ABI as the C generator (``C = alpha * A @ B + beta * C`` for
-``layout="nn"``, ``A @ B^T`` for ``"nt"``; row-major, leading dimensions; ``beta == 0`` never
+``layout="nn"``, ``A @ B^T`` for ``"nt"``, ``A^T @ B`` for ``"tn"``; row-major, leading dimensions; ``beta == 0`` never
 reads C), same schedule type (:class:`~softgen.backends.gemm.GemmSchedule`: MR, nv, KC, ku) and
 per-target defaults. The TIR is hand-scheduled TVMScript text (the lean pipeline of
 ``tvm_adapter``): for every NR-column panel and KC-deep block, B is packed into a zero-padded
@@ -61,14 +61,17 @@ def _vec(n: int, var: str) -> str:
     return f"for {var} in T.vectorized(T.int64({n})):" if n > 1 else f"for {var} in range(T.int64(1)):"
 
 
-def _tile(t: Target, s: GemmSchedule, R: int, row0: str, tag: str) -> list[str]:
+def _tile(t: Target, s: GemmSchedule, R: int, row0: str, tag: str, layout: str = "nn") -> list[str]:
     """Statements of an R x NR tile at rows row0.., columns j0.. of the current panel."""
     NR, U = s.nr(t.lanes), s.ku
+
+    def a_at(p: str) -> str:   # tn: row i of A^T is column i of A
+        return f"A[(pc + {p}) * lda + {row0} + r]" if layout == "tn" else f"A[({row0} + r) * lda + pc + {p}]"
     out = [_vec(R * NR, "x"), "    ACC[x] = T.float32(0)"]
 
     def kstep(p: str, ind: str) -> list[str]:
         lines = [f"{ind}for r in T.unroll({R}):",
-                 f"{ind}    av{tag}: T.let[T.float32] = A[({row0} + r) * lda + pc + {p}]",
+                 f"{ind}    av{tag}: T.let[T.float32] = {a_at(p)}",
                  f"{ind}    {_vec(NR, 'l')}",
                  f"{ind}        ACC[r * {NR} + l] = {_fma(t, f'av{tag}', f'BP[{p} * {NR} + l]', f'ACC[r * {NR} + l]')}"]
         return lines
@@ -96,7 +99,7 @@ def _tile(t: Target, s: GemmSchedule, R: int, row0: str, tag: str) -> list[str]:
 
 def tir_source(t: Target, layout: str, s: GemmSchedule, name: str) -> str:
     NR, KC, MR = s.nr(t.lanes), s.kc, s.mr
-    if layout == "nn":
+    if layout != "nt":
         full = [_vec(NR, "l"), f"    BP[p * {NR} + l] = B[(pc + p) * ldb + j0 + l]"]
         part = ["for l in range(T.int64(%d)):" % NR,
                 f"    BP[p * {NR} + l] = T.if_then_else(l < nr, B[(pc + p) * ldb + j0 + T.min(l, nr - 1)], T.float32(0))"]
@@ -116,10 +119,10 @@ def tir_source(t: Target, layout: str, s: GemmSchedule, name: str) -> str:
             "        bet: T.let[T.float32] = T.Select(pb == T.int64(0), beta, T.float32(1))"]
     body += ["        " + ln for ln in pack]
     body += [f"        for it in range(m // {MR}):"]
-    body += ["            " + ln for ln in _tile(t, s, MR, f"it * {MR}", "m")]
+    body += ["            " + ln for ln in _tile(t, s, MR, f"it * {MR}", "m", layout)]
     if MR > 1:
         body += [f"        for i1 in range(m // {MR} * {MR}, m):"]
-        body += ["            " + ln for ln in _tile(t, s, 1, "i1", "1")]
+        body += ["            " + ln for ln in _tile(t, s, 1, "i1", "1", layout)]
     # k == 0: C = beta * C (never read when beta == 0)
     zero_k = ["for i in range(m):", "    for j in range(n):",
               "        if beta == T.float32(0):", "            C[i * ldc + j] = T.float32(0)",
@@ -130,7 +133,7 @@ def tir_source(t: Target, layout: str, s: GemmSchedule, name: str) -> str:
         'lda: T.int64, b: T.handle("float32"), ldb: T.int64, beta: T.float32, c: T.handle("float32"), '
         'ldc: T.int64):',
         f'    T.func_attr({{"global_symbol": "{name}__tvm", "tir.noalias": True}})',
-        '    A = T.decl_buffer((m * lda,), "float32", data=a)',
+        f'    A = T.decl_buffer(({"(m + k)" if layout == "tn" else "m"} * lda,), "float32", data=a)',
         '    B = T.decl_buffer(((n + k) * ldb,), "float32", data=b)',
         '    C = T.decl_buffer((m * ldc,), "float32", data=c)',
         f'    BP = T.alloc_buffer(({KC * NR},), "float32", scope="local")',

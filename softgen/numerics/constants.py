@@ -49,11 +49,29 @@ class ExpVariant:
     """A variant of sg_exp / sg_exp_nonpos: polynomial ``degree``, ``consts`` constants in the range
     reduction (1: t = x - n fl(ln2), one FMA; 2: Cody-Waite hi/lo, two FMAs) and ``coeffs``
     (highest degree first: c_d .. c_1 of e^t = 1 + t (c_1 + c_2 t + ...)). ``error``: max relative
-    error over sg_exp_nonpos's normal results (x in [-87.33, 0]), measured by bench/fit_exp.py."""
+    error over sg_exp_nonpos's normal results (x in [-87.33, 0]), measured by bench/fit_exp.py.
+    A table variant has ``table``: the float32 2^(j/N), j < N (N = len(table), a power of two), and
+    ``magic``: the bias 1.5 * 2^(23 - log2 N) + 127 that rounds x log2e to a multiple of 1/N, its
+    low mantissa bits holding k = N round(x log2e) + 2^22 + 127 N (j = k mod N, then 2^floor(k/N));
+    the polynomial is then e^r on |r| <= ln2 / (2N)."""
 
-    def __init__(self, name: str, degree: int, consts: int, coeffs: tuple, error: float):
+    def __init__(self, name: str, degree: int, consts: int, coeffs: tuple, error: float,
+                 table: tuple = (), magic: "F32 | None" = None):
         assert len(coeffs) == degree and consts in (1, 2)
+        assert not table or (len(table) & (len(table) - 1) == 0 and consts == 2 and magic is not None)
         self.name, self.degree, self.consts, self.coeffs, self.error = name, degree, consts, coeffs, error
+        self.table, self.magic = table, magic
+
+    @property
+    def top(self) -> "F32":
+        """A table variant's largest biased kf whose floor(k/N) is 127 (sg_exp's top binade)."""
+        return F32((self.magic + 128 - 1 / len(self.table)).hex())
+
+    @property
+    def shift(self) -> int:
+        """Left shift of a table variant's bias bits (j cleared) that leaves 127 + floor(k/N) in the
+        exponent field: 23 - log2 N."""
+        return 23 - (len(self.table).bit_length() - 1)
 
 
 # Degree 6: bench/fit_exp.py (minimax relative error on |t| <= 1.01 ln2/2, Lawson's algorithm,
@@ -64,10 +82,25 @@ class ExpVariant:
 # (fl(ln2)'s 1.9e-9 times n up to 126), p4c2 3.0e-6. tests/test_exp.py measures the generated C.
 P6 = (F32("0x1.6AE0DEp-10"), F32("0x1.126E4Cp-7"), F32("0x1.555840p-5"), F32("0x1.55540Cp-3"),
       F32("0x1.FFFFFCp-2"), F32("0x1.000000p+0"))
+# "t32": a 32-entry table of 2^(j/32) and a degree-2 polynomial for e^r, |r| <= ln2/64 (the reduction
+# by k/32 with the Cody-Waite pair above; bench/fit_exp.py --table 32: minimax on 1.02 ln2/64,
+# checked in float32 at 1.67e-7 = 1.78 ulp; degree 3 gives 1.13e-7 for one FMA more). Two FMAs
+# fewer than p5 where the target has a one-instruction 32-entry lookup ([isa] TABLE32: avx512's
+# vpermt2ps over two registers; avx2 gathers; others index the table per lane).
+T32 = tuple(F32(h) for h in (
+    "0x1.000000p+0", "0x1.059b0ep+0", "0x1.0b5586p+0", "0x1.11301ep+0", "0x1.172b84p+0", "0x1.1d4874p+0",
+    "0x1.2387a6p+0", "0x1.29e9e0p+0", "0x1.306fe0p+0", "0x1.371a74p+0", "0x1.3dea64p+0", "0x1.44e086p+0",
+    "0x1.4bfdaep+0", "0x1.5342b6p+0", "0x1.5ab07ep+0", "0x1.6247ecp+0", "0x1.6a09e6p+0", "0x1.71f75ep+0",
+    "0x1.7a1148p+0", "0x1.82589ap+0", "0x1.8ace54p+0", "0x1.93737cp+0", "0x1.9c4918p+0", "0x1.a5503cp+0",
+    "0x1.ae89fap+0", "0x1.b7f770p+0", "0x1.c199bep+0", "0x1.cb720ep+0", "0x1.d5818ep+0", "0x1.dfc974p+0",
+    "0x1.ea4afap+0", "0x1.f50766p+0"))
+T32_COEFFS = (F32("0x1.000002p-1"), F32("0x1.0001p+0"))          # c2, c1
+T32_MAGIC = F32("0x1.801FCp18")                                # 1.5 * 2^18 + 127
 EXP_DEFAULT = "p5c2"
 EXP_VARIANTS = {v.name: v for v in (
     ExpVariant("p5c2", 5, 2, P5, 1.64e-7),
     ExpVariant("p6c2", 6, 2, P6, 8.9e-8),
+    ExpVariant("t32", 2, 2, T32_COEFFS, 1.68e-7, table=T32, magic=T32_MAGIC),
 )}
 
 # -- extended exponent (docs/ops.md §2.1) -----------------------------------------------------------------

@@ -16,8 +16,12 @@ form ``softgen.attention`` turns a boolean mask and key-padding lengths into one
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax and stablemax (three-phase and, by ``passes.stream_attention``, streaming),
-sinkhorn (blocked) and soft (its linear global form). The others of docs/ops.md §10 (softplus_l1,
-lssa, lssar, topk_softmax) are accepted names that raise a UsageError until they are built.
+topk_softmax (``top_k=``, ``renormalize=``; three-phase: the rows phase is the row op's selection,
+radix select above the target's topk_network_max_k), sinkhorn (blocked) and soft (its linear global
+form), softplus_l1, lssa and lssar (three-phase). lssa and lssar (docs/ops.md §5) score with
+cosines: rows phases normalise q and k into scratch matrices before S = Q^ K^T, and the rows phase
+over S scales by log(d) log(N_i), N_i counted from the masks; lssar's O_i comes from the query's
+bottom-right aligned position.
 The op has its own kind, ``"attention"``: it takes three arrays (q, k, v) and its own front door
 (``functional.attention``), so the generic sweeps over row and matrix ops leave it out.
 """
@@ -33,12 +37,19 @@ from ..matrix import MatrixProgram
 
 # the normalizer families register first: attention, which builds on them, comes last in OPS
 from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
-from .base import F32_MAX, register
+from .base import F32_MAX, flag, register
 from .soft import _head_dim_int
+from .softmax import softplus
+from .topk import _topk_k
 
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft")
-SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft")
+SUPPORTED = ("softmax", "stablemax", "sinkhorn", "soft", "topk_softmax", "softplus_l1", "lssa", "lssar")
 ITERATIVE = {"sinkhorn": 3, "soft": 20}   # n_iter's default per normalizer (None: this one)
+COSINE = ("lssa", "lssar")          # scores are cosines times log(d) log(N_i): no scale
+LSSAR_DEFAULTS = {"p": 15, "offset_free_rows": 3}
+# softplus_l1 rows whose largest kept score is below this are weighted e^(x - max x): softplus(x)
+# = e^x (1 - e^x / 2 + ...) is e^x to 2^-29 there, and float32's softplus flushes to 0 below -87
+SOFTPLUS_TINY = -20.0
 MASKS = ("none", "additive", "bool")
 DIMS = ("lq", "lk", "d", "dv")
 
@@ -51,30 +62,49 @@ def default_scale(head_dim: int) -> float:
 def check_normalizer(normalizer: str) -> None:
     if normalizer not in SUPPORTED:
         later = ", ".join(n for n in NORMALIZERS if n not in SUPPORTED)
-        raise UsageError(f"attention with normalizer {normalizer!r} is not built yet: attention supports "
-                         f"{', '.join(SUPPORTED)} today (not yet: {later})")
+        what = "is not built yet" if normalizer in NORMALIZERS else "is unknown"
+        raise UsageError(f"attention with normalizer {normalizer!r} {what}: attention supports "
+                         f"{', '.join(SUPPORTED)}" + (f" today (not yet: {later})" if later else ""))
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
-               n_iter=None, eps=1.0):
+               n_iter=None, eps=1.0, top_k=None, renormalize=None, p=None, offset_free_rows=None, tied=None):
     """The float64 oracle with the kernel's parameters and inputs (``additive``: the mask input of
-    a mask="additive" kernel; SOFT's landmarks)."""
+    a mask="additive" kernel; SOFT's landmarks; tied SOFT reads q as the keys, not k)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
+    if normalizer in COSINE:
+        extra = {} if normalizer == "lssa" else _lssar_params(p, offset_free_rows)
+        return ref.attention(q, k, v, causal=bool(causal), mask=m, normalizer=normalizer, head_dim=head_dim,
+                             **extra)
     if normalizer == "sinkhorn":
         return ref.sinkhorn_attention(q, k, v, scale=s, mask=m, n_iter=int(n_iter or ITERATIVE["sinkhorn"]),
                                       eps=eps)
     if normalizer == "soft":
-        return ref.soft_attention(q, k, v, landmarks=np.asarray(m, np.float64),
+        return ref.soft_attention(q, q if tied else k, v, landmarks=np.asarray(m, np.float64),
                                   n_iter=int(ITERATIVE["soft"] if n_iter is None else n_iter), head_dim=head_dim)
-    return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer)
+    sel = {"top_k": int(top_k), "renormalize": renormalize in (None, 1)} if normalizer == "topk_softmax" else {}
+    return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer, **sel)
+
+
+def _lssar_params(p, offset_free_rows) -> dict:
+    """lssar's p and offset_free_rows, their defaults filled in, validated."""
+    p = LSSAR_DEFAULTS["p"] if p is None else p
+    ofr = LSSAR_DEFAULTS["offset_free_rows"] if offset_free_rows is None else offset_free_rows
+    if not (ofr >= 0 and float(ofr).is_integer()):
+        raise UsageError(f"offset_free_rows must be a non-negative integer, got {offset_free_rows!r}")
+    return {"p": lssa._power(p), "offset_free_rows": int(ofr)}
 
 
 def _tolerance(inputs, ref_y, params, call):
     """|O - O64| <= (rtol + 2^-23 (d + 2) |s| max|q||k| terms) * sum_j p_ij |v_j| + tiny: the
     scores are d-term f32 dot products (their error |ds| <= (d + 2) 2^-24 s |q||k| enters
     P through e^s, relatively), the softmax is within 2e-6, the P V GEMM adds Lk 2^-24 |P||V|.
+    softplus_l1: softplus's log-derivative sigmoid(z) / softplus(z) is below 1 / log 2, so the
+    score term counts 1.5 times; lssa, lssar: ``_cosine_tolerance``.
     Sinkhorn and SOFT: ``_sinkhorn_attention_tolerance``, ``_soft_attention_tolerance``."""
+    if params.get("normalizer") in COSINE:
+        return _cosine_tolerance(inputs, ref_y, params)
     if params.get("normalizer") == "sinkhorn":
         return _sinkhorn_attention_tolerance(inputs, params)
     if params.get("normalizer") == "soft":
@@ -84,10 +114,47 @@ def _tolerance(inputs, ref_y, params, call):
     s = params.get("scale") or default_scale(params["head_dim"])
     qn = np.sqrt((q * q).sum(-1))[..., :, None]
     kn = np.sqrt((k * k).sum(-1))[..., None, :]
+    if params.get("normalizer") == "softplus_l1":
+        # an infinite score's weight is 0 (-inf) or its row NaN (+inf): only finite ones count
+        qk = qn * kn
+        ds = 1.5 * (d + 2) * 2.0 ** -23 * s * np.where(np.isfinite(qk), qk, 0.0).max(-1, keepdims=True, initial=0.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            tol = (2e-6 + 2 * ds + (lk + 2) * 2.0 ** -23) * np.abs(v).max(-2, keepdims=True, initial=0.0)
+        return np.nan_to_num(tol, nan=np.inf) + 2.0 ** -120
     ds = (d + 2) * 2.0 ** -23 * s * (qn * kn).max(-1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore"):
         pv = np.abs(v).max(-2, keepdims=True)
         return (2e-6 + 2 * ds + (lk + 2) * 2.0 ** -23) * pv + 2.0 ** -120
+
+
+def _cosine_tolerance(inputs, ref_y, params):
+    """lssa, lssar: a cosine c is within (d + 8) 2^-23 (q and k normalised in a few roundings, a
+    d-term dot product of unit vectors), so z = lambda c + m within lambda (d + 8) 2^-23 + 2^-22
+    |z|; softplus's log-derivative is below 1 / log 2, so A_ij is within 1.5 (dz_ij + max_j dz)
+    relatively (the sum). lssar: ``lssa._reweight_tolerance`` carries that through (R / max R)^p
+    to W. O = W V adds the GEMM's (Lk + 2) 2^-23 sum_j W_ij |v_j|."""
+    q, k, v = (np.asarray(a, np.float64) for a in inputs[:3])
+    mask = inputs[3] if len(inputs) > 3 else None
+    d, lq, lk = q.shape[-1], q.shape[-2], k.shape[-2]
+    causal = bool(params.get("causal"))
+    a, n, c = ref.lssa_attention_weights(q, k, causal, mask, head_dim=params["head_dim"])
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        lam = math.log(params["head_dim"]) * np.log(n)[..., None]
+        z = np.abs(lam * c) + (0.0 if mask is None else np.abs(np.where(np.isfinite(mask), mask, 0.0)))
+        dz = np.nan_to_num(lam * (d + 8) * 2.0 ** -23 + 2.0 ** -22 * z, nan=0.0, posinf=0.0)
+        rel = 2e-6 + 1.5 * (dz + dz.max(-1, keepdims=True, initial=0.0))
+        av = np.abs(v)
+        if params["normalizer"] == "lssa":
+            w, tw = a, rel * np.nan_to_num(a)
+        else:
+            extra = _lssar_params(params.get("p"), params.get("offset_free_rows"))
+            w, _ = ref.lssar_attention_weights(q, k, causal, mask, head_dim=params["head_dim"], **extra)
+            # O_i of query rows at positions i + Lk - Lq: offset_free_rows shifted by Lk - Lq
+            rw = {"p": extra["p"], "offset_free_rows": extra["offset_free_rows"] - (lk - lq)}
+            tw = lssa._reweight_tolerance(a, w, rw, {}, a=np.nan_to_num(a), a_rel=rel, n=n)
+        tol = tw @ av + (lk + 2) * 2.0 ** -23 * (np.nan_to_num(w) @ av) + 2.0 ** -120
+    return np.nan_to_num(tol, nan=np.inf)
+
 
 
 def _samples(rng, params):
@@ -96,7 +163,11 @@ def _samples(rng, params):
     out = []
     for lq, lk, dv in ((1, 1, 1), (7, 9, 3), (64, 64, 64), (4, 300, d), (1, 1000, 16)):
         for sd in (1.0, 4.0):
+            if params.get("tied"):   # SOFT's tied form: the keys are the queries
+                lk = lq
             xs = [rng.normal(0, sd, (2, lq, d)), rng.normal(0, sd, (2, lk, d)), rng.normal(0, 1, (2, lk, dv))]
+            if params.get("tied"):
+                xs[1] = xs[0]
             keep = rng.random((2, lq, lk)) < 0.9
             if params.get("mask") == "additive":
                 xs.append(np.where(keep, 0.0, -np.inf))
@@ -109,20 +180,28 @@ def _samples(rng, params):
 
 @register("attention", _reference, kind="attention",
           params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax",
-                  "n_iter": None, "eps": 1.0},
+                  "n_iter": None, "eps": 1.0, "top_k": None, "renormalize": None, "p": None,
+                  "offset_free_rows": None, "tied": None},
           choices={"mask": MASKS, "normalizer": NORMALIZERS},
           matrices={"dims": DIMS, "inputs": {"q": ("lq", "d"), "k": ("lk", "d"), "v": ("lk", "dv")},
                     "outputs": {"o": ("lq", "dv")}},
           custom_tolerance=_tolerance, samples=_samples)
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
-              normalizer: str, n_iter: float | None, eps: float) -> None:
+              normalizer: str, n_iter: float | None, eps: float, top_k: int | None = None,
+              renormalize: int | None = None, p: float | None = None, offset_free_rows: int | None = None,
+              tied: int | None = None) -> None:
     """O = normalize(s Q K^T + mask) V over the last two axes (docs/ops.md §10): q (..., Lq, d),
     k (..., Lk, d), v (..., Lk, dv) -> (..., Lq, dv); s = 1/sqrt(head_dim) unless scale is given;
     causal: key j kept iff j <= i + Lk - Lq (bottom-right); mask="additive": a float (..., Lq, Lk)
     input added to the scores. The three-phase form: S = s Q K^T, a rows phase (masks, softmax),
     O = P V. Fully masked rows give NaN. sinkhorn (n_iter, eps) and soft (n_iter): see
-    ``_sinkhorn`` and ``_soft``."""
+    ``_sinkhorn`` and ``_soft`` (tied=1: SOFT's tied form, k is q). topk_softmax: top_k (required) and
+    renormalize (default 1) as the row op's k and renormalize; masked keys are never selected
+    (``_topk_rows``). lssa, lssar: cosine scores (no scale), see ``_cosine_phases``; p,
+    offset_free_rows: lssar's (docs/ops.md §5.2)."""
     check_normalizer(normalizer)
+    if normalizer != "topk_softmax" and (top_k, renormalize) != (None, None):
+        raise UsageError(f"attention: top_k and renormalize are topk_softmax's parameters, not {normalizer}'s")
     if causal not in (0, 1):
         raise UsageError(f"causal must be 0/1 (or a bool), got {causal!r}")
     if n_iter is not None and normalizer not in ITERATIVE:
@@ -130,17 +209,34 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     if eps != 1.0 and normalizer != "sinkhorn":
         raise UsageError(f"attention: eps is a parameter of the sinkhorn normalizer, not {normalizer!r}")
     # a normalizer's own parameters name (and head) only its kernels: the others' stay as they were
-    for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",))):
+    if tied not in (None, 0, 1) or normalizer != "soft" and tied is not None:
+        raise UsageError(f"attention: tied (0/1) is a parameter of the soft normalizer, got tied={tied!r} "
+                         f"with normalizer {normalizer!r}")
+    for key, owners in (("n_iter", ITERATIVE), ("eps", ("sinkhorn",)), ("top_k", ("topk_softmax",)),
+                        ("renormalize", ("topk_softmax",)), ("tied", ("soft",) if tied else ())):
         if normalizer not in owners:
             mp.params.pop(key, None)
+    if normalizer != "lssar" and (p is not None or offset_free_rows is not None):
+        raise UsageError(f"p and offset_free_rows are lssar attention's parameters, not {normalizer}'s")
+    for key in ("p", "offset_free_rows"):   # lssar's, when given
+        if mp.params.get(key) is None:
+            mp.params.pop(key, None)
     s = default_scale(_head_dim_int(head_dim)) if scale is None else scale
-    if mask == "bool" and normalizer in ITERATIVE:
+    if normalizer in COSINE:
+        if scale is not None:
+            raise UsageError(f"{normalizer} attention takes no scale: its scores are cosines times "
+                             f"log(head_dim) log(N_i) (docs/ops.md §5.1)")
+    if mask == "bool" and normalizer in (*ITERATIVE, "softplus_l1", *COSINE):
         raise UsageError(f"attention: mask='bool' (a uint8 keep-mask) is the streaming form's; the {normalizer} "
                          f"normalizer takes mask='additive' (softgen.attention converts)")
     if normalizer == "sinkhorn":
         return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
     if normalizer == "soft":
-        return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter)
+        return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter,
+                     bool(tied))
+    if normalizer in COSINE:
+        return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
+                              _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
     if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -149,8 +245,27 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     p = x.p
     if mask != "none":
         x = x + p.matrow("mask")
-    off = p.index() - p.row_index() - (p.size("cols") - p.size("rows")) if causal else None
-    if normalizer == "stablemax":
+    off = _causal_offset(p) if causal else None
+    if normalizer == "topk_softmax":
+        if top_k is None:
+            raise UsageError("attention with normalizer 'topk_softmax' needs top_k=K (k is the keys)")
+        k, renorm = _topk_k(top_k), flag(1 if renormalize is None else renormalize, "renormalize")
+        if causal or mask != "none":   # the masked scores back to S: the selection's keys are its rows
+            (off.where_lt(0.5, x, -F32_MAX) if causal else x).output()
+            x = mp.rows(over="s", into="s")
+            off = _causal_offset(x.p) if causal else None
+        _topk_rows(x, off, mask != "none", k, renorm)
+    elif normalizer == "softplus_l1":
+        # softplus(x) / sum without a max, except for rows whose largest kept score is below
+        # SOFTPLUS_TINY: e^(x - max x) there (one exp either way: e^-|x - c|, c = 0 or max x)
+        if causal:
+            x = off.where_lt(0.5, x, -F32_MAX)
+        mx = x.max()
+        t = (-(x - mx.where_lt(SOFTPLUS_TINY, mx, 0.0)).abs()).exp()
+        e = mx.where_lt(SOFTPLUS_TINY, t, x.maximum(0.0) + t.log1p())
+        if causal:
+            e = off.where_lt(0.5, e, 0.0)
+    elif normalizer == "stablemax":
         # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), no max shift (docs/ops.md §8); s(-inf) = 0
         e = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
         if causal:
@@ -163,8 +278,39 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         e = off.where_lt(0.5, (x - x.max()).exp(), 0.0)
     else:
         e = (x - x.max()).exp()
-    (e * e.sum().finite_or_nan().recip()).output()
+    if normalizer != "topk_softmax":
+        (e * e.sum().finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
+
+
+def _causal_offset(p):
+    """j - i - (Lk - Lq): key j is kept iff it is < 0.5 (indices are exact float32 integers)."""
+    return p.index() - p.row_index() - (p.size("cols") - p.size("rows"))
+
+
+def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
+    """The top-k rows phase (docs/ops.md §9, 10): the row op's selection over the masked scores x
+    (the phase's input row: radix select reads its keys from memory), dense P. A causally dropped
+    key is -FLT_MAX (IR constants are finite) and its weight a select of 0; a row with no key
+    kept by the masks (counted) is NaN, as a fully masked softmax row."""
+    p = x.p
+    sel = x.topk(k)
+    if renormalize:
+        check = x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum()   # as ops/topk.py: NaN / +inf rows
+        inv = sel.item(3).finite_or_nan().recip().poison(check)
+        w = (x - sel.item(2)).exp() * inv
+    else:
+        e = (x - x.max()).exp()
+        inv = e.sum().finite_or_nan().recip()
+        w = e * inv
+    if off is not None or masked:   # kept keys: causal and above -inf; none: 1/0 poisons the row
+        kept = x.where_lt(-F32_MAX, 0.0, 1.0)
+        kept = off.where_lt(0.5, kept, 0.0) if off is not None else kept
+        inv = inv.poison(kept.sum().recip())
+    zero = x.const(0.0).poison(inv)
+    if off is not None:
+        w = off.where_lt(0.5, w, zero)
+    x.where_ranked(p.index(), sel.item(0), sel.item(1), w, zero).output()
 
 
 def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) -> None:
@@ -192,29 +338,45 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
     mp.matmul("o", "s", "v", layout="nn")
 
 
-def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter) -> None:
+def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, tied: bool = False) -> None:
     """SOFT attention's linear global form (docs/ops.md §6, 10): with the landmarks L (an input
     ``landmarks`` (m x d): ``softgen.attention`` pools them from k, the spec's learning-free
     choice), K1 = kernel(Q, L) (Lq x m), K1k^T = kernel(L, K) (m x Lk), K2 = kernel(L, L) and
     its Newton-Schulz inverse (``newton_phases``, SOFT's variant: (K2 + 0.01 I)^-1), then
     O = K1 (K2^+ (K1k^T V)) right to left: scratch O((Lq + Lk + dv + m) m), never Lq x Lk; the
     Gaussian kernel's phases are the op ``gaussian_kernel``'s (``gaussian_phases``). Not causal,
-    no masks, no scale (the kernel's is 1 / (2 sqrt(head_dim)))."""
+    no masks, no scale (the kernel's is 1 / (2 sqrt(head_dim))). ``tied``: the paper's form, keys
+    = queries: K1 = K1k, one L x m x d GEMM (and its exps) fewer. It keeps K1^T (m x L: the
+    GEMMs' rows are the m landmarks and their columns the L tokens, whole vectors for the
+    epilogue's exps, not m = 49 padded to 64) and computes O = (K1^T)^T W as a "tn" GEMM; k keeps
+    its place in the ABI (shape lq x d, as v lq x dv) but is not read."""
     if causal or mask != "none" or scale is not None:
         raise UsageError("attention: the soft normalizer is a global linear form: no causal, no mask, no scale "
                          "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
     d, n_iter = _head_dim_int(head_dim), soft._newton_iter(n_iter)
     mp.dims = mp.dims + ("m",)
     mp.inputs["landmarks"] = ("m", "d")
-    for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
+    if tied:   # one sequence: k and v have q's length (lk goes)
+        mp.dims = tuple(x for x in mp.dims if x != "lk")
+        mp.inputs["k"], mp.inputs["v"] = ("lq", "d"), ("lq", "dv")
+    for name, shape in (("k1", ("lq", "m")), ("k1kt", ("m", "lq" if tied else "lk")), ("k2", ("m", "m")), ("kv", ("m", "dv")),
                         ("w", ("m", "dv"))):
-        mp.scratch(name, shape)
-    soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
-    soft.gaussian_phases(mp, "landmarks", "k", "k1kt", d, pre="gk_").output()
+        if not (tied and name == "k1"):
+            mp.scratch(name, shape)
+    if not tied:
+        soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
+    soft.gaussian_phases(mp, "landmarks", "q" if tied else "k", "k1kt", d, pre="gk_").output()
     soft.gaussian_phases(mp, "landmarks", "landmarks", "k2", d, pre="g2_").output()
     k2p = soft.newton_phases(mp, "k2", n_iter, "soft", 0.9, pre="nw_")
     mp.matmul("kv", "k1kt", "v")                # K1k^T V   (m x dv)
     mp.matmul("w", k2p, "kv")                   # K2^+ ...  (m x dv)
+    if tied:
+        mp.matmul("o", "k1kt", "w", layout="tn")   # (K1^T)^T ... (Lq x dv)
+        mp.notes.append("soft attention, tied (k is q), linear global form: K1^T = kernel(landmarks, q) (m x lq), "
+                        "K2 = kernel(landmarks, landmarks), K2^+ by " + f"{n_iter} Newton-Schulz steps, "
+                        "o = K1 (K2^+ (K1^T v)) with the last product a tn GEMM over K1^T: k is not read; "
+                        "scratch (lq + 2 dv + 5 m) m floats, no lq x lq matrix")
+        return
     mp.matmul("o", "k1", "w")                   # K1 ...    (Lq x dv)
     mp.notes.append("soft attention, linear global form: K1 = kernel(q, landmarks) (lq x m), K1k^T = kernel("
                     "landmarks, k) (m x lk), K2 = kernel(landmarks, landmarks), K2^+ by " + f"{n_iter} Newton-Schulz "
@@ -253,6 +415,7 @@ def _soft_attention_tolerance(inputs, params):
     roundings, perturbed float64 runs) plus K2's error carried by the inverse (|K2^+| |dK2|
     |K2^+|); each GEMM's (k + 2) 2^-23 |A||B|; doubled for the second-order terms."""
     q, k, v, lm = (np.asarray(a, np.float64) for a in inputs[:4])
+    k = q if params.get("tied") else k   # the tied kernel reads q as the keys
     d, m = params["head_dim"], lm.shape[-2]
     n_iter = int(ITERATIVE["soft"] if params.get("n_iter") is None else params["n_iter"])
     g = {"head_dim": d}
@@ -270,3 +433,50 @@ def _soft_attention_tolerance(inputs, params):
         dw = dk2p @ at + ap @ dt + (m + 2) * 2 * soft.U32 * (ap @ at)
         do = d1 @ aw + a1 @ dw + (m + 2) * 2 * soft.U32 * (a1 @ aw)
     return np.nan_to_num(2 * do, nan=np.inf) + 2.0 ** -120   # NaN: a non-finite input, a NaN output
+
+
+def _unit_rows(mp: MatrixProgram, over: str, into: str) -> None:
+    """A rows phase: x / |x|, as y e^(-log(sum y^2) / 2) with y = x / max|x| (sum y^2 in [1, d]:
+    no overflow or underflow for any finite x; no square root in the IR). A zero row is 0/0 = NaN,
+    a non-finite one NaN, as the oracle's q / |q|."""
+    mp.scratch(into, mp.inputs[over])
+    x = mp.rows(over=over, into=into)
+    y = x / x.abs().max()
+    (y * ((y * y).sum().log() * -0.5).exp()).output()
+
+
+def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, normalizer: str,
+                   lssar: dict) -> None:
+    """lssa / lssar attention (docs/ops.md §5, §10): q and k normalised per row, S = Q^ K^T (cosines),
+    then per row z = log(d) log(N_i) c + m over the kept keys (N_i: their count, from the mask
+    and the causal diagonal), a = softplus(z) (0 at dropped keys whatever z is), A = a / sum a;
+    lssar: ``lssa._reweight`` with O_i = 0 while the query's position i + Lk - Lq is below
+    offset_free_rows."""
+    if mask == "additive":
+        mp.inputs["mask"] = ("lq", "lk")
+    _unit_rows(mp, "q", "qn")
+    _unit_rows(mp, "k", "kn")
+    mp.scratch("s", ("lq", "lk"))
+    mp.matmul("s", "qn", "kn", layout="nt")
+    x = mp.rows(over="s", into="s")
+    pr = x.p
+    keep = m = None
+    if mask == "additive":
+        m = pr.matrow("mask")
+        keep = m.where_lt(-F32_MAX, 0.0, 1.0)          # -inf: dropped
+    if causal:
+        off = pr.index() - pr.row_index() - (pr.size("cols") - pr.size("rows"))
+        keep = off.where_lt(0.5, 1.0 if keep is None else keep, 0.0)
+    n = pr.size("cols") if keep is None else keep.sum()
+    z = x * (n.log() * math.log(head_dim))
+    a = softplus(z if m is None else z + m)
+    if keep is not None:
+        a = keep.where_lt(0.5, 0.0, a)
+    inv = a.sum().finite_or_nan().recip()
+    if normalizer == "lssa":
+        (a * inv).output()
+    else:
+        pos = pr.row_index() + (pr.size("cols") - pr.size("rows"))
+        o = pos.where_lt(lssar["offset_free_rows"] - 0.5, 0.0, 1.0)
+        lssa._reweight(a * inv, a.max() * inv, n, lssar["p"], inv, o).output()
+    mp.matmul("o", "s", "v", layout="nn")

@@ -53,16 +53,17 @@ def _ipow(v: Value, p: float) -> Value:
     return acc
 
 
-def _reweight(a: Value, amax: Value, n: Value, p: float, check: Value) -> Value:
+def _reweight(a: Value, amax: Value, n: Value, p: float, check: Value, o: Value | None = None) -> Value:
     """W = q / sum q, q = (ReLU(N a - O) / max R)^p (docs/ops.md §5.2): max R = ReLU(N max a - O) since
     N > 0. A max R at or below ``reference.R_BOUND`` O, the f32 rounding bound of R (derived in
     ``reference.reweight_of``), is 0, so uniform rows give zeros (a scalar test per row). An
     all-zero R gives zeros; a non-finite ``check`` (a row sum) makes the row NaN, which ReLU and
     max() would otherwise drop. A max R below 2^-60 (offset-free rows of tiny weights) has no
     float32 reciprocal: N and O are scaled by 2^100 for the row, which leaves R / max R as it is
-    and costs nothing per element."""
+    and costs nothing per element. ``o``: O_i, default the row parameter ``offset`` (attention
+    derives it from the query's position)."""
     zero = a.const(0.0)
-    o = a.p.row_param("offset")
+    o = a.p.row_param("offset") if o is None else o
     rmax = amax.fma(n, -o)
     rmax = (o * ref.R_BOUND).where_lt(rmax, rmax, 0.0)
     pre = rmax.where_lt(2.0 ** -60, 2.0 ** 100, 1.0)

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from .. import reference as ref
 from ..errors import UsageError
-from ..ir import TOPK_MAX, Value
+from ..ir import INDEX_MAX_N, Value
 from .base import F32_MAX, flag, register
 
 
 def _topk_k(k) -> int:
     if isinstance(k, bool) or not (isinstance(k, (int, float)) and float(k).is_integer()
-                                   and 1 <= k <= TOPK_MAX):
-        raise UsageError(f"k must be an integer in [1, {TOPK_MAX}] (the kernels keep k sorted "
-                         f"registers per lane), got {k!r}")
+                                   and 1 <= k <= INDEX_MAX_N):
+        raise UsageError(f"k must be an integer in [1, {INDEX_MAX_N}] (rows up to 2^24 elements), "
+                         f"got {k!r}")
     return int(k)
 
 
@@ -26,8 +26,9 @@ def _topk_reference(x, k=2, renormalize=1, sparse=0):
 def topk_softmax(x: Value, k: float, renormalize: float, sparse: float) -> Value:
     """Top-k gate (docs/ops.md §9): the k largest entries (lower index first on ties) get
     e^(x - max) / sum, summed over the k (renormalize=1, Mixtral) or over the whole row
-    (renormalize=0, Switch); the others 0. One selection sweep keeps k sorted (key, index)
-    registers per lane. sparse=1: the (indices, weights) of the min(k, n) selected entries,
+    (renormalize=0, Switch); the others 0. The selection: k sorted (key, index) registers per
+    lane for small k, radix select on the float bits above the target's topk_network_max_k
+    (docs/ops.md §9). sparse=1: the (indices, weights) of the min(k, n) selected entries,
     largest first, instead of the dense row (the MoE router form, 1R + 2k writes per row)."""
     sel = x.topk(_topk_k(k))        # items: (t, jt) the k-th kept, m the max, d its sum
     if flag(renormalize, "renormalize"):

@@ -1,0 +1,241 @@
+"""softplus_l1, LSSA and LSSAR attention (issue 14, docs/ops.md §5, §10): the float64 oracles'
+conventions (cosine scores times log d log N_i, N_i from the masks, bottom-right positions for causal
+and LSSAR's O_i), the three-phase kernels against them (C on every target, neon under qemu once,
+TVM once per normalizer), the front door and its errors. Their streaming forms are not built on the
+explicit-stride streaming kernel yet: auto builds three-phase, algorithm="streaming" refuses them.
+Kernels are shared per module."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import _can_emulate
+
+import softgen
+from softgen import reference as ref
+from softgen.backends.tvm_adapter import available as tvm_available
+from softgen.ops import get_op
+
+RNG = np.random.default_rng(1405)
+NORMS = ["softplus_l1", "lssa", "lssar"]
+
+OP = get_op("attention")
+
+
+def f32(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def check(k, q, kk, v, o, mask=None):
+    """o within the op's tolerance of the float64 oracle; NaN exactly where the oracle's is."""
+    r = OP.reference(q, kk, v, mask, **k.params)
+    assert o.shape == r.shape
+    nan = np.isnan(r)
+    assert np.array_equal(nan, np.isnan(o)), f"{k.name}: NaN pattern differs"
+    tol = OP.tolerance((q, kk, v) if mask is None else (q, kk, v, mask), r, k.params)
+    err = np.where(nan, 0.0, np.abs(o.astype(np.float64) - r))
+    assert (err <= tol).all(), f"{k.name}: max err/tol {np.max(err / tol):.3g}"
+
+
+def run_many(k, cases):
+    if k.runnable:
+        return [k(*c) for c in cases]
+    _can_emulate(k)
+    return k.run_emulated_many(cases)
+
+
+def bias(lq, lk, batch=2, keep=0.75):
+    """An additive mask: -inf drops (row 1 of batch 0 fully masked), small finite biases elsewhere."""
+    m = np.where(RNG.random((batch, lq, lk)) < keep, RNG.uniform(-0.5, 0.5, (batch, lq, lk)), -np.inf)
+    if lq > 1:
+        m[0, 1] = -np.inf
+    return m.astype(np.float32)
+
+
+# -- the oracles ----------------------------------------------------------------------------------
+
+def _cos(q, k):
+    return (q / np.linalg.norm(q, axis=-1, keepdims=True)) @ (k / np.linalg.norm(k, axis=-1, keepdims=True)).T
+
+
+def test_lssa_oracle_is_the_row_op_on_masked_cosines():
+    """Bottom-right causal rows keep N_i = i + 1 + Lk - Lq keys; LSSA is the row op lssa on the
+    cosines with dropped keys at -inf; LSSAR is reweight_of with O_i from the query's position."""
+    q, k, v = RNG.standard_normal((5, 6)), RNG.standard_normal((9, 6)), RNG.standard_normal((9, 3))
+    c = np.where(np.arange(9)[None] <= np.arange(5)[:, None] + 4, _cos(q, k), -np.inf)
+    a, n, _ = ref.lssa_attention_weights(q, k, causal=True)
+    np.testing.assert_array_equal(n, np.arange(5) + 5)
+    np.testing.assert_allclose(a, ref.lssa(c, 6), rtol=1e-14)
+    np.testing.assert_allclose(ref.lssa_attention(q, k, v, causal=True), ref.lssa(c, 6) @ v, rtol=1e-13)
+    w, _ = ref.lssar_attention_weights(q, k, causal=True, p=3, offset_free_rows=6)
+    np.testing.assert_allclose(w, ref.reweight_of(a, n, np.array([0, 0, 1, 1, 1.0]), 3), rtol=1e-14)
+    assert list(ref.lssar_offsets(1, 1000)) == [1] and list(ref.lssar_offsets(4, 4)) == [0, 0, 0, 1]
+    # the same query decoded alone against the cache (Lq = 1): the same row
+    np.testing.assert_allclose(ref.lssar_attention(q[4:], k, v, causal=True), ref.lssar_attention(q, k, v, causal=True)[4:],
+                               rtol=1e-13)
+
+
+def test_oracle_masks_scale_invariance_and_conventions():
+    q, k, v = RNG.standard_normal((2, 4, 3, 5)), RNG.standard_normal((2, 2, 7, 5)), RNG.standard_normal((2, 2, 7, 2))
+    m = RNG.random((3, 7)) < 0.6
+    m[:, 0], m[1] = True, False
+    for norm in ("lssa", "lssar"):
+        o = ref.attention(q, k, v, normalizer=norm, mask=m)
+        # masked keys are excluded, not just weighted 0: dropping them changes nothing (N_i too)
+        keep = np.flatnonzero(m[2])
+        np.testing.assert_allclose(o[..., 2, :], ref.attention(q[..., 2:, :], k[..., keep, :], v[..., keep, :],
+                                                                 normalizer=norm)[..., 0, :], rtol=1e-12)
+        assert np.isnan(o[..., 1, :]).all()
+        assert (ref.attention(q, k, v, normalizer=norm, mask=m, masked_rows="zero")[..., 1, :] == 0).all()
+        # cosines: a positive scale of q or k changes nothing; GQA: query head h reads kv head h // 2
+        np.testing.assert_allclose(ref.attention(3 * q, k / 7, v, normalizer=norm, mask=m), o, rtol=1e-12)
+        np.testing.assert_allclose(o[1, 3], ref.attention(q[1, 3], k[1, 1], v[1, 1], normalizer=norm, mask=m), rtol=1e-12)
+    # softplus_l1: the row op on s Q K^T (-inf -> weight 0)
+    s = np.where(m, q[0, 0] @ k[0, 0].T / math.sqrt(5), -np.inf)
+    np.testing.assert_allclose(ref.attention(q[0, 0], k[0, 0], v[0, 0], normalizer="softplus_l1", mask=m),
+                               ref.softplus_l1(s) @ v[0, 0], rtol=1e-13)
+    # LSSAR past the offset-free rows: uniform attention (d = 1: lambda = 0) gives zeros
+    o = ref.lssar_attention(np.ones((5, 1)), np.ones((6, 1)), np.ones((6, 1)))
+    assert (o[3:] == 0).all() and np.isfinite(o).all()
+    with pytest.raises(ValueError, match="no scale"):
+        ref.attention(q, k, v, normalizer="lssa", scale=0.5)
+    with pytest.raises(ValueError, match="lssar"):
+        ref.attention(q, k, v, normalizer="softmax", p=3)
+
+
+# -- the kernels ----------------------------------------------------------------------------------
+
+# Lq, Lk, d, dv: Lq != Lk both ways, d and dv 1, 7, 65 (not multiples of any vector width)
+SHAPES = [(1, 1, 1, 1), (5, 9, 7, 7), (17, 40, 65, 1), (33, 16, 7, 65), (1, 70, 65, 7)]
+
+
+@pytest.fixture(scope="module", params=NORMS)
+def norm(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def host_kernels(norm):
+    """(plain, causal with an additive mask) kernels of the normalizer on the host."""
+    return [softgen.compile("attention", normalizer=norm, head_dim=7, **kw)
+            for kw in ({}, {"causal": True, "mask": "additive"})]
+
+
+def cases(masked):
+    out = []
+    for lq, lk, d, dv in SHAPES:
+        c = (f32(2, lq, d), f32(2, lk, d), f32(2, lk, dv))
+        out.append(c + ((bias(lq, lk),) if masked else ()))
+    return out
+
+
+def test_kernel_matches_the_oracle(host_kernels):
+    for k, masked in zip(host_kernels, (False, True)):
+        for c in cases(masked):
+            check(k, *c[:3], k(*c), c[3] if masked else None)
+
+
+def test_non_finite_and_huge_inputs(host_kernels):
+    plain, masked = host_kernels
+    q, kk, v = f32(1, 6, 7), f32(1, 10, 7), f32(1, 10, 3)
+    q[0, 0, 0] = np.nan            # NaN scores: a NaN row
+    kk[0, 3, 0] = np.inf           # an infinite key: NaN in every row that keeps it
+    q[0, 2] *= 1e30                # huge and tiny (finite) vectors: cosines stay exact,
+    q[0, 3] *= 1e-30               # softplus(s x) of huge s x is s x
+    q[0, 5] *= 30.0
+    check(plain, q, kk, v, plain(q, kk, v))
+    m = np.zeros((1, 6, 10), np.float32)
+    m[0, :, 3] = -np.inf           # the infinite key masked: NaN row 0 stays
+    o = masked(q, kk, v, m)
+    check(masked, q, kk, v, o, m)
+    if masked.params["normalizer"] != "softplus_l1":   # (softplus_l1: +inf - inf = NaN, as softmax's)
+        assert np.isfinite(o[0, 1:]).all()   # lssa, lssar: a dropped key is excluded whatever its score
+    # every kept score far below 0 (softplus underflows in float32): weighted as softmax
+    q2, k2 = np.ones((1, 3, 7), np.float32), -np.abs(f32(1, 4, 7)) - 20
+    check(plain, q2 * 3, k2, v[:, :4], plain(q2 * 3, k2, v[:, :4]))
+
+
+def test_causal_rows_positions_and_fully_masked_rows(host_kernels):
+    """Lq > Lk causal: the first rows see no key (NaN); LSSAR's offset-free rows are the first
+    positions of the cache, not of the query block."""
+    _, k = host_kernels
+    for lq, lk in ((9, 4), (4, 9), (3, 3)):
+        q, kk, v = f32(2, lq, 7), f32(2, lk, 7), f32(2, lk, 3)
+        m = np.zeros((2, lq, lk), np.float32)
+        o = k(q, kk, v, m)
+        check(k, q, kk, v, o, m)
+        assert np.isnan(o[:, :max(lq - lk, 0)]).all() and np.isfinite(o[:, max(lq - lk, 0):]).all()
+
+
+@pytest.mark.parametrize("target", ["scalar", "avx2", "avx512"])
+def test_targets(target, norm):
+    k = softgen.compile("attention", normalizer=norm, head_dim=65, causal=True, mask="additive", target=target)
+    cs = cases(True)
+    for c, o in zip(cs, run_many(k, cs)):
+        check(k, *c[:3], o, c[3])
+
+
+def test_neon_under_qemu():
+    """One qemu run: lssar (the longest rows program: lssa's sums, then the re-weighting)."""
+    k = softgen.compile("attention", normalizer="lssar", head_dim=7, causal=True, mask="additive", target="neon")
+    cs = cases(True)[:4]
+    for c, o in zip(cs, run_many(k, cs)):
+        check(k, *c[:3], o, c[3])
+
+
+def test_tvm_three_phase(norm):
+    ok, why = tvm_available()
+    if not ok:
+        pytest.skip(f"TVM backend: {why}")
+    # lssar with p = 3: the same program as p = 15 with two squarings fewer, a faster TVM build
+    extra = {"p": 3} if norm == "lssar" else {}
+    k = softgen.compile("attention", backend="tvm", normalizer=norm, causal=True, mask="additive", head_dim=7, **extra)
+    assert k.algorithm == "three-phase"
+    for c in cases(True)[1:3]:
+        check(k, *c[:3], k(*c), c[3])
+
+
+def test_no_streaming_form_yet(norm):
+    with pytest.raises(softgen.UsageError, match="no streaming form yet"):
+        softgen.compile("attention", normalizer=norm, algorithm="streaming")
+    assert softgen.compile("attention", normalizer=norm, head_dim=7).algorithm == "three-phase"
+    with pytest.raises(softgen.UsageError, match="mask='bool'"):
+        softgen.compile("attention", normalizer=norm, mask="bool")
+
+
+# -- the front door -------------------------------------------------------------------------------
+
+def test_api_gqa_masks_lengths_and_params():
+    q, kk, v = f32(2, 4, 5, 7), f32(2, 2, 11, 7), f32(2, 2, 11, 3)
+    m = RNG.random((5, 11)) < 0.7
+    m[:, 0], m[2] = True, False
+    lens = np.array([11, 6])
+    # (causal with a mask: the host kernels' builds)
+    for norm, extra in (("softplus_l1", {}), ("lssa", {}), ("lssar", {}), ("lssar", {"p": 3, "offset_free_rows": 0})):
+        kw = {"mask": m, "causal": True} if norm != "lssar" or extra else {"causal": True, "kv_lengths": lens,
+                                                                          "masked_rows": "zero"}
+        o = softgen.attention(q, kk, v, normalizer=norm, **kw, **extra)
+        r = ref.attention(q, kk, v, normalizer=norm, **kw, **extra)
+        assert np.array_equal(np.isnan(o), np.isnan(r)) and np.isnan(r).any() == ("mask" in kw)
+        np.testing.assert_allclose(o[~np.isnan(o)], r[~np.isnan(r)], rtol=2e-4, atol=2e-5)
+    k = softgen.compile("attention", normalizer="lssar", p=3, offset_free_rows=0, head_dim=7, causal=True,
+                        mask="additive")
+    assert k.params["p"] == 3 and k.params["offset_free_rows"] == 0 and k.algorithm == "three-phase"
+    assert "p" not in softgen.compile("attention").params   # other normalizers' kernels: unchanged
+
+
+def test_api_errors():
+    q = f32(3, 4)
+    with pytest.raises(softgen.UsageError, match="takes no scale"):
+        softgen.attention(q, q, q, normalizer="lssa", scale=0.5)
+    with pytest.raises(softgen.UsageError, match="lssar attention's parameters"):
+        softgen.attention(q, q, q, normalizer="lssa", p=3)
+    with pytest.raises(softgen.UsageError, match="lssar attention's parameters"):
+        softgen.compile("attention", offset_free_rows=2)
+    with pytest.raises(softgen.UsageError, match="p must be > 0"):
+        softgen.compile("attention", normalizer="lssar", p=0)
+    with pytest.raises(softgen.UsageError, match="offset_free_rows"):
+        softgen.compile("attention", normalizer="lssar", offset_free_rows=1.5)
+    with pytest.raises(softgen.UsageError, match="is unknown: attention supports .*softplus_l1, lssa, lssar"):
+        softgen.attention(q, q, q, normalizer="nope")
