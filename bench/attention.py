@@ -2,7 +2,8 @@
 ``scaled_dot_product_attention``, one thread, interleaved runs (issue 14).
 
     python bench/attention.py [--lengths 256 1024 4096] [--bh 8] [--d 64] [--decode 4096] [--threads 1 2]
-                              [--rss 8192] [--rss-bh 1] [--json F] [--normalizers softplus_l1 lssa lssar]
+                              [--rss 8192] [--rss-bh 1] [--backend c tvm] [--json F]
+                              [--normalizers softplus_l1 lssa lssar]
 
 B*H = 8 heads of d = 64, Lq = Lk = L in {256, 1024, 4096}, causal and not, and decoding (Lq = 1
 against Lk = 4096). GFLOP/s count 4 Lq Lk d (QK^T and PV; causal: the visible half, 2 L (L + 1) d)
@@ -11,7 +12,9 @@ for every implementation alike. Each implementation is checked against torch's r
 ``threads=T`` (batch x heads x query chunks across the library's pool) and torch with
 ``torch.set_num_threads(T)`` (set before each call); "x torch" compares against torch at the same
 T; the three-phase form runs on one thread. "% peak": GFLOP/s over T times the one-core FMA peak
-of the target's ISA, measured by bench/fmapeak.py (a loop of independent FMAs).
+of the target's ISA, measured by bench/fmapeak.py (a loop of independent FMAs). ``--backend``: the
+softgen backends timed (default c; "softgen[tvm]" rows are the TVM backend's, "x c" their speed
+over the C backend's streaming form at the same thread count, interleaved in the same rounds).
 
 Memory (``--rss``, Lq = Lk = L per length, ``--rss-bh`` heads, not causal): one fresh subprocess
 per implementation and length, each allocating q, k, v, then calling the implementation once on
@@ -130,6 +133,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (softgen streaming, torch)")
     ap.add_argument("--rss", type=int, nargs="*", default=[8192], help="lengths of the memory measurement (none: skip)")
     ap.add_argument("--rss-bh", type=int, default=1, help="heads of the memory measurement")
+    ap.add_argument("--backend", nargs="+", default=["c"], choices=["c", "tvm"], help="softgen backends")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--normalizers", nargs="+", choices=list(COMPOSED), help="bench these normalizers instead")
     a = ap.parse_args(argv)
@@ -146,9 +150,11 @@ def main(argv=None) -> None:
     shapes = [(L, L, c) for L in a.lengths for c in (False, True)]
     if a.decode:
         shapes.append((1, a.decode, True))
-    kernels = {alg: {c: softgen.compile("attention", head_dim=a.d, causal=c, algorithm=alg) for c in (False, True)}
-               for alg in ("streaming", "three-phase")}
-    isa = kernels["streaming"][False].target.name
+    label = {"c": "softgen", "tvm": "softgen[tvm]"}
+    kernels = {(be, alg): {c: softgen.compile("attention", head_dim=a.d, causal=c, algorithm=alg, backend=be)
+                           for c in (False, True)}
+               for be in a.backend for alg in ("streaming", "three-phase")}
+    isa = next(iter(kernels.values()))[False].target.name
     peak = fma_peak(isa, 0.5) if isa in ("avx512", "avx2") and fma_supported(isa) else None
     print(f"target {isa}; FMA peak {peak:.1f} GFLOP/s per core (bench/fmapeak.py)" if peak else
           f"target {isa}: no FMA peak measured")
@@ -160,13 +166,13 @@ def main(argv=None) -> None:
         v = rng.standard_normal((a.bh, lk, a.d)).astype(np.float32)
         out = np.empty((a.bh, lq, a.d), np.float32)
         variants = {}
-        for alg, ks in kernels.items():
+        for (be, alg), ks in kernels.items():
             kern = ks[causal]
             if alg == "streaming":
                 for nt in a.threads:
-                    variants[f"softgen {alg} t{nt}"] = (lambda kern=kern, nt=nt: kern(q, k, v, out=out, threads=nt))
+                    variants[f"{label[be]} {alg} t{nt}"] = (lambda kern=kern, nt=nt: kern(q, k, v, out=out, threads=nt))
             else:
-                variants[f"softgen {alg} t1"] = (lambda kern=kern: kern(q, k, v, out=out))
+                variants[f"{label[be]} {alg} t1"] = (lambda kern=kern: kern(q, k, v, out=out))
         ref = None
         if torch is not None:
             tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
@@ -196,12 +202,14 @@ def main(argv=None) -> None:
         for name, tm in t.items():
             nt = int(name.rsplit(" t", 1)[1])
             tt = t.get(f"torch sdpa t{nt}")
+            tc = t.get(f"softgen streaming t{nt}") if name.startswith("softgen[tvm] streaming") else None
             gf = fl / tm.median / 1e9
             rows.append({"Lq": lq, "Lk": lk, "causal": causal, "impl": name, "threads": nt, "ms": tm.median * 1e3,
                          "gflops": gf, "peak_fraction": gf / (nt * peak) if peak else None, "spread": tm.spread,
-                         "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name)})
-    hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'impl':<22} {'ms':>9} {'GFLOP/s':>8} {'% peak':>6} {'IQR':>6} " \
-          f"{'x torch':>8} {'|diff|':>9}"
+                         "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name),
+                         "vs_c": (tc.median / tm.median) if tc else None})
+    hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'impl':<27} {'ms':>9} {'GFLOP/s':>8} {'% peak':>6} {'IQR':>6} " \
+          f"{'x torch':>8} {'x c':>6} {'|diff|':>9}"
     if rows:
         print(hdr)
         print("-" * len(hdr))
@@ -209,13 +217,14 @@ def main(argv=None) -> None:
         vt = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
         pk = f"{r['peak_fraction']:.1%}" if r["peak_fraction"] else "-"
-        print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {r['impl']:<22} {r['ms']:>9.3f} {r['gflops']:>8.2f} "
-              f"{pk:>6} {r['spread']:>6.1%} {vt:>8} {df:>9}")
+        vc = f"{r['vs_c']:.2f}" if r["vs_c"] else "-"
+        print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {r['impl']:<27} {r['ms']:>9.3f} {r['gflops']:>8.2f} "
+              f"{pk:>6} {r['spread']:>6.1%} {vt:>8} {vc:>6} {df:>9}")
     if a.json:
         from common import machine_info
         with open(a.json, "w") as f:
             json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "target": isa,
-                       "fma_peak_gflops_per_core": peak, "threads": a.threads,
+                       "fma_peak_gflops_per_core": peak, "threads": a.threads, "backends": a.backend,
                        "memory": mem, "rss_bh": a.rss_bh}, f, indent=1)
 
 

@@ -185,6 +185,20 @@ def attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, sch
     return alg, blocks, (given or None) if not isinstance(schedule, Schedule) else schedule
 
 
+def attention_why(be: Backend, program: MatrixProgram, alg: str) -> str:
+    """Why an attention matrix op has the form ``alg`` ("streaming" or "three-phase") on backend
+    ``be``: what ``algorithm="auto"`` weighed (``attention_algorithm``), for explain."""
+    why = passes.streamable(program)
+    norm = program.params.get("normalizer", "softmax")
+    if alg == "streaming":
+        return f"the {norm} normalizer streams and backend {be.name!r} lowers the streaming form (what auto picks)"
+    if why:
+        return f"the {norm} normalizer does not stream ({why})"
+    if not be.streams_attention:
+        return f"backend {be.name!r} has no streaming form"
+    return "requested (auto would stream)"
+
+
 def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tuple[dict, str]:
     """The streaming attention form's blocks {br, bc} from this machine's newest usable tuning
     record (``softgen tune --op attention``: algorithm "streaming"), and its ``why``; ({}, "")

@@ -149,7 +149,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by
     ``reference.soft_landmarks_avgpool``, or the (..., m, d) landmarks; no causal, mask or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
-    the normalizer and backend stream: softmax, stablemax on C), streaming,
+    the normalizer and backend stream: softmax, stablemax on C and TVM), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
     ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
     form: batch x heads x query chunks) split across the library's thread pool; results do not

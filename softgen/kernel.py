@@ -18,6 +18,7 @@ from .analysis import MatrixPlan
 from .arrays import TORCH_TYPES
 from .autotable import (  # noqa: F401 - public names of softgen.kernel before autotable split off
     attention_algorithm,
+    attention_why,
     auto_table,
     choose_algorithm,
     measured_why,
@@ -189,6 +190,9 @@ class Kernel:
         elif self.tuned and self.gemm_why:   # streaming attention: tuned blocks
             tuned += f"\n# attention blocks: tuned ({self.gemm_why})"
         threads = f"\n# {self.explain_threads()}" if self.explain_threads() else ""
+        if self.matrix and self.algorithm in ("streaming", "three-phase"):   # attention: which form, why
+            threads += f"\n# attention form: {self.algorithm}: " \
+                f"{attention_why(get_backend(self.backend), original, self.algorithm)}"
         out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
                f"{tuned}{threads}\n",
                "## IR as defined\n" + str(original) + "\n"]

@@ -43,7 +43,8 @@ LAYERS = [
     {"softgen.tunedb"},
     # 5: backends: lowered programs -> C / TensorIR
     {"softgen.backends", "softgen.backends.base", "softgen.backends.gemm", "softgen.backends.c",
-     "softgen.backends.entry", "softgen.backends.attention", "softgen.backends.tvm_adapter", "softgen.backends.tvm_gemm", "softgen.backends.tvm"},
+     "softgen.backends.entry", "softgen.backends.attention", "softgen.backends.tvm_adapter", "softgen.backends.tvm_gemm", "softgen.backends.tvm_attention",
+     "softgen.backends.tvm"},
     # 6: users of a backend's output: AOT export, the GEMM runtime
     {"softgen.export", "softgen.gemm_runtime"},
     # what algorithm="auto" resolves to (dispatch tables from the model or tuning records, tuned

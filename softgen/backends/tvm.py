@@ -26,7 +26,7 @@ from ..analysis import matrix_plan_lines
 from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, ROW, TOPK_MAX, Program
-from ..matrix import MatMulPhase, SweepPhase
+from ..matrix import AttentionPhase, MatMulPhase, SweepPhase
 from ..numerics.constants import (
     EXP_MAX,
     EXP_MIN,
@@ -44,11 +44,12 @@ from ..numerics.constants import (
 )
 from ..numerics.reductions import REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
-from ..passes import EXTEXP_F32_DOMAIN, plan
+from ..passes import EXTEXP_F32_DOMAIN, STREAMING_NORMALIZERS, plan
 from ..render import env
 from ..schedule import Schedule
 from ..targets import Target
-from . import tvm_adapter, tvm_gemm
+from . import tvm_adapter, tvm_attention, tvm_gemm
+from .attention import attention_function
 from .base import Artifact, Backend, register
 from .entry import (
     CallingConvention,
@@ -787,13 +788,25 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
              for k, ph in enumerate(mp.leaves()) if isinstance(ph, SweepPhase)]
     gemms = {fname: tvm_gemm.gemm(t, layout, gemm_schedule, name=fname)
              for fname, layout, _ in matrix_gemms(mp, name).values()}
+    # the streaming attention phase: TVM's function per (batch, head) rows, the C entry's checks and tasks
+    attn = [(f"{name}__attn{k}", ph) for k, ph in enumerate(mp.leaves()) if isinstance(ph, AttentionPhase)]
+    if attn and (len(attn) > 1 or mp.attention_tasks() is None):
+        raise BuildError("the TVM backend lowers a streaming attention phase only as the whole program")
+    if attn:
+        header.append(f"# streaming attention (algorithm auto streams {', '.join(STREAMING_NORMALIZERS)} on this backend too): "
+                      f"{attn[0][0]}__tvm is the TensorIR of a (batch, head) matrix's query rows; the C "
+                      f"wrapper's explicit-stride entry checks and splits (batch, head, query chunk) tasks")
+    funcs += [tvm_attention.phase_function(ph, fname, t, Emit, f32) for fname, ph in attn]
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
     entry = matrix_entry(mp, name, TVM_CALLS)
-    entry["prototypes"] += [g.c_text for g in gemms.values()]
+    entry["prototypes"] = entry.get("prototypes", []) + [g.c_text for g in gemms.values()]
+    after_pool = [attention_function(ph, fname, tasks=True, abi=mp.abi(), tvm=True) for fname, ph in attn]
     wrapper = env().get_template("tvm_wrapper.c.j2").render(
-        name=name, version=__version__, op=op, algorithm="direct (matrix program)", t=t,
+        name=name, version=__version__, op=op, algorithm="streaming (matrix program)" if attn else
+        "direct (matrix program)", t=t,
         schedule=f"{s} ({s.tag(t.lanes)})", fallback=False, tvm=True, row_params=[], rp_args="",
-        rp_decl="", abi=matrix_abi(mp, name), matrix=entry, threads=matrix_thread_policy(mp, t))
+        rp_decl="", abi=matrix_abi(mp, name), matrix=entry, threads=matrix_thread_policy(mp, t),
+        after_pool=after_pool)
     return tir, wrapper
 
 
@@ -829,6 +842,7 @@ class TvmBackend(Backend):
     dispatchable = True
     schedule_knobs = ()   # TVM keeps its exp and its own stores (_no_knobs)
     gemm_epilogues = GEMM_EPILOGUES
+    streams_attention = True   # tvm_attention: the streaming phase in TensorIR, the C entry's ABI and tasks
     simde_emulable = False
     thread_policy = True
     c_source = False
