@@ -35,6 +35,11 @@ def pytest_configure(config):
     # the model, not this machine's tuning records, decides algorithm="auto" in tests (test_tune
     # turns the records back on where it means to)
     os.environ["SOFTGEN_USE_TUNING"] = "0"
+    # `-n auto` alone distributes by group (see xdist_group): pytest-xdist's default, "load",
+    # ignores the groups
+    if getattr(config.option, "dist", "no") == "load" and \
+            not any(a.startswith(("--dist", "-d")) for a in config.invocation_params.args):
+        config.option.dist = "loadgroup"
     if not os.environ.get("SOFTGEN_CACHE_DIR"):
         config._softgen_cache = os.environ["SOFTGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="softgen-tests-")
 
@@ -132,8 +137,54 @@ def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_n
             assert np.all(np.abs(sums - 1) <= 1e-5), f"{where}: row sums {sums.min()}..{sums.max()}"
 
 
+# The parameters that name a kernel in parametrized tests: tests of one kernel share its build.
+KERNEL_PARAMS = ("op", "alg", "algorithm", "target", "backend")
+
+
+def xdist_group(item) -> str | None:
+    """The pytest-xdist group of a test (``--dist loadgroup``: a group runs on one worker): its
+    file when it uses a module-scoped fixture (built once per worker that runs the module: keep
+    the module on one), else its file and kernel parameters (each kernel built by one worker),
+    else none (any worker)."""
+    path = item.nodeid.split("::", 1)[0]
+    defs = getattr(item, "_fixtureinfo", None)
+    if defs is not None and any(d.scope in ("module", "package", "class")
+                                for fds in defs.name2fixturedefs.values() for d in fds):
+        return path
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    key = [str(params[p]) for p in KERNEL_PARAMS if p in params]
+    return f"{path}:{'-'.join(key)}" if len(key) >= 2 else None
+
+
+# The quick subset (-m quick): C kernels on this CPU in-process. Not in it: TVM builds, qemu
+# (neon) and SIMDe runs, other targets of the kernel matrix, CLI subprocesses, exports built by
+# CMake, the tuner and benchmarks (the full run has them all).
+NOT_QUICK_WORDS = ("tvm", "neon", "emulat", "simde", "qemu", "cross", "subprocess")
+NOT_QUICK_FILES = {"test_cli.py", "test_export_package.py", "test_emulation.py", "test_neon.py", "test_xisa.py",
+                   "test_tune.py", "test_benchmark.py", "test_properties.py", "test_abi_c.py"}
+QUICK_TARGETS = {"host", softgen.host_target()}   # the kernel matrix on this CPU's best target only
+
+
+def quick(item) -> bool:
+    if item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in NOT_QUICK_FILES:
+        return False
+    if any(w in item.nodeid.lower() for w in NOT_QUICK_WORDS) or item.get_closest_marker("slow"):
+        return False
+    target = getattr(getattr(item, "callspec", None), "params", {}).get("target")
+    return target is None or target in QUICK_TARGETS
+
+
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist's worker reads the xdist_group markers
 def pytest_collection_modifyitems(config, items):
-    """``slow`` tests (exhaustive sweeps) run only with ``-m slow`` or SOFTGEN_SLOW=1."""
+    """``slow`` tests (exhaustive sweeps) run only with ``-m slow`` or SOFTGEN_SLOW=1; ``quick``
+    marks the quick subset; under pytest-xdist, tests that share a build are grouped
+    (``xdist_group``)."""
+    for item in items:
+        group = xdist_group(item)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+        if quick(item):
+            item.add_marker(pytest.mark.quick)
     if "slow" in (config.getoption("markexpr") or "") or os.environ.get("SOFTGEN_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="exhaustive sweep: run with -m slow")
