@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,11 +37,6 @@ def pytest_configure(config):
     # the model, not this machine's tuning records, decides algorithm="auto" in tests (test_tune
     # turns the records back on where it means to)
     os.environ["SOFTGEN_USE_TUNING"] = "0"
-    # `-n auto` alone distributes by group (see xdist_group): pytest-xdist's default, "load",
-    # ignores the groups
-    if getattr(config.option, "dist", "no") == "load" and \
-            not any(a.startswith(("--dist", "-d")) for a in config.invocation_params.args):
-        config.option.dist = "loadgroup"
     if not os.environ.get("SOFTGEN_CACHE_DIR"):
         config._softgen_cache = os.environ["SOFTGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="softgen-tests-")
 
@@ -137,23 +134,36 @@ def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_n
             assert np.all(np.abs(sums - 1) <= 1e-5), f"{where}: row sums {sums.min()}..{sums.max()}"
 
 
-# The parameters that name a kernel in parametrized tests: tests of one kernel share its build.
-KERNEL_PARAMS = ("op", "alg", "algorithm", "target", "backend")
+MODULE_SCOPED = re.compile(r"""scope\s*=\s*["'](module|package|class)["']""")
 
 
-def xdist_group(item) -> str | None:
-    """The pytest-xdist group of a test (``--dist loadgroup``: a group runs on one worker): its
-    file when it uses a module-scoped fixture (built once per worker that runs the module: keep
-    the module on one), else its file and kernel parameters (each kernel built by one worker),
-    else none (any worker)."""
-    path = item.nodeid.split("::", 1)[0]
-    defs = getattr(item, "_fixtureinfo", None)
-    if defs is not None and any(d.scope in ("module", "package", "class")
-                                for fds in defs.name2fixturedefs.values() for d in fds):
-        return path
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    key = [str(params[p]) for p in KERNEL_PARAMS if p in params]
-    return f"{path}:{'-'.join(key)}" if len(key) >= 2 else None
+@functools.cache
+def shares_module_builds(path: Path) -> bool:
+    """Whether the test file ``path`` has a module-scoped fixture (a build made once per worker
+    that runs the module: its tests are kept on one worker)."""
+    try:
+        return bool(MODULE_SCOPED.search(path.read_text()))
+    except OSError:
+        return False
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``-n auto`` (pytest-xdist) without ``--dist``: a file with a module-scoped fixture runs on
+    one worker, every other test on whichever worker is free (the kernel cache is shared, so a
+    kernel built by one worker is a cache hit for the other). pytest-xdist's ``loadgroup`` would
+    do it with markers, but its marks stopped grouping with pytest 9.2 (pytest-xdist#1386)."""
+    if config.getoption("dist") != "load" or any(a.startswith("--dist") or a == "-d"
+                                                 for a in config.invocation_params.args):
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # optional: only under pytest-xdist
+
+    class FileOrTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if shares_module_builds(config.rootpath / path) else nodeid
+
+    return FileOrTest(config, log)
 
 
 # The quick subset (-m quick): C kernels on this CPU in-process. Not in it: TVM builds, qemu
@@ -174,15 +184,10 @@ def quick(item) -> bool:
     return target is None or target in QUICK_TARGETS
 
 
-@pytest.hookimpl(tryfirst=True)   # before pytest-xdist's worker reads the xdist_group markers
 def pytest_collection_modifyitems(config, items):
     """``slow`` tests (exhaustive sweeps) run only with ``-m slow`` or SOFTGEN_SLOW=1; ``quick``
-    marks the quick subset; under pytest-xdist, tests that share a build are grouped
-    (``xdist_group``)."""
+    marks the quick subset."""
     for item in items:
-        group = xdist_group(item)
-        if group and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(group))
         if quick(item):
             item.add_marker(pytest.mark.quick)
     if "slow" in (config.getoption("markexpr") or "") or os.environ.get("SOFTGEN_SLOW") == "1":
