@@ -170,7 +170,8 @@ def pytest_xdist_make_scheduler(config, log):
 # (neon) and SIMDe runs, other targets of the kernel matrix, CLI subprocesses, exports built by
 # CMake, private kernel caches built from scratch, the tuner and benchmarks (the full run has
 # them all).
-NOT_QUICK_WORDS = ("tvm", "neon", "emulat", "simde", "qemu", "cross", "subprocess")
+NOT_QUICK_WORDS = ("tvm", "neon", "emulat", "simde", "qemu", "cross", "subprocess", "_cli", "tune",
+                   "backends_agree", "not_shift_invariant")   # the last two build TVM kernels too
 NOT_QUICK_FILES = {"test_cli.py", "test_export_package.py", "test_emulation.py", "test_neon.py", "test_xisa.py",
                    "test_tune.py", "test_benchmark.py", "test_properties.py", "test_abi_c.py", "test_cache.py",
                    "test_knobs.py"}
