@@ -171,7 +171,8 @@ def pytest_xdist_make_scheduler(config, log):
 # CMake, private kernel caches built from scratch, the tuner and benchmarks (the full run has
 # them all).
 NOT_QUICK_WORDS = ("tvm", "neon", "emulat", "simde", "qemu", "cross", "subprocess", "_cli", "tune",
-                   "backends_agree", "not_shift_invariant")   # the last two build TVM kernels too
+                   "backends_agree", "not_shift_invariant",     # these two build TVM kernels too
+                   "every_positive_finite_scale", "scale_and_temperature")   # a kernel per scale
 NOT_QUICK_FILES = {"test_cli.py", "test_export_package.py", "test_emulation.py", "test_neon.py", "test_xisa.py",
                    "test_tune.py", "test_benchmark.py", "test_properties.py", "test_abi_c.py", "test_cache.py",
                    "test_knobs.py"}
