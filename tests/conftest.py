@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,8 +134,66 @@ def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_n
             assert np.all(np.abs(sums - 1) <= 1e-5), f"{where}: row sums {sums.min()}..{sums.max()}"
 
 
+MODULE_SCOPED = re.compile(r"""scope\s*=\s*["'](module|package|class)["']""")
+
+
+@functools.cache
+def shares_module_builds(path: Path) -> bool:
+    """Whether the test file ``path`` has a module-scoped fixture (a build made once per worker
+    that runs the module: its tests are kept on one worker)."""
+    try:
+        return bool(MODULE_SCOPED.search(path.read_text()))
+    except OSError:
+        return False
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``-n auto`` (pytest-xdist) without ``--dist``: a file with a module-scoped fixture runs on
+    one worker, every other test on whichever worker is free (the kernel cache is shared, so a
+    kernel built by one worker is a cache hit for the other). pytest-xdist's ``loadgroup`` would
+    do it with markers, but its marks stopped grouping with pytest 9.2 (pytest-xdist#1386)."""
+    if config.getoption("dist") != "load" or any(a.startswith("--dist") or a == "-d"
+                                                 for a in config.invocation_params.args):
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # optional: only under pytest-xdist
+
+    class FileOrTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if shares_module_builds(config.rootpath / path) else nodeid
+
+    return FileOrTest(config, log)
+
+
+# The quick subset (-m quick): C kernels on this CPU in-process. Not in it: TVM builds, qemu
+# (neon) and SIMDe runs, other targets of the kernel matrix, CLI subprocesses, exports built by
+# CMake, private kernel caches built from scratch, the tuner and benchmarks (the full run has
+# them all).
+NOT_QUICK_WORDS = ("tvm", "neon", "emulat", "simde", "qemu", "cross", "subprocess", "_cli", "tune",
+                   "backends_agree", "not_shift_invariant",     # these two build TVM kernels too
+                   "every_positive_finite_scale", "scale_and_temperature")   # a kernel per scale
+NOT_QUICK_FILES = {"test_cli.py", "test_export_package.py", "test_emulation.py", "test_neon.py", "test_xisa.py",
+                   "test_tune.py", "test_benchmark.py", "test_properties.py", "test_abi_c.py", "test_cache.py",
+                   "test_knobs.py"}
+QUICK_TARGETS = {"host", softgen.host_target()}   # the kernel matrix on this CPU's best target only
+
+
+def quick(item) -> bool:
+    if item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in NOT_QUICK_FILES:
+        return False
+    if any(w in item.nodeid.lower() for w in NOT_QUICK_WORDS) or item.get_closest_marker("slow"):
+        return False
+    target = getattr(getattr(item, "callspec", None), "params", {}).get("target")
+    return target is None or target in QUICK_TARGETS
+
+
 def pytest_collection_modifyitems(config, items):
-    """``slow`` tests (exhaustive sweeps) run only with ``-m slow`` or SOFTGEN_SLOW=1."""
+    """``slow`` tests (exhaustive sweeps) run only with ``-m slow`` or SOFTGEN_SLOW=1; ``quick``
+    marks the quick subset."""
+    for item in items:
+        if quick(item):
+            item.add_marker(pytest.mark.quick)
     if "slow" in (config.getoption("markexpr") or "") or os.environ.get("SOFTGEN_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="exhaustive sweep: run with -m slow")

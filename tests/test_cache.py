@@ -346,3 +346,57 @@ def test_the_default_cache_cap(monkeypatch):
     assert runtime.cache_cap() == 512 << 20
     monkeypatch.setenv("SOFTGEN_CACHE_MAX_MB", "inf")
     assert runtime.cache_cap() == float("inf")
+
+
+# A compiler that writes its output slowly, in pieces, keeping a copy of each complete output: a
+# cache that published the file while it was being written would show a piece of it.
+_SLOW_CC = r'''#!{python}
+import os, shutil, subprocess, sys, time
+argv = sys.argv[1:]
+if "--version" in argv:
+    os.execvp("cc", ["cc", *argv])
+rc = subprocess.call(["cc", *argv])
+out = argv[argv.index("-o") + 1] if "-o" in argv else None
+if rc or out is None or not out.endswith(".so"):
+    sys.exit(rc)
+data = open(out, "rb").read()
+shutil.copyfile(out, os.path.join({full!r}, f"{{os.getpid()}}.so"))
+with open(out, "wb") as f:
+    for i in range(0, len(data), len(data) // 8 + 1):
+        f.write(data[i:i + len(data) // 8 + 1]); f.flush(); time.sleep(0.05)
+'''
+_RACER = r'''
+import sys, time, numpy as np, softgen
+while not __import__("os").path.exists(sys.argv[1]):
+    time.sleep(0.01)
+k = softgen.compile("softmax", algorithm="online", target="scalar", name="cache_race")
+assert np.allclose(k(np.zeros((2, 4), np.float32)), 0.25)
+'''
+
+
+def test_two_processes_building_one_kernel_never_load_a_half_written_library(tmp_path):
+    """pytest-xdist workers (and CLI subprocesses) share one cache: two builds of the same kernel
+    at once both succeed, and the cache entry only ever holds a complete library (tmp + rename)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    cc = tmp_path / "slowcc"
+    cc.write_text(_SLOW_CC.format(python=sys.executable, full=str(full)))
+    cc.chmod(0o755)
+    go = tmp_path / "go"
+    env = {**os.environ, "SOFTGEN_CACHE_DIR": str(tmp_path / "cache"), "CC": str(cc)}
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(go)], env=env, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    go.touch()
+    seen = set()
+    while any(p.poll() is None for p in procs):
+        for so in (tmp_path / "cache").rglob("*.so"):
+            if not so.parent.name.startswith("tmp"):   # a published entry, not a build in progress
+                try:
+                    seen.add(so.read_bytes())
+                except OSError:
+                    pass
+        time.sleep(0.005)
+    assert [p.wait() for p in procs] == [0, 0], [p.stderr.read()[-2000:] for p in procs]
+    complete = {p.read_bytes() for p in full.iterdir()}
+    assert complete and seen, "the racers built nothing"
+    assert seen <= complete, "a cache entry was seen before it was completely written"

@@ -125,3 +125,16 @@ def test_plan_repr_is_one_line_per_sweep():
     assert lines[0] == "Plan(softmax: 3 sweeps, 3R + 2W = 20 B/element, 1 exp/element)"
     assert [ln.split(":")[0] for ln in lines[1:]] == ["  sweep 0", "  sweep 1", "  sweep 2"]
     assert "writes y (store)" in lines[2] and "reads y (reload)" in lines[3]
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run runs the README's test command (line 2 of its first code block) as written: the same
+    install and the same pytest arguments, ending the line (``-n auto``: the duration the README
+    states is that of this command)."""
+    readme = (ROOT / "README.md").read_text()
+    line = re.search(r"```sh\n[^\n]*\n([^\n]*)\n", readme).group(1)
+    install, _, run = line.split("#")[0].strip().partition(" && ")
+    assert install == "pip install -e '.[test]'" and run.startswith("python -m pytest"), line
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(rf"^{re.escape(install)} && (.* && )?{re.escape(run)}$", ci, flags=re.M), \
+        f".ci/run does not run the README's test command {line!r}"
