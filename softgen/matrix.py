@@ -233,7 +233,9 @@ class AttentionPhase(Phase):
     explain). ``causal``: keys above the bottom-right diagonal dropped (blocks entirely above it
     are skipped); ``mask``: the mask matrix of S's shape, or None, of kind ``mask_kind``: "additive"
     (float32 added to the scores) or "bool" (a uint8 keep-mask). ``normalizer``: "softmax" (online
-    rescaling) or "stablemax" (no max, no rescaling: per row l and the accumulator, spec §10)."""
+    rescaling), "stablemax" (no max, no rescaling: per row l and the accumulator, spec §10) or
+    "softplus_l1" (as stablemax; rows whose largest kept score is below SOFTPLUS_TINY get a second
+    pass over the keys weighted e^(S - max S))."""
     q: str
     k: str
     v: str

@@ -596,7 +596,7 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
-STREAMING_NORMALIZERS = ("softmax", "stablemax")
+STREAMING_NORMALIZERS = ("softmax", "stablemax", "softplus_l1")
 
 
 def _stablemax_rows(p: Program) -> bool:
@@ -607,11 +607,21 @@ def _stablemax_rows(p: Program) -> bool:
     return reds == ["reduce_sum"] and "exp" not in ops and "recip" in ops and p.op(p.args(p.output())[0]) == "mul"
 
 
+def _softplus_l1_rows(p: Program) -> bool:
+    """Whether rows program ``p`` is a (masked) softplus_l1 as ``ops.attention`` builds it: the
+    row max (for its rows below SOFTPLUS_TINY), softplus by log1p, one reduce_sum, its reciprocal."""
+    ops = [p.op(v) for v in p.nodes()]
+    reds = sorted(op for v, op in zip(p.nodes(), ops) if p.kind(v) in ("reduce", "colreduce", "mreduce", "emit"))
+    return reds == ["reduce_max", "reduce_sum"] and "log1p" in ops and "recip" in ops \
+        and p.op(p.args(p.output())[0]) == "mul"
+
+
 def _streaming_rows(mp, p: Program) -> bool:
     """Whether rows program ``p`` is the normalizer ``mp.params["normalizer"]`` in a form the
-    streaming phase computes (softmax: online rescaling; stablemax: no rescaling)."""
+    streaming phase computes (softmax: online rescaling; stablemax, softplus_l1: no rescaling)."""
     normalizer = mp.params.get("normalizer", "softmax")
-    return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p))
+    return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p)) \
+        or (normalizer == "softplus_l1" and _softplus_l1_rows(p))
 
 
 def attention_form(mp, softmax_rows: bool = True):

@@ -10,9 +10,10 @@ whole score row of the block (its max) before the exponentials and the P V updat
 block S = s Q_blk K_blk^T is computed as dot products vectorised over d (two accumulators, a
 masked tail load), the row max / exp / sum run vectorised over the block's keys, and P V
 accumulates four keys per pass over each output row, vectorised over dv, straight into o's rows
-(the Br x dv accumulator is o itself: no allocation). softmax (online rescaling) and stablemax
-(no rescaling) stream; the template's ``normalize_block`` macro holds each normalizer's per-block
-math, where the others (softplus_l1, lssa) slot in beside them.
+(the Br x dv accumulator is o itself: no allocation). softmax (online rescaling), stablemax and
+softplus_l1 (no rescaling; softplus_l1's rows whose largest kept score is below ``SOFTPLUS_TINY``
+take a second pass over the key blocks weighted e^(S - max S), as the three-phase form) stream; the
+template's ``normalize_block`` macro holds each normalizer's per-block math.
 
 The threaded entry ``__all`` implements the explicit-stride ABI (``abi.ATTENTION``): heads and
 GQA (query head h reads kv head h / (hq / hkv)) in the kernel, a strided mask (uint8 keep-mask or
@@ -24,6 +25,7 @@ from __future__ import annotations
 from ..abi import ATTENTION, KernelABI
 from ..errors import BuildError
 from ..matrix import AttentionPhase
+from ..ops.attention import SOFTPLUS_TINY
 from ..passes import STREAMING_NORMALIZERS
 from ..render import env, flit
 
@@ -64,4 +66,4 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
         mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
         normalizer=ph.normalizer, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
-        params=abi.param_list() if abi is not None else "", strides=strides)
+        params=abi.param_list() if abi is not None else "", strides=strides, tiny=flit(SOFTPLUS_TINY))
