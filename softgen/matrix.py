@@ -264,6 +264,8 @@ class AttentionPhase(Phase):
         masks = "".join([mask, ", causal" if self.causal else ""])
         state = "m, l and a {} x dv accumulator, rescaled by e^(m - m')" if self.normalizer == "softmax" else \
             "l and a {} x dv accumulator, no rescaling"
+        if self.normalizer == "softplus_l1":
+            state += "; rows whose largest kept score is below SOFTPLUS_TINY: a second pass weighted e^(S - max S)"
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
                 f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row "
                 + state.format(self.br))
