@@ -596,7 +596,7 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
-STREAMING_NORMALIZERS = ("softmax", "stablemax", "softplus_l1")
+STREAMING_NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa")
 
 
 def _stablemax_rows(p: Program) -> bool:
@@ -621,7 +621,14 @@ def _streaming_rows(mp, p: Program) -> bool:
     streaming phase computes (softmax: online rescaling; stablemax, softplus_l1: no rescaling)."""
     normalizer = mp.params.get("normalizer", "softmax")
     return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p)) \
-        or (normalizer == "softplus_l1" and _softplus_l1_rows(p))
+        or (normalizer == "softplus_l1" and _softplus_l1_rows(p)) or (normalizer == "lssa" and _lssa_rows(p))
+
+
+def _lssa_rows(p: Program) -> bool:
+    """Whether rows program ``p`` is lssa's rows phase over the cosines as ``ops.attention`` builds
+    it: softplus by log1p, one reduce_sum over the weights (N_i's counts aside), its reciprocal."""
+    ops = [p.op(v) for v in p.nodes()]
+    return "log1p" in ops and "recip" in ops and "reduce_max" not in ops and p.op(p.args(p.output())[0]) == "mul"
 
 
 def attention_form(mp, softmax_rows: bool = True):
@@ -631,10 +638,11 @@ def attention_form(mp, softmax_rows: bool = True):
     matrices may come first (a prologue preparing the operands: lssa's unit q and k rows; such
     forms are three-phase only, the rewrite refuses them)."""
     ph = mp.phases
-    prologue = False
+    prologue = []
     while len(ph) > 3 and isinstance(ph[0], RowsPhase) and ph[0].into is not None and mp.role(ph[0].into) == "scratch":
-        ph, prologue = ph[1:], True
-    if prologue and softmax_rows:
+        ph, prologue = ph[1:], prologue + [ph[0]]
+    # lssa's prologue (q and k to unit rows) streams: the kernel normalises them itself
+    if prologue and softmax_rows and mp.params.get("normalizer") != "lssa":
         return None
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
@@ -671,7 +679,11 @@ def stream_attention(mp, br: int, bc: int):
     del out.scratch_mats[a.mm.dst]
     mask = (p.matrices() or [None])[0]
     normalizer = mp.params.get("normalizer", "softmax")
-    out.phases = [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
+    qk = {}
+    for ph in mp.phases[:-3]:   # lssa's prologue: its unit q and k rows, formed in the kernel instead
+        qk[ph.into] = ph.over
+        del out.scratch_mats[ph.into]
+    out.phases = [AttentionPhase(q=qk.get(a.mm.a, a.mm.a), k=qk.get(a.mm.b, a.mm.b), v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
                                  causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc, normalizer=normalizer,
                                  mask_kind="bool" if mp.params.get("mask") == "bool" else "additive")]
     state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \

@@ -22,6 +22,8 @@ past a batch's length are skipped) and the optional log-sum-exp output.
 """
 from __future__ import annotations
 
+import math
+
 from ..abi import ATTENTION, KernelABI
 from ..errors import BuildError
 from ..matrix import AttentionPhase
@@ -66,4 +68,5 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
         mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
         normalizer=ph.normalizer, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
-        params=abi.param_list() if abi is not None else "", strides=strides, tiny=flit(SOFTPLUS_TINY))
+        params=abi.param_list() if abi is not None else "", strides=strides, tiny=flit(SOFTPLUS_TINY),
+        log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer == "lssa" else None)

@@ -218,7 +218,7 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         if scale is not None:
             raise UsageError(f"{normalizer} attention takes no scale: its scores are cosines times "
                              f"log(head_dim) log(N_i) (docs/ops.md §5.1)")
-    if mask == "bool" and normalizer in (*ITERATIVE, *COSINE):
+    if mask == "bool" and normalizer in (*ITERATIVE, "lssar"):
         raise UsageError(f"attention: mask='bool' (a uint8 keep-mask) is the streaming form's; the {normalizer} "
                          f"normalizer takes mask='additive' (softgen.attention converts)")
     if normalizer == "sinkhorn":
@@ -426,7 +426,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
     and the causal diagonal), a = softplus(z) (0 at dropped keys whatever z is), A = a / sum a;
     lssar: ``lssa._reweight`` with O_i = 0 while the query's position i + Lk - Lq is below
     offset_free_rows."""
-    if mask == "additive":
+    if mask != "none":   # "bool": the additive IR, the streaming kernel reads bytes
         mp.inputs["mask"] = ("lq", "lk")
     _unit_rows(mp, "q", "qn")
     _unit_rows(mp, "k", "kn")
@@ -435,7 +435,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
     x = mp.rows(over="s", into="s")
     pr = x.p
     keep = m = None
-    if mask == "additive":
+    if mask != "none":
         m = pr.matrow("mask")
         keep = m.where_lt(-F32_MAX, 0.0, 1.0)          # -inf: dropped
     if causal:
