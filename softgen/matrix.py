@@ -235,7 +235,8 @@ class AttentionPhase(Phase):
     (float32 added to the scores) or "bool" (a uint8 keep-mask). ``normalizer``: "softmax" (online
     rescaling), "stablemax" (no max, no rescaling: per row l and the accumulator, spec §10) or
     "softplus_l1" (as stablemax; rows whose largest kept score is below SOFTPLUS_TINY get a second
-    pass over the keys weighted e^(S - max S))."""
+    pass over the keys weighted e^(S - max S)) or "lssa" (as stablemax on cosines times
+    log(d) log(N_i): q and k are normalised in the kernel, N_i counted per row first)."""
     q: str
     k: str
     v: str

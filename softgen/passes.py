@@ -635,8 +635,8 @@ def attention_form(mp, softmax_rows: bool = True):
     """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
     a masked normalizer that streams, ``STREAMING_NORMALIZERS``) and ``O = S @ V`` (nn), with S
     scratch: (first matmul, rows phase, second matmul), else None. Rows phases into scratch
-    matrices may come first (a prologue preparing the operands: lssa's unit q and k rows; such
-    forms are three-phase only, the rewrite refuses them)."""
+    matrices may come first (a prologue preparing the operands: lssa's unit q and k rows; the
+    rewrite accepts lssa's only: its kernel normalises q and k itself)."""
     ph = mp.phases
     prologue = []
     while len(ph) > 3 and isinstance(ph[0], RowsPhase) and ph[0].into is not None and mp.role(ph[0].into) == "scratch":

@@ -264,9 +264,10 @@ def test_streaming_equals_three_phase(norm_):
         softgen.compile("attention", normalizer=norm_, mask="bool", algorithm="three-phase")
 
 
-def test_streaming_neon_under_qemu():
-    """One qemu run of the streaming softplus_l1 (small blocks: the second pass included)."""
-    k = softgen.compile("attention", normalizer="softplus_l1", head_dim=7, causal=True, mask="additive",
+@pytest.mark.parametrize("norm_", STREAMED)
+def test_streaming_neon_under_qemu(norm_):
+    """One qemu run per streaming normalizer (small blocks; softplus_l1: the second pass included)."""
+    k = softgen.compile("attention", normalizer=norm_, head_dim=7, causal=True, mask="additive",
                         target="neon", algorithm="streaming", schedule=SMALL)
     cs = cases(True)[1:3]
     cs[0][0][1, 2], cs[0][1][1] = -np.abs(cs[0][0][1, 2]) - 3, np.abs(cs[0][1][1]) + 3

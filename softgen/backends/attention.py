@@ -12,7 +12,8 @@ masked tail load), the row max / exp / sum run vectorised over the block's keys,
 accumulates four keys per pass over each output row, vectorised over dv, straight into o's rows
 (the Br x dv accumulator is o itself: no allocation). softmax (online rescaling), stablemax and
 softplus_l1 (no rescaling; softplus_l1's rows whose largest kept score is below ``SOFTPLUS_TINY``
-take a second pass over the key blocks weighted e^(S - max S), as the three-phase form) stream; the
+take a second pass over the key blocks weighted e^(S - max S), as the three-phase form) and lssa
+(no rescaling; 1/|q_i| per row, unit keys in kt, N_i per row before its key blocks) stream; the
 template's ``normalize_block`` macro holds each normalizer's per-block math.
 
 The threaded entry ``__all`` implements the explicit-stride ABI (``abi.ATTENTION``): heads and
