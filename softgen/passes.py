@@ -596,7 +596,7 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
-STREAMING_NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa")
+STREAMING_NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar")
 
 
 def _stablemax_rows(p: Program) -> bool:
@@ -621,14 +621,16 @@ def _streaming_rows(mp, p: Program) -> bool:
     streaming phase computes (softmax: online rescaling; stablemax, softplus_l1: no rescaling)."""
     normalizer = mp.params.get("normalizer", "softmax")
     return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p)) \
-        or (normalizer == "softplus_l1" and _softplus_l1_rows(p)) or (normalizer == "lssa" and _lssa_rows(p))
+        or (normalizer == "softplus_l1" and _softplus_l1_rows(p)) or (normalizer in ("lssa", "lssar") and _lssa_rows(p, normalizer == "lssar"))
 
 
-def _lssa_rows(p: Program) -> bool:
+def _lssa_rows(p: Program, lssar: bool = False) -> bool:
     """Whether rows program ``p`` is lssa's rows phase over the cosines as ``ops.attention`` builds
-    it: softplus by log1p, one reduce_sum over the weights (N_i's counts aside), its reciprocal."""
+    it: softplus by log1p, the sums (N_i's count, the weights'), a reciprocal; lssar's also takes
+    the row max (its re-weighting)."""
     ops = [p.op(v) for v in p.nodes()]
-    return "log1p" in ops and "recip" in ops and "reduce_max" not in ops and p.op(p.args(p.output())[0]) == "mul"
+    return "log1p" in ops and "recip" in ops and (lssar or "reduce_max" not in ops) \
+        and p.op(p.args(p.output())[0]) == "mul"
 
 
 def attention_form(mp, softmax_rows: bool = True):
@@ -642,7 +644,7 @@ def attention_form(mp, softmax_rows: bool = True):
     while len(ph) > 3 and isinstance(ph[0], RowsPhase) and ph[0].into is not None and mp.role(ph[0].into) == "scratch":
         ph, prologue = ph[1:], prologue + [ph[0]]
     # lssa's prologue (q and k to unit rows) streams: the kernel normalises them itself
-    if prologue and softmax_rows and mp.params.get("normalizer") != "lssa":
+    if prologue and softmax_rows and mp.params.get("normalizer") not in ("lssa", "lssar"):
         return None
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
@@ -683,11 +685,15 @@ def stream_attention(mp, br: int, bc: int):
     for ph in mp.phases[:-3]:   # lssa's prologue: its unit q and k rows, formed in the kernel instead
         qk[ph.into] = ph.over
         del out.scratch_mats[ph.into]
+    # causal: the op's flag (lssar's rows program reads row_index for O_i whether causal or not)
     out.phases = [AttentionPhase(q=qk.get(a.mm.a, a.mm.a), k=qk.get(a.mm.b, a.mm.b), v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
-                                 causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc, normalizer=normalizer,
+                                 causal=bool(mp.params.get("causal", p.nodes("row_index"))), mask=mask, br=br, bc=bc, normalizer=normalizer,
                                  mask_kind="bool" if mp.params.get("mask") == "bool" else "additive")]
     state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \
         if normalizer == "softmax" else f"{normalizer} state l per row and the accumulator, no rescaling"
+    if normalizer == "lssar":
+        state = "two passes over the keys: l per row, then the running max r of R, the sum and the accumulator " \
+                "rescaled by (r / r')^p"
     out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {normalizer} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
                             f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]

@@ -1,10 +1,9 @@
 """softplus_l1, LSSA and LSSAR attention (issue 14, docs/ops.md §5, §10): the float64 oracles'
 conventions (cosine scores times log d log N_i, N_i from the masks, bottom-right positions for causal
 and LSSAR's O_i), the three-phase kernels against them (C on every target, neon under qemu once,
-TVM once per normalizer), the front door and its errors. softplus_l1 and lssa stream (C, the
-explicit-stride kernel: auto picks it): against the oracle in small blocks, equal to three-phase
-through the front door (masks, kv_lengths, GQA, lse), bitwise for any thread count; lssar does not
-stream yet (auto builds three-phase, algorithm="streaming" refuses it). Kernels are shared per module."""
+TVM once per normalizer), the front door and its errors. All three stream (C, the explicit-stride
+kernel: auto picks it): against the oracle in small blocks, equal to three-phase through the front
+door (masks, kv_lengths, GQA, lse), bitwise for any thread count. Kernels are shared per module."""
 from __future__ import annotations
 
 import math
@@ -20,7 +19,7 @@ from softgen.ops import get_op
 
 RNG = np.random.default_rng(1405)
 NORMS = ["softplus_l1", "lssa", "lssar"]
-STREAMED = ["softplus_l1", "lssa"]      # lssar: three-phase only (not streamed yet)
+STREAMED = NORMS   # softplus_l1, lssa: no rescaling; lssar: two passes over K
 SMALL = {"br": 3, "bc": 16}     # streaming in small blocks: 1 .. 5 key blocks per row
 
 OP = get_op("attention")
@@ -205,13 +204,13 @@ def test_tvm_three_phase(norm):
         check(k, *c[:3], k(*c), c[3])
 
 
-@pytest.mark.parametrize("norm_", [n for n in NORMS if n not in STREAMED])
-def test_no_streaming_form_yet(norm_):
-    with pytest.raises(softgen.UsageError, match="no streaming form yet"):
-        softgen.compile("attention", normalizer=norm_, algorithm="streaming")
-    assert softgen.compile("attention", normalizer=norm_, head_dim=7).algorithm == "three-phase"
-    with pytest.raises(softgen.UsageError, match="mask='bool'"):
-        softgen.compile("attention", normalizer=norm_, mask="bool")
+def test_lssar_streams_noncausal_with_its_offsets():
+    """lssar's rows program reads the row index for O_i: the streaming form must not take that
+    for the causal diagonal (every key visible), and O_i follows the position with Lq != Lk."""
+    k = softgen.compile("attention", normalizer="lssar", head_dim=7, p=3)
+    q, kk, v = f32(2, 6, 7), f32(2, 4, 7), f32(2, 4, 5)
+    check(k, q, kk, v, k(q, kk, v))
+    assert k.algorithm == "streaming" and "^T) @ v" in k.explain() and "causal)" not in k.explain()
 
 
 def _softplus_lse(q, kk, causal, keep, lens):
@@ -248,9 +247,11 @@ def test_streaming_equals_three_phase(norm_):
         r = ref.attention(q, kk, v, **kw)
         nan = np.isnan(r)
         assert np.array_equal(np.isnan(o), nan) and np.array_equal(np.isnan(o3), nan)
-        np.testing.assert_allclose(o[~nan], o3[~nan], rtol=1e-5, atol=1e-5)   # |v| ~ 1: sums cancel
+        # |v| ~ 1: sums cancel; lssar's power p = 15 amplifies float32 rounding near R = 0
+        tol = 1e-3 if norm_ == "lssar" else 1e-5
+        np.testing.assert_allclose(o[~nan], o3[~nan], rtol=tol, atol=tol)
         np.testing.assert_allclose(o[~nan], r[~nan], rtol=2e-4, atol=2e-5)
-        if norm_ == "lssa":   # lse: log sum_j a_ij, -inf for a row with no kept key
+        if norm_ != "softplus_l1":   # lse: log sum_j a_ij (lssa's sum), -inf for a row with no kept key
             assert np.array_equal(lse == -np.inf, (~keep[None] | (np.arange(lk) >= lens[:, None, None, None])
                                                    | (causal & (np.arange(lk) > np.arange(lq)[:, None] + lk - lq))).all(-1))
             continue
@@ -292,7 +293,7 @@ def test_api_gqa_masks_lengths_and_params():
         np.testing.assert_allclose(o[~np.isnan(o)], r[~np.isnan(r)], rtol=2e-4, atol=2e-5)
     k = softgen.compile("attention", normalizer="lssar", p=3, offset_free_rows=0, head_dim=7, causal=True,
                         mask="additive")
-    assert k.params["p"] == 3 and k.params["offset_free_rows"] == 0 and k.algorithm == "three-phase"
+    assert k.params["p"] == 3 and k.params["offset_free_rows"] == 0 and k.algorithm == "streaming"
     assert "p" not in softgen.compile("attention").params   # other normalizers' kernels: unchanged
 
 

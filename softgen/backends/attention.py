@@ -28,8 +28,9 @@ import math
 from ..abi import ATTENTION, KernelABI
 from ..errors import BuildError
 from ..matrix import AttentionPhase
-from ..ops.attention import SOFTPLUS_TINY
+from ..ops.attention import SOFTPLUS_TINY, _lssar_params
 from ..passes import STREAMING_NORMALIZERS
+from ..reference import R_BOUND
 from ..render import env, flit
 
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
@@ -70,4 +71,29 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
         mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
         normalizer=ph.normalizer, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
         params=abi.param_list() if abi is not None else "", strides=strides, tiny=flit(SOFTPLUS_TINY),
-        log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer == "lssa" else None)
+        log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,
+        **(_lssar(ph.program.params) if ph.normalizer == "lssar" else {}))
+
+
+def _lssar(params: dict) -> dict:
+    """lssar's template values: p, offset_free_rows, R_BOUND and the C of q = x^p (x in [0, 1]):
+    repeated squaring for integer p <= 64 in ``lssa._ipow``'s order, else e^(p log x)."""
+    lp = _lssar_params(params.get("p"), params.get("offset_free_rows"))
+    p = lp["p"]
+    if p.is_integer() and p <= 64:
+        lines, k, sq, acc, i = [], int(p), "x", None, 0
+        while k:
+            if k & 1:
+                if acc is None:
+                    acc = sq
+                else:
+                    lines.append(f"const VEC a{i} = V_MUL({acc}, {sq});")
+                    acc, i = f"a{i}", i + 1
+            k >>= 1
+            if k:
+                lines.append(f"const VEC s{i} = V_MUL({sq}, {sq});")
+                sq, i = f"s{i}", i + 1
+        lines.append(f"const VEC q = {acc};")
+    else:
+        lines = [f"const VEC q = sg_exp_nonpos(V_MUL(V_SET1({flit(p)}), sg_log(x)));"]
+    return {"power": flit(p), "ofr": f"{lp['offset_free_rows']}u", "rbound": flit(R_BOUND), "pow_lines": lines}

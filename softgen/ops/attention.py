@@ -218,7 +218,7 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         if scale is not None:
             raise UsageError(f"{normalizer} attention takes no scale: its scores are cosines times "
                              f"log(head_dim) log(N_i) (docs/ops.md §5.1)")
-    if mask == "bool" and normalizer in (*ITERATIVE, "lssar"):
+    if mask == "bool" and normalizer in ITERATIVE:
         raise UsageError(f"attention: mask='bool' (a uint8 keep-mask) is the streaming form's; the {normalizer} "
                          f"normalizer takes mask='additive' (softgen.attention converts)")
     if normalizer == "sinkhorn":
