@@ -15,11 +15,11 @@ additive one (the mask input), the kernel reads the mask as bytes. The streaming
 form ``softgen.attention`` turns a boolean mask and key-padding lengths into one additive mask.
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
-Normalizers: softmax, stablemax, softplus_l1 and lssa (three-phase and, by ``passes.stream_attention``,
+Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
 streaming),
 topk_softmax (``top_k=``, ``renormalize=``; three-phase: the rows phase is the row op's selection,
 radix select above the target's topk_network_max_k), sinkhorn (blocked) and soft (its linear global
-form), lssar (three-phase). lssa and lssar (docs/ops.md §5) score with
+form). lssa and lssar (docs/ops.md §5) score with
 cosines: rows phases normalise q and k into scratch matrices before S = Q^ K^T, and the rows phase
 over S scales by log(d) log(N_i), N_i counted from the masks; lssar's O_i comes from the query's
 bottom-right aligned position.
