@@ -172,13 +172,16 @@ def attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, sch
     if alg == "streaming" and why and algorithm == "streaming":
         raise UsageError(f"{program.name}: no streaming form yet for this normalizer (the rewrite streams "
                          f"{', '.join(passes.STREAMING_NORMALIZERS)}: {why}); use algorithm='three-phase'")
-    if alg == "streaming" and not be.streams_attention and algorithm == "streaming":
-        raise UsageError(f"backend {be.name!r} has no streaming attention form yet: use algorithm='three-phase'")
-    if why or not be.streams_attention:
+    norm = program.params.get("normalizer", "softmax")
+    streams = norm in be.streams_attention
+    if alg == "streaming" and not streams and algorithm == "streaming":
+        raise UsageError(f"backend {be.name!r} has no streaming attention form for {norm!r} yet (it streams "
+                         f"{', '.join(be.streams_attention) or 'none'}): use algorithm='three-phase'")
+    if why or not streams:
         alg = "three-phase"
     if alg == "three-phase" and program.params.get("mask") == "bool":
         raise UsageError(f"{program.name}: mask='bool' (a uint8 keep-mask) is the streaming form's; the three-phase "
-                         f"form{' of backend ' + repr(be.name) if not be.streams_attention else ''} takes "
+                         f"form{' of backend ' + repr(be.name) if not streams else ''} takes "
                          f"mask='additive' (softgen.attention converts)")
     given = dict(schedule.as_dict() if isinstance(schedule, Schedule) else schedule or {})
     blocks = {k: given.pop(k) for k in ATTENTION_KNOBS if k in given}
@@ -194,8 +197,8 @@ def attention_why(be: Backend, program: MatrixProgram, alg: str) -> str:
         return f"the {norm} normalizer streams and backend {be.name!r} lowers the streaming form (what auto picks)"
     if why:
         return f"the {norm} normalizer does not stream ({why})"
-    if not be.streams_attention:
-        return f"backend {be.name!r} has no streaming form"
+    if norm not in be.streams_attention:
+        return f"backend {be.name!r} has no streaming form for {norm}"
     return "requested (auto would stream)"
 
 

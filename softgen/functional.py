@@ -19,7 +19,6 @@ from .backends import get_backend
 from .errors import UsageError
 from .kernel import compile as _compile
 from .ops.attention import check_normalizer
-from .passes import STREAMING_NORMALIZERS
 
 
 @functools.lru_cache(maxsize=256)
@@ -149,12 +148,14 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by
     ``reference.soft_landmarks_avgpool``, or the (..., m, d) landmarks; no causal, mask or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
-    the normalizer and backend stream: softmax, stablemax on C and TVM), streaming,
+    the normalizer and backend stream: softmax, stablemax, softplus_l1, lssa, lssar on C; softmax,
+    stablemax on TVM), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
     ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
     form: batch x heads x query chunks) split across the library's thread pool; results do not
     depend on it. ``return_lse``: (o, lse), lse (..., Hq, Lq) the per-row log-sum-exp of the
-    masked scaled scores (softmax; -inf for a fully masked row; the streaming form only).
+    masked scaled scores (softmax; stablemax, softplus_l1, lssa, lssar: the log of the row's weights' sum; -inf
+    for a fully masked row; the streaming form only).
     NumPy arrays or torch tensors (and other DLPack arrays): results in the caller's type.
 
     The streaming form (``abi.ATTENTION``) takes the arrays as they are: strided heads (e.g. a
@@ -214,7 +215,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     if out_np is not None and (not isinstance(out_np, np.ndarray) or out_np.shape != lead + (lq, dv)
                                or out_np.dtype != np.float32):
         raise UsageError(f"attention: out must be a float32 array of shape {lead + (lq, dv)}")
-    streams = algorithm != "three-phase" and normalizer in STREAMING_NORMALIZERS and get_backend(backend).streams_attention
+    streams = algorithm != "three-phase" and normalizer in get_backend(backend).streams_attention
     if return_lse and not streams:
         raise UsageError(f"attention: return_lse needs the streaming form (algorithm {algorithm!r}, backend {backend!r})")
     if streams:   # the kernel takes kv_lengths itself, and a boolean mask as bytes

@@ -236,7 +236,11 @@ class AttentionPhase(Phase):
     explain). ``causal``: keys above the bottom-right diagonal dropped (blocks entirely above it
     are skipped); ``mask``: the mask matrix of S's shape, or None, of kind ``mask_kind``: "additive"
     (float32 added to the scores) or "bool" (a uint8 keep-mask). ``normalizer``: "softmax" (online
-    rescaling) or "stablemax" (no max, no rescaling: per row l and the accumulator, spec §10)."""
+    rescaling), "stablemax" (no max, no rescaling: per row l and the accumulator, spec §10) or
+    "softplus_l1" (as stablemax; rows whose largest kept score is below SOFTPLUS_TINY get a second
+    pass over the keys weighted e^(S - max S)) or "lssa" (as stablemax on cosines times
+    log(d) log(N_i): q and k are normalised in the kernel, N_i counted per row first) or "lssar"
+    (lssa's l_i in a first pass over the keys, then R with a running max, rescaled by (r / r')^p))."""
     q: str
     k: str
     v: str
@@ -265,6 +269,11 @@ class AttentionPhase(Phase):
         masks = "".join([mask, ", causal" if self.causal else ""])
         state = "m, l and a {} x dv accumulator, rescaled by e^(m - m')" if self.normalizer == "softmax" else \
             "l and a {} x dv accumulator, no rescaling"
+        if self.normalizer == "lssar":
+            state = ("l (a first pass over the keys), then the running max r of R, the sum and a {} x dv "
+                     "accumulator rescaled by (r / r')^p")
+        if self.normalizer == "softplus_l1":
+            state += "; rows whose largest kept score is below SOFTPLUS_TINY: a second pass weighted e^(S - max S)"
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
                 f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row "
                 + state.format(self.br))

@@ -596,7 +596,7 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
-STREAMING_NORMALIZERS = ("softmax", "stablemax")
+STREAMING_NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar")
 
 
 def _stablemax_rows(p: Program) -> bool:
@@ -607,24 +607,44 @@ def _stablemax_rows(p: Program) -> bool:
     return reds == ["reduce_sum"] and "exp" not in ops and "recip" in ops and p.op(p.args(p.output())[0]) == "mul"
 
 
+def _softplus_l1_rows(p: Program) -> bool:
+    """Whether rows program ``p`` is a (masked) softplus_l1 as ``ops.attention`` builds it: the
+    row max (for its rows below SOFTPLUS_TINY), softplus by log1p, one reduce_sum, its reciprocal."""
+    ops = [p.op(v) for v in p.nodes()]
+    reds = sorted(op for v, op in zip(p.nodes(), ops) if p.kind(v) in ("reduce", "colreduce", "mreduce", "emit"))
+    return reds == ["reduce_max", "reduce_sum"] and "log1p" in ops and "recip" in ops \
+        and p.op(p.args(p.output())[0]) == "mul"
+
+
 def _streaming_rows(mp, p: Program) -> bool:
     """Whether rows program ``p`` is the normalizer ``mp.params["normalizer"]`` in a form the
-    streaming phase computes (softmax: online rescaling; stablemax: no rescaling)."""
+    streaming phase computes (softmax: online rescaling; stablemax, softplus_l1: no rescaling)."""
     normalizer = mp.params.get("normalizer", "softmax")
-    return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p))
+    return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p)) \
+        or (normalizer == "softplus_l1" and _softplus_l1_rows(p)) or (normalizer in ("lssa", "lssar") and _lssa_rows(p, normalizer == "lssar"))
+
+
+def _lssa_rows(p: Program, lssar: bool = False) -> bool:
+    """Whether rows program ``p`` is lssa's rows phase over the cosines as ``ops.attention`` builds
+    it: softplus by log1p, the sums (N_i's count, the weights'), a reciprocal; lssar's also takes
+    the row max (its re-weighting)."""
+    ops = [p.op(v) for v in p.nodes()]
+    return "log1p" in ops and "recip" in ops and (lssar or "reduce_max" not in ops) \
+        and p.op(p.args(p.output())[0]) == "mul"
 
 
 def attention_form(mp, softmax_rows: bool = True):
     """The three phases ``S = a * Q @ K^T`` (nt), a rows phase over S into S (``softmax_rows``:
     a masked normalizer that streams, ``STREAMING_NORMALIZERS``) and ``O = S @ V`` (nn), with S
     scratch: (first matmul, rows phase, second matmul), else None. Rows phases into scratch
-    matrices may come first (a prologue preparing the operands: lssa's unit q and k rows; such
-    forms are three-phase only, the rewrite refuses them)."""
+    matrices may come first (a prologue preparing the operands: lssa's unit q and k rows; the
+    rewrite accepts lssa's only: its kernel normalises q and k itself)."""
     ph = mp.phases
-    prologue = False
+    prologue = []
     while len(ph) > 3 and isinstance(ph[0], RowsPhase) and ph[0].into is not None and mp.role(ph[0].into) == "scratch":
-        ph, prologue = ph[1:], True
-    if prologue and softmax_rows:
+        ph, prologue = ph[1:], prologue + [ph[0]]
+    # lssa's prologue (q and k to unit rows) streams: the kernel normalises them itself
+    if prologue and softmax_rows and mp.params.get("normalizer") not in ("lssa", "lssar"):
         return None
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
@@ -661,11 +681,19 @@ def stream_attention(mp, br: int, bc: int):
     del out.scratch_mats[a.mm.dst]
     mask = (p.matrices() or [None])[0]
     normalizer = mp.params.get("normalizer", "softmax")
-    out.phases = [AttentionPhase(q=a.mm.a, k=a.mm.b, v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
-                                 causal=bool(p.nodes("row_index")), mask=mask, br=br, bc=bc, normalizer=normalizer,
+    qk = {}
+    for ph in mp.phases[:-3]:   # lssa's prologue: its unit q and k rows, formed in the kernel instead
+        qk[ph.into] = ph.over
+        del out.scratch_mats[ph.into]
+    # causal: the op's flag (lssar's rows program reads row_index for O_i whether causal or not)
+    out.phases = [AttentionPhase(q=qk.get(a.mm.a, a.mm.a), k=qk.get(a.mm.b, a.mm.b), v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
+                                 causal=bool(mp.params.get("causal", p.nodes("row_index"))), mask=mask, br=br, bc=bc, normalizer=normalizer,
                                  mask_kind="bool" if mp.params.get("mask") == "bool" else "additive")]
     state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \
         if normalizer == "softmax" else f"{normalizer} state l per row and the accumulator, no rescaling"
+    if normalizer == "lssar":
+        state = "two passes over the keys: l per row, then the running max r of R, the sum and the accumulator " \
+                "rescaled by (r / r')^p"
     out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {normalizer} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
                             f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]

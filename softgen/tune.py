@@ -600,7 +600,7 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
     program = ops.build_program(opdef.name, **params)
     params = dict(program.params)
     if attention:
-        if params.get("mask", "none") != "none" or passes.streamable(program) or not be.streams_attention:
+        if params.get("mask", "none") != "none" or passes.streamable(program) or params.get("normalizer", "softmax") not in be.streams_attention:
             raise UsageError(f"tune: {opdef.name} tunes the streaming form's blocks br/bc, with mask='none', a "
                              f"streaming normalizer (softmax) and a backend that streams (c)")
         cands = attention_candidates(t)

@@ -1,9 +1,9 @@
 """softplus_l1, LSSA and LSSAR attention (issue 14, docs/ops.md §5, §10): the float64 oracles'
 conventions (cosine scores times log d log N_i, N_i from the masks, bottom-right positions for causal
 and LSSAR's O_i), the three-phase kernels against them (C on every target, neon under qemu once,
-TVM once per normalizer), the front door and its errors. Their streaming forms are not built on the
-explicit-stride streaming kernel yet: auto builds three-phase, algorithm="streaming" refuses them.
-Kernels are shared per module."""
+TVM once per normalizer), the front door and its errors. All three stream (C, the explicit-stride
+kernel: auto picks it): against the oracle in small blocks, equal to three-phase through the front
+door (masks, kv_lengths, GQA, lse), bitwise for any thread count. Kernels are shared per module."""
 from __future__ import annotations
 
 import math
@@ -19,6 +19,8 @@ from softgen.ops import get_op
 
 RNG = np.random.default_rng(1405)
 NORMS = ["softplus_l1", "lssa", "lssar"]
+STREAMED = NORMS   # softplus_l1, lssa: no rescaling; lssar: two passes over K
+SMALL = {"br": 3, "bc": 16}     # streaming in small blocks: 1 .. 5 key blocks per row
 
 OP = get_op("attention")
 
@@ -115,11 +117,17 @@ def norm(request):
     return request.param
 
 
-@pytest.fixture(scope="module")
-def host_kernels(norm):
-    """(plain, causal with an additive mask) kernels of the normalizer on the host."""
-    return [softgen.compile("attention", normalizer=norm, head_dim=7, **kw)
-            for kw in ({}, {"causal": True, "mask": "additive"})]
+@pytest.fixture(scope="module", params=[(n, "three-phase") for n in NORMS] + [(n, "streaming") for n in STREAMED],
+                ids=lambda p: "-".join(p))
+def host_kernels(request):
+    """(plain, causal with an additive mask) kernels of the normalizer on the host; streaming in
+    small blocks (several key blocks per row, rows of a query block with different fates)."""
+    norm_, alg = request.param
+    sched = SMALL if alg == "streaming" else None
+    ks = [softgen.compile("attention", normalizer=norm_, head_dim=7, algorithm=alg, schedule=sched, **kw)
+          for kw in ({}, {"causal": True, "mask": "additive"})]
+    assert all(k.algorithm == alg for k in ks)
+    return ks
 
 
 def cases(masked):
@@ -196,12 +204,76 @@ def test_tvm_three_phase(norm):
         check(k, *c[:3], k(*c), c[3])
 
 
-def test_no_streaming_form_yet(norm):
-    with pytest.raises(softgen.UsageError, match="no streaming form yet"):
-        softgen.compile("attention", normalizer=norm, algorithm="streaming")
-    assert softgen.compile("attention", normalizer=norm, head_dim=7).algorithm == "three-phase"
+def test_lssar_streams_noncausal_with_its_offsets():
+    """lssar's rows program reads the row index for O_i: the streaming form must not take that
+    for the causal diagonal (every key visible), and O_i follows the position with Lq != Lk."""
+    k = softgen.compile("attention", normalizer="lssar", head_dim=7, p=3)
+    q, kk, v = f32(2, 6, 7), f32(2, 4, 7), f32(2, 4, 5)
+    check(k, q, kk, v, k(q, kk, v))
+    assert k.algorithm == "streaming" and "^T) @ v" in k.explain() and "causal)" not in k.explain()
+
+
+def _softplus_lse(q, kk, causal, keep, lens):
+    """The float64 log of softplus_l1's weights' sum per row (GQA, bool keep-mask, kv_lengths):
+    log sum_j softplus(s_ij) over the kept keys; -inf for a row with none."""
+    s = ref._attention_scores(q, kk, 1 / math.sqrt(q.shape[-1]), causal, np.where(keep, 0.0, -np.inf),
+                              lens)
+    with np.errstate(divide="ignore"):
+        return np.log(ref.softplus(s).sum(-1))
+
+
+@pytest.mark.parametrize("norm_", STREAMED)
+def test_streaming_equals_three_phase(norm_):
+    """The front door's streaming form (explicit strides: GQA, a bool mask, kv_lengths, lse) ==
+    three-phase (to float32 rounding) == the oracle, Lq != Lk, d and dv in {1, 7, 65}; a row whose
+    every kept score is below SOFTPLUS_TINY (the second pass), a fully masked row, NaN and inf
+    inputs; bitwise the same for threads 1..3. mask='bool' builds streaming, three-phase refuses it."""
+    for (lq, lk, d, dv), causal in zip(((5, 70, 7, 65), (70, 9, 65, 1), (33, 33, 1, 7)), (True, False, True)):
+        q, kk, v = f32(2, 4, lq, d), f32(2, 2, lk, d), f32(2, 2, lk, dv)
+        q[1, 2, 3], kk[1] = -np.abs(q[1, 2, 3]) - 3, np.abs(kk[1]) + 3   # row (1, 2, 3): scores below -20
+        keep = RNG.random((4, lq, lk)) < 0.8
+        # (., 1, 4 % lq): fully masked. Key 2 (inf in kv head 1) kept: three-phase adds a bool mask
+        # as -inf, and -inf + inf is NaN where the streaming form (and the oracle) drop the key
+        keep[:, :, -1], keep[:, :, 2], keep[1, 4 % lq] = True, True, False
+        lens = np.array([lk, max(lk // 2, 1)])
+        if d > 1:
+            q[0, 0, 0, 0], kk[0, 1, 2, 1] = np.nan, np.inf                  # NaN rows
+        kw = dict(normalizer=norm_, causal=causal, mask=keep, kv_lengths=lens)
+        o, lse = softgen.attention(q, kk, v, return_lse=True, threads=1, **kw)
+        for t in (2, 3):
+            o2, lse2 = softgen.attention(q, kk, v, return_lse=True, threads=t, **kw)
+            assert np.array_equal(o2, o, equal_nan=True) and np.array_equal(lse2, lse, equal_nan=True)
+        o3 = softgen.attention(q, kk, v, algorithm="three-phase", **kw)
+        r = ref.attention(q, kk, v, **kw)
+        nan = np.isnan(r)
+        assert np.array_equal(np.isnan(o), nan) and np.array_equal(np.isnan(o3), nan)
+        # |v| ~ 1: sums cancel; lssar's power p = 15 amplifies float32 rounding near R = 0
+        tol = 1e-3 if norm_ == "lssar" else 1e-5
+        np.testing.assert_allclose(o[~nan], o3[~nan], rtol=tol, atol=tol)
+        np.testing.assert_allclose(o[~nan], r[~nan], rtol=2e-4, atol=2e-5)
+        if norm_ != "softplus_l1":   # lse: log sum_j a_ij (lssa's sum), -inf for a row with no kept key
+            assert np.array_equal(lse == -np.inf, (~keep[None] | (np.arange(lk) >= lens[:, None, None, None])
+                                                   | (causal & (np.arange(lk) > np.arange(lq)[:, None] + lk - lq))).all(-1))
+            continue
+        rl = _softplus_lse(q, kk, causal, keep, lens)
+        assert np.array_equal(np.isnan(lse), np.isnan(rl)) and np.array_equal(lse == -np.inf, rl == -np.inf)
+        fin = np.isfinite(rl)
+        np.testing.assert_allclose(lse[fin], rl[fin], rtol=1e-5, atol=1e-5)
+        assert (lse == -np.inf).any() and (d == 1 or (rl[fin] < -15).any())   # the masked row; the second pass's
+    assert softgen.compile("attention", normalizer=norm_, mask="bool", head_dim=7).algorithm == "streaming"
     with pytest.raises(softgen.UsageError, match="mask='bool'"):
-        softgen.compile("attention", normalizer=norm, mask="bool")
+        softgen.compile("attention", normalizer=norm_, mask="bool", algorithm="three-phase")
+
+
+@pytest.mark.parametrize("norm_", STREAMED)
+def test_streaming_neon_under_qemu(norm_):
+    """One qemu run per streaming normalizer (small blocks; softplus_l1: the second pass included)."""
+    k = softgen.compile("attention", normalizer=norm_, head_dim=7, causal=True, mask="additive",
+                        target="neon", algorithm="streaming", schedule=SMALL)
+    cs = cases(True)[1:3]
+    cs[0][0][1, 2], cs[0][1][1] = -np.abs(cs[0][0][1, 2]) - 3, np.abs(cs[0][1][1]) + 3
+    for c, o in zip(cs, run_many(k, cs)):
+        check(k, *c[:3], o, c[3])
 
 
 # -- the front door -------------------------------------------------------------------------------
@@ -221,7 +293,7 @@ def test_api_gqa_masks_lengths_and_params():
         np.testing.assert_allclose(o[~np.isnan(o)], r[~np.isnan(r)], rtol=2e-4, atol=2e-5)
     k = softgen.compile("attention", normalizer="lssar", p=3, offset_free_rows=0, head_dim=7, causal=True,
                         mask="additive")
-    assert k.params["p"] == 3 and k.params["offset_free_rows"] == 0 and k.algorithm == "three-phase"
+    assert k.params["p"] == 3 and k.params["offset_free_rows"] == 0 and k.algorithm == "streaming"
     assert "p" not in softgen.compile("attention").params   # other normalizers' kernels: unchanged
 
 

@@ -10,9 +10,12 @@ whole score row of the block (its max) before the exponentials and the P V updat
 block S = s Q_blk K_blk^T is computed as dot products vectorised over d (two accumulators, a
 masked tail load), the row max / exp / sum run vectorised over the block's keys, and P V
 accumulates four keys per pass over each output row, vectorised over dv, straight into o's rows
-(the Br x dv accumulator is o itself: no allocation). softmax (online rescaling) and stablemax
-(no rescaling) stream; the template's ``normalize_block`` macro holds each normalizer's per-block
-math, where the others (softplus_l1, lssa) slot in beside them.
+(the Br x dv accumulator is o itself: no allocation). softmax (online rescaling), stablemax and
+softplus_l1 (no rescaling; softplus_l1's rows whose largest kept score is below ``SOFTPLUS_TINY``
+take a second pass over the key blocks weighted e^(S - max S), as the three-phase form) and lssa
+(no rescaling; 1/|q_i| per row, unit keys in kt, N_i per row before its key blocks) and lssar
+(lssa's scores, two passes over K, the power re-weighting rescaled by (r / r')^p) stream; the
+template's ``normalize_block`` macro holds each normalizer's per-block math.
 
 The threaded entry ``__all`` implements the explicit-stride ABI (``abi.ATTENTION``): heads and
 GQA (query head h reads kv head h / (hq / hkv)) in the kernel, a strided mask (uint8 keep-mask or
@@ -21,10 +24,14 @@ past a batch's length are skipped) and the optional log-sum-exp output.
 """
 from __future__ import annotations
 
+import math
+
 from ..abi import ATTENTION, KernelABI
 from ..errors import BuildError
 from ..matrix import AttentionPhase
+from ..ops.attention import SOFTPLUS_TINY, _lssar_params
 from ..passes import STREAMING_NORMALIZERS
+from ..reference import R_BOUND
 from ..render import env, flit
 
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
@@ -66,4 +73,30 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
         mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
         normalizer=ph.normalizer, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
-        params=abi.param_list() if abi is not None else "", strides=strides, tvm=tvm)
+        params=abi.param_list() if abi is not None else "", strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
+        log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,
+        **(_lssar(ph.program.params) if ph.normalizer == "lssar" else {}))
+
+
+def _lssar(params: dict) -> dict:
+    """lssar's template values: p, offset_free_rows, R_BOUND and the C of q = x^p (x in [0, 1]):
+    repeated squaring for integer p <= 64 in ``lssa._ipow``'s order, else e^(p log x)."""
+    lp = _lssar_params(params.get("p"), params.get("offset_free_rows"))
+    p = lp["p"]
+    if p.is_integer() and p <= 64:
+        lines, k, sq, acc, i = [], int(p), "x", None, 0
+        while k:
+            if k & 1:
+                if acc is None:
+                    acc = sq
+                else:
+                    lines.append(f"const VEC a{i} = V_MUL({acc}, {sq});")
+                    acc, i = f"a{i}", i + 1
+            k >>= 1
+            if k:
+                lines.append(f"const VEC s{i} = V_MUL({sq}, {sq});")
+                sq, i = f"s{i}", i + 1
+        lines.append(f"const VEC q = {acc};")
+    else:
+        lines = [f"const VEC q = sg_exp_nonpos(V_MUL(V_SET1({flit(p)}), sg_log(x)));"]
+    return {"power": flit(p), "ofr": f"{lp['offset_free_rows']}u", "rbound": flit(R_BOUND), "pow_lines": lines}

@@ -86,8 +86,9 @@ class Backend(abc.ABC):
     # generate() takes threads= (a tuned costmodel.ThreadPolicy: what the entry's threads=auto
     # picks); else it is never passed (a backend written before threads)
     thread_policy: bool = False
-    # lowers matrix.AttentionPhase (passes.stream_attention): compile("attention") streams
-    streams_attention: bool = False
+    # the normalizers whose matrix.AttentionPhase (passes.stream_attention) this backend lowers:
+    # compile("attention") streams them; the others take the three-phase form
+    streams_attention: tuple[str, ...] = ()
     # the schedule knobs the tuner (softgen.tune) may vary, knob -> candidate values; each
     # combination is applied over the target's default schedule and kept only if Schedule
     # validates it. Empty: the tuner varies the algorithm only

@@ -25,7 +25,7 @@ from ..matrix import AttentionPhase, SweepPhase
 from ..numerics.constants import EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
-from ..passes import EXTEXP_F32_DOMAIN, max_shifted, plan
+from ..passes import EXTEXP_F32_DOMAIN, STREAMING_NORMALIZERS, max_shifted, plan
 from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
@@ -885,7 +885,7 @@ class CBackend(Backend):
     description = "Jinja-C templates"
     gemm_epilogues = GEMM_EPILOGUES
     thread_policy = True
-    streams_attention = True
+    streams_attention = STREAMING_NORMALIZERS
     # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2); then, per
     # size class, non-temporal stores and prefetch distances (elements) for rows beyond the LLC
     # (targets with [isa] STREAM only for stream), and the exp variants (all within the accuracy

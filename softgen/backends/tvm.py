@@ -44,7 +44,7 @@ from ..numerics.constants import (
 )
 from ..numerics.reductions import REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
-from ..passes import EXTEXP_F32_DOMAIN, STREAMING_NORMALIZERS, plan
+from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
 from ..schedule import Schedule
 from ..targets import Target
@@ -793,7 +793,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     if attn and (len(attn) > 1 or mp.attention_tasks() is None):
         raise BuildError("the TVM backend lowers a streaming attention phase only as the whole program")
     if attn:
-        header.append(f"# streaming attention (algorithm auto streams {', '.join(STREAMING_NORMALIZERS)} on this backend too): "
+        header.append(f"# streaming attention (algorithm auto streams {', '.join(tvm_attention.NORMALIZERS)} on this backend too): "
                       f"{attn[0][0]}__tvm is the TensorIR of a (batch, head) matrix's query rows; the C "
                       f"wrapper's explicit-stride entry checks and splits (batch, head, query chunk) tasks")
     funcs += [tvm_attention.phase_function(ph, fname, t, Emit, f32) for fname, ph in attn]
@@ -842,7 +842,7 @@ class TvmBackend(Backend):
     dispatchable = True
     schedule_knobs = ()   # TVM keeps its exp and its own stores (_no_knobs)
     gemm_epilogues = GEMM_EPILOGUES
-    streams_attention = True   # tvm_attention: the streaming phase in TensorIR, the C entry's ABI and tasks
+    streams_attention = tvm_attention.NORMALIZERS   # the streaming phase in TensorIR, the C entry's ABI and tasks
     simde_emulable = False
     thread_policy = True
     c_source = False

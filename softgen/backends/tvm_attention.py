@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from ..errors import BuildError
 from ..matrix import AttentionPhase
-from ..passes import STREAMING_NORMALIZERS
 from ..targets import Target
 
+# the normalizers lowered here (softmax: online rescale; stablemax: none); the C backend streams
+# passes.STREAMING_NORMALIZERS, the others take the three-phase form on TVM
+NORMALIZERS = ("softmax", "stablemax")
 
 def _vec(n: int, var: str) -> str:
     return f"for {var} in T.vectorized(T.int64({n})):" if n > 1 else f"for {var} in range(T.int64(1)):"
@@ -56,8 +58,8 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     """TVMScript of ``<fname>__tvm`` (see the module docstring). ``Emit``, ``f32``: the TVM
     emitter and its float32 literal (``backends.tvm``, which imports this module)."""
     NEG_INF = f32(float("-inf"))
-    if ph.normalizer not in STREAMING_NORMALIZERS:
-        raise BuildError(f"the TVM backend streams attention with {', '.join(STREAMING_NORMALIZERS)}, "
+    if ph.normalizer not in NORMALIZERS:
+        raise BuildError(f"the TVM backend streams attention with {', '.join(NORMALIZERS)}, "
                          f"not {ph.normalizer!r}")
     W, BR, BC = t.lanes, ph.br, ph.bc
     BCP = -(-BC // W) * W          # a score row: bc keys padded to whole vectors with -inf

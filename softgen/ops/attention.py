@@ -15,10 +15,11 @@ additive one (the mask input), the kernel reads the mask as bytes. The streaming
 form ``softgen.attention`` turns a boolean mask and key-padding lengths into one additive mask.
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
-Normalizers: softmax and stablemax (three-phase and, by ``passes.stream_attention``, streaming),
+Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
+streaming),
 topk_softmax (``top_k=``, ``renormalize=``; three-phase: the rows phase is the row op's selection,
 radix select above the target's topk_network_max_k), sinkhorn (blocked) and soft (its linear global
-form), softplus_l1, lssa and lssar (three-phase). lssa and lssar (docs/ops.md §5) score with
+form). lssa and lssar (docs/ops.md §5) score with
 cosines: rows phases normalise q and k into scratch matrices before S = Q^ K^T, and the rows phase
 over S scales by log(d) log(N_i), N_i counted from the masks; lssar's O_i comes from the query's
 bottom-right aligned position.
@@ -226,7 +227,7 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         if scale is not None:
             raise UsageError(f"{normalizer} attention takes no scale: its scores are cosines times "
                              f"log(head_dim) log(N_i) (docs/ops.md §5.1)")
-    if mask == "bool" and normalizer in (*ITERATIVE, "softplus_l1", *COSINE):
+    if mask == "bool" and normalizer in ITERATIVE:
         raise UsageError(f"attention: mask='bool' (a uint8 keep-mask) is the streaming form's; the {normalizer} "
                          f"normalizer takes mask='additive' (softgen.attention converts)")
     if normalizer == "sinkhorn":
@@ -452,7 +453,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
     and the causal diagonal), a = softplus(z) (0 at dropped keys whatever z is), A = a / sum a;
     lssar: ``lssa._reweight`` with O_i = 0 while the query's position i + Lk - Lq is below
     offset_free_rows."""
-    if mask == "additive":
+    if mask != "none":   # "bool": the additive IR, the streaming kernel reads bytes
         mp.inputs["mask"] = ("lq", "lk")
     _unit_rows(mp, "q", "qn")
     _unit_rows(mp, "k", "kn")
@@ -461,7 +462,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
     x = mp.rows(over="s", into="s")
     pr = x.p
     keep = m = None
-    if mask == "additive":
+    if mask != "none":
         m = pr.matrow("mask")
         keep = m.where_lt(-F32_MAX, 0.0, 1.0)          # -inf: dropped
     if causal:
