@@ -38,7 +38,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import single_threaded, time_interleaved  # noqa: E402
+from common import single_threaded, time_interleaved, torch_one_thread  # noqa: E402
 from fmapeak import peak as fma_peak, supported as fma_supported  # noqa: E402
 
 single_threaded()
@@ -139,13 +139,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.normalizers:
         return normalizers(a)
-    try:
-        import torch
-        torch.set_num_threads(1)
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-    except ImportError:
-        torch = None
-        print("torch not installed: softgen alone")
+    torch = torch_one_thread()
+    sdpa = torch.nn.functional.scaled_dot_product_attention if torch is not None else None
     rng = np.random.default_rng(0)
     shapes = [(L, L, c) for L in a.lengths for c in (False, True)]
     if a.decode:
@@ -264,12 +259,7 @@ COMPOSED = {"softplus_l1": _softplus_l1_torch, "lssa": _lssa_torch, "lssar": _ls
 
 def normalizers(a) -> None:
     """The --normalizers table (one thread)."""
-    try:
-        import torch
-        torch.set_num_threads(1)
-    except ImportError:
-        torch = None
-        print("torch not installed: no torch compositions")
+    torch = torch_one_thread("no torch compositions")
     rng = np.random.default_rng(0)
     shapes = [(L, L, c) for L in a.lengths for c in (False, True)] + ([(1, a.decode, True)] if a.decode else [])
     soft = {c: softgen.compile("attention", head_dim=a.d, causal=c) for c in (False, True)}

@@ -26,7 +26,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import single_threaded, time_interleaved  # noqa: E402
+from common import single_threaded, time_interleaved, torch_one_thread  # noqa: E402
 
 single_threaded()
 import numpy as np  # noqa: E402
@@ -79,12 +79,7 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
-    try:
-        import torch
-        torch.set_num_threads(1)
-    except ImportError:
-        torch = None
-        print("torch not installed: softgen alone")
+    torch = torch_one_thread()
     rng = np.random.default_rng(0)
     sk = softgen.compile("attention", normalizer="sinkhorn", head_dim=a.d, n_iter=a.n_iter)
     so = softgen.compile("attention", normalizer="soft", head_dim=a.d)

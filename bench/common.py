@@ -45,3 +45,15 @@ from softgen.benchmark import (  # noqa: E402,F401
 
 if set(THREAD_VARS) != set(_timing.THREAD_VARS):
     raise ImportError("bench/common.py THREAD_VARS differs from softgen.benchmark.timing.THREAD_VARS")
+
+
+def torch_one_thread(without: str = "softgen alone"):
+    """torch with one intra-op thread (the scripts' one-thread peer), or None, saying so, when it
+    is not installed (the script then times ``without``)."""
+    try:
+        import torch
+    except ImportError:
+        print(f"torch not installed: {without}")
+        return None
+    torch.set_num_threads(1)
+    return torch
