@@ -134,6 +134,29 @@ def check(k: softgen.Kernel, x: np.ndarray, y: np.ndarray, what: str = "", row_n
             assert np.all(np.abs(sums - 1) <= 1e-5), f"{where}: row sums {sums.min()}..{sums.max()}"
 
 
+def check_attention(k: softgen.Kernel, o: np.ndarray, *inputs) -> float:
+    """An attention kernel's output o within the op's tolerance of the float64 oracle with the
+    kernel's parameters and inputs (q, k, v[, mask or landmarks]); NaN exactly where the oracle's
+    is. Returns the largest err/tol."""
+    op = get_op("attention")
+    r = op.reference(*inputs, **k.params)
+    assert o.shape == r.shape
+    nan = np.isnan(r)
+    assert np.array_equal(nan, np.isnan(o)), f"{k.name}: NaN pattern differs"
+    tol = op.tolerance(inputs, r, k.params)
+    err = np.where(nan, 0.0, np.abs(o.astype(np.float64) - r))
+    assert (err <= tol).all(), f"{k.name}: max err/tol {np.max(err / tol):.3g}"
+    return np.max(err / tol, initial=0.0)
+
+
+def run_cases(k: softgen.Kernel, cases: list[tuple]) -> list[np.ndarray]:
+    """A matrix kernel on every tuple of inputs: natively, or emulated in one emulator process."""
+    if k.runnable:
+        return [k(*c) for c in cases]
+    _can_emulate(k)
+    return k.run_emulated_many(cases)
+
+
 MODULE_SCOPED = re.compile(r"""scope\s*=\s*["'](module|package|class)["']""")
 
 

@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import _can_emulate
+from conftest import _can_emulate, check_attention, run_cases
 
 import softgen
 from softgen import reference as ref
@@ -28,22 +28,7 @@ def f32(*shape, scale=1.0):
 
 def check(k, q, kk, v, o, mask=None):
     """o within the op's tolerance of the float64 oracle; NaN exactly where the oracle's is."""
-    op = get_op("attention")
-    r = op.reference(q, kk, v, mask, **k.params)
-    assert o.shape == r.shape
-    nan = np.isnan(r)
-    assert np.array_equal(nan, np.isnan(o)), f"{k.name}: NaN pattern differs"
-    tol = op.tolerance((q, kk, v), r, k.params)
-    err = np.where(nan, 0.0, np.abs(o.astype(np.float64) - r))
-    assert (err <= tol).all(), f"{k.name}: max err/tol {np.max(err / tol):.3g}"
-
-
-def run_many(k, cases):
-    """k on every (q, k, v) case: natively, or emulated in one emulator process."""
-    if k.runnable:
-        return [k(*c) for c in cases]
-    _can_emulate(k)
-    return k.run_emulated_many(cases)
+    check_attention(k, o, q, kk, v, *(() if mask is None else (mask,)))
 
 
 # -- the oracles ----------------------------------------------------------------------------------
@@ -106,7 +91,7 @@ def test_kernel_matches_the_oracle(target, causal):
         # head_dim only sets the default scale (1/8 here): one kernel takes every d at run time
         k = softgen.compile("attention", target=target, head_dim=64, causal=causal, algorithm=alg, schedule=sched)
         assert k.algorithm == alg
-        for c, o in zip(cases, run_many(k, cases)):
+        for c, o in zip(cases, run_cases(k, cases)):
             check(k, *c, o)
 
 
@@ -118,7 +103,7 @@ def test_kernel_matches_the_oracle_exhaustive(target, causal):
     for d, kd in ks:
         cases = [(f32(3, lq, d, scale=s), f32(3, lk, d, scale=s), f32(3, lk, dv))
                  for lq in (1, 16, 63, 200) for lk in (1, 64, 193) for dv in (1, 7, 64, 65) for s in (1.0, 8.0)]
-        for c, o in zip(cases, run_many(kd, cases)):
+        for c, o in zip(cases, run_cases(kd, cases)):
             check(kd, *c, o)
 
 
@@ -231,7 +216,7 @@ def test_stablemax_attention_three_phase(target):
     assert k.algorithm == "three-phase"
     cases = [(f32(2, lq, 16, scale=s), f32(2, lk, 16, scale=s), f32(2, lk, 5)) for lq, lk in ((7, 30), (30, 7), (1, 1))
              for s in (1.0, 6.0)]
-    for c, o in zip(cases, run_many(k, cases)):
+    for c, o in zip(cases, run_cases(k, cases)):
         check(k, *c, o)
     q, kk, v = f32(2, 3, 6, 16), f32(2, 1, 20, 16), f32(2, 1, 20, 8)
     m = RNG.random((6, 20)) < 0.5

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import _can_emulate
+from conftest import check_attention, run_cases
 
 import softgen
 from softgen import reference as ref
@@ -31,20 +31,7 @@ def f32(*shape, scale=1.0):
 
 def check(k, q, kk, v, o, mask=None):
     """o within the op's tolerance of the float64 oracle; NaN exactly where the oracle's is."""
-    r = OP.reference(q, kk, v, mask, **k.params)
-    assert o.shape == r.shape
-    nan = np.isnan(r)
-    assert np.array_equal(nan, np.isnan(o)), f"{k.name}: NaN pattern differs"
-    tol = OP.tolerance((q, kk, v) if mask is None else (q, kk, v, mask), r, k.params)
-    err = np.where(nan, 0.0, np.abs(o.astype(np.float64) - r))
-    assert (err <= tol).all(), f"{k.name}: max err/tol {np.max(err / tol):.3g}"
-
-
-def run_many(k, cases):
-    if k.runnable:
-        return [k(*c) for c in cases]
-    _can_emulate(k)
-    return k.run_emulated_many(cases)
+    check_attention(k, o, q, kk, v, *(() if mask is None else (mask,)))
 
 
 def bias(lq, lk, batch=2, keep=0.75):
@@ -180,7 +167,7 @@ def test_causal_rows_positions_and_fully_masked_rows(host_kernels):
 def test_targets(target, norm):
     k = softgen.compile("attention", normalizer=norm, head_dim=65, causal=True, mask="additive", target=target)
     cs = cases(True)
-    for c, o in zip(cs, run_many(k, cs)):
+    for c, o in zip(cs, run_cases(k, cs)):
         check(k, *c[:3], o, c[3])
 
 
@@ -188,7 +175,7 @@ def test_neon_under_qemu():
     """One qemu run: lssar (the longest rows program: lssa's sums, then the re-weighting)."""
     k = softgen.compile("attention", normalizer="lssar", head_dim=7, causal=True, mask="additive", target="neon")
     cs = cases(True)[:4]
-    for c, o in zip(cs, run_many(k, cs)):
+    for c, o in zip(cs, run_cases(k, cs)):
         check(k, *c[:3], o, c[3])
 
 
@@ -272,7 +259,7 @@ def test_streaming_neon_under_qemu(norm_):
                         target="neon", algorithm="streaming", schedule=SMALL)
     cs = cases(True)[1:3]
     cs[0][0][1, 2], cs[0][1][1] = -np.abs(cs[0][0][1, 2]) - 3, np.abs(cs[0][1][1]) + 3
-    for c, o in zip(cs, run_many(k, cs)):
+    for c, o in zip(cs, run_cases(k, cs)):
         check(k, *c[:3], o, c[3])
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import _can_emulate
+from conftest import check_attention, run_cases
 
 import softgen
 from softgen import reference as ref
@@ -19,26 +19,6 @@ OP = get_op("attention")
 
 def f32(*shape, scale=1.0):
     return (RNG.standard_normal(shape) * scale).astype(np.float32)
-
-
-def check(k, o, *inputs):
-    """o within the op's tolerance of the float64 oracle with the kernel's parameters and inputs
-    (q, k, v[, mask or landmarks]); NaN exactly where the oracle's is."""
-    r = OP.reference(*inputs, **k.params)
-    assert o.shape == r.shape
-    nan = np.isnan(r)
-    assert np.array_equal(nan, np.isnan(o)), f"{k.name}: NaN pattern differs"
-    tol = OP.tolerance(inputs, r, k.params)
-    err = np.where(nan, 0.0, np.abs(o.astype(np.float64) - r))
-    assert (err <= tol).all(), f"{k.name}: max err/tol {np.max(err / tol):.3g}"
-    return np.max(err / tol, initial=0.0)
-
-
-def run_many(k, cases):
-    if k.runnable:
-        return [k(*c) for c in cases]
-    _can_emulate(k)
-    return k.run_emulated_many(cases)
 
 
 def keep_mask(lq, lk, dead_row=None, dead_key=None, p=0.75):
@@ -128,9 +108,9 @@ def test_sinkhorn_kernel_matches_the_oracle(n_iter):
         # a fully masked query row and a key every query masks (when there are enough)
         m = keep_mask(lq, lk, dead_row=1 if lq > 2 else None, dead_key=lk - 1 if lk > 2 else None)
         cm = c + (additive(m, 2),)
-        check(masked, masked(*cm), *cm)
+        check_attention(masked, masked(*cm), *cm)
         for k in kernels[1:]:
-            check(k, k(*c), *c)
+            check_attention(k, k(*c), *c)
 
 
 @pytest.mark.parametrize("n_iter", [1, 2, None])
@@ -144,7 +124,7 @@ def test_sinkhorn_non_finite_and_huge_scores(n_iter):
     q[3, 0] = 1e30
     c = (q, kk, v, np.zeros((4, 9, 13), np.float32))
     o = k(*c)
-    check(k, o, *c)
+    check_attention(k, o, *c)
     assert np.isfinite(o[0]).all() and np.isnan(o[1, 2]).all()
     assert np.isnan(o[1:3]).all() == (n_iter != 1)
 
@@ -154,7 +134,7 @@ def test_soft_non_finite(soft_kernel):
     c[0][1, 2, 0] = np.nan                  # one query: its row of K1
     c[1][0, 5, 1] = np.inf                  # one key: K1k^T V, so every output of its matrix
     o = soft_kernel(*c)
-    check(soft_kernel, o, *c)
+    check_attention(soft_kernel, o, *c)
     assert np.isnan(o[1, 2]).all() and np.isfinite(o[1, [0, 1, 3]]).all() and np.isnan(o[0]).all()
 
 
@@ -195,14 +175,14 @@ def test_soft_kernel_matches_the_oracle(soft_kernel):
     worst = 0.0
     for (lq, lk, d, dv), m, tied in zip(SHAPES + [(64, 64, 16, 16)], (1, 3, 4, 5, 8), (True, False, True, False, True)):
         c = soft_case(lq, lk, d, dv, m, tied)
-        worst = max(worst, check(k, k(*c), *c))
+        worst = max(worst, check_attention(k, k(*c), *c))
     assert worst > 1e-4    # the tolerance is not vacuous
 
 
 def test_soft_kernel_one_iteration():
     k = softgen.compile("attention", normalizer="soft", head_dim=16, n_iter=1)
     c = soft_case(20, 20, 8, 6, 4, True)
-    check(k, k(*c), *c)
+    check_attention(k, k(*c), *c)
 
 
 def test_soft_front_door():
@@ -230,7 +210,7 @@ def test_soft_tied_matches_untied_and_the_oracle(soft_kernel, soft_tied):
     for (lq, d, dv), m in zip(((1, 16, 4), (7, 5, 3), (37, 16, 16), (130, 9, 20)), (1, 3, 5, 8)):
         c = soft_case(lq, lq, d, dv, m, True)
         o = soft_tied(*c)
-        worst = max(worst, check(soft_tied, o, *c))
+        worst = max(worst, check_attention(soft_tied, o, *c))
         ou = soft_kernel(*c)
         tol = OP.tolerance(c, OP.reference(*c, **soft_kernel.params), soft_kernel.params)
         assert (np.abs(o.astype(np.float64) - ou) <= 2 * tol).all()
@@ -285,13 +265,13 @@ def test_tvm_sinkhorn_and_soft():
     sk = softgen.compile("attention", normalizer="sinkhorn", head_dim=16, mask="additive", backend="tvm")
     c = (f32(2, 6, 7, scale=2.0), f32(2, 9, 7, scale=2.0), f32(2, 9, 5))
     cm = c + (additive(keep_mask(6, 9, dead_row=2, dead_key=3), 2),)
-    check(sk, sk(*cm), *cm)
+    check_attention(sk, sk(*cm), *cm)
     so = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm")
     c = soft_case(17, 40, 9, 5, 4, False)
-    check(so, so(*c), *c)
+    check_attention(so, so(*c), *c)
     st = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm", tied=1)
     c = soft_case(17, 17, 9, 5, 4, True)
-    check(st, st(*c), *c)
+    check_attention(st, st(*c), *c)
 
 
 def test_neon_sinkhorn_and_soft():
@@ -299,6 +279,6 @@ def test_neon_sinkhorn_and_soft():
     so = softgen.compile("attention", normalizer="soft", head_dim=16, target="neon")
     c = (f32(2, 6, 7, scale=2.0), f32(2, 9, 7, scale=2.0), f32(2, 9, 5))
     cm = c + (additive(keep_mask(6, 9, dead_row=2, dead_key=3), 2),)
-    check(sk, run_many(sk, [cm])[0], *cm)
+    check_attention(sk, run_cases(sk, [cm])[0], *cm)
     cs = soft_case(17, 40, 9, 5, 4, False)
-    check(so, run_many(so, [cs])[0], *cs)
+    check_attention(so, run_cases(so, [cs])[0], *cs)
