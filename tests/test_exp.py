@@ -334,7 +334,8 @@ CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.
 
 
 @functools.cache
-def harness(name: str, exp: str = EXP_DEFAULT):
+def harness(name: str, exp: str = ""):
+    """The C harness over vmath with schedule exp ``exp`` ("": the target's choice, the kernels' default)."""
     t = get_target(name)
     if _mode(name) == "emulated":
         skip_unless_emulated(t)  # SIMDe headers (simde-py); a failure under CI=true
