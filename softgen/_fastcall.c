@@ -118,6 +118,26 @@ static int xy_pair(PyObject *const *args, Py_buffer *bx, Py_buffer *by, int min_
     return ok && !(bx->buf == by->buf && *ldx != *ldy);
 }
 
+/* Calls of at least this many elements run without the GIL (shorter ones keep it: releasing and
+ * taking it back costs about what a 16K-element call saves other Python threads). */
+#define GIL_FREE_ELEMENTS 16384
+#define RUN_KERNEL(elements, stmt)                       \
+    do {                                                 \
+        if ((elements) >= GIL_FREE_ELEMENTS) {           \
+            Py_BEGIN_ALLOW_THREADS stmt; Py_END_ALLOW_THREADS \
+        } else {                                         \
+            stmt;                                        \
+        }                                                \
+    } while (0)
+
+/* args[0] as a kernel entry point; NULL with an exception set when it is not one. */
+static void *entry_point(PyObject *arg) {
+    void *fp = PyLong_AsVoidPtr(arg);
+    if (fp == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "a null kernel entry point");
+    return fp;
+}
+
 static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 3 && nargs != 4) {
@@ -135,8 +155,8 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         }
         threads = (int)t;
     }
-    void *fp = PyLong_AsVoidPtr(args[0]);
-    if (fp == NULL && PyErr_Occurred())
+    void *fp = entry_point(args[0]);
+    if (fp == NULL)
         return NULL;
     Py_buffer bx, by;
     Py_ssize_t store[4 * VIEW_MAXDIM];
@@ -146,15 +166,8 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         Py_RETURN_NOTIMPLEMENTED;
     int rc = 0;
     if (ok && rows && n) {
-        if (rows * n >= 16384) {                     /* long calls let other threads run */
-            Py_BEGIN_ALLOW_THREADS
-            rc = nargs == 4 ? ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, threads)
-                            : ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy);
-            Py_END_ALLOW_THREADS
-        } else {
-            rc = nargs == 4 ? ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, threads)
-                            : ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy);
-        }
+        RUN_KERNEL(rows * n, rc = nargs == 4 ? ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, threads)
+                                         : ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy));
     }
     PyBuffer_Release(&by);
     PyBuffer_Release(&bx);
@@ -173,8 +186,8 @@ static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         PyErr_SetString(PyExc_TypeError, "unary(fnptr, x, y)");
         return NULL;
     }
-    void *fp = PyLong_AsVoidPtr(args[0]);
-    if (fp == NULL && PyErr_Occurred())
+    void *fp = entry_point(args[0]);
+    if (fp == NULL)
         return NULL;
     Py_buffer bx, by;
     Py_ssize_t store[4 * VIEW_MAXDIM];
@@ -185,13 +198,7 @@ static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     size_t m = ok ? (size_t)bx.shape[bx.ndim - 2] : 0;
     int rc = 0;
     if (ok && rows && n) {
-        if (rows * n >= 16384) {
-            Py_BEGIN_ALLOW_THREADS
-            rc = ((unary_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy, m);
-            Py_END_ALLOW_THREADS
-        } else {
-            rc = ((unary_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy, m);
-        }
+        RUN_KERNEL(rows * n, rc = ((unary_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy, m));
     }
     PyBuffer_Release(&by);
     PyBuffer_Release(&bx);
@@ -210,8 +217,8 @@ static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "selected(fnptr, x, indices, weights)");
         return NULL;
     }
-    void *fp = PyLong_AsVoidPtr(args[0]);
-    if (fp == NULL && PyErr_Occurred())
+    void *fp = entry_point(args[0]);
+    if (fp == NULL)
         return NULL;
     Py_buffer bx, bi, bw;
     Py_ssize_t store[6 * VIEW_MAXDIM];
@@ -238,13 +245,7 @@ static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t narg
     size_t m = ok ? (size_t)bw.shape[bx.ndim - 1] : 0;
     int rc = 0;
     if (ok && rows && n && m) {
-        if (rows * n >= 16384) {
-            Py_BEGIN_ALLOW_THREADS
-            rc = ((selected_kernel)fp)(bx.buf, bi.buf, bw.buf, rows, n, ldx, m);
-            Py_END_ALLOW_THREADS
-        } else {
-            rc = ((selected_kernel)fp)(bx.buf, bi.buf, bw.buf, rows, n, ldx, m);
-        }
+        RUN_KERNEL(rows * n, rc = ((selected_kernel)fp)(bx.buf, bi.buf, bw.buf, rows, n, ldx, m));
     }
     PyBuffer_Release(&bw);
     PyBuffer_Release(&bi);
@@ -303,8 +304,8 @@ static PyObject *general(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "general(fnptr, spec, inputs, y)");
         return NULL;
     }
-    void *fp = PyLong_AsVoidPtr(args[0]);
-    if (fp == NULL && PyErr_Occurred())
+    void *fp = entry_point(args[0]);
+    if (fp == NULL)
         return NULL;
     const Py_ssize_t nin = PyTuple_GET_SIZE(args[2]);
     PyObject *spec = args[1];
@@ -371,13 +372,7 @@ static PyObject *general(PyObject *self, PyObject *const *args, Py_ssize_t nargs
             a[na++] = dims[d];
         for (Py_ssize_t i = 0; i <= nin; i++)
             a[na++] = ld[i];
-        if (total >= 16384) {
-            Py_BEGIN_ALLOW_THREADS
-            rc = call_general(fp, na, a);
-            Py_END_ALLOW_THREADS
-        } else {
-            rc = call_general(fp, na, a);
-        }
+        RUN_KERNEL(total, rc = call_general(fp, na, a));
     }
     for (int i = 0; i < held; i++)
         PyBuffer_Release(&b[i]);
