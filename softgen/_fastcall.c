@@ -130,9 +130,15 @@ static int xy_pair(PyObject *const *args, Py_buffer *bx, Py_buffer *by, int min_
         }                                                \
     } while (0)
 
-/* args[0] as a kernel entry point; NULL with an exception set when it is not one. */
-static void *entry_point(PyObject *arg) {
-    void *fp = PyLong_AsVoidPtr(arg);
+/* The kernel entry point args[0] of a call with lo..hi arguments; NULL with an exception set
+ * (a TypeError naming ``usage`` for a wrong count, a ValueError for a null pointer). */
+static void *entry_point(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t lo, Py_ssize_t hi,
+                         const char *usage) {
+    if (nargs < lo || nargs > hi) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    void *fp = PyLong_AsVoidPtr(args[0]);
     if (fp == NULL && !PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "a null kernel entry point");
     return fp;
@@ -140,10 +146,9 @@ static void *entry_point(PyObject *arg) {
 
 static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 3 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "call(fnptr, x, y[, threads])");
+    void *fp = entry_point(args, nargs, 3, 4, "call(fnptr, x, y[, threads])");
+    if (fp == NULL)
         return NULL;
-    }
     int threads = 0;                                /* 4 arguments: fnptr is <name>_mt */
     if (nargs == 4) {
         long t = PyLong_AsLong(args[3]);
@@ -155,9 +160,6 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         }
         threads = (int)t;
     }
-    void *fp = entry_point(args[0]);
-    if (fp == NULL)
-        return NULL;
     Py_buffer bx, by;
     Py_ssize_t store[4 * VIEW_MAXDIM];
     size_t rows = 0, n = 0, ldx = 0, ldy = 0;
@@ -182,11 +184,7 @@ typedef int (*unary_kernel)(const float *, float *, size_t, size_t, size_t, size
  * rows = batch * m, m = x.shape[-2] (issue 15: matrix calls). */
 static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "unary(fnptr, x, y)");
-        return NULL;
-    }
-    void *fp = entry_point(args[0]);
+    void *fp = entry_point(args, nargs, 3, 3, "unary(fnptr, x, y)");
     if (fp == NULL)
         return NULL;
     Py_buffer bx, by;
@@ -213,11 +211,7 @@ typedef int (*selected_kernel)(const float *, int64_t *, float *, size_t, size_t
  * of shape x.shape[:-1] + (m,), m = min(k, n) decided by the caller (issue 15: top-k calls). */
 static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "selected(fnptr, x, indices, weights)");
-        return NULL;
-    }
-    void *fp = entry_point(args[0]);
+    void *fp = entry_point(args, nargs, 4, 4, "selected(fnptr, x, indices, weights)");
     if (fp == NULL)
         return NULL;
     Py_buffer bx, bi, bw;
@@ -300,13 +294,13 @@ static int call_general(void *fp, int na, const z *a) {
  * NotImplemented and the general path copies or raises. */
 static PyObject *general(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 4 || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "general(fnptr, spec, inputs, y)");
-        return NULL;
-    }
-    void *fp = entry_point(args[0]);
+    void *fp = entry_point(args, nargs, 4, 4, "general(fnptr, spec, inputs, y)");
     if (fp == NULL)
         return NULL;
+    if (!PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "general(fnptr, spec, inputs, y): spec and inputs are tuples");
+        return NULL;
+    }
     const Py_ssize_t nin = PyTuple_GET_SIZE(args[2]);
     PyObject *spec = args[1];
     if (nin < 1 || nin > GENERAL_MAXIN || PyTuple_GET_SIZE(spec) != 1 + 2 * (nin + 1))

@@ -267,6 +267,22 @@ def test_fast_call_path_is_built_and_agrees_with_the_general_path(k, rng):
     assert kmod._fastcall(k._fn._softgen_ptr, x, x[:, ::-1]) is NotImplemented
 
 
+def test_fast_call_entry_points_refuse_bad_calls_before_calling():
+    """A wrong argument count is a TypeError naming the signature and a null entry point a
+    ValueError, for every _fastcall entry: never a call through NULL."""
+    from softgen import _fastcall as fc
+    x = np.zeros((2, 4), np.float32)
+    for fn, args in ((fc.call, (x, x.copy())), (fc.unary, (x, x.copy())),
+                     (fc.selected, (x, np.zeros((2, 1), np.int64), np.zeros((2, 1), np.float32))),
+                     (fc.general, ((2, 0, 1, 0, 1), (x,), x.copy()))):
+        with pytest.raises(ValueError, match="null kernel entry point"):
+            fn(0, *args)
+        with pytest.raises(TypeError, match=fn.__name__ + r"\(fnptr"):
+            fn(1)
+    with pytest.raises(TypeError, match="tuples"):
+        fc.general(1, [], (), x)
+
+
 def test_one_function_per_op_compiles_once_and_matches_the_reference():
     """softgen.<op>(x, ...) compiles for this CPU on first use and caches the kernel; giving a
     call-time argument (n_attended) selects the variant that takes it."""
