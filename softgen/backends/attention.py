@@ -72,7 +72,7 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
         mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
-        normalizer=ph.normalizer, tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
+        normalizer=ph.normalizer, cosine=ph.normalizer in ("lssa", "lssar"), tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
         params=abi.param_list() if abi is not None else "", strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
         log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,
         **(_lssar(ph.program.params) if ph.normalizer == "lssar" else {}))
