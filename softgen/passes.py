@@ -692,8 +692,8 @@ def stream_attention(mp, br: int, bc: int):
     state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \
         if normalizer == "softmax" else f"{normalizer} state l per row and the accumulator, no rescaling"
     if normalizer == "lssar":
-        state = "two passes over the keys: l per row, then the running max r of R, the sum and the accumulator " \
-                "rescaled by (r / r')^p"
+        state = "two passes: l and max P per row over the keys (P kept per row), then (R / max R)^p from P, " \
+                "the sum and the accumulator, no rescaling"
     out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {normalizer} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
                             f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]
