@@ -13,8 +13,10 @@ Per size class (one per requested size):
    target lacks (``tuning_knob_requires``: stream needs ``[isa] STREAM``) is not offered.
    No per-target Python table: knobs are data on the backend, defaults data in the target file.
 2. *pruning by the model* (``costmodel``): an algorithm whose modelled cycles per element at the
-   size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed. The model
-   has no schedule term, so among one algorithm's schedules it keeps the ``keep`` nearest the
+   size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed, nor is a
+   schedule whose exp variant makes it so (each variant costs its ``[cost.exp]`` hint: avx2's t32,
+   a gather, is not timed). The model has no other schedule term, so among one algorithm's
+   schedules it keeps the ``keep`` nearest the
    target's default (in log2 distance of each knob; the default first). The count pruned is
    reported per class.
 3. *measurement* (``benchmark``'s samplers and buffers: x and y written before timing, rotated
@@ -251,6 +253,15 @@ def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1) 
     return list(out)
 
 
+def priced(plan: passes.Plan, target, level: str, scheds: list[Schedule], best: float) -> list[Schedule]:
+    """``scheds`` (of one algorithm's ``plan``) but those whose exp variant makes the model's cost at
+    ``level`` more than ``PRUNE_RATIO`` x ``best`` (each variant costs its ``[cost.exp]`` hint:
+    avx2's t32, a gather, is not timed); the other knobs have no model term and are all kept."""
+    if not target.cost:
+        return list(scheds)
+    return [s for s in scheds if costmodel.cycles_per_element(plan, target, level, s.exp) <= PRUNE_RATIO * best]
+
+
 def _distance(s: Schedule, base: Schedule) -> float:
     return sum(abs(math.log2(getattr(s, k) / getattr(base, k))) for k in ("unroll", "accumulators", "block"))
 
@@ -429,7 +440,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
                                key=lambda a: cost.get(a, 0.0))
             extra = level_schedules(be, t, level, base, rows)
             cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
-                + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in extra]
+                + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in priced(plans[a], t, level, extra, best)]
             total = len(algs) * (len(scheds) + len(extra))
             N = rows * n
             ws = 2 * 4 * N

@@ -197,6 +197,26 @@ def test_tuner_offers_the_knobs_per_level():
     assert tune_mod.label("two-pass", {"unroll": 4, "accumulators": 2, "stream": True, "prefetch": 256}) == "2p u4a2 nt pf256"
 
 
+def test_each_exp_variant_costs_its_target_hint():
+    """The model prices an exp by the variant it runs as ([cost.exp]; Target.exp_variant): on avx512
+    the default (t32 for x - max x) below p5 and equal to t32 everywhere, on avx2 t32 (a gather)
+    beyond the tuner's prune ratio, so the tuner times p5/p6 there and t32 where it is cheap."""
+    pl = passes.plan(passes.apply_algorithm(build_program("softmax"), "three-pass-reload"))
+
+    def cost(t, exp):
+        return costmodel.cycles_per_element(pl, get_target(t), "L2", exp)
+    assert cost("avx512", "") == cost("avx512", "t32") < cost("avx512", EXP_DEFAULT) < cost("avx512", "p6c2")
+    assert cost("avx2", "") == cost("avx2", EXP_DEFAULT) < cost("avx2", "p6c2") < cost("avx2", "t32")
+    assert get_target("avx512").exp_variant("", shifted=True) == "t32"
+    assert get_target("avx512").exp_variant("", shifted=False) == get_target("avx2").exp_variant("", True) == EXP_DEFAULT
+    be, base = get_backend("c"), Schedule()
+    for t, kept in (("avx2", {"p6c2"}), ("avx512", set(EXP_VARIANTS))):
+        tt = get_target(t)
+        best = costmodel.cycles_per_element(pl, tt, "L2")
+        extra = tune_mod.level_schedules(be, tt, "L2", base)
+        assert {s.exp for s in tune_mod.priced(pl, tt, "L2", extra, best)} == kept
+
+
 def test_schedule_exp_p5_is_choosable_where_the_target_defaults_to_a_table():
     """exp="p5c2" on avx512 is p5 for the exps of x - max x too (its default there is t32); on
     avx2 (no shifted_exp) it is the default itself, the same kernel."""
