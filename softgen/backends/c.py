@@ -974,10 +974,13 @@ class CBackend(Backend):
     # contract: tests/test_exp.py) for rows in cache, where the exp sweep is compute-bound
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
                                      "stream": (False, True), "prefetch": (0, 1024),
-                                     "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4)})
-    # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows)
+                                     "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
+                                     "lazymax": (False, True)})
+    # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
+    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%)
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
-                                           "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2")})
+                                           "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
+                                           "lazymax": ("L2", "L3", "DRAM")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:
