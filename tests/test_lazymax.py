@@ -1,0 +1,100 @@
+"""Schedule lazymax (issue 13; C backend, ``passes.lazy_max``): three-pass-reload of softmax without
+the full-row max sweep. The exps are taken against a running reference (the first block's max,
+moved to a group of vectors' max where x exceeds it by LAZY_SLACK / s), each stored segment is
+rescaled in the output sweep. Checked on scalar, avx2 and avx512 (small blocks, so short rows span
+several): the edge-case contract, tails, unaligned, strided and in-place rows, rows whose
+reference moves (more often than LAZY_RECORDS), a first block of -inf; bitwise three-pass-reload
+where the first block holds the max; where it does not apply; no split or R-rows form.
+
+Fast: one kernel per target, module-scoped, rows of at most a few thousand elements."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import check, run
+from test_kernels import contract_rows
+
+import softgen
+from softgen import passes
+from softgen.ops import build_program
+from softgen.passes import LAZY_RECORDS, LAZY_SLACK
+from softgen.targets import get_target
+
+TARGETS = [t for t in ("scalar", "avx2", "avx512") if get_target(t).runnable]
+BLOCK = 256
+LAZY = {"lazymax": True, "block": BLOCK}
+
+
+@pytest.fixture(scope="module", params=TARGETS)
+def lazy(request):
+    t = request.param
+    scale = 2.5 if t == TARGETS[-1] else 1.0        # the slack is LAZY_SLACK / s in x
+    return (softgen.compile("softmax", algorithm="three-pass-reload", target=t, scale=scale, schedule=LAZY),
+            softgen.compile("softmax", algorithm="three-pass-reload", target=t, scale=scale, schedule={"block": BLOCK}))
+
+
+def test_the_contract_tails_strides_and_in_place(lazy, rng):
+    k, _ = lazy
+    lanes = k.target.lanes
+    for n in sorted({1, lanes + 1, 4 * lanes + 5, BLOCK + 7, 3 * BLOCK + 2 * lanes + 3}):
+        x = (rng.standard_normal((3, n + 3)) * 8).astype(np.float32)
+        for off in (0, 1):                              # unaligned row starts, strided rows
+            xs = x[:, off:off + n]
+            check(k, xs, run(k, xs), f"n={n} offset {off}")
+            inplace = xs.copy()
+            check(k, xs, run(k, inplace, out=inplace), f"n={n} in place")
+    for n in (lanes + 3, 2 * BLOCK + 5):
+        rows = contract_rows(n, rng)
+        x = np.stack(list(rows.values()))
+        check(k, x, run(k, x), f"n={n}", row_names=list(rows))
+
+
+def test_rows_whose_reference_moves(lazy, rng):
+    """Ascending rows move the reference once per group (more than LAZY_RECORDS times: the oldest
+    segments round to 0), steps just past the slack, a max far after the first block, -inf
+    before finite values, a NaN or +inf after the first block; in place too."""
+    k, base = lazy
+    s = k.params["scale"]
+    n = 6 * BLOCK + 37
+    i = np.arange(n, dtype=np.float32)
+    rows = {"ascending 0.5": i * 0.5, "ascending 40": i * 40.0 / s,
+            "steps past the slack": np.floor(i / 64) * (LAZY_SLACK + 0.5) / s,
+            "late max": np.where(i == n - 2, 60.0, np.sin(i)).astype(np.float32),
+            "-inf first block": np.where(i < BLOCK + 9, -np.inf, np.cos(i)).astype(np.float32),
+            "late NaN": np.where(i == 4 * BLOCK + 1, np.nan, np.sin(i)).astype(np.float32),
+            "late +inf": np.where(i == 5 * BLOCK, np.inf, np.sin(i)).astype(np.float32),
+            "random": (rng.standard_normal(n) * 30).astype(np.float32)}
+    x = np.stack([r.astype(np.float32) for r in rows.values()])
+    y = run(k, x)
+    check(k, x, y, "moving reference", row_names=list(rows))
+    assert np.array_equal(np.isnan(y), np.isnan(run(base, x)))
+    inplace = x.copy()
+    assert np.array_equal(run(k, inplace, out=inplace), y, equal_nan=True)
+    assert (i[-1] * 0.5 * s) / LAZY_SLACK > LAZY_RECORDS   # the ascending row drops records
+
+
+def test_bitwise_three_pass_reload_when_the_first_block_holds_the_max(lazy, rng):
+    k, base = lazy
+    x = (rng.standard_normal((4, 3 * BLOCK + 11)) * 3).astype(np.float32)
+    x[:, 5] = 20.0                                       # the row max, in the first block
+    assert np.array_equal(run(k, x), run(base, x))
+    short = (rng.standard_normal((3, BLOCK - 1)) * 9).astype(np.float32)
+    assert np.array_equal(run(k, short), run(base, short))
+
+
+def test_where_lazymax_applies_and_what_it_generates():
+    sm = passes.plan(passes.apply_algorithm(build_program("softmax"), "three-pass-reload"))
+    assert isinstance(passes.lazy_max(sm), passes.LazyMax)
+    for op, alg in (("log_softmax", "three-pass-reload"), ("softmax", "two-pass"), ("softmax", "online"),
+                    ("softplus_l1", "direct-reload")):
+        assert isinstance(passes.lazy_max(passes.plan(passes.apply_algorithm(build_program(op), alg))), str)
+    plain = softgen.compile("log_softmax", algorithm="three-pass-reload", target="scalar")
+    lz = softgen.compile("log_softmax", algorithm="three-pass-reload", target="scalar", schedule={"lazymax": True})
+    assert "lazymax: not applied" in lz.source and "lz_r" not in lz.source
+    assert lz.source.replace(lz.name, plain.name).count("\n") == plain.source.count("\n") + 1   # the note
+    k = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar",
+                        schedule={"lazymax": True, "rows": 2, "split": 4096})
+    assert "lz_r" in k.source and "__row_split" not in k.source and "_batch2" not in k.source
+    assert "lazymax keeps a reference per row" in k.source and k.schedule.tag(1).endswith("_lz")
+    with pytest.raises(softgen.UsageError, match="lazymax must be true or false"):
+        softgen.compile("softmax", schedule={"lazymax": 2})
