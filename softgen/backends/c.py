@@ -977,7 +977,8 @@ class CBackend(Backend):
                                      "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
                                      "lazymax": (False, True)})
     # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
-    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%)
+    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%);
+    # softgen.tune skips it where the split form would spread a row over threads (it has none)
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
                                            "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
                                            "lazymax": ("L2", "L3", "DRAM")})
