@@ -34,8 +34,8 @@
 ``lazymax``       three-pass-reload of softmax (C backend, ``passes.lazy_max``): no full-row max sweep;
                   the exps are taken against a running reference r (the first block's max, moved to a
                   group of vectors' max where x exceeds r + LAZY_SLACK / s), each element stored under
-                  the reference of its segment, rescaled in the output sweep (docs/ops.md §3). One
-                  read of x from memory instead of two; no split form (one thread per row)
+                  the reference of its segment, rescaled in the output sweep (docs/ops.md §3.1). One
+                  read of x from memory instead of two; split rows: per chunk, sums rescaled to merge
 
 ``stream``, ``prefetch``, ``exp``, ``rows`` and ``lazymax`` are C-backend knobs; their defaults (off, 0, "", 1, off) generate
 exactly the code of a schedule without them, and ``as_dict`` omits them at their defaults.

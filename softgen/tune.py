@@ -444,8 +444,6 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
                                key=lambda a: cost.get(a, 0.0))
             extra = level_schedules(be, t, level, base, rows)
-            if machine.cores() > 1:   # lazymax has no split form: rows of its class would lose their threads
-                extra = [s for s in extra if not (s.lazymax and s.split and (hi is None or hi >= s.split))]
             cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
                 + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in priced(plans[a], t, level, extra, best)]
             total = len(algs) * (len(scheds) + len(extra))

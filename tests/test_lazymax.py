@@ -4,7 +4,8 @@ moved to a group of vectors' max where x exceeds it by LAZY_SLACK / s), each sto
 rescaled in the output sweep. Checked on scalar, avx2 and avx512 (small blocks, so short rows span
 several): the edge-case contract, tails, unaligned, strided and in-place rows, rows whose
 reference moves (more often than LAZY_RECORDS), a first block of -inf; bitwise three-pass-reload
-where the first block holds the max; where it does not apply; no split or R-rows form.
+where the first block holds the max; the split form (per chunk, any thread count the same bits);
+where it does not apply; no R-rows form.
 
 Fast: one kernel per target, module-scoped, rows of at most a few thousand elements."""
 from __future__ import annotations
@@ -92,9 +93,33 @@ def test_where_lazymax_applies_and_what_it_generates():
     lz = softgen.compile("log_softmax", algorithm="three-pass-reload", target="scalar", schedule={"lazymax": True})
     assert "lazymax: not applied" in lz.source and "lz_r" not in lz.source
     assert lz.source.replace(lz.name, plain.name).count("\n") == plain.source.count("\n") + 1   # the note
-    k = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar",
-                        schedule={"lazymax": True, "rows": 2, "split": 4096})
-    assert "lz_r" in k.source and "__row_split" not in k.source and "_batch2" not in k.source
+    k = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar", schedule={"lazymax": True, "rows": 2})
+    assert "lz_r" in k.source and "_batch2" not in k.source
     assert "lazymax keeps a reference per row" in k.source and k.schedule.tag(1).endswith("_lz")
     with pytest.raises(softgen.UsageError, match="lazymax must be true or false"):
         softgen.compile("softmax", schedule={"lazymax": 2})
+
+
+def test_split_rows_per_chunk_for_any_thread_count(rng):
+    """Split rows (chunks of 1024): every chunk from the first blocks' max, its own reference and
+    segments, the sums rescaled before the merge: the contract, moving references in some chunks,
+    bitwise the same on 1, 2 and auto threads; bitwise split three-pass-reload when a first block
+    holds the max."""
+    t = TARGETS[-1]
+    sch = {"block": BLOCK, "chunk": 4 * BLOCK, "split": 16 * BLOCK}
+    k = softgen.compile("softmax", algorithm="three-pass-reload", target=t, schedule={**sch, "lazymax": True})
+    base = softgen.compile("softmax", algorithm="three-pass-reload", target=t, schedule=sch)
+    assert "__row_split" in k.source and "sg_lz" in k.source
+    n = 36 * BLOCK + 37
+    i = np.arange(n, dtype=np.float32)
+    rows = {"ascending": i * 0.5, "late max": np.where(i == n - 2, 60.0, np.sin(i)),
+            "-inf chunks": np.where(i < 9 * BLOCK, -np.inf, np.cos(i)), "random": rng.standard_normal(n) * 30,
+            "late NaN": np.where(i == 20 * BLOCK, np.nan, np.sin(i))}
+    rows.update((f"contract {name}", r) for name, r in contract_rows(n, rng).items() if "@0" not in name)
+    x = np.stack([np.asarray(r, np.float32) for r in rows.values()])
+    y = run(k, x, threads=1)
+    check(k, x, y, "split", row_names=list(rows))
+    for threads in (2, 0):
+        assert np.array_equal(run(k, x, threads=threads), y, equal_nan=True), threads
+    first = np.where(i == 3, 40.0, np.sin(i)).astype(np.float32)[None]
+    assert np.array_equal(run(k, first), run(base, first))

@@ -582,7 +582,24 @@ def lazy_form(p: Program, s: Schedule) -> LazyMax | None:
     return lz if isinstance(lz, LazyMax) else None
 
 
-def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict) -> tuple[list[str], dict, list[str]]:
+def _lazy_state(lz: LazyMax, lo: str) -> list[str]:
+    """The reference (from the max s<m> of sweep 0) and its segments, the first at ``lo``."""
+    return [f"float lz_r = s{lz.m} < -FLT_MAX ? -FLT_MAX : s{lz.m};   /* the reference (-inf: -FLT_MAX; NaN stays) */",
+            f"size_t lz_pos[{LAZY_RECORDS}];   /* where each kept reference's segment starts */",
+            f"float lz_ref[{LAZY_RECORDS}];",
+            "int lz_cnt = 1;", f"lz_pos[0] = {lo};", "lz_ref[0] = lz_r;"]
+
+
+def _lazy_top(arr: str, count: str) -> list[str]:
+    """The split form's row reference: the chunks' largest (NaN wins), ``lz_r``."""
+    return [f"float lz_r = {arr}[0].r;   /* lazymax: the row's reference, the chunks' largest */",
+            f"for (size_t q = 1; q < {count}; q++)",
+            f"    if ({arr}[q].r > lz_r || isnan({arr}[q].r))",
+            f"        lz_r = {arr}[q].r;"]
+
+
+def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = "0",
+                hi: str = "n") -> tuple[list[str], dict, list[str]]:
     """A three-pass-reload sweep under schedule lazymax: (declarations before it, its block, row
     lines after it). Sweep 0 takes the max of the first block only (the reference r: ``lz_r``);
     sweep 1 moves r to a group of vectors' max where one exceeds r + LAZY_SLACK / s (rescaling
@@ -592,17 +609,14 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict) -> tuple[l
     sc = lz.scale
     lim = f"lz_r + {flit(LAZY_SLACK / sc)}"
     if sw.index == 0:
-        return ([f"const size_t lz_n0 = n < {c.s.block} ? n : {c.s.block};   /* lazymax: the first block's max */"]
-                + decl, {**blk, "end": "lz_n0", "length": "lz_n0"},
-                [f"float lz_r = s{lz.m} < -FLT_MAX ? -FLT_MAX : s{lz.m};   /* the reference (-inf: -FLT_MAX; NaN stays) */",
-                 f"size_t lz_pos[{LAZY_RECORDS}];   /* where each kept reference's segment starts */",
-                 f"float lz_ref[{LAZY_RECORDS}];",
-                 "int lz_cnt = 1;", "lz_pos[0] = 0;", "lz_ref[0] = lz_r;"])
+        first = f"n < {c.s.block} ? n : {c.s.block}" if lo == "0" else f"{hi} - {lo} < {c.s.block} ? {hi} : {lo} + {c.s.block}"
+        return ([f"const size_t lz_n0 = {first};   /* lazymax: the first block's max */"]
+                + decl, {**blk, "end": "lz_n0", "length": "lz_n0"}, _lazy_state(lz, lo) if lo == "0" else [])
     if sw.index == 2:
         f = f"s{lz.factor}"
         setup = [ln for ln in blk["setup"] if not ln.startswith(f"const VEC b{lz.factor} = ")]
-        head = ["for (int lz_k = -1; lz_k < lz_cnt; lz_k++) {   /* lazymax: [0, lz_pos[0]), then each reference's segment */",
-                "    const size_t lo = lz_k < 0 ? 0 : lz_pos[lz_k], hi = lz_k + 1 < lz_cnt ? lz_pos[lz_k + 1] : n;",
+        head = [f"for (int lz_k = -1; lz_k < lz_cnt; lz_k++) {{   /* lazymax: [{lo}, lz_pos[0]), then each reference's segment */",
+                f"    const size_t lo = lz_k < 0 ? {lo} : lz_pos[lz_k], hi = lz_k + 1 < lz_cnt ? lz_pos[lz_k + 1] : {hi};",
                 f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : (float)((double){f} * "
                 f"exp({float(sc).hex()} * ((double)lz_ref[lz_k] - (double)lz_r))));"]
         return decl, {**blk, "setup": setup, "segments": head}, []
@@ -736,6 +750,7 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
     sweep's tasks (``ctx``: struct ``ctx``, declared by kernel.c.j2). ``fallback``: the split form
     the two-pass guard hands the row to."""
     c, pl = _Ctx(p, t, s, row_params), plan(p)
+    lz = lazy_form(p, s)
     name, M, B = f"{fname}_split", SPLIT_MAX_CHUNKS, s.block
     nstate = max([sum(len(_red(c, r).outer) for r in sw.reductions) for sw in pl.sweeps] + [1])
     nscal = max([len(_sweep_scalars(c, sw)) for sw in pl.sweeps] + [1])
@@ -745,7 +760,8 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
              "const size_t nchunks = (n + chunk - 1) / chunk;",
              f"float sg_s[{nscal}];   /* the row scalars the sweeps read */",
              f"float sg_st[{M * nstate} * SG_LANES];   /* per chunk: its reductions' outer states */",
-             f"struct {ctx} sg = {{x, y, n, chunk, sg_s, sg_st}};"]
+             *([f"struct {ctx}_lazy sg_lz[{M}];   /* lazymax: each chunk's segments */"] if lz else []),
+             f"struct {ctx} sg = {{x, y, n, chunk, sg_s, sg_st{', sg_lz' if lz else ''}}};"]
     lines += _scalar_lines(c, pl.scalars_before, fallback, ", threads")
     lines += ["struct sg_team sg_tm;   /* one pool region for every sweep of the row */",
               "sg_team_begin(&sg_tm, threads < (int)nchunks ? threads : (int)nchunks);"]
@@ -776,12 +792,28 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
                "const size_t c_lo = t * sg->chunk, "
                "c_hi = sg->n - c_lo > sg->chunk ? c_lo + sg->chunk : sg->n;"]
         pro += [f"const float s{a} = sg->s[{i}];" for i, a in enumerate(scal)]
+        if lz:   # each chunk from the row's first-blocks max, its own reference and segments
+            ldecl, blk, _ = _lazy_sweep(c, lz, sw, [], blk, "c_lo", "c_hi")
+            if sw.index == 0:
+                pro += ldecl
+            elif sw.index == 1:
+                pro += _lazy_state(lz, "c_lo")
+                blk["finish"] = blk["finish"] + [
+                    "sg->lz[t].r = lz_r;", "sg->lz[t].cnt = lz_cnt;",
+                    "memcpy(sg->lz[t].pos, lz_pos, sizeof lz_pos);", "memcpy(sg->lz[t].ref, lz_ref, sizeof lz_ref);"]
+            else:
+                pro += [f"const struct {ctx}_lazy *lz = &sg->lz[t];", "const int lz_cnt = lz->cnt;",
+                        "const size_t *lz_pos = lz->pos;", "const float *lz_ref = lz->ref;"] + _lazy_top("sg->lz", "(sg->n + sg->chunk - 1) / sg->chunk")
         tasks.append({"name": task, "signature": f"static void {task}(void *ctx, size_t t)",
                       "comment": f"{p.name} split form, sweep {sw.index} over chunk t of the row",
                       "blocks": [{"kind": "scalar", "lines": pro}, blk]})
         lines += [f"float {', '.join(_results(p, r))};" for r in sw.reductions]
         lines += [f"sg_s[{i}] = s{a};" for i, a in enumerate(scal)]
         lines.append(f"sg_team_run(&sg_tm, nchunks, {task}, &sg);")
+        if lz and sw.index == 1:   # each chunk's sum against the row's reference, the chunks' largest
+            lines += _lazy_top("sg_lz", "nchunks")
+            loads = [f"const VEC lz_f = V_SET1((float)exp({float(lz.scale).hex()} * ((double)sg_lz[q].r - (double)lz_r)));"] \
+                + [ln.replace(" = V_LOAD(", " = V_MUL(lz_f, V_LOAD(").replace(" * SG_LANES);", " * SG_LANES));") for ln in loads]
         if sw.reductions:   # the chunks' states, merged in chunk order on the caller
             lines += ["{"] + ["    " + ln for ln in decl] \
                 + ["    for (size_t q = 0; q < nchunks; q++) {"] + ["        " + ln for ln in loads + steps] \
@@ -906,7 +938,8 @@ def _knob_note(s: Schedule, t: Target, p: Program) -> str:
         notes.append("lazymax: " + (f"not applied ({why})" if isinstance(why, str) else
                                     f"no full-row max sweep; exps against a running reference r (the first "
                                     f"block's max, moved where x > r + {LAZY_SLACK:g} / s), rescaled per segment "
-                                    f"in the output sweep; no split form"))
+                                    f"in the output sweep; split rows: each chunk from its first block, its own "
+                                    f"reference, the chunks' sums rescaled to the largest"))
     if s.rows > 1:
         why = rows_refusal(p, s)
         notes.append(f"rows={s.rows}: " + (f"one row at a time ({why})" if why else
@@ -928,9 +961,10 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     check_schedule(t, s)
     functions, fallback, rps = [], None, p.row_params()
     split = None
-    if s.split and not lazy_form(p, s) and not split_refusal(p) and not (p.fallback and split_refusal(p.fallback)):
+    if s.split and not split_refusal(p) and not (p.fallback and split_refusal(p.fallback)):
         split = {"fn": f"{name}__row_split", "min_n": s.split, "chunk": s.chunk,
-                 "ctx": f"{name}__split", "max_chunks": SPLIT_MAX_CHUNKS}
+                 "ctx": f"{name}__split", "max_chunks": SPLIT_MAX_CHUNKS,
+                 "lazy": LAZY_RECORDS if lazy_form(p, s) else 0}
     if p.fallback is not None:
         fallback = f"{name}__fallback_row"
         functions.append(_row_function(p.fallback, t, s, fallback, None, rps))
@@ -977,8 +1011,7 @@ class CBackend(Backend):
                                      "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
                                      "lazymax": (False, True)})
     # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
-    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%);
-    # softgen.tune skips it where the split form would spread a row over threads (it has none)
+    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%)
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
                                            "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
                                            "lazymax": ("L2", "L3", "DRAM")})
