@@ -264,7 +264,8 @@ def priced(plan: passes.Plan, target, level: str, scheds: list[Schedule], best: 
         scheds = [s for s in scheds if not s.lazymax]
     if not target.cost:
         return list(scheds)
-    return [s for s in scheds if costmodel.cycles_per_element(plan, target, level, s.exp) <= KNOB_PRUNE_RATIO * best]
+    return [s for s in scheds
+            if costmodel.cycles_per_element(plan, target, level, s.exp, s.lazymax) <= KNOB_PRUNE_RATIO * best]
 
 
 def _distance(s: Schedule, base: Schedule) -> float:

@@ -16,7 +16,7 @@ from conftest import check, run
 from test_kernels import contract_rows
 
 import softgen
-from softgen import passes
+from softgen import costmodel, passes
 from softgen.ops import build_program
 from softgen.passes import LAZY_RECORDS, LAZY_SLACK
 from softgen.targets import get_target
@@ -96,6 +96,11 @@ def test_where_lazymax_applies_and_what_it_generates():
     k = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar", schedule={"lazymax": True, "rows": 2})
     assert "lz_r" in k.source and "_batch2" not in k.source
     assert "lazymax keeps a reference per row" in k.source and k.schedule.tag(1).endswith("_lz")
+    # the model: no max sweep beyond L1d (one compare more per vector), nothing saved within it
+    t = get_target("avx512")
+    for lvl, cheaper in (("L1d", False), ("L2", True), ("L3", True)):
+        assert (costmodel.cycles_per_element(sm, t, lvl, lazymax=True) < costmodel.cycles_per_element(sm, t, lvl)) \
+            == cheaper, lvl
     with pytest.raises(softgen.UsageError, match="lazymax must be true or false"):
         softgen.compile("softmax", schedule={"lazymax": 2})
 
