@@ -237,7 +237,7 @@ def sweep_cycles(plan: Plan, target: Target, level: str, exp: str = "", lazymax:
     """Cycles per element of each sweep of ``plan`` on ``target`` with the row in ``level``;
     ``exp``: the schedule's exp variant (each variant costs its ``[cost.exp]`` hint); ``lazymax``:
     the schedule's (where ``passes.lazy_max`` applies: beyond L1d no max sweep but over the first
-    block, one compare more per vector in the exp sweep)."""
+    LAZY_FIRST elements, one compare more per vector in the exp sweep)."""
     cost = target.cost
     ins, ipc, bw = cost["instructions"], cost["ipc"], cost["bandwidth"][level]
     p, out = plan.program, []
@@ -245,7 +245,7 @@ def sweep_cycles(plan: Plan, target: Target, level: str, exp: str = "", lazymax:
     for s in plan.sweeps:
         if s.selected is not None:   # runs over the k selected entries, not per element
             continue
-        if lazy and s.index == 0:    # the first block only: nothing per element of a long row
+        if lazy and s.index == 0:    # its first LAZY_FIRST elements only: nothing per element of a long row
             out.append(0.0)
             continue
         nodes = [v for v in s.compute + s.reductions if OPS[p.op(v)].kind not in _FREE]

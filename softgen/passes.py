@@ -427,6 +427,7 @@ class Plan:
 
 # -- schedule lazymax: three-pass-reload without the full-row max sweep -----------------------------
 
+LAZY_FIRST = 64      # elements whose max is the first reference (bench/results/lazymax-*: 64 beat a 4096 block at 4K)
 LAZY_SLACK = 16.0    # the exps' argument s (x - r) may reach this above 0 before the reference r moves
 LAZY_RECORDS = 16    # references kept per row (the older ones' segments round to 0: docs/ops.md §3)
 
@@ -434,8 +435,8 @@ LAZY_RECORDS = 16    # references kept per row (the older ones' segments round t
 @dataclass(frozen=True)
 class LazyMax:
     """A plan that schedule ``lazymax`` can run with a running reference instead of the row max
-    (docs/ops.md §3, "lazy max"): sweep 0 is the row max alone (then taken over the row's first
-    block only: r), sweep 1 stores and sums e^(s (x - r)) (``max_shifted``), moving r to a group
+    (docs/ops.md §3.1, "lazy max"): sweep 0 is the row max alone (then taken over the row's first
+    LAZY_FIRST elements only: r), sweep 1 stores and sums e^(s (x - r)) (``max_shifted``), moving r to a group
     of vectors' max (and rescaling its partial sums) where x exceeds r + LAZY_SLACK / s, sweep 2
     multiplies the reloaded terms by a row scalar of the sum alone, times e^(s (r_k - r)) on
     the elements stored under an earlier reference r_k."""

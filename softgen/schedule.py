@@ -32,7 +32,7 @@
                   the one-row form (the same code per row)
 
 ``lazymax``       three-pass-reload of softmax (C backend, ``passes.lazy_max``): no full-row max sweep;
-                  the exps are taken against a running reference r (the first block's max, moved to a
+                  the exps are taken against a running reference r (the first 64 elements' max, moved to a
                   group of vectors' max where x exceeds r + LAZY_SLACK / s), each element stored under
                   the reference of its segment, rescaled in the output sweep (docs/ops.md §3.1). One
                   read of x from memory instead of two; split rows: per chunk, sums rescaled to merge

@@ -1,10 +1,10 @@
 """Schedule lazymax (issue 13; C backend, ``passes.lazy_max``): three-pass-reload of softmax without
-the full-row max sweep. The exps are taken against a running reference (the first block's max,
+the full-row max sweep. The exps are taken against a running reference (the first 64 elements' max,
 moved to a group of vectors' max where x exceeds it by LAZY_SLACK / s), each stored segment is
 rescaled in the output sweep. Checked on scalar, avx2 and avx512 (small blocks, so short rows span
 several): the edge-case contract, tails, unaligned, strided and in-place rows, rows whose
-reference moves (more often than LAZY_RECORDS), a first block of -inf; bitwise three-pass-reload
-where the first block holds the max; the split form (per chunk, any thread count the same bits);
+reference moves (more often than LAZY_RECORDS), first elements of -inf; bitwise three-pass-reload
+where the first elements hold the max; the split form (per chunk, any thread count the same bits);
 where it does not apply; no R-rows form.
 
 Fast: one kernel per target, module-scoped, rows of at most a few thousand elements."""
@@ -18,7 +18,7 @@ from test_kernels import contract_rows
 import softgen
 from softgen import costmodel, passes
 from softgen.ops import build_program
-from softgen.passes import LAZY_RECORDS, LAZY_SLACK
+from softgen.passes import LAZY_FIRST, LAZY_RECORDS, LAZY_SLACK
 from softgen.targets import get_target
 
 TARGETS = [t for t in ("scalar", "avx2", "avx512") if get_target(t).runnable]
@@ -52,8 +52,8 @@ def test_the_contract_tails_strides_and_in_place(lazy, rng):
 
 def test_rows_whose_reference_moves(lazy, rng):
     """Ascending rows move the reference once per group (more than LAZY_RECORDS times: the oldest
-    segments round to 0), steps just past the slack, a max far after the first block, -inf
-    before finite values, a NaN or +inf after the first block; in place too."""
+    segments round to 0), steps just past the slack, a max far after the first elements, -inf
+    before finite values, a NaN or +inf later; in place too."""
     k, base = lazy
     s = k.params["scale"]
     n = 6 * BLOCK + 37
@@ -74,12 +74,12 @@ def test_rows_whose_reference_moves(lazy, rng):
     assert (i[-1] * 0.5 * s) / LAZY_SLACK > LAZY_RECORDS   # the ascending row drops records
 
 
-def test_bitwise_three_pass_reload_when_the_first_block_holds_the_max(lazy, rng):
+def test_bitwise_three_pass_reload_when_the_first_elements_hold_the_max(lazy, rng):
     k, base = lazy
     x = (rng.standard_normal((4, 3 * BLOCK + 11)) * 3).astype(np.float32)
-    x[:, 5] = 20.0                                       # the row max, in the first block
+    x[:, 5] = 20.0                                       # the row max, in the first 64
     assert np.array_equal(run(k, x), run(base, x))
-    short = (rng.standard_normal((3, BLOCK - 1)) * 9).astype(np.float32)
+    short = (rng.standard_normal((3, LAZY_FIRST - 1)) * 9).astype(np.float32)
     assert np.array_equal(run(k, short), run(base, short))
 
 
@@ -106,10 +106,10 @@ def test_where_lazymax_applies_and_what_it_generates():
 
 
 def test_split_rows_per_chunk_for_any_thread_count(rng):
-    """Split rows (chunks of 1024): every chunk from the first blocks' max, its own reference and
+    """Split rows (chunks of 1024): every chunk from the chunks' first elements' max, its own reference and
     segments, the sums rescaled before the merge: the contract, moving references in some chunks,
-    bitwise the same on 1, 2 and auto threads; bitwise split three-pass-reload when a first block
-    holds the max."""
+    bitwise the same on 1, 2 and auto threads; bitwise split three-pass-reload when the first elements
+    hold the max."""
     t = TARGETS[-1]
     sch = {"block": BLOCK, "chunk": 4 * BLOCK, "split": 16 * BLOCK}
     k = softgen.compile("softmax", algorithm="three-pass-reload", target=t, schedule={**sch, "lazymax": True})

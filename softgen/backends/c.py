@@ -27,6 +27,7 @@ from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import (
     EXTEXP_F32_DOMAIN,
+    LAZY_FIRST,
     LAZY_RECORDS,
     LAZY_SLACK,
     STREAMING_NORMALIZERS,
@@ -601,7 +602,7 @@ def _lazy_top(arr: str, count: str) -> list[str]:
 def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = "0",
                 hi: str = "n") -> tuple[list[str], dict, list[str]]:
     """A three-pass-reload sweep under schedule lazymax: (declarations before it, its block, row
-    lines after it). Sweep 0 takes the max of the first block only (the reference r: ``lz_r``);
+    lines after it). Sweep 0 takes the max of the first LAZY_FIRST elements only (the reference r: ``lz_r``);
     sweep 1 moves r to a group of vectors' max where one exceeds r + LAZY_SLACK / s (rescaling
     the sum's partial states, recording where: ``lz_pos``, ``lz_ref``, the oldest dropped
     beyond LAZY_RECORDS); sweep 2 runs per recorded segment, its factor times e^(s (r_k - r))
@@ -609,8 +610,9 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
     sc = lz.scale
     lim = f"lz_r + {flit(LAZY_SLACK / sc)}"
     if sw.index == 0:
-        first = f"n < {c.s.block} ? n : {c.s.block}" if lo == "0" else f"{hi} - {lo} < {c.s.block} ? {hi} : {lo} + {c.s.block}"
-        return ([f"const size_t lz_n0 = {first};   /* lazymax: the first block's max */"]
+        fb = LAZY_FIRST
+        first = f"n < {fb} ? n : {fb}" if lo == "0" else f"{hi} - {lo} < {fb} ? {hi} : {lo} + {fb}"
+        return ([f"const size_t lz_n0 = {first};   /* lazymax: the max of the first {fb} elements */"]
                 + decl, {**blk, "end": "lz_n0", "length": "lz_n0"}, _lazy_state(lz, lo) if lo == "0" else [])
     if sw.index == 2:
         f = f"s{lz.factor}"
@@ -792,7 +794,7 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
                "const size_t c_lo = t * sg->chunk, "
                "c_hi = sg->n - c_lo > sg->chunk ? c_lo + sg->chunk : sg->n;"]
         pro += [f"const float s{a} = sg->s[{i}];" for i, a in enumerate(scal)]
-        if lz:   # each chunk from the row's first-blocks max, its own reference and segments
+        if lz:   # each chunk from the max of the chunks' first elements, its own reference and segments
             ldecl, blk, _ = _lazy_sweep(c, lz, sw, [], blk, "c_lo", "c_hi")
             if sw.index == 0:
                 pro += ldecl
@@ -936,9 +938,9 @@ def _knob_note(s: Schedule, t: Target, p: Program) -> str:
     if s.lazymax:
         why = lazy_max(plan(p))
         notes.append("lazymax: " + (f"not applied ({why})" if isinstance(why, str) else
-                                    f"no full-row max sweep; exps against a running reference r (the first "
-                                    f"block's max, moved where x > r + {LAZY_SLACK:g} / s), rescaled per segment "
-                                    f"in the output sweep; split rows: each chunk from its first block, its own "
+                                    f"no full-row max sweep; exps against a running reference r (the max of the "
+                                    f"first {LAZY_FIRST} elements, moved where x > r + {LAZY_SLACK:g} / s), rescaled per "
+                                    f"segment in the output sweep; split rows: each chunk from its first ones, its own "
                                     f"reference, the chunks' sums rescaled to the largest"))
     if s.rows > 1:
         why = rows_refusal(p, s)
