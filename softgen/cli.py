@@ -188,7 +188,8 @@ def _tune_args(sub) -> None:
 def _bench_args(sub) -> None:
     bp = sub.add_parser("bench", help="time softgen's kernels against NumPy/PyTorch/ONNX Runtime and the copy bandwidth",
                         **_examples("softgen bench --op softmax --sizes 256K,1M,16M --all --against numpy,torch",
-                                    "softgen bench --shapes 4096x512 --target avx2,avx512 --json out.json"))
+                                    "softgen bench --shapes 4096x512 --target avx2,avx512 --json out.json",
+                                    "softgen bench --sizes 64K --target avx2+avx512,x86-64"))
     bp.add_argument("--op", default="softmax", help="row op to time (default: softmax; peers implement softmax)")
     bp.add_argument("--sizes", help=f"single rows: {benchmark.SIZES_FORM} (default: {benchmark.DEFAULT_SIZES})")
     bp.add_argument("--shapes", help=f"batches: {benchmark.SHAPES_FORM}")
@@ -197,8 +198,13 @@ def _bench_args(sub) -> None:
                          "(default: all; those not installed are skipped, saying why)")
     bp.add_argument("--all", action="store_true", help="every applicable algorithm, not only auto's choice")
     bp.add_argument("--target", default="host",
-                    help="target(s), comma-separated, timed side by side (default: host); a group name "
-                         "(x86-64, aarch64) times the group's library, which runs this CPU's best member")
+                    help="what to time: entries separated by commas, each its own library, timed side "
+                         "by side (default: host). An entry is a target (host, avx2, ...), a group "
+                         "name (x86-64, aarch64: one library over every ISA of the architecture, which "
+                         "runs this CPU's best member) or targets joined by + (avx2+avx512: one library "
+                         "over exactly those). So --target avx2,avx512 times two libraries (a list), "
+                         "--target x86-64 or avx2+avx512 one (a group); 'softgen build --target "
+                         "avx2,avx512' builds the one library bench spells avx2+avx512")
     bp.add_argument("--backend", default="c", help="backend(s), comma-separated (default: c)")
     bp.add_argument("--plot", metavar="PNG", help="ns/element vs size plot (needs matplotlib)")
     bp.add_argument("--json", metavar="PATH", help="write everything (machine, config, rows) as JSON")
@@ -381,6 +387,17 @@ def _cmd_explain(args) -> None:
     sys.stdout.write(k.explain())
 
 
+def _bench_entry(spec: str):
+    """One entry of bench's --target: a name (target, host or group), or a list of targets for a
+    group of exactly those, spelled a+b (a comma separates entries there)."""
+    if "+" not in spec:
+        return spec
+    members = spec.split("+")
+    if not all(members):
+        raise UsageError(f"bench: --target entry {spec!r}: join target names with + (e.g. avx2+avx512)")
+    return members
+
+
 def _bench_config(args) -> benchmark.BenchConfig:
     shapes = (benchmark.parse_sizes(args.sizes) if args.sizes is not None else []) + \
         (benchmark.parse_shapes(args.shapes) if args.shapes is not None else [])
@@ -389,7 +406,7 @@ def _bench_config(args) -> benchmark.BenchConfig:
         rounds = (int(lo), int(hi or lo))
     except ValueError:
         raise UsageError(f"--rounds: {args.rounds!r} is not N or MIN-MAX (e.g. 5-25)") from None
-    names = [t for t in args.target.split(",") if t]
+    names = [_bench_entry(t) for t in args.target.split(",") if t]
     backends = [b for b in args.backend.split(",") if b]
     for b in backends:
         get_backend(b)                       # an unknown name is a UsageError naming the registered ones

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from .ir import OPS
 from .machine import LEVELS, Caches
 from .matrix import AttentionPhase, ColsPhase, MatMulPhase, MatrixProgram, SweepPhase
-from .passes import SHORT, Plan, plan
+from .passes import SHORT, Plan, lazy_max, max_shifted, plan
 from .targets import Target
 
 BYTES_PER_N = 8          # a row's working set per element: x and y, float32 (out of place)
@@ -224,25 +224,44 @@ class DispatchTable:
         return out
 
 
-def sweep_cycles(plan: Plan, target: Target, level: str) -> list[float]:
-    """Cycles per element of each sweep of ``plan`` on ``target`` with the row in ``level``."""
+def exp_instructions(p, v: int, target: Target, exp: str = "") -> float:
+    """Vector instructions per vector of exp node ``v`` of program ``p`` under schedule ``exp``: the
+    target's ``[cost.exp]`` hint of the variant it runs as (``Target.exp_variant``: the target's
+    ``shifted_exp`` for the exps of x - max x), else ``[cost.instructions] exp``."""
+    ins = target.cost["instructions"]
+    name = target.exp_variant(exp, bool(p.attrs(v).get("nonpos")) and max_shifted(p, v))
+    return target.cost.get("exp", {}).get(name, ins.get("exp", ins["default"]))
+
+
+def sweep_cycles(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False) -> list[float]:
+    """Cycles per element of each sweep of ``plan`` on ``target`` with the row in ``level``;
+    ``exp``: the schedule's exp variant (each variant costs its ``[cost.exp]`` hint); ``lazymax``:
+    the schedule's (where ``passes.lazy_max`` applies: beyond L1d no max sweep but over the first
+    LAZY_FIRST elements, one compare more per vector in the exp sweep)."""
     cost = target.cost
     ins, ipc, bw = cost["instructions"], cost["ipc"], cost["bandwidth"][level]
     p, out = plan.program, []
+    lazy = lazymax and level != LEVELS[0] and not isinstance(lazy_max(plan), str)
     for s in plan.sweeps:
         if s.selected is not None:   # runs over the k selected entries, not per element
             continue
-        kinds = [p.op(v) for v in s.compute + s.reductions if OPS[p.op(v)].kind not in _FREE]
+        if lazy and s.index == 0:    # its first LAZY_FIRST elements only: nothing per element of a long row
+            out.append(0.0)
+            continue
+        nodes = [v for v in s.compute + s.reductions if OPS[p.op(v)].kind not in _FREE]
+        kinds = [p.op(v) for v in nodes if p.op(v) != "exp"]
         kinds += ["materialize"] * len(s.stores) + ["reload"] * len(s.reloads)
         kinds += ["output"] * (s.output is not None)
-        compute = sum(ins.get(k, ins["default"]) for k in kinds) / target.lanes / ipc
+        kinds += ["max"] * (lazy and s.index == 1)
+        compute = (sum(ins.get(k, ins["default"]) for k in kinds)
+                   + sum(exp_instructions(p, v, target, exp) for v in nodes if p.op(v) == "exp")) / target.lanes / ipc
         memory = 4 * (s.reads + s.writes) / bw
         out.append(max(compute, memory))
     return out
 
 
-def cycles_per_element(plan: Plan, target: Target, level: str) -> float:
-    return sum(sweep_cycles(plan, target, level))
+def cycles_per_element(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False) -> float:
+    return sum(sweep_cycles(plan, target, level, exp, lazymax))
 
 
 def level_limits(caches: Caches) -> dict[str, int | None]:
@@ -268,7 +287,8 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
     per cache level, neighbouring levels with one winner merged into one entry. ``stream``: whether
     the backend lowers non-temporal stores (``level_schedule``)."""
     limits = level_limits(caches)
-    costs = {lvl: {a: cycles_per_element(pl, target, lvl) for a, pl in plans.items()} for lvl in ALL_LEVELS}
+    exp, lazy = schedule.get("exp", ""), bool(schedule.get("lazymax"))
+    costs = {lvl: {a: cycles_per_element(pl, target, lvl, exp, lazy) for a, pl in plans.items()} for lvl in ALL_LEVELS}
     winners = {lvl: min(c, key=c.get) for lvl, c in costs.items()}   # min keeps the first of equals
     scheds = {lvl: level_schedule(target, lvl, schedule, plans[winners[lvl]], stream) for lvl in ALL_LEVELS}
     entries, n_min, prev_max = [], 1, 0

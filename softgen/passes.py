@@ -425,6 +425,66 @@ class Plan:
         return "\n".join(out)
 
 
+# -- schedule lazymax: three-pass-reload without the full-row max sweep -----------------------------
+
+LAZY_FIRST = 64      # elements whose max is the first reference (bench/results/lazymax-*: 64 beat a 4096 block at 4K)
+LAZY_SLACK = 16.0    # the exps' argument s (x - r) may reach this above 0 before the reference r moves
+LAZY_RECORDS = 16    # references kept per row (the older ones' segments round to 0: docs/ops.md §3)
+
+
+@dataclass(frozen=True)
+class LazyMax:
+    """A plan that schedule ``lazymax`` can run with a running reference instead of the row max
+    (docs/ops.md §3.1, "lazy max"): sweep 0 is the row max alone (then taken over the row's first
+    LAZY_FIRST elements only: r), sweep 1 stores and sums e^(s (x - r)) (``max_shifted``), moving r to a group
+    of vectors' max (and rescaling its partial sums) where x exceeds r + LAZY_SLACK / s, sweep 2
+    multiplies the reloaded terms by a row scalar of the sum alone, times e^(s (r_k - r)) on
+    the elements stored under an earlier reference r_k."""
+    x: int           # the row (input)
+    m: int           # its reduce_max (sweep 0)
+    d: int           # x - m (sweep 1)
+    s: int           # reduce_sum of the exps (sweep 1)
+    scale: float     # s of e^(s (x - m))
+    factor: int      # the row scalar sweep 2 multiplies by (of the sum alone)
+
+
+def lazy_max(pl: Plan) -> "LazyMax | str":
+    """``pl``'s ``LazyMax`` form, or why it has none (a sentence)."""
+    p = pl.program
+    motifs = find_motifs(p)
+    if len(motifs) != 1 or len(pl.sweeps) != 3:
+        return "the plan is not three-pass-reload over one softmax normaliser"
+    mt, (s0, s1, s2) = motifs[0], pl.sweeps
+    if s0.reductions != [mt.M] or s0.stores or s0.output is not None or s0.colreds or p.users(mt.M) != [mt.D]:
+        return "the row max is used beyond x - max x"
+    if s1.reductions != [mt.S] or s1.output is not None or s1.colreds or s1.colstores \
+            or [p.args(v)[0] for v in s1.stores] != [mt.E] or not max_shifted(p, mt.E):
+        return "its second sweep does more than store and sum e^(s (x - max x))"
+    if s2.reads_x or s2.reductions or s2.colreds or s2.reloads != s1.stores or s2.output is None \
+            or p.op(p.args(s2.output)[0]) != "mul" or s2.compute != [p.args(s2.output)[0]]:
+        return "its output is not the stored exps times a row scalar"
+    a, b = p.args(p.args(s2.output)[0])
+    factor = b if a == s2.reloads[0] else a
+    if p.shape(factor) == ROW or _reductions_of(p, factor) != {mt.S} or p.row_params():
+        return "the output's factor depends on more than the sum"
+    return LazyMax(mt.X, mt.M, mt.D, mt.S, mt.scale, factor)
+
+
+def _reductions_of(p: Program, v: int) -> set[int]:
+    """The reductions row scalar ``v`` is computed from (through scalar ops)."""
+    seen, found, stack = set(), set(), [v]
+    while stack:
+        u = stack.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        if p.kind(u) == "reduce" or p.shape(u) == ROW:
+            found.add(u)
+        else:
+            stack.extend(p.args(u))
+    return found
+
+
 def plan(p: Program, in_place: bool = True) -> Plan:
     """Group the program into sweeps over the row. A reduction's result is available after its
     sweep; row values are recomputed in every sweep that needs them unless materialised.

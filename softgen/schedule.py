@@ -31,7 +31,13 @@
                   (rows mod R) run one at a time. 1 = one row at a time. Results are bitwise those of
                   the one-row form (the same code per row)
 
-``stream``, ``prefetch``, ``exp`` and ``rows`` are C-backend knobs; their defaults (off, 0, "", 1) generate
+``lazymax``       three-pass-reload of softmax (C backend, ``passes.lazy_max``): no full-row max sweep;
+                  the exps are taken against a running reference r (the first 64 elements' max, moved to a
+                  group of vectors' max where x exceeds r + LAZY_SLACK / s), each element stored under
+                  the reference of its segment, rescaled in the output sweep (docs/ops.md §3.1). One
+                  read of x from memory instead of two; split rows: per chunk, sums rescaled to merge
+
+``stream``, ``prefetch``, ``exp``, ``rows`` and ``lazymax`` are C-backend knobs; their defaults (off, 0, "", 1, off) generate
 exactly the code of a schedule without them, and ``as_dict`` omits them at their defaults.
 
 :class:`GemmSchedule` is the same kind of data for the register-blocked GEMM of matrix programs.
@@ -50,7 +56,7 @@ from .values import number, show
 
 INT_FIELDS = ("unroll", "accumulators", "block", "split", "chunk")   # split may be 0 (never)
 EXP_TARGET = ""   # schedule exp: the target's (p5c2, its shifted_exp for the exps of x - max x)
-KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_TARGET, "rows": 1}   # omitted from as_dict at these
+KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_TARGET, "rows": 1, "lazymax": False}   # omitted from as_dict at these
 FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 PREFETCH_MAX = 1 << 16      # elements ahead (256 KiB)
 ROWS_MAX = 8                # schedule rows: rows at once (each its accumulators in registers)
@@ -67,6 +73,7 @@ class Schedule:
     prefetch: int = 0
     exp: str = EXP_TARGET
     rows: int = 1
+    lazymax: bool = False
 
     def validate(self, lanes: int) -> "Schedule":
         """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
@@ -100,11 +107,11 @@ class Schedule:
 
     def tag(self, lanes: int) -> str:
         """XNNPACK-style suffix: elements per iteration and accumulators (then _nt for streaming
-        stores, _pf<distance>, _<exp variant>, _r<rows> when not the defaults)."""
+        stores, _pf<distance>, _<exp variant>, _r<rows>, _lz when not the defaults)."""
         k = self.knobs()
         return (f"u{self.step(lanes)}_acc{self.accumulators}" + ("_nt" if k.get("stream") else "")
                 + (f"_pf{k['prefetch']}" if "prefetch" in k else "") + (f"_{k['exp']}" if "exp" in k else "")
-                + (f"_r{k['rows']}" if "rows" in k else ""))
+                + (f"_r{k['rows']}" if "rows" in k else "") + ("_lz" if k.get("lazymax") else ""))
 
     def __str__(self) -> str:
         return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}" \
@@ -121,9 +128,9 @@ def _positive(key: str, value, lo: int = 1) -> int:
 
 def _knob(key: str, value):
     """A stream / prefetch / exp / rows value, checked (types and ranges; target support is the backend's)."""
-    if key == "stream":
+    if key in ("stream", "lazymax"):
         if not isinstance(value, (bool, int)) or value not in (0, 1):
-            raise UsageError(f"schedule stream must be true or false, got {show(value)}")
+            raise UsageError(f"schedule {key} must be true or false, got {show(value)}")
         return bool(value)
     if key == "rows":
         v = number("schedule rows", value, integer=True)

@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
 from ._data import data_dir
 from .errors import UsageError
 from .ir import OPS, TOPK_MAX
-from .numerics.constants import EXP_VARIANTS
+from .numerics.constants import EXP_DEFAULT, EXP_VARIANTS
 from .passes import ALGORITHMS
 from .schedule import AttentionSchedule, GemmSchedule, Schedule
 
@@ -100,6 +100,12 @@ class Target:
     # the exp variant of sg_exp_shifted (the exps of x - max x) under the default schedule exp;
     # "" = the default's (p5); needs [isa] ROUND and SCALE2 (render.scaled_exp)
     shifted_exp: str = ""
+
+    def exp_variant(self, exp: str = "", shifted: bool = False) -> str:
+        """The ``EXP_VARIANTS`` name an exp runs as under schedule ``exp`` ("": the target's):
+        a named variant everywhere, else the target's ``shifted_exp`` for the exps of x - max x in
+        sums (``shifted``: ``passes.max_shifted``; ``_shifted_exp`` checked the scaled form), else p5c2."""
+        return exp or (self.shifted_exp if shifted and self.shifted_exp else EXP_DEFAULT)
 
     @property
     def streams(self) -> bool:
@@ -187,8 +193,10 @@ def _cost(f: str, v) -> dict:
     """The ``[cost]`` table: ``ipc``, optionally ``parallel_overhead_cycles`` (what one call split
     across threads costs more than on one thread: the thread policy's ``costmodel.thread_policy``),
     ``[cost.instructions]`` (IR op kind or ``default`` -> vector
-    instructions per vector, ``default`` required) and ``[cost.bandwidth]`` (every level of
-    ``COST_LEVELS`` -> bytes per cycle), all positive numbers."""
+    instructions per vector, ``default`` required), optionally ``[cost.exp]`` (an exp variant of
+    ``EXP_VARIANTS`` -> its instructions per vector, where it differs from ``instructions.exp``,
+    the default p5c2's) and ``[cost.bandwidth]`` (every level of ``COST_LEVELS`` -> bytes per
+    cycle), all positive numbers."""
     if not v:
         return {}
 
@@ -197,10 +205,15 @@ def _cost(f: str, v) -> dict:
             raise UsageError(f"target file {f}: key 'cost.{key}' must be a positive number, got {x!r}")
         return float(x)
 
-    if not isinstance(v, dict) or set(v) - {"parallel_overhead_cycles"} != {"ipc", "instructions", "bandwidth"} \
+    if not isinstance(v, dict) or set(v) - {"parallel_overhead_cycles", "exp"} != {"ipc", "instructions", "bandwidth"} \
             or not isinstance(v["instructions"], dict) or not isinstance(v["bandwidth"], dict):
         raise UsageError(f"target file {f}: table [cost] needs exactly ipc, [cost.instructions] and "
-                         f"[cost.bandwidth], got {sorted(v) if isinstance(v, dict) else v!r}")
+                         f"[cost.bandwidth] (optional: [cost.exp], parallel_overhead_cycles), "
+                         f"got {sorted(v) if isinstance(v, dict) else v!r}")
+    xv = v.get("exp", {})
+    if not isinstance(xv, dict) or set(xv) - set(EXP_VARIANTS):
+        raise UsageError(f"target file {f}: table [cost.exp] maps exp variants ({', '.join(EXP_VARIANTS)}) "
+                         f"to vector instructions per vector, got {xv!r}")
     ins, bw = v["instructions"], v["bandwidth"]
     unknown = [k for k in ins if k != "default" and k != "reload" and k not in OPS]
     if unknown or "default" not in ins:
@@ -213,6 +226,7 @@ def _cost(f: str, v) -> dict:
         if "parallel_overhead_cycles" in v else {}
     return {**extra, "ipc": number("ipc", v["ipc"]),
             "instructions": {k: number(f"instructions.{k}", x) for k, x in ins.items()},
+            "exp": {k: number(f"exp.{k}", x) for k, x in xv.items()},
             "bandwidth": {k: number(f"bandwidth.{k}", bw[k]) for k in COST_LEVELS}}
 
 

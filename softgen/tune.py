@@ -13,9 +13,11 @@ Per size class (one per requested size):
    target lacks (``tuning_knob_requires``: stream needs ``[isa] STREAM``) is not offered.
    No per-target Python table: knobs are data on the backend, defaults data in the target file.
 2. *pruning by the model* (``costmodel``): an algorithm whose modelled cycles per element at the
-   size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed. The model
-   has no schedule term, so among one algorithm's schedules it keeps the ``keep`` nearest the
-   target's default (in log2 distance of each knob; the default first). The count pruned is
+   size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed, nor is a
+   knob schedule whose exp variant makes it more than ``KNOB_PRUNE_RATIO`` times (each variant
+   costs its ``[cost.exp]`` hint: avx2's t32, a gather, is not timed), nor lazymax where the plan
+   has no ``passes.lazy_max`` form. The model has no other schedule term, so among one
+   algorithm's schedules it keeps the ``keep`` nearest the target's default (in log2 distance of each knob; the default first). The count pruned is
    reported per class.
 3. *measurement* (``benchmark``'s samplers and buffers: x and y written before timing, rotated
    beyond the last-level cache for DRAM sizes): calibration doubles as warm-up, then interleaved
@@ -83,6 +85,7 @@ from .targets import get_target, host_arch, is_group_spec, target_group
 DEFAULT_SIZES = "1K,64K,1M,16M"
 DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
 PRUNE_RATIO = 1.5           # the model's cost over the best one's beyond which an algorithm is not timed
+KNOB_PRUNE_RATIO = 2.0      # the same for a knob schedule's exp variant (avx2's t32, a gather: 3x)
 KEEP = 3                    # schedules per algorithm timed (the nearest the target's default)
 KNOB_ALGORITHMS = 1         # the level-bound knobs (stream, prefetch, exp) are timed on this many
                             # algorithms, the model's cheapest at the class's level (within the budget)
@@ -208,7 +211,8 @@ def label(algorithm: str, schedule: dict) -> str:
                 + (f" ku{schedule['ku']}" if schedule.get("ku", 1) > 1 else ""))
     extra = ("nt" if schedule.get("stream") else None,
              f"pf{schedule['prefetch']}" if schedule.get("prefetch") else None,
-             schedule.get("exp") or None, f"r{schedule['rows']}" if schedule.get("rows", 1) > 1 else None)
+             schedule.get("exp") or None, f"r{schedule['rows']}" if schedule.get("rows", 1) > 1 else None,
+             "lz" if schedule.get("lazymax") else None)
     return " ".join([f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"]
                     + [e for e in extra if e])
 
@@ -249,6 +253,19 @@ def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1) 
         if s != base and s.rows <= rows:
             out[s] = None
     return list(out)
+
+
+def priced(plan: passes.Plan, target, level: str, scheds: list[Schedule], best: float) -> list[Schedule]:
+    """``scheds`` (of one algorithm's ``plan``) but those whose exp variant makes the model's cost at
+    ``level`` more than ``KNOB_PRUNE_RATIO`` x ``best`` (each variant costs its ``[cost.exp]`` hint:
+    avx2's t32, a gather, is not timed), and lazymax where the plan has no ``passes.lazy_max``
+    form; the other knobs have no model term and are all kept."""
+    if isinstance(passes.lazy_max(plan), str):   # lazymax would generate the same kernel
+        scheds = [s for s in scheds if not s.lazymax]
+    if not target.cost:
+        return list(scheds)
+    return [s for s in scheds
+            if costmodel.cycles_per_element(plan, target, level, s.exp, s.lazymax) <= KNOB_PRUNE_RATIO * best]
 
 
 def _distance(s: Schedule, base: Schedule) -> float:
@@ -429,7 +446,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
                                key=lambda a: cost.get(a, 0.0))
             extra = level_schedules(be, t, level, base, rows)
             cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
-                + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in extra]
+                + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in priced(plans[a], t, level, extra, best)]
             total = len(algs) * (len(scheds) + len(extra))
             N = rows * n
             ws = 2 * 4 * N

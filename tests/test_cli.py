@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 import softgen
+from softgen import cli
+from softgen.targets import is_group_spec, target_group
 
 SUBCOMMANDS = ["targets", "ops", "build", "emit", "explain", "bench"]
 BYTES_PER_ELEMENT = {"three-pass-recompute": 16, "three-pass-reload": 20, "two-pass": 12, "online": 12}
@@ -263,6 +265,7 @@ USAGE_ERRORS = {
     "bench-bad-against": (["bench", "--against", "numpy,jax"], "numpy,torch,onnxruntime"),
     "bench-matrix-op": (["bench", "--op", "sinkhorn"], "row ops"),
     "bench-bad-target": (["bench", "--target", "sse9"], "unknown target"),
+    "bench-bad-plus": (["bench", "--target", "avx2+"], "join target names with +"),
 }
 
 
@@ -342,6 +345,22 @@ def test_bench_table_and_progress():
     rows = [line.split()[0] for line in out.splitlines() if line.startswith(("1K ", "4x300 "))]
     assert rows == ["1K"] * 3 + ["4x300"] * 3            # softgen auto, numpy, copy
     assert ("softgen auto " in out or "(auto)" in out) and ("ETA" in res.stderr or "it/s" in res.stderr)  # a dispatcher, or one variant; built-in bar or tqdm
+
+
+def test_bench_target_list_versus_group():
+    """bench --target: commas separate libraries timed side by side (a list), a group name or
+    a+b is one library over several ISAs (a group); the help says which is which."""
+    def entries(spec):
+        return cli._bench_config(cli._parser().parse_args(["bench", "--sizes", "1K", "--target", spec])).targets
+    assert entries("avx2,avx512") == ["avx2", "avx512"]
+    assert entries("x86-64") == ["x86-64"] and entries("avx2+avx512") == [["avx2", "avx512"]]
+    assert entries("avx2+avx512,scalar") == [["avx2", "avx512"], "scalar"]
+    assert is_group_spec(["avx2", "avx512"]) and not is_group_spec("avx2")
+    with pytest.raises(softgen.UsageError, match="one architecture|arch"):
+        target_group(entries("avx2+neon")[0])
+    text = " ".join(ok(sg("bench", "--help")).split())
+    assert "--target avx2,avx512 times two libraries (a list)" in text
+    assert "--target x86-64 or avx2+avx512 one (a group)" in text
 
 
 # -- softgen cache ------------------------------------------------------------------------------

@@ -119,6 +119,8 @@ BAD = [
     (lambda s: re.sub(r"(?m)^DRAM = .*\n", "", s), r"bad\.toml: table \[cost\.bandwidth\] needs exactly"),
     (lambda s: s.replace("\nexp = ", "\nexpo = 3\nexp = ", 1), r"bad\.toml: table \[cost\.instructions\].*'expo'"),
     (lambda s: re.sub(r"(?m)^exp = .*$", 'exp = "fast"', s), r"bad\.toml: key 'cost\.instructions\.exp'"),
+    (lambda s: s.replace("\nt32 = ", "\nt64 = ", 1), r"bad\.toml: table \[cost\.exp\] maps exp variants"),
+    (lambda s: s.replace("\nt32 = 64", "\nt32 = 0", 1), r"bad\.toml: key 'cost\.exp\.t32' must be a positive"),
     (lambda s: re.sub(r"(?m)^unroll = .*$", "unroll = 0", s), r"bad\.toml: key 'schedule\.unroll'"),
     (lambda s: re.sub(r"(?m)^accumulators = .*$", "accumulators = 3", s), r"bad\.toml: table \[schedule\].*divide"),
     (lambda s: re.sub(r"(?m)^ku = .*$", "ku = 1\nkv = 2", s), r"bad\.toml: table \[gemm\].*unknown \['kv'\]"),

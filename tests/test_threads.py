@@ -20,6 +20,7 @@ from conftest import check, skip_unless_emulated
 import softgen
 from softgen import costmodel
 from softgen.kernel import MatrixKernel
+from softgen.runtime import compiler_for
 from softgen.targets import get_target, host_arch
 from softgen.tune import ROWS_MAX
 
@@ -543,3 +544,63 @@ def test_loaded_machine_guard_drops_auto_to_one_thread():
     assert lines[0] == "softgen pool: auto threads probe again", r.stderr
     assert lines[1].startswith("softgen pool: slow region") and "streak 3" in lines[1]
     assert lines[2] == "softgen pool: auto threads -> 1 for the next 64 calls" and len(lines) == 3
+
+
+WAITED = r"""
+%(kernel)s
+static pthread_t caller;
+static int claimed;
+/* A worker's task sleeps 20 ms; the caller's first task waits (at most 2 s) until the worker has
+   taken one, so every worker joins and the caller then waits for it: the "waited too long" case. */
+static void task(void *ctx, size_t t)
+{
+    (void)ctx; (void)t;
+    struct timespec nap = {0, 100000};
+    if (!pthread_equal(pthread_self(), caller)) {
+        __atomic_store_n(&claimed, 1, __ATOMIC_RELEASE);
+        nap.tv_nsec = 20000000;
+        nanosleep(&nap, 0);
+        return;
+    }
+    for (int i = 0; i < 20000 && !__atomic_load_n(&claimed, __ATOMIC_ACQUIRE); i++)
+        nanosleep(&nap, 0);
+}
+int main(void)
+{
+    caller = pthread_self();
+    for (int r = 0; r < 3; r++) {
+        struct sg_team tm;
+        __atomic_store_n(&claimed, 0, __ATOMIC_RELEASE);
+        sg_team_begin(&tm, 2);
+        if (tm.size != 2)
+            return 2;
+        sg_team_run(&tm, 8, task, 0);
+        sg_team_end(&tm);
+    }
+    printf("%%d\n", sg_guard_solo);
+    return 0;
+}
+"""
+
+
+def test_loaded_machine_guard_counts_regions_that_waited_too_long(tmp_path):
+    """The guard's other trigger (pool.h.j2 sg_team_end): every worker joined, but the caller waited
+    for them more than half the time it worked itself. The generated pool in a C harness whose
+    worker tasks are slow (SOFTGEN_POOL_DEBUG=trace prints each region): 3 such regions in a row
+    and auto drops to one thread for the next 32 calls."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the harness needs a worker on a second CPU")
+    k = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar")
+    src = tmp_path / "waited.c"
+    src.write_text(WAITED % {"kernel": k.source})
+    exe = tmp_path / "waited"
+    subprocess.run([*compiler_for(k.target), "-O1", "-w", str(src), "-o", str(exe), "-lm", "-lpthread"], check=True)
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "SOFTGEN_POOL_DEBUG": "trace"})
+    assert r.returncode == 0 and r.stdout.strip() == "32", (r.stdout, r.stderr)
+    slow = [ln for ln in r.stderr.splitlines() if ln.startswith("softgen pool: slow region (2 threads, 1 workers joined")]
+    assert len(slow) == 3 and "streak 3" in slow[-1], r.stderr
+    for ln in slow:   # the trigger is the wait: work < 2 x wait
+        work, wait = (float(ln.split(f"{w} ")[1].split(" ns")[0]) for w in ("work", "wait"))
+        assert 2 * wait > work, ln
+    assert "auto threads -> 1 for the next 32 calls" in r.stderr

@@ -25,7 +25,17 @@ from ..matrix import AttentionPhase, SweepPhase
 from ..numerics.constants import EXP_VARIANTS, EXTEXP_E0
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
 from ..numerics.scalars import lower_scalars
-from ..passes import EXTEXP_F32_DOMAIN, STREAMING_NORMALIZERS, max_shifted, plan
+from ..passes import (
+    EXTEXP_F32_DOMAIN,
+    LAZY_FIRST,
+    LAZY_RECORDS,
+    LAZY_SLACK,
+    STREAMING_NORMALIZERS,
+    LazyMax,
+    lazy_max,
+    max_shifted,
+    plan,
+)
 from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
@@ -544,21 +554,101 @@ def _scalar_lines(c: _Ctx, nodes: list[int], fallback: str | None, extra: str = 
 def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str | None,
                   row_params: list[str]) -> dict:
     c, pl = _Ctx(p, t, s, row_params), plan(p)
+    lz = lazy_form(p, s)
     blocks = [{"kind": "scalar", "lines": _scalar_lines(c, pl.scalars_before, fallback)}]
     for sw in pl.sweeps:
         decl = []
         for r in sw.reductions:
             red = _red(c, r)
             decl += [f"float {', '.join(_results(p, r))};"] + (red.decl() if isinstance(red, TopKRed) else [])
+        blk, after = _sweep_block(c, sw), []
+        if lz:
+            decl, blk, after = _lazy_sweep(c, lz, sw, decl, blk)
         blocks.append({"kind": "scalar", "lines": decl})
-        blocks.append(_sweep_block(c, sw))
-        blocks.append({"kind": "scalar", "lines": _scalar_lines(c, sw.scalars_after, fallback)})
+        blocks.append(blk)
+        blocks.append({"kind": "scalar", "lines": after + _scalar_lines(c, sw.scalars_after, fallback)})
     args = "".join(f", float rp_{name}" for name in row_params)
     if p.phase is not None:   # a phase of a matrix program: see phase_args
         args = "".join(f", {t}{'' if t.endswith('*') else ' '}{n}" for t, n, _ in phase_args(p)[1:])
     return {"name": fname, "comment": f"{p.name}: {pl.traffic()['summary']}, {len(pl.sweeps)} sweeps",
             "blocks": blocks, "args": args,
             "outs": "float *y" if p.phase is not None else abi(p, fname)["row_decl"]}
+
+
+# -- schedule lazymax (passes.lazy_max) -------------------------------------------------------------
+
+def lazy_form(p: Program, s: Schedule) -> LazyMax | None:
+    """``p``'s ``LazyMax`` form when schedule ``s`` asks for lazymax and the plan has one."""
+    lz = lazy_max(plan(p)) if s.lazymax else None
+    return lz if isinstance(lz, LazyMax) else None
+
+
+def _lazy_state(lz: LazyMax, lo: str) -> list[str]:
+    """The reference (from the max s<m> of sweep 0) and its segments, the first at ``lo``."""
+    return [f"float lz_r = s{lz.m} < -FLT_MAX ? -FLT_MAX : s{lz.m};   /* the reference (-inf: -FLT_MAX; NaN stays) */",
+            f"size_t lz_pos[{LAZY_RECORDS}];   /* where each kept reference's segment starts */",
+            f"float lz_ref[{LAZY_RECORDS}];",
+            "int lz_cnt = 1;", f"lz_pos[0] = {lo};", "lz_ref[0] = lz_r;"]
+
+
+def _lazy_top(arr: str, count: str) -> list[str]:
+    """The split form's row reference: the chunks' largest (NaN wins), ``lz_r``."""
+    return [f"float lz_r = {arr}[0].r;   /* lazymax: the row's reference, the chunks' largest */",
+            f"for (size_t q = 1; q < {count}; q++)",
+            f"    if ({arr}[q].r > lz_r || isnan({arr}[q].r))",
+            f"        lz_r = {arr}[q].r;"]
+
+
+def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = "0",
+                hi: str = "n") -> tuple[list[str], dict, list[str]]:
+    """A three-pass-reload sweep under schedule lazymax: (declarations before it, its block, row
+    lines after it). Sweep 0 takes the max of the first LAZY_FIRST elements only (the reference r: ``lz_r``);
+    sweep 1 moves r to a group of vectors' max where one exceeds r + LAZY_SLACK / s (rescaling
+    the sum's partial states, recording where: ``lz_pos``, ``lz_ref``, the oldest dropped
+    beyond LAZY_RECORDS); sweep 2 runs per recorded segment, its factor times e^(s (r_k - r))
+    ([0, lz_pos[0]): times 0, NaN kept)."""
+    sc = lz.scale
+    lim = f"lz_r + {flit(LAZY_SLACK / sc)}"
+    if sw.index == 0:
+        fb = LAZY_FIRST
+        first = f"n < {fb} ? n : {fb}" if lo == "0" else f"{hi} - {lo} < {fb} ? {hi} : {lo} + {fb}"
+        return ([f"const size_t lz_n0 = {first};   /* lazymax: the max of the first {fb} elements */"]
+                + decl, {**blk, "end": "lz_n0", "length": "lz_n0"}, _lazy_state(lz, lo) if lo == "0" else [])
+    if sw.index == 2:
+        f = f"s{lz.factor}"
+        setup = [ln for ln in blk["setup"] if not ln.startswith(f"const VEC b{lz.factor} = ")]
+        head = [f"for (int lz_k = -1; lz_k < lz_cnt; lz_k++) {{   /* lazymax: [{lo}, lz_pos[0]), then each reference's segment */",
+                f"    const size_t lo = lz_k < 0 ? {lo} : lz_pos[lz_k], hi = lz_k + 1 < lz_cnt ? lz_pos[lz_k + 1] : {hi};",
+                f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : (float)((double){f} * "
+                f"exp({float(sc).hex()} * ((double)lz_ref[lz_k] - (double)lz_r))));"]
+        return decl, {**blk, "setup": setup, "segments": head}, []
+    red = _red(c, lz.s)
+    accs = [n for k in range(c.s.accumulators if red.replicated else 1) for n in _acc(lz.s, k, red).values()]
+    accs += [f"o{lz.s}_{f}" for f in (red.outer if red.blocked else ())]
+    rebase = [f"if (__builtin_expect(V_ANY(V_CMPGT(lz_m, lz_lim)), 0)) {{   /* x > r + {LAZY_SLACK:g} / s: r moves */",
+              "    const float lz_new = V_HMAX(lz_m);",
+              f"    const VEC lz_f = V_SET1((float)exp({float(sc).hex()} * ((double)lz_r - (double)lz_new)));"]
+    rebase += [f"    {a} = V_MUL({a}, lz_f);" for a in accs]
+    rebase += [f"    if (lz_cnt == {LAZY_RECORDS}) {{   /* the oldest segment's terms are below 2^-150 of the newest */",
+               f"        memmove(lz_pos, lz_pos + 1, {LAZY_RECORDS - 1} * sizeof *lz_pos);",
+               f"        memmove(lz_ref, lz_ref + 1, {LAZY_RECORDS - 1} * sizeof *lz_ref);",
+               "        lz_cnt--;", "    }",
+               "    lz_pos[lz_cnt] = i;", "    lz_ref[lz_cnt++] = lz_new;",
+               "    lz_r = lz_new;", f"    b{lz.m} = V_SET1(lz_r);", f"    lz_lim = V_SET1({lim});", "}"]
+
+    def checked(lines: list[str], slots: int, tail: bool) -> list[str]:
+        loads = [j for j, ln in enumerate(lines) if ln.startswith(f"const VEC v{lz.x}_")]
+        vs = [f"v{lz.x}_{u}" for u in range(slots)]
+        while len(vs) > 1:
+            vs = [f"V_MAX({a}, {b})" for a, b in zip(vs[::2], vs[1::2])] + ([vs[-1]] if len(vs) % 2 else [])
+        m = f"V_SELECT(tm, {vs[0]}, V_SET1(-INFINITY))" if tail else vs[0]
+        at = loads[-1] + 1
+        return lines[:at] + [f"const VEC lz_m = {m};"] + rebase + lines[at:]
+
+    setup = [f"VEC b{lz.m} = V_SET1(lz_r);" if ln.startswith(f"const VEC b{lz.m} = ") else ln for ln in blk["setup"]]
+    setup.append(f"VEC lz_lim = V_SET1({lim});")
+    return decl, {**blk, "setup": setup, "main": checked(blk["main"], c.s.unroll, False),
+                  "single": checked(blk["single"], 1, False), "tail": checked(blk["tail"], 1, True)}, []
 
 
 # -- R rows at once (schedule rows) -----------------------------------------------------------------
@@ -575,6 +665,8 @@ def rows_refusal(p: Program, s: Schedule) -> str:
         return "a phase of a matrix program"
     if p.row_params():
         return "it has per-row parameters"
+    if lazy_form(p, s):
+        return "lazymax keeps a reference per row"
     if s.stream:
         return "non-temporal stores peel each row to its own alignment"
     if abi(p, "_")["row_decl"] != "float *y":
@@ -660,6 +752,7 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
     sweep's tasks (``ctx``: struct ``ctx``, declared by kernel.c.j2). ``fallback``: the split form
     the two-pass guard hands the row to."""
     c, pl = _Ctx(p, t, s, row_params), plan(p)
+    lz = lazy_form(p, s)
     name, M, B = f"{fname}_split", SPLIT_MAX_CHUNKS, s.block
     nstate = max([sum(len(_red(c, r).outer) for r in sw.reductions) for sw in pl.sweeps] + [1])
     nscal = max([len(_sweep_scalars(c, sw)) for sw in pl.sweeps] + [1])
@@ -669,7 +762,8 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
              "const size_t nchunks = (n + chunk - 1) / chunk;",
              f"float sg_s[{nscal}];   /* the row scalars the sweeps read */",
              f"float sg_st[{M * nstate} * SG_LANES];   /* per chunk: its reductions' outer states */",
-             f"struct {ctx} sg = {{x, y, n, chunk, sg_s, sg_st}};"]
+             *([f"struct {ctx}_lazy sg_lz[{M}];   /* lazymax: each chunk's segments */"] if lz else []),
+             f"struct {ctx} sg = {{x, y, n, chunk, sg_s, sg_st{', sg_lz' if lz else ''}}};"]
     lines += _scalar_lines(c, pl.scalars_before, fallback, ", threads")
     lines += ["struct sg_team sg_tm;   /* one pool region for every sweep of the row */",
               "sg_team_begin(&sg_tm, threads < (int)nchunks ? threads : (int)nchunks);"]
@@ -700,12 +794,28 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
                "const size_t c_lo = t * sg->chunk, "
                "c_hi = sg->n - c_lo > sg->chunk ? c_lo + sg->chunk : sg->n;"]
         pro += [f"const float s{a} = sg->s[{i}];" for i, a in enumerate(scal)]
+        if lz:   # each chunk from the max of the chunks' first elements, its own reference and segments
+            ldecl, blk, _ = _lazy_sweep(c, lz, sw, [], blk, "c_lo", "c_hi")
+            if sw.index == 0:
+                pro += ldecl
+            elif sw.index == 1:
+                pro += _lazy_state(lz, "c_lo")
+                blk["finish"] = blk["finish"] + [
+                    "sg->lz[t].r = lz_r;", "sg->lz[t].cnt = lz_cnt;",
+                    "memcpy(sg->lz[t].pos, lz_pos, sizeof lz_pos);", "memcpy(sg->lz[t].ref, lz_ref, sizeof lz_ref);"]
+            else:
+                pro += [f"const struct {ctx}_lazy *lz = &sg->lz[t];", "const int lz_cnt = lz->cnt;",
+                        "const size_t *lz_pos = lz->pos;", "const float *lz_ref = lz->ref;"] + _lazy_top("sg->lz", "(sg->n + sg->chunk - 1) / sg->chunk")
         tasks.append({"name": task, "signature": f"static void {task}(void *ctx, size_t t)",
                       "comment": f"{p.name} split form, sweep {sw.index} over chunk t of the row",
                       "blocks": [{"kind": "scalar", "lines": pro}, blk]})
         lines += [f"float {', '.join(_results(p, r))};" for r in sw.reductions]
         lines += [f"sg_s[{i}] = s{a};" for i, a in enumerate(scal)]
         lines.append(f"sg_team_run(&sg_tm, nchunks, {task}, &sg);")
+        if lz and sw.index == 1:   # each chunk's sum against the row's reference, the chunks' largest
+            lines += _lazy_top("sg_lz", "nchunks")
+            loads = [f"const VEC lz_f = V_SET1((float)exp({float(lz.scale).hex()} * ((double)sg_lz[q].r - (double)lz_r)));"] \
+                + [ln.replace(" = V_LOAD(", " = V_MUL(lz_f, V_LOAD(").replace(" * SG_LANES);", " * SG_LANES));") for ln in loads]
         if sw.reductions:   # the chunks' states, merged in chunk order on the caller
             lines += ["{"] + ["    " + ln for ln in decl] \
                 + ["    for (size_t q = 0; q < nchunks; q++) {"] + ["        " + ln for ln in loads + steps] \
@@ -825,6 +935,13 @@ def _knob_note(s: Schedule, t: Target, p: Program) -> str:
         notes.append(f"software prefetch {s.prefetch} elements ahead")
     if s.exp:
         notes.append(f"exp variant {s.exp}")
+    if s.lazymax:
+        why = lazy_max(plan(p))
+        notes.append("lazymax: " + (f"not applied ({why})" if isinstance(why, str) else
+                                    f"no full-row max sweep; exps against a running reference r (the max of the "
+                                    f"first {LAZY_FIRST} elements, moved where x > r + {LAZY_SLACK:g} / s), rescaled per "
+                                    f"segment in the output sweep; split rows: each chunk from its first ones, its own "
+                                    f"reference, the chunks' sums rescaled to the largest"))
     if s.rows > 1:
         why = rows_refusal(p, s)
         notes.append(f"rows={s.rows}: " + (f"one row at a time ({why})" if why else
@@ -848,7 +965,8 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     split = None
     if s.split and not split_refusal(p) and not (p.fallback and split_refusal(p.fallback)):
         split = {"fn": f"{name}__row_split", "min_n": s.split, "chunk": s.chunk,
-                 "ctx": f"{name}__split", "max_chunks": SPLIT_MAX_CHUNKS}
+                 "ctx": f"{name}__split", "max_chunks": SPLIT_MAX_CHUNKS,
+                 "lazy": LAZY_RECORDS if lazy_form(p, s) else 0}
     if p.fallback is not None:
         fallback = f"{name}__fallback_row"
         functions.append(_row_function(p.fallback, t, s, fallback, None, rps))
@@ -892,10 +1010,13 @@ class CBackend(Backend):
     # contract: tests/test_exp.py) for rows in cache, where the exp sweep is compute-bound
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
                                      "stream": (False, True), "prefetch": (0, 1024),
-                                     "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4)})
-    # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows)
+                                     "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
+                                     "lazymax": (False, True)})
+    # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
+    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%)
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
-                                           "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2")})
+                                           "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
+                                           "lazymax": ("L2", "L3", "DRAM")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:

@@ -1,0 +1,130 @@
+"""Schedule lazymax (issue 13; C backend, ``passes.lazy_max``): three-pass-reload of softmax without
+the full-row max sweep. The exps are taken against a running reference (the first 64 elements' max,
+moved to a group of vectors' max where x exceeds it by LAZY_SLACK / s), each stored segment is
+rescaled in the output sweep. Checked on scalar, avx2 and avx512 (small blocks, so short rows span
+several): the edge-case contract, tails, unaligned, strided and in-place rows, rows whose
+reference moves (more often than LAZY_RECORDS), first elements of -inf; bitwise three-pass-reload
+where the first elements hold the max; the split form (per chunk, any thread count the same bits);
+where it does not apply; no R-rows form.
+
+Fast: one kernel per target, module-scoped, rows of at most a few thousand elements."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import check, run
+from test_kernels import contract_rows
+
+import softgen
+from softgen import costmodel, passes
+from softgen.ops import build_program
+from softgen.passes import LAZY_FIRST, LAZY_RECORDS, LAZY_SLACK
+from softgen.targets import get_target
+
+TARGETS = [t for t in ("scalar", "avx2", "avx512") if get_target(t).runnable]
+BLOCK = 256
+LAZY = {"lazymax": True, "block": BLOCK}
+
+
+@pytest.fixture(scope="module", params=TARGETS)
+def lazy(request):
+    t = request.param
+    scale = 2.5 if t == TARGETS[-1] else 1.0        # the slack is LAZY_SLACK / s in x
+    return (softgen.compile("softmax", algorithm="three-pass-reload", target=t, scale=scale, schedule=LAZY),
+            softgen.compile("softmax", algorithm="three-pass-reload", target=t, scale=scale, schedule={"block": BLOCK}))
+
+
+def test_the_contract_tails_strides_and_in_place(lazy, rng):
+    k, _ = lazy
+    lanes = k.target.lanes
+    for n in sorted({1, lanes + 1, 4 * lanes + 5, BLOCK + 7, 3 * BLOCK + 2 * lanes + 3}):
+        x = (rng.standard_normal((3, n + 3)) * 8).astype(np.float32)
+        for off in (0, 1):                              # unaligned row starts, strided rows
+            xs = x[:, off:off + n]
+            check(k, xs, run(k, xs), f"n={n} offset {off}")
+            inplace = xs.copy()
+            check(k, xs, run(k, inplace, out=inplace), f"n={n} in place")
+    for n in (lanes + 3, 2 * BLOCK + 5):
+        rows = contract_rows(n, rng)
+        x = np.stack(list(rows.values()))
+        check(k, x, run(k, x), f"n={n}", row_names=list(rows))
+
+
+def test_rows_whose_reference_moves(lazy, rng):
+    """Ascending rows move the reference once per group (more than LAZY_RECORDS times: the oldest
+    segments round to 0), steps just past the slack, a max far after the first elements, -inf
+    before finite values, a NaN or +inf later; in place too."""
+    k, base = lazy
+    s = k.params["scale"]
+    n = 6 * BLOCK + 37
+    i = np.arange(n, dtype=np.float32)
+    rows = {"ascending 0.5": i * 0.5, "ascending 40": i * 40.0 / s,
+            "steps past the slack": np.floor(i / 64) * (LAZY_SLACK + 0.5) / s,
+            "late max": np.where(i == n - 2, 60.0, np.sin(i)).astype(np.float32),
+            "-inf first block": np.where(i < BLOCK + 9, -np.inf, np.cos(i)).astype(np.float32),
+            "late NaN": np.where(i == 4 * BLOCK + 1, np.nan, np.sin(i)).astype(np.float32),
+            "late +inf": np.where(i == 5 * BLOCK, np.inf, np.sin(i)).astype(np.float32),
+            "random": (rng.standard_normal(n) * 30).astype(np.float32)}
+    x = np.stack([r.astype(np.float32) for r in rows.values()])
+    y = run(k, x)
+    check(k, x, y, "moving reference", row_names=list(rows))
+    assert np.array_equal(np.isnan(y), np.isnan(run(base, x)))
+    inplace = x.copy()
+    assert np.array_equal(run(k, inplace, out=inplace), y, equal_nan=True)
+    assert (i[-1] * 0.5 * s) / LAZY_SLACK > LAZY_RECORDS   # the ascending row drops records
+
+
+def test_bitwise_three_pass_reload_when_the_first_elements_hold_the_max(lazy, rng):
+    k, base = lazy
+    x = (rng.standard_normal((4, 3 * BLOCK + 11)) * 3).astype(np.float32)
+    x[:, 5] = 20.0                                       # the row max, in the first 64
+    assert np.array_equal(run(k, x), run(base, x))
+    short = (rng.standard_normal((3, LAZY_FIRST - 1)) * 9).astype(np.float32)
+    assert np.array_equal(run(k, short), run(base, short))
+
+
+def test_where_lazymax_applies_and_what_it_generates():
+    sm = passes.plan(passes.apply_algorithm(build_program("softmax"), "three-pass-reload"))
+    assert isinstance(passes.lazy_max(sm), passes.LazyMax)
+    for op, alg in (("log_softmax", "three-pass-reload"), ("softmax", "two-pass"), ("softmax", "online"),
+                    ("softplus_l1", "direct-reload")):
+        assert isinstance(passes.lazy_max(passes.plan(passes.apply_algorithm(build_program(op), alg))), str)
+    plain = softgen.compile("log_softmax", algorithm="three-pass-reload", target="scalar")
+    lz = softgen.compile("log_softmax", algorithm="three-pass-reload", target="scalar", schedule={"lazymax": True})
+    assert "lazymax: not applied" in lz.source and "lz_r" not in lz.source
+    assert lz.source.replace(lz.name, plain.name).count("\n") == plain.source.count("\n") + 1   # the note
+    k = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar", schedule={"lazymax": True, "rows": 2})
+    assert "lz_r" in k.source and "_batch2" not in k.source
+    assert "lazymax keeps a reference per row" in k.source and k.schedule.tag(1).endswith("_lz")
+    # the model: no max sweep beyond L1d (one compare more per vector), nothing saved within it
+    t = get_target("avx512")
+    for lvl, cheaper in (("L1d", False), ("L2", True), ("L3", True)):
+        assert (costmodel.cycles_per_element(sm, t, lvl, lazymax=True) < costmodel.cycles_per_element(sm, t, lvl)) \
+            == cheaper, lvl
+    with pytest.raises(softgen.UsageError, match="lazymax must be true or false"):
+        softgen.compile("softmax", schedule={"lazymax": 2})
+
+
+def test_split_rows_per_chunk_for_any_thread_count(rng):
+    """Split rows (chunks of 1024): every chunk from the chunks' first elements' max, its own reference and
+    segments, the sums rescaled before the merge: the contract, moving references in some chunks,
+    bitwise the same on 1, 2 and auto threads; bitwise split three-pass-reload when the first elements
+    hold the max."""
+    t = TARGETS[-1]
+    sch = {"block": BLOCK, "chunk": 4 * BLOCK, "split": 16 * BLOCK}
+    k = softgen.compile("softmax", algorithm="three-pass-reload", target=t, schedule={**sch, "lazymax": True})
+    base = softgen.compile("softmax", algorithm="three-pass-reload", target=t, schedule=sch)
+    assert "__row_split" in k.source and "sg_lz" in k.source
+    n = 36 * BLOCK + 37
+    i = np.arange(n, dtype=np.float32)
+    rows = {"ascending": i * 0.5, "late max": np.where(i == n - 2, 60.0, np.sin(i)),
+            "-inf chunks": np.where(i < 9 * BLOCK, -np.inf, np.cos(i)), "random": rng.standard_normal(n) * 30,
+            "late NaN": np.where(i == 20 * BLOCK, np.nan, np.sin(i))}
+    rows.update((f"contract {name}", r) for name, r in contract_rows(n, rng).items() if "@0" not in name)
+    x = np.stack([np.asarray(r, np.float32) for r in rows.values()])
+    y = run(k, x, threads=1)
+    check(k, x, y, "split", row_names=list(rows))
+    for threads in (2, 0):
+        assert np.array_equal(run(k, x, threads=threads), y, equal_nan=True), threads
+    first = np.where(i == 3, 40.0, np.sin(i)).astype(np.float32)[None]
+    assert np.array_equal(run(k, first), run(base, first))
