@@ -145,8 +145,9 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
     ``normalizer``: softmax, stablemax, topk_softmax (``top_k=K``, ``renormalize=1``: each query
     attends to its K highest-scoring kept keys), sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
-    (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by
-    ``reference.soft_landmarks_avgpool``, or the (..., m, d) landmarks; no causal, mask or scale);
+    (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by the
+    kernel as ``reference.soft_landmarks_avgpool`` does, or the (..., m, d) landmarks; no causal, mask
+    or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
     the normalizer and backend stream: softmax, stablemax, softplus_l1, lssa, lssar on C; softmax,
     stablemax on TVM), streaming,
@@ -195,6 +196,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     landmarks = params.pop("landmarks", None)
     if landmarks is not None and normalizer != "soft":
         raise UsageError(f"attention: landmarks is a parameter of the soft normalizer, not {normalizer!r}")
+    if normalizer == "soft" and np.ndim(landmarks) == 0:   # a count: the kernel pools them from k
+        params["landmarks"] = _soft_landmark_count(landmarks, lk)
     m = None
     if mask is not None:
         m = np.asarray(mask)
@@ -249,8 +252,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
     if add is not None:
         flat.append(np.ascontiguousarray(add).reshape((nb, lq, lk)))
-    if normalizer == "soft":
-        flat.append(_soft_landmarks(landmarks, flat[1], lead, d))
+    if normalizer == "soft" and "landmarks" not in params:   # given landmarks: an input
+        flat.append(_soft_landmarks(landmarks, lead, d))
     o = (kern(*flat) if threads is None else kern(*flat, threads=threads)).reshape(lead + (lq, dv))
     if masked_rows == "zero":
         dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
@@ -282,16 +285,18 @@ def _soft_tied(q: np.ndarray, k: np.ndarray, tied, same: bool) -> bool:
     return bool(tied)
 
 
-def _soft_landmarks(landmarks, k: np.ndarray, lead: tuple, d: int) -> np.ndarray:
-    """SOFT's landmarks for the kernel, (batch, m, d) float32: a count pools k (docs/ops.md §6),
-    an array is taken as it is (broadcast over the leading axes)."""
-    if landmarks is None or np.ndim(landmarks) == 0:
-        m = _ref.SOFT_LANDMARKS if landmarks is None else landmarks
-        if isinstance(m, (bool, np.bool_)) or not (isinstance(m, (int, np.integer)) and 1 <= m <= 4096):
-            raise UsageError(f"attention: landmarks must be a count in [1, 4096] or an array (..., m, d), got {m!r}")
-        if k.shape[-2] == 0:
-            raise UsageError("attention: soft pools its landmarks from the keys, and Lk is 0")
-        return _ref.soft_landmarks_avgpool(k, int(m), np.float32)
+def _soft_landmark_count(landmarks, lk: int) -> int:
+    """SOFT's landmark count (default 49) for a kernel that pools them from k (docs/ops.md §6)."""
+    m = _ref.SOFT_LANDMARKS if landmarks is None else landmarks
+    if isinstance(m, (bool, np.bool_)) or not (isinstance(m, (int, np.integer)) and 1 <= m <= 4096):
+        raise UsageError(f"attention: landmarks must be a count in [1, 4096] or an array (..., m, d), got {m!r}")
+    if lk == 0:
+        raise UsageError("attention: soft pools its landmarks from the keys, and Lk is 0")
+    return int(m)
+
+
+def _soft_landmarks(landmarks, lead: tuple, d: int) -> np.ndarray:
+    """Given SOFT landmarks for the kernel, (batch, m, d) float32, broadcast over the leading axes."""
     lm = _f32("landmarks", landmarks)
     if lm.ndim < 2 or lm.shape[-1] != d or lm.shape[-2] < 1:
         raise UsageError(f"attention: landmarks must be (..., m, {d}) with m >= 1, got {lm.shape}")

@@ -190,7 +190,7 @@ def test_soft_front_door():
     o = softgen.attention(q, q, v, normalizer="soft", landmarks=6)
     r = ref.soft_attention(q, q, v, landmarks=6)
     assert np.abs(o - r).max() <= 1e-3 * np.abs(r).max()
-    lm = ref.soft_landmarks_avgpool(q, 6, np.float32)
+    lm = f32_pool(q, 6)
     np.testing.assert_array_equal(softgen.attention(q, q, v, normalizer="soft", landmarks=lm), o)
     one = softgen.attention(q, q, v, normalizer="soft", landmarks=lm[0, 0])      # (m, d): every head's
     np.testing.assert_array_equal(one, softgen.attention(q, q, v, normalizer="soft",
@@ -219,11 +219,45 @@ def test_soft_tied_matches_untied_and_the_oracle(soft_kernel, soft_tied):
     assert worst > 1e-4
 
 
+def pooled_kernel(m, tied):
+    """SOFT with the landmarks pooled in the kernel (as softgen.attention's d = 16 calls build it)."""
+    return softgen.compile("attention", normalizer="soft", head_dim=16, landmarks=m, tied=1 if tied else None)
+
+
+def f32_pool(k, m):
+    """The kernel's landmarks: per segment a float32 sum in row order, divided by the count."""
+    lo, hi = ref.soft_landmark_segments(k.shape[-2], m)
+    out = np.empty(k.shape[:-2] + (m, k.shape[-1]), np.float32)
+    for i, (a, b) in enumerate(zip(lo, hi)):
+        acc = np.zeros(k.shape[:-2] + (k.shape[-1],), np.float32)
+        for r in range(a, b):
+            acc += k[..., r, :]
+        out[..., i, :] = acc / np.float32(b - a)
+    return out
+
+
+def test_soft_pooled_landmarks(soft_kernel, soft_tied):
+    """landmarks=m: the kernel pools its landmarks (a pool phase, m fixed at build time, not in the
+    ABI): bitwise the explicit-landmarks kernel on float32 segment means (m | n, m not dividing n,
+    m > n: repeated tokens), and within the tolerance of the oracle pooling in float64."""
+    for tied, (lq, lk, d, dv, m) in ((True, (24, 24, 16, 5, 6)), (True, (37, 37, 7, 3, 5)), (False, (9, 40, 20, 3, 7)),
+                                     (False, (6, 3, 5, 4, 5))):
+        k = pooled_kernel(m, tied)
+        assert "landmarks" not in k.program.inputs and "pool landmarks" in str(k.program)
+        assert "m" not in k._abi.dims and "m" in k.program.fixed_dims
+        q, kk, v, _ = soft_case(lq, lk, d, dv, m, tied)
+        o = k(q, kk, v)
+        check_attention(k, o, q, kk, v)
+        explicit = soft_tied if tied else soft_kernel
+        np.testing.assert_array_equal(o, explicit(q, kk, v, f32_pool(kk, m)))
+
+
 def test_soft_tied_front_door(soft_tied):
     q, v = f32(2, 30, 16, scale=2.0), f32(2, 30, 6)
-    lm = ref.soft_landmarks_avgpool(q, 5, np.float32)
+    lm = f32_pool(q, 5)
     tied = soft_tied(q, q, v, lm)
     np.testing.assert_array_equal(softgen.attention(q, q, v, normalizer="soft", landmarks=5), tied)  # k is q
+    np.testing.assert_array_equal(pooled_kernel(5, True)(q, q, v), tied)   # pooled in the kernel
     kc = q.copy()
     untied = softgen.attention(q, kc, v, normalizer="soft", landmarks=5)     # equal values, not k is q
     np.testing.assert_array_equal(untied, softgen.compile("attention", normalizer="soft", head_dim=16)(q, kc, v, lm))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..abi import ATTENTION, KernelABI, err
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, Program
-from ..matrix import AttentionPhase, LoopPhase, MatMulPhase, RowsPhase, SweepPhase
+from ..matrix import AttentionPhase, LoopPhase, MatMulPhase, PoolPhase, RowsPhase, SweepPhase
 from ..render import flit
 
 
@@ -109,6 +109,8 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
         args += ["NULL", "0", "0", f"dim_{LQ}", "NULL"]   # no lse; rows [0, lq); K transposed inside
         return [f"if ({name}__attn{k}({', '.join(args)}) != 0)   /* its kt cannot be allocated */",
                 f"    return {err.ENOMEM};"]
+    if isinstance(ph, PoolPhase):
+        return _pool_lines(mp, ph)
     if isinstance(ph, MatMulPhase):
         mm = ph.mm
         M, N = mp.shape(mm.dst)
@@ -159,6 +161,31 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
     return lines + [call]
 
 
+def _pool_lines(mp, ph: PoolPhase) -> list[str]:
+    """A pool phase (``matrix.PoolPhase``) in C: per row of dst, its segment of src's rows summed
+    in row order, 16 columns at a time (a fixed-count inner loop the compiler vectorises), then
+    divided by the count."""
+    (N, C), M = mp.shape(ph.src), mp.shape(ph.dst)[0]
+    s, d = f"mat_{ph.src}", f"mat_{ph.dst}"
+    return [f"for (size_t sg_i = 0; sg_i < dim_{M}; sg_i++) {{",
+            f"    const size_t sg_lo = sg_i * dim_{N} / dim_{M}, "
+            f"sg_hi = ((sg_i + 1) * dim_{N} + dim_{M} - 1) / dim_{M};",
+            "    const float sg_cnt = (float)(sg_hi - sg_lo);   /* 0 only for an empty src: NaN rows */",
+            f"    for (size_t sg_j = 0; sg_j < dim_{C}; sg_j += 16) {{",
+            f"        const size_t sg_w = dim_{C} - sg_j < 16 ? dim_{C} - sg_j : 16;",
+            "        float sg_a[16] = {0};",
+            "        for (size_t sg_r = sg_lo; sg_r < sg_hi; sg_r++) {",
+            f"            const float *sg_s = {s} + sg_r * ld_{ph.src} + sg_j;",
+            "            if (sg_w == 16)",
+            "                for (int sg_t = 0; sg_t < 16; sg_t++) sg_a[sg_t] += sg_s[sg_t];",
+            "            else",
+            "                for (size_t sg_t = 0; sg_t < sg_w; sg_t++) sg_a[sg_t] += sg_s[sg_t];",
+            "        }",
+            f"        for (size_t sg_t = 0; sg_t < sg_w; sg_t++) {d}[sg_i * ld_{ph.dst} + sg_j + sg_t] = sg_a[sg_t] / sg_cnt;",
+            "    }",
+            "}"]
+
+
 def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index: list,
                  depth: int = 0) -> list[str]:
     out = []
@@ -203,6 +230,7 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
         lds = {"x": "ldx", "y": "ldy"}
     else:
         before, after = [(f"dim_{d}", d) for d in abi.dims], []
+        before += [(f"dim_{d}", str(size)) for d, size in mp.fixed_dims.items()]   # build-time sizes
         outs = " && ".join(f"(dim_{r} == 0 || dim_{c} == 0)" for _, (r, c) in abi.outputs)
         checks = [(f"batch == 0 || ({outs})", err.OK.code, "every output is empty: nothing to do")]
         checks.append((" || ".join(f"(dim_{r} != 0 && dim_{c} != 0 && {nm} == NULL)" for nm, (r, c) in mats),
@@ -212,7 +240,7 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
         checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
                        err.EOVERFLOW.code, "a matrix does not fit in the address space"))
         lds = {nm: f"ld{nm}" for nm, _ in mats}
-    long_dims = mp.index_dims()
+    long_dims = [d for d in mp.index_dims() if d not in mp.fixed_dims]   # fixed ones: <= 2^24 by construction
     if long_dims:
         checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), err.ETOOLONG.code,
                        f"a row or column index exceeds {INDEX_MAX_N} (float32 indices)"))
