@@ -163,27 +163,43 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
 
 def _pool_lines(mp, ph: PoolPhase) -> list[str]:
     """A pool phase (``matrix.PoolPhase``) in C: per row of dst, its segment of src's rows summed
-    in row order, 16 columns at a time (a fixed-count inner loop the compiler vectorises), then
-    divided by the count."""
+    in row order in registers, 64 columns (four independent 16-float chains: each row read as one
+    contiguous run), then 16, then single columns at a time, and divided by the count. The
+    vectors are GCC/Clang vector types, which the compiler spells in the target's ISA (the entry
+    has no ISA macros under TVM)."""
     (N, C), M = mp.shape(ph.src), mp.shape(ph.dst)[0]
-    s, d = f"mat_{ph.src}", f"mat_{ph.dst}"
-    return [f"for (size_t sg_i = 0; sg_i < dim_{M}; sg_i++) {{",
-            f"    const size_t sg_lo = sg_i * dim_{N} / dim_{M}, "
-            f"sg_hi = ((sg_i + 1) * dim_{N} + dim_{M} - 1) / dim_{M};",
-            "    const float sg_cnt = (float)(sg_hi - sg_lo);   /* 0 only for an empty src: NaN rows */",
-            f"    for (size_t sg_j = 0; sg_j < dim_{C}; sg_j += 16) {{",
-            f"        const size_t sg_w = dim_{C} - sg_j < 16 ? dim_{C} - sg_j : 16;",
-            "        float sg_a[16] = {0};",
-            "        for (size_t sg_r = sg_lo; sg_r < sg_hi; sg_r++) {",
-            f"            const float *sg_s = {s} + sg_r * ld_{ph.src} + sg_j;",
-            "            if (sg_w == 16)",
-            "                for (int sg_t = 0; sg_t < 16; sg_t++) sg_a[sg_t] += sg_s[sg_t];",
-            "            else",
-            "                for (size_t sg_t = 0; sg_t < sg_w; sg_t++) sg_a[sg_t] += sg_s[sg_t];",
-            "        }",
-            f"        for (size_t sg_t = 0; sg_t < sg_w; sg_t++) {d}[sg_i * ld_{ph.dst} + sg_j + sg_t] = sg_a[sg_t] / sg_cnt;",
-            "    }",
-            "}"]
+    ld = f"ld_{ph.src}"
+
+    def block(width: int) -> list[str]:
+        nv = width // 16
+        return [f"    for (; sg_j + {width} <= dim_{C}; sg_j += {width}) {{",
+                f"        sg_v16 sg_a[{nv}] = {{{{0}}}}, sg_b;",
+                "        for (size_t sg_r = 0; sg_r < sg_n; sg_r++)",
+                f"            for (int sg_t = 0; sg_t < {nv}; sg_t++) {{",
+                f"                __builtin_memcpy(&sg_b, sg_s + sg_r * {ld} + sg_j + 16 * sg_t, sizeof sg_b);",
+                "                sg_a[sg_t] += sg_b;",
+                "            }",
+                f"        for (int sg_t = 0; sg_t < {nv}; sg_t++) {{",
+                "            sg_a[sg_t] /= sg_cnt;",
+                "            __builtin_memcpy(sg_d + sg_j + 16 * sg_t, &sg_a[sg_t], sizeof sg_b);",
+                "        }",
+                "    }"]
+    return ([f"for (size_t sg_i = 0; sg_i < dim_{M}; sg_i++) {{",
+             f"    const size_t sg_lo = sg_i * dim_{N} / dim_{M}, "
+             f"sg_n = ((sg_i + 1) * dim_{N} + dim_{M} - 1) / dim_{M} - sg_lo;",
+             "    const float sg_cnt = (float)sg_n;   /* 0 only for an empty src: NaN rows */",
+             "    typedef float sg_v16 __attribute__((vector_size(64)));",
+             f"    float *sg_d = mat_{ph.dst} + sg_i * ld_{ph.dst};",
+             f"    const float *sg_s = mat_{ph.src} + sg_lo * {ld};",
+             "    size_t sg_j = 0;"]
+            + block(64) + block(16)
+            + [f"    for (; sg_j < dim_{C}; sg_j++) {{",
+               "        float sg_a = 0.0f;",
+               "        for (size_t sg_r = 0; sg_r < sg_n; sg_r++)",
+               f"            sg_a += sg_s[sg_r * {ld} + sg_j];",
+               "        sg_d[sg_j] = sg_a / sg_cnt;",
+               "    }",
+               "}"])
 
 
 def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index: list,
