@@ -10,8 +10,10 @@ from conftest import check_attention, run_cases
 
 import softgen
 from softgen import reference as ref
+from softgen.backends.gemm import fit_rows
 from softgen.errors import UsageError
 from softgen.ops import build_program, get_op
+from softgen.targets import get_target
 
 RNG = np.random.default_rng(1414)
 OP = get_op("attention")
@@ -250,6 +252,19 @@ def test_soft_pooled_landmarks(soft_kernel, soft_tied):
         check_attention(k, o, q, kk, v)
         explicit = soft_tied if tied else soft_kernel
         np.testing.assert_array_equal(o, explicit(q, kk, v, f32_pool(kk, m)))
+
+
+def test_fixed_rows_tile():
+    """A GEMM tile height for SOFT's fixed landmark rows: 7 x 7 = 49 instead of 7 x 8 = 56 on
+    avx512 (and neon), the default where no height in reach pads 5% less or the registers forbid."""
+    for target, rows, mr in (("avx512", 49, 7), ("avx512", 64, 8), ("avx512", 5, 6), ("neon", 49, 7), ("avx2", 49, 5),
+                             ("avx2", 64, 5)):
+        t = get_target(target)
+        s = fit_rows(t, t.gemm, rows)
+        assert s.mr == mr and s.nv == t.gemm.nv and s.mr * s.nv + s.nv + 1 <= t.vector_registers
+    k = pooled_kernel(49, True)   # a build-time row count picks the tile when none is given or tuned
+    if k.target.name == "avx512":
+        assert k.gemm.mr == 7 and "_g7x" in k.name and "tile height 7" in k.gemm_why
 
 
 def test_soft_tied_front_door(soft_tied):

@@ -81,6 +81,19 @@ def schedule_for(t: Target, schedule: GemmSchedule | dict | None = None) -> Gemm
     return replace(base, **schedule).validate(t)
 
 
+def fit_rows(t: Target, s: GemmSchedule, rows: int) -> GemmSchedule:
+    """``s`` with a tile height (MR) for contractions whose rows are a build-time count ``rows``
+    (SOFT's m = 49 landmarks: MR = 8 computes 56 rows, 7 computes 49): among MR in
+    [s.mr - 2, s.mr + 1] whose tile fits ``t``'s registers, the one computing the fewest padded
+    rows (ceil(rows / MR) MR), if that is at least 5% fewer than the default's (a shorter tile
+    reuses each B vector less); other fields unchanged."""
+    def padded(mr: int) -> int:
+        return -(-rows // mr) * mr
+    fits = [mr for mr in range(max(1, s.mr - 2), min(16, s.mr + 1) + 1) if mr * s.nv + s.nv + 1 <= t.vector_registers]
+    best = min(fits, key=lambda mr: (padded(mr), abs(mr - s.mr)), default=s.mr)
+    return replace(s, mr=best) if padded(best) <= 0.95 * padded(s.mr) else s
+
+
 # -- epilogues --------------------------------------------------------------------------------
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
