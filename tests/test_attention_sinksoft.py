@@ -318,9 +318,9 @@ def test_tvm_sinkhorn_and_soft():
     so = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm")
     c = soft_case(17, 40, 9, 5, 4, False)
     check_attention(so, so(*c), *c)
-    st = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm", tied=1)
-    c = soft_case(17, 17, 9, 5, 4, True)
-    check_attention(st, st(*c), *c)
+    st = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm", tied=1, landmarks=4)
+    q, k, v, _ = soft_case(17, 17, 9, 5, 4, True)      # the landmarks pooled by the (C) matrix entry
+    check_attention(st, st(q, k, v), q, k, v)
 
 
 def test_neon_sinkhorn_and_soft():
@@ -331,3 +331,6 @@ def test_neon_sinkhorn_and_soft():
     check_attention(sk, run_cases(sk, [cm])[0], *cm)
     cs = soft_case(17, 40, 9, 5, 4, False)
     check_attention(so, run_cases(so, [cs])[0], *cs)
+    sp = softgen.compile("attention", normalizer="soft", head_dim=16, landmarks=7, target="neon")   # pooled: mr 7
+    q, k, v, _ = soft_case(9, 50, 20, 5, 7, False)
+    check_attention(sp, run_cases(sp, [(q, k, v)])[0], q, k, v)
