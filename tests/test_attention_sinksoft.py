@@ -250,6 +250,7 @@ def test_soft_pooled_landmarks(soft_kernel, soft_tied):
         q, kk, v, _ = soft_case(lq, lk, d, dv, m, tied)
         o = k(q, kk, v)
         check_attention(k, o, q, kk, v)
+        np.testing.assert_array_equal(k(q, kk, v, threads=2), o)   # a scratch slot (its landmarks) per task
         explicit = soft_tied if tied else soft_kernel
         np.testing.assert_array_equal(o, explicit(q, kk, v, f32_pool(kk, m)))
 
