@@ -161,7 +161,9 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
 
     The streaming form (``abi.ATTENTION``) takes the arrays as they are: strided heads (e.g. a
     (B, L, H, d) view transposed to (B, H, L, d)), GQA heads, a boolean mask as bytes and a
-    broadcast mask through stride 0, kv_lengths per batch, no copies. The three-phase form (and
+    broadcast mask through stride 0, kv_lengths per batch, no copies. Sinkhorn and SOFT (pooled
+    landmarks) take the same entry: q, k, v as they are, GQA heads; a mask and kv_lengths become one
+    float32 additive mask (broadcast through stride 0 when it is one). The three-phase form (and
     TVM's) has the general matrix ABI: GQA repeats k/v, masks and kv_lengths become one float32
     additive mask, inputs that are not a stack of equally strided matrices are copied."""
     opdef = _ops.get_op("attention")
@@ -229,6 +231,13 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                                              mask=kind, normalizer=normalizer), {})
     kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
                    tuple(sorted(_ops.resolve_params(opdef, build).items())))
+    if kern._abi.kind == ATTENTION and not streams:   # sinkhorn, soft on explicit strides: no copies of
+        # q, k, v; kv_lengths and a boolean mask become one additive mask, as for the three-phase form
+        add = _additive_mask(m, n, lead, lq, lk)
+        o = kern(q, k, v, *([] if add is None else [add]), out=out_np, threads=threads)
+        if masked_rows == "zero":
+            o[_dead_rows(add, lead, lq, lk, causal)] = 0.0
+        return finish(o)
     if kern._abi.kind == ATTENTION:   # the explicit-stride entry: the arrays as they are
         want = return_lse or masked_rows == "zero"
         r = kern(q, k, v, *([] if m is None else [m]), out=out_np, threads=threads, kv_lengths=n, return_lse=want)
@@ -241,13 +250,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                          f"backend {backend!r})")
     if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
         k, v = np.repeat(k, hq // hkv, axis=-3), np.repeat(v, hq // hkv, axis=-3)
-    add = None
-    if m is not None:
-        add = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == bool else m.astype(np.float32)
-    if n is not None:
-        keep = np.arange(lk) < n.reshape(n.shape + (1, 1, 1))
-        pad = np.broadcast_to(np.where(keep, np.float32(0), np.float32(-np.inf)), lead + (lq, lk))
-        add = pad if add is None else add + pad
+    add = _additive_mask(m, n, lead, lq, lk)
     nb = int(np.prod(lead, dtype=np.int64))
     flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
     if add is not None:
@@ -256,16 +259,34 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         flat.append(_soft_landmarks(landmarks, lead, d))
     o = (kern(*flat) if threads is None else kern(*flat, threads=threads)).reshape(lead + (lq, dv))
     if masked_rows == "zero":
-        dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
-        if causal:
-            dead = dead | (np.arange(lq) + (lk - lq) < 0)
-        if lk == 0:
-            dead[...] = True
-        o[dead] = 0.0
+        o[_dead_rows(add, lead, lq, lk, causal)] = 0.0
     if out_np is not None:
         np.copyto(out_np, o)
         o = out_np
     return finish(o)
+
+
+def _additive_mask(m, n, lead: tuple, lq: int, lk: int):
+    """A boolean or float mask and kv_lengths as one float32 additive mask (None: neither); a
+    float32 mask stays the (broadcast) view it is."""
+    add = None
+    if m is not None:
+        add = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == bool else m.astype(np.float32, copy=False)
+    if n is not None:
+        keep = np.arange(lk) < n.reshape(n.shape + (1, 1, 1))
+        pad = np.broadcast_to(np.where(keep, np.float32(0), np.float32(-np.inf)), lead + (lq, lk))
+        add = pad if add is None else add + pad
+    return add
+
+
+def _dead_rows(add, lead: tuple, lq: int, lk: int, causal: bool) -> np.ndarray:
+    """The query rows with no kept key (masked_rows="zero" sets them to 0)."""
+    dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
+    if causal:
+        dead = dead | (np.arange(lq) + (lk - lq) < 0)
+    if lk == 0:
+        dead[...] = True
+    return dead
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:

@@ -46,7 +46,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field, replace
 
-from .abi import GENERAL, UNARY, KernelABI
+from .abi import ATTENTION_DIMS, GENERAL, UNARY, KernelABI
 from .ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, IRError, Program, Value, c_name_ok
 
 LAYOUTS = ("nn", "nt", "tn")
@@ -342,6 +342,9 @@ class MatrixProgram:
         self.scratch_mats: dict[str, tuple[str, str]] = {}
         # dimensions fixed at build time (e.g. SOFT's landmark count): not arguments of the ABI
         self.fixed_dims: dict[str, int] = {}
+        # attention forms that are not streaming (Sinkhorn, SOFT) on abi.ATTENTION's explicit
+        # per-(batch, head) strides: q, k, v[, mask] in, o out; the entry loops batch x heads
+        self.strided = False
         self.phases: list[Phase] = []
         self.notes: list[str] = []
         self._open = [self.phases]   # the phase list new phases go to (a loop body inside `loop`)
@@ -351,6 +354,7 @@ class MatrixProgram:
         mp = MatrixProgram(self.name, self.params, self.dims, self.inputs, self.outputs)
         mp.scratch_mats = dict(self.scratch_mats)
         mp.fixed_dims = dict(self.fixed_dims)
+        mp.strided = self.strided
         return mp
 
     # -- construction -------------------------------------------------------------------------
@@ -476,6 +480,8 @@ class MatrixProgram:
         dims = tuple(d for d in self.dims if d not in self.fixed_dims)
         if ph is not None:   # streaming attention: explicit heads and strides (abi.ATTENTION)
             return KernelABI.attention(ins, outs, dims, ph.mask_kind if ph.mask else None)
+        if self.strided:     # the same entry for a form that is not streaming
+            return KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None)
         return KernelABI(UNARY if unary else GENERAL, ins, outs, dims,
                          max_n=INDEX_MAX_N if self.index_dims() else None,
                          threads=self.attention_tasks() is not None)
@@ -499,6 +505,10 @@ class MatrixProgram:
         unused = set(self.dims) - {d for s in mats.values() for d in s}
         if unused:
             raise IRError(f"{self.name}: dimensions {sorted(unused)} are not used")
+        if self.strided and (set(self.inputs) - {"mask"} != {"q", "k", "v"} or set(self.outputs) != {"o"}
+                             or set(self.dims) - set(self.fixed_dims) - set(ATTENTION_DIMS)):
+            raise IRError(f"{self.name}: a strided (abi.ATTENTION) program has inputs q, k, v[, mask], output o "
+                          f"and the dimensions {ATTENTION_DIMS} (or fixed ones)")
         for d, size in self.fixed_dims.items():
             if d not in self.dims or isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 2 ** 24:
                 raise IRError(f"{self.name}: fixed dimension {d}={size!r} must be a dimension, an integer in [1, 2^24]")

@@ -11,6 +11,7 @@ from conftest import check_attention, run_cases
 import softgen
 from softgen import reference as ref
 from softgen.backends.gemm import fit_rows
+from softgen.binding import bind
 from softgen.errors import UsageError
 from softgen.ops import build_program, get_op
 from softgen.targets import get_target
@@ -266,6 +267,57 @@ def test_fixed_rows_tile():
     k = pooled_kernel(49, True)   # a build-time row count picks the tile when none is given or tuned
     if k.target.name == "avx512":
         assert k.gemm.mr == 7 and "_g7x" in k.name and "tile height 7" in k.gemm_why
+
+
+def views(b, lq, lk, hq, hkv, d, dv):
+    """q, k, v as (B, H, L, d) views of (B, L, H, d) arrays (heads strided, not contiguous)."""
+    q = f32(b, lq, hq, d, scale=2.0).transpose(0, 2, 1, 3)
+    k = f32(b, lk, hkv, d, scale=2.0).transpose(0, 2, 1, 3)
+    v = f32(b, lk, hkv, dv).transpose(0, 2, 1, 3)
+    return q, k, v
+
+
+def contiguous(q, k, v):
+    """Contiguous copies with the kv heads repeated (GQA): what the general matrix ABI needed."""
+    rep = q.shape[-3] // k.shape[-3]
+    return tuple(np.ascontiguousarray(np.repeat(a, r, axis=-3)) for a, r in ((q, 1), (k, rep), (v, rep)))
+
+
+def test_strided_heads(soft_tied):
+    """Sinkhorn and pooled SOFT take abi.ATTENTION's per-(batch, head) strides: (B, L, H, d) arrays
+    transposed to (B, H, L, d), GQA kv heads and a mask broadcast over batch and heads are read
+    where they are (the bound pointers are the views'), with the same bits as contiguous copies;
+    kv_lengths and lse are the streaming form's (EMATRIX), a strided mask row ESTRIDE."""
+    sk = sinkhorn_kernel(None)
+    q, k, v = views(2, 13, 11, 4, 2, 16, 5)
+    m = additive(keep_mask(13, 11, dead_row=4, dead_key=3), 1)[0]          # (Lq, Lk): every (batch, head)
+    assert sk._abi.kind == "attention" and sk.program.strided
+    args = bind(sk._abi, sk.name, (q, k, v, m), None).args
+    assert args[:3] == tuple(a.__array_interface__["data"][0] for a in (q, k, v))   # no copies
+    o = sk(q, k, v, m)
+    c = contiguous(q, k, v)
+    cm = np.ascontiguousarray(np.broadcast_to(m, q.shape[:-1] + (11,)))
+    np.testing.assert_array_equal(o, sk(*c, cm))
+    check_attention(sk, o, *c, cm)
+    np.testing.assert_array_equal(sk(q, k, v, m, threads=2), o)
+    front = softgen.attention(q, k, v, normalizer="sinkhorn", mask=m == 0, masked_rows="zero")
+    np.testing.assert_array_equal(front, np.where(np.isnan(o), 0, o))
+    with pytest.raises(ValueError, match="kv_lengths"):
+        sk(q, k, v, m, kv_lengths=np.array([11, 5]))
+    with pytest.raises(RuntimeError, match="row stride"):            # a mask broadcast along the keys
+        sk(q, k, v, np.broadcast_to(m[:, :1], (13, 11)))
+    for tied, (lq, lk, hq, hkv) in ((True, (20, 20, 3, 3)), (False, (9, 40, 4, 2))):
+        sp = pooled_kernel(5, tied)
+        q, k, v = views(2, lq, lk, hq, hkv, 16, 6)
+        if tied:
+            k, v = q, views(2, lq, lq, hq, hq, 16, 6)[2]
+        o = sp(q, k, v)
+        np.testing.assert_array_equal(o, sp(*contiguous(q, k, v)))
+        check_attention(sp, o, *contiguous(q, k, v))
+        np.testing.assert_array_equal(softgen.attention(q, k, v, normalizer="soft", landmarks=5), o)
+    qq, _, vv = views(1, 10, 10, 2, 2, 16, 6)
+    with pytest.raises(ValueError, match="lk != lq"):                # tied: k is q
+        pooled_kernel(5, True)(qq[:, :, :8], qq, vv)
 
 
 def test_soft_tied_front_door(soft_tied):

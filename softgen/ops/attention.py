@@ -331,6 +331,7 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
         raise UsageError("attention: the sinkhorn normalizer is not causal (docs/ops.md §7: the only doubly "
                          "stochastic lower-triangular matrix is the identity); use a mask for key padding")
     n_iter, eps = sinkhorn._iterations(n_iter), sinkhorn._eps(eps)
+    mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided (broadcast) mask
     if mask == "additive":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -378,6 +379,7 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, ti
         mp.inputs["landmarks"] = ("m", "d")
     else:
         mp.fixed_dims["m"] = pooled
+        mp.strided = True   # no landmarks input: abi.ATTENTION's per-(batch, head) strides
     if tied:   # one sequence: k and v have q's length (lk goes)
         mp.dims = tuple(x for x in mp.dims if x != "lk")
         mp.inputs["k"], mp.inputs["v"] = ("lq", "d"), ("lq", "dv")
