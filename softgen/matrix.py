@@ -480,8 +480,10 @@ class MatrixProgram:
         dims = tuple(d for d in self.dims if d not in self.fixed_dims)
         if ph is not None:   # streaming attention: explicit heads and strides (abi.ATTENTION)
             return KernelABI.attention(ins, outs, dims, ph.mask_kind if ph.mask else None)
-        if self.strided:     # the same entry for a form that is not streaming
-            return KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None)
+        if self.strided:     # the same entry for a form that is not streaming (ETOOLONG: indexed dims)
+            indexed = [d for d in self.index_dims() if d not in self.fixed_dims]
+            return replace(KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None),
+                           max_n=INDEX_MAX_N if indexed else None)
         return KernelABI(UNARY if unary else GENERAL, ins, outs, dims,
                          max_n=INDEX_MAX_N if self.index_dims() else None,
                          threads=self.attention_tasks() is not None)
