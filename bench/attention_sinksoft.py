@@ -8,8 +8,8 @@ Sinkhorn (n_iter = 3, eps = 1): softgen's blocked kernel (S = s Q K^T in a per-m
 the Sinkhorn half-steps in place, O = P V) against Sinkformers' composition in torch (C = s Q K^T;
 log-domain potentials, rows first, each half-step a logsumexp over the full matrix;
 P = exp(C + u + v) n_k; P V), as michaelsdr/sinkformers' sinkhorn.py writes it. SOFT (landmarks
-pooled from the tokens, 20 Newton-Schulz steps): softgen's linear kernel (plus the landmark
-pooling of softgen.attention) against SOFT's composition in torch (Gaussian kernels through
+pooled from the tokens, 20 Newton-Schulz steps): softgen's linear kernel (landmarks=m: it pools
+them itself, as softgen.attention's kernels do) against SOFT's composition in torch (Gaussian kernels through
 |q|^2 + |l|^2 - 2 q.l, SOFT/kernel/inverse.py's iteration, K1 (K2^+ (K1^T V))), self-attention
 (k = q) as in the paper: softgen's tied form (tied=1, what softgen.attention picks when k is q:
 one L x m x d GEMM fewer) and, for comparison, the untied one (k read as a separate input);
@@ -82,8 +82,8 @@ def main(argv=None) -> None:
     torch = torch_one_thread()
     rng = np.random.default_rng(0)
     sk = softgen.compile("attention", normalizer="sinkhorn", head_dim=a.d, n_iter=a.n_iter)
-    so = softgen.compile("attention", normalizer="soft", head_dim=a.d)
-    st = softgen.compile("attention", normalizer="soft", head_dim=a.d, tied=1)   # softgen.attention's for k is q
+    so = softgen.compile("attention", normalizer="soft", head_dim=a.d, landmarks=a.landmarks)
+    st = softgen.compile("attention", normalizer="soft", head_dim=a.d, tied=1, landmarks=a.landmarks)   # k is q
     print(f"target {sk.target.name}; B*H = {a.bh}, d = dv = {a.d}; one thread")
     rows = []
 
@@ -113,10 +113,7 @@ def main(argv=None) -> None:
     for L in a.soft_lengths:
         q, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(2))
         out = np.empty((a.bh, L, a.d), np.float32)
-        variants = {"softgen soft tied": lambda: st(q, q, v, ref.soft_landmarks_avgpool(q, a.landmarks, np.float32),
-                                                    out=out),
-                    "softgen soft untied": lambda: so(q, q, v, ref.soft_landmarks_avgpool(q, a.landmarks, np.float32),
-                                                      out=out)}
+        variants = {"softgen soft tied": lambda: st(q, q, v, out=out), "softgen soft untied": lambda: so(q, q, v, out=out)}
         check = None
         if torch is not None:
             tq, tv = torch.from_numpy(q), torch.from_numpy(v)

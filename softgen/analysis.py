@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .matrix import AttentionPhase, LoopPhase, MatMulPhase, MatrixProgram
+from .matrix import AttentionPhase, LoopPhase, MatMulPhase, MatrixProgram, PoolPhase
 from .passes import plan
 
 
@@ -26,6 +26,9 @@ def matrix_plan_lines(mp: MatrixProgram) -> list[str]:
         if isinstance(ph, AttentionPhase):
             lines.append(f"  phase {k}: {ph.describe()}")
             lines.append(f"    (replaces the rows phase: {', '.join(ph.program.op(v) for v in ph.program.topo())})")
+            continue
+        if isinstance(ph, PoolPhase):
+            lines.append(f"  phase {k}: {ph.describe()}")
             continue
         lines.append(f"  phase {k} ({ph.describe()}):")
         lines += ["    " + ln for ln in plan(ph.program).describe().splitlines()]
@@ -90,7 +93,7 @@ class MatrixPlan:
         for k, ph in enumerate(self.program.leaves()):
             if isinstance(ph, MatMulPhase):
                 out.append(f"  phase {k} (matmul): {ph.mm}")
-            elif isinstance(ph, AttentionPhase):
+            elif isinstance(ph, (AttentionPhase, PoolPhase)):
                 out.append(f"  phase {k}: {ph.describe()}")
             else:
                 out.append(f"  phase {k} ({ph.describe()}):")

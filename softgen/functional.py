@@ -145,8 +145,9 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     the number of valid keys. Fully masked rows give NaN (docs/ops.md §0), or 0 with masked_rows="zero".
     ``normalizer``: softmax, stablemax, topk_softmax (``top_k=K``, ``renormalize=1``: each query
     attends to its K highest-scoring kept keys), sinkhorn (``n_iter`` = 3, ``eps`` = 1; not causal) or soft
-    (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by
-    ``reference.soft_landmarks_avgpool``, or the (..., m, d) landmarks; no causal, mask or scale);
+    (``n_iter`` = 20 Newton-Schulz steps; ``landmarks``: a count m (default 49), pooled from k by the
+    kernel as ``reference.soft_landmarks_avgpool`` does, or the (..., m, d) landmarks; no causal, mask
+    or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
     the normalizer and backend stream: softmax, stablemax, softplus_l1, lssa, lssar on C; softmax,
     stablemax on TVM), streaming,
@@ -160,7 +161,9 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
 
     The streaming form (``abi.ATTENTION``) takes the arrays as they are: strided heads (e.g. a
     (B, L, H, d) view transposed to (B, H, L, d)), GQA heads, a boolean mask as bytes and a
-    broadcast mask through stride 0, kv_lengths per batch, no copies. The three-phase form (and
+    broadcast mask through stride 0, kv_lengths per batch, no copies. Sinkhorn and SOFT (pooled
+    landmarks) take the same entry: q, k, v as they are, GQA heads; a mask and kv_lengths become one
+    float32 additive mask (broadcast through stride 0 when it is one). The three-phase form (and
     TVM's) has the general matrix ABI: GQA repeats k/v, masks and kv_lengths become one float32
     additive mask, inputs that are not a stack of equally strided matrices are copied."""
     opdef = _ops.get_op("attention")
@@ -195,6 +198,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     landmarks = params.pop("landmarks", None)
     if landmarks is not None and normalizer != "soft":
         raise UsageError(f"attention: landmarks is a parameter of the soft normalizer, not {normalizer!r}")
+    if normalizer == "soft" and np.ndim(landmarks) == 0:   # a count: the kernel pools them from k
+        params["landmarks"] = _soft_landmark_count(landmarks, lk)
     m = None
     if mask is not None:
         m = np.asarray(mask)
@@ -226,6 +231,13 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                                              mask=kind, normalizer=normalizer), {})
     kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
                    tuple(sorted(_ops.resolve_params(opdef, build).items())))
+    if kern._abi.kind == ATTENTION and not streams:   # sinkhorn, soft on explicit strides: no copies of
+        # q, k, v; kv_lengths and a boolean mask become one additive mask, as for the three-phase form
+        add = _additive_mask(m, n, lead, lq, lk)
+        o = kern(q, k, v, *([] if add is None else [add]), out=out_np, threads=threads)
+        if masked_rows == "zero":
+            o[_dead_rows(add, lead, lq, lk, causal)] = 0.0
+        return finish(o)
     if kern._abi.kind == ATTENTION:   # the explicit-stride entry: the arrays as they are
         want = return_lse or masked_rows == "zero"
         r = kern(q, k, v, *([] if m is None else [m]), out=out_np, threads=threads, kv_lengths=n, return_lse=want)
@@ -238,31 +250,43 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                          f"backend {backend!r})")
     if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
         k, v = np.repeat(k, hq // hkv, axis=-3), np.repeat(v, hq // hkv, axis=-3)
-    add = None
-    if m is not None:
-        add = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == bool else m.astype(np.float32)
-    if n is not None:
-        keep = np.arange(lk) < n.reshape(n.shape + (1, 1, 1))
-        pad = np.broadcast_to(np.where(keep, np.float32(0), np.float32(-np.inf)), lead + (lq, lk))
-        add = pad if add is None else add + pad
+    add = _additive_mask(m, n, lead, lq, lk)
     nb = int(np.prod(lead, dtype=np.int64))
     flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
     if add is not None:
         flat.append(np.ascontiguousarray(add).reshape((nb, lq, lk)))
-    if normalizer == "soft":
-        flat.append(_soft_landmarks(landmarks, flat[1], lead, d))
+    if normalizer == "soft" and "landmarks" not in params:   # given landmarks: an input
+        flat.append(_soft_landmarks(landmarks, lead, d))
     o = (kern(*flat) if threads is None else kern(*flat, threads=threads)).reshape(lead + (lq, dv))
     if masked_rows == "zero":
-        dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
-        if causal:
-            dead = dead | (np.arange(lq) + (lk - lq) < 0)
-        if lk == 0:
-            dead[...] = True
-        o[dead] = 0.0
+        o[_dead_rows(add, lead, lq, lk, causal)] = 0.0
     if out_np is not None:
         np.copyto(out_np, o)
         o = out_np
     return finish(o)
+
+
+def _additive_mask(m, n, lead: tuple, lq: int, lk: int):
+    """A boolean or float mask and kv_lengths as one float32 additive mask (None: neither); a
+    float32 mask stays the (broadcast) view it is."""
+    add = None
+    if m is not None:
+        add = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == bool else m.astype(np.float32, copy=False)
+    if n is not None:
+        keep = np.arange(lk) < n.reshape(n.shape + (1, 1, 1))
+        pad = np.broadcast_to(np.where(keep, np.float32(0), np.float32(-np.inf)), lead + (lq, lk))
+        add = pad if add is None else add + pad
+    return add
+
+
+def _dead_rows(add, lead: tuple, lq: int, lk: int, causal: bool) -> np.ndarray:
+    """The query rows with no kept key (masked_rows="zero" sets them to 0)."""
+    dead = np.zeros(lead + (lq,), bool) if add is None else np.all(add == -np.inf, axis=-1)
+    if causal:
+        dead = dead | (np.arange(lq) + (lk - lq) < 0)
+    if lk == 0:
+        dead[...] = True
+    return dead
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
@@ -282,16 +306,18 @@ def _soft_tied(q: np.ndarray, k: np.ndarray, tied, same: bool) -> bool:
     return bool(tied)
 
 
-def _soft_landmarks(landmarks, k: np.ndarray, lead: tuple, d: int) -> np.ndarray:
-    """SOFT's landmarks for the kernel, (batch, m, d) float32: a count pools k (docs/ops.md §6),
-    an array is taken as it is (broadcast over the leading axes)."""
-    if landmarks is None or np.ndim(landmarks) == 0:
-        m = _ref.SOFT_LANDMARKS if landmarks is None else landmarks
-        if isinstance(m, (bool, np.bool_)) or not (isinstance(m, (int, np.integer)) and 1 <= m <= 4096):
-            raise UsageError(f"attention: landmarks must be a count in [1, 4096] or an array (..., m, d), got {m!r}")
-        if k.shape[-2] == 0:
-            raise UsageError("attention: soft pools its landmarks from the keys, and Lk is 0")
-        return _ref.soft_landmarks_avgpool(k, int(m), np.float32)
+def _soft_landmark_count(landmarks, lk: int) -> int:
+    """SOFT's landmark count (default 49) for a kernel that pools them from k (docs/ops.md §6)."""
+    m = _ref.SOFT_LANDMARKS if landmarks is None else landmarks
+    if isinstance(m, (bool, np.bool_)) or not (isinstance(m, (int, np.integer)) and 1 <= m <= 4096):
+        raise UsageError(f"attention: landmarks must be a count in [1, 4096] or an array (..., m, d), got {m!r}")
+    if lk == 0:
+        raise UsageError("attention: soft pools its landmarks from the keys, and Lk is 0")
+    return int(m)
+
+
+def _soft_landmarks(landmarks, lead: tuple, d: int) -> np.ndarray:
+    """Given SOFT landmarks for the kernel, (batch, m, d) float32, broadcast over the leading axes."""
     lm = _f32("landmarks", landmarks)
     if lm.ndim < 2 or lm.shape[-1] != d or lm.shape[-2] < 1:
         raise UsageError(f"attention: landmarks must be (..., m, {d}) with m >= 1, got {lm.shape}")

@@ -29,7 +29,7 @@ from .autotable import (  # noqa: F401 - public names of softgen.kernel before a
 )
 from .backends import Artifact, Backend, get_backend
 from .backends.attention import TASK_GRAIN, task_rows
-from .backends.gemm import schedule_for
+from .backends.gemm import fit_rows, schedule_for
 from .binding import bind
 from .cnames import name_clash
 from .costmodel import DispatchTable, ThreadPolicy, matrix_thread_policy, thread_policy
@@ -803,6 +803,10 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     elif has_gemm and schedule is None:
         gemm, why = tuned_gemm(program, t, be.name)
     tuned = bool(why)
+    if gemm is None and has_gemm and lowered.fixed_dims:   # a build-time row count (SOFT's landmarks)
+        rows = min(lowered.fixed_dims.values())
+        gemm = fit_rows(t, t.gemm, rows)
+        why = "" if gemm == t.gemm else f"tile height {gemm.mr}: the fixed {rows} rows with the least padding"
     gemm = None if gemm == t.gemm and not tuned else gemm
     if awhy:   # the streaming attention form's tuned blocks (it has no GEMM)
         tuned, why = True, awhy

@@ -21,10 +21,12 @@ call) and runs a sequence of *phases* per matrix of the batch:
   ``alpha * a @ b^T + beta * dst`` (``"nt"``) or ``alpha * a^T @ b + beta * dst`` (``"tn"``: a is
   stored k x m, SOFT's tied K1^T V) of named matrices; backends lower it to a
   register-blocked GEMM (``backends.gemm`` / ``backends.tvm_gemm``).
+* ``pool``: the rows of a matrix averaged over m consecutive segments (SOFT's landmarks; m may
+  be a *fixed* dimension, ``fixed_dims``: a build-time size that is not an ABI argument).
 * ``loop``: a body of phases repeated a build-time number of times; ``swap`` pairs of scratch
   matrices exchange roles after every iteration (ping-pong buffers, no copies).
 
-Each kind is a class (``RowsPhase``, ``ColsPhase``, ``MatMulPhase``, ``LoopPhase``) that knows the
+Each kind is a class (``RowsPhase``, ``ColsPhase``, ``MatMulPhase``, ``PoolPhase``, ``LoopPhase``) that knows the
 matrices it reads and writes, the row programs it runs, its traffic and flops.
 
 Vectors and per-matrix scalars are named; a vector's length is a dimension (a rows phase's
@@ -44,7 +46,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field, replace
 
-from .abi import GENERAL, UNARY, KernelABI
+from .abi import ATTENTION_DIMS, GENERAL, UNARY, KernelABI
 from .ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, IRError, Program, Value, c_name_ok
 
 LAYOUTS = ("nn", "nt", "tn")
@@ -281,6 +283,31 @@ class AttentionPhase(Phase):
 
 
 @dataclass
+class PoolPhase(Phase):
+    """``dst``'s m rows are the means of consecutive segments of ``src``'s n rows: row i averages
+    rows lo_i <= r < hi_i, lo_i = floor(i n / m), hi_i = ceil((i + 1) n / m) (``reference.
+    soft_landmark_segments``: groups of n / m when m divides n, else torch's adaptive average
+    pooling), summed in row order in float32 and divided by the count (n = 0: 0/0, NaN rows).
+    SOFT's landmarks pooled from the tokens inside the kernel; the matrix entry lowers it itself
+    (``backends.entry``: n d adds, no contraction), for every backend."""
+    src: str
+    dst: str
+    kind = "pool"
+
+    def matrices_read(self) -> set[str]:
+        return {self.src}
+
+    def matrices_written(self) -> set[str]:
+        return {self.dst}
+
+    def traffic(self, plan) -> tuple[int, int, int, int]:
+        return 1, 0, 1, 0     # one read of src (its rows); dst is m x d, next to nothing
+
+    def describe(self) -> str:
+        return f"pool {self.dst} = segment means of {self.src}'s rows"
+
+
+@dataclass
 class LoopPhase(Phase):
     """``body`` repeated ``count`` times; ``swaps``: pairs of scratch matrices exchanged after
     every iteration."""
@@ -314,6 +341,11 @@ class MatrixProgram:
         self.inputs = dict(inputs if inputs is not None else {"x": ("m", "n")})
         self.outputs = dict(outputs if outputs is not None else {"y": ("m", "n")})
         self.scratch_mats: dict[str, tuple[str, str]] = {}
+        # dimensions fixed at build time (e.g. SOFT's landmark count): not arguments of the ABI
+        self.fixed_dims: dict[str, int] = {}
+        # attention forms that are not streaming (Sinkhorn, SOFT) on abi.ATTENTION's explicit
+        # per-(batch, head) strides: q, k, v[, mask] in, o out; the entry loops batch x heads
+        self.strided = False
         self.phases: list[Phase] = []
         self.notes: list[str] = []
         self._open = [self.phases]   # the phase list new phases go to (a loop body inside `loop`)
@@ -322,6 +354,8 @@ class MatrixProgram:
         """An empty program with the same name, parameters and declarations."""
         mp = MatrixProgram(self.name, self.params, self.dims, self.inputs, self.outputs)
         mp.scratch_mats = dict(self.scratch_mats)
+        mp.fixed_dims = dict(self.fixed_dims)
+        mp.strided = self.strided
         return mp
 
     # -- construction -------------------------------------------------------------------------
@@ -358,6 +392,10 @@ class MatrixProgram:
         """``dst = alpha * a @ b + beta * dst`` (``nn``), ``alpha * a @ b^T + beta * dst``
         (``nt``) or ``alpha * a^T @ b + beta * dst`` (``tn``); ``beta == 0`` never reads dst."""
         self._add(MatMulPhase(MatMul(dst, a, b, layout, float(alpha), float(beta))))
+
+    def pool(self, dst: str, src: str) -> None:
+        """``dst``'s rows = the means of consecutive segments of ``src``'s rows (``PoolPhase``)."""
+        self._add(PoolPhase(src, dst))
 
     @contextlib.contextmanager
     def loop(self, count: int, swap=()):
@@ -440,9 +478,14 @@ class MatrixProgram:
         unary = len(ins) == len(outs) == 1 and ins[0][0] == "x" and outs[0][0] == "y" \
             and ins[0][1] == outs[0][1]
         ph = self.attention_tasks()
+        dims = tuple(d for d in self.dims if d not in self.fixed_dims)
         if ph is not None:   # streaming attention: explicit heads and strides (abi.ATTENTION)
-            return KernelABI.attention(ins, outs, self.dims, ph.mask_kind if ph.mask else None)
-        return KernelABI(UNARY if unary else GENERAL, ins, outs, self.dims,
+            return KernelABI.attention(ins, outs, dims, ph.mask_kind if ph.mask else None)
+        if self.strided:     # the same entry for a form that is not streaming (ETOOLONG: indexed dims)
+            indexed = [d for d in self.index_dims() if d not in self.fixed_dims]
+            return replace(KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None),
+                           max_n=INDEX_MAX_N if indexed else None)
+        return KernelABI(UNARY if unary else GENERAL, ins, outs, dims,
                          max_n=INDEX_MAX_N if self.index_dims() else None,
                          threads=self.attention_tasks() is not None)
 
@@ -465,6 +508,15 @@ class MatrixProgram:
         unused = set(self.dims) - {d for s in mats.values() for d in s}
         if unused:
             raise IRError(f"{self.name}: dimensions {sorted(unused)} are not used")
+        if self.strided and (set(self.inputs) - {"mask"} != {"q", "k", "v"} or set(self.outputs) != {"o"}
+                             or set(self.dims) - set(self.fixed_dims) - set(ATTENTION_DIMS)):
+            raise IRError(f"{self.name}: a strided (abi.ATTENTION) program has inputs q, k, v[, mask], output o "
+                          f"and the dimensions {ATTENTION_DIMS} (or fixed ones)")
+        for d, size in self.fixed_dims.items():
+            if d not in self.dims or isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 2 ** 24:
+                raise IRError(f"{self.name}: fixed dimension {d}={size!r} must be a dimension, an integer in [1, 2^24]")
+            if any(d in s for s in (*self.inputs.values(), *self.outputs.values())):
+                raise IRError(f"{self.name}: fixed dimension {d} sizes an input or output (it is not an argument)")
         abi = self.abi()
         if abi.style == "unary" and (abi.inputs[0][1][0] not in self.dims or len(self.dims) > 2):
             raise IRError(f"{self.name}: a unary program has at most the two dimensions of x")
@@ -489,7 +541,7 @@ class MatrixProgram:
                     vecs |= v2
                     scalars |= s2
                 continue
-            if not isinstance(ph, (SweepPhase, MatMulPhase, AttentionPhase)):
+            if not isinstance(ph, (SweepPhase, MatMulPhase, AttentionPhase, PoolPhase)):
                 raise IRError(f"{self.name}: unknown phase kind {ph.kind!r}")
             for nm in ph.matrices_named():
                 self.shape(nm)
@@ -517,6 +569,11 @@ class MatrixProgram:
                 p = mm.epilogue
             elif isinstance(ph, AttentionPhase):
                 p = None      # its program is the rows phase it replaced, checked there
+            elif isinstance(ph, PoolPhase):
+                if self.shape(ph.src)[1] != self.shape(ph.dst)[1] or ph.src == ph.dst:
+                    raise IRError(f"{self.name}: pool {ph.dst} {self.shape(ph.dst)} from {ph.src} "
+                                  f"{self.shape(ph.src)}: another matrix with the same columns")
+                p = None
             else:
                 p = ph.program
             if p is not None:

@@ -10,8 +10,11 @@ from conftest import check_attention, run_cases
 
 import softgen
 from softgen import reference as ref
+from softgen.backends.gemm import fit_rows
+from softgen.binding import bind
 from softgen.errors import UsageError
 from softgen.ops import build_program, get_op
+from softgen.targets import get_target
 
 RNG = np.random.default_rng(1414)
 OP = get_op("attention")
@@ -190,7 +193,7 @@ def test_soft_front_door():
     o = softgen.attention(q, q, v, normalizer="soft", landmarks=6)
     r = ref.soft_attention(q, q, v, landmarks=6)
     assert np.abs(o - r).max() <= 1e-3 * np.abs(r).max()
-    lm = ref.soft_landmarks_avgpool(q, 6, np.float32)
+    lm = f32_pool(q, 6)
     np.testing.assert_array_equal(softgen.attention(q, q, v, normalizer="soft", landmarks=lm), o)
     one = softgen.attention(q, q, v, normalizer="soft", landmarks=lm[0, 0])      # (m, d): every head's
     np.testing.assert_array_equal(one, softgen.attention(q, q, v, normalizer="soft",
@@ -219,11 +222,110 @@ def test_soft_tied_matches_untied_and_the_oracle(soft_kernel, soft_tied):
     assert worst > 1e-4
 
 
+def pooled_kernel(m, tied):
+    """SOFT with the landmarks pooled in the kernel (as softgen.attention's d = 16 calls build it)."""
+    return softgen.compile("attention", normalizer="soft", head_dim=16, landmarks=m, tied=1 if tied else None)
+
+
+def f32_pool(k, m):
+    """The kernel's landmarks: per segment a float32 sum in row order, divided by the count."""
+    lo, hi = ref.soft_landmark_segments(k.shape[-2], m)
+    out = np.empty(k.shape[:-2] + (m, k.shape[-1]), np.float32)
+    for i, (a, b) in enumerate(zip(lo, hi)):
+        acc = np.zeros(k.shape[:-2] + (k.shape[-1],), np.float32)
+        for r in range(a, b):
+            acc += k[..., r, :]
+        out[..., i, :] = acc / np.float32(b - a)
+    return out
+
+
+def test_soft_pooled_landmarks(soft_kernel, soft_tied):
+    """landmarks=m: the kernel pools its landmarks (a pool phase, m fixed at build time, not in the
+    ABI): bitwise the explicit-landmarks kernel on float32 segment means (m | n, m not dividing n,
+    m > n: repeated tokens), and within the tolerance of the oracle pooling in float64."""
+    for tied, (lq, lk, d, dv, m) in ((True, (24, 24, 16, 5, 6)), (True, (70, 70, 33, 3, 5)), (False, (9, 40, 81, 3, 7)),
+                                     (False, (6, 3, 5, 4, 5))):
+        k = pooled_kernel(m, tied)
+        assert "landmarks" not in k.program.inputs and "pool landmarks" in str(k.program)
+        assert "m" not in k._abi.dims and "m" in k.program.fixed_dims
+        q, kk, v, _ = soft_case(lq, lk, d, dv, m, tied)
+        o = k(q, kk, v)
+        check_attention(k, o, q, kk, v)
+        np.testing.assert_array_equal(k(q, kk, v, threads=2), o)   # a scratch slot (its landmarks) per task
+        explicit = soft_tied if tied else soft_kernel
+        np.testing.assert_array_equal(o, explicit(q, kk, v, f32_pool(kk, m)))
+
+
+def test_fixed_rows_tile():
+    """A GEMM tile height for SOFT's fixed landmark rows: 7 x 7 = 49 instead of 7 x 8 = 56 on
+    avx512 (and neon), the default where no height in reach pads 5% less or the registers forbid."""
+    for target, rows, mr in (("avx512", 49, 7), ("avx512", 64, 8), ("avx512", 5, 6), ("neon", 49, 7), ("avx2", 49, 5),
+                             ("avx2", 64, 5)):
+        t = get_target(target)
+        s = fit_rows(t, t.gemm, rows)
+        assert s.mr == mr and s.nv == t.gemm.nv and s.mr * s.nv + s.nv + 1 <= t.vector_registers
+    k = pooled_kernel(49, True)   # a build-time row count picks the tile when none is given or tuned
+    if k.target.name == "avx512":
+        assert k.gemm.mr == 7 and "_g7x" in k.name and "tile height 7" in k.gemm_why
+
+
+def views(b, lq, lk, hq, hkv, d, dv):
+    """q, k, v as (B, H, L, d) views of (B, L, H, d) arrays (heads strided, not contiguous)."""
+    q = f32(b, lq, hq, d, scale=2.0).transpose(0, 2, 1, 3)
+    k = f32(b, lk, hkv, d, scale=2.0).transpose(0, 2, 1, 3)
+    v = f32(b, lk, hkv, dv).transpose(0, 2, 1, 3)
+    return q, k, v
+
+
+def contiguous(q, k, v):
+    """Contiguous copies with the kv heads repeated (GQA): what the general matrix ABI needed."""
+    rep = q.shape[-3] // k.shape[-3]
+    return tuple(np.ascontiguousarray(np.repeat(a, r, axis=-3)) for a, r in ((q, 1), (k, rep), (v, rep)))
+
+
+def test_strided_heads(soft_tied):
+    """Sinkhorn and pooled SOFT take abi.ATTENTION's per-(batch, head) strides: (B, L, H, d) arrays
+    transposed to (B, H, L, d), GQA kv heads and a mask broadcast over batch and heads are read
+    where they are (the bound pointers are the views'), with the same bits as contiguous copies;
+    kv_lengths and lse are the streaming form's (EMATRIX), a strided mask row ESTRIDE."""
+    sk = sinkhorn_kernel(None)
+    q, k, v = views(2, 13, 11, 4, 2, 16, 5)
+    m = additive(keep_mask(13, 11, dead_row=4, dead_key=3), 1)[0]          # (Lq, Lk): every (batch, head)
+    assert sk._abi.kind == "attention" and sk.program.strided
+    args = bind(sk._abi, sk.name, (q, k, v, m), None).args
+    assert args[:3] == tuple(a.__array_interface__["data"][0] for a in (q, k, v))   # no copies
+    o = sk(q, k, v, m)
+    c = contiguous(q, k, v)
+    cm = np.ascontiguousarray(np.broadcast_to(m, q.shape[:-1] + (11,)))
+    np.testing.assert_array_equal(o, sk(*c, cm))
+    check_attention(sk, o, *c, cm)
+    np.testing.assert_array_equal(sk(q, k, v, m, threads=2), o)
+    front = softgen.attention(q, k, v, normalizer="sinkhorn", mask=m == 0, masked_rows="zero")
+    np.testing.assert_array_equal(front, np.where(np.isnan(o), 0, o))
+    with pytest.raises(ValueError, match="kv_lengths"):
+        sk(q, k, v, m, kv_lengths=np.array([11, 5]))
+    with pytest.raises(RuntimeError, match="row stride"):            # a mask broadcast along the keys
+        sk(q, k, v, np.broadcast_to(m[:, :1], (13, 11)))
+    for tied, (lq, lk, hq, hkv) in ((True, (20, 20, 3, 3)), (False, (9, 40, 4, 2))):
+        sp = pooled_kernel(5, tied)
+        q, k, v = views(2, lq, lk, hq, hkv, 16, 6)
+        if tied:
+            k, v = q, views(2, lq, lq, hq, hq, 16, 6)[2]
+        o = sp(q, k, v)
+        np.testing.assert_array_equal(o, sp(*contiguous(q, k, v)))
+        check_attention(sp, o, *contiguous(q, k, v))
+        np.testing.assert_array_equal(softgen.attention(q, k, v, normalizer="soft", landmarks=5), o)
+    qq, _, vv = views(1, 10, 10, 2, 2, 16, 6)
+    with pytest.raises(ValueError, match="lk != lq"):                # tied: k is q
+        pooled_kernel(5, True)(qq[:, :, :8], qq, vv)
+
+
 def test_soft_tied_front_door(soft_tied):
     q, v = f32(2, 30, 16, scale=2.0), f32(2, 30, 6)
-    lm = ref.soft_landmarks_avgpool(q, 5, np.float32)
+    lm = f32_pool(q, 5)
     tied = soft_tied(q, q, v, lm)
     np.testing.assert_array_equal(softgen.attention(q, q, v, normalizer="soft", landmarks=5), tied)  # k is q
+    np.testing.assert_array_equal(pooled_kernel(5, True)(q, q, v), tied)   # pooled in the kernel
     kc = q.copy()
     untied = softgen.attention(q, kc, v, normalizer="soft", landmarks=5)     # equal values, not k is q
     np.testing.assert_array_equal(untied, softgen.compile("attention", normalizer="soft", head_dim=16)(q, kc, v, lm))
@@ -269,9 +371,9 @@ def test_tvm_sinkhorn_and_soft():
     so = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm")
     c = soft_case(17, 40, 9, 5, 4, False)
     check_attention(so, so(*c), *c)
-    st = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm", tied=1)
-    c = soft_case(17, 17, 9, 5, 4, True)
-    check_attention(st, st(*c), *c)
+    st = softgen.compile("attention", normalizer="soft", head_dim=16, backend="tvm", tied=1, landmarks=4)
+    q, k, v, _ = soft_case(17, 17, 9, 5, 4, True)      # the landmarks pooled by the (C) matrix entry
+    check_attention(st, st(q, k, v), q, k, v)
 
 
 def test_neon_sinkhorn_and_soft():
@@ -282,3 +384,6 @@ def test_neon_sinkhorn_and_soft():
     check_attention(sk, run_cases(sk, [cm])[0], *cm)
     cs = soft_case(17, 40, 9, 5, 4, False)
     check_attention(so, run_cases(so, [cs])[0], *cs)
+    sp = softgen.compile("attention", normalizer="soft", head_dim=16, landmarks=7, target="neon")   # pooled: mr 7
+    q, k, v, _ = soft_case(9, 50, 20, 5, 7, False)
+    check_attention(sp, run_cases(sp, [(q, k, v)])[0], q, k, v)

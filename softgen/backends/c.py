@@ -895,11 +895,12 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         if fname in done:
             continue
         done.add(fname)
+        tp = bool(mp.fixed_dims)   # SOFT's pooled form: register-transposed nt packs (others: unchanged code)
         if epi is None:
-            gemms.append(gemm(t, layout, g, name=fname).source)
+            gemms.append(gemm(t, layout, g, name=fname, transpose_pack=tp).source)
         else:
             helper, e = epilogue_code(epi, t, s, f"{name}__epi{k}", mp.leaves()[k].mm.alpha)
-            gemms.append(helper + "\n" + gemm(t, layout, g, epilogue=e, name=fname).source)
+            gemms.append(helper + "\n" + gemm(t, layout, g, epilogue=e, name=fname, transpose_pack=tp).source)
     return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,

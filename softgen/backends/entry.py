@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..abi import ATTENTION, KernelABI, err
 from ..errors import BuildError
 from ..ir import COLREDUCE_FIELDS, INDEX_MAX_N, MREDUCE_INIT, Program
-from ..matrix import AttentionPhase, LoopPhase, MatMulPhase, RowsPhase, SweepPhase
+from ..matrix import AttentionPhase, LoopPhase, MatMulPhase, PoolPhase, RowsPhase, SweepPhase
 from ..render import flit
 
 
@@ -109,6 +109,8 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
         args += ["NULL", "0", "0", f"dim_{LQ}", "NULL"]   # no lse; rows [0, lq); K transposed inside
         return [f"if ({name}__attn{k}({', '.join(args)}) != 0)   /* its kt cannot be allocated */",
                 f"    return {err.ENOMEM};"]
+    if isinstance(ph, PoolPhase):
+        return _pool_lines(mp, ph)
     if isinstance(ph, MatMulPhase):
         mm = ph.mm
         M, N = mp.shape(mm.dst)
@@ -159,6 +161,47 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
     return lines + [call]
 
 
+def _pool_lines(mp, ph: PoolPhase) -> list[str]:
+    """A pool phase (``matrix.PoolPhase``) in C: per row of dst, its segment of src's rows summed
+    in row order in registers, 64 columns (four independent 16-float chains: each row read as one
+    contiguous run), then 16, then single columns at a time, and divided by the count. The
+    vectors are GCC/Clang vector types, which the compiler spells in the target's ISA (the entry
+    has no ISA macros under TVM)."""
+    (N, C), M = mp.shape(ph.src), mp.shape(ph.dst)[0]
+    ld = f"ld_{ph.src}"
+
+    def block(width: int) -> list[str]:
+        nv = width // 16
+        return [f"    for (; sg_j + {width} <= dim_{C}; sg_j += {width}) {{",
+                f"        sg_v16 sg_a[{nv}] = {{{{0}}}}, sg_b;",
+                "        for (size_t sg_r = 0; sg_r < sg_n; sg_r++)",
+                f"            for (int sg_t = 0; sg_t < {nv}; sg_t++) {{",
+                f"                __builtin_memcpy(&sg_b, sg_s + sg_r * {ld} + sg_j + 16 * sg_t, sizeof sg_b);",
+                "                sg_a[sg_t] += sg_b;",
+                "            }",
+                f"        for (int sg_t = 0; sg_t < {nv}; sg_t++) {{",
+                "            sg_a[sg_t] /= sg_cnt;",
+                "            __builtin_memcpy(sg_d + sg_j + 16 * sg_t, &sg_a[sg_t], sizeof sg_b);",
+                "        }",
+                "    }"]
+    return ([f"for (size_t sg_i = 0; sg_i < dim_{M}; sg_i++) {{",
+             f"    const size_t sg_lo = sg_i * dim_{N} / dim_{M}, "
+             f"sg_n = ((sg_i + 1) * dim_{N} + dim_{M} - 1) / dim_{M} - sg_lo;",
+             "    const float sg_cnt = (float)sg_n;   /* 0 only for an empty src: NaN rows */",
+             "    typedef float sg_v16 __attribute__((vector_size(64)));",
+             f"    float *sg_d = mat_{ph.dst} + sg_i * ld_{ph.dst};",
+             f"    const float *sg_s = mat_{ph.src} + sg_lo * {ld};",
+             "    size_t sg_j = 0;"]
+            + block(64) + block(16)
+            + [f"    for (; sg_j < dim_{C}; sg_j++) {{",
+               "        float sg_a = 0.0f;",
+               "        for (size_t sg_r = 0; sg_r < sg_n; sg_r++)",
+               f"            sg_a += sg_s[sg_r * {ld} + sg_j];",
+               "        sg_d[sg_j] = sg_a / sg_cnt;",
+               "    }",
+               "}"])
+
+
 def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index: list,
                  depth: int = 0) -> list[str]:
     out = []
@@ -178,17 +221,61 @@ def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index
     return out
 
 
+def _strided(mp, name: str):
+    """(dims before the checks, after them, checks, row strides, per-matrix pointers) of a form
+    that is not streaming on ``abi.ATTENTION``'s explicit strides (``MatrixProgram.strided``:
+    Sinkhorn, SOFT with pooled landmarks): matrix t of the batch x hq loop is (b, h) = (t / hq,
+    t % hq), its kv head h / (hq / hkv); each array's row stride is its ld (rows contiguous; a
+    single row's stride is not read). Not taken: kv_lengths and lse (the streaming form's), a
+    mask whose key axis is strided; a tied SOFT program (no lk) needs lk == lq."""
+    mask = "mask" in mp.inputs
+    arrays = ["q", "k", "v"] + (["mask"] if mask else []) + ["o"]
+    rows = {"q": "lq", "k": "lk", "v": "lk", "mask": "lq", "o": "lq"}
+    cols = {"q": "d", "k": "d", "v": "dv", "mask": "lk", "o": "dv"}
+    before = [(f"dim_{d}", d) for d in mp.dims if d not in mp.fixed_dims]
+    before += [(f"dim_{d}", str(size)) for d, size in mp.fixed_dims.items()]
+    strides = [f"{a}_s{s}" for a in arrays for s in ("bhrc" if a == "mask" else "bhr")]
+    checks = [("batch == 0 || hq == 0 || lq == 0 || dv == 0", err.OK.code, "o is empty: nothing to do"),
+              ("q == NULL || o == NULL || (lk != 0 && (k == NULL || v == NULL" + (" || mask == NULL" if mask else "")
+               + "))", err.ENULL.code, "an array is NULL while it is not empty"),
+              (" || ".join(f"{x} < 0" for x in strides), err.ESTRIDE.code, "a negative stride"),
+              ("(lq > 1 && ((size_t)q_sr < d || (size_t)o_sr < dv)) || (lk > 1 && ((size_t)k_sr < d || "
+               "(size_t)v_sr < dv))" + (" || (lk > 1 && mask_sc != 1)" if mask else ""), err.ESTRIDE.code,
+               "a row stride below its row (rows must not overlap), or a strided mask row")]
+    fits = [f"!{name}__fits_strided(batch, {a}_sb, {'hkv' if a in 'kv' else 'hq'}, {a}_sh, {rows[a]}, {a}_sr, "
+            f"{cols[a]})" for a in arrays]
+    checks += [("hkv == 0 || hq % hkv != 0 || kv_lengths != NULL || lse != NULL"
+                + (" || lk != lq" if "lk" not in mp.dims else ""), err.EMATRIX.code,
+                "hkv does not divide hq, or an argument this form does not take (kv_lengths, lse)"
+                + ("; a tied kernel's lk is lq" if "lk" not in mp.dims else "")),
+               (" || ".join(fits) + " || (hq != 0 && batch > SIZE_MAX / hq)", err.EOVERFLOW.code,
+                "an array does not fit in the address space")]
+    after = [("sg_count", "batch * hq")]
+    lds = [(f"ld_{a}", f"{rows[a]} > 1 ? (size_t){a}_sr : {cols[a]}") for a in arrays]
+    per_matrix = ["const size_t sg_bb = sg_b / hq, sg_h = sg_b % hq, sg_g = sg_h / (hq / hkv);"]
+    for a in arrays:
+        head = "sg_g" if a in ("k", "v") else "sg_h"
+        per_matrix.append(f"{'' if a == 'o' else 'const '}float *mat_{a} = {a} + (ptrdiff_t)sg_bb * {a}_sb + "
+                          f"(ptrdiff_t){head} * {a}_sh;")
+    return before, after, checks, lds, per_matrix
+
+
 def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
     """What ``templates/matrix_entry.c.j2`` needs: the signature and argument checks of the
     program's ABI (``abi.KernelABI``), the scratch (vectors and scratch matrices, one allocation),
     the per-matrix pointers and the per-matrix body (each phase's calls, loops), and, if the
     calling convention ``cc`` declares them, the phase functions' prototypes."""
     abi = mp.abi()
-    if abi.kind == ATTENTION:   # one streaming attention phase: its explicit-stride entry checks and splits
+    if abi.kind == ATTENTION and mp.attention_tasks() is not None:   # one streaming attention phase: its
+        # explicit-stride entry checks and splits
         return {"signature": abi.signature(name), "checks": [], "dims_before": [], "dims_after": [], "lds": [],
-                "tasks": f"{name}__attn0__all({', '.join(n for _, n in abi.params())}, threads)"}
+                "strided": False, "tasks": f"{name}__attn0__all({', '.join(n for _, n in abi.params())}, threads)"}
     mats = abi.matrices
-    if abi.style == "unary":
+    count = "batch"
+    if abi.kind == ATTENTION:   # a form that is not streaming on the same explicit strides (MatrixProgram.strided)
+        before, after, checks, lds, per_matrix = _strided(mp, name)
+        count = "sg_count"
+    elif abi.style == "unary":
         (_, (R, C)), = abi.inputs
         checks = [("rows == 0 || n == 0", err.OK.code, "there is nothing to do"),
                   ("x == NULL || y == NULL", err.ENULL.code, "a pointer is NULL while its matrix is not empty"),
@@ -203,6 +290,7 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
         lds = {"x": "ldx", "y": "ldy"}
     else:
         before, after = [(f"dim_{d}", d) for d in abi.dims], []
+        before += [(f"dim_{d}", str(size)) for d, size in mp.fixed_dims.items()]   # build-time sizes
         outs = " && ".join(f"(dim_{r} == 0 || dim_{c} == 0)" for _, (r, c) in abi.outputs)
         checks = [(f"batch == 0 || ({outs})", err.OK.code, "every output is empty: nothing to do")]
         checks.append((" || ".join(f"(dim_{r} != 0 && dim_{c} != 0 && {nm} == NULL)" for nm, (r, c) in mats),
@@ -212,7 +300,11 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
         checks.append((" || ".join(f"!{name}__fits(batch, dim_{r}, dim_{c}, ld{nm})" for nm, (r, c) in mats),
                        err.EOVERFLOW.code, "a matrix does not fit in the address space"))
         lds = {nm: f"ld{nm}" for nm, _ in mats}
-    long_dims = mp.index_dims()
+    if abi.kind != ATTENTION:
+        per_matrix = [f"{'const ' if role == 'input' else ''}float *mat_{nm} = {nm} + sg_b * dim_{r} * {lds[nm]};"
+                      for (nm, (r, _)), role in zip(mats, ["input"] * len(abi.inputs) + ["output"] * len(abi.outputs))]
+        lds = [(f"ld_{nm}", lds[nm]) for nm, _ in mats]
+    long_dims = [d for d in mp.index_dims() if d not in mp.fixed_dims]   # fixed ones: <= 2^24 by construction
     if long_dims:
         checks.append((" || ".join(f"dim_{d} > {INDEX_MAX_N}" for d in long_dims), err.ETOOLONG.code,
                        f"a row or column index exceeds {INDEX_MAX_N} (float32 indices)"))
@@ -220,8 +312,6 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
     scratch += [(f"mat_{nm}", f"sg_off_mat_{nm}", f"ld_{nm}", f"dim_{r}", f"dim_{c}")
                 for nm, (r, c) in mp.scratch_mats.items()]
     scal = {nm: i for i, nm in enumerate(mp.scalars())}
-    per_matrix = [f"{'const ' if role == 'input' else ''}float *mat_{nm} = {nm} + sg_b * dim_{r} * {lds[nm]};"
-                  for (nm, (r, _)), role in zip(mats, ["input"] * len(abi.inputs) + ["output"] * len(abi.outputs))]
     body = _matrix_body(mp, mp.phases, name, cc, scal, [0])
     protos = []
     if cc.declare:
@@ -233,11 +323,10 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
                               f"{', int32_t *status' if cc.status else ''});")
     tasks = None
     # the sizes a task of the batch (matrix_entry.c.j2's <name>__matrices) reads from the call
-    carried = list(dict.fromkeys([v for v, _ in before + after] + [f"ld_{nm}" for nm, _ in mats]
+    carried = list(dict.fromkeys([v for v, _ in before + after] + [ld for ld, _ in lds]
                                  + [x for _, off, ld, _, _ in scratch for x in (off, ld)]))
     return {"signature": abi.signature(name), "checks": checks, "tasks": tasks, "dims_before": before, "dims_after": after,
-            "carried": carried,
-            "lds": [(f"ld_{nm}", lds[nm]) for nm, _ in mats], "scratch": scratch,
+            "carried": carried, "count": count, "strided": abi.kind == ATTENTION, "lds": lds, "scratch": scratch,
             "nscalars": max(len(scal), 1), "per_matrix": per_matrix, "body": body,
             "prototypes": protos, "vectors": len(mp.vector_dims()), "scratch_mats": len(mp.scratch_mats)}
 

@@ -39,7 +39,7 @@ from ..matrix import MatrixProgram
 # the normalizer families register first: attention, which builds on them, comes last in OPS
 from . import lssa, sinkhorn, soft, softmax, topk  # noqa: F401
 from .base import F32_MAX, flag, register
-from .soft import _head_dim_int
+from .soft import _head_dim_int, _signs
 from .softmax import softplus
 from .topk import _topk_k
 
@@ -69,9 +69,11 @@ def check_normalizer(normalizer: str) -> None:
 
 
 def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none", normalizer="softmax",
-               n_iter=None, eps=1.0, top_k=None, renormalize=None, p=None, offset_free_rows=None, tied=None):
+               n_iter=None, eps=1.0, top_k=None, renormalize=None, p=None, offset_free_rows=None, tied=None,
+               landmarks=None):
     """The float64 oracle with the kernel's parameters and inputs (``additive``: the mask input of
-    a mask="additive" kernel; SOFT's landmarks; tied SOFT reads q as the keys, not k)."""
+    a mask="additive" kernel; SOFT's landmarks input, or with ``landmarks`` = m none: the oracle
+    pools m from the keys; tied SOFT reads q as the keys, not k)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
     if normalizer in COSINE:
@@ -82,7 +84,8 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
         return ref.sinkhorn_attention(q, k, v, scale=s, mask=m, n_iter=int(n_iter or ITERATIVE["sinkhorn"]),
                                       eps=eps)
     if normalizer == "soft":
-        return ref.soft_attention(q, q if tied else k, v, landmarks=np.asarray(m, np.float64),
+        lm = landmarks if landmarks is not None else np.asarray(m, np.float64)
+        return ref.soft_attention(q, q if tied else k, v, landmarks=lm,
                                   n_iter=int(ITERATIVE["soft"] if n_iter is None else n_iter), head_dim=head_dim)
     sel = {"top_k": int(top_k), "renormalize": renormalize in (None, 1)} if normalizer == "topk_softmax" else {}
     return ref.attention(q, k, v, scale=s, causal=bool(causal), mask=m, normalizer=normalizer, **sel)
@@ -172,7 +175,7 @@ def _samples(rng, params):
             keep = rng.random((2, lq, lk)) < 0.9
             if params.get("mask") == "additive":
                 xs.append(np.where(keep, 0.0, -np.inf))
-            if params.get("normalizer") == "soft":   # its landmarks input, pooled from k
+            if params.get("normalizer") == "soft" and params.get("landmarks") is None:   # its landmarks input
                 xs.append(ref.soft_landmarks_avgpool(xs[1], min(4, lk)))
             xs = [x.astype(np.float32) for x in xs]
             out.append(tuple(xs + [keep] if params.get("mask") == "bool" else xs))
@@ -182,7 +185,7 @@ def _samples(rng, params):
 @register("attention", _reference, kind="attention",
           params={"head_dim": 64, "scale": None, "causal": 0, "mask": "none", "normalizer": "softmax",
                   "n_iter": None, "eps": 1.0, "top_k": None, "renormalize": None, "p": None,
-                  "offset_free_rows": None, "tied": None},
+                  "offset_free_rows": None, "tied": None, "landmarks": None},
           choices={"mask": MASKS, "normalizer": NORMALIZERS},
           matrices={"dims": DIMS, "inputs": {"q": ("lq", "d"), "k": ("lk", "d"), "v": ("lk", "dv")},
                     "outputs": {"o": ("lq", "dv")}},
@@ -190,13 +193,14 @@ def _samples(rng, params):
 def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int, mask: str,
               normalizer: str, n_iter: float | None, eps: float, top_k: int | None = None,
               renormalize: int | None = None, p: float | None = None, offset_free_rows: int | None = None,
-              tied: int | None = None) -> None:
+              tied: int | None = None, landmarks: int | None = None) -> None:
     """O = normalize(s Q K^T + mask) V over the last two axes (docs/ops.md §10): q (..., Lq, d),
     k (..., Lk, d), v (..., Lk, dv) -> (..., Lq, dv); s = 1/sqrt(head_dim) unless scale is given;
     causal: key j kept iff j <= i + Lk - Lq (bottom-right); mask="additive": a float (..., Lq, Lk)
     input added to the scores. The three-phase form: S = s Q K^T, a rows phase (masks, softmax),
     O = P V. Fully masked rows give NaN. sinkhorn (n_iter, eps) and soft (n_iter): see
-    ``_sinkhorn`` and ``_soft`` (tied=1: SOFT's tied form, k is q). topk_softmax: top_k (required) and
+    ``_sinkhorn`` and ``_soft`` (tied=1: SOFT's tied form, k is q; landmarks=m: the kernel pools m
+    landmarks from the keys itself, else they are an input). topk_softmax: top_k (required) and
     renormalize (default 1) as the row op's k and renormalize; masked keys are never selected
     (``_topk_rows``). lssa, lssar: cosine scores (no scale), see ``_cosine_phases``; p,
     offset_free_rows: lssar's (docs/ops.md §5.2)."""
@@ -219,7 +223,9 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
             mp.params.pop(key, None)
     if normalizer != "lssar" and (p is not None or offset_free_rows is not None):
         raise UsageError(f"p and offset_free_rows are lssar attention's parameters, not {normalizer}'s")
-    for key in ("p", "offset_free_rows"):   # lssar's, when given
+    if landmarks is not None and normalizer != "soft":
+        raise UsageError(f"attention: landmarks is a parameter of the soft normalizer, not {normalizer!r}")
+    for key in ("p", "offset_free_rows", "landmarks"):   # lssar's and soft's, when given
         if mp.params.get(key) is None:
             mp.params.pop(key, None)
     s = default_scale(_head_dim_int(head_dim)) if scale is None else scale
@@ -234,7 +240,7 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
     if normalizer == "soft":
         return _soft(mp, head_dim, scale, causal, mask, ITERATIVE["soft"] if n_iter is None else n_iter,
-                     bool(tied))
+                     bool(tied), None if landmarks is None else _landmark_count(landmarks))
     if normalizer in COSINE:
         return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
                               _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
@@ -325,6 +331,7 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
         raise UsageError("attention: the sinkhorn normalizer is not causal (docs/ops.md §7: the only doubly "
                          "stochastic lower-triangular matrix is the identity); use a mask for key padding")
     n_iter, eps = sinkhorn._iterations(n_iter), sinkhorn._eps(eps)
+    mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided (broadcast) mask
     if mask == "additive":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -339,10 +346,22 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
     mp.matmul("o", "s", "v", layout="nn")
 
 
-def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, tied: bool = False) -> None:
+MAX_LANDMARKS = 4096
+
+
+def _landmark_count(m) -> int:
+    if isinstance(m, bool) or not (isinstance(m, (int, float, np.integer)) and float(m).is_integer()
+                                   and 1 <= m <= MAX_LANDMARKS):
+        raise UsageError(f"attention: landmarks must be a count in [1, {MAX_LANDMARKS}], got {m!r}")
+    return int(m)
+
+
+def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, tied: bool = False,
+          pooled: int | None = None) -> None:
     """SOFT attention's linear global form (docs/ops.md §6, 10): with the landmarks L (an input
-    ``landmarks`` (m x d): ``softgen.attention`` pools them from k, the spec's learning-free
-    choice), K1 = kernel(Q, L) (Lq x m), K1k^T = kernel(L, K) (m x Lk), K2 = kernel(L, L) and
+    ``landmarks`` (m x d), or with ``pooled`` = m the means of m consecutive segments of the keys
+    (q when tied), pooled by the kernel: the spec's learning-free choice, a ``PoolPhase`` into a
+    scratch, m a fixed dimension), K1 = kernel(Q, L) (Lq x m), K1k^T = kernel(L, K) (m x Lk), K2 = kernel(L, L) and
     its Newton-Schulz inverse (``newton_phases``, SOFT's variant: (K2 + 0.01 I)^-1), then
     O = K1 (K2^+ (K1k^T V)) right to left: scratch O((Lq + Lk + dv + m) m), never Lq x Lk; the
     Gaussian kernel's phases are the op ``gaussian_kernel``'s (``gaussian_phases``). Not causal,
@@ -356,7 +375,11 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, ti
                          "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
     d, n_iter = _head_dim_int(head_dim), soft._newton_iter(n_iter)
     mp.dims = mp.dims + ("m",)
-    mp.inputs["landmarks"] = ("m", "d")
+    if pooled is None:
+        mp.inputs["landmarks"] = ("m", "d")
+    else:
+        mp.fixed_dims["m"] = pooled
+        mp.strided = True   # no landmarks input: abi.ATTENTION's per-(batch, head) strides
     if tied:   # one sequence: k and v have q's length (lk goes)
         mp.dims = tuple(x for x in mp.dims if x != "lk")
         mp.inputs["k"], mp.inputs["v"] = ("lq", "d"), ("lq", "dv")
@@ -364,6 +387,11 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, ti
                         ("w", ("m", "dv"))):
         if not (tied and name == "k1"):
             mp.scratch(name, shape)
+    if pooled is not None:
+        mp.scratch("landmarks", ("m", "d"))
+        mp.pool("landmarks", "q" if tied else "k")
+        mp.notes.append(f"soft landmarks: {pooled} means of consecutive segments of {'q' if tied else 'k'}'s rows, "
+                        f"pooled in the kernel (m = {pooled} is fixed at build time)")
     if not tied:
         soft.gaussian_phases(mp, "q", "landmarks", "k1", d, pre="g1_").output()
     soft.gaussian_phases(mp, "landmarks", "q" if tied else "k", "k1kt", d, pre="gk_").output()
@@ -415,10 +443,13 @@ def _soft_attention_tolerance(inputs, params):
     (``_gaussian_tolerance``) for K1, K1k, K2; Newton-Schulz's (``_newton_tolerance``: its f32
     roundings, perturbed float64 runs) plus K2's error carried by the inverse (|K2^+| |dK2|
     |K2^+|); each GEMM's (k + 2) 2^-23 |A||B|; doubled for the second-order terms."""
-    q, k, v, lm = (np.asarray(a, np.float64) for a in inputs[:4])
+    q, k, v = (np.asarray(a, np.float64) for a in inputs[:3])
     k = q if params.get("tied") else k   # the tied kernel reads q as the keys
-    d, m = params["head_dim"], lm.shape[-2]
     n_iter = int(ITERATIVE["soft"] if params.get("n_iter") is None else params["n_iter"])
+    if params.get("landmarks") is not None:
+        return _soft_pooled_tolerance(q, k, v, params, n_iter)
+    lm = np.asarray(inputs[3], np.float64)
+    d, m = params["head_dim"], lm.shape[-2]
     g = {"head_dim": d}
     k1, k1k, k2 = ref.gaussian_kernel(q, lm, d), ref.gaussian_kernel(k, lm, d), ref.gaussian_kernel(lm, lm, d)
     d1, d1k, d2 = (soft._gaussian_tolerance(ab, y, g, {}) for ab, y in (((q, lm), k1), ((k, lm), k1k), ((lm, lm), k2)))
@@ -434,6 +465,28 @@ def _soft_attention_tolerance(inputs, params):
         dw = dk2p @ at + ap @ dt + (m + 2) * 2 * soft.U32 * (ap @ at)
         do = d1 @ aw + a1 @ dw + (m + 2) * 2 * soft.U32 * (a1 @ aw)
     return np.nan_to_num(2 * do, nan=np.inf) + 2.0 ** -120   # NaN: a non-finite input, a NaN output
+
+
+def _soft_pooled_tolerance(q, k, v, params, n_iter, runs: int = 2):
+    """SOFT with the landmarks pooled by the kernel: its f32 segment means are within
+    (c + 1) 2^-24 mean|k| of the exact ones (a c-term sum in row order, then one division; c the
+    longest segment). The tolerance at the exact landmarks (``_soft_attention_tolerance``) plus
+    what moving them that far changes: the float64 form run with the landmarks perturbed by
+    the bound with pseudo-random signs (as ``_newton_tolerance``), ``runs`` times, doubled."""
+    m = int(params["landmarks"])
+    lm = ref.soft_landmarks_avgpool(k, m)
+    lo, hi = ref.soft_landmark_segments(k.shape[-2], m)
+    bound = (np.max(hi - lo) + 1) * soft.U32 * ref.soft_landmarks_avgpool(np.abs(k), m)
+    inner = {key: val for key, val in params.items() if key != "landmarks"}
+    base = _soft_attention_tolerance((q, k, v, lm), dict(inner, tied=None))
+    exact = ref.soft_attention(q, k, v, landmarks=lm, n_iter=n_iter, head_dim=params["head_dim"])
+    dev = np.zeros(exact.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for r in range(runs):
+            moved = lm + bound * _signs(lm, 1 + r)
+            o = ref.soft_attention(q, k, v, landmarks=moved, n_iter=n_iter, head_dim=params["head_dim"])
+            dev = np.maximum(dev, np.abs(o - exact))
+    return base + np.nan_to_num(2 * dev, nan=np.inf)
 
 
 def _unit_rows(mp: MatrixProgram, over: str, into: str) -> None:
