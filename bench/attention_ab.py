@@ -3,7 +3,7 @@
 both alike).
 
     python bench/attention_ab.py --old /path/to/old/tree [--new .] [--lengths 1024 4096] [--bh 8]
-                                 [--d 64] [--threads 1]
+                                 [--d 64] [--threads 1] [--rounds 21 --min-time 0.02]
 
 Each tree exports ``--op attention --algorithm streaming`` (``python -m softgen build`` with the
 tree on PYTHONPATH, its own cache), once causal and once not; both libraries are called through
@@ -56,12 +56,16 @@ def main(argv=None) -> None:
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=21, help="at most this many interleaved rounds")
+    ap.add_argument("--min-time", type=float, default=0.02,
+                    help="seconds per sample (small: single calls, whose minimum survives a loaded machine)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="attab-") as out:
         fns = {(tag, c): export(tree, f"att_{tag}_{int(c)}", a.d, c, out)
                for tag, tree in (("old", a.old), ("new", a.new)) for c in (False, True)}
-        print(f"{'L':>6} {'causal':>6} {'old ms':>9} {'new ms':>9} {'old/new':>8} {'IQR old':>8} {'IQR new':>8}")
+        print(f"{'L':>6} {'causal':>6} {'old ms':>9} {'new ms':>9} {'old/new':>8} {'IQR old':>8} {'IQR new':>8} "
+              f"{'old min':>9} {'new min':>9} {'min o/n':>8}")
         for L in a.lengths:
             q, k, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(3))
             for c in (False, True):
@@ -70,9 +74,11 @@ def main(argv=None) -> None:
                     assert call(fns[tag, c], q, k, v, outs[tag], a.threads) == 0
                 np.testing.assert_allclose(outs["new"], outs["old"], rtol=1e-5, atol=1e-5)
                 t = time_interleaved({tag: (lambda tag=tag: call(fns[tag, c], q, k, v, outs[tag], a.threads))
-                                      for tag in outs}, budget=a.budget, min_rounds=7, max_rounds=21)
+                                      for tag in outs}, budget=a.budget, min_rounds=7, max_rounds=a.rounds,
+                                     min_time=a.min_time)
                 print(f"{L:>6} {str(c):>6} {t['old'].median * 1e3:>9.3f} {t['new'].median * 1e3:>9.3f} "
-                      f"{t['old'].median / t['new'].median:>8.3f} {t['old'].spread:>8.1%} {t['new'].spread:>8.1%}")
+                      f"{t['old'].median / t['new'].median:>8.3f} {t['old'].spread:>8.1%} {t['new'].spread:>8.1%} "
+                      f"{t['old'].min * 1e3:>9.3f} {t['new'].min * 1e3:>9.3f} {t['old'].min / t['new'].min:>8.3f}")
 
 
 if __name__ == "__main__":
