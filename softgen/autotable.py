@@ -7,7 +7,6 @@ with the thread cap a record implies, ``thread_cap``), and a matrix op's tuned G
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 from . import passes, tunedb
 from .backends import Backend, get_backend
@@ -217,7 +216,7 @@ def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tup
         if r.algorithm != "streaming" or not {"br", "bc"} <= set(r.schedule) <= set(ATTENTION_KNOBS):
             continue
         try:
-            return replace(target.attention, **r.schedule).validate().as_dict(), measured_why(r)
+            return target.attention.override(**r.schedule).as_dict(), measured_why(r)
         except (TypeError, UsageError):
             continue
     return {}, ""

@@ -6,7 +6,7 @@ import ctypes
 import functools
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -790,7 +790,7 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     if alg == "streaming":
         if not blocks and schedule is None:
             blocks, awhy = tuned_attention(program, t, be.name)
-        ablk = replace(t.attention, **blocks).validate()
+        ablk = t.attention.override(**blocks)
         norm = program.params.get("normalizer", "softmax")
         if blocks.get("wide") and not (be.wide_attention and norm == "softmax"):
             raise UsageError(f"attention schedule wide (the single-block mode) is softmax's on a backend that has it "

@@ -252,6 +252,14 @@ class AttentionSchedule:
                              f"(the single-block mode's score tile lives on the stack)")
         return self
 
+    def override(self, **blocks) -> "AttentionSchedule":
+        """These blocks with ``blocks`` given, validated; a ``wide`` not given (the target's) is
+        lowered to fit its tile beside a given ``br`` (br * wide <= ATTENTION_MAX_WIDE)."""
+        out = replace(self, **blocks)
+        if "wide" not in blocks and isinstance(out.br, int) and not isinstance(out.br, bool) and out.br >= 1:
+            out = replace(out, wide=min(out.wide, ATTENTION_MAX_WIDE // out.br))
+        return out.validate()
+
     def as_dict(self) -> dict:
         return {"br": self.br, "bc": self.bc, "wide": self.wide}
 

@@ -536,7 +536,7 @@ def attention_candidates(t) -> list[AttentionSchedule]:
     for st in ({"br": b.br // 2}, {"br": b.br * 2}, {"bc": b.bc // 2}, {"bc": b.bc * 2}, {"wide": 0},
                {"wide": 1024}, {"br": b.br // 2, "wide": 1024}):
         try:
-            out[replace(b, **st).validate()] = None
+            out[b.override(**st)] = None
         except UsageError:
             continue
     return list(out)
