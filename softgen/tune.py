@@ -606,7 +606,9 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
             raise UsageError(f"tune: {opdef.name} tunes the streaming form's blocks br/bc/wide, with mask='none', a "
                              f"streaming normalizer (softmax) and a backend that streams (c)")
         cands = attention_candidates(t)
-        alg, kind, default = "streaming", "attention", t.attention.as_dict()
+        if not (be.wide_attention and params.get("normalizer", "softmax") == "softmax"):   # no single-block mode
+            cands = list(dict.fromkeys(replace(c, wide=0) for c in cands))
+        alg, kind, default = "streaming", "attention", cands[0].as_dict()
     else:
         lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
         if not any(isinstance(ph, MatMulPhase) for ph in lowered.leaves()):
