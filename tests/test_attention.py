@@ -486,7 +486,8 @@ def test_cli_emit_and_build(tmp_path):
     b = subprocess.run(run + ["build", "--op", "attention", "--causal", "--target", "avx512", "--name", "att_cli",
                               "-o", str(tmp_path)], capture_output=True, text=True)
     assert b.returncode == 0, b.stderr
-    assert "causal=1" in (tmp_path / "att_cli.h").read_text()
+    header = (tmp_path / "att_cli.h").read_text()
+    assert "causal=1" in header and " x 1024 tile on the stack" in header   # the single-block mode's scratch
     bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa", "--scale", "0.5"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "takes no scale" in bad.stderr
