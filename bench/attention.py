@@ -4,6 +4,7 @@
     python bench/attention.py [--lengths 256 1024 4096] [--bh 8] [--d 64] [--decode 4096] [--threads 1 2]
                               [--rss 8192] [--rss-bh 1] [--backend c tvm] [--json F]
                               [--normalizers softplus_l1 lssa lssar [--no-torch]]
+                              [--stat min --min-time 0.001 --rounds 201] [--algorithms streaming]
 
 B*H = 8 heads of d = 64, Lq = Lk = L in {256, 1024, 4096}, causal and not, and decoding (Lq = 1
 against Lk = 4096). GFLOP/s count 4 Lq Lk d (QK^T and PV; causal: the visible half, 2 L (L + 1) d)
@@ -37,6 +38,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import single_threaded, time_interleaved, torch_one_thread  # noqa: E402
@@ -136,6 +138,11 @@ def main(argv=None) -> None:
     ap.add_argument("--rss-bh", type=int, default=1, help="heads of the memory measurement")
     ap.add_argument("--backend", nargs="+", default=["c"], choices=["c", "tvm"], help="softgen backends")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="per-implementation statistic (min: of single calls, with --min-time small; on a loaded machine)")
+    ap.add_argument("--min-time", type=float, default=0.02, help="seconds per timing sample")
+    ap.add_argument("--rounds", type=int, default=15, help="at most this many interleaved rounds")
+    ap.add_argument("--algorithms", nargs="+", default=["streaming", "three-phase"], choices=["streaming", "three-phase"])
     ap.add_argument("--normalizers", nargs="+", choices=list(COMPOSED), help="bench these normalizers instead")
     ap.add_argument("--no-torch", action="store_true",
                     help="--normalizers: skip the torch compositions (L = 4096: L x L matrices per head)")
@@ -151,7 +158,7 @@ def main(argv=None) -> None:
     label = {"c": "softgen", "tvm": "softgen[tvm]"}
     kernels = {(be, alg): {c: softgen.compile("attention", head_dim=a.d, causal=c, algorithm=alg, backend=be)
                            for c in (False, True)}
-               for be in a.backend for alg in ("streaming", "three-phase")}
+               for be in a.backend for alg in a.algorithms}
     isa = next(iter(kernels.values()))[False].target.name
     peak = fma_peak(isa, 0.5) if isa in ("avx512", "avx2") and fma_supported(isa) else None
     print(f"target {isa}; FMA peak {peak:.1f} GFLOP/s per core (bench/fmapeak.py)" if peak else
@@ -195,7 +202,9 @@ def main(argv=None) -> None:
                 if name.startswith("softgen"):
                     fn()
                     errs[name] = float(np.abs(out - ref).max())
-        t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
+        t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=a.rounds, min_time=a.min_time)
+        if a.stat == "min":
+            t = {k: replace(tm, median=tm.min) for k, tm in t.items()}
         fl = flops(lq, lk, a.d, causal) * a.bh
         for name, tm in t.items():
             nt = int(name.rsplit(" t", 1)[1])

@@ -1,9 +1,10 @@
 """Cycles per part of the streaming attention kernel (issue 14): the K transpose, the score tile
-(S = s Q K^T), the mask/causal/tail pass, the normalizer's block (online softmax or StableMax),
+(S = s Q K^T), the mask/causal/tail pass, the normalizer's block (online softmax or StableMax; the
+single-block mode's exact softmax),
 P V, and the per-query-block start/end, against the FMA bound of each GEMM.
 
     python bench/attention_parts.py [--l 1024] [--bh 8] [--d 64] [--causal] [--normalizer softmax]
-                                    [--reps 5]
+                                    [--reps 5] [--br 16 --bc 64 --wide 1024]
 
 How: the kernel's C (``Kernel.sources()``) is compiled standalone with its ``SG_MARK`` part
 markers (empty in shipped builds) defined as time stamps (rdtsc on x86, else clock_gettime): the
@@ -103,10 +104,11 @@ def main(argv=None) -> None:
     ap.add_argument("--normalizer", default="softmax")
     ap.add_argument("--br", type=int, help="query rows per block (default: the target's)")
     ap.add_argument("--bc", type=int, help="keys per block (default: the target's)")
+    ap.add_argument("--wide", type=int, help="the single-block mode's most keys (default: the target's; 0 off)")
     ap.add_argument("--reps", type=int, default=9, help="calls; each part's fastest is shown")
     a = ap.parse_args(argv)
     lq, lk = a.lq or a.l, a.l
-    sched = {k: getattr(a, k) for k in ("br", "bc") if getattr(a, k)}
+    sched = {k: getattr(a, k) for k in ("br", "bc", "wide") if getattr(a, k) is not None}
     kern = softgen.compile("attention", head_dim=a.d, causal=a.causal, normalizer=a.normalizer,
                            **({"schedule": sched} if sched else {}))
     src = kern.sources()["kernel.c"]
@@ -131,7 +133,8 @@ def main(argv=None) -> None:
     peak = fma_peak(isa, 0.5) if isa in ("avx512", "avx2") and fma_supported(isa) else None
     visible = sum(min(lk, i + 1 + lk - lq) for i in range(lq) if i + 1 + lk - lq > 0) if a.causal else lq * lk
     fmas = {"attention scores": visible * a.d * a.bh, "attention P V": visible * a.d * a.bh}
-    print(f"{a.normalizer} attention (br {a.br or kern.target.attention.br}, bc {a.bc or kern.target.attention.bc}), {a.bh} heads, Lq {lq}, Lk {lk}, d {a.d}, causal {a.causal}, target {isa}, "
+    ph = kern.program.phases[0]
+    print(f"{a.normalizer} attention (br {ph.br}, bc {ph.bc}, wide {ph.wide}), {a.bh} heads, Lq {lq}, Lk {lk}, d {a.d}, causal {a.causal}, target {isa}, "
           f"1 thread; {ns / 1e6:.2f} ms, {4 * visible * a.d * a.bh / ns:.1f} GFLOP/s"
           + (f" ({4 * visible * a.d * a.bh / ns / peak:.0%} of the FMA peak {peak:.0f})" if peak else ""))
     print(f"{'part':<28} {'ms':>8} {'share':>6} {'FMA bound ms':>13} {'x bound':>8}")

@@ -7,7 +7,6 @@ with the thread cap a record implies, ``thread_cap``), and a matrix op's tuned G
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 from . import passes, tunedb
 from .backends import Backend, get_backend
@@ -203,7 +202,7 @@ def attention_why(be: Backend, program: MatrixProgram, alg: str) -> str:
 
 
 def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tuple[dict, str]:
-    """The streaming attention form's blocks {br, bc} from this machine's newest usable tuning
+    """The streaming attention form's blocks {br, bc, wide} from this machine's newest usable tuning
     record (``softgen tune --op attention``: algorithm "streaming"), and its ``why``; ({}, "")
     without one (or with ``SOFTGEN_USE_TUNING=0``)."""
     if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
@@ -213,10 +212,11 @@ def tuned_attention(program: MatrixProgram, target: Target, backend: str) -> tup
     except (tunedb.TuningDBError, UsageError):
         return {}, ""
     for r in sorted(recs, key=lambda r: r.timestamp, reverse=True):
-        if r.algorithm != "streaming" or set(r.schedule) != set(ATTENTION_KNOBS):
+        # {br, bc} (records from before the single-block mode: wide from the target) or all knobs
+        if r.algorithm != "streaming" or not {"br", "bc"} <= set(r.schedule) <= set(ATTENTION_KNOBS):
             continue
         try:
-            return replace(target.attention, **r.schedule).validate().as_dict(), measured_why(r)
+            return target.attention.override(**r.schedule).as_dict(), measured_why(r)
         except (TypeError, UsageError):
             continue
     return {}, ""

@@ -98,6 +98,8 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalizer", action=_Once, help="attention: the normalizer (softmax, stablemax)")
     p.add_argument("--br", type=int, action=_Once, help="attention schedule: query rows per block (streaming)")
     p.add_argument("--bc", type=int, action=_Once, help="attention schedule: keys per block (streaming)")
+    p.add_argument("--wide", type=int, action=_Once,
+                   help="attention schedule: at most this many keys take one block, exact two-pass (softmax; 0 off)")
 
 
 DEFAULT_OUTPUT = "softgen-out"   # softgen build's output directory (./build is setuptools')
@@ -277,7 +279,7 @@ def _params(args) -> dict:
 
 
 def _kernel(args):
-    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block", "split", "chunk", "br", "bc")
+    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block", "split", "chunk", "br", "bc", "wide")
              if getattr(args, k, None) is not None}
     return compile_kernel(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
                    schedule=sched or None, backend=args.backend, **_params(args))

@@ -38,6 +38,16 @@ def scratch_doc(k) -> str:
     return "; ".join(parts) + " floats" * bool(mp.scratch_mats) if parts else "nothing"
 
 
+def attention_tile_doc(k) -> str:
+    """The single-block mode's per-thread score tile of a streaming attention kernel, or ""."""
+    ph = next((ph for ph in k.program.leaves() if getattr(ph, "wide", 0)), None) if k.matrix else None
+    if ph is None:
+        return ""
+    kib = 4 * ph.br * -(-ph.wide // ph.bc) * -(-ph.bc // k.target.lanes) * k.target.lanes / 1024
+    return (f";\n * a block of {ph.br} query rows seeing at most {ph.wide} keys (lq > 16) holds all of its scores at once,\n"
+            f" * in a {ph.br} x {ph.wide} tile on the stack ({kib:g} KiB per thread: O(br lk), no lq x lk buffer)")
+
+
 def measure_accuracy(k, seed: int = 0) -> dict:
     """Max errors against the float64 reference on a fixed suite: random rows of several lengths
     and ranges (including ones where a naive f32 exp overflows). Needs the kernel to run here,
@@ -140,7 +150,7 @@ def export(k, directory, name: str | None = None, cc: str | None = None, *, stat
         target=f"{k.target.name} ({k.target.summary})", schedule=str(k.schedule),
         row_params=[(rp, get_op(k.op).row_param_doc(rp)) for rp in k.row_params], matrix=k.matrix,
         errors=[(c, suffix, doc) for c, (suffix, doc) in errors.items()],
-        scratch=scratch_doc(k) if k.matrix else "",
+        scratch=scratch_doc(k) if k.matrix else "", attention_tile=attention_tile_doc(k),
         dispatch=table.lines() if table is not None and k.variants else [],
         requires=", ".join(k.target.requires) or "no instruction-set extension",
         isas=[_isa_doc(m) for m in members], arch=k.target.arch,

@@ -6,7 +6,7 @@ import ctypes
 import functools
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -790,8 +790,13 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
     if alg == "streaming":
         if not blocks and schedule is None:
             blocks, awhy = tuned_attention(program, t, be.name)
-        ablk = replace(t.attention, **blocks).validate()
-        lowered = passes.stream_attention(program, ablk.br, ablk.bc)
+        ablk = t.attention.override(**blocks)
+        norm = program.params.get("normalizer", "softmax")
+        if blocks.get("wide") and not (be.wide_attention and norm == "softmax"):
+            raise UsageError(f"attention schedule wide (the single-block mode) is softmax's on a backend that has it "
+                             f"(c), not {norm!r} on {be.name!r}: leave it out")
+        wide = ablk.wide if be.wide_attention else 0   # the single-block mode: backends that have it
+        lowered = passes.stream_attention(program, ablk.br, ablk.bc, wide)
     else:
         lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
     has_gemm = any(isinstance(ph, MatMulPhase) for ph in lowered.leaves())

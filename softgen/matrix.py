@@ -243,7 +243,10 @@ class AttentionPhase(Phase):
     pass over the keys weighted e^(S - max S)) or "lssa" (as stablemax on cosines times
     log(d) log(N_i): q and k are normalised in the kernel, N_i counted per row first) or "lssar"
     (lssa's weights P, their sum l_i and max in a first pass over the keys, P kept per row; then R
-    from P, its max known from max P: no rescaling)."""
+    from P, its max known from max P: no rescaling).
+    ``wide`` (softmax only, else 0): a query block whose keys number at most ``wide`` takes them
+    all as one block: a br x wide score tile, exact two-pass softmax (max; exp and sum; P V), no
+    rescale, o written once; 0: always key blocks of ``bc``."""
     q: str
     k: str
     v: str
@@ -256,6 +259,7 @@ class AttentionPhase(Phase):
     br: int = 4
     bc: int = 64
     mask_kind: str = "additive"
+    wide: int = 0
     kind = "attention"
 
     def matrices_read(self) -> set[str]:
@@ -277,9 +281,11 @@ class AttentionPhase(Phase):
                      "P (max R from max P): the sum and a {} x dv accumulator, no rescaling")
         if self.normalizer == "softplus_l1":
             state += "; rows whose largest kept score is below SOFTPLUS_TINY: a second pass weighted e^(S - max S)"
+        wide = (f"; a query block with at most {self.wide} keys takes them as one block (single-block mode: a "
+                f"{self.br} x {self.wide} score tile, exact two-pass softmax, no rescale)") if self.wide else ""
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
                 f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row "
-                + state.format(self.br, self.br))
+                + state.format(self.br, self.br) + wide)
 
 
 @dataclass

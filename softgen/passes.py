@@ -726,12 +726,13 @@ def streamable(mp) -> str:
         f"not the three-phase attention form (S = a Q K^T; a masked {'/'.join(STREAMING_NORMALIZERS)} over S; O = S V)"
 
 
-def stream_attention(mp, br: int, bc: int):
+def stream_attention(mp, br: int, bc: int, wide: int = 0):
     """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax, or
     StableMax without rescaling, over key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3,
     10): the scratch S is gone. The masks come from the rows program: its ``matrow`` matrix (the
     mask; its kind from the op's ``mask`` parameter), its ``row_index`` (the causal diagonal).
-    Other normalizers stream through the same phase (its ``normalizer``)."""
+    Other normalizers stream through the same phase (its ``normalizer``). ``wide`` (softmax; others
+    ignore it): query blocks with at most ``wide`` keys take them as one block, exact two-pass."""
     form = attention_form(mp)
     if form is None:
         raise UsageError(f"{mp.name}: the streaming rewrite needs {streamable(mp)[4:]}")
@@ -741,6 +742,7 @@ def stream_attention(mp, br: int, bc: int):
     del out.scratch_mats[a.mm.dst]
     mask = (p.matrices() or [None])[0]
     normalizer = mp.params.get("normalizer", "softmax")
+    wide = wide if normalizer == "softmax" else 0
     qk = {}
     for ph in mp.phases[:-3]:   # lssa's prologue: its unit q and k rows, formed in the kernel instead
         qk[ph.into] = ph.over
@@ -748,7 +750,8 @@ def stream_attention(mp, br: int, bc: int):
     # causal: the op's flag (lssar's rows program reads row_index for O_i whether causal or not)
     out.phases = [AttentionPhase(q=qk.get(a.mm.a, a.mm.a), k=qk.get(a.mm.b, a.mm.b), v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
                                  causal=bool(mp.params.get("causal", p.nodes("row_index"))), mask=mask, br=br, bc=bc, normalizer=normalizer,
-                                 mask_kind="bool" if mp.params.get("mask") == "bool" else "additive")]
+                                 mask_kind="bool" if mp.params.get("mask") == "bool" else "additive",
+                                 wide=wide)]
     state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \
         if normalizer == "softmax" else f"{normalizer} state l per row and the accumulator, no rescaling"
     if normalizer == "lssar":
@@ -756,5 +759,7 @@ def stream_attention(mp, br: int, bc: int):
                 "the sum and the accumulator, no rescaling"
     out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {normalizer} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
-                            f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"]
+                            f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"
+                            + (f"; a query block with at most {wide} keys: one block of them all (a {br} x {wide} score "
+                               f"tile per thread, exact two-pass softmax, no rescale)" if wide else "")]
     return out.validate()

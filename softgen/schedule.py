@@ -227,31 +227,48 @@ class GemmSchedule:
 
 
 GEMM_FIELDS = ("mr", "nv", "kc", "nc", "ku")
-ATTENTION_KNOBS = ("br", "bc")
+ATTENTION_KNOBS = ("br", "bc", "wide")
 ATTENTION_MAX_BLOCK = 4096   # br * bc floats of scores live on the stack (16 KiB at most)
+ATTENTION_MAX_WIDE = 16384   # br * wide floats: the single-block mode's score tile (64 KiB of stack at most)
 
 
 @dataclass(frozen=True)
 class AttentionSchedule:
     """The streaming attention form's blocks: ``br`` query rows per block (small for decoding,
-    Lq = 1..16), ``bc`` keys per block (the score block br x bc stays in L1). Per-target defaults
-    in ``targets/*.toml`` ``[attention]``; ``compile("attention", schedule={"br": .., "bc": ..})``
-    overrides them."""
+    Lq = 1..16), ``bc`` keys per block (the score block br x bc stays in L1). ``wide``: the
+    single-block mode's length class (softmax, C backend): a query block whose keys number at most
+    ``wide`` takes them all as one block (a br x wide score tile, exact two-pass softmax, no
+    rescale); 0: off. Per-target defaults in ``targets/*.toml`` ``[attention]``;
+    ``compile("attention", schedule={"br": .., "bc": .., "wide": ..})`` overrides them."""
     br: int = 4
     bc: int = 64
+    wide: int = 0
 
     def validate(self) -> "AttentionSchedule":
-        for k in ATTENTION_KNOBS:
+        for k in ("br", "bc"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= ATTENTION_MAX_BLOCK:
                 raise UsageError(f"attention schedule {k} must be an integer in [1, {ATTENTION_MAX_BLOCK}], got {v!r}")
         if self.br * self.bc > ATTENTION_MAX_BLOCK:
             raise UsageError(f"attention schedule br * bc ({self.br} * {self.bc}) exceeds {ATTENTION_MAX_BLOCK} floats "
                              f"(the score block lives on the stack)")
+        if isinstance(self.wide, bool) or not isinstance(self.wide, int) or self.wide < 0:
+            raise UsageError(f"attention schedule wide must be an integer >= 0 (0: off), got {self.wide!r}")
+        if self.br * self.wide > ATTENTION_MAX_WIDE:
+            raise UsageError(f"attention schedule br * wide ({self.br} * {self.wide}) exceeds {ATTENTION_MAX_WIDE} floats "
+                             f"(the single-block mode's score tile lives on the stack)")
         return self
 
+    def override(self, **blocks) -> "AttentionSchedule":
+        """These blocks with ``blocks`` given, validated; a ``wide`` not given (the target's) is
+        lowered to fit its tile beside a given ``br`` (br * wide <= ATTENTION_MAX_WIDE)."""
+        out = replace(self, **blocks)
+        if "wide" not in blocks and isinstance(out.br, int) and not isinstance(out.br, bool) and out.br >= 1:
+            out = replace(out, wide=min(out.wide, ATTENTION_MAX_WIDE // out.br))
+        return out.validate()
+
     def as_dict(self) -> dict:
-        return {"br": self.br, "bc": self.bc}
+        return {"br": self.br, "bc": self.bc, "wide": self.wide}
 
     def __str__(self) -> str:
-        return f"br={self.br} bc={self.bc}"
+        return f"br={self.br} bc={self.bc}" + (f" wide={self.wide}" if self.wide else "")

@@ -111,7 +111,7 @@ class Target:
     def streams(self) -> bool:
         """Whether the target has non-temporal stores (``[isa] STREAM``, ``FENCE``)."""
         return bool(self.stream_align)
-    # [attention] (optional): the streaming attention form's default blocks br, bc
+    # [attention] (optional): the streaming attention form's default blocks br, bc and wide
     attention: AttentionSchedule = field(default_factory=AttentionSchedule)
 
     @property
@@ -313,7 +313,7 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    cost=_cost(f, d.get("cost", {})), stream_align=stream_align,
                    topk_network_max_k=_topk_network_max_k(f, d),
                    shifted_exp=_shifted_exp(f, d, isa),
-                   attention=AttentionSchedule(**_table(f, d, "attention", ("br", "bc")))
+                   attention=AttentionSchedule(**_table(f, d, "attention", ("br", "bc"), ("wide",)))
                    if "attention" in d else AttentionSchedule())
     except KeyError as e:
         raise UsageError(f"target file {f} lacks key {e}") from None

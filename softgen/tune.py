@@ -205,7 +205,7 @@ def label(algorithm: str, schedule: dict) -> str:
     """A candidate's short name, e.g. ``3pl u4a2``, ``2p u4a2 nt pf256``, ``3pl u4a2 p6c2``; a GEMM
     schedule (matrix ops): ``gemm 5x2v kc256 nc64``."""
     if "br" in schedule:
-        return f"attn br{schedule['br']} bc{schedule['bc']}"
+        return f"attn br{schedule['br']} bc{schedule['bc']}" + (f" w{schedule['wide']}" if schedule.get("wide") else "")
     if "mr" in schedule:
         return (f"gemm {schedule['mr']}x{schedule['nv']}v kc{schedule['kc']} nc{schedule['nc']}"
                 + (f" ku{schedule['ku']}" if schedule.get("ku", 1) > 1 else ""))
@@ -546,12 +546,14 @@ def gemm_candidates(t) -> list[GemmSchedule]:
 
 def attention_candidates(t) -> list[AttentionSchedule]:
     """The streaming attention form's blocks: the target's default (``[attention]``), then br and
-    bc halved and doubled, each kept only if ``AttentionSchedule.validate`` accepts it."""
+    bc halved and doubled, the single-block mode off, on up to 1024 keys and on with br halved (its
+    tile in half the cache), each kept only if ``AttentionSchedule.validate`` accepts it."""
     b = t.attention
     out = {b: None}
-    for st in ({"br": b.br // 2}, {"br": b.br * 2}, {"bc": b.bc // 2}, {"bc": b.bc * 2}):
+    for st in ({"br": b.br // 2}, {"br": b.br * 2}, {"bc": b.bc // 2}, {"bc": b.bc * 2}, {"wide": 0},
+               {"wide": 1024}, {"br": b.br // 2, "wide": 1024}):
         try:
-            out[replace(b, **st).validate()] = None
+            out[b.override(**st)] = None
         except UsageError:
             continue
     return list(out)
@@ -605,7 +607,7 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
     default over the shapes, recorded as one record for every size (algorithm "direct", the
     schedule's GEMM fields), which ``compile`` of the op then uses (``k.tuned``, ``k.gemm``).
     ``attention``: the streaming attention form's blocks instead (``attention_candidates``, one
-    thread), recorded as algorithm "streaming" with the schedule {br, bc} (``autotable.tuned_attention``)."""
+    thread), recorded as algorithm "streaming" with the schedule {br, bc, wide} (``autotable.tuned_attention``)."""
     t0 = time.monotonic() if t0 is None else t0
     be = get_backend(backend)
     t = get_target(target)
@@ -618,10 +620,12 @@ def tune_gemm(opdef, target="host", sizes=None, budget_s=DEFAULT_BUDGET, backend
     params = dict(program.params)
     if attention:
         if params.get("mask", "none") != "none" or passes.streamable(program) or params.get("normalizer", "softmax") not in be.streams_attention:
-            raise UsageError(f"tune: {opdef.name} tunes the streaming form's blocks br/bc, with mask='none', a "
+            raise UsageError(f"tune: {opdef.name} tunes the streaming form's blocks br/bc/wide, with mask='none', a "
                              f"streaming normalizer (softmax) and a backend that streams (c)")
         cands = attention_candidates(t)
-        alg, kind, default = "streaming", "attention", t.attention.as_dict()
+        if not (be.wide_attention and params.get("normalizer", "softmax") == "softmax"):   # no single-block mode
+            cands = list(dict.fromkeys(replace(c, wide=0) for c in cands))
+        alg, kind, default = "streaming", "attention", cands[0].as_dict()
     else:
         lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
         if not any(isinstance(ph, MatMulPhase) for ph in lowered.leaves()):

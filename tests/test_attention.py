@@ -166,6 +166,44 @@ def test_empty_sizes(alg, sched):
         np.testing.assert_allclose(o[~np.isnan(o)], r[~np.isnan(r)], atol=1e-6)
 
 
+# the single-block mode (schedule wide): a query block with at most `wide` keys takes them as one block
+WIDE = {"br": 3, "bc": 16, "wide": 40}
+
+
+@pytest.fixture(scope="module")
+def wide_kernels():
+    """softmax, bool mask, causal and not, with and without the single-block mode (scalar: one lane,
+    avx2: bc a whole number of vectors, 40 keys in 3 panels, the last part padding)."""
+    return {(t, c, w): softgen.compile("attention", target=t, head_dim=16, causal=c, mask="bool", algorithm="streaming",
+                                       schedule=dict(WIDE, wide=w))
+            for t in ("scalar", "avx2") for c in (False, True) for w in (0, 40)}
+
+
+@pytest.mark.parametrize("target", ["scalar", "avx2"])
+@pytest.mark.parametrize("causal_", [False, True], ids=["full", "causal"])
+def test_single_block_mode_edges(wide_kernels, target, causal_):
+    """Lk at the threshold, one below and above it (the online form), causal with Lq != Lk (a call whose
+    first query blocks see <= wide keys and its last ones more: both modes), decoding (no K^T: online),
+    a fully masked and a NaN row, lse: the oracle's, and close to the online form's bits."""
+    k, k0 = wide_kernels[target, causal_, 40], wide_kernels[target, causal_, 0]
+    if not k.runnable:
+        pytest.skip(f"{target}: not runnable here")
+    ph = k.program.phases[0]
+    assert ph.wide == 40 and "single-block mode" in k.explain() and "WNP" in k.sources()["kernel.c"]
+    assert k0.program.phases[0].wide == 0 and "WNP" not in k0.sources()["kernel.c"]
+    for lq, lk in ((20, 39), (20, 40), (20, 41), (50, 40), (30, 60), (3, 40)):
+        q, kk, v = f32(2, 2, lq, 16), f32(2, 1, lk, 16), f32(2, 1, lk, 7)
+        q[1, 0, 1, 3] = np.nan                                      # a NaN row
+        m = RNG.random((2, 2, lq, lk)) < 0.8
+        m[0, 1, 2] = False                                          # a fully masked row
+        o, lse = k(q, kk, v, m, return_lse=True)
+        r, rl = ref.attention(q, kk, v, scale=0.25, causal=causal_, mask=m, return_lse=True)
+        _check_abi(o, r, lse, rl)
+        o0, l0 = k0(q, kk, v, m, return_lse=True)
+        _check_abi(o, o0, lse, l0)
+        assert np.array_equal(k(q, kk, v, m, threads=2), o, equal_nan=True)
+
+
 def test_decoding_shape():
     """Lq = 1 .. 16 against a long KV cache (Br small), causal (bottom-right: every key visible)."""
     k = softgen.compile("attention", head_dim=64, causal=True)
@@ -175,9 +213,12 @@ def test_decoding_shape():
 
 
 def test_attention_schedule_and_algorithm_errors():
-    for bad in ({"br": 0}, {"bc": 5000}, {"br": 64, "bc": 128}, {"br": 2.5}):
+    for bad in ({"br": 0}, {"bc": 5000}, {"br": 64, "bc": 128}, {"br": 2.5}, {"wide": -1}, {"wide": True},
+                {"br": 32, "wide": 1024}):
         with pytest.raises(softgen.UsageError, match="attention schedule"):
             softgen.compile("attention", schedule=bad)
+    with pytest.raises(softgen.UsageError, match="single-block mode"):
+        softgen.compile("attention", normalizer="stablemax", schedule={"wide": 256})
     with pytest.raises(softgen.UsageError, match="three-phase"):
         softgen.compile("attention", algorithm="online")
     with pytest.raises(softgen.UsageError, match="direct"):
@@ -413,10 +454,10 @@ def test_tune_attention_blocks(tmp_path, monkeypatch):
     assert cands[0] == t.attention and len(cands) >= 3
     res = softgen.tune("attention", target="host", shapes="40x40x16x16", budget_s=1.5, progress=False, head_dim=16)
     rec, = res.records
-    assert rec.algorithm == "streaming" and set(rec.schedule) == {"br", "bc"}
+    assert rec.algorithm == "streaming" and set(rec.schedule) == {"br", "bc", "wide"}
     k = softgen.compile("attention", head_dim=16, target="host")
     ph = k.program.phases[0]
-    assert k.tuned and (ph.br, ph.bc) == (rec.schedule["br"], rec.schedule["bc"])
+    assert k.tuned and (ph.br, ph.bc, ph.wide) == (rec.schedule["br"], rec.schedule["bc"], rec.schedule["wide"])
     assert "attention blocks: tuned" in k.explain()
     assert not softgen.compile("attention", head_dim=16, target="host", schedule={"br": 4, "bc": 32}).tuned
     with pytest.raises(softgen.UsageError, match="mask='none'"):
@@ -445,7 +486,8 @@ def test_cli_emit_and_build(tmp_path):
     b = subprocess.run(run + ["build", "--op", "attention", "--causal", "--target", "avx512", "--name", "att_cli",
                               "-o", str(tmp_path)], capture_output=True, text=True)
     assert b.returncode == 0, b.stderr
-    assert "causal=1" in (tmp_path / "att_cli.h").read_text()
+    header = (tmp_path / "att_cli.h").read_text()
+    assert "causal=1" in header and " x 1024 tile on the stack" in header   # the single-block mode's scratch
     bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa", "--scale", "0.5"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "takes no scale" in bad.stderr

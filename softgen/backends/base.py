@@ -89,6 +89,8 @@ class Backend(abc.ABC):
     # the normalizers whose matrix.AttentionPhase (passes.stream_attention) this backend lowers:
     # compile("attention") streams them; the others take the three-phase form
     streams_attention: tuple[str, ...] = ()
+    # the streaming phase has the softmax single-block mode (AttentionSchedule.wide); else wide is 0
+    wide_attention: bool = False
     # the schedule knobs the tuner (softgen.tune) may vary, knob -> candidate values; each
     # combination is applied over the target's default schedule and kept only if Schedule
     # validates it. Empty: the tuner varies the algorithm only

@@ -890,7 +890,8 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
                                            ph.program.row_params()))
         elif isinstance(ph, AttentionPhase):   # a self-contained C function, beside the GEMMs
             gemms.append(attention_function(ph, f"{name}__attn{k}", tasks=mp.attention_tasks() is ph,
-                                            vector_registers=t.vector_registers, abi=mp.abi()))
+                                            vector_registers=t.vector_registers, abi=mp.abi(),
+                                            shifted_exp=scaled_exp(t)))
     for k, (fname, layout, epi) in matrix_gemms(mp, name).items():
         if fname in done:
             continue
@@ -1005,6 +1006,7 @@ class CBackend(Backend):
     gemm_epilogues = GEMM_EPILOGUES
     thread_policy = True
     streams_attention = STREAMING_NORMALIZERS
+    wide_attention = True
     # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2); then, per
     # size class, non-temporal stores and prefetch distances (elements) for rows beyond the LLC
     # (targets with [isa] STREAM only for stream), and the exp variants (all within the accuracy
