@@ -240,7 +240,9 @@ class AttentionPhase(Phase):
     "softplus_l1" (as stablemax; rows whose largest kept score is below SOFTPLUS_TINY get a second
     pass over the keys weighted e^(S - max S)) or "lssa" (as stablemax on cosines times
     log(d) log(N_i): q and k are normalised in the kernel, N_i counted per row first) or "lssar"
-    (lssa's l_i in a first pass over the keys, then R with a running max, rescaled by (r / r')^p))."""
+    (lssa's l_i in a first pass over the keys, then R with a running max, rescaled by (r / r')^p))
+    or "topk_softmax" (``top_k``, ``renormalize``: a running top-k per row over the key blocks, then
+    the softmax over the kept scores and k gathers of V rows; no accumulator per block)."""
     q: str
     k: str
     v: str
@@ -253,6 +255,8 @@ class AttentionPhase(Phase):
     br: int = 4
     bc: int = 64
     mask_kind: str = "additive"
+    top_k: int = 0
+    renormalize: bool = True
     kind = "attention"
 
     def matrices_read(self) -> set[str]:
@@ -274,6 +278,11 @@ class AttentionPhase(Phase):
                      "accumulator rescaled by (r / r')^p")
         if self.normalizer == "softplus_l1":
             state += "; rows whose largest kept score is below SOFTPLUS_TINY: a second pass weighted e^(S - max S)"
+        if self.normalizer == "topk_softmax":
+            state = (f"a running top-{self.top_k} (key, index) selection"
+                     + ("" if self.renormalize else " and the full row's m, l") + ", then the softmax over the kept "
+                     f"scores ({'renormalized' if self.renormalize else 'full-row probabilities'}) and "
+                     f"{self.top_k} gathers of {self.v} rows")
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
                 f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row "
                 + state.format(self.br))
@@ -440,7 +449,8 @@ class MatrixProgram:
             and ins[0][1] == outs[0][1]
         ph = self.attention_tasks()
         if ph is not None:   # streaming attention: explicit heads and strides (abi.ATTENTION)
-            return KernelABI.attention(ins, outs, self.dims, ph.mask_kind if ph.mask else None)
+            return KernelABI.attention(ins, outs, self.dims, ph.mask_kind if ph.mask else None,
+                                       max_n=INDEX_MAX_N if ph.normalizer == "topk_softmax" else None)
         return KernelABI(UNARY if unary else GENERAL, ins, outs, self.dims,
                          max_n=INDEX_MAX_N if self.index_dims() else None,
                          threads=self.attention_tasks() is not None)
