@@ -268,6 +268,14 @@ class AttentionPhase(Phase):
     def traffic(self, plan) -> tuple[int, int, int, int]:
         return 0, 0, 1, 1     # one sweep over the keys, one exp per score; its flops are the two GEMMs'
 
+    def scratch(self, network_max_k: int) -> str:
+        """What the phase allocates beyond K^T, for the header and manifest ("" if nothing): top-k
+        above the target's insertion network (``network_max_k``) keeps a score tile per task."""
+        if self.normalizer != "topk_softmax" or self.top_k <= network_max_k:
+            return ""
+        return (f"top-k attention (top_k {self.top_k} > {network_max_k}: radix select): per task (query chunk) a "
+                f"{self.br} x lk score tile and min(top_k, lk) kept (float32 key, int64 index) pairs; no lq x lk matrix")
+
     def describe(self) -> str:
         mask = (" + " if self.mask_kind == "additive" else " keep ") + self.mask if self.mask else ""
         masks = "".join([mask, ", causal" if self.causal else ""])
