@@ -128,9 +128,13 @@ def kern(request, net64):
 
 
 def test_streaming_matches_the_oracle(kern):
-    """Every shape with GQA, strided q, masks (fully masked rows), kv_lengths, +inf / NaN scores;
-    the lse too."""
+    """Ties (the lower index kept, as the row op's stable descending sort); every shape with GQA,
+    strided q, masks (fully masked rows), kv_lengths, +inf / NaN scores; the lse too."""
     mask = kern.params["mask"]
+    q, k, v, m, _ = c = case(9, 50, mask)
+    q[:], k[:], k[..., 10:20, :] = 1.0, 1.0, 2.0   # ties: ten keys above 40 equal ones, the lower index kept
+    v[..., 0] = np.arange(50)
+    check(kern, c, kern(q, k, v, *([] if m is None else [m])))
     for lq, lk in SHAPES:
         for lens in (None, np.array([lk, max(lk // 3, 1)])):
             c = case(lq, lk, mask, lens=lens, specials=True)
@@ -138,34 +142,18 @@ def test_streaming_matches_the_oracle(kern):
             check(kern, c, o, lse)
 
 
-def test_ties_pick_the_lower_index():
-    """Equal scores: the lower key index is kept (the row op's rule, a stable descending sort), so
-    with v = the key index the output says which were kept: network and radix alike."""
-    q = np.ones((1, 1, 4, 8), np.float32)
-    k = np.ones((1, 1, 50, 8), np.float32)
-    k[..., 10:20, :] = 2.0   # ten keys above the rest, then 40 equal ones
-    v = np.arange(50, dtype=np.float32).reshape(1, 1, 50, 1)
-    for top_k in (12, 30):
-        kern = build(top_k, 1, schedule={"br": 4, "bc": 16})
-        o = kern(q, k, v)
-        kept = list(range(10, 20)) + [j for j in range(50) if not 10 <= j < 20][:top_k - 10]
-        w = np.exp(np.where(np.isin(kept, range(10, 20)), 4.0, 2.0))   # scores 2 x 8 x 2 / 4, 8 x 1 / 4
-        assert np.allclose(o[..., 0], (w * kept).sum() / w.sum(), rtol=1e-6), top_k
-
-
 def test_equals_three_phase_and_threads():
-    """The front door's streaming form == three-phase (additive mask and kv_lengths as one mask,
-    GQA repeated) to float32 rounding; bitwise the same for threads 1, 2, 3."""
+    """The front door's streaming form == three-phase (the bool mask and kv_lengths as one additive
+    mask, GQA repeated) to float32 rounding; bitwise the same for threads 1, 2, 3; masked_rows="zero"
+    (through the lse: -inf for a row with no kept key)."""
     q, k, v, m, _ = case(40, 70, "bool", b=2, hq=4, hkv=2)
-    lens = np.array([70, 33])
-    for top_k in (16, 100):
-        kw = dict(normalizer="topk_softmax", top_k=top_k, causal=True, mask=m, kv_lengths=lens, scale=SCALE)
-        o = softgen.attention(q, k, v, threads=1, **kw)
-        o3 = softgen.attention(q, k, v, algorithm="three-phase", **kw)
-        assert np.array_equal(np.isnan(o), np.isnan(o3))
-        assert np.allclose(o, o3, rtol=1e-5, atol=1e-6, equal_nan=True)
-        for t in (2, 3):
-            assert np.array_equal(softgen.attention(q, k, v, threads=t, **kw), o, equal_nan=True)
+    kw = dict(normalizer="topk_softmax", top_k=16, causal=True, mask=m, kv_lengths=np.array([70, 33]), scale=SCALE)
+    o = softgen.attention(q, k, v, threads=1, **kw)
+    o3 = softgen.attention(q, k, v, algorithm="three-phase", **kw)
+    assert np.array_equal(np.isnan(o), np.isnan(o3))
+    assert np.allclose(o, o3, rtol=1e-5, atol=1e-6, equal_nan=True)
+    for t in (2, 3):
+        assert np.array_equal(softgen.attention(q, k, v, threads=t, **kw), o, equal_nan=True)
     z = softgen.attention(q, k, v, masked_rows="zero", **kw)
     assert (z[..., 0, :] == 0).all() and np.array_equal(z[..., 1:, :], o[..., 1:, :], equal_nan=True)
 
