@@ -190,3 +190,5 @@ def test_forms_explain_abi_and_tvm():
     with pytest.raises(softgen.UsageError, match="no streaming attention form"):
         autotable.attention_algorithm(tvm, mp, "streaming", None)
     assert "score tile" in scratch_doc(build(100)) and "score tile" not in scratch_doc(k)
+    with pytest.raises(softgen.UsageError, match="smaller br"):   # the network's state is on the stack
+        build(HOST.topk_network_max_k, schedule={"br": 4096, "bc": 1})

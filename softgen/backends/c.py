@@ -196,6 +196,9 @@ class RadixTopKRed(Reduction):
         return [f"sg_topk_radix(x, n, {self.k}, &{res[0]}, &{res[1]}, &{res[2]}, &{res[3]});"]
 
 
+TOPK_STATE_MAX = 1 << 20   # bytes of streaming top-k's per-row network state on the stack (br rows)
+
+
 def topk_stream(ph: AttentionPhase, t: Target) -> dict | None:
     """Streaming top-k attention's selection C (``templates/attention.c.j2``): for k up to the
     target's ``topk_network_max_k`` the row op's insertion network (``TopKRed``: its update over a
@@ -206,6 +209,9 @@ def topk_stream(ph: AttentionPhase, t: Target) -> dict | None:
     k = ph.top_k
     if k > t.topk_network_max_k:
         return {"radix": True, "k": k}
+    if ph.br * k * t.lanes * 8 > TOPK_STATE_MAX:
+        raise UsageError(f"top-k attention: br = {ph.br} query rows x top_k = {k} places x {t.lanes} lanes of (key, "
+                         f"index) state exceed {TOPK_STATE_MAX // 1024} KiB of stack: take a smaller br")
     red, e = TopKRed(0, k, t.lanes), CEmit()
     st = {f"{f}{i}": f"tk{f}{i}" for f in "vj" for i in range(k)}
     red.update(e, st, [("x", "xj")])
