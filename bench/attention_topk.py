@@ -12,7 +12,8 @@ op's selection, dense P V; "torch composition": QK^T, torch.topk, softmax, a gat
 rows, a matmul (one head at a time: the gathered V of all heads is B*H*L*k*d floats, 2 GiB at
 L = 4096, k = 256). Each implementation is checked against the torch composition first (max |diff|;
 random inputs: a near tie at the k-th score may keep another key, so a large |diff| on few rows
-is not an error). "x torch": the composition's time over the row's.
+is not an error). "x torch": the composition's time over the row's; "cpu ms": the least thread
+CPU time of ``--cpu-rounds`` interleaved calls (less noisy than wall time on a loaded machine).
 
 Memory (``--rss``, Lq = Lk = L, ``--rss-bh`` heads, k the first of ``--topk``): one fresh process
 per implementation, each calling it once on one thread: the call's peak RSS above the RSS before
@@ -25,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import single_threaded, time_interleaved, torch_one_thread  # noqa: E402
@@ -47,6 +49,18 @@ def torch_topk_attention(torch, q, k, v, top_k: int):
         p = torch.softmax(val, dim=-1)
         out[h] = (p.unsqueeze(-2) @ v[h][idx]).squeeze(-2)
     return out
+
+
+def cpu_times(variants: dict, rounds: int) -> dict:
+    """The least thread CPU time of each variant over ``rounds`` interleaved calls: on a loaded
+    machine less noisy than wall time (a call waiting for a core is not charged); one thread only."""
+    best = {name: float("inf") for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            t0 = time.thread_time()
+            fn()
+            best[name] = min(best[name], time.thread_time() - t0)
+    return best
 
 
 def kernel(alg: str, d: int, top_k: int):
@@ -109,6 +123,7 @@ def main(argv=None) -> None:
     ap.add_argument("--bh", type=int, default=8, help="batch x heads")
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape")
+    ap.add_argument("--cpu-rounds", type=int, default=5, help="interleaved calls of the thread CPU time column")
     ap.add_argument("--rss", type=int, nargs="*", default=[8192], help="lengths of the memory measurement")
     ap.add_argument("--rss-bh", type=int, default=1, help="heads of the memory measurement")
     ap.add_argument("--json", help="write the rows here")
@@ -134,17 +149,21 @@ def main(argv=None) -> None:
                     variants[name]()
                     errs[name] = float(np.abs(out - want).max())
             t = time_interleaved(variants, budget=a.budget, min_rounds=3, max_rounds=10)
-            tt = t.get("torch composition")
+            cpu = cpu_times(variants, a.cpu_rounds)
+            tt, ct = t.get("torch composition"), cpu.get("torch composition")
             for name, tm in t.items():
                 rows.append({"L": L, "top_k": kk, "impl": name, "ms": tm.median * 1e3, "spread": tm.spread,
-                             "vs_torch": tt.median / tm.median if tt else None, "max_abs_diff": errs.get(name)})
-    hdr = f"{'L':>6} {'top_k':>5}  {'impl':<20} {'ms':>9} {'IQR':>6} {'x torch':>8} {'|diff|':>9}"
+                             "vs_torch": tt.median / tm.median if tt else None, "cpu_ms": cpu[name] * 1e3,
+                             "cpu_vs_torch": ct / cpu[name] if ct else None, "max_abs_diff": errs.get(name)})
+    hdr = f"{'L':>6} {'top_k':>5}  {'impl':<20} {'ms':>9} {'IQR':>6} {'x torch':>8} {'cpu ms':>9} {'x torch':>8} {'|diff|':>9}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         vt = f"{r['vs_torch']:.2f}" if r["vs_torch"] else "-"
+        ct = f"{r['cpu_vs_torch']:.2f}" if r["cpu_vs_torch"] else "-"
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
-        print(f"{r['L']:>6} {r['top_k']:>5}  {r['impl']:<20} {r['ms']:>9.2f} {r['spread']:>6.1%} {vt:>8} {df:>9}")
+        print(f"{r['L']:>6} {r['top_k']:>5}  {r['impl']:<20} {r['ms']:>9.2f} {r['spread']:>6.1%} {vt:>8} "
+              f"{r['cpu_ms']:>9.2f} {ct:>8} {df:>9}")
     mem = rss(a.rss, a.rss_bh, a.d, a.topk[0], torch is not None) if a.rss else []
     if a.json:
         from common import machine_info
