@@ -3,7 +3,7 @@
 
     python bench/attention.py [--lengths 256 1024 4096] [--bh 8] [--d 64] [--decode 4096] [--threads 1 2]
                               [--rss 8192] [--rss-bh 1] [--backend c tvm] [--json F]
-                              [--normalizers softplus_l1 lssa lssar]
+                              [--normalizers softplus_l1 lssa lssar [--no-torch]]
 
 B*H = 8 heads of d = 64, Lq = Lk = L in {256, 1024, 4096}, causal and not, and decoding (Lq = 1
 against Lk = 4096). GFLOP/s count 4 Lq Lk d (QK^T and PV; causal: the visible half, 2 L (L + 1) d)
@@ -26,9 +26,10 @@ torch composition (Q K^T, softmax, . V) holds two L x L matrices; SDPA's CPU ker
 
 ``--normalizers``: instead, those normalizers (softplus_l1, lssa, lssar) on the same shapes, one
 thread: softgen's kernel (auto: the form it builds today), softgen's softmax attention on the same
-shape ("/ softmax": time over softmax's; the issue aims at <= 1.3) and, with torch, the same
-formula composed of torch ops (QK^T, the normalizer, @V; "x torch": its time over softgen's, the
-issue aims at >= 5), each checked against the composition first.
+shape ("/ softmax": time over softmax's; the issue aims at <= 1.3) and, with torch (unless
+``--no-torch``), the same formula composed of torch ops (QK^T, the normalizer, @V; "x torch": its
+time over softgen's, the issue aims at >= 5), each checked against the composition first. The
+decoding row (``--decode``: Lq = 1, causal) is the KV-cache step.
 """
 from __future__ import annotations
 
@@ -136,6 +137,8 @@ def main(argv=None) -> None:
     ap.add_argument("--backend", nargs="+", default=["c"], choices=["c", "tvm"], help="softgen backends")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--normalizers", nargs="+", choices=list(COMPOSED), help="bench these normalizers instead")
+    ap.add_argument("--no-torch", action="store_true",
+                    help="--normalizers: skip the torch compositions (L = 4096: L x L matrices per head)")
     a = ap.parse_args(argv)
     if a.normalizers:
         return normalizers(a)
@@ -259,7 +262,7 @@ COMPOSED = {"softplus_l1": _softplus_l1_torch, "lssa": _lssa_torch, "lssar": _ls
 
 def normalizers(a) -> None:
     """The --normalizers table (one thread)."""
-    torch = torch_one_thread("no torch compositions")
+    torch = None if a.no_torch else torch_one_thread("no torch compositions")
     rng = np.random.default_rng(0)
     shapes = [(L, L, c) for L in a.lengths for c in (False, True)] + ([(1, a.decode, True)] if a.decode else [])
     soft = {c: softgen.compile("attention", head_dim=a.d, causal=c) for c in (False, True)}

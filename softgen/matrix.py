@@ -240,7 +240,8 @@ class AttentionPhase(Phase):
     "softplus_l1" (as stablemax; rows whose largest kept score is below SOFTPLUS_TINY get a second
     pass over the keys weighted e^(S - max S)) or "lssa" (as stablemax on cosines times
     log(d) log(N_i): q and k are normalised in the kernel, N_i counted per row first) or "lssar"
-    (lssa's l_i in a first pass over the keys, then R with a running max, rescaled by (r / r')^p))
+    (lssa's weights P, their sum l_i and max in a first pass over the keys, P kept per row; then R
+    from P, its max known from max P: no rescaling)
     or "topk_softmax" (``top_k``, ``renormalize``: a running top-k per row over the key blocks, then
     the softmax over the kept scores and k gathers of V rows; no accumulator per block)."""
     q: str
@@ -282,8 +283,8 @@ class AttentionPhase(Phase):
         state = "m, l and a {} x dv accumulator, rescaled by e^(m - m')" if self.normalizer == "softmax" else \
             "l and a {} x dv accumulator, no rescaling"
         if self.normalizer == "lssar":
-            state = ("l (a first pass over the keys), then the running max r of R, the sum and a {} x dv "
-                     "accumulator rescaled by (r / r')^p")
+            state = ("l and max P (a first pass over the keys, P kept in {} rows of Lk), then (R / max R)^p from "
+                     "P (max R from max P): the sum and a {} x dv accumulator, no rescaling")
         if self.normalizer == "softplus_l1":
             state += "; rows whose largest kept score is below SOFTPLUS_TINY: a second pass weighted e^(S - max S)"
         if self.normalizer == "topk_softmax":
@@ -293,7 +294,7 @@ class AttentionPhase(Phase):
                      f"{self.top_k} gathers of {self.v} rows")
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
                 f"@ {self.v}: query blocks of {self.br} rows x key blocks of {self.bc}; per row "
-                + state.format(self.br))
+                + state.format(self.br, self.br))
 
 
 @dataclass

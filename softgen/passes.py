@@ -722,8 +722,8 @@ def stream_attention(mp, br: int, bc: int):
     state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \
         if normalizer == "softmax" else f"{normalizer} state l per row and the accumulator, no rescaling"
     if normalizer == "lssar":
-        state = "two passes over the keys: l per row, then the running max r of R, the sum and the accumulator " \
-                "rescaled by (r / r')^p"
+        state = "two passes: l and max P per row over the keys (P kept per row), then (R / max R)^p from P, " \
+                "the sum and the accumulator, no rescaling"
     if normalizer == "topk_softmax":
         ph = out.phases[0]
         state = (f"a running top-{ph.top_k} selection per row (the row op's insertion network, or radix select over "

@@ -263,6 +263,51 @@ def test_streaming_neon_under_qemu(norm_):
         check(k, *c[:3], o, c[3])
 
 
+def _decode_inputs(lq, lk=150, d=49, dv=7):
+    """GQA (4 query heads on 2 kv heads), d = 49 (the dot products' two-vector, one-vector and
+    tail loops on avx512), keys and queries of huge and tiny norms (q . k would over- or underflow
+    in float32: those scores are taken from the unit vectors) and one zero key (NaN where kept)."""
+    q, kk, v = f32(2, 4, lq, d), f32(2, 2, lk, d), f32(2, 2, lk, dv)
+    kk[0, 0, 5] *= 1e25
+    kk[1, 1, 7] *= 1e-25
+    kk[0, 1, 9] *= 1e30
+    q[0, 0, -1] *= 1e20
+    q[1, 2, 0] *= 1e-20
+    kk[1, 0, 50] = 0.0             # a zero key: cosine NaN, so every row keeping it is NaN
+    return q, kk, v
+
+
+@pytest.mark.parametrize("norm_, extra", [("lssa", {}), ("lssar", {}), ("lssar", {"p": 2.5})],
+                         ids=["lssa", "lssar-p15", "lssar-p2.5"])
+def test_decoding_gqa_kv_lengths_and_extreme_norms(norm_, extra):
+    """Lq <= 16 (decoding: dot products over K's rows, 1 / |k_j| from the same loads, no K^T) with
+    the default blocks, GQA, kv_lengths, causal: the oracle's values; the last query row decoded alone
+    equals that row of a prefill call (Lq > 16: unit keys in K^T) to float32 rounding. lssar: p = 15
+    (repeated squaring) and p = 2.5 (e^(p log x))."""
+    lens = np.array([150, 77])
+    for lq in (1, 3):
+        q, kk, v = _decode_inputs(lq)
+        kw = dict(normalizer=norm_, causal=True, kv_lengths=lens, **extra)
+        o = softgen.attention(q, kk, v, threads=1, **kw)
+        r = ref.attention(q, kk, v, **kw)
+        nan = np.isnan(r)
+        assert np.array_equal(np.isnan(o), nan) and nan[1, :2].all() and not nan[0].any()
+        np.testing.assert_allclose(o[~nan], r[~nan], rtol=2e-4, atol=2e-5)
+    qp = f32(2, 4, 40, 49)
+    qp[..., -1, :] = q[..., -1, :]
+    kw = dict(normalizer=norm_, causal=True, **extra)
+    prefill = softgen.attention(qp, kk, v, **kw)[..., -1:, :]
+    decode = softgen.attention(q[..., -1:, :], kk, v, **kw)
+    nan = np.isnan(prefill)
+    assert np.array_equal(np.isnan(decode), nan) and nan[1, :2].all()
+    tol = 1e-3 if norm_ == "lssar" else 1e-5   # lssar: p amplifies float32 rounding near R = 0
+    np.testing.assert_allclose(decode[~nan], prefill[~nan], rtol=tol, atol=tol)
+    if norm_ == "lssar":   # equal keys (uniform attention) past the offset-free rows: R = 0, O = 0
+        for lq in (5, 20):
+            o = softgen.attention(f32(1, 1, lq, 49), np.repeat(f32(1, 1, 1, 49), 40, axis=2), f32(1, 1, 40, 7), **kw)
+            assert (o == 0).all()
+
+
 # -- the front door -------------------------------------------------------------------------------
 
 def test_api_gqa_masks_lengths_and_params():

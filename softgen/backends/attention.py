@@ -13,8 +13,9 @@ accumulates four keys per pass over each output row, vectorised over dv, straigh
 (the Br x dv accumulator is o itself: no allocation). softmax (online rescaling), stablemax and
 softplus_l1 (no rescaling; softplus_l1's rows whose largest kept score is below ``SOFTPLUS_TINY``
 take a second pass over the key blocks weighted e^(S - max S), as the three-phase form) and lssa
-(no rescaling; 1/|q_i| per row, unit keys in kt, N_i per row before its key blocks) and lssar
-(lssa's scores, two passes over K, the power re-weighting rescaled by (r / r')^p) stream; the
+(no rescaling; 1/|q_i| per row, unit keys in kt, or decoding 1/|k_j| from the dot products' loads;
+N_i per row before its key blocks) and lssar (lssa's weights P kept per row of the query block in a
+first pass over K, with their sum and max; then (R / max R)^p from P, no rescaling) stream; the
 template's ``normalize_block`` macro holds each normalizer's per-block math.
 
 The threaded entry ``__all`` implements the explicit-stride ABI (``abi.ATTENTION``): heads and
@@ -76,8 +77,10 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
         mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
-        normalizer=ph.normalizer, tasks=tasks, topk=topk, renorm=ph.renormalize, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
-        params=abi.param_list() if abi is not None else "", max_n=abi.max_n if abi is not None else None, strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
+        normalizer=ph.normalizer, cosine=ph.normalizer in ("lssa", "lssar"), tasks=tasks, topk=topk, renorm=ph.renormalize,
+        qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
+        params=abi.param_list() if abi is not None else "", max_n=abi.max_n if abi is not None else None,
+        strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
         log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,
         **(_lssar(ph.program.params) if ph.normalizer == "lssar" else {}))
 
