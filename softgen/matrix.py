@@ -274,8 +274,8 @@ class AttentionPhase(Phase):
         above the target's insertion network (``network_max_k``) keeps a score tile per task."""
         if self.normalizer != "topk_softmax" or self.top_k <= network_max_k:
             return ""
-        return (f"top-k attention (top_k {self.top_k} > {network_max_k}: radix select): per task (query chunk) a "
-                f"{self.br} x lk score tile and min(top_k, lk) kept (float32 key, int64 index) pairs; no lq x lk matrix")
+        return (f"a {self.br} x lk float32 score tile per (batch, head, query chunk) task (top-k attention, top_k "
+                f"{self.top_k} > {network_max_k}: radix select; no lq x lk matrix)")
 
     def describe(self) -> str:
         mask = (" + " if self.mask_kind == "additive" else " keep ") + self.mask if self.mask else ""
