@@ -82,7 +82,8 @@ EOVERFLOW = ErrorCode(3, "EOVERFLOW", "rows * stride does not fit in the address
 ETOOLONG = ErrorCode(4, "ETOOLONG", "a row is longer than {max_n} elements: element indices are float32 in the kernel",
                      f"rows longer than {INDEX_MAX_N} elements (the kernel indexes elements in float32)",
                      ValueError, _ROWS | _MATRIX,
-                     docs={GENERAL: "a row or column index exceeds {max_n}: indices are float32 in the kernel"})
+                     docs={GENERAL: "a row or column index exceeds {max_n}: indices are float32 in the kernel",
+                           ATTENTION: "lk exceeds {max_n} (top-k attention: key indices are float32 in the kernel)"})
 EMATRIX = ErrorCode(5, "EMATRIX", "m is 0 or does not divide rows",
                    "the rows are not a whole number of matrices (attention: hkv is 0 or does not divide hq; "
                    "Sinkhorn/SOFT: kv_lengths or lse given, or a tied SOFT kernel's lk != lq)",
@@ -171,9 +172,11 @@ class KernelABI:
     mask: str | None = None        # ATTENTION: the mask's kind, "additive" (float) or "bool" (uint8), or None
 
     @classmethod
-    def attention(cls, inputs: Matrices, outputs: Matrices, dims, mask: str | None) -> "KernelABI":
-        """The streaming attention entry (``ATTENTION``): every dimension and stride explicit."""
-        return cls(ATTENTION, inputs, outputs, tuple(dims), threads=True, mask=mask)
+    def attention(cls, inputs: Matrices, outputs: Matrices, dims, mask: str | None,
+                  max_n: int | None = None) -> "KernelABI":
+        """The streaming attention entry (``ATTENTION``): every dimension and stride explicit;
+        ``max_n``: the longest lk (top-k attention indexes keys in float32)."""
+        return cls(ATTENTION, inputs, outputs, tuple(dims), threads=True, mask=mask, max_n=max_n)
 
     @classmethod
     def row(cls, row_params=(), max_n: int | None = None) -> "KernelABI":

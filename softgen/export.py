@@ -15,6 +15,7 @@ import numpy as np
 from ._version import __version__
 from .abi import ECPU, ETHREADS, SELECTED
 from .errors import SoftgenError, UsageError
+from .matrix import AttentionPhase
 from .ops import get_op
 from .render import env
 from .runtime import build_shared, build_static, compiler_for, flags_for
@@ -35,7 +36,9 @@ def scratch_doc(k) -> str:
     vecs = mp.vector_dims()
     parts = [f"{len(vecs)} vector(s) of " + ", ".join(sorted(set(vecs.values()))) + " floats"] if vecs else []
     parts += [f"{nm}: {r} x {c}" for nm, (r, c) in mp.scratch_mats.items()]
-    return "; ".join(parts) + " floats" * bool(mp.scratch_mats) if parts else "nothing"
+    tiles = [t for ph in mp.leaves() if isinstance(ph, AttentionPhase) and (t := ph.scratch(k.target.topk_network_max_k))]
+    text = "; ".join(parts) + " floats" * bool(mp.scratch_mats) if parts else ""
+    return "; ".join([text] * bool(text) + tiles) or "nothing"
 
 
 def attention_tile_doc(k) -> str:
@@ -169,6 +172,7 @@ def export(k, directory, name: str | None = None, cc: str | None = None, *, stat
         **({"arguments": k.abi.arg_docs(), "abi_style": k.abi.style} if k.matrix else {}),
         "row_params": {rp: get_op(k.op).row_param_doc(rp) for rp in k.row_params},
         "errors": {str(c): doc for c, (_, doc) in errors.items()},
+        **({"scratch": scratch_doc(k)} if k.matrix else {}),
         **({"threads": {"symbol": f"{k.name}_mt", "abi": kabi.mt_signature(k.name),
                         "doc": "the entry with a thread count last: 0 auto, N at most N threads "
                                f"({'the batch of matrices (streaming attention: its (matrix, query chunk) tasks)' if k.matrix else 'rows'} "

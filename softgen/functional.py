@@ -149,13 +149,14 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     kernel as ``reference.soft_landmarks_avgpool`` does, or the (..., m, d) landmarks; no causal, mask
     or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
-    the normalizer and backend stream: softmax, stablemax, softplus_l1, lssa, lssar on C; softmax,
+    the normalizer and backend stream: softmax, stablemax, softplus_l1, lssa, lssar, topk_softmax on C; softmax,
     stablemax on TVM), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
     ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
     form: batch x heads x query chunks) split across the library's thread pool; results do not
     depend on it. ``return_lse``: (o, lse), lse (..., Hq, Lq) the per-row log-sum-exp of the
-    masked scaled scores (softmax; stablemax, softplus_l1, lssa, lssar: the log of the row's weights' sum; -inf
+    masked scaled scores (softmax; stablemax, softplus_l1, lssa, lssar: the log of the row's weights' sum;
+    topk_softmax: of its weights' normaliser, the kept scores' log-sum-exp (renormalize=0: the row's); -inf
     for a fully masked row; the streaming form only).
     NumPy arrays or torch tensors (and other DLPack arrays): results in the caller's type.
 

@@ -243,7 +243,9 @@ class AttentionPhase(Phase):
     pass over the keys weighted e^(S - max S)) or "lssa" (as stablemax on cosines times
     log(d) log(N_i): q and k are normalised in the kernel, N_i counted per row first) or "lssar"
     (lssa's weights P, their sum l_i and max in a first pass over the keys, P kept per row; then R
-    from P, its max known from max P: no rescaling).
+    from P, its max known from max P: no rescaling)
+    or "topk_softmax" (``top_k``, ``renormalize``: a running top-k per row over the key blocks, then
+    the softmax over the kept scores and k gathers of V rows; no accumulator per block).
     ``wide`` (softmax only, else 0): a query block whose keys number at most ``wide`` takes them
     all as one block: a br x wide score tile, exact two-pass softmax (max; exp and sum; P V), no
     rescale, o written once; 0: always key blocks of ``bc``."""
@@ -260,6 +262,8 @@ class AttentionPhase(Phase):
     bc: int = 64
     mask_kind: str = "additive"
     wide: int = 0
+    top_k: int = 0
+    renormalize: bool = True
     kind = "attention"
 
     def matrices_read(self) -> set[str]:
@@ -271,6 +275,14 @@ class AttentionPhase(Phase):
     def traffic(self, plan) -> tuple[int, int, int, int]:
         return 0, 0, 1, 1     # one sweep over the keys, one exp per score; its flops are the two GEMMs'
 
+    def scratch(self, network_max_k: int) -> str:
+        """What the phase allocates beyond K^T, for the header and manifest ("" if nothing): top-k
+        above the target's insertion network (``network_max_k``) keeps a score tile per task."""
+        if self.normalizer != "topk_softmax" or self.top_k <= network_max_k:
+            return ""
+        return (f"a {self.br} x lk float32 score tile per (batch, head, query chunk) task (top-k attention, top_k "
+                f"{self.top_k} > {network_max_k}: radix select; no lq x lk matrix)")
+
     def describe(self) -> str:
         mask = (" + " if self.mask_kind == "additive" else " keep ") + self.mask if self.mask else ""
         masks = "".join([mask, ", causal" if self.causal else ""])
@@ -281,6 +293,11 @@ class AttentionPhase(Phase):
                      "P (max R from max P): the sum and a {} x dv accumulator, no rescaling")
         if self.normalizer == "softplus_l1":
             state += "; rows whose largest kept score is below SOFTPLUS_TINY: a second pass weighted e^(S - max S)"
+        if self.normalizer == "topk_softmax":
+            state = (f"a running top-{self.top_k} (key, index) selection"
+                     + ("" if self.renormalize else " and the full row's m, l") + ", then the softmax over the kept "
+                     f"scores ({'renormalized' if self.renormalize else 'full-row probabilities'}) and "
+                     f"{self.top_k} gathers of {self.v} rows")
         wide = (f"; a query block with at most {self.wide} keys takes them as one block (single-block mode: a "
                 f"{self.br} x {self.wide} score tile, exact two-pass softmax, no rescale)") if self.wide else ""
         return (f"attention (streaming) {self.o} = {self.normalizer}({self.scale!r} * {self.q} @ {self.k}^T{masks}) "
@@ -486,7 +503,8 @@ class MatrixProgram:
         ph = self.attention_tasks()
         dims = tuple(d for d in self.dims if d not in self.fixed_dims)
         if ph is not None:   # streaming attention: explicit heads and strides (abi.ATTENTION)
-            return KernelABI.attention(ins, outs, dims, ph.mask_kind if ph.mask else None)
+            return KernelABI.attention(ins, outs, dims, ph.mask_kind if ph.mask else None,
+                                       max_n=INDEX_MAX_N if ph.normalizer == "topk_softmax" else None)
         if self.strided:     # the same entry for a form that is not streaming (ETOOLONG: indexed dims)
             indexed = [d for d in self.index_dims() if d not in self.fixed_dims]
             return replace(KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None),

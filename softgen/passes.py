@@ -656,7 +656,7 @@ def _softmax_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
-STREAMING_NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar")
+STREAMING_NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax")
 
 
 def _stablemax_rows(p: Program) -> bool:
@@ -681,7 +681,21 @@ def _streaming_rows(mp, p: Program) -> bool:
     streaming phase computes (softmax: online rescaling; stablemax, softplus_l1: no rescaling)."""
     normalizer = mp.params.get("normalizer", "softmax")
     return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p)) \
-        or (normalizer == "softplus_l1" and _softplus_l1_rows(p)) or (normalizer in ("lssa", "lssar") and _lssa_rows(p, normalizer == "lssar"))
+        or (normalizer == "softplus_l1" and _softplus_l1_rows(p)) or (normalizer in ("lssa", "lssar") and _lssa_rows(p, normalizer == "lssar")) \
+        or (normalizer == "topk_softmax" and _topk_rows(p))
+
+
+def _topk_rows(p: Program) -> bool:
+    """Whether rows program ``p`` is top-k attention's selection as ``ops.attention`` builds it:
+    one reduce_topk (the row op's selection) and a dense output of its weights."""
+    return len(p.nodes("reduce_topk")) == 1 and p.op(p.output()) == "output"
+
+
+def _mask_rows(p: Program) -> bool:
+    """Whether rows program ``p`` only masks the scores (no reduction): top-k attention's first
+    rows phase, writing the masked scores back to S for the selection to read."""
+    return not any(p.kind(v) in ("reduce", "colreduce", "mreduce", "emit") for v in p.nodes()) \
+        and p.op(p.output()) == "output"
 
 
 def _lssa_rows(p: Program, lssar: bool = False) -> bool:
@@ -706,10 +720,16 @@ def attention_form(mp, softmax_rows: bool = True):
     # lssa's prologue (q and k to unit rows) streams: the kernel normalises them itself
     if prologue and softmax_rows and mp.params.get("normalizer") not in ("lssa", "lssar"):
         return None
+    # top-k's masks: a rows phase writing the masked scores to S before the selection reads them
+    if len(ph) == 4 and mp.params.get("normalizer") == "topk_softmax" and isinstance(ph[1], RowsPhase) \
+            and ph[1].over == ph[1].into and _mask_rows(ph[1].program) and len(ph[1].program.matrices()) <= 1:
+        ph = [ph[0]] + ph[2:]
     if len(ph) != 3 or not (isinstance(ph[0], MatMulPhase) and isinstance(ph[1], RowsPhase)
                             and isinstance(ph[2], MatMulPhase)):
         return None
     a, r, b = ph
+    if r.over != ph[0].mm.dst:
+        return None
     s = a.mm.dst
     if not (a.mm.layout == "nt" and a.mm.beta == 0.0 and a.mm.epilogue is None and mp.role(s) == "scratch"
             and r.over == r.into == s and b.mm.layout == "nn" and b.mm.a == s and b.mm.beta == 0.0
@@ -726,6 +746,14 @@ def streamable(mp) -> str:
         f"not the three-phase attention form (S = a Q K^T; a masked {'/'.join(STREAMING_NORMALIZERS)} over S; O = S V)"
 
 
+def _topk_fields(mp, p: Program) -> dict:
+    """top-k attention's AttentionPhase fields: k (the rows program's reduce_topk) and renormalize."""
+    if mp.params.get("normalizer") != "topk_softmax":
+        return {}
+    return {"top_k": int(p.attrs(p.nodes("reduce_topk")[0])["k"]),
+            "renormalize": mp.params.get("renormalize") in (None, 1)}
+
+
 def stream_attention(mp, br: int, bc: int, wide: int = 0):
     """Rewrite the three-phase attention form into one ``AttentionPhase`` (online softmax, or
     StableMax without rescaling, over key blocks of ``bc``, query blocks of ``br``; docs/ops.md §3,
@@ -740,23 +768,29 @@ def stream_attention(mp, br: int, bc: int, wide: int = 0):
     p = r.program
     out = mp.like()
     del out.scratch_mats[a.mm.dst]
-    mask = (p.matrices() or [None])[0]
+    # the mask: the normalizer's rows program's matrow (top-k: its masking rows phase's)
+    mask = next(iter(m for ph in mp.phases if isinstance(ph, RowsPhase) for m in ph.program.matrices()), None)
     normalizer = mp.params.get("normalizer", "softmax")
     wide = wide if normalizer == "softmax" else 0
     qk = {}
-    for ph in mp.phases[:-3]:   # lssa's prologue: its unit q and k rows, formed in the kernel instead
+    for ph in mp.phases[:mp.phases.index(a)]:   # lssa's prologue: its unit q and k rows, formed in the kernel instead
         qk[ph.into] = ph.over
         del out.scratch_mats[ph.into]
     # causal: the op's flag (lssar's rows program reads row_index for O_i whether causal or not)
     out.phases = [AttentionPhase(q=qk.get(a.mm.a, a.mm.a), k=qk.get(a.mm.b, a.mm.b), v=b.mm.b, o=b.mm.dst, scale=a.mm.alpha, program=p,
                                  causal=bool(mp.params.get("causal", p.nodes("row_index"))), mask=mask, br=br, bc=bc, normalizer=normalizer,
                                  mask_kind="bool" if mp.params.get("mask") == "bool" else "additive",
-                                 wide=wide)]
+                                  wide=wide, **_topk_fields(mp, p))]
     state = "online softmax state m, l per row, the accumulator rescaled by e^(m - m')" \
         if normalizer == "softmax" else f"{normalizer} state l per row and the accumulator, no rescaling"
     if normalizer == "lssar":
         state = "two passes: l and max P per row over the keys (P kept per row), then (R / max R)^p from P, " \
                 "the sum and the accumulator, no rescaling"
+    if normalizer == "topk_softmax":
+        ph = out.phases[0]
+        state = (f"a running top-{ph.top_k} selection per row (the row op's insertion network, or radix select over "
+                 f"a {br} x lk score tile above the target's topk_network_max_k), then the softmax over the kept "
+                 f"scores and {ph.top_k} gathers of {ph.v} rows")
     out.notes = mp.notes + [f"streaming: 3 phases (S = {a.mm.alpha!r} {a.mm.a} {a.mm.b}^T; masked {normalizer} rows; "
                             f"{b.mm.dst} = S {b.mm.b}) -> 1 attention phase over key blocks of {bc} "
                             f"(query blocks of {br}): {state}; no {mp.shape(a.mm.dst)[0]} x {mp.shape(a.mm.dst)[1]} scratch"

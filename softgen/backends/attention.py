@@ -55,7 +55,8 @@ def score_rows(vector_registers: int) -> int:
 
 
 def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16,
-                       abi: KernelABI | None = None, tvm: bool = False, shifted_exp: bool = False) -> str:
+                       abi: KernelABI | None = None, tvm: bool = False, shifted_exp: bool = False,
+                       topk: dict | None = None) -> str:
     """The C function ``fname(lq, lk, klen, d, dv, q, ldq, k, ldk, v, ldv[, mask, msr, msc], o, ldo,
     lse, lsr, r0, r1, kt)`` (query rows [r0, r1) of one (batch, head) matrix); ``tasks``: also
     ``fname__all(<the parameters of abi, an abi.ATTENTION>, threads)``: the checks of the
@@ -63,20 +64,27 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
     ``tvm``: ``fname`` only calls ``fname__tvm``, TVM's compiled phase (``backends.tvm_attention``);
     the checks and the tasks stay these (no K transpose: TVM's function reads K's rows).
     ``shifted_exp``: vmath has sg_exp_shifted (``render.scaled_exp``), which the single-block mode's
-    e^(S - max S) uses (its row sums are >= 1)."""
+    e^(S - max S) uses (its row sums are >= 1).
+    ``topk``: top-k attention's selection (``backends.c.topk_stream``: the insertion network's C,
+    written once in ``c.TopKRed``, or radix select over a br x lk score tile)."""
     if ph.normalizer not in STREAMING_NORMALIZERS:
         raise BuildError(f"the C backend streams attention with {', '.join(STREAMING_NORMALIZERS)}, "
                          f"not {ph.normalizer!r}")
     if tasks and (abi is None or abi.kind != ATTENTION):
         raise BuildError(f"{fname}: the threaded form needs the attention ABI (abi.ATTENTION)")
+    if (ph.normalizer == "topk_softmax") != (topk is not None) or (topk is not None and tvm):
+        raise BuildError(f"{fname}: streaming top-k attention is the C backend's, with its selection (topk=)")
     comment = (f"{fname}: {ph.describe()}. Causal blocks entirely above the bottom-right diagonal are skipped, "
                f"the diagonal block masked as its scores are formed." if ph.causal else f"{fname}: {ph.describe()}.")
     strides = [] if abi is None else [nm for t, nm in abi.params() if t == "ptrdiff_t"]
     return env().get_template("attention.c.j2").render(
         fname=fname, comment=comment, br=ph.br, bc=ph.bc, scale=flit(ph.scale), causal=ph.causal,
         mask=ph.mask is not None, mask_kind=ph.mask_kind, mtype="uint8_t" if ph.mask_kind == "bool" else "float",
-        normalizer=ph.normalizer, cosine=ph.normalizer in ("lssa", "lssar"), wide=ph.wide if not tvm else 0, one_exp="sg_exp_shifted" if shifted_exp else "sg_exp_nonpos", tasks=tasks, qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
-        params=abi.param_list() if abi is not None else "", strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
+        normalizer=ph.normalizer, cosine=ph.normalizer in ("lssa", "lssar"), wide=ph.wide if not tvm else 0,
+        one_exp="sg_exp_shifted" if shifted_exp else "sg_exp_nonpos", tasks=tasks, topk=topk, renorm=ph.renormalize,
+        qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
+        params=abi.param_list() if abi is not None else "", max_n=abi.max_n if abi is not None else None,
+        strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
         log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,
         **(_lssar(ph.program.params) if ph.normalizer == "lssar" else {}))
 

@@ -206,6 +206,31 @@ class RadixTopKRed(Reduction):
         return [f"sg_topk_radix(x, n, {self.k}, &{res[0]}, &{res[1]}, &{res[2]}, &{res[3]});"]
 
 
+TOPK_STATE_MAX = 1 << 20   # bytes of streaming top-k's per-row network state on the stack (br rows)
+
+
+def topk_stream(ph: AttentionPhase, t: Target) -> dict | None:
+    """Streaming top-k attention's selection C (``templates/attention.c.j2``): for k up to the
+    target's ``topk_network_max_k`` the row op's insertion network (``TopKRed``: its update over a
+    block's score vectors, state kept per query row across key blocks; its lane merge at the row's
+    end), else {"radix": True} (a score tile and ``sg_topk_radix``); None for other normalizers."""
+    if ph.normalizer != "topk_softmax":
+        return None
+    k = ph.top_k
+    if k > t.topk_network_max_k:
+        return {"radix": True, "k": k}
+    if ph.br * k * t.lanes * 8 > TOPK_STATE_MAX:
+        raise UsageError(f"top-k attention: br = {ph.br} query rows x top_k = {k} places x {t.lanes} lanes of (key, "
+                         f"index) state exceed {TOPK_STATE_MAX // 1024} KiB of stack: take a smaller br")
+    red, e = TopKRed(0, k, t.lanes), CEmit()
+    st = {f"{f}{i}": f"tk{f}{i}" for f in "vj" for i in range(k)}
+    red.update(e, st, [("x", "xj")])
+    acc = {f"{f}{i}": f"V_LOAD(tk_{f}[r] + {i} * SG_LANES)" for f in "vj" for i in range(k)}
+    finish = red.decl() + red.finish_all([acc], ["tk_t", "tk_jt", "tk_m", "tk_d"], None)
+    return {"radix": False, "k": k, "kp": red.kp, "sel": red.sel, "state": list(st.values()),
+            "network": e.lines, "merge": finish}
+
+
 def radix_topk(p: Program, t: Target) -> bool:
     """Whether ``p``'s top-k selections take radix select on target ``t`` (else the network)."""
     return any(p.attrs(r)["k"] > t.topk_network_max_k for r in p.nodes("reduce_topk"))
@@ -891,7 +916,10 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         elif isinstance(ph, AttentionPhase):   # a self-contained C function, beside the GEMMs
             gemms.append(attention_function(ph, f"{name}__attn{k}", tasks=mp.attention_tasks() is ph,
                                             vector_registers=t.vector_registers, abi=mp.abi(),
-                                            shifted_exp=scaled_exp(t)))
+                                            shifted_exp=scaled_exp(t), topk=topk_stream(ph, t)))
+    # the row programs, and streaming top-k attention's selection (its select.h helpers)
+    progs = [p for _, p, _ in mp.programs()] + [ph.program for ph in mp.leaves() if isinstance(ph, AttentionPhase)
+                                                 and ph.normalizer == "topk_softmax"]
     for k, (fname, layout, epi) in matrix_gemms(mp, name).items():
         if fname in done:
             continue
@@ -906,9 +934,8 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {_gemm_text(t, g)}" if gemms else ""),
-        plan_lines=matrix_plan_lines(mp) + [ln for _, p, _ in mp.programs() for ln in _radix_note(p, t)], isa=isa_header(t), vmath=vmath(t=t),
-        helpers=select_helpers(*[p for _, p, _ in mp.programs()],
-                               radix=any(radix_topk(p, t) for _, p, _ in mp.programs())), functions=functions,
+        plan_lines=matrix_plan_lines(mp) + [ln for p in progs for ln in _radix_note(p, t)], isa=isa_header(t), vmath=vmath(t=t),
+        helpers=select_helpers(*progs, radix=any(radix_topk(p, t) for p in progs)), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
         threads=matrix_thread_policy(mp, t),

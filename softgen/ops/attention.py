@@ -18,7 +18,9 @@ Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="z
 Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
 streaming),
 topk_softmax (``top_k=``, ``renormalize=``; three-phase: the rows phase is the row op's selection,
-radix select above the target's topk_network_max_k), sinkhorn (blocked) and soft (its linear global
+radix select above the target's topk_network_max_k; with masks a rows phase writes the masked
+scores to S first; streaming on C: a running selection over key blocks, then k gathers of V),
+sinkhorn (blocked) and soft (its linear global
 form). lssa and lssar (docs/ops.md §5) score with
 cosines: rows phases normalise q and k into scratch matrices before S = Q^ K^T, and the rows phase
 over S scales by log(d) log(N_i), N_i counted from the masks; lssar's O_i comes from the query's
