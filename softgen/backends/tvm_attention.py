@@ -104,7 +104,6 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     W, BRP, BC, NEG_INF = wr.W, wr.BRP, ph.bc, wr.NEG_INF
     norm = ph.normalizer
     cosine = norm in ("lssa", "lssar")
-    two_pass = norm in ("softplus_l1", "lssar")
     big = t.vector_registers >= 32
     NRV = BRP // W                                            # vectors of rows per key
     KG = max(1, min(12 if big else 6, (24 if big else 12) // NRV))   # keys per score tile
@@ -184,7 +183,7 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
                  f"    for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes([f"{sa} = {wr.st('c0 + u')}"]), "        ") + [
                  "    for tq in range(dch):",
                  f"        for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes(
-                     [f"{sa} = {_fma(t, f'K[(j0 + c0 + u) * ldk + t0 + tq]', f'QT[tq * {_i(BRP)} + l]', sa)}"]), "            ") + [
+                     [f"{sa} = {_fma(t, 'K[(j0 + c0 + u) * ldk + t0 + tq]', f'QT[tq * {_i(BRP)} + l]', sa)}"]), "            ") + [
                  f"    for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes([f"{wr.st('c0 + u')} = {sa}"]), "        ")
     ch = [f"for ch in range((d + {_i(DC - 1)}) // {_i(DC)}):",
           f"    t0: T.let[T.int64] = ch * {_i(DC)}",
@@ -249,14 +248,13 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
         # lse = log of the weights' sum: log l, or m + log l for the rows weighted e^(S - m)
         blk += wr.lanes([f"M[l] = T.Select((SH[l] == 0) & (M[l] != {NEG_INF}), T.float32(0), M[l])"])
     elif norm == "lssar":
-        start = wr.lanes([f'IL[l] = T.Select(T.fabs(L[l]) < T.float32("inf"), T.float32(1) / L[l], T.float32("nan"))',
+        start = wr.lanes(['IL[l] = T.Select(T.fabs(L[l]) < T.float32("inf"), T.float32(1) / L[l], T.float32("nan"))',
                           "RR[l] = T.float32(0)", "QS[l] = T.float32(0)"])
         blk += ["for ps in range(2):", "    if ps == 1:"] + _indent(start, "        ") + _indent(kb, "    ")
     else:
         blk += kb
     blk += _finish(wr, norm)
     body += _indent(blk, "    ")
-    assert not two_pass or "ps" in "\n".join(blk)
     return "\n".join(head + _indent(body, "    ")) + "\n"
 
 
@@ -302,7 +300,7 @@ def _cosine_rows(wr: _Writer) -> list[str]:
 def _normalize(wr: _Writer, norm: str) -> list[str]:
     """The normalizer on the block (attention.c.j2's normalize_block), over lanes: P in S^T; per row
     AL, the accumulator's rescale, and LIVE, whether the row has anything to add."""
-    x, f32, NEG_INF = wr.st(), wr.f32, wr.NEG_INF
+    x, NEG_INF = wr.st(), wr.NEG_INF
     one, zero = "T.float32(1)", "T.float32(0)"
     if norm == "softmax":
         # the block's max (a NaN score need not reach it: its exp carries it to l and acc); alpha =
@@ -314,7 +312,7 @@ def _normalize(wr: _Writer, norm: str) -> list[str]:
                 + wr.lanes(al_lines + [f"AL[l] = T.Select(MX[l] == M[l], {one}, {al})",
                                        f"LIVE[l] = T.Select(MX[l] != {NEG_INF}, 1, 0)",
                                        f"SM[l] = T.Select(MX[l] != {NEG_INF}, MX[l], {zero})",
-                                       f"M[l] = MX[l]", f"MX[l] = {zero}"])
+                                       "M[l] = MX[l]", f"MX[l] = {zero}"])
                 + wr.keys(ex_lines + [f"{x} = {ex}", f"MX[l] = MX[l] + {ex}"])
                 + wr.lanes(["L[l] = L[l] * AL[l] + MX[l]"]))
     if norm == "stablemax":   # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0); -inf weighs 0, NaN stays NaN
