@@ -30,6 +30,7 @@ backend's, so both backends' results do not depend on the thread count.
 from __future__ import annotations
 
 import math
+import re
 
 from ..errors import BuildError
 from ..matrix import AttentionPhase
@@ -65,15 +66,19 @@ def _i(n: int) -> str:
 
 
 class _Writer:
-    """The TIR text of one phase function: the target's shapes and the emitter, and the loops the
-    normalizers share (over a block's lanes, over its keys and lanes)."""
+    """The TIR text of one phase function's key blocks in one layout, with the emitter and the loops
+    the normalizers share. ``mode`` "lanes": S^T (BRP rows in lanes, keys in a loop; per-row state
+    in lanes, no horizontal reduction). "keys" (decoding blocks of 1 .. W/8 rows): S row-major, the
+    keys in lanes (padded with -inf to whole vectors), a loop over the rows; the same normalizer
+    text, its per-row accumulations (``amax``, ``asum``) into W partial lanes reduced per row."""
 
-    def __init__(self, ph: AttentionPhase, t: Target, Emit, f32):
-        self.ph, self.t, self.Emit, self.f32 = ph, t, Emit, f32
+    def __init__(self, ph: AttentionPhase, t: Target, Emit, f32, counter: list[int], mode: str = "lanes"):
+        self.ph, self.t, self.Emit, self.f32, self.counter, self.mode = ph, t, Emit, f32, counter, mode
         self.W = t.lanes
         self.BRP = -(-ph.br // self.W) * self.W
-        self.counter = [0]
+        self.BCK = -(-ph.bc // self.W) * self.W
         self.NEG_INF = f32(float("-inf"))
+        self._accs: list[tuple[str, str]] = []
 
     def emit(self, build) -> tuple[list[str], str]:
         """(the let statements, the result) of ``build(e)`` on a fresh ``Emit``."""
@@ -82,15 +87,48 @@ class _Writer:
         return e.lines, r
 
     def lanes(self, body: list[str]) -> list[str]:
-        """``body`` once per lane l of a block (vectorised over the BRP rows)."""
+        """``body`` once per row l of the block (lanes: vectorised over the BRP rows)."""
+        if self.mode == "keys":
+            return ["for r in range(br):"] + _indent([re.sub(r"\bl\b", "r", b) for b in body], "    ")
         head = f"for l in T.vectorized({_i(self.BRP)}):" if self.W > 1 else f"for l in range({_i(self.BRP)}):"
         return [head] + _indent(body, "    ")
 
     def keys(self, body: list[str]) -> list[str]:
-        """``body`` per key c of the block and lane l; ``x`` is S^T[c, l]."""
-        return ["for c in range(bc):"] + _indent(self.lanes(body), "    ")
+        """``body`` per key c of the block and row l; ``x`` (``st()``) is S[l, c]."""
+        if self.mode == "lanes":
+            return ["for c in range(bc):"] + _indent(self.lanes(body), "    ")
+        W, accs, self._accs = self.W, self._accs, []
+        sub = lambda b: re.sub(r"\bl\b", "r", re.sub(r"\bc\b", f"(cv * {_i(W)} + w)", b))  # noqa: E731
+        out = ["for r in range(br):"]
+        for dst, kind in accs:   # max: every lane starts at the row's value; sum: lane 0 does
+            init = f"{dst}[r]" if kind == "max" else f"T.Select(w == T.int64(0), {dst}[r], T.float32(0))"
+            out += [f"    for w in T.vectorized({_i(W)}):", f"        {dst}V[w] = {init}"]
+        out += [f"    for cv in range((bc + {_i(W - 1)}) // {_i(W)}):", f"        for w in T.vectorized({_i(W)}):"]
+        out += _indent([sub(b) for b in body], "            ")
+        for dst, kind in accs:
+            terms = [f"{dst}V[{_i(i)}]" for i in range(W)]
+            while kind == "max" and len(terms) > 1:
+                terms = [f"T.Select({a} > {b}, {a}, {b})" for a, b in zip(terms[::2], terms[1::2])]
+            out += [f"    {dst}[r] = {_tree(terms)}"]
+        return out
+
+    def _acc(self, dst: str, kind: str, expr: str) -> str:
+        if self.mode == "lanes":
+            return f"{dst}[l] = " + expr.replace("{a}", f"{dst}[l]")
+        self._accs.append((dst, kind))
+        return f"{dst}V[w] = " + expr.replace("{a}", f"{dst}V[w]")
+
+    def asum(self, dst: str, v: str) -> str:
+        """The statement dst[l] += v (in a ``keys`` body)."""
+        return self._acc(dst, "sum", f"{{a}} + {v}")
+
+    def amax(self, dst: str, v: str) -> str:
+        """The statement dst[l] = max(dst[l], v), a NaN v dropped (in a ``keys`` body)."""
+        return self._acc(dst, "max", f"T.Select({v} > {{a}}, {v}, {{a}})")
 
     def st(self, c: str = "c", r: str = "l") -> str:
+        if self.mode == "keys":
+            return f"ST[({r}) * {_i(self.BCK)} + ({c})]"
         return f"ST[({c}) * {_i(self.BRP)} + {r}]"
 
 
@@ -100,7 +138,7 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     if ph.normalizer not in NORMALIZERS:
         raise BuildError(f"the TVM backend streams attention with {', '.join(NORMALIZERS)}, "
                          f"not {ph.normalizer!r}")
-    wr = _Writer(ph, t, Emit, f32)
+    wr = _Writer(ph, t, Emit, f32, [0])
     W, BRP, BC, NEG_INF = wr.W, wr.BRP, ph.bc, wr.NEG_INF
     norm = ph.normalizer
     cosine = norm in ("lssa", "lssar")
@@ -127,14 +165,17 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     ]
     if ph.mask:
         head.append(f'    MK = T.decl_buffer((lq * msr + lk * msc + 1,), "{mtype}", data=mask)')
-    local = {"QT": (DC * BRP, "float32"), "ST": (BC * BRP, "float32"), "SA": (KG * BRP, "float32"),
+    decode = W >= 8   # a "keys" layout for blocks of 1 .. W/8 rows
+    local = {"QT": (DC * BRP, "float32"), "ST": (max(BC * BRP, W // 8 * wr.BCK), "float32"), "SA": (KG * BRP, "float32"),
              "M": (BRP, "float32"), "L": (BRP, "float32"), "AL": (BRP, "float32"), "MX": (BRP, "float32"),
              "SM": (BRP, "float32"), "LIVE": (BRP, "int32"), "PS": (4 * W, "float32"), "SC": (3, "float32"),
              "ACC": (R * CW, "float32")}
+    if decode:   # the keys layout's partial lanes of the per-row accumulations
+        local |= {"MXV": (W, "float32"), "SMV": (W, "float32"), "MV": (W, "float32")}
     if norm == "softplus_l1":
         local |= {"SH": (BRP, "int32"), "REDO": (1, "int32")}
     if cosine:
-        local |= {"LAM": (BRP, "float32"), "IQ": (BRP, "float32"), "IK": (BC, "float32"), "NK": (1, "int64")}
+        local |= {"LAM": (BRP, "float32"), "IQ": (BRP, "float32"), "IK": (wr.BCK, "float32"), "NK": (1, "int64")}
     if norm == "lssar":
         local |= {"NF": (BRP, "float32"), "OFF": (BRP, "float32"), "IL": (BRP, "float32"),
                   "RR": (BRP, "float32"), "QS": (BRP, "float32")}
@@ -166,72 +207,41 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
                           f"        QT[tq * {_i(BRP)} + r] = T.float32(0)"]
     blk += [f"if d <= {_i(DC)}:"] + _indent(pack("T.int64(0)", "d"), "    ")
 
-    # -- per key block: S^T = scores, the mask, the diagonal; the normalizer; P V ------------------
-    kb = [f"for jb in range((kend + {_i(BC - 1)}) // {_i(BC)}):",
-          f"    j0: T.let[T.int64] = jb * {_i(BC)}",
-          f"    bc: T.let[T.int64] = T.min(kend - j0, {_i(BC)})"]
-    sc = wr.keys([f"{wr.st()} = T.float32(0)"])
-    if cosine:   # 1/|k_j| of the block's keys (the C kernel keeps unit keys in its packed K^T)
-        sc += ["for c in range(bc):"] + _indent(_inv_norm("K", "(j0 + c) * ldk", "IK[c]", f32), "    ")
-    # the score tile: KG keys x BRP rows of accumulators over a chunk of d, a K element broadcast
-    tile = []
-    for keys, start, count in ((KG, f"cg * {_i(KG)}", f"bc // {_i(KG)}"),
-                               (1, f"bc // {_i(KG)} * {_i(KG)} + cg", f"bc % {_i(KG)}")):
-        sa = f"SA[u * {_i(BRP)} + l]"
-        tile += [f"for cg in range({count}):",
-                 f"    c0: T.let[T.int64] = {start}",
-                 f"    for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes([f"{sa} = {wr.st('c0 + u')}"]), "        ") + [
-                 "    for tq in range(dch):",
-                 f"        for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes(
-                     [f"{sa} = {_fma(t, 'K[(j0 + c0 + u) * ldk + t0 + tq]', f'QT[tq * {_i(BRP)} + l]', sa)}"]), "            ") + [
-                 f"    for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes([f"{wr.st('c0 + u')} = {sa}"]), "        ")
-    ch = [f"for ch in range((d + {_i(DC - 1)}) // {_i(DC)}):",
-          f"    t0: T.let[T.int64] = ch * {_i(DC)}",
-          f"    dch: T.let[T.int64] = T.min(d - t0, {_i(DC)})",
-          f"    if d > {_i(DC)}:"] + _indent(pack("t0", "dch"), "        ") + _indent(tile, "    ")
-    # decoding (a block of 1 .. W/8 rows): dot products over d's vectors, 4 keys sharing each q load
-    KD = 4
-    dot = _fma(t, f"Q[qo + tv * {_i(W)} + l]", f"K[(j0 + c0 + u) * ldk + tv * {_i(W)} + l]", f"PS[u * {_i(W)} + l]")
-    vec = (lambda var: f"for {var} in T.vectorized({_i(W)}):") if W > 1 else (lambda var: f"for {var} in range(T.int64(1)):")
-    dots = ["for r in range(br):", "    qo: T.let[T.int64] = (i0 + r) * ldq"]
-    for keys, start, count in ((KD, f"cg * {_i(KD)}", f"bc // {_i(KD)}"), (1, f"bc // {_i(KD)} * {_i(KD)} + cg", f"bc % {_i(KD)}")):
-        dots += [f"    for cg in range({count}):",
-                 f"        c0: T.let[T.int64] = {start}",
-                 f"        for u in T.unroll({_i(keys)}):",
-                 "            " + vec("l"),
-                 f"                PS[u * {_i(W)} + l] = T.float32(0)",
-                 f"        for tv in range(d // {_i(W)}):",
-                 f"            for u in T.unroll({_i(keys)}):",
-                 "                " + vec("l"),
-                 f"                    PS[u * {_i(W)} + l] = {dot}",
-                 f"        for u in T.unroll({_i(keys)}):",
-                 f"            {wr.st('c0 + u', 'r')} = {_tree([f'PS[u * {_i(W)} + {_i(i)}]' for i in range(W)])}"]
-    dots += ["    for c in range(bc):",
-             f"        SC[0] = {wr.st('c', 'r')}",
-             f"        for tt in range(d // {_i(W)} * {_i(W)}, d):",
-             f"            SC[0] = {_fma(t, 'Q[qo + tt]', 'K[(j0 + c) * ldk + tt]', 'SC[0]')}",
-             f"        {wr.st('c', 'r')} = SC[0]"]
-    sc += [f"if br * {_i(8)} <= {_i(W)}:"] + _indent(dots, "    ") + ["else:"] + _indent(ch, "    ")
-    # the scale (lssa: the cosine times log(d) log(N_i)), the mask, then the diagonal
-    x = wr.st()
-    scaled = f"{x} * IK[c] * IQ[l] * LAM[l]" if cosine else f"{f32(ph.scale)} * {x}"
-    sc += wr.keys([f"{x} = {scaled}"])
-    if ph.mask:
-        xr, mk = wr.st("c", "r"), "MK[(i0 + r) * msr + (j0 + c) * msc]"
-        if ph.mask_kind == "bool":
-            mv = f"T.Select({mk} != T.uint8(0), {xr}, {NEG_INF})"
-        elif cosine:   # a dropped key (-inf) is dropped whatever its cosine
-            mv = f"T.Select({mk} == {NEG_INF}, {NEG_INF}, {xr} + {mk})"
-        else:
-            mv = f"{xr} + {mk}"
-        sc += ["if has_mask != T.int64(0):", "    for r in range(br):", "        for c in range(bc):",
-               f"            {xr} = {mv}"]
-    if ph.causal:   # only blocks crossing the diagonal: some key j > i + lk - lq
-        sc += ["if j0 + bc + lq > i0 + lk + T.int64(1):"] + _indent(
-            wr.keys([f"{x} = T.Select(j0 + c + lq > i0 + l + lk, {NEG_INF}, {x})"]), "    ")
-    kb += _indent(sc, "    ")
-    kb += _indent(_normalize(wr, norm), "    ")
-    kb += _indent(_pv(wr, R, CW), "    ")
+    # -- per key block: the scores, the mask, the diagonal; the normalizer; P V (per layout) -------
+    def key_blocks(wr: _Writer) -> list[str]:
+        kb = [f"for jb in range((kend + {_i(BC - 1)}) // {_i(BC)}):",
+              f"    j0: T.let[T.int64] = jb * {_i(BC)}",
+              f"    bc: T.let[T.int64] = T.min(kend - j0, {_i(BC)})"]
+        sc = []
+        if cosine:   # 1/|k_j| of the block's keys (the C kernel keeps unit keys in its packed K^T)
+            sc += ["for c in range(bc):"] + _indent(_inv_norm("K", "(j0 + c) * ldk", "IK[c]", f32), "    ")
+        sc += _tile_scores(wr, KG, pack) if wr.mode == "lanes" else _dot_scores(wr)
+        # the scale (lssa: the cosine times log(d) log(N_i)), the mask, then the diagonal
+        x = wr.st()
+        scaled = f"{x} * IK[c] * IQ[l] * LAM[l]" if cosine else f"{f32(ph.scale)} * {x}"
+        sc += wr.keys([f"{x} = {scaled}"])
+        if ph.mask:
+            xr, mk = wr.st("c", "r"), "MK[(i0 + r) * msr + (j0 + c) * msc]"
+            if ph.mask_kind == "bool":
+                mv = f"T.Select({mk} != T.uint8(0), {xr}, {NEG_INF})"
+            elif cosine:   # a dropped key (-inf) is dropped whatever its cosine
+                mv = f"T.Select({mk} == {NEG_INF}, {NEG_INF}, {xr} + {mk})"
+            else:
+                mv = f"{xr} + {mk}"
+            sc += ["if has_mask != T.int64(0):", "    for r in range(br):", "        for c in range(bc):",
+                   f"            {xr} = {mv}"]
+        if ph.causal:   # only blocks crossing the diagonal: some key j > i + lk - lq
+            sc += ["if j0 + bc + lq > i0 + lk + T.int64(1):"] + _indent(
+                wr.keys([f"{x} = T.Select(j0 + c + lq > i0 + l + lk, {NEG_INF}, {x})"]), "    ")
+        if wr.mode == "keys":   # the keys past bc in the last vector weigh 0 for every normalizer
+            sc += ["for r in range(br):", f"    for c in range(bc, (bc + {_i(W - 1)}) // {_i(W)} * {_i(W)}):",
+                   f"        {wr.st('c', 'r')} = {NEG_INF}"]
+        return kb + _indent(sc + _normalize(wr, norm) + _pv(wr, R, CW), "    ")
+
+    kb = key_blocks(wr)
+    if decode:   # decoding blocks (br * 8 <= W): keys in lanes, scores as dot products over d
+        kb = ([f"if br * {_i(8)} <= {_i(W)}:"] + _indent(key_blocks(_Writer(ph, t, Emit, f32, wr.counter, "keys")), "    ")
+              + ["else:"] + _indent(kb, "    "))
 
     # -- the passes over the key blocks (softplus_l1, lssar: two) ----------------------------------
     if norm == "softplus_l1":
@@ -256,6 +266,53 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     blk += _finish(wr, norm)
     body += _indent(blk, "    ")
     return "\n".join(head + _indent(body, "    ")) + "\n"
+
+
+def _tile_scores(wr: _Writer, KG: int, pack) -> list[str]:
+    """S^T = Q_blk K_blk^T (unscaled) in tiles of KG keys x BRP rows of accumulators over each chunk
+    of d (Q^T repacked per chunk when d > DC), a K element broadcast per FMA."""
+    t, BRP = wr.t, wr.BRP
+    tile = []
+    for keys, start, count in ((KG, f"cg * {_i(KG)}", f"bc // {_i(KG)}"),
+                               (1, f"bc // {_i(KG)} * {_i(KG)} + cg", f"bc % {_i(KG)}")):
+        sa = f"SA[u * {_i(BRP)} + l]"
+        tile += [f"for cg in range({count}):",
+                 f"    c0: T.let[T.int64] = {start}",
+                 f"    for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes([f"{sa} = {wr.st('c0 + u')}"]), "        ") + [
+                 "    for tq in range(dch):",
+                 f"        for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes(
+                     [f"{sa} = {_fma(t, 'K[(j0 + c0 + u) * ldk + t0 + tq]', f'QT[tq * {_i(BRP)} + l]', sa)}"]), "            ") + [
+                 f"    for u in T.unroll({_i(keys)}):"] + _indent(wr.lanes([f"{wr.st('c0 + u')} = {sa}"]), "        ")
+    return (wr.keys([f"{wr.st()} = T.float32(0)"])
+            + [f"for ch in range((d + {_i(DC - 1)}) // {_i(DC)}):",
+               f"    t0: T.let[T.int64] = ch * {_i(DC)}",
+               f"    dch: T.let[T.int64] = T.min(d - t0, {_i(DC)})",
+               f"    if d > {_i(DC)}:"] + _indent(pack("t0", "dch"), "        ") + _indent(tile, "    "))
+
+
+def _dot_scores(wr: _Writer) -> list[str]:
+    """S = Q_blk K_blk^T (unscaled, row-major) as dot products over d's vectors, 4 keys sharing
+    each q load, the lanes summed pairwise; then d's tail."""
+    t, W, KD = wr.t, wr.W, 4
+    dot = _fma(t, f"Q[qo + tv * {_i(W)} + l]", f"K[(j0 + c0 + u) * ldk + tv * {_i(W)} + l]", f"PS[u * {_i(W)} + l]")
+    out = ["for r in range(br):", "    qo: T.let[T.int64] = (i0 + r) * ldq"]
+    for keys, start, count in ((KD, f"cg * {_i(KD)}", f"bc // {_i(KD)}"), (1, f"bc // {_i(KD)} * {_i(KD)} + cg", f"bc % {_i(KD)}")):
+        out += [f"    for cg in range({count}):",
+                f"        c0: T.let[T.int64] = {start}",
+                f"        for u in T.unroll({_i(keys)}):",
+                f"            for l in T.vectorized({_i(W)}):",
+                f"                PS[u * {_i(W)} + l] = T.float32(0)",
+                f"        for tv in range(d // {_i(W)}):",
+                f"            for u in T.unroll({_i(keys)}):",
+                f"                for l in T.vectorized({_i(W)}):",
+                f"                    PS[u * {_i(W)} + l] = {dot}",
+                f"        for u in T.unroll({_i(keys)}):",
+                f"            {wr.st('c0 + u', 'r')} = {_tree([f'PS[u * {_i(W)} + {_i(i)}]' for i in range(W)])}"]
+    return out + ["    for c in range(bc):",
+                  f"        SC[0] = {wr.st('c', 'r')}",
+                  f"        for tt in range(d // {_i(W)} * {_i(W)}, d):",
+                  f"            SC[0] = {_fma(t, 'Q[qo + tt]', 'K[(j0 + c) * ldk + tt]', 'SC[0]')}",
+                  f"        {wr.st('c', 'r')} = SC[0]"]
 
 
 def _inv_norm(buf: str, base: str, dst: str, f32) -> list[str]:
@@ -308,35 +365,35 @@ def _normalize(wr: _Writer, norm: str) -> list[str]:
         # NaN) adds nothing: its shift is 0, so -inf weighs 0 and NaN reaches l
         al_lines, al = wr.emit(lambda e: e.exp_nonpos("(M[l] - MX[l])"))
         ex_lines, ex = wr.emit(lambda e: e.exp_nonpos(f"({x} - SM[l])"))
-        return (wr.lanes(["MX[l] = M[l]"]) + wr.keys([f"MX[l] = T.Select({x} > MX[l], {x}, MX[l])"])
+        return (wr.lanes(["MX[l] = M[l]"]) + wr.keys([wr.amax("MX", x)])
                 + wr.lanes(al_lines + [f"AL[l] = T.Select(MX[l] == M[l], {one}, {al})",
                                        f"LIVE[l] = T.Select(MX[l] != {NEG_INF}, 1, 0)",
                                        f"SM[l] = T.Select(MX[l] != {NEG_INF}, MX[l], {zero})",
                                        "M[l] = MX[l]", f"MX[l] = {zero}"])
-                + wr.keys(ex_lines + [f"{x} = {ex}", f"MX[l] = MX[l] + {ex}"])
+                + wr.keys(ex_lines + [f"{x} = {ex}", wr.asum("MX", ex)])
                 + wr.lanes(["L[l] = L[l] * AL[l] + MX[l]"]))
     if norm == "stablemax":   # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0); -inf weighs 0, NaN stays NaN
         return (wr.lanes([f"SM[l] = {zero}"])
-                + wr.keys([f"{x} = T.Select({x} >= {zero}, {x} + {one}, {one} / ({one} - {x}))", f"SM[l] = SM[l] + {x}"])
+                + wr.keys([f"{x} = T.Select({x} >= {zero}, {x} + {one}, {one} / ({one} - {x}))", wr.asum("SM", x)])
                 + wr.lanes([f"AL[l] = {one}", "LIVE[l] = 1", "L[l] = L[l] + SM[l]"]))
     sp_lines, sp = wr.emit(lambda e: e.softplus(x))
     if norm == "lssa":   # P = softplus(lambda_i c) (0 at -inf); no max, no rescaling
-        return (wr.lanes([f"SM[l] = {zero}"]) + wr.keys(sp_lines + [f"{x} = {sp}", f"SM[l] = SM[l] + {sp}"])
+        return (wr.lanes([f"SM[l] = {zero}"]) + wr.keys(sp_lines + [f"{x} = {sp}", wr.asum("SM", sp)])
                 + wr.lanes([f"AL[l] = {one}", "LIVE[l] = 1", "L[l] = L[l] + SM[l]"]))
     if norm == "softplus_l1":
         # pass 0: P = softplus(S), m the largest score; pass 1 (the rows SH): P = e^(S - m)
         ex_lines, ex = wr.emit(lambda e: e.exp_nonpos(f"T.Select(SH[l] != 0, {x} - M[l], {NEG_INF})"))
         p0 = (wr.lanes([f"SM[l] = {zero}"])
-              + wr.keys(sp_lines + [f"M[l] = T.Select({x} > M[l], {x}, M[l])", f"{x} = {sp}", f"SM[l] = SM[l] + {sp}"])
+              + wr.keys(sp_lines + [wr.amax("M", x), f"{x} = {sp}", wr.asum("SM", sp)])
               + wr.lanes([f"AL[l] = {one}", "LIVE[l] = 1", "L[l] = L[l] + SM[l]"]))
-        p1 = (wr.lanes([f"SM[l] = {zero}"]) + wr.keys(ex_lines + [f"{x} = {ex}", f"SM[l] = SM[l] + {ex}"])
+        p1 = (wr.lanes([f"SM[l] = {zero}"]) + wr.keys(ex_lines + [f"{x} = {ex}", wr.asum("SM", ex)])
               + wr.lanes([f"AL[l] = {one}", "LIVE[l] = SH[l]", f"L[l] = L[l] + T.Select(SH[l] != 0, SM[l], {zero})"]))
         return ["if ps == 0:"] + _indent(p0, "    ") + ["else:"] + _indent(p1, "    ")
     # lssar. pass 0: l_i = sum softplus(S) only (nothing to add); pass 1: R = max(N_i A - O_i, 0), A =
     # softplus(S) / l_i, with the running max r of R: q = (R / r)^p in S^T, sum q and the
     # accumulator rescaled by (r / r')^p when r grows
     p = _lssar_params(wr.ph.program.params.get("p"), wr.ph.program.params.get("offset_free_rows"))["p"]
-    p0 = (wr.lanes([f"SM[l] = {zero}"]) + wr.keys(sp_lines + [f"SM[l] = SM[l] + {sp}"])
+    p0 = (wr.lanes([f"SM[l] = {zero}"]) + wr.keys(sp_lines + [wr.asum("SM", sp)])
           + wr.lanes([f"AL[l] = {one}", "LIVE[l] = 0", "L[l] = L[l] + SM[l]"]))
 
     def reweight(e):
@@ -346,13 +403,13 @@ def _normalize(wr: _Writer, norm: str) -> list[str]:
     pw_lines, pw = wr.emit(lambda e: e.ipow("(RR[l] / MX[l])", p))
     q_lines, qv = wr.emit(lambda e: e.ipow(f"({x} * SM[l])", p))
     p1 = (wr.lanes([f"MX[l] = {zero}"])
-          + wr.keys(rv_lines + [f"{x} = {rv}", f"MX[l] = T.Select({rv} > MX[l], {rv}, MX[l])"])
+          + wr.keys(rv_lines + [f"{x} = {rv}", wr.amax("MX", rv)])
           + wr.lanes(pw_lines + [f"AL[l] = T.Select(MX[l] > RR[l], T.Select(RR[l] > {zero}, {pw}, {zero}), {one})",
                                  "QS[l] = QS[l] * AL[l]",
                                  "RR[l] = T.Select(MX[l] > RR[l], MX[l], RR[l])",
                                  f"LIVE[l] = T.Select(RR[l] > {zero}, 1, 0)",
                                  f"SM[l] = {one} / RR[l]", f"MX[l] = {zero}"])
-          + wr.keys(q_lines + [f"{x} = {qv}", f"MX[l] = MX[l] + {qv}"])
+          + wr.keys(q_lines + [f"{x} = {qv}", wr.asum("MX", qv)])
           + wr.lanes([f"QS[l] = QS[l] + T.Select(RR[l] > {zero}, MX[l], {zero})"]))
     return ["if ps == 0:"] + _indent(p0, "    ") + ["else:"] + _indent(p1, "    ")
 
