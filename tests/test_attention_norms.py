@@ -3,7 +3,8 @@ conventions (cosine scores times log d log N_i, N_i from the masks, bottom-right
 and LSSAR's O_i), the three-phase kernels against them (C on every target, neon under qemu once,
 TVM once per normalizer), the front door and its errors. All three stream (C, the explicit-stride
 kernel: auto picks it): against the oracle in small blocks, equal to three-phase through the front
-door (masks, kv_lengths, GQA, lse), bitwise for any thread count. Kernels are shared per module."""
+door (masks, kv_lengths, GQA, lse), bitwise for any thread count; TVM's streaming form too (the
+host kernels' cases, equal to C's through the front door). Kernels are shared per module."""
 from __future__ import annotations
 
 import math
@@ -289,6 +290,18 @@ def test_tvm_streams_like_c(norm_):
     od = softgen.attention(q[:, :, -1:], kk, v, backend="tvm", **{a: b if a != "mask" else b[:, -1:]
                                                                    for a, b in kw.items() if a != "return_lse"})
     np.testing.assert_allclose(od, o[:, :, -1:], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("p", [1, 2.5])
+def test_tvm_streaming_lssar_powers(p):
+    """lssar's power on TVM's streaming form: p = 1 (q = x itself, read before S is overwritten) and
+    a non-integer p (e^(p log x)), against the oracle in small blocks."""
+    if not tvm_available()[0]:
+        pytest.skip(f"TVM backend: {tvm_available()[1]}")
+    k = softgen.compile("attention", backend="tvm", normalizer="lssar", p=p, head_dim=7, causal=True, mask="additive",
+                        algorithm="streaming", schedule=SMALL)
+    for c in cases(True)[1:3]:
+        check(k, *c[:3], k(*c), c[3])
 
 
 @pytest.mark.parametrize("norm_", STREAMED)

@@ -204,7 +204,7 @@ class Emit:
         (x^15 = x x^2 x^4 x^8), else e^(p log x) (attention.py ``_lssar``'s C, the same order)."""
         if not (float(p).is_integer() and p <= 64):
             return self.exp_nonpos(self.mul(f32(p), self.log(x)))
-        k, sq, acc = int(p), x, None
+        k, sq, acc = int(p), self.let(x), None   # a value, even for p = 1 (x may read a buffer it overwrites)
         while k:
             if k & 1:
                 acc = sq if acc is None else self.mul(acc, sq)
