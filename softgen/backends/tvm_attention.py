@@ -214,7 +214,7 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
               f"    bc: T.let[T.int64] = T.min(kend - j0, {_i(BC)})"]
         sc = []
         if cosine:   # 1/|k_j| of the block's keys (the C kernel keeps unit keys in its packed K^T)
-            sc += ["for c in range(bc):"] + _indent(_inv_norm("K", "(j0 + c) * ldk", "IK[c]", f32), "    ")
+            sc += ["for c in range(bc):"] + _indent(_inv_norm("K", "(j0 + c) * ldk", "IK[c]", W), "    ")
         sc += _tile_scores(wr, KG, pack) if wr.mode == "lanes" else _dot_scores(wr)
         # the scale (lssa: the cosine times log(d) log(N_i)), the mask, then the diagonal
         x = wr.st()
@@ -315,17 +315,26 @@ def _dot_scores(wr: _Writer) -> list[str]:
                   f"        {wr.st('c', 'r')} = SC[0]"]
 
 
-def _inv_norm(buf: str, base: str, dst: str, f32) -> list[str]:
+def _inv_norm(buf: str, base: str, dst: str, W: int) -> list[str]:
     """``dst`` = 1 / |x| of the d floats at ``buf[base]``, as (1 / sqrt(sum y^2)) / max|x|, y = x / max|x|
-    (attention.c.j2's inv_norm: no overflow or underflow for finite x; 0 or non-finite x: NaN)."""
-    x = f"{buf}[{base} + tn]"
-    return ["SC[0] = T.float32(0)",
-            "for tn in range(d):",
-            f"    SC[0] = T.Select((T.fabs({x}) > SC[0]) | T.isnan({x}), T.fabs({x}), SC[0])",
-            "SC[1] = T.float32(0)",
+    (attention.c.j2's inv_norm: no overflow or underflow for finite x; 0 or non-finite x: NaN), both
+    passes vectorised over d into W partial lanes (PS[0, W): max, PS[W, 2W): sum), then d's tail."""
+    x, xt = f"{buf}[{base} + tv * {_i(W)} + l]", f"{buf}[{base} + tn]"
+    big = lambda a, b: f"T.Select(({a} > {b}) | ({a} != {a}), {a}, {b})"   # noqa: E731  (a NaN is kept)
+    vec = f"for l in T.vectorized({_i(W)}):" if W > 1 else "for l in range(T.int64(1)):"
+    mx = [f"PS[{_i(i)}]" for i in range(W)] + ["SC[0]"]
+    while len(mx) > 1:
+        mx = [big(a, b) for a, b in zip(mx[::2], mx[1::2])] + ([mx[-1]] if len(mx) % 2 else [])
+    return [vec, "    PS[l] = T.float32(0)", f"    PS[{_i(W)} + l] = T.float32(0)",
+            f"for tv in range(d // {_i(W)}):", "    " + vec, f"        PS[l] = {big(f'T.fabs({x})', 'PS[l]')}",
+            "SC[0] = T.float32(0)",
+            f"for tn in range(d // {_i(W)} * {_i(W)}, d):", f"    SC[0] = {big(f'T.fabs({xt})', 'SC[0]')}",
+            f"SC[0] = {mx[0]}",
             "SC[2] = T.float32(1) / SC[0]",
-            "for tn in range(d):",
-            f"    SC[1] = SC[1] + ({x} * SC[2]) * ({x} * SC[2])",
+            f"for tv in range(d // {_i(W)}):", "    " + vec,
+            f"        PS[{_i(W)} + l] = PS[{_i(W)} + l] + ({x} * SC[2]) * ({x} * SC[2])",
+            f"SC[1] = {_tree([f'PS[{_i(W + i)}]' for i in range(W)])}",
+            f"for tn in range(d // {_i(W)} * {_i(W)}, d):", f"    SC[1] = SC[1] + ({xt} * SC[2]) * ({xt} * SC[2])",
             f'{dst} = T.Select((SC[0] == T.float32(0)) | (SC[0] != SC[0]) | (SC[0] == T.float32("inf")), '
             f'T.float32("nan"), T.float32(1) / T.sqrt(SC[1]) * SC[2])']
 
@@ -346,7 +355,7 @@ def _cosine_rows(wr: _Writer) -> list[str]:
                 f"            NK[0] = NK[0] + T.Cast(\"int64\", {keep})"]
     lines, lg = wr.emit(lambda e: e.log('T.Cast("float32", NK[0])'))
     out += _indent(lines, "    ") + [f"    LAM[r] = {lg} * {f32(math.log(ph.program.params['head_dim']))}"]
-    out += _indent(_inv_norm("Q", "(i0 + r) * ldq", "IQ[r]", f32), "    ")
+    out += _indent(_inv_norm("Q", "(i0 + r) * ldq", "IQ[r]", wr.W), "    ")
     if ph.normalizer == "lssar":
         ofr = _lssar_params(ph.program.params.get("p"), ph.program.params.get("offset_free_rows"))["offset_free_rows"]
         out += ['    NF[r] = T.Cast("float32", NK[0])',   # O_i: 0 while i + lk - lq < offset_free_rows
