@@ -105,11 +105,11 @@ class _Writer:
             out += [f"    for w in T.vectorized({_i(W)}):", f"        {dst}V[w] = {init}"]
         out += [f"    for cv in range((bc + {_i(W - 1)}) // {_i(W)}):", f"        for w in T.vectorized({_i(W)}):"]
         out += _indent([sub(b) for b in body], "            ")
-        for dst, kind in accs:
-            terms = [f"{dst}V[{_i(i)}]" for i in range(W)]
-            while kind == "max" and len(terms) > 1:
-                terms = [f"T.Select({a} > {b}, {a}, {b})" for a, b in zip(terms[::2], terms[1::2])]
-            out += [f"    {dst}[r] = {_tree(terms)}"]
+        for dst, kind in accs:   # (a loop for the max: a nested select would grow as 4^log2(W))
+            if kind == "sum":
+                out += [f"    {dst}[r] = {_tree([f'{dst}V[{_i(i)}]' for i in range(W)])}"]
+            else:
+                out += [f"    for w in range({_i(W)}):", f"        {dst}[r] = T.Select({dst}V[w] > {dst}[r], {dst}V[w], {dst}[r])"]
         return out
 
     def _acc(self, dst: str, kind: str, expr: str) -> str:
@@ -322,14 +322,11 @@ def _inv_norm(buf: str, base: str, dst: str, W: int) -> list[str]:
     x, xt = f"{buf}[{base} + tv * {_i(W)} + l]", f"{buf}[{base} + tn]"
     big = lambda a, b: f"T.Select(({a} > {b}) | ({a} != {a}), {a}, {b})"   # noqa: E731  (a NaN is kept)
     vec = f"for l in T.vectorized({_i(W)}):" if W > 1 else "for l in range(T.int64(1)):"
-    mx = [f"PS[{_i(i)}]" for i in range(W)] + ["SC[0]"]
-    while len(mx) > 1:
-        mx = [big(a, b) for a, b in zip(mx[::2], mx[1::2])] + ([mx[-1]] if len(mx) % 2 else [])
     return [vec, "    PS[l] = T.float32(0)", f"    PS[{_i(W)} + l] = T.float32(0)",
             f"for tv in range(d // {_i(W)}):", "    " + vec, f"        PS[l] = {big(f'T.fabs({x})', 'PS[l]')}",
             "SC[0] = T.float32(0)",
             f"for tn in range(d // {_i(W)} * {_i(W)}, d):", f"    SC[0] = {big(f'T.fabs({xt})', 'SC[0]')}",
-            f"SC[0] = {mx[0]}",
+            f"for tv in range({_i(W)}):", f"    SC[0] = {big('PS[tv]', 'SC[0]')}",
             "SC[2] = T.float32(1) / SC[0]",
             f"for tv in range(d // {_i(W)}):", "    " + vec,
             f"        PS[{_i(W)} + l] = PS[{_i(W)} + l] + ({x} * SC[2]) * ({x} * SC[2])",
