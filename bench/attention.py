@@ -26,11 +26,11 @@ included). softgen streaming allocates only the packed K^T (O(L d)); the
 torch composition (Q K^T, softmax, . V) holds two L x L matrices; SDPA's CPU kernel is flash-style.
 
 ``--normalizers``: instead, those normalizers (softplus_l1, lssa, lssar) on the same shapes, one
-thread: softgen's kernel (auto: the form it builds today), softgen's softmax attention on the same
-shape ("/ softmax": time over softmax's; the issue aims at <= 1.3) and, with torch (unless
-``--no-torch``), the same formula composed of torch ops (QK^T, the normalizer, @V; "x torch": its
-time over softgen's, the issue aims at >= 5), each checked against the composition first. The
-decoding row (``--decode``: Lq = 1, causal) is the KV-cache step.
+thread, the first ``--backend``: softgen's kernel (auto: the form it builds today), softgen's softmax
+attention on the same shape ("/ softmax": time over softmax's; the issue aims at <= 1.3) and, with
+torch (unless ``--no-torch``), the same formula composed of torch ops (QK^T, the normalizer, @V;
+"x torch": its time over softgen's, the issue aims at >= 5), each checked against the composition
+first. The decoding row (``--decode``: Lq = 1, causal) is the KV-cache step.
 """
 from __future__ import annotations
 
@@ -274,10 +274,11 @@ def normalizers(a) -> None:
     torch = None if a.no_torch else torch_one_thread("no torch compositions")
     rng = np.random.default_rng(0)
     shapes = [(L, L, c) for L in a.lengths for c in (False, True)] + ([(1, a.decode, True)] if a.decode else [])
-    soft = {c: softgen.compile("attention", head_dim=a.d, causal=c) for c in (False, True)}
-    kern = {(nm, c): softgen.compile("attention", normalizer=nm, head_dim=a.d, causal=c)
+    be = a.backend[0]   # the first --backend's kernels (softmax's and the normalizers')
+    soft = {c: softgen.compile("attention", head_dim=a.d, causal=c, backend=be) for c in (False, True)}
+    kern = {(nm, c): softgen.compile("attention", normalizer=nm, head_dim=a.d, causal=c, backend=be)
             for nm in a.normalizers for c in (False, True)}
-    print(f"target {soft[False].target.name}; one thread; B*H = {a.bh}, d = dv = {a.d}; "
+    print(f"target {soft[False].target.name}, backend {be}; one thread; B*H = {a.bh}, d = dv = {a.d}; "
           f"softmax attention: {soft[False].algorithm}")
     rows = []
     for lq, lk, causal in shapes:

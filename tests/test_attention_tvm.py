@@ -59,6 +59,9 @@ def test_auto_streams_on_tvm_and_says_so():
         assert repr(float(np.float32(c))) in k.source
     assert "T.exp(" not in k.source and "T.log(" not in k.source
     assert softgen.compile("attention", head_dim=8, backend="tvm", algorithm="three-phase").algorithm == "three-phase"
+    # every normalizer that streams on C streams on TVM (tests/test_attention_norms.py runs them)
+    for norm in ("softplus_l1", "lssa", "lssar"):
+        assert softgen.compile("attention", head_dim=8, backend="tvm", normalizer=norm).algorithm == "streaming"
 
 
 @pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 1)])

@@ -193,6 +193,26 @@ class Emit:
         u2 = self.mul(u, u)
         return self.fma(u2, self.estrin7(u, u2, self.mul(u2, u2), LOG1P_Q), u)
 
+    def softplus(self, z):
+        """max(z, 0) + log1p(e^-|z|) (ops.softmax.softplus; attention.c.j2's __softplus): 0 at -inf,
+        NaN at NaN (the max's select drops a NaN z, the log1p keeps it)."""
+        pos = self.let(f"T.Select({z} > {f32(0.0)}, {z}, {f32(0.0)})")
+        return self.add(pos, self.log1p_unit(self.exp_nonpos(self.let(f"({f32(0.0)} - T.fabs({z}))"))))
+
+    def ipow(self, x, p: float):
+        """x^p for x in [0, 1]: repeated squaring for integer p <= 64 in ``ops.lssa._ipow``'s order
+        (x^15 = x x^2 x^4 x^8), else e^(p log x) (attention.py ``_lssar``'s C, the same order)."""
+        if not (float(p).is_integer() and p <= 64):
+            return self.exp_nonpos(self.mul(f32(p), self.log(x)))
+        k, sq, acc = int(p), self.let(x), None   # a value, even for p = 1 (x may read a buffer it overwrites)
+        while k:
+            if k & 1:
+                acc = sq if acc is None else self.mul(acc, sq)
+            k >>= 1
+            if k:
+                sq = self.mul(sq, sq)
+        return acc
+
     def exp2_nonpos(self, d):
         return self.shl23(self.add(self.max(d, f32(-127.0)), f32(MAGIC)))
 
