@@ -3,6 +3,7 @@ thread, interleaved runs (issue 14).
 
     python bench/attention_sinksoft.py [--lengths 1024 4096] [--soft-lengths 1024 4096 8192]
                                        [--bh 8] [--d 64] [--n-iter 3] [--landmarks 49] [--json F]
+                                       [--clock wall|thread] [--rounds 21]
 
 Sinkhorn (n_iter = 3, eps = 1): softgen's blocked kernel (S = s Q K^T in a per-matrix scratch,
 the Sinkhorn half-steps in place, O = P V) against Sinkformers' composition in torch (C = s Q K^T;
@@ -15,7 +16,9 @@ them itself, as softgen.attention's kernels do) against SOFT's composition in to
 one L x m x d GEMM fewer) and, for comparison, the untied one (k read as a separate input);
 "linear" is time(L) / time(L / 2) (2 for a linear cost). Each softgen
 result is checked against torch's first (max |diff| printed). The machine's other jobs make
-single runs noisy: read the ratios of one interleaved run, not the absolute times.
+single runs noisy: read the ratios of one interleaved run, not the absolute times; ``--clock
+thread`` times single calls by the calling thread's CPU time (everything runs on one thread), which
+does not count the time the machine's other jobs took the core away (still not the cache they evict).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attention_ab import thread_times  # noqa: E402
 from common import single_threaded, time_interleaved, torch_one_thread  # noqa: E402
 
 single_threaded()
@@ -70,14 +74,17 @@ def torch_soft(torch, q, v, m: int, n_iter: int = 20):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096], help="Sinkhorn's L")
-    ap.add_argument("--soft-lengths", type=int, nargs="+", default=[1024, 4096, 8192], help="SOFT's L")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096], help="Sinkhorn's L (0: none)")
+    ap.add_argument("--soft-lengths", type=int, nargs="+", default=[1024, 4096, 8192], help="SOFT's L (0: none)")
     ap.add_argument("--bh", type=int, default=8, help="batch x heads")
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--n-iter", type=int, default=3, help="Sinkhorn half-steps")
     ap.add_argument("--landmarks", type=int, default=ref.SOFT_LANDMARKS)
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: the calling thread's CPU time per single call, in alternating rounds")
+    ap.add_argument("--rounds", type=int, default=21, help="--clock thread: calls per variant")
     a = ap.parse_args(argv)
     torch = torch_one_thread()
     rng = np.random.default_rng(0)
@@ -93,13 +100,14 @@ def main(argv=None) -> None:
             for name, fn in variants.items():
                 if name.startswith("softgen"):
                     errs[name] = float(np.abs(fn() - check).max())
-        t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
+        t = thread_times(variants, a.rounds) if a.clock == "thread" else \
+            time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
         tt = t.get("torch")
         for name, tm in t.items():
             rows.append({"op": kind, "L": L, "impl": name, "ms": tm.median * 1e3, "spread": tm.spread,
                          "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name)})
 
-    for L in a.lengths:
+    for L in [x for x in a.lengths if x > 0]:
         q, k, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(3))
         out = np.empty((a.bh, L, a.d), np.float32)
         variants = {"softgen sinkhorn": lambda: sk(q, k, v, out=out)}
@@ -110,7 +118,7 @@ def main(argv=None) -> None:
                 check = torch_sinkformer(torch, tq, tk, tv, a.n_iter).numpy()
             variants["torch"] = lambda: torch_sinkformer(torch, tq, tk, tv, a.n_iter)
         run(f"sinkhorn n_iter={a.n_iter}", L, variants, check)
-    for L in a.soft_lengths:
+    for L in [x for x in a.soft_lengths if x > 0]:
         q, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(2))
         out = np.empty((a.bh, L, a.d), np.float32)
         variants = {"softgen soft tied": lambda: st(q, q, v, out=out), "softgen soft untied": lambda: so(q, q, v, out=out)}
@@ -138,7 +146,7 @@ def main(argv=None) -> None:
         from common import machine_info
         with open(a.json, "w") as f:
             json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "target": sk.target.name,
-                       "n_iter": a.n_iter, "landmarks": a.landmarks}, f, indent=1)
+                       "n_iter": a.n_iter, "landmarks": a.landmarks, "clock": a.clock}, f, indent=1)
 
 
 if __name__ == "__main__":
