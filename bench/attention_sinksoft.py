@@ -3,6 +3,8 @@ thread, interleaved runs (issue 14).
 
     python bench/attention_sinksoft.py [--lengths 1024 4096] [--soft-lengths 1024 4096 8192]
                                        [--bh 8] [--d 64] [--n-iter 3] [--landmarks 49] [--json F]
+                                       [--clock wall|thread] [--rounds 21]
+    python bench/attention_sinksoft.py --old /path/to/old/tree [--soft-lengths 4096] [--rounds 21]
 
 Sinkhorn (n_iter = 3, eps = 1): softgen's blocked kernel (S = s Q K^T in a per-matrix scratch,
 the Sinkhorn half-steps in place, O = P V) against Sinkformers' composition in torch (C = s Q K^T;
@@ -15,17 +17,26 @@ them itself, as softgen.attention's kernels do) against SOFT's composition in to
 one L x m x d GEMM fewer) and, for comparison, the untied one (k read as a separate input);
 "linear" is time(L) / time(L / 2) (2 for a linear cost). Each softgen
 result is checked against torch's first (max |diff| printed). The machine's other jobs make
-single runs noisy: read the ratios of one interleaved run, not the absolute times.
+single runs noisy: read the ratios of one interleaved run, not the absolute times; ``--clock
+thread`` times single calls by the calling thread's CPU time (everything runs on one thread), which
+does not count the time the machine's other jobs took the core away (still not the cache they evict).
+``--old TREE``: an A/B of SOFT's pooled kernels (tied and untied) of that softgen tree and this one,
+each exported by ``python -m softgen build`` with its tree on PYTHONPATH, called through ctypes on
+the same arrays (outputs compared bitwise), thread CPU time in alternating rounds.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attention_ab import call, thread_times  # noqa: E402
 from common import single_threaded, time_interleaved, torch_one_thread  # noqa: E402
 
 single_threaded()
@@ -68,17 +79,54 @@ def torch_soft(torch, q, v, m: int, n_iter: int = 20):
     return k1 @ (vv @ (k1.transpose(-1, -2) @ v))
 
 
+def export_soft(tree: str, name: str, out: str, d: int, m: int, tied: bool):
+    """SOFT's pooled kernel of the softgen at ``tree`` (its own cache), as a ctypes function."""
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), SOFTGEN_CACHE_DIR=os.path.join(out, "cache-" + name))
+    cmd = [sys.executable, "-m", "softgen", "build", "--op", "attention", "--normalizer", "soft", "--param",
+           f"head_dim={d}", "--param", f"landmarks={m}", "--name", name, "-o", out] + (["--param", "tied=1"] if tied else [])
+    subprocess.run(cmd, check=True, env=env, cwd=os.path.abspath(tree), capture_output=True)
+    fn = ctypes.CDLL(os.path.join(out, f"lib{name}.so"))[name]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def ab(a) -> None:
+    """--old: old/new thread CPU time of SOFT's pooled kernels, tied and untied."""
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="softab-") as out:
+        fns = {(tag, tied): export_soft(tree, f"soft_{tag}_{int(tied)}", out, a.d, a.landmarks, tied)
+               for tag, tree in (("old", a.old), ("new", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))) for tied in (True, False)}
+        print(f"{'L':>6} {'tied':>5} {'old ms':>9} {'new ms':>9} {'old/new':>8} {'IQR old':>8} {'IQR new':>8} {'min o/n':>8}")
+        for L in [x for x in a.soft_lengths if x > 0]:
+            q, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(2))
+            for tied in (True, False):
+                outs = {tag: np.empty((a.bh, L, a.d), np.float32) for tag in ("old", "new")}
+                fn = {tag: (lambda tag=tag: call(fns[tag, tied], q, q, v, outs[tag], 1)) for tag in outs}
+                assert all(f() == 0 for f in fn.values())
+                assert np.array_equal(outs["old"], outs["new"]), "old and new differ"
+                t = thread_times(fn, a.rounds)
+                print(f"{L:>6} {str(tied):>5} {t['old'].median * 1e3:>9.3f} {t['new'].median * 1e3:>9.3f} "
+                      f"{t['old'].median / t['new'].median:>8.3f} {t['old'].spread:>8.1%} {t['new'].spread:>8.1%} "
+                      f"{t['old'].min / t['new'].min:>8.3f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096], help="Sinkhorn's L")
-    ap.add_argument("--soft-lengths", type=int, nargs="+", default=[1024, 4096, 8192], help="SOFT's L")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096], help="Sinkhorn's L (0: none)")
+    ap.add_argument("--soft-lengths", type=int, nargs="+", default=[1024, 4096, 8192], help="SOFT's L (0: none)")
     ap.add_argument("--bh", type=int, default=8, help="batch x heads")
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--n-iter", type=int, default=3, help="Sinkhorn half-steps")
     ap.add_argument("--landmarks", type=int, default=ref.SOFT_LANDMARKS)
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: the calling thread's CPU time per single call, in alternating rounds")
+    ap.add_argument("--rounds", type=int, default=21, help="--clock thread: calls per variant")
+    ap.add_argument("--old", help="A/B: SOFT's kernels of this softgen tree (e.g. main's checkout) against this one")
     a = ap.parse_args(argv)
+    if a.old:
+        return ab(a)
     torch = torch_one_thread()
     rng = np.random.default_rng(0)
     sk = softgen.compile("attention", normalizer="sinkhorn", head_dim=a.d, n_iter=a.n_iter)
@@ -93,13 +141,14 @@ def main(argv=None) -> None:
             for name, fn in variants.items():
                 if name.startswith("softgen"):
                     errs[name] = float(np.abs(fn() - check).max())
-        t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
+        t = thread_times(variants, a.rounds) if a.clock == "thread" else \
+            time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
         tt = t.get("torch")
         for name, tm in t.items():
             rows.append({"op": kind, "L": L, "impl": name, "ms": tm.median * 1e3, "spread": tm.spread,
                          "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name)})
 
-    for L in a.lengths:
+    for L in [x for x in a.lengths if x > 0]:
         q, k, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(3))
         out = np.empty((a.bh, L, a.d), np.float32)
         variants = {"softgen sinkhorn": lambda: sk(q, k, v, out=out)}
@@ -110,7 +159,7 @@ def main(argv=None) -> None:
                 check = torch_sinkformer(torch, tq, tk, tv, a.n_iter).numpy()
             variants["torch"] = lambda: torch_sinkformer(torch, tq, tk, tv, a.n_iter)
         run(f"sinkhorn n_iter={a.n_iter}", L, variants, check)
-    for L in a.soft_lengths:
+    for L in [x for x in a.soft_lengths if x > 0]:
         q, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(2))
         out = np.empty((a.bh, L, a.d), np.float32)
         variants = {"softgen soft tied": lambda: st(q, q, v, out=out), "softgen soft untied": lambda: so(q, q, v, out=out)}
@@ -138,7 +187,7 @@ def main(argv=None) -> None:
         from common import machine_info
         with open(a.json, "w") as f:
             json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "target": sk.target.name,
-                       "n_iter": a.n_iter, "landmarks": a.landmarks}, f, indent=1)
+                       "n_iter": a.n_iter, "landmarks": a.landmarks, "clock": a.clock}, f, indent=1)
 
 
 if __name__ == "__main__":

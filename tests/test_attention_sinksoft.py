@@ -7,12 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import check_attention, run_cases
+from test_gemm import _cases, _check, _GuardPage, _small  # the GEMM tests' shapes, operands and bound
 
 import softgen
 from softgen import reference as ref
+from softgen.backends import gemm as G
 from softgen.backends.gemm import fit_rows
 from softgen.binding import bind
 from softgen.errors import UsageError
+from softgen.gemm_runtime import GemmLibrary
 from softgen.ops import build_program, get_op
 from softgen.targets import get_target
 
@@ -267,6 +270,37 @@ def test_fixed_rows_tile():
     k = pooled_kernel(49, True)   # a build-time row count picks the tile when none is given or tuned
     if k.target.name == "avx512":
         assert k.gemm.mr == 7 and "_g7x" in k.name and "tile height 7" in k.gemm_why
+
+
+def test_direct_b_gemm():
+    """SOFT's GEMMs read whole B panels in place (gemm(direct_b=True), nn and tn; nt keeps its
+    pack): within the float64 bound on every tile and blocking edge with padded leading
+    dimensions (NaN in the padding: a panel read past n would show), the same bits as the packed
+    GEMM, and the pooled SOFT kernels use it."""
+    t = get_target("avx512" if get_target("avx512").runnable else "avx2")
+    for layout in ("nn", "tn"):
+        for sched in (None, _small(t.name)):
+            g = G.gemm(t, layout, schedule=sched, direct_b=True, name=f"direct_{layout}")
+            packed = G.gemm(t, layout, schedule=sched, name=f"packed_{layout}")
+            assert "the tiles read B in place" in g.source and "in place" not in packed.source
+            lib = GemmLibrary([g, packed])
+            cases = [cs for cs in _cases(g, np.random.default_rng(3)) if cs[0] * cs[1] * cs[2] <= 400_000]
+            assert any(n % g.nr == 0 for _, n, *_ in cases) and any(n % g.nr for _, n, *_ in cases)
+            for m, n, k, alpha, beta, a, b, c, cbuf in cases:
+                c0, c1 = c.copy(), c.copy()
+                assert lib(g, a, b, c, alpha, beta) == 0 and lib(packed, a, b, c1, alpha, beta) == 0
+                _check(g, m, n, k, alpha, beta, a, b, c0, c, cbuf)
+                np.testing.assert_array_equal(c, c1)
+        gp = _GuardPage()   # B ends at an inaccessible page: a partial panel read in place faults
+        n, k = g.nr + 3, 9
+        b = gp.array(k, n, n, 0.0)
+        b[...] = np.random.default_rng(4).standard_normal(b.shape)
+        a = np.ones((k, 5) if layout == "tn" else (5, k), np.float32)
+        c = np.empty((5, n), np.float32)
+        assert lib(g, a, b, c, 1.0, 0.0) == 0
+        np.testing.assert_allclose(c, (a.T if layout == "tn" else a).astype(np.float64) @ b, rtol=1e-5)
+    assert G.gemm(t, "nt", direct_b=True).source == G.gemm(t, "nt").source
+    assert "the tiles read B in place" in "".join(str(x) for x in pooled_kernel(5, True).sources().values())
 
 
 def views(b, lq, lk, hq, hkv, d, dv):

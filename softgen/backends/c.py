@@ -926,10 +926,10 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         done.add(fname)
         tp = bool(mp.fixed_dims)   # SOFT's pooled form: register-transposed nt packs (others: unchanged code)
         if epi is None:
-            gemms.append(gemm(t, layout, g, name=fname, transpose_pack=tp).source)
+            gemms.append(gemm(t, layout, g, name=fname, transpose_pack=tp, direct_b=tp).source)
         else:
             helper, e = epilogue_code(epi, t, s, f"{name}__epi{k}", mp.leaves()[k].mm.alpha)
-            gemms.append(helper + "\n" + gemm(t, layout, g, epilogue=e, name=fname, transpose_pack=tp).source)
+            gemms.append(helper + "\n" + gemm(t, layout, g, epilogue=e, name=fname, transpose_pack=tp, direct_b=tp).source)
     return env().get_template("kernel.c.j2").render(
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,

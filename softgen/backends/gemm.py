@@ -196,8 +196,9 @@ def default_name(t: Target, layout: str, s: GemmSchedule, epilogue: Epilogue | N
     return f"sg_gemm_{layout}_{s.mr}x{s.nr(t.lanes)}{epi}__{t.name}"
 
 
-def _tile(name: str, t: Target, s: GemmSchedule, layout: str = "nn") -> dict:
-    """Statements of the MR x NR tile: row pointers, accumulators, k-step body, stores."""
+def _tile(name: str, t: Target, s: GemmSchedule, layout: str = "nn", direct: bool = False) -> dict:
+    """Statements of the MR x NR tile: row pointers, accumulators, k-step body, stores.
+    ``direct``: B's k steps are ``bs`` elements apart (a packed panel's NR, or B's ldb in place)."""
     L, MR, NV = t.lanes, s.mr, s.nv
     # tn: row r of A^T is column r of A (stride lda per k step)
     nxt, stride = ("1", " * lda") if layout == "tn" else ("lda", "")
@@ -207,7 +208,7 @@ def _tile(name: str, t: Target, s: GemmSchedule, layout: str = "nn") -> dict:
 
     def step(u: int) -> list[str]:
         q = (f"(p + {u})" if stride else f"p + {u}") if u else "p"
-        off = f"{u * s.nr(L)} + " if u else ""
+        off = (f"{u} * bs + " if direct else f"{u * s.nr(L)} + ") if u else ""
         lines = [f"const VEC b_{u}_{v} = V_LOAD(bp + {off}{v * L});" for v in range(NV)]
         for r in range(MR):
             lines.append(f"const VEC a_{u}_{r} = V_SET1(a_{r}[{q}{stride}]);")
@@ -249,13 +250,18 @@ def transpose_stages(lanes: int) -> list[tuple[int, int, str, str]]:
 
 
 def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict | None = None,
-         epilogue: Epilogue | None = None, name: str | None = None, transpose_pack: bool = False) -> GemmCode:
+         epilogue: Epilogue | None = None, name: str | None = None, transpose_pack: bool = False,
+         direct_b: bool = False) -> GemmCode:
     """The C text of a contraction driver (and its static helpers) for ``target``; see the module
     docstring for the semantics. Everything that reaches the template is validated here.
     ``transpose_pack`` (nt, targets of 4+ lanes): whole B panels are packed by lanes x lanes
     register transposes (``transpose_stages``; GCC/Clang vector shuffles) instead of one scalar
     store per element: the same bits, about 7% of SOFT's time at L = 4096 (its K1^T GEMM packs
-    q^T); off by default, so the other kernels keep their code."""
+    q^T); off by default, so the other kernels keep their code. ``direct_b`` (nn, tn): when a
+    column block holds whole NR panels (nc a multiple of NR), the tile reads B in place (its k
+    steps ldb apart) instead of a packed copy: SOFT's K1^T V (B = v, L x 64) skips copying v
+    through the pack buffer, the L3-bound half of that product; same sums, same bits; off by
+    default."""
     t = target if isinstance(target, Target) else get_target(target)
     if layout not in LAYOUTS:
         raise UsageError(f"gemm layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
@@ -279,7 +285,8 @@ def gemm(target: Target | str, layout: str = "nn", schedule: GemmSchedule | dict
         name=name, version=__version__, t=t, s=s, layout=layout, what=what, nr=s.nr(t.lanes),
         lanes=t.lanes, params=", ".join(params), epi=epilogue, epi_params="".join(f", {p}" for p in epilogue.params) if epilogue else "",
         epi_args="".join(f", {n}" for n in epilogue.arg_names) if epilogue else "",
-        store=_store_exprs(epilogue), tile=_tile(name, t, s, layout),
+        store=_store_exprs(epilogue), tile=_tile(name, t, s, layout, direct_b and layout != "nt"),
+        direct=direct_b and layout != "nt",
         tpack=transpose_stages(t.lanes) if transpose_pack and layout == "nt" and t.lanes >= 4 else None)
     return GemmCode(name, layout, t, s, epilogue, tuple(params), src)
 
