@@ -281,6 +281,16 @@ def test_fast_call_entry_points_refuse_bad_calls_before_calling():
             fn(1)
     with pytest.raises(TypeError, match="tuples"):
         fc.general(1, [], (), x)
+    with pytest.raises(ValueError, match="null kernel entry point"):   # a kernel's entry (issue 15)
+        fc.entry(0, "row", None)
+    with pytest.raises(TypeError, match=r"entry\(fnptr"):
+        fc.entry(1)
+    with pytest.raises(ValueError, match="kind is one of"):
+        fc.entry(1, "rows", None)
+    with pytest.raises(ValueError, match="spec"):
+        fc.entry(1, "general", (7, 0, 1))
+    with pytest.raises(TypeError, match=r"\(x, out\)"):
+        fc.entry(1, "row", None)(x)
 
 
 def test_one_function_per_op_compiles_once_and_matches_the_reference():

@@ -360,15 +360,16 @@ def test_topk_fast_path_matches_the_general_path(topk):
     """Top-k calls take _fastcall.selected (no ctypes, no binding); every layout it declines
     (strided, Fortran, empty) falls back, and the results equal the general path's."""
     from softgen import kernel as kmod
-    if kmod._fastsel is None:
+    if kmod._fc is None:
         pytest.skip("softgen._fastcall is not built")
     x = np.random.default_rng(6).standard_normal((3, 40)).astype(np.float32)
     topk(x)
-    assert topk._fast_sel is not None
-    ptr = topk._fast_sel
-    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int64), np.empty((3, 2), np.float32)) == 0
-    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int32), np.empty((3, 2), np.float32)) is NotImplemented
-    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int64), np.empty((2, 2), np.float32)) is NotImplemented
+    assert topk._fast is not None
+    ptr, sel = topk._fn._softgen_ptr, kmod._fc.selected
+    assert sel(ptr, x, np.empty((3, 2), np.int64), np.empty((3, 2), np.float32)) == 0
+    assert sel(ptr, x, np.empty((3, 2), np.int32), np.empty((3, 2), np.float32)) is NotImplemented
+    assert sel(ptr, x, np.empty((3, 2), np.int64), np.empty((2, 2), np.float32)) is NotImplemented
+    assert topk._fast(x, np.empty((3, 2), np.float32)) is NotImplemented   # out=: the general path
     for a in (x, x[:, ::2], x[:, :1], x[:0], np.asfortranarray(x), x[1]):
         fast = topk(a)
         slow = topk._call_np(topk._fn, (a,), None)
@@ -380,7 +381,7 @@ def test_general_matrix_fast_path(gauss, monkeypatch):
     Kernel and the per-op function, NumPy and torch, with no binding; every layout it declines
     (strided rows, Fortran, out overlapping an input, a dims mismatch) takes the general path."""
     from softgen import kernel as kmod
-    if kmod._fastgeneral is None:
+    if kmod._fc is None:
         pytest.skip("softgen._fastcall is not built")
     rng = np.random.default_rng(10)
     a, b = rng.random((2, 3, 4), np.float32), rng.random((2, 5, 4), np.float32)
@@ -389,7 +390,7 @@ def test_general_matrix_fast_path(gauss, monkeypatch):
     fn(a, b, 4, target="scalar")
     if torch is not None:
         gauss(torch.from_numpy(a), torch.from_numpy(b))   # torch's type seen once (arrays.TORCH_TYPES)
-    assert gauss._fast_general is not None
+    assert gauss._fast is not None
 
     def trap(*args, **kw):
         raise AssertionError("a general matrix call went through binding")
@@ -420,12 +421,13 @@ def test_unary_matrix_fast_path_matches_the_general_path(sink):
     """Unary matrix calls (sinkhorn) take _fastcall.unary; declined layouts fall back; results
     equal the general path's; a square kernel's non-square input keeps its ValueError."""
     from softgen import kernel as kmod
-    if kmod._fastunary is None:
+    if kmod._fc is None:
         pytest.skip("softgen._fastcall is not built")
     m = np.random.default_rng(7).random((3, 6, 6)).astype(np.float32)
     sink(m)
-    assert sink._fast_unary is not None
-    assert kmod._fastunary(sink._fast_unary, m[0, 0], np.empty(6, np.float32)) is NotImplemented   # 1-d
+    assert sink._fast is not None
+    assert kmod._fc.unary(sink._fn._softgen_ptr, m[0, 0], np.empty(6, np.float32)) is NotImplemented   # 1-d
+    assert sink._fast(m[0, 0], None) is NotImplemented
     for a in (m, m[:, :, :4], m[:, :4, :], m[:, :, ::2], np.asfortranarray(m), m[0], m[:0]):
         assert np.array_equal(sink(a), sink._call_np(sink._fn, (a,), None))
     y = m.copy()
