@@ -121,7 +121,7 @@ def other_kinds(budget: float) -> None:
     g = softgen.compile("gaussian_kernel", head_dim=16)
     o = g(a, b)
     softgen.gaussian_kernel(a, b, 16, out=o)
-    spec = g._general_spec[0]
+    spec = g._general_spec
     cases.append(("gaussian_kernel 1x16x16 d=16", {
         "raw C": lambda: fc.general(g._fn._softgen_ptr, spec, (a, b), o), "Kernel": lambda: g(a, b, out=o),
         "per-op": lambda: softgen.gaussian_kernel(a, b, 16, out=o)}, (g, (a, b), {"out": o})))

@@ -1,5 +1,7 @@
 /* softgen._fastcall: call a generated kernel on its arrays with ~0.1 us of overhead.
- * An array is a buffer (NumPy), a torch.Tensor read here through its own accessors once
+ * An array is a NumPy array (its fields read directly: the buffer protocol rebuilds a format
+ * string per call, ~60% of a short call), another buffer, a torch.Tensor read here through its
+ * own accessors once
  * softgen.arrays has seen torch (set_torch: this module never imports torch), or a
  * (address, shape, strides, format) tuple (get_view).
  *
@@ -11,6 +13,8 @@
  * callable that also allocates its outputs in the caller's array type (issue 15). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -52,13 +56,13 @@ static int layout(const Py_buffer *b, size_t *rows, size_t *n, size_t *ld) {
 
 #define VIEW_MAXDIM 32
 
-/* The view's shape and strides from two tuples of ints (strides in elements) into `store`
- * (2 * VIEW_MAXDIM); b->obj stays NULL, so PyBuffer_Release is a no-op for it. 0 when they are
- * not such tuples or a C-contiguous request does not hold (no error set). */
+/* The view's shape and strides from two tuples of ints (strides in elements; NULL: C-contiguous)
+ * into `store` (2 * VIEW_MAXDIM); b->obj stays NULL, so PyBuffer_Release is a no-op for it. 0 when
+ * they are not such tuples or a C-contiguous request does not hold (no error set). */
 static int fill_view(Py_buffer *b, void *buf, PyObject *shape, PyObject *strides, Py_ssize_t itemsize,
                      const char *format, int flags, Py_ssize_t *store) {
-    if (!PyTuple_Check(shape) || !PyTuple_Check(strides) || PyTuple_GET_SIZE(shape) != PyTuple_GET_SIZE(strides)
-        || PyTuple_GET_SIZE(shape) > VIEW_MAXDIM)
+    if (!PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) > VIEW_MAXDIM
+        || (strides != NULL && (!PyTuple_Check(strides) || PyTuple_GET_SIZE(shape) != PyTuple_GET_SIZE(strides))))
         return 0;
     memset(b, 0, sizeof *b);
     b->buf = buf;
@@ -67,21 +71,18 @@ static int fill_view(Py_buffer *b, void *buf, PyObject *shape, PyObject *strides
     b->format = (char *)format;
     b->shape = store;
     b->strides = store + VIEW_MAXDIM;
-    for (int i = 0; i < b->ndim; i++) {
+    Py_ssize_t expect = itemsize;
+    for (int i = b->ndim - 1; i >= 0; i--) {
         b->shape[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
-        b->strides[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(strides, i)) * itemsize;
+        b->strides[i] = strides != NULL ? PyLong_AsSsize_t(PyTuple_GET_ITEM(strides, i)) * itemsize : expect;
         if (PyErr_Occurred() || b->shape[i] < 0) {
             PyErr_Clear();
             return 0;
         }
-    }
-    if (flags & PyBUF_C_CONTIGUOUS) {   /* what GetBuffer would refuse for such a request */
-        Py_ssize_t expect = itemsize;
-        for (int i = b->ndim - 1; i >= 0; i--) {
-            if (b->shape[i] > 1 && b->strides[i] != expect)
-                return 0;
-            expect *= b->shape[i];
-        }
+        /* what GetBuffer would refuse for a C-contiguous request (PyBUF_C_CONTIGUOUS includes PyBUF_STRIDES) */
+        if ((flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS && b->shape[i] > 1 && b->strides[i] != expect)
+            return 0;
+        expect *= b->shape[i];
     }
     return 1;
 }
@@ -94,7 +95,7 @@ static struct {
     PyTypeObject *type;                       /* torch.Tensor */
     PyObject *f32, *i64, *strided, *from_numpy;   /* torch.float32, torch.int64, torch.strided, torch.from_numpy */
     PyObject *dtype, *requires_grad, *is_cpu, *layout, *shape;   /* descriptors with __get__ */
-    PyObject *is_neg, *data_ptr, *stride;                        /* methods, called with the tensor */
+    PyObject *is_neg, *data_ptr, *stride, *is_contiguous;        /* methods, called with the tensor */
 } T;
 
 #define IS_TORCH(o) (T.type != NULL && Py_TYPE(o) == T.type)
@@ -130,11 +131,15 @@ static int torch_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
     if (!tis(T.requires_grad, 0, o, Py_False) || !tis(T.is_cpu, 0, o, Py_True)
         || !tis(T.layout, 0, o, T.strided) || !tis(T.is_neg, 1, o, Py_False))
         return 0;
-    PyObject *ptr = tcall(T.data_ptr, o), *shape = tget(T.shape, o), *strides = tcall(T.stride, o);
-    int ok = ptr != NULL && shape != NULL && strides != NULL;
+    /* stride() parses its overloads (~2x is_contiguous()): a contiguous tensor's strides follow
+       from its shape */
+    const int contiguous = tis(T.is_contiguous, 1, o, Py_True);
+    PyObject *ptr = tcall(T.data_ptr, o), *shape = tget(T.shape, o);
+    PyObject *strides = contiguous || shape == NULL ? NULL : tcall(T.stride, o);
+    int ok = ptr != NULL && shape != NULL && (contiguous || strides != NULL);
     void *buf = ok ? PyLong_AsVoidPtr(ptr) : NULL;
-    ok = ok && !PyErr_Occurred()
-         && fill_view(b, buf, shape, strides, dtype == T.f32 ? 4 : 8, dtype == T.f32 ? "f" : "q", flags, store);
+    const Py_ssize_t itemsize = dtype == T.f32 ? 4 : 8;
+    ok = ok && !PyErr_Occurred() && fill_view(b, buf, shape, strides, itemsize, itemsize == 4 ? "f" : "q", flags, store);
     Py_XDECREF(ptr);
     Py_XDECREF(shape);
     Py_XDECREF(strides);
@@ -143,10 +148,39 @@ static int torch_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
     return ok;
 }
 
-/* An array argument: a buffer (NumPy), a torch tensor (torch_view), or a tuple (address, shape,
- * strides in elements, format) that the caller built from an array it has checked. 0 and no
- * error set when it is neither (the caller returns NotImplemented). */
+/* A NumPy array of native float32 or int64 as a view of its own shape and strides (b->obj NULL:
+ * nothing to release); 0 for other arrays, which take the buffer protocol. */
+static int np_view(PyObject *o, Py_buffer *b, int flags) {
+    PyArrayObject *a = (PyArrayObject *)o;
+    const int t = PyArray_TYPE(a);
+    const int f32 = t == NPY_FLOAT, i64 = t == NPY_LONGLONG || (t == NPY_LONG && sizeof(long) == 8);
+    if (!(f32 || i64) || !PyArray_ISNOTSWAPPED(a) || ((flags & PyBUF_WRITABLE) && !PyArray_ISWRITEABLE(a))
+        || PyArray_NDIM(a) > VIEW_MAXDIM)
+        return 0;
+    memset(b, 0, sizeof *b);
+    b->buf = PyArray_DATA(a);
+    b->ndim = PyArray_NDIM(a);
+    b->itemsize = f32 ? 4 : 8;
+    b->format = f32 ? "f" : "q";
+    b->shape = PyArray_DIMS(a);
+    b->strides = PyArray_STRIDES(a);
+    if ((flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS) {
+        Py_ssize_t expect = b->itemsize;
+        for (int i = b->ndim - 1; i >= 0; i--) {
+            if (b->shape[i] > 1 && b->strides[i] != expect)
+                return 0;
+            expect *= b->shape[i];
+        }
+    }
+    return 1;
+}
+
+/* An array argument: a NumPy array (np_view), another buffer, a torch tensor (torch_view), or a
+ * tuple (address, shape, strides in elements, format) that the caller built from an array it has
+ * checked. 0 and no error set when it is neither (the caller returns NotImplemented). */
 static int get_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
+    if (Py_TYPE(o) == &PyArray_Type && np_view(o, b, flags))
+        return 1;
     if (IS_TORCH(o))
         return torch_view(o, b, flags, store);
     if (!PyTuple_CheckExact(o))
@@ -516,32 +550,17 @@ typedef struct {
     signed char spec[2 * (GENERAL_MAXIN + 1)]; /* general: each matrix's row and column dim */
 } Entry;
 
-static struct {
-    PyTypeObject *ndarray;
-    PyObject *empty, *f32, *i64;               /* numpy.empty, numpy.dtype("float32"), ("int64") */
-} N;
+#define ARRAY(o) (Py_TYPE(o) == &PyArray_Type || IS_TORCH(o))
 
-#define ARRAY(o) (Py_TYPE(o) == N.ndarray || IS_TORCH(o))
-
-/* A new C-contiguous NumPy array of `shape` (float32, or int64 when `i64`), viewed in `b`
- * (writable); NULL with an exception set if it cannot be made. */
+/* A new C-contiguous NumPy array of `shape` (float32, or int64 when `i64`), viewed in `b`;
+ * NULL with an exception set if it cannot be made. */
 static PyObject *alloc(int ndim, const Py_ssize_t *shape, int i64, Py_buffer *b) {
-    PyObject *dims = PyTuple_New(ndim);
-    if (dims == NULL)
+    PyObject *res = PyArray_SimpleNew(ndim, (npy_intp *)shape, i64 ? NPY_INT64 : NPY_FLOAT32);
+    if (res != NULL && !np_view(res, b, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE)) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_RuntimeError, "_fastcall: a new array is not a float32/int64 array");
         return NULL;
-    for (int i = 0; i < ndim; i++) {
-        PyObject *d = PyLong_FromSsize_t(shape[i]);
-        if (d == NULL) {
-            Py_DECREF(dims);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(dims, i, d);
     }
-    PyObject *a[2] = {dims, i64 ? N.i64 : N.f32};
-    PyObject *res = PyObject_Vectorcall(N.empty, a, 2, NULL);
-    Py_DECREF(dims);
-    if (res != NULL && PyObject_GetBuffer(res, b, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
-        Py_CLEAR(res);
     return res;
 }
 
@@ -705,35 +724,11 @@ static PyTypeObject EntryType = {
     .tp_doc = "A kernel's fast callable (softgen._fastcall.entry).",
 };
 
-/* NumPy's ndarray, empty and dtypes, once (numpy is softgen's dependency; imported here lazily). */
-static int numpy_init(void) {
-    if (N.ndarray != NULL)
-        return 1;
-    PyObject *np = PyImport_ImportModule("numpy");
-    if (np == NULL)
-        return 0;
-    PyObject *nd = PyObject_GetAttrString(np, "ndarray"), *empty = PyObject_GetAttrString(np, "empty");
-    PyObject *dtype = PyObject_GetAttrString(np, "dtype");
-    PyObject *f32 = dtype ? PyObject_CallFunction(dtype, "s", "float32") : NULL;
-    PyObject *i64 = dtype ? PyObject_CallFunction(dtype, "s", "int64") : NULL;
-    Py_DECREF(np);
-    Py_XDECREF(dtype);
-    if (nd == NULL || empty == NULL || f32 == NULL || i64 == NULL || !PyType_Check(nd)) {
-        Py_XDECREF(nd), Py_XDECREF(empty), Py_XDECREF(f32), Py_XDECREF(i64);
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "numpy.ndarray is not a type");
-        return 0;
-    }
-    N.empty = empty, N.f32 = f32, N.i64 = i64;
-    N.ndarray = (PyTypeObject *)nd;
-    return 1;
-}
-
 static PyObject *entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     static const char *kinds[] = {"row", "selected", "unary", "general"};
     void *fp = entry_point(args, nargs, 3, 3, "entry(fnptr, kind, param)");
-    if (fp == NULL || !numpy_init())
+    if (fp == NULL)
         return NULL;
     const char *kind = PyUnicode_Check(args[1]) ? PyUnicode_AsUTF8(args[1]) : NULL;
     int k = 0;
@@ -771,13 +766,14 @@ static PyObject *entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
  * softgen.arrays registers once it has seen a tensor. */
 static PyObject *set_torch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    static const char *names[] = {"dtype", "requires_grad", "is_cpu", "layout", "shape", "is_neg", "data_ptr", "stride"};
+    static const char *names[] = {"dtype", "requires_grad", "is_cpu", "layout", "shape", "is_neg", "data_ptr", "stride",
+                                  "is_contiguous"};
     if (nargs != 5 || !PyType_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "set_torch(Tensor, float32, int64, strided, from_numpy)");
         return NULL;
     }
-    PyObject *d[8];
-    for (int i = 0; i < 8; i++) {   /* the type's own descriptors: looked up once, called per tensor */
+    PyObject *d[9];
+    for (int i = 0; i < 9; i++) {   /* the type's own descriptors: looked up once, called per tensor */
         d[i] = PyObject_GetAttrString(args[0], names[i]);
         if (d[i] != NULL && i < 5 && Py_TYPE(d[i])->tp_descr_get == NULL) {
             Py_DECREF(d[i]);
@@ -792,13 +788,13 @@ static PyObject *set_torch(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     Py_XDECREF(T.type), Py_XDECREF(T.f32), Py_XDECREF(T.i64), Py_XDECREF(T.strided), Py_XDECREF(T.from_numpy);
     Py_XDECREF(T.dtype), Py_XDECREF(T.requires_grad), Py_XDECREF(T.is_cpu), Py_XDECREF(T.layout);
-    Py_XDECREF(T.shape), Py_XDECREF(T.is_neg), Py_XDECREF(T.data_ptr), Py_XDECREF(T.stride);
+    Py_XDECREF(T.shape), Py_XDECREF(T.is_neg), Py_XDECREF(T.data_ptr), Py_XDECREF(T.stride), Py_XDECREF(T.is_contiguous);
     for (int i = 1; i < 5; i++)
         Py_INCREF(args[i]);
     Py_INCREF(args[0]);
     T.f32 = args[1], T.i64 = args[2], T.strided = args[3], T.from_numpy = args[4];
     T.dtype = d[0], T.requires_grad = d[1], T.is_cpu = d[2], T.layout = d[3], T.shape = d[4];
-    T.is_neg = d[5], T.data_ptr = d[6], T.stride = d[7];
+    T.is_neg = d[5], T.data_ptr = d[6], T.stride = d[7], T.is_contiguous = d[8];
     T.type = (PyTypeObject *)args[0];
     Py_RETURN_NONE;
 }
@@ -829,6 +825,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastcall", NULL, -1
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fastcall(void) {
+    import_array();   /* NumPy's C API: array fields and PyArray_SimpleNew */
     if (PyType_Ready(&EntryType) < 0)
         return NULL;
     return PyModule_Create(&module);
