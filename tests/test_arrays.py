@@ -111,18 +111,20 @@ def test_torch_refusals(sm):
 
 
 @needs_torch
-def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, monkeypatch):
-    """Torch tensors of every fast kind (rows, top-k, unary matrix; Kernel and per-op function)
-    go to _fastcall on their address, shape and strides: no arrays.prepare, no Tensor.numpy()
-    (issue 15). Results equal NumPy's; layouts the fast path declines still work or are refused."""
+def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, gauss, monkeypatch):
+    """Torch tensors of every fast kind (rows, top-k, unary and general matrix; Kernel and per-op
+    function) are read in C (_fastcall.entry): no arrays.prepare, no Tensor.numpy() (issue 15).
+    Results equal NumPy's; layouts the fast path declines still work or are refused."""
     from softgen import kernel as kmod
-    if kmod._fastcall is None:
+    if kmod._fc is None:
         pytest.skip("softgen._fastcall is not built")
     x = torch.randn(3, 40)
     m = torch.rand(2, 5, 5)
+    a, b = torch.rand(2, 3, 4), torch.rand(2, 5, 4)
     want = {"sm": sm(x.numpy()), "topk": topk(x.numpy()), "sink": sink(m.numpy()),
-            "f": softgen.softmax(x.numpy(), target="scalar")}
+            "f": softgen.softmax(x.numpy(), target="scalar"), "g": gauss(a.numpy(), b.numpy())}
     sm(x), topk(x), sink(m), softgen.softmax(x, target="scalar")   # load; torch's type seen once
+    softgen.topk_softmax(x, 2, sparse=1, target="scalar"), softgen.gaussian_kernel(a, b, 4, target="scalar")
 
     def trap(*a, **k):
         raise AssertionError("a torch call went through a NumPy view")
@@ -143,6 +145,17 @@ def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, monkeypatch):
     s = sink(m)
     assert type(s) is torch.Tensor and _teq(s, want["sink"])
     assert _teq(softgen.softmax(x, target="scalar"), want["f"])
+    wide = torch.randn(3, 56)
+    v = wide[:, 8:48]                                              # rows one stride (56) apart
+    assert _teq(sm(v), sm(np.array(v.tolist(), np.float32)))
+    ov = torch.zeros(3, 56)
+    assert sm(x, out=ov[:, 16:]) is not None and _teq(ov[:, 16:], want["sm"]) and not ov[:, :16].any()
+    fi, fw = softgen.topk_softmax(x, 2, sparse=1, target="scalar")
+    assert _teq(fi, want["topk"][0]) and _teq(fw, want["topk"][1])
+    g = gauss(a, b)
+    assert type(g) is torch.Tensor and _teq(g, want["g"]) and _teq(softgen.gaussian_kernel(a, b, 4, target="scalar"), want["g"])
+    og = torch.empty(2, 3, 5)
+    assert gauss(a, b, out=og) is og and _teq(og, want["g"])
     monkeypatch.undo()
     # declined by the fast path: the general path computes (strided rows) or refuses
     xt = x.t().contiguous().t()                                              # unit stride across rows
@@ -279,7 +292,14 @@ def test_call_path_does_not_touch_the_ir(sm, lssa, topk, sink, gauss, monkeypatc
     calls = [lambda: sm(x), lambda: sm(x, threads=2), lambda: lssa(x), lambda: topk(x), lambda: sink(m),
              lambda: gauss(a, b), lambda: disp(x), lambda: disp(x, threads=1),
              lambda: softgen.softmax(x, target="scalar"), lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar"),
-             lambda: sm(x, axis=0), lambda: softgen.softmax(x), lambda: softgen.softmax(x)]
+             lambda: sm(x, axis=0), lambda: softgen.softmax(x), lambda: softgen.softmax(x),
+             lambda: softgen.sinkhorn(m, target="scalar"), lambda: softgen.gaussian_kernel(a, b, 4, target="scalar")]
+    if torch is not None:   # torch tensors in and out, every kind
+        xt, mt, at, bt = (torch.from_numpy(v.copy()) for v in (x, m, a, b))
+        calls += [lambda: sm(xt), lambda: sm(xt, out=torch.empty(3, 8)), lambda: topk(xt), lambda: sink(mt),
+                  lambda: gauss(at, bt), lambda: gauss(at, bt, out=torch.empty(3, 5)),
+                  lambda: softgen.topk_softmax(xt, 2, sparse=1, target="scalar"),
+                  lambda: softgen.gaussian_kernel(at, bt, 4, target="scalar")]
     expect = [c() for c in calls]   # loads the libraries (may touch the IR) before the trap
 
     def trap(*a, **k):
@@ -293,7 +313,7 @@ def test_call_path_does_not_touch_the_ir(sm, lssa, topk, sink, gauss, monkeypatc
     for c, e in zip(calls, expect):
         r = c()
         for u, v in zip(r if isinstance(r, tuple) else (r,), e if isinstance(e, tuple) else (e,)):
-            assert np.array_equal(u, v)
+            assert type(u) is type(v) and np.array_equal(np.asarray(u), np.asarray(v))
 
 
 # -- a cached TVM kernel in a new process ---------------------------------------------------------
