@@ -316,6 +316,35 @@ def test_call_path_does_not_touch_the_ir(sm, lssa, topk, sink, gauss, monkeypatc
             assert type(u) is type(v) and np.array_equal(np.asarray(u), np.asarray(v))
 
 
+def test_per_op_functions_go_straight_to_the_entry(monkeypatch):
+    """softgen.<op>(...) with arguments seen before is one dict lookup and the kernel's C entry
+    (issue 15): no apply, no Kernel.__call__, no binding, for rows, top-k and both kinds of matrix
+    op; new arguments, 0-d inputs and axis= still take apply."""
+    from softgen import functional, kernel as kmod
+    if kmod._fc is None:
+        pytest.skip("softgen._fastcall is not built")
+    rng = np.random.default_rng(11)
+    x, m = rng.standard_normal((3, 8)).astype(np.float32), rng.random((2, 4, 4)).astype(np.float32)
+    a, b = rng.random((3, 4), np.float32), rng.random((5, 4), np.float32)
+    calls = [lambda: softgen.softmax(x, target="scalar"), lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar"),
+             lambda: softgen.sinkhorn(m, target="scalar"), lambda: softgen.gaussian_kernel(a, b, 4, target="scalar"),
+             lambda: softgen.gaussian_kernel(a, b, head_dim=4, target="scalar", out=np.empty((3, 5), np.float32))]
+    expect = [c() for c in calls]
+
+    def trap(*args, **kw):
+        raise AssertionError("a per-op call went past its entry")
+    for mod, name in ((functional, "apply"), (kmod.Kernel, "__call__"), (kmod.MatrixKernel, "__call__"), (kmod, "bind")):
+        monkeypatch.setattr(mod, name, trap)
+    for c, e in zip(calls, expect):
+        r = c()
+        for u, v in zip(r if isinstance(r, tuple) else (r,), e if isinstance(e, tuple) else (e,)):
+            assert np.array_equal(u, v)
+    for c in (lambda: softgen.softmax(x, target="scalar", axis=0), lambda: softgen.softmax(np.float32(1), target="scalar"),
+              lambda: softgen.topk_softmax(x, 3, sparse=1, target="scalar")):
+        with pytest.raises(AssertionError, match="past its entry"):
+            c()
+
+
 # -- a cached TVM kernel in a new process ---------------------------------------------------------
 
 def test_cached_tvm_kernel_loads_without_tvm(tmp_path):
