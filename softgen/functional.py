@@ -119,7 +119,7 @@ def _make(op: str):
     threads=, axis=/dim= or call-time arguments take ``apply``."""
     opdef = _ops.get_op(op)
     more = len(opdef.inputs) - 1   # the op's inputs besides x: positional, not part of the key
-    plain, keyed = {}, {}          # args[more:] / (args[more:], kwargs items) -> the kernel's entry
+    plain, keyed = {}, {}          # args[more:] / (args[more:], *kwargs items) -> the kernel's entry
 
     def remember(args: tuple, kwargs: dict) -> None:
         """After ``apply`` ran: enter the call's kernel when nothing but the kernel matters to it."""
@@ -127,7 +127,7 @@ def _make(op: str):
             return
         opts = {o: kwargs[o] for o in _OPTIONS if o in kwargs}
         try:
-            key = (args[more:], tuple(kwargs.items())) if kwargs else args[more:]
+            key = (args[more:], *kwargs.items()) if kwargs else args[more:]
             k, _, call = _lookup(op, args, {n: v for n, v in kwargs.items() if n not in _OPTIONS and n not in
                                             ("threads", "axis", "dim")}, opts.get("target", "host"),
                                  opts.get("backend", "c"), opts.get("algorithm", "auto"))
@@ -142,7 +142,7 @@ def _make(op: str):
     if more:
         def fn(x, *args, out=None, **kwargs):
             try:
-                e = keyed.get((args[more:], tuple(kwargs.items()))) if kwargs else plain.get(args[more:])
+                e = keyed.get((args[more:], *kwargs.items())) if kwargs else plain.get(args[more:])
             except TypeError:   # unhashable parameters: apply says what is wrong
                 e = None
             if e is not None and len(args) >= more:
@@ -156,7 +156,7 @@ def _make(op: str):
     else:
         def fn(x, *args, out=None, **kwargs):
             try:
-                e = keyed.get((args, tuple(kwargs.items()))) if kwargs else plain.get(args)
+                e = keyed.get((args, *kwargs.items())) if kwargs else plain.get(args)
             except TypeError:
                 e = None
             if e is not None:
