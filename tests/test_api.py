@@ -265,6 +265,12 @@ def test_fast_call_path_is_built_and_agrees_with_the_general_path(k, rng):
     assert kmod._fastcall(k._fn._softgen_ptr, x, np.empty((4, 36), np.float32)) is NotImplemented
     assert kmod._fastcall(k._fn._softgen_ptr, x.astype(np.float64), np.empty((4, 37))) is NotImplemented
     assert kmod._fastcall(k._fn._softgen_ptr, x, x[:, ::-1]) is NotImplemented
+    # NumPy arrays are read from their fields: a swapped byte order or a read-only out declines
+    assert kmod._fastcall(k._fn._softgen_ptr, x.astype(">f4"), np.empty((4, 37), np.float32)) is NotImplemented
+    ro = np.empty((4, 37), np.float32)
+    ro.flags.writeable = False
+    assert kmod._fastcall(k._fn._softgen_ptr, x, ro) is NotImplemented and k._fast(x, ro) is NotImplemented
+    assert kmod._fastcall(k._fn._softgen_ptr, ro, np.empty((4, 37), np.float32)) == 0   # a read-only x is read
 
 
 def test_fast_call_entry_points_refuse_bad_calls_before_calling():
