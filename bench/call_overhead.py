@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Per-call overhead of softmax (issue 15, "Speed of a call"): for 1x16, 1x1K and 64x1K float32,
 interleaved medians (softgen.benchmark.timing.time_interleaved) of
-  raw C      the kernel's C entry through softgen._fastcall (no Python checks)
+  raw C      the kernel's C entry through softgen._fastcall.call (NumPy buffers, no Python)
   Kernel     k(x, out=y)                      (Kernel.__call__, NumPy)
-  Kernel/t   k(xt, out=yt)                    (torch tensors in and out, DLPack)
+  Kernel/t   k(xt, out=yt)                    (torch tensors in and out)
+  K/t new    k(xt)                            (torch in, a new tensor out)
   per-op     softgen.softmax(x, out=y)        (the functional path: kernel lookup + call)
+  per-op/t   softgen.softmax(xt, out=yt)
   torch      torch.softmax(xt, -1, out=yt)
   onnxrt     an ONNX Runtime session, Softmax(axis=-1), io binding to NumPy buffers
   numpy      exp(x - max) / sum, into y (out=)
-Then the other kinds, 1 row / 1 matrix: top-k (sparse, k=4; raw: _fastcall.selected), a unary
-matrix op (sinkhorn 1x32x32; raw: _fastcall.unary) and a general one (gaussian_kernel 1x16x16,
-d=16; raw: _fastcall.general), each through the Kernel and the per-op function, NumPy and torch.
+Then the other kinds, 1 row / 1 matrix, the same columns but torch's and ONNX Runtime's: top-k
+(sparse, k=4; raw: _fastcall.selected into given arrays; calls allocate (indices, weights)), a
+unary matrix op (sinkhorn 1x32x32; raw: _fastcall.unary) and a general one (gaussian_kernel
+1x16x16, d=16; raw: _fastcall.general), out= given where the op takes one.
 Single-threaded (OMP etc. = 1, torch.set_num_threads(1)). Absent peers are skipped.
 The targets (issue 15): Kernel within 0.5 us of raw C at 1x1K, and Kernel - raw <= half of
 torch's overhead (torch's time at 1x16 is nearly all overhead).
@@ -27,7 +30,8 @@ import numpy as np  # noqa: E402
 
 import softgen  # noqa: E402
 from softgen import _fastcall as fc  # noqa: E402 - the C extension (built by pip install / setup.py)
-from softgen.kernel import _fastcall  # noqa: E402
+
+COLS = ("raw C", "Kernel", "Kernel/t", "K/t new", "per-op", "per-op/t", "torch", "onnxrt", "numpy")
 
 
 def _onnx(n: int):
@@ -60,20 +64,22 @@ def main() -> None:
     k = softgen.compile("softmax")
     print(f"# {k.name}; median us per call, interleaved (noisy on a shared machine); "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"{'shape':>8} " + " ".join(f"{c:>9}" for c in
-                                      ("raw C", "Kernel", "Kernel/t", "per-op", "torch", "onnxrt", "numpy")))
+    print(f"{'shape':>8} " + " ".join(f"{c:>9}" for c in COLS))
     for rows, n in ((1, 16), (1, 1024), (64, 1024)):
         x = np.random.default_rng(0).standard_normal((rows, n)).astype(np.float32)
         y = np.empty_like(x)
         k(x, out=y)
         softgen.softmax(x, out=y)   # compiled (first use) before calibration
-        fn = k._entry(False)
-        v = {"raw C": lambda: _fastcall(fn._softgen_ptr, x, y),
+        ptr = k._fn._softgen_ptr
+        v = {"raw C": lambda: fc.call(ptr, x, y),
              "Kernel": lambda: k(x, out=y),
              "per-op": lambda: softgen.softmax(x, out=y)}
         if torch is not None:
             xt, yt = torch.from_numpy(x.copy()), torch.empty(rows, n)
+            k(xt, out=yt)   # torch's type seen once (softgen.arrays registers it with _fastcall)
             v["Kernel/t"] = lambda: k(xt, out=yt)
+            v["K/t new"] = lambda: k(xt)
+            v["per-op/t"] = lambda: softgen.softmax(xt, out=yt)
             v["torch"] = lambda: torch.softmax(xt, -1, out=yt)
         sess = _onnx(n)
         if sess is not None:
@@ -88,51 +94,56 @@ def main() -> None:
             np.divide(y, y.sum(-1, keepdims=True), out=y)
         v["numpy"] = numpy_softmax
         res = time_interleaved(v, budget=args.budget)
-        cols = ("raw C", "Kernel", "Kernel/t", "per-op", "torch", "onnxrt", "numpy")
         print(f"{rows}x{n:<6} " + " ".join(f"{res[c].median * 1e6:9.2f}" if c in res else f"{'-':>9}"
-                                            for c in cols))
-    other_kinds(args.budget)
+                                            for c in COLS))
+    other_kinds(args.budget, torch)
 
 
-def other_kinds(budget: float) -> None:
+def other_kinds(budget: float, torch) -> None:
     """Top-k, a unary and a general matrix op, 1 row / 1 matrix: raw _fastcall, the Kernel and the
-    per-op function on NumPy arrays (and the Kernel on torch tensors, "Kernel/t")."""
-    try:
-        import torch
-    except ImportError:
-        torch = None
+    per-op function on NumPy arrays and on torch tensors (``/t``; ``K/t new``: no out=)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 1024)).astype(np.float32)
     t = softgen.compile("topk_softmax", k=4, sparse=1)
     t(x)
     softgen.topk_softmax(x, 4, sparse=1)
     idx, w = np.empty((1, 4), np.int64), np.empty((1, 4), np.float32)
-    cases = [("topk_softmax(k=4, sparse=1) 1x1024", {
-        "raw C": lambda: fc.selected(t._fn._softgen_ptr, x, idx, w), "Kernel": lambda: t(x),
-        "per-op": lambda: softgen.topk_softmax(x, 4, sparse=1)}, (t, (x,), {}))]
+    tp = t._fn._softgen_ptr
+    cases = [("topk k=4 sparse 1x1024", {
+        "raw C": lambda: fc.selected(tp, x, idx, w), "Kernel": lambda: t(x),
+        "per-op": lambda: softgen.topk_softmax(x, 4, sparse=1)},
+        lambda xs, o: t(*xs), lambda xs, o: softgen.topk_softmax(*xs, 4, sparse=1), (x,), None)]
     m = rng.random((1, 32, 32)).astype(np.float32)
     s = softgen.compile("sinkhorn")
     y = s(m)
     softgen.sinkhorn(m)
+    sp = s._fn._softgen_ptr
     cases.append(("sinkhorn 1x32x32", {
-        "raw C": lambda: fc.unary(s._fn._softgen_ptr, m, y), "Kernel": lambda: s(m, out=y),
-        "per-op": lambda: softgen.sinkhorn(m, out=y)}, (s, (m,), {"out": y})))
+        "raw C": lambda: fc.unary(sp, m, y), "Kernel": lambda: s(m, out=y),
+        "per-op": lambda: softgen.sinkhorn(m, out=y)},
+        lambda xs, o: s(*xs, out=o), lambda xs, o: softgen.sinkhorn(*xs, out=o), (m,), y))
     a, b = rng.random((1, 16, 16), np.float32), rng.random((1, 16, 16), np.float32)
     g = softgen.compile("gaussian_kernel", head_dim=16)
     o = g(a, b)
     softgen.gaussian_kernel(a, b, 16, out=o)
-    spec = g._general_spec[0]
-    cases.append(("gaussian_kernel 1x16x16 d=16", {
-        "raw C": lambda: fc.general(g._fn._softgen_ptr, spec, (a, b), o), "Kernel": lambda: g(a, b, out=o),
-        "per-op": lambda: softgen.gaussian_kernel(a, b, 16, out=o)}, (g, (a, b), {"out": o})))
-    for label, v, (kern, ins, kw) in cases:
+    gp, spec = g._fn._softgen_ptr, g._general_spec
+    cases.append(("gaussian d=16 1x16x16", {
+        "raw C": lambda: fc.general(gp, spec, (a, b), o), "Kernel": lambda: g(a, b, out=o),
+        "per-op": lambda: softgen.gaussian_kernel(a, b, 16, out=o)},
+        lambda xs, o: g(*xs, out=o), lambda xs, o: softgen.gaussian_kernel(*xs, 16, out=o), (a, b), o))
+    cols = [c for c in COLS if c not in ("torch", "onnxrt", "numpy")]
+    print(f"{'kind':>22} " + " ".join(f"{c:>9}" for c in cols))
+    for label, v, kern, per_op, ins, out in cases:
         if torch is not None:
             tins = tuple(torch.from_numpy(i.copy()) for i in ins)
-            tkw = {"out": torch.from_numpy(kw["out"].copy())} if kw else {}
-            kern(*tins, **tkw)     # torch's type seen once
-            v["Kernel/t"] = lambda kern=kern, tins=tins, tkw=tkw: kern(*tins, **tkw)
+            tout = None if out is None else torch.from_numpy(out.copy())
+            kern(tins, tout)     # torch's type seen once
+            v["Kernel/t"] = lambda kern=kern, tins=tins, tout=tout: kern(tins, tout)
+            if tout is not None:
+                v["K/t new"] = lambda kern=kern, tins=tins: kern(tins, None)
+            v["per-op/t"] = lambda per_op=per_op, tins=tins, tout=tout: per_op(tins, tout)
         res = time_interleaved(v, budget=budget)
-        print(f"{label}: " + ", ".join(f"{c} {r.median * 1e6:.2f}" for c, r in res.items()))
+        print(f"{label:>22} " + " ".join(f"{res[c].median * 1e6:9.2f}" if c in res else f"{'-':>9}" for c in cols))
 
 
 if __name__ == "__main__":

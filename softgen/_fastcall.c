@@ -1,13 +1,22 @@
-/* softgen._fastcall: call a generated row kernel on two buffers with ~0.1 us of overhead.
- * An array is a buffer (NumPy) or a (address, shape, strides, format) tuple (get_view).
+/* softgen._fastcall: call a generated kernel on its arrays with ~0.1 us of overhead.
+ * An array is a NumPy array (its fields read directly: the buffer protocol rebuilds a format
+ * string per call, ~60% of a short call), another buffer, a torch.Tensor read here through its
+ * own accessors once
+ * softgen.arrays has seen torch (set_torch: this module never imports torch), or a
+ * (address, shape, strides, format) tuple (get_view).
  *
  * ctypes costs about 1 us per call plus the pointer look-ups; this does the layout checks of
  * Kernel._run for the common case (float32, rows addressable as base + r*ld, aligned, x and y
- * identical or disjoint) straight on the buffer protocol. Anything else returns NotImplemented
- * and Python takes the general path, which copies or raises the proper error. */
+ * identical or disjoint) straight on the arrays. Anything else returns NotImplemented and Python
+ * takes the general path, which copies or raises the proper error. One entry per ABI family
+ * (call, selected, unary, general: the raw forms, outputs given), and `entry`: a kernel's
+ * callable that also allocates its outputs in the caller's array type (issue 15). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -47,29 +56,14 @@ static int layout(const Py_buffer *b, size_t *rows, size_t *n, size_t *ld) {
 
 #define VIEW_MAXDIM 32
 
-/* An array argument: a buffer (NumPy), or a tuple (address, shape, strides in elements, format)
- * that the caller built from an array it has checked (issue 15: torch tensors by data_ptr(),
- * shape and stride(), without a NumPy view per call). A tuple's shape and strides go to
- * `store` (2 * VIEW_MAXDIM); b->obj stays NULL, so PyBuffer_Release is a no-op for it.
- * 0 and no error set when it is neither (the caller returns NotImplemented). */
-static int get_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
-    if (!PyTuple_CheckExact(o))
-        return PyObject_GetBuffer(o, b, flags) < 0 ? (PyErr_Clear(), 0) : 1;
-    if (PyTuple_GET_SIZE(o) != 4)
+/* The view's shape and strides from two tuples of ints (strides in elements; NULL: C-contiguous)
+ * into `store` (2 * VIEW_MAXDIM); b->obj stays NULL, so PyBuffer_Release is a no-op for it. 0 when
+ * they are not such tuples or a C-contiguous request does not hold (no error set). */
+static int fill_view(Py_buffer *b, void *buf, PyObject *shape, PyObject *strides, Py_ssize_t itemsize,
+                     const char *format, int flags, Py_ssize_t *store) {
+    if (!PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) > VIEW_MAXDIM
+        || (strides != NULL && (!PyTuple_Check(strides) || PyTuple_GET_SIZE(shape) != PyTuple_GET_SIZE(strides))))
         return 0;
-    PyObject *shape = PyTuple_GET_ITEM(o, 1), *strides = PyTuple_GET_ITEM(o, 2);
-    const char *format = PyUnicode_Check(PyTuple_GET_ITEM(o, 3)) ? PyUnicode_AsUTF8(PyTuple_GET_ITEM(o, 3)) : NULL;
-    if (!PyTuple_Check(shape) || !PyTuple_Check(strides) || format == NULL
-        || PyTuple_GET_SIZE(shape) != PyTuple_GET_SIZE(strides) || PyTuple_GET_SIZE(shape) > VIEW_MAXDIM) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_ssize_t itemsize = strcmp(format, "f") == 0 ? 4 : strcmp(format, "q") == 0 ? 8 : 0;
-    void *buf = PyLong_AsVoidPtr(PyTuple_GET_ITEM(o, 0));
-    if (itemsize == 0 || PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
     memset(b, 0, sizeof *b);
     b->buf = buf;
     b->ndim = (int)PyTuple_GET_SIZE(shape);
@@ -77,16 +71,101 @@ static int get_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
     b->format = (char *)format;
     b->shape = store;
     b->strides = store + VIEW_MAXDIM;
-    for (int i = 0; i < b->ndim; i++) {
+    Py_ssize_t expect = itemsize;
+    for (int i = b->ndim - 1; i >= 0; i--) {
         b->shape[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
-        b->strides[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(strides, i)) * itemsize;
+        b->strides[i] = strides != NULL ? PyLong_AsSsize_t(PyTuple_GET_ITEM(strides, i)) * itemsize : expect;
         if (PyErr_Occurred() || b->shape[i] < 0) {
             PyErr_Clear();
             return 0;
         }
+        /* what GetBuffer would refuse for a C-contiguous request (PyBUF_C_CONTIGUOUS includes PyBUF_STRIDES) */
+        if ((flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS && b->shape[i] > 1 && b->strides[i] != expect)
+            return 0;
+        expect *= b->shape[i];
     }
-    if (flags & PyBUF_C_CONTIGUOUS) {   /* what GetBuffer would refuse for such a request */
-        Py_ssize_t expect = itemsize;
+    return 1;
+}
+
+/* torch (issue 15): what set_torch registered once softgen.arrays saw a tensor. A tensor is read
+ * through torch.Tensor's own descriptors, called directly (no attribute lookup, no bound method,
+ * no interpreter): what `arrays` checked per call in Python (~0.6 us a tensor) costs ~0.2 us here.
+ * Only the exact type: a subclass may override any accessor (it takes the general path). */
+static struct {
+    PyTypeObject *type;                       /* torch.Tensor */
+    PyObject *f32, *i64, *strided, *from_numpy;   /* torch.float32, torch.int64, torch.strided, torch.from_numpy */
+    PyObject *dtype, *requires_grad, *is_cpu, *layout, *shape;   /* descriptors with __get__ */
+    PyObject *is_neg, *data_ptr, *stride, *is_contiguous;        /* methods, called with the tensor */
+} T;
+
+#define IS_TORCH(o) (T.type != NULL && Py_TYPE(o) == T.type)
+
+static PyObject *tget(PyObject *descr, PyObject *o) {
+    return Py_TYPE(descr)->tp_descr_get(descr, o, (PyObject *)T.type);
+}
+
+static PyObject *tcall(PyObject *method, PyObject *o) { return PyObject_Vectorcall(method, &o, 1, NULL); }
+
+/* 1 when accessor `d` of tensor `o` (a descriptor, or a method when `call`) is the object `want` */
+static int tis(PyObject *d, int call, PyObject *o, PyObject *want) {
+    PyObject *v = call ? tcall(d, o) : tget(d, o);
+    if (v == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(v);
+    return v == want;
+}
+
+/* A tensor's view: float32 or int64, CPU, strided, no grad, no negative bit (its memory would
+ * hold -x); 0 (no error set) for anything else, which the general path converts or refuses. */
+static int torch_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
+    PyObject *dtype = tget(T.dtype, o);
+    if (dtype == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(dtype);
+    if (dtype != T.f32 && dtype != T.i64)
+        return 0;
+    if (!tis(T.requires_grad, 0, o, Py_False) || !tis(T.is_cpu, 0, o, Py_True)
+        || !tis(T.layout, 0, o, T.strided) || !tis(T.is_neg, 1, o, Py_False))
+        return 0;
+    /* stride() parses its overloads (~2x is_contiguous()): a contiguous tensor's strides follow
+       from its shape */
+    const int contiguous = tis(T.is_contiguous, 1, o, Py_True);
+    PyObject *ptr = tcall(T.data_ptr, o), *shape = tget(T.shape, o);
+    PyObject *strides = contiguous || shape == NULL ? NULL : tcall(T.stride, o);
+    int ok = ptr != NULL && shape != NULL && (contiguous || strides != NULL);
+    void *buf = ok ? PyLong_AsVoidPtr(ptr) : NULL;
+    const Py_ssize_t itemsize = dtype == T.f32 ? 4 : 8;
+    ok = ok && !PyErr_Occurred() && fill_view(b, buf, shape, strides, itemsize, itemsize == 4 ? "f" : "q", flags, store);
+    Py_XDECREF(ptr);
+    Py_XDECREF(shape);
+    Py_XDECREF(strides);
+    if (!ok)
+        PyErr_Clear();
+    return ok;
+}
+
+/* A NumPy array of native float32 or int64 as a view of its own shape and strides (b->obj NULL:
+ * nothing to release); 0 for other arrays, which take the buffer protocol. */
+static int np_view(PyObject *o, Py_buffer *b, int flags) {
+    PyArrayObject *a = (PyArrayObject *)o;
+    const int t = PyArray_TYPE(a);
+    const int f32 = t == NPY_FLOAT, i64 = t == NPY_LONGLONG || (t == NPY_LONG && sizeof(long) == 8);
+    if (!(f32 || i64) || !PyArray_ISNOTSWAPPED(a) || ((flags & PyBUF_WRITABLE) && !PyArray_ISWRITEABLE(a))
+        || PyArray_NDIM(a) > VIEW_MAXDIM)
+        return 0;
+    memset(b, 0, sizeof *b);
+    b->buf = PyArray_DATA(a);
+    b->ndim = PyArray_NDIM(a);
+    b->itemsize = f32 ? 4 : 8;
+    b->format = f32 ? "f" : "q";
+    b->shape = PyArray_DIMS(a);
+    b->strides = PyArray_STRIDES(a);
+    if ((flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS) {
+        Py_ssize_t expect = b->itemsize;
         for (int i = b->ndim - 1; i >= 0; i--) {
             if (b->shape[i] > 1 && b->strides[i] != expect)
                 return 0;
@@ -96,17 +175,39 @@ static int get_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
     return 1;
 }
 
-/* x (args[1]) and y (args[2], writable) of a kernel taking (x, y, rows, n, ldx, ldy, ...): -1 when
-   they are not buffers (nothing held), else both held and 1 when the fast path may run (the same
-   shape of at least `min_ndim` axes, each with layout(), x and y identical or disjoint), 0 when not. */
-static int xy_pair(PyObject *const *args, Py_buffer *bx, Py_buffer *by, int min_ndim,
-                   size_t *rows, size_t *n, size_t *ldx, size_t *ldy, Py_ssize_t *store) {
-    if (!get_view(args[1], bx, PyBUF_STRIDES | PyBUF_FORMAT, store))
-        return -1;
-    if (!get_view(args[2], by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE, store + 2 * VIEW_MAXDIM)) {
-        PyBuffer_Release(bx);
-        return -1;
+/* An array argument: a NumPy array (np_view), another buffer, a torch tensor (torch_view), or a
+ * tuple (address, shape, strides in elements, format) that the caller built from an array it has
+ * checked. 0 and no error set when it is neither (the caller returns NotImplemented). */
+static int get_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
+    if (Py_TYPE(o) == &PyArray_Type && np_view(o, b, flags))
+        return 1;
+    if (IS_TORCH(o))
+        return torch_view(o, b, flags, store);
+    if (!PyTuple_CheckExact(o))
+        return PyObject_GetBuffer(o, b, flags) < 0 ? (PyErr_Clear(), 0) : 1;
+    if (PyTuple_GET_SIZE(o) != 4)
+        return 0;
+    PyObject *fmt = PyTuple_GET_ITEM(o, 3);
+    const char *format = PyUnicode_Check(fmt) ? PyUnicode_AsUTF8(fmt) : NULL;
+    if (format == NULL) {
+        PyErr_Clear();
+        return 0;
     }
+    Py_ssize_t itemsize = strcmp(format, "f") == 0 ? 4 : strcmp(format, "q") == 0 ? 8 : 0;
+    void *buf = PyLong_AsVoidPtr(PyTuple_GET_ITEM(o, 0));
+    if (itemsize == 0 || PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return fill_view(b, buf, PyTuple_GET_ITEM(o, 1), PyTuple_GET_ITEM(o, 2), itemsize,
+                     itemsize == 4 ? "f" : "q", flags, store);
+}
+
+/* rows, n and row strides of x and y for a kernel taking (x, y, rows, n, ldx, ldy, ...): 1 when
+ * the fast path may run (the same shape of at least `min_ndim` axes, each with layout(), x and y
+ * identical or disjoint), else 0. */
+static int xy_check(const Py_buffer *bx, const Py_buffer *by, int min_ndim, size_t *rows, size_t *n,
+                    size_t *ldx, size_t *ldy) {
     size_t rows_y, n_y;
     int ok = bx->ndim >= min_ndim && layout(bx, rows, n, ldx) && layout(by, &rows_y, &n_y, ldy)
              && bx->ndim == by->ndim && memcmp(bx->shape, by->shape, sizeof(Py_ssize_t) * bx->ndim) == 0;
@@ -116,6 +217,19 @@ static int xy_pair(PyObject *const *args, Py_buffer *bx, Py_buffer *by, int min_
         ok = x1 <= y0 || y1 <= x0;
     }
     return ok && !(bx->buf == by->buf && *ldx != *ldy);
+}
+
+/* x (args[1]) and y (args[2], writable): -1 when they are not arrays (nothing held), else both
+ * held and xy_check's answer. */
+static int xy_pair(PyObject *const *args, Py_buffer *bx, Py_buffer *by, int min_ndim,
+                   size_t *rows, size_t *n, size_t *ldx, size_t *ldy, Py_ssize_t *store) {
+    if (!get_view(args[1], bx, PyBUF_STRIDES | PyBUF_FORMAT, store))
+        return -1;
+    if (!get_view(args[2], by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE, store + 2 * VIEW_MAXDIM)) {
+        PyBuffer_Release(bx);
+        return -1;
+    }
+    return xy_check(bx, by, min_ndim, rows, n, ldx, ldy);
 }
 
 /* Calls of at least this many elements run without the GIL (shorter ones keep it: releasing and
@@ -207,6 +321,27 @@ static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
 
 typedef int (*selected_kernel)(const float *, int64_t *, float *, size_t, size_t, size_t, size_t);
 
+/* Run a top-k kernel on held views: -1 when the fast path declines, else the kernel's code. */
+static int selected_run(void *fp, const Py_buffer *bx, const Py_buffer *bi, const Py_buffer *bw) {
+    size_t rows = 0, n = 0, ldx = 0;
+    int ok = layout(bx, &rows, &n, &ldx) && bi->itemsize == 8 && bi->format != NULL
+             && (strcmp(bi->format, "q") == 0 || strcmp(bi->format, "l") == 0)
+             && bw->itemsize == 4 && bw->format != NULL && strcmp(bw->format, "f") == 0
+             && bi->ndim == bx->ndim && bw->ndim == bx->ndim
+             && memcmp(bi->shape, bx->shape, sizeof(Py_ssize_t) * (bx->ndim - 1)) == 0
+             && memcmp(bw->shape, bx->shape, sizeof(Py_ssize_t) * (bx->ndim - 1)) == 0
+             && bi->shape[bx->ndim - 1] == bw->shape[bx->ndim - 1]
+             && ((uintptr_t)bi->buf & 7u) == 0 && ((uintptr_t)bw->buf & 3u) == 0;
+    if (!ok)
+        return -1;
+    size_t m = (size_t)bw->shape[bx->ndim - 1];
+    int rc = 0;
+    if (rows && n && m) {
+        RUN_KERNEL(rows * n, rc = ((selected_kernel)fp)(bx->buf, bi->buf, bw->buf, rows, n, ldx, m));
+    }
+    return rc;
+}
+
 /* A selected (top-k) kernel: x as for call(); indices (int64) and weights (float32) C-contiguous,
  * of shape x.shape[:-1] + (m,), m = min(k, n) decided by the caller (issue 15: top-k calls). */
 static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -227,24 +362,11 @@ static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t narg
         PyBuffer_Release(&bx);
         Py_RETURN_NOTIMPLEMENTED;
     }
-    size_t rows = 0, n = 0, ldx = 0;
-    int ok = layout(&bx, &rows, &n, &ldx) && bi.itemsize == 8 && bi.format != NULL
-             && (strcmp(bi.format, "q") == 0 || strcmp(bi.format, "l") == 0)
-             && bw.itemsize == 4 && bw.format != NULL && strcmp(bw.format, "f") == 0
-             && bi.ndim == bx.ndim && bw.ndim == bx.ndim
-             && memcmp(bi.shape, bx.shape, sizeof(Py_ssize_t) * (bx.ndim - 1)) == 0
-             && memcmp(bw.shape, bx.shape, sizeof(Py_ssize_t) * (bx.ndim - 1)) == 0
-             && bi.shape[bx.ndim - 1] == bw.shape[bx.ndim - 1]
-             && ((uintptr_t)bi.buf & 7u) == 0 && ((uintptr_t)bw.buf & 3u) == 0;
-    size_t m = ok ? (size_t)bw.shape[bx.ndim - 1] : 0;
-    int rc = 0;
-    if (ok && rows && n && m) {
-        RUN_KERNEL(rows * n, rc = ((selected_kernel)fp)(bx.buf, bi.buf, bw.buf, rows, n, ldx, m));
-    }
+    const int rc = selected_run(fp, &bx, &bi, &bw);
     PyBuffer_Release(&bw);
     PyBuffer_Release(&bi);
     PyBuffer_Release(&bx);
-    if (!ok)
+    if (rc < 0)
         Py_RETURN_NOTIMPLEMENTED;
     return PyLong_FromLong(rc);
 }
@@ -287,6 +409,91 @@ static int call_general(void *fp, int na, const z *a) {
     }
 }
 
+/* The dims of a general kernel as its arrays are seen (spec: each matrix's row and column dim). */
+typedef struct {
+    size_t dims[GENERAL_MAXDIMS], ld[GENERAL_MAXIN + 1], total;
+    char known[GENERAL_MAXDIMS];
+} general_dims;
+
+/* Matrix i (an input, or the output i == nin) of a general kernel, checked against the first
+ * input: float32 rows with one stride, the same leading axes, its dims agreeing with the others'. */
+static int general_check(const Py_buffer *b, int i, int nd, const signed char *spec, general_dims *g) {
+    const Py_buffer *v = &b[i];
+    size_t rows, n;
+    int ok = v->ndim >= 2 && v->ndim == b[0].ndim && layout(v, &rows, &n, &g->ld[i]) && rows && n
+             && memcmp(v->shape, b[0].shape, sizeof(Py_ssize_t) * (v->ndim - 2)) == 0;
+    for (int j = 0; j < 2 && ok; j++) {
+        int d = spec[2 * i + j];
+        size_t size = (size_t)v->shape[v->ndim - 2 + j];
+        if (d < 0 || d >= nd) {
+            ok = 0;
+        } else if (g->known[d]) {
+            ok = g->dims[d] == size;
+        } else {
+            g->known[d] = 1;
+            g->dims[d] = size;
+        }
+    }
+    g->total += ok ? rows * n : 0;
+    return ok;
+}
+
+static size_t batch_of(const Py_buffer *b) {
+    size_t batch = 1;
+    for (int k = 0; k < b->ndim - 2; k++)
+        batch *= (size_t)b->shape[k];
+    return batch;
+}
+
+/* Run a general kernel on its nin + 1 checked views: -1 when it declines (a dim no matrix gives,
+ * the output overlapping an input: the general path copies), else the kernel's code. */
+static int general_run(void *fp, const Py_buffer *b, int nin, int nd, const general_dims *g) {
+    for (int d = 0; d < nd; d++)
+        if (!g->known[d])
+            return -1;
+    const size_t batch = batch_of(&b[0]);
+    for (int i = 0; i < nin; i++) {
+        size_t ri = (size_t)b[i].shape[b[i].ndim - 2], ro = (size_t)b[nin].shape[b[nin].ndim - 2];
+        const char *x0 = b[i].buf, *x1 = x0 + 4 * ((batch * ri - 1) * g->ld[i] + (size_t)b[i].shape[b[i].ndim - 1]);
+        const char *y0 = b[nin].buf, *y1 = y0 + 4 * ((batch * ro - 1) * g->ld[nin] + (size_t)b[nin].shape[b[nin].ndim - 1]);
+        if (!(x1 <= y0 || y1 <= x0))
+            return -1;
+    }
+    z a[GENERAL_MAXARGS];
+    int na = 0, rc = 0;
+    for (int i = 0; i <= nin; i++)
+        a[na++] = (z)(uintptr_t)b[i].buf;
+    a[na++] = batch;
+    for (int d = 0; d < nd; d++)
+        a[na++] = g->dims[d];
+    for (int i = 0; i <= nin; i++)
+        a[na++] = g->ld[i];
+    RUN_KERNEL(g->total, rc = call_general(fp, na, a));
+    return rc;
+}
+
+/* A general spec tuple (ndims, row dim, col dim of each input, then of the output) as C ints;
+ * 0 (no error set) when it is not one for nin inputs. */
+static int parse_spec(PyObject *spec, Py_ssize_t nin, int *nd, signed char *out) {
+    if (!PyTuple_Check(spec) || nin < 1 || nin > GENERAL_MAXIN || PyTuple_GET_SIZE(spec) != 1 + 2 * (nin + 1))
+        return 0;
+    long v = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
+    if (v < 1 || v > GENERAL_MAXDIMS) {
+        PyErr_Clear();
+        return 0;
+    }
+    *nd = (int)v;
+    for (Py_ssize_t i = 1; i < PyTuple_GET_SIZE(spec); i++) {
+        v = PyLong_AsLong(PyTuple_GET_ITEM(spec, i));
+        if (v < 0 || v >= *nd) {
+            PyErr_Clear();
+            return 0;
+        }
+        out[i - 1] = (signed char)v;
+    }
+    return 1;
+}
+
 /* A general matrix kernel (gaussian_kernel, attention...: several inputs, one output; issue 15:
  * matrix calls). spec: (ndims, row dim, col dim of each input, then of the output), indices into
  * the kernel's dims; inputs: a tuple of arrays; y: the output. Every array float32 with the same
@@ -302,80 +509,303 @@ static PyObject *general(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     const Py_ssize_t nin = PyTuple_GET_SIZE(args[2]);
-    PyObject *spec = args[1];
-    if (nin < 1 || nin > GENERAL_MAXIN || PyTuple_GET_SIZE(spec) != 1 + 2 * (nin + 1))
+    int nd;
+    signed char spec[2 * (GENERAL_MAXIN + 1)];
+    if (!parse_spec(args[1], nin, &nd, spec))
         Py_RETURN_NOTIMPLEMENTED;
-    const long nd = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
-    if (nd < 1 || nd > GENERAL_MAXDIMS) {
-        PyErr_Clear();
-        Py_RETURN_NOTIMPLEMENTED;
-    }
     Py_buffer b[GENERAL_MAXIN + 1];
     Py_ssize_t store[(GENERAL_MAXIN + 1) * 2 * VIEW_MAXDIM];
-    size_t dims[GENERAL_MAXDIMS], ld[GENERAL_MAXIN + 1], rows, n, total = 0;
-    char known[GENERAL_MAXDIMS] = {0};
+    general_dims g = {.total = 0};
     int held = 0, ok = 1;
     for (Py_ssize_t i = 0; i <= nin && ok; i++) {
         PyObject *o = i < nin ? PyTuple_GET_ITEM(args[2], i) : args[3];
         int flags = PyBUF_STRIDES | PyBUF_FORMAT | (i == nin ? PyBUF_WRITABLE : 0);
-        if (!get_view(o, &b[i], flags, store + i * 2 * VIEW_MAXDIM)) {
-            ok = 0;
+        if (!get_view(o, &b[i], flags, store + i * 2 * VIEW_MAXDIM))
             break;
-        }
         held++;
-        Py_buffer *v = &b[i];
-        ok = v->ndim >= 2 && v->ndim == b[0].ndim && layout(v, &rows, &n, &ld[i]) && rows && n
-             && memcmp(v->shape, b[0].shape, sizeof(Py_ssize_t) * (v->ndim - 2)) == 0;
-        for (int j = 0; j < 2 && ok; j++) {   /* its row and column dims agree with the others' */
-            long d = PyLong_AsLong(PyTuple_GET_ITEM(spec, 1 + 2 * i + j));
-            size_t size = (size_t)v->shape[v->ndim - 2 + j];
-            if (d < 0 || d >= nd) {
-                PyErr_Clear();
-                ok = 0;
-            } else if (known[d]) {
-                ok = dims[d] == size;
-            } else {
-                known[d] = 1;
-                dims[d] = size;
-            }
-        }
-        total += rows * n;
+        ok = general_check(b, (int)i, nd, spec, &g);
     }
-    for (long d = 0; d < nd && ok; d++)
-        ok = known[d];
-    for (Py_ssize_t i = 0; i < nin && ok; i++) {   /* y overlapping an input: the general path copies */
-        size_t ri = (size_t)b[i].shape[b[i].ndim - 2], ro = (size_t)b[nin].shape[b[nin].ndim - 2];
-        size_t batch = 1;
-        for (int k = 0; k < b[0].ndim - 2; k++)
-            batch *= (size_t)b[0].shape[k];
-        const char *x0 = b[i].buf, *x1 = x0 + 4 * ((batch * ri - 1) * ld[i] + (size_t)b[i].shape[b[i].ndim - 1]);
-        const char *y0 = b[nin].buf, *y1 = y0 + 4 * ((batch * ro - 1) * ld[nin] + (size_t)b[nin].shape[b[nin].ndim - 1]);
-        ok = x1 <= y0 || y1 <= x0;
-    }
-    int rc = 0;
-    if (ok) {
-        z a[GENERAL_MAXARGS];
-        int na = 0;
-        size_t batch = 1;
-        for (int k = 0; k < b[0].ndim - 2; k++)
-            batch *= (size_t)b[0].shape[k];
-        for (Py_ssize_t i = 0; i <= nin; i++)
-            a[na++] = (z)(uintptr_t)b[i].buf;
-        a[na++] = batch;
-        for (long d = 0; d < nd; d++)
-            a[na++] = dims[d];
-        for (Py_ssize_t i = 0; i <= nin; i++)
-            a[na++] = ld[i];
-        RUN_KERNEL(total, rc = call_general(fp, na, a));
-    }
+    const int rc = ok && held == nin + 1 ? general_run(fp, b, (int)nin, nd, &g) : -1;
     for (int i = 0; i < held; i++)
         PyBuffer_Release(&b[i]);
-    if (!ok)
+    if (rc < 0)
         Py_RETURN_NOTIMPLEMENTED;
     return PyLong_FromLong(rc);
 }
 
+/* ---- entry(kind, fnptr, param): a kernel's callable (issue 15) ----------------------------------
+ * e(x, out) (a general kernel: e(inputs, out)) runs the kernel when the fast path applies and
+ * returns the result: `out` itself, or outputs allocated here in the caller's type (NumPy
+ * arrays, or torch tensors when x, or an input, is one). NotImplemented when it declines (other
+ * array types, layouts, dtypes: Python's general path copies, converts or raises), an int when the
+ * kernel returns a nonzero code. Arrays: exactly numpy.ndarray or torch.Tensor. */
+enum { E_ROW, E_SELECTED, E_UNARY, E_GENERAL };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    void *fp;
+    int kind, nd, nin;
+    size_t k;                                  /* top-k: k */
+    signed char spec[2 * (GENERAL_MAXIN + 1)]; /* general: each matrix's row and column dim */
+} Entry;
+
+#define ARRAY(o) (Py_TYPE(o) == &PyArray_Type || IS_TORCH(o))
+
+/* A new C-contiguous NumPy array of `shape` (float32, or int64 when `i64`), viewed in `b`;
+ * NULL with an exception set if it cannot be made. */
+static PyObject *alloc(int ndim, const Py_ssize_t *shape, int i64, Py_buffer *b) {
+    PyObject *res = PyArray_SimpleNew(ndim, (npy_intp *)shape, i64 ? NPY_INT64 : NPY_FLOAT32);
+    if (res != NULL && !np_view(res, b, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE)) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_RuntimeError, "_fastcall: a new array is not a float32/int64 array");
+        return NULL;
+    }
+    return res;
+}
+
+/* A result alloc() made, in the caller's type: a tensor through torch.from_numpy (zero-copy;
+ * cheaper than torch.empty(*shape, dtype=...)) when `torch`. Steals `a`; NULL on an error. */
+static PyObject *caller_type(PyObject *a, int torch) {
+    if (!torch || a == NULL)
+        return a;
+    PyObject *t = PyObject_Vectorcall(T.from_numpy, &a, 1, NULL);
+    Py_DECREF(a);
+    return t;
+}
+
+/* Returns of entry calls: NotImplemented (declined) or the kernel's nonzero code. */
+static PyObject *declined(void) { Py_RETURN_NOTIMPLEMENTED; }
+
+static PyObject *entry_rows(Entry *e, PyObject *x, PyObject *out) {
+    Py_buffer bx, by;
+    Py_ssize_t store[4 * VIEW_MAXDIM];
+    size_t rows, n, ldx, ldy;
+    if (!get_view(x, &bx, PyBUF_STRIDES | PyBUF_FORMAT, store))
+        return declined();
+    const int torch = IS_TORCH(x), min_ndim = e->kind == E_UNARY ? 2 : 1;
+    PyObject *y = out;
+    int held = 0;
+    if (out == Py_None) {   /* check x before allocating for it */
+        if (bx.ndim < min_ndim || !layout(&bx, &rows, &n, &ldx)) {
+            PyBuffer_Release(&bx);
+            return declined();
+        }
+        y = alloc(bx.ndim, bx.shape, 0, &by);
+        held = y != NULL ? 1 : -1;
+    } else {
+        Py_INCREF(y);
+        held = get_view(y, &by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE, store + 2 * VIEW_MAXDIM);
+    }
+    if (held < 0) {   /* allocation failed: its error stands */
+        PyBuffer_Release(&bx);
+        Py_XDECREF(y);
+        return NULL;
+    }
+    int rc = -1;
+    if (held && xy_check(&bx, &by, min_ndim, &rows, &n, &ldx, &ldy)) {
+        rc = 0;
+        if (rows && n) {
+            if (e->kind == E_UNARY) {
+                size_t m = (size_t)bx.shape[bx.ndim - 2];
+                RUN_KERNEL(rows * n, rc = ((unary_kernel)e->fp)(bx.buf, by.buf, rows, n, ldx, ldy, m));
+            } else {
+                RUN_KERNEL(rows * n, rc = ((row_kernel)e->fp)(bx.buf, by.buf, rows, n, ldx, ldy));
+            }
+        }
+    }
+    if (held)
+        PyBuffer_Release(&by);
+    PyBuffer_Release(&bx);
+    if (rc == 0)
+        return out == Py_None ? caller_type(y, torch) : y;
+    Py_DECREF(y);
+    return rc < 0 ? declined() : PyLong_FromLong(rc);
+}
+
+static PyObject *entry_selected(Entry *e, PyObject *x, PyObject *out) {
+    Py_buffer bx, bi, bw;
+    Py_ssize_t store[6 * VIEW_MAXDIM];
+    size_t rows, n, ldx;
+    if (out != Py_None || !get_view(x, &bx, PyBUF_STRIDES | PyBUF_FORMAT, store))
+        return declined();   /* out=: the general path checks the (indices, weights) pair */
+    if (!layout(&bx, &rows, &n, &ldx)) {
+        PyBuffer_Release(&bx);
+        return declined();
+    }
+    const int torch = IS_TORCH(x);
+    Py_ssize_t shape[VIEW_MAXDIM];
+    memcpy(shape, bx.shape, sizeof(Py_ssize_t) * bx.ndim);
+    shape[bx.ndim - 1] = (Py_ssize_t)(e->k < n ? e->k : n);
+    PyObject *idx = alloc(bx.ndim, shape, 1, &bi), *w = idx ? alloc(bx.ndim, shape, 0, &bw) : NULL;
+    int rc = w != NULL ? selected_run(e->fp, &bx, &bi, &bw) : -2;
+    if (w != NULL)
+        PyBuffer_Release(&bw);
+    if (idx != NULL)
+        PyBuffer_Release(&bi);
+    PyBuffer_Release(&bx);
+    PyObject *res = NULL;
+    if (rc == 0 && (idx = caller_type(idx, torch)) != NULL && (w = caller_type(w, torch)) != NULL)
+        res = PyTuple_Pack(2, idx, w);
+    Py_XDECREF(idx);
+    Py_XDECREF(w);
+    return rc == 0 || rc == -2 ? res : rc < 0 ? declined() : PyLong_FromLong(rc);
+}
+
+static PyObject *entry_general(Entry *e, PyObject *inputs, PyObject *out) {
+    if (!PyTuple_CheckExact(inputs) || PyTuple_GET_SIZE(inputs) != e->nin || !(out == Py_None || ARRAY(out)))
+        return declined();
+    Py_buffer b[GENERAL_MAXIN + 1];
+    Py_ssize_t store[(GENERAL_MAXIN + 1) * 2 * VIEW_MAXDIM];
+    general_dims g = {.total = 0};
+    int held = 0, ok = 1, torch = 0;
+    for (int i = 0; i < e->nin && ok; i++) {
+        PyObject *o = PyTuple_GET_ITEM(inputs, i);
+        if (!ARRAY(o) || !get_view(o, &b[i], PyBUF_STRIDES | PyBUF_FORMAT, store + i * 2 * VIEW_MAXDIM))
+            break;
+        held++;
+        torch |= IS_TORCH(o);
+        ok = general_check(b, i, e->nd, e->spec, &g);
+    }
+    PyObject *y = NULL;
+    int failed = 0;
+    if (ok && held == e->nin) {
+        Py_buffer *by = &b[e->nin];
+        Py_ssize_t *ys = store + e->nin * 2 * VIEW_MAXDIM;
+        if (out == Py_None) {   /* lead axes of the inputs, then the output's row and column dims */
+            int rd = e->spec[2 * e->nin], cd = e->spec[2 * e->nin + 1];
+            if (g.known[rd] && g.known[cd]) {
+                Py_ssize_t shape[VIEW_MAXDIM];
+                memcpy(shape, b[0].shape, sizeof(Py_ssize_t) * b[0].ndim);
+                shape[b[0].ndim - 2] = (Py_ssize_t)g.dims[rd];
+                shape[b[0].ndim - 1] = (Py_ssize_t)g.dims[cd];
+                y = alloc(b[0].ndim, shape, 0, by);
+                failed = y == NULL;
+                held += y != NULL;
+            }
+        } else if (get_view(out, by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE, ys)) {
+            y = out;
+            Py_INCREF(y);
+            held++;
+        }
+    }
+    int rc = -1;
+    if (held == e->nin + 1 && general_check(b, e->nin, e->nd, e->spec, &g))
+        rc = general_run(e->fp, b, e->nin, e->nd, &g);
+    for (int i = 0; i < held; i++)
+        PyBuffer_Release(&b[i]);
+    if (rc == 0)
+        return out == Py_None ? caller_type(y, torch) : y;
+    Py_XDECREF(y);
+    return failed ? NULL : rc < 0 ? declined() : PyLong_FromLong(rc);
+}
+
+static PyObject *entry_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Entry *e = (Entry *)self;
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a softgen._fastcall entry takes (x, out), a general one (inputs, out)");
+        return NULL;
+    }
+    PyObject *x = args[0], *out = args[1];
+    if (e->kind == E_GENERAL)
+        return entry_general(e, x, out);
+    if (!ARRAY(x) || !(out == Py_None || ARRAY(out)))
+        return declined();
+    return e->kind == E_SELECTED ? entry_selected(e, x, out) : entry_rows(e, x, out);
+}
+
+static PyTypeObject EntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "softgen._fastcall.Entry",
+    .tp_basicsize = sizeof(Entry),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Entry, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_doc = "A kernel's fast callable (softgen._fastcall.entry).",
+};
+
+static PyObject *entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    static const char *kinds[] = {"row", "selected", "unary", "general"};
+    void *fp = entry_point(args, nargs, 3, 3, "entry(fnptr, kind, param)");
+    if (fp == NULL)
+        return NULL;
+    const char *kind = PyUnicode_Check(args[1]) ? PyUnicode_AsUTF8(args[1]) : NULL;
+    int k = 0;
+    while (kind != NULL && k < 4 && strcmp(kind, kinds[k]) != 0)
+        k++;
+    if (kind == NULL || k == 4) {
+        PyErr_Format(PyExc_ValueError, "entry: kind is one of row, selected, unary, general, not %R", args[1]);
+        return NULL;
+    }
+    Entry *e = PyObject_New(Entry, &EntryType);
+    if (e == NULL)
+        return NULL;
+    e->vectorcall = entry_vectorcall;
+    e->fp = fp;
+    e->kind = k;
+    e->k = 0;
+    e->nd = e->nin = 0;
+    if (k == E_SELECTED) {   /* param: k */
+        e->k = PyLong_AsSize_t(args[2]);
+    } else if (k == E_GENERAL) {   /* param: the spec, for (size - 1) / 2 - 1 inputs */
+        PyObject *p = args[2];
+        e->nin = PyTuple_Check(p) ? (int)(PyTuple_GET_SIZE(p) - 1) / 2 - 1 : 0;
+        if (!parse_spec(p, e->nin, &e->nd, e->spec))
+            PyErr_SetString(PyExc_ValueError, "entry: a general kernel's param is its spec (ndims, row and column "
+                                              "dim of each matrix), at most 4 inputs and 6 dims");
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    return (PyObject *)e;
+}
+
+/* set_torch(torch.Tensor, torch.float32, torch.int64, torch.strided, torch.from_numpy): what
+ * softgen.arrays registers once it has seen a tensor. */
+static PyObject *set_torch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    static const char *names[] = {"dtype", "requires_grad", "is_cpu", "layout", "shape", "is_neg", "data_ptr", "stride",
+                                  "is_contiguous"};
+    if (nargs != 5 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "set_torch(Tensor, float32, int64, strided, from_numpy)");
+        return NULL;
+    }
+    PyObject *d[9];
+    for (int i = 0; i < 9; i++) {   /* the type's own descriptors: looked up once, called per tensor */
+        d[i] = PyObject_GetAttrString(args[0], names[i]);
+        if (d[i] != NULL && i < 5 && Py_TYPE(d[i])->tp_descr_get == NULL) {
+            Py_DECREF(d[i]);
+            d[i] = NULL;
+            PyErr_Format(PyExc_TypeError, "set_torch: Tensor.%s is not a descriptor", names[i]);
+        }
+        if (d[i] == NULL) {
+            while (i--)
+                Py_DECREF(d[i]);
+            return NULL;
+        }
+    }
+    Py_XDECREF(T.type), Py_XDECREF(T.f32), Py_XDECREF(T.i64), Py_XDECREF(T.strided), Py_XDECREF(T.from_numpy);
+    Py_XDECREF(T.dtype), Py_XDECREF(T.requires_grad), Py_XDECREF(T.is_cpu), Py_XDECREF(T.layout);
+    Py_XDECREF(T.shape), Py_XDECREF(T.is_neg), Py_XDECREF(T.data_ptr), Py_XDECREF(T.stride), Py_XDECREF(T.is_contiguous);
+    for (int i = 1; i < 5; i++)
+        Py_INCREF(args[i]);
+    Py_INCREF(args[0]);
+    T.f32 = args[1], T.i64 = args[2], T.strided = args[3], T.from_numpy = args[4];
+    T.dtype = d[0], T.requires_grad = d[1], T.is_cpu = d[2], T.layout = d[3], T.shape = d[4];
+    T.is_neg = d[5], T.data_ptr = d[6], T.stride = d[7], T.is_contiguous = d[8];
+    T.type = (PyTypeObject *)args[0];
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"entry", (PyCFunction)(void (*)(void))entry, METH_FASTCALL,
+     "entry(fnptr, kind, param) -> a callable e(x, out) (general: e(inputs, out)) returning the result "
+     "(out, or outputs allocated in the caller's array type), NotImplemented for the general path, or the "
+     "kernel's nonzero code; kind: row, selected (param k), unary, general (param: spec as general()'s), else None"},
+    {"set_torch", (PyCFunction)(void (*)(void))set_torch, METH_FASTCALL,
+     "set_torch(Tensor, float32, int64, strided, from_numpy): read torch tensors in C from now on"},
     {"general", (PyCFunction)(void (*)(void))general, METH_FASTCALL,
      "general(fnptr, spec, inputs, y) -> int return code, or NotImplemented for the general path: "
      "a general matrix kernel; spec = (ndims, row and column dim of each input, then of y)"},
@@ -394,4 +824,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastcall", NULL, -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__fastcall(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastcall(void) {
+    import_array();   /* NumPy's C API: array fields and PyArray_SimpleNew */
+    if (PyType_Ready(&EntryType) < 0)
+        return NULL;
+    return PyModule_Create(&module);
+}

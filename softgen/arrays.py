@@ -19,8 +19,10 @@ Decisions (documented in the README's API section):
   of a C-contiguous array) x is copied once into rows and the result written back into a
   C-contiguous array of x's shape (``out=`` when given).
 
-A low layer: numpy and ``errors`` only; it never imports torch or JAX (a result goes back through
-the module that made the input, found in ``sys.modules``).
+A low layer: numpy, ``errors`` and ``_fastcall`` only; it never imports torch or JAX (a result goes
+back through the module that made the input, found in ``sys.modules``). The first torch tensor it
+sees registers torch's accessors with ``_fastcall`` (``_seen_torch``), which from then on reads
+plain tensors in C: the fast path of a call on tensors never reaches this module.
 """
 from __future__ import annotations
 
@@ -31,34 +33,28 @@ import numpy as np
 
 from .errors import UsageError
 
+try:  # the C extension (issue 15: it reads torch tensors once told torch's accessors)
+    from . import _fastcall
+    _fastcall.set_torch
+except (ImportError, AttributeError):  # pragma: no cover - depends on the install
+    _fastcall = None
+
 _KDLCPU = 1   # DLPack's device type of host memory (kDLCPU)
 
 
 TORCH_TYPES: set = set()   # torch.Tensor (and subclasses, e.g. Parameter) once seen
-_TORCH: list = []          # (torch.float32, torch.strided, torch.from_numpy) once torch is seen
-
-
-def torch_args(t):
-    """``_fastcall``'s form of a torch tensor, ``(data_ptr, shape, strides, "f")``, when it is a
-    plain float32 CPU tensor that needs no grad; else None, and the general path (``prepare``)
-    converts or refuses it. Its type must be in ``TORCH_TYPES``. No NumPy view is made: that
-    (``Tensor.numpy()``) costs more than the rest of a small call (issue 15)."""
-    f32, strided, _ = _TORCH[0]
-    if t.dtype is f32 and not t.requires_grad and t.is_cpu and t.layout is strided and not t.is_neg():
-        return t.data_ptr(), t.shape, t.stride(), "f"
-    return None
-
-
-def torch_from_numpy(a):
-    """``torch.from_numpy`` (zero-copy): a result made as a NumPy array, returned as a tensor."""
-    return _TORCH[0][2](a)
+_TORCH_SET: list = []      # torch.Tensor once registered with _fastcall
 
 
 def _seen_torch(t: type) -> None:
+    """A torch tensor type met: remember it, and (once) let ``_fastcall`` read plain
+    ``torch.Tensor``s in C from now on through their own accessors (issue 15): later calls on
+    tensors skip this module."""
     TORCH_TYPES.add(t)
-    if not _TORCH:
+    if _fastcall is not None and not _TORCH_SET:
         torch = sys.modules["torch"]
-        _TORCH.append((torch.float32, torch.strided, torch.from_numpy))
+        _fastcall.set_torch(torch.Tensor, torch.float32, torch.int64, torch.strided, torch.from_numpy)
+        _TORCH_SET.append(torch.Tensor)
 
 
 def _host(a, name: str, what: str, writable: bool = False):

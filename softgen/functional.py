@@ -38,23 +38,7 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
     if axis is not None and dim is not None:
         raise UsageError(f"{op}: give axis= or dim=, not both")
     axis = dim if axis is None else axis
-    more = _MORE.get(op)
-    if more is None:   # the op's inputs besides x: not part of the key (arrays are not hashable)
-        more = _MORE[op] = len(_ops.get_op(op).inputs) - 1
-    try:   # the kernel and call-time arguments of these arguments, looked up once (issue 15)
-        key = (op, args[more:], tuple(kwargs.items()), target, backend, algorithm)
-        hit = _resolved.get(key)
-    except TypeError:   # unhashable arguments (arrays: more inputs, per-row call arguments)
-        key = hit = None
-    if hit is None:
-        hit = _resolve(op, args, kwargs, target, backend, algorithm)
-        if key is not None:
-            if len(_resolved) >= 1024:
-                _resolved.clear()
-            _resolved[key] = hit
-    k, more, call = hit
-    if not args and not kwargs and not more and target == "host" and backend == "c" and algorithm == "auto":
-        _plain[op] = k
+    k, more, call = _lookup(op, args, kwargs, target, backend, algorithm)
     if not more and axis is None and (type(x) is np.ndarray or type(x) in TORCH_TYPES) and x.ndim and \
             (out is None or type(out) is np.ndarray or type(out) in TORCH_TYPES):
         return k(x, out=out, threads=threads, **call)   # NumPy or torch along the last axis: straight in
@@ -74,6 +58,26 @@ def apply(op: str, x: np.ndarray, *args, out: np.ndarray | None = None, target: 
 
 _resolved: dict = {}   # apply's arguments -> (kernel, extra inputs, call-time arguments)
 _MORE: dict = {}       # op -> how many inputs it takes besides x
+
+
+def _lookup(op: str, args: tuple, kwargs: dict, target, backend: str, algorithm: str) -> tuple:
+    """(the kernel, how many inputs besides x, the call-time arguments) of ``apply``'s arguments,
+    resolved once per hashable argument tuple (issue 15)."""
+    more = _MORE.get(op)
+    if more is None:   # the op's inputs besides x: not part of the key (arrays are not hashable)
+        more = _MORE[op] = len(_ops.get_op(op).inputs) - 1
+    try:
+        key = (op, args[more:], tuple(kwargs.items()), target, backend, algorithm)
+        hit = _resolved.get(key)
+    except TypeError:   # unhashable arguments (arrays: more inputs, per-row call arguments)
+        key = hit = None
+    if hit is None:
+        hit = _resolve(op, args, kwargs, target, backend, algorithm)
+        if key is not None:
+            if len(_resolved) >= 1024:
+                _resolved.clear()
+            _resolved[key] = hit
+    return hit
 
 
 def _direct(a) -> bool:
@@ -104,17 +108,75 @@ def _resolve(op: str, args: tuple, kwargs: dict, target, backend: str, algorithm
     return k, more, call
 
 
-_plain: dict = {}   # op -> its kernel for a call with no parameters and no options (the common call)
+_OPTIONS = ("target", "backend", "algorithm")
 
 
 def _make(op: str):
-    def fn(x, *args, out=None, **kwargs):
-        k = _plain.get(op)
-        if k is not None and not args and not kwargs and (type(x) is np.ndarray or type(x) in TORCH_TYPES) \
-                and x.ndim:
-            return k(x, out)   # softgen.softmax(x): no lookup beyond this (issue 15)
-        return apply(op, x, *args, out=out, **kwargs)
+    """``softgen.<op>``: a call whose parameters and options were seen before goes straight to
+    the kernel's C entry (``Kernel._fast``): the last call's arguments compared first (equal
+    tuples and dicts: ~4x cheaper than hashing them), else one dict keyed by the positional
+    parameters and the keyword arguments as given (issue 15: O(1), nothing normalised); the first
+    call of such arguments, anything the entry declines (0-d, other array types, layouts) and
+    calls with threads=, axis=/dim= or call-time arguments take ``apply``."""
     opdef = _ops.get_op(op)
+    more = len(opdef.inputs) - 1   # the op's inputs besides x: positional, not part of the key
+    plain, keyed = {}, {}          # args[more:] / (args[more:], *kwargs items) -> the kernel's entry
+    last = [None, None, None]      # the last hit: its parameters, keyword arguments and entry
+
+    def find(params: tuple, kwargs: dict):
+        e = keyed.get((params, *kwargs.items())) if kwargs else plain.get(params)
+        if e is not None:
+            last[:] = (params, kwargs, e)
+        return e
+
+    def remember(args: tuple, kwargs: dict) -> None:
+        """After ``apply`` ran: enter the call's kernel when nothing but the kernel matters to it."""
+        if any(kwargs.get(o) is not None for o in ("threads", "axis", "dim")):
+            return
+        opts = {o: kwargs[o] for o in _OPTIONS if o in kwargs}
+        try:
+            key = (args[more:], *kwargs.items()) if kwargs else args[more:]
+            k, _, call = _lookup(op, args, {n: v for n, v in kwargs.items() if n not in _OPTIONS and n not in
+                                            ("threads", "axis", "dim")}, opts.get("target", "host"),
+                                 opts.get("backend", "c"), opts.get("algorithm", "auto"))
+            table = keyed if kwargs else plain
+            if not call and k._fast is not None and key not in table:
+                if len(table) >= 1024:
+                    table.clear()
+                table[key] = k._fast
+        except TypeError:   # unhashable: not entered
+            pass
+
+    if more:
+        def fn(x, *args, out=None, **kwargs):
+            m, params = last, args[more:]
+            try:
+                e = m[2] if params == m[0] and kwargs == m[1] else find(params, kwargs)
+            except (TypeError, ValueError):   # parameters that do not hash or compare: apply says why
+                e = None
+            if e is not None and len(args) >= more:
+                r = e((x, *args[:more]), out)
+                if r is not NotImplemented and r.__class__ is not int:
+                    return r
+            r = apply(op, x, *args, out=out, **kwargs)
+            if e is None:
+                remember(args, kwargs)
+            return r
+    else:
+        def fn(x, *args, out=None, **kwargs):
+            m = last
+            try:
+                e = m[2] if args == m[0] and kwargs == m[1] else find(args, kwargs)
+            except (TypeError, ValueError):
+                e = None
+            if e is not None:
+                r = e(x, out)
+                if r is not NotImplemented and r.__class__ is not int:
+                    return r
+            r = apply(op, x, *args, out=out, **kwargs)
+            if e is None:
+                remember(args, kwargs)
+            return r
     sig = ", ".join(list(opdef.inputs) + [f"{k}={v!r}" for k, v in opdef.params.items()]
                     + [f"{c}=None" for c in opdef.call_params])
     fn.__name__ = fn.__qualname__ = op

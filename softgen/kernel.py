@@ -15,7 +15,6 @@ from . import arrays, export as aot, ops as _ops, passes
 from ._version import __version__
 from .abi import ERRORS, GENERAL, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
-from .arrays import TORCH_TYPES
 from .autotable import (  # noqa: F401 - public names of softgen.kernel before autotable split off
     attention_algorithm,
     attention_why,
@@ -50,17 +49,11 @@ from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule
 from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
-    from ._fastcall import call as _fastcall
-except ImportError:  # pragma: no cover - depends on the install
-    _fastcall = None
-try:  # its top-k form (issue 15); an extension built before it lacks it: ctypes then
-    from ._fastcall import selected as _fastsel, unary as _fastunary
-except ImportError:  # pragma: no cover - depends on the install
-    _fastsel = _fastunary = None
-try:  # its general matrix form (issue 15)
-    from ._fastcall import general as _fastgeneral
-except ImportError:  # pragma: no cover - depends on the install
-    _fastgeneral = None
+    from . import _fastcall as _fc
+    _fastcall = _fc.call
+    _fc.entry   # an extension built before entries existed: ctypes then
+except (ImportError, AttributeError):  # pragma: no cover - depends on the install
+    _fc = _fastcall = None
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -110,12 +103,10 @@ class Kernel:
     _emu_fn: object = field(default=None, repr=False)
     _mt_fn: object = field(default=None, repr=False)
     _emu_mt_fn: object = field(default=None, repr=False)
-    # the loaded entry's address when calls may take _fastcall (dense rows, no per-row
-    # parameters, the extension built): __call__'s one test for its fast path (issue 15)
-    _fast: int | None = field(default=None, init=False, repr=False, compare=False)
-    _fast_sel: int | None = field(default=None, init=False, repr=False, compare=False)   # top-k: the same
-    _fast_unary: int | None = field(default=None, init=False, repr=False, compare=False)  # unary matrix
-    _fast_general: int | None = field(default=None, init=False, repr=False, compare=False)  # general matrix
+    # the loaded entry's fast callable (``_fastcall.entry``: rows without per-row parameters,
+    # top-k, unary and general matrix kernels; None for the others or without the extension):
+    # ``__call__``'s one test for its fast path (issue 15)
+    _fast: object = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def matrix(self) -> bool:
@@ -255,16 +246,17 @@ class Kernel:
                     f"another machine, call run_emulated(), or compile for target='host'")
             lib = open_shared(self.sources(), self.target, symbols=(self.name,), file_targets=self.file_targets())
             self._fn = load_entry(lib, self.name, self._abi)
-            if self._plain and _fastcall is not None:
-                self._fast = self._fn._softgen_ptr
-            elif self._abi.kind == SELECTED and _fastsel is not None:
-                self._fast_sel = self._fn._softgen_ptr
-            elif self._abi.kind == UNARY and _fastunary is not None:
-                self._fast_unary = self._fn._softgen_ptr
-            elif self._abi.kind == GENERAL and _fastgeneral is not None and len(self._abi.outputs) == 1 \
-                    and len(self._abi.inputs) <= 4 and len(self._abi.dims) <= 6:
-                self._fast_general = self._fn._softgen_ptr
+            self._fast = self._fast_entry(self._fn._softgen_ptr) if _fc is not None else None
         return self._fn
+
+    def _fast_entry(self, ptr: int):
+        """``_fastcall.entry`` for the loaded entry point at ``ptr``, or None (not a fast kind)."""
+        kind = self._abi.kind
+        if kind == ROW and self._plain or kind == UNARY:
+            return _fc.entry(ptr, kind, None)
+        if kind == SELECTED:
+            return _fc.entry(ptr, kind, self._abi.k)
+        return None
 
     def _mt_entry(self, threads) -> tuple:
         """(the extended entry ``<name>_mt``, ``threads`` as a C int): an int >= 0 is 0 auto, N
@@ -279,91 +271,22 @@ class Kernel:
         """y = op(x) along the last axis. ``call``: the op's call-time arguments (e.g. lssa's
         ``n_attended``), from which the per-row parameters are computed. ``threads``: None or 0
         auto (the kernel's thread policy, ``explain()``), N: rows split across at most N threads."""
-        ptr = self._fast
-        if ptr is not None and threads is None and not call and type(x) is np.ndarray:
-            # The fast path, kept short (issue 15: within 0.5 us of the raw C entry): float32
-            # rows with one stride, x and y identical or disjoint; anything else comes back
-            # NotImplemented and takes the paths below
-            if out is None:
-                y = np.empty(x.shape, np.float32)
-            elif type(out) is np.ndarray:
-                y = out
-            else:
-                return self._call(self._fn, (x,), out, call)
-            rc = _fastcall(ptr, x, y)
-            if rc == 0:
-                return y
-            if rc is not NotImplemented:
-                raise failure(self.name, rc)
-            return self._call(self._fn, (x,), out, call)
-        if type(x) in TORCH_TYPES and threads is None and not call:   # torch: straight to _fastcall
-            y = self._call_torch(x, out)
-            if y is not None:
-                return y
-        if ptr is not None and threads is None and not call:   # DLPack etc.: converted, then _fastcall
-            return self._call_arrays(self._fn, (x,), out, call)
-        sel = self._fast_sel
-        if sel is not None and out is None and threads is None and not call and type(x) is np.ndarray and x.ndim:
-            shape = x.shape[:-1] + (min(self._abi.k, x.shape[-1]),)    # top-k: (indices, weights)
-            idx, w = np.empty(shape, np.int64), np.empty(shape, np.float32)
-            rc = _fastsel(sel, x, idx, w)
-            if rc == 0:
-                return idx, w
-            if rc is not NotImplemented:
-                raise failure(self.name, rc)
-        uptr = self._fast_unary
-        if uptr is not None and threads is None and not call and type(x) is np.ndarray and x.ndim >= 2 \
-                and (out is None or type(out) is np.ndarray):   # a unary matrix kernel
-            y = np.empty(x.shape, np.float32) if out is None else out
-            if _fastunary(uptr, x, y) == 0:
-                return y   # else (a layout it declines, an error) the general path checks and raises
+        fast = self._fast
+        if fast is None and self._fn is None:
+            self._entry(False)
+            fast = self._fast
+        if fast is not None and threads is None and not call:
+            # The fast path, kept short (issue 15: within 0.5 us of the raw C entry): NumPy arrays
+            # and torch tensors checked, outputs allocated and the kernel called in C. What it
+            # declines (other types, layouts, dtypes) or fails (an error code) takes the general
+            # path below, which copies, converts or raises the proper error.
+            r = fast(x, out)
+            if r is not NotImplemented and r.__class__ is not int:
+                return r
         fn = self._fn or self._entry(False)
         if threads is not None:   # (a method of its own: no closure here, no cost without threads)
             return self._call_threads(x, out, threads, call)
-        if call or not self._plain:
-            return self._call(fn, (x,), out, call)
-        if _fastcall is not None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
-            # Fast path: float32 rows with one stride, x and y identical or disjoint. Anything
-            # else comes back NotImplemented and takes the general path below.
-            y = np.empty(x.shape, np.float32) if out is None else out
-            rc = _fastcall(fn._softgen_ptr, x, y)
-            if rc == 0:
-                return y
-            if rc is not NotImplemented:
-                raise failure(self.name, rc)
         return self._call(fn, (x,), out, call)
-
-    def _call_torch(self, x, out):
-        """``k(x, out=out)`` for a torch tensor ``x`` (``out``: None or a tensor) straight through
-        ``_fastcall`` on its address, shape and strides (``arrays.torch_args``); results made as
-        NumPy arrays come back through ``torch.from_numpy`` (both zero-copy). None where that does
-        not apply: the general path converts or refuses."""
-        xa = arrays.torch_args(x)
-        if xa is None:
-            return None
-        ptr, fast = (self._fast, _fastcall) if self._fast is not None else (self._fast_unary, _fastunary)
-        if ptr is not None and (fast is _fastcall or x.ndim >= 2):
-            if out is None:
-                y = np.empty(x.shape, np.float32)
-                rc = fast(ptr, xa, y)
-                y = arrays.torch_from_numpy(y)
-            else:
-                ya = arrays.torch_args(out) if type(out) in TORCH_TYPES else None
-                if ya is None:
-                    return None
-                rc, y = fast(ptr, xa, ya), out
-        elif self._fast_sel is not None and out is None and x.ndim:
-            shape = (*x.shape[:-1], min(self._abi.k, x.shape[-1]))    # top-k: (indices, weights)
-            idx, w = np.empty(shape, np.int64), np.empty(shape, np.float32)
-            rc = _fastsel(self._fast_sel, xa, idx, w)
-            y = (arrays.torch_from_numpy(idx), arrays.torch_from_numpy(w))
-        else:
-            return None
-        if rc == 0:
-            return y
-        if rc is NotImplemented or fast is _fastunary:   # the general path checks and raises
-            return None
-        raise failure(self.name, rc)
 
     def _call_threads(self, x, out, threads, call: dict):
         """``k(x, out=out, threads=threads, **call)``: through ``<name>_mt``."""
@@ -456,14 +379,10 @@ class Kernel:
             axis = call.pop("axis", call.pop("dim", None))
         xs, o, finish = arrays.prepare(inputs, out, self.name, axis=axis, selected=self.selected,
                                        rows=self._abi.kind in (ROW, SELECTED))
-        if not call and fn is self._fn and self._plain and _fastcall is not None and len(xs) == 1 \
-                and type(xs[0]) is np.ndarray and (o is None or type(o) is np.ndarray):
-            y = np.empty(xs[0].shape, np.float32) if o is None else o   # as __call__'s fast path
-            rc = _fastcall(fn._softgen_ptr, xs[0], y)
-            if rc == 0:
-                return finish(y)
-            if rc is not NotImplemented:
-                raise failure(self.name, rc)
+        if not call and fn is self._fn and self._fast is not None and len(xs) == 1:
+            r = self._fast(xs[0], o)   # as __call__'s fast path, on the NumPy views
+            if r is not NotImplemented and r.__class__ is not int:
+                return finish(r)
         return finish(self._call_np(fn, xs, o, call))
 
     # -- products -------------------------------------------------------------------------------
@@ -516,61 +435,33 @@ class MatrixKernel(Kernel):
         attention: its (batch, head, query chunk) tasks) split across at most N threads of the
         library's pool; the results do not depend on it. ``call``: streaming attention's
         ``kv_lengths=`` and ``return_lse=`` (``binding``)."""
-        if self._fast_general is not None and threads is None and not call:
-            y = self._call_general(inputs, out)
-            if y is not None:
-                return y
+        fast = self._fast
+        if fast is None and self._fn is None:
+            self._entry(False)
+            fast = self._fast
+        if fast is not None and threads is None and not call:   # as Kernel.__call__'s fast path
+            r = fast(inputs, out)
+            if r is not NotImplemented and r.__class__ is not int:
+                return r
         if threads is not None:
             mt, threads = self._mt_entry(threads)
             return self._call(lambda *args: mt(*args, threads), inputs, out, call)
         return self._call(self._fn or self._entry(False), inputs, out, call)
 
+    def _fast_entry(self, ptr: int):
+        """A general kernel's ``_fastcall.entry`` (one output, at most 4 inputs and 6 dims)."""
+        abi = self._abi
+        if abi.kind == GENERAL and len(abi.outputs) == 1 and len(abi.inputs) <= 4 and len(abi.dims) <= 6:
+            return _fc.entry(ptr, GENERAL, self._general_spec)
+        return None
+
     @cached_property
     def _general_spec(self) -> tuple:
-        """``_fastcall.general``'s spec (the number of dims, each matrix's row and column dim) and
-        where the output's rows and columns are read: (input, axis) each."""
+        """``_fastcall.general``'s spec: the number of dims, then each matrix's (inputs', then the
+        output's) row and column dim, as indices into the ABI's dims."""
         abi = self._abi
         dims = list(abi.dims)
-        mats = [*abi.inputs, *abi.outputs]
-        spec = (len(dims), *(dims.index(d) for _, shape in mats for d in shape))
-        where = [next((i, ax) for i, (_, shape) in enumerate(abi.inputs) for ax, dd in ((-2, shape[0]), (-1, shape[1]))
-                      if dd == d) for d in abi.outputs[0][1]]
-        return spec, len(abi.inputs), where[0], where[1]
-
-    def _call_general(self, inputs: tuple, out):
-        """``k(*inputs, out=out)`` through ``_fastcall.general`` (NumPy arrays and torch tensors, as
-        ``Kernel._call_torch``); None where it declines (the general path copies or raises)."""
-        spec, nin, (ri, ra), (ci, ca) = self._general_spec
-        if len(inputs) != nin:
-            return None
-        args, torch_in = [], False
-        for a in inputs:
-            if type(a) is np.ndarray:
-                args.append(a)
-            elif type(a) in TORCH_TYPES:
-                a = arrays.torch_args(a)
-                if a is None:
-                    return None
-                args.append(a)
-                torch_in = True
-            else:
-                return None
-            if len(a[1] if type(a) is tuple else a.shape) < 2:
-                return None
-        if out is None:
-            x0, xr, xc = inputs[0], inputs[ri], inputs[ci]
-            y = ya = np.empty((*x0.shape[:-2], xr.shape[ra], xc.shape[ca]), np.float32)
-        elif type(out) is np.ndarray:
-            y = ya = out
-        elif type(out) in TORCH_TYPES:
-            y, ya = out, arrays.torch_args(out)
-            if ya is None:
-                return None
-        else:
-            return None
-        if _fastgeneral(self._fast_general, spec, tuple(args), ya) != 0:
-            return None   # declined, or an error code: the general path checks and raises
-        return arrays.torch_from_numpy(y) if torch_in and out is None else y
+        return (len(dims), *(dims.index(d) for _, shape in (*abi.inputs, *abi.outputs) for d in shape))
 
     def run_emulated(self, *inputs, out=None, threads: int | None = None, **call) -> np.ndarray:
         return self._call(self._emulated(threads), inputs, out, call)

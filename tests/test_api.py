@@ -265,6 +265,12 @@ def test_fast_call_path_is_built_and_agrees_with_the_general_path(k, rng):
     assert kmod._fastcall(k._fn._softgen_ptr, x, np.empty((4, 36), np.float32)) is NotImplemented
     assert kmod._fastcall(k._fn._softgen_ptr, x.astype(np.float64), np.empty((4, 37))) is NotImplemented
     assert kmod._fastcall(k._fn._softgen_ptr, x, x[:, ::-1]) is NotImplemented
+    # NumPy arrays are read from their fields: a swapped byte order or a read-only out declines
+    assert kmod._fastcall(k._fn._softgen_ptr, x.astype(">f4"), np.empty((4, 37), np.float32)) is NotImplemented
+    ro = np.empty((4, 37), np.float32)
+    ro.flags.writeable = False
+    assert kmod._fastcall(k._fn._softgen_ptr, x, ro) is NotImplemented and k._fast(x, ro) is NotImplemented
+    assert kmod._fastcall(k._fn._softgen_ptr, ro, np.empty((4, 37), np.float32)) == 0   # a read-only x is read
 
 
 def test_fast_call_entry_points_refuse_bad_calls_before_calling():
@@ -281,6 +287,16 @@ def test_fast_call_entry_points_refuse_bad_calls_before_calling():
             fn(1)
     with pytest.raises(TypeError, match="tuples"):
         fc.general(1, [], (), x)
+    with pytest.raises(ValueError, match="null kernel entry point"):   # a kernel's entry (issue 15)
+        fc.entry(0, "row", None)
+    with pytest.raises(TypeError, match=r"entry\(fnptr"):
+        fc.entry(1)
+    with pytest.raises(ValueError, match="kind is one of"):
+        fc.entry(1, "rows", None)
+    with pytest.raises(ValueError, match="spec"):
+        fc.entry(1, "general", (7, 0, 1))
+    with pytest.raises(TypeError, match=r"\(x, out\)"):
+        fc.entry(1, "row", None)(x)
 
 
 def test_one_function_per_op_compiles_once_and_matches_the_reference():

@@ -111,18 +111,20 @@ def test_torch_refusals(sm):
 
 
 @needs_torch
-def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, monkeypatch):
-    """Torch tensors of every fast kind (rows, top-k, unary matrix; Kernel and per-op function)
-    go to _fastcall on their address, shape and strides: no arrays.prepare, no Tensor.numpy()
-    (issue 15). Results equal NumPy's; layouts the fast path declines still work or are refused."""
+def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, gauss, monkeypatch):
+    """Torch tensors of every fast kind (rows, top-k, unary and general matrix; Kernel and per-op
+    function) are read in C (_fastcall.entry): no arrays.prepare, no Tensor.numpy() (issue 15).
+    Results equal NumPy's; layouts the fast path declines still work or are refused."""
     from softgen import kernel as kmod
-    if kmod._fastcall is None:
+    if kmod._fc is None:
         pytest.skip("softgen._fastcall is not built")
     x = torch.randn(3, 40)
     m = torch.rand(2, 5, 5)
+    a, b = torch.rand(2, 3, 4), torch.rand(2, 5, 4)
     want = {"sm": sm(x.numpy()), "topk": topk(x.numpy()), "sink": sink(m.numpy()),
-            "f": softgen.softmax(x.numpy(), target="scalar")}
+            "f": softgen.softmax(x.numpy(), target="scalar"), "g": gauss(a.numpy(), b.numpy())}
     sm(x), topk(x), sink(m), softgen.softmax(x, target="scalar")   # load; torch's type seen once
+    softgen.topk_softmax(x, 2, sparse=1, target="scalar"), softgen.gaussian_kernel(a, b, 4, target="scalar")
 
     def trap(*a, **k):
         raise AssertionError("a torch call went through a NumPy view")
@@ -143,6 +145,17 @@ def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, monkeypatch):
     s = sink(m)
     assert type(s) is torch.Tensor and _teq(s, want["sink"])
     assert _teq(softgen.softmax(x, target="scalar"), want["f"])
+    wide = torch.randn(3, 56)
+    v = wide[:, 8:48]                                              # rows one stride (56) apart
+    assert _teq(sm(v), sm(np.array(v.tolist(), np.float32)))
+    ov = torch.zeros(3, 56)
+    assert sm(x, out=ov[:, 16:]) is not None and _teq(ov[:, 16:], want["sm"]) and not ov[:, :16].any()
+    fi, fw = softgen.topk_softmax(x, 2, sparse=1, target="scalar")
+    assert _teq(fi, want["topk"][0]) and _teq(fw, want["topk"][1])
+    g = gauss(a, b)
+    assert type(g) is torch.Tensor and _teq(g, want["g"]) and _teq(softgen.gaussian_kernel(a, b, 4, target="scalar"), want["g"])
+    og = torch.empty(2, 3, 5)
+    assert gauss(a, b, out=og) is og and _teq(og, want["g"])
     monkeypatch.undo()
     # declined by the fast path: the general path computes (strided rows) or refuses
     xt = x.t().contiguous().t()                                              # unit stride across rows
@@ -279,7 +292,14 @@ def test_call_path_does_not_touch_the_ir(sm, lssa, topk, sink, gauss, monkeypatc
     calls = [lambda: sm(x), lambda: sm(x, threads=2), lambda: lssa(x), lambda: topk(x), lambda: sink(m),
              lambda: gauss(a, b), lambda: disp(x), lambda: disp(x, threads=1),
              lambda: softgen.softmax(x, target="scalar"), lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar"),
-             lambda: sm(x, axis=0), lambda: softgen.softmax(x), lambda: softgen.softmax(x)]
+             lambda: sm(x, axis=0), lambda: softgen.softmax(x), lambda: softgen.softmax(x),
+             lambda: softgen.sinkhorn(m, target="scalar"), lambda: softgen.gaussian_kernel(a, b, 4, target="scalar")]
+    if torch is not None:   # torch tensors in and out, every kind
+        xt, mt, at, bt = (torch.from_numpy(v.copy()) for v in (x, m, a, b))
+        calls += [lambda: sm(xt), lambda: sm(xt, out=torch.empty(3, 8)), lambda: topk(xt), lambda: sink(mt),
+                  lambda: gauss(at, bt), lambda: gauss(at, bt, out=torch.empty(3, 5)),
+                  lambda: softgen.topk_softmax(xt, 2, sparse=1, target="scalar"),
+                  lambda: softgen.gaussian_kernel(at, bt, 4, target="scalar")]
     expect = [c() for c in calls]   # loads the libraries (may touch the IR) before the trap
 
     def trap(*a, **k):
@@ -293,7 +313,36 @@ def test_call_path_does_not_touch_the_ir(sm, lssa, topk, sink, gauss, monkeypatc
     for c, e in zip(calls, expect):
         r = c()
         for u, v in zip(r if isinstance(r, tuple) else (r,), e if isinstance(e, tuple) else (e,)):
+            assert type(u) is type(v) and np.array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_per_op_functions_go_straight_to_the_entry(monkeypatch):
+    """softgen.<op>(...) with arguments seen before is one dict lookup and the kernel's C entry
+    (issue 15): no apply, no Kernel.__call__, no binding, for rows, top-k and both kinds of matrix
+    op; new arguments, 0-d inputs and axis= still take apply."""
+    from softgen import functional, kernel as kmod
+    if kmod._fc is None:
+        pytest.skip("softgen._fastcall is not built")
+    rng = np.random.default_rng(11)
+    x, m = rng.standard_normal((3, 8)).astype(np.float32), rng.random((2, 4, 4)).astype(np.float32)
+    a, b = rng.random((3, 4), np.float32), rng.random((5, 4), np.float32)
+    calls = [lambda: softgen.softmax(x, target="scalar"), lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar"),
+             lambda: softgen.sinkhorn(m, target="scalar"), lambda: softgen.gaussian_kernel(a, b, 4, target="scalar"),
+             lambda: softgen.gaussian_kernel(a, b, head_dim=4, target="scalar", out=np.empty((3, 5), np.float32))]
+    expect = [c() for c in calls]
+
+    def trap(*args, **kw):
+        raise AssertionError("a per-op call went past its entry")
+    for mod, name in ((functional, "apply"), (kmod.Kernel, "__call__"), (kmod.MatrixKernel, "__call__"), (kmod, "bind")):
+        monkeypatch.setattr(mod, name, trap)
+    for c, e in zip(calls, expect):
+        r = c()
+        for u, v in zip(r if isinstance(r, tuple) else (r,), e if isinstance(e, tuple) else (e,)):
             assert np.array_equal(u, v)
+    for c in (lambda: softgen.softmax(x, target="scalar", axis=0), lambda: softgen.softmax(np.float32(1), target="scalar"),
+              lambda: softgen.topk_softmax(x, 3, sparse=1, target="scalar")):
+        with pytest.raises(AssertionError, match="past its entry"):
+            c()
 
 
 # -- a cached TVM kernel in a new process ---------------------------------------------------------
@@ -360,15 +409,16 @@ def test_topk_fast_path_matches_the_general_path(topk):
     """Top-k calls take _fastcall.selected (no ctypes, no binding); every layout it declines
     (strided, Fortran, empty) falls back, and the results equal the general path's."""
     from softgen import kernel as kmod
-    if kmod._fastsel is None:
+    if kmod._fc is None:
         pytest.skip("softgen._fastcall is not built")
     x = np.random.default_rng(6).standard_normal((3, 40)).astype(np.float32)
     topk(x)
-    assert topk._fast_sel is not None
-    ptr = topk._fast_sel
-    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int64), np.empty((3, 2), np.float32)) == 0
-    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int32), np.empty((3, 2), np.float32)) is NotImplemented
-    assert kmod._fastsel(ptr, x, np.empty((3, 2), np.int64), np.empty((2, 2), np.float32)) is NotImplemented
+    assert topk._fast is not None
+    ptr, sel = topk._fn._softgen_ptr, kmod._fc.selected
+    assert sel(ptr, x, np.empty((3, 2), np.int64), np.empty((3, 2), np.float32)) == 0
+    assert sel(ptr, x, np.empty((3, 2), np.int32), np.empty((3, 2), np.float32)) is NotImplemented
+    assert sel(ptr, x, np.empty((3, 2), np.int64), np.empty((2, 2), np.float32)) is NotImplemented
+    assert topk._fast(x, np.empty((3, 2), np.float32)) is NotImplemented   # out=: the general path
     for a in (x, x[:, ::2], x[:, :1], x[:0], np.asfortranarray(x), x[1]):
         fast = topk(a)
         slow = topk._call_np(topk._fn, (a,), None)
@@ -380,7 +430,7 @@ def test_general_matrix_fast_path(gauss, monkeypatch):
     Kernel and the per-op function, NumPy and torch, with no binding; every layout it declines
     (strided rows, Fortran, out overlapping an input, a dims mismatch) takes the general path."""
     from softgen import kernel as kmod
-    if kmod._fastgeneral is None:
+    if kmod._fc is None:
         pytest.skip("softgen._fastcall is not built")
     rng = np.random.default_rng(10)
     a, b = rng.random((2, 3, 4), np.float32), rng.random((2, 5, 4), np.float32)
@@ -389,7 +439,7 @@ def test_general_matrix_fast_path(gauss, monkeypatch):
     fn(a, b, 4, target="scalar")
     if torch is not None:
         gauss(torch.from_numpy(a), torch.from_numpy(b))   # torch's type seen once (arrays.TORCH_TYPES)
-    assert gauss._fast_general is not None
+    assert gauss._fast is not None
 
     def trap(*args, **kw):
         raise AssertionError("a general matrix call went through binding")
@@ -420,12 +470,13 @@ def test_unary_matrix_fast_path_matches_the_general_path(sink):
     """Unary matrix calls (sinkhorn) take _fastcall.unary; declined layouts fall back; results
     equal the general path's; a square kernel's non-square input keeps its ValueError."""
     from softgen import kernel as kmod
-    if kmod._fastunary is None:
+    if kmod._fc is None:
         pytest.skip("softgen._fastcall is not built")
     m = np.random.default_rng(7).random((3, 6, 6)).astype(np.float32)
     sink(m)
-    assert sink._fast_unary is not None
-    assert kmod._fastunary(sink._fast_unary, m[0, 0], np.empty(6, np.float32)) is NotImplemented   # 1-d
+    assert sink._fast is not None
+    assert kmod._fc.unary(sink._fn._softgen_ptr, m[0, 0], np.empty(6, np.float32)) is NotImplemented   # 1-d
+    assert sink._fast(m[0, 0], None) is NotImplemented
     for a in (m, m[:, :, :4], m[:, :4, :], m[:, :, ::2], np.asfortranarray(m), m[0], m[:0]):
         assert np.array_equal(sink(a), sink._call_np(sink._fn, (a,), None))
     y = m.copy()
