@@ -444,6 +444,20 @@ def test_api_threads():
                           equal_nan=True)
 
 
+def test_threads_share_each_kv_heads_transpose():
+    """K^T is transposed once per (batch, kv head), by the first task that needs it; the tasks of
+    the group's other query heads and chunks running meanwhile wait for it. Batch 2, 4 query heads
+    on 1 kv head, 3 chunks each, new keys per call, threaded calls back to back (the pool's workers
+    awake; each call's K^T buffer holds the previous keys' until transposed): any thread count gives
+    the one-thread bits, within the oracle."""
+    for t in (2, 4, 2, 4):
+        qkv = [(f32(2, 4, 130, 64), f32(2, 1, 4096, 64), f32(2, 1, 4096, 8)) for _ in range(3)]
+        got = [softgen.attention(*x, threads=t) for x in qkv]
+        for x, o in zip(qkv, got):
+            assert np.array_equal(o, softgen.attention(*x, threads=1), equal_nan=True), t
+    np.testing.assert_allclose(o, _oracle(*x), rtol=1e-4, atol=1e-5)
+
+
 def test_tune_attention_blocks(tmp_path, monkeypatch):
     """softgen tune of attention: br/bc candidates timed, the winner recorded (algorithm
     "streaming"); compile then takes it (k.tuned) unless br/bc are given."""

@@ -34,10 +34,11 @@ from ..ops.attention import SOFTPLUS_TINY, _lssar_params
 from ..passes import STREAMING_NORMALIZERS
 from ..reference import R_BOUND
 from ..render import env, flit
+from .gemm import transpose_stages
 
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
-# not depend on the thread count; each task transposes its matrix's K once (O(Lk d) against the
-# task's O(QCH Lk d) multiply-adds).
+# not depend on the thread count; K^T is transposed once per (batch, kv head), by the first task
+# of its heads that runs (O(Lk d) against a task's O(QCH Lk d) multiply-adds).
 TASK_ROWS = 64
 # threads=auto: one thread per this many multiply-adds of work (~0.1 ms at a few GFLOP/s)
 TASK_GRAIN = 1 << 19
@@ -56,7 +57,7 @@ def score_rows(vector_registers: int) -> int:
 
 def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16,
                        abi: KernelABI | None = None, tvm: bool = False, shifted_exp: bool = False,
-                       topk: dict | None = None) -> str:
+                       topk: dict | None = None, lanes: int = 1) -> str:
     """The C function ``fname(lq, lk, klen, d, dv, q, ldq, k, ldk, v, ldv[, mask, msr, msc], o, ldo,
     lse, lsr, r0, r1, kt)`` (query rows [r0, r1) of one (batch, head) matrix); ``tasks``: also
     ``fname__all(<the parameters of abi, an abi.ATTENTION>, threads)``: the checks of the
@@ -66,7 +67,9 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
     ``shifted_exp``: vmath has sg_exp_shifted (``render.scaled_exp``), which the single-block mode's
     e^(S - max S) uses (its row sums are >= 1).
     ``topk``: top-k attention's selection (``backends.c.topk_stream``: the insertion network's C,
-    written once in ``c.TopKRed``, or radix select over a br x lk score tile)."""
+    written once in ``c.TopKRed``, or radix select over a br x lk score tile).
+    ``lanes``: the target's vector lanes; at 4+ K^T is packed by lanes x lanes register
+    transposes (``gemm.transpose_stages``), else one scalar store per element."""
     if ph.normalizer not in STREAMING_NORMALIZERS:
         raise BuildError(f"the C backend streams attention with {', '.join(STREAMING_NORMALIZERS)}, "
                          f"not {ph.normalizer!r}")
@@ -83,6 +86,7 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
         normalizer=ph.normalizer, cosine=ph.normalizer in ("lssa", "lssar"), wide=ph.wide if not tvm else 0,
         one_exp="sg_exp_shifted" if shifted_exp else "sg_exp_nonpos", tasks=tasks, topk=topk, renorm=ph.renormalize,
         qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
+        lanes=lanes, tpack=transpose_stages(lanes) if lanes >= 4 and not tvm else None,
         params=abi.param_list() if abi is not None else "", max_n=abi.max_n if abi is not None else None,
         strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
         log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,

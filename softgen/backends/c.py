@@ -916,7 +916,7 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         elif isinstance(ph, AttentionPhase):   # a self-contained C function, beside the GEMMs
             gemms.append(attention_function(ph, f"{name}__attn{k}", tasks=mp.attention_tasks() is ph,
                                             vector_registers=t.vector_registers, abi=mp.abi(),
-                                            shifted_exp=scaled_exp(t), topk=topk_stream(ph, t)))
+                                            shifted_exp=scaled_exp(t), topk=topk_stream(ph, t), lanes=t.lanes))
     # the row programs, and streaming top-k attention's selection (its select.h helpers)
     progs = [p for _, p, _ in mp.programs()] + [ph.program for ph in mp.leaves() if isinstance(ph, AttentionPhase)
                                                  and ph.normalizer == "topk_softmax"]
