@@ -93,8 +93,8 @@ class Emit:
     def opaque(self, v: str) -> str:
         """v, read back from a local buffer: TVM's passes (FlattenBuffer, RemoveNoOp, LowerIntrin)
         bind each pure let in an arith analyzer, which simplifies its value with the lets it names
-        substituted. The base of lssar's and reweight's (R / max R)^15 by squaring appears 15 times
-        in the result's expanded tree, each with max R's row-scalar selects: 20-40 s to lower.
+        substituted. The base of lssar's and reweight's (R / max R)^p by squaring appears p times
+        (default 15) in the result's expanded tree, each with max R's row-scalar selects: 20-40 s to lower.
         A load is opaque to the analyzer (0.5 s); LLVM keeps the value in a register."""
         if self.lane is None:
             return v
@@ -495,10 +495,11 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int, bufs: dict | None = 
     bufs = bufs or {"x": "X", "index": None, "y": "Y"}
     vals = {m: e.let(f"Y[{i}]") for m in sw.reloads}
     arg = lambda a: vals[a] if p.shape(a) == ROW else _scalar_name(p, a)  # noqa: E731
-    # the bases of powers by repeated squaring (v^2 squared again, v not itself a square): see
+    # the bases of powers beyond the square (v^2 multiplied again, v not itself a square): see
     # Emit.opaque
     square = {v: p.args(v)[0] for v in sw.compute if p.op(v) == "mul" and len(set(p.args(v))) == 1}
-    bases = {a for v, a in square.items() if a not in square and any(b == v for b in square.values())}
+    again = {a for w in sw.compute if p.op(w) == "mul" for a in p.args(w) if a in square}
+    bases = {a for v, a in square.items() if a not in square and v in again}
     for v in sw.compute:
         op, args, at = p.op(v), [arg(a) for a in p.args(v)], p.attrs(v)
         if op == "input":
