@@ -3,17 +3,21 @@ result against the op's float64 reference with the op's own tolerance and the ed
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
+import resource
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import softgen
-from softgen.backends import get_backend
+from softgen import runtime
+from softgen.backends import get_backend, tvm_adapter
 from softgen.backends.tvm_adapter import available as tvm_available
 from softgen.emulator import emulation_available
 from softgen.ops import build_program, get_op
@@ -39,6 +43,37 @@ def pytest_configure(config):
     os.environ["SOFTGEN_USE_TUNING"] = "0"
     if not os.environ.get("SOFTGEN_CACHE_DIR"):
         config._softgen_cache = os.environ["SOFTGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="softgen-tests-")
+
+
+    if os.environ.get("SOFTGEN_BUILD_LOG"):
+        _log_builds(os.environ["SOFTGEN_BUILD_LOG"])
+
+
+def _log_builds(path: str) -> None:
+    """SOFTGEN_BUILD_LOG=file: one JSON line per kernel the cache had to build (C compiler or
+    TVM), with the test that asked, the file built, wall and CPU seconds (this process and its
+    children), to profile the suite's builds: which test file builds what, what is built twice."""
+    def logged(inner):
+        def _cached(entry, make, what, rebuild=False):
+            built = []
+
+            def timed(tmp):
+                c0, w0, r0 = time.process_time(), time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+                res = make(tmp)
+                r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                built.append({"test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0],
+                              "file": entry.name, "what": "tvm" if entry.name.startswith("tvm-") else "cc", "pid": os.getpid(),
+                              "wall": time.perf_counter() - w0, "cpu": time.process_time() - c0
+                              + r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime})
+                return res
+            out = inner(entry, timed, what, rebuild)
+            if built:
+                with open(path, "a") as f:
+                    f.write(json.dumps(built[0]) + "\n")
+            return out
+        return _cached
+    runtime._cached = logged(runtime._cached)
+    tvm_adapter._cached = logged(tvm_adapter._cached)
 
 
 def pytest_unconfigure(config):

@@ -74,18 +74,34 @@ def f32(v: float) -> str:
 
 
 class Emit:
-    """Appends ``T.let``-bound statements; every value gets a fresh name (TIR vars are SSA)."""
+    """Appends ``T.let``-bound statements; every value gets a fresh name (TIR vars are SSA).
+    ``lane``: (index, lanes) of the loop the lines go in, where ``opaque`` may store a value to
+    a local buffer (``allocs``: their declarations, for the function's scope)."""
 
-    def __init__(self, counter: list[int], fused_fma: bool = True):
+    def __init__(self, counter: list[int], fused_fma: bool = True, lane: tuple[str, int] | None = None):
         self.lines: list[str] = []
         self._n = counter
         self.fused_fma = fused_fma
+        self.lane, self.allocs = lane, []
 
     def let(self, expr: str, dtype: str = "float32") -> str:
         self._n[0] += 1
         name = f"t{self._n[0]}"
         self.lines.append(f"{name}: T.let[T.{dtype}] = {expr}")
         return name
+
+    def opaque(self, v: str) -> str:
+        """v, read back from a local buffer: TVM's passes (FlattenBuffer, RemoveNoOp, LowerIntrin)
+        bind each pure let in an arith analyzer, which simplifies its value with the lets it names
+        substituted. The base of lssar's and reweight's (R / max R)^p by squaring appears p times
+        (default 15) in the result's expanded tree, each with max R's row-scalar selects: 20-40 s to lower.
+        A load is opaque to the analyzer (0.5 s); LLVM keeps the value in a register."""
+        if self.lane is None:
+            return v
+        (i, lanes), buf = self.lane, f"opq{self._n[0] + 1}"
+        self.allocs.append(f'{buf} = T.alloc_buffer(({lanes},), "float32", scope="local")')
+        self.stmt(f"{buf}[{i}] = {v}")
+        return self.let(f"{buf}[{i}]")
 
     def stmt(self, line: str) -> None:
         self.lines.append(line)
@@ -499,6 +515,11 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int, bufs: dict | None = 
     bufs = bufs or {"x": "X", "index": None, "y": "Y"}
     vals = {m: e.let(f"Y[{i}]") for m in sw.reloads}
     arg = lambda a: vals[a] if p.shape(a) == ROW else _scalar_name(p, a)  # noqa: E731
+    # the bases of powers beyond the square (v^2 multiplied again, v not itself a square): see
+    # Emit.opaque
+    square = {v: p.args(v)[0] for v in sw.compute if p.op(v) == "mul" and len(set(p.args(v))) == 1}
+    again = {a for w in sw.compute if p.op(w) == "mul" for a in p.args(w) if a in square}
+    bases = {a for v, a in square.items() if a not in square and v in again}
     for v in sw.compute:
         op, args, at = p.op(v), [arg(a) for a in p.args(v)], p.attrs(v)
         if op == "input":
@@ -522,6 +543,8 @@ def _row_values(p: Program, sw, e: Emit, i: str, slot: int, bufs: dict | None = 
             vals[v] = e.sub_ln2(args[0], args[1], args[2], at.get("scale", 1.0))
         else:
             vals[v] = e.let(VECTOR[op].format(*args))
+        if v in bases:
+            vals[v] = e.opaque(vals[v])
     for v in sw.stores + ([sw.output] if sw.output is not None else []):
         e.stmt(f"{bufs['y']}[{i}] = {vals[p.args(v)[-1]]}")
     for v in sw.colstores:
@@ -619,7 +642,7 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
         body += ["lo: T.let[T.int64] = T.int64(0)", "cnt: T.let[T.int64] = n"]
         ind = ""
     # main loop: one vectorised lane loop holding U slots
-    e = Emit(counter, _fused_fma(t))
+    e = Emit(counter, _fused_fma(t), lane=("l", L))
     slots = {}
     for u in range(U):
         # inline, not let-bound: VectorizeLoop then folds it into a Ramp (a contiguous vector
@@ -638,13 +661,15 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     lane_loop = f"for l in T.vectorized(T.int64({L})):" if L > 1 else "for l in range(T.int64(1)):"
     body += [f"{ind}for it in range(cnt // {step}):", f"{ind}    {lane_loop}"]
     body += [f"{ind}        {ln}" for ln in e.lines]
+    allocs = e.allocs
     # scalar tail, into lane 0 of accumulator 0
-    e = Emit(counter, _fused_fma(t))
+    e = Emit(counter, _fused_fma(t), lane=("0", 1))
     i = e.let(f"lo + cnt // {step} * {step} + j", "int64")
     tail = _row_values(p, sw, e, i, 0)
     for red in reds:
         red.update(e, red.tail_slot(L), [vals(tail, red)])
     body += [f"{ind}for j in range(cnt % {step}):"] + [f"{ind}    {ln}" for ln in e.lines]
+    out += allocs + e.allocs
     if any(red.blocked for red in reds):
         e = Emit(counter, _fused_fma(t))
         for red in (red for red in reds if red.blocked):
