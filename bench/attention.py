@@ -41,7 +41,7 @@ import sys
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import single_threaded, time_interleaved, torch_one_thread  # noqa: E402
+from common import call_peak, rss_rows, single_threaded, time_interleaved, torch_one_thread  # noqa: E402
 from fmapeak import peak as fma_peak, supported as fma_supported  # noqa: E402
 
 single_threaded()
@@ -60,19 +60,10 @@ def flops(lq: int, lk: int, d: int, causal: bool) -> float:
 RSS_IMPLS = ("softgen streaming", "torch composition", "torch sdpa")
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def rss_child(impl: str, L: int, bh: int, d: int) -> None:
     """One memory measurement (run in a fresh process by ``rss``): prints a JSON line. The call's
     peak is VmHWM after the call, the high-water mark reset just before it (/proc/self/clear_refs,
     Linux): imports and the compile step, which can peak higher than the call, do not mask it."""
-    import resource
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((bh, L, d)).astype(np.float32) for _ in range(3))
     if impl == "softgen streaming":
@@ -87,41 +78,13 @@ def rss_child(impl: str, L: int, bh: int, d: int) -> None:
             fn = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)  # noqa: E731
         else:
             fn = lambda: torch.softmax(tq @ tk.transpose(-1, -2) * d ** -0.5, dim=-1) @ tv  # noqa: E731
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_mib("VmRSS")
-    fn()
-    peak = _status_mib("VmHWM")
-    print(json.dumps({"impl": impl, "L": L, "bh": bh, "rss_before_mib": before, "call_peak_mib": peak,
-                      "call_mib": peak - before,
-                      "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+    print(json.dumps({"impl": impl, "L": L, "bh": bh, **call_peak(fn)}))
 
 
 def rss(lengths, bh: int, d: int, have_torch: bool) -> list[dict]:
-    """Peak RSS per implementation and length, one subprocess each (ru_maxrss is a high-water mark)."""
-    import subprocess
-    rows = []
-    for L in lengths:
-        for impl in RSS_IMPLS:
-            if impl.startswith("torch") and not have_torch:
-                continue
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", impl, str(L), str(bh), str(d)],
-                               capture_output=True, text=True)
-            if r.returncode:
-                print(f"{impl} L={L}: failed: {r.stderr.strip().splitlines()[-1:]}")
-                continue
-            row = json.loads(r.stdout.strip().splitlines()[-1])
-            row["s_mib"] = bh * L * L * 4 / 2 ** 20
-            rows.append(row)
-    if rows:
-        print(f"\nmemory: {bh} head(s), d {d}, Lq = Lk, not causal, 1 thread, a fresh process per row")
-        hdr = f"{'L':>6}  {'impl':<20} {'RSS before':>10} {'call peak':>9} {'call MiB':>9} {'S MiB':>7} {'maxrss':>7}"
-        print(hdr)
-        print("-" * len(hdr))
-        for r in rows:
-            print(f"{r['L']:>6}  {r['impl']:<20} {r['rss_before_mib']:>10.1f} {r['call_peak_mib']:>9.1f} "
-                  f"{r['call_mib']:>9.1f} {r['s_mib']:>7.1f} {r['maxrss_mib']:>7.1f}")
-    return rows
+    """Peak RSS per implementation and length, one subprocess each (``common.rss_rows``)."""
+    return rss_rows(__file__, RSS_IMPLS, lengths, (bh, d), have_torch, bh,
+                    f"{bh} head(s), d {d}, Lq = Lk, not causal, 1 thread, a fresh process per row")
 
 
 def main(argv=None) -> None:

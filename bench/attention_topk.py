@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import single_threaded, time_interleaved, torch_one_thread  # noqa: E402
+from common import call_peak, rss_rows, single_threaded, time_interleaved, torch_one_thread  # noqa: E402
 
 single_threaded()
 import numpy as np  # noqa: E402
-from attention import _status_mib  # noqa: E402
 
 import softgen  # noqa: E402
 
@@ -80,38 +78,13 @@ def rss_child(impl: str, L: int, bh: int, d: int, top_k: int) -> None:
         torch = torch_one_thread()
         tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
         fn = lambda: torch_topk_attention(torch, tq, tk, tv, top_k)  # noqa: E731
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_mib("VmRSS")
-    fn()
-    peak = _status_mib("VmHWM")
-    print(json.dumps({"impl": impl, "L": L, "bh": bh, "top_k": top_k, "rss_before_mib": before,
-                      "call_peak_mib": peak, "call_mib": peak - before}))
+    print(json.dumps({"impl": impl, "L": L, "bh": bh, "top_k": top_k, **call_peak(fn)}))
 
 
 def rss(lengths, bh: int, d: int, top_k: int, have_torch: bool) -> list[dict]:
-    rows = []
-    for L in lengths:
-        for impl in IMPLS:
-            if impl.startswith("torch") and not have_torch:
-                continue
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", impl, str(L), str(bh),
-                                str(d), str(top_k)], capture_output=True, text=True)
-            if r.returncode:
-                print(f"{impl} L={L}: failed: {r.stderr.strip().splitlines()[-1:]}")
-                continue
-            row = json.loads(r.stdout.strip().splitlines()[-1])
-            row["s_mib"] = bh * L * L * 4 / 2 ** 20
-            rows.append(row)
-    if rows:
-        print(f"\nmemory: {bh} head(s), d {d}, top_k {top_k}, Lq = Lk, 1 thread, a fresh process per row")
-        hdr = f"{'L':>6}  {'impl':<20} {'RSS before':>10} {'call peak':>9} {'call MiB':>9} {'S MiB':>7}"
-        print(hdr)
-        print("-" * len(hdr))
-        for r in rows:
-            print(f"{r['L']:>6}  {r['impl']:<20} {r['rss_before_mib']:>10.1f} {r['call_peak_mib']:>9.1f} "
-                  f"{r['call_mib']:>9.1f} {r['s_mib']:>7.1f}")
-    return rows
+    """Peak RSS per implementation and length, one subprocess each (``common.rss_rows``)."""
+    return rss_rows(__file__, IMPLS, lengths, (bh, d, top_k), have_torch, bh,
+                    f"{bh} head(s), d {d}, top_k {top_k}, Lq = Lk, 1 thread, a fresh process per row")
 
 
 def main(argv=None) -> None:

@@ -57,3 +57,57 @@ def torch_one_thread(without: str = "softgen alone"):
         return None
     torch.set_num_threads(1)
     return torch
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def call_peak(fn) -> dict:
+    """Run ``fn`` once and measure its memory (Linux): "rss_before_mib", "call_peak_mib" (VmHWM after
+    the call, the high-water mark reset just before it through /proc/self/clear_refs, so imports and
+    compiling, which can peak higher, do not mask it), "call_mib" (what the call held at its peak)
+    and the process's "maxrss_mib"."""
+    import resource
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mib("VmRSS")
+    fn()
+    peak = _status_mib("VmHWM")
+    return {"rss_before_mib": before, "call_peak_mib": peak, "call_mib": peak - before,
+            "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def rss_rows(script: str, impls, lengths, child_args, have_torch: bool, bh: int, title: str) -> list[dict]:
+    """One fresh ``script --rss-child impl L *child_args`` process per implementation and length (each
+    prints ``call_peak``'s JSON line last), the rows printed as a table against the L x L score
+    matrix of ``bh`` heads ("S MiB")."""
+    import json
+    import subprocess
+    import sys
+    rows = []
+    for L in lengths:
+        for impl in impls:
+            if impl.startswith("torch") and not have_torch:
+                continue
+            r = subprocess.run([sys.executable, os.path.abspath(script), "--rss-child", impl, str(L),
+                                *(str(x) for x in child_args)], capture_output=True, text=True)
+            if r.returncode:
+                print(f"{impl} L={L}: failed: {r.stderr.strip().splitlines()[-1:]}")
+                continue
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+            row["s_mib"] = bh * L * L * 4 / 2 ** 20
+            rows.append(row)
+    if rows:
+        print(f"\nmemory: {title}")
+        hdr = f"{'L':>6}  {'impl':<20} {'RSS before':>10} {'call peak':>9} {'call MiB':>9} {'S MiB':>7} {'maxrss':>7}"
+        print(hdr)
+        print("-" * len(hdr))
+        for r in rows:
+            print(f"{r['L']:>6}  {r['impl']:<20} {r['rss_before_mib']:>10.1f} {r['call_peak_mib']:>9.1f} "
+                  f"{r['call_mib']:>9.1f} {r['s_mib']:>7.1f} {r['maxrss_mib']:>7.1f}")
+    return rows

@@ -147,6 +147,13 @@ def _make(op: str):
         except TypeError:   # unhashable: not entered
             pass
 
+    def slow(x, args: tuple, out, kwargs: dict, e):
+        """``apply`` (the entry declined, or no entry yet: then remember the call's kernel)."""
+        r = apply(op, x, *args, out=out, **kwargs)
+        if e is None:
+            remember(args, kwargs)
+        return r
+
     if more:
         def fn(x, *args, out=None, **kwargs):
             m, params = last, args[more:]
@@ -158,10 +165,7 @@ def _make(op: str):
                 r = e((x, *args[:more]), out)
                 if r is not NotImplemented and r.__class__ is not int:
                     return r
-            r = apply(op, x, *args, out=out, **kwargs)
-            if e is None:
-                remember(args, kwargs)
-            return r
+            return slow(x, args, out, kwargs, e)
     else:
         def fn(x, *args, out=None, **kwargs):
             m = last
@@ -173,10 +177,7 @@ def _make(op: str):
                 r = e(x, out)
                 if r is not NotImplemented and r.__class__ is not int:
                     return r
-            r = apply(op, x, *args, out=out, **kwargs)
-            if e is None:
-                remember(args, kwargs)
-            return r
+            return slow(x, args, out, kwargs, e)
     sig = ", ".join(list(opdef.inputs) + [f"{k}={v!r}" for k, v in opdef.params.items()]
                     + [f"{c}=None" for c in opdef.call_params])
     fn.__name__ = fn.__qualname__ = op

@@ -2,6 +2,7 @@
 result against the op's float64 reference with the op's own tolerance and the edge-case contract."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -17,11 +18,13 @@ import pytest
 
 import softgen
 from softgen import runtime
+from softgen._data import data_dir
 from softgen.backends import get_backend, tvm_adapter
 from softgen.backends.tvm_adapter import available as tvm_available
 from softgen.emulator import emulation_available
 from softgen.ops import build_program, get_op
 from softgen.passes import applicable_algorithms
+from softgen.targets import ENV_PATH, all_targets, get_target
 
 TARGETS = [t["name"] for t in softgen.targets()]
 OPS = [op for op in softgen.OPS if get_op(op).kind == "row"]     # the row ops
@@ -263,3 +266,23 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@contextlib.contextmanager
+def host_copy_with_network_max(k: int, suffix: str):
+    """The name of a copy of the host target whose top-k insertion network takes k up to ``k``
+    (0: top-k always takes radix select), found through SOFTGEN_TARGETS_PATH while the block runs."""
+    host = get_target("host")
+    with pytest.MonkeyPatch.context() as mp:
+        d = tempfile.mkdtemp(prefix=f"sg-{suffix}-")
+        text = (data_dir("targets") / f"{host.name}.toml").read_text().splitlines()
+        name = f"{host.name}_{suffix}"
+        lines = [f'name = "{name}"' if ln.startswith("name = ") else "host_rank = 0" if ln.startswith("host_rank")
+                 else ln for ln in text if not ln.startswith("topk_network_max_k")]
+        lines.insert(next(i for i, ln in enumerate(lines) if ln.startswith("[")), f"topk_network_max_k = {k}")
+        with open(f"{d}/{name}.toml", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        mp.setenv(ENV_PATH, d)
+        all_targets.cache_clear()
+        yield name
+    all_targets.cache_clear()

@@ -8,19 +8,16 @@ strided heads, NaN/+inf/-inf scores, fully masked rows, the lse; == three-phase;
 thread count; scalar, avx2, neon (qemu) once; TVM keeps the three-phase form."""
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import pytest
-from conftest import run_cases
+from conftest import host_copy_with_network_max, run_cases
 
 import softgen
 from softgen import abi, autotable, reference as ref
-from softgen._data import data_dir
 from softgen.backends import get_backend
 from softgen.export import scratch_doc
 from softgen.ops import build_program
-from softgen.targets import ENV_PATH, all_targets, get_target
+from softgen.targets import get_target
 
 RNG = np.random.default_rng(1406)
 SMALL = {"br": 3, "bc": 16}   # 1 .. 19 key blocks per row
@@ -32,19 +29,8 @@ HOST = get_target("host")
 def net64():
     """The name of a copy of the host target whose insertion network takes k up to 64 (the IR's
     TOPK_MAX): k = 64 on the network, k = 65 by radix select."""
-    with pytest.MonkeyPatch.context() as mp:
-        d = tempfile.mkdtemp(prefix="sg-net64-")
-        text = (data_dir("targets") / f"{HOST.name}.toml").read_text().splitlines()
-        name = f"{HOST.name}_net64"
-        lines = [f'name = "{name}"' if ln.startswith("name = ") else "host_rank = 0" if ln.startswith("host_rank")
-                 else ln for ln in text if not ln.startswith("topk_network_max_k")]
-        lines.insert(next(i for i, ln in enumerate(lines) if ln.startswith("[")), "topk_network_max_k = 64")
-        with open(f"{d}/{name}.toml", "w") as f:
-            f.write("\n".join(lines) + "\n")
-        mp.setenv(ENV_PATH, d)
-        all_targets.cache_clear()
+    with host_copy_with_network_max(64, "net64") as name:
         yield name
-    all_targets.cache_clear()
 
 
 def build(top_k, renorm=1, causal=False, mask="none", target="host", schedule=SMALL):

@@ -6,37 +6,23 @@ avx2 / scalar / neon (qemu) once each; the TVM backend's refusal; top-k attentio
 oracle (Lq != Lk, causal, masks, GQA, fewer kept keys than k, fully masked rows)."""
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import pytest
-from conftest import STRICT, check, run, tvm_available
+from conftest import STRICT, check, host_copy_with_network_max, run, tvm_available
 from test_topk import check_sparse, scatter, special_rows
 
 import softgen
 from softgen import reference as ref
 from softgen._data import data_dir
 from softgen.ops import get_op
-from softgen.targets import ENV_PATH, _load, all_targets, get_target
+from softgen.targets import _load, get_target
 
 
 @pytest.fixture(scope="module")
 def radix():
     """The name of a copy of the host target whose top-k always takes radix select."""
-    host = get_target("host")
-    with pytest.MonkeyPatch.context() as mp:
-        d = tempfile.mkdtemp(prefix="sg-radix-")
-        text = (data_dir("targets") / f"{host.name}.toml").read_text().splitlines()
-        name = f"{host.name}_radix"
-        lines = [f'name = "{name}"' if ln.startswith("name = ") else "host_rank = 0" if ln.startswith("host_rank")
-                 else ln for ln in text if not ln.startswith("topk_network_max_k")]
-        lines.insert(next(i for i, ln in enumerate(lines) if ln.startswith("[")), "topk_network_max_k = 0")
-        with open(f"{d}/{name}.toml", "w") as f:
-            f.write("\n".join(lines) + "\n")
-        mp.setenv(ENV_PATH, d)
-        all_targets.cache_clear()
+    with host_copy_with_network_max(0, "radix") as name:
         yield name
-    all_targets.cache_clear()
 
 
 def radix_kernel(target: str, **params) -> softgen.Kernel:
