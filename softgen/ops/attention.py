@@ -246,6 +246,7 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     if normalizer in COSINE:
         return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
                               _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
+    mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided mask, as the streaming form
     if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -508,6 +509,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
     and the causal diagonal), a = softplus(z) (0 at dropped keys whatever z is), A = a / sum a;
     lssar: ``lssa._reweight`` with O_i = 0 while the query's position i + Lk - Lq is below
     offset_free_rows."""
+    mp.strided = True   # abi.ATTENTION's explicit strides (q and k are normalised into scratch)
     if mask != "none":   # "bool": the additive IR, the streaming kernel reads bytes
         mp.inputs["mask"] = ("lq", "lk")
     _unit_rows(mp, "q", "qn")
