@@ -13,7 +13,7 @@ import numpy as np
 
 from . import arrays, export as aot, ops as _ops, passes
 from ._version import __version__
-from .abi import ERRORS, GENERAL, ROW, SELECTED, UNARY, KernelABI, failure
+from .abi import ATTENTION, ERRORS, GENERAL, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
 from .arrays import TORCH_TYPES
 from .autotable import (  # noqa: F401 - public names of softgen.kernel before autotable split off
@@ -516,6 +516,12 @@ class MatrixKernel(Kernel):
         attention: its (batch, head, query chunk) tasks) split across at most N threads of the
         library's pool; the results do not depend on it. ``call``: streaming attention's
         ``kv_lengths=`` and ``return_lse=`` (``binding``)."""
+        if call and (call.get("kv_lengths") is not None or call.get("return_lse")) \
+                and self._abi.kind == ATTENTION and self.program.attention_tasks() is None:
+            raise UsageError(f"{self.name}: kv_lengths and return_lse are the streaming attention form's; this "
+                             f"{self.algorithm} {self.params.get('normalizer', '')} kernel takes neither (its C entry "
+                             f"returns EMATRIX): give key padding as an additive mask (softgen.attention folds "
+                             f"kv_lengths into one)")
         if self._fast_general is not None and threads is None and not call:
             y = self._call_general(inputs, out)
             if y is not None:
