@@ -517,11 +517,13 @@ class MatrixKernel(Kernel):
         library's pool; the results do not depend on it. ``call``: streaming attention's
         ``kv_lengths=`` and ``return_lse=`` (``binding``)."""
         if call and (call.get("kv_lengths") is not None or call.get("return_lse")) \
-                and self._abi.kind == ATTENTION and self.program.attention_tasks() is None:
-            raise UsageError(f"{self.name}: kv_lengths and return_lse are the streaming attention form's; this "
-                             f"{self.algorithm} {self.params.get('normalizer', '')} kernel takes neither (its C entry "
-                             f"returns EMATRIX): give key padding as an additive mask (softgen.attention folds "
-                             f"kv_lengths into one)")
+                and self._abi.kind == ATTENTION and self.program.attention_tasks() is None \
+                and (call.get("return_lse") or self.program.key_padding is None):
+            what = "return_lse is" if self.program.key_padding else "kv_lengths and return_lse are"
+            raise UsageError(f"{self.name}: {what} the streaming attention form's; this {self.algorithm} "
+                             f"{self.params.get('normalizer', '')} kernel does not take it (its C entry returns "
+                             f"EMATRIX)" + ("" if self.program.key_padding else ": give key padding as an additive "
+                                            "mask (softgen.attention folds kv_lengths into one)"))
         if self._fast_general is not None and threads is None and not call:
             y = self._call_general(inputs, out)
             if y is not None:

@@ -74,21 +74,29 @@ def test_same_signature_as_streaming(kernels):
 
 
 def test_kv_lengths_and_refusals(kernels):
+    """kv_lengths in the kernel (softmax & co.: the padded keys' scores -inf): the bits of the
+    additive mask they make, NaN rows for a length 0, the streaming form's values; top-k and
+    lssa/lssar kernels refuse them by name, every three-phase kernel refuses return_lse."""
     k3 = kernels["softmax"]
-    q, k, v = views(2, 6, 9, 2, 1, 16, 3)
-    m = np.zeros((6, 9), np.float32)
-    with pytest.raises(UsageError, match="kv_lengths and return_lse are the streaming"):
-        k3(q, k, v, m, kv_lengths=np.array([9, 4]))
-    with pytest.raises(UsageError, match="streaming attention form"):
+    q, k, v = views(3, 6, 9, 2, 1, 16, 3)
+    m = np.where(RNG.random((6, 9)) < 0.8, np.float32(0), np.float32(-np.inf))
+    n = np.array([9, 4, 0])
+    pad = np.where(np.arange(9) < n[:, None, None, None], np.float32(0), np.float32(-np.inf))
+    o = k3(q, k, v, m, kv_lengths=n)
+    np.testing.assert_array_equal(o, k3(q, k, v, np.ascontiguousarray(m + pad)))
+    assert np.isnan(o[2]).all()
+    streamed = softgen.compile("attention", head_dim=16, mask="additive", causal=1)(q, k, v, m, kv_lengths=n)
+    np.testing.assert_array_equal(np.isnan(o), np.isnan(streamed))
+    np.testing.assert_allclose(o, streamed, rtol=1e-5, atol=1e-5)
+    front = softgen.attention(q, k, v, causal=True, kv_lengths=n, mask=m == 0, algorithm="three-phase")
+    np.testing.assert_array_equal(front, o)
+    with pytest.raises(UsageError, match="return_lse is the streaming attention form's"):
         k3(q, k, v, m, return_lse=True)
+    for nm in ("lssar", "topk_softmax"):
+        with pytest.raises(UsageError, match="kv_lengths and return_lse are the streaming"):
+            kernels[nm](q, k, v, m, kv_lengths=n)
     with pytest.raises(RuntimeError, match="row stride"):            # a mask broadcast along the keys
         k3(q, k, v, np.broadcast_to(m[:, :1], (6, 9)))
-    n = np.array([9, 4])
-    o = softgen.attention(q, k, v, causal=True, kv_lengths=n, algorithm="three-phase")   # folded into the mask
-    pad = np.where(np.arange(9) < n[:, None, None, None], np.float32(0), np.float32(-np.inf))
-    np.testing.assert_array_equal(o, k3(q, k, v, np.broadcast_to(pad, (2, 2, 6, 9))))
-    streamed = softgen.attention(q, k, v, causal=True, kv_lengths=n)
-    np.testing.assert_allclose(o, streamed, rtol=1e-5, atol=1e-5)
 
 
 def test_tvm_three_phase_strided():

@@ -247,6 +247,8 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
                               _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
     mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided mask, as the streaming form
+    if normalizer != "topk_softmax":   # kv_lengths as -inf scores (top-k's masked S keeps -FLT_MAX: not here)
+        mp.key_padding = "s"
     if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -335,6 +337,7 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
                          "stochastic lower-triangular matrix is the identity); use a mask for key padding")
     n_iter, eps = sinkhorn._iterations(n_iter), sinkhorn._eps(eps)
     mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided (broadcast) mask
+    mp.key_padding = "s"   # kv_lengths: padded keys' scores -inf, as the additive mask's (dead keys: weight 0)
     if mask == "additive":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
