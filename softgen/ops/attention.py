@@ -3,16 +3,17 @@
 The op's IR is the **three-phase** form every normalizer has: an NT GEMM ``S = s Q K^T`` into a
 scratch Lq x Lk matrix, a rows phase over S (the masks, then the normalizer: the same IR as the
 row op ``softmax``), and an NN GEMM ``O = P V``. It is an ordinary ``MatrixProgram``, so the C
-backend lowers it with its register-blocked GEMMs (``backends/gemm.py``) and its row functions,
-and export, the header and the manifest follow from its general ABI
-``(q, k, v[, mask], o, batch, lq, lk, d, dv, ldq, ldk, ldv[, ldmask], ldo)``.
+backend lowers it with its register-blocked GEMMs (``backends/gemm.py``) and its row functions;
+it is ``strided`` (``MatrixProgram.strided``): the streaming form's ABI (``abi.ATTENTION``: per-head
+strides, GQA, strided masks), so export, the header and the manifest match the streaming kernel's.
 
 Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - Lq, from the
 element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
 to the scores). ``mask="bool"`` (a uint8 keep-mask) is the streaming form's only: its IR is the
 additive one (the mask input), the kernel reads the mask as bytes. The streaming form's ABI
-(``abi.ATTENTION``) also takes key-padding lengths and per-head strides; for the three-phase
-form ``softgen.attention`` turns a boolean mask and key-padding lengths into one additive mask.
+(``abi.ATTENTION``) also takes key-padding lengths and lse; the three-phase form takes the lengths
+where its scores can carry them (``key_padding``: not top-k, lssa, lssar), and ``softgen.attention``
+turns a boolean mask and key-padding lengths into one additive mask for it.
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
