@@ -225,11 +225,11 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
 
     The streaming form (``abi.ATTENTION``) takes the arrays as they are: strided heads (e.g. a
     (B, L, H, d) view transposed to (B, H, L, d)), GQA heads, a boolean mask as bytes and a
-    broadcast mask through stride 0, kv_lengths per batch, no copies. Sinkhorn and SOFT (pooled
-    landmarks) take the same entry: q, k, v as they are, GQA heads; a mask and kv_lengths become one
-    float32 additive mask (broadcast through stride 0 when it is one). The three-phase form (and
-    TVM's) has the general matrix ABI: GQA repeats k/v, masks and kv_lengths become one float32
-    additive mask, inputs that are not a stack of equally strided matrices are copied."""
+    broadcast mask through stride 0, kv_lengths per batch, no copies. The three-phase form (every
+    normalizer, both backends), Sinkhorn and SOFT (pooled landmarks) take the same entry: q, k, v
+    as they are, GQA heads; a mask and kv_lengths become one float32 additive mask (broadcast
+    through stride 0 when it is one). SOFT with given landmarks has the general matrix ABI: GQA
+    repeats k/v, inputs that are not a stack of equally strided matrices are copied."""
     opdef = _ops.get_op("attention")
     check_normalizer(normalizer)
     if masked_rows not in ("nan", "zero"):
@@ -295,7 +295,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                                              mask=kind, normalizer=normalizer), {})
     kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
                    tuple(sorted(_ops.resolve_params(opdef, build).items())))
-    if kern._abi.kind == ATTENTION and not streams:   # sinkhorn, soft on explicit strides: no copies of
+    if kern._abi.kind == ATTENTION and not streams:   # three-phase, sinkhorn, soft on explicit strides: no copies of
         # q, k, v; kv_lengths and a boolean mask become one additive mask, as for the three-phase form
         add = _additive_mask(m, n, lead, lq, lk)
         o = kern(q, k, v, *([] if add is None else [add]), out=out_np, threads=threads)

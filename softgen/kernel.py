@@ -13,7 +13,7 @@ import numpy as np
 
 from . import arrays, export as aot, ops as _ops, passes
 from ._version import __version__
-from .abi import ERRORS, GENERAL, ROW, SELECTED, UNARY, KernelABI, failure
+from .abi import ATTENTION, ERRORS, GENERAL, ROW, SELECTED, UNARY, KernelABI, failure
 from .analysis import MatrixPlan
 from .autotable import (  # noqa: F401 - public names of softgen.kernel before autotable split off
     attention_algorithm,
@@ -435,6 +435,14 @@ class MatrixKernel(Kernel):
         attention: its (batch, head, query chunk) tasks) split across at most N threads of the
         library's pool; the results do not depend on it. ``call``: streaming attention's
         ``kv_lengths=`` and ``return_lse=`` (``binding``)."""
+        if call and (call.get("kv_lengths") is not None or call.get("return_lse")) \
+                and self._abi.kind == ATTENTION and self.program.attention_tasks() is None \
+                and (call.get("return_lse") or self.program.key_padding is None):
+            what = "return_lse is" if self.program.key_padding else "kv_lengths and return_lse are"
+            raise UsageError(f"{self.name}: {what} the streaming attention form's; this {self.algorithm} "
+                             f"{self.params.get('normalizer', '')} kernel does not take it (its C entry returns "
+                             f"EMATRIX)" + ("" if self.program.key_padding else ": give key padding as an additive "
+                                            "mask (softgen.attention folds kv_lengths into one)"))
         fast = self._fast
         if fast is None and self._fn is None:
             self._entry(False)

@@ -369,6 +369,10 @@ class MatrixProgram:
         # attention forms that are not streaming (Sinkhorn, SOFT) on abi.ATTENTION's explicit
         # per-(batch, head) strides: q, k, v[, mask] in, o out; the entry loops batch x heads
         self.strided = False
+        # a strided program's lq x lk scores scratch whose key columns >= kv_lengths[b] the entry
+        # sets to -inf once the NT GEMM has written it (an additive -inf mask: kv_lengths honoured;
+        # a rows phase fused into that GEMM's store must keep -inf scores -inf, as a mask addition)
+        self.key_padding: str | None = None
         self.phases: list[Phase] = []
         self.notes: list[str] = []
         self._open = [self.phases]   # the phase list new phases go to (a loop body inside `loop`)
@@ -379,6 +383,7 @@ class MatrixProgram:
         mp.scratch_mats = dict(self.scratch_mats)
         mp.fixed_dims = dict(self.fixed_dims)
         mp.strided = self.strided
+        mp.key_padding = self.key_padding
         return mp
 
     # -- construction -------------------------------------------------------------------------

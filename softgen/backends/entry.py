@@ -112,22 +112,13 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
     if isinstance(ph, PoolPhase):
         return _pool_lines(mp, ph)
     if isinstance(ph, MatMulPhase):
-        mm = ph.mm
-        M, N = mp.shape(mm.dst)
-        K = mp.shape(mm.a)[0 if mm.layout == "tn" else 1]
-        fname = matrix_gemms(mp, name)[k][0]
-        head = [f"dim_{M}", f"dim_{N}", f"dim_{K}"]
-        ops = [f"mat_{mm.a}", f"ld_{mm.a}", f"mat_{mm.b}", f"ld_{mm.b}"]
-        dst = [f"mat_{mm.dst}", f"ld_{mm.dst}"]
-        if mm.epilogue is None:
-            args = head + [flit(mm.alpha)] + ops + [flit(mm.beta)] + dst
-        else:
-            p = mm.epilogue
-            R, C = mp.shape(mm.dst)
-            args = head + ops + dst + [f"dim_{R}", f"dim_{C}"] + [f"vec_{r}" for r in p.row_params()] \
-                + [f"sg_ms[{scal[m]}]" for m in p.mscalar_names()[0]] + [f"vec_{v}" for v in p.vector_names()[1]] \
-                + [a for nm in p.matrices() for a in (f"mat_{nm}", f"ld_{nm}")]
-        return [f"{fname}({', '.join(args)});"]
+        lines = _gemm_lines(mp, k, ph.mm, name, scal)
+        M, N = mp.shape(ph.mm.dst)
+        if ph.mm.dst == mp.key_padding and ph.mm.layout == "nt":   # kv_lengths: the padded keys' scores -inf
+            lines += [f"for (size_t i = 0; sg_nk < dim_{N} && i < dim_{M}; i++)",
+                      f"    for (size_t j = sg_nk; j < dim_{N}; j++) mat_{ph.mm.dst}[i * ld_{ph.mm.dst} + j] = "
+                      "-__builtin_inff();"]
+        return lines
     p = ph.program
     R, C = mp.shape(ph.over)
     rows = isinstance(ph, RowsPhase)
@@ -159,6 +150,25 @@ def _phase_call(mp, k: int, ph, name: str, cc: CallingConvention, scal: dict) ->
     if rows:
         return lines + [f"for (size_t i = 0; i < dim_{R}; i++)", f"    {call}"]
     return lines + [call]
+
+
+def _gemm_lines(mp, k: int, mm, name: str, scal: dict) -> list[str]:
+    """A matmul phase's GEMM call (its epilogue's arguments after the operands)."""
+    M, N = mp.shape(mm.dst)
+    K = mp.shape(mm.a)[0 if mm.layout == "tn" else 1]
+    fname = matrix_gemms(mp, name)[k][0]
+    head = [f"dim_{M}", f"dim_{N}", f"dim_{K}"]
+    ops = [f"mat_{mm.a}", f"ld_{mm.a}", f"mat_{mm.b}", f"ld_{mm.b}"]
+    dst = [f"mat_{mm.dst}", f"ld_{mm.dst}"]
+    if mm.epilogue is None:
+        args = head + [flit(mm.alpha)] + ops + [flit(mm.beta)] + dst
+    else:
+        p = mm.epilogue
+        R, C = mp.shape(mm.dst)
+        args = head + ops + dst + [f"dim_{R}", f"dim_{C}"] + [f"vec_{r}" for r in p.row_params()] \
+            + [f"sg_ms[{scal[m]}]" for m in p.mscalar_names()[0]] + [f"vec_{v}" for v in p.vector_names()[1]] \
+            + [a for nm in p.matrices() for a in (f"mat_{nm}", f"ld_{nm}")]
+    return [f"{fname}({', '.join(args)});"]
 
 
 def _pool_lines(mp, ph: PoolPhase) -> list[str]:
@@ -226,8 +236,9 @@ def _strided(mp, name: str):
     that is not streaming on ``abi.ATTENTION``'s explicit strides (``MatrixProgram.strided``:
     Sinkhorn, SOFT with pooled landmarks): matrix t of the batch x hq loop is (b, h) = (t / hq,
     t % hq), its kv head h / (hq / hkv); each array's row stride is its ld (rows contiguous; a
-    single row's stride is not read). Not taken: kv_lengths and lse (the streaming form's), a
-    mask whose key axis is strided; a tied SOFT program (no lk) needs lk == lq."""
+    single row's stride is not read). kv_lengths with ``MatrixProgram.key_padding`` (the scores'
+    columns past them -inf). Not taken: lse (the streaming form's), kv_lengths otherwise, a mask
+    whose key axis is strided; a tied SOFT program (no lk) needs lk == lq."""
     mask = "mask" in mp.inputs
     arrays = ["q", "k", "v"] + (["mask"] if mask else []) + ["o"]
     rows = {"q": "lq", "k": "lk", "v": "lk", "mask": "lq", "o": "lq"}
@@ -244,15 +255,20 @@ def _strided(mp, name: str):
                "a row stride below its row (rows must not overlap), or a strided mask row")]
     fits = [f"!{name}__fits_strided(batch, {a}_sb, {'hkv' if a in 'kv' else 'hq'}, {a}_sh, {rows[a]}, {a}_sr, "
             f"{cols[a]})" for a in arrays]
-    checks += [("hkv == 0 || hq % hkv != 0 || kv_lengths != NULL || lse != NULL"
+    pad = mp.key_padding is not None
+    checks += [("hkv == 0 || hq % hkv != 0 || " + ("" if pad else "kv_lengths != NULL || ") + "lse != NULL"
                 + (" || lk != lq" if "lk" not in mp.dims else ""), err.EMATRIX.code,
-                "hkv does not divide hq, or an argument this form does not take (kv_lengths, lse)"
+                "hkv does not divide hq, or an argument this form does not take ("
+                + ("lse" if pad else "kv_lengths, lse") + ")"
                 + ("; a tied kernel's lk is lq" if "lk" not in mp.dims else "")),
                (" || ".join(fits) + " || (hq != 0 && batch > SIZE_MAX / hq)", err.EOVERFLOW.code,
                 "an array does not fit in the address space")]
     after = [("sg_count", "batch * hq")]
     lds = [(f"ld_{a}", f"{rows[a]} > 1 ? (size_t){a}_sr : {cols[a]}") for a in arrays]
     per_matrix = ["const size_t sg_bb = sg_b / hq, sg_h = sg_b % hq, sg_g = sg_h / (hq / hkv);"]
+    if pad:   # batch b's key count: < 0 counts as 0, > lk as lk (the streaming form's rule)
+        per_matrix.append("const size_t sg_nk = kv_lengths == NULL ? dim_lk : kv_lengths[sg_bb] < 0 ? 0 : "
+                          "(size_t)kv_lengths[sg_bb] < dim_lk ? (size_t)kv_lengths[sg_bb] : dim_lk;")
     for a in arrays:
         head = "sg_g" if a in ("k", "v") else "sg_h"
         per_matrix.append(f"{'' if a == 'o' else 'const '}float *mat_{a} = {a} + (ptrdiff_t)sg_bb * {a}_sb + "

@@ -3,16 +3,17 @@
 The op's IR is the **three-phase** form every normalizer has: an NT GEMM ``S = s Q K^T`` into a
 scratch Lq x Lk matrix, a rows phase over S (the masks, then the normalizer: the same IR as the
 row op ``softmax``), and an NN GEMM ``O = P V``. It is an ordinary ``MatrixProgram``, so the C
-backend lowers it with its register-blocked GEMMs (``backends/gemm.py``) and its row functions,
-and export, the header and the manifest follow from its general ABI
-``(q, k, v[, mask], o, batch, lq, lk, d, dv, ldq, ldk, ldv[, ldmask], ldo)``.
+backend lowers it with its register-blocked GEMMs (``backends/gemm.py``) and its row functions;
+it is ``strided`` (``MatrixProgram.strided``): the streaming form's ABI (``abi.ATTENTION``: per-head
+strides, GQA, strided masks), so export, the header and the manifest match the streaming kernel's.
 
 Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - Lq, from the
 element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
 to the scores). ``mask="bool"`` (a uint8 keep-mask) is the streaming form's only: its IR is the
 additive one (the mask input), the kernel reads the mask as bytes. The streaming form's ABI
-(``abi.ATTENTION``) also takes key-padding lengths and per-head strides; for the three-phase
-form ``softgen.attention`` turns a boolean mask and key-padding lengths into one additive mask.
+(``abi.ATTENTION``) also takes key-padding lengths and lse; the three-phase form takes the lengths
+where its scores can carry them (``key_padding``: not top-k, lssa, lssar), and ``softgen.attention``
+turns a boolean mask and key-padding lengths into one additive mask for it.
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
@@ -246,6 +247,9 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     if normalizer in COSINE:
         return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
                               _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
+    mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided mask, as the streaming form
+    if normalizer != "topk_softmax":   # kv_lengths as -inf scores (top-k's masked S keeps -FLT_MAX: not here)
+        mp.key_padding = "s"
     if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -334,6 +338,7 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
                          "stochastic lower-triangular matrix is the identity); use a mask for key padding")
     n_iter, eps = sinkhorn._iterations(n_iter), sinkhorn._eps(eps)
     mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided (broadcast) mask
+    mp.key_padding = "s"   # kv_lengths: padded keys' scores -inf, as the additive mask's (dead keys: weight 0)
     if mask == "additive":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -508,6 +513,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
     and the causal diagonal), a = softplus(z) (0 at dropped keys whatever z is), A = a / sum a;
     lssar: ``lssa._reweight`` with O_i = 0 while the query's position i + Lk - Lq is below
     offset_free_rows."""
+    mp.strided = True   # abi.ATTENTION's explicit strides (q and k are normalised into scratch)
     if mask != "none":   # "bool": the additive IR, the streaming kernel reads bytes
         mp.inputs["mask"] = ("lq", "lk")
     _unit_rows(mp, "q", "qn")
