@@ -104,6 +104,8 @@ def _torch(a, name: str, what: str):
     if not a.is_cpu:
         raise UsageError(f"{name}: {what} is on device {a.device}; softgen kernels run on the CPU "
                          f"(move it there first, e.g. {what}.cpu())")
+    if what != "out" and a.is_neg():   # a lazy negation (torch._neg_view): NumPy cannot see it; inputs
+        return a.resolve_neg().numpy(), sys.modules["torch"].from_numpy   # are read only: one copy
     try:
         return a.numpy(), sys.modules["torch"].from_numpy
     except (RuntimeError, TypeError) as e:   # e.g. a conjugate-bit or unsupported-dtype tensor
