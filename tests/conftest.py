@@ -286,3 +286,23 @@ def host_copy_with_network_max(k: int, suffix: str):
         all_targets.cache_clear()
         yield name
     all_targets.cache_clear()
+
+
+def contiguous_heads(q, k, v):
+    """Contiguous copies of attention inputs with the kv heads repeated (GQA): what the general
+    matrix ABI needed before the explicit-stride entry."""
+    rep = q.shape[-3] // k.shape[-3]
+    return tuple(np.ascontiguousarray(np.repeat(a, r, axis=-3)) for a, r in ((q, 1), (k, rep), (v, rep)))
+
+
+def check_strided_heads(kern, q, k, v, m):
+    """A strided-entry attention kernel on views q, k, v (and a (Lq, Lk) mask m broadcast over
+    batch x heads): the same bits as on contiguous copies, the float64 oracle, the same bits on two
+    threads. Returns the output."""
+    o = kern(q, k, v, m)
+    c = contiguous_heads(q, k, v)
+    cm = np.ascontiguousarray(np.broadcast_to(m, q.shape[:-1] + (m.shape[-1],)))
+    np.testing.assert_array_equal(o, kern(*c, cm))
+    check_attention(kern, o, *c, cm)
+    np.testing.assert_array_equal(kern(q, k, v, m, threads=2), o)
+    return o

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import check_attention, run_cases
+from conftest import check_attention, check_strided_heads, contiguous_heads, run_cases
 from test_gemm import _cases, _check, _GuardPage, _small  # the GEMM tests' shapes, operands and bound
 
 import softgen
@@ -311,11 +311,6 @@ def views(b, lq, lk, hq, hkv, d, dv):
     return q, k, v
 
 
-def contiguous(q, k, v):
-    """Contiguous copies with the kv heads repeated (GQA): what the general matrix ABI needed."""
-    rep = q.shape[-3] // k.shape[-3]
-    return tuple(np.ascontiguousarray(np.repeat(a, r, axis=-3)) for a, r in ((q, 1), (k, rep), (v, rep)))
-
 
 def test_strided_heads(soft_tied):
     """Sinkhorn and pooled SOFT take abi.ATTENTION's per-(batch, head) strides: (B, L, H, d) arrays
@@ -328,12 +323,7 @@ def test_strided_heads(soft_tied):
     assert sk._abi.kind == "attention" and sk.program.strided
     args = bind(sk._abi, sk.name, (q, k, v, m), None).args
     assert args[:3] == tuple(a.__array_interface__["data"][0] for a in (q, k, v))   # no copies
-    o = sk(q, k, v, m)
-    c = contiguous(q, k, v)
-    cm = np.ascontiguousarray(np.broadcast_to(m, q.shape[:-1] + (11,)))
-    np.testing.assert_array_equal(o, sk(*c, cm))
-    check_attention(sk, o, *c, cm)
-    np.testing.assert_array_equal(sk(q, k, v, m, threads=2), o)
+    o = check_strided_heads(sk, q, k, v, m)
     front = softgen.attention(q, k, v, normalizer="sinkhorn", mask=m == 0, masked_rows="zero")
     np.testing.assert_array_equal(front, np.where(np.isnan(o), 0, o))
     pad = np.where(np.arange(11) < np.array([11, 0])[:, None, None, None], np.float32(0), np.float32(-np.inf))
@@ -347,8 +337,8 @@ def test_strided_heads(soft_tied):
         if tied:
             k, v = q, views(2, lq, lq, hq, hq, 16, 6)[2]
         o = sp(q, k, v)
-        np.testing.assert_array_equal(o, sp(*contiguous(q, k, v)))
-        check_attention(sp, o, *contiguous(q, k, v))
+        np.testing.assert_array_equal(o, sp(*contiguous_heads(q, k, v)))
+        check_attention(sp, o, *contiguous_heads(q, k, v))
         np.testing.assert_array_equal(softgen.attention(q, k, v, normalizer="soft", landmarks=5), o)
     qq, _, vv = views(1, 10, 10, 2, 2, 16, 6)
     with pytest.raises(ValueError, match="lk != lq"):                # tied: k is q

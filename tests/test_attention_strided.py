@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import check_attention
+from conftest import check_attention, check_strided_heads, contiguous_heads
 
 import softgen
 from softgen.binding import bind
@@ -23,11 +23,6 @@ def views(b, lq, lk, hq, hkv, d, dv):
         return (RNG.standard_normal(shape) * 2.0).astype(np.float32).transpose(0, 2, 1, 3)
     return t(b, lq, hq, d), t(b, lk, hkv, d), t(b, lk, hkv, dv)
 
-
-def contiguous(q, k, v):
-    """Contiguous copies with the kv heads repeated (GQA)."""
-    rep = q.shape[-3] // k.shape[-3]
-    return tuple(np.ascontiguousarray(np.repeat(a, r, axis=-3)) for a, r in ((q, 1), (k, rep), (v, rep)))
 
 
 def keep_mask(lq, lk):
@@ -52,12 +47,7 @@ def test_three_phase_strided_heads(kernels, normalizer):
     args = bind(k3._abi, k3.name, (q, k, v, m), None).args
     ptrs = [a.__array_interface__["data"][0] for a in (q, k, v, m)]
     assert list(args[:3]) + [args[23]] == ptrs and args[24:26] == (0, 0)   # no copies; the mask broadcast
-    o = k3(q, k, v, m)
-    c = contiguous(q, k, v)
-    cm = np.ascontiguousarray(np.broadcast_to(m, q.shape[:-1] + (11,)))
-    np.testing.assert_array_equal(o, k3(*c, cm))
-    check_attention(k3, o, *c, cm)
-    np.testing.assert_array_equal(k3(q, k, v, m, threads=2), o)
+    o = check_strided_heads(k3, q, k, v, m)
     kw = dict(CASES[normalizer], normalizer=normalizer)
     front = softgen.attention(q, k, v, mask=m == 0, algorithm="three-phase", masked_rows="zero", **kw)
     np.testing.assert_array_equal(front, np.where(np.isnan(o), 0, o))
@@ -108,7 +98,7 @@ def test_tvm_three_phase_strided():
     m = np.where(keep_mask(5, 7), np.float32(0), np.float32(-np.inf))
     assert bind(kt._abi, kt.name, (q, k, v, m), None).args[0] == q.__array_interface__["data"][0]
     o = kt(q, k, v, m)
-    c = contiguous(q, k, v)
+    c = contiguous_heads(q, k, v)
     cm = np.ascontiguousarray(np.broadcast_to(m, q.shape[:-1] + (7,)))
     np.testing.assert_array_equal(o, kt(*c, cm))
     check_attention(kt, o, *c, cm)
