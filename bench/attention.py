@@ -26,7 +26,7 @@ included). softgen streaming allocates only the packed K^T (O(L d)); the
 torch composition (Q K^T, softmax, . V) holds two L x L matrices; SDPA's CPU kernel is flash-style.
 
 ``--normalizers``: instead, those normalizers (softplus_l1, lssa, lssar) on the same shapes, one
-thread, the first ``--backend``: softgen's kernel (auto: the form it builds today), softgen's softmax
+thread, a table per ``--backend``: softgen's kernel (auto: the form it builds today), softgen's softmax
 attention on the same shape ("/ softmax": time over softmax's; the issue aims at <= 1.3) and, with
 torch (unless ``--no-torch``), the same formula composed of torch ops (QK^T, the normalizer, @V;
 "x torch": its time over softgen's, the issue aims at >= 5), each checked against the composition
@@ -233,11 +233,21 @@ COMPOSED = {"softplus_l1": _softplus_l1_torch, "lssa": _lssa_torch, "lssar": _ls
 
 
 def normalizers(a) -> None:
-    """The --normalizers table (one thread)."""
+    """The --normalizers tables (one thread), one per --backend."""
     torch = None if a.no_torch else torch_one_thread("no torch compositions")
+    rows = []
+    for be in a.backend:
+        rows += normalizers_table(a, be, torch)
+    if a.json:
+        from common import machine_info
+        with open(a.json, "w") as f:
+            json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "threads": 1}, f, indent=1)
+
+
+def normalizers_table(a, be: str, torch) -> list[dict]:
+    """One backend's --normalizers table: its normalizers' kernels and its softmax's, timed interleaved."""
     rng = np.random.default_rng(0)
     shapes = [(L, L, c) for L in a.lengths for c in (False, True)] + ([(1, a.decode, True)] if a.decode else [])
-    be = a.backend[0]   # the first --backend's kernels (softmax's and the normalizers')
     soft = {c: softgen.compile("attention", head_dim=a.d, causal=c, backend=be) for c in (False, True)}
     kern = {(nm, c): softgen.compile("attention", normalizer=nm, head_dim=a.d, causal=c, backend=be)
             for nm in a.normalizers for c in (False, True)}
@@ -265,7 +275,8 @@ def normalizers(a) -> None:
         t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
         for nm in a.normalizers:
             tc = t.get(f"{nm} torch")
-            rows.append({"Lq": lq, "Lk": lk, "causal": causal, "normalizer": nm, "form": kern[(nm, causal)].algorithm,
+            rows.append({"backend": be, "Lq": lq, "Lk": lk, "causal": causal, "normalizer": nm,
+                         "form": kern[(nm, causal)].algorithm,
                          "ms": t[nm].median * 1e3, "spread": t[nm].spread, "softmax_ms": t["softmax"].median * 1e3,
                          "over_softmax": t[nm].median / t["softmax"].median,
                          "torch_ms": tc.median * 1e3 if tc else None,
@@ -280,10 +291,8 @@ def normalizers(a) -> None:
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
         print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {r['normalizer']:<12} {r['form']:<11} {r['ms']:>9.3f} "
               f"{r['spread']:>6.1%} {r['softmax_ms']:>10.3f} {r['over_softmax']:>9.2f} {tm:>9} {vt:>8} {df:>9}")
-    if a.json:
-        from common import machine_info
-        with open(a.json, "w") as f:
-            json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "threads": 1}, f, indent=1)
+    print()
+    return rows
 
 
 if __name__ == "__main__":
