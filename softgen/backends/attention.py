@@ -15,7 +15,8 @@ softplus_l1 (no rescaling; softplus_l1's rows whose largest kept score is below 
 take a second pass over the key blocks weighted e^(S - max S), as the three-phase form) and lssa
 (no rescaling; 1/|q_i| per row, unit keys in kt, or decoding 1/|k_j| from the dot products' loads;
 N_i per row before its key blocks) and lssar (lssa's weights P kept per row of the query block in a
-first pass over K, with their sum and max; then (R / max R)^p from P, no rescaling) stream; the
+first pass over K, with their sum and max; then (R / max R)^p from P in place, no rescaling, and P V
+panel by panel from zero accumulators, as the single-block mode's ``__pw``) stream; the
 template's ``normalize_block`` macro holds each normalizer's per-block math.
 
 The threaded entry ``__all`` implements the explicit-stride ABI (``abi.ATTENTION``): heads and
