@@ -219,6 +219,8 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
         local |= {"SH": (BRP, "int32"), "REDO": (1, "int32")}
     if cosine:
         local |= {"LAM": (BRP, "float32"), "IQ": (BRP, "float32"), "NK": (1, "int64")}
+        if ph.mask:
+            local["KC"] = (W, "int32")
         if decode:   # the keys layout's 1 / |k_j| of a block, and its sums of squares per key
             local |= {"IK": (wr.BCK, "float32"), "PN": (4 * W, "float32")}
     if norm == "lssar":
@@ -432,11 +434,17 @@ def _cosine_rows(wr: _Writer) -> list[str]:
     if ph.causal:
         ke = "T.min(T.max(i0 + r + T.int64(1) + lk - lq, T.int64(0)), klen)"
     out += [f"    ke: T.let[T.int64] = {ke}", "    NK[0] = ke"]
-    if ph.mask:
-        keep = "MK[(i0 + r) * msr + c * msc] != T.uint8(0)" if ph.mask_kind == "bool" else \
-            f"MK[(i0 + r) * msr + c * msc] != {wr.NEG_INF}"
-        out += ["    if has_mask != T.int64(0):", "        NK[0] = T.int64(0)", "        for c in range(ke):",
-                f"            NK[0] = NK[0] + T.Cast(\"int64\", {keep})"]
+    if ph.mask:   # the mask's kept entries counted in W partial lanes, then the tail
+        W = wr.W
+        keep = (lambda c: f"MK[(i0 + r) * msr + ({c}) * msc] != T.uint8(0)") if ph.mask_kind == "bool" else \
+            (lambda c: f"MK[(i0 + r) * msr + ({c}) * msc] != {wr.NEG_INF}")
+        vec = f"for w in T.vectorized({_i(W)}):" if W > 1 else "for w in range(T.int64(1)):"
+        out += ["    if has_mask != T.int64(0):", "        " + vec, "            KC[w] = 0",
+                f"        for cv in range(ke // {_i(W)}):", "            " + vec,
+                f"                KC[w] = KC[w] + T.Cast(\"int32\", {keep(f'cv * {_i(W)} + w')})",
+                f"        NK[0] = T.Cast(\"int64\", {_tree([f'KC[{_i(i)}]' for i in range(W)])})",
+                f"        for c in range(ke // {_i(W)} * {_i(W)}, ke):",
+                f"            NK[0] = NK[0] + T.Cast(\"int64\", {keep('c')})"]
     lines, lg = wr.emit(lambda e: e.log('T.Cast("float32", NK[0])'))
     out += _indent(lines, "    ") + [f"    LAM[r] = {lg} * {f32(math.log(ph.program.params['head_dim']))}"]
     out += _indent(_inv_norm(wr.t, f32, "Q", "(i0 + r) * ldq", "IQ[r]"), "    ")
