@@ -30,7 +30,8 @@ thread, a table per ``--backend``: softgen's kernel (auto: the form it builds to
 attention on the same shape ("/ softmax": time over softmax's; the issue aims at <= 1.3) and, with
 torch (unless ``--no-torch``), the same formula composed of torch ops (QK^T, the normalizer, @V;
 "x torch": its time over softgen's, the issue aims at >= 5), each checked against the composition
-first. The decoding row (``--decode``: Lq = 1, causal) is the KV-cache step.
+first. The decoding row (``--decode``: Lq = 1, causal) is the KV-cache step. ``--mask-keep F``: every
+kernel (softmax's too) built with ``mask="bool"`` and called with a random keep-mask of that density.
 """
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=15, help="at most this many interleaved rounds")
     ap.add_argument("--algorithms", nargs="+", default=["streaming", "three-phase"], choices=["streaming", "three-phase"])
     ap.add_argument("--normalizers", nargs="+", choices=list(COMPOSED), help="bench these normalizers instead")
+    ap.add_argument("--mask-keep", type=float, default=0.0,
+                    help="--normalizers: every kernel with a bool keep-mask keeping this fraction of the keys at random "
+                         "(0: no mask)")
     ap.add_argument("--no-torch", action="store_true",
                     help="--normalizers: skip the torch compositions (L = 4096: L x L matrices per head)")
     a = ap.parse_args(argv)
@@ -248,22 +252,27 @@ def normalizers_table(a, be: str, torch) -> list[dict]:
     """One backend's --normalizers table: its normalizers' kernels and its softmax's, timed interleaved."""
     rng = np.random.default_rng(0)
     shapes = [(L, L, c) for L in a.lengths for c in (False, True)] + ([(1, a.decode, True)] if a.decode else [])
-    soft = {c: softgen.compile("attention", head_dim=a.d, causal=c, backend=be) for c in (False, True)}
-    kern = {(nm, c): softgen.compile("attention", normalizer=nm, head_dim=a.d, causal=c, backend=be)
+    mk = {"mask": "bool"} if a.mask_keep else {}
+    soft = {c: softgen.compile("attention", head_dim=a.d, causal=c, backend=be, **mk) for c in (False, True)}
+    kern = {(nm, c): softgen.compile("attention", normalizer=nm, head_dim=a.d, causal=c, backend=be, **mk)
             for nm in a.normalizers for c in (False, True)}
     print(f"target {soft[False].target.name}, backend {be}; one thread; B*H = {a.bh}, d = dv = {a.d}; "
-          f"softmax attention: {soft[False].algorithm}")
+          f"softmax attention: {soft[False].algorithm}"
+          + (f"; a bool keep-mask keeping {a.mask_keep:.0%} of the keys" if a.mask_keep else ""))
     rows = []
     for lq, lk, causal in shapes:
         q, k, v = (rng.standard_normal((a.bh, n, a.d)).astype(np.float32) for n in (lq, lk, lk))
         out = np.empty((a.bh, lq, a.d), np.float32)
         keep = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + lk - lq if causal else np.ones((lq, lk), bool)
-        variants = {"softmax": lambda: soft[causal](q, k, v, out=out, threads=1)}
+        m = (rng.random((a.bh, lq, lk)) < a.mask_keep,) if a.mask_keep else ()
+        if m:
+            keep = keep & m[0]
+        variants = {"softmax": lambda: soft[causal](q, k, v, *m, out=out, threads=1)}
         errs = {}
         for nm in a.normalizers:
             kn = kern[(nm, causal)]
-            variants[nm] = (lambda kn=kn: kn(q, k, v, out=out, threads=1)) if kn.algorithm == "streaming" else \
-                (lambda kn=kn: kn(q, k, v, out=out))
+            variants[nm] = (lambda kn=kn: kn(q, k, v, *m, out=out, threads=1)) if kn.algorithm == "streaming" else \
+                (lambda kn=kn: kn(q, k, v, *m, out=out))
             if torch is not None:
                 tq, tk, tv, tkeep = (torch.from_numpy(x) for x in (q, k, v, keep))
                 fn = COMPOSED[nm]
