@@ -2,27 +2,28 @@
 TensorIR, compiled by TVM's LLVM: the TVM backend's counterpart of ``backends/attention.py``.
 
 ``phase_function`` is the TVMScript of ``void <fname>__tvm(lq, lk, klen, d, dv, q, ldq, k, ldk, v,
-ldv[, mask, msr, msc, has_mask], o, ldo, lse, lsr, has_lse[, kn][, pb], r0, r1)`` (int64 sizes, plain C ABI):
-query rows [r0, r1) of one (batch, head) matrix, in blocks of br rows, each swept over blocks of
-bc keys. The vector lanes run over the block's query rows (br padded to BRP, whole vectors): the
-score block is kept transposed, S^T (bc keys x BRP rows), so the per-row state (softmax: running
-max m, sum l; the others: l and their own) lives in lanes and the normalizer needs no horizontal
-max or sum. Q_blk^T is packed once per query block (in chunks of DC of d, repacked per key block
-only when d > DC), and a score tile is KG keys x BRP rows of accumulators in registers over d: one
-broadcast K element and one Q^T vector per FMA (register-blocked like the C micro-kernel, which
-packs K^T instead). Decoding blocks (br * 8 <= lanes) form scores as dot products over d instead. P V adds tiles of R live rows x 4 vectors of
-dv in registers, each V load shared by the tile, the rescale alpha folded into the accumulator's
-load; the accumulator is o's rows. Numerics are the TVM emitter's (``backends.tvm.Emit``, passed
-in: ``exp_nonpos``, ``log``, ``softplus``, ``ipow``; the constants of ``numerics/constants.py``):
-no second polynomial. Normalizers: softmax (online rescale e^(m - m')), stablemax (none),
-softplus_l1 (none; rows whose largest kept score is below ``SOFTPLUS_TINY`` get a second pass over
-the key blocks weighted e^(S - m)), lssa (cosine scores times log(d) log(N_i): 1/|q_i| per row,
-N_i counted per row first; 1/|k_j| from ``kn``, which ``knorm_function``'s ``<fname>__knorm__tvm``
-fills once per (batch, kv head): a task of the C side's, as the C kernel's K^T, shared by the
-group's query heads; decoding blocks sum k^2 from their dot products' loads, so K is read once
-there) and lssar (pass 0: lssa's weights P into ``pb``, O(br Lk) floats the C side allocates per
-call, their sum l_i and max; pass 1 from ``pb``, K not read again: q = (R / r)^p, r = R(max P),
-no rescaling), the math of ``templates/attention.c.j2``'s ``normalize_block`` and ``pass_close``. Blocks entirely above the
+ldv[, mask, msr, msc, has_mask], o, ldo, lse, lsr, has_lse[, kn][, pb], r0, r1)`` (int64 sizes,
+plain C ABI): query rows [r0, r1) of one (batch, head) matrix, in blocks of br rows, each swept
+over blocks of bc keys. The vector lanes run over the block's query rows (br padded to BRP, whole
+vectors): the score block is kept transposed, S^T (bc keys x BRP rows), so the per-row state
+(softmax: running max m, sum l; the others: l and their own) lives in lanes and the normalizer
+needs no horizontal max or sum. Q_blk^T is packed once per query block (in chunks of DC of d,
+repacked per key block only when d > DC), and a score tile is KG keys x BRP rows of accumulators in
+registers over d: one broadcast K element and one Q^T vector per FMA (register-blocked like the C
+micro-kernel, which packs K^T instead). Decoding blocks (br * 8 <= lanes) form scores as dot
+products over d instead. P V adds tiles of R live rows x 4 vectors of dv in registers, each V load
+shared by the tile, the rescale alpha folded into the accumulator's load; the accumulator is o's
+rows. Numerics are the TVM emitter's (``backends.tvm.Emit``, passed in: ``exp_nonpos``, ``log``,
+``softplus``, ``ipow``; the constants of ``numerics/constants.py``): no second polynomial.
+Normalizers: softmax (online rescale e^(m - m')), stablemax (none), softplus_l1 (none; rows whose
+largest kept score is below ``SOFTPLUS_TINY`` get a second pass over the key blocks weighted e^(S -
+m)), lssa (cosine scores times log(d) log(N_i): 1/|q_i| per row, N_i counted per row first; 1/|k_j|
+from ``kn``, which ``knorm_function``'s ``<fname>__knorm__tvm`` fills once per (batch, kv head): a
+task of the C side's, as the C kernel's K^T, shared by the group's query heads; decoding blocks sum
+k^2 from their dot products' loads, so K is read once there) and lssar (pass 0: lssa's weights P
+into ``pb``, O(br Lk) floats the C side allocates per call, their sum l_i and max; pass 1 from
+``pb``, K not read again: q = (R / r)^p, r = R(max P), no rescaling), the math of
+``templates/attention.c.j2``'s ``normalize_block`` and ``pass_close``. Blocks entirely above the
 bottom-right causal diagonal and keys >= klen (kv_lengths) are never visited; the mask (uint8
 keep-mask or float32 additive, strided) and the diagonal are applied as the scores are formed. The
 C side (``attention.c.j2`` with ``tvm=True``) keeps the explicit-stride entry: its checks, heads,
