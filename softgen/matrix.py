@@ -373,6 +373,10 @@ class MatrixProgram:
         # sets to -inf once the NT GEMM has written it (an additive -inf mask: kv_lengths honoured;
         # a rows phase fused into that GEMM's store must keep -inf scores -inf, as a mask addition)
         self.key_padding: str | None = None
+        # a strided program's per-row vector (an ``emit`` of its normalizer's rows phase: the
+        # row's log-sum-exp, or the log of its weights' sum) the entry copies to abi.ATTENTION's
+        # optional lse output; lowering keeps the emit though no phase reads it
+        self.lse: str | None = None
         self.phases: list[Phase] = []
         self.notes: list[str] = []
         self._open = [self.phases]   # the phase list new phases go to (a loop body inside `loop`)
@@ -384,6 +388,7 @@ class MatrixProgram:
         mp.fixed_dims = dict(self.fixed_dims)
         mp.strided = self.strided
         mp.key_padding = self.key_padding
+        mp.lse = self.lse
         return mp
 
     # -- construction -------------------------------------------------------------------------
