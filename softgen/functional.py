@@ -220,15 +220,15 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     depend on it. ``return_lse``: (o, lse), lse (..., Hq, Lq) the per-row log-sum-exp of the
     masked scaled scores (softmax; stablemax, softplus_l1, lssa, lssar: the log of the row's weights' sum;
     topk_softmax: of its weights' normaliser, the kept scores' log-sum-exp (renormalize=0: the row's); -inf
-    for a fully masked row; the streaming form only).
+    for a fully masked row; both forms, not sinkhorn or soft: UsageError).
     NumPy arrays or torch tensors (and other DLPack arrays): results in the caller's type.
 
     The streaming form (``abi.ATTENTION``) takes the arrays as they are: strided heads (e.g. a
     (B, L, H, d) view transposed to (B, H, L, d)), GQA heads, a boolean mask as bytes and a
     broadcast mask through stride 0, kv_lengths per batch, no copies. The three-phase form (every
     normalizer, both backends), Sinkhorn and SOFT (pooled landmarks) take the same entry: q, k, v
-    as they are, GQA heads; a mask and kv_lengths become one float32 additive mask (broadcast
-    through stride 0 when it is one). SOFT with given landmarks has the general matrix ABI: GQA
+    as they are, GQA heads, kv_lengths and lse in the kernel (Sinkhorn: no lse; SOFT: neither); a
+    boolean mask becomes a float32 additive one (broadcast through stride 0 when it is one). SOFT with given landmarks has the general matrix ABI: GQA
     repeats k/v, inputs that are not a stack of equally strided matrices are copied."""
     opdef = _ops.get_op("attention")
     check_normalizer(normalizer)
@@ -285,23 +285,27 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                                or out_np.dtype != np.float32):
         raise UsageError(f"attention: out must be a float32 array of shape {lead + (lq, dv)}")
     streams = algorithm != "three-phase" and normalizer in get_backend(backend).streams_attention
-    if return_lse and not streams:
-        raise UsageError(f"attention: return_lse needs the streaming form (algorithm {algorithm!r}, backend {backend!r})")
+    if return_lse and normalizer in NO_LSE:
+        raise UsageError(f"attention: return_lse: {NO_LSE[normalizer]}")
     if streams:   # the kernel takes kv_lengths itself, and a boolean mask as bytes
         kind = "none" if m is None else "bool" if m.dtype == bool else "additive"
-    else:         # kv_lengths become part of one additive mask
-        kind = "none" if m is None and n is None else "additive"
+    else:         # kv_lengths in the kernel (SOFT: none, refused as a mask); a boolean mask as -inf
+        kind = "none" if m is None and (n is None or normalizer != "soft") else "additive"
     build = opdef.build_params_for_call(dict(params, head_dim=max(d, 1), scale=scale, causal=int(bool(causal)),
                                              mask=kind, normalizer=normalizer), {})
     kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
                    tuple(sorted(_ops.resolve_params(opdef, build).items())))
     if kern._abi.kind == ATTENTION and not streams:   # three-phase, sinkhorn, soft on explicit strides: no copies of
-        # q, k, v; kv_lengths and a boolean mask become one additive mask, as for the three-phase form
-        add = _additive_mask(m, n, lead, lq, lk)
-        o = kern(q, k, v, *([] if add is None else [add]), out=out_np, threads=threads)
-        if masked_rows == "zero":
-            o[_dead_rows(add, lead, lq, lk, causal)] = 0.0
-        return finish(o)
+        # q, k, v; kv_lengths in the kernel (MatrixProgram.key_padding), a boolean mask as an additive one
+        pad, has_lse = kern.program.key_padding is not None, kern.program.lse is not None
+        add = _additive_mask(m, None if pad else n, lead, lq, lk)
+        want = return_lse or (masked_rows == "zero" and has_lse)
+        call = dict({"kv_lengths": n} if pad and n is not None else {}, **({"return_lse": True} if want else {}))
+        r = kern(q, k, v, *([] if add is None else [add]), out=out_np, threads=threads, **call)
+        o, lse = r if want else (r, None)
+        if masked_rows == "zero":   # the rows with no kept key: lse -inf (a NaN row's is NaN), as streaming
+            o[lse == -np.inf if want else _dead_rows(_additive_mask(m, n, lead, lq, lk), lead, lq, lk, causal)] = 0.0
+        return finish((o, lse) if return_lse else o)
     if kern._abi.kind == ATTENTION:   # the explicit-stride entry: the arrays as they are
         want = return_lse or masked_rows == "zero"
         r = kern(q, k, v, *([] if m is None else [m]), out=out_np, threads=threads, kv_lengths=n, return_lse=want)
@@ -309,9 +313,6 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         if masked_rows == "zero":
             o[lse == -np.inf] = 0.0    # the rows with no kept key (a NaN row's lse is NaN)
         return finish((o, lse) if return_lse else o)
-    if return_lse:   # auto built the three-phase form: this normalizer does not stream
-        raise UsageError(f"attention: return_lse needs the streaming form (algorithm {kern.algorithm!r}, "
-                         f"backend {backend!r})")
     if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
         k, v = np.repeat(k, hq // hkv, axis=-3), np.repeat(v, hq // hkv, axis=-3)
     add = _additive_mask(m, n, lead, lq, lk)
@@ -328,6 +329,12 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         np.copyto(out_np, o)
         o = out_np
     return finish(o)
+
+
+# normalizers without a per-row lse, and why (softgen.attention(return_lse=True) refuses them)
+NO_LSE = {"sinkhorn": "Sinkhorn's P is normalised over rows and columns (n_iter half-steps): no per-row "
+                      "log-sum-exp or normalizer sum describes it",
+          "soft": "SOFT's global form O = K1 (K2^+ (K1k^T V)) has no per-row normalizer"}
 
 
 def _additive_mask(m, n, lead: tuple, lq: int, lk: int):

@@ -249,7 +249,7 @@ def _strided(mp, name: str):
     strides = [f"{a}_s{s}" for a in arrays for s in ("bhrc" if a == "mask" else "bhr")]
     lse = mp.lse is not None
     checks = [("batch == 0 || hq == 0 || lq == 0 || " + ("(dv == 0 && lse == NULL)" if lse else "dv == 0"),
-               err.OK.code, "o (and lse) empty: nothing to do"),
+               err.OK.code, "o (and lse) empty: nothing to do" if lse else "o is empty: nothing to do"),
               ("q == NULL || " + ("(o == NULL && dv != 0)" if lse else "o == NULL") + " || (lk != 0 && (k == NULL || v == NULL" + (" || mask == NULL" if mask else "")
                + "))", err.ENULL.code, "an array is NULL while it is not empty"),
               (" || ".join(f"{x} < 0" for x in strides), err.ESTRIDE.code, "a negative stride"),

@@ -330,8 +330,9 @@ def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
     sel = x.topk(k)
     if renormalize:   # lse: the kept scores' log-sum-exp
         check = x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum()   # as ops/topk.py: NaN / +inf rows
-        mx, l = sel.item(2), sel.item(3)
+        l = sel.item(3)
         inv = l.finite_or_nan().recip().poison(check)
+        mx = sel.item(2)
         w = (x - mx).exp() * inv
     else:             # lse: the row's
         mx = x.max()
