@@ -19,6 +19,7 @@ from .backends import get_backend
 from .errors import UsageError
 from .kernel import compile as _compile
 from .ops.attention import check_normalizer
+from .targets import get_target, is_group_spec
 
 
 @functools.lru_cache(maxsize=256)
@@ -213,7 +214,7 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
     the normalizer and backend stream: softmax, stablemax, softplus_l1, lssa, lssar, topk_softmax on C; softmax,
-    stablemax on TVM), streaming,
+    stablemax on TVM; topk_softmax: by the target's rule on (top_k, Lk), ``Target.topk_streams``), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
     ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
     form: batch x heads x query chunks) split across the library's thread pool; results do not
@@ -285,6 +286,9 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                                or out_np.dtype != np.float32):
         raise UsageError(f"attention: out must be a float32 array of shape {lead + (lq, dv)}")
     streams = algorithm != "three-phase" and normalizer in get_backend(backend).streams_attention
+    if streams and algorithm == "auto" and normalizer == "topk_softmax" and isinstance(params.get("top_k"), (int, np.integer)) \
+            and not is_group_spec(target) and not get_target(target).topk_streams(int(params["top_k"]), lk):
+        algorithm, streams = "three-phase", False   # short keys: the target's rule (Target.topk_streams)
     if return_lse and normalizer in NO_LSE:
         raise UsageError(f"attention: return_lse: {NO_LSE[normalizer]}")
     if streams:   # the kernel takes kv_lengths itself, and a boolean mask as bytes

@@ -184,6 +184,8 @@ class Kernel:
         if self.matrix and self.algorithm in ("streaming", "three-phase"):   # attention: which form, why
             threads += f"\n# attention form: {self.algorithm}: " \
                 f"{attention_why(get_backend(self.backend), original, self.algorithm)}"
+            if self.params.get("normalizer") == "topk_softmax":
+                threads += f"; {self.target.topk_stream_rule(int(self.params['top_k']))}"
         out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
                f"{tuned}{threads}\n",
                "## IR as defined\n" + str(original) + "\n"]
