@@ -11,7 +11,6 @@ from conftest import check_attention, check_strided_heads, contiguous_heads
 
 import softgen
 from softgen.binding import bind
-from softgen.errors import UsageError
 
 RNG = np.random.default_rng(1403)
 CASES = {"softmax": {"causal": 1}, "lssar": {}, "topk_softmax": {"top_k": 3, "causal": 1}}
