@@ -227,10 +227,10 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     The streaming form (``abi.ATTENTION``) takes the arrays as they are: strided heads (e.g. a
     (B, L, H, d) view transposed to (B, H, L, d)), GQA heads, a boolean mask as bytes and a
     broadcast mask through stride 0, kv_lengths per batch, no copies. The three-phase form (every
-    normalizer, both backends), Sinkhorn and SOFT (pooled landmarks) take the same entry: q, k, v
+    normalizer, both backends), Sinkhorn and SOFT take the same entry: q, k, v
     as they are, GQA heads, kv_lengths and lse in the kernel (Sinkhorn: no lse; SOFT: neither); a
-    boolean mask becomes a float32 additive one (broadcast through stride 0 when it is one). SOFT with given landmarks has the general matrix ABI: GQA
-    repeats k/v, inputs that are not a stack of equally strided matrices are copied."""
+    boolean mask becomes a float32 additive one (broadcast through stride 0 when it is one). SOFT's
+    given landmarks are one more input of that entry (per query head, stride 0 where broadcast)."""
     opdef = _ops.get_op("attention")
     check_normalizer(normalizer)
     if masked_rows not in ("nan", "zero"):
@@ -305,34 +305,21 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         add = _additive_mask(m, None if pad else n, lead, lq, lk)
         want = return_lse or (masked_rows == "zero" and has_lse)
         call = dict({"kv_lengths": n} if pad and n is not None else {}, **({"return_lse": True} if want else {}))
-        r = kern(q, k, v, *([] if add is None else [add]), out=out_np, threads=threads, **call)
+        extra = [add] if add is not None else []
+        if normalizer == "soft" and "landmarks" not in params:   # given landmarks: an input, per query head
+            extra.append(_soft_landmarks(landmarks, lead, d))
+        r = kern(q, k, v, *extra, out=out_np, threads=threads, **call)
         o, lse = r if want else (r, None)
         if masked_rows == "zero":   # the rows with no kept key: lse -inf (a NaN row's is NaN), as streaming
             o[lse == -np.inf if want else _dead_rows(_additive_mask(m, n, lead, lq, lk), lead, lq, lk, causal)] = 0.0
         return finish((o, lse) if return_lse else o)
-    if kern._abi.kind == ATTENTION:   # the explicit-stride entry: the arrays as they are
-        want = return_lse or masked_rows == "zero"
-        r = kern(q, k, v, *([] if m is None else [m]), out=out_np, threads=threads, kv_lengths=n, return_lse=want)
-        o, lse = r if want else (r, None)
-        if masked_rows == "zero":
-            o[lse == -np.inf] = 0.0    # the rows with no kept key (a NaN row's lse is NaN)
-        return finish((o, lse) if return_lse else o)
-    if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
-        k, v = np.repeat(k, hq // hkv, axis=-3), np.repeat(v, hq // hkv, axis=-3)
-    add = _additive_mask(m, n, lead, lq, lk)
-    nb = int(np.prod(lead, dtype=np.int64))
-    flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
-    if add is not None:
-        flat.append(np.ascontiguousarray(add).reshape((nb, lq, lk)))
-    if normalizer == "soft" and "landmarks" not in params:   # given landmarks: an input
-        flat.append(_soft_landmarks(landmarks, lead, d))
-    o = (kern(*flat) if threads is None else kern(*flat, threads=threads)).reshape(lead + (lq, dv))
+    # the streaming form's explicit-stride entry: the arrays as they are
+    want = return_lse or masked_rows == "zero"
+    r = kern(q, k, v, *([] if m is None else [m]), out=out_np, threads=threads, kv_lengths=n, return_lse=want)
+    o, lse = r if want else (r, None)
     if masked_rows == "zero":
-        o[_dead_rows(add, lead, lq, lk, causal)] = 0.0
-    if out_np is not None:
-        np.copyto(out_np, o)
-        o = out_np
-    return finish(o)
+        o[lse == -np.inf] = 0.0    # the rows with no kept key (a NaN row's lse is NaN)
+    return finish((o, lse) if return_lse else o)
 
 
 # normalizers without a per-row lse, and why (softgen.attention(return_lse=True) refuses them)
@@ -392,7 +379,8 @@ def _soft_landmark_count(landmarks, lk: int) -> int:
 
 
 def _soft_landmarks(landmarks, lead: tuple, d: int) -> np.ndarray:
-    """Given SOFT landmarks for the kernel, (batch, m, d) float32, broadcast over the leading axes."""
+    """Given SOFT landmarks for the kernel, (..., m, d) float32, broadcast over the leading axes
+    (batch x query heads: a view, stride 0 where broadcast)."""
     lm = _f32("landmarks", landmarks)
     if lm.ndim < 2 or lm.shape[-1] != d or lm.shape[-2] < 1:
         raise UsageError(f"attention: landmarks must be (..., m, {d}) with m >= 1, got {lm.shape}")
@@ -400,7 +388,7 @@ def _soft_landmarks(landmarks, lead: tuple, d: int) -> np.ndarray:
         lm = np.broadcast_to(lm, lead + lm.shape[-2:])
     except ValueError:
         raise UsageError(f"attention: landmarks of shape {lm.shape} do not broadcast to {lead + lm.shape[-2:]}") from None
-    return lm.reshape((-1,) + lm.shape[-2:])
+    return lm
 
 
 FUNCTIONS = {op: _make(op) for op in _ops.OPS}

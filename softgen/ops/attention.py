@@ -410,11 +410,11 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, ti
                          "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
     d, n_iter = _head_dim_int(head_dim), soft._newton_iter(n_iter)
     mp.dims = mp.dims + ("m",)
+    mp.strided = True   # abi.ATTENTION's per-(batch, head) strides (given landmarks: per query head, m an argument)
     if pooled is None:
         mp.inputs["landmarks"] = ("m", "d")
     else:
         mp.fixed_dims["m"] = pooled
-        mp.strided = True   # no landmarks input: abi.ATTENTION's per-(batch, head) strides
     if tied:   # one sequence: k and v have q's length (lk goes)
         mp.dims = tuple(x for x in mp.dims if x != "lk")
         mp.inputs["k"], mp.inputs["v"] = ("lq", "d"), ("lq", "dv")
