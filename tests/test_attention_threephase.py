@@ -3,8 +3,8 @@ streaming form's for every normalizer that has one (softmax: the oracle's log-su
 ``kv_lengths`` in the kernel for every normalizer gives the bits of the additive mask they make
 (o and lse), fully masked and fully padded rows (NaN, lse -inf), any thread count; Sinkhorn and
 SOFT refuse what they do not take, saying why; softgen.attention passes kv_lengths to the kernel
-(no Lq x Lk mask) and picks top-k's form by the target's (top_k, Lk) rule; TVM once. Kernels are
-built once per module."""
+(no Lq x Lk mask) and picks top-k's form by the target's (top_k, Lk) rule; SOFT's given landmarks
+on the same strided entry; TVM once. Kernels are built once per module."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +13,7 @@ import pytest
 import softgen
 from softgen import functional, reference as ref
 from softgen._data import data_dir
+from softgen.binding import bind
 from softgen.errors import UsageError
 from softgen.targets import _load, get_target
 
@@ -145,3 +146,26 @@ def test_tvm_three_phase_lse_and_kv_lengths(forms):
     np.testing.assert_array_equal(lse == -np.inf, cl == -np.inf)
     np.testing.assert_allclose(o, co, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(lse[np.isfinite(cl)], cl[np.isfinite(cl)], rtol=1e-5, atol=1e-5)
+
+
+def test_soft_given_landmarks_on_the_strided_abi():
+    """SOFT with a landmarks input takes abi.ATTENTION (landmarks, m and their strides per query
+    head): strided GQA views and landmarks broadcast over the heads are read where they are (no
+    copies), with the oracle's values and the bits of contiguous, repeated copies."""
+    k = softgen.compile("attention", normalizer="soft", head_dim=D)
+    assert k._abi.kind == "attention" and k._abi.landmarks and "size_t m, ptrdiff_t landmarks_sb" in k._abi.signature("f")
+    q, kk, v, _, _ = inputs()
+    lm = (RNG.standard_normal((3, 1, 4, D))).astype(np.float32)   # per batch, every head's
+    args = bind(k._abi, k.name, (q, kk, v, lm), None).args
+    i = [nm for _, nm in k._abi.params()].index("landmarks")
+    assert list(args[:3]) == [a.__array_interface__["data"][0] for a in (q, kk, v)]
+    assert args[i] == lm.__array_interface__["data"][0] and args[i + 1] == 4 and args[i + 3] == 0   # head stride 0
+    o = k(q, kk, v, lm)
+    rep = [np.ascontiguousarray(np.repeat(a, 2, axis=1)) for a in (kk, v)]
+    full = np.ascontiguousarray(np.broadcast_to(lm, (3, 4, 4, D)))
+    np.testing.assert_array_equal(o, k(np.ascontiguousarray(q), *rep, full))
+    r = ref.soft_attention(q, *rep, landmarks=full, n_iter=20, head_dim=D)
+    np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(softgen.attention(q, kk, v, normalizer="soft", landmarks=lm), o)
+    with pytest.raises(ValueError, match="landmarks"):
+        k(q, kk, v, lm[..., :3])
