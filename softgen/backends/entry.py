@@ -234,7 +234,7 @@ def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index
 def _strided(mp, name: str):
     """(dims before the checks, after them, checks, row strides, per-matrix pointers) of a form
     that is not streaming on ``abi.ATTENTION``'s explicit strides (``MatrixProgram.strided``:
-    Sinkhorn, SOFT with pooled landmarks): matrix t of the batch x hq loop is (b, h) = (t / hq,
+    the three-phase form, Sinkhorn, SOFT; given landmarks per query head): matrix t of the batch x hq loop is (b, h) = (t / hq,
     t % hq), its kv head h / (hq / hkv); each array's row stride is its ld (rows contiguous; a
     single row's stride is not read). kv_lengths with ``MatrixProgram.key_padding`` (the scores'
     columns past them -inf); lse with ``MatrixProgram.lse`` (copied from its per-row vector,
