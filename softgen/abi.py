@@ -70,11 +70,11 @@ _MATRIX = frozenset((UNARY, GENERAL, ATTENTION))
 OK = ErrorCode(0, "OK", "success")
 ENULL = ErrorCode(1, "ENULL", "{nulls} is NULL while rows and n are nonzero", "NULL pointer with nonzero sizes",
                   docs={GENERAL: "a pointer is NULL while its matrix is not empty",
-                        ATTENTION: "q, k, v or o is NULL while its array is not empty"})
+                        ATTENTION: "q, k, v, o (or SOFT's landmarks) is NULL while its array is not empty"})
 ESTRIDE = ErrorCode(2, "ESTRIDE", "ldx < n or {ld} < {width}", "row stride smaller than the row",
                     docs={GENERAL: "an ld is below its row length",
                           ATTENTION: "a stride is negative, or o_sr < dv (o's rows would overlap); three-phase, "
-                                     "Sinkhorn, SOFT (not streaming): also a q/k/v row stride below d/dv, or mask_sc != 1"})
+                                     "Sinkhorn, SOFT (not streaming): also a q/k/v (landmarks) row stride below d/dv, or mask_sc != 1"})
 EOVERFLOW = ErrorCode(3, "EOVERFLOW", "rows * stride does not fit in the address space",
                       "rows * stride overflows the address space",
                       docs={GENERAL: "a matrix, or the scratch, does not fit in the address space",
@@ -86,11 +86,11 @@ ETOOLONG = ErrorCode(4, "ETOOLONG", "a row is longer than {max_n} elements: elem
                            ATTENTION: "lk exceeds {max_n} (top-k attention: key indices are float32 in the kernel)"})
 EMATRIX = ErrorCode(5, "EMATRIX", "m is 0 or does not divide rows",
                    "the rows are not a whole number of matrices (attention: hkv is 0 or does not divide hq; "
-                   "three-phase/Sinkhorn/SOFT: kv_lengths or lse given, or a tied SOFT kernel's lk != lq)",
+                   "Sinkhorn: lse given; SOFT: kv_lengths or lse given, m = 0, or a tied kernel's lk != lq)",
                    ValueError, frozenset((UNARY, ATTENTION)),
-                   docs={ATTENTION: "hkv is 0 or does not divide hq (grouped-query heads); the three-phase form, "
-                                    "Sinkhorn, SOFT (not streaming): also kv_lengths or lse not NULL (give key padding "
-                                    "as an additive mask), or a tied SOFT kernel's lk != lq"})
+                   docs={ATTENTION: "hkv is 0 or does not divide hq (grouped-query heads); Sinkhorn: also lse not "
+                                    "NULL (no per-row normalizer); SOFT: also kv_lengths or lse not NULL, m = 0 "
+                                    "(given landmarks), or a tied kernel's lk != lq"})
 ENOMEM = ErrorCode(6, "ENOMEM", "the scratch cannot be allocated", "out of memory for scratch vectors",
                    RuntimeError, _MATRIX, docs={ATTENTION: "K^T (the size of K, for Lq > 16), or the three-phase "
                                                      "form's (Sinkhorn's, SOFT's) scratch, cannot be allocated"})
