@@ -435,8 +435,8 @@ class MatrixKernel(Kernel):
     def __call__(self, *inputs, out=None, threads: int | None = None, **call) -> np.ndarray:
         """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices (streaming
         attention: its (batch, head, query chunk) tasks) split across at most N threads of the
-        library's pool; the results do not depend on it. ``call``: streaming attention's
-        ``kv_lengths=`` and ``return_lse=`` (``binding``)."""
+        library's pool; the results do not depend on it. ``call``: attention's ``kv_lengths=`` and
+        ``return_lse=`` (``binding``; Sinkhorn refuses lse, SOFT both)."""
         if call and self._abi.kind == ATTENTION and self.program.attention_tasks() is None:
             refused = [a for a, given, taken in (
                 ("kv_lengths", call.get("kv_lengths") is not None, self.program.key_padding),
