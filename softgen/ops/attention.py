@@ -11,9 +11,10 @@ Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - 
 element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
 to the scores). ``mask="bool"`` (a uint8 keep-mask) is the streaming form's only: its IR is the
 additive one (the mask input), the kernel reads the mask as bytes. The streaming form's ABI
-(``abi.ATTENTION``) also takes key-padding lengths and lse; the three-phase form takes the lengths
-where its scores can carry them (``key_padding``: not top-k, lssa, lssar), and ``softgen.attention``
-turns a boolean mask and key-padding lengths into one additive mask for it.
+(``abi.ATTENTION``) also takes key-padding lengths and lse, and so does the three-phase form
+(``MatrixProgram.key_padding``: the padded keys' scores -inf after S = s Q K^T; ``MatrixProgram.lse``:
+the rows phase emits the streaming form's per-row lse, ``_emit_lse``); ``softgen.attention`` turns a
+boolean mask into an additive one for it.
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
