@@ -628,6 +628,7 @@ def lower_matrix(mp, epilogues: bool = False):
     out.phases = map_phases(mp.phases, lambda phs: _fuse_phases(phs, epilogues))
     progs = out.programs()
     read = {p.attrs(v)["name"] for _, p, _ in progs for v in p.nodes() if p.op(v) in ("param", "colvec")}
+    read.add(mp.lse)   # the three-phase attention's lse: the entry reads it
     for _, p, _ in progs:
         for v in p.nodes("emit"):
             if p.attrs(v)["name"] not in read:
@@ -676,10 +677,22 @@ def _softplus_l1_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
+def without_lse(mp, p: Program) -> Program:
+    """Rows program ``p`` without the three-phase form's lse emit (``MatrixProgram.lse``) and what
+    only it reads: the normalizer as the streaming form recognises it (which keeps its own lse)."""
+    if mp.lse is None or not any(p.attrs(v)["name"] == mp.lse for v in p.nodes("emit")):
+        return p
+    q = p.copy()
+    q.g.remove_nodes_from([v for v in q.nodes("emit") if q.attrs(v)["name"] == mp.lse])
+    q.remove_dead()
+    return q
+
+
 def _streaming_rows(mp, p: Program) -> bool:
     """Whether rows program ``p`` is the normalizer ``mp.params["normalizer"]`` in a form the
     streaming phase computes (softmax: online rescaling; stablemax, softplus_l1: no rescaling)."""
     normalizer = mp.params.get("normalizer", "softmax")
+    p = without_lse(mp, p)
     return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p)) \
         or (normalizer == "softplus_l1" and _softplus_l1_rows(p)) or (normalizer in ("lssa", "lssar") and _lssa_rows(p, normalizer == "lssar")) \
         or (normalizer == "topk_softmax" and _topk_rows(p))
@@ -765,8 +778,9 @@ def stream_attention(mp, br: int, bc: int, wide: int = 0):
     if form is None:
         raise UsageError(f"{mp.name}: the streaming rewrite needs {streamable(mp)[4:]}")
     a, r, b = form
-    p = r.program
+    p = without_lse(mp, r.program)
     out = mp.like()
+    out.lse = None   # the streaming phase writes lse itself
     del out.scratch_mats[a.mm.dst]
     # the mask: the normalizer's rows program's matrow (top-k: its masking rows phase's)
     mask = next(iter(m for ph in mp.phases if isinstance(ph, RowsPhase) for m in ph.program.matrices()), None)

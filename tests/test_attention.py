@@ -609,7 +609,8 @@ def test_stablemax_streaming(abi_kernels):
 
 def test_api_return_lse_views_and_torch():
     """softgen.attention: strided views and GQA straight through, return_lse, masked_rows="zero"
-    from the kernel's lse; torch tensors (views) in and out; three-phase refuses return_lse."""
+    from the kernel's lse; torch tensors (views) in and out; the three-phase form's lse and
+    kv_lengths in its kernel; Sinkhorn refuses return_lse, saying why."""
     x = f32(2, 24, 6, 16)
     q, kk, v = x[:, :, :4].transpose(0, 2, 1, 3), x[:, :, 4:5].transpose(0, 2, 1, 3), x[:, :, 5:].transpose(0, 2, 1, 3)
     m = RNG.random((2, 1, 24, 24)) < 0.6
@@ -619,10 +620,11 @@ def test_api_return_lse_views_and_torch():
     r, rl = _oracle(q, kk, v, return_lse=True, masked_rows="zero", **kw)
     _check_abi(o, r, lse, rl)
     assert (o[:, :, 3] == 0).all()
-    with pytest.raises(softgen.UsageError, match="return_lse needs the streaming form"):
-        softgen.attention(q, kk, v, return_lse=True, algorithm="three-phase")
-    lens = {"kv_lengths": kw["kv_lengths"]}   # the three-phase form: lengths become an additive mask
-    _check_abi(softgen.attention(q, kk, v, algorithm="three-phase", **lens), _oracle(q, kk, v, **lens))
+    with pytest.raises(softgen.UsageError, match="return_lse: Sinkhorn's P is normalised over rows and columns"):
+        softgen.attention(q, kk, v, return_lse=True, normalizer="sinkhorn")
+    o3, l3 = softgen.attention(q, kk, v, return_lse=True, masked_rows="zero", algorithm="three-phase", **kw)
+    _check_abi(o3, r, l3, rl)
+    assert (o3[:, :, 3] == 0).all()
     torch = pytest.importorskip("torch")
     T = torch.from_numpy
     ot, lt = softgen.attention(T(x).transpose(1, 2)[:, :4], T(x).transpose(1, 2)[:, 4:5], T(x).transpose(1, 2)[:, 5:],
