@@ -644,8 +644,8 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
         setup = [ln for ln in blk["setup"] if not ln.startswith(f"const VEC b{lz.factor} = ")]
         head = [f"for (int lz_k = -1; lz_k < lz_cnt; lz_k++) {{   /* lazymax: [{lo}, lz_pos[0]), then each reference's segment */",
                 f"    const size_t lo = lz_k < 0 ? {lo} : lz_pos[lz_k], hi = lz_k + 1 < lz_cnt ? lz_pos[lz_k + 1] : {hi};",
-                f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : (float)((double){f} * "
-                f"exp({float(sc).hex()} * ((double)lz_ref[lz_k] - (double)lz_r))));"]
+                f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : lz_ref[lz_k] == lz_r ? {f} :   /* r's own: e^0, no libm call */",
+                f"        (float)((double){f} * exp({float(sc).hex()} * ((double)lz_ref[lz_k] - (double)lz_r))));"]
         return decl, {**blk, "setup": setup, "segments": head}, []
     red = _red(c, lz.s)
     accs = [n for k in range(c.s.accumulators if red.replicated else 1) for n in _acc(lz.s, k, red).values()]
