@@ -680,8 +680,9 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
 
 # The identifiers of one row in a row function's body: row scalars s<v>, accumulators a<r>_<k>_<f>,
 # outer states o<r>_<f>, broadcasts b<v>, row values v<v>_<u>, scales sc<r>, the tail mask, lane
-# indices, the row's buffers. Each row of a batch gets its copies, prefixed r<j>_.
-_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|tm|iota|x|y)\b")
+# indices, the row's buffers, lazymax's reference and segments lz_*. Each row of a batch gets its
+# copies, prefixed r<j>_.
+_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|lz_\w+|tm|iota|x|y)\b")
 
 
 def rows_refusal(p: Program, s: Schedule) -> str:
@@ -690,8 +691,6 @@ def rows_refusal(p: Program, s: Schedule) -> str:
         return "a phase of a matrix program"
     if p.row_params():
         return "it has per-row parameters"
-    if lazy_form(p, s):
-        return "lazymax keeps a reference per row"
     if s.stream:
         return "non-temporal stores peel each row to its own alignment"
     if abi(p, "_")["row_decl"] != "float *y":
@@ -710,12 +709,16 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
     finish) and scalar line once per row, row j's identifiers prefixed r<j>_. Each row runs the
     one-row code, so results are bitwise the one-row form's. A guard (two-pass out of the exp
     domain) is taken before any sweep writes y: the rows restart one at a time in the one-row
-    function, which takes the row's own fallback."""
+    function, which takes the row's own fallback. Lazymax (``_lazy_sweep``): each row keeps its
+    reference and segments; the output sweep, a loop over the row's own segments, runs row after
+    row (it has no reduction whose latency a shared loop would hide)."""
+    def row(j: int, lines: list[str]) -> list[str]:
+        return [_ROW_NAMES.sub(lambda m: f"r{j}_{m.group(1)}", ln) for ln in lines]
+
     def per_row(lines: list[str]) -> list[str]:
-        out = []
-        for j in range(rows):
-            out += [_ROW_NAMES.sub(lambda m: f"r{j}_{m.group(1)}", ln) for ln in lines]
-        return out
+        return [ln for j in range(rows) for ln in row(j, lines)]
+
+    sections = ("setup", "main", "single", "tail", "fold", "finish", "peel")
 
     restart = "".join(f"{one['name']}(r{j}_x, r{j}_y, n); " for j in range(rows))
     blocks = [{"kind": "scalar", "lines": [
@@ -728,9 +731,12 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
                 lines = [ln.replace(f"{fallback}(x, y, n); return;", "SG_RESTART; return;") for ln in lines]
             blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart)
                                                         for ln in per_row(lines)]})
-        else:
-            blocks.append({**blk, **{k: per_row(blk[k]) for k in ("setup", "main", "single", "tail",
-                                                                     "fold", "finish", "peel")}})
+        elif "segments" in blk:   # lazymax's output sweep: per row, over its segments
+            blocks += [{**blk, "comment": f"{blk['comment']} (row {j})",
+                        **{k: row(j, blk[k]) for k in sections + ("segments",)}} for j in range(rows)]
+        else:   # one loop for the rows (one n; lazymax's first sweep ends at r0_lz_n0, every row's)
+            blocks.append({**blk, **{k: per_row(blk[k]) for k in sections},
+                           **{k: row(0, [blk[k]])[0] for k in ("begin", "end", "length")}})
     return {"name": f"{one['name']}_batch{rows}", "blocks": blocks,
             "comment": f"{one['comment']}; {rows} rows at once (schedule rows={rows}): rows x + j ldx -> "
                        f"y + j ldy, j < {rows}, each sweep's loop shared, each row's code its own (r<j>_)",
@@ -1043,10 +1049,13 @@ class CBackend(Backend):
                                      "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
                                      "lazymax": (False, True)})
     # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
-    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%)
+    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%),
+    # and batches of short rows beyond L1d (each row's max sweep is its first touch of x from L2/L3/
+    # DRAM; 1.04-1.07x at 4096 x 512 on avx512, bench/results/batchrows-2026-11-30-epyc-avx512-noisy.txt)
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
                                            "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
                                            "lazymax": ("L2", "L3", "DRAM")})
+    tuning_knob_batch_levels = MappingProxyType({"lazymax": ("L2", "L3", "DRAM")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:
