@@ -212,7 +212,7 @@ def label(algorithm: str, schedule: dict) -> str:
     extra = ("nt" if schedule.get("stream") else None,
              f"pf{schedule['prefetch']}" if schedule.get("prefetch") else None,
              schedule.get("exp") or None, f"r{schedule['rows']}" if schedule.get("rows", 1) > 1 else None,
-             "lz" if schedule.get("lazymax") else None)
+             "lz" if schedule.get("lazymax") else None, "pp" if schedule.get("pipeline") else None)
     return " ".join([f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"]
                     + [e for e in extra if e])
 

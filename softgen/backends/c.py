@@ -744,6 +744,69 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
                          f"size_t ldx, size_t ldy)"}
 
 
+# -- one row at a time, pipelined (schedule pipeline) -------------------------------------------------
+
+def pipe_refusal(p: Program, s: Schedule) -> str:
+    """Why row program ``p`` has no pipelined form under ``s`` ("" when it has one)."""
+    if p.phase is not None:
+        return "a phase of a matrix program"
+    if p.row_params():
+        return "it has per-row parameters"
+    if p.fallback is not None:
+        return "a row may restart in the fallback (two-pass's guard)"
+    if lazy_form(p, s):
+        return "lazymax's output sweep runs per segment"
+    if s.stream:
+        return "non-temporal stores peel each row to its own alignment"
+    if abi(p, "_")["row_decl"] != "float *y":
+        return "its output is not a dense row"
+    sweeps = plan(p).sweeps
+    for sw in sweeps:
+        if sw.selected is not None or sw.colreds or sw.colstores:
+            return "a sweep over a selection or columns"
+        if any(p.op(r) == "reduce_topk" for r in sw.reductions):
+            return "top-k keeps per-lane sorted lists"
+    if len(sweeps) < 2 or sweeps[-1].reductions or sweeps[-1].output is None:
+        return "its last sweep is not an output sweep after another sweep"
+    return ""
+
+
+_SCALAR_NAMES = re.compile(r"\bs\d+(?:_\d+)?\b")
+
+
+def _pipe_function(one: dict) -> dict:
+    """The pipelined form of a row function (``one``, from ``_row_function``) over a range of rows:
+    row r's last sweep (the output sweep: no reduction, ``pipe_refusal``) runs in the loop of row
+    r + 1's sweep before it (the same i; its identifiers, the scalars it reads and its buffers,
+    prefixed p_: the previous row's), so its loads and stores overlap that sweep's arithmetic and
+    row r's scalars (1 / sum) overlap row r + 1's first sweeps. Row 0's sweep runs alone, the last
+    row's output sweep after the loop. Each row runs the one-row code: bitwise its results."""
+    blocks = one["blocks"]
+    sweeps = [j for j, b in enumerate(blocks) if b["kind"] != "scalar"]
+    at, last = sweeps[-2], blocks[sweeps[-1]]
+    sections = ("setup", "main", "single", "tail", "finish")
+
+    def prev(lines: list[str]) -> list[str]:
+        return [_ROW_NAMES.sub(lambda m: f"p_{m.group(1)}", ln) for ln in lines]
+
+    carried = sorted({m for k in sections for ln in last[k] for m in _SCALAR_NAMES.findall(ln)})
+    fused = {**blocks[at], "comment": f"{blocks[at]['comment']}; with the previous row's sweep {last['index']} "
+                                      f"(p_: {last['comment']})",
+             **{k: blocks[at][k] + prev(last[k]) for k in sections}}
+    head = ["const float *p_x = x;   /* the previous row: its buffers and the scalars its output sweep reads */",
+            "float *p_y = y;", "(void)p_x;", "(void)p_y;"] + [f"float p_{v} = 0.0f;" for v in carried]         + ["for (size_t r = 0; r < rows; r++, x += ldx, y += ldy) {"]
+    body = blocks[:at] + [{"kind": "scalar", "lines": ["if (r == 0) {   /* no previous row */"]}, blocks[at],
+                          {"kind": "scalar", "lines": ["} else {"]}, fused, {"kind": "scalar", "lines": ["}"]}]         + blocks[at + 1:sweeps[-1]]
+    tail = [f"p_{v} = {v};" for v in carried] + ["p_x = x;", "p_y = y;", "}", "if (rows) {   /* the last row's output sweep */"]
+    out = {**last, "comment": f"{last['comment']} (the last row)", **{k: prev(last[k]) for k in sections}}
+    return {"name": f"{one['name']}_pipe", "comment": f"{one['comment']}; rows r0.. one at a time, pipelined "
+            f"(schedule pipeline): row r's sweep {last['index']} in the loop of row r + 1's sweep {blocks[at]['index']}",
+            "blocks": [{"kind": "scalar", "lines": head}] + body + [{"kind": "scalar", "lines": tail}, out,
+                                                                    {"kind": "scalar", "lines": ["}"]}] + blocks[sweeps[-1] + 1:],
+            "signature": f"static void {one['name']}_pipe(const float *x, float *y, size_t rows, size_t n, "
+                         f"size_t ldx, size_t ldy)"}
+
+
 # -- the split form of a row function (schedule split / chunk) -------------------------------------
 
 SPLIT_MAX_CHUNKS = 64   # chunks of one row at most: their reduction states sit on the caller's stack
@@ -977,6 +1040,11 @@ def _knob_note(s: Schedule, t: Target, p: Program) -> str:
                                     f"first {LAZY_FIRST} elements, moved where x > r + {LAZY_SLACK:g} / s), rescaled per "
                                     f"segment in the output sweep; split rows: each chunk from its first ones, its own "
                                     f"reference, the chunks' sums rescaled to the largest"))
+    if s.pipeline:
+        why = pipe_refusal(p, s)
+        notes.append("pipeline: " + (f"not applied ({why})" if why else
+                                     "each row's output sweep in the loop of the next row's sweep before it "
+                                     "(the row function's _pipe form)"))
     if s.rows > 1:
         why = rows_refusal(p, s)
         notes.append(f"rows={s.rows}: " + (f"one row at a time ({why})" if why else
@@ -1012,6 +1080,10 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     if s.rows > 1 and not rows_refusal(p, s):
         functions.append(_rows_function(functions[-1], s.rows, fallback))
         batch = {"fn": functions[-1]["name"], "rows": s.rows}
+    pipe = None
+    if s.pipeline and not pipe_refusal(p, s):
+        functions.append(_pipe_function(functions[-1]))
+        pipe = {"fn": functions[-1]["name"]}
     if split:
         functions += _split_functions(p, t, s, f"{name}__row", split["ctx"],
                                       fallback and f"{fallback}_split", rps)
@@ -1027,7 +1099,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp, t),
         helpers=select_helpers(p, radix=radix_topk(p, t)), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
-        threads=threads, split=split, batch=batch)
+        threads=threads, split=split, batch=batch, pipe=pipe)
 
 
 class CBackend(Backend):
@@ -1047,15 +1119,17 @@ class CBackend(Backend):
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
                                      "stream": (False, True), "prefetch": (0, 1024),
                                      "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
-                                     "lazymax": (False, True)})
+                                     "lazymax": (False, True), "pipeline": (False, True)})
     # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
     # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%),
     # and batches of short rows beyond L1d (each row's max sweep is its first touch of x from L2/L3/
     # DRAM; 1.04-1.07x at 4096 x 512 on avx512, bench/results/batchrows-2026-11-30-epyc-avx512-noisy.txt)
+    # pipeline: batches only (no single-row level), at every level of the batch
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
                                            "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
-                                           "lazymax": ("L2", "L3", "DRAM")})
-    tuning_knob_batch_levels = MappingProxyType({"lazymax": ("L2", "L3", "DRAM")})
+                                           "lazymax": ("L2", "L3", "DRAM"), "pipeline": ()})
+    tuning_knob_batch_levels = MappingProxyType({"lazymax": ("L2", "L3", "DRAM"),
+                                                 "pipeline": ("L1d", "L2", "L3", "DRAM")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:

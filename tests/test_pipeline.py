@@ -1,0 +1,86 @@
+"""Schedule pipeline (issue 13, batches of rows): one row at a time, row r's output sweep in the loop of
+row r + 1's sweep before it (``backends.c._pipe_function``). Each row runs the one-row code, so results
+are bitwise the one-row form's: checked for the softmax algorithms it applies to on the host's target
+at n around the vector width and the unrolled step, every row count from 1 to 6 (the first row alone,
+the last row's output sweep after the loop), the specials of docs/ops.md §0 in any row, strided,
+unaligned and in place, split across threads; where it does not apply; the tuner offers it to batches
+only."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from conftest import check, run
+from test_kernels import contract_rows
+
+import softgen
+from softgen.backends import get_backend
+from softgen.errors import UsageError
+from softgen.schedule import Schedule
+from softgen.targets import get_target
+
+tune = importlib.import_module("softgen.tune")   # the module (softgen.tune is the function)
+PIPE = {"pipeline": True}
+ALGORITHMS = ("three-pass-reload", "online", "three-pass-recompute")
+
+
+@pytest.fixture(scope="module", params=ALGORITHMS)
+def pair(request):
+    """(one-row kernel, pipelined kernel) of one softmax algorithm on the host's target."""
+    return tuple(softgen.compile("softmax", algorithm=request.param, target="host", schedule=s) for s in (None, PIPE))
+
+
+def test_pipelined_rows_are_bitwise_the_one_row_form(pair, rng):
+    one, pipe = pair
+    assert "__row_pipe(" in pipe.source and "__row_pipe" not in one.source
+    L = one.target.lanes
+    for n in sorted({1, L - 1 or 1, L + 1, 4 * L, 4 * L * one.schedule.unroll + 3}):
+        rows = list(contract_rows(n, rng).values()) if n > 1 else [np.array([v], np.float32) for v in
+                                                                    (0.5, np.nan, np.inf, -np.inf)]
+        x = np.stack(rows + [rng.standard_normal(n).astype(np.float32) * 9 for _ in range(3)])
+        want = run(one, x)
+        check(pipe, x, run(pipe, x), f"pipeline n={n}")
+        for count in range(1, 7):                  # the first row alone, the last one's output sweep after
+            for start in (0, len(x) - count):      # the specials in every place of the pipeline
+                got = run(pipe, x[start:start + count])
+                assert np.array_equal(got, want[start:start + count], equal_nan=True), (n, count, start)
+        wide = np.full((len(x), n + 5), 2.0, np.float32)   # strided, then unaligned rows
+        wide[:, 1:n + 1] = x
+        assert np.array_equal(run(pipe, wide[:, 1:n + 1]), want, equal_nan=True), n
+        inplace = x.copy()
+        assert np.array_equal(run(pipe, inplace, out=inplace), want, equal_nan=True), n
+        for threads in (2, 3):                     # each task's range of rows pipelined on its own
+            assert np.array_equal(run(pipe, x, threads=threads), want, equal_nan=True), (n, threads)
+
+
+def test_other_ops_and_the_scalar_target(rng):
+    x = (rng.standard_normal((7, 37)) * 3).astype(np.float32)
+    for op, alg in (("log_softmax", "three-pass-reload"), ("softmax", "online")):
+        one, pipe = (softgen.compile(op, algorithm=alg, target="scalar", schedule=s) for s in (None, PIPE))
+        assert "__row_pipe(" in pipe.source, op
+        assert np.array_equal(run(pipe, x), run(one, x), equal_nan=True), op
+
+
+def test_where_pipeline_does_not_apply():
+    for op, alg, extra, why in (("softmax", "two-pass", {}, "fallback"),
+                                ("softmax", "three-pass-reload", {"lazymax": True}, "per segment"),
+                                ("softmax", "two-pass", {"stream": True}, "non-temporal"),
+                                ("topk_softmax", "direct-reload", {}, "per-lane sorted")):
+        k = softgen.compile(op, algorithm=alg, target="avx2", schedule={**PIPE, **extra}, **({"k": 4} if "topk" in op else {}))
+        assert "__row_pipe" not in k.source and "pipeline: not applied" in k.source and why in k.source, op
+    with pytest.raises(UsageError, match="pipeline and rows=2 exclude"):
+        softgen.compile("softmax", target="scalar", schedule={"pipeline": True, "rows": 2})
+    with pytest.raises(UsageError, match="pipeline must be true or false"):
+        softgen.compile("softmax", target="scalar", schedule={"pipeline": "yes"})
+    assert Schedule(pipeline=True).validate(8).tag(8) == "u32_acc2_pp" and "pipeline" not in Schedule().as_dict()
+
+
+def test_the_tuner_offers_pipeline_to_batches_only():
+    be, t, base = get_backend("c"), get_target("avx512"), Schedule()
+    assert not any(s.pipeline for s in tune.schedules(be, t))
+    for level in ("L1d", "L2", "L3", "DRAM"):
+        assert not any(s.pipeline for s in tune.level_schedules(be, t, level, base, 1, level)), level
+    batch = tune.level_schedules(be, t, "L1d", base, 4096, "L3")
+    assert any(s.pipeline and s.rows == 1 for s in batch) and not any(s.pipeline and s.rows > 1 for s in batch)
+    assert tune.label("three-pass-reload", {"unroll": 4, "accumulators": 2, "pipeline": True}) == "3pl u4a2 pp"
