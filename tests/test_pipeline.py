@@ -1,6 +1,7 @@
 """Schedule pipeline (issue 13, batches of rows): one row at a time, row r's output sweep in the loop of
 row r + 1's sweep before it (``backends.c._pipe_function``). Each row runs the one-row code, so results
-are bitwise the one-row form's: checked for the softmax algorithms it applies to on the host's target
+are bitwise the one-row form's: checked for the softmax algorithms it applies to (and lazymax, whose
+rows with one segment are deferred, the others not) on the host's target
 at n around the vector width and the unrolled step, every row count from 1 to 6 (the first row alone,
 the last row's output sweep after the loop), the specials of docs/ops.md §0 in any row, strided,
 unaligned and in place, split across threads; where it does not apply; the tuner offers it to batches
@@ -22,13 +23,15 @@ from softgen.targets import get_target
 
 tune = importlib.import_module("softgen.tune")   # the module (softgen.tune is the function)
 PIPE = {"pipeline": True}
-ALGORITHMS = ("three-pass-reload", "online", "three-pass-recompute")
+VARIANTS = (("three-pass-reload", {}), ("online", {}), ("three-pass-recompute", {}),
+            ("three-pass-reload", {"lazymax": True}))
 
 
-@pytest.fixture(scope="module", params=ALGORITHMS)
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: v[0] + ("-lazymax" if v[1] else ""))
 def pair(request):
-    """(one-row kernel, pipelined kernel) of one softmax algorithm on the host's target."""
-    return tuple(softgen.compile("softmax", algorithm=request.param, target="host", schedule=s) for s in (None, PIPE))
+    """(one-row kernel, pipelined kernel) of one softmax algorithm (and lazymax) on the host's target."""
+    a, extra = request.param
+    return tuple(softgen.compile("softmax", algorithm=a, target="host", schedule={**extra, **s}) for s in ({}, PIPE))
 
 
 def test_pipelined_rows_are_bitwise_the_one_row_form(pair, rng):
@@ -38,6 +41,8 @@ def test_pipelined_rows_are_bitwise_the_one_row_form(pair, rng):
     for n in sorted({1, L - 1 or 1, L + 1, 4 * L, 4 * L * one.schedule.unroll + 3}):
         rows = list(contract_rows(n, rng).values()) if n > 1 else [np.array([v], np.float32) for v in
                                                                     (0.5, np.nan, np.inf, -np.inf)]
+        i = np.arange(n, dtype=np.float32)   # lazymax: rows whose reference moves run their segments at once
+        rows += [i * 3.0, np.where(i == n - 1, 90.0, np.sin(i)).astype(np.float32)]
         x = np.stack(rows + [rng.standard_normal(n).astype(np.float32) * 9 for _ in range(3)])
         want = run(one, x)
         check(pipe, x, run(pipe, x), f"pipeline n={n}")
@@ -64,7 +69,6 @@ def test_other_ops_and_the_scalar_target(rng):
 
 def test_where_pipeline_does_not_apply():
     for op, alg, extra, why in (("softmax", "two-pass", {}, "fallback"),
-                                ("softmax", "three-pass-reload", {"lazymax": True}, "per segment"),
                                 ("softmax", "two-pass", {"stream": True}, "non-temporal"),
                                 ("topk_softmax", "direct-reload", {}, "per-lane sorted")):
         k = softgen.compile(op, algorithm=alg, target="avx2", schedule={**PIPE, **extra}, **({"k": 4} if "topk" in op else {}))

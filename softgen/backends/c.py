@@ -754,8 +754,6 @@ def pipe_refusal(p: Program, s: Schedule) -> str:
         return "it has per-row parameters"
     if p.fallback is not None:
         return "a row may restart in the fallback (two-pass's guard)"
-    if lazy_form(p, s):
-        return "lazymax's output sweep runs per segment"
     if s.stream:
         return "non-temporal stores peel each row to its own alignment"
     if abi(p, "_")["row_decl"] != "float *y":
@@ -774,35 +772,50 @@ def pipe_refusal(p: Program, s: Schedule) -> str:
 _SCALAR_NAMES = re.compile(r"\bs\d+(?:_\d+)?\b")
 
 
-def _pipe_function(one: dict) -> dict:
+def _pipe_function(one: dict, lz: LazyMax | None = None) -> dict:
     """The pipelined form of a row function (``one``, from ``_row_function``) over a range of rows:
     row r's last sweep (the output sweep: no reduction, ``pipe_refusal``) runs in the loop of row
     r + 1's sweep before it (the same i; its identifiers, the scalars it reads and its buffers,
     prefixed p_: the previous row's), so its loads and stores overlap that sweep's arithmetic and
     row r's scalars (1 / sum) overlap row r + 1's first sweeps. Row 0's sweep runs alone, the last
-    row's output sweep after the loop. Each row runs the one-row code: bitwise its results."""
+    row's output sweep after the loop. Lazymax (``lz``): a row whose reference never moved (one
+    segment, its factor the row scalar itself) is deferred so; any other runs its segments at once.
+    Each row runs the one-row code: bitwise its results."""
     blocks = one["blocks"]
     sweeps = [j for j, b in enumerate(blocks) if b["kind"] != "scalar"]
     at, last = sweeps[-2], blocks[sweeps[-1]]
     sections = ("setup", "main", "single", "tail", "finish")
+    # the deferred output sweep: lazymax's one segment [0, n), times the row scalar
+    simple = last if lz is None else {**{k: v for k, v in last.items() if k != "segments"},
+                                      "setup": last["setup"] + [f"const VEC b{lz.factor} = V_SET1(s{lz.factor});"]}
 
     def prev(lines: list[str]) -> list[str]:
         return [_ROW_NAMES.sub(lambda m: f"p_{m.group(1)}", ln) for ln in lines]
 
-    carried = sorted({m for k in sections for ln in last[k] for m in _SCALAR_NAMES.findall(ln)})
+    def scalar(*lines: str) -> dict:
+        return {"kind": "scalar", "lines": list(lines)}
+
+    carried = sorted({m for k in sections for ln in simple[k] for m in _SCALAR_NAMES.findall(ln)})
     fused = {**blocks[at], "comment": f"{blocks[at]['comment']}; with the previous row's sweep {last['index']} "
                                       f"(p_: {last['comment']})",
-             **{k: blocks[at][k] + prev(last[k]) for k in sections}}
+             **{k: blocks[at][k] + prev(simple[k]) for k in sections}}
     head = ["const float *p_x = x;   /* the previous row: its buffers and the scalars its output sweep reads */",
-            "float *p_y = y;", "(void)p_x;", "(void)p_y;"] + [f"float p_{v} = 0.0f;" for v in carried]         + ["for (size_t r = 0; r < rows; r++, x += ldx, y += ldy) {"]
-    body = blocks[:at] + [{"kind": "scalar", "lines": ["if (r == 0) {   /* no previous row */"]}, blocks[at],
-                          {"kind": "scalar", "lines": ["} else {"]}, fused, {"kind": "scalar", "lines": ["}"]}]         + blocks[at + 1:sweeps[-1]]
-    tail = [f"p_{v} = {v};" for v in carried] + ["p_x = x;", "p_y = y;", "}", "if (rows) {   /* the last row's output sweep */"]
-    out = {**last, "comment": f"{last['comment']} (the last row)", **{k: prev(last[k]) for k in sections}}
+            "float *p_y = y;", "(void)p_x;", "(void)p_y;"] + [f"float p_{v} = 0.0f;" for v in carried] \
+        + ["int pend = 0;   /* a previous row's output sweep is pending */",
+           "for (size_t r = 0; r < rows; r++, x += ldx, y += ldy) {"]
+    body = blocks[:at] + [scalar("if (!pend) {"), blocks[at], scalar("} else {"), fused, scalar("}")] \
+        + blocks[at + 1:sweeps[-1]]
+    defer = [f"p_{v} = {v};" for v in carried] + ["p_x = x;", "p_y = y;", "pend = 1;"]
+    if lz is None:
+        body.append(scalar(*defer))
+    else:   # the reference moved: this row's segments now
+        body += [scalar("if (lz_cnt == 1) {   /* one segment: deferred */", *["    " + d for d in defer],
+                        "} else {", "pend = 0;"), last, scalar("}")]
+    out = {**simple, "comment": f"{last['comment']} (the last row)", **{k: prev(simple[k]) for k in sections}}
     return {"name": f"{one['name']}_pipe", "comment": f"{one['comment']}; rows r0.. one at a time, pipelined "
             f"(schedule pipeline): row r's sweep {last['index']} in the loop of row r + 1's sweep {blocks[at]['index']}",
-            "blocks": [{"kind": "scalar", "lines": head}] + body + [{"kind": "scalar", "lines": tail}, out,
-                                                                    {"kind": "scalar", "lines": ["}"]}] + blocks[sweeps[-1] + 1:],
+            "blocks": [scalar(*head)] + body + [scalar("}", "if (pend) {   /* the last row's output sweep */"), out,
+                                                scalar("}")] + blocks[sweeps[-1] + 1:],
             "signature": f"static void {one['name']}_pipe(const float *x, float *y, size_t rows, size_t n, "
                          f"size_t ldx, size_t ldy)"}
 
@@ -1082,7 +1095,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         batch = {"fn": functions[-1]["name"], "rows": s.rows}
     pipe = None
     if s.pipeline and not pipe_refusal(p, s):
-        functions.append(_pipe_function(functions[-1]))
+        functions.append(_pipe_function(functions[-1], lazy_form(p, s)))
         pipe = {"fn": functions[-1]["name"]}
     if split:
         functions += _split_functions(p, t, s, f"{name}__row", split["ctx"],
