@@ -12,7 +12,7 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import check, run
+from conftest import check, run, skip_unless_emulated
 from test_kernels import contract_rows
 
 import softgen
@@ -59,12 +59,26 @@ def test_pipelined_rows_are_bitwise_the_one_row_form(pair, rng):
             assert np.array_equal(run(pipe, x, threads=threads), want, equal_nan=True), (n, threads)
 
 
-def test_other_ops_and_the_scalar_target(rng):
+def test_other_ops_and_targets(rng):
     x = (rng.standard_normal((7, 37)) * 3).astype(np.float32)
-    for op, alg in (("log_softmax", "three-pass-reload"), ("softmax", "online")):
-        one, pipe = (softgen.compile(op, algorithm=alg, target="scalar", schedule=s) for s in (None, PIPE))
+    for op, alg, t in (("log_softmax", "three-pass-reload", "scalar"), ("softmax", "online", "scalar"),
+                       ("softmax", "three-pass-reload", "avx2")):
+        if not get_target(t).runnable:
+            continue
+        one, pipe = (softgen.compile(op, algorithm=alg, target=t, schedule=s) for s in (None, PIPE))
         assert "__row_pipe(" in pipe.source, op
         assert np.array_equal(run(pipe, x), run(one, x), equal_nan=True), op
+
+
+def test_pipeline_on_neon_under_qemu(rng):
+    t = get_target("neon")
+    k = softgen.compile("softmax", algorithm="three-pass-reload", target="neon", schedule={**PIPE, "lazymax": True})
+    if not k.runnable:
+        skip_unless_emulated(t)
+    i = np.arange(21, dtype=np.float32)
+    x = np.concatenate([np.stack(list(contract_rows(21, rng).values())), (i * 5.0)[None],
+                        rng.standard_normal((3, 21)).astype(np.float32)])
+    check(k, x, run(k, x), "neon pipeline lazymax")
 
 
 def test_where_pipeline_does_not_apply():
