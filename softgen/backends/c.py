@@ -729,8 +729,9 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
             lines = blk["lines"]
             if fallback:   # per_row renames x, y: the guard's call becomes the restart afterwards
                 lines = [ln.replace(f"{fallback}(x, y, n); return;", "SG_RESTART; return;") for ln in lines]
-            blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart)
-                                                        for ln in per_row(lines)]})
+            first = [ln for ln in lines if ln.startswith("const size_t lz_n0 ")]   # every row's (one n)
+            lines = row(0, first) + per_row([ln for ln in lines if ln not in first])
+            blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart) for ln in lines]})
         elif "segments" in blk:   # lazymax's output sweep: per row, over its segments
             blocks += [{**blk, "comment": f"{blk['comment']} (row {j})",
                         **{k: row(j, blk[k]) for k in sections + ("segments",)}} for j in range(rows)]
