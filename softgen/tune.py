@@ -263,10 +263,13 @@ def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1,
 def priced(plan: passes.Plan, target, level: str, scheds: list[Schedule], best: float) -> list[Schedule]:
     """``scheds`` (of one algorithm's ``plan``) but those whose exp variant makes the model's cost at
     ``level`` more than ``KNOB_PRUNE_RATIO`` x ``best`` (each variant costs its ``[cost.exp]`` hint:
-    avx2's t32, a gather, is not timed), and lazymax where the plan has no ``passes.lazy_max``
-    form; the other knobs have no model term and are all kept."""
+    avx2's t32, a gather, is not timed), lazymax where the plan has no ``passes.lazy_max``
+    form and pipeline where ``passes.pipeline_refusal`` refuses it; the other knobs have no model
+    term and are all kept."""
     if isinstance(passes.lazy_max(plan), str):   # lazymax would generate the same kernel
         scheds = [s for s in scheds if not s.lazymax]
+    if passes.pipeline_refusal(plan):            # so would pipeline
+        scheds = [s for s in scheds if not s.pipeline]
     if not target.cost:
         return list(scheds)
     return [s for s in scheds

@@ -16,8 +16,10 @@ from conftest import check, run, skip_unless_emulated
 from test_kernels import contract_rows
 
 import softgen
+from softgen import passes
 from softgen.backends import get_backend
 from softgen.errors import UsageError
+from softgen.ops import build_program
 from softgen.schedule import Schedule
 from softgen.targets import get_target
 
@@ -102,3 +104,7 @@ def test_the_tuner_offers_pipeline_to_batches_only():
     batch = tune.level_schedules(be, t, "L1d", base, 4096, "L3")
     assert any(s.pipeline and s.rows == 1 for s in batch) and not any(s.pipeline and s.rows > 1 for s in batch)
     assert tune.label("three-pass-reload", {"unroll": 4, "accumulators": 2, "pipeline": True}) == "3pl u4a2 pp"
+    plans = {a: passes.plan(passes.apply_algorithm(build_program("softmax"), a)) for a in ("two-pass", "three-pass-reload")}
+    assert passes.pipeline_refusal(plans["two-pass"]) and not passes.pipeline_refusal(plans["three-pass-reload"])
+    assert not any(s.pipeline for s in tune.priced(plans["two-pass"], t, "L1d", batch, 1e9))   # the same kernel
+    assert any(s.pipeline for s in tune.priced(plans["three-pass-reload"], t, "L1d", batch, 1e9))

@@ -34,6 +34,7 @@ from ..passes import (
     LazyMax,
     lazy_max,
     max_shifted,
+    pipeline_refusal,
     plan,
 )
 from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
@@ -749,25 +750,11 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
 
 def pipe_refusal(p: Program, s: Schedule) -> str:
     """Why row program ``p`` has no pipelined form under ``s`` ("" when it has one)."""
-    if p.phase is not None:
-        return "a phase of a matrix program"
-    if p.row_params():
-        return "it has per-row parameters"
-    if p.fallback is not None:
-        return "a row may restart in the fallback (two-pass's guard)"
     if s.stream:
         return "non-temporal stores peel each row to its own alignment"
-    if abi(p, "_")["row_decl"] != "float *y":
+    if p.phase is None and abi(p, "_")["row_decl"] != "float *y":
         return "its output is not a dense row"
-    sweeps = plan(p).sweeps
-    for sw in sweeps:
-        if sw.selected is not None or sw.colreds or sw.colstores:
-            return "a sweep over a selection or columns"
-        if any(p.op(r) == "reduce_topk" for r in sw.reductions):
-            return "top-k keeps per-lane sorted lists"
-    if len(sweeps) < 2 or sweeps[-1].reductions or sweeps[-1].output is None:
-        return "its last sweep is not an output sweep after another sweep"
-    return ""
+    return pipeline_refusal(plan(p))
 
 
 _SCALAR_NAMES = re.compile(r"\bs\d+(?:_\d+)?\b")
