@@ -470,6 +470,30 @@ def lazy_max(pl: Plan) -> "LazyMax | str":
     return LazyMax(mt.X, mt.M, mt.D, mt.S, mt.scale, factor)
 
 
+# -- schedule pipeline: a row's output sweep in the next row's loop -----------------------------------
+
+def pipeline_refusal(pl: Plan) -> str:
+    """Why plan ``pl`` cannot run pipelined over a batch ("" when it can): its last sweep must be
+    an output sweep without reductions after another sweep (it then runs in the loop of the next
+    row's sweep before it), and no row may leave the pipeline (a guard's fallback) or keep state
+    the pipeline does not carry (per-row parameters, selections, columns, top-k lists)."""
+    p, sweeps = pl.program, pl.sweeps
+    if p.phase is not None:
+        return "a phase of a matrix program"
+    if p.row_params():
+        return "it has per-row parameters"
+    if p.fallback is not None:
+        return "a row may restart in the fallback (two-pass's guard)"
+    for sw in sweeps:
+        if sw.selected is not None or sw.colreds or sw.colstores:
+            return "a sweep over a selection or columns"
+        if any(p.op(r) == "reduce_topk" for r in sw.reductions):
+            return "top-k keeps per-lane sorted lists"
+    if len(sweeps) < 2 or sweeps[-1].reductions or sweeps[-1].output is None:
+        return "its last sweep is not an output sweep after another sweep"
+    return ""
+
+
 def _reductions_of(p: Program, v: int) -> set[int]:
     """The reductions row scalar ``v`` is computed from (through scalar ops)."""
     seen, found, stack = set(), set(), [v]
