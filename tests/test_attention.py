@@ -214,7 +214,7 @@ def test_decoding_shape():
 
 def test_attention_schedule_and_algorithm_errors():
     for bad in ({"br": 0}, {"bc": 5000}, {"br": 64, "bc": 128}, {"br": 2.5}, {"wide": -1}, {"wide": True},
-                {"br": 32, "wide": 1024}):
+                {"br": 32, "wide": 4096}):
         with pytest.raises(softgen.UsageError, match="attention schedule"):
             softgen.compile("attention", schedule=bad)
     with pytest.raises(softgen.UsageError, match="single-block mode"):
