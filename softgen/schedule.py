@@ -241,7 +241,7 @@ class GemmSchedule:
 GEMM_FIELDS = ("mr", "nv", "kc", "nc", "ku")
 ATTENTION_KNOBS = ("br", "bc", "wide")
 ATTENTION_MAX_BLOCK = 4096   # br * bc floats of scores live on the stack (16 KiB at most)
-ATTENTION_MAX_WIDE = 16384   # br * wide floats: the single-block mode's score tile (64 KiB of stack at most)
+ATTENTION_MAX_WIDE = 65536   # br * wide floats: the single-block mode's score tile (heap, per task: 256 KiB at most, an L2)
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,7 @@ class AttentionSchedule:
             raise UsageError(f"attention schedule wide must be an integer >= 0 (0: off), got {self.wide!r}")
         if self.br * self.wide > ATTENTION_MAX_WIDE:
             raise UsageError(f"attention schedule br * wide ({self.br} * {self.wide}) exceeds {ATTENTION_MAX_WIDE} floats "
-                             f"(the single-block mode's score tile lives on the stack)")
+                             f"(the single-block mode's score tile: at most {ATTENTION_MAX_WIDE * 4 // 1024} KiB per thread)")
         return self
 
     def override(self, **blocks) -> "AttentionSchedule":

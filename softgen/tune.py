@@ -554,12 +554,12 @@ def gemm_candidates(t) -> list[GemmSchedule]:
 
 def attention_candidates(t) -> list[AttentionSchedule]:
     """The streaming attention form's blocks: the target's default (``[attention]``), then br and
-    bc halved and doubled, the single-block mode off, on up to 1024 keys and on with br halved (its
-    tile in half the cache), each kept only if ``AttentionSchedule.validate`` accepts it."""
+    bc halved and doubled, the single-block mode off, on up to 1024 and 4096 keys and on with br
+    halved (its tile in half the cache), each kept only if ``AttentionSchedule.validate`` accepts it."""
     b = t.attention
     out = {b: None}
     for st in ({"br": b.br // 2}, {"br": b.br * 2}, {"bc": b.bc // 2}, {"bc": b.bc * 2}, {"wide": 0},
-               {"wide": 1024}, {"br": b.br // 2, "wide": 1024}):
+               {"wide": 1024}, {"wide": 4096}, {"br": b.br // 2, "wide": 1024}):
         try:
             out[b.override(**st)] = None
         except UsageError:
