@@ -13,7 +13,9 @@ Per sweep of a variant's plan (``passes.plan``), per element:
 
 and the sweep costs the larger of the two (a roofline per sweep); a variant costs the sum over
 its sweeps. Schedules: the given one, with non-temporal output stores for rows beyond the
-last-level cache on targets that have them (``level_schedule``). Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
+last-level cache on targets that have them (``level_schedule``), or one of the knob schedules the
+model prices (``PRICED_KNOBS``: exp variants by their ``[cost.exp]`` hints, lazymax by the max sweep
+it drops) where it is strictly cheaper than every algorithm under the given one. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
 The result is a ``DispatchTable``: plain data (ranges of n, the variant of each, why), which a

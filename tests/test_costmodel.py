@@ -5,6 +5,7 @@ Generation only: nothing here compiles."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,21 @@ def test_an_exp_variant_is_taken_where_the_target_data_says_it_pays():
     assert inside and all(e.schedule.get("exp") == "p6c2" for e in inside)   # exp is priced in cache
     assert "exp variant p6c2: [cost.exp] 4 instructions per vector" in inside[0].why
     assert not table.entries[-1].schedule.get("exp")     # beyond the LLC: not offered (tuning_knob_levels)
+
+
+def test_issue13_sweep_has_the_knobs_the_model_prices(monkeypatch):
+    """bench/issue13.py's sweep (what softgen tune considers per size, uncut) holds lazymax and the
+    exp variants where the model can pick them, so model/best compares with an honest best."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from bench import issue13
+    t, be, p = get_target("avx512"), get_backend("c"), build_program("softmax")
+    l2 = issue13.sweep_candidates(p, t, be, ZEN3, 1, 1 << 16)
+    labels = {issue13.sweep_label(a, s, Schedule(**t.schedule.as_dict())) for a, s in l2}
+    assert "3pl u4a2 lz" in labels and "3pl u4a2 t32 lz" in labels and "3pl u8a2" in labels
+    assert {"3pl u4a2 p6c2", "3pl u4a2 p5c2"} <= labels and not any("lz" in x for x in labels if x.startswith("2p"))
+    assert len(l2) == len(set(l2)) and not any(s.rows > 1 or s.stream for _, s in l2)
+    dram = issue13.sweep_candidates(p, t, be, ZEN3, 1, 1 << 24)
+    assert {(a, s.stream, s.lazymax) for a, s in dram if s.stream or s.lazymax} >= {("two-pass", True, False)}
+    assert not any(s.exp for _, s in dram)
+    batch = issue13.sweep_candidates(p, t, be, ZEN3, 4096, 512)   # L1d rows, R rows at once, no lazymax
+    assert {s.rows for _, s in batch} == {1, 2, 4} and not any(s.lazymax for _, s in batch)
