@@ -164,6 +164,9 @@ def test_export_of_a_dispatcher(disp, tmp_path):
     assert manifest["algorithm"] == "auto" and manifest["dispatch"] == k.dispatch.as_list()
     assert [d["algorithm"] for d in manifest["dispatch"]] == [e.algorithm for e in k.dispatch.entries]
     assert all(d["why"].startswith("model: ") for d in manifest["dispatch"])
+    # the lazymax entry: its schedule and why in both (the model's choice of a knob, explained)
+    assert [bool(d["schedule"].get("lazymax")) for d in manifest["dispatch"]] == [False, True, False]
+    assert "lazymax=True" in header and "3pl lz: lazymax: no max sweep" in header
     assert manifest["accuracy"]["max_rel_error"] < 1e-5
     shipped = {key: p.read_text() for key, p in paths.items() if key.startswith("source_")}
     for v in k.variants:     # every variant's source is shipped beside the dispatch unit (one
@@ -184,6 +187,8 @@ def test_explain_shows_the_table_and_why(disp):
     text = k.explain()
     assert "dispatch (model" in text and text.count("why: model: ") == len(k.dispatch.entries)
     assert all(f"## variant {v.name}: after the '{v.algorithm}' rewrite" in text for v in k.variants)
+    # the lazymax entry's why, and its variant's header comment naming the knob
+    assert text.count("3pl lz: lazymax: no max sweep") == 1 and "lazymax: no full-row max sweep" in k.variants[1].source
     d = k.explain(as_json=True)
     assert d["dispatch"]["entries"] == k.dispatch.as_list() and len(d["variants"]) == len(k.variants)
     env = {"SOFTGEN_CACHE_SIZES": ZEN3}
