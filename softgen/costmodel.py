@@ -311,9 +311,10 @@ def exp_instructions_of(target: Target, name: str) -> float:
     return target.cost.get("exp", {}).get(name, ins.get("exp", ins["default"]))
 
 
-def _priceable(sched: dict, plan: Plan) -> bool:
+def knobs_apply(sched: dict, plan: Plan) -> bool:
     """Whether ``sched``'s knobs change ``plan``'s kernel: lazymax only where ``passes.lazy_max``
-    applies (three-pass-reload of softmax) and one row at a time (``rows`` > 1 has no lazymax form)."""
+    applies (three-pass-reload of softmax) and one row at a time (``rows`` > 1 has no lazymax form:
+    lazymax with rows=R generates the rows=1 kernel under another name)."""
     return not sched.get("lazymax") or (not isinstance(lazy_max(plan), str) and sched.get("rows", 1) <= 1)
 
 
@@ -323,7 +324,7 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
     per cache level, neighbouring levels with one variant merged into one entry. ``knobs``: per
     level, schedules besides ``schedule`` to price (``PRICED_KNOBS`` set over it: what the
     backend offers there, ``autotable.model_schedules``); one wins only where it is strictly
-    cheaper than every algorithm under ``schedule``, and only for plans it changes (``_priceable``).
+    cheaper than every algorithm under ``schedule``, and only for plans it changes (``knobs_apply``).
     ``stream``: whether the backend lowers non-temporal stores (``level_schedule``)."""
     limits = level_limits(caches)
     knobs = knobs or {}
@@ -332,7 +333,7 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
     base_cost: dict[str, dict[str, float]] = {}
     for lvl in ALL_LEVELS:
         cands = [(a, schedule) for a in plans]
-        cands += [(a, s) for s in knobs.get(lvl, ()) if s != schedule for a, pl in plans.items() if _priceable(s, pl)]
+        cands += [(a, s) for s in knobs.get(lvl, ()) if s != schedule for a, pl in plans.items() if knobs_apply(s, pl)]
         priced = [(a, s, cycles_per_element(plans[a], target, lvl, s.get("exp", ""), bool(s.get("lazymax"))))
                   for a, s in cands]
         base_cost[lvl] = {a: c for a, s, c in priced if s is schedule}

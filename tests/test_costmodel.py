@@ -114,3 +114,5 @@ def test_issue13_sweep_has_the_knobs_the_model_prices(monkeypatch):
     assert not any(s.exp for _, s in dram)
     batch = issue13.sweep_candidates(p, t, be, ZEN3, 4096, 512)   # L1d rows, R rows at once, no lazymax
     assert {s.rows for _, s in batch} == {1, 2, 4} and not any(s.lazymax for _, s in batch)
+    wide = issue13.sweep_candidates(p, t, be, ZEN3, 64, 1 << 15)   # L2 rows: lazymax one row at a time only
+    assert any(s.lazymax for _, s in wide) and not any(s.lazymax and s.rows > 1 for _, s in wide)
