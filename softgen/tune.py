@@ -16,7 +16,7 @@ Per size class (one per requested size):
    size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed, nor is a
    knob schedule whose exp variant makes it more than ``KNOB_PRUNE_RATIO`` times (each variant
    costs its ``[cost.exp]`` hint: avx2's t32, a gather, is not timed), nor lazymax where the plan
-   has no ``passes.lazy_max`` form. The model has no other schedule term, so among one
+   has no ``passes.lazy_max`` form or R rows run at once (the same kernel). The model has no other schedule term, so among one
    algorithm's schedules it keeps the ``keep`` nearest the target's default (in log2 distance of each knob; the default first). The count pruned is
    reported per class.
 3. *measurement* (``benchmark``'s samplers and buffers: x and y written before timing, rotated
@@ -263,13 +263,10 @@ def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1,
 def priced(plan: passes.Plan, target, level: str, scheds: list[Schedule], best: float) -> list[Schedule]:
     """``scheds`` (of one algorithm's ``plan``) but those whose exp variant makes the model's cost at
     ``level`` more than ``KNOB_PRUNE_RATIO`` x ``best`` (each variant costs its ``[cost.exp]`` hint:
-    avx2's t32, a gather, is not timed), lazymax where the plan has no ``passes.lazy_max``
-    form and pipeline where ``passes.pipeline_refusal`` refuses it; the other knobs have no model
-    term and are all kept."""
-    if isinstance(passes.lazy_max(plan), str):   # lazymax would generate the same kernel
-        scheds = [s for s in scheds if not s.lazymax]
-    if passes.pipeline_refusal(plan):            # so would pipeline
-        scheds = [s for s in scheds if not s.pipeline]
+    avx2's t32, a gather, is not timed), and lazymax or pipeline where it would generate the same
+    kernel as without it (``costmodel.knobs_apply``: no ``passes.lazy_max`` form, a
+    ``passes.pipeline_refusal``); the other knobs have no model term and are all kept."""
+    scheds = [s for s in scheds if costmodel.knobs_apply(s.as_dict(), plan)]
     if not target.cost:
         return list(scheds)
     return [s for s in scheds
