@@ -17,6 +17,7 @@ from test_kernels import contract_rows
 
 import softgen
 from softgen import costmodel, passes
+from softgen.numerics import constants
 from softgen.ops import build_program
 from softgen.passes import LAZY_FIRST, LAZY_RECORDS, LAZY_SLACK
 from softgen.targets import get_target
@@ -128,3 +129,43 @@ def test_split_rows_per_chunk_for_any_thread_count(rng):
         assert np.array_equal(run(k, x, threads=threads), y, equal_nan=True), threads
     first = np.where(i == 3, 40.0, np.sin(i)).astype(np.float32)[None]
     assert np.array_equal(run(k, first), run(base, first))
+
+
+@pytest.fixture(scope="module")
+def folded():
+    """avx512, scale 1: sweep 1's exps by sg_exp_fold (x - r folded into the range reduction)."""
+    if not get_target("avx512").runnable:
+        pytest.skip("the folded exp is avx512's (the scaled table exp)")
+    return (softgen.compile("softmax", algorithm="three-pass-reload", target="avx512", schedule=LAZY),
+            softgen.compile("softmax", algorithm="three-pass-reload", target="avx512", schedule={"block": BLOCK}))
+
+
+def test_the_folded_exp_against_float64_and_across_the_fold_bound(folded, rng):
+    """Segments whose reference folds (|r| <= SG_FOLD_MAX: terms against q ln2) and segments whose
+    does not (against r) in one row, both ways, rescaled to each other in the output sweep; -inf
+    exactly +0, NaN rows, terms below 2^-126 (at most 2^-126, monotone), the contract, tails."""
+    k, base = folded
+    assert "sg_exp_fold(" in k.source and "sg_exp_fold" not in base.source
+    fmax = float(constants.FOLD_MAX)
+    n = 4 * BLOCK + 21
+    i = np.arange(n, dtype=np.float32)
+    wave = np.sin(i) * 4
+    rows = {"unfolded then folded": np.where(i < 2 * BLOCK, -3 * fmax + wave, wave),
+            "folded then unfolded": np.where(i < 2 * BLOCK, fmax - 40 + wave, fmax + 40 + wave),
+            "near the bound": fmax - 10 + np.floor(i / 64) * (LAZY_SLACK + 0.5),
+            "large": 1e5 + wave, "random": rng.standard_normal(n) * 30,
+            "a heavy sum rescaled": np.where(i < LAZY_FIRST, 0.0, np.where(i == n - 9, LAZY_SLACK + 0.7,
+                                                                           LAZY_SLACK - 0.1 + wave / 40)),
+            "-inf and far below": np.where(i % 7 == 0, -np.inf, np.where(i % 5 == 0, wave - 87.5, wave)),
+            "late NaN": np.where(i == 3 * BLOCK + 1, np.nan, wave)}
+    x = np.stack([np.asarray(r, np.float32) for r in rows.values()])
+    y = run(k, x)
+    check(k, x, y, "folded", row_names=list(rows))
+    assert np.array_equal(np.isnan(y), np.isnan(run(base, x)))
+    far = list(rows).index("-inf and far below")
+    tiny = x[far] - x[far].max() < -87.34
+    assert tiny.any() and (y[far][tiny] <= 2.0 ** -126).all() and (y[far][np.isneginf(x[far])] == 0).all()
+    order = np.argsort(x[far], kind="stable")
+    assert (np.diff(y[far][order]) >= 0).all()
+    for m in (1, BLOCK + 5):                         # tails
+        check(k, x[:, :m], run(k, x[:, :m]), f"n={m}")
