@@ -10,19 +10,15 @@ against the float64 softmax (x in [-10, 10] with a -inf every 997 elements; its 
     python bench/exp_variants.py [--sizes 64K,256K,1M] [--rounds 5] [--variants base,fold,...] [--check]
     python bench/exp_variants.py --pipes      # Zen 4: which 512-bit ops share pipes with the FMAs
 
-Variants (prototypes, not the generator's code paths):
-  base      the generated kernel (sg_exp_shifted: clamp, fma, sub, vpermi2ps, 2 fma, fma, mul, fma,
-            vscalefps, then the sum's add; d = x - r before it)
-  noclamp   base without the clamp at -104: NOT valid (x = -inf gives NaN): the clamp's cost only
-  intscale  the scale 2^n added to the table entry's exponent (integer shift + add) instead of
-            vscalefps; clamp at -127 ln2 (k = -4064: j = 0, n = -127 gives exactly +0)
-  fold      intscale, and x - r folded into the range reduction: kf = fma(x, log2e, C) with
-            C = magic - q, kq' = kf - C, r = x - kq' ln2 (Cody-Waite): e^(x - q ln2) without the
-            rounding of x - r; q = round(32 r log2e) / 32 must keep C exact (|r| below ~6e4) and
-            the reference of the later factors becomes q ln2 (the prototype times it with q = r log2e
-            rounded in float: its timing is the fold's, its accuracy is checked with that q)
-  rev       base with the scale sweep run from the row's end (the part still in L1/L2 first)
-  fold+rev  both
+Variants (source rewrites of the generated kernel; only "fold" is what the generator emits):
+  fold      the generated kernel: sweep 1 by sg_exp_fold (x - r folded into the range reduction
+            against R = q ln2, 2^n added to an int-scaled table entry; vmath.h.j2)
+  shifted   the same kernel with lz_fold = 0: sg_exp_shifted(x - r) (clamp, fma, sub, vpermi2ps,
+            2 fma, fma, mul, fma, vscalefps; the subtraction before it): the form before the fold
+  noclamp   shifted without the clamp at -104: NOT valid in general (the clamp keeps -inf and huge
+            negatives finite through the reduction; this Zen 4 gives vscalefps(NaN, -inf) = +0): its cost only
+  intscale  shifted with the int-scaled table instead of vscalefps (clamp at -127 ln2: +0 there)
+  rev       fold with the scale sweep run from each segment's end (the part still in L1/L2 first)
 """
 from __future__ import annotations
 
@@ -90,12 +86,6 @@ static inline VEC sg_exp_intscaled(VEC x) {
     VEC ts = sg_tscaled(kf), r = sg_reduce_ln2(x, V_SUB(kf, V_SET1(SG_TMAGIC)));
     return V_FMA(V_MUL(ts, r), sg_tpoly(r), ts);
 }
-static inline VEC sg_exp_fold(VEC x, VEC c, VEC lo) {
-    x = V_MAX(lo, x);
-    VEC kf = V_FMA(x, V_SET1(SG_LOG2E), c);
-    VEC ts = sg_tscaled(kf), r = sg_reduce_ln2(x, V_SUB(kf, c));
-    return V_FMA(V_MUL(ts, r), sg_tpoly(r), ts);
-}
 """
 
 
@@ -104,42 +94,21 @@ def exp_body(src: str) -> str:
     return src[i:src.index("\n}\n", i) + 3]
 
 
+def shifted(src: str) -> str:
+    assert src.count("lz_fold = fabsf(lz_r) <= SG_FOLD_MAX;") >= 1, "the kernel has no folded exp"
+    return src.replace("lz_fold = fabsf(lz_r) <= SG_FOLD_MAX;", "lz_fold = 0;")
+
+
 def noclamp(src: str) -> str:
+    src = shifted(src)
     body = exp_body(src)
     return src.replace(body, body.replace("    x = V_MAX(V_SET1(SG_EXP_MIN_SCALED), x);", ""))
 
 
-def with_helpers(src: str) -> str:
-    i = src.index("static inline VEC sg_exp_shifted(VEC x) {")
-    return src[:i] + INTSCALED + src[i:]
-
-
 def intscale(src: str) -> str:
-    return with_helpers(src).replace("= sg_exp_shifted(v", "= sg_exp_intscaled(v")
-
-
-def fold(src: str, row: str) -> str:
-    """Sweep 1's main loop: e^(x - q ln2) straight from x (the single-vector and tail loops keep d)."""
-    src = with_helpers(src)
-    start = src.index(f"static void {row}(")
-    a = src.index("/* sweep 1:", start)
-    b = src.index("/* sweep 2:", a)
-    sw = src[a:b]
-    main_end = sw.index("SG_MARK(\"end\");")
-    head, rest = sw[:main_end], sw[main_end:]
-    for u in range(8):
-        head = head.replace(f"const VEC v2_{u} = V_SUB(v0_{u}, b1);\n", "")
-        head = head.replace(f"sg_exp_shifted(v2_{u})", f"sg_exp_fold(v0_{u}, lz_c, lz_lo)")
-    head = head.replace("VEC lz_lim = V_SET1(lz_r + 16.0f);",
-                        "VEC lz_lim = V_SET1(lz_r + 16.0f);\n"
-                        "        VEC lz_c = V_SET1(SG_TMAGIC - nearbyintf(lz_r * SG_LOG2E * 32.0f) / 32.0f);\n"
-                        "        VEC lz_lo = V_SET1(nearbyintf(lz_r * SG_LOG2E * 32.0f) / 32.0f * 0x1.62e43p-1f - 0x1.601eb8p+6f);")
-    head = head.replace("lz_lim = V_SET1(lz_r + 16.0f);\n                }",
-                        "lz_lim = V_SET1(lz_r + 16.0f);\n"
-                        "                    lz_c = V_SET1(SG_TMAGIC - nearbyintf(lz_r * SG_LOG2E * 32.0f) / 32.0f);\n"
-                        "                    lz_lo = V_SET1(nearbyintf(lz_r * SG_LOG2E * 32.0f) / 32.0f * 0x1.62e43p-1f - 0x1.601eb8p+6f);\n"
-                        "                }")
-    return src[:a] + head + rest + src[b:]
+    src = shifted(src)
+    i = src.index("static inline VEC sg_exp_shifted(VEC x) {")
+    return (src[:i] + INTSCALED + src[i:]).replace("sg_exp_shifted(V_SUB(", "sg_exp_intscaled(V_SUB(")
 
 
 def rev(src: str, row: str) -> str:
@@ -160,12 +129,11 @@ def rev(src: str, row: str) -> str:
 
 
 VARIANTS = {
-    "base": lambda s, row: s,
+    "fold": lambda s, row: s,
+    "shifted": lambda s, row: shifted(s),
     "noclamp": lambda s, row: noclamp(s),
     "intscale": lambda s, row: intscale(s),
-    "fold": fold,
     "rev": rev,
-    "fold+rev": lambda s, row: rev(fold(s, row), row),
 }
 
 PIPES = r"""
@@ -263,7 +231,7 @@ def main() -> None:
                     out = subprocess.run([exes[v], str(n), str(max(1, 2 ** 20 // n))], capture_output=True,
                                          text=True, check=True)
                     best[n, v] = min(best[n, v], float(out.stdout))
-        print(f"{'n':>8}  " + "  ".join(f"{v:>9}" for v in names) + "   (ref-cycles/element, min; ratio to base)")
+        print(f"{'n':>8}  " + "  ".join(f"{v:>9}" for v in names) + f"   (ref-cycles/element, min; {names[0]}'s time over each)")
         for n in sizes:
             b = best[n, names[0]]
             print(f"{n:>8}  " + "  ".join(f"{best[n, v]:>9.4f}" for v in names) + "   "
