@@ -34,6 +34,7 @@ from ..passes import (
     LazyMax,
     lazy_max,
     max_shifted,
+    pipeline_refusal,
     plan,
 )
 from ..render import env, flit, fold_exp, isa_header, scaled_exp, select_helpers, vmath
@@ -610,9 +611,13 @@ def lazy_form(p: Program, s: Schedule) -> LazyMax | None:
 
 
 def lazy_fold(c: _Ctx, lz: LazyMax | None) -> bool:
-    """Whether a single row's lazymax exp sweep takes sg_exp_fold (vmath.h.j2): e^(x - r) straight
-    from x, where the target has it (``render.fold_exp``) and the exps' argument is x - r itself
-    (scale 1). The split form's chunks keep sg_exp_shifted."""
+    """Whether the row function's lazymax exp sweep (sweep 1) takes sg_exp_fold (vmath.h.j2): e^(x - r)
+    straight from x, where the target has it (``render.fold_exp``) and the exps' argument is x - r
+    itself (scale 1). Its batch forms run that sweep's code per row, so they fold too: schedule
+    rows=R (``_rows_function``: each row its own lz_fold, lz_c, lz_lo, r<j>_-prefixed) and pipeline
+    (``_pipe_function``: the sweep whose loop also runs the previous row's output sweep, which only
+    scales y by the segments' factors, sg_fold_ref's like the sums). The split form's chunks keep
+    sg_exp_shifted (their merge rescales by the chunks' plain references)."""
     if lz is None or lz.scale != 1.0 or not fold_exp(c.t, c.s.exp):
         return False
     return _fold_lines(lz, _sweep_block(c, plan(c.p).sweeps[1])["main"]) is not None
@@ -683,8 +688,8 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
         setup = [ln for ln in blk["setup"] if not ln.startswith(f"const VEC b{lz.factor} = ")]
         head = [f"for (int lz_k = -1; lz_k < lz_cnt; lz_k++) {{   /* lazymax: [{lo}, lz_pos[0]), then each reference's segment */",
                 f"    const size_t lo = lz_k < 0 ? {lo} : lz_pos[lz_k], hi = lz_k + 1 < lz_cnt ? lz_pos[lz_k + 1] : {hi};",
-                f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : (float)((double){f} * "
-                f"exp({float(sc).hex()} * ({ref('lz_ref[lz_k]')} - {ref('lz_r')}))));"]
+                f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : lz_ref[lz_k] == lz_r ? {f} :   /* r's own: e^0, no libm call */",
+                f"        (float)((double){f} * exp({float(sc).hex()} * ({ref('lz_ref[lz_k]')} - {ref('lz_r')}))));"]
         return decl, {**blk, "setup": setup, "segments": head}, []
     red = _red(c, lz.s)
     accs = [n for k in range(c.s.accumulators if red.replicated else 1) for n in _acc(lz.s, k, red).values()]
@@ -725,8 +730,9 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
 
 # The identifiers of one row in a row function's body: row scalars s<v>, accumulators a<r>_<k>_<f>,
 # outer states o<r>_<f>, broadcasts b<v>, row values v<v>_<u>, scales sc<r>, the tail mask, lane
-# indices, the row's buffers. Each row of a batch gets its copies, prefixed r<j>_.
-_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|tm|iota|x|y)\b")
+# indices, the row's buffers, lazymax's reference and segments lz_*. Each row of a batch gets its
+# copies, prefixed r<j>_.
+_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|lz_\w+|tm|iota|x|y)\b")
 
 
 def rows_refusal(p: Program, s: Schedule) -> str:
@@ -735,8 +741,6 @@ def rows_refusal(p: Program, s: Schedule) -> str:
         return "a phase of a matrix program"
     if p.row_params():
         return "it has per-row parameters"
-    if lazy_form(p, s):
-        return "lazymax keeps a reference per row"
     if s.stream:
         return "non-temporal stores peel each row to its own alignment"
     if abi(p, "_")["row_decl"] != "float *y":
@@ -755,12 +759,16 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
     finish) and scalar line once per row, row j's identifiers prefixed r<j>_. Each row runs the
     one-row code, so results are bitwise the one-row form's. A guard (two-pass out of the exp
     domain) is taken before any sweep writes y: the rows restart one at a time in the one-row
-    function, which takes the row's own fallback."""
+    function, which takes the row's own fallback. Lazymax (``_lazy_sweep``): each row keeps its
+    reference and segments; the output sweep, a loop over the row's own segments, runs row after
+    row (it has no reduction whose latency a shared loop would hide)."""
+    def row(j: int, lines: list[str]) -> list[str]:
+        return [_ROW_NAMES.sub(lambda m: f"r{j}_{m.group(1)}", ln) for ln in lines]
+
     def per_row(lines: list[str]) -> list[str]:
-        out = []
-        for j in range(rows):
-            out += [_ROW_NAMES.sub(lambda m: f"r{j}_{m.group(1)}", ln) for ln in lines]
-        return out
+        return [ln for j in range(rows) for ln in row(j, lines)]
+
+    sections = ("setup", "main", "single", "tail", "fold", "finish", "peel")
 
     restart = "".join(f"{one['name']}(r{j}_x, r{j}_y, n); " for j in range(rows))
     blocks = [{"kind": "scalar", "lines": [
@@ -771,15 +779,81 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
             lines = blk["lines"]
             if fallback:   # per_row renames x, y: the guard's call becomes the restart afterwards
                 lines = [ln.replace(f"{fallback}(x, y, n); return;", "SG_RESTART; return;") for ln in lines]
-            blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart)
-                                                        for ln in per_row(lines)]})
-        else:
-            blocks.append({**blk, **{k: per_row(blk[k]) for k in ("setup", "main", "single", "tail",
-                                                                     "fold", "finish", "peel")}})
+            first = [ln for ln in lines if ln.startswith("const size_t lz_n0 ")]   # every row's (one n)
+            lines = row(0, first) + per_row([ln for ln in lines if ln not in first])
+            blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart) for ln in lines]})
+        elif "segments" in blk:   # lazymax's output sweep: per row, over its segments
+            blocks += [{**blk, "comment": f"{blk['comment']} (row {j})",
+                        **{k: row(j, blk[k]) for k in sections + ("segments",)}} for j in range(rows)]
+        else:   # one loop for the rows (one n; lazymax's first sweep ends at r0_lz_n0, every row's)
+            blocks.append({**blk, **{k: per_row(blk[k]) for k in sections},
+                           **{k: row(0, [blk[k]])[0] for k in ("begin", "end", "length")}})
     return {"name": f"{one['name']}_batch{rows}", "blocks": blocks,
             "comment": f"{one['comment']}; {rows} rows at once (schedule rows={rows}): rows x + j ldx -> "
                        f"y + j ldy, j < {rows}, each sweep's loop shared, each row's code its own (r<j>_)",
             "signature": f"static void {one['name']}_batch{rows}(const float *x, float *y, size_t n, "
+                         f"size_t ldx, size_t ldy)"}
+
+
+# -- one row at a time, pipelined (schedule pipeline) -------------------------------------------------
+
+def pipe_refusal(p: Program, s: Schedule) -> str:
+    """Why row program ``p`` has no pipelined form under ``s`` ("" when it has one)."""
+    if s.stream:
+        return "non-temporal stores peel each row to its own alignment"
+    if p.phase is None and abi(p, "_")["row_decl"] != "float *y":
+        return "its output is not a dense row"
+    return pipeline_refusal(plan(p))
+
+
+_SCALAR_NAMES = re.compile(r"\bs\d+(?:_\d+)?\b")
+
+
+def _pipe_function(one: dict, lz: LazyMax | None = None) -> dict:
+    """The pipelined form of a row function (``one``, from ``_row_function``) over a range of rows:
+    row r's last sweep (the output sweep: no reduction, ``pipe_refusal``) runs in the loop of row
+    r + 1's sweep before it (the same i; its identifiers, the scalars it reads and its buffers,
+    prefixed p_: the previous row's), so its loads and stores overlap that sweep's arithmetic and
+    row r's scalars (1 / sum) overlap row r + 1's first sweeps. Row 0's sweep runs alone, the last
+    row's output sweep after the loop. Lazymax (``lz``): a row whose reference never moved (one
+    segment, its factor the row scalar itself) is deferred so; any other runs its segments at once.
+    Each row runs the one-row code: bitwise its results."""
+    blocks = one["blocks"]
+    sweeps = [j for j, b in enumerate(blocks) if b["kind"] != "scalar"]
+    at, last = sweeps[-2], blocks[sweeps[-1]]
+    sections = ("setup", "main", "single", "tail", "finish")
+    # the deferred output sweep: lazymax's one segment [0, n), times the row scalar
+    simple = last if lz is None else {**{k: v for k, v in last.items() if k != "segments"},
+                                      "setup": last["setup"] + [f"const VEC b{lz.factor} = V_SET1(s{lz.factor});"]}
+
+    def prev(lines: list[str]) -> list[str]:
+        return [_ROW_NAMES.sub(lambda m: f"p_{m.group(1)}", ln) for ln in lines]
+
+    def scalar(*lines: str) -> dict:
+        return {"kind": "scalar", "lines": list(lines)}
+
+    carried = sorted({m for k in sections for ln in simple[k] for m in _SCALAR_NAMES.findall(ln)})
+    fused = {**blocks[at], "comment": f"{blocks[at]['comment']}; with the previous row's sweep {last['index']} "
+                                      f"(p_: {last['comment']})",
+             **{k: blocks[at][k] + prev(simple[k]) for k in sections}}
+    head = ["const float *p_x = x;   /* the previous row: its buffers and the scalars its output sweep reads */",
+            "float *p_y = y;", "(void)p_x;", "(void)p_y;"] + [f"float p_{v} = 0.0f;" for v in carried] \
+        + ["int pend = 0;   /* a previous row's output sweep is pending */",
+           "for (size_t r = 0; r < rows; r++, x += ldx, y += ldy) {"]
+    body = blocks[:at] + [scalar("if (!pend) {"), blocks[at], scalar("} else {"), fused, scalar("}")] \
+        + blocks[at + 1:sweeps[-1]]
+    defer = [f"p_{v} = {v};" for v in carried] + ["p_x = x;", "p_y = y;", "pend = 1;"]
+    if lz is None:
+        body.append(scalar(*defer))
+    else:   # the reference moved: this row's segments now
+        body += [scalar("if (lz_cnt == 1) {   /* one segment: deferred */", *["    " + d for d in defer],
+                        "} else {", "pend = 0;"), last, scalar("}")]
+    out = {**simple, "comment": f"{last['comment']} (the last row)", **{k: prev(simple[k]) for k in sections}}
+    return {"name": f"{one['name']}_pipe", "comment": f"{one['comment']}; rows r0.. one at a time, pipelined "
+            f"(schedule pipeline): row r's sweep {last['index']} in the loop of row r + 1's sweep {blocks[at]['index']}",
+            "blocks": [scalar(*head)] + body + [scalar("}", "if (pend) {   /* the last row's output sweep */"), out,
+                                                scalar("}")] + blocks[sweeps[-1] + 1:],
+            "signature": f"static void {one['name']}_pipe(const float *x, float *y, size_t rows, size_t n, "
                          f"size_t ldx, size_t ldy)"}
 
 
@@ -1016,9 +1090,18 @@ def _knob_note(s: Schedule, t: Target, p: Program) -> str:
                                     f"first {LAZY_FIRST} elements, moved where x > r + {LAZY_SLACK:g} / s), rescaled per "
                                     f"segment in the output sweep; split rows: each chunk from its first ones, its own "
                                     f"reference, the chunks' sums rescaled to the largest"))
+    if s.pipeline:
+        why = pipe_refusal(p, s)
+        notes.append("pipeline: " + (f"not applied ({why})" if why else
+                                     "each row's output sweep in the loop of the next row's sweep before it "
+                                     "(the row function's _pipe form)"))
     if lazy_fold(_Ctx(p, t, s, p.row_params()), lazy_form(p, s)):
-        notes.append("lazymax exps of x - r (single rows): sg_exp_fold, x - r folded into the range "
-                     "reduction against R = q ln2 while |r| <= SG_FOLD_MAX, 2^n added to an int-scaled table entry")
+        forms = ["single rows"] + ([f"each row of the _batch{s.rows} form"] if s.rows > 1 and not rows_refusal(p, s)
+                                   else []) + (["each row of the _pipe form"] if s.pipeline and not pipe_refusal(p, s)
+                                               else [])
+        notes.append(f"lazymax exps of x - r in sweep 1 ({', '.join(forms)}; split rows' chunks keep sg_exp_shifted): "
+                     f"sg_exp_fold, x - r folded into the range reduction against R = q ln2 while |r| <= SG_FOLD_MAX, "
+                     f"2^n added to an int-scaled table entry")
     if s.rows > 1:
         why = rows_refusal(p, s)
         notes.append(f"rows={s.rows}: " + (f"one row at a time ({why})" if why else
@@ -1054,6 +1137,10 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     if s.rows > 1 and not rows_refusal(p, s):
         functions.append(_rows_function(functions[-1], s.rows, fallback))
         batch = {"fn": functions[-1]["name"], "rows": s.rows}
+    pipe = None
+    if s.pipeline and not pipe_refusal(p, s):
+        functions.append(_pipe_function(functions[-1], lazy_form(p, s)))
+        pipe = {"fn": functions[-1]["name"]}
     if split:
         functions += _split_functions(p, t, s, f"{name}__row", split["ctx"],
                                       fallback and f"{fallback}_split", rps)
@@ -1071,7 +1158,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
                                        for q in (p, p.fallback) if q is not None)),
         helpers=select_helpers(p, radix=radix_topk(p, t)), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
-        threads=threads, split=split, batch=batch)
+        threads=threads, split=split, batch=batch, pipe=pipe)
 
 
 class CBackend(Backend):
@@ -1091,12 +1178,17 @@ class CBackend(Backend):
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
                                      "stream": (False, True), "prefetch": (0, 1024),
                                      "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
-                                     "lazymax": (False, True)})
+                                     "lazymax": (False, True), "pipeline": (False, True)})
     # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
-    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%)
+    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%),
+    # and batches of short rows beyond L1d (each row's max sweep is its first touch of x from L2/L3/
+    # DRAM; 1.04-1.07x at 4096 x 512 on avx512, bench/results/batchrows-2026-11-30-epyc-avx512-noisy.txt)
+    # pipeline: batches only (no single-row level), at every level of the batch
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
                                            "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
-                                           "lazymax": ("L2", "L3", "DRAM")})
+                                           "lazymax": ("L2", "L3", "DRAM"), "pipeline": ()})
+    tuning_knob_batch_levels = MappingProxyType({"lazymax": ("L2", "L3", "DRAM"),
+                                                 "pipeline": ("L1d", "L2", "L3", "DRAM")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:
