@@ -7,7 +7,8 @@ reference moves (more often than LAZY_RECORDS), first elements of -inf; bitwise 
 where the first elements hold the max; the split form (per chunk, any thread count the same bits);
 where it does not apply; the R-rows form (schedule rows=R: per row its reference and segments,
 bitwise the one-row form for any row count around R); the tuner offers it to batches streamed from
-beyond L1d.
+beyond L1d; the folded exp (avx512, scale 1: sg_exp_fold) in every form that takes it (the row
+function, rows=R, pipeline) against float64 and bitwise across the forms.
 
 Fast: one kernel per target, module-scoped, rows of at most a few thousand elements."""
 from __future__ import annotations
@@ -22,6 +23,7 @@ from test_kernels import contract_rows
 import softgen
 from softgen import costmodel, passes
 from softgen.backends import get_backend
+from softgen.numerics import constants
 from softgen.ops import build_program
 from softgen.passes import LAZY_FIRST, LAZY_RECORDS, LAZY_SLACK
 from softgen.schedule import Schedule
@@ -181,3 +183,73 @@ def test_the_tuner_offers_lazymax_to_batches_beyond_l1d():
     assert {(s.rows, s.lazymax) for s in batch} >= {(1, True), (2, True), (1, False), (4, True)}
     assert len(set(batch)) == len(batch) and base not in batch
     assert any(s.lazymax for s in tune.level_schedules(be, t, "L1d", base, 2, "L2"))
+
+
+FOLD_FORMS = {"row": {}, f"rows={R}": {"rows": R}, "pipeline": {"pipeline": True}}
+
+
+@pytest.fixture(scope="module")
+def folded():
+    """avx512, scale 1: sweep 1's exps by sg_exp_fold (x - r folded into the range reduction) in the
+    row function and in its batch forms (each row of rows=R, each row of pipeline), and the plain
+    three-pass-reload kernel."""
+    if not get_target("avx512").runnable:
+        pytest.skip("the folded exp is avx512's (the scaled table exp)")
+    ks = {f: softgen.compile("softmax", algorithm="three-pass-reload", target="avx512", schedule={**LAZY, **sch})
+          for f, sch in FOLD_FORMS.items()}
+    return ks, softgen.compile("softmax", algorithm="three-pass-reload", target="avx512", schedule={"block": BLOCK})
+
+
+def _folded_rows(n: int, rng) -> dict:
+    """Rows whose segments fold (|r| <= SG_FOLD_MAX) and rows whose do not, mixed both ways, huge,
+    random, a heavy sum rescaled, -inf and terms below 2^-126, a late NaN."""
+    fmax = float(constants.FOLD_MAX)
+    i = np.arange(n, dtype=np.float32)
+    wave = np.sin(i) * 4
+    rows = {"unfolded then folded": np.where(i < 2 * BLOCK, -3 * fmax + wave, wave),
+            "folded then unfolded": np.where(i < 2 * BLOCK, fmax - 40 + wave, fmax + 40 + wave),
+            "near the bound": fmax - 10 + np.floor(i / 64) * (LAZY_SLACK + 0.5),
+            "large": 1e5 + wave, "random": rng.standard_normal(n) * 30,
+            "a heavy sum rescaled": np.where(i < LAZY_FIRST, 0.0, np.where(i == n - 9, LAZY_SLACK + 0.7,
+                                                                           LAZY_SLACK - 0.1 + wave / 40)),
+            "-inf and far below": np.where(i % 7 == 0, -np.inf, np.where(i % 5 == 0, wave - 87.5, wave)),
+            "late NaN": np.where(i == 3 * BLOCK + 1, np.nan, wave)}
+    return {k: np.asarray(v, np.float32) for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("form", list(FOLD_FORMS))
+def test_the_folded_exp_against_float64_and_across_the_fold_bound(folded, form, rng):
+    """Segments whose reference folds (|r| <= SG_FOLD_MAX: terms against q ln2) and segments whose
+    does not (against r) in one row, both ways, rescaled to each other in the output sweep; -inf
+    exactly +0, NaN rows, terms below 2^-126 (at most 2^-126, monotone), the contract, tails. The
+    batch forms (rows=R, pipeline) fold each row: against float64 too, and bitwise the row form for
+    every row count around their batch (rows in every position, strided)."""
+    ks, base = folded
+    k, one = ks[form], ks["row"]
+    assert k.source.count("sg_exp_fold(") >= 2 and "sg_exp_fold" not in base.source
+    assert "lazymax exps of x - r in sweep 1 (single rows" in k.source
+    assert {"row": "single rows;", f"rows={R}": f"_batch{R} form;", "pipeline": "_pipe form;"}[form] in k.source
+    n = 4 * BLOCK + 21
+    rows = _folded_rows(n, rng)
+    x = np.stack(list(rows.values()))
+    y = run(k, x)
+    check(k, x, y, form, row_names=list(rows))
+    assert np.array_equal(np.isnan(y), np.isnan(run(base, x)))
+    far = list(rows).index("-inf and far below")
+    tiny = x[far] - x[far].max() < -87.34
+    assert tiny.any() and (y[far][tiny] <= 2.0 ** -126).all() and (y[far][np.isneginf(x[far])] == 0).all()
+    order = np.argsort(x[far], kind="stable")
+    assert (np.diff(y[far][order]) >= 0).all()
+    for m in (1, BLOCK + 5):                         # tails
+        check(k, x[:, :m], run(k, x[:, :m]), f"{form} n={m}")
+    if k is one:
+        return
+    want = run(one, x)
+    assert np.array_equal(y, want, equal_nan=True)
+    for count in range(1, 2 * R + 2):                # whole batches and leftovers, the first and last rows alone
+        for start in (0, len(x) - count):
+            assert np.array_equal(run(k, x[start:start + count]), want[start:start + count], equal_nan=True), \
+                (form, count, start)
+    wide = np.full((len(x), n + 3), 1.0, np.float32)
+    wide[:, 1:n + 1] = x
+    assert np.array_equal(run(k, wide[:, 1:n + 1]), want, equal_nan=True)

@@ -37,7 +37,7 @@ from ..passes import (
     pipeline_refusal,
     plan,
 )
-from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
+from ..render import env, flit, fold_exp, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
 from .attention import TASK_GRAIN, attention_function, score_rows, task_rows
@@ -581,6 +581,7 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
                   row_params: list[str]) -> dict:
     c, pl = _Ctx(p, t, s, row_params), plan(p)
     lz = lazy_form(p, s)
+    fold = lazy_fold(c, lz)
     blocks = [{"kind": "scalar", "lines": _scalar_lines(c, pl.scalars_before, fallback)}]
     for sw in pl.sweeps:
         decl = []
@@ -589,7 +590,7 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
             decl += [f"float {', '.join(_results(p, r))};"] + (red.decl() if isinstance(red, TopKRed) else [])
         blk, after = _sweep_block(c, sw), []
         if lz:
-            decl, blk, after = _lazy_sweep(c, lz, sw, decl, blk)
+            decl, blk, after = _lazy_sweep(c, lz, sw, decl, blk, fold=fold)
         blocks.append({"kind": "scalar", "lines": decl})
         blocks.append(blk)
         blocks.append({"kind": "scalar", "lines": after + _scalar_lines(c, sw.scalars_after, fallback)})
@@ -609,6 +610,44 @@ def lazy_form(p: Program, s: Schedule) -> LazyMax | None:
     return lz if isinstance(lz, LazyMax) else None
 
 
+def lazy_fold(c: _Ctx, lz: LazyMax | None) -> bool:
+    """Whether the row function's lazymax exp sweep (sweep 1) takes sg_exp_fold (vmath.h.j2): e^(x - r)
+    straight from x, where the target has it (``render.fold_exp``) and the exps' argument is x - r
+    itself (scale 1). Its batch forms run that sweep's code per row, so they fold too: schedule
+    rows=R (``_rows_function``: each row its own lz_fold, lz_c, lz_lo, r<j>_-prefixed) and pipeline
+    (``_pipe_function``: the sweep whose loop also runs the previous row's output sweep, which only
+    scales y by the segments' factors, sg_fold_ref's like the sums). The split form's chunks keep
+    sg_exp_shifted (their merge rescales by the chunks' plain references)."""
+    if lz is None or lz.scale != 1.0 or not fold_exp(c.t, c.s.exp):
+        return False
+    return _fold_lines(lz, _sweep_block(c, plan(c.p).sweeps[1])["main"]) is not None
+
+
+def _fold_lines(lz: LazyMax, lines: list[str]) -> list[str] | None:
+    """A block's lines with its exps of x - r from x (sg_exp_fold) while the reference folds
+    (lz_fold), else as they were; None when its exps are not of x - r itself."""
+    sub = re.compile(rf"const VEC v{lz.d}_(\d+) = V_SUB\(v{lz.x}_\1, b{lz.m}\);$")
+    ex = re.compile(rf"const VEC (v\d+_(\d+)) = sg_exp_shifted\(v{lz.d}_\2\);$")
+    subs = [j for j, ln in enumerate(lines) if sub.match(ln)]
+    exps = [(j, ex.match(ln)) for j, ln in enumerate(lines) if ex.match(ln)]
+    if not exps or len(subs) != len(exps) or subs[-1] > exps[0][0] \
+            or any(f"v{lz.d}_" in ln for j, ln in enumerate(lines) if j not in subs and j not in dict(exps)):
+        return None
+    names = [(m.group(1), m.group(2)) for _, m in exps]
+    group = [f"VEC {', '.join(v for v, _ in names)};",
+             "if (__builtin_expect(lz_fold, 1)) {   /* e^(x - R) from x: sg_exp_fold */"]
+    group += [f"    {v} = sg_exp_fold(v{lz.x}_{u}, lz_c, lz_lo);" for v, u in names]
+    group += ["} else {"] + [f"    {v} = sg_exp_shifted(V_SUB(v{lz.x}_{u}, b{lz.m}));" for v, u in names] + ["}"]
+    drop = set(subs) | {j for j, _ in exps}
+    out = []
+    for j, ln in enumerate(lines):
+        if j == exps[0][0]:
+            out += group
+        if j not in drop:
+            out.append(ln)
+    return out
+
+
 def _lazy_state(lz: LazyMax, lo: str) -> list[str]:
     """The reference (from the max s<m> of sweep 0) and its segments, the first at ``lo``."""
     return [f"float lz_r = s{lz.m} < -FLT_MAX ? -FLT_MAX : s{lz.m};   /* the reference (-inf: -FLT_MAX; NaN stays) */",
@@ -626,14 +665,18 @@ def _lazy_top(arr: str, count: str) -> list[str]:
 
 
 def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = "0",
-                hi: str = "n") -> tuple[list[str], dict, list[str]]:
+                hi: str = "n", fold: bool = False) -> tuple[list[str], dict, list[str]]:
     """A three-pass-reload sweep under schedule lazymax: (declarations before it, its block, row
     lines after it). Sweep 0 takes the max of the first LAZY_FIRST elements only (the reference r: ``lz_r``);
     sweep 1 moves r to a group of vectors' max where one exceeds r + LAZY_SLACK / s (rescaling
     the sum's partial states, recording where: ``lz_pos``, ``lz_ref``, the oldest dropped
     beyond LAZY_RECORDS); sweep 2 runs per recorded segment, its factor times e^(s (r_k - r))
-    ([0, lz_pos[0]): times 0, NaN kept)."""
+    ([0, lz_pos[0]): times 0, NaN kept). ``fold`` (``lazy_fold``): sweep 1's exps by sg_exp_fold while
+    |r| <= SG_FOLD_MAX, the terms then against R = sg_fold_ref(r), which the factors take."""
     sc = lz.scale
+
+    def ref(v: str) -> str:   # the reference a segment's terms are against, in double
+        return f"sg_fold_ref({v})" if fold else f"(double){v}"
     lim = f"lz_r + {flit(LAZY_SLACK / sc)}"
     if sw.index == 0:
         fb = LAZY_FIRST
@@ -646,21 +689,24 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
         head = [f"for (int lz_k = -1; lz_k < lz_cnt; lz_k++) {{   /* lazymax: [{lo}, lz_pos[0]), then each reference's segment */",
                 f"    const size_t lo = lz_k < 0 ? {lo} : lz_pos[lz_k], hi = lz_k + 1 < lz_cnt ? lz_pos[lz_k + 1] : {hi};",
                 f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : lz_ref[lz_k] == lz_r ? {f} :   /* r's own: e^0, no libm call */",
-                f"        (float)((double){f} * exp({float(sc).hex()} * ((double)lz_ref[lz_k] - (double)lz_r))));"]
+                f"        (float)((double){f} * exp({float(sc).hex()} * ({ref('lz_ref[lz_k]')} - {ref('lz_r')}))));"]
         return decl, {**blk, "setup": setup, "segments": head}, []
     red = _red(c, lz.s)
     accs = [n for k in range(c.s.accumulators if red.replicated else 1) for n in _acc(lz.s, k, red).values()]
     accs += [f"o{lz.s}_{f}" for f in (red.outer if red.blocked else ())]
     rebase = [f"if (__builtin_expect(V_ANY(V_CMPGT(lz_m, lz_lim)), 0)) {{   /* x > r + {LAZY_SLACK:g} / s: r moves */",
               "    const float lz_new = V_HMAX(lz_m);",
-              f"    const VEC lz_f = V_SET1((float)exp({float(sc).hex()} * ((double)lz_r - (double)lz_new)));"]
+              f"    const VEC lz_f = V_SET1((float)exp({float(sc).hex()} * ({ref('lz_r')} - {ref('lz_new')})));"]
     rebase += [f"    {a} = V_MUL({a}, lz_f);" for a in accs]
     rebase += [f"    if (lz_cnt == {LAZY_RECORDS}) {{   /* the oldest segment's terms are below 2^-150 of the newest */",
                f"        memmove(lz_pos, lz_pos + 1, {LAZY_RECORDS - 1} * sizeof *lz_pos);",
                f"        memmove(lz_ref, lz_ref + 1, {LAZY_RECORDS - 1} * sizeof *lz_ref);",
                "        lz_cnt--;", "    }",
                "    lz_pos[lz_cnt] = i;", "    lz_ref[lz_cnt++] = lz_new;",
-               "    lz_r = lz_new;", f"    b{lz.m} = V_SET1(lz_r);", f"    lz_lim = V_SET1({lim});", "}"]
+               "    lz_r = lz_new;", f"    b{lz.m} = V_SET1(lz_r);", f"    lz_lim = V_SET1({lim});"]
+    refold = ["lz_fold = fabsf(lz_r) <= SG_FOLD_MAX;   /* sg_exp_fold's reference R and clamp */",
+              "lz_c = V_SET1(SG_TMAGIC - sg_fold_q(lz_r));", "lz_lo = V_SET1(sg_fold_lo(lz_r));"]
+    rebase += (["    " + ln for ln in refold] if fold else []) + ["}"]
 
     def checked(lines: list[str], slots: int, tail: bool) -> list[str]:
         loads = [j for j, ln in enumerate(lines) if ln.startswith(f"const VEC v{lz.x}_")]
@@ -669,10 +715,13 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
             vs = [f"V_MAX({a}, {b})" for a, b in zip(vs[::2], vs[1::2])] + ([vs[-1]] if len(vs) % 2 else [])
         m = f"V_SELECT(tm, {vs[0]}, V_SET1(-INFINITY))" if tail else vs[0]
         at = loads[-1] + 1
-        return lines[:at] + [f"const VEC lz_m = {m};"] + rebase + lines[at:]
+        out = lines[:at] + [f"const VEC lz_m = {m};"] + rebase + lines[at:]
+        return _fold_lines(lz, out) if fold else out
 
     setup = [f"VEC b{lz.m} = V_SET1(lz_r);" if ln.startswith(f"const VEC b{lz.m} = ") else ln for ln in blk["setup"]]
     setup.append(f"VEC lz_lim = V_SET1({lim});")
+    if fold:
+        setup += ["int lz_fold;", "VEC lz_c, lz_lo;"] + refold
     return decl, {**blk, "setup": setup, "main": checked(blk["main"], c.s.unroll, False),
                   "single": checked(blk["single"], 1, False), "tail": checked(blk["tail"], 1, True)}, []
 
@@ -1046,6 +1095,13 @@ def _knob_note(s: Schedule, t: Target, p: Program) -> str:
         notes.append("pipeline: " + (f"not applied ({why})" if why else
                                      "each row's output sweep in the loop of the next row's sweep before it "
                                      "(the row function's _pipe form)"))
+    if lazy_fold(_Ctx(p, t, s, p.row_params()), lazy_form(p, s)):
+        forms = ["single rows"] + ([f"each row of the _batch{s.rows} form"] if s.rows > 1 and not rows_refusal(p, s)
+                                   else []) + (["each row of the _pipe form"] if s.pipeline and not pipe_refusal(p, s)
+                                               else [])
+        notes.append(f"lazymax exps of x - r in sweep 1 ({', '.join(forms)}; split rows' chunks keep sg_exp_shifted): "
+                     f"sg_exp_fold, x - r folded into the range reduction against R = q ln2 while |r| <= SG_FOLD_MAX, "
+                     f"2^n added to an int-scaled table entry")
     if s.rows > 1:
         why = rows_refusal(p, s)
         notes.append(f"rows={s.rows}: " + (f"one row at a time ({why})" if why else
@@ -1097,7 +1153,9 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t, p), plan_lines=plan_lines,
-        isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp, t),
+        isa=isa_header(t, stream=s.stream),
+        vmath=vmath(s.exp, t, fold=any(lazy_fold(_Ctx(q, t, s, q.row_params()), lazy_form(q, s))
+                                       for q in (p, p.fallback) if q is not None)),
         helpers=select_helpers(p, radix=radix_topk(p, t)), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
         threads=threads, split=split, batch=batch, pipe=pipe)
