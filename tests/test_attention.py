@@ -590,6 +590,7 @@ def test_cli_emit_and_build(tmp_path):
     assert b.returncode == 0, b.stderr
     header = (tmp_path / "att_cli.h").read_text()
     assert "causal=1" in header and " x min(4096, lk) tile on the heap" in header   # the single-block mode's scratch
+    assert "x lq x (dv + 2) floats on the heap" in header   # split decoding's partials
     bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa", "--scale", "0.5"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "takes no scale" in bad.stderr

@@ -55,6 +55,12 @@ def task_rows(ph: AttentionPhase) -> int:
     return -(-TASK_ROWS // ph.br) * ph.br
 
 
+def split_keys(ph: AttentionPhase) -> int:
+    """The key chunk of split decoding for ``ph`` on a backend with ``split_decoding`` (0: no split):
+    softmax (its partials (m, l, O) merge by the online rescale; the other normalizers' do not)."""
+    return SPLIT_KEYS if ph.normalizer == "softmax" else 0
+
+
 def score_rows(vector_registers: int) -> int:
     """Query rows of a score tile (x 4 vectors of keys): 4 where 4 x 4 accumulators, 4 K vectors
     and a broadcast fit the register file (32 registers: avx512), else 2."""
@@ -94,7 +100,7 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
         normalizer=ph.normalizer, cosine=ph.normalizer in ("lssa", "lssar"), wide=ph.wide if not tvm else 0,
         one_exp="sg_exp_shifted" if shifted_exp else "sg_exp_nonpos", tasks=tasks, topk=topk, renorm=ph.renormalize,
         qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
-        split=SPLIT_KEYS if tasks and not tvm and ph.normalizer == "softmax" else 0,
+        split=split_keys(ph) if tasks and not tvm else 0,
         lanes=lanes, tpack=transpose_stages(lanes) if lanes >= 4 and not tvm else None,
         params=abi.param_list() if abi is not None else "", max_n=abi.max_n if abi is not None else None,
         strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
