@@ -333,6 +333,14 @@ def test_torch_sdpa_agrees():
     o = softgen.attention(qs, k, v, causal=True)
     t = torch.nn.functional.scaled_dot_product_attention(T(qs), T(k), T(v), is_causal=True).numpy()
     np.testing.assert_allclose(o, t, rtol=1e-4, atol=1e-5)
+    # split decoding (key chunks merged per head) on two threads, GQA and a padding mask
+    qd, kd, vd = f32(1, 4, 2, 64), f32(1, 2, 2 * SPLIT_KEYS + 5, 64), f32(1, 2, 2 * SPLIT_KEYS + 5, 64)
+    md = np.ones((1, 1, 2, kd.shape[2]), bool)
+    md[..., SPLIT_KEYS - 3:] = False
+    o = softgen.attention(qd, kd, vd, mask=md, threads=2)
+    t = torch.nn.functional.scaled_dot_product_attention(T(qd), T(kd), T(vd), attn_mask=T(md),
+                                                         enable_gqa=True).numpy()
+    np.testing.assert_allclose(o, t, rtol=1e-4, atol=1e-5)
 
 
 # -- export ---------------------------------------------------------------------------------------
