@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import _can_emulate, check_attention, run_cases
+from conftest import _can_emulate, check_attention, check_strided_heads, run_cases
 
 import softgen
 from softgen import reference as ref
@@ -536,9 +536,16 @@ def test_split_decoding_causal_additive_and_scalar(split_kernels):
     _check_abi(o, r, lse, rl)
     ot, lt = k(q, kk, v, m, return_lse=True, threads=2)
     assert np.array_equal(ot, o, equal_nan=True) and np.array_equal(lt, lse, equal_nan=True)
+    lens = np.array([lk - 100, SPLIT_KEYS + 7])                    # kv_lengths with causal: lk places the diagonal
+    q4, k4, v4, m4 = (a[:, None] for a in (q, kk, v, m))             # (batch, head, ...): kv_lengths per batch
+    o = k(q4, k4, v4, m4, kv_lengths=lens, threads=2)
+    _check_abi(o, ref.attention(q4, k4, v4, scale=0.25, causal=True, mask=m4, kv_lengths=lens))
     ks = split_kernels["scalar"]
     o = ks(q, kk, v, threads=2)
     check(ks, q, kk, v, o)
+    x = f32(2, lk, 3 * 16)                                          # strided heads: (B, L, q|k|v, d) views
+    qs, ksv, vs = x[:, :2, None, :16].swapaxes(1, 2), x[:, :, None, 16:32].swapaxes(1, 2), x[:, :, None, 32:].swapaxes(1, 2)
+    check_strided_heads(split_kernels["bool"], qs, ksv, vs, RNG.random((2, lk)) < 0.7)
 
 
 def test_split_decoding_merges_sums_not_lse(split_kernels):
