@@ -39,9 +39,19 @@ PARAMS = {
     "gaussian_kernel": [{}, {"head_dim": 1}],
 }
 # on the targets but the host's: the scale is one multiply whatever its value, so the default and
-# the extremes that reach the clamps; every set of PARAMS on them with -m slow
+# the extremes that reach the clamps; the other ops' sets (head_dim, p, k, ...: code paths the
+# host runs every set of) each on one of them, the default on both; every set of PARAMS on both
+# with -m slow
 NARROW = {"softmax": [{}, {"scale": 1e4}, {"temperature": 3e33}], "log_softmax": [{}, {"scale": 1e4}, {"temperature": 3e33}],
           "softplus_l1": [{}, {"scale": 1e4}]}
+NARROW_TARGETS = ["avx2", "scalar"]
+
+
+def narrow_sets(op: str, target: str) -> list[dict]:
+    if op in NARROW:
+        return NARROW[op]
+    i = NARROW_TARGETS.index(target)
+    return [p for j, p in enumerate(PARAMS.get(op, [{}])) if j == 0 or (j - 1) % len(NARROW_TARGETS) == i]
 # params that change which algorithms apply: each value is its own test case
 STRUCTURAL = {"topk_softmax": [{"renormalize": 1}, {"renormalize": 0}]}
 # (op, algorithm, structural params) for every row op and every algorithm that applies to it
@@ -140,9 +150,9 @@ def call_args(draw, op: str, params: dict, x: np.ndarray) -> dict:
 
 
 def row_kernel(data, op, alg, fixed, target="host", backend="c", narrow=False):
-    """(kernel, parameters) for parameters drawn from the op's small set (``NARROW``'s if
+    """(kernel, parameters) for parameters drawn from the op's small set (``narrow_sets`` if
     ``narrow``), plus ``fixed``."""
-    sets = (NARROW if narrow else PARAMS).get(op, PARAMS.get(op, [{}]))
+    sets = narrow_sets(op, target) if narrow else PARAMS.get(op, [{}])
     params = {**data.draw(st.sampled_from(sets), label="params"), **fixed}
     return kernel(op, alg, target, backend, **params), params
 
