@@ -221,9 +221,9 @@ def folded(op_algs, values, keep=lambda v: False):
     return out
 
 
-# TVM: one parameter set per algorithm (the scale is a runtime multiply, the same TensorIR for
-# every value); C keeps the product (its builds are cheap).
-SCALE_TEMPERATURE = [pytest.param(o, a, v, b, id=f"{o}-{a}-{v}-{b}", marks=[pytest.mark.slow] if slow and b == "tvm" else [])
+# one parameter set per algorithm (the scale is one multiply, the same code for every value; each
+# value still runs once per op, each algorithm once per backend); the product with -m slow
+SCALE_TEMPERATURE = [pytest.param(o, a, v, b, id=f"{o}-{a}-{v}-{b}", marks=[pytest.mark.slow] if slow else [])
                      for b in BACKENDS for o, a, v, slow in folded(
                          SCALED, [{"scale": 0.5}, {"scale": 3.0}, {"temperature": 0.7}, {"scale": 0.125}])]
 
