@@ -47,16 +47,18 @@ PARAMS = {
 NARROW = {"softmax": [{}, {"scale": 1e4}, {"temperature": 3e33}], "log_softmax": [{}, {"scale": 1e4}, {"temperature": 3e33}],
           "softplus_l1": [{}, {"scale": 1e4}]}
 NARROW_TARGETS = ["avx2", "scalar"]
-# on the host: the scale ops' other sets (a scale is one multiply whatever its value) each on one
-# algorithm of the op (the i-th on algorithm i mod n), the default and the extremes on every
-# algorithm; every set on every algorithm in test_exhaustive_sweep (-m slow), which clears FOLD
-HOST_EVERY = [{}, {"scale": 1e-6}, {"scale": 1e4}, {"temperature": 3e33}]
+# on the host: the scale ops' other sets (a scale is one multiply whatever its value) and top-k's
+# other k (the selection is the same whatever normalises it) each on one algorithm of the op (the
+# i-th on algorithm i mod n), the default and the extremes on every algorithm; every set on every
+# algorithm in test_exhaustive_sweep (-m slow), which clears FOLD
+HOST_EVERY = [{}, {"scale": 1e-6}, {"scale": 1e4}, {"temperature": 3e33}, {"k": 2}]
+FOLDED = {*NARROW, "topk_softmax"}
 FOLD = True
 
 
 def host_sets(op: str, alg: str, fixed: dict) -> list[dict]:
     sets = PARAMS.get(op, [{}])
-    if not FOLD or op not in NARROW:
+    if not FOLD or op not in FOLDED:
         return sets
     algs = applicable_algorithms(build_program(op, **fixed))
     spread = [p for p in sets if p not in HOST_EVERY]
