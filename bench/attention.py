@@ -17,7 +17,8 @@ of the target's ISA, measured by bench/fmapeak.py (a loop of independent FMAs). 
 softgen backends timed (default c; "softgen[tvm]" rows are the TVM backend's, "x c" their speed
 over the C backend's streaming form at the same thread count, interleaved in the same rounds).
 
-Memory (``--rss``, Lq = Lk = L per length, ``--rss-bh`` heads, not causal): one fresh subprocess
+Memory (``--rss``, Lq = Lk = L per length, ``--rss-bh`` heads, not causal; measured after the timing,
+so the memory the torch composition's process frees does not disturb it): one fresh subprocess
 per implementation and length, each allocating q, k, v, then calling the implementation once on
 one thread: "RSS before" the call, "call peak" the resident high-water mark during the call (reset
 just before it), "call MiB" their difference (what the call held at its peak), against the L x L
@@ -127,7 +128,6 @@ def main(argv=None) -> None:
     print(f"target {isa}; FMA peak {peak:.1f} GFLOP/s per core (bench/fmapeak.py)" if peak else
           f"target {isa}: no FMA peak measured")
     rows = []
-    mem = rss(a.rss, a.rss_bh, a.d, torch is not None) if a.rss else []
     for lq, lk, causal in shapes:
         q = rng.standard_normal((a.bh, lq, a.d)).astype(np.float32)
         k = rng.standard_normal((a.bh, lk, a.d)).astype(np.float32)
@@ -178,6 +178,9 @@ def main(argv=None) -> None:
                          "gflops": gf, "peak_fraction": gf / (nt * peak) if peak else None, "spread": tm.spread,
                          "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name),
                          "vs_c": (tc.median / tm.median) if tc else None})
+    # the memory rows last: their torch composition frees GiBs as its process ends, and the shape timed
+    # right after that (L = 256, t2) lost its second core for a while (quiet2: SDPA and softgen alike)
+    mem = rss(a.rss, a.rss_bh, a.d, torch is not None) if a.rss else []
     hdr = f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'impl':<27} {'ms':>9} {'GFLOP/s':>8} {'% peak':>6} {'IQR':>6} " \
           f"{'x torch':>8} {'x c':>6} {'|diff|':>9}"
     if rows:

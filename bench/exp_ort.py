@@ -7,7 +7,8 @@ size on one thread (softgen's auto threads capped by bench/common.py, ORT intra_
 
 A variant is a schedule exp (numerics.constants.EXP_VARIANTS), ``p5`` (schedule exp="p5c2": p5 for
 every exp, also avx512's exps of x - max x, t32 by default), ``r<R>`` (schedule rows=R: R rows at
-once) or ``lz`` (schedule lazymax: no full-row max sweep), or several joined by ``+`` (``t32+r2``).
+once), ``lz`` (schedule lazymax: no full-row max sweep) or ``pp`` (schedule pipeline: a row's output
+sweep in the next row's loop), or several joined by ``+`` (``t32+r2``).
 Short rows of batches vs ORT (schedule rows):
 
     python bench/exp_ort.py --target avx512 --sizes "" --variants r2,r4 [--algorithm online]
@@ -40,6 +41,8 @@ def variant_schedule(spec: str) -> dict:
             out["rows"] = int(part[1:])
         elif part == "lz":
             out["lazymax"] = True
+        elif part == "pp":
+            out["pipeline"] = True
         else:
             out["exp"] = "p5c2" if part == "p5" else part
     return out
@@ -52,7 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="16K,64K,256K,1M")
     ap.add_argument("--shapes", default="8192x128,4096x512,64x32768")
     ap.add_argument("--variants", default="p5,t32", help="variants besides the default, comma-separated: "
-                    "exp variants, p5 (exp=p5c2), r<R> (rows=R), lz (lazymax), joined by + (t32+r2)")
+                    "exp variants, p5 (exp=p5c2), r<R> (rows=R), lz (lazymax), pp (pipeline), joined by + (t32+r2)")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per size")
     ap.add_argument("--min-time", type=float, default=0.02, help="seconds per sample (shorter samples "
                     "make the minimum more likely to catch an uncontended slice on a loaded machine)")

@@ -2,10 +2,18 @@
 
 (a) auto: per single-row size (1K..64M) and batched shape (8192x128, 4096x512, 64x32768): tuned auto
     (when this machine's tuning DB has records for the target), model auto (the untuned cost model's
-    dispatch table), the best variant of an exhaustive sweep (every applicable algorithm x every
-    combination of the C backend's ``tuning_knobs`` over the target's default schedule; ``--quick``
-    samples them) and the previous auto (what ``algorithm="auto"`` was before issue 13: the first
-    applicable entry of the target's ``auto_algorithms`` with the target's default schedule), with ratios.
+    dispatch table), the best variant of an exhaustive sweep and the previous auto (what
+    ``algorithm="auto"`` was before issue 13: the first applicable entry of the target's
+    ``auto_algorithms`` with the target's default schedule), with ratios. The sweep of a size: what
+    ``softgen tune`` considers there (``sweep_candidates``), uncut: the algorithms the model keeps
+    (within ``tune.PRUNE_RATIO`` of its cheapest at the row's cache level) x every unroll x
+    accumulators combination of the C backend's ``tuning_knobs``, plus x every combination of the
+    knobs bound to the level (``tuning_knob_levels``: exp variants and rows <= R in cache, lazymax
+    beyond L1d, non-temporal stores and prefetch beyond the LLC), priced as the tuner prices them
+    (``tune.priced``); each group over the target's default schedule (one factor at a time, not
+    their cross product). ``--quick`` samples them. The sweep's ``tune.FINALISTS`` fastest are
+    re-timed with the autos in a fresh interleaved run (the best of tens of noisy medians is biased
+    low), and "best" is the fastest of them there, as ``softgen tune`` picks its winner.
 (b) threads: auto at 1 vs 2 threads (``Kernel.__call__(..., threads=)``; "not available" when the
     kernel has no such argument).
 (c) DRAM: two-pass at the largest single row (64M) as a fraction of its traffic bound, 12 B/element
@@ -44,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402,F401  (single-threads the math libraries before NumPy is imported)
 import numpy as np  # noqa: E402
 
-from softgen import machine, ops, passes, runtime  # noqa: E402
+from softgen import costmodel, machine, ops, passes, runtime  # noqa: E402
 from softgen._version import __version__  # noqa: E402
 from softgen.backends import get_backend  # noqa: E402
 from softgen.benchmark import (  # noqa: E402
@@ -76,10 +84,14 @@ from softgen.kernel import (  # noqa: E402
     choose_algorithm,
     compile as compile_kernel,  # noqa: E402
 )
-from softgen.schedule import Schedule  # noqa: E402
+from softgen.schedule import Schedule, default_schedule  # noqa: E402
 from softgen.targets import get_target  # noqa: E402
-from softgen.tune import (
+from softgen.tune import (  # noqa: E402
+    FINALISTS,
+    PRUNE_RATIO,
     label as tune_label,  # noqa: E402
+    level_schedules,
+    priced,
     schedules as tune_schedules,  # noqa: E402
 )
 
@@ -128,10 +140,31 @@ def threads_supported() -> bool:
 
 
 def sweep_label(alg: str, sched: Schedule, base: Schedule) -> str:
-    """e.g. ``3pl u4a2`` (+ any other knob that differs from the target's default)."""
+    """e.g. ``3pl u4a2 lz`` (``tune.label``, + any other field that differs from the target's default)."""
     d, b = sched.as_dict(), base.as_dict()
-    extra = "".join(f" {k}={v}" for k, v in d.items() if k not in ("unroll", "accumulators") and v != b.get(k))
+    named = ("unroll", "accumulators", "stream", "prefetch", "exp", "rows", "lazymax")   # tune.label's
+    extra = "".join(f" {k}={v}" for k, v in d.items() if k not in named and v != b.get(k))
     return tune_label(alg, d) + extra
+
+
+def sweep_candidates(program, t, be, caches, R: int, n: int) -> list[tuple[str, Schedule]]:
+    """The sweep at R rows of n: what ``softgen tune`` considers for the class of n, uncut. The
+    algorithms the model keeps at the row's cache level (within ``PRUNE_RATIO`` of the cheapest,
+    cheapest first) x every combination of the backend's level-independent knobs (unroll x
+    accumulators: ``tune.schedules``), then x every combination of the knobs bound to the level
+    (``tune.level_schedules``, rows <= R, and the batch knobs at the level of the whole R x n working
+    set) that ``tune.priced`` keeps (exp variants within ``KNOB_PRUNE_RATIO``, lazymax and pipeline
+    where the plan has their form), over the default schedule; not
+    the tuner's cut to its ``keep`` schedules nearest the default and ``KNOB_ALGORITHMS``."""
+    level = caches.level_of(costmodel.BYTES_PER_N * n)
+    plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in passes.applicable_algorithms(program)}
+    cost = {a: costmodel.cycles_per_element(pl, t, level) for a, pl in plans.items()} if t.cost else {}
+    best = min(cost.values()) if cost else 0.0
+    kept = sorted((a for a in plans if not cost or cost[a] <= PRUNE_RATIO * best), key=lambda a: cost.get(a, 0.0))
+    base = default_schedule(t.schedule, t.lanes, t.shifted_exp)
+    extra = level_schedules(be, t, level, base, R, caches.level_of(costmodel.BYTES_PER_N * R * n))
+    return [(a, s) for a in kept for s in tune_schedules(be, t)] + \
+        [(a, s) for a in kept for s in priced(plans[a], t, level, extra, best)]
 
 
 @dataclasses.dataclass
@@ -141,11 +174,12 @@ class Kernels:
     model: Kernel
     previous: Kernel
     previous_label: str
-    sweep: dict                   # label -> Kernel
-    sweep_total: int              # candidates before sampling
+    sweep: dict                   # (R, n) -> {label: Kernel}
+    candidates: dict              # (R, n) -> the sweep's candidates before --quick sampled them
+    built: int                    # distinct sweep kernels compiled (shared between sizes)
 
 
-def build(target_name: str, quick: bool, seed: int) -> Kernels:
+def build(target_name: str, quick: bool, seed: int, shapes: list) -> Kernels:
     t = get_target(target_name)
     program = ops.build_program(OP)
     with tuning(True):
@@ -155,27 +189,33 @@ def build(target_name: str, quick: bool, seed: int) -> Kernels:
     tuned = tk if tk.tuned else None
     prev_alg = choose_algorithm(program, t.name, "auto")     # the first applicable of auto_algorithms
     be = get_backend("c")
-    scheds = tune_schedules(be, t)
-    base = scheds[0]                                          # the target's default schedule
-    cands = [(a, s) for a in passes.applicable_algorithms(program) for s in scheds]
-    total = len(cands)
-    if quick:   # every algorithm's default schedule and one other sampled combination
-        rng = random.Random(seed)
-        keep = []
-        for a in passes.applicable_algorithms(program):
-            mine = [c for c in cands if c[0] == a]
-            keep += [mine[0]] + rng.sample(mine[1:], min(1, len(mine) - 1))
-        cands = keep
-    sweep = {}
-    for i, (a, s) in enumerate(cands):
-        log(f"issue13: compiling sweep candidate {i + 1}/{len(cands)}: {sweep_label(a, s, base)}")
+    base = default_schedule(t.schedule, t.lanes, t.shifted_exp)   # the target's default schedule
+    caches = machine.caches()
+    rng = random.Random(seed)
+    picked, totals = {}, {}
+    for R, n in shapes:
+        cands = sweep_candidates(program, t, be, caches, R, n)
+        totals[(R, n)] = len(cands)
+        if quick:   # every algorithm's default schedule and one other sampled candidate
+            keep = []
+            for a in dict.fromkeys(a for a, _ in cands):
+                mine = [c for c in cands if c[0] == a]
+                keep += [mine[0]] + rng.sample(mine[1:], min(1, len(mine) - 1))
+            cands = keep
+        picked[(R, n)] = cands
+    built: dict = {}
+    todo = list(dict.fromkeys(c for cands in picked.values() for c in cands))
+    for i, (a, s) in enumerate(todo):
+        log(f"issue13: compiling sweep candidate {i + 1}/{len(todo)}: {sweep_label(a, s, base)}")
         k = compile_kernel(OP, algorithm=a, target=t.name, schedule=s)
         k._entry(False)
-        sweep[sweep_label(a, s, base)] = k
-    prev = sweep.get(sweep_label(prev_alg, base, base)) or compile_kernel(OP, algorithm=prev_alg, target=t.name)
+        built[(a, s)] = k
+    sweep = {shape: {sweep_label(a, s, base): built[(a, s)] for a, s in cands} for shape, cands in picked.items()}
+    prev = built.get((prev_alg, base)) or compile_kernel(OP, algorithm=prev_alg, target=t.name)
     for k in (tk, mk, prev):
         k._entry(False)
-    return Kernels(t, tuned, mk, prev, f"{prev_alg} ({passes.SHORT[prev_alg]} default schedule)", sweep, total)
+    return Kernels(t, tuned, mk, prev, f"{prev_alg} ({passes.SHORT[prev_alg]} default schedule)", sweep,
+                   totals, len(built))
 
 
 def _call(k: Kernel, x, y, **kw) -> tuple:
@@ -203,7 +243,7 @@ def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing
         named["tuned auto"] = ks.tuned
     named["model auto"] = ks.model
     named["previous auto"] = ks.previous
-    for lab, k in ks.sweep.items():
+    for lab, k in ks.sweep[(R, n)].items():
         named["sweep " + lab] = k
     variants = {name: _rotating([_call(k, x, y) for x, y in bufs]) for name, k in named.items()}
     for p in peers:
@@ -232,11 +272,19 @@ def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing
     for name in bad:
         variants.pop(name)
     tm = time_interleaved(variants, **timing_kw)
+    # the best of many noisy medians is biased low: like softgen tune's finalists, the sweep's
+    # FINALISTS fastest are re-timed with the autos in a fresh interleaved run, whose medians stand
+    first = {name: t.median for name, t in tm.items() if name.startswith("sweep ")}
+    finalists = sorted(first, key=first.get)[:FINALISTS] + [k for k in ("tuned auto", "model auto") if k in tm]
+    rerun = len(first) > 1
+    if rerun:
+        tm.update(time_interleaved({k: variants[k] for k in finalists}, **timing_kw))
     del bufs
     reps = copier.reps(R * n)
     copy_gbps = max(COPY_BYTES * R * n * reps / t.median / 1e9 for name, t in tm.items() if name.startswith("copy"))
     return {name: t.median for name, t in tm.items()} | \
-        {"_noise": {name: t.spread for name, t in tm.items() if not name.startswith("copy")}, "_copy_gbps": copy_gbps}
+        {"_noise": {name: t.spread for name, t in tm.items() if not name.startswith("copy")}, "_copy_gbps": copy_gbps,
+         "_first": {k: first[k] for k in finalists if k in first} if rerun else {}}
 
 
 def auto_rows(ks: Kernels, results: dict) -> list[dict]:
@@ -244,7 +292,8 @@ def auto_rows(ks: Kernels, results: dict) -> list[dict]:
     for (R, n), t in results.items():
         N = R * n
         sweep = {k[len("sweep "):]: v for k, v in t.items() if k.startswith("sweep ")}
-        best = min(sweep, key=sweep.get) if sweep else None
+        final = {k[len("sweep "):] for k in t.get("_first", ())}   # re-timed: the best is the best of them
+        best = min(final or sweep, key=sweep.get) if sweep else None
         tb = sweep.get(best)
         tt, tm, tp = t.get("tuned auto"), t.get("model auto"), t.get("previous auto")
         rows.append(dict(size=size_label(R, n), rows=R, n=n, elements=N,
@@ -366,7 +415,8 @@ def plot_rows(ks: Kernels, results: dict) -> list[dict]:
         sweep = {k: v for k, v in t.items() if k.startswith("sweep ")}
         named = {k: v for k, v in t.items() if not k.startswith(("_", "sweep ", "copy"))}
         if sweep:
-            named["best of the sweep"] = min(sweep.values())
+            final = [v for k, v in sweep.items() if k in t.get("_first", ())]
+            named["best of the sweep"] = min(final or sweep.values())
         for name, sec in named.items():
             kind = "peer" if name.startswith("peer ") else "softgen"
             k = {"tuned auto": ks.tuned, "model auto": ks.model}.get(name)
@@ -384,7 +434,7 @@ def describe_auto(k: Kernel) -> str:
     """An auto kernel's variants by n (a plain kernel: its algorithm and schedule)."""
     if not k.dispatcher:
         return f"{k.algorithm} ({k.schedule}) at every n"
-    return "; ".join(f"{e.algorithm} u{e.schedule.get('unroll')}a{e.schedule.get('accumulators')} for n in "
+    return "; ".join(f"{e.algorithm} ({tune_label(e.algorithm, e.schedule)}) for n in "
                      f"[{e.n_min}, {e.n_max if e.n_max is not None else 'inf'}]" for e in k.dispatch.entries)
 
 
@@ -431,7 +481,7 @@ def _main(args) -> int:
     rng = np.random.default_rng(args.seed)
     notes: list[str] = []
     log(f"issue13: building kernels for {target.name}")
-    ks = build(target.name, args.quick, args.seed)
+    ks = build(target.name, args.quick, args.seed, sizes + shapes)
     peers, skipped = load_peers(against, OP)
     all_shapes = sizes + shapes
     copier = CopyKernel(ks.target)
@@ -463,8 +513,10 @@ def _main(args) -> int:
                + (f"{info['loadavg'][0]:.2f}" if info.get("loadavg") else "?"))
     txt.append(f"# op {OP}; 1 thread unless said; per size every candidate timed interleaved (medians, "
                f"{timing_kw['min_rounds']}-{timing_kw['max_rounds']} rounds, samples >= "
-               f"{timing_kw['min_time'] * 1e3:g} ms); wall {time.monotonic() - t0:.0f} s"
+               f"{timing_kw['min_time'] * 1e3:g} ms), then the sweep's {FINALISTS} fastest and the autos again in a "
+               f"fresh interleaved run (their medians stand: the best of many noisy medians is biased low)"
                + ("; --quick: tiny sizes, sampled sweep, 3 rounds: NOT a measurement" if args.quick else ""))
+    txt.append(f"# wall {time.monotonic() - t0:.0f} s")
     txt.append("# Measured on a shared machine unless said otherwise: compare ratios within a row "
                "(interleaved), not absolute times across runs.")
     txt.append(f"# tuned auto: {ks.tuned.dispatch.basis if ks.tuned is not None and ks.tuned.dispatch else 'no tuning records for this target on this machine (run softgen tune): column empty'}")
@@ -472,8 +524,14 @@ def _main(args) -> int:
     if ks.tuned is not None:
         txt.append(f"# tuned auto: {describe_auto(ks.tuned)}")
     txt.append(f"# previous auto (before issue 13): {ks.previous_label}")
-    txt.append(f"# sweep: {len(ks.sweep)} of {ks.sweep_total} candidates (algorithms x C backend knobs "
-               f"{dict(get_backend('c').tuning_knobs)})" + (" sampled" if len(ks.sweep) < ks.sweep_total else ""))
+    timed = sum(len(v) for v in ks.sweep.values())
+    txt.append(f"# sweep: per size, softgen tune's candidates uncut: the algorithms within {PRUNE_RATIO}x of the "
+               f"model's cheapest at the row's cache level x (every unroll x accumulators | every combination of "
+               f"the level's knobs, priced) of the C backend's knobs {dict(get_backend('c').tuning_knobs)} "
+               f"(levels {dict(get_backend('c').tuning_knob_levels)}); {timed} of "
+               f"{sum(ks.candidates.values())} candidates timed" + (" (sampled)" if timed < sum(ks.candidates.values()) else "")
+               + f", {ks.built} distinct kernels; per size: "
+               + ", ".join(f"{size_label(R, n)} {len(v)}" for (R, n), v in ks.sweep.items()))
     for name, p in ((p.name, p) for p in peers):
         txt.append(f"# peer {name} {p.version}: threads {p.threads}")
     for name, why in skipped.items():
@@ -502,7 +560,9 @@ def _main(args) -> int:
            "timing": timing_kw, "tuned": ks.tuned is not None,
            "model_dispatch": ks.model.dispatch.as_list() if ks.model.dispatcher else None,
            "tuned_dispatch": ks.tuned.dispatch.as_list() if ks.tuned is not None and ks.tuned.dispatcher else None,
-           "previous_auto": ks.previous_label, "sweep": list(ks.sweep), "sweep_total": ks.sweep_total,
+           "previous_auto": ks.previous_label,
+           "sweep": {size_label(R, n): list(v) for (R, n), v in ks.sweep.items()},
+           "sweep_total": sum(ks.candidates.values()), "sweep_kernels": ks.built,
            "peers": {p.name: {"version": p.version, "threads": p.threads} for p in peers}, "skipped": skipped,
            "auto": arows, "threads": trows, "dram": {"rows": drows, **dram}, "peer_ratios": prows,
            "raw": {size_label(R, n): {k: v for k, v in t.items()} for (R, n), t in results.items()},

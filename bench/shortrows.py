@@ -1,15 +1,18 @@
 """Batches of short rows, timed in C (issue 13): the entry point ``<name>_mt(x, y, rows, n, ld, ld, 1)``
-of softmax kernels with schedule rows = R (R rows at once) on one thread, x and y warm, by the TSC
-(reference cycles; no Python call). Each (kernel, shape) is a harness binary; the binaries run
-interleaved round after round; per shape the median and minimum over rounds of reference cycles
-per row and the speed-up of each R over R = 1 (within one run only: the machine may be shared).
+of softmax kernels with schedule rows = R (R rows at once) or other schedule variants on one
+thread, x and y warm, by the TSC (reference cycles; no Python call). Each (kernel, shape) is a
+harness binary; the binaries run interleaved round after round; per shape the median and minimum
+over rounds of reference cycles per row and the speed-up of each variant over the first (within
+one run only: the machine may be shared).
 
     python bench/shortrows.py [--target avx512] [--algorithms three-pass-reload online]
                               [--shapes 8192x128,4096x512,64x32768] [--rows 1,2,4] [--rounds 15]
                               [--pad 0] [--schedule prefetch=1024]
+    python bench/shortrows.py --variants r1,r2,lz,lz+r2,pf512,lz+pf512   # schedule variants instead of --rows
 
-``--pad``: floats between rows (ld = n + pad), e.g. 16 to move rows off a 4 KiB stride.
-x86-64 only (the TSC).
+A variant is ``r<R>`` (rows=R), ``lz`` (lazymax), ``pf<N>`` (prefetch=N), ``<knob>=<value>``, or
+several joined by ``+``. ``--pad``: floats between rows (ld = n + pad), e.g. 16 to move rows off a
+4 KiB stride. x86-64 only (the TSC).
 """
 from __future__ import annotations
 
@@ -56,12 +59,31 @@ def build(k, d: str) -> str:
     return path
 
 
+def variant(spec: str) -> dict:
+    """The schedule knobs of a variant spec (``r2+lz+pf512``, ``unroll=8``)."""
+    out = {}
+    for part in spec.split("+"):
+        if "=" in part:
+            k, v = part.split("=")
+            out[k] = int(v) if v.isdigit() else v
+        elif part == "lz":
+            out["lazymax"] = True
+        elif part[:1] == "r" and part[1:].isdigit():
+            out["rows"] = int(part[1:])
+        elif part[:2] == "pf" and part[2:].isdigit():
+            out["prefetch"] = int(part[2:])
+        else:
+            raise SystemExit(f"shortrows: unknown variant part {part!r} (r<R>, lz, pf<N>, knob=value)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="avx512")
     ap.add_argument("--algorithms", nargs="+", default=["three-pass-reload"])
     ap.add_argument("--shapes", default="8192x128,4096x512,64x32768")
     ap.add_argument("--rows", default="1,2,4")
+    ap.add_argument("--variants", help="schedule variants instead of --rows (r<R>, lz, pf<N>, knob=value, joined by +)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--pad", type=int, default=0)
     ap.add_argument("--schedule", action="append", default=[], metavar="KNOB=VALUE",
@@ -69,15 +91,16 @@ def main() -> None:
     a = ap.parse_args()
     if host_arch() != "x86_64":
         ap.error("the harness times with the x86 TSC (__rdtsc): x86-64 hosts only")
-    rs = [int(r) for r in a.rows.split(",")]
     extra = {kv.split("=")[0]: int(kv.split("=")[1]) if kv.split("=")[1].isdigit() else kv.split("=")[1]
              for kv in a.schedule}
+    specs = a.variants.split(",") if a.variants else [f"r{r}" for r in a.rows.split(",")]
+    rs = {v: {**extra, **variant(v)} for v in specs}
     print(f"# softmax on {a.target} {extra or ''}, 1 thread, ld = n + {a.pad}; reference cycles per row (TSC), median and min "
           f"over {a.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as d:
         for alg in a.algorithms:
-            exes = {r: build(softgen.compile("softmax", target=a.target, algorithm=alg, schedule={**extra, "rows": r}), d)
-                    for r in rs}
+            exes = {r: build(softgen.compile("softmax", target=a.target, algorithm=alg, schedule=sch), d)
+                    for r, sch in rs.items()}
             for rows, n in parse_shapes(a.shapes):
                 reps = max(3, int(5e7 // (rows * n)))
                 got = {r: [] for r in rs}
@@ -88,8 +111,9 @@ def main() -> None:
                         got[r].append(float(out.stdout))
                 for stat, f in (("median", statistics.median), ("min", min)):
                     v = {r: f(got[r]) for r in rs}
-                    print(f"{alg:<18} {rows}x{n:<6} {stat:<6} " + "  ".join(f"R={r} {v[r]:8.1f}" for r in rs)
-                          + "  " + "  ".join(f"R1/R{r} {v[rs[0]] / v[r]:.3f}x" for r in rs[1:]), flush=True)
+                    first = specs[0]
+                    print(f"{alg:<18} {rows}x{n:<6} {stat:<6} " + "  ".join(f"{r} {v[r]:8.1f}" for r in rs)
+                          + "  " + "  ".join(f"{first}/{r} {v[first] / v[r]:.3f}x" for r in specs[1:]), flush=True)
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
 
 

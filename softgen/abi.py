@@ -70,11 +70,11 @@ _MATRIX = frozenset((UNARY, GENERAL, ATTENTION))
 OK = ErrorCode(0, "OK", "success")
 ENULL = ErrorCode(1, "ENULL", "{nulls} is NULL while rows and n are nonzero", "NULL pointer with nonzero sizes",
                   docs={GENERAL: "a pointer is NULL while its matrix is not empty",
-                        ATTENTION: "q, k, v or o is NULL while its array is not empty"})
+                        ATTENTION: "q, k, v, o (or SOFT's landmarks) is NULL while its array is not empty"})
 ESTRIDE = ErrorCode(2, "ESTRIDE", "ldx < n or {ld} < {width}", "row stride smaller than the row",
                     docs={GENERAL: "an ld is below its row length",
                           ATTENTION: "a stride is negative, or o_sr < dv (o's rows would overlap); three-phase, "
-                                     "Sinkhorn, SOFT (not streaming): also a q/k/v row stride below d/dv, or mask_sc != 1"})
+                                     "Sinkhorn, SOFT (not streaming): also a q/k/v (landmarks) row stride below d/dv, or mask_sc != 1"})
 EOVERFLOW = ErrorCode(3, "EOVERFLOW", "rows * stride does not fit in the address space",
                       "rows * stride overflows the address space",
                       docs={GENERAL: "a matrix, or the scratch, does not fit in the address space",
@@ -86,11 +86,11 @@ ETOOLONG = ErrorCode(4, "ETOOLONG", "a row is longer than {max_n} elements: elem
                            ATTENTION: "lk exceeds {max_n} (top-k attention: key indices are float32 in the kernel)"})
 EMATRIX = ErrorCode(5, "EMATRIX", "m is 0 or does not divide rows",
                    "the rows are not a whole number of matrices (attention: hkv is 0 or does not divide hq; "
-                   "three-phase/Sinkhorn/SOFT: kv_lengths or lse given, or a tied SOFT kernel's lk != lq)",
+                   "Sinkhorn: lse given; SOFT: kv_lengths or lse given, m = 0, or a tied kernel's lk != lq)",
                    ValueError, frozenset((UNARY, ATTENTION)),
-                   docs={ATTENTION: "hkv is 0 or does not divide hq (grouped-query heads); the three-phase form, "
-                                    "Sinkhorn, SOFT (not streaming): also kv_lengths or lse not NULL (give key padding "
-                                    "as an additive mask), or a tied SOFT kernel's lk != lq"})
+                   docs={ATTENTION: "hkv is 0 or does not divide hq (grouped-query heads); Sinkhorn: also lse not "
+                                    "NULL (no per-row normalizer); SOFT: also kv_lengths or lse not NULL, m = 0 "
+                                    "(given landmarks), or a tied kernel's lk != lq"})
 ENOMEM = ErrorCode(6, "ENOMEM", "the scratch cannot be allocated", "out of memory for scratch vectors",
                    RuntimeError, _MATRIX, docs={ATTENTION: "K^T (the size of K, for Lq > 16), or the three-phase "
                                                      "form's (Sinkhorn's, SOFT's) scratch, cannot be allocated"})
@@ -171,13 +171,16 @@ class KernelABI:
     max_n: int | None = None       # the longest row (or indexed dimension) it takes: ETOOLONG beyond
     threads: bool = False          # a matrix kernel with ``<name>_mt`` (streaming attention)
     mask: str | None = None        # ATTENTION: the mask's kind, "additive" (float) or "bool" (uint8), or None
+    landmarks: bool = False        # ATTENTION: SOFT's given landmarks (m x d per (batch, head)) in, m an argument
 
     @classmethod
     def attention(cls, inputs: Matrices, outputs: Matrices, dims, mask: str | None,
-                  max_n: int | None = None) -> "KernelABI":
+                  max_n: int | None = None, landmarks: bool = False) -> "KernelABI":
         """The streaming attention entry (``ATTENTION``): every dimension and stride explicit;
-        ``max_n``: the longest lk (top-k attention indexes keys in float32)."""
-        return cls(ATTENTION, inputs, outputs, tuple(dims), threads=True, mask=mask, max_n=max_n)
+        ``max_n``: the longest lk (top-k attention indexes keys in float32); ``landmarks``: SOFT's
+        landmarks input (``landmarks, m, landmarks_s<b, h, r>`` after the mask's arguments)."""
+        return cls(ATTENTION, inputs, outputs, tuple(dims), threads=True, mask=mask, max_n=max_n,
+                   landmarks=landmarks)
 
     @classmethod
     def row(cls, row_params=(), max_n: int | None = None) -> "KernelABI":
@@ -229,6 +232,8 @@ class KernelABI:
                 [("size_t", d) for d in ATTENTION_DIMS] + \
                 [("ptrdiff_t", f"{a}_s{s}") for a in "qkvo" for s in "bhr"] + \
                 ([(mtype, "mask")] + [("ptrdiff_t", f"mask_s{s}") for s in "bhrc"] if self.mask else []) + \
+                ([("const float *", "landmarks"), ("size_t", "m")] + [("ptrdiff_t", f"landmarks_s{s}") for s in "bhr"]
+                 if self.landmarks else []) + \
                 [("const int32_t *", "kv_lengths"), ("float *", "lse")] + [("ptrdiff_t", f"lse_s{s}") for s in "bhr"]
         return [("const float *", nm) for nm, _ in self.inputs] + \
             [("float *", nm) for nm, _ in self.outputs] + [("size_t", "batch")] + \
@@ -298,6 +303,8 @@ class KernelABI:
                      "lse": extent("lse", hq, lq, 1), "kv_lengths": 4 * v["batch"]}
             if self.mask:
                 sizes["mask"] = extent("mask", hq, lq, lk, 1 if self.mask == "bool" else 4, "bhrc")
+            if self.landmarks:
+                sizes["landmarks"] = extent("landmarks", hq, v["m"], v["d"])
         else:
             sizes = {"x": span(v["rows"], v["ldx"], v["n"]), "y": span(v["rows"], v["ldy"], v["n"])}
             sizes.update({rp: 4 * v["rows"] for rp in self.row_params})
@@ -323,7 +330,7 @@ class KernelABI:
     def arg_docs(self) -> dict[str, str]:
         """What each argument of a matrix kernel means, for headers and manifests."""
         if self.kind == ATTENTION:
-            return attention_arg_docs(self.mask)
+            return attention_arg_docs(self.mask, self.landmarks)
         if self.kind == UNARY:
             (x, (r, c)), = self.inputs
             return {"x": f"input: rows / m matrices of m x n floats ({r} x {c}), row r at x + r*ldx",
@@ -350,7 +357,7 @@ class KernelABI:
 ATTENTION_DIMS = ("batch", "hq", "hkv", "lq", "lk", "d", "dv")
 
 
-def attention_arg_docs(mask: str | None) -> dict[str, str]:
+def attention_arg_docs(mask: str | None, landmarks: bool = False) -> dict[str, str]:
     """What each argument of the streaming attention entry (``ATTENTION``) means."""
     docs = {"q": "input: query row i of head h of batch b at q + b*q_sb + h*q_sh + i*q_sr (d floats, contiguous)",
             "k": "input: key row j of kv head g at k + b*k_sb + g*k_sh + j*k_sr (d floats, contiguous)",
@@ -369,6 +376,11 @@ def attention_arg_docs(mask: str | None) -> dict[str, str]:
         kind = "uint8 keep-mask (nonzero keeps the key)" if mask == "bool" else "float32 added to the scores"
         docs["mask"] = f"optional (NULL: none): a {kind}; entry (b, h, i, j) at mask + b*mask_sb + h*mask_sh + " \
                        f"i*mask_sr + j*mask_sc; strides >= 0, 0 broadcasts"
+    if landmarks:
+        docs["landmarks"] = "input: SOFT's landmark row l of query head h of batch b at landmarks + b*landmarks_sb + " \
+                            "h*landmarks_sh + l*landmarks_sr (d floats, contiguous); strides >= 0, 0 broadcasts"
+        docs["m"] = "landmarks per (batch, head)"
+        docs["landmarks_sb"] = "landmarks' strides in elements: batch, head, row (landmarks_sb, _sh, _sr)"
     docs["kv_lengths"] = "optional (NULL: all lk keys): per batch b, keys j >= kv_lengths[b] are masked " \
                          "(< 0 counts as 0, > lk as lk); key blocks past it are skipped"
     docs["lse"] = "optional output (NULL: not wanted): per (b, h, i) at lse + b*lse_sb + h*lse_sh + " \

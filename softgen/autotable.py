@@ -7,16 +7,17 @@ with the thread cap a record implies, ``thread_cap``), and a matrix op's tuned G
 from __future__ import annotations
 
 import os
+from itertools import product
 
 from . import passes, tunedb
 from .backends import Backend, get_backend
 from .backends.gemm import schedule_for
-from .costmodel import DispatchTable, Entry, model_table, thread_policy
+from .costmodel import ALL_LEVELS, PRICED_KNOBS, DispatchTable, Entry, model_table, thread_policy
 from .errors import UsageError
 from .ir import Program
 from .machine import caches
 from .matrix import MatrixProgram
-from .schedule import ATTENTION_KNOBS, KNOB_DEFAULTS, GemmSchedule, Schedule
+from .schedule import ATTENTION_KNOBS, KNOB_DEFAULTS, GemmSchedule, Schedule, default_schedule
 from .targets import Target, get_target
 
 
@@ -36,17 +37,44 @@ def choose_algorithm(program: Program, target: str, algorithm: str) -> str:
     return algorithm
 
 
-def auto_table(program: Program, target: Target, schedule: Schedule, stream: bool = True) -> DispatchTable | None:
+def model_schedules(be: Backend, target: Target, schedule: Schedule) -> dict[str, list[dict]]:
+    """Per cache level, the schedules the model prices besides ``schedule``: each combination of
+    the backend's tuning values (``Backend.tuning_knobs``) of the knobs the model has a term for
+    (``costmodel.PRICED_KNOBS``: exp, lazymax) that the backend lowers (``schedule_knobs``), offers
+    at the level (``tuning_knob_levels``: lazymax beyond L1d) and on the target
+    (``tuning_knob_requires``), set over ``schedule``; a knob ``schedule`` sets (not at its
+    default) stays as it is. TVM lowers none: nothing."""
+    out: dict[str, list[dict]] = {}
+    for lvl in ALL_LEVELS:
+        knobs = {k: v for k, v in be.tuning_knobs.items()
+                 if k in PRICED_KNOBS and k in be.schedule_knobs and getattr(schedule, k) == KNOB_DEFAULTS[k]
+                 and lvl in be.tuning_knob_levels.get(k, ALL_LEVELS)
+                 and (be.tuning_knob_requires.get(k) is None or getattr(target, be.tuning_knob_requires[k]))}
+        scheds: dict[Schedule, None] = {}
+        for combo in product(*knobs.values()):
+            try:
+                s = default_schedule(schedule, target.lanes, target.shifted_exp, **dict(zip(knobs, combo)))
+            except UsageError:
+                continue
+            if s != schedule:
+                scheds[s] = None
+        out[lvl] = [s.as_dict() for s in scheds]
+    return out
+
+
+def auto_table(program: Program, target: Target, schedule: Schedule, be: Backend) -> DispatchTable | None:
     """The untuned dispatch table of ``algorithm="auto"`` (``costmodel.model_table``) over the
     algorithms of the target's ``auto_algorithms`` that apply (in that order: ties go to the
-    earlier); None when the target file has no ``[cost]`` hints or none of them applies.
-    ``stream``: whether the backend lowers non-temporal stores (``Backend.schedule_knobs``)."""
+    earlier) and the knob schedules the model prices (``model_schedules``) for backend ``be``;
+    None when the target file has no ``[cost]`` hints or none of them applies. Non-temporal
+    stores beyond the LLC where ``be`` lowers them (``Backend.schedule_knobs``)."""
     applicable = passes.applicable_algorithms(program)
     candidates = [a for a in target.auto_algorithms if a in applicable]
     if not target.cost or not candidates:
         return None
     plans = {a: passes.plan(passes.apply_algorithm(program, a)) for a in candidates}
-    return model_table(plans, target, caches(), schedule.as_dict(), stream)
+    return model_table(plans, target, caches(), schedule.as_dict(), "stream" in be.schedule_knobs,
+                       model_schedules(be, target, schedule))
 
 
 def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = tuple(KNOB_DEFAULTS)) -> list:

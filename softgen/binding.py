@@ -186,7 +186,7 @@ def _bind_attention(abi: KernelABI, name: str, inputs: tuple, out, kv_lengths=No
     (..., Hq, Lq, Lk)] -> o (..., Hq, Lq, dv) (and lse (..., Hq, Lq) with ``return_lse``): every
     array passed as its strides (views, GQA heads, broadcast masks: no copy); copied only where
     the ABI cannot address it (a strided last axis of q/k/v, negative strides, misalignment)."""
-    names = ["q", "k", "v"] + (["mask"] if abi.mask else [])
+    names = ["q", "k", "v"] + (["mask"] if abi.mask else []) + (["landmarks"] if abi.landmarks else [])
     if len(inputs) == 3 and abi.mask:
         inputs = (*inputs, None)
     if len(inputs) != len(names):
@@ -261,6 +261,23 @@ def _bind_attention(abi: KernelABI, name: str, inputs: tuple, out, kv_lengths=No
                 lm = _heads(mb, nb)
             keep.append(mb)
             mparts = list(lm)
+    if abi.landmarks:   # SOFT's (..., m, d), broadcast over the batch and query heads
+        lm = inputs[-1]
+        if not isinstance(lm, np.ndarray) or lm.dtype != np.float32 or lm.ndim < 2 or lm.shape[-1] != d:
+            raise ValueError(f"{name}: landmarks must be a float32 array (..., m, {d}), got "
+                             f"{lm.dtype if isinstance(lm, np.ndarray) else type(lm).__name__} "
+                             f"{getattr(lm, 'shape', '')}")
+        try:
+            lb = np.broadcast_to(lm, lead[:-1] + lm.shape[-2:])
+        except ValueError:
+            raise ValueError(f"{name}: landmarks of shape {lm.shape} do not broadcast to "
+                             f"{lead[:-1] + lm.shape[-2:]}") from None
+        la = _heads(lb, nb)
+        if la is None or (d > 1 and la[4] != 1):
+            lb = np.ascontiguousarray(lb)
+            la = _heads(lb, nb)
+        keep.append(lb)
+        mparts += [la[0], lb.shape[-2], *la[1:4]]
     lens = None
     if kv_lengths is not None:
         n = np.asarray(kv_lengths)

@@ -13,7 +13,9 @@ Per sweep of a variant's plan (``passes.plan``), per element:
 
 and the sweep costs the larger of the two (a roofline per sweep); a variant costs the sum over
 its sweeps. Schedules: the given one, with non-temporal output stores for rows beyond the
-last-level cache on targets that have them (``level_schedule``). Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
+last-level cache on targets that have them (``level_schedule``), or one of the knob schedules the
+model prices (``PRICED_KNOBS``: exp variants by their ``[cost.exp]`` hints, lazymax by the max sweep
+it drops) where it is strictly cheaper than every algorithm under the given one. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
 The result is a ``DispatchTable``: plain data (ranges of n, the variant of each, why), which a
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from .ir import OPS
 from .machine import LEVELS, Caches
 from .matrix import AttentionPhase, ColsPhase, MatMulPhase, MatrixProgram, SweepPhase
-from .passes import SHORT, Plan, lazy_max, max_shifted, plan
+from .passes import SHORT, Plan, lazy_max, max_shifted, pipeline_refusal, plan
 from .targets import Target
 
 BYTES_PER_N = 8          # a row's working set per element: x and y, float32 (out of place)
@@ -192,7 +194,9 @@ class DispatchTable:
     entries: tuple[Entry, ...]
     source: str = "model"
     basis: str = ""
-    costs: dict = field(default_factory=dict, compare=False)   # level -> {algorithm: cycles/el}
+    # level -> {algorithm: cycles/el} (under the given schedule; "<algorithm> <knob_label>": its
+    # cheapest priced knob schedule where that is cheaper)
+    costs: dict = field(default_factory=dict, compare=False)
 
     @property
     def algorithms(self) -> list[str]:
@@ -228,9 +232,7 @@ def exp_instructions(p, v: int, target: Target, exp: str = "") -> float:
     """Vector instructions per vector of exp node ``v`` of program ``p`` under schedule ``exp``: the
     target's ``[cost.exp]`` hint of the variant it runs as (``Target.exp_variant``: the target's
     ``shifted_exp`` for the exps of x - max x), else ``[cost.instructions] exp``."""
-    ins = target.cost["instructions"]
-    name = target.exp_variant(exp, bool(p.attrs(v).get("nonpos")) and max_shifted(p, v))
-    return target.cost.get("exp", {}).get(name, ins.get("exp", ins["default"]))
+    return exp_instructions_of(target, target.exp_variant(exp, bool(p.attrs(v).get("nonpos")) and max_shifted(p, v)))
 
 
 def sweep_cycles(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False) -> list[float]:
@@ -281,16 +283,73 @@ def level_schedule(target: Target, level: str, schedule: dict, plan: Plan, strea
     return dict(schedule)
 
 
+# the schedule knobs the model prices (sweep_cycles): exp (each variant its [cost.exp] hint) and
+# lazymax (no max sweep beyond L1d, a compare more per vector); the others have no model term
+PRICED_KNOBS = ("exp", "lazymax")
+
+
+def knob_label(schedule: dict) -> str:
+    """The priced knobs a schedule sets, short (``t32 lz``; "" at the defaults)."""
+    return " ".join(x for x in (schedule.get("exp") or "", "lz" if schedule.get("lazymax") else "") if x)
+
+
+def _knob_why(sched: dict, target: Target) -> str:
+    """What the priced knobs of ``sched`` change in the model (for an entry's why)."""
+    out = []
+    if sched.get("lazymax"):
+        out.append("lazymax: no max sweep over x but its first elements (docs/ops.md §3.1), one compare "
+                   "more per vector in the exp sweep")
+    if sched.get("exp"):
+        out.append(f"exp variant {sched['exp']}: [cost.exp] {exp_instructions_of(target, sched['exp']):g} "
+                   f"instructions per vector")
+    return "; ".join(out)
+
+
+def exp_instructions_of(target: Target, name: str) -> float:
+    """The ``[cost.exp]`` hint of exp variant ``name`` (else ``[cost.instructions] exp``)."""
+    ins = target.cost["instructions"]
+    return target.cost.get("exp", {}).get(name, ins.get("exp", ins["default"]))
+
+
+def knobs_apply(sched: dict, plan: Plan) -> bool:
+    """Whether ``sched``'s knobs change ``plan``'s kernel: lazymax only where ``passes.lazy_max``
+    applies (three-pass-reload of softmax), pipeline only where ``passes.pipeline_refusal`` has no
+    objection (otherwise the kernel is the one without the knob under another name)."""
+    return ((not sched.get("lazymax") or not isinstance(lazy_max(plan), str))
+            and (not sched.get("pipeline") or not pipeline_refusal(plan)))
+
+
 def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule: dict,
-                stream: bool = True) -> DispatchTable:
+                stream: bool = True, knobs: dict[str, list[dict]] | None = None) -> DispatchTable:
     """The cheapest of ``plans`` (algorithm -> plan, in preference order: ties go to the earlier)
-    per cache level, neighbouring levels with one winner merged into one entry. ``stream``: whether
-    the backend lowers non-temporal stores (``level_schedule``)."""
+    per cache level, neighbouring levels with one variant merged into one entry. ``knobs``: per
+    level, schedules besides ``schedule`` to price (``PRICED_KNOBS`` set over it: what the
+    backend offers there, ``autotable.model_schedules``); one wins only where it is strictly
+    cheaper than every algorithm under ``schedule``, and only for plans it changes (``knobs_apply``).
+    ``stream``: whether the backend lowers non-temporal stores (``level_schedule``)."""
     limits = level_limits(caches)
-    exp, lazy = schedule.get("exp", ""), bool(schedule.get("lazymax"))
-    costs = {lvl: {a: cycles_per_element(pl, target, lvl, exp, lazy) for a, pl in plans.items()} for lvl in ALL_LEVELS}
-    winners = {lvl: min(c, key=c.get) for lvl, c in costs.items()}   # min keeps the first of equals
-    scheds = {lvl: level_schedule(target, lvl, schedule, plans[winners[lvl]], stream) for lvl in ALL_LEVELS}
+    knobs = knobs or {}
+    costs: dict[str, dict[str, float]] = {}
+    best: dict[str, tuple[str, dict, float]] = {}
+    base_cost: dict[str, dict[str, float]] = {}
+    for lvl in ALL_LEVELS:
+        cands = [(a, schedule) for a in plans]
+        # the model prices lazymax one row at a time: R rows at once with lazymax is the tuner's to time
+        cands += [(a, s) for s in knobs.get(lvl, ()) if s != schedule and not (s.get("lazymax") and s.get("rows", 1) > 1)
+                  for a, pl in plans.items() if knobs_apply(s, pl)]
+        priced = [(a, s, cycles_per_element(plans[a], target, lvl, s.get("exp", ""), bool(s.get("lazymax"))))
+                  for a, s in cands]
+        base_cost[lvl] = {a: c for a, s, c in priced if s is schedule}
+        best[lvl] = min(priced, key=lambda t: t[2])    # min keeps the first of equals: the defaults first
+        shown = dict(base_cost[lvl])   # and each algorithm's cheapest knob schedule where it beats the algorithm's own
+        for a in plans:
+            mine = [(s, c) for a2, s, c in priced if a2 == a and s is not schedule]
+            if mine and min(c for _, c in mine) < base_cost[lvl][a]:
+                s, c = min(mine, key=lambda t: t[1])
+                shown[f"{a} {knob_label(s)}"] = c
+        costs[lvl] = shown
+    winners = {lvl: best[lvl][0] for lvl in ALL_LEVELS}
+    scheds = {lvl: level_schedule(target, lvl, best[lvl][1], plans[winners[lvl]], stream) for lvl in ALL_LEVELS}
     entries, n_min, prev_max = [], 1, 0
     spans: list[list[str]] = []
     for lvl in ALL_LEVELS:
@@ -302,11 +361,21 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
             spans.append([lvl])
         if limits[lvl] is not None:
             prev_max = limits[lvl]
+
+    def short(key: str) -> str:
+        alg, _, kn = key.partition(" ")
+        return f"{SHORT[alg]} {kn}".strip()
+
     for span in spans:
         alg, n_max = winners[span[0]], limits[span[-1]]
         why = "model: " + "; ".join(
-            f"{lvl} " + ", ".join(f"{SHORT[a]} {c:.2f}" for a, c in sorted(costs[lvl].items(), key=lambda t: t[1]))
+            f"{lvl} " + ", ".join(f"{short(a)} {c:.2f}" for a, c in sorted(costs[lvl].items(), key=lambda t: t[1]))
             for lvl in span) + " cycles/element"
+        win = best[span[0]][1]
+        if win is not schedule:
+            why += (f"; {SHORT[alg]} {knob_label(win)}: " + _knob_why(win, target) + " ("
+                    + ", ".join(f"{lvl} {base_cost[lvl][alg]:.2f} -> {best[lvl][2]:.2f}" for lvl in span)
+                    + " cycles/element)")
         if scheds[span[0]].get("stream") and not schedule.get("stream"):
             why += "; non-temporal stores: the row's working set is beyond the last-level cache"
         entries.append(Entry(n_min, n_max, alg, scheds[span[0]], 0, why,

@@ -48,7 +48,7 @@ def attention_tile_doc(k) -> str:
         return ""
     kib = 4 * ph.br * -(-ph.wide // ph.bc) * -(-ph.bc // k.target.lanes) * k.target.lanes / 1024
     return (f";\n * a block of {ph.br} query rows seeing at most {ph.wide} keys (lq > 16) holds all of its scores at once,\n"
-            f" * in a {ph.br} x {ph.wide} tile on the stack ({kib:g} KiB per thread: O(br lk), no lq x lk buffer)")
+            f" * in a {ph.br} x min({ph.wide}, lk) tile on the heap (at most {kib:g} KiB per thread: O(br lk), no lq x lk buffer)")
 
 
 def measure_accuracy(k, seed: int = 0) -> dict:

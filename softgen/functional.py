@@ -19,6 +19,7 @@ from .backends import get_backend
 from .errors import UsageError
 from .kernel import compile as _compile
 from .ops.attention import check_normalizer
+from .targets import get_target, is_group_spec
 
 
 @functools.lru_cache(maxsize=256)
@@ -213,23 +214,23 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     or scale);
     other names raise a UsageError naming what is supported. ``algorithm``: auto (streaming where
     the normalizer and backend stream: softmax, stablemax, softplus_l1, lssa, lssar, topk_softmax on C; softmax,
-    stablemax on TVM), streaming,
+    stablemax on TVM; topk_softmax: by the target's rule on (top_k, Lk), ``Target.topk_streams``), streaming,
     three-phase (block sizes: the target defaults; use ``softgen.compile`` for a schedule).
     ``threads``: None or 0 auto, N at most N threads: the batch x heads matrices (the streaming
     form: batch x heads x query chunks) split across the library's thread pool; results do not
     depend on it. ``return_lse``: (o, lse), lse (..., Hq, Lq) the per-row log-sum-exp of the
     masked scaled scores (softmax; stablemax, softplus_l1, lssa, lssar: the log of the row's weights' sum;
     topk_softmax: of its weights' normaliser, the kept scores' log-sum-exp (renormalize=0: the row's); -inf
-    for a fully masked row; the streaming form only).
+    for a fully masked row; both forms, not sinkhorn or soft: UsageError).
     NumPy arrays or torch tensors (and other DLPack arrays): results in the caller's type.
 
     The streaming form (``abi.ATTENTION``) takes the arrays as they are: strided heads (e.g. a
     (B, L, H, d) view transposed to (B, H, L, d)), GQA heads, a boolean mask as bytes and a
     broadcast mask through stride 0, kv_lengths per batch, no copies. The three-phase form (every
-    normalizer, both backends), Sinkhorn and SOFT (pooled landmarks) take the same entry: q, k, v
-    as they are, GQA heads; a mask and kv_lengths become one float32 additive mask (broadcast
-    through stride 0 when it is one). SOFT with given landmarks has the general matrix ABI: GQA
-    repeats k/v, inputs that are not a stack of equally strided matrices are copied."""
+    normalizer, both backends), Sinkhorn and SOFT take the same entry: q, k, v
+    as they are, GQA heads, kv_lengths and lse in the kernel (Sinkhorn: no lse; SOFT: neither); a
+    boolean mask becomes a float32 additive one (broadcast through stride 0 when it is one). SOFT's
+    given landmarks are one more input of that entry (per query head, stride 0 where broadcast)."""
     opdef = _ops.get_op("attention")
     check_normalizer(normalizer)
     if masked_rows not in ("nan", "zero"):
@@ -285,49 +286,46 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
                                or out_np.dtype != np.float32):
         raise UsageError(f"attention: out must be a float32 array of shape {lead + (lq, dv)}")
     streams = algorithm != "three-phase" and normalizer in get_backend(backend).streams_attention
-    if return_lse and not streams:
-        raise UsageError(f"attention: return_lse needs the streaming form (algorithm {algorithm!r}, backend {backend!r})")
+    if streams and algorithm == "auto" and normalizer == "topk_softmax" and isinstance(params.get("top_k"), (int, np.integer)) \
+            and not is_group_spec(target) and not get_target(target).topk_streams(int(params["top_k"]), lk):
+        algorithm, streams = "three-phase", False   # short keys: the target's rule (Target.topk_streams)
+    if return_lse and normalizer in NO_LSE:
+        raise UsageError(f"attention: return_lse: {NO_LSE[normalizer]}")
     if streams:   # the kernel takes kv_lengths itself, and a boolean mask as bytes
         kind = "none" if m is None else "bool" if m.dtype == bool else "additive"
-    else:         # kv_lengths become part of one additive mask
-        kind = "none" if m is None and n is None else "additive"
+    else:         # kv_lengths in the kernel (SOFT: none, refused as a mask); a boolean mask as -inf
+        kind = "none" if m is None and (n is None or normalizer != "soft") else "additive"
     build = opdef.build_params_for_call(dict(params, head_dim=max(d, 1), scale=scale, causal=int(bool(causal)),
                                              mask=kind, normalizer=normalizer), {})
     kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
                    tuple(sorted(_ops.resolve_params(opdef, build).items())))
     if kern._abi.kind == ATTENTION and not streams:   # three-phase, sinkhorn, soft on explicit strides: no copies of
-        # q, k, v; kv_lengths and a boolean mask become one additive mask, as for the three-phase form
-        add = _additive_mask(m, n, lead, lq, lk)
-        o = kern(q, k, v, *([] if add is None else [add]), out=out_np, threads=threads)
-        if masked_rows == "zero":
-            o[_dead_rows(add, lead, lq, lk, causal)] = 0.0
-        return finish(o)
-    if kern._abi.kind == ATTENTION:   # the explicit-stride entry: the arrays as they are
-        want = return_lse or masked_rows == "zero"
-        r = kern(q, k, v, *([] if m is None else [m]), out=out_np, threads=threads, kv_lengths=n, return_lse=want)
+        # q, k, v; kv_lengths in the kernel (MatrixProgram.key_padding), a boolean mask as an additive one
+        pad, has_lse = kern.program.key_padding is not None, kern.program.lse is not None
+        add = _additive_mask(m, None if pad else n, lead, lq, lk)
+        want = return_lse or (masked_rows == "zero" and has_lse)
+        call = dict({"kv_lengths": n} if pad and n is not None else {}, **({"return_lse": True} if want else {}))
+        extra = [add] if add is not None else []
+        if normalizer == "soft" and "landmarks" not in params:   # given landmarks: an input, per query head
+            extra.append(_soft_landmarks(landmarks, lead, d))
+        r = kern(q, k, v, *extra, out=out_np, threads=threads, **call)
         o, lse = r if want else (r, None)
-        if masked_rows == "zero":
-            o[lse == -np.inf] = 0.0    # the rows with no kept key (a NaN row's lse is NaN)
+        if masked_rows == "zero":   # the rows with no kept key: lse -inf (a NaN row's is NaN), as streaming
+            o[lse == -np.inf if want else _dead_rows(_additive_mask(m, n, lead, lq, lk), lead, lq, lk, causal)] = 0.0
         return finish((o, lse) if return_lse else o)
-    if return_lse:   # auto built the three-phase form: this normalizer does not stream
-        raise UsageError(f"attention: return_lse needs the streaming form (algorithm {kern.algorithm!r}, "
-                         f"backend {backend!r})")
-    if hq != hkv:   # query head h reads kv head h // (Hq // Hkv)
-        k, v = np.repeat(k, hq // hkv, axis=-3), np.repeat(v, hq // hkv, axis=-3)
-    add = _additive_mask(m, n, lead, lq, lk)
-    nb = int(np.prod(lead, dtype=np.int64))
-    flat = [a.reshape((nb,) + a.shape[-2:]) for a in (q, k, v)]
-    if add is not None:
-        flat.append(np.ascontiguousarray(add).reshape((nb, lq, lk)))
-    if normalizer == "soft" and "landmarks" not in params:   # given landmarks: an input
-        flat.append(_soft_landmarks(landmarks, lead, d))
-    o = (kern(*flat) if threads is None else kern(*flat, threads=threads)).reshape(lead + (lq, dv))
+    # the streaming form's explicit-stride entry: the arrays as they are
+    want = return_lse or masked_rows == "zero"
+    r = kern(q, k, v, *([] if m is None else [m]), out=out_np, threads=threads, kv_lengths=n, return_lse=want)
+    o, lse = r if want else (r, None)
     if masked_rows == "zero":
-        o[_dead_rows(add, lead, lq, lk, causal)] = 0.0
-    if out_np is not None:
-        np.copyto(out_np, o)
-        o = out_np
-    return finish(o)
+        o[lse == -np.inf] = 0.0    # the rows with no kept key (a NaN row's lse is NaN)
+    return finish((o, lse) if return_lse else o)
+
+
+# normalizers without a per-row lse, and why (softgen.attention(return_lse=True) refuses them)
+NO_LSE = {"sinkhorn": "Sinkhorn's P is normalised over rows and columns (n_iter half-steps): no per-row "
+                      "log-sum-exp or normalizer sum describes it",
+          "soft": "SOFT's global form O = K1 (K2^+ (K1k^T V)) has no per-row normalizer"}
 
 
 def _additive_mask(m, n, lead: tuple, lq: int, lk: int):
@@ -381,7 +379,8 @@ def _soft_landmark_count(landmarks, lk: int) -> int:
 
 
 def _soft_landmarks(landmarks, lead: tuple, d: int) -> np.ndarray:
-    """Given SOFT landmarks for the kernel, (batch, m, d) float32, broadcast over the leading axes."""
+    """Given SOFT landmarks for the kernel, (..., m, d) float32, broadcast over the leading axes
+    (batch x query heads: a view, stride 0 where broadcast)."""
     lm = _f32("landmarks", landmarks)
     if lm.ndim < 2 or lm.shape[-1] != d or lm.shape[-2] < 1:
         raise UsageError(f"attention: landmarks must be (..., m, {d}) with m >= 1, got {lm.shape}")
@@ -389,7 +388,7 @@ def _soft_landmarks(landmarks, lead: tuple, d: int) -> np.ndarray:
         lm = np.broadcast_to(lm, lead + lm.shape[-2:])
     except ValueError:
         raise UsageError(f"attention: landmarks of shape {lm.shape} do not broadcast to {lead + lm.shape[-2:]}") from None
-    return lm.reshape((-1,) + lm.shape[-2:])
+    return lm
 
 
 FUNCTIONS = {op: _make(op) for op in _ops.OPS}

@@ -184,6 +184,8 @@ class Kernel:
         if self.matrix and self.algorithm in ("streaming", "three-phase"):   # attention: which form, why
             threads += f"\n# attention form: {self.algorithm}: " \
                 f"{attention_why(get_backend(self.backend), original, self.algorithm)}"
+            if self.params.get("normalizer") == "topk_softmax":
+                threads += f"; {self.target.topk_stream_rule(int(self.params['top_k']))}"
         out = [f"# {self.name}\n# target {self.target.name} ({self.target.lanes} lanes), schedule {self.schedule}"
                f"{tuned}{threads}\n",
                "## IR as defined\n" + str(original) + "\n"]
@@ -433,16 +435,18 @@ class MatrixKernel(Kernel):
     def __call__(self, *inputs, out=None, threads: int | None = None, **call) -> np.ndarray:
         """``threads``: None or 0 auto (``explain_threads()``), N: the batch's matrices (streaming
         attention: its (batch, head, query chunk) tasks) split across at most N threads of the
-        library's pool; the results do not depend on it. ``call``: streaming attention's
-        ``kv_lengths=`` and ``return_lse=`` (``binding``)."""
-        if call and (call.get("kv_lengths") is not None or call.get("return_lse")) \
-                and self._abi.kind == ATTENTION and self.program.attention_tasks() is None \
-                and (call.get("return_lse") or self.program.key_padding is None):
-            what = "return_lse is" if self.program.key_padding else "kv_lengths and return_lse are"
-            raise UsageError(f"{self.name}: {what} the streaming attention form's; this {self.algorithm} "
-                             f"{self.params.get('normalizer', '')} kernel does not take it (its C entry returns "
-                             f"EMATRIX)" + ("" if self.program.key_padding else ": give key padding as an additive "
-                                            "mask (softgen.attention folds kv_lengths into one)"))
+        library's pool; the results do not depend on it. ``call``: attention's ``kv_lengths=`` and
+        ``return_lse=`` (``binding``; Sinkhorn refuses lse, SOFT both)."""
+        if call and self._abi.kind == ATTENTION and self.program.attention_tasks() is None:
+            refused = [a for a, given, taken in (
+                ("kv_lengths", call.get("kv_lengths") is not None, self.program.key_padding),
+                ("return_lse", call.get("return_lse"), self.program.lse)) if given and not taken]
+            if refused:   # what a three-phase, Sinkhorn or SOFT kernel does not take, and why
+                why = "SOFT's global form has no key mask and no per-row normalizer" \
+                    if self.program.key_padding is None else \
+                    "Sinkhorn's P is normalised over rows and columns: no per-row normalizer sum describes it"
+                raise UsageError(f"{self.name}: this {self.params.get('normalizer', '')} kernel does not take "
+                                 f"{' and '.join(refused)} (its C entry returns EMATRIX): {why}")
         fast = self._fast
         if fast is None and self._fn is None:
             self._entry(False)
@@ -608,7 +612,7 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     if passes.ALIASES.get(algorithm, algorithm) == "auto" and be.dispatchable:
         # tuning records of this machine first (unless the caller fixed the schedule), else the model
         table = tuned_table(program, t, be.name) if schedule is None else None
-        table = table or auto_table(program, t, sched, "stream" in be.schedule_knobs)
+        table = table or auto_table(program, t, sched, be)
     tuned = table is not None and table.source == "measured"
     if table is not None and len(table.variants) > 1:
         return _compile_dispatcher(be, opdef, program, t, sched, table, name, tuned)

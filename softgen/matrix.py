@@ -373,6 +373,10 @@ class MatrixProgram:
         # sets to -inf once the NT GEMM has written it (an additive -inf mask: kv_lengths honoured;
         # a rows phase fused into that GEMM's store must keep -inf scores -inf, as a mask addition)
         self.key_padding: str | None = None
+        # a strided program's per-row vector (an ``emit`` of its normalizer's rows phase: the
+        # row's log-sum-exp, or the log of its weights' sum) the entry copies to abi.ATTENTION's
+        # optional lse output; lowering keeps the emit though no phase reads it
+        self.lse: str | None = None
         self.phases: list[Phase] = []
         self.notes: list[str] = []
         self._open = [self.phases]   # the phase list new phases go to (a loop body inside `loop`)
@@ -384,6 +388,7 @@ class MatrixProgram:
         mp.fixed_dims = dict(self.fixed_dims)
         mp.strided = self.strided
         mp.key_padding = self.key_padding
+        mp.lse = self.lse
         return mp
 
     # -- construction -------------------------------------------------------------------------
@@ -512,7 +517,8 @@ class MatrixProgram:
                                        max_n=INDEX_MAX_N if ph.normalizer == "topk_softmax" else None)
         if self.strided:     # the same entry for a form that is not streaming (ETOOLONG: indexed dims)
             indexed = [d for d in self.index_dims() if d not in self.fixed_dims]
-            return replace(KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None),
+            return replace(KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None,
+                                               landmarks="landmarks" in self.inputs),
                            max_n=INDEX_MAX_N if indexed else None)
         return KernelABI(UNARY if unary else GENERAL, ins, outs, dims,
                          max_n=INDEX_MAX_N if self.index_dims() else None,
@@ -537,10 +543,11 @@ class MatrixProgram:
         unused = set(self.dims) - {d for s in mats.values() for d in s}
         if unused:
             raise IRError(f"{self.name}: dimensions {sorted(unused)} are not used")
-        if self.strided and (set(self.inputs) - {"mask"} != {"q", "k", "v"} or set(self.outputs) != {"o"}
-                             or set(self.dims) - set(self.fixed_dims) - set(ATTENTION_DIMS)):
-            raise IRError(f"{self.name}: a strided (abi.ATTENTION) program has inputs q, k, v[, mask], output o "
-                          f"and the dimensions {ATTENTION_DIMS} (or fixed ones)")
+        if self.strided and (set(self.inputs) - {"mask", "landmarks"} != {"q", "k", "v"} or set(self.outputs) != {"o"}
+                             or set(self.dims) - set(self.fixed_dims) - set(ATTENTION_DIMS)
+                             - ({"m"} if "landmarks" in self.inputs else set())):
+            raise IRError(f"{self.name}: a strided (abi.ATTENTION) program has inputs q, k, v[, mask][, landmarks "
+                          f"(m x d)], output o and the dimensions {ATTENTION_DIMS}[, m] (or fixed ones)")
         for d, size in self.fixed_dims.items():
             if d not in self.dims or isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 2 ** 24:
                 raise IRError(f"{self.name}: fixed dimension {d}={size!r} must be a dimension, an integer in [1, 2^24]")

@@ -470,6 +470,30 @@ def lazy_max(pl: Plan) -> "LazyMax | str":
     return LazyMax(mt.X, mt.M, mt.D, mt.S, mt.scale, factor)
 
 
+# -- schedule pipeline: a row's output sweep in the next row's loop -----------------------------------
+
+def pipeline_refusal(pl: Plan) -> str:
+    """Why plan ``pl`` cannot run pipelined over a batch ("" when it can): its last sweep must be
+    an output sweep without reductions after another sweep (it then runs in the loop of the next
+    row's sweep before it), and no row may leave the pipeline (a guard's fallback) or keep state
+    the pipeline does not carry (per-row parameters, selections, columns, top-k lists)."""
+    p, sweeps = pl.program, pl.sweeps
+    if p.phase is not None:
+        return "a phase of a matrix program"
+    if p.row_params():
+        return "it has per-row parameters"
+    if p.fallback is not None:
+        return "a row may restart in the fallback (two-pass's guard)"
+    for sw in sweeps:
+        if sw.selected is not None or sw.colreds or sw.colstores:
+            return "a sweep over a selection or columns"
+        if any(p.op(r) == "reduce_topk" for r in sw.reductions):
+            return "top-k keeps per-lane sorted lists"
+    if len(sweeps) < 2 or sweeps[-1].reductions or sweeps[-1].output is None:
+        return "its last sweep is not an output sweep after another sweep"
+    return ""
+
+
 def _reductions_of(p: Program, v: int) -> set[int]:
     """The reductions row scalar ``v`` is computed from (through scalar ops)."""
     seen, found, stack = set(), set(), [v]
@@ -628,6 +652,7 @@ def lower_matrix(mp, epilogues: bool = False):
     out.phases = map_phases(mp.phases, lambda phs: _fuse_phases(phs, epilogues))
     progs = out.programs()
     read = {p.attrs(v)["name"] for _, p, _ in progs for v in p.nodes() if p.op(v) in ("param", "colvec")}
+    read.add(mp.lse)   # the three-phase attention's lse: the entry reads it
     for _, p, _ in progs:
         for v in p.nodes("emit"):
             if p.attrs(v)["name"] not in read:
@@ -676,10 +701,22 @@ def _softplus_l1_rows(p: Program) -> bool:
         and p.op(p.args(p.output())[0]) == "mul"
 
 
+def without_lse(mp, p: Program) -> Program:
+    """Rows program ``p`` without the three-phase form's lse emit (``MatrixProgram.lse``) and what
+    only it reads: the normalizer as the streaming form recognises it (which keeps its own lse)."""
+    if mp.lse is None or not any(p.attrs(v)["name"] == mp.lse for v in p.nodes("emit")):
+        return p
+    q = p.copy()
+    q.g.remove_nodes_from([v for v in q.nodes("emit") if q.attrs(v)["name"] == mp.lse])
+    q.remove_dead()
+    return q
+
+
 def _streaming_rows(mp, p: Program) -> bool:
     """Whether rows program ``p`` is the normalizer ``mp.params["normalizer"]`` in a form the
     streaming phase computes (softmax: online rescaling; stablemax, softplus_l1: no rescaling)."""
     normalizer = mp.params.get("normalizer", "softmax")
+    p = without_lse(mp, p)
     return (normalizer == "softmax" and _softmax_rows(p)) or (normalizer == "stablemax" and _stablemax_rows(p)) \
         or (normalizer == "softplus_l1" and _softplus_l1_rows(p)) or (normalizer in ("lssa", "lssar") and _lssa_rows(p, normalizer == "lssar")) \
         or (normalizer == "topk_softmax" and _topk_rows(p))
@@ -765,8 +802,9 @@ def stream_attention(mp, br: int, bc: int, wide: int = 0):
     if form is None:
         raise UsageError(f"{mp.name}: the streaming rewrite needs {streamable(mp)[4:]}")
     a, r, b = form
-    p = r.program
+    p = without_lse(mp, r.program)
     out = mp.like()
+    out.lse = None   # the streaming phase writes lse itself
     del out.scratch_mats[a.mm.dst]
     # the mask: the normalizer's rows program's matrow (top-k: its masking rows phase's)
     mask = next(iter(m for ph in mp.phases if isinstance(ph, RowsPhase) for m in ph.program.matrices()), None)

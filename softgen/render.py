@@ -48,14 +48,15 @@ def isa_header(t: Target, stream: bool = False) -> str:
     return env().get_template("isa.h.j2").render(t=t, macros=macros, stream=stream and t.streams)
 
 
-def vmath(exp: str = "", t: Target | None = None) -> str:
+def vmath(exp: str = "", t: Target | None = None, fold: bool = False) -> str:
     """The vector math (exp, log, log1p, extended-exponent helpers) over the virtual ISA; ``exp``:
     the variant of sg_exp / sg_exp_nonpos (``constants.EXP_VARIANTS``; the default spells p5);
     ``t``: the target, whose optional ``V_ROUND`` and native ``V_SCALE2`` (avx512) add the scaled
     sg_exp_shifted (``scaled_exp``) for the exps of x - max x (``passes.max_shifted``), in the
     target file's ``shifted_exp`` variant (avx512: the table exp t32) when ``exp`` is the default ""
     (a named variant, "p5c2" too, replaces it),
-    and its ``[isa] TABLE32`` lookup for a table variant (``targets.TABLE_ISA``)."""
+    and its ``[isa] TABLE32`` lookup for a table variant (``targets.TABLE_ISA``); ``fold``: with
+    schedule lazymax's folded exp (sg_exp_fold, ``fold_exp``)."""
     xv = None if exp in ("", constants.EXP_DEFAULT) else constants.EXP_VARIANTS[exp]
     scaled = t is not None and scaled_exp(t)
     # the table variant in use: the schedule's, else the target's default for sg_exp_shifted
@@ -64,7 +65,14 @@ def vmath(exp: str = "", t: Target | None = None) -> str:
         tv = constants.EXP_VARIANTS[t.shifted_exp]
     return env().get_template("vmath.h.j2").render(
         xv=xv, tv=tv, reduce="sg_xreduce" if xv else "sg_reduce_ln2", poly="sg_xpoly" if xv else "sg_p5",
-        scaled=scaled, table32=t is not None and t.isa.get("TABLE32"))
+        scaled=scaled, table32=t is not None and t.isa.get("TABLE32"), fold=fold and fold_exp(t, exp))
+
+
+def fold_exp(t: Target | None, exp: str = "") -> bool:
+    """Whether ``t`` under schedule exp ``exp`` has sg_exp_fold (lazymax's exps of x - r from x): the
+    scaled exp in the target's table variant (the default exp)."""
+    return t is not None and not exp and scaled_exp(t) and bool(t.shifted_exp) \
+        and bool(constants.EXP_VARIANTS[t.shifted_exp].table)
 
 
 def scaled_exp(t: Target) -> bool:

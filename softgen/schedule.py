@@ -37,7 +37,13 @@
                   the reference of its segment, rescaled in the output sweep (docs/ops.md §3.1). One
                   read of x from memory instead of two; split rows: per chunk, sums rescaled to merge
 
-``stream``, ``prefetch``, ``exp``, ``rows`` and ``lazymax`` are C-backend knobs; their defaults (off, 0, "", 1, off) generate
+``pipeline``      batches of rows (C backend): the last sweep of row r (the output sweep: no reduction)
+                  runs in the loop of row r + 1's sweep before it (``<name>__row_pipe``), so the
+                  output sweep's loads and stores overlap the previous sweep's arithmetic (the exps) and
+                  row r's scalars (1 / sum) the next row's work; the first and last rows run alone.
+                  Results are bitwise the one-row form's (the same code per row). Not with rows > 1
+
+``stream``, ``prefetch``, ``exp``, ``rows``, ``lazymax`` and ``pipeline`` are C-backend knobs; their defaults (off, 0, "", 1, off, off) generate
 exactly the code of a schedule without them, and ``as_dict`` omits them at their defaults.
 
 :class:`GemmSchedule` is the same kind of data for the register-blocked GEMM of matrix programs.
@@ -56,7 +62,8 @@ from .values import number, show
 
 INT_FIELDS = ("unroll", "accumulators", "block", "split", "chunk")   # split may be 0 (never)
 EXP_TARGET = ""   # schedule exp: the target's (p5c2, its shifted_exp for the exps of x - max x)
-KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_TARGET, "rows": 1, "lazymax": False}   # omitted from as_dict at these
+KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_TARGET, "rows": 1, "lazymax": False,
+                 "pipeline": False}   # omitted from as_dict at these
 FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 PREFETCH_MAX = 1 << 16      # elements ahead (256 KiB)
 ROWS_MAX = 8                # schedule rows: rows at once (each its accumulators in registers)
@@ -74,11 +81,15 @@ class Schedule:
     exp: str = EXP_TARGET
     rows: int = 1
     lazymax: bool = False
+    pipeline: bool = False
 
     def validate(self, lanes: int) -> "Schedule":
         """This schedule, checked, with Python int fields (NumPy integers are accepted)."""
         s = replace(self, **{k: _positive(k, getattr(self, k), lo=0 if k == "split" else 1) for k in INT_FIELDS},
                     **{k: _knob(k, getattr(self, k)) for k in KNOB_DEFAULTS})
+        if s.pipeline and s.rows > 1:
+            raise UsageError(f"schedule pipeline and rows={s.rows} exclude each other (one row at a time, "
+                             f"its output sweep in the next row's loop; or R rows at once)")
         if s.unroll > 32:
             raise UsageError(f"schedule unroll must be <= 32, got {s.unroll}")
         if s.unroll % s.accumulators:
@@ -107,11 +118,12 @@ class Schedule:
 
     def tag(self, lanes: int) -> str:
         """XNNPACK-style suffix: elements per iteration and accumulators (then _nt for streaming
-        stores, _pf<distance>, _<exp variant>, _r<rows>, _lz when not the defaults)."""
+        stores, _pf<distance>, _<exp variant>, _r<rows>, _lz, _pp when not the defaults)."""
         k = self.knobs()
         return (f"u{self.step(lanes)}_acc{self.accumulators}" + ("_nt" if k.get("stream") else "")
                 + (f"_pf{k['prefetch']}" if "prefetch" in k else "") + (f"_{k['exp']}" if "exp" in k else "")
-                + (f"_r{k['rows']}" if "rows" in k else "") + ("_lz" if k.get("lazymax") else ""))
+                + (f"_r{k['rows']}" if "rows" in k else "") + ("_lz" if k.get("lazymax") else "")
+                + ("_pp" if k.get("pipeline") else ""))
 
     def __str__(self) -> str:
         return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}" \
@@ -128,7 +140,7 @@ def _positive(key: str, value, lo: int = 1) -> int:
 
 def _knob(key: str, value):
     """A stream / prefetch / exp / rows value, checked (types and ranges; target support is the backend's)."""
-    if key in ("stream", "lazymax"):
+    if key in ("stream", "lazymax", "pipeline"):
         if not isinstance(value, (bool, int)) or value not in (0, 1):
             raise UsageError(f"schedule {key} must be true or false, got {show(value)}")
         return bool(value)
@@ -229,7 +241,7 @@ class GemmSchedule:
 GEMM_FIELDS = ("mr", "nv", "kc", "nc", "ku")
 ATTENTION_KNOBS = ("br", "bc", "wide")
 ATTENTION_MAX_BLOCK = 4096   # br * bc floats of scores live on the stack (16 KiB at most)
-ATTENTION_MAX_WIDE = 16384   # br * wide floats: the single-block mode's score tile (64 KiB of stack at most)
+ATTENTION_MAX_WIDE = 65536   # br * wide floats: the single-block mode's score tile (heap, per task: 256 KiB at most, an L2)
 
 
 @dataclass(frozen=True)
@@ -256,7 +268,7 @@ class AttentionSchedule:
             raise UsageError(f"attention schedule wide must be an integer >= 0 (0: off), got {self.wide!r}")
         if self.br * self.wide > ATTENTION_MAX_WIDE:
             raise UsageError(f"attention schedule br * wide ({self.br} * {self.wide}) exceeds {ATTENTION_MAX_WIDE} floats "
-                             f"(the single-block mode's score tile lives on the stack)")
+                             f"(the single-block mode's score tile: at most {ATTENTION_MAX_WIDE * 4 // 1024} KiB per thread)")
         return self
 
     def override(self, **blocks) -> "AttentionSchedule":

@@ -97,6 +97,9 @@ class Target:
     # reduce_topk: the insertion network for k up to this, radix select above (C backend; measured
     # by bench/topk_select.py; at most ir.TOPK_MAX)
     topk_network_max_k: int = TOPK_MAX
+    # top-k attention's form by (top_k, Lk): softgen.attention (auto) streams when Lk >= a + b top_k,
+    # else runs the three-phase form (its Lq x Lk scores in a scratch); (0, 0): always streams
+    topk_stream_keys: tuple[int, int] = (0, 0)
     # the exp variant of sg_exp_shifted (the exps of x - max x) under the default schedule exp;
     # "" = the default's (p5); needs [isa] ROUND and SCALE2 (render.scaled_exp)
     shifted_exp: str = ""
@@ -106,6 +109,20 @@ class Target:
         a named variant everywhere, else the target's ``shifted_exp`` for the exps of x - max x in
         sums (``shifted``: ``passes.max_shifted``; ``_shifted_exp`` checked the scaled form), else p5c2."""
         return exp or (self.shifted_exp if shifted and self.shifted_exp else EXP_DEFAULT)
+
+    def topk_streams(self, top_k: int, keys: int) -> bool:
+        """Whether top-k attention with ``top_k`` over ``keys`` keys takes the streaming form
+        (``topk_stream_keys``): keys >= a + b top_k."""
+        a, b = self.topk_stream_keys
+        return keys >= a + b * top_k
+
+    def topk_stream_rule(self, top_k: int) -> str:
+        """The rule ``topk_streams`` applies, for explain."""
+        a, b = self.topk_stream_keys
+        if a == b == 0:
+            return "top-k: softgen.attention streams at every Lk on this target (no topk_stream_keys in its file)"
+        return (f"top-k: softgen.attention (auto) streams when Lk >= {a} + {b} top_k = {a + b * top_k} keys, else "
+                f"runs the three-phase form (target {self.name}'s topk_stream_keys); compile has no Lk: streaming")
 
     @property
     def streams(self) -> bool:
@@ -274,6 +291,15 @@ def _topk_network_max_k(f: str, d: dict) -> int:
     return k
 
 
+def _topk_stream_keys(f: str, d: dict) -> tuple[int, int]:
+    v = d.get("topk_stream_keys", [0, 0])
+    if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                         for x in v)):
+        raise UsageError(f"target file {f}: topk_stream_keys must be [a, b], two integers >= 0 (top-k attention "
+                         f"streams when Lk >= a + b top_k), got {v!r}")
+    return int(v[0]), int(v[1])
+
+
 def _load(name: str, text: str, f: str | None = None) -> Target:
     """The target of TOML ``text`` (file ``f``, ``name.toml`` by default), validated: every error
     names the file and the key."""
@@ -311,7 +337,7 @@ def _load(name: str, text: str, f: str | None = None) -> Target:
                    hwcaps=_hwcaps(f, d.get("hwcaps", {})),
                    extra={k: d[k] for k in ("cross_hint", "emulator_hint") if k in d},
                    cost=_cost(f, d.get("cost", {})), stream_align=stream_align,
-                   topk_network_max_k=_topk_network_max_k(f, d),
+                   topk_network_max_k=_topk_network_max_k(f, d), topk_stream_keys=_topk_stream_keys(f, d),
                    shifted_exp=_shifted_exp(f, d, isa),
                    attention=AttentionSchedule(**_table(f, d, "attention", ("br", "bc"), ("wide",)))
                    if "attention" in d else AttentionSchedule())

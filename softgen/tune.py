@@ -16,7 +16,7 @@ Per size class (one per requested size):
    size's cache level are more than ``PRUNE_RATIO`` times the best one's is not timed, nor is a
    knob schedule whose exp variant makes it more than ``KNOB_PRUNE_RATIO`` times (each variant
    costs its ``[cost.exp]`` hint: avx2's t32, a gather, is not timed), nor lazymax where the plan
-   has no ``passes.lazy_max`` form. The model has no other schedule term, so among one
+   has no ``passes.lazy_max`` form or R rows run at once (the same kernel). The model has no other schedule term, so among one
    algorithm's schedules it keeps the ``keep`` nearest the target's default (in log2 distance of each knob; the default first). The count pruned is
    reported per class.
 3. *measurement* (``benchmark``'s samplers and buffers: x and y written before timing, rotated
@@ -212,7 +212,7 @@ def label(algorithm: str, schedule: dict) -> str:
     extra = ("nt" if schedule.get("stream") else None,
              f"pf{schedule['prefetch']}" if schedule.get("prefetch") else None,
              schedule.get("exp") or None, f"r{schedule['rows']}" if schedule.get("rows", 1) > 1 else None,
-             "lz" if schedule.get("lazymax") else None)
+             "lz" if schedule.get("lazymax") else None, "pp" if schedule.get("pipeline") else None)
     return " ".join([f"{passes.SHORT[algorithm]} u{schedule['unroll']}a{schedule['accumulators']}"]
                     + [e for e in extra if e])
 
@@ -237,13 +237,18 @@ def schedules(backend, target) -> list[Schedule]:
     return list(out)
 
 
-def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1) -> list[Schedule]:
+def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1,
+                    batch_level: str = "") -> list[Schedule]:
     """The schedules a size class at cache ``level`` adds: every combination of the backend's
     level-bound knobs (``tuning_knob_levels``) that apply at ``level`` (and on the target) over
     ``base``, other than ``base`` itself (DRAM on avx2: stream x prefetch; in cache: the exp variants;
-    for calls of ``rows`` rows, L1d and L2 rows: R rows at once, R <= rows)."""
+    for calls of ``rows`` rows, L1d and L2 rows: R rows at once, R <= rows). Batches (rows > 1) whose
+    working set is at ``batch_level`` also get the knobs of ``tuning_knob_batch_levels`` there
+    (lazymax for a batch streamed from L2, L3 or memory, whatever its rows' length)."""
     knobs = {k: v for k, v in backend.tuning_knobs.items()
-             if level in backend.tuning_knob_levels.get(k, ()) and _offered(backend, target, k)}
+             if (level in backend.tuning_knob_levels.get(k, ())
+                 or rows > 1 and batch_level in backend.tuning_knob_batch_levels.get(k, ()))
+             and _offered(backend, target, k)}
     out: dict[Schedule, None] = {}
     for combo in product(*knobs.values()):
         try:
@@ -258,10 +263,10 @@ def level_schedules(backend, target, level: str, base: Schedule, rows: int = 1) 
 def priced(plan: passes.Plan, target, level: str, scheds: list[Schedule], best: float) -> list[Schedule]:
     """``scheds`` (of one algorithm's ``plan``) but those whose exp variant makes the model's cost at
     ``level`` more than ``KNOB_PRUNE_RATIO`` x ``best`` (each variant costs its ``[cost.exp]`` hint:
-    avx2's t32, a gather, is not timed), and lazymax where the plan has no ``passes.lazy_max``
-    form; the other knobs have no model term and are all kept."""
-    if isinstance(passes.lazy_max(plan), str):   # lazymax would generate the same kernel
-        scheds = [s for s in scheds if not s.lazymax]
+    avx2's t32, a gather, is not timed), and lazymax or pipeline where it would generate the same
+    kernel as without it (``costmodel.knobs_apply``: no ``passes.lazy_max`` form, a
+    ``passes.pipeline_refusal``); the other knobs have no model term and are all kept."""
+    scheds = [s for s in scheds if costmodel.knobs_apply(s.as_dict(), plan)]
     if not target.cost:
         return list(scheds)
     return [s for s in scheds
@@ -444,7 +449,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             best = min(cost.values()) if cost else 0.0
             kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
                                key=lambda a: cost.get(a, 0.0))
-            extra = level_schedules(be, t, level, base, rows)
+            extra = level_schedules(be, t, level, base, rows, caches.level_of(costmodel.BYTES_PER_N * rows * n))
             cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
                 + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in priced(plans[a], t, level, extra, best)]
             total = len(algs) * (len(scheds) + len(extra))
@@ -546,12 +551,12 @@ def gemm_candidates(t) -> list[GemmSchedule]:
 
 def attention_candidates(t) -> list[AttentionSchedule]:
     """The streaming attention form's blocks: the target's default (``[attention]``), then br and
-    bc halved and doubled, the single-block mode off, on up to 1024 keys and on with br halved (its
-    tile in half the cache), each kept only if ``AttentionSchedule.validate`` accepts it."""
+    bc halved and doubled, the single-block mode off, on up to 1024 and 4096 keys and on with br
+    halved (its tile in half the cache), each kept only if ``AttentionSchedule.validate`` accepts it."""
     b = t.attention
     out = {b: None}
     for st in ({"br": b.br // 2}, {"br": b.br * 2}, {"bc": b.bc // 2}, {"bc": b.bc * 2}, {"wide": 0},
-               {"wide": 1024}, {"br": b.br // 2, "wide": 1024}):
+               {"wide": 1024}, {"wide": 4096}, {"br": b.br // 2, "wide": 1024}):
         try:
             out[b.override(**st)] = None
         except UsageError:

@@ -204,6 +204,25 @@ def test_single_block_mode_edges(wide_kernels, target, causal_):
         assert np.array_equal(k(q, kk, v, m, threads=2), o, equal_nan=True)
 
 
+
+@pytest.mark.parametrize("target", ["scalar", "avx2"])
+def test_single_block_mode_key_chunks(wide_kernels, target):
+    """A single block wider than P V's sweep of 16 panels (WCH = 16 bc = 256 keys here): its keys in two
+    sweeps (o written after the first, read back by the second), causal with Lq != Lk (blocks of one and
+    of two sweeps), a masked row; the oracle's result, the online form's within rounding, any thread count."""
+    k = softgen.compile("attention", target=target, head_dim=16, causal=True, mask="bool", algorithm="streaming",
+                        schedule=dict(WIDE, wide=600))
+    if not k.runnable:
+        pytest.skip(f"{target}: not runnable here")
+    assert "WCH = 16 * BC" in k.sources()["kernel.c"]
+    q, kk, v = f32(1, 2, 40, 16), f32(1, 1, 300, 16), f32(1, 1, 300, 41)   # dv: 4 vectors, 1, a tail (avx2)
+    m = RNG.random((1, 2, 40, 300)) < 0.9
+    m[0, 0, 5] = False
+    o = k(q, kk, v, m)
+    _check_abi(o, ref.attention(q, kk, v, scale=0.25, causal=True, mask=m))
+    _check_abi(o, wide_kernels[target, True, 0](q, kk, v, m))
+    assert np.array_equal(k(q, kk, v, m, threads=2), o, equal_nan=True)
+
 def test_decoding_shape():
     """Lq = 1 .. 16 against a long KV cache (Br small), causal (bottom-right: every key visible)."""
     k = softgen.compile("attention", head_dim=64, causal=True)
@@ -214,7 +233,7 @@ def test_decoding_shape():
 
 def test_attention_schedule_and_algorithm_errors():
     for bad in ({"br": 0}, {"bc": 5000}, {"br": 64, "bc": 128}, {"br": 2.5}, {"wide": -1}, {"wide": True},
-                {"br": 32, "wide": 1024}):
+                {"br": 32, "wide": 4096}):
         with pytest.raises(softgen.UsageError, match="attention schedule"):
             softgen.compile("attention", schedule=bad)
     with pytest.raises(softgen.UsageError, match="single-block mode"):
@@ -501,7 +520,7 @@ def test_cli_emit_and_build(tmp_path):
                               "-o", str(tmp_path)], capture_output=True, text=True)
     assert b.returncode == 0, b.stderr
     header = (tmp_path / "att_cli.h").read_text()
-    assert "causal=1" in header and " x 1024 tile on the stack" in header   # the single-block mode's scratch
+    assert "causal=1" in header and " x min(4096, lk) tile on the heap" in header   # the single-block mode's scratch
     bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa", "--scale", "0.5"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "takes no scale" in bad.stderr
@@ -609,7 +628,8 @@ def test_stablemax_streaming(abi_kernels):
 
 def test_api_return_lse_views_and_torch():
     """softgen.attention: strided views and GQA straight through, return_lse, masked_rows="zero"
-    from the kernel's lse; torch tensors (views) in and out; three-phase refuses return_lse."""
+    from the kernel's lse; torch tensors (views) in and out; the three-phase form's lse and
+    kv_lengths in its kernel; Sinkhorn refuses return_lse, saying why."""
     x = f32(2, 24, 6, 16)
     q, kk, v = x[:, :, :4].transpose(0, 2, 1, 3), x[:, :, 4:5].transpose(0, 2, 1, 3), x[:, :, 5:].transpose(0, 2, 1, 3)
     m = RNG.random((2, 1, 24, 24)) < 0.6
@@ -619,10 +639,11 @@ def test_api_return_lse_views_and_torch():
     r, rl = _oracle(q, kk, v, return_lse=True, masked_rows="zero", **kw)
     _check_abi(o, r, lse, rl)
     assert (o[:, :, 3] == 0).all()
-    with pytest.raises(softgen.UsageError, match="return_lse needs the streaming form"):
-        softgen.attention(q, kk, v, return_lse=True, algorithm="three-phase")
-    lens = {"kv_lengths": kw["kv_lengths"]}   # the three-phase form: lengths become an additive mask
-    _check_abi(softgen.attention(q, kk, v, algorithm="three-phase", **lens), _oracle(q, kk, v, **lens))
+    with pytest.raises(softgen.UsageError, match="return_lse: Sinkhorn's P is normalised over rows and columns"):
+        softgen.attention(q, kk, v, return_lse=True, normalizer="sinkhorn")
+    o3, l3 = softgen.attention(q, kk, v, return_lse=True, masked_rows="zero", algorithm="three-phase", **kw)
+    _check_abi(o3, r, l3, rl)
+    assert (o3[:, :, 3] == 0).all()
     torch = pytest.importorskip("torch")
     T = torch.from_numpy
     ot, lt = softgen.attention(T(x).transpose(1, 2)[:, :4], T(x).transpose(1, 2)[:, 4:5], T(x).transpose(1, 2)[:, 5:],

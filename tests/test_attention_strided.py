@@ -1,8 +1,8 @@
 """The three-phase attention form on ``abi.ATTENTION``'s explicit strides (issue 14): q, k, v as
 strided (batch, head) views, GQA kv heads, a broadcast mask, read where they are (the bound
 pointers are the views'), with the bits of contiguous copies and within the float64 oracle's
-tolerance; the streaming kernel's C signature; kv_lengths and lse refused by name (the front
-door folds kv_lengths into the additive mask). Kernels are shared per module."""
+tolerance; the streaming kernel's C signature; kv_lengths and lse in the kernel. Kernels are
+shared per module."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,6 @@ from conftest import check_attention, check_strided_heads, contiguous_heads
 
 import softgen
 from softgen.binding import bind
-from softgen.errors import UsageError
 
 RNG = np.random.default_rng(1403)
 CASES = {"softmax": {"causal": 1}, "lssar": {}, "topk_softmax": {"top_k": 3, "causal": 1}}
@@ -63,28 +62,29 @@ def test_same_signature_as_streaming(kernels):
         assert kernels[nm]._abi.param_list() == s._abi.param_list()
 
 
-def test_kv_lengths_and_refusals(kernels):
-    """kv_lengths in the kernel (softmax & co.: the padded keys' scores -inf): the bits of the
-    additive mask they make, NaN rows for a length 0, the streaming form's values; top-k and
-    lssa/lssar kernels refuse them by name, every three-phase kernel refuses return_lse."""
-    k3 = kernels["softmax"]
+def test_kv_lengths_and_lse_in_the_kernel(kernels):
+    """kv_lengths in the kernel (the padded keys' scores -inf): the bits of the additive mask they
+    make, for every three-phase kernel here (softmax, lssar, top-k); NaN rows and lse -inf for a
+    length 0; softmax: the streaming form's values and lse; a key-broadcast mask refused."""
     q, k, v = views(3, 6, 9, 2, 1, 16, 3)
     m = np.where(RNG.random((6, 9)) < 0.8, np.float32(0), np.float32(-np.inf))
     n = np.array([9, 4, 0])
     pad = np.where(np.arange(9) < n[:, None, None, None], np.float32(0), np.float32(-np.inf))
-    o = k3(q, k, v, m, kv_lengths=n)
-    np.testing.assert_array_equal(o, k3(q, k, v, np.ascontiguousarray(m + pad)))
-    assert np.isnan(o[2]).all()
-    streamed = softgen.compile("attention", head_dim=16, mask="additive", causal=1)(q, k, v, m, kv_lengths=n)
-    np.testing.assert_array_equal(np.isnan(o), np.isnan(streamed))
-    np.testing.assert_allclose(o, streamed, rtol=1e-5, atol=1e-5)
+    for nm, k3 in kernels.items():
+        o, lse = k3(q, k, v, m, kv_lengths=n, return_lse=True)
+        o2, lse2 = k3(q, k, v, np.ascontiguousarray(m + pad), return_lse=True)
+        np.testing.assert_array_equal(o, o2)
+        np.testing.assert_array_equal(lse, lse2)
+        assert np.isnan(o[2]).all() and (lse[2] == -np.inf).all(), nm
+    k3 = kernels["softmax"]
+    o, lse = k3(q, k, v, m, kv_lengths=n, return_lse=True)
+    streamed = softgen.compile("attention", head_dim=16, mask="additive", causal=1)
+    so, sl = streamed(q, k, v, m, kv_lengths=n, return_lse=True)
+    np.testing.assert_array_equal(np.isnan(o), np.isnan(so))
+    np.testing.assert_allclose(o, so, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lse, sl, rtol=1e-6, atol=1e-6)
     front = softgen.attention(q, k, v, causal=True, kv_lengths=n, mask=m == 0, algorithm="three-phase")
     np.testing.assert_array_equal(front, o)
-    with pytest.raises(UsageError, match="return_lse is the streaming attention form's"):
-        k3(q, k, v, m, return_lse=True)
-    for nm in ("lssar", "topk_softmax"):
-        with pytest.raises(UsageError, match="kv_lengths and return_lse are the streaming"):
-            kernels[nm](q, k, v, m, kv_lengths=n)
     with pytest.raises(RuntimeError, match="row stride"):            # a mask broadcast along the keys
         k3(q, k, v, np.broadcast_to(m[:, :1], (6, 9)))
 

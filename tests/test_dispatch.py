@@ -33,13 +33,20 @@ def _compile(env: str, *args, **kw) -> softgen.Kernel:
         return softgen.compile(*args, **kw)
 
 
+def _key(v) -> tuple:
+    """A variant kernel's key in the dispatch table (``Entry.variant``): algorithm and schedule."""
+    return costmodel.variant_key(v.algorithm, v.schedule.as_dict())
+
+
 @pytest.fixture(scope="module", params=TARGETS)
 def disp(request):
-    """(dispatcher, {algorithm: the plain kernel of that algorithm}) for softmax on a target."""
+    """(dispatcher, {(algorithm, schedule): the plain kernel of that variant}) for softmax on a
+    target: the model's table has three-pass-reload twice (lazymax beyond L1d) and two-pass."""
     k = _compile(SMALL, "softmax", target=request.param)
     assert k.dispatcher and k.algorithm == "auto", k.explain_dispatch()
-    plain = {v.algorithm: softgen.compile("softmax", algorithm=v.algorithm, target=k.target.name,
-                                          schedule=v.schedule) for v in k.variants}
+    plain = {_key(v): softgen.compile("softmax", algorithm=v.algorithm, target=k.target.name,
+                                      schedule=v.schedule) for v in k.variants}
+    assert list(plain) == k.dispatch.variants and len(plain) == 3
     return k, plain
 
 
@@ -48,16 +55,24 @@ def _edges(k) -> list[int]:
                    for n in (e.n_max - 1, e.n_max, e.n_max + 1)})
 
 
+def _entry(k, n: int):
+    return next(e for e in k.dispatch.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
+
+
 def _chosen(k, n: int) -> str:
-    return next(e.algorithm for e in k.dispatch.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
+    return _entry(k, n).algorithm
 
 
 def test_zen3_model_picks_reload_in_cache_and_two_pass_beyond_l3():
     """The issue's acceptance on Zen 3 (L2 512K, L3 32M), avx2: measured there 3pl 0.44 vs 2p
     0.62 ns/el at 256K-1M elements, 2p 0.83 vs 3pl 0.91 at 16M-64M."""
     k = _compile(ZEN3, "softmax", target="avx2")
-    assert [(e.n_min, e.n_max, e.algorithm) for e in k.dispatch.entries] == \
-        [(1, (32 << 20) // 8, "three-pass-reload"), ((32 << 20) // 8 + 1, None, "two-pass")]
+    # lazymax beyond L1d (no max sweep re-reading x from L2/L3), not in L1d nor beyond the LLC
+    assert [(e.n_min, e.n_max, e.algorithm, bool(e.schedule.get("lazymax"))) for e in k.dispatch.entries] == \
+        [(1, (32 << 10) // 8, "three-pass-reload", False),
+         ((32 << 10) // 8 + 1, (32 << 20) // 8, "three-pass-reload", True),
+         ((32 << 20) // 8 + 1, None, "two-pass", False)]
+    assert "lazymax: no max sweep" in k.dispatch.entries[1].why and "lazymax" not in k.dispatch.entries[0].why
     for n in (1 << 18, 1 << 20):
         assert _chosen(k, n) == "three-pass-reload"
     for n in (1 << 24, 1 << 26):
@@ -80,7 +95,7 @@ def test_zen3_model_picks_reload_in_cache_and_two_pass_beyond_l3():
 def test_variants_are_the_plain_kernels_byte_for_byte(disp):
     k, plain = disp
     for v in k.variants:
-        assert v.source == plain[v.algorithm].source.replace(plain[v.algorithm].name, v.name)
+        assert v.source == plain[_key(v)].source.replace(plain[_key(v)].name, v.name)
     # and a non-auto compile is not a dispatcher
     assert all(not p.dispatcher and p.dispatch is None for p in plain.values())
 
@@ -93,14 +108,14 @@ def test_every_threshold_edge(disp, rng):
         x = (rng.standard_normal((3, n)) * 5).astype(np.float32)
         y = run(k, x)
         check(k, x, y, f"n={n}")
-        alg = _chosen(k, n)
-        assert np.array_equal(y, plain[alg](x)), f"n={n}: not bitwise {alg}'s output"
+        e = _entry(k, n)
+        assert np.array_equal(y, plain[e.variant](x)), f"n={n}: not bitwise {e.algorithm} {e.schedule}'s output"
 
 
 def test_adversarial_rows_through_the_dispatcher(disp, rng):
     k, plain = disp
     for n in [1, *_edges(k)]:
-        alg = plain[_chosen(k, n)]
+        alg = plain[_entry(k, n).variant]
         x = (rng.standard_normal((6, n)) * 30).astype(np.float32)
         x[1, 0] = np.nan
         x[2, n // 2] = np.inf
@@ -149,9 +164,14 @@ def test_export_of_a_dispatcher(disp, tmp_path):
     assert manifest["algorithm"] == "auto" and manifest["dispatch"] == k.dispatch.as_list()
     assert [d["algorithm"] for d in manifest["dispatch"]] == [e.algorithm for e in k.dispatch.entries]
     assert all(d["why"].startswith("model: ") for d in manifest["dispatch"])
+    # the lazymax entry: its schedule and why in both (the model's choice of a knob, explained)
+    assert [bool(d["schedule"].get("lazymax")) for d in manifest["dispatch"]] == [False, True, False]
+    assert "lazymax=True" in header and "3pl lz: lazymax: no max sweep" in header
     assert manifest["accuracy"]["max_rel_error"] < 1e-5
-    for v in k.variants:     # every variant's source is shipped beside the dispatch unit
-        assert paths[f"source_{v.algorithm}"].read_text() == v.source
+    shipped = {key: p.read_text() for key, p in paths.items() if key.startswith("source_")}
+    for v in k.variants:     # every variant's source is shipped beside the dispatch unit (one
+        key = f"source_{v.algorithm}"   # algorithm, two schedules: the second by its variant's name)
+        assert shipped.get(key) == v.source or shipped[f"source_{v.name}"] == v.source
     lib = ctypes.CDLL(str(paths["library"]))
     entry = getattr(lib, k.name)
     entry.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_size_t] * 4
@@ -167,6 +187,8 @@ def test_explain_shows_the_table_and_why(disp):
     text = k.explain()
     assert "dispatch (model" in text and text.count("why: model: ") == len(k.dispatch.entries)
     assert all(f"## variant {v.name}: after the '{v.algorithm}' rewrite" in text for v in k.variants)
+    # the lazymax entry's why, and its variant's header comment naming the knob
+    assert text.count("3pl lz: lazymax: no max sweep") == 1 and "lazymax: no full-row max sweep" in k.variants[1].source
     d = k.explain(as_json=True)
     assert d["dispatch"]["entries"] == k.dispatch.as_list() and len(d["variants"]) == len(k.variants)
     env = {"SOFTGEN_CACHE_SIZES": ZEN3}
@@ -176,13 +198,16 @@ def test_explain_shows_the_table_and_why(disp):
     assert "n <= 4194304" in res.stdout and "three-pass-reload (3pl)" in res.stdout and "two-pass (2p)" in res.stdout
     res = subprocess.run([sys.executable, "-m", "softgen", "explain", "--target", "avx2", "--json"],
                          capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
-    assert json.loads(res.stdout)["dispatch"]["entries"][1]["algorithm"] == "two-pass"
+    entries = json.loads(res.stdout)["dispatch"]["entries"]
+    assert [(e["algorithm"], e["schedule"].get("lazymax", False)) for e in entries] == \
+        [("three-pass-reload", False), ("three-pass-reload", True), ("two-pass", False)]
 
 
 def test_single_winner_and_one_algorithm_ops_stay_one_kernel():
-    k = _compile(ZEN3, "softmax", target="scalar")     # compute-bound everywhere: 3pl
+    # compute-bound everywhere: 3pl; two rows at once have no lazymax form (docs/ops.md §3.1)
+    k = _compile(ZEN3, "softmax", target="scalar", schedule={"rows": 2})
     assert not k.dispatcher and k.algorithm == "three-pass-reload" and "_3pl__scalar_" in k.name
-    plain = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar")
+    plain = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar", schedule={"rows": 2})
     assert k.source == plain.source
     matrix = [op for op in softgen.OPS if get_op(op).kind == "matrix"]
     assert matrix and not softgen.compile(matrix[0], target="avx2").dispatcher
@@ -198,11 +223,15 @@ def test_single_winner_and_one_algorithm_ops_stay_one_kernel():
 def test_tvm_auto_is_a_dispatcher_without_c_knobs():
     # generation only (no TVM needed): the same table, DRAM rows without non-temporal stores, which
     # the TVM backend does not lower (tests/test_tvm_dispatch.py builds and runs TVM dispatchers)
+    # nor lazymax: the C table's algorithms at the same thresholds, its schedule knobs dropped
     k = _compile(ZEN3, "softmax", target="avx2", backend="tvm")
     c = _compile(ZEN3, "softmax", target="avx2")
-    assert k.dispatcher and [v.algorithm for v in k.variants] == [v.algorithm for v in c.variants]
-    assert [e.n_max for e in k.dispatch.entries] == [e.n_max for e in c.dispatch.entries]
-    assert c.variants[-1].schedule.stream and not any(v.schedule.stream for v in k.variants)
+    assert k.dispatcher and [v.algorithm for v in k.variants] == ["three-pass-reload", "two-pass"]
+    assert [(e.n_max, e.algorithm) for e in k.dispatch.entries] == \
+        [(e.n_max, e.algorithm) for e in c.dispatch.entries[1:]]
+    assert c.variants[-1].schedule.stream and c.variants[1].schedule.lazymax
+    assert not any(v.schedule.stream or v.schedule.lazymax for v in k.variants)
+    assert all(not e.schedule.get("lazymax") and "lazymax" not in e.why for e in k.dispatch.entries)
 
 
 def test_a_table_from_elsewhere_compiles_the_same_way(rng):

@@ -5,10 +5,15 @@ rescaled in the output sweep. Checked on scalar, avx2 and avx512 (small blocks, 
 several): the edge-case contract, tails, unaligned, strided and in-place rows, rows whose
 reference moves (more often than LAZY_RECORDS), first elements of -inf; bitwise three-pass-reload
 where the first elements hold the max; the split form (per chunk, any thread count the same bits);
-where it does not apply; no R-rows form.
+where it does not apply; the R-rows form (schedule rows=R: per row its reference and segments,
+bitwise the one-row form for any row count around R); the tuner offers it to batches streamed from
+beyond L1d; the folded exp (avx512, scale 1: sg_exp_fold) in every form that takes it (the row
+function, rows=R, pipeline) against float64 and bitwise across the forms.
 
 Fast: one kernel per target, module-scoped, rows of at most a few thousand elements."""
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import pytest
@@ -17,25 +22,30 @@ from test_kernels import contract_rows
 
 import softgen
 from softgen import costmodel, passes
+from softgen.backends import get_backend
+from softgen.numerics import constants
 from softgen.ops import build_program
 from softgen.passes import LAZY_FIRST, LAZY_RECORDS, LAZY_SLACK
+from softgen.schedule import Schedule
 from softgen.targets import get_target
 
 TARGETS = [t for t in ("scalar", "avx2", "avx512") if get_target(t).runnable]
 BLOCK = 256
 LAZY = {"lazymax": True, "block": BLOCK}
+R = 3          # schedule rows of the R-rows form
+tune = importlib.import_module("softgen.tune")   # the module (softgen.tune is the function)
 
 
 @pytest.fixture(scope="module", params=TARGETS)
 def lazy(request):
     t = request.param
     scale = 2.5 if t == TARGETS[-1] else 1.0        # the slack is LAZY_SLACK / s in x
-    return (softgen.compile("softmax", algorithm="three-pass-reload", target=t, scale=scale, schedule=LAZY),
-            softgen.compile("softmax", algorithm="three-pass-reload", target=t, scale=scale, schedule={"block": BLOCK}))
+    return tuple(softgen.compile("softmax", algorithm="three-pass-reload", target=t, scale=scale, schedule=sch)
+                 for sch in (LAZY, {"block": BLOCK}, {**LAZY, "rows": R}))
 
 
 def test_the_contract_tails_strides_and_in_place(lazy, rng):
-    k, _ = lazy
+    k = lazy[0]
     lanes = k.target.lanes
     for n in sorted({1, lanes + 1, 4 * lanes + 5, BLOCK + 7, 3 * BLOCK + 2 * lanes + 3}):
         x = (rng.standard_normal((3, n + 3)) * 8).astype(np.float32)
@@ -54,7 +64,7 @@ def test_rows_whose_reference_moves(lazy, rng):
     """Ascending rows move the reference once per group (more than LAZY_RECORDS times: the oldest
     segments round to 0), steps just past the slack, a max far after the first elements, -inf
     before finite values, a NaN or +inf later; in place too."""
-    k, base = lazy
+    k, base = lazy[:2]
     s = k.params["scale"]
     n = 6 * BLOCK + 37
     i = np.arange(n, dtype=np.float32)
@@ -75,7 +85,7 @@ def test_rows_whose_reference_moves(lazy, rng):
 
 
 def test_bitwise_three_pass_reload_when_the_first_elements_hold_the_max(lazy, rng):
-    k, base = lazy
+    k, base = lazy[:2]
     x = (rng.standard_normal((4, 3 * BLOCK + 11)) * 3).astype(np.float32)
     x[:, 5] = 20.0                                       # the row max, in the first 64
     assert np.array_equal(run(k, x), run(base, x))
@@ -94,8 +104,8 @@ def test_where_lazymax_applies_and_what_it_generates():
     assert "lazymax: not applied" in lz.source and "lz_r" not in lz.source
     assert lz.source.replace(lz.name, plain.name).count("\n") == plain.source.count("\n") + 1   # the note
     k = softgen.compile("softmax", algorithm="three-pass-reload", target="scalar", schedule={"lazymax": True, "rows": 2})
-    assert "lz_r" in k.source and "_batch2" not in k.source
-    assert "lazymax keeps a reference per row" in k.source and k.schedule.tag(1).endswith("_lz")
+    assert "r1_lz_r" in k.source and "_batch2(" in k.source and "(row 1)" in k.source   # the output sweep per row
+    assert "2 rows at once" in k.source and k.schedule.tag(1).endswith("_r2_lz")
     # the model: no max sweep beyond L1d (one compare more per vector), nothing saved within it
     t = get_target("avx512")
     for lvl, cheaper in (("L1d", False), ("L2", True), ("L3", True)):
@@ -128,3 +138,118 @@ def test_split_rows_per_chunk_for_any_thread_count(rng):
         assert np.array_equal(run(k, x, threads=threads), y, equal_nan=True), threads
     first = np.where(i == 3, 40.0, np.sin(i)).astype(np.float32)[None]
     assert np.array_equal(run(k, first), run(base, first))
+
+
+def _moving_rows(n: int, s: float, rng) -> dict:
+    """Rows whose reference moves (each its own way), the contract's specials, random rows."""
+    i = np.arange(n, dtype=np.float32)
+    rows = {"ascending": i * 3.0 / s, "late max": np.where(i == n - 1, 70.0, np.cos(i)),
+            "steps": np.floor(i / 16) * (LAZY_SLACK + 1.0) / s, "first -inf": np.where(i < n // 2, -np.inf, i)}
+    rows.update(contract_rows(n, rng) if n > 1 else {"nan": np.array([np.nan]), "-inf": np.array([-np.inf])})
+    rows.update((f"random {j}", rng.standard_normal(n) * 20) for j in range(2))
+    return {k: np.asarray(v, np.float32) for k, v in rows.items()}
+
+
+def test_rows_form_is_bitwise_the_one_row_form(lazy, rng):
+    """Schedule rows=R with lazymax: each row of a batch its own reference and segments (rows whose
+    references move differently side by side, specials in any row), every row count around R,
+    tails, strided, unaligned and in place: bitwise the one-row lazymax kernel, and the contract."""
+    one, _, batched = lazy
+    assert f"__row_batch{R}(" in batched.source and "r2_lz_r" in batched.source
+    lanes, s = one.target.lanes, one.params["scale"]
+    for n in sorted({1, lanes + 1, 4 * lanes + 5, LAZY_FIRST + 3, BLOCK + 7}):
+        rows = _moving_rows(n, s, rng)
+        x = np.stack(list(rows.values()))
+        want = run(one, x)
+        check(batched, x, run(batched, x), f"rows={R} n={n}", row_names=list(rows))
+        for count in range(1, 2 * R + 2):          # around R: whole batches and leftovers
+            for start in (0, len(x) - count):      # the specials in every position of a batch
+                sub = x[start:start + count]
+                assert np.array_equal(run(batched, sub), want[start:start + count], equal_nan=True), (n, count, start)
+        wide = np.full((len(x), n + 5), 3.0, np.float32)   # strided, then unaligned rows
+        wide[:, 1:n + 1] = x
+        assert np.array_equal(run(batched, wide[:, 1:n + 1]), want, equal_nan=True), n
+        inplace = x.copy()
+        assert np.array_equal(run(batched, inplace, out=inplace), want, equal_nan=True), n
+
+
+def test_the_tuner_offers_lazymax_to_batches_beyond_l1d():
+    """Batches of short rows: lazymax where the batch streams from L2, L3 or memory (each row's
+    first touch is its max sweep), not for single rows in L1d nor for batches that fit L1d."""
+    be, t, base = get_backend("c"), get_target("avx512"), Schedule()
+    assert not any(s.lazymax for s in tune.level_schedules(be, t, "L1d", base, 1, "L1d"))
+    assert not any(s.lazymax for s in tune.level_schedules(be, t, "L1d", base, 4, "L1d"))
+    batch = tune.level_schedules(be, t, "L1d", base, 4096, "L3")
+    assert {(s.rows, s.lazymax) for s in batch} >= {(1, True), (2, True), (1, False), (4, True)}
+    assert len(set(batch)) == len(batch) and base not in batch
+    assert any(s.lazymax for s in tune.level_schedules(be, t, "L1d", base, 2, "L2"))
+
+
+FOLD_FORMS = {"row": {}, f"rows={R}": {"rows": R}, "pipeline": {"pipeline": True}}
+
+
+@pytest.fixture(scope="module")
+def folded():
+    """avx512, scale 1: sweep 1's exps by sg_exp_fold (x - r folded into the range reduction) in the
+    row function and in its batch forms (each row of rows=R, each row of pipeline), and the plain
+    three-pass-reload kernel."""
+    if not get_target("avx512").runnable:
+        pytest.skip("the folded exp is avx512's (the scaled table exp)")
+    ks = {f: softgen.compile("softmax", algorithm="three-pass-reload", target="avx512", schedule={**LAZY, **sch})
+          for f, sch in FOLD_FORMS.items()}
+    return ks, softgen.compile("softmax", algorithm="three-pass-reload", target="avx512", schedule={"block": BLOCK})
+
+
+def _folded_rows(n: int, rng) -> dict:
+    """Rows whose segments fold (|r| <= SG_FOLD_MAX) and rows whose do not, mixed both ways, huge,
+    random, a heavy sum rescaled, -inf and terms below 2^-126, a late NaN."""
+    fmax = float(constants.FOLD_MAX)
+    i = np.arange(n, dtype=np.float32)
+    wave = np.sin(i) * 4
+    rows = {"unfolded then folded": np.where(i < 2 * BLOCK, -3 * fmax + wave, wave),
+            "folded then unfolded": np.where(i < 2 * BLOCK, fmax - 40 + wave, fmax + 40 + wave),
+            "near the bound": fmax - 10 + np.floor(i / 64) * (LAZY_SLACK + 0.5),
+            "large": 1e5 + wave, "random": rng.standard_normal(n) * 30,
+            "a heavy sum rescaled": np.where(i < LAZY_FIRST, 0.0, np.where(i == n - 9, LAZY_SLACK + 0.7,
+                                                                           LAZY_SLACK - 0.1 + wave / 40)),
+            "-inf and far below": np.where(i % 7 == 0, -np.inf, np.where(i % 5 == 0, wave - 87.5, wave)),
+            "late NaN": np.where(i == 3 * BLOCK + 1, np.nan, wave)}
+    return {k: np.asarray(v, np.float32) for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("form", list(FOLD_FORMS))
+def test_the_folded_exp_against_float64_and_across_the_fold_bound(folded, form, rng):
+    """Segments whose reference folds (|r| <= SG_FOLD_MAX: terms against q ln2) and segments whose
+    does not (against r) in one row, both ways, rescaled to each other in the output sweep; -inf
+    exactly +0, NaN rows, terms below 2^-126 (at most 2^-126, monotone), the contract, tails. The
+    batch forms (rows=R, pipeline) fold each row: against float64 too, and bitwise the row form for
+    every row count around their batch (rows in every position, strided)."""
+    ks, base = folded
+    k, one = ks[form], ks["row"]
+    assert k.source.count("sg_exp_fold(") >= 2 and "sg_exp_fold" not in base.source
+    assert "lazymax exps of x - r in sweep 1 (single rows" in k.source
+    assert {"row": "single rows;", f"rows={R}": f"_batch{R} form;", "pipeline": "_pipe form;"}[form] in k.source
+    n = 4 * BLOCK + 21
+    rows = _folded_rows(n, rng)
+    x = np.stack(list(rows.values()))
+    y = run(k, x)
+    check(k, x, y, form, row_names=list(rows))
+    assert np.array_equal(np.isnan(y), np.isnan(run(base, x)))
+    far = list(rows).index("-inf and far below")
+    tiny = x[far] - x[far].max() < -87.34
+    assert tiny.any() and (y[far][tiny] <= 2.0 ** -126).all() and (y[far][np.isneginf(x[far])] == 0).all()
+    order = np.argsort(x[far], kind="stable")
+    assert (np.diff(y[far][order]) >= 0).all()
+    for m in (1, BLOCK + 5):                         # tails
+        check(k, x[:, :m], run(k, x[:, :m]), f"{form} n={m}")
+    if k is one:
+        return
+    want = run(one, x)
+    assert np.array_equal(y, want, equal_nan=True)
+    for count in range(1, 2 * R + 2):                # whole batches and leftovers, the first and last rows alone
+        for start in (0, len(x) - count):
+            assert np.array_equal(run(k, x[start:start + count]), want[start:start + count], equal_nan=True), \
+                (form, count, start)
+    wide = np.full((len(x), n + 3), 1.0, np.float32)
+    wide[:, 1:n + 1] = x
+    assert np.array_equal(run(k, wide[:, 1:n + 1]), want, equal_nan=True)

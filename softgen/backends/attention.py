@@ -37,8 +37,8 @@ from ..render import env, flit
 from .gemm import transpose_stages
 
 # Query rows per task of the threaded form (rounded up to a multiple of br): fixed, so results do
-# not depend on the thread count; K^T is transposed once per (batch, kv head), by the first task
-# of its heads that runs (O(Lk d) against a task's O(QCH Lk d) multiply-adds).
+# not depend on the thread count; K^T is transposed once per (batch, kv head), panel by panel, by
+# the first tasks of its heads that run (O(Lk d) against a task's O(QCH Lk d) multiply-adds).
 TASK_ROWS = 64
 # threads=auto: one thread per this many multiply-adds of work (~0.1 ms at a few GFLOP/s)
 TASK_GRAIN = 1 << 19

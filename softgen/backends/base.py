@@ -99,6 +99,9 @@ class Backend(abc.ABC):
     # where the tuner tries it; a knob not listed is tried at every level. Knobs listed here are
     # tried one value at a time over each kept schedule of the listed ones (not as a product).
     tuning_knob_levels: MappingProxyType = MappingProxyType({})
+    # knob -> the cache levels of a batched call's whole working set (rows x n) where the tuner
+    # also tries it on batches (rows > 1), whatever the level of one row
+    tuning_knob_batch_levels: MappingProxyType = MappingProxyType({})
     # the knobs whose values also depend on the target: knob -> name of a Target property that must
     # be true for the knob to be offered (e.g. the C backend's stream -> "streams")
     tuning_knob_requires: MappingProxyType = MappingProxyType({})

@@ -34,9 +34,10 @@ from ..passes import (
     LazyMax,
     lazy_max,
     max_shifted,
+    pipeline_refusal,
     plan,
 )
-from ..render import env, flit, isa_header, scaled_exp, select_helpers, vmath
+from ..render import env, flit, fold_exp, isa_header, scaled_exp, select_helpers, vmath
 from ..schedule import GemmSchedule, Schedule
 from ..targets import Target
 from .attention import TASK_GRAIN, attention_function, score_rows, task_rows
@@ -580,6 +581,7 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
                   row_params: list[str]) -> dict:
     c, pl = _Ctx(p, t, s, row_params), plan(p)
     lz = lazy_form(p, s)
+    fold = lazy_fold(c, lz)
     blocks = [{"kind": "scalar", "lines": _scalar_lines(c, pl.scalars_before, fallback)}]
     for sw in pl.sweeps:
         decl = []
@@ -588,7 +590,7 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
             decl += [f"float {', '.join(_results(p, r))};"] + (red.decl() if isinstance(red, TopKRed) else [])
         blk, after = _sweep_block(c, sw), []
         if lz:
-            decl, blk, after = _lazy_sweep(c, lz, sw, decl, blk)
+            decl, blk, after = _lazy_sweep(c, lz, sw, decl, blk, fold=fold)
         blocks.append({"kind": "scalar", "lines": decl})
         blocks.append(blk)
         blocks.append({"kind": "scalar", "lines": after + _scalar_lines(c, sw.scalars_after, fallback)})
@@ -608,6 +610,44 @@ def lazy_form(p: Program, s: Schedule) -> LazyMax | None:
     return lz if isinstance(lz, LazyMax) else None
 
 
+def lazy_fold(c: _Ctx, lz: LazyMax | None) -> bool:
+    """Whether the row function's lazymax exp sweep (sweep 1) takes sg_exp_fold (vmath.h.j2): e^(x - r)
+    straight from x, where the target has it (``render.fold_exp``) and the exps' argument is x - r
+    itself (scale 1). Its batch forms run that sweep's code per row, so they fold too: schedule
+    rows=R (``_rows_function``: each row its own lz_fold, lz_c, lz_lo, r<j>_-prefixed) and pipeline
+    (``_pipe_function``: the sweep whose loop also runs the previous row's output sweep, which only
+    scales y by the segments' factors, sg_fold_ref's like the sums). The split form's chunks keep
+    sg_exp_shifted (their merge rescales by the chunks' plain references)."""
+    if lz is None or lz.scale != 1.0 or not fold_exp(c.t, c.s.exp):
+        return False
+    return _fold_lines(lz, _sweep_block(c, plan(c.p).sweeps[1])["main"]) is not None
+
+
+def _fold_lines(lz: LazyMax, lines: list[str]) -> list[str] | None:
+    """A block's lines with its exps of x - r from x (sg_exp_fold) while the reference folds
+    (lz_fold), else as they were; None when its exps are not of x - r itself."""
+    sub = re.compile(rf"const VEC v{lz.d}_(\d+) = V_SUB\(v{lz.x}_\1, b{lz.m}\);$")
+    ex = re.compile(rf"const VEC (v\d+_(\d+)) = sg_exp_shifted\(v{lz.d}_\2\);$")
+    subs = [j for j, ln in enumerate(lines) if sub.match(ln)]
+    exps = [(j, ex.match(ln)) for j, ln in enumerate(lines) if ex.match(ln)]
+    if not exps or len(subs) != len(exps) or subs[-1] > exps[0][0] \
+            or any(f"v{lz.d}_" in ln for j, ln in enumerate(lines) if j not in subs and j not in dict(exps)):
+        return None
+    names = [(m.group(1), m.group(2)) for _, m in exps]
+    group = [f"VEC {', '.join(v for v, _ in names)};",
+             "if (__builtin_expect(lz_fold, 1)) {   /* e^(x - R) from x: sg_exp_fold */"]
+    group += [f"    {v} = sg_exp_fold(v{lz.x}_{u}, lz_c, lz_lo);" for v, u in names]
+    group += ["} else {"] + [f"    {v} = sg_exp_shifted(V_SUB(v{lz.x}_{u}, b{lz.m}));" for v, u in names] + ["}"]
+    drop = set(subs) | {j for j, _ in exps}
+    out = []
+    for j, ln in enumerate(lines):
+        if j == exps[0][0]:
+            out += group
+        if j not in drop:
+            out.append(ln)
+    return out
+
+
 def _lazy_state(lz: LazyMax, lo: str) -> list[str]:
     """The reference (from the max s<m> of sweep 0) and its segments, the first at ``lo``."""
     return [f"float lz_r = s{lz.m} < -FLT_MAX ? -FLT_MAX : s{lz.m};   /* the reference (-inf: -FLT_MAX; NaN stays) */",
@@ -625,14 +665,18 @@ def _lazy_top(arr: str, count: str) -> list[str]:
 
 
 def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = "0",
-                hi: str = "n") -> tuple[list[str], dict, list[str]]:
+                hi: str = "n", fold: bool = False) -> tuple[list[str], dict, list[str]]:
     """A three-pass-reload sweep under schedule lazymax: (declarations before it, its block, row
     lines after it). Sweep 0 takes the max of the first LAZY_FIRST elements only (the reference r: ``lz_r``);
     sweep 1 moves r to a group of vectors' max where one exceeds r + LAZY_SLACK / s (rescaling
     the sum's partial states, recording where: ``lz_pos``, ``lz_ref``, the oldest dropped
     beyond LAZY_RECORDS); sweep 2 runs per recorded segment, its factor times e^(s (r_k - r))
-    ([0, lz_pos[0]): times 0, NaN kept)."""
+    ([0, lz_pos[0]): times 0, NaN kept). ``fold`` (``lazy_fold``): sweep 1's exps by sg_exp_fold while
+    |r| <= SG_FOLD_MAX, the terms then against R = sg_fold_ref(r), which the factors take."""
     sc = lz.scale
+
+    def ref(v: str) -> str:   # the reference a segment's terms are against, in double
+        return f"sg_fold_ref({v})" if fold else f"(double){v}"
     lim = f"lz_r + {flit(LAZY_SLACK / sc)}"
     if sw.index == 0:
         fb = LAZY_FIRST
@@ -644,22 +688,25 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
         setup = [ln for ln in blk["setup"] if not ln.startswith(f"const VEC b{lz.factor} = ")]
         head = [f"for (int lz_k = -1; lz_k < lz_cnt; lz_k++) {{   /* lazymax: [{lo}, lz_pos[0]), then each reference's segment */",
                 f"    const size_t lo = lz_k < 0 ? {lo} : lz_pos[lz_k], hi = lz_k + 1 < lz_cnt ? lz_pos[lz_k + 1] : {hi};",
-                f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : (float)((double){f} * "
-                f"exp({float(sc).hex()} * ((double)lz_ref[lz_k] - (double)lz_r))));"]
+                f"    const VEC b{lz.factor} = V_SET1(lz_k < 0 ? {f} * 0.0f : lz_ref[lz_k] == lz_r ? {f} :   /* r's own: e^0, no libm call */",
+                f"        (float)((double){f} * exp({float(sc).hex()} * ({ref('lz_ref[lz_k]')} - {ref('lz_r')}))));"]
         return decl, {**blk, "setup": setup, "segments": head}, []
     red = _red(c, lz.s)
     accs = [n for k in range(c.s.accumulators if red.replicated else 1) for n in _acc(lz.s, k, red).values()]
     accs += [f"o{lz.s}_{f}" for f in (red.outer if red.blocked else ())]
     rebase = [f"if (__builtin_expect(V_ANY(V_CMPGT(lz_m, lz_lim)), 0)) {{   /* x > r + {LAZY_SLACK:g} / s: r moves */",
               "    const float lz_new = V_HMAX(lz_m);",
-              f"    const VEC lz_f = V_SET1((float)exp({float(sc).hex()} * ((double)lz_r - (double)lz_new)));"]
+              f"    const VEC lz_f = V_SET1((float)exp({float(sc).hex()} * ({ref('lz_r')} - {ref('lz_new')})));"]
     rebase += [f"    {a} = V_MUL({a}, lz_f);" for a in accs]
     rebase += [f"    if (lz_cnt == {LAZY_RECORDS}) {{   /* the oldest segment's terms are below 2^-150 of the newest */",
                f"        memmove(lz_pos, lz_pos + 1, {LAZY_RECORDS - 1} * sizeof *lz_pos);",
                f"        memmove(lz_ref, lz_ref + 1, {LAZY_RECORDS - 1} * sizeof *lz_ref);",
                "        lz_cnt--;", "    }",
                "    lz_pos[lz_cnt] = i;", "    lz_ref[lz_cnt++] = lz_new;",
-               "    lz_r = lz_new;", f"    b{lz.m} = V_SET1(lz_r);", f"    lz_lim = V_SET1({lim});", "}"]
+               "    lz_r = lz_new;", f"    b{lz.m} = V_SET1(lz_r);", f"    lz_lim = V_SET1({lim});"]
+    refold = ["lz_fold = fabsf(lz_r) <= SG_FOLD_MAX;   /* sg_exp_fold's reference R and clamp */",
+              "lz_c = V_SET1(SG_TMAGIC - sg_fold_q(lz_r));", "lz_lo = V_SET1(sg_fold_lo(lz_r));"]
+    rebase += (["    " + ln for ln in refold] if fold else []) + ["}"]
 
     def checked(lines: list[str], slots: int, tail: bool) -> list[str]:
         loads = [j for j, ln in enumerate(lines) if ln.startswith(f"const VEC v{lz.x}_")]
@@ -668,10 +715,13 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
             vs = [f"V_MAX({a}, {b})" for a, b in zip(vs[::2], vs[1::2])] + ([vs[-1]] if len(vs) % 2 else [])
         m = f"V_SELECT(tm, {vs[0]}, V_SET1(-INFINITY))" if tail else vs[0]
         at = loads[-1] + 1
-        return lines[:at] + [f"const VEC lz_m = {m};"] + rebase + lines[at:]
+        out = lines[:at] + [f"const VEC lz_m = {m};"] + rebase + lines[at:]
+        return _fold_lines(lz, out) if fold else out
 
     setup = [f"VEC b{lz.m} = V_SET1(lz_r);" if ln.startswith(f"const VEC b{lz.m} = ") else ln for ln in blk["setup"]]
     setup.append(f"VEC lz_lim = V_SET1({lim});")
+    if fold:
+        setup += ["int lz_fold;", "VEC lz_c, lz_lo;"] + refold
     return decl, {**blk, "setup": setup, "main": checked(blk["main"], c.s.unroll, False),
                   "single": checked(blk["single"], 1, False), "tail": checked(blk["tail"], 1, True)}, []
 
@@ -680,8 +730,9 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
 
 # The identifiers of one row in a row function's body: row scalars s<v>, accumulators a<r>_<k>_<f>,
 # outer states o<r>_<f>, broadcasts b<v>, row values v<v>_<u>, scales sc<r>, the tail mask, lane
-# indices, the row's buffers. Each row of a batch gets its copies, prefixed r<j>_.
-_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|tm|iota|x|y)\b")
+# indices, the row's buffers, lazymax's reference and segments lz_*. Each row of a batch gets its
+# copies, prefixed r<j>_.
+_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|lz_\w+|tm|iota|x|y)\b")
 
 
 def rows_refusal(p: Program, s: Schedule) -> str:
@@ -690,8 +741,6 @@ def rows_refusal(p: Program, s: Schedule) -> str:
         return "a phase of a matrix program"
     if p.row_params():
         return "it has per-row parameters"
-    if lazy_form(p, s):
-        return "lazymax keeps a reference per row"
     if s.stream:
         return "non-temporal stores peel each row to its own alignment"
     if abi(p, "_")["row_decl"] != "float *y":
@@ -710,12 +759,16 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
     finish) and scalar line once per row, row j's identifiers prefixed r<j>_. Each row runs the
     one-row code, so results are bitwise the one-row form's. A guard (two-pass out of the exp
     domain) is taken before any sweep writes y: the rows restart one at a time in the one-row
-    function, which takes the row's own fallback."""
+    function, which takes the row's own fallback. Lazymax (``_lazy_sweep``): each row keeps its
+    reference and segments; the output sweep, a loop over the row's own segments, runs row after
+    row (it has no reduction whose latency a shared loop would hide)."""
+    def row(j: int, lines: list[str]) -> list[str]:
+        return [_ROW_NAMES.sub(lambda m: f"r{j}_{m.group(1)}", ln) for ln in lines]
+
     def per_row(lines: list[str]) -> list[str]:
-        out = []
-        for j in range(rows):
-            out += [_ROW_NAMES.sub(lambda m: f"r{j}_{m.group(1)}", ln) for ln in lines]
-        return out
+        return [ln for j in range(rows) for ln in row(j, lines)]
+
+    sections = ("setup", "main", "single", "tail", "fold", "finish", "peel")
 
     restart = "".join(f"{one['name']}(r{j}_x, r{j}_y, n); " for j in range(rows))
     blocks = [{"kind": "scalar", "lines": [
@@ -726,15 +779,81 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
             lines = blk["lines"]
             if fallback:   # per_row renames x, y: the guard's call becomes the restart afterwards
                 lines = [ln.replace(f"{fallback}(x, y, n); return;", "SG_RESTART; return;") for ln in lines]
-            blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart)
-                                                        for ln in per_row(lines)]})
-        else:
-            blocks.append({**blk, **{k: per_row(blk[k]) for k in ("setup", "main", "single", "tail",
-                                                                     "fold", "finish", "peel")}})
+            first = [ln for ln in lines if ln.startswith("const size_t lz_n0 ")]   # every row's (one n)
+            lines = row(0, first) + per_row([ln for ln in lines if ln not in first])
+            blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart) for ln in lines]})
+        elif "segments" in blk:   # lazymax's output sweep: per row, over its segments
+            blocks += [{**blk, "comment": f"{blk['comment']} (row {j})",
+                        **{k: row(j, blk[k]) for k in sections + ("segments",)}} for j in range(rows)]
+        else:   # one loop for the rows (one n; lazymax's first sweep ends at r0_lz_n0, every row's)
+            blocks.append({**blk, **{k: per_row(blk[k]) for k in sections},
+                           **{k: row(0, [blk[k]])[0] for k in ("begin", "end", "length")}})
     return {"name": f"{one['name']}_batch{rows}", "blocks": blocks,
             "comment": f"{one['comment']}; {rows} rows at once (schedule rows={rows}): rows x + j ldx -> "
                        f"y + j ldy, j < {rows}, each sweep's loop shared, each row's code its own (r<j>_)",
             "signature": f"static void {one['name']}_batch{rows}(const float *x, float *y, size_t n, "
+                         f"size_t ldx, size_t ldy)"}
+
+
+# -- one row at a time, pipelined (schedule pipeline) -------------------------------------------------
+
+def pipe_refusal(p: Program, s: Schedule) -> str:
+    """Why row program ``p`` has no pipelined form under ``s`` ("" when it has one)."""
+    if s.stream:
+        return "non-temporal stores peel each row to its own alignment"
+    if p.phase is None and abi(p, "_")["row_decl"] != "float *y":
+        return "its output is not a dense row"
+    return pipeline_refusal(plan(p))
+
+
+_SCALAR_NAMES = re.compile(r"\bs\d+(?:_\d+)?\b")
+
+
+def _pipe_function(one: dict, lz: LazyMax | None = None) -> dict:
+    """The pipelined form of a row function (``one``, from ``_row_function``) over a range of rows:
+    row r's last sweep (the output sweep: no reduction, ``pipe_refusal``) runs in the loop of row
+    r + 1's sweep before it (the same i; its identifiers, the scalars it reads and its buffers,
+    prefixed p_: the previous row's), so its loads and stores overlap that sweep's arithmetic and
+    row r's scalars (1 / sum) overlap row r + 1's first sweeps. Row 0's sweep runs alone, the last
+    row's output sweep after the loop. Lazymax (``lz``): a row whose reference never moved (one
+    segment, its factor the row scalar itself) is deferred so; any other runs its segments at once.
+    Each row runs the one-row code: bitwise its results."""
+    blocks = one["blocks"]
+    sweeps = [j for j, b in enumerate(blocks) if b["kind"] != "scalar"]
+    at, last = sweeps[-2], blocks[sweeps[-1]]
+    sections = ("setup", "main", "single", "tail", "finish")
+    # the deferred output sweep: lazymax's one segment [0, n), times the row scalar
+    simple = last if lz is None else {**{k: v for k, v in last.items() if k != "segments"},
+                                      "setup": last["setup"] + [f"const VEC b{lz.factor} = V_SET1(s{lz.factor});"]}
+
+    def prev(lines: list[str]) -> list[str]:
+        return [_ROW_NAMES.sub(lambda m: f"p_{m.group(1)}", ln) for ln in lines]
+
+    def scalar(*lines: str) -> dict:
+        return {"kind": "scalar", "lines": list(lines)}
+
+    carried = sorted({m for k in sections for ln in simple[k] for m in _SCALAR_NAMES.findall(ln)})
+    fused = {**blocks[at], "comment": f"{blocks[at]['comment']}; with the previous row's sweep {last['index']} "
+                                      f"(p_: {last['comment']})",
+             **{k: blocks[at][k] + prev(simple[k]) for k in sections}}
+    head = ["const float *p_x = x;   /* the previous row: its buffers and the scalars its output sweep reads */",
+            "float *p_y = y;", "(void)p_x;", "(void)p_y;"] + [f"float p_{v} = 0.0f;" for v in carried] \
+        + ["int pend = 0;   /* a previous row's output sweep is pending */",
+           "for (size_t r = 0; r < rows; r++, x += ldx, y += ldy) {"]
+    body = blocks[:at] + [scalar("if (!pend) {"), blocks[at], scalar("} else {"), fused, scalar("}")] \
+        + blocks[at + 1:sweeps[-1]]
+    defer = [f"p_{v} = {v};" for v in carried] + ["p_x = x;", "p_y = y;", "pend = 1;"]
+    if lz is None:
+        body.append(scalar(*defer))
+    else:   # the reference moved: this row's segments now
+        body += [scalar("if (lz_cnt == 1) {   /* one segment: deferred */", *["    " + d for d in defer],
+                        "} else {", "pend = 0;"), last, scalar("}")]
+    out = {**simple, "comment": f"{last['comment']} (the last row)", **{k: prev(simple[k]) for k in sections}}
+    return {"name": f"{one['name']}_pipe", "comment": f"{one['comment']}; rows r0.. one at a time, pipelined "
+            f"(schedule pipeline): row r's sweep {last['index']} in the loop of row r + 1's sweep {blocks[at]['index']}",
+            "blocks": [scalar(*head)] + body + [scalar("}", "if (pend) {   /* the last row's output sweep */"), out,
+                                                scalar("}")] + blocks[sweeps[-1] + 1:],
+            "signature": f"static void {one['name']}_pipe(const float *x, float *y, size_t rows, size_t n, "
                          f"size_t ldx, size_t ldy)"}
 
 
@@ -971,6 +1090,18 @@ def _knob_note(s: Schedule, t: Target, p: Program) -> str:
                                     f"first {LAZY_FIRST} elements, moved where x > r + {LAZY_SLACK:g} / s), rescaled per "
                                     f"segment in the output sweep; split rows: each chunk from its first ones, its own "
                                     f"reference, the chunks' sums rescaled to the largest"))
+    if s.pipeline:
+        why = pipe_refusal(p, s)
+        notes.append("pipeline: " + (f"not applied ({why})" if why else
+                                     "each row's output sweep in the loop of the next row's sweep before it "
+                                     "(the row function's _pipe form)"))
+    if lazy_fold(_Ctx(p, t, s, p.row_params()), lazy_form(p, s)):
+        forms = ["single rows"] + ([f"each row of the _batch{s.rows} form"] if s.rows > 1 and not rows_refusal(p, s)
+                                   else []) + (["each row of the _pipe form"] if s.pipeline and not pipe_refusal(p, s)
+                                               else [])
+        notes.append(f"lazymax exps of x - r in sweep 1 ({', '.join(forms)}; split rows' chunks keep sg_exp_shifted): "
+                     f"sg_exp_fold, x - r folded into the range reduction against R = q ln2 while |r| <= SG_FOLD_MAX, "
+                     f"2^n added to an int-scaled table entry")
     if s.rows > 1:
         why = rows_refusal(p, s)
         notes.append(f"rows={s.rows}: " + (f"one row at a time ({why})" if why else
@@ -1006,6 +1137,10 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
     if s.rows > 1 and not rows_refusal(p, s):
         functions.append(_rows_function(functions[-1], s.rows, fallback))
         batch = {"fn": functions[-1]["name"], "rows": s.rows}
+    pipe = None
+    if s.pipeline and not pipe_refusal(p, s):
+        functions.append(_pipe_function(functions[-1], lazy_form(p, s)))
+        pipe = {"fn": functions[-1]["name"]}
     if split:
         functions += _split_functions(p, t, s, f"{name}__row", split["ctx"],
                                       fallback and f"{fallback}_split", rps)
@@ -1018,10 +1153,12 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         name=name, version=__version__, op=op, algorithm=algorithm,
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=pl.traffic(), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t, p), plan_lines=plan_lines,
-        isa=isa_header(t, stream=s.stream), vmath=vmath(s.exp, t),
+        isa=isa_header(t, stream=s.stream),
+        vmath=vmath(s.exp, t, fold=any(lazy_fold(_Ctx(q, t, s, q.row_params()), lazy_form(q, s))
+                                       for q in (p, p.fallback) if q is not None)),
         helpers=select_helpers(p, radix=radix_topk(p, t)), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
-        threads=threads, split=split, batch=batch)
+        threads=threads, split=split, batch=batch, pipe=pipe)
 
 
 class CBackend(Backend):
@@ -1041,12 +1178,17 @@ class CBackend(Backend):
     tuning_knobs = MappingProxyType({"unroll": (2, 4, 8), "accumulators": (1, 2, 4),
                                      "stream": (False, True), "prefetch": (0, 1024),
                                      "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
-                                     "lazymax": (False, True)})
+                                     "lazymax": (False, True), "pipeline": (False, True)})
     # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
-    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%)
+    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%),
+    # and batches of short rows beyond L1d (each row's max sweep is its first touch of x from L2/L3/
+    # DRAM; 1.04-1.07x at 4096 x 512 on avx512, bench/results/batchrows-2026-11-30-epyc-avx512-noisy.txt)
+    # pipeline: batches only (no single-row level), at every level of the batch
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
                                            "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
-                                           "lazymax": ("L2", "L3", "DRAM")})
+                                           "lazymax": ("L2", "L3", "DRAM"), "pipeline": ()})
+    tuning_knob_batch_levels = MappingProxyType({"lazymax": ("L2", "L3", "DRAM"),
+                                                 "pipeline": ("L1d", "L2", "L3", "DRAM")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
 
     def lowerable(self, program) -> list[str]:

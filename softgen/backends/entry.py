@@ -234,32 +234,41 @@ def _matrix_body(mp, phases, name: str, cc: CallingConvention, scal: dict, index
 def _strided(mp, name: str):
     """(dims before the checks, after them, checks, row strides, per-matrix pointers) of a form
     that is not streaming on ``abi.ATTENTION``'s explicit strides (``MatrixProgram.strided``:
-    Sinkhorn, SOFT with pooled landmarks): matrix t of the batch x hq loop is (b, h) = (t / hq,
+    the three-phase form, Sinkhorn, SOFT; given landmarks per query head): matrix t of the batch x hq loop is (b, h) = (t / hq,
     t % hq), its kv head h / (hq / hkv); each array's row stride is its ld (rows contiguous; a
     single row's stride is not read). kv_lengths with ``MatrixProgram.key_padding`` (the scores'
-    columns past them -inf). Not taken: lse (the streaming form's), kv_lengths otherwise, a mask
-    whose key axis is strided; a tied SOFT program (no lk) needs lk == lq."""
-    mask = "mask" in mp.inputs
-    arrays = ["q", "k", "v"] + (["mask"] if mask else []) + ["o"]
-    rows = {"q": "lq", "k": "lk", "v": "lk", "mask": "lq", "o": "lq"}
-    cols = {"q": "d", "k": "d", "v": "dv", "mask": "lk", "o": "dv"}
+    columns past them -inf); lse with ``MatrixProgram.lse`` (copied from its per-row vector,
+    ``lse_lines``). Not taken: those otherwise, a mask whose key axis is strided; a tied SOFT
+    program (no lk) needs lk == lq."""
+    mask, lm = "mask" in mp.inputs, "landmarks" in mp.inputs
+    arrays = ["q", "k", "v"] + (["mask"] if mask else []) + (["landmarks"] if lm else []) + ["o"]
+    rows = {"q": "lq", "k": "lk", "v": "lk", "mask": "lq", "landmarks": "m", "o": "lq"}
+    cols = {"q": "d", "k": "d", "v": "dv", "mask": "lk", "landmarks": "d", "o": "dv"}
     before = [(f"dim_{d}", d) for d in mp.dims if d not in mp.fixed_dims]
     before += [(f"dim_{d}", str(size)) for d, size in mp.fixed_dims.items()]
     strides = [f"{a}_s{s}" for a in arrays for s in ("bhrc" if a == "mask" else "bhr")]
-    checks = [("batch == 0 || hq == 0 || lq == 0 || dv == 0", err.OK.code, "o is empty: nothing to do"),
-              ("q == NULL || o == NULL || (lk != 0 && (k == NULL || v == NULL" + (" || mask == NULL" if mask else "")
-               + "))", err.ENULL.code, "an array is NULL while it is not empty"),
+    lse = mp.lse is not None
+    checks = [("batch == 0 || hq == 0 || lq == 0 || " + ("(dv == 0 && lse == NULL)" if lse else "dv == 0"),
+               err.OK.code, "o (and lse) empty: nothing to do" if lse else "o is empty: nothing to do"),
+              ("q == NULL || " + ("(o == NULL && dv != 0)" if lse else "o == NULL") + " || (lk != 0 && (k == NULL || v == NULL" + (" || mask == NULL" if mask else "")
+               + "))" + (" || landmarks == NULL" if lm else ""), err.ENULL.code, "an array is NULL while it is not empty"),
               (" || ".join(f"{x} < 0" for x in strides), err.ESTRIDE.code, "a negative stride"),
               ("(lq > 1 && ((size_t)q_sr < d || (size_t)o_sr < dv)) || (lk > 1 && ((size_t)k_sr < d || "
-               "(size_t)v_sr < dv))" + (" || (lk > 1 && mask_sc != 1)" if mask else ""), err.ESTRIDE.code,
+               "(size_t)v_sr < dv))" + (" || (lk > 1 && mask_sc != 1)" if mask else "")
+               + (" || (m > 1 && (size_t)landmarks_sr < d)" if lm else ""), err.ESTRIDE.code,
                "a row stride below its row (rows must not overlap), or a strided mask row")]
     fits = [f"!{name}__fits_strided(batch, {a}_sb, {'hkv' if a in 'kv' else 'hq'}, {a}_sh, {rows[a]}, {a}_sr, "
             f"{cols[a]})" for a in arrays]
+    if lse:
+        checks.append(("lse != NULL && (lse_sb < 0 || lse_sh < 0 || lse_sr < 0)", err.ESTRIDE.code,
+                       "a negative lse stride"))
+        fits.append("(lse != NULL && !{name}__fits_strided(batch, lse_sb, hq, lse_sh, lq, lse_sr, 1))".format(name=name))
     pad = mp.key_padding is not None
-    checks += [("hkv == 0 || hq % hkv != 0 || " + ("" if pad else "kv_lengths != NULL || ") + "lse != NULL"
+    refused = [a for a, taken in (("kv_lengths", pad), ("lse", lse)) if not taken]
+    checks += [("hkv == 0 || hq % hkv != 0" + (" || m == 0" if lm else "") + "".join(f" || {a} != NULL" for a in refused)
                 + (" || lk != lq" if "lk" not in mp.dims else ""), err.EMATRIX.code,
-                "hkv does not divide hq, or an argument this form does not take ("
-                + ("lse" if pad else "kv_lengths, lse") + ")"
+                "hkv does not divide hq" + (", no landmark (m == 0)" if lm else "") + (f", or an argument this form does not take ({', '.join(refused)})"
+                                            if refused else "")
                 + ("; a tied kernel's lk is lq" if "lk" not in mp.dims else "")),
                (" || ".join(fits) + " || (hq != 0 && batch > SIZE_MAX / hq)", err.EOVERFLOW.code,
                 "an array does not fit in the address space")]
@@ -270,7 +279,7 @@ def _strided(mp, name: str):
         per_matrix.append("const size_t sg_nk = kv_lengths == NULL ? dim_lk : kv_lengths[sg_bb] < 0 ? 0 : "
                           "(size_t)kv_lengths[sg_bb] < dim_lk ? (size_t)kv_lengths[sg_bb] : dim_lk;")
     for a in arrays:
-        head = "sg_g" if a in ("k", "v") else "sg_h"
+        head = "sg_g" if a in ("k", "v") else "sg_h"   # landmarks: per query head
         per_matrix.append(f"{'' if a == 'o' else 'const '}float *mat_{a} = {a} + (ptrdiff_t)sg_bb * {a}_sb + "
                           f"(ptrdiff_t){head} * {a}_sh;")
     return before, after, checks, lds, per_matrix
@@ -329,6 +338,10 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
                 for nm, (r, c) in mp.scratch_mats.items()]
     scal = {nm: i for i, nm in enumerate(mp.scalars())}
     body = _matrix_body(mp, mp.phases, name, cc, scal, [0])
+    if abi.kind == ATTENTION and mp.lse is not None:   # the rows phase's per-row lse to the caller's strides
+        body += ["if (lse != NULL)   /* the normalizer's per-row lse (MatrixProgram.lse) */",
+                 f"    for (size_t i = 0; i < dim_lq; i++) lse[(ptrdiff_t)sg_bb * lse_sb + (ptrdiff_t)sg_h * lse_sh + "
+                 f"(ptrdiff_t)i * lse_sr] = vec_{mp.lse}[i];"]
     protos = []
     if cc.declare:
         for k, ph in enumerate(mp.leaves()):

@@ -10,6 +10,8 @@ value is only re-spelled. Every value is exactly representable in float32.
 """
 from __future__ import annotations
 
+import struct
+
 
 class F32(float):
     """A float32 constant: its value, and its source spelling (hex float or decimal)."""
@@ -42,6 +44,11 @@ MINUS_LN2 = F32("-0x1.62E430p-1")       # one-constant reduction (c1): fl(-ln2),
 EXP_MIN = F32("-88.0")                 # rounds to n = -127, whose 2^n bits are +0
 EXP_MIN_SCALED = F32("-104.0")         # the scaled exp's clamp: e^-104 < 2^-150, so q 2^n rounds to +0
 EXP_MAX = F32("88.75")                 # above log(FLT_MAX): overflows to +inf
+# schedule lazymax's folded exp (sg_exp_fold: e^(x - q ln2) straight from x, docs/ops.md §3.1):
+FOLD_MIN = F32("-0x1.601eb8p+6")       # -88.03 below the reference: k = -127 * 32 (+0), 3e-4 from the
+                                       # centre of its rounding interval (half width ln2/64 = 0.0108)
+FOLD_MAX = F32("4096.0")               # |reference| up to which it folds: C = magic - q exact, and the
+                                       # float log2e's 1.9e-8 moves k by under 1e-4 ln2 (|r| grows 0.5%)
 
 
 
@@ -66,6 +73,18 @@ class ExpVariant:
     def top(self) -> "F32":
         """A table variant's largest biased kf whose floor(k/N) is 127 (sg_exp's top binade)."""
         return F32((self.magic + 128 - 1 / len(self.table)).hex())
+
+    @property
+    def scaled_bits(self) -> tuple:
+        """A table variant's int-scaled entries (schedule lazymax's folded exp, vmath.h.j2 sg_exp_fold):
+        bits(T[j]) - (127 << 23) - (j << shift) as int32, so that adding the bias bits of kf shifted
+        left by ``shift`` gives the bits of T[j] 2^floor(k/N) (exponent 127 + floor(k/N) >= 0:
+        floor(k/N) = -127 with j = 0 gives exactly +0)."""
+        out = []
+        for j, t in enumerate(self.table):
+            b = struct.unpack("<i", struct.pack("<f", t))[0] - (127 << 23) - (j << self.shift)
+            out.append((b + 2 ** 31) % 2 ** 32 - 2 ** 31)
+        return tuple(out)
 
     @property
     def shift(self) -> int:

@@ -11,9 +11,10 @@ Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - 
 element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
 to the scores). ``mask="bool"`` (a uint8 keep-mask) is the streaming form's only: its IR is the
 additive one (the mask input), the kernel reads the mask as bytes. The streaming form's ABI
-(``abi.ATTENTION``) also takes key-padding lengths and lse; the three-phase form takes the lengths
-where its scores can carry them (``key_padding``: not top-k, lssa, lssar), and ``softgen.attention``
-turns a boolean mask and key-padding lengths into one additive mask for it.
+(``abi.ATTENTION``) also takes key-padding lengths and lse, and so does the three-phase form
+(``MatrixProgram.key_padding``: the padded keys' scores -inf after S = s Q K^T; ``MatrixProgram.lse``:
+the rows phase emits the streaming form's per-row lse, ``_emit_lse``); ``softgen.attention`` turns a
+boolean mask into an additive one for it.
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
@@ -248,8 +249,8 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         return _cosine_phases(mp, _head_dim_int(head_dim), bool(causal), mask, normalizer,
                               _lssar_params(p, offset_free_rows) if normalizer == "lssar" else {})
     mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided mask, as the streaming form
-    if normalizer != "topk_softmax":   # kv_lengths as -inf scores (top-k's masked S keeps -FLT_MAX: not here)
-        mp.key_padding = "s"
+    mp.key_padding = "s"   # kv_lengths as -inf scores, the additive mask's (top-k: never selected above a kept key)
+    mp.lse = LSE
     if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
@@ -268,7 +269,8 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
             x = mp.rows(over="s", into="s")
             off = _causal_offset(x.p) if causal else None
         _topk_rows(x, off, mask != "none", k, renorm)
-    elif normalizer == "softplus_l1":
+        return mp.matmul("o", "s", "v", layout="nn")
+    if normalizer == "softplus_l1":
         # softplus(x) / sum without a max, except for rows whose largest kept score is below
         # SOFTPLUS_TINY: e^(x - max x) there (one exp either way: e^-|x - c|, c = 0 or max x)
         if causal:
@@ -278,22 +280,41 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         e = mx.where_lt(SOFTPLUS_TINY, t, x.maximum(0.0) + t.log1p())
         if causal:
             e = off.where_lt(0.5, e, 0.0)
+        l = e.sum()
+        _emit_lse(mx.where_lt(SOFTPLUS_TINY, mx, 0.0), l, mx)
     elif normalizer == "stablemax":
         # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), no max shift (docs/ops.md §8); s(-inf) = 0
         e = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
         if causal:
             e = off.where_lt(0.5, e, 0.0)
+        l = e.sum()
+        l.log().emit(LSE)
     elif causal:
         # keep j <= i + (Lk - Lq): j - i - (Lk - Lq) < 0.5 (indices are exact float32 integers).
         # IR constants are finite: a dropped score is -FLT_MAX for the max and its weight a
         # select of 0, so a row with no kept key sums to 0 and 0 * (1/0) makes it NaN (docs/ops.md §0)
         x = off.where_lt(0.5, x, -F32_MAX)
-        e = off.where_lt(0.5, (x - x.max()).exp(), 0.0)
+        mx = x.max()
+        e = off.where_lt(0.5, (x - mx).exp(), 0.0)
+        l = e.sum()
+        _emit_lse(mx, l, mx)
     else:
-        e = (x - x.max()).exp()
-    if normalizer != "topk_softmax":
-        (e * e.sum().finite_or_nan().recip()).output()
+        mx = x.max()
+        e = (x - mx).exp()
+        l = e.sum()
+        _emit_lse(mx, l, mx)
+    (e * l.finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
+
+
+LSE = "lse"   # the three-phase form's per-row lse vector (MatrixProgram.lse), emitted by its rows phase
+
+
+def _emit_lse(shift, l, dead, below: float = -F32_MAX) -> None:
+    """Emit the row's lse = shift + log l (the streaming form's: docs/ops.md §10): log 0 = -inf for
+    a row with no kept key, ``dead`` < ``below`` (its max -inf: an additive -inf mask, padding; or
+    a count of kept keys below 0.5: a causal row's dropped scores are -FLT_MAX); NaN stays NaN."""
+    (dead.where_lt(below, 0.0, shift) + dead.where_lt(below, 0.0, l).log()).emit(LSE)
 
 
 def _causal_offset(p):
@@ -308,18 +329,26 @@ def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
     kept by the masks (counted) is NaN, as a fully masked softmax row."""
     p = x.p
     sel = x.topk(k)
-    if renormalize:
+    if renormalize:   # lse: the kept scores' log-sum-exp
         check = x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum()   # as ops/topk.py: NaN / +inf rows
-        inv = sel.item(3).finite_or_nan().recip().poison(check)
-        w = (x - sel.item(2)).exp() * inv
-    else:
-        e = (x - x.max()).exp()
-        inv = e.sum().finite_or_nan().recip()
+        l = sel.item(3)
+        inv = l.finite_or_nan().recip().poison(check)
+        mx = sel.item(2)
+        w = (x - mx).exp() * inv
+    else:             # lse: the row's
+        mx = x.max()
+        e = (x - mx).exp()
+        l = e.sum()
+        inv = l.finite_or_nan().recip()
         w = e * inv
+        check = l
+    dead, below = mx, -F32_MAX
     if off is not None or masked:   # kept keys: causal and above -inf; none: 1/0 poisons the row
         kept = x.where_lt(-F32_MAX, 0.0, 1.0)
         kept = off.where_lt(0.5, kept, 0.0) if off is not None else kept
-        inv = inv.poison(kept.sum().recip())
+        dead, below = kept.sum(), 0.5
+        inv = inv.poison(dead.recip())
+    _emit_lse(mx, l.poison(check), dead, below)
     zero = x.const(0.0).poison(inv)
     if off is not None:
         w = off.where_lt(0.5, w, zero)
@@ -382,11 +411,11 @@ def _soft(mp: MatrixProgram, head_dim, scale, causal: int, mask: str, n_iter, ti
                          "(its Gaussian kernel is exp(-|q - k|^2 / (2 sqrt(head_dim))), docs/ops.md §6)")
     d, n_iter = _head_dim_int(head_dim), soft._newton_iter(n_iter)
     mp.dims = mp.dims + ("m",)
+    mp.strided = True   # abi.ATTENTION's per-(batch, head) strides (given landmarks: per query head, m an argument)
     if pooled is None:
         mp.inputs["landmarks"] = ("m", "d")
     else:
         mp.fixed_dims["m"] = pooled
-        mp.strided = True   # no landmarks input: abi.ATTENTION's per-(batch, head) strides
     if tied:   # one sequence: k and v have q's length (lk goes)
         mp.dims = tuple(x for x in mp.dims if x != "lk")
         mp.inputs["k"], mp.inputs["v"] = ("lq", "d"), ("lq", "dv")
@@ -514,6 +543,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
     lssar: ``lssa._reweight`` with O_i = 0 while the query's position i + Lk - Lq is below
     offset_free_rows."""
     mp.strided = True   # abi.ATTENTION's explicit strides (q and k are normalised into scratch)
+    mp.key_padding, mp.lse = "s", LSE   # kv_lengths: padded keys' cosines -inf, not counted in N_i
     if mask != "none":   # "bool": the additive IR, the streaming kernel reads bytes
         mp.inputs["mask"] = ("lq", "lk")
     _unit_rows(mp, "q", "qn")
@@ -522,19 +552,20 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
     mp.matmul("s", "qn", "kn", layout="nt")
     x = mp.rows(over="s", into="s")
     pr = x.p
-    keep = m = None
+    m = None
+    keep = x.where_lt(-F32_MAX, 0.0, 1.0)   # a cosine is -inf only where kv_lengths padded its key
     if mask != "none":
         m = pr.matrow("mask")
-        keep = m.where_lt(-F32_MAX, 0.0, 1.0)          # -inf: dropped
+        keep = m.where_lt(-F32_MAX, 0.0, keep)          # -inf: dropped
     if causal:
         off = pr.index() - pr.row_index() - (pr.size("cols") - pr.size("rows"))
-        keep = off.where_lt(0.5, 1.0 if keep is None else keep, 0.0)
-    n = pr.size("cols") if keep is None else keep.sum()
+        keep = off.where_lt(0.5, keep, 0.0)
+    n = keep.sum()
     z = x * (n.log() * math.log(head_dim))
-    a = softplus(z if m is None else z + m)
-    if keep is not None:
-        a = keep.where_lt(0.5, 0.0, a)
-    inv = a.sum().finite_or_nan().recip()
+    a = keep.where_lt(0.5, 0.0, softplus(z if m is None else z + m))
+    l = a.sum()
+    l.log().emit(LSE)   # the log of the weights' sum (lssar: its lssa sum), as the streaming form's
+    inv = l.finite_or_nan().recip()
     if normalizer == "lssa":
         (a * inv).output()
     else:
