@@ -27,11 +27,12 @@ included). softgen streaming allocates only the packed K^T (O(L d)); the
 torch composition (Q K^T, softmax, . V) holds two L x L matrices; SDPA's CPU kernel is flash-style.
 
 ``--normalizers``: instead, those normalizers (softplus_l1, lssa, lssar) on the same shapes, one
-thread, the first ``--backend``: softgen's kernel (auto: the form it builds today), softgen's softmax
+thread, a table per ``--backend``: softgen's kernel (auto: the form it builds today), softgen's softmax
 attention on the same shape ("/ softmax": time over softmax's; the issue aims at <= 1.3) and, with
 torch (unless ``--no-torch``), the same formula composed of torch ops (QK^T, the normalizer, @V;
 "x torch": its time over softgen's, the issue aims at >= 5), each checked against the composition
-first. The decoding row (``--decode``: Lq = 1, causal) is the KV-cache step.
+first. The decoding row (``--decode``: Lq = 1, causal) is the KV-cache step. ``--mask-keep F``: every
+kernel (softmax's too) built with ``mask="bool"`` and called with a random keep-mask of that density.
 """
 from __future__ import annotations
 
@@ -108,6 +109,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=15, help="at most this many interleaved rounds")
     ap.add_argument("--algorithms", nargs="+", default=["streaming", "three-phase"], choices=["streaming", "three-phase"])
     ap.add_argument("--normalizers", nargs="+", choices=list(COMPOSED), help="bench these normalizers instead")
+    ap.add_argument("--mask-keep", type=float, default=0.0,
+                    help="--normalizers: every kernel with a bool keep-mask keeping this fraction of the keys at random "
+                         "(0: no mask)")
     ap.add_argument("--no-torch", action="store_true",
                     help="--normalizers: skip the torch compositions (L = 4096: L x L matrices per head)")
     a = ap.parse_args(argv)
@@ -236,27 +240,42 @@ COMPOSED = {"softplus_l1": _softplus_l1_torch, "lssa": _lssa_torch, "lssar": _ls
 
 
 def normalizers(a) -> None:
-    """The --normalizers table (one thread)."""
+    """The --normalizers tables (one thread), one per --backend."""
     torch = None if a.no_torch else torch_one_thread("no torch compositions")
+    rows = []
+    for be in a.backend:
+        rows += normalizers_table(a, be, torch)
+    if a.json:
+        from common import machine_info
+        with open(a.json, "w") as f:
+            json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "threads": 1}, f, indent=1)
+
+
+def normalizers_table(a, be: str, torch) -> list[dict]:
+    """One backend's --normalizers table: its normalizers' kernels and its softmax's, timed interleaved."""
     rng = np.random.default_rng(0)
     shapes = [(L, L, c) for L in a.lengths for c in (False, True)] + ([(1, a.decode, True)] if a.decode else [])
-    be = a.backend[0]   # the first --backend's kernels (softmax's and the normalizers')
-    soft = {c: softgen.compile("attention", head_dim=a.d, causal=c, backend=be) for c in (False, True)}
-    kern = {(nm, c): softgen.compile("attention", normalizer=nm, head_dim=a.d, causal=c, backend=be)
+    mk = {"mask": "bool"} if a.mask_keep else {}
+    soft = {c: softgen.compile("attention", head_dim=a.d, causal=c, backend=be, **mk) for c in (False, True)}
+    kern = {(nm, c): softgen.compile("attention", normalizer=nm, head_dim=a.d, causal=c, backend=be, **mk)
             for nm in a.normalizers for c in (False, True)}
     print(f"target {soft[False].target.name}, backend {be}; one thread; B*H = {a.bh}, d = dv = {a.d}; "
-          f"softmax attention: {soft[False].algorithm}")
+          f"softmax attention: {soft[False].algorithm}"
+          + (f"; a bool keep-mask keeping {a.mask_keep:.0%} of the keys" if a.mask_keep else ""))
     rows = []
     for lq, lk, causal in shapes:
         q, k, v = (rng.standard_normal((a.bh, n, a.d)).astype(np.float32) for n in (lq, lk, lk))
         out = np.empty((a.bh, lq, a.d), np.float32)
         keep = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + lk - lq if causal else np.ones((lq, lk), bool)
-        variants = {"softmax": lambda: soft[causal](q, k, v, out=out, threads=1)}
+        m = (rng.random((a.bh, lq, lk)) < a.mask_keep,) if a.mask_keep else ()
+        if m:
+            keep = keep & m[0]
+        variants = {"softmax": lambda: soft[causal](q, k, v, *m, out=out, threads=1)}
         errs = {}
         for nm in a.normalizers:
             kn = kern[(nm, causal)]
-            variants[nm] = (lambda kn=kn: kn(q, k, v, out=out, threads=1)) if kn.algorithm == "streaming" else \
-                (lambda kn=kn: kn(q, k, v, out=out))
+            variants[nm] = (lambda kn=kn: kn(q, k, v, *m, out=out, threads=1)) if kn.algorithm == "streaming" else \
+                (lambda kn=kn: kn(q, k, v, *m, out=out))
             if torch is not None:
                 tq, tk, tv, tkeep = (torch.from_numpy(x) for x in (q, k, v, keep))
                 fn = COMPOSED[nm]
@@ -268,7 +287,8 @@ def normalizers(a) -> None:
         t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=15)
         for nm in a.normalizers:
             tc = t.get(f"{nm} torch")
-            rows.append({"Lq": lq, "Lk": lk, "causal": causal, "normalizer": nm, "form": kern[(nm, causal)].algorithm,
+            rows.append({"backend": be, "Lq": lq, "Lk": lk, "causal": causal, "normalizer": nm,
+                         "form": kern[(nm, causal)].algorithm,
                          "ms": t[nm].median * 1e3, "spread": t[nm].spread, "softmax_ms": t["softmax"].median * 1e3,
                          "over_softmax": t[nm].median / t["softmax"].median,
                          "torch_ms": tc.median * 1e3 if tc else None,
@@ -283,10 +303,8 @@ def normalizers(a) -> None:
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
         print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {r['normalizer']:<12} {r['form']:<11} {r['ms']:>9.3f} "
               f"{r['spread']:>6.1%} {r['softmax_ms']:>10.3f} {r['over_softmax']:>9.2f} {tm:>9} {vt:>8} {df:>9}")
-    if a.json:
-        from common import machine_info
-        with open(a.json, "w") as f:
-            json.dump({"machine": machine_info(), "rows": rows, "bh": a.bh, "d": a.d, "threads": 1}, f, indent=1)
+    print()
+    return rows
 
 
 if __name__ == "__main__":

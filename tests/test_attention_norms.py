@@ -276,7 +276,9 @@ def test_tvm_streams_like_c(norm_):
     """TVM's streaming form through the front door (auto streams): GQA, strided (B, L, H, d) views,
     a bool mask, kv_lengths (0 included), lse, causal with Lq < Lk and Lq > 16 (whole query blocks
     and a decoding row), a row below SOFTPLUS_TINY (the second pass), a fully masked row, a NaN
-    row: equal to the C streaming kernel within float32 rounding, bitwise for threads 1 and 2."""
+    row, keys of huge and tiny norms (lssa, lssar: sum k^2 over- or underflows, 1 / |k_j| takes the
+    scaled form, in the key norms' stage and in the decoding blocks): equal to the C streaming
+    kernel within float32 rounding, bitwise for threads 1 and 2. lssar: equal keys give 0."""
     if not tvm_available()[0]:
         pytest.skip(f"TVM backend: {tvm_available()[1]}")
     lq, lk, d, dv = 21, 70, 7, 9
@@ -284,6 +286,9 @@ def test_tvm_streams_like_c(norm_):
     q, kk, v = x[:, :lq, :4].transpose(0, 2, 1, 3), x[:, :, 4:6].transpose(0, 2, 1, 3), f32(2, 2, lk, dv)
     q[1, 2, 3], kk[1] = -np.abs(q[1, 2, 3]) - 3, np.abs(kk[1]) + 3   # row (1, 2, 3): scores below -20
     q[0, 0, 5, 0] = np.nan
+    if norm_ != "softplus_l1":   # (softplus_l1's scores are dot products: these would overflow)
+        kk[0, 0, 5] *= 1e25
+        kk[0, 1, 66] *= 1e-25
     keep = RNG.random((4, lq, lk)) < 0.8
     keep[:, :, -1], keep[1, 4] = True, False
     kw = dict(normalizer=norm_, causal=True, mask=keep, kv_lengths=np.array([lk, 0]), return_lse=True)
@@ -304,6 +309,14 @@ def test_tvm_streams_like_c(norm_):
     od = softgen.attention(q[:, :, -1:], kk, v, backend="tvm", **{a: b if a != "mask" else b[:, -1:]
                                                                    for a, b in kw.items() if a != "return_lse"})
     np.testing.assert_allclose(od, o[:, :, -1:], rtol=tol, atol=tol)
+    rd = ref.attention(q[:, :, -1:], kk, v, **{a: b if a != "mask" else b[:, -1:] for a, b in kw.items() if a != "return_lse"})
+    np.testing.assert_allclose(od[~nan[:, :, -1:]], rd[~nan[:, :, -1:]], rtol=2e-4, atol=2e-5)
+    if norm_ == "lssar":   # equal keys (uniform attention) past the offset-free rows: R = 0, O = 0
+        kw["mask"], eq = np.ones_like(keep), np.repeat(kk[:, :, :1], lk, axis=2)
+        o = softgen.attention(q, eq, v, backend="tvm", **{a: b for a, b in kw.items() if a != "return_lse"})
+        assert np.isnan(o[0, 0, 5]).all() and np.isnan(o[1]).all()   # the NaN query; no keys (kv_lengths 0)
+        o[0, 0, 5] = 0
+        assert (o[0] == 0).all()
 
 
 @pytest.mark.parametrize("p", [1, 2.5])

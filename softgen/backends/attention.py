@@ -15,7 +15,8 @@ softplus_l1 (no rescaling; softplus_l1's rows whose largest kept score is below 
 take a second pass over the key blocks weighted e^(S - max S), as the three-phase form) and lssa
 (no rescaling; 1/|q_i| per row, unit keys in kt, or decoding 1/|k_j| from the dot products' loads;
 N_i per row before its key blocks) and lssar (lssa's weights P kept per row of the query block in a
-first pass over K, with their sum and max; then (R / max R)^p from P, no rescaling) stream; the
+first pass over K, with their sum and max; then (R / max R)^p from P in place, no rescaling, and P V
+panel by panel from zero accumulators, as the single-block mode's ``__pw``) stream; the
 template's ``normalize_block`` macro holds each normalizer's per-block math.
 
 The threaded entry ``__all`` implements the explicit-stride ABI (``abi.ATTENTION``): heads and
@@ -57,7 +58,7 @@ def score_rows(vector_registers: int) -> int:
 
 def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vector_registers: int = 16,
                        abi: KernelABI | None = None, tvm: bool = False, shifted_exp: bool = False,
-                       topk: dict | None = None, lanes: int = 1) -> str:
+                       topk: dict | None = None, lanes: int = 1, tvm_scratch: dict | None = None) -> str:
     """The C function ``fname(lq, lk, klen, d, dv, q, ldq, k, ldk, v, ldv[, mask, msr, msc], o, ldo,
     lse, lsr, r0, r1, kt)`` (query rows [r0, r1) of one (batch, head) matrix); ``tasks``: also
     ``fname__all(<the parameters of abi, an abi.ATTENTION>, threads)``: the checks of the
@@ -69,7 +70,9 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
     ``topk``: top-k attention's selection (``backends.c.topk_stream``: the insertion network's C,
     written once in ``c.TopKRed``, or radix select over a br x lk score tile).
     ``lanes``: the target's vector lanes; at 4+ K^T is packed by lanes x lanes register
-    transposes (``gemm.transpose_stages``), else one scalar store per element."""
+    transposes (``gemm.transpose_stages``), else one scalar store per element.
+    ``tvm_scratch`` (``tvm``): TVM's function's scratch, ``kn_rows`` (lssa, lssar: the key norms for
+    calls of more query rows) and ``pb_tile`` (lssar: floats of P per key block)."""
     if ph.normalizer not in STREAMING_NORMALIZERS:
         raise BuildError(f"the C backend streams attention with {', '.join(STREAMING_NORMALIZERS)}, "
                          f"not {ph.normalizer!r}")
@@ -89,6 +92,7 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
         lanes=lanes, tpack=transpose_stages(lanes) if lanes >= 4 and not tvm else None,
         params=abi.param_list() if abi is not None else "", max_n=abi.max_n if abi is not None else None,
         strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),
+        tvm_kn_rows=(tvm_scratch or {}).get("kn_rows", 0), tvm_pb_tile=(tvm_scratch or {}).get("pb_tile", 0),
         log_d=flit(math.log(ph.program.params["head_dim"])) if ph.normalizer in ("lssa", "lssar") else None,
         **(_lssar(ph.program.params) if ph.normalizer == "lssar" else {}))
 

@@ -845,7 +845,10 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     tir = "\n".join(header) + "\n# fmt: off\n\n" + "\n\n".join(funcs + [g.source for g in gemms.values()])
     entry = matrix_entry(mp, name, TVM_CALLS)
     entry["prototypes"] = entry.get("prototypes", []) + [g.c_text for g in gemms.values()]
-    after_pool = [attention_function(ph, fname, tasks=True, abi=mp.abi(), tvm=True) for fname, ph in attn]
+    after_pool = [attention_function(ph, fname, tasks=True, abi=mp.abi(), tvm=True,
+                                     tvm_scratch={"kn_rows": tvm_attention.knorm_rows(t.lanes),
+                                                  "pb_tile": tvm_attention.pb_tile(ph, t.lanes)})
+                  for fname, ph in attn]
     wrapper = env().get_template("tvm_wrapper.c.j2").render(
         name=name, version=__version__, op=op, algorithm="streaming (matrix program)" if attn else
         "direct (matrix program)", t=t,

@@ -2,25 +2,28 @@
 TensorIR, compiled by TVM's LLVM: the TVM backend's counterpart of ``backends/attention.py``.
 
 ``phase_function`` is the TVMScript of ``void <fname>__tvm(lq, lk, klen, d, dv, q, ldq, k, ldk, v,
-ldv[, mask, msr, msc, has_mask], o, ldo, lse, lsr, has_lse, r0, r1)`` (int64 sizes, plain C ABI):
-query rows [r0, r1) of one (batch, head) matrix, in blocks of br rows, each swept over blocks of
-bc keys. The vector lanes run over the block's query rows (br padded to BRP, whole vectors): the
-score block is kept transposed, S^T (bc keys x BRP rows), so the per-row state (softmax: running
-max m, sum l; the others: l and their own) lives in lanes and the normalizer needs no horizontal
-max or sum. Q_blk^T is packed once per query block (in chunks of DC of d, repacked per key block
-only when d > DC), and a score tile is KG keys x BRP rows of accumulators in registers over d: one
-broadcast K element and one Q^T vector per FMA (register-blocked like the C micro-kernel, which
-packs K^T instead: the TVM function has no per-matrix buffer for it). Decoding blocks (br * 8 <=
-lanes) form scores as dot products over d instead. P V adds tiles of R live rows x 4 vectors of
-dv in registers, each V load shared by the tile, the rescale alpha folded into the accumulator's
-load; the accumulator is o's rows. Numerics are the TVM emitter's (``backends.tvm.Emit``, passed
-in: ``exp_nonpos``, ``log``, ``softplus``, ``ipow``; the constants of ``numerics/constants.py``):
-no second polynomial. Normalizers: softmax (online rescale e^(m - m')), stablemax (none),
-softplus_l1 (none; rows whose largest kept score is below ``SOFTPLUS_TINY`` get a second pass over
-the key blocks weighted e^(S - m)), lssa (cosine scores times log(d) log(N_i): 1/|q_i| per row,
-1/|k_j| per key, N_i counted per row first) and lssar (lssa's sums in a first pass, then the
-re-weighting q = (R / r)^p with its running max r, rescaled by (r / r')^p), the math of
-``templates/attention.c.j2``'s ``normalize_block`` per normalizer. Blocks entirely above the
+ldv[, mask, msr, msc, has_mask], o, ldo, lse, lsr, has_lse[, kn][, pb], r0, r1)`` (int64 sizes,
+plain C ABI): query rows [r0, r1) of one (batch, head) matrix, in blocks of br rows, each swept
+over blocks of bc keys. The vector lanes run over the block's query rows (br padded to BRP, whole
+vectors): the score block is kept transposed, S^T (bc keys x BRP rows), so the per-row state
+(softmax: running max m, sum l; the others: l and their own) lives in lanes and the normalizer
+needs no horizontal max or sum. Q_blk^T is packed once per query block (in chunks of DC of d,
+repacked per key block only when d > DC), and a score tile is KG keys x BRP rows of accumulators in
+registers over d: one broadcast K element and one Q^T vector per FMA (register-blocked like the C
+micro-kernel, which packs K^T instead). Decoding blocks (br * 8 <= lanes) form scores as dot
+products over d instead. P V adds tiles of R live rows x 4 vectors of dv in registers, each V load
+shared by the tile, the rescale alpha folded into the accumulator's load; the accumulator is o's
+rows. Numerics are the TVM emitter's (``backends.tvm.Emit``, passed in: ``exp_nonpos``, ``log``,
+``softplus``, ``ipow``; the constants of ``numerics/constants.py``): no second polynomial.
+Normalizers: softmax (online rescale e^(m - m')), stablemax (none), softplus_l1 (none; rows whose
+largest kept score is below ``SOFTPLUS_TINY`` get a second pass over the key blocks weighted e^(S -
+m)), lssa (cosine scores times log(d) log(N_i): 1/|q_i| per row, N_i counted per row first; 1/|k_j|
+from ``kn``, which ``knorm_function``'s ``<fname>__knorm__tvm`` fills once per (batch, kv head): a
+task of the C side's, as the C kernel's K^T, shared by the group's query heads; decoding blocks sum
+k^2 from their dot products' loads, so K is read once there) and lssar (pass 0: lssa's weights P
+into ``pb``, O(br Lk) floats the C side allocates per call, their sum l_i and max; pass 1 from
+``pb``, K not read again: q = (R / r)^p, r = R(max P), no rescaling), the math of
+``templates/attention.c.j2``'s ``normalize_block`` and ``pass_close``. Blocks entirely above the
 bottom-right causal diagonal and keys >= klen (kv_lengths) are never visited; the mask (uint8
 keep-mask or float32 additive, strided) and the diagonal are applied as the scores are formed. The
 C side (``attention.c.j2`` with ``tvm=True``) keeps the explicit-stride entry: its checks, heads,
@@ -41,6 +44,9 @@ from ..targets import Target
 # the normalizers lowered here: all of passes.STREAMING_NORMALIZERS
 NORMALIZERS = ("softmax", "stablemax", "softplus_l1", "lssa", "lssar")
 DC = 128   # the chunk of d packed as Q^T (DC x BRP floats on the stack)
+# 1 / |x| from 1 / sqrt(sum x^2) for sums at or above this (attention.c.j2's __inv_norm): below, the
+# sum may have lost bits to underflow, and the scaled form is taken
+INV_NORM_MIN = 2.0 ** -60
 
 
 def _fma(t: Target, a: str, b: str, c: str) -> str:
@@ -78,6 +84,7 @@ class _Writer:
         self.BRP = -(-ph.br // self.W) * self.W
         self.BCK = -(-ph.bc // self.W) * self.W
         self.NEG_INF = f32(float("-inf"))
+        self.tile = pb_tile(ph, t.lanes)
         self._accs: list[tuple[str, str]] = []
 
     def emit(self, build) -> tuple[list[str], str]:
@@ -131,6 +138,38 @@ class _Writer:
             return f"ST[({r}) * {_i(self.BCK)} + ({c})]"
         return f"ST[({c}) * {_i(self.BRP)} + {r}]"
 
+    def pb(self, c: str = "c", r: str = "l") -> str:
+        """lssar's P of (row r, key c) of key block jb in PB: laid out as that block's S tile."""
+        return self.st(c, r).replace("ST[", f"PB[jb * {_i(self.tile)} + ", 1)
+
+
+def pb_tile(ph: AttentionPhase, lanes: int) -> int:
+    """Floats of one key block's score tile (either layout): lssar's P buffer holds one per key block."""
+    brp, bck = -(-ph.br // lanes) * lanes, -(-ph.bc // lanes) * lanes
+    return max(ph.bc * brp, lanes // 8 * bck)
+
+
+def knorm_rows(lanes: int) -> int:
+    """lssa, lssar: the C side computes the key norms (``knorm_function``) for calls of more query rows
+    than this: a block of fewer (the keys layout, decoding) forms them from its dot products' loads."""
+    return lanes // 8 if lanes >= 8 else 0
+
+
+def knorm_function(fname: str, t: Target, f32) -> str:
+    """TVMScript of ``void <fname>__knorm__tvm(lk, d, k, ldk, kn)``: kn[j] = 1 / |k_j| for j < lk (the
+    cosine normalizers' key norms, computed once per (batch, kv head) by the C side's tasks, as the C
+    kernel normalises its packed K^T once; ``_inv_norm``'s formula)."""
+    W = t.lanes
+    return "\n".join([
+        "@T.prim_func",
+        f'def {fname}__knorm__tvm(lk: T.int64, d: T.int64, k: T.handle("float32"), ldk: T.int64, kn: T.handle("float32")):',
+        f'    T.func_attr({{"global_symbol": "{fname}__knorm__tvm", "tir.noalias": True}})',
+        '    K = T.decl_buffer((lk * ldk + d,), "float32", data=k)',
+        '    KN = T.decl_buffer((lk + 1,), "float32", data=kn)',
+        f'    PS = T.alloc_buffer(({2 * W},), "float32", scope="local")',
+        '    SC = T.alloc_buffer((3,), "float32", scope="local")',
+        "    for j in range(lk):"] + _indent(_inv_norm(t, f32, "K", "j * ldk", "KN[j]"), "        ")) + "\n"
+
 
 def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     """TVMScript of ``<fname>__tvm`` (see the module docstring). ``Emit``, ``f32``: the TVM
@@ -150,12 +189,13 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     mtype = "uint8" if ph.mask_kind == "bool" else "float32"
     mask_args = (f'mask: T.handle("{mtype}"), msr: T.int64, msc: T.int64, has_mask: T.int64, '
                  if ph.mask else "")
+    scratch_args = ('kn: T.handle("float32"), ' if cosine else "") + ('pb: T.handle("float32"), ' if norm == "lssar" else "")
     head = [
         "@T.prim_func",
         f'def {fname}__tvm(lq: T.int64, lk: T.int64, klen: T.int64, d: T.int64, dv: T.int64, '
         'q: T.handle("float32"), ldq: T.int64, k: T.handle("float32"), ldk: T.int64, v: T.handle("float32"), '
         f'ldv: T.int64, {mask_args}o: T.handle("float32"), ldo: T.int64, lse: T.handle("float32"), lsr: T.int64, '
-        'has_lse: T.int64, r0: T.int64, r1: T.int64):',
+        f'has_lse: T.int64, {scratch_args}r0: T.int64, r1: T.int64):',
         f'    T.func_attr({{"global_symbol": "{fname}__tvm", "tir.noalias": True}})',
         '    Q = T.decl_buffer((lq * ldq + d,), "float32", data=q)',
         '    K = T.decl_buffer((lk * ldk + d,), "float32", data=k)',
@@ -165,8 +205,12 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     ]
     if ph.mask:
         head.append(f'    MK = T.decl_buffer((lq * msr + lk * msc + 1,), "{mtype}", data=mask)')
+    if cosine:   # 1 / |k_j| of the matrix's keys (knorm_function's), read by the lanes layout's blocks
+        head.append('    KN = T.decl_buffer((lk + 1,), "float32", data=kn)')
+    if norm == "lssar":   # pass 0's P, block by block as the score tile (pb_tile floats per key block)
+        head.append(f'    PB = T.decl_buffer(((lk + {_i(BC - 1)}) // {_i(BC)} * {_i(wr.tile)} + 1,), "float32", data=pb)')
     decode = W >= 8   # a "keys" layout for blocks of 1 .. W/8 rows
-    local = {"QT": (DC * BRP, "float32"), "ST": (max(BC * BRP, W // 8 * wr.BCK), "float32"), "SA": (KG * BRP, "float32"),
+    local = {"QT": (DC * BRP, "float32"), "ST": (wr.tile, "float32"), "SA": (KG * BRP, "float32"),
              "M": (BRP, "float32"), "L": (BRP, "float32"), "AL": (BRP, "float32"), "MX": (BRP, "float32"),
              "SM": (BRP, "float32"), "LIVE": (BRP, "int32"), "PS": (4 * W, "float32"), "SC": (3, "float32"),
              "ACC": (R * CW, "float32")}
@@ -175,10 +219,16 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     if norm == "softplus_l1":
         local |= {"SH": (BRP, "int32"), "REDO": (1, "int32")}
     if cosine:
-        local |= {"LAM": (BRP, "float32"), "IQ": (BRP, "float32"), "IK": (wr.BCK, "float32"), "NK": (1, "int64")}
+        local |= {"LAM": (BRP, "float32"), "IQ": (BRP, "float32"), "NK": (1, "int64")}
+        if ph.mask:
+            local["KC"] = (W, "int32")
+        if decode:   # the keys layout's 1 / |k_j| of a block, and its sums of squares per key
+            local |= {"IK": (wr.BCK, "float32"), "PN": (4 * W, "float32")}
     if norm == "lssar":
         local |= {"NF": (BRP, "float32"), "OFF": (BRP, "float32"), "IL": (BRP, "float32"),
-                  "RR": (BRP, "float32"), "QS": (BRP, "float32")}
+                  "RR": (BRP, "float32"), "QS": (BRP, "float32"), "PM": (BRP, "float32")}
+        if decode:
+            local["PMV"] = (W, "float32")
     head += [f'    {b} = T.alloc_buffer(({n},), "{dt}", scope="local")' for b, (n, dt) in local.items()]
 
     # -- per query block: o's rows and the state zeroed, lssa's per-row values, Q^T packed --------
@@ -195,7 +245,7 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     init = [f"M[l] = {m0}", "L[l] = T.float32(0)"]
     init += {"softplus_l1": ["SH[l] = 0"], "lssa": ["LAM[l] = T.float32(0)", "IQ[l] = T.float32(0)"],
              "lssar": ["LAM[l] = T.float32(0)", "IQ[l] = T.float32(0)", "NF[l] = T.float32(0)",
-                       "OFF[l] = T.float32(0)"]}.get(norm, [])
+                       "OFF[l] = T.float32(0)", "PM[l] = T.float32(0)"]}.get(norm, [])
     blk += wr.lanes(init)
     if cosine:
         blk += _indent(_cosine_rows(wr), "")
@@ -208,17 +258,19 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
     blk += [f"if d <= {_i(DC)}:"] + _indent(pack("T.int64(0)", "d"), "    ")
 
     # -- per key block: the scores, the mask, the diagonal; the normalizer; P V (per layout) -------
-    def key_blocks(wr: _Writer) -> list[str]:
+    def key_blocks(wr: _Writer, ps: int = 0) -> list[str]:
+        """The key blocks of one pass (lssar's pass 1: the weights from PB, no scores)."""
         kb = [f"for jb in range((kend + {_i(BC - 1)}) // {_i(BC)}):",
               f"    j0: T.let[T.int64] = jb * {_i(BC)}",
               f"    bc: T.let[T.int64] = T.min(kend - j0, {_i(BC)})"]
-        sc = []
-        if cosine:   # 1/|k_j| of the block's keys (the C kernel keeps unit keys in its packed K^T)
-            sc += ["for c in range(bc):"] + _indent(_inv_norm("K", "(j0 + c) * ldk", "IK[c]", W), "    ")
-        sc += _tile_scores(wr, KG, pack) if wr.mode == "lanes" else _dot_scores(wr)
-        # the scale (lssa: the cosine times log(d) log(N_i)), the mask, then the diagonal
+        if ps == 1:
+            return kb + _indent(_normalize(wr, norm, ps) + _pv(wr, R, CW), "    ")
+        sc = _tile_scores(wr, KG, pack) if wr.mode == "lanes" else _dot_scores(wr, cosine)
+        # the scale (lssa: the cosine times log(d) log(N_i); 1/|k_j| from KN, the keys layout's from
+        # its dot products), the mask, then the diagonal
         x = wr.st()
-        scaled = f"{x} * IK[c] * IQ[l] * LAM[l]" if cosine else f"{f32(ph.scale)} * {x}"
+        ik = "IK[c]" if wr.mode == "keys" else "KN[j0 + c]"
+        scaled = f"{x} * {ik} * IQ[l] * LAM[l]" if cosine else f"{f32(ph.scale)} * {x}"
         sc += wr.keys([f"{x} = {scaled}"])
         if ph.mask:
             xr, mk = wr.st("c", "r"), "MK[(i0 + r) * msr + (j0 + c) * msc]"
@@ -236,12 +288,16 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
         if wr.mode == "keys":   # the keys past bc in the last vector weigh 0 for every normalizer
             sc += ["for r in range(br):", f"    for c in range(bc, (bc + {_i(W - 1)}) // {_i(W)} * {_i(W)}):",
                    f"        {wr.st('c', 'r')} = {NEG_INF}"]
-        return kb + _indent(sc + _normalize(wr, norm) + _pv(wr, R, CW), "    ")
+        # (lssar's pass 0 adds nothing: its weights need the row's whole sum first)
+        return kb + _indent(sc + _normalize(wr, norm) + (_pv(wr, R, CW) if norm != "lssar" else []), "    ")
 
-    kb = key_blocks(wr)
-    if decode:   # decoding blocks (br * 8 <= W): keys in lanes, scores as dot products over d
-        kb = ([f"if br * {_i(8)} <= {_i(W)}:"] + _indent(key_blocks(_Writer(ph, t, Emit, f32, wr.counter, "keys")), "    ")
-              + ["else:"] + _indent(kb, "    "))
+    def passes(ps: int = 0) -> list[str]:
+        kb = key_blocks(wr, ps)
+        if decode:   # decoding blocks (br * 8 <= W): keys in lanes, scores as dot products over d
+            kb = ([f"if br * {_i(8)} <= {_i(W)}:"] + _indent(key_blocks(_Writer(ph, t, Emit, f32, wr.counter, "keys"), ps), "    ")
+                  + ["else:"] + _indent(kb, "    "))
+        return kb
+    kb = passes()
 
     # -- the passes over the key blocks (softplus_l1, lssar: two) ----------------------------------
     if norm == "softplus_l1":
@@ -258,14 +314,21 @@ def phase_function(ph: AttentionPhase, fname: str, t: Target, Emit, f32) -> str:
         # lse = log of the weights' sum: log l, or m + log l for the rows weighted e^(S - m)
         blk += wr.lanes([f"M[l] = T.Select((SH[l] == 0) & (M[l] != {NEG_INF}), T.float32(0), M[l])"])
     elif norm == "lssar":
-        start = wr.lanes(['IL[l] = T.Select(T.fabs(L[l]) < T.float32("inf"), T.float32(1) / L[l], T.float32("nan"))',
-                          "RR[l] = T.float32(0)", "QS[l] = T.float32(0)"])
-        blk += ["for ps in range(2):", "    if ps == 1:"] + _indent(start, "        ") + _indent(kb, "    ")
+        # pass 1 over pass 0's P (PB: K is not read again): R = max(N_i A - O_i, 0), A = P / l_i; the
+        # row's max r is R of its largest P (R grows with P: the same operations, the same bits), so
+        # q = (R / r)^p needs no rescaling (attention.c.j2's pass_close)
+        rl, rv = wr.emit(lambda e: _reweight(e, "PM[l]"))
+        start = wr.lanes(['IL[l] = T.Select(T.fabs(L[l]) < T.float32("inf"), T.float32(1) / L[l], T.float32("nan"))']
+                         + rl + [f'RR[l] = T.Select(T.fabs(IL[l]) < T.float32("inf"), {rv}, T.float32(0))',
+                                 "QS[l] = T.float32(0)", "AL[l] = T.float32(1)",
+                                 "LIVE[l] = T.Select(RR[l] > T.float32(0), 1, 0)", "SM[l] = T.float32(1) / RR[l]"])
+        blk += kb + start + passes(1)
     else:
         blk += kb
     blk += _finish(wr, norm)
     body += _indent(blk, "    ")
-    return "\n".join(head + _indent(body, "    ")) + "\n"
+    main = "\n".join(head + _indent(body, "    ")) + "\n"
+    return knorm_function(fname, t, f32) + "\n\n" + main if cosine else main
 
 
 def _tile_scores(wr: _Writer, KG: int, pack) -> list[str]:
@@ -290,50 +353,77 @@ def _tile_scores(wr: _Writer, KG: int, pack) -> list[str]:
                f"    if d > {_i(DC)}:"] + _indent(pack("t0", "dch"), "        ") + _indent(tile, "    "))
 
 
-def _dot_scores(wr: _Writer) -> list[str]:
+def _dot_scores(wr: _Writer, norms: bool = False) -> list[str]:
     """S = Q_blk K_blk^T (unscaled, row-major) as dot products over d's vectors, 4 keys sharing
-    each q load, the lanes summed pairwise; then d's tail."""
+    each q load, the lanes summed pairwise; then d's tail. ``norms`` (lssa, lssar): row 0's loop
+    also sums k^2 from the same loads, and IK = 1 / |k_j| of the block's keys (``_inv_norm``): K is
+    read once, as the C kernel's decoding does."""
     t, W, KD = wr.t, wr.W, 4
-    dot = _fma(t, f"Q[qo + tv * {_i(W)} + l]", f"K[(j0 + c0 + u) * ldk + tv * {_i(W)} + l]", f"PS[u * {_i(W)} + l]")
+    kx = f"K[(j0 + c0 + u) * ldk + tv * {_i(W)} + l]"
+    dot = _fma(t, f"Q[qo + tv * {_i(W)} + l]", kx, f"PS[u * {_i(W)} + l]")
+
+    def row(norm: bool) -> list[str]:
+        out = []
+        for keys, start, count in ((KD, f"cg * {_i(KD)}", f"bc // {_i(KD)}"), (1, f"bc // {_i(KD)} * {_i(KD)} + cg", f"bc % {_i(KD)}")):
+            out += [f"for cg in range({count}):",
+                    f"    c0: T.let[T.int64] = {start}",
+                    f"    for u in T.unroll({_i(keys)}):",
+                    f"        for l in T.vectorized({_i(W)}):",
+                    f"            PS[u * {_i(W)} + l] = T.float32(0)"]
+            out += [f"            PN[u * {_i(W)} + l] = T.float32(0)"] if norm else []
+            out += [f"    for tv in range(d // {_i(W)}):",
+                    f"        for u in T.unroll({_i(keys)}):",
+                    f"            for l in T.vectorized({_i(W)}):",
+                    f"                PS[u * {_i(W)} + l] = {dot}"]
+            out += [f"                PN[u * {_i(W)} + l] = {_fma(t, kx, kx, f'PN[u * {_i(W)} + l]')}"] if norm else []
+            out += [f"    for u in T.unroll({_i(keys)}):",
+                    f"        {wr.st('c0 + u', 'r')} = {_tree([f'PS[u * {_i(W)} + {_i(i)}]' for i in range(W)])}"]
+            out += [f"        IK[c0 + u] = {_tree([f'PN[u * {_i(W)} + {_i(i)}]' for i in range(W)])}"] if norm else []
+        out += ["for c in range(bc):",
+                f"    SC[0] = {wr.st('c', 'r')}",
+                f"    for tt in range(d // {_i(W)} * {_i(W)}, d):",
+                f"        SC[0] = {_fma(t, 'Q[qo + tt]', 'K[(j0 + c) * ldk + tt]', 'SC[0]')}"]
+        out += [f"        IK[c] = {_fma(t, 'K[(j0 + c) * ldk + tt]', 'K[(j0 + c) * ldk + tt]', 'IK[c]')}"] if norm else []
+        return out + [f"    {wr.st('c', 'r')} = SC[0]"]
     out = ["for r in range(br):", "    qo: T.let[T.int64] = (i0 + r) * ldq"]
-    for keys, start, count in ((KD, f"cg * {_i(KD)}", f"bc // {_i(KD)}"), (1, f"bc // {_i(KD)} * {_i(KD)} + cg", f"bc % {_i(KD)}")):
-        out += [f"    for cg in range({count}):",
-                f"        c0: T.let[T.int64] = {start}",
-                f"        for u in T.unroll({_i(keys)}):",
-                f"            for l in T.vectorized({_i(W)}):",
-                f"                PS[u * {_i(W)} + l] = T.float32(0)",
-                f"        for tv in range(d // {_i(W)}):",
-                f"            for u in T.unroll({_i(keys)}):",
-                f"                for l in T.vectorized({_i(W)}):",
-                f"                    PS[u * {_i(W)} + l] = {dot}",
-                f"        for u in T.unroll({_i(keys)}):",
-                f"            {wr.st('c0 + u', 'r')} = {_tree([f'PS[u * {_i(W)} + {_i(i)}]' for i in range(W)])}"]
-    return out + ["    for c in range(bc):",
-                  f"        SC[0] = {wr.st('c', 'r')}",
-                  f"        for tt in range(d // {_i(W)} * {_i(W)}, d):",
-                  f"            SC[0] = {_fma(t, 'Q[qo + tt]', 'K[(j0 + c) * ldk + tt]', 'SC[0]')}",
-                  f"        {wr.st('c', 'r')} = SC[0]"]
+    if not norms:
+        return out + _indent(row(False), "    ")
+    out += ["    if r == T.int64(0):"] + _indent(row(True), "        ") + ["    else:"] + _indent(row(False), "        ")
+    return out + ["for c in range(bc):"] + _indent(_inv_norm(t, wr.f32, "K", "(j0 + c) * ldk", "IK[c]", "IK[c]"), "    ")
 
 
-def _inv_norm(buf: str, base: str, dst: str, W: int) -> list[str]:
-    """``dst`` = 1 / |x| of the d floats at ``buf[base]``, as (1 / sqrt(sum y^2)) / max|x|, y = x / max|x|
-    (attention.c.j2's inv_norm: no overflow or underflow for finite x; 0 or non-finite x: NaN), both
-    passes vectorised over d into W partial lanes (PS[0, W): max, PS[W, 2W): sum), then d's tail."""
+def _inv_norm(t: Target, f32, buf: str, base: str, dst: str, sq: str | None = None) -> list[str]:
+    """``dst`` = 1 / |x| of the d floats at ``buf[base]``, attention.c.j2's ``__inv_norm``: 1 / sqrt(sum x^2)
+    where that sum is in [INV_NORM_MIN, inf), else (1 / sqrt(sum y^2)) / max|x|, y = x / max|x| (no
+    overflow or underflow for finite x; 0 or non-finite x: NaN). sum x^2 over d into W partial lanes
+    (PS[W, 2W)), then d's tail; ``sq``: where that sum already is (the keys layout's dot products form
+    it from their loads). The fallback's passes use PS[0, 2W) and SC."""
+    W = t.lanes
     x, xt = f"{buf}[{base} + tv * {_i(W)} + l]", f"{buf}[{base} + tn]"
     big = lambda a, b: f"T.Select(({a} > {b}) | ({a} != {a}), {a}, {b})"   # noqa: E731  (a NaN is kept)
     vec = f"for l in T.vectorized({_i(W)}):" if W > 1 else "for l in range(T.int64(1)):"
-    return [vec, "    PS[l] = T.float32(0)", f"    PS[{_i(W)} + l] = T.float32(0)",
-            f"for tv in range(d // {_i(W)}):", "    " + vec, f"        PS[l] = {big(f'T.fabs({x})', 'PS[l]')}",
-            "SC[0] = T.float32(0)",
-            f"for tn in range(d // {_i(W)} * {_i(W)}, d):", f"    SC[0] = {big(f'T.fabs({xt})', 'SC[0]')}",
-            f"for tv in range({_i(W)}):", f"    SC[0] = {big('PS[tv]', 'SC[0]')}",
-            "SC[2] = T.float32(1) / SC[0]",
-            f"for tv in range(d // {_i(W)}):", "    " + vec,
-            f"        PS[{_i(W)} + l] = PS[{_i(W)} + l] + ({x} * SC[2]) * ({x} * SC[2])",
-            f"SC[1] = {_tree([f'PS[{_i(W + i)}]' for i in range(W)])}",
-            f"for tn in range(d // {_i(W)} * {_i(W)}, d):", f"    SC[1] = SC[1] + ({xt} * SC[2]) * ({xt} * SC[2])",
-            f'{dst} = T.Select((SC[0] == T.float32(0)) | (SC[0] != SC[0]) | (SC[0] == T.float32("inf")), '
-            f'T.float32("nan"), T.float32(1) / T.sqrt(SC[1]) * SC[2])']
+    out = []
+    if sq is None:
+        sq = "SC[1]"
+        out += [vec, f"    PS[{_i(W)} + l] = T.float32(0)",
+                f"for tv in range(d // {_i(W)}):", "    " + vec,
+                f"        PS[{_i(W)} + l] = {_fma(t, x, x, f'PS[{_i(W)} + l]')}",
+                f"SC[1] = {_tree([f'PS[{_i(W + i)}]' for i in range(W)])}",
+                f"for tn in range(d // {_i(W)} * {_i(W)}, d):", f"    SC[1] = {_fma(t, xt, xt, 'SC[1]')}"]
+    scaled = [vec, "    PS[l] = T.float32(0)", f"    PS[{_i(W)} + l] = T.float32(0)",
+              f"for tv in range(d // {_i(W)}):", "    " + vec, f"        PS[l] = {big(f'T.fabs({x})', 'PS[l]')}",
+              "SC[0] = T.float32(0)",
+              f"for tn in range(d // {_i(W)} * {_i(W)}, d):", f"    SC[0] = {big(f'T.fabs({xt})', 'SC[0]')}",
+              f"for tv in range({_i(W)}):", f"    SC[0] = {big('PS[tv]', 'SC[0]')}",
+              "SC[2] = T.float32(1) / SC[0]",
+              f"for tv in range(d // {_i(W)}):", "    " + vec,
+              f"        PS[{_i(W)} + l] = PS[{_i(W)} + l] + ({x} * SC[2]) * ({x} * SC[2])",
+              f"SC[1] = {_tree([f'PS[{_i(W + i)}]' for i in range(W)])}",
+              f"for tn in range(d // {_i(W)} * {_i(W)}, d):", f"    SC[1] = SC[1] + ({xt} * SC[2]) * ({xt} * SC[2])",
+              f'{dst} = T.Select((SC[0] == T.float32(0)) | (SC[0] != SC[0]) | (SC[0] == T.float32("inf")), '
+              f'T.float32("nan"), T.float32(1) / T.sqrt(SC[1]) * SC[2])']
+    return out + [f'if ({sq} >= {f32(INV_NORM_MIN)}) & ({sq} < T.float32("inf")):',
+                  f"    {dst} = T.float32(1) / T.sqrt({sq})", "else:"] + _indent(scaled, "    ")
 
 
 def _cosine_rows(wr: _Writer) -> list[str]:
@@ -345,14 +435,20 @@ def _cosine_rows(wr: _Writer) -> list[str]:
     if ph.causal:
         ke = "T.min(T.max(i0 + r + T.int64(1) + lk - lq, T.int64(0)), klen)"
     out += [f"    ke: T.let[T.int64] = {ke}", "    NK[0] = ke"]
-    if ph.mask:
-        keep = "MK[(i0 + r) * msr + c * msc] != T.uint8(0)" if ph.mask_kind == "bool" else \
-            f"MK[(i0 + r) * msr + c * msc] != {wr.NEG_INF}"
-        out += ["    if has_mask != T.int64(0):", "        NK[0] = T.int64(0)", "        for c in range(ke):",
-                f"            NK[0] = NK[0] + T.Cast(\"int64\", {keep})"]
+    if ph.mask:   # the mask's kept entries counted in W partial lanes, then the tail
+        W = wr.W
+        keep = (lambda c: f"MK[(i0 + r) * msr + ({c}) * msc] != T.uint8(0)") if ph.mask_kind == "bool" else \
+            (lambda c: f"MK[(i0 + r) * msr + ({c}) * msc] != {wr.NEG_INF}")
+        vec = f"for w in T.vectorized({_i(W)}):" if W > 1 else "for w in range(T.int64(1)):"
+        out += ["    if has_mask != T.int64(0):", "        " + vec, "            KC[w] = 0",
+                f"        for cv in range(ke // {_i(W)}):", "            " + vec,
+                f"                KC[w] = KC[w] + T.Cast(\"int32\", {keep(f'cv * {_i(W)} + w')})",
+                f"        NK[0] = T.Cast(\"int64\", {_tree([f'KC[{_i(i)}]' for i in range(W)])})",
+                f"        for c in range(ke // {_i(W)} * {_i(W)}, ke):",
+                f"            NK[0] = NK[0] + T.Cast(\"int64\", {keep('c')})"]
     lines, lg = wr.emit(lambda e: e.log('T.Cast("float32", NK[0])'))
     out += _indent(lines, "    ") + [f"    LAM[r] = {lg} * {f32(math.log(ph.program.params['head_dim']))}"]
-    out += _indent(_inv_norm("Q", "(i0 + r) * ldq", "IQ[r]", wr.W), "    ")
+    out += _indent(_inv_norm(wr.t, f32, "Q", "(i0 + r) * ldq", "IQ[r]"), "    ")
     if ph.normalizer == "lssar":
         ofr = _lssar_params(ph.program.params.get("p"), ph.program.params.get("offset_free_rows"))["offset_free_rows"]
         out += ['    NF[r] = T.Cast("float32", NK[0])',   # O_i: 0 while i + lk - lq < offset_free_rows
@@ -360,9 +456,9 @@ def _cosine_rows(wr: _Writer) -> list[str]:
     return out
 
 
-def _normalize(wr: _Writer, norm: str) -> list[str]:
+def _normalize(wr: _Writer, norm: str, ps: int = 0) -> list[str]:
     """The normalizer on the block (attention.c.j2's normalize_block), over lanes: P in S^T; per row
-    AL, the accumulator's rescale, and LIVE, whether the row has anything to add."""
+    AL, the accumulator's rescale, and LIVE, whether the row has anything to add. ``ps``: lssar's pass."""
     x, NEG_INF = wr.st(), wr.NEG_INF
     one, zero = "T.float32(1)", "T.float32(0)"
     if norm == "softmax":
@@ -395,29 +491,24 @@ def _normalize(wr: _Writer, norm: str) -> list[str]:
         p1 = (wr.lanes([f"SM[l] = {zero}"]) + wr.keys(ex_lines + [f"{x} = {ex}", wr.asum("SM", ex)])
               + wr.lanes([f"AL[l] = {one}", "LIVE[l] = SH[l]", f"L[l] = L[l] + T.Select(SH[l] != 0, SM[l], {zero})"]))
         return ["if ps == 0:"] + _indent(p0, "    ") + ["else:"] + _indent(p1, "    ")
-    # lssar. pass 0: l_i = sum softplus(S) only (nothing to add); pass 1: R = max(N_i A - O_i, 0), A =
-    # softplus(S) / l_i, with the running max r of R: q = (R / r)^p in S^T, sum q and the
-    # accumulator rescaled by (r / r')^p when r grows
+    # lssar. pass 0: P = softplus(S) into PB, l_i = sum P and the largest P, nothing to add; pass 1
+    # (ps 1, from PB): q = (R / r)^p in S, R = max(N_i A - O_i, 0), A = P / l_i, r the row's max R
+    # (1 / r in SM, set with LIVE and AL = 1 before the pass), sum q
+    if ps == 0:
+        return (wr.lanes([f"SM[l] = {zero}"])
+                + wr.keys(sp_lines + [f"{wr.pb()} = {sp}", wr.asum("SM", sp), wr.amax("PM", sp)])
+                + wr.lanes(["L[l] = L[l] + SM[l]"]))
     p = _lssar_params(wr.ph.program.params.get("p"), wr.ph.program.params.get("offset_free_rows"))["p"]
-    p0 = (wr.lanes([f"SM[l] = {zero}"]) + wr.keys(sp_lines + [wr.asum("SM", sp)])
-          + wr.lanes([f"AL[l] = {one}", "LIVE[l] = 0", "L[l] = L[l] + SM[l]"]))
+    q_lines, qv = wr.emit(lambda e: e.ipow(e.mul(_reweight(e, wr.pb()), "SM[l]"), p))
+    return (wr.lanes([f"MX[l] = {zero}"]) + wr.keys(q_lines + [f"{x} = {qv}", wr.asum("MX", qv)])
+            + wr.lanes([f"QS[l] = QS[l] + T.Select(RR[l] > {zero}, MX[l], {zero})"]))
 
-    def reweight(e):
-        r = e.fma(e.mul(e.softplus(x), "IL[l]"), "NF[l]", "(T.float32(0) - OFF[l])")
-        return e.select(f"({r} > {zero})", r, zero)
-    rv_lines, rv = wr.emit(reweight)
-    pw_lines, pw = wr.emit(lambda e: e.ipow("(RR[l] / MX[l])", p))
-    q_lines, qv = wr.emit(lambda e: e.ipow(f"({x} * SM[l])", p))
-    p1 = (wr.lanes([f"MX[l] = {zero}"])
-          + wr.keys(rv_lines + [f"{x} = {rv}", wr.amax("MX", rv)])
-          + wr.lanes(pw_lines + [f"AL[l] = T.Select(MX[l] > RR[l], T.Select(RR[l] > {zero}, {pw}, {zero}), {one})",
-                                 "QS[l] = QS[l] * AL[l]",
-                                 "RR[l] = T.Select(MX[l] > RR[l], MX[l], RR[l])",
-                                 f"LIVE[l] = T.Select(RR[l] > {zero}, 1, 0)",
-                                 f"SM[l] = {one} / RR[l]", f"MX[l] = {zero}"])
-          + wr.keys(q_lines + [f"{x} = {qv}", wr.asum("MX", qv)])
-          + wr.lanes([f"QS[l] = QS[l] + T.Select(RR[l] > {zero}, MX[l], {zero})"]))
-    return ["if ps == 0:"] + _indent(p0, "    ") + ["else:"] + _indent(p1, "    ")
+
+def _reweight(e, a: str) -> str:
+    """lssar's R = max(N_i P / l_i - O_i, 0) of a weight P (the expression ``a``), in the C kernel's
+    operations: fma(P (1 / l_i), N_i, -O_i)."""
+    r = e.fma(e.mul(a, "IL[l]"), "NF[l]", "(T.float32(0) - OFF[l])")
+    return e.select(f"({r} > T.float32(0))", r, "T.float32(0)")
 
 
 def _pv(wr: _Writer, R: int, CW: int) -> list[str]:
