@@ -141,20 +141,23 @@ static int tis(int i, PyObject *o, PyObject *want) {
     return v == want;
 }
 
-/* Accessor `i` resolved from the type's descriptor `d` (a new reference, stolen); -1 with an
+/* Accessor `i` of `type` resolved from its descriptor `d` (a new reference, stolen): C functions
+ * only for a C descriptor of a base of `type` (its own type check then always holds); -1 with an
  * error set when a property is not a descriptor. */
-static int acc_set(Acc *a, int i, PyObject *d) {
+static int acc_set(Acc *a, int i, PyObject *d, PyTypeObject *type) {
     memset(a, 0, sizeof *a);
     a->descr = d;
+    const int base = (Py_TYPE(d) == &PyGetSetDescr_Type || Py_TYPE(d) == &PyMethodDescr_Type)
+                     && PyType_IsSubtype(type, PyDescr_TYPE(d));
     if (acc_property[i]) {
-        if (Py_TYPE(d) == &PyGetSetDescr_Type && ((PyGetSetDescrObject *)d)->d_getset->get != NULL) {
+        if (base && Py_TYPE(d) == &PyGetSetDescr_Type && ((PyGetSetDescrObject *)d)->d_getset->get != NULL) {
             a->get = ((PyGetSetDescrObject *)d)->d_getset->get;
             a->closure = ((PyGetSetDescrObject *)d)->d_getset->closure;
         } else if (Py_TYPE(d)->tp_descr_get == NULL) {
             PyErr_Format(PyExc_TypeError, "set_torch: Tensor.%s is not a descriptor", acc_names[i]);
             return -1;
         }
-    } else if (Py_TYPE(d) == &PyMethodDescr_Type) {
+    } else if (base && Py_TYPE(d) == &PyMethodDescr_Type) {
         PyMethodDef *m = ((PyMethodDescrObject *)d)->d_method;
         const int flags = m->ml_flags & ~METH_COEXIST;
         if (flags == METH_NOARGS || flags == (METH_VARARGS | METH_KEYWORDS)) {   /* others: vectorcall */
@@ -821,7 +824,7 @@ static PyObject *set_torch(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Acc a[A_N];
     for (int i = 0; i < A_N; i++) {   /* the type's own descriptors: looked up once, called per tensor */
         PyObject *d = PyObject_GetAttrString(args[0], acc_names[i]);
-        if (d == NULL || acc_set(&a[i], i, d) < 0) {
+        if (d == NULL || acc_set(&a[i], i, d, (PyTypeObject *)args[0]) < 0) {
             Py_XDECREF(d);
             while (i--)
                 Py_DECREF(a[i].descr);
