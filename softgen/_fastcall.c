@@ -90,10 +90,10 @@ static int fill_view(Py_buffer *b, void *buf, PyObject *shape, PyObject *strides
 /* torch (issue 15): what set_torch registered once softgen.arrays saw a tensor. A tensor is read
  * through torch.Tensor's own accessors, resolved once to their C functions (Acc) and called
  * directly: no attribute lookup, no bound method, no argument tuple, no interpreter. Each accessor
- * costs ~270 instructions at least (torch's error and __torch_function__ guards), so a tensor is
- * read with the fewest that keep every check (~3300 instructions; torch's private _cdata layout
- * would be ~10x cheaper but is not stable across versions). Only the exact type: a subclass may
- * override any accessor (it takes the general path). */
+ * costs ~250 instructions at least (torch's error and __torch_function__ guards), so a tensor is
+ * read with the fewest that keep every check (~3,800 instructions; the C++ layout behind _cdata
+ * would take a few dozen loads but changes between torch versions). Only the exact type: a
+ * subclass may override any accessor (it takes the general path). */
 typedef struct {
     PyObject *descr;        /* the descriptor, owned */
     getter get;             /* a getset_descriptor's C getter and its closure, or NULL */
