@@ -7,7 +7,9 @@ interleaved medians (softgen.benchmark.timing.time_interleaved) of
   K/t new    k(xt)                            (torch in, a new tensor out)
   per-op     softgen.softmax(x, out=y)        (the functional path: kernel lookup + call)
   per-op/t   softgen.softmax(xt, out=yt)
+  op/t new   softgen.softmax(xt)              (torch in, a new tensor out)
   torch      torch.softmax(xt, -1, out=yt)
+  torch new  torch.softmax(xt, -1)
   onnxrt     an ONNX Runtime session, Softmax(axis=-1), io binding to NumPy buffers
   numpy      exp(x - max) / sum, into y (out=)
 Then the other kinds, 1 row / 1 matrix, the same columns but torch's and ONNX Runtime's: top-k
@@ -31,7 +33,8 @@ import numpy as np  # noqa: E402
 import softgen  # noqa: E402
 from softgen import _fastcall as fc  # noqa: E402 - the C extension (built by pip install / setup.py)
 
-COLS = ("raw C", "Kernel", "Kernel/t", "K/t new", "per-op", "per-op/t", "torch", "onnxrt", "numpy")
+COLS = ("raw C", "Kernel", "Kernel/t", "K/t new", "per-op", "per-op/t", "op/t new", "torch", "torch new", "onnxrt",
+        "numpy")
 
 
 def _onnx(n: int):
@@ -80,7 +83,9 @@ def main() -> None:
             v["Kernel/t"] = lambda: k(xt, out=yt)
             v["K/t new"] = lambda: k(xt)
             v["per-op/t"] = lambda: softgen.softmax(xt, out=yt)
+            v["op/t new"] = lambda: softgen.softmax(xt)
             v["torch"] = lambda: torch.softmax(xt, -1, out=yt)
+            v["torch new"] = lambda: torch.softmax(xt, -1)
         sess = _onnx(n)
         if sess is not None:
             io = sess.io_binding()
@@ -131,7 +136,7 @@ def other_kinds(budget: float, torch) -> None:
         "raw C": lambda: fc.general(gp, spec, (a, b), o), "Kernel": lambda: g(a, b, out=o),
         "per-op": lambda: softgen.gaussian_kernel(a, b, 16, out=o)},
         lambda xs, o: g(*xs, out=o), lambda xs, o: softgen.gaussian_kernel(*xs, 16, out=o), (a, b), o))
-    cols = [c for c in COLS if c not in ("torch", "onnxrt", "numpy")]
+    cols = [c for c in COLS if c not in ("torch", "torch new", "onnxrt", "numpy")]
     print(f"{'kind':>22} " + " ".join(f"{c:>9}" for c in cols))
     for label, v, kern, per_op, ins, out in cases:
         if torch is not None:
@@ -142,6 +147,8 @@ def other_kinds(budget: float, torch) -> None:
             if tout is not None:
                 v["K/t new"] = lambda kern=kern, tins=tins: kern(tins, None)
             v["per-op/t"] = lambda per_op=per_op, tins=tins, tout=tout: per_op(tins, tout)
+            if tout is not None:
+                v["op/t new"] = lambda per_op=per_op, tins=tins: per_op(tins, None)
         res = time_interleaved(v, budget=budget)
         print(f"{label:>22} " + " ".join(f"{res[c].median * 1e6:9.2f}" if c in res else f"{'-':>9}" for c in cols))
 

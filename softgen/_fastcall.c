@@ -88,27 +88,51 @@ static int fill_view(Py_buffer *b, void *buf, PyObject *shape, PyObject *strides
 }
 
 /* torch (issue 15): what set_torch registered once softgen.arrays saw a tensor. A tensor is read
- * through torch.Tensor's own descriptors, called directly (no attribute lookup, no bound method,
- * no interpreter): what `arrays` checked per call in Python (~0.6 us a tensor) costs ~0.2 us here.
- * Only the exact type: a subclass may override any accessor (it takes the general path). */
+ * through torch.Tensor's own accessors, resolved once to their C functions (Acc) and called
+ * directly: no attribute lookup, no bound method, no argument tuple, no interpreter. Each accessor
+ * costs ~250 instructions at least (torch's error and __torch_function__ guards), so a tensor is
+ * read with the fewest that keep every check (~3,800 instructions; the C++ layout behind _cdata
+ * would take a few dozen loads but changes between torch versions). Only the exact type: a
+ * subclass may override any accessor (it takes the general path). */
+typedef struct {
+    PyObject *descr;        /* the descriptor, owned */
+    getter get;             /* a getset_descriptor's C getter and its closure, or NULL */
+    void *closure;
+    PyCFunction meth;       /* a method_descriptor's C function, or NULL */
+    int flags;              /* its METH_NOARGS or METH_VARARGS | METH_KEYWORDS */
+} Acc;
+
+enum { A_DTYPE, A_IS_CPU, A_LAYOUT, A_REQUIRES_GRAD, A_IS_NEG, A_IS_CONTIGUOUS, A_DATA_PTR, A_SHAPE, A_STRIDE, A_N };
+static const char *const acc_names[A_N] = {"dtype", "is_cpu", "layout", "requires_grad", "is_neg", "is_contiguous",
+                                           "data_ptr", "shape", "stride"};
+static const char acc_property[A_N] = {1, 1, 1, 1, 0, 0, 0, 1, 0};   /* else a method, called with no arguments */
+
 static struct {
-    PyTypeObject *type;                       /* torch.Tensor */
+    PyTypeObject *type;                           /* torch.Tensor */
     PyObject *f32, *i64, *strided, *from_numpy;   /* torch.float32, torch.int64, torch.strided, torch.from_numpy */
-    PyObject *dtype, *requires_grad, *is_cpu, *layout, *shape;   /* descriptors with __get__ */
-    PyObject *is_neg, *data_ptr, *stride, *is_contiguous;        /* methods, called with the tensor */
+    PyObject *no_args;                            /* () for METH_VARARGS methods */
+    Acc a[A_N];
 } T;
 
 #define IS_TORCH(o) (T.type != NULL && Py_TYPE(o) == T.type)
 
-static PyObject *tget(PyObject *descr, PyObject *o) {
-    return Py_TYPE(descr)->tp_descr_get(descr, o, (PyObject *)T.type);
+/* Accessor `i` of tensor `o` (exactly torch.Tensor, a subclass of the descriptor's class, so the
+ * descriptor's own type check holds): a new reference, or NULL with an error set. */
+static PyObject *tacc(int i, PyObject *o) {
+    const Acc *a = &T.a[i];
+    if (a->get != NULL)
+        return a->get(o, a->closure);
+    if (a->meth != NULL)
+        return a->flags == METH_NOARGS ? a->meth(o, NULL)
+                                       : ((PyCFunctionWithKeywords)(void (*)(void))a->meth)(o, T.no_args, NULL);
+    if (acc_property[i])
+        return Py_TYPE(a->descr)->tp_descr_get(a->descr, o, (PyObject *)T.type);
+    return PyObject_Vectorcall(a->descr, &o, 1, NULL);
 }
 
-static PyObject *tcall(PyObject *method, PyObject *o) { return PyObject_Vectorcall(method, &o, 1, NULL); }
-
-/* 1 when accessor `d` of tensor `o` (a descriptor, or a method when `call`) is the object `want` */
-static int tis(PyObject *d, int call, PyObject *o, PyObject *want) {
-    PyObject *v = call ? tcall(d, o) : tget(d, o);
+/* 1 when accessor `i` of tensor `o` is the object `want` (0, no error set, otherwise) */
+static int tis(int i, PyObject *o, PyObject *want) {
+    PyObject *v = tacc(i, o);
     if (v == NULL) {
         PyErr_Clear();
         return 0;
@@ -117,10 +141,39 @@ static int tis(PyObject *d, int call, PyObject *o, PyObject *want) {
     return v == want;
 }
 
+/* Accessor `i` of `type` resolved from its descriptor `d` (a new reference, stolen): C functions
+ * only for a C descriptor of a base of `type` (its own type check then always holds); -1 with an
+ * error set when a property is not a descriptor. */
+static int acc_set(Acc *a, int i, PyObject *d, PyTypeObject *type) {
+    memset(a, 0, sizeof *a);
+    a->descr = d;
+    const int base = (Py_TYPE(d) == &PyGetSetDescr_Type || Py_TYPE(d) == &PyMethodDescr_Type)
+                     && PyType_IsSubtype(type, PyDescr_TYPE(d));
+    if (acc_property[i]) {
+        if (base && Py_TYPE(d) == &PyGetSetDescr_Type && ((PyGetSetDescrObject *)d)->d_getset->get != NULL) {
+            a->get = ((PyGetSetDescrObject *)d)->d_getset->get;
+            a->closure = ((PyGetSetDescrObject *)d)->d_getset->closure;
+        } else if (Py_TYPE(d)->tp_descr_get == NULL) {
+            PyErr_Format(PyExc_TypeError, "set_torch: Tensor.%s is not a descriptor", acc_names[i]);
+            return -1;
+        }
+    } else if (base && Py_TYPE(d) == &PyMethodDescr_Type) {
+        PyMethodDef *m = ((PyMethodDescrObject *)d)->d_method;
+        const int flags = m->ml_flags & ~METH_COEXIST;
+        if (flags == METH_NOARGS || flags == (METH_VARARGS | METH_KEYWORDS)) {   /* others: vectorcall */
+            a->meth = m->ml_meth;
+            a->flags = flags;
+        }
+    }
+    return 0;
+}
+
 /* A tensor's view: float32 or int64, CPU, strided, no grad, no negative bit (its memory would
- * hold -x); 0 (no error set) for anything else, which the general path converts or refuses. */
+ * hold -x); 0 (no error set) for anything else, which the general path converts or refuses.
+ * Cheapest checks first; a contiguous tensor's strides follow from its shape (stride() parses
+ * its overloads: ~2x is_contiguous()). */
 static int torch_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
-    PyObject *dtype = tget(T.dtype, o);
+    PyObject *dtype = tacc(A_DTYPE, o);
     if (dtype == NULL) {
         PyErr_Clear();
         return 0;
@@ -128,14 +181,12 @@ static int torch_view(PyObject *o, Py_buffer *b, int flags, Py_ssize_t *store) {
     Py_DECREF(dtype);
     if (dtype != T.f32 && dtype != T.i64)
         return 0;
-    if (!tis(T.requires_grad, 0, o, Py_False) || !tis(T.is_cpu, 0, o, Py_True)
-        || !tis(T.layout, 0, o, T.strided) || !tis(T.is_neg, 1, o, Py_False))
+    if (!tis(A_IS_CPU, o, Py_True) || !tis(A_LAYOUT, o, T.strided) || !tis(A_REQUIRES_GRAD, o, Py_False)
+        || !tis(A_IS_NEG, o, Py_False))
         return 0;
-    /* stride() parses its overloads (~2x is_contiguous()): a contiguous tensor's strides follow
-       from its shape */
-    const int contiguous = tis(T.is_contiguous, 1, o, Py_True);
-    PyObject *ptr = tcall(T.data_ptr, o), *shape = tget(T.shape, o);
-    PyObject *strides = contiguous || shape == NULL ? NULL : tcall(T.stride, o);
+    const int contiguous = tis(A_IS_CONTIGUOUS, o, Py_True);
+    PyObject *ptr = tacc(A_DATA_PTR, o), *shape = ptr == NULL ? NULL : tacc(A_SHAPE, o);
+    PyObject *strides = contiguous || shape == NULL ? NULL : tacc(A_STRIDE, o);
     int ok = ptr != NULL && shape != NULL && (contiguous || strides != NULL);
     void *buf = ok ? PyLong_AsVoidPtr(ptr) : NULL;
     const Py_ssize_t itemsize = dtype == T.f32 ? 4 : 8;
@@ -766,35 +817,33 @@ static PyObject *entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
  * softgen.arrays registers once it has seen a tensor. */
 static PyObject *set_torch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    static const char *names[] = {"dtype", "requires_grad", "is_cpu", "layout", "shape", "is_neg", "data_ptr", "stride",
-                                  "is_contiguous"};
     if (nargs != 5 || !PyType_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "set_torch(Tensor, float32, int64, strided, from_numpy)");
         return NULL;
     }
-    PyObject *d[9];
-    for (int i = 0; i < 9; i++) {   /* the type's own descriptors: looked up once, called per tensor */
-        d[i] = PyObject_GetAttrString(args[0], names[i]);
-        if (d[i] != NULL && i < 5 && Py_TYPE(d[i])->tp_descr_get == NULL) {
-            Py_DECREF(d[i]);
-            d[i] = NULL;
-            PyErr_Format(PyExc_TypeError, "set_torch: Tensor.%s is not a descriptor", names[i]);
-        }
-        if (d[i] == NULL) {
+    Acc a[A_N];
+    for (int i = 0; i < A_N; i++) {   /* the type's own descriptors: looked up once, called per tensor */
+        PyObject *d = PyObject_GetAttrString(args[0], acc_names[i]);
+        if (d == NULL || acc_set(&a[i], i, d, (PyTypeObject *)args[0]) < 0) {
+            Py_XDECREF(d);
             while (i--)
-                Py_DECREF(d[i]);
+                Py_DECREF(a[i].descr);
             return NULL;
         }
     }
+    if (T.no_args == NULL && (T.no_args = PyTuple_New(0)) == NULL) {
+        for (int i = 0; i < A_N; i++)
+            Py_DECREF(a[i].descr);
+        return NULL;
+    }
     Py_XDECREF(T.type), Py_XDECREF(T.f32), Py_XDECREF(T.i64), Py_XDECREF(T.strided), Py_XDECREF(T.from_numpy);
-    Py_XDECREF(T.dtype), Py_XDECREF(T.requires_grad), Py_XDECREF(T.is_cpu), Py_XDECREF(T.layout);
-    Py_XDECREF(T.shape), Py_XDECREF(T.is_neg), Py_XDECREF(T.data_ptr), Py_XDECREF(T.stride), Py_XDECREF(T.is_contiguous);
+    for (int i = 0; i < A_N; i++)
+        Py_XDECREF(T.a[i].descr);
     for (int i = 1; i < 5; i++)
         Py_INCREF(args[i]);
     Py_INCREF(args[0]);
     T.f32 = args[1], T.i64 = args[2], T.strided = args[3], T.from_numpy = args[4];
-    T.dtype = d[0], T.requires_grad = d[1], T.is_cpu = d[2], T.layout = d[3], T.shape = d[4];
-    T.is_neg = d[5], T.data_ptr = d[6], T.stride = d[7], T.is_contiguous = d[8];
+    memcpy(T.a, a, sizeof a);
     T.type = (PyTypeObject *)args[0];
     Py_RETURN_NONE;
 }

@@ -63,7 +63,8 @@ def _host(a, name: str, what: str, writable: bool = False):
     t = type(a)
     if t in TORCH_TYPES:
         return _torch(a, name, what)
-    if t.__module__.startswith("torch") and hasattr(a, "requires_grad"):
+    torch = sys.modules.get("torch") if t is not np.ndarray else None
+    if torch is not None and isinstance(a, torch.Tensor):   # subclasses too (torch in, torch out)
         _seen_torch(t)
         return _torch(a, name, what)
     if t is np.ndarray or isinstance(a, (np.ndarray, np.generic)) or not hasattr(a, "__dlpack__"):

@@ -15,7 +15,7 @@ and the sweep costs the larger of the two (a roofline per sweep); a variant cost
 its sweeps. Schedules: the given one, with non-temporal output stores for rows beyond the
 last-level cache on targets that have them (``level_schedule``), or one of the knob schedules the
 model prices (``PRICED_KNOBS``: exp variants by their ``[cost.exp]`` hints, lazymax by the max sweep
-it drops) where it is strictly cheaper than every algorithm under the given one. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
+it drops) where it is at least 3% cheaper (``KNOB_MARGIN``) than every algorithm under the given one. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
 The result is a ``DispatchTable``: plain data (ranges of n, the variant of each, why), which a
@@ -286,6 +286,10 @@ def level_schedule(target: Target, level: str, schedule: dict, plan: Plan, strea
 # the schedule knobs the model prices (sweep_cycles): exp (each variant its [cost.exp] hint) and
 # lazymax (no max sweep beyond L1d, a compare more per vector); the others have no model term
 PRICED_KNOBS = ("exp", "lazymax")
+# A priced knob displaces the default schedule only when the model puts it this much cheaper: the
+# per-op-kind hints are not that exact, and the default schedule is what sibling kernels share
+# bitwise (top-k's dense output is the scatter of its sparse one, which has no row-long exp).
+KNOB_MARGIN = 0.97
 
 
 def knob_label(schedule: dict) -> str:
@@ -324,8 +328,8 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
     """The cheapest of ``plans`` (algorithm -> plan, in preference order: ties go to the earlier)
     per cache level, neighbouring levels with one variant merged into one entry. ``knobs``: per
     level, schedules besides ``schedule`` to price (``PRICED_KNOBS`` set over it: what the
-    backend offers there, ``autotable.model_schedules``); one wins only where it is strictly
-    cheaper than every algorithm under ``schedule``, and only for plans it changes (``knobs_apply``).
+    backend offers there, ``autotable.model_schedules``); one wins only where it costs at most
+    ``KNOB_MARGIN`` x every algorithm under ``schedule``, and only for plans it changes (``knobs_apply``).
     ``stream``: whether the backend lowers non-temporal stores (``level_schedule``)."""
     limits = level_limits(caches)
     knobs = knobs or {}
@@ -340,7 +344,9 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
         priced = [(a, s, cycles_per_element(plans[a], target, lvl, s.get("exp", ""), bool(s.get("lazymax"))))
                   for a, s in cands]
         base_cost[lvl] = {a: c for a, s, c in priced if s is schedule}
-        best[lvl] = min(priced, key=lambda t: t[2])    # min keeps the first of equals: the defaults first
+        base_best = min((t for t in priced if t[1] is schedule), key=lambda t: t[2])   # the first of equals
+        knob_best = min((t for t in priced if t[1] is not schedule), key=lambda t: t[2], default=None)
+        best[lvl] = knob_best if knob_best and knob_best[2] <= KNOB_MARGIN * base_best[2] else base_best
         shown = dict(base_cost[lvl])   # and each algorithm's cheapest knob schedule where it beats the algorithm's own
         for a in plans:
             mine = [(s, c) for a2, s, c in priced if a2 == a and s is not schedule]

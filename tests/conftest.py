@@ -79,6 +79,24 @@ def _log_builds(path: str) -> None:
     tvm_adapter._cached = logged(tvm_adapter._cached)
 
 
+def own_cache(path: Path) -> str:
+    """A cache root of its own at ``path`` (for a tuning database of the test's own) whose kernel
+    directory is the run's (a symlink to it), so that a test with its own tuning records still
+    builds no kernel another test built: ``monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(p))``.
+    Not for tests of the cache itself (clear, prune, counting its files): those keep a real one."""
+    kernels = runtime.cache_dir()             # the run's (SOFTGEN_CACHE_DIR set by pytest_configure)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (path / kernels.name).symlink_to(kernels, target_is_directory=True)
+    return str(path)
+
+
+@pytest.fixture
+def own_db(tmp_path, monkeypatch):
+    """SOFTGEN_CACHE_DIR of this test (``own_cache``): an empty tuning database, the run's kernels."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 def pytest_unconfigure(config):
     if getattr(config, "_softgen_cache", None):
         shutil.rmtree(config._softgen_cache, ignore_errors=True)

@@ -168,6 +168,69 @@ def test_torch_fast_path_makes_no_numpy_view(sm, topk, sink, gauss, monkeypatch)
         sm(x, out=torch.empty(3, 41))
 
 
+def _torch_declined():
+    """Tensors _fastcall must not read raw (name -> tensor of shape (3, 8)): each guards one check
+    of its torch_view; `general`: what the public call then does (a UsageError/TypeError, or a
+    correct result through a copy)."""
+    x = torch.randn(3, 8)
+
+    class Sub(torch.Tensor):
+        pass
+    neg = torch._neg_view(x)
+    return {
+        "requires_grad": x.clone().requires_grad_(),
+        "float64": x.double(), "float16": x.half(), "int32": x.int(), "complex64": x.to(torch.complex64),
+        "meta": torch.empty(3, 8, device="meta"),                   # not on the CPU (data_ptr() is 0)
+        "neg view": neg,                                            # memory holds -value
+        "neg, not a view": neg.detach(),                            # the negative bit without _is_view()
+        "conj().imag": torch.randn(3, 8, dtype=torch.complex64).conj().imag,   # float32, negative bit
+        "sparse_coo": x.to_sparse(), "mkldnn": x.to_mkldnn(),
+        "subclass": x.clone().as_subclass(Sub),                     # may override any accessor
+        "Parameter": torch.nn.Parameter(x.clone(), requires_grad=False),
+        "columns": x.t().contiguous().t(),                         # unit stride across rows
+    }
+
+
+@needs_torch
+def test_torch_fast_entry_declines_what_it_cannot_read(sm):
+    """_fastcall.entry reads torch tensors through torch's accessors (issue 15): each tensor a check
+    guards (grad, dtype, device, negative bit, layout, exact type, row stride) is declined as x and
+    as out (NotImplemented: never read raw); the public call then refuses it or computes through
+    a copy, for the Kernel and the per-op function. Good tensors are read, not declined."""
+    from softgen import kernel as kmod
+    if kmod._fc is None:
+        pytest.skip("softgen._fastcall is not built")
+    good = torch.randn(3, 8)
+    sm(good)                                       # loaded; torch's type seen once
+    fast = sm._fast
+    assert fast is not None
+    wide = torch.randn(3, 16)
+    for t in (good, wide[:, 4:12], wide[1:, :8], torch.randn(3, 8, requires_grad=True).detach()):
+        y = fast(t, None)
+        assert type(y) is torch.Tensor and torch.allclose(y, torch.softmax(t, -1), atol=1e-6)
+    with torch.no_grad():
+        assert type(fast(good, torch.empty(3, 8))) is torch.Tensor
+    want = torch.softmax(good, -1)
+    for name, t in _torch_declined().items():
+        assert fast(t, None) is NotImplemented, name
+        if t.dtype == torch.float32 and t.layout == torch.strided and t.device.type == "cpu":
+            assert fast(good, t) is NotImplemented, f"out: {name}"
+    for name, t in _torch_declined().items():
+        for call in (sm, lambda a: softgen.softmax(a, target="scalar", algorithm="two-pass")):
+            try:
+                y = call(t)
+            except (UsageError, TypeError) as e:
+                assert name not in ("columns", "subclass", "Parameter", "neg view", "neg, not a view",
+                                    "conj().imag"), (name, e)
+                continue
+            ref = t.detach().resolve_neg().to(torch.float32)
+            assert isinstance(y, torch.Tensor) and torch.allclose(y, torch.softmax(ref, -1), atol=1e-6), name
+    o = torch._neg_view(torch.empty(3, 8))
+    with pytest.raises(UsageError, match="negative bit"):
+        softgen.softmax(good, out=o, target="scalar", algorithm="two-pass")
+    assert torch.allclose(sm(good), want, atol=1e-6)
+
+
 class _Dev:
     """A DLPack array on a non-CPU device (CUDA), as CuPy presents one."""
 

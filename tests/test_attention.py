@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import _can_emulate, check_attention, check_strided_heads, run_cases
+from conftest import _can_emulate, check_attention, check_strided_heads, own_cache, run_cases
 
 import softgen
 from softgen import reference as ref
@@ -564,7 +564,7 @@ def test_split_decoding_merges_sums_not_lse(split_kernels):
 def test_tune_attention_blocks(tmp_path, monkeypatch):
     """softgen tune of attention: br/bc candidates timed, the winner recorded (algorithm
     "streaming"); compile then takes it (k.tuned) unless br/bc are given."""
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     t = get_target("host")
     cands = attention_candidates(t)

@@ -79,12 +79,13 @@ def test_lse_and_kv_lengths_equal_streaming_and_the_mask(forms, nm):
 
 def test_front_door_kv_lengths_in_the_kernel(monkeypatch):
     """softgen.attention's three-phase form: kv_lengths reach the kernel (no additive mask is made
-    for them), lse comes back, masked_rows="zero" zeroes the rows whose lse is -inf, as streaming."""
+    for them, only the caller's mask passed on), lse comes back, masked_rows="zero" zeroes the rows
+    whose lse is -inf, as streaming. (With the mask: the kernels of ``forms``, no build of its own.)"""
     made = []
     real = functional._additive_mask
     monkeypatch.setattr(functional, "_additive_mask", lambda m, n, *a: made.append(n) or real(m, n, *a))
     q, k, v, m, n = inputs()
-    kw = dict(normalizer="lssa", causal=True, kv_lengths=n, return_lse=True, masked_rows="zero")
+    kw = dict(normalizer="lssa", causal=True, mask=m, kv_lengths=n, return_lse=True, masked_rows="zero")
     o, lse = softgen.attention(q, k, v, algorithm="three-phase", **kw)
     assert made and all(x is None for x in made)
     so, sl = softgen.attention(q, k, v, **kw)
@@ -112,7 +113,7 @@ def test_sinkhorn_and_soft_refuse_saying_why():
 def test_topk_form_by_target_rule(monkeypatch):
     """top-k's form in softgen.attention (auto): streaming iff Lk >= a + b top_k (the target file's
     topk_stream_keys); both forms give the oracle's values; explain states the rule; a bad value
-    in a target file is refused."""
+    in a target file is refused. (With the additive mask: ``forms``' top-k kernel, no build of its own.)"""
     avx512 = get_target("avx512")
     assert avx512.topk_stream_keys == (1536, 8)
     assert not avx512.topk_streams(32, 1024) and avx512.topk_streams(32, 4096)
@@ -122,9 +123,9 @@ def test_topk_form_by_target_rule(monkeypatch):
     real = functional._kernel
     monkeypatch.setattr(functional, "_kernel", lambda *a: seen.append(a[3]) or real(*a))
     q, k, v, m, n = inputs()
-    o = softgen.attention(q, k, v, normalizer="topk_softmax", top_k=3, causal=True, kv_lengths=n)
+    o = softgen.attention(q, k, v, normalizer="topk_softmax", top_k=3, causal=True, mask=m, kv_lengths=n)
     assert seen == ["auto" if host.topk_streams(3, LK) else "three-phase"]
-    r = ref.attention(q, k, v, causal=True, kv_lengths=n, normalizer="topk_softmax", top_k=3)
+    r = ref.attention(q, k, v, causal=True, mask=m, kv_lengths=n, normalizer="topk_softmax", top_k=3)
     np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)
     assert "Lk >= 1536 + 8 top_k = 1792 keys" in softgen.compile(
         "attention", normalizer="topk_softmax", top_k=32, target="avx512", head_dim=D).explain()

@@ -14,7 +14,7 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import check, run, skip_unless_emulated
+from conftest import check, own_cache, run, skip_unless_emulated
 from test_kernels import contract_rows
 from test_soft import check_gauss
 
@@ -237,7 +237,7 @@ def test_schedule_exp_p5_is_choosable_where_the_target_defaults_to_a_table():
 def test_tune_records_the_knobs_and_auto_builds_them(tmp_path, monkeypatch, rng):
     """Tiny caches so that 4096 is a DRAM size: the tuner times stream/prefetch there and exp
     variants in cache; a record with knobs becomes a dispatcher variant with its own symbol."""
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     monkeypatch.setenv("SOFTGEN_CACHE_SIZES", "L1d=1K,L2=4K,L3=16K")
     monkeypatch.setattr(tune_mod, "PRUNE_RATIO", 1.0)        # fewer builds: the model's best algorithm only
@@ -290,7 +290,7 @@ def test_a_given_gemm_schedule_is_built_and_correct(rng):
 
 
 def test_tune_gemm_records_and_compile_uses_it(tmp_path, monkeypatch, rng):
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     t = get_target("host")
     two = tune_mod.gemm_candidates(t)[:2]

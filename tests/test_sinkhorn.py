@@ -18,9 +18,15 @@ def iterations(values, every: int) -> list:
     """(backend, target, *value) params. n_iter is unrolled: 1 (no column step), 2 (even) and 3
     (odd, a column step first) are its code paths and the first `every` values run on every
     target; the rest (more of the same paths, other eps: a constant) on the host's target, on
-    the others with -m slow."""
+    the others with -m slow. TVM (its builds take seconds; the TensorIR is the same at every
+    vector width; C runs the rest): the first `every` values on the host's target, value
+    `every` - 1 on scalar and neon, none on the other x86 target; the rest with -m slow."""
+    def slow(b, t, i):
+        if b == "tvm" and t != HOST:
+            return t in ("avx2", "avx512") or i != every - 1
+        return i >= every and (t != HOST or b == "tvm")
     return [pytest.param(b, t, *(v if isinstance(v, tuple) else (v,)), id=f"{b}-{t}-{v}",
-                         marks=[pytest.mark.slow] if i >= every and t != HOST else [])
+                         marks=[pytest.mark.slow] if slow(b, t, i) else [])
             for b in BACKENDS for t in TARGETS for i, v in enumerate(values)]
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import check, skip_unless_emulated
+from conftest import check, own_cache, skip_unless_emulated
 
 import softgen
 from softgen import costmodel
@@ -393,7 +393,7 @@ def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
     """softgen.tune times the winner at 1 .. cores threads on a batch shape and records the
     fastest count with the rows class of batches (2..); the tuned dispatch table caps auto by it,
     1 included."""
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     monkeypatch.setattr(softgen.machine, "cores", lambda: 2)
     res = softgen.tune("softmax", target="host", shapes=[(64, 512)], budget_s=3, keep=1, progress=False)
@@ -410,7 +410,7 @@ def test_tuned_thread_counts_apply_to_the_rows_they_were_measured_on(tmp_path, m
     """A record's thread count applies to its rows class: one thread measured on batches caps
     auto at 1; a single-row record (threads 1) leaves auto to the model, also beside a batch
     record of another class of n; explain says which applies."""
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     tdb, rows_max = softgen.tunedb, ROWS_MAX
     common = dict(algorithm="two-pass", schedule={}, ns_per_element=1.0, noise=0.01, repetitions=5)

@@ -3,7 +3,7 @@ builds its dispatcher from the records of this machine (tuned=True, "measured" e
 back to the model without them, Ctrl-C keeps completed classes, the CLI reports and rejects.
 
 Fast: tiny sizes, a budget of a few seconds, one schedule per algorithm where possible, and a
-kernel cache + tuning database of this module's own (SOFTGEN_CACHE_DIR in a tmp dir)."""
+tuning database of each test's own (conftest.own_cache: the run's kernels, its own records)."""
 from __future__ import annotations
 
 import importlib
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import check
+from conftest import check, own_cache
 
 import softgen
 from softgen import machine, tunedb
@@ -27,9 +27,8 @@ SIZES = [300, 3000]
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
-    """An empty tuning database (and kernel cache) of this test, tuning records in use."""
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+def db(own_db, monkeypatch):
+    """An empty tuning database of this test, tuning records in use."""
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     return tunedb.default()
 
@@ -202,7 +201,7 @@ def _cli(*args, env):
 
 
 def test_cli(tmp_path):
-    env = {**os.environ, "SOFTGEN_CACHE_DIR": str(tmp_path), "SOFTGEN_USE_TUNING": "1"}
+    env = {**os.environ, "SOFTGEN_CACHE_DIR": own_cache(tmp_path / "cache"), "SOFTGEN_USE_TUNING": "1"}
     r = _cli("--sizes", "500", "--budget", "2s", "--quiet", env=env)
     assert r.returncode == 0, r.stderr
     assert "1/1 size classes" in r.stdout and "pruned by the model" in r.stdout and "ns/el" in r.stdout

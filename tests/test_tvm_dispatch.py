@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import check
+from conftest import check, own_cache
 
 import softgen
 from softgen import tunedb
@@ -173,7 +173,7 @@ int main(void) {{
 
 def test_tuned_table_from_tvm_records(disp, tmp_path, monkeypatch, rng):
     """Records of backend tvm make the table (``k.tuned``); records of the C backend do not."""
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     sched = disp.variants[0].schedule.as_dict()
     common = dict(rows=(1, 1 << 40), schedule=sched, ns_per_element=0.5, noise=0.01, repetitions=9)
@@ -194,7 +194,7 @@ def test_tuned_table_from_tvm_records(disp, tmp_path, monkeypatch, rng):
 
 def test_records_with_c_only_knobs_are_not_used(tmp_path, monkeypatch):
     """A TVM record whose schedule has a knob TVM does not lower (e.g. imported): the model decides."""
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     sched = {**softgen.compile("softmax", algorithm="two-pass", target=TARGET).schedule.as_dict(), "prefetch": 1024}
     tunedb.record("softmax", {}, TARGET, "tvm", n=(1, 1 << 40), rows=(1, 1 << 40), algorithm="two-pass",
@@ -206,7 +206,7 @@ def test_records_with_c_only_knobs_are_not_used(tmp_path, monkeypatch):
 def test_tune_backend_tvm_records_what_auto_uses(tmp_path, monkeypatch):
     """``softgen.tune(backend="tvm")`` (``softgen tune --backend tvm``): TVM records, which the TVM
     auto then uses (the C backend's auto does not)."""
-    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     res = softgen.tune("softmax", target=TARGET, backend="tvm", sizes=[300], budget_s=3, keep=1, progress=False)
     assert len(res.records) == 1 and res.records[0].backend == "tvm"
