@@ -97,6 +97,9 @@ def main(argv=None) -> None:
     ap.add_argument("--bh", type=int, default=8, help="batch x heads")
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--decode", type=int, default=4096, help="Lk of the decoding shape (Lq = 1); 0: skip")
+    ap.add_argument("--decode-bh", type=int, nargs="*", default=[],
+                    help="also the decoding shape with these batch x heads (e.g. 1 2: fewer heads than threads, "
+                         "where split decoding's key chunks fill the threads)")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (softgen streaming, torch)")
     ap.add_argument("--rss", type=int, nargs="*", default=[8192], help="lengths of the memory measurement (none: skip)")
@@ -120,9 +123,9 @@ def main(argv=None) -> None:
     torch = torch_one_thread()
     sdpa = torch.nn.functional.scaled_dot_product_attention if torch is not None else None
     rng = np.random.default_rng(0)
-    shapes = [(L, L, c) for L in a.lengths for c in (False, True)]
+    shapes = [(L, L, c, a.bh) for L in a.lengths for c in (False, True)]
     if a.decode:
-        shapes.append((1, a.decode, True))
+        shapes += [(1, a.decode, True, bh) for bh in [a.bh] + [b for b in a.decode_bh if b != a.bh]]
     label = {"c": "softgen", "tvm": "softgen[tvm]"}
     kernels = {(be, alg): {c: softgen.compile("attention", head_dim=a.d, causal=c, algorithm=alg, backend=be)
                            for c in (False, True)}
@@ -132,11 +135,11 @@ def main(argv=None) -> None:
     print(f"target {isa}; FMA peak {peak:.1f} GFLOP/s per core (bench/fmapeak.py)" if peak else
           f"target {isa}: no FMA peak measured")
     rows = []
-    for lq, lk, causal in shapes:
-        q = rng.standard_normal((a.bh, lq, a.d)).astype(np.float32)
-        k = rng.standard_normal((a.bh, lk, a.d)).astype(np.float32)
-        v = rng.standard_normal((a.bh, lk, a.d)).astype(np.float32)
-        out = np.empty((a.bh, lq, a.d), np.float32)
+    for lq, lk, causal, bh in shapes:
+        q = rng.standard_normal((bh, lq, a.d)).astype(np.float32)
+        k = rng.standard_normal((bh, lk, a.d)).astype(np.float32)
+        v = rng.standard_normal((bh, lk, a.d)).astype(np.float32)
+        out = np.empty((bh, lq, a.d), np.float32)
         variants = {}
         for (be, alg), ks in kernels.items():
             kern = ks[causal]
@@ -172,13 +175,13 @@ def main(argv=None) -> None:
         t = time_interleaved(variants, budget=a.budget, min_rounds=5, max_rounds=a.rounds, min_time=a.min_time)
         if a.stat == "min":
             t = {k: replace(tm, median=tm.min) for k, tm in t.items()}
-        fl = flops(lq, lk, a.d, causal) * a.bh
+        fl = flops(lq, lk, a.d, causal) * bh
         for name, tm in t.items():
             nt = int(name.rsplit(" t", 1)[1])
             tt = t.get(f"torch sdpa t{nt}")
             tc = t.get(f"softgen streaming t{nt}") if name.startswith("softgen[tvm] streaming") else None
             gf = fl / tm.median / 1e9
-            rows.append({"Lq": lq, "Lk": lk, "causal": causal, "impl": name, "threads": nt, "ms": tm.median * 1e3,
+            rows.append({"Lq": lq, "Lk": lk, "causal": causal, "bh": bh, "impl": name, "threads": nt, "ms": tm.median * 1e3,
                          "gflops": gf, "peak_fraction": gf / (nt * peak) if peak else None, "spread": tm.spread,
                          "vs_torch": (tt.median / tm.median) if tt else None, "max_abs_diff": errs.get(name),
                          "vs_c": (tc.median / tm.median) if tc else None})
@@ -195,7 +198,8 @@ def main(argv=None) -> None:
         df = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
         pk = f"{r['peak_fraction']:.1%}" if r["peak_fraction"] else "-"
         vc = f"{r['vs_c']:.2f}" if r["vs_c"] else "-"
-        print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {r['impl']:<27} {r['ms']:>9.3f} {r['gflops']:>8.2f} "
+        impl = r["impl"] + (f" bh{r['bh']}" if r["bh"] != a.bh else "")   # --decode-bh rows
+        print(f"{r['Lq']:>5} {r['Lk']:>5} {str(r['causal']):>6}  {impl:<27} {r['ms']:>9.3f} {r['gflops']:>8.2f} "
               f"{pk:>6} {r['spread']:>6.1%} {vt:>8} {vc:>6} {df:>9}")
     if a.json:
         from common import machine_info

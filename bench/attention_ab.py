@@ -76,7 +76,10 @@ def main(argv=None) -> None:
     ap.add_argument("--new", default=".", help="this tree")
     ap.add_argument("--old-args", default="", help="extra `softgen build` arguments of the old side, e.g. '--wide 0'")
     ap.add_argument("--new-args", default="", help="extra `softgen build` arguments of the new side, e.g. '--br 8'")
-    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--lengths", type=int, nargs="*", default=[1024, 4096])
+    ap.add_argument("--decode", type=int, nargs="*", default=[],
+                    help="also these Lk of the decoding shape (Lq = --decode-lq, causal only)")
+    ap.add_argument("--decode-lq", type=int, default=1)
     ap.add_argument("--bh", type=int, default=8)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
@@ -98,19 +101,20 @@ def main(argv=None) -> None:
         print(f"{a.stat}: {a.rounds} rounds at most, clock {a.clock}, {a.threads} thread(s)")
         print(f"{'L':>6} {'causal':>6} {'old ms':>9} {'new ms':>9} {'old/new':>8} {'IQR old':>8} {'IQR new':>8} "
               f"{'old min':>9} {'new min':>9} {'min o/n':>8}")
-        for L in a.lengths:
-            q, k, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(3))
-            for c in (False, True):
-                outs = {tag: np.empty((a.bh, L, a.d), np.float32) for tag in ("old", "new")}
-                for tag in outs:
-                    assert call(fns[tag, c], q, k, v, outs[tag], a.threads) == 0
-                np.testing.assert_allclose(outs["new"], outs["old"], rtol=1e-5, atol=1e-5)
-                fn = {tag: (lambda tag=tag: call(fns[tag, c], q, k, v, outs[tag], a.threads)) for tag in outs}
-                t = thread_times(fn, a.rounds) if a.clock == "thread" else \
-                    time_interleaved(fn, budget=a.budget, min_rounds=7, max_rounds=a.rounds, min_time=a.min_time)
-                print(f"{L:>6} {str(c):>6} {stat(t['old']) * 1e3:>9.3f} {stat(t['new']) * 1e3:>9.3f} "
-                      f"{stat(t['old']) / stat(t['new']):>8.3f} {t['old'].spread:>8.1%} {t['new'].spread:>8.1%} "
-                      f"{t['old'].min * 1e3:>9.3f} {t['new'].min * 1e3:>9.3f} {t['old'].min / t['new'].min:>8.3f}")
+        shapes = [(L, L, c) for L in a.lengths for c in (False, True)] + [(a.decode_lq, L, True) for L in a.decode]
+        for lq, L, c in shapes:
+            q = rng.standard_normal((a.bh, lq, a.d)).astype(np.float32)
+            k, v = (rng.standard_normal((a.bh, L, a.d)).astype(np.float32) for _ in range(2))
+            outs = {tag: np.empty((a.bh, lq, a.d), np.float32) for tag in ("old", "new")}
+            for tag in outs:
+                assert call(fns[tag, c], q, k, v, outs[tag], a.threads) == 0
+            np.testing.assert_allclose(outs["new"], outs["old"], rtol=1e-5, atol=1e-5)
+            fn = {tag: (lambda tag=tag: call(fns[tag, c], q, k, v, outs[tag], a.threads)) for tag in outs}
+            t = thread_times(fn, a.rounds) if a.clock == "thread" else \
+                time_interleaved(fn, budget=a.budget, min_rounds=7, max_rounds=a.rounds, min_time=a.min_time)
+            print(f"{L if lq == L else f'{lq}x{L}':>6} {str(c):>6} {stat(t['old']) * 1e3:>9.3f} {stat(t['new']) * 1e3:>9.3f} "
+                  f"{stat(t['old']) / stat(t['new']):>8.3f} {t['old'].spread:>8.1%} {t['new'].spread:>8.1%} "
+                  f"{t['old'].min * 1e3:>9.3f} {t['new'].min * 1e3:>9.3f} {t['old'].min / t['new'].min:>8.3f}")
 
 
 if __name__ == "__main__":

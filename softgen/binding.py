@@ -161,22 +161,28 @@ def _heads(a: np.ndarray, nbatch: int):
     """(ptr, batch, head, row, col strides in elements) of ``a`` (..., H, L, w) whose ``nbatch``
     leading axes are the batch (one stride for all: they must collapse), or None when the ABI
     cannot address it (misaligned, a negative or fractional stride, batch axes not evenly strided).
-    Strides of axes of size 1 are 0."""
-    item = a.itemsize
+    Strides of axes of size 1 are 0. (Plain loops: it runs 4-5 times per attention call.)"""
     if not a.flags.aligned:
         return None
-    st = [0 if n == 1 else s for n, s in zip(a.shape, a.strides)]
-    if any(s < 0 or s % item for s in st):
-        return None
-    st = [s // item for s in st]
-    sizes = a.shape
-    batch = [(n, s) for n, s in zip(sizes[:nbatch], st[:nbatch]) if n != 1]
-    for (_, s0), (n1, s1) in zip(batch, batch[1:]):
-        if s0 != s1 * n1:
+    item = a.itemsize
+    st = []
+    for n, s in zip(a.shape, a.strides):
+        if n == 1:
+            st.append(0)
+        elif s < 0 or s % item:
             return None
-    sb = batch[-1][1] if batch else 0
+        else:
+            st.append(s // item)
+    sb, prev = 0, None   # the batch axes (size > 1) collapse: each stride = the next one's x its size
+    for n, s in zip(a.shape[:nbatch], st[:nbatch]):
+        if n == 1:
+            continue
+        if prev is not None and prev != s * n:
+            return None
+        prev = sb = s
     tail = st[nbatch:]
-    tail = [0] * (3 - len(tail)) + tail   # (H, L, w): a missing head axis is one head
+    if len(tail) < 3:   # (H, L, w): a missing head axis is one head
+        tail = [0] * (3 - len(tail)) + tail
     return (a.ctypes.data, sb, *tail)
 
 

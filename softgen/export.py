@@ -14,6 +14,8 @@ import numpy as np
 
 from ._version import __version__
 from .abi import ECPU, ETHREADS, SELECTED
+from .backends import get_backend
+from .backends.attention import split_keys
 from .errors import SoftgenError, UsageError
 from .matrix import AttentionPhase
 from .ops import get_op
@@ -42,13 +44,20 @@ def scratch_doc(k) -> str:
 
 
 def attention_tile_doc(k) -> str:
-    """The single-block mode's per-thread score tile of a streaming attention kernel, or ""."""
-    ph = next((ph for ph in k.program.leaves() if getattr(ph, "wide", 0)), None) if k.matrix else None
+    """The single-block mode's per-thread score tile and split decoding's partials of a streaming
+    attention kernel, or ""."""
+    ph = next((ph for ph in k.program.leaves() if isinstance(ph, AttentionPhase)), None) if k.matrix else None
     if ph is None:
         return ""
+    sk = split_keys(ph) if get_backend(k.backend).split_decoding else 0
+    split = (f";\n * for lq <= 16 and lk >= {2 * sk} (decoding: each head's keys in chunks of {sk}), the chunks' partials,\n"
+             f" * batch x hq x ceil(lk / {sk}) x lq x (dv + 2) floats on the heap") if sk else ""
+    if not ph.wide:
+        return split
     kib = 4 * ph.br * -(-ph.wide // ph.bc) * -(-ph.bc // k.target.lanes) * k.target.lanes / 1024
     return (f";\n * a block of {ph.br} query rows seeing at most {ph.wide} keys (lq > 16) holds all of its scores at once,\n"
-            f" * in a {ph.br} x min({ph.wide}, lk) tile on the heap (at most {kib:g} KiB per thread: O(br lk), no lq x lk buffer)")
+            f" * in a {ph.br} x min({ph.wide}, lk) tile on the heap (at most {kib:g} KiB per thread: O(br lk), no lq x lk buffer)"
+            + split)
 
 
 def measure_accuracy(k, seed: int = 0) -> dict:

@@ -27,7 +27,7 @@ from .autotable import (  # noqa: F401 - public names of softgen.kernel before a
     tuned_table,
 )
 from .backends import Artifact, Backend, get_backend
-from .backends.attention import TASK_GRAIN, task_rows
+from .backends.attention import TASK_GRAIN, split_keys, task_rows
 from .backends.gemm import fit_rows, schedule_for
 from .binding import bind
 from .cnames import name_clash
@@ -203,8 +203,11 @@ class Kernel:
         if self.matrix:
             ph = self.program.attention_tasks()
             if ph is not None:
-                return f"threads (auto): the (batch, head, query chunk of {task_rows(ph)} rows) tasks, one " \
-                    f"thread per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
+                sk = split_keys(ph) if get_backend(self.backend).split_decoding else 0
+                return f"threads (auto): the (batch, head, query chunk of {task_rows(ph)} rows) tasks" + \
+                    (f" (decoding, lq <= 16 and lk >= {2 * sk}: (batch, head, chunk of {sk} keys) tasks, "
+                     "merged per head)" if sk else "") + \
+                    f", one thread per {TASK_GRAIN} multiply-adds, capped by the CPUs and SOFTGEN_NUM_THREADS"
             return f"threads (auto): the batch's matrices split across threads, " \
                 f"{(self.thread_policy or ThreadPolicy()).describe()}, capped by the CPUs, " \
                 "SOFTGEN_NUM_THREADS and the batch (one matrix: one thread)"

@@ -11,10 +11,11 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import _can_emulate, check_attention, own_cache, run_cases
+from conftest import _can_emulate, check_attention, check_strided_heads, own_cache, run_cases
 
 import softgen
 from softgen import reference as ref
+from softgen.backends.attention import SPLIT_KEYS
 from softgen.ops import get_op
 from softgen.targets import get_target
 from softgen.tune import attention_candidates
@@ -332,6 +333,14 @@ def test_torch_sdpa_agrees():
     o = softgen.attention(qs, k, v, causal=True)
     t = torch.nn.functional.scaled_dot_product_attention(T(qs), T(k), T(v), is_causal=True).numpy()
     np.testing.assert_allclose(o, t, rtol=1e-4, atol=1e-5)
+    # split decoding (key chunks merged per head) on two threads, GQA and a padding mask
+    qd, kd, vd = f32(1, 4, 2, 64), f32(1, 2, 2 * SPLIT_KEYS + 5, 64), f32(1, 2, 2 * SPLIT_KEYS + 5, 64)
+    md = np.ones((1, 1, 2, kd.shape[2]), bool)
+    md[..., SPLIT_KEYS - 3:] = False
+    o = softgen.attention(qd, kd, vd, mask=md, threads=2)
+    t = torch.nn.functional.scaled_dot_product_attention(T(qd), T(kd), T(vd), attn_mask=T(md),
+                                                         enable_gqa=True).numpy()
+    np.testing.assert_allclose(o, t, rtol=1e-4, atol=1e-5)
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -477,6 +486,81 @@ def test_threads_share_each_kv_heads_transpose():
     np.testing.assert_allclose(o, _oracle(*x), rtol=1e-4, atol=1e-5)
 
 
+
+# -- split decoding: Lq <= 16 against Lk >= 2 x SPLIT_KEYS, (batch, head, key chunk) tasks ----------
+
+@pytest.fixture(scope="module")
+def split_kernels():
+    mk = lambda **kw: softgen.compile("attention", head_dim=16, algorithm="streaming", **kw)  # noqa: E731
+    return {"bool": mk(mask="bool"), "additive": mk(mask="additive", causal=True), "scalar": mk(target="scalar")}
+
+
+def test_split_decoding_masks_lengths_gqa_threads(split_kernels):
+    """Key chunks of SPLIT_KEYS merged per head: GQA, kv_lengths on and around the chunk bounds (0,
+    one chunk, one key into the second, the tail, > Lk), Lk not a multiple of the chunk, a chunk
+    whose keys are all masked, a fully masked row (NaN, lse -inf), a NaN row; lse; every thread
+    count (and batch x heads < threads) gives the one-thread bits."""
+    k = split_kernels["bool"]
+    assert SPLIT_KEYS == 1024 and "__ktask" in k.sources()["kernel.c"]
+    lk = 2 * SPLIT_KEYS + 37
+    q, kk, v = f32(5, 4, 3, 16), f32(5, 2, lk, 16), f32(5, 2, lk, 7)
+    q[3, 3, 0, 2] = np.nan                                          # a NaN row
+    lens = np.array([lk, 0, SPLIT_KEYS, SPLIT_KEYS + 1, 5000])
+    m = RNG.random((5, 4, 3, lk)) < 0.7
+    m[..., 1, :] = False                                            # fully masked rows
+    m[2, :, 2, SPLIT_KEYS:] = False                                 # row 2 of batch 2: its second chunk masked
+    m[0, :, 0, :SPLIT_KEYS] = False                                 # row 0 of batch 0: its first chunk masked
+    o, lse = k(q, kk, v, m, kv_lengths=lens, return_lse=True, threads=1)
+    r, rl = ref.attention(q, kk, v, scale=0.25, mask=m, kv_lengths=lens, return_lse=True)
+    _check_abi(o, r, lse, rl)
+    assert np.isneginf(lse[..., 1]).all() and np.isnan(lse[3, 3, 0]) and np.isnan(o[3, 3, 0]).all()
+    for t in (2, 3):
+        ot, lt = k(q, kk, v, m, kv_lengths=lens, return_lse=True, threads=t)
+        assert np.array_equal(ot, o, equal_nan=True) and np.array_equal(lt, lse, equal_nan=True), t
+    one = k(q[:1, :1], kk[:1, :1], v[:1, :1], threads=1)           # one head: its chunks fill the threads
+    check(k, q[:1, :1], kk[:1, :1], v[:1, :1], one)
+    assert np.array_equal(k(q[:1, :1], kk[:1, :1], v[:1, :1], threads=2), one, equal_nan=True)
+
+
+def test_split_decoding_causal_additive_and_scalar(split_kernels):
+    """Causal (bottom-right: Lq = 16 rows, the diagonal in the last chunk), -inf additive masks
+    (a chunk all -inf), Lk = 3 chunks exactly; the scalar target (the same merge)."""
+    k = split_kernels["additive"]
+    lk = 3 * SPLIT_KEYS
+    q, kk, v = f32(2, 16, 16), f32(2, lk, 16), f32(2, lk, 16)
+    m = np.where(RNG.random((2, 16, lk)) < 0.8, 0.0, -np.inf).astype(np.float32)
+    m[0, 3, SPLIT_KEYS:2 * SPLIT_KEYS] = -np.inf
+    m[1, 5] = -np.inf                                               # a fully masked row
+    o, lse = k(q, kk, v, m, return_lse=True, threads=1)
+    r, rl = ref.attention(q, kk, v, scale=0.25, causal=True, mask=m, return_lse=True)
+    _check_abi(o, r, lse, rl)
+    ot, lt = k(q, kk, v, m, return_lse=True, threads=2)
+    assert np.array_equal(ot, o, equal_nan=True) and np.array_equal(lt, lse, equal_nan=True)
+    lens = np.array([lk - 100, SPLIT_KEYS + 7])                    # kv_lengths with causal: lk places the diagonal
+    q4, k4, v4, m4 = (a[:, None] for a in (q, kk, v, m))             # (batch, head, ...): kv_lengths per batch
+    o = k(q4, k4, v4, m4, kv_lengths=lens, threads=2)
+    _check_abi(o, ref.attention(q4, k4, v4, scale=0.25, causal=True, mask=m4, kv_lengths=lens))
+    ks = split_kernels["scalar"]
+    o = ks(q, kk, v, threads=2)
+    check(ks, q, kk, v, o)
+    x = f32(2, lk, 3 * 16)                                          # strided heads: (B, L, q|k|v, d) views
+    qs, ksv, vs = x[:, :2, None, :16].swapaxes(1, 2), x[:, :, None, 16:32].swapaxes(1, 2), x[:, :, None, 32:].swapaxes(1, 2)
+    check_strided_heads(split_kernels["bool"], qs, ksv, vs, RNG.random((2, lk)) < 0.7)
+
+
+def test_split_decoding_merges_sums_not_lse(split_kernels):
+    """Equal huge scores (4e8: lse = m + log l rounds to m) over chunks of unequal sizes: the merge
+    weighs each chunk by its sum l_c e^(m_c - M), so O is the mean of all of V's rows (a merge by
+    e^(lse_c - lse) would weigh the 37-key tail chunk like the full ones)."""
+    k = split_kernels["bool"]
+    lk = 2 * SPLIT_KEYS + 37
+    q = np.full((1, 1, 1, 16), 1e4, np.float32)
+    kk = np.full((1, 1, lk, 16), 1e4, np.float32)
+    v = f32(1, 1, lk, 4)
+    o, lse = k(q, kk, v, return_lse=True, threads=2)
+    np.testing.assert_allclose(o[0, 0, 0], v[0, 0].astype(np.float64).mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(lse[0, 0, 0], 4e8 + math.log(lk), rtol=1e-7)
+
 def test_tune_attention_blocks(tmp_path, monkeypatch):
     """softgen tune of attention: br/bc candidates timed, the winner recorded (algorithm
     "streaming"); compile then takes it (k.tuned) unless br/bc are given."""
@@ -521,6 +605,7 @@ def test_cli_emit_and_build(tmp_path):
     assert b.returncode == 0, b.stderr
     header = (tmp_path / "att_cli.h").read_text()
     assert "causal=1" in header and " x min(4096, lk) tile on the heap" in header   # the single-block mode's scratch
+    assert "x lq x (dv + 2) floats on the heap" in header   # split decoding's partials
     bad = subprocess.run(run + ["emit", "--op", "attention", "--normalizer", "lssa", "--scale", "0.5"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "takes no scale" in bad.stderr

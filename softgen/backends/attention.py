@@ -43,11 +43,22 @@ from .gemm import transpose_stages
 TASK_ROWS = 64
 # threads=auto: one thread per this many multiply-adds of work (~0.1 ms at a few GFLOP/s)
 TASK_GRAIN = 1 << 19
+# Decoding (Lq <= SMALL_LQ) of softmax attention on C with Lk >= 2 SPLIT_KEYS: the keys of a head are
+# split into chunks of this many (flash-decoding: per chunk (m, l, O), merged by the head's last
+# chunk task), so a few heads still fill the threads and the tasks are small (~10 us at d = 64).
+# Fixed, so results depend on the shape only, never on the thread count.
+SPLIT_KEYS = 1024
 
 
 def task_rows(ph: AttentionPhase) -> int:
     """The query rows of one task of the threaded form: TASK_ROWS rounded up to a multiple of br."""
     return -(-TASK_ROWS // ph.br) * ph.br
+
+
+def split_keys(ph: AttentionPhase) -> int:
+    """The key chunk of split decoding for ``ph`` on a backend with ``split_decoding`` (0: no split):
+    softmax (its partials (m, l, O) merge by the online rescale; the other normalizers' do not)."""
+    return SPLIT_KEYS if ph.normalizer == "softmax" else 0
 
 
 def score_rows(vector_registers: int) -> int:
@@ -89,6 +100,7 @@ def attention_function(ph: AttentionPhase, fname: str, tasks: bool = False, vect
         normalizer=ph.normalizer, cosine=ph.normalizer in ("lssa", "lssar"), wide=ph.wide if not tvm else 0,
         one_exp="sg_exp_shifted" if shifted_exp else "sg_exp_nonpos", tasks=tasks, topk=topk, renorm=ph.renormalize,
         qch=task_rows(ph), sr=score_rows(vector_registers), grain=TASK_GRAIN,
+        split=split_keys(ph) if tasks and not tvm else 0,
         lanes=lanes, tpack=transpose_stages(lanes) if lanes >= 4 and not tvm else None,
         params=abi.param_list() if abi is not None else "", max_n=abi.max_n if abi is not None else None,
         strides=strides, tvm=tvm, tiny=flit(SOFTPLUS_TINY),

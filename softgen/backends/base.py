@@ -91,6 +91,9 @@ class Backend(abc.ABC):
     streams_attention: tuple[str, ...] = ()
     # the streaming phase has the softmax single-block mode (AttentionSchedule.wide); else wide is 0
     wide_attention: bool = False
+    # decoding (Lq <= 16) of streaming softmax attention splits each head's keys into chunks
+    # (backends.attention.split_keys): the threaded entry's tasks are (batch, head, key chunk)
+    split_decoding: bool = False
     # the schedule knobs the tuner (softgen.tune) may vary, knob -> candidate values; each
     # combination is applied over the target's default schedule and kept only if Schedule
     # validates it. Empty: the tuner varies the algorithm only

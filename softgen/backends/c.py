@@ -1171,6 +1171,7 @@ class CBackend(Backend):
     thread_policy = True
     streams_attention = STREAMING_NORMALIZERS
     wide_attention = True
+    split_decoding = True
     # softgen.tune: small sets around the targets' defaults (unroll 4, accumulators 2); then, per
     # size class, non-temporal stores and prefetch distances (elements) for rows beyond the LLC
     # (targets with [isa] STREAM only for stream), and the exp variants (all within the accuracy
