@@ -111,3 +111,17 @@ def rss_rows(script: str, impls, lengths, child_args, have_torch: bool, bh: int,
             print(f"{r['L']:>6}  {r['impl']:<20} {r['rss_before_mib']:>10.1f} {r['call_peak_mib']:>9.1f} "
                   f"{r['call_mib']:>9.1f} {r['s_mib']:>7.1f} {r['maxrss_mib']:>7.1f}")
     return rows
+
+
+# The C harnesses' timing: the best of ``rounds`` rounds of ``reps`` calls of ``row`` (TSC cycles per
+# element); the empty asm keeps the compiler from merging the calls. Fill with %% {"row", "rounds"}.
+RDTSC_BEST_OF = r"""
+    unsigned long long best = ~0ull;
+    for (int r = 0; r < %(rounds)d; r++) {
+        unsigned long long t0 = __rdtsc();
+        for (int i = 0; i < reps; i++) { %(row)s(x, y, n); __asm__ volatile("" ::: "memory"); }
+        unsigned long long t = __rdtsc() - t0;
+        if (t < best) best = t;
+    }
+    printf("%%.4f\n", (double)best / reps / n);
+"""

@@ -24,12 +24,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import subprocess
 import tempfile
 
 import softgen
 from softgen.benchmark import parse_size
 from softgen.runtime import compiler_for, host_arch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RDTSC_BEST_OF  # noqa: E402
 
 HARNESS = r"""
 #include <math.h>
@@ -61,15 +65,7 @@ int main(int argc, char **argv) {
         printf("%%.3e %%d\n", err, bad);
         return 0;
     }
-    unsigned long long best = ~0ull;
-    for (int r = 0; r < 400; r++) {
-        unsigned long long t0 = __rdtsc();
-        for (int i = 0; i < reps; i++) { %(row)s(x, y, n); __asm__ volatile("" ::: "memory"); }
-        unsigned long long t = __rdtsc() - t0;
-        if (t < best) best = t;
-    }
-    printf("%%.4f\n", (double)best / reps / n);
-    return 0;
+%(timing)s    return 0;
 }
 """
 
@@ -215,7 +211,7 @@ def main() -> None:
             src = VARIANTS[v](TABLE + k.source, row)
             path = os.path.join(d, v.replace("+", "_"))
             with open(path + ".c", "w") as f:
-                f.write(HARNESS % {"kernel": src, "row": row})
+                f.write(HARNESS % {"kernel": src, "row": row, "timing": RDTSC_BEST_OF % {"row": row, "rounds": 400}})
             cc(k.target, path)
             exes[v] = path
         sizes = [parse_size(s)[1] for s in a.sizes.split(",")]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import re
 import statistics
 import subprocess
@@ -31,6 +32,9 @@ import tempfile
 import softgen
 from softgen.benchmark import parse_size, size_label
 from softgen.runtime import compiler_for, host_arch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RDTSC_BEST_OF  # noqa: E402
 
 HARNESS = r"""
 #include <stdio.h>
@@ -43,15 +47,7 @@ int main(int argc, char **argv) {
     float *x = aligned_alloc(64, (n * 4 + 63) / 64 * 64), *y = aligned_alloc(64, (n * 4 + 63) / 64 * 64);
     for (size_t i = 0; i < n; i++) x[i] = (float)((i * 2654435761u) %% 20000) * 1e-3f - 10.0f;
     %(row)s(x, y, n);
-    unsigned long long best = ~0ull;
-    for (int r = 0; r < 5; r++) {
-        unsigned long long t0 = __rdtsc();
-        for (int i = 0; i < reps; i++) { %(row)s(x, y, n); __asm__ volatile("" ::: "memory"); }
-        unsigned long long t = __rdtsc() - t0;
-        if (t < best) best = t;
-    }
-    printf("%%.4f\n", (double)best / reps / n);
-    return 0;
+%(timing)s    return 0;
 }
 """
 
@@ -83,7 +79,7 @@ def build(k, keep: int, d: str) -> str:
     src = prefix_source(k.source, row, keep)
     path = os.path.join(d, f"{k.name}_{keep}")
     with open(path + ".c", "w") as f:
-        f.write(HARNESS % {"kernel": src, "row": row})
+        f.write(HARNESS % {"kernel": src, "row": row, "timing": RDTSC_BEST_OF % {"row": row, "rounds": 5}})
     subprocess.run([*compiler_for(k.target), "-O3", "-w", *k.target.cflags, path + ".c", "-o", path, "-lm", "-lpthread"],
                    check=True)
     return path
