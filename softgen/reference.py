@@ -481,7 +481,8 @@ def newton_pinv_alpha(a, variant: str = "soft", alpha_factor: float = 0.9,
     eye = np.eye(a.shape[-1])
     alpha = 2.0 / rowsum ** 2
     for _ in range(10):   # halve while |I - A (alpha A)|_1 > 1.01, at most 10 times
-        done = top(np.sum(np.abs(eye - a @ (alpha * a)), axis=-2)) <= 1.01
+        with np.errstate(invalid="ignore"):   # a non-finite matrix: NaN norms are "not done", as intended
+            done = top(np.sum(np.abs(eye - a @ (alpha * a)), axis=-2)) <= 1.01
         if np.all(done):
             break
         alpha = np.where(done, alpha, alpha / 2)
