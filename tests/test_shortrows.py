@@ -70,8 +70,10 @@ def test_a_special_in_one_row_of_a_batch_leaves_the_others_alone(pair, rng):
 
 def test_other_ops_and_targets(rng):
     x = rng.standard_normal((11, 37)).astype(np.float32) * 3
-    for op, a, t in (("log_softmax", "two-pass", "host"), ("softplus_l1", "direct", "scalar")):
-        one, batched = (softgen.compile(op, algorithm=a, target=t, schedule={"rows": r}) for r in (1, 2))
+    # a scaled two-pass: its extexp clamp lim<r> is a setup constant each row of a batch declares
+    for op, a, t, kw in (("log_softmax", "two-pass", "host", {}), ("softplus_l1", "direct", "scalar", {}),
+                         ("softmax", "two-pass", "scalar", {"scale": 0.5})):
+        one, batched = (softgen.compile(op, algorithm=a, target=t, schedule={"rows": r}, **kw) for r in (1, 2))
         assert "__row_batch2(" in "".join(batched.sources().values())
         np.testing.assert_array_equal(batched(x), one(x))
         check(batched, x, batched(x), f"{op} {t} rows=2")

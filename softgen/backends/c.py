@@ -680,10 +680,10 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
 # -- R rows at once (schedule rows) -----------------------------------------------------------------
 
 # The identifiers of one row in a row function's body: row scalars s<v>, accumulators a<r>_<k>_<f>,
-# outer states o<r>_<f>, broadcasts b<v>, row values v<v>_<u>, scales sc<r>, the tail mask, lane
-# indices, the row's buffers, lazymax's reference and segments lz_*. Each row of a batch gets its
-# copies, prefixed r<j>_.
-_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|lz_\w+|tm|iota|x|y)\b")
+# outer states o<r>_<f>, broadcasts b<v>, row values v<v>_<u>, scales sc<r> (and a scaled
+# extexp's clamp lim<r>), the tail mask, lane indices, the row's buffers, lazymax's reference and
+# segments lz_*. Each row of a batch gets its copies, prefixed r<j>_.
+_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|lim\d+|lz_\w+|tm|iota|x|y)\b")
 
 
 def rows_refusal(p: Program, s: Schedule) -> str:
