@@ -121,6 +121,8 @@ def draw_row(r: random.Random, targets: list[str], backends: list[str]) -> dict:
     t = get_target(target)
     alg = r.choice(algs + ["auto"])
     sched = row_schedule(r, t) if backend == "c" and r.random() < 0.85 else None
+    if group and sched:   # one schedule for avx2 and avx512: the knobs, not lane-dependent sizes
+        sched = {f: v for f, v in sched.items() if f not in ("unroll", "accumulators", "block", "chunk", "split")}
     invalid = None
     if r.random() < 0.08:
         invalid, mutate = r.choice(INVALID_ROW)
@@ -159,14 +161,16 @@ def draw_attention(r: random.Random, targets: list[str], backends: list[str]) ->
         params["scale"] = r.choice([0.5, 2.0])
     alg = r.choice(["auto", "auto", "streaming", "three-phase"]) if norm not in ("sinkhorn", "soft") else "auto"
     sched = None
-    if alg != "three-phase" and norm not in ("sinkhorn", "soft") and r.random() < 0.5:
+    if norm not in ("sinkhorn", "soft") and r.random() < (0.1 if alg == "three-phase" else 0.5):
         br = r.choice([1, 2, 4, 8, 16])
         sched = {"br": br, "bc": r.choice([8, 16, 64, 256 // br * 1])}
         if norm == "softmax" and backend == "c" and r.random() < 0.5:
             sched["wide"] = r.choice([0, 64, 256, min(4096, 65536 // br)])
     invalid = None
-    if alg == "three-phase" and params.get("mask") == "bool":
+    if (alg == "three-phase" or norm == "sinkhorn") and params.get("mask") == "bool":
         invalid = "bool mask three-phase"   # the keep-mask is the streaming form's
+    if alg == "three-phase" and sched:
+        invalid = "blocks with three-phase"
     if r.random() < 0.06:
         invalid, fix = r.choice([("br*bc", {"br": 64, "bc": 128}), ("bc0", {"br": 4, "bc": 0}),
                                  ("wide not softmax", {"br": 4, "bc": 64, "wide": 64}),

@@ -171,3 +171,11 @@ def test_soft_given_landmarks_on_the_strided_abi():
     np.testing.assert_array_equal(softgen.attention(q, kk, v, normalizer="soft", landmarks=lm), o)
     with pytest.raises(ValueError, match="landmarks"):
         k(q, kk, v, lm[..., :3])
+
+
+def test_three_phase_refuses_the_streaming_blocks():
+    """br, bc, wide are the streaming form's: asked for with algorithm='three-phase' they were
+    dropped unchecked (br * wide past the tile's limit too), now a UsageError saying so."""
+    for blocks in ({"br": 4, "bc": 64}, {"br": 32, "bc": 64, "wide": 4096}):
+        with pytest.raises(UsageError, match="the streaming form's blocks, and algorithm='three-phase'"):
+            softgen.compile("attention", algorithm="three-phase", head_dim=D, schedule=blocks)
