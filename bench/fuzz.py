@@ -302,6 +302,44 @@ def same_bits(a, b) -> bool:
     return np.array_equal(nan, np.isnan(b)) and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32))
 
 
+class KnownIssue(Exception):
+    """A failure of a known, reported cause (counted apart, not a new finding)."""
+
+
+def blocksum_slack(k) -> float:
+    """The worst case of a blocked sum (docs/accuracy.md): each accumulator lane adds m = block /
+    (lanes accumulators) terms in sequence, (m - 1) u when the roundings do not cancel (equal
+    terms: an all-equal or one-max row), then ~22 merges."""
+    s, lanes = k.schedule, k.target.lanes
+    return (s.block // (lanes * s.accumulators) + 22) * 2.0 ** -24
+
+
+def check_row(k, x, y, what, kinds, call) -> None:
+    """``check``; an error within the blocked sum's worst case (not the 2e-6 budget) is KnownIssue."""
+    try:
+        check(k, x, y, what, row_names=kinds, **call)
+    except AssertionError as e:
+        if "out of tolerance" not in str(e) and "row sums" not in str(e):
+            raise
+        op = get_op(k.op)
+        cls, slack = type(op), blocksum_slack(k)
+        orig, normalised = cls.tolerance, cls.normalised
+
+        def wider(self, x, r, params, call=None):
+            return orig(self, x, r, params, call) + slack * (1.0 if self.log_probs else np.abs(r))
+        cls.tolerance, cls.normalised = wider, lambda self, params: False
+        try:
+            check(k, x, y, what, row_names=kinds, **call)
+        finally:
+            cls.tolerance, cls.normalised = orig, normalised
+        if normalised(op, k.params):
+            sums = np.sum(y, axis=-1, dtype=np.float64)
+            fin = np.isfinite(sums)
+            assert np.all(np.abs(sums[fin] - 1) <= 1e-5 + slack), f"{k.name} {what}: row sums beyond the blocked sum's"
+        raise KnownIssue(f"blocked sum's worst case (m = {k.schedule.block // (k.target.lanes * k.schedule.accumulators)} "
+                         f"terms per lane and block): {str(e)[:300]}") from None
+
+
 def run_row(cfg: dict, stats: Counter) -> None:
     k = compile_cfg(cfg)
     stats["kernels"] += 1
@@ -321,7 +359,7 @@ def run_row(cfg: dict, stats: Counter) -> None:
         call = op.sample_call(x.shape, k.params) if op.sample_call else {}
         what = f"n={n} rows={rows} layout={lay} kinds={kinds}"
         y = k(xl, **call)
-        check(k, x, y, what, row_names=kinds, **call)
+        check_row(k, x, y, what, kinds, call)
         stats["rows"] += rows
         stats["calls"] += 1
         for kd in kinds:
@@ -461,6 +499,8 @@ def run_case(cfg: dict) -> dict:
         return {"status": "ok", "stats": stats}
     except UsageError as e:
         return {"status": "refused-valid", "msg": str(e)[:300], "stats": stats}
+    except KnownIssue as e:
+        return {"status": "known", "msg": str(e), "stats": stats}
     except Exception as e:   # anything else is a finding
         return {"status": "finding", "msg": f"{type(e).__name__}: {str(e)[:1500]}",
                 "tb": traceback.format_exc()[-1500:], "stats": stats}
