@@ -122,7 +122,8 @@ def draw_row(r: random.Random, targets: list[str], backends: list[str]) -> dict:
     alg = r.choice(algs + ["auto"])
     sched = row_schedule(r, t) if backend == "c" and r.random() < 0.85 else None
     if group and sched:   # one schedule for avx2 and avx512: the knobs, not lane-dependent sizes
-        sched = {f: v for f, v in sched.items() if f not in ("unroll", "accumulators", "block", "chunk", "split")}
+        sched = {f: v for f, v in sched.items() if f not in ("unroll", "accumulators", "block", "chunk", "split",
+                                                             "stream")}   # the group has scalar too
     invalid = None
     if r.random() < 0.08:
         invalid, mutate = r.choice(INVALID_ROW)
