@@ -121,6 +121,8 @@ def draw_row(r: random.Random, targets: list[str], backends: list[str]) -> dict:
     t = get_target(target)
     alg = r.choice(algs + ["auto"])
     sched = row_schedule(r, t) if backend == "c" and r.random() < 0.85 else None
+    if sched and sched.get("lazymax") and r.random() < 0.7:   # where lazymax applies
+        op, params, alg = r.choice(["softmax", "softmax", "log_softmax"]), row_params(r, "softmax"), "three-pass-reload"
     if group and sched:   # one schedule for avx2 and avx512: the knobs, not lane-dependent sizes
         sched = {f: v for f, v in sched.items() if f not in ("unroll", "accumulators", "block", "chunk", "split",
                                                              "stream")}   # the group has scalar too
