@@ -443,12 +443,19 @@ def run_attention(cfg: dict, stats: Counter) -> None:
     if mask is not None:
         am = np.where(mask, 0.0, -np.inf) if mask.dtype == bool else mask.astype(np.float64)
     if norm in ("sinkhorn", "soft"):
-        if kvl is not None:   # Sinkhorn: kv_lengths as -inf key columns
-            pad = np.where(np.arange(k.shape[-2]) < kvl[:, None, None, None], 0.0, -np.inf)
-            am = pad if am is None else am + pad
-        full = () if am is None else (np.ascontiguousarray(np.broadcast_to(am, q.shape[:-1] + (k.shape[-2],))),)
+        full = None if am is None else np.broadcast_to(am, q.shape[:-1] + (k.shape[-2],))
         qc, kc, vc = (np.ascontiguousarray(np.repeat(a, q.shape[1] // a.shape[1], axis=1)) for a in (q, k, v))
-        check_attention(kern, o, qc, kc, vc, *full)
+        if kvl is None:
+            check_attention(kern, o, qc, kc, vc, *(() if full is None else (np.ascontiguousarray(full),)))
+            return
+        # Sinkhorn with kv_lengths: per batch the unpadded keys (not -inf columns: a NaN score + -inf
+        # is NaN, no padding); no key at all: NaN
+        for b, n in enumerate(kvl):
+            if n == 0:
+                assert np.isnan(o[b]).all(), f"{kern.name}: batch {b} has no key and is not NaN"
+                continue
+            m = () if full is None else (np.ascontiguousarray(full[b:b + 1, ..., :n]),)
+            check_attention(kern, o[b:b + 1], qc[b:b + 1], kc[b:b + 1, :, :n], vc[b:b + 1, :, :n], *m)
         return
     # a keep-mask drops a key's score, +inf too (an additive -inf would make it NaN)
     kw = dict(causal=bool(p.get("causal")), mask=mask if mask is not None and mask.dtype == bool else am,
