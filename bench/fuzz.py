@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -352,8 +353,9 @@ def run_row(cfg: dict, stats: Counter) -> None:
     twin = None   # the one-row form: rows=R and pipeline promise its bits
     if cfg["schedule"] and (cfg["schedule"].get("rows", 1) > 1 or cfg["schedule"].get("pipeline")) \
             and k.algorithm != "auto" and cfg["target"] != "x86-64":
-        twin = compile_cfg({**cfg, "schedule": {f: v for f, v in cfg["schedule"].items()
-                                                if f not in ("rows", "pipeline")}})
+        # the algorithm and schedule auto resolved to, one row at a time
+        twin = softgen.compile(k.op, algorithm=k.algorithm, target=cfg["target"], backend=cfg["backend"],
+                               schedule=replace(k.schedule, rows=1, pipeline=False), **cfg["params"])
         stats["twins"] += 1
     for n in row_lengths(rng, k):
         rows = int(rng.choice([1, 2, 3, 5, 8, 17]))
