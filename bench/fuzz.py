@@ -475,7 +475,11 @@ def run_attention(cfg: dict, stats: Counter) -> None:
     nan_r, nan_o = np.isnan(r), np.isnan(o)
     assert np.array_equal(nan_r, nan_o), \
         f"{kern.name}: NaN pattern differs ({int((nan_r != nan_o).sum())} entries; first {np.argwhere(nan_r != nan_o)[0]})"
-    tol = get_op("attention").tolerance((qc, kc, vc), r, p, {})
+    # the tolerance model reads the mask (lssa's weights): kv_lengths folded in as -inf keys
+    mt = am if kvl is None else (0.0 if am is None else am) + \
+        np.where(np.arange(k.shape[-2]) < kvl[:, None, None, None], 0.0, -np.inf)
+    mt = () if mt is None else (np.ascontiguousarray(np.broadcast_to(mt, r.shape[:-1] + (k.shape[-2],))),)
+    tol = get_op("attention").tolerance((qc, kc, vc, *mt), r, p, {})
     err = np.where(nan_r, 0.0, np.abs(o.astype(np.float64) - r))
     bad = err > tol
     assert not bad.any(), f"{kern.name}: {int(bad.sum())} out of tolerance, max err/tol {np.max(err / tol):.3g} " \
