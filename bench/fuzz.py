@@ -175,6 +175,8 @@ def draw_attention(r: random.Random, targets: list[str], backends: list[str]) ->
         invalid = "bool mask three-phase"   # the keep-mask is the streaming form's
     if alg == "three-phase" and sched:
         invalid = "blocks with three-phase"
+    if backend == "tvm" and norm == "topk_softmax" and (alg == "streaming" or params.get("mask") == "bool"):
+        invalid = "tvm top-k streaming"   # TVM keeps top-k's three-phase form
     if r.random() < 0.06:
         invalid, fix = r.choice([("br*bc", {"br": 64, "bc": 128}), ("bc0", {"br": 4, "bc": 0}),
                                  ("wide not softmax", {"br": 4, "bc": 64, "wide": 64}),
