@@ -315,11 +315,12 @@ def _emit_lse(shift, l, dead, below: float = -F32_MAX, x=None) -> None:
     a row with no kept key, ``dead`` < ``below`` (its max -inf: an additive -inf mask, padding; or
     a count of kept keys below 0.5: a causal row's dropped scores are -FLT_MAX); NaN stays NaN.
     ``x``: the scores, when ``dead`` is their max: the max drops NaN, so a row of NaN (and -inf)
-    scores looks dead; a sum of x * 0 over the scores not -inf (NaN iff one is NaN or +inf) keeps
-    its lse NaN. The streaming form drops it with the emit (``passes.without_lse``)."""
+    scores looks dead; a sum of x 2^-100 over the scores not -inf (not finite iff one is NaN or
+    +inf; as top-k's check: TVM folds x * 0 to 0) keeps its lse NaN. The streaming form drops it
+    with the emit (``passes.without_lse``)."""
     lse = dead.where_lt(below, 0.0, shift) + dead.where_lt(below, 0.0, l).log()
     if x is not None:
-        lse = lse.poison(x.where_lt(-F32_MAX, 0.0, x * 0.0).sum())
+        lse = lse.poison(x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum())
     lse.emit(LSE)
 
 
