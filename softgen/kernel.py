@@ -704,6 +704,11 @@ def _compile_matrix(be: Backend, opdef, program: MatrixProgram, t: Target, algor
         wide = ablk.wide if be.wide_attention else 0   # the single-block mode: backends that have it
         lowered = passes.stream_attention(program, ablk.br, ablk.bc, wide)
     else:
+        if blocks and algorithm == "three-phase":
+            raise UsageError(f"attention schedule {', '.join(sorted(blocks))}: the streaming form's blocks, and "
+                             f"algorithm='three-phase' was asked for (its GEMMs take mr, nv, kc, nc, ku)")
+        if blocks:   # auto fell back to three-phase: the blocks go unused, but are checked as given
+            t.attention.override(**blocks)
         lowered = passes.lower_matrix(program, epilogues=be.gemm_epilogues)
     has_gemm = any(isinstance(ph, MatMulPhase) for ph in lowered.leaves())
     gemm, why = None, ""

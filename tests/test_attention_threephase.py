@@ -172,3 +172,30 @@ def test_soft_given_landmarks_on_the_strided_abi():
     np.testing.assert_array_equal(softgen.attention(q, kk, v, normalizer="soft", landmarks=lm), o)
     with pytest.raises(ValueError, match="landmarks"):
         k(q, kk, v, lm[..., :3])
+
+
+def test_three_phase_refuses_the_streaming_blocks():
+    """br, bc, wide are the streaming form's: asked for with algorithm='three-phase' they were
+    dropped unchecked (br * wide past the tile's limit too), now a UsageError saying so."""
+    for blocks in ({"br": 4, "bc": 64}, {"br": 32, "bc": 64, "wide": 4096}):
+        with pytest.raises(UsageError, match="the streaming form's blocks, and algorithm='three-phase'"):
+            softgen.compile("attention", algorithm="three-phase", head_dim=D, schedule=blocks)
+
+
+@pytest.mark.parametrize("nm,backend", [("softmax", "c"), ("softplus_l1", "c"), ("softmax", "tvm")])
+def test_lse_of_a_nan_row_is_nan(nm, backend):
+    """A query row with a NaN has only NaN scores, whose max may drop them (V_MAX's operand
+    order: avx2, 11 keys) and be -inf: the three-phase lse took the row for one with no kept key
+    (-inf); it is NaN, as the streaming form's and the oracle's (docs/ops.md §10)."""
+    if backend == "tvm":
+        pytest.importorskip("tvm")
+    kw = dict(normalizer=nm, head_dim=D, target="avx2")
+    k3 = softgen.compile("attention", algorithm="three-phase", backend=backend, **kw)
+    ks = softgen.compile("attention", algorithm="streaming", **kw)
+    q, k, v, m, n = inputs()
+    q = np.array(q)
+    q[0, 1, 3, 0] = np.nan
+    o, lse = k3(q, k, v, kv_lengths=n, return_lse=True)
+    _, sl = ks(q, k, v, kv_lengths=n, return_lse=True)
+    assert np.isnan(o[0, 1, 3]).all() and np.isnan(lse[0, 1, 3]) and np.isnan(sl[0, 1, 3])
+    assert np.array_equal(np.isnan(lse), np.isnan(sl)) and np.array_equal(lse == -np.inf, sl == -np.inf)

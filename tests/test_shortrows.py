@@ -70,8 +70,10 @@ def test_a_special_in_one_row_of_a_batch_leaves_the_others_alone(pair, rng):
 
 def test_other_ops_and_targets(rng):
     x = rng.standard_normal((11, 37)).astype(np.float32) * 3
-    for op, a, t in (("log_softmax", "two-pass", "host"), ("softplus_l1", "direct", "scalar")):
-        one, batched = (softgen.compile(op, algorithm=a, target=t, schedule={"rows": r}) for r in (1, 2))
+    # a scaled two-pass: its extexp clamp lim<r> is a setup constant each row of a batch declares
+    for op, a, t, kw in (("log_softmax", "two-pass", "host", {}), ("softplus_l1", "direct", "scalar", {}),
+                         ("softmax", "two-pass", "scalar", {"scale": 0.5})):
+        one, batched = (softgen.compile(op, algorithm=a, target=t, schedule={"rows": r}, **kw) for r in (1, 2))
         assert "__row_batch2(" in "".join(batched.sources().values())
         np.testing.assert_array_equal(batched(x), one(x))
         check(batched, x, batched(x), f"{op} {t} rows=2")
@@ -107,3 +109,15 @@ def test_tuner_offers_rows_only_to_batches_of_short_rows():
     assert {s.rows for s in tune_mod.level_schedules(be, t, "L2", base, 2)} == {1, 2}
     assert {s.rows for s in tune_mod.level_schedules(be, t, "L3", base, 8192)} == {1}
     assert tune_mod.label("three-pass-reload", {"unroll": 4, "accumulators": 2, "rows": 4}) == "3pl u4a2 r4"
+
+
+def test_no_rows_form_where_a_row_restarts_after_a_store(rng):
+    """softplus_l1 direct-reload stores softplus into y before its guard: in place, a batch whose
+    one row took the fallback (every softplus 0) restarted the others from their stores (softplus
+    applied twice). That plan keeps one row at a time; in place equals out of place."""
+    k = softgen.compile("softplus_l1", algorithm="direct-reload", target="scalar", schedule={"rows": 2})
+    assert "__row_batch2(" not in k.source and "rows=2: one row at a time (a sweep stores into y" in k.source
+    x = np.stack([rng.standard_normal(50).astype(np.float32) * 3, np.full(50, -1e30, np.float32)])
+    z = x.copy()
+    np.testing.assert_array_equal(k(z, out=z), k(x))
+    check(k, x, z, "in place, a fallback row")

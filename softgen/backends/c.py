@@ -729,10 +729,10 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
 # -- R rows at once (schedule rows) -----------------------------------------------------------------
 
 # The identifiers of one row in a row function's body: row scalars s<v>, accumulators a<r>_<k>_<f>,
-# outer states o<r>_<f>, broadcasts b<v>, row values v<v>_<u>, scales sc<r>, the tail mask, lane
-# indices, the row's buffers, lazymax's reference and segments lz_*. Each row of a batch gets its
-# copies, prefixed r<j>_.
-_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|lz_\w+|tm|iota|x|y)\b")
+# outer states o<r>_<f>, broadcasts b<v>, row values v<v>_<u>, scales sc<r> (and a scaled
+# extexp's clamp lim<r>), the tail mask, lane indices, the row's buffers, lazymax's reference and
+# segments lz_*. Each row of a batch gets its copies, prefixed r<j>_.
+_ROW_NAMES = re.compile(r"\b([sabov]\d+(?:_\w+)?|sc\d+|lim\d+|lz_\w+|tm|iota|x|y)\b")
 
 
 def rows_refusal(p: Program, s: Schedule) -> str:
@@ -750,6 +750,9 @@ def rows_refusal(p: Program, s: Schedule) -> str:
             return "a sweep over a selection or columns"
         if any(p.op(r) == "reduce_topk" for r in sw.reductions):
             return "top-k keeps per-lane sorted lists"
+        if sw.stores and p.fallback is not None:   # softplus_l1 direct-reload
+            return "a sweep stores into y before a row may restart in the fallback (in place, the batch's " \
+                   "other rows would restart from their stores)"
     return ""
 
 
@@ -758,7 +761,7 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
     sweep's loop shared by the rows (one n), every section (setup, main, single, tail, folds,
     finish) and scalar line once per row, row j's identifiers prefixed r<j>_. Each row runs the
     one-row code, so results are bitwise the one-row form's. A guard (two-pass out of the exp
-    domain) is taken before any sweep writes y: the rows restart one at a time in the one-row
+    domain) is taken before any sweep writes y (``rows_refusal`` keeps plans storing before it out): the rows restart one at a time in the one-row
     function, which takes the row's own fallback. Lazymax (``_lazy_sweep``): each row keeps its
     reference and segments; the output sweep, a loop over the row's own segments, runs row after
     row (it has no reduction whose latency a shared loop would hide)."""

@@ -281,7 +281,7 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         if causal:
             e = off.where_lt(0.5, e, 0.0)
         l = e.sum()
-        _emit_lse(mx.where_lt(SOFTPLUS_TINY, mx, 0.0), l, mx)
+        _emit_lse(mx.where_lt(SOFTPLUS_TINY, mx, 0.0), l, mx, x=x)
     elif normalizer == "stablemax":
         # s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), no max shift (docs/ops.md §8); s(-inf) = 0
         e = x.where_lt(0.0, 1.0 / (1.0 - x), x + 1.0)
@@ -297,12 +297,12 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         mx = x.max()
         e = off.where_lt(0.5, (x - mx).exp(), 0.0)
         l = e.sum()
-        _emit_lse(mx, l, mx)
+        _emit_lse(mx, l, mx, x=x)
     else:
         mx = x.max()
         e = (x - mx).exp()
         l = e.sum()
-        _emit_lse(mx, l, mx)
+        _emit_lse(mx, l, mx, x=x)
     (e * l.finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
 
@@ -310,11 +310,18 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
 LSE = "lse"   # the three-phase form's per-row lse vector (MatrixProgram.lse), emitted by its rows phase
 
 
-def _emit_lse(shift, l, dead, below: float = -F32_MAX) -> None:
+def _emit_lse(shift, l, dead, below: float = -F32_MAX, x=None) -> None:
     """Emit the row's lse = shift + log l (the streaming form's: docs/ops.md §10): log 0 = -inf for
     a row with no kept key, ``dead`` < ``below`` (its max -inf: an additive -inf mask, padding; or
-    a count of kept keys below 0.5: a causal row's dropped scores are -FLT_MAX); NaN stays NaN."""
-    (dead.where_lt(below, 0.0, shift) + dead.where_lt(below, 0.0, l).log()).emit(LSE)
+    a count of kept keys below 0.5: a causal row's dropped scores are -FLT_MAX); NaN stays NaN.
+    ``x``: the scores, when ``dead`` is their max: the max drops NaN, so a row of NaN (and -inf)
+    scores looks dead; a sum of x 2^-100 over the scores not -inf (not finite iff one is NaN or
+    +inf; as top-k's check: TVM folds x * 0 to 0) keeps its lse NaN. The streaming form drops it
+    with the emit (``passes.without_lse``)."""
+    lse = dead.where_lt(below, 0.0, shift) + dead.where_lt(below, 0.0, l).log()
+    if x is not None:
+        lse = lse.poison(x.where_lt(-F32_MAX, 0.0, x * 2.0 ** -100).sum())
+    lse.emit(LSE)
 
 
 def _causal_offset(p):

@@ -1,0 +1,645 @@
+"""Differential fuzzer of softgen's kernels (issue 13): random valid combinations of op, op
+parameters, algorithm, schedule knobs (rows, pipeline, lazymax, exp, stream, prefetch,
+unroll/accumulators/block, split/chunk), target (the host-runnable ones), backend, thread count,
+row layout (strided, unaligned, in place) and adversarial data (huge/tiny, -inf rows, +inf, NaN,
+all-equal, one-hot, denormals, the row max late so lazymax moves its reference, jumps just past its
+16/s threshold), checked against the float64 references with the tests' own contract and tolerance
+(``tests/conftest.py`` ``check``, ``check_attention``: the op's ``tolerance``, docs/ops.md §0), and
+against each other where softgen promises the same bits (threads, rows=R, pipeline, in place,
+multi-ISA and dispatcher). Attention: normalizers x causal x masks x kv_lengths x return_lse x GQA x
+strided heads x the streaming (incl. avx512's wide single block), three-phase forms.
+A fraction of the draws is invalid on purpose: they must raise a UsageError (never a crash, a
+compiler error or a silent result).
+
+Each case runs in a forked child (a crash or hang is a finding, not the end of the run); kernels
+are cached in SOFTGEN_CACHE_DIR. Findings go to stdout and ``--log`` (JSON lines, with the config
+to replay: ``--replay FILE``)::
+
+    nice -n 5 python bench/fuzz.py --seed 1 --budget 600 --target avx512,avx2,scalar --backend c,tvm
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import check, check_attention  # noqa: E402  (the tests' contract and tolerance)
+
+import softgen  # noqa: E402
+from softgen import reference as ref  # noqa: E402
+from softgen.errors import UsageError  # noqa: E402
+from softgen.ops import build_program, get_op  # noqa: E402
+from softgen.ops.attention import _lssar_params, default_scale  # noqa: E402
+from softgen.passes import applicable_algorithms  # noqa: E402
+from softgen.targets import get_target  # noqa: E402
+
+ROW_OPS = ["softmax", "log_softmax", "stablemax", "log_stablemax", "softplus_l1", "lssa", "reweight", "lssar",
+           "topk_softmax"]
+ROW_WEIGHTS = [6, 3, 1, 1, 1, 1, 1, 1, 2]
+EXPS = ["", "p5c2", "p6c2", "t32"]
+NORMALIZERS = ["softmax", "stablemax", "softplus_l1", "lssa", "lssar", "topk_softmax", "sinkhorn", "soft"]
+NORM_WEIGHTS = [6, 1, 1, 1, 1, 2, 1, 1]
+
+
+# ---------------------------------------------------------------- configurations
+
+def row_params(r: random.Random, op: str) -> dict:
+    if op in ("softmax", "log_softmax", "softplus_l1"):
+        return r.choice([{}, {}, {"scale": r.choice([0.25, 2.5, 10.0, 0.0625])}] +
+                        ([{"temperature": 0.7}] if op != "softplus_l1" else []))
+    if op == "lssa":
+        return {"head_dim": r.choice([8, 64]), "count_keys": r.choice([0, 1])}
+    if op in ("reweight", "lssar"):
+        p = {"p": r.choice([15, 3]), "count_keys": r.choice([0, 1])}
+        return {**p, "head_dim": r.choice([8, 64])} if op == "lssar" else p
+    if op == "topk_softmax":
+        return {"k": r.choice([1, 2, 3, 8, 30]), "renormalize": r.choice([0, 1])}
+    return {}
+
+
+def row_schedule(r: random.Random, t) -> dict:
+    """A random subset of the schedule's fields, valid for target ``t``."""
+    s, lanes, default = {}, t.lanes, t.schedule
+    if r.random() < 0.4:
+        s["unroll"] = r.choice([1, 2, 4, 8])
+        s["accumulators"] = r.choice([a for a in (1, 2, 4) if s["unroll"] % a == 0])
+    step = s.get("unroll", default.unroll) * lanes
+    if r.random() < 0.3:
+        s["block"] = step * r.choice([1, 2, 3, 16, 64])
+    block = s.get("block", default.block if default.block % step == 0 else step * max(1, default.block // step))
+    if r.random() < 0.35:     # the split form for rows short enough to fuzz
+        s["split"] = r.choice([0, 0, block, 2 * block + 1, 4000])
+        s["chunk"] = block * r.choice([1, 1, 2, 3])
+    if r.random() < 0.3:
+        s["exp"] = r.choice(EXPS)
+    if r.random() < 0.35:
+        s["lazymax"] = True
+    if r.random() < 0.3:
+        s["rows"] = r.choice([2, 3, 4, 8])
+    elif r.random() < 0.25:
+        s["pipeline"] = True
+    if r.random() < 0.12 and t.streams:
+        s["stream"] = True
+    if r.random() < 0.15:
+        s["prefetch"] = r.choice([16, 64, 1024])
+    return s
+
+
+INVALID_ROW = [
+    ("accumulators", lambda s: {**s, "unroll": 4, "accumulators": 3}),
+    ("block", lambda s: {**s, "block": 17 * 16 + 3}),
+    ("rows", lambda s: {**s, "rows": 9}),
+    ("rows0", lambda s: {**s, "rows": 0}),
+    ("pipeline+rows", lambda s: {**s, "pipeline": True, "rows": 2}),
+    ("prefetch", lambda s: {**s, "prefetch": 17}),
+    ("exp", lambda s: {**s, "exp": "p7c1"}),
+    ("lazymax type", lambda s: {**s, "lazymax": 2}),
+    ("chunk", lambda s: {**s, "block": None, "chunk": 1000}),
+    ("split<0", lambda s: {**s, "split": -1}),
+    ("unknown knob", lambda s: {**s, "rowz": 2}),
+    ("stream on scalar", lambda s: {**s, "stream": True}),
+]
+
+
+def draw_row(r: random.Random, targets: list[str], backends: list[str]) -> dict:
+    op = r.choices(ROW_OPS, ROW_WEIGHTS)[0]
+    params = row_params(r, op)
+    algs = applicable_algorithms(build_program(op, **params))
+    backend = "tvm" if "tvm" in backends and (backends == ["tvm"] or r.random() < 0.1) else "c"
+    target = r.choice(targets)
+    group = backend == "c" and r.random() < 0.07 and {"avx2", "avx512"} <= set(targets)
+    t = get_target(target)
+    alg = r.choice(algs + ["auto"])
+    sched = row_schedule(r, t) if backend == "c" and r.random() < 0.85 else None
+    if sched and sched.get("lazymax") and r.random() < 0.7:   # where lazymax applies
+        op, params, alg = r.choice(["softmax", "softmax", "log_softmax"]), row_params(r, "softmax"), "three-pass-reload"
+    if group and sched:   # one schedule for avx2 and avx512: the knobs, not lane-dependent sizes
+        sched = {f: v for f, v in sched.items() if f not in ("unroll", "accumulators", "block", "chunk", "split",
+                                                             "stream")}   # the group has scalar too
+    invalid = None
+    if r.random() < 0.08:
+        invalid, mutate = r.choice(INVALID_ROW)
+        if invalid == "stream on scalar":
+            target = "scalar"
+        sched = {k: v for k, v in mutate(sched or {}).items() if v is not None}
+        group = False
+    if backend == "tvm" and sched is None and r.random() < 0.1:
+        sched, invalid = {"rows": 2}, "tvm knob"
+    return {"kind": "row", "op": op, "params": params, "algorithm": alg, "target": "x86-64" if group else target,
+            "backend": backend, "schedule": sched, "invalid": invalid, "data_seed": r.randrange(1 << 30),
+            "ref_rows": r.random() < 0.3}
+
+
+def draw_attention(r: random.Random, targets: list[str], backends: list[str]) -> dict:
+    norm = r.choices(NORMALIZERS, NORM_WEIGHTS)[0]
+    backend = "tvm" if "tvm" in backends and (backends == ["tvm"] or r.random() < 0.1) else "c"
+    target = r.choice(targets)
+    d = r.choice([1, 3, 8, 16, 17, 64])
+    params = {"normalizer": norm, "head_dim": d}
+    if norm not in ("sinkhorn", "soft") and r.random() < 0.4:
+        params["causal"] = 1
+    if norm != "soft" and r.random() < 0.35:
+        params["mask"] = r.choice(["additive", "bool"])
+    if norm == "topk_softmax":
+        params["top_k"] = r.choice([1, 2, 5, 30])
+        if r.random() < 0.4:
+            params["renormalize"] = 0
+    if norm == "lssar":
+        params["p"] = r.choice([3, 15])
+    if norm == "sinkhorn":
+        params["n_iter"] = r.choice([1, 3])
+    if norm == "soft":
+        params["landmarks"] = r.choice([1, 2, 4])
+    if norm in ("softmax", "stablemax", "softplus_l1", "topk_softmax", "sinkhorn") and r.random() < 0.3:
+        params["scale"] = r.choice([0.5, 2.0])
+    alg = r.choice(["auto", "auto", "streaming", "three-phase"]) if norm not in ("sinkhorn", "soft") else "auto"
+    sched = None
+    if norm not in ("sinkhorn", "soft") and r.random() < (0.1 if alg == "three-phase" else 0.5):
+        br = r.choice([1, 2, 4, 8, 16])
+        sched = {"br": br, "bc": r.choice([8, 16, 64, 256 // br * 1])}
+        if norm == "softmax" and backend == "c" and r.random() < 0.5:
+            sched["wide"] = r.choice([0, 64, 256, min(4096, 65536 // br)])
+    invalid = None
+    if (alg == "three-phase" or norm == "sinkhorn") and params.get("mask") == "bool":
+        invalid = "bool mask three-phase"   # the keep-mask is the streaming form's
+    if alg == "three-phase" and sched:
+        invalid = "blocks with three-phase"
+    if backend == "tvm" and norm == "topk_softmax" and (alg == "streaming" or params.get("mask") == "bool"):
+        invalid = "tvm top-k streaming"   # TVM keeps top-k's three-phase form
+    if r.random() < 0.06:
+        invalid, fix = r.choice([("br*bc", {"br": 64, "bc": 128}), ("bc0", {"br": 4, "bc": 0}),
+                                 ("wide not softmax", {"br": 4, "bc": 64, "wide": 64}),
+                                 ("br*wide", {"br": 32, "bc": 64, "wide": 4096})])
+        sched = fix
+        if invalid == "wide not softmax" and norm == "softmax":
+            params["normalizer"] = norm = "stablemax"
+            params.pop("top_k", None)
+            params.pop("renormalize", None)
+    # sizes: decoding (Lq <= 16), prefill, the wide mode's 4096 +- 1
+    lk = r.choice([1, 2, 7, 16, 17, 63, 64, 65, 200, 511, 1000] + ([4095, 4096, 4097] if norm == "softmax" else []))
+    lq = r.choice([1, 2, 3, 5, 16, 17, 40, 70])
+    if lk >= 4095:
+        lq, d = r.choice([1, 3, 20]), min(d, 16)
+        params["head_dim"] = d
+    hkv = r.choice([1, 1, 2])
+    hq = hkv * r.choice([1, 2])
+    return {"kind": "attention", "params": params, "algorithm": alg, "target": target, "backend": backend,
+            "schedule": sched, "invalid": invalid, "batch": r.choice([1, 2]), "hq": hq, "hkv": hkv, "lq": lq,
+            "lk": lk, "dv": r.choice([1, 4, d, 33]), "data_seed": r.randrange(1 << 30),
+            "kv_lengths": norm != "soft" and r.random() < 0.35, "lse": r.random() < 0.35,
+            "strided": r.random() < 0.4, "threads": r.choice([None, 1, 2])}
+
+
+# ---------------------------------------------------------------- data
+
+def adversarial_row(rng: np.random.Generator, n: int, kind: str, scale: float) -> np.ndarray:
+    """One row of the named kind."""
+    base = (rng.standard_normal(n) * rng.choice([0.5, 3, 30])).astype(np.float32)
+    x = base.copy()
+    pos = int(rng.integers(0, n))
+    if kind == "normal":
+        pass
+    elif kind == "huge":
+        x = rng.uniform(-3e38, 3e38, n).astype(np.float32)
+    elif kind == "big-range":
+        lo = rng.choice([90.0, -1000.0, 3e5, -3e5])
+        x = (lo + rng.uniform(-50, 50, n)).astype(np.float32)
+    elif kind == "tiny":
+        x = (rng.standard_normal(n) * 1e-38).astype(np.float32)
+    elif kind == "denormal":
+        x = (rng.standard_normal(n) * 1e-42).astype(np.float32)
+        x[::5] = 0.0
+    elif kind == "all -inf":
+        x[:] = -np.inf
+    elif kind == "some -inf":
+        x[rng.random(n) < rng.choice([0.1, 0.5, 0.95])] = -np.inf
+    elif kind == "-inf prefix":   # the first group all -inf: lazymax's first reference
+        x[: int(rng.integers(1, n + 1))] = -np.inf
+    elif kind == "+inf":
+        x[pos] = np.inf
+    elif kind == "nan":
+        x[pos] = np.nan
+    elif kind == "all-equal":
+        x[:] = np.float32(rng.choice([0.0, 7.25, -1e30, 88.0]))
+    elif kind == "one-hot":
+        x[:] = np.float32(rng.choice([0.0, -20.0]))
+        x[pos] = np.float32(rng.choice([1.0, 50.0, 1e4]))
+    elif kind == "ramp":          # the max late in the row: lazymax's reference moves many times
+        step = (16.0 / scale) * rng.choice([0.01, 0.3, 1.05, 3.0])
+        x = (np.arange(n) * step / max(1, rng.choice([1, 16, 64])) + rng.standard_normal(n) * 0.01).astype(np.float32)
+    elif kind == "threshold":     # jumps just past 16/s, group by group
+        g = int(rng.choice([8, 16, 64, 65]))
+        jump = np.float32(16.0 / scale) * np.float32(rng.choice([1.0001, 1.01, 0.999]))
+        x = (np.arange(n) // g * jump + rng.uniform(-0.5, 0, n)).astype(np.float32)
+    elif kind == "late max":
+        x[pos:] += np.float32(rng.choice([20.0, 100.0, 1000.0]) / scale)
+    elif kind == "max last":
+        x[-1] = x.max() + np.float32(rng.choice([1.0, 40.0, 1e4]))
+    return x.astype(np.float32)
+
+
+KINDS = ["normal", "normal", "huge", "big-range", "tiny", "denormal", "all -inf", "some -inf", "-inf prefix", "+inf",
+         "nan", "all-equal", "one-hot", "ramp", "threshold", "late max", "max last"]
+
+
+def row_lengths(rng: np.random.Generator, k) -> list[int]:
+    lanes = k.target.lanes
+    s = k.schedule
+    step = s.step(lanes)
+    cands = [1, 2, lanes - 1, lanes + 1, step - 1, step + 1, 2 * step + lanes + 1, s.block - 1, s.block + 1,
+             4095, 4096, 4097, int(rng.integers(1, 3000)), 63, 64, 65]
+    if s.split and s.split < 20000:
+        cands += [s.split - 1, s.split, s.split + s.chunk + 3, s.split + 3 * s.chunk + 1]
+    cands = [c for c in cands if 1 <= c <= 40000]
+    return sorted(set(rng.choice(cands, size=min(4, len(set(cands))), replace=False).tolist()))
+
+
+def make_rows(rng: np.random.Generator, rows: int, n: int, scale: float) -> tuple[np.ndarray, list[str]]:
+    kinds = [str(rng.choice(KINDS)) for _ in range(rows)]
+    if rng.random() < 0.5:                  # whole batches of one kind
+        kinds = [kinds[0]] * rows
+    return np.stack([adversarial_row(rng, n, kd, scale) for kd in kinds]), kinds
+
+
+def layout(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, str]:
+    """x as a contiguous, strided, unaligned or byte-misaligned array (same values)."""
+    rows, n = x.shape
+    what = str(rng.choice(["contiguous", "contiguous", "strided", "unaligned", "misaligned"]))
+    if what == "strided":
+        off = int(rng.integers(0, 5))
+        w = np.full((rows, n + off + int(rng.integers(1, 40))), np.float32(123.0))
+        w[:, off:off + n] = x
+        return w[:, off:off + n], what
+    if what == "unaligned":
+        w = np.empty(rows * n + 1, np.float32)[1:].reshape(rows, n)
+        w[:] = x
+        return w, what
+    if what == "misaligned":
+        w = np.zeros(4 * rows * n + 1, np.uint8)[1:].view(np.float32).reshape(rows, n)
+        w[:] = x
+        return w, what
+    return x, what
+
+
+# ---------------------------------------------------------------- one case
+
+def compile_cfg(cfg: dict):
+    kw = dict(cfg["params"])
+    return softgen.compile(cfg.get("op", "attention"), algorithm=cfg["algorithm"], target=cfg["target"],
+                           backend=cfg["backend"], schedule=cfg["schedule"], **kw)
+
+
+def same_bits(a, b) -> bool:
+    """The same bits, NaN's sign and payload aside: x86's invalid operations give -NaN, a NAN
+    constant +NaN, and which one a row ends with depends on the compiler's inlining."""
+    a, b = np.asarray(a), np.asarray(b)
+    nan = np.isnan(a)
+    return np.array_equal(nan, np.isnan(b)) and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32))
+
+
+class KnownIssue(Exception):
+    """A failure of a known, reported cause (counted apart, not a new finding)."""
+
+
+def blocksum_slack(k) -> float:
+    """The worst case of a blocked sum (docs/accuracy.md): each accumulator lane adds m = block /
+    (lanes accumulators) terms in sequence, (m - 1) u when the roundings do not cancel (equal
+    terms: an all-equal or one-max row), then ~22 merges."""
+    s, lanes = k.schedule, k.target.lanes
+    return (s.block // (lanes * s.accumulators) + 22) * 2.0 ** -24
+
+
+def check_row(k, x, y, what, kinds, call) -> None:
+    """``check``; an error within the blocked sum's worst case (not the 2e-6 budget) is KnownIssue."""
+    try:
+        check(k, x, y, what, row_names=kinds, **call)
+    except AssertionError as e:
+        if "out of tolerance" not in str(e) and "row sums" not in str(e):
+            raise
+        op = get_op(k.op)
+        cls, slack = type(op), blocksum_slack(k)
+        orig, normalised = cls.tolerance, cls.normalised
+
+        def wider(self, x, r, params, call=None):
+            return orig(self, x, r, params, call) + slack * (1.0 if self.log_probs else np.abs(r))
+        cls.tolerance, cls.normalised = wider, lambda self, params: False
+        try:
+            check(k, x, y, what, row_names=kinds, **call)
+        finally:
+            cls.tolerance, cls.normalised = orig, normalised
+        if normalised(op, k.params):
+            sums = np.sum(y, axis=-1, dtype=np.float64)
+            fin = np.isfinite(sums)
+            assert np.all(np.abs(sums[fin] - 1) <= 1e-5 + slack), f"{k.name} {what}: row sums beyond the blocked sum's"
+        raise KnownIssue(f"blocked sum's worst case (m = {k.schedule.block // (k.target.lanes * k.schedule.accumulators)} "
+                         f"terms per lane and block): {str(e)[:300]}") from None
+
+
+def run_row(cfg: dict, stats: Counter) -> None:
+    k = compile_cfg(cfg)
+    stats["kernels"] += 1
+    rng = np.random.default_rng(cfg["data_seed"])
+    op = get_op(k.op)
+    scale = k.params.get("scale", 1.0)
+    twin = None   # the one-row form: rows=R and pipeline promise its bits
+    if cfg["schedule"] and (cfg["schedule"].get("rows", 1) > 1 or cfg["schedule"].get("pipeline")) \
+            and k.algorithm != "auto" and cfg["target"] != "x86-64":
+        # the algorithm and schedule auto resolved to, one row at a time
+        twin = softgen.compile(k.op, algorithm=k.algorithm, target=cfg["target"], backend=cfg["backend"],
+                               schedule=replace(k.schedule, rows=1, pipeline=False), **cfg["params"])
+        stats["twins"] += 1
+    for n in row_lengths(rng, k):
+        rows = int(rng.choice([1, 2, 3, 5, 8, 17]))
+        x, kinds = make_rows(rng, rows, n, scale)
+        xl, lay = layout(rng, x)
+        call = op.sample_call(x.shape, k.params) if op.sample_call else {}
+        what = f"n={n} rows={rows} layout={lay} kinds={kinds}"
+        y = k(xl, **call)
+        check_row(k, x, y, what, kinds, call)
+        stats["rows"] += rows
+        stats["calls"] += 1
+        for kd in kinds:
+            stats["data:" + kd] += 1
+        y2 = k(xl, threads=2, **call)
+        assert same_bits(y, y2), f"{k.name} {what}: threads=2 differs from the default"
+        z = np.array(xl, copy=True)
+        k(z, out=z, **call)
+        assert same_bits(z, y), f"{k.name} {what}: in place differs"
+        if twin is not None:
+            assert same_bits(twin(xl, **call), y), f"{k.name} {what}: differs from the one-row form {twin.name}"
+
+
+def attention_inputs(cfg: dict):
+    rng = np.random.default_rng(cfg["data_seed"])
+    b, hq, hkv, lq, lk, dv = cfg["batch"], cfg["hq"], cfg["hkv"], cfg["lq"], cfg["lk"], cfg["dv"]
+    d = cfg["params"]["head_dim"]
+    amp = float(rng.choice([0.3, 1.0, 3.0]))
+
+    def t(h, L, w):
+        a = (rng.standard_normal((b, L, h, w)) * amp).astype(np.float32)
+        return a.transpose(0, 2, 1, 3) if cfg["strided"] else np.ascontiguousarray(a.transpose(0, 2, 1, 3))
+    q, k, v = t(hq, lq, d), t(hkv, lk, d), t(hkv, lk, dv)
+    kinds = ["normal", "normal", "nan", "inf", "late max", "one-hot"]
+    # equal keys: top-k's ties go to the lower index, but the oracle's float64 BLAS scores of equal
+    # keys differ in their last bits (blocking), so it breaks those ties at random
+    kind = str(rng.choice(kinds + ["equal"] * (cfg["params"]["normalizer"] != "topk_softmax")))
+    if kind == "nan":
+        q[0, 0, int(rng.integers(lq)), int(rng.integers(d))] = np.nan
+    elif kind == "inf":
+        k[0, 0, int(rng.integers(lk)), int(rng.integers(d))] = np.inf
+    elif kind == "late max":
+        k[..., -1, :] *= 20
+    elif kind == "equal":
+        k[...] = k[..., :1, :]
+    elif kind == "one-hot":
+        q[...] = 0
+        q[..., 0] = 5.0
+        k[...] = 0
+        k[..., int(rng.integers(lk)), 0] = 5.0
+    mask = None
+    mk = cfg["params"].get("mask", "none")
+    if mk != "none":
+        keep = rng.random((lq, lk)) < rng.choice([0.3, 0.9, 1.0])
+        if rng.random() < 0.3:
+            keep[int(rng.integers(lq))] = False   # a fully masked row
+        mask = keep if mk == "bool" else np.where(keep, rng.uniform(-2, 0.5, (lq, lk)), -np.inf).astype(np.float32)
+    kvl = rng.integers(0, lk + 1, b) if cfg["kv_lengths"] else None
+    return q, k, v, mask, kvl, kind
+
+
+def run_attention(cfg: dict, stats: Counter) -> None:
+    kern = compile_cfg(cfg)
+    stats["kernels"] += 1
+    q, k, v, mask, kvl, kind = attention_inputs(cfg)
+    p = kern.params
+    norm = p["normalizer"]
+    args = (q, k, v) + (() if mask is None else (mask,))
+    call = {}
+    if kvl is not None:
+        call["kv_lengths"] = kvl
+    if cfg["lse"]:
+        call["return_lse"] = True
+    takes_lse = norm not in ("sinkhorn", "soft")
+    try:
+        out = kern(*args, threads=cfg["threads"], **call)
+    except UsageError as e:
+        if (norm == "soft" and call) or (norm == "sinkhorn" and cfg["lse"]):
+            stats["refused-call"] += 1
+            return
+        raise AssertionError(f"{kern.name}: refused a valid call: {e}") from None
+    o, lse = out if cfg["lse"] else (out, None)
+    stats["calls"] += 1
+    stats["rows"] += q.shape[0] * q.shape[1] * q.shape[2]
+    stats["data:" + kind] += 1
+    # the float64 oracle on the dense inputs: the mask as the kernel read it
+    am = None
+    if mask is not None:
+        am = np.where(mask, 0.0, -np.inf) if mask.dtype == bool else mask.astype(np.float64)
+    if norm in ("sinkhorn", "soft"):
+        full = None if am is None else np.broadcast_to(am, q.shape[:-1] + (k.shape[-2],))
+        qc, kc, vc = (np.ascontiguousarray(np.repeat(a, q.shape[1] // a.shape[1], axis=1)) for a in (q, k, v))
+        if kvl is None:
+            check_attention(kern, o, qc, kc, vc, *(() if full is None else (np.ascontiguousarray(full),)))
+            return
+        # Sinkhorn with kv_lengths: per batch the unpadded keys (not -inf columns: a NaN score + -inf
+        # is NaN, no padding); no key at all: NaN
+        for b, n in enumerate(kvl):
+            if n == 0:
+                assert np.isnan(o[b]).all(), f"{kern.name}: batch {b} has no key and is not NaN"
+                continue
+            m = () if full is None else (np.ascontiguousarray(full[b:b + 1, ..., :n]),)
+            check_attention(kern, o[b:b + 1], qc[b:b + 1], kc[b:b + 1, :, :n], vc[b:b + 1, :, :n], *m)
+        return
+    # a keep-mask drops a key's score, +inf too (an additive -inf would make it NaN)
+    kw = dict(causal=bool(p.get("causal")), mask=mask if mask is not None and mask.dtype == bool else am,
+              normalizer=norm, kv_lengths=kvl)
+    if norm in ("lssa", "lssar"):
+        kw.update(head_dim=p["head_dim"], **({} if norm == "lssa" else _lssar_params(p.get("p"), p.get("offset_free_rows"))))
+    else:
+        kw["scale"] = p.get("scale") or default_scale(p["head_dim"])
+    if norm == "topk_softmax":
+        kw.update(top_k=int(p["top_k"]), renormalize=p.get("renormalize") in (None, 1))
+    want_lse = cfg["lse"] and norm == "softmax"
+    r = ref.attention(q, k, v, return_lse=want_lse, **kw)
+    r, rl = r if want_lse else (r, None)
+    qc, kc, vc = (np.ascontiguousarray(np.repeat(a, q.shape[1] // a.shape[1], axis=1)) for a in (q, k, v))
+    nan_r, nan_o = np.isnan(r), np.isnan(o)
+    assert np.array_equal(nan_r, nan_o), \
+        f"{kern.name}: NaN pattern differs ({int((nan_r != nan_o).sum())} entries; first {np.argwhere(nan_r != nan_o)[0]})"
+    # the tolerance model reads the mask (lssa's weights): kv_lengths folded in as -inf keys
+    mt = am if kvl is None else (0.0 if am is None else am) + \
+        np.where(np.arange(k.shape[-2]) < kvl[:, None, None, None], 0.0, -np.inf)
+    mt = () if mt is None else (np.ascontiguousarray(np.broadcast_to(mt, r.shape[:-1] + (k.shape[-2],))),)
+    tol = get_op("attention").tolerance((qc, kc, vc, *mt), r, p, {})
+    err = np.where(nan_r, 0.0, np.abs(o.astype(np.float64) - r))
+    bad = err > tol
+    assert not bad.any(), f"{kern.name}: {int(bad.sum())} out of tolerance, max err/tol {np.max(err / tol):.3g} " \
+                          f"first {np.argwhere(bad)[0]}"
+    if cfg["lse"]:
+        assert takes_lse and lse.shape == q.shape[:-1]
+        if rl is not None:
+            dead = rl == -np.inf
+            assert np.array_equal(lse == -np.inf, dead), f"{kern.name}: lse -inf pattern differs"
+            assert np.array_equal(np.isnan(lse), np.isnan(rl)), f"{kern.name}: lse NaN pattern differs"
+            fin = np.isfinite(rl)
+            np.testing.assert_allclose(lse[fin], rl[fin], rtol=1e-5, atol=1e-5, err_msg=f"{kern.name}: lse")
+    if cfg["threads"] != 2:   # bitwise the same for any thread count
+        o2 = kern(*args, threads=2, **call)
+        o2 = o2[0] if cfg["lse"] else o2
+        assert np.array_equal(o2, o, equal_nan=True), f"{kern.name}: threads=2 differs"
+
+
+def run_case(cfg: dict) -> dict:
+    stats = Counter()
+    try:
+        if cfg["invalid"]:
+            try:
+                k = compile_cfg(cfg)
+                if cfg["kind"] == "attention":
+                    run_attention(cfg, stats)
+                else:
+                    run_row(cfg, stats)
+            except UsageError as e:
+                return {"status": "refused", "msg": str(e)[:200], "stats": stats}
+            return {"status": "finding", "msg": f"invalid ({cfg['invalid']}) accepted: {k.name}", "stats": stats}
+        (run_attention if cfg["kind"] == "attention" else run_row)(cfg, stats)
+        return {"status": "ok", "stats": stats}
+    except UsageError as e:
+        return {"status": "refused-valid", "msg": str(e)[:300], "stats": stats}
+    except KnownIssue as e:
+        return {"status": "known", "msg": str(e), "stats": stats}
+    except Exception as e:   # anything else is a finding
+        return {"status": "finding", "msg": f"{type(e).__name__}: {str(e)[:1500]}",
+                "tb": traceback.format_exc()[-1500:], "stats": stats}
+
+
+def in_child(cfg: dict, timeout: float) -> dict:
+    """run_case in a forked child: a crash or a hang is a result too."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        try:
+            res = run_case(cfg)
+            res["stats"] = dict(res["stats"])
+            data = json.dumps(res).encode()
+        except BaseException as e:   # noqa: BLE001
+            data = json.dumps({"status": "finding", "msg": f"child: {e!r}"}).encode()
+        with os.fdopen(wfd, "wb") as f:
+            f.write(data)
+        os._exit(0)
+    os.close(wfd)
+    t0, chunks = time.time(), []
+    os.set_blocking(rfd, False)
+    while True:
+        try:
+            c = os.read(rfd, 1 << 16)
+            if c:
+                chunks.append(c)
+            elif c == b"":
+                break
+        except BlockingIOError:
+            pass
+        if time.time() - t0 > timeout:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(rfd)
+            return {"status": "finding", "msg": f"hang: no result in {timeout:.0f} s", "stats": {}}
+        time.sleep(0.02)
+    os.close(rfd)
+    _, st = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(st):
+        return {"status": "finding", "msg": f"crash: signal {os.WTERMSIG(st)}", "stats": {}}
+    return json.loads(b"".join(chunks) or b'{"status": "finding", "msg": "no result"}')
+
+
+def feature_keys(cfg: dict) -> list[str]:
+    """The features a case covers (the coverage table)."""
+    if cfg["kind"] == "attention":
+        p = cfg["params"]
+        f = [f"attn:{p['normalizer']}", f"attn-alg:{cfg['algorithm']}", f"attn-target:{cfg['target']}",
+             f"backend:{cfg['backend']}"]
+        f += [f"attn:{x}" for x in ("kv_lengths", "lse", "strided") if cfg[x]]
+        f += ["attn:causal"] * bool(p.get("causal")) + [f"attn-mask:{p.get('mask')}"] * ("mask" in p)
+        f += ["attn:gqa"] * (cfg["hq"] != cfg["hkv"]) + ["attn:decode"] * (cfg["lq"] <= 16)
+        f += ["attn:wide"] * bool((cfg["schedule"] or {}).get("wide")) + ["attn:lk>=4095"] * (cfg["lk"] >= 4095)
+        return f
+    s = cfg["schedule"] or {}
+    f = [f"op:{cfg['op']}", f"alg:{cfg['algorithm']}", f"target:{cfg['target']}", f"backend:{cfg['backend']}"]
+    f += [f"knob:{k}={v}" if k in ("exp", "rows") else f"knob:{k}" for k, v in s.items()
+          if k in ("exp", "rows", "lazymax", "pipeline", "stream", "prefetch", "split") and v]
+    return f
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget", type=float, default=300, help="seconds")
+    ap.add_argument("--target", default="avx512,avx2,scalar")
+    ap.add_argument("--backend", default="c", help="c, tvm or c,tvm (tvm: 10%% of the draws)")
+    ap.add_argument("--kind", default="row,attention", help="row, attention or both")
+    ap.add_argument("--attention-share", type=float, default=0.3)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--log", default=None, help="JSON lines: every case and its result")
+    ap.add_argument("--replay", default=None, help="a JSON file (or JSON-lines log) of configs to rerun")
+    ap.add_argument("--findings-only", action="store_true", help="replay only the findings of a log")
+    ap.add_argument("--no-fork", action="store_true", help="run in this process (debugging)")
+    a = ap.parse_args(argv)
+    targets = [t for t in a.target.split(",") if t]
+    for t in targets:
+        if not get_target(t).missing_features() == []:
+            ap.error(f"target {t} does not run on this CPU")
+    backends = a.backend.split(",")
+    kinds = a.kind.split(",")
+    r = random.Random(a.seed)
+    replay = None
+    if a.replay:
+        replay = []
+        for line in Path(a.replay).read_text().splitlines():
+            rec = json.loads(line)
+            if a.findings_only and rec.get("result", {}).get("status") not in ("finding", "refused-valid"):
+                continue
+            replay.append(rec.get("config", rec))
+    log = open(a.log, "a") if a.log else None
+    cover, totals, status = Counter(), Counter(), Counter()
+    t0, i = time.time(), 0
+    while (replay is not None and i < len(replay)) or (replay is None and time.time() - t0 < a.budget):
+        if replay is not None:
+            cfg = replay[i]
+        else:
+            attn = "attention" in kinds and ("row" not in kinds or r.random() < a.attention_share)
+            cfg = (draw_attention if attn else draw_row)(r, targets, backends)
+        i += 1
+        res = run_case(cfg) if a.no_fork else in_child(cfg, a.timeout)
+        status[res["status"]] += 1
+        for f in feature_keys(cfg):
+            cover[f] += 1
+            cover[f + " rows"] += res.get("stats", {}).get("rows", 0)
+        totals.update(res.get("stats", {}))
+        if log:
+            log.write(json.dumps({"config": cfg, "result": res}, default=str) + "\n")
+            log.flush()
+        if res["status"] in ("finding", "refused-valid"):
+            print(f"[{i}] {res['status'].upper()}: {json.dumps(cfg)}\n    {res['msg']}", flush=True)
+    print(f"\n{i} cases in {time.time() - t0:.0f} s: {dict(status)}")
+    print("totals:", {k: v for k, v in sorted(totals.items()) if not k.startswith("data:")})
+    print("data kinds (calls):", {k[5:]: v for k, v in sorted(totals.items()) if k.startswith("data:")})
+    print("coverage (cases / rows checked):")
+    for f in sorted(k for k in cover if not k.endswith(" rows")):
+        print(f"  {f:32s} {cover[f]:5d} {cover[f + ' rows']:9d}")
+    return 1 if status["finding"] or status["refused-valid"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
