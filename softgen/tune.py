@@ -38,12 +38,16 @@ cache's edge (``edge_sizes``: n with 8 B x n = L3) when none of its sizes is nea
 variant of a class applies to every row count (the dispatcher picks by n); ``--shapes`` sets the
 rows timed.
 
-Threads: for a batch shape (rows > 1), the winner is then timed at every thread count
-1 .. ``machine.cores()`` (interleaved, within the class's budget) and the fastest count is recorded
-(``threads``; ns/element at that count) with the rows class 2.. ("measured on batches"); it caps
-"auto" for batches in the tuned dispatch table, 1 included (the model's grain still decides below
-it, by rows x n). Single rows record 1 with the rows class 1..: they run on one thread, and the
-record says nothing about batches (auto stays the model's). ``autotable.tuned_table`` applies this.
+Threads (FFTW's plans include the thread count): candidates are timed on one thread, and the
+winner is the class's one-thread plan (record ``threads`` 1). For a batch shape (rows > 1) on a
+machine of several cores, per count c in 2 .. ``machine.cores()`` the finalists are timed again at
+c threads, interleaved with the one-thread plan on one thread, and the fastest is the class's
+c-thread plan (record ``threads`` c, its own time; "threads=1" among its runners-up: the
+one-thread plan's time over it). Both carry the rows class 2.. ("measured on batches"); single
+rows record the one-thread plan with the rows class 1.. (it says nothing about batches). The
+dispatcher picks by n alone, so ``autotable.tuned_table`` takes each class's variant from its
+one-thread plan (a call on one thread never runs a variant chosen on two) and caps "auto" for
+batches at the count whose plan was fastest, 1 included (the model's grain decides below it).
 
 Budget: ``budget_s`` covers compiling and timing; each class gets an equal share of what is left
 when it starts. Ctrl-C (KeyboardInterrupt) keeps the classes already recorded and returns.
@@ -108,8 +112,9 @@ class ClassResult:
     candidates: int
     pruned: int
     timed: list                     # (label, ns/element) of the first run, fastest first
-    record: object                  # tunedb.TuningRecord
+    record: object                  # tunedb.TuningRecord: the one-thread plan
     seconds: float
+    thread_records: list = field(default_factory=list)   # a batch's plans at 2 .. cores threads
 
 
 @dataclass
@@ -127,6 +132,7 @@ class TuneResult:
 
     @property
     def records(self) -> list:
+        """The one-thread plan of each class (``ClassResult.thread_records``: batches' other counts)."""
         return [c.record for c in self.classes]
 
     def report(self) -> str:
@@ -143,6 +149,10 @@ class TuneResult:
                        + (f", next {nxt[0]} {nxt[1]:.2f}x" if nxt else "")
                        + f"; timed {len(c.timed)} of {c.candidates} candidates ({c.pruned} pruned by the model), "
                          f"{c.seconds:.1f} s")
+            for tr in c.thread_records:
+                one = tr.runners_up.get("threads=1")
+                out.append(f"        {tr.threads} threads: {label(tr.algorithm, tr.schedule)} {tr.ns_per_element:.3f} ns/el"
+                           + (f" ({one:.2f}x faster than the one-thread plan on one thread)" if one else ""))
         out += [f"note: {n}" for n in self.notes]
         if self.interrupted:
             out.append(f"interrupted: kept the {len(self.classes)} completed size class(es)")
@@ -490,26 +500,34 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             runners = {k: final[k].median / final[win].median for k in finalists if k != win}
             runners.update({k: first[k].median / first[win].median for k in ranked[FINALISTS:]})
             a, s = meta[win]
-            threads, timing = 1, final[win]
-            if rows > 1 and machine.cores() > 1:     # the thread-count knob: the winner at 1 .. cores
-                k = kernels[(a, s)]
-                by_count = {f"threads={c}": _rotating([("k(x, out=y, threads=c)", {"k": k, "x": xx, "y": yy, "c": c})
-                                                       for xx, yy in bufs])
-                            for c in range(1, machine.cores() + 1)}
-                timed = measure(by_count, deadline)
-                best = min(timed, key=lambda k: timed[k].median)
-                threads, timing = int(best.split("=")[1]), timed[best]
-                runners.update({k: timed[k].median / timing.median for k in timed if k != best})
-            # the rows class says what the thread count was measured on: a batch (rows >= 2: it
-            # applies to batches, 1 included) or a single row (1: says nothing about batches)
+            timing = final[win]
+            # the rows class says what was measured: a batch (rows >= 2: it applies to batches)
+            # or a single row (1: its thread count says nothing about batches)
             batch = rows > 1 and machine.cores() > 1
-            rec = tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=(2 if batch else 1, ROWS_MAX),
-                                algorithm=a, schedule=s.as_dict(), threads=threads,
+            rclass = (2 if batch else 1, ROWS_MAX)
+            rec = tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=rclass,
+                                algorithm=a, schedule=s.as_dict(), threads=1,
                                 ns_per_element=timing.median / N * 1e9, noise=timing.spread,
                                 repetitions=timing.rounds, runners_up=runners)
+            # FFTW's plans include the thread count: on a batch, per count > 1 the finalists are timed
+            # at it (with the one-thread plan at one thread) and its own winner recorded
+            more = []
+            for c in range(2, machine.cores() + 1) if batch else ():
+                at = {f"{k} threads={c}": _rotating([("k(x, out=y, threads=c)",
+                                                      {"k": kernels[meta[k]], "x": xx, "y": yy, "c": c})
+                                                     for xx, yy in bufs]) for k in finalists}
+                at["threads=1"] = variants[win]
+                timed = measure(at, deadline)
+                top = min((k for k in timed if k != "threads=1"), key=lambda k: timed[k].median)
+                ta, ts = meta[top.rsplit(" threads=", 1)[0]]
+                more.append(tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=rclass,
+                                          algorithm=ta, schedule=ts.as_dict(), threads=c,
+                                          ns_per_element=timed[top].median / N * 1e9, noise=timed[top].spread,
+                                          repetitions=timed[top].rounds,
+                                          runners_up={k: timed[k].median / timed[top].median for k in timed if k != top}))
             res.classes.append(ClassResult(rows, n, (lo, hi), level, total, total - len(cands),
                                            [(k, first[k].median / N * 1e9) for k in ranked], rec,
-                                           time.monotonic() - c0))
+                                           time.monotonic() - c0, more))
             del bufs, variants
             bar.update(f"{count_label(n)}: {win}")
     except KeyboardInterrupt:
