@@ -89,6 +89,7 @@ from softgen.targets import get_target  # noqa: E402
 from softgen.tune import (  # noqa: E402
     FINALISTS,
     PRUNE_RATIO,
+    knob_levels,
     label as tune_label,  # noqa: E402
     level_schedules,
     priced,
@@ -153,7 +154,7 @@ def sweep_candidates(program, t, be, caches, R: int, n: int) -> list[tuple[str, 
     cheapest first) x every combination of the backend's level-independent knobs (unroll x
     accumulators: ``tune.schedules``), then x every combination of the knobs bound to the level
     (``tune.level_schedules``, rows <= R, and the batch knobs at the level of the whole R x n working
-    set) that ``tune.priced`` keeps (exp variants within ``KNOB_PRUNE_RATIO``, lazymax and pipeline
+    set; at the last-level cache's edge DRAM's knobs too, ``tune.knob_levels``) that ``tune.priced`` keeps (exp variants within ``KNOB_PRUNE_RATIO``, lazymax and pipeline
     where the plan has their form), over the default schedule; not
     the tuner's cut to its ``keep`` schedules nearest the default and ``KNOB_ALGORITHMS``."""
     level = caches.level_of(costmodel.BYTES_PER_N * n)
@@ -162,9 +163,13 @@ def sweep_candidates(program, t, be, caches, R: int, n: int) -> list[tuple[str, 
     best = min(cost.values()) if cost else 0.0
     kept = sorted((a for a in plans if not cost or cost[a] <= PRUNE_RATIO * best), key=lambda a: cost.get(a, 0.0))
     base = default_schedule(t.schedule, t.lanes, t.shifted_exp)
-    extra = level_schedules(be, t, level, base, R, caches.level_of(costmodel.BYTES_PER_N * R * n))
-    return [(a, s) for a in kept for s in tune_schedules(be, t)] + \
-        [(a, s) for a in kept for s in priced(plans[a], t, level, extra, best)]
+    bl = caches.level_of(costmodel.BYTES_PER_N * R * n)
+    out = [(a, s) for a in kept for s in tune_schedules(be, t)]
+    for lvl in knob_levels(caches, costmodel.BYTES_PER_N * n):     # at the LLC's edge DRAM's knobs too
+        extra = level_schedules(be, t, lvl, base, R, bl)
+        lbest = min(costmodel.cycles_per_element(plans[a], t, lvl) for a in plans) if t.cost else 0.0
+        out += [(a, s) for a in kept for s in priced(plans[a], t, lvl, extra, lbest)]
+    return list(dict.fromkeys(out))
 
 
 @dataclasses.dataclass

@@ -9,7 +9,9 @@ Per size class (one per requested size):
    each applied over the target file's default schedule and kept only if ``Schedule`` validates
    it). Knobs bound to cache levels (``Backend.tuning_knob_levels``: the C backend's non-temporal
    stores and prefetch distance for DRAM classes, exp variants in cache) are added per class over
-   the default schedule, on the ``KNOB_ALGORITHMS`` algorithms the model ranks first; a knob a
+   the default schedule, on the ``KNOB_ALGORITHMS`` algorithms the model ranks first (a class at the
+   last-level cache's edge, its working set at least half of it, gets DRAM's knobs too, on DRAM's
+   first: ``knob_levels``); a knob a
    target lacks (``tuning_knob_requires``: stream needs ``[isa] STREAM``) is not offered.
    No per-target Python table: knobs are data on the backend, defaults data in the target file.
 2. *pruning by the model* (``costmodel``): an algorithm whose modelled cycles per element at the
@@ -300,6 +302,29 @@ def edge_sizes(ns: list[int], caches: machine.Caches) -> list[int]:
     return [edge] if edge and edge not in ns else []
 
 
+def knob_levels(caches: machine.Caches, ws: int) -> tuple[str, ...]:
+    """The cache levels whose level-bound knobs (``Backend.tuning_knob_levels``) a size of working set
+    ``ws`` bytes gets: its own level's, and beyond the last-level cache's too where it fills at least
+    half of it (the LLC's edge, as ``edge_sizes``: shared with y, other data and other cores, such a
+    row streams partly from memory; at 4M on a 32 MiB L3, bench/results/issue13-2026-12-01-*, two-pass
+    ran 0.420 ns/el and the tuned three-pass-reload 0.460, and two-pass's non-temporal stores, a DRAM
+    knob, were not a candidate)."""
+    lvl = caches.level_of(ws)
+    return (lvl, "DRAM") if lvl == machine.LEVELS[-1] and 2 * ws >= caches.L3 else (lvl,)
+
+
+def _cheapest(plans: dict, target, level: str) -> float:
+    return min(costmodel.cycles_per_element(pl, target, level) for pl in plans.values()) if target.cost else 0.0
+
+
+def knob_algorithms(plans: dict, target, level: str, kept: list[str]) -> list[str]:
+    """The ``KNOB_ALGORITHMS`` algorithms of ``kept`` that the level-bound knobs of ``level`` are timed
+    on: the model's cheapest at ``level`` (without ``[cost]``: the first kept)."""
+    if not target.cost:
+        return kept[:KNOB_ALGORITHMS]
+    return sorted(kept, key=lambda a: costmodel.cycles_per_element(plans[a], target, level))[:KNOB_ALGORITHMS]
+
+
 def size_classes(ns: list[int], caches: machine.Caches) -> list[tuple[int, int]]:
     """The class of n of each of the sorted, distinct ``ns`` (see the module docstring)."""
     limits = costmodel.level_limits(caches)
@@ -459,9 +484,14 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             best = min(cost.values()) if cost else 0.0
             kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
                                key=lambda a: cost.get(a, 0.0))
-            extra = level_schedules(be, t, level, base, rows, caches.level_of(costmodel.BYTES_PER_N * rows * n))
-            cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
-                + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in priced(plans[a], t, level, extra, best)]
+            bl = caches.level_of(costmodel.BYTES_PER_N * rows * n)
+            extra, cands = [], [(a, s) for a in kept_algs for s in scheds[:keep]]
+            for lvl in knob_levels(caches, costmodel.BYTES_PER_N * n):   # the level's knobs (and at the LLC's edge, DRAM's)
+                more = level_schedules(be, t, lvl, base, rows, bl)
+                extra += [x for x in more if x not in extra]
+                cands += [(a, s) for a in knob_algorithms(plans, t, lvl, kept_algs)
+                          for s in priced(plans[a], t, lvl, more, _cheapest(plans, t, lvl))]
+            cands = list(dict.fromkeys(cands))
             total = len(algs) * (len(scheds) + len(extra))
             N = rows * n
             ws = 2 * 4 * N

@@ -135,6 +135,10 @@ def test_issue13_sweep_has_the_knobs_the_model_prices(monkeypatch):
     dram = issue13.sweep_candidates(p, t, be, ZEN3, 1, 1 << 24)
     assert {(a, s.stream, s.lazymax) for a, s in dram if s.stream or s.lazymax} >= {("two-pass", True, False)}
     assert not any(s.exp for _, s in dram)
+    # at the L3's edge (4M elements, 32 MiB: half of it or more) DRAM's knobs too: two-pass nt
+    edge = issue13.sweep_candidates(p, t, be, ZEN3, 1, 1 << 22)
+    assert any(a == "two-pass" and s.stream for a, s in edge) and any(s.lazymax for _, s in edge)
+    assert not any(s.stream for _, s in issue13.sweep_candidates(p, t, be, ZEN3, 1, 1 << 20))
     # batches: the knobs of the whole R x n working set too (tune.level_schedules' batch_level), as
     # softgen tune offers them: lazymax (first touch of each short row) and pipeline
     batch = issue13.sweep_candidates(p, t, be, ZEN3, 4096, 512)

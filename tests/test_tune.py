@@ -238,3 +238,18 @@ def test_overlapping_classes_the_most_specific_record_wins(db):
     mid = int((4097 * 8192) ** 0.5)
     assert got == [(1, 256, 2, False, False), (257, mid, 1, True, False), (mid + 1, None, 1, False, True)]
     assert not any(e.schedule.get("exp") for e in table.entries)
+
+
+def test_the_llc_edge_gets_dram_knobs():
+    """A class whose working set fills at least half the L3 streams partly from memory: it gets
+    DRAM's knobs (non-temporal stores, prefetch) on DRAM's cheapest algorithm too."""
+    c = machine.Caches(L1d=32 << 10, L2=1 << 20, L3=32 << 20, source="test")
+    assert tune_mod.knob_levels(c, 8 << 20) == ("L3",)             # 1M elements: a quarter of L3
+    assert tune_mod.knob_levels(c, 32 << 20) == ("L3", "DRAM")     # 4M: the edge
+    assert tune_mod.knob_levels(c, 64 << 20) == ("DRAM",) and tune_mod.knob_levels(c, 1 << 20) == ("L2",)
+    from softgen import passes
+    from softgen.ops import build_program
+    t = get_target("avx512")
+    plans = {a: passes.plan(passes.apply_algorithm(build_program("softmax"), a)) for a in ("three-pass-reload", "two-pass")}
+    assert tune_mod.knob_algorithms(plans, t, "L3", list(plans)) == ["three-pass-reload"]
+    assert tune_mod.knob_algorithms(plans, t, "DRAM", list(plans)) == ["two-pass"]
