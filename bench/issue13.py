@@ -316,12 +316,22 @@ AUTO_COLUMNS = [("size", "size", "s"), ("tuned_ns", "tuned auto", _ns), ("model_
                 ("auto_vs_previous", "prev/auto", _x), ("noise", "max noise", _pct)]
 
 
-def peer_rows(results: dict, peers) -> tuple[list[dict], str]:
+def peer_rows(results: dict, peers, ks: Kernels | None = None) -> tuple[list[dict], str]:
+    """Peers' times over auto's; with ``ks``, auto's traffic bound at the size: its plan's bytes per
+    element (``traffic_at``) at the copy kernel's bandwidth measured in the same interleaved run
+    (in cache: the bandwidth of the level the row lives in, e.g. L3 at 256K-4M), the fraction of it
+    auto reaches, and issue 13's goal against ONNX Runtime as ns/element (ORT's time over the goal)."""
     rows, base_name = [], None
     for (R, n), t in results.items():
         base_name = "tuned auto" if "tuned auto" in t else "model auto"
         tb = t[base_name]
         row = dict(size=size_label(R, n), auto_ns=tb / (R * n) * 1e9)
+        if ks is not None and t.get("_copy_gbps"):
+            k = ks.tuned if base_name == "tuned auto" else ks.model
+            b = traffic_at(k, n)
+            row["traffic"] = b
+            row["bound_ns"] = b / t["_copy_gbps"]
+            row["of_bound"] = row["bound_ns"] / row["auto_ns"]
         for p in peers:
             tp = t.get("peer " + p.name)
             row[p.name + "_ns"] = tp and tp / (R * n) * 1e9
@@ -330,6 +340,7 @@ def peer_rows(results: dict, peers) -> tuple[list[dict], str]:
         goal = ORT_BATCH_TARGET if R > 1 else ORT_ROW_TARGET if n >= ORT_ROW_MIN else None
         row["ort_goal"] = "-" if goal is None or ort is None else \
             f">= {goal}x: {'met' if ort >= goal else 'NOT met'}"
+        row["goal_ns"] = row.get("onnxruntime_ns") / goal if goal is not None and row.get("onnxruntime_ns") else None
         rows.append(row)
     return rows, base_name or "model auto"
 
@@ -338,7 +349,8 @@ def peer_columns(peers) -> list:
     cols = [("size", "size", "s"), ("auto_ns", "auto ns/el", _ns)]
     for p in peers:
         cols += [(p.name + "_ns", p.name, _ns), (p.name, f"{p.name}/auto", _x)]
-    return cols + [("ort_goal", "issue 13 goal vs ORT", "s")]
+    return cols + [("ort_goal", "issue 13 goal vs ORT", "s"), ("goal_ns", "goal ns/el", _ns),
+                   ("traffic", "auto B/el", "d"), ("bound_ns", "bound ns/el", _ns), ("of_bound", "of bound", _pct)]
 
 
 def thread_rows(ks: Kernels, shapes, rng, caches, timing_kw) -> list[dict] | None:
@@ -403,11 +415,13 @@ DRAM_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ns", "ns/e
 
 
 def traffic_at(k: Kernel, n: int) -> int:
-    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there)."""
+    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there);
+    schedule lazymax (where ``passes.lazy_max`` applies) drops the max sweep's read of x."""
     if k.dispatcher:
         e = next(e for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
         k = next(v for v in k.variants if v.algorithm == e.algorithm and v.schedule.as_dict() == dict(e.schedule))
-    return k.plan.traffic()["bytes_per_element"]
+    lazy = k.schedule.lazymax and not isinstance(passes.lazy_max(k.plan), str) and n > passes.LAZY_FIRST
+    return k.plan.traffic()["bytes_per_element"] - 4 * lazy
 
 
 def plot_rows(ks: Kernels, results: dict) -> list[dict]:
@@ -505,7 +519,7 @@ def _main(args) -> int:
     finally:
         bar.close()
     arows = auto_rows(ks, results)
-    prows, peer_base = peer_rows(results, peers)
+    prows, peer_base = peer_rows(results, peers, ks)
     info = machine_info()
     ident = machine.identity()
     date = _dt.date.today().isoformat()
@@ -556,7 +570,11 @@ def _main(args) -> int:
             + ("; streaming-store knobs of the Schedule: " + ", ".join(dram["stream_knobs"]) if dram["stream_knobs"]
                else "; the Schedule has no streaming-store knob (two-pass default schedule only)")]
     txt += ["", f"## (d) peers vs {peer_base} (peer time / auto time: > 1 = softgen faster)", "",
-            render_table(prows, peer_columns(peers)) if peers else "no peers installed"]
+            render_table(prows, peer_columns(peers)) if peers else "no peers installed", "",
+            "goal ns/el: ONNX Runtime's time over issue 13's goal (what auto must reach); bound ns/el: auto's plan's "
+            "traffic (B/el: reads + writes, f32; lazymax without its max sweep) at the copy kernel's bandwidth at that "
+            "size, timed in the same interleaved run (a row of 256K-4M elements lives in L3: its L3 bound); a goal "
+            "below the bound needs a plan with less traffic"]
     txt += [f"note: {n}" for n in notes]
     text = "\n".join(txt) + "\n"
     res = {"softgen": __version__, "commit": info.get("commit"), "target": target.name, "quick": args.quick,
