@@ -15,7 +15,12 @@ and the sweep costs the larger of the two (a roofline per sweep); a variant cost
 its sweeps. Schedules: the given one, with non-temporal output stores for rows beyond the
 last-level cache on targets that have them (``level_schedule``), or one of the knob schedules the
 model prices (``PRICED_KNOBS``: exp variants by their ``[cost.exp]`` hints, lazymax by the max sweep
-it drops) where it is at least 3% cheaper (``KNOB_MARGIN``) than every algorithm under the given one. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
+it drops) where it is at least 3% cheaper (``KNOB_MARGIN``) than every algorithm under the given one.
+Then the knobs that change only calls of several rows (``BATCH_KNOBS``: rows=R, pipeline; and
+lazymax where a batch streams from beyond L1d) over that winner, priced on a batch
+(``batch_cycles``: each row's first touch of x and its output at the batch's level, the per-row
+latency of each reduction over R rows, pipeline's two sweeps under one roofline), with the same
+margin; their per-row term falls with n, so a level may split once where the choice changes. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
 The result is a ``DispatchTable``: plain data (ranges of n, the variant of each, why), which a
