@@ -449,16 +449,23 @@ def _batch_choice(plan: Plan, target: Target, level: str, n: int, win: dict, win
                      f"(x from {batch_level(level)}; batch_cycles)")
 
 
+# Splits of a level's rows by the batch knobs (0 or 1): each split is one more variant in every auto
+# library (compiled on its first call), e.g. avx512 softmax's rows=2 up to 256 elements (8192 x 128:
+# 3pl r2 1.00x the sweep's best, 3pl lz pp 1.09x, bench/results/issue13-2026-12-01-*); 0: one batch
+# schedule per level, the one at its end.
+LEVEL_SPLITS = 1
+
+
 def _level_batches(plan: Plan, target: Target, level: str, lo: int, hi: int | None, win: dict,
                    win_cost: float, scheds: list[dict]) -> list[tuple]:
     """The level's rows [lo, hi] as (n_min, n_max, schedule, why) over the single-row winner ``win``
     of ``plan``: the batch choice (``_batch_choice``) at the level's end, down the powers of two
     while it holds; where another choice beats it by ``KNOB_MARGIN`` (the per-row term grows as n
     falls), the rows up to there take the choice at their geometric middle. At most one split per
-    level: each schedule is one more variant in the dispatcher's library."""
+    level (``LEVEL_SPLITS``): each schedule is one more variant in the dispatcher's library."""
     pts = _points(lo, hi)
     top, twhy = _batch_choice(plan, target, level, pts[-1], win, win_cost, scheds)
-    for i in range(len(pts) - 2, -1, -1):
+    for i in range(len(pts) - 2, -1, -1) if LEVEL_SPLITS else ():
         if _batch_choice(plan, target, level, pts[i], win, win_cost, scheds, top)[0] != top:
             mid = math.isqrt(lo * pts[i])
             low, lwhy = _batch_choice(plan, target, level, min(pts[:i + 1], key=lambda p: abs(math.log(p / mid))),

@@ -169,8 +169,14 @@ def test_batch_knobs_priced_on_batches():
     assert _batch(at[1 << 15]) == (1, True, False)         # L2 rows: no pipeline (not priced beyond L1d)
     assert at[1 << 26].algorithm == "two-pass" and at[1 << 26].schedule.get("stream")
     assert all(e.algorithm == "three-pass-reload" for e in table.entries[:-1])
-    # at most one split per level: four variants, one more than without the batch knobs
+    # at most one split per level: four variants, one more than without the batch knobs; none: three
     assert len(table.variants) == 4
+
+
+def test_no_level_split(monkeypatch):
+    monkeypatch.setattr(costmodel, "LEVEL_SPLITS", 0)
+    table = _table("softmax", "avx512", caches=ZEN4)
+    assert len(table.variants) == 3 and _batch(table.entries[0]) == (1, True, True) and table.entries[0].n_min == 1
 
 
 def test_batch_cycles_terms():
