@@ -149,7 +149,7 @@ def thread_cap(r, recs: list) -> tuple[int, str]:
     a record's thread count applies to the rows it was measured on. The newest class of records
     measured on batches (``rows_min`` >= 2, ``softgen.tune`` of a batch shape) whose class of n
     overlaps ``r``'s caps it: its records hold a plan per thread count, and the count of the
-    fastest one is the cap, 1 included (one thread was fastest; an older database: its one
+    fastest one (against the one-thread plan timed in the same interleaved run) is the cap, 1 included (one thread was fastest; an older database: its one
     record's count); else ``r``'s own count when > 1 (only a batch can have measured more than
     one thread); else none (a record of single rows says nothing about batches: the model's
     policy, capped by the CPUs)."""
@@ -158,7 +158,14 @@ def thread_cap(r, recs: list) -> tuple[int, str]:
         newest = max(batch, key=lambda b: b.timestamp)
         same = [b for b in batch if (b.n_min, b.n_max, b.rows_min, b.rows_max) ==
                 (newest.n_min, newest.n_max, newest.rows_min, newest.rows_max)]
-        b = min(same, key=lambda b: (b.ns_per_element, b.threads))
+        one = next((x for x in same if x.threads == 1), None)
+
+        def speed(x) -> float:   # over the one-thread plan: the interleaved ratio where the tuner timed it
+            if x.threads > 1 and "threads=1" in x.runners_up:
+                return x.runners_up["threads=1"]
+            return one.ns_per_element / x.ns_per_element if one is not None else 1.0 / x.ns_per_element
+
+        b = max(same, key=lambda x: (speed(x), -x.threads))
         why = (f"threads: at most {b.threads}, measured on batches (rows >= {b.rows_min}, "
                f"n {b.n_min}..{b.n_max}")
         if len(same) > 1:

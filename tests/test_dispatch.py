@@ -234,9 +234,10 @@ def test_tvm_auto_is_a_dispatcher_without_c_knobs():
     k = _compile(ZEN3, "softmax", target="avx2", backend="tvm")
     c = _compile(ZEN3, "softmax", target="avx2")
     assert k.dispatcher and [v.algorithm for v in k.variants] == ["three-pass-reload", "two-pass"]
+    ce = c.dispatch.entries      # the C table's algorithm boundaries (its knob splits aside)
     assert [(e.n_max, e.algorithm) for e in k.dispatch.entries] == \
-        [(e.n_max, e.algorithm) for e in c.dispatch.entries[1:]]
-    assert c.variants[-1].schedule.stream and c.variants[1].schedule.lazymax
+        [(e.n_max, e.algorithm) for e, nxt in zip(ce, [*ce[1:], None]) if nxt is None or nxt.algorithm != e.algorithm]
+    assert c.variants[-1].schedule.stream and any(v.schedule.lazymax for v in c.variants)
     assert not any(v.schedule.stream or v.schedule.lazymax for v in k.variants)
     assert all(not e.schedule.get("lazymax") and "lazymax" not in e.why for e in k.dispatch.entries)
 
