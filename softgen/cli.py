@@ -502,7 +502,9 @@ def _cache_show(args) -> None:
 def _cache_clear(args) -> None:
     if not args.tuning:
         removed = runtime.prune_cache(cap=0)
-        print(f"kernel cache: removed {len(removed)} entries ({_mib(sum(e.size for e in removed))})")
+        pch = runtime.clear_precompiled()
+        print(f"kernel cache: removed {len(removed)} entries ({_mib(sum(e.size for e in removed))})"
+              + (f" and the precompiled headers ({_mib(pch)})" if pch else ""))
     if not args.kernels:
         print(f"tuning database: removed {tunedb.clear()} records")
 

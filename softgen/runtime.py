@@ -13,6 +13,12 @@ touched on every cache hit (file access times are unreliable: relatime/noatime m
 this process loaded or just built are never removed by it. Another process may remove an entry
 this one has dlopened: on Linux that only unlinks the name, the mapped library stays valid until
 it is closed, and a later load of that kernel rebuilds it (``open_shared`` retries once).
+
+With GCC, the system headers generated C includes (libc, pthreads, the ISA's intrinsics or SIMDe)
+are parsed once per compiler and flags into a precompiled header under ``<cache>/pch`` instead of
+once per build (a third of a kernel's compile time; more with SIMDe): built on the second build
+with those flags in a process, used by every later build in any process; ``SOFTGEN_PCH=0`` turns
+it off. A build that fails with it is retried without it.
 """
 from __future__ import annotations
 
@@ -40,6 +46,14 @@ CACHE_HINT = "set SOFTGEN_CACHE_DIR to a private directory of yours to use anoth
 BASE_CFLAGS = ("-O2", "-std=c11", "-fPIC", "-pthread", "-fvisibility=hidden", "-ffp-contract=off",
                "-fno-math-errno", "-Wall")
 
+
+PCH_ENV = "SOFTGEN_PCH"
+# What isa.h.j2 and pool.h.j2 include: a precompiled prelude may hold no more than generated C
+# would include anyway (a file that defines _GNU_SOURCE gets the prelude that defines it too).
+_PRELUDE_HEADERS = ("stddef.h", "stdint.h", "stdlib.h", "string.h", "math.h", "float.h", "pthread.h",
+                    "sched.h", "stdio.h", "time.h", "unistd.h", "limits.h")
+_GNU = "\n#define _GNU_SOURCE 1"
+_pch_builds: dict[tuple, int] = {}   # (pch path) -> builds this process made with it; -1: unusable
 
 DEFAULT_CACHE_MAX_MB = 512
 CACHE_MAX_ENV = "SOFTGEN_CACHE_MAX_MB"
@@ -366,12 +380,77 @@ def _maybe_prune(entry: Path) -> None:
     _estimate[d] = _prune(cap, d, (key,))[1]
 
 
+def prelude(target: Target, gnu: bool) -> str:
+    """The system headers generated C for ``target`` includes, as one header to precompile."""
+    lines = ["/* softgen: the system headers of generated C, precompiled once per compiler and flags */",
+             *(["#define _GNU_SOURCE 1"] if gnu else []), *(f"#include <{h}>" for h in _PRELUDE_HEADERS),
+             "#if defined(__linux__)", "#include <linux/futex.h>", "#include <sys/syscall.h>", "#endif"]
+    if target.header:   # as isa.h.j2 includes them
+        lines += ["#ifdef SOFTGEN_SIMDE", "#define SIMDE_ENABLE_NATIVE_ALIASES", "#define SIMDE_NO_NATIVE",
+                  *(f"#include <{h}>" for h in target.simde_header), "#else", f"#include <{target.header}>",
+                  "#endif"]
+    return "\n".join(lines) + "\n"
+
+
+def _pch(argv0: list[str], flags: list[str], text: str) -> list[str]:
+    """``["-include", <header>]`` when a precompiled ``text`` for this compiler and these flags is in
+    the cache (made here on the second request: a process that builds one kernel pays nothing),
+    else []. Only GCC's precompiled headers are kept (their magic checked): another compiler gets
+    no flags and parses the headers itself."""
+    if os.environ.get(PCH_ENV, "1").strip() == "0":
+        return []
+    flags = [f for f in flags if f not in ("-shared", "-static")]   # link-only
+    key = hashlib.sha256("\0".join([_compiler_identity(tuple(argv0)), *argv0, *flags, text]).encode())
+    d = cache_dir() / "pch"
+    header = d / f"{key.hexdigest()[:32]}.h"
+    n = _pch_builds.get(header, 0)
+    if n < 0:
+        return []
+    gch = header.with_name(header.name + ".gch")
+    if header.is_file() and gch.is_file():
+        return ["-include", str(header)]
+    _pch_builds[header] = n + 1
+    if n < 1:
+        return []
+    try:
+        d.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=d, prefix="tmp") as tmp:
+            h = Path(tmp) / header.name
+            h.write_text(text)
+            out = Path(tmp) / gch.name
+            res = subprocess.run([*argv0, *flags, "-x", "c-header", "-o", str(out), str(h)],
+                                 capture_output=True, timeout=600)
+            with open(out, "rb") if out.is_file() else open(os.devnull, "rb") as f:
+                ok = res.returncode == 0 and f.read(4) == b"gpch"
+            if not ok:
+                _pch_builds[header] = -1
+                return []
+            os.replace(out, gch)     # the .gch first: a reader that finds the header finds it
+            os.replace(h, header)
+    except (OSError, subprocess.SubprocessError):
+        _pch_builds[header] = -1
+        return []
+    return ["-include", str(header)]
+
+
+def clear_precompiled(d: Path | None = None) -> int:
+    """Remove the precompiled headers of cache directory ``d`` (default ``cache_dir()``); their bytes."""
+    d = (cache_dir() if d is None else d) / "pch"
+    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.is_dir() else 0
+    shutil.rmtree(d, ignore_errors=True)
+    _pch_builds.clear()
+    return size
+
+
 def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], suffix: str,
                   libs: tuple[str, ...] = ("-lm",), rebuild: bool = False,
-                  file_flags: dict[str, list[str]] | None = None) -> Path:
+                  file_flags: dict[str, list[str]] | None = None, target: Target | None = None,
+                  file_targets: dict | None = None) -> Path:
     """Compile ``sources`` (file name -> text) with one compiler command; cached by content.
     ``file_flags``: extra flags of single C files (a multi-ISA library: each ISA's translation
-    units get that ISA's flags); then each C file is compiled on its own (``-c``) and linked."""
+    units get that ISA's flags); then each C file is compiled on its own (``-c``) and linked.
+    ``target`` (and ``file_targets``: a file's own): whose system headers a precompiled header
+    may hold."""
     file_flags = {f: list(v) for f, v in (file_flags or {}).items() if f in sources}
     blobs = [v.encode() if isinstance(v, str) else v for v in sources.values()]
     per_file = [f"{f}={' '.join(v)}".encode() for f, v in sorted(file_flags.items())]
@@ -389,6 +468,24 @@ def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], s
             else:
                 paths.append(path)
         first = paths[0]
+
+        def pch(names: list[str], fflags: list[str]) -> list[str]:
+            """The precompiled prelude of C files ``names`` compiled together, if they agree on one."""
+            tgs = [(file_targets or {}).get(f, target) for f in names]
+            if not names or None in tgs:
+                return []
+            texts = {prelude(tg, _GNU in str(sources[f])) for f, tg in zip(names, tgs)}
+            return _pch(argv0, [*flags, *fflags], texts.pop()) if len(texts) == 1 else []
+
+        def cc(argv: list[str], pre: list[str]) -> None:
+            k = len(argv0)
+            try:
+                _run([*argv[:k], *pre, *argv[k:]], "C compiler")
+            except BuildError:
+                if not pre:
+                    raise
+                _run(argv, "C compiler")   # a prelude that does not fit these files: without it
+
         if file_flags:   # each C file with its own flags, then one link
             objs = []
             for path in paths:
@@ -396,12 +493,13 @@ def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], s
                     objs.append(path)
                     continue
                 obj = path.with_name(path.name + ".o")
-                _run([*argv0, *flags, *file_flags.get(path.name, ()), "-c", "-o", str(obj), str(path)],
-                     "C compiler")
+                ff = list(file_flags.get(path.name, ()))
+                cc([*argv0, *flags, *ff, "-c", "-o", str(obj), str(path)], pch([path.name], ff))
                 objs.append(obj)
             paths = objs
         out = tmp / f"out{suffix}"
-        _run([*argv0, *flags, "-o", str(out), *map(str, paths), *link, *libs], "C compiler")
+        cs = [p.name for p in paths if p.suffix == ".c"]
+        cc([*argv0, *flags, "-o", str(out), *map(str, paths), *link, *libs], pch(cs, []) if cs else [])
         return out, {".c": first}
 
     what = f"the C compiler ({shlex.join(argv0)})"
@@ -424,7 +522,7 @@ def build_shared(source: str | dict, target: Target, *, emulate: bool = False, c
     sources = {"kernel.c": source} if isinstance(source, str) else source
     ff = file_flags_for(file_targets, emulate)
     lib = _cached_build(sources, compiler_for(target, cc), flags_for(target, emulate) + ["-shared"], ".so",
-                        rebuild=rebuild, file_flags=ff)
+                        rebuild=rebuild, file_flags=ff, target=target, file_targets=file_targets)
     if dest is not None:
         try:
             shutil.copyfile(lib, dest)
@@ -506,7 +604,7 @@ def build_executable(sources: dict[str, str], target: Target, cc: str | None = N
     """A statically linked program for ``target`` (runs under a user-mode emulator)."""
     sources = {k: v for k, v in sources.items() if not k.endswith(".map")}
     return _cached_build(sources, compiler_for(target, cc), flags_for(target) + ["-static"], ".exe",
-                         file_flags=file_flags_for(file_targets))
+                         file_flags=file_flags_for(file_targets), target=target, file_targets=file_targets)
 
 
 def assembly(source: str, target: Target, cc: str | None = None, mark_loops: bool = False) -> str:

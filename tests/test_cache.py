@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import softgen
-from softgen import runtime
+from softgen import reference, runtime
 from softgen.targets import get_target
 
 NOBODY = 65534
@@ -400,3 +400,28 @@ def test_two_processes_building_one_kernel_never_load_a_half_written_library(tmp
     complete = {p.read_bytes() for p in full.iterdir()}
     assert complete and seen, "the racers built nothing"
     assert seen <= complete, "a cache entry was seen before it was completely written"
+
+
+# -- precompiled headers ---------------------------------------------------------------------------
+
+def test_precompiled_headers_change_no_code(tmp_path, monkeypatch):
+    """The second build with one set of flags precompiles the system headers; later builds include
+    them and produce the same library bytes as a build without (SOFTGEN_PCH=0 makes none)."""
+    cc = runtime.compiler_for(get_target("scalar"))
+    if "clang" in runtime._compiler_identity(tuple(cc)):
+        pytest.skip("precompiled headers are GCC's only")
+    monkeypatch.setattr(runtime, "_pch_builds", {})
+    x = np.linspace(-3, 3, 21, dtype=np.float32).reshape(3, 7)
+    libs = {}
+    for pch in ("0", "1"):
+        monkeypatch.setenv("SOFTGEN_PCH", pch)
+        monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / pch))
+        for name in ("pch_a", "pch_b", "pch_c"):
+            k = softgen.compile("softmax", algorithm="online", target="scalar", name=name)
+            assert np.allclose(k(x), reference.softmax(x), rtol=1e-5)
+        libs[pch] = sorted(p.read_bytes() for p in runtime.cache_dir().glob("*.so"))
+        made = sorted(p.name.split(".", 1)[1] for p in (runtime.cache_dir() / "pch").glob("*")) \
+            if (runtime.cache_dir() / "pch").exists() else []
+        assert made == ([] if pch == "0" else ["h", "h.gch"])
+    assert libs["0"] == libs["1"]
+    assert runtime.clear_precompiled() > 2 ** 20 and not (runtime.cache_dir() / "pch").exists()
