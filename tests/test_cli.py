@@ -415,17 +415,22 @@ CACHE_ACTIONS = ["list", "show", "clear", "prune", "export", "import"]
 
 
 @pytest.fixture
-def cache_env(tmp_path, monkeypatch):
-    """A cache of its own (sg() passes os.environ on), holding one kernel and two tuning records."""
+def cache_records(tmp_path, monkeypatch):
+    """A cache of its own (sg() passes os.environ on) holding two tuning records."""
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / "cache"))
-    import numpy as np
-
     from softgen import tunedb
-    softgen.compile("softmax", algorithm="online", target="scalar", name="cli_cache_probe")(np.ones((1, 4), np.float32))
     for n, alg in (((1, 65535), "three-pass-reload"), ((65536, 1 << 26), "two-pass")):
         tunedb.record("softmax", {}, "scalar", "c", n=n, rows=1, algorithm=alg, schedule={"unroll": 2},
                       ns_per_element=0.5, noise=0.01, repetitions=20)
     return tmp_path
+
+
+@pytest.fixture
+def cache_env(cache_records):
+    """``cache_records`` and one kernel."""
+    import numpy as np
+    softgen.compile("softmax", algorithm="online", target="scalar", name="cli_cache_probe")(np.ones((1, 4), np.float32))
+    return cache_records
 
 
 def test_cache_help():
@@ -469,7 +474,8 @@ def test_cache_list_show_export_import_clear(cache_env):
     (["cache", "import", "BAD"], "BAD:2: not JSON"),
     (["cache", "export", "OUT", "--op", "nope"], "unknown op 'nope'"),
 ])
-def test_cache_usage_errors(cache_env, args, message):
+def test_cache_usage_errors(cache_records, args, message):
+    cache_env = cache_records
     bad = cache_env / "bad.jsonl"
     bad.write_text("\n{oops\n")
     paths = {"MISSING": str(cache_env / "missing.jsonl"), "BAD": str(bad), "OUT": str(cache_env / "out.jsonl")}
