@@ -1,8 +1,7 @@
 """softplus_l1, LSSA and LSSAR attention (issue 14, docs/ops.md §5, §10): the float64 oracles'
 conventions (cosine scores times log d log N_i, N_i from the masks, bottom-right positions for causal
 and LSSAR's O_i), the three-phase kernels against them (C on every target, neon under qemu once,
-TVM: lssar, the others
-with -m slow), the front door and its errors. All three stream (C, the explicit-stride
+TVM: lssar, the others with -m slow), the front door and its errors. All three stream (C, the explicit-stride
 kernel: auto picks it): against the oracle in small blocks, equal to three-phase through the front
 door (masks, kv_lengths, GQA, lse), bitwise for any thread count; TVM's streaming form too (the
 host kernels' cases, equal to C's through the front door). Kernels are shared per module."""
