@@ -2,6 +2,7 @@
 result against the op's float64 reference with the op's own tolerance and the edge-case contract."""
 from __future__ import annotations
 
+import compileall
 import contextlib
 import functools
 import json
@@ -9,6 +10,7 @@ import os
 import re
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +48,11 @@ def pytest_configure(config):
     os.environ["SOFTGEN_USE_TUNING"] = "0"
     if not os.environ.get("SOFTGEN_CACHE_DIR"):
         config._softgen_cache = os.environ["SOFTGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="softgen-tests-")
-
+    # Under PYTHONDONTWRITEBYTECODE (set on some CI machines) every CLI subprocess and xdist
+    # worker would compile softgen's 18K lines again (~0.25 CPU-s each, ~150 processes a run):
+    # compile them once; Python still reads bytecode when told not to write it.
+    if sys.flags.dont_write_bytecode:
+        compileall.compile_dir(Path(softgen.__file__).parent, quiet=2)
 
     if os.environ.get("SOFTGEN_BUILD_LOG"):
         _log_builds(os.environ["SOFTGEN_BUILD_LOG"])

@@ -1,7 +1,7 @@
 """softplus_l1, LSSA and LSSAR attention (issue 14, docs/ops.md §5, §10): the float64 oracles'
 conventions (cosine scores times log d log N_i, N_i from the masks, bottom-right positions for causal
 and LSSAR's O_i), the three-phase kernels against them (C on every target, neon under qemu once,
-TVM once per normalizer), the front door and its errors. All three stream (C, the explicit-stride
+TVM: lssar, the others with -m slow), the front door and its errors. All three stream (C, the explicit-stride
 kernel: auto picks it): against the oracle in small blocks, equal to three-phase through the front
 door (masks, kv_lengths, GQA, lse), bitwise for any thread count; TVM's streaming form too (the
 host kernels' cases, equal to C's through the front door). Kernels are shared per module."""
@@ -197,6 +197,10 @@ def test_neon_under_qemu():
         check(k, *c[:3], o, c[3])
 
 
+# lssar by default (its rows program runs lssa's, then the re-weighting); softplus_l1 and lssa with
+# -m slow: C runs all three on every target, TVM streams all three below, and TVM's rows kernels
+# of each are tests/test_kernels.py's
+@pytest.mark.parametrize("norm", [pytest.param(n, marks=[pytest.mark.slow] if n != "lssar" else []) for n in NORMS])
 def test_tvm_three_phase(norm):
     ok, why = tvm_available()
     if not ok:

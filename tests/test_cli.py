@@ -6,11 +6,14 @@ behind by a failed build.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +33,31 @@ def sg(*args: str, cwd=None, exe=None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SOFTGEN_DEBUG"}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)
+
+
+def sg_in(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``sg`` in this process (``cli.main`` as ``python -m softgen`` runs it: stdout, stderr, exit
+    code; an escaping exception prints its traceback and exits 1, as the interpreter would), for
+    commands that only parse, list or explain: a subprocess would mostly measure Python start-up.
+    ``test_in_process_runs_are_the_command_s`` checks that both give the same result."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        mp = stack.enter_context(pytest.MonkeyPatch.context())
+        mp.delenv("SOFTGEN_DEBUG", raising=False)
+        if cwd is not None:
+            mp.chdir(cwd)
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        try:
+            code = cli.main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["softgen", *args], code, out.getvalue(), err.getvalue())
 
 
 def ok(res: subprocess.CompletedProcess) -> str:
@@ -53,7 +81,7 @@ def failed(res: subprocess.CompletedProcess, code: int) -> str:
 
 @pytest.mark.parametrize("cmd", [[], *([c] for c in SUBCOMMANDS)], ids=["top", *SUBCOMMANDS])
 def test_help_exits_zero(cmd):
-    out = ok(sg(*cmd, "--help"))
+    out = ok(sg_in(*cmd, "--help"))
     assert out.startswith("usage: softgen")
     for word in (SUBCOMMANDS if not cmd else ["--help"]):
         assert word in out
@@ -73,7 +101,7 @@ def test_console_script():
 
 
 def test_targets_text():
-    out = ok(sg("targets"))
+    out = ok(sg_in("targets"))
     lines = {ln.split()[0]: ln for ln in out.splitlines()}
     assert {"scalar", "avx2", "avx512"} <= set(lines)
     assert "runs here (host default)" in lines[HOST]
@@ -83,7 +111,7 @@ def test_targets_text():
 
 
 def test_targets_json():
-    rows = json.loads(ok(sg("targets", "--json")))
+    rows = json.loads(ok(sg_in("targets", "--json")))
     by = {r["name"]: r for r in rows}
     assert {"scalar", "avx2", "avx512"} <= set(by)
     for r in rows:
@@ -98,11 +126,11 @@ def test_targets_json():
 
 
 def test_ops():
-    out = ok(sg("ops"))
+    out = ok(sg_in("ops"))
     assert out.startswith("softmax(") and "\nlog_softmax(" in out
     for alg in BYTES_PER_ELEMENT:
         assert alg in out
-    rows = json.loads(ok(sg("ops", "--json")))
+    rows = json.loads(ok(sg_in("ops", "--json")))
     assert [r["name"] for r in rows] == list(softgen.OPS)
     by = {r["name"]: r for r in rows}
     for name in ("softmax", "log_softmax"):
@@ -196,7 +224,7 @@ def test_emit_asm_avx512():
 
 
 def test_explain_text():
-    out = ok(sg("explain", "--op", "softmax", "--algorithm", "three-pass-reload"))
+    out = ok(sg_in("explain", "--op", "softmax", "--algorithm", "three-pass-reload"))
     assert "## IR as defined" in out and "## pass plan" in out
     assert "after the 'three-pass-reload' rewrite" in out
     assert "materialize" in out
@@ -205,7 +233,7 @@ def test_explain_text():
 
 @pytest.mark.parametrize("alg", list(BYTES_PER_ELEMENT))
 def test_explain_json_bytes_per_element(alg):
-    d = json.loads(ok(sg("explain", "--json", "--op", "softmax", "--algorithm", alg)))
+    d = json.loads(ok(sg_in("explain", "--json", "--op", "softmax", "--algorithm", alg)))
     assert d["algorithm"] == alg and d["op"] == "softmax" and d["target"] == HOST
     assert d["traffic"]["bytes_per_element"] == BYTES_PER_ELEMENT[alg]
     assert d["traffic"]["bytes_per_element"] == 4 * (d["traffic"]["reads"] + d["traffic"]["writes"])
@@ -269,15 +297,34 @@ USAGE_ERRORS = {
 }
 
 
+# run as subprocesses too: one per way the parser fails (argparse, a subcommand's checks, values)
+USAGE_ERRORS_SUBPROCESS = ["missing-subcommand", "unknown-flag", "unknown-op", "name-shell", "param-nan",
+                           "scale-twice", "bench-bad-plus"]
+
+
 @pytest.fixture(scope="module")
 def usage_results(tmp_path_factory):
-    """All usage-error commands, run concurrently (each in an empty directory of its own):
-    {case: (result, directory)}. Each subprocess mostly waits on Python start-up."""
+    """All usage-error commands, in this process (each in an empty directory of its own):
+    {case: (result, directory)}."""
     dirs = {case: tmp_path_factory.mktemp(case) for case in USAGE_ERRORS}
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = {case: pool.submit(sg, *args, cwd=dirs[case])
-                   for case, (args, _) in USAGE_ERRORS.items()}
-        return {case: (f.result(), dirs[case]) for case, f in futures.items()}
+    return {case: (sg_in(*args, cwd=dirs[case]), dirs[case]) for case, (args, _) in USAGE_ERRORS.items()}
+
+
+def test_in_process_runs_are_the_command_s(usage_results, tmp_path, monkeypatch):
+    """``sg_in`` gives what ``python -m softgen`` gives: exit code, stdout, stderr (a sample of
+    usage errors, a help text, a listing)."""
+    monkeypatch.setenv("COLUMNS", "100")       # the same help layout on a terminal (pytest -s)
+    cases = {c: USAGE_ERRORS[c][0] for c in USAGE_ERRORS_SUBPROCESS}
+    cases |= {"help": ["explain", "--help"], "ops": ["ops", "--json"]}
+    dirs = {c: tmp_path / c for c in cases}
+    for d in dirs.values():
+        d.mkdir()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        procs = {c: pool.submit(sg, *args, cwd=dirs[c]) for c, args in cases.items()}
+        for c, args in cases.items():
+            res, inproc = procs[c].result(), usage_results[c][0] if c in usage_results else sg_in(*args)
+            assert (res.returncode, res.stdout, res.stderr) == (inproc.returncode, inproc.stdout, inproc.stderr), c
+            assert list(dirs[c].iterdir()) == [], f"{c}: wrote files"
 
 
 @pytest.mark.parametrize("case", USAGE_ERRORS)
@@ -358,7 +405,7 @@ def test_bench_target_list_versus_group():
     assert is_group_spec(["avx2", "avx512"]) and not is_group_spec("avx2")
     with pytest.raises(softgen.UsageError, match="one architecture|arch"):
         target_group(entries("avx2+neon")[0])
-    text = " ".join(ok(sg("bench", "--help")).split())
+    text = " ".join(ok(sg_in("bench", "--help")).split())
     assert "--target avx2,avx512 times two libraries (a list)" in text
     assert "--target x86-64 or avx2+avx512 one (a group)" in text
 
@@ -368,23 +415,28 @@ CACHE_ACTIONS = ["list", "show", "clear", "prune", "export", "import"]
 
 
 @pytest.fixture
-def cache_env(tmp_path, monkeypatch):
-    """A cache of its own (sg() passes os.environ on), holding one kernel and two tuning records."""
+def cache_records(tmp_path, monkeypatch):
+    """A cache of its own (sg() passes os.environ on) holding two tuning records."""
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / "cache"))
-    import numpy as np
-
     from softgen import tunedb
-    softgen.compile("softmax", algorithm="online", target="scalar", name="cli_cache_probe")(np.ones((1, 4), np.float32))
     for n, alg in (((1, 65535), "three-pass-reload"), ((65536, 1 << 26), "two-pass")):
         tunedb.record("softmax", {}, "scalar", "c", n=n, rows=1, algorithm=alg, schedule={"unroll": 2},
                       ns_per_element=0.5, noise=0.01, repetitions=20)
     return tmp_path
 
 
+@pytest.fixture
+def cache_env(cache_records):
+    """``cache_records`` and one kernel."""
+    import numpy as np
+    softgen.compile("softmax", algorithm="online", target="scalar", name="cli_cache_probe")(np.ones((1, 4), np.float32))
+    return cache_records
+
+
 def test_cache_help():
-    out = ok(sg("cache", "--help"))
+    out = ok(sg_in("cache", "--help"))
     assert out.startswith("usage: softgen cache") and all(a in out for a in CACHE_ACTIONS)
-    assert "cache" in ok(sg("--help"))
+    assert "cache" in ok(sg_in("--help"))
 
 
 def test_cache_list_show_export_import_clear(cache_env):
@@ -422,13 +474,14 @@ def test_cache_list_show_export_import_clear(cache_env):
     (["cache", "import", "BAD"], "BAD:2: not JSON"),
     (["cache", "export", "OUT", "--op", "nope"], "unknown op 'nope'"),
 ])
-def test_cache_usage_errors(cache_env, args, message):
+def test_cache_usage_errors(cache_records, args, message):
+    cache_env = cache_records
     bad = cache_env / "bad.jsonl"
     bad.write_text("\n{oops\n")
     paths = {"MISSING": str(cache_env / "missing.jsonl"), "BAD": str(bad), "OUT": str(cache_env / "out.jsonl")}
     args = [paths.get(a, a) for a in args]
     message = message.replace("MISSING", paths["MISSING"]).replace("BAD", paths["BAD"])
-    assert message in failed(sg(*args), 2)
+    assert message in failed(sg_in(*args), 2)
     assert not (cache_env / "out.jsonl").exists()
 
 
