@@ -500,20 +500,306 @@ def run_attention(cfg: dict, stats: Counter) -> None:
         assert np.array_equal(o2, o, equal_nan=True), f"{kern.name}: threads=2 differs"
 
 
+
+# ---------------------------------------------------------------- area: the dispatcher (issue 13)
+
+CACHE_SIZES = ["L1d=4K,L2=16K,L3=64K", "L1d=2K,L2=8K,L3=32K", "L1d=8K,L2=64K,L3=256K", "L1d=1K,L2=3K,L3=12K"]
+DISPATCH_OPS = ["softmax", "log_softmax", "stablemax", "softplus_l1", "lssa", "reweight", "lssar", "topk_softmax"]
+
+
+def tuning_records(r: random.Random, op: str, params: dict, target: str) -> list[dict]:
+    """Random tuning records (classes of n and rows, algorithm, schedule, threads) of ``op`` on ``target``,
+    valid or not: ``tuned_table`` must skip what it cannot use."""
+    program = build_program(op, **params)
+    algs = applicable_algorithms(program)
+    t = get_target(target)
+    bounds = sorted(r.sample(range(2, 6000), r.choice([0, 1, 2, 3])))
+    lo, recs = 1, []
+    for hi in bounds + [1 << 40]:
+        if r.random() < 0.2 and recs:   # a gap between two classes
+            lo += r.choice([1, 50, 700])
+        if lo > hi:
+            continue
+        sched = row_schedule(r, t) if r.random() < 0.7 else {}
+        if r.random() < 0.1:
+            sched = {"rows": 11}   # invalid: skipped
+        recs.append({"n": (lo, hi), "rows": r.choice([(1, 1), (1, 1 << 20), (2, 64), (8, 1 << 20)]),
+                     "algorithm": r.choice(algs), "schedule": sched, "threads": r.choice([1, 1, 2])})
+        lo = hi + 1
+    return recs
+
+
+def draw_dispatch(r: random.Random, targets: list[str], backends: list[str]) -> dict:
+    op = r.choice(DISPATCH_OPS)
+    group = {"avx2", "avx512"} <= set(targets) and r.random() < 0.2
+    target = "x86-64" if group else r.choice(targets)
+    backend = "tvm" if "tvm" in backends and (backends == ["tvm"] or r.random() < 0.1) else "c"
+    tuned = not group and r.random() < 0.4
+    params = row_params(r, op)
+    return {"kind": "dispatch", "op": op, "params": params, "algorithm": "auto", "target": target,
+            "backend": backend, "schedule": None, "invalid": None, "caches": r.choice(CACHE_SIZES),
+            "records": tuning_records(r, op, params, target) if tuned else None,
+            "data_seed": r.randrange(1 << 30)}
+
+
+def run_dispatch(cfg: dict, stats: Counter) -> None:
+    """algorithm="auto" (the model's table, or one from a temporary tuning DB): every threshold edge
+    +-1 through the dispatcher, bitwise the plain kernel of the entry's variant (and for a multi-ISA
+    library, this CPU's member), 1/2 threads, against the reference."""
+    import tempfile
+
+    from softgen import tunedb
+    os.environ["SOFTGEN_CACHE_SIZES"] = cfg["caches"]
+    if cfg["records"] is not None:
+        db = tunedb.TuningDB(Path(tempfile.mkdtemp(prefix="fuzz-tunedb-")) / "tuning.sqlite")
+        tunedb.default = lambda: db   # this child only
+        os.environ["SOFTGEN_USE_TUNING"] = "1"
+        for rec in cfg["records"]:
+            tunedb.record(cfg["op"], cfg["params"], cfg["target"], cfg["backend"], n=tuple(rec["n"]),
+                          rows=tuple(rec["rows"]), algorithm=rec["algorithm"], schedule=rec["schedule"],
+                          threads=rec["threads"], ns_per_element=1.0, noise=0.01, repetitions=5, db=db)
+    else:
+        os.environ["SOFTGEN_USE_TUNING"] = "0"
+    k = compile_cfg(cfg)
+    stats["kernels"] += 1
+    member = None
+    if cfg["target"] == "x86-64":   # this CPU's member, compiled alone
+        member = softgen.compile(k.op, algorithm="auto", target=k.isa, backend=cfg["backend"], **cfg["params"])
+        stats["kernels"] += 1
+    table = (member or k).dispatch
+    if cfg["records"] is not None and table is not None:
+        stats["tuned tables"] += table.source == "measured"
+    plain: dict = {}
+
+    def variant(n: int):
+        if table is None:
+            return member or k
+        e = next(e for e in table.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
+        if e.variant not in plain:
+            plain[e.variant] = softgen.compile(k.op, algorithm=e.algorithm, target=(member or k).target.name,
+                                               backend=cfg["backend"], schedule=e.schedule, **cfg["params"])
+            stats["kernels"] += 1
+        return plain[e.variant]
+    edges = {1, 2}
+    for e in (table.entries if table else ()):
+        edges |= {e.n_min - 1, e.n_min, e.n_min + 1}
+        if e.n_max is not None:
+            edges |= {e.n_max - 1, e.n_max, e.n_max + 1}
+        sp = e.schedule.get("split") or 0
+        if sp and sp < 30000:
+            edges |= {sp - 1, sp, sp + 1}
+    rng = np.random.default_rng(cfg["data_seed"])
+    op = get_op(k.op)
+    for n in sorted(x for x in edges if 1 <= x <= 40000):
+        rows = int(rng.choice([1, 2, 3, 7, 64]))
+        x, kinds = make_rows(rng, rows, n, k.params.get("scale", 1.0))
+        call = op.sample_call(x.shape, k.params) if op.sample_call else {}
+        what = f"n={n} rows={rows} kinds={kinds}"
+        y = k(x, **call)
+        check_row(variant(n), x, y, what, kinds, call)
+        want = variant(n)(x, **call)
+        assert same_bits(y, want), f"{k.name} {what}: not bitwise the plain kernel {variant(n).name}"
+        for th in (1, 2):
+            assert same_bits(k(x, threads=th, **call), y), f"{k.name} {what}: threads={th} differs"
+        stats["rows"] += rows
+        stats["calls"] += 1
+        stats["edges"] += 1
+
+
+# ---------------------------------------------------------------- area: the array front door (issue 15)
+
+ARRAY_OPS = ["softmax", "log_softmax", "stablemax", "topk_softmax", "lssa"]
+
+
+def draw_arrays(r: random.Random, targets: list[str], backends: list[str]) -> dict:
+    ndim = r.choice([0, 1, 1, 2, 2, 3, 4])
+    shape = [r.choice([0, 1, 1, 2, 3, 5, 17, 33]) for _ in range(ndim)]
+    if ndim and r.random() < 0.8:
+        shape = [max(1, s) for s in shape]
+    return {"kind": "arrays", "op": r.choice(ARRAY_OPS), "shape": shape, "lib": r.choice(["numpy", "torch", "torch"]),
+            "axis": r.choice([None, None] + list(range(-ndim, ndim))) if ndim else None,
+            "axis_kw": r.choice(["axis", "dim"]), "api": r.choice(["function", "function", "kernel"]),
+            "layout": r.choice(["contiguous", "contiguous", "F", "reversed", "step", "unaligned", "transposed",
+                                "broadcast"]),
+            "out": r.choice([None, None, "fresh", "F", "alias", "overlap", "wrong shape", "float64", "readonly"]),
+            "dtype": r.choice(["float32"] * 8 + ["float64", "int32", "float16", "bool"]),
+            "grad": r.random() < 0.05, "threads": r.choice([None, 1, 2]), "target": r.choice(targets),
+            "algorithm": "auto", "backend": "c", "params": {}, "invalid": None, "data_seed": r.randrange(1 << 30)}
+
+
+def _array_layout(rng, shape, layout):
+    """A float32 array of ``shape`` (values in [-4, 4]) in the named memory layout."""
+    shape = tuple(shape)
+    base = np.asarray(rng.standard_normal(shape) * 4, np.float32)
+    if not shape:
+        return base
+    if layout == "F":
+        return np.asfortranarray(base)
+    if layout == "reversed":     # negative strides on every axis
+        w = np.ascontiguousarray(base[(slice(None, None, -1),) * base.ndim])
+        return w[(slice(None, None, -1),) * base.ndim]
+    if layout == "step":
+        w = np.zeros(tuple(s * 2 for s in shape), np.float32)
+        v = w[(slice(None, None, 2),) * base.ndim]
+        v[...] = base
+        return v
+    if layout == "unaligned":
+        w = np.empty(base.size + 1, np.float32)[1:].reshape(shape)
+        w[...] = base
+        return w
+    if layout == "transposed" and base.ndim >= 2:
+        return np.ascontiguousarray(np.swapaxes(base, 0, -1)).swapaxes(0, -1)
+    if layout == "broadcast" and base.ndim >= 2:   # stride 0 on the first axis
+        return np.broadcast_to(base[:1], shape)
+    return base
+
+
+def run_arrays(cfg: dict, stats: Counter) -> None:
+    """A row op through ``softgen.<op>`` / ``Kernel.__call__`` on NumPy or torch arrays in every
+    layout, along any axis, with out= (fresh, Fortran, the input itself, overlapping it, invalid):
+    the result must be bitwise the kernel's on a contiguous copy (moved axis), in the caller's type,
+    ``out`` itself when given; invalid requests a UsageError."""
+    rng = np.random.default_rng(cfg["data_seed"])
+    op, lib, api = cfg["op"], cfg["lib"], cfg["api"]
+    torch = None
+    if lib == "torch":
+        try:
+            import torch
+        except ImportError:
+            stats["skipped (no torch)"] += 1
+            return
+    params = {"lssa": {"head_dim": 8}, "topk_softmax": {"k": 2}}.get(op, {})
+    fn = getattr(softgen, op)
+    k = softgen.compile(op, target=cfg["target"], **params)
+    x = _array_layout(rng, cfg["shape"], cfg["layout"])
+    if k.op == "lssa":
+        x = np.abs(x)
+    axis = cfg["axis"]
+    ax = -1 if axis is None else axis
+    dt = cfg["dtype"]
+    xin = x if dt == "float32" else x.astype(dt)
+    invalid = []
+    # (what, the exception the README documents for it)
+    if dt != "float32":
+        invalid.append((f"dtype {dt}", TypeError))
+    if api == "kernel" and axis is not None:
+        api = "function"
+    if api == "kernel" and x.ndim == 0:
+        invalid.append(("0-d input of a Kernel", ValueError))
+    # the expected result: the kernel on a contiguous copy, the axis last
+    xm = np.ascontiguousarray(np.moveaxis(x, ax, -1)) if x.ndim else x.reshape(1)
+    exp = k(xm.reshape(-1, xm.shape[-1]) if xm.ndim != 1 else xm) if xm.size else None
+    if exp is not None and not isinstance(exp, tuple):
+        exp = np.moveaxis(exp.reshape(xm.shape), -1, ax) if x.ndim else exp.reshape(())
+    # out=
+    out, o_np = None, None
+    okind = cfg["out"]
+    if op == "topk_softmax":
+        okind = None
+    if okind == "fresh":
+        o_np = np.full(x.shape, 7.0, np.float32)
+    elif okind == "F":
+        o_np = np.full(x.shape, 7.0, np.float32)
+        o_np = np.asfortranarray(o_np) if x.ndim else o_np
+    elif okind == "alias":
+        o_np = x if dt == "float32" and x.flags.writeable else None
+        xin = o_np if o_np is not None else xin
+    elif okind == "overlap" and x.ndim and x.size > 1 and dt == "float32":
+        buf = np.zeros(x.size + 1, np.float32)
+        xin = buf[1:].reshape(x.shape)
+        xin[...] = x
+        o_np = buf[:-1].reshape(x.shape)    # one element before the input: overlapping, not the same
+    elif okind == "wrong shape" and x.ndim:
+        o_np = np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), np.float32)
+        invalid.append(("out of the wrong shape", ValueError))
+    elif okind == "float64":
+        o_np = np.zeros(x.shape, np.float64)
+        invalid.append(("out float64", (TypeError, ValueError)))
+    elif okind == "readonly":
+        o_np = np.zeros(x.shape, np.float32)
+        o_np.flags.writeable = False
+        invalid.append(("read-only out", ValueError))
+    if lib == "torch":
+        def tt(a):
+            if a is None:
+                return None
+            if a.dtype.byteorder == ">" or any(s < 0 for s in a.strides) or 0 in a.strides and a.size > 1:
+                return torch.from_numpy(np.ascontiguousarray(a))  # torch has no negative/zero-stride views from numpy
+            return torch.from_numpy(a)
+        same = o_np is xin
+        xt = tt(xin)
+        if cfg["grad"] and dt in ("float32", "float64", "float16"):
+            xt = xt.clone().requires_grad_(True)
+            invalid.append(("requires_grad", UsageError))
+        out = xt if same and not cfg["grad"] else tt(o_np)
+        if okind == "readonly":
+            out = None   # torch tensors are writable
+            invalid.remove(("read-only out", ValueError))
+        if okind == "overlap" and o_np is not None:
+            bt = torch.from_numpy(buf)
+            xt, out = bt[1:].reshape(x.shape), bt[:-1].reshape(x.shape)
+        xcall = xt
+    else:
+        xcall, out = xin, o_np
+        if cfg["grad"]:
+            cfg = dict(cfg, grad=False)
+    kw = {} if axis is None else {cfg["axis_kw"]: axis}
+    if cfg["threads"]:
+        kw["threads"] = cfg["threads"]
+    what = f"{op} {lib} {api} shape={tuple(x.shape)} layout={cfg['layout']} axis={axis} out={okind} dtype={dt}"
+    try:
+        if api == "kernel":
+            res = k(xcall, out=out, **kw)
+        else:
+            res = fn(xcall, out=out, target=cfg["target"], **params, **kw)
+    except (ValueError, TypeError) as e:   # UsageError is a ValueError
+        if not invalid:
+            raise AssertionError(f"{what}: refused a valid call: {type(e).__name__}: {e}") from None
+        if not any(isinstance(e, t) for _, t in invalid) or not str(e):
+            raise AssertionError(f"{what}: invalid ({invalid}) raised {type(e).__name__}: {e}") from None
+        stats["refused"] += 1
+        return
+    if invalid:
+        raise AssertionError(f"{what}: invalid ({invalid}) accepted")
+    stats["calls"] += 1
+    stats["rows"] += max(1, x.size // max(1, x.shape[ax] if x.ndim else 1))
+    stats[f"lib:{lib}"] += 1
+    if out is not None:
+        assert res is out, f"{what}: out= given, the result is not out"
+    want_type = torch.Tensor if lib == "torch" else np.ndarray
+    parts = res if isinstance(res, tuple) else (res,)
+    assert all(isinstance(p, want_type) for p in parts), f"{what}: result of type {[type(p) for p in parts]}"
+    got = tuple(p.numpy() if lib == "torch" else p for p in parts)
+    if exp is None:   # empty input
+        assert all(g.size == 0 for g in got), f"{what}: empty input, non-empty result"
+        return
+    if isinstance(exp, tuple):   # top-k: (indices, weights) rows
+        exp_t = tuple(np.moveaxis(e.reshape(xm.shape[:-1] + e.shape[-1:]), -1, ax) if x.ndim else e.reshape(e.shape[-1:])
+                      for e in exp)
+        for g, e in zip(got, exp_t):
+            assert g.shape == e.shape and same_bits(g, e), f"{what}: top-k result differs (shape {g.shape} vs {e.shape})"
+        return
+    g = got[0]
+    assert g.shape == tuple(x.shape), f"{what}: result shape {g.shape}"
+    assert same_bits(g, exp), f"{what}: differs from the kernel on a contiguous copy " \
+                              f"({int((~((g == exp) | (np.isnan(g) & np.isnan(exp)))).sum())} entries)"
+
+
+RUNNERS = {"row": run_row, "attention": run_attention, "dispatch": run_dispatch, "arrays": run_arrays}
+DRAWS = {"row": draw_row, "attention": draw_attention, "dispatch": draw_dispatch, "arrays": draw_arrays}
+
+
 def run_case(cfg: dict) -> dict:
     stats = Counter()
     try:
         if cfg["invalid"]:
             try:
                 k = compile_cfg(cfg)
-                if cfg["kind"] == "attention":
-                    run_attention(cfg, stats)
-                else:
-                    run_row(cfg, stats)
+                RUNNERS[cfg["kind"]](cfg, stats)
             except UsageError as e:
                 return {"status": "refused", "msg": str(e)[:200], "stats": stats}
             return {"status": "finding", "msg": f"invalid ({cfg['invalid']}) accepted: {k.name}", "stats": stats}
-        (run_attention if cfg["kind"] == "attention" else run_row)(cfg, stats)
+        RUNNERS[cfg["kind"]](cfg, stats)
         return {"status": "ok", "stats": stats}
     except UsageError as e:
         return {"status": "refused-valid", "msg": str(e)[:300], "stats": stats}
@@ -575,6 +861,13 @@ def feature_keys(cfg: dict) -> list[str]:
         f += ["attn:gqa"] * (cfg["hq"] != cfg["hkv"]) + ["attn:decode"] * (cfg["lq"] <= 16)
         f += ["attn:wide"] * bool((cfg["schedule"] or {}).get("wide")) + ["attn:lk>=4095"] * (cfg["lk"] >= 4095)
         return f
+    if cfg["kind"] == "dispatch":
+        return [f"disp:{cfg['op']}", f"disp-target:{cfg['target']}", f"backend:{cfg['backend']}",
+                "disp:tuned" if cfg["records"] is not None else "disp:model"]
+    if cfg["kind"] == "arrays":
+        return [f"arr:{cfg['lib']}", f"arr-op:{cfg['op']}", f"arr-layout:{cfg['layout']}", f"arr-out:{cfg['out']}",
+                f"arr-dtype:{cfg['dtype']}", f"arr-api:{cfg['api']}", f"arr-ndim:{len(cfg['shape'])}"] + \
+            ["arr:axis"] * (cfg["axis"] is not None) + ["arr:empty"] * (0 in cfg["shape"])
     s = cfg["schedule"] or {}
     f = [f"op:{cfg['op']}", f"alg:{cfg['algorithm']}", f"target:{cfg['target']}", f"backend:{cfg['backend']}"]
     f += [f"knob:{k}={v}" if k in ("exp", "rows") else f"knob:{k}" for k, v in s.items()
@@ -588,7 +881,10 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=300, help="seconds")
     ap.add_argument("--target", default="avx512,avx2,scalar")
     ap.add_argument("--backend", default="c", help="c, tvm or c,tvm (tvm: 10%% of the draws)")
-    ap.add_argument("--kind", default="row,attention", help="row, attention or both")
+    ap.add_argument("--area", "--kind", dest="kind", default="row,attention",
+                    help="what to fuzz, comma-separated: row, attention, dispatch (algorithm=auto, tuned and "
+                         "model tables), arrays (torch/NumPy front door); several: --attention-share of "
+                         "the draws attention, the rest spread evenly")
     ap.add_argument("--attention-share", type=float, default=0.3)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--log", default=None, help="JSON lines: every case and its result")
@@ -602,6 +898,8 @@ def main(argv=None) -> int:
             ap.error(f"target {t} does not run on this CPU")
     backends = a.backend.split(",")
     kinds = a.kind.split(",")
+    if not kinds or set(kinds) - set(DRAWS):
+        ap.error(f"--area: one or more of {', '.join(DRAWS)}, got {a.kind!r}")
     r = random.Random(a.seed)
     replay = None
     if a.replay:
@@ -618,8 +916,9 @@ def main(argv=None) -> int:
         if replay is not None:
             cfg = replay[i]
         else:
-            attn = "attention" in kinds and ("row" not in kinds or r.random() < a.attention_share)
-            cfg = (draw_attention if attn else draw_row)(r, targets, backends)
+            others = [kd for kd in kinds if kd != "attention"]
+            attn = "attention" in kinds and (not others or r.random() < a.attention_share)
+            cfg = DRAWS["attention" if attn else r.choice(others)](r, targets, backends)
         i += 1
         res = run_case(cfg) if a.no_fork else in_child(cfg, a.timeout)
         status[res["status"]] += 1
