@@ -615,6 +615,7 @@ def draw_dispatch(r: random.Random, targets: list[str], backends: list[str]) -> 
     return {"kind": "dispatch", "op": op, "params": params, "algorithm": "auto", "target": target,
             "backend": backend, "schedule": None, "invalid": None, "caches": r.choice(CACHE_SIZES),
             "records": tuning_records(r, op, params, target) if tuned else None,
+            "isa_cap": r.choice([None, None, "avx2", "scalar", "avx512"]) if group else None,
             "data_seed": r.randrange(1 << 30)}
 
 
@@ -626,6 +627,8 @@ def run_dispatch(cfg: dict, stats: Counter) -> None:
 
     from softgen import tunedb
     os.environ["SOFTGEN_CACHE_SIZES"] = cfg["caches"]
+    if cfg.get("isa_cap"):    # a multi-ISA library picks at most this ISA (at load: this child)
+        os.environ["SOFTGEN_ISA"] = cfg["isa_cap"]
     if cfg["records"] is not None:
         db = tunedb.TuningDB(Path(tempfile.mkdtemp(prefix="fuzz-tunedb-")) / "tuning.sqlite")
         tunedb.default = lambda: db   # this child only
@@ -640,6 +643,8 @@ def run_dispatch(cfg: dict, stats: Counter) -> None:
     stats["kernels"] += 1
     member = None
     if cfg["target"] == "x86-64":   # this CPU's member, compiled alone
+        if cfg.get("isa_cap"):
+            assert get_target(k.isa).host_rank <= get_target(cfg["isa_cap"]).host_rank, f"{k.name}: SOFTGEN_ISA cap ignored"
         member = softgen.compile(k.op, algorithm="auto", target=k.isa, backend=cfg["backend"], **cfg["params"])
         stats["kernels"] += 1
     table = (member or k).dispatch
@@ -983,7 +988,8 @@ def feature_keys(cfg: dict) -> list[str]:
         return f
     if cfg["kind"] == "dispatch":
         return [f"disp:{cfg['op']}", f"disp-target:{cfg['target']}", f"backend:{cfg['backend']}",
-                "disp:tuned" if cfg["records"] is not None else "disp:model"]
+                "disp:tuned" if cfg["records"] is not None else "disp:model"] + \
+            [f"disp-isa-cap:{cfg['isa_cap']}"] * bool(cfg.get("isa_cap"))
     if cfg["kind"] == "arrays":
         return [f"arr:{cfg['lib']}", f"arr-op:{cfg['op']}", f"arr-layout:{cfg['layout']}", f"arr-out:{cfg['out']}",
                 f"arr-dtype:{cfg['dtype']}", f"arr-api:{cfg['api']}", f"arr-ndim:{len(cfg['shape'])}"] + \

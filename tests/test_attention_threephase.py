@@ -199,3 +199,21 @@ def test_lse_of_a_nan_row_is_nan(nm, backend):
     _, sl = ks(q, k, v, kv_lengths=n, return_lse=True)
     assert np.isnan(o[0, 1, 3]).all() and np.isnan(lse[0, 1, 3]) and np.isnan(sl[0, 1, 3])
     assert np.array_equal(np.isnan(lse), np.isnan(sl)) and np.array_equal(lse == -np.inf, sl == -np.inf)
+
+
+def test_a_mask_broadcast_or_strided_along_the_keys(forms):
+    """bench/fuzz.py: the three-phase entry takes a mask row with unit key stride only; a mask
+    broadcast along the keys (a scalar, (Lq, 1)) or a strided view must reach it copied, not as C
+    error 2 (ESTRIDE), through the Kernel and softgen.attention, with the bits of the dense mask."""
+    tp, st = forms["softmax"]
+    q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in ((2, LQ, D), (2, LK, D), (2, LK, DV)))
+    col = RNG.uniform(-2, 0, (LQ, 1)).astype(np.float32)
+    wide = RNG.uniform(-2, 0, (LQ, 2 * LK)).astype(np.float32)
+    for m in (col, wide[:, ::2], np.float32(-0.5)):
+        dense = np.ascontiguousarray(np.broadcast_to(m, (LQ, LK)))
+        assert np.array_equal(tp(q, k, v, m), tp(q, k, v, dense), equal_nan=True)
+        assert np.array_equal(st(q, k, v, m), st(q, k, v, dense), equal_nan=True)
+    for m in (0.0, np.float32(-1.0), col):
+        got = softgen.attention(q, k, v, mask=m, algorithm="three-phase")
+        assert np.array_equal(got, softgen.attention(q, k, v, mask=np.broadcast_to(np.float32(m), (LQ, LK)).copy(),
+                                                     algorithm="three-phase"), equal_nan=True)
