@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -425,6 +426,14 @@ def attention_inputs(cfg: dict):
         if rng.random() < 0.3:
             keep[int(rng.integers(lq))] = False   # a fully masked row
         mask = keep if mk == "bool" else np.where(keep, rng.uniform(-2, 0.5, (lq, lk)), -np.inf).astype(np.float32)
+        shape = str(rng.choice(["full", "full", "keys broadcast", "keys strided", "scalar"]))
+        if shape == "keys broadcast":     # (Lq, 1): stride 0 along the keys
+            mask = mask[:, :1]
+        elif shape == "keys strided":     # a view with key stride 2
+            w = np.repeat(mask, 2, axis=1)
+            mask = w[:, ::2]
+        elif shape == "scalar":
+            mask = np.array(mask[0, 0])
     kvl = rng.integers(0, lk + 1, b) if cfg["kv_lengths"] else None
     return q, k, v, mask, kvl, kind
 
@@ -1042,6 +1051,7 @@ def main(argv=None) -> int:
             import torch  # noqa: F401
         except ImportError:
             pass
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     cover, totals, status = Counter(), Counter(), Counter()
     t0, i = time.time(), 0
     while (replay is not None and i < len(replay)) or (replay is None and time.time() - t0 < a.budget):
