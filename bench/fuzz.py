@@ -577,6 +577,31 @@ def run_attention_function(cfg: dict, kern, q, k, v, mask, kvl, stats: Counter) 
         res[mr] = parts
         stats["function calls"] += 1
     o, lse_o = res["nan"][0], (res["nan"][1] if lse else None)
+    # out=: fresh, a strided view, heads transposed, or q itself (overlapping an input)
+    okind = str(np.random.default_rng(cfg["data_seed"] + 1).choice(["fresh", "strided", "transposed", "q"]))
+    oshape = q.shape[:-1] + (v.shape[-1],)
+    if okind == "q" and q.shape == oshape and np.all(np.isfinite(q)):
+        qq = np.array(q, copy=True)
+        ob, qa = qq, qq
+    else:
+        qa = q
+        if okind == "strided":
+            ob = np.full(oshape[:-1] + (oshape[-1] + 5,), 7.0, np.float32)[..., 2:2 + oshape[-1]]
+        elif okind == "transposed":
+            ob = np.full((oshape[0], oshape[2], oshape[1], oshape[3]), 7.0, np.float32).transpose(0, 2, 1, 3)
+        else:
+            ob = np.full(oshape, 7.0, np.float32)
+    if okind != "q" or ob is qa:
+        r = softgen.attention(conv(qa), conv(k), conv(v), normalizer=norm, causal=causal, mask=conv(m), scale=scale,
+                              kv_lengths=kvl, masked_rows="nan", target=cfg["target"], backend=cfg["backend"],
+                              algorithm=cfg["algorithm"], threads=cfg["threads"], return_lse=lse, out=conv(ob), **p)
+        ro = r[0] if lse else r
+        assert ro is conv(ob) or (torch is not None and ro.data_ptr() == conv(ob).data_ptr()), \
+            f"attention({norm}) out={okind}: the result is not out"
+        assert same_bits(ob, o), f"attention({norm}) out={okind}: differs from the call without out= " \
+                                 f"({int((~((ob == o) | np.isnan(ob) & np.isnan(o))).sum())} entries)"
+        stats["function calls"] += 1
+        stats[f"attn out={okind}"] += 1
     name = f"softgen.attention({norm}, alg={cfg['algorithm']}, {cfg['target']}, {cfg['backend']})"
     check_attention_result(name, o, lse_o, q, k, v, mask, kvl, kern.params, lse)
     dead = dead_rows(q, k, mask, kvl, causal)
