@@ -1052,7 +1052,10 @@ def main(argv=None) -> int:
     ap.add_argument("--replay", default=None, help="a JSON file (or JSON-lines log) of configs to rerun")
     ap.add_argument("--findings-only", action="store_true", help="replay only the findings of a log")
     ap.add_argument("--no-fork", action="store_true", help="run in this process (debugging)")
+    ap.add_argument("--summary", nargs="+", default=None, metavar="LOG", help="print the coverage of logs and exit")
     a = ap.parse_args(argv)
+    if a.summary:
+        return summarize(a.summary)
     targets = [t for t in a.target.split(",") if t]
     for t in targets:
         if not get_target(t).missing_features() == []:
@@ -1077,7 +1080,7 @@ def main(argv=None) -> int:
         except ImportError:
             pass
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    cover, totals, status = Counter(), Counter(), Counter()
+    status, totals, cover = Counter(), Counter(), Counter()
     t0, i = time.time(), 0
     while (replay is not None and i < len(replay)) or (replay is None and time.time() - t0 < a.budget):
         if replay is not None:
@@ -1088,23 +1091,42 @@ def main(argv=None) -> int:
             cfg = DRAWS["attention" if attn else r.choice(others)](r, targets, backends)
         i += 1
         res = run_case(cfg) if a.no_fork else in_child(cfg, a.timeout)
-        status[res["status"]] += 1
-        for f in feature_keys(cfg):
-            cover[f] += 1
-            cover[f + " rows"] += res.get("stats", {}).get("rows", 0)
-        totals.update(res.get("stats", {}))
+        tally(cfg, res, status, totals, cover)
         if log:
             log.write(json.dumps({"config": cfg, "result": res}, default=str) + "\n")
             log.flush()
         if res["status"] in ("finding", "refused-valid"):
             print(f"[{i}] {res['status'].upper()}: {json.dumps(cfg)}\n    {res['msg']}", flush=True)
-    print(f"\n{i} cases in {time.time() - t0:.0f} s: {dict(status)}")
+    report(f"{i} cases in {time.time() - t0:.0f} s", status, totals, cover)
+    return 1 if status["finding"] or status["refused-valid"] else 0
+
+
+def tally(cfg: dict, res: dict, status: Counter, totals: Counter, cover: Counter) -> None:
+    status[res["status"]] += 1
+    for f in feature_keys(cfg):
+        cover[f] += 1
+        cover[f + " rows"] += res.get("stats", {}).get("rows", 0)
+    totals.update(res.get("stats", {}))
+
+
+def report(head: str, status: Counter, totals: Counter, cover: Counter) -> None:
+    print(f"\n{head}: {dict(status)}")
     print("totals:", {k: v for k, v in sorted(totals.items()) if not k.startswith("data:")})
     print("data kinds (calls):", {k[5:]: v for k, v in sorted(totals.items()) if k.startswith("data:")})
     print("coverage (cases / rows checked):")
     for f in sorted(k for k in cover if not k.endswith(" rows")):
         print(f"  {f:32s} {cover[f]:5d} {cover[f + ' rows']:9d}")
-    return 1 if status["finding"] or status["refused-valid"] else 0
+
+
+def summarize(paths: list[str]) -> int:
+    """The coverage table of logs (``--log``), e.g. of runs cut short."""
+    status, totals, cover = Counter(), Counter(), Counter()
+    for p in paths:
+        for line in Path(p).read_text().splitlines():
+            rec = json.loads(line)
+            tally(rec["config"], rec["result"], status, totals, cover)
+    report(f"{sum(status.values())} cases in {len(paths)} log(s)", status, totals, cover)
+    return 0
 
 
 if __name__ == "__main__":
