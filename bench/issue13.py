@@ -89,6 +89,7 @@ from softgen.targets import get_target  # noqa: E402
 from softgen.tune import (  # noqa: E402
     FINALISTS,
     PRUNE_RATIO,
+    knob_levels,
     label as tune_label,  # noqa: E402
     level_schedules,
     priced,
@@ -153,7 +154,7 @@ def sweep_candidates(program, t, be, caches, R: int, n: int) -> list[tuple[str, 
     cheapest first) x every combination of the backend's level-independent knobs (unroll x
     accumulators: ``tune.schedules``), then x every combination of the knobs bound to the level
     (``tune.level_schedules``, rows <= R, and the batch knobs at the level of the whole R x n working
-    set) that ``tune.priced`` keeps (exp variants within ``KNOB_PRUNE_RATIO``, lazymax and pipeline
+    set; at the last-level cache's edge DRAM's knobs too, ``tune.knob_levels``) that ``tune.priced`` keeps (exp variants within ``KNOB_PRUNE_RATIO``, lazymax and pipeline
     where the plan has their form), over the default schedule; not
     the tuner's cut to its ``keep`` schedules nearest the default and ``KNOB_ALGORITHMS``."""
     level = caches.level_of(costmodel.BYTES_PER_N * n)
@@ -162,9 +163,13 @@ def sweep_candidates(program, t, be, caches, R: int, n: int) -> list[tuple[str, 
     best = min(cost.values()) if cost else 0.0
     kept = sorted((a for a in plans if not cost or cost[a] <= PRUNE_RATIO * best), key=lambda a: cost.get(a, 0.0))
     base = default_schedule(t.schedule, t.lanes, t.shifted_exp)
-    extra = level_schedules(be, t, level, base, R, caches.level_of(costmodel.BYTES_PER_N * R * n))
-    return [(a, s) for a in kept for s in tune_schedules(be, t)] + \
-        [(a, s) for a in kept for s in priced(plans[a], t, level, extra, best)]
+    bl = caches.level_of(costmodel.BYTES_PER_N * R * n)
+    out = [(a, s) for a in kept for s in tune_schedules(be, t)]
+    for lvl in knob_levels(caches, costmodel.BYTES_PER_N * n):     # at the LLC's edge DRAM's knobs too
+        extra = level_schedules(be, t, lvl, base, R, bl)
+        lbest = min(costmodel.cycles_per_element(plans[a], t, lvl) for a in plans) if t.cost else 0.0
+        out += [(a, s) for a in kept for s in priced(plans[a], t, lvl, extra, lbest)]
+    return list(dict.fromkeys(out))
 
 
 @dataclasses.dataclass
@@ -311,12 +316,22 @@ AUTO_COLUMNS = [("size", "size", "s"), ("tuned_ns", "tuned auto", _ns), ("model_
                 ("auto_vs_previous", "prev/auto", _x), ("noise", "max noise", _pct)]
 
 
-def peer_rows(results: dict, peers) -> tuple[list[dict], str]:
+def peer_rows(results: dict, peers, ks: Kernels | None = None) -> tuple[list[dict], str]:
+    """Peers' times over auto's; with ``ks``, auto's traffic bound at the size: its plan's bytes per
+    element (``traffic_at``) at the copy kernel's bandwidth measured in the same interleaved run
+    (in cache: the bandwidth of the level the row lives in, e.g. L3 at 256K-4M), the fraction of it
+    auto reaches, and issue 13's goal against ONNX Runtime as ns/element (ORT's time over the goal)."""
     rows, base_name = [], None
     for (R, n), t in results.items():
         base_name = "tuned auto" if "tuned auto" in t else "model auto"
         tb = t[base_name]
         row = dict(size=size_label(R, n), auto_ns=tb / (R * n) * 1e9)
+        if ks is not None and t.get("_copy_gbps"):
+            k = ks.tuned if base_name == "tuned auto" else ks.model
+            b = traffic_at(k, n)
+            row["traffic"] = b
+            row["bound_ns"] = b / t["_copy_gbps"]
+            row["of_bound"] = row["bound_ns"] / row["auto_ns"]
         for p in peers:
             tp = t.get("peer " + p.name)
             row[p.name + "_ns"] = tp and tp / (R * n) * 1e9
@@ -325,6 +340,7 @@ def peer_rows(results: dict, peers) -> tuple[list[dict], str]:
         goal = ORT_BATCH_TARGET if R > 1 else ORT_ROW_TARGET if n >= ORT_ROW_MIN else None
         row["ort_goal"] = "-" if goal is None or ort is None else \
             f">= {goal}x: {'met' if ort >= goal else 'NOT met'}"
+        row["goal_ns"] = row.get("onnxruntime_ns") / goal if goal is not None and row.get("onnxruntime_ns") else None
         rows.append(row)
     return rows, base_name or "model auto"
 
@@ -333,7 +349,8 @@ def peer_columns(peers) -> list:
     cols = [("size", "size", "s"), ("auto_ns", "auto ns/el", _ns)]
     for p in peers:
         cols += [(p.name + "_ns", p.name, _ns), (p.name, f"{p.name}/auto", _x)]
-    return cols + [("ort_goal", "issue 13 goal vs ORT", "s")]
+    return cols + [("ort_goal", "issue 13 goal vs ORT", "s"), ("goal_ns", "goal ns/el", _ns),
+                   ("traffic", "auto B/el", "d"), ("bound_ns", "bound ns/el", _ns), ("of_bound", "of bound", _pct)]
 
 
 def thread_rows(ks: Kernels, shapes, rng, caches, timing_kw) -> list[dict] | None:
@@ -398,11 +415,13 @@ DRAM_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ns", "ns/e
 
 
 def traffic_at(k: Kernel, n: int) -> int:
-    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there)."""
+    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there);
+    schedule lazymax (where ``passes.lazy_max`` applies) drops the max sweep's read of x."""
     if k.dispatcher:
         e = next(e for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
         k = next(v for v in k.variants if v.algorithm == e.algorithm and v.schedule.as_dict() == dict(e.schedule))
-    return k.plan.traffic()["bytes_per_element"]
+    lazy = k.schedule.lazymax and not isinstance(passes.lazy_max(k.plan), str) and n > passes.LAZY_FIRST
+    return k.plan.traffic()["bytes_per_element"] - 4 * lazy
 
 
 def plot_rows(ks: Kernels, results: dict) -> list[dict]:
@@ -500,7 +519,7 @@ def _main(args) -> int:
     finally:
         bar.close()
     arows = auto_rows(ks, results)
-    prows, peer_base = peer_rows(results, peers)
+    prows, peer_base = peer_rows(results, peers, ks)
     info = machine_info()
     ident = machine.identity()
     date = _dt.date.today().isoformat()
@@ -551,7 +570,11 @@ def _main(args) -> int:
             + ("; streaming-store knobs of the Schedule: " + ", ".join(dram["stream_knobs"]) if dram["stream_knobs"]
                else "; the Schedule has no streaming-store knob (two-pass default schedule only)")]
     txt += ["", f"## (d) peers vs {peer_base} (peer time / auto time: > 1 = softgen faster)", "",
-            render_table(prows, peer_columns(peers)) if peers else "no peers installed"]
+            render_table(prows, peer_columns(peers)) if peers else "no peers installed", "",
+            "goal ns/el: ONNX Runtime's time over issue 13's goal (what auto must reach); bound ns/el: auto's plan's "
+            "traffic (B/el: reads + writes, f32; lazymax without its max sweep) at the copy kernel's bandwidth at that "
+            "size, timed in the same interleaved run (a row of 256K-4M elements lives in L3: its L3 bound); a goal "
+            "below the bound needs a plan with less traffic"]
     txt += [f"note: {n}" for n in notes]
     text = "\n".join(txt) + "\n"
     res = {"softgen": __version__, "commit": info.get("commit"), "target": target.name, "quick": args.quick,

@@ -110,7 +110,9 @@ def _torch(a, name: str, what: str):
     try:
         return a.numpy(), sys.modules["torch"].from_numpy
     except (RuntimeError, TypeError) as e:   # e.g. a conjugate-bit or unsupported-dtype tensor
-        raise UsageError(f"{name}: {what} ({a.dtype}) cannot be viewed as a NumPy array: {e}") from None
+        hint = f" (softgen kernels take float32: {what}.float())" if a.is_floating_point() else ""
+        raise UsageError(f"{name}: {what} ({a.dtype}) cannot be viewed as a NumPy array: {e}{hint}") \
+            from None
 
 
 def _back_module(mod: str):

@@ -6,13 +6,14 @@ with the thread cap a record implies, ``thread_cap``), and a matrix op's tuned G
 (``costmodel.DispatchTable``, ``GemmSchedule``, dicts); ``kernel.compile`` generates from it."""
 from __future__ import annotations
 
+import math
 import os
 from itertools import product
 
 from . import passes, tunedb
 from .backends import Backend, get_backend
 from .backends.gemm import schedule_for
-from .costmodel import ALL_LEVELS, PRICED_KNOBS, DispatchTable, Entry, model_table, thread_policy
+from .costmodel import ALL_LEVELS, PRICED_KNOBS, DispatchTable, Entry, batch_level, model_table, thread_policy
 from .errors import UsageError
 from .ir import Program
 from .machine import caches
@@ -40,15 +41,17 @@ def choose_algorithm(program: Program, target: str, algorithm: str) -> str:
 def model_schedules(be: Backend, target: Target, schedule: Schedule) -> dict[str, list[dict]]:
     """Per cache level, the schedules the model prices besides ``schedule``: each combination of
     the backend's tuning values (``Backend.tuning_knobs``) of the knobs the model has a term for
-    (``costmodel.PRICED_KNOBS``: exp, lazymax) that the backend lowers (``schedule_knobs``), offers
-    at the level (``tuning_knob_levels``: lazymax beyond L1d) and on the target
-    (``tuning_knob_requires``), set over ``schedule``; a knob ``schedule`` sets (not at its
-    default) stays as it is. TVM lowers none: nothing."""
+    (``costmodel.PRICED_KNOBS``: exp, lazymax, rows, pipeline) that the backend lowers
+    (``schedule_knobs``), offers at the level (``tuning_knob_levels``: lazymax beyond L1d) or on
+    batches streamed from the level's ``costmodel.batch_level`` (``tuning_knob_batch_levels``:
+    pipeline, lazymax) and on the target (``tuning_knob_requires``), set over ``schedule``; a knob
+    ``schedule`` sets (not at its default) stays as it is. TVM lowers none: nothing."""
     out: dict[str, list[dict]] = {}
     for lvl in ALL_LEVELS:
         knobs = {k: v for k, v in be.tuning_knobs.items()
                  if k in PRICED_KNOBS and k in be.schedule_knobs and getattr(schedule, k) == KNOB_DEFAULTS[k]
-                 and lvl in be.tuning_knob_levels.get(k, ALL_LEVELS)
+                 and (lvl in be.tuning_knob_levels.get(k, ALL_LEVELS)
+                      or batch_level(lvl) in be.tuning_knob_batch_levels.get(k, ()))
                  and (be.tuning_knob_requires.get(k) is None or getattr(target, be.tuning_knob_requires[k]))}
         scheds: dict[Schedule, None] = {}
         for combo in product(*knobs.values()):
@@ -79,10 +82,15 @@ def auto_table(program: Program, target: Target, schedule: Schedule, be: Backend
 
 def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = tuple(KNOB_DEFAULTS)) -> list:
     """Usable records (valid schedule, applicable algorithm, no knob outside ``knobs``: what the
-    backend lowers), one per class of n (the smallest rows class that covers one row, else the
-    first), by n_min."""
+    backend lowers), one per class of n: the smallest rows class that covers one row, else the
+    first; of those, the one-thread plan (a record per thread count: the variant a call runs is the
+    one-thread winner, FFTW's plan for one thread), else the newest; by n_min."""
     applicable = passes.applicable_algorithms(program)
     by_n: dict[tuple, object] = {}
+
+    def rank(r) -> tuple:
+        return (r.rows_min <= 1, getattr(r, "threads", 1) == 1, r.timestamp)
+
     for r in recs:
         if r.algorithm not in applicable:
             continue
@@ -96,10 +104,35 @@ def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = 
             continue
         key = (r.n_min, r.n_max)
         old = by_n.get(key)
-        if old is None or (r.rows_min <= 1 and not old.rows_min <= 1) or \
-                ((r.rows_min <= 1) == (old.rows_min <= 1) and r.timestamp > old.timestamp):
+        if old is None or rank(r) > rank(old):
             by_n[key] = r
     return sorted(by_n.values(), key=lambda r: (r.n_min, r.n_max))
+
+
+def _tiles(recs: list) -> list[tuple]:
+    """(n_min, n_max or None, record) tiling n >= 1 from the records' classes of n: where classes
+    overlap (records of different tuning runs: single rows 1..4096 and a batch of rows of 128
+    tuned as 1..256), the narrowest class wins (the most specific measurement, as
+    ``tunedb.lookup``), then the newest; a gap between classes is split at its geometric midpoint;
+    the first tile starts at 1, the last has no upper bound."""
+    cuts = sorted({r.n_min for r in recs} | {r.n_max + 1 for r in recs})
+    tiles: list[list] = []
+    for a, b in zip(cuts, cuts[1:]):
+        cover = [r for r in recs if r.n_min <= a and b - 1 <= r.n_max]
+        if not cover:
+            continue
+        r = min(cover, key=lambda r: (r.n_max - r.n_min, -r.timestamp))
+        if tiles and tiles[-1][2] is r and tiles[-1][1] == a - 1:
+            tiles[-1][1] = b - 1
+        else:
+            tiles.append([a, b - 1, r])
+    for left, right in zip(tiles, tiles[1:]):
+        if left[1] + 1 < right[0]:    # a gap: split it at its geometric midpoint
+            mid = max(left[1], math.isqrt((left[1] + 1) * (right[0] - 1)))
+            left[1], right[0] = mid, mid + 1
+    if tiles:
+        tiles[0][0], tiles[-1][1] = 1, None
+    return [tuple(t) for t in tiles]
 
 
 def measured_why(r) -> str:
@@ -113,16 +146,34 @@ def measured_why(r) -> str:
 
 def thread_cap(r, recs: list) -> tuple[int, str]:
     """(the cap of auto threads for batches, 0 none; why) of the entry made from record ``r``:
-    a record's thread count applies to the rows it was measured on. The newest record measured on
-    batches (``rows_min`` >= 2, ``softgen.tune`` of a batch shape) whose class of n overlaps
-    ``r``'s caps it, 1 included (one thread was fastest); else ``r``'s own count when > 1 (an
-    older record: only a batch can have measured more than one thread); else none (a record of
-    single rows says nothing about batches: the model's policy, capped by the CPUs)."""
+    a record's thread count applies to the rows it was measured on. The newest class of records
+    measured on batches (``rows_min`` >= 2, ``softgen.tune`` of a batch shape) whose class of n
+    overlaps ``r``'s caps it: its records hold a plan per thread count, and the count of the
+    fastest one (against the one-thread plan timed in the same interleaved run) is the cap, 1 included (one thread was fastest; an older database: its one
+    record's count); else ``r``'s own count when > 1 (only a batch can have measured more than
+    one thread); else none (a record of single rows says nothing about batches: the model's
+    policy, capped by the CPUs)."""
     batch = [b for b in recs if b.rows_min >= 2 and b.n_min <= r.n_max and r.n_min <= b.n_max]
     if batch:
-        b = max(batch, key=lambda b: b.timestamp)
-        return b.threads, (f"threads: at most {b.threads}, measured on batches (rows >= {b.rows_min}, "
-                           f"n {b.n_min}..{b.n_max})")
+        newest = max(batch, key=lambda b: b.timestamp)
+        same = [b for b in batch if (b.n_min, b.n_max, b.rows_min, b.rows_max) ==
+                (newest.n_min, newest.n_max, newest.rows_min, newest.rows_max)]
+        one = next((x for x in same if x.threads == 1), None)
+
+        def speed(x) -> float:   # over the one-thread plan: the interleaved ratio where the tuner timed it
+            if x.threads > 1 and "threads=1" in x.runners_up:
+                return x.runners_up["threads=1"]
+            return one.ns_per_element / x.ns_per_element if one is not None else 1.0 / x.ns_per_element
+
+        b = max(same, key=lambda x: (speed(x), -x.threads))
+        why = (f"threads: at most {b.threads}, measured on batches (rows >= {b.rows_min}, "
+               f"n {b.n_min}..{b.n_max}")
+        if len(same) > 1:
+            why += ": " + ", ".join(f"{x.threads} thread(s) {x.ns_per_element:.3g} ns/el"
+                                    for x in sorted(same, key=lambda x: x.threads))
+        if b.threads > 1 and (b.algorithm, b.schedule) != (r.algorithm, r.schedule):
+            why += f"; the {b.threads}-thread plan was {b.algorithm} {b.schedule}, not dispatched: the variant is the one-thread plan"
+        return b.threads, why + ")"
     if r.threads > 1:
         return r.threads, f"threads: at most {r.threads}, measured"
     return 0, "threads: the model's (measured on single rows: no thread count for batches)"
@@ -147,22 +198,8 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
     recs = _tuned_entries(recs, program, target, get_backend(backend).schedule_knobs)
     if not recs:
         return None
-    bounds = []   # (n_min, n_max) per record, tiling n >= 1
-    for i, r in enumerate(recs):
-        lo = 1 if i == 0 else bounds[-1][1] + 1
-        if i + 1 < len(recs):
-            nxt = recs[i + 1].n_min
-            hi = r.n_max if r.n_max < nxt else nxt - 1
-            if r.n_max + 1 < nxt:    # a gap: split it at its geometric midpoint
-                hi = max(r.n_max, int(((r.n_max + 1) * (nxt - 1)) ** 0.5))
-            hi = max(hi, lo)
-        else:
-            hi = None
-        bounds.append((lo, hi))
     entries: list[Entry] = []
-    for r, (lo, hi) in zip(recs, bounds):
-        if hi is not None and hi < lo:
-            continue
+    for lo, hi, r in _tiles(recs):
         sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
         # the cap of auto for batches: a thread count measured on batches; the model's grain
         # decides below it (rows x n)

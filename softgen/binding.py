@@ -111,7 +111,8 @@ def _bind_general(abi: KernelABI, name: str, op: str, inputs: tuple, out) -> Bou
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: {nm} must be a numpy.ndarray of float32, got {type(a).__name__}")
         if a.dtype != np.float32:
-            raise TypeError(f"{name}: {nm} must be float32, got {a.dtype} (use .astype(np.float32))")
+            raise TypeError(f"{name}: {nm} must be float32, got {a.dtype} ({nm}.astype(np.float32); a torch "
+                            f"tensor: {nm}.float())")
         if a.ndim < 2:
             raise ValueError(f"{name}: {nm} needs two axes (..., {', '.join(shape)}), got shape {a.shape}")
         if lead is None:
@@ -312,7 +313,8 @@ def _check_input(abi: KernelABI, name: str, op: str, x) -> np.ndarray:
             raise TypeError(f"{name} takes a numpy.ndarray of float32, got {type(x).__name__} "
                             f"(use np.asarray(x, np.float32))")
     if x.dtype != np.float32:
-        raise TypeError(f"{name} takes float32 arrays, got {x.dtype} (use x.astype(np.float32))")
+        raise TypeError(f"{name} takes float32 arrays, got {x.dtype} (x.astype(np.float32); a torch tensor: "
+                        f"x.float())")
     matrix = abi.kind == UNARY
     if x.ndim < 1 + matrix:
         what = "two axes (..., m, n)" if matrix else "one axis"

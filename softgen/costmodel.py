@@ -15,7 +15,12 @@ and the sweep costs the larger of the two (a roofline per sweep); a variant cost
 its sweeps. Schedules: the given one, with non-temporal output stores for rows beyond the
 last-level cache on targets that have them (``level_schedule``), or one of the knob schedules the
 model prices (``PRICED_KNOBS``: exp variants by their ``[cost.exp]`` hints, lazymax by the max sweep
-it drops) where it is at least 3% cheaper (``KNOB_MARGIN``) than every algorithm under the given one. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
+it drops) where it is at least 3% cheaper (``KNOB_MARGIN``) than every algorithm under the given one.
+Then the knobs that change only calls of several rows (``BATCH_KNOBS``: rows=R, pipeline; and
+lazymax where a batch streams from beyond L1d) over that winner, priced on a batch
+(``batch_cycles``: each row's first touch of x and its output at the batch's level, the per-row
+latency of each reduction over R rows, pipeline's two sweeps under one roofline), with the same
+margin; their per-row term falls with n, so a level may split once where the choice changes. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
 The result is a ``DispatchTable``: plain data (ranges of n, the variant of each, why), which a
@@ -39,7 +44,7 @@ from dataclasses import dataclass, field
 from .ir import OPS
 from .machine import LEVELS, Caches
 from .matrix import AttentionPhase, ColsPhase, MatMulPhase, MatrixProgram, SweepPhase
-from .passes import SHORT, Plan, lazy_max, max_shifted, pipeline_refusal, plan
+from .passes import LAZY_FIRST, SHORT, Plan, lazy_max, max_shifted, pipeline_refusal, plan
 from .targets import Target
 
 BYTES_PER_N = 8          # a row's working set per element: x and y, float32 (out of place)
@@ -235,13 +240,26 @@ def exp_instructions(p, v: int, target: Target, exp: str = "") -> float:
     return exp_instructions_of(target, target.exp_variant(exp, bool(p.attrs(v).get("nonpos")) and max_shifted(p, v)))
 
 
+def _compute(p, s, target: Target, exp: str, lazy: bool) -> float:
+    """Cycles per element of sweep ``s``'s vector instructions (``[cost.instructions]`` per vector,
+    exps by their ``[cost.exp]`` variant) over the lanes and ``ipc``; ``lazy``: lazymax's exp sweep
+    (one compare more per vector)."""
+    ins = target.cost["instructions"]
+    nodes = [v for v in s.compute + s.reductions if OPS[p.op(v)].kind not in _FREE]
+    kinds = [p.op(v) for v in nodes if p.op(v) != "exp"]
+    kinds += ["materialize"] * len(s.stores) + ["reload"] * len(s.reloads)
+    kinds += ["output"] * (s.output is not None)
+    kinds += ["max"] * (lazy and s.index == 1)
+    return (sum(ins.get(k, ins["default"]) for k in kinds)
+            + sum(exp_instructions(p, v, target, exp) for v in nodes if p.op(v) == "exp")) / target.lanes / target.cost["ipc"]
+
+
 def sweep_cycles(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False) -> list[float]:
     """Cycles per element of each sweep of ``plan`` on ``target`` with the row in ``level``;
     ``exp``: the schedule's exp variant (each variant costs its ``[cost.exp]`` hint); ``lazymax``:
     the schedule's (where ``passes.lazy_max`` applies: beyond L1d no max sweep but over the first
     LAZY_FIRST elements, one compare more per vector in the exp sweep)."""
-    cost = target.cost
-    ins, ipc, bw = cost["instructions"], cost["ipc"], cost["bandwidth"][level]
+    bw = target.cost["bandwidth"][level]
     p, out = plan.program, []
     lazy = lazymax and level != LEVELS[0] and not isinstance(lazy_max(plan), str)
     for s in plan.sweeps:
@@ -250,20 +268,76 @@ def sweep_cycles(plan: Plan, target: Target, level: str, exp: str = "", lazymax:
         if lazy and s.index == 0:    # its first LAZY_FIRST elements only: nothing per element of a long row
             out.append(0.0)
             continue
-        nodes = [v for v in s.compute + s.reductions if OPS[p.op(v)].kind not in _FREE]
-        kinds = [p.op(v) for v in nodes if p.op(v) != "exp"]
-        kinds += ["materialize"] * len(s.stores) + ["reload"] * len(s.reloads)
-        kinds += ["output"] * (s.output is not None)
-        kinds += ["max"] * (lazy and s.index == 1)
-        compute = (sum(ins.get(k, ins["default"]) for k in kinds)
-                   + sum(exp_instructions(p, v, target, exp) for v in nodes if p.op(v) == "exp")) / target.lanes / ipc
-        memory = 4 * (s.reads + s.writes) / bw
-        out.append(max(compute, memory))
+        out.append(max(_compute(p, s, target, exp, lazy), 4 * (s.reads + s.writes) / bw))
     return out
 
 
 def cycles_per_element(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False) -> float:
     return sum(sweep_cycles(plan, target, level, exp, lazymax))
+
+
+def batch_level(level: str) -> str:
+    """The level the model prices a batch of rows at ``level`` as streamed from: rows in L1d or L2
+    in a batch as large as the last-level cache (the per-call knobs, ``BATCH_KNOBS``, matter on
+    batches of many rows; a smaller batch gains less, with the same sign), rows at L3 or beyond
+    from their own level (one row fills it)."""
+    return LEVELS[-1] if level in LEVELS[:-1] else level
+
+
+def batch_cycles(plan: Plan, target: Target, level: str, n: int, exp: str = "", lazymax: bool = False,
+                 rows: int = 1, pipeline: bool = False) -> float:
+    """Cycles per element of a row of ``n`` (its working set at ``level``) in a batch of many rows
+    under a schedule's ``exp``, ``lazymax``, ``rows`` and ``pipeline``: the model's price of the
+    knobs that change only calls of several rows (``BATCH_KNOBS``). Three terms differ from
+    ``cycles_per_element``:
+
+    * traffic: a row's first touch of x and its output come from and go to the batch's level
+      (``batch_level``), its other traffic stays at ``level`` (the row is still there); lazymax (a
+      batch beyond L1d) keeps the max sweep over the first ``LAZY_FIRST`` elements only, and the
+      exp sweep makes the first touch of the rest;
+    * per row: a sweep ending in a reduction stalls the row ``[cost] reduce_latency_cycles`` (the
+      horizontal reduction and the scalar the next sweep waits for), spread over its n elements;
+      rows=R interleaves R rows' independent chains in one loop: 1/R of it each. No hint: 0;
+    * pipeline (rows in L1d; where ``passes.pipeline_refusal`` has no objection): the output sweep
+      runs in the loop of the next row's sweep before it, one roofline over both (their compute
+      adds, their traffic adds, each hides the other). Beyond L1d two rows' streams in one loop
+      evict each other, which the model has no term for: there it prices no gain (never chosen).
+    """
+    cost = target.cost
+    outer = batch_level(level)
+    near, far = cost["bandwidth"][level], cost["bandwidth"][outer]
+    p = plan.program
+    lazy = lazymax and outer != LEVELS[0] and not isinstance(lazy_max(plan), str)
+    parts: list[tuple[float, float]] = []       # (compute, memory) per sweep, per element of the row
+    touched = 0.0                               # the share of x read by the sweeps before
+    for s in plan.sweeps:
+        if s.selected is not None:
+            continue
+        share = min(1.0, LAZY_FIRST / max(n, 1)) if lazy and s.index == 0 else 1.0
+        x_far = max(0.0, share - touched) if s.reads_x else 0.0
+        touched = max(touched, share) if s.reads_x else touched
+        out_far = share if s.output is not None else 0.0
+        near_words = (s.reads + s.writes) * share - x_far - out_far
+        parts.append((share * _compute(p, s, target, exp, lazy), 4 * (x_far + out_far) / far + 4 * near_words / near))
+    if pipeline and level == LEVELS[0] and len(parts) >= 2 and not pipeline_refusal(plan):
+        (c1, m1), (c2, m2) = parts[-2:]
+        parts[-2:] = [(c1 + c2, m1 + m2)]
+    # lazymax's reference and segments: one chain more per row (the output sweep runs per segment)
+    chains = sum(1 for s in plan.sweeps if s.reductions and s.selected is None) + lazy
+    per_row = float(cost.get("reduce_latency_cycles", 0.0)) * chains / max(rows, 1)
+    return sum(max(c, m) for c, m in parts) + per_row / max(n, 1)
+
+
+# vectors live per unrolled element in the R-rows form's exp sweep (x - m, the exponent, the reduced
+# argument, the polynomial): R rows x unroll of them must fit the target's vector registers
+ROWS_LIVE = 4
+
+
+def rows_fit(target: Target, sched: dict) -> bool:
+    """Whether schedule rows=R keeps its R rows' unrolled exp sweeps in ``target``'s vector
+    registers (``ROWS_LIVE`` x R x unroll <= ``vector_registers``); beyond, it spills in every
+    iteration, which ``batch_cycles`` has no term for: the model does not offer it."""
+    return ROWS_LIVE * sched.get("rows", 1) * sched.get("unroll", 1) <= target.vector_registers
 
 
 def level_limits(caches: Caches) -> dict[str, int | None]:
@@ -283,9 +357,13 @@ def level_schedule(target: Target, level: str, schedule: dict, plan: Plan, strea
     return dict(schedule)
 
 
-# the schedule knobs the model prices (sweep_cycles): exp (each variant its [cost.exp] hint) and
-# lazymax (no max sweep beyond L1d, a compare more per vector); the others have no model term
-PRICED_KNOBS = ("exp", "lazymax")
+# the schedule knobs the model prices: exp (each variant its [cost.exp] hint) and lazymax (no max
+# sweep beyond L1d, a compare more per vector) on single rows (sweep_cycles), and the knobs that
+# change only calls of several rows (BATCH_KNOBS: a call of one row runs the one-row code, rows=R
+# running the rows left over one at a time, pipeline its first and last rows alone) on a batch
+# (batch_cycles); the others have no model term
+BATCH_KNOBS = ("rows", "pipeline")
+PRICED_KNOBS = ("exp", "lazymax", *BATCH_KNOBS)
 # A priced knob displaces the default schedule only when the model puts it this much cheaper: the
 # per-op-kind hints are not that exact, and the default schedule is what sibling kernels share
 # bitwise (top-k's dense output is the scatter of its sparse one, which has no row-long exp).
@@ -293,8 +371,10 @@ KNOB_MARGIN = 0.97
 
 
 def knob_label(schedule: dict) -> str:
-    """The priced knobs a schedule sets, short (``t32 lz``; "" at the defaults)."""
-    return " ".join(x for x in (schedule.get("exp") or "", "lz" if schedule.get("lazymax") else "") if x)
+    """The priced knobs a schedule sets, short (``t32 lz``, ``r4 lz``, ``lz pp``; "" at the defaults)."""
+    rows = schedule.get("rows", 1)
+    return " ".join(x for x in (schedule.get("exp") or "", f"r{rows}" if rows > 1 else "",
+                                 "lz" if schedule.get("lazymax") else "", "pp" if schedule.get("pipeline") else "") if x)
 
 
 def _knob_why(sched: dict, target: Target) -> str:
@@ -318,9 +398,82 @@ def exp_instructions_of(target: Target, name: str) -> float:
 def knobs_apply(sched: dict, plan: Plan) -> bool:
     """Whether ``sched``'s knobs change ``plan``'s kernel: lazymax only where ``passes.lazy_max``
     applies (three-pass-reload of softmax), pipeline only where ``passes.pipeline_refusal`` has no
-    objection (otherwise the kernel is the one without the knob under another name)."""
+    objection (otherwise the kernel is the one without the knob under another name); rows=R (in the
+    model's tables, ``model_table``) only there too: no fallback row, per-row parameter, selection,
+    column or top-k list, which covers the backend's refusals of its R-rows form."""
     return ((not sched.get("lazymax") or not isinstance(lazy_max(plan), str))
             and (not sched.get("pipeline") or not pipeline_refusal(plan)))
+
+
+def _batch_knobs_apply(sched: dict, plan: Plan, target: Target) -> bool:
+    return knobs_apply(sched, plan) and (sched.get("rows", 1) <= 1 or not pipeline_refusal(plan) and rows_fit(target, sched))
+
+
+def _points(lo: int, hi: int | None) -> list[int]:
+    """Where the model prices a level's rows on a batch (its per-row term falls with n): the
+    powers of two in [lo, hi] and hi (a range up to a point takes that point's choice, the one
+    least favourable to a per-row saving); beyond the last cache: lo."""
+    if hi is None:
+        return [lo]
+    return sorted({1 << k for k in range(lo.bit_length() - 1, hi.bit_length()) if lo <= 1 << k <= hi} | {hi})
+
+
+def _batch_price(plan: Plan, target: Target, level: str, n: int, s: dict) -> float:
+    return batch_cycles(plan, target, level, n, s.get("exp", ""), bool(s.get("lazymax")), s.get("rows", 1),
+                        bool(s.get("pipeline")))
+
+
+def _batch_choice(plan: Plan, target: Target, level: str, n: int, win: dict, win_cost: float,
+                  scheds: list[dict], keep: dict | None = None) -> tuple[dict, str]:
+    """(the schedule batches of rows of ``n`` at ``level`` take, why) over the single-row winner
+    ``win`` (cost ``win_cost``) of ``plan``: the cheapest on a batch (``batch_cycles``) of ``scheds``
+    with ``win``'s exp variant that set a batch knob or lazymax, where at most ``KNOB_MARGIN`` x
+    ``win``'s batch cost and no more than ``win_cost`` / ``KNOB_MARGIN`` on a single row; else ``win``.
+    ``keep``: the choice at the next larger n, kept unless the cheapest beats it by the margin too
+    (fewer variants: a level splits only where the per-row term makes a real difference)."""
+    base = _batch_price(plan, target, level, n, win)
+    found = [(s, _batch_price(plan, target, level, n, s)) for s in scheds
+             if s.get("exp", "") == win.get("exp", "") and _batch_knobs_apply(s, plan, target)
+             and (s.get("rows", 1) > 1 or s.get("pipeline") or bool(s.get("lazymax")) != bool(win.get("lazymax")))
+             and cycles_per_element(plan, target, level, s.get("exp", ""), bool(s.get("lazymax"))) <= win_cost / KNOB_MARGIN]
+    best = min(found, key=lambda t: t[1], default=None)
+    if best is None or best[1] > KNOB_MARGIN * base:
+        best = (win, base)
+    if keep is not None and keep in [s for s, _ in found] + [win]:
+        kept = _batch_price(plan, target, level, n, keep)
+        if kept * KNOB_MARGIN <= best[1] or keep is best[0]:
+            best = (keep, kept)
+    if best[0] is win:
+        return win, ""
+    return best[0], (f"batches: {knob_label(best[0])} {base:.2f} -> {best[1]:.2f} cycles/element at n = {n} "
+                     f"(x from {batch_level(level)}; batch_cycles)")
+
+
+# Splits of a level's rows by the batch knobs (0 or 1): each split is one more variant in every auto
+# library (compiled on its first call), e.g. avx512 softmax's rows=2 up to 256 elements (8192 x 128:
+# 3pl r2 1.00x the sweep's best, 3pl lz pp 1.09x, bench/results/issue13-2026-12-01-*); 0: one batch
+# schedule per level, the one at its end.
+LEVEL_SPLITS = 1
+
+
+def _level_batches(plan: Plan, target: Target, level: str, lo: int, hi: int | None, win: dict,
+                   win_cost: float, scheds: list[dict]) -> list[tuple]:
+    """The level's rows [lo, hi] as (n_min, n_max, schedule, why) over the single-row winner ``win``
+    of ``plan``: the batch choice (``_batch_choice``) at the level's end, down the powers of two
+    while it holds; where another choice beats it by ``KNOB_MARGIN`` (the per-row term grows as n
+    falls), the rows up to there take the choice at their geometric middle. At most one split per
+    level (``LEVEL_SPLITS``): each schedule is one more variant in the dispatcher's library."""
+    pts = _points(lo, hi)
+    top, twhy = _batch_choice(plan, target, level, pts[-1], win, win_cost, scheds)
+    for i in range(len(pts) - 2, -1, -1) if LEVEL_SPLITS else ():
+        if _batch_choice(plan, target, level, pts[i], win, win_cost, scheds, top)[0] != top:
+            mid = math.isqrt(lo * pts[i])
+            low, lwhy = _batch_choice(plan, target, level, min(pts[:i + 1], key=lambda p: abs(math.log(p / mid))),
+                                      win, win_cost, scheds)
+            if low != top:
+                return [(lo, pts[i], low, lwhy), (pts[i] + 1, hi, top, twhy)]
+            break
+    return [(lo, hi, top, twhy)]
 
 
 def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule: dict,
@@ -330,6 +483,9 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
     level, schedules besides ``schedule`` to price (``PRICED_KNOBS`` set over it: what the
     backend offers there, ``autotable.model_schedules``); one wins only where it costs at most
     ``KNOB_MARGIN`` x every algorithm under ``schedule``, and only for plans it changes (``knobs_apply``).
+    Then the knobs of batches (``BATCH_KNOBS``, and lazymax where a batch streams from beyond L1d)
+    over the winner, priced on a batch (``batch_cycles``, ``_batch_choice``) at the powers of two of
+    the level's n (its per-row term falls with n): a level may split where they stop paying.
     ``stream``: whether the backend lowers non-temporal stores (``level_schedule``)."""
     limits = level_limits(caches)
     knobs = knobs or {}
@@ -338,8 +494,9 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
     base_cost: dict[str, dict[str, float]] = {}
     for lvl in ALL_LEVELS:
         cands = [(a, schedule) for a in plans]
-        # the model prices lazymax one row at a time: R rows at once with lazymax is the tuner's to time
-        cands += [(a, s) for s in knobs.get(lvl, ()) if s != schedule and not (s.get("lazymax") and s.get("rows", 1) > 1)
+        # single rows: the knobs of one row (a batch knob's kernel is the one-row kernel there)
+        cands += [(a, s) for s in knobs.get(lvl, ()) if s != schedule and s.get("rows", 1) == schedule.get("rows", 1)
+                  and s.get("pipeline", False) == schedule.get("pipeline", False)
                   for a, pl in plans.items() if knobs_apply(s, pl)]
         priced = [(a, s, cycles_per_element(plans[a], target, lvl, s.get("exp", ""), bool(s.get("lazymax"))))
                   for a, s in cands]
@@ -354,39 +511,49 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
                 s, c = min(mine, key=lambda t: t[1])
                 shown[f"{a} {knob_label(s)}"] = c
         costs[lvl] = shown
-    winners = {lvl: best[lvl][0] for lvl in ALL_LEVELS}
-    scheds = {lvl: level_schedule(target, lvl, best[lvl][1], plans[winners[lvl]], stream) for lvl in ALL_LEVELS}
-    entries, n_min, prev_max = [], 1, 0
-    spans: list[list[str]] = []
+    # segments of n: (lo, hi, level, algorithm, schedule, why of the batch knobs)
+    segs: list[tuple] = []
+    prev_max = 0
     for lvl in ALL_LEVELS:
         if limits[lvl] is not None and limits[lvl] <= prev_max:
             continue   # a level no larger than the one below (misreported caches): nothing fits only there
-        if spans and winners[spans[-1][-1]] == winners[lvl] and scheds[spans[-1][-1]] == scheds[lvl]:
-            spans[-1].append(lvl)
+        lo, hi = prev_max + 1, limits[lvl]
+        alg, win, win_cost = best[lvl]
+        for a, b, sched, bwhy in _level_batches(plans[alg], target, lvl, lo, hi, win, win_cost, knobs.get(lvl, ())):
+            segs.append((a, b, lvl, alg, level_schedule(target, lvl, sched, plans[alg], stream), bwhy))
+        if hi is not None:
+            prev_max = hi
+    # neighbouring segments of one variant: one entry (of one or more levels)
+    spans: list[list[tuple]] = []
+    for seg in segs:
+        if spans and spans[-1][-1][3:5] == seg[3:5]:
+            spans[-1].append(seg)
         else:
-            spans.append([lvl])
-        if limits[lvl] is not None:
-            prev_max = limits[lvl]
+            spans.append([seg])
 
     def short(key: str) -> str:
         alg, _, kn = key.partition(" ")
         return f"{SHORT[alg]} {kn}".strip()
 
+    entries = []
     for span in spans:
-        alg, n_max = winners[span[0]], limits[span[-1]]
+        alg, sched = span[0][3], span[0][4]
+        lvls = list(dict.fromkeys(seg[2] for seg in span))
         why = "model: " + "; ".join(
             f"{lvl} " + ", ".join(f"{short(a)} {c:.2f}" for a, c in sorted(costs[lvl].items(), key=lambda t: t[1]))
-            for lvl in span) + " cycles/element"
-        win = best[span[0]][1]
+            for lvl in lvls) + " cycles/element"
+        win = best[lvls[0]][1]
         if win is not schedule:
             why += (f"; {SHORT[alg]} {knob_label(win)}: " + _knob_why(win, target) + " ("
-                    + ", ".join(f"{lvl} {base_cost[lvl][alg]:.2f} -> {best[lvl][2]:.2f}" for lvl in span)
+                    + ", ".join(f"{lvl} {base_cost[lvl][alg]:.2f} -> {best[lvl][2]:.2f}" for lvl in lvls)
                     + " cycles/element)")
-        if scheds[span[0]].get("stream") and not schedule.get("stream"):
+        bwhy = "; ".join(dict.fromkeys(seg[5] for seg in span if seg[5]))
+        if bwhy:
+            why += "; " + bwhy
+        if sched.get("stream") and not schedule.get("stream"):
             why += "; non-temporal stores: the row's working set is beyond the last-level cache"
-        entries.append(Entry(n_min, n_max, alg, scheds[span[0]], 0, why,
+        entries.append(Entry(span[0][0], span[-1][1], alg, sched, 0, why,
                              grain=thread_policy(plans[alg], target).grain))
-        n_min = (n_max or 0) + 1
     sizes = ", ".join(f"{lvl} {v >> 10} KiB" for lvl, v in caches.sizes().items())
     basis = (f"caches {sizes} ({caches.source}), working set {BYTES_PER_N} B x n, "
              f"target {target.name} [cost] hints")

@@ -206,9 +206,14 @@ def _algorithms(f: str, v) -> tuple[str, ...]:
 COST_LEVELS = ("L1d", "L2", "L3", "DRAM")   # softgen.machine.LEVELS and beyond the last cache
 
 
+# [cost]'s optional numbers: what a call split across threads costs more than on one thread (the
+# thread policy's ``costmodel.thread_policy``); what a sweep ending in a row reduction stalls a row
+# (``costmodel.batch_cycles``: the rows knob's price)
+OPTIONAL_COST = ("parallel_overhead_cycles", "reduce_latency_cycles")
+
+
 def _cost(f: str, v) -> dict:
-    """The ``[cost]`` table: ``ipc``, optionally ``parallel_overhead_cycles`` (what one call split
-    across threads costs more than on one thread: the thread policy's ``costmodel.thread_policy``),
+    """The ``[cost]`` table: ``ipc``, optionally the numbers of ``OPTIONAL_COST``,
     ``[cost.instructions]`` (IR op kind or ``default`` -> vector
     instructions per vector, ``default`` required), optionally ``[cost.exp]`` (an exp variant of
     ``EXP_VARIANTS`` -> its instructions per vector, where it differs from ``instructions.exp``,
@@ -222,10 +227,10 @@ def _cost(f: str, v) -> dict:
             raise UsageError(f"target file {f}: key 'cost.{key}' must be a positive number, got {x!r}")
         return float(x)
 
-    if not isinstance(v, dict) or set(v) - {"parallel_overhead_cycles", "exp"} != {"ipc", "instructions", "bandwidth"} \
+    if not isinstance(v, dict) or set(v) - {*OPTIONAL_COST, "exp"} != {"ipc", "instructions", "bandwidth"} \
             or not isinstance(v["instructions"], dict) or not isinstance(v["bandwidth"], dict):
         raise UsageError(f"target file {f}: table [cost] needs exactly ipc, [cost.instructions] and "
-                         f"[cost.bandwidth] (optional: [cost.exp], parallel_overhead_cycles), "
+                         f"[cost.bandwidth] (optional: [cost.exp], {', '.join(OPTIONAL_COST)}), "
                          f"got {sorted(v) if isinstance(v, dict) else v!r}")
     xv = v.get("exp", {})
     if not isinstance(xv, dict) or set(xv) - set(EXP_VARIANTS):
@@ -239,8 +244,7 @@ def _cost(f: str, v) -> dict:
     if set(bw) != set(COST_LEVELS):
         raise UsageError(f"target file {f}: table [cost.bandwidth] needs exactly the levels "
                          f"{list(COST_LEVELS)}, got {list(bw)}")
-    extra = {"parallel_overhead_cycles": number("parallel_overhead_cycles", v["parallel_overhead_cycles"])} \
-        if "parallel_overhead_cycles" in v else {}
+    extra = {k: number(k, v[k]) for k in OPTIONAL_COST if k in v}
     return {**extra, "ipc": number("ipc", v["ipc"]),
             "instructions": {k: number(f"instructions.{k}", x) for k, x in ins.items()},
             "exp": {k: number(f"exp.{k}", x) for k, x in xv.items()},

@@ -9,7 +9,9 @@ Per size class (one per requested size):
    each applied over the target file's default schedule and kept only if ``Schedule`` validates
    it). Knobs bound to cache levels (``Backend.tuning_knob_levels``: the C backend's non-temporal
    stores and prefetch distance for DRAM classes, exp variants in cache) are added per class over
-   the default schedule, on the ``KNOB_ALGORITHMS`` algorithms the model ranks first; a knob a
+   the default schedule, on the ``KNOB_ALGORITHMS`` algorithms the model ranks first (a class at the
+   last-level cache's edge, its working set at least half of it, gets DRAM's knobs too, on DRAM's
+   first: ``knob_levels``); a knob a
    target lacks (``tuning_knob_requires``: stream needs ``[isa] STREAM``) is not offered.
    No per-target Python table: knobs are data on the backend, defaults data in the target file.
 2. *pruning by the model* (``costmodel``): an algorithm whose modelled cycles per element at the
@@ -38,12 +40,16 @@ cache's edge (``edge_sizes``: n with 8 B x n = L3) when none of its sizes is nea
 variant of a class applies to every row count (the dispatcher picks by n); ``--shapes`` sets the
 rows timed.
 
-Threads: for a batch shape (rows > 1), the winner is then timed at every thread count
-1 .. ``machine.cores()`` (interleaved, within the class's budget) and the fastest count is recorded
-(``threads``; ns/element at that count) with the rows class 2.. ("measured on batches"); it caps
-"auto" for batches in the tuned dispatch table, 1 included (the model's grain still decides below
-it, by rows x n). Single rows record 1 with the rows class 1..: they run on one thread, and the
-record says nothing about batches (auto stays the model's). ``autotable.tuned_table`` applies this.
+Threads (FFTW's plans include the thread count): candidates are timed on one thread, and the
+winner is the class's one-thread plan (record ``threads`` 1). For a batch shape (rows > 1) on a
+machine of several cores, per count c in 2 .. ``machine.cores()`` the finalists are timed again at
+c threads, interleaved with the one-thread plan on one thread, and the fastest is the class's
+c-thread plan (record ``threads`` c, its own time; "threads=1" among its runners-up: the
+one-thread plan's time over it). Both carry the rows class 2.. ("measured on batches"); single
+rows record the one-thread plan with the rows class 1.. (it says nothing about batches). The
+dispatcher picks by n alone, so ``autotable.tuned_table`` takes each class's variant from its
+one-thread plan (a call on one thread never runs a variant chosen on two) and caps "auto" for
+batches at the count whose plan was fastest, 1 included (the model's grain decides below it).
 
 Budget: ``budget_s`` covers compiling and timing; each class gets an equal share of what is left
 when it starts. Ctrl-C (KeyboardInterrupt) keeps the classes already recorded and returns.
@@ -108,8 +114,9 @@ class ClassResult:
     candidates: int
     pruned: int
     timed: list                     # (label, ns/element) of the first run, fastest first
-    record: object                  # tunedb.TuningRecord
+    record: object                  # tunedb.TuningRecord: the one-thread plan
     seconds: float
+    thread_records: list = field(default_factory=list)   # a batch's plans at 2 .. cores threads
 
 
 @dataclass
@@ -127,6 +134,7 @@ class TuneResult:
 
     @property
     def records(self) -> list:
+        """The one-thread plan of each class (``ClassResult.thread_records``: batches' other counts)."""
         return [c.record for c in self.classes]
 
     def report(self) -> str:
@@ -143,6 +151,10 @@ class TuneResult:
                        + (f", next {nxt[0]} {nxt[1]:.2f}x" if nxt else "")
                        + f"; timed {len(c.timed)} of {c.candidates} candidates ({c.pruned} pruned by the model), "
                          f"{c.seconds:.1f} s")
+            for tr in c.thread_records:
+                one = tr.runners_up.get("threads=1")
+                out.append(f"        {tr.threads} threads: {label(tr.algorithm, tr.schedule)} {tr.ns_per_element:.3f} ns/el"
+                           + (f" ({one:.2f}x faster than the one-thread plan on one thread)" if one else ""))
         out += [f"note: {n}" for n in self.notes]
         if self.interrupted:
             out.append(f"interrupted: kept the {len(self.classes)} completed size class(es)")
@@ -288,6 +300,29 @@ def edge_sizes(ns: list[int], caches: machine.Caches) -> list[int]:
         return []
     edge = costmodel.level_limits(caches)["L3"]
     return [edge] if edge and edge not in ns else []
+
+
+def knob_levels(caches: machine.Caches, ws: int) -> tuple[str, ...]:
+    """The cache levels whose level-bound knobs (``Backend.tuning_knob_levels``) a size of working set
+    ``ws`` bytes gets: its own level's, and beyond the last-level cache's too where it fills at least
+    half of it (the LLC's edge, as ``edge_sizes``: shared with y, other data and other cores, such a
+    row streams partly from memory; at 4M on a 32 MiB L3, bench/results/issue13-2026-12-01-*, two-pass
+    ran 0.420 ns/el and the tuned three-pass-reload 0.460, and two-pass's non-temporal stores, a DRAM
+    knob, were not a candidate)."""
+    lvl = caches.level_of(ws)
+    return (lvl, "DRAM") if lvl == machine.LEVELS[-1] and 2 * ws >= caches.L3 else (lvl,)
+
+
+def _cheapest(plans: dict, target, level: str) -> float:
+    return min(costmodel.cycles_per_element(pl, target, level) for pl in plans.values()) if target.cost else 0.0
+
+
+def knob_algorithms(plans: dict, target, level: str, kept: list[str]) -> list[str]:
+    """The ``KNOB_ALGORITHMS`` algorithms of ``kept`` that the level-bound knobs of ``level`` are timed
+    on: the model's cheapest at ``level`` (without ``[cost]``: the first kept)."""
+    if not target.cost:
+        return kept[:KNOB_ALGORITHMS]
+    return sorted(kept, key=lambda a: costmodel.cycles_per_element(plans[a], target, level))[:KNOB_ALGORITHMS]
 
 
 def size_classes(ns: list[int], caches: machine.Caches) -> list[tuple[int, int]]:
@@ -449,9 +484,14 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             best = min(cost.values()) if cost else 0.0
             kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
                                key=lambda a: cost.get(a, 0.0))
-            extra = level_schedules(be, t, level, base, rows, caches.level_of(costmodel.BYTES_PER_N * rows * n))
-            cands = [(a, s) for a in kept_algs for s in scheds[:keep]] \
-                + [(a, s) for a in kept_algs[:KNOB_ALGORITHMS] for s in priced(plans[a], t, level, extra, best)]
+            bl = caches.level_of(costmodel.BYTES_PER_N * rows * n)
+            extra, cands = [], [(a, s) for a in kept_algs for s in scheds[:keep]]
+            for lvl in knob_levels(caches, costmodel.BYTES_PER_N * n):   # the level's knobs (and at the LLC's edge, DRAM's)
+                more = level_schedules(be, t, lvl, base, rows, bl)
+                extra += [x for x in more if x not in extra]
+                cands += [(a, s) for a in knob_algorithms(plans, t, lvl, kept_algs)
+                          for s in priced(plans[a], t, lvl, more, _cheapest(plans, t, lvl))]
+            cands = list(dict.fromkeys(cands))
             total = len(algs) * (len(scheds) + len(extra))
             N = rows * n
             ws = 2 * 4 * N
@@ -490,26 +530,34 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             runners = {k: final[k].median / final[win].median for k in finalists if k != win}
             runners.update({k: first[k].median / first[win].median for k in ranked[FINALISTS:]})
             a, s = meta[win]
-            threads, timing = 1, final[win]
-            if rows > 1 and machine.cores() > 1:     # the thread-count knob: the winner at 1 .. cores
-                k = kernels[(a, s)]
-                by_count = {f"threads={c}": _rotating([("k(x, out=y, threads=c)", {"k": k, "x": xx, "y": yy, "c": c})
-                                                       for xx, yy in bufs])
-                            for c in range(1, machine.cores() + 1)}
-                timed = measure(by_count, deadline)
-                best = min(timed, key=lambda k: timed[k].median)
-                threads, timing = int(best.split("=")[1]), timed[best]
-                runners.update({k: timed[k].median / timing.median for k in timed if k != best})
-            # the rows class says what the thread count was measured on: a batch (rows >= 2: it
-            # applies to batches, 1 included) or a single row (1: says nothing about batches)
+            timing = final[win]
+            # the rows class says what was measured: a batch (rows >= 2: it applies to batches)
+            # or a single row (1: its thread count says nothing about batches)
             batch = rows > 1 and machine.cores() > 1
-            rec = tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=(2 if batch else 1, ROWS_MAX),
-                                algorithm=a, schedule=s.as_dict(), threads=threads,
+            rclass = (2 if batch else 1, ROWS_MAX)
+            rec = tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=rclass,
+                                algorithm=a, schedule=s.as_dict(), threads=1,
                                 ns_per_element=timing.median / N * 1e9, noise=timing.spread,
                                 repetitions=timing.rounds, runners_up=runners)
+            # FFTW's plans include the thread count: on a batch, per count > 1 the finalists are timed
+            # at it (with the one-thread plan at one thread) and its own winner recorded
+            more = []
+            for c in range(2, machine.cores() + 1) if batch else ():
+                at = {f"{k} threads={c}": _rotating([("k(x, out=y, threads=c)",
+                                                      {"k": kernels[meta[k]], "x": xx, "y": yy, "c": c})
+                                                     for xx, yy in bufs]) for k in finalists}
+                at["threads=1"] = variants[win]
+                timed = measure(at, deadline)
+                top = min((k for k in timed if k != "threads=1"), key=lambda k: timed[k].median)
+                ta, ts = meta[top.rsplit(" threads=", 1)[0]]
+                more.append(tunedb.record(opdef.name, params, t.name, be.name, n=(lo, hi), rows=rclass,
+                                          algorithm=ta, schedule=ts.as_dict(), threads=c,
+                                          ns_per_element=timed[top].median / N * 1e9, noise=timed[top].spread,
+                                          repetitions=timed[top].rounds,
+                                          runners_up={k: timed[k].median / timed[top].median for k in timed if k != top}))
             res.classes.append(ClassResult(rows, n, (lo, hi), level, total, total - len(cands),
                                            [(k, first[k].median / N * 1e9) for k in ranked], rec,
-                                           time.monotonic() - c0))
+                                           time.monotonic() - c0, more))
             del bufs, variants
             bar.update(f"{count_label(n)}: {win}")
     except KeyboardInterrupt:

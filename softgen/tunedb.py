@@ -7,8 +7,10 @@ parameters, on this target and backend, on this machine (``machine.fingerprint()
 ``machine.identity()``), built by this compiler (command and version), by this softgen version and
 kernel-source version (``source_version()``: a hash of what generated code is made from), for row
 lengths ``n_min..n_max`` and row counts ``rows_min..rows_max``, the best variant is ``algorithm`` +
-``schedule`` + ``threads``, measured at ``ns_per_element`` (median) with ``noise`` (relative
-spread) over ``repetitions``; ``runners_up`` maps other variants to their time ratio to it.
+``schedule`` when run on ``threads`` threads (FFTW's plans include the thread count: a size class
+has a record per thread count measured, each its own winner), measured at ``ns_per_element``
+(median) with ``noise`` (relative spread) over ``repetitions``; ``runners_up`` maps other
+variants to their time ratio to it.
 
 The API the tuner and the dispatcher use::
 
@@ -27,6 +29,8 @@ Safety: every write is one ``BEGIN IMMEDIATE`` transaction (concurrent writers i
 wait, up to ``TIMEOUT`` seconds; a writer killed mid-transaction leaves its transaction rolled
 back by the next reader: WAL). A file that is not a readable database (checked once per process)
 is moved aside to ``tuning.sqlite.corrupt-<time>`` and recreated, with a ``TuningDBWarning``.
+A file of an older schema is migrated in place on opening (``_migrate``: schema 1 keyed a size
+class without its thread count; its records keep theirs).
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ from .runtime import cache_root, compiler_id
 from .targets import get_target, target_dirs
 
 FILENAME = "tuning.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: the thread count joins the key (a record per size class and thread count)
 TIMEOUT = 60.0     # seconds a writer waits for another one
 _NUMERICS = Path(__file__).resolve().parent / "numerics" / "constants.py"
 
@@ -103,9 +107,9 @@ class TuningRecord:
 COLUMNS = tuple(TuningRecord.__dataclass_fields__)
 _JSON_COLUMNS = ("params", "schedule", "runners_up", "machine")
 KEY = ("op", "params", "target", "backend", "fingerprint", "compiler", "compiler_version",
-       "softgen_version", "source_version", "n_min", "n_max", "rows_min", "rows_max")
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS records (
+       "softgen_version", "source_version", "n_min", "n_max", "rows_min", "rows_max", "threads")
+_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
     id INTEGER PRIMARY KEY,
     op TEXT NOT NULL, params TEXT NOT NULL, target TEXT NOT NULL, backend TEXT NOT NULL,
     n_min INTEGER NOT NULL, n_max INTEGER NOT NULL, rows_min INTEGER NOT NULL, rows_max INTEGER NOT NULL,
@@ -114,9 +118,25 @@ CREATE TABLE IF NOT EXISTS records (
     runners_up TEXT NOT NULL, fingerprint TEXT NOT NULL, machine TEXT NOT NULL,
     compiler TEXT NOT NULL, compiler_version TEXT NOT NULL, softgen_version TEXT NOT NULL,
     source_version TEXT NOT NULL, timestamp REAL NOT NULL,
-    UNIQUE ({", ".join(KEY)}) ON CONFLICT REPLACE);
+    UNIQUE ({key}) ON CONFLICT REPLACE)"""
+_SCHEMA = _TABLE.format(table="records", key=", ".join(KEY)) + """;
 CREATE INDEX IF NOT EXISTS records_lookup ON records (op, target, backend, fingerprint);
 """
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Bring a database of an older schema (``PRAGMA user_version``) to ``SCHEMA_VERSION``, in the
+    caller's write transaction. 1 -> 2: the table is rebuilt with ``threads`` in its unique key
+    (SQLite cannot alter a constraint); every record is kept as it was."""
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    has = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='records'").fetchone()
+    if has and 0 < version < 2:
+        cols = ", ".join(COLUMNS)
+        con.execute("DROP TABLE IF EXISTS records_v2")
+        con.execute(_TABLE.format(table="records_v2", key=", ".join(KEY)))
+        con.execute(f"INSERT INTO records_v2 ({cols}) SELECT {cols} FROM records ORDER BY id")
+        con.execute("DROP TABLE records")
+        con.execute("ALTER TABLE records_v2 RENAME TO records")
 
 
 # -- what records are keyed by ------------------------------------------------------------------
@@ -240,9 +260,11 @@ class TuningDB:
                 if ok != "ok":
                     raise sqlite3.DatabaseError(f"quick_check: {ok}")
                 with self._write(con):
+                    _migrate(con)
                     for stmt in filter(str.strip, _SCHEMA.split(";")):
                         con.execute(stmt)
-                    con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    if con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                        con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._checked.add(path)
         except BaseException:
             con.close()
@@ -375,9 +397,10 @@ def record(op: str, params: dict | None, target, backend: str, *, n, rows, algor
 
 
 def lookup(op: str, params: dict | None, target, backend: str, n: int, rows: int = 1, *,
-           cc: str | None = None, db: TuningDB | None = None) -> TuningRecord | None:
+           threads: int | None = None, cc: str | None = None, db: TuningDB | None = None) -> TuningRecord | None:
     """The record for this machine, compiler and versions whose size class covers ``(n, rows)``
-    (the smallest such class, then the newest), or None."""
+    (the smallest such class, then the newest), or None; ``threads``: only records of that thread
+    count (None: any)."""
     tname = _target_name(target)
     n, rows = _int("n", n), _int("rows", rows)
     cur = _current(tname, cc)
@@ -387,6 +410,7 @@ def lookup(op: str, params: dict | None, target, backend: str, n: int, rows: int
         "rows_min<=? AND rows_max>=?",
         (op, _dumps(canonical_params(op, params)), tname, backend, cur["fingerprint"], cur["compiler"],
          cur["compiler_version"], cur["softgen_version"], cur["source_version"], n, n, rows, rows))
+    found = [r for r in found if threads is None or r.threads == _int("threads", threads)]
     if not found:
         return None
     return min(found, key=lambda r: ((r.n_max - r.n_min + 1) * (r.rows_max - r.rows_min + 1), -r.timestamp))

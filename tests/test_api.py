@@ -232,15 +232,19 @@ def test_auto_algorithm_and_default_name(monkeypatch):
     # algorithm="auto": the cost model (softgen.costmodel) over the target's auto_algorithms. One
     # winner at every size is a plain kernel of that algorithm, named as if it had been asked for.
     monkeypatch.setenv("SOFTGEN_CACHE_SIZES", "L1d=32K,L2=512K,L3=32M")
-    k = softgen.compile("softmax", target="scalar", schedule={"rows": 2})   # rows=2: no lazymax form
+    # rows and lazymax given: the model varies neither (nor pipeline, which excludes rows)
+    k = softgen.compile("softmax", target="scalar", schedule={"rows": 2, "lazymax": True})
     assert k.algorithm == "three-pass-reload" and k.name.startswith("softgen_f32_softmax_3pl__scalar_u")
     assert not k.dispatcher and [e.algorithm for e in k.dispatch.entries] == ["three-pass-reload"]
     k2 = softgen.compile("softmax", target="avx2")   # several winners: a dispatcher
     assert k2.algorithm == "auto" and k2.dispatcher and "_auto__avx2_" in k2.name
-    # variants keyed by (algorithm, schedule): three-pass-reload in L1d and with lazymax beyond it
-    assert [(v.algorithm, v.schedule.lazymax) for v in k2.variants] == \
-        [("three-pass-reload", False), ("three-pass-reload", True), ("two-pass", False)]
-    assert [v.name.rsplit("__", 1)[1] for v in k2.variants] == ["3pl_u32_acc2", "3pl_u32_acc2_lz", "2p"]
+    # variants keyed by (algorithm, schedule): three-pass-reload in L1d (from 129 elements with
+    # lazymax and pipeline: batches of them stream from L3, costmodel.batch_cycles) and with
+    # lazymax beyond it
+    assert [(v.algorithm, v.schedule.lazymax, v.schedule.pipeline) for v in k2.variants] == \
+        [("three-pass-reload", False, False), ("three-pass-reload", True, True), ("three-pass-reload", True, False),
+         ("two-pass", False, False)]
+    assert [v.name.rsplit("__", 1)[1] for v in k2.variants] == ["3pl_u32_acc2", "3pl_u32_acc2_lz_pp", "3pl_u32_acc2_lz", "2p"]
     k3 = softgen.compile("softplus_l1", target="avx2")   # one algorithm; non-temporal stores beyond L3
     assert {e.algorithm for e in k3.dispatch.entries} == {"direct-reload"}
     assert [(v.algorithm, v.schedule.stream) for v in k3.variants] == [("direct-reload", False), ("direct-reload", True)]

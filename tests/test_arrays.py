@@ -104,8 +104,10 @@ def test_torch_refusals(sm):
         sm(torch.randn(2, 3), out=torch.empty(2, 3, requires_grad=True))
     y = sm(torch.randn(2, 3, requires_grad=True).detach())
     assert not y.requires_grad
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(TypeError, match=r"float32.*torch tensor: x\.float\(\)"):
         sm(torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(UsageError, match=r"bfloat16.*x\.float\(\)"):
+        sm(torch.randn(2, 3).to(torch.bfloat16))
     with pytest.raises(UsageError, match="device meta"):
         sm(torch.empty(2, 3, device="meta"))
     # a lazily negated input is read through one copy (test_torch_fast_path...); an out cannot be

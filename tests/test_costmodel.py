@@ -32,17 +32,28 @@ def _table(op: str, target, backend: str = "c", schedule: dict | None = None, ca
                                  autotable.model_schedules(be, t, sched) if knobs else None)
 
 
-def _rows(table) -> list[tuple]:
-    return [(e.n_min, e.n_max, e.algorithm, bool(e.schedule.get("lazymax")), e.schedule.get("exp", ""))
-            for e in table.entries]
+def _rows(table, batch: bool = False) -> list[tuple]:
+    """The table's entries as (n_min, n_max, algorithm, lazymax, exp), batch knobs (rows, pipeline)
+    aside (neighbours that differ only in them merged) unless ``batch``."""
+    out = []
+    for e in table.entries:
+        row = (e.n_min, e.n_max, e.algorithm, bool(e.schedule.get("lazymax")), e.schedule.get("exp", ""))
+        if batch:
+            out.append(row + (e.schedule.get("rows", 1), bool(e.schedule.get("pipeline"))))
+        elif out and out[-1][2:] == row[2:] and out[-1][1] == row[0] - 1:
+            out[-1] = (out[-1][0],) + row[1:]
+        else:
+            out.append(row)
+    return out
 
 
 @pytest.mark.parametrize("target", ["avx2", "avx512"])
 def test_lazymax_beyond_l1d_where_three_pass_reload_wins(target):
     table = _table("softmax", target)
-    assert _rows(table) == [(1, L1, "three-pass-reload", False, ""), (L1 + 1, L3, "three-pass-reload", True, ""),
-                            (L3 + 1, None, "two-pass", False, "")]
-    why = table.entries[1].why
+    beyond = [e for e in table.entries if e.n_min > L1]
+    assert _rows(DispatchLike(beyond)) == [(L1 + 1, L3, "three-pass-reload", True, ""), (L3 + 1, None, "two-pass", False, "")]
+    assert all(e.algorithm == "three-pass-reload" and not e.schedule.get("exp") for e in table.entries if e.n_min <= L1)
+    why = beyond[0].why
     assert "3pl lz: lazymax: no max sweep" in why and "L2 " in why and "L3 " in why and " -> " in why
     # the costs behind it: at L2 and L3 lazymax is cheaper than three-pass-reload's own max sweep
     assert table.costs["L2"]["three-pass-reload lz"] < table.costs["L2"]["three-pass-reload"]
@@ -51,17 +62,22 @@ def test_lazymax_beyond_l1d_where_three_pass_reload_wins(target):
     assert not any(e.schedule.get("exp") for e in table.entries)
 
 
+@dataclasses.dataclass
+class DispatchLike:
+    entries: list
+
+
 def test_targets_tables_are_sensible():
     # neon and scalar: compute-bound, three-pass-reload everywhere, with lazymax beyond L1d
     for t in ("neon", "scalar"):
-        assert _rows(_table("softmax", t)) == [(1, L1, "three-pass-reload", False, ""),
-                                               (L1 + 1, None, "three-pass-reload", True, "")]
+        table = _table("softmax", t)
+        assert {e.algorithm for e in table.entries} == {"three-pass-reload"} and table.entries[-1].n_max is None
+        assert all(e.schedule.get("lazymax") for e in table.entries if e.n_min > L1)
 
 
 @pytest.mark.parametrize("op,backend,schedule", [
     ("log_softmax", "c", None),            # no lazy_max form (its output sweep reads x)
     ("softmax", "tvm", None),              # TVM lowers no schedule knob
-    ("softmax", "c", {"rows": 2}),         # rows=R has no lazymax form
     ("softmax", "c", {"exp": "p6c2"}),     # a knob the caller set is kept, the others still priced
 ])
 def test_never_lazymax_where_it_does_not_apply(op, backend, schedule):
@@ -71,17 +87,24 @@ def test_never_lazymax_where_it_does_not_apply(op, backend, schedule):
         assert lazy and all(e.schedule["exp"] == "p6c2" for e in table.entries)
         return
     assert not lazy and "lz" not in " ".join(table.costs["L2"])
-    # and no other knob pays there: the table is the one without priced knobs
-    assert table.entries == _table(op, "avx2", backend, schedule, knobs=False).entries
+    # and no other knob pays there but on batches (pipeline): the table without priced knobs otherwise
+    plain = _table(op, "avx2", backend, schedule, knobs=False).entries
+    assert [(e.n_min, e.n_max, e.algorithm) for e in table.entries] == [(e.n_min, e.n_max, e.algorithm) for e in plain]
+    assert all({k: v for k, v in e.schedule.items() if k not in ("pipeline", "rows")} == p.schedule
+               for e, p in zip(table.entries, plain))
 
 
 def test_model_schedules_follow_the_backend_and_the_level():
     t, c, tvm = get_target("avx512"), get_backend("c"), get_backend("tvm")
     base = default_schedule(t.schedule, t.lanes, t.shifted_exp)
     got = autotable.model_schedules(c, t, base)
-    assert not any(s.get("lazymax") for s in got["L1d"]) and not any(s.get("exp") for s in got["DRAM"])
+    # L1d: lazymax and pipeline as batch knobs (a batch of L1d rows streams from L3: batch_level)
+    assert any(s.get("lazymax") for s in got["L1d"]) and any(s.get("pipeline") for s in got["L1d"])
+    assert not any(s.get("exp") or s.get("rows", 1) > 1 for s in got["DRAM"])
     assert {(s.get("exp", ""), s.get("lazymax", False)) for s in got["L2"]} == \
-        {(e, lz) for e in c.tuning_knobs["exp"] for lz in (False, True)} - {("", False)}
+        {(e, lz) for e in c.tuning_knobs["exp"] for lz in (False, True)}
+    assert {s.get("rows", 1) for s in got["L2"]} == set(c.tuning_knobs["rows"])
+    assert not any(s.get("pipeline") and s.get("rows", 1) > 1 for lvl in got for s in got[lvl])   # refused
     assert all(Schedule(**s).validate(t.lanes) for lvl in got for s in got[lvl])
     assert autotable.model_schedules(tvm, t, base) == {lvl: [] for lvl in costmodel.ALL_LEVELS}
     lz = dataclasses.replace(base, lazymax=True)      # given: not varied
@@ -112,6 +135,10 @@ def test_issue13_sweep_has_the_knobs_the_model_prices(monkeypatch):
     dram = issue13.sweep_candidates(p, t, be, ZEN3, 1, 1 << 24)
     assert {(a, s.stream, s.lazymax) for a, s in dram if s.stream or s.lazymax} >= {("two-pass", True, False)}
     assert not any(s.exp for _, s in dram)
+    # at the L3's edge (4M elements, 32 MiB: half of it or more) DRAM's knobs too: two-pass nt
+    edge = issue13.sweep_candidates(p, t, be, ZEN3, 1, 1 << 22)
+    assert any(a == "two-pass" and s.stream for a, s in edge) and any(s.lazymax for _, s in edge)
+    assert not any(s.stream for _, s in issue13.sweep_candidates(p, t, be, ZEN3, 1, 1 << 20))
     # batches: the knobs of the whole R x n working set too (tune.level_schedules' batch_level), as
     # softgen tune offers them: lazymax (first touch of each short row) and pipeline
     batch = issue13.sweep_candidates(p, t, be, ZEN3, 4096, 512)
@@ -122,3 +149,67 @@ def test_issue13_sweep_has_the_knobs_the_model_prices(monkeypatch):
     assert not any(s.lazymax for _, s in small) and any(s.pipeline for _, s in small)
     wide = issue13.sweep_candidates(p, t, be, ZEN3, 64, 1 << 15)   # L2 rows: lazymax one row and R rows
     assert any(s.lazymax and s.rows == 1 for _, s in wide)
+
+
+ZEN4 = machine.Caches(L1d=32 << 10, L2=1 << 20, L3=32 << 20, source="test")
+
+
+def _batch(e) -> tuple:
+    return (e.schedule.get("rows", 1), bool(e.schedule.get("lazymax")), bool(e.schedule.get("pipeline")))
+
+
+def test_batch_knobs_priced_on_batches():
+    """Issue 13 (a): the model prices pipeline and rows=R (with lazymax) on a batch of rows streamed
+    from L3 (costmodel.batch_cycles). Zen 4, avx512 (bench/results/issue13-2026-12-01-*: at
+    4096x512 the model's 3pl ran 1.38x the sweep's best 3pl t32 lz pp; at 8192x128 1.17x 3pl t32 r2)."""
+    table = _table("softmax", "avx512", caches=ZEN4)
+    at = {n: next(e for e in table.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max)) for n in (128, 512, 1 << 15, 1 << 26)}
+    assert _batch(at[128]) == (2, False, False) and "batches: r2" in at[128].why
+    assert _batch(at[512]) == (1, True, True) and "batches: lz pp" in at[512].why
+    assert _batch(at[1 << 15]) == (1, True, False)         # L2 rows: no pipeline (not priced beyond L1d)
+    assert at[1 << 26].algorithm == "two-pass" and at[1 << 26].schedule.get("stream")
+    assert all(e.algorithm == "three-pass-reload" for e in table.entries[:-1])
+    # at most one split per level: four variants, one more than without the batch knobs; none: three
+    assert len(table.variants) == 4
+
+
+def test_no_level_split(monkeypatch):
+    monkeypatch.setattr(costmodel, "LEVEL_SPLITS", 0)
+    table = _table("softmax", "avx512", caches=ZEN4)
+    assert len(table.variants) == 3 and _batch(table.entries[0]) == (1, True, True) and table.entries[0].n_min == 1
+
+
+def test_batch_cycles_terms():
+    t, pl = get_target("avx512"), passes.plan(passes.apply_algorithm(build_program("softmax"), "three-pass-reload"))
+    base = costmodel.batch_cycles(pl, t, "L1d", 512)
+    # pipeline: one roofline over the output sweep and the exp sweep of the next row, in L1d only
+    assert costmodel.batch_cycles(pl, t, "L1d", 512, pipeline=True) < costmodel.KNOB_MARGIN * base
+    assert costmodel.batch_cycles(pl, t, "L2", 1 << 14, pipeline=True) == costmodel.batch_cycles(pl, t, "L2", 1 << 14)
+    # rows=R: the per-row stall of each reduction chain over R rows; nothing without the hint
+    lat = t.cost["reduce_latency_cycles"]
+    assert costmodel.batch_cycles(pl, t, "L1d", 128) - costmodel.batch_cycles(pl, t, "L1d", 128, rows=2) == \
+        pytest.approx(lat * 2 / 128 / 2)
+    bare = dataclasses.replace(t, cost={k: v for k, v in t.cost.items() if k != "reduce_latency_cycles"})
+    assert costmodel.batch_cycles(pl, bare, "L1d", 128, rows=2) == costmodel.batch_cycles(pl, bare, "L1d", 128)
+    # a batch's first touch of x comes from L3: dearer than the single row's L1d sweeps
+    assert base > costmodel.cycles_per_element(pl, t, "L1d")
+    # lazymax: the exp sweep makes the first touch; the max sweep only over the first LAZY_FIRST
+    assert costmodel.batch_cycles(pl, t, "L1d", 4096, lazymax=True) < base
+    # avx2's 16 registers hold no two rows' unrolled exp sweeps: rows=R is not offered there
+    assert costmodel.rows_fit(t, {"rows": 2, "unroll": 4}) and not costmodel.rows_fit(get_target("avx2"), {"rows": 2, "unroll": 4})
+    assert not any(e.schedule.get("rows", 1) > 1 for e in _table("softmax", "avx2", caches=ZEN4).entries)
+
+
+def test_r_row_lazymax_is_priced():
+    """rows=R given: lazymax in the R-rows form is priced (it was left to the tuner)."""
+    table = _table("softmax", "avx512", schedule={"rows": 2}, caches=ZEN4)
+    assert all(e.schedule.get("rows") == 2 for e in table.entries if e.algorithm == "three-pass-reload")
+    l2 = next(e for e in table.entries if e.n_min <= 1 << 15 <= (e.n_max or 1 << 62))
+    assert l2.schedule.get("lazymax") and "3pl r2 lz" in l2.why
+
+
+def test_batch_knobs_keep_the_margin(monkeypatch):
+    """KNOB_MARGIN: a knob schedule displaces the default only that much cheaper, batch knobs too."""
+    monkeypatch.setattr(costmodel, "KNOB_MARGIN", 0.5)
+    table = _table("softmax", "avx512", caches=ZEN4)
+    assert not any(_batch(e) != (1, False, False) for e in table.entries)

@@ -21,6 +21,7 @@ import softgen
 from softgen import costmodel
 from softgen.kernel import MatrixKernel
 from softgen.runtime import compiler_for
+from softgen.schedule import Schedule
 from softgen.targets import get_target, host_arch
 from softgen.tune import ROWS_MAX
 
@@ -390,20 +391,39 @@ def test_per_op_functions_take_threads():
 
 
 def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
-    """softgen.tune times the winner at 1 .. cores threads on a batch shape and records the
-    fastest count with the rows class of batches (2..); the tuned dispatch table caps auto by it,
-    1 included."""
+    """softgen.tune records a batch shape's plan per thread count (FFTW's plans include it): the
+    one-thread winner (timed on one thread) and, at 2 threads, the finalists' fastest; the tuned
+    dispatch table runs the one-thread plan's variant and caps auto at the faster count."""
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     monkeypatch.setattr(softgen.machine, "cores", lambda: 2)
     res = softgen.tune("softmax", target="host", shapes=[(64, 512)], budget_s=3, keep=1, progress=False)
     (cls,) = res.classes
-    rec = cls.record
-    assert rec.threads in (1, 2) and {"threads=1", "threads=2"} - {f"threads={rec.threads}"} <= set(rec.runners_up)
-    assert rec.rows_min == 2
+    rec, (two,) = cls.record, cls.thread_records
+    assert rec.threads == 1 and two.threads == 2 and rec.rows_min == two.rows_min == 2
+    assert "threads=1" in two.runners_up and "2 threads: " in res.report()
+    assert len(softgen.tunedb.records("softmax")) == 2      # one per thread count, the same class
     k = softgen.compile("softmax", target="host")
-    assert k.tuned and all(e.threads == rec.threads and e.grain > 0 and "measured on batches" in e.why
+    cap = 2 if two.runners_up["threads=1"] > 1 else 1      # the interleaved ratio decides
+    assert k.tuned and all(e.threads == cap and e.grain > 0 and "measured on batches" in e.why
                            for e in k.dispatch.entries)
+    assert [(e.algorithm, costmodel.variant_key(e.algorithm, e.schedule)) for e in k.dispatch.entries] == \
+        [(rec.algorithm, costmodel.variant_key(rec.algorithm, Schedule(**rec.schedule).validate(k.target.lanes).as_dict()))]
+
+
+def test_one_thread_calls_get_the_one_thread_plan(tmp_path, monkeypatch):
+    """A class with a 1-thread and a 2-thread plan of different variants (a 2-thread record newer):
+    the dispatcher's variant is the one-thread plan's; the cap follows the faster plan."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    tdb = softgen.tunedb
+    common = dict(noise=0.01, repetitions=5, n=(1, 1 << 40), rows=(2, ROWS_MAX))
+    tdb.record("softmax", {}, "host", "c", algorithm="three-pass-reload", schedule={}, threads=1, ns_per_element=1.0, **common)
+    tdb.record("softmax", {}, "host", "c", algorithm="two-pass", schedule={}, threads=2, ns_per_element=0.6, **common)
+    k = softgen.compile("softmax", target="host")
+    (e,) = k.dispatch.entries
+    assert e.algorithm == "three-pass-reload" and e.threads == 2 and "not dispatched" in e.why
+    assert tdb.lookup("softmax", {}, "host", "c", 100, 8, threads=2).algorithm == "two-pass"
 
 
 def test_tuned_thread_counts_apply_to_the_rows_they_were_measured_on(tmp_path, monkeypatch):

@@ -215,3 +215,41 @@ def test_cli(tmp_path):
                       (("--backend", "nope"), "unknown backend")):
         r = _cli(*args, env=env)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_overlapping_classes_the_most_specific_record_wins(db):
+    """Records of two tuning runs (single rows 1K: n 1..4096; batches 8192x128 and 4096x512: n
+    1..256 and 257..4096): where classes overlap the narrowest wins (tunedb.lookup's rule), so rows
+    of 128 run what was measured at 128 (bench/results/issue13-2026-12-01-*: the 1K record's p5c2
+    took n 2..256, 1.26x the sweep's best at 8192x128), gaps split at their geometric midpoint."""
+    common = dict(noise=0.01, repetitions=5, threads=1, ns_per_element=0.3)
+    def rec(n, rows, sched):
+        tunedb.record("softmax", {}, HOST.name, "c", n=n, rows=(rows, tune_mod.ROWS_MAX),
+                      algorithm="three-pass-reload", schedule=sched, **common)
+    rec((1, 4096), 1, {"exp": "p5c2"})
+    rec((1, 256), 2, {"rows": 2})
+    rec((257, 4096), 2, {"pipeline": True})
+    rec((8193, 1 << 20), 1, {"lazymax": True})
+    from softgen.autotable import tuned_table
+    from softgen.ops import build_program
+    table = tuned_table(build_program("softmax"), HOST, "c")
+    got = [(e.n_min, e.n_max, e.schedule.get("rows", 1), e.schedule.get("pipeline", False), e.schedule.get("lazymax", False))
+           for e in table.entries]
+    mid = int((4097 * 8192) ** 0.5)
+    assert got == [(1, 256, 2, False, False), (257, mid, 1, True, False), (mid + 1, None, 1, False, True)]
+    assert not any(e.schedule.get("exp") for e in table.entries)
+
+
+def test_the_llc_edge_gets_dram_knobs():
+    """A class whose working set fills at least half the L3 streams partly from memory: it gets
+    DRAM's knobs (non-temporal stores, prefetch) on DRAM's cheapest algorithm too."""
+    c = machine.Caches(L1d=32 << 10, L2=1 << 20, L3=32 << 20, source="test")
+    assert tune_mod.knob_levels(c, 8 << 20) == ("L3",)             # 1M elements: a quarter of L3
+    assert tune_mod.knob_levels(c, 32 << 20) == ("L3", "DRAM")     # 4M: the edge
+    assert tune_mod.knob_levels(c, 64 << 20) == ("DRAM",) and tune_mod.knob_levels(c, 1 << 20) == ("L2",)
+    from softgen import passes
+    from softgen.ops import build_program
+    t = get_target("avx512")
+    plans = {a: passes.plan(passes.apply_algorithm(build_program("softmax"), a)) for a in ("three-pass-reload", "two-pass")}
+    assert tune_mod.knob_algorithms(plans, t, "L3", list(plans)) == ["three-pass-reload"]
+    assert tune_mod.knob_algorithms(plans, t, "DRAM", list(plans)) == ["two-pass"]

@@ -292,3 +292,42 @@ def test_a_writer_killed_at_a_random_moment_loses_nothing_committed(tmp_path, mo
             warnings.simplefilter("error")
             have = {r.n_min for r in tunedb.records()}
         assert {1 + 10 * i for i in range(committed + 1)} <= have
+
+
+V1_TABLE = """CREATE TABLE records (
+    id INTEGER PRIMARY KEY,
+    op TEXT NOT NULL, params TEXT NOT NULL, target TEXT NOT NULL, backend TEXT NOT NULL,
+    n_min INTEGER NOT NULL, n_max INTEGER NOT NULL, rows_min INTEGER NOT NULL, rows_max INTEGER NOT NULL,
+    algorithm TEXT NOT NULL, schedule TEXT NOT NULL, threads INTEGER NOT NULL,
+    ns_per_element REAL NOT NULL, noise REAL NOT NULL, repetitions INTEGER NOT NULL,
+    runners_up TEXT NOT NULL, fingerprint TEXT NOT NULL, machine TEXT NOT NULL,
+    compiler TEXT NOT NULL, compiler_version TEXT NOT NULL, softgen_version TEXT NOT NULL,
+    source_version TEXT NOT NULL, timestamp REAL NOT NULL,
+    UNIQUE (op, params, target, backend, fingerprint, compiler, compiler_version, softgen_version,
+            source_version, n_min, n_max, rows_min, rows_max) ON CONFLICT REPLACE)"""
+
+
+def test_a_schema_1_file_is_migrated_and_keeps_its_records(tmp_path, monkeypatch):
+    """Schema 2 keys a record by its thread count too (a plan per count); a schema 1 file (no
+    threads in its unique key) is rebuilt in place on opening, its records kept."""
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / "old"))
+    old = _rec(threads=2, rows=(2, 99))              # a record as schema 1 held it
+    path = tmp_path / "cache" / "tuning.sqlite"
+    path.parent.mkdir()
+    con = sqlite3.connect(path)
+    con.execute(V1_TABLE)
+    row = tuple(json.dumps(getattr(old, c), sort_keys=True, separators=(",", ":")) if c in ("params", "schedule", "runners_up", "machine")
+                else getattr(old, c) for c in tunedb.COLUMNS)
+    con.execute(f"INSERT INTO records ({', '.join(tunedb.COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                # migrated, not recreated as damaged
+        assert tunedb.records() == [old]
+    one = _rec(threads=1, rows=(2, 99), algorithm="two-pass")   # same class, another count: both kept
+    assert sorted(r.threads for r in tunedb.records()) == [1, 2]
+    assert tunedb.lookup("softmax", {}, "scalar", "c", 4096, 8, threads=1) == one
+    assert tunedb.lookup("softmax", {}, "scalar", "c", 4096, 8, threads=2) == old
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == tunedb.SCHEMA_VERSION == 2
