@@ -182,14 +182,15 @@ def test_three_phase_refuses_the_streaming_blocks():
             softgen.compile("attention", algorithm="three-phase", head_dim=D, schedule=blocks)
 
 
-@pytest.mark.parametrize("nm,backend", [("softmax", "c"), ("softplus_l1", "c"), ("softmax", "tvm")])
+@pytest.mark.parametrize("nm,backend", [("softmax", "c"), ("softplus_l1", "c"), ("topk_softmax", "c"),
+                                        ("topk_r0", "c"), ("softmax", "tvm")])
 def test_lse_of_a_nan_row_is_nan(nm, backend):
     """A query row with a NaN has only NaN scores, whose max may drop them (V_MAX's operand
     order: avx2, 11 keys) and be -inf: the three-phase lse took the row for one with no kept key
     (-inf); it is NaN, as the streaming form's and the oracle's (docs/ops.md §10)."""
     if backend == "tvm":
         pytest.importorskip("tvm")
-    kw = dict(normalizer=nm, head_dim=D, target="avx2")
+    kw = dict(normalizer=_norm(nm), head_dim=D, target="avx2", **NORMS[nm])   # top-k: bench/fuzz.py's find
     k3 = softgen.compile("attention", algorithm="three-phase", backend=backend, **kw)
     ks = softgen.compile("attention", algorithm="streaming", **kw)
     q, k, v, m, n = inputs()
