@@ -621,8 +621,14 @@ def run_attention_function(cfg: dict, kern, q, k, v, mask, kvl, stats: Counter) 
     if mask is not None and mask.dtype == bool and not streams:
         mseen = np.where(mask, np.float32(0), np.float32(-np.inf))
     check_attention_result(name, o, lse_o, q, k, v, mseen, kvl, kern.params, lse)
-    dead = dead_rows(q, k, mask, kvl, causal)
     z = res["zero"][0]
+    if norm not in ("sinkhorn", "soft"):   # the oracle's masked_rows="zero" (its rule of a dead row)
+        check_attention_result(name + " masked_rows='zero'", z, None, q, k, v, mseen, kvl, kern.params, False,
+                               masked_rows="zero")
+        nan_rows = np.isnan(o).all(-1)
+        assert same_bits(np.where(nan_rows[..., None], o, z), o), f"{name}: masked_rows='zero' changed a live row"
+        return
+    dead = dead_rows(q, k, mask, kvl, causal)
     if mseen is not mask:   # ... and a fully dropped NaN row may stay NaN (lse NaN) or be 0 (Sinkhorn)
         amb = dead & np.isnan(o).all(-1)
         dead = dead & ~amb
