@@ -1051,7 +1051,7 @@ def feature_keys(cfg: dict) -> list[str]:
     if cfg["kind"] == "dispatch":
         return [f"disp:{cfg['op']}", f"disp-target:{cfg['target']}", f"backend:{cfg['backend']}",
                 "disp:tuned" if cfg["records"] is not None else "disp:model"] + \
-            [f"disp-isa-cap:{cfg['isa_cap']}"] * bool(cfg.get("isa_cap"))
+            [f"disp-isa-cap:{cfg.get('isa_cap')}"] * bool(cfg.get("isa_cap"))
     if cfg["kind"] == "arrays":
         return [f"arr:{cfg['lib']}", f"arr-op:{cfg['op']}", f"arr-layout:{cfg['layout']}", f"arr-out:{cfg['out']}",
                 f"arr-dtype:{cfg['dtype']}", f"arr-api:{cfg['api']}", f"arr-ndim:{len(cfg['shape'])}"] + \
