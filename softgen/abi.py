@@ -172,6 +172,7 @@ class KernelABI:
     threads: bool = False          # a matrix kernel with ``<name>_mt`` (streaming attention)
     mask: str | None = None        # ATTENTION: the mask's kind, "additive" (float) or "bool" (uint8), or None
     landmarks: bool = False        # ATTENTION: SOFT's given landmarks (m x d per (batch, head)) in, m an argument
+    mask_rows: bool = False        # ATTENTION: the mask's key axis must have unit stride (the forms that do not stream)
 
     @classmethod
     def attention(cls, inputs: Matrices, outputs: Matrices, dims, mask: str | None,

@@ -164,7 +164,8 @@ class _Out:
 def prepare(inputs: tuple, out, name: str, *, axis=None, selected: bool = False, rows: bool = True,
             scalar: bool = False) -> tuple[tuple, object, Callable]:
     """(NumPy inputs, NumPy out or None, ``finish``): call the kernel on the first two, then
-    ``finish(result)`` is what the call returns (the caller's type; ``out`` itself when given).
+    ``finish(result)`` is what the call returns (the caller's type; ``out`` itself when given,
+    (``out``, lse) for a result with an lse).
     ``axis``: a row op along that axis (None: the last); ``selected``: the kernel returns
     (indices, weights) rows; ``rows``: a row kernel (False: matrix kernels, which take no axis);
     ``scalar``: a 0-d input is one row of one element and gives a 0-d result (torch's rule)."""
@@ -212,8 +213,10 @@ def prepare(inputs: tuple, out, name: str, *, axis=None, selected: bool = False,
             result = tuple(np.moveaxis(r, -1, ax) for r in result)
         if zero_d and out is None:
             result = tuple(r.reshape(()) for r in result) if selected else result.reshape(())
-        if out is not None:
-            return out_obj
+        if out is not None:   # out itself; more outputs (attention's lse) in the caller's type
+            if type(result) is not tuple:
+                return out_obj
+            return (out_obj, *(r if back is None else back(r) for r in result[1:]))
         if back is None:
             return result
         return tuple(back(r) for r in result) if isinstance(result, tuple) else back(result)

@@ -266,6 +266,11 @@ def _bind_attention(abi: KernelABI, name: str, inputs: tuple, out, kv_lengths=No
             if lm is None:   # e.g. a negative stride: a contiguous copy
                 mb = np.ascontiguousarray(mb)
                 lm = _heads(mb, nb)
+            elif abi.mask_rows and lk > 1 and lm[4] != 1:
+                # a key axis broadcast or strided, which only the streaming form reads: m's rows copied
+                # (the leading axes stay broadcast)
+                mb = np.broadcast_to(np.ascontiguousarray(np.broadcast_to(m, m.shape[:-1] + (lk,))), mb.shape)
+                lm = _heads(mb, nb)
             keep.append(mb)
             mparts = list(lm)
     if abi.landmarks:   # SOFT's (..., m, d), broadcast over the batch and query heads

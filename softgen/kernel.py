@@ -645,15 +645,21 @@ def _compile_dispatcher(be: Backend, opdef, program: Program, t: Target, sched: 
     kname = check_name(name) if name is not None else \
         f"softgen_f32_{opdef.name}{opdef.name_tag(program.params)}{sparse}_auto__{t.name}_{sched.tag(t.lanes)}{be.suffix}"
     variants, symbols = [], {}
-    per_alg = {}
-    for alg, _ in table.variants:
+    per_alg, per_tag = {}, {}
+    for alg, sch in table.variants:
         per_alg[alg] = per_alg.get(alg, 0) + 1
+        tag = (alg, Schedule(**dict(sch)).validate(t.lanes).tag(t.lanes))
+        per_tag[tag] = per_tag.get(tag, 0) + 1
     for key in table.variants:
         alg = key[0]
         vsched = Schedule(**dict(key[1])).validate(t.lanes)
         lowered = passes.apply_algorithm(program, alg)
-        # <name>__<short>, and the schedule's tag when one algorithm runs with several schedules
-        short = passes.SHORT[alg] + (f"_{vsched.tag(t.lanes)}" if per_alg[alg] > 1 else "")
+        # <name>__<short>, and the schedule's tag when one algorithm runs with several schedules (its
+        # sizes too when two differ only there: the tag names neither block nor split)
+        tag = vsched.tag(t.lanes)
+        if per_tag[(alg, tag)] > 1:
+            tag += f"_b{vsched.block}_s{vsched.split}_c{vsched.chunk}"
+        short = passes.SHORT[alg] + (f"_{tag}" if per_alg[alg] > 1 else "")
         vname = variant_name(kname, short)
         # threads=auto is each variant's own: its (first) entry's policy, tuned or the model's
         policy = next(e.policy for e in table.entries if e.variant == key)

@@ -519,7 +519,7 @@ class MatrixProgram:
             indexed = [d for d in self.index_dims() if d not in self.fixed_dims]
             return replace(KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None,
                                                landmarks="landmarks" in self.inputs),
-                           max_n=INDEX_MAX_N if indexed else None)
+                           max_n=INDEX_MAX_N if indexed else None, mask_rows="mask" in self.inputs)
         return KernelABI(UNARY if unary else GENERAL, ins, outs, dims,
                          max_n=INDEX_MAX_N if self.index_dims() else None,
                          threads=self.attention_tasks() is not None)

@@ -551,3 +551,18 @@ def test_unary_matrix_fast_path_matches_the_general_path(sink):
     pinv = softgen.compile("newton_pinv", target="scalar")
     with pytest.raises(ValueError, match="square"):
         pinv(np.ones((2, 4, 5), np.float32))
+
+
+def test_attention_out_with_return_lse_returns_both():
+    """bench/fuzz.py: softgen.attention(out=o, return_lse=True) returns (o, lse) as the Kernel
+    does (out itself, lse in the caller's type), not o alone."""
+    q = np.random.default_rng(3).standard_normal((1, 2, 3, 4)).astype(np.float32)
+    want_o, want_lse = softgen.attention(q, q, q, return_lse=True, target="scalar")
+    o = np.empty_like(q)
+    r = softgen.attention(q, q, q, return_lse=True, out=o, target="scalar")
+    assert type(r) is tuple and r[0] is o and np.array_equal(o, want_o) and np.array_equal(r[1], want_lse)
+    if torch is not None:
+        ot = torch.empty(1, 2, 3, 4)
+        t = torch.from_numpy(q)
+        r = softgen.attention(t, t, t, return_lse=True, out=ot, target="scalar")
+        assert type(r) is tuple and r[0] is ot and type(r[1]) is torch.Tensor and np.array_equal(r[1].numpy(), want_lse)

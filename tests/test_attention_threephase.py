@@ -182,14 +182,15 @@ def test_three_phase_refuses_the_streaming_blocks():
             softgen.compile("attention", algorithm="three-phase", head_dim=D, schedule=blocks)
 
 
-@pytest.mark.parametrize("nm,backend", [("softmax", "c"), ("softplus_l1", "c"), ("softmax", "tvm")])
+@pytest.mark.parametrize("nm,backend", [("softmax", "c"), ("softplus_l1", "c"), ("topk_softmax", "c"),
+                                        ("topk_r0", "c"), ("softmax", "tvm")])
 def test_lse_of_a_nan_row_is_nan(nm, backend):
     """A query row with a NaN has only NaN scores, whose max may drop them (V_MAX's operand
     order: avx2, 11 keys) and be -inf: the three-phase lse took the row for one with no kept key
     (-inf); it is NaN, as the streaming form's and the oracle's (docs/ops.md §10)."""
     if backend == "tvm":
         pytest.importorskip("tvm")
-    kw = dict(normalizer=nm, head_dim=D, target="avx2")
+    kw = dict(normalizer=_norm(nm), head_dim=D, target="avx2", **NORMS[nm])   # top-k: bench/fuzz.py's find
     k3 = softgen.compile("attention", algorithm="three-phase", backend=backend, **kw)
     ks = softgen.compile("attention", algorithm="streaming", **kw)
     q, k, v, m, n = inputs()
@@ -199,3 +200,21 @@ def test_lse_of_a_nan_row_is_nan(nm, backend):
     _, sl = ks(q, k, v, kv_lengths=n, return_lse=True)
     assert np.isnan(o[0, 1, 3]).all() and np.isnan(lse[0, 1, 3]) and np.isnan(sl[0, 1, 3])
     assert np.array_equal(np.isnan(lse), np.isnan(sl)) and np.array_equal(lse == -np.inf, sl == -np.inf)
+
+
+def test_a_mask_broadcast_or_strided_along_the_keys(forms):
+    """bench/fuzz.py: the three-phase entry takes a mask row with unit key stride only; a mask
+    broadcast along the keys (a scalar, (Lq, 1)) or a strided view must reach it copied, not as C
+    error 2 (ESTRIDE), through the Kernel and softgen.attention, with the bits of the dense mask."""
+    tp, st = forms["softmax"]
+    q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in ((2, LQ, D), (2, LK, D), (2, LK, DV)))
+    col = RNG.uniform(-2, 0, (LQ, 1)).astype(np.float32)
+    wide = RNG.uniform(-2, 0, (LQ, 2 * LK)).astype(np.float32)
+    for m in (col, wide[:, ::2], np.float32(-0.5)):
+        dense = np.ascontiguousarray(np.broadcast_to(m, (LQ, LK)))
+        assert np.array_equal(tp(q, k, v, m), tp(q, k, v, dense), equal_nan=True)
+        assert np.array_equal(st(q, k, v, m), st(q, k, v, dense), equal_nan=True)
+    for m in (0.0, np.float32(-1.0), col):
+        got = softgen.attention(q, k, v, mask=m, algorithm="three-phase")
+        assert np.array_equal(got, softgen.attention(q, k, v, mask=np.broadcast_to(np.float32(m), (LQ, LK)).copy(),
+                                                     algorithm="three-phase"), equal_nan=True)

@@ -263,3 +263,24 @@ def test_a_table_from_elsewhere_compiles_the_same_way(rng):
         check(k, x, y, f"n={n}")
         want = softgen.compile("log_softmax", algorithm=_chosen(k, n), target=t.name, schedule=sched)
         assert np.array_equal(y, want(x))
+
+
+def test_variants_differing_only_in_block_keep_their_own_code(rng):
+    """bench/fuzz.py: a tuned table whose entries run one algorithm with schedules differing only
+    in sizes (block) must build one variant each, under distinct names (the tag names neither):
+    each entry runs its own block's code."""
+    t = get_target(TARGETS[0])
+    base = softgen.compile("softmax", algorithm="two-pass", target=t.name).schedule
+    step = base.step(t.lanes)
+    small = dict(base.as_dict(), block=step)
+    E = costmodel.Entry
+    table = costmodel.DispatchTable((E(1, 300, "two-pass", base.as_dict(), 1, "measured: test"),
+                                     E(301, None, "two-pass", small, 1, "measured: test")), "measured", "a test")
+    k = softgen.kernel._compile_dispatcher(softgen.backends.get_backend("c"), get_op("softmax"),
+                                           build_program("softmax"), t, base, table, "my_blocks")
+    assert len({v.name for v in k.variants}) == len(k.variants) == 2, [v.name for v in k.variants]
+    for n, sched in ((299, base.as_dict()), (5000, small)):
+        x = (rng.standard_normal((2, n)) * 5).astype(np.float32)
+        x[:, -1] = 40.0   # a late max: the blocks' partial sums differ in their last bits
+        want = softgen.compile("softmax", algorithm="two-pass", target=t.name, schedule=sched)
+        assert np.array_equal(k(x), want(x)), f"n={n}: not the bits of block={sched['block']}"

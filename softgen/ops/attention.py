@@ -355,7 +355,7 @@ def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
         kept = off.where_lt(0.5, kept, 0.0) if off is not None else kept
         dead, below = kept.sum(), 0.5
         inv = inv.poison(dead.recip())
-    _emit_lse(mx, l.poison(check), dead, below)
+    _emit_lse(mx, l.poison(check), dead, below, x=x)
     zero = x.const(0.0).poison(inv)
     if off is not None:
         w = off.where_lt(0.5, w, zero)
