@@ -23,7 +23,7 @@ from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import AttentionPhase, SweepPhase
 from ..numerics.constants import EXP_VARIANTS, EXTEXP_E0
-from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
+from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, flush_steps, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import (
     EXTEXP_F32_DOMAIN,
@@ -397,6 +397,11 @@ def _acc(r: int, k: int, red: Reduction) -> dict:
     return {f: f"a{r}_{k}_{f}" for f in red.fields}
 
 
+def _part(r: int, k: int, red: Reduction) -> dict:
+    """Accumulator k's block partial (``Reduction.flush``)."""
+    return {f: f"a{r}_p{k}_{f}" for f in red.fields}
+
+
 def _setup(c: _Ctx, sw) -> list[str]:
     """Per-sweep broadcasts of the scalars its row values use (and the lane indices)."""
     p = c.p
@@ -417,7 +422,7 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     p, L, U, A = c.p, c.t.lanes, c.s.unroll, c.s.accumulators
     if (sw.stores or sw.output is not None) and any(isinstance(_red(c, r), RadixTopKRed) for r in sw.reductions):
         raise BuildError(f"{p.name}: radix select re-reads x after its sweep, which writes y (y may be x)")
-    setup, fold, finish = _setup(c, sw), [], []
+    setup, fold, finish, flush = _setup(c, sw), [], [], []
     for r in sw.reductions:
         red, sc = _red(c, r), _scale_of(p, r)
         if sc:
@@ -431,11 +436,19 @@ def _sweep_block(c: _Ctx, sw) -> dict:
             continue
         out = {f: f"o{r}_{f}" for f in red.outer}
         setup += [f"VEC {n} = {CEmit.const(red.outer_init(f))};" for f, n in out.items()]
+        accs = [_acc(r, k, red) for k in range(A)]
+        if red.partial:   # the accumulators join their block partials, which merge and fold
+            setup += [f"VEC {n} = {CEmit.const(red.init(f))};" for k in range(A) for f, n in _part(r, k, red).items()]
+            own = [ln for k in range(A) for ln in _c(lambda e: red.flush(e, _part(r, k, red), accs[k]))]
+            flush += own
+            fold += own + [f"{n} = {CEmit.const(red.init(f))};" for a in accs for f, n in a.items()
+                             if f in red.kept]
+            accs = [_part(r, k, red) for k in range(A)]
         for k in range(1, A):
-            fold += _c(lambda e: red.merge(e, _acc(r, 0, red), _acc(r, k, red)))
-            fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in _acc(r, k, red).items()]
-        fold += _c(lambda e: red.fold(e, out, _acc(r, 0, red)))
-        fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in _acc(r, 0, red).items()]
+            fold += _c(lambda e: red.merge(e, accs[0], accs[k]))
+            fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in accs[k].items()]
+        fold += _c(lambda e: red.fold(e, out, accs[0]))
+        fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in accs[0].items()]
         finish += _c(lambda e: red.finish(e, out, _results(p, r)))
 
     def updates(slots: list[int], tail: bool) -> list[str]:
@@ -476,7 +489,14 @@ def _sweep_block(c: _Ctx, sw) -> dict:
             "begin": "0", "end": "n", "setup": setup, "blocked": any(_red(c, r).blocked for r in sw.reductions),
             "block": c.s.block, "step": U * L, "length": "n",
             "main": main, "single": single, "tail": tail, "fold": fold, "finish": finish,
-            "peel": tail if nt else [], "align": c.t.stream_align}
+            "peel": tail if nt else [], "align": c.t.stream_align, **_flushing(c, flush)}
+
+
+def _flushing(c: _Ctx, flush: list[str]) -> dict:
+    """The main loop in runs of ``flush_steps`` steps, each ended by ``flush`` (the accumulators
+    into their block partials), when a block holds more than one run; else the fold flushes."""
+    run = flush_steps(c.s.unroll, c.s.accumulators) * c.s.step(c.t.lanes)
+    return {"flush": flush, "run": run} if flush and run < c.s.block else {}
 
 
 def _selected_block(c: _Ctx, sw) -> dict:
@@ -693,6 +713,7 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
         return decl, {**blk, "setup": setup, "segments": head}, []
     red = _red(c, lz.s)
     accs = [n for k in range(c.s.accumulators if red.replicated else 1) for n in _acc(lz.s, k, red).values()]
+    accs += [n for k in range(c.s.accumulators) for n in _part(lz.s, k, red).values()] if red.partial else []
     accs += [f"o{lz.s}_{f}" for f in (red.outer if red.blocked else ())]
     rebase = [f"if (__builtin_expect(V_ANY(V_CMPGT(lz_m, lz_lim)), 0)) {{   /* x > r + {LAZY_SLACK:g} / s: r moves */",
               "    const float lz_new = V_HMAX(lz_m);",
@@ -771,7 +792,7 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
     def per_row(lines: list[str]) -> list[str]:
         return [ln for j in range(rows) for ln in row(j, lines)]
 
-    sections = ("setup", "main", "single", "tail", "fold", "finish", "peel")
+    sections = ("setup", "main", "single", "tail", "fold", "finish", "peel", "flush")
 
     restart = "".join(f"{one['name']}(r{j}_x, r{j}_y, n); " for j in range(rows))
     blocks = [{"kind": "scalar", "lines": [
@@ -787,9 +808,9 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
             blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart) for ln in lines]})
         elif "segments" in blk:   # lazymax's output sweep: per row, over its segments
             blocks += [{**blk, "comment": f"{blk['comment']} (row {j})",
-                        **{k: row(j, blk[k]) for k in sections + ("segments",)}} for j in range(rows)]
+                        **{k: row(j, blk[k]) for k in sections + ("segments",) if k in blk}} for j in range(rows)]
         else:   # one loop for the rows (one n; lazymax's first sweep ends at r0_lz_n0, every row's)
-            blocks.append({**blk, **{k: per_row(blk[k]) for k in sections},
+            blocks.append({**blk, **{k: per_row(blk[k]) for k in sections if k in blk},
                            **{k: row(0, [blk[k]])[0] for k in ("begin", "end", "length")}})
     return {"name": f"{one['name']}_batch{rows}", "blocks": blocks,
             "comment": f"{one['comment']}; {rows} rows at once (schedule rows={rows}): rows x + j ldx -> "
