@@ -295,8 +295,19 @@ def lssa_weights(cos_scores, head_dim: float, n_attended=None) -> np.ndarray:
 
 def lssa(cos_scores, head_dim: float = 64, count_keys: int = 1, n_attended=None) -> np.ndarray:
     """A = a / sum_j a (5.1); a fully masked row is NaN. ``count_keys`` (the kernel's build
-    switch) only says where N comes from: counted when ``n_attended`` is None."""
-    return l1_normalize(lssa_weights(cos_scores, head_dim, n_attended))
+    switch) only says where N comes from: counted when ``n_attended`` is None. Rows whose every
+    kept z = lambda c is below -600 (where float64's softplus underflows, from -745) are
+    softmax(z) over the kept entries, as softplus_l1's: a = e^z to a relative e^-600."""
+    c = _rows(cos_scores)
+    y = l1_normalize(lssa_weights(c, head_dim, n_attended))
+    if c.shape[-1] == 0:
+        return y
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lam = math.log(head_dim) * np.log(attended_keys(c, n_attended))
+        z = np.where(c == -np.inf, -np.inf, lam[..., None] * c)
+        zmax = np.max(z, axis=-1, keepdims=True)
+        tiny = (zmax < -600.0) & (zmax > -np.inf) & ~np.isnan(z).any(axis=-1, keepdims=True)
+        return np.where(tiny, l1_normalize(np.exp(z - np.where(tiny, zmax, 0.0))), y)
 
 
 def query_offsets(shape, offset_free_rows: int = 3) -> np.ndarray:
