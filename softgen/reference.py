@@ -330,12 +330,15 @@ def reweight_of(a: np.ndarray, n: np.ndarray, offset: np.ndarray, p: float) -> n
     arithmetic) becomes (noise / max noise)^p, a full distribution, instead of zeros. The bound covers the float32 kernels' error of R near
     R = 0, where N a ~ O: a = s_j / S in f32 is s_j / sum_j s_j times (1 + sigma) (1 + 2 delta),
     |delta| <= u = 2^-24 (the reciprocal and the product), sigma the relative error of the
-    blocked row sum S of positive terms: each accumulator lane adds at most m terms per block in
-    sequence ((m - 1) u), then fewer than 20 merges (accumulators, the compensated fold of the
-    blocks, the lanes: ~u each). The default schedules give m <= 258 (scalar: 1024-element
-    blocks over 4 accumulators, + 3 tail terms; SIMD targets 128 + a tail), so |N a - N s_j /
-    sum s| <= N a (m + 22) u ~ 280 u O; the fma N a - O adds u |R|. 2^-15 = 512 u leaves a factor
-    ~2 (measured: <= 64 u on uniform rows of 1..65536 keys). The same bound holds for a given
+    blocked row sum S of positive terms: a term passes at most m additions in sequence before
+    the block's merges ((m - 1) u): its accumulator lane's chain, flushed into the lane's block
+    partial every FLUSH_TERMS = 16 terms (numerics.reductions; at most 16 + unroll terms with the
+    single-vector loop and the tail), then that partial's chain (one addition per run of
+    flush_steps main-loop steps, plus the block's end); then fewer than 20 merges (accumulators,
+    the compensated fold of the blocks, the lanes: ~u each). The default schedules give m <= 37
+    (scalar: 20 + 1024 / 64 + 1; SIMD targets 20 + 8 + 1), so |N a - N s_j / sum s| <=
+    N a (m + 22) u ~ 60 u O; the fma N a - O adds u |R|. 2^-15 = 512 u leaves a factor ~8
+    (measured: <= 64 u on uniform rows of 1..65536 keys). The same bound holds for a given
     weight row a that some f32 kernel normalised, e.g. fl(1/N): reweight(lssa(c)) and the fused
     lssar agree. O = 0 rows keep R = N a > 0 unchanged."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
