@@ -398,8 +398,22 @@ def _acc(r: int, k: int, red: Reduction) -> dict:
 
 
 def _part(r: int, k: int, red: Reduction) -> dict:
-    """Accumulator k's block partial (``Reduction.flush``)."""
+    """Accumulator k's block partial (``Reduction.flush``): arrays of a vector each, so that they
+    hold no register across the main loop (avx2 has 16: its exp constants were reloaded there)."""
     return {f: f"a{r}_p{k}_{f}" for f in red.fields}
+
+
+def _reg(part: dict) -> dict:
+    """The registers a partial is loaded into (``_in_memory``)."""
+    return {f: n.replace("_p", "_q", 1) for f, n in part.items()}
+
+
+def _in_memory(parts: list[dict], lines: list[str], reset=None) -> list[str]:
+    """``lines`` on the partials ``parts`` loaded into registers (``_reg``), then stored back (or
+    ``reset(field)`` stored: the block's end)."""
+    load = [f"VEC {_reg(q)[f]} = V_LOAD({n});" for q in parts for f, n in q.items()]
+    store = [f"V_STORE({n}, {CEmit.const(reset(f)) if reset else _reg(q)[f]});" for q in parts for f, n in q.items()]
+    return ["{"] + ["    " + ln for ln in load + lines + store] + ["}"]
 
 
 def _setup(c: _Ctx, sw) -> list[str]:
@@ -438,17 +452,23 @@ def _sweep_block(c: _Ctx, sw) -> dict:
         setup += [f"VEC {n} = {CEmit.const(red.outer_init(f))};" for f, n in out.items()]
         accs = [_acc(r, k, red) for k in range(A)]
         if red.partial:   # the accumulators join their block partials, which merge and fold
-            setup += [f"VEC {n} = {CEmit.const(red.init(f))};" for k in range(A) for f, n in _part(r, k, red).items()]
-            own = [ln for k in range(A) for ln in _c(lambda e: red.flush(e, _part(r, k, red), accs[k]))]
-            flush += own
-            fold += own + [f"{n} = {CEmit.const(red.init(f))};" for a in accs for f, n in a.items()
-                             if f in red.kept]
-            accs = [_part(r, k, red) for k in range(A)]
-        for k in range(1, A):
-            fold += _c(lambda e: red.merge(e, accs[0], accs[k]))
-            fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in accs[k].items()]
-        fold += _c(lambda e: red.fold(e, out, accs[0]))
-        fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in accs[0].items()]
+            parts = [_part(r, k, red) for k in range(A)]
+            setup += [f"float {n}[SG_LANES];" for q in parts for n in q.values()]
+            setup += [f"V_STORE({n}, {CEmit.const(red.init(f))});" for q in parts for f, n in q.items()]
+            for k in range(A):
+                flush += _in_memory([parts[k]], _c(lambda e: red.flush(e, _reg(parts[k]), accs[k])))
+            own = [ln for k in range(A) for ln in _c(lambda e: red.flush(e, _reg(parts[k]), accs[k]))]
+            own += [f"{n} = {CEmit.const(red.init(f))};" for a in accs for f, n in a.items() if f in red.kept]
+            for k in range(1, A):
+                own += _c(lambda e: red.merge(e, _reg(parts[0]), _reg(parts[k])))
+            own += _c(lambda e: red.fold(e, out, _reg(parts[0])))
+            fold += _in_memory(parts, own, red.init)
+        else:
+            for k in range(1, A):
+                fold += _c(lambda e: red.merge(e, accs[0], accs[k]))
+                fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in accs[k].items()]
+            fold += _c(lambda e: red.fold(e, out, accs[0]))
+            fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in accs[0].items()]
         finish += _c(lambda e: red.finish(e, out, _results(p, r)))
 
     def updates(slots: list[int], tail: bool) -> list[str]:
@@ -713,12 +733,13 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
         return decl, {**blk, "setup": setup, "segments": head}, []
     red = _red(c, lz.s)
     accs = [n for k in range(c.s.accumulators if red.replicated else 1) for n in _acc(lz.s, k, red).values()]
-    accs += [n for k in range(c.s.accumulators) for n in _part(lz.s, k, red).values()] if red.partial else []
+    parts = [n for k in range(c.s.accumulators) for n in _part(lz.s, k, red).values()] if red.partial else []
     accs += [f"o{lz.s}_{f}" for f in (red.outer if red.blocked else ())]
     rebase = [f"if (__builtin_expect(V_ANY(V_CMPGT(lz_m, lz_lim)), 0)) {{   /* x > r + {LAZY_SLACK:g} / s: r moves */",
               "    const float lz_new = V_HMAX(lz_m);",
               f"    const VEC lz_f = V_SET1((float)exp({float(sc).hex()} * ({ref('lz_r')} - {ref('lz_new')})));"]
     rebase += [f"    {a} = V_MUL({a}, lz_f);" for a in accs]
+    rebase += [f"    V_STORE({a}, V_MUL(V_LOAD({a}), lz_f));" for a in parts]
     rebase += [f"    if (lz_cnt == {LAZY_RECORDS}) {{   /* the oldest segment's terms are below 2^-150 of the newest */",
                f"        memmove(lz_pos, lz_pos + 1, {LAZY_RECORDS - 1} * sizeof *lz_pos);",
                f"        memmove(lz_ref, lz_ref + 1, {LAZY_RECORDS - 1} * sizeof *lz_ref);",
