@@ -55,10 +55,12 @@ def test_flush_steps():
 
 
 def softplus_rows(lam: float = 1.0) -> np.ndarray:
-    """Rows of z = lam x whose f32 softplus sum is tiny (some terms flush, some do not), all
-    flushed, mixed with -inf, one that stays on the softplus path, a NaN row."""
+    """Rows of z = lam x whose f32 softplus sum is tiny (some terms flush, some do not, several
+    near each other: in place the fallback reads their stored softplus), all flushed, mixed with
+    -inf, one that stays on the softplus path, a NaN row."""
     z = np.array([[-80, -95, -90, -100], [-20, -30, -87, -88.5], [-17, -200, -1e30, -np.inf],
-                  [-100, -101, -102, -300], [0, -95, -100, -1], [np.nan, -100, -90, -95]])
+                  [-100, -101, -102, -300], [0, -95, -100, -1], [np.nan, -100, -90, -95],
+                  [-80, -80.5, -81, -95], [-20, -20.5, -21, -100], [-86.5, -87, -87.5, -88]])
     with np.errstate(invalid="ignore"):
         return np.where(np.isfinite(z), z / lam, z).astype(np.float32)
 

@@ -203,7 +203,11 @@ def lssa(x: Value, head_dim: float, count_keys: float) -> Value:
     per-row n_attended (count_keys=0)."""
     log_d, count = _head_dim(head_dim), flag(count_keys, "count_keys")
     a = _lssa_weights(x, log_d, _attended(x, count))
-    return softplus_normalized(x, a, lambda w: w * (_attended(w, count).log() * log_d))
+    def terms(w: Value, wmax: Value) -> tuple[Value, Value, Value]:   # N from w (count_keys: its -inf)
+        n = _attended(w, count)
+        lam = n.log() * log_d
+        return _lssa_weights(w, log_d, n), w * lam, ((w - wmax) * lam).exp()
+    return softplus_normalized(x, a, terms)
 
 
 @register("reweight", ref.reweight, params={"p": 15, "offset_free_rows": 3, "count_keys": 1},

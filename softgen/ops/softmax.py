@@ -89,19 +89,27 @@ SOFTPLUS_SMALL_SUM = math.exp(-16.0)
 SOFTPLUS_FLOOR = 2.0 ** -102
 
 
-def softplus_normalized(x: Value, a: Value, z_of: Callable[[Value], Value]) -> Value:
+def softplus_normalized(x: Value, a: Value, terms: Callable[[Value, Value], tuple[Value, Value, Value]]) -> Value:
     """a / sum a for softplus weights a = softplus(z) of row x (softplus_l1: z = s x; lssa: z =
     lambda c, masked entries a = 0), rows whose sum is below SOFTPLUS_SMALL_SUM restarted in
-    softmax(z) (a guard; a NaN sum stays here). The kernel keeps v = a where a >= FLT_MIN, else x,
-    and direct-reload stores v, so the fallback's input w is x (out of place) or v (in place): in a
-    row that falls back every z < -16, so x < 0, and w >= FLT_MIN is a stored a = e^z (1 - e^z / 2):
-    the fallback takes z = log w there, z_of(w) elsewhere (x itself; masked -inf stays -inf)."""
+    softmax(z) (a guard; a NaN sum stays here). The kernel keeps v = a where a >= FLT_MIN, else x
+    (which max(v, 0) makes 0), and direct-reload stores v, so the fallback's input w is x (out of
+    place) or v (in place): ``terms(w, max w)`` gives (the weights a of w, z of w, e^(z - max z)).
+    In a row that falls back every z < -16, so every x < 0: w >= FLT_MIN is a stored weight, else
+    w is x and a of w recomputes its weight (the same bits), so a' = the stored weight or a of w is
+    the same in place and out of place, and so is the result. Without a weight a' >= FLT_MIN the
+    row is softmax(z); with some, its terms are a' e^-M (those, as they are) and e^(z - M) (the
+    others, whose w is x), M = log max a': one M for both, so its rounding cancels (a log of each
+    a' would cost |z| 2^-24 relative each)."""
     total = a.sum()
     x.p.fallback = Program(x.p.name, x.p.params)
     w = x.p.fallback.input()
-    z = w.where_lt(FLT_MIN, z_of(w), w.log())
-    e = (z - z.max()).exp()
-    (e * e.sum().finite_or_nan().recip()).output()
+    a_of_w, z, shifted = terms(w, w.max())
+    a2 = w.where_lt(FLT_MIN, a_of_w, w)
+    amax = a2.max()
+    m = amax.maximum(FLT_MIN).log()
+    t = amax.where_lt(FLT_MIN, shifted, a2.where_lt(FLT_MIN, (z - m).exp(), a2 * (-m).exp()))
+    (t * t.sum().finite_or_nan().recip()).output()
     x.p.add("guard", total.where_lt(SOFTPLUS_SMALL_SUM, 1.0, 0.0).id, limit=0.5)
     v = a.where_lt(FLT_MIN, x, a)
     return v.maximum(0.0) * total.finite_or_nan().recip()   # NaN v: total is NaN
@@ -114,4 +122,5 @@ def softplus_l1(x: Value, scale: float) -> Value:
     form); no max pass. Rows whose f32 sum is below e^-16 (every s x below about -16, including
     those whose every softplus flushes to 0, which would be 0/0) restart in softmax(s x)
     (``softplus_normalized``); terms below FLT_MIN e^16 of the sum may flush (SOFTPLUS_FLOOR)."""
-    return softplus_normalized(x, softplus(x * scale), lambda w: w * scale)
+    return softplus_normalized(x, softplus(x * scale),
+                               lambda w, wmax: (softplus(w * scale), w * scale, _shifted(w, scale).exp()))
