@@ -148,9 +148,9 @@ def _reweight_overflow(x, n_attended=None, **_):
 
 
 def _lssa_degenerate(x, head_dim=64, n_attended=None, **_) -> np.ndarray:
-    """Rows where lambda c overflows f32 upwards, the f32 sum overflows, or every unmasked lambda c
-    is below -FLT_MAX (-inf in f32: the softmax fallback of a row summing to 0 has no max) although
-    float64's is not: NaN rows in the kernel. (Some lambda c below -FLT_MAX: -inf in f32, whose
+    """Rows where lambda c overflows f32 upwards or the f32 sum overflows although float64's does
+    not: NaN rows in the kernel. (A row whose every softplus flushes restarts in softmax(lambda c),
+    as (c - max c) lambda: no overflow there; some lambda c below -FLT_MAX: -inf in f32, whose
     softplus is 0, as float64's e^(lambda c) is.)"""
     c = np.asarray(x, np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -159,8 +159,7 @@ def _lssa_degenerate(x, head_dim=64, n_attended=None, **_) -> np.ndarray:
         sp = np.where(c == -np.inf, 0.0, ref.softplus(z))
         tot = sp.sum(axis=-1)
         big = np.any((z > F32_MAX) & np.isfinite(c), axis=-1)
-        low = np.all((z < -F32_MAX) | (c == -np.inf), axis=-1) & np.any(np.isfinite(c), axis=-1)
-    return big | low | (tot > F32_MAX)
+    return big | (tot > F32_MAX)
 
 
 def _lssar_degenerate(x, head_dim=64, n_attended=None, **_) -> np.ndarray:
