@@ -295,8 +295,19 @@ def lssa_weights(cos_scores, head_dim: float, n_attended=None) -> np.ndarray:
 
 def lssa(cos_scores, head_dim: float = 64, count_keys: int = 1, n_attended=None) -> np.ndarray:
     """A = a / sum_j a (5.1); a fully masked row is NaN. ``count_keys`` (the kernel's build
-    switch) only says where N comes from: counted when ``n_attended`` is None."""
-    return l1_normalize(lssa_weights(cos_scores, head_dim, n_attended))
+    switch) only says where N comes from: counted when ``n_attended`` is None. Rows whose every
+    kept z = lambda c is below -600 (where float64's softplus underflows, from -745) are
+    softmax(z) over the kept entries, as softplus_l1's: a = e^z to a relative e^-600."""
+    c = _rows(cos_scores)
+    y = l1_normalize(lssa_weights(c, head_dim, n_attended))
+    if c.shape[-1] == 0:
+        return y
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lam = math.log(head_dim) * np.log(attended_keys(c, n_attended))
+        z = np.where(c == -np.inf, -np.inf, lam[..., None] * c)
+        zmax = np.max(z, axis=-1, keepdims=True)
+        tiny = (zmax < -600.0) & (zmax > -np.inf) & ~np.isnan(z).any(axis=-1, keepdims=True)
+        return np.where(tiny, l1_normalize(np.exp(z - np.where(tiny, zmax, 0.0))), y)
 
 
 def query_offsets(shape, offset_free_rows: int = 3) -> np.ndarray:
@@ -319,12 +330,15 @@ def reweight_of(a: np.ndarray, n: np.ndarray, offset: np.ndarray, p: float) -> n
     arithmetic) becomes (noise / max noise)^p, a full distribution, instead of zeros. The bound covers the float32 kernels' error of R near
     R = 0, where N a ~ O: a = s_j / S in f32 is s_j / sum_j s_j times (1 + sigma) (1 + 2 delta),
     |delta| <= u = 2^-24 (the reciprocal and the product), sigma the relative error of the
-    blocked row sum S of positive terms: each accumulator lane adds at most m terms per block in
-    sequence ((m - 1) u), then fewer than 20 merges (accumulators, the compensated fold of the
-    blocks, the lanes: ~u each). The default schedules give m <= 258 (scalar: 1024-element
-    blocks over 4 accumulators, + 3 tail terms; SIMD targets 128 + a tail), so |N a - N s_j /
-    sum s| <= N a (m + 22) u ~ 280 u O; the fma N a - O adds u |R|. 2^-15 = 512 u leaves a factor
-    ~2 (measured: <= 64 u on uniform rows of 1..65536 keys). The same bound holds for a given
+    blocked row sum S of positive terms: a term passes at most m additions in sequence before
+    the block's merges ((m - 1) u): its accumulator lane's chain, flushed into the lane's block
+    partial every FLUSH_TERMS = 16 terms (numerics.reductions; at most 16 + unroll terms with the
+    single-vector loop and the tail), then that partial's chain (one addition per run of
+    flush_steps main-loop steps, plus the block's end); then fewer than 20 merges (accumulators,
+    the compensated fold of the blocks, the lanes: ~u each). The default schedules give m <= 37
+    (scalar: 20 + 1024 / 64 + 1; SIMD targets 20 + 8 + 1), so |N a - N s_j / sum s| <=
+    N a (m + 22) u ~ 60 u O; the fma N a - O adds u |R|. 2^-15 = 512 u leaves a factor ~8
+    (measured: <= 64 u on uniform rows of 1..65536 keys). The same bound holds for a given
     weight row a that some f32 kernel normalised, e.g. fl(1/N): reweight(lssa(c)) and the fused
     lssar agree. O = 0 rows keep R = N a > 0 unchanged."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):

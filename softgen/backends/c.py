@@ -23,7 +23,7 @@ from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import AttentionPhase, SweepPhase
 from ..numerics.constants import EXP_VARIANTS, EXTEXP_E0
-from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, reduction
+from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, flush_steps, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import (
     EXTEXP_F32_DOMAIN,
@@ -397,6 +397,25 @@ def _acc(r: int, k: int, red: Reduction) -> dict:
     return {f: f"a{r}_{k}_{f}" for f in red.fields}
 
 
+def _part(r: int, k: int, red: Reduction) -> dict:
+    """Accumulator k's block partial (``Reduction.flush``): arrays of a vector each, so that they
+    hold no register across the main loop (avx2 has 16: its exp constants were reloaded there)."""
+    return {f: f"a{r}_p{k}_{f}" for f in red.fields}
+
+
+def _reg(part: dict) -> dict:
+    """The registers a partial is loaded into (``_in_memory``)."""
+    return {f: n.replace("_p", "_q", 1) for f, n in part.items()}
+
+
+def _in_memory(parts: list[dict], lines: list[str], reset=None) -> list[str]:
+    """``lines`` on the partials ``parts`` loaded into registers (``_reg``), then stored back (or
+    ``reset(field)`` stored: the block's end)."""
+    load = [f"VEC {_reg(q)[f]} = V_LOAD({n});" for q in parts for f, n in q.items()]
+    store = [f"V_STORE({n}, {CEmit.const(reset(f)) if reset else _reg(q)[f]});" for q in parts for f, n in q.items()]
+    return ["{"] + ["    " + ln for ln in load + lines + store] + ["}"]
+
+
 def _setup(c: _Ctx, sw) -> list[str]:
     """Per-sweep broadcasts of the scalars its row values use (and the lane indices)."""
     p = c.p
@@ -417,7 +436,7 @@ def _sweep_block(c: _Ctx, sw) -> dict:
     p, L, U, A = c.p, c.t.lanes, c.s.unroll, c.s.accumulators
     if (sw.stores or sw.output is not None) and any(isinstance(_red(c, r), RadixTopKRed) for r in sw.reductions):
         raise BuildError(f"{p.name}: radix select re-reads x after its sweep, which writes y (y may be x)")
-    setup, fold, finish = _setup(c, sw), [], []
+    setup, fold, finish, flush = _setup(c, sw), [], [], []
     for r in sw.reductions:
         red, sc = _red(c, r), _scale_of(p, r)
         if sc:
@@ -431,11 +450,25 @@ def _sweep_block(c: _Ctx, sw) -> dict:
             continue
         out = {f: f"o{r}_{f}" for f in red.outer}
         setup += [f"VEC {n} = {CEmit.const(red.outer_init(f))};" for f, n in out.items()]
-        for k in range(1, A):
-            fold += _c(lambda e: red.merge(e, _acc(r, 0, red), _acc(r, k, red)))
-            fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in _acc(r, k, red).items()]
-        fold += _c(lambda e: red.fold(e, out, _acc(r, 0, red)))
-        fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in _acc(r, 0, red).items()]
+        accs = [_acc(r, k, red) for k in range(A)]
+        if red.partial:   # the accumulators join their block partials, which merge and fold
+            parts = [_part(r, k, red) for k in range(A)]
+            setup += [f"float {n}[SG_LANES];" for q in parts for n in q.values()]
+            setup += [f"V_STORE({n}, {CEmit.const(red.init(f))});" for q in parts for f, n in q.items()]
+            for k in range(A):
+                flush += _in_memory([parts[k]], _c(lambda e: red.flush(e, _reg(parts[k]), accs[k])))
+            own = [ln for k in range(A) for ln in _c(lambda e: red.flush(e, _reg(parts[k]), accs[k]))]
+            own += [f"{n} = {CEmit.const(red.init(f))};" for a in accs for f, n in a.items() if f in red.kept]
+            for k in range(1, A):
+                own += _c(lambda e: red.merge(e, _reg(parts[0]), _reg(parts[k])))
+            own += _c(lambda e: red.fold(e, out, _reg(parts[0])))
+            fold += _in_memory(parts, own, red.init)
+        else:
+            for k in range(1, A):
+                fold += _c(lambda e: red.merge(e, accs[0], accs[k]))
+                fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in accs[k].items()]
+            fold += _c(lambda e: red.fold(e, out, accs[0]))
+            fold += [f"{n} = {CEmit.const(red.init(f))};" for f, n in accs[0].items()]
         finish += _c(lambda e: red.finish(e, out, _results(p, r)))
 
     def updates(slots: list[int], tail: bool) -> list[str]:
@@ -476,7 +509,14 @@ def _sweep_block(c: _Ctx, sw) -> dict:
             "begin": "0", "end": "n", "setup": setup, "blocked": any(_red(c, r).blocked for r in sw.reductions),
             "block": c.s.block, "step": U * L, "length": "n",
             "main": main, "single": single, "tail": tail, "fold": fold, "finish": finish,
-            "peel": tail if nt else [], "align": c.t.stream_align}
+            "peel": tail if nt else [], "align": c.t.stream_align, **_flushing(c, flush)}
+
+
+def _flushing(c: _Ctx, flush: list[str]) -> dict:
+    """The main loop in runs of ``flush_steps`` steps, each ended by ``flush`` (the accumulators
+    into their block partials), when a block holds more than one run; else the fold flushes."""
+    run = flush_steps(c.s.unroll, c.s.accumulators) * c.s.step(c.t.lanes)
+    return {"flush": flush, "run": run} if flush and run < c.s.block else {}
 
 
 def _selected_block(c: _Ctx, sw) -> dict:
@@ -693,11 +733,13 @@ def _lazy_sweep(c: _Ctx, lz: LazyMax, sw, decl: list[str], blk: dict, lo: str = 
         return decl, {**blk, "setup": setup, "segments": head}, []
     red = _red(c, lz.s)
     accs = [n for k in range(c.s.accumulators if red.replicated else 1) for n in _acc(lz.s, k, red).values()]
+    parts = [n for k in range(c.s.accumulators) for n in _part(lz.s, k, red).values()] if red.partial else []
     accs += [f"o{lz.s}_{f}" for f in (red.outer if red.blocked else ())]
     rebase = [f"if (__builtin_expect(V_ANY(V_CMPGT(lz_m, lz_lim)), 0)) {{   /* x > r + {LAZY_SLACK:g} / s: r moves */",
               "    const float lz_new = V_HMAX(lz_m);",
               f"    const VEC lz_f = V_SET1((float)exp({float(sc).hex()} * ({ref('lz_r')} - {ref('lz_new')})));"]
     rebase += [f"    {a} = V_MUL({a}, lz_f);" for a in accs]
+    rebase += [f"    V_STORE({a}, V_MUL(V_LOAD({a}), lz_f));" for a in parts]
     rebase += [f"    if (lz_cnt == {LAZY_RECORDS}) {{   /* the oldest segment's terms are below 2^-150 of the newest */",
                f"        memmove(lz_pos, lz_pos + 1, {LAZY_RECORDS - 1} * sizeof *lz_pos);",
                f"        memmove(lz_ref, lz_ref + 1, {LAZY_RECORDS - 1} * sizeof *lz_ref);",
@@ -771,7 +813,7 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
     def per_row(lines: list[str]) -> list[str]:
         return [ln for j in range(rows) for ln in row(j, lines)]
 
-    sections = ("setup", "main", "single", "tail", "fold", "finish", "peel")
+    sections = ("setup", "main", "single", "tail", "fold", "finish", "peel", "flush")
 
     restart = "".join(f"{one['name']}(r{j}_x, r{j}_y, n); " for j in range(rows))
     blocks = [{"kind": "scalar", "lines": [
@@ -787,9 +829,9 @@ def _rows_function(one: dict, rows: int, fallback: str | None) -> dict:
             blocks.append({"kind": "scalar", "lines": [ln.replace("SG_RESTART; ", restart) for ln in lines]})
         elif "segments" in blk:   # lazymax's output sweep: per row, over its segments
             blocks += [{**blk, "comment": f"{blk['comment']} (row {j})",
-                        **{k: row(j, blk[k]) for k in sections + ("segments",)}} for j in range(rows)]
+                        **{k: row(j, blk[k]) for k in sections + ("segments",) if k in blk}} for j in range(rows)]
         else:   # one loop for the rows (one n; lazymax's first sweep ends at r0_lz_n0, every row's)
-            blocks.append({**blk, **{k: per_row(blk[k]) for k in sections},
+            blocks.append({**blk, **{k: per_row(blk[k]) for k in sections if k in blk},
                            **{k: row(0, [blk[k]])[0] for k in ("begin", "end", "length")}})
     return {"name": f"{one['name']}_batch{rows}", "blocks": blocks,
             "comment": f"{one['comment']}; {rows} rows at once (schedule rows={rows}): rows x + j ldx -> "

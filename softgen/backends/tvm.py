@@ -42,7 +42,7 @@ from ..numerics.constants import (
     P5,
     SQRT_HALF_BITS,
 )
-from ..numerics.reductions import REDUCTIONS, Reduction, reduction
+from ..numerics.reductions import REDUCTIONS, Reduction, flush_steps, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import EXTEXP_F32_DOMAIN, plan
 from ..render import env
@@ -350,6 +350,7 @@ class LaneFinish(Emit):
 class Red:
     fields: tuple[str, ...] = ()
     blocked = True                   # else: state across blocks, accumulators merged in finish
+    partial = False                  # accumulators flushed into block partials (numerics.reductions)
     replicated = True                # else: one state for all slots (numerics.reductions)
     places = 1                       # floats per lane and accumulator in each field's buffer
 
@@ -361,6 +362,7 @@ class Red:
         self.r, self.fused = r, fused
 
     def buf(self, f: str) -> str: return f"a{self.r}_{f}"
+    def part(self, f: str) -> str: return f"a{self.r}_p_{f}"
     def outer(self, f: str) -> str: return f"o{self.r}_{f}"
     def init(self, f: str) -> str: return f32(0.0)
     def outer_fields(self) -> tuple[str, ...]: return self.fields + ("c",)
@@ -383,6 +385,12 @@ class Lanes(Red):
     def __init__(self, red: Reduction, fused: bool = True, res: list[str] | None = None):
         super().__init__(red.r, fused)
         self.red, self.fields, self.res = red, red.fields, res or [f"s{red.r}"]
+        self.partial = red.partial
+
+    def tail_slot(self, lanes):
+        """A sum's tail element j: lane j % lanes of accumulator 0 (a lane chain takes at most
+        unroll of them before the block's flush)."""
+        return f"j % {lanes}" if self.partial and lanes > 1 else "0"
 
     def init(self, f): return f32(self.red.init(f))
     def outer_fields(self): return self.red.outer
@@ -395,6 +403,16 @@ class Lanes(Red):
 
     def merge(self, e, d, s): return self.red.merge(e, d, s)
     def fold(self, e, o, a): return self.red.fold(e, o, a)
+
+    def flush(self, e, idx: str) -> dict:
+        """Accumulator slot ``idx`` joins its block partial (stored back); the partial's new state."""
+        a = {f: self.load(e, f, idx) for f in self.fields}
+        p, na = self.red.flush(e, {f: e.let(f"{self.part(f)}[{idx}]") for f in self.fields}, a)
+        for f in self.fields:
+            e.stmt(f"{self.part(f)}[{idx}] = {p[f]}")
+            if na[f] != a[f]:   # a field flush keeps (``Reduction.kept``) is not stored back
+                e.stmt(f"{self.buf(f)}[{idx}] = {na[f]}")
+        return p
 
     def finish(self, lanes, counter):
         # names of their own (t<10^6 + 1000 r>...): the sweep's lets keep their numbers
@@ -609,6 +627,8 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     for red in reds:
         for f in red.fields:
             out.append(f'{red.buf(f)} = T.alloc_buffer(({red.places * red.q},), "float32", scope="local")')
+            if red.partial:
+                out.append(f'{red.part(f)} = T.alloc_buffer(({red.q},), "float32", scope="local")')
         if red.blocked:
             for f in red.outer_fields():
                 out.append(f'{red.outer(f)} = T.alloc_buffer(({L},), "float32", scope="local")')
@@ -627,6 +647,8 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
                 size = red.places * red.q
                 lines += [f"{ind}for l in T.vectorized({size}):" if size > 1 else f"{ind}for l in range(1):",
                           f"{ind}    {red.buf(f)}[l] = {red.init(f)}"]
+                if red.partial:
+                    lines.append(f"{ind}    {red.part(f)}[l] = {red.init(f)}")
         return lines
 
     blocked = bool(reds)
@@ -644,10 +666,13 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     # main loop: one vectorised lane loop holding U slots
     e = Emit(counter, _fused_fma(t), lane=("l", L))
     slots = {}
+    K = flush_steps(U, A)
+    flushed = [red for red in reds if red.partial] if K * step < (B or 0) else []
+    it = f"(run * {K} + it)" if flushed else "it"
     for u in range(U):
         # inline, not let-bound: VectorizeLoop then folds it into a Ramp (a contiguous vector
         # load); a let-bound vector index stays opaque and the lean pipeline emits a gather
-        i = f"(l + (lo + it * {step} + {u * L}))"
+        i = f"(l + (lo + {it} * {step} + {u * L}))"
         slots[u] = _row_values(p, sw, e, i, u)
     def vals(slot: dict, red: Red):
         args = [slot[a] for a in p.args(red.r)]
@@ -659,9 +684,20 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
             red.update(e, f"{k * L} + l", xs)
     # an int64 lane variable: no Cast around the Ramp, so x[base + l] stays a contiguous load
     lane_loop = f"for l in T.vectorized(T.int64({L})):" if L > 1 else "for l in range(T.int64(1)):"
-    body += [f"{ind}for it in range(cnt // {step}):", f"{ind}    {lane_loop}"]
-    body += [f"{ind}        {ln}" for ln in e.lines]
-    allocs = e.allocs
+    if flushed:   # runs of K steps, then the accumulators join their block partials
+        body += [f"{ind}for run in range((cnt // {step} + {K - 1}) // {K}):",
+                 f"{ind}    for it in range(T.min({K}, cnt // {step} - run * {K})):", f"{ind}        {lane_loop}"]
+        body += [f"{ind}            {ln}" for ln in e.lines]
+        fe = Emit(counter, _fused_fma(t))
+        for red in flushed:
+            for k in range(A):
+                red.flush(fe, f"{k * L} + l")
+        body += [f"{ind}    {lane_loop}"] + [f"{ind}        {ln}" for ln in fe.lines]
+        allocs = e.allocs + fe.allocs
+    else:
+        body += [f"{ind}for it in range(cnt // {step}):", f"{ind}    {lane_loop}"]
+        body += [f"{ind}        {ln}" for ln in e.lines]
+        allocs = e.allocs
     # scalar tail, into lane 0 of accumulator 0
     e = Emit(counter, _fused_fma(t), lane=("0", 1))
     i = e.let(f"lo + cnt // {step} * {step} + j", "int64")
@@ -673,7 +709,10 @@ def _sweep(p: Program, sw, t: Target, s: Schedule, counter) -> list[str]:
     if any(red.blocked for red in reds):
         e = Emit(counter, _fused_fma(t))
         for red in (red for red in reds if red.blocked):
-            accs = [{f: red.load(e, f, f"{k * L} + l") for f in red.fields} for k in range(A)]
+            if red.partial:   # the accumulators (and the tail) join their partials, which merge
+                accs = [red.flush(e, f"{k * L} + l") for k in range(A)]
+            else:
+                accs = [{f: red.load(e, f, f"{k * L} + l") for f in red.fields} for k in range(A)]
             acc = accs[0]
             for other in accs[1:]:
                 acc = red.merge(e, acc, other)

@@ -6,6 +6,9 @@ neutral input (``identity``), and six steps in emitter terms:
 
 - ``update(e, st, xs)``: the state ``st`` takes the inputs ``xs`` (one per unroll slot);
 - ``merge(e, d, s)``: accumulator ``s`` joins accumulator ``d`` (once per block);
+- ``flush(e, p, a)``: accumulator ``a``'s lane chains join its block partial ``p`` and restart (a
+  reduction with ``partial``: every ``flush_steps`` main-loop steps and at the block's end, so
+  no lane chain of a block sum exceeds about ``FLUSH_TERMS`` terms; see ``flush_steps``);
 - ``fold(e, o, a)``: the merged accumulator ``a`` joins the outer state ``o`` (once per block);
 - ``finish(e, o, res)``: the outer state's lanes give the results ``res`` (once per row);
 - ``merge_outer(e, o, q)``: outer state ``q`` (a later chunk's, in the C backend's split form of
@@ -42,6 +45,17 @@ from typing import Protocol
 from .constants import EXTEXP_DOMAIN, EXTEXP_E0
 
 FLT_MAX = 3.4028234663852886e38
+# The most terms a lane of an accumulator adds in sequence before it joins its block partial
+# (``Reduction.flush``). A chain of m float32 additions of positive terms is off by up to (m - 1) u
+# relative, and on rows of equal terms it gets close: a whole block per lane (m = block / (lanes
+# accumulators), 128-256 by default) broke the 2e-6 contract (docs/accuracy.md, "Long rows").
+FLUSH_TERMS = 16
+
+
+def flush_steps(unroll: int, accumulators: int) -> int:
+    """Main-loop steps between two flushes: an accumulator takes ceil(unroll / accumulators)
+    terms per step, so its lane chains take at most FLUSH_TERMS terms in the main loop."""
+    return max(1, FLUSH_TERMS // -(-unroll // accumulators))
 
 
 class Emitter(Protocol):
@@ -81,6 +95,8 @@ class Reduction:
     compensated = ""               # the outer field whose compensation is ``c`` ("": none)
     identity = 0.0                 # the neutral input (masked tail lanes take it)
     blocked = True                 # per block: merge the accumulators, fold into the outer state
+    partial = False                # a sum: its lane chains are flushed into per-block partials
+    kept: tuple[str, ...] = ()     # the fields ``flush`` leaves in the accumulator
     replicated = True              # one state per schedule accumulator
 
     def __init__(self, r: int = 0, scale: float = 1.0, attrs: dict | None = None):
@@ -103,6 +119,12 @@ class Reduction:
     def merge(self, e: Emitter, d: dict, s: dict) -> dict: ...
     def fold(self, e: Emitter, o: dict, a: dict) -> dict: ...
     def finish(self, e: Emitter, o: dict, res: list[str]) -> None: ...
+
+    def flush(self, e: Emitter, p: dict, a: dict) -> tuple[dict, dict]:
+        """Accumulator ``a`` joins its block partial ``p`` (same fields, starting at ``init``) and
+        its chains restart: returns the new ``(p, a)``. A field that only grows within a block (an
+        exponent, a max) stays in ``a``, and ``p`` takes it: ``p``'s copy is an earlier value."""
+        raise TypeError(f"{self.op} has no block partial")
 
     def merge_outer(self, e: Emitter, o: dict, q: dict) -> dict:
         a = {f: e.sub(q[f], q["c"]) if f == self.compensated else q[f] for f in self.fields}
@@ -140,7 +162,12 @@ class SumRed(Reduction):
             s = e.assign(st["s"], e.add(s, x))
         return {"s": s}
 
+    partial = True
+
     def merge(self, e, d, s): return {"s": e.assign(d["s"], e.add(d["s"], s["s"]))}
+
+    def flush(self, e, p, a):
+        return self.merge(e, p, a), {"s": e.assign(a["s"], e.const(0.0))}
 
     def fold(self, e, o, a):
         s, c = e.kahan(o["s"], o["c"], a["s"])
@@ -154,6 +181,7 @@ class ExtExpRed(Reduction):
     and an exponent; one exponent max per group of slots."""
     op, fields, outer, identity = "reduce_extexp", ("v", "e"), ("v", "e", "c"), -math.inf
     compensated = "v"
+    partial, kept = True, ("e",)
 
     def init(self, f): return 0.0 if f == "v" else EXTEXP_E0
 
@@ -176,6 +204,11 @@ class ExtExpRed(Reduction):
         v = e.assign(d["v"], e.add(e.scale2(d["v"], e.sub(d["e"], m)), e.scale2(s["v"], e.sub(s["e"], m))))
         return {"v": v, "e": e.assign(d["e"], m)}
 
+    def flush(self, e, p, a):
+        """a's exponent e only grows, p's is an earlier value of it: p's v is scaled to a's e."""
+        v = e.assign(p["v"], e.add(e.scale2(p["v"], e.sub(p["e"], a["e"])), a["v"]))
+        return {"v": v, "e": e.assign(p["e"], a["e"])}, {"v": e.assign(a["v"], e.const(0.0)), "e": a["e"]}
+
     def fold(self, e, o, a):
         m = e.var(e.max(o["e"], a["e"]))
         d = e.var(e.sub(o["e"], m))
@@ -194,6 +227,7 @@ class OnlineRed(Reduction):
     m starts at -FLT_MAX, not -inf, so (-inf) - m is -inf and no -inf - -inf guard is needed."""
     op, fields, outer, identity = "reduce_online", ("m", "d"), ("m", "d", "c"), -math.inf
     compensated = "d"
+    partial, kept = True, ("m",)
 
     def init(self, f): return -FLT_MAX if f == "m" else 0.0
 
@@ -226,6 +260,16 @@ class OnlineRed(Reduction):
         fs = self._exp(e, s["m"], mn)
         dd = e.assign(d["d"], e.fma(d["d"], fd, e.mul(s["d"], fs)))
         return {"m": e.assign(d["m"], mn), "d": dd}
+
+    def flush(self, e, p, a):
+        """a's max m only grows, p's is an earlier value of it: p's d is rescaled to a's m where it
+        moved, which it rarely does after a block's first steps (the exp is skipped when no lane's
+        did: e^0 = 1 there)."""
+        d = p["d"]
+        with e.if_any_gt(a["m"], p["m"]):
+            d = e.assign(p["d"], e.mul(d, self._exp(e, p["m"], a["m"])))
+        d = e.assign(p["d"], e.add(d, a["d"]))
+        return {"m": e.assign(p["m"], a["m"]), "d": d}, {"m": a["m"], "d": e.assign(a["d"], e.const(0.0))}
 
     def fold(self, e, o, a):
         mn = e.var(e.max(o["m"], a["m"]))

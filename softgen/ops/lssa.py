@@ -10,7 +10,7 @@ from .. import reference as ref
 from ..errors import UsageError
 from ..ir import Value
 from .base import F32_MAX, flag, register
-from .softmax import softplus
+from .softmax import SOFTPLUS_FLOOR, softplus, softplus_normalized
 
 _EPS = 2.0 ** -24
 
@@ -101,7 +101,7 @@ def _lssa_tolerance(x, ref_y, params, call, inner=False):
         z = np.abs(lam[..., None] * c)
     z = np.where(np.isfinite(z), z, 0.0)
     rel = 2e-6 + 2.0 ** -23 * z
-    return rel if inner else rel * np.abs(ref_y) + 2.0 ** -126
+    return rel if inner else rel * np.abs(ref_y) + SOFTPLUS_FLOOR + 2.0 ** -126
 
 
 def _reweight_tolerance(x, ref_y, params, call, a=None, a_rel=None, n=None):
@@ -148,17 +148,29 @@ def _reweight_overflow(x, n_attended=None, **_):
 
 
 def _lssa_degenerate(x, head_dim=64, n_attended=None, **_) -> np.ndarray:
-    """Rows where lambda c overflows f32 upwards, the f32 sum overflows, or every softplus term
-    flushes to 0 in f32 although float64's does not: NaN rows in the kernel. (lambda c below
-    -FLT_MAX is -inf in f32, whose softplus is 0, as float64's e^(lambda c) is.)"""
+    """Rows where lambda c overflows f32 upwards or the f32 sum overflows although float64's does
+    not: NaN rows in the kernel. (A row whose every softplus flushes restarts in softmax(lambda c),
+    as (c - max c) lambda: no overflow there; some lambda c below -FLT_MAX: -inf in f32, whose
+    softplus is 0, as float64's e^(lambda c) is.)"""
     c = np.asarray(x, np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lam = math.log(head_dim) * np.log(ref.attended_keys(c, n_attended))
         z = lam[..., None] * c
         sp = np.where(c == -np.inf, 0.0, ref.softplus(z))
-        tot = np.where(sp >= 2.0 ** -126, sp, 0.0).sum(axis=-1)
+        tot = sp.sum(axis=-1)
         big = np.any((z > F32_MAX) & np.isfinite(c), axis=-1)
-    return big | (tot == 0) | (tot > F32_MAX)
+    return big | (tot > F32_MAX)
+
+
+def _lssar_degenerate(x, head_dim=64, n_attended=None, **_) -> np.ndarray:
+    """lssa's, and rows whose every softplus term flushes to 0 in f32 although float64's does not
+    (lssar has no softmax fallback: its weights' sum is 0)."""
+    c = np.asarray(x, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lam = math.log(head_dim) * np.log(ref.attended_keys(c, n_attended))
+        sp = np.where(c == -np.inf, 0.0, ref.softplus(lam[..., None] * c))
+        flushed = np.where(sp >= 2.0 ** -126, sp, 0.0).sum(axis=-1) == 0
+    return _lssa_degenerate(x, head_dim, n_attended) | flushed
 
 
 LSSA_CALL = ("n_attended",)
@@ -188,8 +200,13 @@ def lssa(x: Value, head_dim: float, count_keys: float) -> Value:
     """softplus(lambda_i c) / sum, lambda_i = log(head_dim) log(N_i) (docs/ops.md §5.1) on cosine scores c;
     masked keys are -inf. N_i: counted in-kernel (count_keys=1, one extra sweep) or the caller's
     per-row n_attended (count_keys=0)."""
-    a = _lssa_weights(x, _head_dim(head_dim), _attended(x, flag(count_keys, "count_keys")))
-    return a * a.sum().finite_or_nan().recip()
+    log_d, count = _head_dim(head_dim), flag(count_keys, "count_keys")
+    a = _lssa_weights(x, log_d, _attended(x, count))
+    def terms(w: Value, wmax: Value) -> tuple[Value, Value, Value]:   # N from w (count_keys: its -inf)
+        n = _attended(w, count)
+        lam = n.log() * log_d
+        return _lssa_weights(w, log_d, n), w * lam, ((w - wmax) * lam).exp()
+    return softplus_normalized(x, a, terms)
 
 
 @register("reweight", ref.reweight, params={"p": 15, "offset_free_rows": 3, "count_keys": 1},
@@ -221,7 +238,7 @@ def _lssar_tolerance(x, ref_y, params, call):
 @register("lssar", ref.lssar,
           params={"head_dim": 64, "p": 15, "offset_free_rows": 3, "count_keys": 1},
           row_args=_lssa_row_args, call_params=LSSA_CALL, custom_tolerance=_lssar_tolerance,
-          f32_overflow=_lssa_degenerate, sample_call=_lssa_sample_call,
+          f32_overflow=_lssar_degenerate, sample_call=_lssa_sample_call,
           row_param_docs=ROW_PARAM_DOCS, call_build=_lssa_call_build)
 def lssar(x: Value, head_dim: float, p: float, offset_free_rows: float, count_keys: float) -> Value:
     """reweight(lssa(c)) fused (docs/ops.md §5.1 + 5.2), one N_i for both stages: the lssa sum and the

@@ -2,6 +2,9 @@
 one normalisation of the last axis each, the shape every algorithm rewrite applies to."""
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import numpy as np
 
 from .. import reference as ref
@@ -77,20 +80,47 @@ def softplus(z: Value) -> Value:
     return z.maximum(0.0) + (-z.abs()).exp().log1p()
 
 
+FLT_MIN = 2.0 ** -126
+# A row whose float32 softplus sum S is below e^-16 restarts in softmax(z): every softplus(z_j) <= S
+# puts z_j below -16, where softplus(z) = e^z (1 - e^z / 2 + ...) is e^z to 2^-24, so softmax(z) is
+# softplus / sum to 2^-23 (docs/accuracy.md). Rows above it keep softplus / S: the terms that
+# flush (below FLT_MIN) are then below FLT_MIN e^16 < SOFTPLUS_FLOOR in y, the ops' absolute floor.
+SOFTPLUS_SMALL_SUM = math.exp(-16.0)
+SOFTPLUS_FLOOR = 2.0 ** -102
+
+
+def softplus_normalized(x: Value, a: Value, terms: Callable[[Value, Value], tuple[Value, Value, Value]]) -> Value:
+    """a / sum a for softplus weights a = softplus(z) of row x (softplus_l1: z = s x; lssa: z =
+    lambda c, masked entries a = 0), rows whose sum is below SOFTPLUS_SMALL_SUM restarted in
+    softmax(z) (a guard; a NaN sum stays here). The kernel keeps v = a where a >= FLT_MIN, else x
+    (which max(v, 0) makes 0), and direct-reload stores v, so the fallback's input w is x (out of
+    place) or v (in place): ``terms(w, max w)`` gives (the weights a of w, z of w, e^(z - max z)).
+    In a row that falls back every z < -16, so every x < 0: w >= FLT_MIN is a stored weight, else
+    w is x and a of w recomputes its weight (the same bits), so a' = the stored weight or a of w is
+    the same in place and out of place, and so is the result. Without a weight a' >= FLT_MIN the
+    row is softmax(z); with some, its terms are a' e^-M (those, as they are) and e^(z - M) (the
+    others, whose w is x), M = log max a': one M for both, so its rounding cancels (a log of each
+    a' would cost |z| 2^-24 relative each)."""
+    total = a.sum()
+    x.p.fallback = Program(x.p.name, x.p.params)
+    w = x.p.fallback.input()
+    a_of_w, z, shifted = terms(w, w.max())
+    a2 = w.where_lt(FLT_MIN, a_of_w, w)
+    amax = a2.max()
+    m = amax.maximum(FLT_MIN).log()
+    t = amax.where_lt(FLT_MIN, shifted, a2.where_lt(FLT_MIN, (z - m).exp(), a2 * (-m).exp()))
+    (t * t.sum().finite_or_nan().recip()).output()
+    x.p.add("guard", total.where_lt(SOFTPLUS_SMALL_SUM, 1.0, 0.0).id, limit=0.5)
+    v = a.where_lt(FLT_MIN, x, a)
+    return v.maximum(0.0) * total.finite_or_nan().recip()   # NaN v: total is NaN
+
+
 @register("softplus_l1", ref.softplus_l1, params={"scale": 1.0}, sums_to_one=True,
-          f32_overflow=_softplus_overflow)
+          f32_overflow=_softplus_overflow, atol=SOFTPLUS_FLOOR)
 def softplus_l1(x: Value, scale: float) -> Value:
     """softplus(s x) / sum softplus(s x), softplus(z) = max(z, 0) + log1p(e^-|z|) (docs/ops.md §5.1, row
-    form); no max pass. A row whose every f32 softplus flushes to 0 (all s x below about -87)
-    would be 0/0: a guard sends it to softmax(s x), which softplus / sum is for z << 0 up to a
-    relative e^z (softplus(z) = e^z (1 - e^z / 2 + ...)). The kernel keeps v = softplus where it is
-    > 0, else x, so where the fallback runs v is x: direct-reload stores v and an in-place
-    fallback still finds its input."""
-    sp = softplus(x * scale)
-    total = sp.sum()
-    x.p.fallback = Program(x.p.name, x.p.params)
-    softmax(x.p.fallback.input(), scale).output()
-    zero_sum = x.const(0.0).where_lt(total, 0.0, total.where_lt(1.0, 1.0, 0.0))
-    x.p.add("guard", zero_sum.id, limit=0.5)    # 1 iff total == 0: a NaN total stays here
-    v = x.const(0.0).where_lt(sp, sp, x)
-    return v.maximum(0.0) * total.finite_or_nan().recip()   # NaN v: total is NaN
+    form); no max pass. Rows whose f32 sum is below e^-16 (every s x below about -16, including
+    those whose every softplus flushes to 0, which would be 0/0) restart in softmax(s x)
+    (``softplus_normalized``); terms below FLT_MIN e^16 of the sum may flush (SOFTPLUS_FLOOR)."""
+    return softplus_normalized(x, softplus(x * scale),
+                               lambda w, wmax: (softplus(w * scale), w * scale, _shifted(w, scale).exp()))
