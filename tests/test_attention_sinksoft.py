@@ -316,7 +316,7 @@ def test_strided_heads(soft_tied):
     """Sinkhorn and pooled SOFT take abi.ATTENTION's per-(batch, head) strides: (B, L, H, d) arrays
     transposed to (B, H, L, d), GQA kv heads and a mask broadcast over batch and heads are read
     where they are (the bound pointers are the views'), with the same bits as contiguous copies;
-    kv_lengths as the additive mask they make, a strided mask row ESTRIDE."""
+    kv_lengths as the additive mask they make, a mask broadcast along the keys copied row by row."""
     sk = sinkhorn_kernel(None)
     q, k, v = views(2, 13, 11, 4, 2, 16, 5)
     m = additive(keep_mask(13, 11, dead_row=4, dead_key=3), 1)[0]          # (Lq, Lk): every (batch, head)
@@ -329,8 +329,8 @@ def test_strided_heads(soft_tied):
     pad = np.where(np.arange(11) < np.array([11, 0])[:, None, None, None], np.float32(0), np.float32(-np.inf))
     np.testing.assert_array_equal(sk(q, k, v, m, kv_lengths=np.array([11, 0])),   # in the kernel: as a mask
                                   sk(q, k, v, np.ascontiguousarray(m + pad)))
-    with pytest.raises(RuntimeError, match="row stride"):            # a mask broadcast along the keys
-        sk(q, k, v, np.broadcast_to(m[:, :1], (13, 11)))
+    b = np.broadcast_to(m[:, :1], (13, 11))   # a mask broadcast along the keys: its rows copied
+    np.testing.assert_array_equal(sk(q, k, v, b), sk(q, k, v, np.ascontiguousarray(b)))
     for tied, (lq, lk, hq, hkv) in ((True, (20, 20, 3, 3)), (False, (9, 40, 4, 2))):
         sp = pooled_kernel(5, tied)
         q, k, v = views(2, lq, lk, hq, hkv, 16, 6)
