@@ -19,7 +19,8 @@ it drops) where it is at least 3% cheaper (``KNOB_MARGIN``) than every algorithm
 Then the knobs that change only calls of several rows (``BATCH_KNOBS``: rows=R, pipeline; and
 lazymax where a batch streams from beyond L1d) over that winner, priced on a batch
 (``batch_cycles``: each row's first touch of x and its output at the batch's level, the per-row
-latency of each reduction over R rows, pipeline's two sweeps under one roofline), with the same
+latency of each reduction over R rows, pipeline's two sweeps under one roofline less the chain it
+defers, its loop's far reads added), with the same
 margin; their per-row term falls with n, so a level may split once where the choice changes. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
