@@ -56,6 +56,8 @@ def main(argv=None) -> int:
                                                           f"(default {VARIANTS})")
     ap.add_argument("--runs", type=int, default=2, help="interleaved runs per shape, fresh buffers each")
     ap.add_argument("--rounds", type=int, default=15, help="rounds per run (samples >= 20 ms)")
+    ap.add_argument("--samples", action="store_true",
+                    help="print every round's ns/element too (bursts of ~2x: the L3 shared with other cores evicting x)")
     a = ap.parse_args(argv)
     try:
         if a.runs < 1 or a.rounds < 3:
@@ -83,7 +85,9 @@ def main(argv=None) -> int:
             base = tm["default"].median
             for k in kernels:
                 cells[k].append(f"{tm[k].median / (R * n) * 1e9:.3f} ({tm[k].median / base:.2f}, noise "
-                                f"{100 * tm[k].spread:.0f}%)")
+                                f"{100 * tm[k].spread:.0f}%)"
+                                + (" [" + " ".join(f"{x / (R * n) * 1e9:.2f}" for x in tm[k].samples) + "]"
+                                   if a.samples else ""))
             del bufs
         print(f"{R}x{n} (batch {ws >> 10} KiB, {caches.level_of(ws)}; model: {model_choice(t.name, n)}):")
         for k in kernels:
