@@ -30,8 +30,9 @@ Per size class (one per requested size):
    cannot tell from the best (its median's 95% confidence interval overlaps the best's), up to
    ``FINALISTS_MAX``, are re-measured in a fresh interleaved run (new calibration); the winner is
    the fastest there. A noisy first run (a batch of 37 candidates gets ~5 rounds in its budget share)
-   thus re-times more of them: at 4096 x 512 on avx512 the quiet run's first five rounds had ranked
-   pipeline (the sweep's best, 0.84x lazymax's time) fourth, behind three within its noise. Its record holds its median ns/element, its
+   thus re-times more of them: at 4096 x 512 on avx512 a quiet run's first rounds had ranked pipeline
+   (the sweep's best, 0.84x lazymax's time) below the top three, which it then never met again.
+   Its record holds its median ns/element, its
    noise (IQR / median of the final run), the rounds, and each other candidate's time ratio to it
    (finalists from the final run, the others from the first).
 
