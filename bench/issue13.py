@@ -88,10 +88,13 @@ from softgen.schedule import Schedule, default_schedule  # noqa: E402
 from softgen.targets import get_target  # noqa: E402
 from softgen.tune import (  # noqa: E402
     FINALISTS,
+    FINALISTS_MAX,
     PRUNE_RATIO,
     knob_levels,
     label as tune_label,  # noqa: E402
     level_schedules,
+    measure as tune_measure,  # noqa: E402
+    pick_finalists,
     priced,
     schedules as tune_schedules,  # noqa: E402
 )
@@ -100,6 +103,8 @@ SIZES = "1K,4K,16K,64K,256K,1M,4M,16M,64M"
 SHAPES = "8192x128,4096x512,64x32768"
 THREAD_SIZES = "1K,256K,1M,4M,64M"
 THREAD_SHAPES = "4096x512"
+# the finalists' re-run per size (tune.measure): at most this long and this many rounds
+FINAL_S, FINAL_ROUNDS = 8.0, 60
 QUICK_SIZES, QUICK_SHAPES = "1K,4K", "16x128,4x512"
 QUICK_THREAD_SIZES, QUICK_THREAD_SHAPES = "1K,4K", "4x512"
 # max |y - NumPy's softmax| / max: softgen's kernels; the peers (ORT and torch sum long rows in float32
@@ -143,7 +148,7 @@ def threads_supported() -> bool:
 def sweep_label(alg: str, sched: Schedule, base: Schedule) -> str:
     """e.g. ``3pl u4a2 lz`` (``tune.label``, + any other field that differs from the target's default)."""
     d, b = sched.as_dict(), base.as_dict()
-    named = ("unroll", "accumulators", "stream", "prefetch", "exp", "rows", "lazymax")   # tune.label's
+    named = ("unroll", "accumulators", "stream", "prefetch", "exp", "rows", "lazymax", "pipeline")   # tune.label's
     extra = "".join(f" {k}={v}" for k, v in d.items() if k not in named and v != b.get(k))
     return tune_label(alg, d) + extra
 
@@ -238,9 +243,12 @@ def _pairs(caches, R: int, n: int) -> int:
     return max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1
 
 
-def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing_kw, notes) -> dict:
+def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing_kw, notes,
+                 final_s: float = 0.0, final_rounds: int = 0) -> dict:
     """One size: every softgen candidate, peer and the copy kernel interleaved; returns their
-    medians (s/call; the copy's per call of ``reps`` copies) and the copy's best GB/s."""
+    medians (s/call; the copy's per call of ``reps`` copies) and the copy's best GB/s. The
+    finalists' re-run: ``tune.measure`` for up to ``final_s`` seconds and ``final_rounds`` rounds
+    (0 s: one more ``time_interleaved`` run with ``timing_kw``)."""
     label = size_label(R, n)
     bufs = _buffers(rng, R, n, _pairs(caches, R, n))
     named: dict[str, Kernel] = {}
@@ -277,18 +285,28 @@ def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing
     for name in bad:
         variants.pop(name)
     tm = time_interleaved(variants, **timing_kw)
-    # the best of many noisy medians is biased low: like softgen tune's finalists, the sweep's
-    # FINALISTS fastest are re-timed with the autos in a fresh interleaved run, whose medians stand
+    # the best of many noisy medians is biased low: like softgen tune's finalists (tune.pick_finalists:
+    # the FINALISTS fastest and every other the first run cannot tell from the best), the sweep's
+    # finalists are re-timed with the autos in a fresh interleaved run whose medians stand, by
+    # softgen tune's protocol (tune.measure: rounds until the contenders' medians are known to
+    # TOLERANCE, or final_s seconds)
     first = {name: t.median for name, t in tm.items() if name.startswith("sweep ")}
-    finalists = sorted(first, key=first.get)[:FINALISTS] + [k for k in ("tuned auto", "model auto") if k in tm]
+    finalists = pick_finalists({k: tm[k] for k in first}) + [k for k in ("tuned auto", "model auto") if k in tm]
     rerun = len(first) > 1
+    final_noise = None
     if rerun:
-        tm.update(time_interleaved({k: variants[k] for k in finalists}, **timing_kw))
+        fin = {k: variants[k] for k in finalists}
+        final = tune_measure(fin, time.monotonic() + final_s, min_time=timing_kw["min_time"],
+                             min_rounds=timing_kw["min_rounds"], max_rounds=max(timing_kw["max_rounds"], final_rounds)) \
+            if final_s > 0 else time_interleaved(fin, **timing_kw)
+        tm.update(final)
+        final_noise = max(t.spread for t in final.values())
     del bufs
     reps = copier.reps(R * n)
     copy_gbps = max(COPY_BYTES * R * n * reps / t.median / 1e9 for name, t in tm.items() if name.startswith("copy"))
     return {name: t.median for name, t in tm.items()} | \
         {"_noise": {name: t.spread for name, t in tm.items() if not name.startswith("copy")}, "_copy_gbps": copy_gbps,
+         "_final_noise": final_noise, "_rounds": {k: tm[k].rounds for k in finalists if k in tm} if rerun else {},
          "_first": {k: first[k] for k in finalists if k in first} if rerun else {}}
 
 
@@ -306,14 +324,16 @@ def auto_rows(ks: Kernels, results: dict) -> list[dict]:
                          best_ns=tb and tb / N * 1e9, best=best, previous_ns=tp and tp / N * 1e9,
                          tuned_vs_best=ratio(tt, tb), model_vs_best=ratio(tm, tb),
                          auto_vs_previous=ratio(tp, tt or tm),
-                         noise=max((v for k, v in t["_noise"].items()), default=None)))
+                         noise=max((v for k, v in t["_noise"].items()), default=None),
+                         final_noise=t.get("_final_noise")))
     return rows
 
 
 AUTO_COLUMNS = [("size", "size", "s"), ("tuned_ns", "tuned auto", _ns), ("model_ns", "model auto", _ns),
                 ("best_ns", "best", _ns), ("best", "best variant", "s"), ("previous_ns", "prev auto", _ns),
                 ("tuned_vs_best", "tuned/best", _x), ("model_vs_best", "model/best", _x),
-                ("auto_vs_previous", "prev/auto", _x), ("noise", "max noise", _pct)]
+                ("auto_vs_previous", "prev/auto", _x), ("noise", "max noise", _pct),
+                ("final_noise", "final noise", _pct)]
 
 
 def peer_rows(results: dict, peers, ks: Kernels | None = None) -> tuple[list[dict], str]:
@@ -473,6 +493,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
                     help="directory for <date>-<cpu>.{txt,json} (default bench/results)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tables", default="abcd",
+                    help="which tables: letters of abcd (default all; (a) and (d) come from one run per size)")
+    ap.add_argument("--final-seconds", type=float, default=None,
+                    help=f"per size, the finalists' re-run: rounds until their medians are known to tune.TOLERANCE, "
+                         f"at most this long (default {FINAL_S:g}; quick 0: one more fixed run)")
+    ap.add_argument("--final-rounds", type=int, default=FINAL_ROUNDS,
+                    help=f"at most this many rounds in the finalists' re-run (default {FINAL_ROUNDS})")
     args = ap.parse_args(argv)
     try:
         return _main(args)
@@ -489,8 +516,18 @@ def _main(args) -> int:
     target = get_target(args.target)
     if not target.runnable:
         raise UsageError(f"target {target.name} cannot run on this CPU (missing {', '.join(target.missing_features())})")
-    sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else SIZES))
-    shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else SHAPES))
+    tables = set(args.tables.lower())
+    if not tables or not tables <= set("abcd"):
+        raise UsageError(f"--tables: letters of abcd, got {args.tables!r}")
+    final_s = (0.0 if args.quick else FINAL_S) if args.final_seconds is None else args.final_seconds
+    if not (final_s >= 0 and math.isfinite(final_s)) or args.final_rounds < 1:
+        raise UsageError("--final-seconds must be >= 0 and --final-rounds >= 1")
+    sizes = [] if (args.sizes or "").strip().lower() == "none" else \
+        parse_sizes(args.sizes or (QUICK_SIZES if args.quick else SIZES))
+    shapes = [] if (args.shapes or "").strip().lower() == "none" else \
+        parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else SHAPES))
+    if not sizes and not shapes:
+        raise UsageError("--sizes none and --shapes none: nothing to measure")
     tshapes = parse_sizes(QUICK_THREAD_SIZES if args.quick else THREAD_SIZES) + \
         parse_shapes(QUICK_THREAD_SHAPES if args.quick else THREAD_SHAPES)
     against = parse_against(args.against)
@@ -504,18 +541,26 @@ def _main(args) -> int:
     peers, skipped = load_peers(against, OP)
     all_shapes = sizes + shapes
     copier = CopyKernel(ks.target)
-    bar = Progress(len(all_shapes) + len(tshapes) + 1, desc="issue13")
+    if "c" in tables and not sizes:
+        notes.append("(c) skipped: no single-row size (--sizes none)")
+        tables.discard("c")
+    per_size = bool(tables & set("ad"))
+    bar = Progress(len(all_shapes) * per_size + len(tshapes) * ("b" in tables) + ("c" in tables), desc="issue13")
     results: dict = {}
+    trows, drows, dram = None, [], {}
     try:
-        for R, n in all_shapes:
-            results[(R, n)] = measure_size(ks, peers, copier, R, n, rng, caches, timing_kw, notes)
+        for R, n in all_shapes if per_size else ():
+            results[(R, n)] = measure_size(ks, peers, copier, R, n, rng, caches, timing_kw, notes,
+                                           final_s, args.final_rounds)
             bar.update(size_label(R, n))
-        trows = thread_rows(ks, tshapes, rng, caches, timing_kw)
-        for _ in tshapes:
-            bar.update("threads")
-        dram_n = max(n for R, n in sizes)
-        drows, dram = dram_rows(ks, dram_n, rng, caches, timing_kw)
-        bar.update("DRAM")
+        if "b" in tables:
+            trows = thread_rows(ks, tshapes, rng, caches, timing_kw)
+            for _ in tshapes:
+                bar.update("threads")
+        if "c" in tables:
+            dram_n = max(n for R, n in sizes)
+            drows, dram = dram_rows(ks, dram_n, rng, caches, timing_kw)
+            bar.update("DRAM")
     finally:
         bar.close()
     arows = auto_rows(ks, results)
@@ -523,7 +568,8 @@ def _main(args) -> int:
     info = machine_info()
     ident = machine.identity()
     date = _dt.date.today().isoformat()
-    stem = f"issue13-{date}-{cpu_slug(ident)}-{target.name}" + ("-quick" if args.quick else "")
+    stem = f"issue13-{date}-{cpu_slug(ident)}-{target.name}" + ("-quick" if args.quick else "") \
+        + (f"-{''.join(sorted(tables))}" if tables != set("abcd") else "")
     txt = []
     txt.append(f"# issue 13 closing tables: softgen {__version__} (commit {info.get('commit')}), {info['date']}")
     txt.append(f"# cpu: {machine.describe()}")
@@ -532,8 +578,11 @@ def _main(args) -> int:
                + (f"{info['loadavg'][0]:.2f}" if info.get("loadavg") else "?"))
     txt.append(f"# op {OP}; 1 thread unless said; per size every candidate timed interleaved (medians, "
                f"{timing_kw['min_rounds']}-{timing_kw['max_rounds']} rounds, samples >= "
-               f"{timing_kw['min_time'] * 1e3:g} ms), then the sweep's {FINALISTS} fastest and the autos again in a "
-               f"fresh interleaved run (their medians stand: the best of many noisy medians is biased low)"
+               f"{timing_kw['min_time'] * 1e3:g} ms), then the autos and the sweep's finalists (its {FINALISTS} fastest and any other "
+               f"within the first run's noise of the best, {FINALISTS_MAX} at most: tune.pick_finalists) again in a fresh "
+               f"interleaved run (their medians stand: the best of many noisy medians is biased low)"
+               + (f", rounds until their medians are known to 2% (tune.measure), at most {args.final_rounds} rounds or "
+                  f"{final_s:g} s" if final_s > 0 else "")
                + ("; --quick: tiny sizes, sampled sweep, 3 rounds: NOT a measurement" if args.quick else ""))
     txt.append(f"# wall {time.monotonic() - t0:.0f} s")
     txt.append("# Measured on a shared machine unless said otherwise: compare ratios within a row "
@@ -555,32 +604,39 @@ def _main(args) -> int:
         txt.append(f"# peer {name} {p.version}: threads {p.threads}")
     for name, why in skipped.items():
         txt.append(f"# peer {name} skipped: {why}")
-    txt += ["", "## (a) auto vs the best variant of the sweep vs the previous auto (ns/element)", "",
-            render_table(arows, AUTO_COLUMNS), "",
-            "tuned/best, model/best: time over the sweep's best (issue 13: <= 1.05x tuned, <= 1.15x model); "
-            "prev/auto: previous auto's time over auto's (tuned, else model; issue 13: >= 1.3x at 256K-1M on avx2)."]
-    txt += ["", "## (b) threads (auto: tuned, else model)", ""]
-    txt.append(render_table(trows, THREAD_COLUMNS) if trows is not None else
-               "not available: Kernel.__call__ has no threads= argument in this softgen (issue 13's thread pool "
-               "has not landed)")
-    txt += ["", f"## (c) DRAM: two-pass at a {size_label(1, dram_n)} row ({dram['level']}) vs "
-            f"{TWO_PASS_BYTES} B/element at the {dram['bound']} bandwidth", "",
-            render_table(drows, DRAM_COLUMNS), "",
-            "copy GB/s (8 B/element): " + ", ".join(f"{k} {v:.2f}" for k, v in dram["copy_gbps"].items())
-            + ("; streaming-store knobs of the Schedule: " + ", ".join(dram["stream_knobs"]) if dram["stream_knobs"]
-               else "; the Schedule has no streaming-store knob (two-pass default schedule only)")]
-    txt += ["", f"## (d) peers vs {peer_base} (peer time / auto time: > 1 = softgen faster)", "",
-            render_table(prows, peer_columns(peers)) if peers else "no peers installed", "",
-            "goal ns/el: ONNX Runtime's time over issue 13's goal (what auto must reach); bound ns/el: auto's plan's "
-            "traffic (B/el: reads + writes, f32; lazymax without its max sweep) at the copy kernel's bandwidth at that "
-            "size, timed in the same interleaved run (a row of 256K-4M elements lives in L3: its L3 bound); a goal "
-            "below the bound needs a plan with less traffic"]
+    if "a" in tables:
+        txt += ["", "## (a) auto vs the best variant of the sweep vs the previous auto (ns/element)", "",
+                render_table(arows, AUTO_COLUMNS), "",
+                "tuned/best, model/best: time over the sweep's best (issue 13: <= 1.05x tuned, <= 1.15x model); "
+                "prev/auto: previous auto's time over auto's (tuned, else model; issue 13: >= 1.3x at 256K-1M on avx2); "
+                "max noise: the largest IQR/median of the first run (every candidate and peer); final noise: of the "
+                "finalists' re-run (the autos and the sweep's finalists), whose medians the ratios use."]
+    if "b" in tables:
+        txt += ["", "## (b) threads (auto: tuned, else model)", ""]
+        txt.append(render_table(trows, THREAD_COLUMNS) if trows is not None else
+                   "not available: Kernel.__call__ has no threads= argument in this softgen (issue 13's thread pool "
+                   "has not landed)")
+    if "c" in tables:
+        txt += ["", f"## (c) DRAM: two-pass at a {size_label(1, dram_n)} row ({dram['level']}) vs "
+                f"{TWO_PASS_BYTES} B/element at the {dram['bound']} bandwidth", "",
+                render_table(drows, DRAM_COLUMNS), "",
+                "copy GB/s (8 B/element): " + ", ".join(f"{k} {v:.2f}" for k, v in dram["copy_gbps"].items())
+                + ("; streaming-store knobs of the Schedule: " + ", ".join(dram["stream_knobs"]) if dram["stream_knobs"]
+                   else "; the Schedule has no streaming-store knob (two-pass default schedule only)")]
+    if "d" in tables:
+        txt += ["", f"## (d) peers vs {peer_base} (peer time / auto time: > 1 = softgen faster)", "",
+                render_table(prows, peer_columns(peers)) if peers else "no peers installed", "",
+                "goal ns/el: ONNX Runtime's time over issue 13's goal (what auto must reach); bound ns/el: auto's plan's "
+                "traffic (B/el: reads + writes, f32; lazymax without its max sweep) at the copy kernel's bandwidth at "
+                "that size, timed in the same interleaved run (a row of 256K-4M elements lives in L3: its L3 bound); a "
+                "goal below the bound needs a plan with less traffic"]
     txt += [f"note: {n}" for n in notes]
     text = "\n".join(txt) + "\n"
     res = {"softgen": __version__, "commit": info.get("commit"), "target": target.name, "quick": args.quick,
            "machine": {"describe": machine.describe(), "identity": ident, "fingerprint": machine.fingerprint(),
                        "info": info},
-           "timing": timing_kw, "tuned": ks.tuned is not None,
+           "timing": timing_kw, "final": {"seconds": final_s, "rounds": args.final_rounds},
+           "tables": "".join(sorted(tables)), "tuned": ks.tuned is not None,
            "model_dispatch": ks.model.dispatch.as_list() if ks.model.dispatcher else None,
            "tuned_dispatch": ks.tuned.dispatch.as_list() if ks.tuned is not None and ks.tuned.dispatcher else None,
            "previous_auto": ks.previous_label,
@@ -592,6 +648,8 @@ def _main(args) -> int:
            "notes": notes, "wall_seconds": round(time.monotonic() - t0, 1)}
     res["plot"] = None
     try:
+        if not results:
+            raise UsageError("no per-size table (--tables without a or d)")
         mres = {"rows": plot_rows(ks, results), "softgen": __version__, "op": OP,
                 "machine": {"caches": caches.sizes(), "identity": ident, "fingerprint": machine.fingerprint()}}
         res["plot"] = str(plot(mres, out / f"{stem}.png"))

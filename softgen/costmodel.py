@@ -19,7 +19,8 @@ it drops) where it is at least 3% cheaper (``KNOB_MARGIN``) than every algorithm
 Then the knobs that change only calls of several rows (``BATCH_KNOBS``: rows=R, pipeline; and
 lazymax where a batch streams from beyond L1d) over that winner, priced on a batch
 (``batch_cycles``: each row's first touch of x and its output at the batch's level, the per-row
-latency of each reduction over R rows, pipeline's two sweeps under one roofline), with the same
+latency of each reduction over R rows, pipeline's two sweeps under one roofline less the chain it
+defers, its loop's far reads added), with the same
 margin; their per-row term falls with n, so a level may split once where the choice changes. Per-op-kind hints rather than per-sweep measured counts: they compose for any op and
 any rewrite the planner produces, so a new op or algorithm needs no new measurement or table.
 
@@ -300,15 +301,24 @@ def batch_cycles(plan: Plan, target: Target, level: str, n: int, exp: str = "", 
       rows=R interleaves R rows' independent chains in one loop: 1/R of it each. No hint: 0;
     * pipeline (rows in L1d; where ``passes.pipeline_refusal`` has no objection): the output sweep
       runs in the loop of the next row's sweep before it, one roofline over both (their compute
-      adds, their traffic adds, each hides the other). Beyond L1d two rows' streams in one loop
-      evict each other, which the model has no term for: there it prices no gain (never chosen).
+      adds, their near traffic adds, each hides the other), and the reduction that sweep ends in no
+      longer stalls the row (the output sweep waiting for its scalar runs one row later): one chain
+      less per row. Reads from the batch's level in that loop (x's first touch under lazymax) are
+      not hidden by it: a load missing to L3 stalls the dependent exp chain of two rows' work, and
+      the loop's out-of-order window covers half the elements it does alone, so they add to the
+      roofline (without lazymax the max sweep streams x in alone first; stores drain in the
+      background). Beyond L1d two rows' streams in one loop evict each other, which the model has no
+      term for: there it prices no gain (never chosen). Measured (Zen 4, avx512, 16 MiB batches,
+      interleaved, bench/results/batch512-*): pipeline 0.82x three-pass-reload's time at n = 512,
+      lazymax with it 0.91-1.02x, lazymax alone 0.91x.
     """
     cost = target.cost
     outer = batch_level(level)
     near, far = cost["bandwidth"][level], cost["bandwidth"][outer]
     p = plan.program
     lazy = lazymax and outer != LEVELS[0] and not isinstance(lazy_max(plan), str)
-    parts: list[tuple[float, float]] = []       # (compute, memory) per sweep, per element of the row
+    # (compute, memory, far reads' part of memory) per sweep, per element of the row
+    parts: list[tuple[float, float, float]] = []
     touched = 0.0                               # the share of x read by the sweeps before
     for s in plan.sweeps:
         if s.selected is not None:
@@ -318,26 +328,36 @@ def batch_cycles(plan: Plan, target: Target, level: str, n: int, exp: str = "", 
         touched = max(touched, share) if s.reads_x else touched
         out_far = share if s.output is not None else 0.0
         near_words = (s.reads + s.writes) * share - x_far - out_far
-        parts.append((share * _compute(p, s, target, exp, lazy), 4 * (x_far + out_far) / far + 4 * near_words / near))
+        parts.append((share * _compute(p, s, target, exp, lazy), 4 * (x_far + out_far) / far + 4 * near_words / near,
+                      4 * x_far / far))
+    chains = sum(1 for s in plan.sweeps if s.reductions and s.selected is None)
+    total = 0.0
     if pipeline and level == LEVELS[0] and len(parts) >= 2 and not pipeline_refusal(plan):
-        (c1, m1), (c2, m2) = parts[-2:]
-        parts[-2:] = [(c1 + c2, m1 + m2)]
+        (c1, m1, f1), (c2, m2, f2) = parts[-2:]
+        parts = parts[:-2]
+        total = max(c1 + c2, m1 + m2 - f1 - f2) + f1 + f2   # far reads: not hidden in the pipelined loop
+        chains -= 1                                         # the sum's scalar is awaited a row later
     # lazymax's reference and segments: one chain more per row (the output sweep runs per segment)
-    chains = sum(1 for s in plan.sweeps if s.reductions and s.selected is None) + lazy
-    per_row = float(cost.get("reduce_latency_cycles", 0.0)) * chains / max(rows, 1)
-    return sum(max(c, m) for c, m in parts) + per_row / max(n, 1)
+    per_row = float(cost.get("reduce_latency_cycles", 0.0)) * (chains + lazy) / max(rows, 1)
+    return total + sum(max(c, m) for c, m, _ in parts) + per_row / max(n, 1)
 
 
 # vectors live per unrolled element in the R-rows form's exp sweep (x - m, the exponent, the reduced
 # argument, the polynomial): R rows x unroll of them must fit the target's vector registers
 ROWS_LIVE = 4
+# and per row under lazymax (its exp sweep's running reference r, r + slack, the fold's constant and
+# clamp, backends.c: lz_r / lz_lim / lz_c / lz_lo broadcast): 3pl r2 lz ran 1.5-2.6x 3pl lz at 4096 x
+# 512 on avx512 (u4: 2 x (16 + 4) = 40 > 32 registers), r2 alone 1.2x (32: the constants spill)
+LAZY_LIVE = 4
 
 
 def rows_fit(target: Target, sched: dict) -> bool:
     """Whether schedule rows=R keeps its R rows' unrolled exp sweeps in ``target``'s vector
-    registers (``ROWS_LIVE`` x R x unroll <= ``vector_registers``); beyond, it spills in every
-    iteration, which ``batch_cycles`` has no term for: the model does not offer it."""
-    return ROWS_LIVE * sched.get("rows", 1) * sched.get("unroll", 1) <= target.vector_registers
+    registers (R x (``ROWS_LIVE`` x unroll + ``LAZY_LIVE`` under lazymax) <= ``vector_registers``);
+    beyond, it spills in every iteration, which ``batch_cycles`` has no term for: the model does
+    not offer it."""
+    per_row = ROWS_LIVE * sched.get("unroll", 1) + LAZY_LIVE * bool(sched.get("lazymax"))
+    return sched.get("rows", 1) * per_row <= target.vector_registers
 
 
 def level_limits(caches: Caches) -> dict[str, int | None]:
@@ -542,10 +562,12 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
         why = "model: " + "; ".join(
             f"{lvl} " + ", ".join(f"{short(a)} {c:.2f}" for a, c in sorted(costs[lvl].items(), key=lambda t: t[1]))
             for lvl in lvls) + " cycles/element"
-        win = best[lvls[0]][1]
+        # the single-row knob schedule of the span's levels (a span from L1d may take it from a batch knob there)
+        win = next((best[lvl][1] for lvl in lvls if best[lvl][1] is not schedule), schedule)
         if win is not schedule:
             why += (f"; {SHORT[alg]} {knob_label(win)}: " + _knob_why(win, target) + " ("
-                    + ", ".join(f"{lvl} {base_cost[lvl][alg]:.2f} -> {best[lvl][2]:.2f}" for lvl in lvls)
+                    + ", ".join(f"{lvl} {base_cost[lvl][alg]:.2f} -> {best[lvl][2]:.2f}" for lvl in lvls
+                                if best[lvl][1] == win)
                     + " cycles/element)")
         bwhy = "; ".join(dict.fromkeys(seg[5] for seg in span if seg[5]))
         if bwhy:

@@ -26,8 +26,13 @@ Per size class (one per requested size):
    rounds (rotated order) until the median's 95% confidence interval (1.57 IQR / sqrt(rounds),
    the notch of a box plot) is within ``TOLERANCE`` of it for every candidate within 10% of the
    best, or the class's share of the budget is spent (at least ``MIN_ROUNDS`` rounds).
-4. *finalists*: the best ``FINALISTS`` are re-measured in a fresh interleaved run (new
-   calibration); the winner is the fastest there. Its record holds its median ns/element, its
+4. *finalists* (``pick_finalists``): the best ``FINALISTS`` and every other candidate the first run
+   cannot tell from the best (its median's 95% confidence interval overlaps the best's), up to
+   ``FINALISTS_MAX``, are re-measured in a fresh interleaved run (new calibration); the winner is
+   the fastest there. A noisy first run (a batch of 37 candidates gets ~5 rounds in its budget share)
+   thus re-times more of them: at 4096 x 512 on avx512 a quiet run's first rounds had ranked pipeline
+   (the sweep's best, 0.84x lazymax's time) below the top three, which it then never met again.
+   Its record holds its median ns/element, its
    noise (IQR / median of the final run), the rounds, and each other candidate's time ratio to it
    (finalists from the final run, the others from the first).
 
@@ -95,7 +100,8 @@ KNOB_PRUNE_RATIO = 2.0      # the same for a knob schedule's exp variant (avx2's
 KEEP = 3                    # schedules per algorithm timed (the nearest the target's default)
 KNOB_ALGORITHMS = 1         # the level-bound knobs (stream, prefetch, exp) are timed on this many
                             # algorithms, the model's cheapest at the class's level (within the budget)
-FINALISTS = 3
+FINALISTS = 3               # re-measured at least (the first run's fastest) ...
+FINALISTS_MAX = 6           # ... and at most: every candidate whose first-run notch overlaps the best's
 TOLERANCE = 0.02            # relative half-width of the median's 95% CI at which rounds stop
 MIN_ROUNDS = 5
 MAX_ROUNDS = 60
@@ -351,6 +357,22 @@ def _ci(xs: list[float]) -> float:
     return 1.57 * (q3 - q1) / math.sqrt(len(xs)) / med if med > 0 else math.inf
 
 
+def pick_finalists(first: dict[str, Timing], least: int = FINALISTS, most: int = FINALISTS_MAX) -> list[str]:
+    """The candidates of a first run ``first`` to re-measure, fastest first: the ``least`` fastest,
+    then every other whose median's 95% confidence interval (``_ci``) overlaps the fastest one's,
+    ``most`` in all at most (the first run cannot order them: its best of many noisy medians is
+    biased low, and a true winner may rank below the top few)."""
+    ranked = sorted(first, key=lambda k: first[k].median)
+    if not ranked:
+        return []
+    top = first[ranked[0]]
+    reach = top.median * (1 + _ci(top.samples or [top.median]))
+    out = ranked[:least]
+    out += [k for k in ranked[least:]
+            if first[k].median * (1 - _ci(first[k].samples or [first[k].median])) <= reach]
+    return out[:max(most, least)]
+
+
 def measure(variants: dict[str, Variant], deadline: float, *, min_time: float = MIN_TIME,
             tolerance: float = TOLERANCE, min_rounds: int = MIN_ROUNDS,
             max_rounds: int = MAX_ROUNDS) -> dict[str, Timing]:
@@ -523,12 +545,12 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             del ref
             first = measure(variants, deadline - 0.3 * max(0.0, deadline - time.monotonic()))
             ranked = sorted(first, key=lambda k: first[k].median)
-            finalists = ranked[:FINALISTS]
+            finalists = pick_finalists(first)
             final = measure({k: variants[k] for k in finalists}, deadline) if len(finalists) > 1 else \
                 {k: first[k] for k in finalists}
             win = min(final, key=lambda k: final[k].median)
             runners = {k: final[k].median / final[win].median for k in finalists if k != win}
-            runners.update({k: first[k].median / first[win].median for k in ranked[FINALISTS:]})
+            runners.update({k: first[k].median / first[win].median for k in ranked if k not in finalists})
             a, s = meta[win]
             timing = final[win]
             # the rows class says what was measured: a batch (rows >= 2: it applies to batches)

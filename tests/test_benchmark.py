@@ -406,8 +406,8 @@ def test_issue13_quick(tmp_path, monkeypatch, capsys):
                 if a in softgen.passes.applicable_algorithms(softgen.ops.build_program("softmax")))
     assert d["previous_auto"].startswith(prev + " ")
     for r in d["auto"]:          # the sweep's best is the fastest candidate timed, auto no faster than it
-        raw = d["raw"][r["size"]]   # the sweep's fastest (up to 3) re-timed with the autos: the best of them
-        assert 2 <= len(raw["_first"]) <= 3 and r["best"] in {k[len("sweep "):] for k in raw["_first"]}
+        raw = d["raw"][r["size"]]   # the sweep's finalists (tune.pick_finalists) re-timed with the autos: the best of them
+        assert 2 <= len(raw["_first"]) <= issue13.FINALISTS_MAX and r["best"] in {k[len("sweep "):] for k in raw["_first"]}
         assert r["best_ns"] == pytest.approx(min(raw[k] for k in raw["_first"]) / (r["rows"] * r["n"]) * 1e9)
         assert r["model_vs_best"] == pytest.approx(raw["model auto"] / raw["sweep " + r["best"]])
     # per size: tune's candidates there, sampled (each kept algorithm's default and one other)
@@ -426,3 +426,12 @@ def test_issue13_quick(tmp_path, monkeypatch, capsys):
         assert [r["size"] for r in d["threads"]] == ["1K", "4K", "4x512"]
     else:
         assert d["threads"] is None and "not available" in txt
+    # a focused re-run: one shape, table (a) only, the finalists re-timed by tune.measure
+    assert issue13.main(["--quick", "--target", "scalar", "--tables", "x", "--out", str(tmp_path)]) == 2
+    assert issue13.main(["--quick", "--target", "scalar", "--sizes", "none", "--shapes", "4x256", "--tables", "a",
+                         "--final-seconds", "0.05", "--against", "numpy", "--out", str(tmp_path)]) == 0
+    txt = capsys.readouterr().out
+    d = json.loads(next(tmp_path.glob("issue13-*-scalar-quick-a.json")).read_text())
+    assert [r["size"] for r in d["auto"]] == ["4x256"] and d["tables"] == "a" and d["final"]["seconds"] == 0.05
+    assert "## (a)" in txt and not any(h in txt for h in ("## (b)", "## (c)", "## (d)")) and "final noise" in txt
+    assert not any("=True" in k for k in d["raw"]["4x256"])    # knobs named once (pp, lz), not "pp pipeline=True"

@@ -19,6 +19,7 @@ from conftest import check, own_cache
 
 import softgen
 from softgen import machine, tunedb
+from softgen.benchmark import Timing
 from softgen.targets import get_target, host_arch
 
 tune_mod = importlib.import_module("softgen.tune")   # softgen.tune is the function
@@ -253,3 +254,18 @@ def test_the_llc_edge_gets_dram_knobs():
     plans = {a: passes.plan(passes.apply_algorithm(build_program("softmax"), a)) for a in ("three-pass-reload", "two-pass")}
     assert tune_mod.knob_algorithms(plans, t, "L3", list(plans)) == ["three-pass-reload"]
     assert tune_mod.knob_algorithms(plans, t, "DRAM", list(plans)) == ["two-pass"]
+
+
+def test_finalists_are_every_candidate_the_first_run_cannot_tell_from_the_best():
+    """tune.pick_finalists: the FINALISTS fastest, then any other whose median's 95% CI overlaps
+    the best's (at 4096 x 512 the quiet first run had ranked the true winner, pipeline, fourth
+    within the noise of the top three), at most FINALISTS_MAX; a clearly slower one is not re-timed."""
+    def t(med, spread):
+        xs = [med * (1 + spread * f) for f in (-0.5, -0.25, 0.0, 0.25, 0.5)]
+        return Timing(med, min(xs), med * (1 - spread / 4), med * (1 + spread / 4), 1, len(xs), xs)
+    first = {"a": t(1.00, 0.4), "b": t(1.01, 0.4), "c": t(1.02, 0.4), "d": t(1.05, 0.4), "slow": t(2.0, 0.01)}
+    assert tune_mod.pick_finalists(first) == ["a", "b", "c", "d"]
+    quiet = {k: t(v.median, 0.001) for k, v in first.items()}
+    assert tune_mod.pick_finalists(quiet) == ["a", "b", "c"]
+    many = {f"k{i}": t(1 + i / 1000, 0.4) for i in range(10)}
+    assert len(tune_mod.pick_finalists(many)) == tune_mod.FINALISTS_MAX
