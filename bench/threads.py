@@ -1,44 +1,164 @@
 #!/usr/bin/env python3
-"""2 threads vs 1 (issue 13, Threads) on batches and a small row: softgen's auto kernel at
-threads=1, threads=2 and auto (threads=None), interleaved rounds (each round times every
-variant once, in rotated order), medians. Usage: python bench/threads.py [--rounds 15]"""
+"""2 threads vs 1 (issue 13, Threads): the rows of ``bench/issue13.py``'s section (b) on their own,
+with the 2-thread bandwidth bound, and where the 2-thread time goes (``--profile``).
+
+Per size (single rows; ``--shapes``: batches) the auto kernel (tuned when this machine's tuning
+DB has records, else the model's) at threads=1 and threads=2, its auto (threads=None), and the
+generated copy kernel (``templates/copy.c.j2``; non-temporal stores beyond the LLC where the target
+has them) on 1 and on 2 threads of the same pool (``CopyKernel(..., threads=2)``), all in one
+interleaved ``time_interleaved`` run (buffers pre-touched, rotated beyond the LLC). Columns:
+speed-up (1t time / 2t time), copy 2t/1t (what two threads gain in copy bandwidth at that size: the
+speed-up a bandwidth-bound kernel can reach), B/el (the plan's traffic at n), 2t bound (B/el at the
+2-thread copy bandwidth) and the kernel's 2-thread time as a fraction of it.
+
+``--profile``: per size, the variant the auto kernel runs there, rebuilt with ``SG_POOL_PROFILE``
+(``templates/pool.h.j2``), called ``--calls`` times on 2 threads; its per-phase breakdown
+(waking the pool, each sweep's pickup delay of the worker, the caller's own range, its wait, the
+merges) is printed to stderr.
+
+Measured on a shared machine, 2-thread ratios are only meaningful interleaved and repeated:
+    python bench/threads.py                                 # 1K,256K,1M,4M,64M and 4096x512
+    python bench/threads.py --sizes 256K,1M --shapes 4096x512 --rounds 25
+    python bench/threads.py --sizes 256K,1M --shapes 4096x512 --profile
+"""
+from __future__ import annotations
+
 import argparse
-import statistics
-import timeit
+import dataclasses
+import math
+import sys
 
 import numpy as np
 
 import softgen
+from softgen import machine, passes
+from softgen.benchmark import (
+    CopyKernel,
+    _buffers,
+    _ns,
+    _pct,
+    _rotating,
+    _x,
+    parse_shapes,
+    parse_sizes,
+    ratio,
+    render_table,
+    size_label,
+    time_interleaved,
+)
+from softgen.benchmark.copykernel import COPY_BYTES
+from softgen.kernel import Kernel
 
-SHAPES = [(4096, 512), (8192, 128), (64, 32768), (1, 1024)]
+SIZES = "1K,256K,1M,4M,64M"
+SHAPES = "4096x512"
+TIMING = dict(min_time=0.02, budget=0.3, min_rounds=7, max_rounds=25)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--op", default="softmax")
-    args = ap.parse_args()
-    k = softgen.compile(args.op)
-    rng = np.random.default_rng(0)
-    print(f"{k.name}: {k.explain_threads()}")
-    print(f"{'shape':>11} {'1 thread us':>12} {'2 threads us':>13} {'auto us':>9} {'1t/2t':>7} {'1t/auto':>8}")
-    for rows, n in SHAPES:
-        x = rng.standard_normal((rows, n)).astype(np.float32)
+def buffer_pairs(caches, R: int, n: int) -> int:
+    """Buffer pairs to rotate through: enough to exceed the LLC twice for DRAM-sized calls."""
+    ws = 2 * 4 * R * n
+    return max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1
+
+
+def variant_at(k: Kernel, n: int) -> Kernel:
+    """The kernel ``k`` runs on rows of n (a dispatcher's variant there; else ``k``)."""
+    if not k.dispatcher:
+        return k
+    e = next(e for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
+    return next(v for v in k.variants if v.algorithm == e.algorithm and v.schedule.as_dict() == dict(e.schedule))
+
+
+def traffic_at(k: Kernel, n: int) -> int:
+    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there);
+    schedule lazymax (where ``passes.lazy_max`` applies) drops the max sweep's read of x."""
+    k = variant_at(k, n)
+    lazy = k.schedule.lazymax and not isinstance(passes.lazy_max(k.plan), str) and n > passes.LAZY_FIRST
+    return k.plan.traffic()["bytes_per_element"] - 4 * lazy
+
+
+def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict, auto: bool = False) -> list[dict]:
+    """Per (R, n): ``k`` at 1 and 2 threads (and auto), the copy on 1 and 2 threads, interleaved."""
+    rows = []
+    for R, n in shapes:
+        bufs = _buffers(rng, R, n, buffer_pairs(caches, R, n))
+        stream = copier.streams and caches.level_of(2 * 4 * R * n) == "DRAM"
+        v = {f"{t}t": _rotating([("k(x, out=y, threads=t)", {"k": k, "x": x, "y": y, "t": t}) for x, y in bufs])
+             for t in (1, 2)}
+        if auto:
+            v["auto"] = _rotating([("k(x, out=y)", {"k": k, "x": x, "y": y}) for x, y in bufs])
+        for t in (1, 2):
+            v[f"copy {t}t"] = _rotating([copier.variant(x, y, stream, threads=t) for x, y in bufs])
+        tm = time_interleaved(v, **timing_kw)
+        N = R * n
+        per = {name: t.median / (copier.reps(N) if name.startswith("copy") else 1) for name, t in tm.items()}
+        gbs2 = COPY_BYTES * N / per["copy 2t"] / 1e9
+        traffic = traffic_at(k, n)
+        row = dict(size=size_label(R, n), t1_ns=per["1t"] / N * 1e9, t2_ns=per["2t"] / N * 1e9,
+                   speedup=ratio(per["1t"], per["2t"]),
+                   copy=("nt " if stream else "") + f"{COPY_BYTES * N / per['copy 1t'] / 1e9:.1f} / {gbs2:.1f}",
+                   copy_gain=ratio(per["copy 1t"], per["copy 2t"]), traffic=traffic,
+                   bound2_ns=traffic / gbs2, noise=max(t.spread for t in tm.values()))
+        row["of_bound2"] = row["bound2_ns"] / row["t2_ns"]
+        if auto:
+            row["auto_ns"] = per["auto"] / N * 1e9
+            row["auto_vs_1t"] = ratio(per["auto"], per["1t"])
+        rows.append(row)
+        del bufs
+    return rows
+
+
+COLUMNS = [("size", "size", "s"), ("t1_ns", "1 thread ns/el", _ns), ("t2_ns", "2 threads ns/el", _ns),
+           ("speedup", "speed-up", _x), ("copy", "copy GB/s 1t / 2t", "s"), ("copy_gain", "copy 2t/1t", _x),
+           ("traffic", "B/el", "d"), ("bound2_ns", "2t bound ns/el", _ns), ("of_bound2", "2t of bound", _pct),
+           ("noise", "noise", _pct)]
+AUTO_COLUMNS = [("auto_ns", "auto ns/el", _ns), ("auto_vs_1t", "auto/1t", _x)]
+NOTE = ("speed-up: 1 thread's time over 2 threads' (issue 13: >= 1.8x at 256K-4M and 4096x512, >= 1.6x at 64M, "
+        "auto <= 1.02x of one thread at 1K); copy 2t/1t: the copy kernel's 2-thread bandwidth over its 1-thread "
+        "bandwidth at that size (nt: non-temporal stores), the most a bandwidth-bound kernel gains; 2t bound: the "
+        "plan's B/el at the 2-thread copy bandwidth")
+
+
+def profile(k: Kernel, shapes, calls: int, rng) -> None:
+    """Per (R, n): the variant at n rebuilt with SG_POOL_PROFILE, ``calls`` calls on 2 threads, its
+    breakdown printed to stderr (by the library: ``sg_pool_profile_print``)."""
+    for R, n in shapes:
+        v = variant_at(k, n)
+        pk = dataclasses.replace(v, source="#define SG_POOL_PROFILE 1\n" + v.source, _fn=None, _emu_fn=None)
+        x = rng.standard_normal((R, n), dtype=np.float32)
         y = np.empty_like(x)
-        calls = {"1": lambda: k(x, out=y, threads=1), "2": lambda: k(x, out=y, threads=2),
-                 "auto": lambda: k(x, out=y)}
-        number = max(1, int(2e6 // (rows * n)))
-        for f in calls.values():
-            f()
-        times = {c: [] for c in calls}
-        order = list(calls)
-        for r in range(args.rounds):
-            for c in order[r % 3:] + order[:r % 3]:
-                times[c].append(min(timeit.repeat(calls[c], number=number, repeat=3)) / number * 1e6)
-        med = {c: statistics.median(v) for c, v in times.items()}
-        print(f"{rows:>5}x{n:<5} {med['1']:>12.1f} {med['2']:>13.1f} {med['auto']:>9.1f} "
-              f"{med['1'] / med['2']:>6.2f}x {med['1'] / med['auto']:>7.2f}x")
+        assert np.array_equal(pk(x, out=y, threads=2), v(x, threads=1), equal_nan=True)
+        handle = pk._entry(False)._softgen_handle
+        handle.sg_pool_profile_print()   # drop the check's region
+        for _ in range(calls):
+            pk(x, out=y, threads=2)
+        print(f"{size_label(R, n)}: {v.algorithm} {v.schedule}, {calls} calls on 2 threads", file=sys.stderr, flush=True)
+        handle.sg_pool_profile_print()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", default="host")
+    ap.add_argument("--op", default="softmax")
+    ap.add_argument("--sizes", default=SIZES, help=f"single rows (default {SIZES}; '' for none)")
+    ap.add_argument("--shapes", default=SHAPES, help=f"batches RxN (default {SHAPES}; '' for none)")
+    ap.add_argument("--rounds", type=int, help=f"interleaved rounds (default {TIMING['min_rounds']}-{TIMING['max_rounds']})")
+    ap.add_argument("--profile", action="store_true", help="the per-phase breakdown on 2 threads (SG_POOL_PROFILE)")
+    ap.add_argument("--calls", type=int, default=2000, help="calls per size with --profile (default 2000)")
+    args = ap.parse_args(argv)
+    shapes = (parse_sizes(args.sizes) if args.sizes else []) + (parse_shapes(args.shapes) if args.shapes else [])
+    k = softgen.compile(args.op, algorithm="auto", target=args.target)
+    rng = np.random.default_rng(0)
+    print(f"# {k.name}: {'tuned' if k.tuned else 'model'} auto; {machine.describe()}")
+    if args.profile:
+        profile(k, shapes, args.calls, rng)
+        return 0
+    timing_kw = dict(TIMING, **({"min_rounds": args.rounds, "max_rounds": args.rounds} if args.rounds else {}))
+    rows = measure(k, shapes, CopyKernel(k.target), rng, machine.caches(), timing_kw, auto=True)
+    print(render_table(rows, COLUMNS[:4] + AUTO_COLUMNS + COLUMNS[4:]))
+    print(NOTE)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
