@@ -12,9 +12,10 @@ speed-up a bandwidth-bound kernel can reach), B/el (the plan's traffic at n), 2t
 2-thread copy bandwidth) and the kernel's 2-thread time as a fraction of it.
 
 ``--profile``: per size, the variant the auto kernel runs there, rebuilt with ``SG_POOL_PROFILE``
-(``templates/pool.h.j2``), called ``--calls`` times on 2 threads; its per-phase breakdown
+(``templates/pool.h.j2``), called ``--calls`` times on 2 threads in batches interleaved with the
+plain variant on 1 and 2 threads; the medians over the batches of its per-phase breakdown
 (waking the pool, each sweep's pickup delay of the worker, the caller's own range, its wait, the
-merges) is printed to stderr.
+merges) and of the call times.
 
 Measured on a shared machine, 2-thread ratios are only meaningful interleaved and repeated:
     python bench/threads.py                                 # 1K,256K,1M,4M,64M and 4096x512
@@ -24,9 +25,12 @@ Measured on a shared machine, 2-thread ratios are only meaningful interleaved an
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import math
+import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -118,21 +122,53 @@ NOTE = ("speed-up: 1 thread's time over 2 threads' (issue 13: >= 1.8x at 256K-4M
         "plan's B/el at the 2-thread copy bandwidth")
 
 
-def profile(k: Kernel, shapes, calls: int, rng) -> None:
-    """Per (R, n): the variant at n rebuilt with SG_POOL_PROFILE, ``calls`` calls on 2 threads, its
-    breakdown printed to stderr (by the library: ``sg_pool_profile_print``)."""
+def profile(k: Kernel, shapes, calls: int, rng, batches: int = 30) -> list[dict]:
+    """Per (R, n): the variant at n rebuilt with SG_POOL_PROFILE, ``calls`` calls on 2 threads in
+    ``batches`` batches interleaved with batches of the plain variant on 1 and 2 threads; per field
+    of the library's profile (``sg_pool_profile_take``: per region, ns) and per call time, the
+    median over the batches (a batch a preempted thread disturbed does not move it)."""
+    out = []
     for R, n in shapes:
         v = variant_at(k, n)
         pk = dataclasses.replace(v, source="#define SG_POOL_PROFILE 1\n" + v.source, _fn=None, _emu_fn=None)
         x = rng.standard_normal((R, n), dtype=np.float32)
         y = np.empty_like(x)
         assert np.array_equal(pk(x, out=y, threads=2), v(x, threads=1), equal_nan=True)
-        handle = pk._entry(False)._softgen_handle
-        handle.sg_pool_profile_print()   # drop the check's region
-        for _ in range(calls):
-            pk(x, out=y, threads=2)
-        print(f"{size_label(R, n)}: {v.algorithm} {v.schedule}, {calls} calls on 2 threads", file=sys.stderr, flush=True)
-        handle.sg_pool_profile_print()
+        lib = pk._entry(False)._softgen_handle
+        lib.sg_pool_profile_fields.restype = ctypes.c_char_p
+        fields = lib.sg_pool_profile_fields().decode().split()
+        buf = (ctypes.c_double * len(fields))()
+        lib.sg_pool_profile_take(buf, len(fields))   # drop the check's region
+        per = max(1, calls // batches)
+        cols: dict[str, list[float]] = {}
+        for b in range(batches):
+            for name, kk, t in (("1t", v, 1), ("2t", v, 2), ("2t profiled", pk, 2))[::1 if b % 2 else -1]:
+                t0 = time.perf_counter()
+                for _ in range(per):
+                    kk(x, out=y, threads=t)
+                cols.setdefault(name, []).append((time.perf_counter() - t0) / per * 1e9)
+            lib.sg_pool_profile_take(buf, len(fields))
+            for f, val in zip(fields, buf):
+                cols.setdefault(f, []).append(val)
+        med = {f: statistics.median(vals) for f, vals in cols.items()}
+        out.append(dict(size=size_label(R, n), variant=f"{v.algorithm} {v.schedule}", **med))
+        print(f"{size_label(R, n)}: {v.algorithm} {v.schedule}; {per} calls x {batches} batches, medians of the "
+              f"batches' per-call / per-region means (us)")
+        print(f"  call: 1t {med['1t'] / 1e3:.2f}, 2t {med['2t'] / 1e3:.2f} ({med['1t'] / med['2t']:.2f}x), "
+              f"2t profiled {med['2t profiled'] / 1e3:.2f}")
+        if med["regions"]:
+            print(f"  team region: total {med['total'] / 1e3:.2f} begin {med['begin'] / 1e3:.2f} end {med['end'] / 1e3:.2f}")
+            for j in range(4):
+                if med[f"caller{j}"] + med[f"workers{j}"]:
+                    print(f"  sweep job {j}: merge before {med[f'gap{j}'] / 1e3:.2f} worker pickup {med[f'pickup{j}'] / 1e3:.2f} "
+                          f"caller own {med[f'own{j}'] / 1e3:.2f} caller wait {med[f'wait{j}'] / 1e3:.2f}; tasks caller "
+                          f"{med[f'caller{j}']:.2f} workers {med[f'workers{j}']:.2f}")
+        if med["par_regions"]:
+            print(f"  sg_parallel region: total {med['par_total'] / 1e3:.2f} open {med['par_open'] / 1e3:.2f} worker pickup "
+                  f"{med['par_pickup'] / 1e3:.2f} caller own {med['par_own'] / 1e3:.2f} caller wait {med['par_wait'] / 1e3:.2f}; "
+                  f"tasks caller {med['par_caller']:.2f} of {med['par_tasks']:.2f}")
+        sys.stdout.flush()
+    return out
 
 
 def main(argv=None) -> int:
