@@ -28,6 +28,7 @@ import argparse
 import ctypes
 import dataclasses
 import math
+import resource
 import statistics
 import sys
 import time
@@ -92,7 +93,9 @@ def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict,
             v["auto"] = _rotating([("k(x, out=y)", {"k": k, "x": x, "y": y}) for x, y in bufs])
         for t in (1, 2):
             v[f"copy {t}t"] = _rotating([copier.variant(x, y, stream, threads=t) for x, y in bufs])
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         tm = time_interleaved(v, **timing_kw)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         N = R * n
         per = {name: t.median / (copier.reps(N) if name.startswith("copy") else 1) for name, t in tm.items()}
         gbs2 = COPY_BYTES * N / per["copy 2t"] / 1e9
@@ -101,7 +104,8 @@ def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict,
                    speedup=ratio(per["1t"], per["2t"]),
                    copy=("nt " if stream else "") + f"{COPY_BYTES * N / per['copy 1t'] / 1e9:.1f} / {gbs2:.1f}",
                    copy_gain=ratio(per["copy 1t"], per["copy 2t"]), traffic=traffic,
-                   bound2_ns=traffic / gbs2, noise=max(t.spread for t in tm.values()))
+                   bound2_ns=traffic / gbs2, noise=max(t.spread for t in tm.values()),
+                   faults=faults / sum(t.number * t.rounds for t in tm.values()))
         row["of_bound2"] = row["bound2_ns"] / row["t2_ns"]
         if auto:
             row["auto_ns"] = per["auto"] / N * 1e9
@@ -114,12 +118,13 @@ def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict,
 COLUMNS = [("size", "size", "s"), ("t1_ns", "1 thread ns/el", _ns), ("t2_ns", "2 threads ns/el", _ns),
            ("speedup", "speed-up", _x), ("copy", "copy GB/s 1t / 2t", "s"), ("copy_gain", "copy 2t/1t", _x),
            ("traffic", "B/el", "d"), ("bound2_ns", "2t bound ns/el", _ns), ("of_bound2", "2t of bound", _pct),
-           ("noise", "noise", _pct)]
+           ("faults", "faults/call", ".2f"), ("noise", "noise", _pct)]
 AUTO_COLUMNS = [("auto_ns", "auto ns/el", _ns), ("auto_vs_1t", "auto/1t", _x)]
 NOTE = ("speed-up: 1 thread's time over 2 threads' (issue 13: >= 1.8x at 256K-4M and 4096x512, >= 1.6x at 64M, "
         "auto <= 1.02x of one thread at 1K); copy 2t/1t: the copy kernel's 2-thread bandwidth over its 1-thread "
         "bandwidth at that size (nt: non-temporal stores), the most a bandwidth-bound kernel gains; 2t bound: the "
-        "plan's B/el at the 2-thread copy bandwidth")
+        "plan's B/el at the 2-thread copy bandwidth; faults/call: minor page faults per timed call (0: the buffers "
+        "were touched before timing)")
 
 
 def profile(k: Kernel, shapes, calls: int, rng, batches: int = 30) -> list[dict]:
