@@ -644,8 +644,9 @@ def _profiled(k):
 def test_pool_profile_counts_regions_jobs_and_tasks():
     """SG_POOL_PROFILE (bench/threads.py --profile): per team region (a split row) each sweep's job
     and who ran its chunks; per sg_parallel region (a batch) the ranges. A lazymax split row has two
-    jobs, not three: the max of its chunks' first elements (sweep 0) runs on the caller. The
-    results are the unprofiled kernel's."""
+    jobs, not three: the max of its chunks' first elements (sweep 0) runs on the caller. A batch
+    has more ranges of rows when it has the work (the last range is what the others wait for).
+    The results are the unprofiled kernel's."""
     k = softgen.compile("softmax", algorithm="three-pass-reload",
                         schedule={"block": 256, "chunk": 1024, "split": 4096, "lazymax": True})
     pk, take = _profiled(k)
@@ -661,7 +662,10 @@ def test_pool_profile_counts_regions_jobs_and_tasks():
         assert p[f"caller{j}"] + p[f"workers{j}"] == 7 and p[f"own{j}"] > 0, j
     assert p["caller2"] + p["workers2"] == 0 and p["par_regions"] == 0
     assert take()["regions"] == 0   # taking starts a new profile
-    xb = _rows(40, 33, seed=6)
-    assert np.array_equal(pk(xb, threads=2), k(xb, threads=1), equal_nan=True)
-    p = take()
-    assert p["par_regions"] == 1 and p["par_tasks"] == 8 and 0 <= p["par_caller"] <= 8 and p["regions"] == 0
+    # a batch: ranges of rows, 4 per thread at least, 16 at most, else one per 16384 elements
+    for (rows, n), ranges in (((40, 33), 8), ((96, 1024), 8), ((320, 1024), 20), ((2000, 1024), 32)):
+        xb = _rows(rows, n, seed=6)
+        assert np.array_equal(pk(xb, threads=2), k(xb, threads=1), equal_nan=True)
+        p = take()
+        assert p["par_regions"] == 1 and p["par_tasks"] == ranges and p["regions"] == 0, (rows, n)
+        assert 0 <= p["par_caller"] <= ranges
