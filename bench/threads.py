@@ -135,7 +135,8 @@ def profile(k: Kernel, shapes, calls: int, rng, batches: int = 30) -> list[dict]
     out = []
     for R, n in shapes:
         v = variant_at(k, n)
-        pk = dataclasses.replace(v, source="#define SG_POOL_PROFILE 1\n" + v.source, _fn=None, _emu_fn=None)
+        pk = dataclasses.replace(v, source="#define SG_POOL_PROFILE 1\n" + v.source,   # no entry of v's library
+                                 _fn=None, _emu_fn=None, _mt_fn=None, _emu_mt_fn=None)
         x = rng.standard_normal((R, n), dtype=np.float32)
         y = np.empty_like(x)
         assert np.array_equal(pk(x, out=y, threads=2), v(x, threads=1), equal_nan=True)

@@ -629,7 +629,8 @@ def test_loaded_machine_guard_counts_regions_that_waited_too_long(tmp_path):
 
 def _profiled(k):
     """``k`` rebuilt with SG_POOL_PROFILE (bench/threads.py --profile) and its profile reader."""
-    pk = dataclasses.replace(k, source="#define SG_POOL_PROFILE 1\n" + k.source, _fn=None, _emu_fn=None)
+    pk = dataclasses.replace(k, source="#define SG_POOL_PROFILE 1\n" + k.source,
+                             _fn=None, _emu_fn=None, _mt_fn=None, _emu_mt_fn=None)
     lib = pk._entry(False)._softgen_handle
     lib.sg_pool_profile_fields.restype = ctypes.c_char_p
     fields = lib.sg_pool_profile_fields().decode().split()
