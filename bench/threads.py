@@ -15,12 +15,15 @@ speed-up a bandwidth-bound kernel can reach), B/el (the plan's traffic at n), 2t
 (``templates/pool.h.j2``), called ``--calls`` times on 2 threads in batches interleaved with the
 plain variant on 1 and 2 threads; the medians over the batches of its per-phase breakdown
 (waking the pool, each sweep's pickup delay of the worker, the caller's own range, its wait, the
-merges) and of the call times.
+merges) and of the call times. ``--spin-us``: also the 2-thread time with the pool's spin before
+parking (``SG_POOL_SPIN_NS``) at other values; ``--gap-us``: busy work after every call, as when
+other ops run between two calls (a worker that parked after its spin must be woken).
 
 Measured on a shared machine, 2-thread ratios are only meaningful interleaved and repeated:
     python bench/threads.py                                 # 1K,256K,1M,4M,64M and 4096x512
     python bench/threads.py --sizes 256K,1M --shapes 4096x512 --rounds 25
     python bench/threads.py --sizes 256K,1M --shapes 4096x512 --profile
+    python bench/threads.py --sizes 256K --shapes 4096x512 --spin-us 50,1000 --gap-us 100
 """
 from __future__ import annotations
 
@@ -81,16 +84,38 @@ def traffic_at(k: Kernel, n: int) -> int:
     return k.plan.traffic()["bytes_per_element"] - 4 * lazy
 
 
-def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict, auto: bool = False) -> list[dict]:
-    """Per (R, n): ``k`` at 1 and 2 threads (and auto), the copy on 1 and 2 threads, interleaved."""
+def busy_wait(us: float) -> None:
+    """Spin ``us`` microseconds (other work between two calls, keeping this CPU busy)."""
+    end = time.perf_counter() + us * 1e-6
+    while time.perf_counter() < end:
+        pass
+
+
+def rebuilt(v: Kernel, prefix: str) -> Kernel:
+    """``v`` with ``prefix`` before its C source (a macro of pool.h.j2): its own library and pool."""
+    return dataclasses.replace(v, source=prefix + v.source,   # no cached entry of v's library
+                               _fn=None, _emu_fn=None, _mt_fn=None, _emu_mt_fn=None)
+
+
+def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict, auto: bool = False,
+            spins=(), gap_us: float = 0) -> list[dict]:
+    """Per (R, n): ``k`` at 1 and 2 threads (and auto), the copy on 1 and 2 threads, interleaved.
+    ``spins``: also 2 threads with the pool's SG_POOL_SPIN_NS at each of these microseconds;
+    ``gap_us``: every kernel call followed by that much busy work (its time subtracted)."""
     rows = []
     for R, n in shapes:
         bufs = _buffers(rng, R, n, buffer_pairs(caches, R, n))
         stream = copier.streams and caches.level_of(2 * 4 * R * n) == "DRAM"
-        v = {f"{t}t": _rotating([("k(x, out=y, threads=t)", {"k": k, "x": x, "y": y, "t": t}) for x, y in bufs])
-             for t in (1, 2)}
+        call = "k(x, out=y, threads=t)" + ("; g(u)" if gap_us else "")
+        glb = {"g": busy_wait, "u": gap_us}
+        v = {f"{t}t": _rotating([(call, {"k": k, "x": x, "y": y, "t": t, **glb}) for x, y in bufs]) for t in (1, 2)}
+        for us in spins:
+            kv = rebuilt(variant_at(k, n), f"#define SG_POOL_SPIN_NS {int(us * 1000)}\n")
+            v[f"2t spin {us:g}"] = _rotating([(call, {"k": kv, "x": x, "y": y, "t": 2, **glb}) for x, y in bufs])
+        if gap_us:
+            v["gap"] = ("g(u)", glb)
         if auto:
-            v["auto"] = _rotating([("k(x, out=y)", {"k": k, "x": x, "y": y}) for x, y in bufs])
+            v["auto"] = _rotating([(call.replace(", threads=t", ""), {"k": k, "x": x, "y": y, **glb}) for x, y in bufs])
         for t in (1, 2):
             v[f"copy {t}t"] = _rotating([copier.variant(x, y, stream, threads=t) for x, y in bufs])
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -98,6 +123,8 @@ def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict,
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         N = R * n
         per = {name: t.median / (copier.reps(N) if name.startswith("copy") else 1) for name, t in tm.items()}
+        gap = per.pop("gap", 0.0)
+        per = {name: t - (0 if name.startswith("copy") else gap) for name, t in per.items()}
         gbs2 = COPY_BYTES * N / per["copy 2t"] / 1e9
         traffic = traffic_at(k, n)
         row = dict(size=size_label(R, n), t1_ns=per["1t"] / N * 1e9, t2_ns=per["2t"] / N * 1e9,
@@ -110,6 +137,8 @@ def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict,
         if auto:
             row["auto_ns"] = per["auto"] / N * 1e9
             row["auto_vs_1t"] = ratio(per["auto"], per["1t"])
+        for us in spins:
+            row[f"speedup spin {us:g}"] = ratio(per["1t"], per[f"2t spin {us:g}"])
         rows.append(row)
         del bufs
     return rows
@@ -135,8 +164,7 @@ def profile(k: Kernel, shapes, calls: int, rng, batches: int = 30) -> list[dict]
     out = []
     for R, n in shapes:
         v = variant_at(k, n)
-        pk = dataclasses.replace(v, source="#define SG_POOL_PROFILE 1\n" + v.source,   # no entry of v's library
-                                 _fn=None, _emu_fn=None, _mt_fn=None, _emu_mt_fn=None)
+        pk = rebuilt(v, "#define SG_POOL_PROFILE 1\n")
         x = rng.standard_normal((R, n), dtype=np.float32)
         y = np.empty_like(x)
         assert np.array_equal(pk(x, out=y, threads=2), v(x, threads=1), equal_nan=True)
@@ -187,6 +215,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, help=f"interleaved rounds (default {TIMING['min_rounds']}-{TIMING['max_rounds']})")
     ap.add_argument("--profile", action="store_true", help="the per-phase breakdown on 2 threads (SG_POOL_PROFILE)")
     ap.add_argument("--calls", type=int, default=2000, help="calls per size with --profile (default 2000)")
+    ap.add_argument("--spin-us", default="", help="also 2 threads with the pool's spin before parking at these "
+                    "microseconds (SG_POOL_SPIN_NS; e.g. 50,1000; the default is 200)")
+    ap.add_argument("--gap-us", type=float, default=0, help="busy work after every call (us; its time subtracted): "
+                    "calls a little apart, as between other ops")
     args = ap.parse_args(argv)
     shapes = (parse_sizes(args.sizes) if args.sizes else []) + (parse_shapes(args.shapes) if args.shapes else [])
     k = softgen.compile(args.op, algorithm="auto", target=args.target)
@@ -196,8 +228,13 @@ def main(argv=None) -> int:
         profile(k, shapes, args.calls, rng)
         return 0
     timing_kw = dict(TIMING, **({"min_rounds": args.rounds, "max_rounds": args.rounds} if args.rounds else {}))
-    rows = measure(k, shapes, CopyKernel(k.target), rng, machine.caches(), timing_kw, auto=True)
-    print(render_table(rows, COLUMNS[:4] + AUTO_COLUMNS + COLUMNS[4:]))
+    spins = [float(u) for u in args.spin_us.split(",") if u]
+    rows = measure(k, shapes, CopyKernel(k.target), rng, machine.caches(), timing_kw, auto=True, spins=spins,
+                   gap_us=args.gap_us)
+    extra = [(f"speedup spin {u:g}", f"speed-up spin {u:g} us", _x) for u in spins]
+    if args.gap_us:
+        print(f"# every call followed by {args.gap_us:g} us of busy work (subtracted)")
+    print(render_table(rows, COLUMNS[:4] + extra + AUTO_COLUMNS + COLUMNS[4:]))
     print(NOTE)
     return 0
 
