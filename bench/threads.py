@@ -18,12 +18,15 @@ plain variant on 1 and 2 threads; the medians over the batches of its per-phase 
 merges) and of the call times. ``--spin-us``: also the 2-thread time with the pool's spin before
 parking (``SG_POOL_SPIN_NS``) at other values; ``--gap-us``: busy work after every call, as when
 other ops run between two calls (a worker that parked after its spin must be woken).
+``--percentiles``: every call timed alone (1 and 2 threads in alternating blocks), percentiles:
+on a loaded machine the fastest calls are the ones no other process disturbed.
 
 Measured on a shared machine, 2-thread ratios are only meaningful interleaved and repeated:
     python bench/threads.py                                 # 1K,256K,1M,4M,64M and 4096x512
     python bench/threads.py --sizes 256K,1M --shapes 4096x512 --rounds 25
     python bench/threads.py --sizes 256K,1M --shapes 4096x512 --profile
     python bench/threads.py --sizes 256K --shapes 4096x512 --spin-us 50,1000 --gap-us 100
+    python bench/threads.py --sizes 256K,1M --shapes 4096x512 --percentiles   # a loaded machine
 """
 from __future__ import annotations
 
@@ -205,6 +208,40 @@ def profile(k: Kernel, shapes, calls: int, rng, batches: int = 30) -> list[dict]
     return out
 
 
+def percentiles(k: Kernel, shapes, rng, blocks: int = 40, work_s: float = 0.004) -> list[dict]:
+    """Per (R, n): every call timed alone, 1 and 2 threads in alternating blocks; the 5th, 10th,
+    25th and 50th percentiles. On a loaded machine the fastest calls are those no other process
+    disturbed (both threads had a CPU): their ratio is what two threads give undisturbed."""
+    rows = []
+    pc = time.perf_counter
+    for R, n in shapes:
+        x = rng.standard_normal((R, n), dtype=np.float32)
+        y = np.empty_like(x)
+        k(x, out=y, threads=1)
+        t0 = pc()
+        k(x, out=y, threads=1)
+        per = max(5, int(work_s / max(pc() - t0, 1e-7)))
+        ts: dict[int, list[float]] = {1: [], 2: []}
+        for b in range(blocks):
+            for t in ((1, 2) if b % 2 else (2, 1)):
+                k(x, out=y, threads=t)
+                for _ in range(per):
+                    t0 = pc()
+                    k(x, out=y, threads=t)
+                    ts[t].append(pc() - t0)
+        q = {t: np.percentile(np.array(v) * 1e6, [5, 10, 25, 50]) for t, v in ts.items()}
+        row = dict(size=size_label(R, n), calls=len(ts[1]))
+        for i, p in enumerate((5, 10, 25, 50)):
+            row[f"t1_p{p}"], row[f"t2_p{p}"], row[f"x_p{p}"] = q[1][i], q[2][i], q[1][i] / q[2][i]
+        rows.append(row)
+    return rows
+
+
+PCT_COLUMNS = [("size", "size", "s"), ("calls", "calls", "d")] + [
+    c for p in (5, 10, 25, 50) for c in ((f"t1_p{p}", f"1t p{p} us", ".1f"), (f"t2_p{p}", f"2t p{p} us", ".1f"),
+                                         (f"x_p{p}", f"p{p} 1t/2t", _x))]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,6 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=2000, help="calls per size with --profile (default 2000)")
     ap.add_argument("--spin-us", default="", help="also 2 threads with the pool's spin before parking at these "
                     "microseconds (SG_POOL_SPIN_NS; e.g. 50,1000; the default is 200)")
+    ap.add_argument("--percentiles", action="store_true", help="every call timed alone: percentiles of 1 and 2 "
+                    "threads (a loaded machine: the fastest calls are the undisturbed ones)")
     ap.add_argument("--gap-us", type=float, default=0, help="busy work after every call (us; its time subtracted): "
                     "calls a little apart, as between other ops")
     args = ap.parse_args(argv)
@@ -226,6 +265,9 @@ def main(argv=None) -> int:
     print(f"# {k.name}: {'tuned' if k.tuned else 'model'} auto; {machine.describe()}")
     if args.profile:
         profile(k, shapes, args.calls, rng)
+        return 0
+    if args.percentiles:
+        print(render_table(percentiles(k, shapes, rng), PCT_COLUMNS))
         return 0
     timing_kw = dict(TIMING, **({"min_rounds": args.rounds, "max_rounds": args.rounds} if args.rounds else {}))
     spins = [float(u) for u in args.spin_us.split(",") if u]
