@@ -15,7 +15,8 @@
     re-timed with the autos in a fresh interleaved run (the best of tens of noisy medians is biased
     low), and "best" is the fastest of them there, as ``softgen tune`` picks its winner.
 (b) threads: auto at 1 vs 2 threads (``Kernel.__call__(..., threads=)``; "not available" when the
-    kernel has no such argument).
+    kernel has no such argument), with the copy kernel on 1 and 2 threads in the same interleaved
+    run: the 2-thread bandwidth bound (``bench/threads.py``: these rows alone, and ``--profile``).
 (c) DRAM: two-pass at the largest single row (64M) as a fraction of its traffic bound, 12 B/element
     (read x twice, write y once) at the measured non-temporal copy bandwidth (the generated copy
     kernel, ``templates/copy.c.j2``); also with a streaming-store schedule knob when the Schedule has one.
@@ -51,6 +52,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402,F401  (single-threads the math libraries before NumPy is imported)
 import numpy as np  # noqa: E402
+from threads import (
+    COLUMNS as THREAD_COLUMNS,  # noqa: E402
+    NOTE as THREAD_NOTE,  # noqa: E402
+    buffer_pairs as _pairs,  # noqa: E402
+    measure as measure_threads,  # noqa: E402
+    traffic_at,  # noqa: E402
+)
 
 from softgen import costmodel, machine, ops, passes, runtime  # noqa: E402
 from softgen._version import __version__  # noqa: E402
@@ -238,11 +246,6 @@ def _run_once(v) -> None:
     v() if callable(v) else eval(v[0], dict(v[1]))
 
 
-def _pairs(caches, R: int, n: int) -> int:
-    ws = 2 * 4 * R * n
-    return max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1
-
-
 def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing_kw, notes,
                  final_s: float = 0.0, final_rounds: int = 0) -> dict:
     """One size: every softgen candidate, peer and the copy kernel interleaved; returns their
@@ -373,24 +376,10 @@ def peer_columns(peers) -> list:
                    ("traffic", "auto B/el", "d"), ("bound_ns", "bound ns/el", _ns), ("of_bound", "of bound", _pct)]
 
 
-def thread_rows(ks: Kernels, shapes, rng, caches, timing_kw) -> list[dict] | None:
+def thread_rows(ks: Kernels, shapes, rng, caches, timing_kw, copier) -> list[dict] | None:
     if not threads_supported():
         return None
-    k = ks.tuned or ks.model
-    rows = []
-    for (R, n) in shapes:
-        bufs = _buffers(rng, R, n, _pairs(caches, R, n))
-        v = {f"{t} thread(s)": _rotating([_call(k, x, y, threads=t) for x, y in bufs]) for t in (1, 2)}
-        tm = time_interleaved(v, **timing_kw)
-        t1, t2 = tm["1 thread(s)"].median, tm["2 thread(s)"].median
-        rows.append(dict(size=size_label(R, n), t1_ns=t1 / (R * n) * 1e9, t2_ns=t2 / (R * n) * 1e9,
-                         speedup=ratio(t1, t2), noise=max(tm["1 thread(s)"].spread, tm["2 thread(s)"].spread)))
-        del bufs
-    return rows
-
-
-THREAD_COLUMNS = [("size", "size", "s"), ("t1_ns", "1 thread ns/el", _ns), ("t2_ns", "2 threads ns/el", _ns),
-                  ("speedup", "speed-up", _x), ("noise", "noise", _pct)]
+    return measure_threads(ks.tuned or ks.model, shapes, copier, rng, caches, timing_kw)
 
 
 def dram_rows(ks: Kernels, n: int, rng, caches, timing_kw) -> tuple[list[dict], dict]:
@@ -432,16 +421,6 @@ def dram_rows(ks: Kernels, n: int, rng, caches, timing_kw) -> tuple[list[dict], 
 
 DRAM_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ns", "ns/el", _ns), ("gbps", "GB/s @12B", ".2f"),
                 ("bound_ns", "bound ns/el", _ns), ("fraction", "of bound", _pct), ("noise", "noise", _pct)]
-
-
-def traffic_at(k: Kernel, n: int) -> int:
-    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there);
-    schedule lazymax (where ``passes.lazy_max`` applies) drops the max sweep's read of x."""
-    if k.dispatcher:
-        e = next(e for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
-        k = next(v for v in k.variants if v.algorithm == e.algorithm and v.schedule.as_dict() == dict(e.schedule))
-    lazy = k.schedule.lazymax and not isinstance(passes.lazy_max(k.plan), str) and n > passes.LAZY_FIRST
-    return k.plan.traffic()["bytes_per_element"] - 4 * lazy
 
 
 def plot_rows(ks: Kernels, results: dict) -> list[dict]:
@@ -554,7 +533,7 @@ def _main(args) -> int:
                                            final_s, args.final_rounds)
             bar.update(size_label(R, n))
         if "b" in tables:
-            trows = thread_rows(ks, tshapes, rng, caches, timing_kw)
+            trows = thread_rows(ks, tshapes, rng, caches, timing_kw, copier)
             for _ in tshapes:
                 bar.update("threads")
         if "c" in tables:
@@ -613,7 +592,7 @@ def _main(args) -> int:
                 "finalists' re-run (the autos and the sweep's finalists), whose medians the ratios use."]
     if "b" in tables:
         txt += ["", "## (b) threads (auto: tuned, else model)", ""]
-        txt.append(render_table(trows, THREAD_COLUMNS) if trows is not None else
+        txt.append(render_table(trows, THREAD_COLUMNS) + "\n\n" + THREAD_NOTE if trows is not None else
                    "not available: Kernel.__call__ has no threads= argument in this softgen (issue 13's thread pool "
                    "has not landed)")
     if "c" in tables:

@@ -49,7 +49,9 @@ def kernels(target: str, n: int):
     auto = softgen.compile("softmax", target=target)
     e = next(e for e in auto.dispatch.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
     k = softgen.compile("softmax", target=target, algorithm=e.algorithm, schedule=e.schedule)
-    old = dataclasses.replace(k, source="#define SG_POOL_NO_TEAM 1\n" + k.source, _fn=None, _emu_fn=None)
+    # every cached entry dropped: a k called with threads= before holds its own library's <name>_mt
+    old = dataclasses.replace(k, source="#define SG_POOL_NO_TEAM 1\n" + k.source,
+                              _fn=None, _emu_fn=None, _mt_fn=None, _emu_mt_fn=None)
     return k, old
 
 

@@ -51,9 +51,9 @@ def test_copy_kernel_copies_at_odd_sizes_and_offsets(target):
             x = rng.standard_normal(n + 5, dtype=np.float32)[2:2 + n]
             ybuf = np.full(n + 8, -7.0, np.float32)
             y = ybuf[off:off + n]
-            for stream in (False, True):
+            for stream, threads in ((False, 1), (True, 1), (False, 2), (True, 3)):   # 2, 3: ranges on the pool
                 y[:] = 0
-                ck(x, y, stream)
+                ck(x, y, stream, threads)
                 np.testing.assert_array_equal(y, x)
                 assert (ybuf[:off] == -7).all() and (ybuf[off + n:] == -7).all(), "wrote outside y"
 
@@ -66,6 +66,13 @@ def test_copy_kernel_repetitions_and_checks():
     stmt, g = ck.variant(x, y, True)
     eval(stmt, g)
     np.testing.assert_array_equal(y, x)
+    y[:] = 0
+    stmt, g = ck.variant(x, y, True, threads=2)   # the 2-thread bound of bench/threads.py
+    assert "t)" in stmt
+    eval(stmt, g)
+    np.testing.assert_array_equal(y, x)
+    with pytest.raises(UsageError, match="threads"):
+        ck(x, y, threads=0)
     with pytest.raises(UsageError, match="float32"):
         ck(x.astype(np.float64), y)
     with pytest.raises(UsageError, match="elements"):

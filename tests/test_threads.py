@@ -5,6 +5,7 @@ SOFTGEN_NUM_THREADS) and the thread policy (``costmodel.ThreadPolicy``).
 Rows are independent, so every thread count gives bitwise the result of one thread. Kernels are
 built once per module; sizes are small (the policy is exercised by explicit counts)."""
 import ctypes
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -624,3 +625,48 @@ def test_loaded_machine_guard_counts_regions_that_waited_too_long(tmp_path):
         work, wait = (float(ln.split(f"{w} ")[1].split(" ns")[0]) for w in ("work", "wait"))
         assert 2 * wait > work, ln
     assert "auto threads -> 1 for the next 32 calls" in r.stderr
+
+
+def _profiled(k):
+    """``k`` rebuilt with SG_POOL_PROFILE (bench/threads.py --profile) and its profile reader."""
+    pk = dataclasses.replace(k, source="#define SG_POOL_PROFILE 1\n" + k.source,
+                             _fn=None, _emu_fn=None, _mt_fn=None, _emu_mt_fn=None)
+    lib = pk._entry(False)._softgen_handle
+    lib.sg_pool_profile_fields.restype = ctypes.c_char_p
+    fields = lib.sg_pool_profile_fields().decode().split()
+    buf = (ctypes.c_double * len(fields))()
+
+    def take() -> dict:
+        assert lib.sg_pool_profile_take(buf, len(fields)) == len(fields)
+        return dict(zip(fields, buf))
+    return pk, take
+
+
+def test_pool_profile_counts_regions_jobs_and_tasks():
+    """SG_POOL_PROFILE (bench/threads.py --profile): per team region (a split row) each sweep's job
+    and who ran its chunks; per sg_parallel region (a batch) the ranges. A lazymax split row has two
+    jobs, not three: the max of its chunks' first elements (sweep 0) runs on the caller. A batch
+    has more ranges of rows when it has the work (the last range is what the others wait for).
+    The results are the unprofiled kernel's."""
+    k = softgen.compile("softmax", algorithm="three-pass-reload",
+                        schedule={"block": 256, "chunk": 1024, "split": 4096, "lazymax": True})
+    pk, take = _profiled(k)
+    x = _rows(1, 6 * 1024 + 7, seed=5)
+    one = k(x, threads=1)
+    take()
+    for _ in range(3):
+        assert np.array_equal(pk(x, threads=2), one, equal_nan=True)
+    assert np.array_equal(pk(x, threads=1), one, equal_nan=True)   # one thread: no region
+    p = take()
+    assert p["regions"] == 3 and p["total"] > 0
+    for j in (0, 1):   # sweeps 1 and 2, 7 chunks each, by the caller and the worker together
+        assert p[f"caller{j}"] + p[f"workers{j}"] == 7 and p[f"own{j}"] > 0, j
+    assert p["caller2"] + p["workers2"] == 0 and p["par_regions"] == 0
+    assert take()["regions"] == 0   # taking starts a new profile
+    # a batch: ranges of rows, 4 per thread at least, 16 at most, else one per 16384 elements
+    for (rows, n), ranges in (((40, 33), 8), ((96, 1024), 8), ((320, 1024), 20), ((2000, 1024), 32)):
+        xb = _rows(rows, n, seed=6)
+        assert np.array_equal(pk(xb, threads=2), k(xb, threads=1), equal_nan=True)
+        p = take()
+        assert p["par_regions"] == 1 and p["par_tasks"] == ranges and p["regions"] == 0, (rows, n)
+        assert 0 <= p["par_caller"] <= ranges

@@ -1000,7 +1000,11 @@ def _split_functions(p: Program, t: Target, s: Schedule, fname: str, ctx: str,
                       "blocks": [{"kind": "scalar", "lines": pro}, blk]})
         lines += [f"float {', '.join(_results(p, r))};" for r in sw.reductions]
         lines += [f"sg_s[{i}] = s{a};" for i, a in enumerate(scal)]
-        lines.append(f"sg_team_run(&sg_tm, nchunks, {task}, &sg);")
+        if lz and sw.index == 0:   # the max of each chunk's first elements: less work than a job's hand-off
+            lines.append("for (size_t t = 0; t < nchunks; t++)   /* lazymax: on the caller, not a team job */")
+            lines.append(f"    {task}(&sg, t);")
+        else:
+            lines.append(f"sg_team_run(&sg_tm, nchunks, {task}, &sg);")
         if lz and sw.index == 1:   # each chunk's sum against the row's reference, the chunks' largest
             lines += _lazy_top("sg_lz", "nchunks")
             loads = [f"const VEC lz_f = V_SET1((float)exp({float(lz.scale).hex()} * ((double)sg_lz[q].r - (double)lz_r)));"] \
