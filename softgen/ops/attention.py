@@ -80,6 +80,8 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
     pools m from the keys; tied SOFT reads q as the keys, not k)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
+    if mask == "bool" and m is not None:   # a uint8 keep-mask: nonzero keeps
+        m = np.asarray(m) != 0
     if normalizer in COSINE:
         extra = {} if normalizer == "lssa" else _lssar_params(p, offset_free_rows)
         return ref.attention(q, k, v, causal=bool(causal), mask=m, normalizer=normalizer, head_dim=head_dim,
@@ -237,9 +239,6 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         if scale is not None:
             raise UsageError(f"{normalizer} attention takes no scale: its scores are cosines times "
                              f"log(head_dim) log(N_i) (docs/ops.md §5.1)")
-    if mask == "bool" and normalizer in ITERATIVE:
-        raise UsageError(f"attention: mask='bool' (a uint8 keep-mask) is the streaming form's; the {normalizer} "
-                         f"normalizer takes mask='additive' (softgen.attention converts)")
     if normalizer == "sinkhorn":
         return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
     if normalizer == "soft":
@@ -258,7 +257,7 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     x = mp.rows(over="s", into="s")
     p = x.p
     if mask != "none":
-        x = x + p.matrow("mask")
+        x = _masked(x, p.matrow("mask"), mask)
     off = _causal_offset(p) if causal else None
     if normalizer == "topk_softmax":
         if top_k is None:
@@ -305,6 +304,14 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         _emit_lse(mx, l, mx, x=x)
     (e * l.finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
+
+
+def _masked(x, m, mask: str):
+    """The scores x under the mask m: mask="additive" x + m (a +inf or NaN score stays NaN under a
+    -inf entry, as torch's SDPA); mask="bool" (the entry has turned the uint8 keep-mask into 0 /
+    -inf floats, ``backends.entry``): -inf where dropped whatever x is, x where kept, as the
+    streaming form and the oracle's ``np.where(keep, s, -inf)``."""
+    return m.where_lt(-F32_MAX, m, x) if mask == "bool" else x + m
 
 
 LSE = "lse"   # the three-phase form's per-row lse vector (MatrixProgram.lse), emitted by its rows phase
@@ -375,13 +382,13 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
     n_iter, eps = sinkhorn._iterations(n_iter), sinkhorn._eps(eps)
     mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided (broadcast) mask
     mp.key_padding = "s"   # kv_lengths: padded keys' scores -inf, as the additive mask's (dead keys: weight 0)
-    if mask == "additive":
+    if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
     mp.matmul("s", "q", "k", layout="nt", alpha=s)
-    if mask == "additive":
+    if mask != "none":
         x = mp.rows(over="s", into="s")
-        (x + x.p.matrow("mask")).output()
+        _masked(x, x.p.matrow("mask"), mask).output()
     sinkhorn.sinkhorn_phases(mp, n_iter, eps, over="s", into="s", pre="sk_", dead_rows=True).output()
     mp.notes.append(f"sinkhorn attention, blocked (it cannot stream: a column step couples every query): "
                     f"S = s Q K^T materialised once per (batch, head) in the scratch s (lq x lk floats), "
@@ -569,7 +576,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
         keep = off.where_lt(0.5, keep, 0.0)
     n = keep.sum()
     z = x * (n.log() * math.log(head_dim))
-    a = keep.where_lt(0.5, 0.0, softplus(z if m is None else z + m))
+    a = keep.where_lt(0.5, 0.0, softplus(z if m is None or mask == "bool" else z + m))   # bool: m is 0 where kept
     l = a.sum()
     l.log().emit(LSE)   # the log of the weights' sum (lssar: its lssa sum), as the streaming form's
     inv = l.finite_or_nan().recip()
