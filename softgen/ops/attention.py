@@ -8,13 +8,14 @@ it is ``strided`` (``MatrixProgram.strided``): the streaming form's ABI (``abi.A
 strides, GQA, strided masks), so export, the header and the manifest match the streaming kernel's.
 
 Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - Lq, from the
-element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
-to the scores). ``mask="bool"`` (a uint8 keep-mask) is the streaming form's only: its IR is the
-additive one (the mask input), the kernel reads the mask as bytes. The streaming form's ABI
+element and row indices of the rows phase), ``mask="additive"`` (a float Lq x Lk input added
+to the scores: +inf + -inf is NaN, as torch) and ``mask="bool"`` (a uint8 keep-mask, the same C
+argument in every form: the streaming kernel reads the bytes; the other forms' entry writes them
+as 0 / -inf floats into a scratch, ``backends.entry``, and the rows phase drops a -inf key whatever
+its score, ``_masked``). The streaming form's ABI
 (``abi.ATTENTION``) also takes key-padding lengths and lse, and so does the three-phase form
 (``MatrixProgram.key_padding``: the padded keys' scores -inf after S = s Q K^T; ``MatrixProgram.lse``:
-the rows phase emits the streaming form's per-row lse, ``_emit_lse``); ``softgen.attention`` turns a
-boolean mask into an additive one for it.
+the rows phase emits the streaming form's per-row lse, ``_emit_lse``).
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
