@@ -238,7 +238,8 @@ def _strided(mp, name: str):
     t % hq), its kv head h / (hq / hkv); each array's row stride is its ld (rows contiguous; a
     single row's stride is not read). kv_lengths with ``MatrixProgram.key_padding`` (the scores'
     columns past them -inf); lse with ``MatrixProgram.lse`` (copied from its per-row vector,
-    ``lse_lines``). Not taken: those otherwise, a mask whose key axis is strided; a tied SOFT
+    ``lse_lines``); a uint8 keep-mask (mask="bool") as 0 / -inf floats in a scratch per matrix
+    (``_keep_mask_lines``). Not taken: those otherwise, a mask whose key axis is strided; a tied SOFT
     program (no lk) needs lk == lq."""
     mask, lm = "mask" in mp.inputs, "landmarks" in mp.inputs
     arrays = ["q", "k", "v"] + (["mask"] if mask else []) + (["landmarks"] if lm else []) + ["o"]

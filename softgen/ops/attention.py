@@ -373,7 +373,7 @@ def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
 def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) -> None:
     """Sinkhorn attention (docs/ops.md §7, 10), blocked: it cannot stream (each column step couples
     every query), so S = s Q K^T is materialised once per (batch, head) in a scratch of Lq x Lk
-    floats, the additive mask is added in place (fused into the GEMM's store in C), the op
+    floats, the mask is applied in place (``_masked``; fused into the GEMM's store in C), the op
     ``sinkhorn``'s phases (``sinkhorn_phases``: n_iter half-steps rows first, then exp(M) n_k)
     run over it in place, and O = P V. Keys every query masks get weight 0 (the padding rule);
     fully masked query rows are NaN. Not causal (the limit would be the identity)."""
