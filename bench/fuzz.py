@@ -479,7 +479,8 @@ def check_attention_result(name: str, o, lse, q, k, v, mask, kvl, p: dict, want_
     if mask is not None:
         am = np.where(mask, 0.0, -np.inf) if mask.dtype == bool else mask.astype(np.float64)
     if norm in ("sinkhorn", "soft"):
-        full = None if am is None else np.broadcast_to(am, q.shape[:-1] + (k.shape[-2],))
+        seen = mask if p.get("mask") == "bool" else am   # the mask as the kernel read it
+        full = None if am is None else np.broadcast_to(seen, q.shape[:-1] + (k.shape[-2],))
         qc, kc, vc = (np.ascontiguousarray(np.repeat(a, q.shape[1] // a.shape[1], axis=1)) for a in (q, k, v))
         holder = type("K", (), {"params": p, "name": name})
         if kvl is None:

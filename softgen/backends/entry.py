@@ -296,10 +296,12 @@ def _keep_mask_lines() -> list[str]:
     (``ops.attention._masked``: -inf drops the key whatever its score), the same IR on every backend."""
     return ["if (dim_lk != 0) {   /* the keep-mask as 0 / -inf (nonzero keeps the key) */",
             "    const uint8_t *sg_keep = mask + (ptrdiff_t)sg_bb * mask_sb + (ptrdiff_t)sg_h * mask_sh;",
-            "    for (size_t i = 0; i < dim_lq; i++)",
+            "    for (size_t i = 0; i < dim_lq; i++) {   /* key axis contiguous (mask_sc 1: checked): vectorised */",
+            "        const uint8_t *sg_kr = sg_keep + (ptrdiff_t)i * mask_sr;",
+            "        float *sg_mr = mat_mask + i * ld_mask;",
             "        for (size_t j = 0; j < dim_lk; j++)",
-            "            mat_mask[i * ld_mask + j] = sg_keep[(ptrdiff_t)i * mask_sr + (ptrdiff_t)j * mask_sc] ? 0.0f "
-            ": -__builtin_inff();",
+            "            sg_mr[j] = sg_kr[j] ? 0.0f : -__builtin_inff();",
+            "    }",
             "}"]
 
 

@@ -81,8 +81,9 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
     pools m from the keys; tied SOFT reads q as the keys, not k)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
-    if mask == "bool" and m is not None:   # a uint8 keep-mask: nonzero keeps
-        m = np.asarray(m) != 0
+    if mask == "bool" and m is not None:   # a uint8 / bool keep-mask: nonzero keeps (its 0 / -inf floats: not -inf)
+        m = np.asarray(m)
+        m = m != -np.inf if m.dtype.kind == "f" else m != 0
     if normalizer in COSINE:
         extra = {} if normalizer == "lssa" else _lssar_params(p, offset_free_rows)
         return ref.attention(q, k, v, causal=bool(causal), mask=m, normalizer=normalizer, head_dim=head_dim,
