@@ -213,6 +213,8 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     (``_topk_rows``). lssa, lssar: cosine scores (no scale), see ``_cosine_phases``; p,
     offset_free_rows: lssar's (docs/ops.md §5.2)."""
     check_normalizer(normalizer)
+    if mask == "bool" and normalizer != "soft":
+        mp.notes.append(KEEP_NOTE)
     if normalizer != "topk_softmax" and (top_k, renormalize) != (None, None):
         raise UsageError(f"attention: top_k and renormalize are topk_softmax's parameters, not {normalizer}'s")
     if causal not in (0, 1):
@@ -306,6 +308,11 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         _emit_lse(mx, l, mx, x=x)
     (e * l.finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
+
+
+KEEP_NOTE = ("mask='bool' (a uint8 keep-mask): a dropped key's score is -inf whatever it was (+inf, NaN), as the "
+             "oracle's; the streaming form skips the key, the others read the mask as 0 / -inf floats the entry "
+             "writes into an lq x lk scratch once per (batch, head)")
 
 
 def _masked(x, m, mask: str):
