@@ -70,6 +70,11 @@ def test_bool_mask_drops_nonfinite_scores(norm):
         assert np.array_equal(softgen.attention(Q, K, V, threads=2, **call), o, equal_nan=True)
         z = softgen.attention(Q, K, V, masked_rows="zero", **call)
         assert (z[1, 3, 2] == 0).all() and np.array_equal(np.delete(z[1, 3], 2, 0), np.delete(o[1, 3], 2, 0))
+    if norm not in ("sinkhorn", "topk_softmax"):   # lse: three-phase == streaming, finite but the dead row's -inf
+        lse = [softgen.attention(Q, K, V, normalizer=norm, mask=KEEP, kv_lengths=LENS, algorithm=alg, return_lse=True,
+                                 **kw)[1] for alg in ("three-phase", "streaming")]
+        assert lse[0][1, 3, 2] == -np.inf and np.isfinite(np.delete(lse[0].ravel(), np.ravel_multi_index((1, 3, 2), lse[0].shape))).all()
+        np.testing.assert_allclose(lse[0], lse[1], rtol=1e-5, atol=1e-5)
     # the entry reads the keep-mask by its strides: broadcast over the batch (stride 0), and a
     # strided key axis (binding copies the rows)
     wide = np.repeat(KEEP[0], 2, axis=-1)[..., ::2]
