@@ -469,12 +469,15 @@ def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], s
                 paths.append(path)
         first = paths[0]
 
+        def preludes(names: list[str]) -> set[str]:
+            """The preludes of C files ``names``; empty if one has no target to take it from."""
+            tgs = [(file_targets or {}).get(f, target) for f in names]
+            return set() if not names or None in tgs else \
+                {prelude(tg, _GNU in str(sources[f])) for f, tg in zip(names, tgs)}
+
         def pch(names: list[str], fflags: list[str]) -> list[str]:
             """The precompiled prelude of C files ``names`` compiled together, if they agree on one."""
-            tgs = [(file_targets or {}).get(f, target) for f in names]
-            if not names or None in tgs:
-                return []
-            texts = {prelude(tg, _GNU in str(sources[f])) for f, tg in zip(names, tgs)}
+            texts = preludes(names)
             return _pch(argv0, [*flags, *fflags], texts.pop()) if len(texts) == 1 else []
 
         def cc(argv: list[str], pre: list[str]) -> None:
@@ -486,7 +489,10 @@ def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], s
                     raise
                 _run(argv, "C compiler")   # a prelude that does not fit these files: without it
 
-        if file_flags:   # each C file with its own flags, then one link
+        # each C file with its own flags, or its own prelude (a dispatcher's translation unit
+        # without _GNU_SOURCE beside variants with it: no one header fits all), then one link
+        cs = [p.name for p in paths if p.suffix == ".c"]
+        if file_flags or len(preludes(cs)) > 1:
             objs = []
             for path in paths:
                 if path.suffix != ".c":
