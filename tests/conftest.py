@@ -61,7 +61,8 @@ def pytest_configure(config):
 def _log_builds(path: str) -> None:
     """SOFTGEN_BUILD_LOG=file: one JSON line per kernel the cache had to build (C compiler or
     TVM), with the test that asked, the file built, wall and CPU seconds (this process and its
-    children), to profile the suite's builds: which test file builds what, what is built twice."""
+    children) and its number of C files (a dispatcher: its variants'), to profile the suite's
+    builds: which test file builds what, what is built twice."""
     def logged(inner):
         def _cached(entry, make, what, rebuild=False):
             built = []
@@ -73,7 +74,8 @@ def _log_builds(path: str) -> None:
                 built.append({"test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0],
                               "file": entry.name, "what": "tvm" if entry.name.startswith("tvm-") else "cc", "pid": os.getpid(),
                               "wall": time.perf_counter() - w0, "cpu": time.process_time() - c0
-                              + r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime})
+                              + r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime,
+                              "c_files": len(list(Path(tmp).glob("*.c")))})
                 return res
             out = inner(entry, timed, what, rebuild)
             if built:
