@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _pytest.assertion import rewrite as assert_rewrite
 
 import softgen
 from softgen import runtime
@@ -54,8 +55,30 @@ def pytest_configure(config):
     if sys.flags.dont_write_bytecode:
         compileall.compile_dir(Path(softgen.__file__).parent, quiet=2)
 
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        _rewrite_tests_once(config)
+
     if os.environ.get("SOFTGEN_BUILD_LOG"):
         _log_builds(os.environ["SOFTGEN_BUILD_LOG"])
+
+
+def _rewrite_tests_once(config) -> None:
+    """pytest-xdist's controller, before the workers start: each worker would rewrite the asserts
+    of every test module (~4 CPU-s) unless it finds pytest's cache of them, which workers
+    starting together do not (nor any process under PYTHONDONTWRITEBYTECODE): write it once
+    here. Best effort (pytest internals): on any failure the workers rewrite as usual."""
+    try:
+        state = config.stash[assert_rewrite.assertstate_key]
+        for fn in sorted(Path(__file__).parent.glob("*.py")):
+            if not (fn.name == "conftest.py" or fn.name.startswith("test_")):
+                continue
+            cache = assert_rewrite.get_cache_dir(fn)
+            pyc = cache / (fn.name[:-3] + assert_rewrite.PYC_TAIL)
+            if assert_rewrite._read_pyc(fn, pyc, state.trace) is None and assert_rewrite.try_makedirs(cache):
+                source_hash, co = assert_rewrite._rewrite_test(fn, config)
+                assert_rewrite._write_pyc(state, co, source_hash, pyc)
+    except Exception:   # an optimisation only
+        pass
 
 
 def _log_builds(path: str) -> None:
