@@ -446,3 +446,25 @@ def test_precompiled_headers_change_no_code(tmp_path, monkeypatch):
         assert made == ([] if pch == "0" else ["h", "h.gch"])
     assert libs["0"] == libs["1"]
     assert runtime.clear_precompiled() > 2 ** 20 and not (runtime.cache_dir() / "pch").exists()
+
+
+def test_files_that_need_different_preludes_get_one_each(tmp_path, monkeypatch):
+    """A library whose C files need different preludes (a dispatcher's translation unit without
+    _GNU_SOURCE beside variants with it; a qemu driver beside its kernel) compiles each file with
+    its own precompiled prelude, into the same library bytes as without."""
+    cc = runtime.compiler_for(get_target("scalar"))
+    if "clang" in runtime._compiler_identity(tuple(cc)):
+        pytest.skip("precompiled headers are GCC's only")
+    monkeypatch.setattr(runtime, "_pch_builds", {})
+    gnu = "/* a variant */\n#define _GNU_SOURCE 1\n#include <sched.h>\nint pch_gnu_{i}(void) {{ return sched_getcpu() >= -1; }}\n"
+    plain = "#include <stdlib.h>\nint pch_plain(int v) { return abs(v); }\n"
+    libs = {}
+    for pch in ("0", "1"):
+        monkeypatch.setenv("SOFTGEN_PCH", pch)
+        monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / pch))
+        libs[pch] = [runtime.build_shared({"gnu.c": gnu.format(i=i), "plain.c": plain}, get_target("scalar")).read_bytes()
+                     for i in range(3)]   # the second build with a prelude precompiles it
+        made = sorted(p.name.split(".", 1)[1] for p in (runtime.cache_dir() / "pch").glob("*")) \
+            if (runtime.cache_dir() / "pch").exists() else []
+        assert made == ([] if pch == "0" else ["h", "h", "h.gch", "h.gch"])
+    assert libs["0"] == libs["1"]
