@@ -68,10 +68,13 @@ def _rewrite_tests_once(config) -> None:
     starting together do not (nor any process under PYTHONDONTWRITEBYTECODE): write it once
     here. Best effort (pytest internals): on any failure the workers rewrite as usual."""
     try:
+        here = Path(__file__).parent.resolve()
+        files = {here / "conftest.py"}
+        for arg in config.args:   # the files and directories given (testpaths by default)
+            p = (config.invocation_params.dir / arg.split("::", 1)[0]).resolve()
+            files |= set(here.glob("test_*.py")) if p in (here, *here.parents) else {p} if p.parent == here else set()
         state = config.stash[assert_rewrite.assertstate_key]
-        for fn in sorted(Path(__file__).parent.glob("*.py")):
-            if not (fn.name == "conftest.py" or fn.name.startswith("test_")):
-                continue
+        for fn in sorted(f for f in files if f.name == "conftest.py" or f.name.startswith("test_")):
             cache = assert_rewrite.get_cache_dir(fn)
             pyc = cache / (fn.name[:-3] + assert_rewrite.PYC_TAIL)
             if assert_rewrite._read_pyc(fn, pyc, state.trace) is None and assert_rewrite.try_makedirs(cache):
