@@ -280,12 +280,13 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 # The quick subset (-m quick): C kernels on this CPU in-process. Not in it: TVM builds, qemu
-# (neon) and SIMDe runs, other targets of the kernel matrix, CLI subprocesses, exports built by
-# CMake, private kernel caches built from scratch, the tuner and benchmarks (the full run has
-# them all).
+# (neon) and SIMDe runs, other targets of the kernel matrix, sweeps (a kernel per scale, k or
+# power), CLI subprocesses, exports built by CMake, private kernel caches built from scratch, the
+# tuner and benchmarks (the full run has them all).
 NOT_QUICK_WORDS = ("tvm", "neon", "emulat", "simde", "qemu", "cross", "subprocess", "_cli", "tune",
                    "backends_agree", "not_shift_invariant",     # these two build TVM kernels too
-                   "every_positive_finite_scale", "scale_and_temperature")   # a kernel per scale
+                   "every_positive_finite_scale", "scale_and_temperature",   # a kernel per scale
+                   "sweep", "other_ops_and_targets")   # a kernel per k or power; other targets
 NOT_QUICK_FILES = {"test_cli.py", "test_export_package.py", "test_emulation.py", "test_neon.py", "test_xisa.py",
                    "test_tune.py", "test_benchmark.py", "test_properties.py", "test_abi_c.py", "test_cache.py",
                    "test_knobs.py"}
