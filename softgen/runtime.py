@@ -17,8 +17,9 @@ it is closed, and a later load of that kernel rebuilds it (``open_shared`` retri
 With GCC, the system headers generated C includes (libc, pthreads, the ISA's intrinsics or SIMDe)
 are parsed once per compiler and flags into a precompiled header under ``<cache>/pch`` instead of
 once per build (a third of a kernel's compile time; more with SIMDe): built on the second build
-with those flags in a process, used by every later build in any process; ``SOFTGEN_PCH=0`` turns
-it off. A build that fails with it is retried without it.
+with those flags in a process, used by every later build in any process (also a static archive's
+objects, and each C file of a library whose files need different preludes); ``SOFTGEN_PCH=0``
+turns it off. A build that fails with it is retried without it.
 """
 from __future__ import annotations
 
@@ -433,6 +434,17 @@ def _pch(argv0: list[str], flags: list[str], text: str) -> list[str]:
     return ["-include", str(header)]
 
 
+def _compile(argv: list[str], k: int, pre: list[str]) -> None:
+    """Run the compiler command ``argv`` (its first ``k`` words the compiler) with the precompiled
+    prelude flags ``pre`` inserted; if that fails, without them (a prelude that does not fit)."""
+    try:
+        _run([*argv[:k], *pre, *argv[k:]], "C compiler")
+    except BuildError:
+        if not pre:
+            raise
+        _run(argv, "C compiler")
+
+
 def clear_precompiled(d: Path | None = None) -> int:
     """Remove the precompiled headers of cache directory ``d`` (default ``cache_dir()``); their bytes."""
     d = (cache_dir() if d is None else d) / "pch"
@@ -469,24 +481,21 @@ def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], s
                 paths.append(path)
         first = paths[0]
 
+        def preludes(names: list[str]) -> set[str]:
+            """The preludes of C files ``names``; empty if one has no target to take it from."""
+            tgs = [(file_targets or {}).get(f, target) for f in names]
+            return set() if not names or None in tgs else \
+                {prelude(tg, _GNU in str(sources[f])) for f, tg in zip(names, tgs)}
+
         def pch(names: list[str], fflags: list[str]) -> list[str]:
             """The precompiled prelude of C files ``names`` compiled together, if they agree on one."""
-            tgs = [(file_targets or {}).get(f, target) for f in names]
-            if not names or None in tgs:
-                return []
-            texts = {prelude(tg, _GNU in str(sources[f])) for f, tg in zip(names, tgs)}
+            texts = preludes(names)
             return _pch(argv0, [*flags, *fflags], texts.pop()) if len(texts) == 1 else []
 
-        def cc(argv: list[str], pre: list[str]) -> None:
-            k = len(argv0)
-            try:
-                _run([*argv[:k], *pre, *argv[k:]], "C compiler")
-            except BuildError:
-                if not pre:
-                    raise
-                _run(argv, "C compiler")   # a prelude that does not fit these files: without it
-
-        if file_flags:   # each C file with its own flags, then one link
+        # each C file with its own flags, or its own prelude (a dispatcher's translation unit
+        # without _GNU_SOURCE beside variants with it: no one header fits all), then one link
+        cs = [p.name for p in paths if p.suffix == ".c"]
+        if file_flags or len(preludes(cs)) > 1:
             objs = []
             for path in paths:
                 if path.suffix != ".c":
@@ -494,12 +503,13 @@ def _cached_build(sources: dict[str, str], argv0: list[str], flags: list[str], s
                     continue
                 obj = path.with_name(path.name + ".o")
                 ff = list(file_flags.get(path.name, ()))
-                cc([*argv0, *flags, *ff, "-c", "-o", str(obj), str(path)], pch([path.name], ff))
+                _compile([*argv0, *flags, *ff, "-c", "-o", str(obj), str(path)], len(argv0), pch([path.name], ff))
                 objs.append(obj)
             paths = objs
         out = tmp / f"out{suffix}"
         cs = [p.name for p in paths if p.suffix == ".c"]
-        cc([*argv0, *flags, "-o", str(out), *map(str, paths), *link, *libs], pch(cs, []) if cs else [])
+        _compile([*argv0, *flags, "-o", str(out), *map(str, paths), *link, *libs], len(argv0),
+                 pch(cs, []) if cs else [])
         return out, {".c": first}
 
     what = f"the C compiler ({shlex.join(argv0)})"
@@ -568,7 +578,10 @@ def build_static(source: dict, target: Target, dest: Path, *, cc: str | None = N
             path.write_bytes(data.encode() if isinstance(data, str) else data)
             if path.suffix == ".c":
                 obj = path.with_name(path.name + ".o")
-                _run([*argv0, *flags, *ff.get(fname, ()), "-c", "-o", str(obj), str(path)], "C compiler")
+                fflags = [*flags, *ff.get(fname, ())]
+                # the precompiled prelude of the shared library's build (the same compiler and flags)
+                pre = _pch(argv0, fflags, prelude((file_targets or {}).get(fname, target), _GNU in str(data)))
+                _compile([*argv0, *fflags, "-c", "-o", str(obj), str(path)], len(argv0), pre)
                 path = obj
             objs.append(path)
         one = Path(tmp) / (dest.name.removeprefix("lib").removesuffix(".a") + ".o")

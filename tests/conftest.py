@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _pytest.assertion import rewrite as assert_rewrite
 
 import softgen
 from softgen import runtime
@@ -54,14 +55,40 @@ def pytest_configure(config):
     if sys.flags.dont_write_bytecode:
         compileall.compile_dir(Path(softgen.__file__).parent, quiet=2)
 
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        _rewrite_tests_once(config)
+
     if os.environ.get("SOFTGEN_BUILD_LOG"):
         _log_builds(os.environ["SOFTGEN_BUILD_LOG"])
+
+
+def _rewrite_tests_once(config) -> None:
+    """pytest-xdist's controller, before the workers start: each worker would rewrite the asserts
+    of every test module (~4 CPU-s) unless it finds pytest's cache of them, which workers
+    starting together do not (nor any process under PYTHONDONTWRITEBYTECODE): write it once
+    here. Best effort (pytest internals): on any failure the workers rewrite as usual."""
+    try:
+        here = Path(__file__).parent.resolve()
+        files = {here / "conftest.py"}
+        for arg in config.args:   # the files and directories given (testpaths by default)
+            p = (config.invocation_params.dir / arg.split("::", 1)[0]).resolve()
+            files |= set(here.glob("test_*.py")) if p in (here, *here.parents) else {p} if p.parent == here else set()
+        state = config.stash[assert_rewrite.assertstate_key]
+        for fn in sorted(f for f in files if f.name == "conftest.py" or f.name.startswith("test_")):
+            cache = assert_rewrite.get_cache_dir(fn)
+            pyc = cache / (fn.name[:-3] + assert_rewrite.PYC_TAIL)
+            if assert_rewrite._read_pyc(fn, pyc, state.trace) is None and assert_rewrite.try_makedirs(cache):
+                source_hash, co = assert_rewrite._rewrite_test(fn, config)
+                assert_rewrite._write_pyc(state, co, source_hash, pyc)
+    except Exception:   # an optimisation only
+        pass
 
 
 def _log_builds(path: str) -> None:
     """SOFTGEN_BUILD_LOG=file: one JSON line per kernel the cache had to build (C compiler or
     TVM), with the test that asked, the file built, wall and CPU seconds (this process and its
-    children), to profile the suite's builds: which test file builds what, what is built twice."""
+    children) and its number of C files (a dispatcher: its variants'), to profile the suite's
+    builds: which test file builds what, what is built twice."""
     def logged(inner):
         def _cached(entry, make, what, rebuild=False):
             built = []
@@ -73,7 +100,8 @@ def _log_builds(path: str) -> None:
                 built.append({"test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0],
                               "file": entry.name, "what": "tvm" if entry.name.startswith("tvm-") else "cc", "pid": os.getpid(),
                               "wall": time.perf_counter() - w0, "cpu": time.process_time() - c0
-                              + r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime})
+                              + r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime,
+                              "c_files": len(list(Path(tmp).glob("*.c")))})
                 return res
             out = inner(entry, timed, what, rebuild)
             if built:
@@ -252,12 +280,13 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 # The quick subset (-m quick): C kernels on this CPU in-process. Not in it: TVM builds, qemu
-# (neon) and SIMDe runs, other targets of the kernel matrix, CLI subprocesses, exports built by
-# CMake, private kernel caches built from scratch, the tuner and benchmarks (the full run has
-# them all).
+# (neon) and SIMDe runs, other targets of the kernel matrix, sweeps (a kernel per scale, k or
+# power), CLI subprocesses, exports built by CMake, private kernel caches built from scratch, the
+# tuner and benchmarks (the full run has them all).
 NOT_QUICK_WORDS = ("tvm", "neon", "emulat", "simde", "qemu", "cross", "subprocess", "_cli", "tune",
                    "backends_agree", "not_shift_invariant",     # these two build TVM kernels too
-                   "every_positive_finite_scale", "scale_and_temperature")   # a kernel per scale
+                   "every_positive_finite_scale", "scale_and_temperature",   # a kernel per scale
+                   "sweep", "other_ops_and_targets")   # a kernel per k or power; other targets
 NOT_QUICK_FILES = {"test_cli.py", "test_export_package.py", "test_emulation.py", "test_neon.py", "test_xisa.py",
                    "test_tune.py", "test_benchmark.py", "test_properties.py", "test_abi_c.py", "test_cache.py",
                    "test_knobs.py"}

@@ -415,20 +415,22 @@ def test_per_op_functions_go_straight_to_the_entry(monkeypatch):
 # -- a cached TVM kernel in a new process ---------------------------------------------------------
 
 def test_cached_tvm_kernel_loads_without_tvm(tmp_path):
-    """Compile a TVM kernel (cache warm), then in a fresh process compile and call it: neither
-    TVM nor torch is imported (the cache key comes from package metadata)."""
+    """Compile a TVM kernel (cache warm, in this process: TVM is imported here anyway), then in a
+    fresh process compile, call and export it: neither TVM nor torch is imported (the cache key
+    and the manifest's TVM version come from package metadata)."""
     pytest.importorskip("tvm")
-    code = textwrap.dedent("""
+    code = textwrap.dedent(f"""
         import sys, numpy as np, softgen
         k = softgen.compile("softmax", backend="tvm", algorithm="two-pass", target="scalar")
         y = k(np.ones((2, 8), np.float32))
         assert abs(float(y[0, 0]) - 0.125) < 1e-6
+        k.export({str(tmp_path)!r}, overwrite=True)
         print(sorted(m for m in ("tvm", "tvm_ffi", "torch") if m in sys.modules))
     """)
+    exec(code, {})
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(softgen.__file__)),
                                                     env.get("PYTHONPATH")) if p)
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     r = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 

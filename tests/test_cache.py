@@ -24,6 +24,23 @@ def _probe(name="cache_probe"):
     return softgen.compile("softmax", algorithm="online", target="scalar", name=name)
 
 
+@pytest.fixture(scope="session")
+def probe_entry(tmp_path_factory) -> list:
+    """The files of the probe kernel's cache entry, built once per process: a test that needs the
+    entry in a cache of its own copies them (``_seed``) instead of building it again."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOFTGEN_CACHE_DIR", str(tmp_path_factory.mktemp("probe-entry")))
+        lib = runtime.build_shared(_probe().source, get_target("scalar"))
+    return sorted(lib.parent.glob(lib.stem + ".*"))
+
+
+def _seed(files) -> None:
+    """Copy a cache entry's files into the cache directory (``SOFTGEN_CACHE_DIR``: the test's)."""
+    d = runtime.cache_dir()
+    for f in files:
+        shutil.copyfile(f, d / f.name)
+
+
 def _digest(p) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
@@ -65,11 +82,12 @@ def _unsafe(d, how):
 @pytest.mark.parametrize("which", ["root", "versioned"])
 @pytest.mark.parametrize("how", [0o777, 0o770, 0o1777, 0o722, pytest.param("nobody", marks=as_root)],
                          ids=["0777", "0770", "1777", "0722", "nobody"])
-def test_a_cache_directory_other_users_control_is_refused(tmp_path, monkeypatch, which, how):
+def test_a_cache_directory_other_users_control_is_refused(tmp_path, monkeypatch, which, how, probe_entry):
     """A planted library (its constructor would run on dlopen) must never be loaded."""
     private = tmp_path / "private"
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(private))
     x = np.ones((1, 3), np.float32)
+    _seed(probe_entry)
     _probe()(x)
     (lib,) = private.rglob("*.so")
     shared = tmp_path / "shared"
@@ -140,8 +158,9 @@ def _damage(lib, how):
 
 
 @pytest.mark.parametrize("how", ["truncated", "flipped", "stale", "unverified"])
-def test_a_damaged_cache_entry_is_rebuilt(tmp_path, monkeypatch, how):
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path, monkeypatch, how, probe_entry):
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    _seed(probe_entry)
     first = _child()
     assert first.returncode == 0, first.stderr
     lib = _only(tmp_path, "*.so")
@@ -307,8 +326,9 @@ def test_lru_pruning_keeps_the_most_recently_used_entries_under_the_cap(tmp_path
     assert runtime._intact(again)
 
 
-def test_pruning_never_removes_what_this_process_loaded(tmp_path, monkeypatch):
+def test_pruning_never_removes_what_this_process_loaded(tmp_path, monkeypatch, probe_entry):
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    _seed(probe_entry)
     k = _probe()
     assert np.allclose(k(np.ones((1, 4), np.float32)), 0.25)         # loaded: in use
     other = runtime.build_shared(_tiny(7), k.target)                  # built, not loaded
@@ -319,10 +339,11 @@ def test_pruning_never_removes_what_this_process_loaded(tmp_path, monkeypatch):
     assert np.allclose(k(np.ones((1, 2), np.float32)), 0.5)
 
 
-def test_a_cache_removed_under_a_loaded_kernel_is_rebuilt_on_the_next_load(tmp_path, monkeypatch):
+def test_a_cache_removed_under_a_loaded_kernel_is_rebuilt_on_the_next_load(tmp_path, monkeypatch, probe_entry):
     """What pruning relies on (Linux): unlinking a dlopened library leaves the mapping valid;
     loading the kernel again afterwards finds no entry and builds it."""
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path))
+    _seed(probe_entry)
     k = _probe()
     x = np.ones((1, 3), np.float32)
     first = k(x)
@@ -425,3 +446,25 @@ def test_precompiled_headers_change_no_code(tmp_path, monkeypatch):
         assert made == ([] if pch == "0" else ["h", "h.gch"])
     assert libs["0"] == libs["1"]
     assert runtime.clear_precompiled() > 2 ** 20 and not (runtime.cache_dir() / "pch").exists()
+
+
+def test_files_that_need_different_preludes_get_one_each(tmp_path, monkeypatch):
+    """A library whose C files need different preludes (a dispatcher's translation unit without
+    _GNU_SOURCE beside variants with it; a qemu driver beside its kernel) compiles each file with
+    its own precompiled prelude, into the same library bytes as without."""
+    cc = runtime.compiler_for(get_target("scalar"))
+    if "clang" in runtime._compiler_identity(tuple(cc)):
+        pytest.skip("precompiled headers are GCC's only")
+    monkeypatch.setattr(runtime, "_pch_builds", {})
+    gnu = "/* a variant */\n#define _GNU_SOURCE 1\n#include <sched.h>\nint pch_gnu_{i}(void) {{ return sched_getcpu() >= -1; }}\n"
+    plain = "#include <stdlib.h>\nint pch_plain(int v) { return abs(v); }\n"
+    libs = {}
+    for pch in ("0", "1"):
+        monkeypatch.setenv("SOFTGEN_PCH", pch)
+        monkeypatch.setenv("SOFTGEN_CACHE_DIR", str(tmp_path / pch))
+        libs[pch] = [runtime.build_shared({"gnu.c": gnu.format(i=i), "plain.c": plain}, get_target("scalar")).read_bytes()
+                     for i in range(3)]   # the second build with a prelude precompiles it
+        made = sorted(p.name.split(".", 1)[1] for p in (runtime.cache_dir() / "pch").glob("*")) \
+            if (runtime.cache_dir() / "pch").exists() else []
+        assert made == ([] if pch == "0" else ["h", "h", "h.gch", "h.gch"])
+    assert libs["0"] == libs["1"]

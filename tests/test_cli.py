@@ -440,24 +440,26 @@ def test_cache_help():
 
 
 def test_cache_list_show_export_import_clear(cache_env):
+    """As a user runs them (subprocesses) where the result depends on it (a kernel this process
+    loaded is never removed by it), else in this process (``sg_in``)."""
     out = ok(sg("cache", "list"))
     assert "kernel cache" in out and "entries" in out and "512.0 MiB" in out
     assert "2 records" in out and "(this machine)" in out
-    listing = json.loads(ok(sg("cache", "list", "--json")))
+    listing = json.loads(ok(sg_in("cache", "list", "--json")))
     assert listing["kernels"]["entries"] >= 1 and listing["kernels"]["cap_bytes"] == 512 << 20
     assert listing["tuning"]["groups"][0]["records"] == 2
-    table = ok(sg("cache", "show", "softmax")).splitlines()
+    table = ok(sg_in("cache", "show", "softmax")).splitlines()
     assert table[0].split()[:3] == ["target", "backend", "n"] and len(table) == 3
     assert "three-pass-reload" in table[1] and "two-pass" in table[2] and "unroll=2" in table[1]
-    assert "no tuning records" in ok(sg("cache", "show", "log_softmax"))
-    assert len(json.loads(ok(sg("cache", "show", "softmax", "--json")))) == 2
+    assert "no tuning records" in ok(sg_in("cache", "show", "log_softmax"))
+    assert len(json.loads(ok(sg_in("cache", "show", "softmax", "--json")))) == 2
     f = cache_env / "records.jsonl"
-    assert "wrote 2 tuning records" in ok(sg("cache", "export", str(f)))
+    assert "wrote 2 tuning records" in ok(sg_in("cache", "export", str(f)))
     assert len(f.read_text().splitlines()) == 2
-    assert "removed 2 records" in ok(sg("cache", "clear", "--tuning"))
-    assert "kernel cache: removed 0" in ok(sg("cache", "prune"))     # under the cap: nothing to do
-    assert "imported 2 tuning records" in ok(sg("cache", "import", str(f)))
-    assert len(ok(sg("cache", "show", "softmax")).splitlines()) == 3
+    assert "removed 2 records" in ok(sg_in("cache", "clear", "--tuning"))
+    assert "kernel cache: removed 0" in ok(sg_in("cache", "prune"))     # under the cap: nothing to do
+    assert "imported 2 tuning records" in ok(sg_in("cache", "import", str(f)))
+    assert len(ok(sg_in("cache", "show", "softmax")).splitlines()) == 3
     out = ok(sg("cache", "clear", "--kernels"))
     assert "kernel cache: removed" in out and "tuning" not in out
     assert json.loads(ok(sg("cache", "list", "--json")))["kernels"]["entries"] == 0

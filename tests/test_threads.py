@@ -26,6 +26,8 @@ from softgen.schedule import Schedule
 from softgen.targets import get_target, host_arch
 from softgen.tune import ROWS_MAX
 
+tune_mod = sys.modules["softgen.tune"]   # softgen.tune is also the function
+
 COUNTS = (1, 2, 3, 4)   # more threads than cores is fine
 
 
@@ -398,6 +400,8 @@ def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
     monkeypatch.setenv("SOFTGEN_CACHE_DIR", own_cache(tmp_path / "cache"))
     monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
     monkeypatch.setattr(softgen.machine, "cores", lambda: 2)
+    monkeypatch.setattr(tune_mod, "PRUNE_RATIO", 1.0)            # fewer builds: the model's best algorithm only
+    monkeypatch.setattr(tune_mod, "KNOB_PRUNE_RATIO", 1.0)
     res = softgen.tune("softmax", target="host", shapes=[(64, 512)], budget_s=3, keep=1, progress=False)
     (cls,) = res.classes
     rec, (two,) = cls.record, cls.thread_records

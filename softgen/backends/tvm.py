@@ -959,7 +959,8 @@ class TvmBackend(Backend):
         return {"source": (f"{a.name}.c", a.wrapper), "tir": (f"{a.name}.tir.py", a.source)}
 
     def manifest_info(self) -> dict:
-        return {"name": self.name, "version": tvm_adapter.available()[1],
+        # the installed pair from package metadata: exporting a cached kernel imports no TVM
+        return {"name": self.name, "version": tvm_adapter.installed(),
                 "codegen": "TensorIR -> LLVM object + C wrapper"}
 
 
