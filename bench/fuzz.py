@@ -39,7 +39,6 @@ from conftest import check, check_attention  # noqa: E402  (the tests' contract 
 
 import softgen  # noqa: E402
 from softgen import reference as ref  # noqa: E402
-from softgen.backends import get_backend  # noqa: E402
 from softgen.errors import UsageError  # noqa: E402
 from softgen.ops import build_program, get_op  # noqa: E402
 from softgen.ops.attention import _lssar_params, default_scale  # noqa: E402
@@ -173,11 +172,9 @@ def draw_attention(r: random.Random, targets: list[str], backends: list[str]) ->
         if norm == "softmax" and backend == "c" and r.random() < 0.5:
             sched["wide"] = r.choice([0, 64, 256, min(4096, 65536 // br)])
     invalid = None
-    if (alg == "three-phase" or norm == "sinkhorn") and params.get("mask") == "bool":
-        invalid = "bool mask three-phase"   # the keep-mask is the streaming form's
     if alg == "three-phase" and sched:
         invalid = "blocks with three-phase"
-    if backend == "tvm" and norm == "topk_softmax" and (alg == "streaming" or params.get("mask") == "bool"):
+    if backend == "tvm" and norm == "topk_softmax" and alg == "streaming":
         invalid = "tvm top-k streaming"   # TVM keeps top-k's three-phase form
     if r.random() < 0.06:
         invalid, fix = r.choice([("br*bc", {"br": 64, "bc": 128}), ("bc0", {"br": 4, "bc": 0}),
@@ -482,7 +479,8 @@ def check_attention_result(name: str, o, lse, q, k, v, mask, kvl, p: dict, want_
     if mask is not None:
         am = np.where(mask, 0.0, -np.inf) if mask.dtype == bool else mask.astype(np.float64)
     if norm in ("sinkhorn", "soft"):
-        full = None if am is None else np.broadcast_to(am, q.shape[:-1] + (k.shape[-2],))
+        seen = mask if p.get("mask") == "bool" else am   # the mask as the kernel read it
+        full = None if am is None else np.broadcast_to(seen, q.shape[:-1] + (k.shape[-2],))
         qc, kc, vc = (np.ascontiguousarray(np.repeat(a, q.shape[1] // a.shape[1], axis=1)) for a in (q, k, v))
         holder = type("K", (), {"params": p, "name": name})
         if kvl is None:
@@ -554,8 +552,8 @@ def dead_rows(q, k, mask, kvl, causal: bool) -> np.ndarray:
 
 
 def run_attention_function(cfg: dict, kern, q, k, v, mask, kvl, stats: Counter) -> None:
-    """``softgen.attention`` (the front door: it picks the form, converts a boolean mask for the
-    three-phase form, masked_rows="zero", torch tensors) on the same inputs: within tolerance of the
+    """``softgen.attention`` (the front door: it picks the form, a boolean mask as bytes for every
+    form, masked_rows="zero", torch tensors) on the same inputs: within tolerance of the
     oracle, and masked_rows="zero" is the NaN result with exactly the dead rows zeroed."""
     p = dict(cfg["params"])
     norm = p.pop("normalizer")
@@ -612,14 +610,8 @@ def run_attention_function(cfg: dict, kern, q, k, v, mask, kvl, stats: Counter) 
         stats["function calls"] += 1
         stats[f"attn out={okind}"] += 1
     name = f"softgen.attention({norm}, alg={cfg['algorithm']}, {cfg['target']}, {cfg['backend']})"
-    # the forms that do not stream take a boolean mask as an additive one (softgen.attention's
-    # docstring): a dropped key's +inf / NaN score then makes its row NaN (reported, not a contract yet)
-    streams = cfg["algorithm"] != "three-phase" and norm in get_backend(cfg["backend"]).streams_attention and not (
-        norm == "topk_softmax" and cfg["algorithm"] == "auto"
-        and not get_target(cfg["target"]).topk_streams(int(p["top_k"]), k.shape[-2]))
+    # every form drops a key its boolean mask drops, whatever its score (+inf, NaN), as the oracle
     mseen = mask
-    if mask is not None and mask.dtype == bool and not streams:
-        mseen = np.where(mask, np.float32(0), np.float32(-np.inf))
     check_attention_result(name, o, lse_o, q, k, v, mseen, kvl, kern.params, lse)
     z = res["zero"][0]
     if norm not in ("sinkhorn", "soft"):   # the oracle's masked_rows="zero" (its rule of a dead row)
@@ -629,11 +621,6 @@ def run_attention_function(cfg: dict, kern, q, k, v, mask, kvl, stats: Counter) 
         assert same_bits(np.where(nan_rows[..., None], o, z), o), f"{name}: masked_rows='zero' changed a live row"
         return
     dead = dead_rows(q, k, mask, kvl, causal)
-    if mseen is not mask:   # ... and a fully dropped NaN row may stay NaN (lse NaN) or be 0 (Sinkhorn)
-        amb = dead & np.isnan(o).all(-1)
-        dead = dead & ~amb
-        assert (np.isnan(z[amb]).all(-1) | (z[amb] == 0).all(-1)).all(), f"{norm}: a dead NaN row neither NaN nor 0"
-        z = np.where(amb[..., None], o, z)
     want = np.where(dead[..., None], np.float32(0), o)
     assert same_bits(z, want), f"{name}: masked_rows='zero' is not the NaN result with the {int(dead.sum())} " \
                                f"dead rows zeroed ({int((~((z == want) | np.isnan(z) & np.isnan(want))).sum())} entries)"

@@ -243,10 +243,6 @@ def attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, sch
                          f"{', '.join(be.streams_attention) or 'none'}): use algorithm='three-phase'")
     if why or not streams:
         alg = "three-phase"
-    if alg == "three-phase" and program.params.get("mask") == "bool":
-        raise UsageError(f"{program.name}: mask='bool' (a uint8 keep-mask) is the streaming form's; the three-phase "
-                         f"form{' of backend ' + repr(be.name) if not streams else ''} takes "
-                         f"mask='additive' (softgen.attention converts)")
     given = dict(schedule.as_dict() if isinstance(schedule, Schedule) else schedule or {})
     blocks = {k: given.pop(k) for k in ATTENTION_KNOBS if k in given}
     return alg, blocks, (given or None) if not isinstance(schedule, Schedule) else schedule

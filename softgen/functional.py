@@ -229,7 +229,8 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
     broadcast mask through stride 0, kv_lengths per batch, no copies. The three-phase form (every
     normalizer, both backends), Sinkhorn and SOFT take the same entry: q, k, v
     as they are, GQA heads, kv_lengths and lse in the kernel (Sinkhorn: no lse; SOFT: neither); a
-    boolean mask becomes a float32 additive one (broadcast through stride 0 when it is one). SOFT's
+    boolean mask as bytes too (mask='bool': a dropped key is dropped whatever its score, +inf or
+    NaN included, in every form; an additive -inf entry under a +inf score is NaN, as torch). SOFT's
     given landmarks are one more input of that entry (per query head, stride 0 where broadcast)."""
     opdef = _ops.get_op("attention")
     check_normalizer(normalizer)
@@ -291,18 +292,18 @@ def attention(q, k, v, normalizer: str = "softmax", causal: bool = False, mask=N
         algorithm, streams = "three-phase", False   # short keys: the target's rule (Target.topk_streams)
     if return_lse and normalizer in NO_LSE:
         raise UsageError(f"attention: return_lse: {NO_LSE[normalizer]}")
-    if streams:   # the kernel takes kv_lengths itself, and a boolean mask as bytes
-        kind = "none" if m is None else "bool" if m.dtype == bool else "additive"
-    else:         # kv_lengths in the kernel (SOFT: none, refused as a mask); a boolean mask as -inf
-        kind = "none" if m is None and (n is None or normalizer != "soft") else "additive"
+    # a boolean mask as bytes (every form: a dropped key's +inf or NaN score is dropped too, as the
+    # oracle's); kv_lengths in the kernel (SOFT: none, refused as a mask)
+    kind = "bool" if m is not None and m.dtype == bool else "none" if m is None and (
+        streams or n is None or normalizer != "soft") else "additive"
     build = opdef.build_params_for_call(dict(params, head_dim=max(d, 1), scale=scale, causal=int(bool(causal)),
                                              mask=kind, normalizer=normalizer), {})
     kern = _kernel("attention", tuple(target) if isinstance(target, list) else target, backend, algorithm,
                    tuple(sorted(_ops.resolve_params(opdef, build).items())))
     if kern._abi.kind == ATTENTION and not streams:   # three-phase, sinkhorn, soft on explicit strides: no copies of
-        # q, k, v; kv_lengths in the kernel (MatrixProgram.key_padding), a boolean mask as an additive one
+        # q, k, v; kv_lengths in the kernel (MatrixProgram.key_padding), a boolean mask as bytes
         pad, has_lse = kern.program.key_padding is not None, kern.program.lse is not None
-        add = _additive_mask(m, None if pad else n, lead, lq, lk)
+        add = m if m is not None and m.dtype == bool else _additive_mask(m, None if pad else n, lead, lq, lk)
         want = return_lse or (masked_rows == "zero" and has_lse)
         call = dict({"kv_lengths": n} if pad and n is not None else {}, **({"return_lse": True} if want else {}))
         extra = [add] if add is not None else []

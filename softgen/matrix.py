@@ -517,7 +517,8 @@ class MatrixProgram:
                                        max_n=INDEX_MAX_N if ph.normalizer == "topk_softmax" else None)
         if self.strided:     # the same entry for a form that is not streaming (ETOOLONG: indexed dims)
             indexed = [d for d in self.index_dims() if d not in self.fixed_dims]
-            return replace(KernelABI.attention(ins, outs, dims, "additive" if "mask" in self.inputs else None,
+            kind = ("bool" if self.params.get("mask") == "bool" else "additive") if "mask" in self.inputs else None
+            return replace(KernelABI.attention(ins, outs, dims, kind,
                                                landmarks="landmarks" in self.inputs),
                            max_n=INDEX_MAX_N if indexed else None, mask_rows="mask" in self.inputs)
         return KernelABI(UNARY if unary else GENERAL, ins, outs, dims,

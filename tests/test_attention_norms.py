@@ -237,13 +237,12 @@ def test_streaming_equals_three_phase(norm_):
     """The front door's streaming form (explicit strides: GQA, a bool mask, kv_lengths, lse) ==
     three-phase (to float32 rounding) == the oracle, Lq != Lk, d and dv in {1, 7, 65}; a row whose
     every kept score is below SOFTPLUS_TINY (the second pass), a fully masked row, NaN and inf
-    inputs; bitwise the same for threads 1..3. mask='bool' builds streaming, three-phase refuses it."""
+    inputs; bitwise the same for threads 1..3. mask='bool' builds streaming (auto)."""
     for (lq, lk, d, dv), causal in zip(((5, 70, 7, 65), (70, 9, 65, 1), (33, 33, 1, 7)), (True, False, True)):
         q, kk, v = f32(2, 4, lq, d), f32(2, 2, lk, d), f32(2, 2, lk, dv)
         q[1, 2, 3], kk[1] = -np.abs(q[1, 2, 3]) - 3, np.abs(kk[1]) + 3   # row (1, 2, 3): scores below -20
         keep = RNG.random((4, lq, lk)) < 0.8
-        # (., 1, 4 % lq): fully masked. Key 2 (inf in kv head 1) kept: three-phase adds a bool mask
-        # as -inf, and -inf + inf is NaN where the streaming form (and the oracle) drop the key
+        # (., 1, 4 % lq): fully masked. Key 2 (inf in kv head 1) kept: a NaN row in every form
         keep[:, :, -1], keep[:, :, 2], keep[1, 4 % lq] = True, True, False
         lens = np.array([lk, max(lk // 2, 1)])
         if d > 1:
@@ -271,8 +270,6 @@ def test_streaming_equals_three_phase(norm_):
         np.testing.assert_allclose(lse[fin], rl[fin], rtol=1e-5, atol=1e-5)
         assert (lse == -np.inf).any() and (d == 1 or (rl[fin] < -15).any())   # the masked row; the second pass's
     assert softgen.compile("attention", normalizer=norm_, mask="bool", head_dim=7).algorithm == "streaming"
-    with pytest.raises(softgen.UsageError, match="mask='bool'"):
-        softgen.compile("attention", normalizer=norm_, mask="bool", algorithm="three-phase")
 
 
 @pytest.mark.parametrize("norm_", STREAMED)

@@ -129,8 +129,8 @@ def test_streaming_matches_the_oracle(kern):
 
 
 def test_equals_three_phase_and_threads():
-    """The front door's streaming form == three-phase (the bool mask and kv_lengths as one additive
-    mask, GQA repeated) to float32 rounding; bitwise the same for threads 1, 2, 3; masked_rows="zero"
+    """The front door's streaming form == three-phase (both take the bool mask as bytes and
+    kv_lengths in the kernel, GQA heads) to float32 rounding; bitwise the same for threads 1, 2, 3; masked_rows="zero"
     (through the lse: -inf for a row with no kept key)."""
     q, k, v, m, _ = case(40, 70, "bool", b=2, hq=4, hkv=2)
     kw = dict(normalizer="topk_softmax", top_k=16, causal=True, mask=m, kv_lengths=np.array([70, 33]), scale=SCALE)

@@ -238,7 +238,8 @@ def _strided(mp, name: str):
     t % hq), its kv head h / (hq / hkv); each array's row stride is its ld (rows contiguous; a
     single row's stride is not read). kv_lengths with ``MatrixProgram.key_padding`` (the scores'
     columns past them -inf); lse with ``MatrixProgram.lse`` (copied from its per-row vector,
-    ``lse_lines``). Not taken: those otherwise, a mask whose key axis is strided; a tied SOFT
+    ``lse_lines``); a uint8 keep-mask (mask="bool") as 0 / -inf floats in a scratch per matrix
+    (``_keep_mask_lines``). Not taken: those otherwise, a mask whose key axis is strided; a tied SOFT
     program (no lk) needs lk == lq."""
     mask, lm = "mask" in mp.inputs, "landmarks" in mp.inputs
     arrays = ["q", "k", "v"] + (["mask"] if mask else []) + (["landmarks"] if lm else []) + ["o"]
@@ -273,16 +274,35 @@ def _strided(mp, name: str):
                (" || ".join(fits) + " || (hq != 0 && batch > SIZE_MAX / hq)", err.EOVERFLOW.code,
                 "an array does not fit in the address space")]
     after = [("sg_count", "batch * hq")]
-    lds = [(f"ld_{a}", f"{rows[a]} > 1 ? (size_t){a}_sr : {cols[a]}") for a in arrays]
+    keep8 = mask and mp.params.get("mask") == "bool"   # a uint8 keep-mask: as 0 / -inf into scratch (its ld there)
+    lds = [(f"ld_{a}", f"{rows[a]} > 1 ? (size_t){a}_sr : {cols[a]}") for a in arrays if not (keep8 and a == "mask")]
     per_matrix = ["const size_t sg_bb = sg_b / hq, sg_h = sg_b % hq, sg_g = sg_h / (hq / hkv);"]
     if pad:   # batch b's key count: < 0 counts as 0, > lk as lk (the streaming form's rule)
         per_matrix.append("const size_t sg_nk = kv_lengths == NULL ? dim_lk : kv_lengths[sg_bb] < 0 ? 0 : "
                           "(size_t)kv_lengths[sg_bb] < dim_lk ? (size_t)kv_lengths[sg_bb] : dim_lk;")
     for a in arrays:
         head = "sg_g" if a in ("k", "v") else "sg_h"   # landmarks: per query head
+        if keep8 and a == "mask":
+            per_matrix += _keep_mask_lines()
+            continue
         per_matrix.append(f"{'' if a == 'o' else 'const '}float *mat_{a} = {a} + (ptrdiff_t)sg_bb * {a}_sb + "
                           f"(ptrdiff_t){head} * {a}_sh;")
     return before, after, checks, lds, per_matrix
+
+
+def _keep_mask_lines() -> list[str]:
+    """The matrix's uint8 keep-mask (mask="bool", a form that is not streaming) as 0 / -inf floats
+    in the scratch ``mat_mask``, once per matrix: the rows phase reads it as its float mask row
+    (``ops.attention._masked``: -inf drops the key whatever its score), the same IR on every backend."""
+    return ["if (dim_lk != 0) {   /* the keep-mask as 0 / -inf (nonzero keeps the key) */",
+            "    const uint8_t *sg_keep = mask + (ptrdiff_t)sg_bb * mask_sb + (ptrdiff_t)sg_h * mask_sh;",
+            "    for (size_t i = 0; i < dim_lq; i++) {   /* key axis contiguous (mask_sc 1: checked): vectorised */",
+            "        const uint8_t *sg_kr = sg_keep + (ptrdiff_t)i * mask_sr;",
+            "        float *sg_mr = mat_mask + i * ld_mask;",
+            "        for (size_t j = 0; j < dim_lk; j++)",
+            "            sg_mr[j] = sg_kr[j] ? 0.0f : -__builtin_inff();",
+            "    }",
+            "}"]
 
 
 def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
@@ -336,6 +356,8 @@ def matrix_entry(mp, name: str, cc: CallingConvention = C_CALLS) -> dict:
     scratch = [(f"vec_{v}", f"sg_off_vec_{v}", "sg_ld", "1", f"dim_{d}") for v, d in mp.vector_dims().items()]
     scratch += [(f"mat_{nm}", f"sg_off_mat_{nm}", f"ld_{nm}", f"dim_{r}", f"dim_{c}")
                 for nm, (r, c) in mp.scratch_mats.items()]
+    if abi.kind == ATTENTION and abi.mask == "bool":   # the keep-mask's floats (_keep_mask_lines)
+        scratch.append(("mat_mask", "sg_off_mat_mask", "ld_mask", "dim_lq", "dim_lk"))
     scal = {nm: i for i, nm in enumerate(mp.scalars())}
     body = _matrix_body(mp, mp.phases, name, cc, scal, [0])
     if abi.kind == ATTENTION and mp.lse is not None:   # the rows phase's per-row lse to the caller's strides

@@ -8,13 +8,14 @@ it is ``strided`` (``MatrixProgram.strided``): the streaming form's ABI (``abi.A
 strides, GQA, strided masks), so export, the header and the manifest match the streaming kernel's.
 
 Masks in the IR: ``causal`` (bottom-right aligned, key j kept iff j <= i + Lk - Lq, from the
-element and row indices of the rows phase) and ``mask="additive"`` (a float Lq x Lk input added
-to the scores). ``mask="bool"`` (a uint8 keep-mask) is the streaming form's only: its IR is the
-additive one (the mask input), the kernel reads the mask as bytes. The streaming form's ABI
+element and row indices of the rows phase), ``mask="additive"`` (a float Lq x Lk input added
+to the scores: +inf + -inf is NaN, as torch) and ``mask="bool"`` (a uint8 keep-mask, the same C
+argument in every form: the streaming kernel reads the bytes; the other forms' entry writes them
+as 0 / -inf floats into a scratch, ``backends.entry``, and the rows phase drops a -inf key whatever
+its score, ``_masked``). The streaming form's ABI
 (``abi.ATTENTION``) also takes key-padding lengths and lse, and so does the three-phase form
 (``MatrixProgram.key_padding``: the padded keys' scores -inf after S = s Q K^T; ``MatrixProgram.lse``:
-the rows phase emits the streaming form's per-row lse, ``_emit_lse``); ``softgen.attention`` turns a
-boolean mask into an additive one for it.
+the rows phase emits the streaming form's per-row lse, ``_emit_lse``).
 Fully masked rows give NaN (docs/ops.md §0); ``softgen.attention(masked_rows="zero")`` zeroes them.
 
 Normalizers: softmax, stablemax, softplus_l1, lssa and lssar (three-phase and, by ``passes.stream_attention``,
@@ -80,6 +81,9 @@ def _reference(q, k, v, *additive, head_dim=64, scale=None, causal=0, mask="none
     pools m from the keys; tied SOFT reads q as the keys, not k)."""
     s = default_scale(head_dim) if scale is None else scale
     m = additive[0] if additive and additive[0] is not None else None
+    if mask == "bool" and m is not None:   # a uint8 / bool keep-mask: nonzero keeps (its 0 / -inf floats: not -inf)
+        m = np.asarray(m)
+        m = m != -np.inf if m.dtype.kind == "f" else m != 0
     if normalizer in COSINE:
         extra = {} if normalizer == "lssa" else _lssar_params(p, offset_free_rows)
         return ref.attention(q, k, v, causal=bool(causal), mask=m, normalizer=normalizer, head_dim=head_dim,
@@ -209,6 +213,8 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     (``_topk_rows``). lssa, lssar: cosine scores (no scale), see ``_cosine_phases``; p,
     offset_free_rows: lssar's (docs/ops.md §5.2)."""
     check_normalizer(normalizer)
+    if mask == "bool" and normalizer != "soft":
+        mp.notes.append(KEEP_NOTE)
     if normalizer != "topk_softmax" and (top_k, renormalize) != (None, None):
         raise UsageError(f"attention: top_k and renormalize are topk_softmax's parameters, not {normalizer}'s")
     if causal not in (0, 1):
@@ -237,9 +243,6 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         if scale is not None:
             raise UsageError(f"{normalizer} attention takes no scale: its scores are cosines times "
                              f"log(head_dim) log(N_i) (docs/ops.md §5.1)")
-    if mask == "bool" and normalizer in ITERATIVE:
-        raise UsageError(f"attention: mask='bool' (a uint8 keep-mask) is the streaming form's; the {normalizer} "
-                         f"normalizer takes mask='additive' (softgen.attention converts)")
     if normalizer == "sinkhorn":
         return _sinkhorn(mp, s, causal, mask, ITERATIVE["sinkhorn"] if n_iter is None else n_iter, eps)
     if normalizer == "soft":
@@ -258,7 +261,7 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
     x = mp.rows(over="s", into="s")
     p = x.p
     if mask != "none":
-        x = x + p.matrow("mask")
+        x = _masked(x, p.matrow("mask"), mask)
     off = _causal_offset(p) if causal else None
     if normalizer == "topk_softmax":
         if top_k is None:
@@ -305,6 +308,19 @@ def attention(mp: MatrixProgram, head_dim: int, scale: float | None, causal: int
         _emit_lse(mx, l, mx, x=x)
     (e * l.finite_or_nan().recip()).output()
     mp.matmul("o", "s", "v", layout="nn")
+
+
+KEEP_NOTE = ("mask='bool' (a uint8 keep-mask): a dropped key's score is -inf whatever it was (+inf, NaN), as the "
+             "oracle's; the streaming form skips the key, the others read the mask as 0 / -inf floats the entry "
+             "writes into an lq x lk scratch once per (batch, head)")
+
+
+def _masked(x, m, mask: str):
+    """The scores x under the mask m: mask="additive" x + m (a +inf or NaN score stays NaN under a
+    -inf entry, as torch's SDPA); mask="bool" (the entry has turned the uint8 keep-mask into 0 /
+    -inf floats, ``backends.entry``): -inf where dropped whatever x is, x where kept, as the
+    streaming form and the oracle's ``np.where(keep, s, -inf)``."""
+    return m.where_lt(-F32_MAX, m, x) if mask == "bool" else x + m
 
 
 LSE = "lse"   # the three-phase form's per-row lse vector (MatrixProgram.lse), emitted by its rows phase
@@ -365,7 +381,7 @@ def _topk_rows(x, off, masked: bool, k: int, renormalize: bool) -> None:
 def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) -> None:
     """Sinkhorn attention (docs/ops.md §7, 10), blocked: it cannot stream (each column step couples
     every query), so S = s Q K^T is materialised once per (batch, head) in a scratch of Lq x Lk
-    floats, the additive mask is added in place (fused into the GEMM's store in C), the op
+    floats, the mask is applied in place (``_masked``; fused into the GEMM's store in C), the op
     ``sinkhorn``'s phases (``sinkhorn_phases``: n_iter half-steps rows first, then exp(M) n_k)
     run over it in place, and O = P V. Keys every query masks get weight 0 (the padding rule);
     fully masked query rows are NaN. Not causal (the limit would be the identity)."""
@@ -375,13 +391,13 @@ def _sinkhorn(mp: MatrixProgram, s: float, causal: int, mask: str, n_iter, eps) 
     n_iter, eps = sinkhorn._iterations(n_iter), sinkhorn._eps(eps)
     mp.strided = True   # abi.ATTENTION: per-(batch, head) strides, GQA, a strided (broadcast) mask
     mp.key_padding = "s"   # kv_lengths: padded keys' scores -inf, as the additive mask's (dead keys: weight 0)
-    if mask == "additive":
+    if mask != "none":
         mp.inputs["mask"] = ("lq", "lk")
     mp.scratch("s", ("lq", "lk"))
     mp.matmul("s", "q", "k", layout="nt", alpha=s)
-    if mask == "additive":
+    if mask != "none":
         x = mp.rows(over="s", into="s")
-        (x + x.p.matrow("mask")).output()
+        _masked(x, x.p.matrow("mask"), mask).output()
     sinkhorn.sinkhorn_phases(mp, n_iter, eps, over="s", into="s", pre="sk_", dead_rows=True).output()
     mp.notes.append(f"sinkhorn attention, blocked (it cannot stream: a column step couples every query): "
                     f"S = s Q K^T materialised once per (batch, head) in the scratch s (lq x lk floats), "
@@ -569,7 +585,7 @@ def _cosine_phases(mp: MatrixProgram, head_dim: int, causal: bool, mask: str, no
         keep = off.where_lt(0.5, keep, 0.0)
     n = keep.sum()
     z = x * (n.log() * math.log(head_dim))
-    a = keep.where_lt(0.5, 0.0, softplus(z if m is None else z + m))
+    a = keep.where_lt(0.5, 0.0, softplus(z if m is None or mask == "bool" else z + m))   # bool: m is 0 where kept
     l = a.sum()
     l.log().emit(LSE)   # the log of the weights' sum (lssar: its lssa sum), as the streaming form's
     inv = l.finite_or_nan().recip()
