@@ -238,13 +238,11 @@ def test_auto_algorithm_and_default_name(monkeypatch):
     assert not k.dispatcher and [e.algorithm for e in k.dispatch.entries] == ["three-pass-reload"]
     k2 = softgen.compile("softmax", target="avx2")   # several winners: a dispatcher
     assert k2.algorithm == "auto" and k2.dispatcher and "_auto__avx2_" in k2.name
-    # variants keyed by (algorithm, schedule): three-pass-reload in L1d (from 129 elements with
-    # lazymax and pipeline: batches of them stream from L3, costmodel.batch_cycles) and with
-    # lazymax beyond it
+    # variants keyed by (algorithm, schedule): three-pass-reload with pipeline up to 256 elements
+    # (batches of short rows, costmodel.batch_cycles), with lazymax beyond, two-pass beyond L3
     assert [(v.algorithm, v.schedule.lazymax, v.schedule.pipeline) for v in k2.variants] == \
-        [("three-pass-reload", False, False), ("three-pass-reload", True, True), ("three-pass-reload", True, False),
-         ("two-pass", False, False)]
-    assert [v.name.rsplit("__", 1)[1] for v in k2.variants] == ["3pl_u32_acc2", "3pl_u32_acc2_lz_pp", "3pl_u32_acc2_lz", "2p"]
+        [("three-pass-reload", False, True), ("three-pass-reload", True, False), ("two-pass", False, False)]
+    assert [v.name.rsplit("__", 1)[1] for v in k2.variants] == ["3pl_u32_acc2_pp", "3pl_u32_acc2_lz", "2p"]
     k3 = softgen.compile("softplus_l1", target="avx2")   # one algorithm; non-temporal stores beyond L3
     assert {e.algorithm for e in k3.dispatch.entries} == {"direct-reload"}
     assert [(v.algorithm, v.schedule.stream) for v in k3.variants] == [("direct-reload", False), ("direct-reload", True)]
