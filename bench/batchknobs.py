@@ -15,6 +15,7 @@ import sys
 
 import common  # noqa: F401  (single-threaded BLAS before NumPy)
 import numpy as np
+from knobs import variant  # "lazymax+rows=2" -> schedule knobs, as bench/knobs.py spells them
 
 import softgen
 from softgen import autotable, costmodel, machine, passes
@@ -25,14 +26,6 @@ from softgen.schedule import default_schedule
 from softgen.targets import get_target
 
 VARIANTS = "lazymax,pipeline,lazymax+pipeline,rows=2"
-
-
-def variant(text: str) -> dict:
-    out = {}
-    for part in filter(None, text.split("+")):
-        k, _, v = part.partition("=")
-        out[k] = True if not v else (int(v) if v.isdigit() else v)
-    return out
 
 
 def model_choice(target, n: int) -> str:
