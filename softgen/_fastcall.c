@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 typedef int (*row_kernel)(const float *, float *, size_t, size_t, size_t, size_t);
 typedef int (*row_kernel_mt)(const float *, float *, size_t, size_t, size_t, size_t, int);
@@ -341,6 +342,44 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!ok)
         Py_RETURN_NOTIMPLEMENTED;
     return PyLong_FromLong(rc);
+}
+
+/* repeat(mt_fnptr, x, y, threads, number): a row kernel's <name>_mt called `number` times back to
+ * back on x and y, checked once, timed here (CLOCK_MONOTONIC): seconds as a float, NotImplemented
+ * when the arrays are not ones call() takes, or the first nonzero code. What softgen tune times at
+ * sizes where Python's ~0.3 us per call would be most of a call (issue 13: a 1K row runs ~0.3 us). */
+static PyObject *repeat(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    void *fp = entry_point(args, nargs, 5, 5, "repeat(mt_fnptr, x, y, threads, number)");
+    if (fp == NULL)
+        return NULL;
+    const long t = PyLong_AsLong(args[3]);
+    const Py_ssize_t number = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (t < 0 || t > INT_MAX || number < 1) {
+        PyErr_SetString(PyExc_ValueError, "repeat: threads must be 0..INT_MAX and number >= 1");
+        return NULL;
+    }
+    Py_buffer bx, by;
+    Py_ssize_t store[4 * VIEW_MAXDIM];
+    size_t rows = 0, n = 0, ldx = 0, ldy = 0;
+    const int ok = xy_pair(args, &bx, &by, 1, &rows, &n, &ldx, &ldy, store);
+    if (ok < 0)
+        Py_RETURN_NOTIMPLEMENTED;
+    int rc = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (Py_ssize_t i = 0; ok && rc == 0 && i < number; i++)
+        rc = ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, (int)t);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    PyBuffer_Release(&by);
+    PyBuffer_Release(&bx);
+    if (!ok)
+        Py_RETURN_NOTIMPLEMENTED;
+    if (rc != 0)
+        return PyLong_FromLong(rc);
+    return PyFloat_FromDouble((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
 }
 
 typedef int (*unary_kernel)(const float *, float *, size_t, size_t, size_t, size_t, size_t);
@@ -894,6 +933,9 @@ static PyMethodDef methods[] = {
     {"selected", (PyCFunction)(void (*)(void))selected, METH_FASTCALL,
      "selected(fnptr, x, indices, weights) -> int return code, or NotImplemented for the general "
      "path: a top-k kernel; indices/weights C-contiguous of shape x.shape[:-1] + (min(k, n),)"},
+    {"repeat", (PyCFunction)(void (*)(void))repeat, METH_FASTCALL,
+     "repeat(mt_fnptr, x, y, threads, number) -> seconds for `number` back-to-back calls of a row kernel's "
+     "<name>_mt in C, NotImplemented (arrays call() declines), or the kernel's nonzero code"},
     {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL,
      "call(fnptr, x, y[, threads]) -> int return code, or NotImplemented for the general path; "
      "with threads, fnptr is the extended entry <name>_mt"},
