@@ -51,7 +51,7 @@ from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
     from . import _fastcall as _fc
     _fastcall = _fc.call
-    _fc.entry   # an extension built before entries existed: ctypes then
+    _fc.repeat   # an extension built before entries took threads= (or before entries): ctypes then
 except (ImportError, AttributeError):  # pragma: no cover - depends on the install
     _fc = _fastcall = None
 
