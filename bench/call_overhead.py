@@ -2,10 +2,13 @@
 """Per-call overhead of softmax (issue 15, "Speed of a call"): for 1x16, 1x1K and 64x1K float32,
 interleaved medians (softgen.benchmark.timing.time_interleaved) of
   raw C      the kernel's C entry through softgen._fastcall.call (NumPy buffers, no Python)
+  raw C t=1  its <name>_mt entry, threads 1, the same way (issue 13: costs what the entry does)
   Kernel     k(x, out=y)                      (Kernel.__call__, NumPy)
+  K t=1      k(x, out=y, threads=1)           (issue 13: within the Kernel column's noise)
   Kernel/t   k(xt, out=yt)                    (torch tensors in and out)
   K/t new    k(xt)                            (torch in, a new tensor out)
   per-op     softgen.softmax(x, out=y)        (the functional path: kernel lookup + call)
+  op t=1     softgen.softmax(x, out=y, threads=1)
   per-op/t   softgen.softmax(xt, out=yt)
   op/t new   softgen.softmax(xt)              (torch in, a new tensor out)
   torch      torch.softmax(xt, -1, out=yt)
@@ -33,7 +36,7 @@ import numpy as np  # noqa: E402
 import softgen  # noqa: E402
 from softgen import _fastcall as fc  # noqa: E402 - the C extension (built by pip install / setup.py)
 
-COLS = ("raw C", "Kernel", "Kernel/t", "K/t new", "per-op", "per-op/t", "op/t new", "torch", "torch new", "onnxrt",
+COLS = ("raw C", "raw C t=1", "Kernel", "K t=1", "op t=1", "Kernel/t", "K/t new", "per-op", "per-op/t", "op/t new", "torch", "torch new", "onnxrt",
         "numpy")
 
 
@@ -73,10 +76,10 @@ def main() -> None:
         y = np.empty_like(x)
         k(x, out=y)
         softgen.softmax(x, out=y)   # compiled (first use) before calibration
-        ptr = k._fn._softgen_ptr
-        v = {"raw C": lambda: fc.call(ptr, x, y),
-             "Kernel": lambda: k(x, out=y),
-             "per-op": lambda: softgen.softmax(x, out=y)}
+        ptr, mt = k._fn._softgen_ptr, k._mt_entry(1)[0]._softgen_ptr
+        v = {"raw C": lambda: fc.call(ptr, x, y), "raw C t=1": lambda: fc.call(mt, x, y, 1),
+             "Kernel": lambda: k(x, out=y), "K t=1": lambda: k(x, out=y, threads=1),
+             "per-op": lambda: softgen.softmax(x, out=y), "op t=1": lambda: softgen.softmax(x, out=y, threads=1)}
         if torch is not None:
             xt, yt = torch.from_numpy(x.copy()), torch.empty(rows, n)
             k(xt, out=yt)   # torch's type seen once (softgen.arrays registers it with _fastcall)
@@ -136,7 +139,7 @@ def other_kinds(budget: float, torch) -> None:
         "raw C": lambda: fc.general(gp, spec, (a, b), o), "Kernel": lambda: g(a, b, out=o),
         "per-op": lambda: softgen.gaussian_kernel(a, b, 16, out=o)},
         lambda xs, o: g(*xs, out=o), lambda xs, o: softgen.gaussian_kernel(*xs, 16, out=o), (a, b), o))
-    cols = [c for c in COLS if c not in ("torch", "torch new", "onnxrt", "numpy")]
+    cols = [c for c in COLS if c not in ("torch", "torch new", "onnxrt", "numpy", "raw C t=1", "K t=1", "op t=1")]
     print(f"{'kind':>22} " + " ".join(f"{c:>9}" for c in cols))
     for label, v, kern, per_op, ins, out in cases:
         if torch is not None:

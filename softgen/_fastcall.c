@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 typedef int (*row_kernel)(const float *, float *, size_t, size_t, size_t, size_t);
 typedef int (*row_kernel_mt)(const float *, float *, size_t, size_t, size_t, size_t, int);
@@ -343,7 +344,46 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return PyLong_FromLong(rc);
 }
 
+/* repeat(mt_fnptr, x, y, threads, number): a row kernel's <name>_mt called `number` times back to
+ * back on x and y, checked once, timed here (CLOCK_MONOTONIC): seconds as a float, NotImplemented
+ * when the arrays are not ones call() takes, or the first nonzero code. What softgen tune times at
+ * sizes where Python's ~0.3 us per call would be most of a call (issue 13: a 1K row runs ~0.3 us). */
+static PyObject *repeat(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    void *fp = entry_point(args, nargs, 5, 5, "repeat(mt_fnptr, x, y, threads, number)");
+    if (fp == NULL)
+        return NULL;
+    const long t = PyLong_AsLong(args[3]);
+    const Py_ssize_t number = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (t < 0 || t > INT_MAX || number < 1) {
+        PyErr_SetString(PyExc_ValueError, "repeat: threads must be 0..INT_MAX and number >= 1");
+        return NULL;
+    }
+    Py_buffer bx, by;
+    Py_ssize_t store[4 * VIEW_MAXDIM];
+    size_t rows = 0, n = 0, ldx = 0, ldy = 0;
+    const int ok = xy_pair(args, &bx, &by, 1, &rows, &n, &ldx, &ldy, store);
+    if (ok < 0)
+        Py_RETURN_NOTIMPLEMENTED;
+    int rc = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (Py_ssize_t i = 0; ok && rc == 0 && i < number; i++)
+        rc = ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, (int)t);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    PyBuffer_Release(&by);
+    PyBuffer_Release(&bx);
+    if (!ok)
+        Py_RETURN_NOTIMPLEMENTED;
+    if (rc != 0)
+        return PyLong_FromLong(rc);
+    return PyFloat_FromDouble((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+}
+
 typedef int (*unary_kernel)(const float *, float *, size_t, size_t, size_t, size_t, size_t);
+typedef int (*unary_kernel_mt)(const float *, float *, size_t, size_t, size_t, size_t, size_t, int);
 
 /* A unary matrix kernel (sinkhorn, newton_pinv...): x and y as for call(), at least two axes;
  * rows = batch * m, m = x.shape[-2] (issue 15: matrix calls). */
@@ -371,9 +411,12 @@ static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
 }
 
 typedef int (*selected_kernel)(const float *, int64_t *, float *, size_t, size_t, size_t, size_t);
+typedef int (*selected_kernel_mt)(const float *, int64_t *, float *, size_t, size_t, size_t, size_t, int);
 
-/* Run a top-k kernel on held views: -1 when the fast path declines, else the kernel's code. */
-static int selected_run(void *fp, const Py_buffer *bx, const Py_buffer *bi, const Py_buffer *bw) {
+/* Run a top-k kernel on held views: -1 when the fast path declines, else the kernel's code.
+ * `mt`: fp is <name>_mt, called with `threads`. */
+static int selected_run(void *fp, const Py_buffer *bx, const Py_buffer *bi, const Py_buffer *bw, int mt,
+                        int threads) {
     size_t rows = 0, n = 0, ldx = 0;
     int ok = layout(bx, &rows, &n, &ldx) && bi->itemsize == 8 && bi->format != NULL
              && (strcmp(bi->format, "q") == 0 || strcmp(bi->format, "l") == 0)
@@ -388,7 +431,10 @@ static int selected_run(void *fp, const Py_buffer *bx, const Py_buffer *bi, cons
     size_t m = (size_t)bw->shape[bx->ndim - 1];
     int rc = 0;
     if (rows && n && m) {
-        RUN_KERNEL(rows * n, rc = ((selected_kernel)fp)(bx->buf, bi->buf, bw->buf, rows, n, ldx, m));
+        if (mt)
+            RUN_KERNEL(rows * n, rc = ((selected_kernel_mt)fp)(bx->buf, bi->buf, bw->buf, rows, n, ldx, m, threads));
+        else
+            RUN_KERNEL(rows * n, rc = ((selected_kernel)fp)(bx->buf, bi->buf, bw->buf, rows, n, ldx, m));
     }
     return rc;
 }
@@ -413,7 +459,7 @@ static PyObject *selected(PyObject *self, PyObject *const *args, Py_ssize_t narg
         PyBuffer_Release(&bx);
         Py_RETURN_NOTIMPLEMENTED;
     }
-    const int rc = selected_run(fp, &bx, &bi, &bw);
+    const int rc = selected_run(fp, &bx, &bi, &bw, 0, 0);
     PyBuffer_Release(&bw);
     PyBuffer_Release(&bi);
     PyBuffer_Release(&bx);
@@ -596,6 +642,7 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     void *fp;
+    void *mt;                                  /* <name>_mt, or NULL: calls with threads decline */
     int kind, nd, nin;
     size_t k;                                  /* top-k: k */
     signed char spec[2 * (GENERAL_MAXIN + 1)]; /* general: each matrix's row and column dim */
@@ -628,7 +675,8 @@ static PyObject *caller_type(PyObject *a, int torch) {
 /* Returns of entry calls: NotImplemented (declined) or the kernel's nonzero code. */
 static PyObject *declined(void) { Py_RETURN_NOTIMPLEMENTED; }
 
-static PyObject *entry_rows(Entry *e, PyObject *x, PyObject *out) {
+/* `fp`: e->fp, or e->mt called with `threads` (the callers pick). */
+static PyObject *entry_rows(Entry *e, void *fp, int threads, PyObject *x, PyObject *out) {
     Py_buffer bx, by;
     Py_ssize_t store[4 * VIEW_MAXDIM];
     size_t rows, n, ldx, ldy;
@@ -657,12 +705,15 @@ static PyObject *entry_rows(Entry *e, PyObject *x, PyObject *out) {
     if (held && xy_check(&bx, &by, min_ndim, &rows, &n, &ldx, &ldy)) {
         rc = 0;
         if (rows && n) {
-            if (e->kind == E_UNARY) {
-                size_t m = (size_t)bx.shape[bx.ndim - 2];
-                RUN_KERNEL(rows * n, rc = ((unary_kernel)e->fp)(bx.buf, by.buf, rows, n, ldx, ldy, m));
-            } else {
-                RUN_KERNEL(rows * n, rc = ((row_kernel)e->fp)(bx.buf, by.buf, rows, n, ldx, ldy));
-            }
+            const size_t m = e->kind == E_UNARY ? (size_t)bx.shape[bx.ndim - 2] : 0;
+            if (fp != e->fp && e->kind == E_UNARY)
+                RUN_KERNEL(rows * n, rc = ((unary_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, m, threads));
+            else if (fp != e->fp)
+                RUN_KERNEL(rows * n, rc = ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, threads));
+            else if (e->kind == E_UNARY)
+                RUN_KERNEL(rows * n, rc = ((unary_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy, m));
+            else
+                RUN_KERNEL(rows * n, rc = ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy));
         }
     }
     if (held)
@@ -674,7 +725,7 @@ static PyObject *entry_rows(Entry *e, PyObject *x, PyObject *out) {
     return rc < 0 ? declined() : PyLong_FromLong(rc);
 }
 
-static PyObject *entry_selected(Entry *e, PyObject *x, PyObject *out) {
+static PyObject *entry_selected(Entry *e, void *fp, int threads, PyObject *x, PyObject *out) {
     Py_buffer bx, bi, bw;
     Py_ssize_t store[6 * VIEW_MAXDIM];
     size_t rows, n, ldx;
@@ -689,7 +740,7 @@ static PyObject *entry_selected(Entry *e, PyObject *x, PyObject *out) {
     memcpy(shape, bx.shape, sizeof(Py_ssize_t) * bx.ndim);
     shape[bx.ndim - 1] = (Py_ssize_t)(e->k < n ? e->k : n);
     PyObject *idx = alloc(bx.ndim, shape, 1, &bi), *w = idx ? alloc(bx.ndim, shape, 0, &bw) : NULL;
-    int rc = w != NULL ? selected_run(e->fp, &bx, &bi, &bw) : -2;
+    int rc = w != NULL ? selected_run(fp, &bx, &bi, &bw, fp != e->fp, threads) : -2;
     if (w != NULL)
         PyBuffer_Release(&bw);
     if (idx != NULL)
@@ -753,16 +804,28 @@ static PyObject *entry_general(Entry *e, PyObject *inputs, PyObject *out) {
 
 static PyObject *entry_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Entry *e = (Entry *)self;
-    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "a softgen._fastcall entry takes (x, out), a general one (inputs, out)");
+    const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 2 || nargs > 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a softgen._fastcall entry takes (x, out[, threads]), a general one "
+                                         "(inputs, out)");
         return NULL;
     }
     PyObject *x = args[0], *out = args[1];
+    void *fp = e->fp;
+    int threads = 0;
+    if (nargs == 3) {   /* through <name>_mt; other thread counts (bool, NumPy ints, > INT_MAX): Python's path */
+        int overflow = 0;
+        const long t = PyLong_CheckExact(args[2]) ? PyLong_AsLongAndOverflow(args[2], &overflow) : LONG_MIN;
+        if (e->mt == NULL || overflow || t < INT_MIN || t > INT_MAX)
+            return declined();
+        fp = e->mt;
+        threads = (int)t;
+    }
     if (e->kind == E_GENERAL)
-        return entry_general(e, x, out);
+        return fp == e->fp ? entry_general(e, x, out) : declined();
     if (!ARRAY(x) || !(out == Py_None || ARRAY(out)))
         return declined();
-    return e->kind == E_SELECTED ? entry_selected(e, x, out) : entry_rows(e, x, out);
+    return e->kind == E_SELECTED ? entry_selected(e, fp, threads, x, out) : entry_rows(e, fp, threads, x, out);
 }
 
 static PyTypeObject EntryType = {
@@ -778,8 +841,11 @@ static PyTypeObject EntryType = {
 static PyObject *entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     static const char *kinds[] = {"row", "selected", "unary", "general"};
-    void *fp = entry_point(args, nargs, 3, 3, "entry(fnptr, kind, param)");
+    void *fp = entry_point(args, nargs, 3, 4, "entry(fnptr, kind, param[, mt_fnptr])");
     if (fp == NULL)
+        return NULL;
+    void *mt = nargs == 4 && args[3] != Py_None ? PyLong_AsVoidPtr(args[3]) : NULL;
+    if (PyErr_Occurred())
         return NULL;
     const char *kind = PyUnicode_Check(args[1]) ? PyUnicode_AsUTF8(args[1]) : NULL;
     int k = 0;
@@ -794,6 +860,7 @@ static PyObject *entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         return NULL;
     e->vectorcall = entry_vectorcall;
     e->fp = fp;
+    e->mt = mt;
     e->kind = k;
     e->k = 0;
     e->nd = e->nin = 0;
@@ -850,9 +917,11 @@ static PyObject *set_torch(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
 static PyMethodDef methods[] = {
     {"entry", (PyCFunction)(void (*)(void))entry, METH_FASTCALL,
-     "entry(fnptr, kind, param) -> a callable e(x, out) (general: e(inputs, out)) returning the result "
-     "(out, or outputs allocated in the caller's array type), NotImplemented for the general path, or the "
-     "kernel's nonzero code; kind: row, selected (param k), unary, general (param: spec as general()'s), else None"},
+     "entry(fnptr, kind, param[, mt_fnptr]) -> a callable e(x, out) (general: e(inputs, out)) returning the "
+     "result (out, or outputs allocated in the caller's array type), NotImplemented for the general path, or "
+     "the kernel's nonzero code; kind: row, selected (param k), unary, general (param: spec as general()'s), "
+     "else None. mt_fnptr: the extended entry <name>_mt, which e(x, out, threads) calls (threads an int; "
+     "without mt_fnptr, or general, such calls return NotImplemented)"},
     {"set_torch", (PyCFunction)(void (*)(void))set_torch, METH_FASTCALL,
      "set_torch(Tensor, float32, int64, strided, from_numpy): read torch tensors in C from now on"},
     {"general", (PyCFunction)(void (*)(void))general, METH_FASTCALL,
@@ -864,6 +933,9 @@ static PyMethodDef methods[] = {
     {"selected", (PyCFunction)(void (*)(void))selected, METH_FASTCALL,
      "selected(fnptr, x, indices, weights) -> int return code, or NotImplemented for the general "
      "path: a top-k kernel; indices/weights C-contiguous of shape x.shape[:-1] + (min(k, n),)"},
+    {"repeat", (PyCFunction)(void (*)(void))repeat, METH_FASTCALL,
+     "repeat(mt_fnptr, x, y, threads, number) -> seconds for `number` back-to-back calls of a row kernel's "
+     "<name>_mt in C, NotImplemented (arrays call() declines), or the kernel's nonzero code"},
     {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL,
      "call(fnptr, x, y[, threads]) -> int return code, or NotImplemented for the general path; "
      "with threads, fnptr is the extended entry <name>_mt"},

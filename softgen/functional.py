@@ -116,9 +116,10 @@ def _make(op: str):
     """``softgen.<op>``: a call whose parameters and options were seen before goes straight to
     the kernel's C entry (``Kernel._fast``): the last call's arguments compared first (equal
     tuples and dicts: ~4x cheaper than hashing them), else one dict keyed by the positional
-    parameters and the keyword arguments as given (issue 15: O(1), nothing normalised); the first
-    call of such arguments, anything the entry declines (0-d, other array types, layouts) and
-    calls with threads=, axis=/dim= or call-time arguments take ``apply``."""
+    parameters and the keyword arguments as given (issue 15: O(1), nothing normalised); threads=
+    is no part of the key (the entry passes it to ``<name>_mt``). The first call of such
+    arguments, anything the entry declines (0-d, other array types, layouts, matrix ops' threads=)
+    and calls with axis=/dim= or call-time arguments take ``apply``."""
     opdef = _ops.get_op(op)
     more = len(opdef.inputs) - 1   # the op's inputs besides x: positional, not part of the key
     plain, keyed = {}, {}          # args[more:] / (args[more:], *kwargs items) -> the kernel's entry
@@ -132,7 +133,7 @@ def _make(op: str):
 
     def remember(args: tuple, kwargs: dict) -> None:
         """After ``apply`` ran: enter the call's kernel when nothing but the kernel matters to it."""
-        if any(kwargs.get(o) is not None for o in ("threads", "axis", "dim")):
+        if any(kwargs.get(o) is not None for o in ("axis", "dim")):
             return
         opts = {o: kwargs[o] for o in _OPTIONS if o in kwargs}
         try:
@@ -148,37 +149,37 @@ def _make(op: str):
         except TypeError:   # unhashable: not entered
             pass
 
-    def slow(x, args: tuple, out, kwargs: dict, e):
+    def slow(x, args: tuple, out, threads, kwargs: dict, e):
         """``apply`` (the entry declined, or no entry yet: then remember the call's kernel)."""
-        r = apply(op, x, *args, out=out, **kwargs)
+        r = apply(op, x, *args, out=out, threads=threads, **kwargs)
         if e is None:
             remember(args, kwargs)
         return r
 
     if more:
-        def fn(x, *args, out=None, **kwargs):
+        def fn(x, *args, out=None, threads=None, **kwargs):
             m, params = last, args[more:]
             try:
                 e = m[2] if params == m[0] and kwargs == m[1] else find(params, kwargs)
             except (TypeError, ValueError):   # parameters that do not hash or compare: apply says why
                 e = None
             if e is not None and len(args) >= more:
-                r = e((x, *args[:more]), out)
+                r = e((x, *args[:more]), out) if threads is None else e((x, *args[:more]), out, threads)
                 if r is not NotImplemented and r.__class__ is not int:
                     return r
-            return slow(x, args, out, kwargs, e)
+            return slow(x, args, out, threads, kwargs, e)
     else:
-        def fn(x, *args, out=None, **kwargs):
+        def fn(x, *args, out=None, threads=None, **kwargs):
             m = last
             try:
                 e = m[2] if args == m[0] and kwargs == m[1] else find(args, kwargs)
             except (TypeError, ValueError):
                 e = None
             if e is not None:
-                r = e(x, out)
+                r = e(x, out) if threads is None else e(x, out, threads)
                 if r is not NotImplemented and r.__class__ is not int:
                     return r
-            return slow(x, args, out, kwargs, e)
+            return slow(x, args, out, threads, kwargs, e)
     sig = ", ".join(list(opdef.inputs) + [f"{k}={v!r}" for k, v in opdef.params.items()]
                     + [f"{c}=None" for c in opdef.call_params])
     fn.__name__ = fn.__qualname__ = op

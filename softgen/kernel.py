@@ -51,7 +51,7 @@ from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
     from . import _fastcall as _fc
     _fastcall = _fc.call
-    _fc.entry   # an extension built before entries existed: ctypes then
+    _fc.repeat   # an extension built before entries took threads= (or before entries): ctypes then
 except (ImportError, AttributeError):  # pragma: no cover - depends on the install
     _fc = _fastcall = None
 
@@ -251,16 +251,28 @@ class Kernel:
                     f"another machine, call run_emulated(), or compile for target='host'")
             lib = open_shared(self.sources(), self.target, symbols=(self.name,), file_targets=self.file_targets())
             self._fn = load_entry(lib, self.name, self._abi)
-            self._fast = self._fast_entry(self._fn._softgen_ptr) if _fc is not None else None
+            self._fast = self._fast_entry(self._fn._softgen_ptr, self._mt_ptr()) if _fc is not None else None
         return self._fn
 
-    def _fast_entry(self, ptr: int):
-        """``_fastcall.entry`` for the loaded entry point at ``ptr``, or None (not a fast kind)."""
+    def _mt_ptr(self) -> int | None:
+        """The address of the loaded ``<name>_mt`` (its ``_fastcall.entry`` calls it for
+        ``threads=``), or None (no such entry)."""
+        if not self._abi.threaded:
+            return None
+        try:
+            self._mt_fn = load_entry(self._fn._softgen_handle, self.name, self._abi, mt=True)
+        except AttributeError:   # a library without <name>_mt: threads= calls take ctypes
+            return None
+        return self._mt_fn._softgen_ptr
+
+    def _fast_entry(self, ptr: int, mt: int | None = None):
+        """``_fastcall.entry`` for the loaded entry point at ``ptr`` (and ``<name>_mt`` at ``mt``),
+        or None (not a fast kind)."""
         kind = self._abi.kind
         if kind == ROW and self._plain or kind == UNARY:
-            return _fc.entry(ptr, kind, None)
+            return _fc.entry(ptr, kind, None, mt)
         if kind == SELECTED:
-            return _fc.entry(ptr, kind, self._abi.k)
+            return _fc.entry(ptr, kind, self._abi.k, mt)
         return None
 
     def _mt_entry(self, threads) -> tuple:
@@ -280,12 +292,13 @@ class Kernel:
         if fast is None and self._fn is None:
             self._entry(False)
             fast = self._fast
-        if fast is not None and threads is None and not call:
+        if fast is not None and not call:
             # The fast path, kept short (issue 15: within 0.5 us of the raw C entry): NumPy arrays
-            # and torch tensors checked, outputs allocated and the kernel called in C. What it
-            # declines (other types, layouts, dtypes) or fails (an error code) takes the general
-            # path below, which copies, converts or raises the proper error.
-            r = fast(x, out)
+            # and torch tensors checked, outputs allocated and the kernel called in C, threads=
+            # through <name>_mt. What it declines (other types, layouts, dtypes, thread counts
+            # that are not an int) or fails (an error code) takes the general path below, which
+            # copies, converts or raises the proper error.
+            r = fast(x, out) if threads is None else fast(x, out, threads)
             if r is not NotImplemented and r.__class__ is not int:
                 return r
         fn = self._fn or self._entry(False)
@@ -463,8 +476,9 @@ class MatrixKernel(Kernel):
             return self._call(lambda *args: mt(*args, threads), inputs, out, call)
         return self._call(self._fn or self._entry(False), inputs, out, call)
 
-    def _fast_entry(self, ptr: int):
-        """A general kernel's ``_fastcall.entry`` (one output, at most 4 inputs and 6 dims)."""
+    def _fast_entry(self, ptr: int, mt: int | None = None):
+        """A general kernel's ``_fastcall.entry`` (one output, at most 4 inputs and 6 dims;
+        ``threads=`` takes ctypes: the entry passes every argument as a size_t, not an int)."""
         abi = self._abi
         if abi.kind == GENERAL and len(abi.outputs) == 1 and len(abi.inputs) <= 4 and len(abi.dims) <= 6:
             return _fc.entry(ptr, GENERAL, self._general_spec)

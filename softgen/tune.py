@@ -22,7 +22,9 @@ Per size class (one per requested size):
    algorithm's schedules it keeps the ``keep`` nearest the target's default (in log2 distance of each knob; the default first). The count pruned is
    reported per class.
 3. *measurement* (``benchmark``'s samplers and buffers: x and y written before timing, rotated
-   beyond the last-level cache for DRAM sizes): calibration doubles as warm-up, then interleaved
+   beyond the last-level cache for DRAM sizes; up to ``C_LOOP_MAX`` elements each candidate's
+   calls run back to back in C, ``CLoop``: a call from Python costs about what a 1K row does, and
+   would bury the candidates' differences in its noise): calibration doubles as warm-up, then interleaved
    rounds (rotated order) until the median's 95% confidence interval (1.57 IQR / sqrt(rounds),
    the notch of a box plot) is within ``TOLERANCE`` of it for every candidate within 10% of the
    best, or the class's share of the budget is spent (at least ``MIN_ROUNDS`` rounds).
@@ -93,6 +95,11 @@ from .matrix import MatMulPhase
 from .schedule import AttentionSchedule, GemmSchedule, Schedule, default_schedule
 from .targets import get_target, host_arch, is_group_spec, target_group
 
+try:  # the C extension's timing loop; without it candidates are timed through Python calls
+    from ._fastcall import repeat as _repeat
+except ImportError:  # pragma: no cover - depends on the install
+    _repeat = None
+
 DEFAULT_SIZES = "1K,64K,1M,16M"
 DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
 PRUNE_RATIO = 1.5           # the model's cost over the best one's beyond which an algorithm is not timed
@@ -108,6 +115,8 @@ MAX_ROUNDS = 60
 MIN_TIME = 0.01             # seconds per sample
 N_MAX = 1 << 62             # the last class's upper bound in its record
 ROWS_MAX = 1 << 62
+C_LOOP_MAX = 1 << 16        # rows x n up to which candidates are timed in C (CLoop): a Python call's
+                            # ~0.3 us is >= 2% of a call there (a 1K row: ~0.3 us, half the call)
 
 
 @dataclass
@@ -402,6 +411,44 @@ def measure(variants: dict[str, Variant], deadline: float, *, min_time: float = 
     return out
 
 
+class CLoop:
+    """A timing variant run in C: ``timeit(number)`` is the seconds of ``number`` back-to-back calls
+    of kernel ``k``'s ``<name>_mt`` on (x, y) at ``threads`` (``_fastcall.repeat``: the arrays
+    checked once, no Python between the calls). At small sizes a call from Python costs about what
+    the kernel does, so candidates timed through it differ by a fraction of the signal and the
+    noise picks the winner (issue 13: the 1K class measured 1.2 ns/el for a 0.5 ns/el kernel)."""
+
+    def __init__(self, k, x: np.ndarray, y: np.ndarray, threads: int):
+        self.fp, self.x, self.y, self.threads = k._mt_entry(threads)[0]._softgen_ptr, x, y, threads
+
+    def timeit(self, number: int) -> float:
+        r = _repeat(self.fp, self.x, self.y, self.threads, number)
+        if r.__class__ is not float:   # c_loop checked the arrays and one call
+            raise RuntimeError(f"tune: the timing loop failed ({r!r})")
+        return r
+
+    def __call__(self) -> None:
+        self.timeit(1)
+
+
+def c_loop(k, x: np.ndarray, y: np.ndarray, threads: int) -> CLoop | None:
+    """A ``CLoop`` of ``k`` on (x, y) at ``threads``, or None: no timing loop in this install, not a
+    dense row kernel, or arrays it declines."""
+    if _repeat is None or not k._plain:
+        return None
+    loop = CLoop(k, x, y, threads)
+    return loop if _repeat(loop.fp, x, y, threads, 1).__class__ is float else None
+
+
+def _timed(k, bufs: list, threads: int) -> Variant:
+    """The variant timing ``k`` at ``threads`` on ``bufs``: in C (``CLoop``) for one buffer pair
+    of at most ``C_LOOP_MAX`` elements, else ``k(x, out=y, threads=c)`` rotating over the pairs."""
+    x, y = bufs[0]
+    loop = c_loop(k, x, y, threads) if len(bufs) == 1 and x.size <= C_LOOP_MAX else None
+    return loop or _rotating([("k(x, out=y, threads=c)", {"k": k, "x": xx, "y": yy, "c": threads})
+                              for xx, yy in bufs])
+
+
 def _parse_budget(budget) -> float:
     if isinstance(budget, str):
         text = budget.strip().lower()
@@ -539,8 +586,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
                     continue
                 name = label(a, s.as_dict())
                 # one thread: the variant is chosen here, its thread count below (batches) or by the model
-                variants[name] = _rotating([("k(x, out=y, threads=1)", {"k": k, "x": xx, "y": yy})
-                                            for xx, yy in bufs])
+                variants[name] = _timed(k, bufs, 1)
                 meta[name] = (a, s)
             del ref
             first = measure(variants, deadline - 0.3 * max(0.0, deadline - time.monotonic()))
@@ -565,9 +611,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             # at it (with the one-thread plan at one thread) and its own winner recorded
             more = []
             for c in range(2, machine.cores() + 1) if batch else ():
-                at = {f"{k} threads={c}": _rotating([("k(x, out=y, threads=c)",
-                                                      {"k": kernels[meta[k]], "x": xx, "y": yy, "c": c})
-                                                     for xx, yy in bufs]) for k in finalists}
+                at = {f"{k} threads={c}": _timed(kernels[meta[k]], bufs, c) for k in finalists}
                 at["threads=1"] = variants[win]
                 timed = measure(at, deadline)
                 top = min((k for k in timed if k != "threads=1"), key=lambda k: timed[k].median)

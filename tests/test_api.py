@@ -300,8 +300,14 @@ def test_fast_call_entry_points_refuse_bad_calls_before_calling():
         fc.entry(1, "rows", None)
     with pytest.raises(ValueError, match="spec"):
         fc.entry(1, "general", (7, 0, 1))
-    with pytest.raises(TypeError, match=r"\(x, out\)"):
+    with pytest.raises(TypeError, match=r"\(x, out\[, threads\]\)"):
         fc.entry(1, "row", None)(x)
+    with pytest.raises(TypeError, match=r"\(x, out\[, threads\]\)"):
+        fc.entry(1, "row", None, 1)(x, None, 1, 1)
+    with pytest.raises(ValueError, match="null kernel entry point"):   # tune's timing loop (issue 13)
+        fc.repeat(0, x, x.copy(), 1, 1)
+    with pytest.raises(TypeError, match=r"repeat\(mt_fnptr"):
+        fc.repeat(1)
 
 
 def test_one_function_per_op_compiles_once_and_matches_the_reference():

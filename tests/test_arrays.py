@@ -360,11 +360,13 @@ def test_call_path_does_not_touch_the_ir(sm, lssa, topk, sink, gauss, monkeypatc
              lambda: gauss(a, b), lambda: disp(x), lambda: disp(x, threads=1),
              lambda: softgen.softmax(x, target="scalar"), lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar"),
              lambda: sm(x, axis=0), lambda: softgen.softmax(x), lambda: softgen.softmax(x),
-             lambda: softgen.sinkhorn(m, target="scalar"), lambda: softgen.gaussian_kernel(a, b, 4, target="scalar")]
+             lambda: softgen.sinkhorn(m, target="scalar"), lambda: softgen.gaussian_kernel(a, b, 4, target="scalar"),
+             lambda: topk(x, threads=1), lambda: sink(m, threads=2), lambda: gauss(a, b, threads=1),
+             lambda: softgen.softmax(x, target="scalar", threads=2), lambda: softgen.softmax(x, threads=1)]
     if torch is not None:   # torch tensors in and out, every kind
         xt, mt, at, bt = (torch.from_numpy(v.copy()) for v in (x, m, a, b))
         calls += [lambda: sm(xt), lambda: sm(xt, out=torch.empty(3, 8)), lambda: topk(xt), lambda: sink(mt),
-                  lambda: gauss(at, bt), lambda: gauss(at, bt, out=torch.empty(3, 5)),
+                  lambda: gauss(at, bt), lambda: gauss(at, bt, out=torch.empty(3, 5)), lambda: sm(xt, threads=1),
                   lambda: softgen.topk_softmax(xt, 2, sparse=1, target="scalar"),
                   lambda: softgen.gaussian_kernel(at, bt, 4, target="scalar")]
     expect = [c() for c in calls]   # loads the libraries (may touch the IR) before the trap
@@ -395,7 +397,11 @@ def test_per_op_functions_go_straight_to_the_entry(monkeypatch):
     a, b = rng.random((3, 4), np.float32), rng.random((5, 4), np.float32)
     calls = [lambda: softgen.softmax(x, target="scalar"), lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar"),
              lambda: softgen.sinkhorn(m, target="scalar"), lambda: softgen.gaussian_kernel(a, b, 4, target="scalar"),
-             lambda: softgen.gaussian_kernel(a, b, head_dim=4, target="scalar", out=np.empty((3, 5), np.float32))]
+             lambda: softgen.gaussian_kernel(a, b, head_dim=4, target="scalar", out=np.empty((3, 5), np.float32)),
+             # threads= is no part of the key: the entry calls <name>_mt (issue 13: as cheap as without)
+             lambda: softgen.softmax(x, target="scalar", threads=1), lambda: softgen.softmax(x, target="scalar", threads=2),
+             lambda: softgen.topk_softmax(x, 2, sparse=1, target="scalar", threads=1),
+             lambda: softgen.sinkhorn(m, target="scalar", threads=0)]
     expect = [c() for c in calls]
 
     def trap(*args, **kw):
@@ -410,6 +416,39 @@ def test_per_op_functions_go_straight_to_the_entry(monkeypatch):
               lambda: softgen.topk_softmax(x, 3, sparse=1, target="scalar")):
         with pytest.raises(AssertionError, match="past its entry"):
             c()
+
+
+def test_threads_calls_take_the_fast_entry(sm, topk, sink, monkeypatch):
+    """k(x, threads=N) goes straight to <name>_mt through the C fast entry (issue 13: a call
+    passing threads= costs what one without does): no ctypes, no _call; what the entry declines
+    (a bool, a NumPy int, a float) or fails (negative) still gets the general path's answer."""
+    from softgen import kernel as kmod
+    if kmod._fc is None:
+        pytest.skip("softgen._fastcall is not built")
+    rng = np.random.default_rng(12)
+    x, m = rng.standard_normal((5, 8)).astype(np.float32), rng.random((2, 4, 4)).astype(np.float32)
+    y = np.empty_like(x)
+    calls = [lambda: sm(x, threads=1), lambda: sm(x, out=y, threads=2), lambda: sm(x, threads=0),
+             lambda: topk(x, threads=1), lambda: sink(m, threads=2)]
+    expect = [sm(x), sm(x), sm(x), topk(x), sink(m)]
+
+    def trap(*args, **kw):
+        raise AssertionError("a threads= call went past its fast entry")
+    with monkeypatch.context() as mp:
+        for name in ("_call", "_call_threads", "_mt_entry"):
+            mp.setattr(kmod.Kernel, name, trap)
+        for c, e in zip(calls, expect):
+            r = c()
+            for u, v in zip(r if isinstance(r, tuple) else (r,), e if isinstance(e, tuple) else (e,)):
+                assert np.array_equal(u, v)
+        with pytest.raises(AssertionError, match="past its fast entry"):   # declined: Python's path
+            sm(x, threads=np.int64(1))
+    assert np.array_equal(sm(x, threads=np.int64(1)), expect[0])
+    for bad in (True, 1.0, 2 ** 40, -1):
+        with pytest.raises(UsageError, match="thread"):
+            sm(x, threads=bad)
+    with pytest.raises(UsageError, match="thread"):
+        softgen.softmax(x, target="scalar", algorithm="two-pass", threads=-1)
 
 
 # -- a cached TVM kernel in a new process ---------------------------------------------------------

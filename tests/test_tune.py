@@ -70,8 +70,12 @@ def test_candidates_come_from_the_backends_knobs():
     assert not softgen.backends.get_backend("tvm").tuning_knobs    # algorithms only
 
 
-def test_tune_fills_the_db_and_auto_uses_it(db, rng):
+def test_tune_fills_the_db_and_auto_uses_it(db, rng, monkeypatch):
+    real, timed = tune_mod.sampler, []
+    monkeypatch.setattr(tune_mod, "sampler", lambda v: timed.append(v) or real(v))
     res = _tune()
+    # small classes are timed in C (issue 13: through Python a 1K call costs twice the kernel)
+    assert timed and all(isinstance(v, tune_mod.CLoop) for v in timed) or tune_mod._repeat is None
     assert len(res.records) == 2 and not res.interrupted
     recs = tunedb.table("softmax", {}, HOST.name, "c")
     assert [(r.n_min, r.n_max) for r in recs] == [c.n_range for c in res.classes]
@@ -131,6 +135,30 @@ def test_no_records_or_another_machine_means_the_model(db):
     db.add(other)
     k = softgen.compile("softmax", target=HOST.name)
     assert not k.tuned and (k.dispatch is None or k.dispatch.source == "model")
+
+
+def test_c_timing_loop_times_the_kernel_alone(rng, monkeypatch):
+    """tune.CLoop: number back-to-back calls of <name>_mt timed in C, the kernel's result written;
+    arrays the fast path declines (strided rows, float64) give None (Python's path then), as do
+    several buffer pairs (DRAM rotation) and sizes above C_LOOP_MAX."""
+    if tune_mod._repeat is None:
+        pytest.skip("softgen._fastcall is not built")
+    k = softgen.compile("softmax", target="scalar", algorithm="two-pass")
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    y = np.zeros_like(x)
+    loop = tune_mod.c_loop(k, x, y, 1)
+    assert isinstance(loop, tune_mod.CLoop) and tune_mod.sampler(loop) == loop.timeit
+    y.fill(0)
+    t1, t100 = loop.timeit(1), loop.timeit(1000)
+    assert 0 < t1 < t100 and np.array_equal(y, k(x))
+    assert tune_mod.c_loop(k, x[:, ::2], y[:, ::2], 1) is None
+    assert tune_mod.c_loop(k, x, y.astype(np.float64), 1) is None
+    assert isinstance(tune_mod._timed(k, [(x, y)], 1), tune_mod.CLoop)
+    assert not isinstance(tune_mod._timed(k, [(x, y), (x.copy(), y.copy())], 1), tune_mod.CLoop)
+    monkeypatch.setattr(tune_mod, "C_LOOP_MAX", x.size - 1)
+    assert not isinstance(tune_mod._timed(k, [(x, y)], 1), tune_mod.CLoop)
+    with pytest.raises(ValueError):
+        tune_mod._repeat(loop.fp, x, y, 1, 0)
 
 
 def test_ctrl_c_keeps_completed_classes(db, monkeypatch):
