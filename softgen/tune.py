@@ -19,7 +19,8 @@ Per size class (one per requested size):
    knob schedule whose exp variant makes it more than ``KNOB_PRUNE_RATIO`` times (each variant
    costs its ``[cost.exp]`` hint: avx2's t32, a gather, is not timed), nor lazymax where the plan
    has no ``passes.lazy_max`` form or R rows run at once (the same kernel). The model has no other schedule term, so among one
-   algorithm's schedules it keeps the ``keep`` nearest the target's default (in log2 distance of each knob; the default first). The count pruned is
+   algorithm's schedules it keeps the ``keep`` nearest the target's default (in log2 distance of each knob; the default first;
+   by default ``KEEP``, and all of them for rows in L1d, which are compute-bound and cheap to time). The count pruned is
    reported per class.
 3. *measurement* (``benchmark``'s samplers and buffers: x and y written before timing, rotated
    beyond the last-level cache for DRAM sizes; up to ``C_LOOP_MAX`` elements each candidate's
@@ -494,7 +495,7 @@ def _shapes(sizes, shapes) -> list[tuple[int, int]]:
 
 
 def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT_BUDGET, backend: str = "c", *,
-         shapes=None, keep: int = KEEP, progress: bool = True, stream=None, seed: int = 0,
+         shapes=None, keep: int | None = None, progress: bool = True, stream=None, seed: int = 0,
          **params) -> TuneResult:
     """Measure the fastest variant per size class of ``op`` on ``target`` and record it in the
     tuning database (see the module docstring). ``sizes``: row lengths (ints, or text like
@@ -524,7 +525,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
     if not be.dispatchable:
         raise UsageError(f"tune: backend {be.name} builds no dispatcher (algorithm='auto' would not use records)")
     budget = _parse_budget(budget_s)
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise UsageError(f"tune: keep must be an integer >= 1, got {keep!r}")
     todo = _shapes(sizes, shapes)
     program = ops.build_program(opdef.name, **params)            # validates the parameters
@@ -554,7 +555,10 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             kept_algs = sorted((a for a in algs if not cost or cost[a] <= PRUNE_RATIO * best),
                                key=lambda a: cost.get(a, 0.0))
             bl = caches.level_of(costmodel.BYTES_PER_N * rows * n)
-            extra, cands = [], [(a, s) for a in kept_algs for s in scheds[:keep]]
+            # keep None: in L1d, where a row is compute-bound and its calls are timed in C (CLoop), every
+            # unroll x accumulators schedule (the sweep's best there is often u8a2/u8a4, far from the default)
+            n_keep = (len(scheds) if level == "L1d" else KEEP) if keep is None else keep
+            extra, cands = [], [(a, s) for a in kept_algs for s in scheds[:n_keep]]
             for lvl in knob_levels(caches, costmodel.BYTES_PER_N * n):   # the level's knobs (and at the LLC's edge, DRAM's)
                 more = level_schedules(be, t, lvl, base, rows, bl)
                 extra += [x for x in more if x not in extra]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,18 @@ def test_tune_fills_the_db_and_auto_uses_it(db, rng, monkeypatch):
         assert np.array_equal(y, want(x)), (n, e)
     # with the tuning records off, or a fixed schedule: the model
     assert not softgen.compile("softmax", target=HOST.name, schedule={"unroll": 4}).tuned
+
+
+def test_l1d_classes_time_every_unroll_and_accumulator_count(db, monkeypatch):
+    """keep=None (the default): a row in L1d is compute-bound and timed in C, so every unroll x
+    accumulators schedule of the kept algorithm is timed (the sweep's best there is often u8a4,
+    far from the default); beyond L1d only the KEEP nearest the default."""
+    monkeypatch.setattr(tune_mod, "PRUNE_RATIO", 1.0)          # the model's best algorithm only
+    monkeypatch.setattr(tune_mod, "KNOB_PRUNE_RATIO", 1.0)
+    (c,) = _tune(sizes=[512], keep=None, budget_s=2).classes
+    grid = {(u, a) for u in (2, 4, 8) for a in (1, 2, 4) if a <= u}   # Schedule: accumulators <= unroll
+    got = {(int(m[1]), int(m[2])) for m in (re.search(r" u(\d+)a(\d+)", lab) for lab, _ in c.timed) if m}
+    assert grid <= got, sorted(got)
 
 
 def test_same_algorithm_two_schedules_get_unique_symbols(db, rng, tmp_path):
