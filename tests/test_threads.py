@@ -674,3 +674,27 @@ def test_pool_profile_counts_regions_jobs_and_tasks():
         p = take()
         assert p["par_regions"] == 1 and p["par_tasks"] == ranges and p["regions"] == 0, (rows, n)
         assert 0 <= p["par_caller"] <= ranges
+
+
+def test_bench_threads_call_modes_and_mean_percentiles(monkeypatch):
+    """bench/threads.py: --percentiles' row has the means (what the interleaved table's
+    back-to-back blocks measure) and the share of slow 2-thread calls beside p5..p90, so a bimodal
+    2-thread sample whose p50 is fast does not pass for a fast mean; --profile's call_modes groups
+    profiled calls (fastest half, slowest quarter) with each group's per-sweep caller own / wait."""
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import threads as bt
+    t1, t2 = [60e-6] * 100, [31e-6] * 60 + [38e-6] * 40
+    r = bt.percentile_row("256K", t1, t2)
+    assert r["calls"] == 100 and r["t2_p50"] == pytest.approx(31) and r["t2_p90"] == pytest.approx(38)
+    assert r["x_p50"] == pytest.approx(60 / 31) and r["t2_mean"] == pytest.approx(33.8)
+    assert r["x_mean"] == pytest.approx(60 / 33.8) and r["slow2"] == pytest.approx(0.4)
+    k = softgen.compile("softmax", algorithm="three-pass-reload",   # test_pool_profile_counts...'s kernel
+                        schedule={"block": 256, "chunk": 1024, "split": 4096, "lazymax": True})
+    pk, take = _profiled(k)
+    x = _rows(1, 6 * 1024 + 7, seed=5)
+    take()
+    m = bt.call_modes(pk, x, np.empty_like(x), take, 8)
+    fast, slow = m["fastest half"], m["slowest quarter"]
+    assert fast["calls"] == 4 and slow["calls"] == 2 and 0 < fast["call"] <= slow["call"]
+    for g in (fast, slow):
+        assert g["regions"] == 1 and g["own0"] > 0 and g["caller0"] + g["workers0"] == 7
