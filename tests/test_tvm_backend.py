@@ -13,6 +13,7 @@ import pytest
 from conftest import STRICT, check, skip_unless_emulated
 
 import softgen
+from softgen.backends import tvm as tvm_backend, tvm_adapter as ta
 from softgen.backends.tvm_adapter import available
 from softgen.emulator import find_emulator
 from softgen.runtime import compiler_for
@@ -112,3 +113,16 @@ def test_schedule_reaches_the_tensorir():
                         schedule={"unroll": 2, "accumulators": 2, "block": 512})
     assert "T.vectorized(8)" in k.source and "cnt // 16" in k.source and "// 512" in k.source
     assert "unroll=2 accumulators=2 block=512" in k.source
+
+
+def test_row_functions_lower_without_remove_noop_to_the_same_object():
+    """The row emitter's functions skip TVM's RemoveNoOp (``tvm.noop_free``, ~20% of a long
+    kernel's lowering): their object is byte for byte the one the full lean pipeline makes, the
+    fallback row included. The matrix phases' ``__tvm`` functions (attention, GEMM) keep it."""
+    k = softgen.compile("softmax", algorithm="two-pass", target="avx2", backend="tvm")
+    nf = tvm_backend.noop_free(k.source)
+    assert sorted(nf) == [f"{k.name}__fallback_row", f"{k.name}__row"]
+    assert not tvm_backend.noop_free('"global_symbol": "a__attn0__tvm"')
+    mod, t = ta.script_module(k.source), get_target("avx2")
+    full = ta.build(mod, t, pipeline="lean").inspect_source("asm")
+    assert ta.build(mod, t, pipeline="lean", noop_free=nf).inspect_source("asm") == full

@@ -214,27 +214,46 @@ def version_script(symbols) -> str:
 
 # -- lowering and code generation ------------------------------------------------------------------
 
-def _lean_pipeline(tvm):
+def _lean_pipeline(tvm, remove_noop: bool = True):
     """For TIR that is already scheduled by hand (explicit loops, vectorized/unrolled loop kinds,
     no sblocks): only the passes that such code needs. The full s_tir pipeline's simplifiers
-    (HoistIfThenElse, StmtSimplify, ...) take minutes on long chains of let-bound vector math."""
+    (HoistIfThenElse, StmtSimplify, ...) take minutes on long chains of let-bound vector math.
+    ``remove_noop=False`` drops RemoveNoOp, for functions known to have no no-op to remove: like
+    FlattenBuffer and LowerIntrin it binds every let in an arith analyzer, ~20% of a long
+    kernel's lowering."""
     s_tir, tirx = tvm.s_tir, tvm.tirx
     return tvm.transform.Sequential([
         s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(),
         tirx.transform.VectorizeLoop(True), tirx.transform.StorageRewrite(),
-        tirx.transform.UnrollLoop(), tirx.transform.RemoveNoOp()])
+        tirx.transform.UnrollLoop()] + ([tirx.transform.RemoveNoOp()] if remove_noop else []))
 
 
-def lower(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir"):
+def _split(tvm, mod, symbols):
+    """(functions of mod named in symbols, the others) as two IRModules."""
+    a, b = {}, {}
+    for gv, f in mod.functions.items():
+        (a if gv.name_hint in symbols else b)[gv] = f
+    return tvm.IRModule(a, attrs=mod.attrs), tvm.IRModule(b, attrs=mod.attrs)
+
+
+def lower(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir",
+          noop_free: frozenset = frozenset()):
     """Lowered TIR (an IRModule) ready for the LLVM codegen, every public function with the C ABI.
     ``pipeline``: "s_tir" (TVM's default, for sblock TIR and schedules) or "lean" (hand-scheduled
-    loops, as softgen's TVM backend emits)."""
+    loops, as softgen's TVM backend emits). ``noop_free``: names of functions the lean pipeline
+    lowers without RemoveNoOp (their emitter writes no no-op: the LLVM IR is the same)."""
     tvm = _tvm()
     tgt = tvm_target(target)
     mod = _module(mod_or_func)
     with tvm.transform.PassContext(opt_level=3, config=config or {}):
         mod = tvm.tirx.transform.BindTarget(tgt)(mod)
-        if pipeline == "lean":
+        if pipeline == "lean" and noop_free:
+            lean, rest = _split(tvm, mod, noop_free)
+            lean = _lean_pipeline(tvm, remove_noop=False)(lean)
+            rest = _lean_pipeline(tvm)(rest)
+            mod = tvm.IRModule({**dict(lean.functions.items()), **dict(rest.functions.items())},
+                               attrs=mod.attrs)
+        elif pipeline == "lean":
             mod = _lean_pipeline(tvm)(mod)
         else:
             mod = tvm.tirx.get_tir_pipeline("s_tir")[0](mod)
@@ -251,25 +270,28 @@ def lower(mod_or_func, target, config: dict | None = None, pipeline: str = "s_ti
     return mod
 
 
-def build(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir"):
+def build(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir",
+          noop_free: frozenset = frozenset()):
     """The LLVM runtime module (``write_to_file``/``inspect_source``) of the C-ABI functions."""
     tvm = _tvm()
     tgt = tvm_target(target)
-    mod = lower(mod_or_func, tgt, config, pipeline)
+    mod = lower(mod_or_func, tgt, config, pipeline, noop_free)
     with tvm.transform.PassContext(opt_level=3, config=config or {}):
         return tvm.get_global_func("target.build.llvm")(mod, tgt)
 
 
-def compile_to_object(mod_or_func, target, out_path, config: dict | None = None, pipeline: str = "s_tir") -> Path:
+def compile_to_object(mod_or_func, target, out_path, config: dict | None = None, pipeline: str = "s_tir",
+                      noop_free: frozenset = frozenset()) -> Path:
     """Write an ELF relocatable object (.o) for the target (cross targets need no cross tools)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    build(mod_or_func, target, config, pipeline).write_to_file(str(out))
+    build(mod_or_func, target, config, pipeline, noop_free).write_to_file(str(out))
     return out
 
 
-def assembly(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir") -> str:
-    return build(mod_or_func, target, config, pipeline).inspect_source("asm")
+def assembly(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir",
+             noop_free: frozenset = frozenset()) -> str:
+    return build(mod_or_func, target, config, pipeline, noop_free).inspect_source("asm")
 
 
 # -- softgen's TVMScript kernels: every prim_func of a script in one module -------------------
@@ -286,11 +308,13 @@ def script_module(tir: str):
 
 
 @cache
-def script_object(tir: str, target_name: str) -> bytes:
+def script_object(tir: str, target_name: str, noop_free: frozenset = frozenset()) -> bytes:
     """The ELF object of a TVMScript kernel's functions (TVM's bundled LLVM; no cross tools
-    needed), cached on disk like the C builds: TVM's lowering of a long kernel takes seconds."""
+    needed), cached on disk like the C builds: TVM's lowering of a long kernel takes seconds.
+    ``noop_free``: as in :func:`lower` (the object is the same with or without: not in the key)."""
     def make(tmp):
-        return compile_to_object(script_module(tir), get_target(target_name), tmp / "k.o", pipeline="lean"), {}
+        return compile_to_object(script_module(tir), get_target(target_name), tmp / "k.o", pipeline="lean",
+                                 noop_free=noop_free), {}
 
     return _cached(script_object_path(tir, target_name), make, "TVM").read_bytes()
 
@@ -301,5 +325,5 @@ def script_object_path(tir: str, target_name: str) -> Path:
     return cache_dir() / f"tvm-{key}.o"
 
 
-def script_assembly(tir: str, target) -> str:
-    return assembly(script_module(tir), target, pipeline="lean")
+def script_assembly(tir: str, target, noop_free: frozenset = frozenset()) -> str:
+    return assembly(script_module(tir), target, pipeline="lean", noop_free=noop_free)
