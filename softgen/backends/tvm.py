@@ -1,8 +1,9 @@
 """TVM backend: the same planned IR and schedule, lowered to TensorIR and compiled by TVM's LLVM.
 
 The algorithm rewrites and the sweep plan come from ``softgen.passes``, exactly as for the C
-backend; this module only spells each sweep in TIR. Each row function is TVMScript text parsed by
-TVM (``tvm_adapter.parse_tir``): per sweep, a loop over reduction blocks, a main loop whose body is
+backend; this module only spells each sweep in TIR. Each row function is TVMScript text (built
+by ``tvm_adapter.script_module``'s fast path: keep to its subset, or it goes through TVM's parser,
+~8x slower; lowered without RemoveNoOp: ``noop_free``): per sweep, a loop over reduction blocks, a main loop whose body is
 one ``T.vectorized(lanes)`` loop holding ``unroll`` vector slots (the schedule), a scalar tail loop,
 and the block fold into compensated per-lane accumulators. Values are ``T.let``-bound per lane, so
 TVM's vectoriser turns every lane expression into one SIMD instruction. The vector math is the
