@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import STRICT, check, skip_unless_emulated
 
 import softgen
+from softgen.backends import tvm as tvm_backend, tvm_adapter as ta
 from softgen.backends.tvm_adapter import available
 from softgen.emulator import find_emulator
 from softgen.runtime import compiler_for
@@ -112,3 +114,70 @@ def test_schedule_reaches_the_tensorir():
                         schedule={"unroll": 2, "accumulators": 2, "block": 512})
     assert "T.vectorized(8)" in k.source and "cnt // 16" in k.source and "// 512" in k.source
     assert "unroll=2 accumulators=2 block=512" in k.source
+
+
+def test_row_functions_lower_without_remove_noop_to_the_same_object():
+    """The row emitter's functions skip TVM's RemoveNoOp (``tvm.noop_free``, ~20% of a long
+    kernel's lowering): their object is byte for byte the one the full lean pipeline makes, the
+    fallback row included. The matrix phases' ``__tvm`` functions (attention, GEMM) keep it."""
+    k = softgen.compile("softmax", algorithm="two-pass", target="avx2", backend="tvm")
+    nf = tvm_backend.noop_free(k.source)
+    assert sorted(nf) == [f"{k.name}__fallback_row", f"{k.name}__row"]
+    assert not tvm_backend.noop_free('"global_symbol": "a__attn0__tvm"')
+    mod, t = ta.script_module(k.source), get_target("avx2")
+    full = ta.build(mod, t, pipeline="lean").inspect_source("asm")
+    assert ta.build(mod, t, pipeline="lean", noop_free=nf).inspect_source("asm") == full
+    # the row functions' fast path (no TVMScript parser) builds the same TIR, hence the same code
+    fast = ta.script_module(k.source, nf)
+    for g in mod.get_global_vars():
+        assert _same_tir(fast[g.name_hint], mod[g.name_hint])
+        assert fast[g.name_hint].script() == mod[g.name_hint].script()
+    # the parser's source spans become DWARF line info: the code, not the line table, is the same
+    assert _code(ta.build(fast, t, pipeline="lean", noop_free=nf).inspect_source("asm")) == _code(full)
+
+
+def _code(asm: str) -> list[str]:
+    """The assembly without its debug information (line directives, their labels, DWARF sections)."""
+    asm = asm.split("\t.section\t.debug")[0]
+    return [ln for ln in asm.splitlines() if not re.match(r"\s*\.loc\b|\.Ltmp\d+:|\s*\.file\b", ln)]
+
+
+def _same_tir(a, b) -> bool:
+    import tvm_ffi  # TVM only where a test needs it (test_tvm_adapter.py: softgen imports without it)
+    return bool(tvm_ffi.structural_equal(a, b))
+
+
+FAST_SUBSET = """@T.prim_func
+def f(x: T.handle("float32"), y: T.handle("float32"), n: T.int64, status: T.handle("int32")):
+    T.func_attr({"global_symbol": "f", "tir.noalias": False})
+    X = T.decl_buffer((n,), "float32", data=x)
+    Y = T.decl_buffer((n,), "float32", data=y)
+    ST = T.decl_buffer((1,), "int32", data=status)
+    acc = T.alloc_buffer((8,), "float32", scope="local")
+    for l in T.vectorized(8):
+        acc[l] = T.float32(0.0)
+    for it in range(n // 8):
+        for l in T.vectorized(T.int64(8)):
+            t1: T.let[T.float32] = X[(l + it * 8)]
+            acc[l] = T.max(acc[l], T.Select(t1 > T.float32(1.5), t1 * T.float32(2.0), -t1))
+    for j in range(n // 8 * 8, n):
+        if X[j] != X[j]:
+            ST[0] = 1
+        else:
+            Y[j] = T.call_llvm_pure_intrin("float32", "llvm.fma", X[j], acc[0], T.float32(1.0))
+    if T.And(n >= 1, 0 < n):
+        T.evaluate(T.call_llvm_intrin("void", "llvm.donothing"))
+"""
+
+
+def test_fast_path_is_the_parser_on_its_subset_and_falls_back_outside():
+    """Every statement form the fast path translates gives the TIR TVM's parser gives (names
+    included); a form outside it (a slice store) goes through the parser."""
+    tvm = ta._tvm()
+    ref = ta.script_module(FAST_SUBSET)["f"]
+    assert _same_tir(ta._fast_function(tvm, FAST_SUBSET), ref)
+    assert ta._fast_function(tvm, FAST_SUBSET).script() == ref.script()
+    sliced = FAST_SUBSET.replace("acc[l] = T.float32(0.0)", "acc[0:8] = T.Broadcast(T.float32(0.0), 8)")
+    with pytest.raises(ta._Unsupported):
+        ta._fast_function(tvm, sliced)
+    assert ta.script_module(sliced, frozenset({"f"}))["f"].script() == ta.script_module(sliced)["f"].script()

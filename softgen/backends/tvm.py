@@ -1,8 +1,9 @@
 """TVM backend: the same planned IR and schedule, lowered to TensorIR and compiled by TVM's LLVM.
 
 The algorithm rewrites and the sweep plan come from ``softgen.passes``, exactly as for the C
-backend; this module only spells each sweep in TIR. Each row function is TVMScript text parsed by
-TVM (``tvm_adapter.parse_tir``): per sweep, a loop over reduction blocks, a main loop whose body is
+backend; this module only spells each sweep in TIR. Each row function is TVMScript text (built
+by ``tvm_adapter.script_module``'s fast path: keep to its subset, or it goes through TVM's parser,
+~8x slower; lowered without RemoveNoOp: ``noop_free``): per sweep, a loop over reduction blocks, a main loop whose body is
 one ``T.vectorized(lanes)`` loop holding ``unroll`` vector slots (the schedule), a scalar tail loop,
 and the block fold into compensated per-lane accumulators. Values are ``T.let``-bound per lane, so
 TVM's vectoriser turns every lane expression into one SIMD instruction. The vector math is the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 import numpy as np
 
@@ -897,17 +899,28 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
     return tir, wrapper
 
 
+_SYMBOL = re.compile(r'"global_symbol": "(\w+)"')
+
+
+def noop_free(tir: str) -> frozenset:
+    """The functions of ``tir`` lowered without TVM's RemoveNoOp: ``row_function``'s (every symbol
+    but the ``__tvm`` ones of tvm_attention / tvm_gemm) write no no-op statement, so the pass
+    changes nothing there (tests/test_tvm_adapter.py checks the LLVM IR) but costs ~20% of their
+    lowering (binding every let in an arith analyzer)."""
+    return frozenset(s for s in _SYMBOL.findall(tir) if not s.endswith("__tvm"))
+
+
 def sources(tir: str, wrapper: str, target: Target) -> dict:
     """Inputs of the C compiler/linker for this kernel: the wrapper and the TVM object. A cached
     object is read without importing TVM (a new process calling a cached kernel never does)."""
     ok, why = (True, "") if tvm_adapter.script_object_path(tir, target.name).exists() else tvm_adapter.available()
     if not ok:
         raise BuildError(f"the TVM backend is not available: {why}")
-    return {"kernel.c": wrapper, "kernel_tvm.o": tvm_adapter.script_object(tir, target.name)}
+    return {"kernel.c": wrapper, "kernel_tvm.o": tvm_adapter.script_object(tir, target.name, noop_free(tir))}
 
 
 def assembly(tir: str, target: Target) -> str:
-    return tvm_adapter.script_assembly(tir, target)
+    return tvm_adapter.script_assembly(tir, target, noop_free(tir))
 
 
 

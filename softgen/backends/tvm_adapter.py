@@ -59,12 +59,16 @@ TIR idioms that work (plain ``@T.prim_func``, no sblocks, inside ``for l in T.ve
 
 Costs and other pitfalls: ``import tvm`` takes 1-3 s (do it lazily, once); parse + lower + LLVM for
 a small kernel takes 30-60 ms per target. TVMScript decorators need the source file, so generated
-TIR goes through :func:`parse_tir` (``tvm.script.from_source``). LLVM also auto-vectorizes plain
+TIR goes through :func:`parse_tir` (``tvm.script.from_source``), except softgen's row functions:
+TVM's parser evaluates a script node by node (1.2 CPU-s for a 99 KB row kernel, half its build), and
+:func:`script_module`'s fast path translates their subset of TVMScript into one Python function of
+ir_builder calls (the same TIR, ~8x faster; anything outside the subset falls back to the parser). LLVM also auto-vectorizes plain
 scalar loops and contracts ``a * b + c`` into fmuladd (FMA on avx2/neon). The result is correct when
 y == x (the demos are tested in place), but partly overlapping x/y rows are not supported.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import re
@@ -214,27 +218,46 @@ def version_script(symbols) -> str:
 
 # -- lowering and code generation ------------------------------------------------------------------
 
-def _lean_pipeline(tvm):
+def _lean_pipeline(tvm, remove_noop: bool = True):
     """For TIR that is already scheduled by hand (explicit loops, vectorized/unrolled loop kinds,
     no sblocks): only the passes that such code needs. The full s_tir pipeline's simplifiers
-    (HoistIfThenElse, StmtSimplify, ...) take minutes on long chains of let-bound vector math."""
+    (HoistIfThenElse, StmtSimplify, ...) take minutes on long chains of let-bound vector math.
+    ``remove_noop=False`` drops RemoveNoOp, for functions known to have no no-op to remove: like
+    FlattenBuffer and LowerIntrin it binds every let in an arith analyzer, ~20% of a long
+    kernel's lowering."""
     s_tir, tirx = tvm.s_tir, tvm.tirx
     return tvm.transform.Sequential([
         s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(),
         tirx.transform.VectorizeLoop(True), tirx.transform.StorageRewrite(),
-        tirx.transform.UnrollLoop(), tirx.transform.RemoveNoOp()])
+        tirx.transform.UnrollLoop()] + ([tirx.transform.RemoveNoOp()] if remove_noop else []))
 
 
-def lower(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir"):
+def _split(tvm, mod, symbols):
+    """(functions of mod named in symbols, the others) as two IRModules."""
+    a, b = {}, {}
+    for gv, f in mod.functions.items():
+        (a if gv.name_hint in symbols else b)[gv] = f
+    return tvm.IRModule(a, attrs=mod.attrs), tvm.IRModule(b, attrs=mod.attrs)
+
+
+def lower(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir",
+          noop_free: frozenset = frozenset()):
     """Lowered TIR (an IRModule) ready for the LLVM codegen, every public function with the C ABI.
     ``pipeline``: "s_tir" (TVM's default, for sblock TIR and schedules) or "lean" (hand-scheduled
-    loops, as softgen's TVM backend emits)."""
+    loops, as softgen's TVM backend emits). ``noop_free``: names of functions the lean pipeline
+    lowers without RemoveNoOp (their emitter writes no no-op: the LLVM IR is the same)."""
     tvm = _tvm()
     tgt = tvm_target(target)
     mod = _module(mod_or_func)
     with tvm.transform.PassContext(opt_level=3, config=config or {}):
         mod = tvm.tirx.transform.BindTarget(tgt)(mod)
-        if pipeline == "lean":
+        if pipeline == "lean" and noop_free:
+            lean, rest = _split(tvm, mod, noop_free)
+            lean = _lean_pipeline(tvm, remove_noop=False)(lean)
+            rest = _lean_pipeline(tvm)(rest)
+            mod = tvm.IRModule({**dict(lean.functions.items()), **dict(rest.functions.items())},
+                               attrs=mod.attrs)
+        elif pipeline == "lean":
             mod = _lean_pipeline(tvm)(mod)
         else:
             mod = tvm.tirx.get_tir_pipeline("s_tir")[0](mod)
@@ -251,46 +274,59 @@ def lower(mod_or_func, target, config: dict | None = None, pipeline: str = "s_ti
     return mod
 
 
-def build(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir"):
+def build(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir",
+          noop_free: frozenset = frozenset()):
     """The LLVM runtime module (``write_to_file``/``inspect_source``) of the C-ABI functions."""
     tvm = _tvm()
     tgt = tvm_target(target)
-    mod = lower(mod_or_func, tgt, config, pipeline)
+    mod = lower(mod_or_func, tgt, config, pipeline, noop_free)
     with tvm.transform.PassContext(opt_level=3, config=config or {}):
         return tvm.get_global_func("target.build.llvm")(mod, tgt)
 
 
-def compile_to_object(mod_or_func, target, out_path, config: dict | None = None, pipeline: str = "s_tir") -> Path:
+def compile_to_object(mod_or_func, target, out_path, config: dict | None = None, pipeline: str = "s_tir",
+                      noop_free: frozenset = frozenset()) -> Path:
     """Write an ELF relocatable object (.o) for the target (cross targets need no cross tools)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    build(mod_or_func, target, config, pipeline).write_to_file(str(out))
+    build(mod_or_func, target, config, pipeline, noop_free).write_to_file(str(out))
     return out
 
 
-def assembly(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir") -> str:
-    return build(mod_or_func, target, config, pipeline).inspect_source("asm")
+def assembly(mod_or_func, target, config: dict | None = None, pipeline: str = "s_tir",
+             noop_free: frozenset = frozenset()) -> str:
+    return build(mod_or_func, target, config, pipeline, noop_free).inspect_source("asm")
 
 
 # -- softgen's TVMScript kernels: every prim_func of a script in one module -------------------
 
-def script_module(tir: str):
+def script_module(tir: str, fast: frozenset = frozenset()):
     """The IRModule of every ``@T.prim_func`` in the TVMScript text ``tir`` (softgen's backends
-    emit several functions per kernel)."""
+    emit several functions per kernel). Functions named in ``fast`` (written in the row emitter's
+    subset of TVMScript) are built by the fast path below when it can, the same TIR as parsing."""
     tvm = _tvm()
     funcs = {}
     for chunk in tir.split("@T.prim_func")[1:]:
-        f = parse_tir("@T.prim_func" + chunk)
+        f = None
+        if re.match(r"\s*def (\w+)", chunk).group(1) in fast:
+            try:
+                f = _fast_function(tvm, "@T.prim_func" + chunk)
+            except _Unsupported:
+                f = None
+        if f is None:
+            f = parse_tir("@T.prim_func" + chunk)
         funcs[str(f.attrs["global_symbol"])] = f
     return tvm.IRModule(funcs)
 
 
 @cache
-def script_object(tir: str, target_name: str) -> bytes:
+def script_object(tir: str, target_name: str, noop_free: frozenset = frozenset()) -> bytes:
     """The ELF object of a TVMScript kernel's functions (TVM's bundled LLVM; no cross tools
-    needed), cached on disk like the C builds: TVM's lowering of a long kernel takes seconds."""
+    needed), cached on disk like the C builds: TVM's lowering of a long kernel takes seconds.
+    ``noop_free``: as in :func:`lower` (the object is the same with or without: not in the key)."""
     def make(tmp):
-        return compile_to_object(script_module(tir), get_target(target_name), tmp / "k.o", pipeline="lean"), {}
+        return compile_to_object(script_module(tir, noop_free), get_target(target_name), tmp / "k.o", pipeline="lean",
+                                 noop_free=noop_free), {}
 
     return _cached(script_object_path(tir, target_name), make, "TVM").read_bytes()
 
@@ -301,5 +337,190 @@ def script_object_path(tir: str, target_name: str) -> Path:
     return cache_dir() / f"tvm-{key}.o"
 
 
-def script_assembly(tir: str, target) -> str:
-    return assembly(script_module(tir), target, pipeline="lean")
+def script_assembly(tir: str, target, noop_free: frozenset = frozenset()) -> str:
+    return assembly(script_module(tir, noop_free), target, pipeline="lean", noop_free=noop_free)
+
+
+# -- a fast path for the row emitter's TVMScript ---------------------------------------------------
+# TVM's Python parser evaluates a script node by node (its doc AST, one compile() per expression):
+# about half of a long row kernel's build. softgen's row functions use a small subset of TVMScript
+# (T.let, buffer stores, range / T.vectorized loops, if/else, expression statements), which
+# translates statement by statement into one Python function of ir_builder calls, compiled once.
+# It mirrors what tvm/tirx/script/parser/parser.py does for that subset (tests/test_tvm_backend.py
+# checks tvm.ir.structural_equal with from_source); anything else raises _Unsupported and the
+# function goes through from_source. The same well-formedness checks run on the result.
+
+class _Unsupported(Exception):
+    pass
+
+
+_CMP = {"Eq": "EQ", "NotEq": "NE", "Lt": "LT", "LtE": "LE", "Gt": "GT", "GtE": "GE"}
+
+
+class _Exprs(ast.NodeTransformer):
+    """Comparisons and and/or/not as the TVMScript evaluator spells them; the rest is Python."""
+
+    def visit_Compare(self, node):
+        self.generic_visit(node)
+        if len(node.ops) != 1:
+            raise _Unsupported("chained comparison")
+        f = "_sg_cmp_" + type(node.ops[0]).__name__
+        return ast.Call(ast.Name(f, ast.Load()), [node.left, node.comparators[0]], [])
+
+    def visit_BoolOp(self, node):
+        raise _Unsupported("and/or")
+
+    def visit_UnaryOp(self, node):
+        if isinstance(node.op, ast.Not):
+            raise _Unsupported("not")
+        return self.generic_visit(node)
+
+    def visit_Lambda(self, node):
+        raise _Unsupported("lambda")
+
+
+def _expr(node) -> str:
+    return ast.unparse(_Exprs().visit(node))
+
+
+def _is_let(ann) -> bool:
+    v = ann.value if isinstance(ann, ast.Subscript) else ann
+    return isinstance(v, ast.Attribute) and v.attr == "let" and isinstance(v.value, ast.Name) and v.value.id == "T"
+
+
+def _stmts(body, ind: str, out: list, names: set) -> None:
+    for s in body:
+        if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.value is not None \
+                and _is_let(s.annotation):
+            n = s.target.id
+            out.append(f"{ind}{n} = _sg_let({n!r}, {_expr(s.annotation)}, {_expr(s.value)})")
+        elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
+            n = s.targets[0].id
+            if n in names:
+                raise _Unsupported(f"{n} assigned twice")
+            names.add(n)
+            out.append(f"{ind}{n} = _sg_bind({n!r}, {_expr(s.value)})")
+        elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Subscript):
+            t = s.targets[0]
+            if isinstance(t.slice, (ast.Slice, ast.Tuple, ast.Starred)):
+                raise _Unsupported("slice store")
+            out.append(f"{ind}B.buffer_store({_expr(t.value)}, {_expr(s.value)}, {_expr(t.slice)})")
+        elif isinstance(s, ast.For) and isinstance(s.target, ast.Name) and not s.orelse:
+            n, it = s.target.id, s.iter
+            if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range":
+                if it.keywords or not 1 <= len(it.args) <= 2:
+                    raise _Unsupported("range form")
+                args = [_expr(a) for a in it.args]
+                frame = f"B.serial({'0, ' if len(args) == 1 else ''}{', '.join(args)})"
+            else:
+                frame = f"_sg_for({_expr(it)})"
+            out += [f"{ind}with {frame} as {n}:", f"{ind}    IRBuilder.name({n!r}, {n})"]
+            _stmts(s.body, ind + "    ", out, names)
+        elif isinstance(s, ast.If):
+            out += [f"{ind}with B.If(_sg_pred({_expr(s.test)})):", f"{ind}    with B.Then():"]
+            _stmts(s.body, ind + "        ", out, names)
+            if s.orelse:
+                out.append(f"{ind}    with B.Else():")
+                _stmts(s.orelse, ind + "        ", out, names)
+        elif isinstance(s, ast.Expr):
+            out.append(f"{ind}_sg_expr({_expr(s.value)})")
+        else:
+            raise _Unsupported(type(s).__name__)
+
+
+def _helpers(tvm) -> dict:
+    from tvm.ir import Expr
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder.base import IRBuilderFrame as Frame
+    from tvm.script.parser import tirx as T
+    from tvm.script.parser.core import dispatch, doc
+    from tvm.tirx.script import builder as B
+
+    def cmp(name):
+        ops = [dispatch.get_op(tvm.tirx.Expr, getattr(doc, name), i) for i in (0, 1)]
+        def f(a, b):
+            if isinstance(a, Expr):
+                return ops[0](a, b)
+            if isinstance(b, Expr):
+                return ops[1](a, b)
+            raise _Unsupported("comparison of Python values")
+        return f
+
+    def let(name, ann, rhs):
+        if not isinstance(ann, B.LetAnnotation) or isinstance(rhs, (list, tuple)):
+            raise _Unsupported("let form")
+        if not isinstance(rhs, Expr):
+            rhs = tvm.ir.StringImm(rhs) if isinstance(rhs, str) else tvm.tirx.const(rhs)
+        var = ann.as_var() if ann.type_spec is not None else ann.as_var(rhs_dtype=rhs.ty)
+        if not isinstance(var, tvm.ir.Var):
+            raise _Unsupported("let annotation")
+        IRBuilder.name(name, var)
+        B.Bind(rhs, var=var)
+        return var
+
+    def bind(name, value):
+        if isinstance(value, Frame):
+            value.add_callback(lambda: value.__exit__(None, None, None))
+            res = value.__enter__()
+            IRBuilder.name(name, res)
+            return res
+        if tvm.tirx.is_buffer_var(value):   # T.decl_buffer / T.alloc_buffer
+            IRBuilder.name(name, value)
+            return value
+        raise _Unsupported(f"assignment of {type(value).__name__}")
+
+    def for_(frame):
+        if not isinstance(frame, B.frame.ForFrame):
+            raise _Unsupported("loop frame")
+        return frame
+
+    def pred(p):
+        if not (tvm.ir.is_prim_expr(p) or isinstance(p, tvm.tirx.expr.ExprOp)):
+            raise _Unsupported("Python condition")
+        return p
+
+    def expr(res):
+        if res is None:
+            return
+        if isinstance(res, Frame):
+            res.add_callback(lambda: res.__exit__(None, None, None))
+            res.__enter__()
+        elif tvm.ir.is_prim_expr(res):
+            B.evaluate(res)
+        else:
+            raise _Unsupported(f"statement of {type(res).__name__}")
+
+    h = {f"_sg_cmp_{k}": cmp(k) for k in _CMP}
+    return {**h, "T": T, "B": B, "IRBuilder": IRBuilder, "_sg_let": let, "_sg_bind": bind, "_sg_for": for_,
+            "_sg_pred": pred, "_sg_expr": expr, "_sg_Expr": Expr}
+
+
+def _fast_function(tvm, chunk: str):
+    """The PrimFunc of one ``@T.prim_func`` (no decorator arguments) through the fast path."""
+    tree = ast.parse(chunk)
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+        raise _Unsupported("not one function")
+    fn = tree.body[0]
+    if [ast.unparse(d) for d in fn.decorator_list] != ["T.prim_func"] or fn.returns is not None \
+            or fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.defaults:
+        raise _Unsupported("signature")
+    out = ["def _sg_build():", "    with IRBuilder() as _sg_ib:",
+           "        with B.prim_func(is_private=False, s_tir=False, persistent=False):",
+           f"            B.func_name({fn.name!r})"]
+    names = {a.arg for a in fn.args.args}
+    for a in fn.args.args:
+        if a.annotation is None:
+            raise _Unsupported("parameter without annotation")
+        out += [f"            _sg_a = {_expr(a.annotation)}",
+                "            _sg_a = _sg_a() if callable(_sg_a) and not isinstance(_sg_a, _sg_Expr) else _sg_a",
+                f"            {a.arg} = B.arg({a.arg!r}, _sg_a)"]
+    _stmts(fn.body, "            ", out, names)
+    out.append("    return _sg_ib.get()")
+    ns = _helpers(tvm)
+    exec(compile("\n".join(out), f"<softgen fast TVMScript {fn.name}>", "exec"), ns)  # noqa: S102
+    f = ns["_sg_build"]()
+    if not isinstance(f, tvm.tirx.PrimFunc):
+        raise _Unsupported("not a PrimFunc")
+    tvm.s_tir.analysis.verify_well_formed(tvm.IRModule.from_expr(f))   # what from_source checks
+    tvm.tirx.analysis.verify_tirx_well_formed(f)
+    return f
