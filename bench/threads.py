@@ -317,7 +317,12 @@ def main(argv=None) -> int:
         print(PCT_NOTE)
         return 0
     timing_kw = dict(TIMING, **({"min_rounds": args.rounds, "max_rounds": args.rounds} if args.rounds else {}))
-    spins = [float(u) for u in args.spin_us.split(",") if u]
+    try:   # the spins reach a C #define: numbers only, finite, >= 0
+        spins = [float(u) for u in args.spin_us.split(",") if u.strip()]
+    except ValueError:
+        ap.error(f"--spin-us: comma-separated microseconds, got {args.spin_us!r}")
+    if not all(math.isfinite(u) and 0 <= u <= 1e6 for u in spins + [args.gap_us]):
+        ap.error("--spin-us and --gap-us: finite microseconds in [0, 1e6]")
     rows = measure(k, shapes, CopyKernel(k.target), rng, machine.caches(), timing_kw, auto=True, spins=spins,
                    gap_us=args.gap_us)
     extra = [(f"speedup spin {u:g}", f"speed-up spin {u:g} us", _x) for u in spins]
