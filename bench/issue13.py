@@ -9,7 +9,7 @@
     (within ``tune.PRUNE_RATIO`` of its cheapest at the row's cache level) x every unroll x
     accumulators combination of the C backend's ``tuning_knobs``, plus x every combination of the
     knobs bound to the level (``tuning_knob_levels``: exp variants and rows <= R in cache, lazymax
-    beyond L1d, non-temporal stores and prefetch beyond the LLC), priced as the tuner prices them
+    at every level, non-temporal stores and prefetch beyond the LLC), priced as the tuner prices them
     (``tune.priced``); each group over the target's default schedule (one factor at a time, not
     their cross product). ``--quick`` samples them. The sweep's ``tune.FINALISTS`` fastest are
     re-timed with the autos in a fresh interleaved run (the best of tens of noisy medians is biased

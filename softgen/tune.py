@@ -441,7 +441,7 @@ def c_loop(k, x: np.ndarray, y: np.ndarray, threads: int) -> CLoop | None:
     return loop if _repeat(loop.fp, x, y, threads, 1).__class__ is float else None
 
 
-def _timed(k, bufs: list, threads: int) -> Variant:
+def timed_variant(k, bufs: list, threads: int) -> Variant:
     """The variant timing ``k`` at ``threads`` on ``bufs``: in C (``CLoop``) for one buffer pair
     of at most ``C_LOOP_MAX`` elements, else ``k(x, out=y, threads=c)`` rotating over the pairs."""
     x, y = bufs[0]
@@ -590,7 +590,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
                     continue
                 name = label(a, s.as_dict())
                 # one thread: the variant is chosen here, its thread count below (batches) or by the model
-                variants[name] = _timed(k, bufs, 1)
+                variants[name] = timed_variant(k, bufs, 1)
                 meta[name] = (a, s)
             del ref
             first = measure(variants, deadline - 0.3 * max(0.0, deadline - time.monotonic()))
@@ -615,7 +615,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             # at it (with the one-thread plan at one thread) and its own winner recorded
             more = []
             for c in range(2, machine.cores() + 1) if batch else ():
-                at = {f"{k} threads={c}": _timed(kernels[meta[k]], bufs, c) for k in finalists}
+                at = {f"{k} threads={c}": timed_variant(kernels[meta[k]], bufs, c) for k in finalists}
                 at["threads=1"] = variants[win]
                 timed = measure(at, deadline)
                 top = min((k for k in timed if k != "threads=1"), key=lambda k: timed[k].median)
