@@ -95,9 +95,11 @@ from softgen.kernel import (  # noqa: E402
 from softgen.schedule import Schedule, default_schedule  # noqa: E402
 from softgen.targets import get_target  # noqa: E402
 from softgen.tune import (  # noqa: E402
+    C_LOOP_MAX,
     FINALISTS,
     FINALISTS_MAX,
     PRUNE_RATIO,
+    CLoop,
     knob_levels,
     label as tune_label,  # noqa: E402
     level_schedules,
@@ -105,6 +107,7 @@ from softgen.tune import (  # noqa: E402
     pick_finalists,
     priced,
     schedules as tune_schedules,  # noqa: E402
+    timed_variant,
 )
 
 SIZES = "1K,4K,16K,64K,256K,1M,4M,16M,64M"
@@ -242,6 +245,25 @@ def _call(k: Kernel, x, y, **kw) -> tuple:
     return ("k(x, out=y)", {"k": k, "x": x, "y": y})
 
 
+CALL = "call "   # auto timed through a Python call too where the others run in C: for table (d)
+
+
+def softgen_variants(named: dict[str, Kernel], bufs: list) -> dict:
+    """The timing variants of softgen's kernels ``named`` on ``bufs``, as ``softgen tune`` times its
+    candidates (``tune.timed_variant``, one thread as SOFTGEN_NUM_THREADS=1 caps auto here): one
+    buffer pair of at most ``tune.C_LOOP_MAX`` elements back to back in C (``tune.CLoop``), else
+    ``k(x, out=y)`` rotating over the pairs. Through Python a call costs ~0.3 us more, about a 1K
+    row's kernel: the s24 run timed 1K at 0.51-0.55 ns/el for kernels of ~0.25 (noise 50%), and
+    the tuner's ranking (in C) was compared with another quantity. Where C-looped, auto (tuned, else
+    model) is also timed through a Python call (``CALL`` + its name): table (d) compares it with peers
+    called from Python."""
+    out = {name: timed_variant(k, bufs, 1) for name, k in named.items()}
+    auto = "tuned auto" if "tuned auto" in named else "model auto"
+    if auto in out and isinstance(out[auto], CLoop):
+        out[CALL + auto] = _rotating([_call(named[auto], x, y) for x, y in bufs])
+    return out
+
+
 def _run_once(v) -> None:
     v() if callable(v) else eval(v[0], dict(v[1]))
 
@@ -261,7 +283,7 @@ def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing
     named["previous auto"] = ks.previous
     for lab, k in ks.sweep[(R, n)].items():
         named["sweep " + lab] = k
-    variants = {name: _rotating([_call(k, x, y) for x, y in bufs]) for name, k in named.items()}
+    variants = softgen_variants(named, bufs)
     for p in peers:
         variants["peer " + p.name] = _rotating([p.variant(x, y) for x, y in bufs])
     level = caches.level_of(2 * 4 * R * n)
@@ -347,7 +369,7 @@ def peer_rows(results: dict, peers, ks: Kernels | None = None) -> tuple[list[dic
     rows, base_name = [], None
     for (R, n), t in results.items():
         base_name = "tuned auto" if "tuned auto" in t else "model auto"
-        tb = t[base_name]
+        tb = t.get(CALL + base_name, t[base_name])   # through a Python call, as the peers
         row = dict(size=size_label(R, n), auto_ns=tb / (R * n) * 1e9)
         if ks is not None and t.get("_copy_gbps"):
             k = ks.tuned if base_name == "tuned auto" else ks.model
@@ -431,7 +453,7 @@ def plot_rows(ks: Kernels, results: dict) -> list[dict]:
     for (R, n), t in results.items():
         N = R * n
         sweep = {k: v for k, v in t.items() if k.startswith("sweep ")}
-        named = {k: v for k, v in t.items() if not k.startswith(("_", "sweep ", "copy"))}
+        named = {k: t.get(CALL + k, v) for k, v in t.items() if not k.startswith(("_", "sweep ", "copy", CALL))}
         if sweep:
             final = [v for k, v in sweep.items() if k in t.get("_first", ())]
             named["best of the sweep"] = min(final or sweep.values())
@@ -560,6 +582,8 @@ def _main(args) -> int:
                f"{timing_kw['min_time'] * 1e3:g} ms), then the autos and the sweep's finalists (its {FINALISTS} fastest and any other "
                f"within the first run's noise of the best, {FINALISTS_MAX} at most: tune.pick_finalists) again in a fresh "
                f"interleaved run (their medians stand: the best of many noisy medians is biased low)"
+               + f"; softgen's kernels of one buffer pair up to {C_LOOP_MAX} elements called back to back in C "
+                 f"(tune.CLoop, as softgen tune times them), auto also through a Python call for (d)"
                + (f", rounds until their medians are known to 2% (tune.measure), at most {args.final_rounds} rounds or "
                   f"{final_s:g} s" if final_s > 0 else "")
                + ("; --quick: tiny sizes, sampled sweep, 3 rounds: NOT a measurement" if args.quick else ""))
