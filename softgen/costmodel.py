@@ -291,7 +291,7 @@ def cycles_per_element(plan: Plan, target: Target, level: str, exp: str = "", la
     first max sweep and its per-row stalls, ``[cost] reduce_latency_cycles`` per reduction chain
     (lazymax's reference one more) over n, as ``batch_cycles`` prices a row of one row at a time.
     Short rows lose what lazymax saves (avx512, timed in C: 0.88x at 128, 0.94x at 256, 1.07x at 512,
-    1.10x at 1K, bench/results/l1lazymax-2026-12-01-amd-epyc-quiet-s25.txt)."""
+    1.10x at 1K, bench/results/l1lazymax-2026-12-01-amd-epyc-loaded-s25.txt)."""
     cyc = sum(sweep_cycles(plan, target, level, exp, lazymax, n))
     if not n:
         return cyc

@@ -101,7 +101,10 @@ try:  # the C extension's timing loop; without it candidates are timed through P
 except ImportError:  # pragma: no cover - depends on the install
     _repeat = None
 
-DEFAULT_SIZES = "1K,64K,1M,16M"
+# 128: short rows in L1d their own class (to the geometric midpoint with 1K, 362): lazymax, offered in
+# L1d, wins from ~512 (avx512, timed in C: 1.07x at 512, 1.10x at 1K) and loses below (0.94x at 256,
+# 0.88x at 128, bench/results/l1lazymax-2026-12-01-amd-epyc-loaded-s25.txt); a 1K class to n = 1 gave it them
+DEFAULT_SIZES = "128,1K,64K,1M,16M"
 DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
 PRUNE_RATIO = 1.5           # the model's cost over the best one's beyond which an algorithm is not timed
 KNOB_PRUNE_RATIO = 2.0      # the same for a knob schedule's exp variant (avx2's t32, a gather: 3x)
@@ -499,7 +502,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
          **params) -> TuneResult:
     """Measure the fastest variant per size class of ``op`` on ``target`` and record it in the
     tuning database (see the module docstring). ``sizes``: row lengths (ints, or text like
-    "1K,64K,1M,16M", the default); ``shapes``: (rows, n) pairs (or "4096x512,..."); ``budget_s``:
+    "128,1K,64K,1M,16M", the default); ``shapes``: (rows, n) pairs (or "4096x512,..."); ``budget_s``:
     seconds for everything (or text like "60s", "2m"); ``params``: the op's parameters.
     Returns a ``TuneResult`` (``.report()``, ``.records``). ``target`` a group (``x86-64``,
     ``"avx2,avx512"``, a list): each member this CPU runs, a ``GroupTuneResult``."""
