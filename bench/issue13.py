@@ -24,7 +24,9 @@
     issue 13's targets (>= 1.2x on batches, >= 1.5x on single rows >= 16K).
 
 Every candidate of a size is timed interleaved with every other in one ``time_interleaved`` call
-(ratios within a size are meaningful on a shared machine; absolute times less so). Every output is
+(ratios within a size are meaningful on a shared machine; absolute times less so); softgen's kernels
+as ``softgen tune`` times them (``softgen_variants``: up to ``tune.C_LOOP_MAX`` elements back to back
+in C), auto also through a Python call there for (d), whose peers are called from Python. Every output is
 checked against NumPy's softmax before timing. Text and JSON go to ``bench/results/<date>-<cpu>.{txt,json}``
 (``--out DIR``); progress to stderr.
 
