@@ -469,10 +469,21 @@ def _batch_choice(plan: Plan, target: Target, level: str, n: int, win: dict,
     """(the schedule batches of rows of ``n`` at ``level`` take, why) over the single-row winner
     ``win`` of ``plan``: the cheapest on a batch (``batch_cycles``) of ``scheds`` with ``win``'s exp
     variant that set a batch knob or lazymax, where at most ``KNOB_MARGIN`` x ``win``'s batch cost
-    and no more than ``win``'s cost / ``KNOB_MARGIN`` on a single row of ``n`` (``cycles_per_element``
-    at n: lazymax, the level's single-row winner from 1K, loses on short rows); else ``win``.
+    and no more than ``win``'s cost / ``KNOB_MARGIN`` on a single row of ``n``; else ``win``. Where ``win``
+    sets lazymax and a single row of ``n`` costs less without it (``cycles_per_element`` at n: the level's
+    long-row winner loses on short rows), ``win`` without lazymax is the base.
     ``keep``: the choice at the next larger n, kept unless the cheapest beats it by the margin too
     (fewer variants: a level splits only where the per-row term makes a real difference)."""
+    note = ""
+    # a single row of n may be cheaper without lazymax: then that is the base (where lazymax is the
+    # model's to vary: some of ``scheds`` go without it; a caller's lazymax stays)
+    if win.get("lazymax") and any(not s.get("lazymax") for s in scheds):
+        exp = win.get("exp", "")
+        lz, lone = (cycles_per_element(plan, target, level, exp, z, n) for z in (True, False))
+        if lone < lz:
+            win = {k: v for k, v in win.items() if k != "lazymax"}
+            note = (f"rows of {n}: no lazymax ({lz:.2f} -> {lone:.2f} cycles/element on one row: its first "
+                    f"{LAZY_FIRST} elements' max sweep, a chain more per row)")
     base = _batch_price(plan, target, level, n, win)
     single = cycles_per_element(plan, target, level, win.get("exp", ""), bool(win.get("lazymax")), n)
     found = [(s, _batch_price(plan, target, level, n, s)) for s in scheds
@@ -487,9 +498,9 @@ def _batch_choice(plan: Plan, target: Target, level: str, n: int, win: dict,
         if kept * KNOB_MARGIN <= best[1] or keep is best[0]:
             best = (keep, kept)
     if best[0] is win:
-        return win, ""
-    return best[0], (f"batches: {knob_label(best[0])} {base:.2f} -> {best[1]:.2f} cycles/element at n = {n} "
-                     f"(x from {batch_level(level)}; batch_cycles)")
+        return win, note
+    return best[0], "; ".join(filter(None, (note, f"batches: {knob_label(best[0])} {base:.2f} -> {best[1]:.2f} "
+                                            f"cycles/element at n = {n} (x from {batch_level(level)}; batch_cycles)")))
 
 
 # Splits of a level's rows by the batch knobs (0 or 1): each split is one more variant in every auto

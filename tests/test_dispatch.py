@@ -76,7 +76,8 @@ def test_zen3_model_picks_reload_in_cache_and_two_pass_beyond_l3():
             for e in k.dispatch.entries] == \
         [(1, 256, "three-pass-reload", False, True), (257, (32 << 20) // 8, "three-pass-reload", True, False),
          ((32 << 20) // 8 + 1, None, "two-pass", False, False)]
-    assert "lazymax: no max sweep" in k.dispatch.entries[1].why and "lazymax" not in k.dispatch.entries[0].why
+    assert "lazymax: no max sweep" in k.dispatch.entries[1].why and "lazymax: no max" not in k.dispatch.entries[0].why
+    assert ": no lazymax (" in k.dispatch.entries[0].why   # short rows: the model's single-row price at n
     assert "batches: pp" in k.dispatch.entries[0].why and "(L1d 1.50 -> 1.44, L2" in k.dispatch.entries[1].why
     for n in (1 << 18, 1 << 20):
         assert _chosen(k, n) == "three-pass-reload"
