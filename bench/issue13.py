@@ -9,7 +9,7 @@
     (within ``tune.PRUNE_RATIO`` of its cheapest at the row's cache level) x every unroll x
     accumulators combination of the C backend's ``tuning_knobs``, plus x every combination of the
     knobs bound to the level (``tuning_knob_levels``: exp variants and rows <= R in cache, lazymax
-    beyond L1d, non-temporal stores and prefetch beyond the LLC), priced as the tuner prices them
+    at every level, non-temporal stores and prefetch beyond the LLC), priced as the tuner prices them
     (``tune.priced``); each group over the target's default schedule (one factor at a time, not
     their cross product). ``--quick`` samples them. The sweep's ``tune.FINALISTS`` fastest are
     re-timed with the autos in a fresh interleaved run (the best of tens of noisy medians is biased
@@ -24,7 +24,9 @@
     issue 13's targets (>= 1.2x on batches, >= 1.5x on single rows >= 16K).
 
 Every candidate of a size is timed interleaved with every other in one ``time_interleaved`` call
-(ratios within a size are meaningful on a shared machine; absolute times less so). Every output is
+(ratios within a size are meaningful on a shared machine; absolute times less so); softgen's kernels
+as ``softgen tune`` times them (``softgen_variants``: up to ``tune.C_LOOP_MAX`` elements back to back
+in C), auto also through a Python call there for (d), whose peers are called from Python. Every output is
 checked against NumPy's softmax before timing. Text and JSON go to ``bench/results/<date>-<cpu>.{txt,json}``
 (``--out DIR``); progress to stderr.
 
@@ -95,9 +97,11 @@ from softgen.kernel import (  # noqa: E402
 from softgen.schedule import Schedule, default_schedule  # noqa: E402
 from softgen.targets import get_target  # noqa: E402
 from softgen.tune import (  # noqa: E402
+    C_LOOP_MAX,
     FINALISTS,
     FINALISTS_MAX,
     PRUNE_RATIO,
+    CLoop,
     knob_levels,
     label as tune_label,  # noqa: E402
     level_schedules,
@@ -105,6 +109,7 @@ from softgen.tune import (  # noqa: E402
     pick_finalists,
     priced,
     schedules as tune_schedules,  # noqa: E402
+    timed_variant,
 )
 
 SIZES = "1K,4K,16K,64K,256K,1M,4M,16M,64M"
@@ -242,6 +247,25 @@ def _call(k: Kernel, x, y, **kw) -> tuple:
     return ("k(x, out=y)", {"k": k, "x": x, "y": y})
 
 
+CALL = "call "   # auto timed through a Python call too where the others run in C: for table (d)
+
+
+def softgen_variants(named: dict[str, Kernel], bufs: list) -> dict:
+    """The timing variants of softgen's kernels ``named`` on ``bufs``, as ``softgen tune`` times its
+    candidates (``tune.timed_variant``, one thread as SOFTGEN_NUM_THREADS=1 caps auto here): one
+    buffer pair of at most ``tune.C_LOOP_MAX`` elements back to back in C (``tune.CLoop``), else
+    ``k(x, out=y)`` rotating over the pairs. Through Python a call costs ~0.3 us more, about a 1K
+    row's kernel: the s24 run timed 1K at 0.51-0.55 ns/el for kernels of ~0.25 (noise 50%), and
+    the tuner's ranking (in C) was compared with another quantity. Where C-looped, auto (tuned, else
+    model) is also timed through a Python call (``CALL`` + its name): table (d) compares it with peers
+    called from Python."""
+    out = {name: timed_variant(k, bufs, 1) for name, k in named.items()}
+    auto = "tuned auto" if "tuned auto" in named else "model auto"
+    if auto in out and isinstance(out[auto], CLoop):
+        out[CALL + auto] = _rotating([_call(named[auto], x, y) for x, y in bufs])
+    return out
+
+
 def _run_once(v) -> None:
     v() if callable(v) else eval(v[0], dict(v[1]))
 
@@ -261,7 +285,7 @@ def measure_size(ks: Kernels, peers, copier, R: int, n: int, rng, caches, timing
     named["previous auto"] = ks.previous
     for lab, k in ks.sweep[(R, n)].items():
         named["sweep " + lab] = k
-    variants = {name: _rotating([_call(k, x, y) for x, y in bufs]) for name, k in named.items()}
+    variants = softgen_variants(named, bufs)
     for p in peers:
         variants["peer " + p.name] = _rotating([p.variant(x, y) for x, y in bufs])
     level = caches.level_of(2 * 4 * R * n)
@@ -347,7 +371,7 @@ def peer_rows(results: dict, peers, ks: Kernels | None = None) -> tuple[list[dic
     rows, base_name = [], None
     for (R, n), t in results.items():
         base_name = "tuned auto" if "tuned auto" in t else "model auto"
-        tb = t[base_name]
+        tb = t.get(CALL + base_name, t[base_name])   # through a Python call, as the peers
         row = dict(size=size_label(R, n), auto_ns=tb / (R * n) * 1e9)
         if ks is not None and t.get("_copy_gbps"):
             k = ks.tuned if base_name == "tuned auto" else ks.model
@@ -431,7 +455,7 @@ def plot_rows(ks: Kernels, results: dict) -> list[dict]:
     for (R, n), t in results.items():
         N = R * n
         sweep = {k: v for k, v in t.items() if k.startswith("sweep ")}
-        named = {k: v for k, v in t.items() if not k.startswith(("_", "sweep ", "copy"))}
+        named = {k: t.get(CALL + k, v) for k, v in t.items() if not k.startswith(("_", "sweep ", "copy", CALL))}
         if sweep:
             final = [v for k, v in sweep.items() if k in t.get("_first", ())]
             named["best of the sweep"] = min(final or sweep.values())
@@ -560,6 +584,8 @@ def _main(args) -> int:
                f"{timing_kw['min_time'] * 1e3:g} ms), then the autos and the sweep's finalists (its {FINALISTS} fastest and any other "
                f"within the first run's noise of the best, {FINALISTS_MAX} at most: tune.pick_finalists) again in a fresh "
                f"interleaved run (their medians stand: the best of many noisy medians is biased low)"
+               + f"; softgen's kernels of one buffer pair up to {C_LOOP_MAX} elements called back to back in C "
+                 f"(tune.CLoop, as softgen tune times them), auto also through a Python call for (d)"
                + (f", rounds until their medians are known to 2% (tune.measure), at most {args.final_rounds} rounds or "
                   f"{final_s:g} s" if final_s > 0 else "")
                + ("; --quick: tiny sizes, sampled sweep, 3 rounds: NOT a measurement" if args.quick else ""))

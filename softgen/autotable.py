@@ -42,7 +42,7 @@ def model_schedules(be: Backend, target: Target, schedule: Schedule) -> dict[str
     """Per cache level, the schedules the model prices besides ``schedule``: each combination of
     the backend's tuning values (``Backend.tuning_knobs``) of the knobs the model has a term for
     (``costmodel.PRICED_KNOBS``: exp, lazymax, rows, pipeline) that the backend lowers
-    (``schedule_knobs``), offers at the level (``tuning_knob_levels``: lazymax beyond L1d) or on
+    (``schedule_knobs``), offers at the level (``tuning_knob_levels``) or on
     batches streamed from the level's ``costmodel.batch_level`` (``tuning_knob_batch_levels``:
     pipeline, lazymax) and on the target (``tuning_knob_requires``), set over ``schedule``; a knob
     ``schedule`` sets (not at its default) stays as it is. TVM lowers none: nothing."""

@@ -255,26 +255,47 @@ def _compute(p, s, target: Target, exp: str, lazy: bool) -> float:
             + sum(exp_instructions(p, v, target, exp) for v in nodes if p.op(v) == "exp")) / target.lanes / target.cost["ipc"]
 
 
-def sweep_cycles(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False) -> list[float]:
+def _lazy(plan: Plan, lazymax: bool) -> bool:
+    """Whether schedule lazymax changes ``plan``'s kernel (``passes.lazy_max`` applies)."""
+    return lazymax and not isinstance(lazy_max(plan), str)
+
+
+def _chains(plan: Plan) -> int:
+    """The sweeps of ``plan`` that end in a reduction (each stalls its row on the reduction's scalar)."""
+    return sum(1 for s in plan.sweeps if s.reductions and s.selected is None)
+
+
+def sweep_cycles(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False,
+                 n: int | None = None) -> list[float]:
     """Cycles per element of each sweep of ``plan`` on ``target`` with the row in ``level``;
     ``exp``: the schedule's exp variant (each variant costs its ``[cost.exp]`` hint); ``lazymax``:
-    the schedule's (where ``passes.lazy_max`` applies: beyond L1d no max sweep but over the first
-    LAZY_FIRST elements, one compare more per vector in the exp sweep)."""
+    the schedule's (where ``passes.lazy_max`` applies: no max sweep but over the first LAZY_FIRST
+    elements, one compare more per vector in the exp sweep; in L1d too, where the max sweep is
+    compute: avx512 3pl 0.96x modelled, 0.85-0.91x measured at 1K-4K, ``CBackend.tuning_knob_levels``).
+    ``n``: the row's length, where the first LAZY_FIRST elements' max sweep is a share of it (None:
+    a long row's, none)."""
     bw = target.cost["bandwidth"][level]
     p, out = plan.program, []
-    lazy = lazymax and level != LEVELS[0] and not isinstance(lazy_max(plan), str)
+    lazy = _lazy(plan, lazymax)
     for s in plan.sweeps:
         if s.selected is not None:   # runs over the k selected entries, not per element
             continue
-        if lazy and s.index == 0:    # its first LAZY_FIRST elements only: nothing per element of a long row
-            out.append(0.0)
-            continue
-        out.append(max(_compute(p, s, target, exp, lazy), 4 * (s.reads + s.writes) / bw))
+        share = (min(1.0, LAZY_FIRST / max(n, 1)) if n else 0.0) if lazy and s.index == 0 else 1.0
+        out.append(share * max(_compute(p, s, target, exp, lazy), 4 * (s.reads + s.writes) / bw))
     return out
 
 
-def cycles_per_element(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False) -> float:
-    return sum(sweep_cycles(plan, target, level, exp, lazymax))
+def cycles_per_element(plan: Plan, target: Target, level: str, exp: str = "", lazymax: bool = False,
+                       n: int | None = None) -> float:
+    """The sum of ``sweep_cycles``; with ``n``, a single row of ``n`` elements': its share of lazymax's
+    first max sweep and its per-row stalls, ``[cost] reduce_latency_cycles`` per reduction chain
+    (lazymax's reference one more) over n, as ``batch_cycles`` prices a row of one row at a time.
+    Short rows lose what lazymax saves (avx512, timed in C: 0.88x at 128, 0.94x at 256, 1.07x at 512,
+    1.10x at 1K, bench/results/l1lazymax-2026-12-01-amd-epyc-loaded-s25.txt)."""
+    cyc = sum(sweep_cycles(plan, target, level, exp, lazymax, n))
+    if not n:
+        return cyc
+    return cyc + float(target.cost.get("reduce_latency_cycles", 0.0)) * (_chains(plan) + _lazy(plan, lazymax)) / n
 
 
 def batch_level(level: str) -> str:
@@ -316,7 +337,7 @@ def batch_cycles(plan: Plan, target: Target, level: str, n: int, exp: str = "", 
     outer = batch_level(level)
     near, far = cost["bandwidth"][level], cost["bandwidth"][outer]
     p = plan.program
-    lazy = lazymax and outer != LEVELS[0] and not isinstance(lazy_max(plan), str)
+    lazy = outer != LEVELS[0] and _lazy(plan, lazymax)
     # (compute, memory, far reads' part of memory) per sweep, per element of the row
     parts: list[tuple[float, float, float]] = []
     touched = 0.0                               # the share of x read by the sweeps before
@@ -330,7 +351,7 @@ def batch_cycles(plan: Plan, target: Target, level: str, n: int, exp: str = "", 
         near_words = (s.reads + s.writes) * share - x_far - out_far
         parts.append((share * _compute(p, s, target, exp, lazy), 4 * (x_far + out_far) / far + 4 * near_words / near,
                       4 * x_far / far))
-    chains = sum(1 for s in plan.sweeps if s.reductions and s.selected is None)
+    chains = _chains(plan)
     total = 0.0
     if pipeline and level == LEVELS[0] and len(parts) >= 2 and not pipeline_refusal(plan):
         (c1, m1, f1), (c2, m2, f2) = parts[-2:]
@@ -378,7 +399,7 @@ def level_schedule(target: Target, level: str, schedule: dict, plan: Plan, strea
 
 
 # the schedule knobs the model prices: exp (each variant its [cost.exp] hint) and lazymax (no max
-# sweep beyond L1d, a compare more per vector) on single rows (sweep_cycles), and the knobs that
+# sweep, a compare more per vector) on single rows (sweep_cycles), and the knobs that
 # change only calls of several rows (BATCH_KNOBS: a call of one row runs the one-row code, rows=R
 # running the rows left over one at a time, pipeline its first and last rows alone) on a batch
 # (batch_cycles); the others have no model term
@@ -443,19 +464,32 @@ def _batch_price(plan: Plan, target: Target, level: str, n: int, s: dict) -> flo
                         bool(s.get("pipeline")))
 
 
-def _batch_choice(plan: Plan, target: Target, level: str, n: int, win: dict, win_cost: float,
+def _batch_choice(plan: Plan, target: Target, level: str, n: int, win: dict,
                   scheds: list[dict], keep: dict | None = None) -> tuple[dict, str]:
     """(the schedule batches of rows of ``n`` at ``level`` take, why) over the single-row winner
-    ``win`` (cost ``win_cost``) of ``plan``: the cheapest on a batch (``batch_cycles``) of ``scheds``
-    with ``win``'s exp variant that set a batch knob or lazymax, where at most ``KNOB_MARGIN`` x
-    ``win``'s batch cost and no more than ``win_cost`` / ``KNOB_MARGIN`` on a single row; else ``win``.
+    ``win`` of ``plan``: the cheapest on a batch (``batch_cycles``) of ``scheds`` with ``win``'s exp
+    variant that set a batch knob or lazymax, where at most ``KNOB_MARGIN`` x ``win``'s batch cost
+    and no more than ``win``'s cost / ``KNOB_MARGIN`` on a single row of ``n``; else ``win``. Where ``win``
+    sets lazymax and a single row of ``n`` costs less without it (``cycles_per_element`` at n: the level's
+    long-row winner loses on short rows), ``win`` without lazymax is the base.
     ``keep``: the choice at the next larger n, kept unless the cheapest beats it by the margin too
     (fewer variants: a level splits only where the per-row term makes a real difference)."""
+    note = ""
+    # a single row of n may be cheaper without lazymax: then that is the base (where lazymax is the
+    # model's to vary: some of ``scheds`` go without it; a caller's lazymax stays)
+    if win.get("lazymax") and any(not s.get("lazymax") for s in scheds):
+        exp = win.get("exp", "")
+        lz, lone = (cycles_per_element(plan, target, level, exp, z, n) for z in (True, False))
+        if lone < lz:
+            win = {k: v for k, v in win.items() if k != "lazymax"}
+            note = (f"rows of {n}: no lazymax ({lz:.2f} -> {lone:.2f} cycles/element on one row: its first "
+                    f"{LAZY_FIRST} elements' max sweep, a chain more per row)")
     base = _batch_price(plan, target, level, n, win)
+    single = cycles_per_element(plan, target, level, win.get("exp", ""), bool(win.get("lazymax")), n)
     found = [(s, _batch_price(plan, target, level, n, s)) for s in scheds
              if s.get("exp", "") == win.get("exp", "") and _batch_knobs_apply(s, plan, target)
              and (s.get("rows", 1) > 1 or s.get("pipeline") or bool(s.get("lazymax")) != bool(win.get("lazymax")))
-             and cycles_per_element(plan, target, level, s.get("exp", ""), bool(s.get("lazymax"))) <= win_cost / KNOB_MARGIN]
+             and cycles_per_element(plan, target, level, s.get("exp", ""), bool(s.get("lazymax")), n) <= single / KNOB_MARGIN]
     best = min(found, key=lambda t: t[1], default=None)
     if best is None or best[1] > KNOB_MARGIN * base:
         best = (win, base)
@@ -464,9 +498,9 @@ def _batch_choice(plan: Plan, target: Target, level: str, n: int, win: dict, win
         if kept * KNOB_MARGIN <= best[1] or keep is best[0]:
             best = (keep, kept)
     if best[0] is win:
-        return win, ""
-    return best[0], (f"batches: {knob_label(best[0])} {base:.2f} -> {best[1]:.2f} cycles/element at n = {n} "
-                     f"(x from {batch_level(level)}; batch_cycles)")
+        return win, note
+    return best[0], "; ".join(filter(None, (note, f"batches: {knob_label(best[0])} {base:.2f} -> {best[1]:.2f} "
+                                            f"cycles/element at n = {n} (x from {batch_level(level)}; batch_cycles)")))
 
 
 # Splits of a level's rows by the batch knobs (0 or 1): each split is one more variant in every auto
@@ -477,19 +511,19 @@ LEVEL_SPLITS = 1
 
 
 def _level_batches(plan: Plan, target: Target, level: str, lo: int, hi: int | None, win: dict,
-                   win_cost: float, scheds: list[dict]) -> list[tuple]:
+                   scheds: list[dict]) -> list[tuple]:
     """The level's rows [lo, hi] as (n_min, n_max, schedule, why) over the single-row winner ``win``
     of ``plan``: the batch choice (``_batch_choice``) at the level's end, down the powers of two
     while it holds; where another choice beats it by ``KNOB_MARGIN`` (the per-row term grows as n
     falls), the rows up to there take the choice at their geometric middle. At most one split per
     level (``LEVEL_SPLITS``): each schedule is one more variant in the dispatcher's library."""
     pts = _points(lo, hi)
-    top, twhy = _batch_choice(plan, target, level, pts[-1], win, win_cost, scheds)
+    top, twhy = _batch_choice(plan, target, level, pts[-1], win, scheds)
     for i in range(len(pts) - 2, -1, -1) if LEVEL_SPLITS else ():
-        if _batch_choice(plan, target, level, pts[i], win, win_cost, scheds, top)[0] != top:
+        if _batch_choice(plan, target, level, pts[i], win, scheds, top)[0] != top:
             mid = math.isqrt(lo * pts[i])
             low, lwhy = _batch_choice(plan, target, level, min(pts[:i + 1], key=lambda p: abs(math.log(p / mid))),
-                                      win, win_cost, scheds)
+                                      win, scheds)
             if low != top:
                 return [(lo, pts[i], low, lwhy), (pts[i] + 1, hi, top, twhy)]
             break
@@ -538,8 +572,8 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
         if limits[lvl] is not None and limits[lvl] <= prev_max:
             continue   # a level no larger than the one below (misreported caches): nothing fits only there
         lo, hi = prev_max + 1, limits[lvl]
-        alg, win, win_cost = best[lvl]
-        for a, b, sched, bwhy in _level_batches(plans[alg], target, lvl, lo, hi, win, win_cost, knobs.get(lvl, ())):
+        alg, win, _ = best[lvl]
+        for a, b, sched, bwhy in _level_batches(plans[alg], target, lvl, lo, hi, win, knobs.get(lvl, ())):
             segs.append((a, b, lvl, alg, level_schedule(target, lvl, sched, plans[alg], stream), bwhy))
         if hi is not None:
             prev_max = hi
@@ -562,10 +596,13 @@ def model_table(plans: dict[str, Plan], target: Target, caches: Caches, schedule
         why = "model: " + "; ".join(
             f"{lvl} " + ", ".join(f"{short(a)} {c:.2f}" for a, c in sorted(costs[lvl].items(), key=lambda t: t[1]))
             for lvl in lvls) + " cycles/element"
-        # the single-row knob schedule of the span's levels (a span from L1d may take it from a batch knob there)
+        # the single-row knob schedule of the span's levels (a span from L1d may take it from a batch knob
+        # there), where the span runs it (short rows of L1d may not: lazymax, _batch_choice at n)
         win = next((best[lvl][1] for lvl in lvls if best[lvl][1] is not schedule), schedule)
-        if win is not schedule:
-            why += (f"; {SHORT[alg]} {knob_label(win)}: " + _knob_why(win, target) + " ("
+        runs = {k: win[k] for k in ("exp", "lazymax") if win.get(k) and sched.get(k) == win[k]}
+        if win is not schedule and runs:
+            why += (f"; {SHORT[alg]} {knob_label(runs)}: " + _knob_why(runs, target) + " ("
+                    + ("" if knob_label(runs) == knob_label(win) else f"single rows from {SHORT[alg]} {knob_label(win)}: ")
                     + ", ".join(f"{lvl} {base_cost[lvl][alg]:.2f} -> {best[lvl][2]:.2f}" for lvl in lvls
                                 if best[lvl][1] == win)
                     + " cycles/element)")

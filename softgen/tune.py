@@ -101,7 +101,10 @@ try:  # the C extension's timing loop; without it candidates are timed through P
 except ImportError:  # pragma: no cover - depends on the install
     _repeat = None
 
-DEFAULT_SIZES = "1K,64K,1M,16M"
+# 128: short rows in L1d their own class (to the geometric midpoint with 1K, 362): lazymax, offered in
+# L1d, wins from ~512 (avx512, timed in C: 1.07x at 512, 1.10x at 1K) and loses below (0.94x at 256,
+# 0.88x at 128, bench/results/l1lazymax-2026-12-01-amd-epyc-loaded-s25.txt); a 1K class to n = 1 gave it them
+DEFAULT_SIZES = "128,1K,64K,1M,16M"
 DEFAULT_BUDGET = 60.0       # seconds for one op and target, compiling included
 PRUNE_RATIO = 1.5           # the model's cost over the best one's beyond which an algorithm is not timed
 KNOB_PRUNE_RATIO = 2.0      # the same for a knob schedule's exp variant (avx2's t32, a gather: 3x)
@@ -441,7 +444,7 @@ def c_loop(k, x: np.ndarray, y: np.ndarray, threads: int) -> CLoop | None:
     return loop if _repeat(loop.fp, x, y, threads, 1).__class__ is float else None
 
 
-def _timed(k, bufs: list, threads: int) -> Variant:
+def timed_variant(k, bufs: list, threads: int) -> Variant:
     """The variant timing ``k`` at ``threads`` on ``bufs``: in C (``CLoop``) for one buffer pair
     of at most ``C_LOOP_MAX`` elements, else ``k(x, out=y, threads=c)`` rotating over the pairs."""
     x, y = bufs[0]
@@ -499,7 +502,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
          **params) -> TuneResult:
     """Measure the fastest variant per size class of ``op`` on ``target`` and record it in the
     tuning database (see the module docstring). ``sizes``: row lengths (ints, or text like
-    "1K,64K,1M,16M", the default); ``shapes``: (rows, n) pairs (or "4096x512,..."); ``budget_s``:
+    "128,1K,64K,1M,16M", the default); ``shapes``: (rows, n) pairs (or "4096x512,..."); ``budget_s``:
     seconds for everything (or text like "60s", "2m"); ``params``: the op's parameters.
     Returns a ``TuneResult`` (``.report()``, ``.records``). ``target`` a group (``x86-64``,
     ``"avx2,avx512"``, a list): each member this CPU runs, a ``GroupTuneResult``."""
@@ -590,7 +593,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
                     continue
                 name = label(a, s.as_dict())
                 # one thread: the variant is chosen here, its thread count below (batches) or by the model
-                variants[name] = _timed(k, bufs, 1)
+                variants[name] = timed_variant(k, bufs, 1)
                 meta[name] = (a, s)
             del ref
             first = measure(variants, deadline - 0.3 * max(0.0, deadline - time.monotonic()))
@@ -615,7 +618,7 @@ def tune(op: str = "softmax", target: str = "host", sizes=None, budget_s=DEFAULT
             # at it (with the one-thread plan at one thread) and its own winner recorded
             more = []
             for c in range(2, machine.cores() + 1) if batch else ():
-                at = {f"{k} threads={c}": _timed(kernels[meta[k]], bufs, c) for k in finalists}
+                at = {f"{k} threads={c}": timed_variant(kernels[meta[k]], bufs, c) for k in finalists}
                 at["threads=1"] = variants[win]
                 timed = measure(at, deadline)
                 top = min((k for k in timed if k != "threads=1"), key=lambda k: timed[k].median)

@@ -3,10 +3,12 @@
 Sizes are small and the time budget tiny: these tests check the machinery, not the numbers."""
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -396,6 +398,34 @@ def test_bench_c_and_tvm_backends():
 
 
 # -- bench/issue13.py: the issue's closing tables --------------------------------------------------------
+
+def test_issue13_times_softgen_as_the_tuner_does(monkeypatch):
+    """bench/issue13.py times softgen's kernels as softgen tune times its candidates
+    (tune.timed_variant): a row pair of at most C_LOOP_MAX elements back to back in C (tune.CLoop),
+    so tuned/best compares what the tuner compared, without a Python call's ~0.3 us per 1K row;
+    there auto is also timed through a Python call (issue13.CALL), which table (d) compares with
+    the peers'. Several buffer pairs (rotated beyond the LLC): Python calls, no second auto."""
+    tune = importlib.import_module("softgen.tune")   # softgen.tune is the function
+    if tune._repeat is None:
+        pytest.skip("softgen._fastcall is not built")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from bench import issue13
+    k = softgen.compile("softmax", target="scalar", algorithm="two-pass")
+    x = np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)
+    y = np.empty_like(x)
+    named = {"model auto": k, "sweep 2p u4a2": k}
+    v = issue13.softgen_variants(named, [(x, y)])
+    assert isinstance(v["model auto"], tune.CLoop) and isinstance(v["sweep 2p u4a2"], tune.CLoop)
+    assert set(v) == set(named) | {issue13.CALL + "model auto"} and not isinstance(v[issue13.CALL + "model auto"], tune.CLoop)
+    issue13._run_once(v[issue13.CALL + "model auto"])
+    assert np.array_equal(y, k(x))
+    v = issue13.softgen_variants(named, [(x, y), (x.copy(), y.copy())])
+    assert set(v) == set(named) and not any(isinstance(t, tune.CLoop) for t in v.values())
+    # table (d): auto through a Python call where there is one, as the peers are called
+    res = {(1, 1024): {"model auto": 1e-7, issue13.CALL + "model auto": 4e-7, "peer numpy": 8e-7}}
+    rows, base = issue13.peer_rows(res, [SimpleNamespace(name="numpy")])
+    assert base == "model auto" and rows[0]["auto_ns"] == pytest.approx(4e-7 / 1024 * 1e9) and rows[0]["numpy"] == 2
+
 
 def test_issue13_quick(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))

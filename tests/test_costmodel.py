@@ -58,9 +58,16 @@ def test_lazymax_beyond_l1d_where_three_pass_reload_wins(target):
     assert "3pl lz: lazymax: no max sweep" in why and "L2 " in why and "L3 " in why and " -> " in why
     # the costs behind it: at L2 and L3 lazymax is cheaper than three-pass-reload's own max sweep
     assert table.costs["L2"]["three-pass-reload lz"] < table.costs["L2"]["three-pass-reload"]
-    assert "three-pass-reload lz" not in table.costs["L1d"]   # not offered in L1d (tuning_knob_levels)
+    # in L1d too (tuning_knob_levels: its max sweep is a sweep of its own), single rows from 1K on: short
+    # rows keep their max sweep (the first LAZY_FIRST elements and a chain more per row: not cheaper)
+    assert table.costs["L1d"]["three-pass-reload lz"] < table.costs["L1d"]["three-pass-reload"]
+    assert _entry_at(table, 1024).schedule.get("lazymax") and not _entry_at(table, 128).schedule.get("lazymax")
     # exp variants are priced, but none is cheaper than the target's default exps: not taken
     assert not any(e.schedule.get("exp") for e in table.entries)
+
+
+def _entry_at(table, n: int):
+    return next(e for e in table.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
 
 
 @dataclasses.dataclass
@@ -146,8 +153,13 @@ def test_issue13_sweep_has_the_knobs_the_model_prices(monkeypatch):
     assert {s.rows for _, s in batch} == {1, 2, 4}
     assert any(s.lazymax and s.rows > 1 for _, s in batch) and any(s.pipeline and s.rows == 1 for _, s in batch)
     assert not any(s.pipeline and s.rows > 1 for _, s in batch)          # pipeline refuses R rows
-    small = issue13.sweep_candidates(p, t, be, ZEN3, 4, 512)          # the whole batch in L1d: no lazymax
-    assert not any(s.lazymax for _, s in small) and any(s.pipeline for _, s in small)
+    small = issue13.sweep_candidates(p, t, be, ZEN3, 4, 512)          # the whole batch in L1d: lazymax of L1d rows
+    assert any(s.lazymax and s.rows == 1 for _, s in small) and any(s.pipeline for _, s in small)
+    # single rows in L1d (1K, 4K): lazymax over each exp variant, as softgen tune offers it there
+    for n in (1 << 10, 1 << 12):
+        l1 = {issue13.sweep_label(a, s, Schedule(**t.schedule.as_dict())) for a, s in issue13.sweep_candidates(p, t, be, ZEN3, 1, n)}
+        assert {"3pl u4a2 lz", "3pl u4a2 p5c2 lz", "3pl u4a2 t32 lz", "3pl u8a4"} <= l1
+        assert not any("lz" in x for x in l1 if x.startswith("2p"))
     wide = issue13.sweep_candidates(p, t, be, ZEN3, 64, 1 << 15)   # L2 rows: lazymax one row and R rows
     assert any(s.lazymax and s.rows == 1 for _, s in wide)
 

@@ -187,7 +187,11 @@ def test_tuner_offers_the_knobs_per_level():
     assert {(s.stream, s.prefetch, s.lazymax) for s in dram} == \
         {(st, pf, lz) for st in (False, True) for pf in (0, 1024) for lz in (False, True)} - {(False, 0, False)}
     assert all(s.exp == "" for s in dram)
-    assert not any(s.lazymax for s in tune_mod.level_schedules(be, get_target("avx2"), "L1d", base))
+    # L1d: lazymax x the exp variants (lazymax there 1.10-1.19x at 1K-8K, CBackend.tuning_knob_levels)
+    l1 = tune_mod.level_schedules(be, get_target("avx2"), "L1d", base)
+    assert {(s.exp, s.lazymax) for s in l1} == \
+        {(e, lz) for e in ("",) + tuple(v for v in EXP_VARIANTS if v != EXP_DEFAULT) for lz in (False, True)} - {("", False)}
+    assert all(s.rows == 1 and not s.stream and not s.prefetch for s in l1)
     assert {s.prefetch for s in tune_mod.level_schedules(be, get_target("scalar"), "DRAM", base)
             if not s.lazymax} == {1024}
     assert not any(s.stream for s in tune_mod.level_schedules(be, get_target("scalar"), "DRAM", base))

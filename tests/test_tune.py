@@ -166,10 +166,10 @@ def test_c_timing_loop_times_the_kernel_alone(rng, monkeypatch):
     assert 0 < t1 < t100 and np.array_equal(y, k(x))
     assert tune_mod.c_loop(k, x[:, ::2], y[:, ::2], 1) is None
     assert tune_mod.c_loop(k, x, y.astype(np.float64), 1) is None
-    assert isinstance(tune_mod._timed(k, [(x, y)], 1), tune_mod.CLoop)
-    assert not isinstance(tune_mod._timed(k, [(x, y), (x.copy(), y.copy())], 1), tune_mod.CLoop)
+    assert isinstance(tune_mod.timed_variant(k, [(x, y)], 1), tune_mod.CLoop)
+    assert not isinstance(tune_mod.timed_variant(k, [(x, y), (x.copy(), y.copy())], 1), tune_mod.CLoop)
     monkeypatch.setattr(tune_mod, "C_LOOP_MAX", x.size - 1)
-    assert not isinstance(tune_mod._timed(k, [(x, y)], 1), tune_mod.CLoop)
+    assert not isinstance(tune_mod.timed_variant(k, [(x, y)], 1), tune_mod.CLoop)
     with pytest.raises(ValueError):
         tune_mod._repeat(loop.fp, x, y, 1, 0)
 

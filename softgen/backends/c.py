@@ -1230,13 +1230,15 @@ class CBackend(Backend):
                                      "exp": ("",) + tuple(EXP_VARIANTS), "rows": (1, 2, 4),
                                      "lazymax": (False, True), "pipeline": (False, True)})
     # rows: short rows (L1d, L2 classes) of batched calls (softgen.tune offers R <= the call's rows);
-    # lazymax: rows beyond L1d, where the max sweep re-reads x from L2/L3/DRAM (in L1 it costs 3%),
-    # and batches of short rows beyond L1d (each row's max sweep is its first touch of x from L2/L3/
-    # DRAM; 1.04-1.07x at 4096 x 512 on avx512, bench/results/batchrows-2026-11-30-epyc-avx512-noisy.txt)
+    # lazymax: rows at every level (beyond L1d the max sweep re-reads x from L2/L3/DRAM; in L1d it
+    # is still a sweep of its own, 1.10x at 1K, 1.17x at 4K, 1.19x at 8K on avx512, timed in C,
+    # bench/results/l1lazymax-2026-12-01-amd-epyc-loaded-s25.txt), and batches of short rows beyond
+    # L1d (each row's max sweep is its first touch of x from L2/L3/DRAM; 1.04-1.07x at 4096 x 512 on
+    # avx512, bench/results/batchrows-2026-11-30-epyc-avx512-noisy.txt)
     # pipeline: batches only (no single-row level), at every level of the batch
     tuning_knob_levels = MappingProxyType({"stream": ("DRAM",), "prefetch": ("DRAM",),
                                            "exp": ("L1d", "L2", "L3"), "rows": ("L1d", "L2"),
-                                           "lazymax": ("L2", "L3", "DRAM"), "pipeline": ()})
+                                           "lazymax": ("L1d", "L2", "L3", "DRAM"), "pipeline": ()})
     tuning_knob_batch_levels = MappingProxyType({"lazymax": ("L2", "L3", "DRAM"),
                                                  "pipeline": ("L1d", "L2", "L3", "DRAM")})
     tuning_knob_requires = MappingProxyType({"stream": "streams"})
