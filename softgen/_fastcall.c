@@ -271,17 +271,30 @@ static int xy_check(const Py_buffer *bx, const Py_buffer *by, int min_ndim, size
     return ok && !(bx->buf == by->buf && *ldx != *ldy);
 }
 
-/* x (args[1]) and y (args[2], writable): -1 when they are not arrays (nothing held), else both
- * held and xy_check's answer. */
-static int xy_pair(PyObject *const *args, Py_buffer *bx, Py_buffer *by, int min_ndim,
-                   size_t *rows, size_t *n, size_t *ldx, size_t *ldy, Py_ssize_t *store) {
-    if (!get_view(args[1], bx, PyBUF_STRIDES | PyBUF_FORMAT, store))
+/* x (args[1]) and y (args[2], writable) of a row or unary call, held together with their layout
+ * (the views' shapes and strides live in `store`: an XY is never copied). */
+typedef struct {
+    Py_buffer bx, by;
+    Py_ssize_t store[4 * VIEW_MAXDIM];
+    size_t rows, n, ldx, ldy;
+} XY;
+
+/* -1 when x and y are not arrays (nothing held), else both held and xy_check's answer; xy_close
+ * releases them. */
+static int xy_open(PyObject *const *args, XY *p, int min_ndim) {
+    p->rows = p->n = p->ldx = p->ldy = 0;
+    if (!get_view(args[1], &p->bx, PyBUF_STRIDES | PyBUF_FORMAT, p->store))
         return -1;
-    if (!get_view(args[2], by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE, store + 2 * VIEW_MAXDIM)) {
-        PyBuffer_Release(bx);
+    if (!get_view(args[2], &p->by, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE, p->store + 2 * VIEW_MAXDIM)) {
+        PyBuffer_Release(&p->bx);
         return -1;
     }
-    return xy_check(bx, by, min_ndim, rows, n, ldx, ldy);
+    return xy_check(&p->bx, &p->by, min_ndim, &p->rows, &p->n, &p->ldx, &p->ldy);
+}
+
+static void xy_close(XY *p) {
+    PyBuffer_Release(&p->by);
+    PyBuffer_Release(&p->bx);
 }
 
 /* Calls of at least this many elements run without the GIL (shorter ones keep it: releasing and
@@ -326,19 +339,16 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         }
         threads = (int)t;
     }
-    Py_buffer bx, by;
-    Py_ssize_t store[4 * VIEW_MAXDIM];
-    size_t rows = 0, n = 0, ldx = 0, ldy = 0;
-    const int ok = xy_pair(args, &bx, &by, 1, &rows, &n, &ldx, &ldy, store);
+    XY p;
+    const int ok = xy_open(args, &p, 1);
     if (ok < 0)
         Py_RETURN_NOTIMPLEMENTED;
     int rc = 0;
-    if (ok && rows && n) {
-        RUN_KERNEL(rows * n, rc = nargs == 4 ? ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, threads)
-                                         : ((row_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy));
+    if (ok && p.rows && p.n) {
+        RUN_KERNEL(p.rows * p.n, rc = nargs == 4 ? ((row_kernel_mt)fp)(p.bx.buf, p.by.buf, p.rows, p.n, p.ldx, p.ldy, threads)
+                                             : ((row_kernel)fp)(p.bx.buf, p.by.buf, p.rows, p.n, p.ldx, p.ldy));
     }
-    PyBuffer_Release(&by);
-    PyBuffer_Release(&bx);
+    xy_close(&p);
     if (!ok)
         Py_RETURN_NOTIMPLEMENTED;
     return PyLong_FromLong(rc);
@@ -361,20 +371,17 @@ static PyObject *repeat(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "repeat: threads must be 0..INT_MAX and number >= 1");
         return NULL;
     }
-    Py_buffer bx, by;
-    Py_ssize_t store[4 * VIEW_MAXDIM];
-    size_t rows = 0, n = 0, ldx = 0, ldy = 0;
-    const int ok = xy_pair(args, &bx, &by, 1, &rows, &n, &ldx, &ldy, store);
+    XY p;
+    const int ok = xy_open(args, &p, 1);
     if (ok < 0)
         Py_RETURN_NOTIMPLEMENTED;
     int rc = 0;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (Py_ssize_t i = 0; ok && rc == 0 && i < number; i++)
-        rc = ((row_kernel_mt)fp)(bx.buf, by.buf, rows, n, ldx, ldy, (int)t);
+        rc = ((row_kernel_mt)fp)(p.bx.buf, p.by.buf, p.rows, p.n, p.ldx, p.ldy, (int)t);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    PyBuffer_Release(&by);
-    PyBuffer_Release(&bx);
+    xy_close(&p);
     if (!ok)
         Py_RETURN_NOTIMPLEMENTED;
     if (rc != 0)
@@ -392,19 +399,16 @@ static PyObject *unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     void *fp = entry_point(args, nargs, 3, 3, "unary(fnptr, x, y)");
     if (fp == NULL)
         return NULL;
-    Py_buffer bx, by;
-    Py_ssize_t store[4 * VIEW_MAXDIM];
-    size_t rows = 0, n = 0, ldx = 0, ldy = 0;
-    const int ok = xy_pair(args, &bx, &by, 2, &rows, &n, &ldx, &ldy, store);
+    XY p;
+    const int ok = xy_open(args, &p, 2);
     if (ok < 0)
         Py_RETURN_NOTIMPLEMENTED;
-    size_t m = ok ? (size_t)bx.shape[bx.ndim - 2] : 0;
+    size_t m = ok ? (size_t)p.bx.shape[p.bx.ndim - 2] : 0;
     int rc = 0;
-    if (ok && rows && n) {
-        RUN_KERNEL(rows * n, rc = ((unary_kernel)fp)(bx.buf, by.buf, rows, n, ldx, ldy, m));
+    if (ok && p.rows && p.n) {
+        RUN_KERNEL(p.rows * p.n, rc = ((unary_kernel)fp)(p.bx.buf, p.by.buf, p.rows, p.n, p.ldx, p.ldy, m));
     }
-    PyBuffer_Release(&by);
-    PyBuffer_Release(&bx);
+    xy_close(&p);
     if (!ok)
         Py_RETURN_NOTIMPLEMENTED;
     return PyLong_FromLong(rc);
