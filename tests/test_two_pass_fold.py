@@ -39,14 +39,14 @@ def kernels():
 def test_the_bound_and_where_it_applies():
     assert SHIFT2_FOLD_E == 5909 and SHIFT2_FOLD_E * LN2 <= float(constants.FOLD_MAX) < (SHIFT2_FOLD_E + 1) * LN2
     k = softgen.compile("softmax", algorithm="two-pass", target="avx512")
-    assert k.source.count("sg_exp_shift2_fold(") >= 4 and f"<= {SHIFT2_FOLD_E}.0f)) {{" in k.source
+    assert k.source.count("sg_exp_shift2_fold(") >= 4 and k.source.count("V_MIN(V_SET1(1.0f), V_MUL") >= 4 and f"<= {SHIFT2_FOLD_E}.0f) || n < 2) {{" in k.source
     assert f"<= {EXTEXP_GUARD_E}.0f" not in k.source.split("static inline VEC sg_exp_shift2_fold")[1]
     for other in (softgen.compile("softmax", algorithm="two-pass", target="avx512", schedule={"exp": "p5c2"}),
                   softgen.compile("softmax", algorithm="two-pass", target="avx512", schedule={"exp": "t32"}),
                   softgen.compile("softmax", algorithm="two-pass", target="avx2"),
                   softgen.compile("softmax", algorithm="two-pass", target="avx512", scale=2.5),
                   softgen.compile("log_softmax", algorithm="two-pass", target="avx512")):
-        assert "sg_exp_shift2_fold(" not in other.source, other.name
+        assert "sg_exp_shift2_fold(" not in other.source and "V_MIN(V_SET1(1.0f), V_MUL" not in other.source, other.name
         assert f"<= {EXTEXP_GUARD_E}.0f)) {{" in other.source, other.name
 
 
@@ -103,3 +103,18 @@ def test_the_split_form_any_thread_count_the_same_bits(rng):
     check(k, x, y, "split", row_names=list(rows))
     if k.runnable:
         assert np.array_equal(k(x, threads=1), y) and np.array_equal(k(x, threads=2), y)
+
+
+def test_a_dominating_element_never_above_one_and_single_elements_exact(kernels, rng):
+    """The sum's p5 pair and the output's table exp round apart (up to 2 ulp): the product is capped
+    at 1, and a row of one element takes the fallback (exactly 1)."""
+    k = kernels["fold"]
+    for n in (1, 2, 40):
+        x = np.full((4000, n), -1e4, np.float32)
+        x[:, 0] = rng.uniform(-4000, 4000, len(x))
+        y = run(k, x)
+        assert (y[:, 0] <= 1).all() and (y[:, 0] >= 1 - 2.0 ** -22).all(), n
+        if n == 1:
+            assert (y == 1).all()
+    y = run(k, np.array([[np.nan, 0.0], [np.inf, 0.0]], np.float32))   # the cap keeps NaN
+    assert np.isnan(y).all()

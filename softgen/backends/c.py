@@ -345,6 +345,8 @@ def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: boo
             expr = f"sg_log1p_unit({args[0]})"
         elif op == "exp_shift2" and shift2_fold(c):
             expr = f"sg_exp_shift2_fold({args[0]}, {args[1]})"
+        elif op == "mul" and shift2_capped(c, v):
+            expr = f"V_MIN(V_SET1(1.0f), {VECTOR_C[op].format(*args)})"   # NaN survives: the 2nd operand
         elif op in SCALED_C and p.attrs(v).get("scale", 1.0) != 1.0:
             sc = p.attrs(v)["scale"]
             expr = SCALED_C[op].format(*args, s=flit(sc), lim=flit(-EXTEXP_F32_DOMAIN / sc))
@@ -606,11 +608,12 @@ class CScalars:
     def mreduce_sum(self, name, a): self.lines.append(f"*mr_{name} += {a};")
 
     def guard(self, a, limit):
-        if shift2_fold(self.c):   # sg_exp_shift2_fold's |E|; the rest go to the fallback
-            limit = min(limit, SHIFT2_FOLD_E)
+        single = ""
+        if shift2_fold(self.c):   # sg_exp_shift2_fold's |E|, and one element's exact 1: the fallback's
+            limit, single = min(limit, SHIFT2_FOLD_E), " || n < 2"
         rest = "".join(f", rp_{name}" for name in self.c.row_params)
         outs = ", ".join(row_outputs(self.c.p))
-        self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)})) "
+        self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)}){single}) "
                           f"{{ {self.before}{self.fallback}(x, {outs}, n{rest}{self.extra}); return; }}")
 
 
@@ -658,6 +661,15 @@ def shift2_fold(c: _Ctx) -> bool:
     ~4096) to the fallback (three-pass-recompute) instead of those beyond 188896."""
     return fold_exp(c.t, c.s.exp) and any(c.p.op(v) == "exp_shift2" and c.p.attrs(v).get("scale", 1.0) == 1.0
                                           for v in c.p.g)
+
+
+def shift2_capped(c: _Ctx, v: int) -> bool:
+    """Whether row value ``v`` is a folded e^u 2^-E times the reciprocal of the row's sum (the
+    probability), which the C backend caps at 1: the sum's p5 pair and the output's table exp round
+    apart (up to 2 ulp each way on a row one element dominates), and a probability is never above 1,
+    as with the p5 pair in both sweeps (p fl(1/p) <= 1)."""
+    a = c.p.args(v)
+    return shift2_fold(c) and len(a) == 2 and {c.p.op(a[0]), c.p.op(a[1])} == {"exp_shift2", "recip"}
 
 
 # -- schedule lazymax (passes.lazy_max) -------------------------------------------------------------
