@@ -3,7 +3,10 @@ interleaved in one process (medians of interleaved rounds; ratios, not absolute 
 
     # export the same kernels from two checkouts (run from each checkout's directory)
     softgen build --op softmax --algorithm two-pass --target avx2 --name softmax_2p_avx2 -o /tmp/ab/base/softmax_2p_avx2
-    python bench/ab.py /tmp/ab/base /tmp/ab/head [--sizes 256K 1M 64M]
+    python bench/ab.py /tmp/ab/base /tmp/ab/head [--sizes 256K 1M 64M] [--against onnxruntime] [--rounds 15]
+
+``--against``: softmax peers (``softgen.benchmark.peers``) timed in the same interleaved rounds, as
+peer/head time ratios (head's speed-up); ``--rounds``: the most interleaved rounds (at least 7).
 
 Each directory holds ``<name>/lib<name>.so`` for row kernels with the row ABI
 ``int name(const float *x, float *y, size_t rows, size_t n, size_t ldx, size_t ldy)``.
@@ -18,6 +21,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from common import count_label, parse_count, render_table, time_interleaved  # noqa: E402
+
+from softgen.benchmark.peers import load_peers, parse_against  # noqa: E402
 
 DEFAULT_SIZES = ["256K", "1M", "64M"]
 
@@ -42,11 +47,17 @@ def main() -> None:
     ap.add_argument("base")
     ap.add_argument("head")
     ap.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="element counts (1K = 1024)")
+    ap.add_argument("--against", default="none", help="softmax peers in the same rounds, e.g. onnxruntime")
+    ap.add_argument("--rounds", type=int, default=15, help="the most interleaved rounds (>= 7)")
     a = ap.parse_args()
     try:
         sizes = [parse_count(s) for s in a.sizes]
     except ValueError as e:
         ap.error(str(e))
+    if a.rounds < 7:
+        ap.error("--rounds must be >= 7")
+    peers, _ = load_peers(parse_against(a.against))
+    cols = COLUMNS + [(p.name, f"{p.name}/head", ".3f") for p in peers]
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:
@@ -58,13 +69,15 @@ def main() -> None:
             for f in pair.values():   # both must succeed
                 assert f(px, py, 1, n, n, n) == 0
             # interleaved medians (softgen.benchmark.time_interleaved): calibrated samples, warm-up
-            tm = time_interleaved({k: ("f(px, py, 1, n, n, n)", {"f": f, "px": px, "py": py, "n": n})
-                                   for k, f in pair.items()}, min_rounds=7, max_rounds=15)
+            variants = {k: ("f(px, py, 1, n, n, n)", {"f": f, "px": px, "py": py, "n": n}) for k, f in pair.items()}
+            variants.update({p.name: p.variant(x[None], y[None]) for p in peers})
+            tm = time_interleaved(variants, min_rounds=7, max_rounds=a.rounds)
             mb, mh = (tm[k].median / n * 1e9 for k in ("base", "head"))
             rows.append(dict(size=count_label(n), kernel=name, base=mb, head=mh, ratio=mh / mb,
-                             noise=max(t.spread for t in tm.values())))
-            print(render_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
-    print(render_table(rows, COLUMNS, group="size"))
+                             noise=max(t.spread for t in tm.values()),
+                             **{p.name: tm[p.name].median / tm["head"].median for p in peers}))
+            print(render_table(rows[-1:], cols).splitlines()[-1], flush=True)
+    print(render_table(rows, cols, group="size"))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import tempfile
 
+from common import RDTSC_BEST_OF
 from sweepcycles import HARNESS
 
 import softgen
@@ -35,7 +36,8 @@ def schedule_of(spec: str) -> dict:
 def build(k, d: str, tag: str) -> str:
     path = os.path.join(d, tag)
     with open(path + ".c", "w") as f:
-        f.write(HARNESS % {"kernel": k.source, "row": f"{k.name}__row"})
+        row = f"{k.name}__row"
+        f.write(HARNESS % {"kernel": k.source, "row": row, "timing": RDTSC_BEST_OF % {"row": row, "rounds": 5}})
     subprocess.run([*compiler_for(k.target), "-O2", "-w", *k.target.cflags, path + ".c", "-o", path, "-lm",
                     "-lpthread"], check=True)
     return path

@@ -22,7 +22,7 @@ from ..costmodel import ThreadPolicy, matrix_thread_policy, thread_policy
 from ..errors import BuildError, UsageError
 from ..ir import PAIR, Program
 from ..matrix import AttentionPhase, SweepPhase
-from ..numerics.constants import EXP_VARIANTS, EXTEXP_E0
+from ..numerics.constants import EXP_VARIANTS, EXTEXP_E0, FOLD_MAX
 from ..numerics.reductions import FLT_MAX, REDUCTIONS, Reduction, flush_steps, reduction
 from ..numerics.scalars import lower_scalars
 from ..passes import (
@@ -343,6 +343,10 @@ def _body(c: _Ctx, sw, u: int, tail: bool, bufs: dict | None = None, stores: boo
             expr = f"sg_exp_{'shifted' if shifted else 'nonpos'}({args[0]})"
         elif op == "log1p" and p.attrs(v).get("unit"):
             expr = f"sg_log1p_unit({args[0]})"
+        elif op == "exp_shift2" and shift2_fold(c):
+            expr = f"sg_exp_shift2_fold({args[0]}, {args[1]})"
+        elif op == "mul" and shift2_capped(c, v):
+            expr = f"V_MIN(V_SET1(1.0f), {VECTOR_C[op].format(*args)})"   # NaN survives: the 2nd operand
         elif op in SCALED_C and p.attrs(v).get("scale", 1.0) != 1.0:
             sc = p.attrs(v)["scale"]
             expr = SCALED_C[op].format(*args, s=flit(sc), lim=flit(-EXTEXP_F32_DOMAIN / sc))
@@ -604,9 +608,12 @@ class CScalars:
     def mreduce_sum(self, name, a): self.lines.append(f"*mr_{name} += {a};")
 
     def guard(self, a, limit):
+        single = ""
+        if shift2_fold(self.c):   # sg_exp_shift2_fold's |E|, and one element's exact 1: the fallback's
+            limit, single = min(limit, SHIFT2_FOLD_E), " || n < 2"
         rest = "".join(f", rp_{name}" for name in self.c.row_params)
         outs = ", ".join(row_outputs(self.c.p))
-        self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)})) "
+        self.lines.append(f"if (!(fabsf({a}) <= {flit(limit)}){single}) "
                           f"{{ {self.before}{self.fallback}(x, {outs}, n{rest}{self.extra}); return; }}")
 
 
@@ -640,6 +647,29 @@ def _row_function(p: Program, t: Target, s: Schedule, fname: str, fallback: str 
     return {"name": fname, "comment": f"{p.name}: {pl.traffic()['summary']}, {len(pl.sweeps)} sweeps",
             "blocks": blocks, "args": args,
             "outs": "float *y" if p.phase is not None else abi(p, fname)["row_decl"]}
+
+
+# -- two-pass's output exps folded (vmath.h.j2 sg_exp_shift2_fold) ---------------------------------
+SHIFT2_FOLD_E = math.floor(float(FOLD_MAX) / math.log(2.0))   # 5909: |E ln2| <= SG_FOLD_MAX
+
+
+def shift2_fold(c: _Ctx) -> bool:
+    """Whether the row function's e^u 2^-E (two-pass's output sweep, exp_shift2 of u itself: scale 1)
+    take sg_exp_shift2_fold, the table exp folded against R = E ln2, instead of the p5 (p, n) pair:
+    where the target has sg_exp_fold (``render.fold_exp``: the default exp of a target whose
+    shifted_exp is a table variant). Its guard then sends rows with |E| > SHIFT2_FOLD_E (|x| beyond
+    ~4096) to the fallback (three-pass-recompute) instead of those beyond 188896."""
+    return fold_exp(c.t, c.s.exp) and any(c.p.op(v) == "exp_shift2" and c.p.attrs(v).get("scale", 1.0) == 1.0
+                                          for v in c.p.g)
+
+
+def shift2_capped(c: _Ctx, v: int) -> bool:
+    """Whether row value ``v`` is a folded e^u 2^-E times the reciprocal of the row's sum (the
+    probability), which the C backend caps at 1: the sum's p5 pair and the output's table exp round
+    apart (up to 2 ulp each way on a row one element dominates), and a probability is never above 1,
+    as with the p5 pair in both sweeps (p fl(1/p) <= 1)."""
+    a = c.p.args(v)
+    return shift2_fold(c) and len(a) == 2 and {c.p.op(a[0]), c.p.op(a[1])} == {"exp_shift2", "recip"}
 
 
 # -- schedule lazymax (passes.lazy_max) -------------------------------------------------------------
@@ -1102,7 +1132,8 @@ def generate_matrix(mp, t: Target, s: Schedule, name: str, *, op: str, params: d
         name=name, version=__version__, op=op, algorithm="direct",
         params=", ".join(f"{k}={v!r}" for k, v in params.items()), traffic=matrix_traffic(mp), t=t,
         schedule=f"{s} ({s.tag(t.lanes)})" + (f"; gemm {_gemm_text(t, g)}" if gemms else ""),
-        plan_lines=matrix_plan_lines(mp) + [ln for p in progs for ln in _radix_note(p, t)], isa=isa_header(t), vmath=vmath(t=t),
+        plan_lines=matrix_plan_lines(mp) + [ln for p in progs for ln in _radix_note(p, t)], isa=isa_header(t),
+        vmath=vmath(t=t, fold=any(shift2_fold(_Ctx(p, t, s, p.row_params())) for _, p, _ in mp.programs())),
         helpers=select_helpers(*progs, radix=any(radix_topk(p, t) for p in progs)), functions=functions,
         lanes=t.lanes, entry_row=None, tvm=False, row_params=[], rp_args="",
         abi=matrix_abi(mp, name), matrix=matrix_entry(mp, name), gemms=gemms, split=None,
@@ -1204,6 +1235,7 @@ def generate(p: Program, t: Target, s: Schedule, name: str, *, op: str, algorith
         schedule=f"{s} ({s.tag(t.lanes)})" + _knob_note(s, t, p), plan_lines=plan_lines,
         isa=isa_header(t, stream=s.stream),
         vmath=vmath(s.exp, t, fold=any(lazy_fold(_Ctx(q, t, s, q.row_params()), lazy_form(q, s))
+                                       or shift2_fold(_Ctx(q, t, s, q.row_params()))
                                        for q in (p, p.fallback) if q is not None)),
         helpers=select_helpers(p, radix=radix_topk(p, t)), functions=functions, lanes=t.lanes, entry_row=f"{name}__row",
         tvm=False, row_params=rps, rp_args=entry_row_args(rps), abi=abi(p, name), matrix=None, gemms=[],
