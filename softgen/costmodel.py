@@ -33,7 +33,10 @@ the target's ``[cost] parallel_overhead_cycles`` (waking and joining a worker, m
 variant's cheapest cycles/element (its L1 cost: the smallest, so the
 largest grain: "never slower than one thread on small inputs"); at most the CPUs the process may
 run on (capped at run time in C, with ``SOFTGEN_NUM_THREADS``). A tuning record's thread count
-replaces ``most``. The variant is still chosen by n alone; the thread count by rows x n.
+replaces ``most``. The model's variant is chosen by n alone (one tiling of n serves every call:
+a batch knob leaves a single row's code as it is, and a batch choice keeps a single row of n within
+``KNOB_MARGIN``); tuning records split the calls at ``BATCH_ROWS`` rows (``DispatchTable``); the
+thread count by rows x n.
 Matrix kernels (``MatrixThreadPolicy``): one thread per ``grain`` (2 x the overhead) modelled
 cycles of batch x cycles per matrix (``matrix_cycles``: a C expression in the dimensions).
 """
@@ -181,9 +184,12 @@ class Entry:
         return ThreadPolicy(self.threads, self.grain)
 
     def as_dict(self) -> dict:
+        """The entry as plain data (manifest, explain); ``rows_min``/``rows_max`` only where the entry
+        does not serve every call (a table of two tilings), so that a table of one reads as before."""
+        rows = {} if (self.rows_min, self.rows_max) == (1, None) else {"rows_min": self.rows_min, "rows_max": self.rows_max}
         return {"n_min": self.n_min, "n_max": self.n_max, "algorithm": self.algorithm,
                 "schedule": dict(self.schedule), "threads": self.threads, "grain": self.grain,
-                "symbol": self.symbol, "rows_min": self.rows_min, "rows_max": self.rows_max, "why": self.why}
+                "symbol": self.symbol, **rows, "why": self.why}
 
     @property
     def variant(self) -> tuple:
