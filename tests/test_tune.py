@@ -301,7 +301,7 @@ def test_overlapping_classes_the_most_specific_record_of_a_kind_wins(db):
     assert table.pick(1000, BATCH_ROWS).schedule.get("pipeline") and table.pick(100, 512).schedule.get("rows") == 2
 
 
-def test_single_rows_get_the_single_row_plan_and_batches_the_batch_plan(db, rng):
+def test_single_rows_get_the_single_row_plan_and_batches_the_batch_plan(db, rng, tmp_path):
     """Issue 13's dispatch by rows and n: a single-row record (1K: n 1..4096, 3pl lz; 64K: two-pass
     beyond) and a batch record of an overlapping class (4096x512: n 257..4096, 3pl pp; 8192x128:
     rows=2 below): calls of fewer than BATCH_ROWS rows run the single-row plan, batches the batch
@@ -336,6 +336,12 @@ def test_single_rows_get_the_single_row_plan_and_batches_the_batch_plan(db, rng)
             check(k, x, y, f"rows={rows} n={n}")
             assert np.array_equal(y, plain[e.variant](x)), (rows, n, e)
     assert len(plain) == 4
+    # the export: the header comment lists both tables, the manifest their entries with their rows
+    paths = k.export(tmp_path)
+    header = paths["header"].read_text()
+    manifest = json.loads(paths["manifest"].read_text())
+    assert f"rows < {BATCH_ROWS} (single rows" in header and f"rows >= {BATCH_ROWS} (batches" in header
+    assert manifest["dispatch"] == k.dispatch.as_list() and manifest["dispatch"][2]["rows_min"] == BATCH_ROWS
 
 
 def test_one_kind_of_record_the_other_kind_takes_the_model(db, monkeypatch):
