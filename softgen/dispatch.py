@@ -1,8 +1,9 @@
 """The C of an ``algorithm="auto"`` dispatcher (issue 13): one library holds every variant the
 dispatch table names, each compiled as its own translation unit under its own symbol prefix
 (``<name>__<short>``), plus the dispatch translation unit rendered here (``dispatch.c.j2``): the
-exported ``<name>`` and ``<name>_supported``, which pick a variant by the row length n (and first by the rows, where the table has a tiling
-of n for calls of few rows and one for batches: ``costmodel.BATCH_ROWS``).
+exported ``<name>`` and ``<name>_supported``, which pick a variant by the row length n (and first
+by the rows, where the table has a tiling of n for calls of few rows and one for batches:
+``costmodel.BATCH_ROWS``).
 
 Separate translation units, not one: each variant's source is byte for byte what
 ``compile(algorithm=...)`` generates for it under its own name (its checks, error codes, CPU

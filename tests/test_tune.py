@@ -341,6 +341,7 @@ def test_single_rows_get_the_single_row_plan_and_batches_the_batch_plan(db, rng,
     header = paths["header"].read_text()
     manifest = json.loads(paths["manifest"].read_text())
     assert f"rows < {BATCH_ROWS} (single rows" in header and f"rows >= {BATCH_ROWS} (batches" in header
+    assert "per call, by the rows, then the row length n" in header
     assert manifest["dispatch"] == k.dispatch.as_list() and manifest["dispatch"][2]["rows_min"] == BATCH_ROWS
 
 
