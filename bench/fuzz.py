@@ -701,10 +701,10 @@ def run_dispatch(cfg: dict, stats: Counter) -> None:
         stats["tuned tables"] += table.source == "measured"
     plain: dict = {}
 
-    def variant(n: int):
+    def variant(n: int, rows: int):
         if table is None:
             return member or k
-        e = next(e for e in table.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
+        e = table.pick(n, rows)
         if e.variant not in plain:
             plain[e.variant] = softgen.compile(k.op, algorithm=e.algorithm, target=(member or k).target.name,
                                                backend=cfg["backend"], schedule=e.schedule, **cfg["params"])
@@ -726,9 +726,9 @@ def run_dispatch(cfg: dict, stats: Counter) -> None:
         call = op.sample_call(x.shape, k.params) if op.sample_call else {}
         what = f"n={n} rows={rows} kinds={kinds}"
         y = k(x, **call)
-        check_row(variant(n), x, y, what, kinds, call)
-        want = variant(n)(x, **call)
-        assert same_bits(y, want), f"{k.name} {what}: not bitwise the plain kernel {variant(n).name}"
+        check_row(variant(n, rows), x, y, what, kinds, call)
+        want = variant(n, rows)(x, **call)
+        assert same_bits(y, want), f"{k.name} {what}: not bitwise the plain kernel {variant(n, rows).name}"
         for th in (1, 2):
             assert same_bits(k(x, threads=th, **call), y), f"{k.name} {what}: threads={th} differs"
         stats["rows"] += rows

@@ -477,7 +477,8 @@ def describe_auto(k: Kernel) -> str:
     if not k.dispatcher:
         return f"{k.algorithm} ({k.schedule}) at every n"
     return "; ".join(f"{e.algorithm} ({tune_label(e.algorithm, e.schedule)}) for n in "
-                     f"[{e.n_min}, {e.n_max if e.n_max is not None else 'inf'}]" for e in k.dispatch.entries)
+                     f"[{e.n_min}, {e.n_max if e.n_max is not None else 'inf'}]"
+                     + ("" if (e.rows_min, e.rows_max) == (1, None) else f", {e.rows_range()}") for e in k.dispatch.entries)
 
 
 def cpu_slug(ident: dict) -> str:

@@ -76,18 +76,18 @@ def buffer_pairs(caches, R: int, n: int) -> int:
     return max(1, math.ceil(2 * caches.L3 / ws)) if caches.level_of(ws) == "DRAM" else 1
 
 
-def variant_at(k: Kernel, n: int) -> Kernel:
-    """The kernel ``k`` runs on rows of n (a dispatcher's variant there; else ``k``)."""
+def variant_at(k: Kernel, n: int, rows: int = 1) -> Kernel:
+    """The kernel ``k`` runs on ``rows`` rows of n (a dispatcher's variant there; else ``k``)."""
     if not k.dispatcher:
         return k
-    e = next(e for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
-    return next(v for v in k.variants if v.algorithm == e.algorithm and v.schedule.as_dict() == dict(e.schedule))
+    e = k.dispatch.pick(n, rows)
+    return next(v for v in k.variants if v.name == e.symbol)
 
 
-def traffic_at(k: Kernel, n: int) -> int:
-    """Bytes per element of the plan ``k`` runs on rows of n (a dispatcher's: its variant's there);
-    schedule lazymax (where ``passes.lazy_max`` applies) drops the max sweep's read of x."""
-    k = variant_at(k, n)
+def traffic_at(k: Kernel, n: int, rows: int = 1) -> int:
+    """Bytes per element of the plan ``k`` runs on ``rows`` rows of n (a dispatcher's: its variant's
+    there); schedule lazymax (where ``passes.lazy_max`` applies) drops the max sweep's read of x."""
+    k = variant_at(k, n, rows)
     lazy = k.schedule.lazymax and not isinstance(passes.lazy_max(k.plan), str) and n > passes.LAZY_FIRST
     return k.plan.traffic()["bytes_per_element"] - 4 * lazy
 
@@ -118,7 +118,7 @@ def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict,
         glb = {"g": busy_wait, "u": gap_us}
         v = {f"{t}t": _rotating([(call, {"k": k, "x": x, "y": y, "t": t, **glb}) for x, y in bufs]) for t in (1, 2)}
         for us in spins:
-            kv = rebuilt(variant_at(k, n), f"#define SG_POOL_SPIN_NS {int(us * 1000)}\n")
+            kv = rebuilt(variant_at(k, n, R), f"#define SG_POOL_SPIN_NS {int(us * 1000)}\n")
             v[f"2t spin {us:g}"] = _rotating([(call, {"k": kv, "x": x, "y": y, "t": 2, **glb}) for x, y in bufs])
         if gap_us:
             v["gap"] = ("g(u)", glb)
@@ -134,7 +134,7 @@ def measure(k: Kernel, shapes, copier: CopyKernel, rng, caches, timing_kw: dict,
         gap = per.pop("gap", 0.0)
         per = {name: t - (0 if name.startswith("copy") else gap) for name, t in per.items()}
         gbs2 = COPY_BYTES * N / per["copy 2t"] / 1e9
-        traffic = traffic_at(k, n)
+        traffic = traffic_at(k, n, R)
         row = dict(size=size_label(R, n), t1_ns=per["1t"] / N * 1e9, t2_ns=per["2t"] / N * 1e9,
                    speedup=ratio(per["1t"], per["2t"]),
                    copy=("nt " if stream else "") + f"{COPY_BYTES * N / per['copy 1t'] / 1e9:.1f} / {gbs2:.1f}",
@@ -171,7 +171,7 @@ def profile(k: Kernel, shapes, calls: int, rng, batches: int = 30) -> list[dict]
     median over the batches (a batch a preempted thread disturbed does not move it)."""
     out = []
     for R, n in shapes:
-        v = variant_at(k, n)
+        v = variant_at(k, n, R)
         pk = rebuilt(v, "#define SG_POOL_PROFILE 1\n")
         x = rng.standard_normal((R, n), dtype=np.float32)
         y = np.empty_like(x)

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from itertools import product
 
 from . import passes, tunedb
 from .backends import Backend, get_backend
 from .backends.gemm import schedule_for
-from .costmodel import ALL_LEVELS, PRICED_KNOBS, DispatchTable, Entry, batch_level, model_table, thread_policy
+from .costmodel import (
+    ALL_LEVELS,
+    BATCH_ROWS,
+    PRICED_KNOBS,
+    DispatchTable,
+    Entry,
+    batch_level,
+    model_table,
+    thread_policy,
+)
 from .errors import UsageError
 from .ir import Program
 from .machine import caches
@@ -82,14 +92,14 @@ def auto_table(program: Program, target: Target, schedule: Schedule, be: Backend
 
 def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = tuple(KNOB_DEFAULTS)) -> list:
     """Usable records (valid schedule, applicable algorithm, no knob outside ``knobs``: what the
-    backend lowers), one per class of n: the smallest rows class that covers one row, else the
-    first; of those, the one-thread plan (a record per thread count: the variant a call runs is the
-    one-thread winner, FFTW's plan for one thread), else the newest; by n_min."""
+    backend lowers), one per class of n: the one-thread plan (a record per thread count: the
+    variant a call runs is the one-thread winner, FFTW's plan for one thread), else the newest; by
+    n_min. Callers pass records of one kind (single rows or batches: ``tuned_table``)."""
     applicable = passes.applicable_algorithms(program)
     by_n: dict[tuple, object] = {}
 
     def rank(r) -> tuple:
-        return (r.rows_min <= 1, getattr(r, "threads", 1) == 1, r.timestamp)
+        return (getattr(r, "threads", 1) == 1, r.timestamp)
 
     for r in recs:
         if r.algorithm not in applicable:
@@ -111,8 +121,8 @@ def _tuned_entries(recs: list, program: Program, target: Target, knobs: tuple = 
 
 def _tiles(recs: list) -> list[tuple]:
     """(n_min, n_max or None, record) tiling n >= 1 from the records' classes of n: where classes
-    overlap (records of different tuning runs: single rows 1..4096 and a batch of rows of 128
-    tuned as 1..256), the narrowest class wins (the most specific measurement, as
+    overlap (records of one kind from different tuning runs: single rows of the default sizes and
+    of ``--sizes 4096``), the narrowest class wins (the most specific measurement, as
     ``tunedb.lookup``), then the newest; a gap between classes is split at its geometric midpoint;
     the first tile starts at 1, the last has no upper bound."""
     cuts = sorted({r.n_min for r in recs} | {r.n_max + 1 for r in recs})
@@ -179,13 +189,49 @@ def thread_cap(r, recs: list) -> tuple[int, str]:
     return 0, "threads: the model's (measured on single rows: no thread count for batches)"
 
 
-def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable | None:
+def _merged_cap(a: int, b: int) -> int:
+    """One thread cap for two entries of one variant (its entry point bakes one in): the larger
+    measured one, else the one measured (0: no thread count measured on batches)."""
+    return max(a, b) if a and b else a or b
+
+
+def _measured_entries(program: Program, target: Target, recs: list, all_recs: list,
+                      rows: tuple[int, int | None]) -> list[Entry]:
+    """The entries of one tiling of n (``_tiles``) from ``recs`` (usable records of one kind:
+    single rows or batches), serving the calls of ``rows`` (rows_min, rows_max); neighbouring
+    entries of one variant merged."""
+    entries: list[Entry] = []
+    for lo, hi, r in _tiles(recs):
+        sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
+        # the cap of auto for batches: a thread count measured on batches; the model's grain
+        # decides below it (rows x n)
+        grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
+        most, twhy = thread_cap(r, all_recs)
+        e = Entry(lo, hi, r.algorithm, sched, most, f"{measured_why(r)}; {twhy}", grain=grain,
+                  rows_min=rows[0], rows_max=rows[1])
+        if entries and entries[-1].variant == e.variant:
+            prev = entries.pop()
+            e = replace(e, n_min=prev.n_min, threads=_merged_cap(e.threads, prev.threads), why=prev.why + " | " + e.why)
+        entries.append(e)
+    return entries
+
+
+def tuned_table(program: Program, target: Target, backend: str,
+                model: DispatchTable | None = None) -> DispatchTable | None:
     """The dispatch table of ``algorithm="auto"`` from this machine's tuning records
     (``tunedb.table``), or None when there are none (or the database cannot be read: then the
-    model decides). Each record's class of n becomes an entry; where the classes of records
-    leave a gap or overlap (records of different tuning runs), the boundary is the geometric
-    midpoint of the gap or the start of the later class; the first entry starts at n = 1, the
-    last has no upper bound. Neighbouring entries of one variant are merged.
+    model decides). Two tilings of n, one per kind of record: records of single rows (rows class
+    from 1: ``softgen tune --sizes``) decide calls of fewer than ``costmodel.BATCH_ROWS`` rows,
+    records of batches (rows class from 2: ``--shapes``) decide the others; a record of one kind
+    never decides the other's calls (a pipeline plan that pays across 512 rows is no single row's
+    plan, a single row's plan knows nothing of batches). Within a kind, each record's class of n
+    becomes an entry (``_tiles``: the narrowest of overlapping classes, gaps split at their
+    geometric midpoint, the first from n = 1, the last unbounded); neighbouring entries of one
+    variant are merged. Where only one kind of record exists, the other kind's calls take
+    ``model``'s entries (the untuned table, ``auto_table``); without a model (a target without
+    ``[cost]`` hints) the records of the one kind are the only information and decide every call
+    (one tiling, said in the basis). A variant in both tilings gets one thread cap
+    (``_merged_cap``): its entry point bakes one in.
     ``SOFTGEN_USE_TUNING=0`` in the environment: always None (the model decides; the test suite
     sets it, so that a machine's tuning records do not change what its tests build)."""
     if os.environ.get("SOFTGEN_USE_TUNING", "1").strip() == "0":
@@ -194,29 +240,44 @@ def tuned_table(program: Program, target: Target, backend: str) -> DispatchTable
         recs = tunedb.table(program.name, program.params, target, backend)
     except (tunedb.TuningDBError, UsageError):
         return None
-    all_recs = recs
-    recs = _tuned_entries(recs, program, target, get_backend(backend).schedule_knobs)
-    if not recs:
+    knobs = get_backend(backend).schedule_knobs
+    single = _tuned_entries([r for r in recs if r.rows_min <= 1], program, target, knobs)
+    batch = _tuned_entries([r for r in recs if r.rows_min >= 2], program, target, knobs)
+    if not single and not batch:
         return None
-    entries: list[Entry] = []
-    for lo, hi, r in _tiles(recs):
-        sched = Schedule(**r.schedule).validate(target.lanes).as_dict()
-        # the cap of auto for batches: a thread count measured on batches; the model's grain
-        # decides below it (rows x n)
-        grain = thread_policy(passes.plan(passes.apply_algorithm(program, r.algorithm)), target).grain
-        most, twhy = thread_cap(r, all_recs)
-        e = Entry(lo, hi, r.algorithm, sched, most, f"{measured_why(r)}; {twhy}", grain=grain)
-        if entries and entries[-1].variant == e.variant:
-            prev = entries.pop()
-            # one cap per variant (its entry point bakes it in): the larger measured one, else the
-            # one measured (0: no thread count measured on batches)
-            most = max(e.threads, prev.threads) if e.threads and prev.threads else e.threads or prev.threads
-            e = Entry(prev.n_min, hi, e.algorithm, sched, most, prev.why + " | " + e.why, grain=grain)
-        entries.append(e)
-    first = recs[0]
-    basis = (f"{len(recs)} tuning record(s) of this machine ({first.machine.get('model_name') or first.fingerprint}), "
-             f"{first.compiler} {first.compiler_version}")
-    return DispatchTable(tuple(entries), "measured", basis)
+    few, many = (1, BATCH_ROWS - 1), (BATCH_ROWS, None)
+    first = (single or batch)[0]
+    basis = (f"{len(single)} tuning record(s) of single rows and {len(batch)} of batches of this machine "
+             f"({first.machine.get('model_name') or first.fingerprint}), {first.compiler} {first.compiler_version}")
+    if single and batch:
+        entries = _measured_entries(program, target, single, recs, few) + _measured_entries(program, target, batch, recs, many)
+    elif model is not None:
+        # the other kind's calls: the model's entries (not the records of the kind measured)
+        fill = tuple(replace(e, rows_min=few[0] if batch else many[0], rows_max=few[1] if batch else many[1])
+                     for e in model.entries)
+        mine = _measured_entries(program, target, single or batch, recs, few if single else many)
+        entries = [*fill, *mine] if batch else [*mine, *fill]
+        basis += f"; {'batches' if single else 'single rows'}: the model ({model.basis})"
+    else:
+        entries = _measured_entries(program, target, single or batch, recs, (1, None))
+        basis += f"; no model on this target: the records of {'single rows' if single else 'batches'} decide every call"
+    caps: dict[tuple, int] = {}
+    for e in entries:
+        caps[e.variant] = _merged_cap(caps.get(e.variant, 0), e.threads)
+    entries = [replace(e, threads=caps[e.variant]) for e in entries]
+    return DispatchTable(_one_tiling_if_equal(entries), "measured", basis)
+
+
+def _one_tiling_if_equal(entries: list[Entry]) -> tuple[Entry, ...]:
+    """Two tilings of n that run the same variants at the same n: one for every call (the
+    dispatch unit needs no test of rows), each entry's why saying both kinds'."""
+    few = [e for e in entries if e.rows_max is not None]
+    many = [e for e in entries if e.rows_max is None]
+    if not few or len(few) != len(many) or any((a.n_min, a.n_max, a.variant) != (b.n_min, b.n_max, b.variant)
+                                               for a, b in zip(few, many)):
+        return tuple(entries)
+    return tuple(replace(a, rows_min=1, rows_max=None, why=a.why if a.why == b.why else
+                         f"{a.why} [{a.rows_range()}] || {b.why} [{b.rows_range()}]") for a, b in zip(few, many))
 
 
 def attention_algorithm(be: Backend, program: MatrixProgram, algorithm: str, schedule) -> tuple:

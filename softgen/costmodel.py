@@ -33,14 +33,17 @@ the target's ``[cost] parallel_overhead_cycles`` (waking and joining a worker, m
 variant's cheapest cycles/element (its L1 cost: the smallest, so the
 largest grain: "never slower than one thread on small inputs"); at most the CPUs the process may
 run on (capped at run time in C, with ``SOFTGEN_NUM_THREADS``). A tuning record's thread count
-replaces ``most``. The variant is still chosen by n alone; the thread count by rows x n.
+replaces ``most``. The model's variant is chosen by n alone (one tiling of n serves every call:
+a batch knob leaves a single row's code as it is, and a batch choice keeps a single row of n within
+``KNOB_MARGIN``); tuning records split the calls at ``BATCH_ROWS`` rows (``DispatchTable``); the
+thread count by rows x n.
 Matrix kernels (``MatrixThreadPolicy``): one thread per ``grain`` (2 x the overhead) modelled
 cycles of batch x cycles per matrix (``matrix_cycles``: a C expression in the dimensions).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .ir import OPS
 from .machine import LEVELS, Caches
@@ -169,6 +172,11 @@ class Entry:
     why: str = ""
     symbol: str = ""     # the variant's (hidden) entry point in a dispatcher's library
     grain: int = 0       # auto threads: one per grain elements of rows x n (``ThreadPolicy``)
+    # the calls the entry serves by their number of rows: rows_min <= rows <= rows_max (None: no
+    # bound); a table of one tiling of n serves every call (1, None); a table of two (tuning
+    # records of single rows and of batches) has one for rows < BATCH_ROWS and one from there
+    rows_min: int = 1
+    rows_max: int | None = None
 
     @property
     def policy(self) -> ThreadPolicy:
@@ -176,9 +184,12 @@ class Entry:
         return ThreadPolicy(self.threads, self.grain)
 
     def as_dict(self) -> dict:
+        """The entry as plain data (manifest, explain); ``rows_min``/``rows_max`` only where the entry
+        does not serve every call (a table of two tilings), so that a table of one reads as before."""
+        rows = {} if (self.rows_min, self.rows_max) == (1, None) else {"rows_min": self.rows_min, "rows_max": self.rows_max}
         return {"n_min": self.n_min, "n_max": self.n_max, "algorithm": self.algorithm,
                 "schedule": dict(self.schedule), "threads": self.threads, "grain": self.grain,
-                "symbol": self.symbol, "why": self.why}
+                "symbol": self.symbol, **rows, "why": self.why}
 
     @property
     def variant(self) -> tuple:
@@ -186,16 +197,40 @@ class Entry:
         variant per distinct key: a tuned table may use one algorithm with two schedules)."""
         return variant_key(self.algorithm, self.schedule)
 
+    def serves(self, n: int, rows: int) -> bool:
+        """Whether a call of ``rows`` rows of ``n`` runs this entry."""
+        return (self.n_min <= n and (self.n_max is None or n <= self.n_max)
+                and self.rows_min <= rows and (self.rows_max is None or rows <= self.rows_max))
+
+    def rows_range(self) -> str:
+        """The calls the entry serves by their rows, as text ("any rows", "rows < 4", "rows >= 4")."""
+        if self.rows_max is None:
+            return "any rows" if self.rows_min <= 1 else f"rows >= {self.rows_min}"
+        return f"rows < {self.rows_max + 1}" if self.rows_min <= 1 else f"{self.rows_min} <= rows <= {self.rows_max}"
+
     def range(self) -> str:
         if self.n_max is None:
             return "any n" if self.n_min <= 1 else f"n >= {self.n_min}"
         return f"n <= {self.n_max}" if self.n_min <= 1 else f"{self.n_min} <= n <= {self.n_max}"
 
 
+# Calls of at least this many rows are batches: where a table has two tilings of n (tuning
+# records of batches decide them, records of single rows the calls of fewer rows), the dispatcher
+# picks on rows first. 4: the batch knobs pay only across rows: rows=R (R up to 4, the C backend's
+# tuning values) runs calls of fewer than R rows one row at a time, and pipeline runs its first and
+# last rows alone (2 rows: none overlapped, 3: one), so a plan measured on a batch says nothing
+# about calls of 1-3 rows, which run as single rows do.
+BATCH_ROWS = 4
+
+
 @dataclass(frozen=True)
 class DispatchTable:
-    """The entries cover n >= 1 in order, without gaps; ``source``: "model" (this module) or a
-    tuner's "measured"; ``basis``: what the choice rests on (caches, hints), one line."""
+    """The entries tile n >= 1 in order, without gaps, once per class of rows: one tiling for every
+    call (``Entry.rows_min`` 1, ``rows_max`` None: the model's, whose batch choices keep single rows
+    within ``KNOB_MARGIN``), or two (tuning records, ``autotable.tuned_table``): calls of fewer
+    than ``BATCH_ROWS`` rows, then batches; ``source``: "model" (this module) or a tuner's
+    "measured" (some or all entries measured: each entry's ``why`` says which); ``basis``: what
+    the choice rests on (caches, hints, records), one line."""
 
     entries: tuple[Entry, ...]
     source: str = "model"
@@ -214,10 +249,23 @@ class DispatchTable:
         """The distinct variants (``Entry.variant``) of the entries, in order of first use."""
         return list(dict.fromkeys(e.variant for e in self.entries))
 
+    def tables(self) -> list[tuple[int, int | None, tuple[Entry, ...]]]:
+        """(rows_min, rows_max, entries) of each tiling of n, in the order a call tests them."""
+        out: list[tuple] = []
+        for e in self.entries:
+            if out and out[-1][:2] == (e.rows_min, e.rows_max):
+                out[-1] = (*out[-1][:2], out[-1][2] + (e,))
+            else:
+                out.append((e.rows_min, e.rows_max, (e,)))
+        return out
+
+    def pick(self, n: int, rows: int = 1) -> Entry:
+        """The entry a call of ``rows`` rows of ``n`` runs (what the dispatch unit's C picks)."""
+        return next(e for e in self.entries if e.serves(n, max(rows, 1)))
+
     def with_symbols(self, symbols: dict[tuple, str]) -> "DispatchTable":
         """The table with each entry's ``symbol`` set from ``symbols`` (``Entry.variant`` -> name)."""
-        return DispatchTable(tuple(Entry(e.n_min, e.n_max, e.algorithm, e.schedule, e.threads, e.why,
-                                         symbols[e.variant], e.grain) for e in self.entries),
+        return DispatchTable(tuple(replace(e, symbol=symbols[e.variant]) for e in self.entries),
                              self.source, self.basis, self.costs)
 
     def as_list(self) -> list[dict]:
@@ -226,11 +274,19 @@ class DispatchTable:
     def lines(self) -> list[str]:
         """The table as text (header comments, ``explain``)."""
         out = [f"dispatch ({self.source}; {self.basis}):"]
-        for e in self.entries:
-            sched = " ".join(f"{k}={v}" for k, v in sorted(e.schedule.items()) if k not in ("block", "split", "chunk"))
-            out.append(f"  {e.range():<24} {e.algorithm} ({SHORT[e.algorithm]}), {sched}, "
-                       f"threads={e.threads or 'auto'} (auto: {e.policy.describe()})")
-            out.append(f"    why: {e.why}")
+        tables = self.tables()
+        for rmin, rmax, entries in tables:
+            pad = ""
+            if len(tables) > 1:
+                pad = "  "
+                kind = "batches" if rmax is None else "single rows and calls of few rows"
+                srcs = sorted({e.why.split(":", 1)[0] for e in entries})
+                out.append(f"  {entries[0].rows_range()} ({kind}; {' and '.join(srcs)}):")
+            for e in entries:
+                sched = " ".join(f"{k}={v}" for k, v in sorted(e.schedule.items()) if k not in ("block", "split", "chunk"))
+                out.append(f"{pad}  {e.range():<24} {e.algorithm} ({SHORT[e.algorithm]}), {sched}, "
+                           f"threads={e.threads or 'auto'} (auto: {e.policy.describe()})")
+                out.append(f"{pad}    why: {e.why}")
         return out
 
 

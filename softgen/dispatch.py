@@ -1,7 +1,9 @@
 """The C of an ``algorithm="auto"`` dispatcher (issue 13): one library holds every variant the
 dispatch table names, each compiled as its own translation unit under its own symbol prefix
 (``<name>__<short>``), plus the dispatch translation unit rendered here (``dispatch.c.j2``): the
-exported ``<name>`` and ``<name>_supported``, which pick a variant by the row length n.
+exported ``<name>`` and ``<name>_supported``, which pick a variant by the row length n (and first
+by the rows, where the table has a tiling of n for calls of few rows and one for batches:
+``costmodel.BATCH_ROWS``).
 
 Separate translation units, not one: each variant's source is byte for byte what
 ``compile(algorithm=...)`` generates for it under its own name (its checks, error codes, CPU
@@ -37,7 +39,7 @@ def render_dispatch(name: str, abi: KernelABI, table: DispatchTable, variants: l
     return env().get_template("dispatch.c.j2").render(
         name=name, version=version, op=op, params=params, target=target, table_lines=table.lines(), backend=backend,
         variants=[{**v, "signature": abi.signature(v["name"]), "params": abi.param_list()} for v in variants],
-        entries=table.entries, signature=abi.signature(name), mt_signature=abi.mt_signature(name),
+        tables=table.tables(), signature=abi.signature(name), mt_signature=abi.mt_signature(name),
         args=", ".join(n for _, n in abi.params()))
 
 

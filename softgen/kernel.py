@@ -628,8 +628,9 @@ def compile(op: str = "softmax", *, algorithm: str = "auto", target: str = "host
     table = None
     if passes.ALIASES.get(algorithm, algorithm) == "auto" and be.dispatchable:
         # tuning records of this machine first (unless the caller fixed the schedule), else the model
-        table = tuned_table(program, t, be.name) if schedule is None else None
-        table = table or auto_table(program, t, sched, be)
+        # (the model's table also fills the kind of calls, single rows or batches, no record decides)
+        model = auto_table(program, t, sched, be)
+        table = (tuned_table(program, t, be.name, model) if schedule is None else None) or model
     tuned = table is not None and table.source == "measured"
     if table is not None and len(table.variants) > 1:
         return _compile_dispatcher(be, opdef, program, t, sched, table, name, tuned)

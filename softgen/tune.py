@@ -45,8 +45,9 @@ smaller size's cache level when the two sizes' working sets (8 B x n) fall in di
 measurement stands for its level), else the geometric midpoint (sizes are chosen on a log scale).
 The first class starts at 1, the last has no bound. The default size list gains the last-level
 cache's edge (``edge_sizes``: n with 8 B x n = L3) when none of its sizes is near it. Rows: the
-variant of a class applies to every row count (the dispatcher picks by n); ``--shapes`` sets the
-rows timed.
+variant of a class of single rows applies to calls of fewer than ``costmodel.BATCH_ROWS`` rows, of a
+batch class to the others (``autotable.tuned_table``: the dispatcher picks by rows, then n);
+``--shapes`` sets the rows timed.
 
 Threads (FFTW's plans include the thread count): candidates are timed on one thread, and the
 winner is the class's one-thread plan (record ``threads`` 1). For a batch shape (rows > 1) on a
@@ -55,7 +56,7 @@ c threads, interleaved with the one-thread plan on one thread, and the fastest i
 c-thread plan (record ``threads`` c, its own time; "threads=1" among its runners-up: the
 one-thread plan's time over it). Both carry the rows class 2.. ("measured on batches"); single
 rows record the one-thread plan with the rows class 1.. (it says nothing about batches). The
-dispatcher picks by n alone, so ``autotable.tuned_table`` takes each class's variant from its
+dispatcher's variant for one n and kind of call is one, so ``autotable.tuned_table`` takes each class's variant from its
 one-thread plan (a call on one thread never runs a variant chosen on two) and caps "auto" for
 batches at the count whose plan was fastest, 1 included (the model's grain decides below it).
 

@@ -410,9 +410,12 @@ def test_tuner_times_thread_counts_for_batches(tmp_path, monkeypatch):
     assert len(softgen.tunedb.records("softmax")) == 2      # one per thread count, the same class
     k = softgen.compile("softmax", target="host")
     cap = 2 if two.runners_up["threads=1"] > 1 else 1      # the interleaved ratio decides
-    assert k.tuned and all(e.threads == cap and e.grain > 0 and "measured on batches" in e.why
-                           for e in k.dispatch.entries)
-    assert [(e.algorithm, costmodel.variant_key(e.algorithm, e.schedule)) for e in k.dispatch.entries] == \
+    # batches: the record's plan; calls of fewer rows: the model's table (no record of single rows)
+    batches = [e for e in k.dispatch.entries if e.rows_min == costmodel.BATCH_ROWS]
+    assert k.tuned and batches and all(e.threads == cap and e.grain > 0 and "measured on batches" in e.why
+                                       for e in batches)
+    assert all(e.why.startswith("model: ") for e in k.dispatch.entries if e.rows_max is not None)
+    assert [(e.algorithm, costmodel.variant_key(e.algorithm, e.schedule)) for e in batches] == \
         [(rec.algorithm, costmodel.variant_key(rec.algorithm, Schedule(**rec.schedule).validate(k.target.lanes).as_dict()))]
 
 
@@ -426,7 +429,7 @@ def test_one_thread_calls_get_the_one_thread_plan(tmp_path, monkeypatch):
     tdb.record("softmax", {}, "host", "c", algorithm="three-pass-reload", schedule={}, threads=1, ns_per_element=1.0, **common)
     tdb.record("softmax", {}, "host", "c", algorithm="two-pass", schedule={}, threads=2, ns_per_element=0.6, **common)
     k = softgen.compile("softmax", target="host")
-    (e,) = k.dispatch.entries
+    (e,) = [e for e in k.dispatch.entries if e.rows_min == costmodel.BATCH_ROWS]   # batches: the records'
     assert e.algorithm == "three-pass-reload" and e.threads == 2 and "not dispatched" in e.why
     assert tdb.lookup("softmax", {}, "host", "c", 100, 8, threads=2).algorithm == "two-pass"
 
@@ -442,7 +445,8 @@ def test_tuned_thread_counts_apply_to_the_rows_they_were_measured_on(tmp_path, m
     tdb.record("softmax", {}, "host", "c", n=(1, 1000), rows=(1, rows_max), threads=1, **common)
     tdb.record("softmax", {}, "host", "c", n=(1001, 1 << 40), rows=(1, rows_max), threads=1, **common)
     k = softgen.compile("softmax", target="host")
-    assert k.tuned and [e.threads for e in k.dispatch.entries] == [0]
+    # single rows' table (batches: the model's, no record of them)
+    assert k.tuned and [e.threads for e in k.dispatch.entries if e.rows_max is not None] == [0]
     assert "measured on single rows" in k.explain()
     tdb.record("softmax", {}, "host", "c", n=(1001, 1 << 40), rows=(2, rows_max), threads=1, **common)
     k = softgen.compile("softmax", target="host")

@@ -19,7 +19,7 @@ import pytest
 from conftest import check, own_cache
 
 import softgen
-from softgen import machine, tunedb
+from softgen import costmodel, machine, tunedb
 from softgen.benchmark import Timing
 from softgen.targets import get_target, host_arch
 
@@ -89,18 +89,21 @@ def test_tune_fills_the_db_and_auto_uses_it(db, rng, monkeypatch):
 
     k = softgen.compile("softmax", target=HOST.name)
     assert k.tuned and k.dispatch.source == "measured"
-    assert all(e.why.startswith("measured: ") and "next best" in e.why and "noise" in e.why
-               for e in k.dispatch.entries)
+    # single rows measured; batches (no record of them) the model's (costmodel.BATCH_ROWS)
+    few = [e for e in k.dispatch.entries if e.rows_max is not None]
+    assert few and all(e.why.startswith("measured: ") and "next best" in e.why and "noise" in e.why for e in few)
+    assert all(e.why.startswith("model: ") for e in k.dispatch.entries if e.rows_max is None)
     assert k.explain(as_json=True)["tuned"] is True and "tuned: yes" in k.explain()
     # the dispatcher is correct at its thresholds and bitwise equal to the chosen variant
     edges = sorted({n for e in k.dispatch.entries if e.n_max is not None for n in (e.n_max, e.n_max + 1)})
     for n in [1, 7, *SIZES, *edges]:
-        e = next(e for e in k.dispatch.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
-        x = (rng.standard_normal((3, n)) * 4).astype(np.float32)
-        y = k(x)
-        check(k, x, y, f"n={n}")
-        want = softgen.compile("softmax", algorithm=e.algorithm, target=HOST.name, schedule=e.schedule)
-        assert np.array_equal(y, want(x)), (n, e)
+        for rows in (costmodel.BATCH_ROWS - 1, costmodel.BATCH_ROWS):
+            e = k.dispatch.pick(n, rows)
+            x = (rng.standard_normal((rows, n)) * 4).astype(np.float32)
+            y = k(x)
+            check(k, x, y, f"n={n}")
+            want = softgen.compile("softmax", algorithm=e.algorithm, target=HOST.name, schedule=e.schedule)
+            assert np.array_equal(y, want(x)), (n, rows, e)
     # with the tuning records off, or a fixed schedule: the model
     assert not softgen.compile("softmax", target=HOST.name, schedule={"unroll": 4}).tuned
 
@@ -127,8 +130,11 @@ def test_same_algorithm_two_schedules_get_unique_symbols(db, rng, tmp_path):
                       rows=(1, 1 << 40), algorithm="two-pass", schedule=sched.as_dict(),
                       ns_per_element=1.0, noise=0.01, repetitions=9, runners_up={"3pl u4a2": 1.1})
     k = softgen.compile("softmax", target=HOST.name)
-    assert k.tuned and k.dispatcher and len(k.variants) == 2
-    assert len({v.name for v in k.variants}) == 2 and {v.schedule.unroll for v in k.variants} == {2, 8}
+    # the records' two (single rows), besides the model's variants for batches
+    few = [e for e in k.dispatch.entries if e.rows_max is not None]
+    mine = [v for v in k.variants if v.name in {e.symbol for e in few}]
+    assert k.tuned and k.dispatcher and len(few) == len(mine) == 2
+    assert len({v.name for v in k.variants}) == len(k.variants) and {v.schedule.unroll for v in mine} == {2, 8}
     for n in (999, 1000, 1001, 1002):
         x = rng.standard_normal((2, n)).astype(np.float32)
         check(k, x, k(x), f"n={n}")
@@ -259,27 +265,118 @@ def test_cli(tmp_path):
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
-def test_overlapping_classes_the_most_specific_record_wins(db):
-    """Records of two tuning runs (single rows 1K: n 1..4096; batches 8192x128 and 4096x512: n
-    1..256 and 257..4096): where classes overlap the narrowest wins (tunedb.lookup's rule), so rows
-    of 128 run what was measured at 128 (bench/results/issue13-2026-12-01-*: the 1K record's p5c2
-    took n 2..256, 1.26x the sweep's best at 8192x128), gaps split at their geometric midpoint."""
-    common = dict(noise=0.01, repetitions=5, threads=1, ns_per_element=0.3)
-    def rec(n, rows, sched):
-        tunedb.record("softmax", {}, HOST.name, "c", n=n, rows=(rows, tune_mod.ROWS_MAX),
-                      algorithm="three-pass-reload", schedule=sched, **common)
-    rec((1, 4096), 1, {"exp": "p5c2"})
-    rec((1, 256), 2, {"rows": 2})
-    rec((257, 4096), 2, {"pipeline": True})
-    rec((8193, 1 << 20), 1, {"lazymax": True})
+def _rec(n, rows, sched, algorithm="three-pass-reload", ns=0.3):
+    tunedb.record("softmax", {}, HOST.name, "c", n=n, rows=(rows, tune_mod.ROWS_MAX), algorithm=algorithm,
+                  schedule=sched, noise=0.01, repetitions=5, threads=1, ns_per_element=ns)
+
+
+def _knobs(e) -> tuple:
+    return (e.n_min, e.n_max, e.algorithm, e.schedule.get("rows", 1), e.schedule.get("pipeline", False),
+            e.schedule.get("lazymax", False), bool(e.schedule.get("exp")))
+
+
+def test_overlapping_classes_the_most_specific_record_of_a_kind_wins(db):
+    """Records of three tuning runs (single rows 1K: n 1..4096 and 16K..1M; batches 8192x128 and
+    4096x512: n 1..256 and 257..4096): single rows and batches each get a tiling of n of their own
+    records (a batch's pipeline plan never decides single rows, bench/results/issue13small-*:
+    lazymax 1.08x/1.12x faster there); within a kind, where classes overlap the narrowest wins
+    (tunedb.lookup's rule) and gaps split at their geometric midpoint."""
     from softgen.autotable import tuned_table
+    from softgen.costmodel import BATCH_ROWS
     from softgen.ops import build_program
+    _rec((1, 4096), 1, {"exp": "p5c2"})
+    _rec((1, 256), 2, {"rows": 2})
+    _rec((257, 4096), 2, {"pipeline": True})
+    _rec((8193, 1 << 20), 1, {"lazymax": True})
+    _rec((1, 1 << 20), 1, {})      # an older, wider run of single rows: narrower classes win over it
     table = tuned_table(build_program("softmax"), HOST, "c")
-    got = [(e.n_min, e.n_max, e.schedule.get("rows", 1), e.schedule.get("pipeline", False), e.schedule.get("lazymax", False))
-           for e in table.entries]
-    mid = int((4097 * 8192) ** 0.5)
-    assert got == [(1, 256, 2, False, False), (257, mid, 1, True, False), (mid + 1, None, 1, False, True)]
-    assert not any(e.schedule.get("exp") for e in table.entries)
+    (few_rows, few_max, few), (many_rows, many_max, many) = table.tables()
+    assert (few_rows, few_max, many_rows, many_max) == (1, BATCH_ROWS - 1, BATCH_ROWS, None)
+    tpl = "three-pass-reload"
+    assert [_knobs(e) for e in few] == [(1, 4096, tpl, 1, False, False, True), (4097, 8192, tpl, 1, False, False, False),
+                                        (8193, None, tpl, 1, False, True, False)]
+    assert [_knobs(e) for e in many] == [(1, 256, tpl, 2, False, False, False), (257, None, tpl, 1, True, False, False)]
+    assert all(e.why.startswith("measured: ") for e in table.entries)
+    assert table.pick(1000).schedule.get("exp") and table.pick(1000, BATCH_ROWS - 1).schedule.get("exp")
+    assert table.pick(1000, BATCH_ROWS).schedule.get("pipeline") and table.pick(100, 512).schedule.get("rows") == 2
+
+
+def test_single_rows_get_the_single_row_plan_and_batches_the_batch_plan(db, rng, tmp_path):
+    """Issue 13's dispatch by rows and n: a single-row record (1K: n 1..4096, 3pl lz; 64K: two-pass
+    beyond) and a batch record of an overlapping class (4096x512: n 257..4096, 3pl pp; 8192x128:
+    rows=2 below): calls of fewer than BATCH_ROWS rows run the single-row plan, batches the batch
+    plan, as explain() and DispatchTable.pick say and the C picks: at every edge of both tables
+    (rows BATCH_ROWS - 1 and BATCH_ROWS, n at each edge) the output is bitwise the chosen variant's
+    plain kernel's and within the float64 reference's tolerance."""
+    from softgen.costmodel import BATCH_ROWS
+    _rec((1, 4096), 1, {"lazymax": True})
+    _rec((4097, 1 << 40), 1, {}, algorithm="two-pass")
+    _rec((1, 256), 2, {"rows": 2})
+    _rec((257, 4096), 2, {"pipeline": True})
+    k = softgen.compile("softmax", target=HOST.name)
+    assert k.tuned and k.dispatcher and len(k.variants) == 4
+    text = k.explain()
+    assert f"rows < {BATCH_ROWS} (single rows and calls of few rows; measured):" in text
+    assert f"rows >= {BATCH_ROWS} (batches; measured):" in text
+    assert f"if (rows <= (size_t){BATCH_ROWS - 1}ull)" in k.source and "the table of batches" in k.source
+    entries = k.explain(as_json=True)["dispatch"]["entries"]
+    assert [(d["rows_min"], d["rows_max"], d["n_min"], d["n_max"]) for d in entries] == \
+        [(1, BATCH_ROWS - 1, 1, 4096), (1, BATCH_ROWS - 1, 4097, None), (BATCH_ROWS, None, 1, 256), (BATCH_ROWS, None, 257, None)]
+    assert k.dispatch.pick(1000, 1).schedule.get("lazymax") and not k.dispatch.pick(1000, 1).schedule.get("pipeline")
+    assert k.dispatch.pick(1000, BATCH_ROWS).schedule.get("pipeline") and not k.dispatch.pick(1000, BATCH_ROWS).schedule.get("lazymax")
+    plain = {}
+    for rows in (1, BATCH_ROWS - 1, BATCH_ROWS):
+        for n in (1, 255, 256, 257, 4096, 4097):
+            e = k.dispatch.pick(n, rows)
+            assert e.rows_min <= rows <= (e.rows_max or rows) and (rows < BATCH_ROWS) == (e.rows_max is not None)
+            if e.variant not in plain:
+                plain[e.variant] = softgen.compile("softmax", algorithm=e.algorithm, target=HOST.name, schedule=e.schedule)
+            x = (rng.standard_normal((rows, n)) * 5).astype(np.float32)
+            y = k(x)
+            check(k, x, y, f"rows={rows} n={n}")
+            assert np.array_equal(y, plain[e.variant](x)), (rows, n, e)
+    assert len(plain) == 4
+    # the export: the header comment lists both tables, the manifest their entries with their rows
+    paths = k.export(tmp_path)
+    header = paths["header"].read_text()
+    manifest = json.loads(paths["manifest"].read_text())
+    assert f"rows < {BATCH_ROWS} (single rows" in header and f"rows >= {BATCH_ROWS} (batches" in header
+    assert "per call, by the rows, then the row length n" in header
+    assert manifest["dispatch"] == k.dispatch.as_list() and manifest["dispatch"][2]["rows_min"] == BATCH_ROWS
+
+
+def test_one_kind_of_record_the_other_kind_takes_the_model(db, monkeypatch):
+    """Records of batches only: calls of few rows take the model's table (its entries, "model: "
+    why), not the batch records; records of single rows only: batches take the model's. Without a
+    model (no [cost] hints: tuned_table's model None) the one kind is the only information and
+    decides every call (one tiling, said in the basis). Equal tilings of both kinds: one."""
+    from softgen.autotable import tuned_table
+    from softgen.costmodel import BATCH_ROWS
+    from softgen.ops import build_program
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "0")
+    model = softgen.compile("softmax", target=HOST.name).dispatch
+    monkeypatch.setenv("SOFTGEN_USE_TUNING", "1")
+    p = build_program("softmax")
+    _rec((1, 1 << 40), 2, {"pipeline": True})
+    for t in (tuned_table(p, HOST, "c", model), softgen.compile("softmax", target=HOST.name).dispatch):
+        (_, _, few), (_, _, many) = t.tables()
+        assert [(e.n_min, e.n_max, e.variant, e.why) for e in few] == \
+            [(e.n_min, e.n_max, e.variant, e.why) for e in model.entries]
+        assert [_knobs(e) for e in many] == [(1, None, "three-pass-reload", 1, True, False, False)]
+        assert "single rows: the model" in t.basis
+    one = tuned_table(p, HOST, "c", None)
+    assert [(e.rows_min, e.rows_max) for e in one.entries] == [(1, None)] and "no model on this target" in one.basis
+    tunedb.clear()
+    _rec((1, 1 << 40), 1, {"lazymax": True})
+    t = tuned_table(p, HOST, "c", model)
+    (_, _, few), (_, _, many) = t.tables()
+    assert [_knobs(e) for e in few] == [(1, None, "three-pass-reload", 1, False, True, False)]
+    assert [(e.n_min, e.n_max, e.variant, e.why) for e in many] == [(e.n_min, e.n_max, e.variant, e.why) for e in model.entries]
+    assert t.pick(100, BATCH_ROWS).why.startswith("model: ") and "batches: the model" in t.basis
+    _rec((1, 1 << 40), 2, {"lazymax": True}, ns=0.2)
+    (e,) = tuned_table(p, HOST, "c", model).entries      # both kinds agree: one tiling, no test of rows
+    assert (e.rows_min, e.rows_max) == (1, None) and e.schedule.get("lazymax")
+    assert e.why.startswith("measured: 0.3 ns/el") and "[rows < 4] || measured: 0.2 ns/el" in e.why
 
 
 def test_the_llc_edge_gets_dram_knobs():

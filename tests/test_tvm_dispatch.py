@@ -20,7 +20,7 @@ import pytest
 from conftest import check, own_cache
 
 import softgen
-from softgen import tunedb
+from softgen import costmodel, tunedb
 from softgen.backends.tvm_adapter import available
 from softgen.targets import get_target
 
@@ -46,8 +46,8 @@ def _edges(k) -> list[int]:
     return sorted({n for e in k.dispatch.entries if e.n_max is not None for n in (e.n_max, e.n_max + 1)})
 
 
-def _chosen(k, n: int):
-    e = next(e for e in k.dispatch.entries if e.n_min <= n and (e.n_max is None or n <= e.n_max))
+def _chosen(k, n: int, rows: int = 1):
+    e = k.dispatch.pick(n, rows)
     return next(v for v in k.variants if v.name == e.symbol)
 
 
@@ -183,12 +183,15 @@ def test_tuned_table_from_tvm_records(disp, tmp_path, monkeypatch, rng):
     tunedb.record("softmax", {}, TARGET, "tvm", n=(301, 1 << 40), algorithm="three-pass-reload", **common)
     k = softgen.compile("softmax", target=TARGET, backend="tvm", name="tvmd_softmax")
     assert k.tuned and k.dispatcher and k.dispatch.source == "measured"
-    assert [(e.n_min, e.n_max, e.algorithm) for e in k.dispatch.entries] == \
+    # records of single rows: calls of few rows (batches: the model's, costmodel.BATCH_ROWS)
+    assert [(e.n_min, e.n_max, e.algorithm) for e in k.dispatch.entries if e.rows_max is not None] == \
         [(1, 300, "two-pass"), (301, None, "three-pass-reload")]
+    assert all(e.why.startswith("model: ") for e in k.dispatch.entries if e.rows_max is None)
     for n in (300, 301):
-        x = rng.standard_normal((2, n)).astype(np.float32)
-        assert np.array_equal(k(x), _chosen(k, n)(x))
-        assert np.array_equal(k(x, threads=2), _chosen(k, n)(x))
+        for rows in (2, costmodel.BATCH_ROWS):
+            x = rng.standard_normal((rows, n)).astype(np.float32)
+            assert np.array_equal(k(x), _chosen(k, n, rows)(x))
+            assert np.array_equal(k(x, threads=2), _chosen(k, n, rows)(x))
     assert "tuned: yes" in k.explain()
 
 
@@ -212,7 +215,8 @@ def test_tune_backend_tvm_records_what_auto_uses(tmp_path, monkeypatch):
     assert len(res.records) == 1 and res.records[0].backend == "tvm"
     assert [r.backend for r in tunedb.records("softmax")] == ["tvm"]
     k = softgen.compile("softmax", target=TARGET, backend="tvm")
-    assert k.tuned and k.algorithm == res.records[0].algorithm and k.dispatch.source == "measured"
+    # a record of single rows: their plan (batches: the model's table, no record of them)
+    assert k.tuned and k.dispatch.pick(300, 1).algorithm == res.records[0].algorithm and k.dispatch.source == "measured"
     assert not softgen.compile("softmax", target=TARGET).tuned
 
 

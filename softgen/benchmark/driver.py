@@ -110,9 +110,9 @@ class _SG:
     bytes_per_element: int
     traffic: str
 
-    def at(self, n: int) -> tuple[str, int, str]:
-        """(algorithm, bytes per element, traffic) of a call on rows of n: a dispatcher's are its
-        variant's for that n (``Kernel.dispatch``)."""
+    def at(self, n: int, rows: int = 1) -> tuple[str, int, str]:
+        """(algorithm, bytes per element, traffic) of a call on ``rows`` rows of n: a dispatcher's
+        are its variant's for that call (``Kernel.dispatch``, ``DispatchTable.pick``)."""
         k = self.kernel
         if getattr(k, "members", ()):           # a library over ISAs: the member it runs here
             k = next(m for m in k.members if m.target.name == k.isa)
@@ -121,9 +121,9 @@ class _SG:
                 return k.algorithm, tr["bytes_per_element"], tr["summary"]
         if not getattr(k, "dispatcher", False):
             return self.algorithm, self.bytes_per_element, self.traffic
-        alg = next(e.algorithm for e in k.dispatch.entries if n >= e.n_min and (e.n_max is None or n <= e.n_max))
-        tr = next(v for v in k.variants if v.algorithm == alg).plan.traffic()
-        return alg, tr["bytes_per_element"], tr["summary"]
+        e = k.dispatch.pick(n, rows)
+        tr = next(v for v in k.variants if v.name == e.symbol).plan.traffic()
+        return e.algorithm, tr["bytes_per_element"], tr["summary"]
 
 
 def _softgen_variants(cfg: BenchConfig) -> list[_SG]:
@@ -182,7 +182,7 @@ def run(cfg: BenchConfig | None = None, *, stream=None) -> dict:
             meta: dict[str, dict] = {}
             for v in sg:
                 variants[v.name] = _rotating([("k(x, out=y)", {"k": v.kernel, "x": x, "y": y}) for x, y in bufs])
-                alg, nbytes, traffic = v.at(n)
+                alg, nbytes, traffic = v.at(n, R)
                 meta[v.name] = dict(kind="softgen", target=v.target, backend=v.backend, algorithm=alg,
                                     auto=v.auto, bytes_per_element=nbytes, traffic=traffic)
             for p in peers:
