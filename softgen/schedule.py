@@ -62,11 +62,26 @@ from .values import number, show
 
 INT_FIELDS = ("unroll", "accumulators", "block", "split", "chunk")   # split may be 0 (never)
 EXP_TARGET = ""   # schedule exp: the target's (p5c2, its shifted_exp for the exps of x - max x)
-KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_TARGET, "rows": 1, "lazymax": False,
-                 "pipeline": False}   # omitted from as_dict at these
-FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 PREFETCH_MAX = 1 << 16      # elements ahead (256 KiB)
 ROWS_MAX = 8                # schedule rows: rows at once (each its accumulators in registers)
+# the C-backend knobs: knob -> (default, one-line help: the CLI's flag help). Defaults are omitted
+# from as_dict; bool knobs are the CLI's switches (--lazymax), the others take a value
+KNOB_TABLE = {
+    "stream": (False, "non-temporal stores in the output sweep (targets with [isa] STREAM: avx2, avx512); "
+                      "pays for rows beyond the last-level cache"),
+    "prefetch": (0, "software prefetch distance in elements of the sweeps' reads (0: none; a multiple of 16 "
+                    f"up to {PREFETCH_MAX})"),
+    "exp": (EXP_TARGET, "the exp variant (polynomial degree, one- or two-constant range reduction; "
+                        "default: the target's)"),
+    "rows": (1, "rows per call of the row function: R rows at once, their loops shared "
+                f"(1: one at a time; at most {ROWS_MAX})"),
+    "lazymax": (False, "three-pass-reload of softmax without the full-row max sweep (a running reference, "
+                       "rescaled in the output sweep)"),
+    "pipeline": (False, "batches: each row's output sweep runs in the loop of the next row's sweep (not with rows > 1)"),
+}
+KNOB_DEFAULTS = {k: d for k, (d, _) in KNOB_TABLE.items()}
+KNOB_HELP = {k: h for k, (_, h) in KNOB_TABLE.items()}
+FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 
 
 @dataclass(frozen=True)
