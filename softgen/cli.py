@@ -156,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "&& PKG_CONFIG_PATH=softgen-out pkg-config --cflags --libs "
                                    "softgen_f32_softmax_scale2_auto__<target>_<schedule>",
                                    "softgen build --op log_softmax --algorithm two-pass --target x86-64 "
-                                   "--name my_log_softmax"))
+                                   "--name my_log_softmax",
+                                   "softgen build --algorithm three-pass-reload --lazymax --exp t32 --unroll 4 "
+                                   "--accumulators 2   # a tuned kernel: schedule knobs"))
     _kernel_args(b)
     b.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
                    help=f"output directory (default: ./{DEFAULT_OUTPUT}; not ./build, which setuptools uses)")
