@@ -132,13 +132,16 @@ class Schedule:
         return {k: getattr(self, k) for k, d in KNOB_DEFAULTS.items() if getattr(self, k) != d}
 
     def tag(self, lanes: int) -> str:
-        """XNNPACK-style suffix: elements per iteration and accumulators (then _nt for streaming
-        stores, _pf<distance>, _<exp variant>, _r<rows>, _lz, _pp when not the defaults)."""
+        """XNNPACK-style suffix: elements per iteration and accumulators, then ``knob_tag``."""
+        return f"u{self.step(lanes)}_acc{self.accumulators}" + self.knob_tag()
+
+    def knob_tag(self) -> str:
+        """The knobs' suffix ("" at their defaults): _nt for streaming stores, _pf<distance>,
+        _<exp variant>, _r<rows>, _lz, _pp."""
         k = self.knobs()
-        return (f"u{self.step(lanes)}_acc{self.accumulators}" + ("_nt" if k.get("stream") else "")
-                + (f"_pf{k['prefetch']}" if "prefetch" in k else "") + (f"_{k['exp']}" if "exp" in k else "")
-                + (f"_r{k['rows']}" if "rows" in k else "") + ("_lz" if k.get("lazymax") else "")
-                + ("_pp" if k.get("pipeline") else ""))
+        return (("_nt" if k.get("stream") else "") + (f"_pf{k['prefetch']}" if "prefetch" in k else "")
+                + (f"_{k['exp']}" if "exp" in k else "") + (f"_r{k['rows']}" if "rows" in k else "")
+                + ("_lz" if k.get("lazymax") else "") + ("_pp" if k.get("pipeline") else ""))
 
     def __str__(self) -> str:
         return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}" \
@@ -174,6 +177,16 @@ def _knob(key: str, value):
         raise UsageError(f"schedule exp must be one of {', '.join(EXP_VARIANTS)} (or \"\": the target's), "
                          f"got {value!r}")
     return value
+
+
+def given_knobs(schedule) -> Schedule:
+    """The knobs a ``compile(schedule=...)`` argument (a Schedule, a dict of fields or None) sets,
+    checked, over a default Schedule (the lane-independent part of a schedule: a multi-ISA
+    library's name tags them)."""
+    if isinstance(schedule, Schedule):
+        return Schedule(**{k: _knob(k, getattr(schedule, k)) for k in KNOB_DEFAULTS})
+    given = schedule if isinstance(schedule, dict) else {}
+    return Schedule(**{k: _knob(k, v) for k, v in given.items() if k in KNOB_DEFAULTS and v is not None})
 
 
 KNOBS = FIELDS   # every field default_schedule may override

@@ -246,6 +246,18 @@ def test_auto_knobs_are_every_variant_s():
     assert "three-pass-reload" in {v["algorithm"] for v in d["variants"]}   # where lazymax applies
 
 
+def test_a_multi_isa_library_s_name_tags_the_knobs():
+    """A group's default name ends in the knobs given (lane-independent; the members' own names
+    and schedules carry their full tags)."""
+    d = json.loads(ok(sg_in("explain", "--json", "--target", "avx2,avx512", "--algorithm", "two-pass",
+                            "--stream", "--prefetch", "1024")))
+    assert d["name"] == "softgen_f32_softmax_2p__avx512_avx2_nt_pf1024"
+    assert [m["explain"]["schedule"]["stream"] for m in d["isas"]] == [True, True]
+    assert all(m["symbol"] == f"{d['name']}__{m['isa']}" for m in d["isas"])
+    plain = json.loads(ok(sg_in("explain", "--json", "--target", "avx2,avx512", "--algorithm", "two-pass")))
+    assert plain["name"] == "softgen_f32_softmax_2p__avx512_avx2"
+
+
 def test_build_with_two_knobs_runs_against_float64(tmp_path):
     """The README's tuned single-algorithm kernel (3pl t32 lz) exported from the CLI: its manifest
     and name say the knobs, and the library computes softmax (references that move lazymax's
