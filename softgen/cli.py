@@ -18,6 +18,8 @@ from .abi import ECPU
 from .backends import BACKENDS, get_backend
 from .errors import SoftgenError, UsageError
 from .kernel import compile as compile_kernel
+from .numerics.constants import EXP_VARIANTS
+from .schedule import ATTENTION_KNOBS, INT_FIELDS, KNOB_DEFAULTS, KNOB_HELP
 from .targets import all_targets, group_names, groups, host_arch, targets
 from .tune import DEFAULT_BUDGET, DEFAULT_SIZES, N_MAX as TUNE_N_MAX, tune
 
@@ -94,12 +96,34 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=int, action=_Once,
                    help="schedule: rows of n >= SPLIT run in chunks (the split form; 0: never)")
     p.add_argument("--chunk", type=int, action=_Once, help="schedule: elements per chunk of a split row")
+    _knob_args(p)
     p.add_argument("--causal", action="store_true", help="attention: bottom-right causal mask (param causal=1)")
     p.add_argument("--normalizer", action=_Once, help="attention: the normalizer (softmax, stablemax)")
     p.add_argument("--br", type=int, action=_Once, help="attention schedule: query rows per block (streaming)")
     p.add_argument("--bc", type=int, action=_Once, help="attention schedule: keys per block (streaming)")
     p.add_argument("--wide", type=int, action=_Once,
                    help="attention schedule: at most this many keys take one block, exact two-pass (softmax; 0 off)")
+
+
+KNOBS_HELP = ("The C backend's schedule knobs (softgen.Schedule; 'softgen tune' picks them for algorithm=auto). "
+              "A knob the backend does not lower, the target lacks (--stream: avx2, avx512) or that changes "
+              "nothing in the kernel (--lazymax: three-pass-reload of softmax only) is refused. With "
+              "--algorithm auto the knobs given are set in every variant of the dispatcher (refused only "
+              "when they change none of them); like any schedule flag they make auto use the cost model, "
+              "not this machine's tuning records.")
+
+
+def _knob_args(p: argparse.ArgumentParser) -> None:
+    """One flag per knob of ``schedule.KNOB_TABLE``: a switch for a bool knob, else a value (exp:
+    one of ``EXP_VARIANTS``)."""
+    g = p.add_argument_group("schedule knobs", KNOBS_HELP)
+    for knob, default in KNOB_DEFAULTS.items():
+        if isinstance(default, bool):
+            g.add_argument(f"--{knob}", action="store_const", const=True, help=KNOB_HELP[knob])
+        elif knob == "exp":
+            g.add_argument(f"--{knob}", action=_Once, choices=EXP_VARIANTS, help=KNOB_HELP[knob])
+        else:
+            g.add_argument(f"--{knob}", type=int, action=_Once, metavar=knob[0].upper(), help=KNOB_HELP[knob])
 
 
 DEFAULT_OUTPUT = "softgen-out"   # softgen build's output directory (./build is setuptools')
@@ -132,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "&& PKG_CONFIG_PATH=softgen-out pkg-config --cflags --libs "
                                    "softgen_f32_softmax_scale2_auto__<target>_<schedule>",
                                    "softgen build --op log_softmax --algorithm two-pass --target x86-64 "
-                                   "--name my_log_softmax"))
+                                   "--name my_log_softmax",
+                                   "softgen build --algorithm three-pass-reload --lazymax --exp t32 --unroll 4 "
+                                   "--accumulators 2   # a tuned kernel: schedule knobs"))
     _kernel_args(b)
     b.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
                    help=f"output directory (default: ./{DEFAULT_OUTPUT}; not ./build, which setuptools uses)")
@@ -278,11 +304,32 @@ def _params(args) -> dict:
     return params
 
 
+SCHEDULE_FLAGS = INT_FIELDS + tuple(KNOB_DEFAULTS) + ATTENTION_KNOBS
+
+
 def _kernel(args):
-    sched = {k: getattr(args, k) for k in ("unroll", "accumulators", "block", "split", "chunk", "br", "bc", "wide")
-             if getattr(args, k, None) is not None}
-    return compile_kernel(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
-                   schedule=sched or None, backend=args.backend, **_params(args))
+    sched = {k: getattr(args, k) for k in SCHEDULE_FLAGS if getattr(args, k, None) is not None}
+    be = get_backend(args.backend)
+    for knob in sched:
+        if knob in KNOB_DEFAULTS and knob not in be.schedule_knobs:
+            raise UsageError(f"--{knob}: backend {be.name} does not lower schedule knobs "
+                             f"({', '.join(KNOB_DEFAULTS)}); they are the C backend's")
+    k = compile_kernel(args.op, algorithm=args.algorithm, target=args.target, name=args.name,
+                       schedule=sched or None, backend=args.backend, **_params(args))
+    _check_knobs(k, be, [knob for knob in sched if knob in KNOB_DEFAULTS])
+    return k
+
+
+def _check_knobs(k, be, given: list[str]) -> None:
+    """Refuse a given knob that changes nothing in row kernel ``k``: in none of its kernels (a
+    dispatcher's variants, a multi-ISA library's members'; matrix kernels refuse knobs in compile)."""
+    leaves = [v for m in (getattr(k, "members", ()) or (k,)) for v in (m.variants or (m,))]
+    auto = any(m.variants for m in (getattr(k, "members", ()) or (k,)))
+    for knob in given:
+        whys = [be.knob_refusals(leaf.program, leaf.schedule).get(knob, "") for leaf in leaves]
+        if all(whys):
+            where = "any variant of the auto dispatcher" if auto else f"{k.op} / {k.algorithm}"
+            raise UsageError(f"--{knob} changes nothing in {where}: {whys[0]}")
 
 
 def _cmd_targets(args) -> None:

@@ -45,7 +45,7 @@ from .errors import TargetNotSupportedError, UsageError
 from .ir import Program
 from .matrix import MatMulPhase, MatrixProgram
 from .runtime import assembly, load_entry, open_shared
-from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule
+from .schedule import GEMM_FIELDS, GemmSchedule, Schedule, default_schedule, given_knobs
 from .targets import Target, TargetGroup, all_targets, get_target, host_arch, is_group_spec, target_group
 
 try:  # the C extension built at install time; without it calls go through ctypes (~1 us more)
@@ -775,9 +775,10 @@ def _compile_isa_group(be: Backend, opdef, group: TargetGroup, algorithm: str, n
     short = "auto" if passes.ALIASES.get(algorithm, algorithm) == "auto" else passes.SHORT.get(
         passes.ALIASES.get(algorithm, algorithm), algorithm.replace("-", "_"))
     longest = max(group.names, key=len)
+    knobs = given_knobs(schedule).knob_tag()   # the schedule knobs given (each member's name tags its own)
     kname = check_name(name) if name is not None else next(   # members' names fit in 64: a hashed tag if need be
         n for limit in (32, 0) for n in [f"softgen_f32_{opdef.name}{opdef.name_tag(program.params, limit)}{sparse}"
-                                         f"_{short}__{gname}{be.suffix}"]
+                                         f"_{short}__{gname}{knobs}{be.suffix}"]
         if limit == 0 or len(isa_member_name(n, longest)) <= 64)
     if len(isa_member_name(kname, longest)) > 64:
         raise UsageError(f"kernel name {kname!r} is too long for a library spanning ISAs: its members are "

@@ -62,11 +62,26 @@ from .values import number, show
 
 INT_FIELDS = ("unroll", "accumulators", "block", "split", "chunk")   # split may be 0 (never)
 EXP_TARGET = ""   # schedule exp: the target's (p5c2, its shifted_exp for the exps of x - max x)
-KNOB_DEFAULTS = {"stream": False, "prefetch": 0, "exp": EXP_TARGET, "rows": 1, "lazymax": False,
-                 "pipeline": False}   # omitted from as_dict at these
-FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 PREFETCH_MAX = 1 << 16      # elements ahead (256 KiB)
 ROWS_MAX = 8                # schedule rows: rows at once (each its accumulators in registers)
+# the C-backend knobs: knob -> (default, one-line help: the CLI's flag help). Defaults are omitted
+# from as_dict; bool knobs are the CLI's switches (--lazymax), the others take a value
+KNOB_TABLE = {
+    "stream": (False, "non-temporal stores in the output sweep (targets with [isa] STREAM: avx2, avx512); "
+                      "pays for rows beyond the last-level cache"),
+    "prefetch": (0, "software prefetch distance in elements of the sweeps' reads (0: none; a multiple of 16 "
+                    f"up to {PREFETCH_MAX})"),
+    "exp": (EXP_TARGET, "the exp variant (polynomial degree, one- or two-constant range reduction; "
+                        "default: the target's)"),
+    "rows": (1, "rows per call of the row function: R rows at once, their loops shared "
+                f"(1: one at a time; at most {ROWS_MAX})"),
+    "lazymax": (False, "three-pass-reload of softmax without the full-row max sweep (a running reference, "
+                       "rescaled in the output sweep)"),
+    "pipeline": (False, "batches: each row's output sweep runs in the loop of the next row's sweep (not with rows > 1)"),
+}
+KNOB_DEFAULTS = {k: d for k, (d, _) in KNOB_TABLE.items()}
+KNOB_HELP = {k: h for k, (_, h) in KNOB_TABLE.items()}
+FIELDS = INT_FIELDS + tuple(KNOB_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -117,13 +132,16 @@ class Schedule:
         return {k: getattr(self, k) for k, d in KNOB_DEFAULTS.items() if getattr(self, k) != d}
 
     def tag(self, lanes: int) -> str:
-        """XNNPACK-style suffix: elements per iteration and accumulators (then _nt for streaming
-        stores, _pf<distance>, _<exp variant>, _r<rows>, _lz, _pp when not the defaults)."""
+        """XNNPACK-style suffix: elements per iteration and accumulators, then ``knob_tag``."""
+        return f"u{self.step(lanes)}_acc{self.accumulators}" + self.knob_tag()
+
+    def knob_tag(self) -> str:
+        """The knobs' suffix ("" at their defaults): _nt for streaming stores, _pf<distance>,
+        _<exp variant>, _r<rows>, _lz, _pp."""
         k = self.knobs()
-        return (f"u{self.step(lanes)}_acc{self.accumulators}" + ("_nt" if k.get("stream") else "")
-                + (f"_pf{k['prefetch']}" if "prefetch" in k else "") + (f"_{k['exp']}" if "exp" in k else "")
-                + (f"_r{k['rows']}" if "rows" in k else "") + ("_lz" if k.get("lazymax") else "")
-                + ("_pp" if k.get("pipeline") else ""))
+        return (("_nt" if k.get("stream") else "") + (f"_pf{k['prefetch']}" if "prefetch" in k else "")
+                + (f"_{k['exp']}" if "exp" in k else "") + (f"_r{k['rows']}" if "rows" in k else "")
+                + ("_lz" if k.get("lazymax") else "") + ("_pp" if k.get("pipeline") else ""))
 
     def __str__(self) -> str:
         return f"unroll={self.unroll} accumulators={self.accumulators} block={self.block}" \
@@ -159,6 +177,16 @@ def _knob(key: str, value):
         raise UsageError(f"schedule exp must be one of {', '.join(EXP_VARIANTS)} (or \"\": the target's), "
                          f"got {value!r}")
     return value
+
+
+def given_knobs(schedule) -> Schedule:
+    """The knobs a ``compile(schedule=...)`` argument (a Schedule, a dict of fields or None) sets,
+    checked, over a default Schedule (the lane-independent part of a schedule: a multi-ISA
+    library's name tags them)."""
+    if isinstance(schedule, Schedule):
+        return Schedule(**{k: _knob(k, getattr(schedule, k)) for k in KNOB_DEFAULTS})
+    given = schedule if isinstance(schedule, dict) else {}
+    return Schedule(**{k: _knob(k, v) for k, v in given.items() if k in KNOB_DEFAULTS and v is not None})
 
 
 KNOBS = FIELDS   # every field default_schedule may override

@@ -199,6 +199,94 @@ def test_build_json_and_options(tmp_path):
     _manifest_ok(tmp_path / "o" / "lsm.json", "log_softmax", "three-pass-reload", "scalar")
 
 
+# -- schedule knobs ------------------------------------------------------------------------------
+
+def test_knob_flags_are_the_schedule_table_s():
+    """One flag per knob of schedule.KNOB_TABLE on build, emit and explain, its help the table's."""
+    from softgen.numerics.constants import EXP_VARIANTS
+    from softgen.schedule import KNOB_HELP
+    sub = next(a for a in cli._parser()._actions if a.dest == "cmd").choices
+    for cmd in ("build", "emit", "explain"):
+        flags = {a.dest: a for a in sub[cmd]._actions}
+        for knob, text in KNOB_HELP.items():
+            assert flags[knob].help == text and flags[knob].option_strings == [f"--{knob}"], (cmd, knob)
+        assert list(flags["exp"].choices) == list(EXP_VARIANTS)
+    assert "--lazymax --exp t32" in ok(sg_in("build", "--help"))
+
+
+# flags -> (the manifest's schedule entries, the default name's tag); avx2: a target with streams, t32 not its default
+KNOB_CASES = {
+    "stream": (["--algorithm", "two-pass", "--stream"], {"stream": True}, "_nt"),
+    "prefetch": (["--algorithm", "two-pass", "--prefetch", "1024"], {"prefetch": 1024}, "_pf1024"),
+    "exp": (["--algorithm", "online", "--exp", "t32"], {"exp": "t32"}, "_t32"),
+    "rows": (["--algorithm", "two-pass", "--rows", "4"], {"rows": 4}, "_r4"),
+    "lazymax": (["--algorithm", "three-pass-reload", "--lazymax"], {"lazymax": True}, "_lz"),
+    "pipeline": (["--algorithm", "three-pass-reload", "--pipeline"], {"pipeline": True}, "_pp"),
+    "two": (["--algorithm", "three-pass-reload", "--lazymax", "--exp", "t32"], {"exp": "t32", "lazymax": True},
+            "_t32_lz"),
+}
+
+
+@pytest.mark.parametrize("case", KNOB_CASES)
+def test_each_knob_flag_reaches_the_schedule(case):
+    flags, knobs, tag = KNOB_CASES[case]
+    d = json.loads(ok(sg_in("explain", "--json", "--target", "avx2", *flags)))
+    assert {k: v for k, v in d["schedule"].items() if k not in ("unroll", "accumulators", "block", "split", "chunk")} \
+        == knobs
+    assert d["name"].endswith(f"_u32_acc2{tag}"), d["name"]
+    c = ok(sg_in("emit", "--target", "avx2", *flags))
+    assert f"{d['name']}:" in c[:c.index("*/")]
+
+
+def test_auto_knobs_are_every_variant_s():
+    """--algorithm auto: the given knob in every variant's schedule (the model prices the others)."""
+    d = json.loads(ok(sg_in("explain", "--json", "--target", "avx2", "--lazymax", "--prefetch", "64")))
+    assert d["name"].endswith("_pf64_lz") and len(d["variants"]) > 1
+    assert all(v["schedule"]["lazymax"] is True and v["schedule"]["prefetch"] == 64 for v in d["variants"])
+    assert "three-pass-reload" in {v["algorithm"] for v in d["variants"]}   # where lazymax applies
+
+
+def test_a_multi_isa_library_s_name_tags_the_knobs():
+    """A group's default name ends in the knobs given (lane-independent; the members' own names
+    and schedules carry their full tags)."""
+    d = json.loads(ok(sg_in("explain", "--json", "--target", "avx2,avx512", "--algorithm", "two-pass",
+                            "--stream", "--prefetch", "1024")))
+    assert d["name"] == "softgen_f32_softmax_2p__avx512_avx2_nt_pf1024"
+    assert [m["explain"]["schedule"]["stream"] for m in d["isas"]] == [True, True]
+    assert all(m["symbol"] == f"{d['name']}__{m['isa']}" for m in d["isas"])
+    plain = json.loads(ok(sg_in("explain", "--json", "--target", "avx2,avx512", "--algorithm", "two-pass")))
+    assert plain["name"] == "softgen_f32_softmax_2p__avx512_avx2"
+
+
+def test_build_with_two_knobs_runs_against_float64(tmp_path):
+    """The README's tuned single-algorithm kernel (3pl t32 lz) exported from the CLI: its manifest
+    and name say the knobs, and the library computes softmax (references that move lazymax's
+    reference: ascending rows, a late spike)."""
+    import ctypes
+
+    import numpy as np
+    out = json.loads(ok(sg_in("build", "--algorithm", "three-pass-reload", "--lazymax", "--exp", "t32",
+                              "-o", str(tmp_path), "--json")))
+    name = out["name"]
+    assert name.startswith(f"softgen_f32_softmax_3pl__{HOST}_u") and name.endswith("_acc2_t32_lz")
+    assert name.endswith("_t32_lz") and out["schedule"]["lazymax"] is True and out["schedule"]["exp"] == "t32"
+    assert "lazymax" in (tmp_path / f"{name}.c").read_text()
+    lib = ctypes.CDLL(str(tmp_path / f"lib{name}.so"))
+    fn = getattr(lib, name)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 4
+    fn.restype = ctypes.c_int
+    rng = np.random.default_rng(13)
+    for n in (1, 70, 1000, 5003):
+        x = np.stack([np.linspace(-30, 30, n), rng.normal(0, 8, n), rng.normal(0, 1, n)]).astype(np.float32)
+        x[2, -1] = 60.0                         # a late maximum: the running reference moves
+        y = np.full_like(x, np.nan)
+        assert fn(x.ctypes.data, y.ctypes.data, 3, n, n, n) == 0
+        x64 = x.astype(np.float64)
+        ref = np.exp(x64 - x64.max(axis=1, keepdims=True))
+        ref /= ref.sum(axis=1, keepdims=True)
+        assert np.all(np.abs(y - ref) <= 1e-5 * ref + 1e-30), (n, np.max(np.abs(y - ref) / ref))
+
+
 # -- emit / explain -----------------------------------------------------------------------------
 
 def test_emit_c():
@@ -287,6 +375,25 @@ USAGE_ERRORS = {
     "accumulators-too-large": (["build", "--accumulators", "64"], "accumulators"),
     "accumulators-zero": (["emit", "--accumulators", "0"], "accumulators"),
     "block-bad": (["explain", "--block", "3"], "block"),
+    "rows-too-many": (["emit", "--rows", "9"], "schedule rows must be an integer in [1, 8]"),
+    "rows-word": (["build", "--rows", "two"], "--rows"),
+    "prefetch-not-16": (["explain", "--prefetch", "17"], "multiple of 16"),
+    "prefetch-twice": (["emit", "--prefetch", "16", "--prefetch", "32"], "--prefetch given twice"),
+    "exp-unknown": (["build", "--exp", "p9"], "choose from 'p5c2'"),
+    "rows-and-pipeline": (["emit", "--rows", "2", "--pipeline"], "exclude each other"),
+    "stream-neon": (["emit", "--target", "neon", "--algorithm", "two-pass", "--stream"], "no non-temporal stores"),
+    "stream-scalar": (["build", "--target", "scalar", "--stream"], "no non-temporal stores"),
+    "knob-tvm": (["emit", "--backend", "tvm", "--algorithm", "two-pass", "--exp", "t32"],
+                 "--exp: backend tvm does not lower schedule knobs"),
+    "lazymax-two-pass": (["build", "--algorithm", "two-pass", "--lazymax", "--target", "avx2"],
+                         "--lazymax changes nothing in softmax / two-pass"),
+    "lazymax-log-softmax-auto": (["emit", "--op", "log_softmax", "--lazymax", "--target", "avx2"],
+                                 "--lazymax changes nothing in any variant of the auto dispatcher"),
+    "rows-topk": (["explain", "--op", "topk_softmax", "--rows", "2", "--target", "avx2"],
+                  "--rows changes nothing in any variant of the auto dispatcher: top-k"),
+    "pipeline-row-params": (["emit", "--op", "reweight", "--pipeline", "--algorithm", "direct"],
+                            "--pipeline changes nothing in reweight / direct: it has per-row parameters"),
+    "knob-matrix-op": (["emit", "--op", "sinkhorn", "--prefetch", "64"], "row-kernel knobs"),
     "bench-bad-sizes": (["bench", "--sizes", "1K,lots"], "1K,64K,1M,16M"),
     "bench-shape-as-size": (["bench", "--sizes", "4096x512"], "use --shapes"),
     "bench-bad-shapes": (["bench", "--shapes", "4096by512"], "ROWSxN"),
@@ -299,7 +406,7 @@ USAGE_ERRORS = {
 
 # run as subprocesses too: one per way the parser fails (argparse, a subcommand's checks, values)
 USAGE_ERRORS_SUBPROCESS = ["missing-subcommand", "unknown-flag", "unknown-op", "name-shell", "param-nan",
-                           "scale-twice", "bench-bad-plus"]
+                           "scale-twice", "bench-bad-plus", "lazymax-two-pass"]
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,13 @@ class Backend(abc.ABC):
         it. ``generate`` raises BuildError naming them."""
         return []
 
+    def knob_refusals(self, program, schedule: Schedule) -> dict[str, str]:
+        """The knobs ``schedule`` sets (``Schedule.knobs``) that change nothing in the kernel of
+        ``program`` (a lowered row ``ir.Program``): knob -> why (a phrase). ``generate`` accepts
+        them and notes why in the header; the CLI refuses them. The default: the knobs this backend
+        does not lower (``schedule_knobs``; ``generate`` refuses those)."""
+        return {k: f"backend {self.name} does not lower it" for k in schedule.knobs() if k not in self.schedule_knobs}
+
     @abc.abstractmethod
     def generate(self, program, target: Target, schedule: Schedule, name: str, *, op: str,
                  algorithm: str, params: dict, threads: ThreadPolicy | None = None) -> Artifact:

@@ -1278,6 +1278,13 @@ class CBackend(Backend):
     def lowerable(self, program) -> list[str]:
         return lowerable(program)
 
+    def knob_refusals(self, program, schedule) -> dict[str, str]:
+        lz = lazy_max(plan(program)) if schedule.lazymax else None
+        why = {"lazymax": lz if isinstance(lz, str) else "",
+               "rows": rows_refusal(program, schedule) if schedule.rows > 1 else "",
+               "pipeline": pipe_refusal(program, schedule) if schedule.pipeline else ""}
+        return {**super().knob_refusals(program, schedule), **{k: w for k, w in why.items() if w}}
+
     def generate(self, program, target, schedule, name, *, op, algorithm, params,
                  threads: ThreadPolicy | None = None) -> Artifact:
         return Artifact(self, name, target, generate(program, target, schedule, name, op=op,
