@@ -141,7 +141,7 @@ def test_gaussian_nonfinite_and_overflowing_points(target, backend, rng):
         np.testing.assert_array_equal(np.isnan(s), bad, f"NaN pattern, d {a.shape[-1]}")
         aa, bb = ((v.astype(np.float64) ** 2).sum(-1) for v in (a, b))
         huge = ~bad & (aa[:, None] + bb[None, :] >= np.finfo(np.float32).max)
-        # the reference's far points are 0; so are identical huge points here (README)
+        # the reference's far points are 0; so are identical huge points here (docs/ops.md §6)
         assert huge.any() and np.all(s[huge] == 0) and np.all(r[huge & (r < 1)] == 0), a.shape
         ok = ~(bad | huge)
         with np.errstate(invalid="ignore", over="ignore"):
